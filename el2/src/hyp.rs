@@ -1,0 +1,520 @@
+//! EL2's state and the host's hypercalls.
+//!
+//! Place in the flow: *decode → validate → lock → check → commit*. [`Hyp::host_hvc`] decodes the
+//! function ID and argument registers, refuses what is malformed before taking any lock, then
+//! takes the memory lock, checks page states, and commits. A failure after the checks would be
+//! an EL2 bug, never an error the host sees.
+//!
+//! # Locks
+//! One lock, [`Hyp::mem`], guards the ownership record, the host stage 2, EL2's stage 1 and the
+//! table pool, and the per-CPU message-page registry's writers. Message pages are *read* without
+//! the lock: each is written once, during set-up, before any message call can use it.
+//!
+//! # Memory maintenance
+//! Table edits here are followed by the barrier or TLB maintenance the [`Maintenance`]
+//! implementation provides (the arch layer in EL2, a recorder in tests).
+
+use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::owner::{Component, OwnError, Ownership};
+use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
+use crate::platform::{Platform, MAX_CPUS};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use shared_abi::msg::{EchoRequest, HypInfo};
+use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Barriers and TLB maintenance after table edits. Each method documents what it must order.
+pub trait Maintenance {
+    /// New valid entries in EL2's stage 1: make them visible to this CPU's walker before EL2
+    /// touches the memory (`DSB ISHST; ISB`).
+    fn hyp_s1_mapped(&self);
+    /// New valid entries in the host stage 2: visible before the host retries (`DSB ISHST`;
+    /// the `ERET` back to the host is context synchronising).
+    fn host_s2_mapped(&self);
+    /// Entries removed from the host stage 2: `DSB ISHST`, `TLBI IPAS2E1IS` for the range,
+    /// `DSB ISH`, `TLBI VMALLE1IS`, `DSB ISH`, so no CPU keeps a stale translation.
+    fn host_s2_unmapped(&self, ipa: u64, size: u64);
+}
+
+/// Everything the memory lock guards.
+pub struct MemState<'a, T: TableMemory> {
+    /// Who owns each page of RAM.
+    pub own: Ownership<'a>,
+    /// The host's stage 2, an identity map built lazily from [`MemState::own`].
+    pub host_s2: PageTable,
+    /// EL2's own stage 1.
+    pub hyp_s1: PageTable,
+    /// Where table pages come from.
+    pub tables: T,
+}
+
+/// Per-CPU boot request recorded by an intercepted host `CPU_ON`.
+#[derive(Default)]
+pub struct CpuBoot {
+    /// Host entry point.
+    pub entry: AtomicU64,
+    /// Host `x0` at the entry point.
+    pub context: AtomicU64,
+}
+
+/// What happened to a host stage-2 fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFault {
+    /// A mapping now exists (made now, or by another CPU): retry the access.
+    Retry,
+    /// The host may not access this address: inject an abort.
+    Inject,
+}
+
+/// EL2's global state.
+pub struct Hyp<'a, T: TableMemory> {
+    /// The machine.
+    pub platform: Platform,
+    /// EL2's own memory.
+    pub hyp_region: PhysRange,
+    /// The memory lock (see the module documentation).
+    pub mem: spin::Mutex<MemState<'a, T>>,
+    finalised: AtomicBool,
+    msg_page: [AtomicU64; MAX_CPUS],
+    /// Host `CPU_ON` requests, by CPU index.
+    pub cpu_boot: [CpuBoot; MAX_CPUS],
+}
+
+/// Converts an internal ownership error to the ABI error (the one place this happens).
+fn own_err(e: OwnError) -> HypError {
+    match e {
+        OwnError::BadRange => HypError::OutOfRange,
+        OwnError::WrongState(_) | OwnError::SameComponent => HypError::NotOwned,
+    }
+}
+
+/// Converts an internal table error to the ABI error.
+fn pt_err(e: PtError) -> HypError {
+    match e {
+        PtError::NoMemory => HypError::NoMemory,
+        PtError::BadRange | PtError::BadGeometry => HypError::OutOfRange,
+        PtError::AlreadyMapped | PtError::BadAttrs => HypError::NotOwned,
+    }
+}
+
+const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
+const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
+
+/// Decides how to map a host access to `ipa` that hit no stage-2 entry: the largest block
+/// (1 GiB, 2 MiB or 4 KiB) around it that the host may access with a single memory type.
+///
+/// RAM is mapped only where the ownership record gives the host access, and never in a block
+/// that contains a page it may not access; everything outside RAM inside the host's IPA space
+/// is device space, mapped only in blocks that do not touch RAM. `None`: inject an abort.
+pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>) -> Option<(u64, u64, Attrs)> {
+    if ipa >> ipa_bits != 0 {
+        return None;
+    }
+    let ram = own.ram();
+    if ram.contains(PhysAddr(ipa)) {
+        if !own.can_access(PhysAddr(ipa), Component::Host) {
+            return None;
+        }
+        let size = level_size(2);
+        let base = ipa & !(size - 1);
+        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
+        if ram.contains_range(&block) && own.can_access_all(block, Component::Host) {
+            return Some((base, size, HOST_RAM));
+        }
+        return Some((ipa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_RAM));
+    }
+    for level in 1..=3 {
+        let size = level_size(level);
+        let base = ipa & !(size - 1);
+        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
+        if !block.overlaps(&ram) && block.end.0 <= 1 << ipa_bits {
+            return Some((base, size, HOST_DEVICE));
+        }
+    }
+    None
+}
+
+impl<'a, T: TableMemory> Hyp<'a, T> {
+    /// Builds EL2's state: the host owns all RAM but `hyp_region`, which EL2 takes.
+    ///
+    /// # Errors
+    /// A description of what is wrong; EL2 start-up stops on it.
+    pub fn new(
+        platform: Platform,
+        hyp_region: PhysRange,
+        own: Ownership<'a>,
+        host_s2: PageTable,
+        hyp_s1: PageTable,
+        tables: T,
+    ) -> Result<Self, &'static str> {
+        let mut own = own;
+        own.donate(hyp_region, Component::Host, Component::Hyp)
+            .map_err(|_| "EL2's region is not page-aligned RAM")?;
+        Ok(Self {
+            platform,
+            hyp_region,
+            mem: spin::Mutex::new(MemState { own, host_s2, hyp_s1, tables }),
+            finalised: AtomicBool::new(false),
+            msg_page: Default::default(),
+            cpu_boot: Default::default(),
+        })
+    }
+
+    /// Whether set-up has been finalised.
+    pub fn finalised(&self) -> bool {
+        self.finalised.load(Ordering::Acquire)
+    }
+
+    /// Handles a host `HVC #0` made on CPU `cpu` with `x0..=x7` = `x`.
+    pub fn host_hvc(&self, cpu: usize, x: [u64; 8], m: &impl Maintenance) -> HypResult {
+        let id = HypercallId::try_from(x[0])?;
+        if x[1 + id.nr_args()..].iter().any(|&r| r != 0) {
+            return Err(HypError::InvalidArgument);
+        }
+        if id.phase() == Phase::SetupOnly && self.finalised() {
+            return Err(HypError::SetupFinalised);
+        }
+        match id {
+            HypercallId::Version => Ok([ABI_VERSION.encode(), 0, 0]),
+            HypercallId::Ping => Ok([x[1], 0, 0]),
+            HypercallId::SetMessagePage => self.set_message_page(x[1], x[2], m),
+            HypercallId::FinaliseSetup => {
+                let _guard = self.mem.lock();
+                self.finalised.store(true, Ordering::Release);
+                Ok([0; 3])
+            }
+            HypercallId::HypInfo => {
+                let info = HypInfo {
+                    abi_version: ABI_VERSION.encode() as u32,
+                    nr_cpus: self.platform.cpus.len() as u32,
+                    ram_base: self.platform.ram.start.0,
+                    ram_size: self.platform.ram.size(),
+                    hyp_base: self.hyp_region.start.0,
+                    hyp_size: self.hyp_region.size(),
+                    host_ipa_bits: self.mem.lock().host_s2.ia_bits() as u32,
+                    finalised: self.finalised() as u32,
+                };
+                self.write_message(cpu, &info)?;
+                Ok([0; 3])
+            }
+            HypercallId::Echo => {
+                let req: EchoRequest = self.read_message(cpu)?;
+                if req.flags != 0 {
+                    return Err(HypError::BadMessage);
+                }
+                self.write_message(cpu, &req.expected_response())?;
+                Ok([0; 3])
+            }
+        }
+    }
+
+    fn set_message_page(&self, cpu: u64, pa: u64, m: &impl Maintenance) -> HypResult {
+        // Validate: everything checkable without the lock.
+        if cpu >= self.platform.cpus.len() as u64 {
+            return Err(HypError::InvalidArgument);
+        }
+        let pa = PhysAddr(pa);
+        if !pa.is_page_aligned() {
+            return Err(HypError::NotAligned);
+        }
+        let page = PhysRange::from_size(pa, PAGE_SIZE).ok_or(HypError::OutOfRange)?;
+        if !self.platform.ram.contains_range(&page) {
+            return Err(HypError::OutOfRange);
+        }
+        // Lock, check.
+        let mut mem = self.mem.lock();
+        if self.finalised() {
+            return Err(HypError::SetupFinalised);
+        }
+        let slot = &self.msg_page[cpu as usize];
+        if slot.load(Ordering::Relaxed) != 0 {
+            return Err(HypError::Busy);
+        }
+        if mem.own.state(pa, Component::Host) != Some(crate::owner::PageState::Owned) {
+            return Err(HypError::NotOwned);
+        }
+        // EL2 needs the page in its stage 1; this is the only step that can fail for lack of
+        // memory, so it comes before the commit (a stray intermediate table is harmless).
+        let MemState { hyp_s1, tables, .. } = &mut *mem;
+        hyp_s1.map(tables, pa.0, pa, PAGE_SIZE, HYP_SHARED, 3).map_err(pt_err)?;
+        m.hyp_s1_mapped();
+        // Commit. Checked above under the same lock, so this cannot fail.
+        mem.own.share(page, Component::Host, Component::Hyp).map_err(own_err)?;
+        slot.store(pa.0, Ordering::Release);
+        Ok([0; 3])
+    }
+
+    fn message_page(&self, cpu: usize) -> Result<PhysAddr, HypError> {
+        match self.msg_page.get(cpu).map(|s| s.load(Ordering::Acquire)) {
+            Some(0) | None => Err(HypError::NoMessagePage),
+            Some(pa) => Ok(PhysAddr(pa)),
+        }
+    }
+
+    /// Copies a message out of `cpu`'s message page. The host may rewrite the page at any
+    /// time; the copy is what gets validated and used.
+    fn read_message<M: FromBytes>(&self, cpu: usize) -> Result<M, HypError> {
+        let pa = self.message_page(cpu)?;
+        const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
+        // SAFETY: `pa` is a message page: host RAM shared with EL2 (so the host cannot donate
+        // it away), mapped RW in EL2's stage 1 at the same address, for EL2's whole life.
+        // `M: FromBytes` makes any bytes a valid value; a volatile read copies each byte once,
+        // so later checks see the copy, never the page again. Page-aligned, so aligned for M.
+        Ok(unsafe { core::ptr::read_volatile(pa.0 as *const M) })
+    }
+
+    fn write_message<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
+        let pa = self.message_page(cpu)?;
+        const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
+        let bytes = msg.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: as in `read_message`; `i < size_of::<M>() <= PAGE_SIZE`.
+            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i), *b) };
+        }
+        Ok(())
+    }
+
+    /// Handles a host stage-2 *translation* fault on `ipa`.
+    pub fn host_s2_fault(&self, ipa: u64, m: &impl Maintenance) -> HostFault {
+        let mut mem = self.mem.lock();
+        if mem.host_s2.lookup(&mem.tables, ipa).is_some() {
+            return HostFault::Retry;
+        }
+        let Some((base, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own) else {
+            return HostFault::Inject;
+        };
+        let MemState { host_s2, tables, .. } = &mut *mem;
+        let level = (1..=3).find(|&l| level_size(l) == size).unwrap_or(3);
+        match host_s2.map(tables, base, PhysAddr(base), size, attrs, level) {
+            Ok(()) => {
+                m.host_s2_mapped();
+                HostFault::Retry
+            }
+            Err(e) => {
+                // The pool is sized for the worst case of a host identity map; running out is
+                // an EL2 bug or misconfiguration, not something the host can cause.
+                log::error!("host stage 2: cannot map {base:#x}+{size:#x}: {e:?}");
+                HostFault::Inject
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::{PageEntry, PageState};
+    use crate::pgtable::test_mem::FakeMemory;
+    use crate::pgtable::Format;
+    use arrayvec::ArrayVec;
+    use core::cell::RefCell;
+    use shared_abi::msg::EchoResponse;
+    use std::vec::Vec;
+
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<&'static str>>);
+    impl Maintenance for Recorder {
+        fn hyp_s1_mapped(&self) {
+            self.0.borrow_mut().push("hyp_s1_mapped");
+        }
+        fn host_s2_mapped(&self) {
+            self.0.borrow_mut().push("host_s2_mapped");
+        }
+        fn host_s2_unmapped(&self, _: u64, _: u64) {
+            self.0.borrow_mut().push("host_s2_unmapped");
+        }
+    }
+
+    /// Test RAM: a real, page-aligned buffer, so message pages can be read and written.
+    #[repr(C, align(4096))]
+    struct Ram([u8; RAM_PAGES * 4096]);
+    const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
+    const HYP_PAGES: u64 = 16;
+
+    struct Fixture {
+        ram: Box<Ram>,
+        _entries: Box<[PageEntry]>,
+        hyp: Hyp<'static, FakeMemory>,
+    }
+
+    fn fixture() -> Fixture {
+        let ram = Box::new(Ram([0; RAM_PAGES * 4096]));
+        let base = PhysAddr(ram.0.as_ptr() as u64);
+        let ram_range = PhysRange::from_size(base, (RAM_PAGES * 4096) as u64).unwrap();
+        let mut entries: Box<[PageEntry]> = vec![PageEntry::default(); RAM_PAGES].into_boxed_slice();
+        // SAFETY: the fixture keeps `entries` alive and unmoved (boxed) as long as `hyp`.
+        let slice: &'static mut [PageEntry] = unsafe { &mut *(entries.as_mut() as *mut [PageEntry]) };
+        let own = Ownership::new(ram_range, slice).unwrap();
+        let mut tables = FakeMemory::new(64);
+        let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
+        let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
+        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]) };
+        // EL2 takes the last HYP_PAGES pages.
+        let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
+        let hyp = Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, tables).unwrap();
+        Fixture { ram, _entries: entries, hyp }
+    }
+
+    impl Fixture {
+        fn page(&self, n: usize) -> u64 {
+            self.ram.0.as_ptr() as u64 + (n * 4096) as u64
+        }
+        fn call(&self, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
+            let mut x = [0u64; 8];
+            x[0] = id as u64;
+            x[1..1 + args.len()].copy_from_slice(args);
+            self.hyp.host_hvc(cpu, x, &Recorder::default())
+        }
+    }
+
+    #[test]
+    fn version_and_ping() {
+        let f = fixture();
+        assert_eq!(f.call(0, HypercallId::Version, &[]), Ok([ABI_VERSION.encode(), 0, 0]));
+        assert_eq!(f.call(0, HypercallId::Ping, &[0xDEAD]), Ok([0xDEAD, 0, 0]));
+    }
+
+    #[test]
+    fn unknown_ids_are_not_supported() {
+        let f = fixture();
+        let mut x = [0u64; 8];
+        for id in [0xC600_0FFF, 0x8400_0000, 0, u64::MAX] {
+            x[0] = id;
+            assert_eq!(f.hyp.host_hvc(0, x, &Recorder::default()), Err(HypError::NotSupported));
+        }
+    }
+
+    #[test]
+    fn non_zero_unused_registers_are_invalid() {
+        let f = fixture();
+        assert_eq!(f.call(0, HypercallId::Version, &[1]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 1]), Err(HypError::InvalidArgument));
+    }
+
+    #[test]
+    fn message_calls_need_a_message_page() {
+        let f = fixture();
+        assert_eq!(f.call(0, HypercallId::HypInfo, &[]), Err(HypError::NoMessagePage));
+        assert_eq!(f.call(1, HypercallId::Echo, &[]), Err(HypError::NoMessagePage));
+    }
+
+    #[test]
+    fn message_page_is_shared_and_mapped_for_el2() {
+        let f = fixture();
+        let rec = Recorder::default();
+        let mut x = [0u64; 8];
+        x[0] = HypercallId::SetMessagePage as u64;
+        x[1] = 1;
+        x[2] = f.page(3);
+        assert_eq!(f.hyp.host_hvc(0, x, &rec), Ok([0; 3]));
+        assert_eq!(rec.0.borrow().as_slice(), &["hyp_s1_mapped"]);
+        let mem = f.hyp.mem.lock();
+        assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Host), Some(PageState::SharedOwned));
+        assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Hyp), Some(PageState::SharedBorrowed));
+        assert!(mem.hyp_s1.lookup(&mem.tables, f.page(3)).is_some());
+    }
+
+    #[test]
+    fn echo_round_trips_through_the_page() {
+        let mut f = fixture();
+        f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).unwrap();
+        let req = EchoRequest { nonce: 42, flags: 0, words: [1, 2, 3, 4, 5, 6] };
+        f.ram.0[4096..4096 + 64].copy_from_slice(req.as_bytes());
+        f.call(0, HypercallId::Echo, &[]).unwrap();
+        let resp = EchoResponse::read_from_bytes(&f.ram.0[4096..4096 + 64]).unwrap();
+        assert_eq!(resp, req.expected_response());
+        // A reserved field set is a bad message, and the page is left as it was.
+        let bad = EchoRequest { flags: 1, ..req };
+        f.ram.0[4096..4096 + 64].copy_from_slice(bad.as_bytes());
+        assert_eq!(f.call(0, HypercallId::Echo, &[]), Err(HypError::BadMessage));
+        assert_eq!(&f.ram.0[4096..4096 + 64], bad.as_bytes());
+    }
+
+    #[test]
+    fn hyp_info_describes_the_machine() {
+        let f = fixture();
+        f.call(1, HypercallId::SetMessagePage, &[1, f.page(2)]).unwrap();
+        f.call(1, HypercallId::HypInfo, &[]).unwrap();
+        let info = HypInfo::read_from_prefix(&f.ram.0[2 * 4096..]).unwrap().0;
+        assert_eq!(info.nr_cpus, 2);
+        assert_eq!(info.ram_size, (RAM_PAGES * 4096) as u64);
+        assert_eq!(info.hyp_size, HYP_PAGES * PAGE_SIZE);
+        assert_eq!(info.finalised, 0);
+        assert_eq!(info.host_ipa_bits, 48);
+    }
+
+    #[test]
+    fn set_message_page_rejects_bad_arguments_and_changes_nothing() {
+        let f = fixture();
+        let el2_page = f.hyp.hyp_region.start.0;
+        let cases: &[(&[u64], HypError)] = &[
+            (&[2, f.page(0)], HypError::InvalidArgument),
+            (&[u64::MAX, f.page(0)], HypError::InvalidArgument),
+            (&[0, f.page(0) + 8], HypError::NotAligned),
+            (&[0, f.page(0) - 4096], HypError::OutOfRange),
+            (&[0, u64::MAX & !0xFFF], HypError::OutOfRange),
+            (&[0, el2_page], HypError::NotOwned),
+        ];
+        for (args, err) in cases {
+            assert_eq!(f.call(0, HypercallId::SetMessagePage, args), Err(*err), "{args:x?}");
+        }
+        assert_eq!(f.hyp.mem.lock().own.census(), ((RAM_PAGES as u64 - HYP_PAGES), HYP_PAGES, 0));
+        assert_eq!(f.call(0, HypercallId::HypInfo, &[]), Err(HypError::NoMessagePage));
+    }
+
+    #[test]
+    fn message_page_cannot_be_set_twice_or_reused() {
+        let f = fixture();
+        f.call(0, HypercallId::SetMessagePage, &[0, f.page(5)]).unwrap();
+        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(6)]), Err(HypError::Busy));
+        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[1, f.page(5)]), Err(HypError::NotOwned));
+        assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(6)), Component::Host), Some(PageState::Owned));
+    }
+
+    #[test]
+    fn setup_calls_are_refused_after_finalise() {
+        let f = fixture();
+        f.call(0, HypercallId::FinaliseSetup, &[]).unwrap();
+        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]), Err(HypError::SetupFinalised));
+        assert_eq!(f.call(0, HypercallId::FinaliseSetup, &[]), Err(HypError::SetupFinalised));
+        assert_eq!(f.call(0, HypercallId::Ping, &[7]), Ok([7, 0, 0]));
+    }
+
+    #[test]
+    fn host_faults_map_largest_allowed_block() {
+        let f = fixture();
+        let rec = Recorder::default();
+        // First 2 MiB of test RAM is all host-owned (if the buffer happens to be 2 MiB aligned
+        // it is mapped as a block; otherwise as a page): either way the access is retried.
+        assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry);
+        assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry, "second time: already mapped");
+        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        // EL2's pages are never mapped for the host.
+        let el2 = f.hyp.hyp_region.start.0;
+        assert_eq!(f.hyp.host_s2_fault(el2, &rec), HostFault::Inject);
+        assert_eq!(f.hyp.host_s2_fault(el2 + 5 * PAGE_SIZE + 8, &rec), HostFault::Inject);
+        // Outside the IPA space.
+        assert_eq!(f.hyp.host_s2_fault(1 << 48, &rec), HostFault::Inject);
+        let mem = f.hyp.mem.lock();
+        assert!(mem.host_s2.lookup(&mem.tables, el2).is_none());
+    }
+
+    #[test]
+    fn fault_policy_respects_ownership_and_ram_boundaries() {
+        let mut entries = vec![PageEntry::default(); 1024];
+        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
+        let mut own = Ownership::new(ram, &mut entries).unwrap();
+        // All host: 2 MiB blocks.
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own), Some((0x4000_0000, 2 << 20, HOST_RAM)));
+        // One page in the first block donated away: that block is mapped page by page.
+        own.donate(PhysRange::from_size(PhysAddr(0x4010_0000), PAGE_SIZE).unwrap(), Component::Host, Component::Hyp).unwrap();
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own), None);
+        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own), Some((0x4020_0000, 2 << 20, HOST_RAM)));
+        // Device space: the GiB below RAM is one block; the GiB holding RAM uses smaller ones.
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own), Some((0, 1 << 30, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(1 << 40, 40, &own), None);
+    }
+}

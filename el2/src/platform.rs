@@ -1,0 +1,134 @@
+//! What EL2 learns from the device tree at boot: RAM, the console, the CPUs.
+//!
+//! Place in the flow: boot only. The device tree comes from the platform (QEMU places it at the
+//! base of RAM), not from the host, and is parsed once before the host runs. Everything needed
+//! later is copied into [`Platform`]; EL2 keeps no reference into the blob and never maps it.
+
+use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use arrayvec::ArrayVec;
+
+/// Most CPUs EL2 manages.
+pub const MAX_CPUS: usize = 8;
+
+/// Largest device tree EL2 accepts.
+pub const MAX_DTB_SIZE: usize = 2 << 20;
+
+/// The machine as EL2 sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// The (first) RAM region, page aligned.
+    pub ram: PhysRange,
+    /// Base of the PL011 console.
+    pub uart: PhysAddr,
+    /// `MPIDR_EL1` affinity (the `reg` of each `/cpus/cpu` node), in device-tree order; the
+    /// position is the CPU index EL2 uses everywhere.
+    pub cpus: ArrayVec<u64, MAX_CPUS>,
+}
+
+/// Why the device tree was not usable. Any of these stops EL2 start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformError {
+    /// Not a valid flattened device tree.
+    BadBlob,
+    /// No `memory` node, or a region too small or not page aligned.
+    NoRam,
+    /// No `arm,pl011` node.
+    NoUart,
+    /// No CPU nodes.
+    NoCpus,
+    /// More CPUs than [`MAX_CPUS`].
+    TooManyCpus,
+    /// PSCI missing or not using the SMC conduit (EL2 calls firmware with SMC).
+    NoSmcPsci,
+}
+
+impl Platform {
+    /// The index of the CPU with affinity `mpidr`.
+    pub fn cpu_index(&self, mpidr: u64) -> Option<usize> {
+        let aff = mpidr & MPIDR_AFF_MASK;
+        self.cpus.iter().position(|&c| c & MPIDR_AFF_MASK == aff)
+    }
+}
+
+/// The affinity fields of `MPIDR_EL1` (Aff3 in bits [39:32], Aff2..Aff0 in [23:0]).
+pub const MPIDR_AFF_MASK: u64 = 0xFF_00FF_FFFF;
+
+/// Reads the size a device tree header claims, so the caller knows how much to look at.
+///
+/// Returns `None` if the magic is wrong or the size is implausible.
+pub fn dtb_total_size(header: &[u8; 8]) -> Option<usize> {
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let size = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    (magic == 0xD00D_FEED && (40..=MAX_DTB_SIZE).contains(&size)).then_some(size)
+}
+
+/// Parses the device tree.
+///
+/// # Errors
+/// A [`PlatformError`] naming the first thing missing.
+pub fn parse(dtb: &[u8]) -> Result<Platform, PlatformError> {
+    let fdt = fdt::Fdt::new(dtb).map_err(|_| PlatformError::BadBlob)?;
+
+    let region = fdt.memory().regions().next().ok_or(PlatformError::NoRam)?;
+    let start = region.starting_address as u64;
+    let size = region.size.ok_or(PlatformError::NoRam)? as u64;
+    let ram = PhysRange::from_size(PhysAddr(start), size).ok_or(PlatformError::NoRam)?;
+    if !ram.start.is_page_aligned() || !ram.end.is_page_aligned() || size < 64 * PAGE_SIZE {
+        return Err(PlatformError::NoRam);
+    }
+
+    let uart = fdt
+        .find_compatible(&["arm,pl011"])
+        .and_then(|n| n.reg()?.next())
+        .map(|r| PhysAddr(r.starting_address as u64))
+        .ok_or(PlatformError::NoUart)?;
+
+    let mut cpus = ArrayVec::new();
+    for cpu in fdt.cpus() {
+        let id = cpu.ids().first() as u64;
+        cpus.try_push(id).map_err(|_| PlatformError::TooManyCpus)?;
+    }
+    if cpus.is_empty() {
+        return Err(PlatformError::NoCpus);
+    }
+
+    let psci = fdt.find_node("/psci").ok_or(PlatformError::NoSmcPsci)?;
+    if psci.property("method").and_then(|p| p.as_str()) != Some("smc") {
+        return Err(PlatformError::NoSmcPsci);
+    }
+
+    Ok(Platform { ram, uart, cpus })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QEMU_VIRT: &[u8] = include_bytes!("../tests/fixtures/qemu-virt-2cpu.dtb");
+
+    #[test]
+    fn parses_qemu_virt() {
+        let p = parse(QEMU_VIRT).unwrap();
+        assert_eq!(p.ram, PhysRange::from_size(PhysAddr(0x4000_0000), 1 << 30).unwrap());
+        assert_eq!(p.uart, PhysAddr(0x0900_0000));
+        assert_eq!(p.cpus.as_slice(), &[0, 1]);
+        assert_eq!(p.cpu_index(1), Some(1));
+        assert_eq!(p.cpu_index(0x8000_0001), Some(1), "MPIDR RES1/U bits ignored");
+        assert_eq!(p.cpu_index(2), None);
+    }
+
+    #[test]
+    fn header_size_check() {
+        let mut h = [0u8; 8];
+        h[..8].copy_from_slice(&QEMU_VIRT[..8]);
+        assert_eq!(dtb_total_size(&h), Some(QEMU_VIRT.len()));
+        assert_eq!(dtb_total_size(&[0; 8]), None);
+        assert_eq!(dtb_total_size(&[0xD0, 0x0D, 0xFE, 0xED, 0xFF, 0, 0, 0]), None, "too big");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert_eq!(parse(&[0u8; 64]), Err(PlatformError::BadBlob));
+        assert_eq!(parse(&QEMU_VIRT[..100]), Err(PlatformError::BadBlob));
+    }
+}

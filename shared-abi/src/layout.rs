@@ -1,0 +1,24 @@
+//! The boot protocol: where the images sit on QEMU's `virt` machine and how EL2 enters the host.
+//!
+//! ```text
+//! 0x4000_0000  device tree blob, placed by QEMU at the base of RAM      (host-owned)
+//! 0x4020_0000  EL2: image, stacks, ownership record, page-table pool   (EL2-owned, HYP_REGION_SIZE)
+//! 0x4200_0000  host image (el1-host), loaded by QEMU's generic loader  (host-owned)
+//!   ...        rest of RAM                                             (host-owned)
+//! ```
+//!
+//! EL2 enters the host at [`HOST_IMAGE_BASE`] at EL1h with `x0` = physical address of the device
+//! tree, as Linux's arm64 boot protocol does, and the MMU off.
+
+/// Where the boot image (EL2) is linked. 2 MiB aligned so no host block mapping covers it.
+pub const HYP_REGION_BASE: u64 = 0x4020_0000;
+/// Size of the memory EL2 reserves for itself. A multiple of 2 MiB.
+pub const HYP_REGION_SIZE: u64 = 16 << 20;
+/// Where the host image is linked and entered.
+pub const HOST_IMAGE_BASE: u64 = 0x4200_0000;
+
+const _: () = {
+    assert!(HYP_REGION_BASE % (2 << 20) == 0);
+    assert!(HYP_REGION_SIZE % (2 << 20) == 0);
+    assert!(HYP_REGION_BASE + HYP_REGION_SIZE <= HOST_IMAGE_BASE);
+};

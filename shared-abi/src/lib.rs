@@ -1,0 +1,290 @@
+//! The hypercall ABI between the untrusted EL1 host and the EL2 hypervisor.
+//!
+//! Place in the flow: this crate is the *first* step of every call. The host encodes a call with
+//! the types here; EL2 decodes the same registers with the same types, validates, and answers with
+//! an [`HypError`] or success. Both sides compile against this one crate, so an ID, a value or a
+//! layout cannot drift between them. It contains no `unsafe` and no I/O.
+//!
+//! # Calling convention (SMCCC 1.4, SMC64 fast calls)
+//! - The host issues `HVC #0` with the function ID in `w0` (see [`HypercallId`]); the IDs are SMC64
+//!   fast calls in the *vendor-specific hypervisor service* range, `0xC600_0000 + n`.
+//! - Arguments are in `x1..=x7`. An argument register a call does not use **must be zero**;
+//!   anything else is refused with [`HypError::InvalidArgument`], so future versions can give the
+//!   registers meaning without changing what old hosts get.
+//! - Results: `x0` is `0` on success or a negative [`HypError`] value; `x1..=x3` carry return
+//!   values where a call documents them, and are zero otherwise.
+//! - Messages larger than registers travel in the calling CPU's *message page*, a host page shared
+//!   with EL2 during set-up (see [`HypercallId::SetMessagePage`]). EL2 copies a request out of the
+//!   page before it looks at it, so a host that rewrites the page concurrently gains nothing.
+//!
+//! The ABI reference with every call and error is `docs/ABI.md`.
+#![no_std]
+
+pub mod layout;
+pub mod msg;
+
+/// ABI version implemented by this crate: major in bits [31:16], minor in bits [15:0].
+///
+/// The major number changes when an existing call changes meaning; the minor number when calls
+/// are added.
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 0 };
+
+/// Size of the granule every address argument is counted in.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// First function ID of the SMC64 fast-call vendor-specific hypervisor service range.
+pub const VENDOR_HYP_BASE: u32 = 0xC600_0000;
+
+/// An ABI version as returned by [`HypercallId::Version`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbiVersion {
+    /// Incompatible changes.
+    pub major: u16,
+    /// Compatible additions.
+    pub minor: u16,
+}
+
+impl AbiVersion {
+    /// Encodes the version as the `x1` result of [`HypercallId::Version`].
+    pub const fn encode(self) -> u64 {
+        ((self.major as u64) << 16) | self.minor as u64
+    }
+
+    /// Decodes a version from the `x1` result of [`HypercallId::Version`].
+    pub const fn decode(raw: u64) -> Option<Self> {
+        if raw >> 32 != 0 {
+            return None;
+        }
+        Some(Self { major: (raw >> 16) as u16, minor: raw as u16 })
+    }
+}
+
+/// When in the hypervisor's life a call may be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Only before [`HypercallId::FinaliseSetup`]; refused with [`HypError::SetupFinalised`] after.
+    SetupOnly,
+    /// At any time.
+    Any,
+}
+
+macro_rules! hypercalls {
+    ($( $(#[$doc:meta])* $name:ident = $n:literal, $phase:ident; )*) => {
+        /// Every hypercall the host may make. The discriminant is the SMCCC function ID.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum HypercallId {
+            $( $(#[$doc])* $name = VENDOR_HYP_BASE + $n, )*
+        }
+
+        impl HypercallId {
+            /// Every call, in ID order.
+            pub const ALL: &'static [HypercallId] = &[$(HypercallId::$name,)*];
+
+            /// When the call may be made.
+            pub const fn phase(self) -> Phase {
+                match self { $(HypercallId::$name => Phase::$phase,)* }
+            }
+        }
+
+        impl TryFrom<u64> for HypercallId {
+            type Error = HypError;
+
+            /// Decodes `x0` of a host HVC. Only the low 32 bits are the function ID (SMCCC);
+            /// non-zero upper bits are refused as [`HypError::NotSupported`], like unknown IDs.
+            fn try_from(x0: u64) -> Result<Self, HypError> {
+                $( if x0 == HypercallId::$name as u64 { return Ok(HypercallId::$name); } )*
+                Err(HypError::NotSupported)
+            }
+        }
+    };
+}
+
+hypercalls! {
+    /// Returns the ABI version in `x1` ([`AbiVersion::encode`]). No arguments.
+    Version = 0, Any;
+    /// The null call: returns `x1` unchanged in `x1`. Used to measure the bare round trip.
+    Ping = 1, Any;
+    /// `x1` = CPU index (`0..nr_cpus`), `x2` = physical address of a host page. Shares the page
+    /// with EL2 (host: shared-owned, EL2: shared-borrowed) and makes it that CPU's message page.
+    /// Each CPU's page may be set once; the page must be RAM the host owns and not already shared.
+    SetMessagePage = 2, SetupOnly;
+    /// Ends set-up: from now on, [`Phase::SetupOnly`] calls are refused. No arguments.
+    FinaliseSetup = 3, SetupOnly;
+    /// Writes a [`msg::HypInfo`] at offset 0 of the calling CPU's message page. No arguments.
+    HypInfo = 4, Any;
+    /// Reads a [`msg::EchoRequest`] at offset 0 of the calling CPU's message page and writes a
+    /// [`msg::EchoResponse`] at offset 0. A round trip of the message path.
+    Echo = 5, Any;
+}
+
+impl HypercallId {
+    /// How many argument registers (`x1..`) the call uses; the rest must be zero.
+    pub const fn nr_args(self) -> usize {
+        match self {
+            HypercallId::Version | HypercallId::FinaliseSetup => 0,
+            HypercallId::HypInfo | HypercallId::Echo => 0,
+            HypercallId::Ping => 1,
+            HypercallId::SetMessagePage => 2,
+        }
+    }
+}
+
+macro_rules! errors {
+    ($( $(#[$doc:meta])* $name:ident = $v:literal, )*) => {
+        /// Every way a hypercall can fail. Values are fixed: they are the ABI.
+        #[repr(i64)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum HypError {
+            $( $(#[$doc])* $name = $v, )*
+        }
+
+        impl HypError {
+            /// Every error, in value order (most negative last).
+            pub const ALL: &'static [HypError] = &[$(HypError::$name,)*];
+
+            /// Decodes `x0` of a result. `None` for success (0) and for values the ABI does
+            /// not define.
+            pub const fn from_x0(x0: u64) -> Option<Self> {
+                match x0 as i64 {
+                    $( $v => Some(HypError::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// A short stable name, for logs and test output.
+            pub const fn name(self) -> &'static str {
+                match self { $(HypError::$name => stringify!($name),)* }
+            }
+        }
+    };
+}
+
+errors! {
+    /// The function ID is not a call this hypervisor implements (SMCCC `NOT_SUPPORTED`).
+    NotSupported = -1,
+    /// An argument is outside its documented domain, or an unused argument register is not zero.
+    InvalidArgument = -2,
+    /// An address or size is not a multiple of [`PAGE_SIZE`].
+    NotAligned = -3,
+    /// An address range overflows, or lies (partly) outside the memory the call may name.
+    OutOfRange = -4,
+    /// A page is not in the ownership state the call requires (e.g. the host does not own it,
+    /// it is already shared, or it belongs to EL2).
+    NotOwned = -5,
+    /// A set-up-only call was made after [`HypercallId::FinaliseSetup`].
+    SetupFinalised = -6,
+    /// A message call was made on a CPU that has no message page.
+    NoMessagePage = -7,
+    /// A message in the message page failed validation (reserved field set, bad length).
+    BadMessage = -8,
+    /// EL2 ran out of internal memory for this operation. Nothing was changed.
+    NoMemory = -9,
+    /// The object is in use (e.g. a CPU's message page is already set).
+    Busy = -10,
+}
+
+impl HypError {
+    /// The value placed in `x0`.
+    pub const fn to_x0(self) -> u64 {
+        self as i64 as u64
+    }
+}
+
+/// A decoded hypercall result as the host sees it: `x1..=x3` on success.
+pub type HypResult = Result<[u64; 3], HypError>;
+
+/// Decodes the four result registers of a hypercall.
+///
+/// An `x0` that is neither 0 nor a defined error is reported as [`HypError::NotSupported`], the
+/// conservative reading for a host talking to an unknown hypervisor.
+pub fn decode_result(regs: [u64; 4]) -> HypResult {
+    if regs[0] == 0 {
+        Ok([regs[1], regs[2], regs[3]])
+    } else {
+        Err(HypError::from_x0(regs[0]).unwrap_or(HypError::NotSupported))
+    }
+}
+
+/// Encodes a result into `x0..=x3`.
+pub fn encode_result(r: HypResult) -> [u64; 4] {
+    match r {
+        Ok([a, b, c]) => [0, a, b, c],
+        Err(e) => [e.to_x0(), 0, 0, 0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_id_decodes_to_itself() {
+        for &id in HypercallId::ALL {
+            assert_eq!(HypercallId::try_from(id as u64), Ok(id));
+            assert_eq!(id as u32 & 0xFFFF_0000, 0xC600_0000, "{id:?} outside vendor hyp range");
+        }
+    }
+
+    #[test]
+    fn ids_are_smc64_fast_calls_in_vendor_hyp_range() {
+        for &id in HypercallId::ALL {
+            let v = id as u32;
+            assert_eq!(v >> 31, 1, "fast call bit");
+            assert_eq!((v >> 30) & 1, 1, "SMC64 bit");
+            assert_eq!((v >> 24) & 0x3F, 6, "owning entity: vendor-specific hypervisor");
+        }
+    }
+
+    #[test]
+    fn unknown_and_wide_ids_are_not_supported() {
+        assert_eq!(HypercallId::try_from(0xC600_FFFF), Err(HypError::NotSupported));
+        assert_eq!(HypercallId::try_from(0), Err(HypError::NotSupported));
+        assert_eq!(HypercallId::try_from(u64::MAX), Err(HypError::NotSupported));
+        // Upper bits set on a valid ID are not the same call.
+        assert_eq!(HypercallId::try_from(1 << 32 | HypercallId::Version as u64), Err(HypError::NotSupported));
+    }
+
+    #[test]
+    fn errors_round_trip_through_x0() {
+        for &e in HypError::ALL {
+            assert!((e as i64) < 0);
+            assert_eq!(HypError::from_x0(e.to_x0()), Some(e));
+            assert_eq!(decode_result(encode_result(Err(e))), Err(e));
+        }
+        assert_eq!(HypError::NotSupported.to_x0(), u64::MAX, "SMCCC NOT_SUPPORTED is -1");
+        assert_eq!(HypError::from_x0(0), None);
+        assert_eq!(HypError::from_x0(-1000i64 as u64), None);
+    }
+
+    #[test]
+    fn error_values_are_distinct() {
+        for (i, a) in HypError::ALL.iter().enumerate() {
+            for b in &HypError::ALL[i + 1..] {
+                assert_ne!(*a as i64, *b as i64);
+            }
+        }
+    }
+
+    #[test]
+    fn success_round_trips() {
+        assert_eq!(decode_result(encode_result(Ok([1, 2, 3]))), Ok([1, 2, 3]));
+        assert_eq!(decode_result([-77i64 as u64, 0, 0, 0]), Err(HypError::NotSupported));
+    }
+
+    #[test]
+    fn version_encoding_both_ways() {
+        let v = AbiVersion { major: 3, minor: 0xABCD };
+        assert_eq!(v.encode(), 0x3_ABCD);
+        assert_eq!(AbiVersion::decode(v.encode()), Some(v));
+        assert_eq!(AbiVersion::decode(1 << 32), None);
+        assert_eq!(AbiVersion::decode(ABI_VERSION.encode()), Some(ABI_VERSION));
+    }
+
+    #[test]
+    fn setup_only_calls() {
+        assert_eq!(HypercallId::SetMessagePage.phase(), Phase::SetupOnly);
+        assert_eq!(HypercallId::FinaliseSetup.phase(), Phase::SetupOnly);
+        assert_eq!(HypercallId::Ping.phase(), Phase::Any);
+    }
+}
