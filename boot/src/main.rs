@@ -1,1 +1,272 @@
+//! EL2 entry on QEMU's `virt` machine: early assembly, EL2's stage 1, hand-off to the host.
+//!
+//! Boot order on the first CPU (the one QEMU starts at the ELF entry, at EL2, MMU off):
+//!
+//! 1. `_start` (assembly): CPU index 0 into `TPIDR_EL2`, stack, clear `.bss`, vectors.
+//! 2. [`boot_main`], still with the MMU off (so only aligned accesses and no locks): parse the
+//!    device tree, build EL2's stage 1 (its own image, stacks and the UART, nothing else; no
+//!    page both writable and executable) and an empty host stage 2, turn the MMU on.
+//! 3. Console, ownership record (EL2's region taken from the host), global state.
+//! 4. Configure stage 2 and traps for the host, `ERET` to the host at EL1.
+//!
+//! Other CPUs start only when the host asks for them with PSCI `CPU_ON`, which EL2 intercepts:
+//! firmware starts them at `_secondary_entry` (EL2), and [`secondary_main`] gives them the same
+//! EL2 MMU configuration and host stage 2 before entering the host where it asked.
 #![no_std]
+#![no_main]
+
+use core::arch::global_asm;
+use core::ptr::addr_of;
+use core::sync::atomic::{AtomicU64, Ordering};
+use el2::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use el2::arch::{self, El2MmuConfig, HostConfig};
+use el2::hyp::Hyp;
+use el2::owner::{Ownership, PageEntry};
+use el2::pgtable::{Attrs, Format, MemType, PageTable, Perms};
+use el2::platform::{self, Platform, MAX_CPUS};
+use el2::pool::PagePool;
+use el2::trap::{HYP, SECONDARY_ENTRY};
+use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
+
+/// Bytes per CPU in the stack region: one guard page, then the stack.
+const STACK_STRIDE: u64 = 20 * 1024;
+const GUARD_SIZE: u64 = 4096;
+/// Pages EL2 keeps for translation tables.
+const POOL_PAGES: usize = 1024;
+/// Largest RAM the static ownership record covers (2 GiB).
+const MAX_RAM_PAGES: usize = 512 * 1024;
+/// Where QEMU places the device tree for an ELF image: the base of RAM.
+const DTB_BASE: u64 = 0x4000_0000;
+/// EL2's virtual address space (identity-mapped) is 48 bits.
+const HYP_VA_BITS: u8 = 48;
+
+global_asm!(
+    r#"
+.section .text.boot, "ax"
+.global _start
+_start:
+    msr tpidr_el2, xzr
+    adrp x1, __stacks_start
+    add x1, x1, :lo12:__stacks_start
+    mov x2, #{stride}
+    add sp, x1, x2
+    adrp x1, __bss_start
+    add x1, x1, :lo12:__bss_start
+    adrp x2, __bss_end
+    add x2, x2, :lo12:__bss_end
+1:  cmp x1, x2
+    b.hs 2f
+    stp xzr, xzr, [x1], #16
+    b 1b
+2:  adrp x1, el2_vectors
+    add x1, x1, :lo12:el2_vectors
+    msr vbar_el2, x1
+    // VBAR_EL2 is in effect before anything can fault.
+    isb
+    ldr x0, ={dtb}
+    bl {boot_main}
+3:  wfe
+    b 3b
+
+.global _secondary_entry
+_secondary_entry:
+    // Started by firmware at EL2 with the MMU off; x0 = the CPU index EL2 passed to CPU_ON.
+    cmp x0, #{max_cpus}
+    b.hs 3b
+    msr tpidr_el2, x0
+    adrp x1, __stacks_start
+    add x1, x1, :lo12:__stacks_start
+    add x3, x0, #1
+    mov x2, #{stride}
+    madd x1, x3, x2, x1
+    mov sp, x1
+    adrp x1, el2_vectors
+    add x1, x1, :lo12:el2_vectors
+    msr vbar_el2, x1
+    isb
+    bl {secondary_main}
+    b 3b
+"#,
+    stride = const STACK_STRIDE,
+    dtb = const DTB_BASE,
+    max_cpus = const MAX_CPUS,
+    boot_main = sym boot_main,
+    secondary_main = sym secondary_main,
+);
+
+extern "C" {
+    static __hyp_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __stacks_start: u8;
+    static __panic_stacks_start: u8;
+    static __hyp_end: u8;
+    static _secondary_entry: u8;
+}
+
+#[repr(C, align(4096))]
+struct PoolPages(core::cell::UnsafeCell<[[u8; 4096]; POOL_PAGES]>);
+// SAFETY: the pages are only ever reached through the one `PagePool` built in `boot_main`,
+// which lives under the memory lock. (Interior mutability also keeps them out of `.rodata`.)
+unsafe impl Sync for PoolPages {}
+/// Translation-table pages.
+static POOL: PoolPages = PoolPages(core::cell::UnsafeCell::new([[0; 4096]; POOL_PAGES]));
+
+struct Record(core::cell::UnsafeCell<[PageEntry; MAX_RAM_PAGES]>);
+// SAFETY: the record is borrowed mutably exactly once, by `boot_main` on the boot CPU before
+// any other CPU runs, and from then on only through the memory lock.
+unsafe impl Sync for Record {}
+static RECORD: Record = Record(core::cell::UnsafeCell::new([PageEntry::EMPTY; MAX_RAM_PAGES]));
+
+/// EL2 MMU settings for the secondary CPUs: TTBR0, TCR, MAIR, SCTLR. Cleaned to the point of
+/// coherency after being written, because secondaries read them with their MMU off.
+static MMU_CONFIG: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static HOST_CONFIG: spin::Once<HostConfig> = spin::Once::new();
+
+fn sym(s: &u8) -> u64 {
+    s as *const u8 as u64
+}
+
+fn read_platform(dtb: u64) -> Result<Platform, platform::PlatformError> {
+    // SAFETY: QEMU places the device tree at `dtb` (base of RAM) and nothing else uses that
+    // memory yet; the header is read first so the slice covers exactly the blob.
+    let header = unsafe { &*(dtb as *const [u8; 8]) };
+    let size = platform::dtb_total_size(header).ok_or(platform::PlatformError::BadBlob)?;
+    // SAFETY: as above, for the size the header gives (bounded by MAX_DTB_SIZE).
+    let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
+    platform::parse(blob)
+}
+
+fn map_or_park(t: &mut PageTable, pool: &mut PagePool, start: u64, end: u64, mem: MemType, perms: Perms) {
+    if end > start && t.map(pool, start, PhysAddr(start), end - start, Attrs { mem, perms }, 2).is_err() {
+        arch::park();
+    }
+}
+
+/// Builds EL2's stage 1: the image by section, the stacks without their guard pages, the UART.
+fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr) -> PageTable {
+    let Ok(mut t) = PageTable::new(pool, Format::El2Stage1, HYP_VA_BITS) else { arch::park() };
+    // SAFETY: taking the address of linker-provided symbols; nothing is read through them.
+    let (start, text_end, rodata_end, stacks, panic_stacks, end) = unsafe {
+        (
+            sym(&__hyp_start),
+            sym(&__text_end),
+            sym(&__rodata_end),
+            sym(&__stacks_start),
+            sym(&__panic_stacks_start),
+            sym(&__hyp_end),
+        )
+    };
+    map_or_park(&mut t, pool, start, text_end, MemType::Normal, Perms::RX);
+    map_or_park(&mut t, pool, text_end, rodata_end, MemType::Normal, Perms::RO);
+    map_or_park(&mut t, pool, rodata_end, stacks, MemType::Normal, Perms::RW);
+    for cpu in 0..MAX_CPUS as u64 {
+        let s = stacks + cpu * STACK_STRIDE;
+        map_or_park(&mut t, pool, s + GUARD_SIZE, s + STACK_STRIDE, MemType::Normal, Perms::RW);
+    }
+    map_or_park(&mut t, pool, panic_stacks, end, MemType::Normal, Perms::RW);
+    map_or_park(&mut t, pool, uart.0, uart.0 + PAGE_SIZE, MemType::Device, Perms::RW);
+    t
+}
+
+/// The host's IPA size: 40 bits (all of QEMU `virt`'s map) where the CPU allows a level-0
+/// start, otherwise what a single level-1 root reaches.
+fn host_ipa_bits(pa_bits: u8) -> u8 {
+    if pa_bits >= 44 {
+        40
+    } else {
+        pa_bits.min(39)
+    }
+}
+
+extern "C" fn boot_main(dtb: u64) -> ! {
+    // MMU off: no console until the UART is mapped, so a bad device tree can only park.
+    let Ok(platform) = read_platform(dtb) else { arch::park() };
+    let pa_bits = arch::pa_bits();
+    // SAFETY: POOL lies in EL2's .bss (inside the HYP region, identity-mapped RW by the stage 1
+    // built below) and is used by nothing but this pool.
+    let mut pool = unsafe { PagePool::new(PhysAddr(POOL.0.get() as u64), POOL_PAGES) };
+    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart);
+    let Ok(host_s2) = PageTable::new(&mut pool, Format::Stage2, host_ipa_bits(pa_bits)) else { arch::park() };
+    let mmu = El2MmuConfig::new(&hyp_s1, pa_bits);
+    // SAFETY: at EL2 with the MMU off; `hyp_s1` identity-maps this code, its stack and data.
+    unsafe { arch::enable_el2_mmu(&mmu) };
+
+    el2::console::init(platform.uart.0, log::LevelFilter::Info);
+    log::info!(
+        "hypervisor at EL2: {} CPUs, RAM {}..{}, PA {} bits, ABI {}.{}",
+        platform.cpus.len(),
+        platform.ram.start,
+        platform.ram.end,
+        pa_bits,
+        shared_abi::ABI_VERSION.major,
+        shared_abi::ABI_VERSION.minor,
+    );
+
+    for (i, v) in [mmu.ttbr0, mmu.tcr, mmu.mair, mmu.sctlr].into_iter().enumerate() {
+        MMU_CONFIG[i].store(v, Ordering::Relaxed);
+    }
+    arch::clean_dcache_range(addr_of!(MMU_CONFIG) as u64, core::mem::size_of_val(&MMU_CONFIG) as u64);
+    // SAFETY: taking a symbol's address.
+    SECONDARY_ENTRY.store(sym(unsafe { &_secondary_entry }), Ordering::Relaxed);
+
+    let Some(hyp_region) = PhysRange::from_size(PhysAddr(HYP_REGION_BASE), HYP_REGION_SIZE) else { arch::park() };
+    // SAFETY: taking a symbol's address.
+    if sym(unsafe { &__hyp_start }) != HYP_REGION_BASE {
+        log::error!("EL2 image is not linked at the HYP region base {HYP_REGION_BASE:#x}");
+        arch::park();
+    }
+    let pages = (platform.ram.size() / PAGE_SIZE) as usize;
+    if pages > MAX_RAM_PAGES || !platform.ram.contains_range(&hyp_region) {
+        log::error!("unsupported RAM layout {:?} (at most {MAX_RAM_PAGES} pages, must hold {hyp_region:?})", platform.ram);
+        arch::park();
+    }
+    // SAFETY: see `Record`: this is the only mutable borrow, taken once before other CPUs run.
+    let entries = unsafe { &mut (&mut *RECORD.0.get())[..pages] };
+    let Ok(own) = Ownership::new(platform.ram, entries) else { arch::park() };
+    let host_cfg = HostConfig::new(&host_s2, pa_bits);
+    log::info!("EL2 owns {hyp_region:?}; host stage 2: {} bit IPA, table pool {} pages", host_s2.ia_bits(), pool.capacity() - pool.in_use());
+    match Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, pool) {
+        Ok(h) => {
+            HYP.call_once(|| h);
+        }
+        Err(e) => {
+            log::error!("EL2 start-up failed: {e}");
+            arch::park();
+        }
+    }
+    let host_cfg = HOST_CONFIG.call_once(|| host_cfg);
+    arch::activate_host(host_cfg);
+    log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
+    // SAFETY: `activate_host` ran on this CPU.
+    unsafe { arch::enter_host(HOST_IMAGE_BASE, dtb) }
+}
+
+extern "C" fn secondary_main(cpu: u64) -> ! {
+    let mmu = El2MmuConfig {
+        ttbr0: MMU_CONFIG[0].load(Ordering::Relaxed),
+        tcr: MMU_CONFIG[1].load(Ordering::Relaxed),
+        mair: MMU_CONFIG[2].load(Ordering::Relaxed),
+        sctlr: MMU_CONFIG[3].load(Ordering::Relaxed),
+    };
+    if mmu.ttbr0 == 0 {
+        arch::park();
+    }
+    // SAFETY: at EL2 with the MMU off; the boot CPU's tables identity-map all of EL2, this
+    // CPU's stack included.
+    unsafe { arch::enable_el2_mmu(&mmu) };
+    let (Some(hyp), Some(host_cfg)) = (HYP.get(), HOST_CONFIG.get()) else { arch::park() };
+    let boot = &hyp.cpu_boot[cpu as usize % MAX_CPUS];
+    let entry = boot.entry.load(Ordering::Acquire);
+    let context = boot.context.load(Ordering::Acquire);
+    arch::activate_host(host_cfg);
+    log::info!("cpu{cpu} online at EL2 (MPIDR {:#x}), entering host at {entry:#x}", arch::mpidr());
+    // SAFETY: `activate_host` ran on this CPU.
+    unsafe { arch::enter_host(entry, context) }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    el2::console::emergency(format_args!("EL2 PANIC on cpu{}: {info}\n", arch::cpu_index()));
+    arch::park()
+}

@@ -1,11 +1,27 @@
 //! The EL2 hypervisor: the only trusted code.
+//!
+//! The flow of every host request, top to bottom (each module says where it sits):
+//!
+//! ```text
+//! vectors (arch) → trap → hyp (decode, validate) → owner / pgtable (state change) → arch
+//! ```
+//!
+//! Everything except `arch`, `trap` and `console` is plain Rust that builds and is unit-tested
+//! on the development host; those three exist only on the bare-metal AArch64 target.
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
 pub mod exception;
+pub mod hyp;
 pub mod owner;
 pub mod pgtable;
 pub mod platform;
 pub mod pool;
-pub mod hyp;
 pub mod psci;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod arch;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod console;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod trap;

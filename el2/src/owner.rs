@@ -81,6 +81,9 @@ pub enum PageState {
 pub struct PageEntry(u32);
 
 impl PageEntry {
+    /// An entry not yet initialised (for statically allocated records).
+    pub const EMPTY: PageEntry = PageEntry(0);
+
     const fn new(owner: Component, borrower: Option<Component>) -> Self {
         let b = match borrower {
             Some(c) => c.code(),

@@ -1,0 +1,54 @@
+//! The host's console: the PL011 from the device tree (the same one EL2 writes to).
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static BASE: AtomicU64 = AtomicU64::new(0x0900_0000);
+static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Uses the PL011 at `base`.
+pub fn init(base: u64) {
+    BASE.store(base, Ordering::Relaxed);
+}
+
+/// A writer to the UART (callers hold [`LOCK`] for whole lines).
+pub struct Uart;
+
+impl Write for Uart {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let base = BASE.load(Ordering::Relaxed);
+        for b in s.bytes() {
+            if b == b'\n' {
+                put(base, b'\r');
+            }
+            put(base, b);
+        }
+        Ok(())
+    }
+}
+
+fn put(base: u64, c: u8) {
+    // SAFETY: `base` is the PL011 the device tree names; UARTFR (0x18) is read-only and
+    // UARTDR (0x0) queues a character. The host's stage 2 maps it as Device memory.
+    unsafe {
+        while core::ptr::read_volatile((base + 0x18) as *const u32) & (1 << 5) != 0 {}
+        core::ptr::write_volatile(base as *mut u32, c as u32);
+    }
+}
+
+/// Prints one line atomically with respect to other host CPUs.
+pub fn print(args: fmt::Arguments<'_>) {
+    let _g = LOCK.lock();
+    let _ = Uart.write_fmt(args);
+}
+
+/// Prints without the lock (for the failure path).
+pub fn print_unlocked(args: fmt::Arguments<'_>) {
+    let _ = Uart.write_fmt(args);
+}
+
+/// `println!` for the host.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+}

@@ -1,0 +1,70 @@
+//! What the host reads from the device tree.
+
+use crate::MAX_CPUS;
+
+/// The machine as the host sees it.
+pub struct Platform {
+    /// PL011 base.
+    pub uart: u64,
+    /// `MPIDR` of each CPU, in device-tree order.
+    pub cpus: [u64; MAX_CPUS],
+    /// Number of valid entries in `cpus`.
+    pub nr_cpus: usize,
+    /// RAM base and size.
+    pub ram: (u64, u64),
+    /// PCIe ECAM base, if any.
+    pub ecam: Option<u64>,
+    /// A 32-bit PCI memory window (base), if any.
+    pub pci_mem32: Option<u64>,
+    bootargs: [u8; 128],
+    bootargs_len: usize,
+}
+
+impl Platform {
+    /// Parses the device tree at `dtb`; the host cannot run without one.
+    pub fn from_dtb(dtb: u64) -> Self {
+        // SAFETY: EL2 passes the device tree QEMU placed in host RAM; `from_ptr` reads the
+        // header's size and checks the magic.
+        let fdt = match unsafe { fdt::Fdt::from_ptr(dtb as *const u8) } {
+            Ok(f) => f,
+            Err(_) => crate::fail::halt(),
+        };
+        let uart = fdt
+            .find_compatible(&["arm,pl011"])
+            .and_then(|n| n.reg()?.next())
+            .map_or(0x0900_0000, |r| r.starting_address as u64);
+        let mut cpus = [0; MAX_CPUS];
+        let mut nr_cpus = 0;
+        for cpu in fdt.cpus().take(MAX_CPUS) {
+            cpus[nr_cpus] = cpu.ids().first() as u64;
+            nr_cpus += 1;
+        }
+        let ram = fdt
+            .memory()
+            .regions()
+            .next()
+            .map_or((0, 0), |r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+        let pci = fdt.find_compatible(&["pci-host-ecam-generic"]);
+        let ecam = pci.and_then(|n| n.reg()?.next()).map(|r| r.starting_address as u64);
+        let pci_mem32 = pci.and_then(|n| n.property("ranges")).and_then(|p| {
+            // PCI ranges: (flags, child hi, child lo, parent hi, parent lo, size hi, size lo).
+            p.value.chunks_exact(28).find_map(|e| {
+                let cell = |i: usize| u32::from_be_bytes([e[4 * i], e[4 * i + 1], e[4 * i + 2], e[4 * i + 3]]) as u64;
+                ((cell(0) >> 24) & 3 == 2).then(|| cell(3) << 32 | cell(4))
+            })
+        });
+        let mut bootargs = [0u8; 128];
+        let mut bootargs_len = 0;
+        if let Some(args) = fdt.chosen().bootargs() {
+            bootargs_len = args.len().min(128);
+            bootargs[..bootargs_len].copy_from_slice(&args.as_bytes()[..bootargs_len]);
+        }
+        Self { uart, cpus, nr_cpus, ram, ecam, pci_mem32, bootargs, bootargs_len }
+    }
+
+    /// The scenario named by `scenario=NAME` in the boot arguments, or `demo`.
+    pub fn scenario(&self) -> &str {
+        let args = core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("");
+        args.split_whitespace().find_map(|w| w.strip_prefix("scenario=")).unwrap_or("demo")
+    }
+}

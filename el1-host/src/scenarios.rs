@@ -1,0 +1,220 @@
+//! The host's scenarios: what a (sometimes hostile) host does, and what it must observe.
+//!
+//! Each prints `host: ok: ...` lines that the QEMU scenario runner looks for, and fails the run
+//! (QEMU exit status 1) on the first wrong observation.
+
+use crate::platform::Platform;
+use crate::{hvc, println, PROBE};
+use core::sync::atomic::Ordering;
+use shared_abi::layout::{HYP_REGION_BASE, HYP_REGION_SIZE};
+use shared_abi::msg::{EchoRequest, EchoResponse, HypInfo};
+use shared_abi::{HypError, HypercallId, ABI_VERSION, PAGE_SIZE};
+use zerocopy::{FromBytes, IntoBytes};
+
+macro_rules! check {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            $crate::fail::fail(format_args!($($arg)*));
+        }
+    };
+}
+
+macro_rules! expect_err {
+    ($call:expr, $err:expr, $what:expr) => {{
+        let r = $call;
+        check!(r == Err($err), "{}: expected {:?}, got {:?}", $what, $err, r);
+        println!("host: ok: {} -> {}", $what, $err.name());
+    }};
+}
+
+#[repr(C, align(4096))]
+struct MessagePages([[u8; PAGE_SIZE as usize]; crate::MAX_CPUS]);
+
+/// One message page per CPU, shared with EL2 during set-up.
+static mut MSG_PAGES: MessagePages = MessagePages([[0; PAGE_SIZE as usize]; crate::MAX_CPUS]);
+
+fn msg_page(cpu: usize) -> *mut u8 {
+    // SAFETY: taking the address of a static; accesses go through volatile reads and writes.
+    unsafe { core::ptr::addr_of_mut!(MSG_PAGES.0[cpu]) as *mut u8 }
+}
+
+fn write_msg<T: IntoBytes + zerocopy::Immutable>(cpu: usize, m: &T) {
+    for (i, b) in m.as_bytes().iter().enumerate() {
+        // SAFETY: within this CPU's message page.
+        unsafe { core::ptr::write_volatile(msg_page(cpu).add(i), *b) };
+    }
+}
+
+fn read_msg<T: FromBytes>(cpu: usize) -> T {
+    // SAFETY: within this CPU's message page, page aligned; any bytes are a valid `T`.
+    unsafe { core::ptr::read_volatile(msg_page(cpu) as *const T) }
+}
+
+/// Runs scenario `name`.
+pub fn run(name: &str, plat: &Platform) {
+    match name {
+        "demo" => {
+            smp(plat);
+            hypercalls(plat);
+            unknown_calls();
+            el2_memory();
+        }
+        "smp" => smp(plat),
+        "hypercalls" => hypercalls(plat),
+        "unknown-hvc" => unknown_calls(),
+        "el2-memory" => el2_memory(),
+        "bad-args" => bad_args(plat),
+        other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
+    }
+}
+
+/// Brings up every CPU through PSCI CPU_ON (EL2 intercepts it) and waits for each to report.
+fn smp(plat: &Platform) {
+    use smccc::psci;
+    let me = plat.cpus[0];
+    check!(
+        psci::cpu_on::<smccc::Smc>(0xFF_FF, crate::secondary_entry(), 0).is_err(),
+        "CPU_ON of a CPU that does not exist succeeded"
+    );
+    println!("host: ok: CPU_ON of a missing CPU refused");
+    for cpu in 1..plat.nr_cpus {
+        let r = psci::cpu_on::<smccc::Smc>(plat.cpus[cpu], crate::secondary_entry(), cpu as u64);
+        check!(r.is_ok(), "CPU_ON cpu{cpu}: {r:?}");
+        let mut spins = 0u64;
+        while !crate::ONLINE[cpu].load(Ordering::SeqCst) {
+            spins += 1;
+            check!(spins < 2_000_000_000, "cpu{cpu} did not come online");
+            core::hint::spin_loop();
+        }
+    }
+    check!(psci::cpu_on::<smccc::Smc>(me, crate::secondary_entry(), 0).is_err(), "CPU_ON of myself succeeded");
+    println!("host: ok: all {} CPUs online", plat.nr_cpus);
+}
+
+/// The ABI's calls, each answering as documented.
+fn hypercalls(plat: &Platform) {
+    let v = hvc::call(HypercallId::Version, &[]);
+    check!(v == Ok([ABI_VERSION.encode(), 0, 0]), "VERSION: {v:x?}");
+    println!("host: ok: hypervisor ABI version {}.{}", ABI_VERSION.major, ABI_VERSION.minor);
+    for i in 0..100u64 {
+        let r = hvc::call(HypercallId::Ping, &[i * 0x0101_0101]);
+        check!(r == Ok([i * 0x0101_0101, 0, 0]), "PING {i}: {r:x?}");
+    }
+    println!("host: ok: 100 PING round trips");
+    expect_err!(hvc::call(HypercallId::HypInfo, &[]), HypError::NoMessagePage, "HYP_INFO before a message page");
+    for cpu in 0..plat.nr_cpus {
+        let r = hvc::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
+        check!(r.is_ok(), "SET_MESSAGE_PAGE cpu{cpu}: {r:?}");
+    }
+    println!("host: ok: message pages shared");
+    expect_err!(
+        hvc::call(HypercallId::SetMessagePage, &[0, msg_page(1) as u64]),
+        HypError::Busy,
+        "SET_MESSAGE_PAGE twice"
+    );
+    check!(hvc::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO failed");
+    let info: HypInfo = read_msg(0);
+    check!(info.nr_cpus as usize == plat.nr_cpus, "HYP_INFO nr_cpus {}", info.nr_cpus);
+    check!(info.hyp_base == HYP_REGION_BASE && info.hyp_size == HYP_REGION_SIZE, "HYP_INFO region {info:x?}");
+    check!((info.ram_base, info.ram_size) == plat.ram, "HYP_INFO RAM {info:x?}");
+    println!("host: ok: HYP_INFO: {} CPUs, EL2 at {:#x}+{:#x}, host IPA {} bits", info.nr_cpus, info.hyp_base, info.hyp_size, info.host_ipa_bits);
+    for n in 0..50u64 {
+        let req = EchoRequest { nonce: n ^ 0xABCD, flags: 0, words: [n, n * 3, u64::MAX - n, 1 << (n % 64), 0, 7] };
+        write_msg(0, &req);
+        check!(hvc::call(HypercallId::Echo, &[]).is_ok(), "ECHO {n} failed");
+        let resp: EchoResponse = read_msg(0);
+        check!(resp == req.expected_response(), "ECHO {n}: wrong response {resp:x?}");
+    }
+    println!("host: ok: 50 ECHO message round trips");
+    write_msg(0, &EchoRequest { nonce: 1, flags: 0x80, words: [0; 6] });
+    expect_err!(hvc::call(HypercallId::Echo, &[]), HypError::BadMessage, "ECHO with a reserved field set");
+    check!(hvc::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
+    println!("host: ok: set-up finalised");
+    expect_err!(
+        hvc::call(HypercallId::SetMessagePage, &[0, msg_page(0) as u64 + PAGE_SIZE * 8]),
+        HypError::SetupFinalised,
+        "SET_MESSAGE_PAGE after finalise"
+    );
+    expect_err!(hvc::call(HypercallId::FinaliseSetup, &[]), HypError::SetupFinalised, "FINALISE_SETUP twice");
+    check!(hvc::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO after finalise");
+    check!(read_msg::<HypInfo>(0).finalised == 1, "HYP_INFO does not report finalised");
+}
+
+/// IDs and register uses outside the ABI.
+fn unknown_calls() {
+    for id in [0xC600_0FFFu64, 0xC6FF_FFFF, 0x8600_0000, 0x0, 0xFFFF_FFFF, 1 << 32 | HypercallId::Version as u64] {
+        let r = hvc::raw(id, &[]);
+        check!(r == Err(HypError::NotSupported), "unknown ID {id:#x}: {r:?}");
+        println!("host: ok: unknown hypercall {id:#x} -> NOT_SUPPORTED (-1)");
+    }
+    let r = hvc::hvc_imm1(HypercallId::Version as u64);
+    check!(r == HypError::NotSupported.to_x0(), "HVC #1: {r:#x}");
+    println!("host: ok: HVC #1 -> NOT_SUPPORTED");
+    expect_err!(hvc::call(HypercallId::Version, &[1]), HypError::InvalidArgument, "VERSION with x1 set");
+    expect_err!(hvc::call(HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 9]), HypError::InvalidArgument, "PING with x7 set");
+    check!(hvc::call(HypercallId::Ping, &[5]) == Ok([5, 0, 0]), "EL2 stopped serving");
+    println!("host: ok: EL2 still serving");
+}
+
+const EC_DABT_CUR: u64 = 0x25;
+const EC_IABT_CUR: u64 = 0x21;
+const FSC_SEA: u64 = 0x10;
+
+/// Reads, writes and executes EL2's memory: every access must come back as an injected
+/// synchronous external abort, and EL2 must go on serving.
+fn el2_memory() {
+    let targets = [HYP_REGION_BASE, HYP_REGION_BASE + 0x1238, HYP_REGION_BASE + HYP_REGION_SIZE - 8];
+    for a in targets {
+        // SAFETY: deliberately touching memory the host does not own: the fault is caught by
+        // the probe and the access skipped; no value is used.
+        let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(a as *const u64); });
+        check!(matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_DABT_CUR && esr & 0x3F == FSC_SEA && far == a),
+            "read of EL2 memory {a:#x}: {r:x?}");
+        println!("host: ok: read of EL2 memory at {a:#x} -> synchronous external abort");
+        // SAFETY: as above, for a write that EL2 must stop.
+        let r = PROBE.expect(|| unsafe { core::ptr::write_volatile(a as *mut u64, 0xBAD) });
+        check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == EC_DABT_CUR && esr & (1 << 6) != 0 && esr & 0x3F == FSC_SEA),
+            "write to EL2 memory {a:#x}: {r:x?}");
+        println!("host: ok: write to EL2 memory at {a:#x} -> synchronous external abort");
+    }
+    let target = HYP_REGION_BASE;
+    // SAFETY: branching into EL2's memory: the fetch faults before any instruction runs, and
+    // the probe resumes at the return address in x30.
+    let r = PROBE.expect(|| unsafe { core::arch::asm!("blr {0}", in(reg) target, clobber_abi("C")) });
+    check!(matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_IABT_CUR && esr & 0x3F == FSC_SEA && far == target),
+        "execute of EL2 memory: {r:x?}");
+    println!("host: ok: execute of EL2 memory -> instruction abort");
+    // The pages just outside EL2's region are the host's.
+    for a in [HYP_REGION_BASE - 8, HYP_REGION_BASE + HYP_REGION_SIZE] {
+        // SAFETY: host-owned RAM around EL2's region (the DTB's padding and the host image).
+        let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(a as *const u64); });
+        check!(r.is_none(), "host memory at {a:#x} faulted: {r:x?}");
+    }
+    println!("host: ok: memory next to EL2's region is readable");
+    check!(hvc::call(HypercallId::Ping, &[42]) == Ok([42, 0, 0]), "EL2 stopped serving after the aborts");
+    println!("host: ok: EL2 still serving after host aborts");
+}
+
+/// Hostile arguments to the one call that takes addresses.
+fn bad_args(plat: &Platform) {
+    let page = msg_page(0) as u64;
+    let (ram, ram_size) = plat.ram;
+    let cases: [(&str, u64, u64, HypError); 8] = [
+        ("CPU index out of range", plat.nr_cpus as u64, page, HypError::InvalidArgument),
+        ("CPU index all-ones", u64::MAX, page, HypError::InvalidArgument),
+        ("unaligned page", 0, page + 8, HypError::NotAligned),
+        ("page below RAM", 0, ram - PAGE_SIZE, HypError::OutOfRange),
+        ("page past RAM", 0, ram + ram_size, HypError::OutOfRange),
+        ("last page of the address space", 0, u64::MAX & !(PAGE_SIZE - 1), HypError::OutOfRange),
+        ("EL2's first page", 0, HYP_REGION_BASE, HypError::NotOwned),
+        ("EL2's last page", 0, HYP_REGION_BASE + HYP_REGION_SIZE - PAGE_SIZE, HypError::NotOwned),
+    ];
+    for (what, cpu, pa, err) in cases {
+        expect_err!(hvc::call(HypercallId::SetMessagePage, &[cpu, pa]), err, what);
+    }
+    expect_err!(hvc::call(HypercallId::SetMessagePage, &[0, page, 1]), HypError::InvalidArgument, "x3 set");
+    check!(hvc::call(HypercallId::SetMessagePage, &[0, page]).is_ok(), "a valid SET_MESSAGE_PAGE after bad ones");
+    expect_err!(hvc::call(HypercallId::SetMessagePage, &[1, page]), HypError::NotOwned, "the same page for a second CPU");
+    check!(hvc::call(HypercallId::Ping, &[1]) == Ok([1, 0, 0]), "EL2 stopped serving");
+    println!("host: ok: EL2 still serving after hostile arguments");
+}

@@ -1,0 +1,13 @@
+//! The thin AArch64 layer: system registers, barriers, TLB maintenance, the exception vectors.
+//!
+//! Place in the flow: the bottom. Only this module (and the boot crate's entry assembly) contains
+//! `asm!`. It is compiled only for the bare-metal target; everything above it builds and is
+//! unit-tested on the development host.
+//!
+//! Register and field names follow the Arm ARM (DDI 0487). Every barrier says what it orders.
+
+mod regs;
+mod vectors;
+
+pub use regs::*;
+pub use vectors::TrapFrame;

@@ -1,0 +1,171 @@
+//! EL2's exception vector table and the trap frame the assembly builds.
+//!
+//! - Synchronous exceptions from a lower EL (AArch64) save all GPRs, `ELR_EL2` and `SPSR_EL2`
+//!   on this CPU's EL2 stack, call [`crate::trap::el2_lower_sync`], restore (the handler may
+//!   have changed any of them) and `ERET`.
+//! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 (`HCR_EL2.IMO/FMO/AMO`
+//!   clear), AArch32 lower ELs do not exist (`HCR_EL2.RW`), and an exception *at* EL2 is an EL2
+//!   bug. Those switch to this CPU's panic stack first (the normal stack may be what overflowed),
+//!   save the frame, and call [`crate::trap::el2_unexpected`], which reports and parks the CPU:
+//!   it never returns into state that may be corrupt.
+//!
+//! The frame layout is fixed by [`TrapFrame`] and checked at compile time against the offsets
+//! the assembly uses.
+
+use core::arch::global_asm;
+use core::mem::{offset_of, size_of};
+
+/// Registers of the interrupted context, as saved by the vector assembly.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    /// `x0..=x30`.
+    pub x: [u64; 31],
+    /// `ELR_EL2`: where the context resumes.
+    pub elr: u64,
+    /// `SPSR_EL2`: the context's PSTATE.
+    pub spsr: u64,
+    _pad: u64,
+}
+
+const FRAME_SIZE: usize = 272;
+const _: () = {
+    assert!(size_of::<TrapFrame>() == FRAME_SIZE);
+    assert!(offset_of!(TrapFrame, x) == 0);
+    assert!(offset_of!(TrapFrame, elr) == 248);
+    assert!(offset_of!(TrapFrame, spsr) == 256);
+};
+
+global_asm!(
+    r#"
+.macro SAVE_FRAME
+    sub sp, sp, #{frame}
+    stp x0, x1, [sp, #16 * 0]
+    stp x2, x3, [sp, #16 * 1]
+    stp x4, x5, [sp, #16 * 2]
+    stp x6, x7, [sp, #16 * 3]
+    stp x8, x9, [sp, #16 * 4]
+    stp x10, x11, [sp, #16 * 5]
+    stp x12, x13, [sp, #16 * 6]
+    stp x14, x15, [sp, #16 * 7]
+    stp x16, x17, [sp, #16 * 8]
+    stp x18, x19, [sp, #16 * 9]
+    stp x20, x21, [sp, #16 * 10]
+    stp x22, x23, [sp, #16 * 11]
+    stp x24, x25, [sp, #16 * 12]
+    stp x26, x27, [sp, #16 * 13]
+    stp x28, x29, [sp, #16 * 14]
+    mrs x0, elr_el2
+    mrs x1, spsr_el2
+    stp x30, x0, [sp, #16 * 15]
+    str x1, [sp, #16 * 16]
+.endm
+
+.macro RESTORE_FRAME
+    ldr x1, [sp, #16 * 16]
+    ldp x30, x0, [sp, #16 * 15]
+    msr elr_el2, x0
+    msr spsr_el2, x1
+    ldp x0, x1, [sp, #16 * 0]
+    ldp x2, x3, [sp, #16 * 1]
+    ldp x4, x5, [sp, #16 * 2]
+    ldp x6, x7, [sp, #16 * 3]
+    ldp x8, x9, [sp, #16 * 4]
+    ldp x10, x11, [sp, #16 * 5]
+    ldp x12, x13, [sp, #16 * 6]
+    ldp x14, x15, [sp, #16 * 7]
+    ldp x16, x17, [sp, #16 * 8]
+    ldp x18, x19, [sp, #16 * 9]
+    ldp x20, x21, [sp, #16 * 10]
+    ldp x22, x23, [sp, #16 * 11]
+    ldp x24, x25, [sp, #16 * 12]
+    ldp x26, x27, [sp, #16 * 13]
+    ldp x28, x29, [sp, #16 * 14]
+    add sp, sp, #{frame}
+.endm
+
+// A vector slot is 0x80 bytes, so each unexpected slot only parks x0 in SP_EL0 (a lower-EL
+// register: this path never returns to the lower EL) and branches with its vector number.
+.macro UNEXPECTED kind
+    msr sp_el0, x0
+    mov x0, #\kind
+    b el2_unexpected_entry
+.endm
+
+.section .text.vectors, "ax"
+.balign 2048
+.global el2_vectors
+el2_vectors:
+    // Current EL with SP_EL0.
+    .balign 0x80
+    UNEXPECTED 0
+    .balign 0x80
+    UNEXPECTED 1
+    .balign 0x80
+    UNEXPECTED 2
+    .balign 0x80
+    UNEXPECTED 3
+    // Current EL with SP_ELx.
+    .balign 0x80
+    UNEXPECTED 4
+    .balign 0x80
+    UNEXPECTED 5
+    .balign 0x80
+    UNEXPECTED 6
+    .balign 0x80
+    UNEXPECTED 7
+    // Lower EL, AArch64.
+    .balign 0x80
+    b el2_lower_sync_entry
+    .balign 0x80
+    UNEXPECTED 9
+    .balign 0x80
+    UNEXPECTED 10
+    .balign 0x80
+    UNEXPECTED 11
+    // Lower EL, AArch32 (never: HCR_EL2.RW is set).
+    .balign 0x80
+    UNEXPECTED 12
+    .balign 0x80
+    UNEXPECTED 13
+    .balign 0x80
+    UNEXPECTED 14
+    .balign 0x80
+    UNEXPECTED 15
+
+// Unexpected exception, x0 = vector number: move to this CPU's panic stack (top =
+// __panic_stacks_start + (cpu + 1) * 4096, cpu from TPIDR_EL2; the normal stack may be what
+// overflowed), save the frame there and report. x1 is parked in TPIDRRO_EL0 meanwhile.
+el2_unexpected_entry:
+    msr tpidrro_el0, x1
+    mrs x1, tpidr_el2
+    and x1, x1, #7
+    add x1, x1, #1
+    lsl x1, x1, #12
+    mov sp, x1
+    adrp x1, __panic_stacks_start
+    add x1, x1, :lo12:__panic_stacks_start
+    add sp, sp, x1
+    str x0, [sp, #-16]!
+    mrs x0, sp_el0
+    mrs x1, tpidrro_el0
+    SAVE_FRAME
+    ldr x1, [sp, #{frame}]
+    mov x0, sp
+    bl {unexpected}
+    b .
+
+el2_lower_sync_entry:
+    SAVE_FRAME
+    mov x0, sp
+    bl {lower_sync}
+    RESTORE_FRAME
+    eret
+    // ERET is not a speculation barrier for straight-line execution after it.
+    dsb nsh
+    isb
+"#,
+    frame = const FRAME_SIZE,
+    lower_sync = sym crate::trap::el2_lower_sync,
+    unexpected = sym crate::trap::el2_unexpected,
+);

@@ -1,0 +1,150 @@
+//! Trap handling: what EL2 does when the host traps to it.
+//!
+//! Place in the flow: right after the vectors. Dispatches on `ESR_EL2.EC`:
+//!
+//! | EC | from the host | action |
+//! |---|---|---|
+//! | `HVC64` | a hypercall | [`Hyp::host_hvc`], result in `x0..=x3` |
+//! | `SMC64` | `HCR_EL2.TSC` trap | PSCI interception ([`crate::psci`]) or forward to firmware |
+//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily if the host owns the page, else inject an abort |
+//! | anything else | | inject UNDEF |
+//!
+//! Nothing the host does here is an EL2 error: host-caused events are logged at `debug!` at most.
+
+use crate::arch::{self, ArchMaintenance, TrapFrame};
+use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
+use crate::hyp::{HostFault, Hyp};
+use crate::platform::MAX_CPUS;
+use crate::pool::PagePool;
+use crate::psci::{classify, HostSmc};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use shared_abi::{encode_result, HypError};
+
+/// EL2's state, set once by the boot CPU before the host runs.
+pub static HYP: spin::Once<Hyp<'static, PagePool>> = spin::Once::new();
+
+/// Physical address of the secondary-CPU entry point, given to firmware on `CPU_ON`.
+pub static SECONDARY_ENTRY: AtomicU64 = AtomicU64::new(0);
+
+/// `HPFAR_EL2.FIPA` (bits [43:4]) holds IPA[51:12].
+const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
+
+/// Handles a synchronous exception from the host. Called by the vector assembly.
+pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
+    let Some(hyp) = HYP.get() else {
+        fatal(frame, "trap before EL2 state was set up");
+    };
+    let regs = arch::trap_regs();
+    let esr = Esr(regs.esr);
+    match esr.ec() {
+        ec::HVC64 => {
+            let result = if esr.imm16() != 0 {
+                Err(HypError::NotSupported)
+            } else {
+                let mut x = [0u64; 8];
+                x.copy_from_slice(&frame.x[..8]);
+                hyp.host_hvc(arch::cpu_index(), x, &ArchMaintenance)
+            };
+            frame.x[..4].copy_from_slice(&encode_result(result));
+        }
+        ec::SMC64 => {
+            // A trapped SMC's preferred return address is the SMC itself: step over it.
+            frame.elr += 4;
+            host_smc(hyp, frame);
+        }
+        ec::DABT_LOW | ec::IABT_LOW => {
+            if matches!(esr.fault(), FaultKind::Translation(_)) {
+                let ipa = (regs.hpfar & HPFAR_FIPA_MASK) << 8 | (regs.far & 0xFFF);
+                if hyp.host_s2_fault(ipa, &ArchMaintenance) == HostFault::Retry {
+                    return;
+                }
+            }
+            log::debug!("host abort at {:#x} (ESR {:#x}): injecting", regs.far, regs.esr);
+            let what = if esr.ec() == ec::DABT_LOW {
+                Injection::DataAbort { write: esr.is_write() }
+            } else {
+                Injection::InstructionAbort
+            };
+            inject(frame, what, esr, regs.far);
+        }
+        _ => {
+            log::debug!("host trap ESR {:#x} at {:#x}: injecting UNDEF", regs.esr, frame.elr);
+            inject(frame, Injection::Undef, esr, 0);
+        }
+    }
+}
+
+fn inject(frame: &mut TrapFrame, what: Injection, esr: Esr, far: u64) {
+    let t = TrapState { elr: frame.elr, spsr: frame.spsr, il: esr.il(), vbar_el1: arch::vbar_el1() };
+    match inject_sync(what, t) {
+        Some(i) => {
+            arch::write_el1_exception(i.esr_el1, far, i.elr_el1, i.spsr_el1);
+            frame.elr = i.elr_el2;
+            frame.spsr = i.spsr_el2;
+        }
+        // The trap came from a state EL2 never creates (AArch32, EL2): an EL2 bug.
+        None => fatal(frame, "cannot inject into the interrupted state"),
+    }
+}
+
+fn host_smc(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) {
+    let x = &mut frame.x;
+    match classify([x[0], x[1], x[2], x[3]]) {
+        HostSmc::CpuOn { target, entry, context } => {
+            x[0] = match hyp.platform.cpu_index(target) {
+                None => smccc::psci::error::INVALID_PARAMETERS as i64 as u64,
+                Some(idx) => {
+                    // The target CPU reads these after it has turned its MMU on, so ordinary
+                    // coherent stores suffice; the SMC below orders them before the CPU starts.
+                    hyp.cpu_boot[idx].entry.store(entry, Ordering::Release);
+                    hyp.cpu_boot[idx].context.store(context, Ordering::Release);
+                    let mut args = [0u64; 17];
+                    args[0] = target;
+                    args[1] = SECONDARY_ENTRY.load(Ordering::Relaxed);
+                    args[2] = idx as u64;
+                    arch::smc(smccc::psci::PSCI_CPU_ON_64, args)[0]
+                }
+            };
+            x[1..4].fill(0);
+        }
+        HostSmc::Answer(v) => {
+            x[0] = v as u64;
+            x[1..4].fill(0);
+        }
+        HostSmc::Forward => {
+            let mut args = [0u64; 17];
+            args.copy_from_slice(&x[1..18]);
+            let r = arch::smc(x[0] as u32, args);
+            x[..18].copy_from_slice(&r);
+        }
+    }
+}
+
+static PANICKING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Reports an exception EL2 did not expect, then stops this CPU. Called by the vector assembly
+/// on this CPU's panic stack.
+pub extern "C" fn el2_unexpected(frame: &TrapFrame, vector: u64) -> ! {
+    let cpu = arch::cpu_index() % MAX_CPUS;
+    if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
+        let r = arch::trap_regs();
+        crate::console::emergency(format_args!(
+            "EL2 FATAL: unexpected exception (vector {vector}) on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x} x0={:#x} x30={:#x}; cpu{cpu} stopped\n",
+            r.esr, r.far, frame.elr, frame.spsr, frame.x[0], frame.x[30]
+        ));
+    }
+    arch::park()
+}
+
+/// Reports an EL2 bug found while handling a trap, then stops this CPU.
+fn fatal(frame: &TrapFrame, why: &str) -> ! {
+    let cpu = arch::cpu_index() % MAX_CPUS;
+    if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
+        let r = arch::trap_regs();
+        crate::console::emergency(format_args!(
+            "EL2 FATAL: {why} on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x}; cpu{cpu} stopped\n",
+            r.esr, r.far, frame.elr, frame.spsr
+        ));
+    }
+    arch::park()
+}
