@@ -1,1 +1,205 @@
-fn main() {}
+//! The developer front door: `cargo xtask <command>`.
+//!
+//! - `setup`: installs what is missing (the bare-metal Rust target, QEMU), saying what it does.
+//! - `build`: builds the EL2 image (`boot`) and the host image (`el1-host`).
+//! - `run [--smp N] [--scenario NAME] [--gdb]`: builds and boots them on QEMU; exits with QEMU's status.
+//! - `test`: host unit tests, then every QEMU scenario in `tests/scenarios.txt`.
+//!
+//! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
+
+mod scenario;
+
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command, ExitStatus, Stdio};
+
+const TARGET: &str = "aarch64-unknown-none-softfloat";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    let result = match cmd {
+        "setup" => setup().map(|_| ()),
+        "build" => setup().and_then(|tc| build(&tc).map(|_| ())),
+        "run" => run(rest),
+        "test" => test(rest),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|build|run|test>\n  run [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
+            exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e}");
+        exit(1);
+    }
+}
+
+/// How the bare-metal images are built.
+pub enum Toolchain {
+    /// rustup's toolchain with the installed target.
+    Rustup,
+    /// Debian's `rustc-web` with `-Zbuild-std` (when rustup cannot download the target).
+    DebianBuildStd,
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("workspace root").to_path_buf()
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<(), String> {
+    if !is_root() {
+        return Err(format!("{} missing: run `sudo apt-get install {}`", pkgs[0], pkgs.join(" ")));
+    }
+    println!("xtask: installing {} from Debian (apt-get)...", pkgs.join(" "));
+    let ok = Command::new("apt-get").args(["update", "-qq"]).status().is_ok_and(|s| s.success())
+        && Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok { Ok(()) } else { Err(format!("apt-get install {} failed", pkgs.join(" "))) }
+}
+
+fn target_installed() -> bool {
+    Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore"))))
+}
+
+/// Installs what is missing and says which toolchain builds the images.
+pub fn setup() -> Result<Toolchain, String> {
+    let tc = if target_installed() {
+        Toolchain::Rustup
+    } else {
+        println!("xtask: installing the Rust target {TARGET} (rustup target add)...");
+        let ok = Command::new("rustup").args(["target", "add", TARGET]).status().is_ok_and(|s| s.success());
+        if ok && target_installed() {
+            Toolchain::Rustup
+        } else {
+            println!("xtask: rustup could not install {TARGET}; falling back to Debian's rustc-web with -Zbuild-std");
+            if !Path::new("/usr/bin/rustc").exists() || !Path::new("/usr/lib/rustlib/src").exists() {
+                apt_install(&["rustc-web", "cargo-web", "rust-web-src"])?;
+            }
+            Toolchain::DebianBuildStd
+        }
+    };
+    if !have("qemu-system-aarch64", "--version") {
+        apt_install(&["qemu-system-arm"])?;
+        if !have("qemu-system-aarch64", "--version") {
+            return Err("qemu-system-aarch64 still missing: run `apt-get install qemu-system-arm`".into());
+        }
+    }
+    Ok(tc)
+}
+
+/// The built images: (EL2, host).
+pub struct Images {
+    pub el2: PathBuf,
+    pub host: PathBuf,
+}
+
+fn build(tc: &Toolchain) -> Result<Images, String> {
+    let root = root();
+    let mut cmd = match tc {
+        Toolchain::Rustup => {
+            let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            c.arg("build");
+            c
+        }
+        Toolchain::DebianBuildStd => {
+            let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().map_err(|e| e.to_string())?;
+            let lld = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
+                .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
+            let mut c = Command::new("/usr/bin/cargo");
+            c.env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_AARCH64_UNKNOWN_NONE_SOFTFLOAT_LINKER", lld)
+                .args(["build", "-Zbuild-std=core,alloc"]);
+            c
+        }
+    };
+    println!("xtask: building the EL2 and host images for {TARGET}...");
+    let status = cmd
+        .current_dir(&root)
+        .args(["--release", "--target", TARGET, "-p", "boot", "-p", "el1-host"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("build failed".into());
+    }
+    let dir = root.join("target").join(TARGET).join("release");
+    Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host") })
+}
+
+/// The QEMU command line for `images` with `smp` CPUs and boot arguments `bootargs`.
+pub fn qemu_command(images: &Images, smp: u32, bootargs: &str) -> Command {
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args(["-machine", "virt,virtualization=on,secure=off,mte=on,gic-version=3"])
+        .args(["-cpu", "max,pauth-impdef=on"])
+        .args(["-smp", &smp.to_string(), "-m", "1G"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&images.el2)
+        .arg("-device")
+        .arg(format!("loader,file={}", images.host.display()))
+        .args(["-device", "pvpanic-pci", "-action", "panic=exit-failure", "-no-reboot"])
+        .args(["-append", bootargs]);
+    c
+}
+
+fn flag_value(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let tc = setup()?;
+    let images = build(&tc)?;
+    let smp: u32 = flag_value(args, "--smp").map_or(Ok(2), |s| s.parse()).map_err(|_| "--smp takes a number")?;
+    let scenario = flag_value(args, "--scenario").unwrap_or_else(|| "demo".into());
+    let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario}"));
+    if args.iter().any(|a| a == "--gdb") {
+        println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
+        cmd.args(["-s", "-S"]);
+    }
+    println!("xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}); the host powers off when done");
+    let status: ExitStatus = cmd.stdin(Stdio::null()).status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    match status.code() {
+        Some(0) => {
+            println!("xtask: QEMU exited 0: all went well");
+            Ok(())
+        }
+        code => Err(format!("QEMU exited with {code:?}: the run failed (see the log above)")),
+    }
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    let tc = setup()?;
+    if !args.iter().any(|a| a == "--no-unit") {
+        println!("xtask: host unit tests (cargo test)");
+        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args(["test", "--workspace", "--exclude", "boot", "--exclude", "el1-host"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("host unit tests failed".into());
+        }
+    }
+    let images = build(&tc)?;
+    let only = flag_value(args, "--only");
+    let verbose = args.iter().any(|a| a == "--verbose");
+    scenario::run_all(&images, only.as_deref(), verbose)
+}
