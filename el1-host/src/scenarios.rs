@@ -205,7 +205,7 @@ fn bad_args(plat: &Platform) {
         ("unaligned page", 0, page + 8, HypError::NotAligned),
         ("page below RAM", 0, ram - PAGE_SIZE, HypError::OutOfRange),
         ("page past RAM", 0, ram + ram_size, HypError::OutOfRange),
-        ("last page of the address space", 0, u64::MAX & !(PAGE_SIZE - 1), HypError::OutOfRange),
+        ("last page of the address space", 0, !(PAGE_SIZE - 1), HypError::OutOfRange),
         ("EL2's first page", 0, HYP_REGION_BASE, HypError::NotOwned),
         ("EL2's last page", 0, HYP_REGION_BASE + HYP_REGION_SIZE - PAGE_SIZE, HypError::NotOwned),
     ];

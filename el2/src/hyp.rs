@@ -453,7 +453,7 @@ mod tests {
             (&[u64::MAX, f.page(0)], HypError::InvalidArgument),
             (&[0, f.page(0) + 8], HypError::NotAligned),
             (&[0, f.page(0) - 4096], HypError::OutOfRange),
-            (&[0, u64::MAX & !0xFFF], HypError::OutOfRange),
+            (&[0, !0xFFF], HypError::OutOfRange),
             (&[0, el2_page], HypError::NotOwned),
         ];
         for (args, err) in cases {

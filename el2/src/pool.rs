@@ -64,7 +64,7 @@ impl TableMemory for PagePool {
         let off = pa.0.wrapping_sub(self.base.0);
         let i = (off / PAGE_SIZE) as usize;
         // A bad free is an EL2 bug: ignore it rather than corrupt the bitmap.
-        if off % PAGE_SIZE == 0 && i < self.nr && self.used[i / 64] & (1 << (i % 64)) != 0 {
+        if off.is_multiple_of(PAGE_SIZE) && i < self.nr && self.used[i / 64] & (1 << (i % 64)) != 0 {
             self.used[i / 64] &= !(1 << (i % 64));
             self.in_use -= 1;
         } else {

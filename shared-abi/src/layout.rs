@@ -18,7 +18,7 @@ pub const HYP_REGION_SIZE: u64 = 16 << 20;
 pub const HOST_IMAGE_BASE: u64 = 0x4200_0000;
 
 const _: () = {
-    assert!(HYP_REGION_BASE % (2 << 20) == 0);
-    assert!(HYP_REGION_SIZE % (2 << 20) == 0);
+    assert!(HYP_REGION_BASE.is_multiple_of(2 << 20));
+    assert!(HYP_REGION_SIZE.is_multiple_of(2 << 20));
     assert!(HYP_REGION_BASE + HYP_REGION_SIZE <= HOST_IMAGE_BASE);
 };

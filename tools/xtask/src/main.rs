@@ -144,18 +144,26 @@ fn build(tc: &Toolchain) -> Result<Images, String> {
     Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host") })
 }
 
+/// The machine arguments from `qemu/virt.args` (one per line, `#` comments).
+fn machine_args() -> Vec<String> {
+    let path = root().join("qemu/virt.args");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        eprintln!("xtask: error: {}: {e}", path.display());
+        exit(1)
+    });
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+}
+
 /// The QEMU command line for `images` with `smp` CPUs and boot arguments `bootargs`.
 pub fn qemu_command(images: &Images, smp: u32, bootargs: &str) -> Command {
     let mut c = Command::new("qemu-system-aarch64");
-    c.args(["-machine", "virt,virtualization=on,secure=off,mte=on,gic-version=3"])
-        .args(["-cpu", "max,pauth-impdef=on"])
-        .args(["-smp", &smp.to_string(), "-m", "1G"])
+    c.args(machine_args())
+        .args(["-smp", &smp.to_string()])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&images.el2)
         .arg("-device")
         .arg(format!("loader,file={}", images.host.display()))
-        .args(["-device", "pvpanic-pci", "-action", "panic=exit-failure", "-no-reboot"])
         .args(["-append", bootargs]);
     c
 }
