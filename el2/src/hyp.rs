@@ -257,10 +257,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     fn read_message<M: FromBytes>(&self, cpu: usize) -> Result<M, HypError> {
         let pa = self.message_page(cpu)?;
         const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
-        // SAFETY: `pa` is a message page: host RAM shared with EL2 (so the host cannot donate
-        // it away), mapped RW in EL2's stage 1 at the same address, for EL2's whole life.
-        // `M: FromBytes` makes any bytes a valid value; a volatile read copies each byte once,
-        // so later checks see the copy, never the page again. Page-aligned, so aligned for M.
+        // A volatile read copies each byte once: later checks see the copy, never the page.
+        // SAFETY: a message page is host RAM shared with EL2 for good (the host cannot donate
+        // it away), mapped RW at `pa` in EL2's stage 1, page aligned; any bytes are a valid M.
         Ok(unsafe { core::ptr::read_volatile(pa.0 as *const M) })
     }
 
