@@ -253,10 +253,22 @@ extern "C" fn host_secondary(cpu: u64) -> ! {
     println!("host: cpu{cpu} online at EL{}, hypervisor ABI {version:x?}", current_el());
     ONLINE[cpu as usize % MAX_CPUS].store(true, Ordering::SeqCst);
     loop {
-        // SAFETY: `wfe` only waits.
+        if FAULT_REQUEST.load(Ordering::SeqCst) == cpu {
+            FAULT_REQUEST.store(u64::MAX, Ordering::SeqCst);
+            println!("host: cpu{cpu} asks EL2 to take an unexpected exception (test hook)");
+            let r = hvc::call(shared_abi::HypercallId::TestFault, &[0]);
+            println!("host: cpu{cpu}: TEST_FAULT returned {r:?}");
+            FAULT_RETURNED.store(true, Ordering::SeqCst);
+        }
+        // SAFETY: `wfe` only waits (the requester sends an event).
         unsafe { asm!("wfe", options(nomem, nostack)) };
     }
 }
+
+/// CPU index a scenario wants to make EL2 fault on (`u64::MAX`: none, or taken).
+pub static FAULT_REQUEST: AtomicU64 = AtomicU64::new(u64::MAX - 1);
+/// Set if the test-hook call returned (it must not, on a test EL2).
+pub static FAULT_RETURNED: AtomicBool = AtomicBool::new(false);
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

@@ -64,6 +64,7 @@ pub fn run(name: &str, plat: &Platform) {
         "unknown-hvc" => unknown_calls(),
         "el2-memory" => el2_memory(),
         "bad-args" => bad_args(plat),
+        "el2-fatal" => el2_fatal(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -152,6 +153,7 @@ fn unknown_calls() {
     println!("host: ok: HVC #1 -> NOT_SUPPORTED");
     expect_err!(hvc::call(HypercallId::Version, &[1]), HypError::InvalidArgument, "VERSION with x1 set");
     expect_err!(hvc::call(HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 9]), HypError::InvalidArgument, "PING with x7 set");
+    expect_err!(hvc::call(HypercallId::TestFault, &[0]), HypError::NotSupported, "TEST_FAULT on a release EL2");
     check!(hvc::call(HypercallId::Ping, &[5]) == Ok([5, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving");
 }
@@ -217,4 +219,30 @@ fn bad_args(plat: &Platform) {
     expect_err!(hvc::call(HypercallId::SetMessagePage, &[1, page]), HypError::NotOwned, "the same page for a second CPU");
     check!(hvc::call(HypercallId::Ping, &[1]) == Ok([1, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving after hostile arguments");
+}
+
+/// Test EL2 image only: EL2 takes an unexpected exception on CPU 1. It must report it and stop
+/// that CPU, and go on serving the host on CPU 0.
+fn el2_fatal(plat: &Platform) {
+    use crate::{FAULT_REQUEST, FAULT_RETURNED};
+    check!(plat.nr_cpus >= 2, "el2-fatal needs 2 CPUs");
+    smp(plat);
+    FAULT_REQUEST.store(1, Ordering::SeqCst);
+    // SAFETY: `sev` only signals an event to the other CPUs' `wfe`.
+    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    let mut spins = 0u64;
+    while FAULT_REQUEST.load(Ordering::SeqCst) != u64::MAX {
+        spins += 1;
+        check!(spins < 2_000_000_000, "cpu1 did not take the request");
+        core::hint::spin_loop();
+    }
+    // Give cpu1 time to trap and EL2 time to print its report.
+    for _ in 0..20_000_000 {
+        core::hint::spin_loop();
+    }
+    check!(!FAULT_RETURNED.load(Ordering::SeqCst), "TEST_FAULT returned: EL2 did not stop cpu1");
+    for i in 0..10 {
+        check!(hvc::call(HypercallId::Ping, &[i]) == Ok([i, 0, 0]), "EL2 stopped serving cpu0");
+    }
+    println!("host: ok: EL2 still serving on cpu0 after stopping cpu1");
 }

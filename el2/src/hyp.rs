@@ -198,6 +198,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 self.write_message(cpu, &info)?;
                 Ok([0; 3])
             }
+            // Served by the trap layer in test builds; never here.
+            HypercallId::TestFault => Err(HypError::NotSupported),
             HypercallId::Echo => {
                 let req: EchoRequest = self.read_message(cpu)?;
                 if req.flags != 0 {
@@ -382,6 +384,12 @@ mod tests {
             x[0] = id;
             assert_eq!(f.hyp.host_hvc(0, x, &Recorder::default()), Err(HypError::NotSupported));
         }
+    }
+
+    #[test]
+    fn test_hooks_are_not_served_by_the_dispatcher() {
+        let f = fixture();
+        assert_eq!(f.call(0, HypercallId::TestFault, &[0]), Err(HypError::NotSupported));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
     let esr = Esr(regs.esr);
     match esr.ec() {
         ec::HVC64 => {
+            #[cfg(feature = "test-hooks")]
+            test_hooks(frame);
             let result = if esr.imm16() != 0 {
                 Err(HypError::NotSupported)
             } else {
@@ -71,6 +73,17 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
             log::debug!("host trap ESR {:#x} at {:#x}: injecting UNDEF", regs.esr, frame.elr);
             inject(frame, Injection::Undef, esr, 0);
         }
+    }
+}
+
+/// Test-only calls, compiled only with the `test-hooks` feature (a separate EL2 image that
+/// only the test suite boots).
+#[cfg(feature = "test-hooks")]
+fn test_hooks(frame: &TrapFrame) {
+    if frame.x[0] == shared_abi::HypercallId::TestFault as u64 && frame.x[1] == 0 {
+        // An EL2 data abort: address 0 is mapped in no EL2 stage-1 table.
+        // SAFETY: deliberately faulting; the unexpected-exception path parks this CPU.
+        unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
     }
 }
 

@@ -116,6 +116,10 @@ hypercalls! {
     /// Reads a [`msg::EchoRequest`] at offset 0 of the calling CPU's message page and writes a
     /// [`msg::EchoResponse`] at offset 0. A round trip of the message path.
     Echo = 5, Any;
+    /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
+    /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
+    /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
+    TestFault = 0xFF00, Any;
 }
 
 impl HypercallId {
@@ -124,7 +128,7 @@ impl HypercallId {
         match self {
             HypercallId::Version | HypercallId::FinaliseSetup => 0,
             HypercallId::HypInfo | HypercallId::Echo => 0,
-            HypercallId::Ping => 1,
+            HypercallId::Ping | HypercallId::TestFault => 1,
             HypercallId::SetMessagePage => 2,
         }
     }

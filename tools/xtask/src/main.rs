@@ -20,7 +20,7 @@ fn main() {
     let rest = &args[args.len().min(1)..];
     let result = match cmd {
         "setup" => setup().map(|_| ()),
-        "build" => setup().and_then(|tc| build(&tc).map(|_| ())),
+        "build" => setup().and_then(|tc| build(&tc, Flavour::Release).map(|_| ())),
         "run" => run(rest),
         "test" => test(rest),
         _ => {
@@ -111,7 +111,16 @@ pub struct Images {
     pub host: PathBuf,
 }
 
-fn build(tc: &Toolchain) -> Result<Images, String> {
+/// Which EL2 image to build.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Flavour {
+    /// The image users run.
+    Release,
+    /// With the `test-hooks` feature (test-only hypercalls), in its own target directory.
+    TestHooks,
+}
+
+fn build(tc: &Toolchain, flavour: Flavour) -> Result<Images, String> {
     let root = root();
     let mut cmd = match tc {
         Toolchain::Rustup => {
@@ -131,16 +140,23 @@ fn build(tc: &Toolchain) -> Result<Images, String> {
             c
         }
     };
-    println!("xtask: building the EL2 and host images for {TARGET}...");
-    let status = cmd
-        .current_dir(&root)
+    let target_dir = match flavour {
+        Flavour::Release => root.join("target"),
+        Flavour::TestHooks => root.join("target/test-hooks"),
+    };
+    println!("xtask: building the EL2 and host images for {TARGET} ({flavour:?})...");
+    cmd.current_dir(&root)
         .args(["--release", "--target", TARGET, "-p", "boot", "-p", "el1-host"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if flavour == Flavour::TestHooks {
+        cmd.args(["--features", "boot/test-hooks"]);
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("build failed".into());
     }
-    let dir = root.join("target").join(TARGET).join("release");
+    let dir = target_dir.join(TARGET).join("release");
     Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host") })
 }
 
@@ -174,7 +190,7 @@ fn flag_value(args: &[String], name: &str) -> Option<String> {
 
 fn run(args: &[String]) -> Result<(), String> {
     let tc = setup()?;
-    let images = build(&tc)?;
+    let images = build(&tc, Flavour::Release)?;
     let smp: u32 = flag_value(args, "--smp").map_or(Ok(2), |s| s.parse()).map_err(|_| "--smp takes a number")?;
     let scenario = flag_value(args, "--scenario").unwrap_or_else(|| "demo".into());
     let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario}"));
@@ -206,8 +222,9 @@ fn test(args: &[String]) -> Result<(), String> {
             return Err("host unit tests failed".into());
         }
     }
-    let images = build(&tc)?;
+    let release = build(&tc, Flavour::Release)?;
+    let test_hooks = build(&tc, Flavour::TestHooks)?;
     let only = flag_value(args, "--only");
     let verbose = args.iter().any(|a| a == "--verbose");
-    scenario::run_all(&images, only.as_deref(), verbose)
+    scenario::run_all(&release, &test_hooks, only.as_deref(), verbose)
 }

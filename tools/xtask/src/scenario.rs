@@ -11,6 +11,8 @@
 //! timeout = 60               # seconds (default 60)
 //! expect = some text         # must appear in the output (any number of these)
 //! forbid = other text        # must not appear (added to the default forbidden lines)
+//! allow = EL2 FATAL          # drop a default forbidden line (for scenarios that provoke it)
+//! image = test               # boot the EL2 image with test-only hypercalls (default: release)
 //! ```
 //!
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
@@ -33,6 +35,8 @@ struct Scenario {
     timeout: u64,
     expect: Vec<String>,
     forbid: Vec<String>,
+    allow: Vec<String>,
+    test_image: bool,
 }
 
 fn parse(text: &str) -> Result<Vec<Scenario>, String> {
@@ -57,6 +61,14 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "timeout" => s.timeout = v.parse().map_err(|_| bad("timeout"))?,
             "expect" => s.expect.push(v),
             "forbid" => s.forbid.push(v),
+            "allow" => s.allow.push(v),
+            "image" => {
+                s.test_image = match v.as_str() {
+                    "test" => true,
+                    "release" => false,
+                    _ => return Err(bad("image (release or test)")),
+                }
+            }
             other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
         }
     }
@@ -126,7 +138,8 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
         }
     }
     let defaults: &[&str] = if s.exit == 0 { DEFAULT_FORBID } else { &[] };
-    for f in defaults.iter().copied().chain(s.forbid.iter().map(String::as_str)) {
+    let defaults = defaults.iter().copied().filter(|d| !s.allow.iter().any(|a| a == d));
+    for f in defaults.chain(s.forbid.iter().map(String::as_str)) {
         if let Some(l) = lines.iter().find(|l| l.contains(f)) {
             return (Err(format!("forbidden line present: {l:?}")), lines);
         }
@@ -135,7 +148,7 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
 }
 
 /// Runs every scenario (or the one named `only`) and prints a summary.
-pub fn run_all(images: &Images, only: Option<&str>, verbose: bool) -> Result<(), String> {
+pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, verbose: bool) -> Result<(), String> {
     let path = root().join("tests/scenarios.txt");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let scenarios = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -147,6 +160,7 @@ pub fn run_all(images: &Images, only: Option<&str>, verbose: bool) -> Result<(),
     let (mut passed, mut failed) = (0, 0);
     for s in selected {
         let t = Instant::now();
+        let images = if s.test_image { test_hooks } else { release };
         let (r, lines) = run_one(images, s, verbose);
         match r {
             Ok(()) => {
@@ -172,12 +186,14 @@ mod tests {
 
     #[test]
     fn parses_scenarios_and_defaults() {
-        let s = parse("# c\n[a]\nargs = scenario=x\nexpect = hello = world\n[b]\nsmp = 1\nexit = 1\n").unwrap();
+        let s = parse("# c\n[a]\nargs = scenario=x\nexpect = hello = world\n[b]\nsmp = 1\nexit = 1\nimage = test\nallow = X\n").unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].args, "scenario=x");
         assert_eq!(s[0].expect, vec!["hello = world"]);
         assert_eq!((s[0].smp, s[0].exit, s[0].timeout), (2, 0, 60));
         assert_eq!((s[1].smp, s[1].exit), (1, 1));
+        assert!(s[1].test_image && !s[0].test_image);
+        assert_eq!(s[1].allow, vec!["X"]);
     }
 
     #[test]
@@ -186,6 +202,7 @@ mod tests {
         assert!(parse("[a]\nnonsense\n").is_err());
         assert!(parse("[a]\nsmp = two\n").is_err());
         assert!(parse("[a]\ncolour = red\n").is_err());
+        assert!(parse("[a]\nimage = debug\n").is_err());
     }
 
     #[test]
