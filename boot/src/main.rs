@@ -26,10 +26,11 @@ use el2::pgtable::{Attrs, Format, MemType, PageTable, Perms};
 use el2::platform::{self, Platform, MAX_CPUS};
 use el2::pool::PagePool;
 use el2::trap::{HYP, SECONDARY_ENTRY};
+use el2::vm::{VcpuSlot, VcpuTable, MAX_VCPUS, MAX_VMS};
 use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
 
-/// Bytes per CPU in the stack region: one guard page, then the stack.
-const STACK_STRIDE: u64 = 20 * 1024;
+/// Bytes per CPU in the stack region: one guard page, then the 64 KiB stack.
+const STACK_STRIDE: u64 = 68 * 1024;
 const GUARD_SIZE: u64 = 4096;
 /// Pages EL2 keeps for translation tables.
 const POOL_PAGES: usize = 1024;
@@ -48,7 +49,7 @@ _start:
     msr tpidr_el2, xzr
     adrp x1, __stacks_start
     add x1, x1, :lo12:__stacks_start
-    mov x2, #{stride}
+    ldr x2, ={stride}
     add sp, x1, x2
     adrp x1, __bss_start
     add x1, x1, :lo12:__bss_start
@@ -77,7 +78,7 @@ _secondary_entry:
     adrp x1, __stacks_start
     add x1, x1, :lo12:__stacks_start
     add x3, x0, #1
-    mov x2, #{stride}
+    ldr x2, ={stride}
     madd x1, x3, x2, x1
     mov sp, x1
     adrp x1, el2_vectors
@@ -117,6 +118,9 @@ struct Record(core::cell::UnsafeCell<[PageEntry; MAX_RAM_PAGES]>);
 // any other CPU runs, and from then on only through the memory lock.
 unsafe impl Sync for Record {}
 static RECORD: Record = Record(core::cell::UnsafeCell::new([PageEntry::EMPTY; MAX_RAM_PAGES]));
+
+/// Every vCPU context.
+static VCPUS: VcpuTable = [const { [const { VcpuSlot::new() }; MAX_VCPUS] }; MAX_VMS];
 
 /// EL2 MMU settings for the secondary CPUs: TTBR0, TCR, MAIR, SCTLR. Cleaned to the point of
 /// coherency after being written, because secondaries read them with their MMU off.
@@ -166,6 +170,14 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr) -> PageTable {
     }
     map_or_park(&mut t, pool, panic_stacks, end, MemType::Normal, Perms::RW);
     map_or_park(&mut t, pool, uart.0, uart.0 + PAGE_SIZE, MemType::Device, Perms::RW);
+    // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
+    // guest memory): the level-3 entries exist from now on and start empty.
+    let Ok(template) = t.page_descriptor(PhysAddr(0), Attrs { mem: MemType::Normal, perms: Perms::RW }) else { arch::park() };
+    arch::FIXMAP_TEMPLATE.store(template, Ordering::Relaxed);
+    for cpu in 0..MAX_CPUS {
+        let Ok(e) = t.reserve_leaf(pool, arch::FIXMAP_VA + cpu as u64 * PAGE_SIZE) else { arch::park() };
+        arch::FIXMAP_ENTRY[cpu].store(e as u64, Ordering::Relaxed);
+    }
     t
 }
 
@@ -226,7 +238,11 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     let Ok(own) = Ownership::new(platform.ram, entries) else { arch::park() };
     let host_cfg = HostConfig::new(&host_s2, pa_bits);
     log::info!("EL2 owns {hyp_region:?}; host stage 2: {} bit IPA, table pool {} pages", host_s2.ia_bits(), pool.capacity() - pool.in_use());
-    match Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, pool) {
+    if let Err(e) = arch::check_sysreg_tables() {
+        log::error!("EL2 start-up failed: {e}");
+        arch::park();
+    }
+    match Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, pool, &VCPUS) {
         Ok(h) => {
             HYP.call_once(|| h);
         }

@@ -18,6 +18,7 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::owner::{Component, OwnError, Ownership};
 use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
 use crate::platform::{Platform, MAX_CPUS};
+use crate::vm::{GuestArch, VcpuTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
 use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
@@ -46,6 +47,8 @@ pub struct MemState<'a, T: TableMemory> {
     pub hyp_s1: PageTable,
     /// Where table pages come from.
     pub tables: T,
+    /// Every VM.
+    pub vms: VmTable,
 }
 
 /// Per-CPU boot request recorded by an intercepted host `CPU_ON`.
@@ -78,6 +81,8 @@ pub struct Hyp<'a, T: TableMemory> {
     msg_page: [AtomicU64; MAX_CPUS],
     /// Host `CPU_ON` requests, by CPU index.
     pub cpu_boot: [CpuBoot; MAX_CPUS],
+    /// Every vCPU context (see [`crate::vm`] for who may touch one).
+    pub(crate) vcpus: &'a VcpuTable,
 }
 
 /// Converts an internal ownership error to the ABI error (the one place this happens).
@@ -147,6 +152,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         host_s2: PageTable,
         hyp_s1: PageTable,
         tables: T,
+        vcpus: &'a VcpuTable,
     ) -> Result<Self, &'static str> {
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
@@ -154,10 +160,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok(Self {
             platform,
             hyp_region,
-            mem: spin::Mutex::new(MemState { own, host_s2, hyp_s1, tables }),
+            mem: spin::Mutex::new(MemState { own, host_s2, hyp_s1, tables, vms: VmTable::default() }),
             finalised: AtomicBool::new(false),
             msg_page: Default::default(),
             cpu_boot: Default::default(),
+            vcpus,
         })
     }
 
@@ -167,7 +174,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// Handles a host `HVC #0` made on CPU `cpu` with `x0..=x7` = `x`.
-    pub fn host_hvc(&self, cpu: usize, x: [u64; 8], m: &impl Maintenance) -> HypResult {
+    pub fn host_hvc(&self, cpu: usize, x: [u64; 8], m: &impl GuestArch) -> HypResult {
         let id = HypercallId::try_from(x[0])?;
         if x[1 + id.nr_args()..].iter().any(|&r| r != 0) {
             return Err(HypError::InvalidArgument);
@@ -208,6 +215,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 self.write_message(cpu, &req.expected_response())?;
                 Ok([0; 3])
             }
+            HypercallId::VmCreate => self.vm_create(cpu),
+            HypercallId::VmDestroy => self.vm_destroy(x[1], m),
+            HypercallId::VmAddMemory => self.vm_add_memory(x[1], x[2], x[3], x[4], m),
+            HypercallId::VcpuSetReg => self.vcpu_set_reg(x[1], x[2], x[3], x[4]),
+            HypercallId::VcpuGetReg => self.vcpu_get_reg(x[1], x[2], x[3]),
+            HypercallId::VcpuRegList => self.vcpu_reg_list(cpu, x[1], x[2]),
+            HypercallId::VcpuRun => self.vcpu_run(cpu, x[1], x[2], x[3], m),
         }
     }
 
@@ -247,7 +261,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok([0; 3])
     }
 
-    fn message_page(&self, cpu: usize) -> Result<PhysAddr, HypError> {
+    pub(crate) fn message_page(&self, cpu: usize) -> Result<PhysAddr, HypError> {
         match self.msg_page.get(cpu).map(|s| s.load(Ordering::Acquire)) {
             Some(0) | None => Err(HypError::NoMessagePage),
             Some(pa) => Ok(PhysAddr(pa)),
@@ -256,7 +270,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// Copies a message out of `cpu`'s message page. The host may rewrite the page at any
     /// time; the copy is what gets validated and used.
-    fn read_message<M: FromBytes>(&self, cpu: usize) -> Result<M, HypError> {
+    pub(crate) fn read_message<M: FromBytes>(&self, cpu: usize) -> Result<M, HypError> {
         let pa = self.message_page(cpu)?;
         const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
         // A volatile read copies each byte once: later checks see the copy, never the page.
@@ -265,7 +279,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok(unsafe { core::ptr::read_volatile(pa.0 as *const M) })
     }
 
-    fn write_message<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
+    pub(crate) fn write_message<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
         let pa = self.message_page(cpu)?;
         const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
         let bytes = msg.as_bytes();
@@ -303,7 +317,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::owner::{PageEntry, PageState};
     use crate::pgtable::test_mem::FakeMemory;
@@ -313,8 +327,29 @@ mod tests {
     use shared_abi::msg::EchoResponse;
     use std::vec::Vec;
 
+    /// Records maintenance, and plays a script of guest exits for `run`.
     #[derive(Default)]
-    struct Recorder(RefCell<Vec<&'static str>>);
+    pub(crate) struct Recorder(pub RefCell<Vec<&'static str>>, pub RefCell<Vec<crate::vm::GuestTrap>>, pub RefCell<Vec<u64>>);
+    impl crate::vm::GuestArch for Recorder {
+        fn run(&self, ctx: &mut crate::vcpu::VcpuCtx, _: &crate::vm::GuestConfig) -> crate::vm::GuestTrap {
+            self.0.borrow_mut().push("run");
+            self.2.borrow_mut().push(ctx.pc);
+            let mut script = self.1.borrow_mut();
+            assert!(!script.is_empty(), "guest ran past the end of its script");
+            script.remove(0)
+        }
+        fn guest_s2_mapped(&self) {
+            self.0.borrow_mut().push("guest_s2_mapped");
+        }
+        fn flush_guest_tlb(&self, _: u64) {
+            self.0.borrow_mut().push("flush_guest_tlb");
+        }
+        fn scrub_page(&self, pa: PhysAddr) {
+            // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
+            unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
+            self.0.borrow_mut().push("scrub_page");
+        }
+    }
     impl Maintenance for Recorder {
         fn hyp_s1_mapped(&self) {
             self.0.borrow_mut().push("hyp_s1_mapped");
@@ -329,17 +364,17 @@ mod tests {
 
     /// Test RAM: a real, page-aligned buffer, so message pages can be read and written.
     #[repr(C, align(4096))]
-    struct Ram([u8; RAM_PAGES * 4096]);
-    const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
-    const HYP_PAGES: u64 = 16;
+    pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
+    pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
+    pub(crate) const HYP_PAGES: u64 = 16;
 
-    struct Fixture {
-        ram: Box<Ram>,
+    pub(crate) struct Fixture {
+        pub ram: Box<Ram>,
         _entries: Box<[PageEntry]>,
-        hyp: Hyp<'static, FakeMemory>,
+        pub hyp: Hyp<'static, FakeMemory>,
     }
 
-    fn fixture() -> Fixture {
+    pub(crate) fn fixture() -> Fixture {
         let ram = Box::new(Ram([0; RAM_PAGES * 4096]));
         let base = PhysAddr(ram.0.as_ptr() as u64);
         let ram_range = PhysRange::from_size(base, (RAM_PAGES * 4096) as u64).unwrap();
@@ -353,19 +388,23 @@ mod tests {
         let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]) };
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
-        let hyp = Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, tables).unwrap();
+        let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
+        let hyp = Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }
 
     impl Fixture {
-        fn page(&self, n: usize) -> u64 {
+        pub fn page(&self, n: usize) -> u64 {
             self.ram.0.as_ptr() as u64 + (n * 4096) as u64
         }
-        fn call(&self, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
+        pub fn call(&self, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
+            self.call_with(&Recorder::default(), cpu, id, args)
+        }
+        pub fn call_with(&self, rec: &Recorder, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
             let mut x = [0u64; 8];
             x[0] = id as u64;
             x[1..1 + args.len()].copy_from_slice(args);
-            self.hyp.host_hvc(cpu, x, &Recorder::default())
+            self.hyp.host_hvc(cpu, x, rec)
         }
     }
 

@@ -18,6 +18,8 @@ pub mod pgtable;
 pub mod platform;
 pub mod pool;
 pub mod psci;
+pub mod vcpu;
+pub mod vm;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod arch;

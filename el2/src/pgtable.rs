@@ -326,6 +326,43 @@ impl PageTable {
         Ok(())
     }
 
+    /// Makes sure the level-3 table covering `ia` exists and returns a pointer to the (invalid)
+    /// entry for `ia`, so the caller can install and remove a page there directly: a per-CPU
+    /// *fixmap* slot. The caller owns the entry from then on.
+    ///
+    /// # Errors
+    /// [`PtError::AlreadyMapped`] if a block or valid page covers `ia`, [`PtError::NoMemory`].
+    pub fn reserve_leaf(&mut self, mem: &mut impl TableMemory, ia: u64) -> Result<*mut u64, PtError> {
+        self.check_range(ia & !(PAGE_SIZE - 1), PAGE_SIZE)?;
+        let mut table = self.root;
+        for l in self.start_level..3 {
+            let i = index(ia, l);
+            let d = Self::read(mem, table, i);
+            table = if d & VALID == 0 {
+                let next = mem.alloc_table().ok_or(PtError::NoMemory)?;
+                Self::write(mem, table, i, next.0 | VALID | TABLE_OR_PAGE);
+                next
+            } else if d & TABLE_OR_PAGE != 0 {
+                PhysAddr(d & OA_MASK)
+            } else {
+                return Err(PtError::AlreadyMapped);
+            };
+        }
+        if Self::read(mem, table, index(ia, 3)) & VALID != 0 {
+            return Err(PtError::AlreadyMapped);
+        }
+        // SAFETY: `index(ia, 3) < 512`, inside the level-3 table page.
+        Ok(unsafe { mem.table_ptr(table).add(index(ia, 3)) })
+    }
+
+    /// The level-3 (page) descriptor this table would write for `pa` with `attrs`.
+    ///
+    /// # Errors
+    /// [`PtError::BadAttrs`] as for [`PageTable::map`].
+    pub fn page_descriptor(&self, pa: PhysAddr, attrs: Attrs) -> Result<u64, PtError> {
+        self.encode_leaf(3, pa, attrs)
+    }
+
     /// Finds the leaf mapping `ia`, if any.
     pub fn lookup(&self, mem: &impl TableMemory, ia: u64) -> Option<Leaf> {
         if ia >> self.ia_bits != 0 {
@@ -592,6 +629,20 @@ mod tests {
         let mut m = FakeMemory::new(2);
         let mut t = PageTable::new(&mut m, Format::Stage2, 40).unwrap();
         assert_eq!(t.map(&mut m, 0, PhysAddr(0), PAGE_SIZE, RAM, 3), Err(PtError::NoMemory));
+    }
+
+    #[test]
+    fn reserved_leaf_is_the_entry_lookup_sees() {
+        let mut m = FakeMemory::new(8);
+        let mut t = PageTable::new(&mut m, Format::El2Stage1, 48).unwrap();
+        let va = 0x7F00_0000_1000;
+        let e = t.reserve_leaf(&mut m, va).unwrap();
+        assert_eq!(t.lookup(&m, va), None);
+        let d = t.page_descriptor(PhysAddr(0x4800_0000), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
+        // SAFETY: `e` points into a live table page of `m`.
+        unsafe { e.write_volatile(d) };
+        assert_eq!(t.lookup(&m, va).unwrap().pa_base, PhysAddr(0x4800_0000));
+        assert_eq!(t.reserve_leaf(&mut m, va), Err(PtError::AlreadyMapped));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 pub mod layout;
 pub mod msg;
+pub mod reg;
 
 /// ABI version implemented by this crate: major in bits [31:16], minor in bits [15:0].
 ///
@@ -116,6 +117,26 @@ hypercalls! {
     /// Reads a [`msg::EchoRequest`] at offset 0 of the calling CPU's message page and writes a
     /// [`msg::EchoResponse`] at offset 0. A round trip of the message path.
     Echo = 5, Any;
+    /// Reads a [`msg::VmCreate`] from the message page and creates a VM. `x1` = its handle.
+    VmCreate = 6, Any;
+    /// `x1` = VM handle. Tears the VM down, scrubs every page it owned and gives all its memory
+    /// back to the host. [`HypError::Busy`] while one of its vCPUs runs.
+    VmDestroy = 7, Any;
+    /// `x1` = VM handle, `x2` = host physical address, `x3` = guest IPA, `x4` = number of pages.
+    /// Gives the pages to the VM at that IPA: *donated* to a protected VM (the host loses
+    /// access), *shared* with a non-protected one (the host keeps it). Mapped in the guest's
+    /// stage 2 when the guest first touches each page.
+    VmAddMemory = 8, Any;
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID ([`reg`]), `x4` = value.
+    VcpuSetReg = 9, Any;
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID. `x1` = the value.
+    VcpuGetReg = 10, Any;
+    /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::RegList`] to the message page.
+    VcpuRegList = 11, Any;
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = value for a pending MMIO read (ignored
+    /// otherwise). Runs the vCPU until it needs the host; writes a [`msg::VcpuExit`] to the
+    /// message page and returns its reason in `x1`.
+    VcpuRun = 12, Any;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
@@ -128,8 +149,11 @@ impl HypercallId {
         match self {
             HypercallId::Version | HypercallId::FinaliseSetup => 0,
             HypercallId::HypInfo | HypercallId::Echo => 0,
-            HypercallId::Ping | HypercallId::TestFault => 1,
-            HypercallId::SetMessagePage => 2,
+            HypercallId::Ping | HypercallId::TestFault | HypercallId::VmDestroy => 1,
+            HypercallId::SetMessagePage | HypercallId::VcpuRegList => 2,
+            HypercallId::VmCreate => 0,
+            HypercallId::VcpuGetReg | HypercallId::VcpuRun => 3,
+            HypercallId::VmAddMemory | HypercallId::VcpuSetReg => 4,
         }
     }
 }
@@ -184,8 +208,20 @@ errors! {
     BadMessage = -8,
     /// EL2 ran out of internal memory for this operation. Nothing was changed.
     NoMemory = -9,
-    /// The object is in use (e.g. a CPU's message page is already set).
+    /// The object is in use (e.g. a CPU's message page is already set, a vCPU is running on
+    /// another CPU, the VM has a running vCPU).
     Busy = -10,
+    /// The VM handle does not name a live VM (never created, or destroyed).
+    InvalidHandle = -11,
+    /// A fixed capacity is exhausted (VMs, vCPUs, memory regions per VM).
+    NoCapacity = -12,
+    /// The register ID is not one this vCPU has.
+    UnknownRegister = -13,
+    /// The operation is refused for this VM: a protected VM's registers after its first run,
+    /// or a feature flag this hypervisor cannot give.
+    Denied = -14,
+    /// The vCPU cannot run: it is powered off (PSCI), or its VM was stopped by EL2.
+    NotRunnable = -15,
 }
 
 impl HypError {

@@ -71,7 +71,108 @@ pub struct HypInfo {
     pub finalised: u32,
 }
 
+/// Flags of [`VmCreate`].
+pub mod vm_flags {
+    /// A protected VM: its memory is donated, its registers are sealed after the first run.
+    pub const PROTECTED: u64 = 1 << 0;
+    /// Memory tagging for the guest (not yet supported: refused with `Denied`).
+    pub const MTE: u64 = 1 << 1;
+    /// Pointer authentication for the guest (not yet supported: refused with `Denied`).
+    pub const PTRAUTH: u64 = 1 << 2;
+    /// Every flag this ABI version defines.
+    pub const ALL: u64 = PROTECTED | MTE | PTRAUTH;
+}
+
+/// Request of [`crate::HypercallId::VmCreate`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VmCreate {
+    /// Number of vCPUs, 1..=`MAX_VCPUS`.
+    pub nr_vcpus: u32,
+    /// Guest IPA size in bits, 32..=40.
+    pub ipa_bits: u32,
+    /// [`vm_flags`].
+    pub flags: u64,
+    /// Reserved, must be zero.
+    pub reserved: [u64; 2],
+}
+
+/// Why [`crate::HypercallId::VcpuRun`] returned.
+pub mod exit {
+    /// The guest accessed an IPA outside its memory: `ipa`, `size`, `flags & MMIO_WRITE`, and
+    /// for a write `data`. For a read, pass the value to the next `VCPU_RUN` in `x3`.
+    pub const MMIO: u32 = 1;
+    /// The guest executed WFI or WFE.
+    pub const WFX: u32 = 2;
+    /// The guest made an HVC/SMC that EL2 does not serve: `args` = its `x0..=x3`. The guest
+    /// has been answered SMCCC `NOT_SUPPORTED` in `x0`.
+    pub const HYPERCALL: u32 = 3;
+    /// The guest called PSCI `SYSTEM_OFF`.
+    pub const SYSTEM_OFF: u32 = 4;
+    /// The guest called PSCI `SYSTEM_RESET`.
+    pub const SYSTEM_RESET: u32 = 5;
+    /// A physical interrupt arrived while the guest ran; run it again when ready.
+    pub const IRQ: u32 = 6;
+    /// EL2 stopped the VM for good: `data` holds a [`super::kill`] reason, `ipa` the address
+    /// involved if any. It never runs again; destroy it.
+    pub const KILLED: u32 = 7;
+    /// The vCPU is powered off (PSCI `CPU_OFF`, or never started by `CPU_ON`).
+    pub const VCPU_OFF: u32 = 8;
+    /// `flags` bit of an MMIO exit: the access was a write.
+    pub const MMIO_WRITE: u32 = 1;
+}
+
+/// Why EL2 stopped a VM ([`exit::KILLED`]).
+pub mod kill {
+    /// A data abort outside guest memory that EL2 cannot decode (`ESR_EL2.ISV` clear).
+    pub const UNDECODABLE_MMIO: u64 = 1;
+    /// The guest took an exception EL2 cannot handle safely.
+    pub const BAD_EXCEPTION: u64 = 2;
+}
+
+/// Written by [`crate::HypercallId::VcpuRun`] to the message page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VcpuExit {
+    /// One of [`exit`].
+    pub reason: u32,
+    /// For MMIO: [`exit::MMIO_WRITE`].
+    pub flags: u32,
+    /// For MMIO and kills: the IPA involved.
+    pub ipa: u64,
+    /// For MMIO writes: the value written (zero-extended). For kills: the reason.
+    pub data: u64,
+    /// For MMIO: the access size in bytes (1, 2, 4, 8).
+    pub size: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// For hypercall exits: the guest's `x0..=x3`.
+    pub args: [u64; 4],
+}
+
+/// Most register IDs a [`RegList`] can hold.
+pub const MAX_REG_IDS: usize = 126;
+
+/// Written by [`crate::HypercallId::VcpuRegList`] to the message page (`KVM_GET_REG_LIST`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RegList {
+    /// Number of valid entries in `ids`.
+    pub count: u64,
+    /// Register IDs ([`crate::reg`]).
+    pub ids: [u64; MAX_REG_IDS],
+}
+
 const _: () = {
+    assert!(size_of::<VmCreate>() == 32);
+    assert!(offset_of!(VmCreate, flags) == 8);
+    assert!(size_of::<VcpuExit>() == 64);
+    assert!(offset_of!(VcpuExit, ipa) == 8);
+    assert!(offset_of!(VcpuExit, data) == 16);
+    assert!(offset_of!(VcpuExit, size) == 24);
+    assert!(offset_of!(VcpuExit, args) == 32);
+    assert!(size_of::<RegList>() == 1016);
+    assert!(size_of::<RegList>() as u64 <= crate::PAGE_SIZE);
     assert!(size_of::<EchoRequest>() == 64);
     assert!(offset_of!(EchoRequest, nonce) == 0);
     assert!(offset_of!(EchoRequest, flags) == 8);
@@ -125,6 +226,20 @@ mod tests {
         let b = i.as_bytes();
         assert_eq!(&b[8..16], &0x4000_0000u64.to_ne_bytes());
         assert_eq!(HypInfo::read_from_bytes(b).unwrap(), i);
+    }
+
+    #[test]
+    fn vm_messages_round_trip() {
+        let c = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] };
+        assert_eq!(&c.as_bytes()[8..16], &1u64.to_ne_bytes());
+        assert_eq!(VmCreate::read_from_bytes(c.as_bytes()).unwrap(), c);
+        let e = VcpuExit { reason: exit::MMIO, flags: exit::MMIO_WRITE, ipa: 0x900_0000, data: 0x41, size: 1, reserved: 0, args: [0; 4] };
+        assert_eq!(&e.as_bytes()[8..16], &0x900_0000u64.to_ne_bytes());
+        assert_eq!(VcpuExit::read_from_bytes(e.as_bytes()).unwrap(), e);
+        let mut l = RegList { count: 2, ids: [0; MAX_REG_IDS] };
+        l.ids[1] = crate::reg::PC;
+        assert_eq!(RegList::read_from_bytes(l.as_bytes()).unwrap(), l);
+        assert_eq!(&l.as_bytes()[16..24], &crate::reg::PC.to_ne_bytes());
     }
 
     #[test]

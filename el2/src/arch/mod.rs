@@ -7,7 +7,9 @@
 //! Register and field names follow the Arm ARM (DDI 0487). Every barrier says what it orders.
 
 mod regs;
+pub(crate) mod switch;
 mod vectors;
 
 pub use regs::*;
+pub use switch::{check_sysreg_tables, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_VA};
 pub use vectors::TrapFrame;

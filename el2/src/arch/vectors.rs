@@ -3,8 +3,11 @@
 //! - Synchronous exceptions from a lower EL (AArch64) save all GPRs, `ELR_EL2` and `SPSR_EL2`
 //!   on this CPU's EL2 stack, call [`crate::trap::el2_lower_sync`], restore (the handler may
 //!   have changed any of them) and `ERET`.
-//! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 (`HCR_EL2.IMO/FMO/AMO`
-//!   clear), AArch32 lower ELs do not exist (`HCR_EL2.RW`), and an exception *at* EL2 is an EL2
+//! - While a guest runs on this CPU (`GUEST_CTX[cpu]` set), any lower-EL exception (synchronous,
+//!   IRQ, FIQ, SError) is a *guest exit*: `__guest_exit` stores the guest's GPRs and returns to
+//!   the world switch ([`super::switch`]).
+//! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 while the host runs
+//!   (`HCR_EL2.IMO/FMO/AMO` clear for the host), AArch32 lower ELs do not exist (`HCR_EL2.RW`), and an exception *at* EL2 is an EL2
 //!   bug. Those switch to this CPU's panic stack first (the normal stack may be what overflowed),
 //!   save the frame, and call [`crate::trap::el2_unexpected`], which reports and parks the CPU:
 //!   it never returns into state that may be corrupt.
@@ -92,6 +95,21 @@ global_asm!(
     b el2_unexpected_entry
 .endm
 
+// A trap from a lower EL: if this CPU runs a guest (GUEST_CTX[cpu] != 0) it is a guest exit,
+// else the host's. x0/x1 are pushed; the guest path keeps them on the stack for __guest_exit.
+.macro LOWER kind, host_path
+    stp x0, x1, [sp, #-16]!
+    mrs x0, tpidr_el2
+    and x0, x0, #7
+    adrp x1, {guest_ctx}
+    add x1, x1, :lo12:{guest_ctx}
+    ldr x1, [x1, x0, lsl #3]
+    mov x0, #\kind
+    cbnz x1, __guest_exit
+    ldp x0, x1, [sp], #16
+    b \host_path
+.endm
+
 .section .text.vectors, "ax"
 .balign 2048
 .global el2_vectors
@@ -116,13 +134,13 @@ el2_vectors:
     UNEXPECTED 7
     // Lower EL, AArch64.
     .balign 0x80
-    b el2_lower_sync_entry
+    LOWER 0, el2_lower_sync_entry
     .balign 0x80
-    UNEXPECTED 9
+    LOWER 1, el2_unexpected_9
     .balign 0x80
-    UNEXPECTED 10
+    LOWER 2, el2_unexpected_10
     .balign 0x80
-    UNEXPECTED 11
+    LOWER 3, el2_unexpected_11
     // Lower EL, AArch32 (never: HCR_EL2.RW is set).
     .balign 0x80
     UNEXPECTED 12
@@ -132,6 +150,77 @@ el2_vectors:
     UNEXPECTED 14
     .balign 0x80
     UNEXPECTED 15
+
+el2_unexpected_9:
+    UNEXPECTED 9
+el2_unexpected_10:
+    UNEXPECTED 10
+el2_unexpected_11:
+    UNEXPECTED 11
+
+// Enter a guest. x0 = &VcpuCtx (GPRs at 0, host-save pointer slot at 248), x1 = host save
+// area (14 words): EL2's callee-saved x18..x29, x30 and SP, restored by __guest_exit.
+.global __guest_enter
+__guest_enter:
+    stp x18, x19, [x1, #0]
+    stp x20, x21, [x1, #16]
+    stp x22, x23, [x1, #32]
+    stp x24, x25, [x1, #48]
+    stp x26, x27, [x1, #64]
+    stp x28, x29, [x1, #80]
+    mov x2, sp
+    stp x30, x2, [x1, #96]
+    str x1, [x0, #248]
+    ldp x2, x3, [x0, #16]
+    ldp x4, x5, [x0, #32]
+    ldp x6, x7, [x0, #48]
+    ldp x8, x9, [x0, #64]
+    ldp x10, x11, [x0, #80]
+    ldp x12, x13, [x0, #96]
+    ldp x14, x15, [x0, #112]
+    ldp x16, x17, [x0, #128]
+    ldp x18, x19, [x0, #144]
+    ldp x20, x21, [x0, #160]
+    ldp x22, x23, [x0, #176]
+    ldp x24, x25, [x0, #192]
+    ldp x26, x27, [x0, #208]
+    ldp x28, x29, [x0, #224]
+    ldr x30, [x0, #240]
+    ldp x0, x1, [x0, #0]
+    eret
+    dsb nsh
+    isb
+
+// A guest exit: x0 = exit kind, x1 = &VcpuCtx, the guest's x0/x1 on the stack. Stores the
+// guest GPRs, restores EL2's registers and returns x0 to __guest_enter's caller.
+__guest_exit:
+    stp x2, x3, [x1, #16]
+    stp x4, x5, [x1, #32]
+    stp x6, x7, [x1, #48]
+    stp x8, x9, [x1, #64]
+    stp x10, x11, [x1, #80]
+    stp x12, x13, [x1, #96]
+    stp x14, x15, [x1, #112]
+    stp x16, x17, [x1, #128]
+    stp x18, x19, [x1, #144]
+    stp x20, x21, [x1, #160]
+    stp x22, x23, [x1, #176]
+    stp x24, x25, [x1, #192]
+    stp x26, x27, [x1, #208]
+    stp x28, x29, [x1, #224]
+    str x30, [x1, #240]
+    ldp x2, x3, [sp], #16
+    stp x2, x3, [x1, #0]
+    ldr x2, [x1, #248]
+    ldp x18, x19, [x2, #0]
+    ldp x20, x21, [x2, #16]
+    ldp x22, x23, [x2, #32]
+    ldp x24, x25, [x2, #48]
+    ldp x26, x27, [x2, #64]
+    ldp x28, x29, [x2, #80]
+    ldp x30, x3, [x2, #96]
+    mov sp, x3
+    ret
 
 // Unexpected exception, x0 = vector number: move to this CPU's panic stack (top =
 // __panic_stacks_start + (cpu + 1) * 4096, cpu from TPIDR_EL2; the normal stack may be what
@@ -168,4 +257,5 @@ el2_lower_sync_entry:
     frame = const FRAME_SIZE,
     lower_sync = sym crate::trap::el2_lower_sync,
     unexpected = sym crate::trap::el2_unexpected,
+    guest_ctx = sym crate::arch::switch::GUEST_CTX,
 );

@@ -1,0 +1,297 @@
+//! The world switch: from the host (inside a `VCPU_RUN` hypercall) into a guest and back.
+//!
+//! [`ArchMaintenance::run`] reads as a script of paired steps; the order matters and is
+//! commented where it does. EL2 itself never touches FP/SIMD (softfloat target) and guests
+//! trap on FP/SIMD (`CPTR_EL2.TFP`), so no FP state moves yet.
+//!
+//! ```text
+//! save host EL1 state → guest traps → guest stage 2 → restore guest EL1 state
+//!   → __guest_enter (GPRs, ERET) … guest runs … vector → __guest_exit
+//! read syndrome → save guest EL1 state → restore host EL1 state → host traps + stage 2
+//! ```
+
+use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
+use crate::addr::PhysAddr;
+use crate::platform::MAX_CPUS;
+use crate::vcpu::{VcpuCtx, NR_SYSREGS};
+use crate::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
+use aarch64_cpu::registers::*;
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Per CPU: the context of the vCPU running on it (0 when the host runs). The lower-EL vectors
+/// read it to tell a guest exit from a host trap.
+#[no_mangle]
+pub static GUEST_CTX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+extern "C" {
+    /// Saves EL2's callee-saved registers in `host_save`, loads the guest GPRs from `ctx` and
+    /// enters the guest; returns (through `__guest_exit`) the exit kind: 0 synchronous, 1 IRQ,
+    /// 2 FIQ, 3 SError.
+    fn __guest_enter(ctx: *mut u64, host_save: *mut [u64; 14]) -> u64;
+}
+
+macro_rules! el1_sysregs {
+    ($($name:literal),* $(,)?) => {
+        /// Names of the switched registers, in context order (checked against
+        /// `shared_abi::reg::SYSREGS` at boot).
+        pub const SWITCHED_SYSREGS: [&str; NR_SYSREGS] = [$($name),*];
+
+        fn save_el1_sysregs(out: &mut [u64; NR_SYSREGS]) {
+            let mut i = 0;
+            $(
+                let v: u64;
+                // SAFETY: reading an EL1 system register at EL2 has no side effects.
+                unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
+                out[i] = v;
+                i += 1;
+            )*
+            let _ = i;
+        }
+
+        fn restore_el1_sysregs(v: &[u64; NR_SYSREGS]) {
+            let mut i = 0;
+            $(
+                // SAFETY: EL1 registers only affect EL1&0, which does not run until the ERET
+                // that follows every restore (the host's, or the guest's).
+                unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v[i], options(nomem, nostack, preserves_flags)) };
+                i += 1;
+            )*
+            let _ = i;
+        }
+    };
+}
+
+el1_sysregs!(
+    "sctlr_el1", "cpacr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "afsr0_el1", "afsr1_el1",
+    "esr_el1", "far_el1", "par_el1", "mair_el1", "amair_el1", "vbar_el1", "contextidr_el1",
+    "tpidr_el1", "cntkctl_el1", "csselr_el1", "tpidr_el0", "tpidrro_el0", "cntv_ctl_el0",
+    "cntv_cval_el0",
+);
+
+/// Checks, once at boot, that the assembly-side list matches the ABI's register list.
+pub fn check_sysreg_tables() -> Result<(), &'static str> {
+    for (a, (b, _)) in SWITCHED_SYSREGS.iter().zip(shared_abi::reg::SYSREGS.iter()) {
+        if !a.eq_ignore_ascii_case(b) {
+            return Err("world-switch register list does not match shared_abi::reg::SYSREGS");
+        }
+    }
+    Ok(())
+}
+
+/// EL1 state that is not in the system-register list.
+#[derive(Default)]
+struct El1Extra {
+    sp_el0: u64,
+    sp_el1: u64,
+    elr_el1: u64,
+    spsr_el1: u64,
+}
+
+fn save_el1_extra() -> El1Extra {
+    El1Extra { sp_el0: SP_EL0.get(), sp_el1: SP_EL1.get(), elr_el1: ELR_EL1.get(), spsr_el1: SPSR_EL1.get() }
+}
+
+fn restore_el1_extra(e: &El1Extra) {
+    SP_EL0.set(e.sp_el0);
+    SP_EL1.set(e.sp_el1);
+    ELR_EL1.set(e.elr_el1);
+    SPSR_EL1.set(e.spsr_el1);
+}
+
+/// Trap configuration for guests, built in this one place. Deny by default: every guest gets
+/// stage 2; IRQ/FIQ/SError go to EL2 (so the host gets its CPU back); SMC, WFI/WFE,
+/// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD/SVE/SME, PMU and debug registers, and the
+/// EL1 physical timer trap. Pointer authentication (`HCR_EL2.API/APK` clear) and allocation
+/// tags (`HCR_EL2.ATA` clear) are unavailable. Everything trapped that EL2 does not emulate
+/// becomes an UNDEF in the guest.
+struct GuestTraps {
+    hcr: u64,
+    cptr: u64,
+    mdcr: u64,
+    cnthctl: u64,
+}
+
+fn guest_traps(host_mdcr: u64) -> GuestTraps {
+    const VM: u64 = 1 << 0;
+    const SWIO: u64 = 1 << 1;
+    const FMO: u64 = 1 << 3;
+    const IMO: u64 = 1 << 4;
+    const AMO: u64 = 1 << 5;
+    const TWI: u64 = 1 << 13;
+    const TWE: u64 = 1 << 14;
+    const TSC: u64 = 1 << 19;
+    const TIDCP: u64 = 1 << 20;
+    const TACR: u64 = 1 << 21;
+    const RW: u64 = 1 << 31;
+    const CPTR_TFP: u64 = 1 << 10;
+    const MDCR_TPMCR: u64 = 1 << 5;
+    const MDCR_TPM: u64 = 1 << 6;
+    const MDCR_TDA: u64 = 1 << 9;
+    const MDCR_TDOSA: u64 = 1 << 10;
+    const MDCR_TDRA: u64 = 1 << 11;
+    GuestTraps {
+        hcr: VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSC | TIDCP | TACR | RW,
+        // RES1 bits and TZ/TSM as for the host, plus TFP.
+        cptr: 0x33FF | CPTR_TFP,
+        mdcr: (host_mdcr & 0x1F) | MDCR_TPMCR | MDCR_TPM | MDCR_TDA | MDCR_TDOSA | MDCR_TDRA,
+        // EL1PCTEN: the physical counter is readable; EL1PCEN clear: the physical timer traps.
+        cnthctl: 0b01,
+    }
+}
+
+fn guest_vtcr(cfg: &GuestConfig) -> u64 {
+    let sl0 = match cfg.start_level {
+        0 => 2,
+        1 => 1,
+        _ => 0,
+    };
+    // Same walk attributes and PS as the host's VTCR_EL2; only T0SZ and SL0 differ.
+    let host = VTCR_EL2.get();
+    (host & !0xFF) | (64 - cfg.ipa_bits as u64) | sl0 << 6
+}
+
+impl ArchMaintenance {
+    fn enter(&self, ctx: &mut VcpuCtx, cfg: &GuestConfig) -> GuestTrap {
+        let cpu = super::cpu_index() % MAX_CPUS;
+
+        // 1. Host EL1 state, and the host's EL2 configuration to come back to.
+        let mut host_sys = [0u64; NR_SYSREGS];
+        save_el1_sysregs(&mut host_sys);
+        let host_extra = save_el1_extra();
+        let (host_hcr, host_cptr, host_mdcr, host_cnthctl) = (HCR_EL2.get(), CPTR_EL2.get(), MDCR_EL2.get(), CNTHCTL_EL2.get());
+        let (host_vtcr, host_vttbr, host_vmpidr) = (VTCR_EL2.get(), VTTBR_EL2.get(), VMPIDR_EL2.get());
+
+        // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
+        //    order of steps 2 and 3 is free; stage 2 goes first so that guest stage-1 state is
+        //    never paired with the host's VMID (what speculative-AT errata would care about).
+        let traps = guest_traps(host_mdcr);
+        HCR_EL2.set(traps.hcr);
+        CPTR_EL2.set(traps.cptr);
+        MDCR_EL2.set(traps.mdcr);
+        CNTHCTL_EL2.set(traps.cnthctl);
+        VMPIDR_EL2.set(cfg.vmpidr);
+        VTCR_EL2.set(guest_vtcr(cfg));
+        VTTBR_EL2.set(cfg.vttbr);
+
+        // 3. Guest EL1 state and where it resumes.
+        restore_el1_sysregs(&ctx.sys);
+        restore_el1_extra(&El1Extra { sp_el0: ctx.sp_el0, sp_el1: ctx.sp_el1, elr_el1: ctx.elr_el1, spsr_el1: ctx.spsr_el1 });
+        ELR_EL2.set(ctx.pc);
+        SPSR_EL2.set(ctx.pstate);
+        // No ISB here: the ERET in __guest_enter is context synchronising, so every register
+        // written above is in effect for the guest's first instruction.
+
+        // 4. Run. GUEST_CTX tells the vectors that an exit from a lower EL is this guest's.
+        let mut host_save = [0u64; 14];
+        GUEST_CTX[cpu].store(ctx as *mut VcpuCtx as u64, Ordering::Relaxed);
+        // SAFETY: `ctx` is exclusively ours (a claimed vCPU) for the whole call, and
+        // `host_save` outlives it; `__guest_enter` returns only through `__guest_exit`, which
+        // restores every callee-saved register and SP from `host_save`. The guest runs under
+        // its own stage 2 with the traps above, so it cannot reach EL2 or host memory.
+        let kind = unsafe { __guest_enter(ctx as *mut VcpuCtx as *mut u64, &mut host_save) };
+        GUEST_CTX[cpu].store(0, Ordering::Relaxed);
+
+        // 5. Syndrome and guest PC/PSTATE, before anything can overwrite them.
+        let trap = GuestTrap {
+            kind: match kind {
+                0 => TrapKind::Sync,
+                1 | 2 => TrapKind::Irq,
+                _ => TrapKind::SError,
+            },
+            esr: ESR_EL2.get(),
+            far: FAR_EL2.get(),
+            hpfar: HPFAR_EL2.get(),
+        };
+        ctx.pc = ELR_EL2.get();
+        ctx.pstate = SPSR_EL2.get();
+
+        // 6. Guest EL1 state out, host EL1 state back.
+        save_el1_sysregs(&mut ctx.sys);
+        let g = save_el1_extra();
+        (ctx.sp_el0, ctx.sp_el1, ctx.elr_el1, ctx.spsr_el1) = (g.sp_el0, g.sp_el1, g.elr_el1, g.spsr_el1);
+        restore_el1_sysregs(&host_sys);
+        restore_el1_extra(&host_extra);
+
+        // 7. Host traps and stage 2. (Here host stage-1 state briefly pairs with the guest's
+        //    VMID; EL1 does not run in between, which is all the architecture requires.)
+        VTTBR_EL2.set(host_vttbr);
+        VTCR_EL2.set(host_vtcr);
+        VMPIDR_EL2.set(host_vmpidr);
+        CNTHCTL_EL2.set(host_cnthctl);
+        MDCR_EL2.set(host_mdcr);
+        CPTR_EL2.set(host_cptr);
+        HCR_EL2.set(host_hcr);
+        // EL2 goes on to run Rust code that may fault on host memory (message page writes)
+        // and returns to the host by ERET; the ISB makes the host configuration effective now
+        // rather than at that ERET, so EL2 never runs with the guest's traps half in place.
+        isb();
+        trap
+    }
+}
+
+/// Virtual address of CPU `n`'s fixmap slot in EL2's stage 1 (far from any RAM address).
+pub const FIXMAP_VA: u64 = 0x7F00_0000_0000;
+
+/// Per CPU: pointer to its fixmap slot's level-3 entry, and the descriptor template (Normal
+/// RW XN, output address zero) that a PA is ORed into.
+pub static FIXMAP_ENTRY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// See [`FIXMAP_ENTRY`].
+pub static FIXMAP_TEMPLATE: AtomicU64 = AtomicU64::new(0);
+
+/// Maps `pa` at this CPU's fixmap slot, runs `f` on it, and unmaps it.
+fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
+    let cpu = super::cpu_index() % MAX_CPUS;
+    let entry = FIXMAP_ENTRY[cpu].load(Ordering::Relaxed) as *mut u64;
+    if entry.is_null() {
+        log::error!("fixmap slot of cpu{cpu} missing");
+        return;
+    }
+    let va = FIXMAP_VA + cpu as u64 * 4096;
+    // SAFETY: `entry` is this CPU's own reserved level-3 entry (set up at boot, used by no
+    // other CPU), and the slot is empty between uses.
+    unsafe { entry.write_volatile(FIXMAP_TEMPLATE.load(Ordering::Relaxed) | pa.0) };
+    // The entry is visible to this CPU's walker before the first access through it.
+    dsb_ishst();
+    isb();
+    f(va as *mut u8);
+    // SAFETY: as above.
+    unsafe { entry.write_volatile(0) };
+    // Break: the entry is gone and this CPU (the only user of the slot) forgets it, so the
+    // next use can map another page without a stale translation.
+    dsb_ishst();
+    // SAFETY: TLB invalidation of one EL2 VA is always allowed at EL2.
+    unsafe { asm!("tlbi vae2, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
+    // SAFETY: a barrier.
+    unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+    isb();
+}
+
+impl GuestArch for ArchMaintenance {
+    fn run(&self, ctx: &mut VcpuCtx, cfg: &GuestConfig) -> GuestTrap {
+        self.enter(ctx, cfg)
+    }
+
+    fn guest_s2_mapped(&self) {
+        // Visible to the walkers before the guest retries; entering the guest synchronises.
+        dsb_ishst();
+    }
+
+    fn flush_guest_tlb(&self, vttbr: u64) {
+        // TLBI VMALLS12E1IS acts on the VMID in VTTBR_EL2: borrow it for the guest's VMID.
+        let host = VTTBR_EL2.get();
+        dsb_ishst();
+        VTTBR_EL2.set(vttbr);
+        isb();
+        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
+        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
+        dsb_ish();
+        VTTBR_EL2.set(host);
+        isb();
+    }
+
+    fn scrub_page(&self, pa: PhysAddr) {
+        // SAFETY: the fixmap maps exactly one writable page at `p` for the closure.
+        with_fixmap(pa, |p| unsafe { core::ptr::write_bytes(p, 0, 4096) });
+    }
+}

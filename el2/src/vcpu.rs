@@ -1,0 +1,429 @@
+//! vCPU state and the logic of guest exits that does not touch hardware.
+//!
+//! Place in the flow: *state*. A [`VcpuCtx`] is what the world switch saves and restores; this
+//! module reads and writes it by KVM register ID, decodes MMIO accesses from `ESR_EL2`, and
+//! answers the guest's PSCI and SMCCC calls. Everything here is unit-tested on the host.
+//!
+//! The layout of the first fields is fixed: the world-switch assembly stores the guest GPRs at
+//! offset 0 and reads the host save-area pointer at offset 248.
+
+use core::mem::offset_of;
+use shared_abi::reg;
+
+/// `PSTATE` of a vCPU at reset: EL1h, D/A/I/F masked.
+pub const PSTATE_RESET: u64 = 0x3C5;
+/// `SCTLR_EL1` at reset: RES1 bits, MMU and caches off.
+pub const SCTLR_EL1_RESET: u64 = 0x30D0_0800;
+/// Number of EL1 system registers switched ([`reg::SYSREGS`]).
+pub const NR_SYSREGS: usize = reg::SYSREGS.len();
+
+/// The state of one vCPU that the world switch moves.
+#[repr(C)]
+#[derive(Clone, Debug)]
+pub struct VcpuCtx {
+    /// `x0..=x30`.
+    pub x: [u64; 31],
+    /// Filled in by the world switch while the vCPU runs: where EL2's own registers are saved.
+    pub host_save: u64,
+    /// `SP_EL0`.
+    pub sp_el0: u64,
+    /// The guest PC (`ELR_EL2` while in EL2).
+    pub pc: u64,
+    /// The guest PSTATE (`SPSR_EL2` while in EL2).
+    pub pstate: u64,
+    /// `SP_EL1`.
+    pub sp_el1: u64,
+    /// `ELR_EL1`.
+    pub elr_el1: u64,
+    /// `SPSR_EL1`.
+    pub spsr_el1: u64,
+    /// EL1/EL0 system registers, in [`reg::SYSREGS`] order.
+    pub sys: [u64; NR_SYSREGS],
+    /// An MMIO read waiting for the host's value.
+    pub pending_read: Option<MmioAccess>,
+}
+
+const _: () = {
+    assert!(offset_of!(VcpuCtx, x) == 0);
+    assert!(offset_of!(VcpuCtx, host_save) == 248);
+};
+
+/// Errors of register access by ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegError {
+    /// Not a register this vCPU has.
+    Unknown,
+    /// A register that cannot be written (e.g. `MPIDR_EL1`).
+    ReadOnly,
+}
+
+impl VcpuCtx {
+    /// A vCPU at reset.
+    pub const fn new() -> Self {
+        let mut sys = [0; NR_SYSREGS];
+        sys[0] = SCTLR_EL1_RESET;
+        Self {
+            x: [0; 31],
+            host_save: 0,
+            sp_el0: 0,
+            pc: 0,
+            pstate: PSTATE_RESET,
+            sp_el1: 0,
+            elr_el1: 0,
+            spsr_el1: 0,
+            sys,
+            pending_read: None,
+        }
+    }
+
+    /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset.
+    pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
+        *self = Self::new();
+        self.pc = entry;
+        self.x[0] = context;
+    }
+
+    fn core_slot(&mut self, id: u64) -> Option<&mut u64> {
+        Some(match id {
+            reg::SP_EL0 => &mut self.sp_el0,
+            reg::PC => &mut self.pc,
+            reg::PSTATE => &mut self.pstate,
+            reg::SP_EL1 => &mut self.sp_el1,
+            reg::ELR_EL1 => &mut self.elr_el1,
+            reg::SPSR_EL1 => &mut self.spsr_el1,
+            _ if id & !0xFF == reg::core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => &mut self.x[(id & 0xFF) as usize / 2],
+            _ => match reg::sysreg_index(id) {
+                Some(i) => &mut self.sys[i],
+                None => return None,
+            },
+        })
+    }
+
+    /// Reads register `id` of vCPU number `index`.
+    ///
+    /// # Errors
+    /// [`RegError::Unknown`] for IDs not in [`register_ids`].
+    pub fn get(&mut self, index: usize, id: u64) -> Result<u64, RegError> {
+        if id == reg::MPIDR_EL1 {
+            return Ok(vmpidr(index));
+        }
+        self.core_slot(id).map(|r| *r).ok_or(RegError::Unknown)
+    }
+
+    /// Writes register `id`.
+    ///
+    /// # Errors
+    /// [`RegError::Unknown`] for IDs not in [`register_ids`], [`RegError::ReadOnly`] for
+    /// `MPIDR_EL1`.
+    pub fn set(&mut self, id: u64, value: u64) -> Result<(), RegError> {
+        if id == reg::MPIDR_EL1 {
+            return Err(RegError::ReadOnly);
+        }
+        *self.core_slot(id).ok_or(RegError::Unknown)? = value;
+        Ok(())
+    }
+
+    /// Writes `value` to GPR `n`; `n == 31` is XZR (the write is dropped).
+    pub fn set_gpr(&mut self, n: u8, value: u64) {
+        if let Some(r) = self.x.get_mut(n as usize) {
+            *r = value;
+        }
+    }
+
+    /// Reads GPR `n`; `n == 31` is XZR.
+    pub fn gpr(&self, n: u8) -> u64 {
+        self.x.get(n as usize).copied().unwrap_or(0)
+    }
+}
+
+impl Default for VcpuCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `MPIDR_EL1` a vCPU sees: `Aff0` = its index, bit 31 RES1.
+pub const fn vmpidr(index: usize) -> u64 {
+    (1 << 31) | (index as u64 & 0xFF)
+}
+
+/// Every register ID a vCPU has, in `VCPU_REG_LIST` order.
+pub fn register_ids() -> impl Iterator<Item = u64> {
+    (0..31)
+        .map(reg::x)
+        .chain([reg::SP_EL0, reg::PC, reg::PSTATE, reg::SP_EL1, reg::ELR_EL1, reg::SPSR_EL1])
+        .chain(reg::SYSREGS.iter().map(|s| s.1))
+        .chain([reg::MPIDR_EL1])
+}
+
+/// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAccess {
+    /// Bytes accessed: 1, 2, 4 or 8 (`SAS`).
+    pub size: u8,
+    /// The access was a write (`WnR`).
+    pub write: bool,
+    /// Register transferred (`SRT`; 31 = XZR).
+    pub reg: u8,
+    /// Sign-extend a read (`SSE`).
+    pub sign_extend: bool,
+    /// The register is 64-bit (`SF`); otherwise a read is zero-extended to 32 bits.
+    pub sixty_four: bool,
+}
+
+const ISS_ISV: u64 = 1 << 24;
+
+/// Decodes a data abort's syndrome. `None` if `ISV` is clear (the instruction cannot be
+/// emulated from the syndrome: pair, writeback, SIMD, ...).
+pub fn decode_mmio(esr: u64) -> Option<MmioAccess> {
+    if esr & ISS_ISV == 0 {
+        return None;
+    }
+    Some(MmioAccess {
+        size: 1 << ((esr >> 22) & 3),
+        sign_extend: esr & (1 << 21) != 0,
+        reg: ((esr >> 16) & 0x1F) as u8,
+        sixty_four: esr & (1 << 15) != 0,
+        write: esr & (1 << 6) != 0,
+    })
+}
+
+impl MmioAccess {
+    /// The value a read of `raw` (from the host) puts in the register.
+    pub fn read_value(&self, raw: u64) -> u64 {
+        let bits = self.size as u32 * 8;
+        let v = if bits == 64 { raw } else { raw & ((1 << bits) - 1) };
+        let v = if self.sign_extend && bits < 64 {
+            let shift = 64 - bits;
+            (((v << shift) as i64) >> shift) as u64
+        } else {
+            v
+        };
+        if self.sixty_four {
+            v
+        } else {
+            v & 0xFFFF_FFFF
+        }
+    }
+
+    /// The value a write stores, from the register's value.
+    pub fn write_value(&self, reg_value: u64) -> u64 {
+        let bits = self.size as u32 * 8;
+        if bits == 64 {
+            reg_value
+        } else {
+            reg_value & ((1 << bits) - 1)
+        }
+    }
+}
+
+/// Power state of a vCPU (PSCI).
+pub mod power {
+    /// Off: `VCPU_RUN` answers `VCPU_OFF`.
+    pub const OFF: u8 = 0;
+    /// `CPU_ON` was called; the next run resets it to the requested entry.
+    pub const ON_PENDING: u8 = 1;
+    /// Running or runnable.
+    pub const ON: u8 = 2;
+}
+
+/// What a guest's SMCCC call (HVC or SMC) leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestCall {
+    /// Answer in EL2: `x0 = value`, resume the guest.
+    Answer(u64),
+    /// `CPU_ON` of vCPU `target` (its `x0` = `context` at `entry`).
+    CpuOn {
+        /// vCPU index.
+        target: usize,
+        /// Entry point (guest IPA / VA as the guest's MMU sees it).
+        entry: u64,
+        /// The target's `x0`.
+        context: u64,
+    },
+    /// `CPU_OFF`.
+    CpuOff,
+    /// `AFFINITY_INFO` of vCPU `target`.
+    AffinityInfo(usize),
+    /// `SYSTEM_OFF`: exit to the host.
+    SystemOff,
+    /// `SYSTEM_RESET`: exit to the host.
+    SystemReset,
+    /// Not served by EL2: exit to the host, guest `x0` = `NOT_SUPPORTED`.
+    ToHost,
+}
+
+/// `PSCI_VERSION` for guests: 1.1.
+pub const GUEST_PSCI_VERSION: u64 = 0x0001_0001;
+/// `SMCCC_VERSION` for guests: 1.1.
+pub const GUEST_SMCCC_VERSION: u64 = 0x0001_0001;
+const NOT_SUPPORTED: u64 = -1i64 as u64;
+const INVALID_PARAMETERS: u64 = -2i64 as u64;
+
+/// PSCI functions EL2 serves for guests.
+const GUEST_PSCI: [u32; 9] = [
+    smccc::psci::PSCI_VERSION,
+    smccc::psci::PSCI_FEATURES,
+    smccc::psci::PSCI_CPU_ON_64,
+    smccc::psci::PSCI_CPU_OFF,
+    smccc::psci::PSCI_AFFINITY_INFO_64,
+    smccc::psci::PSCI_SYSTEM_OFF,
+    smccc::psci::PSCI_SYSTEM_RESET,
+    smccc::arch::SMCCC_VERSION,
+    smccc::arch::SMCCC_ARCH_FEATURES,
+];
+
+/// Decodes a guest SMCCC call from its `x0..=x3` for a VM of `nr_vcpus` vCPUs.
+pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize) -> GuestCall {
+    if x[0] >> 32 != 0 {
+        return GuestCall::ToHost;
+    }
+    let target = |mpidr: u64| -> Option<usize> {
+        // Only Aff0 names a vCPU; every other affinity field must be zero.
+        let idx = (mpidr & 0xFF) as usize;
+        (mpidr & 0xFF_00FF_FF00 == 0 && idx < nr_vcpus).then_some(idx)
+    };
+    match x[0] as u32 {
+        smccc::psci::PSCI_VERSION => GuestCall::Answer(GUEST_PSCI_VERSION),
+        smccc::psci::PSCI_FEATURES => {
+            let ok = x[1] >> 32 == 0 && GUEST_PSCI[..7].contains(&(x[1] as u32));
+            GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
+        }
+        smccc::psci::PSCI_CPU_ON_64 => match target(x[1]) {
+            Some(t) => GuestCall::CpuOn { target: t, entry: x[2], context: x[3] },
+            None => GuestCall::Answer(INVALID_PARAMETERS),
+        },
+        smccc::psci::PSCI_CPU_OFF => GuestCall::CpuOff,
+        smccc::psci::PSCI_AFFINITY_INFO_64 => match (target(x[1]), x[2]) {
+            (Some(t), 0) => GuestCall::AffinityInfo(t),
+            _ => GuestCall::Answer(INVALID_PARAMETERS),
+        },
+        smccc::psci::PSCI_SYSTEM_OFF => GuestCall::SystemOff,
+        smccc::psci::PSCI_SYSTEM_RESET => GuestCall::SystemReset,
+        smccc::arch::SMCCC_VERSION => GuestCall::Answer(GUEST_SMCCC_VERSION),
+        smccc::arch::SMCCC_ARCH_FEATURES => {
+            let ok = x[1] >> 32 == 0 && GUEST_PSCI[7..].contains(&(x[1] as u32));
+            GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
+        }
+        _ => GuestCall::ToHost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smccc::psci;
+
+    #[test]
+    fn registers_by_kvm_id() {
+        let mut c = VcpuCtx::new();
+        for n in 0..31 {
+            c.set(reg::x(n), 0x1000 + n).unwrap();
+        }
+        c.set(reg::PC, 0x4008_0000).unwrap();
+        c.set(reg::SYSREGS[12].1, 0xAAAA_0000).unwrap(); // VBAR_EL1
+        assert_eq!(c.x[7], 0x1007);
+        assert_eq!(c.get(0, reg::x(30)), Ok(0x101E));
+        assert_eq!(c.get(0, reg::PC), Ok(0x4008_0000));
+        assert_eq!(c.sys[12], 0xAAAA_0000);
+        assert_eq!(c.get(0, reg::PSTATE), Ok(PSTATE_RESET));
+        assert_eq!(c.get(0, reg::SYSREGS[0].1), Ok(SCTLR_EL1_RESET));
+        assert_eq!(c.get(3, reg::MPIDR_EL1), Ok(0x8000_0003));
+    }
+
+    #[test]
+    fn unknown_and_read_only_registers() {
+        let mut c = VcpuCtx::new();
+        for id in [0, u64::MAX, reg::core(1), reg::core(62 + 200), reg::sysreg(3, 4, 1, 1, 0), reg::FW_PSCI_VERSION] {
+            assert_eq!(c.get(0, id), Err(RegError::Unknown), "{id:#x}");
+            assert_eq!(c.set(id, 1), Err(RegError::Unknown), "{id:#x}");
+        }
+        assert_eq!(c.set(reg::MPIDR_EL1, 1), Err(RegError::ReadOnly));
+        let before = c.clone();
+        assert_eq!(before.x, c.x);
+    }
+
+    #[test]
+    fn register_list_is_complete_and_gettable() {
+        let mut c = VcpuCtx::new();
+        let ids: std::vec::Vec<u64> = register_ids().collect();
+        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1);
+        assert!(ids.len() <= shared_abi::msg::MAX_REG_IDS);
+        for id in ids {
+            assert!(c.get(0, id).is_ok(), "{id:#x}");
+        }
+    }
+
+    #[test]
+    fn xzr_reads_zero_and_ignores_writes() {
+        let mut c = VcpuCtx::new();
+        c.set_gpr(31, 5);
+        assert_eq!(c.gpr(31), 0);
+        c.set_gpr(3, 5);
+        assert_eq!(c.gpr(3), 5);
+    }
+
+    #[test]
+    fn cpu_on_reset_state() {
+        let mut c = VcpuCtx::new();
+        c.x[5] = 9;
+        c.sys[3] = 7;
+        c.reset_for_cpu_on(0x4010_0000, 0xC0FFEE);
+        assert_eq!((c.pc, c.x[0], c.x[5], c.sys[3], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
+    }
+
+    fn esr(isv: bool, sas: u64, sse: bool, srt: u64, sf: bool, wnr: bool) -> u64 {
+        (0x24 << 26) | (isv as u64) << 24 | sas << 22 | (sse as u64) << 21 | srt << 16 | (sf as u64) << 15 | (wnr as u64) << 6
+    }
+
+    #[test]
+    fn decodes_mmio_syndromes() {
+        assert_eq!(
+            decode_mmio(esr(true, 0, false, 3, false, true)),
+            Some(MmioAccess { size: 1, write: true, reg: 3, sign_extend: false, sixty_four: false })
+        );
+        assert_eq!(decode_mmio(esr(true, 3, false, 31, true, false)).unwrap().size, 8);
+        assert_eq!(decode_mmio(esr(false, 2, false, 1, true, false)), None, "ISV clear");
+    }
+
+    #[test]
+    fn mmio_read_values_are_sized_and_extended() {
+        let ldrb = decode_mmio(esr(true, 0, false, 1, false, false)).unwrap();
+        assert_eq!(ldrb.read_value(0x1234_5678_9ABC_DEF0), 0xF0);
+        let ldrsb_x = decode_mmio(esr(true, 0, true, 1, true, false)).unwrap();
+        assert_eq!(ldrsb_x.read_value(0x80), 0xFFFF_FFFF_FFFF_FF80);
+        let ldrsh_w = decode_mmio(esr(true, 1, true, 1, false, false)).unwrap();
+        assert_eq!(ldrsh_w.read_value(0x8000), 0xFFFF_8000);
+        let ldr_x = decode_mmio(esr(true, 3, false, 1, true, false)).unwrap();
+        assert_eq!(ldr_x.read_value(u64::MAX), u64::MAX);
+        let str_w = decode_mmio(esr(true, 2, false, 1, false, true)).unwrap();
+        assert_eq!(str_w.write_value(0x1122_3344_5566_7788), 0x5566_7788);
+    }
+
+    #[test]
+    fn guest_psci_calls() {
+        let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2);
+        assert_eq!(c(psci::PSCI_VERSION, 0, 0, 0), GuestCall::Answer(0x10001));
+        assert_eq!(c(psci::PSCI_CPU_ON_64, 1, 0x4000, 7), GuestCall::CpuOn { target: 1, entry: 0x4000, context: 7 });
+        assert_eq!(c(psci::PSCI_CPU_ON_64, 2, 0x4000, 7), GuestCall::Answer(INVALID_PARAMETERS), "no vCPU 2");
+        assert_eq!(c(psci::PSCI_CPU_ON_64, 1 << 8 | 1, 0, 0), GuestCall::Answer(INVALID_PARAMETERS), "Aff1 set");
+        assert_eq!(c(psci::PSCI_CPU_OFF, 0, 0, 0), GuestCall::CpuOff);
+        assert_eq!(c(psci::PSCI_AFFINITY_INFO_64, 1, 0, 0), GuestCall::AffinityInfo(1));
+        assert_eq!(c(psci::PSCI_AFFINITY_INFO_64, 1, 1, 0), GuestCall::Answer(INVALID_PARAMETERS));
+        assert_eq!(c(psci::PSCI_SYSTEM_OFF, 0, 0, 0), GuestCall::SystemOff);
+        assert_eq!(c(psci::PSCI_SYSTEM_RESET, 0, 0, 0), GuestCall::SystemReset);
+        assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_ON_64 as u64, 0, 0), GuestCall::Answer(0));
+        assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_SUSPEND_64 as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
+        assert_eq!(c(psci::PSCI_CPU_SUSPEND_64, 0, 0, 0), GuestCall::ToHost);
+    }
+
+    #[test]
+    fn guest_smccc_calls() {
+        let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1);
+        assert_eq!(c(smccc::arch::SMCCC_VERSION, 0), GuestCall::Answer(0x10001));
+        assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_VERSION as u64), GuestCall::Answer(0));
+        assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64), GuestCall::Answer(NOT_SUPPORTED));
+        assert_eq!(c(0xC600_0000, 0), GuestCall::ToHost);
+        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1), GuestCall::ToHost);
+    }
+}

@@ -1,0 +1,894 @@
+//! Virtual machines: the VM table, guest memory, vCPU ownership, and the run loop.
+//!
+//! Place in the flow: *validate → lock → check → commit* for the VM hypercalls, and the exit
+//! handling of the world switch. Hardware is reached only through [`GuestArch`].
+//!
+//! # Capacity
+//! [`MAX_VMS`] VMs of up to [`MAX_VCPUS`] vCPUs each, [`MAX_REGIONS`] memory regions per VM,
+//! guest IPA sizes [`MIN_IPA_BITS`]..=[`MAX_IPA_BITS`]. Exceeding any is `NoCapacity` or
+//! `InvalidArgument`, never a panic.
+//!
+//! # Handles
+//! `handle = generation << 8 | slot`, with a per-slot generation bumped on every create, so a
+//! handle of a destroyed VM never names its successor in the same slot.
+//!
+//! # Locks and vCPU ownership
+//! VM metadata (stage 2, regions, flags) lives under the memory lock. A vCPU's context is owned
+//! by whoever *claims* it ([`VcpuSlot::claim`], an atomic flag, never waited on): `VCPU_RUN` for
+//! the whole run, register calls for their duration, `VM_DESTROY` to scrub it. Claims are taken
+//! before the memory lock, and `VM_DESTROY` claims every vCPU under the lock, so a VM can never
+//! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A claim on a stale handle
+//! whose slot was reused can make a concurrent call on the new VM see `Busy` once; retrying is
+//! always correct.
+
+use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
+use crate::hyp::{Hyp, Maintenance, MemState};
+use crate::owner::Component;
+use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
+use crate::vcpu::{classify_guest_call, decode_mmio, power, register_ids, GuestCall, RegError, VcpuCtx};
+use arrayvec::ArrayVec;
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use shared_abi::msg::{exit, kill, vm_flags, RegList, VcpuExit, VmCreate, MAX_REG_IDS};
+use shared_abi::{reg, HypError, HypResult};
+
+/// Most VMs alive at once.
+pub const MAX_VMS: usize = 16;
+/// Most vCPUs per VM.
+pub const MAX_VCPUS: usize = 8;
+/// Most memory regions per VM.
+pub const MAX_REGIONS: usize = 16;
+/// Smallest guest IPA size.
+pub const MIN_IPA_BITS: u32 = 32;
+/// Largest guest IPA size.
+pub const MAX_IPA_BITS: u32 = 40;
+/// Exits EL2 handles by itself before it gives the CPU back to the host anyway (so a guest
+/// cannot keep a host CPU forever through exits the host never sees).
+pub const MAX_INTERNAL_EXITS: u32 = 100_000;
+
+const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+
+/// A run of guest memory: `pages` pages at `ipa`, backed by host-given pages at `pa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First guest IPA.
+    pub ipa: u64,
+    /// First backing page.
+    pub pa: PhysAddr,
+    /// Number of pages.
+    pub pages: u64,
+}
+
+impl Region {
+    fn size(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+    fn phys(&self) -> PhysRange {
+        PhysRange { start: self.pa, end: PhysAddr(self.pa.0 + self.size()) }
+    }
+}
+
+/// One VM's metadata (under the memory lock).
+#[derive(Debug)]
+pub struct Vm {
+    /// Its handle.
+    pub handle: u64,
+    /// Protected: donated memory, sealed registers.
+    pub protected: bool,
+    /// Number of vCPUs.
+    pub nr_vcpus: usize,
+    /// Stage-2 VMID (slot + 1; the host is 0).
+    pub vmid: u8,
+    /// The guest's stage 2.
+    pub s2: PageTable,
+    /// Its memory.
+    pub regions: ArrayVec<Region, MAX_REGIONS>,
+    /// A vCPU has run (a protected VM's registers are sealed from then on).
+    pub ran: bool,
+    /// EL2 stopped the VM; it never runs again.
+    pub killed: bool,
+}
+
+impl Vm {
+    /// The backing page of `ipa`, if it is guest memory.
+    pub fn translate(&self, ipa: u64) -> Option<PhysAddr> {
+        self.regions
+            .iter()
+            .find(|r| ipa >= r.ipa && ipa - r.ipa < r.size())
+            .map(|r| PhysAddr(r.pa.0 + ((ipa - r.ipa) & !(PAGE_SIZE - 1))))
+    }
+
+    fn overlaps(&self, ipa: u64, size: u64) -> bool {
+        self.regions.iter().any(|r| ipa < r.ipa + r.size() && r.ipa < ipa + size)
+    }
+
+    /// The ownership component of this VM's pages.
+    pub fn component(&self) -> Component {
+        Component::Guest(self.vmid - 1)
+    }
+}
+
+/// All VMs (under the memory lock).
+#[derive(Debug)]
+pub struct VmTable {
+    slots: [Option<Vm>; MAX_VMS],
+    gens: [u32; MAX_VMS],
+}
+
+impl Default for VmTable {
+    fn default() -> Self {
+        Self { slots: Default::default(), gens: [0; MAX_VMS] }
+    }
+}
+
+impl VmTable {
+    /// The slot and VM a handle names.
+    ///
+    /// # Errors
+    /// [`HypError::InvalidHandle`] if it names no live VM.
+    pub fn lookup(&self, handle: u64) -> Result<(usize, &Vm), HypError> {
+        let slot = (handle & 0xFF) as usize;
+        match self.slots.get(slot) {
+            Some(Some(vm)) if vm.handle == handle => Ok((slot, vm)),
+            _ => Err(HypError::InvalidHandle),
+        }
+    }
+
+    fn lookup_mut(&mut self, handle: u64) -> Result<(usize, &mut Vm), HypError> {
+        let slot = (handle & 0xFF) as usize;
+        match self.slots.get_mut(slot) {
+            Some(Some(vm)) if vm.handle == handle => Ok((slot, vm)),
+            _ => Err(HypError::InvalidHandle),
+        }
+    }
+
+    /// Number of live VMs.
+    pub fn count(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+/// A vCPU's context and who holds it.
+pub struct VcpuSlot {
+    claimed: AtomicBool,
+    /// PSCI power state ([`power`]).
+    pub power: AtomicU8,
+    /// `CPU_ON` entry point for a pending power-on.
+    pub on_entry: AtomicU64,
+    /// `CPU_ON` context for a pending power-on.
+    pub on_context: AtomicU64,
+    ctx: UnsafeCell<VcpuCtx>,
+}
+
+// SAFETY: `ctx` is only reached through a `VcpuGuard`, and at most one guard exists per slot
+// (the `claimed` flag is taken with an acquire compare-exchange and released on drop).
+unsafe impl Sync for VcpuSlot {}
+
+impl VcpuSlot {
+    /// An unclaimed, powered-off vCPU at reset.
+    pub const fn new() -> Self {
+        Self {
+            claimed: AtomicBool::new(false),
+            power: AtomicU8::new(power::OFF),
+            on_entry: AtomicU64::new(0),
+            on_context: AtomicU64::new(0),
+            ctx: UnsafeCell::new(VcpuCtx::new()),
+        }
+    }
+
+    /// Takes the vCPU's context, or `None` if someone else holds it.
+    pub fn claim(&self) -> Option<VcpuGuard<'_>> {
+        self.claimed
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            // Lazily: a guard built and dropped on failure would release the holder's claim.
+            .then(|| VcpuGuard { slot: self })
+    }
+}
+
+impl Default for VcpuSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Exclusive access to a vCPU's context.
+pub struct VcpuGuard<'a> {
+    slot: &'a VcpuSlot,
+}
+
+impl Deref for VcpuGuard<'_> {
+    type Target = VcpuCtx;
+    fn deref(&self) -> &VcpuCtx {
+        // SAFETY: the guard is the only holder of the claim (see `VcpuSlot`'s Sync).
+        unsafe { &*self.slot.ctx.get() }
+    }
+}
+
+impl DerefMut for VcpuGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VcpuCtx {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *self.slot.ctx.get() }
+    }
+}
+
+impl Drop for VcpuGuard<'_> {
+    fn drop(&mut self) {
+        self.slot.claimed.store(false, Ordering::Release);
+    }
+}
+
+/// Every vCPU slot, by VM slot and vCPU index.
+pub type VcpuTable = [[VcpuSlot; MAX_VCPUS]; MAX_VMS];
+
+/// How a guest entry ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    /// A synchronous exception (see `esr`).
+    Sync,
+    /// A physical IRQ or FIQ.
+    Irq,
+    /// A physical SError.
+    SError,
+}
+
+/// The syndrome of a guest exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestTrap {
+    /// What happened.
+    pub kind: TrapKind,
+    /// `ESR_EL2`.
+    pub esr: u64,
+    /// `FAR_EL2`.
+    pub far: u64,
+    /// `HPFAR_EL2`.
+    pub hpfar: u64,
+}
+
+/// What the run loop needs to run a VM.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestConfig {
+    /// `VTTBR_EL2`: stage-2 root and VMID.
+    pub vttbr: u64,
+    /// Stage-2 root level.
+    pub start_level: u8,
+    /// Guest IPA size.
+    pub ipa_bits: u8,
+    /// `VMPIDR_EL2`.
+    pub vmpidr: u64,
+}
+
+/// Hardware operations for guests (the world switch), faked in tests.
+pub trait GuestArch: Maintenance {
+    /// Enters the guest with `ctx` and returns when it exits.
+    fn run(&self, ctx: &mut VcpuCtx, cfg: &GuestConfig) -> GuestTrap;
+    /// New valid entries in a guest stage 2: `DSB ISHST` (the entry to the guest synchronises).
+    fn guest_s2_mapped(&self);
+    /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
+    fn flush_guest_tlb(&self, vttbr: u64);
+    /// Zeroes the page at `pa` (EL2 reaches it through a temporary mapping).
+    fn scrub_page(&self, pa: PhysAddr);
+}
+
+const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
+const ISS_S1PTW: u64 = 1 << 7;
+const NOT_SUPPORTED: u64 = -1i64 as u64;
+const PSCI_ALREADY_ON: u64 = -4i64 as u64;
+const PSCI_ON_PENDING: u64 = -5i64 as u64;
+
+enum Next {
+    Resume,
+    Exit(VcpuExit),
+}
+
+fn vm_err(e: RegError) -> HypError {
+    match e {
+        RegError::Unknown => HypError::UnknownRegister,
+        RegError::ReadOnly => HypError::Denied,
+    }
+}
+
+impl<'a, T: TableMemory> Hyp<'a, T> {
+    fn vcpu_slot(&self, handle: u64, index: u64) -> Result<&VcpuSlot, HypError> {
+        if index >= MAX_VCPUS as u64 {
+            return Err(HypError::InvalidArgument);
+        }
+        Ok(&self.vcpus[(handle & 0xFF) as usize % MAX_VMS][index as usize])
+    }
+
+    /// `VM_CREATE`.
+    pub(crate) fn vm_create(&self, cpu: usize) -> HypResult {
+        let req: VmCreate = self.read_message(cpu)?;
+        if req.reserved != [0; 2] {
+            return Err(HypError::BadMessage);
+        }
+        if req.nr_vcpus == 0 || req.nr_vcpus as usize > MAX_VCPUS {
+            return Err(HypError::InvalidArgument);
+        }
+        if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
+            return Err(HypError::InvalidArgument);
+        }
+        if req.flags & (vm_flags::MTE | vm_flags::PTRAUTH) != 0 {
+            // Not switched by EL2 yet: refusing beats a guest that silently lacks them.
+            return Err(HypError::Denied);
+        }
+        let mut mem = self.mem.lock();
+        let slot = mem.vms.slots.iter().position(Option::is_none).ok_or(HypError::NoCapacity)?;
+        // The slot's vCPUs may be briefly claimed by a call with a stale handle.
+        let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
+        for v in &self.vcpus[slot] {
+            guards.push(v.claim().ok_or(HypError::Busy)?);
+        }
+        let MemState { tables, vms, .. } = &mut *mem;
+        let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
+        let gen = vms.gens[slot].wrapping_add(1).max(1);
+        vms.gens[slot] = gen;
+        let handle = (gen as u64) << 8 | slot as u64;
+        for (i, (g, v)) in guards.iter_mut().zip(&self.vcpus[slot]).enumerate() {
+            **g = VcpuCtx::new();
+            v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
+        }
+        vms.slots[slot] = Some(Vm {
+            handle,
+            protected: req.flags & vm_flags::PROTECTED != 0,
+            nr_vcpus: req.nr_vcpus as usize,
+            vmid: slot as u8 + 1,
+            s2,
+            regions: ArrayVec::new(),
+            ran: false,
+            killed: false,
+        });
+        Ok([handle, 0, 0])
+    }
+
+    /// `VM_DESTROY`.
+    pub(crate) fn vm_destroy(&self, handle: u64, arch: &impl GuestArch) -> HypResult {
+        let mut mem = self.mem.lock();
+        let (slot, _) = mem.vms.lookup(handle)?;
+        let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
+        for v in &self.vcpus[slot] {
+            guards.push(v.claim().ok_or(HypError::Busy)?);
+        }
+        // Checked: commit. Nothing below can fail.
+        let MemState { own, tables, vms, .. } = &mut *mem;
+        let Some(vm) = vms.slots[slot].take() else { return Err(HypError::InvalidHandle) };
+        let me = vm.component();
+        for r in &vm.regions {
+            if vm.protected {
+                for p in 0..r.pages {
+                    arch.scrub_page(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                }
+                if own.donate(r.phys(), me, Component::Host).is_err() {
+                    log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
+                }
+            } else if own.unshare(r.phys(), Component::Host, me).is_err() {
+                log::error!("VM {handle:#x}: region {r:?} not shared at destroy");
+            }
+        }
+        arch.flush_guest_tlb(vm.s2.root().0 | (vm.vmid as u64) << 48);
+        vm.s2.destroy(tables);
+        for (g, v) in guards.iter_mut().zip(&self.vcpus[slot]) {
+            **g = VcpuCtx::new();
+            v.power.store(power::OFF, Ordering::Release);
+        }
+        Ok([0; 3])
+    }
+
+    /// `VM_ADD_MEMORY`.
+    pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Maintenance) -> HypResult {
+        if pa % PAGE_SIZE != 0 || ipa % PAGE_SIZE != 0 {
+            return Err(HypError::NotAligned);
+        }
+        let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
+        let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
+        let ipa_end = ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
+        if !self.platform.ram.contains_range(&phys) {
+            return Err(HypError::OutOfRange);
+        }
+        let mut mem = self.mem.lock();
+        let MemState { own, host_s2, tables, vms, .. } = &mut *mem;
+        let (_, vm) = vms.lookup_mut(handle)?;
+        if ipa_end > 1u64 << vm.s2.ia_bits() {
+            return Err(HypError::OutOfRange);
+        }
+        if vm.overlaps(ipa, size) {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.regions.is_full() {
+            return Err(HypError::NoCapacity);
+        }
+        let me = vm.component();
+        if vm.protected {
+            own.donate(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
+            // The host loses the pages: drop every host mapping of them, on every CPU.
+            if let Ok(Some((s, n))) = host_s2.unmap(tables, pa, size) {
+                m.host_s2_unmapped(s, n);
+            }
+        } else {
+            own.share(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
+        }
+        vm.regions.push(Region { ipa, pa: PhysAddr(pa), pages });
+        Ok([0; 3])
+    }
+
+    /// Claims vCPU `index` of `handle` and checks the host may access its registers.
+    fn claim_for_host(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
+        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+        let mem = self.mem.lock();
+        let (_, vm) = mem.vms.lookup(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.protected && vm.ran {
+            return Err(HypError::Denied);
+        }
+        Ok(guard)
+    }
+
+    /// `VCPU_SET_REG`.
+    pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: u64) -> HypResult {
+        let mut g = self.claim_for_host(handle, index)?;
+        g.set(id, value).map_err(vm_err)?;
+        Ok([0; 3])
+    }
+
+    /// `VCPU_GET_REG`.
+    pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
+        let mut g = self.claim_for_host(handle, index)?;
+        Ok([g.get(index as usize, id).map_err(vm_err)?, 0, 0])
+    }
+
+    /// `VCPU_REG_LIST`.
+    pub(crate) fn vcpu_reg_list(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
+        {
+            let mem = self.mem.lock();
+            let (_, vm) = mem.vms.lookup(handle)?;
+            if index as usize >= vm.nr_vcpus {
+                return Err(HypError::InvalidArgument);
+            }
+        }
+        let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
+        for (slot, id) in list.ids.iter_mut().zip(register_ids()) {
+            *slot = id;
+            list.count += 1;
+        }
+        self.write_message(cpu, &list)?;
+        Ok([list.count, 0, 0])
+    }
+
+    /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
+    pub(crate) fn vcpu_run(&self, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl GuestArch) -> HypResult {
+        // The exit goes to the message page: refuse early if there is none.
+        self.message_page(cpu)?;
+        let slot = self.vcpu_slot(handle, index)?;
+        let mut ctx = slot.claim().ok_or(HypError::Busy)?;
+        let (cfg, nr_vcpus) = {
+            let mut mem = self.mem.lock();
+            let (_, vm) = mem.vms.lookup_mut(handle)?;
+            if index as usize >= vm.nr_vcpus {
+                return Err(HypError::InvalidArgument);
+            }
+            if vm.killed {
+                return Err(HypError::NotRunnable);
+            }
+            vm.ran = true;
+            let cfg = GuestConfig {
+                vttbr: vm.s2.root().0 | (vm.vmid as u64) << 48,
+                start_level: vm.s2.start_level(),
+                ipa_bits: vm.s2.ia_bits(),
+                vmpidr: crate::vcpu::vmpidr(index as usize),
+            };
+            (cfg, vm.nr_vcpus)
+        };
+        let vm_slot = (handle & 0xFF) as usize;
+        match slot.power.load(Ordering::Acquire) {
+            power::ON => {}
+            power::ON_PENDING => {
+                ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
+                slot.power.store(power::ON, Ordering::Release);
+            }
+            _ => return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }),
+        }
+        if let Some(read) = ctx.pending_read.take() {
+            let v = read.read_value(mmio_value);
+            ctx.set_gpr(read.reg, v);
+            ctx.pc = ctx.pc.wrapping_add(4);
+        }
+        for _ in 0..MAX_INTERNAL_EXITS {
+            let trap = arch.run(&mut ctx, &cfg);
+            let me = (vm_slot, index as usize, nr_vcpus);
+            match self.handle_guest_exit(handle, me, &mut ctx, trap, arch) {
+                Next::Resume => continue,
+                Next::Exit(e) => return self.finish_run(cpu, e),
+            }
+        }
+        self.finish_run(cpu, VcpuExit { reason: exit::IRQ, ..Default::default() })
+    }
+
+    fn finish_run(&self, cpu: usize, e: VcpuExit) -> HypResult {
+        self.write_message(cpu, &e)?;
+        Ok([e.reason as u64, 0, 0])
+    }
+
+    fn kill(&self, handle: u64, why: u64, ipa: u64) -> Next {
+        if let Ok((_, vm)) = self.mem.lock().vms.lookup_mut(handle) {
+            vm.killed = true;
+        }
+        log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
+        Next::Exit(VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() })
+    }
+
+    /// Handles one guest exit of vCPU `me = (vm slot, vCPU index, number of vCPUs)`.
+    fn handle_guest_exit(&self, handle: u64, me: (usize, usize, usize), ctx: &mut VcpuCtx, trap: GuestTrap, arch: &impl GuestArch) -> Next {
+        match trap.kind {
+            TrapKind::Irq => return Next::Exit(VcpuExit { reason: exit::IRQ, ..Default::default() }),
+            TrapKind::SError => return self.kill(handle, kill::BAD_EXCEPTION, 0),
+            TrapKind::Sync => {}
+        }
+        let esr = Esr(trap.esr);
+        match esr.ec() {
+            ec::WFX => {
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Next::Exit(VcpuExit { reason: exit::WFX, ..Default::default() })
+            }
+            ec::HVC64 | ec::SMC64 => {
+                if esr.ec() == ec::SMC64 {
+                    // A trapped SMC's preferred return address is the SMC itself.
+                    ctx.pc = ctx.pc.wrapping_add(4);
+                }
+                self.guest_call(me, ctx)
+            }
+            ec::DABT_LOW | ec::IABT_LOW => {
+                let ipa = (trap.hpfar & HPFAR_FIPA_MASK) << 8 | (trap.far & 0xFFF);
+                if matches!(esr.fault(), FaultKind::Translation(_)) && self.map_guest_page(handle, ipa, arch) {
+                    return Next::Resume;
+                }
+                if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
+                    return self.kill(handle, kill::BAD_EXCEPTION, ipa);
+                }
+                let Some(access) = decode_mmio(trap.esr) else {
+                    return self.kill(handle, kill::UNDECODABLE_MMIO, ipa);
+                };
+                let mut e = VcpuExit { reason: exit::MMIO, ipa, size: access.size as u32, ..Default::default() };
+                if access.write {
+                    e.flags = exit::MMIO_WRITE;
+                    e.data = access.write_value(ctx.gpr(access.reg));
+                    ctx.pc = ctx.pc.wrapping_add(4);
+                } else {
+                    ctx.pending_read = Some(access);
+                }
+                Next::Exit(e)
+            }
+            _ => {
+                // Anything EL2 does not emulate (system registers, FP/SIMD, SVE, pointer
+                // authentication, ...): the guest gets an UNDEF, as on hardware without it.
+                if inject_into_guest(ctx, Injection::Undef, esr, 0) {
+                    Next::Resume
+                } else {
+                    self.kill(handle, kill::BAD_EXCEPTION, 0)
+                }
+            }
+        }
+    }
+
+    /// Maps the guest page holding `ipa` if it is guest memory. `false` if it is not.
+    fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl GuestArch) -> bool {
+        let mut mem = self.mem.lock();
+        let MemState { own, tables, vms, .. } = &mut *mem;
+        let Ok((_, vm)) = vms.lookup_mut(handle) else { return false };
+        let Some(pa) = vm.translate(ipa) else { return false };
+        if !own.can_access(pa, vm.component()) {
+            log::error!("VM {handle:#x}: region page {pa:?} not the guest's");
+            return false;
+        }
+        let page = ipa & !(PAGE_SIZE - 1);
+        if vm.s2.lookup(tables, page).is_some() {
+            return true;
+        }
+        match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
+            Ok(()) => {
+                arch.guest_s2_mapped();
+                true
+            }
+            Err(e) => {
+                log::error!("VM {handle:#x}: cannot map IPA {page:#x}: {e:?}");
+                false
+            }
+        }
+    }
+
+    fn guest_call(&self, (vm_slot, index, nr_vcpus): (usize, usize, usize), ctx: &mut VcpuCtx) -> Next {
+        let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
+        let vcpus = &self.vcpus[vm_slot];
+        match classify_guest_call(x, nr_vcpus) {
+            GuestCall::Answer(v) => ctx.x[0] = v,
+            GuestCall::CpuOn { target, entry, context } => {
+                let t = &vcpus[target];
+                ctx.x[0] = match t.power.load(Ordering::Acquire) {
+                    power::ON => PSCI_ALREADY_ON,
+                    power::ON_PENDING => PSCI_ON_PENDING,
+                    _ => {
+                        t.on_entry.store(entry, Ordering::Release);
+                        t.on_context.store(context, Ordering::Release);
+                        match t.power.compare_exchange(power::OFF, power::ON_PENDING, Ordering::AcqRel, Ordering::Acquire) {
+                            Ok(_) => 0,
+                            Err(power::ON) => PSCI_ALREADY_ON,
+                            Err(_) => PSCI_ON_PENDING,
+                        }
+                    }
+                };
+            }
+            GuestCall::CpuOff => {
+                vcpus[index].power.store(power::OFF, Ordering::Release);
+                return Next::Exit(VcpuExit { reason: exit::VCPU_OFF, ..Default::default() });
+            }
+            GuestCall::AffinityInfo(t) => {
+                ctx.x[0] = match vcpus[t].power.load(Ordering::Acquire) {
+                    power::ON => 0,
+                    power::ON_PENDING => 2,
+                    _ => 1,
+                }
+            }
+            GuestCall::SystemOff => return Next::Exit(VcpuExit { reason: exit::SYSTEM_OFF, ..Default::default() }),
+            GuestCall::SystemReset => {
+                return Next::Exit(VcpuExit { reason: exit::SYSTEM_RESET, ..Default::default() })
+            }
+            GuestCall::ToHost => {
+                ctx.x[0] = NOT_SUPPORTED;
+                return Next::Exit(VcpuExit { reason: exit::HYPERCALL, args: x, ..Default::default() });
+            }
+        }
+        Next::Resume
+    }
+}
+
+/// Injects a synchronous exception into a guest that is not running (its EL1 registers are in
+/// `ctx`). `false` if the guest's state does not allow it.
+pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64) -> bool {
+    let t = TrapState { elr: ctx.pc, spsr: ctx.pstate, il: esr.il(), vbar_el1: ctx.sys[SYS_VBAR_EL1] };
+    let Some(i) = inject_sync(what, t) else { return false };
+    ctx.sys[SYS_ESR_EL1] = i.esr_el1;
+    ctx.sys[SYS_FAR_EL1] = far;
+    ctx.elr_el1 = i.elr_el1;
+    ctx.spsr_el1 = i.spsr_el1;
+    ctx.pc = i.elr_el2;
+    ctx.pstate = i.spsr_el2;
+    true
+}
+
+const SYS_ESR_EL1: usize = 7;
+const SYS_FAR_EL1: usize = 8;
+const SYS_VBAR_EL1: usize = 12;
+const _: () = {
+    assert!(reg::SYSREGS[SYS_ESR_EL1].1 == reg::sysreg(3, 0, 5, 2, 0));
+    assert!(reg::SYSREGS[SYS_FAR_EL1].1 == reg::sysreg(3, 0, 6, 0, 0));
+    assert!(reg::SYSREGS[SYS_VBAR_EL1].1 == reg::sysreg(3, 0, 12, 0, 0));
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hyp::tests::{fixture, Fixture, Recorder};
+    use crate::owner::PageState;
+    use shared_abi::HypercallId as H;
+    use zerocopy::{FromBytes, IntoBytes};
+
+    const MSG: usize = 0; // message page: RAM page 0
+    const GUEST: usize = 8; // guest memory: RAM pages 8..12
+
+    fn trap(esr: u64, ipa: u64) -> GuestTrap {
+        GuestTrap { kind: TrapKind::Sync, esr, far: ipa & 0xFFF, hpfar: (ipa >> 8) & HPFAR_FIPA_MASK }
+    }
+    fn dabt_translation(ipa: u64) -> GuestTrap {
+        trap((0x24 << 26) | (1 << 25) | 0b000111, ipa)
+    }
+    fn mmio(ipa: u64, write: bool, srt: u64, sas: u64) -> GuestTrap {
+        trap((0x24 << 26) | (1 << 25) | (1 << 24) | sas << 22 | srt << 16 | (1 << 15) | (write as u64) << 6 | 0b000111, ipa)
+    }
+    fn hvc() -> GuestTrap {
+        trap((0x16 << 26) | (1 << 25), 0)
+    }
+
+    fn create(f: &mut Fixture, vcpus: u32, flags: u64) -> u64 {
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).ok();
+        let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
+        f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
+        f.call(0, H::VmCreate, &[]).unwrap()[0]
+    }
+
+    fn exit_record(f: &Fixture) -> VcpuExit {
+        VcpuExit::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0
+    }
+
+    #[test]
+    fn create_validates_the_request() {
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let cases = [
+            (VmCreate { nr_vcpus: 0, ipa_bits: 36, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 9, ipa_bits: 36, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 31, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 41, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 1 << 9, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::MTE, reserved: [0; 2] }, HypError::Denied),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0, 1] }, HypError::BadMessage),
+        ];
+        for (req, err) in cases {
+            f.ram.0[..32].copy_from_slice(req.as_bytes());
+            assert_eq!(f.call(0, H::VmCreate, &[]), Err(err), "{req:?}");
+        }
+        assert_eq!(f.hyp.mem.lock().vms.count(), 0);
+    }
+
+    #[test]
+    fn capacity_is_an_error_and_handles_go_stale() {
+        let mut f = fixture();
+        let handles: Vec<u64> = (0..MAX_VMS).map(|_| create(&mut f, 1, 0)).collect();
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
+        assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoCapacity));
+        f.call(0, H::VmDestroy, &[handles[3]]).unwrap();
+        let again = create(&mut f, 1, 0);
+        assert_eq!(again & 0xFF, handles[3] & 0xFF, "slot reused");
+        assert_ne!(again, handles[3], "with a new generation");
+        for id in [H::VmDestroy] {
+            assert_eq!(f.call(0, id, &[handles[3]]), Err(HypError::InvalidHandle), "stale handle");
+        }
+        assert_eq!(f.call(0, H::VcpuRun, &[handles[3], 0, 0]), Err(HypError::InvalidHandle));
+        assert_eq!(f.call(0, H::VmDestroy, &[0]), Err(HypError::InvalidHandle));
+        assert_eq!(f.call(0, H::VmDestroy, &[u64::MAX]), Err(HypError::InvalidHandle));
+    }
+
+    #[test]
+    fn protected_memory_is_donated_and_scrubbed_back() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.ram.0[GUEST * 4096] = 0xAB; // "image" data the host loaded
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 4]).unwrap();
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::NoAccess));
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 3)), Component::Guest(0)), Some(PageState::Owned));
+        }
+        assert_eq!(f.ram.0[GUEST * 4096], 0xAB, "donation keeps the data");
+        // The same pages again, to this VM or another: refused.
+        let h2 = create(&mut f, 1, vm_flags::PROTECTED);
+        assert_eq!(f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 2), 0x8000_0000, 1]), Err(HypError::NotOwned));
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 4), 0x8000_2000, 1]), Err(HypError::InvalidArgument), "IPA overlap");
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
+        assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
+    }
+
+    #[test]
+    fn add_memory_rejects_bad_ranges() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let g = f.page(GUEST);
+        let el2 = f.hyp.hyp_region.start.0;
+        let cases: [([u64; 4], HypError); 9] = [
+            ([h, g + 1, 0, 1], HypError::NotAligned),
+            ([h, g, 0x10, 1], HypError::NotAligned),
+            ([h, g, 0, 0], HypError::OutOfRange),
+            ([h, g, 0, u64::MAX / 4096 + 1], HypError::OutOfRange),
+            ([h, g, 1 << 36, 1], HypError::OutOfRange),
+            ([h, g, (1 << 36) - 4096, 2], HypError::OutOfRange),
+            ([h, g - 4096 * 64, 0, 1], HypError::OutOfRange),
+            ([h, el2, 0, 1], HypError::NotOwned),
+            ([h + 1, g, 0, 1], HypError::InvalidHandle),
+        ];
+        for (args, err) in cases {
+            assert_eq!(f.call(0, H::VmAddMemory, &args), Err(err), "{args:x?}");
+        }
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty());
+    }
+
+    #[test]
+    fn run_maps_memory_on_fault_and_exits_for_mmio() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 0x41]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1008), mmio(0x0900_0000, true, 5, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.ipa, e.size, e.flags, e.data), (0x0900_0000, 1, exit::MMIO_WRITE, 0x41));
+        assert!(rec.0.borrow().contains(&"guest_s2_mapped"));
+        {
+            let mem = f.hyp.mem.lock();
+            let vm = mem.vms.lookup(h).unwrap().1;
+            let leaf = vm.s2.lookup(&mem.tables, 0x4000_1000).unwrap();
+            assert_eq!(leaf.pa_base, PhysAddr(f.page(GUEST + 1)));
+        }
+        // Protected: registers are sealed now.
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Err(HypError::Denied));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), 1]), Err(HypError::Denied));
+        // An MMIO read: the host's value lands in the register and the PC moves on.
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![mmio(0x0900_0018, false, 7, 2), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        let pc_at_read = rec.2.borrow()[0];
+        // The guest's next entry must see x7 and pc + 4: check through a non-served HVC exit.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x1234_5678_9ABC]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[1], pc_at_read + 4);
+    }
+
+    #[test]
+    fn non_protected_registers_stay_accessible() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        f.call(0, H::VcpuSetReg, &[h, 1, reg::x(3), 99]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(3)]), Ok([99, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Ok([4, 0, 0]), "WFI stepped over");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 2, reg::PC]), Err(HypError::InvalidArgument), "no vCPU 2");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, 0x6030_0000_0013_FFFF]), Err(HypError::UnknownRegister));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::MPIDR_EL1, 1]), Err(HypError::Denied));
+    }
+
+    #[test]
+    fn secondary_vcpus_start_off_and_come_up_with_cpu_on() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        // vCPU 0 calls CPU_ON(1, 0x5000, 7), then WFI.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0, 0, 0]), "CPU_ON succeeded");
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
+    }
+
+    #[test]
+    fn undecodable_mmio_kills_the_vm() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa), (kill::UNDECODABLE_MMIO, 0x0900_0000));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+    }
+
+    #[test]
+    fn unemulated_system_register_access_injects_undef() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]));
+    }
+
+    #[test]
+    fn vcpu_in_use_is_busy_and_destroy_waits_for_it() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let guard = f.hyp.vcpus[(h & 0xFF) as usize][0].claim().unwrap();
+        assert_eq!(f.call(0, H::VmDestroy, &[h]), Err(HypError::Busy));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::Busy));
+        drop(guard);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(f.call(0, H::VmDestroy, &[h]), Err(HypError::InvalidHandle));
+    }
+}
