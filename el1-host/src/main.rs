@@ -14,7 +14,10 @@ mod console;
 mod fail;
 mod hvc;
 mod platform;
+#[macro_use]
 mod scenarios;
+mod vm_scenarios;
+mod vmm;
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +31,8 @@ global_asm!(
 .section .text.boot, "ax"
 .global _start
 _start:
-    // x0 = device tree (from EL2). CPU 0 uses the first stack.
+    // x0 = device tree (from EL2). CPU 0 uses the first stack; TPIDR_EL1 = CPU index.
+    msr tpidr_el1, xzr
     adrp x1, __stacks_start
     add x1, x1, :lo12:__stacks_start
     mov x2, #{stack}
@@ -54,6 +58,7 @@ host_secondary_entry:
     // x0 = CPU index, the context the host gave CPU_ON.
     cmp x0, #{max_cpus}
     b.hs 3b
+    msr tpidr_el1, x0
     adrp x1, __stacks_start
     add x1, x1, :lo12:__stacks_start
     add x3, x0, #1
@@ -226,6 +231,14 @@ pub fn secondary_entry() -> u64 {
     host_secondary_entry as *const () as u64
 }
 
+/// This host CPU's index (kept in `TPIDR_EL1` by the entry code).
+pub fn cpu_id() -> usize {
+    let v: u64;
+    // SAFETY: reading TPIDR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack)) };
+    v as usize % MAX_CPUS
+}
+
 /// The exception level the host runs at (`CurrentEL.EL`).
 pub fn current_el() -> u64 {
     let v: u64;
@@ -260,6 +273,7 @@ extern "C" fn host_secondary(cpu: u64) -> ! {
             println!("host: cpu{cpu}: TEST_FAULT returned {r:?}");
             FAULT_RETURNED.store(true, Ordering::SeqCst);
         }
+        vmm::secondary_work(cpu as usize % MAX_CPUS);
         // SAFETY: `wfe` only waits (the requester sends an event).
         unsafe { asm!("wfe", options(nomem, nostack)) };
     }

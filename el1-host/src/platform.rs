@@ -16,7 +16,7 @@ pub struct Platform {
     pub ecam: Option<u64>,
     /// A 32-bit PCI memory window (base), if any.
     pub pci_mem32: Option<u64>,
-    bootargs: [u8; 128],
+    bootargs: [u8; 256],
     bootargs_len: usize,
 }
 
@@ -53,18 +53,32 @@ impl Platform {
                 ((cell(0) >> 24) & 3 == 2).then(|| cell(3) << 32 | cell(4))
             })
         });
-        let mut bootargs = [0u8; 128];
+        let mut bootargs = [0u8; 256];
         let mut bootargs_len = 0;
         if let Some(args) = fdt.chosen().bootargs() {
-            bootargs_len = args.len().min(128);
+            bootargs_len = args.len().min(256);
             bootargs[..bootargs_len].copy_from_slice(&args.as_bytes()[..bootargs_len]);
         }
         Self { uart, cpus, nr_cpus, ram, ecam, pci_mem32, bootargs, bootargs_len }
     }
 
+    /// The value of `key=value` in the boot arguments.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        let args = core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("");
+        args.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The guest image QEMU's loader placed in host RAM: `guest=ADDR,SIZE` (hex address).
+    pub fn guest_image(&self) -> Option<&'static [u8]> {
+        let (a, n) = self.arg("guest")?.split_once(',')?;
+        let addr = u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()?;
+        let size: usize = n.parse().ok()?;
+        // SAFETY: QEMU's loader put the image there, in host RAM that nothing else uses.
+        Some(unsafe { core::slice::from_raw_parts(addr as *const u8, size) })
+    }
+
     /// The scenario named by `scenario=NAME` in the boot arguments, or `demo`.
     pub fn scenario(&self) -> &str {
-        let args = core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("");
-        args.split_whitespace().find_map(|w| w.strip_prefix("scenario=")).unwrap_or("demo")
+        self.arg("scenario").unwrap_or("demo")
     }
 }

@@ -33,19 +33,22 @@ struct MessagePages([[u8; PAGE_SIZE as usize]; crate::MAX_CPUS]);
 /// One message page per CPU, shared with EL2 during set-up.
 static mut MSG_PAGES: MessagePages = MessagePages([[0; PAGE_SIZE as usize]; crate::MAX_CPUS]);
 
-fn msg_page(cpu: usize) -> *mut u8 {
+/// CPU `cpu`'s message page.
+pub fn msg_page(cpu: usize) -> *mut u8 {
     // SAFETY: taking the address of a static; accesses go through volatile reads and writes.
     unsafe { core::ptr::addr_of_mut!(MSG_PAGES.0[cpu]) as *mut u8 }
 }
 
-fn write_msg<T: IntoBytes + zerocopy::Immutable>(cpu: usize, m: &T) {
+/// Writes a message to CPU `cpu`'s message page.
+pub fn write_msg<T: IntoBytes + zerocopy::Immutable>(cpu: usize, m: &T) {
     for (i, b) in m.as_bytes().iter().enumerate() {
         // SAFETY: within this CPU's message page.
         unsafe { core::ptr::write_volatile(msg_page(cpu).add(i), *b) };
     }
 }
 
-fn read_msg<T: FromBytes>(cpu: usize) -> T {
+/// Reads a message from CPU `cpu`'s message page.
+pub fn read_msg<T: FromBytes>(cpu: usize) -> T {
     // SAFETY: within this CPU's message page, page aligned; any bytes are a valid `T`.
     unsafe { core::ptr::read_volatile(msg_page(cpu) as *const T) }
 }
@@ -54,6 +57,11 @@ fn read_msg<T: FromBytes>(cpu: usize) -> T {
 pub fn run(name: &str, plat: &Platform) {
     match name {
         "demo" => {
+            smp(plat);
+            setup(plat);
+            crate::vm_scenarios::run_guest(plat);
+        }
+        "checks" => {
             smp(plat);
             hypercalls(plat);
             unknown_calls();
@@ -65,6 +73,11 @@ pub fn run(name: &str, plat: &Platform) {
         "el2-memory" => el2_memory(),
         "bad-args" => bad_args(plat),
         "el2-fatal" => el2_fatal(plat),
+        s if s.starts_with("vm-") => {
+            smp(plat);
+            setup(plat);
+            crate::vm_scenarios::run(s, plat);
+        }
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -90,6 +103,16 @@ fn smp(plat: &Platform) {
     }
     check!(psci::cpu_on::<smccc::Smc>(me, crate::secondary_entry(), 0).is_err(), "CPU_ON of myself succeeded");
     println!("host: ok: all {} CPUs online", plat.nr_cpus);
+}
+
+/// What a VMM does once at start: a message page per CPU, then the end of set-up.
+pub fn setup(plat: &Platform) {
+    for cpu in 0..plat.nr_cpus {
+        let r = hvc::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
+        check!(r.is_ok(), "SET_MESSAGE_PAGE cpu{cpu}: {r:?}");
+    }
+    check!(hvc::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
+    println!("host: set-up finalised ({} message pages)", plat.nr_cpus);
 }
 
 /// The ABI's calls, each answering as documented.

@@ -4,6 +4,8 @@
 //! 0x4000_0000  device tree blob, placed by QEMU at the base of RAM      (host-owned)
 //! 0x4020_0000  EL2: image, stacks, ownership record, page-table pool   (EL2-owned, HYP_REGION_SIZE)
 //! 0x4200_0000  host image (el1-host), loaded by QEMU's generic loader  (host-owned)
+//! 0x4800_0000  the guest image file, staged by QEMU's loader           (host-owned)
+//! 0x5000_0000  host memory the host's VMM gives to guests               (host-owned until given)
 //!   ...        rest of RAM                                             (host-owned)
 //! ```
 //!
@@ -16,6 +18,10 @@ pub const HYP_REGION_BASE: u64 = 0x4020_0000;
 pub const HYP_REGION_SIZE: u64 = 16 << 20;
 /// Where the host image is linked and entered.
 pub const HOST_IMAGE_BASE: u64 = 0x4200_0000;
+
+/// Where the run command stages a guest image file for the host (`guest=ADDR,SIZE` in the
+/// boot arguments tells the host). At most 128 MiB.
+pub const GUEST_IMAGE_STAGING: u64 = 0x4800_0000;
 
 const _: () = {
     assert!(HYP_REGION_BASE.is_multiple_of(2 << 20));

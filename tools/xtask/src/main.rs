@@ -2,7 +2,9 @@
 //!
 //! - `setup`: installs what is missing (the bare-metal Rust target, QEMU), saying what it does.
 //! - `build`: builds the EL2 image (`boot`) and the host image (`el1-host`).
-//! - `run [--smp N] [--scenario NAME] [--gdb]`: builds and boots them on QEMU; exits with QEMU's status.
+//! - `run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]`:
+//!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
+//!   2 vCPUs); exits with QEMU's status.
 //! - `test`: host unit tests, then every QEMU scenario in `tests/scenarios.txt`.
 //!
 //! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
@@ -24,7 +26,7 @@ fn main() {
         "run" => run(rest),
         "test" => test(rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test>\n  run [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
+            eprintln!("usage: cargo xtask <setup|build|run|test>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
             exit(2);
         }
     };
@@ -105,10 +107,24 @@ pub fn setup() -> Result<Toolchain, String> {
     Ok(tc)
 }
 
-/// The built images: (EL2, host).
+/// The built images.
 pub struct Images {
     pub el2: PathBuf,
     pub host: PathBuf,
+    /// Directory of the bundled guests (`demo`, `regs`, `isolation`).
+    pub guests: PathBuf,
+}
+
+/// Where QEMU's loader stages the guest image (shared_abi::layout::GUEST_IMAGE_STAGING).
+const GUEST_STAGING: u64 = 0x4800_0000;
+
+impl Images {
+    /// A bundled guest by name, or a file path.
+    pub fn guest(&self, name_or_path: &str) -> Result<PathBuf, String> {
+        let bundled = self.guests.join(name_or_path);
+        let p = if bundled.is_file() { bundled } else { PathBuf::from(name_or_path) };
+        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: demo, regs, isolation)")) }
+    }
 }
 
 /// Which EL2 image to build.
@@ -146,7 +162,7 @@ fn build(tc: &Toolchain, flavour: Flavour) -> Result<Images, String> {
     };
     println!("xtask: building the EL2 and host images for {TARGET} ({flavour:?})...");
     cmd.current_dir(&root)
-        .args(["--release", "--target", TARGET, "-p", "boot", "-p", "el1-host"])
+        .args(["--release", "--target", TARGET, "-p", "boot", "-p", "el1-host", "-p", "guests"])
         .arg("--target-dir")
         .arg(&target_dir);
     if flavour == Flavour::TestHooks {
@@ -157,7 +173,7 @@ fn build(tc: &Toolchain, flavour: Flavour) -> Result<Images, String> {
         return Err("build failed".into());
     }
     let dir = target_dir.join(TARGET).join("release");
-    Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host") })
+    Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host"), guests: dir })
 }
 
 /// The machine arguments from `qemu/virt.args` (one per line, `#` comments).
@@ -170,8 +186,11 @@ fn machine_args() -> Vec<String> {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
 }
 
-/// The QEMU command line for `images` with `smp` CPUs and boot arguments `bootargs`.
-pub fn qemu_command(images: &Images, smp: u32, bootargs: &str) -> Command {
+/// The QEMU command line for `images` with `smp` CPUs, boot arguments `bootargs` and the guest
+/// image `guest` staged for the host.
+pub fn qemu_command(images: &Images, smp: u32, bootargs: &str, guest: &Path) -> Command {
+    let size = std::fs::metadata(guest).map(|m| m.len()).unwrap_or(0);
+    let bootargs = format!("{bootargs} guest={GUEST_STAGING:#x},{size}");
     let mut c = Command::new("qemu-system-aarch64");
     c.args(machine_args())
         .args(["-smp", &smp.to_string()])
@@ -180,7 +199,9 @@ pub fn qemu_command(images: &Images, smp: u32, bootargs: &str) -> Command {
         .arg(&images.el2)
         .arg("-device")
         .arg(format!("loader,file={}", images.host.display()))
-        .args(["-append", bootargs]);
+        .arg("-device")
+        .arg(format!("loader,file={},addr={GUEST_STAGING:#x},force-raw=on", guest.display()))
+        .args(["-append", &bootargs]);
     c
 }
 
@@ -193,12 +214,18 @@ fn run(args: &[String]) -> Result<(), String> {
     let images = build(&tc, Flavour::Release)?;
     let smp: u32 = flag_value(args, "--smp").map_or(Ok(2), |s| s.parse()).map_err(|_| "--smp takes a number")?;
     let scenario = flag_value(args, "--scenario").unwrap_or_else(|| "demo".into());
-    let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario}"));
+    let guest = images.guest(&flag_value(args, "--guest").unwrap_or_else(|| "demo".into()))?;
+    let vcpus: u32 = flag_value(args, "--vcpus").map_or(Ok(2), |s| s.parse()).map_err(|_| "--vcpus takes a number")?;
+    let vm = if args.iter().any(|a| a == "--non-protected") { "plain" } else { "protected" };
+    let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus}"), &guest);
     if args.iter().any(|a| a == "--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
         cmd.args(["-s", "-S"]);
     }
-    println!("xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}); the host powers off when done");
+    println!(
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} as a {vm} VM with {vcpus} vCPU(s)); the host powers off when done",
+        guest.display()
+    );
     let status: ExitStatus = cmd.stdin(Stdio::null()).status().map_err(|e| format!("cannot start QEMU: {e}"))?;
     match status.code() {
         Some(0) => {
@@ -215,7 +242,7 @@ fn test(args: &[String]) -> Result<(), String> {
         println!("xtask: host unit tests (cargo test)");
         let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
-            .args(["test", "--workspace", "--exclude", "boot", "--exclude", "el1-host"])
+            .args(["test", "--workspace", "--exclude", "boot", "--exclude", "el1-host", "--exclude", "guests"])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {

@@ -13,6 +13,7 @@
 //! forbid = other text        # must not appear (added to the default forbidden lines)
 //! allow = EL2 FATAL          # drop a default forbidden line (for scenarios that provoke it)
 //! image = test               # boot the EL2 image with test-only hypercalls (default: release)
+//! guest = regs               # the guest image staged for the host (default: demo)
 //! ```
 //!
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
@@ -37,6 +38,7 @@ struct Scenario {
     forbid: Vec<String>,
     allow: Vec<String>,
     test_image: bool,
+    guest: String,
 }
 
 fn parse(text: &str) -> Result<Vec<Scenario>, String> {
@@ -47,7 +49,7 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            out.push(Scenario { name: name.into(), smp: 2, timeout: 60, ..Default::default() });
+            out.push(Scenario { name: name.into(), smp: 2, timeout: 60, guest: "demo".into(), ..Default::default() });
             continue;
         }
         let s = out.last_mut().ok_or(format!("line {}: setting before any [scenario]", n + 1))?;
@@ -62,6 +64,7 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "expect" => s.expect.push(v),
             "forbid" => s.forbid.push(v),
             "allow" => s.allow.push(v),
+            "guest" => s.guest = v,
             "image" => {
                 s.test_image = match v.as_str() {
                     "test" => true,
@@ -77,7 +80,11 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
 
 /// Outcome of one scenario: `Err` holds the reason it failed.
 fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>, Vec<String>) {
-    let mut child = match qemu_command(images, s.smp, &s.args)
+    let guest = match images.guest(&s.guest) {
+        Ok(g) => g,
+        Err(e) => return (Err(e), vec![]),
+    };
+    let mut child = match qemu_command(images, s.smp, &s.args, &guest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

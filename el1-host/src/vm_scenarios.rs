@@ -1,0 +1,238 @@
+//! Scenarios with VMs: lifecycle, isolation, register integrity, hostile arguments.
+
+use crate::platform::Platform;
+use crate::vmm::{self, NoDevice, Outcome, TestDevice, Vm, GUEST_RAM};
+use crate::{hvc, println, PROBE};
+use shared_abi::layout::HYP_REGION_BASE;
+use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
+
+/// Guest RAM per VM.
+const GUEST_MIB: u64 = 16;
+
+fn kind(protected: bool) -> &'static str {
+    if protected {
+        "protected"
+    } else {
+        "non-protected"
+    }
+}
+
+fn image(plat: &Platform) -> &'static [u8] {
+    match plat.guest_image() {
+        Some(i) => i,
+        None => crate::fail::fail(format_args!("no guest image: boot with guest=ADDR,SIZE")),
+    }
+}
+
+/// Creates a VM, loads the guest image into its memory and gives the memory to it.
+fn start(plat: &Platform, vcpus: u32, protected: bool) -> Vm {
+    let vm = match vmm::create(vcpus, protected, GUEST_MIB) {
+        Ok(vm) => vm,
+        Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
+    };
+    let entry = match vmm::load(&vm, image(plat)) {
+        Ok(e) => e,
+        Err(e) => crate::fail::fail(format_args!("loading the guest: {e}")),
+    };
+    let r = vmm::boot(&vm, entry);
+    check!(r.is_ok(), "giving the VM its memory: {r:?}");
+    println!(
+        "host: VM {:#x}: {}, {vcpus} vCPU(s), {GUEST_MIB} MiB at host {:#x}, entry {entry:#x}",
+        vm.handle,
+        kind(protected),
+        vm.backing
+    );
+    vm
+}
+
+fn run_to_off(plat: &Platform, vm: &Vm, dev: &mut dyn TestDevice) {
+    let r = vmm::run(vm, plat.nr_cpus, dev);
+    check!(r == Ok(Outcome::Off), "VM {:#x} ended with {r:?}, expected SYSTEM_OFF", vm.handle);
+}
+
+fn destroy(vm: &Vm) {
+    let r = vmm::destroy(vm);
+    check!(r.is_ok(), "VM_DESTROY {:#x}: {r:?}", vm.handle);
+}
+
+/// `demo`: the guest and VM options from the boot arguments (`vm=plain` for a non-protected
+/// VM, `vcpus=N`), protected with 2 vCPUs by default.
+pub fn run_guest(plat: &Platform) {
+    let protected = plat.arg("vm") != Some("plain");
+    let vcpus = plat.arg("vcpus").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let vm = start(plat, vcpus, protected);
+    run_to_off(plat, &vm, &mut NoDevice);
+    destroy(&vm);
+    println!(
+        "host: ok: VM {:#x} powered off and destroyed ({} unassigned MMIO accesses)",
+        vm.handle,
+        vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// Runs scenario `name`.
+pub fn run(name: &str, plat: &Platform) {
+    match name {
+        "vm-lifecycle" => lifecycle(plat),
+        "vm-isolation" => isolation(plat),
+        "vm-regs" => regs(plat),
+        "vm-bad-args" => bad_args(plat),
+        other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
+    }
+}
+
+fn lifecycle(plat: &Platform) {
+    for (protected, vcpus) in [(true, 1), (true, 2), (false, 1), (false, 2)] {
+        let vm = start(plat, vcpus, protected);
+        run_to_off(plat, &vm, &mut NoDevice);
+        destroy(&vm);
+        println!("host: ok: {} VM with {vcpus} vCPU(s) ran to SYSTEM_OFF and was destroyed", kind(protected));
+    }
+    let a = start(plat, 1, true);
+    let b = start(plat, 2, false);
+    run_to_off(plat, &a, &mut NoDevice);
+    run_to_off(plat, &b, &mut NoDevice);
+    destroy(&b);
+    destroy(&a);
+    println!("host: ok: two VMs alive at once, both ran and were destroyed");
+}
+
+/// The host's side of the isolation guest: on the guest's write (the IPA of its secret page),
+/// try to read and write the page; answer the guest's read with the verdict.
+struct Attack {
+    verdict: u64,
+}
+
+const MARKER: u64 = 0x4057_0000_C0DE;
+
+impl TestDevice for Attack {
+    fn write(&mut self, vm: &Vm, ipa: u64) {
+        let Some(off) = ipa.checked_sub(GUEST_RAM).filter(|o| *o < vm.pages * PAGE_SIZE) else {
+            crate::fail::fail(format_args!("guest named IPA {ipa:#x} outside its RAM"));
+        };
+        let pa = vm.backing + off;
+        if vm.protected {
+            let r = PROBE.expect(|| {
+                vmm::backing_word(vm, off);
+            });
+            check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25 && esr & 0x3F == 0x10), "host read of protected page {pa:#x}: {r:x?}");
+            println!("host: ok: read of the protected guest's page at {pa:#x} -> synchronous external abort");
+            // SAFETY: a deliberate write to a page EL2 must protect; the probe catches the abort.
+            let r = PROBE.expect(|| unsafe { core::ptr::write_volatile((pa + 8) as *mut u64, MARKER) });
+            check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25 && esr & (1 << 6) != 0), "host write of protected page: {r:x?}");
+            println!("host: ok: write to the protected guest's page -> synchronous external abort");
+            self.verdict = 1;
+        } else {
+            let first = vmm::backing_word(vm, off);
+            check!(first == 0x5EC2_E7, "shared page word 0 is {first:#x}");
+            // SAFETY: a non-protected VM's memory is shared: the host keeps access.
+            unsafe { core::ptr::write_volatile((pa + 8) as *mut u64, MARKER) };
+            println!("host: ok: non-protected guest's page readable and writable by the host");
+            self.verdict = 2;
+        }
+    }
+    fn read(&mut self, _: &Vm) -> u64 {
+        self.verdict
+    }
+}
+
+fn isolation(plat: &Platform) {
+    for protected in [true, false] {
+        let vm = start(plat, 1, protected);
+        let mut dev = Attack { verdict: 0 };
+        run_to_off(plat, &vm, &mut dev);
+        check!(dev.verdict != 0, "the guest never showed its page");
+        destroy(&vm);
+        if protected {
+            let words = vm.pages * PAGE_SIZE / 8;
+            let r = PROBE.expect(|| {
+                for w in 0..words {
+                    let v = vmm::backing_word(&vm, w * 8);
+                    check!(v == 0, "word {w} of the destroyed VM's memory is {v:#x}");
+                }
+            });
+            check!(r.is_none(), "host cannot read its memory back after destroy: {r:x?}");
+            println!("host: ok: protected guest's {} pages are back with the host and all zero", vm.pages);
+        }
+    }
+}
+
+fn regs(plat: &Platform) {
+    for protected in [true, false] {
+        let vm = start(plat, 1, protected);
+        run_to_off(plat, &vm, &mut NoDevice);
+        destroy(&vm);
+        println!("host: ok: {} VM kept its registers across exits", kind(protected));
+    }
+}
+
+fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, reserved: [u64; 2]) -> Result<u64, HypError> {
+    crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, reserved });
+    hvc::call(HypercallId::VmCreate, &[]).map(|r| r[0])
+}
+
+fn bad_args(plat: &Platform) {
+    // VM_CREATE.
+    expect_err!(create_raw(0, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 0 vCPUs");
+    expect_err!(create_raw(99, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 99 vCPUs");
+    expect_err!(create_raw(1, 48, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with a 48-bit IPA");
+    expect_err!(create_raw(1, 36, 1 << 40, [0; 2]), HypError::InvalidArgument, "VM_CREATE with an unknown flag");
+    expect_err!(create_raw(1, 36, vm_flags::MTE, [0; 2]), HypError::Denied, "VM_CREATE with MTE (not yet switched)");
+    expect_err!(create_raw(1, 36, 0, [0, 7]), HypError::BadMessage, "VM_CREATE with a reserved field set");
+    // Capacity.
+    let mut handles = [0u64; 16];
+    for h in handles.iter_mut() {
+        *h = create_raw(1, 36, 0, [0; 2]).unwrap_or(0);
+        check!(*h != 0, "VM_CREATE below capacity failed");
+    }
+    expect_err!(create_raw(1, 36, 0, [0; 2]), HypError::NoCapacity, "VM_CREATE beyond 16 VMs");
+    for h in handles {
+        check!(hvc::call(HypercallId::VmDestroy, &[h]).is_ok(), "VM_DESTROY {h:#x}");
+    }
+    // Handles.
+    expect_err!(hvc::call(HypercallId::VmDestroy, &[0]), HypError::InvalidHandle, "VM_DESTROY of handle 0");
+    expect_err!(hvc::call(HypercallId::VmDestroy, &[handles[0]]), HypError::InvalidHandle, "VM_DESTROY of a destroyed VM");
+    expect_err!(hvc::call(HypercallId::VcpuRun, &[handles[0], 0, 0]), HypError::InvalidHandle, "VCPU_RUN of a destroyed VM");
+    expect_err!(hvc::call(HypercallId::VcpuRun, &[u64::MAX, 0, 0]), HypError::InvalidHandle, "VCPU_RUN of handle all-ones");
+
+    // Memory.
+    let a = vmm::create(1, true, 1).unwrap_or_else(|e| crate::fail::fail(format_args!("{e:?}")));
+    let b = vmm::create(1, true, 1).unwrap_or_else(|e| crate::fail::fail(format_args!("{e:?}")));
+    let add = |h: u64, pa: u64, ipa: u64, n: u64| hvc::call(HypercallId::VmAddMemory, &[h, pa, ipa, n]);
+    expect_err!(add(a.handle, a.backing + 8, GUEST_RAM, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned page");
+    expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x800, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned IPA");
+    expect_err!(add(a.handle, a.backing, GUEST_RAM, 0), HypError::OutOfRange, "VM_ADD_MEMORY of 0 pages");
+    expect_err!(add(a.handle, a.backing, GUEST_RAM, u64::MAX >> 12), HypError::OutOfRange, "VM_ADD_MEMORY with an overflowing range");
+    expect_err!(add(a.handle, u64::MAX & !0xFFF, GUEST_RAM, 1), HypError::OutOfRange, "VM_ADD_MEMORY of the last page of the address space");
+    expect_err!(add(a.handle, a.backing, 1 << 36, 1), HypError::OutOfRange, "VM_ADD_MEMORY at an IPA beyond the VM's IPA size");
+    expect_err!(add(a.handle, HYP_REGION_BASE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of EL2's memory");
+    expect_err!(add(a.handle, crate::scenarios::msg_page(0) as u64, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page shared with EL2");
+    check!(add(a.handle, a.backing, GUEST_RAM, 4).is_ok(), "a valid VM_ADD_MEMORY");
+    expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x10_0000, 1), HypError::NotOwned, "VM_ADD_MEMORY of an already donated page");
+    expect_err!(add(b.handle, a.backing + PAGE_SIZE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page donated to another VM");
+    expect_err!(add(a.handle, b.backing, GUEST_RAM + PAGE_SIZE, 1), HypError::InvalidArgument, "VM_ADD_MEMORY over an IPA already backed");
+    let r = PROBE.expect(|| {
+        vmm::backing_word(&a, 0);
+    });
+    check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25), "host read of a donated page: {r:x?}");
+    println!("host: ok: host read of a donated page -> synchronous external abort");
+
+    // Registers.
+    expect_err!(hvc::call(HypercallId::VcpuSetReg, &[a.handle, 0, 0x6030_0000_0013_FFFF, 1]), HypError::UnknownRegister, "VCPU_SET_REG of an unknown register");
+    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 0, 0]), HypError::UnknownRegister, "VCPU_GET_REG of register ID 0");
+    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 1, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of a vCPU the VM does not have");
+    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 1 << 40, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of vCPU 2^40");
+    check!(hvc::call(HypercallId::VmDestroy, &[a.handle]).is_ok(), "VM_DESTROY a");
+    check!(hvc::call(HypercallId::VmDestroy, &[b.handle]).is_ok(), "VM_DESTROY b");
+
+    // A protected VM's registers are sealed once it has run.
+    let vm = start(plat, 1, true);
+    check!(hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok(), "VCPU_GET_REG before the first run");
+    run_to_off(plat, &vm, &mut NoDevice);
+    expect_err!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0]), HypError::Denied, "VCPU_SET_REG on a protected VM after it ran");
+    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
+    destroy(&vm);
+    check!(hvc::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
+    println!("host: ok: EL2 still serving after hostile VM calls");
+}

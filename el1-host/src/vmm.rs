@@ -1,0 +1,240 @@
+//! The host's small VMM: creates VMs, loads guest images, gives them memory, runs their vCPUs
+//! and emulates their devices, all through hypercalls.
+//!
+//! Guest physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as Linux's
+//! boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`, and a test
+//! device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO address
+//! reads as 0 and ignores writes (counted, as QEMU does for unassigned addresses).
+
+use crate::{hvc, println};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use shared_abi::msg::{exit, vm_flags, VcpuExit, VmCreate};
+use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
+
+/// Guest RAM base (IPA).
+pub const GUEST_RAM: u64 = 0x4000_0000;
+/// Where a raw image goes, relative to [`GUEST_RAM`].
+pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
+const UART: u64 = 0x0900_0000;
+const TESTDEV: u64 = 0x0b00_0000;
+
+/// Host RAM handed out for guest memory (bump allocation: simple, and plenty for tests).
+static NEXT_FREE: AtomicU64 = AtomicU64::new(0x5000_0000);
+/// Unassigned MMIO accesses by guests.
+pub static UNASSIGNED: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes `pages` pages of host RAM for a guest.
+pub fn alloc_pages(pages: u64) -> u64 {
+    NEXT_FREE.fetch_add(pages * PAGE_SIZE, Ordering::SeqCst)
+}
+
+/// A VM as the host sees it.
+pub struct Vm {
+    /// EL2's handle.
+    pub handle: u64,
+    /// Host address of the guest RAM's backing pages.
+    pub backing: u64,
+    /// Guest RAM size in pages.
+    pub pages: u64,
+    /// Protected VM.
+    pub protected: bool,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+}
+
+/// How a VM's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// PSCI `SYSTEM_OFF`.
+    Off,
+    /// PSCI `SYSTEM_RESET` (the test guests' failure signal).
+    Reset,
+    /// Stopped by EL2: reason and IPA.
+    Killed(u64, u64),
+}
+
+fn msg_page() -> *mut u8 {
+    crate::scenarios::msg_page(crate::cpu_id())
+}
+
+/// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet).
+pub fn create(vcpus: u32, protected: bool, mib: u64) -> Result<Vm, HypError> {
+    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags: if protected { vm_flags::PROTECTED } else { 0 }, reserved: [0; 2] };
+    crate::scenarios::write_msg(crate::cpu_id(), &req);
+    let handle = hvc::call(HypercallId::VmCreate, &[])?[0];
+    let pages = mib * 256;
+    Ok(Vm { handle, backing: alloc_pages(pages), pages, protected, vcpus })
+}
+
+/// Copies `image` (ELF64 or raw) into the VM's backing memory; returns the entry IPA.
+pub fn load(vm: &Vm, image: &[u8]) -> Result<u64, &'static str> {
+    let size = vm.pages * PAGE_SIZE;
+    // SAFETY: the backing pages were just allocated for this VM and are still the host's.
+    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, size as usize) };
+    if image.len() >= 64 && image[..4] == *b"\x7fELF" {
+        let rd = |o: usize, n: usize| -> u64 {
+            image.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
+        };
+        if image[4] != 2 || image[5] != 1 || rd(18, 2) != 183 {
+            return Err("not a little-endian ELF64 for AArch64");
+        }
+        let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
+        for i in 0..phnum {
+            let ph = phoff + i * phentsize;
+            if rd(ph, 4) != 1 {
+                continue; // not PT_LOAD
+            }
+            let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
+            let start = paddr.checked_sub(GUEST_RAM).ok_or("segment below guest RAM")?;
+            if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
+                return Err("segment outside guest RAM");
+            }
+            let src = image.get(off as usize..(off + filesz) as usize).ok_or("segment outside the file")?;
+            mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
+            mem[(start + filesz) as usize..(start + memsz) as usize].fill(0);
+        }
+        Ok(rd(24, 8))
+    } else {
+        let at = RAW_IMAGE_OFFSET as usize;
+        if at + image.len() > mem.len() {
+            return Err("raw image larger than guest RAM");
+        }
+        mem[at..at + image.len()].copy_from_slice(image);
+        Ok(GUEST_RAM + RAW_IMAGE_OFFSET)
+    }
+}
+
+/// Gives the VM its RAM (donated if protected, shared otherwise) and points vCPU 0 at `entry`.
+pub fn boot(vm: &Vm, entry: u64) -> Result<(), HypError> {
+    hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
+    hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
+    // x0 = device tree address as Linux expects; the bundled guests do not need one yet.
+    hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), 0])?;
+    Ok(())
+}
+
+/// What a scenario does when its guest uses the test device.
+pub trait TestDevice {
+    /// The guest wrote `v`.
+    fn write(&mut self, vm: &Vm, v: u64);
+    /// The guest reads.
+    fn read(&mut self, vm: &Vm) -> u64;
+}
+
+/// A test device that does nothing.
+pub struct NoDevice;
+impl TestDevice for NoDevice {
+    fn write(&mut self, _: &Vm, _: u64) {}
+    fn read(&mut self, _: &Vm) -> u64 {
+        0
+    }
+}
+
+/// Set when the VM being run by several host CPUs has stopped.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Runs vCPU `index` until the VM stops. `dev` serves the test device.
+pub fn run_vcpu(vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
+    let mut line = [0u8; 160];
+    let mut len = 0;
+    let mut read_value = 0;
+    loop {
+        let r = hvc::call(HypercallId::VcpuRun, &[vm.handle, index, read_value]);
+        read_value = 0;
+        r?;
+        // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
+        let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
+        match e.reason {
+            exit::MMIO => {
+                let write = e.flags & exit::MMIO_WRITE != 0;
+                match (e.ipa, write) {
+                    (UART, true) => {
+                        let c = e.data as u8;
+                        if c == b'\n' || len == line.len() {
+                            println!("{}", core::str::from_utf8(&line[..len]).unwrap_or("<bad utf-8>"));
+                            len = 0;
+                        }
+                        if c != b'\n' {
+                            line[len] = c;
+                            len += 1;
+                        }
+                    }
+                    (a, _) if (UART..UART + 0x1000).contains(&a) => {} // FR reads 0: never busy
+                    (TESTDEV, true) => dev.write(vm, e.data),
+                    (TESTDEV, false) => read_value = dev.read(vm),
+                    _ => {
+                        UNASSIGNED.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            exit::WFX | exit::IRQ | exit::HYPERCALL => {}
+            exit::VCPU_OFF => {
+                if index == 0 || STOP.load(Ordering::SeqCst) {
+                    return Ok(Outcome::Off);
+                }
+                core::hint::spin_loop();
+            }
+            exit::SYSTEM_OFF => return Ok(Outcome::Off),
+            exit::SYSTEM_RESET => return Ok(Outcome::Reset),
+            exit::KILLED => return Ok(Outcome::Killed(e.data, e.ipa)),
+            other => crate::fail::fail(format_args!("unknown exit reason {other}")),
+        }
+        if index != 0 && STOP.load(Ordering::SeqCst) {
+            return Ok(Outcome::Off);
+        }
+    }
+}
+
+/// Host CPUs running secondary vCPUs: handle and vCPU index per CPU (handle 0: idle).
+pub static WORK: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
+static WORK_VCPU: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
+static WORK_DONE: [AtomicBool; crate::MAX_CPUS] = [const { AtomicBool::new(false) }; crate::MAX_CPUS];
+
+/// Called by an idle host secondary CPU: runs the vCPU it was given, if any.
+pub fn secondary_work(cpu: usize) {
+    let handle = WORK[cpu].load(Ordering::SeqCst);
+    if handle == 0 || WORK_DONE[cpu].load(Ordering::SeqCst) {
+        return;
+    }
+    let vm = Vm { handle, backing: 0, pages: 0, protected: false, vcpus: 0 };
+    if let Err(e) = run_vcpu(&vm, WORK_VCPU[cpu].load(Ordering::SeqCst), &mut NoDevice) {
+        println!("host: cpu{cpu}: VCPU_RUN failed: {e:?}");
+    }
+    WORK_DONE[cpu].store(true, Ordering::SeqCst);
+}
+
+/// Runs a whole VM: vCPU 0 here, vCPU `k` on host CPU `k`; returns when vCPU 0's run ends and
+/// every helper CPU has stopped.
+pub fn run(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
+    STOP.store(false, Ordering::SeqCst);
+    let helpers = (vm.vcpus as usize).min(host_cpus);
+    for k in 1..helpers {
+        WORK_VCPU[k].store(k as u64, Ordering::SeqCst);
+        WORK_DONE[k].store(false, Ordering::SeqCst);
+        WORK[k].store(vm.handle, Ordering::SeqCst);
+    }
+    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
+    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    let outcome = run_vcpu(vm, 0, dev);
+    STOP.store(true, Ordering::SeqCst);
+    for k in 1..helpers {
+        while !WORK_DONE[k].load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
+        WORK[k].store(0, Ordering::SeqCst);
+    }
+    outcome
+}
+
+/// Destroys the VM.
+pub fn destroy(vm: &Vm) -> Result<(), HypError> {
+    hvc::call(HypercallId::VmDestroy, &[vm.handle]).map(|_| ())
+}
+
+/// Reads one word of the VM's backing memory through the host's own mapping (it faults for a
+/// protected VM's memory; callers arm the fault probe when they expect that).
+pub fn backing_word(vm: &Vm, offset: u64) -> u64 {
+    // SAFETY: the address is host RAM; whether the host may access it is EL2's decision, and
+    // an abort is caught by the probe.
+    unsafe { core::ptr::read_volatile((vm.backing + offset) as *const u64) }
+}

@@ -1,0 +1,154 @@
+//! A minimal bare-metal EL1 runtime for the bundled guests.
+//!
+//! A guest runs with its MMU off. It prints through the PL011 the host emulates at
+//! [`UART`], talks to the host's test device at [`TESTDEV`], and uses PSCI (through `HVC`,
+//! which EL2 serves) to start vCPUs and power off. A guest that finds something wrong prints
+//! `guest: FAIL: ...` and calls PSCI `SYSTEM_RESET`, which the host treats as a failure.
+#![no_std]
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// The emulated PL011 (guest IPA).
+pub const UART: u64 = 0x0900_0000;
+/// The host's test device (guest IPA): a write hands the host a value, a read returns one.
+pub const TESTDEV: u64 = 0x0b00_0000;
+/// Base of guest RAM (IPA).
+pub const RAM_BASE: u64 = 0x4000_0000;
+
+/// Defines the entry points: `$main(dtb)` on vCPU 0, `$secondary(index)` on vCPUs started with
+/// [`cpu_on`]. Both power the VM off if they return.
+#[macro_export]
+macro_rules! entry {
+    ($main:path, $secondary:path) => {
+        core::arch::global_asm!(
+            r#"
+.section .text.boot, "ax"
+.global _start
+_start:
+    adrp x1, __stacks_start
+    add x1, x1, :lo12:__stacks_start
+    mov x2, #0x4000
+    add sp, x1, x2
+    adrp x1, __bss_start
+    add x1, x1, :lo12:__bss_start
+    adrp x2, __bss_end
+    add x2, x2, :lo12:__bss_end
+1:  cmp x1, x2
+    b.hs 2f
+    str xzr, [x1], #8
+    b 1b
+2:  bl {main}
+3:  wfi
+    b 3b
+.global guest_secondary_entry
+guest_secondary_entry:
+    and x0, x0, #7
+    adrp x1, __stacks_start
+    add x1, x1, :lo12:__stacks_start
+    add x3, x0, #1
+    mov x2, #0x4000
+    madd x1, x3, x2, x1
+    mov sp, x1
+    bl {secondary}
+    b 3b
+"#,
+            main = sym __guest_main,
+            secondary = sym __guest_secondary,
+        );
+        extern "C" fn __guest_main(dtb: u64) -> ! {
+            $main(dtb);
+            $crate::system_off()
+        }
+        extern "C" fn __guest_secondary(index: u64) -> ! {
+            $secondary(index);
+            $crate::cpu_off()
+        }
+    };
+}
+
+extern "C" {
+    fn guest_secondary_entry();
+}
+
+static PRINT_LOCK: AtomicBool = AtomicBool::new(false);
+
+fn putc(c: u8) {
+    // SAFETY: the host emulates a PL011 at UART; a write to UARTDR (offset 0) is an MMIO exit.
+    unsafe { core::ptr::write_volatile(UART as *mut u32, c as u32) };
+}
+
+struct Uart;
+impl Write for Uart {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        s.bytes().for_each(putc);
+        Ok(())
+    }
+}
+
+/// Prints a line (whole lines are not interleaved between this guest's vCPUs).
+pub fn print(args: fmt::Arguments<'_>) {
+    while PRINT_LOCK.swap(true, Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let _ = Uart.write_fmt(args);
+    PRINT_LOCK.store(false, Ordering::Release);
+}
+
+/// `println!` for guests.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Hands `v` to the host's test device.
+pub fn testdev_write(v: u64) {
+    // SAFETY: an MMIO write to the host's test device.
+    unsafe { core::ptr::write_volatile(TESTDEV as *mut u64, v) };
+}
+
+/// Reads a value from the host's test device.
+pub fn testdev_read() -> u64 {
+    // SAFETY: an MMIO read from the host's test device.
+    unsafe { core::ptr::read_volatile(TESTDEV as *const u64) }
+}
+
+/// Starts vCPU `index` at the secondary entry point.
+pub fn cpu_on(index: u64) -> Result<(), smccc::psci::Error> {
+    smccc::psci::cpu_on::<smccc::Hvc>(index, guest_secondary_entry as *const () as u64, index)
+}
+
+/// PSCI version as EL2 reports it.
+pub fn psci_version() -> u64 {
+    smccc::hvc64(smccc::psci::PSCI_VERSION, [0; 17])[0]
+}
+
+/// Powers this vCPU off.
+pub fn cpu_off() -> ! {
+    let _ = smccc::psci::cpu_off::<smccc::Hvc>();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Powers the VM off.
+pub fn system_off() -> ! {
+    let _ = smccc::psci::system_off::<smccc::Hvc>();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Reports a failure and stops the VM with `SYSTEM_RESET` (the host treats it as a failure).
+pub fn fail(args: fmt::Arguments<'_>) -> ! {
+    print(format_args!("guest: FAIL: {args}\n"));
+    let _ = smccc::psci::system_reset::<smccc::Hvc>();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    fail(format_args!("panic: {info}"))
+}
