@@ -12,6 +12,7 @@
 
 mod console;
 mod fail;
+mod fdt_writer;
 mod hvc;
 mod platform;
 #[macro_use]

@@ -37,8 +37,9 @@ fn start(plat: &Platform, vcpus: u32, protected: bool) -> Vm {
     };
     let r = vmm::boot(&vm, entry);
     check!(r.is_ok(), "giving the VM its memory: {r:?}");
+    let dtb = r.unwrap_or(0);
     println!(
-        "host: VM {:#x}: {}, {vcpus} vCPU(s), {GUEST_MIB} MiB at host {:#x}, entry {entry:#x}",
+        "host: VM {:#x}: {}, {vcpus} vCPU(s), {GUEST_MIB} MiB at host {:#x}, entry {entry:#x}, device tree {dtb:#x}",
         vm.handle,
         kind(protected),
         vm.backing
@@ -86,6 +87,9 @@ fn lifecycle(plat: &Platform) {
     for (protected, vcpus) in [(true, 1), (true, 2), (false, 1), (false, 2)] {
         let vm = start(plat, vcpus, protected);
         run_to_off(plat, &vm, &mut NoDevice);
+        if !protected {
+            register_list(&vm);
+        }
         destroy(&vm);
         println!("host: ok: {} VM with {vcpus} vCPU(s) ran to SYSTEM_OFF and was destroyed", kind(protected));
     }
@@ -100,6 +104,24 @@ fn lifecycle(plat: &Platform) {
 
 /// The host's side of the isolation guest: on the guest's write (the IPA of its secret page),
 /// try to read and write the page; answer the guest's read with the verdict.
+/// `VCPU_REG_LIST` names every register, and each one it names can be read.
+fn register_list(vm: &Vm) {
+    let r = hvc::call(HypercallId::VcpuRegList, &[vm.handle, 0]);
+    check!(r.is_ok(), "VCPU_REG_LIST: {r:?}");
+    let list: shared_abi::msg::RegList = crate::scenarios::read_msg(crate::cpu_id());
+    check!(list.count == r.unwrap_or([0; 3])[0] && list.count as usize <= list.ids.len(), "VCPU_REG_LIST count {}", list.count);
+    let ids = &list.ids[..list.count as usize];
+    for want in [reg::x(0), reg::x(30), reg::PC, reg::PSTATE, reg::SP_EL1, reg::SYSREGS[0].1, reg::MPIDR_EL1] {
+        check!(ids.contains(&want), "VCPU_REG_LIST lacks {:?}", reg::name(want));
+    }
+    for &id in ids {
+        let v = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]);
+        check!(v.is_ok(), "VCPU_GET_REG {:?} from the list: {v:?}", reg::name(id));
+    }
+    let pc = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).unwrap_or([0; 3])[0];
+    println!("host: ok: VCPU_REG_LIST names {} registers, all readable (PC {pc:#x})", list.count);
+}
+
 struct Attack {
     verdict: u64,
 }

@@ -104,13 +104,22 @@ pub fn load(vm: &Vm, image: &[u8]) -> Result<u64, &'static str> {
     }
 }
 
-/// Gives the VM its RAM (donated if protected, shared otherwise) and points vCPU 0 at `entry`.
-pub fn boot(vm: &Vm, entry: u64) -> Result<(), HypError> {
+/// Space for the guest's device tree, at the end of its RAM.
+const DTB_SPACE: u64 = 64 * 1024;
+
+/// Writes the guest's device tree at the end of its RAM, gives the VM its RAM (donated if
+/// protected, shared otherwise) and points vCPU 0 at `entry` with `x0` = the device tree, as
+/// Linux's boot protocol expects. Returns the device tree's IPA.
+pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
+    let size = vm.pages * PAGE_SIZE;
+    let dtb_off = size.checked_sub(DTB_SPACE).ok_or(HypError::InvalidArgument)?;
+    // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
+    let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
+    crate::fdt_writer::guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
     hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
     hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
-    // x0 = device tree address as Linux expects; the bundled guests do not need one yet.
-    hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), 0])?;
-    Ok(())
+    hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + dtb_off])?;
+    Ok(GUEST_RAM + dtb_off)
 }
 
 /// What a scenario does when its guest uses the test device.

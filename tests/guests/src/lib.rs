@@ -69,6 +69,80 @@ guest_secondary_entry:
 
 extern "C" {
     fn guest_secondary_entry();
+    fn guest_vectors();
+}
+
+// EL1 vectors for probing: a synchronous exception from the current EL (SPx) records ESR_EL1
+// in TRAPPED_ESR and resumes after the faulting instruction; anything else stops the VM.
+core::arch::global_asm!(
+    r#"
+.section .text, "ax"
+.balign 2048
+.global guest_vectors
+guest_vectors:
+    .balign 0x80
+    b guest_bad_vector
+    .balign 0x80
+    b guest_bad_vector
+    .balign 0x80
+    b guest_bad_vector
+    .balign 0x80
+    b guest_bad_vector
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mrs x0, esr_el1
+    adrp x1, TRAPPED_ESR
+    add x1, x1, :lo12:TRAPPED_ESR
+    str x0, [x1]
+    mrs x0, elr_el1
+    add x0, x0, #4
+    msr elr_el1, x0
+    ldp x0, x1, [sp], #16
+    eret
+    .balign 0x80
+    b guest_bad_vector
+    .balign 0x80
+    b guest_bad_vector
+    .balign 0x80
+    b guest_bad_vector
+guest_bad_vector:
+    mrs x0, esr_el1
+    bl guest_unexpected_exception
+"#
+);
+
+/// ESR_EL1 of the last exception caught by [`expect_undef`] (`u64::MAX`: none).
+#[no_mangle]
+static TRAPPED_ESR: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+
+#[no_mangle]
+extern "C" fn guest_unexpected_exception(esr: u64) -> ! {
+    fail(format_args!("unexpected exception in the guest, ESR_EL1 {esr:#x}"))
+}
+
+/// Installs the probing vectors (`VBAR_EL1`).
+pub fn install_vectors() {
+    // SAFETY: the vectors only touch TRAPPED_ESR and ELR_EL1, and return.
+    unsafe {
+        core::arch::asm!("msr vbar_el1, {}", "isb", in(reg) guest_vectors as *const () as u64, options(nostack));
+    }
+}
+
+/// Runs `f` and returns the `ESR_EL1` of the synchronous exception it took, if any.
+pub fn trapped(f: impl FnOnce()) -> Option<u64> {
+    TRAPPED_ESR.store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
+    f();
+    let e = TRAPPED_ESR.load(core::sync::atomic::Ordering::SeqCst);
+    (e != u64::MAX).then_some(e)
+}
+
+/// Powers the VM off with an SMC instead of an HVC: if SMCs reached firmware this would power
+/// the whole machine off.
+pub fn system_off_smc() -> ! {
+    let _ = smccc::psci::system_off::<smccc::Smc>();
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 static PRINT_LOCK: AtomicBool = AtomicBool::new(false);

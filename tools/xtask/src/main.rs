@@ -123,7 +123,7 @@ impl Images {
     pub fn guest(&self, name_or_path: &str) -> Result<PathBuf, String> {
         let bundled = self.guests.join(name_or_path);
         let p = if bundled.is_file() { bundled } else { PathBuf::from(name_or_path) };
-        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: demo, regs, isolation)")) }
+        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: demo, demo.bin, regs, isolation)")) }
     }
 }
 
@@ -173,6 +173,9 @@ fn build(tc: &Toolchain, flavour: Flavour) -> Result<Images, String> {
         return Err("build failed".into());
     }
     let dir = target_dir.join(TARGET).join("release");
+    // A raw (flat binary) copy of the demo guest, to exercise the host's raw-image loader the
+    // way a Linux `Image` would be loaded.
+    flatten_elf(&dir.join("demo"), &dir.join("demo.bin"))?;
     Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host"), guests: dir })
 }
 
@@ -203,6 +206,33 @@ pub fn qemu_command(images: &Images, smp: u32, bootargs: &str, guest: &Path) -> 
         .arg(format!("loader,file={},addr={GUEST_STAGING:#x},force-raw=on", guest.display()))
         .args(["-append", &bootargs]);
     c
+}
+
+/// Writes the loadable segments of an ELF64 file as a flat binary starting at the lowest
+/// load address (what `objcopy -O binary` does).
+fn flatten_elf(elf: &Path, out: &Path) -> Result<(), String> {
+    let f = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let rd = |o: usize, n: usize| -> Option<u64> { Some(f.get(o..o + n)?.iter().rev().fold(0u64, |a, b| a << 8 | *b as u64)) };
+    let bad = || format!("{}: not an ELF64 image", elf.display());
+    if f.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Err(bad());
+    }
+    let (phoff, phentsize, phnum) = (rd(32, 8).ok_or_else(bad)? as usize, rd(54, 2).ok_or_else(bad)? as usize, rd(56, 2).ok_or_else(bad)? as usize);
+    let mut segs = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if rd(ph, 4) == Some(1) && rd(ph + 32, 8).unwrap_or(0) > 0 {
+            segs.push((rd(ph + 24, 8).ok_or_else(bad)?, rd(ph + 8, 8).ok_or_else(bad)? as usize, rd(ph + 32, 8).ok_or_else(bad)? as usize));
+        }
+    }
+    let base = segs.iter().map(|s| s.0).min().ok_or_else(bad)?;
+    let end = segs.iter().map(|s| s.0 + s.2 as u64).max().ok_or_else(bad)?;
+    let mut img = vec![0u8; (end - base) as usize];
+    for (paddr, off, size) in segs {
+        let at = (paddr - base) as usize;
+        img[at..at + size].copy_from_slice(f.get(off..off + size).ok_or_else(bad)?);
+    }
+    std::fs::write(out, img).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 fn flag_value(args: &[String], name: &str) -> Option<String> {

@@ -19,6 +19,15 @@ fn current_el() -> u64 {
 
 fn main(dtb: u64) {
     println!("guest: hello from the demo guest, running at EL{} (device tree at {dtb:#x})", current_el());
+    // The host's device tree: vCPUs, RAM, PSCI conduit.
+    // SAFETY: x0 holds the device tree the host placed in guest RAM (0 if none); from_ptr
+    // checks the header before reading further.
+    let tree = (dtb != 0).then(|| unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.ok()).flatten();
+    let Some(tree) = tree else { guests::fail(format_args!("no valid device tree in x0 ({dtb:#x})")) };
+    let dt_cpus = tree.cpus().count() as u64;
+    let mem = tree.memory().regions().next().map_or((0, 0), |r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+    let method = tree.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).unwrap_or("?");
+    println!("guest: device tree: {dt_cpus} CPU(s), {} MiB RAM at {:#x}, PSCI via {method}", mem.1 >> 20, mem.0);
     let v = guests::psci_version();
     println!("guest: PSCI version {}.{} (answered by EL2)", v >> 16, v & 0xFFFF);
     let mut started = 0;
@@ -37,6 +46,24 @@ fn main(dtb: u64) {
         core::hint::spin_loop();
     }
     println!("guest: {} vCPU(s) online", started + 1);
+    if started + 1 != dt_cpus {
+        guests::fail(format_args!("{} vCPUs came up, the device tree lists {dt_cpus}", started + 1));
+    }
+    // Each secondary powers itself off when done; AFFINITY_INFO (answered by EL2) sees it.
+    for i in 1..=started {
+        let mut spins = 0u64;
+        while smccc::psci::affinity_info::<smccc::Hvc>(i, smccc::psci::LowestAffinityLevel::All)
+            != Ok(smccc::psci::AffinityState::Off)
+        {
+            spins += 1;
+            if spins > 50_000_000 {
+                guests::fail(format_args!("vCPU {i} never turned off"));
+            }
+        }
+    }
+    if started > 0 {
+        println!("guest: AFFINITY_INFO: secondary vCPUs off again");
+    }
     println!("guest: demo done, powering off");
 }
 

@@ -43,6 +43,44 @@ fn main(_dtb: u64) {
         2 => println!("guest: ok: host's write to shared memory seen, the rest unchanged"),
         v => guests::fail(format_args!("unexpected verdict {v}")),
     }
+    traps();
+    // Through SMC: EL2 must answer it; firmware would switch the machine off instead.
+    guests::system_off_smc();
+}
+
+/// What the guest may not do: each is answered with UNDEF or NOT_SUPPORTED, never reaches
+/// EL2's host interface or firmware.
+fn traps() {
+    guests::install_vectors();
+    // PMU registers trap to EL2 (MDCR_EL2.TPM), which does not emulate them.
+    let pmcr = guests::trapped(|| {
+        // SAFETY: reading PMCR_EL0 either works or takes the exception the vectors handle.
+        unsafe { core::arch::asm!("mrs {}, pmcr_el0", out(reg) _, options(nostack)) };
+    });
+    expect_undef("PMCR_EL0 read", pmcr);
+    // FP/SIMD traps to EL2 (CPTR_EL2.TFP) until lazy FP switching lands. The guest's own
+    // trap (CPACR_EL1.FPEN) would win over EL2's, so enable FP at EL1 first.
+    // SAFETY: setting CPACR_EL1.FPEN only affects FP/SIMD instructions, tested right below.
+    unsafe { core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack)) };
+    let fp = guests::trapped(|| {
+        // SAFETY: `fmov d0, xzr`, encoded: it either runs (and clobbers only d0, which this
+        // softfloat guest never uses) or takes the exception the vectors handle.
+        unsafe { core::arch::asm!(".inst 0x9e6703e0", options(nostack)) };
+    });
+    expect_undef("FP instruction", fp);
+    // The host's hypercall ABI is not the guest's: EL2 answers NOT_SUPPORTED.
+    let r = smccc::hvc64(0xC600_0000, [0; 17])[0];
+    if r != u64::MAX {
+        guests::fail(format_args!("host VERSION hypercall from a guest returned {r:#x}"));
+    }
+    println!("guest: ok: the host's hypercall ABI answers NOT_SUPPORTED to a guest");
+}
+
+fn expect_undef(what: &str, esr: Option<u64>) {
+    match esr {
+        Some(e) if e >> 26 == 0 => println!("guest: ok: {what} -> UNDEF injected (ESR_EL1 {e:#x})"),
+        other => guests::fail(format_args!("{what}: expected UNDEF, got {other:x?}")),
+    }
 }
 
 fn secondary(_: u64) {}
