@@ -83,6 +83,14 @@ pub struct Hyp<'a, T: TableMemory> {
     pub cpu_boot: [CpuBoot; MAX_CPUS],
     /// Every vCPU context (see [`crate::vm`] for who may touch one).
     pub(crate) vcpus: &'a VcpuTable,
+    /// Table pages kept for the host's stage 2: guest stage-2 tables may not use them.
+    pub(crate) host_reserve: usize,
+}
+
+/// Table pages the host's identity stage 2 can need at most for `ram` (see ARCHITECTURE.md):
+/// the root, two level-1 tables, one level-2 table per GiB and one level-3 table per 2 MiB.
+pub fn host_s2_reserve(ram: PhysRange) -> usize {
+    3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize
 }
 
 /// Converts an internal ownership error to the ABI error (the one place this happens).
@@ -157,6 +165,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
             .map_err(|_| "EL2's region is not page-aligned RAM")?;
+        let host_reserve = host_s2_reserve(platform.ram);
         Ok(Self {
             platform,
             hyp_region,
@@ -165,6 +174,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             msg_page: Default::default(),
             cpu_boot: Default::default(),
             vcpus,
+            host_reserve,
         })
     }
 

@@ -121,6 +121,8 @@ pub trait TableMemory {
     fn free_table(&mut self, pa: PhysAddr);
     /// A pointer through which EL2 reads and writes the 512 entries of the table at `pa`.
     fn table_ptr(&self, pa: PhysAddr) -> *mut u64;
+    /// Pages still free.
+    fn free_pages(&self) -> usize;
 }
 
 /// A leaf found by [`PageTable::lookup`].
@@ -492,6 +494,9 @@ pub(crate) mod test_mem {
         fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
             let slot = ((pa.0 - FAKE_BASE) / PAGE_SIZE) as usize;
             self.pages[slot].as_ref().expect("use after free").as_ptr() as *mut u64
+        }
+        fn free_pages(&self) -> usize {
+            self.limit - self.in_use()
         }
     }
 }

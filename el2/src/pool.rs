@@ -75,6 +75,10 @@ impl TableMemory for PagePool {
     fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
         pa.0 as *mut u64
     }
+
+    fn free_pages(&self) -> usize {
+        self.nr - self.in_use
+    }
 }
 
 #[cfg(test)]

@@ -278,6 +278,16 @@ const NOT_SUPPORTED: u64 = -1i64 as u64;
 const PSCI_ALREADY_ON: u64 = -4i64 as u64;
 const PSCI_ON_PENDING: u64 = -5i64 as u64;
 
+/// Outcome of [`Hyp::map_guest_page`].
+enum GuestPage {
+    /// The page is guest RAM and mapped (now or before).
+    Mapped,
+    /// The page is guest RAM but EL2 has no table page left for it.
+    NoMemory,
+    /// Not guest RAM.
+    NotRam,
+}
+
 enum Next {
     Resume,
     Exit(VcpuExit),
@@ -322,6 +332,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             guards.push(v.claim().ok_or(HypError::Busy)?);
         }
         let MemState { tables, vms, .. } = &mut *mem;
+        if tables.free_pages() <= self.host_reserve {
+            return Err(HypError::NoMemory);
+        }
         let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
         let gen = vms.gens[slot].wrapping_add(1).max(1);
         vms.gens[slot] = gen;
@@ -542,8 +555,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let ipa = (trap.hpfar & HPFAR_FIPA_MASK) << 8 | (trap.far & 0xFFF);
-                if matches!(esr.fault(), FaultKind::Translation(_)) && self.map_guest_page(handle, ipa, arch) {
-                    return Next::Resume;
+                match self.map_guest_page(handle, ipa, arch) {
+                    GuestPage::Mapped if matches!(esr.fault(), FaultKind::Translation(_)) => return Next::Resume,
+                    // Guest RAM is never MMIO: an access to it that cannot be mapped, or that
+                    // faults on a valid mapping, must not reach the host as an MMIO exit (that
+                    // would hand it a protected guest's data).
+                    GuestPage::Mapped => return self.kill(handle, kill::BAD_EXCEPTION, ipa),
+                    GuestPage::NoMemory => return self.kill(handle, kill::OUT_OF_MEMORY, ipa),
+                    GuestPage::NotRam => {}
                 }
                 if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
                     return self.kill(handle, kill::BAD_EXCEPTION, ipa);
@@ -573,29 +592,31 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
     }
 
-    /// Maps the guest page holding `ipa` if it is guest memory. `false` if it is not.
-    fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl GuestArch) -> bool {
+    /// Maps the guest page holding `ipa` if it is guest memory.
+    fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl GuestArch) -> GuestPage {
         let mut mem = self.mem.lock();
         let MemState { own, tables, vms, .. } = &mut *mem;
-        let Ok((_, vm)) = vms.lookup_mut(handle) else { return false };
-        let Some(pa) = vm.translate(ipa) else { return false };
+        let Ok((_, vm)) = vms.lookup_mut(handle) else { return GuestPage::NotRam };
+        let Some(pa) = vm.translate(ipa) else { return GuestPage::NotRam };
         if !own.can_access(pa, vm.component()) {
+            // Regions are only recorded after a successful donation or share: an EL2 bug.
             log::error!("VM {handle:#x}: region page {pa:?} not the guest's");
-            return false;
+            return GuestPage::NoMemory;
         }
         let page = ipa & !(PAGE_SIZE - 1);
         if vm.s2.lookup(tables, page).is_some() {
-            return true;
+            return GuestPage::Mapped;
+        }
+        // Up to 3 new tables; never dip into the host stage 2's reserve.
+        if tables.free_pages() < self.host_reserve + 3 {
+            return GuestPage::NoMemory;
         }
         match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
             Ok(()) => {
                 arch.guest_s2_mapped();
-                true
+                GuestPage::Mapped
             }
-            Err(e) => {
-                log::error!("VM {handle:#x}: cannot map IPA {page:#x}: {e:?}");
-                false
-            }
+            Err(_) => GuestPage::NoMemory,
         }
     }
 
@@ -864,6 +885,39 @@ mod tests {
         assert_eq!((e.data, e.ipa), (kill::UNDECODABLE_MMIO, 0x0900_0000));
         assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
         f.call(0, H::VmDestroy, &[h]).unwrap();
+    }
+
+    #[test]
+    fn guest_ram_that_cannot_be_mapped_is_never_an_mmio_exit() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        {
+            // Leave fewer free table pages than the host stage 2's reserve needs.
+            let mut mem = f.hyp.mem.lock();
+            let used = mem.tables.in_use();
+            mem.tables.limit = used + f.hyp.host_reserve;
+        }
+        let rec = Recorder::default();
+        // A store with a valid syndrome (ISV set) to guest RAM: must not become MMIO.
+        *rec.1.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn create_keeps_the_host_reserve() {
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        {
+            let mut mem = f.hyp.mem.lock();
+            let used = mem.tables.in_use();
+            mem.tables.limit = used + f.hyp.host_reserve;
+        }
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
+        assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoMemory));
     }
 
     #[test]

@@ -126,8 +126,11 @@ pub mod exit {
 pub mod kill {
     /// A data abort outside guest memory that EL2 cannot decode (`ESR_EL2.ISV` clear).
     pub const UNDECODABLE_MMIO: u64 = 1;
-    /// The guest took an exception EL2 cannot handle safely.
+    /// The guest took an exception EL2 cannot handle safely (e.g. an instruction fetch from
+    /// MMIO, a stage-1 walk outside its RAM, an SError).
     pub const BAD_EXCEPTION: u64 = 2;
+    /// EL2 had no memory left for the guest's stage-2 tables.
+    pub const OUT_OF_MEMORY: u64 = 3;
 }
 
 /// Written by [`crate::HypercallId::VcpuRun`] to the message page.
