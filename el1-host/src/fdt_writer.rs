@@ -33,7 +33,7 @@ impl FdtWriter {
     }
 
     fn pad(&mut self) {
-        while self.slen % 4 != 0 {
+        while !self.slen.is_multiple_of(4) {
             self.put(&[0]);
         }
     }

@@ -147,7 +147,7 @@ impl TestDevice for Attack {
             self.verdict = 1;
         } else {
             let first = vmm::backing_word(vm, off);
-            check!(first == 0x5EC2_E7, "shared page word 0 is {first:#x}");
+            check!(first == 0x005E_C2E7, "shared page word 0 is {first:#x}");
             // SAFETY: a non-protected VM's memory is shared: the host keeps access.
             unsafe { core::ptr::write_volatile((pa + 8) as *mut u64, MARKER) };
             println!("host: ok: non-protected guest's page readable and writable by the host");
@@ -226,7 +226,7 @@ fn bad_args(plat: &Platform) {
     expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x800, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned IPA");
     expect_err!(add(a.handle, a.backing, GUEST_RAM, 0), HypError::OutOfRange, "VM_ADD_MEMORY of 0 pages");
     expect_err!(add(a.handle, a.backing, GUEST_RAM, u64::MAX >> 12), HypError::OutOfRange, "VM_ADD_MEMORY with an overflowing range");
-    expect_err!(add(a.handle, u64::MAX & !0xFFF, GUEST_RAM, 1), HypError::OutOfRange, "VM_ADD_MEMORY of the last page of the address space");
+    expect_err!(add(a.handle, !0xFFF, GUEST_RAM, 1), HypError::OutOfRange, "VM_ADD_MEMORY of the last page of the address space");
     expect_err!(add(a.handle, a.backing, 1 << 36, 1), HypError::OutOfRange, "VM_ADD_MEMORY at an IPA beyond the VM's IPA size");
     expect_err!(add(a.handle, HYP_REGION_BASE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of EL2's memory");
     expect_err!(add(a.handle, crate::scenarios::msg_page(0) as u64, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page shared with EL2");

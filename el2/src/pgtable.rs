@@ -304,6 +304,18 @@ impl PageTable {
         attrs: Attrs,
     ) -> Result<(), PtError> {
         let leaf = self.encode_leaf(level, pa, attrs)?;
+        let table = self.walk_alloc(mem, ia, level)?;
+        let i = index(ia, level);
+        if Self::read(mem, table, i) & VALID != 0 {
+            return Err(PtError::AlreadyMapped);
+        }
+        Self::write(mem, table, i, leaf);
+        Ok(())
+    }
+
+    /// Walks from the root to the table at `level` that holds `ia`'s entry, allocating missing
+    /// tables on the way. A block on the way is [`PtError::AlreadyMapped`].
+    fn walk_alloc(&mut self, mem: &mut impl TableMemory, ia: u64, level: u8) -> Result<PhysAddr, PtError> {
         let mut table = self.root;
         for l in self.start_level..level {
             let i = index(ia, l);
@@ -320,12 +332,7 @@ impl PageTable {
                 return Err(PtError::AlreadyMapped);
             };
         }
-        let i = index(ia, level);
-        if Self::read(mem, table, i) & VALID != 0 {
-            return Err(PtError::AlreadyMapped);
-        }
-        Self::write(mem, table, i, leaf);
-        Ok(())
+        Ok(table)
     }
 
     /// Makes sure the level-3 table covering `ia` exists and returns a pointer to the (invalid)
@@ -336,20 +343,7 @@ impl PageTable {
     /// [`PtError::AlreadyMapped`] if a block or valid page covers `ia`, [`PtError::NoMemory`].
     pub fn reserve_leaf(&mut self, mem: &mut impl TableMemory, ia: u64) -> Result<*mut u64, PtError> {
         self.check_range(ia & !(PAGE_SIZE - 1), PAGE_SIZE)?;
-        let mut table = self.root;
-        for l in self.start_level..3 {
-            let i = index(ia, l);
-            let d = Self::read(mem, table, i);
-            table = if d & VALID == 0 {
-                let next = mem.alloc_table().ok_or(PtError::NoMemory)?;
-                Self::write(mem, table, i, next.0 | VALID | TABLE_OR_PAGE);
-                next
-            } else if d & TABLE_OR_PAGE != 0 {
-                PhysAddr(d & OA_MASK)
-            } else {
-                return Err(PtError::AlreadyMapped);
-            };
-        }
+        let table = self.walk_alloc(mem, ia, 3)?;
         if Self::read(mem, table, index(ia, 3)) & VALID != 0 {
             return Err(PtError::AlreadyMapped);
         }

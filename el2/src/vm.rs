@@ -391,7 +391,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// `VM_ADD_MEMORY`.
     pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Maintenance) -> HypResult {
-        if pa % PAGE_SIZE != 0 || ipa % PAGE_SIZE != 0 {
+        if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
             return Err(HypError::NotAligned);
         }
         let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
@@ -753,9 +753,7 @@ mod tests {
         let again = create(&mut f, 1, 0);
         assert_eq!(again & 0xFF, handles[3] & 0xFF, "slot reused");
         assert_ne!(again, handles[3], "with a new generation");
-        for id in [H::VmDestroy] {
-            assert_eq!(f.call(0, id, &[handles[3]]), Err(HypError::InvalidHandle), "stale handle");
-        }
+        assert_eq!(f.call(0, H::VmDestroy, &[handles[3]]), Err(HypError::InvalidHandle), "stale handle");
         assert_eq!(f.call(0, H::VcpuRun, &[handles[3], 0, 0]), Err(HypError::InvalidHandle));
         assert_eq!(f.call(0, H::VmDestroy, &[0]), Err(HypError::InvalidHandle));
         assert_eq!(f.call(0, H::VmDestroy, &[u64::MAX]), Err(HypError::InvalidHandle));

@@ -185,10 +185,9 @@ impl ArchMaintenance {
         // 4. Run. GUEST_CTX tells the vectors that an exit from a lower EL is this guest's.
         let mut host_save = [0u64; 14];
         GUEST_CTX[cpu].store(ctx as *mut VcpuCtx as u64, Ordering::Relaxed);
-        // SAFETY: `ctx` is exclusively ours (a claimed vCPU) for the whole call, and
-        // `host_save` outlives it; `__guest_enter` returns only through `__guest_exit`, which
-        // restores every callee-saved register and SP from `host_save`. The guest runs under
-        // its own stage 2 with the traps above, so it cannot reach EL2 or host memory.
+        // SAFETY: `ctx` is ours alone (a claimed vCPU), `host_save` outlives the call, and
+        // __guest_enter returns only via __guest_exit, which restores callee-saved regs and SP.
+        // The guest runs under its own stage 2 and the traps above: it cannot reach EL2 or host.
         let kind = unsafe { __guest_enter(ctx as *mut VcpuCtx as *mut u64, &mut host_save) };
         GUEST_CTX[cpu].store(0, Ordering::Relaxed);
 

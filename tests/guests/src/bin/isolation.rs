@@ -18,7 +18,7 @@ struct Page([u64; 512]);
 static mut SECRET: Page = Page([0; 512]);
 
 fn pattern(i: usize) -> u64 {
-    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EC2_E7
+    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x005E_C2E7
 }
 
 fn main(_dtb: u64) {
