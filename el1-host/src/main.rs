@@ -17,6 +17,8 @@ mod hvc;
 mod platform;
 #[macro_use]
 mod scenarios;
+// After `scenarios`, whose check! macros they use.
+mod bench;
 mod vm_scenarios;
 mod vmm;
 

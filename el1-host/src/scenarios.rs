@@ -73,6 +73,10 @@ pub fn run(name: &str, plat: &Platform) {
         "el2-memory" => el2_memory(),
         "bad-args" => bad_args(plat),
         "el2-fatal" => el2_fatal(plat),
+        "bench" => {
+            setup(plat);
+            crate::bench::run(plat);
+        }
         s if s.starts_with("vm-") => {
             smp(plat);
             setup(plat);

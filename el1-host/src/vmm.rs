@@ -59,7 +59,13 @@ fn msg_page() -> *mut u8 {
 
 /// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet).
 pub fn create(vcpus: u32, protected: bool, mib: u64) -> Result<Vm, HypError> {
-    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags: if protected { vm_flags::PROTECTED } else { 0 }, reserved: [0; 2] };
+    create_with_flags(vcpus, if protected { vm_flags::PROTECTED } else { 0 }, mib)
+}
+
+/// [`create`] with explicit [`vm_flags`].
+pub fn create_with_flags(vcpus: u32, flags: u64, mib: u64) -> Result<Vm, HypError> {
+    let protected = flags & vm_flags::PROTECTED != 0;
+    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
     crate::scenarios::write_msg(crate::cpu_id(), &req);
     let handle = hvc::call(HypercallId::VmCreate, &[])?[0];
     let pages = mib * 256;

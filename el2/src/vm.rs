@@ -89,6 +89,8 @@ pub struct Vm {
     pub ran: bool,
     /// EL2 stopped the VM; it never runs again.
     pub killed: bool,
+    /// The guest may use the PMU directly ([`vm_flags::HOST_PMU`]).
+    pub host_pmu: bool,
 }
 
 impl Vm {
@@ -258,6 +260,8 @@ pub struct GuestConfig {
     pub ipa_bits: u8,
     /// `VMPIDR_EL2`.
     pub vmpidr: u64,
+    /// Leave the PMU untrapped ([`vm_flags::HOST_PMU`]).
+    pub host_pmu: bool,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -324,6 +328,10 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             // Not switched by EL2 yet: refusing beats a guest that silently lacks them.
             return Err(HypError::Denied);
         }
+        if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
+            // A protected guest must not share the host's PMU (a side channel both ways).
+            return Err(HypError::Denied);
+        }
         let mut mem = self.mem.lock();
         let slot = mem.vms.slots.iter().position(Option::is_none).ok_or(HypError::NoCapacity)?;
         // The slot's vCPUs may be briefly claimed by a call with a stale handle.
@@ -352,6 +360,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             regions: ArrayVec::new(),
             ran: false,
             killed: false,
+            host_pmu: req.flags & vm_flags::HOST_PMU != 0,
         });
         Ok([handle, 0, 0])
     }
@@ -492,6 +501,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 start_level: vm.s2.start_level(),
                 ipa_bits: vm.s2.ia_bits(),
                 vmpidr: crate::vcpu::vmpidr(index as usize),
+                host_pmu: vm.host_pmu,
             };
             (cfg, vm.nr_vcpus)
         };
@@ -734,6 +744,7 @@ mod tests {
             (VmCreate { nr_vcpus: 1, ipa_bits: 41, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
             (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 1 << 9, reserved: [0; 2] }, HypError::InvalidArgument),
             (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::MTE, reserved: [0; 2] }, HypError::Denied),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::HOST_PMU | vm_flags::PROTECTED, reserved: [0; 2] }, HypError::Denied),
             (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0, 1] }, HypError::BadMessage),
         ];
         for (req, err) in cases {

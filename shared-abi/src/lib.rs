@@ -20,6 +20,7 @@
 //! The ABI reference with every call and error is `docs/ABI.md`.
 #![no_std]
 
+pub mod bench;
 pub mod layout;
 pub mod msg;
 pub mod reg;

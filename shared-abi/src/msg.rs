@@ -79,8 +79,13 @@ pub mod vm_flags {
     pub const MTE: u64 = 1 << 1;
     /// Pointer authentication for the guest (not yet supported: refused with `Denied`).
     pub const PTRAUTH: u64 = 1 << 2;
+    /// Non-protected VMs only (refused with `Denied` for protected ones): the guest may use the
+    /// PMU directly (`MDCR_EL2.TPM/TPMCR` clear), reading the counters the host programmed.
+    /// For instruction-count benchmarks "as the guest sees them"; it also lets the guest
+    /// observe and reprogram the host's counters, which is why it is opt-in.
+    pub const HOST_PMU: u64 = 1 << 3;
     /// Every flag this ABI version defines.
-    pub const ALL: u64 = PROTECTED | MTE | PTRAUTH;
+    pub const ALL: u64 = PROTECTED | MTE | PTRAUTH | HOST_PMU;
 }
 
 /// Request of [`crate::HypercallId::VmCreate`].

@@ -101,8 +101,9 @@ fn restore_el1_extra(e: &El1Extra) {
 
 /// Trap configuration for guests, built in this one place. Deny by default: every guest gets
 /// stage 2; IRQ/FIQ/SError go to EL2 (so the host gets its CPU back); SMC, WFI/WFE,
-/// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD/SVE/SME, PMU and debug registers, and the
-/// EL1 physical timer trap. Pointer authentication (`HCR_EL2.API/APK` clear) and allocation
+/// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD/SVE/SME, PMU (unless the VM has the opt-in
+/// `HOST_PMU` flag, never for protected VMs) and debug registers, and the EL1 physical timer
+/// trap. Pointer authentication (`HCR_EL2.API/APK` clear) and allocation
 /// tags (`HCR_EL2.ATA` clear) are unavailable. Everything trapped that EL2 does not emulate
 /// becomes an UNDEF in the guest.
 struct GuestTraps {
@@ -112,7 +113,7 @@ struct GuestTraps {
     cnthctl: u64,
 }
 
-fn guest_traps(host_mdcr: u64) -> GuestTraps {
+fn guest_traps(host_mdcr: u64, cfg: &GuestConfig) -> GuestTraps {
     const VM: u64 = 1 << 0;
     const SWIO: u64 = 1 << 1;
     const FMO: u64 = 1 << 3;
@@ -134,7 +135,11 @@ fn guest_traps(host_mdcr: u64) -> GuestTraps {
         hcr: VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSC | TIDCP | TACR | RW,
         // RES1 bits and TZ/TSM as for the host, plus TFP.
         cptr: 0x33FF | CPTR_TFP,
-        mdcr: (host_mdcr & 0x1F) | MDCR_TPMCR | MDCR_TPM | MDCR_TDA | MDCR_TDOSA | MDCR_TDRA,
+        mdcr: (host_mdcr & 0x1F)
+            | if cfg.host_pmu { 0 } else { MDCR_TPMCR | MDCR_TPM }
+            | MDCR_TDA
+            | MDCR_TDOSA
+            | MDCR_TDRA,
         // EL1PCTEN: the physical counter is readable; EL1PCEN clear: the physical timer traps.
         cnthctl: 0b01,
     }
@@ -165,7 +170,7 @@ impl ArchMaintenance {
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
         //    order of steps 2 and 3 is free; stage 2 goes first so that guest stage-1 state is
         //    never paired with the host's VMID (what speculative-AT errata would care about).
-        let traps = guest_traps(host_mdcr);
+        let traps = guest_traps(host_mdcr, cfg);
         HCR_EL2.set(traps.hcr);
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);

@@ -6,9 +6,11 @@
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status.
 //! - `test`: host unit tests, then every QEMU scenario in `tests/scenarios.txt`.
+//! - `bench`: instruction counts of the hot paths (QEMU `-icount`), a table and `target/bench.json`.
 //!
 //! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
 
+mod bench;
 mod scenario;
 
 use std::path::{Path, PathBuf};
@@ -25,8 +27,9 @@ fn main() {
         "build" => setup().and_then(|tc| build(&tc, Flavour::Release).map(|_| ())),
         "run" => run(rest),
         "test" => test(rest),
+        "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
             exit(2);
         }
     };
@@ -111,7 +114,7 @@ pub fn setup() -> Result<Toolchain, String> {
 pub struct Images {
     pub el2: PathBuf,
     pub host: PathBuf,
-    /// Directory of the bundled guests (`demo`, `regs`, `isolation`).
+    /// Directory of the bundled guests (`demo`, `regs`, `isolation`, `bench`).
     pub guests: PathBuf,
 }
 
@@ -123,7 +126,7 @@ impl Images {
     pub fn guest(&self, name_or_path: &str) -> Result<PathBuf, String> {
         let bundled = self.guests.join(name_or_path);
         let p = if bundled.is_file() { bundled } else { PathBuf::from(name_or_path) };
-        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: demo, demo.bin, regs, isolation)")) }
+        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: demo, demo.bin, regs, isolation, bench)")) }
     }
 }
 

@@ -1,0 +1,97 @@
+//! The `bench` scenario: instruction counts of the hot paths (run under QEMU `-icount shift=0`
+//! by `cargo xtask bench`). Prints `bench:` lines (see `shared_abi::bench`).
+
+use crate::platform::Platform;
+use crate::{hvc, println, vmm};
+use shared_abi::bench::Stats;
+use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::HypercallId;
+
+const N: usize = 1000;
+static mut SAMPLES: [u64; N] = [0; N];
+
+/// Programs PMU counter 0 to count INST_RETIRED (event 0x08) at EL0, EL1 and EL2
+/// (`PMEVTYPER0_EL0.NSH`), and starts it.
+fn pmu_init() {
+    // SAFETY: the host owns the PMU (MDCR_EL2.HPMN = PMCR_EL0.N); this only starts counting.
+    unsafe {
+        core::arch::asm!(
+            "msr pmevtyper0_el0, {ty}",
+            "msr pmcntenset_el0, {one}",
+            "mrs {t}, pmcr_el0",
+            "orr {t}, {t}, #1",
+            "msr pmcr_el0, {t}",
+            "isb",
+            ty = in(reg) 0x08u64 | 1 << 27,
+            one = in(reg) 1u64,
+            t = out(reg) _,
+            options(nostack)
+        );
+    }
+}
+
+#[inline(always)]
+fn count() -> u64 {
+    let v: u64;
+    // SAFETY: reading PMU counter 0; the ISB keeps earlier instructions from being counted late.
+    unsafe { core::arch::asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) v, options(nostack)) };
+    v
+}
+
+fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
+    // SAFETY: only CPU 0 runs benchmarks, one at a time: the only reference to SAMPLES.
+    let samples = unsafe { &mut (&mut *core::ptr::addr_of_mut!(SAMPLES))[..n] };
+    for s in samples.iter_mut() {
+        let a = count();
+        f();
+        let b = count();
+        *s = (b - a).saturating_sub(overhead);
+    }
+    let st = Stats::from_samples(samples).unwrap_or(Stats { n: 0, median: 0, min: 0, max: 0 });
+    if !key.is_empty() {
+        println!("bench: {key} {st}");
+    }
+    st.min
+}
+
+fn create(flags: u64) -> u64 {
+    crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
+    hvc::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
+}
+
+/// Runs every benchmark.
+pub fn run(plat: &Platform) {
+    pmu_init();
+    if count() == 0 && count() == 0 {
+        crate::fail::fail(format_args!("PMU counter 0 does not count: run under QEMU -icount shift=0"));
+    }
+    let overhead = measure("", N, 0, || {});
+    println!("host: bench: counter read overhead {overhead} instructions (subtracted)");
+    measure("host_null_hvc", N, overhead, || {
+        let _ = hvc::call(HypercallId::Ping, &[7]);
+    });
+    // Create, give memory, destroy a protected VM (destroy scrubs every page).
+    let backing = vmm::alloc_pages(64 * 256);
+    for (key, mib) in [("vm_lifecycle_1mib", 1u64), ("vm_lifecycle_16mib", 16), ("vm_lifecycle_64mib", 64)] {
+        let mut failed = false;
+        measure(key, N, overhead, || {
+            let h = create(vm_flags::PROTECTED);
+            failed |= h == 0;
+            failed |= hvc::call(HypercallId::VmAddMemory, &[h, backing, vmm::GUEST_RAM, mib * 256]).is_err();
+            failed |= hvc::call(HypercallId::VmDestroy, &[h]).is_err();
+        });
+        check!(!failed, "{key}: a VM call failed");
+    }
+    // The guest's own view: a non-protected VM allowed to read the PMU.
+    let Some(image) = plat.guest_image() else { crate::fail::fail(format_args!("no bench guest image")) };
+    let vm = match vmm::create_with_flags(1, vm_flags::HOST_PMU, 16) {
+        Ok(vm) => vm,
+        Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
+    };
+    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
+    check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
+    let r = vmm::run(&vm, 1, &mut vmm::NoDevice);
+    check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
+    check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
+    println!("host: bench: done");
+}

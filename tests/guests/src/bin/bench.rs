@@ -1,0 +1,65 @@
+//! Benchmark guest: measures, in retired instructions as this guest sees them, the round trips
+//! that matter (a call served in EL2, an MMIO read the host emulates, the first touch of a page).
+//! Needs a non-protected VM with the `HOST_PMU` flag: it reads PMU counter 0, which the host
+//! programmed to count INST_RETIRED at EL0, EL1 and EL2 (QEMU `-icount shift=0` makes it exact).
+#![no_std]
+#![no_main]
+
+use guests::println;
+use shared_abi::bench::Stats;
+
+guests::entry!(main, secondary);
+
+const N: usize = 1000;
+/// An address no device answers: the host emulates the read (returns 0).
+const UNASSIGNED: u64 = 0x0c00_0000;
+/// Pages first touched by the page-fault benchmark (inside guest RAM, past the image).
+const TOUCH_BASE: u64 = 0x4040_0000;
+
+static mut SAMPLES: [u64; N] = [0; N];
+
+#[inline(always)]
+fn count() -> u64 {
+    let v: u64;
+    // SAFETY: reading PMU counter 0 (allowed to this VM by HOST_PMU). The ISB keeps earlier
+    // instructions from being counted after the read.
+    unsafe { core::arch::asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) v, options(nostack)) };
+    v
+}
+
+fn measure(key: &str, overhead: u64, mut f: impl FnMut(usize)) -> u64 {
+    // SAFETY: one vCPU, and `measure` is not re-entered: the only reference to SAMPLES.
+    let samples = unsafe { &mut *core::ptr::addr_of_mut!(SAMPLES) };
+    for (i, s) in samples.iter_mut().enumerate() {
+        let a = count();
+        f(i);
+        let b = count();
+        *s = (b - a).saturating_sub(overhead);
+    }
+    let st = Stats::from_samples(samples).unwrap_or(Stats { n: 0, median: 0, min: 0, max: 0 });
+    if !key.is_empty() {
+        println!("bench: {key} {st}");
+    }
+    st.min
+}
+
+fn main(_dtb: u64) {
+    let overhead = measure("", 0, |_| {});
+    println!("guest: bench: counter read overhead {overhead} instructions (subtracted)");
+    measure("guest_smccc_version", overhead, |_| {
+        smccc::hvc64(smccc::arch::SMCCC_VERSION, [0; 17]);
+    });
+    measure("world_switch_plain", overhead, |_| {
+        smccc::hvc64(smccc::psci::PSCI_VERSION, [0; 17]);
+    });
+    measure("guest_mmio_read", overhead, |_| {
+        // SAFETY: an MMIO read of an unassigned address: the host answers 0.
+        unsafe { core::ptr::read_volatile(UNASSIGNED as *const u64) };
+    });
+    measure("guest_first_touch", overhead, |i| {
+        // SAFETY: page `i` of a 4 MiB stretch of this guest's RAM that nothing else uses.
+        unsafe { core::ptr::write_volatile((TOUCH_BASE + i as u64 * 4096) as *mut u64, 1) };
+    });
+}
+
+fn secondary(_: u64) {}
