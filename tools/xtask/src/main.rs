@@ -6,17 +6,19 @@
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status.
 //! - `test`: host unit tests, then every QEMU scenario in `tests/scenarios.txt`.
+//! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
 //! - `bench`: instruction counts of the hot paths (QEMU `-icount`), a table and `target/bench.json`.
 //!
 //! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
 
 mod bench;
 mod scenario;
+mod tcb;
 
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command, ExitStatus, Stdio};
 
-const TARGET: &str = "aarch64-unknown-none-softfloat";
+pub const TARGET: &str = "aarch64-unknown-none-softfloat";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,9 +29,10 @@ fn main() {
         "build" => setup().and_then(|tc| build(&tc, Flavour::Release).map(|_| ())),
         "run" => run(rest),
         "test" => test(rest),
+        "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
         "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
             exit(2);
         }
     };

@@ -1,0 +1,192 @@
+//! `cargo xtask tcb`: the size of the trusted computing base (EL2 and boot).
+//!
+//! - lines of Rust code in `el2/src` and `boot/src`, without `#[cfg(test)]` modules, comments
+//!   and blank lines (inline assembly counts: it is code);
+//! - `unsafe` blocks and `unsafe impl`s, and how many have a `// SAFETY:` comment in the comment
+//!   block right above them (or on the same line);
+//! - section sizes of the EL2 image;
+//! - the crates linked into EL2, with versions (procedural macros, which only run at build
+//!   time, are left out).
+
+use crate::{root, Images};
+use std::path::Path;
+use std::process::Command;
+
+#[derive(Default, Debug)]
+struct Counts {
+    code: usize,
+    unsafe_blocks: usize,
+    unsafe_commented: usize,
+    files: usize,
+}
+
+/// Counts one file's code lines and `unsafe` blocks.
+fn count_file(text: &str, c: &mut Counts) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut skip_depth: Option<i32> = None;
+    let mut pending_cfg_test = false;
+    for (i, raw) in lines.iter().enumerate() {
+        let l = raw.trim();
+        if let Some(d) = skip_depth.as_mut() {
+            *d += l.matches('{').count() as i32 - l.matches('}').count() as i32;
+            if *d <= 0 {
+                skip_depth = None;
+            }
+            continue;
+        }
+        if l == "#[cfg(test)]" {
+            pending_cfg_test = true;
+            continue;
+        }
+        if pending_cfg_test {
+            pending_cfg_test = false;
+            if l.starts_with("mod ") || l.starts_with("pub(crate) mod ") || l.starts_with("pub mod ") {
+                let d = l.matches('{').count() as i32 - l.matches('}').count() as i32;
+                if d > 0 {
+                    skip_depth = Some(d);
+                }
+                continue;
+            }
+        }
+        if l.is_empty() || l.starts_with("//") {
+            continue;
+        }
+        c.code += 1;
+        let is_unsafe = (l.contains("unsafe {") || l.contains("unsafe impl")) && !l.starts_with("#");
+        if is_unsafe {
+            c.unsafe_blocks += 1;
+            let mut commented = l.contains("SAFETY:");
+            let mut j = i;
+            while !commented && j > 0 {
+                j -= 1;
+                let p = lines[j].trim();
+                if !p.starts_with("//") {
+                    break;
+                }
+                commented = p.contains("SAFETY:");
+            }
+            if commented {
+                c.unsafe_commented += 1;
+            }
+        }
+    }
+}
+
+fn count_dir(dir: &Path, c: &mut Counts) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            count_dir(&p, c);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                c.files += 1;
+                count_file(&t, c);
+            }
+        }
+    }
+}
+
+/// Section sizes of an ELF64 image: (text, rodata, data, bss) in bytes.
+fn sections(elf: &Path) -> Result<(u64, u64, u64, u64), String> {
+    let f = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let rd = |o: usize, n: usize| -> u64 { f.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64)) };
+    let (shoff, shentsize, shnum) = (rd(40, 8) as usize, rd(58, 2) as usize, rd(60, 2) as usize);
+    let (mut text, mut rodata, mut data, mut bss) = (0, 0, 0, 0);
+    for i in 0..shnum {
+        let sh = shoff + i * shentsize;
+        let (ty, flags, size) = (rd(sh + 4, 4), rd(sh + 8, 8), rd(sh + 32, 8));
+        const ALLOC: u64 = 2;
+        const WRITE: u64 = 1;
+        const EXEC: u64 = 4;
+        const NOBITS: u64 = 8;
+        if flags & ALLOC == 0 {
+            continue;
+        }
+        match (ty == NOBITS, flags & EXEC != 0, flags & WRITE != 0) {
+            (true, _, _) => bss += size,
+            (false, true, _) => text += size,
+            (false, false, false) => rodata += size,
+            (false, false, true) => data += size,
+        }
+    }
+    Ok((text, rodata, data, bss))
+}
+
+/// Prints the report.
+pub fn run(images: &Images) -> Result<(), String> {
+    let root = root();
+    let mut el2 = Counts::default();
+    count_dir(&root.join("el2/src"), &mut el2);
+    let mut boot = Counts::default();
+    count_dir(&root.join("boot/src"), &mut boot);
+    let total = el2.code + boot.code;
+    let unsafe_total = el2.unsafe_blocks + boot.unsafe_blocks;
+    let commented = el2.unsafe_commented + boot.unsafe_commented;
+    let (text, rodata, data, bss) = sections(&images.el2)?;
+    let tree = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["tree", "-p", "boot", "--target", crate::TARGET, "-e", "normal,no-proc-macro", "--prefix", "none", "--no-dedupe"])
+        .output()
+        .map_err(|e| format!("cargo tree: {e}"))?;
+    let mut crates: Vec<String> = String::from_utf8_lossy(&tree.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, ver) = (w.next()?, w.next()?);
+            let local = l.contains('(') && l.contains(root.to_string_lossy().as_ref());
+            let note = if local { " (this project)" } else { "" };
+            Some(format!("{name} {ver}{note}"))
+        })
+        .collect();
+    crates.sort();
+    crates.dedup();
+
+    println!("Trusted computing base (EL2 + boot):\n");
+    println!("| what | figure |");
+    println!("|---|---:|");
+    println!("| lines of code, el2 (no tests, comments, blank lines) | {} |", el2.code);
+    println!("| lines of code, boot | {} |", boot.code);
+    println!("| lines of code, total (target < 8,000) | {total} |");
+    println!("| `unsafe` blocks and impls | {unsafe_total} |");
+    println!("| ... with a `// SAFETY:` comment | {commented} |");
+    println!("| EL2 image .text | {} KiB |", text / 1024);
+    println!("| EL2 image .rodata | {} KiB |", rodata / 1024);
+    println!("| EL2 image .data | {} KiB |", data / 1024);
+    println!("| EL2 image .bss and stacks (table pool, ownership record, vCPU contexts, stacks) | {} KiB |", bss / 1024);
+    println!("\nCrates linked into EL2:");
+    for c in &crates {
+        println!("- {c}");
+    }
+    let verdict_loc = if total < 8000 { "met" } else { "over" };
+    let verdict_unsafe = if commented == unsafe_total { "met" } else { "NOT met" };
+    println!("\nTargets: under 8,000 lines: {verdict_loc}; every unsafe commented: {verdict_unsafe}");
+    let json = format!(
+        "{{\"el2_loc\": {}, \"boot_loc\": {}, \"total_loc\": {total}, \"unsafe\": {unsafe_total}, \"unsafe_with_safety\": {commented}, \"text\": {text}, \"rodata\": {rodata}, \"data\": {data}, \"bss\": {bss}, \"crates\": [{}]}}\n",
+        el2.code,
+        boot.code,
+        crates.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+    );
+    let path = root.join("target/tcb.json");
+    std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("xtask: figures written to {}", path.display());
+    if commented != unsafe_total {
+        return Err(format!("{} unsafe block(s) without a SAFETY comment", unsafe_total - commented));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_code_and_unsafe_but_not_tests_or_comments() {
+        let src = "//! doc\nfn a() {\n    // SAFETY: fine\n    unsafe { x() };\n    unsafe { y() };\n}\n\n#[cfg(test)]\nmod tests {\n    fn t() { unsafe { z() } }\n}\nfn b() {}\n";
+        let mut c = Counts::default();
+        count_file(src, &mut c);
+        assert_eq!(c.code, 5, "fn a, two unsafe lines, closing brace, fn b");
+        assert_eq!((c.unsafe_blocks, c.unsafe_commented), (2, 1));
+    }
+}
