@@ -341,7 +341,16 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub(crate) struct Recorder(pub RefCell<Vec<&'static str>>, pub RefCell<Vec<crate::vm::GuestTrap>>, pub RefCell<Vec<u64>>);
     impl crate::vm::GuestArch for Recorder {
-        fn run(&self, ctx: &mut crate::vcpu::VcpuCtx, _: &crate::vm::GuestConfig) -> crate::vm::GuestTrap {
+        type Saved = ();
+        fn load(&self, _: &crate::vcpu::VcpuCtx, _: &crate::vm::GuestConfig) {
+            self.0.borrow_mut().push("load");
+        }
+        fn put(&self, _: &mut crate::vcpu::VcpuCtx, _: ()) {
+            self.0.borrow_mut().push("put");
+        }
+        fn el1_to_ctx(&self, _: &mut crate::vcpu::VcpuCtx) {}
+        fn el1_from_ctx(&self, _: &crate::vcpu::VcpuCtx) {}
+        fn run(&self, ctx: &mut crate::vcpu::VcpuCtx) -> crate::vm::GuestTrap {
             self.0.borrow_mut().push("run");
             self.2.borrow_mut().push(ctx.pc);
             let mut script = self.1.borrow_mut();

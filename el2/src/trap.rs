@@ -34,8 +34,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
     let Some(hyp) = HYP.get() else {
         fatal(frame, "trap before EL2 state was set up");
     };
-    let regs = arch::trap_regs();
-    let esr = Esr(regs.esr);
+    let esr = Esr(arch::esr_el2());
     match esr.ec() {
         ec::HVC64 => {
             #[cfg(feature = "test-hooks")]
@@ -55,6 +54,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
             host_smc(hyp, frame);
         }
         ec::DABT_LOW | ec::IABT_LOW => {
+            let regs = arch::trap_regs();
             if matches!(esr.fault(), FaultKind::Translation(_)) {
                 let ipa = (regs.hpfar & HPFAR_FIPA_MASK) << 8 | (regs.far & 0xFFF);
                 if hyp.host_s2_fault(ipa, &ArchMaintenance) == HostFault::Retry {
@@ -70,7 +70,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
             inject(frame, what, esr, regs.far);
         }
         _ => {
-            log::debug!("host trap ESR {:#x} at {:#x}: injecting UNDEF", regs.esr, frame.elr);
+            log::debug!("host trap ESR {:#x} at {:#x}: injecting UNDEF", esr.0, frame.elr);
             inject(frame, Injection::Undef, esr, 0);
         }
     }

@@ -265,9 +265,24 @@ pub struct GuestConfig {
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
+///
+/// A `VCPU_RUN` *loads* the vCPU once (host EL1 state out, guest traps, stage 2 and EL1 state
+/// in), *runs* it as often as EL2 handles its exits by itself (only GPRs, PC and PSTATE move),
+/// and *puts* it back once, when returning to the host. Between `load` and `put` the guest's
+/// EL1 system registers live in the CPU, not in `ctx.sys`.
 pub trait GuestArch: Maintenance {
-    /// Enters the guest with `ctx` and returns when it exits.
-    fn run(&self, ctx: &mut VcpuCtx, cfg: &GuestConfig) -> GuestTrap;
+    /// What `load` saved of the host, for `put`.
+    type Saved;
+    /// Saves the host's EL1 state and EL2 configuration; installs the guest's.
+    fn load(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> Self::Saved;
+    /// Enters the loaded guest and returns at its next exit.
+    fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap;
+    /// Saves the guest's EL1 state into `ctx` and restores the host's.
+    fn put(&self, ctx: &mut VcpuCtx, saved: Self::Saved);
+    /// While loaded: copies the guest's live EL1 system registers into `ctx`.
+    fn el1_to_ctx(&self, ctx: &mut VcpuCtx);
+    /// While loaded: writes `ctx`'s EL1 system registers back to the CPU.
+    fn el1_from_ctx(&self, ctx: &VcpuCtx);
     /// New valid entries in a guest stage 2: `DSB ISHST` (the entry to the guest synchronises).
     fn guest_s2_mapped(&self);
     /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
@@ -519,15 +534,19 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             ctx.set_gpr(read.reg, v);
             ctx.pc = ctx.pc.wrapping_add(4);
         }
+        // Load once; from here to `put` nothing may return early.
+        let saved = arch.load(&ctx, &cfg);
+        let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
-            let trap = arch.run(&mut ctx, &cfg);
+            let trap = arch.run(&mut ctx);
             let me = (vm_slot, index as usize, nr_vcpus);
-            match self.handle_guest_exit(handle, me, &mut ctx, trap, arch) {
-                Next::Resume => continue,
-                Next::Exit(e) => return self.finish_run(cpu, e),
+            if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch) {
+                exit = e;
+                break;
             }
         }
-        self.finish_run(cpu, VcpuExit { reason: exit::IRQ, ..Default::default() })
+        arch.put(&mut ctx, saved);
+        self.finish_run(cpu, exit)
     }
 
     fn finish_run(&self, cpu: usize, e: VcpuExit) -> HypResult {
@@ -592,8 +611,12 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             }
             _ => {
                 // Anything EL2 does not emulate (system registers, FP/SIMD, SVE, pointer
-                // authentication, ...): the guest gets an UNDEF, as on hardware without it.
-                if inject_into_guest(ctx, Injection::Undef, esr, 0) {
+                // authentication, ...): the guest gets an UNDEF, as on hardware without it. The
+                // guest's EL1 registers are live in the CPU: edit them through the context.
+                arch.el1_to_ctx(ctx);
+                let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
+                arch.el1_from_ctx(ctx);
+                if ok {
                     Next::Resume
                 } else {
                     self.kill(handle, kill::BAD_EXCEPTION, 0)

@@ -289,6 +289,12 @@ pub fn trap_regs() -> TrapRegs {
     TrapRegs { esr: ESR_EL2.get(), far: FAR_EL2.get(), hpfar: HPFAR_EL2.get() }
 }
 
+/// Reads `ESR_EL2` alone (the hypercall path needs nothing else).
+#[inline(always)]
+pub fn esr_el2() -> u64 {
+    ESR_EL2.get()
+}
+
 /// `VBAR_EL1` of the interrupted lower EL.
 pub fn vbar_el1() -> u64 {
     VBAR_EL1.get()

@@ -1,13 +1,15 @@
 //! The world switch: from the host (inside a `VCPU_RUN` hypercall) into a guest and back.
 //!
-//! [`ArchMaintenance::run`] reads as a script of paired steps; the order matters and is
-//! commented where it does. EL2 itself never touches FP/SIMD (softfloat target) and guests
+//! `load` / `run` / `put` read as a script of paired steps; the order matters and is commented
+//! where it does. A `VCPU_RUN` loads the vCPU once, runs it as often as EL2 handles its exits
+//! itself (only GPRs, PC and PSTATE move then), and puts it back once. EL2 itself never touches FP/SIMD (softfloat target) and guests
 //! trap on FP/SIMD (`CPTR_EL2.TFP`), so no FP state moves yet.
 //!
 //! ```text
-//! save host EL1 state → guest traps → guest stage 2 → restore guest EL1 state
-//!   → __guest_enter (GPRs, ERET) … guest runs … vector → __guest_exit
-//! read syndrome → save guest EL1 state → restore host EL1 state → host traps + stage 2
+//! load: save host EL1 state → guest traps → guest stage 2 → restore guest EL1 state
+//! run (per exit): ELR/SPSR → __guest_enter (GPRs, ERET) … guest … vector → __guest_exit
+//!                 → read syndrome, PC, PSTATE
+//! put:  save guest EL1 state → restore host EL1 state → host traps + stage 2 → ISB
 //! ```
 
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
@@ -156,21 +158,41 @@ fn guest_vtcr(cfg: &GuestConfig) -> u64 {
     (host & !0xFF) | (64 - cfg.ipa_bits as u64) | sl0 << 6
 }
 
-impl ArchMaintenance {
-    fn enter(&self, ctx: &mut VcpuCtx, cfg: &GuestConfig) -> GuestTrap {
-        let cpu = super::cpu_index() % MAX_CPUS;
+/// What `load` saved of the host, for `put`.
+pub struct HostSaved {
+    sys: [u64; NR_SYSREGS],
+    extra: El1Extra,
+    hcr: u64,
+    cptr: u64,
+    mdcr: u64,
+    cnthctl: u64,
+    vtcr: u64,
+    vttbr: u64,
+    vmpidr: u64,
+}
 
+impl ArchMaintenance {
+    /// Steps 1–3 of the script: host out, guest traps, stage 2 and EL1 state in.
+    fn load_guest(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
         // 1. Host EL1 state, and the host's EL2 configuration to come back to.
-        let mut host_sys = [0u64; NR_SYSREGS];
-        save_el1_sysregs(&mut host_sys);
-        let host_extra = save_el1_extra();
-        let (host_hcr, host_cptr, host_mdcr, host_cnthctl) = (HCR_EL2.get(), CPTR_EL2.get(), MDCR_EL2.get(), CNTHCTL_EL2.get());
-        let (host_vtcr, host_vttbr, host_vmpidr) = (VTCR_EL2.get(), VTTBR_EL2.get(), VMPIDR_EL2.get());
+        let mut sys = [0u64; NR_SYSREGS];
+        save_el1_sysregs(&mut sys);
+        let saved = HostSaved {
+            sys,
+            extra: save_el1_extra(),
+            hcr: HCR_EL2.get(),
+            cptr: CPTR_EL2.get(),
+            mdcr: MDCR_EL2.get(),
+            cnthctl: CNTHCTL_EL2.get(),
+            vtcr: VTCR_EL2.get(),
+            vttbr: VTTBR_EL2.get(),
+            vmpidr: VMPIDR_EL2.get(),
+        };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
         //    order of steps 2 and 3 is free; stage 2 goes first so that guest stage-1 state is
         //    never paired with the host's VMID (what speculative-AT errata would care about).
-        let traps = guest_traps(host_mdcr, cfg);
+        let traps = guest_traps(saved.mdcr, cfg);
         HCR_EL2.set(traps.hcr);
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);
@@ -179,24 +201,26 @@ impl ArchMaintenance {
         VTCR_EL2.set(guest_vtcr(cfg));
         VTTBR_EL2.set(cfg.vttbr);
 
-        // 3. Guest EL1 state and where it resumes.
-        restore_el1_sysregs(&ctx.sys);
-        restore_el1_extra(&El1Extra { sp_el0: ctx.sp_el0, sp_el1: ctx.sp_el1, elr_el1: ctx.elr_el1, spsr_el1: ctx.spsr_el1 });
+        // 3. Guest EL1 state. No ISB: the ERET in __guest_enter is context synchronising, so
+        //    every register written here is in effect for the guest's first instruction.
+        self.el1_from_ctx(ctx);
+        saved
+    }
+
+    /// Step 4 and 5: enter, and read the exit's syndrome. Only GPRs, PC and PSTATE move.
+    fn enter(&self, ctx: &mut VcpuCtx) -> GuestTrap {
+        let cpu = super::cpu_index() % MAX_CPUS;
         ELR_EL2.set(ctx.pc);
         SPSR_EL2.set(ctx.pstate);
-        // No ISB here: the ERET in __guest_enter is context synchronising, so every register
-        // written above is in effect for the guest's first instruction.
-
-        // 4. Run. GUEST_CTX tells the vectors that an exit from a lower EL is this guest's.
         let mut host_save = [0u64; 14];
+        // GUEST_CTX tells the vectors that an exit from a lower EL is this guest's.
         GUEST_CTX[cpu].store(ctx as *mut VcpuCtx as u64, Ordering::Relaxed);
         // SAFETY: `ctx` is ours alone (a claimed vCPU), `host_save` outlives the call, and
         // __guest_enter returns only via __guest_exit, which restores callee-saved regs and SP.
         // The guest runs under its own stage 2 and the traps above: it cannot reach EL2 or host.
         let kind = unsafe { __guest_enter(ctx as *mut VcpuCtx as *mut u64, &mut host_save) };
         GUEST_CTX[cpu].store(0, Ordering::Relaxed);
-
-        // 5. Syndrome and guest PC/PSTATE, before anything can overwrite them.
+        // Syndrome and guest PC/PSTATE, before anything can overwrite them.
         let trap = GuestTrap {
             kind: match kind {
                 0 => TrapKind::Sync,
@@ -209,28 +233,27 @@ impl ArchMaintenance {
         };
         ctx.pc = ELR_EL2.get();
         ctx.pstate = SPSR_EL2.get();
-
-        // 6. Guest EL1 state out, host EL1 state back.
-        save_el1_sysregs(&mut ctx.sys);
-        let g = save_el1_extra();
-        (ctx.sp_el0, ctx.sp_el1, ctx.elr_el1, ctx.spsr_el1) = (g.sp_el0, g.sp_el1, g.elr_el1, g.spsr_el1);
-        restore_el1_sysregs(&host_sys);
-        restore_el1_extra(&host_extra);
-
-        // 7. Host traps and stage 2. (Here host stage-1 state briefly pairs with the guest's
-        //    VMID; EL1 does not run in between, which is all the architecture requires.)
-        VTTBR_EL2.set(host_vttbr);
-        VTCR_EL2.set(host_vtcr);
-        VMPIDR_EL2.set(host_vmpidr);
-        CNTHCTL_EL2.set(host_cnthctl);
-        MDCR_EL2.set(host_mdcr);
-        CPTR_EL2.set(host_cptr);
-        HCR_EL2.set(host_hcr);
-        // EL2 goes on to run Rust code that may fault on host memory (message page writes)
-        // and returns to the host by ERET; the ISB makes the host configuration effective now
-        // rather than at that ERET, so EL2 never runs with the guest's traps half in place.
-        isb();
         trap
+    }
+
+    /// Steps 6 and 7: guest EL1 state out, host's back, host traps and stage 2.
+    fn put_guest(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
+        self.el1_to_ctx(ctx);
+        restore_el1_sysregs(&saved.sys);
+        restore_el1_extra(&saved.extra);
+        // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
+        // between, which is all the architecture requires.)
+        VTTBR_EL2.set(saved.vttbr);
+        VTCR_EL2.set(saved.vtcr);
+        VMPIDR_EL2.set(saved.vmpidr);
+        CNTHCTL_EL2.set(saved.cnthctl);
+        MDCR_EL2.set(saved.mdcr);
+        CPTR_EL2.set(saved.cptr);
+        HCR_EL2.set(saved.hcr);
+        // EL2 goes on to run Rust code that writes host memory (the exit record) and returns
+        // to the host by ERET; the ISB makes the host configuration effective now rather than
+        // at that ERET, so EL2 never runs with the guest's traps half in place.
+        isb();
     }
 }
 
@@ -272,8 +295,29 @@ fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
 }
 
 impl GuestArch for ArchMaintenance {
-    fn run(&self, ctx: &mut VcpuCtx, cfg: &GuestConfig) -> GuestTrap {
-        self.enter(ctx, cfg)
+    type Saved = HostSaved;
+
+    fn load(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
+        self.load_guest(ctx, cfg)
+    }
+
+    fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap {
+        self.enter(ctx)
+    }
+
+    fn put(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
+        self.put_guest(ctx, saved)
+    }
+
+    fn el1_to_ctx(&self, ctx: &mut VcpuCtx) {
+        save_el1_sysregs(&mut ctx.sys);
+        let g = save_el1_extra();
+        (ctx.sp_el0, ctx.sp_el1, ctx.elr_el1, ctx.spsr_el1) = (g.sp_el0, g.sp_el1, g.elr_el1, g.spsr_el1);
+    }
+
+    fn el1_from_ctx(&self, ctx: &VcpuCtx) {
+        restore_el1_sysregs(&ctx.sys);
+        restore_el1_extra(&El1Extra { sp_el0: ctx.sp_el0, sp_el1: ctx.sp_el1, elr_el1: ctx.elr_el1, spsr_el1: ctx.spsr_el1 });
     }
 
     fn guest_s2_mapped(&self) {
@@ -295,7 +339,26 @@ impl GuestArch for ArchMaintenance {
     }
 
     fn scrub_page(&self, pa: PhysAddr) {
-        // SAFETY: the fixmap maps exactly one writable page at `p` for the closure.
-        with_fixmap(pa, |p| unsafe { core::ptr::write_bytes(p, 0, 4096) });
+        with_fixmap(pa, |p| {
+            let dczid: u64;
+            // SAFETY: reading DCZID_EL0 has no side effects.
+            unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+            let block = 4u64 << (dczid & 0xF);
+            if dczid & (1 << 4) != 0 || block > 2048 {
+                // DC ZVA prohibited (DZP) or implausible: plain stores.
+                // SAFETY: the fixmap maps exactly one writable page at `p` for the closure.
+                unsafe { core::ptr::write_bytes(p, 0, 4096) };
+                return;
+            }
+            let mut a = p as u64;
+            while a < p as u64 + 4096 {
+                // SAFETY: `a` lies in the page the fixmap maps writable (Normal memory, as
+                // DC ZVA requires) for this closure; it zeroes one naturally aligned block.
+                unsafe { asm!("dc zva, {}", in(reg) a, options(nostack, preserves_flags)) };
+                a += block;
+            }
+            // The zeroes are complete before the slot is unmapped and the page given away.
+            dsb_ish();
+        });
     }
 }
