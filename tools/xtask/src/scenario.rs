@@ -14,6 +14,7 @@
 //! allow = EL2 FATAL          # drop a default forbidden line (for scenarios that provoke it)
 //! image = test               # boot the EL2 image with test-only hypercalls (default: release)
 //! guest = regs               # the guest image staged for the host (default: demo)
+//! icount = on                # run QEMU with -icount shift=0 (exact PMU instruction counts)
 //! ```
 //!
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
@@ -39,6 +40,7 @@ struct Scenario {
     allow: Vec<String>,
     test_image: bool,
     guest: String,
+    icount: bool,
 }
 
 fn parse(text: &str) -> Result<Vec<Scenario>, String> {
@@ -65,6 +67,7 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "forbid" => s.forbid.push(v),
             "allow" => s.allow.push(v),
             "guest" => s.guest = v,
+            "icount" => s.icount = v == "on",
             "image" => {
                 s.test_image = match v.as_str() {
                     "test" => true,
@@ -84,7 +87,11 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
         Ok(g) => g,
         Err(e) => return (Err(e), vec![]),
     };
-    let mut child = match qemu_command(images, s.smp, &s.args, &guest)
+    let mut cmd = qemu_command(images, s.smp, &s.args, &guest);
+    if s.icount {
+        cmd.args(["-icount", "shift=0"]);
+    }
+    let mut child = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
