@@ -12,6 +12,8 @@ pub mod ec {
     pub const UNKNOWN: u8 = 0x00;
     /// WFI or WFE.
     pub const WFX: u8 = 0x01;
+    /// FP/SIMD access trapped (here: by `CPTR_EL2.TFP`).
+    pub const FP: u8 = 0x07;
     /// HVC in AArch64 state.
     pub const HVC64: u8 = 0x16;
     /// SMC in AArch64 state (trapped by `HCR_EL2.TSC`; `ELR_EL2` points *at* the SMC).

@@ -228,7 +228,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             HypercallId::VmCreate => self.vm_create(cpu),
             HypercallId::VmDestroy => self.vm_destroy(x[1], m),
             HypercallId::VmAddMemory => self.vm_add_memory(x[1], x[2], x[3], x[4], m),
-            HypercallId::VcpuSetReg => self.vcpu_set_reg(x[1], x[2], x[3], x[4]),
+            HypercallId::VcpuSetReg => self.vcpu_set_reg(x[1], x[2], x[3], (x[4], x[5])),
             HypercallId::VcpuGetReg => self.vcpu_get_reg(x[1], x[2], x[3]),
             HypercallId::VcpuRegList => self.vcpu_reg_list(cpu, x[1], x[2]),
             HypercallId::VcpuRun => self.vcpu_run(cpu, x[1], x[2], x[3], m),
@@ -349,6 +349,12 @@ pub(crate) mod tests {
             self.0.borrow_mut().push("put");
         }
         fn el1_to_ctx(&self, _: &mut crate::vcpu::VcpuCtx) {}
+        fn fp_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
+            let mut log = self.0.borrow_mut();
+            let first = !log.contains(&"fp_load");
+            log.push("fp_load");
+            first
+        }
         fn el1_from_ctx(&self, _: &crate::vcpu::VcpuCtx) {}
         fn run(&self, ctx: &mut crate::vcpu::VcpuCtx) -> crate::vm::GuestTrap {
             self.0.borrow_mut().push("run");

@@ -39,6 +39,8 @@ pub struct VcpuCtx {
     pub spsr_el1: u64,
     /// EL1/EL0 system registers, in [`reg::SYSREGS`] order.
     pub sys: [u64; NR_SYSREGS],
+    /// FP/SIMD registers (loaded lazily, see `arch::switch`).
+    pub fp: FpRegs,
     /// An MMIO read waiting for the host's value.
     pub pending_read: Option<MmioAccess>,
 }
@@ -48,6 +50,29 @@ const _: () = {
     assert!(offset_of!(VcpuCtx, host_save) == 248);
 };
 
+/// FP/SIMD state: `V0..V31` (low 64 bits, high 64 bits each), `FPSR`, `FPCR`. The layout is
+/// what the save/restore assembly uses (offsets 0, 512, 520).
+#[repr(C)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FpRegs {
+    /// `Vn` = `v[2n]` (bits 63:0) and `v[2n+1]` (bits 127:64).
+    pub v: [u64; 64],
+    /// `FPSR`.
+    pub fpsr: u64,
+    /// `FPCR`.
+    pub fpcr: u64,
+}
+
+impl FpRegs {
+    /// All zero.
+    pub const ZERO: FpRegs = FpRegs { v: [0; 64], fpsr: 0, fpcr: 0 };
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<FpRegs>() == 528);
+    assert!(offset_of!(FpRegs, fpsr) == 512);
+};
+
 /// Errors of register access by ID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegError {
@@ -55,6 +80,8 @@ pub enum RegError {
     Unknown,
     /// A register that cannot be written (e.g. `MPIDR_EL1`).
     ReadOnly,
+    /// A value wider than the register.
+    TooWide,
 }
 
 impl VcpuCtx {
@@ -72,6 +99,7 @@ impl VcpuCtx {
             elr_el1: 0,
             spsr_el1: 0,
             sys,
+            fp: FpRegs::ZERO,
             pending_read: None,
         }
     }
@@ -99,27 +127,50 @@ impl VcpuCtx {
         })
     }
 
-    /// Reads register `id` of vCPU number `index`.
+    /// Reads register `id` of vCPU number `index`: `(bits 63:0, bits 127:64)` (the high half
+    /// is zero but for 128-bit registers).
     ///
     /// # Errors
     /// [`RegError::Unknown`] for IDs not in [`register_ids`].
-    pub fn get(&mut self, index: usize, id: u64) -> Result<u64, RegError> {
+    pub fn get(&mut self, index: usize, id: u64) -> Result<(u64, u64), RegError> {
         if id == reg::MPIDR_EL1 {
-            return Ok(vmpidr(index));
+            return Ok((vmpidr(index), 0));
         }
-        self.core_slot(id).map(|r| *r).ok_or(RegError::Unknown)
+        if let Some(n) = reg::fp_vreg_index(id) {
+            return Ok((self.fp.v[2 * n], self.fp.v[2 * n + 1]));
+        }
+        match id {
+            reg::FPSR => return Ok((self.fp.fpsr, 0)),
+            reg::FPCR => return Ok((self.fp.fpcr, 0)),
+            _ => {}
+        }
+        self.core_slot(id).map(|r| (*r, 0)).ok_or(RegError::Unknown)
     }
 
-    /// Writes register `id`.
+    /// Writes register `id` with `(bits 63:0, bits 127:64)`.
     ///
     /// # Errors
     /// [`RegError::Unknown`] for IDs not in [`register_ids`], [`RegError::ReadOnly`] for
-    /// `MPIDR_EL1`.
-    pub fn set(&mut self, id: u64, value: u64) -> Result<(), RegError> {
+    /// `MPIDR_EL1`, [`RegError::TooWide`] for a non-zero high half of a register narrower than
+    /// 128 bits (or a 32-bit register given more than 32 bits).
+    pub fn set(&mut self, id: u64, (lo, hi): (u64, u64)) -> Result<(), RegError> {
         if id == reg::MPIDR_EL1 {
             return Err(RegError::ReadOnly);
         }
-        *self.core_slot(id).ok_or(RegError::Unknown)? = value;
+        if let Some(n) = reg::fp_vreg_index(id) {
+            self.fp.v[2 * n] = lo;
+            self.fp.v[2 * n + 1] = hi;
+            return Ok(());
+        }
+        if hi != 0 {
+            return Err(RegError::TooWide);
+        }
+        match id {
+            reg::FPSR | reg::FPCR if lo >> 32 != 0 => return Err(RegError::TooWide),
+            reg::FPSR => self.fp.fpsr = lo,
+            reg::FPCR => self.fp.fpcr = lo,
+            _ => *self.core_slot(id).ok_or(RegError::Unknown)? = lo,
+        }
         Ok(())
     }
 
@@ -154,6 +205,8 @@ pub fn register_ids() -> impl Iterator<Item = u64> {
         .chain([reg::SP_EL0, reg::PC, reg::PSTATE, reg::SP_EL1, reg::ELR_EL1, reg::SPSR_EL1])
         .chain(reg::SYSREGS.iter().map(|s| s.1))
         .chain([reg::MPIDR_EL1])
+        .chain((0..32).map(reg::fp_vreg))
+        .chain([reg::FPSR, reg::FPCR])
 }
 
 /// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
@@ -318,17 +371,30 @@ mod tests {
     fn registers_by_kvm_id() {
         let mut c = VcpuCtx::new();
         for n in 0..31 {
-            c.set(reg::x(n), 0x1000 + n).unwrap();
+            c.set(reg::x(n), (0x1000 + n, 0)).unwrap();
         }
-        c.set(reg::PC, 0x4008_0000).unwrap();
-        c.set(reg::SYSREGS[12].1, 0xAAAA_0000).unwrap(); // VBAR_EL1
+        c.set(reg::PC, (0x4008_0000, 0)).unwrap();
+        c.set(reg::SYSREGS[12].1, (0xAAAA_0000, 0)).unwrap(); // VBAR_EL1
         assert_eq!(c.x[7], 0x1007);
-        assert_eq!(c.get(0, reg::x(30)), Ok(0x101E));
-        assert_eq!(c.get(0, reg::PC), Ok(0x4008_0000));
+        assert_eq!(c.get(0, reg::x(30)), Ok((0x101E, 0)));
+        assert_eq!(c.get(0, reg::PC), Ok((0x4008_0000, 0)));
         assert_eq!(c.sys[12], 0xAAAA_0000);
-        assert_eq!(c.get(0, reg::PSTATE), Ok(PSTATE_RESET));
-        assert_eq!(c.get(0, reg::SYSREGS[0].1), Ok(SCTLR_EL1_RESET));
-        assert_eq!(c.get(3, reg::MPIDR_EL1), Ok(0x8000_0003));
+        assert_eq!(c.get(0, reg::PSTATE), Ok((PSTATE_RESET, 0)));
+        assert_eq!(c.get(0, reg::SYSREGS[0].1), Ok((SCTLR_EL1_RESET, 0)));
+        assert_eq!(c.get(3, reg::MPIDR_EL1), Ok((0x8000_0003, 0)));
+    }
+
+    #[test]
+    fn fp_registers_are_128_bit() {
+        let mut c = VcpuCtx::new();
+        c.set(reg::fp_vreg(31), (1, 2)).unwrap();
+        assert_eq!((c.fp.v[62], c.fp.v[63]), (1, 2));
+        assert_eq!(c.get(0, reg::fp_vreg(31)), Ok((1, 2)));
+        c.set(reg::FPCR, (0x0300_0000, 0)).unwrap();
+        assert_eq!(c.get(0, reg::FPCR), Ok((0x0300_0000, 0)));
+        assert_eq!(c.set(reg::FPSR, (1 << 32, 0)), Err(RegError::TooWide));
+        assert_eq!(c.set(reg::PC, (0, 1)), Err(RegError::TooWide));
+        assert_eq!(c.pc, 0, "refused writes change nothing");
     }
 
     #[test]
@@ -336,9 +402,9 @@ mod tests {
         let mut c = VcpuCtx::new();
         for id in [0, u64::MAX, reg::core(1), reg::core(62 + 200), reg::sysreg(3, 4, 1, 1, 0), reg::FW_PSCI_VERSION] {
             assert_eq!(c.get(0, id), Err(RegError::Unknown), "{id:#x}");
-            assert_eq!(c.set(id, 1), Err(RegError::Unknown), "{id:#x}");
+            assert_eq!(c.set(id, (1, 0)), Err(RegError::Unknown), "{id:#x}");
         }
-        assert_eq!(c.set(reg::MPIDR_EL1, 1), Err(RegError::ReadOnly));
+        assert_eq!(c.set(reg::MPIDR_EL1, (1, 0)), Err(RegError::ReadOnly));
         let before = c.clone();
         assert_eq!(before.x, c.x);
     }
@@ -347,7 +413,7 @@ mod tests {
     fn register_list_is_complete_and_gettable() {
         let mut c = VcpuCtx::new();
         let ids: std::vec::Vec<u64> = register_ids().collect();
-        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1);
+        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34);
         assert!(ids.len() <= shared_abi::msg::MAX_REG_IDS);
         for id in ids {
             assert!(c.get(0, id).is_ok(), "{id:#x}");

@@ -279,6 +279,10 @@ pub trait GuestArch: Maintenance {
     fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap;
     /// Saves the guest's EL1 state into `ctx` and restores the host's.
     fn put(&self, ctx: &mut VcpuCtx, saved: Self::Saved);
+    /// The guest's first FP/SIMD use in this run (its access trapped): stop trapping FP/SIMD,
+    /// save the host's FP/SIMD registers in `saved` and load the guest's from `ctx`; `put`
+    /// swaps them back. `false` if they are already loaded (the trap is then not ours to fix).
+    fn fp_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
     /// While loaded: copies the guest's live EL1 system registers into `ctx`.
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx);
     /// While loaded: writes `ctx`'s EL1 system registers back to the CPU.
@@ -316,6 +320,7 @@ fn vm_err(e: RegError) -> HypError {
     match e {
         RegError::Unknown => HypError::UnknownRegister,
         RegError::ReadOnly => HypError::Denied,
+        RegError::TooWide => HypError::InvalidArgument,
     }
 }
 
@@ -465,7 +470,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// `VCPU_SET_REG`.
-    pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: u64) -> HypResult {
+    pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
         let mut g = self.claim_for_host(handle, index)?;
         g.set(id, value).map_err(vm_err)?;
         Ok([0; 3])
@@ -474,7 +479,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// `VCPU_GET_REG`.
     pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
         let mut g = self.claim_for_host(handle, index)?;
-        Ok([g.get(index as usize, id).map_err(vm_err)?, 0, 0])
+        let (lo, hi) = g.get(index as usize, id).map_err(vm_err)?;
+        Ok([lo, hi, 0])
     }
 
     /// `VCPU_REG_LIST`.
@@ -535,12 +541,12 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             ctx.pc = ctx.pc.wrapping_add(4);
         }
         // Load once; from here to `put` nothing may return early.
-        let saved = arch.load(&ctx, &cfg);
+        let mut saved = arch.load(&ctx, &cfg);
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
             let trap = arch.run(&mut ctx);
             let me = (vm_slot, index as usize, nr_vcpus);
-            if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch) {
+            if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
                 exit = e;
                 break;
             }
@@ -563,7 +569,15 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// Handles one guest exit of vCPU `me = (vm slot, vCPU index, number of vCPUs)`.
-    fn handle_guest_exit(&self, handle: u64, me: (usize, usize, usize), ctx: &mut VcpuCtx, trap: GuestTrap, arch: &impl GuestArch) -> Next {
+    fn handle_guest_exit<A: GuestArch>(
+        &self,
+        handle: u64,
+        me: (usize, usize, usize),
+        ctx: &mut VcpuCtx,
+        trap: GuestTrap,
+        arch: &A,
+        saved: &mut A::Saved,
+    ) -> Next {
         match trap.kind {
             TrapKind::Irq => return Next::Exit(VcpuExit { reason: exit::IRQ, ..Default::default() }),
             TrapKind::SError => return self.kill(handle, kill::BAD_EXCEPTION, 0),
@@ -575,6 +589,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 ctx.pc = ctx.pc.wrapping_add(4);
                 Next::Exit(VcpuExit { reason: exit::WFX, ..Default::default() })
             }
+            // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
+            // instruction is retried (PC unchanged).
+            ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
             ec::HVC64 | ec::SMC64 => {
                 if esr.ec() == ec::SMC64 {
                     // A trapped SMC's preferred return address is the SMC itself.

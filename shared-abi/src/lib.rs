@@ -131,9 +131,11 @@ hypercalls! {
     /// access), *shared* with a non-protected one (the host keeps it). Mapped in the guest's
     /// stage 2 when the guest first touches each page.
     VmAddMemory = 8, Any;
-    /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID ([`reg`]), `x4` = value.
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID ([`reg`]), `x4` = value (bits
+    /// 63:0), `x5` = bits 127:64 for 128-bit registers (zero otherwise).
     VcpuSetReg = 9, Any;
-    /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID. `x1` = the value.
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID. `x1` = the value (bits 63:0),
+    /// `x2` = bits 127:64 of a 128-bit register.
     VcpuGetReg = 10, Any;
     /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::RegList`] to the message page.
     VcpuRegList = 11, Any;
@@ -157,7 +159,8 @@ impl HypercallId {
             HypercallId::SetMessagePage | HypercallId::VcpuRegList => 2,
             HypercallId::VmCreate => 0,
             HypercallId::VcpuGetReg | HypercallId::VcpuRun => 3,
-            HypercallId::VmAddMemory | HypercallId::VcpuSetReg => 4,
+            HypercallId::VmAddMemory => 4,
+            HypercallId::VcpuSetReg => 5,
         }
     }
 }

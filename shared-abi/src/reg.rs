@@ -74,6 +74,29 @@ pub const SYSREGS: [(&str, u64); 21] = [
     ("CNTV_CVAL_EL0", sysreg(3, 3, 14, 3, 2)),
 ];
 
+/// Size field: 128 bits.
+pub const KVM_REG_SIZE_U128: u64 = 0x0040_0000_0000_0000;
+/// Size field: 32 bits.
+pub const KVM_REG_SIZE_U32: u64 = 0x0020_0000_0000_0000;
+
+/// FP/SIMD register `Vn` (`n` in 0..=31), 128 bits (`fp_regs.vregs[n]` of `struct kvm_regs`).
+/// `VCPU_SET_REG` takes bits 63:0 in `x4` and bits 127:64 in `x5`; `VCPU_GET_REG` returns them
+/// in `x1` and `x2`.
+pub const fn fp_vreg(n: u64) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE | (82 + 4 * n)
+}
+/// `FPSR`, 32 bits.
+pub const FPSR: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U32 | KVM_REG_ARM_CORE | 210;
+/// `FPCR`, 32 bits.
+pub const FPCR: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U32 | KVM_REG_ARM_CORE | 211;
+
+/// `n` if `id` is [`fp_vreg`]`(n)`.
+pub fn fp_vreg_index(id: u64) -> Option<usize> {
+    let base = fp_vreg(0);
+    let off = id.checked_sub(base)?;
+    (off % 4 == 0 && off / 4 < 32).then_some((off / 4) as usize)
+}
+
 /// `MPIDR_EL1` as the vCPU sees it (read-only: Aff0 = vCPU index).
 pub const MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
 
@@ -100,6 +123,9 @@ pub fn name(id: u64) -> Option<&'static str> {
         SPSR_EL1 => Some("SPSR_EL1"),
         MPIDR_EL1 => Some("MPIDR_EL1"),
         FW_PSCI_VERSION => Some("KVM_REG_ARM_PSCI_VERSION"),
+        FPSR => Some("FPSR"),
+        FPCR => Some("FPCR"),
+        _ if fp_vreg_index(id).is_some() => Some("V<n>"),
         _ if id & !0xFF == core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => Some(X[(id as usize & 0xFF) / 2]),
         _ => sysreg_index(id).map(|i| SYSREGS[i].0),
     }
@@ -121,12 +147,20 @@ mod tests {
         assert_eq!(SYSREGS[0].1, 0x6030_0000_0013_C080, "SCTLR_EL1");
         assert_eq!(MPIDR_EL1, 0x6030_0000_0013_C005);
         assert_eq!(FW_PSCI_VERSION, 0x6030_0000_0014_0000);
+        assert_eq!(fp_vreg(0), 0x6040_0000_0010_0052);
+        assert_eq!(fp_vreg(31), 0x6040_0000_0010_00CE);
+        assert_eq!(FPSR, 0x6020_0000_0010_00D2);
+        assert_eq!(FPCR, 0x6020_0000_0010_00D3);
+        assert_eq!(fp_vreg_index(fp_vreg(7)), Some(7));
+        assert_eq!(fp_vreg_index(fp_vreg(7) + 1), None);
+        assert_eq!(fp_vreg_index(fp_vreg(32)), None);
     }
 
     #[test]
     fn every_id_is_distinct_and_named() {
         let mut all: std::vec::Vec<u64> = (0..31).map(x).collect();
-        all.extend([SP_EL0, PC, PSTATE, SP_EL1, ELR_EL1, SPSR_EL1, MPIDR_EL1, FW_PSCI_VERSION]);
+        all.extend([SP_EL0, PC, PSTATE, SP_EL1, ELR_EL1, SPSR_EL1, MPIDR_EL1, FW_PSCI_VERSION, FPSR, FPCR]);
+        all.extend((0..32).map(fp_vreg));
         all.extend(SYSREGS.iter().map(|s| s.1));
         for (i, a) in all.iter().enumerate() {
             assert!(name(*a).is_some(), "{a:#x} has no name");

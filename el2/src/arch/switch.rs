@@ -15,7 +15,7 @@
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
 use crate::addr::PhysAddr;
 use crate::platform::MAX_CPUS;
-use crate::vcpu::{VcpuCtx, NR_SYSREGS};
+use crate::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
 use crate::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
@@ -26,7 +26,66 @@ use core::sync::atomic::{AtomicU64, Ordering};
 #[no_mangle]
 pub static GUEST_CTX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
+// FP/SIMD save and restore. EL2 is built without FP (softfloat); these are its only FP
+// instructions, run with CPTR_EL2.TFP clear. x0 = &FpRegs (V0..V31 at 0, FPSR at 512, FPCR 520).
+core::arch::global_asm!(
+    r#"
+.arch_extension fp
+.arch_extension simd
+.global __fp_save
+__fp_save:
+    stp q0, q1, [x0, #0]
+    stp q2, q3, [x0, #32]
+    stp q4, q5, [x0, #64]
+    stp q6, q7, [x0, #96]
+    stp q8, q9, [x0, #128]
+    stp q10, q11, [x0, #160]
+    stp q12, q13, [x0, #192]
+    stp q14, q15, [x0, #224]
+    stp q16, q17, [x0, #256]
+    stp q18, q19, [x0, #288]
+    stp q20, q21, [x0, #320]
+    stp q22, q23, [x0, #352]
+    stp q24, q25, [x0, #384]
+    stp q26, q27, [x0, #416]
+    stp q28, q29, [x0, #448]
+    stp q30, q31, [x0, #480]
+    mrs x1, fpsr
+    mrs x2, fpcr
+    add x0, x0, #512
+    stp x1, x2, [x0]
+    ret
+.global __fp_restore
+__fp_restore:
+    ldp q0, q1, [x0, #0]
+    ldp q2, q3, [x0, #32]
+    ldp q4, q5, [x0, #64]
+    ldp q6, q7, [x0, #96]
+    ldp q8, q9, [x0, #128]
+    ldp q10, q11, [x0, #160]
+    ldp q12, q13, [x0, #192]
+    ldp q14, q15, [x0, #224]
+    ldp q16, q17, [x0, #256]
+    ldp q18, q19, [x0, #288]
+    ldp q20, q21, [x0, #320]
+    ldp q22, q23, [x0, #352]
+    ldp q24, q25, [x0, #384]
+    ldp q26, q27, [x0, #416]
+    ldp q28, q29, [x0, #448]
+    ldp q30, q31, [x0, #480]
+    add x0, x0, #512
+    ldp x1, x2, [x0]
+    msr fpsr, x1
+    msr fpcr, x2
+    ret
+"#
+);
+
 extern "C" {
+    /// Stores V0..V31, FPSR, FPCR at `to`. Needs `CPTR_EL2.TFP` clear.
+    fn __fp_save(to: *mut FpRegs);
+    /// Loads V0..V31, FPSR, FPCR from `from`. Needs `CPTR_EL2.TFP` clear.
+    fn __fp_restore(from: *const FpRegs);
     /// Saves EL2's callee-saved registers in `host_save`, loads the guest GPRs from `ctx` and
     /// enters the guest; returns (through `__guest_exit`) the exit kind: 0 synchronous, 1 IRQ,
     /// 2 FIQ, 3 SError.
@@ -103,7 +162,8 @@ fn restore_el1_extra(e: &El1Extra) {
 
 /// Trap configuration for guests, built in this one place. Deny by default: every guest gets
 /// stage 2; IRQ/FIQ/SError go to EL2 (so the host gets its CPU back); SMC, WFI/WFE,
-/// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD/SVE/SME, PMU (unless the VM has the opt-in
+/// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD (until the first use in each run, when EL2
+/// loads the guest's FP/SIMD registers and stops trapping), SVE/SME, PMU (unless the VM has the opt-in
 /// `HOST_PMU` flag, never for protected VMs) and debug registers, and the EL1 physical timer
 /// trap. Pointer authentication (`HCR_EL2.API/APK` clear) and allocation
 /// tags (`HCR_EL2.ATA` clear) are unavailable. Everything trapped that EL2 does not emulate
@@ -114,6 +174,9 @@ struct GuestTraps {
     mdcr: u64,
     cnthctl: u64,
 }
+
+/// `CPTR_EL2.TFP`: trap FP/SIMD.
+const CPTR_TFP: u64 = 1 << 10;
 
 fn guest_traps(host_mdcr: u64, cfg: &GuestConfig) -> GuestTraps {
     const VM: u64 = 1 << 0;
@@ -127,7 +190,6 @@ fn guest_traps(host_mdcr: u64, cfg: &GuestConfig) -> GuestTraps {
     const TIDCP: u64 = 1 << 20;
     const TACR: u64 = 1 << 21;
     const RW: u64 = 1 << 31;
-    const CPTR_TFP: u64 = 1 << 10;
     const MDCR_TPMCR: u64 = 1 << 5;
     const MDCR_TPM: u64 = 1 << 6;
     const MDCR_TDA: u64 = 1 << 9;
@@ -169,6 +231,11 @@ pub struct HostSaved {
     vtcr: u64,
     vttbr: u64,
     vmpidr: u64,
+    /// The guest's FP/SIMD registers are loaded (the host's are in `host_fp`).
+    fp_loaded: bool,
+    host_fp: FpRegs,
+    /// CPTR_EL2 for the guest once its FP/SIMD is loaded.
+    guest_cptr_fp: u64,
 }
 
 impl ArchMaintenance {
@@ -187,12 +254,17 @@ impl ArchMaintenance {
             vtcr: VTCR_EL2.get(),
             vttbr: VTTBR_EL2.get(),
             vmpidr: VMPIDR_EL2.get(),
+            fp_loaded: false,
+            host_fp: FpRegs::ZERO,
+            guest_cptr_fp: 0,
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
         //    order of steps 2 and 3 is free; stage 2 goes first so that guest stage-1 state is
         //    never paired with the host's VMID (what speculative-AT errata would care about).
         let traps = guest_traps(saved.mdcr, cfg);
+        let mut saved = saved;
+        saved.guest_cptr_fp = traps.cptr & !CPTR_TFP;
         HCR_EL2.set(traps.hcr);
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);
@@ -236,9 +308,17 @@ impl ArchMaintenance {
         trap
     }
 
-    /// Steps 6 and 7: guest EL1 state out, host's back, host traps and stage 2.
+    /// Steps 6 and 7: guest EL1 (and FP/SIMD, if loaded) state out, host's back, host traps and
+    /// stage 2.
     fn put_guest(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
         self.el1_to_ctx(ctx);
+        if saved.fp_loaded {
+            // SAFETY: CPTR_EL2.TFP is clear since fp_load; both areas are valid FpRegs.
+            unsafe {
+                __fp_save(&mut ctx.fp);
+                __fp_restore(&saved.host_fp);
+            }
+        }
         restore_el1_sysregs(&saved.sys);
         restore_el1_extra(&saved.extra);
         // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
@@ -307,6 +387,22 @@ impl GuestArch for ArchMaintenance {
 
     fn put(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
         self.put_guest(ctx, saved)
+    }
+
+    fn fp_load(&self, ctx: &VcpuCtx, saved: &mut HostSaved) -> bool {
+        if saved.fp_loaded {
+            return false;
+        }
+        CPTR_EL2.set(saved.guest_cptr_fp);
+        // The CPTR_EL2.TFP clear is in effect before EL2's own FP/SIMD accesses below.
+        isb();
+        // SAFETY: FP/SIMD is untrapped at EL2 now; both areas are valid FpRegs.
+        unsafe {
+            __fp_save(&mut saved.host_fp);
+            __fp_restore(&ctx.fp);
+        }
+        saved.fp_loaded = true;
+        true
     }
 
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx) {

@@ -21,6 +21,7 @@ const ROWS: &[Row] = &[
     Row { key: "host_null_hvc", operation: "host null hypercall round trip (PING)", target: Some(100), target_text: "<= 100" },
     Row { key: "guest_smccc_version", operation: "guest SMCCC_VERSION, served in EL2", target: Some(150), target_text: "<= 150" },
     Row { key: "guest_mmio_read", operation: "guest MMIO read emulated by the host", target: Some(1200), target_text: "<= 1200" },
+    Row { key: "guest_mmio_read_fp", operation: "guest MMIO read with the guest's FP/SIMD live (lazy FP switch)", target: None, target_text: "FP moves only" },
     Row { key: "guest_first_touch", operation: "guest first touch of a 4 KiB page", target: Some(400), target_text: "<= 400" },
     Row { key: "guest_first_touch_mte", operation: "guest first touch of a 4 KiB page, MTE VM", target: Some(600), target_text: "<= 600" },
     Row { key: "world_switch_plain", operation: "world switch round trip, plain (PSCI_VERSION)", target: None, target_text: "own moves only" },

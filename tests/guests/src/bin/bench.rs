@@ -56,6 +56,17 @@ fn main(_dtb: u64) {
         // SAFETY: an MMIO read of an unassigned address: the host answers 0.
         unsafe { core::ptr::read_volatile(UNASSIGNED as *const u64) };
     });
+    // The same exit with the guest's FP/SIMD live: each round trip through the host puts the
+    // guest's FP registers away and the next FP use traps and loads them again.
+    // SAFETY: enabling FP/SIMD at EL1 for this guest.
+    unsafe { core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack)) };
+    measure("guest_mmio_read_fp", overhead, |_| {
+        // SAFETY: an FP/SIMD move into V0 (unused by this softfloat guest), then the MMIO read.
+        unsafe {
+            core::arch::asm!(".arch_extension fp", "fmov d0, xzr", options(nostack));
+            core::ptr::read_volatile(UNASSIGNED as *const u64);
+        }
+    });
     measure("guest_first_touch", overhead, |i| {
         // SAFETY: page `i` of a 4 MiB stretch of this guest's RAM that nothing else uses.
         unsafe { core::ptr::write_volatile((TOUCH_BASE + i as u64 * 4096) as *mut u64, 1) };

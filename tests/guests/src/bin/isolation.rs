@@ -58,16 +58,16 @@ fn traps() {
         unsafe { core::arch::asm!("mrs {}, pmcr_el0", out(reg) _, options(nostack)) };
     });
     expect_undef("PMCR_EL0 read", pmcr);
-    // FP/SIMD traps to EL2 (CPTR_EL2.TFP) until lazy FP switching lands. The guest's own
-    // trap (CPACR_EL1.FPEN) would win over EL2's, so enable FP at EL1 first.
-    // SAFETY: setting CPACR_EL1.FPEN only affects FP/SIMD instructions, tested right below.
-    unsafe { core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack)) };
-    let fp = guests::trapped(|| {
-        // SAFETY: `fmov d0, xzr`, encoded: it either runs (and clobbers only d0, which this
-        // softfloat guest never uses) or takes the exception the vectors handle.
-        unsafe { core::arch::asm!(".inst 0x9e6703e0", options(nostack)) };
+    // SVE traps to EL2 (CPTR_EL2.TZ): EL2 does not switch SVE state. The guest's own trap
+    // (CPACR_EL1.ZEN and .FPEN) would win over EL2's, so enable both at EL1 first.
+    // SAFETY: setting CPACR_EL1.ZEN only affects SVE instructions, tested right below.
+    unsafe { core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 16)", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack)) };
+    let sve = guests::trapped(|| {
+        // SAFETY: `rdvl x0, #1`, encoded; it either runs (clobbering x0, declared) or takes the
+        // exception the vectors handle.
+        unsafe { core::arch::asm!(".inst 0x04bf5020", out("x0") _, options(nostack)) };
     });
-    expect_undef("FP instruction", fp);
+    expect_undef("SVE instruction", sve);
     // The host's hypercall ABI is not the guest's: EL2 answers NOT_SUPPORTED.
     let r = smccc::hvc64(0xC600_0000, [0; 17])[0];
     if r != u64::MAX {
