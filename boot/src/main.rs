@@ -242,7 +242,9 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         log::error!("EL2 start-up failed: {e}");
         arch::park();
     }
-    match Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, pool, &VCPUS) {
+    let fw = el2::fwreg::Provided::from_id_regs(arch::id_aa64pfr0(), arch::id_aa64mmfr1());
+    log::info!("firmware workarounds provided: WA1 {} WA2 {} WA3 {}", fw.wa1, fw.wa2, fw.wa3);
+    match Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, pool, &VCPUS, fw) {
         Ok(h) => {
             HYP.call_once(|| h);
         }

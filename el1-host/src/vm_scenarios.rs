@@ -79,6 +79,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-isolation" => isolation(plat),
         "vm-regs" => regs(plat),
         "vm-bad-args" => bad_args(plat),
+        "vm-fwregs" => fwregs(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -457,4 +458,27 @@ fn bad_args(plat: &Platform) {
     destroy(&vm);
     check!(hvc::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving after hostile VM calls");
+}
+
+/// Firmware pseudo-registers as a VMM restoring a VM would use them.
+fn fwregs(plat: &Platform) {
+    const PSCI_VERSION: u64 = reg::FW_PSCI_VERSION;
+    let (wa1, wa2, wa3) = (PSCI_VERSION + 1, PSCI_VERSION + 2, PSCI_VERSION + 3);
+    let vm = start(plat, 1, false);
+    let get = |id: u64| hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]).map(|r| r[0]);
+    let set = |id: u64, v: u64| hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, id, v, 0]);
+    let levels = (get(wa1), get(wa2), get(wa3));
+    check!(get(PSCI_VERSION) == Ok(0x10001), "PSCI_VERSION register {:?}", get(PSCI_VERSION));
+    println!("host: ok: firmware registers: PSCI 1.1, workaround levels {levels:?}");
+    expect_err!(set(wa1, 1 << 8), HypError::InvalidArgument, "WORKAROUND_1 with unknown bits");
+    expect_err!(set(wa2, 0x10), HypError::InvalidArgument, "WORKAROUND_2 ENABLED without AVAIL");
+    expect_err!(set(PSCI_VERSION, 0x10005), HypError::InvalidArgument, "PSCI_VERSION 1.5");
+    expect_err!(set(PSCI_VERSION + 4, 0), HypError::UnknownRegister, "firmware register 4");
+    check!(set(wa1, 0).is_ok(), "WORKAROUND_1 = NOT_AVAIL (never more than provided) refused");
+    check!(set(PSCI_VERSION, 0x10000).is_ok(), "PSCI_VERSION = 1.0 refused");
+    println!("host: ok: compatible restore accepted (PSCI 1.0)");
+    run_to_off(plat, &vm, &mut NoDevice);
+    check!(set(PSCI_VERSION, 0x10000).is_ok(), "identical write after the first run refused");
+    expect_err!(set(PSCI_VERSION, 0x10001), HypError::Busy, "changing PSCI_VERSION after the first run");
+    destroy(&vm);
 }

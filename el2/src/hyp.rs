@@ -85,6 +85,8 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) vcpus: &'a VcpuTable,
     /// Table pages kept for the host's stage 2: guest stage-2 tables may not use them.
     pub(crate) host_reserve: usize,
+    /// Mitigation levels this hypervisor provides (firmware pseudo-registers).
+    pub(crate) fw_provided: crate::fwreg::Provided,
 }
 
 /// Table pages the host's identity stage 2 can need at most for `ram` (see ARCHITECTURE.md):
@@ -161,6 +163,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         hyp_s1: PageTable,
         tables: T,
         vcpus: &'a VcpuTable,
+        fw_provided: crate::fwreg::Provided,
     ) -> Result<Self, &'static str> {
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
@@ -175,6 +178,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             cpu_boot: Default::default(),
             vcpus,
             host_reserve,
+            fw_provided,
         })
     }
 
@@ -414,7 +418,8 @@ pub(crate) mod tests {
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
-        let hyp = Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus).unwrap();
+        let fw = crate::fwreg::Provided::from_id_regs(1 << 56, 0);
+        let hyp = Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }
 

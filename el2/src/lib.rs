@@ -12,6 +12,7 @@
 
 pub mod addr;
 pub mod exception;
+pub mod fwreg;
 pub mod hyp;
 pub mod owner;
 pub mod pgtable;

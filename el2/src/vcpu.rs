@@ -306,8 +306,6 @@ pub enum GuestCall {
     ToHost,
 }
 
-/// `PSCI_VERSION` for guests: 1.1.
-pub const GUEST_PSCI_VERSION: u64 = 0x0001_0001;
 /// `SMCCC_VERSION` for guests: 1.1.
 pub const GUEST_SMCCC_VERSION: u64 = 0x0001_0001;
 const NOT_SUPPORTED: u64 = -1i64 as u64;
@@ -326,8 +324,9 @@ const GUEST_PSCI: [u32; 9] = [
     smccc::arch::SMCCC_ARCH_FEATURES,
 ];
 
-/// Decodes a guest SMCCC call from its `x0..=x3` for a VM of `nr_vcpus` vCPUs.
-pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize) -> GuestCall {
+/// Decodes a guest SMCCC call from its `x0..=x3` for a VM of `nr_vcpus` vCPUs whose firmware
+/// registers are `fw`.
+pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &crate::fwreg::FwRegs) -> GuestCall {
     if x[0] >> 32 != 0 {
         return GuestCall::ToHost;
     }
@@ -336,8 +335,11 @@ pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize) -> GuestCall {
         let idx = (mpidr & 0xFF) as usize;
         (mpidr & 0xFF_00FF_FF00 == 0 && idx < nr_vcpus).then_some(idx)
     };
+    let psci_1_0 = fw.psci_version >= 0x0001_0000;
     match x[0] as u32 {
-        smccc::psci::PSCI_VERSION => GuestCall::Answer(GUEST_PSCI_VERSION),
+        smccc::psci::PSCI_VERSION => GuestCall::Answer(fw.psci_version),
+        // PSCI_FEATURES exists from PSCI 1.0 on.
+        smccc::psci::PSCI_FEATURES if !psci_1_0 => GuestCall::Answer(NOT_SUPPORTED),
         smccc::psci::PSCI_FEATURES => {
             let ok = x[1] >> 32 == 0 && GUEST_PSCI[..7].contains(&(x[1] as u32));
             GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
@@ -355,8 +357,20 @@ pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize) -> GuestCall {
         smccc::psci::PSCI_SYSTEM_RESET => GuestCall::SystemReset,
         smccc::arch::SMCCC_VERSION => GuestCall::Answer(GUEST_SMCCC_VERSION),
         smccc::arch::SMCCC_ARCH_FEATURES => {
-            let ok = x[1] >> 32 == 0 && GUEST_PSCI[7..].contains(&(x[1] as u32));
+            if x[1] >> 32 != 0 {
+                return GuestCall::Answer(NOT_SUPPORTED);
+            }
+            if let Some(a) = fw.arch_features(x[1] as u32) {
+                return GuestCall::Answer(a as u64);
+            }
+            let ok = GUEST_PSCI[7..].contains(&(x[1] as u32));
             GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
+        }
+        // The workaround calls themselves: nothing to do where the VM's level says the
+        // mitigation is available or not needed (EL2 only offers that on unaffected hardware).
+        f @ (smccc::arch::SMCCC_ARCH_WORKAROUND_1 | smccc::arch::SMCCC_ARCH_WORKAROUND_2 | smccc::arch::SMCCC_ARCH_WORKAROUND_3) => {
+            let answer = fw.arch_features(f).unwrap_or(-1);
+            GuestCall::Answer(if answer >= 0 { 0 } else { NOT_SUPPORTED })
         }
         _ => GuestCall::ToHost,
     }
@@ -468,7 +482,8 @@ mod tests {
 
     #[test]
     fn guest_psci_calls() {
-        let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2);
+        let fw = crate::fwreg::FwRegs::new(crate::fwreg::Provided::from_id_regs(0, 0));
+        let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2, &fw);
         assert_eq!(c(psci::PSCI_VERSION, 0, 0, 0), GuestCall::Answer(0x10001));
         assert_eq!(c(psci::PSCI_CPU_ON_64, 1, 0x4000, 7), GuestCall::CpuOn { target: 1, entry: 0x4000, context: 7 });
         assert_eq!(c(psci::PSCI_CPU_ON_64, 2, 0x4000, 7), GuestCall::Answer(INVALID_PARAMETERS), "no vCPU 2");
@@ -485,11 +500,22 @@ mod tests {
 
     #[test]
     fn guest_smccc_calls() {
-        let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1);
+        let fw = crate::fwreg::FwRegs::new(crate::fwreg::Provided::from_id_regs(0, 0));
+        let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1, &fw);
         assert_eq!(c(smccc::arch::SMCCC_VERSION, 0), GuestCall::Answer(0x10001));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_VERSION as u64), GuestCall::Answer(0));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64), GuestCall::Answer(NOT_SUPPORTED));
+        assert_eq!(c(smccc::arch::SMCCC_ARCH_WORKAROUND_1, 0), GuestCall::Answer(NOT_SUPPORTED));
         assert_eq!(c(0xC600_0000, 0), GuestCall::ToHost);
-        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1), GuestCall::ToHost);
+        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw), GuestCall::ToHost);
+        // A VM set to PSCI 0.2 has no PSCI_FEATURES; one on unaffected hardware is told so.
+        let unaffected = crate::fwreg::Provided::from_id_regs(3 << 56, 0);
+        let mut fw = crate::fwreg::FwRegs::new(unaffected);
+        fw.psci_version = 2;
+        assert_eq!(classify_guest_call([smccc::psci::PSCI_VERSION as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(2));
+        assert_eq!(classify_guest_call([smccc::psci::PSCI_FEATURES as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(NOT_SUPPORTED));
+        let wa1 = smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64;
+        assert_eq!(classify_guest_call([smccc::arch::SMCCC_ARCH_FEATURES as u64, wa1, 0, 0], 1, &fw), GuestCall::Answer(1));
+        assert_eq!(classify_guest_call([wa1, 0, 0, 0], 1, &fw), GuestCall::Answer(0));
     }
 }

@@ -26,6 +26,7 @@ use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::Component;
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
+use crate::fwreg::{self, FwError, FwRegs};
 use crate::vcpu::{classify_guest_call, decode_mmio, power, register_ids, GuestCall, RegError, VcpuCtx};
 use arrayvec::ArrayVec;
 use core::cell::UnsafeCell;
@@ -91,6 +92,8 @@ pub struct Vm {
     pub killed: bool,
     /// The guest may use the PMU directly ([`vm_flags::HOST_PMU`]).
     pub host_pmu: bool,
+    /// Firmware pseudo-registers.
+    pub fw: FwRegs,
 }
 
 impl Vm {
@@ -301,6 +304,16 @@ const NOT_SUPPORTED: u64 = -1i64 as u64;
 const PSCI_ALREADY_ON: u64 = -4i64 as u64;
 const PSCI_ON_PENDING: u64 = -5i64 as u64;
 
+/// The running vCPU, as exit handling needs it.
+#[derive(Clone, Copy)]
+struct Me<'f> {
+    vm_slot: usize,
+    index: usize,
+    nr_vcpus: usize,
+    /// The VM's firmware registers (frozen once it has run).
+    fw: &'f FwRegs,
+}
+
 /// Outcome of [`Hyp::map_guest_page`].
 enum GuestPage {
     /// The page is guest RAM and mapped (now or before).
@@ -381,6 +394,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             ran: false,
             killed: false,
             host_pmu: req.flags & vm_flags::HOST_PMU != 0,
+            fw: FwRegs::new(self.fw_provided),
         });
         Ok([handle, 0, 0])
     }
@@ -469,8 +483,41 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok(guard)
     }
 
+    /// VM-wide registers (firmware pseudo-registers) through `VCPU_GET_REG`/`VCPU_SET_REG`:
+    /// writable before the VM's first run; afterwards an identical write succeeds and any
+    /// other is `Busy` (a protected VM's are sealed like the rest of its registers).
+    fn vm_reg(&self, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
+        if index >= MAX_VCPUS as u64 {
+            return Err(HypError::InvalidArgument);
+        }
+        let mut mem = self.mem.lock();
+        let (_, vm) = mem.vms.lookup_mut(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.protected && vm.ran {
+            return Err(HypError::Denied);
+        }
+        let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
+        let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+        if hi != 0 {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.ran {
+            return if value == current { Ok([0; 3]) } else { Err(HypError::Busy) };
+        }
+        vm.fw = vm.fw.with(&self.fw_provided, id, value).map_err(|e| match e {
+            FwError::Unknown => HypError::UnknownRegister,
+            FwError::Refused => HypError::InvalidArgument,
+        })?;
+        Ok([0; 3])
+    }
+
     /// `VCPU_SET_REG`.
     pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
+        if fwreg::IDS.contains(&id) {
+            return self.vm_reg(handle, index, id, Some(value));
+        }
         let mut g = self.claim_for_host(handle, index)?;
         g.set(id, value).map_err(vm_err)?;
         Ok([0; 3])
@@ -478,6 +525,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// `VCPU_GET_REG`.
     pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
+        if fwreg::IDS.contains(&id) {
+            return self.vm_reg(handle, index, id, None);
+        }
         let mut g = self.claim_for_host(handle, index)?;
         let (lo, hi) = g.get(index as usize, id).map_err(vm_err)?;
         Ok([lo, hi, 0])
@@ -493,7 +543,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             }
         }
         let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
-        for (slot, id) in list.ids.iter_mut().zip(register_ids()) {
+        for (slot, id) in list.ids.iter_mut().zip(register_ids().chain(fwreg::IDS)) {
             *slot = id;
             list.count += 1;
         }
@@ -507,7 +557,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         self.message_page(cpu)?;
         let slot = self.vcpu_slot(handle, index)?;
         let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-        let (cfg, nr_vcpus) = {
+        let (cfg, nr_vcpus, fw) = {
             let mut mem = self.mem.lock();
             let (_, vm) = mem.vms.lookup_mut(handle)?;
             if index as usize >= vm.nr_vcpus {
@@ -524,7 +574,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 vmpidr: crate::vcpu::vmpidr(index as usize),
                 host_pmu: vm.host_pmu,
             };
-            (cfg, vm.nr_vcpus)
+            (cfg, vm.nr_vcpus, vm.fw)
         };
         let vm_slot = (handle & 0xFF) as usize;
         match slot.power.load(Ordering::Acquire) {
@@ -545,7 +595,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
             let trap = arch.run(&mut ctx);
-            let me = (vm_slot, index as usize, nr_vcpus);
+            let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw };
             if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
                 exit = e;
                 break;
@@ -568,11 +618,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Next::Exit(VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() })
     }
 
-    /// Handles one guest exit of vCPU `me = (vm slot, vCPU index, number of vCPUs)`.
+    /// Handles one guest exit of vCPU `me`.
     fn handle_guest_exit<A: GuestArch>(
         &self,
         handle: u64,
-        me: (usize, usize, usize),
+        me: Me<'_>,
         ctx: &mut VcpuCtx,
         trap: GuestTrap,
         arch: &A,
@@ -670,10 +720,10 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
     }
 
-    fn guest_call(&self, (vm_slot, index, nr_vcpus): (usize, usize, usize), ctx: &mut VcpuCtx) -> Next {
+    fn guest_call(&self, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
         let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
-        let vcpus = &self.vcpus[vm_slot];
-        match classify_guest_call(x, nr_vcpus) {
+        let (vcpus, index) = (&self.vcpus[me.vm_slot], me.index);
+        match classify_guest_call(x, me.nr_vcpus, me.fw) {
             GuestCall::Answer(v) => ctx.x[0] = v,
             GuestCall::CpuOn { target, entry, context } => {
                 let t = &vcpus[target];
@@ -921,6 +971,34 @@ mod tests {
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(rec.2.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
+    }
+
+    #[test]
+    fn firmware_registers_follow_the_restore_rules() {
+        let mut f = fixture(); // the fixture's hardware needs no workaround 1 (CSV2 = 1)
+        let h = create(&mut f, 1, 0);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, fwreg::PSCI_VERSION]), Ok([0x10001, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, fwreg::WORKAROUND_1]), Ok([fwreg::NOT_REQUIRED, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, fwreg::WORKAROUND_3]), Ok([fwreg::NOT_AVAIL, 0, 0]));
+        // Refused: unknown bits, more protection than provided, an unknown version.
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::WORKAROUND_1, 1 << 4, 0]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::WORKAROUND_3, fwreg::AVAIL, 0]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10002, 0]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION + 9, 0, 0]), Err(HypError::UnknownRegister));
+        // Accepted before the first run.
+        f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10000, 0]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, fwreg::WORKAROUND_1, fwreg::AVAIL, 0]).unwrap();
+        // The guest is told: PSCI_VERSION answered from the VM's value.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_VERSION as u64, 0]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0x10000, 0, 0]));
+        // After the first run: identical writes succeed, others are Busy.
+        f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10000, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10001, 0]), Err(HypError::Busy));
+        // Listed by VCPU_REG_LIST.
+        assert_eq!(f.call(0, H::VcpuRegList, &[h, 0]).unwrap()[0] as usize, register_ids().count() + 4);
     }
 
     #[test]

@@ -99,6 +99,16 @@ pub fn pa_bits() -> u8 {
     }
 }
 
+/// `ID_AA64PFR0_EL1`.
+pub fn id_aa64pfr0() -> u64 {
+    ID_AA64PFR0_EL1.get()
+}
+
+/// `ID_AA64MMFR1_EL1`.
+pub fn id_aa64mmfr1() -> u64 {
+    ID_AA64MMFR1_EL1.get()
+}
+
 /// Whether the CPU implements FEAT_MTE2 (`ID_AA64PFR1_EL1.MTE >= 2`).
 pub fn has_mte2() -> bool {
     (ID_AA64PFR1_EL1.get() >> 8) & 0xF >= 2
