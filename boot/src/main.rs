@@ -20,7 +20,7 @@ use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 use el2::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use el2::arch::{self, El2MmuConfig, HostConfig};
-use el2::hyp::Hyp;
+use el2::hyp::{Hyp, HypParts};
 use el2::owner::{Ownership, PageEntry};
 use el2::pgtable::{Attrs, Format, MemType, PageTable, Perms};
 use el2::platform::{self, Platform, MAX_CPUS};
@@ -242,9 +242,10 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         log::error!("EL2 start-up failed: {e}");
         arch::park();
     }
-    let fw = el2::fwreg::Provided::from_id_regs(arch::id_aa64pfr0(), arch::id_aa64mmfr1());
-    log::info!("firmware workarounds provided: WA1 {} WA2 {} WA3 {}", fw.wa1, fw.wa2, fw.wa3);
-    match Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, pool, &VCPUS, fw) {
+    let fw_provided = el2::fwreg::Provided::from_id_regs(arch::id_aa64pfr0(), arch::id_aa64mmfr1());
+    log::info!("firmware workarounds provided: WA1 {} WA2 {} WA3 {}", fw_provided.wa1, fw_provided.wa2, fw_provided.wa3);
+    let parts = HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables: pool, vcpus: &VCPUS, fw_provided };
+    match Hyp::new(parts) {
         Ok(h) => {
             HYP.call_once(|| h);
         }

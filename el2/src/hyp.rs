@@ -69,6 +69,26 @@ pub enum HostFault {
     Inject,
 }
 
+/// What [`Hyp::new`] is built from.
+pub struct HypParts<'a, T: TableMemory> {
+    /// The machine.
+    pub platform: Platform,
+    /// EL2's own memory.
+    pub hyp_region: PhysRange,
+    /// The ownership record (all host-owned).
+    pub own: Ownership<'a>,
+    /// The host's (empty) stage 2.
+    pub host_s2: PageTable,
+    /// EL2's stage 1.
+    pub hyp_s1: PageTable,
+    /// Table memory.
+    pub tables: T,
+    /// vCPU contexts.
+    pub vcpus: &'a VcpuTable,
+    /// Mitigation levels this hypervisor provides.
+    pub fw_provided: crate::fwreg::Provided,
+}
+
 /// EL2's global state.
 pub struct Hyp<'a, T: TableMemory> {
     /// The machine.
@@ -151,20 +171,13 @@ pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>) -> Option
 }
 
 impl<'a, T: TableMemory> Hyp<'a, T> {
-    /// Builds EL2's state: the host owns all RAM but `hyp_region`, which EL2 takes.
+    /// Builds EL2's state from its parts: the host owns all RAM but `hyp_region`, which EL2
+    /// takes.
     ///
     /// # Errors
     /// A description of what is wrong; EL2 start-up stops on it.
-    pub fn new(
-        platform: Platform,
-        hyp_region: PhysRange,
-        own: Ownership<'a>,
-        host_s2: PageTable,
-        hyp_s1: PageTable,
-        tables: T,
-        vcpus: &'a VcpuTable,
-        fw_provided: crate::fwreg::Provided,
-    ) -> Result<Self, &'static str> {
+    pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
+        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided } = parts;
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
             .map_err(|_| "EL2's region is not page-aligned RAM")?;
@@ -418,8 +431,8 @@ pub(crate) mod tests {
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
-        let fw = crate::fwreg::Provided::from_id_regs(1 << 56, 0);
-        let hyp = Hyp::new(platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw).unwrap();
+        let fw_provided = crate::fwreg::Provided::from_id_regs(1 << 56, 0);
+        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided }).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }
 
