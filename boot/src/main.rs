@@ -26,7 +26,7 @@ use el2::pgtable::{Attrs, Format, MemType, PageTable, Perms};
 use el2::platform::{self, Platform, MAX_CPUS};
 use el2::pool::PagePool;
 use el2::trap::{HYP, SECONDARY_ENTRY};
-use el2::vm::{VcpuSlot, VcpuTable, MAX_VCPUS, MAX_VMS};
+use el2::vm::{IdRegTable, VcpuSlot, VcpuTable, MAX_VCPUS, MAX_VMS};
 use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
 
 /// Bytes per CPU in the stack region: one guard page, then the 64 KiB stack.
@@ -121,6 +121,8 @@ static RECORD: Record = Record(core::cell::UnsafeCell::new([PageEntry::EMPTY; MA
 
 /// Every vCPU context.
 static VCPUS: VcpuTable = [const { [const { VcpuSlot::new() }; MAX_VCPUS] }; MAX_VMS];
+/// Every VM's ID registers.
+static IDREGS: IdRegTable = [const { [const { AtomicU64::new(0) }; el2::idreg::NR_IDREGS] }; MAX_VMS];
 
 /// EL2 MMU settings for the secondary CPUs: TTBR0, TCR, MAIR, SCTLR. Cleaned to the point of
 /// coherency after being written, because secondaries read them with their MMU off.
@@ -244,7 +246,18 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     }
     let fw_provided = el2::fwreg::Provided::from_id_regs(arch::id_aa64pfr0(), arch::id_aa64mmfr1());
     log::info!("firmware workarounds provided: WA1 {} WA2 {} WA3 {}", fw_provided.wa1, fw_provided.wa2, fw_provided.wa3);
-    let parts = HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables: pool, vcpus: &VCPUS, fw_provided };
+    let parts = HypParts {
+        platform,
+        hyp_region,
+        own,
+        host_s2,
+        hyp_s1,
+        tables: pool,
+        vcpus: &VCPUS,
+        fw_provided,
+        idregs: &IDREGS,
+        boot_cpu_idregs: arch::read_idregs(),
+    };
     match Hyp::new(parts) {
         Ok(h) => {
             HYP.call_once(|| h);
@@ -275,6 +288,7 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     // CPU's stack included.
     unsafe { arch::enable_el2_mmu(&mmu) };
     let (Some(hyp), Some(host_cfg)) = (HYP.get(), HOST_CONFIG.get()) else { arch::park() };
+    hyp.add_cpu_idregs(&arch::read_idregs());
     let boot = &hyp.cpu_boot[cpu as usize % MAX_CPUS];
     let entry = boot.entry.load(Ordering::Acquire);
     let context = boot.context.load(Ordering::Acquire);

@@ -80,6 +80,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-regs" => regs(plat),
         "vm-bad-args" => bad_args(plat),
         "vm-fwregs" => fwregs(plat),
+        "vm-idregs" => idregs(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -480,5 +481,61 @@ fn fwregs(plat: &Platform) {
     run_to_off(plat, &vm, &mut NoDevice);
     check!(set(PSCI_VERSION, 0x10000).is_ok(), "identical write after the first run refused");
     expect_err!(set(PSCI_VERSION, 0x10001), HypError::Busy, "changing PSCI_VERSION after the first run");
+    destroy(&vm);
+}
+
+/// Collects the (index, value) pairs the features guest reports.
+struct IdRegReport {
+    pending: Option<u64>,
+    seen: [(u64, u64); 16],
+    n: usize,
+}
+
+impl TestDevice for IdRegReport {
+    fn write(&mut self, _: &Vm, v: u64) {
+        match self.pending.take() {
+            None => self.pending = Some(v),
+            Some(i) if self.n < self.seen.len() => {
+                self.seen[self.n] = (i, v);
+                self.n += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    fn read(&mut self, _: &Vm) -> u64 {
+        0
+    }
+}
+
+/// The ID register with index `i` (CRm = i / 8 + 1, op2 = i % 8).
+fn idreg_id(i: u64) -> u64 {
+    reg::sysreg(3, 0, 0, i / 8 + 1, i % 8)
+}
+
+/// Per-VM ID registers: lowering a field before the first run, refusals, what the guest sees.
+fn idregs(plat: &Platform) {
+    let vm = start(plat, 1, false);
+    let get = |i: u64| hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
+    let set = |i: u64, v: u64| hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
+    let (isar0, pfr0) = (get(40).unwrap_or(0), get(24).unwrap_or(0));
+    println!("host: VM ID_AA64ISAR0_EL1 {isar0:#x} ID_AA64PFR0_EL1 {pfr0:#x}");
+    let aes = (isar0 >> 4) & 0xF;
+    check!(aes >= 1, "no AES to lower (ISAR0 {isar0:#x})");
+    expect_err!(set(24, pfr0 | 1 << 32), HypError::InvalidArgument, "ID_AA64PFR0_EL1 with SVE added");
+    expect_err!(set(40, isar0 | 1), HypError::InvalidArgument, "ID_AA64ISAR0_EL1 with a reserved bit set");
+    let lowered = (isar0 & !(0xF << 4)) | (aes - 1) << 4;
+    check!(set(40, lowered).is_ok(), "lowering ID_AA64ISAR0_EL1.AES refused");
+    println!("host: ok: ID_AA64ISAR0_EL1.AES lowered from {aes} to {}", aes - 1);
+    let mut report = IdRegReport { pending: None, seen: [(0, 0); 16], n: 0 };
+    run_to_off(plat, &vm, &mut report);
+    check!(report.n == 8, "the guest reported {} registers", report.n);
+    for &(i, v) in &report.seen[..report.n] {
+        let host = get(i);
+        check!(host == Ok(v), "ID register {i}: the guest read {v:#x}, the host reads {host:x?}");
+    }
+    check!(report.seen.iter().any(|&(i, v)| i == 40 && v == lowered), "the guest did not see the lowered ISAR0");
+    println!("host: ok: the guest read exactly the VM's ID registers, the lowered AES included");
+    check!(set(40, lowered).is_ok(), "identical write after the first run refused");
+    expect_err!(set(40, isar0), HypError::Busy, "changing an ID register after the first run");
     destroy(&vm);
 }

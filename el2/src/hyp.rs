@@ -18,7 +18,8 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::owner::{Component, OwnError, Ownership};
 use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::vm::{GuestArch, VcpuTable, VmTable};
+use crate::idreg::NR_IDREGS;
+use crate::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
 use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
@@ -87,6 +88,10 @@ pub struct HypParts<'a, T: TableMemory> {
     pub vcpus: &'a VcpuTable,
     /// Mitigation levels this hypervisor provides.
     pub fw_provided: crate::fwreg::Provided,
+    /// Per-VM ID registers.
+    pub idregs: &'a IdRegTable,
+    /// The boot CPU's ID registers (other CPUs add theirs with [`Hyp::add_cpu_idregs`]).
+    pub boot_cpu_idregs: [u64; NR_IDREGS],
 }
 
 /// EL2's global state.
@@ -107,6 +112,10 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) host_reserve: usize,
     /// Mitigation levels this hypervisor provides (firmware pseudo-registers).
     pub(crate) fw_provided: crate::fwreg::Provided,
+    /// Per-VM ID registers (see [`crate::vm`]).
+    pub(crate) idregs: &'a IdRegTable,
+    /// ID registers combined over every CPU that has entered EL2 so far.
+    pub(crate) idregs_sanitised: spin::Mutex<[u64; NR_IDREGS]>,
 }
 
 /// Table pages the host's identity stage 2 can need at most for `ram` (see ARCHITECTURE.md):
@@ -177,7 +186,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// # Errors
     /// A description of what is wrong; EL2 start-up stops on it.
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
-        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided } = parts;
+        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided, idregs, boot_cpu_idregs } = parts;
+        crate::idreg::check_table(crate::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
             .map_err(|_| "EL2's region is not page-aligned RAM")?;
@@ -192,7 +202,15 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             vcpus,
             host_reserve,
             fw_provided,
+            idregs,
+            idregs_sanitised: spin::Mutex::new(boot_cpu_idregs),
         })
+    }
+
+    /// Combines the ID registers of a CPU that has just entered EL2 into the sanitised values
+    /// new VMs start from. (A VM created before a CPU comes online keeps what it was given.)
+    pub fn add_cpu_idregs(&self, cpu: &[u64; NR_IDREGS]) {
+        crate::idreg::combine(&mut self.idregs_sanitised.lock(), cpu);
     }
 
     /// Whether set-up has been finalised.
@@ -432,7 +450,13 @@ pub(crate) mod tests {
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
         let fw_provided = crate::fwreg::Provided::from_id_regs(1 << 56, 0);
-        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided }).unwrap();
+        let idregs: &'static crate::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
+        // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, AES 2 and a 48-bit PA.
+        let mut boot_cpu_idregs = [0u64; NR_IDREGS];
+        boot_cpu_idregs[crate::idreg::idx(4, 0)] = 0x11;
+        boot_cpu_idregs[crate::idreg::idx(6, 0)] = 2 << 4;
+        boot_cpu_idregs[crate::idreg::idx(7, 0)] = 5;
+        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided, idregs, boot_cpu_idregs }).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }
 

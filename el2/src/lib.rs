@@ -14,6 +14,7 @@ pub mod addr;
 pub mod exception;
 pub mod fwreg;
 pub mod hyp;
+pub mod idreg;
 pub mod owner;
 pub mod pgtable;
 pub mod platform;

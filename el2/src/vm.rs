@@ -27,6 +27,7 @@ use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::Component;
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use crate::fwreg::{self, FwError, FwRegs};
+use crate::idreg::{self, VmPolicy, NR_IDREGS};
 use crate::vcpu::{classify_guest_call, decode_mmio, power, register_ids, GuestCall, RegError, VcpuCtx};
 use arrayvec::ArrayVec;
 use core::cell::UnsafeCell;
@@ -94,6 +95,8 @@ pub struct Vm {
     pub host_pmu: bool,
     /// Firmware pseudo-registers.
     pub fw: FwRegs,
+    /// The ID-register values EL2 gave the VM at creation: host writes may only lower them.
+    pub idreg_limit: [u64; NR_IDREGS],
 }
 
 impl Vm {
@@ -227,6 +230,10 @@ impl Drop for VcpuGuard<'_> {
 
 /// Every vCPU slot, by VM slot and vCPU index.
 pub type VcpuTable = [[VcpuSlot; MAX_VCPUS]; MAX_VMS];
+
+/// Every VM's ID registers, by VM slot. Written only under the memory lock and only before the
+/// VM first runs; read by the guest's ID-register trap without a lock.
+pub type IdRegTable = [[AtomicU64; NR_IDREGS]; MAX_VMS];
 
 /// How a guest entry ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -377,6 +384,17 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             return Err(HypError::NoMemory);
         }
         let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
+        let policy = VmPolicy {
+            mte: false,
+            ptrauth: false,
+            pmu: req.flags & vm_flags::HOST_PMU != 0,
+            ipa_bits: req.ipa_bits as u8,
+            protected: req.flags & vm_flags::PROTECTED != 0,
+        };
+        let idreg_limit = idreg::restrict(&self.idregs_sanitised.lock(), &policy);
+        for (a, v) in self.idregs[slot].iter().zip(idreg_limit) {
+            a.store(v, Ordering::Relaxed);
+        }
         let gen = vms.gens[slot].wrapping_add(1).max(1);
         vms.gens[slot] = gen;
         let handle = (gen as u64) << 8 | slot as u64;
@@ -395,6 +413,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             killed: false,
             host_pmu: req.flags & vm_flags::HOST_PMU != 0,
             fw: FwRegs::new(self.fw_provided),
+            idreg_limit,
         });
         Ok([handle, 0, 0])
     }
@@ -498,6 +517,19 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.protected && vm.ran {
             return Err(HypError::Denied);
         }
+        if let Some(i) = idreg::index_of(id) {
+            let slot = &self.idregs[(handle & 0xFF) as usize][i];
+            let current = slot.load(Ordering::Relaxed);
+            let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+            if vm.ran || hi != 0 {
+                return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Busy) };
+            }
+            if !idreg::write_ok(i, value, vm.idreg_limit[i]) {
+                return Err(HypError::InvalidArgument);
+            }
+            slot.store(value, Ordering::Relaxed);
+            return Ok([0; 3]);
+        }
         let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
         let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
         if hi != 0 {
@@ -515,7 +547,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// `VCPU_SET_REG`.
     pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
-        if fwreg::IDS.contains(&id) {
+        if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
             return self.vm_reg(handle, index, id, Some(value));
         }
         let mut g = self.claim_for_host(handle, index)?;
@@ -525,7 +557,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// `VCPU_GET_REG`.
     pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
-        if fwreg::IDS.contains(&id) {
+        if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
             return self.vm_reg(handle, index, id, None);
         }
         let mut g = self.claim_for_host(handle, index)?;
@@ -543,7 +575,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             }
         }
         let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
-        for (slot, id) in list.ids.iter_mut().zip(register_ids().chain(fwreg::IDS)) {
+        let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id));
+        for (slot, id) in list.ids.iter_mut().zip(ids) {
             *slot = id;
             list.count += 1;
         }
@@ -642,6 +675,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
             // instruction is retried (PC unchanged).
             ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
+            // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
+            ec::SYS64 if sysreg_access(trap.esr).and_then(|a| idreg_read(&a)).is_some() => {
+                let (rt, i) = sysreg_access(trap.esr).and_then(|a| Some((a.rt, idreg_read(&a)?))).unwrap_or((31, 0));
+                ctx.set_gpr(rt, self.idregs[me.vm_slot][i].load(Ordering::Relaxed));
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Next::Resume
+            }
             ec::HVC64 | ec::SMC64 => {
                 if esr.ec() == ec::SMC64 {
                     // A trapped SMC's preferred return address is the SMC itself.
@@ -763,6 +803,43 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         Next::Resume
     }
+}
+
+/// A trapped `MRS`/`MSR` (`ESR_EL2.EC == 0x18`), decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysregAccess {
+    /// `op0`.
+    pub op0: u8,
+    /// `op1`.
+    pub op1: u8,
+    /// `CRn`.
+    pub crn: u8,
+    /// `CRm`.
+    pub crm: u8,
+    /// `op2`.
+    pub op2: u8,
+    /// The general-purpose register.
+    pub rt: u8,
+    /// A read (`MRS`).
+    pub read: bool,
+}
+
+/// Decodes the ISS of a trapped system-register access (Arm ARM D17.2.37, EC 0x18).
+pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
+    (Esr(esr).ec() == ec::SYS64).then(|| SysregAccess {
+        op0: ((esr >> 20) & 3) as u8,
+        op2: ((esr >> 17) & 7) as u8,
+        op1: ((esr >> 14) & 7) as u8,
+        crn: ((esr >> 10) & 0xF) as u8,
+        rt: ((esr >> 5) & 0x1F) as u8,
+        crm: ((esr >> 1) & 0xF) as u8,
+        read: esr & 1 != 0,
+    })
+}
+
+/// The ID-register index a trapped read names, if it is one.
+fn idreg_read(a: &SysregAccess) -> Option<usize> {
+    (a.read && a.op0 == 3 && a.op1 == 0 && a.crn == 0 && (1..=7).contains(&a.crm)).then(|| idreg::idx(a.crm, a.op2))
 }
 
 /// Injects a synchronous exception into a guest that is not running (its EL1 registers are in
@@ -998,7 +1075,9 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10000, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10001, 0]), Err(HypError::Busy));
         // Listed by VCPU_REG_LIST.
-        assert_eq!(f.call(0, H::VcpuRegList, &[h, 0]).unwrap()[0] as usize, register_ids().count() + 4);
+        let all = register_ids().count() + fwreg::IDS.len() + NR_IDREGS;
+        assert!(all <= MAX_REG_IDS, "the register list must fit the message");
+        assert_eq!(f.call(0, H::VcpuRegList, &[h, 0]).unwrap()[0] as usize, all);
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub struct VcpuExit {
 }
 
 /// Most register IDs a [`RegList`] can hold.
-pub const MAX_REG_IDS: usize = 126;
+pub const MAX_REG_IDS: usize = 255;
 
 /// Written by [`crate::HypercallId::VcpuRegList`] to the message page (`KVM_GET_REG_LIST`).
 #[repr(C)]
@@ -179,7 +179,7 @@ const _: () = {
     assert!(offset_of!(VcpuExit, data) == 16);
     assert!(offset_of!(VcpuExit, size) == 24);
     assert!(offset_of!(VcpuExit, args) == 32);
-    assert!(size_of::<RegList>() == 1016);
+    assert!(size_of::<RegList>() == 2048);
     assert!(size_of::<RegList>() as u64 <= crate::PAGE_SIZE);
     assert!(size_of::<EchoRequest>() == 64);
     assert!(offset_of!(EchoRequest, nonce) == 0);

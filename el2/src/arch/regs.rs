@@ -109,6 +109,77 @@ pub fn id_aa64mmfr1() -> u64 {
     ID_AA64MMFR1_EL1.get()
 }
 
+/// This CPU's 56 ID registers (op0=3, op1=0, CRn=0, CRm=1..7, op2=0..7), in
+/// [`crate::idreg::idx`] order. Unallocated encodings in this space read as zero.
+pub fn read_idregs() -> [u64; crate::idreg::NR_IDREGS] {
+    macro_rules! mrs {
+        ($r:literal) => {{
+            let x: u64;
+            // SAFETY: reading an ID register at EL2 has no side effects.
+            unsafe { asm!(concat!("mrs {}, ", $r), out(reg) x, options(nomem, nostack, preserves_flags)) };
+            x
+        }};
+    }
+    let mut v = [0u64; crate::idreg::NR_IDREGS];
+        v[0] = mrs!("S3_0_C0_C1_0");
+        v[1] = mrs!("S3_0_C0_C1_1");
+        v[2] = mrs!("S3_0_C0_C1_2");
+        v[3] = mrs!("S3_0_C0_C1_3");
+        v[4] = mrs!("S3_0_C0_C1_4");
+        v[5] = mrs!("S3_0_C0_C1_5");
+        v[6] = mrs!("S3_0_C0_C1_6");
+        v[7] = mrs!("S3_0_C0_C1_7");
+        v[8] = mrs!("S3_0_C0_C2_0");
+        v[9] = mrs!("S3_0_C0_C2_1");
+        v[10] = mrs!("S3_0_C0_C2_2");
+        v[11] = mrs!("S3_0_C0_C2_3");
+        v[12] = mrs!("S3_0_C0_C2_4");
+        v[13] = mrs!("S3_0_C0_C2_5");
+        v[14] = mrs!("S3_0_C0_C2_6");
+        v[15] = mrs!("S3_0_C0_C2_7");
+        v[16] = mrs!("S3_0_C0_C3_0");
+        v[17] = mrs!("S3_0_C0_C3_1");
+        v[18] = mrs!("S3_0_C0_C3_2");
+        v[19] = mrs!("S3_0_C0_C3_3");
+        v[20] = mrs!("S3_0_C0_C3_4");
+        v[21] = mrs!("S3_0_C0_C3_5");
+        v[22] = mrs!("S3_0_C0_C3_6");
+        v[23] = mrs!("S3_0_C0_C3_7");
+        v[24] = mrs!("S3_0_C0_C4_0");
+        v[25] = mrs!("S3_0_C0_C4_1");
+        v[26] = mrs!("S3_0_C0_C4_2");
+        v[27] = mrs!("S3_0_C0_C4_3");
+        v[28] = mrs!("S3_0_C0_C4_4");
+        v[29] = mrs!("S3_0_C0_C4_5");
+        v[30] = mrs!("S3_0_C0_C4_6");
+        v[31] = mrs!("S3_0_C0_C4_7");
+        v[32] = mrs!("S3_0_C0_C5_0");
+        v[33] = mrs!("S3_0_C0_C5_1");
+        v[34] = mrs!("S3_0_C0_C5_2");
+        v[35] = mrs!("S3_0_C0_C5_3");
+        v[36] = mrs!("S3_0_C0_C5_4");
+        v[37] = mrs!("S3_0_C0_C5_5");
+        v[38] = mrs!("S3_0_C0_C5_6");
+        v[39] = mrs!("S3_0_C0_C5_7");
+        v[40] = mrs!("S3_0_C0_C6_0");
+        v[41] = mrs!("S3_0_C0_C6_1");
+        v[42] = mrs!("S3_0_C0_C6_2");
+        v[43] = mrs!("S3_0_C0_C6_3");
+        v[44] = mrs!("S3_0_C0_C6_4");
+        v[45] = mrs!("S3_0_C0_C6_5");
+        v[46] = mrs!("S3_0_C0_C6_6");
+        v[47] = mrs!("S3_0_C0_C6_7");
+        v[48] = mrs!("S3_0_C0_C7_0");
+        v[49] = mrs!("S3_0_C0_C7_1");
+        v[50] = mrs!("S3_0_C0_C7_2");
+        v[51] = mrs!("S3_0_C0_C7_3");
+        v[52] = mrs!("S3_0_C0_C7_4");
+        v[53] = mrs!("S3_0_C0_C7_5");
+        v[54] = mrs!("S3_0_C0_C7_6");
+        v[55] = mrs!("S3_0_C0_C7_7");
+    v
+}
+
 /// Whether the CPU implements FEAT_MTE2 (`ID_AA64PFR1_EL1.MTE >= 2`).
 pub fn has_mte2() -> bool {
     (ID_AA64PFR1_EL1.get() >> 8) & 0xF >= 2

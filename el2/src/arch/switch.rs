@@ -161,7 +161,7 @@ fn restore_el1_extra(e: &El1Extra) {
 }
 
 /// Trap configuration for guests, built in this one place. Deny by default: every guest gets
-/// stage 2; IRQ/FIQ/SError go to EL2 (so the host gets its CPU back); SMC, WFI/WFE,
+/// stage 2; ID-register reads trap (`TID3`) and are answered from the VM's own values; IRQ/FIQ/SError go to EL2 (so the host gets its CPU back); SMC, WFI/WFE,
 /// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD (until the first use in each run, when EL2
 /// loads the guest's FP/SIMD registers and stops trapping), SVE/SME, PMU (unless the VM has the opt-in
 /// `HOST_PMU` flag, never for protected VMs) and debug registers, and the EL1 physical timer
@@ -186,6 +186,7 @@ fn guest_traps(host_mdcr: u64, cfg: &GuestConfig) -> GuestTraps {
     const AMO: u64 = 1 << 5;
     const TWI: u64 = 1 << 13;
     const TWE: u64 = 1 << 14;
+    const TID3: u64 = 1 << 18;
     const TSC: u64 = 1 << 19;
     const TIDCP: u64 = 1 << 20;
     const TACR: u64 = 1 << 21;
@@ -196,7 +197,7 @@ fn guest_traps(host_mdcr: u64, cfg: &GuestConfig) -> GuestTraps {
     const MDCR_TDOSA: u64 = 1 << 10;
     const MDCR_TDRA: u64 = 1 << 11;
     GuestTraps {
-        hcr: VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSC | TIDCP | TACR | RW,
+        hcr: VM | SWIO | FMO | IMO | AMO | TWI | TWE | TID3 | TSC | TIDCP | TACR | RW,
         // RES1 bits and TZ/TSM as for the host, plus TFP.
         cptr: 0x33FF | CPTR_TFP,
         mdcr: (host_mdcr & 0x1F)

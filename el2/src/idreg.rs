@@ -1,0 +1,416 @@
+//! Per-VM ID registers: the 56 registers at op0=3, op1=0, CRn=0, CRm=1..7, op2=0..7.
+//!
+//! Place in the flow: *state*, per VM, built at `VM_CREATE` and read by the guest through a
+//! trap (`HCR_EL2.TID3`) without taking a lock.
+//!
+//! 1. Each CPU reports its own values when it first enters EL2; they are combined **field by
+//!    field** with the field's rule: *lower-safe* fields take the smallest value (a feature
+//!    level every CPU has), *higher-safe* the largest, *exact* fields the common value or the
+//!    field's safe value if CPUs differ. Signed fields (where `0xF` means "not implemented")
+//!    compare as signed.
+//! 2. The result is restricted to what EL2 supports for that VM: every field has a maximum
+//!    EL2 allows (for example no SVE, SME, AMU, MPAM or nested virtualisation, which EL2 does
+//!    not switch; AArch64 only; MTE, pointer authentication and the PMU only when the VM has
+//!    them; PARange from the VM's IPA size). A field EL2 does not describe reads as zero, and
+//!    so do all AArch32 ID registers: deny by default.
+//! 3. The host may write a VM's ID registers before it first runs, lowering fields to values
+//!    that are still safe (never above what step 2 gave); bits of undescribed fields must stay
+//!    zero. After the first run an identical write succeeds and any other is `Busy`.
+//!
+//! The static [`FIELDS`] table is checked once at start-up ([`check_table`]).
+
+/// Number of ID registers.
+pub const NR_IDREGS: usize = 56;
+
+/// Index of `(CRm, op2)` in the 56-register space.
+pub const fn idx(crm: u8, op2: u8) -> usize {
+    (crm as usize - 1) * 8 + op2 as usize
+}
+
+/// The index of a system-register ID (`shared_abi::reg::sysreg`) in the ID space, if it is
+/// one of the 56.
+pub fn index_of(id: u64) -> Option<usize> {
+    (0..NR_IDREGS).find(|&i| reg_id(i) == id)
+}
+
+/// The KVM `ONE_REG` ID of ID register `i`.
+pub const fn reg_id(i: usize) -> u64 {
+    shared_abi::reg::sysreg(3, 0, 0, (i / 8 + 1) as u64, (i % 8) as u64)
+}
+
+/// How a field combines and which values are safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// A smaller value is safe (a feature level).
+    Lower,
+    /// A larger value is safe.
+    Higher,
+    /// Only the same value is safe; CPUs that differ give `safe`.
+    Exact {
+        /// Value used when CPUs differ.
+        safe: u8,
+    },
+}
+
+/// A 4-bit field of an ID register.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    /// Register name (for messages).
+    pub reg_name: &'static str,
+    /// Register index ([`idx`]).
+    pub reg: usize,
+    /// Field name.
+    pub name: &'static str,
+    /// Bit position (a multiple of 4).
+    pub shift: u8,
+    /// Combination rule.
+    pub rule: Rule,
+    /// Values compare as signed 4-bit numbers (`0xF` = -1 = not implemented).
+    pub signed: bool,
+    /// The most EL2 supports (as a 4-bit value, signed if `signed`).
+    pub max: i8,
+    /// What the field needs from the VM to go beyond its restricted maximum.
+    pub needs: Needs,
+}
+
+/// A VM property a field depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: `max` applies to every VM.
+    Nothing,
+    /// Only a VM with MTE (otherwise the field is 0).
+    Mte,
+    /// Only a VM with pointer authentication (otherwise 0).
+    Ptrauth,
+    /// Only a VM allowed the PMU (otherwise 0).
+    Pmu,
+    /// The VM's IPA size (PARange), instead of `max`.
+    IpaSize,
+}
+
+/// What a VM is allowed, for [`restrict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmPolicy {
+    /// MTE enabled.
+    pub mte: bool,
+    /// Pointer authentication enabled.
+    pub ptrauth: bool,
+    /// PMU allowed.
+    pub pmu: bool,
+    /// Guest IPA size in bits.
+    pub ipa_bits: u8,
+    /// Protected VM (no LORegions either).
+    pub protected: bool,
+}
+
+macro_rules! fields {
+    ($($reg:ident ($crm:literal, $op2:literal): [$($name:ident @ $shift:literal $rule:ident max $max:literal $(if $needs:ident)?),* $(,)?];)*) => {
+        /// Every field EL2 exposes, with its rule and the most EL2 supports.
+        pub const FIELDS: &[Field] = &[
+            $($(Field {
+                reg_name: stringify!($reg),
+                reg: idx($crm, $op2),
+                name: stringify!($name),
+                shift: $shift,
+                rule: fields!(@rule $rule),
+                signed: fields!(@signed $rule),
+                max: $max,
+                needs: fields!(@needs $($needs)?),
+            },)*)*
+        ];
+    };
+    (@rule lower) => { Rule::Lower };
+    (@rule signed_lower) => { Rule::Lower };
+    (@signed signed_lower) => { true };
+    (@signed lower) => { false };
+    (@needs) => { Needs::Nothing };
+    (@needs mte) => { Needs::Mte };
+    (@needs ptrauth) => { Needs::Ptrauth };
+    (@needs pmu) => { Needs::Pmu };
+    (@needs ipa) => { Needs::IpaSize };
+}
+
+fields! {
+    ID_AA64PFR0_EL1 (4, 0): [
+        EL0 @ 0 lower max 1, EL1 @ 4 lower max 1, EL2 @ 8 lower max 0, EL3 @ 12 lower max 0,
+        FP @ 16 signed_lower max 1, AdvSIMD @ 20 signed_lower max 1, GIC @ 24 lower max 0,
+        RAS @ 28 lower max 0, SVE @ 32 lower max 0, SEL2 @ 36 lower max 0, MPAM @ 40 lower max 0,
+        AMU @ 44 lower max 0, DIT @ 48 lower max 1, RME @ 52 lower max 0, CSV2 @ 56 lower max 3,
+        CSV3 @ 60 lower max 1,
+    ];
+    ID_AA64PFR1_EL1 (4, 1): [
+        BT @ 0 lower max 1, SSBS @ 4 lower max 2, MTE @ 8 lower max 3 if mte, CSV2_frac @ 32 lower max 2,
+    ];
+    ID_AA64DFR0_EL1 (5, 0): [
+        DebugVer @ 0 lower max 6, PMUVer @ 8 lower max 8 if pmu, BRPs @ 12 lower max 15,
+        WRPs @ 20 lower max 15, CTX_CMPs @ 28 lower max 15, DoubleLock @ 36 signed_lower max -1,
+    ];
+    ID_AA64ISAR0_EL1 (6, 0): [
+        AES @ 4 lower max 2, SHA1 @ 8 lower max 1, SHA2 @ 12 lower max 2, CRC32 @ 16 lower max 1,
+        Atomic @ 20 lower max 2, RDM @ 28 lower max 1, SHA3 @ 32 lower max 1, SM3 @ 36 lower max 1,
+        SM4 @ 40 lower max 1, DP @ 44 lower max 1, FHM @ 48 lower max 1, TS @ 52 lower max 2,
+        TLB @ 56 lower max 2, RNDR @ 60 lower max 1,
+    ];
+    ID_AA64ISAR1_EL1 (6, 1): [
+        DPB @ 0 lower max 2, APA @ 4 lower max 5 if ptrauth, API @ 8 lower max 1 if ptrauth,
+        JSCVT @ 12 lower max 1, FCMA @ 16 lower max 1, LRCPC @ 20 lower max 3,
+        GPA @ 24 lower max 1 if ptrauth, GPI @ 28 lower max 1 if ptrauth, FRINTTS @ 32 lower max 1,
+        SB @ 36 lower max 1, SPECRES @ 40 lower max 1, BF16 @ 44 lower max 2, DGH @ 48 lower max 1,
+        I8MM @ 52 lower max 1, XS @ 56 lower max 1,
+    ];
+    ID_AA64ISAR2_EL1 (6, 2): [
+        RPRES @ 4 lower max 1, GPA3 @ 8 lower max 1 if ptrauth, APA3 @ 12 lower max 5 if ptrauth,
+        BC @ 20 lower max 1, PAC_frac @ 24 lower max 1 if ptrauth, CLRBHB @ 28 lower max 1,
+    ];
+    ID_AA64MMFR0_EL1 (7, 0): [
+        PARange @ 0 lower max 6 if ipa, ASIDBits @ 4 lower max 2, BigEnd @ 8 lower max 1,
+        BigEndEL0 @ 16 lower max 1, TGran16 @ 20 lower max 1, TGran64 @ 24 signed_lower max 0,
+        TGran4 @ 28 signed_lower max 0,
+    ];
+    ID_AA64MMFR1_EL1 (7, 1): [
+        HAFDBS @ 0 lower max 2, VMIDBits @ 4 lower max 2, HPDS @ 12 lower max 2, LO @ 16 lower max 1,
+        PAN @ 20 lower max 3, SpecSEI @ 24 lower max 1, XNX @ 28 lower max 1, ETS @ 36 lower max 2,
+        AFP @ 44 lower max 1, nTLBPA @ 48 lower max 1, CMOW @ 56 lower max 1, ECBHB @ 60 lower max 1,
+    ];
+    ID_AA64MMFR2_EL1 (7, 2): [
+        CnP @ 0 lower max 1, UAO @ 4 lower max 1, LSM @ 8 lower max 1, IESB @ 12 lower max 1,
+        VARange @ 16 lower max 1, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
+        TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2, E0PD @ 60 lower max 1,
+    ];
+}
+
+fn get(v: u64, f: &Field) -> i8 {
+    let raw = ((v >> f.shift) & 0xF) as i8;
+    if f.signed && raw >= 8 {
+        raw - 16
+    } else {
+        raw
+    }
+}
+
+fn put(v: u64, f: &Field, x: i8) -> u64 {
+    (v & !(0xF << f.shift)) | (((x as u8) & 0xF) as u64) << f.shift
+}
+
+/// Bits of register `r` that described fields cover.
+fn described_mask(r: usize) -> u64 {
+    FIELDS.iter().filter(|f| f.reg == r).fold(0, |m, f| m | 0xF << f.shift)
+}
+
+/// Checks the static table: registers in range, fields 4-bit aligned, no overlaps, no
+/// duplicate names per register, maxima in the field's range. Run once at start-up.
+///
+/// # Errors
+/// A message naming the first bad field.
+pub fn check_table(fields: &[Field]) -> Result<(), &'static str> {
+    for (i, f) in fields.iter().enumerate() {
+        if f.reg >= NR_IDREGS || f.shift % 4 != 0 || f.shift > 60 {
+            return Err(f.name);
+        }
+        let (lo, hi) = if f.signed { (-8, 7) } else { (0, 15) };
+        if f.max < lo || f.max > hi {
+            return Err(f.name);
+        }
+        if fields[i + 1..].iter().any(|g| g.reg == f.reg && (g.shift == f.shift || g.name == f.name)) {
+            return Err(f.name);
+        }
+    }
+    Ok(())
+}
+
+/// Combines one more CPU's registers into `acc` (the first CPU's values start it).
+pub fn combine(acc: &mut [u64; NR_IDREGS], cpu: &[u64; NR_IDREGS]) {
+    combine_with(FIELDS, acc, cpu);
+}
+
+fn combine_with(fields: &[Field], acc: &mut [u64; NR_IDREGS], cpu: &[u64; NR_IDREGS]) {
+    for f in fields {
+        let (a, b) = (get(acc[f.reg], f), get(cpu[f.reg], f));
+        let v = match f.rule {
+            Rule::Lower => a.min(b),
+            Rule::Higher => a.max(b),
+            Rule::Exact { safe } => {
+                if a == b {
+                    a
+                } else {
+                    safe as i8
+                }
+            }
+        };
+        acc[f.reg] = put(acc[f.reg], f, v);
+    }
+}
+
+/// PARange for an IPA size (`ID_AA64MMFR0_EL1.PARange` encoding).
+pub fn parange(ipa_bits: u8) -> i8 {
+    match ipa_bits {
+        0..=32 => 0,
+        33..=36 => 1,
+        37..=40 => 2,
+        41..=42 => 3,
+        43..=44 => 4,
+        45..=48 => 5,
+        _ => 6,
+    }
+}
+
+/// A VM's ID registers from the sanitised values: every described field capped at what EL2
+/// supports for this VM, everything else zero.
+pub fn restrict(sanitised: &[u64; NR_IDREGS], p: &VmPolicy) -> [u64; NR_IDREGS] {
+    let mut out = [0u64; NR_IDREGS];
+    for f in FIELDS {
+        let allowed = match f.needs {
+            Needs::Nothing => true,
+            Needs::Mte => p.mte,
+            Needs::Ptrauth => p.ptrauth,
+            Needs::Pmu => p.pmu && !p.protected,
+            Needs::IpaSize => true,
+        };
+        let mut max = if f.needs == Needs::IpaSize { parange(p.ipa_bits) } else { f.max };
+        if !allowed || (p.protected && f.name == "LO") {
+            max = 0;
+        }
+        let have = get(sanitised[f.reg], f);
+        let v = match f.rule {
+            Rule::Lower => have.min(max),
+            Rule::Higher => have.max(max),
+            Rule::Exact { .. } => have,
+        };
+        out[f.reg] = put(out[f.reg], f, v);
+    }
+    out
+}
+
+/// Whether `value` may be written to register `r` of a VM whose ID registers were created as
+/// `limit`: every described field still safe against the limit, every other bit zero.
+pub fn write_ok(r: usize, value: u64, limit: u64) -> bool {
+    if value & !described_mask(r) != 0 {
+        return false;
+    }
+    FIELDS.iter().filter(|f| f.reg == r).all(|f| {
+        let (v, l) = (get(value, f), get(limit, f));
+        match f.rule {
+            Rule::Lower => v <= l,
+            Rule::Higher => v >= l,
+            Rule::Exact { .. } => v == l,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: VmPolicy = VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false };
+    const PFR0: usize = idx(4, 0);
+    const ISAR1: usize = idx(6, 1);
+    const MMFR0: usize = idx(7, 0);
+    const DFR0: usize = idx(5, 0);
+
+    fn field(name: &str) -> &'static Field {
+        FIELDS.iter().find(|f| f.name == name).unwrap()
+    }
+
+    #[test]
+    fn the_table_is_well_formed() {
+        assert_eq!(check_table(FIELDS), Ok(()));
+        assert_eq!(reg_id(PFR0), shared_abi::reg::sysreg(3, 0, 0, 4, 0));
+        assert_eq!(index_of(reg_id(55)), Some(55));
+        assert_eq!(index_of(shared_abi::reg::SYSREGS[0].1), None);
+    }
+
+    #[test]
+    fn bad_tables_are_caught() {
+        let mut bad = [*field("FP"), *field("AdvSIMD")];
+        bad[1].shift = bad[0].shift;
+        assert_eq!(check_table(&bad), Err("FP"), "overlap: the first of the pair is named");
+        let mut bad = [*field("CSV2")];
+        bad[0].shift = 62;
+        assert!(check_table(&bad).is_err(), "misaligned");
+        let mut bad = [*field("FP")];
+        bad[0].max = 9;
+        assert!(check_table(&bad).is_err(), "signed max out of range");
+        let mut bad = [*field("FP")];
+        bad[0].reg = NR_IDREGS;
+        assert!(check_table(&bad).is_err(), "register out of range");
+    }
+
+    #[test]
+    fn combining_cpus_takes_the_safe_value_per_field() {
+        let mut a = [0u64; NR_IDREGS];
+        let mut b = [0u64; NR_IDREGS];
+        // CPU a: AES 2, FP 1; CPU b: AES 1, FP not implemented (-1).
+        a[idx(6, 0)] = 2 << 4;
+        b[idx(6, 0)] = 1 << 4;
+        a[PFR0] = 1 << 16;
+        b[PFR0] = 0xF << 16;
+        combine(&mut a, &b);
+        assert_eq!(get(a[idx(6, 0)], field("AES")), 1);
+        assert_eq!(get(a[PFR0], field("FP")), -1, "signed: not implemented wins");
+    }
+
+    #[test]
+    fn higher_safe_and_exact_rules() {
+        let hi = Field { rule: Rule::Higher, ..*field("AES") };
+        let ex = Field { rule: Rule::Exact { safe: 3 }, shift: 8, name: "X", ..*field("AES") };
+        let table = [hi, ex];
+        let mut a = [0u64; NR_IDREGS];
+        let mut b = [0u64; NR_IDREGS];
+        a[hi.reg] = put(put(0, &hi, 1), &ex, 2);
+        b[hi.reg] = put(put(0, &hi, 2), &ex, 2);
+        combine_with(&table, &mut a, &b);
+        assert_eq!((get(a[hi.reg], &hi), get(a[hi.reg], &ex)), (2, 2), "higher takes the max; equal stays");
+        b[hi.reg] = put(b[hi.reg], &ex, 1);
+        combine_with(&table, &mut a, &b);
+        assert_eq!(get(a[hi.reg], &ex), 3, "exact: CPUs differ, the safe value");
+    }
+
+    #[test]
+    fn restriction_hides_what_el2_does_not_switch() {
+        let mut hw = [0u64; NR_IDREGS];
+        // Hardware with SVE, EL2/EL3, AArch32 EL0, MTE, PAuth (APA 1, GPA 1), PMUv3, 48-bit PA.
+        hw[PFR0] = 2 /* EL0 AArch32 */ | 1 << 8 | 1 << 12 | 1 << 32 | 1 << 56;
+        hw[idx(4, 1)] = 2 << 8;
+        hw[ISAR1] = 1 << 4 | 1 << 24;
+        hw[DFR0] = 8 | 5 << 8;
+        hw[MMFR0] = 5;
+        hw[idx(1, 0)] = 0x1234; // an AArch32 ID register
+        hw[idx(4, 4)] = 0x11; // ID_AA64ZFR0_EL1
+        let v = restrict(&hw, &PLAIN);
+        assert_eq!(get(v[PFR0], field("EL0")), 1, "AArch64 only");
+        assert_eq!(get(v[PFR0], field("EL2")), 0);
+        assert_eq!(get(v[PFR0], field("SVE")), 0);
+        assert_eq!(get(v[PFR0], field("CSV2")), 1, "kept");
+        assert_eq!(get(v[idx(4, 1)], field("MTE")), 0, "no MTE without the flag");
+        assert_eq!(get(v[ISAR1], field("APA")), 0, "no PAuth without the flag");
+        assert_eq!(get(v[DFR0], field("PMUVer")), 0);
+        assert_eq!(get(v[DFR0], field("DebugVer")), 6);
+        assert_eq!(get(v[DFR0], field("DoubleLock")), -1);
+        assert_eq!(get(v[MMFR0], field("PARange")), 1, "36-bit IPA");
+        assert_eq!(v[idx(1, 0)], 0, "AArch32 registers hidden");
+        assert_eq!(v[idx(4, 4)], 0, "SVE ID register hidden");
+        let with = restrict(&hw, &VmPolicy { mte: true, ptrauth: true, pmu: true, ..PLAIN });
+        assert_eq!(get(with[idx(4, 1)], field("MTE")), 2);
+        assert_eq!(get(with[ISAR1], field("APA")), 1);
+        assert_eq!(get(with[ISAR1], field("GPA")), 1);
+        assert_eq!(get(with[DFR0], field("PMUVer")), 5);
+        let prot = restrict(&hw, &VmPolicy { pmu: true, protected: true, ..PLAIN });
+        assert_eq!(get(prot[DFR0], field("PMUVer")), 0, "never a PMU for protected VMs");
+    }
+
+    #[test]
+    fn writes_may_only_lower_to_safe_values() {
+        let limit = put(put(0, field("AES"), 2), field("SHA1"), 1);
+        let r = idx(6, 0);
+        assert!(write_ok(r, limit, limit), "identical");
+        assert!(write_ok(r, put(limit, field("AES"), 1), limit), "lower");
+        assert!(write_ok(r, 0, limit), "all off");
+        assert!(!write_ok(r, put(limit, field("SHA2"), 1), limit), "a feature the VM does not have");
+        assert!(!write_ok(r, limit | 1, limit), "undescribed bits");
+        // Signed: FP may go from implemented (0) to not implemented (-1), not back up.
+        let pfr0 = put(0, field("FP"), 0);
+        assert!(write_ok(PFR0, put(pfr0, field("FP"), -1), pfr0));
+        assert!(!write_ok(PFR0, pfr0, put(pfr0, field("FP"), -1)), "no FP in the limit: cannot add it");
+        assert!(!write_ok(PFR0, put(pfr0, field("FP"), 1), pfr0), "FP16 not in the limit");
+    }
+}
