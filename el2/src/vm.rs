@@ -676,12 +676,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             // instruction is retried (PC unchanged).
             ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
             // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
-            ec::SYS64 if sysreg_access(trap.esr).and_then(|a| idreg_read(&a)).is_some() => {
-                let (rt, i) = sysreg_access(trap.esr).and_then(|a| Some((a.rt, idreg_read(&a)?))).unwrap_or((31, 0));
-                ctx.set_gpr(rt, self.idregs[me.vm_slot][i].load(Ordering::Relaxed));
-                ctx.pc = ctx.pc.wrapping_add(4);
-                Next::Resume
-            }
+            ec::SYS64 => match sysreg_access(trap.esr).and_then(|a| Some((a.rt, idreg_read(&a)?))) {
+                Some((rt, i)) => {
+                    ctx.set_gpr(rt, self.idregs[me.vm_slot][i].load(Ordering::Relaxed));
+                    ctx.pc = ctx.pc.wrapping_add(4);
+                    Next::Resume
+                }
+                None => self.undef(handle, ctx, esr, arch),
+            },
             ec::HVC64 | ec::SMC64 => {
                 if esr.ec() == ec::SMC64 {
                     // A trapped SMC's preferred return address is the SMC itself.
@@ -716,19 +718,21 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 }
                 Next::Exit(e)
             }
-            _ => {
-                // Anything EL2 does not emulate (system registers, FP/SIMD, SVE, pointer
-                // authentication, ...): the guest gets an UNDEF, as on hardware without it. The
-                // guest's EL1 registers are live in the CPU: edit them through the context.
-                arch.el1_to_ctx(ctx);
-                let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
-                arch.el1_from_ctx(ctx);
-                if ok {
-                    Next::Resume
-                } else {
-                    self.kill(handle, kill::BAD_EXCEPTION, 0)
-                }
-            }
+            _ => self.undef(handle, ctx, esr, arch),
+        }
+    }
+
+    /// Anything EL2 does not emulate (other system registers, SVE, pointer authentication,
+    /// ...): the guest gets an UNDEF, as on hardware without it. The guest's EL1 registers are
+    /// live in the CPU: edit them through the context.
+    fn undef(&self, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl GuestArch) -> Next {
+        arch.el1_to_ctx(ctx);
+        let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
+        arch.el1_from_ctx(ctx);
+        if ok {
+            Next::Resume
+        } else {
+            self.kill(handle, kill::BAD_EXCEPTION, 0)
         }
     }
 
@@ -826,7 +830,7 @@ pub struct SysregAccess {
 
 /// Decodes the ISS of a trapped system-register access (Arm ARM D17.2.37, EC 0x18).
 pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
-    (Esr(esr).ec() == ec::SYS64).then(|| SysregAccess {
+    (Esr(esr).ec() == ec::SYS64).then_some(SysregAccess {
         op0: ((esr >> 20) & 3) as u8,
         op2: ((esr >> 17) & 7) as u8,
         op1: ((esr >> 14) & 7) as u8,
@@ -1078,6 +1082,25 @@ mod tests {
         let all = register_ids().count() + fwreg::IDS.len() + NR_IDREGS;
         assert!(all <= MAX_REG_IDS, "the register list must fit the message");
         assert_eq!(f.call(0, H::VcpuRegList, &[h, 0]).unwrap()[0] as usize, all);
+    }
+
+    #[test]
+    fn id_register_reads_are_answered_from_the_vm() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        // MRS x3, ID_AA64ISAR0_EL1 (op0 3, op1 0, CRn 0, CRm 6, op2 0), then an MSR to it.
+        let mrs = (0x18 << 26) | (1 << 25) | 3 << 20 | 3 << 5 | 6 << 1 | 1;
+        let msr = mrs & !1;
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(mrs, 0), trap(msr, 0), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let isar0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(6, 0))]).unwrap()[0];
+        assert_eq!(isar0, 2 << 4, "the fixture CPU's AES 2, restricted");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(3)]), Ok([isar0, 0, 0]));
+        assert_eq!(rec.2.borrow()[1], 4, "read stepped over");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
+        let sve = idreg::reg_id(idreg::idx(4, 0));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Busy), "after the run");
     }
 
     #[test]
