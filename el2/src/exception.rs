@@ -14,6 +14,8 @@ pub mod ec {
     pub const WFX: u8 = 0x01;
     /// FP/SIMD access trapped (here: by `CPTR_EL2.TFP`).
     pub const FP: u8 = 0x07;
+    /// Pointer-authentication instruction trapped by `HCR_EL2.API`.
+    pub const PAUTH: u8 = 0x09;
     /// HVC in AArch64 state.
     pub const HVC64: u8 = 0x16;
     /// SMC in AArch64 state (trapped by `HCR_EL2.TSC`; `ELR_EL2` points *at* the SMC).

@@ -116,7 +116,16 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) idregs: &'a IdRegTable,
     /// ID registers combined over every CPU that has entered EL2 so far.
     pub(crate) idregs_sanitised: spin::Mutex<[u64; NR_IDREGS]>,
+    /// Pointer-authentication policy: lazy (true) or eager.
+    pub(crate) pauth_lazy: AtomicBool,
+    /// Lazy policy: loads a vCPU keeps its keys after a trapped use.
+    pub(crate) pauth_decay: core::sync::atomic::AtomicU32,
 }
+
+/// Default pointer-authentication policy (see the benchmark figures in the README).
+pub const PTRAUTH_DEFAULT_LAZY: bool = true;
+/// Default number of runs a vCPU keeps its keys loaded after a trapped use (lazy policy).
+pub const PTRAUTH_DEFAULT_DECAY: u32 = 64;
 
 /// Table pages the host's identity stage 2 can need at most for `ram` (see ARCHITECTURE.md):
 /// the root, two level-1 tables, one level-2 table per GiB and one level-3 table per 2 MiB.
@@ -204,6 +213,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             fw_provided,
             idregs,
             idregs_sanitised: spin::Mutex::new(boot_cpu_idregs),
+            pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
+            pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
         })
     }
 
@@ -258,6 +269,20 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     return Err(HypError::BadMessage);
                 }
                 self.write_message(cpu, &req.expected_response())?;
+                Ok([0; 3])
+            }
+            HypercallId::SetPtrauthPolicy => {
+                let lazy = match (x[1], x[2]) {
+                    (shared_abi::PTRAUTH_EAGER, 0) => false,
+                    (shared_abi::PTRAUTH_LAZY, 1..=1_000_000) => true,
+                    _ => return Err(HypError::InvalidArgument),
+                };
+                let _guard = self.mem.lock();
+                if self.finalised() {
+                    return Err(HypError::SetupFinalised);
+                }
+                self.pauth_lazy.store(lazy, Ordering::Relaxed);
+                self.pauth_decay.store(x[2] as u32, Ordering::Relaxed);
                 Ok([0; 3])
             }
             HypercallId::VmCreate => self.vm_create(cpu),
@@ -384,6 +409,12 @@ pub(crate) mod tests {
             self.0.borrow_mut().push("put");
         }
         fn el1_to_ctx(&self, _: &mut crate::vcpu::VcpuCtx) {}
+        fn pauth_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
+            let mut log = self.0.borrow_mut();
+            let first = !log.contains(&"pauth_load");
+            log.push("pauth_load");
+            first
+        }
         fn fp_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
             let mut log = self.0.borrow_mut();
             let first = !log.contains(&"fp_load");
@@ -456,6 +487,7 @@ pub(crate) mod tests {
         boot_cpu_idregs[crate::idreg::idx(4, 0)] = 0x11;
         boot_cpu_idregs[crate::idreg::idx(6, 0)] = 2 << 4;
         boot_cpu_idregs[crate::idreg::idx(7, 0)] = 5;
+        boot_cpu_idregs[crate::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
         let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided, idregs, boot_cpu_idregs }).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }

@@ -241,6 +241,16 @@ fn combine_with(fields: &[Field], acc: &mut [u64; NR_IDREGS], cpu: &[u64; NR_IDR
     }
 }
 
+/// Whether every CPU (the sanitised values) has both address and generic pointer
+/// authentication *with the same algorithm*: QARMA5 (`APA` + `GPA`), QARMA3 (`APA3` + `GPA3`)
+/// or IMPLEMENTATION DEFINED (`API` + `GPI`). Sanitising takes the minimum per field, so a field
+/// any CPU lacks reads as zero here; CPUs using different algorithms leave no pair.
+pub fn ptrauth_consistent(s: &[u64; NR_IDREGS]) -> bool {
+    let (isar1, isar2) = (s[idx(6, 1)], s[idx(6, 2)]);
+    let f = |v: u64, shift: u32| (v >> shift) & 0xF != 0;
+    (f(isar1, 4) && f(isar1, 24)) || (f(isar1, 8) && f(isar1, 28)) || (f(isar2, 12) && f(isar2, 8))
+}
+
 /// PARange for an IPA size (`ID_AA64MMFR0_EL1.PARange` encoding).
 pub fn parange(ipa_bits: u8) -> i8 {
     match ipa_bits {
@@ -396,6 +406,29 @@ mod tests {
         assert_eq!(get(with[DFR0], field("PMUVer")), 5);
         let prot = restrict(&hw, &VmPolicy { pmu: true, protected: true, ..PLAIN });
         assert_eq!(get(prot[DFR0], field("PMUVer")), 0, "never a PMU for protected VMs");
+    }
+
+    #[test]
+    fn ptrauth_needs_address_and_generic_with_one_algorithm() {
+        let with = |isar1: u64, isar2: u64| {
+            let mut s = [0u64; NR_IDREGS];
+            s[ISAR1] = isar1;
+            s[idx(6, 2)] = isar2;
+            ptrauth_consistent(&s)
+        };
+        assert!(with(1 << 4 | 1 << 24, 0), "QARMA5 address + generic");
+        assert!(with(1 << 8 | 1 << 28, 0), "IMPDEF address + generic");
+        assert!(with(0, 1 << 12 | 1 << 8), "QARMA3 address + generic");
+        assert!(!with(1 << 4, 0), "address only");
+        assert!(!with(1 << 24, 0), "generic only");
+        assert!(!with(1 << 4 | 1 << 28, 0), "QARMA5 address, IMPDEF generic");
+        // Two CPUs with different algorithms: sanitising leaves neither pair.
+        let mut a = [0u64; NR_IDREGS];
+        let mut b = [0u64; NR_IDREGS];
+        a[ISAR1] = 1 << 4 | 1 << 24;
+        b[ISAR1] = 1 << 8 | 1 << 28;
+        combine(&mut a, &b);
+        assert!(!ptrauth_consistent(&a));
     }
 
     #[test]

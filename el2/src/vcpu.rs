@@ -41,6 +41,10 @@ pub struct VcpuCtx {
     pub sys: [u64; NR_SYSREGS],
     /// FP/SIMD registers (loaded lazily, see `arch::switch`).
     pub fp: FpRegs,
+    /// Pointer-authentication keys, in [`reg::PAUTH_KEYS`] order.
+    pub pauth_keys: [u64; 10],
+    /// Lazy pointer authentication: loads left before the key trap is re-armed.
+    pub pauth_eager_left: u32,
     /// An MMIO read waiting for the host's value.
     pub pending_read: Option<MmioAccess>,
 }
@@ -100,6 +104,8 @@ impl VcpuCtx {
             spsr_el1: 0,
             sys,
             fp: FpRegs::ZERO,
+            pauth_keys: [0; 10],
+            pauth_eager_left: 0,
             pending_read: None,
         }
     }
@@ -122,7 +128,7 @@ impl VcpuCtx {
             _ if id & !0xFF == reg::core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => &mut self.x[(id & 0xFF) as usize / 2],
             _ => match reg::sysreg_index(id) {
                 Some(i) => &mut self.sys[i],
-                None => return None,
+                None => &mut self.pauth_keys[reg::PAUTH_KEYS.iter().position(|k| k.1 == id)?],
             },
         })
     }
@@ -207,6 +213,7 @@ pub fn register_ids() -> impl Iterator<Item = u64> {
         .chain([reg::MPIDR_EL1])
         .chain((0..32).map(reg::fp_vreg))
         .chain([reg::FPSR, reg::FPCR])
+        .chain(reg::PAUTH_KEYS.iter().map(|k| k.1))
 }
 
 /// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
@@ -427,7 +434,7 @@ mod tests {
     fn register_list_is_complete_and_gettable() {
         let mut c = VcpuCtx::new();
         let ids: std::vec::Vec<u64> = register_ids().collect();
-        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34);
+        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34 + 10);
         assert!(ids.len() <= shared_abi::msg::MAX_REG_IDS);
         for id in ids {
             assert!(c.get(0, id).is_ok(), "{id:#x}");

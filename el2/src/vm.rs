@@ -97,6 +97,8 @@ pub struct Vm {
     pub fw: FwRegs,
     /// The ID-register values EL2 gave the VM at creation: host writes may only lower them.
     pub idreg_limit: [u64; NR_IDREGS],
+    /// The guest has pointer authentication.
+    pub ptrauth: bool,
 }
 
 impl Vm {
@@ -272,6 +274,8 @@ pub struct GuestConfig {
     pub vmpidr: u64,
     /// Leave the PMU untrapped ([`vm_flags::HOST_PMU`]).
     pub host_pmu: bool,
+    /// Load the guest's pointer-authentication keys now (and leave them untrapped).
+    pub pauth_now: bool,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -289,6 +293,10 @@ pub trait GuestArch: Maintenance {
     fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap;
     /// Saves the guest's EL1 state into `ctx` and restores the host's.
     fn put(&self, ctx: &mut VcpuCtx, saved: Self::Saved);
+    /// The guest's first pointer-authentication use in this run (lazy policy): stop trapping
+    /// it (`HCR_EL2.API/APK`), save the host's keys in `saved` and load the guest's from
+    /// `ctx`; `put` swaps them back. `false` if already loaded.
+    fn pauth_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
     /// The guest's first FP/SIMD use in this run (its access trapped): stop trapping FP/SIMD,
     /// save the host's FP/SIMD registers in `saved` and load the guest's from `ctx`; `put`
     /// swaps them back. `false` if they are already loaded (the trap is then not ours to fix).
@@ -319,6 +327,8 @@ struct Me<'f> {
     nr_vcpus: usize,
     /// The VM's firmware registers (frozen once it has run).
     fw: &'f FwRegs,
+    /// The VM has pointer authentication.
+    ptrauth: bool,
 }
 
 /// Outcome of [`Hyp::map_guest_page`].
@@ -364,8 +374,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
             return Err(HypError::InvalidArgument);
         }
-        if req.flags & (vm_flags::MTE | vm_flags::PTRAUTH) != 0 {
-            // Not switched by EL2 yet: refusing beats a guest that silently lacks them.
+        if req.flags & vm_flags::MTE != 0 {
+            // Not switched by EL2 yet: refusing beats a guest that silently lacks it.
+            return Err(HypError::Denied);
+        }
+        let ptrauth = req.flags & vm_flags::PTRAUTH != 0;
+        if ptrauth && !idreg::ptrauth_consistent(&self.idregs_sanitised.lock()) {
+            // Some CPU lacks address or generic authentication, or CPUs differ in algorithm.
             return Err(HypError::Denied);
         }
         if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
@@ -386,7 +401,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
         let policy = VmPolicy {
             mte: false,
-            ptrauth: false,
+            ptrauth,
             pmu: req.flags & vm_flags::HOST_PMU != 0,
             ipa_bits: req.ipa_bits as u8,
             protected: req.flags & vm_flags::PROTECTED != 0,
@@ -414,6 +429,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             host_pmu: req.flags & vm_flags::HOST_PMU != 0,
             fw: FwRegs::new(self.fw_provided),
             idreg_limit,
+            ptrauth,
         });
         Ok([handle, 0, 0])
     }
@@ -590,7 +606,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         self.message_page(cpu)?;
         let slot = self.vcpu_slot(handle, index)?;
         let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-        let (cfg, nr_vcpus, fw) = {
+        let (cfg, nr_vcpus, fw, ptrauth) = {
             let mut mem = self.mem.lock();
             let (_, vm) = mem.vms.lookup_mut(handle)?;
             if index as usize >= vm.nr_vcpus {
@@ -606,9 +622,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 ipa_bits: vm.s2.ia_bits(),
                 vmpidr: crate::vcpu::vmpidr(index as usize),
                 host_pmu: vm.host_pmu,
+                pauth_now: false,
             };
-            (cfg, vm.nr_vcpus, vm.fw)
+            (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth)
         };
+        let mut cfg = cfg;
         let vm_slot = (handle & 0xFF) as usize;
         match slot.power.load(Ordering::Acquire) {
             power::ON => {}
@@ -623,12 +641,22 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             ctx.set_gpr(read.reg, v);
             ctx.pc = ctx.pc.wrapping_add(4);
         }
+        // Pointer authentication: eager loads the keys every time; lazy only while the vCPU
+        // used them recently (a trapped use sets the count; each load spends one).
+        if ptrauth {
+            if !self.pauth_lazy.load(Ordering::Relaxed) {
+                cfg.pauth_now = true;
+            } else if ctx.pauth_eager_left > 0 {
+                ctx.pauth_eager_left -= 1;
+                cfg.pauth_now = true;
+            }
+        }
         // Load once; from here to `put` nothing may return early.
         let mut saved = arch.load(&ctx, &cfg);
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
             let trap = arch.run(&mut ctx);
-            let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw };
+            let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth };
             if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
                 exit = e;
                 break;
@@ -675,6 +703,12 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
             // instruction is retried (PC unchanged).
             ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
+            // Lazy pointer authentication: a PAC instruction (HCR_EL2.API) or a key register
+            // access (HCR_EL2.APK) is the first use in this run; retried after loading.
+            ec::PAUTH | ec::SYS64 if me.ptrauth && (esr.ec() == ec::PAUTH || is_key_access(trap.esr)) && arch.pauth_load(ctx, saved) => {
+                ctx.pauth_eager_left = self.pauth_decay.load(Ordering::Relaxed);
+                Next::Resume
+            }
             // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
             ec::SYS64 => match sysreg_access(trap.esr).and_then(|a| Some((a.rt, idreg_read(&a)?))) {
                 Some((rt, i)) => {
@@ -839,6 +873,11 @@ pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
         crm: ((esr >> 1) & 0xF) as u8,
         read: esr & 1 != 0,
     })
+}
+
+/// Whether a trapped `MRS`/`MSR` names a pointer-authentication key register.
+fn is_key_access(esr: u64) -> bool {
+    sysreg_access(esr).is_some_and(|a| a.op0 == 3 && a.op1 == 0 && a.crn == 2 && (1..=3).contains(&a.crm))
 }
 
 /// The ID-register index a trapped read names, if it is one.

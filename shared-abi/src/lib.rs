@@ -61,6 +61,12 @@ impl AbiVersion {
     }
 }
 
+/// Pointer-authentication keys are switched on every vCPU load and put.
+pub const PTRAUTH_EAGER: u64 = 0;
+/// Pointer-authentication keys stay trapped until a vCPU uses them, then are switched eagerly
+/// for that vCPU until it goes a number of runs without using them.
+pub const PTRAUTH_LAZY: u64 = 1;
+
 /// When in the hypervisor's life a call may be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -143,6 +149,10 @@ hypercalls! {
     /// otherwise). Runs the vCPU until it needs the host; writes a [`msg::VcpuExit`] to the
     /// message page and returns its reason in `x1`.
     VcpuRun = 12, Any;
+    /// `x1` = pointer-authentication policy ([`PTRAUTH_EAGER`] or [`PTRAUTH_LAZY`]), `x2` =
+    /// for lazy: runs a vCPU keeps its keys loaded after its last trapped use before the trap is
+    /// re-armed (1..=1,000,000). Set-up only; applies to every VM.
+    SetPtrauthPolicy = 13, SetupOnly;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
@@ -156,7 +166,7 @@ impl HypercallId {
             HypercallId::Version | HypercallId::FinaliseSetup => 0,
             HypercallId::HypInfo | HypercallId::Echo => 0,
             HypercallId::Ping | HypercallId::TestFault | HypercallId::VmDestroy => 1,
-            HypercallId::SetMessagePage | HypercallId::VcpuRegList => 2,
+            HypercallId::SetMessagePage | HypercallId::VcpuRegList | HypercallId::SetPtrauthPolicy => 2,
             HypercallId::VmCreate => 0,
             HypercallId::VcpuGetReg | HypercallId::VcpuRun => 3,
             HypercallId::VmAddMemory => 4,

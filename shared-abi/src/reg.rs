@@ -97,6 +97,21 @@ pub fn fp_vreg_index(id: u64) -> Option<usize> {
     (off % 4 == 0 && off / 4 < 32).then_some((off / 4) as usize)
 }
 
+/// The pointer-authentication keys, in context order: APIAKeyLo/Hi, APIBKeyLo/Hi,
+/// APDAKeyLo/Hi, APDBKeyLo/Hi, APGAKeyLo/Hi (op0=3, op1=0, CRn=2, CRm=1..3).
+pub const PAUTH_KEYS: [(&str, u64); 10] = [
+    ("APIAKeyLo_EL1", sysreg(3, 0, 2, 1, 0)),
+    ("APIAKeyHi_EL1", sysreg(3, 0, 2, 1, 1)),
+    ("APIBKeyLo_EL1", sysreg(3, 0, 2, 1, 2)),
+    ("APIBKeyHi_EL1", sysreg(3, 0, 2, 1, 3)),
+    ("APDAKeyLo_EL1", sysreg(3, 0, 2, 2, 0)),
+    ("APDAKeyHi_EL1", sysreg(3, 0, 2, 2, 1)),
+    ("APDBKeyLo_EL1", sysreg(3, 0, 2, 2, 2)),
+    ("APDBKeyHi_EL1", sysreg(3, 0, 2, 2, 3)),
+    ("APGAKeyLo_EL1", sysreg(3, 0, 2, 3, 0)),
+    ("APGAKeyHi_EL1", sysreg(3, 0, 2, 3, 1)),
+];
+
 /// `MPIDR_EL1` as the vCPU sees it (read-only: Aff0 = vCPU index).
 pub const MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
 
@@ -127,7 +142,7 @@ pub fn name(id: u64) -> Option<&'static str> {
         FPCR => Some("FPCR"),
         _ if fp_vreg_index(id).is_some() => Some("V<n>"),
         _ if id & !0xFF == core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => Some(X[(id as usize & 0xFF) / 2]),
-        _ => sysreg_index(id).map(|i| SYSREGS[i].0),
+        _ => sysreg_index(id).map(|i| SYSREGS[i].0).or_else(|| PAUTH_KEYS.iter().find(|k| k.1 == id).map(|k| k.0)),
     }
 }
 

@@ -123,6 +123,41 @@ macro_rules! el1_sysregs {
     };
 }
 
+macro_rules! pauth_keys {
+    ($($name:literal),* $(,)?) => {
+        fn save_keys(out: &mut [u64; 10]) {
+            let mut i = 0;
+            $(
+                let v: u64;
+                // SAFETY: reading a pointer-authentication key register at EL2 (never trapped
+                // at EL2) has no side effects.
+                unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
+                out[i] = v;
+                i += 1;
+            )*
+            let _ = i;
+        }
+
+        fn restore_keys(v: &[u64; 10]) {
+            let mut i = 0;
+            $(
+                // SAFETY: the keys only affect pointer-authentication instructions at EL1&0,
+                // which do not run before the next ERET. EL2 itself is not built with pointer
+                // authentication, so it never uses the guest's keys.
+                unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v[i], options(nomem, nostack, preserves_flags)) };
+                i += 1;
+            )*
+            let _ = i;
+        }
+    };
+}
+
+// APIAKeyLo/Hi, APIBKeyLo/Hi, APDAKeyLo/Hi, APDBKeyLo/Hi, APGAKeyLo/Hi (shared_abi::reg::PAUTH_KEYS).
+pauth_keys!("S3_0_C2_C1_0", "S3_0_C2_C1_1", "S3_0_C2_C1_2", "S3_0_C2_C1_3", "S3_0_C2_C2_0", "S3_0_C2_C2_1", "S3_0_C2_C2_2", "S3_0_C2_C2_3", "S3_0_C2_C3_0", "S3_0_C2_C3_1");
+
+/// `HCR_EL2.APK | HCR_EL2.API`: pointer-authentication keys and instructions untrapped.
+const HCR_APK_API: u64 = (1 << 40) | (1 << 41);
+
 el1_sysregs!(
     "sctlr_el1", "cpacr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "afsr0_el1", "afsr1_el1",
     "esr_el1", "far_el1", "par_el1", "mair_el1", "amair_el1", "vbar_el1", "contextidr_el1",
@@ -160,14 +195,20 @@ fn restore_el1_extra(e: &El1Extra) {
     SPSR_EL1.set(e.spsr_el1);
 }
 
-/// Trap configuration for guests, built in this one place. Deny by default: every guest gets
-/// stage 2; ID-register reads trap (`TID3`) and are answered from the VM's own values; IRQ/FIQ/SError go to EL2 (so the host gets its CPU back); SMC, WFI/WFE,
-/// IMPLEMENTATION DEFINED registers, ACTLR, FP/SIMD (until the first use in each run, when EL2
-/// loads the guest's FP/SIMD registers and stops trapping), SVE/SME, PMU (unless the VM has the opt-in
-/// `HOST_PMU` flag, never for protected VMs) and debug registers, and the EL1 physical timer
-/// trap. Pointer authentication (`HCR_EL2.API/APK` clear) and allocation
-/// tags (`HCR_EL2.ATA` clear) are unavailable. Everything trapped that EL2 does not emulate
-/// becomes an UNDEF in the guest.
+/// Trap configuration for guests, built in this one place. Deny by default:
+/// - every guest gets stage 2;
+/// - ID-register reads trap (`TID3`) and are answered from the VM's own values;
+/// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
+/// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
+/// - FP/SIMD traps until the first use in each run, when EL2 loads the guest's registers;
+/// - SVE and SME trap (not switched);
+/// - PMU registers trap unless the VM has the opt-in `HOST_PMU` flag (never protected VMs);
+/// - debug registers and the EL1 physical timer trap;
+/// - pointer authentication traps (`HCR_EL2.API/APK` clear) until EL2 loads the keys of a VM
+///   that has it (eagerly, or on first use under the lazy policy); for others it is an UNDEF;
+/// - allocation tags are unavailable (`HCR_EL2.ATA` clear).
+///
+/// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 struct GuestTraps {
     hcr: u64,
     cptr: u64,
@@ -237,6 +278,9 @@ pub struct HostSaved {
     host_fp: FpRegs,
     /// CPTR_EL2 for the guest once its FP/SIMD is loaded.
     guest_cptr_fp: u64,
+    /// The guest's pointer-authentication keys are loaded (the host's are in `host_keys`).
+    keys_loaded: bool,
+    host_keys: [u64; 10],
 }
 
 impl ArchMaintenance {
@@ -258,6 +302,8 @@ impl ArchMaintenance {
             fp_loaded: false,
             host_fp: FpRegs::ZERO,
             guest_cptr_fp: 0,
+            keys_loaded: false,
+            host_keys: [0; 10],
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
@@ -266,7 +312,15 @@ impl ArchMaintenance {
         let traps = guest_traps(saved.mdcr, cfg);
         let mut saved = saved;
         saved.guest_cptr_fp = traps.cptr & !CPTR_TFP;
-        HCR_EL2.set(traps.hcr);
+        if cfg.pauth_now {
+            // Eager (or recently used): the guest's keys now, pointer authentication untrapped.
+            save_keys(&mut saved.host_keys);
+            restore_keys(&ctx.pauth_keys);
+            saved.keys_loaded = true;
+            HCR_EL2.set(traps.hcr | HCR_APK_API);
+        } else {
+            HCR_EL2.set(traps.hcr);
+        }
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);
         CNTHCTL_EL2.set(traps.cnthctl);
@@ -313,6 +367,10 @@ impl ArchMaintenance {
     /// stage 2.
     fn put_guest(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
         self.el1_to_ctx(ctx);
+        if saved.keys_loaded {
+            save_keys(&mut ctx.pauth_keys);
+            restore_keys(&saved.host_keys);
+        }
         if saved.fp_loaded {
             // SAFETY: CPTR_EL2.TFP is clear since fp_load; both areas are valid FpRegs.
             unsafe {
@@ -388,6 +446,18 @@ impl GuestArch for ArchMaintenance {
 
     fn put(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
         self.put_guest(ctx, saved)
+    }
+
+    fn pauth_load(&self, ctx: &VcpuCtx, saved: &mut HostSaved) -> bool {
+        if saved.keys_loaded {
+            return false;
+        }
+        save_keys(&mut saved.host_keys);
+        restore_keys(&ctx.pauth_keys);
+        saved.keys_loaded = true;
+        // In effect for the guest from the ERET that retries the trapped instruction.
+        HCR_EL2.set(HCR_EL2.get() | HCR_APK_API);
+        true
     }
 
     fn fp_load(&self, ctx: &VcpuCtx, saved: &mut HostSaved) -> bool {
