@@ -1,7 +1,7 @@
 //! Scenarios with VMs: lifecycle, isolation, register integrity, hostile arguments.
 
 use crate::platform::Platform;
-use crate::vmm::{self, NoDevice, Outcome, TestDevice, Vm, GUEST_RAM};
+use crate::vmm::{self, NoDevice, Outcome, Stepper, TestDevice, Vm, GUEST_RAM};
 use crate::{hvc, println, PROBE};
 use shared_abi::layout::HYP_REGION_BASE;
 use shared_abi::msg::{vm_flags, VmCreate};
@@ -27,7 +27,13 @@ fn image(plat: &Platform) -> &'static [u8] {
 
 /// Creates a VM, loads the guest image into its memory and gives the memory to it.
 fn start(plat: &Platform, vcpus: u32, protected: bool) -> Vm {
-    let vm = match vmm::create(vcpus, protected, GUEST_MIB) {
+    start_with(plat, vcpus, if protected { vm_flags::PROTECTED } else { 0 })
+}
+
+/// [`start`] with explicit VM flags.
+fn start_with(plat: &Platform, vcpus: u32, flags: u64) -> Vm {
+    let protected = flags & vm_flags::PROTECTED != 0;
+    let vm = match vmm::create_with_flags(vcpus, flags, GUEST_MIB) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
     };
@@ -81,6 +87,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-bad-args" => bad_args(plat),
         "vm-fwregs" => fwregs(plat),
         "vm-idregs" => idregs(plat),
+        "vm-pauth" => pauth(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -538,4 +545,58 @@ fn idregs(plat: &Platform) {
     check!(set(40, lowered).is_ok(), "identical write after the first run refused");
     expect_err!(set(40, isar0), HypError::Busy, "changing an ID register after the first run");
     destroy(&vm);
+}
+
+/// The pauth guest's test device: gives it its key seed, records its signatures.
+struct PauthDevice {
+    seed: u64,
+    sigs: [u64; 2],
+    n: usize,
+}
+
+impl TestDevice for PauthDevice {
+    fn write(&mut self, _: &Vm, v: u64) {
+        if self.n < 2 {
+            self.sigs[self.n] = v;
+        }
+        self.n += 1;
+    }
+    fn read(&mut self, _: &Vm) -> u64 {
+        self.seed
+    }
+}
+
+/// Two pointer-authentication VMs with different keys, run exit by exit in turn.
+fn pauth(plat: &Platform) {
+    const HOST_KEY: u64 = 0x4057_4B45_5900_0001;
+    // SAFETY: the host's own APIAKeyLo_EL1 and APGAKeyLo_EL1 (not trapped for the host), which
+    // this host does not otherwise use.
+    unsafe { core::arch::asm!("msr S3_0_C2_C1_0, {k}", "msr S3_0_C2_C3_0, {k}", k = in(reg) HOST_KEY, options(nostack)) };
+    let a = start_with(plat, 1, vm_flags::PTRAUTH | vm_flags::PROTECTED);
+    let b = start_with(plat, 1, vm_flags::PTRAUTH);
+    let (mut da, mut db) = (PauthDevice { seed: 1, sigs: [0; 2], n: 0 }, PauthDevice { seed: 2, sigs: [0; 2], n: 0 });
+    let (mut sa, mut sb) = (Stepper::new(), Stepper::new());
+    let (mut done_a, mut done_b) = (None, None);
+    let mut switches = 0u64;
+    while done_a.is_none() || done_b.is_none() {
+        if done_a.is_none() {
+            done_a = sa.step(&a, 0, &mut da).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN a: {e:?}")));
+        }
+        if done_b.is_none() {
+            done_b = sb.step(&b, 0, &mut db).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN b: {e:?}")));
+        }
+        switches += 1;
+    }
+    check!(done_a == Some(Outcome::Off) && done_b == Some(Outcome::Off), "pauth guests ended {done_a:?} {done_b:?}");
+    check!(da.n == 2 && db.n == 2, "pauth guests reported {} and {} signatures", da.n, db.n);
+    check!(da.sigs[0] == da.sigs[1] && db.sigs[0] == db.sigs[1], "a guest's signature changed: {:x?} {:x?}", da.sigs, db.sigs);
+    check!(da.sigs[0] != db.sigs[0], "two VMs with different keys produced the same signature {:#x}", da.sigs[0]);
+    println!("host: ok: two pointer-authentication VMs interleaved over {switches} rounds kept their own keys");
+    let (k1, k2): (u64, u64);
+    // SAFETY: reading the host's own key registers.
+    unsafe { core::arch::asm!("mrs {}, S3_0_C2_C1_0", "mrs {}, S3_0_C2_C3_0", out(reg) k1, out(reg) k2, options(nostack)) };
+    check!(k1 == HOST_KEY && k2 == HOST_KEY, "the host's keys changed: {k1:#x} {k2:#x}");
+    println!("host: ok: the host's pointer-authentication keys intact");
+    destroy(&a);
+    destroy(&b);
 }

@@ -148,14 +148,23 @@ impl TestDevice for NoDevice {
 /// Set when the VM being run by several host CPUs has stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Runs vCPU `index` until the VM stops. `dev` serves the test device.
-pub fn run_vcpu(vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
-    let mut line = [0u8; 160];
-    let mut len = 0;
-    let mut read_value = 0;
-    loop {
-        let r = hvc::call(HypercallId::VcpuRun, &[vm.handle, index, read_value]);
-        read_value = 0;
+/// One vCPU's run state between exits: its console line and a pending MMIO read value.
+pub struct Stepper {
+    line: [u8; 160],
+    len: usize,
+    read_value: u64,
+}
+
+impl Stepper {
+    /// A fresh vCPU.
+    pub const fn new() -> Self {
+        Self { line: [0; 160], len: 0, read_value: 0 }
+    }
+
+    /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over.
+    pub fn step(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Option<Outcome>, HypError> {
+        let r = hvc::call(HypercallId::VcpuRun, &[vm.handle, index, self.read_value]);
+        self.read_value = 0;
         r?;
         // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
         let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
@@ -165,34 +174,46 @@ pub fn run_vcpu(vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Outcome
                 match (e.ipa, write) {
                     (UART, true) => {
                         let c = e.data as u8;
-                        if c == b'\n' || len == line.len() {
-                            println!("{}", core::str::from_utf8(&line[..len]).unwrap_or("<bad utf-8>"));
-                            len = 0;
+                        if c == b'\n' || self.len == self.line.len() {
+                            println!("{}", core::str::from_utf8(&self.line[..self.len]).unwrap_or("<bad utf-8>"));
+                            self.len = 0;
                         }
                         if c != b'\n' {
-                            line[len] = c;
-                            len += 1;
+                            self.line[self.len] = c;
+                            self.len += 1;
                         }
                     }
                     (a, _) if (UART..UART + 0x1000).contains(&a) => {} // FR reads 0: never busy
                     (TESTDEV, true) => dev.write(vm, e.data),
-                    (TESTDEV, false) => read_value = dev.read(vm),
+                    (TESTDEV, false) => self.read_value = dev.read(vm),
                     _ => {
                         UNASSIGNED.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Ok(None)
             }
-            exit::WFX | exit::IRQ | exit::HYPERCALL => {}
+            exit::WFX | exit::IRQ | exit::HYPERCALL => Ok(None),
             exit::VCPU_OFF => {
                 if index == 0 || STOP.load(Ordering::SeqCst) {
-                    return Ok(Outcome::Off);
+                    return Ok(Some(Outcome::Off));
                 }
                 core::hint::spin_loop();
+                Ok(None)
             }
-            exit::SYSTEM_OFF => return Ok(Outcome::Off),
-            exit::SYSTEM_RESET => return Ok(Outcome::Reset),
-            exit::KILLED => return Ok(Outcome::Killed(e.data, e.ipa)),
+            exit::SYSTEM_OFF => Ok(Some(Outcome::Off)),
+            exit::SYSTEM_RESET => Ok(Some(Outcome::Reset)),
+            exit::KILLED => Ok(Some(Outcome::Killed(e.data, e.ipa))),
             other => crate::fail::fail(format_args!("unknown exit reason {other}")),
+        }
+    }
+}
+
+/// Runs vCPU `index` until the VM stops. `dev` serves the test device.
+pub fn run_vcpu(vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
+    let mut s = Stepper::new();
+    loop {
+        if let Some(o) = s.step(vm, index, dev)? {
+            return Ok(o);
         }
         if index != 0 && STOP.load(Ordering::SeqCst) {
             return Ok(Outcome::Off);

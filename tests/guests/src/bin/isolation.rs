@@ -68,6 +68,12 @@ fn traps() {
         unsafe { core::arch::asm!(".inst 0x04bf5020", out("x0") _, options(nostack)) };
     });
     expect_undef("SVE instruction", sve);
+    // Pointer authentication without the VM flag: UNDEF (HCR_EL2.API traps it, EL2 refuses).
+    let pac = guests::trapped(|| {
+        // SAFETY: PACGA x0, x1, x2 (encoded): computes, or takes the exception the vectors handle.
+        unsafe { core::arch::asm!(".inst 0x9ac23020", out("x0") _, in("x1") 1u64, in("x2") 2u64, options(nostack)) };
+    });
+    expect_undef("PACGA without pointer authentication", pac);
     // The host's hypercall ABI is not the guest's: EL2 answers NOT_SUPPORTED.
     let r = smccc::hvc64(0xC600_0000, [0; 17])[0];
     if r != u64::MAX {
