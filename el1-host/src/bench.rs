@@ -59,6 +59,32 @@ fn create(flags: u64) -> u64 {
     hvc::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
 }
 
+/// A test device answering the bench guest's question: which rows to run.
+struct Mode(u64);
+impl vmm::TestDevice for Mode {
+    fn write(&mut self, _: &vmm::Vm, _: u64) {}
+    fn read(&mut self, _: &vmm::Vm) -> u64 {
+        self.0
+    }
+}
+
+/// The pointer-authentication rows, under the policy set at set-up (`ptrauth=eager|lazy`).
+pub fn run_ptrauth(plat: &Platform) {
+    pmu_init();
+    let mode = if plat.arg("ptrauth") == Some("eager") { 1 } else { 2 };
+    let Some(image) = plat.guest_image() else { crate::fail::fail(format_args!("no bench guest image")) };
+    let vm = match vmm::create_with_flags(1, vm_flags::HOST_PMU | vm_flags::PTRAUTH, 16) {
+        Ok(vm) => vm,
+        Err(e) => crate::fail::fail(format_args!("VM_CREATE with PTRAUTH: {e:?}")),
+    };
+    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
+    check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
+    let r = vmm::run(&vm, 1, &mut Mode(mode));
+    check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
+    check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
+    println!("host: bench: done");
+}
+
 /// Runs every benchmark.
 pub fn run(plat: &Platform) {
     pmu_init();

@@ -77,6 +77,10 @@ pub fn run(name: &str, plat: &Platform) {
             setup(plat);
             crate::bench::run(plat);
         }
+        "bench-ptrauth" => {
+            setup(plat);
+            crate::bench::run_ptrauth(plat);
+        }
         s if s.starts_with("vm-") => {
             smp(plat);
             setup(plat);
@@ -109,11 +113,22 @@ fn smp(plat: &Platform) {
     println!("host: ok: all {} CPUs online", plat.nr_cpus);
 }
 
-/// What a VMM does once at start: a message page per CPU, then the end of set-up.
+/// What a VMM does once at start: a message page per CPU, the pointer-authentication policy
+/// if the boot arguments name one (`ptrauth=eager|lazy`), then the end of set-up.
 pub fn setup(plat: &Platform) {
     for cpu in 0..plat.nr_cpus {
         let r = hvc::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
         check!(r.is_ok(), "SET_MESSAGE_PAGE cpu{cpu}: {r:?}");
+    }
+    let policy = match plat.arg("ptrauth") {
+        Some("eager") => Some([shared_abi::PTRAUTH_EAGER, 0]),
+        Some("lazy") => Some([shared_abi::PTRAUTH_LAZY, 64]),
+        _ => None,
+    };
+    if let Some(p) = policy {
+        let r = hvc::call(HypercallId::SetPtrauthPolicy, &p);
+        check!(r.is_ok(), "SET_PTRAUTH_POLICY {p:?}: {r:?}");
+        println!("host: pointer-authentication policy {}", plat.arg("ptrauth").unwrap_or("?"));
     }
     check!(hvc::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
     println!("host: set-up finalised ({} message pages)", plat.nr_cpus);

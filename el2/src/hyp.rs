@@ -122,7 +122,9 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) pauth_decay: core::sync::atomic::AtomicU32,
 }
 
-/// Default pointer-authentication policy (see the benchmark figures in the README).
+/// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
+/// guest exit to the host over a plain VM): a VM not using its keys +99 eager vs +5 lazy; a VM
+/// using them every run +102 eager vs +106 lazy (a re-armed trap every 64 runs).
 pub const PTRAUTH_DEFAULT_LAZY: bool = true;
 /// Default number of runs a vCPU keeps its keys loaded after a trapped use (lazy policy).
 pub const PTRAUTH_DEFAULT_DECAY: u32 = 64;

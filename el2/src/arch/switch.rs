@@ -273,14 +273,34 @@ pub struct HostSaved {
     vtcr: u64,
     vttbr: u64,
     vmpidr: u64,
-    /// The guest's FP/SIMD registers are loaded (the host's are in `host_fp`).
+    /// The guest's FP/SIMD registers are loaded (the host's are in this CPU's [`HostScratch`]).
     fp_loaded: bool,
-    host_fp: FpRegs,
     /// CPTR_EL2 for the guest once its FP/SIMD is loaded.
     guest_cptr_fp: u64,
-    /// The guest's pointer-authentication keys are loaded (the host's are in `host_keys`).
+    /// The guest's pointer-authentication keys are loaded (the host's are in the scratch).
     keys_loaded: bool,
-    host_keys: [u64; 10],
+}
+
+/// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept
+/// out of [`HostSaved`] so a `VCPU_RUN` that switches neither does not copy 600 bytes around.
+struct HostScratch {
+    fp: FpRegs,
+    keys: [u64; 10],
+}
+
+struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
+// SAFETY: each CPU touches only its own entry (indexed by its CPU number), and only between
+// `load` and `put` of the one vCPU it runs; EL2 is never re-entered on a CPU meanwhile.
+unsafe impl Sync for PerCpuScratch {}
+
+static SCRATCH: [PerCpuScratch; MAX_CPUS] =
+    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10] })) }; MAX_CPUS];
+
+/// This CPU's scratch area.
+fn scratch() -> &'static mut HostScratch {
+    // SAFETY: see `PerCpuScratch`: this CPU's entry, used by no other CPU and by no other
+    // live reference on this one (callers use it for one save or restore at a time).
+    unsafe { &mut *SCRATCH[super::cpu_index() % MAX_CPUS].0.get() }
 }
 
 impl ArchMaintenance {
@@ -300,10 +320,8 @@ impl ArchMaintenance {
             vttbr: VTTBR_EL2.get(),
             vmpidr: VMPIDR_EL2.get(),
             fp_loaded: false,
-            host_fp: FpRegs::ZERO,
             guest_cptr_fp: 0,
             keys_loaded: false,
-            host_keys: [0; 10],
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
@@ -314,7 +332,7 @@ impl ArchMaintenance {
         saved.guest_cptr_fp = traps.cptr & !CPTR_TFP;
         if cfg.pauth_now {
             // Eager (or recently used): the guest's keys now, pointer authentication untrapped.
-            save_keys(&mut saved.host_keys);
+            save_keys(&mut scratch().keys);
             restore_keys(&ctx.pauth_keys);
             saved.keys_loaded = true;
             HCR_EL2.set(traps.hcr | HCR_APK_API);
@@ -369,13 +387,13 @@ impl ArchMaintenance {
         self.el1_to_ctx(ctx);
         if saved.keys_loaded {
             save_keys(&mut ctx.pauth_keys);
-            restore_keys(&saved.host_keys);
+            restore_keys(&scratch().keys);
         }
         if saved.fp_loaded {
             // SAFETY: CPTR_EL2.TFP is clear since fp_load; both areas are valid FpRegs.
             unsafe {
                 __fp_save(&mut ctx.fp);
-                __fp_restore(&saved.host_fp);
+                __fp_restore(&scratch().fp);
             }
         }
         restore_el1_sysregs(&saved.sys);
@@ -452,7 +470,7 @@ impl GuestArch for ArchMaintenance {
         if saved.keys_loaded {
             return false;
         }
-        save_keys(&mut saved.host_keys);
+        save_keys(&mut scratch().keys);
         restore_keys(&ctx.pauth_keys);
         saved.keys_loaded = true;
         // In effect for the guest from the ERET that retries the trapped instruction.
@@ -469,7 +487,7 @@ impl GuestArch for ArchMaintenance {
         isb();
         // SAFETY: FP/SIMD is untrapped at EL2 now; both areas are valid FpRegs.
         unsafe {
-            __fp_save(&mut saved.host_fp);
+            __fp_save(&mut scratch().fp);
             __fp_restore(&ctx.fp);
         }
         saved.fp_loaded = true;

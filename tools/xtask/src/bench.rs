@@ -22,6 +22,10 @@ const ROWS: &[Row] = &[
     Row { key: "guest_smccc_version", operation: "guest SMCCC_VERSION, served in EL2", target: Some(150), target_text: "<= 150" },
     Row { key: "guest_mmio_read", operation: "guest MMIO read emulated by the host", target: Some(1200), target_text: "<= 1200" },
     Row { key: "guest_mmio_read_fp", operation: "guest MMIO read with the guest's FP/SIMD live (lazy FP switch)", target: None, target_text: "FP moves only" },
+    Row { key: "ptrauth_eager_idle", operation: "guest MMIO read, ptrauth VM not using its keys, eager policy", target: None, target_text: "key moves only" },
+    Row { key: "ptrauth_lazy_idle", operation: "guest MMIO read, ptrauth VM not using its keys, lazy policy", target: None, target_text: "key moves only" },
+    Row { key: "ptrauth_eager_active", operation: "guest PACGA + MMIO read, ptrauth VM, eager policy", target: None, target_text: "key moves only" },
+    Row { key: "ptrauth_lazy_active", operation: "guest PACGA + MMIO read, ptrauth VM, lazy policy", target: None, target_text: "key moves only" },
     Row { key: "guest_first_touch", operation: "guest first touch of a 4 KiB page", target: Some(400), target_text: "<= 400" },
     Row { key: "guest_first_touch_mte", operation: "guest first touch of a 4 KiB page, MTE VM", target: Some(600), target_text: "<= 600" },
     Row { key: "world_switch_plain", operation: "world switch round trip, plain (PSCI_VERSION)", target: None, target_text: "own moves only" },
@@ -40,15 +44,12 @@ fn verdict(row: &Row, s: Option<&Stats>) -> String {
     }
 }
 
-/// Runs the benchmarks and reports them.
-pub fn run(images: &Images) -> Result<(), String> {
+/// Boots one benchmark run and collects its `bench:` lines into `results`.
+fn boot(images: &Images, args: &str, results: &mut BTreeMap<String, Stats>, notes: &mut Vec<String>) -> Result<(), String> {
     let guest = images.guest("bench")?;
-    let mut cmd = qemu_command(images, 1, "scenario=bench", &guest);
+    let mut cmd = qemu_command(images, 1, args, &guest);
     cmd.args(["-icount", "shift=0"]);
-    println!("xtask: running benchmarks under QEMU -icount shift=0 (about a minute and a half)");
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    let mut results: BTreeMap<String, Stats> = BTreeMap::new();
-    let mut notes = Vec::new();
     let out = child.stdout.take().ok_or("no QEMU output")?;
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         let line = line.trim_end_matches('\r').to_string();
@@ -63,17 +64,34 @@ pub fn run(images: &Images) -> Result<(), String> {
     }
     let status = child.wait().map_err(|e| e.to_string())?;
     if !status.success() {
-        return Err(format!("the benchmark run failed (QEMU exit {:?})", status.code()));
+        return Err(format!("the benchmark run {args:?} failed (QEMU exit {:?})", status.code()));
     }
+    Ok(())
+}
+
+/// Runs the benchmarks and reports them.
+pub fn run(images: &Images) -> Result<(), String> {
+    println!("xtask: running benchmarks under QEMU -icount shift=0 (about a minute and a half)");
+    let mut results: BTreeMap<String, Stats> = BTreeMap::new();
+    let mut notes = Vec::new();
+    boot(images, "scenario=bench", &mut results, &mut notes)?;
+    boot(images, "scenario=bench-ptrauth ptrauth=eager", &mut results, &mut notes)?;
+    boot(images, "scenario=bench-ptrauth ptrauth=lazy", &mut results, &mut notes)?;
 
     println!("\nInstructions retired (PMU event 0x08, QEMU -icount shift=0), {} samples each:\n", results.values().next().map_or(0, |s| s.n));
     println!("| operation | median | min | max | target | verdict |");
     println!("|---|---:|---:|---:|---|---|");
     let mut json = String::from("{\n  \"unit\": \"instructions retired (PMU 0x08, QEMU -icount shift=0)\",\n  \"rows\": [\n");
+    let plain = results.get("guest_mmio_read").map(|s| s.median);
     for (i, row) in ROWS.iter().enumerate() {
         let s = results.get(row.key);
         let cell = |f: fn(&Stats) -> u64| s.map_or("-".to_string(), |s| f(s).to_string());
-        let v = verdict(row, s);
+        let mut v = verdict(row, s);
+        if let (Some(s), Some(p)) = (s, plain) {
+            if row.key.starts_with("ptrauth_") || row.key == "guest_mmio_read_fp" {
+                v = format!("{:+} vs plain MMIO read", s.median as i64 - p as i64);
+            }
+        }
         println!("| {} | {} | {} | {} | {} | {} |", row.operation, cell(|s| s.median), cell(|s| s.min), cell(|s| s.max), row.target_text, v);
         json += &format!(
             "    {{\"key\": \"{}\", \"operation\": \"{}\", \"n\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"target\": \"{}\", \"verdict\": \"{}\"}}{}\n",

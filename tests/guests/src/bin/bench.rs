@@ -43,9 +43,44 @@ fn measure(key: &str, overhead: u64, mut f: impl FnMut(usize)) -> u64 {
     st.min
 }
 
+fn pacga() {
+    // SAFETY: PACGA x0, x1, x2 (encoded): computes a signature with this VM's APGAKey.
+    unsafe { core::arch::asm!(".inst 0x9ac23020", out("x0") _, in("x1") 1u64, in("x2") 2u64, options(nostack)) };
+}
+
 fn main(_dtb: u64) {
     let overhead = measure("", 0, |_| {});
     println!("guest: bench: counter read overhead {overhead} instructions (subtracted)");
+    // The host's test device says which run this is: 0 the main rows, 1/2 the pointer-
+    // authentication rows under the eager/lazy policy (in a VM with pointer authentication).
+    let policy = guests::testdev_read();
+    if policy != 0 {
+        let name = if policy == 1 { "eager" } else { "lazy" };
+        let mut active = [0u8; 32];
+        let mut idle = [0u8; 32];
+        let key = |buf: &mut [u8; 32], what: &str| {
+            let s = [b"ptrauth_".as_slice(), name.as_bytes(), b"_".as_slice(), what.as_bytes()];
+            let mut n = 0;
+            for part in s {
+                buf[n..n + part.len()].copy_from_slice(part);
+                n += part.len();
+            }
+            n
+        };
+        let na = key(&mut active, "active");
+        let ni = key(&mut idle, "idle");
+        // Idle first: a guest that never touched its keys.
+        measure(core::str::from_utf8(&idle[..ni]).unwrap_or("?"), overhead, |_| {
+            // SAFETY: an MMIO read of an unassigned address: the host answers 0.
+            unsafe { core::ptr::read_volatile(UNASSIGNED as *const u64) };
+        });
+        measure(core::str::from_utf8(&active[..na]).unwrap_or("?"), overhead, |_| {
+            pacga();
+            // SAFETY: as above.
+            unsafe { core::ptr::read_volatile(UNASSIGNED as *const u64) };
+        });
+        return;
+    }
     measure("guest_smccc_version", overhead, |_| {
         smccc::hvc64(smccc::arch::SMCCC_VERSION, [0; 17]);
     });
