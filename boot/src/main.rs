@@ -176,6 +176,10 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr) -> PageTable {
     // guest memory): the level-3 entries exist from now on and start empty.
     let Ok(template) = t.page_descriptor(PhysAddr(0), Attrs { mem: MemType::Normal, perms: Perms::RW }) else { arch::park() };
     arch::FIXMAP_TEMPLATE.store(template, Ordering::Relaxed);
+    if arch::has_mte2() {
+        let Ok(tagged) = t.page_descriptor(PhysAddr(0), Attrs { mem: MemType::NormalTagged, perms: Perms::RW }) else { arch::park() };
+        arch::FIXMAP_TEMPLATE_TAGGED.store(tagged, Ordering::Relaxed);
+    }
     for cpu in 0..MAX_CPUS {
         let Ok(e) = t.reserve_leaf(pool, arch::FIXMAP_VA + cpu as u64 * PAGE_SIZE) else { arch::park() };
         arch::FIXMAP_ENTRY[cpu].store(e as u64, Ordering::Relaxed);

@@ -409,7 +409,7 @@ fn bad_args(plat: &Platform) {
     expect_err!(create_raw(99, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 99 vCPUs");
     expect_err!(create_raw(1, 48, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with a 48-bit IPA");
     expect_err!(create_raw(1, 36, 1 << 40, [0; 2]), HypError::InvalidArgument, "VM_CREATE with an unknown flag");
-    expect_err!(create_raw(1, 36, vm_flags::MTE, [0; 2]), HypError::Denied, "VM_CREATE with MTE (not yet switched)");
+    expect_err!(create_raw(1, 36, vm_flags::HOST_PMU | vm_flags::PROTECTED, [0; 2]), HypError::Denied, "VM_CREATE of a protected VM with the host's PMU");
     expect_err!(create_raw(1, 36, 0, [0, 7]), HypError::BadMessage, "VM_CREATE with a reserved field set");
     // Capacity.
     let mut handles = [0u64; 16];

@@ -437,6 +437,9 @@ pub(crate) mod tests {
         fn flush_guest_tlb(&self, _: u64) {
             self.0.borrow_mut().push("flush_guest_tlb");
         }
+        fn clear_tags(&self, _: PhysAddr) {
+            self.0.borrow_mut().push("clear_tags");
+        }
         fn scrub_page(&self, pa: PhysAddr) {
             // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
             unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
@@ -478,7 +481,7 @@ pub(crate) mod tests {
         let mut tables = FakeMemory::new(64);
         let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
         let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
-        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]) };
+        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None };
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
@@ -490,6 +493,7 @@ pub(crate) mod tests {
         boot_cpu_idregs[crate::idreg::idx(6, 0)] = 2 << 4;
         boot_cpu_idregs[crate::idreg::idx(7, 0)] = 5;
         boot_cpu_idregs[crate::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
+        boot_cpu_idregs[crate::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
         let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided, idregs, boot_cpu_idregs }).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }

@@ -251,6 +251,12 @@ pub fn ptrauth_consistent(s: &[u64; NR_IDREGS]) -> bool {
     (f(isar1, 4) && f(isar1, 24)) || (f(isar1, 8) && f(isar1, 28)) || (f(isar2, 12) && f(isar2, 8))
 }
 
+/// Whether every CPU (the sanitised values) implements FEAT_MTE2 (`ID_AA64PFR1_EL1.MTE >= 2`):
+/// allocation tags in memory, which an MTE VM needs.
+pub fn mte2(s: &[u64; NR_IDREGS]) -> bool {
+    (s[idx(4, 1)] >> 8) & 0xF >= 2
+}
+
 /// PARange for an IPA size (`ID_AA64MMFR0_EL1.PARange` encoding).
 pub fn parange(ipa_bits: u8) -> i8 {
     match ipa_bits {

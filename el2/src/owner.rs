@@ -17,7 +17,8 @@
 //! from it, so "exactly one owner" holds by construction.
 //!
 //! Encoding of a [`PageEntry`] (`u32`): bits `[7:0]` owner code, bits `[15:8]` borrower code
-//! (0 = none), bits `[31:16]` reserved (zero). Component codes: 1 = host, 2 = EL2, `3 + n` = guest `n`.
+//! (0 = none), bit 16 *tags clean* (EL2 has zeroed the page's allocation tags since its last
+//! change of ownership), bits `[31:17]` reserved (zero). Every transition clears the mark. Component codes: 1 = host, 2 = EL2, `3 + n` = guest `n`.
 //!
 //! Legal transitions (anything else is refused and changes nothing):
 //!
@@ -31,6 +32,8 @@ use crate::addr::{PhysAddr, PhysRange, Pfn, PAGE_SIZE};
 
 /// Largest guest index a page entry can name.
 pub const MAX_GUEST: u8 = 255 - 3;
+
+const TAGS_CLEAN: u32 = 1 << 16;
 
 /// A party that can own or borrow memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +93,11 @@ impl PageEntry {
             None => 0,
         };
         PageEntry(owner.code() as u32 | (b as u32) << 8)
+    }
+
+    /// Whether EL2 has cleared the page's allocation tags since its last change of ownership.
+    pub fn tags_clean(self) -> bool {
+        self.0 & TAGS_CLEAN != 0
     }
 
     /// The page's owner. Every tracked page has exactly one.
@@ -247,6 +255,13 @@ impl<'a> Ownership<'a> {
             return Err(OwnError::SameComponent);
         }
         self.transition(range, |e| e.state_for(from) == PageState::Owned, PageEntry::new(to, None))
+    }
+
+    /// Marks the page holding `pa` as having clean tags (until its next transition).
+    pub fn mark_tags_clean(&mut self, pa: PhysAddr) {
+        if let Some(i) = self.index(pa) {
+            self.entries[i].0 |= TAGS_CLEAN;
+        }
     }
 
     /// Counts the pages each component owns: `(host, hyp, guests)`. For reports and checks.
@@ -408,6 +423,20 @@ mod tests {
         assert!(Ownership::new(r, &mut e).is_err());
         let r = PhysRange::from_size(PhysAddr(BASE + 1), 3 * PAGE_SIZE).unwrap();
         assert!(Ownership::new(r, &mut e).is_err());
+    }
+
+    #[test]
+    fn tags_clean_mark_lasts_until_the_next_transition() {
+        let mut e = [PageEntry::default(); 2];
+        let mut o = record(&mut e);
+        o.donate(pages(0, 1), Host, Guest(0)).unwrap();
+        assert!(!o.entry(PhysAddr(BASE)).unwrap().tags_clean());
+        o.mark_tags_clean(PhysAddr(BASE));
+        assert!(o.entry(PhysAddr(BASE)).unwrap().tags_clean());
+        assert_eq!(o.state(PhysAddr(BASE), Guest(0)), Some(Owned), "the mark is not ownership");
+        o.donate(pages(0, 1), Guest(0), Host).unwrap();
+        assert!(!o.entry(PhysAddr(BASE)).unwrap().tags_clean(), "cleared by the transition");
+        o.mark_tags_clean(PhysAddr(BASE + 5 * PAGE_SIZE)); // outside RAM: ignored
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub struct Platform {
     /// `MPIDR_EL1` affinity (the `reg` of each `/cpus/cpu` node), in device-tree order; the
     /// position is the CPU index EL2 uses everywhere.
     pub cpus: ArrayVec<u64, MAX_CPUS>,
+    /// Cacheable RAM that has no allocation-tag storage (MTE VMs may not be given it).
+    ///
+    /// QEMU's `virt` has tag storage for all RAM, so the platform description models such a
+    /// region: a `pkvm.notags=ADDR,SIZE` token (hexadecimal) in `/chosen/bootargs` of the
+    /// device tree EL2 boots with. It is read before the host runs, like the rest of the
+    /// platform description; on hardware it would come from the memory map's tag-storage
+    /// description.
+    pub untagged: Option<PhysRange>,
 }
 
 /// Why the device tree was not usable. Any of these stops EL2 start-up.
@@ -97,7 +105,18 @@ pub fn parse(dtb: &[u8]) -> Result<Platform, PlatformError> {
         return Err(PlatformError::NoSmcPsci);
     }
 
-    Ok(Platform { ram, uart, cpus })
+    let untagged = fdt.chosen().bootargs().and_then(parse_notags).filter(|r| ram.contains_range(r));
+
+    Ok(Platform { ram, uart, cpus, untagged })
+}
+
+/// The `pkvm.notags=ADDR,SIZE` token of a command line, page aligned.
+pub fn parse_notags(cmdline: &str) -> Option<PhysRange> {
+    let v = cmdline.split_whitespace().find_map(|w| w.strip_prefix("pkvm.notags="))?;
+    let (a, n) = v.split_once(',')?;
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let r = PhysRange::from_size(PhysAddr(hex(a)?), hex(n)?)?;
+    (r.start.is_page_aligned() && r.end.is_page_aligned() && r.size() > 0).then_some(r)
 }
 
 #[cfg(test)]
@@ -115,6 +134,22 @@ mod tests {
         assert_eq!(p.cpu_index(1), Some(1));
         assert_eq!(p.cpu_index(0x8000_0001), Some(1), "MPIDR RES1/U bits ignored");
         assert_eq!(p.cpu_index(2), None);
+    }
+
+    #[test]
+    fn untagged_range_from_the_command_line() {
+        assert_eq!(
+            parse_notags("scenario=x pkvm.notags=0x7c000000,0x4000000"),
+            PhysRange::from_size(PhysAddr(0x7C00_0000), 0x400_0000)
+        );
+        assert_eq!(parse_notags("pkvm.notags=7c000000,1000 other"), PhysRange::from_size(PhysAddr(0x7C00_0000), 0x1000));
+        assert_eq!(parse_notags("pkvm.notags=0x7c000001,0x1000"), None, "unaligned");
+        assert_eq!(parse_notags("pkvm.notags=0x7c000000,0"), None, "empty");
+        assert_eq!(parse_notags("pkvm.notags=zz,1000"), None);
+        assert_eq!(parse_notags("pkvm.notags=0xffffffffffff0000,0x100000"), None, "overflow");
+        assert_eq!(parse_notags("nothing here"), None);
+        // The QEMU fixture's command line has none.
+        assert_eq!(parse(QEMU_VIRT).unwrap().untagged, None);
     }
 
     #[test]

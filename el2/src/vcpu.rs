@@ -45,6 +45,8 @@ pub struct VcpuCtx {
     pub pauth_keys: [u64; 10],
     /// Lazy pointer authentication: loads left before the key trap is re-armed.
     pub pauth_eager_left: u32,
+    /// MTE registers, in [`reg::MTE_REGS`] order (switched only for MTE VMs).
+    pub mte: [u64; 4],
     /// An MMIO read waiting for the host's value.
     pub pending_read: Option<MmioAccess>,
 }
@@ -106,6 +108,7 @@ impl VcpuCtx {
             fp: FpRegs::ZERO,
             pauth_keys: [0; 10],
             pauth_eager_left: 0,
+            mte: [0; 4],
             pending_read: None,
         }
     }
@@ -128,7 +131,10 @@ impl VcpuCtx {
             _ if id & !0xFF == reg::core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => &mut self.x[(id & 0xFF) as usize / 2],
             _ => match reg::sysreg_index(id) {
                 Some(i) => &mut self.sys[i],
-                None => &mut self.pauth_keys[reg::PAUTH_KEYS.iter().position(|k| k.1 == id)?],
+                None => match reg::PAUTH_KEYS.iter().position(|k| k.1 == id) {
+                    Some(i) => &mut self.pauth_keys[i],
+                    None => &mut self.mte[reg::MTE_REGS.iter().position(|k| k.1 == id)?],
+                },
             },
         })
     }
@@ -214,6 +220,7 @@ pub fn register_ids() -> impl Iterator<Item = u64> {
         .chain((0..32).map(reg::fp_vreg))
         .chain([reg::FPSR, reg::FPCR])
         .chain(reg::PAUTH_KEYS.iter().map(|k| k.1))
+        .chain(reg::MTE_REGS.iter().map(|k| k.1))
 }
 
 /// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
@@ -434,7 +441,7 @@ mod tests {
     fn register_list_is_complete_and_gettable() {
         let mut c = VcpuCtx::new();
         let ids: std::vec::Vec<u64> = register_ids().collect();
-        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34 + 10);
+        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34 + 10 + 4);
         assert!(ids.len() <= shared_abi::msg::MAX_REG_IDS);
         for id in ids {
             assert!(c.get(0, id).is_ok(), "{id:#x}");

@@ -99,6 +99,8 @@ pub struct Vm {
     pub idreg_limit: [u64; NR_IDREGS],
     /// The guest has pointer authentication.
     pub ptrauth: bool,
+    /// The guest has MTE.
+    pub mte: bool,
 }
 
 impl Vm {
@@ -276,6 +278,8 @@ pub struct GuestConfig {
     pub host_pmu: bool,
     /// Load the guest's pointer-authentication keys now (and leave them untrapped).
     pub pauth_now: bool,
+    /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
+    pub mte: bool,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -309,8 +313,11 @@ pub trait GuestArch: Maintenance {
     fn guest_s2_mapped(&self);
     /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
     fn flush_guest_tlb(&self, vttbr: u64);
-    /// Zeroes the page at `pa` (EL2 reaches it through a temporary mapping).
+    /// Zeroes the page at `pa`, and its allocation tags where the CPU has them (EL2 reaches it
+    /// through a temporary mapping).
     fn scrub_page(&self, pa: PhysAddr);
+    /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
+    fn clear_tags(&self, pa: PhysAddr);
 }
 
 const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
@@ -337,6 +344,8 @@ enum GuestPage {
     Mapped,
     /// The page is guest RAM but EL2 has no table page left for it.
     NoMemory,
+    /// An MTE VM's page without allocation-tag storage behind it.
+    Untagged(PhysAddr),
     /// Not guest RAM.
     NotRam,
 }
@@ -374,8 +383,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
             return Err(HypError::InvalidArgument);
         }
-        if req.flags & vm_flags::MTE != 0 {
-            // Not switched by EL2 yet: refusing beats a guest that silently lacks it.
+        let mte = req.flags & vm_flags::MTE != 0;
+        if mte && !idreg::mte2(&self.idregs_sanitised.lock()) {
+            // Some CPU has no allocation tags in memory.
             return Err(HypError::Denied);
         }
         let ptrauth = req.flags & vm_flags::PTRAUTH != 0;
@@ -400,7 +410,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
         let policy = VmPolicy {
-            mte: false,
+            mte,
             ptrauth,
             pmu: req.flags & vm_flags::HOST_PMU != 0,
             ipa_bits: req.ipa_bits as u8,
@@ -430,6 +440,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             fw: FwRegs::new(self.fw_provided),
             idreg_limit,
             ptrauth,
+            mte,
         });
         Ok([handle, 0, 0])
     }
@@ -623,6 +634,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 vmpidr: crate::vcpu::vmpidr(index as usize),
                 host_pmu: vm.host_pmu,
                 pauth_now: false,
+                mte: vm.mte,
             };
             (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth)
         };
@@ -734,6 +746,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     // would hand it a protected guest's data).
                     GuestPage::Mapped => return self.kill(handle, kill::BAD_EXCEPTION, ipa),
                     GuestPage::NoMemory => return self.kill(handle, kill::OUT_OF_MEMORY, ipa),
+                    GuestPage::Untagged(pa) => {
+                        let Next::Exit(mut e) = self.kill(handle, kill::UNTAGGED_MEMORY, ipa) else { return Next::Resume };
+                        e.args[0] = pa.0;
+                        return Next::Exit(e);
+                    }
                     GuestPage::NotRam => {}
                 }
                 if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
@@ -784,6 +801,18 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let page = ipa & !(PAGE_SIZE - 1);
         if vm.s2.lookup(tables, page).is_some() {
             return GuestPage::Mapped;
+        }
+        if vm.mte {
+            // An MTE guest may only get Normal cacheable memory that can hold tags...
+            if self.platform.untagged.is_some_and(|u| u.contains(pa)) {
+                return GuestPage::Untagged(pa);
+            }
+            // ...and only with tags nobody else left: cleared once per change of ownership
+            // (the donated or shared data is the host's and is kept).
+            if !own.entry(pa).is_some_and(|e| e.tags_clean()) {
+                arch.clear_tags(pa);
+                own.mark_tags_clean(pa);
+            }
         }
         // Up to 3 new tables; never dip into the host stage 2's reserve.
         if tables.free_pages() < self.host_reserve + 3 {
@@ -953,7 +982,6 @@ mod tests {
             (VmCreate { nr_vcpus: 1, ipa_bits: 31, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
             (VmCreate { nr_vcpus: 1, ipa_bits: 41, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
             (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 1 << 9, reserved: [0; 2] }, HypError::InvalidArgument),
-            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::MTE, reserved: [0; 2] }, HypError::Denied),
             (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::HOST_PMU | vm_flags::PROTECTED, reserved: [0; 2] }, HypError::Denied),
             (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0, 1] }, HypError::BadMessage),
         ];
@@ -1121,6 +1149,38 @@ mod tests {
         let all = register_ids().count() + fwreg::IDS.len() + NR_IDREGS;
         assert!(all <= MAX_REG_IDS, "the register list must fit the message");
         assert_eq!(f.call(0, H::VcpuRegList, &[h, 0]).unwrap()[0] as usize, all);
+    }
+
+    #[test]
+    fn mte_vms_get_clean_tags_once_and_never_untagged_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::MTE | vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
+        assert!(f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        // A page without tag storage behind it: the MTE VM is stopped, naming IPA and PA.
+        f.hyp.platform.untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
+        let h = create(&mut f, 1, vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa, e.args[0]), (kill::UNTAGGED_MEMORY, 0x4000_3008, f.page(GUEST + 3)));
+        // A VM without MTE may use that memory.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a VM without MTE");
     }
 
     #[test]

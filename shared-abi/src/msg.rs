@@ -75,7 +75,7 @@ pub struct HypInfo {
 pub mod vm_flags {
     /// A protected VM: its memory is donated, its registers are sealed after the first run.
     pub const PROTECTED: u64 = 1 << 0;
-    /// Memory tagging for the guest (not yet supported: refused with `Denied`).
+    /// Memory tagging for the guest: refused with `Denied` unless every CPU has FEAT_MTE2.
     pub const MTE: u64 = 1 << 1;
     /// Pointer authentication for the guest (not yet supported: refused with `Denied`).
     pub const PTRAUTH: u64 = 1 << 2;
@@ -136,6 +136,9 @@ pub mod kill {
     pub const BAD_EXCEPTION: u64 = 2;
     /// EL2 had no memory left for the guest's stage-2 tables.
     pub const OUT_OF_MEMORY: u64 = 3;
+    /// An MTE VM would have been given Normal cacheable memory without allocation-tag storage:
+    /// `ipa` is the guest address, `args[0]` the physical page.
+    pub const UNTAGGED_MEMORY: u64 = 4;
 }
 
 /// Written by [`crate::HypercallId::VcpuRun`] to the message page.

@@ -112,6 +112,15 @@ pub const PAUTH_KEYS: [(&str, u64); 10] = [
     ("APGAKeyHi_EL1", sysreg(3, 0, 2, 3, 1)),
 ];
 
+/// The MTE registers a vCPU of an MTE VM has, in context order: RGSR_EL1, GCR_EL1, TFSR_EL1,
+/// TFSRE0_EL1.
+pub const MTE_REGS: [(&str, u64); 4] = [
+    ("RGSR_EL1", sysreg(3, 0, 1, 0, 5)),
+    ("GCR_EL1", sysreg(3, 0, 1, 0, 6)),
+    ("TFSR_EL1", sysreg(3, 0, 5, 6, 0)),
+    ("TFSRE0_EL1", sysreg(3, 0, 5, 6, 1)),
+];
+
 /// `MPIDR_EL1` as the vCPU sees it (read-only: Aff0 = vCPU index).
 pub const MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
 
@@ -142,7 +151,7 @@ pub fn name(id: u64) -> Option<&'static str> {
         FPCR => Some("FPCR"),
         _ if fp_vreg_index(id).is_some() => Some("V<n>"),
         _ if id & !0xFF == core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => Some(X[(id as usize & 0xFF) / 2]),
-        _ => sysreg_index(id).map(|i| SYSREGS[i].0).or_else(|| PAUTH_KEYS.iter().find(|k| k.1 == id).map(|k| k.0)),
+        _ => sysreg_index(id).map(|i| SYSREGS[i].0).or_else(|| PAUTH_KEYS.iter().chain(MTE_REGS.iter()).find(|k| k.1 == id).map(|k| k.0)),
     }
 }
 

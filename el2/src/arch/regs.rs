@@ -31,6 +31,8 @@ const SCTLR_EL2_C: u64 = 1 << 2;
 const SCTLR_EL2_SA: u64 = 1 << 3;
 const SCTLR_EL2_I: u64 = 1 << 12;
 const SCTLR_EL2_WXN: u64 = 1 << 19;
+/// `SCTLR_EL2.ATA`: EL2 may access allocation tags (to clear a page's tags for a guest).
+const SCTLR_EL2_ATA: u64 = 1 << 43;
 /// `SCTLR_EL1` the host starts with: RES1 bits, MMU and caches off.
 const SCTLR_EL1_HOST_RESET: u64 = 0x30D0_0800;
 const TCR_EL2_RES1: u64 = (1 << 31) | (1 << 23);
@@ -217,7 +219,14 @@ impl El2MmuConfig {
             ttbr0: table.root().0,
             tcr: TCR_EL2_RES1 | t0sz | WALK_ATTRS | ps_field(pa_bits) << 16,
             mair: MAIR_EL2_VALUE,
-            sctlr: SCTLR_EL2_RES1 | SCTLR_EL2_M | SCTLR_EL2_C | SCTLR_EL2_SA | SCTLR_EL2_I | SCTLR_EL2_WXN,
+            // TCF stays 0: EL2's own accesses are never tag checked.
+            sctlr: SCTLR_EL2_RES1
+                | SCTLR_EL2_M
+                | SCTLR_EL2_C
+                | SCTLR_EL2_SA
+                | SCTLR_EL2_I
+                | SCTLR_EL2_WXN
+                | if has_mte2() { SCTLR_EL2_ATA } else { 0 },
         }
     }
 }

@@ -157,6 +157,38 @@ pauth_keys!("S3_0_C2_C1_0", "S3_0_C2_C1_1", "S3_0_C2_C1_2", "S3_0_C2_C1_3", "S3_
 
 /// `HCR_EL2.APK | HCR_EL2.API`: pointer-authentication keys and instructions untrapped.
 const HCR_APK_API: u64 = (1 << 40) | (1 << 41);
+/// `HCR_EL2.ATA`: EL1&0 may access allocation tags (MTE VMs only).
+const HCR_ATA: u64 = 1 << 56;
+
+macro_rules! mte_regs {
+    ($($name:literal),* $(,)?) => {
+        fn save_mte(out: &mut [u64; 4]) {
+            let mut i = 0;
+            $(
+                let v: u64;
+                // SAFETY: reading an MTE register at EL2 (only for MTE VMs, so FEAT_MTE2 is
+                // implemented) has no side effects.
+                unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
+                out[i] = v;
+                i += 1;
+            )*
+            let _ = i;
+        }
+
+        fn restore_mte(v: &[u64; 4]) {
+            let mut i = 0;
+            $(
+                // SAFETY: these registers only affect tag generation and checking at EL1&0.
+                unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v[i], options(nomem, nostack, preserves_flags)) };
+                i += 1;
+            )*
+            let _ = i;
+        }
+    };
+}
+
+// RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1 (shared_abi::reg::MTE_REGS).
+mte_regs!("S3_0_C1_C0_5", "S3_0_C1_C0_6", "S3_0_C5_C6_0", "S3_0_C5_C6_1");
 
 el1_sysregs!(
     "sctlr_el1", "cpacr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "afsr0_el1", "afsr1_el1",
@@ -206,7 +238,7 @@ fn restore_el1_extra(e: &El1Extra) {
 /// - debug registers and the EL1 physical timer trap;
 /// - pointer authentication traps (`HCR_EL2.API/APK` clear) until EL2 loads the keys of a VM
 ///   that has it (eagerly, or on first use under the lazy policy); for others it is an UNDEF;
-/// - allocation tags are unavailable (`HCR_EL2.ATA` clear).
+/// - allocation tags are unavailable (`HCR_EL2.ATA` clear) except to MTE VMs.
 ///
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 struct GuestTraps {
@@ -279,6 +311,8 @@ pub struct HostSaved {
     guest_cptr_fp: u64,
     /// The guest's pointer-authentication keys are loaded (the host's are in the scratch).
     keys_loaded: bool,
+    /// An MTE VM: its MTE registers are loaded (the host's are in the scratch).
+    mte_loaded: bool,
 }
 
 /// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept
@@ -286,6 +320,7 @@ pub struct HostSaved {
 struct HostScratch {
     fp: FpRegs,
     keys: [u64; 10],
+    mte: [u64; 4],
 }
 
 struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
@@ -294,7 +329,7 @@ struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
 unsafe impl Sync for PerCpuScratch {}
 
 static SCRATCH: [PerCpuScratch; MAX_CPUS] =
-    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10] })) }; MAX_CPUS];
+    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4] })) }; MAX_CPUS];
 
 /// This CPU's scratch area.
 fn scratch() -> &'static mut HostScratch {
@@ -322,6 +357,7 @@ impl ArchMaintenance {
             fp_loaded: false,
             guest_cptr_fp: 0,
             keys_loaded: false,
+            mte_loaded: false,
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
@@ -330,15 +366,22 @@ impl ArchMaintenance {
         let traps = guest_traps(saved.mdcr, cfg);
         let mut saved = saved;
         saved.guest_cptr_fp = traps.cptr & !CPTR_TFP;
+        let mut hcr = traps.hcr;
         if cfg.pauth_now {
             // Eager (or recently used): the guest's keys now, pointer authentication untrapped.
             save_keys(&mut scratch().keys);
             restore_keys(&ctx.pauth_keys);
             saved.keys_loaded = true;
-            HCR_EL2.set(traps.hcr | HCR_APK_API);
-        } else {
-            HCR_EL2.set(traps.hcr);
+            hcr |= HCR_APK_API;
         }
+        if cfg.mte {
+            // The guest's tag-generation and tag-check state; tags accessible at EL1&0.
+            save_mte(&mut scratch().mte);
+            restore_mte(&ctx.mte);
+            saved.mte_loaded = true;
+            hcr |= HCR_ATA;
+        }
+        HCR_EL2.set(hcr);
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);
         CNTHCTL_EL2.set(traps.cnthctl);
@@ -389,6 +432,17 @@ impl ArchMaintenance {
             save_keys(&mut ctx.pauth_keys);
             restore_keys(&scratch().keys);
         }
+        if saved.mte_loaded {
+            // Asynchronous tag-check faults the guest caused are recorded in TFSR_EL1/TFSRE0_EL1
+            // only once outstanding accesses complete: DSB before reading them, so they land in
+            // the guest's context and not the host's.
+            // SAFETY: a barrier.
+            unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+            save_mte(&mut ctx.mte);
+            restore_mte(&scratch().mte);
+            // The host's MTE registers are in effect before EL2 continues: the ISB at the end
+            // of `put` (after HCR_EL2) orders it.
+        }
         if saved.fp_loaded {
             // SAFETY: CPTR_EL2.TFP is clear since fp_load; both areas are valid FpRegs.
             unsafe {
@@ -422,9 +476,16 @@ pub const FIXMAP_VA: u64 = 0x7F00_0000_0000;
 pub static FIXMAP_ENTRY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// See [`FIXMAP_ENTRY`].
 pub static FIXMAP_TEMPLATE: AtomicU64 = AtomicU64::new(0);
+/// The same with the Tagged Normal memory type (for tag writes; 0 without FEAT_MTE2).
+pub static FIXMAP_TEMPLATE_TAGGED: AtomicU64 = AtomicU64::new(0);
 
 /// Maps `pa` at this CPU's fixmap slot, runs `f` on it, and unmaps it.
 fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
+    with_fixmap_as(FIXMAP_TEMPLATE.load(Ordering::Relaxed), pa, f)
+}
+
+/// [`with_fixmap`] with descriptor template `template`.
+fn with_fixmap_as(template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
     let cpu = super::cpu_index() % MAX_CPUS;
     let entry = FIXMAP_ENTRY[cpu].load(Ordering::Relaxed) as *mut u64;
     if entry.is_null() {
@@ -434,7 +495,7 @@ fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
     let va = FIXMAP_VA + cpu as u64 * 4096;
     // SAFETY: `entry` is this CPU's own reserved level-3 entry (set up at boot, used by no
     // other CPU), and the slot is empty between uses.
-    unsafe { entry.write_volatile(FIXMAP_TEMPLATE.load(Ordering::Relaxed) | pa.0) };
+    unsafe { entry.write_volatile(template | pa.0) };
     // The entry is visible to this CPU's walker before the first access through it.
     dsb_ishst();
     isb();
@@ -449,6 +510,15 @@ fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
     // SAFETY: a barrier.
     unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
     isb();
+}
+
+/// The `DC ZVA`/`GVA`/`GZVA` block size in bytes (`DCZID_EL0.BS`). EL2 enables tag writes only
+/// on CPUs with FEAT_MTE2, where the block is architecturally allowed for these.
+fn zva_block() -> u64 {
+    let dczid: u64;
+    // SAFETY: reading DCZID_EL0 has no side effects.
+    unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+    (4u64 << (dczid & 0xF)).clamp(16, 2048)
 }
 
 impl GuestArch for ArchMaintenance {
@@ -523,7 +593,41 @@ impl GuestArch for ArchMaintenance {
         isb();
     }
 
+    fn clear_tags(&self, pa: PhysAddr) {
+        let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
+        if tagged == 0 {
+            return;
+        }
+        with_fixmap_as(tagged, pa, |p| {
+            let block = zva_block();
+            let mut a = p as u64;
+            while a < p as u64 + 4096 {
+                // SAFETY: `a` lies in the page mapped Tagged Normal for this closure; DC GVA
+                // sets the block's allocation tags to the address's tag (0), keeping data.
+                unsafe { asm!(".arch_extension memtag", "dc gva, {}", in(reg) a, options(nostack, preserves_flags)) };
+                a += block;
+            }
+            // The tag writes are complete before the slot is unmapped and the guest maps it.
+            dsb_ish();
+        });
+    }
+
     fn scrub_page(&self, pa: PhysAddr) {
+        let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
+        if tagged != 0 {
+            // Data and allocation tags both zero: DC GZVA through a Tagged mapping.
+            with_fixmap_as(tagged, pa, |p| {
+                let block = zva_block();
+                let mut a = p as u64;
+                while a < p as u64 + 4096 {
+                    // SAFETY: `a` lies in the page mapped Tagged Normal for this closure.
+                    unsafe { asm!(".arch_extension memtag", "dc gzva, {}", in(reg) a, options(nostack, preserves_flags)) };
+                    a += block;
+                }
+                dsb_ish();
+            });
+            return;
+        }
         with_fixmap(pa, |p| {
             let dczid: u64;
             // SAFETY: reading DCZID_EL0 has no side effects.
