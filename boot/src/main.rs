@@ -234,6 +234,9 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         log::error!("EL2 image is not linked at the HYP region base {HYP_REGION_BASE:#x}");
         arch::park();
     }
+    if let Some(u) = platform.untagged {
+        log::info!("RAM without tag storage: {}..{} (MTE VMs are never given it)", u.start, u.end);
+    }
     let pages = (platform.ram.size() / PAGE_SIZE) as usize;
     if pages > MAX_RAM_PAGES || !platform.ram.contains_range(&hyp_region) {
         log::error!("unsupported RAM layout {:?} (at most {MAX_RAM_PAGES} pages, must hold {hyp_region:?})", platform.ram);

@@ -32,8 +32,13 @@ fn start(plat: &Platform, vcpus: u32, protected: bool) -> Vm {
 
 /// [`start`] with explicit VM flags.
 fn start_with(plat: &Platform, vcpus: u32, flags: u64) -> Vm {
+    start_at(plat, vcpus, flags, vmm::alloc_pages(GUEST_MIB * 256))
+}
+
+/// [`start_with`] with the VM's RAM backed by host memory at `backing`.
+fn start_at(plat: &Platform, vcpus: u32, flags: u64, backing: u64) -> Vm {
     let protected = flags & vm_flags::PROTECTED != 0;
-    let vm = match vmm::create_with_flags(vcpus, flags, GUEST_MIB) {
+    let vm = match vmm::create_at(vcpus, flags, GUEST_MIB, backing) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
     };
@@ -88,6 +93,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-fwregs" => fwregs(plat),
         "vm-idregs" => idregs(plat),
         "vm-pauth" => pauth(plat),
+        "vm-mte" => mte(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -599,4 +605,47 @@ fn pauth(plat: &Platform) {
     println!("host: ok: the host's pointer-authentication keys intact");
     destroy(&a);
     destroy(&b);
+}
+
+/// The MTE guest's mode, from its test device.
+struct MteMode(u64);
+impl TestDevice for MteMode {
+    fn write(&mut self, _: &Vm, _: u64) {}
+    fn read(&mut self, _: &Vm) -> u64 {
+        self.0
+    }
+}
+
+/// Where the boot arguments declare RAM without tag storage (`pkvm.notags=`): the last 64 MiB.
+const UNTAGGED: u64 = 0x7C00_0000;
+
+fn mte(plat: &Platform) {
+    let run = |vm: &Vm, mode: u64| vmm::run(vm, plat.nr_cpus, &mut MteMode(mode));
+    // Two non-protected MTE VMs on the same pages: the first leaves tags behind (a non-protected
+    // VM's memory is not scrubbed on destroy), the second must find them cleared.
+    let backing = vmm::alloc_pages(GUEST_MIB * 256);
+    let a = start_at(plat, 1, vm_flags::MTE, backing);
+    check!(run(&a, 1) == Ok(Outcome::Off), "MTE VM a did not run to SYSTEM_OFF");
+    destroy(&a);
+    let b = start_at(plat, 1, vm_flags::MTE, backing);
+    check!(run(&b, 2) == Ok(Outcome::Off), "MTE VM b did not run to SYSTEM_OFF");
+    destroy(&b);
+    println!("host: ok: pages another MTE VM had tagged reached the next MTE VM with clean tags");
+    // An MTE VM on memory without tag storage is stopped, naming the IPA and the page.
+    let c = start_at(plat, 1, vm_flags::MTE, UNTAGGED);
+    let r = run(&c, 2);
+    check!(matches!(r, Ok(Outcome::Killed(4, _, pa)) if pa >= UNTAGGED), "MTE VM on untagged memory: {r:?}");
+    if let Ok(Outcome::Killed(_, ipa, pa)) = r {
+        println!("host: ok: MTE VM on memory without tag storage stopped by EL2 at IPA {ipa:#x}, page {pa:#x}");
+    }
+    expect_err!(hvc::call(HypercallId::VcpuRun, &[c.handle, 0, 0]), HypError::NotRunnable, "VCPU_RUN of the stopped MTE VM");
+    destroy(&c);
+    // The same memory is fine for a VM without MTE, and MTE VMs elsewhere carry on.
+    let d = start_at(plat, 1, 0, UNTAGGED);
+    check!(run(&d, 3) == Ok(Outcome::Off), "a VM without MTE on untagged memory did not run");
+    destroy(&d);
+    let e = start_with(plat, 1, vm_flags::MTE | vm_flags::PROTECTED);
+    check!(run(&e, 2) == Ok(Outcome::Off), "a protected MTE VM did not run");
+    destroy(&e);
+    println!("host: ok: a VM without MTE used that memory, and a protected MTE VM ran after");
 }

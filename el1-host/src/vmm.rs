@@ -49,8 +49,8 @@ pub enum Outcome {
     Off,
     /// PSCI `SYSTEM_RESET` (the test guests' failure signal).
     Reset,
-    /// Stopped by EL2: reason and IPA.
-    Killed(u64, u64),
+    /// Stopped by EL2: reason, IPA, and (for untagged memory) the physical page.
+    Killed(u64, u64, u64),
 }
 
 fn msg_page() -> *mut u8 {
@@ -64,12 +64,16 @@ pub fn create(vcpus: u32, protected: bool, mib: u64) -> Result<Vm, HypError> {
 
 /// [`create`] with explicit [`vm_flags`].
 pub fn create_with_flags(vcpus: u32, flags: u64, mib: u64) -> Result<Vm, HypError> {
+    create_at(vcpus, flags, mib, alloc_pages(mib * 256))
+}
+
+/// [`create_with_flags`] with the VM's RAM backed by host memory at `backing`.
+pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, HypError> {
     let protected = flags & vm_flags::PROTECTED != 0;
     let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
     crate::scenarios::write_msg(crate::cpu_id(), &req);
     let handle = hvc::call(HypercallId::VmCreate, &[])?[0];
-    let pages = mib * 256;
-    Ok(Vm { handle, backing: alloc_pages(pages), pages, protected, vcpus })
+    Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
 }
 
 /// Copies `image` (ELF64 or raw) into the VM's backing memory; returns the entry IPA.
@@ -202,7 +206,7 @@ impl Stepper {
             }
             exit::SYSTEM_OFF => Ok(Some(Outcome::Off)),
             exit::SYSTEM_RESET => Ok(Some(Outcome::Reset)),
-            exit::KILLED => Ok(Some(Outcome::Killed(e.data, e.ipa))),
+            exit::KILLED => Ok(Some(Outcome::Killed(e.data, e.ipa, e.args[0]))),
             other => crate::fail::fail(format_args!("unknown exit reason {other}")),
         }
     }
