@@ -121,5 +121,15 @@ pub fn run(plat: &Platform) {
     let r = vmm::run(&vm, 1, &mut vmm::NoDevice);
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
+    // The same guest in an MTE VM, for the first-touch row with tag clearing.
+    let vm = match vmm::create_with_flags(1, vm_flags::HOST_PMU | vm_flags::MTE, 16) {
+        Ok(vm) => vm,
+        Err(e) => crate::fail::fail(format_args!("VM_CREATE with MTE: {e:?}")),
+    };
+    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
+    check!(vmm::boot(&vm, entry).is_ok(), "booting the MTE bench guest");
+    let r = vmm::run(&vm, 1, &mut Mode(3));
+    check!(r == Ok(vmm::Outcome::Off), "MTE bench guest ended with {r:?}");
+    check!(vmm::destroy(&vm).is_ok(), "destroying the MTE bench guest");
     println!("host: bench: done");
 }

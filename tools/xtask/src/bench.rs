@@ -36,7 +36,6 @@ const ROWS: &[Row] = &[
 
 fn verdict(row: &Row, s: Option<&Stats>) -> String {
     match (s, row.target) {
-        (None, _) if row.key.ends_with("_mte") => "not measured: MTE VMs come with the CPU-feature work".into(),
         (None, _) => "not measured".into(),
         (Some(s), Some(t)) if s.median <= t => "met".into(),
         (Some(s), Some(t)) => format!("{:.1}x target", s.median as f64 / t as f64),
