@@ -22,6 +22,7 @@ const ROWS: &[Row] = &[
     Row { key: "guest_smccc_version", operation: "guest SMCCC_VERSION, served in EL2", target: Some(150), target_text: "<= 150" },
     Row { key: "guest_mmio_read", operation: "guest MMIO read emulated by the host", target: Some(1200), target_text: "<= 1200" },
     Row { key: "guest_mmio_read_fp", operation: "guest MMIO read with the guest's FP/SIMD live (lazy FP switch)", target: None, target_text: "FP moves only" },
+    Row { key: "guest_mmio_read_mte", operation: "guest MMIO read, MTE VM (MTE registers switched)", target: None, target_text: "MTE moves only" },
     Row { key: "ptrauth_eager_idle", operation: "guest MMIO read, ptrauth VM not using its keys, eager policy", target: None, target_text: "key moves only" },
     Row { key: "ptrauth_lazy_idle", operation: "guest MMIO read, ptrauth VM not using its keys, lazy policy", target: None, target_text: "key moves only" },
     Row { key: "ptrauth_eager_active", operation: "guest PACGA + MMIO read, ptrauth VM, eager policy", target: None, target_text: "key moves only" },
@@ -87,7 +88,7 @@ pub fn run(images: &Images) -> Result<(), String> {
         let cell = |f: fn(&Stats) -> u64| s.map_or("-".to_string(), |s| f(s).to_string());
         let mut v = verdict(row, s);
         if let (Some(s), Some(p)) = (s, plain) {
-            if row.key.starts_with("ptrauth_") || row.key == "guest_mmio_read_fp" {
+            if row.key.starts_with("ptrauth_") || row.key == "guest_mmio_read_fp" || row.key == "guest_mmio_read_mte" {
                 v = format!("{:+} vs plain MMIO read", s.median as i64 - p as i64);
             }
         }

@@ -60,6 +60,11 @@ fn main(_dtb: u64) {
             // SAFETY: page `i` of a 4 MiB stretch of this guest's RAM that nothing else uses.
             unsafe { core::ptr::write_volatile((TOUCH_BASE + i as u64 * 4096) as *mut u64, 1) };
         });
+        // Every exit to the host switches the MTE registers (RGSR, GCR, TFSR, TFSRE0) both ways.
+        measure("guest_mmio_read_mte", overhead, |_| {
+            // SAFETY: an MMIO read of an unassigned address: the host answers 0.
+            unsafe { core::ptr::read_volatile(UNASSIGNED as *const u64) };
+        });
         return;
     }
     if policy != 0 {
