@@ -19,6 +19,7 @@ mod platform;
 mod scenarios;
 // After `scenarios`, whose check! macros they use.
 mod bench;
+mod hostile;
 mod vm_scenarios;
 mod vmm;
 

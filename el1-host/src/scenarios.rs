@@ -77,6 +77,11 @@ pub fn run(name: &str, plat: &Platform) {
             setup(plat);
             crate::bench::run(plat);
         }
+        "hostile" => {
+            smp(plat);
+            setup(plat);
+            crate::hostile::run(plat);
+        }
         "bench-ptrauth" => {
             setup(plat);
             crate::bench::run_ptrauth(plat);

@@ -243,25 +243,35 @@ pub fn secondary_work(cpu: usize) {
     WORK_DONE[cpu].store(true, Ordering::SeqCst);
 }
 
+/// Has host CPU `cpu` run vCPU `vcpu` of the VM `handle` until its run ends.
+pub fn start_secondary(cpu: usize, handle: u64, vcpu: u64) {
+    WORK_VCPU[cpu].store(vcpu, Ordering::SeqCst);
+    WORK_DONE[cpu].store(false, Ordering::SeqCst);
+    WORK[cpu].store(handle, Ordering::SeqCst);
+    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
+    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+}
+
+/// Waits until host CPU `cpu` has finished the work [`start_secondary`] gave it.
+pub fn wait_secondary(cpu: usize) {
+    while !WORK_DONE[cpu].load(Ordering::SeqCst) {
+        core::hint::spin_loop();
+    }
+    WORK[cpu].store(0, Ordering::SeqCst);
+}
+
 /// Runs a whole VM: vCPU 0 here, vCPU `k` on host CPU `k`; returns when vCPU 0's run ends and
 /// every helper CPU has stopped.
 pub fn run(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
     STOP.store(false, Ordering::SeqCst);
     let helpers = (vm.vcpus as usize).min(host_cpus);
     for k in 1..helpers {
-        WORK_VCPU[k].store(k as u64, Ordering::SeqCst);
-        WORK_DONE[k].store(false, Ordering::SeqCst);
-        WORK[k].store(vm.handle, Ordering::SeqCst);
+        start_secondary(k, vm.handle, k as u64);
     }
-    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
-    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
     let outcome = run_vcpu(vm, 0, dev);
     STOP.store(true, Ordering::SeqCst);
     for k in 1..helpers {
-        while !WORK_DONE[k].load(Ordering::SeqCst) {
-            core::hint::spin_loop();
-        }
-        WORK[k].store(0, Ordering::SeqCst);
+        wait_secondary(k);
     }
     outcome
 }

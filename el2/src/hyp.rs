@@ -264,7 +264,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 Ok([0; 3])
             }
             // Served by the trap layer in test builds; never here.
-            HypercallId::TestFault => Err(HypError::NotSupported),
+            HypercallId::TestFault | HypercallId::TestCheckInvariants => Err(HypError::NotSupported),
             HypercallId::Echo => {
                 let req: EchoRequest = self.read_message(cpu)?;
                 if req.flags != 0 {

@@ -15,6 +15,8 @@ pub mod exception;
 pub mod fwreg;
 pub mod hyp;
 pub mod idreg;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod invariants;
 pub mod owner;
 pub mod pgtable;
 pub mod platform;

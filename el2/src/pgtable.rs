@@ -424,6 +424,51 @@ impl PageTable {
         Self::write(mem, table, index(leaf.ia_base, leaf.level), 0);
     }
 
+    /// Calls `f` for every valid leaf, in address order.
+    pub fn for_each_leaf(&self, mem: &impl TableMemory, f: &mut impl FnMut(Leaf)) {
+        fn walk(mem: &impl TableMemory, table: PhysAddr, level: u8, base: u64, f: &mut impl FnMut(Leaf)) {
+            for i in 0..ENTRIES {
+                let d = PageTable::read(mem, table, i);
+                if d & VALID == 0 {
+                    continue;
+                }
+                let ia = base + i as u64 * level_size(level);
+                if level == 3 || d & TABLE_OR_PAGE == 0 {
+                    let size = level_size(level);
+                    f(Leaf { level, ia_base: ia, pa_base: PhysAddr(d & OA_MASK & !(size - 1)), size, desc: d });
+                } else {
+                    walk(mem, PhysAddr(d & OA_MASK), level + 1, ia, f);
+                }
+            }
+        }
+        walk(mem, self.root, self.start_level, 0, f);
+    }
+
+    /// Calls `f` with the physical address of every table page, the root included.
+    pub fn for_each_table(&self, mem: &impl TableMemory, f: &mut impl FnMut(PhysAddr)) {
+        fn walk(mem: &impl TableMemory, table: PhysAddr, level: u8, f: &mut impl FnMut(PhysAddr)) {
+            f(table);
+            if level == 3 {
+                return;
+            }
+            for i in 0..ENTRIES {
+                let d = PageTable::read(mem, table, i);
+                if d & VALID != 0 && d & TABLE_OR_PAGE != 0 {
+                    walk(mem, PhysAddr(d & OA_MASK), level + 1, f);
+                }
+            }
+        }
+        walk(mem, self.root, self.start_level, f);
+    }
+
+    /// Whether a leaf descriptor grants write access (either format).
+    pub fn leaf_writable(&self, desc: u64) -> bool {
+        match self.format {
+            Format::El2Stage1 => desc & S1_AP_RO == 0,
+            Format::Stage2 => desc & S2AP_W != 0,
+        }
+    }
+
     /// Frees every table page, the root included. The tables must no longer be live
     /// (not in any `TTBR`/`VTTBR`, TLBs invalidated).
     pub fn destroy(self, mem: &mut impl TableMemory) {
@@ -642,6 +687,20 @@ mod tests {
         unsafe { e.write_volatile(d) };
         assert_eq!(t.lookup(&m, va).unwrap().pa_base, PhysAddr(0x4800_0000));
         assert_eq!(t.reserve_leaf(&mut m, va), Err(PtError::AlreadyMapped));
+    }
+
+    #[test]
+    fn walkers_see_every_leaf_and_table() {
+        let mut m = FakeMemory::new(16);
+        let mut t = PageTable::new(&mut m, Format::Stage2, 40).unwrap();
+        t.map(&mut m, G, PhysAddr(G), M2 + PAGE_SIZE, RAM, 2).unwrap();
+        t.map(&mut m, 5 * G, PhysAddr(0x1000), PAGE_SIZE, DEV, 3).unwrap();
+        let mut leaves = vec![];
+        t.for_each_leaf(&m, &mut |l| leaves.push((l.ia_base, l.size, t.leaf_writable(l.desc))));
+        assert_eq!(leaves, vec![(G, M2, true), (G + M2, PAGE_SIZE, true), (5 * G, PAGE_SIZE, true)]);
+        let mut tables = 0;
+        t.for_each_table(&m, &mut |_| tables += 1);
+        assert_eq!(tables, m.in_use());
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
     match esr.ec() {
         ec::HVC64 => {
             #[cfg(feature = "test-hooks")]
-            test_hooks(frame);
+            if test_hooks(hyp, frame) {
+                return;
+            }
             let result = if esr.imm16() != 0 {
                 Err(HypError::NotSupported)
             } else {
@@ -77,14 +79,35 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
 }
 
 /// Test-only calls, compiled only with the `test-hooks` feature (a separate EL2 image that
-/// only the test suite boots).
+/// only the test suite boots). `true` if the call was one of them (its result is in `frame`).
 #[cfg(feature = "test-hooks")]
-fn test_hooks(frame: &TrapFrame) {
+fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
+    use crate::pgtable::TableMemory;
     if frame.x[0] == shared_abi::HypercallId::TestFault as u64 && frame.x[1] == 0 {
         // An EL2 data abort: address 0 is mapped in no EL2 stage-1 table.
         // SAFETY: deliberately faulting; the unexpected-exception path parks this CPU.
         unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
     }
+    if frame.x[0] == shared_abi::HypercallId::TestCheckInvariants as u64 {
+        let mem = hyp.mem.lock();
+        let (pool_base, pool_size) = mem.tables.range();
+        let layout = crate::invariants::Layout {
+            pool: crate::addr::PhysRange::from_size(pool_base, pool_size),
+            fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),
+        };
+        let _ = mem.tables.free_pages();
+        frame.x[..4].copy_from_slice(&match crate::invariants::check(&mem, &layout) {
+            Ok(pages) => [0, pages, 0, 0],
+            Err(v) => {
+                // A broken invariant is an EL2 bug: say so loudly (the test suite forbids it).
+                log::error!("invariant violated: {v:?}");
+                let (code, addr) = v.code_and_addr();
+                [0, u64::MAX, code, addr]
+            }
+        });
+        return true;
+    }
+    false
 }
 
 fn inject(frame: &mut TrapFrame, what: Injection, esr: Esr, far: u64) {

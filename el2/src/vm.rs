@@ -156,6 +156,17 @@ impl VmTable {
         }
     }
 
+    /// Every live VM.
+    pub fn iter(&self) -> impl Iterator<Item = &Vm> {
+        self.slots.iter().flatten()
+    }
+
+    /// Every live VM, mutably (tests build broken states with it).
+    #[cfg(test)]
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Vm> {
+        self.slots.iter_mut().flatten()
+    }
+
     /// Number of live VMs.
     pub fn count(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()

@@ -157,13 +157,17 @@ hypercalls! {
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
     TestFault = 0xFF00, Any;
+    /// **Test builds only** (a release EL2 answers [`HypError::NotSupported`]). Runs EL2's
+    /// invariant checker: `x1` = RAM pages checked and `x2 = x3 = 0` if every invariant holds;
+    /// otherwise `x1 = u64::MAX`, `x2` = violation code, `x3` = the address involved.
+    TestCheckInvariants = 0xFF01, Any;
 }
 
 impl HypercallId {
     /// How many argument registers (`x1..`) the call uses; the rest must be zero.
     pub const fn nr_args(self) -> usize {
         match self {
-            HypercallId::Version | HypercallId::FinaliseSetup => 0,
+            HypercallId::Version | HypercallId::FinaliseSetup | HypercallId::TestCheckInvariants => 0,
             HypercallId::HypInfo | HypercallId::Echo => 0,
             HypercallId::Ping | HypercallId::TestFault | HypercallId::VmDestroy => 1,
             HypercallId::SetMessagePage | HypercallId::VcpuRegList | HypercallId::SetPtrauthPolicy => 2,

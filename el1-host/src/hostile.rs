@@ -1,0 +1,242 @@
+//! The hostile host (`scenario=hostile seed=N calls=N`, test EL2 image): seeded, reproducible
+//! hypercalls mixing random values, boundary values (0, all-ones, unaligned and page-crossing
+//! ranges, the last page of RAM, EL2's own addresses, the message pages, stale handles) and
+//! valid-but-ill-timed calls (destroy while a vCPU runs on the other CPU, registers after a
+//! protected VM ran, double donation), with EL2's invariant checker every 1,000 calls. Every
+//! call must return success or a documented error.
+
+use crate::platform::Platform;
+use crate::{hvc, println, vmm};
+use shared_abi::layout::{HYP_REGION_BASE, HYP_REGION_SIZE};
+use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
+
+/// Host memory the hostile host may give away: 64 MiB nobody else uses.
+const SANDBOX: u64 = 0x6000_0000;
+/// Host memory for the ill-timed VM, reused every round.
+const ILL_TIMED_BACKING: u64 = 0x5800_0000;
+const SANDBOX_PAGES: u64 = 16 * 1024;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+}
+
+struct Counts {
+    ok: u64,
+    errors: [u64; 16],
+}
+
+fn record(c: &mut Counts, r: &Result<[u64; 3], HypError>) {
+    match r {
+        Ok(_) => c.ok += 1,
+        Err(e) => c.errors[(-(*e as i64)) as usize % 16] += 1,
+    }
+}
+
+/// Checks EL2's invariants; returns the number of violations (0 or 1).
+fn invariants() -> u64 {
+    let r = hvc::call(HypercallId::TestCheckInvariants, &[]);
+    match r {
+        Ok([pages, _, _]) if pages != u64::MAX => 0,
+        Ok([_, code, addr]) => {
+            println!("host: invariant violation: code {code} at {addr:#x}");
+            1
+        }
+        Err(e) => crate::fail::fail(format_args!("the invariant checker is not there ({e:?}): use the test EL2 image")),
+    }
+}
+
+/// Runs the hostile host.
+pub fn run(plat: &Platform) {
+    let seed: u64 = plat.arg("seed").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let calls: u64 = plat.arg("calls").and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    println!("host: hostile host: seed {seed}, {calls} calls");
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let (ram_base, ram_size) = plat.ram;
+    let ram_end = ram_base + ram_size;
+    let msg0 = crate::scenarios::msg_page(0) as u64;
+    let msg1 = crate::scenarios::msg_page(1) as u64;
+    let sandbox_page = |rng: &mut Rng| SANDBOX + rng.below(SANDBOX_PAGES) * PAGE_SIZE;
+    let mut handles: [u64; 24] = [0; 24]; // live and stale
+    let mut c = Counts { ok: 0, errors: [0; 16] };
+    let mut violations = invariants();
+    let mut checks = 1u64;
+    let ids = [
+        HypercallId::Version,
+        HypercallId::Ping,
+        HypercallId::SetMessagePage,
+        HypercallId::FinaliseSetup,
+        HypercallId::HypInfo,
+        HypercallId::Echo,
+        HypercallId::VmCreate,
+        HypercallId::VmDestroy,
+        HypercallId::VmAddMemory,
+        HypercallId::VcpuSetReg,
+        HypercallId::VcpuGetReg,
+        HypercallId::VcpuRegList,
+        HypercallId::VcpuRun,
+        HypercallId::SetPtrauthPolicy,
+    ];
+    let regs = [reg::PC, reg::x(0), reg::PSTATE, reg::SYSREGS[12].1, reg::fp_vreg(3), reg::FW_PSCI_VERSION, reg::MPIDR_EL1, reg::sysreg(3, 0, 0, 4, 0), 0, u64::MAX];
+    for n in 0..calls {
+        if n % 1000 == 999 {
+            violations += invariants();
+            checks += 1;
+        }
+        if n % 20_000 == 19_999 {
+            println!("host: hostile host: {} calls done, {} succeeded", n + 1, c.ok);
+        }
+        let handle = |rng: &mut Rng, h: &[u64; 24]| match rng.below(4) {
+            0 => rng.next(),
+            1 => 0,
+            _ => h[rng.below(24) as usize],
+        };
+        let addr = |rng: &mut Rng| match rng.below(12) {
+            0 => 0,
+            1 => u64::MAX & !0xFFF,
+            2 => rng.next(),
+            3 => sandbox_page(rng) + 8, // unaligned
+            4 => ram_end - PAGE_SIZE,   // last page of RAM
+            5 => ram_end,
+            6 => HYP_REGION_BASE + rng.below(HYP_REGION_SIZE / PAGE_SIZE) * PAGE_SIZE,
+            7 => [msg0, msg1][rng.below(2) as usize],
+            8 => ram_base - PAGE_SIZE,
+            _ => sandbox_page(rng),
+        };
+        // Mostly small runs: a protected VM's pages are scrubbed at destroy, so a stream of
+        // 64 MiB donations would spend the run zeroing memory.
+        let pages = |rng: &mut Rng| match rng.below(64) {
+            0..=3 => 0,
+            4..=7 => u64::MAX >> 12,
+            8..=11 => rng.next(),
+            12 => SANDBOX_PAGES,
+            _ => 1 + rng.below(32),
+        };
+        let id = if rng.below(20) == 0 { 0xC600_0000 + rng.below(0x40) } else { rng.pick(&ids) as u64 };
+        let mut x = [0u64; 7];
+        match HypercallId::try_from(id) {
+            Ok(HypercallId::VmCreate) => {
+                let flags = [0, vm_flags::PROTECTED, vm_flags::MTE, vm_flags::PTRAUTH, vm_flags::HOST_PMU | vm_flags::PROTECTED, rng.next()];
+                let req = VmCreate {
+                    nr_vcpus: rng.pick(&[0, 1, 2, 8, 9, u32::MAX]),
+                    ipa_bits: rng.pick(&[0, 31, 32, 36, 40, 41, 64]),
+                    flags: rng.pick(&flags),
+                    reserved: if rng.below(10) == 0 { [1, 0] } else { [0; 2] },
+                };
+                crate::scenarios::write_msg(0, &req);
+            }
+            Ok(HypercallId::VmDestroy) => x[0] = handle(&mut rng, &handles),
+            Ok(HypercallId::VmAddMemory) => {
+                x[0] = handle(&mut rng, &handles);
+                x[1] = addr(&mut rng);
+                let (r1, r2) = (rng.next(), 0x4000_0000 + rng.below(4096) * PAGE_SIZE);
+                x[2] = rng.pick(&[0x4000_0000, 0, 1 << 36, (1 << 36) - PAGE_SIZE, r1, r2]);
+                x[3] = pages(&mut rng);
+                // Keep sandbox donations inside the sandbox: the host must not give away its
+                // own code by accident (that would break the host, not EL2).
+                if (ram_base..ram_end).contains(&x[1]) && !(SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) && x[1] != ram_end - PAGE_SIZE {
+                    x[3] = x[3].max(u64::MAX >> 12);
+                } else if (SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) {
+                    x[3] = x[3].min((SANDBOX + SANDBOX_PAGES * PAGE_SIZE - x[1]) / PAGE_SIZE + rng.below(2));
+                }
+            }
+            Ok(HypercallId::VcpuSetReg) | Ok(HypercallId::VcpuGetReg) => {
+                x[0] = handle(&mut rng, &handles);
+                x[1] = rng.pick(&[0, 1, 7, 8, u64::MAX]);
+                x[2] = rng.pick(&regs);
+                if id == HypercallId::VcpuSetReg as u64 {
+                    let r = rng.next();
+                    x[3] = rng.pick(&[0, r, 0x4000_0000, u64::MAX]);
+                    x[4] = rng.pick(&[0, 0, 1]);
+                }
+            }
+            Ok(HypercallId::VcpuRegList) | Ok(HypercallId::VcpuRun) => {
+                x[0] = handle(&mut rng, &handles);
+                x[1] = rng.pick(&[0, 0, 1, 9, u64::MAX]);
+            }
+            Ok(HypercallId::SetMessagePage) => {
+                x[0] = rng.pick(&[0, 1, 2, u64::MAX]);
+                x[1] = addr(&mut rng);
+            }
+            _ => {
+                for v in x.iter_mut().take(rng.below(8) as usize) {
+                    *v = rng.next();
+                }
+            }
+        }
+        let r = hvc::raw(id, &x);
+        if let (Ok(HypercallId::VmCreate), Ok([h, _, _])) = (HypercallId::try_from(id), r) {
+            handles[rng.below(24) as usize] = h; // replaced handles stay alive: fine
+        }
+        record(&mut c, &r);
+        // Ill-timed: now and then, run a VM on CPU 1 and destroy it from here meanwhile.
+        if n % 5000 == 2500 {
+            ill_timed(plat, &mut c);
+        }
+    }
+    for h in handles {
+        let _ = hvc::call(HypercallId::VmDestroy, &[h]);
+    }
+    violations += invariants();
+    checks += 1;
+    println!("host: hostile host: {calls} calls, {} succeeded", c.ok);
+    for e in HypError::ALL {
+        let n = c.errors[(-(*e as i64)) as usize % 16];
+        if n > 0 {
+            println!("host:   {:>16}: {n}", e.name());
+        }
+    }
+    check!(hvc::call(HypercallId::Ping, &[9]) == Ok([9, 0, 0]), "EL2 stopped serving");
+    println!("host: invariant checks: {checks}, invariant violations: {violations}");
+    check!(violations == 0, "invariant violations");
+}
+
+/// A VM whose vCPU runs on CPU 1 while CPU 0 tries to destroy it, sets its registers after it
+/// ran, and donates its pages again.
+fn ill_timed(plat: &Platform, c: &mut Counts) {
+    let Some(image) = plat.guest_image() else { return };
+    // Always the same 16 MiB (each round's VM is destroyed before the next).
+    let Ok(vm) = vmm::create_at(1, vm_flags::PROTECTED, 16, ILL_TIMED_BACKING) else { return };
+    let Ok(entry) = vmm::load(&vm, image) else { return };
+    if vmm::boot(&vm, entry).is_err() {
+        return;
+    }
+    // CPU 1 runs it (the regs guest makes 30,000 exits: plenty of time to collide).
+    vmm::start_secondary(1, vm.handle, 0);
+    // Wait until CPU 1 holds the vCPU (Busy) or it has run (a protected VM's registers are
+    // sealed from then on: Denied).
+    let mut spins = 0u64;
+    while hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok() && spins < 50_000_000 {
+        spins += 1;
+    }
+    let mut busy = 0;
+    loop {
+        let r = hvc::call(HypercallId::VmDestroy, &[vm.handle]);
+        record(c, &r);
+        match r {
+            Err(HypError::Busy) => busy += 1,
+            _ => break,
+        }
+        let r = hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0, 0]);
+        check!(matches!(r, Err(HypError::Busy) | Err(HypError::Denied)), "set-reg on a running protected VM: {r:?}");
+        record(c, &r);
+        let r = hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, 0x5000_0000, 1]);
+        check!(r == Err(HypError::NotOwned), "double donation: {r:?}");
+        record(c, &r);
+    }
+    vmm::wait_secondary(1);
+    println!("host: ill-timed destroy: Busy {busy} time(s) while cpu1 ran the vCPU, then destroyed");
+}
