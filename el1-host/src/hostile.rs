@@ -106,7 +106,7 @@ pub fn run(plat: &Platform) {
         };
         let addr = |rng: &mut Rng| match rng.below(12) {
             0 => 0,
-            1 => u64::MAX & !0xFFF,
+            1 => !0xFFF,
             2 => rng.next(),
             3 => sandbox_page(rng) + 8, // unaligned
             4 => ram_end - PAGE_SIZE,   // last page of RAM
