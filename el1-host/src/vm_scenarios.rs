@@ -94,6 +94,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-idregs" => idregs(plat),
         "vm-pauth" => pauth(plat),
         "vm-mte" => mte(plat),
+        "vm-hostile-guests" => hostile_guests(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -648,4 +649,33 @@ fn mte(plat: &Platform) {
     check!(run(&e, 2) == Ok(Outcome::Off), "a protected MTE VM did not run");
     destroy(&e);
     println!("host: ok: a VM without MTE used that memory, and a protected MTE VM ran after");
+}
+
+/// A hostile guest and a well-behaved one, run exit by exit in turn.
+fn hostile_guests(plat: &Platform) {
+    let a = start_with(plat, 1, 0);
+    let b = start_with(plat, 1, vm_flags::PROTECTED);
+    let (mut da, mut db) = (MteMode(1), MteMode(2));
+    let (mut sa, mut sb) = (Stepper::new(), Stepper::new());
+    let (mut done_a, mut done_b) = (None, None);
+    let mut rounds = 0u64;
+    while done_a.is_none() || done_b.is_none() {
+        if done_a.is_none() {
+            done_a = sa.step(&a, 0, &mut da).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN hostile: {e:?}")));
+        }
+        if done_b.is_none() {
+            done_b = sb.step(&b, 0, &mut db).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN neighbour: {e:?}")));
+        }
+        rounds += 1;
+    }
+    check!(done_b == Some(Outcome::Off), "the neighbour VM ended {done_b:?}");
+    check!(matches!(done_a, Some(Outcome::Off) | Some(Outcome::Killed(..))), "the hostile VM ended {done_a:?}");
+    println!(
+        "host: ok: hostile guest ended {:?}, its neighbour ran correctly, {rounds} rounds, {} unassigned MMIO accesses",
+        done_a.unwrap_or(Outcome::Off),
+        vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
+    );
+    check!(hvc::call(HypercallId::Ping, &[4]) == Ok([4, 0, 0]), "EL2 stopped serving");
+    destroy(&a);
+    destroy(&b);
 }
