@@ -95,6 +95,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-pauth" => pauth(plat),
         "vm-mte" => mte(plat),
         "vm-hostile-guests" => hostile_guests(plat),
+        "vm-soak" => soak(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -676,6 +677,53 @@ fn hostile_guests(plat: &Platform) {
         vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
     );
     check!(hvc::call(HypercallId::Ping, &[4]) == Ok([4, 0, 0]), "EL2 stopped serving");
+    destroy(&a);
+    destroy(&b);
+}
+
+/// The soak guest's test device: its seed, then the number of rounds.
+struct SoakDev {
+    vals: [u64; 2],
+    i: usize,
+}
+
+impl TestDevice for SoakDev {
+    fn write(&mut self, _: &Vm, _: u64) {}
+    fn read(&mut self, _: &Vm) -> u64 {
+        let v = self.vals[self.i % 2];
+        self.i += 1;
+        v
+    }
+}
+
+/// Two VMs (pointer authentication and MTE; one protected) with two vCPUs each, on both host
+/// CPUs, interleaved exit by exit and with host work in between: every vCPU checks its
+/// registers, keys, MTE state and a tag after every exit (`soak-rounds=N`, default 10,000).
+fn soak(plat: &Platform) {
+    let rounds: u64 = plat.arg("soak-rounds").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    check!(plat.nr_cpus >= 2, "the soak needs 2 CPUs");
+    let a = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE | vm_flags::PROTECTED);
+    let b = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE);
+    vmm::arm_secondaries();
+    vmm::start_secondary_pair(1, a.handle, b.handle, 1);
+    let (mut da, mut db) = (SoakDev { vals: [1, rounds], i: 0 }, SoakDev { vals: [2, rounds], i: 0 });
+    let (mut sa, mut sb) = (Stepper::new(), Stepper::new());
+    let (mut done_a, mut done_b) = (None, None);
+    let mut host_work = 0u64;
+    while done_a.is_none() || done_b.is_none() {
+        if done_a.is_none() {
+            done_a = sa.step(&a, 0, &mut da).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN a: {e:?}")));
+        }
+        if done_b.is_none() {
+            done_b = sb.step(&b, 0, &mut db).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN b: {e:?}")));
+        }
+        // Host work between the guests' runs.
+        host_work += hvc::call(HypercallId::Ping, &[host_work]).map_or(0, |r| (r[0] == host_work) as u64);
+    }
+    vmm::stop_secondaries();
+    vmm::wait_secondary(1);
+    check!(done_a == Some(Outcome::Off) && done_b == Some(Outcome::Off), "soak VMs ended {done_a:?} {done_b:?}");
+    println!("host: ok: soak: 2 VMs x 2 vCPUs on 2 CPUs, {rounds} checked exits per vCPU, {host_work} host calls in between");
     destroy(&a);
     destroy(&b);
 }

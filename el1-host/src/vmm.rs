@@ -230,10 +230,42 @@ pub static WORK: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; cr
 static WORK_VCPU: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
 static WORK_DONE: [AtomicBool; crate::MAX_CPUS] = [const { AtomicBool::new(false) }; crate::MAX_CPUS];
 
+/// A second VM for a secondary CPU to interleave with the first, exit by exit (0: none).
+static WORK2: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
+
+/// Has host CPU `cpu` run vCPU `vcpu` of two VMs, alternating exit by exit, until both end
+/// (after [`STOP`] for secondary vCPUs).
+pub fn start_secondary_pair(cpu: usize, a: u64, b: u64, vcpu: u64) {
+    WORK2[cpu].store(b, Ordering::SeqCst);
+    start_secondary(cpu, a, vcpu);
+}
+
+/// Ends a [`start_secondary_pair`] run once the VMs' vCPU 0 runs are over.
+pub fn stop_secondaries() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
 /// Called by an idle host secondary CPU: runs the vCPU it was given, if any.
 pub fn secondary_work(cpu: usize) {
     let handle = WORK[cpu].load(Ordering::SeqCst);
     if handle == 0 || WORK_DONE[cpu].load(Ordering::SeqCst) {
+        return;
+    }
+    let second = WORK2[cpu].swap(0, Ordering::SeqCst);
+    if second != 0 {
+        let index = WORK_VCPU[cpu].load(Ordering::SeqCst);
+        let (a, b) = (Vm { handle, backing: 0, pages: 0, protected: false, vcpus: 0 }, Vm { handle: second, backing: 0, pages: 0, protected: false, vcpus: 0 });
+        let (mut sa, mut sb) = (Stepper::new(), Stepper::new());
+        let (mut da, mut db) = (false, false);
+        while !(da && db) {
+            if !da {
+                da = !matches!(sa.step(&a, index, &mut NoDevice), Ok(None));
+            }
+            if !db {
+                db = !matches!(sb.step(&b, index, &mut NoDevice), Ok(None));
+            }
+        }
+        WORK_DONE[cpu].store(true, Ordering::SeqCst);
         return;
     }
     let vm = Vm { handle, backing: 0, pages: 0, protected: false, vcpus: 0 };
@@ -264,6 +296,15 @@ pub fn wait_secondary(cpu: usize) {
 /// every helper CPU has stopped.
 pub fn run(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
     STOP.store(false, Ordering::SeqCst);
+    run_started(vm, host_cpus, dev)
+}
+
+/// Clears [`STOP`] before a [`start_secondary_pair`] run.
+pub fn arm_secondaries() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
+fn run_started(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
     let helpers = (vm.vcpus as usize).min(host_cpus);
     for k in 1..helpers {
         start_secondary(k, vm.handle, k as u64);

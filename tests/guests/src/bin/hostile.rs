@@ -59,8 +59,8 @@ fn hostile() {
             // Reads anywhere: own RAM, MMIO space, beyond the IPA size.
             0 => {
                 let a = match (r >> 8) % 3 {
-                    0 => RAM.0 + (rng.next() % (RAM.1 - RAM.0)) & !7,
-                    1 => rng.next() % RAM.0 & !7,
+                    0 => (RAM.0 + rng.next() % (RAM.1 - RAM.0)) & !7,
+                    1 => (rng.next() % RAM.0) & !7,
                     _ => rng.next() & !7,
                 };
                 if guests::trapped(|| {
@@ -75,7 +75,7 @@ fn hostile() {
             // Writes outside its RAM (its own code and data it leaves alone).
             1 => {
                 let a = match (r >> 8) % 2 {
-                    0 => rng.next() % RAM.0 & !7,
+                    0 => (rng.next() % RAM.0) & !7,
                     _ => (RAM.1 + rng.next() % (1 << 40)) & !7,
                 };
                 if guests::trapped(|| {
@@ -89,7 +89,7 @@ fn hostile() {
             }
             // HVC and SMC with random function IDs (not the ones that stop this vCPU).
             2 | 3 => {
-                let mut id = if (r >> 8) % 4 == 0 { 0x8400_0000 | (r >> 16) % 0x20 } else { rng.next() };
+                let mut id = if (r >> 8).is_multiple_of(4) { 0x8400_0000 | ((r >> 16) % 0x20) } else { rng.next() };
                 if forbidden.contains(&(id & 0xFFFF_FFFF)) || forbidden.contains(&id) {
                     id = 0xC600_0000;
                 }
@@ -106,13 +106,15 @@ fn hostile() {
             // MRS of random registers, including EL2 and EL3 ones and IMPLEMENTATION DEFINED.
             4 => {
                 let op1 = [0u32, 3, 4, 5, 6, 7][((r >> 8) % 6) as usize];
-                let enc = (((r >> 16) & 1) as u32) << 19 | op1 << 16 | ((r >> 20) & 0xF) as u32 * (1 << 12) | ((r >> 24) & 0xF) as u32 * (1 << 8) | ((r >> 28) & 7) as u32 * (1 << 5);
+                let field = |shift: u64, mask: u64| ((r >> shift) & mask) as u32;
+                let enc = (field(16, 1) << 19) | (op1 << 16) | (field(20, 0xF) << 12) | (field(24, 0xF) << 8) | (field(28, 7) << 5);
                 run_insn(0xD530_0000 | enc); // MRS x0, S<op0>_<op1>_C<n>_C<m>_<op2>
             }
             // MSR to EL2/EL3 registers (op1 4 or 6): UNDEFINED at EL1 whatever the encoding.
             5 => {
                 let op1 = if (r >> 8) & 1 == 0 { 4u32 } else { 6 };
-                let enc = 1 << 19 | op1 << 16 | ((r >> 20) & 0xF) as u32 * (1 << 12) | ((r >> 24) & 0xF) as u32 * (1 << 8) | ((r >> 28) & 7) as u32 * (1 << 5);
+                let field = |shift: u64, mask: u64| ((r >> shift) & mask) as u32;
+                let enc = (1 << 19) | (op1 << 16) | (field(20, 0xF) << 12) | (field(24, 0xF) << 8) | (field(28, 7) << 5);
                 run_insn(0xD510_0000 | enc); // MSR S3_<op1>_C<n>_C<m>_<op2>, x0
             }
             // Pointer authentication and MTE this VM was not given.
