@@ -4,7 +4,8 @@
 //! - `build`: builds the EL2 image (`boot`) and the host image (`el1-host`).
 //! - `run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]`:
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
-//!   2 vCPUs); exits with QEMU's status.
+//!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
+//!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
 //! - `test`: host unit tests, then every QEMU scenario in `tests/scenarios.txt`.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
 //! - `bench`: instruction counts of the hot paths (QEMU `-icount`), a table and `target/bench.json`.
@@ -32,7 +33,7 @@ fn main() {
         "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
         "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--args \"K=V ...\"] [--test-image] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
             exit(2);
         }
     };
@@ -247,13 +248,15 @@ fn flag_value(args: &[String], name: &str) -> Option<String> {
 
 fn run(args: &[String]) -> Result<(), String> {
     let tc = setup()?;
-    let images = build(&tc, Flavour::Release)?;
+    let flavour = if args.iter().any(|a| a == "--test-image") { Flavour::TestHooks } else { Flavour::Release };
+    let images = build(&tc, flavour)?;
     let smp: u32 = flag_value(args, "--smp").map_or(Ok(2), |s| s.parse()).map_err(|_| "--smp takes a number")?;
     let scenario = flag_value(args, "--scenario").unwrap_or_else(|| "demo".into());
     let guest = images.guest(&flag_value(args, "--guest").unwrap_or_else(|| "demo".into()))?;
     let vcpus: u32 = flag_value(args, "--vcpus").map_or(Ok(2), |s| s.parse()).map_err(|_| "--vcpus takes a number")?;
     let vm = if args.iter().any(|a| a == "--non-protected") { "plain" } else { "protected" };
-    let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus}"), &guest);
+    let extra = flag_value(args, "--args").unwrap_or_default();
+    let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest);
     if args.iter().any(|a| a == "--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
         cmd.args(["-s", "-S"]);
