@@ -82,7 +82,6 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
 /// only the test suite boots). `true` if the call was one of them (its result is in `frame`).
 #[cfg(feature = "test-hooks")]
 fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
-    use crate::pgtable::TableMemory;
     if frame.x[0] == shared_abi::HypercallId::TestFault as u64 && frame.x[1] == 0 {
         // An EL2 data abort: address 0 is mapped in no EL2 stage-1 table.
         // SAFETY: deliberately faulting; the unexpected-exception path parks this CPU.
@@ -95,7 +94,6 @@ fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
             pool: crate::addr::PhysRange::from_size(pool_base, pool_size),
             fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),
         };
-        let _ = mem.tables.free_pages();
         frame.x[..4].copy_from_slice(&match crate::invariants::check(&mem, &layout) {
             Ok(pages) => [0, pages, 0, 0],
             Err(v) => {
