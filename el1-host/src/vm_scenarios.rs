@@ -204,169 +204,18 @@ core::arch::global_asm!(
 .arch_extension simd
 .global host_fp_fill
 host_fp_fill:
-    add x1, x0, #0
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    add x1, x0, #(2 * \n)
     add x2, x1, #1
-    fmov d0, x1
-    fmov v0.d[1], x2
-    add x1, x0, #2
-    add x2, x1, #1
-    fmov d1, x1
-    fmov v1.d[1], x2
-    add x1, x0, #4
-    add x2, x1, #1
-    fmov d2, x1
-    fmov v2.d[1], x2
-    add x1, x0, #6
-    add x2, x1, #1
-    fmov d3, x1
-    fmov v3.d[1], x2
-    add x1, x0, #8
-    add x2, x1, #1
-    fmov d4, x1
-    fmov v4.d[1], x2
-    add x1, x0, #10
-    add x2, x1, #1
-    fmov d5, x1
-    fmov v5.d[1], x2
-    add x1, x0, #12
-    add x2, x1, #1
-    fmov d6, x1
-    fmov v6.d[1], x2
-    add x1, x0, #14
-    add x2, x1, #1
-    fmov d7, x1
-    fmov v7.d[1], x2
-    add x1, x0, #16
-    add x2, x1, #1
-    fmov d8, x1
-    fmov v8.d[1], x2
-    add x1, x0, #18
-    add x2, x1, #1
-    fmov d9, x1
-    fmov v9.d[1], x2
-    add x1, x0, #20
-    add x2, x1, #1
-    fmov d10, x1
-    fmov v10.d[1], x2
-    add x1, x0, #22
-    add x2, x1, #1
-    fmov d11, x1
-    fmov v11.d[1], x2
-    add x1, x0, #24
-    add x2, x1, #1
-    fmov d12, x1
-    fmov v12.d[1], x2
-    add x1, x0, #26
-    add x2, x1, #1
-    fmov d13, x1
-    fmov v13.d[1], x2
-    add x1, x0, #28
-    add x2, x1, #1
-    fmov d14, x1
-    fmov v14.d[1], x2
-    add x1, x0, #30
-    add x2, x1, #1
-    fmov d15, x1
-    fmov v15.d[1], x2
-    add x1, x0, #32
-    add x2, x1, #1
-    fmov d16, x1
-    fmov v16.d[1], x2
-    add x1, x0, #34
-    add x2, x1, #1
-    fmov d17, x1
-    fmov v17.d[1], x2
-    add x1, x0, #36
-    add x2, x1, #1
-    fmov d18, x1
-    fmov v18.d[1], x2
-    add x1, x0, #38
-    add x2, x1, #1
-    fmov d19, x1
-    fmov v19.d[1], x2
-    add x1, x0, #40
-    add x2, x1, #1
-    fmov d20, x1
-    fmov v20.d[1], x2
-    add x1, x0, #42
-    add x2, x1, #1
-    fmov d21, x1
-    fmov v21.d[1], x2
-    add x1, x0, #44
-    add x2, x1, #1
-    fmov d22, x1
-    fmov v22.d[1], x2
-    add x1, x0, #46
-    add x2, x1, #1
-    fmov d23, x1
-    fmov v23.d[1], x2
-    add x1, x0, #48
-    add x2, x1, #1
-    fmov d24, x1
-    fmov v24.d[1], x2
-    add x1, x0, #50
-    add x2, x1, #1
-    fmov d25, x1
-    fmov v25.d[1], x2
-    add x1, x0, #52
-    add x2, x1, #1
-    fmov d26, x1
-    fmov v26.d[1], x2
-    add x1, x0, #54
-    add x2, x1, #1
-    fmov d27, x1
-    fmov v27.d[1], x2
-    add x1, x0, #56
-    add x2, x1, #1
-    fmov d28, x1
-    fmov v28.d[1], x2
-    add x1, x0, #58
-    add x2, x1, #1
-    fmov d29, x1
-    fmov v29.d[1], x2
-    add x1, x0, #60
-    add x2, x1, #1
-    fmov d30, x1
-    fmov v30.d[1], x2
-    add x1, x0, #62
-    add x2, x1, #1
-    fmov d31, x1
-    fmov v31.d[1], x2
+    fmov d\n, x1
+    fmov v\n\().d[1], x2
+.endr
     ret
 .global host_fp_dump
 host_fp_dump:
-    str q0, [x0], #16
-    str q1, [x0], #16
-    str q2, [x0], #16
-    str q3, [x0], #16
-    str q4, [x0], #16
-    str q5, [x0], #16
-    str q6, [x0], #16
-    str q7, [x0], #16
-    str q8, [x0], #16
-    str q9, [x0], #16
-    str q10, [x0], #16
-    str q11, [x0], #16
-    str q12, [x0], #16
-    str q13, [x0], #16
-    str q14, [x0], #16
-    str q15, [x0], #16
-    str q16, [x0], #16
-    str q17, [x0], #16
-    str q18, [x0], #16
-    str q19, [x0], #16
-    str q20, [x0], #16
-    str q21, [x0], #16
-    str q22, [x0], #16
-    str q23, [x0], #16
-    str q24, [x0], #16
-    str q25, [x0], #16
-    str q26, [x0], #16
-    str q27, [x0], #16
-    str q28, [x0], #16
-    str q29, [x0], #16
-    str q30, [x0], #16
-    str q31, [x0], #16
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    str q\n, [x0], #16
+.endr
     ret
 "#
 );
