@@ -92,17 +92,17 @@ extern "C" {
     fn __guest_enter(ctx: *mut u64, host_save: *mut [u64; 14]) -> u64;
 }
 
-macro_rules! el1_sysregs {
-    ($($name:literal),* $(,)?) => {
-        /// Names of the switched registers, in context order (checked against
-        /// `shared_abi::reg::SYSREGS` at boot).
-        pub const SWITCHED_SYSREGS: [&str; NR_SYSREGS] = [$($name),*];
-
-        fn save_el1_sysregs(out: &mut [u64; NR_SYSREGS]) {
+/// Defines `$save(out)` and `$restore(v)` for a bank of system registers, in the order given.
+/// Each invocation names only registers that EL2 accesses without trapping and that act on
+/// EL1&0 alone, and says why for its bank.
+macro_rules! sysreg_bank {
+    ($save:ident, $restore:ident, $n:expr, [$($name:literal),* $(,)?]) => {
+        fn $save(out: &mut [u64; $n]) {
             let mut i = 0;
             $(
                 let v: u64;
-                // SAFETY: reading an EL1 system register at EL2 has no side effects.
+                // SAFETY: reading a register of this bank at EL2 has no side effects (see the
+                // invocation).
                 unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
                 out[i] = v;
                 i += 1;
@@ -110,40 +110,11 @@ macro_rules! el1_sysregs {
             let _ = i;
         }
 
-        fn restore_el1_sysregs(v: &[u64; NR_SYSREGS]) {
+        fn $restore(v: &[u64; $n]) {
             let mut i = 0;
             $(
-                // SAFETY: EL1 registers only affect EL1&0, which does not run until the ERET
-                // that follows every restore (the host's, or the guest's).
-                unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v[i], options(nomem, nostack, preserves_flags)) };
-                i += 1;
-            )*
-            let _ = i;
-        }
-    };
-}
-
-macro_rules! pauth_keys {
-    ($($name:literal),* $(,)?) => {
-        fn save_keys(out: &mut [u64; 10]) {
-            let mut i = 0;
-            $(
-                let v: u64;
-                // SAFETY: reading a pointer-authentication key register at EL2 (never trapped
-                // at EL2) has no side effects.
-                unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
-                out[i] = v;
-                i += 1;
-            )*
-            let _ = i;
-        }
-
-        fn restore_keys(v: &[u64; 10]) {
-            let mut i = 0;
-            $(
-                // SAFETY: the keys only affect pointer-authentication instructions at EL1&0,
-                // which do not run before the next ERET. EL2 itself is not built with pointer
-                // authentication, so it never uses the guest's keys.
+                // SAFETY: registers of this bank only affect EL1&0, which does not run until
+                // the ERET that follows every restore (the host's, or the guest's).
                 unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v[i], options(nomem, nostack, preserves_flags)) };
                 i += 1;
             )*
@@ -153,42 +124,31 @@ macro_rules! pauth_keys {
 }
 
 // APIAKeyLo/Hi, APIBKeyLo/Hi, APDAKeyLo/Hi, APDBKeyLo/Hi, APGAKeyLo/Hi (shared_abi::reg::PAUTH_KEYS).
-pauth_keys!("S3_0_C2_C1_0", "S3_0_C2_C1_1", "S3_0_C2_C1_2", "S3_0_C2_C1_3", "S3_0_C2_C2_0", "S3_0_C2_C2_1", "S3_0_C2_C2_2", "S3_0_C2_C2_3", "S3_0_C2_C3_0", "S3_0_C2_C3_1");
+// The keys only affect pointer-authentication instructions at EL1&0; EL2 itself is not built
+// with pointer authentication, so it never uses the guest's keys.
+sysreg_bank!(save_keys, restore_keys, 10, [
+    "S3_0_C2_C1_0", "S3_0_C2_C1_1", "S3_0_C2_C1_2", "S3_0_C2_C1_3", "S3_0_C2_C2_0",
+    "S3_0_C2_C2_1", "S3_0_C2_C2_2", "S3_0_C2_C2_3", "S3_0_C2_C3_0", "S3_0_C2_C3_1",
+]);
 
 /// `HCR_EL2.APK | HCR_EL2.API`: pointer-authentication keys and instructions untrapped.
 const HCR_APK_API: u64 = (1 << 40) | (1 << 41);
 /// `HCR_EL2.ATA`: EL1&0 may access allocation tags (MTE VMs only).
 const HCR_ATA: u64 = 1 << 56;
 
-macro_rules! mte_regs {
-    ($($name:literal),* $(,)?) => {
-        fn save_mte(out: &mut [u64; 4]) {
-            let mut i = 0;
-            $(
-                let v: u64;
-                // SAFETY: reading an MTE register at EL2 (only for MTE VMs, so FEAT_MTE2 is
-                // implemented) has no side effects.
-                unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
-                out[i] = v;
-                i += 1;
-            )*
-            let _ = i;
-        }
+// RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1 (shared_abi::reg::MTE_REGS): tag generation and
+// checking at EL1&0. Only switched for MTE VMs, so FEAT_MTE2 is implemented.
+sysreg_bank!(save_mte, restore_mte, 4, ["S3_0_C1_C0_5", "S3_0_C1_C0_6", "S3_0_C5_C6_0", "S3_0_C5_C6_1"]);
 
-        fn restore_mte(v: &[u64; 4]) {
-            let mut i = 0;
-            $(
-                // SAFETY: these registers only affect tag generation and checking at EL1&0.
-                unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v[i], options(nomem, nostack, preserves_flags)) };
-                i += 1;
-            )*
-            let _ = i;
-        }
+/// The EL1 (and EL0) context every world switch moves: plain EL1&0 state, never trapped at EL2.
+macro_rules! el1_sysregs {
+    ($($name:literal),* $(,)?) => {
+        /// Names of the switched registers, in context order (checked against
+        /// `shared_abi::reg::SYSREGS` at boot).
+        pub const SWITCHED_SYSREGS: [&str; NR_SYSREGS] = [$($name),*];
+        sysreg_bank!(save_el1_sysregs, restore_el1_sysregs, NR_SYSREGS, [$($name),*]);
     };
 }
-
-// RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1 (shared_abi::reg::MTE_REGS).
-mte_regs!("S3_0_C1_C0_5", "S3_0_C1_C0_6", "S3_0_C5_C6_0", "S3_0_C5_C6_1");
 
 el1_sysregs!(
     "sctlr_el1", "cpacr_el1", "ttbr0_el1", "ttbr1_el1", "tcr_el1", "afsr0_el1", "afsr1_el1",
