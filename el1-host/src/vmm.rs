@@ -9,6 +9,7 @@
 use crate::{hvc, println};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use shared_abi::msg::{exit, vm_flags, VcpuExit, VmCreate};
+use shared_abi::layout::run_status;
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
 
 /// Guest RAM base (IPA).
@@ -149,6 +150,34 @@ impl TestDevice for NoDevice {
     }
 }
 
+/// What each host CPU last did with a vCPU ([`shared_abi::layout::run_status`]): read by the
+/// test runner through QEMU's monitor when a scenario hangs.
+#[no_mangle]
+pub static HOST_RUN_STATUS: [[AtomicU64; run_status::WORDS]; run_status::CPUS] =
+    [const { [const { AtomicU64::new(0) }; run_status::WORDS] }; run_status::CPUS];
+
+/// Records, for the timeout report, that this CPU enters `VCPU_RUN` for `index` of `vm`.
+fn note_run(vm: &Vm, index: u64) {
+    let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
+    row[run_status::VM].store(vm.handle, Ordering::Relaxed);
+    row[run_status::VCPU].store(index, Ordering::Relaxed);
+    row[run_status::RUNS].fetch_add(1, Ordering::Relaxed);
+    row[run_status::IN_RUN].store(1, Ordering::Release);
+}
+
+/// Records how the `VCPU_RUN` that [`note_run`] noted ended.
+fn note_exit(r: Result<&VcpuExit, HypError>) {
+    let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
+    let (reason, ipa, data) = match r {
+        Ok(e) => (e.reason as u64, e.ipa, e.data),
+        Err(err) => (u64::MAX, 0, err as i64 as u64),
+    };
+    row[run_status::LAST_EXIT].store(reason, Ordering::Relaxed);
+    row[run_status::LAST_IPA].store(ipa, Ordering::Relaxed);
+    row[run_status::LAST_DATA].store(data, Ordering::Relaxed);
+    row[run_status::IN_RUN].store(0, Ordering::Release);
+}
+
 /// Set when the VM being run by several host CPUs has stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -167,11 +196,16 @@ impl Stepper {
 
     /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over.
     pub fn step(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Option<Outcome>, HypError> {
+        note_run(vm, index);
         let r = hvc::call(HypercallId::VcpuRun, &[vm.handle, index, self.read_value]);
         self.read_value = 0;
-        r?;
+        if let Err(err) = r {
+            note_exit(Err(err));
+            return Err(err);
+        }
         // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
         let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
+        note_exit(Ok(&e));
         match e.reason {
             exit::MMIO => {
                 let write = e.flags & exit::MMIO_WRITE != 0;

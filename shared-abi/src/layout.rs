@@ -28,3 +28,32 @@ const _: () = {
     assert!(HYP_REGION_SIZE.is_multiple_of(2 << 20));
     assert!(HYP_REGION_BASE + HYP_REGION_SIZE <= HOST_IMAGE_BASE);
 };
+
+/// The host's run-status table: what each host CPU last did with a vCPU. Not part of the
+/// hypercall ABI; a contract between the host and the test runner, which reads the table
+/// through QEMU's monitor (by the symbol [`run_status::SYMBOL`] in the host image, whose
+/// addresses are physical: the host runs with its MMU off) when a scenario times out, so that
+/// a hang names the VM, vCPU and last exit on every CPU.
+pub mod run_status {
+    /// The symbol of the table: `[[u64; WORDS]; CPUS]`.
+    pub const SYMBOL: &str = "HOST_RUN_STATUS";
+    /// Rows (host CPUs).
+    pub const CPUS: usize = 8;
+    /// Words per row.
+    pub const WORDS: usize = 8;
+    /// Word: the VM handle last run on this CPU (0: none yet).
+    pub const VM: usize = 0;
+    /// Word: the vCPU index last run.
+    pub const VCPU: usize = 1;
+    /// Word: 1 while inside `VCPU_RUN` (in EL2 or the guest), 0 while the host handles an exit.
+    pub const IN_RUN: usize = 2;
+    /// Word: `VCPU_RUN` calls made on this CPU.
+    pub const RUNS: usize = 3;
+    /// Word: the last exit's reason ([`crate::msg::exit`]), or `u64::MAX` if the last
+    /// `VCPU_RUN` returned an error.
+    pub const LAST_EXIT: usize = 4;
+    /// Word: the last exit's IPA.
+    pub const LAST_IPA: usize = 5;
+    /// Word: the last exit's data (MMIO value, kill reason) or the error code.
+    pub const LAST_DATA: usize = 6;
+}

@@ -125,6 +125,21 @@ pub mod exit {
     pub const VCPU_OFF: u32 = 8;
     /// `flags` bit of an MMIO exit: the access was a write.
     pub const MMIO_WRITE: u32 = 1;
+
+    /// A short name for an exit reason (for logs and reports).
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            MMIO => "MMIO",
+            WFX => "WFx",
+            HYPERCALL => "HVC/SMC",
+            SYSTEM_OFF => "SYSTEM_OFF",
+            SYSTEM_RESET => "SYSTEM_RESET",
+            IRQ => "IRQ",
+            KILLED => "KILLED",
+            VCPU_OFF => "VCPU_OFF",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Why EL2 stopped a VM ([`exit::KILLED`]).

@@ -141,8 +141,19 @@ pub fn trapped(f: impl FnOnce()) -> Option<u64> {
 pub fn system_off_smc() -> ! {
     let _ = smccc::psci::system_off::<smccc::Smc>();
     loop {
-        core::hint::spin_loop();
+        relax();
     }
+}
+
+/// Waits a moment for another vCPU. `WFI` traps to EL2 (`HCR_EL2.TWI`), which hands it to the
+/// host as a WFx exit, so the host CPU is free to run the vCPU being waited for. Guests never
+/// wait for another vCPU without exiting: until the host takes timer interrupts nothing can
+/// preempt a spinning vCPU, and with more vCPUs than host CPUs it would keep its CPU for ever.
+/// (Not `WFE`: QEMU 7.2's TCG runs `WFE` as a plain yield and never traps it, whatever
+/// `HCR_EL2.TWE` says; a `WFE` wait loop hung the soak that way.)
+pub fn relax() {
+    // SAFETY: `wfi` only waits (here: traps to EL2); it touches no memory.
+    unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
 }
 
 static PRINT_LOCK: AtomicBool = AtomicBool::new(false);
@@ -163,7 +174,7 @@ impl Write for Uart {
 /// Prints a line (whole lines are not interleaved between this guest's vCPUs).
 pub fn print(args: fmt::Arguments<'_>) {
     while PRINT_LOCK.swap(true, Ordering::Acquire) {
-        core::hint::spin_loop();
+        relax();
     }
     let _ = Uart.write_fmt(args);
     PRINT_LOCK.store(false, Ordering::Release);
@@ -201,7 +212,7 @@ pub fn psci_version() -> u64 {
 pub fn cpu_off() -> ! {
     let _ = smccc::psci::cpu_off::<smccc::Hvc>();
     loop {
-        core::hint::spin_loop();
+        relax();
     }
 }
 
@@ -209,7 +220,7 @@ pub fn cpu_off() -> ! {
 pub fn system_off() -> ! {
     let _ = smccc::psci::system_off::<smccc::Hvc>();
     loop {
-        core::hint::spin_loop();
+        relax();
     }
 }
 
@@ -218,7 +229,7 @@ pub fn fail(args: fmt::Arguments<'_>) -> ! {
     print(format_args!("guest: FAIL: {args}\n"));
     let _ = smccc::psci::system_reset::<smccc::Hvc>();
     loop {
-        core::hint::spin_loop();
+        relax();
     }
 }
 

@@ -6,7 +6,8 @@
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
 //!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
-//! - `test`: host unit tests, then every QEMU scenario in `tests/scenarios.txt`.
+//! - `test [--no-unit] [--only NAME[,NAME...]] [--repeat N] [--verbose]`: host unit tests, then
+//!   every QEMU scenario in `tests/scenarios.txt` (or those named), each `N` times in a row.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
 //! - `bench`: instruction counts of the hot paths (QEMU `-icount`), a table and `target/bench.json`.
 //!
@@ -33,7 +34,7 @@ fn main() {
         "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
         "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--args \"K=V ...\"] [--test-image] [--gdb]\n  test [--no-unit] [--only NAME] [--verbose]");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--args \"K=V ...\"] [--test-image] [--gdb]\n  test [--no-unit] [--only NAME[,NAME...]] [--repeat N] [--verbose]");
             exit(2);
         }
     };
@@ -111,7 +112,78 @@ pub fn setup() -> Result<Toolchain, String> {
             return Err("qemu-system-aarch64 still missing: run `apt-get install qemu-system-arm`".into());
         }
     }
+    dry_boot()?;
     Ok(tc)
+}
+
+/// A 16-byte AArch64 program that powers the machine off: `w0 = PSCI SYSTEM_OFF (0x8400_0008)`,
+/// `smc #0` (QEMU answers PSCI itself with `secure=off`), then `b .`.
+const POWER_OFF_STUB: [u8; 16] = [
+    0x00, 0x01, 0x80, 0x52, // movz w0, #0x0008
+    0x00, 0x80, 0xb0, 0x72, // movk w0, #0x8400, lsl #16
+    0x03, 0x00, 0x00, 0xd4, // smc #0
+    0x00, 0x00, 0x00, 0x14, // b .
+];
+
+/// Proves QEMU can start the machine of `qemu/virt.args` with only what `setup` installed:
+/// boots a stub that powers off at once. A missing firmware or option ROM (an optional Debian
+/// package) is named here, before any build, instead of failing every scenario later.
+fn dry_boot() -> Result<(), String> {
+    let stub = std::env::temp_dir().join(format!("xtask-dry-boot-{}.bin", std::process::id()));
+    std::fs::write(&stub, POWER_OFF_STUB).map_err(|e| format!("{}: {e}", stub.display()))?;
+    let child = Command::new("qemu-system-aarch64")
+        .args(machine_args())
+        .args(["-smp", "1", "-display", "none", "-monitor", "none", "-serial", "none", "-kernel"])
+        .arg(&stub)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"));
+    let result = child.and_then(|mut child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    break if status.success() { Ok(()) } else { Err(dry_boot_failure(&err, status.code())) };
+                }
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err("QEMU started the machine of qemu/virt.args but the power-off stub did not end it within 30 s".into());
+                }
+                Err(e) => break Err(format!("waiting for QEMU: {e}")),
+            }
+        }
+    });
+    let _ = std::fs::remove_file(&stub);
+    result
+}
+
+/// Explains why QEMU could not start the machine, naming the Debian package when it is a
+/// missing optional file.
+fn dry_boot_failure(stderr: &str, code: Option<i32>) -> String {
+    let stderr = stderr.trim();
+    let missing = stderr.split('"').nth(1).filter(|_| stderr.contains("failed to find romfile") || stderr.contains("Could not find ROM"));
+    let package = missing.and_then(|f| match f {
+        f if f.starts_with("efi-") || f.starts_with("pxe-") => Some("ipxe-qemu"),
+        f if f.starts_with("vgabios") || f.starts_with("bios") => Some("seabios"),
+        f if f.contains("edk2") || f.contains("AAVMF") => Some("qemu-efi-aarch64"),
+        _ => None,
+    });
+    match (missing, package) {
+        (Some(file), Some(pkg)) => format!(
+            "QEMU cannot start the machine in qemu/virt.args: it needs {file:?}, which Debian ships in the optional package {pkg} \
+             (not installed). Remove the device that wants it from qemu/virt.args, or run `apt-get install {pkg}`.\n  QEMU said: {stderr}"
+        ),
+        (Some(file), None) => format!("QEMU cannot start the machine in qemu/virt.args: file {file:?} is missing.\n  QEMU said: {stderr}"),
+        _ => format!("QEMU cannot start the machine in qemu/virt.args (exit status {code:?}).\n  QEMU said: {stderr}"),
+    }
 }
 
 /// The built images.
@@ -242,6 +314,33 @@ fn flatten_elf(elf: &Path, out: &Path) -> Result<(), String> {
     std::fs::write(out, img).map_err(|e| format!("{}: {e}", out.display()))
 }
 
+/// The address of the symbol `name` in an ELF64 file (its `.symtab`).
+pub fn elf_symbol(elf: &Path, name: &str) -> Option<u64> {
+    let f = std::fs::read(elf).ok()?;
+    let rd = |o: usize, n: usize| -> Option<u64> { Some(f.get(o..o + n)?.iter().rev().fold(0u64, |a, b| a << 8 | *b as u64)) };
+    if f.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return None;
+    }
+    let (shoff, shentsize, shnum) = (rd(40, 8)? as usize, rd(58, 2)? as usize, rd(60, 2)? as usize);
+    let section = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    for i in 0..shnum {
+        let sh = section(i)?;
+        if rd(sh + 4, 4)? != 2 {
+            continue; // not SHT_SYMTAB
+        }
+        let (off, size, link, entsize) = (rd(sh + 24, 8)? as usize, rd(sh + 32, 8)? as usize, rd(sh + 40, 4)? as usize, rd(sh + 56, 8)? as usize);
+        let strtab = rd(section(link)? + 24, 8)? as usize;
+        for sym in (off..off.checked_add(size)?).step_by(entsize.max(1)) {
+            let name_at = strtab.checked_add(rd(sym, 4)? as usize)?;
+            let end = name_at + f.get(name_at..)?.iter().position(|&b| b == 0)?;
+            if &f[name_at..end] == name.as_bytes() {
+                return rd(sym + 8, 8);
+            }
+        }
+    }
+    None
+}
+
 fn flag_value(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
@@ -291,6 +390,28 @@ fn test(args: &[String]) -> Result<(), String> {
     let release = build(&tc, Flavour::Release)?;
     let test_hooks = build(&tc, Flavour::TestHooks)?;
     let only = flag_value(args, "--only");
+    let repeat: u32 = flag_value(args, "--repeat").map_or(Ok(1), |s| s.parse()).map_err(|_| "--repeat takes a number")?;
     let verbose = args.iter().any(|a| a == "--verbose");
-    scenario::run_all(&release, &test_hooks, only.as_deref(), verbose)
+    scenario::run_all(&release, &test_hooks, only.as_deref(), repeat, verbose)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dry_boot_names_the_missing_package() {
+        let e = dry_boot_failure("qemu-system-aarch64: failed to find romfile \"efi-virtio.rom\"\n", Some(1));
+        assert!(e.contains("\"efi-virtio.rom\"") && e.contains("ipxe-qemu"), "{e}");
+        let e = dry_boot_failure("qemu-system-aarch64: failed to find romfile \"mystery.rom\"", Some(1));
+        assert!(e.contains("\"mystery.rom\" is missing"), "{e}");
+        let e = dry_boot_failure("qemu-system-aarch64: -machine foo: unsupported", Some(1));
+        assert!(e.contains("exit status Some(1)") && e.contains("unsupported"), "{e}");
+    }
+
+    #[test]
+    fn the_machine_has_no_network_card() {
+        let args = machine_args();
+        assert!(args.windows(2).any(|w| w[0] == "-nic" && w[1] == "none"), "qemu/virt.args must say -nic none");
+    }
 }

@@ -20,8 +20,12 @@
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
 //! warning or error EL2 logs, and any host failure.
 
-use crate::{qemu_command, root, Images};
-use std::io::{BufRead, BufReader};
+use crate::{elf_symbol, qemu_command, root, Images};
+use shared_abi::layout::run_status;
+use shared_abi::msg::exit;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -81,6 +85,92 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
     Ok(out)
 }
 
+/// Monitor sockets made so far (their names must be unique within this run).
+static MONITORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sends one command to QEMU's human monitor and returns what it printed before the next prompt.
+fn monitor_command(mon: &mut UnixStream, cmd: &str) -> String {
+    let _ = mon.write_all(format!("{cmd}\n").as_bytes());
+    read_to_prompt(mon)
+}
+
+fn read_to_prompt(mon: &mut UnixStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !buf.ends_with(b"(qemu) ") {
+        match mon.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).replace("\r\n", "\n")
+}
+
+/// What each CPU was doing when a scenario timed out: its PC and exception level (from QEMU's
+/// monitor) and, from the host's run-status table, the VM and vCPU it last ran and that run's
+/// last exit. A hang then explains itself.
+fn timeout_report(monitor: &Path, host_elf: &Path, cpus: u32) -> String {
+    let mut mon = match UnixStream::connect(monitor) {
+        Ok(m) => m,
+        Err(e) => return format!("    (no timeout report: QEMU monitor {}: {e})", monitor.display()),
+    };
+    let _ = mon.set_read_timeout(Some(Duration::from_secs(5)));
+    read_to_prompt(&mut mon);
+    let regs = monitor_command(&mut mon, "info registers -a");
+    let table = elf_symbol(host_elf, run_status::SYMBOL).map(|addr| {
+        let words = run_status::CPUS * run_status::WORDS;
+        parse_xp(&monitor_command(&mut mon, &format!("xp /{words}gx {addr:#x}")))
+    });
+    let mut out = String::from("    timeout report (QEMU monitor; host run-status table):");
+    for cpu in 0..cpus as usize {
+        let (pc, el) = cpu_state(&regs, cpu);
+        out += &format!("\n    cpu{cpu}: PC={pc} {el}");
+        match &table {
+            Some(t) if t.len() >= (cpu + 1) * run_status::WORDS => out += &describe_row(&t[cpu * run_status::WORDS..][..run_status::WORDS]),
+            _ => out += "; host run-status table unreadable",
+        }
+    }
+    out
+}
+
+/// The PC and `PSTATE` mode (e.g. `EL1h`) of `cpu` in `info registers -a` output.
+fn cpu_state(regs: &str, cpu: usize) -> (String, String) {
+    let Some(block) = regs.split(&format!("CPU#{cpu}\n")).nth(1) else { return ("?".into(), "?".into()) };
+    let block = block.split("\nCPU#").next().unwrap_or("");
+    let pc = block.split("PC=").nth(1).and_then(|r| r.split_whitespace().next()).map_or("?".into(), |p| format!("0x{}", p.trim_start_matches('0')));
+    let el = block
+        .split("PSTATE=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().find(|w| w.starts_with("EL") || w.starts_with("usr") || w.starts_with("svc")))
+        .unwrap_or("?")
+        .to_string();
+    (pc, el)
+}
+
+/// The values of an `xp /Ngx` dump, in order.
+fn parse_xp(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(a, _)| a.trim().chars().all(|c| c.is_ascii_hexdigit()) && !a.trim().is_empty())
+        .flat_map(|(_, v)| v.split_whitespace().filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// One CPU's row of the host's run-status table, in words.
+fn describe_row(row: &[u64]) -> String {
+    use run_status::*;
+    if row[VM] == 0 {
+        return "; the host has run no vCPU on this CPU".into();
+    }
+    let last = match row[LAST_EXIT] {
+        0 => "none yet".to_string(),
+        u64::MAX => format!("VCPU_RUN error {}", row[LAST_DATA] as i64),
+        r => format!("{} (ipa {:#x}, data {:#x})", exit::name(r as u32), row[LAST_IPA], row[LAST_DATA]),
+    };
+    let state = if row[IN_RUN] == 1 { "inside VCPU_RUN (guest or EL2)" } else { "in the host, handling an exit" };
+    format!("; VM {:#x} vCPU {}, {state}, run {}; last exit: {last}", row[VM], row[VCPU], row[RUNS])
+}
+
 /// Outcome of one scenario: `Err` holds the reason it failed.
 fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>, Vec<String>) {
     let guest = match images.guest(&s.guest) {
@@ -91,6 +181,11 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
     if s.icount {
         cmd.args(["-icount", "shift=0"]);
     }
+    // A monitor on a private socket, for the timeout report.
+    let monitor = std::env::temp_dir().join(format!("xtask-{}-{}.mon", std::process::id(), MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&monitor);
+    cmd.arg("-chardev").arg(format!("socket,id=xtaskmon,path={},server=on,wait=off", monitor.display()));
+    cmd.args(["-mon", "chardev=xtaskmon,mode=readline"]);
     let mut child = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -123,16 +218,21 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
             lines.push(l);
         }
         match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
+            Ok(Some(st)) => break Some(Ok(st)),
             Ok(None) if Instant::now() >= deadline => {
+                let report = timeout_report(&monitor, &images.host, s.smp);
                 let _ = child.kill();
                 let _ = child.wait();
-                break None;
+                break Some(Err(report));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return (Err(format!("waiting for QEMU: {e}")), lines),
+            Err(e) => {
+                let _ = std::fs::remove_file(&monitor);
+                return (Err(format!("waiting for QEMU: {e}")), lines);
+            }
         }
     };
+    let _ = std::fs::remove_file(&monitor);
     // Drain what the readers still hold.
     for l in rx.iter() {
         if verbose {
@@ -140,8 +240,10 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
         }
         lines.push(l);
     }
-    let Some(status) = status else {
-        return (Err(format!("timed out after {} s", s.timeout)), lines);
+    let status = match status {
+        Some(Ok(st)) => st,
+        Some(Err(report)) => return (Err(format!("timed out after {} s\n{report}", s.timeout)), lines),
+        None => unreachable!("the wait loop ends with a status or a timeout report"),
     };
     if status.code() != Some(s.exit) {
         return (Err(format!("QEMU exit status {:?}, expected {}", status.code(), s.exit)), lines);
@@ -161,37 +263,64 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
     (Ok(()), lines)
 }
 
-/// Runs every scenario (or the one named `only`) and prints a summary.
-pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, verbose: bool) -> Result<(), String> {
+/// Runs every scenario (or those named in `only`, comma-separated), each `repeat` times in a
+/// row, and prints a summary.
+pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, repeat: u32, verbose: bool) -> Result<(), String> {
     let path = root().join("tests/scenarios.txt");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let scenarios = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let selected: Vec<_> = scenarios.iter().filter(|s| only.is_none_or(|o| o == s.name)).collect();
-    if selected.is_empty() {
-        return Err(format!("no scenario named {:?}", only.unwrap_or("")));
+    let wanted: Option<Vec<&str>> = only.map(|o| o.split(',').map(str::trim).collect());
+    if let Some(w) = &wanted {
+        if let Some(unknown) = w.iter().find(|n| !scenarios.iter().any(|s| s.name == **n)) {
+            let names: Vec<_> = scenarios.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!("no scenario named {unknown:?} (there are: {})", names.join(", ")));
+        }
     }
-    println!("xtask: {} QEMU scenarios", selected.len());
+    let selected: Vec<_> = scenarios.iter().filter(|s| wanted.as_ref().is_none_or(|w| w.contains(&s.name.as_str()))).collect();
+    let repeat = repeat.max(1);
+    println!("xtask: {} QEMU scenarios{}", selected.len(), if repeat > 1 { format!(", each {repeat} times in a row") } else { String::new() });
     let (mut passed, mut failed) = (0, 0);
+    let mut summary = Vec::new();
     for s in selected {
-        let t = Instant::now();
         let images = if s.test_image { test_hooks } else { release };
-        let (r, lines) = run_one(images, s, verbose);
-        match r {
-            Ok(()) => {
-                passed += 1;
-                println!("scenario {} ... ok ({:.1} s, {} checks)", s.name, t.elapsed().as_secs_f64(), s.expect.len() + 1);
-            }
-            Err(why) => {
-                failed += 1;
-                println!("scenario {} ... FAILED: {why}", s.name);
-                for l in lines.iter().rev().take(25).collect::<Vec<_>>().into_iter().rev() {
-                    println!("    | {l}");
+        let (mut ok, mut times) = (0u32, Vec::new());
+        for run in 1..=repeat {
+            let t = Instant::now();
+            let (r, lines) = run_one(images, s, verbose);
+            let secs = t.elapsed().as_secs_f64();
+            times.push(secs);
+            let which = if repeat > 1 { format!(" (run {run}/{repeat})") } else { String::new() };
+            match r {
+                Ok(()) => {
+                    ok += 1;
+                    if repeat == 1 || verbose {
+                        println!("scenario {}{which} ... ok ({secs:.1} s, {} checks)", s.name, s.expect.len() + 1);
+                    }
+                }
+                Err(why) => {
+                    println!("scenario {}{which} ... FAILED: {why}", s.name);
+                    for l in lines.iter().rev().take(25).collect::<Vec<_>>().into_iter().rev() {
+                        println!("    | {l}");
+                    }
                 }
             }
         }
+        passed += ok;
+        failed += repeat - ok;
+        if repeat > 1 {
+            let max = times.iter().copied().fold(0.0, f64::max);
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let line = format!("scenario {}: {ok}/{repeat} passed (mean {mean:.1} s, max {max:.1} s)", s.name);
+            println!("{line}");
+            summary.push(line);
+        }
+    }
+    if !summary.is_empty() {
+        println!("repeat summary:");
+        summary.iter().for_each(|l| println!("  {l}"));
     }
     println!("scenarios: {passed} passed, {failed} failed");
-    if failed == 0 { Ok(()) } else { Err(format!("{failed} scenario(s) failed")) }
+    if failed == 0 { Ok(()) } else { Err(format!("{failed} scenario run(s) failed")) }
 }
 
 #[cfg(test)]
@@ -217,6 +346,22 @@ mod tests {
         assert!(parse("[a]\nsmp = two\n").is_err());
         assert!(parse("[a]\ncolour = red\n").is_err());
         assert!(parse("[a]\nimage = debug\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_timeout_report_sources() {
+        let regs = "\nCPU#0\n PC=0000000040201184 X00=0\nPSTATE=620003c9 -ZC- EL2h  SVCR=0\n\nCPU#1\n PC=0000000040080010 X00=1\nPSTATE=000003c5 ---- EL1h\n";
+        assert_eq!(cpu_state(regs, 0), ("0x40201184".into(), "EL2h".into()));
+        assert_eq!(cpu_state(regs, 1), ("0x40080010".into(), "EL1h".into()));
+        assert_eq!(cpu_state(regs, 2), ("?".into(), "?".into()));
+        let xp = "xp /4gx 0x42001000\n0000000042001000: 0x0000000000000101 0x0000000000000001\n0000000042001010: 0x0000000000000001 0x00000000000003e8\n(qemu) ";
+        assert_eq!(parse_xp(xp), vec![0x101, 1, 1, 1000]);
+        let row = [0x101, 1, 1, 1000, exit::WFX as u64, 0, 0, 0];
+        let d = describe_row(&row);
+        assert!(d.contains("VM 0x101 vCPU 1, inside VCPU_RUN") && d.contains("run 1000") && d.contains("last exit: WFx"), "{d}");
+        assert!(describe_row(&[0; 8]).contains("no vCPU"));
+        let err = [0x101, 0, 0, 3, u64::MAX, 0, (-5i64) as u64, 0];
+        assert!(describe_row(&err).contains("VCPU_RUN error -5"));
     }
 
     #[test]

@@ -40,10 +40,10 @@ fn main(dtb: u64) {
     let mut spins = 0u64;
     while ONLINE.load(Ordering::Acquire) < started {
         spins += 1;
-        if spins > 500_000_000 {
+        if spins > 1_000_000 {
             guests::fail(format_args!("secondary vCPUs did not come online"));
         }
-        core::hint::spin_loop();
+        guests::relax();
     }
     println!("guest: {} vCPU(s) online", started + 1);
     if started + 1 != dt_cpus {
@@ -56,9 +56,10 @@ fn main(dtb: u64) {
             != Ok(smccc::psci::AffinityState::Off)
         {
             spins += 1;
-            if spins > 50_000_000 {
+            if spins > 1_000_000 {
                 guests::fail(format_args!("vCPU {i} never turned off"));
             }
+            guests::relax();
         }
     }
     if started > 0 {

@@ -495,7 +495,7 @@ fn main(_dtb: u64) {
     }
     soak(0);
     while DONE.load(Ordering::Acquire) == 0 {
-        core::hint::spin_loop();
+        guests::relax();
     }
 }
 
