@@ -96,6 +96,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-mte" => mte(plat),
         "vm-hostile-guests" => hostile_guests(plat),
         "vm-soak" => soak(plat),
+        "vm-illegal-state" => illegal_state(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -575,4 +576,33 @@ fn soak(plat: &Platform) {
     println!("host: ok: soak: 2 VMs x 2 vCPUs on 2 CPUs, {rounds} checked exits per vCPU, {host_work} host calls in between");
     destroy(&a);
     destroy(&b);
+}
+
+/// `PSTATE` decides where the world switch's `ERET` lands: the host may only choose an AArch64
+/// EL0 or EL1 mode, so it cannot enter EL2 at a PC of its choosing (the attack: PSTATE EL2h,
+/// PC in EL2, then `VCPU_RUN`). The guest then returns to AArch32 EL0 itself, and EL2 stops it.
+fn illegal_state(plat: &Platform) {
+    use shared_abi::msg::kill;
+    let vm = start(plat, 1, false);
+    let el2_pc = HYP_REGION_BASE + 0x1000;
+    for (pstate, what) in [(0x3C9u64, "EL2h"), (0x3C8, "EL2t"), (0x3C5 | 1 << 20, "EL1h with IL"), (0x1D0, "AArch32 usr"), (0x1D3, "AArch32 svc"), (0x3C5 | 1 << 36, "an undefined bit")] {
+        let r = hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PSTATE, pstate]);
+        check!(r == Err(HypError::InvalidArgument), "VCPU_SET_REG PSTATE {pstate:#x} ({what}): {r:?}");
+        println!("host: ok: PSTATE {pstate:#x} ({what}) -> InvalidArgument");
+    }
+    let pc = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).map_or(0, |r| r[0]);
+    // The PC may be anything (it is a guest address); with PSTATE refused it stays one.
+    check!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, el2_pc]).is_ok(), "setting PC");
+    check!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, pc]).is_ok(), "restoring PC");
+    let pstate = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
+    check!(pstate == 0x3C5, "PSTATE after the refused writes: {pstate:#x}");
+    println!("host: ok: PSTATE still {pstate:#x} (EL1h) after the refused writes");
+    let r = vmm::run(&vm, 1, &mut NoDevice);
+    check!(matches!(r, Ok(Outcome::Killed(kill::ILLEGAL_STATE, _, _))), "the AArch32 guest ended {r:?}");
+    let Ok(Outcome::Killed(_, _, spsr)) = r else { return };
+    println!("host: ok: guest that returned to AArch32 EL0 stopped by EL2 (ILLEGAL_STATE, PSTATE {spsr:#x})");
+    let again = hvc::call(HypercallId::VcpuRun, &[vm.handle, 0, 0]);
+    check!(again == Err(HypError::NotRunnable), "VCPU_RUN after the stop: {again:?}");
+    println!("host: ok: VCPU_RUN of the stopped VM -> NotRunnable");
+    destroy(&vm);
 }

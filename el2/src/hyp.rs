@@ -399,9 +399,15 @@ pub(crate) mod tests {
     use shared_abi::msg::EchoResponse;
     use std::vec::Vec;
 
-    /// Records maintenance, and plays a script of guest exits for `run`.
+    /// Records maintenance, and plays a script of guest exits for `run`: the log, the traps,
+    /// the PC of each entry, and the PSTATE each exit leaves (while the list lasts).
     #[derive(Default)]
-    pub(crate) struct Recorder(pub RefCell<Vec<&'static str>>, pub RefCell<Vec<crate::vm::GuestTrap>>, pub RefCell<Vec<u64>>);
+    pub(crate) struct Recorder(
+        pub RefCell<Vec<&'static str>>,
+        pub RefCell<Vec<crate::vm::GuestTrap>>,
+        pub RefCell<Vec<u64>>,
+        pub RefCell<Vec<u64>>,
+    );
     impl crate::vm::GuestArch for Recorder {
         type Saved = ();
         fn load(&self, _: &crate::vcpu::VcpuCtx, _: &crate::vm::GuestConfig) {
@@ -429,6 +435,10 @@ pub(crate) mod tests {
             self.2.borrow_mut().push(ctx.pc);
             let mut script = self.1.borrow_mut();
             assert!(!script.is_empty(), "guest ran past the end of its script");
+            let mut pstates = self.3.borrow_mut();
+            if !pstates.is_empty() {
+                ctx.pstate = pstates.remove(0);
+            }
             script.remove(0)
         }
         fn guest_s2_mapped(&self) {

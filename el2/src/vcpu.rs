@@ -12,6 +12,35 @@ use shared_abi::reg;
 
 /// `PSTATE` of a vCPU at reset: EL1h, D/A/I/F masked.
 pub const PSTATE_RESET: u64 = 0x3C5;
+/// `PSTATE.M[4:0]` values a vCPU may run in: AArch64 EL0t, EL1t, EL1h. Everything else is
+/// either a higher exception level (EL2t/EL2h would make the world switch's `ERET` land in EL2,
+/// at a PC the host chose) or AArch32 (an illegal return at EL2, or AArch32 EL0, which the ID
+/// registers hide and EL2 does not emulate).
+const GUEST_MODES: [u64; 3] = [0b0_0000, 0b0_0100, 0b0_0101];
+/// `PSTATE.M[4:0]`.
+const PSTATE_M: u64 = 0x1F;
+/// `PSTATE.IL` (illegal execution state).
+const PSTATE_IL: u64 = 1 << 20;
+/// `PSTATE` bits the host may set (what KVM accepts for AArch64): N, Z, C, V (31:28), TCO (25),
+/// DIT (24), UAO (23), PAN (22), SS (21), SSBS (12), BTYPE (11:10), D, A, I, F (9:6) and M[4:0]
+/// (checked against [`GUEST_MODES`]). Not IL (20), not bit 5 (AArch32's T), nothing above 31.
+pub const PSTATE_HOST_WRITABLE: u64 = 0xF000_0000 | 0x03E0_0000 | 0x1000 | 0xC00 | 0x3C0 | PSTATE_M;
+
+/// Whether `ERET` with `SPSR_EL2 = pstate` enters the guest and nothing else: an AArch64 EL0 or
+/// EL1 mode, `IL` clear. EL2 checks this before every guest entry and after every exit (a
+/// guest that returned to AArch32 EL0 is stopped there, as KVM does); the other bits only
+/// concern the guest itself.
+pub const fn pstate_enters_guest(pstate: u64) -> bool {
+    let m = pstate & PSTATE_M;
+    pstate & PSTATE_IL == 0 && (m == GUEST_MODES[0] || m == GUEST_MODES[1] || m == GUEST_MODES[2])
+}
+
+/// Whether the host may set `PSTATE` to `pstate` ([`reg::PSTATE`]): only defined bits
+/// ([`PSTATE_HOST_WRITABLE`]) and a mode that [enters the guest](pstate_enters_guest).
+pub const fn pstate_host_ok(pstate: u64) -> bool {
+    pstate & !PSTATE_HOST_WRITABLE == 0 && pstate_enters_guest(pstate)
+}
+
 /// `SCTLR_EL1` at reset: RES1 bits, MMU and caches off.
 pub const SCTLR_EL1_RESET: u64 = 0x30D0_0800;
 /// Number of EL1 system registers switched ([`reg::SYSREGS`]).
@@ -88,6 +117,8 @@ pub enum RegError {
     ReadOnly,
     /// A value wider than the register.
     TooWide,
+    /// A value the register may not hold (a `PSTATE` outside [`pstate_host_ok`]).
+    BadValue,
 }
 
 impl VcpuCtx {
@@ -164,7 +195,8 @@ impl VcpuCtx {
     /// # Errors
     /// [`RegError::Unknown`] for IDs not in [`register_ids`], [`RegError::ReadOnly`] for
     /// `MPIDR_EL1`, [`RegError::TooWide`] for a non-zero high half of a register narrower than
-    /// 128 bits (or a 32-bit register given more than 32 bits).
+    /// 128 bits (or a 32-bit register given more than 32 bits), [`RegError::BadValue`] for a
+    /// `PSTATE` that [`pstate_host_ok`] refuses.
     pub fn set(&mut self, id: u64, (lo, hi): (u64, u64)) -> Result<(), RegError> {
         if id == reg::MPIDR_EL1 {
             return Err(RegError::ReadOnly);
@@ -181,6 +213,9 @@ impl VcpuCtx {
             reg::FPSR | reg::FPCR if lo >> 32 != 0 => return Err(RegError::TooWide),
             reg::FPSR => self.fp.fpsr = lo,
             reg::FPCR => self.fp.fpcr = lo,
+            // The world switch's ERET consumes PSTATE (as SPSR_EL2): validated here, where it
+            // enters, and again before every guest entry.
+            reg::PSTATE if !pstate_host_ok(lo) => return Err(RegError::BadValue),
             _ => *self.core_slot(id).ok_or(RegError::Unknown)? = lo,
         }
         Ok(())
@@ -394,6 +429,50 @@ pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &crate::fwreg::FwRe
 mod tests {
     use super::*;
     use smccc::psci;
+
+    #[test]
+    fn pstate_modes_the_host_may_set() {
+        // Every M[4:0]: only AArch64 EL0t (0), EL1t (4) and EL1h (5).
+        for m in 0..32u64 {
+            let v = 0x3C0 | m;
+            assert_eq!(pstate_host_ok(v), [0, 4, 5].contains(&m), "M = {m:#x}");
+            assert_eq!(pstate_enters_guest(v), [0, 4, 5].contains(&m), "M = {m:#x}");
+        }
+        // The attack: EL2h and EL2t with everything else plausible.
+        assert!(!pstate_host_ok(0x3C9) && !pstate_host_ok(0x3C8));
+        assert!(!pstate_enters_guest(0x3C9) && !pstate_enters_guest(0x3C8));
+        // AArch32 modes (M[4] set): usr, fiq, irq, svc, hyp, ...
+        for m in [0x10u64, 0x11, 0x12, 0x13, 0x1A, 0x1F] {
+            assert!(!pstate_host_ok(m) && !pstate_enters_guest(m), "{m:#x}");
+        }
+        // IL, bit 5, and every bit above 31 or otherwise undefined: refused one by one.
+        for bit in 0..64 {
+            let v = PSTATE_RESET | 1 << bit;
+            let defined = PSTATE_HOST_WRITABLE & (1 << bit) != 0 && bit > 4;
+            if bit > 4 {
+                assert_eq!(pstate_host_ok(v), defined, "bit {bit}");
+            }
+        }
+        assert!(!pstate_host_ok(PSTATE_RESET | 1 << 20) && !pstate_enters_guest(PSTATE_RESET | 1 << 20), "IL");
+        // Every defined bit at once, in each guest mode.
+        for m in [0, 4, 5] {
+            assert!(pstate_host_ok((PSTATE_HOST_WRITABLE & !0x1F) | m));
+        }
+    }
+
+    #[test]
+    fn pstate_writes_are_validated_where_they_enter() {
+        let mut c = VcpuCtx::new();
+        assert_eq!(c.set(reg::PSTATE, (0x3C9, 0)), Err(RegError::BadValue), "EL2h");
+        assert_eq!(c.set(reg::PSTATE, (0x3C8, 0)), Err(RegError::BadValue), "EL2t");
+        assert_eq!(c.set(reg::PSTATE, (0x3C5 | 1 << 20, 0)), Err(RegError::BadValue), "IL");
+        assert_eq!(c.set(reg::PSTATE, (0x10, 0)), Err(RegError::BadValue), "AArch32 usr");
+        assert_eq!(c.set(reg::PSTATE, (0x3C5 | 1 << 32, 0)), Err(RegError::BadValue), "undefined bit");
+        assert_eq!(c.pstate, PSTATE_RESET, "refused writes change nothing");
+        assert_eq!(c.set(reg::PSTATE, (0xF000_03C4, 0)), Ok(()));
+        assert_eq!(c.pstate, 0xF000_03C4);
+        assert_eq!(c.set(reg::PSTATE, (0, 0)), Ok(()), "EL0t");
+    }
 
     #[test]
     fn registers_by_kvm_id() {

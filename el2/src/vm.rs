@@ -28,7 +28,7 @@ use crate::owner::Component;
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use crate::fwreg::{self, FwError, FwRegs};
 use crate::idreg::{self, VmPolicy, NR_IDREGS};
-use crate::vcpu::{classify_guest_call, decode_mmio, power, register_ids, GuestCall, RegError, VcpuCtx};
+use crate::vcpu::{classify_guest_call, decode_mmio, power, pstate_enters_guest, register_ids, GuestCall, RegError, VcpuCtx};
 use arrayvec::ArrayVec;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -370,7 +370,7 @@ fn vm_err(e: RegError) -> HypError {
     match e {
         RegError::Unknown => HypError::UnknownRegister,
         RegError::ReadOnly => HypError::Denied,
-        RegError::TooWide => HypError::InvalidArgument,
+        RegError::TooWide | RegError::BadValue => HypError::InvalidArgument,
     }
 }
 
@@ -678,7 +678,19 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let mut saved = arch.load(&ctx, &cfg);
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
+            // The ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
+            // guest's AArch64 EL0 or EL1, whoever wrote it (host, guest, or EL2's injection).
+            if !pstate_enters_guest(ctx.pstate) {
+                exit = self.kill_illegal_state(handle, ctx.pstate);
+                break;
+            }
             let trap = arch.run(&mut ctx);
+            // A guest that returned to AArch32 EL0 (hidden by the ID registers, not emulated)
+            // is stopped before its exit is interpreted, as KVM does.
+            if !pstate_enters_guest(ctx.pstate) {
+                exit = self.kill_illegal_state(handle, ctx.pstate);
+                break;
+            }
             let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth };
             if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
                 exit = e;
@@ -695,11 +707,21 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     fn kill(&self, handle: u64, why: u64, ipa: u64) -> Next {
+        Next::Exit(self.kill_exit(handle, why, ipa))
+    }
+
+    /// Stops the VM for good; the exit record that tells the host.
+    fn kill_exit(&self, handle: u64, why: u64, ipa: u64) -> VcpuExit {
         if let Ok((_, vm)) = self.mem.lock().vms.lookup_mut(handle) {
             vm.killed = true;
         }
         log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
-        Next::Exit(VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() })
+        VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
+    }
+
+    /// [`Self::kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
+    fn kill_illegal_state(&self, handle: u64, pstate: u64) -> VcpuExit {
+        VcpuExit { args: [pstate, 0, 0, 0], ..self.kill_exit(handle, kill::ILLEGAL_STATE, 0) }
     }
 
     /// Handles one guest exit of vCPU `me`.
@@ -1064,6 +1086,44 @@ mod tests {
             assert_eq!(f.call(0, H::VmAddMemory, &args), Err(err), "{args:x?}");
         }
         assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty());
+    }
+
+    #[test]
+    fn host_chosen_pstate_never_reaches_eret() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        // The host may not set an EL2 (or AArch32, or IL) PSTATE...
+        for bad in [0x3C9u64, 0x3C8, 0x3C5 | 1 << 20, 0x13, 0x3C5 | 1 << 40] {
+            assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::PSTATE, bad]), Err(HypError::InvalidArgument), "{bad:#x}");
+        }
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PSTATE]), Ok([crate::vcpu::PSTATE_RESET, 0, 0]));
+        // ...and should one get into the context some other way, EL2 stops the VM before the
+        // ERET: the guest never runs.
+        {
+            let slot = f.hyp.vcpu_slot(h, 0).unwrap();
+            slot.claim().unwrap().pstate = 0x3C9;
+        }
+        let rec = Recorder::default();
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert!(!rec.0.borrow().contains(&"run"), "entered the guest with PSTATE EL2h");
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.args[0]), (kill::ILLEGAL_STATE, 0x3C9));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn a_guest_that_returns_to_aarch32_is_stopped() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        // The guest ERETs to AArch32 EL0 (usr) and traps: EL2 does not interpret the exit.
+        rec.1.borrow_mut().push(hvc());
+        rec.3.borrow_mut().push(0x10);
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.args[0]), (kill::ILLEGAL_STATE, 0x10));
+        assert_eq!(rec.0.borrow().last(), Some(&"put"), "the host's state is restored");
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
     }
 
     #[test]

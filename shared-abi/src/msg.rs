@@ -154,6 +154,10 @@ pub mod kill {
     /// An MTE VM would have been given Normal cacheable memory without allocation-tag storage:
     /// `ipa` is the guest address, `args[0]` the physical page.
     pub const UNTAGGED_MEMORY: u64 = 4;
+    /// The vCPU's `PSTATE` was not an AArch64 EL0 or EL1 mode with `IL` clear, either before an
+    /// entry (which would have left the guest's exception levels) or after an exit (the guest
+    /// returned to AArch32 EL0, which is hidden and not emulated): `args[0]` is that `PSTATE`.
+    pub const ILLEGAL_STATE: u64 = 5;
 }
 
 /// Written by [`crate::HypercallId::VcpuRun`] to the message page.
