@@ -4,10 +4,15 @@
 //! valid-but-ill-timed calls (destroy while a vCPU runs on the other CPU, registers after a
 //! protected VM ran, double donation), with EL2's invariant checker every 1,000 calls. Every
 //! call must return success or a documented error.
+//!
+//! Every register the host can set is an input to EL2, and some only matter when the vCPU
+//! runs (`PSTATE` decides where the world switch's `ERET` lands), so every `VCPU_SET_REG` is
+//! followed by a `VCPU_RUN` of that vCPU, whatever the set returned.
 
 use crate::platform::Platform;
 use crate::{hvc, println, vmm};
-use shared_abi::layout::{HYP_REGION_BASE, HYP_REGION_SIZE};
+use core::sync::atomic::Ordering;
+use shared_abi::layout::{run_status, HYP_REGION_BASE, HYP_REGION_SIZE};
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
 
@@ -74,6 +79,9 @@ pub fn run(plat: &Platform) {
     let mut c = Counts { ok: 0, errors: [0; 16] };
     let mut violations = invariants();
     let mut checks = 1u64;
+    let (mut runs_after_set, mut runs_skipped) = (0u64, 0u64);
+    // VMs given RAM at IPA 0 (a ring far larger than the 16 VMs alive at once).
+    let (mut rams_at_zero, mut zeros) = ([0u64; 64], 0usize);
     let ids = [
         HypercallId::Version,
         HypercallId::Ping,
@@ -161,6 +169,11 @@ pub fn run(plat: &Platform) {
                     let r = rng.next();
                     x[3] = rng.pick(&[0, r, 0x4000_0000, u64::MAX]);
                     x[4] = rng.pick(&[0, 0, 1]);
+                    if x[2] == reg::PSTATE && rng.below(2) == 0 {
+                        // Modes that must never be entered: EL2h, EL2t, EL1h with IL, AArch32
+                        // usr/svc/hyp, and one undefined bit; then the guest's own modes.
+                        x[3] = rng.pick(&[0x3C9, 0x3C8, 0x3C5 | 1 << 20, 0x1D0, 0x1D3, 0x1DA, 0x3C5 | 1 << 36, 0x3C5, 0x3C4, 0]);
+                    }
                 }
             }
             Ok(HypercallId::VcpuRegList) | Ok(HypercallId::VcpuRun) => {
@@ -177,11 +190,34 @@ pub fn run(plat: &Platform) {
                 }
             }
         }
+        // See the run after a register set, below.
+        if id == HypercallId::VcpuRun as u64 && x[0] != 0 && rams_at_zero.contains(&x[0]) {
+            runs_skipped += 1;
+            continue;
+        }
         let r = hvc::raw(id, &x);
         if let (Ok(HypercallId::VmCreate), Ok([h, _, _])) = (HypercallId::try_from(id), r) {
             handles[rng.below(24) as usize] = h; // replaced handles stay alive: fine
         }
         record(&mut c, &r);
+        if let (Ok(HypercallId::VmAddMemory), Ok(_), 0) = (HypercallId::try_from(id), r, x[2]) {
+            rams_at_zero[zeros % rams_at_zero.len()] = x[0];
+            zeros += 1;
+        }
+        if id == HypercallId::VcpuSetReg as u64 {
+            // A VM with zeroed RAM at IPA 0 loops for ever at EL1 from reset (PC 0 is UDF, the
+            // vector at VBAR_EL1 0 + 0x200 is UDF again) without ever exiting to EL2. Nothing
+            // can take the CPU back from such a guest until the host takes interrupts, so those
+            // VMs are not run; every other VM is (a fresh one dies at its first run: PC 0 is
+            // not RAM).
+            if x[0] != 0 && rams_at_zero.contains(&x[0]) {
+                runs_skipped += 1;
+            } else {
+                let run = hvc::raw(HypercallId::VcpuRun as u64, &[x[0], x[1], 0]);
+                record(&mut c, &run);
+                runs_after_set += 1;
+            }
+        }
         // Ill-timed: now and then, run a VM on CPU 1 and destroy it from here meanwhile.
         if n % 5000 == 2500 {
             ill_timed(plat, &mut c);
@@ -192,7 +228,10 @@ pub fn run(plat: &Platform) {
     }
     violations += invariants();
     checks += 1;
-    println!("host: hostile host: {calls} calls, {} succeeded", c.ok);
+    println!(
+        "host: hostile host: {calls} calls and {runs_after_set} runs after a register set ({runs_skipped} skipped: RAM at IPA 0), {} succeeded",
+        c.ok
+    );
     for e in HypError::ALL {
         let n = c.errors[(-(*e as i64)) as usize % 16];
         if n > 0 {
@@ -214,13 +253,17 @@ fn ill_timed(plat: &Platform, c: &mut Counts) {
     if vmm::boot(&vm, entry).is_err() {
         return;
     }
-    // CPU 1 runs it (the regs guest makes 30,000 exits: plenty of time to collide).
+    // CPU 1 runs it (the regs guest makes 30,000 exits: plenty of time to collide). Wait,
+    // without touching the vCPU (a register access claims it, and CPU 1's VCPU_RUN would then
+    // meet Busy and give up), until CPU 1 has finished its first run: from then on a protected
+    // VM's registers are sealed (Denied) or the vCPU is held (Busy).
+    let status = &vmm::HOST_RUN_STATUS[1];
+    let before = status[run_status::RUNS].load(Ordering::Acquire);
     vmm::start_secondary(1, vm.handle, 0);
-    // Wait until CPU 1 holds the vCPU (Busy) or it has run (a protected VM's registers are
-    // sealed from then on: Denied).
     let mut spins = 0u64;
-    while hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok() && spins < 50_000_000 {
+    while status[run_status::RUNS].load(Ordering::Acquire) < before + 2 && !vmm::secondary_done(1) && spins < 500_000_000 {
         spins += 1;
+        core::hint::spin_loop();
     }
     let mut busy = 0;
     loop {

@@ -318,6 +318,11 @@ pub fn start_secondary(cpu: usize, handle: u64, vcpu: u64) {
     unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
 }
 
+/// Whether host CPU `cpu` has finished the work [`start_secondary`] gave it.
+pub fn secondary_done(cpu: usize) -> bool {
+    WORK_DONE[cpu].load(Ordering::SeqCst)
+}
+
 /// Waits until host CPU `cpu` has finished the work [`start_secondary`] gave it.
 pub fn wait_secondary(cpu: usize) {
     while !WORK_DONE[cpu].load(Ordering::SeqCst) {

@@ -17,6 +17,9 @@
 //! icount = on                # run QEMU with -icount shift=0 (exact PMU instruction counts)
 //! ```
 //!
+//! `{seed}` in `args` and `expect` lines becomes a fresh random number on every run, printed so
+//! that a failure can be replayed.
+//!
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
 //! warning or error EL2 logs, and any host failure.
 
@@ -83,6 +86,17 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
         }
     }
     Ok(out)
+}
+
+/// A seed for `{seed}`: the clock and the process ID, mixed.
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let x = t ^ (std::process::id() as u64).rotate_left(32) ^ MONITORS.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    // splitmix64 finaliser, then keep it short enough to type.
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 1_000_000_000
 }
 
 /// Monitor sockets made so far (their names must be unique within this run).
@@ -177,7 +191,13 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
         Ok(g) => g,
         Err(e) => return (Err(e), vec![]),
     };
-    let mut cmd = qemu_command(images, s.smp, &s.args, &guest);
+    let seed = fresh_seed();
+    if s.args.contains("{seed}") {
+        println!("scenario {}: fresh seed {seed} (replay: --args with seed={seed})", s.name);
+    }
+    let args = s.args.replace("{seed}", &seed.to_string());
+    let expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
+    let mut cmd = qemu_command(images, s.smp, &args, &guest);
     if s.icount {
         cmd.args(["-icount", "shift=0"]);
     }
@@ -248,7 +268,7 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
     if status.code() != Some(s.exit) {
         return (Err(format!("QEMU exit status {:?}, expected {}", status.code(), s.exit)), lines);
     }
-    for e in &s.expect {
+    for e in &expect {
         if !lines.iter().any(|l| l.contains(e.as_str())) {
             return (Err(format!("expected line missing: {e:?}")), lines);
         }

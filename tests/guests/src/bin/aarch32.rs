@@ -23,12 +23,18 @@ fn main(_dtb: u64) {
     // EL0 may fetch it; it never comes back here.
     unsafe {
         core::arch::asm!(
+            // SCTLR_EL1.nTWI (bit 16): EL0's WFI is not trapped to EL1 first, so it traps to
+            // EL2 (HCR_EL2.TWI).
+            "mrs {t}, sctlr_el1",
+            "orr {t}, {t}, #(1 << 16)",
+            "msr sctlr_el1, {t}",
             "msr elr_el1, {pc}",
             "msr spsr_el1, {spsr}",
             "isb",
             "eret",
             pc = in(reg) A32_CODE.0.as_ptr() as u64,
             spsr = in(reg) SPSR_A32_USR,
+            t = in(reg) 0u64,
             options(noreturn, nostack)
         )
     }
