@@ -17,7 +17,9 @@
 //! by whoever *claims* it ([`VcpuSlot::claim`], an atomic flag, never waited on): `VCPU_RUN` for
 //! the whole run, register calls for their duration, `VM_DESTROY` to scrub it. Claims are taken
 //! before the memory lock, and `VM_DESTROY` claims every vCPU under the lock, so a VM can never
-//! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A claim on a stale handle
+//! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A host register access
+//! holds the memory lock for the whole access, so a protected VM's seal (`ran`, set under the
+//! lock by `VCPU_RUN`) cannot close in the middle of it. A claim on a stale handle
 //! whose slot was reused can make a concurrent call on the new VM see `Busy` once; retrying is
 //! always correct.
 
@@ -91,6 +93,9 @@ pub struct Vm {
     pub ran: bool,
     /// EL2 stopped the VM; it never runs again.
     pub killed: bool,
+    /// The guest called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`: the VM has ended and never runs
+    /// again (a reset is the host's to do, by building a new VM).
+    pub ended: bool,
     /// The guest may use the PMU directly ([`vm_flags::HOST_PMU`]).
     pub host_pmu: bool,
     /// Firmware pseudo-registers.
@@ -447,6 +452,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             regions: ArrayVec::new(),
             ran: false,
             killed: false,
+            ended: false,
             host_pmu: req.flags & vm_flags::HOST_PMU != 0,
             fw: FwRegs::new(self.fw_provided),
             idreg_limit,
@@ -503,6 +509,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let mut mem = self.mem.lock();
         let MemState { own, host_s2, tables, vms, .. } = &mut *mem;
         let (_, vm) = vms.lookup_mut(handle)?;
+        if vm.protected && vm.ran {
+            // A protected VM is sealed once it has run: the host may not change what the
+            // guest's memory is (checked under the lock `VCPU_RUN` sets `ran` under).
+            return Err(HypError::Denied);
+        }
         if ipa_end > 1u64 << vm.s2.ia_bits() {
             return Err(HypError::OutOfRange);
         }
@@ -526,9 +537,17 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok([0; 3])
     }
 
-    /// Claims vCPU `index` of `handle` and checks the host may access its registers.
-    fn claim_for_host(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
-        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+    /// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
+    /// access its registers.
+    ///
+    /// The seal check must hold for the whole access, not only when it is made: the vCPU's
+    /// claim excludes *its own* run, but another vCPU of the same VM may start running on
+    /// another CPU and set `ran` in between. So the check and the access both happen under
+    /// the memory lock, which `VCPU_RUN` holds to set `ran`: a protected VM either has not run
+    /// for the whole access, or the access is `Denied`. (Lock order as everywhere: the claim
+    /// first, then the memory lock; the access itself only copies registers.)
+    fn with_host_regs<R>(&self, handle: u64, index: u64, access: impl FnOnce(&mut VcpuCtx) -> R) -> Result<R, HypError> {
+        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
         let mem = self.mem.lock();
         let (_, vm) = mem.vms.lookup(handle)?;
         if index as usize >= vm.nr_vcpus {
@@ -537,7 +556,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.protected && vm.ran {
             return Err(HypError::Denied);
         }
-        Ok(guard)
+        let r = access(&mut guard);
+        drop(mem);
+        Ok(r)
     }
 
     /// VM-wide registers (firmware pseudo-registers) through `VCPU_GET_REG`/`VCPU_SET_REG`:
@@ -588,8 +609,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
             return self.vm_reg(handle, index, id, Some(value));
         }
-        let mut g = self.claim_for_host(handle, index)?;
-        g.set(id, value).map_err(vm_err)?;
+        self.with_host_regs(handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
         Ok([0; 3])
     }
 
@@ -598,8 +618,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
             return self.vm_reg(handle, index, id, None);
         }
-        let mut g = self.claim_for_host(handle, index)?;
-        let (lo, hi) = g.get(index as usize, id).map_err(vm_err)?;
+        let (lo, hi) = self.with_host_regs(handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
         Ok([lo, hi, 0])
     }
 
@@ -634,7 +653,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             if index as usize >= vm.nr_vcpus {
                 return Err(HypError::InvalidArgument);
             }
-            if vm.killed {
+            if vm.killed || vm.ended {
                 return Err(HypError::NotRunnable);
             }
             vm.ran = true;
@@ -719,6 +738,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
     }
 
+    /// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`): it never runs again.
+    fn end_vm(&self, handle: u64, reason: u32) -> VcpuExit {
+        if let Ok((_, vm)) = self.mem.lock().vms.lookup_mut(handle) {
+            vm.ended = true;
+        }
+        VcpuExit { reason, ..Default::default() }
+    }
+
     /// [`Self::kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
     fn kill_illegal_state(&self, handle: u64, pstate: u64) -> VcpuExit {
         VcpuExit { args: [pstate, 0, 0, 0], ..self.kill_exit(handle, kill::ILLEGAL_STATE, 0) }
@@ -768,7 +795,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     // A trapped SMC's preferred return address is the SMC itself.
                     ctx.pc = ctx.pc.wrapping_add(4);
                 }
-                self.guest_call(me, ctx)
+                self.guest_call(handle, me, ctx)
             }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let ipa = (trap.hpfar & HPFAR_FIPA_MASK) << 8 | (trap.far & 0xFFF);
@@ -860,7 +887,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
     }
 
-    fn guest_call(&self, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
+    fn guest_call(&self, handle: u64, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
         let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
         let (vcpus, index) = (&self.vcpus[me.vm_slot], me.index);
         match classify_guest_call(x, me.nr_vcpus, me.fw) {
@@ -892,10 +919,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     _ => 1,
                 }
             }
-            GuestCall::SystemOff => return Next::Exit(VcpuExit { reason: exit::SYSTEM_OFF, ..Default::default() }),
-            GuestCall::SystemReset => {
-                return Next::Exit(VcpuExit { reason: exit::SYSTEM_RESET, ..Default::default() })
-            }
+            // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
+            GuestCall::SystemOff => return Next::Exit(self.end_vm(handle, exit::SYSTEM_OFF)),
+            GuestCall::SystemReset => return Next::Exit(self.end_vm(handle, exit::SYSTEM_RESET)),
             GuestCall::ToHost => {
                 ctx.x[0] = NOT_SUPPORTED;
                 return Next::Exit(VcpuExit { reason: exit::HYPERCALL, args: x, ..Default::default() });
@@ -1331,6 +1357,78 @@ mod tests {
         assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]));
+    }
+
+    #[test]
+    fn a_protected_vm_that_ran_gets_no_more_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 1]), Err(HypError::Denied));
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.vms.lookup(h).unwrap().1.regions.len(), 1, "nothing added");
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 1)), Component::Host), Some(PageState::Owned), "still the host's");
+        }
+        // A non-protected VM shares memory with the host: it may still grow after running.
+        let h2 = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]).unwrap();
+        f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 1), 0x4000_1000, 1]).unwrap();
+    }
+
+    #[test]
+    fn system_off_and_reset_end_the_vm_for_every_vcpu() {
+        for (call, reason) in [(smccc::psci::PSCI_SYSTEM_OFF, exit::SYSTEM_OFF), (smccc::psci::PSCI_SYSTEM_RESET, exit::SYSTEM_RESET)] {
+            for flags in [0, vm_flags::PROTECTED] {
+                let mut f = fixture();
+                let h = create(&mut f, 2, flags);
+                f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), call as u64]).unwrap();
+                let rec = Recorder::default();
+                *rec.1.borrow_mut() = vec![hvc()];
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([reason as u64, 0, 0]));
+                // Never resumed: not the caller, not its sibling (which would run the script).
+                let rec = Recorder::default();
+                *rec.1.borrow_mut() = vec![hvc(), hvc()];
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable), "{reason}");
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Err(HypError::NotRunnable), "{reason}");
+                assert!(!rec.0.borrow().contains(&"run"));
+                f.call(0, H::VmDestroy, &[h]).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_seal_holds_for_the_whole_register_access() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Barrier;
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        f.call(1, H::SetMessagePage, &[1, f.page(MSG + 1)]).unwrap();
+        let f = &f;
+        let (inside, run_done) = (Barrier::new(2), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            // CPU 1 runs vCPU 1 (it is off, but the run still marks the VM as having run)
+            // while CPU 0 is in the middle of a register access to vCPU 0.
+            s.spawn(|| {
+                inside.wait();
+                f.call(1, H::VcpuRun, &[h, 1, 0]).unwrap();
+                run_done.store(true, Ordering::SeqCst);
+            });
+            let r = f.hyp.with_host_regs(h, 0, |ctx| {
+                inside.wait();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                ctx.x[0] = 42;
+                run_done.load(Ordering::SeqCst)
+            });
+            assert_eq!(r, Ok(false), "the VM started running in the middle of a sealed-register access");
+        });
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.ran);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Err(HypError::Denied));
     }
 
     #[test]
