@@ -27,6 +27,7 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::Component;
+use crate::psci::{self, Firmware};
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use crate::fwreg::{self, FwError, FwRegs};
 use crate::idreg::{self, VmPolicy, NR_IDREGS};
@@ -304,7 +305,7 @@ pub struct GuestConfig {
 /// in), *runs* it as often as EL2 handles its exits by itself (only GPRs, PC and PSTATE move),
 /// and *puts* it back once, when returning to the host. Between `load` and `put` the guest's
 /// EL1 system registers live in the CPU, not in `ctx.sys`.
-pub trait GuestArch: Maintenance {
+pub trait GuestArch: Maintenance + Firmware {
     /// What `load` saved of the host, for `put`.
     type Saved;
     /// Saves the host's EL1 state and EL2 configuration; installs the guest's.
@@ -388,7 +389,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// `VM_CREATE`.
-    pub(crate) fn vm_create(&self, cpu: usize) -> HypResult {
+    pub(crate) fn vm_create(&self, cpu: usize, fw: &impl Firmware) -> HypResult {
         let req: VmCreate = self.read_message(cpu)?;
         if req.reserved != [0; 2] {
             return Err(HypError::BadMessage);
@@ -443,9 +444,18 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             **g = VcpuCtx::new();
             v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
         }
+        let protected = req.flags & vm_flags::PROTECTED != 0;
+        if protected && !vms.iter().any(|vm| vm.protected) {
+            // The first protected VM: from now on a reset must not hand RAM to the next boot
+            // unscrubbed. Under the memory lock, like the host's own MEM_PROTECT calls, so the
+            // host cannot turn protection off in between. Firmware without MEM_PROTECT (QEMU)
+            // answers NOT_SUPPORTED; the VM is created all the same.
+            let r = fw.mem_protect(1);
+            log::debug!("PSCI MEM_PROTECT(1) for the first protected VM: {r}");
+        }
         vms.slots[slot] = Some(Vm {
             handle,
-            protected: req.flags & vm_flags::PROTECTED != 0,
+            protected,
             nr_vcpus: req.nr_vcpus as usize,
             vmid: slot as u8 + 1,
             s2,
@@ -493,6 +503,18 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             v.power.store(power::OFF, Ordering::Release);
         }
         Ok([0; 3])
+    }
+
+    /// The host's PSCI `MEM_PROTECT(enable)` ([`psci::mem_protect`]): decided and forwarded
+    /// under the memory lock, where protected VMs are created and destroyed, so the count
+    /// cannot change between the decision and firmware's answer. Returns the value for `x0`.
+    pub fn host_mem_protect(&self, enable: u32, fw: &impl Firmware) -> i64 {
+        let mem = self.mem.lock();
+        let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
+        match psci::mem_protect(enable, protected_vms) {
+            None => fw.mem_protect(enable),
+            Some(answer) => answer,
+        }
     }
 
     /// `VM_ADD_MEMORY`.
@@ -1429,6 +1451,37 @@ mod tests {
         });
         assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.ran);
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Err(HypError::Denied));
+    }
+
+    #[test]
+    fn memory_protection_is_on_while_protected_vms_exist() {
+        let mut f = fixture();
+        let mem_protect = |f: &Fixture, enable: u32| {
+            let rec = Recorder::default();
+            let r = f.hyp.host_mem_protect(enable, &rec);
+            let forwarded = rec.0.borrow().iter().any(|s| s.starts_with("mem_protect"));
+            (r, forwarded)
+        };
+        assert_eq!(mem_protect(&f, 0), (-1, true), "no protected VM: the host's call reaches firmware");
+        // A non-protected VM changes nothing; the first protected one turns protection on.
+        let rec = Recorder::default();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let plain = create(&mut f, 1, 0);
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] }.as_bytes());
+        let p1 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert_eq!(*rec.0.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
+        let rec = Recorder::default();
+        let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert!(rec.0.borrow().is_empty(), "already on");
+        // While protected VMs exist the host may not turn it off; enabling again is harmless.
+        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 5), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 1), (-1, true));
+        f.call(0, H::VmDestroy, &[p1]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false), "one protected VM left");
+        f.call(0, H::VmDestroy, &[p2]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
+        f.call(0, H::VmDestroy, &[plain]).unwrap();
     }
 
     #[test]
