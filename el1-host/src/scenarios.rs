@@ -198,6 +198,15 @@ fn unknown_calls() {
     let r = hvc::hvc_imm1(HypercallId::Version as u64);
     check!(r == HypError::NotSupported.to_x0(), "HVC #1: {r:#x}");
     println!("host: ok: HVC #1 -> NOT_SUPPORTED");
+    // Host SMCs: an allow-list reaches firmware; FF-A, SiP and the rest are refused by EL2.
+    for id in [0x8400_0063u32, 0xC400_0070, 0xC200_0000, 0x8300_0000, smccc::psci::PSCI_CPU_FREEZE] {
+        let r = smccc::smc64(id, [0; 17])[0];
+        check!(r == u64::MAX, "SMC {id:#x}: {r:#x}");
+        println!("host: ok: SMC {id:#x} -> NOT_SUPPORTED (-1)");
+    }
+    let v = smccc::smc64(smccc::psci::PSCI_VERSION, [0; 17])[0];
+    check!(v >> 16 >= 1 && v >> 32 == 0, "PSCI_VERSION by SMC: {v:#x}");
+    println!("host: ok: PSCI_VERSION reaches firmware");
     expect_err!(hvc::call(HypercallId::Version, &[1]), HypError::InvalidArgument, "VERSION with x1 set");
     expect_err!(hvc::call(HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 9]), HypError::InvalidArgument, "PING with x7 set");
     expect_err!(hvc::call(HypercallId::TestFault, &[0]), HypError::NotSupported, "TEST_FAULT on a release EL2");

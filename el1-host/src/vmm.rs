@@ -250,8 +250,13 @@ impl Stepper {
 pub fn run_vcpu(vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Outcome, HypError> {
     let mut s = Stepper::new();
     loop {
-        if let Some(o) = s.step(vm, index, dev)? {
-            return Ok(o);
+        match s.step(vm, index, dev) {
+            Ok(Some(o)) => return Ok(o),
+            Ok(None) => {}
+            // Another vCPU ended the VM (SYSTEM_OFF/RESET) or EL2 stopped it: this vCPU's run
+            // is over too.
+            Err(HypError::NotRunnable) if index != 0 => return Ok(Outcome::Off),
+            Err(e) => return Err(e),
         }
         if index != 0 && STOP.load(Ordering::SeqCst) {
             return Ok(Outcome::Off);

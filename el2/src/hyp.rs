@@ -287,7 +287,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 self.pauth_decay.store(x[2] as u32, Ordering::Relaxed);
                 Ok([0; 3])
             }
-            HypercallId::VmCreate => self.vm_create(cpu),
+            HypercallId::VmCreate => self.vm_create(cpu, m),
             HypercallId::VmDestroy => self.vm_destroy(x[1], m),
             HypercallId::VmAddMemory => self.vm_add_memory(x[1], x[2], x[3], x[4], m),
             HypercallId::VcpuSetReg => self.vcpu_set_reg(x[1], x[2], x[3], (x[4], x[5])),
@@ -454,6 +454,12 @@ pub(crate) mod tests {
             // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
             unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
             self.0.borrow_mut().push("scrub_page");
+        }
+    }
+    impl crate::psci::Firmware for Recorder {
+        fn mem_protect(&self, enable: u32) -> i64 {
+            self.0.borrow_mut().push(if enable == 1 { "mem_protect_on" } else { "mem_protect_other" });
+            -1 // like QEMU's PSCI: NOT_SUPPORTED
         }
     }
     impl Maintenance for Recorder {

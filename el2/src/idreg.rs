@@ -12,7 +12,10 @@
 //!    EL2 allows (for example no SVE, SME, AMU, MPAM or nested virtualisation, which EL2 does
 //!    not switch; AArch64 only; MTE, pointer authentication and the PMU only when the VM has
 //!    them; PARange from the VM's IPA size). A field EL2 does not describe reads as zero, and
-//!    so do all AArch32 ID registers: deny by default.
+//!    so do all AArch32 ID registers: deny by default. Fields where zero is itself a claim are
+//!    described so they never default to it: `ID_AA64PFR1_EL1.MTE_frac` reads 0xF (no
+//!    asynchronous tag-check faults) for every VM, and `ID_AA64MMFR2_EL1.CCIDX` is the CPUs'
+//!    common value (guests read `CCSIDR_EL1` from the CPU, untrapped).
 //! 3. The host may write a VM's ID registers before it first runs, lowering fields to values
 //!    that are still safe (never above what step 2 gave); bits of undescribed fields must stay
 //!    zero. After the first run an identical write succeeds and any other is `Busy`.
@@ -121,6 +124,8 @@ macro_rules! fields {
     };
     (@rule lower) => { Rule::Lower };
     (@rule signed_lower) => { Rule::Lower };
+    (@rule exact) => { Rule::Exact { safe: 0 } };
+    (@signed exact) => { false };
     (@signed signed_lower) => { true };
     (@signed lower) => { false };
     (@needs) => { Needs::Nothing };
@@ -140,6 +145,9 @@ fields! {
     ];
     ID_AA64PFR1_EL1 (4, 1): [
         BT @ 0 lower max 1, SSBS @ 4 lower max 2, MTE @ 8 lower max 3 if mte, CSV2_frac @ 32 lower max 2,
+        // 0 would claim asynchronous tag-check faults are supported (FEAT_MTE_ASYNC); 0xF says
+        // they are not. Conservative: every VM reads 0xF, whatever the CPUs support.
+        MTE_frac @ 40 signed_lower max -1,
     ];
     ID_AA64DFR0_EL1 (5, 0): [
         DebugVer @ 0 lower max 6, PMUVer @ 8 lower max 8 if pmu, BRPs @ 12 lower max 15,
@@ -174,7 +182,10 @@ fields! {
     ];
     ID_AA64MMFR2_EL1 (7, 2): [
         CnP @ 0 lower max 1, UAO @ 4 lower max 1, LSM @ 8 lower max 1, IESB @ 12 lower max 1,
-        VARange @ 16 lower max 1, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
+        VARange @ 16 lower max 1,
+        // The format of CCSIDR_EL1, which guests read from the CPU untrapped: it must be the
+        // hardware's (0 is a format, not "absent").
+        CCIDX @ 20 exact max 0, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
         TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2, E0PD @ 60 lower max 1,
     ];
 }
@@ -412,6 +423,34 @@ mod tests {
         assert_eq!(get(with[DFR0], field("PMUVer")), 5);
         let prot = restrict(&hw, &VmPolicy { pmu: true, protected: true, ..PLAIN });
         assert_eq!(get(prot[DFR0], field("PMUVer")), 0, "never a PMU for protected VMs");
+    }
+
+    #[test]
+    fn fields_where_zero_is_a_claim_do_not_default_to_zero() {
+        let mut hw = [0u64; NR_IDREGS];
+        // FEAT_MTE2 with asynchronous faults (MTE_frac 0), 64-bit CCSIDR format (CCIDX 1).
+        hw[idx(4, 1)] = 2 << 8;
+        hw[idx(7, 2)] = 1 << 20;
+        for p in [PLAIN, VmPolicy { mte: true, ..PLAIN }, VmPolicy { protected: true, ..PLAIN }] {
+            let v = restrict(&hw, &p);
+            assert_eq!(get(v[idx(4, 1)], field("MTE_frac")), -1, "asynchronous tag-check faults not offered: {p:?}");
+            assert_eq!(get(v[idx(7, 2)], field("CCIDX")), 1, "the hardware's CCSIDR format: {p:?}");
+            // The host may keep these, not change them.
+            assert!(write_ok(idx(4, 1), v[idx(4, 1)], v[idx(4, 1)]));
+            assert!(!write_ok(idx(4, 1), put(v[idx(4, 1)], field("MTE_frac"), 0), v[idx(4, 1)]));
+            assert!(!write_ok(idx(7, 2), put(v[idx(7, 2)], field("CCIDX"), 0), v[idx(7, 2)]));
+        }
+        hw[idx(7, 2)] = 0;
+        assert_eq!(get(restrict(&hw, &PLAIN)[idx(7, 2)], field("CCIDX")), 0, "32-bit format kept too");
+        assert!(!write_ok(idx(7, 2), 1 << 20, 0), "nor raised");
+        // CPUs that disagree: CCIDX falls to its safe value; one CPU without async faults wins.
+        let mut a = [0u64; NR_IDREGS];
+        let mut b = [0u64; NR_IDREGS];
+        a[idx(7, 2)] = 1 << 20;
+        b[idx(4, 1)] = 0xF << 40;
+        combine(&mut a, &b);
+        assert_eq!(get(a[idx(7, 2)], field("CCIDX")), 0);
+        assert_eq!(get(a[idx(4, 1)], field("MTE_frac")), -1);
     }
 
     #[test]

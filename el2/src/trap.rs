@@ -5,7 +5,7 @@
 //! | EC | from the host | action |
 //! |---|---|---|
 //! | `HVC64` | a hypercall | [`Hyp::host_hvc`], result in `x0..=x3` |
-//! | `SMC64` | `HCR_EL2.TSC` trap | PSCI interception ([`crate::psci`]) or forward to firmware |
+//! | `SMC64` | `HCR_EL2.TSC` trap | the allow-list of [`crate::psci`]: intercept, forward to firmware, or refuse |
 //! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily if the host owns the page, else inject an abort |
 //! | anything else | | inject UNDEF |
 //!
@@ -139,6 +139,10 @@ fn host_smc(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) {
                     arch::smc(smccc::psci::PSCI_CPU_ON_64, args)[0]
                 }
             };
+            x[1..4].fill(0);
+        }
+        HostSmc::MemProtect { enable } => {
+            x[0] = hyp.host_mem_protect(enable, &ArchMaintenance) as u64;
             x[1..4].fill(0);
         }
         HostSmc::Answer(v) => {

@@ -389,8 +389,11 @@ pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &crate::fwreg::FwRe
         smccc::psci::PSCI_VERSION => GuestCall::Answer(fw.psci_version),
         // PSCI_FEATURES exists from PSCI 1.0 on.
         smccc::psci::PSCI_FEATURES if !psci_1_0 => GuestCall::Answer(NOT_SUPPORTED),
+        // The PSCI functions, and SMCCC_VERSION: SMCCC (1.1 on) says a caller discovers
+        // SMCCC_VERSION through PSCI_FEATURES (Linux finds SMCCC 1.1 that way); the other Arm
+        // architecture calls are discovered through SMCCC_ARCH_FEATURES, not here.
         smccc::psci::PSCI_FEATURES => {
-            let ok = x[1] >> 32 == 0 && GUEST_PSCI[..7].contains(&(x[1] as u32));
+            let ok = x[1] >> 32 == 0 && GUEST_PSCI[..8].contains(&(x[1] as u32));
             GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
         }
         smccc::psci::PSCI_CPU_ON_64 => match target(x[1]) {
@@ -589,6 +592,10 @@ mod tests {
         assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_ON_64 as u64, 0, 0), GuestCall::Answer(0));
         assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_SUSPEND_64 as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
         assert_eq!(c(psci::PSCI_CPU_SUSPEND_64, 0, 0, 0), GuestCall::ToHost);
+        // SMCCC_VERSION is discovered through PSCI_FEATURES; the arch calls are not.
+        assert_eq!(c(psci::PSCI_FEATURES, smccc::arch::SMCCC_VERSION as u64, 0, 0), GuestCall::Answer(0));
+        assert_eq!(c(psci::PSCI_FEATURES, smccc::arch::SMCCC_ARCH_FEATURES as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
+        assert_eq!(c(psci::PSCI_FEATURES, 1 << 32 | smccc::arch::SMCCC_VERSION as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
     }
 
     #[test]

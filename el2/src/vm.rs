@@ -17,7 +17,9 @@
 //! by whoever *claims* it ([`VcpuSlot::claim`], an atomic flag, never waited on): `VCPU_RUN` for
 //! the whole run, register calls for their duration, `VM_DESTROY` to scrub it. Claims are taken
 //! before the memory lock, and `VM_DESTROY` claims every vCPU under the lock, so a VM can never
-//! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A claim on a stale handle
+//! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A host register access
+//! holds the memory lock for the whole access, so a protected VM's seal (`ran`, set under the
+//! lock by `VCPU_RUN`) cannot close in the middle of it. A claim on a stale handle
 //! whose slot was reused can make a concurrent call on the new VM see `Busy` once; retrying is
 //! always correct.
 
@@ -25,6 +27,7 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::Component;
+use crate::psci::{self, Firmware};
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use crate::fwreg::{self, FwError, FwRegs};
 use crate::idreg::{self, VmPolicy, NR_IDREGS};
@@ -91,6 +94,9 @@ pub struct Vm {
     pub ran: bool,
     /// EL2 stopped the VM; it never runs again.
     pub killed: bool,
+    /// The guest called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`: the VM has ended and never runs
+    /// again (a reset is the host's to do, by building a new VM).
+    pub ended: bool,
     /// The guest may use the PMU directly ([`vm_flags::HOST_PMU`]).
     pub host_pmu: bool,
     /// Firmware pseudo-registers.
@@ -299,7 +305,7 @@ pub struct GuestConfig {
 /// in), *runs* it as often as EL2 handles its exits by itself (only GPRs, PC and PSTATE move),
 /// and *puts* it back once, when returning to the host. Between `load` and `put` the guest's
 /// EL1 system registers live in the CPU, not in `ctx.sys`.
-pub trait GuestArch: Maintenance {
+pub trait GuestArch: Maintenance + Firmware {
     /// What `load` saved of the host, for `put`.
     type Saved;
     /// Saves the host's EL1 state and EL2 configuration; installs the guest's.
@@ -383,7 +389,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// `VM_CREATE`.
-    pub(crate) fn vm_create(&self, cpu: usize) -> HypResult {
+    pub(crate) fn vm_create(&self, cpu: usize, fw: &impl Firmware) -> HypResult {
         let req: VmCreate = self.read_message(cpu)?;
         if req.reserved != [0; 2] {
             return Err(HypError::BadMessage);
@@ -438,15 +444,25 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             **g = VcpuCtx::new();
             v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
         }
+        let protected = req.flags & vm_flags::PROTECTED != 0;
+        if protected && !vms.iter().any(|vm| vm.protected) {
+            // The first protected VM: from now on a reset must not hand RAM to the next boot
+            // unscrubbed. Under the memory lock, like the host's own MEM_PROTECT calls, so the
+            // host cannot turn protection off in between. Firmware without MEM_PROTECT (QEMU)
+            // answers NOT_SUPPORTED; the VM is created all the same.
+            let r = fw.mem_protect(1);
+            log::debug!("PSCI MEM_PROTECT(1) for the first protected VM: {r}");
+        }
         vms.slots[slot] = Some(Vm {
             handle,
-            protected: req.flags & vm_flags::PROTECTED != 0,
+            protected,
             nr_vcpus: req.nr_vcpus as usize,
             vmid: slot as u8 + 1,
             s2,
             regions: ArrayVec::new(),
             ran: false,
             killed: false,
+            ended: false,
             host_pmu: req.flags & vm_flags::HOST_PMU != 0,
             fw: FwRegs::new(self.fw_provided),
             idreg_limit,
@@ -489,6 +505,18 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok([0; 3])
     }
 
+    /// The host's PSCI `MEM_PROTECT(enable)` ([`psci::mem_protect`]): decided and forwarded
+    /// under the memory lock, where protected VMs are created and destroyed, so the count
+    /// cannot change between the decision and firmware's answer. Returns the value for `x0`.
+    pub fn host_mem_protect(&self, enable: u32, fw: &impl Firmware) -> i64 {
+        let mem = self.mem.lock();
+        let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
+        match psci::mem_protect(enable, protected_vms) {
+            None => fw.mem_protect(enable),
+            Some(answer) => answer,
+        }
+    }
+
     /// `VM_ADD_MEMORY`.
     pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Maintenance) -> HypResult {
         if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
@@ -503,6 +531,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let mut mem = self.mem.lock();
         let MemState { own, host_s2, tables, vms, .. } = &mut *mem;
         let (_, vm) = vms.lookup_mut(handle)?;
+        if vm.protected && vm.ran {
+            // A protected VM is sealed once it has run: the host may not change what the
+            // guest's memory is (checked under the lock `VCPU_RUN` sets `ran` under).
+            return Err(HypError::Denied);
+        }
         if ipa_end > 1u64 << vm.s2.ia_bits() {
             return Err(HypError::OutOfRange);
         }
@@ -526,9 +559,17 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok([0; 3])
     }
 
-    /// Claims vCPU `index` of `handle` and checks the host may access its registers.
-    fn claim_for_host(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
-        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+    /// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
+    /// access its registers.
+    ///
+    /// The seal check must hold for the whole access, not only when it is made: the vCPU's
+    /// claim excludes *its own* run, but another vCPU of the same VM may start running on
+    /// another CPU and set `ran` in between. So the check and the access both happen under
+    /// the memory lock, which `VCPU_RUN` holds to set `ran`: a protected VM either has not run
+    /// for the whole access, or the access is `Denied`. (Lock order as everywhere: the claim
+    /// first, then the memory lock; the access itself only copies registers.)
+    fn with_host_regs<R>(&self, handle: u64, index: u64, access: impl FnOnce(&mut VcpuCtx) -> R) -> Result<R, HypError> {
+        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
         let mem = self.mem.lock();
         let (_, vm) = mem.vms.lookup(handle)?;
         if index as usize >= vm.nr_vcpus {
@@ -537,7 +578,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.protected && vm.ran {
             return Err(HypError::Denied);
         }
-        Ok(guard)
+        let r = access(&mut guard);
+        drop(mem);
+        Ok(r)
     }
 
     /// VM-wide registers (firmware pseudo-registers) through `VCPU_GET_REG`/`VCPU_SET_REG`:
@@ -588,8 +631,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
             return self.vm_reg(handle, index, id, Some(value));
         }
-        let mut g = self.claim_for_host(handle, index)?;
-        g.set(id, value).map_err(vm_err)?;
+        self.with_host_regs(handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
         Ok([0; 3])
     }
 
@@ -598,8 +640,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
             return self.vm_reg(handle, index, id, None);
         }
-        let mut g = self.claim_for_host(handle, index)?;
-        let (lo, hi) = g.get(index as usize, id).map_err(vm_err)?;
+        let (lo, hi) = self.with_host_regs(handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
         Ok([lo, hi, 0])
     }
 
@@ -634,7 +675,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             if index as usize >= vm.nr_vcpus {
                 return Err(HypError::InvalidArgument);
             }
-            if vm.killed {
+            if vm.killed || vm.ended {
                 return Err(HypError::NotRunnable);
             }
             vm.ran = true;
@@ -719,6 +760,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
     }
 
+    /// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`): it never runs again.
+    fn end_vm(&self, handle: u64, reason: u32) -> VcpuExit {
+        if let Ok((_, vm)) = self.mem.lock().vms.lookup_mut(handle) {
+            vm.ended = true;
+        }
+        VcpuExit { reason, ..Default::default() }
+    }
+
     /// [`Self::kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
     fn kill_illegal_state(&self, handle: u64, pstate: u64) -> VcpuExit {
         VcpuExit { args: [pstate, 0, 0, 0], ..self.kill_exit(handle, kill::ILLEGAL_STATE, 0) }
@@ -768,7 +817,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     // A trapped SMC's preferred return address is the SMC itself.
                     ctx.pc = ctx.pc.wrapping_add(4);
                 }
-                self.guest_call(me, ctx)
+                self.guest_call(handle, me, ctx)
             }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let ipa = (trap.hpfar & HPFAR_FIPA_MASK) << 8 | (trap.far & 0xFFF);
@@ -860,7 +909,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
     }
 
-    fn guest_call(&self, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
+    fn guest_call(&self, handle: u64, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
         let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
         let (vcpus, index) = (&self.vcpus[me.vm_slot], me.index);
         match classify_guest_call(x, me.nr_vcpus, me.fw) {
@@ -892,10 +941,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     _ => 1,
                 }
             }
-            GuestCall::SystemOff => return Next::Exit(VcpuExit { reason: exit::SYSTEM_OFF, ..Default::default() }),
-            GuestCall::SystemReset => {
-                return Next::Exit(VcpuExit { reason: exit::SYSTEM_RESET, ..Default::default() })
-            }
+            // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
+            GuestCall::SystemOff => return Next::Exit(self.end_vm(handle, exit::SYSTEM_OFF)),
+            GuestCall::SystemReset => return Next::Exit(self.end_vm(handle, exit::SYSTEM_RESET)),
             GuestCall::ToHost => {
                 ctx.x[0] = NOT_SUPPORTED;
                 return Next::Exit(VcpuExit { reason: exit::HYPERCALL, args: x, ..Default::default() });
@@ -1331,6 +1379,109 @@ mod tests {
         assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]));
+    }
+
+    #[test]
+    fn a_protected_vm_that_ran_gets_no_more_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 1]), Err(HypError::Denied));
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.vms.lookup(h).unwrap().1.regions.len(), 1, "nothing added");
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 1)), Component::Host), Some(PageState::Owned), "still the host's");
+        }
+        // A non-protected VM shares memory with the host: it may still grow after running.
+        let h2 = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]).unwrap();
+        f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 1), 0x4000_1000, 1]).unwrap();
+    }
+
+    #[test]
+    fn system_off_and_reset_end_the_vm_for_every_vcpu() {
+        for (call, reason) in [(smccc::psci::PSCI_SYSTEM_OFF, exit::SYSTEM_OFF), (smccc::psci::PSCI_SYSTEM_RESET, exit::SYSTEM_RESET)] {
+            for flags in [0, vm_flags::PROTECTED] {
+                let mut f = fixture();
+                let h = create(&mut f, 2, flags);
+                f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), call as u64]).unwrap();
+                let rec = Recorder::default();
+                *rec.1.borrow_mut() = vec![hvc()];
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([reason as u64, 0, 0]));
+                // Never resumed: not the caller, not its sibling (which would run the script).
+                let rec = Recorder::default();
+                *rec.1.borrow_mut() = vec![hvc(), hvc()];
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable), "{reason}");
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Err(HypError::NotRunnable), "{reason}");
+                assert!(!rec.0.borrow().contains(&"run"));
+                f.call(0, H::VmDestroy, &[h]).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_seal_holds_for_the_whole_register_access() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Barrier;
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        f.call(1, H::SetMessagePage, &[1, f.page(MSG + 1)]).unwrap();
+        let f = &f;
+        let (inside, run_done) = (Barrier::new(2), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            // CPU 1 runs vCPU 1 (it is off, but the run still marks the VM as having run)
+            // while CPU 0 is in the middle of a register access to vCPU 0.
+            s.spawn(|| {
+                inside.wait();
+                f.call(1, H::VcpuRun, &[h, 1, 0]).unwrap();
+                run_done.store(true, Ordering::SeqCst);
+            });
+            let r = f.hyp.with_host_regs(h, 0, |ctx| {
+                inside.wait();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                ctx.x[0] = 42;
+                run_done.load(Ordering::SeqCst)
+            });
+            assert_eq!(r, Ok(false), "the VM started running in the middle of a sealed-register access");
+        });
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.ran);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Err(HypError::Denied));
+    }
+
+    #[test]
+    fn memory_protection_is_on_while_protected_vms_exist() {
+        let mut f = fixture();
+        let mem_protect = |f: &Fixture, enable: u32| {
+            let rec = Recorder::default();
+            let r = f.hyp.host_mem_protect(enable, &rec);
+            let forwarded = rec.0.borrow().iter().any(|s| s.starts_with("mem_protect"));
+            (r, forwarded)
+        };
+        assert_eq!(mem_protect(&f, 0), (-1, true), "no protected VM: the host's call reaches firmware");
+        // A non-protected VM changes nothing; the first protected one turns protection on.
+        let rec = Recorder::default();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let plain = create(&mut f, 1, 0);
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] }.as_bytes());
+        let p1 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert_eq!(*rec.0.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
+        let rec = Recorder::default();
+        let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert!(rec.0.borrow().is_empty(), "already on");
+        // While protected VMs exist the host may not turn it off; enabling again is harmless.
+        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 5), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 1), (-1, true));
+        f.call(0, H::VmDestroy, &[p1]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false), "one protected VM left");
+        f.call(0, H::VmDestroy, &[p2]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
+        f.call(0, H::VmDestroy, &[plain]).unwrap();
     }
 
     #[test]

@@ -238,10 +238,11 @@ errors! {
     NoCapacity = -12,
     /// The register ID is not one this vCPU has.
     UnknownRegister = -13,
-    /// The operation is refused for this VM: a protected VM's registers after its first run,
-    /// or a feature flag this hypervisor cannot give.
+    /// The operation is refused for this VM: a protected VM's registers or new memory for it
+    /// after its first run, or a feature flag this hypervisor cannot give.
     Denied = -14,
-    /// The vCPU cannot run: it is powered off (PSCI), or its VM was stopped by EL2.
+    /// The vCPU cannot run: its VM was stopped by EL2 or ended itself (PSCI `SYSTEM_OFF` or
+    /// `SYSTEM_RESET`).
     NotRunnable = -15,
 }
 

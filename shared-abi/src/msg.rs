@@ -112,9 +112,11 @@ pub mod exit {
     /// The guest made an HVC/SMC that EL2 does not serve: `args` = its `x0..=x3`. The guest
     /// has been answered SMCCC `NOT_SUPPORTED` in `x0`.
     pub const HYPERCALL: u32 = 3;
-    /// The guest called PSCI `SYSTEM_OFF`.
+    /// The guest called PSCI `SYSTEM_OFF`. The VM has ended: no vCPU of it runs again
+    /// (`NotRunnable`); destroy it.
     pub const SYSTEM_OFF: u32 = 4;
-    /// The guest called PSCI `SYSTEM_RESET`.
+    /// The guest called PSCI `SYSTEM_RESET`. The VM has ended as for [`SYSTEM_OFF`]; a reset
+    /// is the host's to do, with a new VM.
     pub const SYSTEM_RESET: u32 = 5;
     /// A physical interrupt arrived while the guest ran; run it again when ready.
     pub const IRQ: u32 = 6;

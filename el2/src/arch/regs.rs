@@ -406,6 +406,14 @@ pub fn smc(function: u32, args: [u64; 17]) -> [u64; 18] {
 /// Barriers and TLB maintenance on real hardware.
 pub struct ArchMaintenance;
 
+impl crate::psci::Firmware for ArchMaintenance {
+    fn mem_protect(&self, enable: u32) -> i64 {
+        let mut args = [0u64; 17];
+        args[0] = enable as u64;
+        smc(smccc::psci::PSCI_MEM_PROTECT, args)[0] as i64
+    }
+}
+
 impl Maintenance for ArchMaintenance {
     fn hyp_s1_mapped(&self) {
         // New entries reach the walker before EL2 accesses the newly mapped page; the ISB
