@@ -385,6 +385,21 @@ impl PageTable {
         None
     }
 
+    /// The level of the entry a walk for `ia` ends at: a leaf, or the first invalid entry. A
+    /// new leaf for `ia` can be no larger than `level_size` of it without replacing a table
+    /// (which `map` never does).
+    pub fn walk_level(&self, mem: &impl TableMemory, ia: u64) -> u8 {
+        let mut table = self.root;
+        for level in self.start_level..3 {
+            let d = Self::read(mem, table, index(ia, level));
+            if d & VALID == 0 || d & TABLE_OR_PAGE == 0 {
+                return level;
+            }
+            table = PhysAddr(d & OA_MASK);
+        }
+        3
+    }
+
     /// Removes every leaf that maps any byte of `[ia, ia + size)`, whole: a block that only
     /// partly overlaps the range is removed entirely. Tables themselves are kept.
     ///
@@ -626,6 +641,21 @@ mod tests {
         assert_eq!(t.map(&mut m, 0, PhysAddr(0x1000), PAGE_SIZE, RAM, 3), Err(PtError::AlreadyMapped), "page under a block");
         assert_eq!(t.map(&mut m, 0, PhysAddr(0), M2, DEV, 2), Err(PtError::AlreadyMapped));
         assert_eq!(t.lookup(&m, 0).unwrap().desc & (0xF << 2), 0xF << 2, "still Normal");
+    }
+
+    #[test]
+    fn walk_level_stops_at_the_first_invalid_entry_or_leaf() {
+        let mut m = FakeMemory::new(8);
+        let mut t = PageTable::new(&mut m, Format::Stage2, 40).unwrap();
+        assert_eq!(t.walk_level(&m, G), 0, "empty root");
+        t.map(&mut m, G, PhysAddr(G), M2, RAM, 2).unwrap();
+        assert_eq!(t.walk_level(&m, G + 8), 2, "the block");
+        assert_eq!(t.walk_level(&m, G + M2), 2, "next to it: invalid level-2 entry");
+        // A page in a block that was split: its level-3 entry is where a new leaf must go.
+        t.unmap(&mut m, G, M2).unwrap();
+        t.map(&mut m, G, PhysAddr(G), PAGE_SIZE, RAM, 3).unwrap();
+        assert_eq!(t.walk_level(&m, G + PAGE_SIZE), 3);
+        assert_eq!(t.walk_level(&m, 2 * G), 1);
     }
 
     #[test]

@@ -1066,6 +1066,35 @@ mod tests {
     }
 
     #[test]
+    fn a_page_given_back_is_mapped_again_inside_a_split_block() {
+        let mut f = fixture();
+        let chunk = f.page(0);
+        let donated = f.page(GUEST);
+        // The host uses its first 2 MiB: one block.
+        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::hyp::HostFault::Retry);
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.host_s2.lookup(&mem.tables, chunk).map(|l| l.level), Some(2));
+        }
+        // One page of it goes to a protected VM: the block goes.
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, donated, 0x8000_0000, 1]).unwrap();
+        // The host uses the rest of the chunk: EL2 maps it page by page (a level-3 table).
+        for p in [0, GUEST - 1, GUEST + 1, 511] {
+            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::hyp::HostFault::Retry, "page {p}");
+        }
+        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::hyp::HostFault::Inject, "the guest's now");
+        // The VM goes; its page comes back, and the host's next touch maps it again.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let rec = Recorder::default();
+        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::hyp::HostFault::Retry);
+        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        let mem = f.hyp.mem.lock();
+        let leaf = mem.host_s2.lookup(&mem.tables, donated).expect("the returned page is mapped");
+        assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
+    }
+
+    #[test]
     fn add_memory_rejects_bad_ranges() {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
