@@ -453,6 +453,9 @@ pub(crate) mod tests {
         fn flush_guest_tlb(&self, _: u64) {
             self.0.borrow_mut().push("flush_guest_tlb");
         }
+        fn flush_guest_local(&self) {
+            self.0.borrow_mut().push("flush_guest_local");
+        }
         fn clear_tags(&self, _: PhysAddr) {
             self.0.borrow_mut().push("clear_tags");
         }

@@ -25,6 +25,7 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::Component;
+use crate::platform::MAX_CPUS;
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use crate::fwreg::{self, FwError, FwRegs};
 use crate::idreg::{self, VmPolicy, NR_IDREGS};
@@ -101,6 +102,49 @@ pub struct Vm {
     pub ptrauth: bool,
     /// The guest has MTE.
     pub mte: bool,
+    /// Where its vCPUs ran: when a CPU's TLB may hold entries a guest's local TLBI missed.
+    pub local_tlb: LocalTlbRecord,
+}
+
+/// Which vCPU of one VM last ran on each physical CPU, and on which CPU each vCPU last ran.
+///
+/// A guest may invalidate its TLB entries with a *local* TLBI (no `IS`), which reaches only the
+/// physical CPU it runs on. Entries of the VM's VMID that another physical CPU still holds are
+/// then stale for that vCPU should it run there later, or for another vCPU of the VM running
+/// there (the guest believes each vCPU has a TLB of its own). So a CPU's entries for the VMID
+/// can be trusted only if the last vCPU of the VM that ran on it is the one about to run, and
+/// that vCPU has not run anywhere else since. Anything else: invalidate the VMID's entries on
+/// this CPU before entry. (Stage-2 changes are EL2's and always broadcast.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalTlbRecord {
+    vcpu_on_cpu: [u8; MAX_CPUS],
+    cpu_of_vcpu: [u8; MAX_VCPUS],
+}
+
+impl LocalTlbRecord {
+    const NONE: u8 = u8::MAX;
+
+    /// Nothing has run yet: every first run on a CPU invalidates.
+    pub const fn new() -> Self {
+        Self { vcpu_on_cpu: [Self::NONE; MAX_CPUS], cpu_of_vcpu: [Self::NONE; MAX_VCPUS] }
+    }
+
+    /// Records that vCPU `vcpu` runs on physical CPU `cpu` now; `true` if the VM's TLB entries
+    /// on `cpu` must be invalidated (locally) first.
+    pub fn run_on(&mut self, vcpu: usize, cpu: usize) -> bool {
+        let (Some(on_cpu), Some(of_vcpu)) = (self.vcpu_on_cpu.get_mut(cpu), self.cpu_of_vcpu.get_mut(vcpu)) else {
+            return true;
+        };
+        let stale = *on_cpu != vcpu as u8 || *of_vcpu != cpu as u8;
+        (*on_cpu, *of_vcpu) = (vcpu as u8, cpu as u8);
+        stale
+    }
+}
+
+impl Default for LocalTlbRecord {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Vm {
@@ -324,6 +368,11 @@ pub trait GuestArch: Maintenance {
     fn guest_s2_mapped(&self);
     /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
     fn flush_guest_tlb(&self, vttbr: u64);
+    /// While loaded, before the first entry: invalidates the loaded guest's TLB entries (its
+    /// VMID, stage 1 and 2) and the instruction cache on *this CPU only*, so nothing a local
+    /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see
+    /// [`LocalTlbRecord`]).
+    fn flush_guest_local(&self);
     /// Zeroes the page at `pa`, and its allocation tags where the CPU has them (EL2 reaches it
     /// through a temporary mapping).
     fn scrub_page(&self, pa: PhysAddr);
@@ -452,6 +501,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             idreg_limit,
             ptrauth,
             mte,
+            local_tlb: LocalTlbRecord::new(),
         });
         Ok([handle, 0, 0])
     }
@@ -628,7 +678,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         self.message_page(cpu)?;
         let slot = self.vcpu_slot(handle, index)?;
         let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-        let (cfg, nr_vcpus, fw, ptrauth) = {
+        let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
             let mut mem = self.mem.lock();
             let (_, vm) = mem.vms.lookup_mut(handle)?;
             if index as usize >= vm.nr_vcpus {
@@ -647,18 +697,24 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 pauth_now: false,
                 mte: vm.mte,
             };
-            (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth)
+            // Read once, here: the TLB record below must count only runs that enter the guest.
+            let on = match slot.power.load(Ordering::Acquire) {
+                power::ON => true,
+                power::ON_PENDING => {
+                    ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
+                    slot.power.store(power::ON, Ordering::Release);
+                    true
+                }
+                _ => false,
+            };
+            let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
+            (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
         };
+        if !on {
+            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() });
+        }
         let mut cfg = cfg;
         let vm_slot = (handle & 0xFF) as usize;
-        match slot.power.load(Ordering::Acquire) {
-            power::ON => {}
-            power::ON_PENDING => {
-                ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
-                slot.power.store(power::ON, Ordering::Release);
-            }
-            _ => return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }),
-        }
         if let Some(read) = ctx.pending_read.take() {
             let v = read.read_value(mmio_value);
             ctx.set_gpr(read.reg, v);
@@ -676,6 +732,10 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         // Load once; from here to `put` nothing may return early.
         let mut saved = arch.load(&ctx, &cfg);
+        if flush_local {
+            // With the guest's VMID in VTTBR_EL2 (the invalidation acts on it).
+            arch.flush_guest_local();
+        }
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
             // The ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
@@ -1092,6 +1152,40 @@ mod tests {
         let mem = f.hyp.mem.lock();
         let leaf = mem.host_s2.lookup(&mem.tables, donated).expect("the returned page is mapped");
         assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
+    }
+
+    #[test]
+    fn local_tlb_record_trusts_a_cpu_only_for_the_vcpu_that_last_ran_there_and_nowhere_else() {
+        let mut r = LocalTlbRecord::new();
+        assert!(r.run_on(0, 0), "first run on a CPU");
+        assert!(!r.run_on(0, 0), "again on the same CPU");
+        assert!(r.run_on(0, 1), "moved to CPU 1");
+        assert!(r.run_on(0, 0), "back on CPU 0: its local TLBIs on CPU 1 never reached CPU 0");
+        assert!(r.run_on(1, 0), "another vCPU of the VM on CPU 0");
+        assert!(r.run_on(0, 0), "and back");
+        assert!(r.run_on(MAX_VCPUS, 0) && r.run_on(0, MAX_CPUS), "out of range: invalidate");
+    }
+
+    #[test]
+    fn a_vcpu_that_changes_cpu_flushes_its_vmid_locally_before_entry() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        f.call(1, H::SetMessagePage, &[1, f.page(1)]).unwrap();
+        let run = |f: &Fixture, cpu: usize, vcpu: u64| {
+            let rec = Recorder::default();
+            *rec.1.borrow_mut() = vec![hvc()];
+            assert_eq!(f.call_with(&rec, cpu, H::VcpuRun, &[h, vcpu, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+            let log = rec.0.borrow().clone();
+            log
+        };
+        assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "first run on CPU 0");
+        assert_eq!(run(&f, 0, 0), ["load", "run", "put"], "same vCPU, same CPU: nothing to flush");
+        assert_eq!(run(&f, 1, 0), ["load", "flush_guest_local", "run", "put"], "moved to CPU 1");
+        assert_eq!(run(&f, 1, 0), ["load", "run", "put"]);
+        assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "back on CPU 0");
+        // A vCPU that is off does not enter, so its run does not count as one on this CPU.
+        assert_eq!(f.call(1, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!(run(&f, 0, 0), ["load", "run", "put"]);
     }
 
     #[test]

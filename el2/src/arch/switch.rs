@@ -553,6 +553,21 @@ impl GuestArch for ArchMaintenance {
         isb();
     }
 
+    fn flush_guest_local(&self) {
+        // `load` wrote the guest's VTTBR_EL2 without an ISB: make its VMID the one the TLBI
+        // below acts on.
+        isb();
+        // SAFETY: invalidating the current VMID's EL1&0 entries and this CPU's instruction
+        // cache is always allowed at EL2; it only costs refills.
+        unsafe { asm!("tlbi vmalls12e1", "ic iallu", options(nostack, preserves_flags)) };
+        // Local (non-shareable) completion suffices: only this CPU's TLB and I-cache were hit.
+        // SAFETY: a barrier.
+        unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+        // The guest's first instruction is fetched after the invalidation (the ERET into the
+        // guest synchronises too; this keeps the order independent of the caller).
+        isb();
+    }
+
     fn clear_tags(&self, pa: PhysAddr) {
         let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
         if tagged == 0 {
