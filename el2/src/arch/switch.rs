@@ -462,13 +462,18 @@ fn with_fixmap_as(template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
     f(va as *mut u8);
     // SAFETY: as above.
     unsafe { entry.write_volatile(0) };
-    // Break: the entry is gone and this CPU (the only user of the slot) forgets it, so the
-    // next use can map another page without a stale translation.
+    // Break: the entry is gone, and *every* CPU forgets it. Only this CPU uses the slot, but
+    // the slot lives in the EL2 stage 1 all CPUs share, and a TLB may cache any valid entry
+    // (speculative walks included): another CPU could still hold this page's translation when
+    // the slot next maps another page, which is a break-before-make violation on that CPU (a
+    // TLB conflict), and a speculative access through it could allocate cache lines for a page
+    // that has since gone to a guest. Hence the broadcast form; last level only (`VALE2IS`):
+    // the level-3 table itself stays.
     dsb_ishst();
     // SAFETY: TLB invalidation of one EL2 VA is always allowed at EL2.
-    unsafe { asm!("tlbi vae2, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
-    // SAFETY: a barrier.
-    unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+    unsafe { asm!("tlbi vale2is, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
+    // Completes the invalidation on every CPU before the slot is reused.
+    dsb_ish();
     isb();
 }
 
