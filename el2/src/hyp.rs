@@ -456,6 +456,9 @@ pub(crate) mod tests {
         fn flush_guest_local(&self) {
             self.0.borrow_mut().push("flush_guest_local");
         }
+        fn clean_inval_poc(&self, _: PhysAddr) {
+            self.0.borrow_mut().push("clean_inval_poc");
+        }
         fn clear_tags(&self, _: PhysAddr) {
             self.0.borrow_mut().push("clear_tags");
         }

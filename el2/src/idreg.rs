@@ -175,7 +175,8 @@ fields! {
     ID_AA64MMFR2_EL1 (7, 2): [
         CnP @ 0 lower max 1, UAO @ 4 lower max 1, LSM @ 8 lower max 1, IESB @ 12 lower max 1,
         VARange @ 16 lower max 1, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
-        TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2, E0PD @ 60 lower max 1,
+        FWB @ 40 lower max 0, TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2,
+        E0PD @ 60 lower max 1,
     ];
 }
 
@@ -255,6 +256,12 @@ pub fn ptrauth_consistent(s: &[u64; NR_IDREGS]) -> bool {
 /// allocation tags in memory, which an MTE VM needs.
 pub fn mte2(s: &[u64; NR_IDREGS]) -> bool {
     (s[idx(4, 1)] >> 8) & 0xF >= 2
+}
+
+/// Whether every CPU (the sanitised values) implements FEAT_S2FWB (`ID_AA64MMFR2_EL1.FWB`):
+/// EL2 may then run guests with `HCR_EL2.FWB` (guests themselves never see it: no nested EL2).
+pub fn s2fwb(s: &[u64; NR_IDREGS]) -> bool {
+    (s[idx(7, 2)] >> 40) & 0xF >= 1
 }
 
 /// PARange for an IPA size (`ID_AA64MMFR0_EL1.PARange` encoding).

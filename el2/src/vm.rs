@@ -102,6 +102,10 @@ pub struct Vm {
     pub ptrauth: bool,
     /// The guest has MTE.
     pub mte: bool,
+    /// Its stage 2 is walked with `HCR_EL2.FWB` (every CPU has FEAT_S2FWB): guest RAM is
+    /// Write-Back whatever the guest's stage 1 says, so first mappings need no cache
+    /// maintenance (see ARCHITECTURE.md, *Cache maintenance*).
+    pub fwb: bool,
     /// Where its vCPUs ran: when a CPU's TLB may hold entries a guest's local TLBI missed.
     pub local_tlb: LocalTlbRecord,
 }
@@ -335,6 +339,8 @@ pub struct GuestConfig {
     pub pauth_now: bool,
     /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
     pub mte: bool,
+    /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
+    pub fwb: bool,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -378,6 +384,10 @@ pub trait GuestArch: Maintenance {
     fn scrub_page(&self, pa: PhysAddr);
     /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
     fn clear_tags(&self, pa: PhysAddr);
+    /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
+    /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
+    /// a line of it, so a non-cacheable view of the page and a cacheable one agree.
+    fn clean_inval_poc(&self, pa: PhysAddr);
 }
 
 const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
@@ -468,7 +478,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if tables.free_pages() <= self.host_reserve {
             return Err(HypError::NoMemory);
         }
-        let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
+        let fwb = idreg::s2fwb(&self.idregs_sanitised.lock());
+        let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
+        let s2 = PageTable::new(tables, format, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
         let policy = VmPolicy {
             mte,
             ptrauth,
@@ -501,6 +513,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             idreg_limit,
             ptrauth,
             mte,
+            fwb,
             local_tlb: LocalTlbRecord::new(),
         });
         Ok([handle, 0, 0])
@@ -521,7 +534,12 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         for r in &vm.regions {
             if vm.protected {
                 for p in 0..r.pages {
-                    arch.scrub_page(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                    let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
+                    arch.scrub_page(pa);
+                    // The zeroes may sit in dirty lines over the guest's data in DRAM; the host
+                    // stage 2 is not FWB, so a host mapping the page Non-cacheable would read
+                    // DRAM. Push the zeroes out, FWB or not.
+                    arch.clean_inval_poc(pa);
                 }
                 if own.donate(r.phys(), me, Component::Host).is_err() {
                     log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
@@ -696,6 +714,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 host_pmu: vm.host_pmu,
                 pauth_now: false,
                 mte: vm.mte,
+                fwb: vm.fwb,
             };
             // Read once, here: the TLB record below must count only runs that enter the guest.
             let on = match slot.power.load(Ordering::Acquire) {
@@ -910,6 +929,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         // Up to 3 new tables; never dip into the host stage 2's reserve.
         if tables.free_pages() < self.host_reserve + 3 {
             return GuestPage::NoMemory;
+        }
+        if !vm.fwb {
+            // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
+            // mapping): DRAM must hold what the host (or the tag clearing above) left in the
+            // caches, and no dirty line of the host's may later be written back over the
+            // guest's data. Once per page and VM: the mapping stays until destroy.
+            arch.clean_inval_poc(pa);
         }
         match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
             Ok(()) => {
@@ -1186,6 +1212,58 @@ mod tests {
         // A vCPU that is off does not enter, so its run does not count as one on this CPU.
         assert_eq!(f.call(1, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
         assert_eq!(run(&f, 0, 0), ["load", "run", "put"]);
+    }
+
+    /// The maintenance log of a protected VM's life: donation, two first accesses (one page
+    /// touched twice), destroy.
+    fn cache_maintenance_log(f: &mut Fixture, flags: u64) -> [Vec<&'static str>; 3] {
+        let h = create(f, 1, vm_flags::PROTECTED | flags);
+        let add = Recorder::default();
+        f.call_with(&add, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 2]).unwrap();
+        let run = Recorder::default();
+        *run.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), dabt_translation(0x4000_1008), hvc()];
+        f.call_with(&run, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let destroy = Recorder::default();
+        f.call_with(&destroy, 0, H::VmDestroy, &[h]).unwrap();
+        let mem = |r: Recorder| r.0.take().into_iter().filter(|s| !["load", "put", "run", "flush_guest_local"].contains(s)).collect();
+        [mem(add), mem(run), mem(destroy)]
+    }
+
+    #[test]
+    fn without_fwb_pages_are_cleaned_to_poc_on_first_map_and_after_scrubbing() {
+        let mut f = fixture(); // the fixture's CPU has no FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        // Donation: nobody can touch the pages until the guest's first access, which cleans.
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["clean_inval_poc", "guest_s2_mapped", "clean_inval_poc", "guest_s2_mapped"], "once per page, before it is mapped");
+        assert_eq!(destroy, ["scrub_page", "clean_inval_poc", "scrub_page", "clean_inval_poc", "flush_guest_tlb"]);
+        // MTE: the tags are cleared first, then the page (tags included) is cleaned.
+        let [_, run, _] = cache_maintenance_log(&mut f, vm_flags::MTE);
+        assert_eq!(&run[..3], ["clear_tags", "clean_inval_poc", "guest_s2_mapped"]);
+    }
+
+    #[test]
+    fn with_fwb_guest_ram_is_forced_write_back_and_only_scrubbed_pages_are_cleaned() {
+        let mut f = fixture();
+        f.hyp.idregs_sanitised.lock()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
+        // The host's stage 2 is not FWB (the host chooses its own cacheability): scrubbed
+        // pages are cleaned all the same.
+        assert_eq!(destroy, ["scrub_page", "clean_inval_poc", "scrub_page", "clean_inval_poc", "flush_guest_tlb"]);
+        // The stage 2 uses the FWB encoding (MemAttr 0b0110, forced Write-Back), and the VM
+        // runs with HCR_EL2.FWB; the guest is not told about FWB.
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let mem = f.hyp.mem.lock();
+        let vm = mem.vms.lookup(h).unwrap().1;
+        assert!(vm.fwb);
+        assert_eq!((vm.s2.lookup(&mem.tables, 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
+        assert_eq!(self::idreg::restrict(&f.hyp.idregs_sanitised.lock(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
     }
 
     #[test]

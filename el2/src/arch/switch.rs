@@ -135,6 +135,8 @@ sysreg_bank!(save_keys, restore_keys, 10, [
 const HCR_APK_API: u64 = (1 << 40) | (1 << 41);
 /// `HCR_EL2.ATA`: EL1&0 may access allocation tags (MTE VMs only).
 const HCR_ATA: u64 = 1 << 56;
+/// `HCR_EL2.FWB` (FEAT_S2FWB): stage 2 `MemAttr` uses the forced-Write-Back encoding.
+const HCR_FWB: u64 = 1 << 46;
 
 // RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1 (shared_abi::reg::MTE_REGS): tag generation and
 // checking at EL1&0. Only switched for MTE VMs, so FEAT_MTE2 is implemented.
@@ -340,6 +342,12 @@ impl ArchMaintenance {
             restore_mte(&ctx.mte);
             saved.mte_loaded = true;
             hcr |= HCR_ATA;
+        }
+        if cfg.fwb {
+            // The VM's stage 2 uses the FWB encoding (VMs are created so only when every CPU
+            // has FEAT_S2FWB). The host's stage 2 never does, and TLB entries are per VMID, so
+            // the bit can change with VTTBR_EL2 without invalidation.
+            hcr |= HCR_FWB;
         }
         HCR_EL2.set(hcr);
         CPTR_EL2.set(traps.cptr);
@@ -571,6 +579,22 @@ impl GuestArch for ArchMaintenance {
         // The guest's first instruction is fetched after the invalidation (the ERET into the
         // guest synchronises too; this keeps the order independent of the caller).
         isb();
+    }
+
+    fn clean_inval_poc(&self, pa: PhysAddr) {
+        with_fixmap(pa, |p| {
+            let line = super::regs::dcache_line_size();
+            let mut a = p as u64;
+            while a < p as u64 + 4096 {
+                // SAFETY: `a` lies in the page the fixmap maps for this closure; DC CIVAC only
+                // writes back and drops one cache line. (Allocation tags need none: they are
+                // only ever reached through cacheable Tagged mappings, which are coherent.)
+                unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+                a += line;
+            }
+            // Complete before the slot is unmapped and the page mapped for its next user.
+            dsb_ish();
+        });
     }
 
     fn clear_tags(&self, pa: PhysAddr) {
