@@ -368,11 +368,17 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if mem.host_s2.lookup(&mem.tables, ipa).is_some() {
             return HostFault::Retry;
         }
-        let Some((base, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own) else {
+        let Some((_, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own) else {
             return HostFault::Inject;
         };
         let MemState { host_s2, tables, .. } = &mut *mem;
-        let level = (1..=3).find(|&l| level_size(l) == size).unwrap_or(3);
+        // A table may already sit where the block would go: left by an earlier split (a page
+        // of the block was given away, the rest mapped page by page, and the page came back).
+        // `map` never replaces a table, so map only as much as the table's entry covers; every
+        // aligned part of an allowed block is allowed too.
+        let level = (1..=3).find(|&l| level_size(l) == size).unwrap_or(3).max(host_s2.walk_level(tables, ipa));
+        let size = level_size(level);
+        let base = ipa & !(size - 1);
         match host_s2.map(tables, base, PhysAddr(base), size, attrs, level) {
             Ok(()) => {
                 m.host_s2_mapped();
@@ -447,6 +453,12 @@ pub(crate) mod tests {
         fn flush_guest_tlb(&self, _: u64) {
             self.0.borrow_mut().push("flush_guest_tlb");
         }
+        fn flush_guest_local(&self) {
+            self.0.borrow_mut().push("flush_guest_local");
+        }
+        fn clean_inval_poc(&self, _: PhysAddr) {
+            self.0.borrow_mut().push("clean_inval_poc");
+        }
         fn clear_tags(&self, _: PhysAddr) {
             self.0.borrow_mut().push("clear_tags");
         }
@@ -474,8 +486,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// Test RAM: a real, page-aligned buffer, so message pages can be read and written.
-    #[repr(C, align(4096))]
+    /// Test RAM: a real buffer, so message pages can be read and written; 2 MiB aligned, so
+    /// its first 2 MiB are one host stage-2 block.
+    #[repr(C, align(0x200000))]
     pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
     pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
     pub(crate) const HYP_PAGES: u64 = 16;
@@ -652,8 +665,7 @@ pub(crate) mod tests {
     fn host_faults_map_largest_allowed_block() {
         let f = fixture();
         let rec = Recorder::default();
-        // First 2 MiB of test RAM is all host-owned (if the buffer happens to be 2 MiB aligned
-        // it is mapped as a block; otherwise as a page): either way the access is retried.
+        // First 2 MiB of test RAM is all host-owned: mapped as a block, the access retried.
         assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry);
         assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry, "second time: already mapped");
         assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);

@@ -186,7 +186,8 @@ fields! {
         // The format of CCSIDR_EL1, which guests read from the CPU untrapped: it must be the
         // hardware's (0 is a format, not "absent").
         CCIDX @ 20 exact max 0, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
-        TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2, E0PD @ 60 lower max 1,
+        FWB @ 40 lower max 0, TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2,
+        E0PD @ 60 lower max 1,
     ];
 }
 
@@ -266,6 +267,12 @@ pub fn ptrauth_consistent(s: &[u64; NR_IDREGS]) -> bool {
 /// allocation tags in memory, which an MTE VM needs.
 pub fn mte2(s: &[u64; NR_IDREGS]) -> bool {
     (s[idx(4, 1)] >> 8) & 0xF >= 2
+}
+
+/// Whether every CPU (the sanitised values) implements FEAT_S2FWB (`ID_AA64MMFR2_EL1.FWB`):
+/// EL2 may then run guests with `HCR_EL2.FWB` (guests themselves never see it: no nested EL2).
+pub fn s2fwb(s: &[u64; NR_IDREGS]) -> bool {
+    (s[idx(7, 2)] >> 40) & 0xF >= 1
 }
 
 /// PARange for an IPA size (`ID_AA64MMFR0_EL1.PARange` encoding).

@@ -15,7 +15,7 @@
 //!
 //! | field | EL2 stage 1 | stage 2 |
 //! |---|---|---|
-//! | memory type | `AttrIndx[4:2]` into `MAIR_EL2` ([`MAIR_EL2_VALUE`]) | `MemAttr[5:2]` (`0b1111` Normal WB, `0b0001` Device-nGnRE) |
+//! | memory type | `AttrIndx[4:2]` into `MAIR_EL2` ([`MAIR_EL2_VALUE`]) | `MemAttr[5:2]` (`0b1111` Normal WB, `0b0001` Device-nGnRE); with `HCR_EL2.FWB` ([`Format::Stage2Fwb`], FEAT_S2FWB) Normal is `0b0110`: `MemAttr[2]` = 1 Normal, `MemAttr[1:0]` = `0b10` Write-Back *forced*, whatever stage 1 says |
 //! | write | `AP[2]` = 0 (bit 7 clear); `AP[1]` (bit 6) is RES1 | `S2AP[1]` (bit 7) |
 //! | read | always | `S2AP[0]` (bit 6) |
 //! | execute | `XN` (bit 54) clear | `XN[1:0]` (bits 54:53) = `0b00` |
@@ -38,6 +38,10 @@ const S1_XN: u64 = 1 << 54;
 const S2_MEMATTR_SHIFT: u64 = 2;
 const S2_MEMATTR_NORMAL_WB: u64 = 0b1111;
 const S2_MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
+/// With `HCR_EL2.FWB`: `MemAttr[2]` = 1 (Normal), `MemAttr[1:0]` = `0b10` (forced Write-Back).
+const S2_MEMATTR_FWB_NORMAL_WB: u64 = 0b0110;
+/// With `HCR_EL2.FWB`: `MemAttr[2]` = 0 (Device), `MemAttr[1:0]` = `0b01` (nGnRE).
+const S2_MEMATTR_FWB_DEVICE_NGNRE: u64 = 0b0001;
 const S2AP_R: u64 = 1 << 6;
 const S2AP_W: u64 = 1 << 7;
 const S2_XN: u64 = 0b10 << 53;
@@ -52,8 +56,12 @@ pub const MAIR_EL2_VALUE: u64 = 0xFF | (0x04 << 8) | (0xF0 << 16);
 pub enum Format {
     /// EL2's own (non-VHE) stage 1.
     El2Stage1,
-    /// A stage 2 (host or guest).
+    /// A stage 2 (host or guest) walked with `HCR_EL2.FWB` clear: the memory type combines
+    /// with stage 1's (a guest's Non-cacheable mapping of Normal memory is Non-cacheable).
     Stage2,
+    /// A stage 2 walked with `HCR_EL2.FWB` set (FEAT_S2FWB): Normal memory is Write-Back
+    /// whatever stage 1 says, so the guest's view is coherent with everyone's cacheable one.
+    Stage2Fwb,
 }
 
 /// Memory type of a mapping.
@@ -216,8 +224,13 @@ impl PageTable {
                     d |= S1_XN;
                 }
             }
-            Format::Stage2 => {
-                let memattr = if normal { S2_MEMATTR_NORMAL_WB } else { S2_MEMATTR_DEVICE_NGNRE };
+            Format::Stage2 | Format::Stage2Fwb => {
+                let memattr = match (self.format, normal) {
+                    (Format::Stage2Fwb, true) => S2_MEMATTR_FWB_NORMAL_WB,
+                    (Format::Stage2Fwb, false) => S2_MEMATTR_FWB_DEVICE_NGNRE,
+                    (_, true) => S2_MEMATTR_NORMAL_WB,
+                    (_, false) => S2_MEMATTR_DEVICE_NGNRE,
+                };
                 d |= memattr << S2_MEMATTR_SHIFT;
                 if attrs.perms.read {
                     d |= S2AP_R;
@@ -385,6 +398,21 @@ impl PageTable {
         None
     }
 
+    /// The level of the entry a walk for `ia` ends at: a leaf, or the first invalid entry. A
+    /// new leaf for `ia` can be no larger than `level_size` of it without replacing a table
+    /// (which `map` never does).
+    pub fn walk_level(&self, mem: &impl TableMemory, ia: u64) -> u8 {
+        let mut table = self.root;
+        for level in self.start_level..3 {
+            let d = Self::read(mem, table, index(ia, level));
+            if d & VALID == 0 || d & TABLE_OR_PAGE == 0 {
+                return level;
+            }
+            table = PhysAddr(d & OA_MASK);
+        }
+        3
+    }
+
     /// Removes every leaf that maps any byte of `[ia, ia + size)`, whole: a block that only
     /// partly overlaps the range is removed entirely. Tables themselves are kept.
     ///
@@ -465,7 +493,7 @@ impl PageTable {
     pub fn leaf_writable(&self, desc: u64) -> bool {
         match self.format {
             Format::El2Stage1 => desc & S1_AP_RO == 0,
-            Format::Stage2 => desc & S2AP_W != 0,
+            Format::Stage2 | Format::Stage2Fwb => desc & S2AP_W != 0,
         }
     }
 
@@ -626,6 +654,21 @@ mod tests {
         assert_eq!(t.map(&mut m, 0, PhysAddr(0x1000), PAGE_SIZE, RAM, 3), Err(PtError::AlreadyMapped), "page under a block");
         assert_eq!(t.map(&mut m, 0, PhysAddr(0), M2, DEV, 2), Err(PtError::AlreadyMapped));
         assert_eq!(t.lookup(&m, 0).unwrap().desc & (0xF << 2), 0xF << 2, "still Normal");
+    }
+
+    #[test]
+    fn walk_level_stops_at_the_first_invalid_entry_or_leaf() {
+        let mut m = FakeMemory::new(8);
+        let mut t = PageTable::new(&mut m, Format::Stage2, 40).unwrap();
+        assert_eq!(t.walk_level(&m, G), 0, "empty root");
+        t.map(&mut m, G, PhysAddr(G), M2, RAM, 2).unwrap();
+        assert_eq!(t.walk_level(&m, G + 8), 2, "the block");
+        assert_eq!(t.walk_level(&m, G + M2), 2, "next to it: invalid level-2 entry");
+        // A page in a block that was split: its level-3 entry is where a new leaf must go.
+        t.unmap(&mut m, G, M2).unwrap();
+        t.map(&mut m, G, PhysAddr(G), PAGE_SIZE, RAM, 3).unwrap();
+        assert_eq!(t.walk_level(&m, G + PAGE_SIZE), 3);
+        assert_eq!(t.walk_level(&m, 2 * G), 1);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::Component;
+use crate::platform::MAX_CPUS;
 use crate::psci::{self, Firmware};
 use crate::pgtable::{Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use crate::fwreg::{self, FwError, FwRegs};
@@ -107,6 +108,53 @@ pub struct Vm {
     pub ptrauth: bool,
     /// The guest has MTE.
     pub mte: bool,
+    /// Its stage 2 is walked with `HCR_EL2.FWB` (every CPU has FEAT_S2FWB): guest RAM is
+    /// Write-Back whatever the guest's stage 1 says, so first mappings need no cache
+    /// maintenance (see ARCHITECTURE.md, *Cache maintenance*).
+    pub fwb: bool,
+    /// Where its vCPUs ran: when a CPU's TLB may hold entries a guest's local TLBI missed.
+    pub local_tlb: LocalTlbRecord,
+}
+
+/// Which vCPU of one VM last ran on each physical CPU, and on which CPU each vCPU last ran.
+///
+/// A guest may invalidate its TLB entries with a *local* TLBI (no `IS`), which reaches only the
+/// physical CPU it runs on. Entries of the VM's VMID that another physical CPU still holds are
+/// then stale for that vCPU should it run there later, or for another vCPU of the VM running
+/// there (the guest believes each vCPU has a TLB of its own). So a CPU's entries for the VMID
+/// can be trusted only if the last vCPU of the VM that ran on it is the one about to run, and
+/// that vCPU has not run anywhere else since. Anything else: invalidate the VMID's entries on
+/// this CPU before entry. (Stage-2 changes are EL2's and always broadcast.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalTlbRecord {
+    vcpu_on_cpu: [u8; MAX_CPUS],
+    cpu_of_vcpu: [u8; MAX_VCPUS],
+}
+
+impl LocalTlbRecord {
+    const NONE: u8 = u8::MAX;
+
+    /// Nothing has run yet: every first run on a CPU invalidates.
+    pub const fn new() -> Self {
+        Self { vcpu_on_cpu: [Self::NONE; MAX_CPUS], cpu_of_vcpu: [Self::NONE; MAX_VCPUS] }
+    }
+
+    /// Records that vCPU `vcpu` runs on physical CPU `cpu` now; `true` if the VM's TLB entries
+    /// on `cpu` must be invalidated (locally) first.
+    pub fn run_on(&mut self, vcpu: usize, cpu: usize) -> bool {
+        let (Some(on_cpu), Some(of_vcpu)) = (self.vcpu_on_cpu.get_mut(cpu), self.cpu_of_vcpu.get_mut(vcpu)) else {
+            return true;
+        };
+        let stale = *on_cpu != vcpu as u8 || *of_vcpu != cpu as u8;
+        (*on_cpu, *of_vcpu) = (vcpu as u8, cpu as u8);
+        stale
+    }
+}
+
+impl Default for LocalTlbRecord {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Vm {
@@ -297,6 +345,8 @@ pub struct GuestConfig {
     pub pauth_now: bool,
     /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
     pub mte: bool,
+    /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
+    pub fwb: bool,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -330,11 +380,20 @@ pub trait GuestArch: Maintenance + Firmware {
     fn guest_s2_mapped(&self);
     /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
     fn flush_guest_tlb(&self, vttbr: u64);
+    /// While loaded, before the first entry: invalidates the loaded guest's TLB entries (its
+    /// VMID, stage 1 and 2) and the instruction cache on *this CPU only*, so nothing a local
+    /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see
+    /// [`LocalTlbRecord`]).
+    fn flush_guest_local(&self);
     /// Zeroes the page at `pa`, and its allocation tags where the CPU has them (EL2 reaches it
     /// through a temporary mapping).
     fn scrub_page(&self, pa: PhysAddr);
     /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
     fn clear_tags(&self, pa: PhysAddr);
+    /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
+    /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
+    /// a line of it, so a non-cacheable view of the page and a cacheable one agree.
+    fn clean_inval_poc(&self, pa: PhysAddr);
 }
 
 const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
@@ -425,7 +484,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if tables.free_pages() <= self.host_reserve {
             return Err(HypError::NoMemory);
         }
-        let s2 = PageTable::new(tables, Format::Stage2, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
+        let fwb = idreg::s2fwb(&self.idregs_sanitised.lock());
+        let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
+        let s2 = PageTable::new(tables, format, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
         let policy = VmPolicy {
             mte,
             ptrauth,
@@ -468,6 +529,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             idreg_limit,
             ptrauth,
             mte,
+            fwb,
+            local_tlb: LocalTlbRecord::new(),
         });
         Ok([handle, 0, 0])
     }
@@ -487,7 +550,12 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         for r in &vm.regions {
             if vm.protected {
                 for p in 0..r.pages {
-                    arch.scrub_page(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                    let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
+                    arch.scrub_page(pa);
+                    // The zeroes may sit in dirty lines over the guest's data in DRAM; the host
+                    // stage 2 is not FWB, so a host mapping the page Non-cacheable would read
+                    // DRAM. Push the zeroes out, FWB or not.
+                    arch.clean_inval_poc(pa);
                 }
                 if own.donate(r.phys(), me, Component::Host).is_err() {
                     log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
@@ -669,7 +737,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         self.message_page(cpu)?;
         let slot = self.vcpu_slot(handle, index)?;
         let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-        let (cfg, nr_vcpus, fw, ptrauth) = {
+        let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
             let mut mem = self.mem.lock();
             let (_, vm) = mem.vms.lookup_mut(handle)?;
             if index as usize >= vm.nr_vcpus {
@@ -687,19 +755,26 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 host_pmu: vm.host_pmu,
                 pauth_now: false,
                 mte: vm.mte,
+                fwb: vm.fwb,
             };
-            (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth)
+            // Read once, here: the TLB record below must count only runs that enter the guest.
+            let on = match slot.power.load(Ordering::Acquire) {
+                power::ON => true,
+                power::ON_PENDING => {
+                    ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
+                    slot.power.store(power::ON, Ordering::Release);
+                    true
+                }
+                _ => false,
+            };
+            let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
+            (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
         };
+        if !on {
+            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() });
+        }
         let mut cfg = cfg;
         let vm_slot = (handle & 0xFF) as usize;
-        match slot.power.load(Ordering::Acquire) {
-            power::ON => {}
-            power::ON_PENDING => {
-                ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
-                slot.power.store(power::ON, Ordering::Release);
-            }
-            _ => return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }),
-        }
         if let Some(read) = ctx.pending_read.take() {
             let v = read.read_value(mmio_value);
             ctx.set_gpr(read.reg, v);
@@ -717,6 +792,10 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         // Load once; from here to `put` nothing may return early.
         let mut saved = arch.load(&ctx, &cfg);
+        if flush_local {
+            // With the guest's VMID in VTTBR_EL2 (the invalidation acts on it).
+            arch.flush_guest_local();
+        }
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         for _ in 0..MAX_INTERNAL_EXITS {
             // The ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
@@ -899,6 +978,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         // Up to 3 new tables; never dip into the host stage 2's reserve.
         if tables.free_pages() < self.host_reserve + 3 {
             return GuestPage::NoMemory;
+        }
+        if !vm.fwb {
+            // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
+            // mapping): DRAM must hold what the host (or the tag clearing above) left in the
+            // caches, and no dirty line of the host's may later be written back over the
+            // guest's data. Once per page and VM: the mapping stays until destroy.
+            arch.clean_inval_poc(pa);
         }
         match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
             Ok(()) => {
@@ -1111,6 +1197,121 @@ mod tests {
         assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
         assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
         assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
+    }
+
+    #[test]
+    fn a_page_given_back_is_mapped_again_inside_a_split_block() {
+        let mut f = fixture();
+        let chunk = f.page(0);
+        let donated = f.page(GUEST);
+        // The host uses its first 2 MiB: one block.
+        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::hyp::HostFault::Retry);
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.host_s2.lookup(&mem.tables, chunk).map(|l| l.level), Some(2));
+        }
+        // One page of it goes to a protected VM: the block goes.
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, donated, 0x8000_0000, 1]).unwrap();
+        // The host uses the rest of the chunk: EL2 maps it page by page (a level-3 table).
+        for p in [0, GUEST - 1, GUEST + 1, 511] {
+            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::hyp::HostFault::Retry, "page {p}");
+        }
+        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::hyp::HostFault::Inject, "the guest's now");
+        // The VM goes; its page comes back, and the host's next touch maps it again.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let rec = Recorder::default();
+        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::hyp::HostFault::Retry);
+        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        let mem = f.hyp.mem.lock();
+        let leaf = mem.host_s2.lookup(&mem.tables, donated).expect("the returned page is mapped");
+        assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
+    }
+
+    #[test]
+    fn local_tlb_record_trusts_a_cpu_only_for_the_vcpu_that_last_ran_there_and_nowhere_else() {
+        let mut r = LocalTlbRecord::new();
+        assert!(r.run_on(0, 0), "first run on a CPU");
+        assert!(!r.run_on(0, 0), "again on the same CPU");
+        assert!(r.run_on(0, 1), "moved to CPU 1");
+        assert!(r.run_on(0, 0), "back on CPU 0: its local TLBIs on CPU 1 never reached CPU 0");
+        assert!(r.run_on(1, 0), "another vCPU of the VM on CPU 0");
+        assert!(r.run_on(0, 0), "and back");
+        assert!(r.run_on(MAX_VCPUS, 0) && r.run_on(0, MAX_CPUS), "out of range: invalidate");
+    }
+
+    #[test]
+    fn a_vcpu_that_changes_cpu_flushes_its_vmid_locally_before_entry() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        f.call(1, H::SetMessagePage, &[1, f.page(1)]).unwrap();
+        let run = |f: &Fixture, cpu: usize, vcpu: u64| {
+            let rec = Recorder::default();
+            *rec.1.borrow_mut() = vec![hvc()];
+            assert_eq!(f.call_with(&rec, cpu, H::VcpuRun, &[h, vcpu, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+            let log = rec.0.borrow().clone();
+            log
+        };
+        assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "first run on CPU 0");
+        assert_eq!(run(&f, 0, 0), ["load", "run", "put"], "same vCPU, same CPU: nothing to flush");
+        assert_eq!(run(&f, 1, 0), ["load", "flush_guest_local", "run", "put"], "moved to CPU 1");
+        assert_eq!(run(&f, 1, 0), ["load", "run", "put"]);
+        assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "back on CPU 0");
+        // A vCPU that is off does not enter, so its run does not count as one on this CPU.
+        assert_eq!(f.call(1, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!(run(&f, 0, 0), ["load", "run", "put"]);
+    }
+
+    /// The maintenance log of a protected VM's life: donation, two first accesses (one page
+    /// touched twice), destroy.
+    fn cache_maintenance_log(f: &mut Fixture, flags: u64) -> [Vec<&'static str>; 3] {
+        let h = create(f, 1, vm_flags::PROTECTED | flags);
+        let add = Recorder::default();
+        f.call_with(&add, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 2]).unwrap();
+        let run = Recorder::default();
+        *run.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), dabt_translation(0x4000_1008), hvc()];
+        f.call_with(&run, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let destroy = Recorder::default();
+        f.call_with(&destroy, 0, H::VmDestroy, &[h]).unwrap();
+        let mem = |r: Recorder| r.0.take().into_iter().filter(|s| !["load", "put", "run", "flush_guest_local"].contains(s)).collect();
+        [mem(add), mem(run), mem(destroy)]
+    }
+
+    #[test]
+    fn without_fwb_pages_are_cleaned_to_poc_on_first_map_and_after_scrubbing() {
+        let mut f = fixture(); // the fixture's CPU has no FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        // Donation: nobody can touch the pages until the guest's first access, which cleans.
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["clean_inval_poc", "guest_s2_mapped", "clean_inval_poc", "guest_s2_mapped"], "once per page, before it is mapped");
+        assert_eq!(destroy, ["scrub_page", "clean_inval_poc", "scrub_page", "clean_inval_poc", "flush_guest_tlb"]);
+        // MTE: the tags are cleared first, then the page (tags included) is cleaned.
+        let [_, run, _] = cache_maintenance_log(&mut f, vm_flags::MTE);
+        assert_eq!(&run[..3], ["clear_tags", "clean_inval_poc", "guest_s2_mapped"]);
+    }
+
+    #[test]
+    fn with_fwb_guest_ram_is_forced_write_back_and_only_scrubbed_pages_are_cleaned() {
+        let mut f = fixture();
+        f.hyp.idregs_sanitised.lock()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
+        // The host's stage 2 is not FWB (the host chooses its own cacheability): scrubbed
+        // pages are cleaned all the same.
+        assert_eq!(destroy, ["scrub_page", "clean_inval_poc", "scrub_page", "clean_inval_poc", "flush_guest_tlb"]);
+        // The stage 2 uses the FWB encoding (MemAttr 0b0110, forced Write-Back), and the VM
+        // runs with HCR_EL2.FWB; the guest is not told about FWB.
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let mem = f.hyp.mem.lock();
+        let vm = mem.vms.lookup(h).unwrap().1;
+        assert!(vm.fwb);
+        assert_eq!((vm.s2.lookup(&mem.tables, 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
+        assert_eq!(self::idreg::restrict(&f.hyp.idregs_sanitised.lock(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
     }
 
     #[test]

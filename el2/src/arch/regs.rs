@@ -268,7 +268,7 @@ pub fn clean_dcache_range(addr: u64, len: u64) {
 }
 
 /// Smallest data cache line, in bytes (`CTR_EL0.DminLine` is log2 of words).
-fn dcache_line_size() -> u64 {
+pub(crate) fn dcache_line_size() -> u64 {
     let ctr: u64;
     // SAFETY: reading CTR_EL0 has no side effects.
     unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };

@@ -135,6 +135,8 @@ sysreg_bank!(save_keys, restore_keys, 10, [
 const HCR_APK_API: u64 = (1 << 40) | (1 << 41);
 /// `HCR_EL2.ATA`: EL1&0 may access allocation tags (MTE VMs only).
 const HCR_ATA: u64 = 1 << 56;
+/// `HCR_EL2.FWB` (FEAT_S2FWB): stage 2 `MemAttr` uses the forced-Write-Back encoding.
+const HCR_FWB: u64 = 1 << 46;
 
 // RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1 (shared_abi::reg::MTE_REGS): tag generation and
 // checking at EL1&0. Only switched for MTE VMs, so FEAT_MTE2 is implemented.
@@ -341,6 +343,12 @@ impl ArchMaintenance {
             saved.mte_loaded = true;
             hcr |= HCR_ATA;
         }
+        if cfg.fwb {
+            // The VM's stage 2 uses the FWB encoding (VMs are created so only when every CPU
+            // has FEAT_S2FWB). The host's stage 2 never does, and TLB entries are per VMID, so
+            // the bit can change with VTTBR_EL2 without invalidation.
+            hcr |= HCR_FWB;
+        }
         HCR_EL2.set(hcr);
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);
@@ -462,13 +470,18 @@ fn with_fixmap_as(template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
     f(va as *mut u8);
     // SAFETY: as above.
     unsafe { entry.write_volatile(0) };
-    // Break: the entry is gone and this CPU (the only user of the slot) forgets it, so the
-    // next use can map another page without a stale translation.
+    // Break: the entry is gone, and *every* CPU forgets it. Only this CPU uses the slot, but
+    // the slot lives in the EL2 stage 1 all CPUs share, and a TLB may cache any valid entry
+    // (speculative walks included): another CPU could still hold this page's translation when
+    // the slot next maps another page, which is a break-before-make violation on that CPU (a
+    // TLB conflict), and a speculative access through it could allocate cache lines for a page
+    // that has since gone to a guest. Hence the broadcast form; last level only (`VALE2IS`):
+    // the level-3 table itself stays.
     dsb_ishst();
     // SAFETY: TLB invalidation of one EL2 VA is always allowed at EL2.
-    unsafe { asm!("tlbi vae2, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
-    // SAFETY: a barrier.
-    unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+    unsafe { asm!("tlbi vale2is, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
+    // Completes the invalidation on every CPU before the slot is reused.
+    dsb_ish();
     isb();
 }
 
@@ -551,6 +564,37 @@ impl GuestArch for ArchMaintenance {
         dsb_ish();
         VTTBR_EL2.set(host);
         isb();
+    }
+
+    fn flush_guest_local(&self) {
+        // `load` wrote the guest's VTTBR_EL2 without an ISB: make its VMID the one the TLBI
+        // below acts on.
+        isb();
+        // SAFETY: invalidating the current VMID's EL1&0 entries and this CPU's instruction
+        // cache is always allowed at EL2; it only costs refills.
+        unsafe { asm!("tlbi vmalls12e1", "ic iallu", options(nostack, preserves_flags)) };
+        // Local (non-shareable) completion suffices: only this CPU's TLB and I-cache were hit.
+        // SAFETY: a barrier.
+        unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+        // The guest's first instruction is fetched after the invalidation (the ERET into the
+        // guest synchronises too; this keeps the order independent of the caller).
+        isb();
+    }
+
+    fn clean_inval_poc(&self, pa: PhysAddr) {
+        with_fixmap(pa, |p| {
+            let line = super::regs::dcache_line_size();
+            let mut a = p as u64;
+            while a < p as u64 + 4096 {
+                // SAFETY: `a` lies in the page the fixmap maps for this closure; DC CIVAC only
+                // writes back and drops one cache line. (Allocation tags need none: they are
+                // only ever reached through cacheable Tagged mappings, which are coherent.)
+                unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+                a += line;
+            }
+            // Complete before the slot is unmapped and the page mapped for its next user.
+            dsb_ish();
+        });
     }
 
     fn clear_tags(&self, pa: PhysAddr) {
