@@ -150,7 +150,7 @@ fn map_or_park(t: &mut PageTable, pool: &mut PagePool, start: u64, end: u64, mem
 }
 
 /// Builds EL2's stage 1: the image by section, the stacks without their guard pages, the UART.
-fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr) -> PageTable {
+fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u64)>) -> PageTable {
     let Ok(mut t) = PageTable::new(pool, Format::El2Stage1, HYP_VA_BITS) else { arch::park() };
     // SAFETY: taking the address of linker-provided symbols; nothing is read through them.
     let (start, text_end, rodata_end, stacks, panic_stacks, end) = unsafe {
@@ -172,6 +172,14 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr) -> PageTable {
     }
     map_or_park(&mut t, pool, panic_stacks, end, MemType::Normal, Perms::RW);
     map_or_park(&mut t, pool, uart.0, uart.0 + PAGE_SIZE, MemType::Device, Perms::RW);
+    // The failure device, if mapping it works (it is optional: without it a fatal error only
+    // parks the CPU).
+    if let Some((config, bar)) = pvpanic {
+        let device = Attrs { mem: MemType::Device, perms: Perms::RW };
+        if t.map(pool, config, PhysAddr(config), PAGE_SIZE, device, 3).is_ok() && t.map(pool, bar, PhysAddr(bar), PAGE_SIZE, device, 3).is_ok() {
+            arch::failstop::arm(config, bar);
+        }
+    }
     // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
     // guest memory): the level-3 entries exist from now on and start empty.
     let Ok(template) = t.page_descriptor(PhysAddr(0), Attrs { mem: MemType::Normal, perms: Perms::RW }) else { arch::park() };
@@ -204,7 +212,11 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     // SAFETY: POOL lies in EL2's .bss (inside the HYP region, identity-mapped RW by the stage 1
     // built below) and is used by nothing but this pool.
     let mut pool = unsafe { PagePool::new(PhysAddr(POOL.0.get() as u64), POOL_PAGES) };
-    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart);
+    // MMU off: the ECAM is reached as Device memory. Finding pvpanic now lets EL2 end the
+    // machine as a failure later (arch::failstop).
+    // SAFETY: the ECAM from the platform's device tree, with the MMU off.
+    let pvpanic = platform.pci.and_then(|pci| Some((unsafe { arch::failstop::probe(pci.ecam.0) }?, pci.mem32.0)));
+    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart, pvpanic);
     let Ok(host_s2) = PageTable::new(&mut pool, Format::Stage2, host_ipa_bits(pa_bits)) else { arch::park() };
     let mmu = El2MmuConfig::new(&hyp_s1, pa_bits);
     // SAFETY: at EL2 with the MMU off; `hyp_s1` identity-maps this code, its stack and data.
@@ -308,5 +320,6 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     el2::console::emergency(format_args!("EL2 PANIC on cpu{}: {info}\n", arch::cpu_index()));
+    arch::failstop::signal();
     arch::park()
 }

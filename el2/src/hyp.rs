@@ -510,7 +510,7 @@ pub(crate) mod tests {
         let mut tables = FakeMemory::new(64);
         let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
         let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
-        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None };
+        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None };
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));

@@ -31,6 +31,18 @@ pub struct Platform {
     /// platform description; on hardware it would come from the memory map's tag-storage
     /// description.
     pub untagged: Option<PhysRange>,
+    /// The generic PCI host bridge, if any: where EL2 finds the `pvpanic-pci` device it uses to
+    /// end the machine as a failure when it cannot go on (see `arch::failstop`).
+    pub pci: Option<PciHost>,
+}
+
+/// A `pci-host-ecam-generic` bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciHost {
+    /// Configuration space (ECAM) of bus 0.
+    pub ecam: PhysAddr,
+    /// Base of the 32-bit memory window (where BARs can be placed).
+    pub mem32: PhysAddr,
 }
 
 /// Why the device tree was not usable. Any of these stops EL2 start-up.
@@ -46,6 +58,9 @@ pub enum PlatformError {
     NoCpus,
     /// More CPUs than [`MAX_CPUS`].
     TooManyCpus,
+    /// A `pkvm.notags=` token that is malformed or not inside RAM: EL2 would otherwise count
+    /// untagged memory as tagged, so it stops (fails closed).
+    BadNotags,
     /// PSCI missing or not using the SMC conduit (EL2 calls firmware with SMC).
     NoSmcPsci,
 }
@@ -105,9 +120,36 @@ pub fn parse(dtb: &[u8]) -> Result<Platform, PlatformError> {
         return Err(PlatformError::NoSmcPsci);
     }
 
-    let untagged = fdt.chosen().bootargs().and_then(parse_notags).filter(|r| ram.contains_range(r));
+    let untagged = untagged_from(fdt.chosen().bootargs(), &ram)?;
 
-    Ok(Platform { ram, uart, cpus, untagged })
+    let pci = fdt.find_compatible(&["pci-host-ecam-generic"]).and_then(|n| {
+        let ecam = PhysAddr(n.reg()?.next()?.starting_address as u64);
+        // `ranges` entries: PCI address (3 cells: space code in bits 25:24 of the first), CPU
+        // address (2 cells), size (2 cells). Space code 0b10: 32-bit memory.
+        let ranges = n.property("ranges")?.value;
+        let mem32 = ranges.chunks_exact(28).find_map(|e| {
+            let cell = |i: usize| u32::from_be_bytes([e[4 * i], e[4 * i + 1], e[4 * i + 2], e[4 * i + 3]]) as u64;
+            ((cell(0) >> 24) & 3 == 2).then(|| PhysAddr(cell(3) << 32 | cell(4)))
+        })?;
+        Some(PciHost { ecam, mem32 })
+    });
+
+    Ok(Platform { ram, uart, cpus, untagged, pci })
+}
+
+/// The untagged RAM a command line describes: none without a `pkvm.notags=` token; with one,
+/// it must parse and lie inside `ram`, or EL2 stops (fail closed: a typo must not count
+/// untagged memory as tagged).
+///
+/// # Errors
+/// [`PlatformError::BadNotags`].
+pub fn untagged_from(bootargs: Option<&str>, ram: &PhysRange) -> Result<Option<PhysRange>, PlatformError> {
+    match bootargs {
+        Some(args) if args.split_whitespace().any(|w| w.starts_with("pkvm.notags=")) => {
+            parse_notags(args).filter(|r| ram.contains_range(r)).map(Some).ok_or(PlatformError::BadNotags)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The `pkvm.notags=ADDR,SIZE` token of a command line, page aligned.
@@ -134,6 +176,7 @@ mod tests {
         assert_eq!(p.cpu_index(1), Some(1));
         assert_eq!(p.cpu_index(0x8000_0001), Some(1), "MPIDR RES1/U bits ignored");
         assert_eq!(p.cpu_index(2), None);
+        assert_eq!(p.pci, Some(PciHost { ecam: PhysAddr(0x40_1000_0000), mem32: PhysAddr(0x1000_0000) }));
     }
 
     #[test]
@@ -150,6 +193,17 @@ mod tests {
         assert_eq!(parse_notags("nothing here"), None);
         // The QEMU fixture's command line has none.
         assert_eq!(parse(QEMU_VIRT).unwrap().untagged, None);
+    }
+
+    #[test]
+    fn a_bad_untagged_range_stops_boot() {
+        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1 << 30).unwrap();
+        assert_eq!(untagged_from(None, &ram), Ok(None));
+        assert_eq!(untagged_from(Some("console=x"), &ram), Ok(None));
+        assert_eq!(untagged_from(Some("pkvm.notags=0x7c000000,0x4000000"), &ram), Ok(PhysRange::from_size(PhysAddr(0x7C00_0000), 0x400_0000)));
+        for bad in ["pkvm.notags=0x7c000001,0x1000", "pkvm.notags=zz", "pkvm.notags=", "pkvm.notags=0x1000,0x1000", "pkvm.notags=0x7ffff000,0x2000"] {
+            assert_eq!(untagged_from(Some(bad), &ram), Err(PlatformError::BadNotags), "{bad}");
+        }
     }
 
     #[test]

@@ -167,10 +167,11 @@ pub extern "C" fn el2_unexpected(frame: &TrapFrame, vector: u64) -> ! {
     if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
         let r = arch::trap_regs();
         crate::console::emergency(format_args!(
-            "EL2 FATAL: unexpected exception (vector {vector}) on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x} x0={:#x} x30={:#x}; cpu{cpu} stopped\n",
+            "EL2 FATAL: unexpected exception (vector {vector}) on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x} x0={:#x} x30={:#x}; machine stopped\n",
             r.esr, r.far, frame.elr, frame.spsr, frame.x[0], frame.x[30]
         ));
     }
+    arch::failstop::signal();
     arch::park()
 }
 
@@ -180,9 +181,10 @@ fn fatal(frame: &TrapFrame, why: &str) -> ! {
     if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
         let r = arch::trap_regs();
         crate::console::emergency(format_args!(
-            "EL2 FATAL: {why} on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x}; cpu{cpu} stopped\n",
+            "EL2 FATAL: {why} on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x}; machine stopped\n",
             r.esr, r.far, frame.elr, frame.spsr
         ));
     }
+    arch::failstop::signal();
     arch::park()
 }
