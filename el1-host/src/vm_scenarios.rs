@@ -97,6 +97,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-hostile-guests" => hostile_guests(plat),
         "vm-soak" => soak(plat),
         "vm-illegal-state" => illegal_state(plat),
+        "vm-leaks" => leaks(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -605,4 +606,47 @@ fn illegal_state(plat: &Platform) {
     check!(again == Err(HypError::NotRunnable), "VCPU_RUN after the stop: {again:?}");
     println!("host: ok: VCPU_RUN of the stopped VM -> NotRunnable");
     destroy(&vm);
+}
+
+/// What the leaks guest found: `TPIDR2_EL0`, then `ICC_PMR_EL1`.
+struct FoundDev {
+    found: [u64; 2],
+    n: usize,
+}
+impl TestDevice for FoundDev {
+    fn write(&mut self, _: &Vm, v: u64) {
+        if self.n < 2 {
+            self.found[self.n] = v;
+        }
+        self.n += 1;
+    }
+    fn read(&mut self, _: &Vm) -> u64 {
+        0
+    }
+}
+
+/// Registers a guest can reach are switched or trapped: two VMs run the leaks guest one after
+/// the other on the same CPU; each must find reset values, not what the host or the VM before
+/// it left in `TPIDR2_EL0` and the GIC priority mask (`ICH_VMCR_EL2`).
+fn leaks(plat: &Platform) {
+    const HOST_TPIDR2: u64 = 0x4057_0000_7770_0001;
+    // SAFETY: the host's own TPIDR2_EL0 (FEAT_SME on QEMU's max CPU), otherwise unused.
+    unsafe { core::arch::asm!("msr S3_3_C13_C0_5, {}", in(reg) HOST_TPIDR2, options(nostack)) };
+    for (round, protected) in [(1, true), (2, false)] {
+        let vm = start(plat, 1, protected);
+        let mut dev = FoundDev { found: [u64::MAX; 2], n: 0 };
+        let r = vmm::run(&vm, 1, &mut dev);
+        check!(r == Ok(Outcome::Off), "leaks guest {round} ended {r:?}");
+        check!(dev.n == 2, "leaks guest {round} reported {} values", dev.n);
+        let [tpidr2, pmr] = dev.found;
+        check!(tpidr2 == 0, "VM {round} found TPIDR2_EL0 {tpidr2:#x} (the host's is {HOST_TPIDR2:#x})");
+        check!(pmr == 0, "VM {round} found ICC_PMR_EL1 {pmr:#x}");
+        println!("host: ok: VM {round} ({}) found TPIDR2_EL0 and ICC_PMR_EL1 at reset values", kind(protected));
+        destroy(&vm);
+    }
+    let host: u64;
+    // SAFETY: reading the host's own TPIDR2_EL0.
+    unsafe { core::arch::asm!("mrs {}, S3_3_C13_C0_5", out(reg) host, options(nostack)) };
+    check!(host == HOST_TPIDR2, "the host's TPIDR2_EL0 changed to {host:#x}");
+    println!("host: ok: the host's TPIDR2_EL0 intact");
 }

@@ -176,7 +176,7 @@ fields! {
         TGran4 @ 28 signed_lower max 0,
     ];
     ID_AA64MMFR1_EL1 (7, 1): [
-        HAFDBS @ 0 lower max 2, VMIDBits @ 4 lower max 2, HPDS @ 12 lower max 2, LO @ 16 lower max 1,
+        HAFDBS @ 0 lower max 2, VMIDBits @ 4 lower max 2, HPDS @ 12 lower max 2, LO @ 16 lower max 0,
         PAN @ 20 lower max 3, SpecSEI @ 24 lower max 1, XNX @ 28 lower max 1, ETS @ 36 lower max 2,
         AFP @ 44 lower max 1, nTLBPA @ 48 lower max 1, CMOW @ 56 lower max 1, ECBHB @ 60 lower max 1,
     ];

@@ -78,6 +78,14 @@ pub struct VcpuCtx {
     pub mte: [u64; 4],
     /// An MMIO read waiting for the host's value.
     pub pending_read: Option<MmioAccess>,
+    /// `TPIDR2_EL0` (FEAT_SME): hidden from the guest's ID registers, but not trappable without
+    /// FEAT_FGT, so it moves with the vCPU instead of leaking between host and guests. Not in
+    /// the register ABI.
+    pub tpidr2: u64,
+    /// `ICH_VMCR_EL2`: the guest's view of its GIC CPU interface (`ICC_PMR_EL1`, group
+    /// enables, ...), which its `ICC_*` accesses reach through the virtual interface. Not in
+    /// the register ABI yet.
+    pub vmcr: u64,
 }
 
 const _: () = {
@@ -141,6 +149,8 @@ impl VcpuCtx {
             pauth_eager_left: 0,
             mte: [0; 4],
             pending_read: None,
+            tpidr2: 0,
+            vmcr: 0,
         }
     }
 

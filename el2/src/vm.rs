@@ -347,6 +347,8 @@ pub struct GuestConfig {
     pub mte: bool,
     /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
     pub fwb: bool,
+    /// A protected VM: the host's PMU must not count it (see `controls::guest_controls`).
+    pub protected: bool,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -756,6 +758,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 pauth_now: false,
                 mte: vm.mte,
                 fwb: vm.fwb,
+                protected: vm.protected,
             };
             // Read once, here: the TLB record below must count only runs that enter the guest.
             let on = match slot.power.load(Ordering::Acquire) {

@@ -306,6 +306,17 @@ impl HostConfig {
 
 /// Programs this CPU to run the host under `cfg`.
 pub fn activate_host(cfg: &HostConfig) {
+    // This CPU's features decide which control registers exist; the world switch reads them
+    // back on every guest load.
+    let features = crate::controls::CpuFeatures::from_id_regs(
+        ID_AA64PFR0_EL1.get(),
+        ID_AA64PFR1_EL1.get(),
+        ID_AA64DFR0_EL1.get(),
+        ID_AA64MMFR0_EL1.get(),
+        ID_AA64MMFR1_EL1.get(),
+    );
+    super::switch::CPU_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
+    write_boot_controls(&crate::controls::boot_controls(&features));
     VTCR_EL2.set(cfg.vtcr);
     VTTBR_EL2.set(cfg.vttbr);
     // VTCR/VTTBR are in effect before the TLB invalidation below uses the VMID.
@@ -336,6 +347,36 @@ pub fn activate_host(cfg: &HostConfig) {
     // All of the above is in effect before anything runs at EL1 (the ERET that enters the
     // host is context synchronising too; this makes the order independent of the caller).
     isb();
+}
+
+/// Writes the control registers EL2 otherwise never touches to their known values
+/// (`controls::boot_controls`); the `ISB` at the end of [`activate_host`] puts them in force.
+fn write_boot_controls(b: &crate::controls::BootControls) {
+    // SAFETY (all blocks below): each register is written only when this CPU implements it
+    // (`boot_controls` returns `None` otherwise), and each only configures EL2 traps or EL1&0
+    // behaviour, which does not run until the ERET into the host.
+    if let Some(v) = b.hcrx {
+        unsafe { asm!("msr S3_4_C1_C2_2, {}", in(reg) v, options(nomem, nostack, preserves_flags)) }; // HCRX_EL2
+    }
+    if let Some(v) = b.fgt {
+        unsafe {
+            asm!(
+                "msr S3_4_C1_C1_4, {v}", // HFGRTR_EL2
+                "msr S3_4_C1_C1_5, {v}", // HFGWTR_EL2
+                "msr S3_4_C1_C1_6, {v}", // HFGITR_EL2
+                "msr S3_4_C3_C1_4, {v}", // HDFGRTR_EL2
+                "msr S3_4_C3_C1_5, {v}", // HDFGWTR_EL2
+                v = in(reg) v,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+    }
+    if let Some(v) = b.icc_sre_el2 {
+        unsafe { asm!("msr S3_4_C12_C9_5, {}", in(reg) v, options(nomem, nostack, preserves_flags)) }; // ICC_SRE_EL2
+    }
+    if let Some(v) = b.trfcr_el2 {
+        unsafe { asm!("msr S3_4_C1_C2_1, {}", in(reg) v, options(nomem, nostack, preserves_flags)) }; // TRFCR_EL2
+    }
 }
 
 /// Enters the host at EL1h at `entry` with `x0 = arg`, every other GPR zero, and D/A/I/F

@@ -14,6 +14,7 @@
 
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
 use crate::addr::PhysAddr;
+use crate::controls::{guest_controls, CpuFeatures};
 use crate::platform::MAX_CPUS;
 use crate::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
 use crate::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
@@ -189,60 +190,35 @@ fn restore_el1_extra(e: &El1Extra) {
     SPSR_EL1.set(e.spsr_el1);
 }
 
-/// Trap configuration for guests, built in this one place. Deny by default:
-/// - every guest gets stage 2;
-/// - ID-register reads trap (`TID3`) and are answered from the VM's own values;
-/// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
-/// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
-/// - FP/SIMD traps until the first use in each run, when EL2 loads the guest's registers;
-/// - SVE and SME trap (not switched);
-/// - PMU registers trap unless the VM has the opt-in `HOST_PMU` flag (never protected VMs);
-/// - debug registers and the EL1 physical timer trap;
-/// - pointer authentication traps (`HCR_EL2.API/APK` clear) until EL2 loads the keys of a VM
-///   that has it (eagerly, or on first use under the lazy policy); for others it is an UNDEF;
-/// - allocation tags are unavailable (`HCR_EL2.ATA` clear) except to MTE VMs.
-///
-/// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
-struct GuestTraps {
-    hcr: u64,
-    cptr: u64,
-    mdcr: u64,
-    cnthctl: u64,
+/// `CPTR_EL2.TFP`: trap FP/SIMD.
+const CPTR_TFP: u64 = crate::controls::cptr::TFP;
+
+/// Per CPU: its [`CpuFeatures`] ([`CpuFeatures::bits`]), read once by `activate_host`.
+pub static CPU_FEATURES: [core::sync::atomic::AtomicU16; MAX_CPUS] = [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
+
+/// This CPU's features.
+fn features() -> CpuFeatures {
+    CpuFeatures::from_bits(CPU_FEATURES[super::cpu_index() % MAX_CPUS].load(Ordering::Relaxed))
 }
 
-/// `CPTR_EL2.TFP`: trap FP/SIMD.
-const CPTR_TFP: u64 = 1 << 10;
+/// Reads `$r` (an `S<op0>_<op1>_C<n>_C<m>_<op2>` name or an architectural one).
+macro_rules! mrs {
+    ($r:literal) => {{
+        let v: u64;
+        // SAFETY: the callers read only registers that exist on this CPU (checked against its
+        // features), at EL2, without side effects.
+        unsafe { asm!(concat!("mrs {}, ", $r), out(reg) v, options(nomem, nostack, preserves_flags)) };
+        v
+    }};
+}
 
-fn guest_traps(host_mdcr: u64, cfg: &GuestConfig) -> GuestTraps {
-    const VM: u64 = 1 << 0;
-    const SWIO: u64 = 1 << 1;
-    const FMO: u64 = 1 << 3;
-    const IMO: u64 = 1 << 4;
-    const AMO: u64 = 1 << 5;
-    const TWI: u64 = 1 << 13;
-    const TWE: u64 = 1 << 14;
-    const TID3: u64 = 1 << 18;
-    const TSC: u64 = 1 << 19;
-    const TIDCP: u64 = 1 << 20;
-    const TACR: u64 = 1 << 21;
-    const RW: u64 = 1 << 31;
-    const MDCR_TPMCR: u64 = 1 << 5;
-    const MDCR_TPM: u64 = 1 << 6;
-    const MDCR_TDA: u64 = 1 << 9;
-    const MDCR_TDOSA: u64 = 1 << 10;
-    const MDCR_TDRA: u64 = 1 << 11;
-    GuestTraps {
-        hcr: VM | SWIO | FMO | IMO | AMO | TWI | TWE | TID3 | TSC | TIDCP | TACR | RW,
-        // RES1 bits and TZ/TSM as for the host, plus TFP.
-        cptr: 0x33FF | CPTR_TFP,
-        mdcr: (host_mdcr & 0x1F)
-            | if cfg.host_pmu { 0 } else { MDCR_TPMCR | MDCR_TPM }
-            | MDCR_TDA
-            | MDCR_TDOSA
-            | MDCR_TDRA,
-        // EL1PCTEN: the physical counter is readable; EL1PCEN clear: the physical timer traps.
-        cnthctl: 0b01,
-    }
+/// Writes `$v` to `$r`.
+macro_rules! msr {
+    ($r:literal, $v:expr) => {
+        // SAFETY: the callers write only registers that exist on this CPU, with values that
+        // affect EL1&0 (which does not run until the next ERET) or restore the host's own.
+        unsafe { asm!(concat!("msr ", $r, ", {}"), in(reg) $v, options(nomem, nostack, preserves_flags)) }
+    };
 }
 
 fn guest_vtcr(cfg: &GuestConfig) -> u64 {
@@ -275,6 +251,17 @@ pub struct HostSaved {
     keys_loaded: bool,
     /// An MTE VM: its MTE registers are loaded (the host's are in the scratch).
     mte_loaded: bool,
+    /// The host's `MDSCR_EL1` (the guest runs with 0: no host breakpoint, watchpoint or step
+    /// can fire in it).
+    mdscr: u64,
+    /// The host's `TRFCR_EL1`, if trace was prohibited for the run (FEAT_TRF).
+    trfcr: Option<u64>,
+    /// The host's `PMCNTENSET_EL0`, if its counters were stopped for a protected run.
+    pmcnten: Option<u64>,
+    /// The host's `TPIDR2_EL0`, if the CPU has FEAT_SME.
+    tpidr2: Option<u64>,
+    /// The CPU has the GICv3 system-register interface: `ICH_VMCR_EL2` moves with the vCPU.
+    gicv3: bool,
 }
 
 /// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept
@@ -320,14 +307,40 @@ impl ArchMaintenance {
             guest_cptr_fp: 0,
             keys_loaded: false,
             mte_loaded: false,
+            mdscr: mrs!("mdscr_el1"),
+            trfcr: None,
+            pmcnten: None,
+            tpidr2: None,
+            gicv3: false,
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
         //    order of steps 2 and 3 is free; stage 2 goes first so that guest stage-1 state is
         //    never paired with the host's VMID (what speculative-AT errata would care about).
-        let traps = guest_traps(saved.mdcr, cfg);
+        let f = features();
+        let traps = guest_controls(&f, saved.mdcr, cfg, cfg.protected);
         let mut saved = saved;
         saved.guest_cptr_fp = traps.cptr & !CPTR_TFP;
+        // EL1&0 state that has no trap, or whose trap alone would leave the host's value in
+        // force: neutralised or switched here (controls.rs, "switched or trapped").
+        msr!("mdscr_el1", 0u64);
+        if traps.no_trace {
+            saved.trfcr = Some(mrs!("S3_0_C1_C2_1"));
+            msr!("S3_0_C1_C2_1", 0u64);
+        }
+        if traps.stop_host_counters {
+            let on = mrs!("S3_3_C9_C12_1");
+            msr!("S3_3_C9_C12_2", on);
+            saved.pmcnten = Some(on);
+        }
+        if f.sme {
+            saved.tpidr2 = Some(mrs!("S3_3_C13_C0_5"));
+            msr!("S3_3_C13_C0_5", ctx.tpidr2);
+        }
+        if f.gicv3 {
+            msr!("S3_4_C12_C11_7", ctx.vmcr);
+            saved.gicv3 = true;
+        }
         let mut hcr = traps.hcr;
         if cfg.pauth_now {
             // Eager (or recently used): the guest's keys now, pointer authentication untrapped.
@@ -418,6 +431,20 @@ impl ArchMaintenance {
                 __fp_restore(&scratch().fp);
             }
         }
+        if let Some(v) = saved.tpidr2 {
+            ctx.tpidr2 = mrs!("S3_3_C13_C0_5");
+            msr!("S3_3_C13_C0_5", v);
+        }
+        if saved.gicv3 {
+            ctx.vmcr = mrs!("S3_4_C12_C11_7");
+        }
+        if let Some(v) = saved.pmcnten {
+            msr!("S3_3_C9_C12_1", v);
+        }
+        if let Some(v) = saved.trfcr {
+            msr!("S3_0_C1_C2_1", v);
+        }
+        msr!("mdscr_el1", saved.mdscr);
         restore_el1_sysregs(&saved.sys);
         restore_el1_extra(&saved.extra);
         // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
