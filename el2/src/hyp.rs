@@ -462,7 +462,10 @@ pub(crate) mod tests {
         fn clear_tags(&self, _: PhysAddr) {
             self.0.borrow_mut().push("clear_tags");
         }
-        fn scrub_page(&self, pa: PhysAddr) {
+        fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
+            if !tagged {
+                self.0.borrow_mut().push("scrub_page_untagged");
+            }
             // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
             unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
             self.0.borrow_mut().push("scrub_page");

@@ -387,9 +387,10 @@ pub trait GuestArch: Maintenance + Firmware {
     /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see
     /// [`LocalTlbRecord`]).
     fn flush_guest_local(&self);
-    /// Zeroes the page at `pa`, and its allocation tags where the CPU has them (EL2 reaches it
-    /// through a temporary mapping).
-    fn scrub_page(&self, pa: PhysAddr);
+    /// Zeroes the page at `pa` (EL2 reaches it through a temporary mapping), and its
+    /// allocation tags if `tagged`: the CPU has FEAT_MTE2 *and* the page has tag storage. Tag
+    /// operations (`DC GZVA`) are never used on memory without tag storage.
+    fn scrub_page(&self, pa: PhysAddr, tagged: bool);
     /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
     fn clear_tags(&self, pa: PhysAddr);
     /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
@@ -553,7 +554,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             if vm.protected {
                 for p in 0..r.pages {
                     let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
-                    arch.scrub_page(pa);
+                    arch.scrub_page(pa, !self.platform.untagged.is_some_and(|u| u.contains(pa)));
                     // The zeroes may sit in dirty lines over the guest's data in DRAM; the host
                     // stage 2 is not FWB, so a host mapping the page Non-cacheable would read
                     // DRAM. Push the zeroes out, FWB or not.
@@ -614,6 +615,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         if vm.regions.is_full() {
             return Err(HypError::NoCapacity);
+        }
+        if vm.mte && self.platform.untagged.is_some_and(|u| u.overlaps(&phys)) {
+            // An MTE guest must never get Normal cacheable memory without tag storage: refused
+            // here, and (should it get there some other way) stopped at the first touch.
+            return Err(HypError::InvalidArgument);
         }
         let me = vm.component();
         if vm.protected {
@@ -966,6 +972,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.s2.lookup(tables, page).is_some() {
             return GuestPage::Mapped;
         }
+        // Whether the tags were cleared now: marked only once the mapping exists, so the mark
+        // never claims more than what a mapped page has.
+        let mut clear_mark = false;
         if vm.mte {
             // An MTE guest may only get Normal cacheable memory that can hold tags...
             if self.platform.untagged.is_some_and(|u| u.contains(pa)) {
@@ -975,7 +984,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             // (the donated or shared data is the host's and is kept).
             if !own.entry(pa).is_some_and(|e| e.tags_clean()) {
                 arch.clear_tags(pa);
-                own.mark_tags_clean(pa);
+                clear_mark = true;
             }
         }
         // Up to 3 new tables; never dip into the host stage 2's reserve.
@@ -991,6 +1000,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
             Ok(()) => {
+                if clear_mark {
+                    own.mark_tags_clean(pa);
+                }
                 arch.guest_s2_mapped();
                 GuestPage::Mapped
             }
@@ -1487,10 +1499,18 @@ mod tests {
         // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
         f.call(0, H::VmDestroy, &[h]).unwrap();
         assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
-        // A page without tag storage behind it: the MTE VM is stopped, naming IPA and PA.
-        f.hyp.platform.untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
+        // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
+        let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
+        f.hyp.platform.untagged = untagged;
         let h = create(&mut f, 1, vm_flags::MTE);
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 3), 0x4000_3000, 1]), Err(HypError::InvalidArgument));
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty(), "nothing given");
+        // ...and should it get there anyway (here: the platform description changes under a
+        // VM that has it), the VM is stopped at the first touch, naming IPA and PA.
+        f.hyp.platform.untagged = None;
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.hyp.platform.untagged = untagged;
         let rec = Recorder::default();
         *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
@@ -1504,6 +1524,32 @@ mod tests {
         *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
         assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a VM without MTE");
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        // Scrubbing memory without tag storage never uses tag operations (DC GZVA).
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1, "only the untagged page");
+    }
+
+    #[test]
+    fn the_tags_clean_mark_follows_a_successful_mapping() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        // No table pages left for the mapping: tags may be cleared, but not marked clean.
+        let drained = {
+            let mut mem = f.hyp.mem.lock();
+            (0..).map_while(|_| mem.tables.alloc_table()).count()
+        };
+        assert!(drained > 0);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000)];
+        let r = f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]);
+        assert_eq!(r, Ok([exit::KILLED as u64, 0, 0]), "out of table memory");
+        assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean(), "marked clean without a mapping");
     }
 
     #[test]

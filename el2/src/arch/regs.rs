@@ -33,6 +33,10 @@ const SCTLR_EL2_I: u64 = 1 << 12;
 const SCTLR_EL2_WXN: u64 = 1 << 19;
 /// `SCTLR_EL2.ATA`: EL2 may access allocation tags (to clear a page's tags for a guest).
 const SCTLR_EL2_ATA: u64 = 1 << 43;
+/// `SCTLR_EL2.ITFSB` (FEAT_MTE2): pending asynchronous tag-check faults are synchronised into
+/// `TFSR_EL1`/`TFSRE0_EL1` on every exception entry to EL2, so a guest's land in its own
+/// registers before the world switch saves them.
+const SCTLR_EL2_ITFSB: u64 = 1 << 37;
 /// `SCTLR_EL1` the host starts with: RES1 bits, MMU and caches off.
 const SCTLR_EL1_HOST_RESET: u64 = 0x30D0_0800;
 const TCR_EL2_RES1: u64 = (1 << 31) | (1 << 23);
@@ -226,7 +230,7 @@ impl El2MmuConfig {
                 | SCTLR_EL2_SA
                 | SCTLR_EL2_I
                 | SCTLR_EL2_WXN
-                | if has_mte2() { SCTLR_EL2_ATA } else { 0 },
+                | if has_mte2() { SCTLR_EL2_ATA | SCTLR_EL2_ITFSB } else { 0 },
         }
     }
 }

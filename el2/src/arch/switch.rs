@@ -350,7 +350,11 @@ impl ArchMaintenance {
             hcr |= HCR_APK_API;
         }
         if cfg.mte {
-            // The guest's tag-generation and tag-check state; tags accessible at EL1&0.
+            // The guest's tag-generation and tag-check state; tags accessible at EL1&0. The
+            // host's asynchronous tag-check faults land in its TFSR_EL1/TFSRE0_EL1 only once
+            // its outstanding accesses complete: DSB, then ISB so the reads below see them.
+            // SAFETY: barriers.
+            unsafe { asm!("dsb nsh", "isb", options(nostack, preserves_flags)) };
             save_mte(&mut scratch().mte);
             restore_mte(&ctx.mte);
             saved.mte_loaded = true;
@@ -415,10 +419,11 @@ impl ArchMaintenance {
         }
         if saved.mte_loaded {
             // Asynchronous tag-check faults the guest caused are recorded in TFSR_EL1/TFSRE0_EL1
-            // only once outstanding accesses complete: DSB before reading them, so they land in
-            // the guest's context and not the host's.
-            // SAFETY: a barrier.
-            unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+            // only once outstanding accesses complete: DSB before reading them, and ISB so the
+            // reads are ordered after the update, so they land in the guest's context and not
+            // the host's. (SCTLR_EL2.ITFSB also synchronises them on every entry to EL2.)
+            // SAFETY: barriers.
+            unsafe { asm!("dsb nsh", "isb", options(nostack, preserves_flags)) };
             save_mte(&mut ctx.mte);
             restore_mte(&scratch().mte);
             // The host's MTE registers are in effect before EL2 continues: the ISB at the end
@@ -643,9 +648,9 @@ impl GuestArch for ArchMaintenance {
         });
     }
 
-    fn scrub_page(&self, pa: PhysAddr) {
+    fn scrub_page(&self, pa: PhysAddr, has_tags: bool) {
         let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
-        if tagged != 0 {
+        if tagged != 0 && has_tags {
             // Data and allocation tags both zero: DC GZVA through a Tagged mapping.
             with_fixmap_as(tagged, pa, |p| {
                 let block = zva_block();

@@ -130,6 +130,50 @@ fn checks() {
         }
     }
     println!("guest: ok: 64 allocation tags intact after 2000 exits");
+    mte_registers_switched();
+}
+
+/// RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 keep this guest's values across exits (the
+/// host runs with its own in between).
+fn mte_registers_switched() {
+    const RGSR: u64 = 0x5A5A << 8 | 0x3;
+    const GCR: u64 = 1 << 16 | 0x00F0;
+    const TFSR: u64 = 0b11;
+    const TFSRE0: u64 = 0b01;
+    let read = || -> [u64; 4] {
+        let (a, b, c, d): (u64, u64, u64, u64);
+        // SAFETY: reading this guest's own MTE registers (RGSR, GCR, TFSR, TFSRE0).
+        unsafe {
+            core::arch::asm!(
+                "mrs {}, S3_0_C1_C0_5", "mrs {}, S3_0_C1_C0_6", "mrs {}, S3_0_C5_C6_0", "mrs {}, S3_0_C5_C6_1",
+                out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nostack)
+            )
+        };
+        [a, b, c, d]
+    };
+    // SAFETY: this guest's own MTE registers; no tag checking depends on them until restored.
+    unsafe {
+        core::arch::asm!(
+            "msr S3_0_C1_C0_5, {}", "msr S3_0_C1_C0_6, {}", "msr S3_0_C5_C6_0, {}", "msr S3_0_C5_C6_1, {}", "isb",
+            in(reg) RGSR, in(reg) GCR, in(reg) TFSR, in(reg) TFSRE0, options(nostack)
+        )
+    };
+    for _ in 0..500 {
+        // SAFETY: an MMIO read of an unassigned address (an exit to the host).
+        unsafe { core::ptr::read_volatile(UNASSIGNED as *const u64) };
+    }
+    let got = read();
+    if got != [RGSR, GCR, TFSR, TFSRE0] {
+        guests::fail(format_args!("MTE registers after 500 exits: {got:#x?}"));
+    }
+    // SAFETY: back to the settings `mmu_on` chose, with no fault recorded.
+    unsafe {
+        core::arch::asm!(
+            "msr S3_0_C1_C0_6, xzr", "msr S3_0_C1_C0_5, {seed}", "msr S3_0_C5_C6_0, xzr", "msr S3_0_C5_C6_1, xzr", "isb",
+            seed = in(reg) 0x1234u64 << 8, options(nostack)
+        )
+    };
+    println!("guest: ok: RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 intact after 500 exits");
 }
 
 fn main(_dtb: u64) {
