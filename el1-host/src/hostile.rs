@@ -41,13 +41,13 @@ impl Rng {
 
 struct Counts {
     ok: u64,
-    errors: [u64; 16],
+    errors: [u64; 32],
 }
 
 fn record(c: &mut Counts, r: &Result<[u64; 3], HypError>) {
     match r {
         Ok(_) => c.ok += 1,
-        Err(e) => c.errors[(-(*e as i64)) as usize % 16] += 1,
+        Err(e) => c.errors[(-(*e as i64)) as usize % 32] += 1,
     }
 }
 
@@ -76,7 +76,7 @@ pub fn run(plat: &Platform) {
     let msg1 = crate::scenarios::msg_page(1) as u64;
     let sandbox_page = |rng: &mut Rng| SANDBOX + rng.below(SANDBOX_PAGES) * PAGE_SIZE;
     let mut handles: [u64; 24] = [0; 24]; // live and stale
-    let mut c = Counts { ok: 0, errors: [0; 16] };
+    let mut c = Counts { ok: 0, errors: [0; 32] };
     let mut violations = invariants();
     let mut checks = 1u64;
     let (mut runs_after_set, mut runs_skipped) = (0u64, 0u64);
@@ -233,7 +233,7 @@ pub fn run(plat: &Platform) {
         c.ok
     );
     for e in HypError::ALL {
-        let n = c.errors[(-(*e as i64)) as usize % 16];
+        let n = c.errors[(-(*e as i64)) as usize % 32];
         if n > 0 {
             println!("host:   {:>16}: {n}", e.name());
         }

@@ -157,7 +157,7 @@ fn hypercalls(plat: &Platform) {
     println!("host: ok: message pages shared");
     expect_err!(
         hvc::call(HypercallId::SetMessagePage, &[0, msg_page(1) as u64]),
-        HypError::Busy,
+        HypError::Frozen,
         "SET_MESSAGE_PAGE twice"
     );
     check!(hvc::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO failed");

@@ -346,7 +346,7 @@ fn fwregs(plat: &Platform) {
     println!("host: ok: compatible restore accepted (PSCI 1.0)");
     run_to_off(plat, &vm, &mut NoDevice);
     check!(set(PSCI_VERSION, 0x10000).is_ok(), "identical write after the first run refused");
-    expect_err!(set(PSCI_VERSION, 0x10001), HypError::Busy, "changing PSCI_VERSION after the first run");
+    expect_err!(set(PSCI_VERSION, 0x10001), HypError::Frozen, "changing PSCI_VERSION after the first run");
     destroy(&vm);
 }
 
@@ -402,7 +402,7 @@ fn idregs(plat: &Platform) {
     check!(report.seen.iter().any(|&(i, v)| i == 40 && v == lowered), "the guest did not see the lowered ISAR0");
     println!("host: ok: the guest read exactly the VM's ID registers, the lowered AES included");
     check!(set(40, lowered).is_ok(), "identical write after the first run refused");
-    expect_err!(set(40, isar0), HypError::Busy, "changing an ID register after the first run");
+    expect_err!(set(40, isar0), HypError::Frozen, "changing an ID register after the first run");
     destroy(&vm);
 }
 

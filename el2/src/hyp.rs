@@ -317,7 +317,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         let slot = &self.msg_page[cpu as usize];
         if slot.load(Ordering::Relaxed) != 0 {
-            return Err(HypError::Busy);
+            return Err(HypError::Frozen);
         }
         if mem.own.state(pa, Component::Host) != Some(crate::owner::PageState::Owned) {
             return Err(HypError::NotOwned);
@@ -650,7 +650,7 @@ pub(crate) mod tests {
     fn message_page_cannot_be_set_twice_or_reused() {
         let f = fixture();
         f.call(0, HypercallId::SetMessagePage, &[0, f.page(5)]).unwrap();
-        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(6)]), Err(HypError::Busy));
+        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(6)]), Err(HypError::Frozen));
         assert_eq!(f.call(0, HypercallId::SetMessagePage, &[1, f.page(5)]), Err(HypError::NotOwned));
         assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(6)), Component::Host), Some(PageState::Owned));
     }

@@ -679,7 +679,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             let current = slot.load(Ordering::Relaxed);
             let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
             if vm.ran || hi != 0 {
-                return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Busy) };
+                return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Frozen) };
             }
             if !idreg::write_ok(i, value, vm.idreg_limit[i]) {
                 return Err(HypError::InvalidArgument);
@@ -693,7 +693,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             return Err(HypError::InvalidArgument);
         }
         if vm.ran {
-            return if value == current { Ok([0; 3]) } else { Err(HypError::Busy) };
+            return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
         }
         vm.fw = vm.fw.with(&self.fw_provided, id, value).map_err(|e| match e {
             FwError::Unknown => HypError::UnknownRegister,
@@ -1479,7 +1479,7 @@ mod tests {
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0x10000, 0, 0]));
         // After the first run: identical writes succeed, others are Busy.
         f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10000, 0]).unwrap();
-        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10001, 0]), Err(HypError::Busy));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10001, 0]), Err(HypError::Frozen));
         // Listed by VCPU_REG_LIST.
         let all = register_ids().count() + fwreg::IDS.len() + NR_IDREGS;
         assert!(all <= MAX_REG_IDS, "the register list must fit the message");
@@ -1568,7 +1568,7 @@ mod tests {
         assert_eq!(rec.2.borrow()[1], 4, "read stepped over");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
         let sve = idreg::reg_id(idreg::idx(4, 0));
-        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Busy), "after the run");
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Frozen), "after the run");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 2, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 0 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -229,8 +229,8 @@ errors! {
     BadMessage = -8,
     /// EL2 ran out of internal memory for this operation. Nothing was changed.
     NoMemory = -9,
-    /// The object is in use (e.g. a CPU's message page is already set, a vCPU is running on
-    /// another CPU, the VM has a running vCPU).
+    /// The object is in use right now (a vCPU is running or being accessed on another CPU, the
+    /// VM has a running vCPU): the same call may succeed later.
     Busy = -10,
     /// The VM handle does not name a live VM (never created, or destroyed).
     InvalidHandle = -11,
@@ -244,9 +244,46 @@ errors! {
     /// The vCPU cannot run: its VM was stopped by EL2 or ended itself (PSCI `SYSTEM_OFF` or
     /// `SYSTEM_RESET`).
     NotRunnable = -15,
+    /// The value can no longer change: a CPU's message page once set, a VM's ID or firmware
+    /// registers after its first run. Permanent (unlike [`HypError::Busy`]).
+    Frozen = -16,
+}
+
+/// Linux errno values used by [`HypError::errno`].
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const ENOMEM: i32 = 12;
+    pub const EFAULT: i32 = 14;
+    pub const EBUSY: i32 = 16;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const EAGAIN: i32 = 11;
+    pub const EOPNOTSUPP: i32 = 95;
 }
 
 impl HypError {
+    /// The errno a KVM-style front end (an `ioctl` shim over this ABI) should return, as KVM
+    /// and pKVM do for the same situation (docs/ABI.md, "Errors for KVM users").
+    pub const fn errno(self) -> i32 {
+        use errno::*;
+        match self {
+            HypError::NotSupported => EOPNOTSUPP,
+            HypError::InvalidArgument | HypError::NotAligned | HypError::OutOfRange | HypError::BadMessage => EINVAL,
+            HypError::NotOwned | HypError::SetupFinalised | HypError::Denied => EPERM,
+            HypError::NoMessagePage => EFAULT,
+            HypError::NoMemory => ENOMEM,
+            HypError::Busy => EAGAIN,
+            HypError::InvalidHandle => EBADF,
+            HypError::NoCapacity => ENOSPC,
+            HypError::UnknownRegister => ENOENT,
+            HypError::NotRunnable => EIO,
+            HypError::Frozen => EBUSY,
+        }
+    }
+
     /// The value placed in `x0`.
     pub const fn to_x0(self) -> u64 {
         self as i64 as u64
@@ -326,6 +363,16 @@ mod tests {
                 assert_ne!(*a as i64, *b as i64);
             }
         }
+    }
+
+    #[test]
+    fn errors_map_to_kvm_errnos() {
+        assert_eq!(HypError::UnknownRegister.errno(), errno::ENOENT, "KVM_{{GET,SET}}_ONE_REG of an unknown ID");
+        assert_eq!(HypError::Frozen.errno(), errno::EBUSY, "KVM: an ID register written after the first run");
+        assert_eq!(HypError::Busy.errno(), errno::EAGAIN, "transient");
+        assert_eq!(HypError::InvalidArgument.errno(), errno::EINVAL);
+        assert_eq!(HypError::Denied.errno(), errno::EPERM, "pKVM: a protected VM's state");
+        assert!(HypError::ALL.iter().all(|e| e.errno() > 0));
     }
 
     #[test]
