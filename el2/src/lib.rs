@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
+pub mod cpufeat;
 pub mod exception;
 pub mod fwreg;
 pub mod hyp;
