@@ -9,6 +9,8 @@
 //! One lock, [`Hyp::mem`], guards the ownership record, the host stage 2, EL2's stage 1 and the
 //! table pool, and the per-CPU message-page registry's writers. Message pages are *read* without
 //! the lock: each is written once, during set-up, before any message call can use it.
+//! [`Hyp::cpus`] (the CPU view) has its own lock, taken inside the memory lock or alone, and
+//! nothing is locked while holding it.
 //!
 //! # Memory maintenance
 //! Table edits here are followed by the barrier or TLB maintenance the [`Maintenance`]

@@ -3,15 +3,17 @@
 //! Place in the flow: *state*, per VM, built at `VM_CREATE` and read by the guest through a
 //! trap (`HCR_EL2.TID3`) without taking a lock.
 //!
-//! 1. Each CPU reports its own values when it first enters EL2; they are combined **field by
-//!    field** with the field's rule: *lower-safe* fields take the smallest value (a feature
+//! 1. Each CPU reports its own values when it enters EL2 ([`crate::cpufeat`]); they are combined
+//!    **field by field** with the field's rule: *lower-safe* fields take the smallest value (a feature
 //!    level every CPU has), *higher-safe* the largest, *exact* fields the common value or the
 //!    field's safe value if CPUs differ. Signed fields (where `0xF` means "not implemented")
-//!    compare as signed.
+//!    compare as signed. The pointer-authentication fields are exact (CPUs with
+//!    different PAC algorithms or levels compute different PACs).
 //! 2. The result is restricted to what EL2 supports for that VM: every field has a maximum
 //!    EL2 allows (for example no SVE, SME, AMU, MPAM or nested virtualisation, which EL2 does
 //!    not switch; AArch64 only; MTE, pointer authentication and the PMU only when the VM has
-//!    them; PARange from the VM's IPA size). A field EL2 does not describe reads as zero, and
+//!    them; PARange from the VM's IPA size); a field the VM's policy hides is zero whatever its
+//!    rule. A field EL2 does not describe reads as zero, and
 //!    so do all AArch32 ID registers: deny by default. Fields where zero is itself a claim are
 //!    described so they never default to it: `ID_AA64PFR1_EL1.MTE_frac` reads 0xF (no
 //!    asynchronous tag-check faults) for every VM, and `ID_AA64MMFR2_EL1.CCIDX` is the CPUs'
@@ -271,14 +273,6 @@ pub fn ptrauth_consistent(s: &[u64; NR_IDREGS], identical: bool) -> bool {
 /// `GPI` or `GPA3`): `HCR_EL2.API/APK` exist only then.
 pub fn has_pauth(r: &[u64; NR_IDREGS]) -> bool {
     r[idx(6, 1)] & (0xF << 4 | 0xF << 8 | 0xF << 24 | 0xF << 28) != 0 || r[idx(6, 2)] & (0xF << 8 | 0xF << 12) != 0
-}
-
-/// The pointer-authentication fields (`ID_AA64ISAR1_EL1` APA, API, GPA, GPI and
-/// `ID_AA64ISAR2_EL1` GPA3, APA3) of two CPUs are the same.
-pub fn ptrauth_fields_equal(a: &[u64; NR_IDREGS], b: &[u64; NR_IDREGS]) -> bool {
-    const ISAR1: u64 = 0xF << 4 | 0xF << 8 | 0xF << 24 | 0xF << 28;
-    const ISAR2: u64 = 0xF << 8 | 0xF << 12;
-    (a[idx(6, 1)] ^ b[idx(6, 1)]) & ISAR1 == 0 && (a[idx(6, 2)] ^ b[idx(6, 2)]) & ISAR2 == 0
 }
 
 /// Whether a CPU's registers `cpu` are at least what the combined `view` promises, field by
@@ -568,8 +562,6 @@ mod tests {
         for name in ["APA", "API", "GPA", "GPI", "APA3", "GPA3"] {
             assert_eq!(field(name).rule, Rule::Exact { safe: 0 }, "{name}");
         }
-        assert!(ptrauth_fields_equal(&b, &b));
-        assert!(!ptrauth_fields_equal(&a, &b));
     }
 
     #[test]
