@@ -263,8 +263,6 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         log::error!("EL2 start-up failed: {e}");
         arch::park();
     }
-    let fw_provided = el2::fwreg::Provided::from_id_regs(arch::id_aa64pfr0(), arch::id_aa64mmfr1());
-    log::info!("firmware workarounds provided: WA1 {} WA2 {} WA3 {}", fw_provided.wa1, fw_provided.wa2, fw_provided.wa3);
     let parts = HypParts {
         platform,
         hyp_region,
@@ -273,9 +271,8 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         hyp_s1,
         tables: pool,
         vcpus: &VCPUS,
-        fw_provided,
         idregs: &IDREGS,
-        boot_cpu_idregs: arch::read_idregs(),
+        boot_cpu: arch::cpu_id(),
     };
     match Hyp::new(parts) {
         Ok(h) => {
@@ -287,7 +284,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         }
     }
     let host_cfg = HOST_CONFIG.call_once(|| host_cfg);
-    arch::activate_host(host_cfg);
+    arch::activate_host(&host_cfg.for_this_cpu(&arch::read_idregs()));
     log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(HOST_IMAGE_BASE, dtb) }
@@ -299,7 +296,8 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
         tcr: MMU_CONFIG[1].load(Ordering::Relaxed),
         mair: MMU_CONFIG[2].load(Ordering::Relaxed),
         sctlr: MMU_CONFIG[3].load(Ordering::Relaxed),
-    };
+    }
+    .for_this_cpu();
     if mmu.ttbr0 == 0 {
         arch::park();
     }
@@ -307,11 +305,19 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     // CPU's stack included.
     unsafe { arch::enable_el2_mmu(&mmu) };
     let (Some(hyp), Some(host_cfg)) = (HYP.get(), HOST_CONFIG.get()) else { arch::park() };
-    hyp.add_cpu_idregs(&arch::read_idregs());
+    let id = arch::cpu_id();
+    if let Err(w) = hyp.cpu_entered_el2(cpu as usize % MAX_CPUS, id) {
+        // The CPU view is fixed (set-up finalised or a VM exists) and this CPU lacks something
+        // VMs or EL2 rely on: it must run neither host nor guest code. The host's CPU_ON has
+        // already succeeded; it learns because the CPU never comes online (AFFINITY_INFO says
+        // OFF), and its next CPU_ON of this CPU is DENIED.
+        log::warn!("cpu{cpu} (MIDR {:#x}) is weaker than the fixed CPU view ({w:?}): powering it off", id.midr);
+        arch::cpu_off();
+    }
     let boot = &hyp.cpu_boot[cpu as usize % MAX_CPUS];
     let entry = boot.entry.load(Ordering::Acquire);
     let context = boot.context.load(Ordering::Acquire);
-    arch::activate_host(host_cfg);
+    arch::activate_host(&host_cfg.for_this_cpu(&id.regs));
     log::info!("cpu{cpu} online at EL2 (MPIDR {:#x}), entering host at {entry:#x}", arch::mpidr());
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(entry, context) }

@@ -9,6 +9,8 @@
 //! One lock, [`Hyp::mem`], guards the ownership record, the host stage 2, EL2's stage 1 and the
 //! table pool, and the per-CPU message-page registry's writers. Message pages are *read* without
 //! the lock: each is written once, during set-up, before any message call can use it.
+//! [`Hyp::cpus`] (the CPU view) has its own lock, taken inside the memory lock or alone, and
+//! nothing is locked while holding it.
 //!
 //! # Memory maintenance
 //! Table edits here are followed by the barrier or TLB maintenance the [`Maintenance`]
@@ -18,7 +20,7 @@ use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::owner::{Component, OwnError, Ownership};
 use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::idreg::NR_IDREGS;
+use crate::cpufeat::{CpuFeatures, CpuId, Weaker};
 use crate::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
@@ -86,12 +88,11 @@ pub struct HypParts<'a, T: TableMemory> {
     pub tables: T,
     /// vCPU contexts.
     pub vcpus: &'a VcpuTable,
-    /// Mitigation levels this hypervisor provides.
-    pub fw_provided: crate::fwreg::Provided,
     /// Per-VM ID registers.
     pub idregs: &'a IdRegTable,
-    /// The boot CPU's ID registers (other CPUs add theirs with [`Hyp::add_cpu_idregs`]).
-    pub boot_cpu_idregs: [u64; NR_IDREGS],
+    /// The boot CPU's `MIDR_EL1` and ID registers (platform index 0; other CPUs report theirs
+    /// with [`Hyp::cpu_entered_el2`]).
+    pub boot_cpu: CpuId,
 }
 
 /// EL2's global state.
@@ -110,12 +111,12 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) vcpus: &'a VcpuTable,
     /// Table pages kept for the host's stage 2: guest stage-2 tables may not use them.
     pub(crate) host_reserve: usize,
-    /// Mitigation levels this hypervisor provides (firmware pseudo-registers).
-    pub(crate) fw_provided: crate::fwreg::Provided,
     /// Per-VM ID registers (see [`crate::vm`]).
     pub(crate) idregs: &'a IdRegTable,
-    /// ID registers combined over every CPU that has entered EL2 so far.
-    pub(crate) idregs_sanitised: spin::Mutex<[u64; NR_IDREGS]>,
+    /// Every CPU's ID registers and the view combined from them (see [`crate::cpufeat`]): open
+    /// until `FINALISE_SETUP` or the first `VM_CREATE`, fixed from then on. Its own lock, never
+    /// held while taking another.
+    pub(crate) cpus: spin::Mutex<CpuFeatures>,
     /// Pointer-authentication policy: lazy (true) or eager.
     pub(crate) pauth_lazy: AtomicBool,
     /// Lazy policy: loads a vCPU keeps its keys after a trapped use.
@@ -197,7 +198,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// # Errors
     /// A description of what is wrong; EL2 start-up stops on it.
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
-        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided, idregs, boot_cpu_idregs } = parts;
+        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu } = parts;
         crate::idreg::check_table(crate::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
@@ -212,18 +213,50 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             cpu_boot: Default::default(),
             vcpus,
             host_reserve,
-            fw_provided,
             idregs,
-            idregs_sanitised: spin::Mutex::new(boot_cpu_idregs),
+            cpus: spin::Mutex::new(CpuFeatures::new(0, boot_cpu)),
             pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
         })
     }
 
-    /// Combines the ID registers of a CPU that has just entered EL2 into the sanitised values
-    /// new VMs start from. (A VM created before a CPU comes online keeps what it was given.)
-    pub fn add_cpu_idregs(&self, cpu: &[u64; NR_IDREGS]) {
-        crate::idreg::combine(&mut self.idregs_sanitised.lock(), cpu);
+    /// CPU `cpu` (platform index) has entered EL2 and read its own `id`. Before the view is
+    /// fixed it joins the combined view; after, it must be at least as capable.
+    ///
+    /// # Errors
+    /// [`Weaker`]: the CPU is weaker than what VMs or EL2 already rely on, and must not enter
+    /// the host (its entry path powers it off).
+    pub fn cpu_entered_el2(&self, cpu: usize, id: CpuId) -> Result<(), Weaker> {
+        self.cpus.lock().report(cpu, id)
+    }
+
+    /// Fixes the combined CPU view (the first `FINALISE_SETUP` or `VM_CREATE`) and returns a
+    /// copy of it, which cannot change afterwards.
+    pub(crate) fn fix_cpu_features(&self) -> CpuFeatures {
+        let mut cpus = self.cpus.lock();
+        cpus.fix();
+        cpus.clone()
+    }
+
+    /// The firmware workaround levels every CPU supports (fixed once a VM exists).
+    pub(crate) fn fw_provided(&self) -> crate::fwreg::Provided {
+        self.cpus.lock().fw_provided()
+    }
+
+    /// Decides a host `CPU_ON(target)`: the target's platform index and the `MPIDR` to give
+    /// firmware, the platform's own value for that CPU (affinity fields as the device tree
+    /// gives them; the host's other bits are dropped).
+    ///
+    /// # Errors
+    /// The PSCI error for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU;
+    /// `DENIED` for a CPU that already failed [`Hyp::cpu_entered_el2`] against the fixed view.
+    pub fn cpu_on_target(&self, target: u64) -> Result<(usize, u64), i64> {
+        let idx = self.platform.cpu_index(target).ok_or(smccc::psci::error::INVALID_PARAMETERS as i64)?;
+        if let Err(w) = self.cpus.lock().cpu_on_check(idx) {
+            log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
+            return Err(crate::psci::DENIED);
+        }
+        Ok((idx, self.platform.cpus[idx] & crate::platform::MPIDR_AFF_MASK))
     }
 
     /// Whether set-up has been finalised.
@@ -246,6 +279,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             HypercallId::SetMessagePage => self.set_message_page(x[1], x[2], m),
             HypercallId::FinaliseSetup => {
                 let _guard = self.mem.lock();
+                // CPUs that come online from now on must be at least what is combined so far.
+                self.fix_cpu_features();
                 self.finalised.store(true, Ordering::Release);
                 Ok([0; 3])
             }
@@ -517,16 +552,16 @@ pub(crate) mod tests {
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
-        let fw_provided = crate::fwreg::Provided::from_id_regs(1 << 56, 0);
         let idregs: &'static crate::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
-        // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, AES 2 and a 48-bit PA.
-        let mut boot_cpu_idregs = [0u64; NR_IDREGS];
-        boot_cpu_idregs[crate::idreg::idx(4, 0)] = 0x11;
+        // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
+        let mut boot_cpu_idregs = [0u64; crate::idreg::NR_IDREGS];
+        boot_cpu_idregs[crate::idreg::idx(4, 0)] = 0x11 | 1 << 56;
         boot_cpu_idregs[crate::idreg::idx(6, 0)] = 2 << 4;
         boot_cpu_idregs[crate::idreg::idx(7, 0)] = 5;
         boot_cpu_idregs[crate::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
         boot_cpu_idregs[crate::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
-        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, fw_provided, idregs, boot_cpu_idregs }).unwrap();
+        let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
+        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu }).unwrap();
         Fixture { ram, _entries: entries, hyp }
     }
 
@@ -662,6 +697,71 @@ pub(crate) mod tests {
         assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]), Err(HypError::SetupFinalised));
         assert_eq!(f.call(0, HypercallId::FinaliseSetup, &[]), Err(HypError::SetupFinalised));
         assert_eq!(f.call(0, HypercallId::Ping, &[7]), Ok([7, 0, 0]));
+    }
+
+    /// Writes a `VmCreate` to CPU 0's message page (page 1) and calls `VM_CREATE`.
+    fn vm_create(f: &mut Fixture, ipa_bits: u32, flags: u64) -> HypResult {
+        f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).ok();
+        let req = shared_abi::msg::VmCreate { nr_vcpus: 1, ipa_bits, flags, reserved: [0; 2] };
+        f.ram.0[4096..4096 + 32].copy_from_slice(req.as_bytes());
+        f.call(0, HypercallId::VmCreate, &[])
+    }
+
+    fn boot_cpu(f: &Fixture) -> CpuId {
+        let mut c = CpuFeatures::clone(&f.hyp.cpus.lock());
+        c.fix();
+        CpuId { midr: 0x410F_D0C0, regs: *c.view() }
+    }
+
+    #[test]
+    fn cpu_on_gives_firmware_the_platform_mpidr() {
+        let f = fixture();
+        // RES1 bit 31, U, MT and bits above Aff3 from the host: firmware sees the device
+        // tree's value only.
+        assert_eq!(f.hyp.cpu_on_target(0xFFFF_FF00_C100_0001), Ok((1, 1)));
+        assert_eq!(f.hyp.cpu_on_target(0x8000_0000), Ok((0, 0)));
+        assert_eq!(f.hyp.cpu_on_target(2), Err(smccc::psci::error::INVALID_PARAMETERS as i64));
+    }
+
+    #[test]
+    fn a_weaker_cpu_joins_before_the_first_vm_and_is_refused_after() {
+        use shared_abi::msg::vm_flags;
+        let mut f = fixture();
+        let big = boot_cpu(&f);
+        let mut little = big;
+        little.regs[crate::idreg::idx(4, 1)] = 0; // no MTE
+        little.regs[crate::idreg::idx(7, 0)] = 1; // 36-bit PA
+        little.regs[crate::idreg::idx(4, 0)] &= !(0xF << 56); // CSV2 0
+        little.midr = 0x410F_D050;
+        // Open: the little CPU joins, and what VMs get follows every CPU.
+        assert_eq!(f.hyp.cpu_entered_el2(1, little), Ok(()));
+        assert_eq!(vm_create(&mut f, 40, 0), Err(HypError::InvalidArgument), "PARange of the little CPU");
+        assert_eq!(vm_create(&mut f, 36, vm_flags::MTE), Err(HypError::Denied));
+        assert_eq!(vm_create(&mut f, 36, vm_flags::PTRAUTH), Err(HypError::Denied), "IMPDEF PAuth, CPUs differ");
+        let h = vm_create(&mut f, 36, 0).unwrap()[0];
+        assert_eq!(f.hyp.fw_provided().wa1, crate::fwreg::NOT_AVAIL, "workaround levels from every CPU");
+        assert_eq!(f.call(0, HypercallId::VcpuGetReg, &[h, 0, crate::fwreg::WORKAROUND_1]), Ok([crate::fwreg::NOT_AVAIL, 0, 0]));
+        // Fixed: the little CPU coming back is fine (same values), a weaker one is not.
+        assert_eq!(f.hyp.cpu_entered_el2(1, little), Ok(()));
+        let mut weaker = little;
+        weaker.regs[crate::idreg::idx(6, 0)] = 0; // no AES
+        assert!(f.hyp.cpu_entered_el2(1, weaker).is_err());
+        assert_eq!(f.hyp.cpu_on_target(1), Err(crate::psci::DENIED), "recorded: the next CPU_ON is refused");
+    }
+
+    #[test]
+    fn finalise_fixes_the_cpu_view() {
+        let mut f = fixture();
+        let mut little = boot_cpu(&f);
+        little.regs[crate::idreg::idx(4, 1)] = 0;
+        f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).unwrap();
+        f.call(0, HypercallId::FinaliseSetup, &[]).unwrap();
+        assert_eq!(
+            f.hyp.cpu_entered_el2(1, little),
+            Err(Weaker::Field { reg: "ID_AA64PFR1_EL1", field: "MTE" }),
+            "after set-up, a CPU without MTE would break MTE VMs"
+        );
+        assert!(vm_create(&mut f, 36, shared_abi::msg::vm_flags::MTE).is_ok(), "the view kept MTE");
     }
 
     #[test]

@@ -3,15 +3,17 @@
 //! Place in the flow: *state*, per VM, built at `VM_CREATE` and read by the guest through a
 //! trap (`HCR_EL2.TID3`) without taking a lock.
 //!
-//! 1. Each CPU reports its own values when it first enters EL2; they are combined **field by
-//!    field** with the field's rule: *lower-safe* fields take the smallest value (a feature
+//! 1. Each CPU reports its own values when it enters EL2 ([`crate::cpufeat`]); they are combined
+//!    **field by field** with the field's rule: *lower-safe* fields take the smallest value (a feature
 //!    level every CPU has), *higher-safe* the largest, *exact* fields the common value or the
 //!    field's safe value if CPUs differ. Signed fields (where `0xF` means "not implemented")
-//!    compare as signed.
+//!    compare as signed. The pointer-authentication fields are exact (CPUs with
+//!    different PAC algorithms or levels compute different PACs).
 //! 2. The result is restricted to what EL2 supports for that VM: every field has a maximum
 //!    EL2 allows (for example no SVE, SME, AMU, MPAM or nested virtualisation, which EL2 does
 //!    not switch; AArch64 only; MTE, pointer authentication and the PMU only when the VM has
-//!    them; PARange from the VM's IPA size). A field EL2 does not describe reads as zero, and
+//!    them; PARange from the VM's IPA size); a field the VM's policy hides is zero whatever its
+//!    rule. A field EL2 does not describe reads as zero, and
 //!    so do all AArch32 ID registers: deny by default. Fields where zero is itself a claim are
 //!    described so they never default to it: `ID_AA64PFR1_EL1.MTE_frac` reads 0xF (no
 //!    asynchronous tag-check faults) for every VM, and `ID_AA64MMFR2_EL1.CCIDX` is the CPUs'
@@ -160,14 +162,16 @@ fields! {
         TLB @ 56 lower max 2, RNDR @ 60 lower max 1,
     ];
     ID_AA64ISAR1_EL1 (6, 1): [
-        DPB @ 0 lower max 2, APA @ 4 lower max 5 if ptrauth, API @ 8 lower max 1 if ptrauth,
+        // The pointer-authentication fields are exact: CPUs with different algorithms or PAuth
+        // levels (PAuth vs PAuth2/FPAC) compute different PACs, so a mix is no PAuth at all.
+        DPB @ 0 lower max 2, APA @ 4 exact max 5 if ptrauth, API @ 8 exact max 1 if ptrauth,
         JSCVT @ 12 lower max 1, FCMA @ 16 lower max 1, LRCPC @ 20 lower max 3,
-        GPA @ 24 lower max 1 if ptrauth, GPI @ 28 lower max 1 if ptrauth, FRINTTS @ 32 lower max 1,
+        GPA @ 24 exact max 1 if ptrauth, GPI @ 28 exact max 1 if ptrauth, FRINTTS @ 32 lower max 1,
         SB @ 36 lower max 1, SPECRES @ 40 lower max 1, BF16 @ 44 lower max 2, DGH @ 48 lower max 1,
         I8MM @ 52 lower max 1, XS @ 56 lower max 1,
     ];
     ID_AA64ISAR2_EL1 (6, 2): [
-        RPRES @ 4 lower max 1, GPA3 @ 8 lower max 1 if ptrauth, APA3 @ 12 lower max 5 if ptrauth,
+        RPRES @ 4 lower max 1, GPA3 @ 8 exact max 1 if ptrauth, APA3 @ 12 exact max 5 if ptrauth,
         BC @ 20 lower max 1, PAC_frac @ 24 lower max 1 if ptrauth, CLRBHB @ 28 lower max 1,
     ];
     ID_AA64MMFR0_EL1 (7, 0): [
@@ -253,14 +257,62 @@ fn combine_with(fields: &[Field], acc: &mut [u64; NR_IDREGS], cpu: &[u64; NR_IDR
     }
 }
 
-/// Whether every CPU (the sanitised values) has both address and generic pointer
-/// authentication *with the same algorithm*: QARMA5 (`APA` + `GPA`), QARMA3 (`APA3` + `GPA3`)
-/// or IMPLEMENTATION DEFINED (`API` + `GPI`). Sanitising takes the minimum per field, so a field
-/// any CPU lacks reads as zero here; CPUs using different algorithms leave no pair.
-pub fn ptrauth_consistent(s: &[u64; NR_IDREGS]) -> bool {
+/// Whether every CPU (the combined values) has both address and generic pointer
+/// authentication *with the same algorithm*: QARMA5 (`APA` + `GPA`) or QARMA3 (`APA3` +
+/// `GPA3`), or the IMPLEMENTATION DEFINED algorithm (`API` + `GPI`, with `APA`/`GPA` zero) when
+/// `identical` says every CPU has the same `MIDR_EL1` and ID registers (nothing else says two
+/// CPUs' IMPLEMENTATION DEFINED algorithms agree). The pointer-authentication fields combine
+/// with the exact rule, so CPUs that differ in any of them leave zeros and no pair.
+pub fn ptrauth_consistent(s: &[u64; NR_IDREGS], identical: bool) -> bool {
     let (isar1, isar2) = (s[idx(6, 1)], s[idx(6, 2)]);
     let f = |v: u64, shift: u32| (v >> shift) & 0xF != 0;
-    (f(isar1, 4) && f(isar1, 24)) || (f(isar1, 8) && f(isar1, 28)) || (f(isar2, 12) && f(isar2, 8))
+    (f(isar1, 4) && f(isar1, 24)) || (f(isar2, 12) && f(isar2, 8)) || (identical && f(isar1, 8) && f(isar1, 28))
+}
+
+/// Whether this CPU's registers have any pointer authentication (`APA`, `API`, `APA3`, `GPA`,
+/// `GPI` or `GPA3`): `HCR_EL2.API/APK` exist only then.
+pub fn has_pauth(r: &[u64; NR_IDREGS]) -> bool {
+    r[idx(6, 1)] & (0xF << 4 | 0xF << 8 | 0xF << 24 | 0xF << 28) != 0 || r[idx(6, 2)] & (0xF << 8 | 0xF << 12) != 0
+}
+
+/// Whether a CPU's registers `cpu` are at least what the combined `view` promises, field by
+/// field: a lower-safe field at or above the view, a higher-safe one at or below, an exact one
+/// equal. A CPU that passes can run anything built from `view` (including every VM's values,
+/// which [`restrict`] only lowers).
+///
+/// # Errors
+/// The first field where `cpu` is weaker.
+pub fn at_least(view: &[u64; NR_IDREGS], cpu: &[u64; NR_IDREGS]) -> Result<(), &'static Field> {
+    at_least_with(FIELDS, view, cpu)
+}
+
+fn at_least_with<'f>(fields: &'f [Field], view: &[u64; NR_IDREGS], cpu: &[u64; NR_IDREGS]) -> Result<(), &'f Field> {
+    for f in fields {
+        let (v, c) = (get(view[f.reg], f), get(cpu[f.reg], f));
+        let ok = match f.rule {
+            Rule::Lower => c >= v,
+            Rule::Higher => c <= v,
+            Rule::Exact { .. } => c == v,
+        };
+        if !ok {
+            return Err(f);
+        }
+    }
+    Ok(())
+}
+
+/// Physical address size in bits from `ID_AA64MMFR0_EL1.PARange` of the combined values (the
+/// smallest over the CPUs). Reserved encodings count as 32 bits.
+pub fn pa_bits(s: &[u64; NR_IDREGS]) -> u8 {
+    match s[idx(7, 0)] & 0xF {
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        6 => 52,
+        _ => 32,
+    }
 }
 
 /// Whether every CPU (the sanitised values) implements FEAT_MTE2 (`ID_AA64PFR1_EL1.MTE >= 2`):
@@ -289,26 +341,32 @@ pub fn parange(ipa_bits: u8) -> i8 {
 }
 
 /// A VM's ID registers from the sanitised values: every described field capped at what EL2
-/// supports for this VM, everything else zero.
+/// supports for this VM, everything else zero. A field the VM's policy hides reads as its
+/// hidden value (0) whatever its rule: neither a higher-safe nor an exact combination may bring
+/// it back.
 pub fn restrict(sanitised: &[u64; NR_IDREGS], p: &VmPolicy) -> [u64; NR_IDREGS] {
+    restrict_with(FIELDS, sanitised, p)
+}
+
+fn restrict_with(fields: &[Field], sanitised: &[u64; NR_IDREGS], p: &VmPolicy) -> [u64; NR_IDREGS] {
     let mut out = [0u64; NR_IDREGS];
-    for f in FIELDS {
+    for f in fields {
         let allowed = match f.needs {
             Needs::Nothing => true,
             Needs::Mte => p.mte,
             Needs::Ptrauth => p.ptrauth,
             Needs::Pmu => p.pmu && !p.protected,
             Needs::IpaSize => true,
-        };
-        let mut max = if f.needs == Needs::IpaSize { parange(p.ipa_bits) } else { f.max };
-        if !allowed || (p.protected && f.name == "LO") {
-            max = 0;
-        }
+        } && !(p.protected && f.name == "LO");
+        let max = if f.needs == Needs::IpaSize { parange(p.ipa_bits) } else { f.max };
         let have = get(sanitised[f.reg], f);
         let v = match f.rule {
-            Rule::Lower => have.min(max),
-            Rule::Higher => have.max(max),
-            Rule::Exact { .. } => have,
+            Rule::Lower if allowed => have.min(max),
+            // Lower-safe: a signed field may stay below zero (not implemented).
+            Rule::Lower => have.min(0),
+            Rule::Higher if allowed => have.max(max),
+            Rule::Exact { .. } if allowed => have,
+            Rule::Higher | Rule::Exact { .. } => 0,
         };
         out[f.reg] = put(out[f.reg], f, v);
     }
@@ -462,25 +520,98 @@ mod tests {
 
     #[test]
     fn ptrauth_needs_address_and_generic_with_one_algorithm() {
-        let with = |isar1: u64, isar2: u64| {
+        let with = |isar1: u64, isar2: u64, identical: bool| {
             let mut s = [0u64; NR_IDREGS];
             s[ISAR1] = isar1;
             s[idx(6, 2)] = isar2;
-            ptrauth_consistent(&s)
+            ptrauth_consistent(&s, identical)
         };
-        assert!(with(1 << 4 | 1 << 24, 0), "QARMA5 address + generic");
-        assert!(with(1 << 8 | 1 << 28, 0), "IMPDEF address + generic");
-        assert!(with(0, 1 << 12 | 1 << 8), "QARMA3 address + generic");
-        assert!(!with(1 << 4, 0), "address only");
-        assert!(!with(1 << 24, 0), "generic only");
-        assert!(!with(1 << 4 | 1 << 28, 0), "QARMA5 address, IMPDEF generic");
-        // Two CPUs with different algorithms: sanitising leaves neither pair.
+        assert!(with(1 << 4 | 1 << 24, 0, false), "QARMA5 address + generic");
+        assert!(with(0, 1 << 12 | 1 << 8, false), "QARMA3 address + generic");
+        assert!(with(1 << 8 | 1 << 28, 0, true), "IMPDEF address + generic, identical CPUs");
+        assert!(!with(1 << 8 | 1 << 28, 0, false), "IMPDEF on CPUs that are not identical");
+        assert!(!with(1 << 4, 0, true), "address only");
+        assert!(!with(1 << 24, 0, true), "generic only");
+        assert!(!with(1 << 4 | 1 << 28, 0, true), "QARMA5 address, IMPDEF generic");
+        // Two CPUs with different algorithms: combining leaves neither pair.
         let mut a = [0u64; NR_IDREGS];
         let mut b = [0u64; NR_IDREGS];
         a[ISAR1] = 1 << 4 | 1 << 24;
         b[ISAR1] = 1 << 8 | 1 << 28;
         combine(&mut a, &b);
-        assert!(!ptrauth_consistent(&a));
+        assert!(!ptrauth_consistent(&a, true));
+    }
+
+    #[test]
+    fn ptrauth_fields_are_exact_across_cpus() {
+        // PAuth (APA 1) and PAuth2 with FPAC (APA 4): both QARMA5, different PACs. A lower-safe
+        // rule would give APA 1 and claim PAuth on a CPU that computes PAuth2 PACs.
+        let mut a = [0u64; NR_IDREGS];
+        let mut b = [0u64; NR_IDREGS];
+        a[ISAR1] = 1 << 4 | 1 << 24;
+        b[ISAR1] = 4 << 4 | 1 << 24;
+        combine(&mut a, &b);
+        assert_eq!(get(a[ISAR1], field("APA")), 0);
+        assert!(!ptrauth_consistent(&a, false));
+        // QARMA3 PAuth vs PAuth2 likewise.
+        let (mut a, mut b) = ([0u64; NR_IDREGS], [0u64; NR_IDREGS]);
+        a[idx(6, 2)] = 1 << 12 | 1 << 8;
+        b[idx(6, 2)] = 3 << 12 | 1 << 8;
+        combine(&mut a, &b);
+        assert!(!ptrauth_consistent(&a, true));
+        for name in ["APA", "API", "GPA", "GPI", "APA3", "GPA3"] {
+            assert_eq!(field(name).rule, Rule::Exact { safe: 0 }, "{name}");
+        }
+    }
+
+    #[test]
+    fn hidden_fields_stay_hidden_whatever_the_rule() {
+        // Exact (the PAuth fields) and higher-safe fields the policy hides read as zero.
+        let mut hw = [0u64; NR_IDREGS];
+        hw[ISAR1] = 1 << 4 | 1 << 24;
+        hw[idx(6, 2)] = 1 << 12;
+        let v = restrict(&hw, &PLAIN);
+        for name in ["APA", "GPA"] {
+            assert_eq!(get(v[ISAR1], field(name)), 0, "{name} hidden without the flag");
+        }
+        assert_eq!(get(v[idx(6, 2)], field("APA3")), 0);
+        let hi = Field { rule: Rule::Higher, ..*field("MTE") };
+        let ex = Field { rule: Rule::Exact { safe: 0 }, ..*field("PMUVer") };
+        let mut hw = [0u64; NR_IDREGS];
+        hw[hi.reg] = put(0, &hi, 3);
+        hw[ex.reg] = put(0, &ex, 5);
+        let v = restrict_with(&[hi, ex], &hw, &PLAIN);
+        assert_eq!(get(v[hi.reg], &hi), 0, "higher-safe, hidden");
+        assert_eq!(get(v[ex.reg], &ex), 0, "exact, hidden");
+        let v = restrict_with(&[hi, ex], &hw, &VmPolicy { mte: true, pmu: true, ..PLAIN });
+        assert_eq!((get(v[hi.reg], &hi), get(v[ex.reg], &ex)), (3, 5), "allowed: the combined values");
+    }
+
+    #[test]
+    fn a_cpu_is_at_least_the_view_field_by_field() {
+        let mut view = [0u64; NR_IDREGS];
+        view[idx(6, 0)] = 2 << 4;
+        view[PFR0] = 1 << 16; // FP16
+        view[ISAR1] = 1 << 4 | 1 << 24;
+        let mut cpu = view;
+        assert!(at_least(&view, &cpu).is_ok());
+        cpu[idx(6, 0)] = 3 << 4 | 1 << 8;
+        assert!(at_least(&view, &cpu).is_ok(), "more is fine");
+        cpu[idx(6, 0)] = 1 << 4;
+        assert_eq!(at_least(&view, &cpu).map_err(|f| f.name), Err("AES"));
+        let mut cpu = view;
+        cpu[PFR0] = 0xF << 16;
+        assert_eq!(at_least(&view, &cpu).map_err(|f| f.name), Err("FP"), "signed: absent is below");
+        let mut cpu = view;
+        cpu[ISAR1] = 3 << 4 | 1 << 24;
+        assert_eq!(at_least(&view, &cpu).map_err(|f| f.name), Err("APA"), "exact");
+        let hi = Field { rule: Rule::Higher, ..*field("AES") };
+        let mut cpu = view;
+        cpu[idx(6, 0)] = 3 << 4;
+        assert!(at_least_with(&[hi], &view, &cpu).is_err(), "higher-safe: above the view is weaker");
+        assert_eq!(pa_bits(&view), 32);
+        view[MMFR0] = 2;
+        assert_eq!(pa_bits(&view), 40);
     }
 
     #[test]

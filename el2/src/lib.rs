@@ -12,6 +12,7 @@
 
 pub mod addr;
 pub mod controls;
+pub mod cpufeat;
 pub mod exception;
 pub mod fwreg;
 pub mod hyp;

@@ -7,7 +7,9 @@
 //!
 //! - `CPU_ON` (32 and 64) is intercepted: EL2 records the host's entry point and context, and
 //!   asks firmware to start the CPU at EL2's secondary entry instead, so every CPU passes
-//!   through EL2's own entry before it runs host code.
+//!   through EL2's own entry before it runs host code. Firmware gets the device tree's MPIDR
+//!   for the CPU, and a CPU already found weaker than the fixed CPU view is `DENIED`
+//!   ([`crate::hyp::Hyp::cpu_on_target`]).
 //! - Forwarded unchanged ([`FORWARDED`]): `PSCI_VERSION`, `CPU_OFF`, `AFFINITY_INFO`,
 //!   `MIGRATE_INFO_TYPE`, `SYSTEM_OFF`, `SYSTEM_RESET`, `SYSTEM_RESET2` with an architectural
 //!   reset type (a vendor-specific type is IMPLEMENTATION DEFINED: `INVALID_PARAMETERS`),

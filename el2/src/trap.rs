@@ -125,15 +125,16 @@ fn host_smc(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) {
     let x = &mut frame.x;
     match classify([x[0], x[1], x[2], x[3]]) {
         HostSmc::CpuOn { target, entry, context } => {
-            x[0] = match hyp.platform.cpu_index(target) {
-                None => smccc::psci::error::INVALID_PARAMETERS as i64 as u64,
-                Some(idx) => {
+            x[0] = match hyp.cpu_on_target(target) {
+                Err(e) => e as u64,
+                Ok((idx, mpidr)) => {
                     // The target CPU reads these after it has turned its MMU on, so ordinary
                     // coherent stores suffice; the SMC below orders them before the CPU starts.
                     hyp.cpu_boot[idx].entry.store(entry, Ordering::Release);
                     hyp.cpu_boot[idx].context.store(context, Ordering::Release);
                     let mut args = [0u64; 17];
-                    args[0] = target;
+                    // The platform's MPIDR for the CPU, not the host's raw value.
+                    args[0] = mpidr;
                     args[1] = SECONDARY_ENTRY.load(Ordering::Relaxed);
                     args[2] = idx as u64;
                     arch::smc(smccc::psci::PSCI_CPU_ON_64, args)[0]

@@ -462,14 +462,22 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
             return Err(HypError::InvalidArgument);
         }
+        // From here on the CPU view is fixed: CPUs that come online later must be at least as
+        // capable as what this VM is given (see `cpufeat`).
+        let cpus = self.fix_cpu_features();
+        if req.ipa_bits > cpus.max_ipa_bits() as u32 {
+            // Some CPU's PARange is smaller than the IPA size asked for.
+            return Err(HypError::InvalidArgument);
+        }
         let mte = req.flags & vm_flags::MTE != 0;
-        if mte && !idreg::mte2(&self.idregs_sanitised.lock()) {
+        if mte && !cpus.mte2() {
             // Some CPU has no allocation tags in memory.
             return Err(HypError::Denied);
         }
         let ptrauth = req.flags & vm_flags::PTRAUTH != 0;
-        if ptrauth && !idreg::ptrauth_consistent(&self.idregs_sanitised.lock()) {
-            // Some CPU lacks address or generic authentication, or CPUs differ in algorithm.
+        if ptrauth && !cpus.ptrauth() {
+            // Some CPU lacks address or generic authentication, CPUs differ in algorithm or
+            // PAuth level, or an IMPLEMENTATION DEFINED algorithm on CPUs that are not identical.
             return Err(HypError::Denied);
         }
         if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
@@ -487,7 +495,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if tables.free_pages() <= self.host_reserve {
             return Err(HypError::NoMemory);
         }
-        let fwb = idreg::s2fwb(&self.idregs_sanitised.lock());
+        let fwb = cpus.s2fwb();
         let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
         let s2 = PageTable::new(tables, format, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
         let policy = VmPolicy {
@@ -497,7 +505,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             ipa_bits: req.ipa_bits as u8,
             protected: req.flags & vm_flags::PROTECTED != 0,
         };
-        let idreg_limit = idreg::restrict(&self.idregs_sanitised.lock(), &policy);
+        let idreg_limit = idreg::restrict(cpus.view(), &policy);
         for (a, v) in self.idregs[slot].iter().zip(idreg_limit) {
             a.store(v, Ordering::Relaxed);
         }
@@ -528,7 +536,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             killed: false,
             ended: false,
             host_pmu: req.flags & vm_flags::HOST_PMU != 0,
-            fw: FwRegs::new(self.fw_provided),
+            fw: FwRegs::new(cpus.fw_provided()),
             idreg_limit,
             ptrauth,
             mte,
@@ -695,7 +703,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.ran {
             return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
         }
-        vm.fw = vm.fw.with(&self.fw_provided, id, value).map_err(|e| match e {
+        vm.fw = vm.fw.with(&self.fw_provided(), id, value).map_err(|e| match e {
             FwError::Unknown => HypError::UnknownRegister,
             FwError::Refused => HypError::InvalidArgument,
         })?;
@@ -1308,7 +1316,7 @@ mod tests {
     #[test]
     fn with_fwb_guest_ram_is_forced_write_back_and_only_scrubbed_pages_are_cleaned() {
         let mut f = fixture();
-        f.hyp.idregs_sanitised.lock()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        f.hyp.cpus.lock().view_mut()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
         let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
         assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
         assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
@@ -1326,7 +1334,7 @@ mod tests {
         let vm = mem.vms.lookup(h).unwrap().1;
         assert!(vm.fwb);
         assert_eq!((vm.s2.lookup(&mem.tables, 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
-        assert_eq!(self::idreg::restrict(&f.hyp.idregs_sanitised.lock(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
+        assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
     }
 
     #[test]

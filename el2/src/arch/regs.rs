@@ -105,14 +105,22 @@ pub fn pa_bits() -> u8 {
     }
 }
 
-/// `ID_AA64PFR0_EL1`.
-pub fn id_aa64pfr0() -> u64 {
-    ID_AA64PFR0_EL1.get()
+/// `MIDR_EL1` of this CPU.
+pub fn midr() -> u64 {
+    MIDR_EL1.get()
 }
 
-/// `ID_AA64MMFR1_EL1`.
-pub fn id_aa64mmfr1() -> u64 {
-    ID_AA64MMFR1_EL1.get()
+/// This CPU's identification, for [`crate::cpufeat`].
+pub fn cpu_id() -> crate::cpufeat::CpuId {
+    crate::cpufeat::CpuId { midr: midr(), regs: read_idregs() }
+}
+
+/// Powers this CPU off with PSCI `CPU_OFF`; parks it if firmware returns (it only returns on
+/// an error, `DENIED` for the last CPU of a trusted OS).
+pub fn cpu_off() -> ! {
+    let r = smc(smccc::psci::PSCI_CPU_OFF, [0; 17]);
+    log::error!("PSCI CPU_OFF returned {:#x}: parking this CPU", r[0]);
+    park()
 }
 
 /// This CPU's 56 ID registers (op0=3, op1=0, CRn=0, CRm=1..7, op2=0..7), in
@@ -216,6 +224,14 @@ pub struct El2MmuConfig {
 }
 
 impl El2MmuConfig {
+    /// The boot CPU's configuration as this CPU must use it: `SCTLR_EL2.ATA` only where this
+    /// CPU has FEAT_MTE2 (the bit is RES0 otherwise). EL2 clears tags only for MTE VMs, which
+    /// need FEAT_MTE2 on every CPU ([`crate::cpufeat`]). Reads only ID registers, so it may run
+    /// with the MMU off.
+    pub fn for_this_cpu(self) -> Self {
+        Self { sctlr: if has_mte2() { self.sctlr } else { self.sctlr & !SCTLR_EL2_ATA }, ..self }
+    }
+
     /// The configuration for EL2's stage 1 `table`.
     pub fn new(table: &PageTable, pa_bits: u8) -> Self {
         let t0sz = 64 - table.ia_bits() as u64;
@@ -291,6 +307,21 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
+    /// The boot CPU's host configuration as this CPU must use it: `HCR_EL2.ATA` only with
+    /// FEAT_MTE2 and `HCR_EL2.API/APK` only with pointer authentication, from this CPU's own
+    /// ID registers `regs` (the bits are RES0 otherwise). The host reads the real ID registers
+    /// and decides for itself; guests' MTE and pointer authentication come from every CPU.
+    pub fn for_this_cpu(&self, regs: &[u64; crate::idreg::NR_IDREGS]) -> Self {
+        let mut hcr = self.hcr;
+        if !crate::idreg::mte2(regs) {
+            hcr &= !hcr::ATA;
+        }
+        if !crate::idreg::has_pauth(regs) {
+            hcr &= !(hcr::API | hcr::APK);
+        }
+        Self { hcr, ..*self }
+    }
+
     /// The configuration for the host stage 2 `table`.
     pub fn new(table: &PageTable, pa_bits: u8) -> Self {
         let sl0 = match table.start_level() {
@@ -300,10 +331,8 @@ impl HostConfig {
         };
         let vtcr = VTCR_EL2_RES1 | (64 - table.ia_bits() as u64) | sl0 << 6 | WALK_ATTRS | ps_field(pa_bits) << 16;
         // Traps deny by default: the host gets stage 2, SMC trapping, and only what it needs.
-        let mut hcr = hcr::VM | hcr::SWIO | hcr::DC | hcr::TSC | hcr::RW | hcr::API | hcr::APK;
-        if has_mte2() {
-            hcr |= hcr::ATA;
-        }
+        // ATA and API/APK are filtered per CPU by `for_this_cpu`.
+        let hcr = hcr::VM | hcr::SWIO | hcr::DC | hcr::TSC | hcr::RW | hcr::API | hcr::APK | hcr::ATA;
         Self { vttbr: table.root().0, vtcr, hcr }
     }
 }

@@ -1,0 +1,315 @@
+//! What every CPU can do: each CPU's `MIDR_EL1` and ID registers, and the view EL2 combines
+//! from them.
+//!
+//! Place in the flow: *state*, global, behind its own lock ([`crate::hyp::Hyp::cpus`]). Each CPU
+//! reports when it enters EL2 (the boot CPU at start-up, the others in their EL2 entry path after
+//! the host's `CPU_ON`); `VM_CREATE` reads the combined view.
+//!
+//! The view is **open** until the first of `FINALISE_SETUP` and `VM_CREATE`, and **fixed** from
+//! then on, for the life of EL2:
+//!
+//! - Open: a reporting CPU joins the view, which is recomputed over every CPU that ever
+//!   reported (field by field, [`idreg::combine`]). Nothing depends on it yet.
+//! - Fixed: VMs' ID registers, their MTE, pointer authentication and FWB, the firmware
+//!   workaround levels ([`Provided`]) and the largest guest IPA were all decided from it. A CPU
+//!   that reports now must be at least as capable in every field ([`idreg::at_least`]), and,
+//!   when pointer authentication was allowed on the strength of every CPU being identical
+//!   (the IMPLEMENTATION DEFINED algorithm), identical too. A CPU that is not ([`Weaker`]) must
+//!   never run host or guest code: its entry path powers it off.
+//!
+//! A host that wants VMs on a machine whose CPUs differ must therefore bring every CPU up
+//! before it finalises set-up or creates its first VM.
+
+use crate::fwreg::Provided;
+use crate::idreg::{self, NR_IDREGS};
+use crate::platform::MAX_CPUS;
+
+/// One CPU's identification: `MIDR_EL1` and the 56 ID registers ([`idreg::idx`] order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuId {
+    /// `MIDR_EL1`.
+    pub midr: u64,
+    /// The ID registers.
+    pub regs: [u64; NR_IDREGS],
+}
+
+/// Why a CPU may not join a fixed view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weaker {
+    /// A field below the view (lower-safe), above it (higher-safe) or different (exact).
+    Field {
+        /// Register name.
+        reg: &'static str,
+        /// Field name.
+        field: &'static str,
+    },
+    /// Pointer authentication with the IMPLEMENTATION DEFINED algorithm was allowed because
+    /// every CPU was identical; this one differs (`MIDR_EL1` or an ID register).
+    NotIdentical,
+}
+
+/// Every CPU's report and the combined view.
+#[derive(Clone, Debug)]
+pub struct CpuFeatures {
+    /// What each CPU (by platform index) reported when it last entered EL2.
+    reported: [Option<CpuId>; MAX_CPUS],
+    /// Field-by-field combination over every reported CPU.
+    view: [u64; NR_IDREGS],
+    /// Every reported CPU has the same `MIDR_EL1` and ID registers.
+    identical: bool,
+    /// The boot CPU's report: what "identical" compares with once the view is fixed.
+    boot: CpuId,
+    /// Fixed: see the module documentation.
+    fixed: bool,
+}
+
+impl CpuFeatures {
+    /// The view with only the boot CPU (platform index `cpu`) in it, open.
+    pub fn new(cpu: usize, boot: CpuId) -> Self {
+        let mut reported = [None; MAX_CPUS];
+        reported[cpu % MAX_CPUS] = Some(boot);
+        Self { reported, view: boot.regs, identical: true, boot, fixed: false }
+    }
+
+    /// CPU `cpu` has entered EL2 with `id`. Open view: it joins. Fixed view: it must be at
+    /// least as capable (see [`CpuFeatures::check`]); its report is kept either way, so a later
+    /// `CPU_ON` of a refused CPU can be refused at once ([`CpuFeatures::cpu_on_check`]).
+    ///
+    /// # Errors
+    /// [`Weaker`]: the CPU must not enter the host.
+    pub fn report(&mut self, cpu: usize, id: CpuId) -> Result<(), Weaker> {
+        self.reported[cpu % MAX_CPUS] = Some(id);
+        if self.fixed {
+            return self.check(&id);
+        }
+        let mut cpus = self.reported.iter().flatten();
+        let first = *cpus.next().unwrap_or(&id);
+        self.view = first.regs;
+        self.identical = true;
+        for c in cpus {
+            idreg::combine(&mut self.view, &c.regs);
+            self.identical &= *c == first;
+        }
+        Ok(())
+    }
+
+    /// Whether a CPU with `id` may run under the fixed view: every field at least the view's,
+    /// and identical to the others if pointer authentication relies on that.
+    ///
+    /// # Errors
+    /// [`Weaker`].
+    pub fn check(&self, id: &CpuId) -> Result<(), Weaker> {
+        idreg::at_least(&self.view, &id.regs).map_err(|f| Weaker::Field { reg: f.reg_name, field: f.name })?;
+        let relies_on_identical = !idreg::ptrauth_consistent(&self.view, false) && self.ptrauth();
+        if relies_on_identical && *id != self.boot {
+            return Err(Weaker::NotIdentical);
+        }
+        Ok(())
+    }
+
+    /// Before forwarding a host `CPU_ON` of CPU `cpu`: refused if the view is fixed and the
+    /// CPU's report from an earlier boot fails [`CpuFeatures::check`]. A CPU never seen is
+    /// allowed (its entry path checks it).
+    ///
+    /// # Errors
+    /// [`Weaker`].
+    pub fn cpu_on_check(&self, cpu: usize) -> Result<(), Weaker> {
+        match self.reported.get(cpu) {
+            Some(Some(id)) if self.fixed => self.check(id),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fixes the view (idempotent). From now on CPUs only join if they are at least as capable.
+    pub fn fix(&mut self) {
+        self.fixed = true;
+    }
+
+    /// Whether the view is fixed.
+    pub fn fixed(&self) -> bool {
+        self.fixed
+    }
+
+    /// The combined ID registers.
+    pub fn view(&self) -> &[u64; NR_IDREGS] {
+        &self.view
+    }
+
+    /// The combined ID registers, for tests that model other CPUs.
+    #[cfg(test)]
+    pub(crate) fn view_mut(&mut self) -> &mut [u64; NR_IDREGS] {
+        &mut self.view
+    }
+
+    /// Every CPU reported identical `MIDR_EL1` and ID registers.
+    pub fn identical(&self) -> bool {
+        self.identical
+    }
+
+    /// VMs may be given pointer authentication ([`idreg::ptrauth_consistent`]).
+    pub fn ptrauth(&self) -> bool {
+        idreg::ptrauth_consistent(&self.view, self.identical)
+    }
+
+    /// Every CPU has FEAT_MTE2.
+    pub fn mte2(&self) -> bool {
+        idreg::mte2(&self.view)
+    }
+
+    /// Every CPU has FEAT_S2FWB.
+    pub fn s2fwb(&self) -> bool {
+        idreg::s2fwb(&self.view)
+    }
+
+    /// The largest guest IPA size every CPU's PARange covers.
+    pub fn max_ipa_bits(&self) -> u8 {
+        idreg::pa_bits(&self.view)
+    }
+
+    /// The firmware workaround levels every CPU supports.
+    pub fn fw_provided(&self) -> Provided {
+        Provided::from_id_regs(self.view[idreg::idx(4, 0)], self.view[idreg::idx(7, 1)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fwreg::{NOT_AVAIL, NOT_REQUIRED};
+    use crate::idreg::idx;
+
+    const PFR0: usize = idx(4, 0);
+    const PFR1: usize = idx(4, 1);
+    const ISAR1: usize = idx(6, 1);
+    const ISAR2: usize = idx(6, 2);
+    const MMFR0: usize = idx(7, 0);
+    const MMFR1: usize = idx(7, 1);
+    const QARMA5: u64 = 1 << 4 | 1 << 24;
+    const IMPDEF: u64 = 1 << 8 | 1 << 28;
+
+    /// A big core: CSV2 1, MTE2, 48-bit PA, QARMA5 PAuth, AES 2.
+    fn big() -> CpuId {
+        let mut regs = [0u64; NR_IDREGS];
+        regs[PFR0] = 0x11 | 1 << 56;
+        regs[PFR1] = 2 << 8;
+        regs[ISAR1] = QARMA5;
+        regs[idx(6, 0)] = 2 << 4;
+        regs[MMFR0] = 5;
+        CpuId { midr: 0x410F_D0C0, regs }
+    }
+
+    fn with(mut c: CpuId, reg: usize, v: u64) -> CpuId {
+        c.regs[reg] = v;
+        c
+    }
+
+    #[test]
+    fn a_little_core_lowers_the_open_view() {
+        let little = CpuId { midr: 0x410F_D050, ..with(with(big(), PFR0, 0x11), PFR1, 0) };
+        let mut f = CpuFeatures::new(0, big());
+        assert!(f.mte2() && f.ptrauth());
+        assert_eq!(f.fw_provided().wa1, NOT_REQUIRED);
+        assert_eq!(f.report(1, little), Ok(()));
+        assert!(!f.mte2(), "MTE only if every CPU has it");
+        assert!(!f.identical());
+        assert!(f.ptrauth(), "QARMA5 on both: no need to be identical");
+        // The firmware levels come from every CPU, not the boot CPU.
+        assert_eq!(f.fw_provided().wa1, NOT_AVAIL);
+        // Reported again after CPU_OFF/CPU_ON: the view is recomputed, not lowered twice.
+        assert_eq!(f.report(1, big()), Ok(()));
+        assert!(f.mte2() && f.identical());
+        assert_eq!(f.fw_provided().wa1, NOT_REQUIRED);
+    }
+
+    #[test]
+    fn the_ipa_limit_is_the_smallest_parange() {
+        let mut f = CpuFeatures::new(0, big());
+        assert_eq!(f.max_ipa_bits(), 48);
+        f.report(1, with(big(), MMFR0, 1)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 36);
+    }
+
+    #[test]
+    fn pauth_levels_or_algorithms_that_differ_give_no_pauth() {
+        // PAuth (APA 1) next to PAuth2/FPAC (APA 3, 4): different PACs.
+        for apa in [3u64, 4, 5] {
+            let mut f = CpuFeatures::new(0, big());
+            f.report(1, with(big(), ISAR1, apa << 4 | 1 << 24)).unwrap();
+            assert!(!f.ptrauth(), "APA 1 vs {apa}");
+            assert_eq!(f.view()[ISAR1] >> 4 & 0xF, 0, "exact field: CPUs differ, none");
+        }
+        // QARMA5 next to QARMA3.
+        let mut f = CpuFeatures::new(0, big());
+        f.report(1, with(with(big(), ISAR1, 0), ISAR2, 1 << 12 | 1 << 8)).unwrap();
+        assert!(!f.ptrauth());
+        // Same QARMA3 everywhere is fine.
+        let q3 = with(with(big(), ISAR1, 0), ISAR2, 1 << 12 | 1 << 8);
+        let mut f = CpuFeatures::new(0, q3);
+        f.report(1, CpuId { midr: 1, ..q3 }).unwrap();
+        assert!(f.ptrauth());
+    }
+
+    #[test]
+    fn an_impdef_algorithm_is_trusted_only_on_identical_cpus() {
+        let a = with(big(), ISAR1, IMPDEF);
+        let mut f = CpuFeatures::new(0, a);
+        assert!(f.ptrauth(), "one CPU: identical to itself");
+        f.report(1, a).unwrap();
+        assert!(f.ptrauth(), "same MIDR, same registers");
+        // Same ID registers, another implementation: its algorithm may differ.
+        f.report(1, CpuId { midr: 0x4100_0000, ..a }).unwrap();
+        assert!(!f.ptrauth());
+        // Same MIDR, another ID register (revision with other features).
+        f.report(1, with(a, idx(6, 0), 1 << 4)).unwrap();
+        assert!(!f.ptrauth());
+    }
+
+    #[test]
+    fn a_fixed_view_refuses_weaker_cpus() {
+        let mut f = CpuFeatures::new(0, big());
+        f.fix();
+        assert!(f.fixed());
+        assert_eq!(f.report(1, big()), Ok(()), "as capable");
+        let mut stronger = with(big(), idx(6, 0), 2 << 4 | 1 << 8);
+        stronger.midr = 0x410F_D400;
+        assert_eq!(f.report(1, stronger), Ok(()), "more capable: fine");
+        assert_eq!(f.report(1, with(big(), PFR1, 0)), Err(Weaker::Field { reg: "ID_AA64PFR1_EL1", field: "MTE" }));
+        assert_eq!(
+            f.report(1, with(big(), PFR0, 0x11)),
+            Err(Weaker::Field { reg: "ID_AA64PFR0_EL1", field: "CSV2" }),
+            "firmware workaround levels were decided from CSV2"
+        );
+        assert_eq!(f.report(1, with(big(), MMFR0, 2)), Err(Weaker::Field { reg: "ID_AA64MMFR0_EL1", field: "PARange" }));
+        assert_eq!(
+            f.report(1, with(big(), ISAR1, 3 << 4 | 1 << 24)),
+            Err(Weaker::Field { reg: "ID_AA64ISAR1_EL1", field: "APA" }),
+            "PAuth2 is not 'more' PAuth: exact"
+        );
+        assert_eq!(f.report(1, with(big(), MMFR1, 0)), Ok(()), "ECBHB was 0 already");
+        // The failed report is kept: the next CPU_ON of that CPU is refused before it starts.
+        f.report(1, with(big(), PFR1, 0)).unwrap_err();
+        assert!(f.cpu_on_check(1).is_err());
+        assert_eq!(f.cpu_on_check(2), Ok(()), "never seen: checked when it enters EL2");
+        assert_eq!(f.view()[PFR1] >> 8 & 0xF, 2, "a refused CPU does not change the view");
+    }
+
+    #[test]
+    fn an_open_view_never_refuses() {
+        let mut f = CpuFeatures::new(0, big());
+        assert_eq!(f.report(1, with(big(), PFR1, 0)), Ok(()));
+        assert_eq!(f.cpu_on_check(1), Ok(()));
+    }
+
+    #[test]
+    fn a_fixed_view_that_trusts_impdef_pauth_needs_identical_cpus() {
+        let a = with(big(), ISAR1, IMPDEF);
+        let mut f = CpuFeatures::new(0, a);
+        f.fix();
+        assert_eq!(f.report(1, a), Ok(()));
+        assert_eq!(f.report(1, CpuId { midr: 0x4100_0000, ..a }), Err(Weaker::NotIdentical));
+        // Without pointer authentication in the view, a different MIDR is fine.
+        let mut f = CpuFeatures::new(0, big());
+        f.fix();
+        assert_eq!(f.report(1, CpuId { midr: 0x4100_0000, ..big() }), Ok(()));
+    }
+}
