@@ -385,13 +385,15 @@ pub fn activate_host(cfg: &HostConfig) {
 /// Writes the control registers EL2 otherwise never touches to their known values
 /// (`controls::boot_controls`); the `ISB` at the end of [`activate_host`] puts them in force.
 fn write_boot_controls(b: &crate::controls::BootControls) {
-    // SAFETY (all blocks below): each register is written only when this CPU implements it
-    // (`boot_controls` returns `None` otherwise), and each only configures EL2 traps or EL1&0
-    // behaviour, which does not run until the ERET into the host.
+    // Each register is written only when this CPU implements it (`boot_controls` returns
+    // `None` otherwise), and each only configures EL2 traps or EL1&0 behaviour, which does not
+    // run until the ERET into the host.
     if let Some(v) = b.hcrx {
+        // SAFETY: see above (FEAT_HCX).
         unsafe { asm!("msr S3_4_C1_C2_2, {}", in(reg) v, options(nomem, nostack, preserves_flags)) }; // HCRX_EL2
     }
     if let Some(v) = b.fgt {
+        // SAFETY: see above (FEAT_FGT).
         unsafe {
             asm!(
                 "msr S3_4_C1_C1_4, {v}", // HFGRTR_EL2
@@ -405,9 +407,11 @@ fn write_boot_controls(b: &crate::controls::BootControls) {
         };
     }
     if let Some(v) = b.icc_sre_el2 {
+        // SAFETY: see above (GICv3 system-register interface).
         unsafe { asm!("msr S3_4_C12_C9_5, {}", in(reg) v, options(nomem, nostack, preserves_flags)) }; // ICC_SRE_EL2
     }
     if let Some(v) = b.trfcr_el2 {
+        // SAFETY: see above (FEAT_TRF).
         unsafe { asm!("msr S3_4_C1_C2_1, {}", in(reg) v, options(nomem, nostack, preserves_flags)) }; // TRFCR_EL2
     }
 }
