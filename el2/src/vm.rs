@@ -389,7 +389,11 @@ pub trait GuestArch: Maintenance + Firmware {
     fn flush_guest_local(&self);
     /// Zeroes the page at `pa` (EL2 reaches it through a temporary mapping), and its
     /// allocation tags if `tagged`: the CPU has FEAT_MTE2 *and* the page has tag storage. Tag
-    /// operations (`DC GZVA`) are never used on memory without tag storage.
+    /// operations (`DC GZVA`) are never used on memory without tag storage. Then cleans and
+    /// invalidates it to the PoC through the same mapping: the zeroes may sit in dirty lines
+    /// over the guest's data in DRAM, and the host stage 2 is not FWB, so a host mapping the
+    /// page Non-cacheable would read DRAM (the same as [`Self::clean_inval_poc`], without a
+    /// second temporary mapping and its broadcast TLBI).
     fn scrub_page(&self, pa: PhysAddr, tagged: bool);
     /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
     fn clear_tags(&self, pa: PhysAddr);
@@ -562,11 +566,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             if vm.protected {
                 for p in 0..r.pages {
                     let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
+                    // Zeroed and cleaned to the PoC, FWB or not (see `scrub_page`).
                     arch.scrub_page(pa, !self.platform.untagged.is_some_and(|u| u.contains(pa)));
-                    // The zeroes may sit in dirty lines over the guest's data in DRAM; the host
-                    // stage 2 is not FWB, so a host mapping the page Non-cacheable would read
-                    // DRAM. Push the zeroes out, FWB or not.
-                    arch.clean_inval_poc(pa);
                 }
                 if own.donate(r.phys(), me, Component::Host).is_err() {
                     log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
@@ -1307,7 +1308,7 @@ mod tests {
         // Donation: nobody can touch the pages until the guest's first access, which cleans.
         assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
         assert_eq!(run, ["clean_inval_poc", "guest_s2_mapped", "clean_inval_poc", "guest_s2_mapped"], "once per page, before it is mapped");
-        assert_eq!(destroy, ["scrub_page", "clean_inval_poc", "scrub_page", "clean_inval_poc", "flush_guest_tlb"]);
+        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
         // MTE: the tags are cleared first, then the page (tags included) is cleaned.
         let [_, run, _] = cache_maintenance_log(&mut f, vm_flags::MTE);
         assert_eq!(&run[..3], ["clear_tags", "clean_inval_poc", "guest_s2_mapped"]);
@@ -1322,7 +1323,7 @@ mod tests {
         assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
         // The host's stage 2 is not FWB (the host chooses its own cacheability): scrubbed
         // pages are cleaned all the same.
-        assert_eq!(destroy, ["scrub_page", "clean_inval_poc", "scrub_page", "clean_inval_poc", "flush_guest_tlb"]);
+        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
         // The stage 2 uses the FWB encoding (MemAttr 0b0110, forced Write-Back), and the VM
         // runs with HCR_EL2.FWB; the guest is not told about FWB.
         let h = create(&mut f, 1, 0);

@@ -468,6 +468,21 @@ impl ArchMaintenance {
     }
 }
 
+/// `DC CIVAC` over the page mapped at `va`, then `DSB ISH`: its lines reach the PoC and are
+/// dropped on every CPU before the slot is unmapped and the page mapped for its next user.
+fn civac_page(va: u64) {
+    let line = super::regs::dcache_line_size();
+    let mut a = va;
+    while a < va + 4096 {
+        // SAFETY: `a` lies in the page the caller's fixmap closure maps; DC CIVAC only writes
+        // back and drops one cache line. (Allocation tags need none: they are only ever reached
+        // through cacheable Tagged mappings, which are coherent.)
+        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    dsb_ish();
+}
+
 /// Virtual address of CPU `n`'s fixmap slot in EL2's stage 1 (far from any RAM address).
 pub const FIXMAP_VA: u64 = 0x7F00_0000_0000;
 
@@ -614,19 +629,7 @@ impl GuestArch for ArchMaintenance {
     }
 
     fn clean_inval_poc(&self, pa: PhysAddr) {
-        with_fixmap(pa, |p| {
-            let line = super::regs::dcache_line_size();
-            let mut a = p as u64;
-            while a < p as u64 + 4096 {
-                // SAFETY: `a` lies in the page the fixmap maps for this closure; DC CIVAC only
-                // writes back and drops one cache line. (Allocation tags need none: they are
-                // only ever reached through cacheable Tagged mappings, which are coherent.)
-                unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
-                a += line;
-            }
-            // Complete before the slot is unmapped and the page mapped for its next user.
-            dsb_ish();
-        });
+        with_fixmap(pa, |p| civac_page(p as u64));
     }
 
     fn clear_tags(&self, pa: PhysAddr) {
@@ -661,6 +664,7 @@ impl GuestArch for ArchMaintenance {
                     a += block;
                 }
                 dsb_ish();
+                civac_page(p as u64);
             });
             return;
         }
@@ -673,6 +677,7 @@ impl GuestArch for ArchMaintenance {
                 // DC ZVA prohibited (DZP) or implausible: plain stores.
                 // SAFETY: the fixmap maps exactly one writable page at `p` for the closure.
                 unsafe { core::ptr::write_bytes(p, 0, 4096) };
+                civac_page(p as u64);
                 return;
             }
             let mut a = p as u64;
@@ -682,8 +687,9 @@ impl GuestArch for ArchMaintenance {
                 unsafe { asm!("dc zva, {}", in(reg) a, options(nostack, preserves_flags)) };
                 a += block;
             }
-            // The zeroes are complete before the slot is unmapped and the page given away.
+            // The zeroes are complete before they are cleaned to the PoC.
             dsb_ish();
+            civac_page(p as u64);
         });
     }
 }

@@ -194,6 +194,9 @@ pub struct Images {
     pub guests: PathBuf,
 }
 
+/// The guests `tests/guests` builds (and `demo.bin`, the raw copy of `demo`).
+pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks"];
+
 /// Where QEMU's loader stages the guest image (shared_abi::layout::GUEST_IMAGE_STAGING).
 const GUEST_STAGING: u64 = 0x4800_0000;
 
@@ -202,7 +205,7 @@ impl Images {
     pub fn guest(&self, name_or_path: &str) -> Result<PathBuf, String> {
         let bundled = self.guests.join(name_or_path);
         let p = if bundled.is_file() { bundled } else { PathBuf::from(name_or_path) };
-        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: demo, demo.bin, regs, isolation, bench)")) }
+        if p.is_file() { Ok(p) } else { Err(format!("guest image {name_or_path:?} not found (bundled: {})", BUNDLED_GUESTS.join(", "))) }
     }
 }
 
@@ -407,6 +410,17 @@ mod tests {
         assert!(e.contains("\"mystery.rom\" is missing"), "{e}");
         let e = dry_boot_failure("qemu-system-aarch64: -machine foo: unsupported", Some(1));
         assert!(e.contains("exit status Some(1)") && e.contains("unsupported"), "{e}");
+    }
+
+    #[test]
+    fn every_bundled_guest_is_a_binary_of_the_guests_crate() {
+        let manifest = std::fs::read_to_string(root().join("tests/guests/Cargo.toml")).unwrap();
+        let bins: Vec<&str> = manifest.split("[[bin]]").skip(1).filter_map(|b| b.split('"').nth(1)).collect();
+        let listed: Vec<&str> = BUNDLED_GUESTS.iter().copied().filter(|g| *g != "demo.bin").collect();
+        for b in &bins {
+            assert!(listed.contains(b), "guest {b} missing from BUNDLED_GUESTS");
+        }
+        assert_eq!(bins.len(), listed.len(), "BUNDLED_GUESTS names a guest that is not built");
     }
 
     #[test]
