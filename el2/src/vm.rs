@@ -68,10 +68,12 @@ pub struct Region {
 }
 
 impl Region {
-    fn size(&self) -> u64 {
+    /// Bytes of guest memory.
+    pub fn size(&self) -> u64 {
         self.pages * PAGE_SIZE
     }
-    fn phys(&self) -> PhysRange {
+    /// The backing pages.
+    pub fn phys(&self) -> PhysRange {
         PhysRange { start: self.pa, end: PhysAddr(self.pa.0 + self.size()) }
     }
 }
@@ -566,9 +568,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         arch.flush_guest_tlb(vm.s2.root().0 | (vm.vmid as u64) << 48);
         vm.s2.destroy(tables);
+        // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
+        // `CPU_ON` entry point and context.
         for (g, v) in guards.iter_mut().zip(&self.vcpus[slot]) {
             **g = VcpuCtx::new();
             v.power.store(power::OFF, Ordering::Release);
+            v.on_entry.store(0, Ordering::Relaxed);
+            v.on_context.store(0, Ordering::Relaxed);
         }
         Ok([0; 3])
     }
@@ -1439,6 +1445,31 @@ mod tests {
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(rec.2.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
+    }
+
+    #[test]
+    fn destroy_leaves_no_vcpu_state_behind() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        // vCPU 0 calls CPU_ON(1, 0x5000, 7): vCPU 1 is left pending with the guest's entry
+        // point and context; then the host destroys the VM.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        let slot = (h & 0xFF) as usize;
+        assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Relaxed), 0x5000);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        for v in &f.hyp.vcpus[slot] {
+            assert_eq!(v.power.load(Ordering::Relaxed), power::OFF);
+            assert_eq!((v.on_entry.load(Ordering::Relaxed), v.on_context.load(Ordering::Relaxed)), (0, 0));
+            assert_eq!(*v.claim().unwrap(), VcpuCtx::new());
+        }
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout).is_ok());
     }
 
     #[test]
