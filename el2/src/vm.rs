@@ -969,21 +969,21 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.s2.lookup(tables, page).is_some() {
             return GuestPage::Mapped;
         }
-        if vm.mte {
-            // An MTE guest may only get Normal cacheable memory that can hold tags...
-            if self.platform.untagged.is_some_and(|u| u.contains(pa)) {
-                return GuestPage::Untagged(pa);
-            }
-            // ...and only with tags nobody else left: cleared once per change of ownership
-            // (the donated or shared data is the host's and is kept).
-            if !own.entry(pa).is_some_and(|e| e.tags_clean()) {
-                arch.clear_tags(pa);
-                own.mark_tags_clean(pa);
-            }
+        if vm.mte && self.platform.untagged.is_some_and(|u| u.contains(pa)) {
+            // An MTE guest may only get Normal cacheable memory that can hold tags.
+            return GuestPage::Untagged(pa);
         }
-        // Up to 3 new tables; never dip into the host stage 2's reserve.
+        // Up to 3 new tables; never dip into the host stage 2's reserve. Checked before the
+        // tags are cleared: a *tags clean* mark is only on a page the VM has mapped.
         if tables.free_pages() < self.host_reserve + 3 {
             return GuestPage::NoMemory;
+        }
+        if vm.mte && !own.entry(pa).is_some_and(|e| e.tags_clean()) {
+            // Only tags nobody else left: cleared once per change of ownership (the donated
+            // or shared data is the host's and is kept). The `map` below cannot fail: no
+            // leaf covers the page and enough table pages are free.
+            arch.clear_tags(pa);
+            own.mark_tags_clean(pa);
         }
         if !vm.fwb {
             // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
@@ -1584,6 +1584,24 @@ mod tests {
         let e = exit_record(&f);
         assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
         assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn an_mte_page_that_cannot_be_mapped_is_not_marked_tags_clean() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        {
+            let mut mem = f.hyp.mem.lock();
+            let used = mem.tables.in_use();
+            mem.tables.limit = used + f.hyp.host_reserve;
+        }
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::hyp::tests::RAM_PAGES as u64));
     }
 
     #[test]
