@@ -1,8 +1,9 @@
-//! The invariant checker: walks every translation table and the ownership record and checks
-//! what EL2 promises. Compiled into host tests and into the test EL2 image (`test-hooks`), where
-//! a test-only hypercall runs it; a release EL2 does not contain it.
+//! The invariant checker: walks every translation table, the ownership record, the VM table and
+//! the free vCPU slots, and checks what EL2 promises (what ARCHITECTURE.md's threat model relies
+//! on). Compiled into host tests and into the test EL2 image (`test-hooks`), where a test-only
+//! hypercall runs it under the memory lock; a release EL2 does not contain it.
 //!
-//! Checked:
+//! Checked, one function each, in this order (the number is the violation's code):
 //! 1. every record entry names one valid owner and, if any, a different borrower;
 //! 2. the host's stage 2 is an identity map that covers, in RAM, only pages the host owns or
 //!    borrows (so never EL2's pages nor a protected guest's);
@@ -11,12 +12,29 @@
 //! 4. EL2's stage 1 maps, in RAM, only EL2's own pages and pages lent to EL2, and no fixmap slot
 //!    is left mapped;
 //! 5. every table page of every table lies in EL2's pool (and so belongs to EL2);
-//! 6. every page marked *tags clean* belongs to an MTE VM that has it mapped.
+//! 6. every page marked *tags clean* belongs to an MTE VM that has it mapped;
+//! 7. every page an MTE VM's stage 2 maps is marked *tags clean* (EL2 cleared its allocation
+//!    tags on the first mapping since its last change of ownership), and
+//! 8. has tag storage (lies outside the platform's untagged RAM);
+//! 9. every page of a protected VM's regions is owned by that VM alone (`Owned`: not lent, so
+//!    the host has `NoAccess`), never merely shared with it;
+//! 10. no page is owned by, or lent to, a guest whose VM slot holds no live VM;
+//! 11. no two regions (of one VM or of two) share a physical page, and
+//! 12. no two regions of one VM overlap in its IPA space;
+//! 13. every vCPU of a free VM slot is reset: its context equals [`VcpuCtx::new`] (so no pending
+//!     MMIO read), it is powered off, and no `CPU_ON` entry point or context is left;
+//! 14. every page EL2 borrows from anyone is a registered message page;
+//! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;
+//! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device.
 
 use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::hyp::MemState;
-use crate::owner::{Component, PageState};
-use crate::pgtable::TableMemory;
+use crate::hyp::{Hyp, MemState};
+use crate::owner::{Component, PageEntry, PageState, MAX_GUEST};
+use crate::pgtable::{Leaf, MemType, PageTable, TableMemory};
+use crate::platform::MAX_CPUS;
+use crate::vcpu::{power, VcpuCtx};
+use crate::vm::{Vm, MAX_VMS};
+use core::sync::atomic::Ordering;
 
 /// The first broken promise found, with the addresses involved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +77,75 @@ pub enum Violation {
         /// The page.
         pa: PhysAddr,
     },
+    /// An MTE VM's stage 2 maps a page whose allocation tags EL2 has not cleared.
+    MteTagsNotClean {
+        /// VM handle.
+        vm: u64,
+        /// Input address.
+        ipa: u64,
+        /// The page.
+        pa: PhysAddr,
+    },
+    /// An MTE VM's stage 2 maps a page without allocation-tag storage.
+    MteNoTagStorage {
+        /// VM handle.
+        vm: u64,
+        /// Input address.
+        ipa: u64,
+        /// The page.
+        pa: PhysAddr,
+    },
+    /// A page of a protected VM's regions that the VM does not own alone.
+    ProtectedPageNotExclusive {
+        /// VM handle.
+        vm: u64,
+        /// The page.
+        pa: PhysAddr,
+    },
+    /// A page owned by, or lent to, a guest that has no live VM.
+    OrphanGuestPage {
+        /// The page.
+        pa: PhysAddr,
+    },
+    /// Two regions backed by the same physical page.
+    RegionsOverlapPhys {
+        /// The first page both hold.
+        pa: PhysAddr,
+    },
+    /// Two regions of one VM overlap in its IPA space.
+    RegionsOverlapIpa {
+        /// VM handle.
+        vm: u64,
+        /// The first IPA both hold.
+        ipa: u64,
+    },
+    /// A vCPU of a free VM slot that is not at reset.
+    FreeVcpuNotReset {
+        /// VM slot.
+        slot: usize,
+        /// vCPU index.
+        vcpu: usize,
+    },
+    /// EL2 borrows a page that is not a registered message page.
+    HypBorrowsNonMessage {
+        /// The page.
+        pa: PhysAddr,
+    },
+    /// EL2's stage 1 has a leaf both writable and executable.
+    HypWritableExecutable {
+        /// Virtual address.
+        va: u64,
+    },
+    /// The host's stage 2 maps RAM as other than Normal, or non-RAM as other than Device (or
+    /// one leaf over both).
+    HostWrongMemoryType {
+        /// Input address (an identity map: also the output address).
+        ipa: u64,
+    },
 }
 
 impl Violation {
-    /// A small code and the main address, for a test hypercall's registers.
+    /// A small code and the main address, for a test hypercall's registers (see docs/ABI.md).
     pub fn code_and_addr(&self) -> (u64, u64) {
         match *self {
             Violation::BadEntry { pa } => (1, pa.0),
@@ -71,6 +154,16 @@ impl Violation {
             Violation::HypMapsForeign { pa, .. } => (4, pa.0),
             Violation::TableOutsidePool { pa } => (5, pa.0),
             Violation::StaleTagsClean { pa } => (6, pa.0),
+            Violation::MteTagsNotClean { pa, .. } => (7, pa.0),
+            Violation::MteNoTagStorage { pa, .. } => (8, pa.0),
+            Violation::ProtectedPageNotExclusive { pa, .. } => (9, pa.0),
+            Violation::OrphanGuestPage { pa } => (10, pa.0),
+            Violation::RegionsOverlapPhys { pa } => (11, pa.0),
+            Violation::RegionsOverlapIpa { ipa, .. } => (12, ipa),
+            Violation::FreeVcpuNotReset { slot, vcpu } => (13, (slot as u64) << 8 | vcpu as u64),
+            Violation::HypBorrowsNonMessage { pa } => (14, pa.0),
+            Violation::HypWritableExecutable { va } => (15, va),
+            Violation::HostWrongMemoryType { ipa } => (16, ipa),
         }
     }
 }
@@ -83,151 +176,304 @@ pub struct Layout {
     pub fixmap: Option<(u64, u64)>,
 }
 
-/// Checks everything listed in the module documentation. Returns the number of RAM pages the
-/// record covers.
+/// Checks everything listed in the module documentation, on `mem` (the memory lock held by
+/// the caller) and the rest of `hyp`. Returns the number of RAM pages the record covers.
 ///
 /// # Errors
 /// The first [`Violation`] found.
-pub fn check<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<u64, Violation> {
-    let own = &mem.own;
-    let ram = own.ram();
-    let pages = ram.size() / PAGE_SIZE;
+pub fn check<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, layout: &Layout) -> Result<u64, Violation> {
+    record_entries_valid(mem)?;
+    host_s2_maps_only_host_pages(mem)?;
+    guest_s2_maps_only_own_regions(mem)?;
+    hyp_s1_maps_only_hyp_pages(mem, layout)?;
+    tables_in_pool(mem, layout)?;
+    tags_clean_marks_are_mapped(mem)?;
+    mte_mappings_are_tagged(hyp, mem)?;
+    protected_pages_exclusive(mem)?;
+    no_orphan_guest_pages(mem)?;
+    regions_disjoint(mem)?;
+    free_vcpus_reset(hyp, mem)?;
+    hyp_borrows_only_message_pages(hyp, mem)?;
+    hyp_s1_w_xor_x(mem)?;
+    host_s2_memory_types(hyp, mem)?;
+    Ok(mem.own.ram().size() / PAGE_SIZE)
+}
 
-    // 1. The record.
-    for p in 0..pages {
-        let pa = PhysAddr(ram.start.0 + p * PAGE_SIZE);
-        let Some(e) = own.entry(pa) else { return Err(Violation::BadEntry { pa }) };
-        if e.borrower() == Some(e.owner()) {
-            return Err(Violation::BadEntry { pa });
-        }
-    }
+/// Every page of the record with its entry (`None` for a page the record cannot name).
+fn record<'m, T: TableMemory>(mem: &'m MemState<'_, T>) -> impl Iterator<Item = (PhysAddr, Option<PageEntry>)> + 'm {
+    let ram = mem.own.ram();
+    (ram.start.0..ram.end.0).step_by(PAGE_SIZE as usize).map(|pa| (PhysAddr(pa), mem.own.entry(PhysAddr(pa))))
+}
 
-    // 2. The host's stage 2.
+/// Runs `f` on every leaf of `table` and returns the first violation it reports.
+fn first_leaf_violation(table: &PageTable, tables: &impl TableMemory, mut f: impl FnMut(Leaf) -> Option<Violation>) -> Result<(), Violation> {
     let mut bad = None;
-    mem.host_s2.for_each_leaf(&mem.tables, &mut |l| {
-        if bad.is_some() {
-            return;
+    table.for_each_leaf(tables, &mut |l| {
+        if bad.is_none() {
+            bad = f(l);
         }
+    });
+    bad.map_or(Ok(()), Err)
+}
+
+/// The pages of a leaf, each with its input address.
+fn leaf_pages(l: &Leaf) -> impl Iterator<Item = (u64, PhysAddr)> {
+    let (ia, pa) = (l.ia_base, l.pa_base.0);
+    (0..l.size / PAGE_SIZE).map(move |i| (ia + i * PAGE_SIZE, PhysAddr(pa + i * PAGE_SIZE)))
+}
+
+/// 1. One valid owner per page, and a borrower other than the owner.
+fn record_entries_valid<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    for (pa, e) in record(mem) {
+        match e {
+            Some(e) if e.borrower() != Some(e.owner()) => {}
+            _ => return Err(Violation::BadEntry { pa }),
+        }
+    }
+    Ok(())
+}
+
+/// 2. The host's stage 2: an identity map, reaching in RAM only what the host may access.
+fn host_s2_maps_only_host_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let (own, ram) = (&mem.own, mem.own.ram());
+    first_leaf_violation(&mem.host_s2, &mem.tables, |l| {
         if l.pa_base.0 != l.ia_base {
-            bad = Some(Violation::HostMapsForbidden { ipa: l.ia_base, pa: l.pa_base });
-            return;
+            return Some(Violation::HostMapsForbidden { ipa: l.ia_base, pa: l.pa_base });
         }
-        let leaf = PhysRange { start: l.pa_base, end: PhysAddr(l.pa_base.0 + l.size) };
-        if !leaf.overlaps(&ram) {
-            return; // device space
+        if !ram.overlaps(&PhysRange { start: l.pa_base, end: PhysAddr(l.pa_base.0 + l.size) }) {
+            return None; // device space (its memory type: `host_s2_memory_types`)
         }
-        let mut pa = l.pa_base.0;
-        while pa < leaf.end.0 {
-            if !own.can_access(PhysAddr(pa), Component::Host) {
-                bad = Some(Violation::HostMapsForbidden { ipa: pa, pa: PhysAddr(pa) });
-                return;
-            }
-            pa += PAGE_SIZE;
-        }
-    });
-    if let Some(v) = bad {
-        return Err(v);
-    }
+        leaf_pages(&l)
+            .find(|&(_, pa)| ram.contains(pa) && !own.can_access(pa, Component::Host))
+            .map(|(ipa, pa)| Violation::HostMapsForbidden { ipa, pa })
+    })
+}
 
-    // 3. Each guest's stage 2.
+/// 3. Each guest's stage 2: pages of its own regions, which it owns or borrows.
+fn guest_s2_maps_only_own_regions<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter() {
-        let me = vm.component();
-        vm.s2.for_each_leaf(&mem.tables, &mut |l| {
-            if bad.is_some() {
-                return;
-            }
-            let ok = vm.translate(l.ia_base) == Some(l.pa_base)
-                && l.size == PAGE_SIZE
-                && own.can_access(l.pa_base, me);
-            if !ok {
-                bad = Some(Violation::GuestMapsForeign { vm: vm.handle, ipa: l.ia_base, pa: l.pa_base });
-            }
-        });
-        if let Some(v) = bad {
-            return Err(v);
-        }
+        first_leaf_violation(&vm.s2, &mem.tables, |l| {
+            let ok = vm.translate(l.ia_base) == Some(l.pa_base) && l.size == PAGE_SIZE && mem.own.can_access(l.pa_base, vm.component());
+            (!ok).then_some(Violation::GuestMapsForeign { vm: vm.handle, ipa: l.ia_base, pa: l.pa_base })
+        })?;
     }
+    Ok(())
+}
 
-    // 4. EL2's stage 1.
-    mem.hyp_s1.for_each_leaf(&mem.tables, &mut |l| {
-        if bad.is_some() {
-            return;
+/// 4. EL2's stage 1: in RAM only EL2's pages and pages lent to it; no fixmap slot in use.
+fn hyp_s1_maps_only_hyp_pages<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<(), Violation> {
+    first_leaf_violation(&mem.hyp_s1, &mem.tables, |l| {
+        if layout.fixmap.is_some_and(|(start, end)| l.ia_base >= start && l.ia_base < end) {
+            return Some(Violation::HypMapsForeign { va: l.ia_base, pa: l.pa_base });
         }
-        if let Some((start, end)) = layout.fixmap {
-            if l.ia_base >= start && l.ia_base < end {
-                bad = Some(Violation::HypMapsForeign { va: l.ia_base, pa: l.pa_base });
-                return;
-            }
-        }
-        let mut pa = l.pa_base.0;
-        while pa < l.pa_base.0 + l.size {
-            match own.state(PhysAddr(pa), Component::Hyp) {
-                None | Some(PageState::Owned) | Some(PageState::SharedBorrowed) => {}
-                Some(_) => {
-                    bad = Some(Violation::HypMapsForeign { va: l.ia_base + (pa - l.pa_base.0), pa: PhysAddr(pa) });
-                    return;
-                }
-            }
-            pa += PAGE_SIZE;
-        }
-    });
-    if let Some(v) = bad {
-        return Err(v);
-    }
+        leaf_pages(&l)
+            .find(|&(_, pa)| matches!(mem.own.state(pa, Component::Hyp), Some(PageState::SharedOwned | PageState::NoAccess)))
+            .map(|(va, pa)| Violation::HypMapsForeign { va, pa })
+    })
+}
 
-    // 5. Table pages.
-    let mut table_check = |pa: PhysAddr| {
-        if bad.is_none() && layout.pool.is_some_and(|p| !p.contains(pa)) {
+/// 5. Every table page of every table in EL2's pool.
+fn tables_in_pool<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<(), Violation> {
+    let Some(pool) = layout.pool else { return Ok(()) };
+    let mut bad = None;
+    let mut check = |pa: PhysAddr| {
+        if bad.is_none() && !pool.contains(pa) {
             bad = Some(Violation::TableOutsidePool { pa });
         }
     };
-    mem.host_s2.for_each_table(&mem.tables, &mut table_check);
-    mem.hyp_s1.for_each_table(&mem.tables, &mut table_check);
+    mem.host_s2.for_each_table(&mem.tables, &mut check);
+    mem.hyp_s1.for_each_table(&mem.tables, &mut check);
     for vm in mem.vms.iter() {
-        vm.s2.for_each_table(&mem.tables, &mut table_check);
+        vm.s2.for_each_table(&mem.tables, &mut check);
     }
-    if let Some(v) = bad {
-        return Err(v);
-    }
+    bad.map_or(Ok(()), Err)
+}
 
-    // 6. Tags-clean marks.
-    for p in 0..pages {
-        let pa = PhysAddr(ram.start.0 + p * PAGE_SIZE);
-        let Some(e) = own.entry(pa) else { continue };
-        if !e.tags_clean() {
-            continue;
-        }
-        let holder = mem.vms.iter().find(|vm| {
-            vm.mte && (e.owner() == vm.component() || e.borrower() == Some(vm.component())) && {
-                vm.regions
-                    .iter()
-                    .find(|r| pa.0 >= r.pa.0 && pa.0 < r.pa.0 + r.pages * PAGE_SIZE)
-                    .is_some_and(|r| vm.s2.lookup(&mem.tables, r.ipa + (pa.0 - r.pa.0)).is_some_and(|l| l.pa_base == pa))
-            }
-        });
-        if holder.is_none() {
+/// Whether `vm` maps the page at `pa` (through the region that holds it).
+fn vm_maps<T: TableMemory>(mem: &MemState<'_, T>, vm: &Vm, pa: PhysAddr) -> bool {
+    vm.regions
+        .iter()
+        .find(|r| r.phys().contains(pa))
+        .is_some_and(|r| vm.s2.lookup(&mem.tables, r.ipa + (pa.0 - r.pa.0)).is_some_and(|l| l.pa_base == pa))
+}
+
+/// 6. A *tags clean* mark only on a page an MTE VM holding it has mapped.
+fn tags_clean_marks_are_mapped<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    for (pa, e) in record(mem) {
+        let Some(e) = e.filter(|e| e.tags_clean()) else { continue };
+        let holds = |vm: &&Vm| vm.mte && (e.owner() == vm.component() || e.borrower() == Some(vm.component()));
+        if !mem.vms.iter().filter(holds).any(|vm| vm_maps(mem, vm, pa)) {
             return Err(Violation::StaleTagsClean { pa });
         }
     }
-    Ok(pages)
+    Ok(())
+}
+
+/// 7, 8. What an MTE VM maps has tag storage and tags EL2 cleared.
+fn mte_mappings_are_tagged<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    for vm in mem.vms.iter().filter(|vm| vm.mte) {
+        first_leaf_violation(&vm.s2, &mem.tables, |l| {
+            leaf_pages(&l).find_map(|(ipa, pa)| {
+                if hyp.platform.untagged.is_some_and(|u| u.contains(pa)) {
+                    Some(Violation::MteNoTagStorage { vm: vm.handle, ipa, pa })
+                } else if !mem.own.entry(pa).is_some_and(|e| e.tags_clean()) {
+                    Some(Violation::MteTagsNotClean { vm: vm.handle, ipa, pa })
+                } else {
+                    None
+                }
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// 9. A protected VM owns every page of its regions alone.
+fn protected_pages_exclusive<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    for vm in mem.vms.iter().filter(|vm| vm.protected) {
+        for r in &vm.regions {
+            let mut pages = (r.pa.0..r.phys().end.0).step_by(PAGE_SIZE as usize).map(PhysAddr);
+            if let Some(pa) = pages.find(|&pa| mem.own.state(pa, vm.component()) != Some(PageState::Owned)) {
+                return Err(Violation::ProtectedPageNotExclusive { vm: vm.handle, pa });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 10. Only guests with a live VM own or borrow pages.
+fn no_orphan_guest_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let mut live = [false; MAX_GUEST as usize + 1];
+    for vm in mem.vms.iter() {
+        if let Component::Guest(n) = vm.component() {
+            live[n as usize] = true;
+        }
+    }
+    let orphan = |c: Option<Component>| matches!(c, Some(Component::Guest(n)) if !live[n as usize]);
+    for (pa, e) in record(mem) {
+        if e.is_some_and(|e| orphan(Some(e.owner())) || orphan(e.borrower())) {
+            return Err(Violation::OrphanGuestPage { pa });
+        }
+    }
+    Ok(())
+}
+
+/// 11, 12. Regions share no physical page, and one VM's regions no IPA.
+fn regions_disjoint<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let regions = || mem.vms.iter().flat_map(|vm| vm.regions.iter().map(move |r| (vm.handle, r)));
+    for (i, (vm_a, a)) in regions().enumerate() {
+        for (vm_b, b) in regions().skip(i + 1) {
+            if a.phys().overlaps(&b.phys()) {
+                return Err(Violation::RegionsOverlapPhys { pa: a.pa.max(b.pa) });
+            }
+            if vm_a == vm_b && a.ipa < b.ipa + b.size() && b.ipa < a.ipa + a.size() {
+                return Err(Violation::RegionsOverlapIpa { vm: vm_a, ipa: a.ipa.max(b.ipa) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 13. The vCPUs of a free VM slot are at reset: nothing of a destroyed VM's lingers.
+fn free_vcpus_reset<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    const RESET: VcpuCtx = VcpuCtx::new();
+    for slot in (0..MAX_VMS).filter(|&s| !mem.vms.iter().any(|vm| vm.vmid as usize == s + 1)) {
+        for (vcpu, v) in hyp.vcpus[slot].iter().enumerate() {
+            let bad = Err(Violation::FreeVcpuNotReset { slot, vcpu });
+            if v.power.load(Ordering::Acquire) != power::OFF || v.on_entry.load(Ordering::Acquire) != 0 || v.on_context.load(Ordering::Acquire) != 0 {
+                return bad;
+            }
+            // Claims never wait, so taking one under the memory lock cannot deadlock. A claim
+            // held elsewhere is a call with a stale handle that will find no VM and change
+            // nothing: the context is then not read.
+            if v.claim().is_some_and(|ctx| *ctx != RESET) {
+                return bad;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 14. EL2 borrows only the registered message pages.
+fn hyp_borrows_only_message_pages<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let registered = |pa: PhysAddr| (0..MAX_CPUS).any(|cpu| hyp.message_page(cpu) == Ok(pa));
+    for (pa, e) in record(mem) {
+        if e.is_some_and(|e| e.borrower() == Some(Component::Hyp)) && !registered(pa) {
+            return Err(Violation::HypBorrowsNonMessage { pa });
+        }
+    }
+    Ok(())
+}
+
+/// 15. EL2's stage 1 is W^X.
+fn hyp_s1_w_xor_x<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let s1 = &mem.hyp_s1;
+    first_leaf_violation(s1, &mem.tables, |l| {
+        (s1.leaf_writable(l.desc) && s1.leaf_executable(l.desc)).then_some(Violation::HypWritableExecutable { va: l.ia_base })
+    })
+}
+
+/// 16. The host's stage 2: RAM Normal, the rest Device, no leaf over both.
+fn host_s2_memory_types<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let ram = hyp.platform.ram;
+    let s2 = &mem.host_s2;
+    first_leaf_violation(s2, &mem.tables, |l| {
+        let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
+        let want = if ram.contains_range(&range) {
+            MemType::Normal
+        } else if !ram.overlaps(&range) {
+            MemType::Device
+        } else {
+            return Some(Violation::HostWrongMemoryType { ipa: l.ia_base });
+        };
+        (s2.leaf_mem_type(l.desc) != Some(want)).then_some(Violation::HostWrongMemoryType { ipa: l.ia_base })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hyp::tests::{fixture, Recorder, HYP_PAGES};
+    use crate::hyp::tests::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
     use crate::pgtable::{Attrs, MemType, Perms};
+    use crate::vm::Region;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::HypercallId as H;
     use zerocopy::IntoBytes;
 
     const LAYOUT: Layout = Layout { pool: None, fixmap: None };
+    const IPA: u64 = 0x4000_0000;
+    const RAM_RWX: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+
+    fn run_check(f: &Fixture) -> Result<u64, Violation> {
+        check(&f.hyp, &f.hyp.mem.lock(), &LAYOUT)
+    }
+
+    /// A fixture with a message page (RAM page 0) and one VM with `flags` and `pages` pages of
+    /// RAM from page `first`, at [`IPA`]. The state is legal.
+    fn one_vm(flags: u64, first: usize, pages: u64) -> (Fixture, u64) {
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
+        let h = create(&mut f, flags);
+        f.call(0, H::VmAddMemory, &[h, f.page(first), IPA, pages]).unwrap();
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
+        (f, h)
+    }
+
+    fn create(f: &mut Fixture, flags: u64) -> u64 {
+        let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, reserved: [0; 2] };
+        f.ram.0[..32].copy_from_slice(req.as_bytes());
+        f.call(0, H::VmCreate, &[]).unwrap()[0]
+    }
+
+    fn page_range(f: &Fixture, n: usize) -> PhysRange {
+        PhysRange::from_size(PhysAddr(f.page(n)), PAGE_SIZE).unwrap()
+    }
 
     #[test]
     fn a_busy_but_correct_state_passes() {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
         f.hyp.host_s2_fault(f.page(1), &Recorder::default());
+        f.hyp.host_s2_fault(0x0900_0000, &Recorder::default());
         let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED | vm_flags::MTE, reserved: [0; 2] };
         f.ram.0[..32].copy_from_slice(req.as_bytes());
         let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
@@ -239,8 +485,37 @@ mod tests {
             crate::vm::GuestTrap { kind: crate::vm::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
         ];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
-        let mem = f.hyp.mem.lock();
-        assert_eq!(check(&mem, &LAYOUT), Ok(crate::hyp::tests::RAM_PAGES as u64));
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
+        // And after it is gone, its vCPU slot included.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
+    }
+
+    #[test]
+    fn every_violation_has_its_own_code() {
+        let pa = PhysAddr(0x1000);
+        let all = [
+            Violation::BadEntry { pa },
+            Violation::HostMapsForbidden { ipa: 0, pa },
+            Violation::GuestMapsForeign { vm: 0, ipa: 0, pa },
+            Violation::HypMapsForeign { va: 0, pa },
+            Violation::TableOutsidePool { pa },
+            Violation::StaleTagsClean { pa },
+            Violation::MteTagsNotClean { vm: 0, ipa: 0, pa },
+            Violation::MteNoTagStorage { vm: 0, ipa: 0, pa },
+            Violation::ProtectedPageNotExclusive { vm: 0, pa },
+            Violation::OrphanGuestPage { pa },
+            Violation::RegionsOverlapPhys { pa },
+            Violation::RegionsOverlapIpa { vm: 0, ipa: 0x1000 },
+            Violation::FreeVcpuNotReset { slot: 0, vcpu: 0 },
+            Violation::HypBorrowsNonMessage { pa },
+            Violation::HypWritableExecutable { va: 0x1000 },
+            Violation::HostWrongMemoryType { ipa: 0x1000 },
+        ];
+        for (i, v) in all.iter().enumerate() {
+            assert_eq!(v.code_and_addr().0, i as u64 + 1, "{v:?}");
+        }
+        assert_eq!(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }.code_and_addr(), (13, 0x301));
     }
 
     #[test]
@@ -249,8 +524,8 @@ mod tests {
         let el2 = f.hyp.hyp_region.start.0 + 2 * PAGE_SIZE;
         let mut mem = f.hyp.mem.lock();
         let MemState { host_s2, tables, .. } = &mut *mem;
-        host_s2.map(tables, el2, PhysAddr(el2), PAGE_SIZE, Attrs { mem: MemType::Normal, perms: Perms::RWX }, 3).unwrap();
-        assert_eq!(check(&mem, &LAYOUT), Err(Violation::HostMapsForbidden { ipa: el2, pa: PhysAddr(el2) }));
+        host_s2.map(tables, el2, PhysAddr(el2), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsForbidden { ipa: el2, pa: PhysAddr(el2) }));
         let _ = HYP_PAGES;
     }
 
@@ -258,14 +533,13 @@ mod tests {
     fn a_guest_mapping_of_host_memory_is_found() {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
-        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
-        let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
+        let h = create(&mut f, 0);
         let host_page = f.page(20);
         let mut mem = f.hyp.mem.lock();
         let MemState { vms, tables, .. } = &mut *mem;
         let vm = vms.iter_mut().next().unwrap();
-        vm.s2.map(tables, 0x4000_0000, PhysAddr(host_page), PAGE_SIZE, Attrs { mem: MemType::Normal, perms: Perms::RWX }, 3).unwrap();
-        assert_eq!(check(&mem, &LAYOUT), Err(Violation::GuestMapsForeign { vm: h, ipa: 0x4000_0000, pa: PhysAddr(host_page) }));
+        vm.s2.map(tables, IPA, PhysAddr(host_page), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::GuestMapsForeign { vm: h, ipa: IPA, pa: PhysAddr(host_page) }));
     }
 
     #[test]
@@ -276,12 +550,12 @@ mod tests {
             let mut mem = f.hyp.mem.lock();
             let MemState { hyp_s1, tables, .. } = &mut *mem;
             hyp_s1.map(tables, host_page, PhysAddr(host_page), PAGE_SIZE, Attrs { mem: MemType::Normal, perms: Perms::RW }, 3).unwrap();
-            assert_eq!(check(&mem, &LAYOUT), Err(Violation::HypMapsForeign { va: host_page, pa: PhysAddr(host_page) }));
+            assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HypMapsForeign { va: host_page, pa: PhysAddr(host_page) }));
         }
         let mem = f.hyp.mem.lock();
         let pool = PhysRange::from_size(PhysAddr(0x1000), PAGE_SIZE);
         let layout = Layout { pool, fixmap: None };
-        assert!(matches!(check(&mem, &layout), Err(Violation::HypMapsForeign { .. }) | Err(Violation::TableOutsidePool { .. })));
+        assert!(matches!(check(&f.hyp, &mem, &layout), Err(Violation::HypMapsForeign { .. }) | Err(Violation::TableOutsidePool { .. })));
     }
 
     #[test]
@@ -289,7 +563,162 @@ mod tests {
         let f = fixture();
         let mut mem = f.hyp.mem.lock();
         mem.own.mark_tags_clean(PhysAddr(f.page(40)));
-        assert_eq!(check(&mem, &LAYOUT), Err(Violation::StaleTagsClean { pa: PhysAddr(f.page(40)) }));
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::StaleTagsClean { pa: PhysAddr(f.page(40)) }));
+    }
+
+    #[test]
+    fn an_mte_mapping_without_cleared_tags_is_found() {
+        let (f, h) = one_vm(vm_flags::MTE, 8, 2);
+        let pa = PhysAddr(f.page(9));
+        let mut mem = f.hyp.mem.lock();
+        let MemState { vms, tables, .. } = &mut *mem;
+        // Mapped behind EL2's back: the tags were never cleared.
+        vms.iter_mut().next().unwrap().s2.map(tables, IPA + PAGE_SIZE, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::MteTagsNotClean { vm: h, ipa: IPA + PAGE_SIZE, pa }));
+        // The same mapping in a VM without MTE is legal.
+        vms_set_mte(&mut mem, false);
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64));
+    }
+
+    fn vms_set_mte<T: TableMemory>(mem: &mut MemState<'_, T>, mte: bool) {
+        for vm in mem.vms.iter_mut() {
+            vm.mte = mte;
+        }
+    }
+
+    #[test]
+    fn an_mte_mapping_of_untagged_memory_is_found() {
+        let (mut f, h) = one_vm(vm_flags::MTE | vm_flags::PROTECTED, 8, 2);
+        let pa = PhysAddr(f.page(8));
+        f.hyp.platform.untagged = PhysRange::from_size(pa, PAGE_SIZE);
+        let mut mem = f.hyp.mem.lock();
+        let MemState { vms, tables, own, .. } = &mut *mem;
+        // Tags cleared, but there is no tag storage behind the page.
+        own.mark_tags_clean(pa);
+        vms.iter_mut().next().unwrap().s2.map(tables, IPA, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::MteNoTagStorage { vm: h, ipa: IPA, pa }));
+    }
+
+    #[test]
+    fn a_protected_page_lent_back_is_found() {
+        let (f, h) = one_vm(vm_flags::PROTECTED, 8, 4);
+        let pa = PhysAddr(f.page(10));
+        let mut mem = f.hyp.mem.lock();
+        // The guest owns the page but lends it to the host: not its alone.
+        mem.own.share(page_range(&f, 10), Component::Guest(0), Component::Host).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::ProtectedPageNotExclusive { vm: h, pa }));
+    }
+
+    #[test]
+    fn a_protected_region_merely_shared_is_found() {
+        let (f, h) = one_vm(0, 8, 4);
+        let mut mem = f.hyp.mem.lock();
+        // A VM made protected after its memory was shared, not donated.
+        mem.vms.iter_mut().next().unwrap().protected = true;
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::ProtectedPageNotExclusive { vm: h, pa: PhysAddr(f.page(8)) }));
+    }
+
+    #[test]
+    fn pages_of_a_guest_without_a_vm_are_found() {
+        let f = fixture();
+        let mut mem = f.hyp.mem.lock();
+        mem.own.donate(page_range(&f, 50), Component::Host, Component::Guest(5)).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::OrphanGuestPage { pa: PhysAddr(f.page(50)) }));
+        drop(mem);
+        // Lent, not owned: the same.
+        let (f, _) = one_vm(0, 8, 1);
+        let mut mem = f.hyp.mem.lock();
+        mem.own.share(page_range(&f, 60), Component::Host, Component::Guest(1)).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::OrphanGuestPage { pa: PhysAddr(f.page(60)) }));
+    }
+
+    #[test]
+    fn two_vms_backed_by_one_page_are_found() {
+        let (mut f, _) = one_vm(0, 8, 4);
+        create(&mut f, 0);
+        let mut mem = f.hyp.mem.lock();
+        // The second VM names one of the first VM's pages (and maps nothing).
+        let second = mem.vms.iter_mut().nth(1).unwrap();
+        second.regions.push(Region { ipa: IPA, pa: PhysAddr(f.page(10)), pages: 1 });
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::RegionsOverlapPhys { pa: PhysAddr(f.page(10)) }));
+    }
+
+    #[test]
+    fn overlapping_regions_of_one_vm_are_found() {
+        let (f, h) = one_vm(0, 8, 4);
+        f.call(0, H::VmAddMemory, &[h, f.page(20), IPA + 0x10_0000, 4]).unwrap();
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
+        let mut mem = f.hyp.mem.lock();
+        mem.vms.iter_mut().next().unwrap().regions[1].ipa = IPA + 3 * PAGE_SIZE;
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::RegionsOverlapIpa { vm: h, ipa: IPA + 3 * PAGE_SIZE }));
+    }
+
+    #[test]
+    fn a_free_slot_with_leftover_vcpu_state_is_found() {
+        let f = fixture();
+        let slot = &f.hyp.vcpus[3][1];
+        slot.claim().unwrap().x[0] = 0x5EC2E7;
+        assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
+        slot.claim().unwrap().x[0] = 0;
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
+        // A pending MMIO read is state too.
+        slot.claim().unwrap().pending_read = crate::vcpu::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
+        assert!(slot.claim().unwrap().pending_read.is_some());
+        assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
+        slot.claim().unwrap().pending_read = None;
+        slot.power.store(power::ON, Ordering::Relaxed);
+        assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
+        slot.power.store(power::OFF, Ordering::Relaxed);
+        slot.on_entry.store(0x5000, Ordering::Relaxed);
+        assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
+    }
+
+    #[test]
+    fn el2_borrowing_a_page_that_is_no_message_page_is_found() {
+        let f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
+        let mut mem = f.hyp.mem.lock();
+        mem.own.share(page_range(&f, 70), Component::Host, Component::Hyp).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HypBorrowsNonMessage { pa: PhysAddr(f.page(70)) }));
+    }
+
+    #[test]
+    fn a_writable_executable_el2_mapping_is_found() {
+        let f = fixture();
+        let el2 = f.hyp.hyp_region.start.0 + PAGE_SIZE;
+        let mut mem = f.hyp.mem.lock();
+        let MemState { hyp_s1, tables, .. } = &mut *mem;
+        // `map` refuses RWX at EL2; write the descriptor by hand: RW's write permission (AP[2]
+        // clear) and RX's execute permission (XN clear), all else equal.
+        let rw = hyp_s1.page_descriptor(PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
+        let rx = hyp_s1.page_descriptor(PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RX }).unwrap();
+        let entry = hyp_s1.reserve_leaf(tables, el2).unwrap();
+        // SAFETY: `entry` points at the (invalid) level-3 entry for `el2` in a table page of
+        // the fixture's fake table memory, which outlives this write.
+        unsafe { entry.write_volatile(rw) };
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64), "RW alone is legal");
+        // SAFETY: as above.
+        unsafe { entry.write_volatile(rw & rx) };
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HypWritableExecutable { va: el2 }));
+    }
+
+    #[test]
+    fn host_memory_of_the_wrong_type_is_found() {
+        // RAM as Device.
+        let f = fixture();
+        let pa = f.page(80);
+        let mut mem = f.hyp.mem.lock();
+        let MemState { host_s2, tables, .. } = &mut *mem;
+        host_s2.map(tables, pa, PhysAddr(pa), PAGE_SIZE, Attrs { mem: MemType::Device, perms: Perms::RW }, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostWrongMemoryType { ipa: pa }));
+        drop(mem);
+        // Device space as Normal.
+        let f = fixture();
+        let mut mem = f.hyp.mem.lock();
+        let MemState { host_s2, tables, .. } = &mut *mem;
+        host_s2.map(tables, 0x0900_0000, PhysAddr(0x0900_0000), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostWrongMemoryType { ipa: 0x0900_0000 }));
     }
 }
 
@@ -387,7 +816,7 @@ mod properties {
             for op in &ops {
                 let _ = apply(&mut f, &mut handles, op);
                 let mem = f.hyp.mem.lock();
-                let r = check(&mem, &layout);
+                let r = check(&f.hyp, &mem, &layout);
                 prop_assert!(r.is_ok(), "after {:?}: {:?}", op, r);
                 // Exactly the pages given away are not the host's.
                 let (host, hyp, guests) = mem.own.census();
@@ -398,6 +827,8 @@ mod properties {
                 let _ = f.call(0, H::VmDestroy, &[h]);
             }
             let mem = f.hyp.mem.lock();
+            let r = check(&f.hyp, &mem, &layout);
+            prop_assert!(r.is_ok(), "after destroying every VM: {:?}", r);
             prop_assert_eq!(mem.own.census().2, 0, "guest-owned pages left after destroying every VM");
             prop_assert_eq!(mem.vms.count(), 0);
         }

@@ -32,10 +32,12 @@ const AF: u64 = 1 << 10;
 const SH_INNER: u64 = 0b11 << 8;
 const OA_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 const S1_ATTRINDX_SHIFT: u64 = 2;
+const S1_ATTRINDX_MASK: u64 = 0b111;
 const S1_AP_RO: u64 = 1 << 7;
 const S1_AP1_RES1: u64 = 1 << 6;
 const S1_XN: u64 = 1 << 54;
 const S2_MEMATTR_SHIFT: u64 = 2;
+const S2_MEMATTR_MASK: u64 = 0b1111;
 const S2_MEMATTR_NORMAL_WB: u64 = 0b1111;
 const S2_MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
 /// With `HCR_EL2.FWB`: `MemAttr[2]` = 1 (Normal), `MemAttr[1:0]` = `0b10` (forced Write-Back).
@@ -45,6 +47,7 @@ const S2_MEMATTR_FWB_DEVICE_NGNRE: u64 = 0b0001;
 const S2AP_R: u64 = 1 << 6;
 const S2AP_W: u64 = 1 << 7;
 const S2_XN: u64 = 0b10 << 53;
+const S2_XN_MASK: u64 = 0b11 << 53;
 
 /// `MAIR_EL2` as EL2's stage-1 `AttrIndx` values assume: index 0 Normal Write-Back
 /// (`0xFF`), index 1 Device-nGnRE (`0x04`), index 2 Tagged Normal Write-Back (`0xF0`, for
@@ -497,6 +500,41 @@ impl PageTable {
         }
     }
 
+    /// Whether a leaf descriptor lets some exception level execute from it: EL2's stage 1
+    /// `XN` (bit 54) clear; a stage 2's `XN[1:0]` (bits 54:53) anything but `0b10` (with
+    /// FEAT_XNX, `0b01` and `0b11` leave one of EL0 and EL1 executable).
+    pub fn leaf_executable(&self, desc: u64) -> bool {
+        match self.format {
+            Format::El2Stage1 => desc & S1_XN == 0,
+            Format::Stage2 | Format::Stage2Fwb => desc & S2_XN_MASK != S2_XN,
+        }
+    }
+
+    /// The memory type a leaf descriptor gives, or `None` for an encoding this module never
+    /// writes (a stage-1 `AttrIndx` above 2; a stage-2 `MemAttr` other than the two of the
+    /// table's format).
+    pub fn leaf_mem_type(&self, desc: u64) -> Option<MemType> {
+        match self.format {
+            Format::El2Stage1 => match (desc >> S1_ATTRINDX_SHIFT) & S1_ATTRINDX_MASK {
+                0 => Some(MemType::Normal),
+                1 => Some(MemType::Device),
+                2 => Some(MemType::NormalTagged),
+                _ => None,
+            },
+            Format::Stage2 | Format::Stage2Fwb => {
+                let (normal, device) = match self.format {
+                    Format::Stage2Fwb => (S2_MEMATTR_FWB_NORMAL_WB, S2_MEMATTR_FWB_DEVICE_NGNRE),
+                    _ => (S2_MEMATTR_NORMAL_WB, S2_MEMATTR_DEVICE_NGNRE),
+                };
+                match (desc >> S2_MEMATTR_SHIFT) & S2_MEMATTR_MASK {
+                    m if m == normal => Some(MemType::Normal),
+                    m if m == device => Some(MemType::Device),
+                    _ => None,
+                }
+            }
+        }
+    }
+
     /// Frees every table page, the root included. The tables must no longer be live
     /// (not in any `TTBR`/`VTTBR`, TLBs invalidated).
     pub fn destroy(self, mem: &mut impl TableMemory) {
@@ -744,6 +782,34 @@ mod tests {
         let mut tables = 0;
         t.for_each_table(&m, &mut |_| tables += 1);
         assert_eq!(tables, m.in_use());
+    }
+
+    #[test]
+    fn leaf_decoders_read_back_what_map_wrote() {
+        let mut m = FakeMemory::new(8);
+        for format in [Format::El2Stage1, Format::Stage2, Format::Stage2Fwb] {
+            let t = PageTable::new(&mut m, format, 40).unwrap();
+            let cases: &[(MemType, Perms)] = match format {
+                Format::El2Stage1 => &[
+                    (MemType::Normal, Perms::RX),
+                    (MemType::Normal, Perms::RW),
+                    (MemType::Device, Perms::RO),
+                    (MemType::NormalTagged, Perms::RW),
+                ],
+                _ => &[(MemType::Normal, Perms::RWX), (MemType::Normal, Perms::RW), (MemType::Device, Perms::RW)],
+            };
+            for &(mem, perms) in cases {
+                let d = t.page_descriptor(PhysAddr(0x4000_0000), Attrs { mem, perms }).unwrap();
+                assert_eq!(t.leaf_mem_type(d), Some(mem), "{format:?} {mem:?}");
+                assert_eq!(t.leaf_executable(d), perms.exec, "{format:?} {perms:?}");
+                assert_eq!(t.leaf_writable(d), perms.write, "{format:?} {perms:?}");
+            }
+        }
+        // Encodings never written decode to no memory type.
+        let s1 = PageTable::new(&mut m, Format::El2Stage1, 40).unwrap();
+        assert_eq!(s1.leaf_mem_type(0b111 << 2), None);
+        let s2 = PageTable::new(&mut m, Format::Stage2, 40).unwrap();
+        assert_eq!(s2.leaf_mem_type(0b0110 << 2), None, "the FWB encoding in a non-FWB table");
     }
 
     #[test]

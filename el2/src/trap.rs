@@ -94,7 +94,7 @@ fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
             pool: crate::addr::PhysRange::from_size(pool_base, pool_size),
             fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),
         };
-        frame.x[..4].copy_from_slice(&match crate::invariants::check(&mem, &layout) {
+        frame.x[..4].copy_from_slice(&match crate::invariants::check(hyp, &mem, &layout) {
             Ok(pages) => [0, pages, 0, 0],
             Err(v) => {
                 // A broken invariant is an EL2 bug: say so loudly (the test suite forbids it).

@@ -48,7 +48,7 @@ pub const NR_SYSREGS: usize = reg::SYSREGS.len();
 
 /// The state of one vCPU that the world switch moves.
 #[repr(C)]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuCtx {
     /// `x0..=x30`.
     pub x: [u64; 31],

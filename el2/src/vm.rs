@@ -68,10 +68,12 @@ pub struct Region {
 }
 
 impl Region {
-    fn size(&self) -> u64 {
+    /// Bytes of guest memory.
+    pub fn size(&self) -> u64 {
         self.pages * PAGE_SIZE
     }
-    fn phys(&self) -> PhysRange {
+    /// The backing pages.
+    pub fn phys(&self) -> PhysRange {
         PhysRange { start: self.pa, end: PhysAddr(self.pa.0 + self.size()) }
     }
 }
@@ -578,9 +580,13 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
         arch.flush_guest_tlb(vm.s2.root().0 | (vm.vmid as u64) << 48);
         vm.s2.destroy(tables);
+        // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
+        // `CPU_ON` entry point and context.
         for (g, v) in guards.iter_mut().zip(&self.vcpus[slot]) {
             **g = VcpuCtx::new();
             v.power.store(power::OFF, Ordering::Release);
+            v.on_entry.store(0, Ordering::Relaxed);
+            v.on_context.store(0, Ordering::Relaxed);
         }
         Ok([0; 3])
     }
@@ -981,24 +987,21 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if vm.s2.lookup(tables, page).is_some() {
             return GuestPage::Mapped;
         }
-        // Whether the tags were cleared now: marked only once the mapping exists, so the mark
-        // never claims more than what a mapped page has.
-        let mut clear_mark = false;
-        if vm.mte {
-            // An MTE guest may only get Normal cacheable memory that can hold tags...
-            if self.platform.untagged.is_some_and(|u| u.contains(pa)) {
-                return GuestPage::Untagged(pa);
-            }
-            // ...and only with tags nobody else left: cleared once per change of ownership
-            // (the donated or shared data is the host's and is kept).
-            if !own.entry(pa).is_some_and(|e| e.tags_clean()) {
-                arch.clear_tags(pa);
-                clear_mark = true;
-            }
+        if vm.mte && self.platform.untagged.is_some_and(|u| u.contains(pa)) {
+            // An MTE guest may only get Normal cacheable memory that can hold tags.
+            return GuestPage::Untagged(pa);
         }
-        // Up to 3 new tables; never dip into the host stage 2's reserve.
+        // Up to 3 new tables; never dip into the host stage 2's reserve. Checked before the
+        // tags are cleared.
         if tables.free_pages() < self.host_reserve + 3 {
             return GuestPage::NoMemory;
+        }
+        // Only tags nobody else left: cleared once per change of ownership (the donated or
+        // shared data is the host's and is kept). Marked only once the mapping exists, so a
+        // *tags clean* mark is only ever on a page the VM has mapped.
+        let clear_mark = vm.mte && !own.entry(pa).is_some_and(|e| e.tags_clean());
+        if clear_mark {
+            arch.clear_tags(pa);
         }
         if !vm.fwb {
             // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
@@ -1466,6 +1469,31 @@ mod tests {
     }
 
     #[test]
+    fn destroy_leaves_no_vcpu_state_behind() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        // vCPU 0 calls CPU_ON(1, 0x5000, 7): vCPU 1 is left pending with the guest's entry
+        // point and context; then the host destroys the VM.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        let slot = (h & 0xFF) as usize;
+        assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Relaxed), 0x5000);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        for v in &f.hyp.vcpus[slot] {
+            assert_eq!(v.power.load(Ordering::Relaxed), power::OFF);
+            assert_eq!((v.on_entry.load(Ordering::Relaxed), v.on_context.load(Ordering::Relaxed)), (0, 0));
+            assert_eq!(*v.claim().unwrap(), VcpuCtx::new());
+        }
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout).is_ok());
+    }
+
+    #[test]
     fn firmware_registers_follow_the_restore_rules() {
         let mut f = fixture(); // the fixture's hardware needs no workaround 1 (CSV2 = 1)
         let h = create(&mut f, 1, 0);
@@ -1544,24 +1572,6 @@ mod tests {
     }
 
     #[test]
-    fn the_tags_clean_mark_follows_a_successful_mapping() {
-        let mut f = fixture();
-        let h = create(&mut f, 1, vm_flags::MTE);
-        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
-        // No table pages left for the mapping: tags may be cleared, but not marked clean.
-        let drained = {
-            let mut mem = f.hyp.mem.lock();
-            (0..).map_while(|_| mem.tables.alloc_table()).count()
-        };
-        assert!(drained > 0);
-        let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000)];
-        let r = f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]);
-        assert_eq!(r, Ok([exit::KILLED as u64, 0, 0]), "out of table memory");
-        assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean(), "marked clean without a mapping");
-    }
-
-    #[test]
     fn id_register_reads_are_answered_from_the_vm() {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
@@ -1611,6 +1621,24 @@ mod tests {
         let e = exit_record(&f);
         assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
         assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn an_mte_page_that_cannot_be_mapped_is_not_marked_tags_clean() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        {
+            let mut mem = f.hyp.mem.lock();
+            let used = mem.tables.in_use();
+            mem.tables.limit = used + f.hyp.host_reserve;
+        }
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::hyp::tests::RAM_PAGES as u64));
     }
 
     #[test]
