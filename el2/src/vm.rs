@@ -1534,7 +1534,11 @@ mod tests {
         assert_eq!(rec.0.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
         assert!(f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
-        f.call(0, H::VmDestroy, &[h]).unwrap();
+        // A protected MTE VM's pages are scrubbed with their tags (DC GZVA: all have storage).
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert!(!rec.0.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
         assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
         let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
