@@ -13,6 +13,7 @@
 mod console;
 mod fail;
 mod fdt_writer;
+mod gic;
 mod hvc;
 mod platform;
 #[macro_use]
@@ -20,6 +21,7 @@ mod scenarios;
 // After `scenarios`, whose check! macros they use.
 mod bench;
 mod hostile;
+mod sched;
 mod vm_scenarios;
 mod vmm;
 
@@ -256,6 +258,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
     console::init(plat.uart);
     fail::init(&plat);
     println!("host: el1-host starting at EL{} (device tree at {dtb:#x})", current_el());
+    gic::init(&plat);
     ONLINE[0].store(true, Ordering::SeqCst);
     let name = plat.scenario();
     scenarios::run(name, &plat);
@@ -268,6 +271,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
 extern "C" fn host_secondary(cpu: u64) -> ! {
     let version = hvc::call(shared_abi::HypercallId::Version, &[]);
     println!("host: cpu{cpu} online at EL{}, hypervisor ABI {version:x?}", current_el());
+    gic::init_cpu(cpu as usize % MAX_CPUS);
     ONLINE[cpu as usize % MAX_CPUS].store(true, Ordering::SeqCst);
     loop {
         if FAULT_REQUEST.load(Ordering::SeqCst) == cpu {
@@ -278,6 +282,9 @@ extern "C" fn host_secondary(cpu: u64) -> ! {
             FAULT_RETURNED.store(true, Ordering::SeqCst);
         }
         vmm::secondary_work(cpu as usize % MAX_CPUS);
+        sched::secondary_work(cpu as usize % MAX_CPUS);
+        // A tick (or kick) that came while idle: acknowledge it, re-arming the tick.
+        gic::handle_pending();
         // SAFETY: `wfe` only waits (the requester sends an event).
         unsafe { asm!("wfe", options(nomem, nostack)) };
     }
