@@ -22,6 +22,7 @@ mod scenarios;
 mod bench;
 mod hostile;
 mod sched;
+mod sched_scenarios;
 mod vm_scenarios;
 mod vmm;
 

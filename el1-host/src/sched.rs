@@ -84,10 +84,28 @@ fn record(handle: u64, r: Result<Outcome, HypError>) {
     }
 }
 
-/// Stops every vCPU of `vm` and kicks the host CPUs running one.
-pub fn stop(vm: &Vm) {
+/// Stops every vCPU of `vm` and kicks the host CPUs running one; returns those CPUs.
+pub fn stop(vm: &Vm) -> u64 {
     let cpus = QUEUE.lock().stop_vm(vm.handle);
     kick_mask(cpus);
+    cpus
+}
+
+/// Queues a stopped `vm` again (its vCPUs runnable, their run state kept), once no host CPU
+/// runs it.
+///
+/// # Errors
+/// The queue's refusal.
+pub fn requeue(vm: &Vm) -> Result<(), host_sched::Error> {
+    loop {
+        let mut q = QUEUE.lock();
+        if q.running_on(vm.handle) != 0 {
+            drop(q);
+            core::hint::spin_loop();
+            continue;
+        }
+        return q.requeue_vm(vm.handle);
+    }
 }
 
 fn kick_mask(cpus: u64) {

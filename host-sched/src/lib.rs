@@ -172,6 +172,22 @@ impl RunQueue {
         self.slots.iter().flatten().any(|e| e.vm == vm && e.state != State::Done)
     }
 
+    /// Makes every vCPU of a stopped `vm` runnable again.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while a vCPU of it runs, [`Error::NotFound`] if it has no slot.
+    pub fn requeue_vm(&mut self, vm: u64) -> Result<(), Error> {
+        if self.running_on(vm) != 0 {
+            return Err(Error::Busy);
+        }
+        let mut found = false;
+        for e in self.slots.iter_mut().flatten().filter(|e| e.vm == vm) {
+            *e = Entry { state: State::Runnable, stopping: false, ..*e };
+            found = true;
+        }
+        found.then_some(()).ok_or(Error::NotFound)
+    }
+
     /// Frees every slot of `vm` (before `VM_DESTROY`).
     ///
     /// # Errors
@@ -256,7 +272,11 @@ mod tests {
         assert_eq!(q.put_back(s0), Ok(State::Done));
         assert!(!q.live(0x100));
         assert_eq!(q.running_on(0x100), 0);
+        assert_eq!(q.requeue_vm(0x100), Ok(()));
+        assert_eq!(q.entry(s0).unwrap(), Entry { vm: 0x100, vcpu: 0, state: State::Runnable, stopping: false });
+        assert_eq!(q.stop_vm(0x100), 0, "nothing running: no CPU to kick");
         assert_eq!(q.remove_vm(0x100), Ok(()));
+        assert_eq!(q.requeue_vm(0x100), Err(Error::NotFound));
         assert_eq!(q.remove_vm(0x100), Err(Error::NotFound));
         // The other VM is untouched and its slot order kept.
         assert_eq!(q.pick(0).map(|p| p.1.vm), Some(0x101));
