@@ -65,16 +65,11 @@ pub static COUNTS: [Counts; MAX_CPUS] =
 /// Set by a tick or a kick, cleared by [`take_preempt`]: the scheduler should move on.
 static PREEMPT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-/// The distributor and redistributor bases from the device tree (`arm,gic-v3`).
-fn gic_regs(plat: &Platform) -> Option<(u64, u64)> {
-    plat.gic
-}
-
 /// Boot CPU: finds the GIC, configures the distributor (affinity routing, group 1) and this
 /// CPU's redistributor and CPU interface, and starts the tick (`tick-ms=N`, default 10).
 /// Without a GICv3 in the device tree the host runs without interrupts, as before.
 pub fn init(plat: &Platform) {
-    let Some((gicd, gicr)) = gic_regs(plat) else {
+    let Some((gicd, gicr)) = plat.gic else {
         crate::println!("host: no GICv3 in the device tree: no tick, no preemption");
         return;
     };

@@ -3,6 +3,9 @@
 //! It talks to EL2 only through hypercalls (`HVC #0`, [`shared_abi`]) and to firmware only
 //! through PSCI (`SMC`, which EL2 intercepts). It runs with its MMU off; EL2 sets
 //! `HCR_EL2.DC`, so its memory is Normal cacheable and devices are Device through stage 2.
+//! It owns the physical GICv3 and each CPU's EL1 physical timer ([`gic`]): with `DAIF` masked
+//! throughout, it acknowledges interrupts after a `VCPU_RUN` ends with exit `IRQ` and in idle
+//! loops, and its scheduler ([`sched`]) preempts guests at each tick.
 //!
 //! The device tree's `/chosen/bootargs` selects a scenario (`scenario=NAME`, default `demo`).
 //! Every scenario ends by powering the machine off through PSCI (QEMU exits 0) or, on failure,

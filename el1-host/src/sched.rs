@@ -33,8 +33,10 @@ static DEV_VALUE: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY
 
 /// Most VMs whose outcome is kept.
 const MAX_VMS: usize = 8;
-/// How each VM's run ended (handle, outcome): `Ok` from the guest, `Err` from `VCPU_RUN`.
-static OUTCOMES: spin::Mutex<[(u64, Option<Result<Outcome, HypError>>); MAX_VMS]> = spin::Mutex::new([(0, None); MAX_VMS]);
+/// How a VM's run ended: `Ok` from the guest, `Err` from `VCPU_RUN`.
+type VmOutcome = Result<Outcome, HypError>;
+/// Each queued VM's handle and outcome (handle 0: free).
+static OUTCOMES: spin::Mutex<[(u64, Option<VmOutcome>); MAX_VMS]> = spin::Mutex::new([(0, None); MAX_VMS]);
 
 /// Helper CPUs taking part (bit `cpu`), and whether they should.
 static HELPERS: AtomicU64 = AtomicU64::new(0);
@@ -73,11 +75,11 @@ pub fn add(vm: &Vm, dev_value: u64) -> Result<(), host_sched::Error> {
 }
 
 /// How `vm`'s run ended, once it has.
-pub fn outcome(vm: &Vm) -> Option<Result<Outcome, HypError>> {
+pub fn outcome(vm: &Vm) -> Option<VmOutcome> {
     OUTCOMES.lock().iter().find(|(h, _)| *h == vm.handle).and_then(|(_, o)| *o)
 }
 
-fn record(handle: u64, r: Result<Outcome, HypError>) {
+fn record(handle: u64, r: VmOutcome) {
     let mut o = OUTCOMES.lock();
     if let Some(e) = o.iter_mut().find(|(h, _)| *h == handle) {
         e.1.get_or_insert(r);
@@ -151,8 +153,8 @@ pub fn finish() {
     ACTIVE.store(false, Ordering::SeqCst);
     let helpers = HELPERS.swap(0, Ordering::SeqCst);
     kick_mask(helpers);
-    for cpu in 0..crate::MAX_CPUS {
-        while BUSY[cpu].load(Ordering::SeqCst) {
+    for busy in &BUSY {
+        while busy.load(Ordering::SeqCst) {
             core::hint::spin_loop();
         }
     }
