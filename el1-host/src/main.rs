@@ -3,6 +3,9 @@
 //! It talks to EL2 only through hypercalls (`HVC #0`, [`shared_abi`]) and to firmware only
 //! through PSCI (`SMC`, which EL2 intercepts). It runs with its MMU off; EL2 sets
 //! `HCR_EL2.DC`, so its memory is Normal cacheable and devices are Device through stage 2.
+//! It owns the physical GICv3 and each CPU's EL1 physical timer ([`gic`]): with `DAIF` masked
+//! throughout, it acknowledges interrupts after a `VCPU_RUN` ends with exit `IRQ` and in idle
+//! loops, and its scheduler ([`sched`]) preempts guests at each tick.
 //!
 //! The device tree's `/chosen/bootargs` selects a scenario (`scenario=NAME`, default `demo`).
 //! Every scenario ends by powering the machine off through PSCI (QEMU exits 0) or, on failure,
@@ -13,6 +16,7 @@
 mod console;
 mod fail;
 mod fdt_writer;
+mod gic;
 mod hvc;
 mod platform;
 #[macro_use]
@@ -20,6 +24,8 @@ mod scenarios;
 // After `scenarios`, whose check! macros they use.
 mod bench;
 mod hostile;
+mod sched;
+mod sched_scenarios;
 mod vm_scenarios;
 mod vmm;
 
@@ -256,6 +262,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
     console::init(plat.uart);
     fail::init(&plat);
     println!("host: el1-host starting at EL{} (device tree at {dtb:#x})", current_el());
+    gic::init(&plat);
     ONLINE[0].store(true, Ordering::SeqCst);
     let name = plat.scenario();
     scenarios::run(name, &plat);
@@ -268,6 +275,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
 extern "C" fn host_secondary(cpu: u64) -> ! {
     let version = hvc::call(shared_abi::HypercallId::Version, &[]);
     println!("host: cpu{cpu} online at EL{}, hypervisor ABI {version:x?}", current_el());
+    gic::init_cpu(cpu as usize % MAX_CPUS);
     ONLINE[cpu as usize % MAX_CPUS].store(true, Ordering::SeqCst);
     loop {
         if FAULT_REQUEST.load(Ordering::SeqCst) == cpu {
@@ -278,6 +286,9 @@ extern "C" fn host_secondary(cpu: u64) -> ! {
             FAULT_RETURNED.store(true, Ordering::SeqCst);
         }
         vmm::secondary_work(cpu as usize % MAX_CPUS);
+        sched::secondary_work(cpu as usize % MAX_CPUS);
+        // A tick (or kick) that came while idle: acknowledge it, re-arming the tick.
+        gic::handle_pending();
         // SAFETY: `wfe` only waits (the requester sends an event).
         unsafe { asm!("wfe", options(nomem, nostack)) };
     }

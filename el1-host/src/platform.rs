@@ -16,6 +16,8 @@ pub struct Platform {
     pub ecam: Option<u64>,
     /// A 32-bit PCI memory window (base), if any.
     pub pci_mem32: Option<u64>,
+    /// GICv3 distributor and redistributor bases (`arm,gic-v3`: the first two `reg` entries).
+    pub gic: Option<(u64, u64)>,
     bootargs: [u8; 256],
     bootargs_len: usize,
 }
@@ -53,13 +55,17 @@ impl Platform {
                 ((cell(0) >> 24) & 3 == 2).then(|| cell(3) << 32 | cell(4))
             })
         });
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).and_then(|n| {
+            let mut regs = n.reg()?;
+            Some((regs.next()?.starting_address as u64, regs.next()?.starting_address as u64))
+        });
         let mut bootargs = [0u8; 256];
         let mut bootargs_len = 0;
         if let Some(args) = fdt.chosen().bootargs() {
             bootargs_len = args.len().min(256);
             bootargs[..bootargs_len].copy_from_slice(&args.as_bytes()[..bootargs_len]);
         }
-        Self { uart, cpus, nr_cpus, ram, ecam, pci_mem32, bootargs, bootargs_len }
+        Self { uart, cpus, nr_cpus, ram, ecam, pci_mem32, gic, bootargs, bootargs_len }
     }
 
     /// The value of `key=value` in the boot arguments.

@@ -74,6 +74,8 @@ pub fn run(name: &str, plat: &Platform) {
         "bad-args" => bad_args(plat),
         "el2-fatal" => el2_fatal(plat),
         "bench" => {
+            // Exact instruction counts: no tick in the middle of a measurement.
+            crate::gic::stop_tick();
             setup(plat);
             crate::bench::run(plat);
         }
@@ -83,6 +85,7 @@ pub fn run(name: &str, plat: &Platform) {
             crate::hostile::run(plat);
         }
         "bench-ptrauth" => {
+            crate::gic::stop_tick();
             setup(plat);
             crate::bench::run_ptrauth(plat);
         }

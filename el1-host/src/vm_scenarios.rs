@@ -26,7 +26,7 @@ fn image(plat: &Platform) -> &'static [u8] {
 }
 
 /// Creates a VM, loads the guest image into its memory and gives the memory to it.
-fn start(plat: &Platform, vcpus: u32, protected: bool) -> Vm {
+pub fn start(plat: &Platform, vcpus: u32, protected: bool) -> Vm {
     start_with(plat, vcpus, if protected { vm_flags::PROTECTED } else { 0 })
 }
 
@@ -98,6 +98,8 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-soak" => soak(plat),
         "vm-illegal-state" => illegal_state(plat),
         "vm-leaks" => leaks(plat),
+        "vm-preempt" => crate::sched_scenarios::preempt(plat),
+        "vm-preempt-spin-wait" => crate::sched_scenarios::spin_wait(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }

@@ -178,6 +178,24 @@ fn note_exit(r: Result<&VcpuExit, HypError>) {
     row[run_status::IN_RUN].store(0, Ordering::Release);
 }
 
+/// What one `VCPU_RUN` of [`Stepper::run_once`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// The vCPU exited with this reason (`shared_abi::msg::exit`) and may run again.
+    Exit(u32),
+    /// The VM ended.
+    Ended(Outcome),
+}
+
+/// A test device that answers every read with one value (a guest's role or parameter).
+pub struct ValueDevice(pub u64);
+impl TestDevice for ValueDevice {
+    fn write(&mut self, _: &Vm, _: u64) {}
+    fn read(&mut self, _: &Vm) -> u64 {
+        self.0
+    }
+}
+
 /// Set when the VM being run by several host CPUs has stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -194,8 +212,26 @@ impl Stepper {
         Self { line: [0; 160], len: 0, read_value: 0 }
     }
 
-    /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over.
+    /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over
+    /// (a secondary vCPU that is off waits for [`STOP`]; vCPU 0 off ends the run).
     pub fn step(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Option<Outcome>, HypError> {
+        match self.run_once(vm, index, dev)? {
+            Ran::Ended(o) => Ok(Some(o)),
+            Ran::Exit(exit::VCPU_OFF) => {
+                if index == 0 || STOP.load(Ordering::SeqCst) {
+                    return Ok(Some(Outcome::Off));
+                }
+                core::hint::spin_loop();
+                Ok(None)
+            }
+            Ran::Exit(_) => Ok(None),
+        }
+    }
+
+    /// Runs vCPU `index` to its next exit and handles it: the exit reason, or how the VM
+    /// ended. An `IRQ` exit has had the host's pending interrupts handled
+    /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
+    pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
         note_run(vm, index);
         let r = hvc::call(HypercallId::VcpuRun, &[vm.handle, index, self.read_value]);
         self.read_value = 0;
@@ -228,19 +264,16 @@ impl Stepper {
                         UNASSIGNED.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(None)
+                Ok(Ran::Exit(exit::MMIO))
             }
-            exit::WFX | exit::IRQ | exit::HYPERCALL => Ok(None),
-            exit::VCPU_OFF => {
-                if index == 0 || STOP.load(Ordering::SeqCst) {
-                    return Ok(Some(Outcome::Off));
-                }
-                core::hint::spin_loop();
-                Ok(None)
+            exit::IRQ => {
+                crate::gic::handle_pending();
+                Ok(Ran::Exit(exit::IRQ))
             }
-            exit::SYSTEM_OFF => Ok(Some(Outcome::Off)),
-            exit::SYSTEM_RESET => Ok(Some(Outcome::Reset)),
-            exit::KILLED => Ok(Some(Outcome::Killed(e.data, e.ipa, e.args[0]))),
+            r @ (exit::WFX | exit::HYPERCALL | exit::VCPU_OFF) => Ok(Ran::Exit(r)),
+            exit::SYSTEM_OFF => Ok(Ran::Ended(Outcome::Off)),
+            exit::SYSTEM_RESET => Ok(Ran::Ended(Outcome::Reset)),
+            exit::KILLED => Ok(Ran::Ended(Outcome::Killed(e.data, e.ipa, e.args[0]))),
             other => crate::fail::fail(format_args!("unknown exit reason {other}")),
         }
     }
@@ -355,6 +388,11 @@ fn run_started(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Ou
     }
     let outcome = run_vcpu(vm, 0, dev);
     STOP.store(true, Ordering::SeqCst);
+    // A sibling vCPU may be spinning without exits: bring its host CPU back now rather than
+    // at its next tick.
+    for k in 1..helpers {
+        crate::gic::kick(k);
+    }
     for k in 1..helpers {
         wait_secondary(k);
     }

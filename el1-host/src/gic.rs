@@ -1,0 +1,205 @@
+//! The host's interrupts: the physical GICv3 and each CPU's EL1 physical timer (CNTP).
+//!
+//! Place in the flow: the host owns the GIC (distributor and redistributors are host device
+//! memory in its stage 2; the CPU interface is its `ICC_*_EL1` registers, which EL2 lets EL1
+//! use through `ICC_SRE_EL2.Enable`) and its timer (`CNTHCTL_EL2.EL1PCEN` while it runs).
+//! EL2 neither touches nor needs either: it only sends a physical interrupt that arrives while
+//! a guest runs back to the host as the `IRQ` exit of `VCPU_RUN` (guests run with
+//! `HCR_EL2.IMO/FMO`, so the guest's own `PSTATE.I` cannot hold it off).
+//!
+//! **Polled, not vectored.** The host keeps `DAIF` masked, as before: it is a cooperative,
+//! single-threaded kernel per CPU, with nothing an interrupt handler could usefully preempt.
+//! An interrupt that arrives while a guest runs ends the `VCPU_RUN` (exit `IRQ`), and the
+//! VMM then calls [`handle_pending`], which acknowledges everything pending (`ICC_IAR1_EL1`),
+//! acts on it and ends it (`ICC_EOIR1_EL1`; `ICC_CTLR_EL1.EOImode` = 0, so that also
+//! deactivates). One that arrives while the host itself runs stays pending: the next guest
+//! entry exits at once and the same path handles it. No exception vector changes, no
+//! re-entrancy, and the order of host work stays deterministic.
+//!
+//! Two interrupts are used:
+//! - the tick, PPI 30 (INTID 30, the EL1 physical timer, level): re-armed `tick` later at
+//!   every acknowledgement; it tells the scheduler to move on (a guest that never exits loses
+//!   its CPU at the next tick);
+//! - the kick, SGI [`KICK_SGI`] from another host CPU (`ICC_SGI1R_EL1`): "come back to the
+//!   host now", when a VM powers off, resets or is destroyed while a sibling vCPU runs here.
+//!
+//! The driver is the `arm-gic` crate (README, "Dependencies"); the timer is three registers.
+
+use crate::platform::Platform;
+use crate::MAX_CPUS;
+use arm_gic::gicv3::registers::{Gicd, GicrSgi};
+use arm_gic::gicv3::{GicCpuInterface, GicV3, SgiTarget, SgiTargetGroup};
+use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
+use core::arch::asm;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The EL1 physical timer's PPI (INTID 30).
+pub const TIMER_INTID: u32 = 30;
+/// The SGI one host CPU sends another to bring it back from a guest.
+pub const KICK_SGI: u32 = 1;
+/// The default tick, in milliseconds of the system counter (`tick-ms=N`; 0: no tick).
+pub const DEFAULT_TICK_MS: u64 = 10;
+
+/// The GIC, once the boot CPU has found and initialised it.
+static GIC: spin::Mutex<Option<GicV3<'static>>> = spin::Mutex::new(None);
+/// The tick period in counter ticks (0: the tick is off).
+static TICK: AtomicU64 = AtomicU64::new(0);
+/// Each CPU's MPIDR affinity (Aff3..Aff0), the SGI target.
+static MPIDR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
+
+/// What each CPU has acknowledged, for the scheduler and the scenarios.
+pub struct Counts {
+    /// Ticks acknowledged.
+    pub ticks: AtomicU64,
+    /// Kicks acknowledged.
+    pub kicks: AtomicU64,
+    /// Interrupts that were neither (spurious or unknown; ended and ignored).
+    pub other: AtomicU64,
+}
+
+/// Per-CPU [`Counts`].
+pub static COUNTS: [Counts; MAX_CPUS] =
+    [const { Counts { ticks: AtomicU64::new(0), kicks: AtomicU64::new(0), other: AtomicU64::new(0) } }; MAX_CPUS];
+
+/// Set by a tick or a kick, cleared by [`take_preempt`]: the scheduler should move on.
+static PREEMPT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Boot CPU: finds the GIC, configures the distributor (affinity routing, group 1) and this
+/// CPU's redistributor and CPU interface, and starts the tick (`tick-ms=N`, default 10).
+/// Without a GICv3 in the device tree the host runs without interrupts, as before.
+pub fn init(plat: &Platform) {
+    let Some((gicd, gicr)) = plat.gic else {
+        crate::println!("host: no GICv3 in the device tree: no tick, no preemption");
+        return;
+    };
+    for (i, m) in plat.cpus[..plat.nr_cpus].iter().enumerate() {
+        MPIDR[i].store(*m, Ordering::Relaxed);
+    }
+    // SAFETY: the device tree names these as the GIC's distributor and redistributor frames;
+    // they are device memory in the host's stage 2 (EL2 maps everything outside RAM as
+    // Device), and this is the only driver instance: it lives in `GIC` for ever.
+    let gic = unsafe {
+        let d = UniqueMmioPointer::new(NonNull::new(gicd as *mut Gicd).unwrap_or_else(|| crate::fail::halt()));
+        GicV3::new(d, NonNull::new(gicr as *mut GicrSgi).unwrap_or_else(|| crate::fail::halt()), plat.nr_cpus.max(1))
+    };
+    let Ok(mut gic) = gic else {
+        crate::fail::fail(format_args!("GICv3 at {gicd:#x}/{gicr:#x}: the redistributors do not look like a GICv3"));
+    };
+    // Distributor: affinity routing, group 1 (non-secure; QEMU's GIC has one security state),
+    // every SPI group 1 at one priority and disabled (the host uses none yet).
+    gic.distributor().configure_default_settings();
+    *GIC.lock() = Some(gic);
+    let ms = plat.arg("tick-ms").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_TICK_MS);
+    TICK.store(counter_freq() * ms / 1000, Ordering::SeqCst);
+    init_cpu(0);
+    crate::println!("host: GICv3 at {gicd:#x} (redistributors {gicr:#x}), tick {ms} ms");
+}
+
+/// Every CPU (the boot CPU from [`init`]): wakes this CPU's redistributor (`GICR_WAKER`),
+/// configures its SGIs and PPIs, turns on the CPU interface (`ICC_SRE_EL1.SRE`,
+/// `ICC_PMR_EL1` = 0xFF, `ICC_IGRPEN1_EL1`), enables the tick and the kick, and arms the tick.
+pub fn init_cpu(cpu: usize) {
+    let mut guard = GIC.lock();
+    let Some(gic) = guard.as_mut() else { return };
+    // ICC_SRE_EL1.SRE, GICR_WAKER.ProcessorSleep = 0 (waits for ChildrenAsleep to clear),
+    // ICC_CTLR_EL1 = 0 (EOImode 0: EOIR also deactivates).
+    gic.init_cpu(cpu);
+    let ok = gic.redistributor(cpu).map(|mut r| r.configure_default_settings()).is_ok()
+        && gic.set_trigger(IntId::ppi(TIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
+        && gic.enable_interrupt(IntId::ppi(TIMER_INTID - 16), Some(cpu), true).is_ok()
+        && gic.enable_interrupt(IntId::sgi(KICK_SGI), Some(cpu), true).is_ok();
+    drop(guard);
+    if !ok {
+        crate::fail::fail(format_args!("cpu{cpu}: no GIC redistributor for this CPU"));
+    }
+    GicCpuInterface::set_priority_mask(0xFF);
+    GicCpuInterface::enable_group1(true);
+    arm_tick();
+}
+
+/// Whether the GIC is in use.
+pub fn present() -> bool {
+    GIC.lock().is_some()
+}
+
+/// `CNTFRQ_EL0`: the system counter's frequency.
+fn counter_freq() -> u64 {
+    let v: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Arms this CPU's tick one period from now (`CNTP_TVAL_EL0`, `CNTP_CTL_EL0.ENABLE`), or
+/// stops the timer when the tick is off. Re-arming also lowers the timer's level interrupt.
+fn arm_tick() {
+    let period = TICK.load(Ordering::Relaxed);
+    // SAFETY: the host owns its EL1 physical timer (CNTHCTL_EL2.EL1PCEN while it runs; guests
+    // trap it); writing it only schedules the tick interrupt.
+    unsafe {
+        if period == 0 {
+            asm!("msr cntp_ctl_el0, xzr", "isb", options(nomem, nostack, preserves_flags));
+        } else {
+            asm!("msr cntp_tval_el0, {}", "msr cntp_ctl_el0, {}", "isb", in(reg) period, in(reg) 1u64, options(nomem, nostack, preserves_flags));
+        }
+    }
+}
+
+/// Turns the tick off on every CPU from their next acknowledgement on, and on this one now
+/// (benchmarks: an exact instruction count must not include a tick).
+pub fn stop_tick() {
+    TICK.store(0, Ordering::SeqCst);
+    arm_tick();
+}
+
+/// Acknowledges and handles every pending interrupt on this CPU; returns how many. Called
+/// after a `VCPU_RUN` that ended with exit `IRQ`, and by idle loops.
+pub fn handle_pending() -> usize {
+    let cpu = crate::cpu_id();
+    let mut n = 0;
+    // Bounded: a level interrupt that the handler failed to lower cannot keep the host here.
+    while n < 16 {
+        let Some(id) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) else { break };
+        let raw = u32::from(id);
+        match raw {
+            TIMER_INTID => {
+                COUNTS[cpu].ticks.fetch_add(1, Ordering::Relaxed);
+                arm_tick();
+                PREEMPT[cpu].store(true, Ordering::Release);
+            }
+            KICK_SGI => {
+                COUNTS[cpu].kicks.fetch_add(1, Ordering::Relaxed);
+                PREEMPT[cpu].store(true, Ordering::Release);
+            }
+            _ => {
+                COUNTS[cpu].other.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        GicCpuInterface::end_interrupt(id, InterruptGroup::Group1);
+        n += 1;
+    }
+    n
+}
+
+/// Whether a tick or kick arrived on this CPU since the last call.
+pub fn take_preempt() -> bool {
+    PREEMPT[crate::cpu_id()].swap(false, Ordering::AcqRel)
+}
+
+/// Sends the kick SGI to host CPU `cpu`: if it is running a guest, its `VCPU_RUN` returns
+/// `IRQ` (EL2 routes physical interrupts to itself while a guest runs) and its scheduler looks
+/// at the run queue again. A kick to a CPU that runs host code is acknowledged at its next
+/// guest entry or idle poll.
+pub fn kick(cpu: usize) {
+    let Some(mpidr) = MPIDR.get(cpu).map(|m| m.load(Ordering::Relaxed)).filter(|m| *m != u64::MAX) else { return };
+    if !present() {
+        return;
+    }
+    let aff = |n: u32| ((mpidr >> n) & 0xFF) as u8;
+    let target = SgiTarget::List { affinity3: aff(32), affinity2: aff(16), affinity1: aff(8), target_list: 1 << (mpidr & 0xF) };
+    // The SGI's data (the run queue's state) must be visible to the target first.
+    // SAFETY: DSB only orders memory accesses.
+    unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+    let _ = GicCpuInterface::send_sgi(IntId::sgi(KICK_SGI), target, SgiTargetGroup::CurrentGroup1);
+}

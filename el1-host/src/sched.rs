@@ -1,0 +1,247 @@
+//! The host's vCPU scheduler: any number of vCPUs, of any number of VMs, on the host CPUs a
+//! caller chooses, round robin, preempted by the host's tick.
+//!
+//! Place in the flow: the run queue itself ([`host_sched::RunQueue`], host-tested) decides
+//! who runs next; this module runs the chosen vCPU with [`Stepper::run_once`] until
+//! - the vCPU exits with `IRQ` and the host's tick or a kick arrived ([`gic::take_preempt`]):
+//!   a guest that never exits loses its CPU at the next tick;
+//! - it waits (`WFX`) or is powered off (`VCPU_OFF`): it yields;
+//! - its VM was stopped meanwhile: it is done;
+//! - its VM ends (`SYSTEM_OFF`, `SYSTEM_RESET`, `KILLED`) or `VCPU_RUN` fails: the VM's
+//!   outcome is recorded, its other vCPUs stop, and the host CPUs running them are kicked
+//!   (SGI) so that a sibling spinning without exits comes back at once.
+//!
+//! A vCPU's console line and pending MMIO read ([`Stepper`]) live with its queue slot, so a vCPU
+//! can move between host CPUs (EL2 keeps its context and flushes the local TLB on migration).
+//! Helper CPUs take part through [`secondary_work`], called from their idle loop. The older
+//! fixed placement ([`crate::vmm::run`]: vCPU `k` on host CPU `k`) stays for the scenarios that
+//! are about something else.
+
+use crate::gic;
+use crate::vmm::{Outcome, Ran, Stepper, ValueDevice, Vm};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use host_sched::{RunQueue, CAPACITY};
+use shared_abi::msg::exit;
+use shared_abi::HypError;
+
+static QUEUE: spin::Mutex<RunQueue> = spin::Mutex::new(RunQueue::new());
+/// Each slot's run state; locked by the CPU running the slot (never contended: the queue
+/// gives a slot to one CPU at a time).
+static STEPPERS: [spin::Mutex<Stepper>; CAPACITY] = [const { spin::Mutex::new(Stepper::new()) }; CAPACITY];
+/// Each slot's test-device answer.
+static DEV_VALUE: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY];
+
+/// Most VMs whose outcome is kept.
+const MAX_VMS: usize = 8;
+/// How a VM's run ended: `Ok` from the guest, `Err` from `VCPU_RUN`.
+type VmOutcome = Result<Outcome, HypError>;
+/// Each queued VM's handle and outcome (handle 0: free).
+static OUTCOMES: spin::Mutex<[(u64, Option<VmOutcome>); MAX_VMS]> = spin::Mutex::new([(0, None); MAX_VMS]);
+
+/// Helper CPUs taking part (bit `cpu`), and whether they should.
+static HELPERS: AtomicU64 = AtomicU64::new(0);
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Helper CPUs currently inside [`secondary_work`]'s loop.
+static BUSY: [AtomicBool; crate::MAX_CPUS] = [const { AtomicBool::new(false) }; crate::MAX_CPUS];
+
+/// Per-CPU figures for the scenarios.
+pub struct Stats {
+    /// vCPUs that lost the CPU to a tick or a kick.
+    pub preemptions: AtomicU64,
+    /// vCPUs picked.
+    pub picks: AtomicU64,
+}
+
+/// Per-CPU [`Stats`].
+pub static STATS: [Stats; crate::MAX_CPUS] = [const { Stats { preemptions: AtomicU64::new(0), picks: AtomicU64::new(0) } }; crate::MAX_CPUS];
+
+/// Queues every vCPU of `vm`; its test device answers reads with `dev_value`.
+///
+/// # Errors
+/// The queue's refusal (full, or already queued).
+pub fn add(vm: &Vm, dev_value: u64) -> Result<(), host_sched::Error> {
+    {
+        let mut o = OUTCOMES.lock();
+        let free = o.iter().position(|(h, _)| *h == 0 || *h == vm.handle).ok_or(host_sched::Error::Full)?;
+        o[free] = (vm.handle, None);
+    }
+    let mut q = QUEUE.lock();
+    for v in 0..vm.vcpus as u64 {
+        let slot = q.add(vm.handle, v)?;
+        *STEPPERS[slot].lock() = Stepper::new();
+        DEV_VALUE[slot].store(dev_value, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// How `vm`'s run ended, once it has.
+pub fn outcome(vm: &Vm) -> Option<VmOutcome> {
+    OUTCOMES.lock().iter().find(|(h, _)| *h == vm.handle).and_then(|(_, o)| *o)
+}
+
+fn record(handle: u64, r: VmOutcome) {
+    let mut o = OUTCOMES.lock();
+    if let Some(e) = o.iter_mut().find(|(h, _)| *h == handle) {
+        e.1.get_or_insert(r);
+    }
+}
+
+/// Stops every vCPU of `vm` and kicks the host CPUs running one; returns those CPUs.
+pub fn stop(vm: &Vm) -> u64 {
+    let cpus = QUEUE.lock().stop_vm(vm.handle);
+    kick_mask(cpus);
+    cpus
+}
+
+/// Queues a stopped `vm` again (its vCPUs runnable, their run state kept), once no host CPU
+/// runs it.
+///
+/// # Errors
+/// The queue's refusal.
+pub fn requeue(vm: &Vm) -> Result<(), host_sched::Error> {
+    loop {
+        let mut q = QUEUE.lock();
+        if q.running_on(vm.handle) != 0 {
+            drop(q);
+            core::hint::spin_loop();
+            continue;
+        }
+        return q.requeue_vm(vm.handle);
+    }
+}
+
+fn kick_mask(cpus: u64) {
+    let me = crate::cpu_id();
+    for cpu in (0..crate::MAX_CPUS).filter(|c| cpus & 1 << c != 0 && *c != me) {
+        gic::kick(cpu);
+    }
+}
+
+/// The host CPUs running a vCPU of `vm`.
+pub fn running_on(vm: &Vm) -> u64 {
+    QUEUE.lock().running_on(vm.handle)
+}
+
+/// Stops `vm` (kicking the CPUs that run it), waits until no host CPU runs it, takes it out of
+/// the queue and destroys it.
+///
+/// # Errors
+/// `VM_DESTROY`'s error.
+pub fn destroy(vm: &Vm) -> Result<(), HypError> {
+    stop(vm);
+    while QUEUE.lock().remove_vm(vm.handle) == Err(host_sched::Error::Busy) {
+        core::hint::spin_loop();
+    }
+    if let Some(e) = OUTCOMES.lock().iter_mut().find(|(h, _)| *h == vm.handle) {
+        *e = (0, None);
+    }
+    crate::vmm::destroy(vm)
+}
+
+/// Lets the helper CPUs in `cpus` (bit `cpu`; this CPU's bit is ignored) run vCPUs from the
+/// queue until [`finish`].
+pub fn start(cpus: u64) {
+    HELPERS.store(cpus & !(1 << crate::cpu_id()), Ordering::SeqCst);
+    ACTIVE.store(true, Ordering::SeqCst);
+    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
+    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+}
+
+/// Ends [`start`]: the helpers put back what they run (they are kicked, so a guest that never
+/// exits does not keep them) and go idle; returns once they have.
+pub fn finish() {
+    ACTIVE.store(false, Ordering::SeqCst);
+    let helpers = HELPERS.swap(0, Ordering::SeqCst);
+    kick_mask(helpers);
+    for busy in &BUSY {
+        while busy.load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Runs vCPUs from the queue on this CPU until `done()`.
+pub fn work_until(done: &dyn Fn() -> bool) {
+    let cpu = crate::cpu_id();
+    while !done() {
+        let picked = QUEUE.lock().pick(cpu);
+        match picked {
+            Some((slot, e)) => run_slot(cpu, slot, e.vm, e.vcpu),
+            None => {
+                gic::handle_pending();
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Runs every queued vCPU of `vms` on the CPUs in `cpus` (this one included if its bit is set)
+/// until each VM has an outcome.
+pub fn run(vms: &[&Vm], cpus: u64) {
+    start(cpus);
+    let done = || vms.iter().all(|vm| outcome(vm).is_some());
+    if cpus & 1 << crate::cpu_id() != 0 {
+        work_until(&done);
+    } else {
+        while !done() {
+            core::hint::spin_loop();
+        }
+    }
+    finish();
+}
+
+/// Called by an idle helper CPU: runs vCPUs while [`start`] includes it.
+pub fn secondary_work(cpu: usize) {
+    if !ACTIVE.load(Ordering::SeqCst) || HELPERS.load(Ordering::SeqCst) & 1 << cpu == 0 {
+        return;
+    }
+    BUSY[cpu].store(true, Ordering::SeqCst);
+    // Re-checked after BUSY is set, so `finish` either sees BUSY or this CPU sees !ACTIVE.
+    work_until(&|| !ACTIVE.load(Ordering::SeqCst) || HELPERS.load(Ordering::SeqCst) & 1 << cpu == 0);
+    BUSY[cpu].store(false, Ordering::SeqCst);
+}
+
+/// Runs the vCPU in `slot` until it yields, is preempted, stops or its VM ends.
+fn run_slot(cpu: usize, slot: usize, handle: u64, vcpu: u64) {
+    STATS[cpu].picks.fetch_add(1, Ordering::Relaxed);
+    let vm = Vm { handle, backing: 0, pages: 0, protected: false, vcpus: 0 };
+    let mut dev = ValueDevice(DEV_VALUE[slot].load(Ordering::Relaxed));
+    let mut stepper = STEPPERS[slot].lock();
+    // A tick or kick that arrived while this CPU was not running a guest is not this vCPU's.
+    gic::take_preempt();
+    let ended = loop {
+        match stepper.run_once(&vm, vcpu, &mut dev) {
+            Ok(Ran::Exit(exit::WFX | exit::VCPU_OFF)) => break None,
+            Ok(Ran::Exit(reason)) => {
+                if reason == exit::IRQ && gic::take_preempt() {
+                    STATS[cpu].preemptions.fetch_add(1, Ordering::Relaxed);
+                    break None;
+                }
+                if QUEUE.lock().stopping(slot) {
+                    break None;
+                }
+            }
+            Ok(Ran::Ended(o)) => break Some(Ok(o)),
+            // A sibling ended the VM (or EL2 stopped it) between this vCPU's runs.
+            Err(HypError::NotRunnable) => break Some(Err(HypError::NotRunnable)),
+            Err(e) => break Some(Err(e)),
+        }
+    };
+    drop(stepper);
+    match ended {
+        None => {
+            let _ = QUEUE.lock().put_back(slot);
+        }
+        Some(r) => {
+            if r != Err(HypError::NotRunnable) {
+                record(handle, r);
+            }
+            let cpus = {
+                let mut q = QUEUE.lock();
+                let _ = q.finish(slot);
+                q.stop_vm(handle)
+            };
+            kick_mask(cpus);
+        }
+    }
+}
