@@ -139,6 +139,8 @@ pub trait TestDevice {
     fn write(&mut self, vm: &Vm, v: u64);
     /// The guest reads.
     fn read(&mut self, vm: &Vm) -> u64;
+    /// Every exit, before the stepper handles it (a guest SGI, the EOI flag, ...).
+    fn exit(&mut self, _vm: &Vm, _e: &VcpuExit) {}
 }
 
 /// A test device that does nothing.
@@ -206,6 +208,7 @@ impl Stepper {
         // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
         let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
         note_exit(Ok(&e));
+        dev.exit(vm, &e);
         match e.reason {
             exit::MMIO => {
                 let write = e.flags & exit::MMIO_WRITE != 0;
@@ -230,7 +233,8 @@ impl Stepper {
                 }
                 Ok(None)
             }
-            exit::WFX | exit::IRQ | exit::HYPERCALL => Ok(None),
+            // An SGI is the test device's to deliver, if it wants.
+            exit::WFX | exit::IRQ | exit::HYPERCALL | exit::SGI => Ok(None),
             exit::VCPU_OFF => {
                 if index == 0 || STOP.load(Ordering::SeqCst) {
                     return Ok(Some(Outcome::Off));
