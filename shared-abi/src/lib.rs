@@ -243,16 +243,19 @@ errors! {
     /// EL2 ran out of internal memory for this operation. Nothing was changed.
     NoMemory = -9,
     /// The object is in use right now (a vCPU is running or being accessed on another CPU, the
-    /// VM has a running vCPU): the same call may succeed later.
+    /// VM has a running vCPU, the interrupt is still in one of the vCPU's list registers): the
+    /// same call may succeed later.
     Busy = -10,
     /// The VM handle does not name a live VM (never created, or destroyed).
     InvalidHandle = -11,
-    /// A fixed capacity is exhausted (VMs, vCPUs, memory regions per VM).
+    /// A fixed capacity is exhausted (VMs, vCPUs, memory regions per VM, a vCPU's list
+    /// registers).
     NoCapacity = -12,
     /// The register ID is not one this vCPU has.
     UnknownRegister = -13,
     /// The operation is refused for this VM: a protected VM's registers or new memory for it
-    /// after its first run, or a feature flag this hypervisor cannot give.
+    /// after its first run, a feature flag this hypervisor cannot give, or a hardware (`HW`)
+    /// virtual interrupt.
     Denied = -14,
     /// The vCPU cannot run: its VM was stopped by EL2 or ended itself (PSCI `SYSTEM_OFF` or
     /// `SYSTEM_RESET`).

@@ -6,10 +6,13 @@
 //! trap on FP/SIMD (`CPTR_EL2.TFP`), so no FP state moves yet.
 //!
 //! ```text
-//! load: save host EL1 state → guest traps → guest stage 2 → restore guest EL1 state
+//! load: save host EL1 state → guest traps (and the vCPU's virtual GIC CPU interface: VMCR,
+//!       active priorities, the used list registers, ICH_HCR_EL2.En) → guest stage 2
+//!       → restore guest EL1 state
 //! run (per exit): ELR/SPSR → __guest_enter (GPRs, ERET) … guest … vector → __guest_exit
 //!                 → read syndrome, PC, PSTATE
-//! put:  save guest EL1 state → restore host EL1 state → host traps + stage 2 → ISB
+//! put:  save guest EL1 state → restore host EL1 state (the virtual GIC interface back to the
+//!       vCPU, ICH_HCR_EL2 = 0, its list registers cleared) → host traps + stage 2 → ISB
 //! ```
 
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
