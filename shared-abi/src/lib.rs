@@ -157,7 +157,8 @@ hypercalls! {
     /// ([`msg::irq`]: priority, group, state, EOI notification). Puts the interrupt into a free
     /// list register of the vCPU (its virtual GICv3 CPU interface), after EL2 has checked
     /// every field. [`HypError::NoCapacity`] when every list register is in use: the host
-    /// keeps the interrupt pending in its own model and tries again after a run. (ABI 3.1.)
+    /// keeps the interrupt pending in its own model and tries again after a run. `x1` = the
+    /// list register used. (ABI 3.1.)
     VcpuSetIrq = 14, Any;
     /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::VgicState`] to the message page:
     /// the vCPU's list registers, and the level-sensitive interrupts the guest deactivated
