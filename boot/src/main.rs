@@ -285,6 +285,9 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     }
     let host_cfg = HOST_CONFIG.call_once(|| host_cfg);
     arch::activate_host(&host_cfg.for_this_cpu(&arch::read_idregs()));
+    if let Some(h) = HYP.get() {
+        h.report_vgic(arch::ich_vtr());
+    }
     log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(HOST_IMAGE_BASE, dtb) }
@@ -318,6 +321,7 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     let entry = boot.entry.load(Ordering::Acquire);
     let context = boot.context.load(Ordering::Acquire);
     arch::activate_host(&host_cfg.for_this_cpu(&id.regs));
+    hyp.report_vgic(arch::ich_vtr());
     log::info!("cpu{cpu} online at EL2 (MPIDR {:#x}), entering host at {entry:#x}", arch::mpidr());
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(entry, context) }

@@ -97,6 +97,8 @@ pub fn run(plat: &Platform) {
         HypercallId::VcpuRegList,
         HypercallId::VcpuRun,
         HypercallId::SetPtrauthPolicy,
+        HypercallId::VcpuSetIrq,
+        HypercallId::VcpuIrqState,
     ];
     let regs = [reg::PC, reg::x(0), reg::PSTATE, reg::SYSREGS[12].1, reg::fp_vreg(3), reg::FW_PSCI_VERSION, reg::MPIDR_EL1, reg::sysreg(3, 0, 0, 4, 0), 0, u64::MAX];
     for n in 0..calls {
@@ -174,6 +176,20 @@ pub fn run(plat: &Platform) {
                         // usr/svc/hyp, and one undefined bit; then the guest's own modes.
                         x[3] = rng.pick(&[0x3C9, 0x3C8, 0x3C5 | 1 << 20, 0x1D0, 0x1D3, 0x1DA, 0x3C5 | 1 << 36, 0x3C5, 0x3C4, 0]);
                     }
+                }
+            }
+            Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
+                // List-register requests: valid ones (which fill a vCPU's list registers, then
+                // the next runs load them) mixed with every kind of hostile field.
+                use shared_abi::msg::irq;
+                x[0] = handle(&mut rng, &handles);
+                x[1] = rng.pick(&[0, 0, 1, 7, 8, u64::MAX]);
+                if id == HypercallId::VcpuSetIrq as u64 {
+                    let (r, small) = (rng.next(), rng.below(1024));
+                    x[2] = rng.pick(&[0, 15, 27, 32, 1019, 1020, 1023, 8192, small, r]);
+                    let level = rng.below(2) == 0;
+                    let ok = irq::config(0x80, true, irq::PENDING, level) as u64;
+                    x[3] = rng.pick(&[ok, ok, ok | irq::HW as u64 | 27 << irq::PINTID_SHIFT, ok | 1, ok & !(irq::STATE_MASK as u64), ok | 1 << 40, r, r & 0xFFFF_FFFF]);
                 }
             }
             Ok(HypercallId::VcpuRegList) | Ok(HypercallId::VcpuRun) => {

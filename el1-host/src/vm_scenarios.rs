@@ -100,6 +100,7 @@ pub fn run(name: &str, plat: &Platform) {
         "vm-leaks" => leaks(plat),
         "vm-preempt" => crate::sched_scenarios::preempt(plat),
         "vm-preempt-spin-wait" => crate::sched_scenarios::spin_wait(plat),
+        "vm-vgic" => vgic(plat),
         other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
     }
 }
@@ -680,4 +681,76 @@ fn leaks(plat: &Platform) {
     unsafe { core::arch::asm!("mrs {}, S3_3_C13_C0_5", out(reg) host, options(nostack)) };
     check!(host == HOST_TPIDR2, "the host's TPIDR2_EL0 changed to {host:#x}");
     println!("host: ok: the host's TPIDR2_EL0 intact");
+}
+
+/// The host's side of the vgic guest: queue SPI 40 (level-sensitive) when the guest says it is
+/// ready, see it taken and its deactivation reported, then deliver the SGI the guest sends.
+struct VgicDev {
+    /// Flags of the last exit.
+    flags: u32,
+    /// The guest's reports (INTIDs it took).
+    took: [u64; 2],
+    n: usize,
+    /// The SGI exit: INTID, targets, register.
+    sgi: Option<[u64; 3]>,
+}
+
+impl TestDevice for VgicDev {
+    fn exit(&mut self, vm: &Vm, e: &shared_abi::msg::VcpuExit) {
+        use shared_abi::msg::{exit, irq};
+        self.flags = e.flags;
+        if e.reason == exit::SGI {
+            self.sgi = Some([e.args[0], e.args[1], e.args[2]]);
+            for t in (0..8).filter(|t| e.args[1] & (1 << t) != 0) {
+                let r = hvc::call(HypercallId::VcpuSetIrq, &[vm.handle, t, e.args[0], irq::config(0x80, true, irq::PENDING, false) as u64]);
+                check!(r.is_ok(), "queueing SGI {} for vCPU {t}: {r:?}", e.args[0]);
+            }
+        }
+    }
+
+    fn read(&mut self, vm: &Vm) -> u64 {
+        use shared_abi::msg::irq::{self, config, PENDING};
+        let level = config(0x80, true, PENDING, true) as u64;
+        let set = |vintid: u64, cfg: u64| hvc::call(HypercallId::VcpuSetIrq, &[vm.handle, 0, vintid, cfg]);
+        // Hostile requests first: each refused with its documented error, nothing queued.
+        check!(set(40, level | irq::HW as u64 | 27 << irq::PINTID_SHIFT) == Err(HypError::Denied), "HW bit accepted");
+        check!(set(40, config(0x81, true, PENDING, true) as u64) == Err(HypError::InvalidArgument), "unimplemented priority bit accepted");
+        check!(set(1020, level) == Err(HypError::InvalidArgument), "special INTID accepted");
+        check!(set(40, config(0x80, true, 0, true) as u64) == Err(HypError::InvalidArgument), "empty state accepted");
+        check!(set(40, level) == Ok([0, 0, 0]), "SPI 40 not queued in LR0");
+        check!(set(40, level) == Err(HypError::Busy), "SPI 40 queued twice");
+        println!("host: ok: hostile list-register requests refused; SPI 40 queued in LR0");
+        0
+    }
+
+    fn write(&mut self, vm: &Vm, v: u64) {
+        if self.n < 2 {
+            self.took[self.n] = v;
+        }
+        self.n += 1;
+        if self.n == 1 {
+            // The guest EOIed the level-sensitive SPI before this exit: EL2 says so.
+            check!(self.flags & shared_abi::msg::exit::FLAG_EOI != 0, "no EOI flag after the guest's EOI (flags {:#x})", self.flags);
+            let r = hvc::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
+            check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE: {r:?}");
+            let s: shared_abi::msg::VgicState = crate::scenarios::read_msg(crate::cpu_id());
+            check!(s.used == 0 && s.nr_lrs >= 1, "list registers after the EOI: used {:#x} of {}", s.used, s.nr_lrs);
+            check!(s.eoi[0] == 1 << 40 && s.eoi[1..].iter().all(|&w| w == 0), "EOI report {:x?}", s.eoi);
+            println!("host: ok: the guest's EOI of SPI 40 reported (flag and VCPU_IRQ_STATE), its list register free");
+        }
+    }
+}
+
+fn vgic(plat: &Platform) {
+    let vm = start(plat, 1, true);
+    let mut dev = VgicDev { flags: 0, took: [0; 2], n: 0, sgi: None };
+    let r = vmm::run(&vm, 1, &mut dev);
+    check!(r == Ok(Outcome::Off), "vgic guest ended {r:?}");
+    check!(dev.n == 2 && dev.took == [40, 5], "the guest took {:?} ({} reports)", dev.took, dev.n);
+    println!("host: ok: protected guest took SPI 40 from its list register");
+    check!(dev.sgi == Some([5, 1, shared_abi::msg::sgi::SGI1R]), "SGI exit {:?}", dev.sgi);
+    println!("host: ok: guest SGI 5 exited to the host (targets 0x1, ICC_SGI1R_EL1), queued back and taken");
+    let r = hvc::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
+    check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE at the end: {r:?}");
+    destroy(&vm);
 }

@@ -139,6 +139,8 @@ pub trait TestDevice {
     fn write(&mut self, vm: &Vm, v: u64);
     /// The guest reads.
     fn read(&mut self, vm: &Vm) -> u64;
+    /// Every exit, before the stepper handles it (a guest SGI, the EOI flag, ...).
+    fn exit(&mut self, _vm: &Vm, _e: &VcpuExit) {}
 }
 
 /// A test device that does nothing.
@@ -242,6 +244,7 @@ impl Stepper {
         // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
         let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
         note_exit(Ok(&e));
+        dev.exit(vm, &e);
         match e.reason {
             exit::MMIO => {
                 let write = e.flags & exit::MMIO_WRITE != 0;
@@ -270,7 +273,8 @@ impl Stepper {
                 crate::gic::handle_pending();
                 Ok(Ran::Exit(exit::IRQ))
             }
-            r @ (exit::WFX | exit::HYPERCALL | exit::VCPU_OFF) => Ok(Ran::Exit(r)),
+            // An SGI is the test device's to deliver (it saw the exit first), if it wants.
+            r @ (exit::WFX | exit::HYPERCALL | exit::VCPU_OFF | exit::SGI) => Ok(Ran::Exit(r)),
             exit::SYSTEM_OFF => Ok(Ran::Ended(Outcome::Off)),
             exit::SYSTEM_RESET => Ok(Ran::Ended(Outcome::Reset)),
             exit::KILLED => Ok(Ran::Ended(Outcome::Killed(e.data, e.ipa, e.args[0]))),

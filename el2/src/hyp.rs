@@ -21,6 +21,7 @@ use crate::owner::{Component, OwnError, Ownership};
 use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
 use crate::platform::{Platform, MAX_CPUS};
 use crate::cpufeat::{CpuFeatures, CpuId, Weaker};
+use crate::vgic::VgicCaps;
 use crate::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
@@ -121,7 +122,13 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) pauth_lazy: AtomicBool,
     /// Lazy policy: loads a vCPU keeps its keys after a trapped use.
     pub(crate) pauth_decay: core::sync::atomic::AtomicU32,
+    /// The virtual GICv3 CPU interface every CPU that entered EL2 has ([`VgicCaps::bits`],
+    /// the smallest of each field; 0: some CPU has none, [`VGIC_UNREPORTED`]: no report yet).
+    pub(crate) vgic: core::sync::atomic::AtomicU32,
 }
+
+/// [`Hyp::vgic`] before the boot CPU reports.
+const VGIC_UNREPORTED: u32 = u32::MAX;
 
 /// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
 /// guest exit to the host over a plain VM): a VM not using its keys +99 eager vs +5 lazy; a VM
@@ -217,7 +224,35 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             cpus: spin::Mutex::new(CpuFeatures::new(0, boot_cpu)),
             pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
+            vgic: core::sync::atomic::AtomicU32::new(VGIC_UNREPORTED),
         })
+    }
+
+    /// A CPU entering EL2 reports its `ICH_VTR_EL2` (`None`: no GICv3 system-register
+    /// interface). EL2 fills list registers only up to the smallest count any CPU has, with
+    /// priorities every CPU implements. (A CPU with fewer list registers than a vCPU already
+    /// uses would lose interrupts: CPUs are assumed to agree, as QEMU's and real systems do;
+    /// a disagreement is logged.)
+    pub fn report_vgic(&self, vtr: Option<u64>) {
+        let caps = vtr.map_or(0, |v| VgicCaps::from_vtr(v).bits());
+        let old = self.vgic.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            Some(match (cur, VgicCaps::from_bits(cur), VgicCaps::from_bits(caps)) {
+                (VGIC_UNREPORTED, ..) => caps,
+                (_, Some(a), Some(b)) => a.min(b).bits(),
+                _ => 0,
+            })
+        });
+        if matches!(old, Ok(o) if o != VGIC_UNREPORTED && o != caps) {
+            log::error!("CPUs differ in their virtual GIC CPU interface (ICH_VTR_EL2 {vtr:?}); using the smallest");
+        }
+    }
+
+    /// The virtual CPU interface VMs get, if every CPU has one.
+    pub(crate) fn vgic_caps(&self) -> Option<VgicCaps> {
+        match self.vgic.load(Ordering::Acquire) {
+            VGIC_UNREPORTED => None,
+            b => VgicCaps::from_bits(b),
+        }
     }
 
     /// CPU `cpu` (platform index) has entered EL2 and read its own `id`. Before the view is
@@ -329,6 +364,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             HypercallId::VcpuGetReg => self.vcpu_get_reg(x[1], x[2], x[3]),
             HypercallId::VcpuRegList => self.vcpu_reg_list(cpu, x[1], x[2]),
             HypercallId::VcpuRun => self.vcpu_run(cpu, x[1], x[2], x[3], m),
+            HypercallId::VcpuSetIrq => self.vcpu_set_irq(x[1], x[2], x[3], x[4]),
+            HypercallId::VcpuIrqState => self.vcpu_irq_state(cpu, x[1], x[2]),
         }
     }
 
@@ -530,6 +567,8 @@ pub(crate) mod tests {
     pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
     pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
     pub(crate) const HYP_PAGES: u64 = 16;
+    /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
+    pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
 
     pub(crate) struct Fixture {
         pub ram: Box<Ram>,
@@ -562,6 +601,8 @@ pub(crate) mod tests {
         boot_cpu_idregs[crate::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
         let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
         let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu }).unwrap();
+        // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
+        hyp.report_vgic(Some(QEMU_ICH_VTR));
         Fixture { ram, _entries: entries, hyp }
     }
 
@@ -578,6 +619,19 @@ pub(crate) mod tests {
             x[1..1 + args.len()].copy_from_slice(args);
             self.hyp.host_hvc(cpu, x, rec)
         }
+    }
+
+    #[test]
+    fn the_smallest_virtual_cpu_interface_wins() {
+        let f = fixture();
+        let qemu = crate::vgic::VgicCaps::from_vtr(QEMU_ICH_VTR);
+        assert_eq!(f.hyp.vgic_caps(), Some(qemu));
+        f.hyp.report_vgic(Some(15 | 6 << 26 | 7 << 29));
+        assert_eq!(f.hyp.vgic_caps(), Some(qemu), "a bigger CPU changes nothing");
+        f.hyp.report_vgic(Some(1 | 4 << 26 | 4 << 29));
+        assert_eq!(f.hyp.vgic_caps().map(|c| c.nr_lrs), Some(2));
+        f.hyp.report_vgic(None);
+        assert_eq!(f.hyp.vgic_caps(), None, "a CPU without GICv3 system registers: no vGIC");
     }
 
     #[test]

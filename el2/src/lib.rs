@@ -25,6 +25,7 @@ pub mod platform;
 pub mod pool;
 pub mod psci;
 pub mod vcpu;
+pub mod vgic;
 pub mod vm;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

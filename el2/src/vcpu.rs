@@ -82,10 +82,11 @@ pub struct VcpuCtx {
     /// FEAT_FGT, so it moves with the vCPU instead of leaking between host and guests. Not in
     /// the register ABI.
     pub tpidr2: u64,
-    /// `ICH_VMCR_EL2`: the guest's view of its GIC CPU interface (`ICC_PMR_EL1`, group
-    /// enables, ...), which its `ICC_*` accesses reach through the virtual interface. Not in
-    /// the register ABI yet.
-    pub vmcr: u64,
+    /// The virtual GICv3 CPU interface: `ICH_VMCR_EL2` (the guest's `ICC_PMR_EL1`, group
+    /// enables, ..., which its `ICC_*` accesses reach through the virtual interface), active
+    /// priorities and list registers. Not in the register ABI: the host queues interrupts
+    /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
+    pub vgic: crate::vgic::VgicCpu,
 }
 
 const _: () = {
@@ -150,13 +151,18 @@ impl VcpuCtx {
             mte: [0; 4],
             pending_read: None,
             tpidr2: 0,
-            vmcr: 0,
+            vgic: crate::vgic::VgicCpu::new(),
         }
     }
 
-    /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset.
+    /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset
+    /// but the interrupts queued in its list registers (they model the redistributor's pending
+    /// state, which a CPU's power-on does not reset; the host may have queued an SGI for it
+    /// between the guest's `CPU_ON` and the first run).
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
+        let queued = crate::vgic::VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
         *self = Self::new();
+        self.vgic = queued;
         self.pc = entry;
         self.x[0] = context;
     }

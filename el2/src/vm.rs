@@ -37,6 +37,7 @@ use arrayvec::ArrayVec;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use crate::vgic::{self, IrqError};
 use shared_abi::msg::{exit, kill, vm_flags, RegList, VcpuExit, VmCreate, MAX_REG_IDS};
 use shared_abi::{reg, HypError, HypResult};
 
@@ -440,6 +441,15 @@ enum Next {
     Exit(VcpuExit),
 }
 
+fn irq_err(e: IrqError) -> HypError {
+    match e {
+        IrqError::BadField => HypError::InvalidArgument,
+        IrqError::Hardware | IrqError::NoVgic => HypError::Denied,
+        IrqError::Queued => HypError::Busy,
+        IrqError::Full => HypError::NoCapacity,
+    }
+}
+
 fn vm_err(e: RegError) -> HypError {
     match e {
         RegError::Unknown => HypError::UnknownRegister,
@@ -754,6 +764,47 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok([list.count, 0, 0])
     }
 
+    /// `VCPU_SET_IRQ`: queues virtual interrupt `vintid` with `config` ([`shared_abi::msg::irq`])
+    /// in a free list register of vCPU `index`. Every field is checked before anything is
+    /// locked ([`vgic::lr_from_request`]); the list register value is EL2's own encoding.
+    /// Allowed for protected VMs after their first run: delivering interrupts is the host's
+    /// job, and an interrupt reveals nothing of the guest.
+    pub(crate) fn vcpu_set_irq(&self, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
+        let caps = self.vgic_caps().ok_or(HypError::Denied)?;
+        let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
+        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+        {
+            let mem = self.mem.lock();
+            let (_, vm) = mem.vms.lookup(handle)?;
+            if index as usize >= vm.nr_vcpus {
+                return Err(HypError::InvalidArgument);
+            }
+        }
+        let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
+        Ok([n as u64, 0, 0])
+    }
+
+    /// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
+    /// hear about, to the message page (collecting the deactivations).
+    pub(crate) fn vcpu_irq_state(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
+        self.message_page(cpu)?;
+        let nr_lrs = self.vgic_caps().map_or(0, |c| c.nr_lrs);
+        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+        {
+            let mem = self.mem.lock();
+            let (_, vm) = mem.vms.lookup(handle)?;
+            if index as usize >= vm.nr_vcpus {
+                return Err(HypError::InvalidArgument);
+            }
+        }
+        // Collected only once the report is written: a failed write loses nothing.
+        let mut vgic = guard.vgic.clone();
+        let state = vgic.report(nr_lrs);
+        self.write_message(cpu, &state)?;
+        guard.vgic = vgic;
+        Ok([state.used as u64, 0, 0])
+    }
+
     /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
     pub(crate) fn vcpu_run(&self, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl GuestArch) -> HypResult {
         // The exit goes to the message page: refuse early if there is none.
@@ -842,6 +893,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             }
         }
         arch.put(&mut ctx, saved);
+        // List registers the guest has finished with are free again; deactivations of
+        // level-sensitive interrupts wait for the host, which every exit reminds of them.
+        if ctx.vgic.after_put() {
+            exit.flags |= exit::FLAG_EOI;
+        }
         self.finish_run(cpu, exit)
     }
 
@@ -906,15 +962,25 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 ctx.pauth_eager_left = self.pauth_decay.load(Ordering::Relaxed);
                 Next::Resume
             }
-            // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
-            ec::SYS64 => match sysreg_access(trap.esr).and_then(|a| Some((a.rt, idreg_read(&a)?))) {
-                Some((rt, i)) => {
-                    ctx.set_gpr(rt, self.idregs[me.vm_slot][i].load(Ordering::Relaxed));
+            // A guest SGI (HCR_EL2.IMO/FMO trap the SGI registers): the host's distributor
+            // model decides; the write itself is complete. Anything else here is an ID
+            // register read or an UNDEF.
+            ec::SYS64 => {
+                if let Some((sgi, value)) = sgi_write(trap.esr, ctx, me) {
                     ctx.pc = ctx.pc.wrapping_add(4);
-                    Next::Resume
+                    let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
+                    return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
                 }
-                None => self.undef(handle, ctx, esr, arch),
-            },
+                // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
+                match sysreg_access(trap.esr).and_then(|a| Some((a.rt, idreg_read(&a)?))) {
+                    Some((rt, i)) => {
+                        ctx.set_gpr(rt, self.idregs[me.vm_slot][i].load(Ordering::Relaxed));
+                        ctx.pc = ctx.pc.wrapping_add(4);
+                        Next::Resume
+                    }
+                    None => self.undef(handle, ctx, esr, arch),
+                }
+            }
             ec::HVC64 | ec::SMC64 => {
                 if esr.ec() == ec::SMC64 {
                     // A trapped SMC's preferred return address is the SMC itself.
@@ -1096,6 +1162,13 @@ pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
         crm: ((esr >> 1) & 0xF) as u8,
         read: esr & 1 != 0,
     })
+}
+
+/// A trapped SGI generation write of vCPU `me`, decoded, and the value written.
+fn sgi_write(esr: u64, ctx: &VcpuCtx, me: Me<'_>) -> Option<(vgic::Sgi, u64)> {
+    let a = sysreg_access(esr)?;
+    let value = ctx.gpr(a.rt);
+    Some((vgic::decode_sgi(&a, value, me.index, me.nr_vcpus)?, value))
 }
 
 /// Whether a trapped `MRS`/`MSR` names a pointer-authentication key register.
@@ -1773,6 +1846,115 @@ mod tests {
         f.call(0, H::VmDestroy, &[p2]).unwrap();
         assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
         f.call(0, H::VmDestroy, &[plain]).unwrap();
+    }
+
+    fn irq_state(f: &Fixture, h: u64, vcpu: u64) -> shared_abi::msg::VgicState {
+        f.call(0, H::VcpuIrqState, &[h, vcpu]).unwrap();
+        shared_abi::msg::VgicState::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0
+    }
+
+    #[test]
+    fn set_irq_validates_every_field_and_fills_list_registers() {
+        use shared_abi::msg::irq::{self, config, PENDING};
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        let spi = config(0xA0, true, PENDING, false) as u64;
+        // Hostile fields: refused before anything is touched.
+        for (vintid, cfg, err) in [
+            (1020, spi, HypError::InvalidArgument),
+            (8192, spi, HypError::InvalidArgument),
+            (32, config(0xA0, true, 0, false) as u64, HypError::InvalidArgument),
+            (32, config(0xA1, true, PENDING, false) as u64, HypError::InvalidArgument),
+            (32, spi | 1 << 40, HypError::InvalidArgument),
+            (32, spi | 27 << irq::PINTID_SHIFT, HypError::InvalidArgument),
+            (27, spi | irq::HW as u64 | 27 << irq::PINTID_SHIFT, HypError::Denied),
+        ] {
+            assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, vintid, cfg]), Err(err), "{vintid} {cfg:#x}");
+        }
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 2, 32, spi]), Err(HypError::InvalidArgument), "no vCPU 2");
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 8, 32, spi]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h + 0x100, 0, 32, spi]), Err(HypError::InvalidHandle));
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 32, spi, 1]), Err(HypError::InvalidArgument), "x5 unused");
+        assert_eq!(irq_state(&f, h, 0).used, 0, "nothing queued");
+        // A protected VM that has run still gets interrupts, and the host sees their state.
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        for (n, id) in [32u64, 33, 27, 1].into_iter().enumerate() {
+            assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, id, spi]), Ok([n as u64, 0, 0]));
+        }
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 33, spi]), Err(HypError::Busy), "already queued");
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 34, spi]), Err(HypError::NoCapacity), "4 list registers");
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 1, 34, spi]), Ok([0, 0, 0]), "per vCPU");
+        let s = irq_state(&f, h, 0);
+        assert_eq!((s.nr_lrs, s.used), (4, 0b1111));
+        assert_eq!(s.lrs[2], (spi << 32) | 27);
+        // A running vCPU is Busy.
+        let guard = f.hyp.vcpus[(h & 0xFF) as usize][1].claim().unwrap();
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 1, 35, spi]), Err(HypError::Busy));
+        assert_eq!(f.call(0, H::VcpuIrqState, &[h, 1]), Err(HypError::Busy));
+        drop(guard);
+        // Destroy forgets everything queued.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout).is_ok());
+    }
+
+    #[test]
+    fn set_irq_is_denied_without_a_virtual_cpu_interface() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.hyp.report_vgic(None);
+        let spi = shared_abi::msg::irq::config(0xA0, true, 1, false) as u64;
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 32, spi]), Err(HypError::Denied));
+    }
+
+    #[test]
+    fn deactivated_level_interrupts_are_reported_once() {
+        use shared_abi::msg::irq::{config, PENDING};
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetIrq, &[h, 0, 40, config(0x80, true, PENDING, true) as u64]).unwrap();
+        f.call(0, H::VcpuSetIrq, &[h, 0, 41, config(0x80, true, PENDING, false) as u64]).unwrap();
+        let run = |f: &Fixture| {
+            let rec = Recorder::default();
+            *rec.1.borrow_mut() = vec![hvc()];
+            f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+            exit_record(f).flags
+        };
+        assert_eq!(run(&f) & exit::FLAG_EOI, 0, "still pending");
+        // The guest deactivated both (what put saves from the CPU).
+        {
+            let mut g = f.hyp.vcpus[(h & 0xFF) as usize][0].claim().unwrap();
+            g.vgic.lr[0] &= !(3 << 62);
+            g.vgic.lr[1] &= !(3 << 62);
+        }
+        assert_eq!(run(&f) & exit::FLAG_EOI, exit::FLAG_EOI);
+        assert_eq!(run(&f) & exit::FLAG_EOI, exit::FLAG_EOI, "until collected");
+        let s = irq_state(&f, h, 0);
+        assert_eq!((s.used, s.eoi[0]), (0, 1 << 40), "both freed, only the level one reported");
+        assert_eq!(run(&f) & exit::FLAG_EOI, 0);
+        assert_eq!(irq_state(&f, h, 0).eoi, [0; 16]);
+    }
+
+    #[test]
+    fn guest_sgis_exit_to_the_host_decoded() {
+        let mut f = fixture();
+        let h = create(&mut f, 4, vm_flags::PROTECTED);
+        // MSR ICC_SGI1R_EL1, x5 (op0 3, op1 0, CRn 12, CRm 11, op2 5): INTID 7 to vCPUs 1, 3.
+        let msr = |op2: u64| (0x18 << 26) | (1 << 25) | 3 << 20 | op2 << 17 | 12 << 10 | 5 << 5 | 11 << 1;
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 7 << 24 | 0b1010]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(msr(5), 0), trap(msr(7), 0), trap(msr(5) | 1, 0), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.args, e.data), ([7, 0b1010, shared_abi::msg::sgi::SGI1R, 0], 7 << 24 | 0b1010));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
+        assert_eq!(exit_record(&f).args[2], shared_abi::msg::sgi::SGI0R);
+        // The read of the write-only register is an UNDEF, not an SGI.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[..3], [0x1000, 0x1004, 0x1008], "each write stepped over");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 1 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -153,6 +153,18 @@ hypercalls! {
     /// for lazy: runs a vCPU keeps its keys loaded after its last trapped use before the trap is
     /// re-armed (1..=1,000,000). Set-up only; applies to every VM.
     SetPtrauthPolicy = 13, SetupOnly;
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = virtual INTID, `x4` = configuration
+    /// ([`msg::irq`]: priority, group, state, EOI notification). Puts the interrupt into a free
+    /// list register of the vCPU (its virtual GICv3 CPU interface), after EL2 has checked
+    /// every field. [`HypError::NoCapacity`] when every list register is in use: the host
+    /// keeps the interrupt pending in its own model and tries again after a run. `x1` = the
+    /// list register used. (ABI 3.1.)
+    VcpuSetIrq = 14, Any;
+    /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::VgicState`] to the message page:
+    /// the vCPU's list registers, and the level-sensitive interrupts the guest deactivated
+    /// since the last call (which this call collects). Allowed for protected VMs after their
+    /// first run: it reveals only interrupt configuration and state. (ABI 3.1.)
+    VcpuIrqState = 15, Any;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
@@ -171,6 +183,8 @@ impl HypercallId {
             HypercallId::HypInfo | HypercallId::Echo => 0,
             HypercallId::Ping | HypercallId::TestFault | HypercallId::VmDestroy => 1,
             HypercallId::SetMessagePage | HypercallId::VcpuRegList | HypercallId::SetPtrauthPolicy => 2,
+            HypercallId::VcpuIrqState => 2,
+            HypercallId::VcpuSetIrq => 4,
             HypercallId::VmCreate => 0,
             HypercallId::VcpuGetReg | HypercallId::VcpuRun => 3,
             HypercallId::VmAddMemory => 4,
@@ -230,16 +244,19 @@ errors! {
     /// EL2 ran out of internal memory for this operation. Nothing was changed.
     NoMemory = -9,
     /// The object is in use right now (a vCPU is running or being accessed on another CPU, the
-    /// VM has a running vCPU): the same call may succeed later.
+    /// VM has a running vCPU, the interrupt is still in one of the vCPU's list registers): the
+    /// same call may succeed later.
     Busy = -10,
     /// The VM handle does not name a live VM (never created, or destroyed).
     InvalidHandle = -11,
-    /// A fixed capacity is exhausted (VMs, vCPUs, memory regions per VM).
+    /// A fixed capacity is exhausted (VMs, vCPUs, memory regions per VM, a vCPU's list
+    /// registers).
     NoCapacity = -12,
     /// The register ID is not one this vCPU has.
     UnknownRegister = -13,
     /// The operation is refused for this VM: a protected VM's registers or new memory for it
-    /// after its first run, or a feature flag this hypervisor cannot give.
+    /// after its first run, a feature flag this hypervisor cannot give, or a hardware (`HW`)
+    /// virtual interrupt.
     Denied = -14,
     /// The vCPU cannot run: its VM was stopped by EL2 or ended itself (PSCI `SYSTEM_OFF` or
     /// `SYSTEM_RESET`).

@@ -125,8 +125,19 @@ pub mod exit {
     pub const KILLED: u32 = 7;
     /// The vCPU is powered off (PSCI `CPU_OFF`, or never started by `CPU_ON`).
     pub const VCPU_OFF: u32 = 8;
+    /// The guest wrote an SGI generation register (`ICC_SGI1R_EL1`, `ICC_ASGI1R_EL1` or
+    /// `ICC_SGI0R_EL1`; the write is complete, the guest resumes after it): `args[0]` = the
+    /// SGI's INTID (0..=15), `args[1]` = the target vCPUs (bit n = vCPU n; with `IRM` every
+    /// vCPU but the sender; affinities that name no vCPU are dropped), `args[2]` = which
+    /// register ([`super::sgi`]), `data` = the value written. The host makes the SGI pending
+    /// on each target ([`crate::HypercallId::VcpuSetIrq`]). (ABI 3.1.)
+    pub const SGI: u32 = 9;
     /// `flags` bit of an MMIO exit: the access was a write.
     pub const MMIO_WRITE: u32 = 1;
+    /// `flags` bit of any exit: the guest has deactivated level-sensitive interrupts queued
+    /// with [`super::irq::EOI_NOTIFY`] that the host has not collected yet: call
+    /// [`crate::HypercallId::VcpuIrqState`] to read which. (ABI 3.1.)
+    pub const FLAG_EOI: u32 = 1 << 1;
 
     /// A short name for an exit reason (for logs and reports).
     pub const fn name(reason: u32) -> &'static str {
@@ -139,12 +150,86 @@ pub mod exit {
             IRQ => "IRQ",
             KILLED => "KILLED",
             VCPU_OFF => "VCPU_OFF",
+            SGI => "SGI",
             _ => "unknown",
         }
     }
 }
 
-/// Why EL2 stopped a VM ([`exit::KILLED`]).
+/// Which register an [`exit::SGI`] came from (`args[2]`).
+pub mod sgi {
+    /// `ICC_SGI1R_EL1`: a Group 1 SGI.
+    pub const SGI1R: u64 = 0;
+    /// `ICC_ASGI1R_EL1`: a Group 1 SGI of the other Security state (for a guest: treat as
+    /// Group 0, or ignore).
+    pub const ASGI1R: u64 = 1;
+    /// `ICC_SGI0R_EL1`: a Group 0 SGI.
+    pub const SGI0R: u64 = 2;
+}
+
+/// The configuration word of [`crate::HypercallId::VcpuSetIrq`] (`x4`) and of each list
+/// register in [`VgicState`]. Bits not defined here must be zero.
+pub mod irq {
+    /// Bits 7:0: priority (0 highest). Only the priority bits the CPU implements may be set
+    /// (`ICH_VTR_EL2.PRIbits`: 5 on QEMU, so bits 2:0 must be zero).
+    pub const PRIORITY_MASK: u32 = 0xFF;
+    /// Bit 8: Group 1 (a virtual IRQ); clear: Group 0 (a virtual FIQ).
+    pub const GROUP1: u32 = 1 << 8;
+    /// Bits 10:9: the state ([`PENDING`], [`ACTIVE`], [`PENDING_ACTIVE`]; 0 = no interrupt,
+    /// only seen in [`super::VgicState`] for a free list register).
+    pub const STATE_SHIFT: u32 = 9;
+    /// The state field.
+    pub const STATE_MASK: u32 = 3 << STATE_SHIFT;
+    /// Pending.
+    pub const PENDING: u32 = 1;
+    /// Active.
+    pub const ACTIVE: u32 = 2;
+    /// Pending and active.
+    pub const PENDING_ACTIVE: u32 = 3;
+    /// Bit 11: the interrupt is level-sensitive: tell the host when the guest deactivates it
+    /// ([`super::exit::FLAG_EOI`]), so it can sample the line again.
+    pub const EOI_NOTIFY: u32 = 1 << 11;
+    /// Bit 12: hardware interrupt (the list register's `HW` bit) with the physical INTID in
+    /// bits 28:16. Refused with `Denied` in this version: no physical interrupt is owned by a
+    /// VM yet.
+    pub const HW: u32 = 1 << 12;
+    /// Bits 28:16: physical INTID (only with [`HW`]).
+    pub const PINTID_SHIFT: u32 = 16;
+    /// The physical INTID field.
+    pub const PINTID_MASK: u32 = 0x1FFF << PINTID_SHIFT;
+    /// Every defined bit.
+    pub const DEFINED: u32 = PRIORITY_MASK | GROUP1 | STATE_MASK | EOI_NOTIFY | HW | PINTID_MASK;
+    /// Largest virtual INTID the host may queue: SGIs 0..=15, PPIs 16..=31, SPIs 32..=1019.
+    /// 1020..=1023 are special INTIDs and LPIs (8192 on) are not supported yet.
+    pub const MAX_VINTID: u32 = 1019;
+
+    /// `config` for an interrupt of `priority` in `state`, Group 1 if `group1`, with EOI
+    /// notification if `level`.
+    pub const fn config(priority: u8, group1: bool, state: u32, level: bool) -> u32 {
+        priority as u32 | if group1 { GROUP1 } else { 0 } | (state & 3) << STATE_SHIFT | if level { EOI_NOTIFY } else { 0 }
+    }
+}
+
+/// Most list registers a vCPU can have (`ICH_VTR_EL2.ListRegs` is at most 15).
+pub const MAX_LRS: usize = 16;
+
+/// Written by [`crate::HypercallId::VcpuIrqState`] to the message page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VgicState {
+    /// List registers EL2 gives each vCPU (`ICH_VTR_EL2.ListRegs + 1`, the smallest of any CPU).
+    pub nr_lrs: u32,
+    /// Bit n: `lrs[n]` holds an interrupt.
+    pub used: u32,
+    /// Each list register: virtual INTID in bits 31:0, configuration ([`irq`]) in bits 63:32,
+    /// with the state as the guest left it at its last exit. Zero when free.
+    pub lrs: [u64; MAX_LRS],
+    /// A bitmap of virtual INTIDs 0..=1023 (bit `v % 64` of word `v / 64`): the interrupts
+    /// queued with [`irq::EOI_NOTIFY`] that the guest deactivated since the last call. This
+    /// call collects them (the next one reports only new deactivations).
+    pub eoi: [u64; 16],
+}
+
 pub mod kill {
     /// A data abort outside guest memory that EL2 cannot decode (`ESR_EL2.ISV` clear).
     pub const UNDECODABLE_MMIO: u64 = 1;
@@ -204,6 +289,9 @@ const _: () = {
     assert!(offset_of!(VcpuExit, size) == 24);
     assert!(offset_of!(VcpuExit, args) == 32);
     assert!(size_of::<RegList>() == 2048);
+    assert!(size_of::<VgicState>() == 264);
+    assert!(offset_of!(VgicState, lrs) == 8);
+    assert!(offset_of!(VgicState, eoi) == 136);
     assert!(size_of::<RegList>() as u64 <= crate::PAGE_SIZE);
     assert!(size_of::<EchoRequest>() == 64);
     assert!(offset_of!(EchoRequest, nonce) == 0);

@@ -12,5 +12,5 @@ pub(crate) mod switch;
 mod vectors;
 
 pub use regs::*;
-pub use switch::{check_sysreg_tables, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
+pub use switch::{check_sysreg_tables, ich_vtr, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
 pub use vectors::TrapFrame;

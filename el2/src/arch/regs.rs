@@ -350,6 +350,7 @@ pub fn activate_host(cfg: &HostConfig) {
     );
     super::switch::CPU_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
     write_boot_controls(&crate::controls::boot_controls(&features));
+    super::switch::clear_vgic();
     VTCR_EL2.set(cfg.vtcr);
     VTTBR_EL2.set(cfg.vttbr);
     // VTCR/VTTBR are in effect before the TLB invalidation below uses the VMID.

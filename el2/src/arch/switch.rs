@@ -6,10 +6,13 @@
 //! trap on FP/SIMD (`CPTR_EL2.TFP`), so no FP state moves yet.
 //!
 //! ```text
-//! load: save host EL1 state → guest traps → guest stage 2 → restore guest EL1 state
+//! load: save host EL1 state → guest traps (and the vCPU's virtual GIC CPU interface: VMCR,
+//!       active priorities, the used list registers, ICH_HCR_EL2.En) → guest stage 2
+//!       → restore guest EL1 state
 //! run (per exit): ELR/SPSR → __guest_enter (GPRs, ERET) … guest … vector → __guest_exit
 //!                 → read syndrome, PC, PSTATE
-//! put:  save guest EL1 state → restore host EL1 state → host traps + stage 2 → ISB
+//! put:  save guest EL1 state → restore host EL1 state (the virtual GIC interface back to the
+//!       vCPU, ICH_HCR_EL2 = 0, its list registers cleared) → host traps + stage 2 → ISB
 //! ```
 
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
@@ -17,6 +20,7 @@ use crate::addr::PhysAddr;
 use crate::controls::{guest_controls, CpuFeatures};
 use crate::platform::MAX_CPUS;
 use crate::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
+use crate::vgic;
 use crate::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
@@ -232,6 +236,108 @@ fn guest_vtcr(cfg: &GuestConfig) -> u64 {
     (host & !0xFF) | (64 - cfg.ipa_bits as u64) | sl0 << 6
 }
 
+/// Writes `ICH_LR<n>_EL2` (`n` < 16; the caller's used-register mask only names list
+/// registers the CPU implements, `ICH_VTR_EL2.ListRegs`).
+fn write_lr(n: usize, v: u64) {
+    match n {
+        0 => msr!("S3_4_C12_C12_0", v),
+        1 => msr!("S3_4_C12_C12_1", v),
+        2 => msr!("S3_4_C12_C12_2", v),
+        3 => msr!("S3_4_C12_C12_3", v),
+        4 => msr!("S3_4_C12_C12_4", v),
+        5 => msr!("S3_4_C12_C12_5", v),
+        6 => msr!("S3_4_C12_C12_6", v),
+        7 => msr!("S3_4_C12_C12_7", v),
+        8 => msr!("S3_4_C12_C13_0", v),
+        9 => msr!("S3_4_C12_C13_1", v),
+        10 => msr!("S3_4_C12_C13_2", v),
+        11 => msr!("S3_4_C12_C13_3", v),
+        12 => msr!("S3_4_C12_C13_4", v),
+        13 => msr!("S3_4_C12_C13_5", v),
+        14 => msr!("S3_4_C12_C13_6", v),
+        _ => msr!("S3_4_C12_C13_7", v),
+    }
+}
+
+/// Reads `ICH_LR<n>_EL2` (as [`write_lr`]).
+fn read_lr(n: usize) -> u64 {
+    match n {
+        0 => mrs!("S3_4_C12_C12_0"),
+        1 => mrs!("S3_4_C12_C12_1"),
+        2 => mrs!("S3_4_C12_C12_2"),
+        3 => mrs!("S3_4_C12_C12_3"),
+        4 => mrs!("S3_4_C12_C12_4"),
+        5 => mrs!("S3_4_C12_C12_5"),
+        6 => mrs!("S3_4_C12_C12_6"),
+        7 => mrs!("S3_4_C12_C12_7"),
+        8 => mrs!("S3_4_C12_C13_0"),
+        9 => mrs!("S3_4_C12_C13_1"),
+        10 => mrs!("S3_4_C12_C13_2"),
+        11 => mrs!("S3_4_C12_C13_3"),
+        12 => mrs!("S3_4_C12_C13_4"),
+        13 => mrs!("S3_4_C12_C13_5"),
+        14 => mrs!("S3_4_C12_C13_6"),
+        _ => mrs!("S3_4_C12_C13_7"),
+    }
+}
+
+/// Writes the first `count` (1, 2 or 4: [`vgic::apr_count`]) `ICH_AP0R<n>_EL2` and
+/// `ICH_AP1R<n>_EL2`; the others do not exist on this CPU.
+fn write_aprs(count: usize, ap0: &[u32; 4], ap1: &[u32; 4]) {
+    msr!("S3_4_C12_C8_0", ap0[0] as u64);
+    msr!("S3_4_C12_C9_0", ap1[0] as u64);
+    if count >= 2 {
+        msr!("S3_4_C12_C8_1", ap0[1] as u64);
+        msr!("S3_4_C12_C9_1", ap1[1] as u64);
+    }
+    if count >= 4 {
+        msr!("S3_4_C12_C8_2", ap0[2] as u64);
+        msr!("S3_4_C12_C9_2", ap1[2] as u64);
+        msr!("S3_4_C12_C8_3", ap0[3] as u64);
+        msr!("S3_4_C12_C9_3", ap1[3] as u64);
+    }
+}
+
+/// Reads what [`write_aprs`] writes.
+fn read_aprs(count: usize, ap0: &mut [u32; 4], ap1: &mut [u32; 4]) {
+    ap0[0] = mrs!("S3_4_C12_C8_0") as u32;
+    ap1[0] = mrs!("S3_4_C12_C9_0") as u32;
+    if count >= 2 {
+        ap0[1] = mrs!("S3_4_C12_C8_1") as u32;
+        ap1[1] = mrs!("S3_4_C12_C9_1") as u32;
+    }
+    if count >= 4 {
+        ap0[2] = mrs!("S3_4_C12_C8_2") as u32;
+        ap1[2] = mrs!("S3_4_C12_C9_2") as u32;
+        ap0[3] = mrs!("S3_4_C12_C8_3") as u32;
+        ap1[3] = mrs!("S3_4_C12_C9_3") as u32;
+    }
+}
+
+/// This CPU's `ICH_VTR_EL2`, if it has the GICv3 system-register interface (reported to
+/// [`crate::hyp::Hyp::report_vgic`] when the CPU enters EL2).
+pub fn ich_vtr() -> Option<u64> {
+    features().gicv3.then(|| mrs!("S3_4_C12_C11_1"))
+}
+
+/// Boot, on every CPU with GICv3: the virtual interface off and every list register and
+/// active priority zero (their reset values are UNKNOWN), so a guest's load finds only its
+/// own state in them.
+pub fn clear_vgic() {
+    if !features().gicv3 {
+        return;
+    }
+    // ICC_SRE_EL2.SRE (written by the boot controls just before) enables EL2's accesses to
+    // the ICH_* registers: in effect before the first of them.
+    isb();
+    msr!("S3_4_C12_C11_0", 0u64);
+    let vtr = mrs!("S3_4_C12_C11_1");
+    write_aprs(vgic::apr_count(vtr), &[0; 4], &[0; 4]);
+    for n in 0..=(vtr & 0x1F) as usize {
+        write_lr(n, 0);
+    }
+}
+
 /// What `load` saved of the host, for `put`.
 pub struct HostSaved {
     sys: [u64; NR_SYSREGS],
@@ -260,8 +366,9 @@ pub struct HostSaved {
     pmcnten: Option<u64>,
     /// The host's `TPIDR2_EL0`, if the CPU has FEAT_SME.
     tpidr2: Option<u64>,
-    /// The CPU has the GICv3 system-register interface: `ICH_VMCR_EL2` moves with the vCPU.
-    gicv3: bool,
+    /// The CPU has the GICv3 system-register interface: the virtual CPU interface moves with
+    /// the vCPU, with this many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` (0: no GICv3).
+    gicv3: u8,
 }
 
 /// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept
@@ -311,7 +418,7 @@ impl ArchMaintenance {
             trfcr: None,
             pmcnten: None,
             tpidr2: None,
-            gicv3: false,
+            gicv3: 0,
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
@@ -338,8 +445,21 @@ impl ArchMaintenance {
             msr!("S3_3_C13_C0_5", ctx.tpidr2);
         }
         if f.gicv3 {
-            msr!("S3_4_C12_C11_7", ctx.vmcr);
-            saved.gicv3 = true;
+            // The vCPU's virtual CPU interface: priority mask and enables, active priorities,
+            // the list registers in use (the others are zero: every put clears what it
+            // loaded, and boot clears them all), then En. No ISB: the ERET synchronises.
+            let v = &ctx.vgic;
+            msr!("S3_4_C12_C11_7", v.vmcr);
+            let apr = vgic::apr_count(mrs!("S3_4_C12_C11_1"));
+            write_aprs(apr, &v.ap0r, &v.ap1r);
+            let mut used = v.used;
+            while used != 0 {
+                let n = used.trailing_zeros() as usize;
+                write_lr(n, v.lr[n]);
+                used &= used - 1;
+            }
+            msr!("S3_4_C12_C11_0", vgic::ICH_HCR_GUEST);
+            saved.gicv3 = apr as u8;
         }
         let mut hcr = traps.hcr;
         if cfg.pauth_now {
@@ -440,8 +560,20 @@ impl ArchMaintenance {
             ctx.tpidr2 = mrs!("S3_3_C13_C0_5");
             msr!("S3_3_C13_C0_5", v);
         }
-        if saved.gicv3 {
-            ctx.vmcr = mrs!("S3_4_C12_C11_7");
+        if saved.gicv3 != 0 {
+            // The host runs with the virtual interface off (no maintenance interrupt), and
+            // with no list register of this vCPU left in the CPU.
+            msr!("S3_4_C12_C11_0", 0u64);
+            let v = &mut ctx.vgic;
+            v.vmcr = mrs!("S3_4_C12_C11_7");
+            read_aprs(saved.gicv3 as usize, &mut v.ap0r, &mut v.ap1r);
+            let mut used = v.used;
+            while used != 0 {
+                let n = used.trailing_zeros() as usize;
+                v.lr[n] = read_lr(n);
+                write_lr(n, 0);
+                used &= used - 1;
+            }
         }
         if let Some(v) = saved.pmcnten {
             msr!("S3_3_C9_C12_1", v);

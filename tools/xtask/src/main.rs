@@ -195,7 +195,7 @@ pub struct Images {
 }
 
 /// The guests `tests/guests` builds (and `demo.bin`, the raw copy of `demo`).
-pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin"];
+pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin", "vgic"];
 
 /// Where QEMU's loader stages the guest image (shared_abi::layout::GUEST_IMAGE_STAGING).
 const GUEST_STAGING: u64 = 0x4800_0000;

@@ -1,0 +1,445 @@
+//! The virtual GICv3 CPU interface of each vCPU: its list registers, the host's requests to
+//! fill them (validated field by field), what the world switch moves, and the decoding of a
+//! guest's SGI writes.
+//!
+//! Place in the flow: *validation and state*, plain Rust (unit-tested on the host). The host
+//! emulates the distributor and redistributors (MMIO exits) and decides which interrupt goes
+//! to which vCPU; EL2 decides how: only through `VCPU_SET_IRQ`, whose request EL2 turns into
+//! an `ICH_LR<n>_EL2` value itself, so a list register never holds a bit the host chose
+//! beyond the documented fields. `arch::switch` writes the used list registers, the active
+//! priorities and `ICH_HCR_EL2` at load, and reads them back (and clears them) at put;
+//! [`VgicCpu::after_put`] then frees the list registers the guest has finished with.
+//!
+//! Register layouts: Arm GICv3/v4 architecture specification (IHI 0069), `ICH_LR<n>_EL2`,
+//! `ICH_HCR_EL2`, `ICH_VTR_EL2`, `ICC_SGI1R_EL1`.
+
+use crate::vm::{SysregAccess, MAX_VCPUS};
+use shared_abi::msg::{irq, sgi, VgicState, MAX_LRS};
+
+/// `ICH_LR<n>_EL2` fields.
+pub mod lr {
+    /// `vINTID`, bits 31:0.
+    pub const VINTID: u64 = 0xFFFF_FFFF;
+    /// `pINTID`, bits 44:32 (with `HW`).
+    pub const PINTID_SHIFT: u32 = 32;
+    /// `EOI`, bit 41 (without `HW`): a maintenance interrupt when the guest deactivates it.
+    pub const EOI: u64 = 1 << 41;
+    /// `Priority`, bits 55:48.
+    pub const PRIORITY_SHIFT: u32 = 48;
+    /// `Group`, bit 60: Group 1.
+    pub const GROUP1: u64 = 1 << 60;
+    /// `HW`, bit 61.
+    pub const HW: u64 = 1 << 61;
+    /// `State`, bits 63:62 (0 invalid, 1 pending, 2 active, 3 pending and active).
+    pub const STATE_SHIFT: u32 = 62;
+}
+
+/// `ICH_HCR_EL2` while a guest runs: `En` only. No underflow, no-pending or group-enable
+/// maintenance interrupts (the host keeps overflow interrupts in its own model and queues
+/// them after an exit), no traps of the guest's `ICV_*` accesses. Deactivation of a
+/// level-sensitive interrupt raises the maintenance interrupt through the list register's
+/// own `EOI` bit. The host runs with `ICH_HCR_EL2 = 0`.
+pub const ICH_HCR_GUEST: u64 = 1;
+
+/// The virtual CPU interface's size, from `ICH_VTR_EL2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VgicCaps {
+    /// List registers (`ListRegs + 1`), 1..=16.
+    pub nr_lrs: u8,
+    /// Virtual priority bits (`PRIbits + 1`), 5..=8.
+    pub pri_bits: u8,
+    /// Virtual preemption bits (`PREbits + 1`), 5..=7.
+    pub pre_bits: u8,
+}
+
+impl VgicCaps {
+    /// From `ICH_VTR_EL2`: `ListRegs` [4:0], `PREbits` [28:26], `PRIbits` [31:29].
+    pub const fn from_vtr(vtr: u64) -> Self {
+        let nr = (vtr & 0x1F) as u8 + 1;
+        Self {
+            nr_lrs: if nr as usize > MAX_LRS { MAX_LRS as u8 } else { nr },
+            pre_bits: ((vtr >> 26) & 7) as u8 + 1,
+            pri_bits: ((vtr >> 29) & 7) as u8 + 1,
+        }
+    }
+
+    /// Field by field, what both `self` and `other` implement.
+    pub fn min(self, other: Self) -> Self {
+        Self { nr_lrs: self.nr_lrs.min(other.nr_lrs), pri_bits: self.pri_bits.min(other.pri_bits), pre_bits: self.pre_bits.min(other.pre_bits) }
+    }
+
+    /// Packed for an atomic (0: no virtual CPU interface).
+    pub const fn bits(self) -> u32 {
+        self.nr_lrs as u32 | (self.pri_bits as u32) << 8 | (self.pre_bits as u32) << 16
+    }
+
+    /// Unpacks [`Self::bits`]; `None` for 0.
+    pub const fn from_bits(b: u32) -> Option<Self> {
+        if b & 0xFF == 0 {
+            return None;
+        }
+        Some(Self { nr_lrs: b as u8, pri_bits: (b >> 8) as u8, pre_bits: (b >> 16) as u8 })
+    }
+}
+
+/// How many `ICH_AP0R<n>_EL2` (and as many `ICH_AP1R<n>_EL2`) exist for `ICH_VTR_EL2 = vtr`:
+/// 1 for 5 preemption bits, 2 for 6, 4 for 7.
+pub const fn apr_count(vtr: u64) -> usize {
+    match (vtr >> 26) & 7 {
+        0..=4 => 1,
+        5 => 2,
+        _ => 4,
+    }
+}
+
+/// Why a `VCPU_SET_IRQ` request is refused (converted to the ABI error in `vm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqError {
+    /// A field outside its domain: vINTID, priority bits the CPU lacks, state 0, a pINTID
+    /// without `HW`, an undefined bit (`InvalidArgument`).
+    BadField,
+    /// `HW`: no physical interrupt belongs to a VM in this version (`Denied`).
+    Hardware,
+    /// The CPUs have no virtual GICv3 CPU interface (`Denied`).
+    NoVgic,
+    /// The vINTID is already in one of the vCPU's list registers (`Busy`: it leaves once the
+    /// guest has deactivated it).
+    Queued,
+    /// Every list register is in use (`NoCapacity`).
+    Full,
+}
+
+/// Turns a host request into the `ICH_LR<n>_EL2` value EL2 will write, checking every field.
+///
+/// # Errors
+/// [`IrqError::BadField`], [`IrqError::Hardware`].
+pub fn lr_from_request(vintid: u64, config: u64, caps: VgicCaps) -> Result<u64, IrqError> {
+    if vintid > irq::MAX_VINTID as u64 || config & !(irq::DEFINED as u64) != 0 {
+        return Err(IrqError::BadField);
+    }
+    let c = config as u32;
+    let state = (c & irq::STATE_MASK) >> irq::STATE_SHIFT;
+    let priority = c & irq::PRIORITY_MASK;
+    // Priority bits below the implemented ones are RAZ/WI in the list register: a value that
+    // uses them would not be the priority the host asked for.
+    let unimplemented = (1u32 << (8 - caps.pri_bits.clamp(1, 8))) - 1;
+    if state == 0 || priority & unimplemented != 0 {
+        return Err(IrqError::BadField);
+    }
+    if c & irq::HW != 0 {
+        return Err(IrqError::Hardware);
+    }
+    if c & irq::PINTID_MASK != 0 {
+        return Err(IrqError::BadField);
+    }
+    let mut v = vintid | (priority as u64) << lr::PRIORITY_SHIFT | (state as u64) << lr::STATE_SHIFT;
+    if c & irq::GROUP1 != 0 {
+        v |= lr::GROUP1;
+    }
+    if c & irq::EOI_NOTIFY != 0 {
+        v |= lr::EOI;
+    }
+    Ok(v)
+}
+
+/// The ABI encoding (vINTID in bits 31:0, [`irq`] configuration in bits 63:32) of a list
+/// register value; 0 for a free one.
+pub const fn lr_to_abi(v: u64) -> u64 {
+    let state = (v >> lr::STATE_SHIFT) & 3;
+    let mut c = ((v >> lr::PRIORITY_SHIFT) & 0xFF) as u32 | (state as u32) << irq::STATE_SHIFT;
+    if v & lr::GROUP1 != 0 {
+        c |= irq::GROUP1;
+    }
+    if v & lr::HW != 0 {
+        c |= irq::HW | (((v >> lr::PINTID_SHIFT) & 0x1FFF) as u32) << irq::PINTID_SHIFT;
+    } else if v & lr::EOI != 0 {
+        c |= irq::EOI_NOTIFY;
+    }
+    (c as u64) << 32 | (v & lr::VINTID)
+}
+
+/// One vCPU's virtual CPU interface, as the world switch moves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VgicCpu {
+    /// `ICH_VMCR_EL2`: the guest's `ICC_PMR_EL1`, binary points and group enables.
+    pub vmcr: u64,
+    /// `ICH_AP0R<n>_EL2` (only as many as `ICH_VTR_EL2.PREbits` implies move).
+    pub ap0r: [u32; 4],
+    /// `ICH_AP1R<n>_EL2`.
+    pub ap1r: [u32; 4],
+    /// `ICH_LR<n>_EL2`; zero where `used` is clear.
+    pub lr: [u64; MAX_LRS],
+    /// Bit n: `lr[n]` holds an interrupt. Only these list registers are written at load and
+    /// read (and cleared) at put; the others are zero in the CPU whenever no guest runs.
+    pub used: u16,
+    /// vINTIDs 0..=1023 the guest deactivated with [`lr::EOI`] set, not yet collected by the
+    /// host (`VCPU_IRQ_STATE`).
+    pub eoi: [u64; 16],
+    /// `eoi` is not empty (kept so that every exit need not scan it).
+    pub eoi_waiting: bool,
+}
+
+impl VgicCpu {
+    /// At reset: nothing queued, everything masked.
+    pub const fn new() -> Self {
+        Self { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], lr: [0; MAX_LRS], used: 0, eoi: [0; 16], eoi_waiting: false }
+    }
+
+    /// Puts the validated list-register value `v` ([`lr_from_request`]) into the lowest free
+    /// list register below `nr_lrs`; returns its index.
+    ///
+    /// # Errors
+    /// [`IrqError::Queued`] if its vINTID is already in a list register (two list registers
+    /// with one vINTID are UNPREDICTABLE), [`IrqError::Full`].
+    pub fn queue(&mut self, v: u64, nr_lrs: u8) -> Result<usize, IrqError> {
+        let vintid = v & lr::VINTID;
+        if self.used_lrs().any(|n| self.lr[n] & lr::VINTID == vintid) {
+            return Err(IrqError::Queued);
+        }
+        let n = (0..(nr_lrs as usize).min(MAX_LRS)).find(|&n| self.used & (1 << n) == 0).ok_or(IrqError::Full)?;
+        self.lr[n] = v;
+        self.used |= 1 << n;
+        Ok(n)
+    }
+
+    /// Indices of the used list registers.
+    pub fn used_lrs(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_LRS).filter(|n| self.used & (1 << n) != 0)
+    }
+
+    /// After the world switch has saved the list registers: frees each one the guest has
+    /// finished with (state invalid), recording a deactivated one that asked for EOI
+    /// notification. Returns whether deactivations wait for the host.
+    pub fn after_put(&mut self) -> bool {
+        // Only the used list registers: a vCPU without interrupts costs a test and a branch
+        // on every exit to the host.
+        let mut used = self.used;
+        while used != 0 {
+            let n = used.trailing_zeros() as usize;
+            used &= used - 1;
+            let v = self.lr[n];
+            if v >> lr::STATE_SHIFT != 0 {
+                continue;
+            }
+            if v & lr::EOI != 0 && v & lr::HW == 0 {
+                let id = (v & lr::VINTID) as usize % 1024;
+                self.eoi[id / 64] |= 1 << (id % 64);
+                self.eoi_waiting = true;
+            }
+            self.lr[n] = 0;
+            self.used &= !(1 << n);
+        }
+        self.eoi_waiting
+    }
+
+    /// Deactivations not yet collected by the host.
+    pub fn eoi_pending(&self) -> bool {
+        self.eoi_waiting
+    }
+
+    /// The host's view (`VCPU_IRQ_STATE`), collecting the recorded deactivations.
+    pub fn report(&mut self, nr_lrs: u8) -> VgicState {
+        let mut s = VgicState { nr_lrs: nr_lrs as u32, used: self.used as u32, lrs: [0; MAX_LRS], eoi: self.eoi, };
+        for n in self.used_lrs() {
+            s.lrs[n] = lr_to_abi(self.lr[n]);
+        }
+        self.eoi = [0; 16];
+        self.eoi_waiting = false;
+        s
+    }
+}
+
+impl Default for VgicCpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A guest's SGI, decoded from its write to an SGI generation register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sgi {
+    /// INTID 0..=15.
+    pub intid: u8,
+    /// Target vCPUs: bit n = vCPU n.
+    pub targets: u8,
+    /// Which register ([`sgi`]).
+    pub reg: u64,
+}
+
+/// Decodes a trapped system-register access as an SGI generation write, sent by vCPU
+/// `sender` of a VM with `nr_vcpus` vCPUs, if it is one.
+///
+/// With `HCR_EL2.IMO`/`FMO` set (always, for guests), EL1 writes to `ICC_SGI1R_EL1`,
+/// `ICC_ASGI1R_EL1` and `ICC_SGI0R_EL1` trap to EL2 (EC 0x18), whatever `ICH_HCR_EL2.TC`
+/// says: the virtual interface has no SGI registers of its own. `ICC_SGI1R_EL1`: `TargetList`
+/// [15:0], `Aff1` [23:16], `INTID` [27:24], `Aff2` [39:32], `IRM` [40], `RS` [47:44], `Aff3`
+/// [55:48]. A vCPU's `MPIDR_EL1` has `Aff0` = its index and every other affinity zero, so
+/// only `RS` = 0 and zero `Aff1..3` name vCPUs.
+pub fn decode_sgi(a: &SysregAccess, value: u64, sender: usize, nr_vcpus: usize) -> Option<Sgi> {
+    if a.read || a.op0 != 3 || a.op1 != 0 || a.crn != 12 || a.crm != 11 {
+        return None;
+    }
+    let reg = match a.op2 {
+        5 => sgi::SGI1R,
+        6 => sgi::ASGI1R,
+        7 => sgi::SGI0R,
+        _ => return None,
+    };
+    let all = ((1u32 << nr_vcpus.min(MAX_VCPUS)) - 1) as u8;
+    let targets = if value & (1 << 40) != 0 {
+        all & !(1u8.checked_shl(sender as u32).unwrap_or(0))
+    } else if value & (0xFF << 48 | 0xF << 44 | 0xFF << 32 | 0xFF << 16) != 0 {
+        0
+    } else {
+        (value & 0xFF) as u8 & all
+    };
+    Some(Sgi { intid: ((value >> 24) & 0xF) as u8, targets, reg })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_abi::msg::irq::{config, ACTIVE, PENDING, PENDING_ACTIVE};
+
+    /// QEMU 7.2's virtual interface: 4 list registers, 5 priority and preemption bits.
+    const QEMU_VTR: u64 = 3 | 4 << 26 | 4 << 29;
+    const QEMU: VgicCaps = VgicCaps::from_vtr(QEMU_VTR);
+
+    #[test]
+    fn caps_from_ich_vtr() {
+        assert_eq!(QEMU, VgicCaps { nr_lrs: 4, pri_bits: 5, pre_bits: 5 });
+        assert_eq!(apr_count(QEMU_VTR), 1);
+        assert_eq!(apr_count(5 << 26), 2);
+        assert_eq!(apr_count(6 << 26), 4);
+        let big = VgicCaps::from_vtr(15 | 6 << 26 | 7 << 29);
+        assert_eq!(big, VgicCaps { nr_lrs: 16, pri_bits: 8, pre_bits: 7 });
+        assert_eq!(big.min(QEMU), QEMU);
+        assert_eq!(VgicCaps::from_bits(QEMU.bits()), Some(QEMU));
+        assert_eq!(VgicCaps::from_bits(0), None);
+    }
+
+    #[test]
+    fn requests_encode_to_list_registers_and_back() {
+        let v = lr_from_request(33, config(0xA0, true, PENDING, true) as u64, QEMU).unwrap();
+        assert_eq!(v, 33 | 0xA0 << 48 | 1 << 60 | 1 << 62 | 1 << 41);
+        assert_eq!(lr_to_abi(v), (config(0xA0, true, PENDING, true) as u64) << 32 | 33);
+        let v = lr_from_request(27, config(0, false, PENDING_ACTIVE, false) as u64, QEMU).unwrap();
+        assert_eq!(v, 27 | 3 << 62);
+        assert_eq!(lr_from_request(1019, config(0xF8, true, ACTIVE, false) as u64, QEMU).unwrap(), 1019 | 0xF8 << 48 | 1 << 60 | 2 << 62);
+        // What the guest leaves: an acknowledged (active) interrupt reads back active.
+        assert_eq!(lr_to_abi(33 | 2 << 62) >> 32, (ACTIVE << irq::STATE_SHIFT) as u64);
+        // A hardware LR (never queued by this EL2) would read back with its pINTID.
+        assert_eq!(lr_to_abi(27 | 27 << 32 | lr::HW | 1 << 62) >> 32, (irq::HW | 27 << irq::PINTID_SHIFT | PENDING << irq::STATE_SHIFT) as u64);
+    }
+
+    #[test]
+    fn every_hostile_field_is_refused() {
+        let ok = config(0x80, true, PENDING, false) as u64;
+        assert!(lr_from_request(32, ok, QEMU).is_ok());
+        // vINTIDs: special 1020..=1023, LPIs, anything wider than 32 bits.
+        for v in [1020, 1023, 1024, 8192, 1 << 32, u64::MAX] {
+            assert_eq!(lr_from_request(v, ok, QEMU), Err(IrqError::BadField), "vINTID {v}");
+        }
+        // State 0 queues nothing.
+        assert_eq!(lr_from_request(32, config(0x80, true, 0, false) as u64, QEMU), Err(IrqError::BadField));
+        // Priority bits the CPU lacks (5 implemented: 2:0 must be zero); with 8, any value.
+        for p in [1u8, 2, 4, 0x81, 0xFF] {
+            assert_eq!(lr_from_request(32, config(p, true, PENDING, false) as u64, QEMU), Err(IrqError::BadField), "priority {p:#x}");
+            assert!(lr_from_request(32, config(p, true, PENDING, false) as u64, VgicCaps { pri_bits: 8, ..QEMU }).is_ok());
+        }
+        // HW is refused; a pINTID without HW is malformed.
+        assert_eq!(lr_from_request(27, ok | irq::HW as u64 | 27 << irq::PINTID_SHIFT, QEMU), Err(IrqError::Hardware));
+        assert_eq!(lr_from_request(27, ok | irq::HW as u64, QEMU), Err(IrqError::Hardware));
+        assert_eq!(lr_from_request(27, ok | 27 << irq::PINTID_SHIFT, QEMU), Err(IrqError::BadField));
+        // Every undefined bit, one by one: bits 15:13, 31:29 and everything above 31.
+        for bit in (13..16).chain(29..64) {
+            assert_eq!(lr_from_request(32, ok | 1 << bit, QEMU), Err(IrqError::BadField), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn queueing_takes_the_lowest_free_register_once_per_vintid() {
+        let mut c = VgicCpu::new();
+        let v = |id: u64| lr_from_request(id, config(0x80, true, PENDING, false) as u64, QEMU).unwrap();
+        assert_eq!(c.queue(v(40), 4), Ok(0));
+        assert_eq!(c.queue(v(41), 4), Ok(1));
+        assert_eq!(c.queue(v(40), 4), Err(IrqError::Queued), "already in LR0");
+        let active40 = lr_from_request(40, config(0x80, true, ACTIVE, false) as u64, QEMU).unwrap();
+        assert_eq!(c.queue(active40, 4), Err(IrqError::Queued), "in any state");
+        assert_eq!(c.queue(v(42), 4), Ok(2));
+        assert_eq!(c.queue(v(43), 4), Ok(3));
+        assert_eq!(c.queue(v(44), 4), Err(IrqError::Full));
+        assert_eq!(c.used, 0b1111);
+        // The guest finished LR1: it is free again, and the next request takes it.
+        c.lr[1] &= !(3 << lr::STATE_SHIFT);
+        assert!(!c.after_put(), "no EOI notification asked for");
+        assert_eq!((c.used, c.lr[1]), (0b1101, 0));
+        assert_eq!(c.queue(v(44), 4), Ok(1));
+        // Never beyond the CPU's list registers, nor beyond 16.
+        let mut c = VgicCpu::new();
+        assert_eq!(c.queue(v(1), 1), Ok(0));
+        assert_eq!(c.queue(v(2), 1), Err(IrqError::Full));
+        let mut c = VgicCpu::new();
+        for id in 0..16 {
+            assert_eq!(c.queue(v(id), 255), Ok(id as usize));
+        }
+        assert_eq!(c.queue(v(16), 255), Err(IrqError::Full));
+    }
+
+    #[test]
+    fn save_restore_moves_only_used_registers_and_reports_eois() {
+        let mut c = VgicCpu::new();
+        assert_eq!(c.used_lrs().count(), 0, "an idle vCPU moves no list register");
+        let level = lr_from_request(50, config(0x80, true, PENDING, true) as u64, QEMU).unwrap();
+        let edge = lr_from_request(51, config(0x80, true, PENDING, false) as u64, QEMU).unwrap();
+        c.queue(level, 4).unwrap();
+        c.queue(edge, 4).unwrap();
+        assert_eq!(c.used_lrs().collect::<Vec<_>>(), [0, 1]);
+        // Still pending or active after the run: kept.
+        c.lr[0] = (c.lr[0] & !(3 << 62)) | 2 << 62;
+        assert!(!c.after_put());
+        assert_eq!(c.used, 0b11);
+        // Both deactivated: freed; only the level one is reported, once.
+        c.lr[0] &= !(3 << 62);
+        c.lr[1] &= !(3 << 62);
+        assert!(c.after_put());
+        assert_eq!((c.used, c.lr[0], c.lr[1]), (0, 0, 0));
+        let s = c.report(4);
+        assert_eq!((s.nr_lrs, s.used, s.lrs[0]), (4, 0, 0));
+        assert_eq!(s.eoi[0], 1 << 50);
+        assert!(s.eoi[1..].iter().all(|&w| w == 0));
+        assert!(!c.eoi_pending() && c.report(4).eoi == [0; 16], "collected");
+        // A report names each used register in the ABI encoding.
+        c.queue(edge, 4).unwrap();
+        let s = c.report(4);
+        assert_eq!((s.used, s.lrs[0]), (1, lr_to_abi(edge)));
+        assert_eq!(c, VgicCpu { used: 1, lr: { let mut l = [0; MAX_LRS]; l[0] = edge; l }, ..VgicCpu::new() });
+    }
+
+    fn write(op2: u8) -> SysregAccess {
+        SysregAccess { op0: 3, op1: 0, crn: 12, crm: 11, op2, rt: 1, read: false }
+    }
+
+    #[test]
+    fn sgi_writes_decode_to_vcpu_targets() {
+        // INTID 3 to vCPUs 1 and 2.
+        let v = 3 << 24 | 0b110;
+        assert_eq!(decode_sgi(&write(5), v, 0, 4), Some(Sgi { intid: 3, targets: 0b110, reg: sgi::SGI1R }));
+        assert_eq!(decode_sgi(&write(6), v, 0, 4).unwrap().reg, sgi::ASGI1R);
+        assert_eq!(decode_sgi(&write(7), v, 0, 4).unwrap().reg, sgi::SGI0R);
+        // Targets beyond the VM's vCPUs are dropped.
+        assert_eq!(decode_sgi(&write(5), 15 << 24 | 0xFFFF, 0, 2).unwrap(), Sgi { intid: 15, targets: 0b11, reg: sgi::SGI1R });
+        // IRM: every vCPU but the sender.
+        assert_eq!(decode_sgi(&write(5), 1 << 40 | 0xFF, 1, 3).unwrap().targets, 0b101);
+        assert_eq!(decode_sgi(&write(5), 1 << 40, 7, 8).unwrap().targets, 0x7F);
+        // Aff1, Aff2, Aff3 or RS set: no vCPU has that affinity.
+        for extra in [1u64 << 16, 1 << 32, 1 << 44, 1 << 48] {
+            assert_eq!(decode_sgi(&write(5), extra | 1, 0, 8).unwrap().targets, 0, "{extra:#x}");
+        }
+        // Not an SGI register, or a read.
+        assert_eq!(decode_sgi(&SysregAccess { read: true, ..write(5) }, v, 0, 4), None);
+        assert_eq!(decode_sgi(&write(4), v, 0, 4), None);
+        assert_eq!(decode_sgi(&SysregAccess { crm: 12, ..write(5) }, v, 0, 4), None);
+        assert_eq!(decode_sgi(&SysregAccess { op1: 4, ..write(5) }, v, 0, 4), None);
+    }
+}
