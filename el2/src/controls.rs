@@ -13,7 +13,7 @@ use crate::vm::GuestConfig;
 
 /// ID-register fields (the CPU's own) that decide which controls exist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuFeatures {
+pub struct ControlFeatures {
     /// FEAT_RAS (`ID_AA64PFR0_EL1.RAS`): `HCR_EL2.TERR` exists.
     pub ras: bool,
     /// FEAT_AMUv1 (`ID_AA64PFR0_EL1.AMU`): `CPTR_EL2.TAM` exists.
@@ -40,7 +40,7 @@ fn field(reg: u64, shift: u32) -> u64 {
     (reg >> shift) & 0xF
 }
 
-impl CpuFeatures {
+impl ControlFeatures {
     /// Packed, for a per-CPU atomic (see [`Self::from_bits`]).
     pub const fn bits(&self) -> u16 {
         self.ras as u16
@@ -79,24 +79,41 @@ impl CpuFeatures {
     }
 }
 
-/// `HCR_EL2` bits.
+/// `HCR_EL2` fields (Arm ARM D19.2.48), for the host's and the guests' configurations.
 pub mod hcr {
+    /// Stage 2 enable.
     pub const VM: u64 = 1 << 0;
+    /// Set/way invalidation override (upgrade DC ISW to DC CISW).
     pub const SWIO: u64 = 1 << 1;
+    /// Route FIQs, IRQs and SErrors to EL2 (and make `ICC_*` accesses virtual).
     pub const FMO: u64 = 1 << 3;
     pub const IMO: u64 = 1 << 4;
     pub const AMO: u64 = 1 << 5;
+    /// Default cacheability: EL1&0 stage 1 off behaves as Normal Write-Back.
+    pub const DC: u64 = 1 << 12;
+    /// Trap WFI, WFE.
     pub const TWI: u64 = 1 << 13;
     pub const TWE: u64 = 1 << 14;
+    /// Trap ID-register group 3 reads.
     pub const TID3: u64 = 1 << 18;
+    /// Trap SMC from EL1 to EL2.
     pub const TSC: u64 = 1 << 19;
+    /// Trap IMPLEMENTATION DEFINED registers, `ACTLR_EL1`.
     pub const TIDCP: u64 = 1 << 20;
     pub const TACR: u64 = 1 << 21;
+    /// EL1 is AArch64.
     pub const RW: u64 = 1 << 31;
     /// Trap the LORegion registers (FEAT_LOR).
     pub const TLOR: u64 = 1 << 35;
     /// Trap the RAS error-record registers (FEAT_RAS).
     pub const TERR: u64 = 1 << 36;
+    /// Do not trap pointer-authentication key registers, instructions.
+    pub const APK: u64 = 1 << 40;
+    pub const API: u64 = 1 << 41;
+    /// Stage 2 `MemAttr` uses the forced-Write-Back encoding (FEAT_S2FWB).
+    pub const FWB: u64 = 1 << 46;
+    /// Allow EL1&0 access to allocation tags (FEAT_MTE2).
+    pub const ATA: u64 = 1 << 56;
 }
 
 /// `CPTR_EL2` (nVHE layout) bits.
@@ -162,7 +179,7 @@ pub struct GuestControls {
 /// - pointer authentication and allocation tags as the switch decides per run.
 ///
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
-pub fn guest_controls(f: &CpuFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
+pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
     use hcr::*;
     let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TID3 | TSC | TIDCP | TACR | RW;
     if f.lor {
@@ -218,7 +235,7 @@ pub struct BootControls {
 }
 
 /// The boot values for a CPU with features `f`.
-pub fn boot_controls(f: &CpuFeatures) -> BootControls {
+pub fn boot_controls(f: &ControlFeatures) -> BootControls {
     BootControls {
         hcrx: f.hcx.then_some(0),
         fgt: f.fgt.then_some(0),
@@ -235,7 +252,7 @@ mod tests {
         GuestConfig { vttbr: 0, start_level: 1, ipa_bits: 36, vmpidr: 0, host_pmu: false, pauth_now: false, mte: false, fwb: false, protected: false }
     }
 
-    const ALL: CpuFeatures = CpuFeatures { ras: true, amu: true, gicv3: true, sme: true, trf: true, spe: true, pmu: true, lor: true, hcx: true, fgt: true };
+    const ALL: ControlFeatures = ControlFeatures { ras: true, amu: true, gicv3: true, sme: true, trf: true, spe: true, pmu: true, lor: true, hcx: true, fgt: true };
 
     #[test]
     fn features_from_id_registers() {
@@ -245,12 +262,12 @@ mod tests {
         let dfr0 = 0x6 << 8;
         let mmfr0 = 0x1 << 56;
         let mmfr1 = 0x1 << 16;
-        let f = CpuFeatures::from_id_regs(pfr0, pfr1, dfr0, mmfr0, mmfr1);
-        assert_eq!(f, CpuFeatures { ras: true, amu: false, gicv3: true, sme: true, trf: false, spe: false, pmu: true, lor: true, hcx: false, fgt: true });
-        assert!(!CpuFeatures::from_id_regs(0, 0, 0xF << 8, 0, 0).pmu, "IMPLEMENTATION DEFINED PMU");
-        assert_eq!(CpuFeatures::from_id_regs(0, 0, 0, 0, 0), CpuFeatures::default());
-        for x in [f, ALL, CpuFeatures::default()] {
-            assert_eq!(CpuFeatures::from_bits(x.bits()), x);
+        let f = ControlFeatures::from_id_regs(pfr0, pfr1, dfr0, mmfr0, mmfr1);
+        assert_eq!(f, ControlFeatures { ras: true, amu: false, gicv3: true, sme: true, trf: false, spe: false, pmu: true, lor: true, hcx: false, fgt: true });
+        assert!(!ControlFeatures::from_id_regs(0, 0, 0xF << 8, 0, 0).pmu, "IMPLEMENTATION DEFINED PMU");
+        assert_eq!(ControlFeatures::from_id_regs(0, 0, 0, 0, 0), ControlFeatures::default());
+        for x in [f, ALL, ControlFeatures::default()] {
+            assert_eq!(ControlFeatures::from_bits(x.bits()), x);
         }
     }
 
@@ -262,7 +279,7 @@ mod tests {
         assert_eq!(c.mdcr & (mdcr::TTRF | mdcr::TPMS | mdcr::TPM | mdcr::TPMCR), mdcr::TTRF | mdcr::TPMS | mdcr::TPM | mdcr::TPMCR);
         assert!(c.no_trace);
         // Without the features the bits are RES0 and never written; TTA always exists.
-        let c = guest_controls(&CpuFeatures::default(), 0x6, &cfg(), false);
+        let c = guest_controls(&ControlFeatures::default(), 0x6, &cfg(), false);
         assert_eq!(c.hcr & (hcr::TLOR | hcr::TERR), 0);
         assert_eq!(c.cptr & (cptr::TAM | cptr::TTA), cptr::TTA);
         assert_eq!(c.mdcr & (mdcr::TTRF | mdcr::TPMS), 0);
@@ -285,7 +302,7 @@ mod tests {
 
     #[test]
     fn debug_and_base_traps_are_always_set() {
-        for f in [ALL, CpuFeatures::default()] {
+        for f in [ALL, ControlFeatures::default()] {
             let c = guest_controls(&f, 0, &cfg(), false);
             let base = hcr::VM | hcr::IMO | hcr::FMO | hcr::AMO | hcr::TWI | hcr::TWE | hcr::TID3 | hcr::TSC | hcr::TIDCP | hcr::TACR | hcr::RW;
             assert_eq!(c.hcr & base, base);
@@ -296,7 +313,7 @@ mod tests {
 
     #[test]
     fn boot_writes_only_registers_that_exist() {
-        assert_eq!(boot_controls(&CpuFeatures::default()), BootControls { hcrx: None, fgt: None, icc_sre_el2: None, trfcr_el2: None });
+        assert_eq!(boot_controls(&ControlFeatures::default()), BootControls { hcrx: None, fgt: None, icc_sre_el2: None, trfcr_el2: None });
         assert_eq!(boot_controls(&ALL), BootControls { hcrx: Some(0), fgt: Some(0), icc_sre_el2: Some(0b1111), trfcr_el2: Some(0) });
     }
 }

@@ -1,29 +1,10 @@
 //! System registers, barriers and TLB maintenance.
 
+use crate::controls::hcr;
 use crate::hyp::Maintenance;
 use crate::pgtable::{PageTable, MAIR_EL2_VALUE};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
-
-/// `HCR_EL2` fields (Arm ARM D19.2.48).
-pub mod hcr {
-    /// Stage 2 enable.
-    pub const VM: u64 = 1 << 0;
-    /// Set/way invalidation override (upgrade DC ISW to DC CISW).
-    pub const SWIO: u64 = 1 << 1;
-    /// Default cacheability: EL1&0 stage 1 off behaves as Normal Write-Back.
-    pub const DC: u64 = 1 << 12;
-    /// Trap SMC from EL1 to EL2.
-    pub const TSC: u64 = 1 << 19;
-    /// EL1 is AArch64.
-    pub const RW: u64 = 1 << 31;
-    /// Do not trap pointer-authentication key registers.
-    pub const APK: u64 = 1 << 40;
-    /// Do not trap pointer-authentication instructions.
-    pub const API: u64 = 1 << 41;
-    /// Allow EL1&0 access to allocation tags (FEAT_MTE2).
-    pub const ATA: u64 = 1 << 56;
-}
 
 const SCTLR_EL2_RES1: u64 = 0x30C5_0830;
 const SCTLR_EL2_M: u64 = 1 << 0;
@@ -341,14 +322,14 @@ impl HostConfig {
 pub fn activate_host(cfg: &HostConfig) {
     // This CPU's features decide which control registers exist; the world switch reads them
     // back on every guest load.
-    let features = crate::controls::CpuFeatures::from_id_regs(
+    let features = crate::controls::ControlFeatures::from_id_regs(
         ID_AA64PFR0_EL1.get(),
         ID_AA64PFR1_EL1.get(),
         ID_AA64DFR0_EL1.get(),
         ID_AA64MMFR0_EL1.get(),
         ID_AA64MMFR1_EL1.get(),
     );
-    super::switch::CPU_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
+    super::switch::CONTROL_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
     write_boot_controls(&crate::controls::boot_controls(&features));
     super::switch::clear_vgic();
     VTCR_EL2.set(cfg.vtcr);

@@ -17,7 +17,7 @@
 
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
 use crate::addr::PhysAddr;
-use crate::controls::{guest_controls, CpuFeatures};
+use crate::controls::{guest_controls, hcr, ControlFeatures};
 use crate::platform::MAX_CPUS;
 use crate::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
 use crate::vgic;
@@ -137,11 +137,7 @@ sysreg_bank!(save_keys, restore_keys, 10, [
 ]);
 
 /// `HCR_EL2.APK | HCR_EL2.API`: pointer-authentication keys and instructions untrapped.
-const HCR_APK_API: u64 = (1 << 40) | (1 << 41);
-/// `HCR_EL2.ATA`: EL1&0 may access allocation tags (MTE VMs only).
-const HCR_ATA: u64 = 1 << 56;
-/// `HCR_EL2.FWB` (FEAT_S2FWB): stage 2 `MemAttr` uses the forced-Write-Back encoding.
-const HCR_FWB: u64 = 1 << 46;
+const HCR_APK_API: u64 = hcr::APK | hcr::API;
 
 // RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1 (shared_abi::reg::MTE_REGS): tag generation and
 // checking at EL1&0. Only switched for MTE VMs, so FEAT_MTE2 is implemented.
@@ -197,12 +193,12 @@ fn restore_el1_extra(e: &El1Extra) {
 /// `CPTR_EL2.TFP`: trap FP/SIMD.
 const CPTR_TFP: u64 = crate::controls::cptr::TFP;
 
-/// Per CPU: its [`CpuFeatures`] ([`CpuFeatures::bits`]), read once by `activate_host`.
-pub static CPU_FEATURES: [core::sync::atomic::AtomicU16; MAX_CPUS] = [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
+/// Per CPU: its [`ControlFeatures`] ([`ControlFeatures::bits`]), read once by `activate_host`.
+pub static CONTROL_FEATURES: [core::sync::atomic::AtomicU16; MAX_CPUS] = [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
 
 /// This CPU's features.
-fn features() -> CpuFeatures {
-    CpuFeatures::from_bits(CPU_FEATURES[super::cpu_index() % MAX_CPUS].load(Ordering::Relaxed))
+fn features() -> ControlFeatures {
+    ControlFeatures::from_bits(CONTROL_FEATURES[super::cpu_index() % MAX_CPUS].load(Ordering::Relaxed))
 }
 
 /// Reads `$r` (an `S<op0>_<op1>_C<n>_C<m>_<op2>` name or an architectural one).
@@ -478,13 +474,13 @@ impl ArchMaintenance {
             save_mte(&mut scratch().mte);
             restore_mte(&ctx.mte);
             saved.mte_loaded = true;
-            hcr |= HCR_ATA;
+            hcr |= hcr::ATA;
         }
         if cfg.fwb {
             // The VM's stage 2 uses the FWB encoding (VMs are created so only when every CPU
             // has FEAT_S2FWB). The host's stage 2 never does, and TLB entries are per VMID, so
             // the bit can change with VTTBR_EL2 without invalidation.
-            hcr |= HCR_FWB;
+            hcr |= hcr::FWB;
         }
         HCR_EL2.set(hcr);
         CPTR_EL2.set(traps.cptr);
