@@ -3,9 +3,13 @@
 //! Place in the flow: the host owns the GIC (distributor and redistributors are host device
 //! memory in its stage 2; the CPU interface is its `ICC_*_EL1` registers, which EL2 lets EL1
 //! use through `ICC_SRE_EL2.Enable`) and its timer (`CNTHCTL_EL2.EL1PCEN` while it runs).
-//! EL2 neither touches nor needs either: it only sends a physical interrupt that arrives while
-//! a guest runs back to the host as the `IRQ` exit of `VCPU_RUN` (guests run with
-//! `HCR_EL2.IMO/FMO`, so the guest's own `PSTATE.I` cannot hold it off).
+//! EL2 needs neither: it only sends a physical interrupt that arrives while a guest runs back
+//! to the host as the `IRQ` exit of `VCPU_RUN` (guests run with `HCR_EL2.IMO/FMO`, so the
+//! guest's own `PSTATE.I` cannot hold it off). One thing EL2 does touch: the first page of
+//! each redistributor (`GICR_CTLR`, `GICR_WAKER`, ...) is not in the host's stage 2; EL2
+//! performs the host's loads and stores there and keeps `GICR_CTLR.EnableLPIs` at 0, so the
+//! GIC never reads or writes LPI tables (which would bypass stage 2). This driver uses plain
+//! 32/64-bit `LDR`/`STR` there (`safe-mmio`), which EL2 can perform from the syndrome.
 //!
 //! **Polled, not vectored.** The host keeps `DAIF` masked, as before: it is a cooperative,
 //! single-threaded kernel per CPU, with nothing an interrupt handler could usefully preempt.

@@ -75,7 +75,7 @@ pub trait RdIo {
 
 /// Whether the frame region `region` is usable: 64 KiB aligned, non-empty.
 pub fn region_ok(region: &PhysRange) -> bool {
-    region.start.0 % 0x1_0000 == 0 && region.size() > 0
+    region.start.0.is_multiple_of(0x1_0000) && region.size() > 0
 }
 
 /// The guarded pages of `region`: the first page of every [`RD_STRIDE`].
