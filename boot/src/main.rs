@@ -149,8 +149,9 @@ fn map_or_park(t: &mut PageTable, pool: &mut PagePool, start: u64, end: u64, mem
     }
 }
 
-/// Builds EL2's stage 1: the image by section, the stacks without their guard pages, the UART.
-fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u64)>) -> PageTable {
+/// Builds EL2's stage 1: the image by section, the stacks without their guard pages, the UART,
+/// the failure device and the guarded redistributor pages.
+fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u64)>, gicr: Option<PhysRange>) -> PageTable {
     let Ok(mut t) = PageTable::new(pool, Format::El2Stage1, HYP_VA_BITS) else { arch::park() };
     // SAFETY: taking the address of linker-provided symbols; nothing is read through them.
     let (start, text_end, rodata_end, stacks, panic_stacks, end) = unsafe {
@@ -179,6 +180,12 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
         if t.map(pool, config, PhysAddr(config), PAGE_SIZE, device, 3).is_ok() && t.map(pool, bar, PhysAddr(bar), PAGE_SIZE, device, 3).is_ok() {
             arch::failstop::arm(config, bar);
         }
+    }
+    // The first page of every redistributor's RD_base frame, kept from the host: EL2 performs
+    // the host's accesses to it (el2::gicr). Not optional: without it the host would own
+    // GICR_CTLR.EnableLPIs.
+    for page in gicr.into_iter().flat_map(el2::gicr::guarded_pages) {
+        map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
     }
     // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
     // guest memory): the level-3 entries exist from now on and start empty.
@@ -216,7 +223,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     // machine as a failure later (arch::failstop).
     // SAFETY: the ECAM from the platform's device tree, with the MMU off.
     let pvpanic = platform.pci.and_then(|pci| Some((unsafe { arch::failstop::probe(pci.ecam.0) }?, pci.mem32.0)));
-    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart, pvpanic);
+    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart, pvpanic, platform.gicr);
     let Ok(host_s2) = PageTable::new(&mut pool, Format::Stage2, host_ipa_bits(pa_bits)) else { arch::park() };
     let mmu = El2MmuConfig::new(&hyp_s1, pa_bits);
     // SAFETY: at EL2 with the MMU off; `hyp_s1` identity-maps this code, its stack and data.
@@ -246,6 +253,11 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         log::error!("EL2 image is not linked at the HYP region base {HYP_REGION_BASE:#x}");
         arch::park();
     }
+    // The redistributors behind the guarded pages (mapped above): GICR_TYPER.Last ends them.
+    let gicr = platform.gicr.map(|r| el2::gicr::probe(r, &arch::RdMmio));
+    if let Some(g) = gicr {
+        log::info!("GIC redistributors: {} at {}, control pages kept from the host ({} guarded)", g.present, g.region.start, el2::gicr::guarded_pages(g.region).count());
+    }
     if let Some(u) = platform.untagged {
         log::info!("RAM without tag storage: {}..{} (MTE VMs are never given it)", u.start, u.end);
     }
@@ -273,6 +285,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         vcpus: &VCPUS,
         idregs: &IDREGS,
         boot_cpu: arch::cpu_id(),
+        gicr,
     };
     match Hyp::new(parts) {
         Ok(h) => {

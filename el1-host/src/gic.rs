@@ -3,9 +3,13 @@
 //! Place in the flow: the host owns the GIC (distributor and redistributors are host device
 //! memory in its stage 2; the CPU interface is its `ICC_*_EL1` registers, which EL2 lets EL1
 //! use through `ICC_SRE_EL2.Enable`) and its timer (`CNTHCTL_EL2.EL1PCEN` while it runs).
-//! EL2 neither touches nor needs either: it only sends a physical interrupt that arrives while
-//! a guest runs back to the host as the `IRQ` exit of `VCPU_RUN` (guests run with
-//! `HCR_EL2.IMO/FMO`, so the guest's own `PSTATE.I` cannot hold it off).
+//! EL2 needs neither: it only sends a physical interrupt that arrives while a guest runs back
+//! to the host as the `IRQ` exit of `VCPU_RUN` (guests run with `HCR_EL2.IMO/FMO`, so the
+//! guest's own `PSTATE.I` cannot hold it off). One thing EL2 does touch: the first page of
+//! each redistributor (`GICR_CTLR`, `GICR_WAKER`, ...) is not in the host's stage 2; EL2
+//! performs the host's loads and stores there and keeps `GICR_CTLR.EnableLPIs` at 0, so the
+//! GIC never reads or writes LPI tables (which would bypass stage 2). This driver uses plain
+//! 32/64-bit `LDR`/`STR` there (`safe-mmio`), which EL2 can perform from the syndrome.
 //!
 //! **Polled, not vectored.** The host keeps `DAIF` masked, as before: it is a cooperative,
 //! single-threaded kernel per CPU, with nothing an interrupt handler could usefully preempt.
@@ -202,4 +206,35 @@ pub fn kick(cpu: usize) {
     // SAFETY: DSB only orders memory accesses.
     unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
     let _ = GicCpuInterface::send_sgi(IntId::sgi(KICK_SGI), target, SgiTargetGroup::CurrentGroup1);
+}
+
+/// `GICR_CTLR.EnableLPIs` and `GICR_TYPER.PLPIS` (bit 0 of each).
+const GICR_CTLR: u64 = 0x0;
+const GICR_TYPER: u64 = 0x8;
+/// Distance between two GICv3 redistributors (`RD_base`, then `SGI_base`).
+const GICR_STRIDE: u64 = 0x2_0000;
+
+/// A 32-bit load with a plain `LDR` (so the syndrome is valid if EL2 has to perform it).
+fn read32(pa: u64) -> u32 {
+    let v: u32;
+    // SAFETY: `pa` is a redistributor register; reading it has no effect on memory.
+    unsafe { asm!("ldr {v:w}, [{a}]", a = in(reg) pa, v = out(reg) v, options(nostack, preserves_flags)) };
+    v
+}
+
+/// A 32-bit store with a plain `STR`.
+fn write32(pa: u64, v: u32) {
+    // SAFETY: `pa` is a redistributor register; the caller knows what the write does.
+    unsafe { asm!("str {v:w}, [{a}]", a = in(reg) pa, v = in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Test (`smp` scenario): sets `GICR_CTLR.EnableLPIs` in CPU `cpu`'s redistributor of the
+/// region at `gicr`, keeping its other bits, and reads it back. Returns `GICR_TYPER.PLPIS`
+/// (the redistributor implements LPIs) and `EnableLPIs` as read back. EL2 keeps the bit 0:
+/// LPIs on would let the GIC read and write the LPI tables wherever the host pointed them.
+pub fn try_enable_lpis(gicr: u64, cpu: usize) -> (bool, bool) {
+    let rd = gicr + cpu as u64 * GICR_STRIDE;
+    let plpis = read32(rd + GICR_TYPER) & 1 != 0;
+    write32(rd + GICR_CTLR, read32(rd + GICR_CTLR) | 1);
+    (plpis, read32(rd + GICR_CTLR) & 1 != 0)
 }

@@ -119,6 +119,17 @@ fn smp(plat: &Platform) {
     }
     check!(psci::cpu_on::<smccc::Smc>(me, crate::secondary_entry(), 0).is_err(), "CPU_ON of myself succeeded");
     println!("host: ok: all {} CPUs online", plat.nr_cpus);
+    // Every CPU has initialised its redistributor. A hostile host turning LPIs on would have
+    // the GIC itself read and write the tables at GICR_PROPBASER/GICR_PENDBASER, past the
+    // stage 2: EL2 performs accesses to that page and keeps EnableLPIs at 0.
+    if let Some((_, gicr)) = plat.gic {
+        for cpu in 0..plat.nr_cpus {
+            let (plpis, on) = crate::gic::try_enable_lpis(gicr, cpu);
+            check!(plpis, "cpu{cpu}: GICR_TYPER.PLPIS is 0: this GIC has no LPIs to keep off");
+            check!(!on, "cpu{cpu}: GICR_CTLR.EnableLPIs reads 1: the GIC may now write LPI tables anywhere");
+        }
+        println!("host: ok: GICR_CTLR.EnableLPIs stays 0: the GIC never reads or writes LPI tables");
+    }
 }
 
 /// What a VMM does once at start: a message page per CPU, the pointer-authentication policy

@@ -21,6 +21,7 @@ use crate::owner::{Component, OwnError, Ownership};
 use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
 use crate::platform::{Platform, MAX_CPUS};
 use crate::cpufeat::{CpuFeatures, CpuId, Weaker};
+use crate::gicr::Redistributors;
 use crate::vgic::VgicCaps;
 use crate::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +72,9 @@ pub enum HostFault {
     Retry,
     /// The host may not access this address: inject an abort.
     Inject,
+    /// A guarded redistributor page, never mapped: EL2 performs a valid data access itself
+    /// ([`crate::gicr::emulate`]) and injects an abort for anything else.
+    Emulate,
 }
 
 /// What [`Hyp::new`] is built from.
@@ -94,6 +98,8 @@ pub struct HypParts<'a, T: TableMemory> {
     /// The boot CPU's `MIDR_EL1` and ID registers (platform index 0; other CPUs report theirs
     /// with [`Hyp::cpu_entered_el2`]).
     pub boot_cpu: CpuId,
+    /// The redistributors found at boot in [`Platform::gicr`] ([`crate::gicr::probe`]).
+    pub gicr: Option<Redistributors>,
 }
 
 /// EL2's global state.
@@ -102,6 +108,8 @@ pub struct Hyp<'a, T: TableMemory> {
     pub platform: Platform,
     /// EL2's own memory.
     pub hyp_region: PhysRange,
+    /// The redistributors, whose control pages the host never maps (see [`crate::gicr`]).
+    pub gicr: Option<Redistributors>,
     /// The memory lock (see the module documentation).
     pub mem: spin::Mutex<MemState<'a, T>>,
     finalised: AtomicBool,
@@ -138,9 +146,12 @@ pub const PTRAUTH_DEFAULT_LAZY: bool = true;
 pub const PTRAUTH_DEFAULT_DECAY: u32 = 64;
 
 /// Table pages the host's identity stage 2 can need at most for `ram` (see ARCHITECTURE.md):
-/// the root, two level-1 tables, one level-2 table per GiB and one level-3 table per 2 MiB.
-pub fn host_s2_reserve(ram: PhysRange) -> usize {
-    3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize
+/// the root, two level-1 tables, one level-2 table per GiB and one level-3 table per 2 MiB;
+/// and around the guarded pages of the redistributor region `gicr`, a level-2 table and one
+/// level-3 table per 2 MiB it touches.
+pub fn host_s2_reserve(ram: PhysRange, gicr: Option<PhysRange>) -> usize {
+    let gicr = gicr.map_or(0, |r| 2 + (r.size() >> 21) as usize + 1);
+    3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize + gicr
 }
 
 /// Converts an internal ownership error to the ABI error (the one place this happens).
@@ -169,8 +180,10 @@ const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 ///
 /// RAM is mapped only where the ownership record gives the host access, and never in a block
 /// that contains a page it may not access; everything outside RAM inside the host's IPA space
-/// is device space, mapped only in blocks that do not touch RAM. `None`: inject an abort.
-pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>) -> Option<(u64, u64, Attrs)> {
+/// is device space, mapped only in blocks that touch neither RAM nor a guarded page of the
+/// redistributor region `gicr` (a guarded page itself is never mapped). `None`: inject an
+/// abort (or, on a guarded page, emulate).
+pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>, gicr: Option<&PhysRange>) -> Option<(u64, u64, Attrs)> {
     if ipa >> ipa_bits != 0 {
         return None;
     }
@@ -191,7 +204,8 @@ pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>) -> Option
         let size = level_size(level);
         let base = ipa & !(size - 1);
         let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        if !block.overlaps(&ram) && block.end.0 <= 1 << ipa_bits {
+        let guarded = gicr.is_some_and(|g| crate::gicr::overlaps_guarded(g, &block));
+        if !block.overlaps(&ram) && !guarded && block.end.0 <= 1 << ipa_bits {
             return Some((base, size, HOST_DEVICE));
         }
     }
@@ -205,15 +219,19 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// # Errors
     /// A description of what is wrong; EL2 start-up stops on it.
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
-        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu } = parts;
+        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr } = parts;
         crate::idreg::check_table(crate::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
             .map_err(|_| "EL2's region is not page-aligned RAM")?;
-        let host_reserve = host_s2_reserve(platform.ram);
+        if gicr.map(|g| g.region) != platform.gicr {
+            return Err("the redistributors EL2 guards are not the platform's");
+        }
+        let host_reserve = host_s2_reserve(platform.ram, platform.gicr);
         Ok(Self {
             platform,
             hyp_region,
+            gicr,
             mem: spin::Mutex::new(MemState { own, host_s2, hyp_s1, tables, vms: VmTable::default() }),
             finalised: AtomicBool::new(false),
             msg_page: Default::default(),
@@ -436,11 +454,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// Handles a host stage-2 *translation* fault on `ipa`.
     pub fn host_s2_fault(&self, ipa: u64, m: &impl Maintenance) -> HostFault {
+        if self.gicr.is_some_and(|g| crate::gicr::guarded(&g.region, ipa).is_some()) {
+            return HostFault::Emulate;
+        }
         let mut mem = self.mem.lock();
         if mem.host_s2.lookup(&mem.tables, ipa).is_some() {
             return HostFault::Retry;
         }
-        let Some((_, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own) else {
+        let Some((_, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own, self.platform.gicr.as_ref()) else {
             return HostFault::Inject;
         };
         let MemState { host_s2, tables, .. } = &mut *mem;
@@ -569,6 +590,8 @@ pub(crate) mod tests {
     pub(crate) const HYP_PAGES: u64 = 16;
     /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
     pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
+    /// QEMU `virt`'s redistributor region (room for 123; the fixture has 2 CPUs).
+    pub(crate) const GICR: PhysRange = PhysRange { start: PhysAddr(0x080A_0000), end: PhysAddr(0x0900_0000) };
 
     pub(crate) struct Fixture {
         pub ram: Box<Ram>,
@@ -587,7 +610,7 @@ pub(crate) mod tests {
         let mut tables = FakeMemory::new(64);
         let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
         let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
-        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None };
+        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
         let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
@@ -600,7 +623,8 @@ pub(crate) mod tests {
         boot_cpu_idregs[crate::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
         boot_cpu_idregs[crate::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
         let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
-        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu }).unwrap();
+        let gicr = Some(crate::gicr::Redistributors { region: GICR, present: 2 });
+        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
         // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
         hyp.report_vgic(Some(QEMU_ICH_VTR));
         Fixture { ram, _entries: entries, hyp }
@@ -842,15 +866,53 @@ pub(crate) mod tests {
         let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
         let mut own = Ownership::new(ram, &mut entries).unwrap();
         // All host: 2 MiB blocks.
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own), Some((0x4000_0000, 2 << 20, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_0000, 2 << 20, HOST_RAM)));
         // One page in the first block donated away: that block is mapped page by page.
         own.donate(PhysRange::from_size(PhysAddr(0x4010_0000), PAGE_SIZE).unwrap(), Component::Host, Component::Hyp).unwrap();
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
-        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own), None);
-        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own), Some((0x4020_0000, 2 << 20, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own, None), None);
+        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own, None), Some((0x4020_0000, 2 << 20, HOST_RAM)));
         // Device space: the GiB below RAM is one block; the GiB holding RAM uses smaller ones.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own), Some((0, 1 << 30, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(1 << 40, 40, &own), None);
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, None), Some((0, 1 << 30, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own, None), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(1 << 40, 40, &own, None), None);
+    }
+
+    #[test]
+    fn no_host_block_covers_a_guarded_redistributor_page() {
+        let mut entries = vec![PageEntry::default(); 1024];
+        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
+        let own = Ownership::new(ram, &mut entries).unwrap();
+        let g = Some(&GICR);
+        // Blocks around the region: 2 MiB where no guarded page is, 4 KiB between guards.
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, g), Some((0x0900_0000, 2 << 20, HOST_DEVICE)), "the UART's 2 MiB");
+        assert_eq!(host_fault_mapping(0x0000_1000, 40, &own, g), Some((0, 2 << 20, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(0x0800_0000, 40, &own, g), Some((0x0800_0000, PAGE_SIZE, HOST_DEVICE)), "the distributor");
+        assert_eq!(host_fault_mapping(0x080B_0080, 40, &own, g), Some((0x080B_0000, PAGE_SIZE, HOST_DEVICE)), "SGI_base");
+        assert_eq!(host_fault_mapping(0x080A_1000, 40, &own, g), Some((0x080A_1000, PAGE_SIZE, HOST_DEVICE)));
+        // The guarded pages themselves: never.
+        for pa in [0x080A_0000, 0x080A_0FFC, 0x080C_0070, 0x08FE_0000] {
+            assert_eq!(host_fault_mapping(pa, 40, &own, g), None, "{pa:#x}");
+        }
+        // Whatever is asked, a mapping never covers a guarded page.
+        for ipa in (0..0x1000_0000u64).step_by(0x1_0000).chain((0x0800_0000..0x0920_0000).step_by(0x1000)) {
+            if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, g) {
+                let block = PhysRange::from_size(PhysAddr(base), size).unwrap();
+                assert!(!crate::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn host_faults_on_guarded_pages_are_emulated_never_mapped() {
+        let f = fixture();
+        let rec = Recorder::default();
+        assert_eq!(f.hyp.host_s2_fault(0x080A_0000, &rec), HostFault::Emulate);
+        assert_eq!(f.hyp.host_s2_fault(0x08FE_0014, &rec), HostFault::Emulate, "past the present ones: refused by decode");
+        assert_eq!(f.hyp.host_s2_fault(0x080A_1000, &rec), HostFault::Retry);
+        assert_eq!(f.hyp.host_s2_fault(0x0800_0000, &rec), HostFault::Retry);
+        let mem = f.hyp.mem.lock();
+        assert!(mem.host_s2.lookup(&mem.tables, 0x080A_0000).is_none());
+        assert!(mem.host_s2.lookup(&mem.tables, 0x080A_1000).is_some());
     }
 }

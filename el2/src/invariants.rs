@@ -25,7 +25,10 @@
 //!     MMIO read), it is powered off, and no `CPU_ON` entry point or context is left;
 //! 14. every page EL2 borrows from anyone is a registered message page;
 //! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;
-//! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device.
+//! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device (pages it
+//!     leaves unmapped, such as the guarded redistributor pages, are not its concern);
+//! 17. the host's stage 2 maps no guarded redistributor page (`crate::gicr`): the host never
+//!     reaches `GICR_CTLR.EnableLPIs` or the LPI table addresses itself.
 
 use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::{Hyp, MemState};
@@ -142,6 +145,11 @@ pub enum Violation {
         /// Input address (an identity map: also the output address).
         ipa: u64,
     },
+    /// The host's stage 2 has a leaf over a guarded redistributor page.
+    HostMapsGicr {
+        /// Input address of the leaf.
+        ipa: u64,
+    },
 }
 
 impl Violation {
@@ -164,6 +172,7 @@ impl Violation {
             Violation::HypBorrowsNonMessage { pa } => (14, pa.0),
             Violation::HypWritableExecutable { va } => (15, va),
             Violation::HostWrongMemoryType { ipa } => (16, ipa),
+            Violation::HostMapsGicr { ipa } => (17, ipa),
         }
     }
 }
@@ -196,6 +205,7 @@ pub fn check<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, layout: &L
     hyp_borrows_only_message_pages(hyp, mem)?;
     hyp_s1_w_xor_x(mem)?;
     host_s2_memory_types(hyp, mem)?;
+    host_s2_no_gicr(hyp, mem)?;
     Ok(mem.own.ram().size() / PAGE_SIZE)
 }
 
@@ -426,6 +436,15 @@ fn host_s2_memory_types<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>)
             return Some(Violation::HostWrongMemoryType { ipa: l.ia_base });
         };
         (s2.leaf_mem_type(l.desc) != Some(want)).then_some(Violation::HostWrongMemoryType { ipa: l.ia_base })
+    })
+}
+
+/// 17. No host stage-2 leaf covers a guarded redistributor page.
+fn host_s2_no_gicr<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let Some(region) = hyp.platform.gicr else { return Ok(()) };
+    first_leaf_violation(&mem.host_s2, &mem.tables, |l| {
+        let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
+        crate::gicr::overlaps_guarded(&region, &range).then_some(Violation::HostMapsGicr { ipa: l.ia_base })
     })
 }
 
@@ -719,6 +738,19 @@ mod tests {
         let MemState { host_s2, tables, .. } = &mut *mem;
         host_s2.map(tables, 0x0900_0000, PhysAddr(0x0900_0000), PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostWrongMemoryType { ipa: 0x0900_0000 }));
+    }
+
+    #[test]
+    fn a_host_mapping_of_a_guarded_redistributor_page_is_found() {
+        let f = fixture();
+        for pa in [0x0800_0000, 0x080A_1000, 0x080B_0000] {
+            f.hyp.host_s2_fault(pa, &Recorder::default());
+        }
+        assert_eq!(run_check(&f), Ok(RAM_PAGES as u64), "the distributor and the pages around the guard");
+        let mut mem = f.hyp.mem.lock();
+        let MemState { host_s2, tables, .. } = &mut *mem;
+        host_s2.map(tables, 0x080C_0000, PhysAddr(0x080C_0000), PAGE_SIZE, Attrs { mem: MemType::Device, perms: Perms::RW }, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsGicr { ipa: 0x080C_0000 }));
     }
 }
 

@@ -15,6 +15,7 @@ pub mod controls;
 pub mod cpufeat;
 pub mod exception;
 pub mod fwreg;
+pub mod gicr;
 pub mod hyp;
 pub mod idreg;
 #[cfg(any(test, feature = "test-hooks"))]

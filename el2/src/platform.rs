@@ -34,6 +34,9 @@ pub struct Platform {
     /// The generic PCI host bridge, if any: where EL2 finds the `pvpanic-pci` device it uses to
     /// end the machine as a failure when it cannot go on (see `arch::failstop`).
     pub pci: Option<PciHost>,
+    /// The GICv3 redistributor region (`arm,gic-v3`, `reg` entry 1), if there is a GIC: EL2
+    /// keeps the control page of every redistributor in it from the host (see `crate::gicr`).
+    pub gicr: Option<PhysRange>,
 }
 
 /// A `pci-host-ecam-generic` bridge.
@@ -63,6 +66,10 @@ pub enum PlatformError {
     BadNotags,
     /// PSCI missing or not using the SMC conduit (EL2 calls firmware with SMC).
     NoSmcPsci,
+    /// An `arm,gic-v3` node whose redistributor region is missing, not 64 KiB aligned, or one
+    /// of several (`#redistributor-regions` other than 1): EL2 could not keep the LPI
+    /// registers from the host, so it stops (fails closed).
+    BadGic,
 }
 
 impl Platform {
@@ -134,7 +141,19 @@ pub fn parse(dtb: &[u8]) -> Result<Platform, PlatformError> {
         Some(PciHost { ecam, mem32 })
     });
 
-    Ok(Platform { ram, uart, cpus, untagged, pci })
+    let gicr = match fdt.find_compatible(&["arm,gic-v3"]) {
+        None => None,
+        Some(n) => {
+            let regions = n.property("#redistributor-regions").and_then(|p| p.as_usize()).unwrap_or(1);
+            let r = n.reg().and_then(|mut r| r.nth(1)).and_then(|r| PhysRange::from_size(PhysAddr(r.starting_address as u64), r.size? as u64));
+            match r {
+                Some(r) if regions == 1 && crate::gicr::region_ok(&r) => Some(r),
+                _ => return Err(PlatformError::BadGic),
+            }
+        }
+    };
+
+    Ok(Platform { ram, uart, cpus, untagged, pci, gicr })
 }
 
 /// The untagged RAM a command line describes: none without a `pkvm.notags=` token; with one,
@@ -177,6 +196,7 @@ mod tests {
         assert_eq!(p.cpu_index(0x8000_0001), Some(1), "MPIDR RES1/U bits ignored");
         assert_eq!(p.cpu_index(2), None);
         assert_eq!(p.pci, Some(PciHost { ecam: PhysAddr(0x40_1000_0000), mem32: PhysAddr(0x1000_0000) }));
+        assert_eq!(p.gicr, PhysRange::from_size(PhysAddr(0x080A_0000), 0xF6_0000), "room for 123 redistributors");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `HVC64` | a hypercall | [`Hyp::host_hvc`], result in `x0..=x3` |
 //! | `SMC64` | `HCR_EL2.TSC` trap | the allow-list of [`crate::psci`]: intercept, forward to firmware, or refuse |
-//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily if the host owns the page, else inject an abort |
+//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily if the host owns the page; a valid load or store to a guarded redistributor page: performed by EL2 ([`crate::gicr`]); else inject an abort |
 //! | anything else | | inject UNDEF |
 //!
 //! Nothing the host does here is an EL2 error: host-caused events are logged at `debug!` at most.
@@ -59,8 +59,19 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
             let regs = arch::trap_regs();
             if matches!(esr.fault(), FaultKind::Translation(_)) {
                 let ipa = (regs.hpfar & HPFAR_FIPA_MASK) << 8 | (regs.far & 0xFFF);
-                if hyp.host_s2_fault(ipa, &ArchMaintenance) == HostFault::Retry {
-                    return;
+                match hyp.host_s2_fault(ipa, &ArchMaintenance) {
+                    HostFault::Retry => return,
+                    HostFault::Emulate if esr.ec() == ec::DABT_LOW => {
+                        // A guarded redistributor page: EL2 performs a valid access itself
+                        // (GICR_CTLR.EnableLPIs forced to 0) and steps over the instruction.
+                        if let Some(rd) = &hyp.gicr {
+                            if crate::gicr::emulate(rd, esr.0, ipa, &mut frame.x, &arch::RdMmio) {
+                                frame.elr += 4;
+                                return;
+                            }
+                        }
+                    }
+                    HostFault::Emulate | HostFault::Inject => {}
                 }
             }
             log::debug!("host abort at {:#x} (ESR {:#x}): injecting", regs.far, regs.esr);

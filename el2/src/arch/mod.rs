@@ -7,10 +7,12 @@
 //! Register and field names follow the Arm ARM (DDI 0487). Every barrier says what it orders.
 
 pub mod failstop;
+mod gicr;
 mod regs;
 pub(crate) mod switch;
 mod vectors;
 
+pub use gicr::RdMmio;
 pub use regs::*;
 pub use switch::{check_sysreg_tables, ich_vtr, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
 pub use vectors::TrapFrame;
