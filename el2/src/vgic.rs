@@ -180,6 +180,15 @@ pub struct VgicCpu {
 }
 
 impl VgicCpu {
+    /// Nothing for the interface to deliver or remember: no list register in use and no
+    /// active priority. Such a vCPU cannot acknowledge a virtual interrupt during the run (only
+    /// list registers hold them, and EL2 changes those only between runs), so its load and put
+    /// move `ICH_VMCR_EL2` alone and leave the interface disabled (`ICH_HCR_EL2.En` 0). The
+    /// active-priority registers are zero in the CPU whenever no guest runs.
+    pub fn idle(&self) -> bool {
+        self.used == 0 && self.ap0r == [0; 4] && self.ap1r == [0; 4]
+    }
+
     /// At reset: nothing queued, everything masked.
     pub const fn new() -> Self {
         Self { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], lr: [0; MAX_LRS], used: 0, eoi: [0; 16], eoi_waiting: false }
@@ -441,5 +450,21 @@ mod tests {
         assert_eq!(decode_sgi(&write(4), v, 0, 4), None);
         assert_eq!(decode_sgi(&SysregAccess { crm: 12, ..write(5) }, v, 0, 4), None);
         assert_eq!(decode_sgi(&SysregAccess { op1: 4, ..write(5) }, v, 0, 4), None);
+    }
+
+    #[test]
+    fn idle_means_nothing_queued_and_nothing_active() {
+        let mut v = VgicCpu::new();
+        assert!(v.idle());
+        v.vmcr = 0xF0 << 24;
+        assert!(v.idle(), "the priority mask alone moves with VMCR");
+        v.used = 1;
+        assert!(!v.idle());
+        v.used = 0;
+        v.ap1r[0] = 1 << 3;
+        assert!(!v.idle(), "an active priority must be restored");
+        v.ap1r[0] = 0;
+        v.ap0r[3] = 1;
+        assert!(!v.idle());
     }
 }

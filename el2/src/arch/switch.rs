@@ -277,6 +277,10 @@ fn read_lr(n: usize) -> u64 {
     }
 }
 
+/// Per CPU: how many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` it has ([`vgic::apr_count`] of its
+/// `ICH_VTR_EL2`), read once by [`clear_vgic`] at boot.
+static APR_COUNT: [core::sync::atomic::AtomicU8; MAX_CPUS] = [const { core::sync::atomic::AtomicU8::new(0) }; MAX_CPUS];
+
 /// Writes the first `count` (1, 2 or 4: [`vgic::apr_count`]) `ICH_AP0R<n>_EL2` and
 /// `ICH_AP1R<n>_EL2`; the others do not exist on this CPU.
 fn write_aprs(count: usize, ap0: &[u32; 4], ap1: &[u32; 4]) {
@@ -328,7 +332,9 @@ pub fn clear_vgic() {
     isb();
     msr!("S3_4_C12_C11_0", 0u64);
     let vtr = mrs!("S3_4_C12_C11_1");
-    write_aprs(vgic::apr_count(vtr), &[0; 4], &[0; 4]);
+    let apr = vgic::apr_count(vtr);
+    APR_COUNT[super::cpu_index() % MAX_CPUS].store(apr as u8, Ordering::Relaxed);
+    write_aprs(apr, &[0; 4], &[0; 4]);
     for n in 0..=(vtr & 0x1F) as usize {
         write_lr(n, 0);
     }
@@ -365,6 +371,9 @@ pub struct HostSaved {
     /// The CPU has the GICv3 system-register interface: the virtual CPU interface moves with
     /// the vCPU, with this many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` (0: no GICv3).
     gicv3: u8,
+    /// The vCPU's interface was idle at load ([`crate::vgic::VgicCpu::idle`]): only
+    /// `ICH_VMCR_EL2` moved.
+    vgic_idle: bool,
 }
 
 /// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept
@@ -415,6 +424,7 @@ impl ArchMaintenance {
             pmcnten: None,
             tpidr2: None,
             gicv3: 0,
+            vgic_idle: false,
         };
 
         // 2. Guest traps and stage 2. EL1&0 does not run until the ERET, so architecturally the
@@ -446,16 +456,19 @@ impl ArchMaintenance {
             // loaded, and boot clears them all), then En. No ISB: the ERET synchronises.
             let v = &ctx.vgic;
             msr!("S3_4_C12_C11_7", v.vmcr);
-            let apr = vgic::apr_count(mrs!("S3_4_C12_C11_1"));
-            write_aprs(apr, &v.ap0r, &v.ap1r);
-            let mut used = v.used;
-            while used != 0 {
-                let n = used.trailing_zeros() as usize;
-                write_lr(n, v.lr[n]);
-                used &= used - 1;
-            }
-            msr!("S3_4_C12_C11_0", vgic::ICH_HCR_GUEST);
+            let apr = APR_COUNT[super::cpu_index() % MAX_CPUS].load(Ordering::Relaxed) as usize;
             saved.gicv3 = apr as u8;
+            saved.vgic_idle = v.idle();
+            if !saved.vgic_idle {
+                write_aprs(apr, &v.ap0r, &v.ap1r);
+                let mut used = v.used;
+                while used != 0 {
+                    let n = used.trailing_zeros() as usize;
+                    write_lr(n, v.lr[n]);
+                    used &= used - 1;
+                }
+                msr!("S3_4_C12_C11_0", vgic::ICH_HCR_GUEST);
+            }
         }
         let mut hcr = traps.hcr;
         if cfg.pauth_now {
@@ -558,17 +571,22 @@ impl ArchMaintenance {
         }
         if saved.gicv3 != 0 {
             // The host runs with the virtual interface off (no maintenance interrupt), and
-            // with no list register of this vCPU left in the CPU.
-            msr!("S3_4_C12_C11_0", 0u64);
+            // with no list register or active priority of this vCPU left in the CPU.
             let v = &mut ctx.vgic;
             v.vmcr = mrs!("S3_4_C12_C11_7");
-            read_aprs(saved.gicv3 as usize, &mut v.ap0r, &mut v.ap1r);
-            let mut used = v.used;
-            while used != 0 {
-                let n = used.trailing_zeros() as usize;
-                v.lr[n] = read_lr(n);
-                write_lr(n, 0);
-                used &= used - 1;
+            if !saved.vgic_idle {
+                msr!("S3_4_C12_C11_0", 0u64);
+                read_aprs(saved.gicv3 as usize, &mut v.ap0r, &mut v.ap1r);
+                if v.ap0r != [0; 4] || v.ap1r != [0; 4] {
+                    write_aprs(saved.gicv3 as usize, &[0; 4], &[0; 4]);
+                }
+                let mut used = v.used;
+                while used != 0 {
+                    let n = used.trailing_zeros() as usize;
+                    v.lr[n] = read_lr(n);
+                    write_lr(n, 0);
+                    used &= used - 1;
+                }
             }
         }
         if let Some(v) = saved.pmcnten {
