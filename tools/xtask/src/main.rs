@@ -14,6 +14,7 @@
 //! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
 
 mod bench;
+mod cli;
 mod scenario;
 mod tcb;
 
@@ -34,7 +35,7 @@ fn main() {
         "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
         "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb>\n  run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--args \"K=V ...\"] [--test-image] [--gdb]\n  test [--no-unit] [--only NAME[,NAME...]] [--repeat N] [--verbose]");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb> (run --help and test --help list their flags)");
             exit(2);
         }
     };
@@ -344,22 +345,44 @@ pub fn elf_symbol(elf: &Path, name: &str) -> Option<u64> {
     None
 }
 
-fn flag_value(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
+/// The largest image the host can load: QEMU stages it at GUEST_STAGING, and the host gives
+/// the VM 16 MiB of RAM, less 64 KiB for the device tree (a raw image goes at RAM + 0x80000).
+const GUEST_RAM: u64 = 16 << 20;
+const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
+const DTB_SPACE: u64 = 64 << 10;
 
 fn run(args: &[String]) -> Result<(), String> {
+    let flags = cli::parse("run", args, cli::RUN_FLAGS)?;
+    if flags.has("--help") {
+        print!("{}", cli::help("run", cli::RUN_FLAGS));
+        return Ok(());
+    }
+    // Everything that can be checked without QEMU is checked before anything is built.
+    let smp = flags.number("--smp", 2, 1..=8)?;
+    let vcpus = flags.number("--vcpus", 2, 1..=8)?;
+    let scenario = flags.value("--scenario").unwrap_or("demo").to_string();
+    if scenario == "demo" && vcpus > smp {
+        return Err(format!("--vcpus {vcpus}: the demo runs one vCPU per host CPU, so at most --smp ({smp})"));
+    }
     let tc = setup()?;
-    let flavour = if args.iter().any(|a| a == "--test-image") { Flavour::TestHooks } else { Flavour::Release };
+    let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
     let images = build(&tc, flavour)?;
-    let smp: u32 = flag_value(args, "--smp").map_or(Ok(2), |s| s.parse()).map_err(|_| "--smp takes a number")?;
-    let scenario = flag_value(args, "--scenario").unwrap_or_else(|| "demo".into());
-    let guest = images.guest(&flag_value(args, "--guest").unwrap_or_else(|| "demo".into()))?;
-    let vcpus: u32 = flag_value(args, "--vcpus").map_or(Ok(2), |s| s.parse()).map_err(|_| "--vcpus takes a number")?;
-    let vm = if args.iter().any(|a| a == "--non-protected") { "plain" } else { "protected" };
-    let extra = flag_value(args, "--args").unwrap_or_default();
+    let guest = images.guest(flags.value("--guest").unwrap_or("demo"))?;
+    let size = std::fs::metadata(&guest).map_err(|e| format!("{}: {e}", guest.display()))?.len();
+    let is_elf = std::fs::read(&guest).ok().is_some_and(|b| b.starts_with(b"\x7fELF"));
+    let limit = if is_elf { GUEST_RAM - DTB_SPACE } else { GUEST_RAM - RAW_IMAGE_OFFSET - DTB_SPACE };
+    if size > limit {
+        return Err(format!(
+            "guest image {} is {size} bytes: the limit is {limit} bytes ({} MiB of guest RAM{})",
+            guest.display(),
+            GUEST_RAM >> 20,
+            if is_elf { ", less the device tree" } else { ", less the 0x80000 load offset and the device tree" }
+        ));
+    }
+    let vm = if flags.has("--non-protected") { "plain" } else { "protected" };
+    let extra = flags.value("--args").unwrap_or_default();
     let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest);
-    if args.iter().any(|a| a == "--gdb") {
+    if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
         cmd.args(["-s", "-S"]);
     }
@@ -378,8 +401,14 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn test(args: &[String]) -> Result<(), String> {
+    let flags = cli::parse("test", args, cli::TEST_FLAGS)?;
+    if flags.has("--help") {
+        print!("{}", cli::help("test", cli::TEST_FLAGS));
+        return Ok(());
+    }
+    let repeat = flags.number("--repeat", 1, 1..=1000)?;
     let tc = setup()?;
-    if !args.iter().any(|a| a == "--no-unit") {
+    if !flags.has("--no-unit") {
         println!("xtask: host unit tests (cargo test)");
         let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
@@ -392,10 +421,7 @@ fn test(args: &[String]) -> Result<(), String> {
     }
     let release = build(&tc, Flavour::Release)?;
     let test_hooks = build(&tc, Flavour::TestHooks)?;
-    let only = flag_value(args, "--only");
-    let repeat: u32 = flag_value(args, "--repeat").map_or(Ok(1), |s| s.parse()).map_err(|_| "--repeat takes a number")?;
-    let verbose = args.iter().any(|a| a == "--verbose");
-    scenario::run_all(&release, &test_hooks, only.as_deref(), repeat, verbose)
+    scenario::run_all(&release, &test_hooks, flags.value("--only"), repeat, flags.has("--verbose"))
 }
 
 #[cfg(test)]
