@@ -96,6 +96,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VcpuGetReg,
         HypercallId::VcpuRegList,
         HypercallId::VcpuRun,
+        HypercallId::VcpuStats,
         HypercallId::SetPtrauthPolicy,
         HypercallId::VcpuSetIrq,
         HypercallId::VcpuIrqState,
@@ -192,7 +193,7 @@ pub fn run(plat: &Platform) {
                     x[3] = rng.pick(&[ok, ok, ok | irq::HW as u64 | 27 << irq::PINTID_SHIFT, ok | 1, ok & !(irq::STATE_MASK as u64), ok | 1 << 40, r, r & 0xFFFF_FFFF]);
                 }
             }
-            Ok(HypercallId::VcpuRegList) | Ok(HypercallId::VcpuRun) => {
+            Ok(HypercallId::VcpuRegList) | Ok(HypercallId::VcpuRun) | Ok(HypercallId::VcpuStats) => {
                 x[0] = handle(&mut rng, &handles);
                 x[1] = rng.pick(&[0, 0, 1, 9, u64::MAX]);
             }

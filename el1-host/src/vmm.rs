@@ -244,6 +244,7 @@ impl Stepper {
         // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
         let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
         note_exit(Ok(&e));
+        count_exit(vm.handle, e.reason);
         dev.exit(vm, &e);
         match e.reason {
             exit::MMIO => {
@@ -403,8 +404,58 @@ fn run_started(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Ou
     outcome
 }
 
-/// Destroys the VM.
+/// Exit reasons the host counts per VM ([`exit`] values 1..=9).
+const HOST_EXIT_NAMES: [&str; 10] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi"];
+
+/// Exits that reached the host, per VM slot (the handle's low byte) and reason.
+static HOST_EXITS: [[AtomicU64; 10]; 16] = [const { [const { AtomicU64::new(0) }; 10] }; 16];
+
+fn count_exit(handle: u64, reason: u32) {
+    if let Some(n) = HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Prints the VM's exits in the spirit of `kvm_stat`: what reached the host, by reason, and
+/// what every vCPU took to EL2, by class (`VCPU_STATS`), then the same as one JSON line for
+/// tests and benchmarks. Checks that every exit the host saw came from an exception EL2
+/// counted. Clears the host's counts for the slot's next VM.
+pub fn report_stats(vm: &Vm) {
+    use shared_abi::msg::{stats, VcpuStats};
+    let Some(row) = HOST_EXITS.get(vm.handle as usize & 0xFF) else { return };
+    let host: [u64; 10] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
+    let mut el2 = [0u64; stats::CLASSES];
+    for v in 0..vm.vcpus as u64 {
+        if hvc::call(HypercallId::VcpuStats, &[vm.handle, v]).is_ok() {
+            let s: VcpuStats = crate::scenarios::read_msg(crate::cpu_id());
+            el2.iter_mut().zip(s.counts).for_each(|(a, b)| *a += b);
+        }
+    }
+    let host_line = Fmt(|f| host.iter().enumerate().skip(1).filter(|(_, n)| **n > 0).try_for_each(|(i, n)| write!(f, " {} {n}", HOST_EXIT_NAMES[i])));
+    println!("host: VM {:#x} exits to the host:{host_line}", vm.handle);
+    let el2_line = Fmt(|f| el2.iter().enumerate().try_for_each(|(i, n)| write!(f, " {} {n}", stats::NAMES[i])));
+    println!("host: VM {:#x} exceptions taken to EL2:{el2_line}", vm.handle);
+    let host_json = Fmt(|f| host.iter().enumerate().skip(1).try_for_each(|(i, n)| write!(f, "{}\"{}\":{n}", if i > 1 { "," } else { "" }, HOST_EXIT_NAMES[i])));
+    let el2_json = Fmt(|f| el2.iter().enumerate().try_for_each(|(i, n)| write!(f, "{}\"{}\":{n}", if i > 0 { "," } else { "" }, stats::NAMES[i])));
+    println!("host: stats {{\"vm\":\"{:#x}\",\"host\":{{{host_json}}},\"el2\":{{{el2_json}}}}}", vm.handle);
+    // Every exit the host saw but VCPU_OFF (answered without entering the guest) was an
+    // exception EL2 took first.
+    let trapped: u64 = host.iter().enumerate().filter(|(i, _)| *i != exit::VCPU_OFF as usize).map(|(_, n)| n).sum();
+    let taken: u64 = el2.iter().sum();
+    check!(vm.vcpus == 0 || trapped <= taken, "VM {:#x}: the host saw {trapped} exits but EL2 counted {taken} exceptions", vm.handle);
+}
+
+/// Formats with a closure (one `println!` per line keeps lines whole across CPUs).
+struct Fmt<F: Fn(&mut core::fmt::Formatter<'_>) -> core::fmt::Result>(F);
+impl<F: Fn(&mut core::fmt::Formatter<'_>) -> core::fmt::Result> core::fmt::Display for Fmt<F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        (self.0)(f)
+    }
+}
+
+/// Destroys the VM, after reporting its exit statistics ([`report_stats`]).
 pub fn destroy(vm: &Vm) -> Result<(), HypError> {
+    report_stats(vm);
     hvc::call(HypercallId::VmDestroy, &[vm.handle]).map(|_| ())
 }
 

@@ -199,9 +199,52 @@ pub fn inject_sync(what: Injection, t: TrapState) -> Option<Injected> {
     })
 }
 
+/// The class of an exception a vCPU took to EL2, for its statistics
+/// ([`shared_abi::msg::stats`]): `irq` for an asynchronous one, else by `ESR_EL2.EC`.
+pub fn exit_class(irq: bool, serror: bool, esr: u64) -> usize {
+    use shared_abi::msg::stats;
+    if irq {
+        return stats::IRQ;
+    }
+    if serror {
+        return stats::OTHER;
+    }
+    match Esr(esr).ec() {
+        ec::WFX => stats::WFX,
+        ec::HVC64 | ec::SMC64 => stats::HVC_SMC,
+        ec::SYS64 => stats::SYSREG,
+        ec::DABT_LOW | ec::IABT_LOW => stats::ABORT,
+        ec::FP => stats::FP,
+        ec::PAUTH => stats::PAUTH,
+        _ => stats::OTHER,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exits_are_classified_by_syndrome() {
+        use shared_abi::msg::stats;
+        let esr = |ec: u8| (ec as u64) << 26 | ESR_IL;
+        assert_eq!(exit_class(true, false, 0), stats::IRQ);
+        assert_eq!(exit_class(false, true, esr(ec::SYS64)), stats::OTHER, "SError whatever ESR says");
+        for (e, class) in [
+            (ec::WFX, stats::WFX),
+            (ec::HVC64, stats::HVC_SMC),
+            (ec::SMC64, stats::HVC_SMC),
+            (ec::SYS64, stats::SYSREG),
+            (ec::DABT_LOW, stats::ABORT),
+            (ec::IABT_LOW, stats::ABORT),
+            (ec::FP, stats::FP),
+            (ec::PAUTH, stats::PAUTH),
+            (ec::SVE, stats::OTHER),
+            (ec::UNKNOWN, stats::OTHER),
+        ] {
+            assert_eq!(exit_class(false, false, esr(e)), class, "EC {e:#x}");
+        }
+    }
 
     const VBAR: u64 = 0x4200_8000;
 

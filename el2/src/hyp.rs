@@ -384,6 +384,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             HypercallId::VcpuRun => self.vcpu_run(cpu, x[1], x[2], x[3], m),
             HypercallId::VcpuSetIrq => self.vcpu_set_irq(x[1], x[2], x[3], x[4]),
             HypercallId::VcpuIrqState => self.vcpu_irq_state(cpu, x[1], x[2]),
+            HypercallId::VcpuStats => self.vcpu_stats(cpu, x[1], x[2]),
         }
     }
 

@@ -78,6 +78,8 @@ pub struct VcpuCtx {
     pub mte: [u64; 4],
     /// An MMIO read waiting for the host's value.
     pub pending_read: Option<MmioAccess>,
+    /// Exceptions taken to EL2, by class ([`shared_abi::msg::stats`]; `VCPU_STATS`).
+    pub stats: [u64; shared_abi::msg::stats::CLASSES],
     /// `TPIDR2_EL0` (FEAT_SME): hidden from the guest's ID registers, but not trappable without
     /// FEAT_FGT, so it moves with the vCPU instead of leaking between host and guests. Not in
     /// the register ABI.
@@ -150,6 +152,7 @@ impl VcpuCtx {
             pauth_eager_left: 0,
             mte: [0; 4],
             pending_read: None,
+            stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
             vgic: crate::vgic::VgicCpu::new(),
         }

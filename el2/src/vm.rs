@@ -805,6 +805,23 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok([state.used as u64, 0, 0])
     }
 
+    /// `VCPU_STATS`: the vCPU's exception counts, by class. Counts only: allowed for protected
+    /// VMs at any time.
+    pub(crate) fn vcpu_stats(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
+        self.message_page(cpu)?;
+        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+        {
+            let mem = self.mem.lock();
+            let (_, vm) = mem.vms.lookup(handle)?;
+            if index as usize >= vm.nr_vcpus {
+                return Err(HypError::InvalidArgument);
+            }
+        }
+        let stats = shared_abi::msg::VcpuStats { counts: guard.stats };
+        self.write_message(cpu, &stats)?;
+        Ok([guard.stats.iter().sum(), 0, 0])
+    }
+
     /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
     pub(crate) fn vcpu_run(&self, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl GuestArch) -> HypResult {
         // The exit goes to the message page: refuse early if there is none.
@@ -880,6 +897,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                 break;
             }
             let trap = arch.run(&mut ctx);
+            let class = crate::exception::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
+            ctx.stats[class] += 1;
             // A guest that returned to AArch32 EL0 (hidden by the ID registers, not emulated)
             // is stopped before its exit is interpreted, as KVM does.
             if !pstate_enters_guest(ctx.pstate) {
@@ -1435,6 +1454,27 @@ mod tests {
             assert_eq!(f.call(0, H::VmAddMemory, &args), Err(err), "{args:x?}");
         }
         assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty());
+    }
+
+    #[test]
+    fn every_exception_a_vcpu_takes_is_counted_by_class() {
+        use shared_abi::msg::{stats, VcpuStats};
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 1]).unwrap();
+        // A first touch (EL2 maps it), a call EL2 answers (SMCCC_VERSION), then WFI (exit).
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::arch::SMCCC_VERSION as u64, 0]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x8000_0000), hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        // Counts only: allowed for a protected VM that has run.
+        assert_eq!(f.call(0, H::VcpuStats, &[h, 0]), Ok([3, 0, 0]));
+        let s = VcpuStats::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        let mut want = [0u64; stats::CLASSES];
+        (want[stats::ABORT], want[stats::HVC_SMC], want[stats::WFX]) = (1, 1, 1);
+        assert_eq!(s.counts, want);
+        assert_eq!(f.call(0, H::VcpuStats, &[h, 1]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VcpuStats, &[h + 1, 0]), Err(HypError::InvalidHandle));
     }
 
     #[test]

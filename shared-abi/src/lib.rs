@@ -29,7 +29,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 1 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 2 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -165,6 +165,11 @@ hypercalls! {
     /// since the last call (which this call collects). Allowed for protected VMs after their
     /// first run: it reveals only interrupt configuration and state. (ABI 3.1.)
     VcpuIrqState = 15, Any;
+    /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::VcpuStats`] to the message page:
+    /// every exception the vCPU took to EL2 since it was created, counted by class
+    /// ([`msg::stats`]), whether EL2 handled it or the host did. Counts only, never register
+    /// contents: allowed for protected VMs at any time. (ABI 3.2.)
+    VcpuStats = 16, Any;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
@@ -183,7 +188,7 @@ impl HypercallId {
             HypercallId::HypInfo | HypercallId::Echo => 0,
             HypercallId::Ping | HypercallId::TestFault | HypercallId::VmDestroy => 1,
             HypercallId::SetMessagePage | HypercallId::VcpuRegList | HypercallId::SetPtrauthPolicy => 2,
-            HypercallId::VcpuIrqState => 2,
+            HypercallId::VcpuIrqState | HypercallId::VcpuStats => 2,
             HypercallId::VcpuSetIrq => 4,
             HypercallId::VmCreate => 0,
             HypercallId::VcpuGetReg | HypercallId::VcpuRun => 3,

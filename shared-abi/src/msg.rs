@@ -230,6 +230,39 @@ pub struct VgicState {
     pub eoi: [u64; 16],
 }
 
+/// Classes of the exceptions a vCPU takes to EL2 ([`VcpuStats::counts`] index).
+pub mod stats {
+    /// A physical interrupt (the host's tick, a kick, another device).
+    pub const IRQ: usize = 0;
+    /// `WFI`/`WFE`.
+    pub const WFX: usize = 1;
+    /// `HVC`/`SMC`: PSCI and SMCCC calls EL2 answers, and the rest, which go to the host.
+    pub const HVC_SMC: usize = 2;
+    /// System-register traps: ID registers (answered by EL2), `ICC_SGI*R_EL1` (an exit),
+    /// pointer-authentication key registers (lazy load), everything else (UNDEF).
+    pub const SYSREG: usize = 3;
+    /// Stage-2 aborts: a first touch of RAM (mapped by EL2), MMIO (an exit), the rest.
+    pub const ABORT: usize = 4;
+    /// The first FP/SIMD use of a run (lazy load).
+    pub const FP: usize = 5;
+    /// The first pointer-authentication instruction of a run (lazy load).
+    pub const PAUTH: usize = 6;
+    /// SErrors and every other class (UNDEF injected, or the VM stopped).
+    pub const OTHER: usize = 7;
+    /// Number of classes.
+    pub const CLASSES: usize = 8;
+    /// Names, in index order (for reports).
+    pub const NAMES: [&str; CLASSES] = ["irq", "wfx", "hvc_smc", "sysreg", "abort", "fp", "pauth", "other"];
+}
+
+/// Written by [`crate::HypercallId::VcpuStats`] to the message page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VcpuStats {
+    /// Exceptions taken to EL2, by class ([`stats`]).
+    pub counts: [u64; stats::CLASSES],
+}
+
 pub mod kill {
     /// A data abort outside guest memory that EL2 cannot decode (`ESR_EL2.ISV` clear).
     pub const UNDECODABLE_MMIO: u64 = 1;
@@ -290,6 +323,7 @@ const _: () = {
     assert!(offset_of!(VcpuExit, args) == 32);
     assert!(size_of::<RegList>() == 2048);
     assert!(size_of::<VgicState>() == 264);
+    assert!(size_of::<VcpuStats>() == 64);
     assert!(offset_of!(VgicState, lrs) == 8);
     assert!(offset_of!(VgicState, eoi) == 136);
     assert!(size_of::<RegList>() as u64 <= crate::PAGE_SIZE);
