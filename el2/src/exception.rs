@@ -199,24 +199,33 @@ pub fn inject_sync(what: Injection, t: TrapState) -> Option<Injected> {
     })
 }
 
+/// `ESR_EL2.EC` → class of [`shared_abi::msg::stats`], as a table: counting happens on every
+/// exit, so it is one load rather than a chain of comparisons.
+const EC_CLASS: [u8; 64] = {
+    use shared_abi::msg::stats;
+    let mut t = [stats::OTHER as u8; 64];
+    t[ec::WFX as usize] = stats::WFX as u8;
+    t[ec::HVC64 as usize] = stats::HVC_SMC as u8;
+    t[ec::SMC64 as usize] = stats::HVC_SMC as u8;
+    t[ec::SYS64 as usize] = stats::SYSREG as u8;
+    t[ec::DABT_LOW as usize] = stats::ABORT as u8;
+    t[ec::IABT_LOW as usize] = stats::ABORT as u8;
+    t[ec::FP as usize] = stats::FP as u8;
+    t[ec::PAUTH as usize] = stats::PAUTH as u8;
+    t
+};
+
 /// The class of an exception a vCPU took to EL2, for its statistics
 /// ([`shared_abi::msg::stats`]): `irq` for an asynchronous one, else by `ESR_EL2.EC`.
+#[inline(always)]
 pub fn exit_class(irq: bool, serror: bool, esr: u64) -> usize {
     use shared_abi::msg::stats;
     if irq {
-        return stats::IRQ;
-    }
-    if serror {
-        return stats::OTHER;
-    }
-    match Esr(esr).ec() {
-        ec::WFX => stats::WFX,
-        ec::HVC64 | ec::SMC64 => stats::HVC_SMC,
-        ec::SYS64 => stats::SYSREG,
-        ec::DABT_LOW | ec::IABT_LOW => stats::ABORT,
-        ec::FP => stats::FP,
-        ec::PAUTH => stats::PAUTH,
-        _ => stats::OTHER,
+        stats::IRQ
+    } else if serror {
+        stats::OTHER
+    } else {
+        EC_CLASS[((esr >> EC_SHIFT) & 0x3F) as usize] as usize
     }
 }
 

@@ -249,8 +249,9 @@ pub mod stats {
     pub const PAUTH: usize = 6;
     /// SErrors and every other class (UNDEF injected, or the VM stopped).
     pub const OTHER: usize = 7;
-    /// Number of classes.
+    /// Number of classes (a power of two: EL2 masks the index with `CLASSES - 1`).
     pub const CLASSES: usize = 8;
+    const _: () = assert!(CLASSES.is_power_of_two());
     /// Names, in index order (for reports).
     pub const NAMES: [&str; CLASSES] = ["irq", "wfx", "hvc_smc", "sysreg", "abort", "fp", "pauth", "other"];
 }
