@@ -889,30 +889,35 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             arch.flush_guest_local();
         }
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
-        for _ in 0..MAX_INTERNAL_EXITS {
-            // The ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
-            // guest's AArch64 EL0 or EL1, whoever wrote it (host, guest, or EL2's injection).
-            if !pstate_enters_guest(ctx.pstate) {
-                exit = self.kill_illegal_state(handle, ctx.pstate);
-                break;
-            }
-            let trap = arch.run(&mut ctx);
-            let class = crate::exception::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
-            // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
-            ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
-            // A guest that returned to AArch32 EL0 (hidden by the ID registers, not emulated)
-            // is stopped before its exit is interpreted, as KVM does.
-            if !pstate_enters_guest(ctx.pstate) {
-                exit = self.kill_illegal_state(handle, ctx.pstate);
-                break;
-            }
-            let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth };
-            if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
-                exit = e;
-                break;
+        // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
+        // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
+        // the host set (and a CPU_ON reset), after every exit below for what the guest left;
+        // EL2's own writes (exception injection) are EL1h by construction (`inject_sync`),
+        // which the debug assertion holds host tests to. So each entry is checked once.
+        if !pstate_enters_guest(ctx.pstate) {
+            exit = self.kill_illegal_state(handle, ctx.pstate);
+        } else {
+            for _ in 0..MAX_INTERNAL_EXITS {
+                debug_assert!(pstate_enters_guest(ctx.pstate), "EL2 wrote PSTATE {:#x}", ctx.pstate);
+                let trap = arch.run(&mut ctx);
+                let class = crate::exception::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
+                // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
+                ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
+                // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
+                // emulated) is stopped before its exit is interpreted, as KVM does.
+                if !pstate_enters_guest(ctx.pstate) {
+                    exit = self.kill_illegal_state(handle, ctx.pstate);
+                    break;
+                }
+                let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth };
+                if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
+                    exit = e;
+                    break;
+                }
             }
         }
         arch.put(&mut ctx, saved);
+
         // List registers the guest has finished with are free again; deactivations of
         // level-sensitive interrupts wait for the host, which every exit reminds of them.
         if ctx.vgic.after_put() {
