@@ -466,6 +466,18 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         Ok(&self.vcpus[(handle & 0xFF) as usize % MAX_VMS][index as usize])
     }
 
+    /// Claims vCPU `index` of the live VM `handle` for a host call that needs no more than
+    /// that (the VM lookup is not kept: the claim alone keeps the vCPU's state still).
+    fn claim_vcpu(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
+        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+        let mem = self.mem.lock();
+        let (_, vm) = mem.vms.lookup(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
+        }
+        Ok(guard)
+    }
+
     /// `VM_CREATE`.
     pub(crate) fn vm_create(&self, cpu: usize, fw: &impl Firmware) -> HypResult {
         let req: VmCreate = self.read_message(cpu)?;
@@ -686,7 +698,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// VM-wide registers (firmware pseudo-registers) through `VCPU_GET_REG`/`VCPU_SET_REG`:
     /// writable before the VM's first run; afterwards an identical write succeeds and any
-    /// other is `Busy` (a protected VM's are sealed like the rest of its registers).
+    /// other is `Frozen` (a protected VM's are sealed like the rest of its registers).
     fn vm_reg(&self, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
         if index >= MAX_VCPUS as u64 {
             return Err(HypError::InvalidArgument);
@@ -772,14 +784,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     pub(crate) fn vcpu_set_irq(&self, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
         let caps = self.vgic_caps().ok_or(HypError::Denied)?;
         let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
-        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
-        {
-            let mem = self.mem.lock();
-            let (_, vm) = mem.vms.lookup(handle)?;
-            if index as usize >= vm.nr_vcpus {
-                return Err(HypError::InvalidArgument);
-            }
-        }
+        let mut guard = self.claim_vcpu(handle, index)?;
         let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
         Ok([n as u64, 0, 0])
     }
@@ -789,14 +794,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     pub(crate) fn vcpu_irq_state(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
         self.message_page(cpu)?;
         let nr_lrs = self.vgic_caps().map_or(0, |c| c.nr_lrs);
-        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
-        {
-            let mem = self.mem.lock();
-            let (_, vm) = mem.vms.lookup(handle)?;
-            if index as usize >= vm.nr_vcpus {
-                return Err(HypError::InvalidArgument);
-            }
-        }
+        let mut guard = self.claim_vcpu(handle, index)?;
         // Collected only once the report is written: a failed write loses nothing.
         let mut vgic = guard.vgic.clone();
         let state = vgic.report(nr_lrs);
@@ -809,14 +807,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// VMs at any time.
     pub(crate) fn vcpu_stats(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
         self.message_page(cpu)?;
-        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
-        {
-            let mem = self.mem.lock();
-            let (_, vm) = mem.vms.lookup(handle)?;
-            if index as usize >= vm.nr_vcpus {
-                return Err(HypError::InvalidArgument);
-            }
-        }
+        let guard = self.claim_vcpu(handle, index)?;
         let stats = shared_abi::msg::VcpuStats { counts: guard.stats };
         self.write_message(cpu, &stats)?;
         Ok([guard.stats.iter().sum(), 0, 0])
@@ -1258,6 +1249,13 @@ mod tests {
         let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
         f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
         f.call(0, H::VmCreate, &[]).unwrap()[0]
+    }
+
+    /// Leaves no more free table pages than the host stage 2's reserve: a guest mapping fails.
+    fn leave_only_the_host_reserve(f: &mut Fixture) {
+        let mut mem = f.hyp.mem.lock();
+        let used = mem.tables.in_use();
+        mem.tables.limit = used + f.hyp.host_reserve;
     }
 
     fn exit_record(f: &Fixture) -> VcpuExit {
@@ -1731,12 +1729,7 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
-        {
-            // Leave fewer free table pages than the host stage 2's reserve needs.
-            let mut mem = f.hyp.mem.lock();
-            let used = mem.tables.in_use();
-            mem.tables.limit = used + f.hyp.host_reserve;
-        }
+        leave_only_the_host_reserve(&mut f);
         let rec = Recorder::default();
         // A store with a valid syndrome (ISV set) to guest RAM: must not become MMIO.
         *rec.1.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
@@ -1751,11 +1744,7 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
-        {
-            let mut mem = f.hyp.mem.lock();
-            let used = mem.tables.in_use();
-            mem.tables.limit = used + f.hyp.host_reserve;
-        }
+        leave_only_the_host_reserve(&mut f);
         let rec = Recorder::default();
         *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1000)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
@@ -1768,11 +1757,7 @@ mod tests {
     fn create_keeps_the_host_reserve() {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
-        {
-            let mut mem = f.hyp.mem.lock();
-            let used = mem.tables.in_use();
-            mem.tables.limit = used + f.hyp.host_reserve;
-        }
+        leave_only_the_host_reserve(&mut f);
         f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
         assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoMemory));
     }
