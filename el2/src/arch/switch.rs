@@ -435,7 +435,12 @@ impl ArchMaintenance {
         let mut saved = saved;
         saved.guest_cptr_fp = traps.cptr & !CPTR_TFP;
         // EL1&0 state that has no trap, or whose trap alone would leave the host's value in
-        // force: neutralised or switched here (controls.rs, "switched or trapped").
+        // force: neutralised or switched here (controls.rs, "switched or trapped"). No barrier
+        // of their own: the ERET into the guest is context synchronising, so MDSCR_EL1 = 0,
+        // TRFCR_EL1 = 0 and the stopped counters are in force from the guest's first
+        // instruction; trace is prohibited for the whole run, so put has nothing to flush
+        // (TSB CSYNC) before restoring the host's TRFCR_EL1, and put's final ISB puts the
+        // host's values back in force before EL2 continues.
         msr!("mdscr_el1", 0u64);
         if traps.no_trace {
             saved.trfcr = Some(mrs!("S3_0_C1_C2_1"));
