@@ -12,9 +12,11 @@
 //!   to which vCPU next. The host queues what [`vgic::Vgic::next_to_queue`] names with the
 //!   `VCPU_SET_IRQ` hypercall (EL2 owns the list registers) and reports back, from each exit's
 //!   `VCPU_IRQ_STATE` bitmap, what the guest has deactivated.
+//! - [`pl011::Pl011`]: the guest's UART (ARM PrimeCell PL011) with its receive FIFO and its
+//!   interrupt line, which the host feeds into the vGIC as an SPI.
 //!
-//! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` per VM
-//! behind a lock, decodes an exit's IPA into "which device, which offset", and
+//! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
+//! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
 //! calls in here. Guest accesses are hostile input: every offset, size and value is accepted
 //! without a panic; accesses the hardware would not define read as zero, are ignored when
 //! written, and are counted so the host can report them. Calls that carry the host's own
@@ -25,6 +27,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod pl011;
 pub mod vgic;
 
 /// The bits of an access of `size` bytes (1, 2, 4 or 8); 0 for any other size.
