@@ -634,9 +634,12 @@ pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 /// start to the first userspace line, under [`ICOUNT`] (added here). Both images see the
 /// counter from the machine's reset: CNTVOFF_EL2 is 0 for the hypervisor's guests and unused at
 /// EL1 on bare QEMU. Fails unless the guest reaches userspace and every VM passes its checks.
-pub fn ns_to_userspace(mut cmd: Command, vms: usize, echo: bool) -> Result<(u64, BootReport), String> {
+pub fn ns_to_userspace(mut cmd: Command, vms: usize, timeout: Duration, echo: bool) -> Result<(u64, BootReport), String> {
     cmd.args(ICOUNT);
-    let r = boot(cmd, Duration::from_secs(900), echo)?;
+    let r = boot(cmd, timeout, echo)?;
+    if r.exit.is_none() {
+        return Err(format!("the guest did not power off within {} s", timeout.as_secs()));
+    }
     let ns = r.ns_to_userspace().ok_or_else(|| format!("the guest printed no PKVM-STAMP line (QEMU exit {:?})", r.exit))?;
     if !r.passed(vms) {
         return Err(format!("the guest reached userspace but did not pass: QEMU exit {:?}, {:?}", r.exit, r.summaries));
@@ -748,7 +751,7 @@ pub fn bare(args: &[String]) -> Result<(), String> {
     );
     if icount {
         // The benchmark's own measurement, so the baseline figure is the one it compares.
-        let (ns, r) = ns_to_userspace(cmd, 1, true)?;
+        let (ns, r) = ns_to_userspace(cmd, 1, timeout, true)?;
         println!(
             "xtask: wall time {:.1} s; first userspace line at {ns} ns of virtual time = instructions (all CPUs) and skipped idle time",
             r.wall_total.as_secs_f64()
