@@ -5,6 +5,8 @@
 //! 0x4020_0000  EL2: image, stacks, ownership record, page-table pool   (EL2-owned, HYP_REGION_SIZE)
 //! 0x4200_0000  host image (el1-host), loaded by QEMU's generic loader  (host-owned)
 //! 0x4800_0000  the guest image file, staged by QEMU's loader           (host-owned)
+//! 0x4BFF_F000  a Linux guest's command line, staged by QEMU's loader   (host-owned)
+//! 0x4C00_0000  a Linux guest's initrd, staged by QEMU's loader         (host-owned)
 //! 0x5000_0000  host memory the host's VMM gives to guests               (host-owned until given)
 //!   ...        rest of RAM                                             (host-owned)
 //! ```
@@ -20,13 +22,33 @@ pub const HYP_REGION_SIZE: u64 = 16 << 20;
 pub const HOST_IMAGE_BASE: u64 = 0x4200_0000;
 
 /// Where the run command stages a guest image file for the host (`guest=ADDR,SIZE` in the
-/// boot arguments tells the host). At most 128 MiB.
+/// boot arguments tells the host). At most [`GUEST_IMAGE_MAX`] bytes.
 pub const GUEST_IMAGE_STAGING: u64 = 0x4800_0000;
+/// The largest guest image file (a Linux arm64 `Image` included) the run command stages: it
+/// must end below [`GUEST_CMDLINE_STAGING`].
+pub const GUEST_IMAGE_MAX: u64 = 60 << 20;
+/// Where the run command stages a Linux guest's command line, as a file of at most
+/// [`GUEST_CMDLINE_MAX`] bytes with no terminating NUL (`cmdline=ADDR,SIZE` in the boot
+/// arguments tells the host). One 4 KiB page, just below the initrd.
+pub const GUEST_CMDLINE_STAGING: u64 = 0x4BFF_F000;
+/// The longest guest command line, in bytes: with the NUL the guest's device tree adds, one
+/// 4 KiB page.
+pub const GUEST_CMDLINE_MAX: u64 = 4095;
+/// Where the run command stages a Linux guest's initrd (`initrd=ADDR,SIZE` in the boot
+/// arguments tells the host). At most [`GUEST_INITRD_MAX`] bytes.
+pub const GUEST_INITRD_STAGING: u64 = 0x4C00_0000;
+/// The largest initrd the run command stages: it must end by 0x5000_0000, where the memory
+/// the host gives to guests starts.
+pub const GUEST_INITRD_MAX: u64 = 64 << 20;
 
 const _: () = {
     assert!(HYP_REGION_BASE.is_multiple_of(2 << 20));
     assert!(HYP_REGION_SIZE.is_multiple_of(2 << 20));
     assert!(HYP_REGION_BASE + HYP_REGION_SIZE <= HOST_IMAGE_BASE);
+    // The staged files do not overlap each other or the memory given to guests.
+    assert!(GUEST_IMAGE_STAGING + GUEST_IMAGE_MAX <= GUEST_CMDLINE_STAGING);
+    assert!(GUEST_CMDLINE_STAGING + GUEST_CMDLINE_MAX < GUEST_INITRD_STAGING);
+    assert!(GUEST_INITRD_STAGING + GUEST_INITRD_MAX <= 0x5000_0000);
 };
 
 /// The host's run-status table: what each host CPU last did with a vCPU. Not part of the

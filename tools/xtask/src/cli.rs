@@ -10,23 +10,46 @@ pub struct Flag {
 
 /// The flags `run` takes.
 pub const RUN_FLAGS: &[Flag] = &[
-    Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image such as a Linux Image, loaded at RAM + 0x80000); default demo" },
-    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of the VM, 1 to 8 and at most --smp (the demo runs one vCPU per host CPU); default 2" },
+    Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000 of a 16 MiB VM); default demo" },
+    Flag { name: "--kernel", value: Some("FILE|debian"), help: "boot a Linux arm64 Image (at most 60 MiB) as the guest instead; `debian` is Debian's cloud kernel that setup fetched" },
+    Flag { name: "--initrd", value: Some("FILE"), help: "the Linux guest's initrd, at most 64 MiB; default with --kernel debian: the project's initramfs (tests/linux)" },
+    Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\"" },
+    Flag { name: "--mem", value: Some("SIZE"), help: "memory of each Linux VM, 64M to 1536M (e.g. 512M, 1G), at most 1536M for all VMs; default 512M" },
+    Flag { name: "--vms", value: Some("N"), help: "identical Linux VMs run at once, 1 or 2; default 1" },
+    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of each VM, 1 to 8 (the demo: at most --smp, one vCPU per host CPU); default 2" },
+    Flag { name: "--protected", value: None, help: "a protected VM (the default)" },
     Flag { name: "--non-protected", value: None, help: "a non-protected VM (memory shared with the host) instead of a protected one" },
+    Flag { name: "--mte", value: None, help: "give the Linux VM MTE" },
+    Flag { name: "--ptrauth", value: None, help: "give the Linux VM pointer authentication" },
     Flag { name: "--smp", value: Some("N"), help: "host CPUs, 1 to 8; default 2" },
-    Flag { name: "--scenario", value: Some("NAME"), help: "the host scenario to run (README, \"Commands\"); default demo" },
+    Flag { name: "--scenario", value: Some("NAME"), help: "the host scenario to run (README, \"Commands\"); default demo, or linux with --kernel" },
     Flag { name: "--args", value: Some("\"K=V ...\""), help: "more host boot arguments (e.g. \"seed=7 calls=1000000\" for the hostile host)" },
     Flag { name: "--test-image", value: None, help: "boot the EL2 image built with the test-only hypercalls" },
     Flag { name: "--gdb", value: None, help: "wait for gdb-multiarch on :1234 before starting" },
     Flag { name: "--help", value: None, help: "this list" },
 ];
 
+/// The flags of `run` that only a Linux guest (`--kernel`) takes.
+pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--cmdline", "--mem", "--vms", "--protected", "--mte", "--ptrauth"];
+
 /// The flags `test` takes.
 pub const TEST_FLAGS: &[Flag] = &[
     Flag { name: "--no-unit", value: None, help: "skip the host unit tests" },
-    Flag { name: "--only", value: Some("NAME[,NAME...]"), help: "only these scenarios of tests/scenarios.txt" },
+    Flag { name: "--only", value: Some("NAME[,NAME...]"), help: "only these scenarios of tests/scenarios.txt (those marked default = off too)" },
+    Flag { name: "--all", value: None, help: "also the scenarios marked default = off (the Linux guests)" },
     Flag { name: "--repeat", value: Some("N"), help: "run each scenario N times in a row (1 to 1000)" },
     Flag { name: "--verbose", value: None, help: "show every console line" },
+    Flag { name: "--help", value: None, help: "this list" },
+];
+
+/// The flags `linux-bare` takes.
+pub const LINUX_BARE_FLAGS: &[Flag] = &[
+    Flag { name: "--smp", value: Some("N"), help: "CPUs, 1 to 8; default 2" },
+    Flag { name: "--mem", value: Some("SIZE"), help: "memory, 64M to 1536M; default 512M" },
+    Flag { name: "--mte", value: None, help: "MTE on (machine mte=on); default off" },
+    Flag { name: "--checks", value: Some("LIST"), help: "the pkvm.check= list; default cpus=N,cpuinfo,mte,pac,timer (without --mte: cpuinfo=paca+pacg+no-mte, no mte)" },
+    Flag { name: "--icount", value: None, help: "run under -icount shift=0,sleep=off and report the guest counter at the first userspace line (instructions)" },
+    Flag { name: "--timeout", value: Some("SECONDS"), help: "give up after this long; default 240" },
     Flag { name: "--help", value: None, help: "this list" },
 ];
 
@@ -117,8 +140,15 @@ mod tests {
     }
 
     #[test]
+    fn linux_only_flags_are_run_flags() {
+        for f in LINUX_ONLY_FLAGS {
+            assert!(RUN_FLAGS.iter().any(|r| r.name == *f), "{f}");
+        }
+    }
+
+    #[test]
     fn help_lists_every_flag() {
-        for (cmd, flags) in [("run", RUN_FLAGS), ("test", TEST_FLAGS)] {
+        for (cmd, flags) in [("run", RUN_FLAGS), ("test", TEST_FLAGS), ("linux-bare", LINUX_BARE_FLAGS)] {
             let h = help(cmd, flags);
             assert!(flags.iter().all(|f| h.contains(f.name)), "{h}");
         }

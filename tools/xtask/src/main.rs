@@ -1,13 +1,21 @@
 //! The developer front door: `cargo xtask <command>`.
 //!
-//! - `setup`: installs what is missing (the bare-metal Rust target, QEMU), saying what it does.
+//! - `setup`: installs what is missing (the bare-metal Rust target, QEMU, the arm64 cross
+//!   compiler) and fetches Debian's arm64 kernel and busybox for Linux guests into
+//!   `target/linux/` (once per package version), saying what it does.
 //! - `build`: builds the EL2 image (`boot`) and the host image (`el1-host`).
 //! - `run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]`:
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
 //!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
-//! - `test [--no-unit] [--only NAME[,NAME...]] [--repeat N] [--verbose]`: host unit tests, then
-//!   every QEMU scenario in `tests/scenarios.txt` (or those named), each `N` times in a row.
+//!   `--kernel FILE|debian [--initrd FILE] [--cmdline "..."] [--mem SIZE] [--vms N] [--mte]
+//!   [--ptrauth]` boots a Linux arm64 Image as the guest instead (the host's `linux` scenario);
+//!   `--kernel debian` is Debian's kernel with the project's initramfs (`tests/linux`).
+//! - `test [--no-unit] [--only NAME[,NAME...]] [--all] [--repeat N] [--verbose]`: host unit
+//!   tests, then every QEMU scenario in `tests/scenarios.txt` (or those named; `--all` adds those
+//!   marked `default = off`, the Linux guests), each `N` times in a row.
+//! - `linux-bare [--smp N] [--mte] [--icount] ...`: the baseline: the same Linux kernel and
+//!   initramfs on bare QEMU at EL1, checking `PKVM-CHECK: passed` (see `linux.rs`).
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
 //! - `bench`: instruction counts of the hot paths (QEMU `-icount`), a table and `target/bench.json`.
 //!
@@ -15,6 +23,8 @@
 
 mod bench;
 mod cli;
+mod cpio;
+mod linux;
 mod scenario;
 mod tcb;
 
@@ -34,8 +44,9 @@ fn main() {
         "test" => test(rest),
         "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
         "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
+        "linux-bare" => linux::bare(rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb> (run --help and test --help list their flags)");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare> (run, test and linux-bare take --help)");
             exit(2);
         }
     };
@@ -114,6 +125,7 @@ pub fn setup() -> Result<Toolchain, String> {
         }
     }
     dry_boot()?;
+    linux::setup()?;
     Ok(tc)
 }
 
@@ -198,8 +210,8 @@ pub struct Images {
 /// The guests `tests/guests` builds (and `demo.bin`, the raw copy of `demo`).
 pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin", "vgic"];
 
-/// Where QEMU's loader stages the guest image (shared_abi::layout::GUEST_IMAGE_STAGING).
-const GUEST_STAGING: u64 = 0x4800_0000;
+/// Where QEMU's loader stages the guest image.
+const GUEST_STAGING: u64 = shared_abi::layout::GUEST_IMAGE_STAGING;
 
 impl Images {
     /// A bundled guest by name, or a file path.
@@ -359,6 +371,12 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     // Everything that can be checked without QEMU is checked before anything is built.
     let smp = flags.number("--smp", 2, 1..=8)?;
+    if let Some(kernel) = flags.value("--kernel") {
+        return run_linux(&flags, kernel, smp);
+    }
+    if let Some(f) = cli::LINUX_ONLY_FLAGS.iter().find(|f| flags.has(f)) {
+        return Err(format!("{f} is for a Linux guest: add --kernel FILE (or --kernel debian)"));
+    }
     let vcpus = flags.number("--vcpus", 2, 1..=8)?;
     let scenario = flags.value("--scenario").unwrap_or("demo").to_string();
     if scenario == "demo" && vcpus > smp {
@@ -400,6 +418,71 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// `run --kernel`: a Linux guest under the hypervisor (the host's `linux` scenario).
+fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> {
+    if flags.has("--guest") {
+        return Err("--guest and --kernel both name the guest: choose one".into());
+    }
+    if flags.has("--protected") && flags.has("--non-protected") {
+        return Err("--protected and --non-protected: choose one".into());
+    }
+    let vcpus = flags.number("--vcpus", 2, 1..=8)?;
+    let vms = flags.number("--vms", 1, 1..=2)?;
+    let mem_mib = linux::parse_mem(flags.value("--mem").unwrap_or("512M"))?;
+    let cmdline = flags.value("--cmdline").unwrap_or(linux::DEFAULT_CMDLINE).to_string();
+    // The limits that need no file, before anything is fetched or built.
+    linux::check_limits(0, None, cmdline.len(), mem_mib, vcpus, vms)?;
+    if kernel != "debian" {
+        let head = std::fs::read(kernel).map_err(|e| format!("--kernel {kernel}: {e}"))?;
+        linux::check_image_header(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
+    }
+    let tc = setup()?;
+    let (kernel, default_initrd) = if kernel == "debian" {
+        let a = linux::artifacts()?;
+        (a.image, Some(a.initramfs))
+    } else {
+        (PathBuf::from(kernel), None)
+    };
+    let run = linux::LinuxRun {
+        scenario: flags.value("--scenario").unwrap_or("linux").to_string(),
+        kernel,
+        initrd: flags.value("--initrd").map(PathBuf::from).or(default_initrd),
+        cmdline,
+        mem_mib,
+        vcpus,
+        protected: !flags.has("--non-protected"),
+        mte: flags.has("--mte"),
+        ptrauth: flags.has("--ptrauth"),
+        vms,
+    };
+    run.validate()?;
+    let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
+    let images = build(&tc, flavour)?;
+    let (mut cmd, _cmdline_file) = linux::hyp_command(&images, smp, &run, flags.value("--args").unwrap_or_default())?;
+    if flags.has("--gdb") {
+        println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
+        cmd.args(["-s", "-S"]);
+    }
+    println!(
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with Linux {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}{}",
+        run.kernel.display(),
+        if run.protected { "protected" } else { "non-protected" },
+        if run.mte { "on" } else { "off" },
+        if run.ptrauth { "on" } else { "off" },
+        run.initrd.as_ref().map_or(String::new(), |i| format!(", initrd {}", i.display()))
+    );
+    println!("xtask: guest command line: {}", run.cmdline);
+    // The console is the terminal's: a shell in the guest can be used (Ctrl-C ends QEMU).
+    let status: ExitStatus = cmd.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    match status.code() {
+        Some(0) => {
+            println!("xtask: QEMU exited 0: all went well");
+            Ok(())
+        }
+        code => Err(format!("QEMU exited with {code:?}: the run failed (see the log above)")),
+    }
+}
+
 fn test(args: &[String]) -> Result<(), String> {
     let flags = cli::parse("test", args, cli::TEST_FLAGS)?;
     if flags.has("--help") {
@@ -421,7 +504,7 @@ fn test(args: &[String]) -> Result<(), String> {
     }
     let release = build(&tc, Flavour::Release)?;
     let test_hooks = build(&tc, Flavour::TestHooks)?;
-    scenario::run_all(&release, &test_hooks, flags.value("--only"), repeat, flags.has("--verbose"))
+    scenario::run_all(&release, &test_hooks, flags.value("--only"), flags.has("--all"), repeat, flags.has("--verbose"))
 }
 
 #[cfg(test)]

@@ -15,7 +15,28 @@
 //! image = test               # boot the EL2 image with test-only hypercalls (default: release)
 //! guest = regs               # the guest image staged for the host (default: demo)
 //! icount = on                # run QEMU with -icount shift=0 (exact PMU instruction counts)
+//! expect_count = 2 some text  # must appear on exactly 2 lines
+//! default = off              # not in a plain `cargo xtask test`: `--only NAME` or `--all`
 //! ```
+//!
+//! A Linux guest (the host's `linux` scenario, see `linux.rs`) instead of a test guest:
+//!
+//! ```text
+//! kernel = debian            # Debian's kernel (with the project's initramfs), or an Image file
+//! initrd = FILE              # default with debian: the project's initramfs
+//! cmdline = console=...      # the guest's command line (default linux::DEFAULT_CMDLINE)
+//! mem = 512M                 # memory of each VM (default 512M)
+//! vcpus = 2                  # vCPUs of each VM (default 2)
+//! vms = 1                    # identical VMs at once (default 1)
+//! protected = on             # on or off (default on)
+//! mte = on                   # give the VMs MTE (default off)
+//! ptrauth = on               # give the VMs pointer authentication (default off)
+//! bare = on                  # no hypervisor: the same guest on bare QEMU at EL1 with `smp`
+//!                            # CPUs (the baseline that proves the guest's checks right)
+//! ```
+//!
+//! `args` then adds to the host's boot arguments. If the Linux artifacts are missing and
+//! `XTASK_LINUX_OPTIONAL=1` (see `linux::OPTIONAL_ENV`), Linux scenarios are skipped, not failed.
 //!
 //! `{seed}` in `args` and `expect` lines becomes a fresh random number on every run, printed so
 //! that a failure can be replayed.
@@ -23,6 +44,7 @@
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
 //! warning or error EL2 logs, and any host failure.
 
+use crate::linux::{self, LinuxRun};
 use crate::{elf_symbol, qemu_command, root, Images};
 use shared_abi::layout::run_status;
 use shared_abi::msg::exit;
@@ -48,7 +70,45 @@ struct Scenario {
     test_image: bool,
     guest: String,
     icount: bool,
+    expect_count: Vec<(usize, String)>,
+    /// In a plain `cargo xtask test` (`default = off` clears it).
+    default: bool,
+    linux: Option<LinuxKeys>,
 }
+
+/// The keys of a Linux scenario, before the files are known.
+#[derive(Debug, Clone, PartialEq)]
+struct LinuxKeys {
+    kernel: String,
+    initrd: Option<String>,
+    cmdline: String,
+    mem_mib: u32,
+    vcpus: u32,
+    vms: u32,
+    protected: bool,
+    mte: bool,
+    ptrauth: bool,
+    bare: bool,
+}
+
+impl Default for LinuxKeys {
+    fn default() -> Self {
+        Self {
+            kernel: String::new(),
+            initrd: None,
+            cmdline: linux::DEFAULT_CMDLINE.into(),
+            mem_mib: 512,
+            vcpus: 2,
+            vms: 1,
+            protected: true,
+            mte: false,
+            ptrauth: false,
+            bare: false,
+        }
+    }
+}
+
+const LINUX_KEYS: &[&str] = &["kernel", "initrd", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
 
 fn parse(text: &str) -> Result<Vec<Scenario>, String> {
     let mut out: Vec<Scenario> = Vec::new();
@@ -58,14 +118,39 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            out.push(Scenario { name: name.into(), smp: 2, timeout: 60, guest: "demo".into(), ..Default::default() });
+            out.push(Scenario { name: name.into(), smp: 2, timeout: 60, guest: "demo".into(), default: true, ..Default::default() });
             continue;
         }
         let s = out.last_mut().ok_or(format!("line {}: setting before any [scenario]", n + 1))?;
         let (k, v) = line.split_once('=').ok_or(format!("line {}: expected key = value", n + 1))?;
         let v = v.trim().to_string();
         let bad = |what: &str| format!("line {}: bad {what}", n + 1);
-        match k.trim() {
+        let on_off = |what: &str| match v.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(bad(&format!("{what} (on or off)"))),
+        };
+        let k = k.trim();
+        if LINUX_KEYS.contains(&k) {
+            if k != "kernel" && s.linux.is_none() {
+                return Err(format!("line {}: {k} is for a Linux scenario: put kernel = ... first", n + 1));
+            }
+            let l = s.linux.get_or_insert_with(LinuxKeys::default);
+            match k {
+                "kernel" => l.kernel = v.clone(),
+                "initrd" => l.initrd = Some(v.clone()),
+                "cmdline" => l.cmdline = v.clone(),
+                "mem" => l.mem_mib = linux::parse_mem(&v).map_err(|e| format!("line {}: {e}", n + 1))?,
+                "vcpus" => l.vcpus = v.parse().map_err(|_| bad("vcpus"))?,
+                "vms" => l.vms = v.parse().map_err(|_| bad("vms"))?,
+                "protected" => l.protected = on_off("protected")?,
+                "mte" => l.mte = on_off("mte")?,
+                "bare" => l.bare = on_off("bare")?,
+                _ => l.ptrauth = on_off("ptrauth")?,
+            }
+            continue;
+        }
+        match k {
             "args" => s.args = v,
             "smp" => s.smp = v.parse().map_err(|_| bad("smp"))?,
             "exit" => s.exit = v.parse().map_err(|_| bad("exit"))?,
@@ -75,6 +160,11 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "allow" => s.allow.push(v),
             "guest" => s.guest = v,
             "icount" => s.icount = v == "on",
+            "default" => s.default = on_off("default")?,
+            "expect_count" => {
+                let (count, text) = v.split_once(' ').ok_or(bad("expect_count (N text)"))?;
+                s.expect_count.push((count.parse().map_err(|_| bad("expect_count (N text)"))?, text.trim().to_string()));
+            }
             "image" => {
                 s.test_image = match v.as_str() {
                     "test" => true,
@@ -185,19 +275,56 @@ fn describe_row(row: &[u64]) -> String {
     format!("; VM {:#x} vCPU {}, {state}, run {}; last exit: {last}", row[VM], row[VCPU], row[RUNS])
 }
 
-/// Outcome of one scenario: `Err` holds the reason it failed.
-fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>, Vec<String>) {
-    let guest = match images.guest(&s.guest) {
-        Ok(g) => g,
-        Err(e) => return (Err(e), vec![]),
+/// The Linux run a scenario's keys describe, with `debian` resolved to the cached artifacts.
+fn linux_run(keys: &LinuxKeys, debian: Option<&linux::Artifacts>) -> Result<LinuxRun, String> {
+    let debian_or = |what: &str| debian.ok_or(format!("kernel = debian, but {what}"));
+    let (kernel, default_initrd) = if keys.kernel == "debian" {
+        let a = debian_or("no Debian kernel")?;
+        (a.image.clone(), Some(a.initramfs.clone()))
+    } else {
+        (root().join(&keys.kernel), None)
     };
+    Ok(LinuxRun {
+        scenario: "linux".into(),
+        kernel,
+        initrd: keys.initrd.as_ref().map(|i| root().join(i)).or(default_initrd),
+        cmdline: keys.cmdline.clone(),
+        mem_mib: keys.mem_mib,
+        vcpus: keys.vcpus,
+        protected: keys.protected,
+        mte: keys.mte,
+        ptrauth: keys.ptrauth,
+        vms: keys.vms,
+    })
+}
+
+/// Outcome of one scenario: `Err` holds the reason it failed.
+fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, verbose: bool) -> (Result<(), String>, Vec<String>) {
     let seed = fresh_seed();
     if s.args.contains("{seed}") {
         println!("scenario {}: fresh seed {seed} (replay: --args with seed={seed})", s.name);
     }
     let args = s.args.replace("{seed}", &seed.to_string());
     let expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
-    let mut cmd = qemu_command(images, s.smp, &args, &guest);
+    // The command-line file of a Linux run lives until QEMU has exited.
+    let mut _cmdline_file = None;
+    let mut cmd = match &s.linux {
+        Some(keys) if keys.bare => match linux_run(&LinuxKeys { vcpus: s.smp, ..keys.clone() }, debian).and_then(|run| run.validate().map(|_| run)) {
+            Ok(run) => linux::bare_command(&run),
+            Err(e) => return (Err(e), vec![]),
+        },
+        Some(keys) => match linux_run(keys, debian).and_then(|run| linux::hyp_command(images, s.smp, &run, &args)) {
+            Ok((cmd, file)) => {
+                _cmdline_file = file;
+                cmd
+            }
+            Err(e) => return (Err(e), vec![]),
+        },
+        None => match images.guest(&s.guest) {
+            Ok(guest) => qemu_command(images, s.smp, &args, &guest),
+            Err(e) => return (Err(e), vec![]),
+        },
+    };
     if s.icount {
         cmd.args(["-icount", "shift=0"]);
     }
@@ -273,6 +400,12 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
             return (Err(format!("expected line missing: {e:?}")), lines);
         }
     }
+    for (count, e) in &s.expect_count {
+        let seen = lines.iter().filter(|l| l.contains(e.as_str())).count();
+        if seen != *count {
+            return (Err(format!("expected {count} lines with {e:?}, saw {seen}")), lines);
+        }
+    }
     let defaults: &[&str] = if s.exit == 0 { DEFAULT_FORBID } else { &[] };
     let defaults = defaults.iter().copied().filter(|d| !s.allow.iter().any(|a| a == d));
     for f in defaults.chain(s.forbid.iter().map(String::as_str)) {
@@ -283,9 +416,9 @@ fn run_one(images: &Images, s: &Scenario, verbose: bool) -> (Result<(), String>,
     (Ok(()), lines)
 }
 
-/// Runs every scenario (or those named in `only`, comma-separated), each `repeat` times in a
-/// row, and prints a summary.
-pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, repeat: u32, verbose: bool) -> Result<(), String> {
+/// Runs every scenario in the default suite (with `all`, every scenario; or those named in
+/// `only`, comma-separated), each `repeat` times in a row, and prints a summary.
+pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, all: bool, repeat: u32, verbose: bool) -> Result<(), String> {
     let path = root().join("tests/scenarios.txt");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let scenarios = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -296,17 +429,45 @@ pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, repeat
             return Err(format!("no scenario named {unknown:?} (there are: {})", names.join(", ")));
         }
     }
-    let selected: Vec<_> = scenarios.iter().filter(|s| wanted.as_ref().is_none_or(|w| w.contains(&s.name.as_str()))).collect();
+    let selected: Vec<_> = scenarios
+        .iter()
+        .filter(|s| match &wanted {
+            Some(w) => w.contains(&s.name.as_str()),
+            None => s.default || all,
+        })
+        .collect();
+    let held: Vec<_> = scenarios.iter().filter(|s| !s.default && !selected.iter().any(|x| x.name == s.name)).map(|s| s.name.as_str()).collect();
     let repeat = repeat.max(1);
     println!("xtask: {} QEMU scenarios{}", selected.len(), if repeat > 1 { format!(", each {repeat} times in a row") } else { String::new() });
-    let (mut passed, mut failed) = (0, 0);
+    if !held.is_empty() {
+        println!("xtask: not run by default (default = off; --all or --only runs them): {}", held.join(", "));
+    }
+    // The Debian kernel and initramfs, made once if a selected scenario boots them.
+    let debian = selected
+        .iter()
+        .any(|s| s.linux.as_ref().is_some_and(|l| l.kernel == "debian"))
+        .then(linux::artifacts);
+    let optional = std::env::var(linux::OPTIONAL_ENV).is_ok_and(|v| v == "1");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut summary = Vec::new();
     for s in selected {
         let images = if s.test_image { test_hooks } else { release };
+        let wants_debian = s.linux.as_ref().is_some_and(|l| l.kernel == "debian");
+        if let (true, Some(Err(e))) = (wants_debian, &debian) {
+            if optional {
+                println!("scenario {} ... skipped: {e} ({}=1)", s.name, linux::OPTIONAL_ENV);
+                skipped += repeat.max(1);
+                continue;
+            }
+        }
+        let debian = debian.as_ref().and_then(|d| d.as_ref().ok());
         let (mut ok, mut times) = (0u32, Vec::new());
         for run in 1..=repeat {
             let t = Instant::now();
-            let (r, lines) = run_one(images, s, verbose);
+            let (r, lines) = match (&debian, wants_debian) {
+                (None, true) => (Err(linux::artifacts().err().unwrap_or_default()), vec![]),
+                _ => run_one(images, s, debian, verbose),
+            };
             let secs = t.elapsed().as_secs_f64();
             times.push(secs);
             let which = if repeat > 1 { format!(" (run {run}/{repeat})") } else { String::new() };
@@ -339,7 +500,11 @@ pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, repeat
         println!("repeat summary:");
         summary.iter().for_each(|l| println!("  {l}"));
     }
-    println!("scenarios: {passed} passed, {failed} failed");
+    if skipped > 0 {
+        println!("scenarios: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("scenarios: {passed} passed, {failed} failed");
+    }
     if failed == 0 { Ok(()) } else { Err(format!("{failed} scenario run(s) failed")) }
 }
 
@@ -366,6 +531,43 @@ mod tests {
         assert!(parse("[a]\nsmp = two\n").is_err());
         assert!(parse("[a]\ncolour = red\n").is_err());
         assert!(parse("[a]\nimage = debug\n").is_err());
+    }
+
+    #[test]
+    fn parses_linux_scenarios() {
+        let s = parse("[l]\ndefault = off\nkernel = debian\nmem = 1G\nvms = 2\nprotected = off\nmte = on\ncmdline = console=ttyAMA0 pkvm.check=cpus=2\nexpect_count = 2 PKVM-CHECK: passed 1/1\n[plain]\nexpect = x\n").unwrap();
+        let l = s[0].linux.as_ref().unwrap();
+        assert_eq!((l.kernel.as_str(), l.mem_mib, l.vms, l.vcpus, l.protected, l.mte, l.ptrauth), ("debian", 1024, 2, 2, false, true, false));
+        assert_eq!(l.cmdline, "console=ttyAMA0 pkvm.check=cpus=2");
+        assert_eq!(s[0].expect_count, vec![(2, "PKVM-CHECK: passed 1/1".to_string())]);
+        assert!(!s[0].default && s[1].default && s[1].linux.is_none());
+        let run = linux_run(l, None);
+        assert!(run.unwrap_err().contains("no Debian kernel"));
+        let file = linux_run(&LinuxKeys { kernel: "my/Image".into(), ..l.clone() }, None).unwrap();
+        assert_eq!((file.kernel, file.initrd, file.protected), (root().join("my/Image"), None, false));
+    }
+
+    #[test]
+    fn rejects_malformed_linux_keys() {
+        assert!(parse("[a]\nmem = 512M\n").unwrap_err().contains("put kernel = ... first"));
+        assert!(parse("[a]\nkernel = debian\nmem = 512\n").unwrap_err().contains("unit M or G"));
+        assert!(parse("[a]\nkernel = debian\nmte = yes\n").unwrap_err().contains("mte (on or off)"));
+        assert!(parse("[a]\ndefault = no\n").is_err());
+        assert!(parse("[a]\nexpect_count = two x\n").is_err());
+        assert!(parse("[a]\nexpect_count = 2\n").is_err());
+    }
+
+    #[test]
+    fn the_bundled_linux_scenarios_are_within_the_limits() {
+        let text = std::fs::read_to_string(root().join("tests/scenarios.txt")).unwrap();
+        let linux: Vec<_> = parse(&text).unwrap().into_iter().filter(|s| s.linux.is_some()).collect();
+        assert!(linux.len() >= 3);
+        for s in &linux {
+            let l = s.linux.as_ref().unwrap();
+            linux::check_limits(1, Some(1), l.cmdline.len(), l.mem_mib, l.vcpus, l.vms).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            assert!(l.cmdline.contains("pkvm.check="), "{}: checks nothing", s.name);
+            assert!(s.expect.iter().chain(s.expect_count.iter().map(|e| &e.1)).any(|e| e.contains("PKVM-CHECK: passed")), "{}", s.name);
+        }
     }
 
     #[test]

@@ -1,0 +1,425 @@
+// pkvm-check: checks, from a Linux guest's userspace, that the virtual machine it runs in gives
+// it what the hypervisor promises: the CPUs, MTE, pointer authentication and a timer.
+//
+// Built by `cargo xtask` (tools/xtask/src/linux.rs) as a static arm64 program:
+//   aarch64-linux-gnu-gcc -static -O2 -march=armv8.5-a+memtag pkvm-check.c
+// and started by the initramfs's /init with the value of `pkvm.check=` on the kernel command line.
+//
+// Usage:
+//   pkvm-check CHECK[,CHECK...]   run the checks, one line each, then a summary line
+//   pkvm-check stamp              print the virtual counter (the boot-ratio benchmark's mark)
+//
+// Checks:
+//   cpus=N             N CPUs online (sysconf and /sys/devices/system/cpu/online)
+//   cpuinfo[=F+F...]   /proc/cpuinfo "Features" lists each F (default: mte+paca+pacg);
+//                      an F written no-X requires that X is NOT listed (e.g. cpuinfo=paca+no-mte)
+//   mte                a tag mismatch faults synchronously (SIGSEGV, SEGV_MTESERR), a match does not
+//   pac                a corrupted signed pointer faults on use (SIGSEGV, or SIGILL with FEAT_FPAC);
+//                      an untouched one authenticates and works
+//   timer              nanosleep(1 s) takes between 0.9 and 3 s of CLOCK_MONOTONIC
+//
+// Output, one line per check and a summary, the contract with the test runner:
+//   PKVM-CHECK: ok NAME details          PKVM-CHECK: FAIL NAME why
+//   PKVM-CHECK: passed N/N               PKVM-CHECK: failed K/N
+// The exit status is 0 when every check passed.
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+// Values from the Linux UAPI headers (asm/hwcap.h, asm/mman.h, linux/prctl.h, asm/siginfo.h),
+// for a libc whose headers predate them.
+#ifndef HWCAP_PACA
+#define HWCAP_PACA (1UL << 30)
+#endif
+#ifndef HWCAP2_MTE
+#define HWCAP2_MTE (1UL << 18)
+#endif
+#ifndef PROT_MTE
+#define PROT_MTE 0x20
+#endif
+#ifndef PR_SET_TAGGED_ADDR_CTRL
+#define PR_SET_TAGGED_ADDR_CTRL 55
+#define PR_TAGGED_ADDR_ENABLE (1UL << 0)
+#endif
+#ifndef PR_MTE_TCF_SYNC
+#define PR_MTE_TCF_SYNC (1UL << 1)
+#endif
+#ifndef PR_MTE_TAG_SHIFT
+#define PR_MTE_TAG_SHIFT 3
+#endif
+#ifndef SEGV_MTESERR
+#define SEGV_MTESERR 9
+#endif
+
+static int checks_run, checks_failed;
+
+// One result line. Everything goes straight to the console (stdout is unbuffered).
+static void report(int ok, const char *name, const char *fmt, ...) {
+    char details[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(details, sizeof details, fmt, ap);
+    va_end(ap);
+    checks_run++;
+    if (!ok)
+        checks_failed++;
+    printf("PKVM-CHECK: %s %s %s\n", ok ? "ok" : "FAIL", name, details);
+}
+
+// ---- Faults on purpose -------------------------------------------------------------------
+//
+// A check that expects a fault runs the faulting access inside guarded(): the handler for
+// SIGSEGV, SIGBUS and SIGILL records the signal and jumps back with siglongjmp, so the program
+// goes on with the next step. A fault in a step that must succeed is caught the same way and
+// reported as a failure, instead of killing the program before its summary line.
+
+static sigjmp_buf fault_jump;
+static volatile sig_atomic_t fault_signo, fault_code;
+
+static void on_fault(int signo, siginfo_t *info, void *ucontext) {
+    (void)ucontext;
+    fault_signo = signo;
+    fault_code = info->si_code;
+    siglongjmp(fault_jump, 1);
+}
+
+struct fault {
+    int signo; // 0: no fault
+    int code;  // si_code of the fault
+};
+
+// Runs step(arg) and says whether and how it faulted.
+static struct fault guarded(void (*step)(void *), void *arg) {
+    struct sigaction sa, old[3];
+    const int signals[3] = {SIGSEGV, SIGBUS, SIGILL};
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++)
+        sigaction(signals[i], &sa, &old[i]);
+    fault_signo = 0;
+    fault_code = 0;
+    // savemask=1: the handler's siglongjmp also unblocks the signal it was delivered with.
+    if (sigsetjmp(fault_jump, 1) == 0)
+        step(arg);
+    for (int i = 0; i < 3; i++)
+        sigaction(signals[i], &old[i], NULL);
+    return (struct fault){fault_signo, fault_code};
+}
+
+static const char *signal_name(int signo) {
+    switch (signo) {
+    case 0: return "no fault";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGILL: return "SIGILL";
+    default: return "another signal";
+    }
+}
+
+// ---- cpus=N --------------------------------------------------------------------------------
+
+// Counts the CPUs in a kernel CPU list such as "0-3,5" (Documentation/admin-guide/cputopology).
+static int count_cpu_list(const char *s) {
+    int n = 0;
+    while (*s && *s != '\n') {
+        char *end;
+        long first = strtol(s, &end, 10), last = first;
+        if (end == s)
+            return -1;
+        if (*end == '-') {
+            s = end + 1;
+            last = strtol(s, &end, 10);
+            if (end == s || last < first)
+                return -1;
+        }
+        n += (int)(last - first + 1);
+        s = *end == ',' ? end + 1 : end;
+    }
+    return n;
+}
+
+static void check_cpus(const char *arg) {
+    char *end;
+    long expected = arg ? strtol(arg, &end, 10) : 0;
+    if (!arg || *end || expected < 1) {
+        report(0, "cpus", "needs the expected count: cpus=N");
+        return;
+    }
+    long by_sysconf = sysconf(_SC_NPROCESSORS_ONLN);
+    char list[256] = "";
+    FILE *f = fopen("/sys/devices/system/cpu/online", "r");
+    if (f) {
+        if (!fgets(list, sizeof list, f))
+            list[0] = 0;
+        fclose(f);
+    }
+    list[strcspn(list, "\n")] = 0;
+    int by_sysfs = count_cpu_list(list);
+    report(by_sysconf == expected && by_sysfs == expected, "cpus", "expected %ld, sysconf(_SC_NPROCESSORS_ONLN) %ld, /sys/devices/system/cpu/online \"%s\" (%d)",
+           expected, by_sysconf, list, by_sysfs);
+}
+
+// ---- cpuinfo[=F+F...] --------------------------------------------------------------------
+
+// Whether the space-separated feature list `features` has the word `word`.
+static int has_word(const char *features, const char *word) {
+    size_t n = strlen(word);
+    for (const char *p = features; (p = strstr(p, word)) != NULL; p += n) {
+        int starts = p == features || p[-1] == ' ' || p[-1] == '\t';
+        int ends = p[n] == 0 || p[n] == ' ' || p[n] == '\n';
+        if (starts && ends)
+            return 1;
+    }
+    return 0;
+}
+
+static void check_cpuinfo(const char *arg) {
+    // The first CPU's "Features" line; every CPU must list the same (the kernel shows the
+    // system-wide hwcaps on every line).
+    char line[2048], features[2048] = "";
+    int lines = 0, differ = 0;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) {
+        report(0, "cpuinfo", "cannot open /proc/cpuinfo: %s", strerror(errno));
+        return;
+    }
+    while (fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (strncmp(line, "Features", 8) != 0 || !colon)
+            continue;
+        if (lines++ == 0)
+            snprintf(features, sizeof features, "%s", colon + 2);
+        else if (strcmp(features, colon + 2) != 0)
+            differ = 1;
+    }
+    fclose(f);
+    features[strcspn(features, "\n")] = 0;
+
+    char wanted[256];
+    snprintf(wanted, sizeof wanted, "%s", arg ? arg : "mte+paca+pacg");
+    char missing[256] = "", *save = NULL;
+    for (char *w = strtok_r(wanted, "+", &save); w; w = strtok_r(NULL, "+", &save)) {
+        int absent = strncmp(w, "no-", 3) == 0;
+        const char *feature = absent ? w + 3 : w;
+        if (has_word(features, feature) == absent) {
+            strncat(missing, " ", sizeof missing - strlen(missing) - 1);
+            strncat(missing, w, sizeof missing - strlen(missing) - 1);
+        }
+    }
+    int ok = lines > 0 && !differ && !missing[0];
+    if (ok)
+        report(1, "cpuinfo", "%s on all %d CPUs", arg ? arg : "mte+paca+pacg", lines);
+    else if (lines == 0)
+        report(0, "cpuinfo", "no Features line in /proc/cpuinfo");
+    else if (differ)
+        report(0, "cpuinfo", "CPUs list different features");
+    else
+        report(0, "cpuinfo", "not as expected:%s (Features: %s)", missing, features);
+}
+
+// ---- mte ---------------------------------------------------------------------------------
+//
+// FEAT_MTE: every 16-byte granule of a PROT_MTE mapping has a 4-bit allocation tag; a pointer
+// carries a logical tag in bits 59:56. With synchronous tag checking (PR_MTE_TCF_SYNC) a load
+// through a pointer whose tag differs from the granule's faults at once: SIGSEGV, SEGV_MTESERR.
+
+// Sets pointer bits 59:56 (the logical tag).
+static uint64_t *with_tag(uint64_t *p, unsigned tag) {
+    return (uint64_t *)(((uintptr_t)p & ~(0xfUL << 56)) | ((uintptr_t)(tag & 0xf) << 56));
+}
+
+static unsigned tag_of(const void *p) {
+    return (unsigned)((uintptr_t)p >> 56) & 0xf;
+}
+
+struct access {
+    uint64_t *p;
+    uint64_t value;
+};
+
+static void load(void *arg) {
+    struct access *a = arg;
+    a->value = *(volatile uint64_t *)a->p;
+}
+
+static void check_mte(void) {
+    if (!(getauxval(AT_HWCAP2) & HWCAP2_MTE)) {
+        report(0, "mte", "the kernel reports no MTE (HWCAP2_MTE clear)");
+        return;
+    }
+    // Tagged addresses on, synchronous tag-check faults, and IRG may pick any tag but 0
+    // (the include mask 0xfffe), so a new tag always differs from an untagged pointer's.
+    if (prctl(PR_SET_TAGGED_ADDR_CTRL, PR_TAGGED_ADDR_ENABLE | PR_MTE_TCF_SYNC | (0xfffeUL << PR_MTE_TAG_SHIFT), 0, 0, 0) != 0) {
+        report(0, "mte", "prctl(PR_SET_TAGGED_ADDR_CTRL) failed: %s", strerror(errno));
+        return;
+    }
+    // A new PROT_MTE mapping has every granule's allocation tag 0.
+    uint64_t *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_MTE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) {
+        report(0, "mte", "mmap(PROT_MTE) failed: %s", strerror(errno));
+        return;
+    }
+    // IRG: a random tag for the pointer; STG: give the first granule that tag; STR through it.
+    uint64_t *tagged = page;
+    asm volatile("irg %0, %0\n\t"
+                 "stg %0, [%0]\n\t"
+                 "str %1, [%0]"
+                 : "+r"(tagged)
+                 : "r"(0x1234abcdUL)
+                 : "memory");
+    unsigned tag = tag_of(tagged);
+
+    struct access right = {tagged, 0};
+    struct fault f_right = guarded(load, &right);
+    // The same granule through the untagged pointer (tag 0) and through the next tag.
+    struct access untagged = {page, 0};
+    struct fault f_untagged = guarded(load, &untagged);
+    unsigned other = tag % 15 + 1; // a non-zero tag other than `tag`
+    struct access wrong = {with_tag(page, other), 0};
+    struct fault f_wrong = guarded(load, &wrong);
+
+    int mismatch_faults = f_untagged.signo == SIGSEGV && f_untagged.code == SEGV_MTESERR && f_wrong.signo == SIGSEGV && f_wrong.code == SEGV_MTESERR;
+    int match_works = f_right.signo == 0 && right.value == 0x1234abcdUL;
+    report(tag != 0 && mismatch_faults && match_works, "mte",
+           "granule tag %u: matching load %s (value %#lx); tag 0 load: %s si_code %d; tag %u load: %s si_code %d (want SIGSEGV si_code %d)", tag,
+           f_right.signo ? signal_name(f_right.signo) : "ok", (unsigned long)right.value, signal_name(f_untagged.signo), f_untagged.code, other,
+           signal_name(f_wrong.signo), f_wrong.code, SEGV_MTESERR);
+    munmap(page, 4096);
+    prctl(PR_SET_TAGGED_ADDR_CTRL, 0, 0, 0, 0);
+}
+
+// ---- pac ---------------------------------------------------------------------------------
+//
+// FEAT_PAuth: PACIA puts a pointer authentication code, computed from the pointer, a modifier
+// and the APIA key, in the pointer's unused top bits; AUTIA checks it and restores the pointer,
+// or (without FEAT_FPAC) leaves it non-canonical so that using it faults (SIGSEGV), or (with
+// FEAT_FPAC) faults at once (SIGILL). Bit 53 lies in the code's field for every VA size up to
+// 52 bits and with or without top-byte-ignore, so flipping it always corrupts the code.
+
+static const uint64_t pac_target = 0xfeedfacecafe0001UL;
+
+struct signed_ptr {
+    uint64_t signed_ptr;
+    uint64_t modifier;
+    uint64_t value;
+};
+
+// AUTIA, then a load through the result.
+static void auth_and_load(void *arg) {
+    struct signed_ptr *s = arg;
+    uint64_t p = s->signed_ptr;
+    asm volatile("autia %0, %1" : "+r"(p) : "r"(s->modifier));
+    s->value = *(volatile const uint64_t *)p;
+}
+
+static void check_pac(void) {
+    if (!(getauxval(AT_HWCAP) & HWCAP_PACA)) {
+        report(0, "pac", "the kernel reports no address authentication (HWCAP_PACA clear)");
+        return;
+    }
+    // With top-byte-ignore the code has only 7 bits (54:48), so one signature is the plain
+    // pointer once in 128; four modifiers make a false "no signature" one in 2^28. A disabled
+    // PAuth (SCTLR_EL1.EnIA clear: PACIA and AUTIA do nothing) leaves all four unchanged.
+    const uint64_t plain = (uintptr_t)&pac_target, modifier = 0x5eed;
+    uint64_t signed_ptrs[4];
+    int signature_seen = 0;
+    for (int i = 0; i < 4; i++) {
+        signed_ptrs[i] = plain;
+        asm volatile("pacia %0, %1" : "+r"(signed_ptrs[i]) : "r"(modifier + i));
+        signature_seen |= signed_ptrs[i] != plain;
+    }
+    struct signed_ptr good = {signed_ptrs[0], modifier, 0};
+    struct fault f_good = guarded(auth_and_load, &good);
+    struct signed_ptr corrupt = {signed_ptrs[0] ^ (1UL << 53), modifier, 0};
+    struct fault f_corrupt = guarded(auth_and_load, &corrupt);
+
+    int good_works = f_good.signo == 0 && good.value == pac_target;
+    int corrupt_faults = f_corrupt.signo == SIGSEGV || f_corrupt.signo == SIGILL;
+    report(signature_seen && good_works && corrupt_faults, "pac", "%#lx signed %#lx%s; authentic pointer: %s; corrupted code: %s (want SIGSEGV or SIGILL)",
+           (unsigned long)plain, (unsigned long)signed_ptrs[0], signature_seen ? "" : " (no modifier changed the pointer)",
+           good_works ? "ok" : signal_name(f_good.signo), signal_name(f_corrupt.signo));
+}
+
+// ---- timer -------------------------------------------------------------------------------
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void check_timer(void) {
+    // The kernel wakes the sleeper from its timer interrupt (the guest's virtual timer), so a
+    // lost or stuck timer shows as a sleep that never ends or ends far too late.
+    struct timespec one_second = {1, 0};
+    double start = now();
+    int rc = nanosleep(&one_second, NULL);
+    double elapsed = now() - start;
+    report(rc == 0 && elapsed >= 0.9 && elapsed <= 3.0, "timer", "nanosleep(1 s) took %.3f s of CLOCK_MONOTONIC (want 0.9 to 3)%s", elapsed,
+           rc ? " and failed" : "");
+}
+
+// ---- stamp -------------------------------------------------------------------------------
+
+// Prints CNTVCT_EL0 and CNTFRQ_EL0. Under QEMU -icount shift=0 one instruction takes 1 ns of
+// virtual time, so cntvct * 1e9 / cntfrq counts the instructions since the machine started
+// (CNTVOFF_EL2 is 0 at EL1 and for the hypervisor's guests).
+static void stamp(void) {
+    uint64_t cntvct, cntfrq;
+    // ISB: read the counter after the instructions before it, not early (Arm ARM, D11.2.2:
+    // reads of CNTVCT_EL0 can occur speculatively and out of order).
+    asm volatile("isb\n\tmrs %0, cntvct_el0" : "=r"(cntvct)::"memory");
+    asm volatile("mrs %0, cntfrq_el0" : "=r"(cntfrq));
+    printf("PKVM-STAMP: cntvct=%lu cntfrq=%lu\n", (unsigned long)cntvct, (unsigned long)cntfrq);
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc != 2) {
+        fprintf(stderr, "usage: pkvm-check CHECK[,CHECK...] | stamp\n");
+        return 2;
+    }
+    if (strcmp(argv[1], "stamp") == 0) {
+        stamp();
+        return 0;
+    }
+    char *save = NULL;
+    for (char *c = strtok_r(argv[1], ",", &save); c; c = strtok_r(NULL, ",", &save)) {
+        char *arg = strchr(c, '=');
+        if (arg)
+            *arg++ = 0;
+        if (strcmp(c, "cpus") == 0)
+            check_cpus(arg);
+        else if (strcmp(c, "cpuinfo") == 0)
+            check_cpuinfo(arg);
+        else if (strcmp(c, "mte") == 0 && !arg)
+            check_mte();
+        else if (strcmp(c, "pac") == 0 && !arg)
+            check_pac();
+        else if (strcmp(c, "timer") == 0 && !arg)
+            check_timer();
+        else
+            report(0, c, "unknown check (cpus=N, cpuinfo[=F+F...], mte, pac, timer)");
+    }
+    if (checks_run == 0)
+        report(0, "none", "no check named");
+    if (checks_failed)
+        printf("PKVM-CHECK: failed %d/%d\n", checks_failed, checks_run);
+    else
+        printf("PKVM-CHECK: passed %d/%d\n", checks_run, checks_run);
+    return checks_failed ? 1 : 0;
+}
