@@ -175,7 +175,8 @@ pub struct GuestControls {
 /// - SVE and SME trap (not switched);
 /// - PMU registers trap unless the VM has the opt-in `HOST_PMU` flag (never protected VMs),
 ///   and a protected VM runs with the host's counters stopped and EL2 counting prohibited;
-/// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap;
+/// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap (EL2 emulates
+///   them: `vm::sysreg`);
 /// - pointer authentication and allocation tags as the switch decides per run.
 ///
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.

@@ -89,6 +89,26 @@ pub struct VcpuCtx {
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
     /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
     pub vgic: crate::vgic::VgicCpu,
+    /// The self-hosted debug registers as the guest sees them (`vm::sysreg`): emulated, never
+    /// in force. Not in the register ABI.
+    pub debug: DebugShadow,
+}
+
+/// A vCPU's view of the debug registers EL2 emulates rather than switches: what it wrote to
+/// `MDSCR_EL1` and its OS lock. Neither takes effect: the CPU runs guests with the real
+/// `MDSCR_EL1` = 0 and no breakpoint or watchpoint programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugShadow {
+    /// `MDSCR_EL1`, masked to its writable bits.
+    pub mdscr: u64,
+    /// `OSLSR_EL1.OSLK`: the OS lock, as `OSLAR_EL1` last set it.
+    pub oslk: bool,
+}
+
+impl DebugShadow {
+    /// At reset (a vCPU's creation or its `CPU_ON`): `MDSCR_EL1` zero and the OS lock locked,
+    /// as a cold reset leaves them (Arm ARM, `OSLSR_EL1.OSLK`); an OS clears the lock at boot.
+    pub const RESET: Self = Self { mdscr: 0, oslk: true };
 }
 
 const _: () = {
@@ -155,6 +175,7 @@ impl VcpuCtx {
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
             vgic: crate::vgic::VgicCpu::new(),
+            debug: DebugShadow::RESET,
         }
     }
 

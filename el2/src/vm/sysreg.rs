@@ -19,15 +19,96 @@ impl<T: TableMemory> Hyp<'_, T> {
             let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
             return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
         }
-        // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
-        match sysreg_access(esr).and_then(|a| Some((a.rt, idreg_read(&a)?))) {
-            Some((rt, i)) => {
-                ctx.set_gpr(rt, self.idregs[me.vm_slot][i].load(Ordering::Relaxed));
+        let Some(a) = sysreg_access(esr) else { return self.undef(handle, ctx, Esr(esr), arch) };
+        let done = if let Some(i) = idreg_read(&a) {
+            // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
+            Some(Emulated::Read(self.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
+        } else if a.op0 == 2 {
+            // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
+            let dfr0 = self.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
+            let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
+            debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+        } else {
+            None
+        };
+        match done {
+            Some(e) => {
+                if let Emulated::Read(v) = e {
+                    ctx.set_gpr(a.rt, v);
+                }
                 ctx.pc = ctx.pc.wrapping_add(4);
                 Next::Resume
             }
             None => self.undef(handle, ctx, Esr(esr), arch),
         }
+    }
+}
+
+/// `PSTATE.M[3:2]`, the exception level (0 for EL0).
+const PSTATE_EL_MASK: u64 = 0b1100;
+
+/// What EL2 made of an access it emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Emulated {
+    /// A read: the value for `Rt`.
+    Read(u64),
+    /// A write, done (or ignored).
+    Written,
+}
+
+/// `MDSCR_EL1` bits a guest may set and read back: SS (0), ERR (6), TDCC (12), KDE (13),
+/// HDE (14), MDE (15), SC2 (19), TDA (21), INTdis (23:22), TXU (26), RXO (27), TXfull (29),
+/// RXfull (30). Everything else (RES0, or fields of features the VM's ID registers hide) reads
+/// as zero.
+pub const MDSCR_EL1_MASK: u64 = 1 | 1 << 6 | 0xF << 12 | 1 << 19 | 1 << 21 | 0b11 << 22 | 0b11 << 26 | 0b11 << 29;
+/// `MDSCR_EL1.TDCC`: EL0 accesses to the debug communication channel trap (to EL1: an UNDEF).
+const MDSCR_EL1_TDCC: u64 = 1 << 12;
+/// `OSLSR_EL1.OSLM` = 0b10 (bit 3 set, bit 0 clear): the OS lock is implemented (FEAT_DoubleLock
+/// aside, which the VM's ID registers hide).
+const OSLSR_EL1_OSLM: u64 = 1 << 3;
+
+/// A trapped access to a debug register (`op0 == 2`) with value `value` (for a write), against
+/// the vCPU's shadow `dbg` and the VM's `ID_AA64DFR0_EL1` `dfr0`; `from_el0` if the guest was
+/// at EL0. `None`: not emulated (an UNDEF in the guest).
+///
+/// Breakpoints and watchpoints are not available to guests: their registers, for `n` up to
+/// what `dfr0` advertises (`BRPs`, `WRPs`: the count minus one), read as zero and ignore
+/// writes, as do the OS double lock, the power-down and claim-tag registers and the debug
+/// communication channel. `MDSCR_EL1` reads back what was written ([`MDSCR_EL1_MASK`]), the
+/// OS lock (`OSLAR_EL1`) shows in `OSLSR_EL1`; neither takes effect. Trace (`op1 == 1`), the
+/// ROM address (`MDRAR_EL1`), the registers of debug state (`OSDTRRX/TX_EL1`, `DLR/DSPSR_EL0`)
+/// and the wrong direction of a read-only or write-only register are not emulated.
+pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
+    let raz_wi = Some(if a.read { Emulated::Read(0) } else { Emulated::Written });
+    match (a.op1, a.crn, a.crm, a.op2) {
+        // MDSCR_EL1.
+        (0, 0, 2, 2) => {
+            if a.read {
+                Some(Emulated::Read(dbg.mdscr))
+            } else {
+                dbg.mdscr = value & MDSCR_EL1_MASK;
+                Some(Emulated::Written)
+            }
+        }
+        // OSLAR_EL1 (write-only).
+        (0, 1, 0, 4) if !a.read => {
+            dbg.oslk = value & 1 != 0;
+            Some(Emulated::Written)
+        }
+        // OSLSR_EL1 (read-only).
+        (0, 1, 1, 4) if a.read => Some(Emulated::Read(OSLSR_EL1_OSLM | (dbg.oslk as u64) << 1)),
+        // MDCCINT_EL1, OSECCR_EL1, OSDLR_EL1, DBGPRCR_EL1, DBGCLAIMSET_EL1, DBGCLAIMCLR_EL1.
+        (0, 0, 2, 0) | (0, 0, 6, 2) | (0, 1, 3, 4) | (0, 1, 4, 4) | (0, 7, 8, 6) | (0, 7, 9, 6) => raz_wi,
+        // DBGBVR<n>_EL1, DBGBCR<n>_EL1 (op2 4, 5), DBGWVR<n>_EL1, DBGWCR<n>_EL1 (6, 7).
+        (0, 0, n, 4 | 5) if n as u64 <= (dfr0 >> 12) & 0xF => raz_wi,
+        (0, 0, n, 6 | 7) if n as u64 <= (dfr0 >> 20) & 0xF => raz_wi,
+        // DBGAUTHSTATUS_EL1 (read-only): no debug is permitted, in any state.
+        (0, 7, 14, 6) if a.read => Some(Emulated::Read(0)),
+        // The debug communication channel: MDCCSR_EL0, DBGDTR_EL0, DBGDTRRX_EL0/DBGDTRTX_EL0.
+        // At EL0 the guest's own MDSCR_EL1.TDCC decides, as on hardware (an UNDEF).
+        (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) if from_el0 && dbg.mdscr & MDSCR_EL1_TDCC != 0 => None,
+        (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) => raz_wi,
+        _ => None,
     }
 }
 
@@ -84,6 +165,97 @@ fn idreg_read(a: &SysregAccess) -> Option<usize> {
 mod tests {
     use crate::vm::tests::*;
     use super::*;
+
+    /// The syndrome of `MRS`/`MSR` (`read`) of `S<op0>_<op1>_C<crn>_C<crm>_<op2>` with `Xrt`.
+    pub(crate) fn sysreg_esr(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> u64 {
+        (0x18 << 26) | (1 << 25) | op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | rt << 5 | crm << 1 | read as u64
+    }
+
+    fn access(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, read: bool) -> SysregAccess {
+        sysreg_access(sysreg_esr(op0, op1, crn, crm, op2, 4, read)).unwrap()
+    }
+
+    #[test]
+    fn debug_registers_are_a_shadow_the_guest_reads_back() {
+        use crate::vcpu::DebugShadow;
+        let mut d = DebugShadow::RESET;
+        // (BRPs 5, WRPs 3: six breakpoints, four watchpoints.)
+        let dfr0 = 6 | 5 << 12 | 3 << 20;
+        let mut go = |a: SysregAccess, v: u64, el0: bool| debug_access(&a, v, &mut d, dfr0, el0);
+        // MDSCR_EL1: written (masked to its defined bits) and read back.
+        assert_eq!(go(access(2, 0, 0, 2, 2, false), u64::MAX, false), Some(Emulated::Written));
+        assert_eq!(go(access(2, 0, 0, 2, 2, true), 0, false), Some(Emulated::Read(MDSCR_EL1_MASK)));
+        assert_eq!(MDSCR_EL1_MASK, 0x6CE8_F041);
+        go(access(2, 0, 0, 2, 2, false), 1 << 15 | 1 << 63, false);
+        assert_eq!(go(access(2, 0, 0, 2, 2, true), 0, false), Some(Emulated::Read(1 << 15)), "MDE kept, RES0 bit dropped");
+        // The OS lock: locked at reset, cleared by OSLAR_EL1, shown by OSLSR_EL1 (OSLM 0b10).
+        assert_eq!(go(access(2, 0, 1, 1, 4, true), 0, false), Some(Emulated::Read(0b1010)));
+        assert_eq!(go(access(2, 0, 1, 0, 4, false), 0, false), Some(Emulated::Written));
+        assert_eq!(go(access(2, 0, 1, 1, 4, true), 0, false), Some(Emulated::Read(0b1000)));
+        go(access(2, 0, 1, 0, 4, false), 0xFFFF_FFFF, false);
+        assert_eq!(go(access(2, 0, 1, 1, 4, true), 0, false), Some(Emulated::Read(0b1010)), "only bit 0 of OSLAR counts");
+        // The wrong direction of a write-only or read-only register: UNDEF.
+        assert_eq!(go(access(2, 0, 1, 0, 4, true), 0, false), None, "OSLAR_EL1 read");
+        assert_eq!(go(access(2, 0, 1, 1, 4, false), 0, false), None, "OSLSR_EL1 write");
+        assert_eq!(go(access(2, 0, 7, 14, 6, false), 0, false), None, "DBGAUTHSTATUS_EL1 write");
+        assert_eq!(go(access(2, 0, 7, 14, 6, true), 0, false), Some(Emulated::Read(0)), "DBGAUTHSTATUS_EL1: no debug permitted");
+        // RAZ/WI: OSDLR, DBGPRCR, the claim tags, OSECCR, MDCCINT.
+        for (crn, crm, op2) in [(1, 3, 4), (1, 4, 4), (7, 8, 6), (7, 9, 6), (0, 6, 2), (0, 2, 0)] {
+            assert_eq!(go(access(2, 0, crn, crm, op2, false), u64::MAX, false), Some(Emulated::Written), "{crn} {crm} {op2}");
+            assert_eq!(go(access(2, 0, crn, crm, op2, true), 0, false), Some(Emulated::Read(0)), "{crn} {crm} {op2}");
+        }
+        // Breakpoints 0..=5 and watchpoints 0..=3 exist (RAZ/WI); the next ones do not.
+        for n in 0..16 {
+            for op2 in [4, 5] {
+                let want = if n <= 5 { Some(Emulated::Read(0)) } else { None };
+                assert_eq!(go(access(2, 0, 0, n, op2, true), 0, false), want, "DBGB*R{n}");
+            }
+            for op2 in [6, 7] {
+                let want = if n <= 3 { Some(Emulated::Written) } else { None };
+                assert_eq!(go(access(2, 0, 0, n, op2, false), 0x1234, false), want, "DBGW*R{n}");
+            }
+        }
+        // The debug communication channel: RAZ/WI, but at EL0 the guest's MDSCR_EL1.TDCC
+        // decides (clear so far: MDE alone was set).
+        assert_eq!(go(access(2, 3, 0, 1, 0, true), 0, true), Some(Emulated::Read(0)), "MDCCSR_EL0 at EL0, TDCC clear");
+        go(access(2, 0, 0, 2, 2, false), MDSCR_EL1_TDCC, false);
+        for crm in [1, 4, 5] {
+            assert_eq!(go(access(2, 3, 0, crm, 0, true), 0, true), None, "EL0 with TDCC set: UNDEF");
+            assert_eq!(go(access(2, 3, 0, crm, 0, false), 7, false), Some(Emulated::Written), "EL1: WI");
+            assert_eq!(go(access(2, 3, 0, crm, 0, true), 0, false), Some(Emulated::Read(0)), "EL1: RAZ");
+        }
+        // Not emulated: trace (op1 1), MDRAR_EL1, OSDTRRX_EL1, anything unknown.
+        assert_eq!(go(access(2, 1, 0, 0, 0, true), 0, false), None, "trace");
+        assert_eq!(go(access(2, 0, 1, 0, 0, true), 0, false), None, "MDRAR_EL1");
+        assert_eq!(go(access(2, 0, 0, 0, 2, true), 0, false), None, "OSDTRRX_EL1");
+        assert_eq!(go(access(2, 4, 0, 0, 0, true), 0, false), None);
+    }
+
+    #[test]
+    fn a_guest_resetting_its_debug_registers_is_not_undefined() {
+        let mut f = fixture(); // the fixture's CPU: ID_AA64DFR0_EL1 zero (BRPs, WRPs 0: one each)
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(4), 1 << 15 | 1 << 13]).unwrap();
+        let rec = Recorder::default();
+        // As Linux boots: MSR MDSCR_EL1, x4; MSR OSLAR_EL1, xzr; MSR DBGBCR0_EL1, x4; MRS x5,
+        // MDSCR_EL1; MRS x6, OSLSR_EL1; then MSR DBGBCR1_EL1, x4 (not advertised): UNDEF.
+        *rec.1.borrow_mut() = vec![
+            trap(sysreg_esr(2, 0, 0, 2, 2, 4, false), 0),
+            trap(sysreg_esr(2, 0, 1, 0, 4, 31, false), 0),
+            trap(sysreg_esr(2, 0, 0, 0, 5, 4, false), 0),
+            trap(sysreg_esr(2, 0, 0, 2, 2, 5, true), 0),
+            trap(sysreg_esr(2, 0, 1, 1, 4, 6, true), 0),
+            trap(sysreg_esr(2, 0, 0, 1, 5, 4, false), 0),
+            hvc(),
+        ];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[..7], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010, 0x1014, 0x8200], "five emulated, then an UNDEF");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([1 << 15 | 1 << 13, 0, 0]), "MDSCR_EL1 read back");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(6)]), Ok([0b1000, 0, 0]), "OS lock cleared");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1014, 0, 0]));
+    }
 
     #[test]
     fn id_register_reads_are_answered_from_the_vm() {
