@@ -94,6 +94,8 @@ pub mod hcr {
     /// Trap WFI, WFE.
     pub const TWI: u64 = 1 << 13;
     pub const TWE: u64 = 1 << 14;
+    /// Trap data-cache maintenance by set/way (`DC ISW/CSW/CISW` and the MTE forms).
+    pub const TSW: u64 = 1 << 22;
     /// Trap ID-register group 3 reads.
     pub const TID3: u64 = 1 << 18;
     /// Trap SMC from EL1 to EL2.
@@ -168,6 +170,8 @@ pub struct GuestControls {
 /// - ID-register reads trap (`TID3`) and are answered from the VM's own values;
 /// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
 /// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
+/// - data-cache maintenance by set/way traps (`TSW`): it acts on one CPU's caches, which a
+///   vCPU does not own (EL2 emulates it by VA: `vm::sysreg`);
 /// - LORegions (`TLOR`), RAS error records (`TERR`), activity monitors (`TAM`), trace
 ///   registers (`TTA`, `TTRF`) and statistical profiling (`TPMS`) trap where they exist: the
 ///   guest's ID registers hide all of them;
@@ -182,7 +186,7 @@ pub struct GuestControls {
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
     use hcr::*;
-    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TID3 | TSC | TIDCP | TACR | RW;
+    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSW | TID3 | TSC | TIDCP | TACR | RW;
     if f.lor {
         hcr |= TLOR;
     }
@@ -305,7 +309,7 @@ mod tests {
     fn debug_and_base_traps_are_always_set() {
         for f in [ALL, ControlFeatures::default()] {
             let c = guest_controls(&f, 0, &cfg(), false);
-            let base = hcr::VM | hcr::IMO | hcr::FMO | hcr::AMO | hcr::TWI | hcr::TWE | hcr::TID3 | hcr::TSC | hcr::TIDCP | hcr::TACR | hcr::RW;
+            let base = hcr::VM | hcr::IMO | hcr::FMO | hcr::AMO | hcr::TWI | hcr::TWE | hcr::TSW | hcr::TID3 | hcr::TSC | hcr::TIDCP | hcr::TACR | hcr::RW;
             assert_eq!(c.hcr & base, base);
             assert_eq!(c.mdcr & (mdcr::TDA | mdcr::TDOSA | mdcr::TDRA), mdcr::TDA | mdcr::TDOSA | mdcr::TDRA);
             assert_eq!(c.cnthctl, 0b01, "physical timer traps");

@@ -59,6 +59,21 @@ impl<T: TableMemory> Hyp<'_, T> {
         vm.s2.destroy(tables);
     }
 
+    /// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
+    /// guest's set/way maintenance, without FWB). Under the memory lock, so no mapping appears
+    /// or goes meanwhile; pages never mapped hold nothing of the guest's.
+    pub(super) fn clean_vm_to_poc(&self, handle: u64, arch: &impl GuestArch) {
+        let mem = self.mem.lock();
+        let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
+        for r in &vm.regions {
+            for p in 0..r.pages {
+                if vm.s2.lookup(&mem.tables, r.ipa + p * PAGE_SIZE).is_some() {
+                    arch.clean_inval_poc(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                }
+            }
+        }
+    }
+
     /// `VM_ADD_MEMORY`.
     pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Maintenance) -> HypResult {
         if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {

@@ -430,6 +430,12 @@ struct Me<'f> {
     fw: &'f FwRegs,
     /// The VM has pointer authentication.
     ptrauth: bool,
+    /// The VM has MTE.
+    mte: bool,
+    /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
+    fwb: bool,
+    /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
+    set_way_done: &'f core::cell::Cell<bool>,
 }
 
 enum Next {

@@ -28,6 +28,16 @@ impl<T: TableMemory> Hyp<'_, T> {
             let dfr0 = self.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
             let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
             debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+        } else if is_set_way(&a, me.mte) {
+            // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
+            // Write-Back cacheable, and so coherent with every other view: nothing a set/way
+            // operation could make visible is not already. Without FWB the guest may run with
+            // caching off: its whole memory goes to the PoC, once per VCPU_RUN (a guest cleans
+            // by set/way in a loop over every set and way; the first clean covers the rest).
+            if !me.fwb && !me.set_way_done.replace(true) {
+                self.clean_vm_to_poc(handle, arch);
+            }
+            Some(Emulated::Written)
         } else {
             None
         };
@@ -42,6 +52,13 @@ impl<T: TableMemory> Hyp<'_, T> {
             None => self.undef(handle, ctx, Esr(esr), arch),
         }
     }
+}
+
+/// Whether `a` is data-cache maintenance by set/way: `DC ISW`, `DC CSW`, `DC CISW` (op0 1, op1 0,
+/// CRn 7, CRm 6/10/14, op2 2), and for an MTE VM the tag forms (op2 4 and 6: `DC IGSW`,
+/// `IGDSW`, `CGSW`, `CGDSW`, `CIGSW`, `CIGDSW`).
+pub(super) fn is_set_way(a: &SysregAccess, mte: bool) -> bool {
+    a.op0 == 1 && a.op1 == 0 && a.crn == 7 && matches!(a.crm, 6 | 10 | 14) && !a.read && (a.op2 == 2 || (mte && matches!(a.op2, 4 | 6)))
 }
 
 /// `PSTATE.M[3:2]`, the exception level (0 for EL0).
@@ -255,6 +272,54 @@ mod tests {
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([1 << 15 | 1 << 13, 0, 0]), "MDSCR_EL1 read back");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(6)]), Ok([0b1000, 0, 0]), "OS lock cleared");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1014, 0, 0]));
+    }
+
+    /// A run of a VM with 4 pages at 0x4000_0000 that touches two of them, then makes
+    /// `ops` set/way operations in one run and one more in the next: the maintenance logged.
+    fn set_way_log(f: &mut Fixture, flags: u64, ops: &[u64]) -> Vec<&'static str> {
+        let h = create(f, 1, flags);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        let mut script = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_2000)];
+        script.extend(ops.iter().map(|&e| trap(e, 0)));
+        script.extend([hvc(), trap(ops[0], 0), hvc()]);
+        *rec.1.borrow_mut() = script;
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        let pcs = rec.2.borrow().clone();
+        let stepped = pcs.windows(2).filter(|w| w[1] == w[0] + 4).count();
+        assert_eq!(stepped, ops.len() + 1, "each operation completes and is stepped over: {pcs:x?}");
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let log = rec.0.borrow().iter().copied().filter(|s| !["load", "run", "flush_guest_local", "guest_s2_mapped"].contains(s)).collect();
+        log
+    }
+
+    #[test]
+    fn set_way_maintenance_cleans_the_mapped_pages_once_per_run_without_fwb() {
+        let (isw, csw, cisw) = (sysreg_esr(1, 0, 7, 6, 2, 0, false), sysreg_esr(1, 0, 7, 10, 2, 1, false), sysreg_esr(1, 0, 7, 14, 2, 2, false));
+        let mut f = fixture(); // no FEAT_S2FWB
+        let log = set_way_log(&mut f, 0, &[cisw, csw, isw, cisw]);
+        // First touches clean each page; the first set/way operation of each run cleans the two
+        // mapped pages (not the two never mapped), the others in that run nothing more.
+        let c = "clean_inval_poc";
+        assert_eq!(log, [c, c, c, c, "put", c, c, "put"]);
+        // MTE VMs: the tag forms (DC CIGDSW) are set/way too; for others they are an UNDEF.
+        let cigdsw = sysreg_esr(1, 0, 7, 14, 6, 0, false);
+        assert_eq!(set_way_log(&mut f, vm_flags::MTE, &[cigdsw]).iter().filter(|s| **s == c).count(), 2 + 2 + 2);
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(rec.2.borrow()[1], 0x8200, "UNDEF without MTE");
+    }
+
+    #[test]
+    fn set_way_maintenance_is_a_no_op_with_fwb() {
+        let mut f = fixture();
+        f.hyp.cpus.lock().view_mut()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        let cisw = sysreg_esr(1, 0, 7, 14, 2, 0, false);
+        assert_eq!(set_way_log(&mut f, 0, &[cisw, cisw]), ["put", "put"], "the guest's view is always cacheable: nothing to clean");
     }
 
     #[test]
