@@ -323,6 +323,29 @@ mod tests {
     }
 
     #[test]
+    fn pmu_and_activity_monitor_registers_are_an_undef_without_the_host_pmu() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        // (MDCR_EL2.TPM/TPMCR and CPTR_EL2.TAM trap them: `controls`.) PMUSERENR_EL0, PMCR_EL0,
+        // PMCCNTR_EL0 (read and write), AMUSERENR_EL0, AMCR_EL0.
+        let regs = [(3, 3, 9, 14, 0), (3, 3, 9, 12, 0), (3, 3, 9, 13, 0), (3, 3, 13, 2, 3), (3, 3, 13, 2, 0)];
+        let rec = Recorder::default();
+        for (op0, op1, crn, crm, op2) in regs {
+            for read in [true, false] {
+                rec.1.borrow_mut().push(trap(sysreg_esr(op0, op1, crn, crm, op2, 1, read), 0));
+            }
+        }
+        rec.1.borrow_mut().push(hvc());
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        // Each access enters the guest's EL1 synchronous vector (emulated, it would step on).
+        let mut want = vec![0x1000];
+        want.extend([0x8200; 10]);
+        assert_eq!(*rec.2.borrow(), want);
+    }
+
+    #[test]
     fn id_register_reads_are_answered_from_the_vm() {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
