@@ -131,6 +131,9 @@ pub struct Vm {
     pub fwb: bool,
     /// Where its vCPUs ran: when a CPU's TLB may hold entries a guest's local TLBI missed.
     pub local_tlb: LocalTlbRecord,
+    /// `CNTVOFF_EL2` while its vCPUs run ([`shared_abi::reg::CNTVOFF_EL2`]): the physical count
+    /// at `VM_CREATE` unless the host set another before the first run.
+    pub cntvoff: u64,
 }
 
 /// Which vCPU of one VM last ran on each physical CPU, and on which CPU each vCPU last ran.
@@ -366,6 +369,8 @@ pub struct GuestConfig {
     pub fwb: bool,
     /// A protected VM: the host's PMU must not count it (see `controls::guest_controls`).
     pub protected: bool,
+    /// `CNTVOFF_EL2` for the run (the VM's); the host runs with 0.
+    pub cntvoff: u64,
 }
 
 /// Hardware operations for guests (the world switch), faked in tests.
@@ -418,6 +423,8 @@ pub trait GuestArch: Maintenance + Firmware {
     /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
     /// a line of it, so a non-cacheable view of the page and a cacheable one agree.
     fn clean_inval_poc(&self, pa: PhysAddr);
+    /// The physical count (`CNTPCT_EL0`), for the emulated physical timer and `CNTVOFF_EL2`.
+    fn counter(&self) -> u64;
 }
 
 /// The running vCPU, as exit handling needs it.
@@ -464,7 +471,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// `VM_CREATE`.
-    pub(crate) fn vm_create(&self, cpu: usize, fw: &impl Firmware) -> HypResult {
+    pub(crate) fn vm_create(&self, cpu: usize, arch: &impl GuestArch) -> HypResult {
         let req: VmCreate = self.read_message(cpu)?;
         if req.reserved != [0; 2] {
             return Err(HypError::BadMessage);
@@ -535,7 +542,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             // unscrubbed. Under the memory lock, like the host's own MEM_PROTECT calls, so the
             // host cannot turn protection off in between. Firmware without MEM_PROTECT (QEMU)
             // answers NOT_SUPPORTED; the VM is created all the same.
-            let r = fw.mem_protect(1);
+            let r = arch.mem_protect(1);
             log::debug!("PSCI MEM_PROTECT(1) for the first protected VM: {r}");
         }
         vms.slots[slot] = Some(Vm {
@@ -555,6 +562,9 @@ impl<T: TableMemory> Hyp<'_, T> {
             mte,
             fwb,
             local_tlb: LocalTlbRecord::new(),
+            // The guest's virtual count starts near 0 (a guest that runs later than it was
+            // created sees the time in between, as after a boot loader).
+            cntvoff: arch.counter(),
         });
         Ok([handle, 0, 0])
     }
@@ -599,7 +609,7 @@ pub(crate) mod tests {
     pub(crate) use crate::idreg;
     pub(crate) use crate::owner::PageState;
     pub(crate) use shared_abi::msg::{vm_flags, VmCreate};
-    pub(crate) use super::run::{SYS_ESR_EL1, SYS_VBAR_EL1};
+    pub(crate) use super::run::{SYS_CNTV_CTL_EL0, SYS_CNTV_CVAL_EL0, SYS_ESR_EL1, SYS_VBAR_EL1};
     pub(crate) use core::sync::atomic::Ordering;
 
     /// Message page: RAM page 0.

@@ -1,5 +1,5 @@
 //! Host access to vCPU registers: `VCPU_GET_REG`, `VCPU_SET_REG`, `VCPU_REG_LIST`, and the
-//! VM-wide registers (firmware pseudo-registers, ID registers) behind them.
+//! VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) behind them.
 
 use super::MAX_VCPUS;
 use crate::fwreg::{self, FwError};
@@ -9,7 +9,13 @@ use crate::pgtable::TableMemory;
 use crate::vcpu::{register_ids, RegError, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{RegList, MAX_REG_IDS};
-use shared_abi::{HypError, HypResult};
+use shared_abi::{reg, HypError, HypResult};
+
+/// Whether `id` is a VM-wide register (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`):
+/// one value for every vCPU, under the memory lock ([`Hyp::vm_reg`]).
+fn is_vm_reg(id: u64) -> bool {
+    fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() || id == reg::CNTVOFF_EL2
+}
 
 fn vm_err(e: RegError) -> HypError {
     match e {
@@ -44,7 +50,7 @@ impl<T: TableMemory> Hyp<'_, T> {
         Ok(r)
     }
 
-    /// VM-wide registers (firmware pseudo-registers) through `VCPU_GET_REG`/`VCPU_SET_REG`:
+    /// VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) through `VCPU_GET_REG`/`VCPU_SET_REG`:
     /// writable before the VM's first run; afterwards an identical write succeeds and any
     /// other is `Frozen` (a protected VM's are sealed like the rest of its registers).
     fn vm_reg(&self, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
@@ -72,6 +78,19 @@ impl<T: TableMemory> Hyp<'_, T> {
             slot.store(value, Ordering::Relaxed);
             return Ok([0; 3]);
         }
+        if id == reg::CNTVOFF_EL2 {
+            // Any offset is a valid one: it only moves the guest's virtual count.
+            let current = vm.cntvoff;
+            let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+            if hi != 0 {
+                return Err(HypError::InvalidArgument);
+            }
+            if vm.ran {
+                return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
+            }
+            vm.cntvoff = value;
+            return Ok([0; 3]);
+        }
         let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
         let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
         if hi != 0 {
@@ -89,7 +108,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
     /// `VCPU_SET_REG`.
     pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
-        if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
+        if is_vm_reg(id) {
             return self.vm_reg(handle, index, id, Some(value));
         }
         self.with_host_regs(handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
@@ -98,7 +117,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
     /// `VCPU_GET_REG`.
     pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
-        if fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() {
+        if is_vm_reg(id) {
             return self.vm_reg(handle, index, id, None);
         }
         let (lo, hi) = self.with_host_regs(handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
@@ -115,7 +134,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             }
         }
         let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
-        let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id));
+        let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id)).chain([reg::CNTVOFF_EL2]);
         for (slot, id) in list.ids.iter_mut().zip(ids) {
             *slot = id;
             list.count += 1;
@@ -170,9 +189,55 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10000, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, fwreg::PSCI_VERSION, 0x10001, 0]), Err(HypError::Frozen));
         // Listed by VCPU_REG_LIST.
-        let all = register_ids().count() + fwreg::IDS.len() + NR_IDREGS;
+        let all = register_ids().count() + fwreg::IDS.len() + NR_IDREGS + 1;
         assert!(all <= MAX_REG_IDS, "the register list must fit the message");
         assert_eq!(f.call(0, H::VcpuRegList, &[h, 0]).unwrap()[0] as usize, all);
+    }
+
+    #[test]
+    fn cntvoff_is_per_vm_set_at_create_and_follows_the_first_run_rules() {
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let create_at = |f: &mut Fixture, count: u64, flags: u64| {
+            let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, reserved: [0; 2] };
+            f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
+            let rec = Recorder::default();
+            rec.4.set(count);
+            f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0]
+        };
+        let (a, b) = (create_at(&mut f, 1_000, 0), create_at(&mut f, 9_000_000, vm_flags::PROTECTED));
+        // The physical count at creation: each guest's virtual count starts near 0.
+        assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([1_000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[b, 1, reg::CNTVOFF_EL2]), Ok([9_000_000, 0, 0]), "VM-wide: any vCPU");
+        // Listed once, with the other VM-wide registers.
+        f.call(0, H::VcpuRegList, &[a, 0]).unwrap();
+        let list = shared_abi::msg::RegList::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        assert_eq!(list.ids[..list.count as usize].iter().filter(|&&id| id == reg::CNTVOFF_EL2).count(), 1);
+        // Writable before the first run (any value), never with a high half or for a vCPU the
+        // VM does not have.
+        f.call(0, H::VcpuSetReg, &[a, 0, reg::CNTVOFF_EL2, u64::MAX, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuGetReg, &[a, 1, reg::CNTVOFF_EL2]), Ok([u64::MAX, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[a, 0, reg::CNTVOFF_EL2, 5, 1]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[a, 2, reg::CNTVOFF_EL2, 5, 0]), Err(HypError::InvalidArgument));
+        f.call(0, H::VcpuSetReg, &[a, 0, reg::CNTVOFF_EL2, 77, 0]).unwrap();
+        f.call(0, H::VcpuSetReg, &[b, 0, reg::CNTVOFF_EL2, 88, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([77, 0, 0]), "each VM its own");
+        // The run loads it (GuestConfig) and reports the virtual deadline with it.
+        f.call(0, H::VcpuSetReg, &[a, 0, reg::SYSREGS[SYS_CNTV_CTL_EL0].1, 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[a, 0, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1, 1_000]).unwrap();
+        for (h, deadline) in [(a, 1_077), (b, u64::MAX)] {
+            let rec = Recorder::default();
+            *rec.1.borrow_mut() = vec![hvc()];
+            f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+            assert_eq!(exit_record(&f).vtimer_deadline, deadline, "CVAL + this VM's CNTVOFF (b's timer is off)");
+        }
+        // After the first run: an identical write succeeds, another is Frozen; a protected VM's
+        // is sealed like every register.
+        f.call(0, H::VcpuSetReg, &[a, 0, reg::CNTVOFF_EL2, 77, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuSetReg, &[a, 0, reg::CNTVOFF_EL2, 78, 0]), Err(HypError::Frozen));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([77, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[b, 0, reg::CNTVOFF_EL2]), Err(HypError::Denied));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[b, 0, reg::CNTVOFF_EL2, 88, 0]), Err(HypError::Denied));
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl<T: TableMemory> Hyp<'_, T> {
                 mte: vm.mte,
                 fwb: vm.fwb,
                 protected: vm.protected,
+                cntvoff: vm.cntvoff,
             };
             // Read once, here: the TLB record below must count only runs that enter the guest.
             let on = match slot.power.load(Ordering::Acquire) {
@@ -60,7 +61,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
         };
         if !on {
-            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() });
+            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff);
         }
         let mut cfg = cfg;
         let vm_slot = (handle & 0xFF) as usize;
@@ -121,10 +122,13 @@ impl<T: TableMemory> Hyp<'_, T> {
         if ctx.vgic.after_put() {
             exit.flags |= exit::FLAG_EOI;
         }
-        self.finish_run(cpu, exit)
+        self.finish_run(cpu, exit, &ctx, cfg.cntvoff)
     }
 
-    fn finish_run(&self, cpu: usize, e: VcpuExit) -> HypResult {
+    /// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
+    /// exit record carries them: the host delivers the timers' interrupts).
+    fn finish_run(&self, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64) -> HypResult {
+        (e.vtimer_deadline, e.ptimer_deadline) = timer_deadlines(ctx, cntvoff);
         self.write_message(cpu, &e)?;
         Ok([e.reason as u64, 0, 0])
     }
@@ -304,13 +308,25 @@ pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64)
     true
 }
 
+/// When the vCPU's virtual and physical timers assert, in physical counter ticks
+/// ([`VcpuExit::vtimer_deadline`], [`VcpuExit::ptimer_deadline`]), from its saved state and
+/// the VM's `CNTVOFF_EL2`.
+pub fn timer_deadlines(ctx: &VcpuCtx, cntvoff: u64) -> (u64, u64) {
+    let vtimer = crate::vcpu::timer_deadline(ctx.sys[SYS_CNTV_CTL_EL0], ctx.sys[SYS_CNTV_CVAL_EL0], cntvoff);
+    (vtimer, ctx.ptimer.deadline())
+}
+
 pub(crate) const SYS_ESR_EL1: usize = 7;
 const SYS_FAR_EL1: usize = 8;
 pub(crate) const SYS_VBAR_EL1: usize = 12;
+pub(crate) const SYS_CNTV_CTL_EL0: usize = 19;
+pub(crate) const SYS_CNTV_CVAL_EL0: usize = 20;
 const _: () = {
     assert!(reg::SYSREGS[SYS_ESR_EL1].1 == reg::sysreg(3, 0, 5, 2, 0));
     assert!(reg::SYSREGS[SYS_FAR_EL1].1 == reg::sysreg(3, 0, 6, 0, 0));
     assert!(reg::SYSREGS[SYS_VBAR_EL1].1 == reg::sysreg(3, 0, 12, 0, 0));
+    assert!(reg::SYSREGS[SYS_CNTV_CTL_EL0].1 == reg::sysreg(3, 3, 14, 3, 1));
+    assert!(reg::SYSREGS[SYS_CNTV_CVAL_EL0].1 == reg::sysreg(3, 3, 14, 3, 2));
 };
 
 #[cfg(test)]
@@ -338,6 +354,46 @@ mod tests {
         // A vCPU that is off does not enter, so its run does not count as one on this CPU.
         assert_eq!(f.call(1, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
         assert_eq!(run(&f, 0, 0), ["load", "run", "put"]);
+    }
+
+    #[test]
+    fn every_exit_record_carries_the_timer_deadlines() {
+        use crate::vcpu::{TIMER_ENABLE, TIMER_IMASK};
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        let (ctl, cval) = (reg::SYSREGS[SYS_CNTV_CTL_EL0].1, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1);
+        let run = |f: &Fixture, vcpu: u64, script: Vec<GuestTrap>| {
+            let rec = Recorder::default();
+            *rec.1.borrow_mut() = script;
+            f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap();
+            let e = exit_record(f);
+            (e.vtimer_deadline, e.ptimer_deadline)
+        };
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTVOFF_EL2, 500]).unwrap();
+        assert_eq!(run(&f, 0, vec![hvc()]), (u64::MAX, u64::MAX), "both timers off at reset");
+        // Virtual: CVAL + CNTVOFF; physical: its CVAL. Masked or disabled: never.
+        f.call(0, H::VcpuSetReg, &[h, 0, ctl, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, cval, 1_000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CVAL_EL0, 42]).unwrap();
+        assert_eq!(run(&f, 0, vec![hvc()]), (1_500, 42));
+        f.call(0, H::VcpuSetReg, &[h, 0, ctl, TIMER_ENABLE | TIMER_IMASK]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, TIMER_ENABLE | TIMER_IMASK]).unwrap();
+        assert_eq!(run(&f, 0, vec![trap(0x01 << 26 | 1 << 25, 0)]), (u64::MAX, u64::MAX), "masked");
+        // Hostile values: CVAL at the top of the count saturates instead of wrapping to "now".
+        f.call(0, H::VcpuSetReg, &[h, 0, ctl, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, cval, u64::MAX - 100]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CVAL_EL0, u64::MAX]).unwrap();
+        // vCPU 1 is off: its VCPU_OFF exit carries its own timers (CVAL 9 + CNTVOFF 500).
+        f.call(0, H::VcpuSetReg, &[h, 1, ctl, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 1, cval, 9]).unwrap();
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!((exit_record(&f).vtimer_deadline, exit_record(&f).ptimer_deadline), (509, u64::MAX));
+        // A kill exit (undecodable MMIO) carries them too.
+        let undecodable = trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000);
+        assert_eq!(run(&f, 0, vec![undecodable]), (u64::MAX, u64::MAX), "saturated; the physical CVAL as set");
+        assert_eq!(exit_record(&f).reason, exit::KILLED);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Trapped `MRS`/`MSR` (`ESR_EL2.EC == 0x18`) a guest makes: decoding, ID registers, SGI
-//! generation, and the UNDEF for everything else.
+//! Trapped `MRS`/`MSR`/`SYS` (`ESR_EL2.EC == 0x18`) a guest makes: decoding, ID registers, SGI
+//! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
+//! UNDEF for everything else.
 
 use super::{GuestArch, Me, Next};
 use crate::exception::{ec, Esr};
@@ -28,6 +29,10 @@ impl<T: TableMemory> Hyp<'_, T> {
             let dfr0 = self.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
             let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
             debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+        } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
+            // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
+            // count; the guest never reaches the real one, which is the host's.
+            ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter())
         } else if is_set_way(&a, me.mte) {
             // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
             // Write-Back cacheable, and so coherent with every other view: nothing a set/way
@@ -52,6 +57,40 @@ impl<T: TableMemory> Hyp<'_, T> {
             None => self.undef(handle, ctx, Esr(esr), arch),
         }
     }
+}
+
+/// A trapped access to the EL1 physical timer (`CNTP_TVAL_EL0`, `CNTP_CTL_EL0`,
+/// `CNTP_CVAL_EL0`: op0 3, op1 3, CRn 14, CRm 2, op2 0/1/2) with value `value` (for a write),
+/// against the vCPU's timer `t` at physical count `now`. `None` for another op2.
+///
+/// As the Arm ARM's generic timer: `CTL` reads `ISTATUS` (bit 2) = ENABLE and `now >= CVAL`
+/// (whatever IMASK); writes keep ENABLE and IMASK only. `TVAL` reads the low 32 bits of
+/// `CVAL - now` (a signed count, zero-extended), and a write sets `CVAL` to `now` plus the
+/// sign-extended low 32 bits of the value. Every value is accepted; arithmetic wraps as the
+/// hardware's does.
+pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::vcpu::PTimer, now: u64) -> Option<Emulated> {
+    use crate::vcpu::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+    Some(match (a.op2, a.read) {
+        (0, true) => Emulated::Read(t.cval.wrapping_sub(now) as u32 as u64),
+        (0, false) => {
+            t.cval = now.wrapping_add(value as u32 as i32 as i64 as u64);
+            Emulated::Written
+        }
+        (1, true) => {
+            let fired = t.ctl & TIMER_ENABLE != 0 && now >= t.cval;
+            Emulated::Read(t.ctl | if fired { TIMER_ISTATUS } else { 0 })
+        }
+        (1, false) => {
+            t.ctl = value & (TIMER_ENABLE | TIMER_IMASK);
+            Emulated::Written
+        }
+        (2, true) => Emulated::Read(t.cval),
+        (2, false) => {
+            t.cval = value;
+            Emulated::Written
+        }
+        _ => return None,
+    })
 }
 
 /// Whether `a` is data-cache maintenance by set/way: `DC ISW`, `DC CSW`, `DC CISW` (op0 1, op1 0,
@@ -343,6 +382,70 @@ mod tests {
         let mut want = vec![0x1000];
         want.extend([0x8200; 10]);
         assert_eq!(*rec.2.borrow(), want);
+    }
+
+    #[test]
+    fn the_physical_timer_is_emulated_against_the_counter() {
+        use crate::vcpu::PTimer;
+        let mut t = PTimer::default();
+        let (tval, ctl, cval) = (access(3, 3, 14, 2, 0, true), access(3, 3, 14, 2, 1, true), access(3, 3, 14, 2, 2, true));
+        let w = |a: SysregAccess| SysregAccess { read: false, ..a };
+        // TVAL write: CVAL = now + sign-extended 32 bits (high bits of the value ignored).
+        assert_eq!(ptimer_access(&w(tval), 0xFFFF_FFFF_0000_0100, &mut t, 1000), Some(Emulated::Written));
+        assert_eq!(t.cval, 1256);
+        assert_eq!(ptimer_access(&w(tval), (-100i64) as u64 & 0xFFFF_FFFF, &mut t, 1000), Some(Emulated::Written));
+        assert_eq!(t.cval, 900, "a negative TVAL: in the past");
+        // TVAL read: low 32 bits of CVAL - now, signed, zero-extended.
+        assert_eq!(ptimer_access(&tval, 0, &mut t, 800), Some(Emulated::Read(100)));
+        assert_eq!(ptimer_access(&tval, 0, &mut t, 1000), Some(Emulated::Read((-100i32) as u32 as u64)));
+        // CTL: ENABLE and IMASK kept, ISTATUS = ENABLE && now >= CVAL, whatever IMASK.
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, 1000), Some(Emulated::Read(0)), "disabled: no ISTATUS");
+        assert_eq!(ptimer_access(&w(ctl), u64::MAX, &mut t, 1000), Some(Emulated::Written));
+        assert_eq!(t.ctl, 0b11, "ISTATUS and RES0 bits dropped");
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, 899), Some(Emulated::Read(0b011)), "not yet");
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, 900), Some(Emulated::Read(0b111)), "fired (masked)");
+        assert_eq!(t.deadline(), u64::MAX, "masked: never asserts");
+        ptimer_access(&w(ctl), 1, &mut t, 0);
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX), Some(Emulated::Read(0b101)));
+        assert_eq!(t.deadline(), 900);
+        // CVAL: any value, read back; hostile values near the top of the count wrap as the
+        // hardware's subtraction does, and never fire early.
+        assert_eq!(ptimer_access(&w(cval), u64::MAX, &mut t, 5), Some(Emulated::Written));
+        assert_eq!(ptimer_access(&cval, 0, &mut t, 5), Some(Emulated::Read(u64::MAX)));
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX - 1), Some(Emulated::Read(0b001)));
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX), Some(Emulated::Read(0b101)));
+        assert_eq!(ptimer_access(&tval, 0, &mut t, 5), Some(Emulated::Read((u64::MAX - 5) as u32 as u64)));
+        assert_eq!(ptimer_access(&w(tval), 0x7FFF_FFFF, &mut t, u64::MAX), Some(Emulated::Written));
+        assert_eq!(t.cval, 0x7FFF_FFFE, "wraps like the hardware's adder");
+        // Other op2 in the group: not a timer register.
+        assert_eq!(ptimer_access(&access(3, 3, 14, 2, 3, true), 0, &mut t, 0), None);
+    }
+
+    #[test]
+    fn a_guest_programs_its_physical_timer_without_touching_the_real_one() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 1]).unwrap();
+        let rec = Recorder::default();
+        rec.4.set(70_000);
+        // MSR CNTP_TVAL_EL0, x2; MSR CNTP_CTL_EL0, x3; MRS x4, CNTP_CTL_EL0; MRS x5, CNTP_CVAL_EL0; WFI.
+        *rec.1.borrow_mut() = vec![
+            trap(sysreg_esr(3, 3, 14, 2, 0, 2, false), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 1, 3, false), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 1, 4, true), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 2, 5, true), 0),
+            trap(0x01 << 26 | 1 << 25, 0),
+        ];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[..5], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010], "each access emulated and stepped over");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(4)]), Ok([1, 0, 0]), "enabled, not yet fired");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([75_000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CVAL_EL0]), Ok([75_000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CTL_EL0]), Ok([1, 0, 0]));
+        assert_eq!(exit_record(&f).ptimer_deadline, 75_000, "the host learns when PPI 30 asserts");
+        assert!(!rec.0.borrow().iter().any(|s| s.contains("cntp")), "the arch is never asked to touch the real timer");
     }
 
     #[test]
