@@ -32,10 +32,23 @@ use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
 /// Bytes per CPU in the stack region: one guard page, then the 64 KiB stack.
 const STACK_STRIDE: u64 = 68 * 1024;
 const GUARD_SIZE: u64 = 4096;
-/// Pages EL2 keeps for translation tables.
-const POOL_PAGES: usize = 1024;
+/// Pages EL2 keeps for translation tables (8 MiB): with 2 GiB of RAM the host stage 2's
+/// reserve alone is about 1,040 pages (`el2::hyp::host_s2_reserve`), and a 512 MiB guest needs
+/// about 260 more.
+const POOL_PAGES: usize = 2048;
 /// Largest RAM the static ownership record covers (2 GiB).
 const MAX_RAM_PAGES: usize = 512 * 1024;
+/// What the rest of the EL2 image may take at most: code, read-only data, the vCPU and ID
+/// register tables and the other statics, the panic stacks (about 0.9 MiB today).
+const IMAGE_BUDGET: usize = 3 << 20;
+
+// Everything EL2 uses must fit its region (the linker script checks the final image too): the
+// table pool, the ownership record, the stacks with their guard pages, and the rest.
+const _: () = assert!(
+    POOL_PAGES * 4096 + MAX_RAM_PAGES * core::mem::size_of::<PageEntry>() + MAX_CPUS * STACK_STRIDE as usize + IMAGE_BUDGET
+        <= HYP_REGION_SIZE as usize,
+    "EL2's table pool, ownership record, stacks and image do not fit HYP_REGION_SIZE"
+);
 /// Where QEMU places the device tree for an ELF image: the base of RAM.
 const DTB_BASE: u64 = 0x4000_0000;
 /// EL2's virtual address space (identity-mapped) is 48 bits.
@@ -270,7 +283,13 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     let entries = unsafe { &mut (&mut *RECORD.0.get())[..pages] };
     let Ok(own) = Ownership::new(platform.ram, entries) else { arch::park() };
     let host_cfg = HostConfig::new(&host_s2, pa_bits);
-    log::info!("EL2 owns {hyp_region:?}; host stage 2: {} bit IPA, table pool {} pages", host_s2.ia_bits(), pool.capacity() - pool.in_use());
+    log::info!(
+        "EL2 owns {hyp_region:?}; host stage 2: {} bit IPA, table pool {} of {} pages free ({} kept for the host stage 2)",
+        host_s2.ia_bits(),
+        pool.capacity() - pool.in_use(),
+        pool.capacity(),
+        el2::hyp::host_s2_reserve(platform.ram, platform.gicr)
+    );
     if let Err(e) = arch::check_sysreg_tables() {
         log::error!("EL2 start-up failed: {e}");
         arch::park();

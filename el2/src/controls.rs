@@ -94,6 +94,8 @@ pub mod hcr {
     /// Trap WFI, WFE.
     pub const TWI: u64 = 1 << 13;
     pub const TWE: u64 = 1 << 14;
+    /// Trap data-cache maintenance by set/way (`DC ISW/CSW/CISW` and the MTE forms).
+    pub const TSW: u64 = 1 << 22;
     /// Trap ID-register group 3 reads.
     pub const TID3: u64 = 1 << 18;
     /// Trap SMC from EL1 to EL2.
@@ -168,6 +170,8 @@ pub struct GuestControls {
 /// - ID-register reads trap (`TID3`) and are answered from the VM's own values;
 /// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
 /// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
+/// - data-cache maintenance by set/way traps (`TSW`): it acts on one CPU's caches, which a
+///   vCPU does not own (EL2 emulates it by VA: `vm::sysreg`);
 /// - LORegions (`TLOR`), RAS error records (`TERR`), activity monitors (`TAM`), trace
 ///   registers (`TTA`, `TTRF`) and statistical profiling (`TPMS`) trap where they exist: the
 ///   guest's ID registers hide all of them;
@@ -175,13 +179,14 @@ pub struct GuestControls {
 /// - SVE and SME trap (not switched);
 /// - PMU registers trap unless the VM has the opt-in `HOST_PMU` flag (never protected VMs),
 ///   and a protected VM runs with the host's counters stopped and EL2 counting prohibited;
-/// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap;
+/// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap (EL2 emulates
+///   them: `vm::sysreg`);
 /// - pointer authentication and allocation tags as the switch decides per run.
 ///
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
     use hcr::*;
-    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TID3 | TSC | TIDCP | TACR | RW;
+    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSW | TID3 | TSC | TIDCP | TACR | RW;
     if f.lor {
         hcr |= TLOR;
     }
@@ -214,6 +219,18 @@ pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, pr
         stop_host_counters: protected && f.pmu,
         no_trace: f.trf,
     }
+}
+
+/// `SYSREGS` index of `CNTV_CTL_EL0`.
+const SYS_CNTV_CTL_EL0: usize = 19;
+const _: () = assert!(shared_abi::reg::SYSREGS[SYS_CNTV_CTL_EL0].1 == shared_abi::reg::sysreg(3, 3, 14, 3, 1));
+
+/// The host's EL1 registers as `put` restores them, from what `load` saved (`sys`, in
+/// `shared_abi::reg::SYSREGS` order): `CNTV_CTL_EL0` = 0, ENABLE clear. The host does not use
+/// the virtual timer (its tick is the physical one); a guest's, once saved, must not stay
+/// enabled in the CPU where its output would keep PPI 27 asserted to the host.
+pub fn host_el1_at_put(sys: &mut [u64; crate::vcpu::NR_SYSREGS]) {
+    sys[SYS_CNTV_CTL_EL0] = 0;
 }
 
 /// Values EL2 writes at boot, on every CPU, to control registers it otherwise never touches,
@@ -249,7 +266,22 @@ mod tests {
     use super::*;
 
     fn cfg() -> GuestConfig {
-        GuestConfig { vttbr: 0, start_level: 1, ipa_bits: 36, vmpidr: 0, host_pmu: false, pauth_now: false, mte: false, fwb: false, protected: false }
+        GuestConfig { vttbr: 0, start_level: 1, ipa_bits: 36, vmpidr: 0, host_pmu: false, pauth_now: false, mte: false, fwb: false, protected: false, cntvoff: 0 }
+    }
+
+    #[test]
+    fn the_host_gets_the_virtual_timer_back_disabled() {
+        // What load saved: the host's registers, its CNTV_CTL_EL0 enabled and unmasked.
+        let mut sys: [u64; crate::vcpu::NR_SYSREGS] = core::array::from_fn(|i| 0x100 + i as u64);
+        sys[SYS_CNTV_CTL_EL0] = 0b001;
+        let before = sys;
+        host_el1_at_put(&mut sys);
+        assert_eq!(sys[SYS_CNTV_CTL_EL0], 0, "ENABLE clear");
+        for (i, (a, b)) in sys.iter().zip(before).enumerate() {
+            if i != SYS_CNTV_CTL_EL0 {
+                assert_eq!(*a, b, "{} changed", shared_abi::reg::SYSREGS[i].0);
+            }
+        }
     }
 
     const ALL: ControlFeatures = ControlFeatures { ras: true, amu: true, gicv3: true, sme: true, trf: true, spe: true, pmu: true, lor: true, hcx: true, fgt: true };
@@ -304,7 +336,7 @@ mod tests {
     fn debug_and_base_traps_are_always_set() {
         for f in [ALL, ControlFeatures::default()] {
             let c = guest_controls(&f, 0, &cfg(), false);
-            let base = hcr::VM | hcr::IMO | hcr::FMO | hcr::AMO | hcr::TWI | hcr::TWE | hcr::TID3 | hcr::TSC | hcr::TIDCP | hcr::TACR | hcr::RW;
+            let base = hcr::VM | hcr::IMO | hcr::FMO | hcr::AMO | hcr::TWI | hcr::TWE | hcr::TSW | hcr::TID3 | hcr::TSC | hcr::TIDCP | hcr::TACR | hcr::RW;
             assert_eq!(c.hcr & base, base);
             assert_eq!(c.mdcr & (mdcr::TDA | mdcr::TDOSA | mdcr::TDRA), mdcr::TDA | mdcr::TDOSA | mdcr::TDRA);
             assert_eq!(c.cnthctl, 0b01, "physical timer traps");

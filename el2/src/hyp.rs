@@ -500,13 +500,15 @@ pub(crate) mod tests {
     use std::vec::Vec;
 
     /// Records maintenance, and plays a script of guest exits for `run`: the log, the traps,
-    /// the PC of each entry, and the PSTATE each exit leaves (while the list lasts).
+    /// the PC of each entry, the PSTATE each exit leaves (while the list lasts), and the
+    /// physical count `counter` answers (tests set it).
     #[derive(Default)]
     pub(crate) struct Recorder(
         pub RefCell<Vec<&'static str>>,
         pub RefCell<Vec<crate::vm::GuestTrap>>,
         pub RefCell<Vec<u64>>,
         pub RefCell<Vec<u64>>,
+        pub core::cell::Cell<u64>,
     );
     impl crate::vm::GuestArch for Recorder {
         type Saved = ();
@@ -555,6 +557,9 @@ pub(crate) mod tests {
         }
         fn clear_tags(&self, _: PhysAddr) {
             self.0.borrow_mut().push("clear_tags");
+        }
+        fn counter(&self) -> u64 {
+            self.4.get()
         }
         fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
             if !tagged {

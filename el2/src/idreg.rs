@@ -491,6 +491,26 @@ mod tests {
     }
 
     #[test]
+    fn pmu_and_activity_monitors_are_hidden_unless_the_vm_has_the_host_pmu() {
+        // Hardware with PMUv3 (PMUVer 6), FEAT_AMUv1p1 (AMU 2): Linux reads PMUVer before it
+        // touches PMUSERENR_EL0, and AMU before AMUSERENR_EL0, at boot.
+        let mut hw = [0u64; NR_IDREGS];
+        hw[PFR0] = 1 | 1 << 4 | 2 << 44;
+        hw[DFR0] = 6 | 6 << 8;
+        for p in [PLAIN, VmPolicy { protected: true, ..PLAIN }, VmPolicy { pmu: true, protected: true, ..PLAIN }, VmPolicy { pmu: true, ..PLAIN }] {
+            let v = restrict(&hw, &p);
+            assert_eq!(get(v[PFR0], field("AMU")), 0, "activity monitors never: {p:?}");
+            let pmu = if p.pmu && !p.protected { 6 } else { 0 };
+            assert_eq!(get(v[DFR0], field("PMUVer")), pmu, "{p:?}");
+            // Nor may the host raise them before the first run.
+            assert!(!write_ok(PFR0, v[PFR0] | 1 << 44, v[PFR0]));
+            if pmu == 0 {
+                assert!(!write_ok(DFR0, v[DFR0] | 1 << 8, v[DFR0]));
+            }
+        }
+    }
+
+    #[test]
     fn fields_where_zero_is_a_claim_do_not_default_to_zero() {
         let mut hw = [0u64; NR_IDREGS];
         // FEAT_MTE2 with asynchronous faults (MTE_frac 0), 64-bit CCSIDR format (CCIDX 1).

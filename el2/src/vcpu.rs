@@ -89,6 +89,64 @@ pub struct VcpuCtx {
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
     /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
     pub vgic: crate::vgic::VgicCpu,
+    /// The self-hosted debug registers as the guest sees them (`vm::sysreg`): emulated, never
+    /// in force. Not in the register ABI.
+    pub debug: DebugShadow,
+    /// The EL1 physical timer, emulated (`vm::sysreg`; the guest never reaches the real one).
+    pub ptimer: PTimer,
+}
+
+/// The emulated EL1 physical timer of a vCPU (`CNTP_*_EL0`), relative to the physical counter
+/// (no offset). In the register ABI as [`reg::CNTP_CTL_EL0`] and [`reg::CNTP_CVAL_EL0`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PTimer {
+    /// `CNTP_CTL_EL0.ENABLE` (bit 0) and `IMASK` (bit 1); ISTATUS is computed when read.
+    pub ctl: u64,
+    /// `CNTP_CVAL_EL0`.
+    pub cval: u64,
+}
+
+/// `CNT*_CTL_EL0.ENABLE`.
+pub const TIMER_ENABLE: u64 = 1 << 0;
+/// `CNT*_CTL_EL0.IMASK`.
+pub const TIMER_IMASK: u64 = 1 << 1;
+/// `CNT*_CTL_EL0.ISTATUS` (read-only).
+pub const TIMER_ISTATUS: u64 = 1 << 2;
+
+impl PTimer {
+    /// When its output asserts, in physical counter ticks: `cval` if enabled and not masked,
+    /// else never (`u64::MAX`).
+    pub const fn deadline(&self) -> u64 {
+        timer_deadline(self.ctl, self.cval, 0)
+    }
+}
+
+/// When a generic timer with control `ctl` and compare value `cval`, counting the physical
+/// count minus `offset`, asserts its output, in physical counter ticks: `cval + offset`
+/// (saturating), or `u64::MAX` (never) if it is disabled or masked.
+pub const fn timer_deadline(ctl: u64, cval: u64, offset: u64) -> u64 {
+    if ctl & (TIMER_ENABLE | TIMER_IMASK) == TIMER_ENABLE {
+        cval.saturating_add(offset)
+    } else {
+        u64::MAX
+    }
+}
+
+/// A vCPU's view of the debug registers EL2 emulates rather than switches: what it wrote to
+/// `MDSCR_EL1` and its OS lock. Neither takes effect: the CPU runs guests with the real
+/// `MDSCR_EL1` = 0 and no breakpoint or watchpoint programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugShadow {
+    /// `MDSCR_EL1`, masked to its writable bits.
+    pub mdscr: u64,
+    /// `OSLSR_EL1.OSLK`: the OS lock, as `OSLAR_EL1` last set it.
+    pub oslk: bool,
+}
+
+impl DebugShadow {
+    /// At reset (a vCPU's creation or its `CPU_ON`): `MDSCR_EL1` zero and the OS lock locked,
+    /// as a cold reset leaves them (Arm ARM, `OSLSR_EL1.OSLK`); an OS clears the lock at boot.
+    pub const RESET: Self = Self { mdscr: 0, oslk: true };
 }
 
 const _: () = {
@@ -155,6 +213,8 @@ impl VcpuCtx {
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
             vgic: crate::vgic::VgicCpu::new(),
+            debug: DebugShadow::RESET,
+            ptimer: PTimer { ctl: 0, cval: 0 },
         }
     }
 
@@ -178,6 +238,8 @@ impl VcpuCtx {
             reg::SP_EL1 => &mut self.sp_el1,
             reg::ELR_EL1 => &mut self.elr_el1,
             reg::SPSR_EL1 => &mut self.spsr_el1,
+            reg::CNTP_CTL_EL0 => &mut self.ptimer.ctl,
+            reg::CNTP_CVAL_EL0 => &mut self.ptimer.cval,
             _ if id & !0xFF == reg::core(0) && id & 1 == 0 && (id & 0xFF) <= 60 => &mut self.x[(id & 0xFF) as usize / 2],
             _ => match reg::sysreg_index(id) {
                 Some(i) => &mut self.sys[i],
@@ -215,7 +277,7 @@ impl VcpuCtx {
     /// [`RegError::Unknown`] for IDs not in [`register_ids`], [`RegError::ReadOnly`] for
     /// `MPIDR_EL1`, [`RegError::TooWide`] for a non-zero high half of a register narrower than
     /// 128 bits (or a 32-bit register given more than 32 bits), [`RegError::BadValue`] for a
-    /// `PSTATE` that [`pstate_host_ok`] refuses.
+    /// `PSTATE` that [`pstate_host_ok`] refuses or a `CNTP_CTL_EL0` with RES0 bits set.
     pub fn set(&mut self, id: u64, (lo, hi): (u64, u64)) -> Result<(), RegError> {
         if id == reg::MPIDR_EL1 {
             return Err(RegError::ReadOnly);
@@ -235,6 +297,10 @@ impl VcpuCtx {
             // The world switch's ERET consumes PSTATE (as SPSR_EL2): validated here, where it
             // enters, and again before every guest entry.
             reg::PSTATE if !pstate_host_ok(lo) => return Err(RegError::BadValue),
+            // ENABLE and IMASK are stored; ISTATUS is read-only (ignored, as on hardware);
+            // anything else is RES0.
+            reg::CNTP_CTL_EL0 if lo & !(TIMER_ENABLE | TIMER_IMASK | TIMER_ISTATUS) != 0 => return Err(RegError::BadValue),
+            reg::CNTP_CTL_EL0 => self.ptimer.ctl = lo & (TIMER_ENABLE | TIMER_IMASK),
             _ => *self.core_slot(id).ok_or(RegError::Unknown)? = lo,
         }
         Ok(())
@@ -275,6 +341,7 @@ pub fn register_ids() -> impl Iterator<Item = u64> {
         .chain([reg::FPSR, reg::FPCR])
         .chain(reg::PAUTH_KEYS.iter().map(|k| k.1))
         .chain(reg::MTE_REGS.iter().map(|k| k.1))
+        .chain([reg::CNTP_CTL_EL0, reg::CNTP_CVAL_EL0])
 }
 
 /// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
@@ -542,11 +609,40 @@ mod tests {
     fn register_list_is_complete_and_gettable() {
         let mut c = VcpuCtx::new();
         let ids: std::vec::Vec<u64> = register_ids().collect();
-        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34 + 10 + 4);
+        assert_eq!(ids.len(), 31 + 6 + NR_SYSREGS + 1 + 34 + 10 + 4 + 2);
         assert!(ids.len() <= shared_abi::msg::MAX_REG_IDS);
         for id in ids {
             assert!(c.get(0, id).is_ok(), "{id:#x}");
         }
+    }
+
+    #[test]
+    fn the_physical_timer_registers_are_validated() {
+        let mut c = VcpuCtx::new();
+        assert_eq!(c.get(0, reg::CNTP_CTL_EL0), Ok((0, 0)), "disabled at reset");
+        c.set(reg::CNTP_CTL_EL0, (TIMER_ENABLE | TIMER_IMASK, 0)).unwrap();
+        c.set(reg::CNTP_CVAL_EL0, (u64::MAX - 1, 0)).unwrap();
+        assert_eq!(c.ptimer, PTimer { ctl: 3, cval: u64::MAX - 1 });
+        // ISTATUS is read-only: accepted and dropped; RES0 bits and a high half are refused.
+        c.set(reg::CNTP_CTL_EL0, (TIMER_ENABLE | TIMER_ISTATUS, 0)).unwrap();
+        assert_eq!(c.get(0, reg::CNTP_CTL_EL0), Ok((TIMER_ENABLE, 0)));
+        assert_eq!(c.set(reg::CNTP_CTL_EL0, (1 << 3, 0)), Err(RegError::BadValue));
+        assert_eq!(c.set(reg::CNTP_CTL_EL0, (1 << 63, 0)), Err(RegError::BadValue));
+        assert_eq!(c.set(reg::CNTP_CVAL_EL0, (1, 1)), Err(RegError::TooWide));
+        assert_eq!(c.ptimer.ctl, TIMER_ENABLE, "nothing changed by a refused write");
+    }
+
+    #[test]
+    fn timer_deadlines_are_never_when_disabled_or_masked_and_saturate() {
+        assert_eq!(timer_deadline(0, 100, 0), u64::MAX, "disabled");
+        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_IMASK, 100, 0), u64::MAX, "masked");
+        assert_eq!(timer_deadline(TIMER_IMASK, 100, 0), u64::MAX);
+        assert_eq!(timer_deadline(TIMER_ENABLE, 100, 0), 100);
+        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_ISTATUS, 100, 50), 150, "ISTATUS does not matter");
+        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX - 10, 50), u64::MAX, "saturates");
+        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(PTimer { ctl: TIMER_ENABLE, cval: 7 }.deadline(), 7);
+        assert_eq!(PTimer { ctl: 0, cval: 7 }.deadline(), u64::MAX);
     }
 
     #[test]

@@ -299,6 +299,12 @@ pub struct VcpuExit {
     pub reserved: u32,
     /// For hypercall exits: the guest's `x0..=x3`.
     pub args: [u64; 4],
+    /// When the guest's virtual timer (PPI 27) asserts, in physical counter (`CNTPCT_EL0`)
+    /// ticks: `CNTV_CVAL_EL0 + CNTVOFF` (saturating), or `u64::MAX` if it cannot (CNTV_CTL
+    /// ENABLE clear or IMASK set). Valid in every exit record (ABI 3.3).
+    pub vtimer_deadline: u64,
+    /// The same for the emulated EL1 physical timer (PPI 30): its CVAL, or `u64::MAX`.
+    pub ptimer_deadline: u64,
 }
 
 /// Most register IDs a [`RegList`] can hold.
@@ -317,11 +323,13 @@ pub struct RegList {
 const _: () = {
     assert!(size_of::<VmCreate>() == 32);
     assert!(offset_of!(VmCreate, flags) == 8);
-    assert!(size_of::<VcpuExit>() == 64);
+    assert!(size_of::<VcpuExit>() == 80);
     assert!(offset_of!(VcpuExit, ipa) == 8);
     assert!(offset_of!(VcpuExit, data) == 16);
     assert!(offset_of!(VcpuExit, size) == 24);
     assert!(offset_of!(VcpuExit, args) == 32);
+    assert!(offset_of!(VcpuExit, vtimer_deadline) == 64);
+    assert!(offset_of!(VcpuExit, ptimer_deadline) == 72);
     assert!(size_of::<RegList>() == 2048);
     assert!(size_of::<VgicState>() == 264);
     assert!(size_of::<VcpuStats>() == 64);
@@ -388,8 +396,10 @@ mod tests {
         let c = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] };
         assert_eq!(&c.as_bytes()[8..16], &1u64.to_ne_bytes());
         assert_eq!(VmCreate::read_from_bytes(c.as_bytes()).unwrap(), c);
-        let e = VcpuExit { reason: exit::MMIO, flags: exit::MMIO_WRITE, ipa: 0x900_0000, data: 0x41, size: 1, reserved: 0, args: [0; 4] };
+        let e = VcpuExit { reason: exit::MMIO, flags: exit::MMIO_WRITE, ipa: 0x900_0000, data: 0x41, size: 1, reserved: 0, args: [0; 4], vtimer_deadline: 7, ptimer_deadline: u64::MAX };
         assert_eq!(&e.as_bytes()[8..16], &0x900_0000u64.to_ne_bytes());
+        assert_eq!(&e.as_bytes()[64..72], &7u64.to_ne_bytes());
+        assert_eq!(&e.as_bytes()[72..80], &u64::MAX.to_ne_bytes());
         assert_eq!(VcpuExit::read_from_bytes(e.as_bytes()).unwrap(), e);
         let mut l = RegList { count: 2, ids: [0; MAX_REG_IDS] };
         l.ids[1] = crate::reg::PC;

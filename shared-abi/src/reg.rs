@@ -124,6 +124,18 @@ pub const MTE_REGS: [(&str, u64); 4] = [
 /// `MPIDR_EL1` as the vCPU sees it (read-only: Aff0 = vCPU index).
 pub const MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
 
+/// `CNTVOFF_EL2` (op0 3, op1 4, CRn 14, CRm 0, op2 3), VM-wide (ABI 3.3): the offset of the
+/// guest's virtual count from the physical counter (`CNTVCT = CNTPCT - CNTVOFF`). Chosen by EL2
+/// at `VM_CREATE` (the physical count then, so the guest's virtual count starts near 0);
+/// readable, and writable before the VM's first run.
+pub const CNTVOFF_EL2: u64 = sysreg(3, 4, 14, 0, 3);
+/// `CNTP_CTL_EL0` of the emulated EL1 physical timer (ABI 3.3): ENABLE (bit 0) and IMASK
+/// (bit 1) as the guest set them; ISTATUS (bit 2) is not stored (it reads 0 here, and a write
+/// of it is ignored, as on hardware).
+pub const CNTP_CTL_EL0: u64 = sysreg(3, 3, 14, 2, 1);
+/// `CNTP_CVAL_EL0` of the emulated EL1 physical timer (ABI 3.3), in physical counter ticks.
+pub const CNTP_CVAL_EL0: u64 = sysreg(3, 3, 14, 2, 2);
+
 /// `KVM_REG_ARM_PSCI_VERSION`.
 pub const FW_PSCI_VERSION: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW;
 
@@ -146,6 +158,9 @@ pub fn name(id: u64) -> Option<&'static str> {
         ELR_EL1 => Some("ELR_EL1"),
         SPSR_EL1 => Some("SPSR_EL1"),
         MPIDR_EL1 => Some("MPIDR_EL1"),
+        CNTVOFF_EL2 => Some("CNTVOFF_EL2"),
+        CNTP_CTL_EL0 => Some("CNTP_CTL_EL0"),
+        CNTP_CVAL_EL0 => Some("CNTP_CVAL_EL0"),
         FW_PSCI_VERSION => Some("KVM_REG_ARM_PSCI_VERSION"),
         FPSR => Some("FPSR"),
         FPCR => Some("FPCR"),
@@ -171,6 +186,9 @@ mod tests {
         assert_eq!(SYSREGS[0].1, 0x6030_0000_0013_C080, "SCTLR_EL1");
         assert_eq!(MPIDR_EL1, 0x6030_0000_0013_C005);
         assert_eq!(FW_PSCI_VERSION, 0x6030_0000_0014_0000);
+        assert_eq!(CNTVOFF_EL2, 0x6030_0000_0013_E703);
+        assert_eq!(CNTP_CTL_EL0, 0x6030_0000_0013_DF11);
+        assert_eq!(CNTP_CVAL_EL0, 0x6030_0000_0013_DF12);
         assert_eq!(fp_vreg(0), 0x6040_0000_0010_0052);
         assert_eq!(fp_vreg(31), 0x6040_0000_0010_00CE);
         assert_eq!(FPSR, 0x6020_0000_0010_00D2);
@@ -183,7 +201,7 @@ mod tests {
     #[test]
     fn every_id_is_distinct_and_named() {
         let mut all: std::vec::Vec<u64> = (0..31).map(x).collect();
-        all.extend([SP_EL0, PC, PSTATE, SP_EL1, ELR_EL1, SPSR_EL1, MPIDR_EL1, FW_PSCI_VERSION, FPSR, FPCR]);
+        all.extend([SP_EL0, PC, PSTATE, SP_EL1, ELR_EL1, SPSR_EL1, MPIDR_EL1, FW_PSCI_VERSION, FPSR, FPCR, CNTVOFF_EL2, CNTP_CTL_EL0, CNTP_CVAL_EL0]);
         all.extend((0..32).map(fp_vreg));
         all.extend(SYSREGS.iter().map(|s| s.1));
         for (i, a) in all.iter().enumerate() {

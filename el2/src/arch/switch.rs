@@ -504,6 +504,8 @@ impl ArchMaintenance {
         CPTR_EL2.set(traps.cptr);
         MDCR_EL2.set(traps.mdcr);
         CNTHCTL_EL2.set(traps.cnthctl);
+        // The VM's virtual count (CNTVCT = CNTPCT - CNTVOFF); the host runs with 0.
+        CNTVOFF_EL2.set(cfg.cntvoff);
         VMPIDR_EL2.set(cfg.vmpidr);
         VTCR_EL2.set(guest_vtcr(cfg));
         VTTBR_EL2.set(cfg.vttbr);
@@ -601,7 +603,15 @@ impl ArchMaintenance {
             msr!("S3_0_C1_C2_1", v);
         }
         msr!("mdscr_el1", saved.mdscr);
-        restore_el1_sysregs(&saved.sys);
+        // The guest's CNTV_CTL_EL0/CNTV_CVAL_EL0 are saved (el1_to_ctx above): the host gets
+        // its EL1 registers back with the virtual timer disabled, so the guest's timer can never
+        // keep the physical PPI 27 asserted to the host (the host injects the guest's virtual
+        // PPI 27 itself, from the exit record's deadline). No barrier of its own: the ISB at the
+        // end of put makes ENABLE = 0 (and CNTVOFF_EL2 = 0 below) effective before EL2
+        // continues, and the timer's output is a level, so nothing latched stays pending.
+        let mut host_sys = saved.sys;
+        crate::controls::host_el1_at_put(&mut host_sys);
+        restore_el1_sysregs(&host_sys);
         restore_el1_extra(&saved.extra);
         // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
         // between, which is all the architecture requires.)
@@ -609,6 +619,7 @@ impl ArchMaintenance {
         VTCR_EL2.set(saved.vtcr);
         VMPIDR_EL2.set(saved.vmpidr);
         CNTHCTL_EL2.set(saved.cnthctl);
+        CNTVOFF_EL2.set(0);
         MDCR_EL2.set(saved.mdcr);
         CPTR_EL2.set(saved.cptr);
         HCR_EL2.set(saved.hcr);
@@ -781,6 +792,13 @@ impl GuestArch for ArchMaintenance {
 
     fn clean_inval_poc(&self, pa: PhysAddr) {
         with_fixmap(pa, |p| civac_page(p as u64));
+    }
+
+    fn counter(&self) -> u64 {
+        // No ISB before the read: CNTPCT_EL0 may be read a little early, which only makes an
+        // emulated timer look a few ticks younger to the guest (as if the access had been
+        // early); nothing else is ordered against it.
+        CNTPCT_EL0.get()
     }
 
     fn clear_tags(&self, pa: PhysAddr) {

@@ -1,0 +1,441 @@
+//! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
+//! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
+
+use super::{GuestArch, Region, Vm};
+use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::hyp::{Hyp, Maintenance, MemState};
+use crate::owner::{Component, Ownership};
+use crate::pgtable::{Attrs, MemType, Perms, TableMemory};
+use crate::psci::{self, Firmware};
+use shared_abi::{HypError, HypResult};
+
+const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+
+/// Outcome of [`Hyp::map_guest_page`].
+pub(super) enum GuestPage {
+    /// The page is guest RAM and mapped (now or before).
+    Mapped,
+    /// The page is guest RAM but EL2 has no table page left for it.
+    NoMemory,
+    /// An MTE VM's page without allocation-tag storage behind it.
+    Untagged(PhysAddr),
+    /// Not guest RAM.
+    NotRam,
+}
+
+impl<T: TableMemory> Hyp<'_, T> {
+    /// The host's PSCI `MEM_PROTECT(enable)` ([`psci::mem_protect`]): decided and forwarded
+    /// under the memory lock, where protected VMs are created and destroyed, so the count
+    /// cannot change between the decision and firmware's answer. Returns the value for `x0`.
+    pub fn host_mem_protect(&self, enable: u32, fw: &impl Firmware) -> i64 {
+        let mem = self.mem.lock();
+        let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
+        match psci::mem_protect(enable, protected_vms) {
+            None => fw.mem_protect(enable),
+            Some(answer) => answer,
+        }
+    }
+
+    /// `VM_DESTROY`'s memory part, after its checks: a protected VM's pages are scrubbed and
+    /// go back to the host, a shared VM's are unshared; the stage 2 goes, with its TLB entries.
+    pub(super) fn release_memory(&self, vm: Vm, own: &mut Ownership<'_>, tables: &mut T, arch: &impl GuestArch) {
+        let handle = vm.handle;
+        let me = vm.component();
+        for r in &vm.regions {
+            if vm.protected {
+                for p in 0..r.pages {
+                    let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
+                    // Zeroed and cleaned to the PoC, FWB or not (see `scrub_page`).
+                    arch.scrub_page(pa, !self.platform.untagged.is_some_and(|u| u.contains(pa)));
+                }
+                if own.donate(r.phys(), me, Component::Host).is_err() {
+                    log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
+                }
+            } else if own.unshare(r.phys(), Component::Host, me).is_err() {
+                log::error!("VM {handle:#x}: region {r:?} not shared at destroy");
+            }
+        }
+        arch.flush_guest_tlb(vm.s2.root().0 | (vm.vmid as u64) << 48);
+        vm.s2.destroy(tables);
+    }
+
+    /// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
+    /// guest's set/way maintenance, without FWB). Under the memory lock, so no mapping appears
+    /// or goes meanwhile; pages never mapped hold nothing of the guest's.
+    pub(super) fn clean_vm_to_poc(&self, handle: u64, arch: &impl GuestArch) {
+        let mem = self.mem.lock();
+        let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
+        for r in &vm.regions {
+            for p in 0..r.pages {
+                if vm.s2.lookup(&mem.tables, r.ipa + p * PAGE_SIZE).is_some() {
+                    arch.clean_inval_poc(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                }
+            }
+        }
+    }
+
+    /// `VM_ADD_MEMORY`.
+    pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Maintenance) -> HypResult {
+        if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
+            return Err(HypError::NotAligned);
+        }
+        let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
+        let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
+        let ipa_end = ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
+        if !self.platform.ram.contains_range(&phys) {
+            return Err(HypError::OutOfRange);
+        }
+        let mut mem = self.mem.lock();
+        let MemState { own, host_s2, tables, vms, .. } = &mut *mem;
+        let (_, vm) = vms.lookup_mut(handle)?;
+        if vm.protected && vm.ran {
+            // A protected VM is sealed once it has run: the host may not change what the
+            // guest's memory is (checked under the lock `VCPU_RUN` sets `ran` under).
+            return Err(HypError::Denied);
+        }
+        if ipa_end > 1u64 << vm.s2.ia_bits() {
+            return Err(HypError::OutOfRange);
+        }
+        if vm.overlaps(ipa, size) {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.regions.is_full() {
+            return Err(HypError::NoCapacity);
+        }
+        if vm.mte && self.platform.untagged.is_some_and(|u| u.overlaps(&phys)) {
+            // An MTE guest must never get Normal cacheable memory without tag storage: refused
+            // here, and (should it get there some other way) stopped at the first touch.
+            return Err(HypError::InvalidArgument);
+        }
+        let me = vm.component();
+        if vm.protected {
+            own.donate(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
+            // The host loses the pages: drop every host mapping of them, on every CPU.
+            if let Ok(Some((s, n))) = host_s2.unmap(tables, pa, size) {
+                m.host_s2_unmapped(s, n);
+            }
+        } else {
+            own.share(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
+        }
+        vm.regions.push(Region { ipa, pa: PhysAddr(pa), pages });
+        Ok([0; 3])
+    }
+
+    /// Maps the guest page holding `ipa` if it is guest memory.
+    pub(super) fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl GuestArch) -> GuestPage {
+        let mut mem = self.mem.lock();
+        let MemState { own, tables, vms, .. } = &mut *mem;
+        let Ok((_, vm)) = vms.lookup_mut(handle) else { return GuestPage::NotRam };
+        let Some(pa) = vm.translate(ipa) else { return GuestPage::NotRam };
+        if !own.can_access(pa, vm.component()) {
+            // Regions are only recorded after a successful donation or share: an EL2 bug.
+            log::error!("VM {handle:#x}: region page {pa:?} not the guest's");
+            return GuestPage::NoMemory;
+        }
+        let page = ipa & !(PAGE_SIZE - 1);
+        if vm.s2.lookup(tables, page).is_some() {
+            return GuestPage::Mapped;
+        }
+        if vm.mte && self.platform.untagged.is_some_and(|u| u.contains(pa)) {
+            // An MTE guest may only get Normal cacheable memory that can hold tags.
+            return GuestPage::Untagged(pa);
+        }
+        // Up to 3 new tables; never dip into the host stage 2's reserve. Checked before the
+        // tags are cleared.
+        if tables.free_pages() < self.host_reserve + 3 {
+            return GuestPage::NoMemory;
+        }
+        // Only tags nobody else left: cleared once per change of ownership (the donated or
+        // shared data is the host's and is kept). Marked only once the mapping exists, so a
+        // *tags clean* mark is only ever on a page the VM has mapped.
+        let clear_mark = vm.mte && !own.entry(pa).is_some_and(|e| e.tags_clean());
+        if clear_mark {
+            arch.clear_tags(pa);
+        }
+        if !vm.fwb {
+            // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
+            // mapping): DRAM must hold what the host (or the tag clearing above) left in the
+            // caches, and no dirty line of the host's may later be written back over the
+            // guest's data. Once per page and VM: the mapping stays until destroy.
+            arch.clean_inval_poc(pa);
+        }
+        match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
+            Ok(()) => {
+                if clear_mark {
+                    own.mark_tags_clean(pa);
+                }
+                arch.guest_s2_mapped();
+                GuestPage::Mapped
+            }
+            Err(_) => GuestPage::NoMemory,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vm::tests::*;
+    use super::*;
+
+    /// The maintenance log of a protected VM's life: donation, two first accesses (one page
+    /// touched twice), destroy.
+    fn cache_maintenance_log(f: &mut Fixture, flags: u64) -> [Vec<&'static str>; 3] {
+        let h = create(f, 1, vm_flags::PROTECTED | flags);
+        let add = Recorder::default();
+        f.call_with(&add, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 2]).unwrap();
+        let run = Recorder::default();
+        *run.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), dabt_translation(0x4000_1008), hvc()];
+        f.call_with(&run, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let destroy = Recorder::default();
+        f.call_with(&destroy, 0, H::VmDestroy, &[h]).unwrap();
+        let mem = |r: Recorder| r.0.take().into_iter().filter(|s| !["load", "put", "run", "flush_guest_local"].contains(s)).collect();
+        [mem(add), mem(run), mem(destroy)]
+    }
+
+    #[test]
+    fn protected_memory_is_donated_and_scrubbed_back() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.ram.0[GUEST * 4096] = 0xAB; // "image" data the host loaded
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 4]).unwrap();
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::NoAccess));
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 3)), Component::Guest(0)), Some(PageState::Owned));
+        }
+        assert_eq!(f.ram.0[GUEST * 4096], 0xAB, "donation keeps the data");
+        // The same pages again, to this VM or another: refused.
+        let h2 = create(&mut f, 1, vm_flags::PROTECTED);
+        assert_eq!(f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 2), 0x8000_0000, 1]), Err(HypError::NotOwned));
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 4), 0x8000_2000, 1]), Err(HypError::InvalidArgument), "IPA overlap");
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
+        assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
+    }
+
+    #[test]
+    fn a_page_given_back_is_mapped_again_inside_a_split_block() {
+        let mut f = fixture();
+        let chunk = f.page(0);
+        let donated = f.page(GUEST);
+        // The host uses its first 2 MiB: one block.
+        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::hyp::HostFault::Retry);
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.host_s2.lookup(&mem.tables, chunk).map(|l| l.level), Some(2));
+        }
+        // One page of it goes to a protected VM: the block goes.
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, donated, 0x8000_0000, 1]).unwrap();
+        // The host uses the rest of the chunk: EL2 maps it page by page (a level-3 table).
+        for p in [0, GUEST - 1, GUEST + 1, 511] {
+            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::hyp::HostFault::Retry, "page {p}");
+        }
+        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::hyp::HostFault::Inject, "the guest's now");
+        // The VM goes; its page comes back, and the host's next touch maps it again.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let rec = Recorder::default();
+        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::hyp::HostFault::Retry);
+        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        let mem = f.hyp.mem.lock();
+        let leaf = mem.host_s2.lookup(&mem.tables, donated).expect("the returned page is mapped");
+        assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
+    }
+
+    #[test]
+    fn without_fwb_pages_are_cleaned_to_poc_on_first_map_and_after_scrubbing() {
+        let mut f = fixture(); // the fixture's CPU has no FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        // Donation: nobody can touch the pages until the guest's first access, which cleans.
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["clean_inval_poc", "guest_s2_mapped", "clean_inval_poc", "guest_s2_mapped"], "once per page, before it is mapped");
+        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
+        // MTE: the tags are cleared first, then the page (tags included) is cleaned.
+        let [_, run, _] = cache_maintenance_log(&mut f, vm_flags::MTE);
+        assert_eq!(&run[..3], ["clear_tags", "clean_inval_poc", "guest_s2_mapped"]);
+    }
+
+    #[test]
+    fn with_fwb_guest_ram_is_forced_write_back_and_only_scrubbed_pages_are_cleaned() {
+        let mut f = fixture();
+        f.hyp.cpus.lock().view_mut()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
+        // The host's stage 2 is not FWB (the host chooses its own cacheability): scrubbed
+        // pages are cleaned all the same.
+        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
+        // The stage 2 uses the FWB encoding (MemAttr 0b0110, forced Write-Back), and the VM
+        // runs with HCR_EL2.FWB; the guest is not told about FWB.
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let mem = f.hyp.mem.lock();
+        let vm = mem.vms.lookup(h).unwrap().1;
+        assert!(vm.fwb);
+        assert_eq!((vm.s2.lookup(&mem.tables, 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
+        assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
+    }
+
+    #[test]
+    fn add_memory_rejects_bad_ranges() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let g = f.page(GUEST);
+        let el2 = f.hyp.hyp_region.start.0;
+        let cases: [([u64; 4], HypError); 9] = [
+            ([h, g + 1, 0, 1], HypError::NotAligned),
+            ([h, g, 0x10, 1], HypError::NotAligned),
+            ([h, g, 0, 0], HypError::OutOfRange),
+            ([h, g, 0, u64::MAX / 4096 + 1], HypError::OutOfRange),
+            ([h, g, 1 << 36, 1], HypError::OutOfRange),
+            ([h, g, (1 << 36) - 4096, 2], HypError::OutOfRange),
+            ([h, g - 4096 * 64, 0, 1], HypError::OutOfRange),
+            ([h, el2, 0, 1], HypError::NotOwned),
+            ([h + 1, g, 0, 1], HypError::InvalidHandle),
+        ];
+        for (args, err) in cases {
+            assert_eq!(f.call(0, H::VmAddMemory, &args), Err(err), "{args:x?}");
+        }
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty());
+    }
+
+    #[test]
+    fn mte_vms_get_clean_tags_once_and_never_untagged_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::MTE | vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
+        assert!(f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
+        // A protected MTE VM's pages are scrubbed with their tags (DC GZVA: all have storage).
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert!(!rec.0.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
+        assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
+        let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
+        f.hyp.platform.untagged = untagged;
+        let h = create(&mut f, 1, vm_flags::MTE);
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 3), 0x4000_3000, 1]), Err(HypError::InvalidArgument));
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty(), "nothing given");
+        // ...and should it get there anyway (here: the platform description changes under a
+        // VM that has it), the VM is stopped at the first touch, naming IPA and PA.
+        f.hyp.platform.untagged = None;
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.hyp.platform.untagged = untagged;
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa, e.args[0]), (kill::UNTAGGED_MEMORY, 0x4000_3008, f.page(GUEST + 3)));
+        // A VM without MTE may use that memory.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a VM without MTE");
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        // Scrubbing memory without tag storage never uses tag operations (DC GZVA).
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1, "only the untagged page");
+    }
+
+    #[test]
+    fn guest_ram_that_cannot_be_mapped_is_never_an_mmio_exit() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        leave_only_the_host_reserve(&mut f);
+        let rec = Recorder::default();
+        // A store with a valid syndrome (ISV set) to guest RAM: must not become MMIO.
+        *rec.1.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn an_mte_page_that_cannot_be_mapped_is_not_marked_tags_clean() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        leave_only_the_host_reserve(&mut f);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::hyp::tests::RAM_PAGES as u64));
+    }
+
+    #[test]
+    fn a_protected_vm_that_ran_gets_no_more_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 1]), Err(HypError::Denied));
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.vms.lookup(h).unwrap().1.regions.len(), 1, "nothing added");
+            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 1)), Component::Host), Some(PageState::Owned), "still the host's");
+        }
+        // A non-protected VM shares memory with the host: it may still grow after running.
+        let h2 = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]).unwrap();
+        f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 1), 0x4000_1000, 1]).unwrap();
+    }
+
+    #[test]
+    fn memory_protection_is_on_while_protected_vms_exist() {
+        let mut f = fixture();
+        let mem_protect = |f: &Fixture, enable: u32| {
+            let rec = Recorder::default();
+            let r = f.hyp.host_mem_protect(enable, &rec);
+            let forwarded = rec.0.borrow().iter().any(|s| s.starts_with("mem_protect"));
+            (r, forwarded)
+        };
+        assert_eq!(mem_protect(&f, 0), (-1, true), "no protected VM: the host's call reaches firmware");
+        // A non-protected VM changes nothing; the first protected one turns protection on.
+        let rec = Recorder::default();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let plain = create(&mut f, 1, 0);
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] }.as_bytes());
+        let p1 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert_eq!(*rec.0.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
+        let rec = Recorder::default();
+        let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert!(rec.0.borrow().is_empty(), "already on");
+        // While protected VMs exist the host may not turn it off; enabling again is harmless.
+        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 5), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 1), (-1, true));
+        f.call(0, H::VmDestroy, &[p1]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false), "one protected VM left");
+        f.call(0, H::VmDestroy, &[p2]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
+        f.call(0, H::VmDestroy, &[plain]).unwrap();
+    }
+}

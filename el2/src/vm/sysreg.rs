@@ -1,0 +1,503 @@
+//! Trapped `MRS`/`MSR`/`SYS` (`ESR_EL2.EC == 0x18`) a guest makes: decoding, ID registers, SGI
+//! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
+//! UNDEF for everything else.
+
+use super::{GuestArch, Me, Next};
+use crate::exception::{ec, Esr};
+use crate::hyp::Hyp;
+use crate::idreg;
+use crate::pgtable::TableMemory;
+use crate::vcpu::VcpuCtx;
+use crate::vgic;
+use core::sync::atomic::Ordering;
+use shared_abi::msg::{exit, VcpuExit};
+
+impl<T: TableMemory> Hyp<'_, T> {
+    /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
+    pub(super) fn sysreg_trap(&self, handle: u64, me: Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl GuestArch) -> Next {
+        if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
+            ctx.pc = ctx.pc.wrapping_add(4);
+            let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
+            return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
+        }
+        let Some(a) = sysreg_access(esr) else { return self.undef(handle, ctx, Esr(esr), arch) };
+        let done = if let Some(i) = idreg_read(&a) {
+            // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
+            Some(Emulated::Read(self.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
+        } else if a.op0 == 2 {
+            // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
+            let dfr0 = self.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
+            let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
+            debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+        } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
+            // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
+            // count; the guest never reaches the real one, which is the host's.
+            ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter())
+        } else if is_set_way(&a, me.mte) {
+            // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
+            // Write-Back cacheable, and so coherent with every other view: nothing a set/way
+            // operation could make visible is not already. Without FWB the guest may run with
+            // caching off: its whole memory goes to the PoC, once per VCPU_RUN (a guest cleans
+            // by set/way in a loop over every set and way; the first clean covers the rest).
+            if !me.fwb && !me.set_way_done.replace(true) {
+                self.clean_vm_to_poc(handle, arch);
+            }
+            Some(Emulated::Written)
+        } else {
+            None
+        };
+        match done {
+            Some(e) => {
+                if let Emulated::Read(v) = e {
+                    ctx.set_gpr(a.rt, v);
+                }
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Next::Resume
+            }
+            None => self.undef(handle, ctx, Esr(esr), arch),
+        }
+    }
+}
+
+/// A trapped access to the EL1 physical timer (`CNTP_TVAL_EL0`, `CNTP_CTL_EL0`,
+/// `CNTP_CVAL_EL0`: op0 3, op1 3, CRn 14, CRm 2, op2 0/1/2) with value `value` (for a write),
+/// against the vCPU's timer `t` at physical count `now`. `None` for another op2.
+///
+/// As the Arm ARM's generic timer: `CTL` reads `ISTATUS` (bit 2) = ENABLE and `now >= CVAL`
+/// (whatever IMASK); writes keep ENABLE and IMASK only. `TVAL` reads the low 32 bits of
+/// `CVAL - now` (a signed count, zero-extended), and a write sets `CVAL` to `now` plus the
+/// sign-extended low 32 bits of the value. Every value is accepted; arithmetic wraps as the
+/// hardware's does.
+pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::vcpu::PTimer, now: u64) -> Option<Emulated> {
+    use crate::vcpu::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+    Some(match (a.op2, a.read) {
+        (0, true) => Emulated::Read(t.cval.wrapping_sub(now) as u32 as u64),
+        (0, false) => {
+            t.cval = now.wrapping_add(value as u32 as i32 as i64 as u64);
+            Emulated::Written
+        }
+        (1, true) => {
+            let fired = t.ctl & TIMER_ENABLE != 0 && now >= t.cval;
+            Emulated::Read(t.ctl | if fired { TIMER_ISTATUS } else { 0 })
+        }
+        (1, false) => {
+            t.ctl = value & (TIMER_ENABLE | TIMER_IMASK);
+            Emulated::Written
+        }
+        (2, true) => Emulated::Read(t.cval),
+        (2, false) => {
+            t.cval = value;
+            Emulated::Written
+        }
+        _ => return None,
+    })
+}
+
+/// Whether `a` is data-cache maintenance by set/way: `DC ISW`, `DC CSW`, `DC CISW` (op0 1, op1 0,
+/// CRn 7, CRm 6/10/14, op2 2), and for an MTE VM the tag forms (op2 4 and 6: `DC IGSW`,
+/// `IGDSW`, `CGSW`, `CGDSW`, `CIGSW`, `CIGDSW`).
+pub(super) fn is_set_way(a: &SysregAccess, mte: bool) -> bool {
+    a.op0 == 1 && a.op1 == 0 && a.crn == 7 && matches!(a.crm, 6 | 10 | 14) && !a.read && (a.op2 == 2 || (mte && matches!(a.op2, 4 | 6)))
+}
+
+/// `PSTATE.M[3:2]`, the exception level (0 for EL0).
+const PSTATE_EL_MASK: u64 = 0b1100;
+
+/// What EL2 made of an access it emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Emulated {
+    /// A read: the value for `Rt`.
+    Read(u64),
+    /// A write, done (or ignored).
+    Written,
+}
+
+/// `MDSCR_EL1` bits a guest may set and read back: SS (0), ERR (6), TDCC (12), KDE (13),
+/// HDE (14), MDE (15), SC2 (19), TDA (21), INTdis (23:22), TXU (26), RXO (27), TXfull (29),
+/// RXfull (30). Everything else (RES0, or fields of features the VM's ID registers hide) reads
+/// as zero.
+pub const MDSCR_EL1_MASK: u64 = 1 | 1 << 6 | 0xF << 12 | 1 << 19 | 1 << 21 | 0b11 << 22 | 0b11 << 26 | 0b11 << 29;
+/// `MDSCR_EL1.TDCC`: EL0 accesses to the debug communication channel trap (to EL1: an UNDEF).
+const MDSCR_EL1_TDCC: u64 = 1 << 12;
+/// `OSLSR_EL1.OSLM` = 0b10 (bit 3 set, bit 0 clear): the OS lock is implemented (FEAT_DoubleLock
+/// aside, which the VM's ID registers hide).
+const OSLSR_EL1_OSLM: u64 = 1 << 3;
+
+/// A trapped access to a debug register (`op0 == 2`) with value `value` (for a write), against
+/// the vCPU's shadow `dbg` and the VM's `ID_AA64DFR0_EL1` `dfr0`; `from_el0` if the guest was
+/// at EL0. `None`: not emulated (an UNDEF in the guest).
+///
+/// Breakpoints and watchpoints are not available to guests: their registers, for `n` up to
+/// what `dfr0` advertises (`BRPs`, `WRPs`: the count minus one), read as zero and ignore
+/// writes, as do the OS double lock, the power-down and claim-tag registers and the debug
+/// communication channel. `MDSCR_EL1` reads back what was written ([`MDSCR_EL1_MASK`]), the
+/// OS lock (`OSLAR_EL1`) shows in `OSLSR_EL1`; neither takes effect. Trace (`op1 == 1`), the
+/// ROM address (`MDRAR_EL1`), the registers of debug state (`OSDTRRX/TX_EL1`, `DLR/DSPSR_EL0`)
+/// and the wrong direction of a read-only or write-only register are not emulated.
+pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
+    let raz_wi = Some(if a.read { Emulated::Read(0) } else { Emulated::Written });
+    match (a.op1, a.crn, a.crm, a.op2) {
+        // MDSCR_EL1.
+        (0, 0, 2, 2) => {
+            if a.read {
+                Some(Emulated::Read(dbg.mdscr))
+            } else {
+                dbg.mdscr = value & MDSCR_EL1_MASK;
+                Some(Emulated::Written)
+            }
+        }
+        // OSLAR_EL1 (write-only).
+        (0, 1, 0, 4) if !a.read => {
+            dbg.oslk = value & 1 != 0;
+            Some(Emulated::Written)
+        }
+        // OSLSR_EL1 (read-only).
+        (0, 1, 1, 4) if a.read => Some(Emulated::Read(OSLSR_EL1_OSLM | (dbg.oslk as u64) << 1)),
+        // MDCCINT_EL1, OSECCR_EL1, OSDLR_EL1, DBGPRCR_EL1, DBGCLAIMSET_EL1, DBGCLAIMCLR_EL1.
+        (0, 0, 2, 0) | (0, 0, 6, 2) | (0, 1, 3, 4) | (0, 1, 4, 4) | (0, 7, 8, 6) | (0, 7, 9, 6) => raz_wi,
+        // DBGBVR<n>_EL1, DBGBCR<n>_EL1 (op2 4, 5), DBGWVR<n>_EL1, DBGWCR<n>_EL1 (6, 7).
+        (0, 0, n, 4 | 5) if n as u64 <= (dfr0 >> 12) & 0xF => raz_wi,
+        (0, 0, n, 6 | 7) if n as u64 <= (dfr0 >> 20) & 0xF => raz_wi,
+        // DBGAUTHSTATUS_EL1 (read-only): no debug is permitted, in any state.
+        (0, 7, 14, 6) if a.read => Some(Emulated::Read(0)),
+        // The debug communication channel: MDCCSR_EL0, DBGDTR_EL0, DBGDTRRX_EL0/DBGDTRTX_EL0.
+        // At EL0 the guest's own MDSCR_EL1.TDCC decides, as on hardware (an UNDEF).
+        (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) if from_el0 && dbg.mdscr & MDSCR_EL1_TDCC != 0 => None,
+        (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) => raz_wi,
+        _ => None,
+    }
+}
+
+/// A trapped `MRS`/`MSR` (`ESR_EL2.EC == 0x18`), decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysregAccess {
+    /// `op0`.
+    pub op0: u8,
+    /// `op1`.
+    pub op1: u8,
+    /// `CRn`.
+    pub crn: u8,
+    /// `CRm`.
+    pub crm: u8,
+    /// `op2`.
+    pub op2: u8,
+    /// The general-purpose register.
+    pub rt: u8,
+    /// A read (`MRS`).
+    pub read: bool,
+}
+
+/// Decodes the ISS of a trapped system-register access (Arm ARM D17.2.37, EC 0x18).
+pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
+    (Esr(esr).ec() == ec::SYS64).then_some(SysregAccess {
+        op0: ((esr >> 20) & 3) as u8,
+        op2: ((esr >> 17) & 7) as u8,
+        op1: ((esr >> 14) & 7) as u8,
+        crn: ((esr >> 10) & 0xF) as u8,
+        rt: ((esr >> 5) & 0x1F) as u8,
+        crm: ((esr >> 1) & 0xF) as u8,
+        read: esr & 1 != 0,
+    })
+}
+
+/// A trapped SGI generation write of vCPU `me`, decoded, and the value written.
+fn sgi_write(esr: u64, ctx: &VcpuCtx, me: Me<'_>) -> Option<(vgic::Sgi, u64)> {
+    let a = sysreg_access(esr)?;
+    let value = ctx.gpr(a.rt);
+    Some((vgic::decode_sgi(&a, value, me.index, me.nr_vcpus)?, value))
+}
+
+/// Whether a trapped `MRS`/`MSR` names a pointer-authentication key register.
+pub(super) fn is_key_access(esr: u64) -> bool {
+    sysreg_access(esr).is_some_and(|a| a.op0 == 3 && a.op1 == 0 && a.crn == 2 && (1..=3).contains(&a.crm))
+}
+
+/// The ID-register index a trapped read names, if it is one.
+fn idreg_read(a: &SysregAccess) -> Option<usize> {
+    (a.read && a.op0 == 3 && a.op1 == 0 && a.crn == 0 && (1..=7).contains(&a.crm)).then(|| idreg::idx(a.crm, a.op2))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vm::tests::*;
+    use super::*;
+
+    /// The syndrome of `MRS`/`MSR` (`read`) of `S<op0>_<op1>_C<crn>_C<crm>_<op2>` with `Xrt`.
+    pub(crate) fn sysreg_esr(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> u64 {
+        (0x18 << 26) | (1 << 25) | op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | rt << 5 | crm << 1 | read as u64
+    }
+
+    fn access(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, read: bool) -> SysregAccess {
+        sysreg_access(sysreg_esr(op0, op1, crn, crm, op2, 4, read)).unwrap()
+    }
+
+    #[test]
+    fn debug_registers_are_a_shadow_the_guest_reads_back() {
+        use crate::vcpu::DebugShadow;
+        let mut d = DebugShadow::RESET;
+        // (BRPs 5, WRPs 3: six breakpoints, four watchpoints.)
+        let dfr0 = 6 | 5 << 12 | 3 << 20;
+        let mut go = |a: SysregAccess, v: u64, el0: bool| debug_access(&a, v, &mut d, dfr0, el0);
+        // MDSCR_EL1: written (masked to its defined bits) and read back.
+        assert_eq!(go(access(2, 0, 0, 2, 2, false), u64::MAX, false), Some(Emulated::Written));
+        assert_eq!(go(access(2, 0, 0, 2, 2, true), 0, false), Some(Emulated::Read(MDSCR_EL1_MASK)));
+        assert_eq!(MDSCR_EL1_MASK, 0x6CE8_F041);
+        go(access(2, 0, 0, 2, 2, false), 1 << 15 | 1 << 63, false);
+        assert_eq!(go(access(2, 0, 0, 2, 2, true), 0, false), Some(Emulated::Read(1 << 15)), "MDE kept, RES0 bit dropped");
+        // The OS lock: locked at reset, cleared by OSLAR_EL1, shown by OSLSR_EL1 (OSLM 0b10).
+        assert_eq!(go(access(2, 0, 1, 1, 4, true), 0, false), Some(Emulated::Read(0b1010)));
+        assert_eq!(go(access(2, 0, 1, 0, 4, false), 0, false), Some(Emulated::Written));
+        assert_eq!(go(access(2, 0, 1, 1, 4, true), 0, false), Some(Emulated::Read(0b1000)));
+        go(access(2, 0, 1, 0, 4, false), 0xFFFF_FFFF, false);
+        assert_eq!(go(access(2, 0, 1, 1, 4, true), 0, false), Some(Emulated::Read(0b1010)), "only bit 0 of OSLAR counts");
+        // The wrong direction of a write-only or read-only register: UNDEF.
+        assert_eq!(go(access(2, 0, 1, 0, 4, true), 0, false), None, "OSLAR_EL1 read");
+        assert_eq!(go(access(2, 0, 1, 1, 4, false), 0, false), None, "OSLSR_EL1 write");
+        assert_eq!(go(access(2, 0, 7, 14, 6, false), 0, false), None, "DBGAUTHSTATUS_EL1 write");
+        assert_eq!(go(access(2, 0, 7, 14, 6, true), 0, false), Some(Emulated::Read(0)), "DBGAUTHSTATUS_EL1: no debug permitted");
+        // RAZ/WI: OSDLR, DBGPRCR, the claim tags, OSECCR, MDCCINT.
+        for (crn, crm, op2) in [(1, 3, 4), (1, 4, 4), (7, 8, 6), (7, 9, 6), (0, 6, 2), (0, 2, 0)] {
+            assert_eq!(go(access(2, 0, crn, crm, op2, false), u64::MAX, false), Some(Emulated::Written), "{crn} {crm} {op2}");
+            assert_eq!(go(access(2, 0, crn, crm, op2, true), 0, false), Some(Emulated::Read(0)), "{crn} {crm} {op2}");
+        }
+        // Breakpoints 0..=5 and watchpoints 0..=3 exist (RAZ/WI); the next ones do not.
+        for n in 0..16 {
+            for op2 in [4, 5] {
+                let want = if n <= 5 { Some(Emulated::Read(0)) } else { None };
+                assert_eq!(go(access(2, 0, 0, n, op2, true), 0, false), want, "DBGB*R{n}");
+            }
+            for op2 in [6, 7] {
+                let want = if n <= 3 { Some(Emulated::Written) } else { None };
+                assert_eq!(go(access(2, 0, 0, n, op2, false), 0x1234, false), want, "DBGW*R{n}");
+            }
+        }
+        // The debug communication channel: RAZ/WI, but at EL0 the guest's MDSCR_EL1.TDCC
+        // decides (clear so far: MDE alone was set).
+        assert_eq!(go(access(2, 3, 0, 1, 0, true), 0, true), Some(Emulated::Read(0)), "MDCCSR_EL0 at EL0, TDCC clear");
+        go(access(2, 0, 0, 2, 2, false), MDSCR_EL1_TDCC, false);
+        for crm in [1, 4, 5] {
+            assert_eq!(go(access(2, 3, 0, crm, 0, true), 0, true), None, "EL0 with TDCC set: UNDEF");
+            assert_eq!(go(access(2, 3, 0, crm, 0, false), 7, false), Some(Emulated::Written), "EL1: WI");
+            assert_eq!(go(access(2, 3, 0, crm, 0, true), 0, false), Some(Emulated::Read(0)), "EL1: RAZ");
+        }
+        // Not emulated: trace (op1 1), MDRAR_EL1, OSDTRRX_EL1, anything unknown.
+        assert_eq!(go(access(2, 1, 0, 0, 0, true), 0, false), None, "trace");
+        assert_eq!(go(access(2, 0, 1, 0, 0, true), 0, false), None, "MDRAR_EL1");
+        assert_eq!(go(access(2, 0, 0, 0, 2, true), 0, false), None, "OSDTRRX_EL1");
+        assert_eq!(go(access(2, 4, 0, 0, 0, true), 0, false), None);
+    }
+
+    #[test]
+    fn a_guest_resetting_its_debug_registers_is_not_undefined() {
+        let mut f = fixture(); // the fixture's CPU: ID_AA64DFR0_EL1 zero (BRPs, WRPs 0: one each)
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(4), 1 << 15 | 1 << 13]).unwrap();
+        let rec = Recorder::default();
+        // As Linux boots: MSR MDSCR_EL1, x4; MSR OSLAR_EL1, xzr; MSR DBGBCR0_EL1, x4; MRS x5,
+        // MDSCR_EL1; MRS x6, OSLSR_EL1; then MSR DBGBCR1_EL1, x4 (not advertised): UNDEF.
+        *rec.1.borrow_mut() = vec![
+            trap(sysreg_esr(2, 0, 0, 2, 2, 4, false), 0),
+            trap(sysreg_esr(2, 0, 1, 0, 4, 31, false), 0),
+            trap(sysreg_esr(2, 0, 0, 0, 5, 4, false), 0),
+            trap(sysreg_esr(2, 0, 0, 2, 2, 5, true), 0),
+            trap(sysreg_esr(2, 0, 1, 1, 4, 6, true), 0),
+            trap(sysreg_esr(2, 0, 0, 1, 5, 4, false), 0),
+            hvc(),
+        ];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[..7], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010, 0x1014, 0x8200], "five emulated, then an UNDEF");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([1 << 15 | 1 << 13, 0, 0]), "MDSCR_EL1 read back");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(6)]), Ok([0b1000, 0, 0]), "OS lock cleared");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1014, 0, 0]));
+    }
+
+    /// A run of a VM with 4 pages at 0x4000_0000 that touches two of them, then makes
+    /// `ops` set/way operations in one run and one more in the next: the maintenance logged.
+    fn set_way_log(f: &mut Fixture, flags: u64, ops: &[u64]) -> Vec<&'static str> {
+        let h = create(f, 1, flags);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        let mut script = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_2000)];
+        script.extend(ops.iter().map(|&e| trap(e, 0)));
+        script.extend([hvc(), trap(ops[0], 0), hvc()]);
+        *rec.1.borrow_mut() = script;
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        let pcs = rec.2.borrow().clone();
+        let stepped = pcs.windows(2).filter(|w| w[1] == w[0] + 4).count();
+        assert_eq!(stepped, ops.len() + 1, "each operation completes and is stepped over: {pcs:x?}");
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let log = rec.0.borrow().iter().copied().filter(|s| !["load", "run", "flush_guest_local", "guest_s2_mapped"].contains(s)).collect();
+        log
+    }
+
+    #[test]
+    fn set_way_maintenance_cleans_the_mapped_pages_once_per_run_without_fwb() {
+        let (isw, csw, cisw) = (sysreg_esr(1, 0, 7, 6, 2, 0, false), sysreg_esr(1, 0, 7, 10, 2, 1, false), sysreg_esr(1, 0, 7, 14, 2, 2, false));
+        let mut f = fixture(); // no FEAT_S2FWB
+        let log = set_way_log(&mut f, 0, &[cisw, csw, isw, cisw]);
+        // First touches clean each page; the first set/way operation of each run cleans the two
+        // mapped pages (not the two never mapped), the others in that run nothing more.
+        let c = "clean_inval_poc";
+        assert_eq!(log, [c, c, c, c, "put", c, c, "put"]);
+        // MTE VMs: the tag forms (DC CIGDSW) are set/way too; for others they are an UNDEF.
+        let cigdsw = sysreg_esr(1, 0, 7, 14, 6, 0, false);
+        assert_eq!(set_way_log(&mut f, vm_flags::MTE, &[cigdsw]).iter().filter(|s| **s == c).count(), 2 + 2 + 2);
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(rec.2.borrow()[1], 0x8200, "UNDEF without MTE");
+    }
+
+    #[test]
+    fn set_way_maintenance_is_a_no_op_with_fwb() {
+        let mut f = fixture();
+        f.hyp.cpus.lock().view_mut()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        let cisw = sysreg_esr(1, 0, 7, 14, 2, 0, false);
+        assert_eq!(set_way_log(&mut f, 0, &[cisw, cisw]), ["put", "put"], "the guest's view is always cacheable: nothing to clean");
+    }
+
+    #[test]
+    fn pmu_and_activity_monitor_registers_are_an_undef_without_the_host_pmu() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        // (MDCR_EL2.TPM/TPMCR and CPTR_EL2.TAM trap them: `controls`.) PMUSERENR_EL0, PMCR_EL0,
+        // PMCCNTR_EL0 (read and write), AMUSERENR_EL0, AMCR_EL0.
+        let regs = [(3, 3, 9, 14, 0), (3, 3, 9, 12, 0), (3, 3, 9, 13, 0), (3, 3, 13, 2, 3), (3, 3, 13, 2, 0)];
+        let rec = Recorder::default();
+        for (op0, op1, crn, crm, op2) in regs {
+            for read in [true, false] {
+                rec.1.borrow_mut().push(trap(sysreg_esr(op0, op1, crn, crm, op2, 1, read), 0));
+            }
+        }
+        rec.1.borrow_mut().push(hvc());
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        // Each access enters the guest's EL1 synchronous vector (emulated, it would step on).
+        let mut want = vec![0x1000];
+        want.extend([0x8200; 10]);
+        assert_eq!(*rec.2.borrow(), want);
+    }
+
+    #[test]
+    fn the_physical_timer_is_emulated_against_the_counter() {
+        use crate::vcpu::PTimer;
+        let mut t = PTimer::default();
+        let (tval, ctl, cval) = (access(3, 3, 14, 2, 0, true), access(3, 3, 14, 2, 1, true), access(3, 3, 14, 2, 2, true));
+        let w = |a: SysregAccess| SysregAccess { read: false, ..a };
+        // TVAL write: CVAL = now + sign-extended 32 bits (high bits of the value ignored).
+        assert_eq!(ptimer_access(&w(tval), 0xFFFF_FFFF_0000_0100, &mut t, 1000), Some(Emulated::Written));
+        assert_eq!(t.cval, 1256);
+        assert_eq!(ptimer_access(&w(tval), (-100i64) as u64 & 0xFFFF_FFFF, &mut t, 1000), Some(Emulated::Written));
+        assert_eq!(t.cval, 900, "a negative TVAL: in the past");
+        // TVAL read: low 32 bits of CVAL - now, signed, zero-extended.
+        assert_eq!(ptimer_access(&tval, 0, &mut t, 800), Some(Emulated::Read(100)));
+        assert_eq!(ptimer_access(&tval, 0, &mut t, 1000), Some(Emulated::Read((-100i32) as u32 as u64)));
+        // CTL: ENABLE and IMASK kept, ISTATUS = ENABLE && now >= CVAL, whatever IMASK.
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, 1000), Some(Emulated::Read(0)), "disabled: no ISTATUS");
+        assert_eq!(ptimer_access(&w(ctl), u64::MAX, &mut t, 1000), Some(Emulated::Written));
+        assert_eq!(t.ctl, 0b11, "ISTATUS and RES0 bits dropped");
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, 899), Some(Emulated::Read(0b011)), "not yet");
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, 900), Some(Emulated::Read(0b111)), "fired (masked)");
+        assert_eq!(t.deadline(), u64::MAX, "masked: never asserts");
+        ptimer_access(&w(ctl), 1, &mut t, 0);
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX), Some(Emulated::Read(0b101)));
+        assert_eq!(t.deadline(), 900);
+        // CVAL: any value, read back; hostile values near the top of the count wrap as the
+        // hardware's subtraction does, and never fire early.
+        assert_eq!(ptimer_access(&w(cval), u64::MAX, &mut t, 5), Some(Emulated::Written));
+        assert_eq!(ptimer_access(&cval, 0, &mut t, 5), Some(Emulated::Read(u64::MAX)));
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX - 1), Some(Emulated::Read(0b001)));
+        assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX), Some(Emulated::Read(0b101)));
+        assert_eq!(ptimer_access(&tval, 0, &mut t, 5), Some(Emulated::Read((u64::MAX - 5) as u32 as u64)));
+        assert_eq!(ptimer_access(&w(tval), 0x7FFF_FFFF, &mut t, u64::MAX), Some(Emulated::Written));
+        assert_eq!(t.cval, 0x7FFF_FFFE, "wraps like the hardware's adder");
+        // Other op2 in the group: not a timer register.
+        assert_eq!(ptimer_access(&access(3, 3, 14, 2, 3, true), 0, &mut t, 0), None);
+    }
+
+    #[test]
+    fn a_guest_programs_its_physical_timer_without_touching_the_real_one() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 1]).unwrap();
+        let rec = Recorder::default();
+        rec.4.set(70_000);
+        // MSR CNTP_TVAL_EL0, x2; MSR CNTP_CTL_EL0, x3; MRS x4, CNTP_CTL_EL0; MRS x5, CNTP_CVAL_EL0; WFI.
+        *rec.1.borrow_mut() = vec![
+            trap(sysreg_esr(3, 3, 14, 2, 0, 2, false), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 1, 3, false), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 1, 4, true), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 2, 5, true), 0),
+            trap(0x01 << 26 | 1 << 25, 0),
+        ];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[..5], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010], "each access emulated and stepped over");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(4)]), Ok([1, 0, 0]), "enabled, not yet fired");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([75_000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CVAL_EL0]), Ok([75_000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CTL_EL0]), Ok([1, 0, 0]));
+        assert_eq!(exit_record(&f).ptimer_deadline, 75_000, "the host learns when PPI 30 asserts");
+        assert!(!rec.0.borrow().iter().any(|s| s.contains("cntp")), "the arch is never asked to touch the real timer");
+    }
+
+    #[test]
+    fn id_register_reads_are_answered_from_the_vm() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        // MRS x3, ID_AA64ISAR0_EL1 (op0 3, op1 0, CRn 0, CRm 6, op2 0), then an MSR to it.
+        let mrs = (0x18 << 26) | (1 << 25) | 3 << 20 | 3 << 5 | 6 << 1 | 1;
+        let msr = mrs & !1;
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(mrs, 0), trap(msr, 0), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let isar0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(6, 0))]).unwrap()[0];
+        assert_eq!(isar0, 2 << 4, "the fixture CPU's AES 2, restricted");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(3)]), Ok([isar0, 0, 0]));
+        assert_eq!(rec.2.borrow()[1], 4, "read stepped over");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
+        let sve = idreg::reg_id(idreg::idx(4, 0));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Frozen), "after the run");
+    }
+
+    #[test]
+    fn unemulated_system_register_access_injects_undef() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]));
+    }
+
+    #[test]
+    fn guest_sgis_exit_to_the_host_decoded() {
+        let mut f = fixture();
+        let h = create(&mut f, 4, vm_flags::PROTECTED);
+        // MSR ICC_SGI1R_EL1, x5 (op0 3, op1 0, CRn 12, CRm 11, op2 5): INTID 7 to vCPUs 1, 3.
+        let msr = |op2: u64| (0x18 << 26) | (1 << 25) | 3 << 20 | op2 << 17 | 12 << 10 | 5 << 5 | 11 << 1;
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 7 << 24 | 0b1010]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![trap(msr(5), 0), trap(msr(7), 0), trap(msr(5) | 1, 0), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.args, e.data), ([7, 0b1010, shared_abi::msg::sgi::SGI1R, 0], 7 << 24 | 0b1010));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
+        assert_eq!(exit_record(&f).args[2], shared_abi::msg::sgi::SGI0R);
+        // The read of the write-only register is an UNDEF, not an SGI.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.2.borrow()[..3], [0x1000, 0x1004, 0x1008], "each write stepped over");
+    }
+}
