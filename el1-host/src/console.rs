@@ -36,6 +36,31 @@ fn put(base: u64, c: u8) {
     }
 }
 
+/// Writes raw bytes (a guest's console output) under the lock, `\n` as CR LF.
+pub fn write_bytes(bytes: &[u8]) {
+    let _g = LOCK.lock();
+    let base = BASE.load(Ordering::Relaxed);
+    for &b in bytes {
+        if b == b'\n' {
+            put(base, b'\r');
+        }
+        put(base, b);
+    }
+}
+
+/// A character typed into the host's console, if one is waiting (`UARTFR.RXFE` clear).
+pub fn try_read() -> Option<u8> {
+    let base = BASE.load(Ordering::Relaxed);
+    // SAFETY: as in `put`: UARTFR is read-only; reading UARTDR pops the receive FIFO, which
+    // only this function does.
+    unsafe {
+        if core::ptr::read_volatile((base + 0x18) as *const u32) & (1 << 4) != 0 {
+            return None;
+        }
+        Some(core::ptr::read_volatile(base as *const u32) as u8)
+    }
+}
+
 /// Prints one line atomically with respect to other host CPUs.
 pub fn print(args: fmt::Arguments<'_>) {
     let _g = LOCK.lock();

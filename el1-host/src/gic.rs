@@ -40,6 +40,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The EL1 physical timer's PPI (INTID 30).
 pub const TIMER_INTID: u32 = 30;
+/// The virtual timer's PPI (INTID 27): asserted by a guest's `CNTV_*` while it runs.
+pub const VTIMER_INTID: u32 = 27;
+/// The GIC maintenance interrupt (INTID 25): a guest deactivated an interrupt the host asked
+/// to hear about (list register `EOI` bit).
+pub const MAINTENANCE_INTID: u32 = 25;
 /// The SGI one host CPU sends another to bring it back from a guest.
 pub const KICK_SGI: u32 = 1;
 /// The default tick, in milliseconds of the system counter (`tick-ms=N`; 0: no tick).
@@ -112,7 +117,13 @@ pub fn init_cpu(cpu: usize) {
     let ok = gic.redistributor(cpu).map(|mut r| r.configure_default_settings()).is_ok()
         && gic.set_trigger(IntId::ppi(TIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
         && gic.enable_interrupt(IntId::ppi(TIMER_INTID - 16), Some(cpu), true).is_ok()
-        && gic.enable_interrupt(IntId::sgi(KICK_SGI), Some(cpu), true).is_ok();
+        && gic.enable_interrupt(IntId::sgi(KICK_SGI), Some(cpu), true).is_ok()
+        // A guest's virtual timer and the vGIC's maintenance interrupt only end a guest's
+        // run (exit `IRQ`), so that the VMM looks at the timer and the deactivations at once.
+        // The timer's is enabled per run (`set_vtimer_enabled`).
+        && gic.set_trigger(IntId::ppi(VTIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
+        && gic.set_trigger(IntId::ppi(MAINTENANCE_INTID - 16), Some(cpu), Trigger::Level).is_ok()
+        && gic.enable_interrupt(IntId::ppi(MAINTENANCE_INTID - 16), Some(cpu), true).is_ok();
     drop(guard);
     if !ok {
         crate::fail::fail(format_args!("cpu{cpu}: no GIC redistributor for this CPU"));
@@ -120,6 +131,61 @@ pub fn init_cpu(cpu: usize) {
     GicCpuInterface::set_priority_mask(0xFF);
     GicCpuInterface::enable_group1(true);
     arm_tick();
+}
+
+/// Each CPU's last setting of [`set_vtimer_enabled`] (a redistributor write is not free).
+static VTIMER_ON: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Enables or disables INTID 27, a guest's virtual timer, on this CPU. The VMM disables it
+/// while the guest's virtual timer interrupt is queued or its level is already high: EL2
+/// leaves the guest's timer running while the guest runs, and an expired timer would otherwise
+/// end every run at once, before the guest could handle it.
+pub fn set_vtimer_enabled(on: bool) {
+    let cpu = crate::cpu_id();
+    if VTIMER_ON[cpu % MAX_CPUS].load(Ordering::Relaxed) == on {
+        return;
+    }
+    let mut guard = GIC.lock();
+    let Some(gic) = guard.as_mut() else { return };
+    if gic.enable_interrupt(IntId::ppi(VTIMER_INTID - 16), Some(cpu), on).is_ok() {
+        VTIMER_ON[cpu % MAX_CPUS].store(on, Ordering::Relaxed);
+    }
+}
+
+/// `CNTPCT_EL0`: the system counter.
+pub fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reading the physical counter has no side effects (CNTHCTL_EL2.EL1PCTEN).
+    unsafe { asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// System-counter ticks per millisecond.
+pub fn ticks_per_ms() -> u64 {
+    counter_freq() / 1000
+}
+
+/// Brings this CPU's timer interrupt forward to `deadline` (system-counter ticks) if it would
+/// come later: a blocked vCPU's deadline, or a guest's emulated physical timer. The interrupt
+/// counts as a tick (the tick is re-armed when it is acknowledged).
+pub fn arm_wakeup(deadline: u64) {
+    let (cval, ctl): (u64, u64);
+    // SAFETY: reading the host's own EL1 physical timer.
+    unsafe { asm!("mrs {}, cntp_cval_el0", "mrs {}, cntp_ctl_el0", out(reg) cval, out(reg) ctl, options(nomem, nostack, preserves_flags)) };
+    if ctl & 1 != 0 && cval <= deadline {
+        return;
+    }
+    // SAFETY: as in `arm_tick`: the host's own timer; an earlier interrupt is only an early
+    // tick.
+    unsafe { asm!("msr cntp_cval_el0, {}", "msr cntp_ctl_el0, {}", "isb", in(reg) deadline, in(reg) 1u64, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Waits for an interrupt (a tick, a kick or a wake-up), with `DAIF` masked as always: `WFI`
+/// returns when one is pending; the caller then handles it with [`handle_pending`].
+pub fn wait_for_interrupt() {
+    // SAFETY: WFI only waits; a pending interrupt (even masked) ends it. The DSB makes this
+    // CPU's earlier stores (its idle mark) visible before it sleeps.
+    unsafe { asm!("dsb sy", "wfi", options(nomem, nostack, preserves_flags)) };
 }
 
 /// Whether the GIC is in use.
@@ -171,6 +237,9 @@ pub fn handle_pending() -> usize {
                 COUNTS[cpu].ticks.fetch_add(1, Ordering::Relaxed);
                 arm_tick();
                 PREEMPT[cpu].store(true, Ordering::Release);
+            }
+            VTIMER_INTID | MAINTENANCE_INTID => {
+                // Their work is the VMM's, after the exit they caused; nothing to do here.
             }
             KICK_SGI => {
                 COUNTS[cpu].kicks.fetch_add(1, Ordering::Relaxed);

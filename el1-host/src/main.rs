@@ -15,7 +15,6 @@
 
 mod console;
 mod fail;
-mod fdt_writer;
 mod gic;
 mod hvc;
 mod platform;
@@ -34,7 +33,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Most CPUs the host handles.
 pub const MAX_CPUS: usize = 8;
-const STACK_SIZE: u64 = 16 * 1024;
+const STACK_SIZE: u64 = 64 * 1024;
 
 global_asm!(
     r#"

@@ -76,7 +76,13 @@ impl Platform {
 
     /// The guest image QEMU's loader placed in host RAM: `guest=ADDR,SIZE` (hex address).
     pub fn guest_image(&self) -> Option<&'static [u8]> {
-        let (a, n) = self.arg("guest")?.split_once(',')?;
+        self.staged("guest")
+    }
+
+    /// A file QEMU's loader placed in host RAM, named by `key=ADDR,SIZE` (hex address, decimal
+    /// size): `guest`, `initrd`, `cmdline` (see `shared_abi::layout`).
+    pub fn staged(&self, key: &str) -> Option<&'static [u8]> {
+        let (a, n) = self.arg(key)?.split_once(',')?;
         let addr = u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()?;
         let size: usize = n.parse().ok()?;
         // SAFETY: QEMU's loader put the image there, in host RAM that nothing else uses.

@@ -89,6 +89,11 @@ pub fn run(name: &str, plat: &Platform) {
             setup(plat);
             crate::bench::run_ptrauth(plat);
         }
+        "linux" => {
+            smp(plat);
+            setup(plat);
+            crate::vmm::linux::run(plat);
+        }
         s if s.starts_with("vm-") => {
             smp(plat);
             setup(plat);

@@ -34,7 +34,7 @@ static DEV_VALUE: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY
 /// Most VMs whose outcome is kept.
 const MAX_VMS: usize = 8;
 /// How a VM's run ended: `Ok` from the guest, `Err` from `VCPU_RUN`.
-type VmOutcome = Result<Outcome, HypError>;
+pub type VmOutcome = Result<Outcome, HypError>;
 /// Each queued VM's handle and outcome (handle 0: free).
 static OUTCOMES: spin::Mutex<[(u64, Option<VmOutcome>); MAX_VMS]> = spin::Mutex::new([(0, None); MAX_VMS]);
 
@@ -160,19 +160,123 @@ pub fn finish() {
     }
 }
 
+/// Host CPUs idle in [`idle`] (bit `cpu`): kicked when a vCPU becomes runnable.
+static IDLE: AtomicU64 = AtomicU64::new(0);
+/// Idle CPUs sleep (`WFI`) instead of polling: set while device VMs ([`crate::vmm::linux`])
+/// run, whose vCPUs block in `WFI` for long stretches. The test scenarios keep polling.
+pub static SLEEP_WHEN_IDLE: AtomicBool = AtomicBool::new(false);
+
 /// Runs vCPUs from the queue on this CPU until `done()`.
 pub fn work_until(done: &dyn Fn() -> bool) {
     let cpu = crate::cpu_id();
     while !done() {
-        let picked = QUEUE.lock().pick(cpu);
+        let picked = QUEUE.lock().pick(cpu, gic::counter());
         match picked {
+            Some((slot, e)) if crate::vmm::linux::owns(e.vm) => crate::vmm::linux::run_slot(slot, e.vm, e.vcpu),
             Some((slot, e)) => run_slot(cpu, slot, e.vm, e.vcpu),
             None => {
                 gic::handle_pending();
-                core::hint::spin_loop();
+                crate::vmm::linux::poll_input();
+                if SLEEP_WHEN_IDLE.load(Ordering::Relaxed) {
+                    idle(cpu, done);
+                } else {
+                    core::hint::spin_loop();
+                }
             }
         }
     }
+}
+
+/// Sleeps until an interrupt: a tick, a kick (a vCPU became runnable, or a VM ended), or the
+/// earliest deadline of a blocked vCPU.
+fn idle(cpu: usize, done: &dyn Fn() -> bool) {
+    IDLE.fetch_or(1 << cpu, Ordering::SeqCst);
+    // Looked at again after the idle mark is visible: whoever makes a vCPU runnable (or ends
+    // a VM) after this point sees the mark and kicks.
+    let next = {
+        let q = QUEUE.lock();
+        (!q.any_ready(gic::counter())).then(|| q.next_deadline())
+    };
+    if let Some(next) = next {
+        if !done() {
+            if let Some(d) = next {
+                gic::arm_wakeup(d);
+            }
+            gic::wait_for_interrupt();
+        }
+    }
+    IDLE.fetch_and(!(1 << cpu), Ordering::SeqCst);
+}
+
+/// Kicks the idle host CPUs (after a vCPU became runnable or a VM ended).
+fn kick_idle() {
+    let idle = IDLE.load(Ordering::SeqCst);
+    if idle != 0 {
+        kick_mask(idle);
+    }
+}
+
+/// The running vCPU in `slot` waits until woken ([`wake`]) or the counter reaches `until`
+/// ([`host_sched::NEVER`]: only when woken).
+pub fn block(slot: usize, until: u64) {
+    let _ = QUEUE.lock().block(slot, until);
+    // An idle CPU may have to bring its wake-up forward to this deadline.
+    if until != host_sched::NEVER {
+        kick_idle();
+    }
+}
+
+/// The running vCPU in `slot` goes back to the end of the round.
+pub fn yield_slot(slot: usize) {
+    let _ = QUEUE.lock().put_back(slot);
+    kick_idle();
+}
+
+/// Whether some other vCPU is waiting for a host CPU (a preempted vCPU only yields then).
+pub fn others_ready() -> bool {
+    QUEUE.lock().any_ready(gic::counter())
+}
+
+/// Whether the VM of the vCPU running in `slot` was stopped.
+pub fn stopping(slot: usize) -> bool {
+    QUEUE.lock().stopping(slot)
+}
+
+/// Something for vCPU `vcpu` of `vm` to do (an interrupt): a blocked vCPU becomes runnable
+/// (and an idle CPU is kicked to run it); a vCPU running on another CPU is kicked out of the
+/// guest so its VMM loop queues the interrupt.
+pub fn wake(vm: u64, vcpu: u64) {
+    let running = {
+        let mut q = QUEUE.lock();
+        if q.wake(vm, vcpu) {
+            None
+        } else {
+            (0..CAPACITY).find_map(|s| q.entry(s).filter(|e| e.vm == vm && e.vcpu == vcpu)).and_then(|e| match e.state {
+                host_sched::State::Running { cpu } => Some(cpu),
+                _ => None,
+            })
+        }
+    };
+    match running {
+        None => kick_idle(),
+        Some(cpu) if cpu != crate::cpu_id() => gic::kick(cpu),
+        Some(_) => {}
+    }
+}
+
+/// The vCPU in `slot` of `handle` is done because its VM ended with `r` (or stopped: `None`):
+/// records the outcome and stops the VM's other vCPUs, kicking the CPUs that run them.
+pub fn end_slot(slot: usize, handle: u64, r: Option<VmOutcome>) {
+    if let Some(r) = r {
+        record(handle, r);
+    }
+    let cpus = {
+        let mut q = QUEUE.lock();
+        let _ = q.finish(slot);
+        q.stop_vm(handle)
+    };
+    kick_mask(cpus);
+    kick_idle();
 }
 
 /// Runs every queued vCPU of `vms` on the CPUs in `cpus` (this one included if its bit is set)
@@ -232,16 +336,6 @@ fn run_slot(cpu: usize, slot: usize, handle: u64, vcpu: u64) {
         None => {
             let _ = QUEUE.lock().put_back(slot);
         }
-        Some(r) => {
-            if r != Err(HypError::NotRunnable) {
-                record(handle, r);
-            }
-            let cpus = {
-                let mut q = QUEUE.lock();
-                let _ = q.finish(slot);
-                q.stop_vm(handle)
-            };
-            kick_mask(cpus);
-        }
+        Some(r) => end_slot(slot, handle, (r != Err(HypError::NotRunnable)).then_some(r)),
     }
 }

@@ -6,6 +6,13 @@
 //! device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO address
 //! reads as 0 and ignores writes (counted, as QEMU does for unassigned addresses).
 
+pub mod fdt;
+pub mod linux;
+pub mod loader;
+pub mod pl011;
+pub mod timer;
+pub mod vgic;
+
 use crate::{hvc, println};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use shared_abi::msg::{exit, vm_flags, VcpuExit, VmCreate};
@@ -79,40 +86,9 @@ pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, H
 
 /// Copies `image` (ELF64 or raw) into the VM's backing memory; returns the entry IPA.
 pub fn load(vm: &Vm, image: &[u8]) -> Result<u64, &'static str> {
-    let size = vm.pages * PAGE_SIZE;
     // SAFETY: the backing pages were just allocated for this VM and are still the host's.
-    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, size as usize) };
-    if image.len() >= 64 && image[..4] == *b"\x7fELF" {
-        let rd = |o: usize, n: usize| -> u64 {
-            image.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
-        };
-        if image[4] != 2 || image[5] != 1 || rd(18, 2) != 183 {
-            return Err("not a little-endian ELF64 for AArch64");
-        }
-        let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
-        for i in 0..phnum {
-            let ph = phoff + i * phentsize;
-            if rd(ph, 4) != 1 {
-                continue; // not PT_LOAD
-            }
-            let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
-            let start = paddr.checked_sub(GUEST_RAM).ok_or("segment below guest RAM")?;
-            if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
-                return Err("segment outside guest RAM");
-            }
-            let src = image.get(off as usize..(off + filesz) as usize).ok_or("segment outside the file")?;
-            mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
-            mem[(start + filesz) as usize..(start + memsz) as usize].fill(0);
-        }
-        Ok(rd(24, 8))
-    } else {
-        let at = RAW_IMAGE_OFFSET as usize;
-        if at + image.len() > mem.len() {
-            return Err("raw image larger than guest RAM");
-        }
-        mem[at..at + image.len()].copy_from_slice(image);
-        Ok(GUEST_RAM + RAW_IMAGE_OFFSET)
-    }
+    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
+    loader::load_test_image(mem, GUEST_RAM, image)
 }
 
 /// Space for the guest's device tree, at the end of its RAM.
@@ -126,7 +102,7 @@ pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
     let dtb_off = size.checked_sub(DTB_SPACE).ok_or(HypError::InvalidArgument)?;
     // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
     let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
-    crate::fdt_writer::guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
+    fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
     hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
     hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
     hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + dtb_off])?;
@@ -159,7 +135,7 @@ pub static HOST_RUN_STATUS: [[AtomicU64; run_status::WORDS]; run_status::CPUS] =
     [const { [const { AtomicU64::new(0) }; run_status::WORDS] }; run_status::CPUS];
 
 /// Records, for the timeout report, that this CPU enters `VCPU_RUN` for `index` of `vm`.
-fn note_run(vm: &Vm, index: u64) {
+pub(crate) fn note_run(vm: &Vm, index: u64) {
     let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
     row[run_status::VM].store(vm.handle, Ordering::Relaxed);
     row[run_status::VCPU].store(index, Ordering::Relaxed);
@@ -168,7 +144,7 @@ fn note_run(vm: &Vm, index: u64) {
 }
 
 /// Records how the `VCPU_RUN` that [`note_run`] noted ended.
-fn note_exit(r: Result<&VcpuExit, HypError>) {
+pub(crate) fn note_exit(r: Result<&VcpuExit, HypError>) {
     let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
     let (reason, ipa, data) = match r {
         Ok(e) => (e.reason as u64, e.ipa, e.data),
@@ -410,7 +386,7 @@ const HOST_EXIT_NAMES: [&str; 10] = ["", "mmio", "wfx", "hypercall", "system_off
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
 static HOST_EXITS: [[AtomicU64; 10]; 16] = [const { [const { AtomicU64::new(0) }; 10] }; 16];
 
-fn count_exit(handle: u64, reason: u32) {
+pub(crate) fn count_exit(handle: u64, reason: u32) {
     if let Some(n) = HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)) {
         n.fetch_add(1, Ordering::Relaxed);
     }

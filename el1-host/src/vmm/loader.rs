@@ -1,0 +1,129 @@
+//! Guest image loaders: the project's test guests (ELF64 or raw) and a Linux arm64 `Image`
+//! with its initramfs.
+//!
+//! Place in the flow: the VMM copies an image into the guest's backing pages while they are
+//! still the host's (before `VM_ADD_MEMORY` donates or shares them), then points vCPU 0 at the
+//! entry this module returns. Every size and offset here comes from a file the user chose, so
+//! each is checked against the guest's RAM before a byte is copied.
+
+use super::RAW_IMAGE_OFFSET;
+
+/// Copies a test guest (ELF64 for AArch64, or a raw image placed at [`RAW_IMAGE_OFFSET`]) into
+/// `mem`, the guest RAM that starts at IPA `ram_base`; returns the entry IPA.
+pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<u64, &'static str> {
+    let size = mem.len() as u64;
+    if image.len() >= 64 && image[..4] == *b"\x7fELF" {
+        let rd = |o: usize, n: usize| -> u64 {
+            image.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
+        };
+        if image[4] != 2 || image[5] != 1 || rd(18, 2) != 183 {
+            return Err("not a little-endian ELF64 for AArch64");
+        }
+        let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
+        for i in 0..phnum {
+            let ph = phoff + i * phentsize;
+            if rd(ph, 4) != 1 {
+                continue; // not PT_LOAD
+            }
+            let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
+            let start = paddr.checked_sub(ram_base).ok_or("segment below guest RAM")?;
+            if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
+                return Err("segment outside guest RAM");
+            }
+            let src = off
+                .checked_add(filesz)
+                .and_then(|end| image.get(off as usize..end as usize))
+                .ok_or("segment outside the file")?;
+            mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
+            mem[(start + filesz) as usize..(start + memsz) as usize].fill(0);
+        }
+        Ok(rd(24, 8))
+    } else {
+        let at = RAW_IMAGE_OFFSET as usize;
+        if at + image.len() > mem.len() {
+            return Err("raw image larger than guest RAM");
+        }
+        mem[at..at + image.len()].copy_from_slice(image);
+        Ok(ram_base + RAW_IMAGE_OFFSET)
+    }
+}
+
+/// The arm64 `Image` header (Linux's `Documentation/arch/arm64/booting.rst`): 64 bytes at the
+/// start of the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// Where the image goes above a 2 MiB aligned base (`text_offset`, at 0x08).
+    pub text_offset: u64,
+    /// Bytes the kernel uses from its load address on, BSS included (`image_size`, at 0x10).
+    pub image_size: u64,
+}
+
+/// The magic at offset 0x38: "ARM\x64".
+const IMAGE_MAGIC: u32 = 0x644D_5241;
+
+/// Parses the header of an arm64 `Image`.
+pub fn image_header(image: &[u8]) -> Result<ImageHeader, &'static str> {
+    let word = |o: usize| image.get(o..o + 8).map(|b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64));
+    let magic = image.get(0x38..0x3C).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if magic != Some(IMAGE_MAGIC) {
+        return Err("not an arm64 Linux Image (no \"ARM\\x64\" magic at 0x38)");
+    }
+    let (Some(text_offset), Some(image_size), Some(flags)) = (word(0x08), word(0x10), word(0x18)) else {
+        return Err("truncated Image header");
+    };
+    if flags & 1 != 0 {
+        return Err("big-endian kernel");
+    }
+    // An `image_size` of zero is a kernel older than 3.17: text_offset is then 0x80000.
+    if image_size == 0 {
+        return Ok(ImageHeader { text_offset: 0x8_0000, image_size: image.len() as u64 });
+    }
+    if text_offset >= 2 << 20 {
+        return Err("text_offset beyond 2 MiB");
+    }
+    Ok(ImageHeader { text_offset, image_size: image_size.max(image.len() as u64) })
+}
+
+/// Where a Linux guest's pieces go in its RAM (offsets from the RAM base).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxLayout {
+    /// The kernel's load address and entry point.
+    pub kernel: u64,
+    /// The initramfs (start, end), if any.
+    pub initrd: Option<(u64, u64)>,
+    /// The device tree.
+    pub dtb: u64,
+}
+
+/// Space kept for the device tree, at the top of RAM.
+pub const DTB_SPACE: u64 = 64 * 1024;
+
+/// Lays out a kernel with header `h`, an initramfs of `initrd_len` bytes and the device tree
+/// in `ram_size` bytes of RAM: the kernel at `text_offset` above the (2 MiB aligned) RAM base,
+/// the device tree in the last [`DTB_SPACE`], the initramfs page-aligned just below it.
+pub fn linux_layout(h: &ImageHeader, initrd_len: u64, ram_size: u64) -> Result<LinuxLayout, &'static str> {
+    let kernel_end = h.text_offset.checked_add(h.image_size).ok_or("kernel too large")?;
+    let dtb = ram_size.checked_sub(DTB_SPACE).ok_or("guest RAM too small")?;
+    let initrd = if initrd_len == 0 {
+        None
+    } else {
+        let start = dtb.checked_sub(initrd_len).ok_or("initramfs larger than guest RAM")? & !0xFFF;
+        Some((start, start + initrd_len))
+    };
+    let lowest = initrd.map_or(dtb, |(s, _)| s);
+    // Leave the kernel room to grow its own early allocations above its image.
+    if kernel_end.checked_add(16 << 20).is_none_or(|e| e > lowest) {
+        return Err("guest RAM too small for the kernel, its initramfs and the device tree");
+    }
+    Ok(LinuxLayout { kernel: h.text_offset, initrd, dtb })
+}
+
+/// Copies the kernel and initramfs into `mem` (the guest's RAM) as `layout` says.
+pub fn load_linux(mem: &mut [u8], layout: &LinuxLayout, kernel: &[u8], initrd: &[u8]) -> Result<(), &'static str> {
+    let k = layout.kernel as usize;
+    mem.get_mut(k..k + kernel.len()).ok_or("kernel outside guest RAM")?.copy_from_slice(kernel);
+    if let Some((s, e)) = layout.initrd {
+        mem.get_mut(s as usize..e as usize).ok_or("initramfs outside guest RAM")?.copy_from_slice(initrd);
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! A guest's PL011: the register model ([`host_vdev::pl011`], host-tested) behind the guest's
+//! MMIO exits, its interrupt line, its output on the host's console and the host's console
+//! input.
+//!
+//! Output is gathered into lines and printed whole under the console lock, so a guest's text
+//! never breaks into the middle of a line the host or EL2 prints; with several VMs each line
+//! carries its VM's number. A partial line (a shell prompt) is printed when the vCPU waits,
+//! if the console is the VM's alone.
+
+use crate::console;
+use host_vdev::pl011::Pl011;
+
+/// The PL011's frame (IPA), as in QEMU's `virt`.
+pub const UART: u64 = 0x0900_0000;
+/// Its size.
+pub const UART_SIZE: u64 = 0x1000;
+/// Its SPI (INTID 32 + 1 = 33), as in QEMU's `virt`.
+pub const UART_SPI: u32 = 1;
+/// Its INTID.
+pub const UART_INTID: u32 = 32 + UART_SPI;
+
+const LINE: usize = 256;
+
+/// One VM's UART and its console line.
+pub struct GuestUart {
+    model: spin::Mutex<Pl011>,
+    line: spin::Mutex<([u8; LINE], usize)>,
+    /// `Some(n)`: prefix each line with `[vmN] `.
+    prefix: Option<usize>,
+}
+
+impl GuestUart {
+    /// A UART at reset; `prefix` as in [`GuestUart::prefix`].
+    pub fn new(prefix: Option<usize>) -> Self {
+        Self { model: spin::Mutex::new(Pl011::new()), line: spin::Mutex::new(([0; LINE], 0)), prefix }
+    }
+
+    /// Performs a guest access at `ipa` if it is the UART's: `Some((value read, interrupt
+    /// line level after the access))`.
+    pub fn mmio(&self, ipa: u64, size: u32, write: Option<u64>) -> Option<(u64, bool)> {
+        if !(UART..UART + UART_SIZE).contains(&ipa) {
+            return None;
+        }
+        let off = ipa - UART;
+        let mut m = self.model.lock();
+        let value = match write {
+            Some(v) => {
+                if let Some(byte) = m.write(off, size, v) {
+                    self.output(byte);
+                }
+                0
+            }
+            None => m.read(off, size),
+        };
+        Some((value, m.irq_level()))
+    }
+
+    /// Room for console input: bytes [`Self::input`] will take now (none while the guest's
+    /// receiver is off).
+    pub fn rx_room(&self) -> usize {
+        self.model.lock().rx_room()
+    }
+
+    /// Input from the host's console (at most [`Self::rx_room`] bytes); returns the interrupt
+    /// line level afterwards.
+    pub fn input(&self, bytes: &[u8]) -> bool {
+        let mut m = self.model.lock();
+        for &b in bytes {
+            let _ = m.push_rx(b);
+        }
+        m.irq_level()
+    }
+
+    fn output(&self, byte: u8) {
+        let mut l = self.line.lock();
+        if byte != b'\n' && byte != b'\r' {
+            let n = l.1;
+            l.0[n] = byte;
+            l.1 += 1;
+        }
+        if byte == b'\n' || l.1 == LINE {
+            self.print(&l.0[..l.1], true);
+            l.1 = 0;
+        }
+    }
+
+    /// Prints what the guest wrote since its last full line (a prompt, when the vCPU waits)
+    /// if the console is this VM's alone; with several VMs a line is only printed whole (their
+    /// lines would otherwise break into pieces), until [`Self::flush_final`].
+    pub fn flush(&self) {
+        if self.prefix.is_none() {
+            self.flush_final();
+        }
+    }
+
+    /// Prints what the guest wrote since its last full line, if anything (the VM ended).
+    pub fn flush_final(&self) {
+        let mut l = self.line.lock();
+        if l.1 > 0 {
+            self.print(&l.0[..l.1], false);
+            l.1 = 0;
+        }
+    }
+
+    fn print(&self, text: &[u8], newline: bool) {
+        match self.prefix {
+            Some(n) => {
+                let s = core::str::from_utf8(text).unwrap_or("<bad utf-8>");
+                crate::println!("[vm{n}] {s}");
+            }
+            None => {
+                let mut buf = [0u8; LINE + 1];
+                buf[..text.len()].copy_from_slice(text);
+                let mut len = text.len();
+                if newline {
+                    buf[len] = b'\n';
+                    len += 1;
+                }
+                console::write_bytes(&buf[..len]);
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! A guest's architected timers, as the VMM sees them: two deadlines per vCPU.
+//!
+//! EL2 switches the virtual timer (`CNTV_*`, with the VM's own `CNTVOFF_EL2`) with the vCPU
+//! and emulates the EL1 physical timer (`CNTP_*`, trapped); neither reaches the host's GIC
+//! while the vCPU is not running. Every exit record carries both timers' deadlines in
+//! system-counter ticks (`u64::MAX`: disabled or masked), and the VMM turns them into the
+//! input lines of PPIs 27 and 30 of its distributor model: high once the counter has reached
+//! the deadline. A vCPU waiting in `WFI` sleeps until the earlier deadline.
+//!
+//! While the guest runs, its virtual timer is live in the CPU and fires the physical PPI 27,
+//! which ends the run (exit `IRQ`) so the VMM can inject the virtual one at once. That
+//! physical interrupt is disabled on the CPU while the virtual one is queued or already high
+//! ([`physical_vtimer_enabled`]): otherwise an expired timer the guest has not handled yet
+//! would end every run before its first instruction. The EL1 physical timer has no physical
+//! interrupt behind it: the VMM brings the host's own timer interrupt forward to its deadline
+//! instead ([`crate::gic::arm_wakeup`]).
+
+/// The virtual timer's PPI (INTID 27).
+pub const VTIMER_INTID: u32 = 27;
+/// The EL1 physical timer's PPI (INTID 30).
+pub const PTIMER_INTID: u32 = 30;
+
+/// One vCPU's timers, from its last exit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timers {
+    /// The virtual timer's deadline (system-counter ticks), `u64::MAX` if it cannot fire.
+    pub vtimer: u64,
+    /// The EL1 physical timer's deadline.
+    pub ptimer: u64,
+}
+
+impl Timers {
+    /// Neither timer armed (a vCPU that has not run).
+    pub const fn new() -> Self {
+        Self { vtimer: u64::MAX, ptimer: u64::MAX }
+    }
+
+    /// The earlier deadline still to come after `now`: when a vCPU in `WFI` must run again at
+    /// the latest (`u64::MAX`: none). A deadline already passed is not one: its line is high
+    /// already, and if the guest has that interrupt disabled its `WFI` must still sleep.
+    pub fn next_after(&self, now: u64) -> u64 {
+        [self.vtimer, self.ptimer].into_iter().filter(|&d| d > now).min().unwrap_or(u64::MAX)
+    }
+
+    /// The virtual and physical timers' output levels at counter value `now`.
+    pub fn levels(&self, now: u64) -> (bool, bool) {
+        (now >= self.vtimer, now >= self.ptimer)
+    }
+}
+
+/// Whether the physical PPI 27 should end the vCPU's next run: only while the virtual one is
+/// neither queued nor already high.
+pub fn physical_vtimer_enabled(t: &Timers, queued: bool, now: u64) -> bool {
+    !queued && now < t.vtimer
+}

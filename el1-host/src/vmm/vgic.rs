@@ -1,0 +1,127 @@
+//! A guest's GICv3 distributor and redistributors: the register model
+//! ([`host_vdev::vgic`], host-tested) behind the guest's MMIO exits, and the path from the model
+//! to EL2's list registers.
+//!
+//! Place in the flow (ARCHITECTURE.md, *Interrupt flow*): a device line, a timer deadline or a
+//! guest SGI makes an interrupt pending in the model; before each `VCPU_RUN` the VMM asks the
+//! model for what the vCPU may take, highest priority first, and queues each with
+//! `VCPU_SET_IRQ` (EL2 validates it and writes the list register); the guest acknowledges and
+//! deactivates it in the list register, without an exit; EL2 reports the deactivation in the
+//! next exit record (`FLAG_EOI`, then `VCPU_IRQ_STATE`), and the model samples a level
+//! interrupt's line again. The VMM asks to hear of every deactivation (`EOI_NOTIFY`), edge or
+//! level, so it knows when a vINTID may be queued again.
+
+use crate::hvc;
+use host_vdev::vgic::Vgic;
+use shared_abi::msg::{irq, VgicState};
+use shared_abi::{HypError, HypercallId};
+
+/// The distributor's frame (IPA).
+pub const GICD: u64 = 0x0800_0000;
+/// Its size.
+pub const GICD_SIZE: u64 = 0x1_0000;
+/// The redistributors (IPA): one 128 KiB frame per vCPU.
+pub const GICR: u64 = 0x080A_0000;
+/// One redistributor's frames (`RD_base`, `SGI_base`).
+pub const GICR_STRIDE: u64 = 0x2_0000;
+
+/// vCPUs (bit n = vCPU n) whose deliverable interrupts have grown.
+pub type Wake = u32;
+
+fn bits(w: host_vdev::vgic::Wake) -> Wake {
+    w.bits() as Wake
+}
+
+/// One VM's distributor model.
+pub struct VirtualGic {
+    model: spin::Mutex<Vgic>,
+    nr_vcpus: usize,
+}
+
+impl VirtualGic {
+    /// The distributor of a VM with `nr_vcpus` vCPUs, at reset.
+    pub fn new(nr_vcpus: usize) -> Result<Self, host_vdev::vgic::Error> {
+        Ok(Self { model: spin::Mutex::new(Vgic::new(nr_vcpus)?), nr_vcpus })
+    }
+
+    /// Performs a guest access at `ipa` if it is in the distributor or a redistributor:
+    /// `Some((value read, vCPUs to wake))`, `None` if the address is not the GIC's.
+    pub fn mmio(&self, ipa: u64, size: u32, write: Option<u64>) -> Option<(u64, Wake)> {
+        let mut m = self.model.lock();
+        if (GICD..GICD + GICD_SIZE).contains(&ipa) {
+            let off = ipa - GICD;
+            return Some(match write {
+                Some(v) => (0, bits(m.gicd_write(off, size, v))),
+                None => (m.gicd_read(off, size), 0),
+            });
+        }
+        if (GICR..GICR + GICR_STRIDE * self.nr_vcpus as u64).contains(&ipa) {
+            let off = ipa - GICR;
+            return Some(match write {
+                Some(v) => (0, bits(m.gicr_write(off, size, v))),
+                None => (m.gicr_read(off, size), 0),
+            });
+        }
+        None
+    }
+
+    /// A device's interrupt line (a PPI of `vcpu`, or an SPI) is now `high`.
+    pub fn set_level(&self, vcpu: usize, intid: u32, high: bool) -> Wake {
+        // The VMM's own lines only (timers, UART): an error would be a VMM bug, and the line
+        // simply stays as it was.
+        self.model.lock().set_level(vcpu, intid, high).map_or(0, bits)
+    }
+
+    /// vCPU sent SGI `intid` to the vCPUs in `targets` (EL2 decoded `ICC_SGI1R_EL1`).
+    pub fn send_sgi(&self, targets: u8, intid: u8) -> Wake {
+        // EL2 decoded the targets from the VM's own vCPUs; refused otherwise.
+        self.model.lock().send_sgi(targets, intid as u32).map_or(0, bits)
+    }
+
+    /// Whether `vcpu` has an interrupt the model has not handed to EL2 yet that it may take.
+    pub fn has_deliverable(&self, vcpu: usize) -> bool {
+        self.model.lock().has_deliverable(vcpu)
+    }
+
+    /// Queues what `vcpu` may take into its list registers, until the model has nothing or
+    /// EL2 has no free list register (the rest waits for the next run). Returns the vINTIDs
+    /// queued, as a callback.
+    pub fn flush(&self, handle: u64, vcpu: usize, mut queued: impl FnMut(u32)) -> Result<(), HypError> {
+        let mut m = self.model.lock();
+        while let Some(q) = m.next_to_queue(vcpu) {
+            let intid = q.intid();
+            // The list register holds 5 priority bits on QEMU (EL2 refuses lower ones): the
+            // guest's priority, rounded as a GIC with 5 bits would read it back.
+            let config = irq::config(q.priority() & 0xF8, q.group1(), irq::PENDING, true);
+            match hvc::call(HypercallId::VcpuSetIrq, &[handle, vcpu as u64, intid as u64, config as u64]) {
+                Ok(_) => {
+                    q.accept();
+                    queued(intid);
+                }
+                // No free list register, or the vINTID is still in one: next run.
+                Err(HypError::NoCapacity | HypError::Busy) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects the deactivations EL2 recorded for `vcpu` (after an exit with `FLAG_EOI`);
+    /// calls `done` for each vINTID.
+    pub fn collect_eois(&self, handle: u64, vcpu: usize, mut done: impl FnMut(u32)) -> Result<Wake, HypError> {
+        hvc::call(HypercallId::VcpuIrqState, &[handle, vcpu as u64])?;
+        let s: VgicState = crate::scenarios::read_msg(crate::cpu_id());
+        let mut m = self.model.lock();
+        let mut wake = 0;
+        for (w, word) in s.eoi.iter().enumerate() {
+            let mut b = *word;
+            while b != 0 {
+                let intid = (w * 64) as u32 + b.trailing_zeros();
+                b &= b - 1;
+                wake |= m.deactivated(vcpu, intid).map_or(0, bits);
+                done(intid);
+            }
+        }
+        Ok(wake)
+    }
+}
