@@ -2,6 +2,9 @@
 //! architected timers, a PL011 with its interrupt), booted the standard way (an `Image`, an
 //! initramfs, a command line and a device tree), their vCPUs run by the host scheduler.
 //!
+//! The same VMs run the project's ELF test guests that need these devices (`scenario=linux`
+//! with an ELF staged as the kernel).
+//!
 //! Place in the flow: [`run`] builds the VMs from what `cargo xtask run --kernel ...` staged
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
 //! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], the VMM's
@@ -151,14 +154,24 @@ pub fn run(plat: &Platform) {
 /// Creates one VM: its RAM filled with the kernel, initramfs and device tree, then given to it
 /// (donated if protected), vCPU 0 at the kernel's entry with `x0` = the device tree.
 fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm, &'static str> {
-    let header = super::loader::image_header(kernel)?;
     let ram = cfg.mem_mib << 20;
-    let layout = super::loader::linux_layout(&header, initrd.len() as u64, ram)?;
     let vm = super::create_with_flags(cfg.vcpus, cfg.flags, cfg.mem_mib).map_err(|_| "VM_CREATE failed")?;
     // SAFETY: the backing pages were just allocated for this VM and are still the host's
     // (until VM_ADD_MEMORY below).
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
-    super::loader::load_linux(mem, &layout, kernel, initrd)?;
+    // A Linux `Image`, or one of the project's ELF test guests (benchmarks and hostile guests
+    // that need the devices): loaded at its own addresses, the device tree at the top of RAM
+    // all the same.
+    let (entry, layout) = if kernel.starts_with(b"\x7fELF") {
+        let entry = super::loader::load_test_image(mem, GUEST_RAM, kernel)?;
+        let dtb = ram.checked_sub(super::loader::DTB_SPACE).ok_or("guest RAM too small")?;
+        (entry, super::loader::LinuxLayout { kernel: 0, initrd: None, dtb })
+    } else {
+        let header = super::loader::image_header(kernel)?;
+        let layout = super::loader::linux_layout(&header, initrd.len() as u64, ram)?;
+        super::loader::load_linux(mem, &layout, kernel, initrd)?;
+        (GUEST_RAM + layout.kernel, layout)
+    };
     let tree = super::fdt::LinuxTree {
         ram: (GUEST_RAM, ram),
         vcpus: cfg.vcpus,
@@ -172,7 +185,7 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     super::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
     let call = |id, args: &[u64]| hvc::call(id, args).map_err(|_| "a hypercall to set up the VM failed");
     call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
-    call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, GUEST_RAM + layout.kernel])?;
+    call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
     call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + layout.dtb])?;
     Ok(vm)
 }
