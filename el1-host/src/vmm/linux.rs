@@ -196,21 +196,7 @@ pub fn poll_input() {
         return;
     }
     let Some(l) = VMS[0].get() else { return };
-    let mut buf = [0u8; 16];
-    let mut n = 0;
-    // Only what the receive FIFO takes: the rest stays in the host UART's own FIFO.
-    let room = l.uart.rx_room().min(buf.len());
-    while n < room {
-        match crate::console::try_read() {
-            Some(b) => {
-                buf[n] = b;
-                n += 1;
-            }
-            None => break,
-        }
-    }
-    if n > 0 {
-        let level = l.uart.input(&buf[..n]);
+    if let Some(level) = l.uart.take_input(crate::console::try_read) {
         let wake = l.gic.set_level(0, UART_INTID, level);
         l.wake(wake, usize::MAX);
     }

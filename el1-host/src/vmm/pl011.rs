@@ -55,20 +55,18 @@ impl GuestUart {
         Some((value, m.irq_level()))
     }
 
-    /// Room for console input: bytes [`Self::input`] will take now (none while the guest's
-    /// receiver is off).
-    pub fn rx_room(&self) -> usize {
-        self.model.lock().rx_room()
-    }
-
-    /// Input from the host's console (at most [`Self::rx_room`] bytes); returns the interrupt
-    /// line level afterwards.
-    pub fn input(&self, bytes: &[u8]) -> bool {
+    /// Moves console input from `next` into the receive FIFO while it has room (the rest
+    /// stays in the host UART's own FIFO); `Some(interrupt line level)` if anything moved.
+    /// One lock for the room check and the pushes: two host CPUs polling at once must not
+    /// both fill the last free entry.
+    pub fn take_input(&self, mut next: impl FnMut() -> Option<u8>) -> Option<bool> {
         let mut m = self.model.lock();
-        for &b in bytes {
-            let _ = m.push_rx(b);
+        let mut moved = false;
+        while m.rx_room() > 0 {
+            let Some(b) = next() else { break };
+            moved |= m.push_rx(b);
         }
-        m.irq_level()
+        moved.then(|| m.irq_level())
     }
 
     fn output(&self, byte: u8) {
