@@ -71,6 +71,9 @@ struct Scenario {
     guest: String,
     icount: bool,
     expect_count: Vec<(usize, String)>,
+    /// Console input: once a line containing the first text has appeared, the second is typed
+    /// into QEMU's console (with a newline), in order.
+    input: Vec<(String, String)>,
     /// In a plain `cargo xtask test` (`default = off` clears it).
     default: bool,
     linux: Option<LinuxKeys>,
@@ -161,6 +164,10 @@ fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "guest" => s.guest = v,
             "icount" => s.icount = v == "on",
             "default" => s.default = on_off("default")?,
+            "input" => {
+                let (after, text) = v.split_once("=>").ok_or(bad("input (TEXT SEEN => TEXT TO TYPE)"))?;
+                s.input.push((after.trim().to_string(), text.trim().to_string()));
+            }
             "expect_count" => {
                 let (count, text) = v.split_once(' ').ok_or(bad("expect_count (N text)"))?;
                 s.expect_count.push((count.parse().map_err(|_| bad("expect_count (N text)"))?, text.trim().to_string()));
@@ -334,7 +341,7 @@ fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, ver
     cmd.arg("-chardev").arg(format!("socket,id=xtaskmon,path={},server=on,wait=off", monitor.display()));
     cmd.args(["-mon", "chardev=xtaskmon,mode=readline"]);
     let mut child = match cmd
-        .stdin(Stdio::null())
+        .stdin(if s.input.is_empty() { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -357,10 +364,18 @@ fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, ver
     drop(tx);
     let deadline = Instant::now() + Duration::from_secs(s.timeout);
     let mut lines = Vec::new();
+    let mut stdin = child.stdin.take();
+    let mut inputs = s.input.iter().peekable();
     let status = loop {
         while let Ok(l) = rx.try_recv() {
             if verbose {
                 println!("    | {l}");
+            }
+            if let Some((_, text)) = inputs.next_if(|(after, _)| l.contains(after.as_str())) {
+                if let Some(w) = stdin.as_mut() {
+                    let _ = w.write_all(format!("{text}\n").as_bytes());
+                    let _ = w.flush();
+                }
             }
             lines.push(l);
         }
@@ -555,6 +570,9 @@ mod tests {
         assert!(parse("[a]\ndefault = no\n").is_err());
         assert!(parse("[a]\nexpect_count = two x\n").is_err());
         assert!(parse("[a]\nexpect_count = 2\n").is_err());
+        assert!(parse("[a]\ninput = no arrow\n").is_err());
+        let s = parse("[a]\ninput = login: => root\ninput = # => exit\n").unwrap();
+        assert_eq!(s[0].input, vec![("login:".to_string(), "root".to_string()), ("#".to_string(), "exit".to_string())]);
     }
 
     #[test]
@@ -565,7 +583,8 @@ mod tests {
         for s in &linux {
             let l = s.linux.as_ref().unwrap();
             linux::check_limits(1, Some(1), l.cmdline.len(), l.mem_mib, l.vcpus, l.vms).unwrap_or_else(|e| panic!("{}: {e}", s.name));
-            assert!(l.cmdline.contains("pkvm.check="), "{}: checks nothing", s.name);
+            // Checks from the command line, or typed into the console.
+            assert!(l.cmdline.contains("pkvm.check=") || s.input.iter().any(|(_, t)| t.contains("pkvm-check")), "{}: checks nothing", s.name);
             assert!(s.expect.iter().chain(s.expect_count.iter().map(|e| &e.1)).any(|e| e.contains("PKVM-CHECK: passed")), "{}", s.name);
         }
     }
