@@ -1,5 +1,5 @@
-//! The host VMM's device models, in plain Rust: no hardware, no `unsafe`, no heap, unit-tested
-//! on the development host (`cargo test -p host-vdev`).
+//! The host VMM's device models, and what a guest boots from, in plain Rust: no hardware, no
+//! `unsafe`, no heap, unit-tested on the development host (`cargo test -p host-vdev`).
 //!
 //! **What it is for.** A guest (an unmodified Linux arm64 kernel included) reaches its
 //! interrupt controller and its console through MMIO that EL2 does not map: every access is
@@ -14,6 +14,10 @@
 //!   `VCPU_IRQ_STATE` bitmap, what the guest has deactivated.
 //! - [`pl011::Pl011`]: the guest's UART (ARM PrimeCell PL011) with its receive FIFO and its
 //!   interrupt line, which the host feeds into the vGIC as an SPI.
+//! - [`loader`]: where a Linux `Image` (its header's `text_offset` and `image_size`), its
+//!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
+//!   size and offset of a user's file is checked before a byte is copied.
+//! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap).
 //!
 //! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
 //! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
@@ -27,6 +31,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod fdt;
+pub mod loader;
 pub mod pl011;
 pub mod vgic;
 

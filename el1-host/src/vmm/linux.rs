@@ -163,16 +163,16 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     // that need the devices): loaded at its own addresses, the device tree at the top of RAM
     // all the same.
     let (entry, layout) = if kernel.starts_with(b"\x7fELF") {
-        let entry = super::loader::load_test_image(mem, GUEST_RAM, kernel)?;
-        let dtb = ram.checked_sub(super::loader::DTB_SPACE).ok_or("guest RAM too small")?;
-        (entry, super::loader::LinuxLayout { kernel: 0, initrd: None, dtb })
+        let entry = host_vdev::loader::load_test_image(mem, GUEST_RAM, kernel)?;
+        let dtb = ram.checked_sub(host_vdev::loader::DTB_SPACE).ok_or("guest RAM too small")?;
+        (entry, host_vdev::loader::LinuxLayout { kernel: 0, initrd: None, dtb })
     } else {
-        let header = super::loader::image_header(kernel)?;
-        let layout = super::loader::linux_layout(&header, initrd.len() as u64, ram)?;
-        super::loader::load_linux(mem, &layout, kernel, initrd)?;
+        let header = host_vdev::loader::image_header(kernel)?;
+        let layout = host_vdev::loader::linux_layout(&header, initrd.len() as u64, ram)?;
+        host_vdev::loader::load_linux(mem, &layout, kernel, initrd)?;
         (GUEST_RAM + layout.kernel, layout)
     };
-    let tree = super::fdt::LinuxTree {
+    let tree = host_vdev::fdt::LinuxTree {
         ram: (GUEST_RAM, ram),
         vcpus: cfg.vcpus,
         uart: (UART, UART_SPI),
@@ -181,8 +181,8 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
         initrd: layout.initrd.map(|(s, e)| (GUEST_RAM + s, GUEST_RAM + e)),
         bootargs: cmdline,
     };
-    let dtb = &mut mem[layout.dtb as usize..(layout.dtb + super::loader::DTB_SPACE) as usize];
-    super::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
+    let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
+    host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
     let call = |id, args: &[u64]| hvc::call(id, args).map_err(|_| "a hypercall to set up the VM failed");
     call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
     call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;

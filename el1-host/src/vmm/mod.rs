@@ -6,9 +6,7 @@
 //! device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO address
 //! reads as 0 and ignores writes (counted, as QEMU does for unassigned addresses).
 
-pub mod fdt;
 pub mod linux;
-pub mod loader;
 pub mod pl011;
 pub mod timer;
 pub mod vgic;
@@ -22,7 +20,6 @@ use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
 /// Guest RAM base (IPA).
 pub const GUEST_RAM: u64 = 0x4000_0000;
 /// Where a raw image goes, relative to [`GUEST_RAM`].
-pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
 const UART: u64 = 0x0900_0000;
 const TESTDEV: u64 = 0x0b00_0000;
 
@@ -88,7 +85,7 @@ pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, H
 pub fn load(vm: &Vm, image: &[u8]) -> Result<u64, &'static str> {
     // SAFETY: the backing pages were just allocated for this VM and are still the host's.
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
-    loader::load_test_image(mem, GUEST_RAM, image)
+    host_vdev::loader::load_test_image(mem, GUEST_RAM, image)
 }
 
 /// Space for the guest's device tree, at the end of its RAM.
@@ -102,7 +99,7 @@ pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
     let dtb_off = size.checked_sub(DTB_SPACE).ok_or(HypError::InvalidArgument)?;
     // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
     let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
-    fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
+    host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
     hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
     hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
     hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + dtb_off])?;

@@ -1,12 +1,14 @@
 //! Guest image loaders: the project's test guests (ELF64 or raw) and a Linux arm64 `Image`
 //! with its initramfs.
 //!
-//! Place in the flow: the VMM copies an image into the guest's backing pages while they are
-//! still the host's (before `VM_ADD_MEMORY` donates or shares them), then points vCPU 0 at the
+//! Place in the flow: the VMM (`el1-host/src/vmm`) copies an image into the guest's backing
+//! pages while they are still the host's (before `VM_ADD_MEMORY` donates or shares them), then points vCPU 0 at the
 //! entry this module returns. Every size and offset here comes from a file the user chose, so
 //! each is checked against the guest's RAM before a byte is copied.
 
-use super::RAW_IMAGE_OFFSET;
+/// Where a raw test image goes, relative to the RAM base (as Linux's old boot protocol put an
+/// `Image`).
+pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
 
 /// Copies a test guest (ELF64 for AArch64, or a raw image placed at [`RAW_IMAGE_OFFSET`]) into
 /// `mem`, the guest RAM that starts at IPA `ram_base`; returns the entry IPA.
@@ -126,4 +128,115 @@ pub fn load_linux(mem: &mut [u8], layout: &LinuxLayout, kernel: &[u8], initrd: &
         mem.get_mut(s as usize..e as usize).ok_or("initramfs outside guest RAM")?.copy_from_slice(initrd);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn image(text_offset: u64, image_size: u64, flags: u64, len: usize) -> Vec<u8> {
+        let mut i = vec![0u8; len.max(64)];
+        i[0x08..0x10].copy_from_slice(&text_offset.to_le_bytes());
+        i[0x10..0x18].copy_from_slice(&image_size.to_le_bytes());
+        i[0x18..0x20].copy_from_slice(&flags.to_le_bytes());
+        i[0x38..0x3C].copy_from_slice(b"ARM\x64");
+        i
+    }
+
+    #[test]
+    fn image_headers_are_read_and_checked() {
+        let h = image_header(&image(0, 0x200_0000, 0xA, 0x1000)).unwrap();
+        assert_eq!(h, ImageHeader { text_offset: 0, image_size: 0x200_0000 });
+        // Older kernels: image_size 0 means text_offset 0x80000.
+        assert_eq!(image_header(&image(0x1234, 0, 0, 0x1000)).unwrap(), ImageHeader { text_offset: 0x8_0000, image_size: 0x1000 });
+        // image_size smaller than the file: the file's size.
+        assert_eq!(image_header(&image(0, 0x100, 0, 0x2000)).unwrap().image_size, 0x2000);
+        assert!(image_header(&image(0, 0x1000, 1, 0x1000)).is_err(), "big-endian");
+        assert!(image_header(&image(2 << 20, 0x1000, 0, 0x1000)).is_err(), "text_offset past 2 MiB");
+        let mut bad = image(0, 0x1000, 0, 0x1000);
+        bad[0x38] = b'X';
+        assert!(image_header(&bad).is_err());
+        assert!(image_header(&[0u8; 0x3A]).is_err(), "truncated");
+        assert!(image_header(&[]).is_err());
+    }
+
+    #[test]
+    fn linux_layout_places_initrd_and_tree_at_the_top() {
+        let h = ImageHeader { text_offset: 0, image_size: 30 << 20 };
+        let l = linux_layout(&h, 2_554_204, 512 << 20).unwrap();
+        assert_eq!(l.kernel, 0);
+        assert_eq!(l.dtb, (512 << 20) - DTB_SPACE);
+        let (s, e) = l.initrd.unwrap();
+        assert_eq!(s % 4096, 0);
+        assert!(e <= l.dtb && e - s == 2_554_204);
+        assert_eq!(linux_layout(&h, 0, 512 << 20).unwrap().initrd, None);
+        // Too small: the kernel, 16 MiB of room, the initramfs and the tree must fit.
+        assert!(linux_layout(&h, 2 << 20, 48 << 20).is_err());
+        assert!(linux_layout(&h, u64::MAX, 512 << 20).is_err());
+        assert!(linux_layout(&ImageHeader { text_offset: 0, image_size: u64::MAX }, 0, 512 << 20).is_err());
+        assert!(linux_layout(&h, 0, 1000).is_err());
+    }
+
+    #[test]
+    fn load_linux_copies_where_the_layout_says() {
+        let mut mem = vec![0u8; 64 << 20];
+        let h = ImageHeader { text_offset: 0x1000, image_size: 0x2000 };
+        let l = linux_layout(&h, 3, mem.len() as u64).unwrap();
+        load_linux(&mut mem, &l, &[1, 2, 3, 4], &[9, 8, 7]).unwrap();
+        assert_eq!(&mem[0x1000..0x1004], &[1, 2, 3, 4]);
+        let (s, _) = l.initrd.unwrap();
+        assert_eq!(&mem[s as usize..s as usize + 3], &[9, 8, 7]);
+        let far = LinuxLayout { kernel: (64 << 20) - 2, initrd: None, dtb: 0 };
+        assert!(load_linux(&mut mem, &far, &[1, 2, 3, 4], &[]).is_err());
+    }
+
+    fn elf(segments: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+        // (file offset, paddr, filesz, memsz) per PT_LOAD, entry 0x4008_0000.
+        let mut f = vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[18..20].copy_from_slice(&183u16.to_le_bytes());
+        f[24..32].copy_from_slice(&0x4008_0000u64.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+        for (i, &(off, paddr, filesz, memsz)) in segments.iter().enumerate() {
+            let ph = 64 + 56 * i;
+            f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+            f[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
+            f[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+            f[ph + 32..ph + 40].copy_from_slice(&filesz.to_le_bytes());
+            f[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        f[0x800..0x804].copy_from_slice(&[0xAA; 4]);
+        f
+    }
+
+    #[test]
+    fn test_images_load_inside_guest_ram_only() {
+        let base = 0x4000_0000;
+        let mut mem = vec![0xFFu8; 1 << 20];
+        let entry = load_test_image(&mut mem, base, &elf(&[(0x800, base + 0x8_0000, 4, 8)])).unwrap();
+        assert_eq!(entry, 0x4008_0000);
+        assert_eq!(&mem[0x8_0000..0x8_0008], &[0xAA, 0xAA, 0xAA, 0xAA, 0, 0, 0, 0], "data, then BSS zeroed");
+        for hostile in [
+            (0x800, base - 0x1000, 4, 4),   // below RAM
+            (0x800, base + (1 << 20) - 2, 4, 4), // past its end
+            (0x800, base, 8, 4),            // filesz > memsz
+            (0xFFF, base, 4, 4),            // past the file
+            (u64::MAX, base, 4, 4),         // offset overflow
+            (0x800, u64::MAX, 4, 4),        // address overflow
+            (0x800, base, 4, u64::MAX),     // size overflow
+        ] {
+            assert!(load_test_image(&mut mem, base, &elf(&[hostile])).is_err(), "{hostile:x?}");
+        }
+        // A raw image at RAM + 0x80000.
+        assert_eq!(load_test_image(&mut mem, base, &[1, 2, 3]).unwrap(), base + RAW_IMAGE_OFFSET);
+        assert_eq!(&mem[0x8_0000..0x8_0003], &[1, 2, 3]);
+        assert!(load_test_image(&mut vec![0; 0x8_0001], base, &[1, 2]).is_err());
+    }
 }

@@ -23,6 +23,12 @@ pub struct FdtWriter {
     overflow: bool,
 }
 
+impl Default for FdtWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FdtWriter {
     /// An empty tree.
     pub const fn new() -> Self {
@@ -290,4 +296,79 @@ fn pl011(w: &mut FdtWriter, base: u64, spi: Option<u32>) {
     w.cells("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE]);
     w.string("clock-names", "uartclk\0apb_pclk");
     w.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(p: &[u8]) -> std::vec::Vec<u32> {
+        p.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+    extern crate std;
+
+    const TREE: LinuxTree<'static> = LinuxTree {
+        ram: (0x4000_0000, 512 << 20),
+        vcpus: 2,
+        uart: (0x0900_0000, 1),
+        gicd: 0x0800_0000,
+        gicr: 0x080A_0000,
+        initrd: Some((0x5F00_0000, 0x5F12_3456)),
+        bootargs: "console=ttyAMA0 panic=-1",
+    };
+
+    #[test]
+    fn a_linux_tree_describes_the_machine() {
+        let mut buf = [0u8; 16384];
+        let n = linux_tree(&mut buf, &TREE).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        assert_eq!(fdt.chosen().bootargs(), Some("console=ttyAMA0 panic=-1"));
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(cells(chosen.property("linux,initrd-start").unwrap().value), [0, 0x5F00_0000]);
+        assert_eq!(cells(chosen.property("linux,initrd-end").unwrap().value), [0, 0x5F12_3456]);
+        let mem = fdt.memory().regions().next().unwrap();
+        assert_eq!((mem.starting_address as u64, mem.size), (0x4000_0000, Some(512 << 20)));
+        assert_eq!(fdt.cpus().count(), 2);
+        assert!(fdt.cpus().all(|c| c.property("enable-method").and_then(|p| p.as_str()) == Some("psci")));
+        assert_eq!(fdt.find_node("/psci").unwrap().property("method").unwrap().as_str(), Some("hvc"));
+        // GICv3: the distributor, and 2 x 128 KiB of redistributors; the root's interrupt parent.
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).unwrap();
+        assert_eq!(cells(gic.property("reg").unwrap().value), [0, 0x0800_0000, 0, 0x1_0000, 0, 0x080A_0000, 0, 0x4_0000]);
+        assert!(gic.property("interrupt-controller").is_some());
+        let phandle = cells(gic.property("phandle").unwrap().value);
+        assert_eq!(cells(fdt.root().property("interrupt-parent").unwrap().value), phandle);
+        // The timer's four PPIs in the binding's order: secure, non-secure physical, virtual, hyp.
+        let timer = fdt.find_compatible(&["arm,armv8-timer"]).unwrap();
+        let t = cells(timer.property("interrupts").unwrap().value);
+        assert_eq!([t[1], t[4], t[7], t[10]], [13, 14, 11, 10]);
+        assert!(t.chunks(3).all(|c| c[0] == 1 && c[2] == 4), "PPIs, level high");
+        let uart = fdt.find_compatible(&["arm,pl011"]).unwrap();
+        assert_eq!(cells(uart.property("interrupts").unwrap().value), [0, 1, 4]);
+        assert_eq!(uart.property("clock-names").unwrap().value, b"uartclk\0apb_pclk\0");
+    }
+
+    #[test]
+    fn a_test_guest_tree_has_no_interrupts() {
+        let mut buf = [0u8; 16384];
+        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        assert!(fdt.find_compatible(&["arm,gic-v3"]).is_none());
+        assert!(fdt.find_compatible(&["arm,pl011"]).unwrap().property("interrupts").is_none());
+        assert_eq!(fdt.cpus().count(), 1);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_an_error_not_a_truncated_tree() {
+        let mut small = [0u8; 256];
+        assert_eq!(linux_tree(&mut small, &TREE), None);
+        let long = "x".repeat(4096);
+        let mut buf = [0u8; 16384];
+        assert_eq!(linux_tree(&mut buf, &LinuxTree { bootargs: &long, ..TREE }), None, "bootargs over 4095 bytes");
+        let most = "y".repeat(4095);
+        let n = linux_tree(&mut buf, &LinuxTree { bootargs: &most, ..TREE }).unwrap();
+        assert_eq!(fdt::Fdt::new(&buf[..n]).unwrap().chosen().bootargs().map(str::len), Some(4095));
+        let mut w = FdtWriter::new();
+        w.cells("too-many", &[0; 17]);
+        assert_eq!(w.finish(&mut buf), None);
+    }
 }
