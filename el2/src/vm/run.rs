@@ -88,6 +88,8 @@ impl<T: TableMemory> Hyp<'_, T> {
         }
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         let set_way_done = core::cell::Cell::new(false);
+        // The same for every exit of this run: built once.
+        let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
         // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
         // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
         // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -108,7 +110,6 @@ impl<T: TableMemory> Hyp<'_, T> {
                     exit = self.kill_illegal_state(handle, ctx.pstate);
                     break;
                 }
-                let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
                 if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
                     exit = e;
                     break;
