@@ -110,7 +110,7 @@ impl<T: TableMemory> Hyp<'_, T> {
                     exit = self.kill_illegal_state(handle, ctx.pstate);
                     break;
                 }
-                if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
+                if let Next::Exit(e) = self.handle_guest_exit(handle, &me, &mut ctx, trap, arch, &mut saved) {
                     exit = e;
                     break;
                 }
@@ -164,7 +164,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     fn handle_guest_exit<A: GuestArch>(
         &self,
         handle: u64,
-        me: Me<'_>,
+        me: &Me<'_>,
         ctx: &mut VcpuCtx,
         trap: GuestTrap,
         arch: &A,
@@ -251,7 +251,7 @@ impl<T: TableMemory> Hyp<'_, T> {
         }
     }
 
-    fn guest_call(&self, handle: u64, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
+    fn guest_call(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx) -> Next {
         let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
         let (vcpus, index) = (&self.vcpus[me.vm_slot], me.index);
         match classify_guest_call(x, me.nr_vcpus, me.fw) {
