@@ -547,7 +547,7 @@ impl ArchMaintenance {
 
     /// Steps 6 and 7: guest EL1 (and FP/SIMD, if loaded) state out, host's back, host traps and
     /// stage 2.
-    fn put_guest(&self, ctx: &mut VcpuCtx, saved: HostSaved) {
+    fn put_guest(&self, ctx: &mut VcpuCtx, mut saved: HostSaved) {
         self.el1_to_ctx(ctx);
         if saved.keys_loaded {
             save_keys(&mut ctx.pauth_keys);
@@ -609,9 +609,8 @@ impl ArchMaintenance {
         // PPI 27 itself, from the exit record's deadline). No barrier of its own: the ISB at the
         // end of put makes ENABLE = 0 (and CNTVOFF_EL2 = 0 below) effective before EL2
         // continues, and the timer's output is a level, so nothing latched stays pending.
-        let mut host_sys = saved.sys;
-        crate::controls::host_el1_at_put(&mut host_sys);
-        restore_el1_sysregs(&host_sys);
+        crate::controls::host_el1_at_put(&mut saved.sys);
+        restore_el1_sysregs(&saved.sys);
         restore_el1_extra(&saved.extra);
         // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
         // between, which is all the architecture requires.)

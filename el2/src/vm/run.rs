@@ -88,6 +88,8 @@ impl<T: TableMemory> Hyp<'_, T> {
         }
         let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
         let set_way_done = core::cell::Cell::new(false);
+        // The same for every exit of this run: built once.
+        let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
         // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
         // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
         // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -108,8 +110,7 @@ impl<T: TableMemory> Hyp<'_, T> {
                     exit = self.kill_illegal_state(handle, ctx.pstate);
                     break;
                 }
-                let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
-                if let Next::Exit(e) = self.handle_guest_exit(handle, me, &mut ctx, trap, arch, &mut saved) {
+                if let Next::Exit(e) = self.handle_guest_exit(handle, &me, &mut ctx, trap, arch, &mut saved) {
                     exit = e;
                     break;
                 }
@@ -163,7 +164,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     fn handle_guest_exit<A: GuestArch>(
         &self,
         handle: u64,
-        me: Me<'_>,
+        me: &Me<'_>,
         ctx: &mut VcpuCtx,
         trap: GuestTrap,
         arch: &A,
@@ -250,7 +251,7 @@ impl<T: TableMemory> Hyp<'_, T> {
         }
     }
 
-    fn guest_call(&self, handle: u64, me: Me<'_>, ctx: &mut VcpuCtx) -> Next {
+    fn guest_call(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx) -> Next {
         let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
         let (vcpus, index) = (&self.vcpus[me.vm_slot], me.index);
         match classify_guest_call(x, me.nr_vcpus, me.fw) {

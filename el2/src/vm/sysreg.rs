@@ -14,7 +14,7 @@ use shared_abi::msg::{exit, VcpuExit};
 
 impl<T: TableMemory> Hyp<'_, T> {
     /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
-    pub(super) fn sysreg_trap(&self, handle: u64, me: Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl GuestArch) -> Next {
+    pub(super) fn sysreg_trap(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl GuestArch) -> Next {
         if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
             ctx.pc = ctx.pc.wrapping_add(4);
             let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
@@ -201,7 +201,7 @@ pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
 }
 
 /// A trapped SGI generation write of vCPU `me`, decoded, and the value written.
-fn sgi_write(esr: u64, ctx: &VcpuCtx, me: Me<'_>) -> Option<(vgic::Sgi, u64)> {
+fn sgi_write(esr: u64, ctx: &VcpuCtx, me: &Me<'_>) -> Option<(vgic::Sgi, u64)> {
     let a = sysreg_access(esr)?;
     let value = ctx.gpr(a.rt);
     Some((vgic::decode_sgi(&a, value, me.index, me.nr_vcpus)?, value))
