@@ -32,6 +32,8 @@ pub const MAX_VCPUS: usize = 8;
 /// One Linux VM's devices and per-vCPU VMM state.
 pub struct LinuxVm {
     vm: Vm,
+    /// Interrupts queued into list registers, by kind: timer (PPI 27/30), SGI, UART, other.
+    injected: [AtomicU64; 4],
     gic: VirtualGic,
     uart: GuestUart,
     vcpus: [spin::Mutex<VcpuState>; MAX_VCPUS],
@@ -66,6 +68,13 @@ pub fn owns(handle: u64) -> bool {
 
 fn lookup(handle: u64) -> Option<&'static LinuxVm> {
     VMS.iter().filter_map(|v| v.get()).find(|v| v.vm.handle == handle)
+}
+
+/// The interrupts the VMM injected into `handle`'s vCPUs, by kind (timer, SGI, UART, other),
+/// reset to zero; `None` if it is not a Linux VM.
+pub fn take_injections(handle: u64) -> Option<[u64; 4]> {
+    let l = lookup(handle)?;
+    Some(core::array::from_fn(|i| l.injected[i].swap(0, Ordering::Relaxed)))
 }
 
 /// What the boot arguments ask for (`cargo xtask run --kernel ...`).
@@ -117,7 +126,7 @@ pub fn run(plat: &Platform) {
         let nr = cfg.vcpus as usize;
         HANDLES[n].store(vm.handle, Ordering::SeqCst);
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        VMS[n].call_once(|| LinuxVm { gic, uart: GuestUart::new(prefix), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
+        VMS[n].call_once(|| LinuxVm { injected: [const { AtomicU64::new(0) }; 4], gic, uart: GuestUart::new(prefix), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
     }
     let live = || VMS.iter().filter_map(|v| v.get()).map(|l| &l.vm);
     let mut refs: [&Vm; MAX_VMS] = [&VMS[0].get().unwrap_or_else(|| crate::fail::halt()).vm; MAX_VMS];
@@ -338,6 +347,13 @@ impl LinuxVm {
             if intid == VTIMER_INTID {
                 st.vtimer_queued = true;
             }
+            let kind = match intid {
+                VTIMER_INTID | PTIMER_INTID => 0,
+                0..=15 => 1,
+                UART_INTID => 2,
+                _ => 3,
+            };
+            self.injected[kind].fetch_add(1, Ordering::Relaxed);
         })
     }
 

@@ -380,6 +380,9 @@ fn run_started(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Ou
 /// Exit reasons the host counts per VM ([`exit`] values 1..=9).
 const HOST_EXIT_NAMES: [&str; 10] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi"];
 
+/// Kinds of injected interrupts ([`linux::take_injections`]).
+const INJECTION_NAMES: [&str; 4] = ["timer", "sgi", "uart", "other"];
+
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
 static HOST_EXITS: [[AtomicU64; 10]; 16] = [const { [const { AtomicU64::new(0) }; 10] }; 16];
 
@@ -410,7 +413,21 @@ pub fn report_stats(vm: &Vm) {
     println!("host: VM {:#x} exceptions taken to EL2:{el2_line}", vm.handle);
     let host_json = Fmt(|f| host.iter().enumerate().skip(1).try_for_each(|(i, n)| write!(f, "{}\"{}\":{n}", if i > 1 { "," } else { "" }, HOST_EXIT_NAMES[i])));
     let el2_json = Fmt(|f| el2.iter().enumerate().try_for_each(|(i, n)| write!(f, "{}\"{}\":{n}", if i > 0 { "," } else { "" }, stats::NAMES[i])));
-    println!("host: stats {{\"vm\":\"{:#x}\",\"host\":{{{host_json}}},\"el2\":{{{el2_json}}}}}", vm.handle);
+    // Interrupts the VMM injected (Linux VMs: their distributor model), by kind.
+    let inj = linux::take_injections(vm.handle);
+    if let Some(inj) = inj {
+        let line = Fmt(|f| INJECTION_NAMES.iter().zip(inj).try_for_each(|(name, n)| write!(f, " {name} {n}")));
+        println!("host: VM {:#x} interrupts injected:{line}", vm.handle);
+    }
+    let inj_json = Fmt(|f| match inj {
+        Some(inj) => {
+            write!(f, ",\"injected\":{{")?;
+            INJECTION_NAMES.iter().zip(inj).enumerate().try_for_each(|(i, (name, n))| write!(f, "{}\"{name}\":{n}", if i > 0 { "," } else { "" }))?;
+            write!(f, "}}")
+        }
+        None => Ok(()),
+    });
+    println!("host: stats {{\"vm\":\"{:#x}\",\"host\":{{{host_json}}},\"el2\":{{{el2_json}}}{inj_json}}}", vm.handle);
     // Every exit the host saw but VCPU_OFF (answered without entering the guest) was an
     // exception EL2 took first.
     let trapped: u64 = host.iter().enumerate().filter(|(i, _)| *i != exit::VCPU_OFF as usize).map(|(_, n)| n).sum();
