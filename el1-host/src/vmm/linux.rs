@@ -22,7 +22,7 @@ use crate::platform::Platform;
 use crate::{gic, hvc, println, sched};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{exit, vm_flags, VcpuExit};
-use shared_abi::{reg, HypError, HypercallId};
+use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
 
 /// Most Linux VMs at once.
 pub const MAX_VMS: usize = 2;
@@ -79,6 +79,8 @@ pub fn take_injections(handle: u64) -> Option<[u64; 4]> {
 
 /// What the boot arguments ask for (`cargo xtask run --kernel ...`).
 struct Config {
+    /// End of the host's RAM: guest memory must come from below it.
+    ram_end: u64,
     mem_mib: u64,
     vcpus: u32,
     flags: u64,
@@ -100,7 +102,7 @@ impl Config {
                 flags |= f;
             }
         }
-        Ok(Self { mem_mib, vcpus: vcpus as u32, flags, vms: vms as usize })
+        Ok(Self { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus: vcpus as u32, flags, vms: vms as usize })
     }
 }
 
@@ -128,23 +130,19 @@ pub fn run(plat: &Platform) {
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
         VMS[n].call_once(|| LinuxVm { injected: [const { AtomicU64::new(0) }; 4], gic, uart: GuestUart::new(prefix), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
     }
-    let live = || VMS.iter().filter_map(|v| v.get()).map(|l| &l.vm);
-    let mut refs: [&Vm; MAX_VMS] = [&VMS[0].get().unwrap_or_else(|| crate::fail::halt()).vm; MAX_VMS];
-    let mut count = 0;
-    for (slot, vm) in refs.iter_mut().zip(live()) {
-        *slot = vm;
-        count += 1;
-    }
-    for vm in &refs[..count] {
+    // Every VM built above, in order (the padding past `cfg.vms` is never used).
+    let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
+    let vms = &all[..cfg.vms];
+    for vm in vms {
         sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: run queue: {e:?}")));
     }
     ACTIVE.store(true, Ordering::SeqCst);
     sched::SLEEP_WHEN_IDLE.store(true, Ordering::SeqCst);
     let cpus = (1u64 << plat.nr_cpus) - 1;
-    sched::run(&refs[..count], cpus);
+    sched::run(vms, cpus);
     ACTIVE.store(false, Ordering::SeqCst);
     let mut clean = true;
-    for (n, vm) in refs[..count].iter().enumerate() {
+    for (n, vm) in vms.iter().enumerate() {
         if let Some(l) = lookup(vm.handle) {
             l.uart.flush_final();
         }
@@ -164,7 +162,11 @@ pub fn run(plat: &Platform) {
 /// (donated if protected), vCPU 0 at the kernel's entry with `x0` = the device tree.
 fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm, &'static str> {
     let ram = cfg.mem_mib << 20;
-    let vm = super::create_with_flags(cfg.vcpus, cfg.flags, cfg.mem_mib).map_err(|_| "VM_CREATE failed")?;
+    let backing = super::alloc_pages(ram / PAGE_SIZE);
+    if backing.checked_add(ram).is_none_or(|end| end > cfg.ram_end) {
+        return Err("not enough host RAM for the guest's memory (mem x vms)");
+    }
+    let vm = super::create_at(cfg.vcpus, cfg.flags, cfg.mem_mib, backing).map_err(|_| "VM_CREATE failed")?;
     // SAFETY: the backing pages were just allocated for this VM and are still the host's
     // (until VM_ADD_MEMORY below).
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
