@@ -132,6 +132,10 @@ pub mod exit {
     /// register ([`super::sgi`]), `data` = the value written. The host makes the SGI pending
     /// on each target ([`crate::HypercallId::VcpuSetIrq`]). (ABI 3.1.)
     pub const SGI: u32 = 9;
+    /// The guest turned on a sibling vCPU with PSCI `CPU_ON`, which EL2 has served (the call
+    /// succeeded; the caller resumes after it): `args[0]` = the vCPU turned on. The host runs
+    /// that vCPU, which until then exited [`VCPU_OFF`] and was waiting. (ABI 3.3.)
+    pub const CPU_ON: u32 = 10;
     /// `flags` bit of an MMIO exit: the access was a write.
     pub const MMIO_WRITE: u32 = 1;
     /// `flags` bit of any exit: the guest has deactivated level-sensitive interrupts queued
@@ -151,6 +155,7 @@ pub mod exit {
             KILLED => "KILLED",
             VCPU_OFF => "VCPU_OFF",
             SGI => "SGI",
+            CPU_ON => "CPU_ON",
             _ => "unknown",
         }
     }

@@ -9,7 +9,8 @@
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
 //! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], the VMM's
 //! exit loop: MMIO to the devices, guest SGIs and timer deadlines to the distributor model,
-//! `WFI` to a sleep until an interrupt or the vCPU's timer deadline.
+//! `WFI` to a sleep until an interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until
+//! a sibling's `CPU_ON`.
 //!
 //! Guest physical map: GIC distributor at `0x0800_0000`, redistributors at `0x080A_0000`
 //! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), RAM at `0x4000_0000`.
@@ -34,6 +35,8 @@ pub struct LinuxVm {
     vm: Vm,
     /// Interrupts queued into list registers, by kind: timer (PPI 27/30), SGI, UART, other.
     injected: [AtomicU64; 4],
+    /// A sibling turned the vCPU on (exit `CPU_ON`) since it last found itself off.
+    turned_on: [AtomicBool; MAX_VCPUS],
     gic: VirtualGic,
     uart: GuestUart,
     vcpus: [spin::Mutex<VcpuState>; MAX_VCPUS],
@@ -128,7 +131,7 @@ pub fn run(plat: &Platform) {
         let nr = cfg.vcpus as usize;
         HANDLES[n].store(vm.handle, Ordering::SeqCst);
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        VMS[n].call_once(|| LinuxVm { injected: [const { AtomicU64::new(0) }; 4], gic, uart: GuestUart::new(prefix), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
+        VMS[n].call_once(|| LinuxVm { injected: [const { AtomicU64::new(0) }; 4], turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS], gic, uart: GuestUart::new(prefix), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
     }
     // Every VM built above, in order (the padding past `cfg.vms` is never used).
     let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
@@ -223,10 +226,6 @@ enum Yield {
     Done(Option<sched::VmOutcome>),
 }
 
-/// How often a powered-off vCPU looks whether a sibling has turned it on (PSCI `CPU_ON` is
-/// EL2's and tells the host nothing), in milliseconds.
-const OFF_POLL_MS: u64 = 1;
-
 /// Runs vCPU `vcpu` of Linux VM `handle` (run-queue slot `slot`) until it waits, is
 /// preempted, or its VM ends.
 pub fn run_slot(slot: usize, handle: u64, vcpu: u64) {
@@ -254,10 +253,10 @@ pub fn run_slot(slot: usize, handle: u64, vcpu: u64) {
         Yield::Block(until) => {
             l.uart.flush();
             sched::block(slot, until);
-            // An interrupt made pending between the exit and the block found the vCPU still
-            // running (its sender kicked this CPU, not the queue): look again now that it is
-            // blocked, or it would sleep through it.
-            if l.gic.has_deliverable(v) {
+            // An interrupt made pending, or a `CPU_ON` served, between the exit and the block
+            // found the vCPU still running (its sender kicked this CPU, not the queue): look
+            // again now that it is blocked, or it would sleep through it.
+            if l.gic.has_deliverable(v) || l.turned_on[v].swap(false, Ordering::SeqCst) {
                 sched::wake(handle, vcpu);
             }
         }
@@ -321,7 +320,16 @@ impl LinuxVm {
                 poll_input();
                 (gic::take_preempt() && sched::others_ready()).then_some(Yield::Preempted)
             }
-            exit::VCPU_OFF => Some(Yield::Block(gic::counter() + OFF_POLL_MS * gic::ticks_per_ms())),
+            // Off (never started, or PSCI `CPU_OFF`): asleep until a sibling's `CPU_ON`.
+            exit::VCPU_OFF => (!self.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
+            exit::CPU_ON => {
+                let t = e.args[0] as usize;
+                if t < self.vm.vcpus as usize {
+                    self.turned_on[t].store(true, Ordering::SeqCst);
+                    sched::wake(handle, t as u64);
+                }
+                None
+            }
             // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
             exit::HYPERCALL => None,
             exit::SYSTEM_OFF => Some(Yield::Done(Some(Ok(Outcome::Off)))),

@@ -248,7 +248,7 @@ impl Stepper {
                 Ok(Ran::Exit(exit::IRQ))
             }
             // An SGI is the test device's to deliver (it saw the exit first), if it wants.
-            r @ (exit::WFX | exit::HYPERCALL | exit::VCPU_OFF | exit::SGI) => Ok(Ran::Exit(r)),
+            r @ (exit::WFX | exit::HYPERCALL | exit::VCPU_OFF | exit::SGI | exit::CPU_ON) => Ok(Ran::Exit(r)),
             exit::SYSTEM_OFF => Ok(Ran::Ended(Outcome::Off)),
             exit::SYSTEM_RESET => Ok(Ran::Ended(Outcome::Reset)),
             exit::KILLED => Ok(Ran::Ended(Outcome::Killed(e.data, e.ipa, e.args[0]))),
@@ -378,13 +378,13 @@ fn run_started(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Ou
 }
 
 /// Exit reasons the host counts per VM ([`exit`] values 1..=9).
-const HOST_EXIT_NAMES: [&str; 10] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi"];
+const HOST_EXIT_NAMES: [&str; 11] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi", "cpu_on"];
 
 /// Kinds of injected interrupts ([`linux::take_injections`]).
 const INJECTION_NAMES: [&str; 4] = ["timer", "sgi", "uart", "other"];
 
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
-static HOST_EXITS: [[AtomicU64; 10]; 16] = [const { [const { AtomicU64::new(0) }; 10] }; 16];
+static HOST_EXITS: [[AtomicU64; 11]; 16] = [const { [const { AtomicU64::new(0) }; 11] }; 16];
 
 pub(crate) fn count_exit(handle: u64, reason: u32) {
     if let Some(n) = HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)) {
@@ -399,7 +399,7 @@ pub(crate) fn count_exit(handle: u64, reason: u32) {
 pub fn report_stats(vm: &Vm) {
     use shared_abi::msg::{stats, VcpuStats};
     let Some(row) = HOST_EXITS.get(vm.handle as usize & 0xFF) else { return };
-    let host: [u64; 10] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
+    let host: [u64; 11] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
     let mut el2 = [0u64; stats::CLASSES];
     for v in 0..vm.vcpus as u64 {
         if hvc::call(HypercallId::VcpuStats, &[vm.handle, v]).is_ok() {

@@ -717,7 +717,7 @@ pub(crate) mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
         let rec = Recorder::default();
         *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
-        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
         let slot = (h & 0xFF) as usize;
         assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Relaxed), 0x5000);
         f.call(0, H::VmDestroy, &[h]).unwrap();

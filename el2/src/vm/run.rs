@@ -265,7 +265,13 @@ impl<T: TableMemory> Hyp<'_, T> {
                         t.on_entry.store(entry, Ordering::Release);
                         t.on_context.store(context, Ordering::Release);
                         match t.power.compare_exchange(power::OFF, power::ON_PENDING, Ordering::AcqRel, Ordering::Acquire) {
-                            Ok(_) => 0,
+                            Ok(_) => {
+                                // Answered; the host learns that the target now wants a CPU
+                                // (until now it exited VCPU_OFF), so it need not poll it.
+                                ctx.x[0] = 0;
+                                let args = [target as u64, 0, 0, 0];
+                                return Next::Exit(VcpuExit { reason: exit::CPU_ON, args, ..Default::default() });
+                            }
                             Err(power::ON) => PSCI_ALREADY_ON,
                             Err(_) => PSCI_ON_PENDING,
                         }
@@ -479,8 +485,18 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
         let rec = Recorder::default();
         *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
-        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        // The host hears which vCPU came on (so it need not poll one that is off).
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
+        assert_eq!(super::super::tests::exit_record(&f).args, [1, 0, 0, 0]);
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0, 0, 0]), "CPU_ON succeeded");
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        // A second CPU_ON of the same vCPU is answered in EL2 (ON_PENDING): no exit.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
+        rec.2.borrow_mut().clear();
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([-5i64 as u64, 0, 0]), "ON_PENDING");
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(rec.2.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
