@@ -173,6 +173,9 @@ impl TestDevice for ValueDevice {
 
 /// Set when the VM being run by several host CPUs has stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// `CPU_ON` exits seen by the fixed-placement loops: a secondary vCPU found off waits for this
+/// to change (or [`STOP`]) instead of asking EL2 again and again.
+static CPU_ONS: AtomicU64 = AtomicU64::new(0);
 
 /// One vCPU's run state between exits: its console line and a pending MMIO read value.
 pub struct Stepper {
@@ -190,13 +193,21 @@ impl Stepper {
     /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over
     /// (a secondary vCPU that is off waits for [`STOP`]; vCPU 0 off ends the run).
     pub fn step(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Option<Outcome>, HypError> {
+        // Read before the run: a `CPU_ON` served after it changes the count.
+        let cpu_ons = CPU_ONS.load(Ordering::SeqCst);
         match self.run_once(vm, index, dev)? {
             Ran::Ended(o) => Ok(Some(o)),
             Ran::Exit(exit::VCPU_OFF) => {
-                if index == 0 || STOP.load(Ordering::SeqCst) {
-                    return Ok(Some(Outcome::Off));
+                while CPU_ONS.load(Ordering::SeqCst) == cpu_ons {
+                    if index == 0 || STOP.load(Ordering::SeqCst) {
+                        return Ok(Some(Outcome::Off));
+                    }
+                    core::hint::spin_loop();
                 }
-                core::hint::spin_loop();
+                Ok(None)
+            }
+            Ran::Exit(exit::CPU_ON) => {
+                CPU_ONS.fetch_add(1, Ordering::SeqCst);
                 Ok(None)
             }
             Ran::Exit(_) => Ok(None),
