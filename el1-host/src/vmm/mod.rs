@@ -177,33 +177,45 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// to change (or [`STOP`]) instead of asking EL2 again and again.
 static CPU_ONS: AtomicU64 = AtomicU64::new(0);
 
-/// One vCPU's run state between exits: its console line and a pending MMIO read value.
+/// One vCPU's run state between exits: its console line, a pending MMIO read value, and
+/// whether it was off at its last run ([`CPU_ONS`] then).
 pub struct Stepper {
     line: [u8; 160],
     len: usize,
     read_value: u64,
+    off_since: Option<u64>,
 }
 
 impl Stepper {
     /// A fresh vCPU.
     pub const fn new() -> Self {
-        Self { line: [0; 160], len: 0, read_value: 0 }
+        Self { line: [0; 160], len: 0, read_value: 0, off_since: None }
     }
 
     /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over
     /// (a secondary vCPU that is off waits for [`STOP`]; vCPU 0 off ends the run).
     pub fn step(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Option<Outcome>, HypError> {
+        // Off at its last run, and no `CPU_ON` served since: not worth asking EL2 again. (The
+        // loop around may run other vCPUs meanwhile, so this never waits itself.)
+        if let Some(seen) = self.off_since {
+            if CPU_ONS.load(Ordering::SeqCst) == seen {
+                if index == 0 || STOP.load(Ordering::SeqCst) {
+                    return Ok(Some(Outcome::Off));
+                }
+                core::hint::spin_loop();
+                return Ok(None);
+            }
+            self.off_since = None;
+        }
         // Read before the run: a `CPU_ON` served after it changes the count.
         let cpu_ons = CPU_ONS.load(Ordering::SeqCst);
         match self.run_once(vm, index, dev)? {
             Ran::Ended(o) => Ok(Some(o)),
             Ran::Exit(exit::VCPU_OFF) => {
-                while CPU_ONS.load(Ordering::SeqCst) == cpu_ons {
-                    if index == 0 || STOP.load(Ordering::SeqCst) {
-                        return Ok(Some(Outcome::Off));
-                    }
-                    core::hint::spin_loop();
+                if index == 0 || STOP.load(Ordering::SeqCst) {
+                    return Ok(Some(Outcome::Off));
                 }
+                self.off_since = Some(cpu_ons);
                 Ok(None)
             }
             Ran::Exit(exit::CPU_ON) => {
