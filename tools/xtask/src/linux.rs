@@ -511,16 +511,7 @@ pub fn hyp_command(images: &Images, smp: u32, run: &LinuxRun, extra_bootargs: &s
     if !extra_bootargs.trim().is_empty() {
         bootargs = format!("{bootargs} {}", extra_bootargs.trim());
     }
-    let mut c = Command::new("qemu-system-aarch64");
-    c.args(edit_machine_args(machine_args(), Some(LINUX_MACHINE_RAM), &[]))
-        .args(["-smp", &smp.to_string()])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&images.el2)
-        .arg("-device")
-        .arg(format!("loader,file={}", images.host.display()))
-        .arg("-device")
-        .arg(format!("loader,file={},addr={GUEST_IMAGE_STAGING:#x},force-raw=on", run.kernel.display()));
+    let mut c = crate::hyp_machine(images, edit_machine_args(machine_args(), Some(LINUX_MACHINE_RAM), &[]), smp, &run.kernel);
     if let Some(initrd) = &run.initrd {
         c.arg("-device").arg(format!("loader,file={},addr={GUEST_INITRD_STAGING:#x},force-raw=on", initrd.display()));
     }

@@ -288,9 +288,16 @@ fn machine_args() -> Vec<String> {
 /// image `guest` staged for the host.
 pub fn qemu_command(images: &Images, smp: u32, bootargs: &str, guest: &Path) -> Command {
     let size = std::fs::metadata(guest).map(|m| m.len()).unwrap_or(0);
-    let bootargs = format!("{bootargs} guest={GUEST_STAGING:#x},{size}");
+    let mut c = hyp_machine(images, machine_args(), smp, guest);
+    c.args(["-append", &format!("{bootargs} guest={GUEST_STAGING:#x},{size}")]);
+    c
+}
+
+/// QEMU running the machine `machine` with `smp` CPUs, EL2 and the host, and `guest` staged
+/// for the host at [`GUEST_STAGING`]; the caller adds the host's boot arguments (`-append`).
+pub fn hyp_machine(images: &Images, machine: Vec<String>, smp: u32, guest: &Path) -> Command {
     let mut c = Command::new("qemu-system-aarch64");
-    c.args(machine_args())
+    c.args(machine)
         .args(["-smp", &smp.to_string()])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
@@ -298,8 +305,7 @@ pub fn qemu_command(images: &Images, smp: u32, bootargs: &str, guest: &Path) -> 
         .arg("-device")
         .arg(format!("loader,file={}", images.host.display()))
         .arg("-device")
-        .arg(format!("loader,file={},addr={GUEST_STAGING:#x},force-raw=on", guest.display()))
-        .args(["-append", &bootargs]);
+        .arg(format!("loader,file={},addr={GUEST_STAGING:#x},force-raw=on", guest.display()));
     c
 }
 
