@@ -279,7 +279,11 @@ impl LinuxVm {
         let now = gic::counter();
         self.deliver(v, st, now)?;
         gic::set_vtimer_enabled(timer::physical_vtimer_enabled(&st.timers, st.vtimer_queued, now));
-        if st.timers.ptimer != u64::MAX {
+        // Only a deadline still to come: one already passed has raised PPI 30's line above,
+        // and a host timer armed in the past would end every run before the guest's first
+        // instruction (a guest that never handles an expired physical timer stormed the host
+        // with IRQ exits that way).
+        if st.timers.ptimer > now && st.timers.ptimer != u64::MAX {
             gic::arm_wakeup(st.timers.ptimer);
         }
         note_run(&self.vm, v as u64);
