@@ -386,6 +386,11 @@ const HOST_EXIT_NAMES: [&str; 10] = ["", "mmio", "wfx", "hypercall", "system_off
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
 static HOST_EXITS: [[AtomicU64; 10]; 16] = [const { [const { AtomicU64::new(0) }; 10] }; 16];
 
+/// Exits with `reason` that VM `handle` made to the host so far (cleared by [`report_stats`]).
+pub fn host_exits(handle: u64, reason: u32) -> u64 {
+    HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)).map_or(0, |n| n.load(Ordering::Relaxed))
+}
+
 pub(crate) fn count_exit(handle: u64, reason: u32) {
     if let Some(n) = HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)) {
         n.fetch_add(1, Ordering::Relaxed);
