@@ -52,7 +52,7 @@ fn record(c: &mut Counts, r: &Result<[u64; 3], HypError>) {
 }
 
 /// Checks EL2's invariants; returns the number of violations (0 or 1).
-fn invariants() -> u64 {
+pub(crate) fn invariants() -> u64 {
     let r = hvc::call(HypercallId::TestCheckInvariants, &[]);
     match r {
         Ok([pages, _, _]) if pages != u64::MAX => 0,
