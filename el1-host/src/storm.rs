@@ -11,7 +11,8 @@
 //! run fails if the neighbour does not finish within `limit-ms`, if the storming VM ended by
 //! itself, if an invariant breaks, or if the storming VM's `IRQ` exits exceed `irq-bound` per
 //! second: the bound a guest whose expired virtual timer kept the physical PPI 27 asserted at
-//! every entry would break many times over (the VMM disables that PPI while the virtual one
+//! every entry would break many times over. `cntvoff=N` sets the storming VM's `CNTVOFF_EL2`
+//! before its first run (the VMM disables that PPI while the virtual one
 //! is queued or high: `vmm::timer::physical_vtimer_enabled`, `gic::set_vtimer_enabled`).
 
 use crate::platform::Platform;
@@ -48,6 +49,14 @@ pub fn run(plat: &Platform) {
         good.handle,
         plat.nr_cpus - 1
     );
+    if let Some(off) = plat.arg("cntvoff") {
+        // The storming VM's virtual counter offset, before its first run (0: the virtual count
+        // is the physical one, as before ABI 3.3).
+        let off: u64 = off.parse().unwrap_or_else(|_| crate::fail::fail(format_args!("storm: cntvoff={off} is not a number")));
+        let r = crate::hvc::call(shared_abi::HypercallId::VcpuSetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2, off, 0]);
+        check!(r.is_ok(), "storm: CNTVOFF_EL2 = {off}: {r:?}");
+        println!("host: storm {kind}: VM {:#x} runs with CNTVOFF_EL2 = {off}", storm.handle);
+    }
     for vm in [storm, good] {
         sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: run queue: {e:?}")));
     }
@@ -117,7 +126,8 @@ fn storm_cmdline(kind: &str) -> &'static str {
         "gic" => "storm=gic",
         "masked" => "storm=masked",
         "onoff" => "storm=onoff",
-        other => crate::fail::fail(format_args!("storm: unknown storm {other:?} (sgi, timer, gic, masked, onoff)")),
+        "cvalmax" => "storm=cvalmax",
+        other => crate::fail::fail(format_args!("storm: unknown storm {other:?} (sgi, timer, gic, masked, onoff, cvalmax)")),
     }
 }
 

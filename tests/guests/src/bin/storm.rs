@@ -19,7 +19,11 @@
 //!   just past each; the alignment faults they cause are the guest's own, skipped;
 //! - `masked`: every vCPU masks its interrupts (`PSTATE.DAIF`) and branches to itself;
 //! - `onoff`: vCPU 1 makes MMIO exits and powers itself off (PSCI `CPU_OFF`), vCPU 0 powers
-//!   it on again, without end: its exit statistics must survive each `CPU_ON`.
+//!   it on again, without end: its exit statistics must survive each `CPU_ON`;
+//! - `cvalmax`: every vCPU enables its virtual timer with `CNTV_CVAL_EL0` = all-ones, a legal
+//!   "never", and spins. Under a non-zero `CNTVOFF_EL2` QEMU 7.2's timer computes
+//!   `CVAL + CNTVOFF` wrapped into the past and re-arms itself for ever: the whole machine
+//!   stops (scenario `guest-storm-cval-max`, off by default).
 //!
 //! None of the storms ends by itself: the host stops the VM after its time limit.
 #![no_std]
@@ -61,6 +65,7 @@ enum Kind {
     Gic,
     Masked,
     OnOff,
+    CvalMax,
 }
 
 impl Kind {
@@ -72,6 +77,7 @@ impl Kind {
             Kind::Gic => "gic",
             Kind::Masked => "masked",
             Kind::OnOff => "onoff",
+            Kind::CvalMax => "cvalmax",
         }
     }
 }
@@ -241,6 +247,7 @@ fn main(dtb: u64) {
         Some("gic") => Kind::Gic,
         Some("masked") => Kind::Masked,
         Some("onoff") => Kind::OnOff,
+        Some("cvalmax") => Kind::CvalMax,
         other => guests::fail(format_args!("unknown storm {other:?} (bootargs {args:?})")),
     };
     let vcpus = tree.cpus().count() as u64;
@@ -252,6 +259,7 @@ fn main(dtb: u64) {
             Kind::Gic => 3,
             Kind::Masked => 4,
             Kind::OnOff => 5,
+            Kind::CvalMax => 6,
         },
         Ordering::SeqCst,
     );
@@ -276,6 +284,7 @@ fn secondary(index: u64) {
         2 => Kind::Timer,
         3 => Kind::Gic,
         4 => Kind::Masked,
+        6 => Kind::CvalMax,
         _ => Kind::OnOff,
     };
     storm(kind, index, 0);
@@ -328,6 +337,13 @@ fn storm(kind: Kind, me: u64, vcpus: u64) -> ! {
         Kind::Gic => gic_storm(me),
         Kind::OnOff if me == 0 => onoff_vcpu0(vcpus),
         Kind::OnOff => onoff_vcpu1(),
+        Kind::CvalMax => {
+            // SAFETY: this vCPU's own virtual timer: enabled, compare value all-ones.
+            unsafe { asm!("msr cntv_cval_el0, {m}", "msr cntv_ctl_el0, {one}", "isb", m = in(reg) u64::MAX, one = in(reg) 1u64, options(nostack)) };
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         // Masked, and anything else: no exit ever.
         _ => {
             // SAFETY: masks this vCPU's interrupts and loops; touches no memory.
