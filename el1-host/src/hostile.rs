@@ -7,19 +7,31 @@
 //!
 //! Every register the host can set is an input to EL2, and some only matter when the vCPU
 //! runs (`PSTATE` decides where the world switch's `ERET` lands), so every `VCPU_SET_REG` is
-//! followed by a `VCPU_RUN` of that vCPU, whatever the set returned.
+//! followed by a `VCPU_RUN` of that vCPU, whatever the set returned. The timer registers of
+//! ABI 3.3 (`CNTVOFF_EL2`, `CNTP_CTL_EL0`, `CNTP_CVAL_EL0`, and `CNTV_*`) are among them, with
+//! hostile values (all-ones, `ISTATUS` and RES0 bits).
+//!
+//! Where the ABI says exactly what EL2 must answer, the answer is checked, not only counted:
+//! `VCPU_SET_IRQ` fields (vINTID, priority bits, group, state, `EOI_NOTIFY`, `HW` with any
+//! pINTID, every undefined bit) against a model written from docs/ABI.md, the list registers
+//! `VCPU_IRQ_STATE` reports (well-formed, each vINTID once), `VCPU_STATS`' total, a timer
+//! register read back after a write; and every 5,000 calls a *timer round* runs a small VM with
+//! hostile timer values before and after its first run, checking the exit record's deadlines
+//! and the first-run rules (`Frozen`, `Denied` once a protected VM has run).
 
 use crate::platform::Platform;
-use crate::{hvc, println, vmm};
+use crate::{gic, hvc, println, vmm};
 use core::sync::atomic::Ordering;
 use shared_abi::layout::{run_status, HYP_REGION_BASE, HYP_REGION_SIZE};
-use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::msg::{exit, irq, stats, vm_flags, VcpuExit, VcpuStats, VgicState, VmCreate};
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
 
 /// Host memory the hostile host may give away: 64 MiB nobody else uses.
 const SANDBOX: u64 = 0x6000_0000;
 /// Host memory for the ill-timed VM, reused every round.
 const ILL_TIMED_BACKING: u64 = 0x5800_0000;
+/// The timer round's page (every round's VM is destroyed before the next).
+const TIMER_BACKING: u64 = 0x5FFF_F000;
 const SANDBOX_PAGES: u64 = 16 * 1024;
 
 struct Rng(u64);
@@ -52,7 +64,7 @@ fn record(c: &mut Counts, r: &Result<[u64; 3], HypError>) {
 }
 
 /// Checks EL2's invariants; returns the number of violations (0 or 1).
-fn invariants() -> u64 {
+pub(crate) fn invariants() -> u64 {
     let r = hvc::call(HypercallId::TestCheckInvariants, &[]);
     match r {
         Ok([pages, _, _]) if pages != u64::MAX => 0,
@@ -68,6 +80,8 @@ fn invariants() -> u64 {
 pub fn run(plat: &Platform) {
     let seed: u64 = plat.arg("seed").and_then(|s| s.parse().ok()).unwrap_or(1);
     let calls: u64 = plat.arg("calls").and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    // Replaying a failure: every call from this one on is printed before it is made.
+    let trace_from: u64 = plat.arg("trace-from").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
     println!("host: hostile host: seed {seed}, {calls} calls");
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let (ram_base, ram_size) = plat.ram;
@@ -101,7 +115,25 @@ pub fn run(plat: &Platform) {
         HypercallId::VcpuSetIrq,
         HypercallId::VcpuIrqState,
     ];
-    let regs = [reg::PC, reg::x(0), reg::PSTATE, reg::SYSREGS[12].1, reg::fp_vreg(3), reg::FW_PSCI_VERSION, reg::MPIDR_EL1, reg::sysreg(3, 0, 0, 4, 0), 0, u64::MAX];
+    let regs = [
+        reg::PC,
+        reg::x(0),
+        reg::PSTATE,
+        reg::SYSREGS[12].1,
+        reg::fp_vreg(3),
+        reg::FW_PSCI_VERSION,
+        reg::MPIDR_EL1,
+        reg::sysreg(3, 0, 0, 4, 0),
+        0,
+        u64::MAX,
+        reg::CNTVOFF_EL2,
+        reg::CNTP_CTL_EL0,
+        reg::CNTP_CVAL_EL0,
+        CNTV_CTL_EL0,
+        CNTV_CVAL_EL0,
+    ];
+    let mut wrong = Wrong(0);
+    let mut timer_rounds = 0u64;
     for n in 0..calls {
         if n % 1000 == 999 {
             violations += invariants();
@@ -172,6 +204,13 @@ pub fn run(plat: &Platform) {
                     let r = rng.next();
                     x[3] = rng.pick(&[0, r, 0x4000_0000, u64::MAX]);
                     x[4] = rng.pick(&[0, 0, 1]);
+                    if TIMER_REGS.contains(&x[2]) && rng.below(2) == 0 {
+                        // ENABLE, IMASK, ISTATUS, a RES0 bit, the top bit; a count near now.
+                        x[3] = rng.pick(&[1, 2, 3, 4, 5, 7, 8, 1 << 63, u64::MAX, gic::counter(), 0]);
+                    }
+                    if x[2] == CNTV_CVAL_EL0 {
+                        x[3] &= QEMU_SAFE_CVAL;
+                    }
                     if x[2] == reg::PSTATE && rng.below(2) == 0 {
                         // Modes that must never be entered: EL2h, EL2t, EL1h with IL, AArch32
                         // usr/svc/hyp, and one undefined bit; then the guest's own modes.
@@ -187,10 +226,17 @@ pub fn run(plat: &Platform) {
                 x[1] = rng.pick(&[0, 0, 1, 7, 8, u64::MAX]);
                 if id == HypercallId::VcpuSetIrq as u64 {
                     let (r, small) = (rng.next(), rng.below(1024));
-                    x[2] = rng.pick(&[0, 15, 27, 32, 1019, 1020, 1023, 8192, small, r]);
+                    x[2] = rng.pick(&[0, 15, 16, 27, 31, 32, 1019, 1020, 1021, 1022, 1023, 1024, 8192, 1 << 32, u64::MAX, small, small, r]);
                     let level = rng.below(2) == 0;
                     let ok = irq::config(0x80, true, irq::PENDING, level) as u64;
-                    x[3] = rng.pick(&[ok, ok, ok | irq::HW as u64 | 27 << irq::PINTID_SHIFT, ok | 1, ok & !(irq::STATE_MASK as u64), ok | 1 << 40, r, r & 0xFFFF_FFFF]);
+                    x[3] = match rng.below(4) {
+                        0 => rng.pick(&[ok, ok | irq::HW as u64 | 27 << irq::PINTID_SHIFT, ok | 1, ok & !(irq::STATE_MASK as u64), ok | 1 << 40, r, r & 0xFFFF_FFFF]),
+                        _ => irq_config(&mut rng),
+                    };
+                    if rng.below(32) == 0 {
+                        // An argument register the call does not use.
+                        x[4] = 1;
+                    }
                 }
             }
             Ok(HypercallId::VcpuRegList) | Ok(HypercallId::VcpuRun) | Ok(HypercallId::VcpuStats) => {
@@ -212,11 +258,15 @@ pub fn run(plat: &Platform) {
             runs_skipped += 1;
             continue;
         }
+        if n >= trace_from {
+            println!("host: hostile host: call {n}: {id:#x} {x:x?}");
+        }
         let r = hvc::raw(id, &x);
         if let (Ok(HypercallId::VmCreate), Ok([h, _, _])) = (HypercallId::try_from(id), r) {
             handles[rng.below(24) as usize] = h; // replaced handles stay alive: fine
         }
         record(&mut c, &r);
+        check_answer(id, &x, &r, &mut wrong);
         if let (Ok(HypercallId::VmAddMemory), Ok(_), 0) = (HypercallId::try_from(id), r, x[2]) {
             rams_at_zero[zeros % rams_at_zero.len()] = x[0];
             zeros += 1;
@@ -239,6 +289,10 @@ pub fn run(plat: &Platform) {
         if n % 5000 == 2500 {
             ill_timed(plat, &mut c);
         }
+        if n % 5000 == 1250 {
+            timer_round(timer_rounds, &mut rng, &mut wrong);
+            timer_rounds += 1;
+        }
     }
     for h in handles {
         let _ = hvc::call(HypercallId::VmDestroy, &[h]);
@@ -256,8 +310,273 @@ pub fn run(plat: &Platform) {
         }
     }
     check!(hvc::call(HypercallId::Ping, &[9]) == Ok([9, 0, 0]), "EL2 stopped serving");
+    println!("host: timer rounds: {timer_rounds}, answers other than documented: {}", wrong.0);
+    check!(wrong.0 == 0, "EL2 answered {} call(s) otherwise than documented", wrong.0);
     println!("host: invariant checks: {checks}, invariant violations: {violations}");
     check!(violations == 0, "invariant violations");
+}
+
+/// `CNTV_CTL_EL0` and `CNTV_CVAL_EL0` (EL1/EL0 system registers of the register ABI).
+const CNTV_CTL_EL0: u64 = reg::sysreg(3, 3, 14, 3, 1);
+const CNTV_CVAL_EL0: u64 = reg::sysreg(3, 3, 14, 3, 2);
+/// `CNTV_CVAL_EL0` values the hostile host writes stay below 2^62: QEMU 7.2's generic timer
+/// livelocks its main loop (the whole machine stops, its monitor and `SIGTERM` included) when an
+/// enabled virtual timer's `CVAL + CNTVOFF` wraps past 2^64 while `CNTVCT` is below `CVAL` (the
+/// next deadline it computes is then in the past, for ever). Real hardware has no such limit and
+/// EL2 passes any value; the guest-side case is scenario `guest-storm-cval-max`.
+const QEMU_SAFE_CVAL: u64 = (1 << 62) - 1;
+/// The timer registers of ABI 3.3 and the virtual timer's.
+const TIMER_REGS: [u64; 5] = [reg::CNTVOFF_EL2, reg::CNTP_CTL_EL0, reg::CNTP_CVAL_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0];
+/// Priority bits QEMU's virtual CPU interface implements (`ICH_VTR_EL2.PRIbits` + 1 = 5): the
+/// low 3 bits of a `VCPU_SET_IRQ` priority must be zero. (The host cannot read `ICH_VTR_EL2`;
+/// its VMM makes the same assumption.)
+const UNIMPLEMENTED_PRIORITY_BITS: u64 = 0x7;
+
+/// Calls EL2 answered otherwise than docs/ABI.md says (each printed, the first few).
+struct Wrong(u64);
+impl Wrong {
+    fn report(&mut self, what: core::fmt::Arguments<'_>) {
+        if self.0 < 10 {
+            println!("host: hostile host: wrong answer: {what}");
+        }
+        self.0 += 1;
+    }
+}
+
+/// A `VCPU_SET_IRQ` configuration built field by field: any priority (some with bits QEMU
+/// lacks), either group, any state (0 included), `EOI_NOTIFY` or not, now and then `HW`, a
+/// pINTID, or one undefined bit.
+fn irq_config(rng: &mut Rng) -> u64 {
+    let any = rng.below(256);
+    let priority = rng.pick(&[0x80, 0xF8, 0, 0x08, 0x81, 0x82, 0x84, 0xFF, any]);
+    let mut c = priority | rng.below(2) << 8 | rng.below(4) << 9 | rng.below(2) << 11;
+    if rng.below(8) == 0 {
+        c |= 1 << 12;
+    }
+    if rng.below(8) == 0 {
+        let any = rng.below(0x2000);
+        c |= rng.pick(&[27, 25, 30, 1, 0x1FFF, any]) << 16;
+    }
+    if rng.below(8) == 0 {
+        let undefined = [13u64, 14, 15, 29, 30, 31, 32, 40, 48, 63];
+        c |= 1 << rng.pick(&undefined);
+    }
+    c
+}
+
+/// What EL2 must answer a `VCPU_SET_IRQ` of `vintid` with `config`, whatever the VM and vCPU:
+/// its fields are checked before anything else (docs/ABI.md, "The virtual GIC CPU
+/// interface"; written from that table, not from `shared_abi::msg::irq`). `None`: the fields
+/// are valid.
+fn set_irq_field_error(vintid: u64, config: u64) -> Option<HypError> {
+    // 7:0 priority, 8 group 1, 10:9 state, 11 EOI_NOTIFY, 12 HW, 28:16 pINTID.
+    const DEFINED: u64 = 0xFF | 1 << 8 | 3 << 9 | 1 << 11 | 1 << 12 | 0x1FFF << 16;
+    let state = (config >> 9) & 3;
+    if vintid > 1019 || config & !DEFINED != 0 || state == 0 || config & UNIMPLEMENTED_PRIORITY_BITS != 0 {
+        return Some(HypError::InvalidArgument);
+    }
+    if config & 1 << 12 != 0 {
+        return Some(HypError::Denied);
+    }
+    if config & 0x1FFF << 16 != 0 {
+        return Some(HypError::InvalidArgument);
+    }
+    None
+}
+
+/// Checks an answer the ABI pins down exactly (see the module header); other answers are only
+/// counted.
+fn check_answer(id: u64, x: &[u64; 7], r: &Result<[u64; 3], HypError>, wrong: &mut Wrong) {
+    match HypercallId::try_from(id) {
+        Ok(HypercallId::VcpuSetIrq) => {
+            let want = if x[4..].iter().any(|&v| v != 0) {
+                Some(HypError::InvalidArgument)
+            } else {
+                set_irq_field_error(x[2], x[3])
+            };
+            match (want, r) {
+                (Some(e), _) if *r != Err(e) => wrong.report(format_args!("VCPU_SET_IRQ vINTID {:#x} config {:#x}: {r:?}, documented {e:?}", x[2], x[3])),
+                (None, _) if x[1] >= 8 && *r != Err(HypError::InvalidArgument) => {
+                    wrong.report(format_args!("VCPU_SET_IRQ to vCPU {}: {r:?}, documented InvalidArgument", x[1]))
+                }
+                (None, Ok([lr, 0, 0])) if *lr < 16 => {}
+                (None, Ok(v)) => wrong.report(format_args!("VCPU_SET_IRQ: list register {v:?}")),
+                (None, Err(HypError::Busy | HypError::InvalidHandle | HypError::InvalidArgument | HypError::NoCapacity)) => {}
+                (None, Err(e)) => wrong.report(format_args!("VCPU_SET_IRQ vINTID {:#x} config {:#x}: {e:?}, undocumented", x[2], x[3])),
+                _ => {}
+            }
+        }
+        Ok(HypercallId::VcpuIrqState) => {
+            if let Ok([used, 0, 0]) = r {
+                let s: VgicState = crate::scenarios::read_msg(0);
+                if let Err(why) = vgic_state_ok(&s, *used) {
+                    wrong.report(format_args!("VCPU_IRQ_STATE: {why}: {s:x?}"));
+                }
+            } else if r.is_ok() {
+                wrong.report(format_args!("VCPU_IRQ_STATE: {r:?}"));
+            }
+        }
+        Ok(HypercallId::VcpuStats) => {
+            if let Ok([total, 0, 0]) = r {
+                let s: VcpuStats = crate::scenarios::read_msg(0);
+                if s.counts.iter().sum::<u64>() != *total {
+                    wrong.report(format_args!("VCPU_STATS: total {total}, counts {:?}", s.counts));
+                }
+            } else if r.is_ok() {
+                wrong.report(format_args!("VCPU_STATS: {r:?}"));
+            }
+        }
+        Ok(HypercallId::VcpuSetReg) if x[2] == reg::CNTP_CTL_EL0 && (x[3] & !7 != 0 || x[4] != 0) && r.is_ok() => {
+            wrong.report(format_args!("CNTP_CTL_EL0 = {:#x} (high half {:#x}) accepted", x[3], x[4]))
+        }
+        Ok(HypercallId::VcpuSetReg) if TIMER_REGS.contains(&x[2]) && r.is_ok() => {
+            // Read back at once (nothing else runs this VM): what was written, but for
+            // CNTP_CTL_EL0's ISTATUS, which is not stored.
+            let want = if x[2] == reg::CNTP_CTL_EL0 { x[3] & 3 } else { x[3] };
+            let got = hvc::call(HypercallId::VcpuGetReg, &[x[0], x[1], x[2]]);
+            if got != Ok([want, 0, 0]) {
+                wrong.report(format_args!("register {:#x} written {:#x}, read back {got:?}", x[2], x[3]));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a `VCPU_IRQ_STATE` report with used mask `used` (the call's `x1`) is one EL2 could
+/// have built: used registers within `nr_lrs`, each a vINTID 0..=1019 once, in a state, with
+/// implemented priority bits, no `HW`, no pINTID, no undefined bit; free ones zero; no
+/// deactivation of a special INTID.
+fn vgic_state_ok(s: &VgicState, used: u64) -> Result<(), &'static str> {
+    if !(1..=16).contains(&s.nr_lrs) {
+        return Err("nr_lrs");
+    }
+    if used != s.used as u64 || s.used >> s.nr_lrs != 0 {
+        return Err("used mask");
+    }
+    let mut seen = [0u64; 16];
+    for (n, &lr) in s.lrs.iter().enumerate() {
+        if s.used & 1 << n == 0 {
+            if lr != 0 {
+                return Err("a free list register is not zero");
+            }
+            continue;
+        }
+        let (vintid, config) = (lr & 0xFFFF_FFFF, lr >> 32);
+        if vintid > 1019 {
+            return Err("vINTID");
+        }
+        if (config >> 9) & 3 == 0 {
+            return Err("a used list register without a state");
+        }
+        if config & !(0xFF | 1 << 8 | 3 << 9 | 1 << 11) != 0 || config & UNIMPLEMENTED_PRIORITY_BITS != 0 {
+            return Err("HW, a pINTID, an undefined or unimplemented bit");
+        }
+        if seen[(vintid / 64) as usize] & 1 << (vintid % 64) != 0 {
+            return Err("a vINTID in two list registers");
+        }
+        seen[(vintid / 64) as usize] |= 1 << (vintid % 64);
+    }
+    if s.eoi[15] >> 60 != 0 {
+        return Err("a deactivation of a special INTID (1020..=1023)");
+    }
+    Ok(())
+}
+
+/// A small VM whose timers the host sets to hostile values, before and after its first run
+/// (alternately protected and not): one page at IPA 0x4000_0000 holding `HVC #0; B .-4`, so
+/// each run ends at once with a `HYPERCALL` exit whose record carries the timer deadlines.
+/// Checks the deadlines against docs/ABI.md's formula and the first-run rules.
+fn timer_round(round: u64, rng: &mut Rng, wrong: &mut Wrong) {
+    let protected = round % 2 == 1;
+    let flags = if protected { vm_flags::PROTECTED } else { 0 };
+    let Ok(vm) = vmm::create_at(1, flags, 1, TIMER_BACKING) else { return };
+    // SAFETY: the VM's one backing page, the host's until VM_ADD_MEMORY below.
+    unsafe {
+        core::ptr::write_volatile(TIMER_BACKING as *mut u32, 0xD400_0002); // hvc #0
+        core::ptr::write_volatile((TIMER_BACKING + 4) as *mut u32, 0x17FF_FFFF); // b .-4
+    }
+    let h = vm.handle;
+    let call = |id: HypercallId, a: &[u64]| hvc::call(id, a);
+    let expect = |wrong: &mut Wrong, what: &str, got: Result<[u64; 3], HypError>, want: Result<[u64; 3], HypError>| {
+        if got != want {
+            wrong.report(format_args!("timer round {round} ({}): {what}: {got:?}, documented {want:?}", if protected { "protected" } else { "non-protected" }));
+        }
+    };
+    expect(wrong, "VM_ADD_MEMORY", call(HypercallId::VmAddMemory, &[h, TIMER_BACKING, 0x4000_0000, 1]), Ok([0; 3]));
+    expect(wrong, "PC", call(HypercallId::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000, 0]), Ok([0; 3]));
+    // Before the first run every value is taken: CNTVOFF_EL2 any (the guest's virtual count
+    // moves), CNTP_CTL_EL0 with ISTATUS (ignored), CNTP_CVAL_EL0 any; CNTP_CTL_EL0 with a RES0
+    // bit, or a high half, is refused.
+    let now = gic::counter();
+    let (r1, r2, r3) = (rng.next(), rng.next(), rng.next());
+    let off = rng.pick(&[u64::MAX, 0, now, now / 2, r1]);
+    let vcval = rng.pick(&[0, 1, QEMU_SAFE_CVAL, now, r2 & QEMU_SAFE_CVAL]);
+    let vctl = rng.pick(&[0u64, 1, 3, 5, 0xFFFF_FFFF_FFFF_FFF9]);
+    let pcval = rng.pick(&[0, u64::MAX, now, r3]);
+    let pctl = rng.pick(&[0u64, 1, 2, 3, 5, 7]);
+    for (reg_id, v) in [(reg::CNTVOFF_EL2, off), (CNTV_CVAL_EL0, vcval), (CNTV_CTL_EL0, vctl), (reg::CNTP_CVAL_EL0, pcval), (reg::CNTP_CTL_EL0, pctl)] {
+        expect(wrong, "set before the first run", call(HypercallId::VcpuSetReg, &[h, 0, reg_id, v, 0]), Ok([0; 3]));
+    }
+    expect(wrong, "CNTP_CTL_EL0 with a RES0 bit", call(HypercallId::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, 8 | pctl, 0]), Err(HypError::InvalidArgument));
+    expect(wrong, "CNTVOFF_EL2 with a high half", call(HypercallId::VcpuSetReg, &[h, 0, reg::CNTVOFF_EL2, off, 1]), Err(HypError::InvalidArgument));
+    expect(wrong, "CNTVOFF_EL2 read back", call(HypercallId::VcpuGetReg, &[h, 0, reg::CNTVOFF_EL2]), Ok([off, 0, 0]));
+    expect(wrong, "CNTP_CTL_EL0 read back", call(HypercallId::VcpuGetReg, &[h, 0, reg::CNTP_CTL_EL0]), Ok([pctl & 3, 0, 0]));
+    // The deadlines every exit record carries: CVAL + CNTVOFF (saturating) for an enabled,
+    // unmasked virtual timer; CNTP_CVAL for the physical one; else u64::MAX.
+    let want_v = if vctl & 3 == 1 { vcval.saturating_add(off) } else { u64::MAX };
+    let want_p = if pctl & 3 == 1 { pcval } else { u64::MAX };
+    for run in 0..2 {
+        let r = call(HypercallId::VcpuRun, &[h, 0, 0]);
+        let e: VcpuExit = crate::scenarios::read_msg(0);
+        // A physical interrupt (the host's tick) may end a run before the guest's HVC.
+        if r != Ok([exit::HYPERCALL as u64, 0, 0]) && r != Ok([exit::IRQ as u64, 0, 0]) {
+            wrong.report(format_args!("timer round {round}: run {run}: {r:?}"));
+        }
+        if r.is_ok() && (e.vtimer_deadline, e.ptimer_deadline) != (want_v, want_p) {
+            wrong.report(format_args!(
+                "timer round {round}: run {run}: deadlines {:#x}/{:#x}, documented {want_v:#x}/{want_p:#x} (CNTVOFF {off:#x}, CNTV_CTL {vctl:#x}, CVAL {vcval:#x}, CNTP_CTL {pctl:#x}, CVAL {pcval:#x})",
+                e.vtimer_deadline, e.ptimer_deadline
+            ));
+        }
+        if r == Ok([exit::IRQ as u64, 0, 0]) {
+            gic::handle_pending();
+        }
+    }
+    // After the first run: a protected VM's registers are sealed (Denied, even for a value
+    // that would be refused anyway); a non-protected VM's CNTVOFF_EL2 is frozen (an identical
+    // write still succeeds) and its per-vCPU timer registers stay the host's to set.
+    if protected {
+        for (reg_id, v) in [(reg::CNTVOFF_EL2, off), (reg::CNTP_CTL_EL0, 1), (reg::CNTP_CTL_EL0, 8), (reg::CNTP_CVAL_EL0, 0), (CNTV_CTL_EL0, 1)] {
+            expect(wrong, "set after the first run (protected)", call(HypercallId::VcpuSetReg, &[h, 0, reg_id, v, 0]), Err(HypError::Denied));
+        }
+        expect(wrong, "CNTVOFF_EL2 read after the first run (protected)", call(HypercallId::VcpuGetReg, &[h, 0, reg::CNTVOFF_EL2]), Err(HypError::Denied));
+    } else {
+        expect(wrong, "identical CNTVOFF_EL2 after the first run", call(HypercallId::VcpuSetReg, &[h, 0, reg::CNTVOFF_EL2, off, 0]), Ok([0; 3]));
+        expect(wrong, "another CNTVOFF_EL2 after the first run", call(HypercallId::VcpuSetReg, &[h, 0, reg::CNTVOFF_EL2, off ^ 1, 0]), Err(HypError::Frozen));
+        expect(wrong, "CNTP_CTL_EL0 after the first run", call(HypercallId::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, 3, 0]), Ok([0; 3]));
+        expect(wrong, "CNTP_CTL_EL0 with a RES0 bit after the first run", call(HypercallId::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, 1 << 63, 0]), Err(HypError::InvalidArgument));
+    }
+    // Interrupt state and counts: allowed for protected VMs at any time.
+    let spi = irq::config(0x80, true, irq::PENDING, true) as u64;
+    expect(wrong, "VCPU_SET_IRQ after the first run", call(HypercallId::VcpuSetIrq, &[h, 0, 40, spi]), Ok([0; 3]));
+    expect(wrong, "the same vINTID again", call(HypercallId::VcpuSetIrq, &[h, 0, 40, spi]), Err(HypError::Busy));
+    let st = call(HypercallId::VcpuIrqState, &[h, 0]);
+    let s: VgicState = crate::scenarios::read_msg(0);
+    expect(wrong, "VCPU_IRQ_STATE", st, Ok([1, 0, 0]));
+    if s.lrs[0] != (spi << 32 | 40) {
+        wrong.report(format_args!("timer round {round}: LR0 reads {:#x}", s.lrs[0]));
+    }
+    if let Ok([total, 0, 0]) = call(HypercallId::VcpuStats, &[h, 0]) {
+        let s: VcpuStats = crate::scenarios::read_msg(0);
+        if total == 0 || s.counts.iter().sum::<u64>() != total || (s.counts[stats::HVC_SMC] == 0 && s.counts[stats::IRQ] == 0) {
+            wrong.report(format_args!("timer round {round}: VCPU_STATS {total}: {:?}", s.counts));
+        }
+    } else {
+        wrong.report(format_args!("timer round {round}: VCPU_STATS refused"));
+    }
+    // One more run with the interrupt queued, then the VM goes.
+    let _ = call(HypercallId::VcpuRun, &[h, 0, 0]);
+    expect(wrong, "VM_DESTROY", call(HypercallId::VmDestroy, &[h]), Ok([0; 3]));
 }
 
 /// A VM whose vCPU runs on CPU 1 while CPU 0 tries to destroy it, sets its registers after it

@@ -25,6 +25,7 @@ mod bench;
 mod hostile;
 mod sched;
 mod sched_scenarios;
+mod storm;
 mod vm_scenarios;
 mod vmm;
 

@@ -84,6 +84,11 @@ pub fn run(name: &str, plat: &Platform) {
             setup(plat);
             crate::hostile::run(plat);
         }
+        "storm" => {
+            smp(plat);
+            setup(plat);
+            crate::storm::run(plat);
+        }
         "bench-ptrauth" => {
             crate::gic::stop_tick();
             setup(plat);

@@ -774,6 +774,9 @@ mod properties {
         Add { vm: usize, page: usize, ipa: u64, pages: u64 },
         Run { vm: usize, exits: Vec<(u8, u64)> },
         SetReg { vm: usize, id: u64, value: u64 },
+        SetIrq { vm: usize, vintid: u64, config: u64 },
+        IrqState { vm: usize },
+        Stats { vm: usize },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -787,9 +790,27 @@ mod properties {
                 ipa: 0x4000_0000 + ipa * 0x1_0000,
                 pages
             }),
-            (0usize..6, proptest::collection::vec((0u8..4, 0u64..0x10_0000), 1..6)).prop_map(|(vm, exits)| Op::Run { vm, exits }),
-            (0usize..6, prop_oneof![Just(reg::PC), Just(reg::x(1)), Just(0u64)], any::<u64>())
+            (0usize..6, proptest::collection::vec((0u8..9, 0u64..0x10_0000), 1..6)).prop_map(|(vm, exits)| Op::Run { vm, exits }),
+            (
+                0usize..6,
+                prop_oneof![Just(reg::PC), Just(reg::x(1)), Just(0u64), Just(reg::CNTVOFF_EL2), Just(reg::CNTP_CTL_EL0), Just(reg::CNTP_CVAL_EL0)],
+                prop_oneof![any::<u64>(), Just(u64::MAX), 0u64..8]
+            )
                 .prop_map(|(vm, id, value)| Op::SetReg { vm, id, value }),
+            // List-register requests: mostly valid ones (they fill the list registers the runs
+            // then load), and any value at all.
+            (
+                0usize..6,
+                prop_oneof![0u64..1020, 1020u64..1024, any::<u64>()],
+                prop_oneof![
+                    (0u64..32, any::<bool>(), 1u64..4, any::<bool>()).prop_map(|(p, g, st, eoi)| p << 3 | (g as u64) << 8 | st << 9 | (eoi as u64) << 11),
+                    any::<u64>(),
+                    0u64..(1 << 13),
+                ]
+            )
+                .prop_map(|(vm, vintid, config)| Op::SetIrq { vm, vintid, config }),
+            (0usize..6).prop_map(|vm| Op::IrqState { vm }),
+            (0usize..6).prop_map(|vm| Op::Stats { vm }),
         ]
     }
 
@@ -803,8 +824,26 @@ mod properties {
             // HVC (PSCI_VERSION or whatever x0 holds).
             2 => GuestTrap { kind: TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
             // WFI.
-            _ => GuestTrap { kind: TrapKind::Sync, esr: (0x01 << 26) | (1 << 25), far: 0, hpfar: 0 },
+            3 => GuestTrap { kind: TrapKind::Sync, esr: (0x01 << 26) | (1 << 25), far: 0, hpfar: 0 },
+            // MSR ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 / ICC_SGI0R_EL1 from X(addr % 31): an SGI exit.
+            4 => GuestTrap { kind: TrapKind::Sync, esr: sysreg(3, 0, 12, 11, 5 + addr % 3, addr % 32, false), far: 0, hpfar: 0 },
+            // CNTP_TVAL/CTL/CVAL_EL0, read or written: emulated in EL2.
+            5 => GuestTrap { kind: TrapKind::Sync, esr: sysreg(3, 3, 14, 2, addr % 3, addr % 32, addr & 32 != 0), far: 0, hpfar: 0 },
+            // MDSCR_EL1, OSLAR_EL1, a breakpoint register, or an unknown debug encoding.
+            6 => {
+                let (crn, crm, op2) = [(0, 2, 2), (1, 0, 4), (0, 0, 5), (7, 15, 7)][(addr % 4) as usize];
+                GuestTrap { kind: TrapKind::Sync, esr: sysreg(2, 0, crn, crm, op2, addr % 32, addr & 64 != 0), far: 0, hpfar: 0 }
+            }
+            // Set/way cache maintenance (DC CISW).
+            7 => GuestTrap { kind: TrapKind::Sync, esr: sysreg(1, 0, 7, 14, 2, 0, false), far: 0, hpfar: 0 },
+            // A physical interrupt.
+            _ => GuestTrap { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 },
         }
+    }
+
+    /// The syndrome of a trapped `MRS`/`MSR`/`SYS` (EC 0x18).
+    fn sysreg(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> u64 {
+        (0x18 << 26) | (1 << 25) | op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | rt << 5 | crm << 1 | read as u64
     }
 
     fn apply(f: &mut Fixture, handles: &mut Vec<u64>, op: &Op) -> Result<[u64; 3], HypError> {
@@ -833,6 +872,9 @@ mod properties {
                 f.call_with(&rec, 0, H::VcpuRun, &[h(*vm), 0, 0])
             }
             Op::SetReg { vm, id, value } => f.call(0, H::VcpuSetReg, &[h(*vm), 0, *id, *value, 0]),
+            Op::SetIrq { vm, vintid, config } => f.call(0, H::VcpuSetIrq, &[h(*vm), 0, *vintid, *config]),
+            Op::IrqState { vm } => f.call(0, H::VcpuIrqState, &[h(*vm), 0]),
+            Op::Stats { vm } => f.call(0, H::VcpuStats, &[h(*vm), 0]),
         }
     }
 
@@ -846,7 +888,14 @@ mod properties {
             let mut handles = Vec::new();
             let layout = Layout { pool: None, fixmap: None };
             for op in &ops {
-                let _ = apply(&mut f, &mut handles, op);
+                let r = apply(&mut f, &mut handles, op);
+                // A list-register request with a bad field is refused whatever the VM.
+                if let Op::SetIrq { vintid, config, .. } = op {
+                    if let Err(e) = crate::vgic::lr_from_request(*vintid, *config, f.hyp.vgic_caps().unwrap()) {
+                        let want = if e == crate::vgic::IrqError::Hardware { HypError::Denied } else { HypError::InvalidArgument };
+                        prop_assert_eq!(r, Err(want), "{:?}", op);
+                    }
+                }
                 let mem = f.hyp.mem.lock();
                 let r = check(&f.hyp, &mem, &layout);
                 prop_assert!(r.is_ok(), "after {:?}: {:?}", op, r);

@@ -221,11 +221,15 @@ impl VcpuCtx {
     /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset
     /// but the interrupts queued in its list registers (they model the redistributor's pending
     /// state, which a CPU's power-on does not reset; the host may have queued an SGI for it
-    /// between the guest's `CPU_ON` and the first run).
+    /// between the guest's `CPU_ON` and the first run) and the exit statistics (`VCPU_STATS`
+    /// counts since the VM was created: a guest that powers a vCPU off and on must not wipe
+    /// what the host saw it do).
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
         let queued = crate::vgic::VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
+        let stats = self.stats;
         *self = Self::new();
         self.vgic = queued;
+        self.stats = stats;
         self.pc = entry;
         self.x[0] = context;
     }

@@ -452,6 +452,130 @@ mod tests {
         assert_eq!(decode_sgi(&SysregAccess { op1: 4, ..write(5) }, v, 0, 4), None);
     }
 
+    /// An independent restatement of docs/ABI.md's `VCPU_SET_IRQ` rules (bit positions written
+    /// out, not taken from `shared_abi::msg::irq`): the list register EL2 must build, or why not.
+    fn model(vintid: u64, config: u64, pri_bits: u8) -> Result<u64, IrqError> {
+        let defined = 0xFFu64 | 1 << 8 | 3 << 9 | 1 << 11 | 1 << 12 | 0x1FFF << 16;
+        let (priority, state) = (config & 0xFF, (config >> 9) & 3);
+        let unimplemented = (1u64 << (8 - pri_bits)) - 1;
+        if vintid > 1019 || config & !defined != 0 || state == 0 || priority & unimplemented != 0 {
+            return Err(IrqError::BadField);
+        }
+        if config & 1 << 12 != 0 {
+            return Err(IrqError::Hardware);
+        }
+        if config & 0x1FFF << 16 != 0 {
+            return Err(IrqError::BadField);
+        }
+        // ICH_LR<n>_EL2: vINTID 31:0, EOI 41, Priority 55:48, Group 60, State 63:62.
+        Ok(vintid | ((config >> 11) & 1) << 41 | priority << 48 | ((config >> 8) & 1) << 60 | state << 62)
+    }
+
+    #[test]
+    fn every_field_combination_matches_the_documented_rules() {
+        // Every combination of the 13 low configuration bits (priority, group, state,
+        // EOI_NOTIFY, HW), with and without a pINTID and each undefined bit, for the vINTIDs at
+        // every boundary, on CPUs with 5 to 8 priority bits.
+        let vintids = [0u64, 15, 16, 31, 32, 1019, 1020, 1021, 1022, 1023, 1024, 8191, 8192, 1 << 31, 1 << 32, u64::MAX];
+        let extras = [0u64, 27 << 16, 0x1FFF << 16, 1 << 13, 1 << 15, 1 << 29, 1 << 31, 1 << 32, 1 << 63];
+        let mut accepted = 0;
+        for pri_bits in 5..=8u8 {
+            let caps = VgicCaps { pri_bits, ..QEMU };
+            for &vintid in &vintids {
+                for low in 0..1u64 << 13 {
+                    for &extra in &extras {
+                        let config = low | extra;
+                        let got = lr_from_request(vintid, config, caps);
+                        assert_eq!(got, model(vintid, config, pri_bits), "vINTID {vintid:#x} config {config:#x} with {pri_bits} priority bits");
+                        if let Ok(v) = got {
+                            accepted += 1;
+                            // Nothing beyond the documented fields: no HW, no pINTID, no
+                            // reserved LR bit (40:32 but EOI, 47:42, 59:56).
+                            assert_eq!(v & (lr::HW | 0x1FF << 32 | 0x3F << 42 | 0xF << 56), 0, "{v:#x}");
+                            // And the host reads back exactly what it asked for.
+                            assert_eq!(lr_to_abi(v), config << 32 | vintid, "{v:#x}");
+                        }
+                    }
+                }
+            }
+        }
+        // 5 bits: 32 priorities x 2 groups x 3 states x 2 (EOI) per vINTID; up to 8 bits: 256.
+        assert_eq!(accepted, 6 * 12 * (32 + 64 + 128 + 256));
+    }
+
+    #[test]
+    fn hostile_list_register_counts_and_states() {
+        let v = lr_from_request(40, config(0x80, true, PENDING, true) as u64, QEMU).unwrap();
+        // A CPU without list registers (never reported by a GICv3, but EL2 must not index
+        // past them), and a count above the 16 the context holds.
+        assert_eq!(VgicCpu::new().queue(v, 0), Err(IrqError::Full));
+        assert_eq!(VgicCaps::from_vtr(u64::MAX).nr_lrs as usize, MAX_LRS);
+        assert_eq!(VgicCaps::from_vtr(0), VgicCaps { nr_lrs: 1, pri_bits: 1, pre_bits: 1 });
+        // With one priority bit (a malformed ICH_VTR_EL2), only bit 7 may be set.
+        let one = VgicCaps::from_vtr(0);
+        assert!(lr_from_request(32, config(0x80, true, PENDING, false) as u64, one).is_ok());
+        assert_eq!(lr_from_request(32, config(0x40, true, PENDING, false) as u64, one), Err(IrqError::BadField));
+        // A guest that acknowledges and never ends an interrupt keeps its list register (the
+        // host then gets NoCapacity, never a second copy of the vINTID).
+        let mut c = VgicCpu::new();
+        c.queue(v, 4).unwrap();
+        c.lr[0] = (c.lr[0] & !(3 << lr::STATE_SHIFT)) | 2 << lr::STATE_SHIFT;
+        for _ in 0..3 {
+            assert!(!c.after_put());
+            assert_eq!(c.queue(v, 4), Err(IrqError::Queued));
+        }
+        assert_eq!(c.used, 1);
+        // A list register left invalid with HW set (never queued by this EL2) is freed but not
+        // reported as a deactivation the host asked for.
+        let mut c = VgicCpu::new();
+        c.lr[2] = 27 | lr::HW | lr::EOI;
+        c.used = 1 << 2;
+        assert!(!c.after_put());
+        assert_eq!((c.used, c.eoi), (0, [0; 16]));
+        // The report never names a deactivation beyond vINTID 1019 (validation keeps them out).
+        let mut c = VgicCpu::new();
+        c.queue(lr_from_request(1019, config(0x80, true, PENDING, true) as u64, QEMU).unwrap(), 4).unwrap();
+        c.lr[0] &= !(3 << lr::STATE_SHIFT);
+        assert!(c.after_put());
+        let s = c.report(4);
+        assert_eq!((s.eoi[15], s.used), (1 << (1019 % 64), 0));
+    }
+
+    #[test]
+    fn any_sgi_value_decodes_to_existing_vcpus_only() {
+        // Every value pattern a guest could write, from every sender of VMs of 0 to 9 vCPUs:
+        // INTID 0..=15, targets only among the VM's vCPUs, IRM never naming the sender, and
+        // an affinity no vCPU has naming nobody.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut values = vec![0, u64::MAX, 1 << 40, 0xFFFF, 0xF << 24 | 0xFFFF, 1 << 40 | 0xFF << 48];
+        for _ in 0..2000 {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            values.push(x.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        }
+        for nr in 0..=9usize {
+            let all = ((1u32 << nr.min(MAX_VCPUS)) - 1) as u8;
+            for sender in [0usize, 1, 7, 8, 63, 64, 255] {
+                for &v in &values {
+                    for op2 in 5..=7 {
+                        let s = decode_sgi(&write(op2), v, sender, nr).expect("an SGI register write");
+                        assert_eq!(s.intid as u64, (v >> 24) & 0xF);
+                        assert_eq!(s.targets & !all, 0, "value {v:#x}: targets beyond {nr} vCPUs");
+                        if v & 1 << 40 != 0 {
+                            let me = if sender < 8 { 1u8 << sender } else { 0 };
+                            assert_eq!(s.targets, all & !me, "IRM: every vCPU but the sender");
+                        } else if v & (0xFF << 48 | 0xF << 44 | 0xFF << 32 | 0xFF << 16) != 0 {
+                            assert_eq!(s.targets, 0, "value {v:#x}: an affinity no vCPU has");
+                        } else {
+                            assert_eq!(s.targets, v as u8 & all);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn idle_means_nothing_queued_and_nothing_active() {
         let mut v = VgicCpu::new();

@@ -275,7 +275,11 @@ impl LinuxVm {
         let now = gic::counter();
         self.deliver(v, st, now)?;
         gic::set_vtimer_enabled(timer::physical_vtimer_enabled(&st.timers, st.vtimer_queued, now));
-        if st.timers.ptimer != u64::MAX {
+        // Only a deadline still to come: one already passed has raised PPI 30's line above,
+        // and a host timer armed in the past would end every run before the guest's first
+        // instruction (a guest that never handles an expired physical timer stormed the host
+        // with IRQ exits that way).
+        if st.timers.ptimer > now && st.timers.ptimer != u64::MAX {
             gic::arm_wakeup(st.timers.ptimer);
         }
         note_run(&self.vm, v as u64);
@@ -394,5 +398,37 @@ impl LinuxVm {
                 sched::wake(self.vm.handle, v as u64);
             }
         }
+    }
+}
+
+// ---- For the hostile-guest scenarios (`crate::storm`): VMs of one's own making ---------------
+
+/// Builds Linux VM `n` (below [`MAX_VMS`]) from `image` (an `Image` or an ELF test guest) with
+/// its own command line (`/chosen/bootargs`), `vcpus` vCPUs, VM `flags` and `mem_mib` MiB, and
+/// registers it with the VMM (its console lines carry `[vmN]`). The caller queues its vCPUs
+/// ([`sched::add`]) and runs them. Each `n` once per boot.
+pub fn add_vm(n: usize, vcpus: u32, flags: u64, mem_mib: u64, image: &[u8], cmdline: &str) -> Result<&'static Vm, &'static str> {
+    let slot = VMS.get(n).ok_or("no such Linux VM slot")?;
+    if slot.is_completed() {
+        return Err("Linux VM slot already used");
+    }
+    let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
+    let vm = build(&Config { mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline)?;
+    HANDLES[n].store(vm.handle, Ordering::SeqCst);
+    let l = slot.call_once(|| LinuxVm { gic, uart: GuestUart::new(Some(n)), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
+    Ok(&l.vm)
+}
+
+/// While Linux VMs run (`on`): console input goes to the first, and idle host CPUs sleep in
+/// `WFI` until a deadline or a kick, as [`run`] sets them.
+pub fn set_running(on: bool) {
+    ACTIVE.store(on, Ordering::SeqCst);
+    sched::SLEEP_WHEN_IDLE.store(on, Ordering::SeqCst);
+}
+
+/// Prints the unfinished line VM `handle`'s UART holds, if any (its VM was stopped).
+pub fn flush_console(handle: u64) {
+    if let Some(l) = lookup(handle) {
+        l.uart.flush_final();
     }
 }

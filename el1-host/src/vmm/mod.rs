@@ -409,6 +409,11 @@ const INJECTION_NAMES: [&str; 4] = ["timer", "sgi", "uart", "other"];
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
 static HOST_EXITS: [[AtomicU64; 11]; 16] = [const { [const { AtomicU64::new(0) }; 11] }; 16];
 
+/// Exits with `reason` that VM `handle` made to the host so far (cleared by [`report_stats`]).
+pub fn host_exits(handle: u64, reason: u32) -> u64 {
+    HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)).map_or(0, |n| n.load(Ordering::Relaxed))
+}
+
 pub(crate) fn count_exit(handle: u64, reason: u32) {
     if let Some(n) = HOST_EXITS.get(handle as usize & 0xFF).and_then(|row| row.get(reason as usize)) {
         n.fetch_add(1, Ordering::Relaxed);

@@ -149,6 +149,39 @@ mod tests {
     }
 
     #[test]
+    fn exit_statistics_survive_the_guests_own_cpu_off_and_cpu_on() {
+        // VCPU_STATS counts since the VM was created: a guest that powers a vCPU off and on
+        // again (PSCI, served by EL2) must not wipe what the host already saw it do.
+        use smccc::psci::{PSCI_CPU_OFF, PSCI_CPU_ON_64};
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        let wfi = || trap(0x01 << 26 | 1 << 25, 0);
+        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::vm::GuestTrap>| {
+            let rec = Recorder::default();
+            *rec.1.borrow_mut() = script;
+            f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap()[0]
+        };
+        let cpu_on = |f: &Fixture| {
+            for (n, v) in [PSCI_CPU_ON_64 as u64, 1, 0x5000, 7].into_iter().enumerate() {
+                f.call(0, H::VcpuSetReg, &[h, 0, reg::x(n as u64), v, 0]).unwrap();
+            }
+        };
+        cpu_on(&f);
+        assert_eq!(run(&f, 0, vec![hvc(), wfi()]), exit::WFX as u64);
+        assert_eq!(run(&f, 1, vec![wfi()]), exit::WFX as u64, "vCPU 1 on, then waits");
+        f.call(0, H::VcpuSetReg, &[h, 1, reg::x(0), PSCI_CPU_OFF as u64, 0]).unwrap();
+        assert_eq!(run(&f, 1, vec![hvc()]), exit::VCPU_OFF as u64);
+        assert_eq!(f.call(0, H::VcpuStats, &[h, 1]), Ok([2, 0, 0]), "a WFI and the CPU_OFF call");
+        cpu_on(&f);
+        assert_eq!(run(&f, 0, vec![hvc(), wfi()]), exit::WFX as u64);
+        assert_eq!(run(&f, 1, vec![wfi()]), exit::WFX as u64, "on again, from the reset state");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::PC]), Ok([0x5004, 0, 0]), "reset to the new entry point");
+        assert_eq!(f.call(0, H::VcpuStats, &[h, 1]), Ok([3, 0, 0]), "the counts of vCPU 1's first life are kept");
+        let s = shared_abi::msg::VcpuStats::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        assert_eq!((s.counts[shared_abi::msg::stats::WFX], s.counts[shared_abi::msg::stats::HVC_SMC]), (2, 1));
+    }
+
+    #[test]
     fn every_exception_a_vcpu_takes_is_counted_by_class() {
         use shared_abi::msg::{stats, VcpuStats};
         let mut f = fixture();

@@ -288,6 +288,129 @@ mod tests {
     }
 
     #[test]
+    fn only_the_documented_debug_encodings_are_emulated() {
+        use crate::vcpu::DebugShadow;
+        // Every op0 = 2 encoding (op1, CRn, CRm, op2), read and write, from EL1 and EL0, with
+        // the VM's ID_AA64DFR0_EL1 at its smallest (one breakpoint, one watchpoint) and at its
+        // largest (16 each: a hostile value the host cannot set, but EL2 must not index on it).
+        for dfr0 in [0u64, u64::MAX] {
+            let (brps, wrps) = ((dfr0 >> 12) & 0xF, (dfr0 >> 20) & 0xF);
+            for op1 in 0..8u64 {
+                for crn in 0..16u64 {
+                    for crm in 0..16u64 {
+                        for op2 in 0..8u64 {
+                            for read in [true, false] {
+                                for el0 in [false, true] {
+                                    let mut d = DebugShadow { mdscr: MDSCR_EL1_TDCC, oslk: true };
+                                    let got = debug_access(&access(2, op1, crn, crm, op2, read), u64::MAX, &mut d, dfr0, el0);
+                                    let documented = match (op1, crn, crm, op2) {
+                                        (0, 0, 2, 2) => true,
+                                        (0, 1, 0, 4) => !read,
+                                        (0, 1, 1, 4) => read,
+                                        (0, 0, 2, 0) | (0, 0, 6, 2) | (0, 1, 3, 4) | (0, 1, 4, 4) | (0, 7, 8, 6) | (0, 7, 9, 6) => true,
+                                        (0, 0, n, 4 | 5) if n <= brps => true,
+                                        (0, 0, n, 6 | 7) if n <= wrps => true,
+                                        (0, 7, 14, 6) => read,
+                                        // The channel at EL0 with the guest's TDCC set (as here): UNDEF.
+                                        (3, 0, 1 | 4 | 5, 0) => !el0,
+                                        _ => false,
+                                    };
+                                    assert_eq!(got.is_some(), documented, "op1 {op1} CRn {crn} CRm {crm} op2 {op2} read {read} EL0 {el0} DFR0 {dfr0:#x}");
+                                    if let Some(Emulated::Read(v)) = got {
+                                        // Reads are zero but for MDSCR_EL1 and OSLSR_EL1.
+                                        let want = match (crn, crm, op2) {
+                                            (0, 2, 2) if op1 == 0 => MDSCR_EL1_TDCC,
+                                            (1, 1, 4) => OSLSR_EL1_OSLM | 2,
+                                            _ => 0,
+                                        };
+                                        assert_eq!(v, want, "op1 {op1} CRn {crn} CRm {crm} op2 {op2}");
+                                    }
+                                    if !((op1, crn, crm, op2) == (0, 0, 2, 2) || (op1, crn, crm, op2) == (0, 1, 0, 4)) || read {
+                                        assert_eq!(d, DebugShadow { mdscr: MDSCR_EL1_TDCC, oslk: true }, "only MDSCR_EL1 and OSLAR_EL1 writes change the shadow");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_physical_timer_group_emulates_three_registers_and_nothing_else() {
+        use crate::vcpu::PTimer;
+        // op2 0..=2 of CNTP_* are TVAL, CTL, CVAL; 3..=7 in the group are not registers, and
+        // neighbouring groups (CNTV_*, CNTPCT, CNTKCTL, CNTPS_*) never reach the emulation.
+        for op2 in 0..8u64 {
+            for read in [true, false] {
+                let mut t = PTimer { ctl: 1, cval: 5 };
+                let got = ptimer_access(&access(3, 3, 14, 2, op2, read), u64::MAX, &mut t, 10);
+                assert_eq!(got.is_some(), op2 <= 2, "op2 {op2} read {read}");
+                if got.is_none() {
+                    assert_eq!(t, PTimer { ctl: 1, cval: 5 }, "an UNDEF changes nothing");
+                }
+            }
+        }
+        // Whatever the guest writes to CTL, only ENABLE and IMASK are kept; hostile TVALs at
+        // the 32-bit boundaries; a count at its very top.
+        let mut t = PTimer::default();
+        for v in [u64::MAX, 1 << 63 | 1, 4, 8, 0xFFFF_FFF8] {
+            ptimer_access(&access(3, 3, 14, 2, 1, false), v, &mut t, 0);
+            assert_eq!(t.ctl, v & 3, "CTL write {v:#x}");
+        }
+        let tval = access(3, 3, 14, 2, 0, false);
+        ptimer_access(&tval, 0x8000_0000, &mut t, 1 << 40);
+        assert_eq!(t.cval, (1 << 40) - (1 << 31), "TVAL 0x8000_0000 is -2^31");
+        ptimer_access(&tval, 0x7FFF_FFFF, &mut t, u64::MAX - 1);
+        assert_eq!(t.cval, 0x7FFF_FFFD, "wraps");
+        ptimer_access(&tval, 0xFFFF_FFFF_0000_0000, &mut t, 7);
+        assert_eq!(t.cval, 7, "the high half of a TVAL write is ignored");
+        assert_eq!(ptimer_access(&access(3, 3, 14, 2, 0, true), 0, &mut t, 7 + (1 << 32)), Some(Emulated::Read(0)), "TVAL reads the low 32 bits of CVAL - now");
+    }
+
+    #[test]
+    fn timer_deadlines_of_hostile_control_values() {
+        use crate::vcpu::timer_deadline;
+        // CNTV_CTL_EL0 is saved from the CPU (ISTATUS set by the hardware) or written by the
+        // host (any value): only ENABLE and IMASK decide.
+        for (ctl, want) in [(0, u64::MAX), (1, 100), (3, u64::MAX), (5, 100), (7, u64::MAX), (u64::MAX, u64::MAX), (!2, 100), (1 << 63, u64::MAX)] {
+            assert_eq!(timer_deadline(ctl, 40, 60), want, "CTL {ctl:#x}");
+        }
+        // The offset saturates: never a deadline that wrapped into the past.
+        assert_eq!(timer_deadline(1, u64::MAX, 1), u64::MAX);
+        assert_eq!(timer_deadline(1, 2, u64::MAX), u64::MAX);
+        assert_eq!(timer_deadline(1, u64::MAX - 5, 5), u64::MAX);
+        assert_eq!(timer_deadline(1, u64::MAX - 6, 5), u64::MAX - 1);
+    }
+
+    #[test]
+    fn timer_and_debug_accesses_through_xzr() {
+        // MSR CNTP_CTL_EL0, XZR writes 0; MRS XZR, CNTP_CVAL_EL0 / MDSCR_EL1 / OSLSR_EL1 read
+        // into nothing (register 31 is XZR here, never SP); an SGI from XZR names nobody.
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, 1, 0]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::SP_EL1, 0x1234, 0]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![
+            trap(sysreg_esr(3, 3, 14, 2, 1, 31, false), 0),
+            trap(sysreg_esr(3, 3, 14, 2, 2, 31, true), 0),
+            trap(sysreg_esr(2, 0, 0, 2, 2, 31, true), 0),
+            trap(sysreg_esr(2, 0, 1, 1, 4, 31, true), 0),
+            trap(sysreg_esr(3, 0, 12, 11, 5, 31, false), 0),
+        ];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.args[0], e.args[1], e.data), (0, 0, 0), "SGI 0 to no vCPU");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CTL_EL0]), Ok([0, 0, 0]), "XZR written");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SP_EL1]), Ok([0x1234, 0, 0]), "a read into XZR is dropped, not into SP");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Ok([0x1014, 0, 0]), "all five stepped over");
+        assert_eq!(e.ptimer_deadline, u64::MAX, "the physical timer is off");
+    }
+
+    #[test]
     fn a_guest_resetting_its_debug_registers_is_not_undefined() {
         let mut f = fixture(); // the fixture's CPU: ID_AA64DFR0_EL1 zero (BRPs, WRPs 0: one each)
         let h = create(&mut f, 1, 0);

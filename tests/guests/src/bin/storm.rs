@@ -1,0 +1,523 @@
+//! Hostile guests for the device VMs (host scenario `storm`, `el1-host/src/storm.rs`): a VM
+//! with the GIC distributor, redistributors, PL011 and timers of `vmm::linux`, where the
+//! guest's kind comes from its command line (`/chosen/bootargs`, `storm=KIND`):
+//!
+//! - `count` (`count=N`): the well-behaved neighbour. It enables PPI 27 in its redistributor
+//!   and takes N virtual-timer interrupts, each armed 1 ms ahead and waited for in `WFI`,
+//!   acknowledging (`ICC_IAR1_EL1`) and ending (`ICC_EOIR1_EL1`) each, then powers off;
+//! - `sgi`: every vCPU writes the SGI generation registers (`ICC_SGI1R_EL1`, `ICC_ASGI1R_EL1`,
+//!   `ICC_SGI0R_EL1`) in a tight loop, to every vCPU, to vCPUs that do not exist (target-list
+//!   bits, `Aff1..3`, `RS`), with `IRM`, and with any value; now and then it takes what
+//!   arrived and flips its SGIs' enables;
+//! - `timer`: vCPU 0 arms its virtual timer in the past and never handles it, re-arming it
+//!   without end, in phases: plain; enabling and disabling PPI 27 in its redistributor on
+//!   every round (MMIO exits); toggling `CNTV_CTL_EL0.IMASK`; with `PSTATE.I` clear, taking
+//!   the interrupt in a handler that never acknowledges it. vCPU 1 does the same with the EL1
+//!   physical timer (every access trapped and emulated by EL2) and PPI 30;
+//! - `gic`: random loads and stores (any offset, size 1, 2, 4 or 8, any value) to the
+//!   distributor, the redistributors (and the frames of vCPUs that do not exist), the UART and
+//!   just past each; the alignment faults they cause are the guest's own, skipped;
+//! - `masked`: every vCPU masks its interrupts (`PSTATE.DAIF`) and branches to itself;
+//! - `onoff`: vCPU 1 makes MMIO exits and powers itself off (PSCI `CPU_OFF`), vCPU 0 powers
+//!   it on again, without end: its exit statistics must survive each `CPU_ON`;
+//! - `cvalmax`: every vCPU enables its virtual timer with `CNTV_CVAL_EL0` = all-ones, a legal
+//!   "never", and spins. Under a non-zero `CNTVOFF_EL2` QEMU 7.2's timer computes
+//!   `CVAL + CNTVOFF` wrapped into the past and re-arms itself for ever: the whole machine
+//!   stops (scenario `guest-storm-cval-max`, off by default).
+//!
+//! None of the storms ends by itself: the host stops the VM after its time limit.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+use guests::println;
+
+guests::entry!(main, secondary);
+
+/// The distributor (IPA), as `vmm::linux` places it.
+const GICD: u64 = 0x0800_0000;
+/// The redistributors: one 128 KiB frame per vCPU (`RD_base`, then `SGI_base`).
+const GICR: u64 = 0x080A_0000;
+const GICR_STRIDE: u64 = 0x2_0000;
+const SGI_BASE: u64 = 0x1_0000;
+/// `GICD_CTLR.EnableGrp1` (a single security state).
+const GICD_CTLR_ENABLE_GRP1: u32 = 1 << 1;
+/// Redistributor registers: `GICR_WAKER` (`RD_base`), `GICR_IGROUPR0`, `GICR_ISENABLER0`,
+/// `GICR_ICENABLER0` (`SGI_base`).
+const GICR_WAKER: u64 = 0x14;
+const GICR_IGROUPR0: u64 = 0x80;
+const GICR_ISENABLER0: u64 = 0x100;
+const GICR_ICENABLER0: u64 = 0x180;
+/// The virtual and the EL1 physical timers' PPIs.
+const VTIMER_INTID: u64 = 27;
+const PTIMER_INTID: u64 = 30;
+/// An address with nothing behind it in the device VM (the test device of the plain VMs):
+/// every access is an MMIO exit the host answers with 0.
+const UNASSIGNED: u64 = 0x0b00_0000;
+
+/// The storms, as named on the command line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Count(u64),
+    Sgi,
+    Timer,
+    Gic,
+    Masked,
+    OnOff,
+    CvalMax,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Count(_) => "count",
+            Kind::Sgi => "sgi",
+            Kind::Timer => "timer",
+            Kind::Gic => "gic",
+            Kind::Masked => "masked",
+            Kind::OnOff => "onoff",
+            Kind::CvalMax => "cvalmax",
+        }
+    }
+}
+
+/// The kind, for the secondary vCPUs (written by vCPU 0 before it starts them).
+static KIND: AtomicU64 = AtomicU64::new(0);
+/// Synchronous exceptions the guest took and skipped (alignment faults of the GIC storm).
+#[no_mangle]
+static STORM_SYNC: AtomicU64 = AtomicU64::new(0);
+/// Interrupts the guest took without acknowledging them.
+#[no_mangle]
+static STORM_IRQS: AtomicU64 = AtomicU64::new(0);
+
+// EL1 vectors. A synchronous exception from the current EL (SPx) is counted and skipped (the
+// faulting instruction is a 4-byte load or store); an IRQ or FIQ is counted and returned from
+// with PSTATE.I and F set, never acknowledged; anything else stops the VM.
+core::arch::global_asm!(
+    r#"
+.section .text, "ax"
+.balign 2048
+storm_vectors:
+    .rept 4
+    .balign 0x80
+    b storm_bad_vector
+    .endr
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    adrp x0, STORM_SYNC
+    add x0, x0, :lo12:STORM_SYNC
+    ldr x1, [x0]
+    add x1, x1, #1
+    str x1, [x0]
+    mrs x0, elr_el1
+    add x0, x0, #4
+    msr elr_el1, x0
+    ldp x0, x1, [sp], #16
+    eret
+    .rept 2
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    adrp x0, STORM_IRQS
+    add x0, x0, :lo12:STORM_IRQS
+    ldr x1, [x0]
+    add x1, x1, #1
+    str x1, [x0]
+    mrs x0, spsr_el1
+    orr x0, x0, #0xc0
+    msr spsr_el1, x0
+    ldp x0, x1, [sp], #16
+    eret
+    .endr
+    .rept 9
+    .balign 0x80
+    b storm_bad_vector
+    .endr
+storm_bad_vector:
+    mrs x0, esr_el1
+    bl storm_unexpected
+"#
+);
+
+extern "C" {
+    fn storm_vectors();
+}
+
+#[no_mangle]
+extern "C" fn storm_unexpected(esr: u64) -> ! {
+    guests::fail(format_args!("unexpected exception, ESR_EL1 {esr:#x}"))
+}
+
+fn install_vectors() {
+    // SAFETY: this guest's own vectors, which only touch the counters above, ELR_EL1 and
+    // SPSR_EL1.
+    unsafe { asm!("msr vbar_el1, {}", "isb", in(reg) storm_vectors as *const () as u64, options(nostack)) };
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn write32(addr: u64, v: u32) {
+    // SAFETY: an MMIO store to the VM's emulated GIC (an exit the host's model performs).
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) };
+}
+
+fn read64(addr: u64) -> u64 {
+    // SAFETY: an MMIO load the host answers.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+
+/// Makes vCPU `me`'s interrupts group 1, wakes its redistributor, enables the private
+/// interrupts in `enable` (bit n = INTID n) and the distributor's group 1, and opens its
+/// virtual CPU interface (priority mask 0xFF, group 1 enabled). `PSTATE.I` stays as it is.
+fn gic_init(me: u64, enable: u32) {
+    let rd = GICR + me * GICR_STRIDE;
+    write32(GICD, GICD_CTLR_ENABLE_GRP1);
+    write32(rd + GICR_WAKER, 0);
+    write32(rd + SGI_BASE + GICR_IGROUPR0, u32::MAX);
+    write32(rd + SGI_BASE + GICR_ISENABLER0, enable);
+    // SAFETY: ICC_PMR_EL1 and ICC_IGRPEN1_EL1 of this vCPU's virtual CPU interface.
+    unsafe { asm!("msr S3_0_C4_C6_0, {pmr}", "msr S3_0_C12_C12_7, {one}", "isb", pmr = in(reg) 0xFFu64, one = in(reg) 1u64, options(nostack)) };
+}
+
+/// Enables (`on`) or disables private interrupt `intid` in vCPU `me`'s redistributor.
+fn ppi_enable(me: u64, intid: u64, on: bool) {
+    let rd = GICR + me * GICR_STRIDE + SGI_BASE;
+    write32(rd + if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 }, 1 << intid);
+}
+
+/// `ICC_IAR1_EL1`: acknowledges the highest-priority pending group-1 interrupt (1023: none).
+fn ack() -> u64 {
+    let v: u64;
+    // SAFETY: reading ICC_IAR1_EL1 (the virtual interface) only acknowledges an interrupt.
+    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) v, options(nostack)) };
+    v & 0xFF_FFFF
+}
+
+/// `ICC_EOIR1_EL1`: ends (drops the priority of and deactivates) interrupt `intid`.
+fn eoi(intid: u64) {
+    // SAFETY: writing ICC_EOIR1_EL1 (the virtual interface) ends the interrupt.
+    unsafe { asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid, options(nostack)) };
+}
+
+fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reading the virtual count has no side effect.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn frequency() -> u64 {
+    let v: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effect.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// Arms the virtual timer `ticks` from now (`CNTV_TVAL_EL0`, `CNTV_CTL_EL0` = ENABLE).
+fn vtimer_in(ticks: u64) {
+    // SAFETY: this vCPU's own virtual timer.
+    unsafe { asm!("msr cntv_tval_el0, {t}", "msr cntv_ctl_el0, {one}", "isb", t = in(reg) ticks, one = in(reg) 1u64, options(nostack)) };
+}
+
+fn vtimer_off() {
+    // SAFETY: this vCPU's own virtual timer.
+    unsafe { asm!("msr cntv_ctl_el0, xzr", "isb", options(nostack)) };
+}
+
+fn main(dtb: u64) {
+    install_vectors();
+    // SAFETY: the device tree the host wrote at the top of this VM's RAM (x0 at entry).
+    let tree = (dtb != 0).then(|| unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.ok()).flatten();
+    let Some(tree) = tree else { guests::fail(format_args!("no device tree")) };
+    let args = tree.chosen().bootargs().unwrap_or("");
+    let arg = |key: &str| args.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='));
+    let kind = match arg("storm") {
+        Some("count") => Kind::Count(arg("count").and_then(|n| n.parse().ok()).unwrap_or(100)),
+        Some("sgi") => Kind::Sgi,
+        Some("timer") => Kind::Timer,
+        Some("gic") => Kind::Gic,
+        Some("masked") => Kind::Masked,
+        Some("onoff") => Kind::OnOff,
+        Some("cvalmax") => Kind::CvalMax,
+        other => guests::fail(format_args!("unknown storm {other:?} (bootargs {args:?})")),
+    };
+    let vcpus = tree.cpus().count() as u64;
+    KIND.store(
+        match kind {
+            Kind::Count(_) => 0,
+            Kind::Sgi => 1,
+            Kind::Timer => 2,
+            Kind::Gic => 3,
+            Kind::Masked => 4,
+            Kind::OnOff => 5,
+            Kind::CvalMax => 6,
+        },
+        Ordering::SeqCst,
+    );
+    if let Kind::Count(n) = kind {
+        return count(n);
+    }
+    println!("guest: storm {}: {vcpus} vCPU(s), until the host stops the VM", kind.name());
+    if kind != Kind::OnOff {
+        for v in 1..vcpus {
+            if guests::cpu_on(v).is_err() {
+                guests::fail(format_args!("CPU_ON of vCPU {v} refused"));
+            }
+        }
+    }
+    storm(kind, 0, vcpus);
+}
+
+fn secondary(index: u64) {
+    install_vectors();
+    let kind = match KIND.load(Ordering::SeqCst) {
+        1 => Kind::Sgi,
+        2 => Kind::Timer,
+        3 => Kind::Gic,
+        4 => Kind::Masked,
+        6 => Kind::CvalMax,
+        _ => Kind::OnOff,
+    };
+    storm(kind, index, 0);
+}
+
+/// The well-behaved neighbour: `n` virtual-timer interrupts, 1 ms apart, each waited for in
+/// `WFI` with `PSTATE.I` set (the interrupt wakes the `WFI`, the guest then acknowledges it).
+fn count(n: u64) {
+    gic_init(0, 1 << VTIMER_INTID);
+    let ms = frequency() / 1000;
+    let start = counter();
+    let mut longest = 0;
+    for round in 0..n {
+        let t0 = counter();
+        vtimer_in(ms);
+        let mut spurious = 0u64;
+        loop {
+            guests::relax();
+            match ack() {
+                VTIMER_INTID => break,
+                1020..=1023 => {
+                    spurious += 1;
+                    if spurious > 1_000_000 {
+                        guests::fail(format_args!("round {round}: the timer interrupt never came"));
+                    }
+                }
+                other => guests::fail(format_args!("round {round}: interrupt {other}, expected {VTIMER_INTID}")),
+            }
+        }
+        // Lower the timer's output before ending the interrupt, or its level makes it pending
+        // again at once.
+        vtimer_off();
+        eoi(VTIMER_INTID);
+        let waited = counter().wrapping_sub(t0);
+        if waited < ms {
+            guests::fail(format_args!("round {round}: the interrupt came after {waited} ticks, before the 1 ms ({ms} ticks) it was armed for"));
+        }
+        longest = longest.max(waited);
+    }
+    let total_ms = counter().wrapping_sub(start) / ms.max(1);
+    println!("guest: ok: counted {n} virtual-timer interrupts 1 ms apart in {total_ms} ms (longest wait {} us)", longest * 1000 / ms.max(1));
+}
+
+/// vCPU `me` storms; `vcpus` is the VM's vCPU count as vCPU 0 read it (0 elsewhere).
+fn storm(kind: Kind, me: u64, vcpus: u64) -> ! {
+    match kind {
+        Kind::Sgi => sgi_storm(me),
+        Kind::Timer if me == 0 => vtimer_storm(),
+        Kind::Timer => ptimer_storm(me),
+        Kind::Gic => gic_storm(me),
+        Kind::OnOff if me == 0 => onoff_vcpu0(vcpus),
+        Kind::OnOff => onoff_vcpu1(),
+        Kind::CvalMax => {
+            // SAFETY: this vCPU's own virtual timer: enabled, compare value all-ones.
+            unsafe { asm!("msr cntv_cval_el0, {m}", "msr cntv_ctl_el0, {one}", "isb", m = in(reg) u64::MAX, one = in(reg) 1u64, options(nostack)) };
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        // Masked, and anything else: no exit ever.
+        _ => {
+            // SAFETY: masks this vCPU's interrupts and loops; touches no memory.
+            unsafe { asm!("msr daifset, #0xf", "2: b 2b", options(noreturn, nomem, nostack)) }
+        }
+    }
+}
+
+/// Every SGI register, every target form, in a tight loop.
+fn sgi_storm(me: u64) -> ! {
+    gic_init(me, 0xFFFF);
+    let mut enabled = true;
+    let mut i: u64 = 0;
+    loop {
+        let intid = i & 15;
+        let v = match (i >> 4) & 7 {
+            // The target list of every Aff0: this VM's vCPUs and 14 or so that do not exist.
+            0 => intid << 24 | 0xFFFF,
+            // IRM: every vCPU but the sender.
+            1 => intid << 24 | 1 << 40,
+            // Aff1, Aff2, Aff3, RS: affinities no vCPU has.
+            2 => intid << 24 | 1 << 16 | 3,
+            3 => intid << 24 | 0xFF << 32 | 3,
+            4 => intid << 24 | 0xFF << 48 | 3,
+            5 => intid << 24 | 0xF << 44 | 3,
+            // To itself.
+            6 => intid << 24 | 1 << me,
+            // Any value at all.
+            _ => i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        // SAFETY: writes of the SGI generation registers, which trap to EL2 (an SGI exit).
+        unsafe {
+            match i % 3 {
+                0 => asm!("msr S3_0_C12_C11_5, {}", in(reg) v, options(nostack)),
+                1 => asm!("msr S3_0_C12_C11_6, {}", in(reg) v, options(nostack)),
+                _ => asm!("msr S3_0_C12_C11_7, {}", in(reg) v, options(nostack)),
+            }
+        }
+        if i % 1024 == 1023 {
+            // Take what has arrived (each end is a deactivation the host hears of), then flip
+            // the SGIs' enables.
+            for _ in 0..32 {
+                let id = ack();
+                if id >= 1020 {
+                    break;
+                }
+                eoi(id);
+            }
+            enabled = !enabled;
+            write32(GICR + me * GICR_STRIDE + SGI_BASE + if enabled { GICR_ISENABLER0 } else { GICR_ICENABLER0 }, 0xFFFF);
+        }
+        i = i.wrapping_add(1);
+    }
+}
+
+/// Rounds per phase of the timer storms.
+const PHASE: u64 = 4096;
+
+/// The virtual timer armed in the past and never handled, re-armed without end.
+fn vtimer_storm() -> ! {
+    gic_init(0, 1 << VTIMER_INTID);
+    let mut i: u64 = 0;
+    loop {
+        let phase = (i / PHASE) % 4;
+        // In the past: CVAL 0, or a count already gone by.
+        let cval = if i & 1 == 0 { 0 } else { counter().wrapping_sub(i & 0xFFFF) };
+        // IMASK toggled in phase 2, else ENABLE alone.
+        let ctl: u64 = if phase == 2 && i & 1 == 1 { 3 } else { 1 };
+        // SAFETY: this vCPU's own virtual timer (not trapped: switched with the vCPU).
+        unsafe { asm!("msr cntv_cval_el0, {c}", "msr cntv_ctl_el0, {t}", "isb", c = in(reg) cval, t = in(reg) ctl, options(nostack)) };
+        if phase == 2 && i & 2 == 0 {
+            // A negative TVAL: in the past too.
+            // SAFETY: as above.
+            unsafe { asm!("msr cntv_tval_el0, {}", in(reg) (-((i & 0xFFF) as i64)) as u64, options(nostack)) };
+        }
+        match phase {
+            1 => ppi_enable(0, VTIMER_INTID, i & 1 == 0),
+            3 => unmasked_moment(),
+            _ => {}
+        }
+        i = i.wrapping_add(1);
+    }
+}
+
+/// The EL1 physical timer (every access trapped and emulated by EL2), the same way.
+fn ptimer_storm(me: u64) -> ! {
+    gic_init(me, 1 << PTIMER_INTID);
+    let mut i: u64 = 0;
+    loop {
+        let phase = (i / PHASE) % 4;
+        let cval = if i & 1 == 0 { 0 } else { counter().wrapping_sub(i & 0xFFFF) };
+        let ctl: u64 = if phase == 2 && i & 1 == 1 { 3 } else { 1 };
+        // SAFETY: the EL1 physical timer, which EL2 emulates for this vCPU.
+        unsafe { asm!("msr cntp_cval_el0, {c}", "msr cntp_ctl_el0, {t}", c = in(reg) cval, t = in(reg) ctl, options(nostack)) };
+        if phase == 2 && i & 2 == 0 {
+            // SAFETY: as above.
+            unsafe { asm!("msr cntp_tval_el0, {}", in(reg) (-((i & 0xFFF) as i64)) as u64, options(nostack)) };
+        }
+        match phase {
+            1 => ppi_enable(me, PTIMER_INTID, i & 1 == 0),
+            3 => unmasked_moment(),
+            _ => {}
+        }
+        i = i.wrapping_add(1);
+    }
+}
+
+/// Clears `PSTATE.I` for a moment: a pending virtual interrupt is taken by the vectors, which
+/// return with it set again, never acknowledging anything.
+fn unmasked_moment() {
+    // SAFETY: the vectors handle (count) the interrupt and return with I and F set.
+    unsafe { asm!("msr daifclr, #2", "isb", "nop", "msr daifset, #2", options(nostack)) };
+}
+
+/// One load or store of `size` bytes at `addr` (a store writes `value`).
+fn access(addr: u64, size: u64, store: bool, value: u64) {
+    // SAFETY: device addresses of this VM (the host emulates them or answers 0); an unaligned
+    // access takes an alignment fault, which the vectors skip. Nothing is RAM.
+    unsafe {
+        match (size, store) {
+            (1, false) => asm!("ldrb {v:w}, [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
+            (2, false) => asm!("ldrh {v:w}, [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
+            (4, false) => asm!("ldr {v:w}, [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
+            (_, false) => asm!("ldr {v}, [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
+            (1, true) => asm!("strb {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)),
+            (2, true) => asm!("strh {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)),
+            (4, true) => asm!("str {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)),
+            (_, true) => asm!("str {v}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)),
+        }
+    }
+}
+
+/// Random accesses to the GIC's frames, the UART and just past each.
+fn gic_storm(me: u64) -> ! {
+    let mut rng = Rng(0x5EED_0000_0000_0001 ^ (me + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    loop {
+        let r = rng.next();
+        let offset = (r >> 8) & 0xFFFF;
+        let addr = match r % 8 {
+            0..=2 => GICD + offset,
+            // Four redistributors' worth: two vCPUs' and two that do not exist.
+            3..=5 => GICR + ((r >> 8) % (4 * GICR_STRIDE)),
+            6 => guests::UART + (offset & 0xFFF),
+            _ => [GICD + 0x1_0000, GICR + 8 * GICR_STRIDE, guests::UART + 0x1000, UNASSIGNED][(offset & 3) as usize] + ((offset >> 2) & 0xFF),
+        };
+        let size = 1 << ((r >> 40) & 3);
+        access(addr, size, (r >> 42) & 1 != 0, rng.next());
+    }
+}
+
+/// vCPU 0 of `onoff`: powers vCPU 1 on whenever it is off, and waits 100 us between tries
+/// for its virtual timer's interrupt (a `WFI` with nothing enabled to end it would sleep for
+/// ever, as on hardware).
+fn onoff_vcpu0(vcpus: u64) -> ! {
+    if vcpus < 2 {
+        guests::fail(format_args!("onoff needs 2 vCPUs"));
+    }
+    gic_init(0, 1 << VTIMER_INTID);
+    let tick = frequency() / 10_000;
+    loop {
+        let _ = guests::cpu_on(1);
+        vtimer_in(tick);
+        while ack() != VTIMER_INTID {
+            guests::relax();
+        }
+        vtimer_off();
+        eoi(VTIMER_INTID);
+    }
+}
+
+/// vCPU 1 of `onoff`: 64 MMIO exits, then off.
+fn onoff_vcpu1() -> ! {
+    for _ in 0..64 {
+        let _ = read64(UNASSIGNED);
+    }
+    guests::cpu_off()
+}
