@@ -160,6 +160,11 @@ pub fn counter() -> u64 {
     v
 }
 
+/// System-counter ticks per millisecond.
+pub fn ticks_per_ms() -> u64 {
+    counter_freq() / 1000
+}
+
 /// Brings this CPU's timer interrupt forward to `deadline` (system-counter ticks) if it would
 /// come later: a blocked vCPU's deadline, or a guest's emulated physical timer. The interrupt
 /// counts as a tick (the tick is re-armed when it is acknowledged).

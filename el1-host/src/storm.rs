@@ -38,11 +38,11 @@ pub fn run(plat: &Platform) {
     check!(plat.nr_cpus >= 2, "storm: needs a CPU to supervise and at least one to run vCPUs");
     let mut violations = crate::hostile::invariants();
     let mut checks = 1u64;
-    let storm = linux::add_vm(0, 2, vm_flags::PROTECTED, MEM_MIB, image, storm_cmdline(kind))
+    let storm = linux::add_vm(plat, 0, 2, vm_flags::PROTECTED, MEM_MIB, image, storm_cmdline(kind))
         .unwrap_or_else(|e| crate::fail::fail(format_args!("storm: the storming VM: {e}")));
     let mut cmdline = [0u8; 64];
     let neighbour_args = fmt_into(&mut cmdline, format_args!("storm=count count={count}"));
-    let good = linux::add_vm(1, 1, 0, MEM_MIB, image, neighbour_args).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: the neighbour VM: {e}")));
+    let good = linux::add_vm(plat, 1, 1, 0, MEM_MIB, image, neighbour_args).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: the neighbour VM: {e}")));
     println!(
         "host: storm {kind}: VM {:#x} (protected, 2 vCPUs) storms for {storm_ms} ms beside VM {:#x} (1 vCPU, counts {count} timer interrupts), on {} host CPU(s)",
         storm.handle,
@@ -50,13 +50,15 @@ pub fn run(plat: &Platform) {
         plat.nr_cpus - 1
     );
     if let Some(off) = plat.arg("cntvoff") {
-        // The storming VM's virtual counter offset, before its first run (0: the virtual count
-        // is the physical one, as before ABI 3.3).
+        // The storming VM's virtual counter offset, before its first run (EL2's default is 0:
+        // the virtual count is the physical one).
         let off: u64 = off.parse().unwrap_or_else(|_| crate::fail::fail(format_args!("storm: cntvoff={off} is not a number")));
         let r = crate::hvc::call(shared_abi::HypercallId::VcpuSetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2, off, 0]);
         check!(r.is_ok(), "storm: CNTVOFF_EL2 = {off}: {r:?}");
-        println!("host: storm {kind}: VM {:#x} runs with CNTVOFF_EL2 = {off}", storm.handle);
     }
+    let off = crate::hvc::call(shared_abi::HypercallId::VcpuGetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2]);
+    check!(off.is_ok(), "storm: reading CNTVOFF_EL2: {off:?}");
+    println!("host: storm {kind}: VM {:#x} runs with CNTVOFF_EL2 = {}", storm.handle, off.map_or(0, |r| r[0]));
     for vm in [storm, good] {
         sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: run queue: {e:?}")));
     }

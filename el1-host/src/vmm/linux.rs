@@ -131,7 +131,7 @@ pub fn run(plat: &Platform) {
         let nr = cfg.vcpus as usize;
         HANDLES[n].store(vm.handle, Ordering::SeqCst);
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        VMS[n].call_once(|| LinuxVm { injected: [const { AtomicU64::new(0) }; 4], turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS], gic, uart: GuestUart::new(prefix), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
+        VMS[n].call_once(|| LinuxVm::new(vm, gic, prefix));
     }
     // Every VM built above, in order (the padding past `cfg.vms` is never used).
     let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
@@ -269,6 +269,18 @@ pub fn run_slot(slot: usize, handle: u64, vcpu: u64) {
 }
 
 impl LinuxVm {
+    /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`.
+    fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>) -> Self {
+        Self {
+            vm,
+            injected: [const { AtomicU64::new(0) }; 4],
+            turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
+            gic,
+            uart: GuestUart::new(prefix),
+            vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS],
+        }
+    }
+
     /// One `VCPU_RUN` of vCPU `v` and its exit: `Some` when the vCPU leaves this host CPU.
     fn step(&self, v: usize, st: &mut VcpuState) -> Result<Option<Yield>, HypError> {
         let handle = self.vm.handle;
@@ -407,16 +419,15 @@ impl LinuxVm {
 /// its own command line (`/chosen/bootargs`), `vcpus` vCPUs, VM `flags` and `mem_mib` MiB, and
 /// registers it with the VMM (its console lines carry `[vmN]`). The caller queues its vCPUs
 /// ([`sched::add`]) and runs them. Each `n` once per boot.
-pub fn add_vm(n: usize, vcpus: u32, flags: u64, mem_mib: u64, image: &[u8], cmdline: &str) -> Result<&'static Vm, &'static str> {
+pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, image: &[u8], cmdline: &str) -> Result<&'static Vm, &'static str> {
     let slot = VMS.get(n).ok_or("no such Linux VM slot")?;
     if slot.is_completed() {
         return Err("Linux VM slot already used");
     }
     let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
-    let vm = build(&Config { mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline)?;
+    let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline)?;
     HANDLES[n].store(vm.handle, Ordering::SeqCst);
-    let l = slot.call_once(|| LinuxVm { gic, uart: GuestUart::new(Some(n)), vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS], vm });
-    Ok(&l.vm)
+    Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n))).vm)
 }
 
 /// While Linux VMs run (`on`): console input goes to the first, and idle host CPUs sleep in

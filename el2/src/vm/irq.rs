@@ -167,13 +167,13 @@ mod tests {
             }
         };
         cpu_on(&f);
-        assert_eq!(run(&f, 0, vec![hvc(), wfi()]), exit::WFX as u64);
+        assert_eq!(run(&f, 0, vec![hvc()]), exit::CPU_ON as u64);
         assert_eq!(run(&f, 1, vec![wfi()]), exit::WFX as u64, "vCPU 1 on, then waits");
         f.call(0, H::VcpuSetReg, &[h, 1, reg::x(0), PSCI_CPU_OFF as u64, 0]).unwrap();
         assert_eq!(run(&f, 1, vec![hvc()]), exit::VCPU_OFF as u64);
         assert_eq!(f.call(0, H::VcpuStats, &[h, 1]), Ok([2, 0, 0]), "a WFI and the CPU_OFF call");
         cpu_on(&f);
-        assert_eq!(run(&f, 0, vec![hvc(), wfi()]), exit::WFX as u64);
+        assert_eq!(run(&f, 0, vec![hvc()]), exit::CPU_ON as u64);
         assert_eq!(run(&f, 1, vec![wfi()]), exit::WFX as u64, "on again, from the reset state");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::PC]), Ok([0x5004, 0, 0]), "reset to the new entry point");
         assert_eq!(f.call(0, H::VcpuStats, &[h, 1]), Ok([3, 0, 0]), "the counts of vCPU 1's first life are kept");

@@ -562,9 +562,12 @@ impl<T: TableMemory> Hyp<'_, T> {
             mte,
             fwb,
             local_tlb: LocalTlbRecord::new(),
-            // The guest's virtual count starts near 0 (a guest that runs later than it was
-            // created sees the time in between, as after a boot loader).
-            cntvoff: arch.counter(),
+            // 0 until the host sets it: on QEMU 7.2 an enabled virtual timer whose
+            // CNTV_CVAL_EL0 + CNTVOFF_EL2 wraps re-arms QEMU's timer in the past for ever and
+            // hangs the whole machine, and any non-zero offset lets a guest choose such a CVAL
+            // (a guest must not be able to stop the emulator). A host that sets an offset takes
+            // that on itself (`guest-storm-cval-max-offset`).
+            cntvoff: 0,
         });
         Ok([handle, 0, 0])
     }

@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn cntvoff_is_per_vm_set_at_create_and_follows_the_first_run_rules() {
+    fn cntvoff_is_per_vm_zero_at_create_and_follows_the_first_run_rules() {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
         let create_at = |f: &mut Fixture, count: u64, flags: u64| {
@@ -206,9 +206,10 @@ mod tests {
             f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0]
         };
         let (a, b) = (create_at(&mut f, 1_000, 0), create_at(&mut f, 9_000_000, vm_flags::PROTECTED));
-        // The physical count at creation: each guest's virtual count starts near 0.
-        assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([1_000, 0, 0]));
-        assert_eq!(f.call(0, H::VcpuGetReg, &[b, 1, reg::CNTVOFF_EL2]), Ok([9_000_000, 0, 0]), "VM-wide: any vCPU");
+        // 0 whatever the count at creation (QEMU 7.2 hangs when a guest's CVAL + CNTVOFF
+        // wraps, and any non-zero offset lets a guest arrange that).
+        assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([0, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[b, 1, reg::CNTVOFF_EL2]), Ok([0, 0, 0]), "VM-wide: any vCPU");
         // Listed once, with the other VM-wide registers.
         f.call(0, H::VcpuRegList, &[a, 0]).unwrap();
         let list = shared_abi::msg::RegList::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
