@@ -116,19 +116,27 @@ pub const TIMER_ISTATUS: u64 = 1 << 2;
 impl PTimer {
     /// When its output asserts, in physical counter ticks: `cval` if enabled and not masked,
     /// else never (`u64::MAX`).
-    pub const fn deadline(&self) -> u64 {
-        timer_deadline(self.ctl, self.cval, 0)
+    pub const fn deadline(&self, now: u64) -> u64 {
+        timer_deadline(self.ctl, self.cval, 0, now)
     }
 }
 
 /// When a generic timer with control `ctl` and compare value `cval`, counting the physical
-/// count minus `offset`, asserts its output, in physical counter ticks: `cval + offset`
-/// (saturating), or `u64::MAX` (never) if it is disabled or masked.
-pub const fn timer_deadline(ctl: u64, cval: u64, offset: u64) -> u64 {
-    if ctl & (TIMER_ENABLE | TIMER_IMASK) == TIMER_ENABLE {
-        cval.saturating_add(offset)
+/// count minus `offset` (modulo 2^64, as the hardware subtracts), asserts its output, in
+/// physical counter ticks, seen at physical count `now`: `u64::MAX` (never) if it is disabled
+/// or masked; if its count has reached `cval`, the tick it did so (0 if that was before the
+/// counter started: an offset above the count makes the count wrap, and the timer fires at
+/// once); otherwise `now` plus the ticks still to go (saturating). Without a wrap that is
+/// `cval + offset`.
+pub const fn timer_deadline(ctl: u64, cval: u64, offset: u64, now: u64) -> u64 {
+    if ctl & (TIMER_ENABLE | TIMER_IMASK) != TIMER_ENABLE {
+        return u64::MAX;
+    }
+    let count = now.wrapping_sub(offset);
+    if count >= cval {
+        now.saturating_sub(count - cval)
     } else {
-        u64::MAX
+        now.saturating_add(cval - count)
     }
 }
 
@@ -638,15 +646,21 @@ mod tests {
 
     #[test]
     fn timer_deadlines_are_never_when_disabled_or_masked_and_saturate() {
-        assert_eq!(timer_deadline(0, 100, 0), u64::MAX, "disabled");
-        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_IMASK, 100, 0), u64::MAX, "masked");
-        assert_eq!(timer_deadline(TIMER_IMASK, 100, 0), u64::MAX);
-        assert_eq!(timer_deadline(TIMER_ENABLE, 100, 0), 100);
-        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_ISTATUS, 100, 50), 150, "ISTATUS does not matter");
-        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX - 10, 50), u64::MAX, "saturates");
-        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX, u64::MAX), u64::MAX);
-        assert_eq!(PTimer { ctl: TIMER_ENABLE, cval: 7 }.deadline(), 7);
-        assert_eq!(PTimer { ctl: 0, cval: 7 }.deadline(), u64::MAX);
+        assert_eq!(timer_deadline(0, 100, 0, 0), u64::MAX, "disabled");
+        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_IMASK, 100, 0, 0), u64::MAX, "masked");
+        assert_eq!(timer_deadline(TIMER_IMASK, 100, 0, 0), u64::MAX);
+        assert_eq!(timer_deadline(TIMER_ENABLE, 100, 0, 0), 100);
+        assert_eq!(timer_deadline(TIMER_ENABLE, 100, 0, 150), 100, "fired: when it did");
+        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_ISTATUS, 100, 50, 60), 150, "ISTATUS does not matter");
+        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX - 10, 50, 50), u64::MAX, "saturates");
+        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX, u64::MAX, u64::MAX), u64::MAX);
+        // An offset above the count: the count wrapped to the top, the timer has fired.
+        assert_eq!(timer_deadline(TIMER_ENABLE, 1_000, 500, 10), 0);
+        // CVAL at the very top: the wrapped count (2^64 - 490) reaches it 489 ticks later.
+        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX, 500, 10), 10 + 489, "until the wrapped count reaches it");
+        assert_eq!(PTimer { ctl: TIMER_ENABLE, cval: 7 }.deadline(0), 7);
+        assert_eq!(PTimer { ctl: TIMER_ENABLE, cval: 7 }.deadline(9), 7);
+        assert_eq!(PTimer { ctl: 0, cval: 7 }.deadline(0), u64::MAX);
     }
 
     #[test]

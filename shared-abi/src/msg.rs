@@ -305,8 +305,9 @@ pub struct VcpuExit {
     /// For hypercall exits: the guest's `x0..=x3`.
     pub args: [u64; 4],
     /// When the guest's virtual timer (PPI 27) asserts, in physical counter (`CNTPCT_EL0`)
-    /// ticks: `CNTV_CVAL_EL0 + CNTVOFF` (saturating), or `u64::MAX` if it cannot (CNTV_CTL
-    /// ENABLE clear or IMASK set). Valid in every exit record (ABI 3.3).
+    /// ticks: `CNTV_CVAL_EL0 + CNTVOFF` (saturating; with the count's wrap modelled, see
+    /// docs/ABI.md), or `u64::MAX` if it cannot (CNTV_CTL ENABLE clear or IMASK set). Valid in
+    /// every exit record (ABI 3.3).
     pub vtimer_deadline: u64,
     /// The same for the emulated EL1 physical timer (PPI 30): its CVAL, or `u64::MAX`.
     pub ptimer_deadline: u64,

@@ -229,6 +229,7 @@ mod tests {
         for (h, deadline) in [(a, 1_077), (b, u64::MAX)] {
             let rec = Recorder::default();
             *rec.1.borrow_mut() = vec![hvc()];
+            rec.4.set(100);
             f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
             assert_eq!(exit_record(&f).vtimer_deadline, deadline, "CVAL + this VM's CNTVOFF (b's timer is off)");
         }

@@ -61,7 +61,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
         };
         if !on {
-            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff);
+            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff, arch.counter());
         }
         let mut cfg = cfg;
         let vm_slot = (handle & 0xFF) as usize;
@@ -123,13 +123,13 @@ impl<T: TableMemory> Hyp<'_, T> {
         if ctx.vgic.after_put() {
             exit.flags |= exit::FLAG_EOI;
         }
-        self.finish_run(cpu, exit, &ctx, cfg.cntvoff)
+        self.finish_run(cpu, exit, &ctx, cfg.cntvoff, arch.counter())
     }
 
     /// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
     /// exit record carries them: the host delivers the timers' interrupts).
-    fn finish_run(&self, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64) -> HypResult {
-        (e.vtimer_deadline, e.ptimer_deadline) = timer_deadlines(ctx, cntvoff);
+    fn finish_run(&self, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
+        (e.vtimer_deadline, e.ptimer_deadline) = timer_deadlines(ctx, cntvoff, now);
         self.write_message(cpu, &e)?;
         Ok([e.reason as u64, 0, 0])
     }
@@ -317,10 +317,10 @@ pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64)
 
 /// When the vCPU's virtual and physical timers assert, in physical counter ticks
 /// ([`VcpuExit::vtimer_deadline`], [`VcpuExit::ptimer_deadline`]), from its saved state and
-/// the VM's `CNTVOFF_EL2`.
-pub fn timer_deadlines(ctx: &VcpuCtx, cntvoff: u64) -> (u64, u64) {
-    let vtimer = crate::vcpu::timer_deadline(ctx.sys[SYS_CNTV_CTL_EL0], ctx.sys[SYS_CNTV_CVAL_EL0], cntvoff);
-    (vtimer, ctx.ptimer.deadline())
+/// the VM's `CNTVOFF_EL2`, at physical count `now`.
+pub fn timer_deadlines(ctx: &VcpuCtx, cntvoff: u64, now: u64) -> (u64, u64) {
+    let vtimer = crate::vcpu::timer_deadline(ctx.sys[SYS_CNTV_CTL_EL0], ctx.sys[SYS_CNTV_CVAL_EL0], cntvoff, now);
+    (vtimer, ctx.ptimer.deadline(now))
 }
 
 pub(crate) const SYS_ESR_EL1: usize = 7;
@@ -369,9 +369,11 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
         let (ctl, cval) = (reg::SYSREGS[SYS_CNTV_CTL_EL0].1, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1);
+        // The physical count at the exits: 500, so CNTVOFF 500 makes the virtual count 0.
         let run = |f: &Fixture, vcpu: u64, script: Vec<GuestTrap>| {
             let rec = Recorder::default();
             *rec.1.borrow_mut() = script;
+            rec.4.set(500);
             f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap();
             let e = exit_record(f);
             (e.vtimer_deadline, e.ptimer_deadline)
@@ -395,8 +397,14 @@ mod tests {
         // vCPU 1 is off: its VCPU_OFF exit carries its own timers (CVAL 9 + CNTVOFF 500).
         f.call(0, H::VcpuSetReg, &[h, 1, ctl, TIMER_ENABLE]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 1, cval, 9]).unwrap();
-        assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
-        assert_eq!((exit_record(&f).vtimer_deadline, exit_record(&f).ptimer_deadline), (509, u64::MAX));
+        assert_eq!(run(&f, 1, vec![]), (509, u64::MAX));
+        // A host that sets CNTVOFF above the count: the virtual count wrapped to the top and the
+        // timer fires at once (the hardware's subtraction), which the deadline says.
+        f.call(0, H::VcpuSetReg, &[h, 1, cval, 1_000]).unwrap();
+        let rec = Recorder::default();
+        rec.4.set(10);
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!(exit_record(&f).vtimer_deadline, 0, "fired");
         // A kill exit (undecodable MMIO) carries them too.
         let undecodable = trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000);
         assert_eq!(run(&f, 0, vec![undecodable]), (u64::MAX, u64::MAX), "saturated; the physical CVAL as set");

@@ -375,13 +375,17 @@ mod tests {
         // CNTV_CTL_EL0 is saved from the CPU (ISTATUS set by the hardware) or written by the
         // host (any value): only ENABLE and IMASK decide.
         for (ctl, want) in [(0, u64::MAX), (1, 100), (3, u64::MAX), (5, 100), (7, u64::MAX), (u64::MAX, u64::MAX), (!2, 100), (1 << 63, u64::MAX)] {
-            assert_eq!(timer_deadline(ctl, 40, 60), want, "CTL {ctl:#x}");
+            assert_eq!(timer_deadline(ctl, 40, 60, 60), want, "CTL {ctl:#x}");
         }
-        // The offset saturates: never a deadline that wrapped into the past.
-        assert_eq!(timer_deadline(1, u64::MAX, 1), u64::MAX);
-        assert_eq!(timer_deadline(1, 2, u64::MAX), u64::MAX);
-        assert_eq!(timer_deadline(1, u64::MAX - 5, 5), u64::MAX);
-        assert_eq!(timer_deadline(1, u64::MAX - 6, 5), u64::MAX - 1);
+        // Saturates: never a deadline that wrapped into the past.
+        assert_eq!(timer_deadline(1, u64::MAX, 1, 1), u64::MAX);
+        assert_eq!(timer_deadline(1, 2, u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(timer_deadline(1, u64::MAX - 5, 5, 5), u64::MAX);
+        assert_eq!(timer_deadline(1, u64::MAX - 6, 5, 5), u64::MAX - 1);
+        // An offset above the count wraps the count (the hardware's subtraction): fired.
+        assert_eq!(timer_deadline(1, 2, 100, 0), 0);
+        // An offset of all-ones is -1: the count is 1 ahead of the physical one.
+        assert_eq!(timer_deadline(1, 2, u64::MAX, 0), 1);
     }
 
     #[test]
@@ -527,10 +531,10 @@ mod tests {
         assert_eq!(t.ctl, 0b11, "ISTATUS and RES0 bits dropped");
         assert_eq!(ptimer_access(&ctl, 0, &mut t, 899), Some(Emulated::Read(0b011)), "not yet");
         assert_eq!(ptimer_access(&ctl, 0, &mut t, 900), Some(Emulated::Read(0b111)), "fired (masked)");
-        assert_eq!(t.deadline(), u64::MAX, "masked: never asserts");
+        assert_eq!(t.deadline(0), u64::MAX, "masked: never asserts");
         ptimer_access(&w(ctl), 1, &mut t, 0);
         assert_eq!(ptimer_access(&ctl, 0, &mut t, u64::MAX), Some(Emulated::Read(0b101)));
-        assert_eq!(t.deadline(), 900);
+        assert_eq!(t.deadline(0), 900);
         // CVAL: any value, read back; hostile values near the top of the count wrap as the
         // hardware's subtraction does, and never fire early.
         assert_eq!(ptimer_access(&w(cval), u64::MAX, &mut t, 5), Some(Emulated::Written));
