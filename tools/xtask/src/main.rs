@@ -208,7 +208,7 @@ pub struct Images {
 }
 
 /// The guests `tests/guests` builds (and `demo.bin`, the raw copy of `demo`).
-pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin", "vgic"];
+pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin", "vgic", "irqbench"];
 
 /// Where QEMU's loader stages the guest image.
 const GUEST_STAGING: u64 = shared_abi::layout::GUEST_IMAGE_STAGING;
