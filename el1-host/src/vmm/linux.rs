@@ -279,7 +279,10 @@ impl LinuxVm {
         let now = gic::counter();
         self.deliver(v, st, now)?;
         gic::set_vtimer_enabled(timer::physical_vtimer_enabled(&st.timers, st.vtimer_queued, now));
-        if st.timers.ptimer != u64::MAX {
+        // Only a deadline still to come: one that has passed has raised the line already
+        // (`deliver`), and a wake-up in the past would end every run before the guest's first
+        // instruction, so it could never handle the interrupt and turn its timer off.
+        if st.timers.ptimer > now && st.timers.ptimer != u64::MAX {
             gic::arm_wakeup(st.timers.ptimer);
         }
         note_run(&self.vm, v as u64);
