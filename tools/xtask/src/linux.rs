@@ -636,10 +636,13 @@ impl BootReport {
 pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 
 /// The benchmark's figure for one QEMU command that boots a Linux guest with the project's
-/// initramfs (`bare_command` or `hyp_command`): guest counter time, in ns, from the machine's
-/// start to the first userspace line, under [`ICOUNT`] (added here). Both images see the
-/// counter from the machine's reset: CNTVOFF_EL2 is 0 for the hypervisor's guests and unused at
-/// EL1 on bare QEMU. Fails unless the guest reaches userspace and every VM passes its checks.
+/// initramfs (`bare_command` or `hyp_command`): the guest's virtual counter at the first
+/// userspace line, in ns, under [`ICOUNT`] (added here). On bare QEMU that counts from the
+/// machine's start (no EL2: no offset). Under the hypervisor EL2 gives each VM its own
+/// `CNTVOFF_EL2`, the count at `VM_CREATE`, so it counts from the VM's creation; the host's
+/// `host: bench: VM ... kernel entry at CNTPCT=.. CNTVOFF_EL2=..` line says where its kernel
+/// started (`cargo xtask bench` measures both from the kernel's first instruction). Fails
+/// unless the guest reaches userspace and every VM passes its checks.
 pub fn ns_to_userspace(mut cmd: Command, vms: usize, timeout: Duration, echo: bool) -> Result<(u64, BootReport), String> {
     cmd.args(ICOUNT);
     let r = boot(cmd, timeout, echo)?;
