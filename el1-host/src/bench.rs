@@ -1,11 +1,14 @@
 //! The `bench` scenario: instruction counts of the hot paths (run under QEMU `-icount shift=0`
 //! by `cargo xtask bench`). Prints `bench:` lines (see `shared_abi::bench`).
+//!
+//! Also [`note_linux_start`], which the `linux` scenario calls before its vCPUs first run: the
+//! mark the Linux boot benchmark measures from.
 
 use crate::platform::Platform;
-use crate::{hvc, println, vmm};
+use crate::{gic, hvc, println, vmm};
 use shared_abi::bench::Stats;
 use shared_abi::msg::{vm_flags, VmCreate};
-use shared_abi::HypercallId;
+use shared_abi::{reg, HypercallId};
 
 const N: usize = 1000;
 static mut SAMPLES: [u64; N] = [0; N];
@@ -57,6 +60,28 @@ fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
 fn create(flags: u64) -> u64 {
     crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
     hvc::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
+}
+
+/// For the Linux boot benchmark (`cargo xtask bench`): prints, for each Linux VM about to run
+/// for the first time, the physical count now and the VM's `CNTVOFF_EL2` (EL2 sets it to the
+/// count at `VM_CREATE`, so the guest's virtual count starts near 0 there). The benchmark takes
+/// `now - CNTVOFF_EL2` as the virtual count at the kernel's first instruction and measures the
+/// guest's `PKVM-STAMP` from it; the building of the VM in between (copying the kernel, giving
+/// the memory) is the VMM's, not the kernel's boot. The scheduler starts vCPU 0 right after
+/// this, a few thousand instructions (a few hundred ticks) later, which the figure includes.
+pub fn note_linux_start(vms: &[&vmm::Vm]) {
+    for vm in vms {
+        let now = gic::counter();
+        // Readable before the first run, even for a protected VM.
+        match hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::CNTVOFF_EL2]) {
+            Ok([cntvoff, ..]) => println!(
+                "host: bench: VM {:#x} kernel entry at CNTPCT={now} CNTVOFF_EL2={cntvoff} (virtual count {})",
+                vm.handle,
+                now.wrapping_sub(cntvoff)
+            ),
+            Err(e) => println!("host: bench: VM {:#x}: CNTVOFF_EL2 unreadable ({e:?})", vm.handle),
+        }
+    }
 }
 
 /// A test device answering the bench guest's question: which rows to run.

@@ -376,8 +376,9 @@ static void check_timer(void) {
 // ---- stamp -------------------------------------------------------------------------------
 
 // Prints CNTVCT_EL0 and CNTFRQ_EL0. Under QEMU -icount shift=0 one instruction takes 1 ns of
-// virtual time, so cntvct * 1e9 / cntfrq counts the instructions since the machine started
-// (CNTVOFF_EL2 is 0 at EL1 and for the hypervisor's guests).
+// virtual time, so cntvct * 1e9 / cntfrq counts instructions since the machine started (no
+// offset at EL1 on bare QEMU; under the hypervisor each VM's CNTVOFF_EL2 is 0 unless the host
+// sets it). The host prints where the kernel started (see tools/xtask/src/bench.rs).
 static void stamp(void) {
     uint64_t cntvct, cntfrq;
     // ISB: read the counter after the instructions before it, not early (Arm ARM, D11.2.2:

@@ -1,13 +1,49 @@
-//! `cargo xtask bench`: boots the hypervisor under QEMU `-icount shift=0` (so PMU event 0x08,
-//! INST_RETIRED, counts exactly), runs the host's `bench` scenario with the bench guest, and
-//! prints a table (operation, median, min, max, target, verdict); the same figures go to
-//! `target/bench.json`.
+//! `cargo xtask bench`: boots the hypervisor under QEMU with instruction counting and prints a
+//! table (operation, median, min, max, target, verdict); the same figures go to
+//! `target/bench.json`. Four groups, chosen with `--only`:
+//!
+//! - `main`, `ptrauth`: the host's `bench` scenarios with the bench guest, under `-icount
+//!   shift=0`, where PMU event 0x08 (INST_RETIRED) counts exactly: instructions the measuring
+//!   CPU retired;
+//! - `irq`: the interrupt guest (`tests/guests/src/bin/irqbench.rs`) in the Linux-style VM (the
+//!   host's distributor model, its timers), two boots per row (its samples, and one sample:
+//!   the difference of the VM's `host: stats` is the exits of the rounds); figures in ns of
+//!   counter time under `-icount shift=0,sleep=off`, that is instructions retired by every CPU
+//!   (QEMU runs them in turn), idle time skipped;
+//! - `linux`: Debian's kernel with the project's initramfs from its first instruction to its
+//!   first userspace line, on bare QEMU at EL1 and as protected and non-protected VMs, in the
+//!   same unit, and the ratio.
+//!
+//! Under the hypervisor these run on one host CPU ([`HOST_CPUS`]): QEMU 7.2's round-robin
+//! `-icount` gives a CPU that busy-waits the whole slice up to the next timer deadline and
+//! leaves the others none, so a host or EL2 spin lock waiting on the second CPU never ends
+//! (fixed in QEMU 8.0, which splits the slice). Without `-icount` the figures would be wall time.
 
+use crate::linux::{self, LinuxRun, ICOUNT};
 use crate::{qemu_command, root, Images};
 use shared_abi::bench::Stats;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::time::Duration;
+
+/// What a row's figures count.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Unit {
+    /// PMU event 0x08 on the measuring CPU (`-icount shift=0`).
+    Instructions,
+    /// ns of counter time under `-icount shift=0,sleep=off`: instructions of all CPUs.
+    CounterNs,
+}
+
+impl Unit {
+    fn json(self) -> &'static str {
+        match self {
+            Unit::Instructions => "instructions retired (PMU 0x08, QEMU -icount shift=0)",
+            Unit::CounterNs => "ns of counter time (QEMU -icount shift=0,sleep=off: instructions retired by all CPUs)",
+        }
+    }
+}
 
 /// A row of the report: the key the images print, what it measures, and its target.
 struct Row {
@@ -15,25 +51,53 @@ struct Row {
     operation: &'static str,
     target: Option<u64>,
     target_text: &'static str,
+    unit: Unit,
+}
+
+const fn row(key: &'static str, operation: &'static str, target: Option<u64>, target_text: &'static str) -> Row {
+    Row { key, operation, target, target_text, unit: Unit::Instructions }
+}
+
+const fn ns_row(key: &'static str, operation: &'static str, target_text: &'static str) -> Row {
+    Row { key, operation, target: None, target_text, unit: Unit::CounterNs }
 }
 
 const ROWS: &[Row] = &[
-    Row { key: "host_null_hvc", operation: "host null hypercall round trip (PING)", target: Some(100), target_text: "<= 100" },
-    Row { key: "guest_smccc_version", operation: "guest SMCCC_VERSION, served in EL2", target: Some(150), target_text: "<= 150" },
-    Row { key: "guest_mmio_read", operation: "guest MMIO read emulated by the host", target: Some(1200), target_text: "<= 1200" },
-    Row { key: "guest_mmio_read_fp", operation: "guest MMIO read with the guest's FP/SIMD live (lazy FP switch)", target: None, target_text: "FP moves only" },
-    Row { key: "guest_mmio_read_mte", operation: "guest MMIO read, MTE VM (MTE registers switched)", target: None, target_text: "MTE moves only" },
-    Row { key: "ptrauth_eager_idle", operation: "guest MMIO read, ptrauth VM not using its keys, eager policy", target: None, target_text: "key moves only" },
-    Row { key: "ptrauth_lazy_idle", operation: "guest MMIO read, ptrauth VM not using its keys, lazy policy", target: None, target_text: "key moves only" },
-    Row { key: "ptrauth_eager_active", operation: "guest PACGA + MMIO read, ptrauth VM, eager policy", target: None, target_text: "key moves only" },
-    Row { key: "ptrauth_lazy_active", operation: "guest PACGA + MMIO read, ptrauth VM, lazy policy", target: None, target_text: "key moves only" },
-    Row { key: "guest_first_touch", operation: "guest first touch of a 4 KiB page", target: Some(400), target_text: "<= 400" },
-    Row { key: "guest_first_touch_mte", operation: "guest first touch of a 4 KiB page, MTE VM", target: Some(600), target_text: "<= 600" },
-    Row { key: "world_switch_plain", operation: "world switch round trip, plain (PSCI_VERSION)", target: None, target_text: "own moves only" },
-    Row { key: "vm_lifecycle_1mib", operation: "create + donate + destroy, protected, 1 MiB", target: None, target_text: "linear" },
-    Row { key: "vm_lifecycle_16mib", operation: "create + donate + destroy, protected, 16 MiB", target: None, target_text: "linear" },
-    Row { key: "vm_lifecycle_64mib", operation: "create + donate + destroy, protected, 64 MiB", target: None, target_text: "linear" },
+    row("host_null_hvc", "host null hypercall round trip (PING)", Some(100), "<= 100"),
+    row("guest_smccc_version", "guest SMCCC_VERSION, served in EL2", Some(150), "<= 150"),
+    row("guest_mmio_read", "guest MMIO read emulated by the host", Some(1200), "<= 1200"),
+    row("guest_mmio_read_fp", "guest MMIO read with the guest's FP/SIMD live (lazy FP switch)", None, "FP moves only"),
+    row("guest_mmio_read_mte", "guest MMIO read, MTE VM (MTE registers switched)", None, "MTE moves only"),
+    row("ptrauth_eager_idle", "guest MMIO read, ptrauth VM not using its keys, eager policy", None, "key moves only"),
+    row("ptrauth_lazy_idle", "guest MMIO read, ptrauth VM not using its keys, lazy policy", None, "key moves only"),
+    row("ptrauth_eager_active", "guest PACGA + MMIO read, ptrauth VM, eager policy", None, "key moves only"),
+    row("ptrauth_lazy_active", "guest PACGA + MMIO read, ptrauth VM, lazy policy", None, "key moves only"),
+    row("guest_first_touch", "guest first touch of a 4 KiB page", Some(400), "<= 400"),
+    row("guest_first_touch_mte", "guest first touch of a 4 KiB page, MTE VM", Some(600), "<= 600"),
+    row("world_switch_plain", "world switch round trip, plain (PSCI_VERSION)", None, "own moves only"),
+    row("vm_lifecycle_1mib", "create + donate + destroy, protected, 1 MiB", None, "linear"),
+    row("vm_lifecycle_16mib", "create + donate + destroy, protected, 16 MiB", None, "linear"),
+    row("vm_lifecycle_64mib", "create + donate + destroy, protected, 64 MiB", None, "linear"),
+    ns_row("vmm_mmio_read", "guest MMIO read of an unassigned address, Linux-style VMM (ns = instructions)", "exits only"),
+    ns_row("vmm_uart_fr_read", "guest read of the PL011's UARTFR, Linux-style VMM (ns = instructions)", "exits only"),
+    ns_row("irq_sgi_round_trip", "SGI round trip vCPU 0 -> 1 -> 0, 2 vCPUs on 1 host CPU (ns = instructions)", "exits only"),
+    ns_row("irq_vtimer_wfi", "virtual timer (PPI 27) deadline to guest handler, vCPU in WFI (ns)", "exits only"),
+    ns_row("irq_vtimer_busy", "virtual timer (PPI 27) deadline to guest handler, vCPU busy (ns)", "exits only"),
+    ns_row("irq_ptimer_wfi", "EL1 physical timer (PPI 30, EL2-emulated) deadline to handler, vCPU in WFI (ns)", "exits only"),
+    ns_row("irq_ptimer_busy", "EL1 physical timer (PPI 30, EL2-emulated) deadline to handler, vCPU busy (ns)", "exits only"),
+    ns_row("linux_boot_bare", "Linux boot, kernel entry to first userspace line, bare QEMU at EL1, 1 CPU (ns)", "baseline"),
+    ns_row("linux_boot_protected", "Linux boot, same, protected VM of 1 vCPU (MTE, PAuth) (ns)", "<= 1.15x bare"),
+    ns_row("linux_boot_nonprotected", "Linux boot, same, non-protected VM of 1 vCPU (ns)", "<= 1.15x bare"),
+    ns_row("linux_boot_bare_2cpu", "Linux boot, same, bare QEMU at EL1, 2 CPUs (ns)", "baseline"),
+    ns_row("linux_boot_protected_2vcpu", "Linux boot, same, protected VM of 2 vCPUs on 1 host CPU (ns)", "<= 1.15x bare"),
 ];
+
+/// Host CPUs under the hypervisor for the `irq` and `linux` groups (see the module header).
+const HOST_CPUS: u32 = 1;
+
+/// The boot-ratio target: a Linux VM reaches userspace in at most this many times bare QEMU's
+/// counter time.
+const LINUX_RATIO_TARGET: f64 = 1.15;
 
 fn verdict(row: &Row, s: Option<&Stats>) -> String {
     match (s, row.target) {
@@ -44,8 +108,24 @@ fn verdict(row: &Row, s: Option<&Stats>) -> String {
     }
 }
 
-/// Boots one benchmark run and collects its `bench:` lines into `results`.
-fn boot(images: &Images, args: &str, results: &mut BTreeMap<String, Stats>, notes: &mut Vec<String>) -> Result<(), String> {
+/// The groups `--only` chooses from.
+pub const GROUPS: &[&str] = &["main", "ptrauth", "irq", "linux"];
+
+/// What the runs collected.
+#[derive(Default)]
+struct Results {
+    stats: BTreeMap<String, Stats>,
+    /// Exits per measured operation, by row key: `(source.reason, per op)`.
+    exits: BTreeMap<String, Vec<(String, f64)>>,
+    /// Verdicts computed from more than one row (the boot ratio), by row key.
+    verdicts: BTreeMap<String, String>,
+    /// Extra lines for the report and JSON fields for the Linux boot.
+    notes: Vec<String>,
+    json_extra: Vec<String>,
+}
+
+/// Boots one run of the host's `bench` scenarios and collects its `bench:` lines.
+fn boot(images: &Images, args: &str, r: &mut Results) -> Result<(), String> {
     let guest = images.guest("bench")?;
     let mut cmd = qemu_command(images, 1, args, &guest);
     cmd.args(["-icount", "shift=0"]);
@@ -53,12 +133,10 @@ fn boot(images: &Images, args: &str, results: &mut BTreeMap<String, Stats>, note
     let out = child.stdout.take().ok_or("no QEMU output")?;
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         let line = line.trim_end_matches('\r').to_string();
-        if let Some(rest) = line.strip_prefix("bench: ") {
-            let (key, fields) = rest.split_once(' ').ok_or(format!("bad bench line {line:?}"))?;
-            let s = Stats::parse(fields).ok_or(format!("bad bench line {line:?}"))?;
-            results.insert(key.to_string(), s);
+        if let Some((key, s)) = parse_bench_line(&line)? {
+            r.stats.insert(key, s);
         } else if line.contains("bench:") || line.contains("FAIL") || line.contains("FATAL") {
-            notes.push(line.clone());
+            r.notes.push(line.clone());
         }
         println!("    | {line}");
     }
@@ -69,22 +147,266 @@ fn boot(images: &Images, args: &str, results: &mut BTreeMap<String, Stats>, note
     Ok(())
 }
 
-/// Runs the benchmarks and reports them.
-pub fn run(images: &Images) -> Result<(), String> {
-    println!("xtask: running benchmarks under QEMU -icount shift=0 (about a minute and a half)");
-    let mut results: BTreeMap<String, Stats> = BTreeMap::new();
-    let mut notes = Vec::new();
-    boot(images, "scenario=bench", &mut results, &mut notes)?;
-    boot(images, "scenario=bench-ptrauth ptrauth=eager", &mut results, &mut notes)?;
-    boot(images, "scenario=bench-ptrauth ptrauth=lazy", &mut results, &mut notes)?;
+/// `bench: KEY n=.. median=.. min=.. max=..` anywhere in a console line (`None`: not one).
+fn parse_bench_line(line: &str) -> Result<Option<(String, Stats)>, String> {
+    let Some(rest) = line.split("bench: ").nth(1).filter(|r| r.contains(" n=")) else { return Ok(None) };
+    let (key, fields) = rest.split_once(' ').ok_or(format!("bad bench line {line:?}"))?;
+    let s = Stats::parse(fields).ok_or(format!("bad bench line {line:?}"))?;
+    Ok(Some((key.to_string(), s)))
+}
 
-    println!("\nInstructions retired (PMU event 0x08, QEMU -icount shift=0), {} samples each:\n", results.values().next().map_or(0, |s| s.n));
+/// The counts of the host's `host: stats {"vm":..,"host":{..},"el2":{..}}` line: the exits
+/// that reached the host by reason, and the exceptions EL2 took by class.
+#[derive(Debug, Default, PartialEq)]
+struct ExitStats {
+    host: Vec<(String, u64)>,
+    el2: Vec<(String, u64)>,
+}
+
+fn parse_stats_line(line: &str) -> Option<ExitStats> {
+    let json = line.split("host: stats ").nth(1)?;
+    let object = |name: &str| -> Option<Vec<(String, u64)>> {
+        let body = json.split(&format!("\"{name}\":{{")).nth(1)?.split('}').next()?;
+        body.split(',')
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| {
+                let (k, v) = f.split_once(':')?;
+                Some((k.trim().trim_matches('"').to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    Some(ExitStats { host: object("host")?, el2: object("el2")? })
+}
+
+/// One row of the interrupt group: the guest's mode and the machine it runs on.
+struct IrqRow {
+    key: &'static str,
+    mode: &'static str,
+    /// Host CPUs and the VM's vCPUs.
+    smp: u32,
+    vcpus: u32,
+    /// Samples (the guest adds 16 warm-up rounds) and the timer's distance in ticks.
+    n: usize,
+    ahead: u64,
+}
+
+/// The guest's warm-up rounds (`irqbench.rs`, `WARMUP`), which it does not count as samples.
+const IRQ_WARMUP: usize = 16;
+
+const IRQ_ROWS: &[IrqRow] = &[
+    IrqRow { key: "vmm_mmio_read", mode: "mmio", smp: HOST_CPUS, vcpus: 1, n: 1000, ahead: 1 },
+    IrqRow { key: "vmm_uart_fr_read", mode: "uart-fr", smp: HOST_CPUS, vcpus: 1, n: 1000, ahead: 1 },
+    IrqRow { key: "irq_sgi_round_trip", mode: "sgi", smp: HOST_CPUS, vcpus: 2, n: 1000, ahead: 1 },
+    IrqRow { key: "irq_vtimer_wfi", mode: "vtimer-wfi", smp: HOST_CPUS, vcpus: 1, n: 1000, ahead: 1000 },
+    IrqRow { key: "irq_vtimer_busy", mode: "vtimer-busy", smp: HOST_CPUS, vcpus: 1, n: 1000, ahead: 1000 },
+    IrqRow { key: "irq_ptimer_wfi", mode: "ptimer-wfi", smp: HOST_CPUS, vcpus: 1, n: 1000, ahead: 1000 },
+    // Each sample spins until the host's next tick (see README): few of them.
+    IrqRow { key: "irq_ptimer_busy", mode: "ptimer-busy", smp: HOST_CPUS, vcpus: 1, n: 20, ahead: 1000 },
+];
+
+/// One boot of the interrupt guest for `row` with `n` samples: its `bench:` figures and the
+/// VM's exit statistics.
+fn irq_boot(images: &Images, row: &IrqRow, n: usize) -> Result<(Stats, ExitStats), String> {
+    let run = LinuxRun {
+        scenario: "linux".into(),
+        kernel: images.guest("irqbench")?,
+        initrd: None,
+        cmdline: format!("irqbench={} bench-key={} n={n} ahead={}", row.mode, row.key, row.ahead),
+        mem_mib: 64,
+        vcpus: row.vcpus,
+        protected: true,
+        mte: false,
+        ptrauth: false,
+        vms: 1,
+    };
+    let (mut cmd, _file) = linux::hyp_command(images, row.smp, &run, "")?;
+    cmd.args(ICOUNT);
+    let report = linux::boot(cmd, Duration::from_secs(180), false)?;
+    let mut got = None;
+    let mut exits = None;
+    for line in &report.lines {
+        if let Some((key, s)) = parse_bench_line(line)? {
+            got = Some((key, s));
+        }
+        exits = exits.or_else(|| parse_stats_line(line));
+    }
+    if report.exit != Some(0) {
+        let tail: Vec<String> = report.lines.iter().rev().take(12).rev().map(|l| format!("    | {l}")).collect();
+        return Err(format!("{}: QEMU exit {:?} (None: timed out); last lines:\n{}", row.key, report.exit, tail.join("\n")));
+    }
+    let (key, s) = got.ok_or(format!("{}: the guest printed no bench line", row.key))?;
+    if key != row.key || s.n != n {
+        return Err(format!("{}: the guest reported {key} with {} samples", row.key, s.n));
+    }
+    Ok((s, exits.ok_or(format!("{}: no host: stats line", row.key))?))
+}
+
+/// The interrupt guest in a protected Linux-style VM: per row, a boot with its samples and one
+/// with a single sample, whose difference in exit statistics is the exits of `n - 1` rounds.
+fn irq_rows(images: &Images, r: &mut Results) -> Result<(), String> {
+    for row in IRQ_ROWS {
+        println!("xtask: {} ({} host CPU(s), {} vCPU(s), {} samples after {IRQ_WARMUP} warm-up rounds)", row.key, row.smp, row.vcpus, row.n);
+        let (s, full) = irq_boot(images, row, row.n)?;
+        let (_, one) = irq_boot(images, row, 1)?;
+        println!("    | bench: {} {s}", row.key);
+        let rounds = (row.n - 1) as f64;
+        let diff = |a: &[(String, u64)], b: &[(String, u64)], side: &str| -> Vec<(String, f64)> {
+            a.iter()
+                .map(|(k, n)| {
+                    let base = b.iter().find(|(bk, _)| bk == k).map_or(0, |(_, m)| *m);
+                    (format!("{side}.{k}"), (*n as f64 - base as f64) / rounds)
+                })
+                .filter(|(_, per)| per.abs() >= 0.005)
+                .collect()
+        };
+        let mut per_op = diff(&full.host, &one.host, "host");
+        per_op.extend(diff(&full.el2, &one.el2, "el2"));
+        r.exits.insert(row.key.into(), per_op);
+        r.stats.insert(row.key.into(), s);
+    }
+    Ok(())
+}
+
+/// The virtual count at the kernel's first instruction and `CNTVOFF_EL2`, from the host's
+/// `host: bench: VM .. kernel entry at CNTPCT=N CNTVOFF_EL2=M` line.
+fn parse_kernel_entry(line: &str) -> Option<(u64, u64)> {
+    let rest = line.split("kernel entry at CNTPCT=").nth(1)?;
+    let mut words = rest.split_whitespace();
+    let cntpct: u64 = words.next()?.parse().ok()?;
+    let cntvoff: u64 = words.next()?.strip_prefix("CNTVOFF_EL2=")?.parse().ok()?;
+    Some((cntpct.checked_sub(cntvoff)?, cntvoff))
+}
+
+/// Counter ticks to ns.
+fn ticks_to_ns(ticks: u64, freq: u64) -> u64 {
+    (ticks as u128 * 1_000_000_000 / freq.max(1) as u128) as u64
+}
+
+/// One Linux boot: on bare QEMU with `cpus` CPUs, or as a VM of `cpus` vCPUs on [`HOST_CPUS`]
+/// host CPUs; and the row its ratio is taken against.
+struct BootRow {
+    key: &'static str,
+    cpus: u32,
+    /// `None`: bare QEMU at EL1.
+    protected: Option<bool>,
+    baseline: Option<&'static str>,
+}
+
+const BOOT_ROWS: &[BootRow] = &[
+    BootRow { key: "linux_boot_bare", cpus: 1, protected: None, baseline: None },
+    BootRow { key: "linux_boot_protected", cpus: 1, protected: Some(true), baseline: Some("linux_boot_bare") },
+    BootRow { key: "linux_boot_nonprotected", cpus: 1, protected: Some(false), baseline: Some("linux_boot_bare") },
+    BootRow { key: "linux_boot_bare_2cpu", cpus: 2, protected: None, baseline: None },
+    BootRow { key: "linux_boot_protected_2vcpu", cpus: 2, protected: Some(true), baseline: Some("linux_boot_bare_2cpu") },
+];
+
+/// Debian's kernel with the project's initramfs (MTE on; pointer authentication, which bare
+/// QEMU's CPU always has, given to the VMs), 512 MiB: [`BOOT_ROWS`], each measured from the
+/// kernel's first instruction to its first userspace line.
+fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
+    let a = linux::artifacts()?;
+    let timeout = Duration::from_secs(900);
+    let mut figures = Vec::new();
+    for row in BOOT_ROWS {
+        let run = LinuxRun {
+            scenario: "linux".into(),
+            kernel: a.image.clone(),
+            initrd: Some(a.initramfs.clone()),
+            cmdline: format!("{} pkvm.check={}", linux::DEFAULT_CMDLINE, linux::default_checks(row.cpus, true)),
+            mem_mib: 512,
+            vcpus: row.cpus,
+            protected: row.protected.unwrap_or(false),
+            mte: true,
+            ptrauth: true,
+            vms: 1,
+        };
+        run.validate()?;
+        let kernel_ns = match row.protected {
+            None => {
+                println!("xtask: {} (bare QEMU at EL1, {} CPU(s), MTE)", row.key, row.cpus);
+                // QEMU's boot stub runs a handful of instructions before the kernel's first.
+                linux::ns_to_userspace(linux::bare_command(&run), 1, timeout, false)?.0
+            }
+            Some(protected) => {
+                let (cmd, _file) = linux::hyp_command(images, HOST_CPUS, &run, "")?;
+                let what = if protected { "protected" } else { "non-protected" };
+                println!("xtask: {} ({HOST_CPUS} host CPU(s), a {what} VM of {} vCPU(s), MTE, PAuth)", row.key, row.cpus);
+                let (stamp_ns, report) = linux::ns_to_userspace(cmd, 1, timeout, false)?;
+                let freq = report.stamp.map_or(0, |s| s.1);
+                let (entry, cntvoff) = report.lines.iter().find_map(|l| parse_kernel_entry(l)).ok_or(format!("{}: the host printed no kernel entry line", row.key))?;
+                let kernel_ns = stamp_ns.checked_sub(ticks_to_ns(entry, freq)).ok_or(format!("{}: the stamp is before the kernel entry", row.key))?;
+                if let Some(e) = report.lines.iter().find_map(|l| parse_stats_line(l)) {
+                    let list = |v: &[(String, u64)]| v.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+                    r.notes.push(format!("{}: over the whole run (boot, checks, power-off): exits to the host {}; exceptions taken to EL2 {}", row.key, list(&e.host), list(&e.el2)));
+                    let pairs = |v: &[(String, u64)]| v.iter().map(|(k, n)| format!("\"{k}\": {n}")).collect::<Vec<_>>().join(", ");
+                    figures.push(format!("\"{}_exits\": {{\"host\": {{{}}}, \"el2\": {{{}}}}}", row.key, pairs(&e.host), pairs(&e.el2)));
+                }
+                let since_reset = stamp_ns + ticks_to_ns(cntvoff, freq);
+                r.notes.push(format!(
+                    "{}: kernel entry at the VM's virtual count {entry} ({:.1} ms after VM_CREATE: the VMM copying the kernel and giving the memory), first userspace line at {since_reset} ns since the machine's reset; {:.1} s wall",
+                    row.key,
+                    ticks_to_ns(entry, freq) as f64 / 1e6,
+                    report.wall_total.as_secs_f64()
+                ));
+                figures.push(format!("\"{}_from_reset_ns\": {since_reset}", row.key));
+                kernel_ns
+            }
+        };
+        figures.push(format!("\"{}_ns\": {kernel_ns}", row.key));
+        r.stats.insert(row.key.into(), Stats { n: 1, median: kernel_ns, min: kernel_ns, max: kernel_ns });
+        if let Some(base) = row.baseline.and_then(|b| r.stats.get(b)) {
+            let ratio = kernel_ns as f64 / base.median as f64;
+            let met = if ratio <= LINUX_RATIO_TARGET { "met" } else { "NOT met" };
+            r.verdicts.insert(row.key.into(), format!("{ratio:.3}x bare: {met}"));
+            figures.push(format!("\"{}_ratio\": {ratio:.4}", row.key));
+        } else {
+            r.verdicts.insert(row.key.into(), "baseline".into());
+        }
+    }
+    r.json_extra.push(format!("\"linux_boot\": {{{}, \"host_cpus\": {HOST_CPUS}, \"target_ratio\": {LINUX_RATIO_TARGET}}}", figures.join(", ")));
+    Ok(())
+}
+
+/// Runs the benchmarks of `groups` (all by default) and reports them.
+pub fn run(images: &Images, groups: &[&str]) -> Result<(), String> {
+    let has = |g: &str| groups.contains(&g);
+    println!("xtask: running benchmarks ({}) under QEMU -icount (about five minutes for all)", groups.join(", "));
+    let mut r = Results::default();
+    if has("main") {
+        boot(images, "scenario=bench", &mut r)?;
+    }
+    if has("ptrauth") {
+        boot(images, "scenario=bench-ptrauth ptrauth=eager", &mut r)?;
+        boot(images, "scenario=bench-ptrauth ptrauth=lazy", &mut r)?;
+    }
+    if has("irq") {
+        irq_rows(images, &mut r)?;
+    }
+    if has("linux") {
+        linux_rows(images, &mut r)?;
+    }
+    report(&r)
+}
+
+/// "6.00 exits/op: wfx 2.00, irq 2.00, sgi 2.00 (EL2: ...)": a row's exits per operation.
+fn exits_text(exits: &[(String, f64)]) -> String {
+    let side = |prefix: &str| -> (f64, String) {
+        let items: Vec<(&str, f64)> = exits.iter().filter_map(|(k, n)| Some((k.strip_prefix(prefix)?, *n))).collect();
+        (items.iter().map(|(_, n)| n).sum(), items.iter().map(|(k, n)| format!("{k} {n:.2}")).collect::<Vec<_>>().join(", "))
+    };
+    let ((total, host), (_, el2)) = (side("host."), side("el2."));
+    format!("{total:.2} exits/op: {host} (taken to EL2: {el2})")
+}
+
+fn report(r: &Results) -> Result<(), String> {
+    println!("\nPMU rows: instructions retired by the measuring CPU (-icount shift=0). ns rows: counter time under -icount shift=0,sleep=off,");
+    println!("one instruction per ns, every CPU's instructions together (QEMU runs them in turn), idle time skipped.\n");
     println!("| operation | median | min | max | target | verdict |");
     println!("|---|---:|---:|---:|---|---|");
-    let mut json = String::from("{\n  \"unit\": \"instructions retired (PMU 0x08, QEMU -icount shift=0)\",\n  \"rows\": [\n");
-    let plain = results.get("guest_mmio_read").map(|s| s.median);
+    let mut json = String::from("{\n  \"unit\": \"instructions retired (PMU 0x08, QEMU -icount shift=0) unless a row says otherwise\",\n  \"rows\": [\n");
+    let plain = r.stats.get("guest_mmio_read").map(|s| s.median);
     for (i, row) in ROWS.iter().enumerate() {
-        let s = results.get(row.key);
+        let s = r.stats.get(row.key);
         let cell = |f: fn(&Stats) -> u64| s.map_or("-".to_string(), |s| f(s).to_string());
         let mut v = verdict(row, s);
         if let (Some(s), Some(p)) = (s, plain) {
@@ -92,11 +414,21 @@ pub fn run(images: &Images) -> Result<(), String> {
                 v = format!("{:+} vs plain MMIO read", s.median as i64 - p as i64);
             }
         }
+        if let Some(e) = r.exits.get(row.key) {
+            v = exits_text(e);
+        }
+        if let Some(text) = r.verdicts.get(row.key) {
+            v = text.clone();
+        }
         println!("| {} | {} | {} | {} | {} | {} |", row.operation, cell(|s| s.median), cell(|s| s.min), cell(|s| s.max), row.target_text, v);
+        let exits_json = r.exits.get(row.key).map_or(String::new(), |e| {
+            format!(", \"exits_per_op\": {{{}}}", e.iter().map(|(k, n)| format!("\"{k}\": {n:.3}")).collect::<Vec<_>>().join(", "))
+        });
         json += &format!(
-            "    {{\"key\": \"{}\", \"operation\": \"{}\", \"n\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"target\": \"{}\", \"verdict\": \"{}\"}}{}\n",
+            "    {{\"key\": \"{}\", \"operation\": \"{}\", \"unit\": \"{}\", \"n\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"target\": \"{}\", \"verdict\": \"{}\"{exits_json}}}{}\n",
             row.key,
             row.operation,
+            row.unit.json(),
             s.map_or(0, |s| s.n),
             cell(|s| s.median).replace('-', "null"),
             cell(|s| s.min).replace('-', "null"),
@@ -108,7 +440,7 @@ pub fn run(images: &Images) -> Result<(), String> {
     }
     json += "  ]";
     // (6): linear in memory size, with the per-page cost.
-    let m = |k: &str| results.get(k).map(|s| s.median as f64);
+    let m = |k: &str| r.stats.get(k).map(|s| s.median as f64);
     if let (Some(a), Some(b), Some(c)) = (m("vm_lifecycle_1mib"), m("vm_lifecycle_16mib"), m("vm_lifecycle_64mib")) {
         let low = (b - a) / (4096.0 - 256.0);
         let high = (c - b) / (16384.0 - 4096.0);
@@ -123,12 +455,66 @@ pub fn run(images: &Images) -> Result<(), String> {
         );
         json += &format!(",\n  \"vm_lifecycle_per_page\": {low:.1},\n  \"vm_lifecycle_per_page_large\": {high:.1},\n  \"vm_lifecycle_fixed\": {fixed:.0},\n  \"vm_lifecycle_linear\": {linear}");
     }
+    for extra in &r.json_extra {
+        json += &format!(",\n  {extra}");
+    }
     json += "\n}\n";
-    for n in notes {
+    if !r.exits.is_empty() {
+        println!("\nExits per operation: the VM's exit statistics (host: stats at destroy) of a run with n rounds less those of a run");
+        println!("with 1 round, divided by n - 1; host.* reached the host (by reason), el2.* were taken to EL2 (by class).");
+    }
+    for n in &r.notes {
         println!("{n}");
     }
     let path = root().join("target/bench.json");
     std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("\nxtask: figures written to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_lines_are_found_anywhere_in_a_line() {
+        let (k, s) = parse_bench_line("bench: irq_vtimer_wfi n=1000 median=4000 min=3984 max=9000").unwrap().unwrap();
+        assert_eq!((k.as_str(), s), ("irq_vtimer_wfi", Stats { n: 1000, median: 4000, min: 3984, max: 9000 }));
+        assert!(parse_bench_line("vm0: bench: k n=1 median=2 min=2 max=2").unwrap().is_some());
+        let (_, s) = parse_bench_line("bench: irq_ptimer_wfi n=0050 median=0000024000 min=0000024000 max=0000024000").unwrap().unwrap();
+        assert_eq!(s, Stats { n: 50, median: 24000, min: 24000, max: 24000 }, "the interrupt guest's fixed-width figures");
+        assert_eq!(parse_bench_line("host: bench: counter read overhead 3 instructions (subtracted)"), Ok(None));
+        assert!(parse_bench_line("bench: k n=1 median=x min=2 max=2").is_err());
+    }
+
+    #[test]
+    fn exit_statistics_line() {
+        let line = r#"host: stats {"vm":"0x101","host":{"mmio":12,"wfx":2032,"hypercall":0,"sgi":2033},"el2":{"irq":4065,"wfx":2032,"other":0}}"#;
+        let e = parse_stats_line(line).unwrap();
+        assert_eq!(e.host, [("mmio".to_string(), 12), ("wfx".into(), 2032), ("hypercall".into(), 0), ("sgi".into(), 2033)]);
+        assert_eq!(e.el2, [("irq".to_string(), 4065), ("wfx".into(), 2032), ("other".into(), 0)]);
+        assert_eq!(parse_stats_line("host: stats {\"vm\":\"0x1\",\"host\":{\"mmio\":x},\"el2\":{}}"), None);
+        assert_eq!(parse_stats_line("host: VM 0x101 exits to the host: mmio 12"), None);
+    }
+
+    #[test]
+    fn kernel_entry_line() {
+        let l = "host: bench: VM 0x101 kernel entry at CNTPCT=5000000 CNTVOFF_EL2=3000000 (virtual count 2000000)";
+        assert_eq!(parse_kernel_entry(l), Some((2_000_000, 3_000_000)));
+        assert_eq!(parse_kernel_entry("host: bench: VM 0x101 kernel entry at CNTPCT=1 CNTVOFF_EL2=2 (virtual count ...)"), None, "before CNTVOFF");
+        assert_eq!(ticks_to_ns(1000, 62_500_000), 16_000);
+    }
+
+    #[test]
+    fn every_irq_row_and_group_is_reported() {
+        for row in IRQ_ROWS {
+            assert!(ROWS.iter().any(|r| r.key == row.key && r.unit == Unit::CounterNs), "{}", row.key);
+            assert!(row.n + IRQ_WARMUP <= 2000, "{}: the guest keeps at most 2000 samples", row.key);
+        }
+        let guest = std::fs::read_to_string(root().join("tests/guests/src/bin/irqbench.rs")).unwrap();
+        assert!(guest.contains(&format!("const WARMUP: usize = {IRQ_WARMUP};")), "IRQ_WARMUP must match the guest");
+        for mode in ["\"mmio\"", "\"uart-fr\"", "\"sgi\"", "\"vtimer-wfi\"", "\"vtimer-busy\"", "\"ptimer-wfi\"", "\"ptimer-busy\""] {
+            assert!(guest.contains(mode), "{mode}");
+        }
+    }
 }

@@ -53,6 +53,12 @@ pub const LINUX_BARE_FLAGS: &[Flag] = &[
     Flag { name: "--help", value: None, help: "this list" },
 ];
 
+/// The flags `bench` takes.
+pub const BENCH_FLAGS: &[Flag] = &[
+    Flag { name: "--only", value: Some("GROUP[,GROUP...]"), help: "only these groups: main, ptrauth (PMU rows), irq (interrupt guest), linux (boot ratio); default all" },
+    Flag { name: "--help", value: None, help: "this list" },
+];
+
 /// The parsed flags: `(name, value)` in order, a switch with `None`.
 #[derive(Debug, Default)]
 pub struct Parsed(Vec<(&'static str, Option<String>)>);
@@ -148,7 +154,7 @@ mod tests {
 
     #[test]
     fn help_lists_every_flag() {
-        for (cmd, flags) in [("run", RUN_FLAGS), ("test", TEST_FLAGS), ("linux-bare", LINUX_BARE_FLAGS)] {
+        for (cmd, flags) in [("run", RUN_FLAGS), ("test", TEST_FLAGS), ("linux-bare", LINUX_BARE_FLAGS), ("bench", BENCH_FLAGS)] {
             let h = help(cmd, flags);
             assert!(flags.iter().all(|f| h.contains(f.name)), "{h}");
         }

@@ -17,7 +17,8 @@
 //! - `linux-bare [--smp N] [--mte] [--icount] ...`: the baseline: the same Linux kernel and
 //!   initramfs on bare QEMU at EL1, checking `PKVM-CHECK: passed` (see `linux.rs`).
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
-//! - `bench`: instruction counts of the hot paths (QEMU `-icount`), a table and `target/bench.json`.
+//! - `bench [--only GROUP,...]`: instruction counts of the hot paths, interrupt delivery and the
+//!   Linux boot ratio (QEMU `-icount`), a table and `target/bench.json`.
 //!
 //! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
 
@@ -43,10 +44,10 @@ fn main() {
         "run" => run(rest),
         "test" => test(rest),
         "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
-        "bench" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| bench::run(&i)),
+        "bench" => bench(rest),
         "linux-bare" => linux::bare(rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare> (run, test and linux-bare take --help)");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare> (run, test, bench and linux-bare take --help)");
             exit(2);
         }
     };
@@ -208,7 +209,7 @@ pub struct Images {
 }
 
 /// The guests `tests/guests` builds (and `demo.bin`, the raw copy of `demo`).
-pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin", "vgic", "storm"];
+pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "isolation", "features", "pauth", "mte", "hostile", "soak", "bench", "aarch32", "leaks", "spin", "vgic", "storm", "irqbench"];
 
 /// Where QEMU's loader stages the guest image.
 const GUEST_STAGING: u64 = shared_abi::layout::GUEST_IMAGE_STAGING;
@@ -487,6 +488,23 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
         }
         code => Err(format!("QEMU exited with {code:?}: the run failed (see the log above)")),
     }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let flags = cli::parse("bench", args, cli::BENCH_FLAGS)?;
+    if flags.has("--help") {
+        print!("{}", cli::help("bench", cli::BENCH_FLAGS));
+        return Ok(());
+    }
+    let groups: Vec<&str> = match flags.value("--only") {
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => bench::GROUPS.to_vec(),
+    };
+    if let Some(g) = groups.iter().find(|g| !bench::GROUPS.contains(g)) {
+        return Err(format!("--only {g:?}: the groups are {}", bench::GROUPS.join(", ")));
+    }
+    let images = setup().and_then(|tc| build(&tc, Flavour::Release))?;
+    bench::run(&images, &groups)
 }
 
 fn test(args: &[String]) -> Result<(), String> {
