@@ -21,7 +21,7 @@ use super::vgic::{VirtualGic, Wake, GICD, GICR};
 use super::{count_exit, note_exit, note_run, Outcome, Vm, GUEST_RAM};
 use crate::platform::Platform;
 use crate::{gic, hvc, println, sched};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use shared_abi::msg::{exit, vm_flags, VcpuExit};
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
 
@@ -37,6 +37,10 @@ pub struct LinuxVm {
     injected: [AtomicU64; 4],
     /// A sibling turned the vCPU on (exit `CPU_ON`) since it last found itself off.
     turned_on: [AtomicBool; MAX_VCPUS],
+    /// vCPUs (bit n) whose deliverable interrupts may have grown since their last complete
+    /// flush into list registers (every [`Wake`] lands here): a run looks at the model only
+    /// then, so an exit that changed nothing (most MMIO exits) costs no scan of it.
+    to_flush: AtomicU32,
     gic: VirtualGic,
     uart: GuestUart,
     vcpus: [spin::Mutex<VcpuState>; MAX_VCPUS],
@@ -50,11 +54,13 @@ struct VcpuState {
     timers: Timers,
     /// Its virtual timer interrupt is in a list register (queued, not yet deactivated).
     vtimer_queued: bool,
+    /// The timers' lines (virtual, physical) as last driven into the model.
+    lines: (bool, bool),
 }
 
 impl VcpuState {
     const fn new() -> Self {
-        Self { mmio_value: 0, timers: Timers::new(), vtimer_queued: false }
+        Self { mmio_value: 0, timers: Timers::new(), vtimer_queued: false, lines: (false, false) }
     }
 }
 
@@ -212,10 +218,9 @@ pub fn poll_input() {
         return;
     }
     let Some(l) = VMS[0].get() else { return };
-    if let Some(level) = l.uart.take_input(crate::console::try_read) {
-        let wake = l.gic.set_level(0, UART_INTID, level);
-        l.wake(wake, usize::MAX);
-    }
+    let mut wake = 0;
+    l.uart.take_input(crate::console::try_read, |level| wake = l.gic.set_level(0, UART_INTID, level));
+    l.wake(wake, usize::MAX);
 }
 
 /// How a vCPU's time on this host CPU ended.
@@ -277,6 +282,7 @@ impl LinuxVm {
             vm,
             injected: [const { AtomicU64::new(0) }; 4],
             turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
+            to_flush: AtomicU32::new(u32::MAX),
             gic,
             uart: GuestUart::new(prefix),
             vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS],
@@ -360,18 +366,31 @@ impl LinuxVm {
         })
     }
 
-    /// The timers' lines of vCPU `v` at counter value `now`.
-    fn set_timer_lines(&self, v: usize, st: &VcpuState, now: u64) {
+    /// The timers' lines of vCPU `v` at counter value `now`, driven into the model where they
+    /// changed.
+    fn set_timer_lines(&self, v: usize, st: &mut VcpuState, now: u64) {
         let (vt, pt) = st.timers.levels(now);
-        self.gic.set_level(v, VTIMER_INTID, vt);
-        self.gic.set_level(v, PTIMER_INTID, pt);
+        let mut wake = 0;
+        if vt != st.lines.0 {
+            wake |= self.gic.set_level(v, VTIMER_INTID, vt);
+        }
+        if pt != st.lines.1 {
+            wake |= self.gic.set_level(v, PTIMER_INTID, pt);
+        }
+        st.lines = (vt, pt);
+        self.to_flush.fetch_or(wake, Ordering::SeqCst);
     }
 
-    /// Before a run: the timers' lines, then everything vCPU `v` may take into its list
-    /// registers.
+    /// Before a run: the timers' lines, then, if its deliverable set may have grown,
+    /// everything vCPU `v` may take into its list registers.
     fn deliver(&self, v: usize, st: &mut VcpuState, now: u64) -> Result<(), HypError> {
         self.set_timer_lines(v, st, now);
-        self.gic.flush(self.vm.handle, v, |intid| {
+        let bit = 1 << v;
+        // Cleared first: a Wake for this vCPU from now on marks it again.
+        if self.to_flush.fetch_and(!bit, Ordering::SeqCst) & bit == 0 {
+            return Ok(());
+        }
+        let complete = self.gic.flush(self.vm.handle, v, |intid| {
             if intid == VTIMER_INTID {
                 st.vtimer_queued = true;
             }
@@ -382,7 +401,12 @@ impl LinuxVm {
                 _ => 3,
             };
             self.injected[kind].fetch_add(1, Ordering::Relaxed);
-        })
+        })?;
+        if !complete {
+            // No list register free: the rest waits for one, at a later run.
+            self.to_flush.fetch_or(bit, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// An MMIO exit: the GIC, the UART, or an unassigned address (reads 0, writes ignored).
@@ -393,8 +417,8 @@ impl LinuxVm {
             self.wake(wake, v);
             return value;
         }
-        if let Some((value, level)) = self.uart.mmio(e.ipa, size, write) {
-            let wake = self.gic.set_level(v, UART_INTID, level);
+        let mut wake = 0;
+        if let Some(value) = self.uart.mmio(e.ipa, size, write, |level| wake = self.gic.set_level(v, UART_INTID, level)) {
             self.wake(wake, v);
             return value;
         }
@@ -402,8 +426,13 @@ impl LinuxVm {
         0
     }
 
-    /// Wakes or kicks the vCPUs in `wake` but `me` (which queues its own before its next run).
+    /// Marks the vCPUs in `wake` for a flush, and wakes or kicks them but `me` (which flushes
+    /// its own before its next run).
     fn wake(&self, wake: Wake, me: usize) {
+        if wake == 0 {
+            return;
+        }
+        self.to_flush.fetch_or(wake, Ordering::SeqCst);
         let mut w = wake;
         while w != 0 {
             let v = w.trailing_zeros() as usize;

@@ -8,6 +8,7 @@
 //! if the console is the VM's alone.
 
 use crate::console;
+use core::sync::atomic::{AtomicBool, Ordering};
 use host_vdev::pl011::Pl011;
 
 /// The PL011's frame (IPA), as in QEMU's `virt`.
@@ -24,6 +25,8 @@ const LINE: usize = 256;
 /// One VM's UART and its console line.
 pub struct GuestUart {
     model: spin::Mutex<Pl011>,
+    /// The interrupt line as last driven (changed only under `model`'s lock).
+    level: AtomicBool,
     line: spin::Mutex<([u8; LINE], usize)>,
     /// `Some(n)`: prefix each line with `[vmN] `.
     prefix: Option<usize>,
@@ -32,12 +35,13 @@ pub struct GuestUart {
 impl GuestUart {
     /// A UART at reset; `prefix` as in [`GuestUart::prefix`].
     pub fn new(prefix: Option<usize>) -> Self {
-        Self { model: spin::Mutex::new(Pl011::new()), line: spin::Mutex::new(([0; LINE], 0)), prefix }
+        Self { model: spin::Mutex::new(Pl011::new()), level: AtomicBool::new(false), line: spin::Mutex::new(([0; LINE], 0)), prefix }
     }
 
-    /// Performs a guest access at `ipa` if it is the UART's: `Some((value read, interrupt
-    /// line level after the access))`.
-    pub fn mmio(&self, ipa: u64, size: u32, write: Option<u64>) -> Option<(u64, bool)> {
+    /// Performs a guest access at `ipa` if it is the UART's: `Some(value read)`. When the
+    /// access changed the interrupt line, `line` drives it (called under the UART's lock, so
+    /// two CPUs cannot drive the line out of order).
+    pub fn mmio(&self, ipa: u64, size: u32, write: Option<u64>, line: impl FnOnce(bool)) -> Option<u64> {
         if !(UART..UART + UART_SIZE).contains(&ipa) {
             return None;
         }
@@ -52,21 +56,29 @@ impl GuestUart {
             }
             None => m.read(off, size),
         };
-        Some((value, m.irq_level()))
+        self.drive(&m, line);
+        Some(value)
+    }
+
+    /// Calls `line` with the interrupt line's level if it differs from the last one driven.
+    fn drive(&self, m: &Pl011, line: impl FnOnce(bool)) {
+        let level = m.irq_level();
+        if self.level.swap(level, Ordering::Relaxed) != level {
+            line(level);
+        }
     }
 
     /// Moves console input from `next` into the receive FIFO while it has room (the rest
-    /// stays in the host UART's own FIFO); `Some(interrupt line level)` if anything moved.
-    /// One lock for the room check and the pushes: two host CPUs polling at once must not
-    /// both fill the last free entry.
-    pub fn take_input(&self, mut next: impl FnMut() -> Option<u8>) -> Option<bool> {
+    /// stays in the host UART's own FIFO), and drives the interrupt line through `line` if it
+    /// changed. One lock for the room check and the pushes: two host CPUs polling at once must
+    /// not both fill the last free entry.
+    pub fn take_input(&self, mut next: impl FnMut() -> Option<u8>, line: impl FnOnce(bool)) {
         let mut m = self.model.lock();
-        let mut moved = false;
         while m.rx_room() > 0 {
             let Some(b) = next() else { break };
-            moved |= m.push_rx(b);
+            m.push_rx(b);
         }
-        moved.then(|| m.irq_level())
+        self.drive(&m, line);
     }
 
     fn output(&self, byte: u8) {

@@ -83,10 +83,10 @@ impl VirtualGic {
         self.model.lock().has_deliverable(vcpu)
     }
 
-    /// Queues what `vcpu` may take into its list registers, until the model has nothing or
-    /// EL2 has no free list register (the rest waits for the next run). Returns the vINTIDs
-    /// queued, as a callback.
-    pub fn flush(&self, handle: u64, vcpu: usize, mut queued: impl FnMut(u32)) -> Result<(), HypError> {
+    /// Queues what `vcpu` may take into its list registers, until the model has nothing
+    /// (`Ok(true)`) or EL2 has no free list register (`Ok(false)`: the rest waits for a later
+    /// run). Reports each vINTID queued to `queued`.
+    pub fn flush(&self, handle: u64, vcpu: usize, mut queued: impl FnMut(u32)) -> Result<bool, HypError> {
         let mut m = self.model.lock();
         while let Some(q) = m.next_to_queue(vcpu) {
             let intid = q.intid();
@@ -99,11 +99,11 @@ impl VirtualGic {
                     queued(intid);
                 }
                 // No free list register, or the vINTID is still in one: next run.
-                Err(HypError::NoCapacity | HypError::Busy) => break,
+                Err(HypError::NoCapacity | HypError::Busy) => return Ok(false),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Collects the deactivations EL2 recorded for `vcpu` (after an exit with `FLAG_EOI`);
