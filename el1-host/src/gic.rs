@@ -188,6 +188,14 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("dsb sy", "wfi", options(nomem, nostack, preserves_flags)) };
 }
 
+/// Sets the tick period for the ticks armed from now on (each CPU's next acknowledgement),
+/// unless the boot arguments chose one (`tick-ms=N`).
+pub fn set_default_tick_ms(plat: &Platform, ms: u64) {
+    if plat.arg("tick-ms").is_none() && TICK.load(Ordering::SeqCst) != 0 {
+        TICK.store(counter_freq() * ms / 1000, Ordering::SeqCst);
+    }
+}
+
 /// Whether the GIC is in use.
 pub fn present() -> bool {
     GIC.lock().is_some()

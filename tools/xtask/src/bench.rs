@@ -343,7 +343,7 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
                 }
                 let since_reset = stamp_ns + ticks_to_ns(cntvoff, freq);
                 r.notes.push(format!(
-                    "{}: kernel entry at the VM's virtual count {entry} ({:.1} ms after VM_CREATE: the VMM copying the kernel and giving the memory), first userspace line at {since_reset} ns since the machine's reset; {:.1} s wall",
+                    "{}: kernel entry at the VM's virtual count {entry} ({:.1} ms of counter time: EL2's and the host's boot, the VMM copying the kernel and giving the memory; CNTVOFF_EL2 {cntvoff}), first userspace line at {since_reset} ns since the machine's reset; {:.1} s wall",
                     row.key,
                     ticks_to_ns(entry, freq) as f64 / 1e6,
                     report.wall_total.as_secs_f64()
