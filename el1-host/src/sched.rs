@@ -203,6 +203,9 @@ fn idle(cpu: usize, done: &dyn Fn() -> bool) {
                 gic::arm_wakeup(d);
             }
             gic::wait_for_interrupt();
+            // What woke this CPU (a tick, a wake-up, a kick) is handled now, not by an `IRQ`
+            // exit at the next guest entry.
+            gic::handle_pending();
         }
     }
     IDLE.fetch_and(!(1 << cpu), Ordering::SeqCst);
