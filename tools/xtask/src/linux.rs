@@ -144,7 +144,7 @@ fn run_quiet(cmd: &mut Command) -> Result<String, String> {
 
 fn apt_update() -> Result<(), String> {
     println!("xtask: apt-get update (for the arm64 package lists)...");
-    run_quiet(Command::new("apt-get").args(["update", "-qq"])).map(|_| ())
+    run_quiet(crate::apt_get().args(["update", "-qq"])).map(|_| ())
 }
 
 fn resolve() -> Result<Resolved, String> {
@@ -161,7 +161,7 @@ fn download_and_extract(package: &str, version: &str, work: &Path) -> Result<Pat
     // it warns and downloads as root).
     let _ = std::fs::set_permissions(&dl, std::os::unix::fs::PermissionsExt::from_mode(0o777));
     println!("xtask: downloading {package}:arm64 {version} from Debian (apt-get download)...");
-    run_quiet(Command::new("apt-get").current_dir(&dl).args(["download", "-qq", &format!("{package}:arm64={version}")]))?;
+    run_quiet(crate::apt_get().current_dir(&dl).args(["download", "-qq", &format!("{package}:arm64={version}")]))?;
     let deb = std::fs::read_dir(&dl)
         .map_err(|e| e.to_string())?
         .flatten()
@@ -250,7 +250,16 @@ fn fetch_all() -> Result<(), String> {
             return Err("dpkg lacks the arm64 architecture: run `sudo dpkg --add-architecture arm64 && sudo apt-get update`".into());
         }
         println!("xtask: adding the arm64 architecture to dpkg (for the guest kernel and busybox)");
-        run_quiet(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+        // dpkg takes its lock for this too: wait (up to 10 minutes) for another package
+        // manager, as `apt_get` does.
+        let mut tries = 0;
+        while let Err(e) = run_quiet(Command::new("dpkg").args(["--add-architecture", "arm64"])) {
+            tries += 1;
+            if tries == 120 {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         apt_update()?;
         updated = true;
     }
