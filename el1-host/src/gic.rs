@@ -42,6 +42,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub const TIMER_INTID: u32 = 30;
 /// The virtual timer's PPI (INTID 27): asserted by a guest's `CNTV_*` while it runs.
 pub const VTIMER_INTID: u32 = 27;
+/// EL2's physical timer (INTID 26, `CNTHP`): EL2 sets it to a running guest's emulated EL1
+/// physical timer's deadline, so the deadline ends the run.
+pub const HYP_TIMER_INTID: u32 = 26;
 /// The GIC maintenance interrupt (INTID 25): a guest deactivated an interrupt the host asked
 /// to hear about (list register `EOI` bit).
 pub const MAINTENANCE_INTID: u32 = 25;
@@ -120,9 +123,10 @@ pub fn init_cpu(cpu: usize) {
         && gic.enable_interrupt(IntId::sgi(KICK_SGI), Some(cpu), true).is_ok()
         // A guest's virtual timer and the vGIC's maintenance interrupt only end a guest's
         // run (exit `IRQ`), so that the VMM looks at the timer and the deactivations at once.
-        // The timer's is enabled per run (`set_vtimer_enabled`).
+        // The timers' PPIs (27, 26) are enabled per run (`set_timer_ppis`).
         && gic.set_trigger(IntId::ppi(VTIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
         && gic.set_trigger(IntId::ppi(MAINTENANCE_INTID - 16), Some(cpu), Trigger::Level).is_ok()
+        && gic.set_trigger(IntId::ppi(HYP_TIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
         && gic.enable_interrupt(IntId::ppi(MAINTENANCE_INTID - 16), Some(cpu), true).is_ok();
     drop(guard);
     if !ok {
@@ -133,23 +137,31 @@ pub fn init_cpu(cpu: usize) {
     arm_tick();
 }
 
-/// Each CPU's last setting of [`set_vtimer_enabled`] (a redistributor write is not free).
-static VTIMER_ON: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Each CPU's last setting of [`set_timer_ppis`] (a redistributor write is not free): bit 0
+/// the virtual timer's PPI, bit 1 EL2's physical timer's.
+static TIMER_PPIS_ON: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
-/// Enables or disables INTID 27, a guest's virtual timer, on this CPU. The VMM disables it
-/// while the guest's virtual timer interrupt is queued or its level is already high: EL2
-/// leaves the guest's timer running while the guest runs, and an expired timer would otherwise
-/// end every run at once, before the guest could handle it.
-pub fn set_vtimer_enabled(on: bool) {
+/// Enables or disables, on this CPU, INTID 27 (a running guest's virtual timer) and INTID 26
+/// (EL2's physical timer, backing a running guest's emulated EL1 physical timer). The VMM
+/// disables each while the guest's interrupt for that timer is queued or its level is already
+/// high: the timer keeps running while the guest runs, and an expired one would otherwise end
+/// every run at once, before the guest could handle it.
+pub fn set_timer_ppis(vtimer: bool, hyp_timer: bool) {
     let cpu = crate::cpu_id();
-    if VTIMER_ON[cpu % MAX_CPUS].load(Ordering::Relaxed) == on {
+    let want = vtimer as u64 | (hyp_timer as u64) << 1;
+    let had = TIMER_PPIS_ON[cpu % MAX_CPUS].load(Ordering::Relaxed);
+    if had == want {
         return;
     }
     let mut guard = GIC.lock();
     let Some(gic) = guard.as_mut() else { return };
-    if gic.enable_interrupt(IntId::ppi(VTIMER_INTID - 16), Some(cpu), on).is_ok() {
-        VTIMER_ON[cpu % MAX_CPUS].store(on, Ordering::Relaxed);
+    let mut now = had;
+    for (bit, intid) in [(1, VTIMER_INTID), (2, HYP_TIMER_INTID)] {
+        if (had ^ want) & bit != 0 && gic.enable_interrupt(IntId::ppi(intid - 16), Some(cpu), want & bit != 0).is_ok() {
+            now ^= bit;
+        }
     }
+    TIMER_PPIS_ON[cpu % MAX_CPUS].store(now, Ordering::Relaxed);
 }
 
 /// `CNTPCT_EL0`: the system counter.
@@ -246,7 +258,7 @@ pub fn handle_pending() -> usize {
                 arm_tick();
                 PREEMPT[cpu].store(true, Ordering::Release);
             }
-            VTIMER_INTID | MAINTENANCE_INTID => {
+            VTIMER_INTID | HYP_TIMER_INTID | MAINTENANCE_INTID => {
                 // Their work is the VMM's, after the exit they caused; nothing to do here.
             }
             KICK_SGI => {

@@ -13,7 +13,7 @@
 //! second: the bound a guest whose expired virtual timer kept the physical PPI 27 asserted at
 //! every entry would break many times over. `cntvoff=N` sets the storming VM's `CNTVOFF_EL2`
 //! before its first run (the VMM disables that PPI while the virtual one
-//! is queued or high: `vmm::timer::physical_vtimer_enabled`, `gic::set_vtimer_enabled`).
+//! is queued or high: `vmm::timer::physical_enabled`, `gic::set_timer_ppis`).
 
 use crate::platform::Platform;
 use crate::vmm::{self, linux, Outcome};

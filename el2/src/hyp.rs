@@ -576,6 +576,9 @@ pub(crate) mod tests {
         fn counter(&self) -> u64 {
             self.4.get()
         }
+        fn ptimer_backing(&self, t: &crate::vcpu::PTimer) {
+            self.0.borrow_mut().push(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
+        }
         fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
             if !tagged {
                 self.0.borrow_mut().push("scrub_page_untagged");

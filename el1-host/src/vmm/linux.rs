@@ -59,6 +59,8 @@ struct VcpuState {
     timers: Timers,
     /// Its virtual timer interrupt is in a list register (queued, not yet deactivated).
     vtimer_queued: bool,
+    /// The same for its EL1 physical timer's.
+    ptimer_queued: bool,
     /// The timers' lines (virtual, physical) as last driven into the model.
     lines: (bool, bool),
     /// Interrupts in its list registers that it has not deactivated yet.
@@ -67,7 +69,7 @@ struct VcpuState {
 
 impl VcpuState {
     const fn new() -> Self {
-        Self { mmio_value: 0, timers: Timers::new(), vtimer_queued: false, lines: (false, false), in_flight: 0 }
+        Self { mmio_value: 0, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0 }
     }
 }
 
@@ -308,14 +310,12 @@ impl LinuxVm {
         let handle = self.vm.handle;
         let now = gic::counter();
         self.deliver(v, st, now)?;
-        gic::set_vtimer_enabled(timer::physical_vtimer_enabled(&st.timers, st.vtimer_queued, now));
-        // Only a deadline still to come: one already passed has raised PPI 30's line above,
-        // and a host timer armed in the past would end every run before the guest's first
-        // instruction (a guest that never handles an expired physical timer stormed the host
-        // with IRQ exits that way).
-        if st.timers.ptimer > now && st.timers.ptimer != u64::MAX {
-            gic::arm_wakeup(st.timers.ptimer);
-        }
+        // The physical PPIs behind the timers end the run at their deadlines, unless the
+        // virtual interrupt is already queued or high (`timer::physical_enabled`).
+        gic::set_timer_ppis(
+            timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
+            timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
+        );
         note_run(&self.vm, v as u64);
         let r = hvc::call(HypercallId::VcpuRun, &[handle, v as u64, st.mmio_value]);
         st.mmio_value = 0;
@@ -331,8 +331,10 @@ impl LinuxVm {
         if e.flags & exit::FLAG_EOI != 0 {
             let wake = self.gic.collect_eois(handle, v, |intid| {
                 st.in_flight = st.in_flight.saturating_sub(1);
-                if intid == VTIMER_INTID {
-                    st.vtimer_queued = false;
+                match intid {
+                    VTIMER_INTID => st.vtimer_queued = false,
+                    PTIMER_INTID => st.ptimer_queued = false,
+                    _ => {}
                 }
             })?;
             self.wake(wake, v);
@@ -412,8 +414,10 @@ impl LinuxVm {
         }
         let complete = self.gic.flush(self.vm.handle, v, |intid| {
             st.in_flight += 1;
-            if intid == VTIMER_INTID {
-                st.vtimer_queued = true;
+            match intid {
+                VTIMER_INTID => st.vtimer_queued = true,
+                PTIMER_INTID => st.ptimer_queued = true,
+                _ => {}
             }
             let kind = match intid {
                 VTIMER_INTID | PTIMER_INTID => 0,

@@ -8,12 +8,11 @@
 //! the deadline. A vCPU waiting in `WFI` sleeps until the earlier deadline.
 //!
 //! While the guest runs, its virtual timer is live in the CPU and fires the physical PPI 27,
-//! which ends the run (exit `IRQ`) so the VMM can inject the virtual one at once. That
-//! physical interrupt is disabled on the CPU while the virtual one is queued or already high
-//! ([`physical_vtimer_enabled`]): otherwise an expired timer the guest has not handled yet
-//! would end every run before its first instruction. The EL1 physical timer has no physical
-//! interrupt behind it: the VMM brings the host's own timer interrupt forward to its deadline
-//! instead ([`crate::gic::arm_wakeup`]).
+//! and EL2 sets its own physical timer (`CNTHP`, PPI 26) to the emulated EL1 physical timer's
+//! deadline: either ends the run (exit `IRQ`) so the VMM can inject the virtual interrupt at
+//! once. Each physical interrupt is disabled on the CPU while its virtual one is queued or
+//! already high ([`physical_enabled`]): otherwise an expired timer the guest has not handled
+//! yet would end every run before its first instruction.
 
 /// The virtual timer's PPI (INTID 27).
 pub const VTIMER_INTID: u32 = 27;
@@ -48,8 +47,8 @@ impl Timers {
     }
 }
 
-/// Whether the physical PPI 27 should end the vCPU's next run: only while the virtual one is
-/// neither queued nor already high.
-pub fn physical_vtimer_enabled(t: &Timers, queued: bool, now: u64) -> bool {
-    !queued && now < t.vtimer
+/// Whether the physical PPI behind a timer with `deadline` should end the vCPU's next run:
+/// only while the timer's virtual interrupt is neither queued nor already high.
+pub fn physical_enabled(deadline: u64, queued: bool, now: u64) -> bool {
+    !queued && now < deadline
 }

@@ -506,6 +506,8 @@ impl ArchMaintenance {
         CNTHCTL_EL2.set(traps.cnthctl);
         // The VM's virtual count (CNTVCT = CNTPCT - CNTVOFF); the host runs with 0.
         CNTVOFF_EL2.set(cfg.cntvoff);
+        // The emulated EL1 physical timer's deadline, on EL2's own physical timer.
+        self.ptimer_backing(&ctx.ptimer);
         VMPIDR_EL2.set(cfg.vmpidr);
         VTCR_EL2.set(guest_vtcr(cfg));
         VTTBR_EL2.set(cfg.vttbr);
@@ -619,6 +621,9 @@ impl ArchMaintenance {
         VMPIDR_EL2.set(saved.vmpidr);
         CNTHCTL_EL2.set(saved.cnthctl);
         CNTVOFF_EL2.set(0);
+        // EL2's physical timer backs only a running guest's emulated timer: off for the host
+        // (the ISB below makes it effective, and its level output drops with it).
+        msr!("cnthp_ctl_el2", 0u64);
         MDCR_EL2.set(saved.mdcr);
         CPTR_EL2.set(saved.cptr);
         HCR_EL2.set(saved.hcr);
@@ -791,6 +796,18 @@ impl GuestArch for ArchMaintenance {
 
     fn clean_inval_poc(&self, pa: PhysAddr) {
         with_fixmap(pa, |p| civac_page(p as u64));
+    }
+
+    fn ptimer_backing(&self, t: &crate::vcpu::PTimer) {
+        // CNTHP counts the physical count, as the emulated timer does (no offset). No barrier:
+        // the ERET back into the guest synchronises both writes before its next instruction,
+        // and a stale setting until then can at worst end the run early (an IRQ exit).
+        if t.deadline(0) == u64::MAX {
+            msr!("cnthp_ctl_el2", 0u64);
+        } else {
+            msr!("cnthp_cval_el2", t.cval);
+            msr!("cnthp_ctl_el2", 1u64);
+        }
     }
 
     fn counter(&self) -> u64 {

@@ -425,6 +425,12 @@ pub trait GuestArch: Maintenance + Firmware {
     fn clean_inval_poc(&self, pa: PhysAddr);
     /// The physical count (`CNTPCT_EL0`), for the emulated physical timer and `CNTVOFF_EL2`.
     fn counter(&self) -> u64;
+    /// While loaded: backs the guest's emulated EL1 physical timer `t` with EL2's own
+    /// physical timer (`CNTHP_CVAL_EL2`, `CNTHP_CTL_EL2`), so its deadline ends the run (the
+    /// physical PPI 26 is routed to EL2 like any interrupt while a guest runs) and the host
+    /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
+    /// context, `put` disables it.
+    fn ptimer_backing(&self, t: &crate::vcpu::PTimer);
 }
 
 /// The running vCPU, as exit handling needs it.

@@ -32,7 +32,11 @@ impl<T: TableMemory> Hyp<'_, T> {
         } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
             // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
             // count; the guest never reaches the real one, which is the host's.
-            ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter())
+            let r = ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter());
+            if r == Some(Emulated::Written) {
+                arch.ptimer_backing(&ctx.ptimer);
+            }
+            r
         } else if is_set_way(&a, me.mte) {
             // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
             // Write-Back cacheable, and so coherent with every other view: nothing a set/way
@@ -386,6 +390,25 @@ mod tests {
         assert_eq!(timer_deadline(1, 2, 100, 0), 0);
         // An offset of all-ones is -1: the count is 1 ahead of the physical one.
         assert_eq!(timer_deadline(1, 2, u64::MAX, 0), 1);
+    }
+
+    #[test]
+    fn the_emulated_physical_timer_is_backed_by_el2s_own_while_the_guest_runs() {
+        // A guest write to CNTP_* reprograms CNTHP (its deadline must end the run: the host
+        // learns of it only from an exit); a read does not; the value written decides on/off.
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1, 0]).unwrap();
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = vec![
+            trap(sysreg_esr(3, 3, 14, 2, 2, 0, false), 0), // MSR CNTP_CVAL_EL0, X0 (timer still off)
+            trap(sysreg_esr(3, 3, 14, 2, 1, 1, false), 0), // MSR CNTP_CTL_EL0, X1 (ENABLE)
+            trap(sysreg_esr(3, 3, 14, 2, 1, 1, true), 0),  // MRS X1, CNTP_CTL_EL0
+            hvc(),
+        ];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let backing: Vec<_> = rec.0.borrow().iter().copied().filter(|op| op.starts_with("ptimer_backing")).collect();
+        assert_eq!(backing, ["ptimer_backing_off", "ptimer_backing_on"], "one per write, none for the read");
     }
 
     #[test]
