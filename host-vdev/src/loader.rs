@@ -15,15 +15,18 @@ pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
 pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<u64, &'static str> {
     let size = mem.len() as u64;
     if image.len() >= 64 && image[..4] == *b"\x7fELF" {
+        // A field of `n` bytes at `o`; 0 past the end (every offset comes from the file).
         let rd = |o: usize, n: usize| -> u64 {
-            image.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
+            o.checked_add(n).and_then(|e| image.get(o..e)).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
         };
         if image[4] != 2 || image[5] != 1 || rd(18, 2) != 183 {
             return Err("not a little-endian ELF64 for AArch64");
         }
         let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
         for i in 0..phnum {
-            let ph = phoff + i * phentsize;
+            let Some(ph) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
+                return Err("program headers outside the file");
+            };
             if rd(ph, 4) != 1 {
                 continue; // not PT_LOAD
             }
@@ -234,6 +237,15 @@ mod tests {
         ] {
             assert!(load_test_image(&mut mem, base, &elf(&[hostile])).is_err(), "{hostile:x?}");
         }
+        // Program headers at an offset that overflows (host tests run with overflow checks:
+        // arithmetic that wrapped would panic here): past the file, nothing to load; a second
+        // header whose offset overflows is an error.
+        let mut bad = elf(&[(0x800, base, 4, 4)]);
+        bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(load_test_image(&mut mem, base, &bad), Ok(0x4008_0000));
+        bad[54..56].copy_from_slice(&u16::MAX.to_le_bytes());
+        bad[56..58].copy_from_slice(&2u16.to_le_bytes());
+        assert!(load_test_image(&mut mem, base, &bad).is_err());
         // A raw image at RAM + 0x80000.
         assert_eq!(load_test_image(&mut mem, base, &[1, 2, 3]).unwrap(), base + RAW_IMAGE_OFFSET);
         assert_eq!(&mem[0x8_0000..0x8_0003], &[1, 2, 3]);

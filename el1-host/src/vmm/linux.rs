@@ -167,7 +167,13 @@ pub fn run(plat: &Platform) {
     // The Linux boot benchmark's mark: where each kernel starts, in its VM's virtual count.
     crate::bench::note_linux_start(vms);
     sched::run(vms, cpus);
+    // Back to the host's defaults for whatever runs next in this boot: polling idle loops,
+    // the default tick, the timers' PPIs off on this CPU (each other CPU turns its own off at
+    // its next Linux run; none follows, and a disabled PPI only costs latency).
     ACTIVE.store(false, Ordering::SeqCst);
+    sched::SLEEP_WHEN_IDLE.store(false, Ordering::SeqCst);
+    gic::set_default_tick_ms(plat, gic::DEFAULT_TICK_MS);
+    gic::set_timer_ppis(false, false);
     let mut clean = true;
     for (n, vm) in vms.iter().enumerate() {
         if let Some(l) = lookup(vm.handle) {

@@ -7,7 +7,11 @@ use crate::hyp::{Hyp, Maintenance, MemState};
 use crate::owner::{Component, Ownership};
 use crate::pgtable::{Attrs, MemType, Perms, TableMemory};
 use crate::psci::{self, Firmware};
+use arrayvec::ArrayVec;
 use shared_abi::{HypError, HypResult};
+
+/// Pages a set/way clean collects per hold of the memory lock (`clean_vm_to_poc`).
+pub const SET_WAY_BATCH: usize = 64;
 
 const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
 
@@ -60,16 +64,42 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
-    /// guest's set/way maintenance, without FWB). Under the memory lock, so no mapping appears
-    /// or goes meanwhile; pages never mapped hold nothing of the guest's.
+    /// guest's set/way maintenance, without FWB), for the vCPU whose claim the caller holds.
+    ///
+    /// The memory lock is held only to find the next [`SET_WAY_BATCH`] mapped pages, not for
+    /// the cleaning: a guest repeating set/way operations must not keep every other VM's
+    /// hypercalls and faults waiting for a whole-VM clean. Cleaning outside the lock is sound
+    /// because the pages found cannot change hands meanwhile: a VM's pages go back only at
+    /// `VM_DESTROY`, which cannot run while the caller's vCPU is claimed (each CPU's fixmap
+    /// slot is its own). A page mapped after its batch was collected is mapped by
+    /// `map_guest_page`, which cleans it itself.
     pub(super) fn clean_vm_to_poc(&self, handle: u64, arch: &impl GuestArch) {
-        let mem = self.mem.lock();
-        let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
-        for r in &vm.regions {
-            for p in 0..r.pages {
-                if vm.s2.lookup(&mem.tables, r.ipa + p * PAGE_SIZE).is_some() {
-                    arch.clean_inval_poc(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+        // (region index, page index) where the next batch starts.
+        let mut cursor = (0usize, 0u64);
+        loop {
+            let mut batch = ArrayVec::<PhysAddr, SET_WAY_BATCH>::new();
+            {
+                let mem = self.mem.lock();
+                let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
+                'collect: while let Some(r) = vm.regions.get(cursor.0) {
+                    while cursor.1 < r.pages {
+                        if batch.is_full() {
+                            break 'collect;
+                        }
+                        let p = cursor.1;
+                        cursor.1 += 1;
+                        if vm.s2.lookup(&mem.tables, r.ipa + p * PAGE_SIZE).is_some() {
+                            batch.push(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                        }
+                    }
+                    cursor = (cursor.0 + 1, 0);
                 }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for pa in batch {
+                arch.clean_inval_poc(pa);
             }
         }
     }

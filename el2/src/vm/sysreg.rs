@@ -504,6 +504,27 @@ mod tests {
     }
 
     #[test]
+    fn a_set_way_clean_covers_every_mapped_page_across_batches() {
+        // More mapped pages than one hold of the memory lock collects, over two regions, with
+        // holes: each mapped page cleaned exactly once, none that was never mapped.
+        use crate::vm::memory::SET_WAY_BATCH;
+        let mut f = fixture(); // no FEAT_S2FWB
+        let h = create(&mut f, 1, 0);
+        let n = SET_WAY_BATCH as u64 + 40;
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, n]).unwrap();
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST) + n * 4096, 0x5000_0000, 8]).unwrap();
+        let mut script: Vec<_> = (0..n).filter(|p| p % 3 != 1).map(|p| dabt_translation(0x4000_0000 + p * 4096)).collect();
+        script.extend((0..8).map(|p| dabt_translation(0x5000_0000 + p * 4096)));
+        let mapped = script.len();
+        script.extend([trap(sysreg_esr(1, 0, 7, 14, 2, 0, false), 0), hvc()]);
+        let rec = Recorder::default();
+        *rec.1.borrow_mut() = script;
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        let cleans = rec.0.borrow().iter().filter(|s| **s == "clean_inval_poc").count();
+        assert_eq!(cleans, 2 * mapped, "one clean per first touch, one per mapped page for the set/way");
+    }
+
+    #[test]
     fn set_way_maintenance_is_a_no_op_with_fwb() {
         let mut f = fixture();
         f.hyp.cpus.lock().view_mut()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
