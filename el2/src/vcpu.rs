@@ -425,6 +425,9 @@ pub mod power {
     pub const ON_PENDING: u8 = 1;
     /// Running or runnable.
     pub const ON: u8 = 2;
+    /// A sibling's `CPU_ON` has claimed the vCPU and is storing its entry point; it becomes
+    /// [`ON_PENDING`] next. A run meanwhile finds it off; other callers see it pending.
+    pub const CLAIMED: u8 = 3;
 }
 
 /// What a guest's SMCCC call (HVC or SMC) leads to.

@@ -260,22 +260,24 @@ impl<T: TableMemory> Hyp<'_, T> {
                 let t = &vcpus[target];
                 ctx.x[0] = match t.power.load(Ordering::Acquire) {
                     power::ON => PSCI_ALREADY_ON,
-                    power::ON_PENDING => PSCI_ON_PENDING,
-                    _ => {
-                        t.on_entry.store(entry, Ordering::Release);
-                        t.on_context.store(context, Ordering::Release);
-                        match t.power.compare_exchange(power::OFF, power::ON_PENDING, Ordering::AcqRel, Ordering::Acquire) {
-                            Ok(_) => {
-                                // Answered; the host learns that the target now wants a CPU
-                                // (until now it exited VCPU_OFF), so it need not poll it.
-                                ctx.x[0] = 0;
-                                let args = [target as u64, 0, 0, 0];
-                                return Next::Exit(VcpuExit { reason: exit::CPU_ON, args, ..Default::default() });
-                            }
-                            Err(power::ON) => PSCI_ALREADY_ON,
-                            Err(_) => PSCI_ON_PENDING,
+                    power::ON_PENDING | power::CLAIMED => PSCI_ON_PENDING,
+                    // Claimed first, published after: of two siblings racing to turn the same
+                    // vCPU on, the one told SUCCESS is the one whose entry point it starts at.
+                    _ => match t.power.compare_exchange(power::OFF, power::CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            t.on_entry.store(entry, Ordering::Relaxed);
+                            t.on_context.store(context, Ordering::Relaxed);
+                            // Release: the target's run reads them after it sees ON_PENDING.
+                            t.power.store(power::ON_PENDING, Ordering::Release);
+                            // Answered; the host learns that the target now wants a CPU
+                            // (until now it exited VCPU_OFF), so it need not poll it.
+                            ctx.x[0] = 0;
+                            let args = [target as u64, 0, 0, 0];
+                            return Next::Exit(VcpuExit { reason: exit::CPU_ON, args, ..Default::default() });
                         }
-                    }
+                        Err(power::ON) => PSCI_ALREADY_ON,
+                        Err(_) => PSCI_ON_PENDING,
+                    },
                 };
             }
             GuestCall::CpuOff => {
@@ -285,7 +287,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             GuestCall::AffinityInfo(t) => {
                 ctx.x[0] = match vcpus[t].power.load(Ordering::Acquire) {
                     power::ON => 0,
-                    power::ON_PENDING => 2,
+                    power::ON_PENDING | power::CLAIMED => 2,
                     _ => 1,
                 }
             }
@@ -508,6 +510,34 @@ mod tests {
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(rec.2.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
+    }
+
+    #[test]
+    fn a_cpu_on_racing_a_sibling_mid_claim_does_not_overwrite_its_entry_point() {
+        // vCPU 1 claimed by another vCPU's CPU_ON that is still storing its entry point: a
+        // second CPU_ON is told ON_PENDING and leaves the entry alone, AFFINITY_INFO says
+        // ON_PENDING, and vCPU 1's own run finds it off until the claim is published.
+        let mut f = fixture();
+        let h = create(&mut f, 3, 0);
+        let slot = (h & 0xFF) as usize;
+        f.hyp.vcpus[slot][1].power.store(power::CLAIMED, Ordering::Release);
+        f.hyp.vcpus[slot][1].on_entry.store(0x7000, Ordering::Release);
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        for (n, v) in [smccc::psci::PSCI_CPU_ON_64 as u64, 1, 0x5000, 7].into_iter().enumerate() {
+            f.call(0, H::VcpuSetReg, &[h, 0, reg::x(n as u64), v]).unwrap();
+        }
+        let rec = Recorder::default();
+        let wfi = || trap(0x01 << 26 | 1 << 25, 0);
+        *rec.1.borrow_mut() = vec![hvc(), wfi()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]), "no CPU_ON exit");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([PSCI_ON_PENDING, 0, 0]));
+        assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Acquire), 0x7000, "the claimer's entry point stands");
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_AFFINITY_INFO_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0]).unwrap();
+        *rec.1.borrow_mut() = vec![hvc(), wfi()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([2, 0, 0]), "AFFINITY_INFO: ON_PENDING");
     }
 
     #[test]
