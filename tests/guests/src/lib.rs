@@ -237,3 +237,99 @@ pub fn fail(args: fmt::Arguments<'_>) -> ! {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     fail(format_args!("panic: {info}"))
 }
+
+/// The GICv3 of the Linux-style VM (`el1-host/src/vmm/vgic.rs` places it; the host's model
+/// answers every access as an MMIO exit) and the virtual CPU interface (`ICC_*`, served by the
+/// list registers EL2 loads), for the guests that take interrupts: `vgic`, `irqbench`, `storm`.
+pub mod gic {
+    /// The distributor (IPA).
+    pub const GICD: u64 = 0x0800_0000;
+    /// The redistributors: one 128 KiB frame per vCPU (`RD_base`, then `SGI_base`).
+    pub const GICR: u64 = 0x080A_0000;
+    /// One redistributor's frames.
+    pub const GICR_STRIDE: u64 = 0x2_0000;
+    /// `SGI_base` within a redistributor.
+    pub const GICR_SGI_BASE: u64 = 0x1_0000;
+    /// `GICD_CTLR.EnableGrp1` (a single security state).
+    pub const GICD_CTLR_ENABLE_GRP1: u32 = 1 << 1;
+    /// `GICR_WAKER` (`RD_base`).
+    pub const GICR_WAKER: u64 = 0x14;
+    /// `GICR_IGROUPR0`, `GICR_ISENABLER0`, `GICR_ICENABLER0` (`SGI_base`).
+    pub const GICR_IGROUPR0: u64 = 0x80;
+    /// See [`GICR_IGROUPR0`].
+    pub const GICR_ISENABLER0: u64 = 0x100;
+    /// See [`GICR_IGROUPR0`].
+    pub const GICR_ICENABLER0: u64 = 0x180;
+
+    /// A 32-bit store to the GIC (an MMIO exit the host's model performs).
+    pub fn write32(addr: u64, v: u32) {
+        // SAFETY: an MMIO store to the VM's emulated GIC; nothing of the guest's is behind it.
+        unsafe { core::ptr::write_volatile(addr as *mut u32, v) };
+    }
+
+    /// Wakes vCPU `vcpu`'s redistributor and sets its private interrupts' groups (`group1`,
+    /// bit n = INTID n in Group 1) and enables (`enable`).
+    pub fn redistributor_on(vcpu: u64, group1: u32, enable: u32) {
+        let rd = GICR + vcpu * GICR_STRIDE;
+        write32(rd + GICR_WAKER, 0);
+        write32(rd + GICR_SGI_BASE + GICR_IGROUPR0, group1);
+        write32(rd + GICR_SGI_BASE + GICR_ISENABLER0, enable);
+    }
+
+    /// Opens this vCPU's virtual CPU interface: `ICC_PMR_EL1` = 0xFF (nothing masked by
+    /// priority) and `ICC_IGRPEN1_EL1` = 1. `PSTATE.I` stays as it is.
+    pub fn cpu_interface_on() {
+        // SAFETY: this vCPU's own virtual CPU interface registers; the ISB makes them take
+        // effect before IRQs are next unmasked.
+        unsafe {
+            core::arch::asm!(
+                "msr S3_0_C4_C6_0, {pmr}",
+                "msr S3_0_C12_C12_7, {one}",
+                "isb",
+                pmr = in(reg) 0xFFu64,
+                one = in(reg) 1u64,
+                options(nostack)
+            )
+        };
+    }
+
+    /// `ICC_IAR1_EL1`: acknowledges the highest-priority pending Group 1 interrupt (1020 and
+    /// up: none).
+    pub fn ack() -> u32 {
+        let v: u64;
+        // SAFETY: reading the virtual interface's acknowledge register only acknowledges.
+        unsafe { core::arch::asm!("mrs {}, S3_0_C12_C12_0", out(reg) v, options(nostack)) };
+        (v & 0xFF_FFFF) as u32
+    }
+
+    /// `ICC_EOIR1_EL1` (EOImode 0: priority drop and deactivation) of `intid`.
+    pub fn eoi(intid: u32) {
+        // SAFETY: ends the interrupt the caller acknowledged, in the virtual interface.
+        unsafe { core::arch::asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid as u64, options(nostack)) };
+    }
+
+    /// `ICC_SGI1R_EL1`: SGI `intid` to the vCPUs in `targets` (bit n = MPIDR affinity
+    /// 0.0.0.n), which traps to EL2 and exits to the host's distributor model.
+    pub fn send_sgi(intid: u32, targets: u16) {
+        let v = (intid as u64) << 24 | targets as u64;
+        // SAFETY: a write of ICC_SGI1R_EL1 (trapped by EL2).
+        unsafe { core::arch::asm!("msr S3_0_C12_C11_5, {}", in(reg) v, options(nostack)) };
+    }
+
+    /// `CNTVCT_EL0`, not read early (ISB first).
+    #[inline(always)]
+    pub fn cntvct() -> u64 {
+        let v: u64;
+        // SAFETY: reading the virtual counter has no side effect.
+        unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nostack)) };
+        v
+    }
+
+    /// `CNTFRQ_EL0`.
+    pub fn cntfrq() -> u64 {
+        let v: u64;
+        // SAFETY: reading the counter frequency has no side effect.
+        unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
+        v
+    }
+}

@@ -22,14 +22,12 @@
 //!
 //! Waiting is race-free without a flag: IRQs are unmasked only inside [`irqbench_wait`], and
 //! a handler that wants the wait over returns to [`irqbench_resume`] instead of the
-//! interrupted instruction. (A `WFI` with IRQs masked would do as well on hardware, but the
-//! host VMM does not count an interrupt it has already put in a list register as a reason to
-//! wake a vCPU from `WFI`, so such a wait could sleep until the next timer deadline.)
+//! interrupted instruction.
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use guests::println;
+use guests::{gic, println};
 use shared_abi::bench::Stats;
 
 guests::entry!(main, secondary);
@@ -43,16 +41,6 @@ const VTIMER: u32 = 27;
 /// The EL1 physical timer's PPI.
 const PTIMER: u32 = 30;
 
-/// The GIC frames the host's device tree names (`el1-host/src/vmm/vgic.rs`).
-const GICD: u64 = 0x0800_0000;
-const GICR: u64 = 0x080A_0000;
-const GICR_STRIDE: u64 = 0x2_0000;
-/// `SGI_base` within a redistributor.
-const GICR_SGI_BASE: u64 = 0x1_0000;
-const GICD_CTLR_ENABLE_GRP1: u32 = 1 << 1;
-const GICR_WAKER: u64 = 0x14;
-const GICR_IGROUPR0: u64 = 0x80;
-const GICR_ISENABLER0: u64 = 0x100;
 
 /// Most samples, and the first ones dropped (first touches of the guest's pages, the host
 /// queueing the vCPU for the first time).
@@ -166,38 +154,15 @@ fn wait(busy: bool) {
     unsafe { irqbench_wait(busy as u64) };
 }
 
-/// `ICC_IAR1_EL1`: acknowledges the highest-priority pending Group 1 interrupt.
-fn iar1() -> u32 {
-    let v: u64;
-    // SAFETY: a read of the virtual CPU interface's acknowledge register.
-    unsafe { core::arch::asm!("mrs {}, S3_0_C12_C12_0", out(reg) v, options(nostack)) };
-    v as u32
-}
-
-/// `ICC_EOIR1_EL1` (EOImode 0: priority drop and deactivation).
-fn eoir1(intid: u32) {
-    // SAFETY: ends the interrupt this handler acknowledged.
-    unsafe { core::arch::asm!("msr S3_0_C12_C12_1, {}", in(reg) intid as u64, options(nostack)) };
-}
-
-/// Sends SGI `intid` to vCPU `vcpu` (MPIDR affinity 0.0.0.vcpu): `ICC_SGI1R_EL1` with
-/// `INTID` (bits 27:24) and the target list (bits 15:0), which traps to EL2 and exits to the
-/// host's distributor model.
-fn send_sgi(intid: u32, vcpu: u32) {
-    let v = (intid as u64) << 24 | 1 << vcpu;
-    // SAFETY: a write of ICC_SGI1R_EL1.
-    unsafe { core::arch::asm!("msr S3_0_C12_C11_5, {}", in(reg) v, options(nostack)) };
-}
-
 #[no_mangle]
 extern "C" fn irqbench_irq(vct: u64, pct: u64) -> u64 {
-    let intid = iar1();
+    let intid = gic::ack();
     if intid >= 1020 {
         return 0; // spurious: nothing to end
     }
     let leave = match intid {
         PING if RESPONDER.load(Ordering::Relaxed) => {
-            send_sgi(PONG, 0);
+            gic::send_sgi(PONG, 1 << 0);
             false
         }
         VTIMER => {
@@ -213,7 +178,7 @@ extern "C" fn irqbench_irq(vct: u64, pct: u64) -> u64 {
         }
         _ => true,
     };
-    eoir1(intid);
+    gic::eoi(intid);
     if leave {
         ENTRY_VCT.store(vct, Ordering::Relaxed);
         ENTRY_PCT.store(pct, Ordering::Relaxed);
@@ -222,42 +187,15 @@ extern "C" fn irqbench_irq(vct: u64, pct: u64) -> u64 {
     leave as u64
 }
 
-fn mmio_write(addr: u64, v: u32) {
-    // SAFETY: a 32-bit write to the host's GIC model (an MMIO exit).
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) };
-}
-
 /// This vCPU's part of the GIC: its redistributor awake, the SGIs and timer PPIs in Group 1 and
-/// enabled, then its CPU interface (priority mask open, Group 1 on) and vectors.
+/// enabled, then its vectors and CPU interface (priority mask open, Group 1 on).
 fn gic_init_cpu(vcpu: u64) {
-    let rd = GICR + vcpu * GICR_STRIDE;
-    mmio_write(rd + GICR_WAKER, 0);
     let mine = 1 << PING | 1 << PONG | 1 << VTIMER | 1 << PTIMER;
-    mmio_write(rd + GICR_SGI_BASE + GICR_IGROUPR0, mine);
-    mmio_write(rd + GICR_SGI_BASE + GICR_ISENABLER0, mine);
-    // SAFETY: this vCPU's vectors, ICC_PMR_EL1 = 0xFF (nothing masked by priority) and
-    // ICC_IGRPEN1_EL1 = 1, all through the virtual CPU interface; the ISB makes them take
-    // effect before IRQs are first unmasked.
-    unsafe {
-        core::arch::asm!(
-            "msr vbar_el1, {v}",
-            "msr S3_0_C4_C6_0, {pmr}",
-            "msr S3_0_C12_C12_7, {one}",
-            "isb",
-            v = in(reg) irqbench_vectors as *const () as u64,
-            pmr = in(reg) 0xFFu64,
-            one = in(reg) 1u64,
-            options(nostack)
-        )
-    };
-}
-
-#[inline(always)]
-fn cntvct() -> u64 {
-    let v: u64;
-    // SAFETY: reading the virtual counter; the ISB keeps it from being read early.
-    unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nostack)) };
-    v
+    gic::redistributor_on(vcpu, mine, mine);
+    // SAFETY: this vCPU's own vectors (the ISB in `cpu_interface_on` makes them take effect
+    // before IRQs are first unmasked).
+    unsafe { core::arch::asm!("msr vbar_el1, {}", in(reg) irqbench_vectors as *const () as u64, options(nostack)) };
+    gic::cpu_interface_on();
 }
 
 #[inline(always)]
@@ -265,13 +203,6 @@ fn cntpct() -> u64 {
     let v: u64;
     // SAFETY: reading the physical counter (CNTHCTL_EL2.EL1PCTEN is set for guests).
     unsafe { core::arch::asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nostack)) };
-    v
-}
-
-fn cntfrq() -> u64 {
-    let v: u64;
-    // SAFETY: reading the counter frequency.
-    unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
     v
 }
 
@@ -306,7 +237,7 @@ fn main(dtb: u64) {
     if a.key.is_empty() || !(1..=MAX_N - WARMUP).contains(&a.n) || a.ahead == 0 {
         guests::fail(format_args!("irqbench: want irqbench=MODE bench-key=KEY n=1..{} ahead=TICKS", MAX_N - WARMUP));
     }
-    mmio_write(GICD, GICD_CTLR_ENABLE_GRP1);
+    gic::write32(gic::GICD, gic::GICD_CTLR_ENABLE_GRP1);
     gic_init_cpu(0);
     let total = a.n + WARMUP;
     // SAFETY: only vCPU 0 touches SAMPLES, and `measure` is not re-entered.
@@ -320,8 +251,8 @@ fn main(dtb: u64) {
             // vCPU 1 says it is ready with a PONG.
             wait(false);
             for s in samples.iter_mut() {
-                let t0 = cntvct();
-                send_sgi(PING, 1);
+                let t0 = gic::cntvct();
+                gic::send_sgi(PING, 1 << 1);
                 wait(false);
                 check_taken(PONG);
                 *s = ENTRY_VCT.load(Ordering::Relaxed).wrapping_sub(t0);
@@ -329,7 +260,7 @@ fn main(dtb: u64) {
         }
         "vtimer-wfi" | "vtimer-busy" => {
             for s in samples.iter_mut() {
-                let deadline = cntvct() + a.ahead;
+                let deadline = gic::cntvct() + a.ahead;
                 // SAFETY: this vCPU's virtual timer: compare value, then enabled and unmasked.
                 unsafe { core::arch::asm!("msr cntv_cval_el0, {}", "msr cntv_ctl_el0, {}", "isb", in(reg) deadline, in(reg) TIMER_ENABLE, options(nostack)) };
                 wait(a.mode == "vtimer-busy");
@@ -351,16 +282,16 @@ fn main(dtb: u64) {
         "mmio" | "uart-fr" => {
             let addr = if a.mode == "mmio" { UNASSIGNED } else { UART_FR };
             for s in samples.iter_mut() {
-                let t0 = cntvct();
+                let t0 = gic::cntvct();
                 // SAFETY: an MMIO read the host emulates (an exit).
                 unsafe { core::ptr::read_volatile(addr as *const u32) };
-                *s = cntvct().wrapping_sub(t0);
+                *s = gic::cntvct().wrapping_sub(t0);
             }
         }
         other => guests::fail(format_args!("irqbench: unknown mode {other:?}")),
     }
     // Counter ticks to ns (= instructions under -icount shift=0).
-    let freq = cntfrq();
+    let freq = gic::cntfrq();
     let measured = &mut samples[WARMUP..];
     for s in measured.iter_mut() {
         *s = (*s as u128 * 1_000_000_000 / freq as u128) as u64;
@@ -383,7 +314,7 @@ fn check_taken(intid: u32) {
 /// vCPU 1: answers every PING with a PONG, from its handler, for ever.
 fn secondary(index: u64) {
     gic_init_cpu(index);
-    send_sgi(PONG, 0);
+    gic::send_sgi(PONG, 1 << 0);
     loop {
         wait(false);
     }

@@ -31,27 +31,14 @@
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guests::gic::{self, write32, GICD, GICD_CTLR_ENABLE_GRP1, GICR, GICR_ICENABLER0, GICR_ISENABLER0, GICR_SGI_BASE, GICR_STRIDE};
 use guests::println;
 
 guests::entry!(main, secondary);
 
-/// The distributor (IPA), as `vmm::linux` places it.
-const GICD: u64 = 0x0800_0000;
-/// The redistributors: one 128 KiB frame per vCPU (`RD_base`, then `SGI_base`).
-const GICR: u64 = 0x080A_0000;
-const GICR_STRIDE: u64 = 0x2_0000;
-const SGI_BASE: u64 = 0x1_0000;
-/// `GICD_CTLR.EnableGrp1` (a single security state).
-const GICD_CTLR_ENABLE_GRP1: u32 = 1 << 1;
-/// Redistributor registers: `GICR_WAKER` (`RD_base`), `GICR_IGROUPR0`, `GICR_ISENABLER0`,
-/// `GICR_ICENABLER0` (`SGI_base`).
-const GICR_WAKER: u64 = 0x14;
-const GICR_IGROUPR0: u64 = 0x80;
-const GICR_ISENABLER0: u64 = 0x100;
-const GICR_ICENABLER0: u64 = 0x180;
 /// The virtual and the EL1 physical timers' PPIs.
-const VTIMER_INTID: u64 = 27;
-const PTIMER_INTID: u64 = 30;
+const VTIMER_INTID: u32 = 27;
+const PTIMER_INTID: u32 = 30;
 /// An address with nothing behind it in the device VM (the test device of the plain VMs):
 /// every access is an MMIO exit the host answers with 0.
 const UNASSIGNED: u64 = 0x0b00_0000;
@@ -165,11 +152,6 @@ impl Rng {
     }
 }
 
-fn write32(addr: u64, v: u32) {
-    // SAFETY: an MMIO store to the VM's emulated GIC (an exit the host's model performs).
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) };
-}
-
 fn read64(addr: u64) -> u64 {
     // SAFETY: an MMIO load the host answers.
     unsafe { core::ptr::read_volatile(addr as *const u64) }
@@ -179,47 +161,15 @@ fn read64(addr: u64) -> u64 {
 /// interrupts in `enable` (bit n = INTID n) and the distributor's group 1, and opens its
 /// virtual CPU interface (priority mask 0xFF, group 1 enabled). `PSTATE.I` stays as it is.
 fn gic_init(me: u64, enable: u32) {
-    let rd = GICR + me * GICR_STRIDE;
     write32(GICD, GICD_CTLR_ENABLE_GRP1);
-    write32(rd + GICR_WAKER, 0);
-    write32(rd + SGI_BASE + GICR_IGROUPR0, u32::MAX);
-    write32(rd + SGI_BASE + GICR_ISENABLER0, enable);
-    // SAFETY: ICC_PMR_EL1 and ICC_IGRPEN1_EL1 of this vCPU's virtual CPU interface.
-    unsafe { asm!("msr S3_0_C4_C6_0, {pmr}", "msr S3_0_C12_C12_7, {one}", "isb", pmr = in(reg) 0xFFu64, one = in(reg) 1u64, options(nostack)) };
+    gic::redistributor_on(me, u32::MAX, enable);
+    gic::cpu_interface_on();
 }
 
 /// Enables (`on`) or disables private interrupt `intid` in vCPU `me`'s redistributor.
-fn ppi_enable(me: u64, intid: u64, on: bool) {
-    let rd = GICR + me * GICR_STRIDE + SGI_BASE;
+fn ppi_enable(me: u64, intid: u32, on: bool) {
+    let rd = GICR + me * GICR_STRIDE + GICR_SGI_BASE;
     write32(rd + if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 }, 1 << intid);
-}
-
-/// `ICC_IAR1_EL1`: acknowledges the highest-priority pending group-1 interrupt (1023: none).
-fn ack() -> u64 {
-    let v: u64;
-    // SAFETY: reading ICC_IAR1_EL1 (the virtual interface) only acknowledges an interrupt.
-    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) v, options(nostack)) };
-    v & 0xFF_FFFF
-}
-
-/// `ICC_EOIR1_EL1`: ends (drops the priority of and deactivates) interrupt `intid`.
-fn eoi(intid: u64) {
-    // SAFETY: writing ICC_EOIR1_EL1 (the virtual interface) ends the interrupt.
-    unsafe { asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid, options(nostack)) };
-}
-
-fn counter() -> u64 {
-    let v: u64;
-    // SAFETY: reading the virtual count has no side effect.
-    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
-    v
-}
-
-fn frequency() -> u64 {
-    let v: u64;
-    // SAFETY: reading CNTFRQ_EL0 has no side effect.
-    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
-    v
 }
 
 /// Arms the virtual timer `ticks` from now (`CNTV_TVAL_EL0`, `CNTV_CTL_EL0` = ENABLE).
@@ -294,16 +244,16 @@ fn secondary(index: u64) {
 /// `WFI` with `PSTATE.I` set (the interrupt wakes the `WFI`, the guest then acknowledges it).
 fn count(n: u64) {
     gic_init(0, 1 << VTIMER_INTID);
-    let ms = frequency() / 1000;
-    let start = counter();
+    let ms = gic::cntfrq() / 1000;
+    let start = gic::cntvct();
     let mut longest = 0;
     for round in 0..n {
-        let t0 = counter();
+        let t0 = gic::cntvct();
         vtimer_in(ms);
         let mut spurious = 0u64;
         loop {
             guests::relax();
-            match ack() {
+            match gic::ack() {
                 VTIMER_INTID => break,
                 1020..=1023 => {
                     spurious += 1;
@@ -317,14 +267,14 @@ fn count(n: u64) {
         // Lower the timer's output before ending the interrupt, or its level makes it pending
         // again at once.
         vtimer_off();
-        eoi(VTIMER_INTID);
-        let waited = counter().wrapping_sub(t0);
+        gic::eoi(VTIMER_INTID);
+        let waited = gic::cntvct().wrapping_sub(t0);
         if waited < ms {
             guests::fail(format_args!("round {round}: the interrupt came after {waited} ticks, before the 1 ms ({ms} ticks) it was armed for"));
         }
         longest = longest.max(waited);
     }
-    let total_ms = counter().wrapping_sub(start) / ms.max(1);
+    let total_ms = gic::cntvct().wrapping_sub(start) / ms.max(1);
     println!("guest: ok: counted {n} virtual-timer interrupts 1 ms apart in {total_ms} ms (longest wait {} us)", longest * 1000 / ms.max(1));
 }
 
@@ -386,14 +336,14 @@ fn sgi_storm(me: u64) -> ! {
             // Take what has arrived (each end is a deactivation the host hears of), then flip
             // the SGIs' enables.
             for _ in 0..32 {
-                let id = ack();
+                let id = gic::ack();
                 if id >= 1020 {
                     break;
                 }
-                eoi(id);
+                gic::eoi(id);
             }
             enabled = !enabled;
-            write32(GICR + me * GICR_STRIDE + SGI_BASE + if enabled { GICR_ISENABLER0 } else { GICR_ICENABLER0 }, 0xFFFF);
+            write32(GICR + me * GICR_STRIDE + GICR_SGI_BASE + if enabled { GICR_ISENABLER0 } else { GICR_ICENABLER0 }, 0xFFFF);
         }
         i = i.wrapping_add(1);
     }
@@ -409,7 +359,7 @@ fn vtimer_storm() -> ! {
     loop {
         let phase = (i / PHASE) % 4;
         // In the past: CVAL 0, or a count already gone by.
-        let cval = if i & 1 == 0 { 0 } else { counter().wrapping_sub(i & 0xFFFF) };
+        let cval = if i & 1 == 0 { 0 } else { gic::cntvct().wrapping_sub(i & 0xFFFF) };
         // IMASK toggled in phase 2, else ENABLE alone.
         let ctl: u64 = if phase == 2 && i & 1 == 1 { 3 } else { 1 };
         // SAFETY: this vCPU's own virtual timer (not trapped: switched with the vCPU).
@@ -434,7 +384,7 @@ fn ptimer_storm(me: u64) -> ! {
     let mut i: u64 = 0;
     loop {
         let phase = (i / PHASE) % 4;
-        let cval = if i & 1 == 0 { 0 } else { counter().wrapping_sub(i & 0xFFFF) };
+        let cval = if i & 1 == 0 { 0 } else { gic::cntvct().wrapping_sub(i & 0xFFFF) };
         let ctl: u64 = if phase == 2 && i & 1 == 1 { 3 } else { 1 };
         // SAFETY: the EL1 physical timer, which EL2 emulates for this vCPU.
         unsafe { asm!("msr cntp_cval_el0, {c}", "msr cntp_ctl_el0, {t}", c = in(reg) cval, t = in(reg) ctl, options(nostack)) };
@@ -502,15 +452,15 @@ fn onoff_vcpu0(vcpus: u64) -> ! {
         guests::fail(format_args!("onoff needs 2 vCPUs"));
     }
     gic_init(0, 1 << VTIMER_INTID);
-    let tick = frequency() / 10_000;
+    let tick = gic::cntfrq() / 10_000;
     loop {
         let _ = guests::cpu_on(1);
         vtimer_in(tick);
-        while ack() != VTIMER_INTID {
+        while gic::ack() != VTIMER_INTID {
             guests::relax();
         }
         vtimer_off();
-        eoi(VTIMER_INTID);
+        gic::eoi(VTIMER_INTID);
     }
 }
 

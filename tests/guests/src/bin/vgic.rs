@@ -8,14 +8,14 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guests::println;
+use guests::{gic, println};
 
 guests::entry!(main, secondary);
 
 /// The SPI the host queues.
 pub const SPI: u64 = 40;
 /// The SGI the guest sends itself.
-pub const SGI: u64 = 5;
+pub const SGI: u32 = 5;
 
 /// The INTID the IRQ handler acknowledged last (`u64::MAX`: none).
 #[no_mangle]
@@ -79,28 +79,17 @@ fn take_irq() -> u64 {
 }
 
 fn main(_dtb: u64) {
-    // SAFETY: this vCPU's own vectors, priority mask (ICC_PMR_EL1 = 0xFF: nothing masked) and
-    // Group 1 enable (ICC_IGRPEN1_EL1), all through the virtual CPU interface.
-    unsafe {
-        core::arch::asm!(
-            "msr vbar_el1, {v}",
-            "msr S3_0_C4_C6_0, {pmr}",
-            "msr S3_0_C12_C12_7, {one}",
-            "isb",
-            v = in(reg) vgic_vectors as *const () as u64,
-            pmr = in(reg) 0xFFu64,
-            one = in(reg) 1u64,
-            options(nostack)
-        )
-    };
+    // SAFETY: this vCPU's own vectors (the ISB in `cpu_interface_on` makes them take effect
+    // before IRQs are first unmasked).
+    unsafe { core::arch::asm!("msr vbar_el1, {}", in(reg) vgic_vectors as *const () as u64, options(nostack)) };
+    gic::cpu_interface_on();
     // Ready: the host queues the SPI before it answers.
     let _ = guests::testdev_read();
     let spi = take_irq();
     println!("guest: took vINTID {spi} through ICC_IAR1_EL1 and EOIed it");
     guests::testdev_write(spi);
     // SGI 5 to this vCPU (Aff0 0: target list bit 0).
-    // SAFETY: a write of ICC_SGI1R_EL1 (S3_0_C12_C11_5), which traps to EL2.
-    unsafe { core::arch::asm!("msr S3_0_C12_C11_5, {}", "isb", in(reg) SGI << 24 | 1, options(nostack)) };
+    gic::send_sgi(SGI, 1 << 0);
     let sgi = take_irq();
     println!("guest: took SGI {sgi}");
     guests::testdev_write(sgi);
