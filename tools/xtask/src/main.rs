@@ -16,13 +16,16 @@
 //!   marked `default = off`, the Linux guests), each `N` times in a row.
 //! - `linux-bare [--smp N] [--mte] [--icount] ...`: the baseline: the same Linux kernel and
 //!   initramfs on bare QEMU at EL1, checking `PKVM-CHECK: passed` (see `linux.rs`).
+//! - `check-docs`: checks `docs/ABI.md` against `shared-abi` (version, call IDs, arities,
+//!   errors); `test` runs it first.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
 //! - `bench [--only GROUP,...]`: instruction counts of the hot paths, interrupt delivery and the
 //!   Linux boot ratio (QEMU `-icount`), a table and `target/bench.json`.
 //!
-//! Every command runs `setup` first. A missing tool is a one-line error naming the fix.
+//! Every command but `check-docs` runs `setup` first. A missing tool is a one-line error naming the fix.
 
 mod bench;
+mod check_docs;
 mod cli;
 mod cpio;
 mod linux;
@@ -46,8 +49,9 @@ fn main() {
         "tcb" => setup().and_then(|tc| build(&tc, Flavour::Release)).and_then(|i| tcb::run(&i)),
         "bench" => bench(rest),
         "linux-bare" => linux::bare(rest),
+        "check-docs" => check_docs::run(),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare> (run, test, bench and linux-bare take --help)");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare|check-docs> (run, test, bench and linux-bare take --help)");
             exit(2);
         }
     };
@@ -522,6 +526,7 @@ fn test(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let repeat = flags.number("--repeat", 1, 1..=1000)?;
+    check_docs::run()?;
     let tc = setup()?;
     if !flags.has("--no-unit") {
         println!("xtask: host unit tests (cargo test)");
