@@ -15,12 +15,12 @@
 //! ```
 
 use crate::cpio::Newc;
-use crate::{apt_install, is_root, machine_args, root, Images};
+use crate::qemu::{self, Machine};
+use crate::{apt_install, is_root, root, Images};
 use shared_abi::layout::{GUEST_CMDLINE_MAX, GUEST_CMDLINE_STAGING, GUEST_IMAGE_MAX, GUEST_IMAGE_STAGING, GUEST_INITRD_MAX, GUEST_INITRD_STAGING};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The Debian meta-package that names the current cloud kernel, and busybox.
 const KERNEL_META: &str = "linux-image-cloud-arm64:arm64";
@@ -517,18 +517,18 @@ impl Drop for CmdlineFile {
 
 static CMDLINE_FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// The QEMU command line for a Linux run under the hypervisor: the machine with 2 GiB of RAM,
-/// EL2, the host, and the kernel, initrd and command line staged where the host expects them.
-/// Keep the returned file until QEMU has started.
-pub fn hyp_command(images: &Images, smp: u32, run: &LinuxRun, extra_bootargs: &str) -> Result<(Command, Option<CmdlineFile>), String> {
+/// The QEMU machine for a Linux run under the hypervisor: 2 GiB of RAM, EL2, the host, and the
+/// kernel, initrd and command line staged where the host expects them. Keep the returned file
+/// until QEMU has started.
+pub fn hyp_machine(images: &Images, smp: u32, run: &LinuxRun, extra_bootargs: &str) -> Result<(Machine, Option<CmdlineFile>), String> {
     let staged = run.validate()?;
     let mut bootargs = run.bootargs(staged);
     if !extra_bootargs.trim().is_empty() {
         bootargs = format!("{bootargs} {}", extra_bootargs.trim());
     }
-    let mut c = crate::hyp_machine(images, edit_machine_args(machine_args(), Some(LINUX_MACHINE_RAM), &[]), smp, &run.kernel);
+    let mut m = crate::hyp_machine(images, Machine::virt()?.mem(LINUX_MACHINE_RAM), smp, &run.kernel);
     if let Some(initrd) = &run.initrd {
-        c.arg("-device").arg(format!("loader,file={},addr={GUEST_INITRD_STAGING:#x},force-raw=on", initrd.display()));
+        m = m.loader(initrd, Some(GUEST_INITRD_STAGING));
     }
     let mut file = None;
     if !run.cmdline.is_empty() {
@@ -537,35 +537,10 @@ pub fn hyp_command(images: &Images, smp: u32, run: &LinuxRun, extra_bootargs: &s
         let n = CMDLINE_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("cmdline-{}-{n}", std::process::id()));
         std::fs::write(&path, &run.cmdline).map_err(|e| format!("{}: {e}", path.display()))?;
-        c.arg("-device").arg(format!("loader,file={},addr={GUEST_CMDLINE_STAGING:#x},force-raw=on", path.display()));
+        m = m.loader(&path, Some(GUEST_CMDLINE_STAGING));
         file = Some(CmdlineFile(path));
     }
-    c.args(["-append", &bootargs]);
-    Ok((c, file))
-}
-
-/// `qemu/virt.args` with the RAM size replaced (`-m`) and properties of `-machine` set, e.g.
-/// `("virtualization", "off")`. Replacing keeps one `-m` on the command line (QEMU would take
-/// the last of two, but one is clearer to read).
-pub fn edit_machine_args(mut args: Vec<String>, mem: Option<&str>, machine: &[(&str, &str)]) -> Vec<String> {
-    if let Some(mem) = mem {
-        match args.iter().position(|a| a == "-m") {
-            Some(i) if i + 1 < args.len() => args[i + 1] = mem.to_string(),
-            _ => args.extend(["-m".to_string(), mem.to_string()]),
-        }
-    }
-    if let Some(i) = args.iter().position(|a| a == "-machine").filter(|i| i + 1 < args.len()) {
-        let mut props: Vec<String> = args[i + 1].split(',').map(String::from).collect();
-        for (key, value) in machine {
-            let prop = format!("{key}={value}");
-            match props.iter_mut().find(|p| p.split_once('=').is_some_and(|(k, _)| k == *key)) {
-                Some(p) => *p = prop,
-                None => props.push(prop),
-            }
-        }
-        args[i + 1] = props.join(",");
-    }
-    args
+    Ok((m.args(["-append", &bootargs]), file))
 }
 
 // ---- The bare-QEMU baseline and the boot measurement ----------------------------------------
@@ -574,19 +549,13 @@ pub fn edit_machine_args(mut args: Vec<String>, mem: Option<&str>, machine: &[(&
 /// EL2 (`virtualization=off`), `run.vcpus` CPUs, `run.mem_mib` of RAM and MTE as asked;
 /// QEMU answers PSCI itself. Pointer authentication is always there (`-cpu max`); `protected`
 /// and `vms` mean nothing here.
-pub fn bare_command(run: &LinuxRun) -> Command {
-    let mut c = Command::new("qemu-system-aarch64");
-    let machine = [("virtualization", "off"), ("mte", if run.mte { "on" } else { "off" })];
-    c.args(edit_machine_args(machine_args(), Some(&format!("{}M", run.mem_mib)), &machine))
-        .args(["-smp", &run.vcpus.to_string()])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&run.kernel);
+pub fn bare_machine(run: &LinuxRun) -> Result<Machine, String> {
+    let props = [("virtualization", "off"), ("mte", if run.mte { "on" } else { "off" })];
+    let mut m = Machine::virt()?.mem(&format!("{}M", run.mem_mib)).machine_properties(&props).smp(run.vcpus).serial_on_stdio().kernel(&run.kernel);
     if let Some(initrd) = &run.initrd {
-        c.arg("-initrd").arg(initrd);
+        m = m.args(["-initrd", &initrd.display().to_string()]);
     }
-    c.args(["-append", &run.cmdline]);
-    c
+    Ok(m.args(["-append", &run.cmdline]))
 }
 
 /// The check list for a VM of `cpus` CPUs, with or without MTE (pointer authentication is
@@ -633,19 +602,18 @@ impl BootReport {
 /// time (`shift=0`), and while every CPU waits, virtual time jumps to the next timer deadline at
 /// once (`sleep=off`) instead of running with the wall clock, so idle stretches do not add
 /// host noise (two bare boots to userspace differ by about 0.003%; with `sleep=on`, by 0.3%).
-pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=off"];
+pub const ICOUNT: &str = "shift=0,sleep=off";
 
-/// The benchmark's figure for one QEMU command that boots a Linux guest with the project's
-/// initramfs (`bare_command` or `hyp_command`): the guest's virtual counter at the first
+/// The benchmark's figure for one QEMU machine that boots a Linux guest with the project's
+/// initramfs (`bare_machine` or `hyp_machine`): the guest's virtual counter at the first
 /// userspace line, in ns, under [`ICOUNT`] (added here). On bare QEMU that counts from the
 /// machine's start (no EL2: no offset); under the hypervisor too, as long as the VM's
 /// `CNTVOFF_EL2` is 0 (EL2's default; the host's `host: bench: VM ... kernel entry at
 /// CNTPCT=.. CNTVOFF_EL2=..` line says where its kernel started and with which offset, and
 /// `cargo xtask bench` measures both from the kernel's first instruction). Fails
 /// unless the guest reaches userspace and every VM passes its checks.
-pub fn ns_to_userspace(mut cmd: Command, vms: usize, timeout: Duration, echo: bool) -> Result<(u64, BootReport), String> {
-    cmd.args(ICOUNT);
-    let r = boot(cmd, timeout, echo)?;
+pub fn ns_to_userspace(machine: Machine, vms: usize, timeout: Duration, echo: bool) -> Result<(u64, BootReport), String> {
+    let r = boot(&machine.icount(ICOUNT), timeout, echo)?;
     if r.exit.is_none() {
         return Err(format!("the guest did not power off within {} s", timeout.as_secs()));
     }
@@ -665,57 +633,25 @@ fn parse_stamp(line: &str) -> Option<(u64, u64)> {
     Some((cntvct, cntfrq))
 }
 
-/// Runs a QEMU command that boots a Linux guest with the project's initramfs to its end (the
+/// Runs a QEMU machine that boots a Linux guest with the project's initramfs to its end (the
 /// guest powers off), reading the console; `echo` prints every line. The benchmark calls it
-/// with the bare command and with the hypervisor's, both under `-icount shift=0`, and compares
+/// with the bare machine and with the hypervisor's, both under `-icount shift=0`, and compares
 /// [`BootReport::ns_to_userspace`].
-pub fn boot(mut cmd: Command, timeout: Duration, echo: bool) -> Result<BootReport, String> {
-    let start = Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    let out = child.stdout.take().ok_or("no QEMU output")?;
-    let err = child.stderr.take().ok_or("no QEMU output")?;
-    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send((Instant::now(), l)))));
-    std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| drop(tx2.send((Instant::now(), format!("qemu: {l}"))))));
-    let mut report = BootReport::default();
-    let deadline = start + timeout;
-    let take = |(at, line): (Instant, String), report: &mut BootReport| {
-        let line = line.trim_end_matches('\r').to_string();
-        if echo {
-            println!("    | {line}");
-        }
+pub fn boot(machine: &Machine, timeout: Duration, echo: bool) -> Result<BootReport, String> {
+    let out = qemu::Run::new(machine).deadline(timeout).echo(echo).label_stderr("qemu: ").wait()?;
+    let mut report = BootReport { wall_total: out.wall, exit: out.code(), ..Default::default() };
+    for line in out.lines {
         if report.stamp.is_none() {
-            if let Some(s) = parse_stamp(&line) {
+            if let Some(s) = parse_stamp(&line.text) {
                 report.stamp = Some(s);
-                report.wall_to_userspace = Some(at - start);
+                report.wall_to_userspace = Some(line.at);
             }
         }
-        if line.contains("PKVM-CHECK: passed") || line.contains("PKVM-CHECK: failed") {
-            report.summaries.push(line.clone());
+        if line.text.contains("PKVM-CHECK: passed") || line.text.contains("PKVM-CHECK: failed") {
+            report.summaries.push(line.text.clone());
         }
-        report.lines.push(line);
-    };
-    let status = loop {
-        while let Ok(l) = rx.try_recv() {
-            take(l, &mut report);
-        }
-        match child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
-            Some(st) => break Some(st),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    report.wall_total = start.elapsed();
-    // The readers end when QEMU's pipes close.
-    for l in rx.iter() {
-        take(l, &mut report);
+        report.lines.push(line.text);
     }
-    report.exit = status.and_then(|s| s.code());
     Ok(report)
 }
 
@@ -749,7 +685,7 @@ pub fn bare(args: &[String]) -> Result<(), String> {
         vms: 1,
     };
     run.validate()?;
-    let cmd = bare_command(&run);
+    let machine = bare_machine(&run)?;
     let icount = flags.has("--icount");
     let timeout = Duration::from_secs(flags.number("--timeout", 240, 1..=3600)? as u64);
     println!(
@@ -760,7 +696,7 @@ pub fn bare(args: &[String]) -> Result<(), String> {
     );
     if icount {
         // The benchmark's own measurement, so the baseline figure is the one it compares.
-        let (ns, r) = ns_to_userspace(cmd, 1, timeout, true)?;
+        let (ns, r) = ns_to_userspace(machine, 1, timeout, true)?;
         println!(
             "xtask: wall time {:.1} s; first userspace line at {ns} ns of virtual time = instructions (all CPUs) and skipped idle time",
             r.wall_total.as_secs_f64()
@@ -768,7 +704,7 @@ pub fn bare(args: &[String]) -> Result<(), String> {
         println!("xtask: bare QEMU baseline: {}", r.summaries[0].trim());
         return Ok(());
     }
-    let r = boot(cmd, timeout, true)?;
+    let r = boot(&machine, timeout, true)?;
     let to_user = r.wall_to_userspace.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64()));
     let counter = match (r.stamp, r.ns_to_userspace()) {
         (Some((cntvct, cntfrq)), Some(ns)) => format!(" (CNTVCT {cntvct} at {cntfrq} Hz: {:.2} s of guest time)", ns as f64 / 1e9),
@@ -888,20 +824,6 @@ Package: busybox-static\nSource: busybox (1:1.35.0-4+deb12u1)\nVersion: 1:1.35.0
         );
         let bare = LinuxRun { initrd: None, cmdline: String::new(), protected: false, vms: 2, ..run };
         assert_eq!(bare.bootargs(Staged { kernel: 10, initrd: None }), "scenario=linux mem=512 vcpus=2 protected=0 mte=1 ptrauth=0 vms=2 guest=0x48000000,10");
-    }
-
-    #[test]
-    fn machine_args_are_edited_not_duplicated() {
-        let base: Vec<String> = ["-machine", "virt,virtualization=on,secure=off,mte=on", "-m", "1G", "-nic", "none"].iter().map(|s| s.to_string()).collect();
-        let e = edit_machine_args(base.clone(), Some("2G"), &[("virtualization", "off"), ("mte", "off"), ("its", "off")]);
-        assert_eq!(e, ["-machine", "virt,virtualization=off,secure=off,mte=off,its=off", "-m", "2G", "-nic", "none"]);
-        assert_eq!(e.iter().filter(|a| *a == "-m").count(), 1);
-        let no_m: Vec<String> = base[..2].to_vec();
-        assert_eq!(edit_machine_args(no_m, Some("512M"), &[])[2..], ["-m", "512M"]);
-        // The project's machine file has what the edits expect.
-        let real = edit_machine_args(machine_args(), Some("2G"), &[("virtualization", "off")]);
-        assert!(real.iter().any(|a| a.starts_with("virt,") && a.contains("virtualization=off") && !a.contains("virtualization=on")), "{real:?}");
-        assert!(real.windows(2).any(|w| w[0] == "-m" && w[1] == "2G"));
     }
 
     #[test]

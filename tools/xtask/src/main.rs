@@ -29,11 +29,13 @@ mod check_docs;
 mod cli;
 mod cpio;
 mod linux;
+mod qemu;
 mod scenario;
 mod tcb;
 
 use std::path::{Path, PathBuf};
-use std::process::{exit, Command, ExitStatus, Stdio};
+use qemu::Machine;
+use std::process::{exit, Command, Stdio};
 
 pub const TARGET: &str = "aarch64-unknown-none-softfloat";
 
@@ -157,34 +159,13 @@ const POWER_OFF_STUB: [u8; 16] = [
 fn dry_boot() -> Result<(), String> {
     let stub = std::env::temp_dir().join(format!("xtask-dry-boot-{}.bin", std::process::id()));
     std::fs::write(&stub, POWER_OFF_STUB).map_err(|e| format!("{}: {e}", stub.display()))?;
-    let child = Command::new("qemu-system-aarch64")
-        .args(machine_args())
-        .args(["-smp", "1", "-display", "none", "-monitor", "none", "-serial", "none", "-kernel"])
-        .arg(&stub)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"));
-    let result = child.and_then(|mut child| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    break if status.success() { Ok(()) } else { Err(dry_boot_failure(&err, status.code())) };
-                }
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err("QEMU started the machine of qemu/virt.args but the power-off stub did not end it within 30 s".into());
-                }
-                Err(e) => break Err(format!("waiting for QEMU: {e}")),
-            }
+    let result = Machine::virt().and_then(|m| {
+        let machine = m.smp(1).args(["-display", "none", "-monitor", "none", "-serial", "none"]).kernel(&stub);
+        let out = qemu::Run::new(&machine).deadline(std::time::Duration::from_secs(30)).wait()?;
+        match out.status {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(dry_boot_failure(&out.texts().join("\n"), status.code())),
+            None => Err("QEMU started the machine of qemu/virt.args but the power-off stub did not end it within 30 s".into()),
         }
     });
     let _ = std::fs::remove_file(&stub);
@@ -287,39 +268,17 @@ fn build(tc: &Toolchain, flavour: Flavour) -> Result<Images, String> {
     Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host"), guests: dir })
 }
 
-/// The machine arguments from `qemu/virt.args` (one per line, `#` comments).
-fn machine_args() -> Vec<String> {
-    let path = root().join("qemu/virt.args");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        eprintln!("xtask: error: {}: {e}", path.display());
-        exit(1)
-    });
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
-}
-
-/// The QEMU command line for `images` with `smp` CPUs, boot arguments `bootargs` and the guest
+/// The QEMU machine for `images` with `smp` CPUs, boot arguments `bootargs` and the guest
 /// image `guest` staged for the host.
-pub fn qemu_command(images: &Images, smp: u32, bootargs: &str, guest: &Path) -> Command {
+pub fn qemu_machine(images: &Images, smp: u32, bootargs: &str, guest: &Path) -> Result<Machine, String> {
     let size = std::fs::metadata(guest).map(|m| m.len()).unwrap_or(0);
-    let mut c = hyp_machine(images, machine_args(), smp, guest);
-    c.args(["-append", &format!("{bootargs} guest={GUEST_STAGING:#x},{size}")]);
-    c
+    Ok(hyp_machine(images, Machine::virt()?, smp, guest).args(["-append", &format!("{bootargs} guest={GUEST_STAGING:#x},{size}")]))
 }
 
-/// QEMU running the machine `machine` with `smp` CPUs, EL2 and the host, and `guest` staged
-/// for the host at [`GUEST_STAGING`]; the caller adds the host's boot arguments (`-append`).
-pub fn hyp_machine(images: &Images, machine: Vec<String>, smp: u32, guest: &Path) -> Command {
-    let mut c = Command::new("qemu-system-aarch64");
-    c.args(machine)
-        .args(["-smp", &smp.to_string()])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&images.el2)
-        .arg("-device")
-        .arg(format!("loader,file={}", images.host.display()))
-        .arg("-device")
-        .arg(format!("loader,file={},addr={GUEST_STAGING:#x},force-raw=on", guest.display()));
-    c
+/// `machine` with `smp` CPUs, EL2 and the host, and `guest` staged for the host at
+/// [`GUEST_STAGING`]; the caller adds the host's boot arguments (`-append`).
+pub fn hyp_machine(images: &Images, machine: Machine, smp: u32, guest: &Path) -> Machine {
+    machine.smp(smp).serial_on_stdio().kernel(&images.el2).loader(&images.host, None).loader(guest, Some(GUEST_STAGING))
 }
 
 /// Writes the loadable segments of an ELF64 file as a flat binary starting at the lowest
@@ -418,16 +377,16 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     let vm = if flags.has("--non-protected") { "plain" } else { "protected" };
     let extra = flags.value("--args").unwrap_or_default();
-    let mut cmd = qemu_command(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest);
+    let mut machine = qemu_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest)?;
     if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
-        cmd.args(["-s", "-S"]);
+        machine = machine.args(["-s", "-S"]);
     }
     println!(
         "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} as a {vm} VM with {vcpus} vCPU(s)); the host powers off when done",
         guest.display()
     );
-    let status: ExitStatus = cmd.stdin(Stdio::null()).status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let status = machine.run_attached(false)?;
     match status.code() {
         Some(0) => {
             println!("xtask: QEMU exited 0: all went well");
@@ -477,10 +436,10 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
     run.validate()?;
     let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
     let images = build(&tc, flavour)?;
-    let (mut cmd, _cmdline_file) = linux::hyp_command(&images, smp, &run, flags.value("--args").unwrap_or_default())?;
+    let (mut machine, _cmdline_file) = linux::hyp_machine(&images, smp, &run, flags.value("--args").unwrap_or_default())?;
     if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
-        cmd.args(["-s", "-S"]);
+        machine = machine.args(["-s", "-S"]);
     }
     println!(
         "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with Linux {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}{}",
@@ -492,7 +451,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
     );
     println!("xtask: guest command line: {}", run.cmdline);
     // The console is the terminal's: a shell in the guest can be used (Ctrl-C ends QEMU).
-    let status: ExitStatus = cmd.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let status = machine.run_attached(true)?;
     match status.code() {
         Some(0) => {
             println!("xtask: QEMU exited 0: all went well");
@@ -567,11 +526,5 @@ mod tests {
             assert!(listed.contains(b), "guest {b} missing from BUNDLED_GUESTS");
         }
         assert_eq!(bins.len(), listed.len(), "BUNDLED_GUESTS names a guest that is not built");
-    }
-
-    #[test]
-    fn the_machine_has_no_network_card() {
-        let args = machine_args();
-        assert!(args.windows(2).any(|w| w[0] == "-nic" && w[1] == "none"), "qemu/virt.args must say -nic none");
     }
 }

@@ -45,14 +45,13 @@
 //! warning or error EL2 logs, and any host failure.
 
 use crate::linux::{self, LinuxRun};
-use crate::{elf_symbol, qemu_command, root, Images};
+use crate::qemu;
+use crate::{elf_symbol, qemu_machine, root, Images};
 use shared_abi::layout::run_status;
 use shared_abi::msg::exit;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_FORBID: &[&str] = &["EL2 FATAL", "EL2 PANIC", "] WARN", "] ERROR", "host: FAIL"];
@@ -315,97 +314,38 @@ fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, ver
     let expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
     // The command-line file of a Linux run lives until QEMU has exited.
     let mut _cmdline_file = None;
-    let mut cmd = match &s.linux {
-        Some(keys) if keys.bare => match linux_run(&LinuxKeys { vcpus: s.smp, ..keys.clone() }, debian).and_then(|run| run.validate().map(|_| run)) {
-            Ok(run) => linux::bare_command(&run),
-            Err(e) => return (Err(e), vec![]),
-        },
-        Some(keys) => match linux_run(keys, debian).and_then(|run| linux::hyp_command(images, s.smp, &run, &args)) {
-            Ok((cmd, file)) => {
-                _cmdline_file = file;
-                cmd
-            }
-            Err(e) => return (Err(e), vec![]),
-        },
-        None => match images.guest(&s.guest) {
-            Ok(guest) => qemu_command(images, s.smp, &args, &guest),
-            Err(e) => return (Err(e), vec![]),
-        },
+    let machine = match &s.linux {
+        Some(keys) if keys.bare => linux_run(&LinuxKeys { vcpus: s.smp, ..keys.clone() }, debian).and_then(|run| run.validate().and_then(|_| linux::bare_machine(&run))),
+        Some(keys) => linux_run(keys, debian).and_then(|run| linux::hyp_machine(images, s.smp, &run, &args)).map(|(machine, file)| {
+            _cmdline_file = file;
+            machine
+        }),
+        None => images.guest(&s.guest).and_then(|guest| qemu_machine(images, s.smp, &args, &guest)),
+    };
+    let mut machine = match machine {
+        Ok(m) => m,
+        Err(e) => return (Err(e), vec![]),
     };
     if s.icount {
-        cmd.args(["-icount", "shift=0"]);
+        machine = machine.icount("shift=0");
     }
     // A monitor on a private socket, for the timeout report.
     let monitor = std::env::temp_dir().join(format!("xtask-{}-{}.mon", std::process::id(), MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let _ = std::fs::remove_file(&monitor);
-    cmd.arg("-chardev").arg(format!("socket,id=xtaskmon,path={},server=on,wait=off", monitor.display()));
-    cmd.args(["-mon", "chardev=xtaskmon,mode=readline"]);
-    let mut child = match cmd
-        .stdin(if s.input.is_empty() { Stdio::null() } else { Stdio::piped() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return (Err(format!("cannot start QEMU: {e}")), vec![]),
-    };
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as _)]
-        .into_iter()
-        .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line.trim_end_matches('\r').to_string());
-            }
-        });
-    }
-    drop(tx);
-    let deadline = Instant::now() + Duration::from_secs(s.timeout);
-    let mut lines = Vec::new();
-    let mut stdin = child.stdin.take();
-    let mut inputs = s.input.iter().peekable();
-    let status = loop {
-        while let Ok(l) = rx.try_recv() {
-            if verbose {
-                println!("    | {l}");
-            }
-            if let Some((_, text)) = inputs.next_if(|(after, _)| l.contains(after.as_str())) {
-                if let Some(w) = stdin.as_mut() {
-                    let _ = w.write_all(format!("{text}\n").as_bytes());
-                    let _ = w.flush();
-                }
-            }
-            lines.push(l);
-        }
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(Ok(st)),
-            Ok(None) if Instant::now() >= deadline => {
-                let report = timeout_report(&monitor, &images.host, s.smp);
-                let _ = child.kill();
-                let _ = child.wait();
-                break Some(Err(report));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                let _ = std::fs::remove_file(&monitor);
-                return (Err(format!("waiting for QEMU: {e}")), lines);
-            }
-        }
-    };
+    let run = qemu::Run::new(&machine.monitor_socket(&monitor))
+        .deadline(Duration::from_secs(s.timeout))
+        .script(&s.input)
+        .echo(verbose)
+        .on_deadline(|| timeout_report(&monitor, &images.host, s.smp))
+        .wait();
     let _ = std::fs::remove_file(&monitor);
-    // Drain what the readers still hold.
-    for l in rx.iter() {
-        if verbose {
-            println!("    | {l}");
-        }
-        lines.push(l);
-    }
-    let status = match status {
-        Some(Ok(st)) => st,
-        Some(Err(report)) => return (Err(format!("timed out after {} s\n{report}", s.timeout)), lines),
-        None => unreachable!("the wait loop ends with a status or a timeout report"),
+    let out = match run {
+        Ok(out) => out,
+        Err(e) => return (Err(e), vec![]),
+    };
+    let lines = out.texts();
+    let Some(status) = out.status else {
+        return (Err(format!("timed out after {} s\n{}", s.timeout, out.deadline_report.unwrap_or_default())), lines);
     };
     if status.code() != Some(s.exit) {
         return (Err(format!("QEMU exit status {:?}, expected {}", status.code(), s.exit)), lines);
