@@ -21,7 +21,10 @@
 
 use crate::linux::{self, LinuxRun, ICOUNT};
 use crate::qemu;
-use crate::{qemu_machine, root, Images};
+use crate::build::{build, Flavour};
+use crate::images::{qemu_machine, Images};
+use crate::setup::setup;
+use crate::{cli, root};
 use shared_abi::bench::Stats;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -358,6 +361,24 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
     }
     r.json_extra.push(format!("\"linux_boot\": {{{}, \"host_cpus\": {HOST_CPUS}, \"target_ratio\": {LINUX_RATIO_TARGET}}}", figures.join(", ")));
     Ok(())
+}
+
+/// `cargo xtask bench`.
+pub fn command(args: &[String]) -> Result<(), String> {
+    let flags = cli::parse("bench", args, cli::BENCH_FLAGS)?;
+    if flags.has("--help") {
+        print!("{}", cli::help("bench", cli::BENCH_FLAGS));
+        return Ok(());
+    }
+    let groups: Vec<&str> = match flags.value("--only") {
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => GROUPS.to_vec(),
+    };
+    if let Some(g) = groups.iter().find(|g| !GROUPS.contains(g)) {
+        return Err(format!("--only {g:?}: the groups are {}", GROUPS.join(", ")));
+    }
+    let images = setup().and_then(|tc| build(&tc, Flavour::Release))?;
+    run(&images, &groups)
 }
 
 /// Runs the benchmarks of `groups` (all by default) and reports them.

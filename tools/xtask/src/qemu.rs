@@ -97,12 +97,6 @@ impl Machine {
         self.args(["-device", &device])
     }
 
-    /// One more argument.
-    pub fn arg(mut self, arg: &str) -> Self {
-        self.args.push(arg.to_string());
-        self
-    }
-
     /// More arguments.
     pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
         self.args.extend(args.into_iter().map(String::from));
@@ -110,6 +104,7 @@ impl Machine {
     }
 
     /// The arguments so far.
+    #[cfg(test)]
     pub fn arguments(&self) -> &[String] {
         &self.args
     }

@@ -8,7 +8,8 @@
 //! - the crates linked into EL2, with versions (procedural macros, which only run at build
 //!   time, are left out).
 
-use crate::{root, Images};
+use crate::images::Images;
+use crate::root;
 use std::path::Path;
 use std::process::Command;
 
@@ -127,7 +128,7 @@ pub fn run(images: &Images) -> Result<(), String> {
     let (text, rodata, data, bss) = sections(&images.el2)?;
     let tree = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["tree", "-p", "boot", "--target", crate::TARGET, "-e", "normal,no-proc-macro", "--prefix", "none", "--no-dedupe"])
+        .args(["tree", "-p", "boot", "--target", crate::build::TARGET, "-e", "normal,no-proc-macro", "--prefix", "none", "--no-dedupe"])
         .output()
         .map_err(|e| format!("cargo tree: {e}"))?;
     let mut crates: Vec<String> = String::from_utf8_lossy(&tree.stdout)
