@@ -2,6 +2,9 @@
 //! them (a flat copy of an image, a symbol's address).
 
 use crate::qemu::Machine;
+use object::elf::PT_LOAD;
+use object::read::elf::{ElfFile64, ProgramHeader};
+use object::{Endianness, Object, ObjectSymbol};
 use std::path::{Path, PathBuf};
 
 /// The built images.
@@ -43,55 +46,30 @@ pub fn hyp_machine(images: &Images, machine: Machine, smp: u32, guest: &Path) ->
 /// Writes the loadable segments of an ELF64 file as a flat binary starting at the lowest
 /// load address (what `objcopy -O binary` does).
 pub fn flatten_elf(elf: &Path, out: &Path) -> Result<(), String> {
-    let f = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
-    let rd = |o: usize, n: usize| -> Option<u64> { Some(f.get(o..o + n)?.iter().rev().fold(0u64, |a, b| a << 8 | *b as u64)) };
-    let bad = || format!("{}: not an ELF64 image", elf.display());
-    if f.get(..4) != Some(b"\x7fELF".as_slice()) {
-        return Err(bad());
+    let data = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let bad = |why: &str| format!("{}: not an ELF64 image: {why}", elf.display());
+    let file = ElfFile64::<Endianness>::parse(&*data).map_err(|e| bad(&e.to_string()))?;
+    let endian = file.endian();
+    let mut segments = Vec::new();
+    for ph in file.elf_program_headers().iter().filter(|ph| ph.p_type(endian) == PT_LOAD && ph.p_filesz(endian) > 0) {
+        let bytes = ph.data(endian, &*data).map_err(|()| bad("a segment lies outside the file"))?;
+        segments.push((ph.p_paddr(endian), bytes));
     }
-    let (phoff, phentsize, phnum) = (rd(32, 8).ok_or_else(bad)? as usize, rd(54, 2).ok_or_else(bad)? as usize, rd(56, 2).ok_or_else(bad)? as usize);
-    let mut segs = Vec::new();
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if rd(ph, 4) == Some(1) && rd(ph + 32, 8).unwrap_or(0) > 0 {
-            segs.push((rd(ph + 24, 8).ok_or_else(bad)?, rd(ph + 8, 8).ok_or_else(bad)? as usize, rd(ph + 32, 8).ok_or_else(bad)? as usize));
-        }
-    }
-    let base = segs.iter().map(|s| s.0).min().ok_or_else(bad)?;
-    let end = segs.iter().map(|s| s.0 + s.2 as u64).max().ok_or_else(bad)?;
-    let mut img = vec![0u8; (end - base) as usize];
-    for (paddr, off, size) in segs {
+    let base = segments.iter().map(|s| s.0).min().ok_or_else(|| bad("no loadable segment"))?;
+    let end = segments.iter().map(|(paddr, bytes)| paddr + bytes.len() as u64).max().ok_or_else(|| bad("no loadable segment"))?;
+    let mut image = vec![0u8; (end - base) as usize];
+    for (paddr, bytes) in segments {
         let at = (paddr - base) as usize;
-        img[at..at + size].copy_from_slice(f.get(off..off + size).ok_or_else(bad)?);
+        image[at..at + bytes.len()].copy_from_slice(bytes);
     }
-    std::fs::write(out, img).map_err(|e| format!("{}: {e}", out.display()))
+    std::fs::write(out, image).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 /// The address of the symbol `name` in an ELF64 file (its `.symtab`).
 pub fn elf_symbol(elf: &Path, name: &str) -> Option<u64> {
-    let f = std::fs::read(elf).ok()?;
-    let rd = |o: usize, n: usize| -> Option<u64> { Some(f.get(o..o + n)?.iter().rev().fold(0u64, |a, b| a << 8 | *b as u64)) };
-    if f.get(..4) != Some(b"\x7fELF".as_slice()) {
-        return None;
-    }
-    let (shoff, shentsize, shnum) = (rd(40, 8)? as usize, rd(58, 2)? as usize, rd(60, 2)? as usize);
-    let section = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
-    for i in 0..shnum {
-        let sh = section(i)?;
-        if rd(sh + 4, 4)? != 2 {
-            continue; // not SHT_SYMTAB
-        }
-        let (off, size, link, entsize) = (rd(sh + 24, 8)? as usize, rd(sh + 32, 8)? as usize, rd(sh + 40, 4)? as usize, rd(sh + 56, 8)? as usize);
-        let strtab = rd(section(link)? + 24, 8)? as usize;
-        for sym in (off..off.checked_add(size)?).step_by(entsize.max(1)) {
-            let name_at = strtab.checked_add(rd(sym, 4)? as usize)?;
-            let end = name_at + f.get(name_at..)?.iter().position(|&b| b == 0)?;
-            if &f[name_at..end] == name.as_bytes() {
-                return rd(sym + 8, 8);
-            }
-        }
-    }
-    None
+    let data = std::fs::read(elf).ok()?;
+    let file = ElfFile64::<Endianness>::parse(&*data).ok()?;
+    file.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address())
 }
 
 #[cfg(test)]
