@@ -5,10 +5,12 @@
 //! caller adds. [`Run`] starts a command with its output read line by line (each line stamped
 //! with the time since the start), an optional deadline (with a report taken before the kill),
 //! console input typed when a given line appears, and the exit status;
-//! [`Machine::run_attached`] gives QEMU the terminal instead.
+//! [`Machine::run_attached`] gives QEMU the terminal instead. [`Monitor`] talks to QEMU's human
+//! monitor while it runs.
 
 use crate::root;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -124,6 +126,39 @@ impl Machine {
             c.stdin(Stdio::null());
         }
         c.status().map_err(|e| format!("cannot start QEMU: {e}"))
+    }
+}
+
+/// A client of QEMU's human monitor on a Unix socket ([`Machine::monitor_socket`]).
+pub struct Monitor(UnixStream);
+
+impl Monitor {
+    /// Connects and reads the greeting up to the first prompt; a reply that takes longer than
+    /// 5 s is cut short.
+    pub fn connect(socket: &Path) -> Result<Self, String> {
+        let stream = UnixStream::connect(socket).map_err(|e| format!("QEMU monitor {}: {e}", socket.display()))?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut monitor = Self(stream);
+        monitor.read_to_prompt();
+        Ok(monitor)
+    }
+
+    /// Sends one command and returns what QEMU printed before the next prompt.
+    pub fn command(&mut self, cmd: &str) -> String {
+        let _ = self.0.write_all(format!("{cmd}\n").as_bytes());
+        self.read_to_prompt()
+    }
+
+    fn read_to_prompt(&mut self) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        while !buf.ends_with(b"(qemu) ") {
+            match self.0.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8_lossy(&buf).replace("\r\n", "\n")
     }
 }
 
@@ -360,6 +395,28 @@ mod tests {
         let out = sh("echo login:; read user; echo \"# as $user\"; read cmd; echo \"ran $cmd\"").script(&script).deadline(Duration::from_secs(20)).wait().unwrap();
         assert_eq!(out.texts(), ["login:", "# as root", "ran exit"]);
         assert_eq!(out.code(), Some(0));
+    }
+
+    #[test]
+    fn the_monitor_answers_each_command_up_to_its_prompt() {
+        let socket = std::env::temp_dir().join(format!("xtask-test-{}.mon", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let fake_qemu = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"QEMU 7.2 monitor\r\n(qemu) ").unwrap();
+            let mut line = Vec::new();
+            let mut byte = [0u8];
+            while s.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            s.write_all(format!("{}\r\nCPU#0\r\n PC=0000000040000000\r\n(qemu) ", String::from_utf8(line).unwrap()).as_bytes()).unwrap();
+        });
+        let mut mon = Monitor::connect(&socket).unwrap();
+        assert_eq!(mon.command("info registers -a"), "info registers -a\nCPU#0\n PC=0000000040000000\n(qemu) ");
+        fake_qemu.join().unwrap();
+        let _ = std::fs::remove_file(&socket);
+        assert!(Monitor::connect(&socket).err().unwrap().contains("QEMU monitor"));
     }
 
     #[test]

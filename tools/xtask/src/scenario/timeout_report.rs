@@ -4,43 +4,21 @@
 use crate::images::elf_symbol;
 use shared_abi::layout::run_status;
 use shared_abi::msg::exit;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use crate::qemu::Monitor;
 use std::path::Path;
-use std::time::Duration;
-
-/// Sends one command to QEMU's human monitor and returns what it printed before the next prompt.
-fn monitor_command(mon: &mut UnixStream, cmd: &str) -> String {
-    let _ = mon.write_all(format!("{cmd}\n").as_bytes());
-    read_to_prompt(mon)
-}
-
-fn read_to_prompt(mon: &mut UnixStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    while !buf.ends_with(b"(qemu) ") {
-        match mon.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).replace("\r\n", "\n")
-}
 
 /// What each CPU was doing when a scenario timed out: its PC and exception level (from QEMU's
 /// monitor) and, from the host's run-status table, the VM and vCPU it last ran and that run's
 /// last exit. A hang then explains itself.
 pub fn timeout_report(monitor: &Path, host_elf: &Path, cpus: u32) -> String {
-    let mut mon = match UnixStream::connect(monitor) {
+    let mut mon = match Monitor::connect(monitor) {
         Ok(m) => m,
-        Err(e) => return format!("    (no timeout report: QEMU monitor {}: {e})", monitor.display()),
+        Err(e) => return format!("    (no timeout report: {e})"),
     };
-    let _ = mon.set_read_timeout(Some(Duration::from_secs(5)));
-    read_to_prompt(&mut mon);
-    let regs = monitor_command(&mut mon, "info registers -a");
+    let regs = mon.command("info registers -a");
     let table = elf_symbol(host_elf, run_status::SYMBOL).map(|addr| {
         let words = run_status::CPUS * run_status::WORDS;
-        parse_xp(&monitor_command(&mut mon, &format!("xp /{words}gx {addr:#x}")))
+        parse_xp(&mon.command(&format!("xp /{words}gx {addr:#x}")))
     });
     let mut out = String::from("    timeout report (QEMU monitor; host run-status table):");
     for cpu in 0..cpus as usize {
