@@ -22,7 +22,7 @@
 use crate::linux::{self, LinuxRun, ICOUNT};
 use crate::qemu;
 use crate::build::{build, Flavour};
-use crate::images::{qemu_machine, Images};
+use crate::images::{test_guest_machine, Images};
 use crate::setup::setup;
 use crate::{cli, root};
 use shared_abi::bench::Stats;
@@ -129,7 +129,7 @@ struct Results {
 /// Boots one run of the host's `bench` scenarios and collects its `bench:` lines.
 fn boot(images: &Images, args: &str, r: &mut Results) -> Result<(), String> {
     let guest = images.guest("bench")?;
-    let machine = qemu_machine(images, 1, args, &guest)?.icount("shift=0");
+    let machine = test_guest_machine(images, 1, args, &guest)?.icount("shift=0");
     let out = qemu::Run::new(&machine).echo(true).stderr_to_terminal().wait()?;
     for line in out.texts() {
         if let Some((key, s)) = parse_bench_line(&line)? {

@@ -2,7 +2,7 @@
 //! (`--kernel`), on the terminal.
 
 use crate::build::{build, Flavour};
-use crate::images::qemu_machine;
+use crate::images::test_guest_machine;
 use crate::{cli, linux, setup::setup};
 use std::path::PathBuf;
 
@@ -49,7 +49,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
     }
     let vm = if flags.has("--non-protected") { "plain" } else { "protected" };
     let extra = flags.value("--args").unwrap_or_default();
-    let mut machine = qemu_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest)?;
+    let mut machine = test_guest_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest)?;
     if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
         machine = machine.args(["-s", "-S"]);

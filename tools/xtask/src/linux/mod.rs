@@ -113,7 +113,7 @@ pub fn hyp_machine(images: &Images, smp: u32, run: &LinuxRun, extra_bootargs: &s
     if !extra_bootargs.trim().is_empty() {
         bootargs = format!("{bootargs} {}", extra_bootargs.trim());
     }
-    let mut m = crate::images::hyp_machine(images, Machine::virt()?.mem(LINUX_MACHINE_RAM), smp, &run.kernel);
+    let mut m = crate::images::with_hypervisor(images, Machine::virt()?.mem(LINUX_MACHINE_RAM), smp, &run.kernel);
     if let Some(initrd) = &run.initrd {
         m = m.loader(initrd, Some(GUEST_INITRD_STAGING));
     }

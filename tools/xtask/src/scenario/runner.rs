@@ -2,7 +2,7 @@
 
 use super::format::{LinuxKeys, Scenario};
 use super::timeout_report::timeout_report;
-use crate::images::{qemu_machine, Images};
+use crate::images::{test_guest_machine, Images};
 use crate::linux::{self, LinuxRun};
 use crate::{qemu, root};
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
             _cmdline_file = file;
             machine
         }),
-        None => images.guest(&s.guest).and_then(|guest| qemu_machine(images, s.smp, &args, &guest)),
+        None => images.guest(&s.guest).and_then(|guest| test_guest_machine(images, s.smp, &args, &guest)),
     };
     let mut machine = match machine {
         Ok(m) => m,
