@@ -20,11 +20,13 @@
 //! (fixed in QEMU 8.0, which splits the slice). Without `-icount` the figures would be wall time.
 
 use crate::linux::{self, LinuxRun, ICOUNT};
-use crate::{qemu_command, root, Images};
+use crate::qemu;
+use crate::build::{build, Flavour};
+use crate::images::{test_guest_machine, Images};
+use crate::setup::setup;
+use crate::{cli, root};
 use shared_abi::bench::Stats;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 /// What a row's figures count.
@@ -127,22 +129,17 @@ struct Results {
 /// Boots one run of the host's `bench` scenarios and collects its `bench:` lines.
 fn boot(images: &Images, args: &str, r: &mut Results) -> Result<(), String> {
     let guest = images.guest("bench")?;
-    let mut cmd = qemu_command(images, 1, args, &guest);
-    cmd.args(["-icount", "shift=0"]);
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    let out = child.stdout.take().ok_or("no QEMU output")?;
-    for line in BufReader::new(out).lines().map_while(Result::ok) {
-        let line = line.trim_end_matches('\r').to_string();
+    let machine = test_guest_machine(images, 1, args, &guest)?.icount("shift=0");
+    let out = qemu::Run::new(&machine).echo(true).stderr_to_terminal().wait()?;
+    for line in out.texts() {
         if let Some((key, s)) = parse_bench_line(&line)? {
             r.stats.insert(key, s);
         } else if line.contains("bench:") || line.contains("FAIL") || line.contains("FATAL") {
-            r.notes.push(line.clone());
+            r.notes.push(line);
         }
-        println!("    | {line}");
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!("the benchmark run {args:?} failed (QEMU exit {:?})", status.code()));
+    if out.code() != Some(0) {
+        return Err(format!("the benchmark run {args:?} failed (QEMU exit {:?})", out.code()));
     }
     Ok(())
 }
@@ -219,9 +216,8 @@ fn irq_boot(images: &Images, row: &IrqRow, n: usize) -> Result<(Stats, ExitStats
         ptrauth: false,
         vms: 1,
     };
-    let (mut cmd, _file) = linux::hyp_command(images, row.smp, &run, "")?;
-    cmd.args(ICOUNT);
-    let report = linux::boot(cmd, Duration::from_secs(180), false)?;
+    let (machine, _file) = linux::hyp_machine(images, row.smp, &run, "")?;
+    let report = linux::boot(&machine.icount(ICOUNT), Duration::from_secs(180), false)?;
     let mut got = None;
     let mut exits = None;
     for line in &report.lines {
@@ -325,13 +321,13 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
             None => {
                 println!("xtask: {} (bare QEMU at EL1, {} CPU(s), MTE)", row.key, row.cpus);
                 // QEMU's boot stub runs a handful of instructions before the kernel's first.
-                linux::ns_to_userspace(linux::bare_command(&run), 1, timeout, false)?.0
+                linux::ns_to_userspace(linux::bare_machine(&run)?, 1, timeout, false)?.0
             }
             Some(protected) => {
-                let (cmd, _file) = linux::hyp_command(images, HOST_CPUS, &run, "")?;
+                let (machine, _file) = linux::hyp_machine(images, HOST_CPUS, &run, "")?;
                 let what = if protected { "protected" } else { "non-protected" };
                 println!("xtask: {} ({HOST_CPUS} host CPU(s), a {what} VM of {} vCPU(s), MTE, PAuth)", row.key, row.cpus);
-                let (stamp_ns, report) = linux::ns_to_userspace(cmd, 1, timeout, false)?;
+                let (stamp_ns, report) = linux::ns_to_userspace(machine, 1, timeout, false)?;
                 let freq = report.stamp.map_or(0, |s| s.1);
                 let (entry, cntvoff) = report.lines.iter().find_map(|l| parse_kernel_entry(l)).ok_or(format!("{}: the host printed no kernel entry line", row.key))?;
                 let kernel_ns = stamp_ns.checked_sub(ticks_to_ns(entry, freq)).ok_or(format!("{}: the stamp is before the kernel entry", row.key))?;
@@ -365,6 +361,24 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
     }
     r.json_extra.push(format!("\"linux_boot\": {{{}, \"host_cpus\": {HOST_CPUS}, \"target_ratio\": {LINUX_RATIO_TARGET}}}", figures.join(", ")));
     Ok(())
+}
+
+/// `cargo xtask bench`.
+pub fn command(args: &[String]) -> Result<(), String> {
+    let flags = cli::parse("bench", args, cli::BENCH_FLAGS)?;
+    if flags.has("--help") {
+        print!("{}", cli::help("bench", cli::BENCH_FLAGS));
+        return Ok(());
+    }
+    let groups: Vec<&str> = match flags.value("--only") {
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => GROUPS.to_vec(),
+    };
+    if let Some(g) = groups.iter().find(|g| !GROUPS.contains(g)) {
+        return Err(format!("--only {g:?}: the groups are {}", GROUPS.join(", ")));
+    }
+    let images = setup().and_then(|tc| build(&tc, Flavour::Release))?;
+    run(&images, &groups)
 }
 
 /// Runs the benchmarks of `groups` (all by default) and reports them.

@@ -1,5 +1,6 @@
-//! Command-line flags of `cargo xtask run` and `cargo xtask test`: every flag is declared once
-//! with its help, unknown flags are errors, and limits are checked before QEMU starts.
+//! Command-line flags of `cargo xtask run`, `test`, `linux-bare` and `bench`: every flag is
+//! declared once with its help, unknown flags are errors, and limits are checked before QEMU
+//! starts. `lexopt` splits the arguments.
 
 /// One flag: its name, the name of its value (`None` for a switch) and what it does.
 pub struct Flag {
@@ -86,16 +87,24 @@ impl Parsed {
     }
 }
 
-/// Parses `args` against `flags`. Unknown flags, stray words and missing values are errors.
+/// Parses `args` against `flags` (`--flag value` or `--flag=value`). Unknown flags, stray
+/// words and missing values are errors.
 pub fn parse(command: &str, args: &[String], flags: &[Flag]) -> Result<Parsed, String> {
+    let unknown = |what: &str, arg: &str| format!("unknown {what} {arg:?} (cargo xtask {command} --help lists the flags)");
     let mut out = Parsed::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let Some(f) = flags.iter().find(|f| f.name == a) else {
-            return Err(format!("unknown {} {a:?} (cargo xtask {command} --help lists the flags)", if a.starts_with('-') { "flag" } else { "word" }));
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let name = match arg {
+            lexopt::Arg::Long(name) => format!("--{name}"),
+            lexopt::Arg::Short(c) => return Err(unknown("flag", &format!("-{c}"))),
+            lexopt::Arg::Value(word) => return Err(unknown("word", &word.to_string_lossy())),
         };
+        let Some(f) = flags.iter().find(|f| f.name == name) else { return Err(unknown("flag", &name)) };
         let value = match f.value {
-            Some(what) => Some(it.next().cloned().ok_or(format!("{} needs a value: {what}", f.name))?),
+            Some(what) => {
+                let v = parser.value().map_err(|_| format!("{} needs a value: {what}", f.name))?;
+                Some(v.into_string().map_err(|v| format!("{} {v:?}: not UTF-8", f.name))?)
+            }
             None => None,
         };
         out.0.push((f.name, value));
@@ -131,6 +140,8 @@ mod tests {
         assert!(parse("run", &args(&["demo"]), RUN_FLAGS).unwrap_err().contains("unknown word"));
         assert!(parse("run", &args(&["--vcpus"]), RUN_FLAGS).unwrap_err().contains("--vcpus needs a value"));
         assert!(parse("test", &args(&["--guest", "x"]), TEST_FLAGS).is_err(), "run's flags are not test's");
+        assert!(parse("run", &args(&["-g"]), RUN_FLAGS).unwrap_err().contains("unknown flag \"-g\""));
+        assert!(parse("run", &args(&["--gdb=yes"]), RUN_FLAGS).is_err(), "a switch takes no value");
     }
 
     #[test]
@@ -143,6 +154,9 @@ mod tests {
         assert_eq!(p.number("--vcpus", 2, 1..=8), Ok(1));
         assert_eq!(p.number("--smp", 2, 1..=8), Ok(2), "default");
         assert_eq!(p.value("--args"), Some("a=1 b=2"));
+        let p = parse("run", &args(&["--vcpus=3", "--args", "--not-a-flag"]), RUN_FLAGS).unwrap();
+        assert_eq!(p.number("--vcpus", 2, 1..=8), Ok(3));
+        assert_eq!(p.value("--args"), Some("--not-a-flag"), "a value may start with dashes");
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! - the crates linked into EL2, with versions (procedural macros, which only run at build
 //!   time, are left out).
 
-use crate::{root, Images};
+use crate::images::Images;
+use crate::root;
+use object::elf::{SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS};
+use object::read::elf::{ElfFile64, SectionHeader};
+use object::Endianness;
 use std::path::Path;
 use std::process::Command;
 
@@ -90,21 +94,16 @@ fn count_dir(dir: &Path, c: &mut Counts) {
 
 /// Section sizes of an ELF64 image: (text, rodata, data, bss) in bytes.
 fn sections(elf: &Path) -> Result<(u64, u64, u64, u64), String> {
-    let f = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
-    let rd = |o: usize, n: usize| -> u64 { f.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64)) };
-    let (shoff, shentsize, shnum) = (rd(40, 8) as usize, rd(58, 2) as usize, rd(60, 2) as usize);
+    let data = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let file = ElfFile64::<Endianness>::parse(&*data).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let endian = file.endian();
     let (mut text, mut rodata, mut data, mut bss) = (0, 0, 0, 0);
-    for i in 0..shnum {
-        let sh = shoff + i * shentsize;
-        let (ty, flags, size) = (rd(sh + 4, 4), rd(sh + 8, 8), rd(sh + 32, 8));
-        const ALLOC: u64 = 2;
-        const WRITE: u64 = 1;
-        const EXEC: u64 = 4;
-        const NOBITS: u64 = 8;
-        if flags & ALLOC == 0 {
+    for sh in file.elf_section_table().iter() {
+        let (flags, size) = (sh.sh_flags(endian), sh.sh_size(endian));
+        if !flags.contains(SHF_ALLOC) {
             continue;
         }
-        match (ty == NOBITS, flags & EXEC != 0, flags & WRITE != 0) {
+        match (sh.sh_type(endian) == SHT_NOBITS, flags.contains(SHF_EXECINSTR), flags.contains(SHF_WRITE)) {
             (true, _, _) => bss += size,
             (false, true, _) => text += size,
             (false, false, false) => rodata += size,
@@ -127,7 +126,7 @@ pub fn run(images: &Images) -> Result<(), String> {
     let (text, rodata, data, bss) = sections(&images.el2)?;
     let tree = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["tree", "-p", "boot", "--target", crate::TARGET, "-e", "normal,no-proc-macro", "--prefix", "none", "--no-dedupe"])
+        .args(["tree", "-p", "boot", "--target", crate::build::TARGET, "-e", "normal,no-proc-macro", "--prefix", "none", "--no-dedupe"])
         .output()
         .map_err(|e| format!("cargo tree: {e}"))?;
     let mut crates: Vec<String> = String::from_utf8_lossy(&tree.stdout)

@@ -1,11 +1,10 @@
-//! A writer for the `newc` cpio format (the "SVR4 portable ASCII" format with magic `070701`),
-//! the only archive format the Linux kernel unpacks as an initramfs. Enough for a small,
-//! uncompressed, reproducible archive: directories, regular files, symbolic links and device
-//! nodes, all owned by root with mtime 0, followed by the `TRAILER!!!` entry.
-//!
-//! One entry is a 110-byte ASCII header (the magic and thirteen 8-digit hexadecimal fields),
-//! the NUL-terminated name padded with NULs to a multiple of 4 bytes counted from the start of
-//! the header, then the data padded the same way. The kernel reads names relative to `/`.
+//! A small, uncompressed, reproducible archive in the `newc` cpio format (magic `070701`), the
+//! only archive format the Linux kernel unpacks as an initramfs: directories, regular files,
+//! symbolic links and device nodes, all owned by root with mtime 0, followed by the
+//! `TRAILER!!!` entry. The `cpio` crate writes the entries; this module checks what goes in:
+//! names relative to `/` (as the kernel reads them), each once, after its parent directory.
+
+use std::io::Write;
 
 /// File-type bits of `st_mode` (POSIX `<sys/stat.h>`).
 const S_IFDIR: u32 = 0o040000;
@@ -73,9 +72,8 @@ impl Newc {
     }
 
     /// Ends the archive with the trailer entry and returns its bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.header(0, 0, 1, 0, (0, 0), "TRAILER!!!");
-        self.out
+    pub fn finish(self) -> Vec<u8> {
+        cpio::newc::trailer(self.out).expect("writing to a Vec cannot fail")
     }
 
     fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> Result<(), CpioError> {
@@ -97,33 +95,11 @@ impl Newc {
         let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge(name.to_string()))?;
         // Inode numbers only need to differ between entries; 0 is left for the trailer.
         let ino = self.names.len() as u32 + 1;
-        self.header(ino, mode, nlink, size, rdev, name);
-        self.out.extend_from_slice(data);
-        self.pad();
+        let header = cpio::newc::Builder::new(name).ino(ino).mode(mode).nlink(nlink).rdev_major(rdev.0).rdev_minor(rdev.1);
+        let mut writer = header.write(&mut self.out, size);
+        writer.write_all(data).and_then(|_| writer.finish().map(|_| ())).expect("writing to a Vec cannot fail");
         self.names.push(name.to_string());
         Ok(())
-    }
-
-    fn header(&mut self, ino: u32, mode: u32, nlink: u32, size: u32, rdev: (u32, u32), name: &str) {
-        let namesize = name.len() as u32 + 1;
-        // ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor, rdevmajor, rdevminor,
-        // namesize, check (0: no checksum in newc).
-        let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, namesize, 0];
-        self.out.extend_from_slice(b"070701");
-        for f in fields {
-            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-    }
-
-    /// NULs up to the next multiple of 4 bytes. Every entry starts 4-byte aligned, so aligning
-    /// the archive's length aligns the offset from the entry's header too.
-    fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
-            self.out.push(0);
-        }
     }
 }
 

@@ -1,0 +1,134 @@
+//! `cargo xtask run`: the hypervisor on QEMU with a test guest, or with a Linux guest
+//! (`--kernel`), on the terminal.
+
+use crate::build::{build, Flavour};
+use crate::images::test_guest_machine;
+use crate::{cli, linux, setup::setup};
+use std::path::PathBuf;
+
+/// The largest image the host can load: QEMU stages it at GUEST_STAGING, and the host gives
+/// the VM 16 MiB of RAM, less 64 KiB for the device tree (a raw image goes at RAM + 0x80000).
+const GUEST_RAM: u64 = 16 << 20;
+const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
+const DTB_SPACE: u64 = 64 << 10;
+
+/// `cargo xtask run`.
+pub fn command(args: &[String]) -> Result<(), String> {
+    let flags = cli::parse("run", args, cli::RUN_FLAGS)?;
+    if flags.has("--help") {
+        print!("{}", cli::help("run", cli::RUN_FLAGS));
+        return Ok(());
+    }
+    // Everything that can be checked without QEMU is checked before anything is built.
+    let smp = flags.number("--smp", 2, 1..=8)?;
+    if let Some(kernel) = flags.value("--kernel") {
+        return run_linux(&flags, kernel, smp);
+    }
+    if let Some(f) = cli::LINUX_ONLY_FLAGS.iter().find(|f| flags.has(f)) {
+        return Err(format!("{f} is for a Linux guest: add --kernel FILE (or --kernel debian)"));
+    }
+    let vcpus = flags.number("--vcpus", 2, 1..=8)?;
+    let scenario = flags.value("--scenario").unwrap_or("demo").to_string();
+    if scenario == "demo" && vcpus > smp {
+        return Err(format!("--vcpus {vcpus}: the demo runs one vCPU per host CPU, so at most --smp ({smp})"));
+    }
+    let tc = setup()?;
+    let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
+    let images = build(&tc, flavour)?;
+    let guest = images.guest(flags.value("--guest").unwrap_or("demo"))?;
+    let size = std::fs::metadata(&guest).map_err(|e| format!("{}: {e}", guest.display()))?.len();
+    let is_elf = std::fs::read(&guest).ok().is_some_and(|b| b.starts_with(b"\x7fELF"));
+    let limit = if is_elf { GUEST_RAM - DTB_SPACE } else { GUEST_RAM - RAW_IMAGE_OFFSET - DTB_SPACE };
+    if size > limit {
+        return Err(format!(
+            "guest image {} is {size} bytes: the limit is {limit} bytes ({} MiB of guest RAM{})",
+            guest.display(),
+            GUEST_RAM >> 20,
+            if is_elf { ", less the device tree" } else { ", less the 0x80000 load offset and the device tree" }
+        ));
+    }
+    let vm = if flags.has("--non-protected") { "plain" } else { "protected" };
+    let extra = flags.value("--args").unwrap_or_default();
+    let mut machine = test_guest_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest)?;
+    if flags.has("--gdb") {
+        println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
+        machine = machine.args(["-s", "-S"]);
+    }
+    println!(
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} as a {vm} VM with {vcpus} vCPU(s)); the host powers off when done",
+        guest.display()
+    );
+    let status = machine.run_attached(false)?;
+    match status.code() {
+        Some(0) => {
+            println!("xtask: QEMU exited 0: all went well");
+            Ok(())
+        }
+        code => Err(format!("QEMU exited with {code:?}: the run failed (see the log above)")),
+    }
+}
+
+/// `run --kernel`: a Linux guest under the hypervisor (the host's `linux` scenario).
+fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> {
+    if flags.has("--guest") {
+        return Err("--guest and --kernel both name the guest: choose one".into());
+    }
+    if flags.has("--protected") && flags.has("--non-protected") {
+        return Err("--protected and --non-protected: choose one".into());
+    }
+    let vcpus = flags.number("--vcpus", 2, 1..=8)?;
+    let vms = flags.number("--vms", 1, 1..=2)?;
+    let mem_mib = linux::limits::parse_mem(flags.value("--mem").unwrap_or("512M"))?;
+    let cmdline = flags.value("--cmdline").unwrap_or(linux::DEFAULT_CMDLINE).to_string();
+    // The limits that need no file, before anything is fetched or built.
+    linux::limits::check_limits(0, None, cmdline.len(), mem_mib, vcpus, vms)?;
+    if kernel != "debian" {
+        let head = std::fs::read(kernel).map_err(|e| format!("--kernel {kernel}: {e}"))?;
+        linux::limits::check_image_header(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
+    }
+    let tc = setup()?;
+    let (kernel, default_initrd) = if kernel == "debian" {
+        let a = linux::artifacts()?;
+        (a.image, Some(a.initramfs))
+    } else {
+        (PathBuf::from(kernel), None)
+    };
+    let run = linux::LinuxRun {
+        scenario: flags.value("--scenario").unwrap_or("linux").to_string(),
+        kernel,
+        initrd: flags.value("--initrd").map(PathBuf::from).or(default_initrd),
+        cmdline,
+        mem_mib,
+        vcpus,
+        protected: !flags.has("--non-protected"),
+        mte: flags.has("--mte"),
+        ptrauth: flags.has("--ptrauth"),
+        vms,
+    };
+    run.validate()?;
+    let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
+    let images = build(&tc, flavour)?;
+    let (mut machine, _cmdline_file) = linux::hyp_machine(&images, smp, &run, flags.value("--args").unwrap_or_default())?;
+    if flags.has("--gdb") {
+        println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
+        machine = machine.args(["-s", "-S"]);
+    }
+    println!(
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with Linux {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}{}",
+        run.kernel.display(),
+        if run.protected { "protected" } else { "non-protected" },
+        if run.mte { "on" } else { "off" },
+        if run.ptrauth { "on" } else { "off" },
+        run.initrd.as_ref().map_or(String::new(), |i| format!(", initrd {}", i.display()))
+    );
+    println!("xtask: guest command line: {}", run.cmdline);
+    // The console is the terminal's: a shell in the guest can be used (Ctrl-C ends QEMU).
+    let status = machine.run_attached(true)?;
+    match status.code() {
+        Some(0) => {
+            println!("xtask: QEMU exited 0: all went well");
+            Ok(())
+        }
+        code => Err(format!("QEMU exited with {code:?}: the run failed (see the log above)")),
+    }
+}

@@ -1,0 +1,254 @@
+//! The scenario file, `tests/scenarios.txt`:
+//!
+//! ```text
+//! [name]
+//! args = scenario=smp        # /chosen/bootargs for the host
+//! smp = 2                    # CPUs (default 2)
+//! exit = 0                   # expected QEMU exit status (default 0)
+//! timeout = 60               # seconds (default 60)
+//! expect = some text         # must appear in the output (any number of these)
+//! forbid = other text        # must not appear (added to the default forbidden lines)
+//! allow = EL2 FATAL          # drop a default forbidden line (for scenarios that provoke it)
+//! image = test               # boot the EL2 image with test-only hypercalls (default: release)
+//! guest = regs               # the guest image staged for the host (default: demo)
+//! icount = on                # run QEMU with -icount shift=0 (exact PMU instruction counts)
+//! expect_count = 2 some text  # must appear on exactly 2 lines
+//! default = off              # not in a plain `cargo xtask test`: `--only NAME` or `--all`
+//! ```
+//!
+//! A Linux guest (the host's `linux` scenario, see `linux/mod.rs`) instead of a test guest:
+//!
+//! ```text
+//! kernel = debian            # Debian's kernel (with the project's initramfs), or an Image file
+//! initrd = FILE              # default with debian: the project's initramfs
+//! cmdline = console=...      # the guest's command line (default linux::DEFAULT_CMDLINE)
+//! mem = 512M                 # memory of each VM (default 512M)
+//! vcpus = 2                  # vCPUs of each VM (default 2)
+//! vms = 1                    # identical VMs at once (default 1)
+//! protected = on             # on or off (default on)
+//! mte = on                   # give the VMs MTE (default off)
+//! ptrauth = on               # give the VMs pointer authentication (default off)
+//! bare = on                  # no hypervisor: the same guest on bare QEMU at EL1 with `smp`
+//!                            # CPUs (the baseline that proves the guest's checks right)
+//! ```
+//!
+//! `args` then adds to the host's boot arguments. If the Linux artifacts are missing and
+//! `XTASK_LINUX_OPTIONAL=1` (see `linux::OPTIONAL_ENV`), Linux scenarios are skipped, not failed.
+//!
+//! `{seed}` in `args` and `expect` lines becomes a fresh random number on every run, printed so
+//! that a failure can be replayed.
+//!
+//! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
+//! warning or error EL2 logs, and any host failure.
+
+use crate::linux;
+
+#[derive(Debug, Default)]
+pub struct Scenario {
+    pub name: String,
+    pub args: String,
+    pub smp: u32,
+    pub exit: i32,
+    pub timeout: u64,
+    pub expect: Vec<String>,
+    pub forbid: Vec<String>,
+    pub allow: Vec<String>,
+    pub test_image: bool,
+    pub guest: String,
+    pub icount: bool,
+    pub expect_count: Vec<(usize, String)>,
+    /// Console input: once a line containing the first text has appeared, the second is typed
+    /// into QEMU's console (with a newline), in order.
+    pub input: Vec<(String, String)>,
+    /// In a plain `cargo xtask test` (`default = off` clears it).
+    pub default: bool,
+    pub linux: Option<LinuxKeys>,
+}
+
+/// The keys of a Linux scenario, before the files are known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinuxKeys {
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub cmdline: String,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub vms: u32,
+    pub protected: bool,
+    pub mte: bool,
+    pub ptrauth: bool,
+    pub bare: bool,
+}
+
+impl Default for LinuxKeys {
+    fn default() -> Self {
+        Self {
+            kernel: String::new(),
+            initrd: None,
+            cmdline: linux::DEFAULT_CMDLINE.into(),
+            mem_mib: 512,
+            vcpus: 2,
+            vms: 1,
+            protected: true,
+            mte: false,
+            ptrauth: false,
+            bare: false,
+        }
+    }
+}
+
+const LINUX_KEYS: &[&str] = &["kernel", "initrd", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
+
+pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
+    let mut out: Vec<Scenario> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            out.push(Scenario { name: name.into(), smp: 2, timeout: 60, guest: "demo".into(), default: true, ..Default::default() });
+            continue;
+        }
+        let s = out.last_mut().ok_or(format!("line {}: setting before any [scenario]", n + 1))?;
+        let (k, v) = line.split_once('=').ok_or(format!("line {}: expected key = value", n + 1))?;
+        let v = v.trim().to_string();
+        let bad = |what: &str| format!("line {}: bad {what}", n + 1);
+        let on_off = |what: &str| match v.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(bad(&format!("{what} (on or off)"))),
+        };
+        let k = k.trim();
+        if LINUX_KEYS.contains(&k) {
+            if k != "kernel" && s.linux.is_none() {
+                return Err(format!("line {}: {k} is for a Linux scenario: put kernel = ... first", n + 1));
+            }
+            let l = s.linux.get_or_insert_with(LinuxKeys::default);
+            match k {
+                "kernel" => l.kernel = v.clone(),
+                "initrd" => l.initrd = Some(v.clone()),
+                "cmdline" => l.cmdline = v.clone(),
+                "mem" => l.mem_mib = linux::limits::parse_mem(&v).map_err(|e| format!("line {}: {e}", n + 1))?,
+                "vcpus" => l.vcpus = v.parse().map_err(|_| bad("vcpus"))?,
+                "vms" => l.vms = v.parse().map_err(|_| bad("vms"))?,
+                "protected" => l.protected = on_off("protected")?,
+                "mte" => l.mte = on_off("mte")?,
+                "bare" => l.bare = on_off("bare")?,
+                _ => l.ptrauth = on_off("ptrauth")?,
+            }
+            continue;
+        }
+        match k {
+            "args" => s.args = v,
+            "smp" => s.smp = v.parse().map_err(|_| bad("smp"))?,
+            "exit" => s.exit = v.parse().map_err(|_| bad("exit"))?,
+            "timeout" => s.timeout = v.parse().map_err(|_| bad("timeout"))?,
+            "expect" => s.expect.push(v),
+            "forbid" => s.forbid.push(v),
+            "allow" => s.allow.push(v),
+            "guest" => s.guest = v,
+            "icount" => s.icount = v == "on",
+            "default" => s.default = on_off("default")?,
+            "input" => {
+                let (after, text) = v.split_once("=>").ok_or(bad("input (TEXT SEEN => TEXT TO TYPE)"))?;
+                s.input.push((after.trim().to_string(), text.trim().to_string()));
+            }
+            "expect_count" => {
+                let (count, text) = v.split_once(' ').ok_or(bad("expect_count (N text)"))?;
+                s.expect_count.push((count.parse().map_err(|_| bad("expect_count (N text)"))?, text.trim().to_string()));
+            }
+            "image" => {
+                s.test_image = match v.as_str() {
+                    "test" => true,
+                    "release" => false,
+                    _ => return Err(bad("image (release or test)")),
+                }
+            }
+            other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::root;
+    use crate::scenario::runner::linux_run;
+
+    #[test]
+    fn parses_scenarios_and_defaults() {
+        let s = parse("# c\n[a]\nargs = scenario=x\nexpect = hello = world\n[b]\nsmp = 1\nexit = 1\nimage = test\nallow = X\n").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].args, "scenario=x");
+        assert_eq!(s[0].expect, vec!["hello = world"]);
+        assert_eq!((s[0].smp, s[0].exit, s[0].timeout), (2, 0, 60));
+        assert_eq!((s[1].smp, s[1].exit), (1, 1));
+        assert!(s[1].test_image && !s[0].test_image);
+        assert_eq!(s[1].allow, vec!["X"]);
+    }
+
+    #[test]
+    fn rejects_malformed_files() {
+        assert!(parse("args = x\n").is_err());
+        assert!(parse("[a]\nnonsense\n").is_err());
+        assert!(parse("[a]\nsmp = two\n").is_err());
+        assert!(parse("[a]\ncolour = red\n").is_err());
+        assert!(parse("[a]\nimage = debug\n").is_err());
+    }
+
+    #[test]
+    fn parses_linux_scenarios() {
+        let s = parse("[l]\ndefault = off\nkernel = debian\nmem = 1G\nvms = 2\nprotected = off\nmte = on\ncmdline = console=ttyAMA0 pkvm.check=cpus=2\nexpect_count = 2 PKVM-CHECK: passed 1/1\n[plain]\nexpect = x\n").unwrap();
+        let l = s[0].linux.as_ref().unwrap();
+        assert_eq!((l.kernel.as_str(), l.mem_mib, l.vms, l.vcpus, l.protected, l.mte, l.ptrauth), ("debian", 1024, 2, 2, false, true, false));
+        assert_eq!(l.cmdline, "console=ttyAMA0 pkvm.check=cpus=2");
+        assert_eq!(s[0].expect_count, vec![(2, "PKVM-CHECK: passed 1/1".to_string())]);
+        assert!(!s[0].default && s[1].default && s[1].linux.is_none());
+        let run = linux_run(l, None);
+        assert!(run.unwrap_err().contains("no Debian kernel"));
+        let file = linux_run(&LinuxKeys { kernel: "my/Image".into(), ..l.clone() }, None).unwrap();
+        assert_eq!((file.kernel, file.initrd, file.protected), (root().join("my/Image"), None, false));
+    }
+
+    #[test]
+    fn rejects_malformed_linux_keys() {
+        assert!(parse("[a]\nmem = 512M\n").unwrap_err().contains("put kernel = ... first"));
+        assert!(parse("[a]\nkernel = debian\nmem = 512\n").unwrap_err().contains("unit M or G"));
+        assert!(parse("[a]\nkernel = debian\nmte = yes\n").unwrap_err().contains("mte (on or off)"));
+        assert!(parse("[a]\ndefault = no\n").is_err());
+        assert!(parse("[a]\nexpect_count = two x\n").is_err());
+        assert!(parse("[a]\nexpect_count = 2\n").is_err());
+        assert!(parse("[a]\ninput = no arrow\n").is_err());
+        let s = parse("[a]\ninput = login: => root\ninput = # => exit\n").unwrap();
+        assert_eq!(s[0].input, vec![("login:".to_string(), "root".to_string()), ("#".to_string(), "exit".to_string())]);
+    }
+
+    #[test]
+    fn the_bundled_linux_scenarios_are_within_the_limits() {
+        let text = std::fs::read_to_string(root().join("tests/scenarios.txt")).unwrap();
+        let linux: Vec<_> = parse(&text).unwrap().into_iter().filter(|s| s.linux.is_some()).collect();
+        assert!(linux.len() >= 3);
+        for s in &linux {
+            let l = s.linux.as_ref().unwrap();
+            linux::limits::check_limits(1, Some(1), l.cmdline.len(), l.mem_mib, l.vcpus, l.vms).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            if l.kernel != "debian" {
+                // A test guest in the Linux VM (the benchmarks' interrupt guest): no userspace.
+                assert!(l.kernel.starts_with("target/"), "{}: a kernel other than debian is a built test guest", s.name);
+                continue;
+            }
+            // Checks from the command line, or typed into the console.
+            assert!(l.cmdline.contains("pkvm.check=") || s.input.iter().any(|(_, t)| t.contains("pkvm-check")), "{}: checks nothing", s.name);
+            assert!(s.expect.iter().chain(s.expect_count.iter().map(|e| &e.1)).any(|e| e.contains("PKVM-CHECK: passed")), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn the_bundled_scenario_file_parses() {
+        let text = std::fs::read_to_string(root().join("tests/scenarios.txt")).unwrap();
+        let s = parse(&text).unwrap();
+        assert!(s.len() >= 4);
+        assert!(s.iter().all(|s| !s.expect.is_empty()), "every scenario checks something");
+    }
+}

@@ -1,0 +1,106 @@
+//! The QEMU scenario runner: boots the real images, captures the serial console, and checks
+//! expected lines, forbidden lines and QEMU's exit status, with a timeout. The scenarios are
+//! data, in `tests/scenarios.txt` (the format: `format.rs`); a scenario that times out reports
+//! what each CPU was doing (`timeout_report.rs`).
+
+mod format;
+mod runner;
+mod timeout_report;
+
+use crate::images::Images;
+use crate::{linux, root};
+use format::parse;
+use runner::run_one;
+use std::time::Instant;
+
+/// Runs every scenario in the default suite (with `all`, every scenario; or those named in
+/// `only`, comma-separated), each `repeat` times in a row, and prints a summary.
+pub fn run_all(release: &Images, test_hooks: &Images, only: Option<&str>, all: bool, repeat: u32, verbose: bool) -> Result<(), String> {
+    let path = root().join("tests/scenarios.txt");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let scenarios = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let wanted: Option<Vec<&str>> = only.map(|o| o.split(',').map(str::trim).collect());
+    if let Some(w) = &wanted {
+        if let Some(unknown) = w.iter().find(|n| !scenarios.iter().any(|s| s.name == **n)) {
+            let names: Vec<_> = scenarios.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!("no scenario named {unknown:?} (there are: {})", names.join(", ")));
+        }
+    }
+    let selected: Vec<_> = scenarios
+        .iter()
+        .filter(|s| match &wanted {
+            Some(w) => w.contains(&s.name.as_str()),
+            None => s.default || all,
+        })
+        .collect();
+    let held: Vec<_> = scenarios.iter().filter(|s| !s.default && !selected.iter().any(|x| x.name == s.name)).map(|s| s.name.as_str()).collect();
+    let repeat = repeat.max(1);
+    println!("xtask: {} QEMU scenarios{}", selected.len(), if repeat > 1 { format!(", each {repeat} times in a row") } else { String::new() });
+    if !held.is_empty() {
+        println!("xtask: not run by default (default = off; --all or --only runs them): {}", held.join(", "));
+    }
+    // The Debian kernel and initramfs, made once if a selected scenario boots them.
+    let debian = selected
+        .iter()
+        .any(|s| s.linux.as_ref().is_some_and(|l| l.kernel == "debian"))
+        .then(linux::artifacts);
+    let optional = std::env::var(linux::OPTIONAL_ENV).is_ok_and(|v| v == "1");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut summary = Vec::new();
+    for s in selected {
+        let images = if s.test_image { test_hooks } else { release };
+        let wants_debian = s.linux.as_ref().is_some_and(|l| l.kernel == "debian");
+        if let (true, Some(Err(e))) = (wants_debian, &debian) {
+            if optional {
+                println!("scenario {} ... skipped: {e} ({}=1)", s.name, linux::OPTIONAL_ENV);
+                skipped += repeat.max(1);
+                continue;
+            }
+        }
+        let debian = debian.as_ref().and_then(|d| d.as_ref().ok());
+        let (mut ok, mut times) = (0u32, Vec::new());
+        for run in 1..=repeat {
+            let t = Instant::now();
+            let (r, lines) = match (&debian, wants_debian) {
+                (None, true) => (Err(linux::artifacts().err().unwrap_or_default()), vec![]),
+                _ => run_one(images, s, debian, verbose),
+            };
+            let secs = t.elapsed().as_secs_f64();
+            times.push(secs);
+            let which = if repeat > 1 { format!(" (run {run}/{repeat})") } else { String::new() };
+            match r {
+                Ok(()) => {
+                    ok += 1;
+                    if repeat == 1 || verbose {
+                        println!("scenario {}{which} ... ok ({secs:.1} s, {} checks)", s.name, s.expect.len() + 1);
+                    }
+                }
+                Err(why) => {
+                    println!("scenario {}{which} ... FAILED: {why}", s.name);
+                    for l in lines.iter().rev().take(25).collect::<Vec<_>>().into_iter().rev() {
+                        println!("    | {l}");
+                    }
+                }
+            }
+        }
+        passed += ok;
+        failed += repeat - ok;
+        if repeat > 1 {
+            let max = times.iter().copied().fold(0.0, f64::max);
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let line = format!("scenario {}: {ok}/{repeat} passed (mean {mean:.1} s, max {max:.1} s)", s.name);
+            println!("{line}");
+            summary.push(line);
+        }
+    }
+    if !summary.is_empty() {
+        println!("repeat summary:");
+        summary.iter().for_each(|l| println!("  {l}"));
+    }
+    if skipped > 0 {
+        println!("scenarios: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("scenarios: {passed} passed, {failed} failed");
+    }
+    if failed == 0 { Ok(()) } else { Err(format!("{failed} scenario run(s) failed")) }
+}

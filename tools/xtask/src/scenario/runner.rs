@@ -1,0 +1,114 @@
+//! One run of one scenario.
+
+use super::format::{LinuxKeys, Scenario};
+use super::timeout_report::timeout_report;
+use crate::images::{test_guest_machine, Images};
+use crate::linux::{self, LinuxRun};
+use crate::{qemu, root};
+use std::time::Duration;
+
+const DEFAULT_FORBID: &[&str] = &["EL2 FATAL", "EL2 PANIC", "] WARN", "] ERROR", "host: FAIL"];
+
+/// A seed for `{seed}`: the clock and the process ID, mixed.
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let x = t ^ (std::process::id() as u64).rotate_left(32) ^ MONITORS.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    // splitmix64 finaliser, then keep it short enough to type.
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 1_000_000_000
+}
+
+/// Monitor sockets made so far (their names must be unique within this run).
+static MONITORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The Linux run a scenario's keys describe, with `debian` resolved to the cached artifacts.
+pub fn linux_run(keys: &LinuxKeys, debian: Option<&linux::Artifacts>) -> Result<LinuxRun, String> {
+    let debian_or = |what: &str| debian.ok_or(format!("kernel = debian, but {what}"));
+    let (kernel, default_initrd) = if keys.kernel == "debian" {
+        let a = debian_or("no Debian kernel")?;
+        (a.image.clone(), Some(a.initramfs.clone()))
+    } else {
+        (root().join(&keys.kernel), None)
+    };
+    Ok(LinuxRun {
+        scenario: "linux".into(),
+        kernel,
+        initrd: keys.initrd.as_ref().map(|i| root().join(i)).or(default_initrd),
+        cmdline: keys.cmdline.clone(),
+        mem_mib: keys.mem_mib,
+        vcpus: keys.vcpus,
+        protected: keys.protected,
+        mte: keys.mte,
+        ptrauth: keys.ptrauth,
+        vms: keys.vms,
+    })
+}
+
+/// Outcome of one scenario: `Err` holds the reason it failed.
+pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, verbose: bool) -> (Result<(), String>, Vec<String>) {
+    let seed = fresh_seed();
+    if s.args.contains("{seed}") {
+        println!("scenario {}: fresh seed {seed} (replay: --args with seed={seed})", s.name);
+    }
+    let args = s.args.replace("{seed}", &seed.to_string());
+    let expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
+    // The command-line file of a Linux run lives until QEMU has exited.
+    let mut _cmdline_file = None;
+    let machine = match &s.linux {
+        Some(keys) if keys.bare => linux_run(&LinuxKeys { vcpus: s.smp, ..keys.clone() }, debian).and_then(|run| run.validate().and_then(|_| linux::bare_machine(&run))),
+        Some(keys) => linux_run(keys, debian).and_then(|run| linux::hyp_machine(images, s.smp, &run, &args)).map(|(machine, file)| {
+            _cmdline_file = file;
+            machine
+        }),
+        None => images.guest(&s.guest).and_then(|guest| test_guest_machine(images, s.smp, &args, &guest)),
+    };
+    let mut machine = match machine {
+        Ok(m) => m,
+        Err(e) => return (Err(e), vec![]),
+    };
+    if s.icount {
+        machine = machine.icount("shift=0");
+    }
+    // A monitor on a private socket, for the timeout report.
+    let monitor = std::env::temp_dir().join(format!("xtask-{}-{}.mon", std::process::id(), MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&monitor);
+    let run = qemu::Run::new(&machine.monitor_socket(&monitor))
+        .deadline(Duration::from_secs(s.timeout))
+        .script(&s.input)
+        .echo(verbose)
+        .on_deadline(|| timeout_report(&monitor, &images.host, s.smp))
+        .wait();
+    let _ = std::fs::remove_file(&monitor);
+    let out = match run {
+        Ok(out) => out,
+        Err(e) => return (Err(e), vec![]),
+    };
+    let lines = out.texts();
+    let Some(status) = out.status else {
+        return (Err(format!("timed out after {} s\n{}", s.timeout, out.deadline_report.unwrap_or_default())), lines);
+    };
+    if status.code() != Some(s.exit) {
+        return (Err(format!("QEMU exit status {:?}, expected {}", status.code(), s.exit)), lines);
+    }
+    for e in &expect {
+        if !lines.iter().any(|l| l.contains(e.as_str())) {
+            return (Err(format!("expected line missing: {e:?}")), lines);
+        }
+    }
+    for (count, e) in &s.expect_count {
+        let seen = lines.iter().filter(|l| l.contains(e.as_str())).count();
+        if seen != *count {
+            return (Err(format!("expected {count} lines with {e:?}, saw {seen}")), lines);
+        }
+    }
+    let defaults: &[&str] = if s.exit == 0 { DEFAULT_FORBID } else { &[] };
+    let defaults = defaults.iter().copied().filter(|d| !s.allow.iter().any(|a| a == d));
+    for f in defaults.chain(s.forbid.iter().map(String::as_str)) {
+        if let Some(l) = lines.iter().find(|l| l.contains(f)) {
+            return (Err(format!("forbidden line present: {l:?}")), lines);
+        }
+    }
+    (Ok(()), lines)
+}
