@@ -5,7 +5,7 @@
 //! mark the Linux boot benchmark measures from.
 
 use crate::platform::Platform;
-use crate::{gic, hvc, println, vmm};
+use crate::{gic, hyp, println, vmm};
 use shared_abi::bench::Stats;
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypercallId};
@@ -58,8 +58,8 @@ fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
 }
 
 fn create(flags: u64) -> u64 {
-    crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
-    hvc::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
+    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
+    hyp::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
 }
 
 /// For the Linux boot benchmark (`cargo xtask bench`): prints, for each Linux VM about to run
@@ -73,7 +73,7 @@ pub fn note_linux_start(vms: &[&vmm::Vm]) {
     for vm in vms {
         let now = gic::counter();
         // Readable before the first run, even for a protected VM.
-        match hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::CNTVOFF_EL2]) {
+        match hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::CNTVOFF_EL2]) {
             Ok([cntvoff, ..]) => println!(
                 "host: bench: VM {:#x} kernel entry at CNTPCT={now} CNTVOFF_EL2={cntvoff} (virtual count {})",
                 vm.handle,
@@ -121,7 +121,7 @@ pub fn run(plat: &Platform) {
     let overhead = measure("", n, 0, || {});
     println!("host: bench: counter read overhead {overhead} instructions (subtracted)");
     measure("host_null_hvc", n, overhead, || {
-        let _ = hvc::call(HypercallId::Ping, &[7]);
+        let _ = hyp::call(HypercallId::Ping, &[7]);
     });
     // Create, give memory, destroy a protected VM (destroy scrubs every page).
     let backing = vmm::alloc_pages(64 * 256);
@@ -130,8 +130,8 @@ pub fn run(plat: &Platform) {
         measure(key, n, overhead, || {
             let h = create(vm_flags::PROTECTED);
             failed |= h == 0;
-            failed |= hvc::call(HypercallId::VmAddMemory, &[h, backing, vmm::GUEST_RAM, mib * 256]).is_err();
-            failed |= hvc::call(HypercallId::VmDestroy, &[h]).is_err();
+            failed |= hyp::call(HypercallId::VmAddMemory, &[h, backing, vmm::GUEST_RAM, mib * 256]).is_err();
+            failed |= hyp::call(HypercallId::VmDestroy, &[h]).is_err();
         });
         check!(!failed, "{key}: a VM call failed");
     }

@@ -2,7 +2,7 @@
 
 use crate::platform::Platform;
 use crate::vmm::{self, NoDevice, Outcome, Stepper, TestDevice, Vm, GUEST_RAM};
-use crate::{hvc, println, PROBE};
+use crate::{hyp, println, PROBE};
 use shared_abi::layout::HYP_REGION_BASE;
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
@@ -128,19 +128,19 @@ fn lifecycle(plat: &Platform) {
 /// try to read and write the page; answer the guest's read with the verdict.
 /// `VCPU_REG_LIST` names every register, and each one it names can be read.
 fn register_list(vm: &Vm) {
-    let r = hvc::call(HypercallId::VcpuRegList, &[vm.handle, 0]);
+    let r = hyp::call(HypercallId::VcpuRegList, &[vm.handle, 0]);
     check!(r.is_ok(), "VCPU_REG_LIST: {r:?}");
-    let list: shared_abi::msg::RegList = crate::scenarios::read_msg(crate::cpu_id());
+    let list: shared_abi::msg::RegList = crate::hyp::read_msg(crate::cpu_id());
     check!(list.count == r.unwrap_or([0; 3])[0] && list.count as usize <= list.ids.len(), "VCPU_REG_LIST count {}", list.count);
     let ids = &list.ids[..list.count as usize];
     for want in [reg::x(0), reg::x(30), reg::PC, reg::PSTATE, reg::SP_EL1, reg::SYSREGS[0].1, reg::MPIDR_EL1] {
         check!(ids.contains(&want), "VCPU_REG_LIST lacks {:?}", reg::name(want));
     }
     for &id in ids {
-        let v = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]);
+        let v = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]);
         check!(v.is_ok(), "VCPU_GET_REG {:?} from the list: {v:?}", reg::name(id));
     }
-    let pc = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).unwrap_or([0; 3])[0];
+    let pc = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).unwrap_or([0; 3])[0];
     println!("host: ok: VCPU_REG_LIST names {} registers, all readable (PC {pc:#x})", list.count);
 }
 
@@ -261,8 +261,8 @@ fn regs(plat: &Platform) {
 }
 
 fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, reserved: [u64; 2]) -> Result<u64, HypError> {
-    crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, reserved });
-    hvc::call(HypercallId::VmCreate, &[]).map(|r| r[0])
+    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, reserved });
+    hyp::call(HypercallId::VmCreate, &[]).map(|r| r[0])
 }
 
 fn bad_args(plat: &Platform) {
@@ -281,18 +281,18 @@ fn bad_args(plat: &Platform) {
     }
     expect_err!(create_raw(1, 36, 0, [0; 2]), HypError::NoCapacity, "VM_CREATE beyond 16 VMs");
     for h in handles {
-        check!(hvc::call(HypercallId::VmDestroy, &[h]).is_ok(), "VM_DESTROY {h:#x}");
+        check!(hyp::call(HypercallId::VmDestroy, &[h]).is_ok(), "VM_DESTROY {h:#x}");
     }
     // Handles.
-    expect_err!(hvc::call(HypercallId::VmDestroy, &[0]), HypError::InvalidHandle, "VM_DESTROY of handle 0");
-    expect_err!(hvc::call(HypercallId::VmDestroy, &[handles[0]]), HypError::InvalidHandle, "VM_DESTROY of a destroyed VM");
-    expect_err!(hvc::call(HypercallId::VcpuRun, &[handles[0], 0, 0]), HypError::InvalidHandle, "VCPU_RUN of a destroyed VM");
-    expect_err!(hvc::call(HypercallId::VcpuRun, &[u64::MAX, 0, 0]), HypError::InvalidHandle, "VCPU_RUN of handle all-ones");
+    expect_err!(hyp::call(HypercallId::VmDestroy, &[0]), HypError::InvalidHandle, "VM_DESTROY of handle 0");
+    expect_err!(hyp::call(HypercallId::VmDestroy, &[handles[0]]), HypError::InvalidHandle, "VM_DESTROY of a destroyed VM");
+    expect_err!(hyp::call(HypercallId::VcpuRun, &[handles[0], 0, 0]), HypError::InvalidHandle, "VCPU_RUN of a destroyed VM");
+    expect_err!(hyp::call(HypercallId::VcpuRun, &[u64::MAX, 0, 0]), HypError::InvalidHandle, "VCPU_RUN of handle all-ones");
 
     // Memory.
     let a = vmm::create(1, true, 1).unwrap_or_else(|e| crate::fail::fail(format_args!("{e:?}")));
     let b = vmm::create(1, true, 1).unwrap_or_else(|e| crate::fail::fail(format_args!("{e:?}")));
-    let add = |h: u64, pa: u64, ipa: u64, n: u64| hvc::call(HypercallId::VmAddMemory, &[h, pa, ipa, n]);
+    let add = |h: u64, pa: u64, ipa: u64, n: u64| hyp::call(HypercallId::VmAddMemory, &[h, pa, ipa, n]);
     expect_err!(add(a.handle, a.backing + 8, GUEST_RAM, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned page");
     expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x800, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned IPA");
     expect_err!(add(a.handle, a.backing, GUEST_RAM, 0), HypError::OutOfRange, "VM_ADD_MEMORY of 0 pages");
@@ -300,7 +300,7 @@ fn bad_args(plat: &Platform) {
     expect_err!(add(a.handle, !0xFFF, GUEST_RAM, 1), HypError::OutOfRange, "VM_ADD_MEMORY of the last page of the address space");
     expect_err!(add(a.handle, a.backing, 1 << 36, 1), HypError::OutOfRange, "VM_ADD_MEMORY at an IPA beyond the VM's IPA size");
     expect_err!(add(a.handle, HYP_REGION_BASE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of EL2's memory");
-    expect_err!(add(a.handle, crate::scenarios::msg_page(0) as u64, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page shared with EL2");
+    expect_err!(add(a.handle, crate::hyp::msg_page(0) as u64, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page shared with EL2");
     check!(add(a.handle, a.backing, GUEST_RAM, 4).is_ok(), "a valid VM_ADD_MEMORY");
     expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x10_0000, 1), HypError::NotOwned, "VM_ADD_MEMORY of an already donated page");
     expect_err!(add(b.handle, a.backing + PAGE_SIZE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page donated to another VM");
@@ -312,21 +312,21 @@ fn bad_args(plat: &Platform) {
     println!("host: ok: host read of a donated page -> synchronous external abort");
 
     // Registers.
-    expect_err!(hvc::call(HypercallId::VcpuSetReg, &[a.handle, 0, 0x6030_0000_0013_FFFF, 1]), HypError::UnknownRegister, "VCPU_SET_REG of an unknown register");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 0, 0]), HypError::UnknownRegister, "VCPU_GET_REG of register ID 0");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 1, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of a vCPU the VM does not have");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 1 << 40, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of vCPU 2^40");
-    check!(hvc::call(HypercallId::VmDestroy, &[a.handle]).is_ok(), "VM_DESTROY a");
-    check!(hvc::call(HypercallId::VmDestroy, &[b.handle]).is_ok(), "VM_DESTROY b");
+    expect_err!(hyp::call(HypercallId::VcpuSetReg, &[a.handle, 0, 0x6030_0000_0013_FFFF, 1]), HypError::UnknownRegister, "VCPU_SET_REG of an unknown register");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 0, 0]), HypError::UnknownRegister, "VCPU_GET_REG of register ID 0");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 1, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of a vCPU the VM does not have");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 1 << 40, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of vCPU 2^40");
+    check!(hyp::call(HypercallId::VmDestroy, &[a.handle]).is_ok(), "VM_DESTROY a");
+    check!(hyp::call(HypercallId::VmDestroy, &[b.handle]).is_ok(), "VM_DESTROY b");
 
     // A protected VM's registers are sealed once it has run.
     let vm = start(plat, 1, true);
-    check!(hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok(), "VCPU_GET_REG before the first run");
+    check!(hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok(), "VCPU_GET_REG before the first run");
     run_to_off(plat, &vm, &mut NoDevice);
-    expect_err!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0]), HypError::Denied, "VCPU_SET_REG on a protected VM after it ran");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
+    expect_err!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0]), HypError::Denied, "VCPU_SET_REG on a protected VM after it ran");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
     destroy(&vm);
-    check!(hvc::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
+    check!(hyp::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving after hostile VM calls");
 }
 
@@ -335,8 +335,8 @@ fn fwregs(plat: &Platform) {
     const PSCI_VERSION: u64 = reg::FW_PSCI_VERSION;
     let (wa1, wa2, wa3) = (PSCI_VERSION + 1, PSCI_VERSION + 2, PSCI_VERSION + 3);
     let vm = start(plat, 1, false);
-    let get = |id: u64| hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]).map(|r| r[0]);
-    let set = |id: u64, v: u64| hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, id, v, 0]);
+    let get = |id: u64| hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]).map(|r| r[0]);
+    let set = |id: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, id, v, 0]);
     let levels = (get(wa1), get(wa2), get(wa3));
     check!(get(PSCI_VERSION) == Ok(0x10001), "PSCI_VERSION register {:?}", get(PSCI_VERSION));
     println!("host: ok: firmware registers: PSCI 1.1, workaround levels {levels:?}");
@@ -384,8 +384,8 @@ fn idreg_id(i: u64) -> u64 {
 /// Per-VM ID registers: lowering a field before the first run, refusals, what the guest sees.
 fn idregs(plat: &Platform) {
     let vm = start(plat, 1, false);
-    let get = |i: u64| hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
-    let set = |i: u64, v: u64| hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
+    let get = |i: u64| hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
+    let set = |i: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
     let (isar0, pfr0) = (get(40).unwrap_or(0), get(24).unwrap_or(0));
     println!("host: VM ID_AA64ISAR0_EL1 {isar0:#x} ID_AA64PFR0_EL1 {pfr0:#x}");
     let aes = (isar0 >> 4) & 0xF;
@@ -512,12 +512,12 @@ fn mte(plat: &Platform) {
     // also stop the VM at its first touch of such a page, should it get one: unit-tested).
     let c = vmm::create_at(1, vm_flags::MTE, GUEST_MIB, UNTAGGED).unwrap_or_else(|e| crate::fail::fail(format_args!("VM_CREATE: {e:?}")));
     expect_err!(
-        hvc::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED, GUEST_RAM, c.pages]),
+        hyp::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED, GUEST_RAM, c.pages]),
         HypError::InvalidArgument,
         "VM_ADD_MEMORY of memory without tag storage to an MTE VM"
     );
     expect_err!(
-        hvc::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED - PAGE_SIZE, GUEST_RAM, 2]),
+        hyp::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED - PAGE_SIZE, GUEST_RAM, 2]),
         HypError::InvalidArgument,
         "VM_ADD_MEMORY of a range ending in memory without tag storage to an MTE VM"
     );
@@ -559,7 +559,7 @@ fn hostile_guests(plat: &Platform) {
         done_a.unwrap_or(Outcome::Off),
         vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
     );
-    check!(hvc::call(HypercallId::Ping, &[4]) == Ok([4, 0, 0]), "EL2 stopped serving");
+    check!(hyp::call(HypercallId::Ping, &[4]) == Ok([4, 0, 0]), "EL2 stopped serving");
     destroy(&a);
     destroy(&b);
 }
@@ -601,7 +601,7 @@ fn soak(plat: &Platform) {
             done_b = sb.step(&b, 0, &mut db).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN b: {e:?}")));
         }
         // Host work between the guests' runs.
-        host_work += hvc::call(HypercallId::Ping, &[host_work]).map_or(0, |r| (r[0] == host_work) as u64);
+        host_work += hyp::call(HypercallId::Ping, &[host_work]).map_or(0, |r| (r[0] == host_work) as u64);
     }
     vmm::stop_secondaries();
     vmm::wait_secondary(1);
@@ -619,22 +619,22 @@ fn illegal_state(plat: &Platform) {
     let vm = start(plat, 1, false);
     let el2_pc = HYP_REGION_BASE + 0x1000;
     for (pstate, what) in [(0x3C9u64, "EL2h"), (0x3C8, "EL2t"), (0x3C5 | 1 << 20, "EL1h with IL"), (0x1D0, "AArch32 usr"), (0x1D3, "AArch32 svc"), (0x3C5 | 1 << 36, "an undefined bit")] {
-        let r = hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PSTATE, pstate]);
+        let r = hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PSTATE, pstate]);
         check!(r == Err(HypError::InvalidArgument), "VCPU_SET_REG PSTATE {pstate:#x} ({what}): {r:?}");
         println!("host: ok: PSTATE {pstate:#x} ({what}) -> InvalidArgument");
     }
-    let pc = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).map_or(0, |r| r[0]);
+    let pc = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).map_or(0, |r| r[0]);
     // The PC may be anything (it is a guest address); with PSTATE refused it stays one.
-    check!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, el2_pc]).is_ok(), "setting PC");
-    check!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, pc]).is_ok(), "restoring PC");
-    let pstate = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
+    check!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, el2_pc]).is_ok(), "setting PC");
+    check!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, pc]).is_ok(), "restoring PC");
+    let pstate = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
     check!(pstate == 0x3C5, "PSTATE after the refused writes: {pstate:#x}");
     println!("host: ok: PSTATE still {pstate:#x} (EL1h) after the refused writes");
     let r = vmm::run(&vm, 1, &mut NoDevice);
     check!(matches!(r, Ok(Outcome::Killed(kill::ILLEGAL_STATE, _, _))), "the AArch32 guest ended {r:?}");
     let Ok(Outcome::Killed(_, _, spsr)) = r else { return };
     println!("host: ok: guest that returned to AArch32 EL0 stopped by EL2 (ILLEGAL_STATE, PSTATE {spsr:#x})");
-    let again = hvc::call(HypercallId::VcpuRun, &[vm.handle, 0, 0]);
+    let again = hyp::call(HypercallId::VcpuRun, &[vm.handle, 0, 0]);
     check!(again == Err(HypError::NotRunnable), "VCPU_RUN after the stop: {again:?}");
     println!("host: ok: VCPU_RUN of the stopped VM -> NotRunnable");
     destroy(&vm);
@@ -702,7 +702,7 @@ impl TestDevice for VgicDev {
         if e.reason == exit::SGI {
             self.sgi = Some([e.args[0], e.args[1], e.args[2]]);
             for t in (0..8).filter(|t| e.args[1] & (1 << t) != 0) {
-                let r = hvc::call(HypercallId::VcpuSetIrq, &[vm.handle, t, e.args[0], irq::config(0x80, true, irq::PENDING, false) as u64]);
+                let r = hyp::call(HypercallId::VcpuSetIrq, &[vm.handle, t, e.args[0], irq::config(0x80, true, irq::PENDING, false) as u64]);
                 check!(r.is_ok(), "queueing SGI {} for vCPU {t}: {r:?}", e.args[0]);
             }
         }
@@ -711,7 +711,7 @@ impl TestDevice for VgicDev {
     fn read(&mut self, vm: &Vm) -> u64 {
         use shared_abi::msg::irq::{self, config, PENDING};
         let level = config(0x80, true, PENDING, true) as u64;
-        let set = |vintid: u64, cfg: u64| hvc::call(HypercallId::VcpuSetIrq, &[vm.handle, 0, vintid, cfg]);
+        let set = |vintid: u64, cfg: u64| hyp::call(HypercallId::VcpuSetIrq, &[vm.handle, 0, vintid, cfg]);
         // Hostile requests first: each refused with its documented error, nothing queued.
         check!(set(40, level | irq::HW as u64 | 27 << irq::PINTID_SHIFT) == Err(HypError::Denied), "HW bit accepted");
         check!(set(40, config(0x81, true, PENDING, true) as u64) == Err(HypError::InvalidArgument), "unimplemented priority bit accepted");
@@ -731,9 +731,9 @@ impl TestDevice for VgicDev {
         if self.n == 1 {
             // The guest EOIed the level-sensitive SPI before this exit: EL2 says so.
             check!(self.flags & shared_abi::msg::exit::FLAG_EOI != 0, "no EOI flag after the guest's EOI (flags {:#x})", self.flags);
-            let r = hvc::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
+            let r = hyp::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
             check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE: {r:?}");
-            let s: shared_abi::msg::VgicState = crate::scenarios::read_msg(crate::cpu_id());
+            let s: shared_abi::msg::VgicState = crate::hyp::read_msg(crate::cpu_id());
             check!(s.used == 0 && s.nr_lrs >= 1, "list registers after the EOI: used {:#x} of {}", s.used, s.nr_lrs);
             check!(s.eoi[0] == 1 << 40 && s.eoi[1..].iter().all(|&w| w == 0), "EOI report {:x?}", s.eoi);
             println!("host: ok: the guest's EOI of SPI 40 reported (flag and VCPU_IRQ_STATE), its list register free");
@@ -750,7 +750,7 @@ fn vgic(plat: &Platform) {
     println!("host: ok: protected guest took SPI 40 from its list register");
     check!(dev.sgi == Some([5, 1, shared_abi::msg::sgi::SGI1R]), "SGI exit {:?}", dev.sgi);
     println!("host: ok: guest SGI 5 exited to the host (targets 0x1, ICC_SGI1R_EL1), queued back and taken");
-    let r = hvc::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
+    let r = hyp::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
     check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE at the end: {r:?}");
     destroy(&vm);
 }

@@ -20,7 +20,7 @@ use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
 use super::vgic::{VirtualGic, Wake, GICD, GICR};
 use super::{count_exit, note_exit, note_run, Outcome, Vm, GUEST_RAM};
 use crate::platform::Platform;
-use crate::{gic, hvc, println, sched};
+use crate::{gic, hyp, println, sched};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use shared_abi::msg::{exit, vm_flags, VcpuExit};
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
@@ -125,8 +125,9 @@ impl Config {
 }
 
 /// The `linux` scenario: boots the staged kernel in `vms=N` VMs and runs them on every host
-/// CPU until each has powered off. Fails the run if a VM did not power off cleanly.
-pub fn run(plat: &Platform) {
+/// CPU until each has powered off; `at_start` sees the VMs just before their vCPUs first run.
+/// Fails the run if a VM did not power off cleanly.
+pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     let cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
     let kernel = plat.guest_image().unwrap_or_else(|| crate::fail::fail(format_args!("linux: no kernel staged (guest=ADDR,SIZE)")));
     let initrd = plat.staged("initrd").unwrap_or(&[]);
@@ -164,8 +165,7 @@ pub fn run(plat: &Platform) {
         gic::set_default_tick_ms(plat, OVERCOMMIT_TICK_MS);
     }
     let cpus = (1u64 << plat.nr_cpus) - 1;
-    // The Linux boot benchmark's mark: where each kernel starts, in its VM's virtual count.
-    crate::bench::note_linux_start(vms);
+    at_start(vms);
     sched::run(vms, cpus);
     // Back to the host's defaults for whatever runs next in this boot: polling idle loops,
     // the default tick, the timers' PPIs off on this CPU (each other CPU turns its own off at
@@ -227,7 +227,7 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     };
     let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
     host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
-    let call = |id, args: &[u64]| hvc::call(id, args).map_err(|_| "a hypercall to set up the VM failed");
+    let call = |id, args: &[u64]| hyp::call(id, args).map_err(|_| "a hypercall to set up the VM failed");
     call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
     call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
     call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + layout.dtb])?;
@@ -323,14 +323,14 @@ impl LinuxVm {
             timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
         );
         note_run(&self.vm, v as u64);
-        let r = hvc::call(HypercallId::VcpuRun, &[handle, v as u64, st.mmio_value]);
+        let r = hyp::call(HypercallId::VcpuRun, &[handle, v as u64, st.mmio_value]);
         st.mmio_value = 0;
         if let Err(e) = r {
             note_exit(Err(e));
             return Err(e);
         }
         // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
-        let e: VcpuExit = unsafe { core::ptr::read_volatile(crate::scenarios::msg_page(crate::cpu_id()) as *const VcpuExit) };
+        let e: VcpuExit = unsafe { core::ptr::read_volatile(crate::hyp::msg_page(crate::cpu_id()) as *const VcpuExit) };
         note_exit(Ok(&e));
         count_exit(handle, e.reason);
         st.timers = Timers { vtimer: e.vtimer_deadline, ptimer: e.ptimer_deadline };
@@ -475,7 +475,7 @@ impl LinuxVm {
     }
 }
 
-// ---- For the hostile-guest scenarios (`crate::storm`): VMs of one's own making ---------------
+// ---- For the hostile-guest scenarios (el1-host's `storm`): VMs of one's own making ---------------
 
 /// Builds Linux VM `n` (below [`MAX_VMS`]) from `image` (an `Image` or an ELF test guest) with
 /// its own command line (`/chosen/bootargs`), `vcpus` vCPUs, VM `flags` and `mem_mib` MiB, and

@@ -14,11 +14,11 @@
 //! A vCPU's console line and pending MMIO read ([`Stepper`]) live with its queue slot, so a vCPU
 //! can move between host CPUs (EL2 keeps its context and flushes the local TLB on migration).
 //! Helper CPUs take part through [`secondary_work`], called from their idle loop. The older
-//! fixed placement ([`crate::vmm::run`]: vCPU `k` on host CPU `k`) stays for the scenarios that
+//! fixed placement ([`crate::run`]: vCPU `k` on host CPU `k`) stays for the scenarios that
 //! are about something else.
 
 use crate::gic;
-use crate::vmm::{Outcome, Ran, Stepper, ValueDevice, Vm};
+use crate::{Outcome, Ran, Stepper, ValueDevice, Vm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use host_sched::{RunQueue, CAPACITY};
 use shared_abi::msg::exit;
@@ -135,7 +135,7 @@ pub fn destroy(vm: &Vm) -> Result<(), HypError> {
     if let Some(e) = OUTCOMES.lock().iter_mut().find(|(h, _)| *h == vm.handle) {
         *e = (0, None);
     }
-    crate::vmm::destroy(vm)
+    crate::destroy(vm)
 }
 
 /// Lets the helper CPUs in `cpus` (bit `cpu`; this CPU's bit is ignored) run vCPUs from the
@@ -162,7 +162,7 @@ pub fn finish() {
 
 /// Host CPUs idle in [`idle`] (bit `cpu`): kicked when a vCPU becomes runnable.
 static IDLE: AtomicU64 = AtomicU64::new(0);
-/// Idle CPUs sleep (`WFI`) instead of polling: set while device VMs ([`crate::vmm::linux`])
+/// Idle CPUs sleep (`WFI`) instead of polling: set while device VMs ([`crate::linux`])
 /// run, whose vCPUs block in `WFI` for long stretches. The test scenarios keep polling.
 pub static SLEEP_WHEN_IDLE: AtomicBool = AtomicBool::new(false);
 
@@ -172,11 +172,11 @@ pub fn work_until(done: &dyn Fn() -> bool) {
     while !done() {
         let picked = QUEUE.lock().pick(cpu, gic::counter());
         match picked {
-            Some((slot, e)) if crate::vmm::linux::owns(e.vm) => crate::vmm::linux::run_slot(slot, e.vm, e.vcpu),
+            Some((slot, e)) if crate::linux::owns(e.vm) => crate::linux::run_slot(slot, e.vm, e.vcpu),
             Some((slot, e)) => run_slot(cpu, slot, e.vm, e.vcpu),
             None => {
                 gic::handle_pending();
-                crate::vmm::linux::poll_input();
+                crate::linux::poll_input();
                 if SLEEP_WHEN_IDLE.load(Ordering::Relaxed) {
                     idle(cpu, done);
                 } else {

@@ -53,3 +53,13 @@ pub fn halt() -> ! {
         unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
     }
 }
+
+/// Fails the run ([`fail()`]) with the message if `$cond` is false.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            $crate::fail::fail(format_args!($($arg)*));
+        }
+    };
+}

@@ -30,7 +30,7 @@
 //! The driver is the `arm-gic` crate (README, "Dependencies"); the timer is three registers.
 
 use crate::platform::Platform;
-use crate::MAX_CPUS;
+use crate::cpu::MAX_CPUS;
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
 use arm_gic::gicv3::{GicCpuInterface, GicV3, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
@@ -147,7 +147,7 @@ static TIMER_PPIS_ON: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_
 /// high: the timer keeps running while the guest runs, and an expired one would otherwise end
 /// every run at once, before the guest could handle it.
 pub fn set_timer_ppis(vtimer: bool, hyp_timer: bool) {
-    let cpu = crate::cpu_id();
+    let cpu = crate::cpu::cpu_id();
     let want = vtimer as u64 | (hyp_timer as u64) << 1;
     let had = TIMER_PPIS_ON[cpu % MAX_CPUS].load(Ordering::Relaxed);
     if had == want {
@@ -246,7 +246,7 @@ pub fn stop_tick() {
 /// Acknowledges and handles every pending interrupt on this CPU; returns how many. Called
 /// after a `VCPU_RUN` that ended with exit `IRQ`, and by idle loops.
 pub fn handle_pending() -> usize {
-    let cpu = crate::cpu_id();
+    let cpu = crate::cpu::cpu_id();
     let mut n = 0;
     // Bounded: a level interrupt that the handler failed to lower cannot keep the host here.
     while n < 16 {
@@ -277,7 +277,7 @@ pub fn handle_pending() -> usize {
 
 /// Whether a tick or kick arrived on this CPU since the last call.
 pub fn take_preempt() -> bool {
-    PREEMPT[crate::cpu_id()].swap(false, Ordering::AcqRel)
+    PREEMPT[crate::cpu::cpu_id()].swap(false, Ordering::AcqRel)
 }
 
 /// Sends the kick SGI to host CPU `cpu`: if it is running a guest, its `VCPU_RUN` returns

@@ -1,17 +1,23 @@
-//! The host's small VMM: creates VMs, loads guest images, gives them memory, runs their vCPUs
-//! and emulates their devices, all through hypercalls.
+//! The host's VMM: creates VMs, loads guest images, gives them memory, runs their vCPUs and
+//! emulates their devices, all through the hypercall client of `host-kernel`, and schedules
+//! vCPUs on host CPUs ([`sched`]). The scenarios above it use it; it never uses them.
 //!
 //! Guest physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as Linux's
 //! boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`, and a test
 //! device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO address
 //! reads as 0 and ignores writes (counted, as QEMU does for unassigned addresses).
 
-pub mod linux;
-pub mod pl011;
-pub mod timer;
-pub mod vgic;
+#![cfg(target_os = "none")]
+#![no_std]
 
-use crate::{hvc, println};
+pub mod linux;
+mod pl011;
+pub mod sched;
+mod timer;
+mod vgic;
+
+use host_kernel::cpu::{cpu_id, MAX_CPUS};
+use host_kernel::{check, console, fail, gic, hyp, platform, println};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use shared_abi::msg::{exit, vm_flags, VcpuExit, VmCreate};
 use shared_abi::layout::run_status;
@@ -59,7 +65,7 @@ pub enum Outcome {
 }
 
 fn msg_page() -> *mut u8 {
-    crate::scenarios::msg_page(crate::cpu_id())
+    crate::hyp::msg_page(crate::cpu_id())
 }
 
 /// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet).
@@ -76,8 +82,8 @@ pub fn create_with_flags(vcpus: u32, flags: u64, mib: u64) -> Result<Vm, HypErro
 pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, HypError> {
     let protected = flags & vm_flags::PROTECTED != 0;
     let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
-    crate::scenarios::write_msg(crate::cpu_id(), &req);
-    let handle = hvc::call(HypercallId::VmCreate, &[])?[0];
+    crate::hyp::write_msg(crate::cpu_id(), &req);
+    let handle = hyp::call(HypercallId::VmCreate, &[])?[0];
     Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
 }
 
@@ -100,9 +106,9 @@ pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
     // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
     let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
     host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
-    hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
-    hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
-    hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + dtb_off])?;
+    hyp::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
+    hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
+    hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + dtb_off])?;
     Ok(GUEST_RAM + dtb_off)
 }
 
@@ -186,6 +192,12 @@ pub struct Stepper {
     off_since: Option<u64>,
 }
 
+impl Default for Stepper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Stepper {
     /// A fresh vCPU.
     pub const fn new() -> Self {
@@ -231,7 +243,7 @@ impl Stepper {
     /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
     pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
         note_run(vm, index);
-        let r = hvc::call(HypercallId::VcpuRun, &[vm.handle, index, self.read_value]);
+        let r = hyp::call(HypercallId::VcpuRun, &[vm.handle, index, self.read_value]);
         self.read_value = 0;
         if let Err(err) = r {
             note_exit(Err(err));
@@ -430,8 +442,8 @@ pub fn report_stats(vm: &Vm) {
     let host: [u64; 11] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
     let mut el2 = [0u64; stats::CLASSES];
     for v in 0..vm.vcpus as u64 {
-        if hvc::call(HypercallId::VcpuStats, &[vm.handle, v]).is_ok() {
-            let s: VcpuStats = crate::scenarios::read_msg(crate::cpu_id());
+        if hyp::call(HypercallId::VcpuStats, &[vm.handle, v]).is_ok() {
+            let s: VcpuStats = crate::hyp::read_msg(crate::cpu_id());
             el2.iter_mut().zip(s.counts).for_each(|(a, b)| *a += b);
         }
     }
@@ -474,7 +486,7 @@ impl<F: Fn(&mut core::fmt::Formatter<'_>) -> core::fmt::Result> core::fmt::Displ
 /// Destroys the VM, after reporting its exit statistics ([`report_stats`]).
 pub fn destroy(vm: &Vm) -> Result<(), HypError> {
     report_stats(vm);
-    hvc::call(HypercallId::VmDestroy, &[vm.handle]).map(|_| ())
+    hyp::call(HypercallId::VmDestroy, &[vm.handle]).map(|_| ())
 }
 
 /// Reads one word of the VM's backing memory through the host's own mapping (it faults for a
