@@ -5,6 +5,7 @@
 //! mark the Linux boot benchmark measures from.
 
 use crate::platform::Platform;
+use host_kernel::arch;
 use crate::{gic, hyp, println, vmm};
 use shared_abi::bench::Stats;
 use shared_abi::msg::{vm_flags, VmCreate};
@@ -13,41 +14,13 @@ use shared_abi::{reg, HypercallId};
 const N: usize = 1000;
 static mut SAMPLES: [u64; N] = [0; N];
 
-/// Programs PMU counter 0 to count INST_RETIRED (event 0x08) at EL0, EL1 and EL2
-/// (`PMEVTYPER0_EL0.NSH`), and starts it.
-fn pmu_init() {
-    // SAFETY: the host owns the PMU (MDCR_EL2.HPMN = PMCR_EL0.N); this only starts counting.
-    unsafe {
-        core::arch::asm!(
-            "msr pmevtyper0_el0, {ty}",
-            "msr pmcntenset_el0, {one}",
-            "mrs {t}, pmcr_el0",
-            "orr {t}, {t}, #1",
-            "msr pmcr_el0, {t}",
-            "isb",
-            ty = in(reg) 0x08u64 | 1 << 27,
-            one = in(reg) 1u64,
-            t = out(reg) _,
-            options(nostack)
-        );
-    }
-}
-
-#[inline(always)]
-fn count() -> u64 {
-    let v: u64;
-    // SAFETY: reading PMU counter 0; the ISB keeps earlier instructions from being counted late.
-    unsafe { core::arch::asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) v, options(nostack)) };
-    v
-}
-
 fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
     // SAFETY: only CPU 0 runs benchmarks, one at a time: the only reference to SAMPLES.
     let samples = unsafe { &mut (&mut *core::ptr::addr_of_mut!(SAMPLES))[..n] };
     for s in samples.iter_mut() {
-        let a = count();
+        let a = arch::pmu_counter();
         f();
-        let b = count();
+        let b = arch::pmu_counter();
         *s = (b - a).saturating_sub(overhead);
     }
     let st = Stats::from_samples(samples).unwrap_or(Stats { n: 0, median: 0, min: 0, max: 0 });
@@ -95,7 +68,7 @@ impl vmm::TestDevice for Mode {
 
 /// The pointer-authentication rows, under the policy set at set-up (`ptrauth=eager|lazy`).
 pub fn run_ptrauth(plat: &Platform) {
-    pmu_init();
+    arch::pmu_count_instructions();
     let mode = if plat.arg("ptrauth") == Some("eager") { 1 } else { 2 };
     let Some(image) = plat.guest_image() else { crate::fail::fail(format_args!("no bench guest image")) };
     let vm = match vmm::create_with_flags(1, vm_flags::HOST_PMU | vm_flags::PTRAUTH, 16) {
@@ -112,8 +85,8 @@ pub fn run_ptrauth(plat: &Platform) {
 
 /// Runs every benchmark.
 pub fn run(plat: &Platform) {
-    pmu_init();
-    if count() == 0 && count() == 0 {
+    arch::pmu_count_instructions();
+    if arch::pmu_counter() == 0 && arch::pmu_counter() == 0 {
         crate::fail::fail(format_args!("PMU counter 0 does not count: run under QEMU -icount shift=0"));
     }
     // `bench-n=K` (K <= 1000) shortens the host's rows, for the test suite's smoke run.

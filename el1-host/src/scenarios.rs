@@ -228,7 +228,7 @@ fn el2_memory() {
     let target = HYP_REGION_BASE;
     // SAFETY: branching into EL2's memory: the fetch faults before any instruction runs, and
     // the probe resumes at the return address in x30.
-    let r = PROBE.expect(|| unsafe { core::arch::asm!("blr {0}", in(reg) target, clobber_abi("C")) });
+    let r = PROBE.expect(|| unsafe { host_kernel::arch::call_address(target) });
     check!(matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_IABT_CUR && esr & 0x3F == FSC_SEA && far == target),
         "execute of EL2 memory: {r:x?}");
     println!("host: ok: execute of EL2 memory -> instruction abort");
@@ -275,8 +275,8 @@ fn el2_fatal(plat: &Platform) {
     check!(plat.nr_cpus >= 2, "el2-fatal needs 2 CPUs");
     smp(plat);
     FAULT_REQUEST.store(1, Ordering::SeqCst);
-    // SAFETY: `sev` only signals an event to the other CPUs' `wfe`.
-    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    // Wakes the other CPUs from their idle `wfe`.
+    host_kernel::arch::sev();
     let mut spins = 0u64;
     while FAULT_REQUEST.load(Ordering::SeqCst) != u64::MAX {
         spins += 1;

@@ -1,6 +1,7 @@
 //! Scenarios with VMs: lifecycle, isolation, register integrity, hostile arguments.
 
 use crate::platform::Platform;
+use host_kernel::arch;
 use crate::vmm::{self, NoDevice, Outcome, Stepper, TestDevice, Vm, GUEST_RAM};
 use crate::{hyp, println, PROBE};
 use shared_abi::layout::HYP_REGION_BASE;
@@ -202,57 +203,17 @@ fn isolation(plat: &Platform) {
     }
 }
 
-// The host's own FP/SIMD registers, which EL2 must give back intact after a guest used its own.
-core::arch::global_asm!(
-    r#"
-.arch_extension fp
-.arch_extension simd
-.global host_fp_fill
-host_fp_fill:
-.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    add x1, x0, #(2 * \n)
-    add x2, x1, #1
-    fmov d\n, x1
-    fmov v\n\().d[1], x2
-.endr
-    ret
-.global host_fp_dump
-host_fp_dump:
-.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    str q\n, [x0], #16
-.endr
-    ret
-"#
-);
-
-extern "C" {
-    fn host_fp_fill(seed: u64);
-    fn host_fp_dump(out: *mut u64);
-}
-
-/// Enables FP/SIMD at EL1 for the host (CPACR_EL1.FPEN) and fills V0..V31 from `seed`.
-fn host_fp_set(seed: u64) {
-    // SAFETY: enabling FP/SIMD at EL1, then writing only V0..V31 (this softfloat host uses
-    // them for nothing else).
-    unsafe {
-        core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack));
-        host_fp_fill(seed);
-    }
-}
-
-/// Whether V0..V31 still hold what `host_fp_set(seed)` wrote.
+/// Whether V0..V31 still hold what `arch::fp_fill(seed)` wrote: the host's own FP/SIMD
+/// registers, which EL2 must give back intact after a guest used its own.
 fn host_fp_intact(seed: u64) -> bool {
-    let mut v = [0u64; 64];
-    // SAFETY: `v` holds 64 words.
-    unsafe { host_fp_dump(v.as_mut_ptr()) };
-    v.iter().enumerate().all(|(i, w)| *w == seed + i as u64)
+    arch::fp_dump().iter().enumerate().all(|(i, w)| *w == seed + i as u64)
 }
 
 fn regs(plat: &Platform) {
     const HOST_SEED: u64 = 0x4057_0000_0000_0000;
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
-        host_fp_set(HOST_SEED);
+        arch::fp_fill(HOST_SEED);
         run_to_off(plat, &vm, &mut NoDevice);
         check!(host_fp_intact(HOST_SEED), "the host's V0..V31 changed across the guest's runs");
         destroy(&vm);
@@ -431,9 +392,7 @@ impl TestDevice for PauthDevice {
 /// Two pointer-authentication VMs with different keys, run exit by exit in turn.
 fn pauth(plat: &Platform) {
     const HOST_KEY: u64 = 0x4057_4B45_5900_0001;
-    // SAFETY: the host's own APIAKeyLo_EL1 and APGAKeyLo_EL1 (not trapped for the host), which
-    // this host does not otherwise use.
-    unsafe { core::arch::asm!("msr S3_0_C2_C1_0, {k}", "msr S3_0_C2_C3_0, {k}", k = in(reg) HOST_KEY, options(nostack)) };
+    arch::set_pauth_keys(HOST_KEY);
     let a = start_with(plat, 1, vm_flags::PTRAUTH | vm_flags::PROTECTED);
     let b = start_with(plat, 1, vm_flags::PTRAUTH);
     let (mut da, mut db) = (PauthDevice { seed: 1, sigs: [0; 2], n: 0 }, PauthDevice { seed: 2, sigs: [0; 2], n: 0 });
@@ -454,9 +413,7 @@ fn pauth(plat: &Platform) {
     check!(da.sigs[0] == da.sigs[1] && db.sigs[0] == db.sigs[1], "a guest's signature changed: {:x?} {:x?}", da.sigs, db.sigs);
     check!(da.sigs[0] != db.sigs[0], "two VMs with different keys produced the same signature {:#x}", da.sigs[0]);
     println!("host: ok: two pointer-authentication VMs interleaved over {switches} rounds kept their own keys");
-    let (k1, k2): (u64, u64);
-    // SAFETY: reading the host's own key registers.
-    unsafe { core::arch::asm!("mrs {}, S3_0_C2_C1_0", "mrs {}, S3_0_C2_C3_0", out(reg) k1, out(reg) k2, options(nostack)) };
+    let (k1, k2) = arch::pauth_keys();
     check!(k1 == HOST_KEY && k2 == HOST_KEY, "the host's keys changed: {k1:#x} {k2:#x}");
     println!("host: ok: the host's pointer-authentication keys intact");
     destroy(&a);
@@ -475,28 +432,10 @@ impl TestDevice for MteMode {
 /// Where the boot arguments declare RAM without tag storage (`pkvm.notags=`): the last 64 MiB.
 const UNTAGGED: u64 = 0x7C00_0000;
 
-/// The host's own RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1.
-fn host_mte_registers() -> [u64; 4] {
-    let (a, b, c, d): (u64, u64, u64, u64);
-    // SAFETY: reading the host's own MTE registers (FEAT_MTE2 on QEMU's max CPU).
-    unsafe {
-        core::arch::asm!(
-            "mrs {}, S3_0_C1_C0_5", "mrs {}, S3_0_C1_C0_6", "mrs {}, S3_0_C5_C6_0", "mrs {}, S3_0_C5_C6_1",
-            out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nostack)
-        )
-    };
-    [a, b, c, d]
-}
-
 fn mte(plat: &Platform) {
     const HOST_MTE: [u64; 4] = [0x0777 << 8 | 0x9, 1 << 16 | 0x0F0F, 0b10, 0b10];
-    // SAFETY: the host's own MTE registers, which it does not otherwise use (its MMU is off).
-    unsafe {
-        core::arch::asm!(
-            "msr S3_0_C1_C0_5, {}", "msr S3_0_C1_C0_6, {}", "msr S3_0_C5_C6_0, {}", "msr S3_0_C5_C6_1, {}", "isb",
-            in(reg) HOST_MTE[0], in(reg) HOST_MTE[1], in(reg) HOST_MTE[2], in(reg) HOST_MTE[3], options(nostack)
-        )
-    };
+    // The host's own RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1.
+    arch::set_mte_registers(HOST_MTE);
     let run = |vm: &Vm, mode: u64| vmm::run(vm, plat.nr_cpus, &mut MteMode(mode));
     // Two non-protected MTE VMs on the same pages: the first leaves tags behind (a non-protected
     // VM's memory is not scrubbed on destroy), the second must find them cleared.
@@ -530,7 +469,7 @@ fn mte(plat: &Platform) {
     check!(run(&e, 2) == Ok(Outcome::Off), "a protected MTE VM did not run");
     destroy(&e);
     println!("host: ok: a VM without MTE used that memory, and a protected MTE VM ran after");
-    let host = host_mte_registers();
+    let host = arch::mte_registers();
     check!(host == HOST_MTE, "the host's MTE registers changed: {host:#x?}, expected {HOST_MTE:#x?}");
     println!("host: ok: the host's RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 intact");
 }
@@ -662,8 +601,7 @@ impl TestDevice for FoundDev {
 /// it left in `TPIDR2_EL0` and the GIC priority mask (`ICH_VMCR_EL2`).
 fn leaks(plat: &Platform) {
     const HOST_TPIDR2: u64 = 0x4057_0000_7770_0001;
-    // SAFETY: the host's own TPIDR2_EL0 (FEAT_SME on QEMU's max CPU), otherwise unused.
-    unsafe { core::arch::asm!("msr S3_3_C13_C0_5, {}", in(reg) HOST_TPIDR2, options(nostack)) };
+    arch::set_tpidr2(HOST_TPIDR2);
     for (round, protected) in [(1, true), (2, false)] {
         let vm = start(plat, 1, protected);
         let mut dev = FoundDev { found: [u64::MAX; 2], n: 0 };
@@ -676,9 +614,7 @@ fn leaks(plat: &Platform) {
         println!("host: ok: VM {round} ({}) found TPIDR2_EL0 and ICC_PMR_EL1 at reset values", kind(protected));
         destroy(&vm);
     }
-    let host: u64;
-    // SAFETY: reading the host's own TPIDR2_EL0.
-    unsafe { core::arch::asm!("mrs {}, S3_3_C13_C0_5", out(reg) host, options(nostack)) };
+    let host = arch::tpidr2();
     check!(host == HOST_TPIDR2, "the host's TPIDR2_EL0 changed to {host:#x}");
     println!("host: ok: the host's TPIDR2_EL0 intact");
 }

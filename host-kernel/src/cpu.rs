@@ -1,6 +1,6 @@
 //! The host's CPUs: how many it handles, which one is running, which have come online.
 
-use core::arch::asm;
+use crate::arch;
 use core::sync::atomic::AtomicBool;
 
 /// Most CPUs the host handles.
@@ -11,16 +11,10 @@ pub static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; M
 
 /// This host CPU's index (kept in `TPIDR_EL1` by the entry code).
 pub fn cpu_id() -> usize {
-    let v: u64;
-    // SAFETY: reading TPIDR_EL1 has no side effects.
-    unsafe { asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack)) };
-    v as usize % MAX_CPUS
+    arch::tpidr_el1() as usize % MAX_CPUS
 }
 
 /// The exception level the host runs at (`CurrentEL.EL`).
 pub fn current_el() -> u64 {
-    let v: u64;
-    // SAFETY: reading CurrentEL has no side effects.
-    unsafe { asm!("mrs {}, CurrentEL", out(reg) v, options(nomem, nostack)) };
-    (v >> 2) & 3
+    (arch::current_el() >> 2) & 3
 }

@@ -49,8 +49,7 @@ pub fn fail(why: core::fmt::Arguments<'_>) -> ! {
 /// Stops this CPU.
 pub fn halt() -> ! {
     loop {
-        // SAFETY: `wfe` only waits.
-        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+        crate::arch::wfe();
     }
 }
 

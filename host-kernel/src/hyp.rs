@@ -43,42 +43,12 @@ pub fn raw(x0: u64, args: &[u64]) -> HypResult {
     let r = if x0 >> 32 == 0 {
         smccc::hvc64(x0 as u32, a)
     } else {
-        hvc_wide(x0, a)
+        crate::arch::hvc0(x0, a)
     };
     decode_result([r[0], r[1], r[2], r[3]])
 }
 
-/// `HVC #0` with a full 64-bit `x0` (the smccc crate takes a 32-bit function ID).
-fn hvc_wide(x0: u64, a: [u64; 17]) -> [u64; 18] {
-    let mut r = [0u64; 18];
-    // SAFETY: an HVC to EL2 following SMCCC; x0..x3 are results, x4..x17 may be changed.
-    unsafe {
-        core::arch::asm!(
-            "hvc #0",
-            inout("x0") x0 => r[0], inout("x1") a[0] => r[1], inout("x2") a[1] => r[2],
-            inout("x3") a[2] => r[3], inout("x4") a[3] => r[4], inout("x5") a[4] => r[5],
-            inout("x6") a[5] => r[6], inout("x7") a[6] => r[7],
-            out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
-            out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-            options(nostack)
-        );
-    }
-    r
-}
-
 /// `HVC` with a non-zero immediate (not part of the ABI).
 pub fn hvc_imm1(x0: u64) -> u64 {
-    let r: u64;
-    // SAFETY: as for `hvc_wide`.
-    unsafe {
-        core::arch::asm!(
-            "hvc #1",
-            inout("x0") x0 => r,
-            out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _, out("x6") _,
-            out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
-            out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-            options(nostack)
-        );
-    }
-    r
+    crate::arch::hvc1(x0)
 }

@@ -11,6 +11,7 @@
 #![cfg(target_os = "none")]
 #![no_std]
 
+pub mod arch;
 pub mod console;
 pub mod cpu;
 pub mod entry;

@@ -365,8 +365,8 @@ pub fn start_secondary(cpu: usize, handle: u64, vcpu: u64) {
     WORK_VCPU[cpu].store(vcpu, Ordering::SeqCst);
     WORK_DONE[cpu].store(false, Ordering::SeqCst);
     WORK[cpu].store(handle, Ordering::SeqCst);
-    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
-    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    // Wakes the helpers from their idle `wfe`.
+    host_kernel::arch::sev();
 }
 
 /// Whether host CPU `cpu` has finished the work [`start_secondary`] gave it.

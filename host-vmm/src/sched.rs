@@ -143,8 +143,8 @@ pub fn destroy(vm: &Vm) -> Result<(), HypError> {
 pub fn start(cpus: u64) {
     HELPERS.store(cpus & !(1 << crate::cpu_id()), Ordering::SeqCst);
     ACTIVE.store(true, Ordering::SeqCst);
-    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
-    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    // Wakes the helpers from their idle `wfe`.
+    host_kernel::arch::sev();
 }
 
 /// Ends [`start`]: the helpers put back what they run (they are kicked, so a guest that never
