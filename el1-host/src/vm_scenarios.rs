@@ -2,6 +2,7 @@
 
 use crate::platform::Platform;
 use host_kernel::arch;
+use host_kernel::hyp::client::Exited;
 use crate::vmm::{self, NoDevice, Outcome, Stepper, TestDevice, Vm, GUEST_RAM};
 use crate::{hyp, println, PROBE};
 use shared_abi::layout::HYP_REGION_BASE;
@@ -632,14 +633,14 @@ struct VgicDev {
 }
 
 impl TestDevice for VgicDev {
-    fn exit(&mut self, vm: &Vm, e: &shared_abi::msg::VcpuExit) {
-        use shared_abi::msg::{exit, irq};
-        self.flags = e.flags;
-        if e.reason == exit::SGI {
-            self.sgi = Some([e.args[0], e.args[1], e.args[2]]);
-            for t in (0..8).filter(|t| e.args[1] & (1 << t) != 0) {
-                let r = hyp::call(HypercallId::VcpuSetIrq, &[vm.handle, t, e.args[0], irq::config(0x80, true, irq::PENDING, false) as u64]);
-                check!(r.is_ok(), "queueing SGI {} for vCPU {t}: {r:?}", e.args[0]);
+    fn exit(&mut self, vm: &Vm, e: &Exited) {
+        use shared_abi::msg::{irq, Exit};
+        self.flags = e.record.flags;
+        if let Exit::Sgi { intid, targets, reg, .. } = e.exit {
+            self.sgi = Some([intid as u64, targets, reg]);
+            for t in (0..8).filter(|t| targets & (1 << t) != 0) {
+                let r = vm.el2().vcpu(t).set_irq(intid as u32, irq::config(0x80, true, irq::PENDING, false));
+                check!(r.is_ok(), "queueing SGI {intid} for vCPU {t}: {r:?}");
             }
         }
     }

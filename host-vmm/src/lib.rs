@@ -17,11 +17,12 @@ mod timer;
 mod vgic;
 
 use host_kernel::cpu::{cpu_id, MAX_CPUS};
-use host_kernel::{check, console, fail, gic, hyp, platform, println};
+use host_kernel::{check, console, fail, gic, platform, println};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use shared_abi::msg::{exit, vm_flags, VcpuExit, VmCreate};
+use host_kernel::hyp::client::{Exited, VmHandle};
+use shared_abi::msg::{exit, vm_flags, Exit, VcpuExit, VmCreate};
 use shared_abi::layout::run_status;
-use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
+use shared_abi::{reg, HypError, PAGE_SIZE};
 
 /// Guest RAM base (IPA).
 pub const GUEST_RAM: u64 = 0x4000_0000;
@@ -53,6 +54,13 @@ pub struct Vm {
     pub vcpus: u32,
 }
 
+impl Vm {
+    /// The VM as EL2 knows it, for typed hypercalls.
+    pub const fn el2(&self) -> VmHandle {
+        VmHandle(self.handle)
+    }
+}
+
 /// How a VM's run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -62,10 +70,6 @@ pub enum Outcome {
     Reset,
     /// Stopped by EL2: reason, IPA, and (for untagged memory) the physical page.
     Killed(u64, u64, u64),
-}
-
-fn msg_page() -> *mut u8 {
-    crate::hyp::msg_page(crate::cpu_id())
 }
 
 /// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet).
@@ -82,8 +86,7 @@ pub fn create_with_flags(vcpus: u32, flags: u64, mib: u64) -> Result<Vm, HypErro
 pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, HypError> {
     let protected = flags & vm_flags::PROTECTED != 0;
     let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
-    crate::hyp::write_msg(crate::cpu_id(), &req);
-    let handle = hyp::call(HypercallId::VmCreate, &[])?[0];
+    let handle = VmHandle::create(&req)?.0;
     Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
 }
 
@@ -106,9 +109,9 @@ pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
     // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
     let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
     host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
-    hyp::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
-    hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
-    hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + dtb_off])?;
+    vm.el2().add_memory(vm.backing, GUEST_RAM, vm.pages)?;
+    vm.el2().vcpu(0).set_reg(reg::PC, entry)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + dtb_off)?;
     Ok(GUEST_RAM + dtb_off)
 }
 
@@ -119,7 +122,7 @@ pub trait TestDevice {
     /// The guest reads.
     fn read(&mut self, vm: &Vm) -> u64;
     /// Every exit, before the stepper handles it (a guest SGI, the EOI flag, ...).
-    fn exit(&mut self, _vm: &Vm, _e: &VcpuExit) {}
+    fn exit(&mut self, _vm: &Vm, _e: &Exited) {}
 }
 
 /// A test device that does nothing.
@@ -162,8 +165,8 @@ pub(crate) fn note_exit(r: Result<&VcpuExit, HypError>) {
 /// What one `VCPU_RUN` of [`Stepper::run_once`] came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ran {
-    /// The vCPU exited with this reason (`shared_abi::msg::exit`) and may run again.
-    Exit(u32),
+    /// The vCPU exited so and may run again.
+    Exit(Exit),
     /// The VM ended.
     Ended(Outcome),
 }
@@ -223,14 +226,14 @@ impl Stepper {
         let cpu_ons = CPU_ONS.load(Ordering::SeqCst);
         match self.run_once(vm, index, dev)? {
             Ran::Ended(o) => Ok(Some(o)),
-            Ran::Exit(exit::VCPU_OFF) => {
+            Ran::Exit(Exit::VcpuOff) => {
                 if index == 0 || STOP.load(Ordering::SeqCst) {
                     return Ok(Some(Outcome::Off));
                 }
                 self.off_since = Some(cpu_ons);
                 Ok(None)
             }
-            Ran::Exit(exit::CPU_ON) => {
+            Ran::Exit(Exit::CpuOn { .. }) => {
                 CPU_ONS.fetch_add(1, Ordering::SeqCst);
                 Ok(None)
             }
@@ -243,23 +246,23 @@ impl Stepper {
     /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
     pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
         note_run(vm, index);
-        let r = hyp::call(HypercallId::VcpuRun, &[vm.handle, index, self.read_value]);
+        let r = vm.el2().vcpu(index).run(self.read_value);
         self.read_value = 0;
-        if let Err(err) = r {
-            note_exit(Err(err));
-            return Err(err);
-        }
-        // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
-        let e: VcpuExit = unsafe { core::ptr::read_volatile(msg_page() as *const VcpuExit) };
-        note_exit(Ok(&e));
-        count_exit(vm.handle, e.reason);
+        let e = match r {
+            Ok(e) => e,
+            Err(err) => {
+                note_exit(Err(err));
+                return Err(err);
+            }
+        };
+        note_exit(Ok(&e.record));
+        count_exit(vm.handle, e.exit.reason());
         dev.exit(vm, &e);
-        match e.reason {
-            exit::MMIO => {
-                let write = e.flags & exit::MMIO_WRITE != 0;
-                match (e.ipa, write) {
-                    (UART, true) => {
-                        let c = e.data as u8;
+        match e.exit {
+            Exit::Mmio { ipa, write, .. } => {
+                match (ipa, write) {
+                    (UART, Some(data)) => {
+                        let c = data as u8;
                         if c == b'\n' || self.len == self.line.len() {
                             println!("{}", core::str::from_utf8(&self.line[..self.len]).unwrap_or("<bad utf-8>"));
                             self.len = 0;
@@ -270,24 +273,23 @@ impl Stepper {
                         }
                     }
                     (a, _) if (UART..UART + 0x1000).contains(&a) => {} // FR reads 0: never busy
-                    (TESTDEV, true) => dev.write(vm, e.data),
-                    (TESTDEV, false) => self.read_value = dev.read(vm),
+                    (TESTDEV, Some(v)) => dev.write(vm, v),
+                    (TESTDEV, None) => self.read_value = dev.read(vm),
                     _ => {
                         UNASSIGNED.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(Ran::Exit(exit::MMIO))
+                Ok(Ran::Exit(e.exit))
             }
-            exit::IRQ => {
+            Exit::Irq => {
                 crate::gic::handle_pending();
-                Ok(Ran::Exit(exit::IRQ))
+                Ok(Ran::Exit(Exit::Irq))
             }
             // An SGI is the test device's to deliver (it saw the exit first), if it wants.
-            r @ (exit::WFX | exit::HYPERCALL | exit::VCPU_OFF | exit::SGI | exit::CPU_ON) => Ok(Ran::Exit(r)),
-            exit::SYSTEM_OFF => Ok(Ran::Ended(Outcome::Off)),
-            exit::SYSTEM_RESET => Ok(Ran::Ended(Outcome::Reset)),
-            exit::KILLED => Ok(Ran::Ended(Outcome::Killed(e.data, e.ipa, e.args[0]))),
-            other => crate::fail::fail(format_args!("unknown exit reason {other}")),
+            Exit::Wfx | Exit::Hypercall { .. } | Exit::VcpuOff | Exit::Sgi { .. } | Exit::CpuOn { .. } => Ok(Ran::Exit(e.exit)),
+            Exit::SystemOff => Ok(Ran::Ended(Outcome::Off)),
+            Exit::SystemReset => Ok(Ran::Ended(Outcome::Reset)),
+            Exit::Killed { reason, ipa, detail } => Ok(Ran::Ended(Outcome::Killed(reason, ipa, detail))),
         }
     }
 }
@@ -437,13 +439,12 @@ pub(crate) fn count_exit(handle: u64, reason: u32) {
 /// tests and benchmarks. Checks that every exit the host saw came from an exception EL2
 /// counted. Clears the host's counts for the slot's next VM.
 pub fn report_stats(vm: &Vm) {
-    use shared_abi::msg::{stats, VcpuStats};
+    use shared_abi::msg::stats;
     let Some(row) = HOST_EXITS.get(vm.handle as usize & 0xFF) else { return };
     let host: [u64; 11] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
     let mut el2 = [0u64; stats::CLASSES];
     for v in 0..vm.vcpus as u64 {
-        if hyp::call(HypercallId::VcpuStats, &[vm.handle, v]).is_ok() {
-            let s: VcpuStats = crate::hyp::read_msg(crate::cpu_id());
+        if let Ok(s) = vm.el2().vcpu(v).stats() {
             el2.iter_mut().zip(s.counts).for_each(|(a, b)| *a += b);
         }
     }
@@ -486,7 +487,7 @@ impl<F: Fn(&mut core::fmt::Formatter<'_>) -> core::fmt::Result> core::fmt::Displ
 /// Destroys the VM, after reporting its exit statistics ([`report_stats`]).
 pub fn destroy(vm: &Vm) -> Result<(), HypError> {
     report_stats(vm);
-    hyp::call(HypercallId::VmDestroy, &[vm.handle]).map(|_| ())
+    vm.el2().destroy()
 }
 
 /// Reads one word of the VM's backing memory through the host's own mapping (it faults for a

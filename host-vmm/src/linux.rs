@@ -20,10 +20,10 @@ use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
 use super::vgic::{VirtualGic, Wake, GICD, GICR};
 use super::{count_exit, note_exit, note_run, Outcome, Vm, GUEST_RAM};
 use crate::platform::Platform;
-use crate::{gic, hyp, println, sched};
+use crate::{gic, println, sched};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use shared_abi::msg::{exit, vm_flags, VcpuExit};
-use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
+use shared_abi::msg::{vm_flags, Exit};
+use shared_abi::{reg, HypError, PAGE_SIZE};
 
 /// Most Linux VMs at once.
 pub const MAX_VMS: usize = 2;
@@ -227,10 +227,10 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     };
     let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
     host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
-    let call = |id, args: &[u64]| hyp::call(id, args).map_err(|_| "a hypercall to set up the VM failed");
-    call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
-    call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
-    call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + layout.dtb])?;
+    let failed = |_| "a hypercall to set up the VM failed";
+    vm.el2().add_memory(vm.backing, GUEST_RAM, vm.pages).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + layout.dtb).map_err(failed)?;
     Ok(vm)
 }
 
@@ -323,18 +323,19 @@ impl LinuxVm {
             timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
         );
         note_run(&self.vm, v as u64);
-        let r = hyp::call(HypercallId::VcpuRun, &[handle, v as u64, st.mmio_value]);
+        let r = self.vm.el2().vcpu(v as u64).run(st.mmio_value);
         st.mmio_value = 0;
-        if let Err(e) = r {
-            note_exit(Err(e));
-            return Err(e);
-        }
-        // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
-        let e: VcpuExit = unsafe { core::ptr::read_volatile(crate::hyp::msg_page(crate::cpu_id()) as *const VcpuExit) };
-        note_exit(Ok(&e));
-        count_exit(handle, e.reason);
-        st.timers = Timers { vtimer: e.vtimer_deadline, ptimer: e.ptimer_deadline };
-        if e.flags & exit::FLAG_EOI != 0 {
+        let e = match r {
+            Ok(e) => e,
+            Err(err) => {
+                note_exit(Err(err));
+                return Err(err);
+            }
+        };
+        note_exit(Ok(&e.record));
+        count_exit(handle, e.exit.reason());
+        st.timers = Timers { vtimer: e.record.vtimer_deadline, ptimer: e.record.ptimer_deadline };
+        if e.eoi() {
             let wake = self.gic.collect_eois(handle, v, |intid| {
                 st.in_flight = st.in_flight.saturating_sub(1);
                 match intid {
@@ -345,17 +346,17 @@ impl LinuxVm {
             })?;
             self.wake(wake, v);
         }
-        Ok(match e.reason {
-            exit::MMIO => {
-                st.mmio_value = self.mmio(v, &e);
+        Ok(match e.exit {
+            Exit::Mmio { ipa, size, write } => {
+                st.mmio_value = self.mmio(v, ipa, size, write);
                 None
             }
-            exit::SGI => {
-                let wake = self.gic.send_sgi(e.args[1] as u8, e.args[0] as u8);
+            Exit::Sgi { intid, targets, .. } => {
+                let wake = self.gic.send_sgi(targets as u8, intid);
                 self.wake(wake, v);
                 None
             }
-            exit::WFX => {
+            Exit::Wfx => {
                 // Woken by what is already due; otherwise asleep until the earlier timer
                 // deadline or an interrupt ([`Self::wake`]).
                 let now = gic::counter();
@@ -367,15 +368,15 @@ impl LinuxVm {
                 let cap = if st.in_flight > 0 { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
                 (!self.gic.has_deliverable(v)).then(|| Yield::Block(st.timers.next_after(now).min(cap)))
             }
-            exit::IRQ => {
+            Exit::Irq => {
                 gic::handle_pending();
                 poll_input();
                 (gic::take_preempt() && sched::others_ready()).then_some(Yield::Preempted)
             }
             // Off (never started, or PSCI `CPU_OFF`): asleep until a sibling's `CPU_ON`.
-            exit::VCPU_OFF => (!self.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
-            exit::CPU_ON => {
-                let t = e.args[0] as usize;
+            Exit::VcpuOff => (!self.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
+            Exit::CpuOn { vcpu } => {
+                let t = vcpu as usize;
                 if t < self.vm.vcpus as usize {
                     self.turned_on[t].store(true, Ordering::SeqCst);
                     sched::wake(handle, t as u64);
@@ -383,14 +384,13 @@ impl LinuxVm {
                 None
             }
             // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
-            exit::HYPERCALL => None,
-            exit::SYSTEM_OFF => Some(Yield::Done(Some(Ok(Outcome::Off)))),
-            exit::SYSTEM_RESET => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
-            exit::KILLED => {
-                println!("host: linux VM {handle:#x} vCPU {v} stopped by EL2: reason {} at IPA {:#x}", e.data, e.ipa);
-                Some(Yield::Done(Some(Ok(Outcome::Killed(e.data, e.ipa, e.args[0])))))
+            Exit::Hypercall { .. } => None,
+            Exit::SystemOff => Some(Yield::Done(Some(Ok(Outcome::Off)))),
+            Exit::SystemReset => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
+            Exit::Killed { reason, ipa, detail } => {
+                println!("host: linux VM {handle:#x} vCPU {v} stopped by EL2: reason {reason} at IPA {ipa:#x}");
+                Some(Yield::Done(Some(Ok(Outcome::Killed(reason, ipa, detail)))))
             }
-            other => crate::fail::fail(format_args!("linux: unknown exit reason {other}")),
         })
     }
 
@@ -441,15 +441,13 @@ impl LinuxVm {
     }
 
     /// An MMIO exit: the GIC, the UART, or an unassigned address (reads 0, writes ignored).
-    fn mmio(&self, v: usize, e: &VcpuExit) -> u64 {
-        let write = (e.flags & exit::MMIO_WRITE != 0).then_some(e.data);
-        let size = e.size;
-        if let Some((value, wake)) = self.gic.mmio(e.ipa, size, write) {
+    fn mmio(&self, v: usize, ipa: u64, size: u32, write: Option<u64>) -> u64 {
+        if let Some((value, wake)) = self.gic.mmio(ipa, size, write) {
             self.wake(wake, v);
             return value;
         }
         let mut wake = 0;
-        if let Some(value) = self.uart.mmio(e.ipa, size, write, |level| wake = self.gic.set_level(v, UART_INTID, level)) {
+        if let Some(value) = self.uart.mmio(ipa, size, write, |level| wake = self.gic.set_level(v, UART_INTID, level)) {
             self.wake(wake, v);
             return value;
         }

@@ -21,7 +21,7 @@ use crate::gic;
 use crate::{Outcome, Ran, Stepper, ValueDevice, Vm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use host_sched::{RunQueue, CAPACITY};
-use shared_abi::msg::exit;
+use shared_abi::msg::Exit;
 use shared_abi::HypError;
 
 static QUEUE: spin::Mutex<RunQueue> = spin::Mutex::new(RunQueue::new());
@@ -318,9 +318,9 @@ fn run_slot(cpu: usize, slot: usize, handle: u64, vcpu: u64) {
     gic::take_preempt();
     let ended = loop {
         match stepper.run_once(&vm, vcpu, &mut dev) {
-            Ok(Ran::Exit(exit::WFX | exit::VCPU_OFF)) => break None,
-            Ok(Ran::Exit(reason)) => {
-                if reason == exit::IRQ && gic::take_preempt() {
+            Ok(Ran::Exit(Exit::Wfx | Exit::VcpuOff)) => break None,
+            Ok(Ran::Exit(exit)) => {
+                if exit == Exit::Irq && gic::take_preempt() {
                     STATS[cpu].preemptions.fetch_add(1, Ordering::Relaxed);
                     break None;
                 }

@@ -11,10 +11,10 @@
 //! interrupt's line again. The VMM asks to hear of every deactivation (`EOI_NOTIFY`), edge or
 //! level, so it knows when a vINTID may be queued again.
 
-use crate::hyp;
+use host_kernel::hyp::client::VmHandle;
 use host_vdev::vgic::Vgic;
-use shared_abi::msg::{irq, VgicState};
-use shared_abi::{HypError, HypercallId};
+use shared_abi::msg::irq;
+use shared_abi::HypError;
 
 /// The distributor's frame (IPA).
 pub const GICD: u64 = 0x0800_0000;
@@ -93,7 +93,7 @@ impl VirtualGic {
             // The list register holds 5 priority bits on QEMU (EL2 refuses lower ones): the
             // guest's priority, rounded as a GIC with 5 bits would read it back.
             let config = irq::config(q.priority() & 0xF8, q.group1(), irq::PENDING, true);
-            match hyp::call(HypercallId::VcpuSetIrq, &[handle, vcpu as u64, intid as u64, config as u64]) {
+            match VmHandle(handle).vcpu(vcpu as u64).set_irq(intid, config) {
                 Ok(_) => {
                     q.accept();
                     queued(intid);
@@ -109,8 +109,7 @@ impl VirtualGic {
     /// Collects the deactivations EL2 recorded for `vcpu` (after an exit with `FLAG_EOI`);
     /// calls `done` for each vINTID.
     pub fn collect_eois(&self, handle: u64, vcpu: usize, mut done: impl FnMut(u32)) -> Result<Wake, HypError> {
-        hyp::call(HypercallId::VcpuIrqState, &[handle, vcpu as u64])?;
-        let s: VgicState = crate::hyp::read_msg(crate::cpu_id());
+        let s = VmHandle(handle).vcpu(vcpu as u64).irq_state()?;
         let mut m = self.model.lock();
         let mut wake = 0;
         for (w, word) in s.eoi.iter().enumerate() {
