@@ -1,6 +1,6 @@
 //! Where the host starts and where its exceptions land (from the boot code and vectors in
 //! [`crate::arch::boot`]), and the hooks through which the binary above plugs in its `main`, its
-//! idle-loop work and its handling of faults it provokes on purpose ([`entry!`]).
+//! idle-loop work and its handling of faults it provokes on purpose ([`entry!`](crate::entry!)).
 
 pub use crate::arch::boot::{secondary_entry, Frame};
 use crate::cpu::{current_el, MAX_CPUS, ONLINE};
@@ -11,7 +11,7 @@ use core::sync::atomic::Ordering;
 /// The vector of a synchronous exception from the current EL with `SP_ELx`.
 pub const SYNC_CURRENT_EL: u64 = 4;
 
-/// What the binary plugs into the kernel ([`entry!`]).
+/// What the binary plugs into the kernel ([`entry!`](crate::entry!)).
 pub struct Hooks {
     /// Runs on CPU 0 once the kernel is up; the machine powers off when it returns.
     pub main: fn(&Platform),

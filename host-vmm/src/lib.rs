@@ -1,6 +1,7 @@
-//! The host's VMM: creates VMs, loads guest images, gives them memory, runs their vCPUs and
-//! emulates their devices, all through the hypercall client of `host-kernel`, and schedules
-//! vCPUs on host CPUs ([`sched`]). The scenarios above it use it; it never uses them.
+//! The host's VMM: creates VMs, loads guest images, gives them memory, runs their vCPUs through
+//! one exit loop ([`run`](mod@run)) with their devices on a bus, all through the hypercall client of
+//! `host-kernel`, and schedules vCPUs on host CPUs ([`sched`]). The scenarios above it use it;
+//! it never uses them.
 //!
 //! Guest physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as Linux's
 //! boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`, and a test
@@ -10,24 +11,31 @@
 #![cfg(target_os = "none")]
 #![no_std]
 
+mod bus;
 pub mod linux;
 mod pl011;
+pub mod run;
 pub mod sched;
+mod testdev;
 mod timer;
 mod vgic;
+
+pub use run::HOST_RUN_STATUS;
+pub use testdev::{NoDevice, TestDevice, ValueDevice};
 
 use host_kernel::cpu::{cpu_id, MAX_CPUS};
 use host_kernel::{check, console, fail, gic, platform, println};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use host_kernel::hyp::client::{Exited, VmHandle};
-use shared_abi::msg::{exit, vm_flags, Exit, VcpuExit, VmCreate};
-use shared_abi::layout::run_status;
+use host_kernel::hyp::client::VmHandle;
+use testdev::{ConsoleLine, TestMachine};
+use shared_abi::msg::{exit, vm_flags, Exit, VmCreate};
 use shared_abi::{reg, HypError, PAGE_SIZE};
 
 /// Guest RAM base (IPA).
 pub const GUEST_RAM: u64 = 0x4000_0000;
-/// Where a raw image goes, relative to [`GUEST_RAM`].
+/// The test VMs' console UART (IPA).
 const UART: u64 = 0x0900_0000;
+/// The test device's register (IPA).
 const TESTDEV: u64 = 0x0b00_0000;
 
 /// Host RAM handed out for guest memory (bump allocation: simple, and plenty for tests).
@@ -115,53 +123,6 @@ pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
     Ok(GUEST_RAM + dtb_off)
 }
 
-/// What a scenario does when its guest uses the test device.
-pub trait TestDevice {
-    /// The guest wrote `v`.
-    fn write(&mut self, vm: &Vm, v: u64);
-    /// The guest reads.
-    fn read(&mut self, vm: &Vm) -> u64;
-    /// Every exit, before the stepper handles it (a guest SGI, the EOI flag, ...).
-    fn exit(&mut self, _vm: &Vm, _e: &Exited) {}
-}
-
-/// A test device that does nothing.
-pub struct NoDevice;
-impl TestDevice for NoDevice {
-    fn write(&mut self, _: &Vm, _: u64) {}
-    fn read(&mut self, _: &Vm) -> u64 {
-        0
-    }
-}
-
-/// What each host CPU last did with a vCPU ([`shared_abi::layout::run_status`]): read by the
-/// test runner through QEMU's monitor when a scenario hangs.
-#[no_mangle]
-pub static HOST_RUN_STATUS: [[AtomicU64; run_status::WORDS]; run_status::CPUS] =
-    [const { [const { AtomicU64::new(0) }; run_status::WORDS] }; run_status::CPUS];
-
-/// Records, for the timeout report, that this CPU enters `VCPU_RUN` for `index` of `vm`.
-pub(crate) fn note_run(vm: &Vm, index: u64) {
-    let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
-    row[run_status::VM].store(vm.handle, Ordering::Relaxed);
-    row[run_status::VCPU].store(index, Ordering::Relaxed);
-    row[run_status::RUNS].fetch_add(1, Ordering::Relaxed);
-    row[run_status::IN_RUN].store(1, Ordering::Release);
-}
-
-/// Records how the `VCPU_RUN` that [`note_run`] noted ended.
-pub(crate) fn note_exit(r: Result<&VcpuExit, HypError>) {
-    let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
-    let (reason, ipa, data) = match r {
-        Ok(e) => (e.reason as u64, e.ipa, e.data),
-        Err(err) => (u64::MAX, 0, err as i64 as u64),
-    };
-    row[run_status::LAST_EXIT].store(reason, Ordering::Relaxed);
-    row[run_status::LAST_IPA].store(ipa, Ordering::Relaxed);
-    row[run_status::LAST_DATA].store(data, Ordering::Relaxed);
-    row[run_status::IN_RUN].store(0, Ordering::Release);
-}
-
 /// What one `VCPU_RUN` of [`Stepper::run_once`] came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ran {
@@ -171,15 +132,6 @@ pub enum Ran {
     Ended(Outcome),
 }
 
-/// A test device that answers every read with one value (a guest's role or parameter).
-pub struct ValueDevice(pub u64);
-impl TestDevice for ValueDevice {
-    fn write(&mut self, _: &Vm, _: u64) {}
-    fn read(&mut self, _: &Vm) -> u64 {
-        self.0
-    }
-}
-
 /// Set when the VM being run by several host CPUs has stopped.
 static STOP: AtomicBool = AtomicBool::new(false);
 /// `CPU_ON` exits seen by the fixed-placement loops: a secondary vCPU found off waits for this
@@ -187,10 +139,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static CPU_ONS: AtomicU64 = AtomicU64::new(0);
 
 /// One vCPU's run state between exits: its console line, a pending MMIO read value, and
-/// whether it was off at its last run ([`CPU_ONS`] then).
+/// whether it was off at its last run (`CPU_ONS` then).
 pub struct Stepper {
-    line: [u8; 160],
-    len: usize,
+    console: ConsoleLine,
     read_value: u64,
     off_since: Option<u64>,
 }
@@ -204,11 +155,11 @@ impl Default for Stepper {
 impl Stepper {
     /// A fresh vCPU.
     pub const fn new() -> Self {
-        Self { line: [0; 160], len: 0, read_value: 0, off_since: None }
+        Self { console: ConsoleLine::new(), read_value: 0, off_since: None }
     }
 
     /// Runs vCPU `index` to its next exit and handles it. `Some` when the vCPU's run is over
-    /// (a secondary vCPU that is off waits for [`STOP`]; vCPU 0 off ends the run).
+    /// (a secondary vCPU that is off waits for `STOP`; vCPU 0 off ends the run).
     pub fn step(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Option<Outcome>, HypError> {
         // Off at its last run, and no `CPU_ON` served since: not worth asking EL2 again. (The
         // loop around may run other vCPUs meanwhile, so this never waits itself.)
@@ -245,52 +196,7 @@ impl Stepper {
     /// ended. An `IRQ` exit has had the host's pending interrupts handled
     /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
     pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
-        note_run(vm, index);
-        let r = vm.el2().vcpu(index).run(self.read_value);
-        self.read_value = 0;
-        let e = match r {
-            Ok(e) => e,
-            Err(err) => {
-                note_exit(Err(err));
-                return Err(err);
-            }
-        };
-        note_exit(Ok(&e.record));
-        count_exit(vm.handle, e.exit.reason());
-        dev.exit(vm, &e);
-        match e.exit {
-            Exit::Mmio { ipa, write, .. } => {
-                match (ipa, write) {
-                    (UART, Some(data)) => {
-                        let c = data as u8;
-                        if c == b'\n' || self.len == self.line.len() {
-                            println!("{}", core::str::from_utf8(&self.line[..self.len]).unwrap_or("<bad utf-8>"));
-                            self.len = 0;
-                        }
-                        if c != b'\n' {
-                            self.line[self.len] = c;
-                            self.len += 1;
-                        }
-                    }
-                    (a, _) if (UART..UART + 0x1000).contains(&a) => {} // FR reads 0: never busy
-                    (TESTDEV, Some(v)) => dev.write(vm, v),
-                    (TESTDEV, None) => self.read_value = dev.read(vm),
-                    _ => {
-                        UNASSIGNED.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(Ran::Exit(e.exit))
-            }
-            Exit::Irq => {
-                crate::gic::handle_pending();
-                Ok(Ran::Exit(Exit::Irq))
-            }
-            // An SGI is the test device's to deliver (it saw the exit first), if it wants.
-            Exit::Wfx | Exit::Hypercall { .. } | Exit::VcpuOff | Exit::Sgi { .. } | Exit::CpuOn { .. } => Ok(Ran::Exit(e.exit)),
-            Exit::SystemOff => Ok(Ran::Ended(Outcome::Off)),
-            Exit::SystemReset => Ok(Ran::Ended(Outcome::Reset)),
-            Exit::Killed { reason, ipa, detail } => Ok(Ran::Ended(Outcome::Killed(reason, ipa, detail))),
-        }
+        run::step(&mut TestMachine { vm, index, console: &mut self.console, dev }, &mut self.read_value)
     }
 }
 
@@ -321,7 +227,7 @@ static WORK_DONE: [AtomicBool; crate::MAX_CPUS] = [const { AtomicBool::new(false
 static WORK2: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
 
 /// Has host CPU `cpu` run vCPU `vcpu` of two VMs, alternating exit by exit, until both end
-/// (after [`STOP`] for secondary vCPUs).
+/// (after `STOP` for secondary vCPUs).
 pub fn start_secondary_pair(cpu: usize, a: u64, b: u64, vcpu: u64) {
     WORK2[cpu].store(b, Ordering::SeqCst);
     start_secondary(cpu, a, vcpu);
@@ -391,7 +297,7 @@ pub fn run(vm: &Vm, host_cpus: usize, dev: &mut dyn TestDevice) -> Result<Outcom
     run_started(vm, host_cpus, dev)
 }
 
-/// Clears [`STOP`] before a [`start_secondary_pair`] run.
+/// Clears `STOP` before a [`start_secondary_pair`] run.
 pub fn arm_secondaries() {
     STOP.store(false, Ordering::SeqCst);
 }

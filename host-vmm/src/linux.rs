@@ -5,20 +5,24 @@
 //! The same VMs run the project's ELF test guests that need these devices (`scenario=linux`
 //! with an ELF staged as the kernel).
 //!
-//! Place in the flow: [`run`] builds the VMs from what `cargo xtask run --kernel ...` staged
+//! Place in the flow: [`run()`] builds the VMs from what `cargo xtask run --kernel ...` staged
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
-//! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], the VMM's
-//! exit loop: MMIO to the devices, guest SGIs and timer deadlines to the distributor model,
-//! `WFI` to a sleep until an interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until
-//! a sibling's `CPU_ON`.
+//! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], which runs
+//! it through the VMM's exit loop ([`crate::run`](mod@crate::run)) as a `LinuxVcpu`: MMIO to the devices on
+//! its bus, guest SGIs and timer deadlines to the distributor model, `WFI` to a sleep until an
+//! interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until a sibling's `CPU_ON`.
 //!
 //! Guest physical map: GIC distributor at `0x0800_0000`, redistributors at `0x080A_0000`
 //! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), RAM at `0x4000_0000`.
 
-use super::pl011::{GuestUart, UART, UART_INTID, UART_SPI};
+use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE, UART_SPI};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
-use super::vgic::{VirtualGic, Wake, GICD, GICR};
-use super::{count_exit, note_exit, note_run, Outcome, Vm, GUEST_RAM};
+use super::vgic::{VirtualGic, GICD, GICR};
+use super::{Outcome, Vm, GUEST_RAM};
+use crate::bus::{Bus, Device, Wake};
+use crate::run::{self, Machine};
+use core::ops::Range;
+use host_kernel::hyp::client::Exited;
 use crate::platform::Platform;
 use crate::{gic, println, sched};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -313,85 +317,10 @@ impl LinuxVm {
 
     /// One `VCPU_RUN` of vCPU `v` and its exit: `Some` when the vCPU leaves this host CPU.
     fn step(&self, v: usize, st: &mut VcpuState) -> Result<Option<Yield>, HypError> {
-        let handle = self.vm.handle;
-        let now = gic::counter();
-        self.deliver(v, st, now)?;
-        // The physical PPIs behind the timers end the run at their deadlines, unless the
-        // virtual interrupt is already queued or high (`timer::physical_enabled`).
-        gic::set_timer_ppis(
-            timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
-            timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
-        );
-        note_run(&self.vm, v as u64);
-        let r = self.vm.el2().vcpu(v as u64).run(st.mmio_value);
-        st.mmio_value = 0;
-        let e = match r {
-            Ok(e) => e,
-            Err(err) => {
-                note_exit(Err(err));
-                return Err(err);
-            }
-        };
-        note_exit(Ok(&e.record));
-        count_exit(handle, e.exit.reason());
-        st.timers = Timers { vtimer: e.record.vtimer_deadline, ptimer: e.record.ptimer_deadline };
-        if e.eoi() {
-            let wake = self.gic.collect_eois(handle, v, |intid| {
-                st.in_flight = st.in_flight.saturating_sub(1);
-                match intid {
-                    VTIMER_INTID => st.vtimer_queued = false,
-                    PTIMER_INTID => st.ptimer_queued = false,
-                    _ => {}
-                }
-            })?;
-            self.wake(wake, v);
-        }
-        Ok(match e.exit {
-            Exit::Mmio { ipa, size, write } => {
-                st.mmio_value = self.mmio(v, ipa, size, write);
-                None
-            }
-            Exit::Sgi { intid, targets, .. } => {
-                let wake = self.gic.send_sgi(targets as u8, intid);
-                self.wake(wake, v);
-                None
-            }
-            Exit::Wfx => {
-                // Woken by what is already due; otherwise asleep until the earlier timer
-                // deadline or an interrupt ([`Self::wake`]).
-                let now = gic::counter();
-                self.set_timer_lines(v, st, now);
-                // A guest's WFI with an interrupt pending in a list register does not trap
-                // (QEMU checks for pending work first); one still in flight may be active, or
-                // below the guest's priority mask, and the vCPU may sleep. Even so such a sleep
-                // is capped: the host cannot see the list registers' state without a call.
-                let cap = if st.in_flight > 0 { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
-                (!self.gic.has_deliverable(v)).then(|| Yield::Block(st.timers.next_after(now).min(cap)))
-            }
-            Exit::Irq => {
-                gic::handle_pending();
-                poll_input();
-                (gic::take_preempt() && sched::others_ready()).then_some(Yield::Preempted)
-            }
-            // Off (never started, or PSCI `CPU_OFF`): asleep until a sibling's `CPU_ON`.
-            Exit::VcpuOff => (!self.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
-            Exit::CpuOn { vcpu } => {
-                let t = vcpu as usize;
-                if t < self.vm.vcpus as usize {
-                    self.turned_on[t].store(true, Ordering::SeqCst);
-                    sched::wake(handle, t as u64);
-                }
-                None
-            }
-            // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
-            Exit::Hypercall { .. } => None,
-            Exit::SystemOff => Some(Yield::Done(Some(Ok(Outcome::Off)))),
-            Exit::SystemReset => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
-            Exit::Killed { reason, ipa, detail } => {
-                println!("host: linux VM {handle:#x} vCPU {v} stopped by EL2: reason {reason} at IPA {ipa:#x}");
-                Some(Yield::Done(Some(Ok(Outcome::Killed(reason, ipa, detail)))))
-            }
-        })
+        let mut mmio_value = core::mem::take(&mut st.mmio_value);
+        let r = run::step(&mut LinuxVcpu { l: self, v, st }, &mut mmio_value);
+        st.mmio_value = mmio_value;
+        r
     }
 
     /// The timers' lines of vCPU `v` at counter value `now`, driven into the model where they
@@ -440,21 +369,6 @@ impl LinuxVm {
         Ok(())
     }
 
-    /// An MMIO exit: the GIC, the UART, or an unassigned address (reads 0, writes ignored).
-    fn mmio(&self, v: usize, ipa: u64, size: u32, write: Option<u64>) -> u64 {
-        if let Some((value, wake)) = self.gic.mmio(ipa, size, write) {
-            self.wake(wake, v);
-            return value;
-        }
-        let mut wake = 0;
-        if let Some(value) = self.uart.mmio(ipa, size, write, |level| wake = self.gic.set_level(v, UART_INTID, level)) {
-            self.wake(wake, v);
-            return value;
-        }
-        super::UNASSIGNED.fetch_add(1, Ordering::Relaxed);
-        0
-    }
-
     /// Marks the vCPUs in `wake` for a flush, and wakes or kicks them but `me` (which flushes
     /// its own before its next run).
     fn wake(&self, wake: Wake, me: usize) {
@@ -470,6 +384,132 @@ impl LinuxVm {
                 sched::wake(self.vm.handle, v as u64);
             }
         }
+    }
+}
+
+/// A Linux VM's vCPU in the exit loop ([`run::step`]): before each run its interrupts queued
+/// and the host's timer PPIs set; after each exit its timer deadlines and collected
+/// deactivations; on its bus the vGIC and the PL011; SGIs, `WFI`, `CPU_ON` and `CPU_OFF`
+/// emulated with the distributor model and the scheduler.
+struct LinuxVcpu<'a> {
+    l: &'a LinuxVm,
+    v: usize,
+    st: &'a mut VcpuState,
+}
+
+impl Machine for LinuxVcpu<'_> {
+    type Step = Option<Yield>;
+
+    fn vcpu(&self) -> (&Vm, u64) {
+        (&self.l.vm, self.v as u64)
+    }
+
+    fn before_run(&mut self) -> Result<(), HypError> {
+        let st = &mut *self.st;
+        let now = gic::counter();
+        self.l.deliver(self.v, st, now)?;
+        // The physical PPIs behind the timers end the run at their deadlines, unless the
+        // virtual interrupt is already queued or high (`timer::physical_enabled`).
+        gic::set_timer_ppis(
+            timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
+            timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
+        );
+        Ok(())
+    }
+
+    fn after_exit(&mut self, e: &Exited) -> Result<(), HypError> {
+        let (st, v) = (&mut *self.st, self.v);
+        st.timers = Timers { vtimer: e.record.vtimer_deadline, ptimer: e.record.ptimer_deadline };
+        if e.eoi() {
+            let wake = self.l.gic.collect_eois(self.l.vm.handle, v, |intid| {
+                st.in_flight = st.in_flight.saturating_sub(1);
+                match intid {
+                    VTIMER_INTID => st.vtimer_queued = false,
+                    PTIMER_INTID => st.ptimer_queued = false,
+                    _ => {}
+                }
+            })?;
+            self.l.wake(wake, v);
+        }
+        Ok(())
+    }
+
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> Option<u64> {
+        let (l, v) = (self.l, self.v);
+        let mut gic = &l.gic;
+        let mut uart = UartPort { uart: &l.uart, gic: &l.gic, vcpu: v };
+        let (value, wake) = Bus([&mut gic, &mut uart]).access(ipa, size, write)?;
+        l.wake(wake, v);
+        Some(value)
+    }
+
+    fn exit(&mut self, e: &Exited) -> Option<Yield> {
+        let (l, st, v) = (self.l, &mut *self.st, self.v);
+        let handle = l.vm.handle;
+        match e.exit {
+            // Served on the bus.
+            Exit::Mmio { .. } => None,
+            Exit::Sgi { intid, targets, .. } => {
+                let wake = l.gic.send_sgi(targets as u8, intid);
+                l.wake(wake, v);
+                None
+            }
+            Exit::Wfx => {
+                // Woken by what is already due; otherwise asleep until the earlier timer
+                // deadline or an interrupt ([`LinuxVm::wake`]).
+                let now = gic::counter();
+                l.set_timer_lines(v, st, now);
+                // A guest's WFI with an interrupt pending in a list register does not trap
+                // (QEMU checks for pending work first); one still in flight may be active, or
+                // below the guest's priority mask, and the vCPU may sleep. Even so such a sleep
+                // is capped: the host cannot see the list registers' state without a call.
+                let cap = if st.in_flight > 0 { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
+                (!l.gic.has_deliverable(v)).then(|| Yield::Block(st.timers.next_after(now).min(cap)))
+            }
+            Exit::Irq => {
+                gic::handle_pending();
+                poll_input();
+                (gic::take_preempt() && sched::others_ready()).then_some(Yield::Preempted)
+            }
+            // Off (never started, or PSCI `CPU_OFF`): asleep until a sibling's `CPU_ON`.
+            Exit::VcpuOff => (!l.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
+            Exit::CpuOn { vcpu } => {
+                let t = vcpu as usize;
+                if t < l.vm.vcpus as usize {
+                    l.turned_on[t].store(true, Ordering::SeqCst);
+                    sched::wake(handle, t as u64);
+                }
+                None
+            }
+            // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
+            Exit::Hypercall { .. } => None,
+            Exit::SystemOff => Some(Yield::Done(Some(Ok(Outcome::Off)))),
+            Exit::SystemReset => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
+            Exit::Killed { reason, ipa, detail } => {
+                println!("host: linux VM {handle:#x} vCPU {v} stopped by EL2: reason {reason} at IPA {ipa:#x}");
+                Some(Yield::Done(Some(Ok(Outcome::Killed(reason, ipa, detail)))))
+            }
+        }
+    }
+}
+
+/// The PL011 on a Linux VM's bus: its interrupt line drives the distributor model's SPI.
+struct UartPort<'a> {
+    uart: &'a GuestUart,
+    gic: &'a VirtualGic,
+    vcpu: usize,
+}
+
+impl Device for UartPort<'_> {
+    fn ranges(&self) -> &[Range<u64>] {
+        const RANGE: Range<u64> = UART..UART + UART_SIZE;
+        core::slice::from_ref(&RANGE)
+    }
+
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> (u64, Wake) {
+        let mut wake = 0;
+        let value = self.uart.mmio(ipa, size, write, |level| wake = self.gic.set_level(self.vcpu, UART_INTID, level));
+        (value.unwrap_or(0), wake)
     }
 }
 
@@ -491,7 +531,7 @@ pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, i
 }
 
 /// While Linux VMs run (`on`): console input goes to the first, and idle host CPUs sleep in
-/// `WFI` until a deadline or a kick, as [`run`] sets them.
+/// `WFI` until a deadline or a kick, as [`run()`] sets them.
 pub fn set_running(on: bool) {
     ACTIVE.store(on, Ordering::SeqCst);
     sched::SLEEP_WHEN_IDLE.store(on, Ordering::SeqCst);

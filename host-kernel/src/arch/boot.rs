@@ -1,6 +1,6 @@
 //! The boot code (CPU 0 at `_start`, the others at `host_secondary_entry`) and the EL1
 //! exception vectors, which save the registers into a [`Frame`] for
-//! [`crate::entry`]'s handler.
+//! [`crate::entry`](mod@crate::entry)'s handler.
 
 use crate::cpu::MAX_CPUS;
 use crate::entry::{host_exception, host_secondary};
