@@ -77,7 +77,7 @@ pub fn run_ptrauth(plat: &Platform) {
     };
     let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
     check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
-    let r = vmm::run(&vm, 1, &mut Mode(mode));
+    let r = vmm::pinned::run(&vm, 1, &mut Mode(mode));
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
     println!("host: bench: done");
@@ -116,7 +116,7 @@ pub fn run(plat: &Platform) {
     };
     let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
     check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
-    let r = vmm::run(&vm, 1, &mut vmm::NoDevice);
+    let r = vmm::pinned::run(&vm, 1, &mut vmm::NoDevice);
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
     // The same guest in an MTE VM, for the first-touch row with tag clearing.
@@ -126,7 +126,7 @@ pub fn run(plat: &Platform) {
     };
     let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
     check!(vmm::boot(&vm, entry).is_ok(), "booting the MTE bench guest");
-    let r = vmm::run(&vm, 1, &mut Mode(3));
+    let r = vmm::pinned::run(&vm, 1, &mut Mode(3));
     check!(r == Ok(vmm::Outcome::Off), "MTE bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the MTE bench guest");
     println!("host: bench: done");

@@ -607,9 +607,9 @@ fn ill_timed(plat: &Platform, c: &mut Counts) {
     // VM's registers are sealed (Denied) or the vCPU is held (Busy).
     let status = &vmm::HOST_RUN_STATUS[1];
     let before = status[run_status::RUNS].load(Ordering::Acquire);
-    vmm::start_secondary(1, vm.handle, 0);
+    vmm::pinned::start_secondary(1, vm.handle, 0);
     let mut spins = 0u64;
-    while status[run_status::RUNS].load(Ordering::Acquire) < before + 2 && !vmm::secondary_done(1) && spins < 500_000_000 {
+    while status[run_status::RUNS].load(Ordering::Acquire) < before + 2 && !vmm::pinned::secondary_done(1) && spins < 500_000_000 {
         spins += 1;
         core::hint::spin_loop();
     }
@@ -629,6 +629,6 @@ fn ill_timed(plat: &Platform, c: &mut Counts) {
         check!(matches!(r, Err(HypError::NotOwned) | Err(HypError::Denied)), "double donation: {r:?}");
         record(c, &r);
     }
-    vmm::wait_secondary(1);
+    vmm::pinned::wait_secondary(1);
     println!("host: ill-timed destroy: Busy {busy} time(s) while cpu1 ran the vCPU, then destroyed");
 }

@@ -40,6 +40,6 @@ fn main(plat: &Platform) {
 /// the scheduler.
 fn secondary_idle(cpu: usize) {
     probe::fault_hook(cpu);
-    vmm::secondary_work(cpu);
+    vmm::pinned::secondary_work(cpu);
     sched::secondary_work(cpu);
 }

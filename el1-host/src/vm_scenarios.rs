@@ -61,7 +61,7 @@ fn start_at(plat: &Platform, vcpus: u32, flags: u64, backing: u64) -> Vm {
 }
 
 fn run_to_off(plat: &Platform, vm: &Vm, dev: &mut dyn TestDevice) {
-    let r = vmm::run(vm, plat.nr_cpus, dev);
+    let r = vmm::pinned::run(vm, plat.nr_cpus, dev);
     check!(r == Ok(Outcome::Off), "VM {:#x} ended with {r:?}, expected SYSTEM_OFF", vm.handle);
 }
 
@@ -437,7 +437,7 @@ fn mte(plat: &Platform) {
     const HOST_MTE: [u64; 4] = [0x0777 << 8 | 0x9, 1 << 16 | 0x0F0F, 0b10, 0b10];
     // The host's own RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1.
     arch::set_mte_registers(HOST_MTE);
-    let run = |vm: &Vm, mode: u64| vmm::run(vm, plat.nr_cpus, &mut MteMode(mode));
+    let run = |vm: &Vm, mode: u64| vmm::pinned::run(vm, plat.nr_cpus, &mut MteMode(mode));
     // Two non-protected MTE VMs on the same pages: the first leaves tags behind (a non-protected
     // VM's memory is not scrubbed on destroy), the second must find them cleared.
     let backing = vmm::alloc_pages(GUEST_MIB * 256);
@@ -527,8 +527,8 @@ fn soak(plat: &Platform) {
     check!(plat.nr_cpus >= 2, "the soak needs 2 CPUs");
     let a = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE | vm_flags::PROTECTED);
     let b = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE);
-    vmm::arm_secondaries();
-    vmm::start_secondary_pair(1, a.handle, b.handle, 1);
+    vmm::pinned::arm_secondaries();
+    vmm::pinned::start_secondary_pair(1, a.handle, b.handle, 1);
     let (mut da, mut db) = (SoakDev { vals: [1, rounds], i: 0 }, SoakDev { vals: [2, rounds], i: 0 });
     let (mut sa, mut sb) = (Stepper::new(), Stepper::new());
     let (mut done_a, mut done_b) = (None, None);
@@ -543,8 +543,8 @@ fn soak(plat: &Platform) {
         // Host work between the guests' runs.
         host_work += hyp::call(HypercallId::Ping, &[host_work]).map_or(0, |r| (r[0] == host_work) as u64);
     }
-    vmm::stop_secondaries();
-    vmm::wait_secondary(1);
+    vmm::pinned::stop_secondaries();
+    vmm::pinned::wait_secondary(1);
     check!(done_a == Some(Outcome::Off) && done_b == Some(Outcome::Off), "soak VMs ended {done_a:?} {done_b:?}");
     println!("host: ok: soak: 2 VMs x 2 vCPUs on 2 CPUs, {rounds} checked exits per vCPU, {host_work} host calls in between");
     destroy(&a);
@@ -570,7 +570,7 @@ fn illegal_state(plat: &Platform) {
     let pstate = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
     check!(pstate == 0x3C5, "PSTATE after the refused writes: {pstate:#x}");
     println!("host: ok: PSTATE still {pstate:#x} (EL1h) after the refused writes");
-    let r = vmm::run(&vm, 1, &mut NoDevice);
+    let r = vmm::pinned::run(&vm, 1, &mut NoDevice);
     check!(matches!(r, Ok(Outcome::Killed(kill::ILLEGAL_STATE, _, _))), "the AArch32 guest ended {r:?}");
     let Ok(Outcome::Killed(_, _, spsr)) = r else { return };
     println!("host: ok: guest that returned to AArch32 EL0 stopped by EL2 (ILLEGAL_STATE, PSTATE {spsr:#x})");
@@ -606,7 +606,7 @@ fn leaks(plat: &Platform) {
     for (round, protected) in [(1, true), (2, false)] {
         let vm = start(plat, 1, protected);
         let mut dev = FoundDev { found: [u64::MAX; 2], n: 0 };
-        let r = vmm::run(&vm, 1, &mut dev);
+        let r = vmm::pinned::run(&vm, 1, &mut dev);
         check!(r == Ok(Outcome::Off), "leaks guest {round} ended {r:?}");
         check!(dev.n == 2, "leaks guest {round} reported {} values", dev.n);
         let [tpidr2, pmr] = dev.found;
@@ -681,7 +681,7 @@ impl TestDevice for VgicDev {
 fn vgic(plat: &Platform) {
     let vm = start(plat, 1, true);
     let mut dev = VgicDev { flags: 0, took: [0; 2], n: 0, sgi: None };
-    let r = vmm::run(&vm, 1, &mut dev);
+    let r = vmm::pinned::run(&vm, 1, &mut dev);
     check!(r == Ok(Outcome::Off), "vgic guest ended {r:?}");
     check!(dev.n == 2 && dev.took == [40, 5], "the guest took {:?} ({} reports)", dev.took, dev.n);
     println!("host: ok: protected guest took SPI 40 from its list register");

@@ -8,7 +8,7 @@
 //! Place in the flow: [`run()`] builds the VMs from what `cargo xtask run --kernel ...` staged
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
 //! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], which runs
-//! it through the VMM's exit loop ([`crate::run`](mod@crate::run)) as a `LinuxVcpu`: MMIO to the devices on
+//! it through the VMM's exit loop ([`crate::run`]) as a `LinuxVcpu`: MMIO to the devices on
 //! its bus, guest SGIs and timer deadlines to the distributor model, `WFI` to a sleep until an
 //! interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until a sibling's `CPU_ON`.
 //!

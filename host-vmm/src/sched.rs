@@ -14,7 +14,7 @@
 //! A vCPU's console line and pending MMIO read ([`Stepper`]) live with its queue slot, so a vCPU
 //! can move between host CPUs (EL2 keeps its context and flushes the local TLB on migration).
 //! Helper CPUs take part through [`secondary_work`], called from their idle loop. The older
-//! fixed placement ([`crate::run()`]: vCPU `k` on host CPU `k`) stays for the scenarios that
+//! fixed placement ([`crate::pinned`]: vCPU `k` on host CPU `k`) stays for the scenarios that
 //! are about something else.
 
 use crate::gic;

@@ -1,13 +1,15 @@
 //! The test VMs' devices and exit handling: a console UART that prints the guest's lines, and
 //! the test device through which a scenario talks to its guest ([`TestDevice`]), on the bus of
-//! the one exit loop ([`crate::run`](mod@crate::run)).
+//! the one exit loop ([`crate::run`]).
 
 use crate::bus::{Bus, Device, Wake};
 use crate::run::Machine;
-use crate::{println, Outcome, Ran, Vm, TESTDEV, UART};
+use crate::run;
+use crate::{println, Outcome, Vm, TESTDEV, UART};
 use core::ops::Range;
 use host_kernel::hyp::client::Exited;
 use shared_abi::msg::Exit;
+use shared_abi::HypError;
 
 /// What a scenario does when its guest uses the test device.
 pub trait TestDevice {
@@ -39,13 +41,13 @@ impl TestDevice for ValueDevice {
 
 /// A vCPU's console: the UART's data register, printed a line at a time. Every other register
 /// reads 0 (the flag register: never busy) and ignores writes.
-pub(crate) struct ConsoleLine {
+struct ConsoleLine {
     line: [u8; 160],
     len: usize,
 }
 
 impl ConsoleLine {
-    pub(crate) const fn new() -> Self {
+    const fn new() -> Self {
         Self { line: [0; 160], len: 0 }
     }
 }
@@ -98,11 +100,11 @@ impl Device for TestPort<'_> {
 /// A test VM's vCPU in the exit loop: its console and the scenario's test device on the bus;
 /// an `IRQ` exit has the host's pending interrupts handled; every other exit is the caller's
 /// (an SGI is the test device's to deliver, if it wants: it saw the exit first).
-pub(crate) struct TestMachine<'a> {
-    pub(crate) vm: &'a Vm,
-    pub(crate) index: u64,
-    pub(crate) console: &'a mut ConsoleLine,
-    pub(crate) dev: &'a mut dyn TestDevice,
+struct TestMachine<'a> {
+    vm: &'a Vm,
+    index: u64,
+    console: &'a mut ConsoleLine,
+    dev: &'a mut dyn TestDevice,
 }
 
 impl Machine for TestMachine<'_> {
@@ -112,7 +114,7 @@ impl Machine for TestMachine<'_> {
         (self.vm, self.index)
     }
 
-    fn after_exit(&mut self, e: &Exited) -> Result<(), shared_abi::HypError> {
+    fn after_exit(&mut self, e: &Exited) -> Result<(), HypError> {
         self.dev.exit(self.vm, e);
         Ok(())
     }
@@ -133,5 +135,42 @@ impl Machine for TestMachine<'_> {
             Exit::SystemReset => Ran::Ended(Outcome::Reset),
             Exit::Killed { reason, ipa, detail } => Ran::Ended(Outcome::Killed(reason, ipa, detail)),
         }
+    }
+}
+
+/// What one `VCPU_RUN` of [`Stepper::run_once`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// The vCPU exited so and may run again.
+    Exit(Exit),
+    /// The VM ended.
+    Ended(Outcome),
+}
+
+/// One vCPU's run state between exits: its console line, a pending MMIO read value, and
+/// whether it was off at its last run (for [`crate::pinned`]).
+pub struct Stepper {
+    console: ConsoleLine,
+    read_value: u64,
+    pub(crate) off_since: Option<u64>,
+}
+
+impl Default for Stepper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stepper {
+    /// A fresh vCPU.
+    pub const fn new() -> Self {
+        Self { console: ConsoleLine::new(), read_value: 0, off_since: None }
+    }
+
+    /// Runs vCPU `index` to its next exit and handles it: the exit reason, or how the VM
+    /// ended. An `IRQ` exit has had the host's pending interrupts handled
+    /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
+    pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
+        run::step(&mut TestMachine { vm, index, console: &mut self.console, dev }, &mut self.read_value)
     }
 }
