@@ -60,7 +60,7 @@ pub fn run(plat: &Platform) {
     check!(off.is_ok(), "storm: reading CNTVOFF_EL2: {off:?}");
     println!("host: storm {kind}: VM {:#x} runs with CNTVOFF_EL2 = {}", storm.handle, off.map_or(0, |r| r[0]));
     for vm in [storm, good] {
-        sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: run queue: {e:?}")));
+        linux::queue(vm).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: run queue: {e:?}")));
     }
     linux::set_running(true);
     let ms = gic::ticks_per_ms().max(1);

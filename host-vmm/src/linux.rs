@@ -7,7 +7,7 @@
 //!
 //! Place in the flow: [`run()`] builds the VMs from what `cargo xtask run --kernel ...` staged
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
-//! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], which runs
+//! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to `run_slot`, which runs
 //! it through the VMM's exit loop ([`crate::run`]) as a `LinuxVcpu`: MMIO to the devices on
 //! its bus, guest SGIs and timer deadlines to the distributor model, `WFI` to a sleep until an
 //! interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until a sibling's `CPU_ON`.
@@ -80,14 +80,6 @@ impl VcpuState {
 static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 /// Set while Linux VMs run (the console's input goes to the first one).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// Handles of the Linux VMs, for [`owns`] without touching the `Once`s.
-static HANDLES: [AtomicU64; MAX_VMS] = [const { AtomicU64::new(0) }; MAX_VMS];
-
-/// Whether `handle` is a Linux VM's (the scheduler gives its vCPUs to [`run_slot`]).
-pub fn owns(handle: u64) -> bool {
-    handle != 0 && HANDLES.iter().any(|h| h.load(Ordering::Relaxed) == handle)
-}
-
 fn lookup(handle: u64) -> Option<&'static LinuxVm> {
     VMS.iter().filter_map(|v| v.get()).find(|v| v.vm.handle == handle)
 }
@@ -145,19 +137,18 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
         kernel.len(),
         initrd.len()
     );
-    for n in 0..cfg.vms {
+    for (n, slot) in VMS.iter().enumerate().take(cfg.vms) {
         let vm = build(&cfg, kernel, initrd, cmdline).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: VM {n}: {e}")));
         let prefix = (cfg.vms > 1).then_some(n);
         let nr = cfg.vcpus as usize;
-        HANDLES[n].store(vm.handle, Ordering::SeqCst);
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        VMS[n].call_once(|| LinuxVm::new(vm, gic, prefix));
+        slot.call_once(|| LinuxVm::new(vm, gic, prefix));
     }
     // Every VM built above, in order (the padding past `cfg.vms` is never used).
     let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
     let vms = &all[..cfg.vms];
     for vm in vms {
-        sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: run queue: {e:?}")));
+        queue(vm).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: run queue: {e:?}")));
     }
     ACTIVE.store(true, Ordering::SeqCst);
     sched::SLEEP_WHEN_IDLE.store(true, Ordering::SeqCst);
@@ -249,6 +240,25 @@ pub fn poll_input() {
     l.wake(wake, usize::MAX);
 }
 
+/// Queues every vCPU of Linux VM `vm` with the scheduler, which gives them to `run_slot`;
+/// idle host CPUs then poll the console for the first Linux VM's UART.
+///
+/// # Errors
+/// The queue's refusal.
+pub fn queue(vm: &Vm) -> Result<(), host_sched::Error> {
+    sched::set_idle_poll(poll_input);
+    sched::add_run_by(vm, &LinuxVcpus)
+}
+
+/// The scheduler's way to the Linux VMs' vCPUs.
+struct LinuxVcpus;
+
+impl sched::Runner for LinuxVcpus {
+    fn run_slot(&self, slot: usize, vm: u64, vcpu: u64) {
+        run_slot(slot, vm, vcpu);
+    }
+}
+
 /// How a vCPU's time on this host CPU ended.
 enum Yield {
     /// It waits for an interrupt or its timer deadline (counter ticks).
@@ -261,7 +271,7 @@ enum Yield {
 
 /// Runs vCPU `vcpu` of Linux VM `handle` (run-queue slot `slot`) until it waits, is
 /// preempted, or its VM ends.
-pub fn run_slot(slot: usize, handle: u64, vcpu: u64) {
+fn run_slot(slot: usize, handle: u64, vcpu: u64) {
     let Some(l) = lookup(handle) else {
         sched::end_slot(slot, handle, None);
         return;
@@ -518,7 +528,7 @@ impl Device for UartPort<'_> {
 /// Builds Linux VM `n` (below [`MAX_VMS`]) from `image` (an `Image` or an ELF test guest) with
 /// its own command line (`/chosen/bootargs`), `vcpus` vCPUs, VM `flags` and `mem_mib` MiB, and
 /// registers it with the VMM (its console lines carry `[vmN]`). The caller queues its vCPUs
-/// ([`sched::add`]) and runs them. Each `n` once per boot.
+/// ([`queue`]) and runs them. Each `n` once per boot.
 pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, image: &[u8], cmdline: &str) -> Result<&'static Vm, &'static str> {
     let slot = VMS.get(n).ok_or("no such Linux VM slot")?;
     if slot.is_completed() {
@@ -526,7 +536,6 @@ pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, i
     }
     let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
     let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline)?;
-    HANDLES[n].store(vm.handle, Ordering::SeqCst);
     Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n))).vm)
 }
 
