@@ -27,7 +27,7 @@ pub use testdev::{NoDevice, Ran, Stepper, TestDevice, ValueDevice};
 
 use host_kernel::cpu::{cpu_id, MAX_CPUS};
 use host_kernel::{check, console, fail, gic, platform, println};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use host_kernel::hyp::client::VmHandle;
 use shared_abi::msg::{exit, vm_flags, VmCreate};
 use shared_abi::{reg, HypError, PAGE_SIZE};
@@ -127,8 +127,38 @@ pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
 /// Exit reasons the host counts per VM ([`exit`] values 1..=9).
 const HOST_EXIT_NAMES: [&str; 11] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi", "cpu_on"];
 
-/// Kinds of injected interrupts ([`linux::take_injections`]).
+/// Kinds of injected interrupts ([`count_injection`]).
 const INJECTION_NAMES: [&str; 4] = ["timer", "sgi", "uart", "other"];
+
+/// Interrupts the VMM queued into list registers, per VM slot (the handle's low byte) and kind.
+static INJECTED: [[AtomicU64; 4]; 16] = [const { [const { AtomicU64::new(0) }; 4] }; 16];
+/// VM slots whose VM has a distributor model that injects interrupts, until its report.
+static INJECTS: [AtomicBool; 16] = [const { AtomicBool::new(false) }; 16];
+
+/// VM `handle` injects interrupts from a distributor model: its report counts them.
+pub(crate) fn note_injects(handle: u64) {
+    let slot = handle as usize & 0xFF;
+    if let (Some(flag), Some(row)) = (INJECTS.get(slot), INJECTED.get(slot)) {
+        row.iter().for_each(|n| n.store(0, Ordering::Relaxed));
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
+/// VM `handle` had an interrupt of `kind` ([`INJECTION_NAMES`]: timer, SGI, UART, other)
+/// queued into a list register.
+pub(crate) fn count_injection(handle: u64, kind: usize) {
+    if let Some(n) = INJECTED.get(handle as usize & 0xFF).and_then(|row| row.get(kind)) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The interrupts VM `handle` had injected, by kind, reset to zero; `None` if it has no
+/// distributor model (or they were taken already).
+fn take_injections(handle: u64) -> Option<[u64; 4]> {
+    let slot = handle as usize & 0xFF;
+    let row = INJECTED.get(slot)?;
+    INJECTS.get(slot)?.swap(false, Ordering::Relaxed).then(|| core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed)))
+}
 
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
 static HOST_EXITS: [[AtomicU64; 11]; 16] = [const { [const { AtomicU64::new(0) }; 11] }; 16];
@@ -165,7 +195,7 @@ pub fn report_stats(vm: &Vm) {
     let host_json = Fmt(|f| host.iter().enumerate().skip(1).try_for_each(|(i, n)| write!(f, "{}\"{}\":{n}", if i > 1 { "," } else { "" }, HOST_EXIT_NAMES[i])));
     let el2_json = Fmt(|f| el2.iter().enumerate().try_for_each(|(i, n)| write!(f, "{}\"{}\":{n}", if i > 0 { "," } else { "" }, stats::NAMES[i])));
     // Interrupts the VMM injected (Linux VMs: their distributor model), by kind.
-    let inj = linux::take_injections(vm.handle);
+    let inj = take_injections(vm.handle);
     if let Some(inj) = inj {
         let line = Fmt(|f| INJECTION_NAMES.iter().zip(inj).try_for_each(|(name, n)| write!(f, " {name} {n}")));
         println!("host: VM {:#x} interrupts injected:{line}", vm.handle);

@@ -25,7 +25,7 @@ use core::ops::Range;
 use host_kernel::hyp::client::Exited;
 use crate::platform::Platform;
 use crate::{gic, println, sched};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use shared_abi::msg::{vm_flags, Exit};
 use shared_abi::{reg, HypError, PAGE_SIZE};
 
@@ -42,8 +42,6 @@ const OVERCOMMIT_TICK_MS: u64 = 2;
 /// One Linux VM's devices and per-vCPU VMM state.
 pub struct LinuxVm {
     vm: Vm,
-    /// Interrupts queued into list registers, by kind: timer (PPI 27/30), SGI, UART, other.
-    injected: [AtomicU64; 4],
     /// A sibling turned the vCPU on (exit `CPU_ON`) since it last found itself off.
     turned_on: [AtomicBool; MAX_VCPUS],
     /// vCPUs (bit n) whose deliverable interrupts may have grown since their last complete
@@ -82,13 +80,6 @@ static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_V
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 fn lookup(handle: u64) -> Option<&'static LinuxVm> {
     VMS.iter().filter_map(|v| v.get()).find(|v| v.vm.handle == handle)
-}
-
-/// The interrupts the VMM injected into `handle`'s vCPUs, by kind (timer, SGI, UART, other),
-/// reset to zero; `None` if it is not a Linux VM.
-pub fn take_injections(handle: u64) -> Option<[u64; 4]> {
-    let l = lookup(handle)?;
-    Some(core::array::from_fn(|i| l.injected[i].swap(0, Ordering::Relaxed)))
 }
 
 /// What the boot arguments ask for (`cargo xtask run --kernel ...`).
@@ -314,9 +305,9 @@ fn run_slot(slot: usize, handle: u64, vcpu: u64) {
 impl LinuxVm {
     /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`.
     fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>) -> Self {
+        crate::note_injects(vm.handle);
         Self {
             vm,
-            injected: [const { AtomicU64::new(0) }; 4],
             turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
             to_flush: AtomicU32::new(u32::MAX),
             gic,
@@ -370,7 +361,7 @@ impl LinuxVm {
                 UART_INTID => 2,
                 _ => 3,
             };
-            self.injected[kind].fetch_add(1, Ordering::Relaxed);
+            crate::count_injection(self.vm.handle, kind);
         })?;
         if !complete {
             // No list register free: the rest waits for one, at a later run.
