@@ -305,7 +305,7 @@ fn run_slot(slot: usize, handle: u64, vcpu: u64) {
 impl LinuxVm {
     /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`.
     fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>) -> Self {
-        crate::note_injects(vm.handle);
+        crate::stats::note_injects(vm.handle);
         Self {
             vm,
             turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
@@ -361,7 +361,7 @@ impl LinuxVm {
                 UART_INTID => 2,
                 _ => 3,
             };
-            crate::count_injection(self.vm.handle, kind);
+            crate::stats::count_injection(self.vm.handle, kind);
         })?;
         if !complete {
             // No list register free: the rest waits for one, at a later run.

@@ -7,7 +7,8 @@
 //! its bus (an address no device answers reads 0 and ignores writes, counted in
 //! [`crate::UNASSIGNED`]), and then the machine's handling of the exit.
 
-use crate::{count_exit, Vm, UNASSIGNED};
+use crate::stats::count_exit;
+use crate::{Vm, UNASSIGNED};
 use core::sync::atomic::{AtomicU64, Ordering};
 use host_kernel::hyp::client::Exited;
 use shared_abi::layout::run_status;
