@@ -20,6 +20,7 @@ mod sched_scenarios;
 mod storm;
 mod vm_scenarios;
 
+// The kernel's and the VMM's items under the names the scenarios use (`crate::gic`, ...).
 use host_kernel::cpu::{cpu_id, ONLINE};
 use host_kernel::entry::{secondary_entry, Hooks};
 use host_kernel::platform::Platform;
