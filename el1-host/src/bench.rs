@@ -5,7 +5,8 @@
 //! mark the Linux boot benchmark measures from.
 
 use crate::platform::Platform;
-use crate::{gic, hvc, println, vmm};
+use host_kernel::arch;
+use crate::{gic, hyp, println, vmm};
 use shared_abi::bench::Stats;
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypercallId};
@@ -13,41 +14,13 @@ use shared_abi::{reg, HypercallId};
 const N: usize = 1000;
 static mut SAMPLES: [u64; N] = [0; N];
 
-/// Programs PMU counter 0 to count INST_RETIRED (event 0x08) at EL0, EL1 and EL2
-/// (`PMEVTYPER0_EL0.NSH`), and starts it.
-fn pmu_init() {
-    // SAFETY: the host owns the PMU (MDCR_EL2.HPMN = PMCR_EL0.N); this only starts counting.
-    unsafe {
-        core::arch::asm!(
-            "msr pmevtyper0_el0, {ty}",
-            "msr pmcntenset_el0, {one}",
-            "mrs {t}, pmcr_el0",
-            "orr {t}, {t}, #1",
-            "msr pmcr_el0, {t}",
-            "isb",
-            ty = in(reg) 0x08u64 | 1 << 27,
-            one = in(reg) 1u64,
-            t = out(reg) _,
-            options(nostack)
-        );
-    }
-}
-
-#[inline(always)]
-fn count() -> u64 {
-    let v: u64;
-    // SAFETY: reading PMU counter 0; the ISB keeps earlier instructions from being counted late.
-    unsafe { core::arch::asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) v, options(nostack)) };
-    v
-}
-
 fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
     // SAFETY: only CPU 0 runs benchmarks, one at a time: the only reference to SAMPLES.
     let samples = unsafe { &mut (&mut *core::ptr::addr_of_mut!(SAMPLES))[..n] };
     for s in samples.iter_mut() {
-        let a = count();
+        let a = arch::pmu_counter();
         f();
-        let b = count();
+        let b = arch::pmu_counter();
         *s = (b - a).saturating_sub(overhead);
     }
     let st = Stats::from_samples(samples).unwrap_or(Stats { n: 0, median: 0, min: 0, max: 0 });
@@ -58,8 +31,8 @@ fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
 }
 
 fn create(flags: u64) -> u64 {
-    crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
-    hvc::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
+    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
+    hyp::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
 }
 
 /// For the Linux boot benchmark (`cargo xtask bench`): prints, for each Linux VM about to run
@@ -73,7 +46,7 @@ pub fn note_linux_start(vms: &[&vmm::Vm]) {
     for vm in vms {
         let now = gic::counter();
         // Readable before the first run, even for a protected VM.
-        match hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::CNTVOFF_EL2]) {
+        match hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::CNTVOFF_EL2]) {
             Ok([cntvoff, ..]) => println!(
                 "host: bench: VM {:#x} kernel entry at CNTPCT={now} CNTVOFF_EL2={cntvoff} (virtual count {})",
                 vm.handle,
@@ -95,7 +68,7 @@ impl vmm::TestDevice for Mode {
 
 /// The pointer-authentication rows, under the policy set at set-up (`ptrauth=eager|lazy`).
 pub fn run_ptrauth(plat: &Platform) {
-    pmu_init();
+    arch::pmu_count_instructions();
     let mode = if plat.arg("ptrauth") == Some("eager") { 1 } else { 2 };
     let Some(image) = plat.guest_image() else { crate::fail::fail(format_args!("no bench guest image")) };
     let vm = match vmm::create_with_flags(1, vm_flags::HOST_PMU | vm_flags::PTRAUTH, 16) {
@@ -104,7 +77,7 @@ pub fn run_ptrauth(plat: &Platform) {
     };
     let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
     check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
-    let r = vmm::run(&vm, 1, &mut Mode(mode));
+    let r = vmm::pinned::run(&vm, 1, &mut Mode(mode));
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
     println!("host: bench: done");
@@ -112,8 +85,8 @@ pub fn run_ptrauth(plat: &Platform) {
 
 /// Runs every benchmark.
 pub fn run(plat: &Platform) {
-    pmu_init();
-    if count() == 0 && count() == 0 {
+    arch::pmu_count_instructions();
+    if arch::pmu_counter() == 0 && arch::pmu_counter() == 0 {
         crate::fail::fail(format_args!("PMU counter 0 does not count: run under QEMU -icount shift=0"));
     }
     // `bench-n=K` (K <= 1000) shortens the host's rows, for the test suite's smoke run.
@@ -121,7 +94,7 @@ pub fn run(plat: &Platform) {
     let overhead = measure("", n, 0, || {});
     println!("host: bench: counter read overhead {overhead} instructions (subtracted)");
     measure("host_null_hvc", n, overhead, || {
-        let _ = hvc::call(HypercallId::Ping, &[7]);
+        let _ = hyp::call(HypercallId::Ping, &[7]);
     });
     // Create, give memory, destroy a protected VM (destroy scrubs every page).
     let backing = vmm::alloc_pages(64 * 256);
@@ -130,8 +103,8 @@ pub fn run(plat: &Platform) {
         measure(key, n, overhead, || {
             let h = create(vm_flags::PROTECTED);
             failed |= h == 0;
-            failed |= hvc::call(HypercallId::VmAddMemory, &[h, backing, vmm::GUEST_RAM, mib * 256]).is_err();
-            failed |= hvc::call(HypercallId::VmDestroy, &[h]).is_err();
+            failed |= hyp::call(HypercallId::VmAddMemory, &[h, backing, vmm::GUEST_RAM, mib * 256]).is_err();
+            failed |= hyp::call(HypercallId::VmDestroy, &[h]).is_err();
         });
         check!(!failed, "{key}: a VM call failed");
     }
@@ -143,7 +116,7 @@ pub fn run(plat: &Platform) {
     };
     let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
     check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
-    let r = vmm::run(&vm, 1, &mut vmm::NoDevice);
+    let r = vmm::pinned::run(&vm, 1, &mut vmm::NoDevice);
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
     // The same guest in an MTE VM, for the first-touch row with tag clearing.
@@ -153,7 +126,7 @@ pub fn run(plat: &Platform) {
     };
     let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
     check!(vmm::boot(&vm, entry).is_ok(), "booting the MTE bench guest");
-    let r = vmm::run(&vm, 1, &mut Mode(3));
+    let r = vmm::pinned::run(&vm, 1, &mut Mode(3));
     check!(r == Ok(vmm::Outcome::Off), "MTE bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the MTE bench guest");
     println!("host: bench: done");

@@ -20,7 +20,7 @@
 //! and the first-run rules (`Frozen`, `Denied` once a protected VM has run).
 
 use crate::platform::Platform;
-use crate::{gic, hvc, println, vmm};
+use crate::{gic, hyp, println, vmm};
 use core::sync::atomic::Ordering;
 use shared_abi::layout::{run_status, HYP_REGION_BASE, HYP_REGION_SIZE};
 use shared_abi::msg::{exit, irq, stats, vm_flags, VcpuExit, VcpuStats, VgicState, VmCreate};
@@ -65,7 +65,7 @@ fn record(c: &mut Counts, r: &Result<[u64; 3], HypError>) {
 
 /// Checks EL2's invariants; returns the number of violations (0 or 1).
 pub(crate) fn invariants() -> u64 {
-    let r = hvc::call(HypercallId::TestCheckInvariants, &[]);
+    let r = hyp::call(HypercallId::TestCheckInvariants, &[]);
     match r {
         Ok([pages, _, _]) if pages != u64::MAX => 0,
         Ok([_, code, addr]) => {
@@ -86,8 +86,8 @@ pub fn run(plat: &Platform) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let (ram_base, ram_size) = plat.ram;
     let ram_end = ram_base + ram_size;
-    let msg0 = crate::scenarios::msg_page(0) as u64;
-    let msg1 = crate::scenarios::msg_page(1) as u64;
+    let msg0 = crate::hyp::msg_page(0) as u64;
+    let msg1 = crate::hyp::msg_page(1) as u64;
     let sandbox_page = |rng: &mut Rng| SANDBOX + rng.below(SANDBOX_PAGES) * PAGE_SIZE;
     let mut handles: [u64; 24] = [0; 24]; // live and stale
     let mut c = Counts { ok: 0, errors: [0; 32] };
@@ -179,7 +179,7 @@ pub fn run(plat: &Platform) {
                     flags: rng.pick(&flags),
                     reserved: if rng.below(10) == 0 { [1, 0] } else { [0; 2] },
                 };
-                crate::scenarios::write_msg(0, &req);
+                crate::hyp::write_msg(0, &req);
             }
             Ok(HypercallId::VmDestroy) => x[0] = handle(&mut rng, &handles),
             Ok(HypercallId::VmAddMemory) => {
@@ -261,7 +261,7 @@ pub fn run(plat: &Platform) {
         if n >= trace_from {
             println!("host: hostile host: call {n}: {id:#x} {x:x?}");
         }
-        let r = hvc::raw(id, &x);
+        let r = hyp::raw(id, &x);
         if let (Ok(HypercallId::VmCreate), Ok([h, _, _])) = (HypercallId::try_from(id), r) {
             handles[rng.below(24) as usize] = h; // replaced handles stay alive: fine
         }
@@ -280,7 +280,7 @@ pub fn run(plat: &Platform) {
             if x[0] != 0 && rams_at_zero.contains(&x[0]) {
                 runs_skipped += 1;
             } else {
-                let run = hvc::raw(HypercallId::VcpuRun as u64, &[x[0], x[1], 0]);
+                let run = hyp::raw(HypercallId::VcpuRun as u64, &[x[0], x[1], 0]);
                 record(&mut c, &run);
                 runs_after_set += 1;
             }
@@ -295,7 +295,7 @@ pub fn run(plat: &Platform) {
         }
     }
     for h in handles {
-        let _ = hvc::call(HypercallId::VmDestroy, &[h]);
+        let _ = hyp::call(HypercallId::VmDestroy, &[h]);
     }
     violations += invariants();
     checks += 1;
@@ -309,7 +309,7 @@ pub fn run(plat: &Platform) {
             println!("host:   {:>16}: {n}", e.name());
         }
     }
-    check!(hvc::call(HypercallId::Ping, &[9]) == Ok([9, 0, 0]), "EL2 stopped serving");
+    check!(hyp::call(HypercallId::Ping, &[9]) == Ok([9, 0, 0]), "EL2 stopped serving");
     println!("host: timer rounds: {timer_rounds}, answers other than documented: {}", wrong.0);
     check!(wrong.0 == 0, "EL2 answered {} call(s) otherwise than documented", wrong.0);
     println!("host: invariant checks: {checks}, invariant violations: {violations}");
@@ -408,7 +408,7 @@ fn check_answer(id: u64, x: &[u64; 7], r: &Result<[u64; 3], HypError>, wrong: &m
         }
         Ok(HypercallId::VcpuIrqState) => {
             if let Ok([used, 0, 0]) = r {
-                let s: VgicState = crate::scenarios::read_msg(0);
+                let s: VgicState = crate::hyp::read_msg(0);
                 if let Err(why) = vgic_state_ok(&s, *used) {
                     wrong.report(format_args!("VCPU_IRQ_STATE: {why}: {s:x?}"));
                 }
@@ -418,7 +418,7 @@ fn check_answer(id: u64, x: &[u64; 7], r: &Result<[u64; 3], HypError>, wrong: &m
         }
         Ok(HypercallId::VcpuStats) => {
             if let Ok([total, 0, 0]) = r {
-                let s: VcpuStats = crate::scenarios::read_msg(0);
+                let s: VcpuStats = crate::hyp::read_msg(0);
                 if s.counts.iter().sum::<u64>() != *total {
                     wrong.report(format_args!("VCPU_STATS: total {total}, counts {:?}", s.counts));
                 }
@@ -433,7 +433,7 @@ fn check_answer(id: u64, x: &[u64; 7], r: &Result<[u64; 3], HypError>, wrong: &m
             // Read back at once (nothing else runs this VM): what was written, but for
             // CNTP_CTL_EL0's ISTATUS, which is not stored.
             let want = if x[2] == reg::CNTP_CTL_EL0 { x[3] & 3 } else { x[3] };
-            let got = hvc::call(HypercallId::VcpuGetReg, &[x[0], x[1], x[2]]);
+            let got = hyp::call(HypercallId::VcpuGetReg, &[x[0], x[1], x[2]]);
             if got != Ok([want, 0, 0]) {
                 wrong.report(format_args!("register {:#x} written {:#x}, read back {got:?}", x[2], x[3]));
             }
@@ -496,7 +496,7 @@ fn timer_round(round: u64, rng: &mut Rng, wrong: &mut Wrong) {
         core::ptr::write_volatile((TIMER_BACKING + 4) as *mut u32, 0x17FF_FFFF); // b .-4
     }
     let h = vm.handle;
-    let call = |id: HypercallId, a: &[u64]| hvc::call(id, a);
+    let call = |id: HypercallId, a: &[u64]| hyp::call(id, a);
     let expect = |wrong: &mut Wrong, what: &str, got: Result<[u64; 3], HypError>, want: Result<[u64; 3], HypError>| {
         if got != want {
             wrong.report(format_args!("timer round {round} ({}): {what}: {got:?}, documented {want:?}", if protected { "protected" } else { "non-protected" }));
@@ -537,7 +537,7 @@ fn timer_round(round: u64, rng: &mut Rng, wrong: &mut Wrong) {
         let before = gic::counter();
         let r = call(HypercallId::VcpuRun, &[h, 0, 0]);
         let after = gic::counter();
-        let e: VcpuExit = crate::scenarios::read_msg(0);
+        let e: VcpuExit = crate::hyp::read_msg(0);
         let at = |now| (documented(vctl, vcval, off, now), documented(pctl, pcval, 0, now));
         let (want_v, want_p) = if at(before) == (e.vtimer_deadline, e.ptimer_deadline) { at(before) } else { at(after) };
         // A physical interrupt (the host's tick) may end a run before the guest's HVC.
@@ -573,13 +573,13 @@ fn timer_round(round: u64, rng: &mut Rng, wrong: &mut Wrong) {
     expect(wrong, "VCPU_SET_IRQ after the first run", call(HypercallId::VcpuSetIrq, &[h, 0, 40, spi]), Ok([0; 3]));
     expect(wrong, "the same vINTID again", call(HypercallId::VcpuSetIrq, &[h, 0, 40, spi]), Err(HypError::Busy));
     let st = call(HypercallId::VcpuIrqState, &[h, 0]);
-    let s: VgicState = crate::scenarios::read_msg(0);
+    let s: VgicState = crate::hyp::read_msg(0);
     expect(wrong, "VCPU_IRQ_STATE", st, Ok([1, 0, 0]));
     if s.lrs[0] != (spi << 32 | 40) {
         wrong.report(format_args!("timer round {round}: LR0 reads {:#x}", s.lrs[0]));
     }
     if let Ok([total, 0, 0]) = call(HypercallId::VcpuStats, &[h, 0]) {
-        let s: VcpuStats = crate::scenarios::read_msg(0);
+        let s: VcpuStats = crate::hyp::read_msg(0);
         if total == 0 || s.counts.iter().sum::<u64>() != total || (s.counts[stats::HVC_SMC] == 0 && s.counts[stats::IRQ] == 0) {
             wrong.report(format_args!("timer round {round}: VCPU_STATS {total}: {:?}", s.counts));
         }
@@ -607,28 +607,28 @@ fn ill_timed(plat: &Platform, c: &mut Counts) {
     // VM's registers are sealed (Denied) or the vCPU is held (Busy).
     let status = &vmm::HOST_RUN_STATUS[1];
     let before = status[run_status::RUNS].load(Ordering::Acquire);
-    vmm::start_secondary(1, vm.handle, 0);
+    vmm::pinned::start_secondary(1, vm.handle, 0);
     let mut spins = 0u64;
-    while status[run_status::RUNS].load(Ordering::Acquire) < before + 2 && !vmm::secondary_done(1) && spins < 500_000_000 {
+    while status[run_status::RUNS].load(Ordering::Acquire) < before + 2 && !vmm::pinned::secondary_done(1) && spins < 500_000_000 {
         spins += 1;
         core::hint::spin_loop();
     }
     let mut busy = 0;
     loop {
-        let r = hvc::call(HypercallId::VmDestroy, &[vm.handle]);
+        let r = hyp::call(HypercallId::VmDestroy, &[vm.handle]);
         record(c, &r);
         match r {
             Err(HypError::Busy) => busy += 1,
             _ => break,
         }
-        let r = hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0, 0]);
+        let r = hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0, 0]);
         check!(matches!(r, Err(HypError::Busy) | Err(HypError::Denied)), "set-reg on a running protected VM: {r:?}");
         record(c, &r);
-        let r = hvc::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, 0x5000_0000, 1]);
+        let r = hyp::call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, 0x5000_0000, 1]);
         // Denied: the protected VM has run (sealed); NotOwned: the pages are its already.
         check!(matches!(r, Err(HypError::NotOwned) | Err(HypError::Denied)), "double donation: {r:?}");
         record(c, &r);
     }
-    vmm::wait_secondary(1);
+    vmm::pinned::wait_secondary(1);
     println!("host: ill-timed destroy: Busy {busy} time(s) while cpu1 ran the vCPU, then destroyed");
 }

@@ -4,20 +4,12 @@
 //! (QEMU exit status 1) on the first wrong observation.
 
 use crate::platform::Platform;
-use crate::{hvc, println, PROBE};
+use crate::hyp::{self, msg_page, read_msg, write_msg};
+use crate::{println, PROBE};
 use core::sync::atomic::Ordering;
 use shared_abi::layout::{HYP_REGION_BASE, HYP_REGION_SIZE};
 use shared_abi::msg::{EchoRequest, EchoResponse, HypInfo};
 use shared_abi::{HypError, HypercallId, ABI_VERSION, PAGE_SIZE};
-use zerocopy::{FromBytes, IntoBytes};
-
-macro_rules! check {
-    ($cond:expr, $($arg:tt)*) => {
-        if !$cond {
-            $crate::fail::fail(format_args!($($arg)*));
-        }
-    };
-}
 
 macro_rules! expect_err {
     ($call:expr, $err:expr, $what:expr) => {{
@@ -25,32 +17,6 @@ macro_rules! expect_err {
         check!(r == Err($err), "{}: expected {:?}, got {:?}", $what, $err, r);
         println!("host: ok: {} -> {}", $what, $err.name());
     }};
-}
-
-#[repr(C, align(4096))]
-struct MessagePages([[u8; PAGE_SIZE as usize]; crate::MAX_CPUS]);
-
-/// One message page per CPU, shared with EL2 during set-up.
-static mut MSG_PAGES: MessagePages = MessagePages([[0; PAGE_SIZE as usize]; crate::MAX_CPUS]);
-
-/// CPU `cpu`'s message page.
-pub fn msg_page(cpu: usize) -> *mut u8 {
-    // SAFETY: taking the address of a static; accesses go through volatile reads and writes.
-    unsafe { core::ptr::addr_of_mut!(MSG_PAGES.0[cpu]) as *mut u8 }
-}
-
-/// Writes a message to CPU `cpu`'s message page.
-pub fn write_msg<T: IntoBytes + zerocopy::Immutable>(cpu: usize, m: &T) {
-    for (i, b) in m.as_bytes().iter().enumerate() {
-        // SAFETY: within this CPU's message page.
-        unsafe { core::ptr::write_volatile(msg_page(cpu).add(i), *b) };
-    }
-}
-
-/// Reads a message from CPU `cpu`'s message page.
-pub fn read_msg<T: FromBytes>(cpu: usize) -> T {
-    // SAFETY: within this CPU's message page, page aligned; any bytes are a valid `T`.
-    unsafe { core::ptr::read_volatile(msg_page(cpu) as *const T) }
 }
 
 /// Runs scenario `name`.
@@ -97,7 +63,7 @@ pub fn run(name: &str, plat: &Platform) {
         "linux" => {
             smp(plat);
             setup(plat);
-            crate::vmm::linux::run(plat);
+            crate::vmm::linux::run(plat, crate::bench::note_linux_start);
         }
         s if s.starts_with("vm-") => {
             smp(plat);
@@ -146,7 +112,7 @@ fn smp(plat: &Platform) {
 /// if the boot arguments name one (`ptrauth=eager|lazy`), then the end of set-up.
 pub fn setup(plat: &Platform) {
     for cpu in 0..plat.nr_cpus {
-        let r = hvc::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
+        let r = hyp::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
         check!(r.is_ok(), "SET_MESSAGE_PAGE cpu{cpu}: {r:?}");
     }
     let policy = match plat.arg("ptrauth") {
@@ -155,36 +121,36 @@ pub fn setup(plat: &Platform) {
         _ => None,
     };
     if let Some(p) = policy {
-        let r = hvc::call(HypercallId::SetPtrauthPolicy, &p);
+        let r = hyp::call(HypercallId::SetPtrauthPolicy, &p);
         check!(r.is_ok(), "SET_PTRAUTH_POLICY {p:?}: {r:?}");
         println!("host: pointer-authentication policy {}", plat.arg("ptrauth").unwrap_or("?"));
     }
-    check!(hvc::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
+    check!(hyp::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
     println!("host: set-up finalised ({} message pages)", plat.nr_cpus);
 }
 
 /// The ABI's calls, each answering as documented.
 fn hypercalls(plat: &Platform) {
-    let v = hvc::call(HypercallId::Version, &[]);
+    let v = hyp::call(HypercallId::Version, &[]);
     check!(v == Ok([ABI_VERSION.encode(), 0, 0]), "VERSION: {v:x?}");
     println!("host: ok: hypervisor ABI version {}.{}", ABI_VERSION.major, ABI_VERSION.minor);
     for i in 0..100u64 {
-        let r = hvc::call(HypercallId::Ping, &[i * 0x0101_0101]);
+        let r = hyp::call(HypercallId::Ping, &[i * 0x0101_0101]);
         check!(r == Ok([i * 0x0101_0101, 0, 0]), "PING {i}: {r:x?}");
     }
     println!("host: ok: 100 PING round trips");
-    expect_err!(hvc::call(HypercallId::HypInfo, &[]), HypError::NoMessagePage, "HYP_INFO before a message page");
+    expect_err!(hyp::call(HypercallId::HypInfo, &[]), HypError::NoMessagePage, "HYP_INFO before a message page");
     for cpu in 0..plat.nr_cpus {
-        let r = hvc::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
+        let r = hyp::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
         check!(r.is_ok(), "SET_MESSAGE_PAGE cpu{cpu}: {r:?}");
     }
     println!("host: ok: message pages shared");
     expect_err!(
-        hvc::call(HypercallId::SetMessagePage, &[0, msg_page(1) as u64]),
+        hyp::call(HypercallId::SetMessagePage, &[0, msg_page(1) as u64]),
         HypError::Frozen,
         "SET_MESSAGE_PAGE twice"
     );
-    check!(hvc::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO failed");
+    check!(hyp::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO failed");
     let info: HypInfo = read_msg(0);
     check!(info.nr_cpus as usize == plat.nr_cpus, "HYP_INFO nr_cpus {}", info.nr_cpus);
     check!(info.hyp_base == HYP_REGION_BASE && info.hyp_size == HYP_REGION_SIZE, "HYP_INFO region {info:x?}");
@@ -193,33 +159,33 @@ fn hypercalls(plat: &Platform) {
     for n in 0..50u64 {
         let req = EchoRequest { nonce: n ^ 0xABCD, flags: 0, words: [n, n * 3, u64::MAX - n, 1 << (n % 64), 0, 7] };
         write_msg(0, &req);
-        check!(hvc::call(HypercallId::Echo, &[]).is_ok(), "ECHO {n} failed");
+        check!(hyp::call(HypercallId::Echo, &[]).is_ok(), "ECHO {n} failed");
         let resp: EchoResponse = read_msg(0);
         check!(resp == req.expected_response(), "ECHO {n}: wrong response {resp:x?}");
     }
     println!("host: ok: 50 ECHO message round trips");
     write_msg(0, &EchoRequest { nonce: 1, flags: 0x80, words: [0; 6] });
-    expect_err!(hvc::call(HypercallId::Echo, &[]), HypError::BadMessage, "ECHO with a reserved field set");
-    check!(hvc::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
+    expect_err!(hyp::call(HypercallId::Echo, &[]), HypError::BadMessage, "ECHO with a reserved field set");
+    check!(hyp::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
     println!("host: ok: set-up finalised");
     expect_err!(
-        hvc::call(HypercallId::SetMessagePage, &[0, msg_page(0) as u64 + PAGE_SIZE * 8]),
+        hyp::call(HypercallId::SetMessagePage, &[0, msg_page(0) as u64 + PAGE_SIZE * 8]),
         HypError::SetupFinalised,
         "SET_MESSAGE_PAGE after finalise"
     );
-    expect_err!(hvc::call(HypercallId::FinaliseSetup, &[]), HypError::SetupFinalised, "FINALISE_SETUP twice");
-    check!(hvc::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO after finalise");
+    expect_err!(hyp::call(HypercallId::FinaliseSetup, &[]), HypError::SetupFinalised, "FINALISE_SETUP twice");
+    check!(hyp::call(HypercallId::HypInfo, &[]).is_ok(), "HYP_INFO after finalise");
     check!(read_msg::<HypInfo>(0).finalised == 1, "HYP_INFO does not report finalised");
 }
 
 /// IDs and register uses outside the ABI.
 fn unknown_calls() {
     for id in [0xC600_0FFFu64, 0xC6FF_FFFF, 0x8600_0000, 0x0, 0xFFFF_FFFF, 1 << 32 | HypercallId::Version as u64] {
-        let r = hvc::raw(id, &[]);
+        let r = hyp::raw(id, &[]);
         check!(r == Err(HypError::NotSupported), "unknown ID {id:#x}: {r:?}");
         println!("host: ok: unknown hypercall {id:#x} -> NOT_SUPPORTED (-1)");
     }
-    let r = hvc::hvc_imm1(HypercallId::Version as u64);
+    let r = hyp::hvc_imm1(HypercallId::Version as u64);
     check!(r == HypError::NotSupported.to_x0(), "HVC #1: {r:#x}");
     println!("host: ok: HVC #1 -> NOT_SUPPORTED");
     // Host SMCs: an allow-list reaches firmware; FF-A, SiP and the rest are refused by EL2.
@@ -231,10 +197,10 @@ fn unknown_calls() {
     let v = smccc::smc64(smccc::psci::PSCI_VERSION, [0; 17])[0];
     check!(v >> 16 >= 1 && v >> 32 == 0, "PSCI_VERSION by SMC: {v:#x}");
     println!("host: ok: PSCI_VERSION reaches firmware");
-    expect_err!(hvc::call(HypercallId::Version, &[1]), HypError::InvalidArgument, "VERSION with x1 set");
-    expect_err!(hvc::call(HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 9]), HypError::InvalidArgument, "PING with x7 set");
-    expect_err!(hvc::call(HypercallId::TestFault, &[0]), HypError::NotSupported, "TEST_FAULT on a release EL2");
-    check!(hvc::call(HypercallId::Ping, &[5]) == Ok([5, 0, 0]), "EL2 stopped serving");
+    expect_err!(hyp::call(HypercallId::Version, &[1]), HypError::InvalidArgument, "VERSION with x1 set");
+    expect_err!(hyp::call(HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 9]), HypError::InvalidArgument, "PING with x7 set");
+    expect_err!(hyp::call(HypercallId::TestFault, &[0]), HypError::NotSupported, "TEST_FAULT on a release EL2");
+    check!(hyp::call(HypercallId::Ping, &[5]) == Ok([5, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving");
 }
 
@@ -262,7 +228,7 @@ fn el2_memory() {
     let target = HYP_REGION_BASE;
     // SAFETY: branching into EL2's memory: the fetch faults before any instruction runs, and
     // the probe resumes at the return address in x30.
-    let r = PROBE.expect(|| unsafe { core::arch::asm!("blr {0}", in(reg) target, clobber_abi("C")) });
+    let r = PROBE.expect(|| unsafe { host_kernel::arch::call_address(target) });
     check!(matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_IABT_CUR && esr & 0x3F == FSC_SEA && far == target),
         "execute of EL2 memory: {r:x?}");
     println!("host: ok: execute of EL2 memory -> instruction abort");
@@ -273,7 +239,7 @@ fn el2_memory() {
         check!(r.is_none(), "host memory at {a:#x} faulted: {r:x?}");
     }
     println!("host: ok: memory next to EL2's region is readable");
-    check!(hvc::call(HypercallId::Ping, &[42]) == Ok([42, 0, 0]), "EL2 stopped serving after the aborts");
+    check!(hyp::call(HypercallId::Ping, &[42]) == Ok([42, 0, 0]), "EL2 stopped serving after the aborts");
     println!("host: ok: EL2 still serving after host aborts");
 }
 
@@ -292,12 +258,12 @@ fn bad_args(plat: &Platform) {
         ("EL2's last page", 0, HYP_REGION_BASE + HYP_REGION_SIZE - PAGE_SIZE, HypError::NotOwned),
     ];
     for (what, cpu, pa, err) in cases {
-        expect_err!(hvc::call(HypercallId::SetMessagePage, &[cpu, pa]), err, what);
+        expect_err!(hyp::call(HypercallId::SetMessagePage, &[cpu, pa]), err, what);
     }
-    expect_err!(hvc::call(HypercallId::SetMessagePage, &[0, page, 1]), HypError::InvalidArgument, "x3 set");
-    check!(hvc::call(HypercallId::SetMessagePage, &[0, page]).is_ok(), "a valid SET_MESSAGE_PAGE after bad ones");
-    expect_err!(hvc::call(HypercallId::SetMessagePage, &[1, page]), HypError::NotOwned, "the same page for a second CPU");
-    check!(hvc::call(HypercallId::Ping, &[1]) == Ok([1, 0, 0]), "EL2 stopped serving");
+    expect_err!(hyp::call(HypercallId::SetMessagePage, &[0, page, 1]), HypError::InvalidArgument, "x3 set");
+    check!(hyp::call(HypercallId::SetMessagePage, &[0, page]).is_ok(), "a valid SET_MESSAGE_PAGE after bad ones");
+    expect_err!(hyp::call(HypercallId::SetMessagePage, &[1, page]), HypError::NotOwned, "the same page for a second CPU");
+    check!(hyp::call(HypercallId::Ping, &[1]) == Ok([1, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving after hostile arguments");
 }
 
@@ -305,12 +271,12 @@ fn bad_args(plat: &Platform) {
 /// the whole machine as a failure at once (pvpanic: QEMU exits 1), so this scenario's own end
 /// is never reached: if it is, the host fails it.
 fn el2_fatal(plat: &Platform) {
-    use crate::{FAULT_REQUEST, FAULT_RETURNED};
+    use crate::probe::{FAULT_REQUEST, FAULT_RETURNED};
     check!(plat.nr_cpus >= 2, "el2-fatal needs 2 CPUs");
     smp(plat);
     FAULT_REQUEST.store(1, Ordering::SeqCst);
-    // SAFETY: `sev` only signals an event to the other CPUs' `wfe`.
-    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    // Wakes the other CPUs from their idle `wfe`.
+    host_kernel::arch::sev();
     let mut spins = 0u64;
     while FAULT_REQUEST.load(Ordering::SeqCst) != u64::MAX {
         spins += 1;
@@ -320,7 +286,7 @@ fn el2_fatal(plat: &Platform) {
     // Plenty of time for cpu1 to trap and EL2 to end the machine.
     for i in 0..2_000_000u64 {
         check!(!FAULT_RETURNED.load(Ordering::SeqCst), "TEST_FAULT returned: EL2 did not stop");
-        let _ = hvc::call(HypercallId::Ping, &[i]);
+        let _ = hyp::call(HypercallId::Ping, &[i]);
     }
     crate::fail::fail(format_args!("EL2 took a fatal exception on cpu1 and the machine is still running"));
 }

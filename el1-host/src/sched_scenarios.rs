@@ -6,7 +6,7 @@ use crate::platform::Platform;
 use crate::sched::{self, STATS};
 use crate::vm_scenarios::start;
 use crate::vmm::{Outcome, Vm};
-use crate::{hvc, println};
+use crate::{hyp, println};
 use core::sync::atomic::Ordering;
 use shared_abi::HypercallId;
 
@@ -56,7 +56,7 @@ pub fn preempt(plat: &Platform) {
     let (t0, p0) = (ticks(), STATS[1].preemptions.load(Ordering::Relaxed));
     let mut calls = 0u64;
     while ticks() < t0 + 5 {
-        calls += hvc::call(HypercallId::Ping, &[calls]).map_or(0, |r| (r[0] == calls) as u64);
+        calls += hyp::call(HypercallId::Ping, &[calls]).map_or(0, |r| (r[0] == calls) as u64);
     }
     let back = STATS[1].preemptions.load(Ordering::Relaxed) - p0;
     check!(back >= 4, "CPU 1 took {} ticks but came back from the guest {back} times", ticks() - t0);

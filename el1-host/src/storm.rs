@@ -13,7 +13,7 @@
 //! second: the bound a guest whose expired virtual timer kept the physical PPI 27 asserted at
 //! every entry would break many times over. `cntvoff=N` sets the storming VM's `CNTVOFF_EL2`
 //! before its first run (the VMM disables that PPI while the virtual one
-//! is queued or high: `vmm::timer::physical_enabled`, `gic::set_timer_ppis`).
+//! is queued or high: host-vmm's `timer::physical_enabled`, `gic::set_timer_ppis`).
 
 use crate::platform::Platform;
 use crate::vmm::{self, linux, Outcome};
@@ -53,14 +53,14 @@ pub fn run(plat: &Platform) {
         // The storming VM's virtual counter offset, before its first run (EL2's default is 0:
         // the virtual count is the physical one).
         let off: u64 = off.parse().unwrap_or_else(|_| crate::fail::fail(format_args!("storm: cntvoff={off} is not a number")));
-        let r = crate::hvc::call(shared_abi::HypercallId::VcpuSetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2, off, 0]);
+        let r = crate::hyp::call(shared_abi::HypercallId::VcpuSetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2, off, 0]);
         check!(r.is_ok(), "storm: CNTVOFF_EL2 = {off}: {r:?}");
     }
-    let off = crate::hvc::call(shared_abi::HypercallId::VcpuGetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2]);
+    let off = crate::hyp::call(shared_abi::HypercallId::VcpuGetReg, &[storm.handle, 0, shared_abi::reg::CNTVOFF_EL2]);
     check!(off.is_ok(), "storm: reading CNTVOFF_EL2: {off:?}");
     println!("host: storm {kind}: VM {:#x} runs with CNTVOFF_EL2 = {}", storm.handle, off.map_or(0, |r| r[0]));
     for vm in [storm, good] {
-        sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: run queue: {e:?}")));
+        linux::queue(vm).unwrap_or_else(|e| crate::fail::fail(format_args!("storm: run queue: {e:?}")));
     }
     linux::set_running(true);
     let ms = gic::ticks_per_ms().max(1);

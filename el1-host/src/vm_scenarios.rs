@@ -1,8 +1,10 @@
 //! Scenarios with VMs: lifecycle, isolation, register integrity, hostile arguments.
 
 use crate::platform::Platform;
+use host_kernel::arch;
+use host_kernel::hyp::client::Exited;
 use crate::vmm::{self, NoDevice, Outcome, Stepper, TestDevice, Vm, GUEST_RAM};
-use crate::{hvc, println, PROBE};
+use crate::{hyp, println, PROBE};
 use shared_abi::layout::HYP_REGION_BASE;
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
@@ -59,7 +61,7 @@ fn start_at(plat: &Platform, vcpus: u32, flags: u64, backing: u64) -> Vm {
 }
 
 fn run_to_off(plat: &Platform, vm: &Vm, dev: &mut dyn TestDevice) {
-    let r = vmm::run(vm, plat.nr_cpus, dev);
+    let r = vmm::pinned::run(vm, plat.nr_cpus, dev);
     check!(r == Ok(Outcome::Off), "VM {:#x} ended with {r:?}, expected SYSTEM_OFF", vm.handle);
 }
 
@@ -128,19 +130,19 @@ fn lifecycle(plat: &Platform) {
 /// try to read and write the page; answer the guest's read with the verdict.
 /// `VCPU_REG_LIST` names every register, and each one it names can be read.
 fn register_list(vm: &Vm) {
-    let r = hvc::call(HypercallId::VcpuRegList, &[vm.handle, 0]);
+    let r = hyp::call(HypercallId::VcpuRegList, &[vm.handle, 0]);
     check!(r.is_ok(), "VCPU_REG_LIST: {r:?}");
-    let list: shared_abi::msg::RegList = crate::scenarios::read_msg(crate::cpu_id());
+    let list: shared_abi::msg::RegList = crate::hyp::read_msg(crate::cpu_id());
     check!(list.count == r.unwrap_or([0; 3])[0] && list.count as usize <= list.ids.len(), "VCPU_REG_LIST count {}", list.count);
     let ids = &list.ids[..list.count as usize];
     for want in [reg::x(0), reg::x(30), reg::PC, reg::PSTATE, reg::SP_EL1, reg::SYSREGS[0].1, reg::MPIDR_EL1] {
         check!(ids.contains(&want), "VCPU_REG_LIST lacks {:?}", reg::name(want));
     }
     for &id in ids {
-        let v = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]);
+        let v = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]);
         check!(v.is_ok(), "VCPU_GET_REG {:?} from the list: {v:?}", reg::name(id));
     }
-    let pc = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).unwrap_or([0; 3])[0];
+    let pc = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).unwrap_or([0; 3])[0];
     println!("host: ok: VCPU_REG_LIST names {} registers, all readable (PC {pc:#x})", list.count);
 }
 
@@ -202,57 +204,17 @@ fn isolation(plat: &Platform) {
     }
 }
 
-// The host's own FP/SIMD registers, which EL2 must give back intact after a guest used its own.
-core::arch::global_asm!(
-    r#"
-.arch_extension fp
-.arch_extension simd
-.global host_fp_fill
-host_fp_fill:
-.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    add x1, x0, #(2 * \n)
-    add x2, x1, #1
-    fmov d\n, x1
-    fmov v\n\().d[1], x2
-.endr
-    ret
-.global host_fp_dump
-host_fp_dump:
-.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    str q\n, [x0], #16
-.endr
-    ret
-"#
-);
-
-extern "C" {
-    fn host_fp_fill(seed: u64);
-    fn host_fp_dump(out: *mut u64);
-}
-
-/// Enables FP/SIMD at EL1 for the host (CPACR_EL1.FPEN) and fills V0..V31 from `seed`.
-fn host_fp_set(seed: u64) {
-    // SAFETY: enabling FP/SIMD at EL1, then writing only V0..V31 (this softfloat host uses
-    // them for nothing else).
-    unsafe {
-        core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack));
-        host_fp_fill(seed);
-    }
-}
-
-/// Whether V0..V31 still hold what `host_fp_set(seed)` wrote.
+/// Whether V0..V31 still hold what `arch::fp_fill(seed)` wrote: the host's own FP/SIMD
+/// registers, which EL2 must give back intact after a guest used its own.
 fn host_fp_intact(seed: u64) -> bool {
-    let mut v = [0u64; 64];
-    // SAFETY: `v` holds 64 words.
-    unsafe { host_fp_dump(v.as_mut_ptr()) };
-    v.iter().enumerate().all(|(i, w)| *w == seed + i as u64)
+    arch::fp_dump().iter().enumerate().all(|(i, w)| *w == seed + i as u64)
 }
 
 fn regs(plat: &Platform) {
     const HOST_SEED: u64 = 0x4057_0000_0000_0000;
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
-        host_fp_set(HOST_SEED);
+        arch::fp_fill(HOST_SEED);
         run_to_off(plat, &vm, &mut NoDevice);
         check!(host_fp_intact(HOST_SEED), "the host's V0..V31 changed across the guest's runs");
         destroy(&vm);
@@ -261,8 +223,8 @@ fn regs(plat: &Platform) {
 }
 
 fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, reserved: [u64; 2]) -> Result<u64, HypError> {
-    crate::scenarios::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, reserved });
-    hvc::call(HypercallId::VmCreate, &[]).map(|r| r[0])
+    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, reserved });
+    hyp::call(HypercallId::VmCreate, &[]).map(|r| r[0])
 }
 
 fn bad_args(plat: &Platform) {
@@ -281,18 +243,18 @@ fn bad_args(plat: &Platform) {
     }
     expect_err!(create_raw(1, 36, 0, [0; 2]), HypError::NoCapacity, "VM_CREATE beyond 16 VMs");
     for h in handles {
-        check!(hvc::call(HypercallId::VmDestroy, &[h]).is_ok(), "VM_DESTROY {h:#x}");
+        check!(hyp::call(HypercallId::VmDestroy, &[h]).is_ok(), "VM_DESTROY {h:#x}");
     }
     // Handles.
-    expect_err!(hvc::call(HypercallId::VmDestroy, &[0]), HypError::InvalidHandle, "VM_DESTROY of handle 0");
-    expect_err!(hvc::call(HypercallId::VmDestroy, &[handles[0]]), HypError::InvalidHandle, "VM_DESTROY of a destroyed VM");
-    expect_err!(hvc::call(HypercallId::VcpuRun, &[handles[0], 0, 0]), HypError::InvalidHandle, "VCPU_RUN of a destroyed VM");
-    expect_err!(hvc::call(HypercallId::VcpuRun, &[u64::MAX, 0, 0]), HypError::InvalidHandle, "VCPU_RUN of handle all-ones");
+    expect_err!(hyp::call(HypercallId::VmDestroy, &[0]), HypError::InvalidHandle, "VM_DESTROY of handle 0");
+    expect_err!(hyp::call(HypercallId::VmDestroy, &[handles[0]]), HypError::InvalidHandle, "VM_DESTROY of a destroyed VM");
+    expect_err!(hyp::call(HypercallId::VcpuRun, &[handles[0], 0, 0]), HypError::InvalidHandle, "VCPU_RUN of a destroyed VM");
+    expect_err!(hyp::call(HypercallId::VcpuRun, &[u64::MAX, 0, 0]), HypError::InvalidHandle, "VCPU_RUN of handle all-ones");
 
     // Memory.
     let a = vmm::create(1, true, 1).unwrap_or_else(|e| crate::fail::fail(format_args!("{e:?}")));
     let b = vmm::create(1, true, 1).unwrap_or_else(|e| crate::fail::fail(format_args!("{e:?}")));
-    let add = |h: u64, pa: u64, ipa: u64, n: u64| hvc::call(HypercallId::VmAddMemory, &[h, pa, ipa, n]);
+    let add = |h: u64, pa: u64, ipa: u64, n: u64| hyp::call(HypercallId::VmAddMemory, &[h, pa, ipa, n]);
     expect_err!(add(a.handle, a.backing + 8, GUEST_RAM, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned page");
     expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x800, 1), HypError::NotAligned, "VM_ADD_MEMORY with an unaligned IPA");
     expect_err!(add(a.handle, a.backing, GUEST_RAM, 0), HypError::OutOfRange, "VM_ADD_MEMORY of 0 pages");
@@ -300,7 +262,7 @@ fn bad_args(plat: &Platform) {
     expect_err!(add(a.handle, !0xFFF, GUEST_RAM, 1), HypError::OutOfRange, "VM_ADD_MEMORY of the last page of the address space");
     expect_err!(add(a.handle, a.backing, 1 << 36, 1), HypError::OutOfRange, "VM_ADD_MEMORY at an IPA beyond the VM's IPA size");
     expect_err!(add(a.handle, HYP_REGION_BASE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of EL2's memory");
-    expect_err!(add(a.handle, crate::scenarios::msg_page(0) as u64, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page shared with EL2");
+    expect_err!(add(a.handle, crate::hyp::msg_page(0) as u64, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page shared with EL2");
     check!(add(a.handle, a.backing, GUEST_RAM, 4).is_ok(), "a valid VM_ADD_MEMORY");
     expect_err!(add(a.handle, a.backing, GUEST_RAM + 0x10_0000, 1), HypError::NotOwned, "VM_ADD_MEMORY of an already donated page");
     expect_err!(add(b.handle, a.backing + PAGE_SIZE, GUEST_RAM, 1), HypError::NotOwned, "VM_ADD_MEMORY of a page donated to another VM");
@@ -312,21 +274,21 @@ fn bad_args(plat: &Platform) {
     println!("host: ok: host read of a donated page -> synchronous external abort");
 
     // Registers.
-    expect_err!(hvc::call(HypercallId::VcpuSetReg, &[a.handle, 0, 0x6030_0000_0013_FFFF, 1]), HypError::UnknownRegister, "VCPU_SET_REG of an unknown register");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 0, 0]), HypError::UnknownRegister, "VCPU_GET_REG of register ID 0");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 1, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of a vCPU the VM does not have");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[a.handle, 1 << 40, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of vCPU 2^40");
-    check!(hvc::call(HypercallId::VmDestroy, &[a.handle]).is_ok(), "VM_DESTROY a");
-    check!(hvc::call(HypercallId::VmDestroy, &[b.handle]).is_ok(), "VM_DESTROY b");
+    expect_err!(hyp::call(HypercallId::VcpuSetReg, &[a.handle, 0, 0x6030_0000_0013_FFFF, 1]), HypError::UnknownRegister, "VCPU_SET_REG of an unknown register");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 0, 0]), HypError::UnknownRegister, "VCPU_GET_REG of register ID 0");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 1, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of a vCPU the VM does not have");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 1 << 40, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of vCPU 2^40");
+    check!(hyp::call(HypercallId::VmDestroy, &[a.handle]).is_ok(), "VM_DESTROY a");
+    check!(hyp::call(HypercallId::VmDestroy, &[b.handle]).is_ok(), "VM_DESTROY b");
 
     // A protected VM's registers are sealed once it has run.
     let vm = start(plat, 1, true);
-    check!(hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok(), "VCPU_GET_REG before the first run");
+    check!(hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).is_ok(), "VCPU_GET_REG before the first run");
     run_to_off(plat, &vm, &mut NoDevice);
-    expect_err!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0]), HypError::Denied, "VCPU_SET_REG on a protected VM after it ran");
-    expect_err!(hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
+    expect_err!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0]), HypError::Denied, "VCPU_SET_REG on a protected VM after it ran");
+    expect_err!(hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
     destroy(&vm);
-    check!(hvc::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
+    check!(hyp::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
     println!("host: ok: EL2 still serving after hostile VM calls");
 }
 
@@ -335,8 +297,8 @@ fn fwregs(plat: &Platform) {
     const PSCI_VERSION: u64 = reg::FW_PSCI_VERSION;
     let (wa1, wa2, wa3) = (PSCI_VERSION + 1, PSCI_VERSION + 2, PSCI_VERSION + 3);
     let vm = start(plat, 1, false);
-    let get = |id: u64| hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]).map(|r| r[0]);
-    let set = |id: u64, v: u64| hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, id, v, 0]);
+    let get = |id: u64| hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, id]).map(|r| r[0]);
+    let set = |id: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, id, v, 0]);
     let levels = (get(wa1), get(wa2), get(wa3));
     check!(get(PSCI_VERSION) == Ok(0x10001), "PSCI_VERSION register {:?}", get(PSCI_VERSION));
     println!("host: ok: firmware registers: PSCI 1.1, workaround levels {levels:?}");
@@ -384,8 +346,8 @@ fn idreg_id(i: u64) -> u64 {
 /// Per-VM ID registers: lowering a field before the first run, refusals, what the guest sees.
 fn idregs(plat: &Platform) {
     let vm = start(plat, 1, false);
-    let get = |i: u64| hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
-    let set = |i: u64, v: u64| hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
+    let get = |i: u64| hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
+    let set = |i: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
     let (isar0, pfr0) = (get(40).unwrap_or(0), get(24).unwrap_or(0));
     println!("host: VM ID_AA64ISAR0_EL1 {isar0:#x} ID_AA64PFR0_EL1 {pfr0:#x}");
     let aes = (isar0 >> 4) & 0xF;
@@ -431,9 +393,7 @@ impl TestDevice for PauthDevice {
 /// Two pointer-authentication VMs with different keys, run exit by exit in turn.
 fn pauth(plat: &Platform) {
     const HOST_KEY: u64 = 0x4057_4B45_5900_0001;
-    // SAFETY: the host's own APIAKeyLo_EL1 and APGAKeyLo_EL1 (not trapped for the host), which
-    // this host does not otherwise use.
-    unsafe { core::arch::asm!("msr S3_0_C2_C1_0, {k}", "msr S3_0_C2_C3_0, {k}", k = in(reg) HOST_KEY, options(nostack)) };
+    arch::set_pauth_keys(HOST_KEY);
     let a = start_with(plat, 1, vm_flags::PTRAUTH | vm_flags::PROTECTED);
     let b = start_with(plat, 1, vm_flags::PTRAUTH);
     let (mut da, mut db) = (PauthDevice { seed: 1, sigs: [0; 2], n: 0 }, PauthDevice { seed: 2, sigs: [0; 2], n: 0 });
@@ -454,9 +414,7 @@ fn pauth(plat: &Platform) {
     check!(da.sigs[0] == da.sigs[1] && db.sigs[0] == db.sigs[1], "a guest's signature changed: {:x?} {:x?}", da.sigs, db.sigs);
     check!(da.sigs[0] != db.sigs[0], "two VMs with different keys produced the same signature {:#x}", da.sigs[0]);
     println!("host: ok: two pointer-authentication VMs interleaved over {switches} rounds kept their own keys");
-    let (k1, k2): (u64, u64);
-    // SAFETY: reading the host's own key registers.
-    unsafe { core::arch::asm!("mrs {}, S3_0_C2_C1_0", "mrs {}, S3_0_C2_C3_0", out(reg) k1, out(reg) k2, options(nostack)) };
+    let (k1, k2) = arch::pauth_keys();
     check!(k1 == HOST_KEY && k2 == HOST_KEY, "the host's keys changed: {k1:#x} {k2:#x}");
     println!("host: ok: the host's pointer-authentication keys intact");
     destroy(&a);
@@ -475,29 +433,11 @@ impl TestDevice for MteMode {
 /// Where the boot arguments declare RAM without tag storage (`pkvm.notags=`): the last 64 MiB.
 const UNTAGGED: u64 = 0x7C00_0000;
 
-/// The host's own RGSR_EL1, GCR_EL1, TFSR_EL1, TFSRE0_EL1.
-fn host_mte_registers() -> [u64; 4] {
-    let (a, b, c, d): (u64, u64, u64, u64);
-    // SAFETY: reading the host's own MTE registers (FEAT_MTE2 on QEMU's max CPU).
-    unsafe {
-        core::arch::asm!(
-            "mrs {}, S3_0_C1_C0_5", "mrs {}, S3_0_C1_C0_6", "mrs {}, S3_0_C5_C6_0", "mrs {}, S3_0_C5_C6_1",
-            out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nostack)
-        )
-    };
-    [a, b, c, d]
-}
-
 fn mte(plat: &Platform) {
     const HOST_MTE: [u64; 4] = [0x0777 << 8 | 0x9, 1 << 16 | 0x0F0F, 0b10, 0b10];
-    // SAFETY: the host's own MTE registers, which it does not otherwise use (its MMU is off).
-    unsafe {
-        core::arch::asm!(
-            "msr S3_0_C1_C0_5, {}", "msr S3_0_C1_C0_6, {}", "msr S3_0_C5_C6_0, {}", "msr S3_0_C5_C6_1, {}", "isb",
-            in(reg) HOST_MTE[0], in(reg) HOST_MTE[1], in(reg) HOST_MTE[2], in(reg) HOST_MTE[3], options(nostack)
-        )
-    };
-    let run = |vm: &Vm, mode: u64| vmm::run(vm, plat.nr_cpus, &mut MteMode(mode));
+    // The host's own RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1.
+    arch::set_mte_registers(HOST_MTE);
+    let run = |vm: &Vm, mode: u64| vmm::pinned::run(vm, plat.nr_cpus, &mut MteMode(mode));
     // Two non-protected MTE VMs on the same pages: the first leaves tags behind (a non-protected
     // VM's memory is not scrubbed on destroy), the second must find them cleared.
     let backing = vmm::alloc_pages(GUEST_MIB * 256);
@@ -512,12 +452,12 @@ fn mte(plat: &Platform) {
     // also stop the VM at its first touch of such a page, should it get one: unit-tested).
     let c = vmm::create_at(1, vm_flags::MTE, GUEST_MIB, UNTAGGED).unwrap_or_else(|e| crate::fail::fail(format_args!("VM_CREATE: {e:?}")));
     expect_err!(
-        hvc::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED, GUEST_RAM, c.pages]),
+        hyp::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED, GUEST_RAM, c.pages]),
         HypError::InvalidArgument,
         "VM_ADD_MEMORY of memory without tag storage to an MTE VM"
     );
     expect_err!(
-        hvc::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED - PAGE_SIZE, GUEST_RAM, 2]),
+        hyp::call(HypercallId::VmAddMemory, &[c.handle, UNTAGGED - PAGE_SIZE, GUEST_RAM, 2]),
         HypError::InvalidArgument,
         "VM_ADD_MEMORY of a range ending in memory without tag storage to an MTE VM"
     );
@@ -530,7 +470,7 @@ fn mte(plat: &Platform) {
     check!(run(&e, 2) == Ok(Outcome::Off), "a protected MTE VM did not run");
     destroy(&e);
     println!("host: ok: a VM without MTE used that memory, and a protected MTE VM ran after");
-    let host = host_mte_registers();
+    let host = arch::mte_registers();
     check!(host == HOST_MTE, "the host's MTE registers changed: {host:#x?}, expected {HOST_MTE:#x?}");
     println!("host: ok: the host's RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 intact");
 }
@@ -559,7 +499,7 @@ fn hostile_guests(plat: &Platform) {
         done_a.unwrap_or(Outcome::Off),
         vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
     );
-    check!(hvc::call(HypercallId::Ping, &[4]) == Ok([4, 0, 0]), "EL2 stopped serving");
+    check!(hyp::call(HypercallId::Ping, &[4]) == Ok([4, 0, 0]), "EL2 stopped serving");
     destroy(&a);
     destroy(&b);
 }
@@ -587,8 +527,8 @@ fn soak(plat: &Platform) {
     check!(plat.nr_cpus >= 2, "the soak needs 2 CPUs");
     let a = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE | vm_flags::PROTECTED);
     let b = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE);
-    vmm::arm_secondaries();
-    vmm::start_secondary_pair(1, a.handle, b.handle, 1);
+    vmm::pinned::arm_secondaries();
+    vmm::pinned::start_secondary_pair(1, a.handle, b.handle, 1);
     let (mut da, mut db) = (SoakDev { vals: [1, rounds], i: 0 }, SoakDev { vals: [2, rounds], i: 0 });
     let (mut sa, mut sb) = (Stepper::new(), Stepper::new());
     let (mut done_a, mut done_b) = (None, None);
@@ -601,10 +541,10 @@ fn soak(plat: &Platform) {
             done_b = sb.step(&b, 0, &mut db).unwrap_or_else(|e| crate::fail::fail(format_args!("VCPU_RUN b: {e:?}")));
         }
         // Host work between the guests' runs.
-        host_work += hvc::call(HypercallId::Ping, &[host_work]).map_or(0, |r| (r[0] == host_work) as u64);
+        host_work += hyp::call(HypercallId::Ping, &[host_work]).map_or(0, |r| (r[0] == host_work) as u64);
     }
-    vmm::stop_secondaries();
-    vmm::wait_secondary(1);
+    vmm::pinned::stop_secondaries();
+    vmm::pinned::wait_secondary(1);
     check!(done_a == Some(Outcome::Off) && done_b == Some(Outcome::Off), "soak VMs ended {done_a:?} {done_b:?}");
     println!("host: ok: soak: 2 VMs x 2 vCPUs on 2 CPUs, {rounds} checked exits per vCPU, {host_work} host calls in between");
     destroy(&a);
@@ -619,22 +559,22 @@ fn illegal_state(plat: &Platform) {
     let vm = start(plat, 1, false);
     let el2_pc = HYP_REGION_BASE + 0x1000;
     for (pstate, what) in [(0x3C9u64, "EL2h"), (0x3C8, "EL2t"), (0x3C5 | 1 << 20, "EL1h with IL"), (0x1D0, "AArch32 usr"), (0x1D3, "AArch32 svc"), (0x3C5 | 1 << 36, "an undefined bit")] {
-        let r = hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PSTATE, pstate]);
+        let r = hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PSTATE, pstate]);
         check!(r == Err(HypError::InvalidArgument), "VCPU_SET_REG PSTATE {pstate:#x} ({what}): {r:?}");
         println!("host: ok: PSTATE {pstate:#x} ({what}) -> InvalidArgument");
     }
-    let pc = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).map_or(0, |r| r[0]);
+    let pc = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).map_or(0, |r| r[0]);
     // The PC may be anything (it is a guest address); with PSTATE refused it stays one.
-    check!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, el2_pc]).is_ok(), "setting PC");
-    check!(hvc::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, pc]).is_ok(), "restoring PC");
-    let pstate = hvc::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
+    check!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, el2_pc]).is_ok(), "setting PC");
+    check!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, pc]).is_ok(), "restoring PC");
+    let pstate = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
     check!(pstate == 0x3C5, "PSTATE after the refused writes: {pstate:#x}");
     println!("host: ok: PSTATE still {pstate:#x} (EL1h) after the refused writes");
-    let r = vmm::run(&vm, 1, &mut NoDevice);
+    let r = vmm::pinned::run(&vm, 1, &mut NoDevice);
     check!(matches!(r, Ok(Outcome::Killed(kill::ILLEGAL_STATE, _, _))), "the AArch32 guest ended {r:?}");
     let Ok(Outcome::Killed(_, _, spsr)) = r else { return };
     println!("host: ok: guest that returned to AArch32 EL0 stopped by EL2 (ILLEGAL_STATE, PSTATE {spsr:#x})");
-    let again = hvc::call(HypercallId::VcpuRun, &[vm.handle, 0, 0]);
+    let again = hyp::call(HypercallId::VcpuRun, &[vm.handle, 0, 0]);
     check!(again == Err(HypError::NotRunnable), "VCPU_RUN after the stop: {again:?}");
     println!("host: ok: VCPU_RUN of the stopped VM -> NotRunnable");
     destroy(&vm);
@@ -662,12 +602,11 @@ impl TestDevice for FoundDev {
 /// it left in `TPIDR2_EL0` and the GIC priority mask (`ICH_VMCR_EL2`).
 fn leaks(plat: &Platform) {
     const HOST_TPIDR2: u64 = 0x4057_0000_7770_0001;
-    // SAFETY: the host's own TPIDR2_EL0 (FEAT_SME on QEMU's max CPU), otherwise unused.
-    unsafe { core::arch::asm!("msr S3_3_C13_C0_5, {}", in(reg) HOST_TPIDR2, options(nostack)) };
+    arch::set_tpidr2(HOST_TPIDR2);
     for (round, protected) in [(1, true), (2, false)] {
         let vm = start(plat, 1, protected);
         let mut dev = FoundDev { found: [u64::MAX; 2], n: 0 };
-        let r = vmm::run(&vm, 1, &mut dev);
+        let r = vmm::pinned::run(&vm, 1, &mut dev);
         check!(r == Ok(Outcome::Off), "leaks guest {round} ended {r:?}");
         check!(dev.n == 2, "leaks guest {round} reported {} values", dev.n);
         let [tpidr2, pmr] = dev.found;
@@ -676,9 +615,7 @@ fn leaks(plat: &Platform) {
         println!("host: ok: VM {round} ({}) found TPIDR2_EL0 and ICC_PMR_EL1 at reset values", kind(protected));
         destroy(&vm);
     }
-    let host: u64;
-    // SAFETY: reading the host's own TPIDR2_EL0.
-    unsafe { core::arch::asm!("mrs {}, S3_3_C13_C0_5", out(reg) host, options(nostack)) };
+    let host = arch::tpidr2();
     check!(host == HOST_TPIDR2, "the host's TPIDR2_EL0 changed to {host:#x}");
     println!("host: ok: the host's TPIDR2_EL0 intact");
 }
@@ -696,14 +633,14 @@ struct VgicDev {
 }
 
 impl TestDevice for VgicDev {
-    fn exit(&mut self, vm: &Vm, e: &shared_abi::msg::VcpuExit) {
-        use shared_abi::msg::{exit, irq};
-        self.flags = e.flags;
-        if e.reason == exit::SGI {
-            self.sgi = Some([e.args[0], e.args[1], e.args[2]]);
-            for t in (0..8).filter(|t| e.args[1] & (1 << t) != 0) {
-                let r = hvc::call(HypercallId::VcpuSetIrq, &[vm.handle, t, e.args[0], irq::config(0x80, true, irq::PENDING, false) as u64]);
-                check!(r.is_ok(), "queueing SGI {} for vCPU {t}: {r:?}", e.args[0]);
+    fn exit(&mut self, vm: &Vm, e: &Exited) {
+        use shared_abi::msg::{irq, Exit};
+        self.flags = e.record.flags;
+        if let Exit::Sgi { intid, targets, reg, .. } = e.exit {
+            self.sgi = Some([intid as u64, targets, reg]);
+            for t in (0..8).filter(|t| targets & (1 << t) != 0) {
+                let r = vm.el2().vcpu(t).set_irq(intid as u32, irq::config(0x80, true, irq::PENDING, false));
+                check!(r.is_ok(), "queueing SGI {intid} for vCPU {t}: {r:?}");
             }
         }
     }
@@ -711,7 +648,7 @@ impl TestDevice for VgicDev {
     fn read(&mut self, vm: &Vm) -> u64 {
         use shared_abi::msg::irq::{self, config, PENDING};
         let level = config(0x80, true, PENDING, true) as u64;
-        let set = |vintid: u64, cfg: u64| hvc::call(HypercallId::VcpuSetIrq, &[vm.handle, 0, vintid, cfg]);
+        let set = |vintid: u64, cfg: u64| hyp::call(HypercallId::VcpuSetIrq, &[vm.handle, 0, vintid, cfg]);
         // Hostile requests first: each refused with its documented error, nothing queued.
         check!(set(40, level | irq::HW as u64 | 27 << irq::PINTID_SHIFT) == Err(HypError::Denied), "HW bit accepted");
         check!(set(40, config(0x81, true, PENDING, true) as u64) == Err(HypError::InvalidArgument), "unimplemented priority bit accepted");
@@ -731,9 +668,9 @@ impl TestDevice for VgicDev {
         if self.n == 1 {
             // The guest EOIed the level-sensitive SPI before this exit: EL2 says so.
             check!(self.flags & shared_abi::msg::exit::FLAG_EOI != 0, "no EOI flag after the guest's EOI (flags {:#x})", self.flags);
-            let r = hvc::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
+            let r = hyp::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
             check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE: {r:?}");
-            let s: shared_abi::msg::VgicState = crate::scenarios::read_msg(crate::cpu_id());
+            let s: shared_abi::msg::VgicState = crate::hyp::read_msg(crate::cpu_id());
             check!(s.used == 0 && s.nr_lrs >= 1, "list registers after the EOI: used {:#x} of {}", s.used, s.nr_lrs);
             check!(s.eoi[0] == 1 << 40 && s.eoi[1..].iter().all(|&w| w == 0), "EOI report {:x?}", s.eoi);
             println!("host: ok: the guest's EOI of SPI 40 reported (flag and VCPU_IRQ_STATE), its list register free");
@@ -744,13 +681,13 @@ impl TestDevice for VgicDev {
 fn vgic(plat: &Platform) {
     let vm = start(plat, 1, true);
     let mut dev = VgicDev { flags: 0, took: [0; 2], n: 0, sgi: None };
-    let r = vmm::run(&vm, 1, &mut dev);
+    let r = vmm::pinned::run(&vm, 1, &mut dev);
     check!(r == Ok(Outcome::Off), "vgic guest ended {r:?}");
     check!(dev.n == 2 && dev.took == [40, 5], "the guest took {:?} ({} reports)", dev.took, dev.n);
     println!("host: ok: protected guest took SPI 40 from its list register");
     check!(dev.sgi == Some([5, 1, shared_abi::msg::sgi::SGI1R]), "SGI exit {:?}", dev.sgi);
     println!("host: ok: guest SGI 5 exited to the host (targets 0x1, ICC_SGI1R_EL1), queued back and taken");
-    let r = hvc::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
+    let r = hyp::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
     check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE at the end: {r:?}");
     destroy(&vm);
 }

@@ -313,6 +313,153 @@ pub struct VcpuExit {
     pub ptimer_deadline: u64,
 }
 
+/// An exit record ([`VcpuExit`]) decoded: why `VCPU_RUN` returned, with what that reason
+/// carries. The record-wide fields (the [`exit::FLAG_EOI`] flag and the timer deadlines) stay
+/// in the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// [`exit::MMIO`]: an access of `size` bytes (1, 2, 4 or 8) at `ipa`; `write`: the value
+    /// written, or `None` for a read (its value goes to the next `VCPU_RUN`).
+    Mmio { ipa: u64, size: u32, write: Option<u64> },
+    /// [`exit::WFX`].
+    Wfx,
+    /// [`exit::HYPERCALL`]: the guest's `x0..=x3`.
+    Hypercall { args: [u64; 4] },
+    /// [`exit::SYSTEM_OFF`].
+    SystemOff,
+    /// [`exit::SYSTEM_RESET`].
+    SystemReset,
+    /// [`exit::IRQ`].
+    Irq,
+    /// [`exit::KILLED`]: a [`kill`] reason, the IPA involved (or 0), and the reason's detail
+    /// (the physical page for [`kill::UNTAGGED_MEMORY`], the `PSTATE` for
+    /// [`kill::ILLEGAL_STATE`], otherwise 0).
+    Killed { reason: u64, ipa: u64, detail: u64 },
+    /// [`exit::VCPU_OFF`].
+    VcpuOff,
+    /// [`exit::SGI`]: SGI `intid` (0..=15) to the vCPUs in `targets` (bit n = vCPU n), written
+    /// to register `reg` ([`sgi`]) as `value`.
+    Sgi { intid: u8, targets: u64, reg: u64, value: u64 },
+    /// [`exit::CPU_ON`]: the guest turned on vCPU `vcpu`.
+    CpuOn { vcpu: u64 },
+}
+
+/// Why an exit record does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadExit {
+    /// The reason is not one of [`exit`].
+    Reason(u32),
+    /// A flag the reason cannot have, or a reserved field not zero.
+    Flags,
+    /// An MMIO access size other than 1, 2, 4 or 8.
+    Size(u32),
+    /// An SGI INTID above 15, or a register not in [`sgi`].
+    Sgi,
+    /// A field the reason does not use is not zero.
+    Unused,
+}
+
+impl Exit {
+    /// The reason code ([`exit`]) of this exit.
+    pub const fn reason(&self) -> u32 {
+        match self {
+            Exit::Mmio { .. } => exit::MMIO,
+            Exit::Wfx => exit::WFX,
+            Exit::Hypercall { .. } => exit::HYPERCALL,
+            Exit::SystemOff => exit::SYSTEM_OFF,
+            Exit::SystemReset => exit::SYSTEM_RESET,
+            Exit::Irq => exit::IRQ,
+            Exit::Killed { .. } => exit::KILLED,
+            Exit::VcpuOff => exit::VCPU_OFF,
+            Exit::Sgi { .. } => exit::SGI,
+            Exit::CpuOn { .. } => exit::CPU_ON,
+        }
+    }
+
+    /// The exit record for this exit: every field this reason does not use zero, no
+    /// [`exit::FLAG_EOI`], and both timer deadlines `u64::MAX` (EL2 fills in those three).
+    pub const fn encode(&self) -> VcpuExit {
+        let mut e = VcpuExit {
+            reason: self.reason(),
+            flags: 0,
+            ipa: 0,
+            data: 0,
+            size: 0,
+            reserved: 0,
+            args: [0; 4],
+            vtimer_deadline: u64::MAX,
+            ptimer_deadline: u64::MAX,
+        };
+        match *self {
+            Exit::Mmio { ipa, size, write } => {
+                e.ipa = ipa;
+                e.size = size;
+                if let Some(v) = write {
+                    e.flags = exit::MMIO_WRITE;
+                    e.data = v;
+                }
+            }
+            Exit::Hypercall { args } => e.args = args,
+            Exit::Killed { reason, ipa, detail } => {
+                e.data = reason;
+                e.ipa = ipa;
+                e.args[0] = detail;
+            }
+            Exit::Sgi { intid, targets, reg, value } => {
+                e.args = [intid as u64, targets, reg, 0];
+                e.data = value;
+            }
+            Exit::CpuOn { vcpu } => e.args[0] = vcpu,
+            Exit::Wfx | Exit::SystemOff | Exit::SystemReset | Exit::Irq | Exit::VcpuOff => {}
+        }
+        e
+    }
+
+    /// Decodes exit record `e`, refusing one that [`Exit::encode`] (with any record-wide
+    /// fields) could not have produced.
+    ///
+    /// # Errors
+    /// What is wrong with the record ([`BadExit`]).
+    pub fn decode(e: &VcpuExit) -> Result<Self, BadExit> {
+        let write = e.flags & exit::MMIO_WRITE != 0;
+        let x = match e.reason {
+            exit::MMIO => {
+                if !matches!(e.size, 1 | 2 | 4 | 8) {
+                    return Err(BadExit::Size(e.size));
+                }
+                Exit::Mmio { ipa: e.ipa, size: e.size, write: write.then_some(e.data) }
+            }
+            exit::WFX => Exit::Wfx,
+            exit::HYPERCALL => Exit::Hypercall { args: e.args },
+            exit::SYSTEM_OFF => Exit::SystemOff,
+            exit::SYSTEM_RESET => Exit::SystemReset,
+            exit::IRQ => Exit::Irq,
+            exit::KILLED => Exit::Killed { reason: e.data, ipa: e.ipa, detail: e.args[0] },
+            exit::VCPU_OFF => Exit::VcpuOff,
+            exit::SGI => {
+                let [intid, targets, reg, _] = e.args;
+                if intid > 15 || reg > sgi::SGI0R {
+                    return Err(BadExit::Sgi);
+                }
+                Exit::Sgi { intid: intid as u8, targets, reg, value: e.data }
+            }
+            exit::CPU_ON => Exit::CpuOn { vcpu: e.args[0] },
+            other => return Err(BadExit::Reason(other)),
+        };
+        if e.reserved != 0 || e.flags & !(exit::MMIO_WRITE | exit::FLAG_EOI) != 0 || (write && e.reason != exit::MMIO) {
+            return Err(BadExit::Flags);
+        }
+        // Whatever this reason leaves unused must be zero: the record is exactly an encoding.
+        let mut expected = x.encode();
+        expected.flags |= e.flags & exit::FLAG_EOI;
+        (expected.vtimer_deadline, expected.ptimer_deadline) = (e.vtimer_deadline, e.ptimer_deadline);
+        if expected != *e {
+            return Err(BadExit::Unused);
+        }
+        Ok(x)
+    }
+}
+
 /// Most register IDs a [`RegList`] can hold.
 pub const MAX_REG_IDS: usize = 255;
 
@@ -411,6 +558,90 @@ mod tests {
         l.ids[1] = crate::reg::PC;
         assert_eq!(RegList::read_from_bytes(l.as_bytes()).unwrap(), l);
         assert_eq!(&l.as_bytes()[16..24], &crate::reg::PC.to_ne_bytes());
+    }
+
+    /// One exit of each reason, with every field it carries set.
+    fn every_exit() -> [Exit; 10] {
+        [
+            Exit::Mmio { ipa: 0x0900_0018, size: 4, write: None },
+            Exit::Wfx,
+            Exit::Hypercall { args: [0xC600_0000, 1, 2, 3] },
+            Exit::SystemOff,
+            Exit::SystemReset,
+            Exit::Irq,
+            Exit::Killed { reason: kill::UNTAGGED_MEMORY, ipa: 0x4000_3008, detail: 0x7C00_3000 },
+            Exit::VcpuOff,
+            Exit::Sgi { intid: 15, targets: 0b1010, reg: sgi::SGI0R, value: 0xF << 24 },
+            Exit::CpuOn { vcpu: 7 },
+        ]
+    }
+
+    #[test]
+    fn every_exit_round_trips() {
+        let mut reasons = [false; 11];
+        for x in every_exit().into_iter().chain([Exit::Mmio { ipa: 0x0b00_0000, size: 8, write: Some(u64::MAX) }]) {
+            let e = x.encode();
+            assert_eq!(e.reason, x.reason());
+            assert_eq!(Exit::decode(&e), Ok(x), "{e:x?}");
+            // The record-wide fields EL2 adds do not change the exit.
+            let with = VcpuExit { flags: e.flags | exit::FLAG_EOI, vtimer_deadline: 5, ptimer_deadline: 6, ..e };
+            assert_eq!(Exit::decode(&with), Ok(x));
+            // Through the message page's bytes.
+            assert_eq!(Exit::decode(&VcpuExit::read_from_bytes(with.as_bytes()).unwrap()), Ok(x));
+            reasons[x.reason() as usize] = true;
+        }
+        assert!(reasons[1..].iter().all(|r| *r), "a reason without a variant: {reasons:?}");
+        for reason in 1..=10 {
+            assert_ne!(exit::name(reason), "unknown");
+        }
+    }
+
+    #[test]
+    fn malformed_exits_are_refused() {
+        let mmio = Exit::Mmio { ipa: 0x0900_0000, size: 1, write: Some(0x41) }.encode();
+        assert_eq!(Exit::decode(&VcpuExit { reason: 0, ..mmio }), Err(BadExit::Reason(0)));
+        assert_eq!(Exit::decode(&VcpuExit { reason: 11, ..mmio }), Err(BadExit::Reason(11)));
+        assert_eq!(Exit::decode(&VcpuExit::default()), Err(BadExit::Reason(0)));
+        for size in [0, 3, 16] {
+            assert_eq!(Exit::decode(&VcpuExit { size, ..mmio }), Err(BadExit::Size(size)));
+        }
+        assert_eq!(Exit::decode(&VcpuExit { flags: 1 << 2, ..mmio }), Err(BadExit::Flags));
+        assert_eq!(Exit::decode(&VcpuExit { reserved: 1, ..mmio }), Err(BadExit::Flags));
+        // A write flag on anything but MMIO.
+        assert_eq!(Exit::decode(&VcpuExit { flags: exit::MMIO_WRITE, ..Exit::Wfx.encode() }), Err(BadExit::Flags));
+        // A read carries no data; an MMIO exit no arguments.
+        let read = Exit::Mmio { ipa: 0x0900_0000, size: 4, write: None }.encode();
+        assert_eq!(Exit::decode(&VcpuExit { data: 1, ..read }), Err(BadExit::Unused));
+        assert_eq!(Exit::decode(&VcpuExit { args: [0, 0, 0, 1], ..mmio }), Err(BadExit::Unused));
+        let sgi = Exit::Sgi { intid: 1, targets: 1, reg: sgi::SGI1R, value: 0 }.encode();
+        assert_eq!(Exit::decode(&VcpuExit { args: [16, 1, 0, 0], ..sgi }), Err(BadExit::Sgi));
+        assert_eq!(Exit::decode(&VcpuExit { args: [1, 1, 3, 0], ..sgi }), Err(BadExit::Sgi));
+        assert_eq!(Exit::decode(&VcpuExit { args: [1, 1, 0, 9], ..sgi }), Err(BadExit::Unused));
+        // Every field a reason does not use must be zero.
+        for x in every_exit() {
+            let e = x.encode();
+            let stray = [
+                VcpuExit { ipa: e.ipa ^ 0x1000, ..e },
+                VcpuExit { data: e.data ^ 1, ..e },
+                VcpuExit { size: e.size ^ 8, ..e },
+                VcpuExit { args: [e.args[0], e.args[1], e.args[2], e.args[3] ^ 1], ..e },
+            ];
+            let uses = match x {
+                Exit::Mmio { .. } => [true, false, true, false],
+                Exit::Hypercall { .. } => [false, false, false, true],
+                Exit::Killed { .. } => [true, true, false, false],
+                Exit::Sgi { .. } => [false, true, false, false],
+                _ => [false; 4],
+            };
+            for (r, used) in stray.iter().zip(uses) {
+                let d = Exit::decode(r);
+                if used {
+                    assert!(d.is_ok_and(|y| y != x) || d.is_err(), "{x:?}: {r:x?} -> {d:?}");
+                } else {
+                    assert!(d.is_err(), "{x:?}: a stray field was accepted: {r:x?} -> {d:?}");
+                }
+            }
+        }
     }
 
     #[test]

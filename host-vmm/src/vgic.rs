@@ -11,10 +11,12 @@
 //! interrupt's line again. The VMM asks to hear of every deactivation (`EOI_NOTIFY`), edge or
 //! level, so it knows when a vINTID may be queued again.
 
-use crate::hvc;
+use crate::bus::{Device, Wake};
+use core::ops::Range;
+use host_kernel::hyp::client::VmHandle;
 use host_vdev::vgic::Vgic;
-use shared_abi::msg::{irq, VgicState};
-use shared_abi::{HypError, HypercallId};
+use shared_abi::msg::irq;
+use shared_abi::HypError;
 
 /// The distributor's frame (IPA).
 pub const GICD: u64 = 0x0800_0000;
@@ -25,9 +27,6 @@ pub const GICR: u64 = 0x080A_0000;
 /// One redistributor's frames (`RD_base`, `SGI_base`).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 
-/// vCPUs (bit n = vCPU n) whose deliverable interrupts have grown.
-pub type Wake = u32;
-
 fn bits(w: host_vdev::vgic::Wake) -> Wake {
     w.bits() as Wake
 }
@@ -35,34 +34,15 @@ fn bits(w: host_vdev::vgic::Wake) -> Wake {
 /// One VM's distributor model.
 pub struct VirtualGic {
     model: spin::Mutex<Vgic>,
-    nr_vcpus: usize,
+    /// The distributor's frame and the vCPUs' redistributors.
+    ranges: [Range<u64>; 2],
 }
 
 impl VirtualGic {
     /// The distributor of a VM with `nr_vcpus` vCPUs, at reset.
     pub fn new(nr_vcpus: usize) -> Result<Self, host_vdev::vgic::Error> {
-        Ok(Self { model: spin::Mutex::new(Vgic::new(nr_vcpus)?), nr_vcpus })
-    }
-
-    /// Performs a guest access at `ipa` if it is in the distributor or a redistributor:
-    /// `Some((value read, vCPUs to wake))`, `None` if the address is not the GIC's.
-    pub fn mmio(&self, ipa: u64, size: u32, write: Option<u64>) -> Option<(u64, Wake)> {
-        let mut m = self.model.lock();
-        if (GICD..GICD + GICD_SIZE).contains(&ipa) {
-            let off = ipa - GICD;
-            return Some(match write {
-                Some(v) => (0, bits(m.gicd_write(off, size, v))),
-                None => (m.gicd_read(off, size), 0),
-            });
-        }
-        if (GICR..GICR + GICR_STRIDE * self.nr_vcpus as u64).contains(&ipa) {
-            let off = ipa - GICR;
-            return Some(match write {
-                Some(v) => (0, bits(m.gicr_write(off, size, v))),
-                None => (m.gicr_read(off, size), 0),
-            });
-        }
-        None
+        let ranges = [GICD..GICD + GICD_SIZE, GICR..GICR + GICR_STRIDE * nr_vcpus as u64];
+        Ok(Self { model: spin::Mutex::new(Vgic::new(nr_vcpus)?), ranges })
     }
 
     /// A device's interrupt line (a PPI of `vcpu`, or an SPI) is now `high`.
@@ -93,7 +73,7 @@ impl VirtualGic {
             // The list register holds 5 priority bits on QEMU (EL2 refuses lower ones): the
             // guest's priority, rounded as a GIC with 5 bits would read it back.
             let config = irq::config(q.priority() & 0xF8, q.group1(), irq::PENDING, true);
-            match hvc::call(HypercallId::VcpuSetIrq, &[handle, vcpu as u64, intid as u64, config as u64]) {
+            match VmHandle(handle).vcpu(vcpu as u64).set_irq(intid, config) {
                 Ok(_) => {
                     q.accept();
                     queued(intid);
@@ -109,8 +89,7 @@ impl VirtualGic {
     /// Collects the deactivations EL2 recorded for `vcpu` (after an exit with `FLAG_EOI`);
     /// calls `done` for each vINTID.
     pub fn collect_eois(&self, handle: u64, vcpu: usize, mut done: impl FnMut(u32)) -> Result<Wake, HypError> {
-        hvc::call(HypercallId::VcpuIrqState, &[handle, vcpu as u64])?;
-        let s: VgicState = crate::scenarios::read_msg(crate::cpu_id());
+        let s = VmHandle(handle).vcpu(vcpu as u64).irq_state()?;
         let mut m = self.model.lock();
         let mut wake = 0;
         for (w, word) in s.eoi.iter().enumerate() {
@@ -123,5 +102,29 @@ impl VirtualGic {
             }
         }
         Ok(wake)
+    }
+}
+
+/// The distributor and redistributors on the VM's bus.
+impl Device for &VirtualGic {
+    fn ranges(&self) -> &[Range<u64>] {
+        &self.ranges
+    }
+
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> (u64, Wake) {
+        let mut m = self.model.lock();
+        if self.ranges[0].contains(&ipa) {
+            let off = ipa - GICD;
+            match write {
+                Some(v) => (0, bits(m.gicd_write(off, size, v))),
+                None => (m.gicd_read(off, size), 0),
+            }
+        } else {
+            let off = ipa - GICR;
+            match write {
+                Some(v) => (0, bits(m.gicr_write(off, size, v))),
+                None => (m.gicr_read(off, size), 0),
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! What the host reads from the device tree.
 
-use crate::MAX_CPUS;
+use crate::cpu::MAX_CPUS;
 
 /// The machine as the host sees it.
 pub struct Platform {

@@ -5,25 +5,29 @@
 //! The same VMs run the project's ELF test guests that need these devices (`scenario=linux`
 //! with an ELF staged as the kernel).
 //!
-//! Place in the flow: [`run`] builds the VMs from what `cargo xtask run --kernel ...` staged
+//! Place in the flow: [`run()`] builds the VMs from what `cargo xtask run --kernel ...` staged
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
-//! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to [`run_slot`], the VMM's
-//! exit loop: MMIO to the devices, guest SGIs and timer deadlines to the distributor model,
-//! `WFI` to a sleep until an interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until
-//! a sibling's `CPU_ON`.
+//! ([`crate::sched`]); the scheduler hands each vCPU of these VMs to `run_slot`, which runs
+//! it through the VMM's exit loop ([`crate::run`]) as a `LinuxVcpu`: MMIO to the devices on
+//! its bus, guest SGIs and timer deadlines to the distributor model, `WFI` to a sleep until an
+//! interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until a sibling's `CPU_ON`.
 //!
 //! Guest physical map: GIC distributor at `0x0800_0000`, redistributors at `0x080A_0000`
 //! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), RAM at `0x4000_0000`.
 
-use super::pl011::{GuestUart, UART, UART_INTID, UART_SPI};
+use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE, UART_SPI};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
-use super::vgic::{VirtualGic, Wake, GICD, GICR};
-use super::{count_exit, note_exit, note_run, Outcome, Vm, GUEST_RAM};
+use super::vgic::{VirtualGic, GICD, GICR};
+use super::{Outcome, Vm, GUEST_RAM};
+use crate::bus::{Bus, Device, Wake};
+use crate::run::{self, Machine};
+use core::ops::Range;
+use host_kernel::hyp::client::Exited;
 use crate::platform::Platform;
-use crate::{gic, hvc, println, sched};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use shared_abi::msg::{exit, vm_flags, VcpuExit};
-use shared_abi::{reg, HypError, HypercallId, PAGE_SIZE};
+use crate::{gic, println, sched};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use shared_abi::msg::{vm_flags, Exit};
+use shared_abi::{reg, HypError, PAGE_SIZE};
 
 /// Most Linux VMs at once.
 pub const MAX_VMS: usize = 2;
@@ -38,8 +42,6 @@ const OVERCOMMIT_TICK_MS: u64 = 2;
 /// One Linux VM's devices and per-vCPU VMM state.
 pub struct LinuxVm {
     vm: Vm,
-    /// Interrupts queued into list registers, by kind: timer (PPI 27/30), SGI, UART, other.
-    injected: [AtomicU64; 4],
     /// A sibling turned the vCPU on (exit `CPU_ON`) since it last found itself off.
     turned_on: [AtomicBool; MAX_VCPUS],
     /// vCPUs (bit n) whose deliverable interrupts may have grown since their last complete
@@ -76,23 +78,8 @@ impl VcpuState {
 static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 /// Set while Linux VMs run (the console's input goes to the first one).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// Handles of the Linux VMs, for [`owns`] without touching the `Once`s.
-static HANDLES: [AtomicU64; MAX_VMS] = [const { AtomicU64::new(0) }; MAX_VMS];
-
-/// Whether `handle` is a Linux VM's (the scheduler gives its vCPUs to [`run_slot`]).
-pub fn owns(handle: u64) -> bool {
-    handle != 0 && HANDLES.iter().any(|h| h.load(Ordering::Relaxed) == handle)
-}
-
 fn lookup(handle: u64) -> Option<&'static LinuxVm> {
     VMS.iter().filter_map(|v| v.get()).find(|v| v.vm.handle == handle)
-}
-
-/// The interrupts the VMM injected into `handle`'s vCPUs, by kind (timer, SGI, UART, other),
-/// reset to zero; `None` if it is not a Linux VM.
-pub fn take_injections(handle: u64) -> Option<[u64; 4]> {
-    let l = lookup(handle)?;
-    Some(core::array::from_fn(|i| l.injected[i].swap(0, Ordering::Relaxed)))
 }
 
 /// What the boot arguments ask for (`cargo xtask run --kernel ...`).
@@ -125,8 +112,9 @@ impl Config {
 }
 
 /// The `linux` scenario: boots the staged kernel in `vms=N` VMs and runs them on every host
-/// CPU until each has powered off. Fails the run if a VM did not power off cleanly.
-pub fn run(plat: &Platform) {
+/// CPU until each has powered off; `at_start` sees the VMs just before their vCPUs first run.
+/// Fails the run if a VM did not power off cleanly.
+pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     let cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
     let kernel = plat.guest_image().unwrap_or_else(|| crate::fail::fail(format_args!("linux: no kernel staged (guest=ADDR,SIZE)")));
     let initrd = plat.staged("initrd").unwrap_or(&[]);
@@ -140,19 +128,18 @@ pub fn run(plat: &Platform) {
         kernel.len(),
         initrd.len()
     );
-    for n in 0..cfg.vms {
+    for (n, slot) in VMS.iter().enumerate().take(cfg.vms) {
         let vm = build(&cfg, kernel, initrd, cmdline).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: VM {n}: {e}")));
         let prefix = (cfg.vms > 1).then_some(n);
         let nr = cfg.vcpus as usize;
-        HANDLES[n].store(vm.handle, Ordering::SeqCst);
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        VMS[n].call_once(|| LinuxVm::new(vm, gic, prefix));
+        slot.call_once(|| LinuxVm::new(vm, gic, prefix));
     }
     // Every VM built above, in order (the padding past `cfg.vms` is never used).
     let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
     let vms = &all[..cfg.vms];
     for vm in vms {
-        sched::add(vm, 0).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: run queue: {e:?}")));
+        queue(vm).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: run queue: {e:?}")));
     }
     ACTIVE.store(true, Ordering::SeqCst);
     sched::SLEEP_WHEN_IDLE.store(true, Ordering::SeqCst);
@@ -164,8 +151,7 @@ pub fn run(plat: &Platform) {
         gic::set_default_tick_ms(plat, OVERCOMMIT_TICK_MS);
     }
     let cpus = (1u64 << plat.nr_cpus) - 1;
-    // The Linux boot benchmark's mark: where each kernel starts, in its VM's virtual count.
-    crate::bench::note_linux_start(vms);
+    at_start(vms);
     sched::run(vms, cpus);
     // Back to the host's defaults for whatever runs next in this boot: polling idle loops,
     // the default tick, the timers' PPIs off on this CPU (each other CPU turns its own off at
@@ -227,10 +213,10 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     };
     let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
     host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
-    let call = |id, args: &[u64]| hvc::call(id, args).map_err(|_| "a hypercall to set up the VM failed");
-    call(HypercallId::VmAddMemory, &[vm.handle, vm.backing, GUEST_RAM, vm.pages])?;
-    call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, entry])?;
-    call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::x(0), GUEST_RAM + layout.dtb])?;
+    let failed = |_| "a hypercall to set up the VM failed";
+    vm.el2().add_memory(vm.backing, GUEST_RAM, vm.pages).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + layout.dtb).map_err(failed)?;
     Ok(vm)
 }
 
@@ -245,6 +231,25 @@ pub fn poll_input() {
     l.wake(wake, usize::MAX);
 }
 
+/// Queues every vCPU of Linux VM `vm` with the scheduler, which gives them to `run_slot`;
+/// idle host CPUs then poll the console for the first Linux VM's UART.
+///
+/// # Errors
+/// The queue's refusal.
+pub fn queue(vm: &Vm) -> Result<(), host_sched::Error> {
+    sched::set_idle_poll(poll_input);
+    sched::add_run_by(vm, &LinuxVcpus)
+}
+
+/// The scheduler's way to the Linux VMs' vCPUs.
+struct LinuxVcpus;
+
+impl sched::Runner for LinuxVcpus {
+    fn run_slot(&self, slot: usize, vm: u64, vcpu: u64) {
+        run_slot(slot, vm, vcpu);
+    }
+}
+
 /// How a vCPU's time on this host CPU ended.
 enum Yield {
     /// It waits for an interrupt or its timer deadline (counter ticks).
@@ -257,7 +262,7 @@ enum Yield {
 
 /// Runs vCPU `vcpu` of Linux VM `handle` (run-queue slot `slot`) until it waits, is
 /// preempted, or its VM ends.
-pub fn run_slot(slot: usize, handle: u64, vcpu: u64) {
+fn run_slot(slot: usize, handle: u64, vcpu: u64) {
     let Some(l) = lookup(handle) else {
         sched::end_slot(slot, handle, None);
         return;
@@ -300,9 +305,9 @@ pub fn run_slot(slot: usize, handle: u64, vcpu: u64) {
 impl LinuxVm {
     /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`.
     fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>) -> Self {
+        crate::stats::note_injects(vm.handle);
         Self {
             vm,
-            injected: [const { AtomicU64::new(0) }; 4],
             turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
             to_flush: AtomicU32::new(u32::MAX),
             gic,
@@ -313,85 +318,10 @@ impl LinuxVm {
 
     /// One `VCPU_RUN` of vCPU `v` and its exit: `Some` when the vCPU leaves this host CPU.
     fn step(&self, v: usize, st: &mut VcpuState) -> Result<Option<Yield>, HypError> {
-        let handle = self.vm.handle;
-        let now = gic::counter();
-        self.deliver(v, st, now)?;
-        // The physical PPIs behind the timers end the run at their deadlines, unless the
-        // virtual interrupt is already queued or high (`timer::physical_enabled`).
-        gic::set_timer_ppis(
-            timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
-            timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
-        );
-        note_run(&self.vm, v as u64);
-        let r = hvc::call(HypercallId::VcpuRun, &[handle, v as u64, st.mmio_value]);
-        st.mmio_value = 0;
-        if let Err(e) = r {
-            note_exit(Err(e));
-            return Err(e);
-        }
-        // SAFETY: this CPU's message page, which EL2 just wrote the exit record to.
-        let e: VcpuExit = unsafe { core::ptr::read_volatile(crate::scenarios::msg_page(crate::cpu_id()) as *const VcpuExit) };
-        note_exit(Ok(&e));
-        count_exit(handle, e.reason);
-        st.timers = Timers { vtimer: e.vtimer_deadline, ptimer: e.ptimer_deadline };
-        if e.flags & exit::FLAG_EOI != 0 {
-            let wake = self.gic.collect_eois(handle, v, |intid| {
-                st.in_flight = st.in_flight.saturating_sub(1);
-                match intid {
-                    VTIMER_INTID => st.vtimer_queued = false,
-                    PTIMER_INTID => st.ptimer_queued = false,
-                    _ => {}
-                }
-            })?;
-            self.wake(wake, v);
-        }
-        Ok(match e.reason {
-            exit::MMIO => {
-                st.mmio_value = self.mmio(v, &e);
-                None
-            }
-            exit::SGI => {
-                let wake = self.gic.send_sgi(e.args[1] as u8, e.args[0] as u8);
-                self.wake(wake, v);
-                None
-            }
-            exit::WFX => {
-                // Woken by what is already due; otherwise asleep until the earlier timer
-                // deadline or an interrupt ([`Self::wake`]).
-                let now = gic::counter();
-                self.set_timer_lines(v, st, now);
-                // A guest's WFI with an interrupt pending in a list register does not trap
-                // (QEMU checks for pending work first); one still in flight may be active, or
-                // below the guest's priority mask, and the vCPU may sleep. Even so such a sleep
-                // is capped: the host cannot see the list registers' state without a call.
-                let cap = if st.in_flight > 0 { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
-                (!self.gic.has_deliverable(v)).then(|| Yield::Block(st.timers.next_after(now).min(cap)))
-            }
-            exit::IRQ => {
-                gic::handle_pending();
-                poll_input();
-                (gic::take_preempt() && sched::others_ready()).then_some(Yield::Preempted)
-            }
-            // Off (never started, or PSCI `CPU_OFF`): asleep until a sibling's `CPU_ON`.
-            exit::VCPU_OFF => (!self.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
-            exit::CPU_ON => {
-                let t = e.args[0] as usize;
-                if t < self.vm.vcpus as usize {
-                    self.turned_on[t].store(true, Ordering::SeqCst);
-                    sched::wake(handle, t as u64);
-                }
-                None
-            }
-            // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
-            exit::HYPERCALL => None,
-            exit::SYSTEM_OFF => Some(Yield::Done(Some(Ok(Outcome::Off)))),
-            exit::SYSTEM_RESET => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
-            exit::KILLED => {
-                println!("host: linux VM {handle:#x} vCPU {v} stopped by EL2: reason {} at IPA {:#x}", e.data, e.ipa);
-                Some(Yield::Done(Some(Ok(Outcome::Killed(e.data, e.ipa, e.args[0])))))
-            }
-            other => crate::fail::fail(format_args!("linux: unknown exit reason {other}")),
-        })
+        let mut mmio_value = core::mem::take(&mut st.mmio_value);
+        let r = run::step(&mut LinuxVcpu { l: self, v, st }, &mut mmio_value);
+        st.mmio_value = mmio_value;
+        r
     }
 
     /// The timers' lines of vCPU `v` at counter value `now`, driven into the model where they
@@ -431,30 +361,13 @@ impl LinuxVm {
                 UART_INTID => 2,
                 _ => 3,
             };
-            self.injected[kind].fetch_add(1, Ordering::Relaxed);
+            crate::stats::count_injection(self.vm.handle, kind);
         })?;
         if !complete {
             // No list register free: the rest waits for one, at a later run.
             self.to_flush.fetch_or(bit, Ordering::SeqCst);
         }
         Ok(())
-    }
-
-    /// An MMIO exit: the GIC, the UART, or an unassigned address (reads 0, writes ignored).
-    fn mmio(&self, v: usize, e: &VcpuExit) -> u64 {
-        let write = (e.flags & exit::MMIO_WRITE != 0).then_some(e.data);
-        let size = e.size;
-        if let Some((value, wake)) = self.gic.mmio(e.ipa, size, write) {
-            self.wake(wake, v);
-            return value;
-        }
-        let mut wake = 0;
-        if let Some(value) = self.uart.mmio(e.ipa, size, write, |level| wake = self.gic.set_level(v, UART_INTID, level)) {
-            self.wake(wake, v);
-            return value;
-        }
-        super::UNASSIGNED.fetch_add(1, Ordering::Relaxed);
-        0
     }
 
     /// Marks the vCPUs in `wake` for a flush, and wakes or kicks them but `me` (which flushes
@@ -475,12 +388,138 @@ impl LinuxVm {
     }
 }
 
-// ---- For the hostile-guest scenarios (`crate::storm`): VMs of one's own making ---------------
+/// A Linux VM's vCPU in the exit loop ([`run::step`]): before each run its interrupts queued
+/// and the host's timer PPIs set; after each exit its timer deadlines and collected
+/// deactivations; on its bus the vGIC and the PL011; SGIs, `WFI`, `CPU_ON` and `CPU_OFF`
+/// emulated with the distributor model and the scheduler.
+struct LinuxVcpu<'a> {
+    l: &'a LinuxVm,
+    v: usize,
+    st: &'a mut VcpuState,
+}
+
+impl Machine for LinuxVcpu<'_> {
+    type Step = Option<Yield>;
+
+    fn vcpu(&self) -> (&Vm, u64) {
+        (&self.l.vm, self.v as u64)
+    }
+
+    fn before_run(&mut self) -> Result<(), HypError> {
+        let st = &mut *self.st;
+        let now = gic::counter();
+        self.l.deliver(self.v, st, now)?;
+        // The physical PPIs behind the timers end the run at their deadlines, unless the
+        // virtual interrupt is already queued or high (`timer::physical_enabled`).
+        gic::set_timer_ppis(
+            timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
+            timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
+        );
+        Ok(())
+    }
+
+    fn after_exit(&mut self, e: &Exited) -> Result<(), HypError> {
+        let (st, v) = (&mut *self.st, self.v);
+        st.timers = Timers { vtimer: e.record.vtimer_deadline, ptimer: e.record.ptimer_deadline };
+        if e.eoi() {
+            let wake = self.l.gic.collect_eois(self.l.vm.handle, v, |intid| {
+                st.in_flight = st.in_flight.saturating_sub(1);
+                match intid {
+                    VTIMER_INTID => st.vtimer_queued = false,
+                    PTIMER_INTID => st.ptimer_queued = false,
+                    _ => {}
+                }
+            })?;
+            self.l.wake(wake, v);
+        }
+        Ok(())
+    }
+
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> Option<u64> {
+        let (l, v) = (self.l, self.v);
+        let mut gic = &l.gic;
+        let mut uart = UartPort { uart: &l.uart, gic: &l.gic, vcpu: v };
+        let (value, wake) = Bus([&mut gic, &mut uart]).access(ipa, size, write)?;
+        l.wake(wake, v);
+        Some(value)
+    }
+
+    fn exit(&mut self, e: &Exited) -> Option<Yield> {
+        let (l, st, v) = (self.l, &mut *self.st, self.v);
+        let handle = l.vm.handle;
+        match e.exit {
+            // Served on the bus.
+            Exit::Mmio { .. } => None,
+            Exit::Sgi { intid, targets, .. } => {
+                let wake = l.gic.send_sgi(targets as u8, intid);
+                l.wake(wake, v);
+                None
+            }
+            Exit::Wfx => {
+                // Woken by what is already due; otherwise asleep until the earlier timer
+                // deadline or an interrupt ([`LinuxVm::wake`]).
+                let now = gic::counter();
+                l.set_timer_lines(v, st, now);
+                // A guest's WFI with an interrupt pending in a list register does not trap
+                // (QEMU checks for pending work first); one still in flight may be active, or
+                // below the guest's priority mask, and the vCPU may sleep. Even so such a sleep
+                // is capped: the host cannot see the list registers' state without a call.
+                let cap = if st.in_flight > 0 { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
+                (!l.gic.has_deliverable(v)).then(|| Yield::Block(st.timers.next_after(now).min(cap)))
+            }
+            Exit::Irq => {
+                gic::handle_pending();
+                poll_input();
+                (gic::take_preempt() && sched::others_ready()).then_some(Yield::Preempted)
+            }
+            // Off (never started, or PSCI `CPU_OFF`): asleep until a sibling's `CPU_ON`.
+            Exit::VcpuOff => (!l.turned_on[v].swap(false, Ordering::SeqCst)).then_some(Yield::Block(host_sched::NEVER)),
+            Exit::CpuOn { vcpu } => {
+                let t = vcpu as usize;
+                if t < l.vm.vcpus as usize {
+                    l.turned_on[t].store(true, Ordering::SeqCst);
+                    sched::wake(handle, t as u64);
+                }
+                None
+            }
+            // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
+            Exit::Hypercall { .. } => None,
+            Exit::SystemOff => Some(Yield::Done(Some(Ok(Outcome::Off)))),
+            Exit::SystemReset => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
+            Exit::Killed { reason, ipa, detail } => {
+                println!("host: linux VM {handle:#x} vCPU {v} stopped by EL2: reason {reason} at IPA {ipa:#x}");
+                Some(Yield::Done(Some(Ok(Outcome::Killed(reason, ipa, detail)))))
+            }
+        }
+    }
+}
+
+/// The PL011 on a Linux VM's bus: its interrupt line drives the distributor model's SPI.
+struct UartPort<'a> {
+    uart: &'a GuestUart,
+    gic: &'a VirtualGic,
+    vcpu: usize,
+}
+
+impl Device for UartPort<'_> {
+    fn ranges(&self) -> &[Range<u64>] {
+        const RANGE: Range<u64> = UART..UART + UART_SIZE;
+        core::slice::from_ref(&RANGE)
+    }
+
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> (u64, Wake) {
+        let mut wake = 0;
+        let value = self.uart.mmio(ipa, size, write, |level| wake = self.gic.set_level(self.vcpu, UART_INTID, level));
+        (value.unwrap_or(0), wake)
+    }
+}
+
+// ---- For the hostile-guest scenarios (el1-host's `storm`): VMs of one's own making ---------------
 
 /// Builds Linux VM `n` (below [`MAX_VMS`]) from `image` (an `Image` or an ELF test guest) with
 /// its own command line (`/chosen/bootargs`), `vcpus` vCPUs, VM `flags` and `mem_mib` MiB, and
 /// registers it with the VMM (its console lines carry `[vmN]`). The caller queues its vCPUs
-/// ([`sched::add`]) and runs them. Each `n` once per boot.
+/// ([`queue`]) and runs them. Each `n` once per boot.
 pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, image: &[u8], cmdline: &str) -> Result<&'static Vm, &'static str> {
     let slot = VMS.get(n).ok_or("no such Linux VM slot")?;
     if slot.is_completed() {
@@ -488,12 +527,11 @@ pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, i
     }
     let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
     let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline)?;
-    HANDLES[n].store(vm.handle, Ordering::SeqCst);
     Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n))).vm)
 }
 
 /// While Linux VMs run (`on`): console input goes to the first, and idle host CPUs sleep in
-/// `WFI` until a deadline or a kick, as [`run`] sets them.
+/// `WFI` until a deadline or a kick, as [`run()`] sets them.
 pub fn set_running(on: bool) {
     ACTIVE.store(on, Ordering::SeqCst);
     sched::SLEEP_WHEN_IDLE.store(on, Ordering::SeqCst);

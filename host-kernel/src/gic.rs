@@ -29,12 +29,13 @@
 //!
 //! The driver is the `arm-gic` crate (README, "Dependencies"); the timer is three registers.
 
+use crate::arch;
+use crate::arch::counter_freq;
 use crate::platform::Platform;
-use crate::MAX_CPUS;
+use crate::cpu::MAX_CPUS;
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
 use arm_gic::gicv3::{GicCpuInterface, GicV3, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
-use core::arch::asm;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -147,7 +148,7 @@ static TIMER_PPIS_ON: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_
 /// high: the timer keeps running while the guest runs, and an expired one would otherwise end
 /// every run at once, before the guest could handle it.
 pub fn set_timer_ppis(vtimer: bool, hyp_timer: bool) {
-    let cpu = crate::cpu_id();
+    let cpu = crate::cpu::cpu_id();
     let want = vtimer as u64 | (hyp_timer as u64) << 1;
     let had = TIMER_PPIS_ON[cpu % MAX_CPUS].load(Ordering::Relaxed);
     if had == want {
@@ -166,10 +167,7 @@ pub fn set_timer_ppis(vtimer: bool, hyp_timer: bool) {
 
 /// `CNTPCT_EL0`: the system counter.
 pub fn counter() -> u64 {
-    let v: u64;
-    // SAFETY: reading the physical counter has no side effects (CNTHCTL_EL2.EL1PCTEN).
-    unsafe { asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
+    arch::counter()
 }
 
 /// System-counter ticks per millisecond.
@@ -181,23 +179,19 @@ pub fn ticks_per_ms() -> u64 {
 /// come later: a blocked vCPU's deadline, or a guest's emulated physical timer. The interrupt
 /// counts as a tick (the tick is re-armed when it is acknowledged).
 pub fn arm_wakeup(deadline: u64) {
-    let (cval, ctl): (u64, u64);
-    // SAFETY: reading the host's own EL1 physical timer.
-    unsafe { asm!("mrs {}, cntp_cval_el0", "mrs {}, cntp_ctl_el0", out(reg) cval, out(reg) ctl, options(nomem, nostack, preserves_flags)) };
+    let (cval, ctl) = arch::timer_cval_ctl();
     if ctl & 1 != 0 && cval <= deadline {
         return;
     }
-    // SAFETY: as in `arm_tick`: the host's own timer; an earlier interrupt is only an early
-    // tick.
-    unsafe { asm!("msr cntp_cval_el0, {}", "msr cntp_ctl_el0, {}", "isb", in(reg) deadline, in(reg) 1u64, options(nomem, nostack, preserves_flags)) };
+    // An earlier interrupt is only an early tick.
+    arch::timer_at(deadline);
 }
 
 /// Waits for an interrupt (a tick, a kick or a wake-up), with `DAIF` masked as always: `WFI`
 /// returns when one is pending; the caller then handles it with [`handle_pending`].
 pub fn wait_for_interrupt() {
-    // SAFETY: WFI only waits; a pending interrupt (even masked) ends it. The DSB makes this
-    // CPU's earlier stores (its idle mark) visible before it sleeps.
-    unsafe { asm!("dsb sy", "wfi", options(nomem, nostack, preserves_flags)) };
+    // The DSB in it makes this CPU's earlier stores (its idle mark) visible before it sleeps.
+    arch::wait_for_interrupt();
 }
 
 /// Sets the tick period for the ticks armed from now on (each CPU's next acknowledgement),
@@ -213,26 +207,14 @@ pub fn present() -> bool {
     GIC.lock().is_some()
 }
 
-/// `CNTFRQ_EL0`: the system counter's frequency.
-fn counter_freq() -> u64 {
-    let v: u64;
-    // SAFETY: reading CNTFRQ_EL0 has no side effects.
-    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
 /// Arms this CPU's tick one period from now (`CNTP_TVAL_EL0`, `CNTP_CTL_EL0.ENABLE`), or
 /// stops the timer when the tick is off. Re-arming also lowers the timer's level interrupt.
 fn arm_tick() {
     let period = TICK.load(Ordering::Relaxed);
-    // SAFETY: the host owns its EL1 physical timer (CNTHCTL_EL2.EL1PCEN while it runs; guests
-    // trap it); writing it only schedules the tick interrupt.
-    unsafe {
-        if period == 0 {
-            asm!("msr cntp_ctl_el0, xzr", "isb", options(nomem, nostack, preserves_flags));
-        } else {
-            asm!("msr cntp_tval_el0, {}", "msr cntp_ctl_el0, {}", "isb", in(reg) period, in(reg) 1u64, options(nomem, nostack, preserves_flags));
-        }
+    if period == 0 {
+        arch::timer_off();
+    } else {
+        arch::timer_after(period);
     }
 }
 
@@ -246,7 +228,7 @@ pub fn stop_tick() {
 /// Acknowledges and handles every pending interrupt on this CPU; returns how many. Called
 /// after a `VCPU_RUN` that ended with exit `IRQ`, and by idle loops.
 pub fn handle_pending() -> usize {
-    let cpu = crate::cpu_id();
+    let cpu = crate::cpu::cpu_id();
     let mut n = 0;
     // Bounded: a level interrupt that the handler failed to lower cannot keep the host here.
     while n < 16 {
@@ -277,7 +259,7 @@ pub fn handle_pending() -> usize {
 
 /// Whether a tick or kick arrived on this CPU since the last call.
 pub fn take_preempt() -> bool {
-    PREEMPT[crate::cpu_id()].swap(false, Ordering::AcqRel)
+    PREEMPT[crate::cpu::cpu_id()].swap(false, Ordering::AcqRel)
 }
 
 /// Sends the kick SGI to host CPU `cpu`: if it is running a guest, its `VCPU_RUN` returns
@@ -292,8 +274,7 @@ pub fn kick(cpu: usize) {
     let aff = |n: u32| ((mpidr >> n) & 0xFF) as u8;
     let target = SgiTarget::List { affinity3: aff(32), affinity2: aff(16), affinity1: aff(8), target_list: 1 << (mpidr & 0xF) };
     // The SGI's data (the run queue's state) must be visible to the target first.
-    // SAFETY: DSB only orders memory accesses.
-    unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+    arch::dsb_ish();
     let _ = GicCpuInterface::send_sgi(IntId::sgi(KICK_SGI), target, SgiTargetGroup::CurrentGroup1);
 }
 
@@ -303,18 +284,16 @@ const GICR_TYPER: u64 = 0x8;
 /// Distance between two GICv3 redistributors (`RD_base`, then `SGI_base`).
 const GICR_STRIDE: u64 = 0x2_0000;
 
-/// A 32-bit load with a plain `LDR` (so the syndrome is valid if EL2 has to perform it).
+/// A redistributor register, with a plain `LDR` (EL2 performs it from the syndrome).
 fn read32(pa: u64) -> u32 {
-    let v: u32;
     // SAFETY: `pa` is a redistributor register; reading it has no effect on memory.
-    unsafe { asm!("ldr {v:w}, [{a}]", a = in(reg) pa, v = out(reg) v, options(nostack, preserves_flags)) };
-    v
+    unsafe { arch::read32(pa) }
 }
 
-/// A 32-bit store with a plain `STR`.
+/// A redistributor register, with a plain `STR`.
 fn write32(pa: u64, v: u32) {
     // SAFETY: `pa` is a redistributor register; the caller knows what the write does.
-    unsafe { asm!("str {v:w}, [{a}]", a = in(reg) pa, v = in(reg) v, options(nostack, preserves_flags)) };
+    unsafe { arch::write32(pa, v) }
 }
 
 /// Test (`smp` scenario): sets `GICR_CTLR.EnableLPIs` in CPU `cpu`'s redistributor of the

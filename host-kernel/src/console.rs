@@ -11,7 +11,7 @@ pub fn init(base: u64) {
     BASE.store(base, Ordering::Relaxed);
 }
 
-/// A writer to the UART (callers hold [`LOCK`] for whole lines).
+/// A writer to the UART (callers hold `LOCK` for whole lines).
 pub struct Uart;
 
 impl Write for Uart {

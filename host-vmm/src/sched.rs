@@ -2,7 +2,8 @@
 //! caller chooses, round robin, preempted by the host's tick.
 //!
 //! Place in the flow: the run queue itself ([`host_sched::RunQueue`], host-tested) decides
-//! who runs next; this module runs the chosen vCPU with [`Stepper::run_once`] until
+//! who runs next. A VM queued with a [`Runner`] (a Linux VM, [`crate::linux`]) has its vCPUs
+//! run by it; this module runs a test VM's chosen vCPU with [`Stepper::run_once`] until
 //! - the vCPU exits with `IRQ` and the host's tick or a kick arrived ([`gic::take_preempt`]):
 //!   a guest that never exits loses its CPU at the next tick;
 //! - it waits (`WFX`) or is powered off (`VCPU_OFF`): it yields;
@@ -14,14 +15,14 @@
 //! A vCPU's console line and pending MMIO read ([`Stepper`]) live with its queue slot, so a vCPU
 //! can move between host CPUs (EL2 keeps its context and flushes the local TLB on migration).
 //! Helper CPUs take part through [`secondary_work`], called from their idle loop. The older
-//! fixed placement ([`crate::vmm::run`]: vCPU `k` on host CPU `k`) stays for the scenarios that
+//! fixed placement ([`crate::pinned`]: vCPU `k` on host CPU `k`) stays for the scenarios that
 //! are about something else.
 
 use crate::gic;
-use crate::vmm::{Outcome, Ran, Stepper, ValueDevice, Vm};
+use crate::{Outcome, Ran, Stepper, ValueDevice, Vm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use host_sched::{RunQueue, CAPACITY};
-use shared_abi::msg::exit;
+use shared_abi::msg::Exit;
 use shared_abi::HypError;
 
 static QUEUE: spin::Mutex<RunQueue> = spin::Mutex::new(RunQueue::new());
@@ -30,6 +31,19 @@ static QUEUE: spin::Mutex<RunQueue> = spin::Mutex::new(RunQueue::new());
 static STEPPERS: [spin::Mutex<Stepper>; CAPACITY] = [const { spin::Mutex::new(Stepper::new()) }; CAPACITY];
 /// Each slot's test-device answer.
 static DEV_VALUE: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY];
+
+/// What runs the vCPUs of a kind of VM that brings its own devices (the Linux VMs').
+pub trait Runner: Sync {
+    /// Runs vCPU `vcpu` of VM `vm` from queue slot `slot` on this CPU until it waits
+    /// ([`block`]), loses the CPU ([`yield_slot`]) or is done ([`end_slot`]).
+    fn run_slot(&self, slot: usize, vm: u64, vcpu: u64);
+}
+
+/// Each slot's [`Runner`] (`None`: a test VM's vCPU, run here). Locked after [`QUEUE`], never
+/// before it.
+static RUNNERS: spin::Mutex<[Option<&'static dyn Runner>; CAPACITY]> = spin::Mutex::new([None; CAPACITY]);
+/// What idle CPUs poll between picks, once a runner has given it (console input).
+static IDLE_POLL: spin::Once<fn()> = spin::Once::new();
 
 /// Most VMs whose outcome is kept.
 const MAX_VMS: usize = 8;
@@ -55,11 +69,28 @@ pub struct Stats {
 /// Per-CPU [`Stats`].
 pub static STATS: [Stats; crate::MAX_CPUS] = [const { Stats { preemptions: AtomicU64::new(0), picks: AtomicU64::new(0) } }; crate::MAX_CPUS];
 
-/// Queues every vCPU of `vm`; its test device answers reads with `dev_value`.
+/// Queues every vCPU of test VM `vm`; its test device answers reads with `dev_value`.
 ///
 /// # Errors
 /// The queue's refusal (full, or already queued).
 pub fn add(vm: &Vm, dev_value: u64) -> Result<(), host_sched::Error> {
+    queue(vm, dev_value, None)
+}
+
+/// Queues every vCPU of `vm`, to be run by `runner`.
+///
+/// # Errors
+/// The queue's refusal (full, or already queued).
+pub fn add_run_by(vm: &Vm, runner: &'static dyn Runner) -> Result<(), host_sched::Error> {
+    queue(vm, 0, Some(runner))
+}
+
+/// Idle CPUs call `poll` between picks from now on (the first one given stays).
+pub fn set_idle_poll(poll: fn()) {
+    IDLE_POLL.call_once(|| poll);
+}
+
+fn queue(vm: &Vm, dev_value: u64, runner: Option<&'static dyn Runner>) -> Result<(), host_sched::Error> {
     {
         let mut o = OUTCOMES.lock();
         let free = o.iter().position(|(h, _)| *h == 0 || *h == vm.handle).ok_or(host_sched::Error::Full)?;
@@ -70,6 +101,7 @@ pub fn add(vm: &Vm, dev_value: u64) -> Result<(), host_sched::Error> {
         let slot = q.add(vm.handle, v)?;
         *STEPPERS[slot].lock() = Stepper::new();
         DEV_VALUE[slot].store(dev_value, Ordering::Relaxed);
+        RUNNERS.lock()[slot] = runner;
     }
     Ok(())
 }
@@ -135,7 +167,7 @@ pub fn destroy(vm: &Vm) -> Result<(), HypError> {
     if let Some(e) = OUTCOMES.lock().iter_mut().find(|(h, _)| *h == vm.handle) {
         *e = (0, None);
     }
-    crate::vmm::destroy(vm)
+    crate::destroy(vm)
 }
 
 /// Lets the helper CPUs in `cpus` (bit `cpu`; this CPU's bit is ignored) run vCPUs from the
@@ -143,8 +175,8 @@ pub fn destroy(vm: &Vm) -> Result<(), HypError> {
 pub fn start(cpus: u64) {
     HELPERS.store(cpus & !(1 << crate::cpu_id()), Ordering::SeqCst);
     ACTIVE.store(true, Ordering::SeqCst);
-    // SAFETY: `sev` only signals an event to the helpers' `wfe`.
-    unsafe { core::arch::asm!("sev", options(nomem, nostack)) };
+    // Wakes the helpers from their idle `wfe`.
+    host_kernel::arch::sev();
 }
 
 /// Ends [`start`]: the helpers put back what they run (they are kicked, so a guest that never
@@ -162,7 +194,7 @@ pub fn finish() {
 
 /// Host CPUs idle in [`idle`] (bit `cpu`): kicked when a vCPU becomes runnable.
 static IDLE: AtomicU64 = AtomicU64::new(0);
-/// Idle CPUs sleep (`WFI`) instead of polling: set while device VMs ([`crate::vmm::linux`])
+/// Idle CPUs sleep (`WFI`) instead of polling: set while device VMs ([`crate::linux`])
 /// run, whose vCPUs block in `WFI` for long stretches. The test scenarios keep polling.
 pub static SLEEP_WHEN_IDLE: AtomicBool = AtomicBool::new(false);
 
@@ -172,11 +204,18 @@ pub fn work_until(done: &dyn Fn() -> bool) {
     while !done() {
         let picked = QUEUE.lock().pick(cpu, gic::counter());
         match picked {
-            Some((slot, e)) if crate::vmm::linux::owns(e.vm) => crate::vmm::linux::run_slot(slot, e.vm, e.vcpu),
-            Some((slot, e)) => run_slot(cpu, slot, e.vm, e.vcpu),
+            Some((slot, e)) => {
+                let runner = RUNNERS.lock()[slot];
+                match runner {
+                    Some(runner) => runner.run_slot(slot, e.vm, e.vcpu),
+                    None => run_slot(cpu, slot, e.vm, e.vcpu),
+                }
+            }
             None => {
                 gic::handle_pending();
-                crate::vmm::linux::poll_input();
+                if let Some(poll) = IDLE_POLL.get() {
+                    poll();
+                }
                 if SLEEP_WHEN_IDLE.load(Ordering::Relaxed) {
                     idle(cpu, done);
                 } else {
@@ -318,9 +357,9 @@ fn run_slot(cpu: usize, slot: usize, handle: u64, vcpu: u64) {
     gic::take_preempt();
     let ended = loop {
         match stepper.run_once(&vm, vcpu, &mut dev) {
-            Ok(Ran::Exit(exit::WFX | exit::VCPU_OFF)) => break None,
-            Ok(Ran::Exit(reason)) => {
-                if reason == exit::IRQ && gic::take_preempt() {
+            Ok(Ran::Exit(Exit::Wfx | Exit::VcpuOff)) => break None,
+            Ok(Ran::Exit(exit)) => {
+                if exit == Exit::Irq && gic::take_preempt() {
                     STATS[cpu].preemptions.fetch_add(1, Ordering::Relaxed);
                     break None;
                 }

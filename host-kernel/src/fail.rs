@@ -49,7 +49,16 @@ pub fn fail(why: core::fmt::Arguments<'_>) -> ! {
 /// Stops this CPU.
 pub fn halt() -> ! {
     loop {
-        // SAFETY: `wfe` only waits.
-        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+        crate::arch::wfe();
     }
+}
+
+/// Fails the run ([`fail()`]) with the message if `$cond` is false.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            $crate::fail::fail(format_args!($($arg)*));
+        }
+    };
 }

@@ -1,0 +1,130 @@
+//! Typed hypercalls for VMs and vCPUs: each wraps one untyped [`super::call`], moving its
+//! message through this CPU's message page, and `VCPU_RUN`'s exit record comes back decoded
+//! ([`Exit`], shared with EL2's encoder in [`shared_abi::msg`]).
+
+use super::{call, read_msg, write_msg};
+use crate::cpu::cpu_id;
+use shared_abi::msg::{Exit, VcpuExit, VcpuStats, VgicState, VmCreate};
+use shared_abi::{HypError, HypercallId};
+
+/// A VM, by its handle at EL2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmHandle(pub u64);
+
+/// One vCPU of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vcpu {
+    /// Its VM.
+    pub vm: VmHandle,
+    /// Its index in the VM.
+    pub index: u64,
+}
+
+/// How `VCPU_RUN` returned: the exit, and the record it came in (for the fields every record
+/// carries: [`shared_abi::msg::exit::FLAG_EOI`] and the timer deadlines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exited {
+    /// Why the vCPU stopped.
+    pub exit: Exit,
+    /// The record as EL2 wrote it.
+    pub record: VcpuExit,
+}
+
+impl Exited {
+    /// Whether the guest has deactivated interrupts the host asked to hear about
+    /// ([`Vcpu::irq_state`] says which).
+    pub fn eoi(&self) -> bool {
+        self.record.flags & shared_abi::msg::exit::FLAG_EOI != 0
+    }
+}
+
+impl VmHandle {
+    /// `VM_CREATE`.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn create(req: &VmCreate) -> Result<Self, HypError> {
+        write_msg(cpu_id(), req);
+        Ok(Self(call(HypercallId::VmCreate, &[])?[0]))
+    }
+
+    /// `VM_ADD_MEMORY`: gives the VM `pages` pages of host memory at `backing`, at `ipa`.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn add_memory(self, backing: u64, ipa: u64, pages: u64) -> Result<(), HypError> {
+        call(HypercallId::VmAddMemory, &[self.0, backing, ipa, pages]).map(drop)
+    }
+
+    /// `VM_DESTROY`.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn destroy(self) -> Result<(), HypError> {
+        call(HypercallId::VmDestroy, &[self.0]).map(drop)
+    }
+
+    /// vCPU `index` of this VM.
+    pub const fn vcpu(self, index: u64) -> Vcpu {
+        Vcpu { vm: self, index }
+    }
+}
+
+impl Vcpu {
+    /// `VCPU_RUN`, with `mmio_value` for the MMIO read the last exit asked for. An exit record
+    /// that does not decode breaks the ABI: the host fails.
+    ///
+    /// # Errors
+    /// EL2's refusal to run the vCPU.
+    pub fn run(self, mmio_value: u64) -> Result<Exited, HypError> {
+        call(HypercallId::VcpuRun, &[self.vm.0, self.index, mmio_value])?;
+        let record: VcpuExit = read_msg(cpu_id());
+        match Exit::decode(&record) {
+            Ok(exit) => Ok(Exited { exit, record }),
+            Err(e) => crate::fail::fail(format_args!("VCPU_RUN: malformed exit record ({e:?}): {record:x?}")),
+        }
+    }
+
+    /// `VCPU_SET_REG`.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn set_reg(self, reg: u64, value: u64) -> Result<(), HypError> {
+        call(HypercallId::VcpuSetReg, &[self.vm.0, self.index, reg, value]).map(drop)
+    }
+
+    /// `VCPU_GET_REG`.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn get_reg(self, reg: u64) -> Result<u64, HypError> {
+        Ok(call(HypercallId::VcpuGetReg, &[self.vm.0, self.index, reg])?[0])
+    }
+
+    /// `VCPU_STATS`: the exceptions the vCPU took to EL2, by class.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn stats(self) -> Result<VcpuStats, HypError> {
+        call(HypercallId::VcpuStats, &[self.vm.0, self.index])?;
+        Ok(read_msg(cpu_id()))
+    }
+
+    /// `VCPU_SET_IRQ`: queues virtual interrupt `intid` with `config`
+    /// ([`shared_abi::msg::irq`]) in a list register.
+    ///
+    /// # Errors
+    /// EL2's refusal (`NoCapacity`: no list register free; `Busy`: `intid` is in one).
+    pub fn set_irq(self, intid: u32, config: u32) -> Result<(), HypError> {
+        call(HypercallId::VcpuSetIrq, &[self.vm.0, self.index, intid as u64, config as u64]).map(drop)
+    }
+
+    /// `VCPU_IRQ_STATE`: the list registers and the deactivations not yet collected.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn irq_state(self) -> Result<VgicState, HypError> {
+        call(HypercallId::VcpuIrqState, &[self.vm.0, self.index])?;
+        Ok(read_msg(cpu_id()))
+    }
+}

@@ -1,0 +1,141 @@
+//! The host's VMM: creates VMs, loads guest images, gives them memory, runs their vCPUs through
+//! one exit loop ([`run`]) with their devices on a bus, all through the hypercall client of
+//! `host-kernel`, and places vCPUs on host CPUs: the scheduler ([`sched`]), or fixed placement
+//! ([`pinned`]) for the scenarios that need it. The scenarios above it use it; it never uses
+//! them.
+//!
+//! Guest physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as Linux's
+//! boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`, and a test
+//! device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO address
+//! reads as 0 and ignores writes (counted, as QEMU does for unassigned addresses).
+
+#![cfg(target_os = "none")]
+#![no_std]
+
+mod bus;
+pub mod linux;
+pub mod pinned;
+mod pl011;
+pub mod run;
+pub mod sched;
+mod stats;
+mod testdev;
+mod timer;
+mod vgic;
+
+pub use run::HOST_RUN_STATUS;
+pub use stats::{host_exits, report_stats};
+pub use testdev::{NoDevice, Ran, Stepper, TestDevice, ValueDevice};
+
+use host_kernel::cpu::{cpu_id, MAX_CPUS};
+use host_kernel::{check, console, fail, gic, platform, println};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use host_kernel::hyp::client::VmHandle;
+use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::{reg, HypError, PAGE_SIZE};
+
+/// Guest RAM base (IPA).
+pub const GUEST_RAM: u64 = 0x4000_0000;
+/// The test VMs' console UART (IPA).
+const UART: u64 = 0x0900_0000;
+/// The test device's register (IPA).
+const TESTDEV: u64 = 0x0b00_0000;
+
+/// Host RAM handed out for guest memory (bump allocation: simple, and plenty for tests).
+static NEXT_FREE: AtomicU64 = AtomicU64::new(0x5000_0000);
+/// Unassigned MMIO accesses by guests.
+pub static UNASSIGNED: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes `pages` pages of host RAM for a guest.
+pub fn alloc_pages(pages: u64) -> u64 {
+    NEXT_FREE.fetch_add(pages * PAGE_SIZE, Ordering::SeqCst)
+}
+
+/// A VM as the host sees it.
+pub struct Vm {
+    /// EL2's handle.
+    pub handle: u64,
+    /// Host address of the guest RAM's backing pages.
+    pub backing: u64,
+    /// Guest RAM size in pages.
+    pub pages: u64,
+    /// Protected VM.
+    pub protected: bool,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+}
+
+impl Vm {
+    /// The VM as EL2 knows it, for typed hypercalls.
+    pub const fn el2(&self) -> VmHandle {
+        VmHandle(self.handle)
+    }
+}
+
+/// How a VM's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// PSCI `SYSTEM_OFF`.
+    Off,
+    /// PSCI `SYSTEM_RESET` (the test guests' failure signal).
+    Reset,
+    /// Stopped by EL2: reason, IPA, and (for untagged memory) the physical page.
+    Killed(u64, u64, u64),
+}
+
+/// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet).
+pub fn create(vcpus: u32, protected: bool, mib: u64) -> Result<Vm, HypError> {
+    create_with_flags(vcpus, if protected { vm_flags::PROTECTED } else { 0 }, mib)
+}
+
+/// [`create`] with explicit [`vm_flags`].
+pub fn create_with_flags(vcpus: u32, flags: u64, mib: u64) -> Result<Vm, HypError> {
+    create_at(vcpus, flags, mib, alloc_pages(mib * 256))
+}
+
+/// [`create_with_flags`] with the VM's RAM backed by host memory at `backing`.
+pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, HypError> {
+    let protected = flags & vm_flags::PROTECTED != 0;
+    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
+    let handle = VmHandle::create(&req)?.0;
+    Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
+}
+
+/// Copies `image` (ELF64 or raw) into the VM's backing memory; returns the entry IPA.
+pub fn load(vm: &Vm, image: &[u8]) -> Result<u64, &'static str> {
+    // SAFETY: the backing pages were just allocated for this VM and are still the host's.
+    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
+    host_vdev::loader::load_test_image(mem, GUEST_RAM, image)
+}
+
+/// Space for the guest's device tree, at the end of its RAM.
+const DTB_SPACE: u64 = 64 * 1024;
+
+/// Writes the guest's device tree at the end of its RAM, gives the VM its RAM (donated if
+/// protected, shared otherwise) and points vCPU 0 at `entry` with `x0` = the device tree, as
+/// Linux's boot protocol expects. Returns the device tree's IPA.
+pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
+    let size = vm.pages * PAGE_SIZE;
+    let dtb_off = size.checked_sub(DTB_SPACE).ok_or(HypError::InvalidArgument)?;
+    // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
+    let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
+    host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
+    vm.el2().add_memory(vm.backing, GUEST_RAM, vm.pages)?;
+    vm.el2().vcpu(0).set_reg(reg::PC, entry)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + dtb_off)?;
+    Ok(GUEST_RAM + dtb_off)
+}
+
+/// Destroys the VM, after reporting its exit statistics ([`report_stats`]).
+pub fn destroy(vm: &Vm) -> Result<(), HypError> {
+    report_stats(vm);
+    vm.el2().destroy()
+}
+
+/// Reads one word of the VM's backing memory through the host's own mapping (it faults for a
+/// protected VM's memory; callers arm the fault probe when they expect that).
+pub fn backing_word(vm: &Vm, offset: u64) -> u64 {
+    // SAFETY: the address is host RAM; whether the host may access it is EL2's decision, and
+    // an abort is caught by the probe.
+    unsafe { core::ptr::read_volatile((vm.backing + offset) as *const u64) }
+}

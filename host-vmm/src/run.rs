@@ -1,0 +1,105 @@
+//! The VMM's one exit loop: what every `VCPU_RUN` of every VM goes through, whichever kind of
+//! VM it is ([`Machine`]: the test VMs' in [`crate::Stepper`], the Linux VMs' in
+//! [`crate::linux`]).
+//!
+//! One step: the machine's preparation, the run (recorded for the timeout report), the exit
+//! counted, the machine's look at the record, an MMIO exit served by the machine's devices on
+//! its bus (an address no device answers reads 0 and ignores writes, counted in
+//! [`crate::UNASSIGNED`]), and then the machine's handling of the exit.
+
+use crate::stats::count_exit;
+use crate::{Vm, UNASSIGNED};
+use core::sync::atomic::{AtomicU64, Ordering};
+use host_kernel::hyp::client::Exited;
+use shared_abi::layout::run_status;
+use shared_abi::msg::{Exit, VcpuExit};
+use shared_abi::HypError;
+
+/// What one kind of VM does around its vCPUs' runs.
+pub trait Machine {
+    /// What an exit comes to for the loop around.
+    type Step;
+
+    /// The VM and the vCPU that runs.
+    fn vcpu(&self) -> (&Vm, u64);
+
+    /// Before each run (interrupts to queue, the host's timer PPIs).
+    ///
+    /// # Errors
+    /// A hypercall's, which ends the step.
+    fn before_run(&mut self) -> Result<(), HypError> {
+        Ok(())
+    }
+
+    /// Every exit, before it is handled (the record-wide fields; a test device's look).
+    ///
+    /// # Errors
+    /// A hypercall's, which ends the step.
+    fn after_exit(&mut self, _e: &Exited) -> Result<(), HypError> {
+        Ok(())
+    }
+
+    /// An MMIO access at `ipa`, through the machine's bus: the value read (0 for a write), or
+    /// `None` if no device answers `ipa`.
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> Option<u64>;
+
+    /// The exit, once an MMIO access is served.
+    fn exit(&mut self, e: &Exited) -> Self::Step;
+}
+
+/// Runs the machine's vCPU to its next exit and handles it. `mmio_value` is the value for the
+/// MMIO read the vCPU's last exit asked for, and is set for this exit's.
+///
+/// # Errors
+/// `VCPU_RUN`'s refusal, or a hypercall's from the machine.
+pub fn step<M: Machine>(m: &mut M, mmio_value: &mut u64) -> Result<M::Step, HypError> {
+    m.before_run()?;
+    let (vm, vcpu) = m.vcpu();
+    let handle = vm.handle;
+    note_run(handle, vcpu);
+    let e = match vm.el2().vcpu(vcpu).run(core::mem::take(mmio_value)) {
+        Ok(e) => e,
+        Err(err) => {
+            note_exit(Err(err));
+            return Err(err);
+        }
+    };
+    note_exit(Ok(&e.record));
+    count_exit(handle, e.exit.reason());
+    m.after_exit(&e)?;
+    if let Exit::Mmio { ipa, size, write } = e.exit {
+        *mmio_value = m.mmio(ipa, size, write).unwrap_or_else(|| {
+            UNASSIGNED.fetch_add(1, Ordering::Relaxed);
+            0
+        });
+    }
+    Ok(m.exit(&e))
+}
+
+/// What each host CPU last did with a vCPU ([`shared_abi::layout::run_status`]): read by the
+/// test runner through QEMU's monitor when a scenario hangs.
+#[no_mangle]
+pub static HOST_RUN_STATUS: [[AtomicU64; run_status::WORDS]; run_status::CPUS] =
+    [const { [const { AtomicU64::new(0) }; run_status::WORDS] }; run_status::CPUS];
+
+/// Records, for the timeout report, that this CPU enters `VCPU_RUN` for `vcpu` of VM `handle`.
+fn note_run(handle: u64, vcpu: u64) {
+    let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
+    row[run_status::VM].store(handle, Ordering::Relaxed);
+    row[run_status::VCPU].store(vcpu, Ordering::Relaxed);
+    row[run_status::RUNS].fetch_add(1, Ordering::Relaxed);
+    row[run_status::IN_RUN].store(1, Ordering::Release);
+}
+
+/// Records how the `VCPU_RUN` that [`note_run`] noted ended.
+fn note_exit(r: Result<&VcpuExit, HypError>) {
+    let row = &HOST_RUN_STATUS[crate::cpu_id() % run_status::CPUS];
+    let (reason, ipa, data) = match r {
+        Ok(e) => (e.reason as u64, e.ipa, e.data),
+        Err(err) => (u64::MAX, 0, err as i64 as u64),
+    };
+    row[run_status::LAST_EXIT].store(reason, Ordering::Relaxed);
+    row[run_status::LAST_IPA].store(ipa, Ordering::Relaxed);
+    row[run_status::LAST_DATA].store(data, Ordering::Relaxed);
+    row[run_status::IN_RUN].store(0, Ordering::Release);
+}
