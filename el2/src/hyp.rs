@@ -16,14 +16,14 @@
 //! Table edits here are followed by the barrier or TLB maintenance the [`Maintenance`]
 //! implementation provides (the arch layer in EL2, a recorder in tests).
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::owner::{Component, OwnError, Ownership};
-use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::mem::owner::{Component, OwnError, Ownership};
+use crate::mem::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::cpufeat::{CpuFeatures, CpuId, Weaker};
-use crate::gicr::Redistributors;
-use crate::vgic::VgicCaps;
-use crate::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
+use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
+use crate::host::gicr::Redistributors;
+use crate::guest::vgic::VgicCaps;
+use crate::guest::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
 use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
@@ -73,7 +73,7 @@ pub enum HostFault {
     /// The host may not access this address: inject an abort.
     Inject,
     /// A guarded redistributor page, never mapped: EL2 performs a valid data access itself
-    /// ([`crate::gicr::emulate`]) and injects an abort for anything else.
+    /// ([`crate::host::gicr::emulate`]) and injects an abort for anything else.
     Emulate,
 }
 
@@ -98,7 +98,7 @@ pub struct HypParts<'a, T: TableMemory> {
     /// The boot CPU's `MIDR_EL1` and ID registers (platform index 0; other CPUs report theirs
     /// with [`Hyp::cpu_entered_el2`]).
     pub boot_cpu: CpuId,
-    /// The redistributors found at boot in [`Platform::gicr`] ([`crate::gicr::probe`]).
+    /// The redistributors found at boot in [`Platform::gicr`] ([`crate::host::gicr::probe`]).
     pub gicr: Option<Redistributors>,
 }
 
@@ -108,7 +108,7 @@ pub struct Hyp<'a, T: TableMemory> {
     pub platform: Platform,
     /// EL2's own memory.
     pub hyp_region: PhysRange,
-    /// The redistributors, whose control pages the host never maps (see [`crate::gicr`]).
+    /// The redistributors, whose control pages the host never maps (see [`crate::host::gicr`]).
     pub gicr: Option<Redistributors>,
     /// The memory lock (see the module documentation).
     pub mem: spin::Mutex<MemState<'a, T>>,
@@ -116,13 +116,13 @@ pub struct Hyp<'a, T: TableMemory> {
     msg_page: [AtomicU64; MAX_CPUS],
     /// Host `CPU_ON` requests, by CPU index.
     pub cpu_boot: [CpuBoot; MAX_CPUS],
-    /// Every vCPU context (see [`crate::vm`] for who may touch one).
+    /// Every vCPU context (see [`crate::guest::vm`] for who may touch one).
     pub(crate) vcpus: &'a VcpuTable,
     /// Table pages kept for the host's stage 2: guest stage-2 tables may not use them.
     pub(crate) host_reserve: usize,
-    /// Per-VM ID registers (see [`crate::vm`]).
+    /// Per-VM ID registers (see [`crate::guest::vm`]).
     pub(crate) idregs: &'a IdRegTable,
-    /// Every CPU's ID registers and the view combined from them (see [`crate::cpufeat`]): open
+    /// Every CPU's ID registers and the view combined from them (see [`crate::cpu::features`]): open
     /// until `FINALISE_SETUP` or the first `VM_CREATE`, fixed from then on. Its own lock, never
     /// held while taking another.
     pub(crate) cpus: spin::Mutex<CpuFeatures>,
@@ -204,7 +204,7 @@ pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>, gicr: Opt
         let size = level_size(level);
         let base = ipa & !(size - 1);
         let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        let guarded = gicr.is_some_and(|g| crate::gicr::overlaps_guarded(g, &block));
+        let guarded = gicr.is_some_and(|g| crate::host::gicr::overlaps_guarded(g, &block));
         if !block.overlaps(&ram) && !guarded && block.end.0 <= 1 << ipa_bits {
             return Some((base, size, HOST_DEVICE));
         }
@@ -220,7 +220,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// A description of what is wrong; EL2 start-up stops on it.
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
         let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr } = parts;
-        crate::idreg::check_table(crate::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
+        crate::cpu::idreg::check_table(crate::cpu::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
         let mut own = own;
         own.donate(hyp_region, Component::Host, Component::Hyp)
             .map_err(|_| "EL2's region is not page-aligned RAM")?;
@@ -292,7 +292,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// The firmware workaround levels every CPU supports (fixed once a VM exists).
-    pub(crate) fn fw_provided(&self) -> crate::fwreg::Provided {
+    pub(crate) fn fw_provided(&self) -> crate::cpu::fwreg::Provided {
         self.cpus.lock().fw_provided()
     }
 
@@ -307,7 +307,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let idx = self.platform.cpu_index(target).ok_or(smccc::psci::error::INVALID_PARAMETERS as i64)?;
         if let Err(w) = self.cpus.lock().cpu_on_check(idx) {
             log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
-            return Err(crate::psci::DENIED);
+            return Err(crate::host::psci::DENIED);
         }
         Ok((idx, self.platform.cpus[idx] & crate::platform::MPIDR_AFF_MASK))
     }
@@ -410,7 +410,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if slot.load(Ordering::Relaxed) != 0 {
             return Err(HypError::Frozen);
         }
-        if mem.own.state(pa, Component::Host) != Some(crate::owner::PageState::Owned) {
+        if mem.own.state(pa, Component::Host) != Some(crate::mem::owner::PageState::Owned) {
             return Err(HypError::NotOwned);
         }
         // EL2 needs the page in its stage 1; this is the only step that can fail for lack of
@@ -470,7 +470,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 
     /// Handles a host stage-2 *translation* fault on `ipa`.
     pub fn host_s2_fault(&self, ipa: u64, m: &impl Maintenance) -> HostFault {
-        if self.gicr.is_some_and(|g| crate::gicr::guarded(&g.region, ipa).is_some()) {
+        if self.gicr.is_some_and(|g| crate::host::gicr::guarded(&g.region, ipa).is_some()) {
             return HostFault::Emulate;
         }
         let mut mem = self.mem.lock();
@@ -506,9 +506,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::owner::{PageEntry, PageState};
-    use crate::pgtable::test_mem::FakeMemory;
-    use crate::pgtable::Format;
+    use crate::mem::owner::{PageEntry, PageState};
+    use crate::mem::pgtable::test_mem::FakeMemory;
+    use crate::mem::pgtable::Format;
     use arrayvec::ArrayVec;
     use core::cell::RefCell;
     use shared_abi::msg::EchoResponse;
@@ -520,34 +520,34 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub(crate) struct Recorder(
         pub RefCell<Vec<&'static str>>,
-        pub RefCell<Vec<crate::vm::GuestTrap>>,
+        pub RefCell<Vec<crate::guest::vm::GuestTrap>>,
         pub RefCell<Vec<u64>>,
         pub RefCell<Vec<u64>>,
         pub core::cell::Cell<u64>,
     );
-    impl crate::vm::GuestArch for Recorder {
+    impl crate::guest::vm::GuestArch for Recorder {
         type Saved = ();
-        fn load(&self, _: &crate::vcpu::VcpuCtx, _: &crate::vm::GuestConfig) {
+        fn load(&self, _: &crate::guest::vcpu::VcpuCtx, _: &crate::guest::vm::GuestConfig) {
             self.0.borrow_mut().push("load");
         }
-        fn put(&self, _: &mut crate::vcpu::VcpuCtx, _: ()) {
+        fn put(&self, _: &mut crate::guest::vcpu::VcpuCtx, _: ()) {
             self.0.borrow_mut().push("put");
         }
-        fn el1_to_ctx(&self, _: &mut crate::vcpu::VcpuCtx) {}
-        fn pauth_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
+        fn el1_to_ctx(&self, _: &mut crate::guest::vcpu::VcpuCtx) {}
+        fn pauth_load(&self, _: &crate::guest::vcpu::VcpuCtx, _: &mut ()) -> bool {
             let mut log = self.0.borrow_mut();
             let first = !log.contains(&"pauth_load");
             log.push("pauth_load");
             first
         }
-        fn fp_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
+        fn fp_load(&self, _: &crate::guest::vcpu::VcpuCtx, _: &mut ()) -> bool {
             let mut log = self.0.borrow_mut();
             let first = !log.contains(&"fp_load");
             log.push("fp_load");
             first
         }
-        fn el1_from_ctx(&self, _: &crate::vcpu::VcpuCtx) {}
-        fn run(&self, ctx: &mut crate::vcpu::VcpuCtx) -> crate::vm::GuestTrap {
+        fn el1_from_ctx(&self, _: &crate::guest::vcpu::VcpuCtx) {}
+        fn run(&self, ctx: &mut crate::guest::vcpu::VcpuCtx) -> crate::guest::vm::GuestTrap {
             self.0.borrow_mut().push("run");
             self.2.borrow_mut().push(ctx.pc);
             let mut script = self.1.borrow_mut();
@@ -576,7 +576,7 @@ pub(crate) mod tests {
         fn counter(&self) -> u64 {
             self.4.get()
         }
-        fn ptimer_backing(&self, t: &crate::vcpu::PTimer) {
+        fn ptimer_backing(&self, t: &crate::guest::vcpu::PTimer) {
             self.0.borrow_mut().push(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
         }
         fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
@@ -588,7 +588,7 @@ pub(crate) mod tests {
             self.0.borrow_mut().push("scrub_page");
         }
     }
-    impl crate::psci::Firmware for Recorder {
+    impl crate::host::psci::Firmware for Recorder {
         fn mem_protect(&self, enable: u32) -> i64 {
             self.0.borrow_mut().push(if enable == 1 { "mem_protect_on" } else { "mem_protect_other" });
             -1 // like QEMU's PSCI: NOT_SUPPORTED
@@ -637,17 +637,17 @@ pub(crate) mod tests {
         let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
-        let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
-        let idregs: &'static crate::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
+        let vcpus: &'static crate::guest::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vm::VcpuSlot::new()))));
+        let idregs: &'static crate::guest::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
         // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
-        let mut boot_cpu_idregs = [0u64; crate::idreg::NR_IDREGS];
-        boot_cpu_idregs[crate::idreg::idx(4, 0)] = 0x11 | 1 << 56;
-        boot_cpu_idregs[crate::idreg::idx(6, 0)] = 2 << 4;
-        boot_cpu_idregs[crate::idreg::idx(7, 0)] = 5;
-        boot_cpu_idregs[crate::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
-        boot_cpu_idregs[crate::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
+        let mut boot_cpu_idregs = [0u64; crate::cpu::idreg::NR_IDREGS];
+        boot_cpu_idregs[crate::cpu::idreg::idx(4, 0)] = 0x11 | 1 << 56;
+        boot_cpu_idregs[crate::cpu::idreg::idx(6, 0)] = 2 << 4;
+        boot_cpu_idregs[crate::cpu::idreg::idx(7, 0)] = 5;
+        boot_cpu_idregs[crate::cpu::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
+        boot_cpu_idregs[crate::cpu::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
         let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
-        let gicr = Some(crate::gicr::Redistributors { region: GICR, present: 2 });
+        let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
         let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
         // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
         hyp.report_vgic(Some(QEMU_ICH_VTR));
@@ -672,7 +672,7 @@ pub(crate) mod tests {
     #[test]
     fn the_smallest_virtual_cpu_interface_wins() {
         let f = fixture();
-        let qemu = crate::vgic::VgicCaps::from_vtr(QEMU_ICH_VTR);
+        let qemu = crate::guest::vgic::VgicCaps::from_vtr(QEMU_ICH_VTR);
         assert_eq!(f.hyp.vgic_caps(), Some(qemu));
         f.hyp.report_vgic(Some(15 | 6 << 26 | 7 << 29));
         assert_eq!(f.hyp.vgic_caps(), Some(qemu), "a bigger CPU changes nothing");
@@ -844,9 +844,9 @@ pub(crate) mod tests {
         let mut f = fixture();
         let big = boot_cpu(&f);
         let mut little = big;
-        little.regs[crate::idreg::idx(4, 1)] = 0; // no MTE
-        little.regs[crate::idreg::idx(7, 0)] = 1; // 36-bit PA
-        little.regs[crate::idreg::idx(4, 0)] &= !(0xF << 56); // CSV2 0
+        little.regs[crate::cpu::idreg::idx(4, 1)] = 0; // no MTE
+        little.regs[crate::cpu::idreg::idx(7, 0)] = 1; // 36-bit PA
+        little.regs[crate::cpu::idreg::idx(4, 0)] &= !(0xF << 56); // CSV2 0
         little.midr = 0x410F_D050;
         // Open: the little CPU joins, and what VMs get follows every CPU.
         assert_eq!(f.hyp.cpu_entered_el2(1, little), Ok(()));
@@ -854,21 +854,21 @@ pub(crate) mod tests {
         assert_eq!(vm_create(&mut f, 36, vm_flags::MTE), Err(HypError::Denied));
         assert_eq!(vm_create(&mut f, 36, vm_flags::PTRAUTH), Err(HypError::Denied), "IMPDEF PAuth, CPUs differ");
         let h = vm_create(&mut f, 36, 0).unwrap()[0];
-        assert_eq!(f.hyp.fw_provided().wa1, crate::fwreg::NOT_AVAIL, "workaround levels from every CPU");
-        assert_eq!(f.call(0, HypercallId::VcpuGetReg, &[h, 0, crate::fwreg::WORKAROUND_1]), Ok([crate::fwreg::NOT_AVAIL, 0, 0]));
+        assert_eq!(f.hyp.fw_provided().wa1, crate::cpu::fwreg::NOT_AVAIL, "workaround levels from every CPU");
+        assert_eq!(f.call(0, HypercallId::VcpuGetReg, &[h, 0, crate::cpu::fwreg::WORKAROUND_1]), Ok([crate::cpu::fwreg::NOT_AVAIL, 0, 0]));
         // Fixed: the little CPU coming back is fine (same values), a weaker one is not.
         assert_eq!(f.hyp.cpu_entered_el2(1, little), Ok(()));
         let mut weaker = little;
-        weaker.regs[crate::idreg::idx(6, 0)] = 0; // no AES
+        weaker.regs[crate::cpu::idreg::idx(6, 0)] = 0; // no AES
         assert!(f.hyp.cpu_entered_el2(1, weaker).is_err());
-        assert_eq!(f.hyp.cpu_on_target(1), Err(crate::psci::DENIED), "recorded: the next CPU_ON is refused");
+        assert_eq!(f.hyp.cpu_on_target(1), Err(crate::host::psci::DENIED), "recorded: the next CPU_ON is refused");
     }
 
     #[test]
     fn finalise_fixes_the_cpu_view() {
         let mut f = fixture();
         let mut little = boot_cpu(&f);
-        little.regs[crate::idreg::idx(4, 1)] = 0;
+        little.regs[crate::cpu::idreg::idx(4, 1)] = 0;
         f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).unwrap();
         f.call(0, HypercallId::FinaliseSetup, &[]).unwrap();
         assert_eq!(
@@ -935,7 +935,7 @@ pub(crate) mod tests {
         for ipa in (0..0x1000_0000u64).step_by(0x1_0000).chain((0x0800_0000..0x0920_0000).step_by(0x1000)) {
             if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, g) {
                 let block = PhysRange::from_size(PhysAddr(base), size).unwrap();
-                assert!(!crate::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
+                assert!(!crate::host::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
             }
         }
     }

@@ -27,16 +27,16 @@
 //! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;
 //! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device (pages it
 //!     leaves unmapped, such as the guarded redistributor pages, are not its concern);
-//! 17. the host's stage 2 maps no guarded redistributor page (`crate::gicr`): the host never
+//! 17. the host's stage 2 maps no guarded redistributor page (`crate::host::gicr`): the host never
 //!     reaches `GICR_CTLR.EnableLPIs` or the LPI table addresses itself.
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::{Hyp, MemState};
-use crate::owner::{Component, PageEntry, PageState, MAX_GUEST};
-use crate::pgtable::{Leaf, MemType, PageTable, TableMemory};
+use crate::mem::owner::{Component, PageEntry, PageState, MAX_GUEST};
+use crate::mem::pgtable::{Leaf, MemType, PageTable, TableMemory};
 use crate::platform::MAX_CPUS;
-use crate::vcpu::{power, VcpuCtx};
-use crate::vm::{Vm, MAX_VMS};
+use crate::guest::vcpu::{power, VcpuCtx};
+use crate::guest::vm::{Vm, MAX_VMS};
 use core::sync::atomic::Ordering;
 
 /// The first broken promise found, with the addresses involved.
@@ -444,7 +444,7 @@ fn host_s2_no_gicr<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> R
     let Some(region) = hyp.platform.gicr else { return Ok(()) };
     first_leaf_violation(&mem.host_s2, &mem.tables, |l| {
         let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
-        crate::gicr::overlaps_guarded(&region, &range).then_some(Violation::HostMapsGicr { ipa: l.ia_base })
+        crate::host::gicr::overlaps_guarded(&region, &range).then_some(Violation::HostMapsGicr { ipa: l.ia_base })
     })
 }
 
@@ -452,8 +452,8 @@ fn host_s2_no_gicr<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> R
 mod tests {
     use super::*;
     use crate::hyp::tests::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
-    use crate::pgtable::{Attrs, MemType, Perms};
-    use crate::vm::Region;
+    use crate::mem::pgtable::{Attrs, MemType, Perms};
+    use crate::guest::vm::Region;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::HypercallId as H;
     use zerocopy::IntoBytes;
@@ -500,8 +500,8 @@ mod tests {
         let rec = Recorder::default();
         let t = (0x24 << 26) | (1 << 25) | 0b000111;
         *rec.1.borrow_mut() = vec![
-            crate::vm::GuestTrap { kind: crate::vm::TrapKind::Sync, esr: t, far: 0, hpfar: 0x4000_0000 >> 8 },
-            crate::vm::GuestTrap { kind: crate::vm::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
+            crate::guest::vm::GuestTrap { kind: crate::guest::vm::TrapKind::Sync, esr: t, far: 0, hpfar: 0x4000_0000 >> 8 },
+            crate::guest::vm::GuestTrap { kind: crate::guest::vm::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
         ];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
@@ -681,7 +681,7 @@ mod tests {
         slot.claim().unwrap().x[0] = 0;
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
         // A pending MMIO read is state too.
-        slot.claim().unwrap().pending_read = crate::vcpu::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
+        slot.claim().unwrap().pending_read = crate::guest::vcpu::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
         assert!(slot.claim().unwrap().pending_read.is_some());
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
         slot.claim().unwrap().pending_read = None;
@@ -761,7 +761,7 @@ mod properties {
     //! sequences of 1,000 operations: 100,000 per run; proptest shrinks a failure.
     use super::*;
     use crate::hyp::tests::{fixture, Fixture, Recorder};
-    use crate::vm::{GuestTrap, TrapKind};
+    use crate::guest::vm::{GuestTrap, TrapKind};
     use proptest::prelude::*;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::{reg, HypError, HypercallId as H};
@@ -891,8 +891,8 @@ mod properties {
                 let r = apply(&mut f, &mut handles, op);
                 // A list-register request with a bad field is refused whatever the VM.
                 if let Op::SetIrq { vintid, config, .. } = op {
-                    if let Err(e) = crate::vgic::lr_from_request(*vintid, *config, f.hyp.vgic_caps().unwrap()) {
-                        let want = if e == crate::vgic::IrqError::Hardware { HypError::Denied } else { HypError::InvalidArgument };
+                    if let Err(e) = crate::guest::vgic::lr_from_request(*vintid, *config, f.hyp.vgic_caps().unwrap()) {
+                        let want = if e == crate::guest::vgic::IrqError::Hardware { HypError::Denied } else { HypError::InvalidArgument };
                         prop_assert_eq!(r, Err(want), "{:?}", op);
                     }
                 }

@@ -5,8 +5,8 @@
 //! | EC | from the host | action |
 //! |---|---|---|
 //! | `HVC64` | a hypercall | [`Hyp::host_hvc`], result in `x0..=x3` |
-//! | `SMC64` | `HCR_EL2.TSC` trap | the allow-list of [`crate::psci`]: intercept, forward to firmware, or refuse |
-//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily if the host owns the page; a valid load or store to a guarded redistributor page: performed by EL2 ([`crate::gicr`]); else inject an abort |
+//! | `SMC64` | `HCR_EL2.TSC` trap | the allow-list of [`crate::host::psci`]: intercept, forward to firmware, or refuse |
+//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily if the host owns the page; a valid load or store to a guarded redistributor page: performed by EL2 ([`crate::host::gicr`]); else inject an abort |
 //! | anything else | | inject UNDEF |
 //!
 //! Nothing the host does here is an EL2 error: host-caused events are logged at `debug!` at most.
@@ -15,8 +15,8 @@ use crate::arch::{self, ArchMaintenance, TrapFrame};
 use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::{HostFault, Hyp};
 use crate::platform::MAX_CPUS;
-use crate::pool::PagePool;
-use crate::psci::{classify, HostSmc};
+use crate::mem::pool::PagePool;
+use crate::host::psci::{classify, HostSmc};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::{encode_result, HypError};
 
@@ -65,7 +65,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
                         // A guarded redistributor page: EL2 performs a valid access itself
                         // (GICR_CTLR.EnableLPIs forced to 0) and steps over the instruction.
                         if let Some(rd) = &hyp.gicr {
-                            if crate::gicr::emulate(rd, esr.0, ipa, &mut frame.x, &arch::RdMmio) {
+                            if crate::host::gicr::emulate(rd, esr.0, ipa, &mut frame.x, &arch::RdMmio) {
                                 frame.elr += 4;
                                 return;
                             }
@@ -102,7 +102,7 @@ fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
         let mem = hyp.mem.lock();
         let (pool_base, pool_size) = mem.tables.range();
         let layout = crate::invariants::Layout {
-            pool: crate::addr::PhysRange::from_size(pool_base, pool_size),
+            pool: crate::mem::addr::PhysRange::from_size(pool_base, pool_size),
             fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),
         };
         frame.x[..4].copy_from_slice(&match crate::invariants::check(hyp, &mem, &layout) {
@@ -178,7 +178,7 @@ pub extern "C" fn el2_unexpected(frame: &TrapFrame, vector: u64) -> ! {
     let cpu = arch::cpu_index() % MAX_CPUS;
     if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
         let r = arch::trap_regs();
-        crate::console::emergency(format_args!(
+        crate::arch::console::emergency(format_args!(
             "EL2 FATAL: unexpected exception (vector {vector}) on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x} x0={:#x} x30={:#x}; machine stopped\n",
             r.esr, r.far, frame.elr, frame.spsr, frame.x[0], frame.x[30]
         ));
@@ -192,7 +192,7 @@ fn fatal(frame: &TrapFrame, why: &str) -> ! {
     let cpu = arch::cpu_index() % MAX_CPUS;
     if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
         let r = arch::trap_regs();
-        crate::console::emergency(format_args!(
+        crate::arch::console::emergency(format_args!(
             "EL2 FATAL: {why} on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x}; machine stopped\n",
             r.esr, r.far, frame.elr, frame.spsr
         ));

@@ -6,6 +6,7 @@
 //!
 //! Register and field names follow the Arm ARM (DDI 0487). Every barrier says what it orders.
 
+pub mod console;
 pub mod failstop;
 mod gicr;
 mod regs;

@@ -16,12 +16,12 @@
 //! ```
 
 use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
-use crate::addr::PhysAddr;
-use crate::controls::{guest_controls, hcr, ControlFeatures};
+use crate::mem::addr::PhysAddr;
+use crate::cpu::controls::{guest_controls, hcr, ControlFeatures};
 use crate::platform::MAX_CPUS;
-use crate::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
-use crate::vgic;
-use crate::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
+use crate::guest::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
+use crate::guest::vgic;
+use crate::guest::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -191,7 +191,7 @@ fn restore_el1_extra(e: &El1Extra) {
 }
 
 /// `CPTR_EL2.TFP`: trap FP/SIMD.
-const CPTR_TFP: u64 = crate::controls::cptr::TFP;
+const CPTR_TFP: u64 = crate::cpu::controls::cptr::TFP;
 
 /// Per CPU: its [`ControlFeatures`] ([`ControlFeatures::bits`]), read once by `activate_host`.
 pub static CONTROL_FEATURES: [core::sync::atomic::AtomicU16; MAX_CPUS] = [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
@@ -371,7 +371,7 @@ pub struct HostSaved {
     /// The CPU has the GICv3 system-register interface: the virtual CPU interface moves with
     /// the vCPU, with this many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` (0: no GICv3).
     gicv3: u8,
-    /// The vCPU's interface was idle at load ([`crate::vgic::VgicCpu::idle`]): only
+    /// The vCPU's interface was idle at load ([`crate::guest::vgic::VgicCpu::idle`]): only
     /// `ICH_VMCR_EL2` moved.
     vgic_idle: bool,
 }
@@ -611,7 +611,7 @@ impl ArchMaintenance {
         // PPI 27 itself, from the exit record's deadline). No barrier of its own: the ISB at the
         // end of put makes ENABLE = 0 (and CNTVOFF_EL2 = 0 below) effective before EL2
         // continues, and the timer's output is a level, so nothing latched stays pending.
-        crate::controls::host_el1_at_put(&mut saved.sys);
+        crate::cpu::controls::host_el1_at_put(&mut saved.sys);
         restore_el1_sysregs(&saved.sys);
         restore_el1_extra(&saved.extra);
         // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
@@ -798,7 +798,7 @@ impl GuestArch for ArchMaintenance {
         with_fixmap(pa, |p| civac_page(p as u64));
     }
 
-    fn ptimer_backing(&self, t: &crate::vcpu::PTimer) {
+    fn ptimer_backing(&self, t: &crate::guest::vcpu::PTimer) {
         // CNTHP counts the physical count, as the emulated timer does (no offset). No barrier:
         // the ERET back into the guest synchronises both writes before its next instruction,
         // and a stale setting until then can at worst end the run early (an IRQ exit).

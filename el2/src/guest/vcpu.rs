@@ -88,7 +88,7 @@ pub struct VcpuCtx {
     /// enables, ..., which its `ICC_*` accesses reach through the virtual interface), active
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
     /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
-    pub vgic: crate::vgic::VgicCpu,
+    pub vgic: crate::guest::vgic::VgicCpu,
     /// The self-hosted debug registers as the guest sees them (`vm::sysreg`): emulated, never
     /// in force. Not in the register ABI.
     pub debug: DebugShadow,
@@ -220,7 +220,7 @@ impl VcpuCtx {
             pending_read: None,
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
-            vgic: crate::vgic::VgicCpu::new(),
+            vgic: crate::guest::vgic::VgicCpu::new(),
             debug: DebugShadow::RESET,
             ptimer: PTimer { ctl: 0, cval: 0 },
         }
@@ -233,7 +233,7 @@ impl VcpuCtx {
     /// counts since the VM was created: a guest that powers a vCPU off and on must not wipe
     /// what the host saw it do).
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
-        let queued = crate::vgic::VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
+        let queued = crate::guest::vgic::VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
         let stats = self.stats;
         *self = Self::new();
         self.vgic = queued;
@@ -476,7 +476,7 @@ const GUEST_PSCI: [u32; 9] = [
 
 /// Decodes a guest SMCCC call from its `x0..=x3` for a VM of `nr_vcpus` vCPUs whose firmware
 /// registers are `fw`.
-pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &crate::fwreg::FwRegs) -> GuestCall {
+pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &crate::cpu::fwreg::FwRegs) -> GuestCall {
     if x[0] >> 32 != 0 {
         return GuestCall::ToHost;
     }
@@ -714,7 +714,7 @@ mod tests {
 
     #[test]
     fn guest_psci_calls() {
-        let fw = crate::fwreg::FwRegs::new(crate::fwreg::Provided::from_id_regs(0, 0));
+        let fw = crate::cpu::fwreg::FwRegs::new(crate::cpu::fwreg::Provided::from_id_regs(0, 0));
         let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2, &fw);
         assert_eq!(c(psci::PSCI_VERSION, 0, 0, 0), GuestCall::Answer(0x10001));
         assert_eq!(c(psci::PSCI_CPU_ON_64, 1, 0x4000, 7), GuestCall::CpuOn { target: 1, entry: 0x4000, context: 7 });
@@ -736,7 +736,7 @@ mod tests {
 
     #[test]
     fn guest_smccc_calls() {
-        let fw = crate::fwreg::FwRegs::new(crate::fwreg::Provided::from_id_regs(0, 0));
+        let fw = crate::cpu::fwreg::FwRegs::new(crate::cpu::fwreg::Provided::from_id_regs(0, 0));
         let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1, &fw);
         assert_eq!(c(smccc::arch::SMCCC_VERSION, 0), GuestCall::Answer(0x10001));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_VERSION as u64), GuestCall::Answer(0));
@@ -745,8 +745,8 @@ mod tests {
         assert_eq!(c(0xC600_0000, 0), GuestCall::ToHost);
         assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw), GuestCall::ToHost);
         // A VM set to PSCI 0.2 has no PSCI_FEATURES; one on unaffected hardware is told so.
-        let unaffected = crate::fwreg::Provided::from_id_regs(3 << 56, 0);
-        let mut fw = crate::fwreg::FwRegs::new(unaffected);
+        let unaffected = crate::cpu::fwreg::Provided::from_id_regs(3 << 56, 0);
+        let mut fw = crate::cpu::fwreg::FwRegs::new(unaffected);
         fw.psci_version = 2;
         assert_eq!(classify_guest_call([smccc::psci::PSCI_VERSION as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(2));
         assert_eq!(classify_guest_call([smccc::psci::PSCI_FEATURES as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(NOT_SUPPORTED));

@@ -1,12 +1,12 @@
 //! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
 //! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
 
-use super::{GuestArch, Region, Vm};
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use super::vm::{GuestArch, Region, Vm};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::{Hyp, Maintenance, MemState};
-use crate::owner::{Component, Ownership};
-use crate::pgtable::{Attrs, MemType, Perms, TableMemory};
-use crate::psci::{self, Firmware};
+use crate::mem::owner::{Component, Ownership};
+use crate::mem::pgtable::{Attrs, MemType, Perms, TableMemory};
+use crate::host::psci::{self, Firmware};
 use arrayvec::ArrayVec;
 use shared_abi::{HypError, HypResult};
 
@@ -204,7 +204,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     /// The maintenance log of a protected VM's life: donation, two first accesses (one page

@@ -1,12 +1,12 @@
 //! Host access to vCPU registers: `VCPU_GET_REG`, `VCPU_SET_REG`, `VCPU_REG_LIST`, and the
 //! VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) behind them.
 
-use super::MAX_VCPUS;
-use crate::fwreg::{self, FwError};
+use super::vm::MAX_VCPUS;
+use crate::cpu::fwreg::{self, FwError};
 use crate::hyp::Hyp;
-use crate::idreg::{self, NR_IDREGS};
-use crate::pgtable::TableMemory;
-use crate::vcpu::{register_ids, RegError, VcpuCtx};
+use crate::cpu::idreg::{self, NR_IDREGS};
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vcpu::{register_ids, RegError, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{RegList, MAX_REG_IDS};
 use shared_abi::{reg, HypError, HypResult};
@@ -146,7 +146,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     #[test]

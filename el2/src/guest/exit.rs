@@ -3,11 +3,11 @@
 
 use super::memory::GuestPage;
 use super::sysreg::is_key_access;
-use super::{GuestArch, GuestConfig, GuestTrap, Me, Next, TrapKind, MAX_INTERNAL_EXITS};
+use super::vm::{GuestArch, GuestConfig, GuestTrap, Me, Next, TrapKind, MAX_INTERNAL_EXITS};
 use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
 use crate::hyp::Hyp;
-use crate::pgtable::TableMemory;
-use crate::vcpu::{classify_guest_call, decode_mmio, power, pstate_enters_guest, GuestCall, VcpuCtx};
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vcpu::{classify_guest_call, decode_mmio, power, pstate_enters_guest, GuestCall, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{exit, kill, VcpuExit};
 use shared_abi::{reg, HypError, HypResult};
@@ -39,7 +39,7 @@ impl<T: TableMemory> Hyp<'_, T> {
                 vttbr: vm.s2.root().0 | (vm.vmid as u64) << 48,
                 start_level: vm.s2.start_level(),
                 ipa_bits: vm.s2.ia_bits(),
-                vmpidr: crate::vcpu::vmpidr(index as usize),
+                vmpidr: crate::guest::vcpu::vmpidr(index as usize),
                 host_pmu: vm.host_pmu,
                 pauth_now: false,
                 mte: vm.mte,
@@ -321,7 +321,7 @@ pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64)
 /// ([`VcpuExit::vtimer_deadline`], [`VcpuExit::ptimer_deadline`]), from its saved state and
 /// the VM's `CNTVOFF_EL2`, at physical count `now`.
 pub fn timer_deadlines(ctx: &VcpuCtx, cntvoff: u64, now: u64) -> (u64, u64) {
-    let vtimer = crate::vcpu::timer_deadline(ctx.sys[SYS_CNTV_CTL_EL0], ctx.sys[SYS_CNTV_CVAL_EL0], cntvoff, now);
+    let vtimer = crate::guest::vcpu::timer_deadline(ctx.sys[SYS_CNTV_CTL_EL0], ctx.sys[SYS_CNTV_CVAL_EL0], cntvoff, now);
     (vtimer, ctx.ptimer.deadline(now))
 }
 
@@ -340,7 +340,7 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     #[test]
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn every_exit_record_carries_the_timer_deadlines() {
-        use crate::vcpu::{TIMER_ENABLE, TIMER_IMASK};
+        use crate::guest::vcpu::{TIMER_ENABLE, TIMER_IMASK};
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
         let (ctl, cval) = (reg::SYSREGS[SYS_CNTV_CTL_EL0].1, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1);
@@ -421,7 +421,7 @@ mod tests {
         for bad in [0x3C9u64, 0x3C8, 0x3C5 | 1 << 20, 0x13, 0x3C5 | 1 << 40] {
             assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::PSTATE, bad]), Err(HypError::InvalidArgument), "{bad:#x}");
         }
-        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PSTATE]), Ok([crate::vcpu::PSTATE_RESET, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PSTATE]), Ok([crate::guest::vcpu::PSTATE_RESET, 0, 0]));
         // ...and should one get into the context some other way, EL2 stops the VM before the
         // ERET: the guest never runs.
         {
@@ -497,7 +497,7 @@ mod tests {
         *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
         // The host hears which vCPU came on (so it need not poll one that is off).
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
-        assert_eq!(super::super::tests::exit_record(&f).args, [1, 0, 0, 0]);
+        assert_eq!(crate::guest::vm::tests::exit_record(&f).args, [1, 0, 0, 0]);
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0, 0, 0]), "CPU_ON succeeded");
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         // A second CPU_ON of the same vCPU is answered in EL2 (ON_PENDING): no exit.

@@ -2,8 +2,8 @@
 //! `VCPU_STATS`.
 
 use crate::hyp::Hyp;
-use crate::pgtable::TableMemory;
-use crate::vgic::{self, IrqError};
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vgic::{self, IrqError};
 use shared_abi::{HypError, HypResult};
 
 fn irq_err(e: IrqError) -> HypError {
@@ -56,7 +56,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     fn irq_state(f: &Fixture, h: u64, vcpu: u64) -> shared_abi::msg::VgicState {
@@ -156,7 +156,7 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
         let wfi = || trap(0x01 << 26 | 1 << 25, 0);
-        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::vm::GuestTrap>| {
+        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::guest::vm::GuestTrap>| {
             let rec = Recorder::default();
             *rec.1.borrow_mut() = script;
             f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap()[0]

@@ -2,13 +2,13 @@
 //! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
 //! UNDEF for everything else.
 
-use super::{GuestArch, Me, Next};
+use super::vm::{GuestArch, Me, Next};
 use crate::exception::{ec, Esr};
 use crate::hyp::Hyp;
-use crate::idreg;
-use crate::pgtable::TableMemory;
-use crate::vcpu::VcpuCtx;
-use crate::vgic;
+use crate::cpu::idreg;
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vcpu::VcpuCtx;
+use crate::guest::vgic;
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{exit, VcpuExit};
 
@@ -72,8 +72,8 @@ impl<T: TableMemory> Hyp<'_, T> {
 /// `CVAL - now` (a signed count, zero-extended), and a write sets `CVAL` to `now` plus the
 /// sign-extended low 32 bits of the value. Every value is accepted; arithmetic wraps as the
 /// hardware's does.
-pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::vcpu::PTimer, now: u64) -> Option<Emulated> {
-    use crate::vcpu::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::guest::vcpu::PTimer, now: u64) -> Option<Emulated> {
+    use crate::guest::vcpu::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
     Some(match (a.op2, a.read) {
         (0, true) => Emulated::Read(t.cval.wrapping_sub(now) as u32 as u64),
         (0, false) => {
@@ -138,7 +138,7 @@ const OSLSR_EL1_OSLM: u64 = 1 << 3;
 /// OS lock (`OSLAR_EL1`) shows in `OSLSR_EL1`; neither takes effect. Trace (`op1 == 1`), the
 /// ROM address (`MDRAR_EL1`), the registers of debug state (`OSDTRRX/TX_EL1`, `DLR/DSPSR_EL0`)
 /// and the wrong direction of a read-only or write-only register are not emulated.
-pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
+pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
     let raz_wi = Some(if a.read { Emulated::Read(0) } else { Emulated::Written });
     match (a.op1, a.crn, a.crm, a.op2) {
         // MDSCR_EL1.
@@ -223,7 +223,7 @@ fn idreg_read(a: &SysregAccess) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     /// The syndrome of `MRS`/`MSR` (`read`) of `S<op0>_<op1>_C<crn>_C<crm>_<op2>` with `Xrt`.
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn debug_registers_are_a_shadow_the_guest_reads_back() {
-        use crate::vcpu::DebugShadow;
+        use crate::guest::vcpu::DebugShadow;
         let mut d = DebugShadow::RESET;
         // (BRPs 5, WRPs 3: six breakpoints, four watchpoints.)
         let dfr0 = 6 | 5 << 12 | 3 << 20;
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn only_the_documented_debug_encodings_are_emulated() {
-        use crate::vcpu::DebugShadow;
+        use crate::guest::vcpu::DebugShadow;
         // Every op0 = 2 encoding (op1, CRn, CRm, op2), read and write, from EL1 and EL0, with
         // the VM's ID_AA64DFR0_EL1 at its smallest (one breakpoint, one watchpoint) and at its
         // largest (16 each: a hostile value the host cannot set, but EL2 must not index on it).
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn the_physical_timer_group_emulates_three_registers_and_nothing_else() {
-        use crate::vcpu::PTimer;
+        use crate::guest::vcpu::PTimer;
         // op2 0..=2 of CNTP_* are TVAL, CTL, CVAL; 3..=7 in the group are not registers, and
         // neighbouring groups (CNTV_*, CNTPCT, CNTKCTL, CNTPS_*) never reach the emulation.
         for op2 in 0..8u64 {
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn timer_deadlines_of_hostile_control_values() {
-        use crate::vcpu::timer_deadline;
+        use crate::guest::vcpu::timer_deadline;
         // CNTV_CTL_EL0 is saved from the CPU (ISTATUS set by the hardware) or written by the
         // host (any value): only ENABLE and IMASK decide.
         for (ctl, want) in [(0, u64::MAX), (1, 100), (3, u64::MAX), (5, 100), (7, u64::MAX), (u64::MAX, u64::MAX), (!2, 100), (1 << 63, u64::MAX)] {
@@ -507,7 +507,7 @@ mod tests {
     fn a_set_way_clean_covers_every_mapped_page_across_batches() {
         // More mapped pages than one hold of the memory lock collects, over two regions, with
         // holes: each mapped page cleaned exactly once, none that was never mapped.
-        use crate::vm::memory::SET_WAY_BATCH;
+        use crate::guest::memory::SET_WAY_BATCH;
         let mut f = fixture(); // no FEAT_S2FWB
         let h = create(&mut f, 1, 0);
         let n = SET_WAY_BATCH as u64 + 40;
@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn the_physical_timer_is_emulated_against_the_counter() {
-        use crate::vcpu::PTimer;
+        use crate::guest::vcpu::PTimer;
         let mut t = PTimer::default();
         let (tval, ctl, cval) = (access(3, 3, 14, 2, 0, true), access(3, 3, 14, 2, 1, true), access(3, 3, 14, 2, 2, true));
         let w = |a: SysregAccess| SysregAccess { read: false, ..a };

@@ -32,24 +32,18 @@
 //! whose slot was reused can make a concurrent call on the new VM see `Busy` once; retrying is
 //! always correct.
 
-mod irq;
-mod memory;
-mod regs;
-mod run;
-mod sysreg;
+pub use super::exit::inject_into_guest;
+pub use super::sysreg::{sysreg_access, SysregAccess};
 
-pub use run::inject_into_guest;
-pub use sysreg::{sysreg_access, SysregAccess};
-
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::fwreg::FwRegs;
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::cpu::fwreg::FwRegs;
 use crate::hyp::{Hyp, Maintenance, MemState};
-use crate::idreg::{self, VmPolicy, NR_IDREGS};
-use crate::owner::Component;
-use crate::pgtable::{Format, PageTable, TableMemory};
+use crate::cpu::idreg::{self, VmPolicy, NR_IDREGS};
+use crate::mem::owner::Component;
+use crate::mem::pgtable::{Format, PageTable, TableMemory};
 use crate::platform::MAX_CPUS;
-use crate::psci::Firmware;
-use crate::vcpu::{power, VcpuCtx};
+use crate::host::psci::Firmware;
+use crate::guest::vcpu::{power, VcpuCtx};
 use arrayvec::ArrayVec;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -186,7 +180,7 @@ impl Vm {
             .map(|r| PhysAddr(r.pa.0 + ((ipa - r.ipa) & !(PAGE_SIZE - 1))))
     }
 
-    fn overlaps(&self, ipa: u64, size: u64) -> bool {
+    pub(super) fn overlaps(&self, ipa: u64, size: u64) -> bool {
         self.regions.iter().any(|r| ipa < r.ipa + r.size() && r.ipa < ipa + size)
     }
 
@@ -222,7 +216,7 @@ impl VmTable {
         }
     }
 
-    fn lookup_mut(&mut self, handle: u64) -> Result<(usize, &mut Vm), HypError> {
+    pub(super) fn lookup_mut(&mut self, handle: u64) -> Result<(usize, &mut Vm), HypError> {
         let slot = (handle & 0xFF) as usize;
         match self.slots.get_mut(slot) {
             Some(Some(vm)) if vm.handle == handle => Ok((slot, vm)),
@@ -430,34 +424,34 @@ pub trait GuestArch: Maintenance + Firmware {
     /// physical PPI 26 is routed to EL2 like any interrupt while a guest runs) and the host
     /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
     /// context, `put` disables it.
-    fn ptimer_backing(&self, t: &crate::vcpu::PTimer);
+    fn ptimer_backing(&self, t: &crate::guest::vcpu::PTimer);
 }
 
 /// The running vCPU, as exit handling needs it.
 #[derive(Clone, Copy)]
-struct Me<'f> {
-    vm_slot: usize,
-    index: usize,
-    nr_vcpus: usize,
+pub(super) struct Me<'f> {
+    pub(super) vm_slot: usize,
+    pub(super) index: usize,
+    pub(super) nr_vcpus: usize,
     /// The VM's firmware registers (frozen once it has run).
-    fw: &'f FwRegs,
+    pub(super) fw: &'f FwRegs,
     /// The VM has pointer authentication.
-    ptrauth: bool,
+    pub(super) ptrauth: bool,
     /// The VM has MTE.
-    mte: bool,
+    pub(super) mte: bool,
     /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
-    fwb: bool,
+    pub(super) fwb: bool,
     /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
-    set_way_done: &'f core::cell::Cell<bool>,
+    pub(super) set_way_done: &'f core::cell::Cell<bool>,
 }
 
-enum Next {
+pub(super) enum Next {
     Resume,
     Exit(VcpuExit),
 }
 
 impl<T: TableMemory> Hyp<'_, T> {
-    fn vcpu_slot(&self, handle: u64, index: u64) -> Result<&VcpuSlot, HypError> {
+    pub(super) fn vcpu_slot(&self, handle: u64, index: u64) -> Result<&VcpuSlot, HypError> {
         if index >= MAX_VCPUS as u64 {
             return Err(HypError::InvalidArgument);
         }
@@ -466,7 +460,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
     /// Claims vCPU `index` of the live VM `handle` for a host call that needs no more than
     /// that (the VM lookup is not kept: the claim alone keeps the vCPU's state still).
-    fn claim_vcpu(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
+    pub(super) fn claim_vcpu(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
         let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
         let mem = self.mem.lock();
         let (_, vm) = mem.vms.lookup(handle)?;
@@ -608,17 +602,17 @@ pub(crate) mod tests {
     //! destroy, handles, vCPU claims).
     use super::*;
     pub(crate) use crate::hyp::tests::{fixture, Fixture, Recorder};
-    use super::run::HPFAR_FIPA_MASK;
+    use crate::guest::exit::HPFAR_FIPA_MASK;
     pub(crate) use shared_abi::msg::{exit, kill, VcpuExit};
     pub(crate) use shared_abi::reg;
     pub(crate) use shared_abi::HypercallId as H;
     pub(crate) use shared_abi::HypError;
     pub(crate) use zerocopy::{FromBytes, IntoBytes};
-    pub(crate) use crate::addr::PhysAddr;
-    pub(crate) use crate::idreg;
-    pub(crate) use crate::owner::PageState;
+    pub(crate) use crate::mem::addr::PhysAddr;
+    pub(crate) use crate::cpu::idreg;
+    pub(crate) use crate::mem::owner::PageState;
     pub(crate) use shared_abi::msg::{vm_flags, VmCreate};
-    pub(crate) use super::run::{SYS_CNTV_CTL_EL0, SYS_CNTV_CVAL_EL0, SYS_ESR_EL1, SYS_VBAR_EL1};
+    pub(crate) use crate::guest::exit::{SYS_CNTV_CTL_EL0, SYS_CNTV_CVAL_EL0, SYS_ESR_EL1, SYS_VBAR_EL1};
     pub(crate) use core::sync::atomic::Ordering;
 
     /// Message page: RAM page 0.

@@ -9,7 +9,7 @@
 //! registers hide are trapped where the architecture has a trap, and neutralised around the run
 //! where it has none.
 
-use crate::vm::GuestConfig;
+use crate::guest::vm::GuestConfig;
 
 /// ID-register fields (the CPU's own) that decide which controls exist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -229,7 +229,7 @@ const _: () = assert!(shared_abi::reg::SYSREGS[SYS_CNTV_CTL_EL0].1 == shared_abi
 /// `shared_abi::reg::SYSREGS` order): `CNTV_CTL_EL0` = 0, ENABLE clear. The host does not use
 /// the virtual timer (its tick is the physical one); a guest's, once saved, must not stay
 /// enabled in the CPU where its output would keep PPI 27 asserted to the host.
-pub fn host_el1_at_put(sys: &mut [u64; crate::vcpu::NR_SYSREGS]) {
+pub fn host_el1_at_put(sys: &mut [u64; crate::guest::vcpu::NR_SYSREGS]) {
     sys[SYS_CNTV_CTL_EL0] = 0;
 }
 
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn the_host_gets_the_virtual_timer_back_disabled() {
         // What load saved: the host's registers, its CNTV_CTL_EL0 enabled and unmasked.
-        let mut sys: [u64; crate::vcpu::NR_SYSREGS] = core::array::from_fn(|i| 0x100 + i as u64);
+        let mut sys: [u64; crate::guest::vcpu::NR_SYSREGS] = core::array::from_fn(|i| 0x100 + i as u64);
         sys[SYS_CNTV_CTL_EL0] = 0b001;
         let before = sys;
         host_el1_at_put(&mut sys);
