@@ -681,7 +681,7 @@ mod tests {
         slot.claim().unwrap().x[0] = 0;
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
         // A pending MMIO read is state too.
-        slot.claim().unwrap().pending_read = crate::guest::vcpu::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
+        slot.claim().unwrap().pending_read = crate::exception::syndrome::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
         assert!(slot.claim().unwrap().pending_read.is_some());
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
         slot.claim().unwrap().pending_read = None;

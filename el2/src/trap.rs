@@ -12,7 +12,8 @@
 //! Nothing the host does here is an EL2 error: host-caused events are logged at `debug!` at most.
 
 use crate::arch::{self, ArchMaintenance, TrapFrame};
-use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
+use crate::exception::syndrome::{ec, fault_ipa, Esr, FaultKind};
+use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::hyp::{HostFault, Hyp};
 use crate::platform::MAX_CPUS;
 use crate::mem::pool::PagePool;
@@ -25,9 +26,6 @@ pub static HYP: spin::Once<Hyp<'static, PagePool>> = spin::Once::new();
 
 /// Physical address of the secondary-CPU entry point, given to firmware on `CPU_ON`.
 pub static SECONDARY_ENTRY: AtomicU64 = AtomicU64::new(0);
-
-/// `HPFAR_EL2.FIPA` (bits [43:4]) holds IPA[51:12].
-const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
 
 /// Handles a synchronous exception from the host. Called by the vector assembly.
 pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
@@ -58,7 +56,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
         ec::DABT_LOW | ec::IABT_LOW => {
             let regs = arch::trap_regs();
             if matches!(esr.fault(), FaultKind::Translation(_)) {
-                let ipa = (regs.hpfar & HPFAR_FIPA_MASK) << 8 | (regs.far & 0xFFF);
+                let ipa = fault_ipa(regs.hpfar, regs.far);
                 match hyp.host_s2_fault(ipa, &ArchMaintenance) {
                     HostFault::Retry => return,
                     HostFault::Emulate if esr.ec() == ec::DABT_LOW => {

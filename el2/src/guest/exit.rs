@@ -4,15 +4,16 @@
 use super::memory::GuestPage;
 use super::sysreg::is_key_access;
 use super::vm::{GuestArch, GuestConfig, GuestTrap, Me, Next, TrapKind, MAX_INTERNAL_EXITS};
-use crate::exception::{ec, inject_sync, Esr, FaultKind, Injection, TrapState};
+use crate::exception::syndrome::{ec, Esr, FaultKind};
+use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
-use crate::guest::vcpu::{classify_guest_call, decode_mmio, power, pstate_enters_guest, GuestCall, VcpuCtx};
+use crate::exception::syndrome::{decode_mmio, fault_ipa};
+use crate::guest::vcpu::{classify_guest_call, power, pstate_enters_guest, GuestCall, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{exit, kill, VcpuExit};
 use shared_abi::{reg, HypError, HypResult};
 
-pub(super) const HPFAR_FIPA_MASK: u64 = 0x0000_0FFF_FFFF_FFF0;
 const ISS_S1PTW: u64 = 1 << 7;
 const NOT_SUPPORTED: u64 = -1i64 as u64;
 const PSCI_ALREADY_ON: u64 = -4i64 as u64;
@@ -101,7 +102,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             for _ in 0..MAX_INTERNAL_EXITS {
                 debug_assert!(pstate_enters_guest(ctx.pstate), "EL2 wrote PSTATE {:#x}", ctx.pstate);
                 let trap = arch.run(&mut ctx);
-                let class = crate::exception::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
+                let class = crate::exception::syndrome::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
                 // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
                 ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
                 // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
@@ -202,7 +203,7 @@ impl<T: TableMemory> Hyp<'_, T> {
                 self.guest_call(handle, me, ctx)
             }
             ec::DABT_LOW | ec::IABT_LOW => {
-                let ipa = (trap.hpfar & HPFAR_FIPA_MASK) << 8 | (trap.far & 0xFFF);
+                let ipa = fault_ipa(trap.hpfar, trap.far);
                 match self.map_guest_page(handle, ipa, arch) {
                     GuestPage::Mapped if matches!(esr.fault(), FaultKind::Translation(_)) => return Next::Resume,
                     // Guest RAM is never MMIO: an access to it that cannot be mapped, or that

@@ -3,7 +3,7 @@
 //! UNDEF for everything else.
 
 use super::vm::{GuestArch, Me, Next};
-use crate::exception::{ec, Esr};
+use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
 use crate::cpu::idreg;
 use crate::mem::pgtable::TableMemory;
@@ -170,38 +170,6 @@ pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest:
         (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) => raz_wi,
         _ => None,
     }
-}
-
-/// A trapped `MRS`/`MSR` (`ESR_EL2.EC == 0x18`), decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SysregAccess {
-    /// `op0`.
-    pub op0: u8,
-    /// `op1`.
-    pub op1: u8,
-    /// `CRn`.
-    pub crn: u8,
-    /// `CRm`.
-    pub crm: u8,
-    /// `op2`.
-    pub op2: u8,
-    /// The general-purpose register.
-    pub rt: u8,
-    /// A read (`MRS`).
-    pub read: bool,
-}
-
-/// Decodes the ISS of a trapped system-register access (Arm ARM D17.2.37, EC 0x18).
-pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
-    (Esr(esr).ec() == ec::SYS64).then_some(SysregAccess {
-        op0: ((esr >> 20) & 3) as u8,
-        op2: ((esr >> 17) & 7) as u8,
-        op1: ((esr >> 14) & 7) as u8,
-        crn: ((esr >> 10) & 0xF) as u8,
-        rt: ((esr >> 5) & 0x1F) as u8,
-        crm: ((esr >> 1) & 0xF) as u8,
-        read: esr & 1 != 0,
-    })
 }
 
 /// A trapped SGI generation write of vCPU `me`, decoded, and the value written.

@@ -8,6 +8,7 @@
 //! offset 0 and reads the host save-area pointer at offset 248.
 
 use core::mem::offset_of;
+use crate::exception::syndrome::MmioAccess;
 use shared_abi::reg;
 
 /// `PSTATE` of a vCPU at reset: EL1h, D/A/I/F masked.
@@ -356,67 +357,6 @@ pub fn register_ids() -> impl Iterator<Item = u64> {
         .chain([reg::CNTP_CTL_EL0, reg::CNTP_CVAL_EL0])
 }
 
-/// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioAccess {
-    /// Bytes accessed: 1, 2, 4 or 8 (`SAS`).
-    pub size: u8,
-    /// The access was a write (`WnR`).
-    pub write: bool,
-    /// Register transferred (`SRT`; 31 = XZR).
-    pub reg: u8,
-    /// Sign-extend a read (`SSE`).
-    pub sign_extend: bool,
-    /// The register is 64-bit (`SF`); otherwise a read is zero-extended to 32 bits.
-    pub sixty_four: bool,
-}
-
-const ISS_ISV: u64 = 1 << 24;
-
-/// Decodes a data abort's syndrome. `None` if `ISV` is clear (the instruction cannot be
-/// emulated from the syndrome: pair, writeback, SIMD, ...).
-pub fn decode_mmio(esr: u64) -> Option<MmioAccess> {
-    if esr & ISS_ISV == 0 {
-        return None;
-    }
-    Some(MmioAccess {
-        size: 1 << ((esr >> 22) & 3),
-        sign_extend: esr & (1 << 21) != 0,
-        reg: ((esr >> 16) & 0x1F) as u8,
-        sixty_four: esr & (1 << 15) != 0,
-        write: esr & (1 << 6) != 0,
-    })
-}
-
-impl MmioAccess {
-    /// The value a read of `raw` (from the host) puts in the register.
-    pub fn read_value(&self, raw: u64) -> u64 {
-        let bits = self.size as u32 * 8;
-        let v = if bits == 64 { raw } else { raw & ((1 << bits) - 1) };
-        let v = if self.sign_extend && bits < 64 {
-            let shift = 64 - bits;
-            (((v << shift) as i64) >> shift) as u64
-        } else {
-            v
-        };
-        if self.sixty_four {
-            v
-        } else {
-            v & 0xFFFF_FFFF
-        }
-    }
-
-    /// The value a write stores, from the register's value.
-    pub fn write_value(&self, reg_value: u64) -> u64 {
-        let bits = self.size as u32 * 8;
-        if bits == 64 {
-            reg_value
-        } else {
-            reg_value & ((1 << bits) - 1)
-        }
-    }
-}
-
 /// Power state of a vCPU (PSCI).
 pub mod power {
     /// Off: `VCPU_RUN` answers `VCPU_OFF`.
@@ -682,34 +622,6 @@ mod tests {
         c.sys[3] = 7;
         c.reset_for_cpu_on(0x4010_0000, 0xC0FFEE);
         assert_eq!((c.pc, c.x[0], c.x[5], c.sys[3], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
-    }
-
-    fn esr(isv: bool, sas: u64, sse: bool, srt: u64, sf: bool, wnr: bool) -> u64 {
-        (0x24 << 26) | (isv as u64) << 24 | sas << 22 | (sse as u64) << 21 | srt << 16 | (sf as u64) << 15 | (wnr as u64) << 6
-    }
-
-    #[test]
-    fn decodes_mmio_syndromes() {
-        assert_eq!(
-            decode_mmio(esr(true, 0, false, 3, false, true)),
-            Some(MmioAccess { size: 1, write: true, reg: 3, sign_extend: false, sixty_four: false })
-        );
-        assert_eq!(decode_mmio(esr(true, 3, false, 31, true, false)).unwrap().size, 8);
-        assert_eq!(decode_mmio(esr(false, 2, false, 1, true, false)), None, "ISV clear");
-    }
-
-    #[test]
-    fn mmio_read_values_are_sized_and_extended() {
-        let ldrb = decode_mmio(esr(true, 0, false, 1, false, false)).unwrap();
-        assert_eq!(ldrb.read_value(0x1234_5678_9ABC_DEF0), 0xF0);
-        let ldrsb_x = decode_mmio(esr(true, 0, true, 1, true, false)).unwrap();
-        assert_eq!(ldrsb_x.read_value(0x80), 0xFFFF_FFFF_FFFF_FF80);
-        let ldrsh_w = decode_mmio(esr(true, 1, true, 1, false, false)).unwrap();
-        assert_eq!(ldrsh_w.read_value(0x8000), 0xFFFF_8000);
-        let ldr_x = decode_mmio(esr(true, 3, false, 1, true, false)).unwrap();
-        assert_eq!(ldr_x.read_value(u64::MAX), u64::MAX);
-        let str_w = decode_mmio(esr(true, 2, false, 1, false, true)).unwrap();
-        assert_eq!(str_w.write_value(0x1122_3344_5566_7788), 0x5566_7788);
     }
 
     #[test]

@@ -33,7 +33,6 @@
 //! always correct.
 
 pub use super::exit::inject_into_guest;
-pub use super::sysreg::{sysreg_access, SysregAccess};
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::cpu::fwreg::FwRegs;
@@ -602,7 +601,7 @@ pub(crate) mod tests {
     //! destroy, handles, vCPU claims).
     use super::*;
     pub(crate) use crate::hyp::tests::{fixture, Fixture, Recorder};
-    use crate::guest::exit::HPFAR_FIPA_MASK;
+    use crate::exception::syndrome::hpfar_of;
     pub(crate) use shared_abi::msg::{exit, kill, VcpuExit};
     pub(crate) use shared_abi::reg;
     pub(crate) use shared_abi::HypercallId as H;
@@ -621,7 +620,7 @@ pub(crate) mod tests {
     pub(crate) const GUEST: usize = 8;
 
     pub(crate) fn trap(esr: u64, ipa: u64) -> GuestTrap {
-        GuestTrap { kind: TrapKind::Sync, esr, far: ipa & 0xFFF, hpfar: (ipa >> 8) & HPFAR_FIPA_MASK }
+        GuestTrap { kind: TrapKind::Sync, esr, far: ipa & 0xFFF, hpfar: hpfar_of(ipa) }
     }
     pub(crate) fn dabt_translation(ipa: u64) -> GuestTrap {
         trap((0x24 << 26) | (1 << 25) | 0b000111, ipa)
