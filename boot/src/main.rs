@@ -26,7 +26,9 @@ use el2::mem::pgtable::{Attrs, Format, MemType, PageTable, Perms};
 use el2::platform::{self, Platform, MAX_CPUS};
 use el2::mem::pool::PagePool;
 use el2::trap::{HYP, SECONDARY_ENTRY};
-use el2::guest::vm::{IdRegTable, VcpuSlot, VcpuTable, MAX_VCPUS, MAX_VMS};
+use el2::guest::vcpu::{VcpuSlot, VcpuTable};
+use el2::guest::vm::IdRegTable;
+use el2::guest::{MAX_VCPUS, MAX_VMS};
 use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
 
 /// Bytes per CPU in the stack region: one guard page, then the 64 KiB stack.

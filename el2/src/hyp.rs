@@ -23,7 +23,8 @@ use crate::platform::{Platform, MAX_CPUS};
 use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
 use crate::host::gicr::Redistributors;
 use crate::guest::vgic::VgicCaps;
-use crate::guest::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
+use crate::guest::vcpu::VcpuTable;
+use crate::guest::vm::{GuestArch, IdRegTable, VmTable};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
 use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
@@ -576,7 +577,7 @@ pub(crate) mod tests {
         fn counter(&self) -> u64 {
             self.4.get()
         }
-        fn ptimer_backing(&self, t: &crate::guest::vcpu::PTimer) {
+        fn ptimer_backing(&self, t: &crate::guest::timer::PTimer) {
             self.0.borrow_mut().push(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
         }
         fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
@@ -637,7 +638,7 @@ pub(crate) mod tests {
         let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
         // EL2 takes the last HYP_PAGES pages.
         let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
-        let vcpus: &'static crate::guest::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vm::VcpuSlot::new()))));
+        let vcpus: &'static crate::guest::vcpu::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vcpu::VcpuSlot::new()))));
         let idregs: &'static crate::guest::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
         // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
         let mut boot_cpu_idregs = [0u64; crate::cpu::idreg::NR_IDREGS];

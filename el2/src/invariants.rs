@@ -36,7 +36,8 @@ use crate::mem::owner::{Component, PageEntry, PageState, MAX_GUEST};
 use crate::mem::pgtable::{Leaf, MemType, PageTable, TableMemory};
 use crate::platform::MAX_CPUS;
 use crate::guest::vcpu::{power, VcpuCtx};
-use crate::guest::vm::{Vm, MAX_VMS};
+use crate::guest::vm::Vm;
+use crate::guest::MAX_VMS;
 use core::sync::atomic::Ordering;
 
 /// The first broken promise found, with the addresses involved.

@@ -798,7 +798,7 @@ impl GuestArch for ArchMaintenance {
         with_fixmap(pa, |p| civac_page(p as u64));
     }
 
-    fn ptimer_backing(&self, t: &crate::guest::vcpu::PTimer) {
+    fn ptimer_backing(&self, t: &crate::guest::timer::PTimer) {
         // CNTHP counts the physical count, as the emulated timer does (no offset). No barrier:
         // the ERET back into the guest synchronises both writes before its next instruction,
         // and a stale setting until then can at worst end the run early (an IRQ exit).

@@ -3,21 +3,47 @@
 
 use super::memory::GuestPage;
 use super::sysreg::is_key_access;
-use super::vm::{GuestArch, GuestConfig, GuestTrap, Me, Next, TrapKind, MAX_INTERNAL_EXITS};
+use super::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
+use crate::cpu::fwreg::FwRegs;
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
 use crate::exception::syndrome::{decode_mmio, fault_ipa};
-use crate::guest::vcpu::{classify_guest_call, power, pstate_enters_guest, GuestCall, VcpuCtx};
+use crate::guest::psci::{self, Served};
+use crate::guest::vcpu::{power, pstate_enters_guest, SysReg, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{exit, kill, VcpuExit};
-use shared_abi::{reg, HypError, HypResult};
+use shared_abi::{HypError, HypResult};
 
 const ISS_S1PTW: u64 = 1 << 7;
-const NOT_SUPPORTED: u64 = -1i64 as u64;
-const PSCI_ALREADY_ON: u64 = -4i64 as u64;
-const PSCI_ON_PENDING: u64 = -5i64 as u64;
+
+/// Exits EL2 handles by itself before it gives the CPU back to the host anyway (so a guest
+/// cannot keep a host CPU forever through exits the host never sees).
+pub const MAX_INTERNAL_EXITS: u32 = 100_000;
+
+/// The running vCPU, as exit handling needs it.
+#[derive(Clone, Copy)]
+pub struct Me<'f> {
+    pub(super) vm_slot: usize,
+    pub(super) index: usize,
+    pub(super) nr_vcpus: usize,
+    /// The VM's firmware registers (frozen once it has run).
+    pub(super) fw: &'f FwRegs,
+    /// The VM has pointer authentication.
+    pub(super) ptrauth: bool,
+    /// The VM has MTE.
+    pub(super) mte: bool,
+    /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
+    pub(super) fwb: bool,
+    /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
+    pub(super) set_way_done: &'f core::cell::Cell<bool>,
+}
+
+pub enum Next {
+    Resume,
+    Exit(VcpuExit),
+}
 
 impl<T: TableMemory> Hyp<'_, T> {
     /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
@@ -130,7 +156,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     /// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
     /// exit record carries them: the host delivers the timers' interrupts).
     fn finish_run(&self, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
-        (e.vtimer_deadline, e.ptimer_deadline) = timer_deadlines(ctx, cntvoff, now);
+        (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
         self.write_message(cpu, &e)?;
         Ok([e.reason as u64, 0, 0])
     }
@@ -200,7 +226,12 @@ impl<T: TableMemory> Hyp<'_, T> {
                     // A trapped SMC's preferred return address is the SMC itself.
                     ctx.pc = ctx.pc.wrapping_add(4);
                 }
-                self.guest_call(handle, me, ctx)
+                match psci::serve(&self.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, ctx) {
+                    Served::Resume => Next::Resume,
+                    Served::Exit(e) => Next::Exit(e),
+                    // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
+                    Served::EndVm(reason) => Next::Exit(self.end_vm(handle, reason)),
+                }
             }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let ipa = fault_ipa(trap.hpfar, trap.far);
@@ -251,93 +282,21 @@ impl<T: TableMemory> Hyp<'_, T> {
             self.kill(handle, kill::BAD_EXCEPTION, 0)
         }
     }
-
-    fn guest_call(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx) -> Next {
-        let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
-        let (vcpus, index) = (&self.vcpus[me.vm_slot], me.index);
-        match classify_guest_call(x, me.nr_vcpus, me.fw) {
-            GuestCall::Answer(v) => ctx.x[0] = v,
-            GuestCall::CpuOn { target, entry, context } => {
-                let t = &vcpus[target];
-                ctx.x[0] = match t.power.load(Ordering::Acquire) {
-                    power::ON => PSCI_ALREADY_ON,
-                    power::ON_PENDING | power::CLAIMED => PSCI_ON_PENDING,
-                    // Claimed first, published after: of two siblings racing to turn the same
-                    // vCPU on, the one told SUCCESS is the one whose entry point it starts at.
-                    _ => match t.power.compare_exchange(power::OFF, power::CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => {
-                            t.on_entry.store(entry, Ordering::Relaxed);
-                            t.on_context.store(context, Ordering::Relaxed);
-                            // Release: the target's run reads them after it sees ON_PENDING.
-                            t.power.store(power::ON_PENDING, Ordering::Release);
-                            // Answered; the host learns that the target now wants a CPU
-                            // (until now it exited VCPU_OFF), so it need not poll it.
-                            ctx.x[0] = 0;
-                            let args = [target as u64, 0, 0, 0];
-                            return Next::Exit(VcpuExit { reason: exit::CPU_ON, args, ..Default::default() });
-                        }
-                        Err(power::ON) => PSCI_ALREADY_ON,
-                        Err(_) => PSCI_ON_PENDING,
-                    },
-                };
-            }
-            GuestCall::CpuOff => {
-                vcpus[index].power.store(power::OFF, Ordering::Release);
-                return Next::Exit(VcpuExit { reason: exit::VCPU_OFF, ..Default::default() });
-            }
-            GuestCall::AffinityInfo(t) => {
-                ctx.x[0] = match vcpus[t].power.load(Ordering::Acquire) {
-                    power::ON => 0,
-                    power::ON_PENDING | power::CLAIMED => 2,
-                    _ => 1,
-                }
-            }
-            // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
-            GuestCall::SystemOff => return Next::Exit(self.end_vm(handle, exit::SYSTEM_OFF)),
-            GuestCall::SystemReset => return Next::Exit(self.end_vm(handle, exit::SYSTEM_RESET)),
-            GuestCall::ToHost => {
-                ctx.x[0] = NOT_SUPPORTED;
-                return Next::Exit(VcpuExit { reason: exit::HYPERCALL, args: x, ..Default::default() });
-            }
-        }
-        Next::Resume
-    }
 }
 
 /// Injects a synchronous exception into a guest that is not running (its EL1 registers are in
 /// `ctx`). `false` if the guest's state does not allow it.
 pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64) -> bool {
-    let t = TrapState { elr: ctx.pc, spsr: ctx.pstate, il: esr.il(), vbar_el1: ctx.sys[SYS_VBAR_EL1] };
+    let t = TrapState { elr: ctx.pc, spsr: ctx.pstate, il: esr.il(), vbar_el1: ctx.sys[SysReg::VBAR_EL1] };
     let Some(i) = inject_sync(what, t) else { return false };
-    ctx.sys[SYS_ESR_EL1] = i.esr_el1;
-    ctx.sys[SYS_FAR_EL1] = far;
+    ctx.sys[SysReg::ESR_EL1] = i.esr_el1;
+    ctx.sys[SysReg::FAR_EL1] = far;
     ctx.elr_el1 = i.elr_el1;
     ctx.spsr_el1 = i.spsr_el1;
     ctx.pc = i.elr_el2;
     ctx.pstate = i.spsr_el2;
     true
 }
-
-/// When the vCPU's virtual and physical timers assert, in physical counter ticks
-/// ([`VcpuExit::vtimer_deadline`], [`VcpuExit::ptimer_deadline`]), from its saved state and
-/// the VM's `CNTVOFF_EL2`, at physical count `now`.
-pub fn timer_deadlines(ctx: &VcpuCtx, cntvoff: u64, now: u64) -> (u64, u64) {
-    let vtimer = crate::guest::vcpu::timer_deadline(ctx.sys[SYS_CNTV_CTL_EL0], ctx.sys[SYS_CNTV_CVAL_EL0], cntvoff, now);
-    (vtimer, ctx.ptimer.deadline(now))
-}
-
-pub(crate) const SYS_ESR_EL1: usize = 7;
-const SYS_FAR_EL1: usize = 8;
-pub(crate) const SYS_VBAR_EL1: usize = 12;
-pub(crate) const SYS_CNTV_CTL_EL0: usize = 19;
-pub(crate) const SYS_CNTV_CVAL_EL0: usize = 20;
-const _: () = {
-    assert!(reg::SYSREGS[SYS_ESR_EL1].1 == reg::sysreg(3, 0, 5, 2, 0));
-    assert!(reg::SYSREGS[SYS_FAR_EL1].1 == reg::sysreg(3, 0, 6, 0, 0));
-    assert!(reg::SYSREGS[SYS_VBAR_EL1].1 == reg::sysreg(3, 0, 12, 0, 0));
-    assert!(reg::SYSREGS[SYS_CNTV_CTL_EL0].1 == reg::sysreg(3, 3, 14, 3, 1));
-    assert!(reg::SYSREGS[SYS_CNTV_CVAL_EL0].1 == reg::sysreg(3, 3, 14, 3, 2));
-};
 
 #[cfg(test)]
 mod tests {
@@ -368,10 +327,10 @@ mod tests {
 
     #[test]
     fn every_exit_record_carries_the_timer_deadlines() {
-        use crate::guest::vcpu::{TIMER_ENABLE, TIMER_IMASK};
+        use crate::guest::timer::{TIMER_ENABLE, TIMER_IMASK};
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
-        let (ctl, cval) = (reg::SYSREGS[SYS_CNTV_CTL_EL0].1, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1);
+        let (ctl, cval) = (SysReg::CNTV_CTL_EL0.id(), SysReg::CNTV_CVAL_EL0.id());
         // The physical count at the exits: 500, so CNTVOFF 500 makes the virtual count 0.
         let run = |f: &Fixture, vcpu: u64, script: Vec<GuestTrap>| {
             let rec = Recorder::default();
@@ -531,7 +490,7 @@ mod tests {
         let wfi = || trap(0x01 << 26 | 1 << 25, 0);
         *rec.1.borrow_mut() = vec![hvc(), wfi()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]), "no CPU_ON exit");
-        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([PSCI_ON_PENDING, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([-5i64 as u64, 0, 0]));
         assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Acquire), 0x7000, "the claimer's entry point stands");
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_AFFINITY_INFO_64 as u64]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();

@@ -1,7 +1,7 @@
 //! Host access to vCPU registers: `VCPU_GET_REG`, `VCPU_SET_REG`, `VCPU_REG_LIST`, and the
 //! VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) behind them.
 
-use super::vm::MAX_VCPUS;
+use super::MAX_VCPUS;
 use crate::cpu::fwreg::{self, FwError};
 use crate::hyp::Hyp;
 use crate::cpu::idreg::{self, NR_IDREGS};
@@ -224,8 +224,8 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[b, 0, reg::CNTVOFF_EL2, 88, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([77, 0, 0]), "each VM its own");
         // The run loads it (GuestConfig) and reports the virtual deadline with it.
-        f.call(0, H::VcpuSetReg, &[a, 0, reg::SYSREGS[SYS_CNTV_CTL_EL0].1, 1]).unwrap();
-        f.call(0, H::VcpuSetReg, &[a, 0, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1, 1_000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[a, 0, SysReg::CNTV_CTL_EL0.id(), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[a, 0, SysReg::CNTV_CVAL_EL0.id(), 1_000]).unwrap();
         for (h, deadline) in [(a, 1_077), (b, u64::MAX)] {
             let rec = Recorder::default();
             *rec.1.borrow_mut() = vec![hvc()];

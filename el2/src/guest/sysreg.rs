@@ -2,7 +2,8 @@
 //! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
 //! UNDEF for everything else.
 
-use super::vm::{GuestArch, Me, Next};
+use super::exit::{Me, Next};
+use super::vm::GuestArch;
 use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
 use crate::cpu::idreg;
@@ -72,8 +73,8 @@ impl<T: TableMemory> Hyp<'_, T> {
 /// `CVAL - now` (a signed count, zero-extended), and a write sets `CVAL` to `now` plus the
 /// sign-extended low 32 bits of the value. Every value is accepted; arithmetic wraps as the
 /// hardware's does.
-pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::guest::vcpu::PTimer, now: u64) -> Option<Emulated> {
-    use crate::guest::vcpu::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::guest::timer::PTimer, now: u64) -> Option<Emulated> {
+    use crate::guest::timer::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
     Some(match (a.op2, a.read) {
         (0, true) => Emulated::Read(t.cval.wrapping_sub(now) as u32 as u64),
         (0, false) => {
@@ -311,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_physical_timer_group_emulates_three_registers_and_nothing_else() {
-        use crate::guest::vcpu::PTimer;
+        use crate::guest::timer::PTimer;
         // op2 0..=2 of CNTP_* are TVAL, CTL, CVAL; 3..=7 in the group are not registers, and
         // neighbouring groups (CNTV_*, CNTPCT, CNTKCTL, CNTPS_*) never reach the emulation.
         for op2 in 0..8u64 {
@@ -343,7 +344,7 @@ mod tests {
 
     #[test]
     fn timer_deadlines_of_hostile_control_values() {
-        use crate::guest::vcpu::timer_deadline;
+        use crate::guest::timer::timer_deadline;
         // CNTV_CTL_EL0 is saved from the CPU (ISTATUS set by the hardware) or written by the
         // host (any value): only ENABLE and IMASK decide.
         for (ctl, want) in [(0, u64::MAX), (1, 100), (3, u64::MAX), (5, 100), (7, u64::MAX), (u64::MAX, u64::MAX), (!2, 100), (1 << 63, u64::MAX)] {
@@ -410,7 +411,7 @@ mod tests {
         let mut f = fixture(); // the fixture's CPU: ID_AA64DFR0_EL1 zero (BRPs, WRPs 0: one each)
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(4), 1 << 15 | 1 << 13]).unwrap();
         let rec = Recorder::default();
         // As Linux boots: MSR MDSCR_EL1, x4; MSR OSLAR_EL1, xzr; MSR DBGBCR0_EL1, x4; MRS x5,
@@ -464,7 +465,7 @@ mod tests {
         let cigdsw = sysreg_esr(1, 0, 7, 14, 6, 0, false);
         assert_eq!(set_way_log(&mut f, vm_flags::MTE, &[cigdsw]).iter().filter(|s| **s == c).count(), 2 + 2 + 2);
         let h = create(&mut f, 1, 0);
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         let rec = Recorder::default();
         *rec.1.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
@@ -505,7 +506,7 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         // (MDCR_EL2.TPM/TPMCR and CPTR_EL2.TAM trap them: `controls`.) PMUSERENR_EL0, PMCR_EL0,
         // PMCCNTR_EL0 (read and write), AMUSERENR_EL0, AMCR_EL0.
         let regs = [(3, 3, 9, 14, 0), (3, 3, 9, 12, 0), (3, 3, 9, 13, 0), (3, 3, 13, 2, 3), (3, 3, 13, 2, 0)];
@@ -525,7 +526,7 @@ mod tests {
 
     #[test]
     fn the_physical_timer_is_emulated_against_the_counter() {
-        use crate::guest::vcpu::PTimer;
+        use crate::guest::timer::PTimer;
         let mut t = PTimer::default();
         let (tval, ctl, cval) = (access(3, 3, 14, 2, 0, true), access(3, 3, 14, 2, 1, true), access(3, 3, 14, 2, 2, true));
         let w = |a: SysregAccess| SysregAccess { read: false, ..a };
@@ -601,7 +602,7 @@ mod tests {
         assert_eq!(isar0, 2 << 4, "the fixture CPU's AES 2, restricted");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(3)]), Ok([isar0, 0, 0]));
         assert_eq!(rec.2.borrow()[1], 4, "read stepped over");
-        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::ESR_EL1.id()]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
         let sve = idreg::reg_id(idreg::idx(4, 0));
         assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Frozen), "after the run");
     }
@@ -611,13 +612,13 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         let rec = Recorder::default();
         *rec.1.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
         assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
-        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::ESR_EL1.id()]), Ok([1 << 25, 0, 0]));
     }
 
     #[test]

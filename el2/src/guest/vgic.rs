@@ -14,7 +14,7 @@
 //! `ICH_HCR_EL2`, `ICH_VTR_EL2`, `ICC_SGI1R_EL1`.
 
 use crate::exception::syndrome::SysregAccess;
-use crate::guest::vm::MAX_VCPUS;
+use crate::guest::MAX_VCPUS;
 use shared_abi::msg::{irq, sgi, VgicState, MAX_LRS};
 
 /// `ICH_LR<n>_EL2` fields.

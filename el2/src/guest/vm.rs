@@ -42,27 +42,12 @@ use crate::mem::owner::Component;
 use crate::mem::pgtable::{Format, PageTable, TableMemory};
 use crate::platform::MAX_CPUS;
 use crate::host::psci::Firmware;
-use crate::guest::vcpu::{power, VcpuCtx};
+use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard, VcpuSlot};
+use crate::guest::{MAX_IPA_BITS, MAX_REGIONS, MAX_VCPUS, MAX_VMS, MIN_IPA_BITS};
 use arrayvec::ArrayVec;
-use core::cell::UnsafeCell;
-use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use shared_abi::msg::{vm_flags, VcpuExit, VmCreate};
+use core::sync::atomic::{AtomicU64, Ordering};
+use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{HypError, HypResult};
-
-/// Most VMs alive at once.
-pub const MAX_VMS: usize = 16;
-/// Most vCPUs per VM.
-pub const MAX_VCPUS: usize = 8;
-/// Most memory regions per VM.
-pub const MAX_REGIONS: usize = 16;
-/// Smallest guest IPA size.
-pub const MIN_IPA_BITS: u32 = 32;
-/// Largest guest IPA size.
-pub const MAX_IPA_BITS: u32 = 40;
-/// Exits EL2 handles by itself before it gives the CPU back to the host anyway (so a guest
-/// cannot keep a host CPU forever through exits the host never sees).
-pub const MAX_INTERNAL_EXITS: u32 = 100_000;
 
 /// A run of guest memory: `pages` pages at `ipa`, backed by host-given pages at `pa`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,79 +225,6 @@ impl VmTable {
     }
 }
 
-/// A vCPU's context and who holds it.
-pub struct VcpuSlot {
-    claimed: AtomicBool,
-    /// PSCI power state ([`power`]).
-    pub power: AtomicU8,
-    /// `CPU_ON` entry point for a pending power-on.
-    pub on_entry: AtomicU64,
-    /// `CPU_ON` context for a pending power-on.
-    pub on_context: AtomicU64,
-    ctx: UnsafeCell<VcpuCtx>,
-}
-
-// SAFETY: `ctx` is only reached through a `VcpuGuard`, and at most one guard exists per slot
-// (the `claimed` flag is taken with an acquire compare-exchange and released on drop).
-unsafe impl Sync for VcpuSlot {}
-
-impl VcpuSlot {
-    /// An unclaimed, powered-off vCPU at reset.
-    pub const fn new() -> Self {
-        Self {
-            claimed: AtomicBool::new(false),
-            power: AtomicU8::new(power::OFF),
-            on_entry: AtomicU64::new(0),
-            on_context: AtomicU64::new(0),
-            ctx: UnsafeCell::new(VcpuCtx::new()),
-        }
-    }
-
-    /// Takes the vCPU's context, or `None` if someone else holds it.
-    pub fn claim(&self) -> Option<VcpuGuard<'_>> {
-        self.claimed
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-            // Lazily: a guard built and dropped on failure would release the holder's claim.
-            .then(|| VcpuGuard { slot: self })
-    }
-}
-
-impl Default for VcpuSlot {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Exclusive access to a vCPU's context.
-pub struct VcpuGuard<'a> {
-    slot: &'a VcpuSlot,
-}
-
-impl Deref for VcpuGuard<'_> {
-    type Target = VcpuCtx;
-    fn deref(&self) -> &VcpuCtx {
-        // SAFETY: the guard is the only holder of the claim (see `VcpuSlot`'s Sync).
-        unsafe { &*self.slot.ctx.get() }
-    }
-}
-
-impl DerefMut for VcpuGuard<'_> {
-    fn deref_mut(&mut self) -> &mut VcpuCtx {
-        // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
-        unsafe { &mut *self.slot.ctx.get() }
-    }
-}
-
-impl Drop for VcpuGuard<'_> {
-    fn drop(&mut self) {
-        self.slot.claimed.store(false, Ordering::Release);
-    }
-}
-
-/// Every vCPU slot, by VM slot and vCPU index.
-pub type VcpuTable = [[VcpuSlot; MAX_VCPUS]; MAX_VMS];
-
 /// Every VM's ID registers, by VM slot. Written only under the memory lock and only before the
 /// VM first runs; read by the guest's ID-register trap without a lock.
 pub type IdRegTable = [[AtomicU64; NR_IDREGS]; MAX_VMS];
@@ -423,30 +335,7 @@ pub trait GuestArch: Maintenance + Firmware {
     /// physical PPI 26 is routed to EL2 like any interrupt while a guest runs) and the host
     /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
     /// context, `put` disables it.
-    fn ptimer_backing(&self, t: &crate::guest::vcpu::PTimer);
-}
-
-/// The running vCPU, as exit handling needs it.
-#[derive(Clone, Copy)]
-pub(super) struct Me<'f> {
-    pub(super) vm_slot: usize,
-    pub(super) index: usize,
-    pub(super) nr_vcpus: usize,
-    /// The VM's firmware registers (frozen once it has run).
-    pub(super) fw: &'f FwRegs,
-    /// The VM has pointer authentication.
-    pub(super) ptrauth: bool,
-    /// The VM has MTE.
-    pub(super) mte: bool,
-    /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
-    pub(super) fwb: bool,
-    /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
-    pub(super) set_way_done: &'f core::cell::Cell<bool>,
-}
-
-pub(super) enum Next {
-    Resume,
-    Exit(VcpuExit),
+    fn ptimer_backing(&self, t: &crate::guest::timer::PTimer);
 }
 
 impl<T: TableMemory> Hyp<'_, T> {
@@ -611,7 +500,7 @@ pub(crate) mod tests {
     pub(crate) use crate::cpu::idreg;
     pub(crate) use crate::mem::owner::PageState;
     pub(crate) use shared_abi::msg::{vm_flags, VmCreate};
-    pub(crate) use crate::guest::exit::{SYS_CNTV_CTL_EL0, SYS_CNTV_CVAL_EL0, SYS_ESR_EL1, SYS_VBAR_EL1};
+    pub(crate) use crate::guest::vcpu::SysReg;
     pub(crate) use core::sync::atomic::Ordering;
 
     /// Message page: RAM page 0.
