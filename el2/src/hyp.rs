@@ -13,7 +13,7 @@
 //! nothing is locked while holding it.
 //!
 //! # Memory maintenance
-//! Table edits here are followed by the barrier or TLB maintenance the [`Maintenance`]
+//! Table edits here are followed by the barrier or TLB maintenance of [`Tlb`]
 //! implementation provides (the arch layer in EL2, a recorder in tests).
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
@@ -24,24 +24,12 @@ use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
 use crate::host::gicr::Redistributors;
 use crate::guest::vgic::VgicCaps;
 use crate::guest::vcpu::VcpuTable;
-use crate::guest::vm::{GuestArch, IdRegTable, VmTable};
+use crate::guest::vm::{IdRegTable, VmTable};
+use crate::hw::{Hw, Tlb};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
 use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
-
-/// Barriers and TLB maintenance after table edits. Each method documents what it must order.
-pub trait Maintenance {
-    /// New valid entries in EL2's stage 1: make them visible to this CPU's walker before EL2
-    /// touches the memory (`DSB ISHST; ISB`).
-    fn hyp_s1_mapped(&self);
-    /// New valid entries in the host stage 2: visible before the host retries (`DSB ISHST`;
-    /// the `ERET` back to the host is context synchronising).
-    fn host_s2_mapped(&self);
-    /// Entries removed from the host stage 2: `DSB ISHST`, `TLBI IPAS2E1IS` for the range,
-    /// `DSB ISH`, `TLBI VMALLE1IS`, `DSB ISH`, so no CPU keeps a stale translation.
-    fn host_s2_unmapped(&self, ipa: u64, size: u64);
-}
 
 /// Everything the memory lock guards.
 pub struct MemState<'a, T: TableMemory> {
@@ -319,7 +307,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// Handles a host `HVC #0` made on CPU `cpu` with `x0..=x7` = `x`.
-    pub fn host_hvc(&self, cpu: usize, x: [u64; 8], m: &impl GuestArch) -> HypResult {
+    pub fn host_hvc(&self, cpu: usize, x: [u64; 8], m: &impl Hw) -> HypResult {
         let id = HypercallId::try_from(x[0])?;
         if x[1 + id.nr_args()..].iter().any(|&r| r != 0) {
             return Err(HypError::InvalidArgument);
@@ -389,7 +377,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         }
     }
 
-    fn set_message_page(&self, cpu: u64, pa: u64, m: &impl Maintenance) -> HypResult {
+    fn set_message_page(&self, cpu: u64, pa: u64, m: &impl Tlb) -> HypResult {
         // Validate: everything checkable without the lock.
         if cpu >= self.platform.cpus.len() as u64 {
             return Err(HypError::InvalidArgument);
@@ -470,7 +458,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// Handles a host stage-2 *translation* fault on `ipa`.
-    pub fn host_s2_fault(&self, ipa: u64, m: &impl Maintenance) -> HostFault {
+    pub fn host_s2_fault(&self, ipa: u64, m: &impl Tlb) -> HostFault {
         if self.gicr.is_some_and(|g| crate::host::gicr::guarded(&g.region, ipa).is_some()) {
             return HostFault::Emulate;
         }
@@ -505,170 +493,16 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testing::*;
     use crate::mem::owner::{PageEntry, PageState};
-    use crate::mem::pgtable::test_mem::FakeMemory;
-    use crate::mem::pgtable::Format;
-    use arrayvec::ArrayVec;
-    use core::cell::RefCell;
+    
+    
+    
+    
     use shared_abi::msg::EchoResponse;
-    use std::vec::Vec;
-
-    /// Records maintenance, and plays a script of guest exits for `run`: the log, the traps,
-    /// the PC of each entry, the PSTATE each exit leaves (while the list lasts), and the
-    /// physical count `counter` answers (tests set it).
-    #[derive(Default)]
-    pub(crate) struct Recorder(
-        pub RefCell<Vec<&'static str>>,
-        pub RefCell<Vec<crate::guest::vm::GuestTrap>>,
-        pub RefCell<Vec<u64>>,
-        pub RefCell<Vec<u64>>,
-        pub core::cell::Cell<u64>,
-    );
-    impl crate::guest::vm::GuestArch for Recorder {
-        type Saved = ();
-        fn load(&self, _: &crate::guest::vcpu::VcpuCtx, _: &crate::guest::vm::GuestConfig) {
-            self.0.borrow_mut().push("load");
-        }
-        fn put(&self, _: &mut crate::guest::vcpu::VcpuCtx, _: ()) {
-            self.0.borrow_mut().push("put");
-        }
-        fn el1_to_ctx(&self, _: &mut crate::guest::vcpu::VcpuCtx) {}
-        fn pauth_load(&self, _: &crate::guest::vcpu::VcpuCtx, _: &mut ()) -> bool {
-            let mut log = self.0.borrow_mut();
-            let first = !log.contains(&"pauth_load");
-            log.push("pauth_load");
-            first
-        }
-        fn fp_load(&self, _: &crate::guest::vcpu::VcpuCtx, _: &mut ()) -> bool {
-            let mut log = self.0.borrow_mut();
-            let first = !log.contains(&"fp_load");
-            log.push("fp_load");
-            first
-        }
-        fn el1_from_ctx(&self, _: &crate::guest::vcpu::VcpuCtx) {}
-        fn run(&self, ctx: &mut crate::guest::vcpu::VcpuCtx) -> crate::guest::vm::GuestTrap {
-            self.0.borrow_mut().push("run");
-            self.2.borrow_mut().push(ctx.pc);
-            let mut script = self.1.borrow_mut();
-            assert!(!script.is_empty(), "guest ran past the end of its script");
-            let mut pstates = self.3.borrow_mut();
-            if !pstates.is_empty() {
-                ctx.pstate = pstates.remove(0);
-            }
-            script.remove(0)
-        }
-        fn guest_s2_mapped(&self) {
-            self.0.borrow_mut().push("guest_s2_mapped");
-        }
-        fn flush_guest_tlb(&self, _: u64) {
-            self.0.borrow_mut().push("flush_guest_tlb");
-        }
-        fn flush_guest_local(&self) {
-            self.0.borrow_mut().push("flush_guest_local");
-        }
-        fn clean_inval_poc(&self, _: PhysAddr) {
-            self.0.borrow_mut().push("clean_inval_poc");
-        }
-        fn clear_tags(&self, _: PhysAddr) {
-            self.0.borrow_mut().push("clear_tags");
-        }
-        fn counter(&self) -> u64 {
-            self.4.get()
-        }
-        fn ptimer_backing(&self, t: &crate::guest::timer::PTimer) {
-            self.0.borrow_mut().push(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
-        }
-        fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
-            if !tagged {
-                self.0.borrow_mut().push("scrub_page_untagged");
-            }
-            // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
-            unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
-            self.0.borrow_mut().push("scrub_page");
-        }
-    }
-    impl crate::host::psci::Firmware for Recorder {
-        fn mem_protect(&self, enable: u32) -> i64 {
-            self.0.borrow_mut().push(if enable == 1 { "mem_protect_on" } else { "mem_protect_other" });
-            -1 // like QEMU's PSCI: NOT_SUPPORTED
-        }
-    }
-    impl Maintenance for Recorder {
-        fn hyp_s1_mapped(&self) {
-            self.0.borrow_mut().push("hyp_s1_mapped");
-        }
-        fn host_s2_mapped(&self) {
-            self.0.borrow_mut().push("host_s2_mapped");
-        }
-        fn host_s2_unmapped(&self, _: u64, _: u64) {
-            self.0.borrow_mut().push("host_s2_unmapped");
-        }
-    }
-
-    /// Test RAM: a real buffer, so message pages can be read and written; 2 MiB aligned, so
-    /// its first 2 MiB are one host stage-2 block.
-    #[repr(C, align(0x200000))]
-    pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
-    pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
-    pub(crate) const HYP_PAGES: u64 = 16;
-    /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
-    pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
-    /// QEMU `virt`'s redistributor region (room for 123; the fixture has 2 CPUs).
-    pub(crate) const GICR: PhysRange = PhysRange { start: PhysAddr(0x080A_0000), end: PhysAddr(0x0900_0000) };
-
-    pub(crate) struct Fixture {
-        pub ram: Box<Ram>,
-        _entries: Box<[PageEntry]>,
-        pub hyp: Hyp<'static, FakeMemory>,
-    }
-
-    pub(crate) fn fixture() -> Fixture {
-        let ram = Box::new(Ram([0; RAM_PAGES * 4096]));
-        let base = PhysAddr(ram.0.as_ptr() as u64);
-        let ram_range = PhysRange::from_size(base, (RAM_PAGES * 4096) as u64).unwrap();
-        let mut entries: Box<[PageEntry]> = vec![PageEntry::default(); RAM_PAGES].into_boxed_slice();
-        // SAFETY: the fixture keeps `entries` alive and unmoved (boxed) as long as `hyp`.
-        let slice: &'static mut [PageEntry] = unsafe { &mut *(entries.as_mut() as *mut [PageEntry]) };
-        let own = Ownership::new(ram_range, slice).unwrap();
-        let mut tables = FakeMemory::new(64);
-        let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
-        let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
-        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
-        // EL2 takes the last HYP_PAGES pages.
-        let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
-        let vcpus: &'static crate::guest::vcpu::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vcpu::VcpuSlot::new()))));
-        let idregs: &'static crate::guest::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
-        // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
-        let mut boot_cpu_idregs = [0u64; crate::cpu::idreg::NR_IDREGS];
-        boot_cpu_idregs[crate::cpu::idreg::idx(4, 0)] = 0x11 | 1 << 56;
-        boot_cpu_idregs[crate::cpu::idreg::idx(6, 0)] = 2 << 4;
-        boot_cpu_idregs[crate::cpu::idreg::idx(7, 0)] = 5;
-        boot_cpu_idregs[crate::cpu::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
-        boot_cpu_idregs[crate::cpu::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
-        let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
-        let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
-        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
-        // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
-        hyp.report_vgic(Some(QEMU_ICH_VTR));
-        Fixture { ram, _entries: entries, hyp }
-    }
-
-    impl Fixture {
-        pub fn page(&self, n: usize) -> u64 {
-            self.ram.0.as_ptr() as u64 + (n * 4096) as u64
-        }
-        pub fn call(&self, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
-            self.call_with(&Recorder::default(), cpu, id, args)
-        }
-        pub fn call_with(&self, rec: &Recorder, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
-            let mut x = [0u64; 8];
-            x[0] = id as u64;
-            x[1..1 + args.len()].copy_from_slice(args);
-            self.hyp.host_hvc(cpu, x, rec)
-        }
-    }
+    
 
     #[test]
     fn the_smallest_virtual_cpu_interface_wins() {
@@ -729,7 +563,7 @@ pub(crate) mod tests {
         x[1] = 1;
         x[2] = f.page(3);
         assert_eq!(f.hyp.host_hvc(0, x, &rec), Ok([0; 3]));
-        assert_eq!(rec.0.borrow().as_slice(), &["hyp_s1_mapped"]);
+        assert_eq!(rec.log.borrow().as_slice(), &["hyp_s1_mapped"]);
         let mem = f.hyp.mem.lock();
         assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Host), Some(PageState::SharedOwned));
         assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Hyp), Some(PageState::SharedBorrowed));
@@ -887,7 +721,7 @@ pub(crate) mod tests {
         // First 2 MiB of test RAM is all host-owned: mapped as a block, the access retried.
         assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry);
         assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry, "second time: already mapped");
-        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
         // EL2's pages are never mapped for the host.
         let el2 = f.hyp.hyp_region.start.0;
         assert_eq!(f.hyp.host_s2_fault(el2, &rec), HostFault::Inject);

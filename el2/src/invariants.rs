@@ -452,7 +452,7 @@ fn host_s2_no_gicr<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hyp::tests::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
+    use crate::testing::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
     use crate::mem::pgtable::{Attrs, MemType, Perms};
     use crate::guest::vm::Region;
     use shared_abi::msg::{vm_flags, VmCreate};
@@ -500,9 +500,9 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, f.page(8), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
         let t = (0x24 << 26) | (1 << 25) | 0b000111;
-        *rec.1.borrow_mut() = vec![
-            crate::guest::vm::GuestTrap { kind: crate::guest::vm::TrapKind::Sync, esr: t, far: 0, hpfar: 0x4000_0000 >> 8 },
-            crate::guest::vm::GuestTrap { kind: crate::guest::vm::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
+        *rec.exits.borrow_mut() = vec![
+            crate::hw::GuestTrap { kind: crate::hw::TrapKind::Sync, esr: t, far: 0, hpfar: 0x4000_0000 >> 8 },
+            crate::hw::GuestTrap { kind: crate::hw::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
         ];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
@@ -761,8 +761,8 @@ mod properties {
     //! that plays random guest exits), checking every invariant after every operation. 100
     //! sequences of 1,000 operations: 100,000 per run; proptest shrinks a failure.
     use super::*;
-    use crate::hyp::tests::{fixture, Fixture, Recorder};
-    use crate::guest::vm::{GuestTrap, TrapKind};
+    use crate::testing::{fixture, Fixture, Recorder};
+    use crate::hw::{GuestTrap, TrapKind};
     use proptest::prelude::*;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::{reg, HypError, HypercallId as H};
@@ -869,7 +869,7 @@ mod properties {
                 // Enough exits that the run always ends (a WFI at the end exits to the host).
                 let mut script: Vec<GuestTrap> = exits.iter().map(|&(k, a)| trap(k, a)).collect();
                 script.push(trap(3, 0));
-                *rec.1.borrow_mut() = script;
+                *rec.exits.borrow_mut() = script;
                 f.call_with(&rec, 0, H::VcpuRun, &[h(*vm), 0, 0])
             }
             Op::SetReg { vm, id, value } => f.call(0, H::VcpuSetReg, &[h(*vm), 0, *id, *value, 0]),
@@ -902,7 +902,7 @@ mod properties {
                 prop_assert!(r.is_ok(), "after {:?}: {:?}", op, r);
                 // Exactly the pages given away are not the host's.
                 let (host, hyp, guests) = mem.own.census();
-                prop_assert_eq!(host + hyp + guests, crate::hyp::tests::RAM_PAGES as u64);
+                prop_assert_eq!(host + hyp + guests, crate::testing::RAM_PAGES as u64);
             }
             // Destroying everything gives every page back to the host.
             for h in handles {

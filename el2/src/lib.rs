@@ -14,11 +14,14 @@ pub mod cpu;
 pub mod exception;
 pub mod guest;
 pub mod host;
+pub mod hw;
 pub mod hyp;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod invariants;
 pub mod mem;
 pub mod platform;
+#[cfg(test)]
+pub(crate) mod testing;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod arch;

@@ -11,7 +11,7 @@
 //!
 //! Nothing the host does here is an EL2 error: host-caused events are logged at `debug!` at most.
 
-use crate::arch::{self, ArchMaintenance, TrapFrame};
+use crate::arch::{self, Cpu, TrapFrame};
 use crate::exception::syndrome::{ec, fault_ipa, Esr, FaultKind};
 use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::hyp::{HostFault, Hyp};
@@ -44,7 +44,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
             } else {
                 let mut x = [0u64; 8];
                 x.copy_from_slice(&frame.x[..8]);
-                hyp.host_hvc(arch::cpu_index(), x, &ArchMaintenance)
+                hyp.host_hvc(arch::cpu_index(), x, &Cpu)
             };
             frame.x[..4].copy_from_slice(&encode_result(result));
         }
@@ -57,7 +57,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
             let regs = arch::trap_regs();
             if matches!(esr.fault(), FaultKind::Translation(_)) {
                 let ipa = fault_ipa(regs.hpfar, regs.far);
-                match hyp.host_s2_fault(ipa, &ArchMaintenance) {
+                match hyp.host_s2_fault(ipa, &Cpu) {
                     HostFault::Retry => return,
                     HostFault::Emulate if esr.ec() == ec::DABT_LOW => {
                         // A guarded redistributor page: EL2 performs a valid access itself
@@ -152,7 +152,7 @@ fn host_smc(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) {
             x[1..4].fill(0);
         }
         HostSmc::MemProtect { enable } => {
-            x[0] = hyp.host_mem_protect(enable, &ArchMaintenance) as u64;
+            x[0] = hyp.host_mem_protect(enable, &Cpu) as u64;
             x[1..4].fill(0);
         }
         HostSmc::Answer(v) => {

@@ -8,12 +8,37 @@
 
 pub mod console;
 pub mod failstop;
+mod cache;
 mod gicr;
 mod regs;
 pub(crate) mod switch;
+mod tlb;
 mod vectors;
 
+use crate::hw::{Clock, Firmware};
+use aarch64_cpu::registers::*;
+pub use cache::{FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
 pub use gicr::RdMmio;
 pub use regs::*;
-pub use switch::{check_sysreg_tables, ich_vtr, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
+pub use switch::{check_sysreg_tables, ich_vtr};
 pub use vectors::TrapFrame;
+
+/// The CPU EL2 runs on: the implementation of every trait of the hardware seam ([`crate::hw`]).
+pub struct Cpu;
+
+impl Firmware for Cpu {
+    fn mem_protect(&self, enable: u32) -> i64 {
+        let mut args = [0u64; 17];
+        args[0] = enable as u64;
+        smc(smccc::psci::PSCI_MEM_PROTECT, args)[0] as i64
+    }
+}
+
+impl Clock for Cpu {
+    fn counter(&self) -> u64 {
+        // No ISB before the read: CNTPCT_EL0 may be read a little early, which only makes an
+        // emulated timer look a few ticks younger to the guest (as if the access had been
+        // early); nothing else is ordered against it.
+        CNTPCT_EL0.get()
+    }
+}

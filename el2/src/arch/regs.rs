@@ -1,7 +1,6 @@
 //! System registers, barriers and TLB maintenance.
 
 use crate::cpu::controls::hcr;
-use crate::hyp::Maintenance;
 use crate::mem::pgtable::{PageTable, MAIR_EL2_VALUE};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
@@ -467,38 +466,3 @@ pub fn smc(function: u32, args: [u64; 17]) -> [u64; 18] {
     smccc::smc64(function, args)
 }
 
-/// Barriers and TLB maintenance on real hardware.
-pub struct ArchMaintenance;
-
-impl crate::host::psci::Firmware for ArchMaintenance {
-    fn mem_protect(&self, enable: u32) -> i64 {
-        let mut args = [0u64; 17];
-        args[0] = enable as u64;
-        smc(smccc::psci::PSCI_MEM_PROTECT, args)[0] as i64
-    }
-}
-
-impl Maintenance for ArchMaintenance {
-    fn hyp_s1_mapped(&self) {
-        // New entries reach the walker before EL2 accesses the newly mapped page; the ISB
-        // stops this CPU from having fetched a translation for it speculatively before.
-        dsb_ishst();
-        isb();
-    }
-
-    fn host_s2_mapped(&self) {
-        // The ERET back to the host is context synchronising; the DSB makes the new entry
-        // visible to the walkers of every CPU first.
-        dsb_ishst();
-    }
-
-    fn host_s2_unmapped(&self, _ipa: u64, _size: u64) {
-        // Entry removals complete, then all stage 1+2 entries of the host VMID (loaded in
-        // VTTBR_EL2 while EL2 serves the host) are invalidated on all CPUs, and that completes.
-        dsb_ishst();
-        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
-        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
-        dsb_ish();
-        isb();
-    }
-}

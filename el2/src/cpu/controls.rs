@@ -10,7 +10,7 @@
 //! where it has none.
 
 use crate::guest::vcpu::SysReg;
-use crate::guest::vm::GuestConfig;
+use crate::hw::GuestConfig;
 
 /// ID-register fields (the CPU's own) that decide which controls exist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use super::memory::GuestPage;
 use super::sysreg::is_key_access;
-use super::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
+use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
 use crate::cpu::fwreg::FwRegs;
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::exception::inject::{inject_sync, Injection, TrapState};
@@ -47,7 +47,7 @@ pub enum Next {
 
 impl<T: TableMemory> Hyp<'_, T> {
     /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
-    pub(crate) fn vcpu_run(&self, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl GuestArch) -> HypResult {
+    pub(crate) fn vcpu_run(&self, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl Hw) -> HypResult {
         // The exit goes to the message page: refuse early if there is none.
         self.message_page(cpu)?;
         let slot = self.vcpu_slot(handle, index)?;
@@ -188,7 +188,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// Handles one guest exit of vCPU `me`.
-    fn handle_guest_exit<A: GuestArch>(
+    fn handle_guest_exit<A: Hw>(
         &self,
         handle: u64,
         me: &Me<'_>,
@@ -272,7 +272,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     /// Anything EL2 does not emulate (other system registers, SVE, pointer authentication,
     /// ...): the guest gets an UNDEF, as on hardware without it. The guest's EL1 registers are
     /// live in the CPU: edit them through the context.
-    pub(super) fn undef(&self, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl GuestArch) -> Next {
+    pub(super) fn undef(&self, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl Hw) -> Next {
         arch.el1_to_ctx(ctx);
         let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
         arch.el1_from_ctx(ctx);
@@ -310,9 +310,9 @@ mod tests {
         f.call(1, H::SetMessagePage, &[1, f.page(1)]).unwrap();
         let run = |f: &Fixture, cpu: usize, vcpu: u64| {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = vec![hvc()];
+            *rec.exits.borrow_mut() = vec![hvc()];
             assert_eq!(f.call_with(&rec, cpu, H::VcpuRun, &[h, vcpu, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-            let log = rec.0.borrow().clone();
+            let log = rec.log.borrow().clone();
             log
         };
         assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "first run on CPU 0");
@@ -334,8 +334,8 @@ mod tests {
         // The physical count at the exits: 500, so CNTVOFF 500 makes the virtual count 0.
         let run = |f: &Fixture, vcpu: u64, script: Vec<GuestTrap>| {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = script;
-            rec.4.set(500);
+            *rec.exits.borrow_mut() = script;
+            rec.counter.set(500);
             f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap();
             let e = exit_record(f);
             (e.vtimer_deadline, e.ptimer_deadline)
@@ -364,7 +364,7 @@ mod tests {
         // timer fires at once (the hardware's subtraction), which the deadline says.
         f.call(0, H::VcpuSetReg, &[h, 1, cval, 1_000]).unwrap();
         let rec = Recorder::default();
-        rec.4.set(10);
+        rec.counter.set(10);
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
         assert_eq!(exit_record(&f).vtimer_deadline, 0, "fired");
         // A kill exit (undecodable MMIO) carries them too.
@@ -390,7 +390,7 @@ mod tests {
         }
         let rec = Recorder::default();
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
-        assert!(!rec.0.borrow().contains(&"run"), "entered the guest with PSTATE EL2h");
+        assert!(!rec.log.borrow().contains(&"run"), "entered the guest with PSTATE EL2h");
         let e = exit_record(&f);
         assert_eq!((e.data, e.args[0]), (kill::ILLEGAL_STATE, 0x3C9));
         assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
@@ -402,12 +402,12 @@ mod tests {
         let h = create(&mut f, 1, 0);
         let rec = Recorder::default();
         // The guest ERETs to AArch32 EL0 (usr) and traps: EL2 does not interpret the exit.
-        rec.1.borrow_mut().push(hvc());
-        rec.3.borrow_mut().push(0x10);
+        rec.exits.borrow_mut().push(hvc());
+        rec.pstates.borrow_mut().push(0x10);
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.data, e.args[0]), (kill::ILLEGAL_STATE, 0x10));
-        assert_eq!(rec.0.borrow().last(), Some(&"put"), "the host's state is restored");
+        assert_eq!(rec.log.borrow().last(), Some(&"put"), "the host's state is restored");
         assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
     }
 
@@ -419,11 +419,11 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 0x41]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1008), mmio(0x0900_0000, true, 5, 0)];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_1008), mmio(0x0900_0000, true, 5, 0)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.ipa, e.size, e.flags, e.data), (0x0900_0000, 1, exit::MMIO_WRITE, 0x41));
-        assert!(rec.0.borrow().contains(&"guest_s2_mapped"));
+        assert!(rec.log.borrow().contains(&"guest_s2_mapped"));
         {
             let mem = f.hyp.mem.lock();
             let vm = mem.vms.lookup(h).unwrap().1;
@@ -435,12 +435,12 @@ mod tests {
         assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), 1]), Err(HypError::Denied));
         // An MMIO read: the host's value lands in the register and the PC moves on.
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![mmio(0x0900_0018, false, 7, 2), hvc()];
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0018, false, 7, 2), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
-        let pc_at_read = rec.2.borrow()[0];
+        let pc_at_read = rec.entry_pcs.borrow()[0];
         // The guest's next entry must see x7 and pc + 4: check through a non-served HVC exit.
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x1234_5678_9ABC]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[1], pc_at_read + 4);
+        assert_eq!(rec.entry_pcs.borrow()[1], pc_at_read + 4);
     }
 
     #[test]
@@ -454,7 +454,7 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
         // The host hears which vCPU came on (so it need not poll one that is off).
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
         assert_eq!(crate::guest::vm::tests::exit_record(&f).args, [1, 0, 0, 0]);
@@ -463,12 +463,12 @@ mod tests {
         // A second CPU_ON of the same vCPU is answered in EL2 (ON_PENDING): no exit.
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
-        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
-        rec.2.borrow_mut().clear();
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
+        rec.entry_pcs.borrow_mut().clear();
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([-5i64 as u64, 0, 0]), "ON_PENDING");
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
+        assert_eq!(rec.entry_pcs.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
     }
 
@@ -488,14 +488,14 @@ mod tests {
         }
         let rec = Recorder::default();
         let wfi = || trap(0x01 << 26 | 1 << 25, 0);
-        *rec.1.borrow_mut() = vec![hvc(), wfi()];
+        *rec.exits.borrow_mut() = vec![hvc(), wfi()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]), "no CPU_ON exit");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([-5i64 as u64, 0, 0]));
         assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Acquire), 0x7000, "the claimer's entry point stands");
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_AFFINITY_INFO_64 as u64]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0]).unwrap();
-        *rec.1.borrow_mut() = vec![hvc(), wfi()];
+        *rec.exits.borrow_mut() = vec![hvc(), wfi()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([2, 0, 0]), "AFFINITY_INFO: ON_PENDING");
     }
@@ -505,7 +505,7 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000)];
+        *rec.exits.borrow_mut() = vec![trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.data, e.ipa), (kill::UNDECODABLE_MMIO, 0x0900_0000));
@@ -521,14 +521,14 @@ mod tests {
                 let h = create(&mut f, 2, flags);
                 f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), call as u64]).unwrap();
                 let rec = Recorder::default();
-                *rec.1.borrow_mut() = vec![hvc()];
+                *rec.exits.borrow_mut() = vec![hvc()];
                 assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([reason as u64, 0, 0]));
                 // Never resumed: not the caller, not its sibling (which would run the script).
                 let rec = Recorder::default();
-                *rec.1.borrow_mut() = vec![hvc(), hvc()];
+                *rec.exits.borrow_mut() = vec![hvc(), hvc()];
                 assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable), "{reason}");
                 assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Err(HypError::NotRunnable), "{reason}");
-                assert!(!rec.0.borrow().contains(&"run"));
+                assert!(!rec.log.borrow().contains(&"run"));
                 f.call(0, H::VmDestroy, &[h]).unwrap();
             }
         }

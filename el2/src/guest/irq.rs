@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(irq_state(&f, h, 0).used, 0, "nothing queued");
         // A protected VM that has run still gets interrupts, and the host sees their state.
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc()];
+        *rec.exits.borrow_mut() = vec![hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         for (n, id) in [32u64, 33, 27, 1].into_iter().enumerate() {
             assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, id, spi]), Ok([n as u64, 0, 0]));
@@ -129,7 +129,7 @@ mod tests {
         f.call(0, H::VcpuSetIrq, &[h, 0, 41, config(0x80, true, PENDING, false) as u64]).unwrap();
         let run = |f: &Fixture| {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = vec![hvc()];
+            *rec.exits.borrow_mut() = vec![hvc()];
             f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
             exit_record(f).flags
         };
@@ -156,9 +156,9 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
         let wfi = || trap(0x01 << 26 | 1 << 25, 0);
-        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::guest::vm::GuestTrap>| {
+        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::hw::GuestTrap>| {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = script;
+            *rec.exits.borrow_mut() = script;
             f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap()[0]
         };
         let cpu_on = |f: &Fixture| {
@@ -190,7 +190,7 @@ mod tests {
         // A first touch (EL2 maps it), a call EL2 answers (SMCCC_VERSION), then WFI (exit).
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::arch::SMCCC_VERSION as u64, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x8000_0000), hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x8000_0000), hvc(), trap(0x01 << 26 | 1 << 25, 0)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         // Counts only: allowed for a protected VM that has run.
         assert_eq!(f.call(0, H::VcpuStats, &[h, 0]), Ok([3, 0, 0]));

@@ -1,12 +1,13 @@
 //! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
 //! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
 
-use super::vm::{GuestArch, Region, Vm};
+use super::vm::{Region, Vm};
+use crate::hw::{Firmware, Hw, Tlb};
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::hyp::{Hyp, Maintenance, MemState};
+use crate::hyp::{Hyp, MemState};
 use crate::mem::owner::{Component, Ownership};
 use crate::mem::pgtable::{Attrs, MemType, Perms, TableMemory};
-use crate::host::psci::{self, Firmware};
+use crate::host::psci;
 use arrayvec::ArrayVec;
 use shared_abi::{HypError, HypResult};
 
@@ -42,7 +43,7 @@ impl<T: TableMemory> Hyp<'_, T> {
 
     /// `VM_DESTROY`'s memory part, after its checks: a protected VM's pages are scrubbed and
     /// go back to the host, a shared VM's are unshared; the stage 2 goes, with its TLB entries.
-    pub(super) fn release_memory(&self, vm: Vm, own: &mut Ownership<'_>, tables: &mut T, arch: &impl GuestArch) {
+    pub(super) fn release_memory(&self, vm: Vm, own: &mut Ownership<'_>, tables: &mut T, arch: &impl Hw) {
         let handle = vm.handle;
         let me = vm.component();
         for r in &vm.regions {
@@ -73,7 +74,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     /// `VM_DESTROY`, which cannot run while the caller's vCPU is claimed (each CPU's fixmap
     /// slot is its own). A page mapped after its batch was collected is mapped by
     /// `map_guest_page`, which cleans it itself.
-    pub(super) fn clean_vm_to_poc(&self, handle: u64, arch: &impl GuestArch) {
+    pub(super) fn clean_vm_to_poc(&self, handle: u64, arch: &impl Hw) {
         // (region index, page index) where the next batch starts.
         let mut cursor = (0usize, 0u64);
         loop {
@@ -105,7 +106,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// `VM_ADD_MEMORY`.
-    pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Maintenance) -> HypResult {
+    pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
         if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
             return Err(HypError::NotAligned);
         }
@@ -141,8 +142,8 @@ impl<T: TableMemory> Hyp<'_, T> {
         if vm.protected {
             own.donate(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
             // The host loses the pages: drop every host mapping of them, on every CPU.
-            if let Ok(Some((s, n))) = host_s2.unmap(tables, pa, size) {
-                m.host_s2_unmapped(s, n);
+            if let Ok(Some(_)) = host_s2.unmap(tables, pa, size) {
+                m.host_s2_unmapped();
             }
         } else {
             own.share(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
@@ -152,7 +153,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// Maps the guest page holding `ipa` if it is guest memory.
-    pub(super) fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl GuestArch) -> GuestPage {
+    pub(super) fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl Hw) -> GuestPage {
         let mut mem = self.mem.lock();
         let MemState { own, tables, vms, .. } = &mut *mem;
         let Ok((_, vm)) = vms.lookup_mut(handle) else { return GuestPage::NotRam };
@@ -214,11 +215,11 @@ mod tests {
         let add = Recorder::default();
         f.call_with(&add, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 2]).unwrap();
         let run = Recorder::default();
-        *run.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), dabt_translation(0x4000_1008), hvc()];
+        *run.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), dabt_translation(0x4000_1008), hvc()];
         f.call_with(&run, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         let destroy = Recorder::default();
         f.call_with(&destroy, 0, H::VmDestroy, &[h]).unwrap();
-        let mem = |r: Recorder| r.0.take().into_iter().filter(|s| !["load", "put", "run", "flush_guest_local"].contains(s)).collect();
+        let mem = |r: Recorder| r.log.take().into_iter().filter(|s| !["load", "put", "run", "flush_guest_local"].contains(s)).collect();
         [mem(add), mem(run), mem(destroy)]
     }
 
@@ -241,7 +242,7 @@ mod tests {
         assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 4), 0x8000_2000, 1]), Err(HypError::InvalidArgument), "IPA overlap");
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
         assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
         assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
     }
@@ -269,7 +270,7 @@ mod tests {
         f.call(0, H::VmDestroy, &[h]).unwrap();
         let rec = Recorder::default();
         assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::hyp::HostFault::Retry);
-        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
         let mem = f.hyp.mem.lock();
         let leaf = mem.host_s2.lookup(&mem.tables, donated).expect("the returned page is mapped");
         assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
@@ -303,7 +304,7 @@ mod tests {
         let h = create(&mut f, 1, 0);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), hvc()];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         let mem = f.hyp.mem.lock();
         let vm = mem.vms.lookup(h).unwrap().1;
@@ -341,16 +342,16 @@ mod tests {
         let h = create(&mut f, 1, vm_flags::MTE | vm_flags::PROTECTED);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), hvc()];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
-        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
         assert!(f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
         // A protected MTE VM's pages are scrubbed with their tags (DC GZVA: all have storage).
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
-        assert!(!rec.0.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert!(!rec.log.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
         assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
         let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
@@ -365,7 +366,7 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
         f.hyp.platform.untagged = untagged;
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008)];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_3008)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.data, e.ipa, e.args[0]), (kill::UNTAGGED_MEMORY, 0x4000_3008, f.page(GUEST + 3)));
@@ -374,17 +375,17 @@ mod tests {
         let h = create(&mut f, 1, 0);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_3008), hvc()];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_3008), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a VM without MTE");
+        assert!(!rec.log.borrow().contains(&"clear_tags"), "no tag work for a VM without MTE");
         f.call(0, H::VmDestroy, &[h]).unwrap();
         // Scrubbing memory without tag storage never uses tag operations (DC GZVA).
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
-        assert_eq!(rec.0.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1, "only the untagged page");
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1, "only the untagged page");
     }
 
     #[test]
@@ -395,7 +396,7 @@ mod tests {
         leave_only_the_host_reserve(&mut f);
         let rec = Recorder::default();
         // A store with a valid syndrome (ISV set) to guest RAM: must not become MMIO.
-        *rec.1.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
+        *rec.exits.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
@@ -409,11 +410,11 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
         leave_only_the_host_reserve(&mut f);
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x4000_1000)];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_1000)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
-        assert!(!rec.0.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
+        assert!(!rec.log.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
         let layout = crate::invariants::Layout { pool: None, fixmap: None };
-        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::hyp::tests::RAM_PAGES as u64));
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
     }
 
     #[test]
@@ -422,7 +423,7 @@ mod tests {
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc()];
+        *rec.exits.borrow_mut() = vec![hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 1]), Err(HypError::Denied));
         {
@@ -433,7 +434,7 @@ mod tests {
         // A non-protected VM shares memory with the host: it may still grow after running.
         let h2 = create(&mut f, 1, 0);
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc()];
+        *rec.exits.borrow_mut() = vec![hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]).unwrap();
         f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 1), 0x4000_1000, 1]).unwrap();
     }
@@ -444,7 +445,7 @@ mod tests {
         let mem_protect = |f: &Fixture, enable: u32| {
             let rec = Recorder::default();
             let r = f.hyp.host_mem_protect(enable, &rec);
-            let forwarded = rec.0.borrow().iter().any(|s| s.starts_with("mem_protect"));
+            let forwarded = rec.log.borrow().iter().any(|s| s.starts_with("mem_protect"));
             (r, forwarded)
         };
         assert_eq!(mem_protect(&f, 0), (-1, true), "no protected VM: the host's call reaches firmware");
@@ -454,10 +455,10 @@ mod tests {
         let plain = create(&mut f, 1, 0);
         f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] }.as_bytes());
         let p1 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
-        assert_eq!(*rec.0.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
+        assert_eq!(*rec.log.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
         let rec = Recorder::default();
         let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
-        assert!(rec.0.borrow().is_empty(), "already on");
+        assert!(rec.log.borrow().is_empty(), "already on");
         // While protected VMs exist the host may not turn it off; enabling again is harmless.
         assert_eq!(mem_protect(&f, 0), (psci::DENIED, false));
         assert_eq!(mem_protect(&f, 5), (psci::DENIED, false));

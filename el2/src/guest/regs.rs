@@ -155,7 +155,7 @@ mod tests {
         let h = create(&mut f, 2, 0);
         f.call(0, H::VcpuSetReg, &[h, 1, reg::x(3), 99]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(3)]), Ok([99, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Ok([4, 0, 0]), "WFI stepped over");
@@ -182,7 +182,7 @@ mod tests {
         // The guest is told: PSCI_VERSION answered from the VM's value.
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_VERSION as u64, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0x10000, 0, 0]));
         // After the first run: identical writes succeed, others are Busy.
@@ -202,7 +202,7 @@ mod tests {
             let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, reserved: [0; 2] };
             f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
             let rec = Recorder::default();
-            rec.4.set(count);
+            rec.counter.set(count);
             f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0]
         };
         let (a, b) = (create_at(&mut f, 1_000, 0), create_at(&mut f, 9_000_000, vm_flags::PROTECTED));
@@ -228,8 +228,8 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[a, 0, SysReg::CNTV_CVAL_EL0.id(), 1_000]).unwrap();
         for (h, deadline) in [(a, 1_077), (b, u64::MAX)] {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = vec![hvc()];
-            rec.4.set(100);
+            *rec.exits.borrow_mut() = vec![hvc()];
+            rec.counter.set(100);
             f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
             assert_eq!(exit_record(&f).vtimer_deadline, deadline, "CVAL + this VM's CNTVOFF (b's timer is off)");
         }

@@ -3,7 +3,7 @@
 //! UNDEF for everything else.
 
 use super::exit::{Me, Next};
-use super::vm::GuestArch;
+use crate::hw::Hw;
 use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
 use crate::cpu::idreg;
@@ -15,7 +15,7 @@ use shared_abi::msg::{exit, VcpuExit};
 
 impl<T: TableMemory> Hyp<'_, T> {
     /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
-    pub(super) fn sysreg_trap(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl GuestArch) -> Next {
+    pub(super) fn sysreg_trap(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl Hw) -> Next {
         if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
             ctx.pc = ctx.pc.wrapping_add(4);
             let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
@@ -369,14 +369,14 @@ mod tests {
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(3, 3, 14, 2, 2, 0, false), 0), // MSR CNTP_CVAL_EL0, X0 (timer still off)
             trap(sysreg_esr(3, 3, 14, 2, 1, 1, false), 0), // MSR CNTP_CTL_EL0, X1 (ENABLE)
             trap(sysreg_esr(3, 3, 14, 2, 1, 1, true), 0),  // MRS X1, CNTP_CTL_EL0
             hvc(),
         ];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
-        let backing: Vec<_> = rec.0.borrow().iter().copied().filter(|op| op.starts_with("ptimer_backing")).collect();
+        let backing: Vec<_> = rec.log.borrow().iter().copied().filter(|op| op.starts_with("ptimer_backing")).collect();
         assert_eq!(backing, ["ptimer_backing_off", "ptimer_backing_on"], "one per write, none for the read");
     }
 
@@ -390,7 +390,7 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, 1, 0]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::SP_EL1, 0x1234, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(3, 3, 14, 2, 1, 31, false), 0),
             trap(sysreg_esr(3, 3, 14, 2, 2, 31, true), 0),
             trap(sysreg_esr(2, 0, 0, 2, 2, 31, true), 0),
@@ -416,7 +416,7 @@ mod tests {
         let rec = Recorder::default();
         // As Linux boots: MSR MDSCR_EL1, x4; MSR OSLAR_EL1, xzr; MSR DBGBCR0_EL1, x4; MRS x5,
         // MDSCR_EL1; MRS x6, OSLSR_EL1; then MSR DBGBCR1_EL1, x4 (not advertised): UNDEF.
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(2, 0, 0, 2, 2, 4, false), 0),
             trap(sysreg_esr(2, 0, 1, 0, 4, 31, false), 0),
             trap(sysreg_esr(2, 0, 0, 0, 5, 4, false), 0),
@@ -426,7 +426,7 @@ mod tests {
             hvc(),
         ];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[..7], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010, 0x1014, 0x8200], "five emulated, then an UNDEF");
+        assert_eq!(rec.entry_pcs.borrow()[..7], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010, 0x1014, 0x8200], "five emulated, then an UNDEF");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([1 << 15 | 1 << 13, 0, 0]), "MDSCR_EL1 read back");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(6)]), Ok([0b1000, 0, 0]), "OS lock cleared");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1014, 0, 0]));
@@ -441,14 +441,14 @@ mod tests {
         let mut script = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_2000)];
         script.extend(ops.iter().map(|&e| trap(e, 0)));
         script.extend([hvc(), trap(ops[0], 0), hvc()]);
-        *rec.1.borrow_mut() = script;
+        *rec.exits.borrow_mut() = script;
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        let pcs = rec.2.borrow().clone();
+        let pcs = rec.entry_pcs.borrow().clone();
         let stepped = pcs.windows(2).filter(|w| w[1] == w[0] + 4).count();
         assert_eq!(stepped, ops.len() + 1, "each operation completes and is stepped over: {pcs:x?}");
         f.call(0, H::VmDestroy, &[h]).unwrap();
-        let log = rec.0.borrow().iter().copied().filter(|s| !["load", "run", "flush_guest_local", "guest_s2_mapped"].contains(s)).collect();
+        let log = rec.log.borrow().iter().copied().filter(|s| !["load", "run", "flush_guest_local", "guest_s2_mapped"].contains(s)).collect();
         log
     }
 
@@ -467,9 +467,9 @@ mod tests {
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
-        assert_eq!(rec.2.borrow()[1], 0x8200, "UNDEF without MTE");
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x8200, "UNDEF without MTE");
     }
 
     #[test]
@@ -487,9 +487,9 @@ mod tests {
         let mapped = script.len();
         script.extend([trap(sysreg_esr(1, 0, 7, 14, 2, 0, false), 0), hvc()]);
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = script;
+        *rec.exits.borrow_mut() = script;
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        let cleans = rec.0.borrow().iter().filter(|s| **s == "clean_inval_poc").count();
+        let cleans = rec.log.borrow().iter().filter(|s| **s == "clean_inval_poc").count();
         assert_eq!(cleans, 2 * mapped, "one clean per first touch, one per mapped page for the set/way");
     }
 
@@ -513,15 +513,15 @@ mod tests {
         let rec = Recorder::default();
         for (op0, op1, crn, crm, op2) in regs {
             for read in [true, false] {
-                rec.1.borrow_mut().push(trap(sysreg_esr(op0, op1, crn, crm, op2, 1, read), 0));
+                rec.exits.borrow_mut().push(trap(sysreg_esr(op0, op1, crn, crm, op2, 1, read), 0));
             }
         }
-        rec.1.borrow_mut().push(hvc());
+        rec.exits.borrow_mut().push(hvc());
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
         // Each access enters the guest's EL1 synchronous vector (emulated, it would step on).
         let mut want = vec![0x1000];
         want.extend([0x8200; 10]);
-        assert_eq!(*rec.2.borrow(), want);
+        assert_eq!(*rec.entry_pcs.borrow(), want);
     }
 
     #[test]
@@ -569,9 +569,9 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 5000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 1]).unwrap();
         let rec = Recorder::default();
-        rec.4.set(70_000);
+        rec.counter.set(70_000);
         // MSR CNTP_TVAL_EL0, x2; MSR CNTP_CTL_EL0, x3; MRS x4, CNTP_CTL_EL0; MRS x5, CNTP_CVAL_EL0; WFI.
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(3, 3, 14, 2, 0, 2, false), 0),
             trap(sysreg_esr(3, 3, 14, 2, 1, 3, false), 0),
             trap(sysreg_esr(3, 3, 14, 2, 1, 4, true), 0),
@@ -579,13 +579,13 @@ mod tests {
             trap(0x01 << 26 | 1 << 25, 0),
         ];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[..5], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010], "each access emulated and stepped over");
+        assert_eq!(rec.entry_pcs.borrow()[..5], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010], "each access emulated and stepped over");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(4)]), Ok([1, 0, 0]), "enabled, not yet fired");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([75_000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CVAL_EL0]), Ok([75_000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CTL_EL0]), Ok([1, 0, 0]));
         assert_eq!(exit_record(&f).ptimer_deadline, 75_000, "the host learns when PPI 30 asserts");
-        assert!(!rec.0.borrow().iter().any(|s| s.contains("cntp")), "the arch is never asked to touch the real timer");
+        assert!(!rec.log.borrow().iter().any(|s| s.contains("cntp")), "the arch is never asked to touch the real timer");
     }
 
     #[test]
@@ -596,12 +596,12 @@ mod tests {
         let mrs = (0x18 << 26) | (1 << 25) | 3 << 20 | 3 << 5 | 6 << 1 | 1;
         let msr = mrs & !1;
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(mrs, 0), trap(msr, 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap(mrs, 0), trap(msr, 0), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         let isar0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(6, 0))]).unwrap()[0];
         assert_eq!(isar0, 2 << 4, "the fixture CPU's AES 2, restricted");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(3)]), Ok([isar0, 0, 0]));
-        assert_eq!(rec.2.borrow()[1], 4, "read stepped over");
+        assert_eq!(rec.entry_pcs.borrow()[1], 4, "read stepped over");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::ESR_EL1.id()]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
         let sve = idreg::reg_id(idreg::idx(4, 0));
         assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Frozen), "after the run");
@@ -614,9 +614,9 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::ESR_EL1.id()]), Ok([1 << 25, 0, 0]));
     }
@@ -630,7 +630,7 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 7 << 24 | 0b1010]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(msr(5), 0), trap(msr(7), 0), trap(msr(5) | 1, 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap(msr(5), 0), trap(msr(7), 0), trap(msr(5) | 1, 0), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.args, e.data), ([7, 0b1010, shared_abi::msg::sgi::SGI1R, 0], 7 << 24 | 0b1010));
@@ -638,6 +638,6 @@ mod tests {
         assert_eq!(exit_record(&f).args[2], shared_abi::msg::sgi::SGI0R);
         // The read of the write-only register is an UNDEF, not an SGI.
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[..3], [0x1000, 0x1004, 0x1008], "each write stepped over");
+        assert_eq!(rec.entry_pcs.borrow()[..3], [0x1000, 0x1004, 0x1008], "each write stepped over");
     }
 }

@@ -36,12 +36,12 @@ pub use super::exit::inject_into_guest;
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::cpu::fwreg::FwRegs;
-use crate::hyp::{Hyp, Maintenance, MemState};
+use crate::hw::Hw;
+use crate::hyp::{Hyp, MemState};
 use crate::cpu::idreg::{self, VmPolicy, NR_IDREGS};
 use crate::mem::owner::Component;
 use crate::mem::pgtable::{Format, PageTable, TableMemory};
 use crate::platform::MAX_CPUS;
-use crate::host::psci::Firmware;
 use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard, VcpuSlot};
 use crate::guest::{MAX_IPA_BITS, MAX_REGIONS, MAX_VCPUS, MAX_VMS, MIN_IPA_BITS};
 use arrayvec::ArrayVec;
@@ -229,115 +229,6 @@ impl VmTable {
 /// VM first runs; read by the guest's ID-register trap without a lock.
 pub type IdRegTable = [[AtomicU64; NR_IDREGS]; MAX_VMS];
 
-/// How a guest entry ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TrapKind {
-    /// A synchronous exception (see `esr`).
-    Sync,
-    /// A physical IRQ or FIQ.
-    Irq,
-    /// A physical SError.
-    SError,
-}
-
-/// The syndrome of a guest exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestTrap {
-    /// What happened.
-    pub kind: TrapKind,
-    /// `ESR_EL2`.
-    pub esr: u64,
-    /// `FAR_EL2`.
-    pub far: u64,
-    /// `HPFAR_EL2`.
-    pub hpfar: u64,
-}
-
-/// What the run loop needs to run a VM.
-#[derive(Clone, Copy, Debug)]
-pub struct GuestConfig {
-    /// `VTTBR_EL2`: stage-2 root and VMID.
-    pub vttbr: u64,
-    /// Stage-2 root level.
-    pub start_level: u8,
-    /// Guest IPA size.
-    pub ipa_bits: u8,
-    /// `VMPIDR_EL2`.
-    pub vmpidr: u64,
-    /// Leave the PMU untrapped ([`vm_flags::HOST_PMU`]).
-    pub host_pmu: bool,
-    /// Load the guest's pointer-authentication keys now (and leave them untrapped).
-    pub pauth_now: bool,
-    /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
-    pub mte: bool,
-    /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
-    pub fwb: bool,
-    /// A protected VM: the host's PMU must not count it (see `controls::guest_controls`).
-    pub protected: bool,
-    /// `CNTVOFF_EL2` for the run (the VM's); the host runs with 0.
-    pub cntvoff: u64,
-}
-
-/// Hardware operations for guests (the world switch), faked in tests.
-///
-/// A `VCPU_RUN` *loads* the vCPU once (host EL1 state out, guest traps, stage 2 and EL1 state
-/// in), *runs* it as often as EL2 handles its exits by itself (only GPRs, PC and PSTATE move),
-/// and *puts* it back once, when returning to the host. Between `load` and `put` the guest's
-/// EL1 system registers live in the CPU, not in `ctx.sys`.
-pub trait GuestArch: Maintenance + Firmware {
-    /// What `load` saved of the host, for `put`.
-    type Saved;
-    /// Saves the host's EL1 state and EL2 configuration; installs the guest's.
-    fn load(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> Self::Saved;
-    /// Enters the loaded guest and returns at its next exit.
-    fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap;
-    /// Saves the guest's EL1 state into `ctx` and restores the host's.
-    fn put(&self, ctx: &mut VcpuCtx, saved: Self::Saved);
-    /// The guest's first pointer-authentication use in this run (lazy policy): stop trapping
-    /// it (`HCR_EL2.API/APK`), save the host's keys in `saved` and load the guest's from
-    /// `ctx`; `put` swaps them back. `false` if already loaded.
-    fn pauth_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
-    /// The guest's first FP/SIMD use in this run (its access trapped): stop trapping FP/SIMD,
-    /// save the host's FP/SIMD registers in `saved` and load the guest's from `ctx`; `put`
-    /// swaps them back. `false` if they are already loaded (the trap is then not ours to fix).
-    fn fp_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
-    /// While loaded: copies the guest's live EL1 system registers into `ctx`.
-    fn el1_to_ctx(&self, ctx: &mut VcpuCtx);
-    /// While loaded: writes `ctx`'s EL1 system registers back to the CPU.
-    fn el1_from_ctx(&self, ctx: &VcpuCtx);
-    /// New valid entries in a guest stage 2: `DSB ISHST` (the entry to the guest synchronises).
-    fn guest_s2_mapped(&self);
-    /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
-    fn flush_guest_tlb(&self, vttbr: u64);
-    /// While loaded, before the first entry: invalidates the loaded guest's TLB entries (its
-    /// VMID, stage 1 and 2) and the instruction cache on *this CPU only*, so nothing a local
-    /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see
-    /// [`LocalTlbRecord`]).
-    fn flush_guest_local(&self);
-    /// Zeroes the page at `pa` (EL2 reaches it through a temporary mapping), and its
-    /// allocation tags if `tagged`: the CPU has FEAT_MTE2 *and* the page has tag storage. Tag
-    /// operations (`DC GZVA`) are never used on memory without tag storage. Then cleans and
-    /// invalidates it to the PoC through the same mapping: the zeroes may sit in dirty lines
-    /// over the guest's data in DRAM, and the host stage 2 is not FWB, so a host mapping the
-    /// page Non-cacheable would read DRAM (the same as [`Self::clean_inval_poc`], without a
-    /// second temporary mapping and its broadcast TLBI).
-    fn scrub_page(&self, pa: PhysAddr, tagged: bool);
-    /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
-    fn clear_tags(&self, pa: PhysAddr);
-    /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
-    /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
-    /// a line of it, so a non-cacheable view of the page and a cacheable one agree.
-    fn clean_inval_poc(&self, pa: PhysAddr);
-    /// The physical count (`CNTPCT_EL0`), for the emulated physical timer and `CNTVOFF_EL2`.
-    fn counter(&self) -> u64;
-    /// While loaded: backs the guest's emulated EL1 physical timer `t` with EL2's own
-    /// physical timer (`CNTHP_CVAL_EL2`, `CNTHP_CTL_EL2`), so its deadline ends the run (the
-    /// physical PPI 26 is routed to EL2 like any interrupt while a guest runs) and the host
-    /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
-    /// context, `put` disables it.
-    fn ptimer_backing(&self, t: &crate::guest::timer::PTimer);
-}
-
 impl<T: TableMemory> Hyp<'_, T> {
     pub(super) fn vcpu_slot(&self, handle: u64, index: u64) -> Result<&VcpuSlot, HypError> {
         if index >= MAX_VCPUS as u64 {
@@ -359,7 +250,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// `VM_CREATE`.
-    pub(crate) fn vm_create(&self, cpu: usize, arch: &impl GuestArch) -> HypResult {
+    pub(crate) fn vm_create(&self, cpu: usize, arch: &impl Hw) -> HypResult {
         let req: VmCreate = self.read_message(cpu)?;
         if req.reserved != [0; 2] {
             return Err(HypError::BadMessage);
@@ -461,7 +352,7 @@ impl<T: TableMemory> Hyp<'_, T> {
     }
 
     /// `VM_DESTROY`.
-    pub(crate) fn vm_destroy(&self, handle: u64, arch: &impl GuestArch) -> HypResult {
+    pub(crate) fn vm_destroy(&self, handle: u64, arch: &impl Hw) -> HypResult {
         let mut mem = self.mem.lock();
         let (slot, _) = mem.vms.lookup(handle)?;
         let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
@@ -489,7 +380,8 @@ pub(crate) mod tests {
     //! Helpers every test of the VM hypercalls shares, and the tests of VM life (create,
     //! destroy, handles, vCPU claims).
     use super::*;
-    pub(crate) use crate::hyp::tests::{fixture, Fixture, Recorder};
+    pub(crate) use crate::testing::{fixture, Fixture, Recorder};
+    pub(crate) use crate::hw::{GuestTrap, TrapKind};
     use crate::exception::syndrome::hpfar_of;
     pub(crate) use shared_abi::msg::{exit, kill, VcpuExit};
     pub(crate) use shared_abi::reg;
@@ -607,7 +499,7 @@ pub(crate) mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
         let slot = (h & 0xFF) as usize;
         assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Relaxed), 0x5000);

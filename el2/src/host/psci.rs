@@ -122,13 +122,6 @@ pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<i64> {
     (protected_vms > 0 && enable != 1).then_some(DENIED)
 }
 
-/// The firmware calls EL2 makes on its own behalf, faked in tests.
-pub trait Firmware {
-    /// PSCI `MEM_PROTECT(enable)`: firmware's answer (the previous state, 0 or 1, or a
-    /// negative PSCI error such as `NOT_SUPPORTED`).
-    fn mem_protect(&self, enable: u32) -> i64;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
