@@ -1,5 +1,6 @@
 //! The host-test fixture: EL2 built over a RAM buffer, and a recorder standing in for the
 //! hardware seam ([`crate::hw`]). Compiled only for tests.
+#![cfg(test)]
 
 use crate::cpu::features::CpuId;
 use crate::guest::timer::PTimer;
