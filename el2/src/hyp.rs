@@ -17,33 +17,21 @@
 //! implementation provides (the arch layer in EL2, a recorder in tests).
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::mem::owner::{Component, OwnError, Ownership};
-use crate::mem::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
+use crate::mem::owner::Ownership;
+use crate::mem::pgtable::{PageTable, TableMemory};
+use crate::mem::protect::HostFault;
+use crate::mem::MemState;
 use crate::platform::{Platform, MAX_CPUS};
 use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
 use crate::host::gicr::Redistributors;
 use crate::guest::vgic::VgicCaps;
 use crate::guest::vcpu::VcpuTable;
-use crate::guest::vm::{IdRegTable, VmTable};
+use crate::guest::vm::IdRegTable;
 use crate::hw::{Hw, Tlb};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::{EchoRequest, HypInfo};
 use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
-
-/// Everything the memory lock guards.
-pub struct MemState<'a, T: TableMemory> {
-    /// Who owns each page of RAM.
-    pub own: Ownership<'a>,
-    /// The host's stage 2, an identity map built lazily from [`MemState::own`].
-    pub host_s2: PageTable,
-    /// EL2's own stage 1.
-    pub hyp_s1: PageTable,
-    /// Where table pages come from.
-    pub tables: T,
-    /// Every VM.
-    pub vms: VmTable,
-}
 
 /// Per-CPU boot request recorded by an intercepted host `CPU_ON`.
 #[derive(Default)]
@@ -52,18 +40,6 @@ pub struct CpuBoot {
     pub entry: AtomicU64,
     /// Host `x0` at the entry point.
     pub context: AtomicU64,
-}
-
-/// What happened to a host stage-2 fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostFault {
-    /// A mapping now exists (made now, or by another CPU): retry the access.
-    Retry,
-    /// The host may not access this address: inject an abort.
-    Inject,
-    /// A guarded redistributor page, never mapped: EL2 performs a valid data access itself
-    /// ([`crate::host::gicr::emulate`]) and injects an abort for anything else.
-    Emulate,
 }
 
 /// What [`Hyp::new`] is built from.
@@ -143,64 +119,6 @@ pub fn host_s2_reserve(ram: PhysRange, gicr: Option<PhysRange>) -> usize {
     3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize + gicr
 }
 
-/// Converts an internal ownership error to the ABI error (the one place this happens).
-fn own_err(e: OwnError) -> HypError {
-    match e {
-        OwnError::BadRange => HypError::OutOfRange,
-        OwnError::WrongState(_) | OwnError::SameComponent => HypError::NotOwned,
-    }
-}
-
-/// Converts an internal table error to the ABI error.
-fn pt_err(e: PtError) -> HypError {
-    match e {
-        PtError::NoMemory => HypError::NoMemory,
-        PtError::BadRange | PtError::BadGeometry => HypError::OutOfRange,
-        PtError::AlreadyMapped | PtError::BadAttrs => HypError::NotOwned,
-    }
-}
-
-const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
-const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
-const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
-
-/// Decides how to map a host access to `ipa` that hit no stage-2 entry: the largest block
-/// (1 GiB, 2 MiB or 4 KiB) around it that the host may access with a single memory type.
-///
-/// RAM is mapped only where the ownership record gives the host access, and never in a block
-/// that contains a page it may not access; everything outside RAM inside the host's IPA space
-/// is device space, mapped only in blocks that touch neither RAM nor a guarded page of the
-/// redistributor region `gicr` (a guarded page itself is never mapped). `None`: inject an
-/// abort (or, on a guarded page, emulate).
-pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>, gicr: Option<&PhysRange>) -> Option<(u64, u64, Attrs)> {
-    if ipa >> ipa_bits != 0 {
-        return None;
-    }
-    let ram = own.ram();
-    if ram.contains(PhysAddr(ipa)) {
-        if !own.can_access(PhysAddr(ipa), Component::Host) {
-            return None;
-        }
-        let size = level_size(2);
-        let base = ipa & !(size - 1);
-        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        if ram.contains_range(&block) && own.can_access_all(block, Component::Host) {
-            return Some((base, size, HOST_RAM));
-        }
-        return Some((ipa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_RAM));
-    }
-    for level in 1..=3 {
-        let size = level_size(level);
-        let base = ipa & !(size - 1);
-        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        let guarded = gicr.is_some_and(|g| crate::host::gicr::overlaps_guarded(g, &block));
-        if !block.overlaps(&ram) && !guarded && block.end.0 <= 1 << ipa_bits {
-            return Some((base, size, HOST_DEVICE));
-        }
-    }
-    None
-}
-
 impl<'a, T: TableMemory> Hyp<'a, T> {
     /// Builds EL2's state from its parts: the host owns all RAM but `hyp_region`, which EL2
     /// takes.
@@ -210,9 +128,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
         let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr } = parts;
         crate::cpu::idreg::check_table(crate::cpu::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
-        let mut own = own;
-        own.donate(hyp_region, Component::Host, Component::Hyp)
-            .map_err(|_| "EL2's region is not page-aligned RAM")?;
+        let mem = MemState::new(own, host_s2, hyp_s1, tables, hyp_region).map_err(|_| "EL2's region is not page-aligned RAM")?;
         if gicr.map(|g| g.region) != platform.gicr {
             return Err("the redistributors EL2 guards are not the platform's");
         }
@@ -221,7 +137,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             platform,
             hyp_region,
             gicr,
-            mem: spin::Mutex::new(MemState { own, host_s2, hyp_s1, tables, vms: VmTable::default() }),
+            mem: spin::Mutex::new(mem),
             finalised: AtomicBool::new(false),
             msg_page: Default::default(),
             cpu_boot: Default::default(),
@@ -334,7 +250,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
                     ram_size: self.platform.ram.size(),
                     hyp_base: self.hyp_region.start.0,
                     hyp_size: self.hyp_region.size(),
-                    host_ipa_bits: self.mem.lock().host_s2.ia_bits() as u32,
+                    host_ipa_bits: self.mem.lock().host_s2().ia_bits() as u32,
                     finalised: self.finalised() as u32,
                 };
                 self.write_message(cpu, &info)?;
@@ -399,16 +315,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if slot.load(Ordering::Relaxed) != 0 {
             return Err(HypError::Frozen);
         }
-        if mem.own.state(pa, Component::Host) != Some(crate::mem::owner::PageState::Owned) {
-            return Err(HypError::NotOwned);
-        }
-        // EL2 needs the page in its stage 1; this is the only step that can fail for lack of
-        // memory, so it comes before the commit (a stray intermediate table is harmless).
-        let MemState { hyp_s1, tables, .. } = &mut *mem;
-        hyp_s1.map(tables, pa.0, pa, PAGE_SIZE, HYP_SHARED, 3).map_err(pt_err)?;
-        m.hyp_s1_mapped();
-        // Commit. Checked above under the same lock, so this cannot fail.
-        mem.own.share(page, Component::Host, Component::Hyp).map_err(own_err)?;
+        mem.host_share_hyp(pa, m)?;
         slot.store(pa.0, Ordering::Release);
         Ok([0; 3])
     }
@@ -462,33 +369,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         if self.gicr.is_some_and(|g| crate::host::gicr::guarded(&g.region, ipa).is_some()) {
             return HostFault::Emulate;
         }
-        let mut mem = self.mem.lock();
-        if mem.host_s2.lookup(&mem.tables, ipa).is_some() {
-            return HostFault::Retry;
-        }
-        let Some((_, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own, self.platform.gicr.as_ref()) else {
-            return HostFault::Inject;
-        };
-        let MemState { host_s2, tables, .. } = &mut *mem;
-        // A table may already sit where the block would go: left by an earlier split (a page
-        // of the block was given away, the rest mapped page by page, and the page came back).
-        // `map` never replaces a table, so map only as much as the table's entry covers; every
-        // aligned part of an allowed block is allowed too.
-        let level = (1..=3).find(|&l| level_size(l) == size).unwrap_or(3).max(host_s2.walk_level(tables, ipa));
-        let size = level_size(level);
-        let base = ipa & !(size - 1);
-        match host_s2.map(tables, base, PhysAddr(base), size, attrs, level) {
-            Ok(()) => {
-                m.host_s2_mapped();
-                HostFault::Retry
-            }
-            Err(e) => {
-                // The pool is sized for the worst case of a host identity map; running out is
-                // an EL2 bug or misconfiguration, not something the host can cause.
-                log::error!("host stage 2: cannot map {base:#x}+{size:#x}: {e:?}");
-                HostFault::Inject
-            }
-        }
+        self.mem.lock().host_map_on_fault(ipa, self.platform.gicr.as_ref(), m)
     }
 }
 
@@ -496,7 +377,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
 mod tests {
     use super::*;
     use crate::testing::*;
-    use crate::mem::owner::{PageEntry, PageState};
+    use crate::mem::owner::{Component, PageState};
     
     
     
@@ -565,9 +446,9 @@ mod tests {
         assert_eq!(f.hyp.host_hvc(0, x, &rec), Ok([0; 3]));
         assert_eq!(rec.log.borrow().as_slice(), &["hyp_s1_mapped"]);
         let mem = f.hyp.mem.lock();
-        assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Host), Some(PageState::SharedOwned));
-        assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Hyp), Some(PageState::SharedBorrowed));
-        assert!(mem.hyp_s1.lookup(&mem.tables, f.page(3)).is_some());
+        assert_eq!(mem.own().state(PhysAddr(f.page(3)), Component::Host), Some(PageState::SharedOwned));
+        assert_eq!(mem.own().state(PhysAddr(f.page(3)), Component::Hyp), Some(PageState::SharedBorrowed));
+        assert!(mem.hyp_s1().lookup(mem.tables(), f.page(3)).is_some());
     }
 
     #[test]
@@ -614,7 +495,7 @@ mod tests {
         for (args, err) in cases {
             assert_eq!(f.call(0, HypercallId::SetMessagePage, args), Err(*err), "{args:x?}");
         }
-        assert_eq!(f.hyp.mem.lock().own.census(), ((RAM_PAGES as u64 - HYP_PAGES), HYP_PAGES, 0));
+        assert_eq!(f.hyp.mem.lock().own().census(), ((RAM_PAGES as u64 - HYP_PAGES), HYP_PAGES, 0));
         assert_eq!(f.call(0, HypercallId::HypInfo, &[]), Err(HypError::NoMessagePage));
     }
 
@@ -637,7 +518,7 @@ mod tests {
         f.call(0, HypercallId::SetMessagePage, &[0, f.page(5)]).unwrap();
         assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(6)]), Err(HypError::Frozen));
         assert_eq!(f.call(0, HypercallId::SetMessagePage, &[1, f.page(5)]), Err(HypError::NotOwned));
-        assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(6)), Component::Host), Some(PageState::Owned));
+        assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(6)), Component::Host), Some(PageState::Owned));
     }
 
     #[test]
@@ -729,50 +610,7 @@ mod tests {
         // Outside the IPA space.
         assert_eq!(f.hyp.host_s2_fault(1 << 48, &rec), HostFault::Inject);
         let mem = f.hyp.mem.lock();
-        assert!(mem.host_s2.lookup(&mem.tables, el2).is_none());
-    }
-
-    #[test]
-    fn fault_policy_respects_ownership_and_ram_boundaries() {
-        let mut entries = vec![PageEntry::default(); 1024];
-        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
-        let mut own = Ownership::new(ram, &mut entries).unwrap();
-        // All host: 2 MiB blocks.
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_0000, 2 << 20, HOST_RAM)));
-        // One page in the first block donated away: that block is mapped page by page.
-        own.donate(PhysRange::from_size(PhysAddr(0x4010_0000), PAGE_SIZE).unwrap(), Component::Host, Component::Hyp).unwrap();
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
-        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own, None), None);
-        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own, None), Some((0x4020_0000, 2 << 20, HOST_RAM)));
-        // Device space: the GiB below RAM is one block; the GiB holding RAM uses smaller ones.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, None), Some((0, 1 << 30, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own, None), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(1 << 40, 40, &own, None), None);
-    }
-
-    #[test]
-    fn no_host_block_covers_a_guarded_redistributor_page() {
-        let mut entries = vec![PageEntry::default(); 1024];
-        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
-        let own = Ownership::new(ram, &mut entries).unwrap();
-        let g = Some(&GICR);
-        // Blocks around the region: 2 MiB where no guarded page is, 4 KiB between guards.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, g), Some((0x0900_0000, 2 << 20, HOST_DEVICE)), "the UART's 2 MiB");
-        assert_eq!(host_fault_mapping(0x0000_1000, 40, &own, g), Some((0, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x0800_0000, 40, &own, g), Some((0x0800_0000, PAGE_SIZE, HOST_DEVICE)), "the distributor");
-        assert_eq!(host_fault_mapping(0x080B_0080, 40, &own, g), Some((0x080B_0000, PAGE_SIZE, HOST_DEVICE)), "SGI_base");
-        assert_eq!(host_fault_mapping(0x080A_1000, 40, &own, g), Some((0x080A_1000, PAGE_SIZE, HOST_DEVICE)));
-        // The guarded pages themselves: never.
-        for pa in [0x080A_0000, 0x080A_0FFC, 0x080C_0070, 0x08FE_0000] {
-            assert_eq!(host_fault_mapping(pa, 40, &own, g), None, "{pa:#x}");
-        }
-        // Whatever is asked, a mapping never covers a guarded page.
-        for ipa in (0..0x1000_0000u64).step_by(0x1_0000).chain((0x0800_0000..0x0920_0000).step_by(0x1000)) {
-            if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, g) {
-                let block = PhysRange::from_size(PhysAddr(base), size).unwrap();
-                assert!(!crate::host::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
-            }
-        }
+        assert!(mem.host_s2().lookup(mem.tables(), el2).is_none());
     }
 
     #[test]
@@ -784,7 +622,7 @@ mod tests {
         assert_eq!(f.hyp.host_s2_fault(0x080A_1000, &rec), HostFault::Retry);
         assert_eq!(f.hyp.host_s2_fault(0x0800_0000, &rec), HostFault::Retry);
         let mem = f.hyp.mem.lock();
-        assert!(mem.host_s2.lookup(&mem.tables, 0x080A_0000).is_none());
-        assert!(mem.host_s2.lookup(&mem.tables, 0x080A_1000).is_some());
+        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_0000).is_none());
+        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_1000).is_some());
     }
 }

@@ -14,7 +14,8 @@
 use crate::arch::{self, Cpu, TrapFrame};
 use crate::exception::syndrome::{ec, fault_ipa, Esr, FaultKind};
 use crate::exception::inject::{inject_sync, Injection, TrapState};
-use crate::hyp::{HostFault, Hyp};
+use crate::hyp::Hyp;
+use crate::mem::protect::HostFault;
 use crate::platform::MAX_CPUS;
 use crate::mem::pool::PagePool;
 use crate::host::psci::{classify, HostSmc};
@@ -98,7 +99,7 @@ fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
     }
     if frame.x[0] == shared_abi::HypercallId::TestCheckInvariants as u64 {
         let mem = hyp.mem.lock();
-        let (pool_base, pool_size) = mem.tables.range();
+        let (pool_base, pool_size) = mem.tables().range();
         let layout = crate::invariants::Layout {
             pool: crate::mem::addr::PhysRange::from_size(pool_base, pool_size),
             fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),

@@ -1,7 +1,7 @@
 //! `VCPU_RUN`: load, the run loop, exit handling (aborts, MMIO, guest calls), put, and the
 //! exit record.
 
-use super::memory::GuestPage;
+use crate::mem::protect::GuestPage;
 use super::sysreg::is_key_access;
 use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
 use crate::cpu::fwreg::FwRegs;
@@ -63,9 +63,9 @@ impl<T: TableMemory> Hyp<'_, T> {
             }
             vm.ran = true;
             let cfg = GuestConfig {
-                vttbr: vm.s2.root().0 | (vm.vmid as u64) << 48,
-                start_level: vm.s2.start_level(),
-                ipa_bits: vm.s2.ia_bits(),
+                vttbr: vm.mem.vttbr(vm.vmid),
+                start_level: vm.mem.s2().start_level(),
+                ipa_bits: vm.mem.s2().ia_bits(),
                 vmpidr: crate::guest::vcpu::vmpidr(index as usize),
                 host_pmu: vm.host_pmu,
                 pauth_now: false,
@@ -427,7 +427,7 @@ mod tests {
         {
             let mem = f.hyp.mem.lock();
             let vm = mem.vms.lookup(h).unwrap().1;
-            let leaf = vm.s2.lookup(&mem.tables, 0x4000_1000).unwrap();
+            let leaf = vm.mem.s2().lookup(mem.tables(), 0x4000_1000).unwrap();
             assert_eq!(leaf.pa_base, PhysAddr(f.page(GUEST + 1)));
         }
         // Protected: registers are sealed now.

@@ -1,32 +1,18 @@
 //! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
 //! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
 
-use super::vm::{Region, Vm};
 use crate::hw::{Firmware, Hw, Tlb};
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::hyp::{Hyp, MemState};
-use crate::mem::owner::{Component, Ownership};
-use crate::mem::pgtable::{Attrs, MemType, Perms, TableMemory};
+use crate::hyp::Hyp;
+use crate::mem::pgtable::TableMemory;
+use crate::mem::protect::GuestPage;
+use crate::mem::Region;
 use crate::host::psci;
 use arrayvec::ArrayVec;
 use shared_abi::{HypError, HypResult};
 
 /// Pages a set/way clean collects per hold of the memory lock (`clean_vm_to_poc`).
 pub const SET_WAY_BATCH: usize = 64;
-
-const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
-
-/// Outcome of [`Hyp::map_guest_page`].
-pub(super) enum GuestPage {
-    /// The page is guest RAM and mapped (now or before).
-    Mapped,
-    /// The page is guest RAM but EL2 has no table page left for it.
-    NoMemory,
-    /// An MTE VM's page without allocation-tag storage behind it.
-    Untagged(PhysAddr),
-    /// Not guest RAM.
-    NotRam,
-}
 
 impl<T: TableMemory> Hyp<'_, T> {
     /// The host's PSCI `MEM_PROTECT(enable)` ([`psci::mem_protect`]): decided and forwarded
@@ -39,29 +25,6 @@ impl<T: TableMemory> Hyp<'_, T> {
             None => fw.mem_protect(enable),
             Some(answer) => answer,
         }
-    }
-
-    /// `VM_DESTROY`'s memory part, after its checks: a protected VM's pages are scrubbed and
-    /// go back to the host, a shared VM's are unshared; the stage 2 goes, with its TLB entries.
-    pub(super) fn release_memory(&self, vm: Vm, own: &mut Ownership<'_>, tables: &mut T, arch: &impl Hw) {
-        let handle = vm.handle;
-        let me = vm.component();
-        for r in &vm.regions {
-            if vm.protected {
-                for p in 0..r.pages {
-                    let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
-                    // Zeroed and cleaned to the PoC, FWB or not (see `scrub_page`).
-                    arch.scrub_page(pa, !self.platform.untagged.is_some_and(|u| u.contains(pa)));
-                }
-                if own.donate(r.phys(), me, Component::Host).is_err() {
-                    log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
-                }
-            } else if own.unshare(r.phys(), Component::Host, me).is_err() {
-                log::error!("VM {handle:#x}: region {r:?} not shared at destroy");
-            }
-        }
-        arch.flush_guest_tlb(vm.s2.root().0 | (vm.vmid as u64) << 48);
-        vm.s2.destroy(tables);
     }
 
     /// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
@@ -82,14 +45,14 @@ impl<T: TableMemory> Hyp<'_, T> {
             {
                 let mem = self.mem.lock();
                 let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
-                'collect: while let Some(r) = vm.regions.get(cursor.0) {
+                'collect: while let Some(r) = vm.mem.regions().get(cursor.0) {
                     while cursor.1 < r.pages {
                         if batch.is_full() {
                             break 'collect;
                         }
                         let p = cursor.1;
                         cursor.1 += 1;
-                        if vm.s2.lookup(&mem.tables, r.ipa + p * PAGE_SIZE).is_some() {
+                        if vm.mem.s2().lookup(mem.tables(), r.ipa + p * PAGE_SIZE).is_some() {
                             batch.push(PhysAddr(r.pa.0 + p * PAGE_SIZE));
                         }
                     }
@@ -112,99 +75,24 @@ impl<T: TableMemory> Hyp<'_, T> {
         }
         let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
         let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
-        let ipa_end = ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
+        ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
         if !self.platform.ram.contains_range(&phys) {
             return Err(HypError::OutOfRange);
         }
-        let mut mem = self.mem.lock();
-        let MemState { own, host_s2, tables, vms, .. } = &mut *mem;
-        let (_, vm) = vms.lookup_mut(handle)?;
-        if vm.protected && vm.ran {
-            // A protected VM is sealed once it has run: the host may not change what the
-            // guest's memory is (checked under the lock `VCPU_RUN` sets `ran` under).
-            return Err(HypError::Denied);
-        }
-        if ipa_end > 1u64 << vm.s2.ia_bits() {
-            return Err(HypError::OutOfRange);
-        }
-        if vm.overlaps(ipa, size) {
-            return Err(HypError::InvalidArgument);
-        }
-        if vm.regions.is_full() {
-            return Err(HypError::NoCapacity);
-        }
-        if vm.mte && self.platform.untagged.is_some_and(|u| u.overlaps(&phys)) {
-            // An MTE guest must never get Normal cacheable memory without tag storage: refused
-            // here, and (should it get there some other way) stopped at the first touch.
-            return Err(HypError::InvalidArgument);
-        }
-        let me = vm.component();
-        if vm.protected {
-            own.donate(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
-            // The host loses the pages: drop every host mapping of them, on every CPU.
-            if let Ok(Some(_)) = host_s2.unmap(tables, pa, size) {
-                m.host_s2_unmapped();
-            }
-        } else {
-            own.share(phys, Component::Host, me).map_err(|_| HypError::NotOwned)?;
-        }
-        vm.regions.push(Region { ipa, pa: PhysAddr(pa), pages });
+        let region = Region { ipa, pa: PhysAddr(pa), pages };
+        self.mem.lock().host_give_guest(handle, region, self.platform.untagged, m)?;
         Ok([0; 3])
     }
 
     /// Maps the guest page holding `ipa` if it is guest memory.
-    pub(super) fn map_guest_page(&self, handle: u64, ipa: u64, arch: &impl Hw) -> GuestPage {
-        let mut mem = self.mem.lock();
-        let MemState { own, tables, vms, .. } = &mut *mem;
-        let Ok((_, vm)) = vms.lookup_mut(handle) else { return GuestPage::NotRam };
-        let Some(pa) = vm.translate(ipa) else { return GuestPage::NotRam };
-        if !own.can_access(pa, vm.component()) {
-            // Regions are only recorded after a successful donation or share: an EL2 bug.
-            log::error!("VM {handle:#x}: region page {pa:?} not the guest's");
-            return GuestPage::NoMemory;
-        }
-        let page = ipa & !(PAGE_SIZE - 1);
-        if vm.s2.lookup(tables, page).is_some() {
-            return GuestPage::Mapped;
-        }
-        if vm.mte && self.platform.untagged.is_some_and(|u| u.contains(pa)) {
-            // An MTE guest may only get Normal cacheable memory that can hold tags.
-            return GuestPage::Untagged(pa);
-        }
-        // Up to 3 new tables; never dip into the host stage 2's reserve. Checked before the
-        // tags are cleared.
-        if tables.free_pages() < self.host_reserve + 3 {
-            return GuestPage::NoMemory;
-        }
-        // Only tags nobody else left: cleared once per change of ownership (the donated or
-        // shared data is the host's and is kept). Marked only once the mapping exists, so a
-        // *tags clean* mark is only ever on a page the VM has mapped.
-        let clear_mark = vm.mte && !own.entry(pa).is_some_and(|e| e.tags_clean());
-        if clear_mark {
-            arch.clear_tags(pa);
-        }
-        if !vm.fwb {
-            // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
-            // mapping): DRAM must hold what the host (or the tag clearing above) left in the
-            // caches, and no dirty line of the host's may later be written back over the
-            // guest's data. Once per page and VM: the mapping stays until destroy.
-            arch.clean_inval_poc(pa);
-        }
-        match vm.s2.map(tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
-            Ok(()) => {
-                if clear_mark {
-                    own.mark_tags_clean(pa);
-                }
-                arch.guest_s2_mapped();
-                GuestPage::Mapped
-            }
-            Err(_) => GuestPage::NoMemory,
-        }
+    pub(super) fn map_guest_page(&self, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
+        self.mem.lock().guest_map_on_fault(handle, ipa, self.platform.untagged, self.host_reserve, hw)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::mem::owner::Component;
     use crate::guest::vm::tests::*;
     use super::*;
 
@@ -232,8 +120,8 @@ mod tests {
         f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 4]).unwrap();
         {
             let mem = f.hyp.mem.lock();
-            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::NoAccess));
-            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 3)), Component::Guest(0)), Some(PageState::Owned));
+            assert_eq!(mem.own().state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::NoAccess));
+            assert_eq!(mem.own().state(PhysAddr(f.page(GUEST + 3)), Component::Guest(0)), Some(PageState::Owned));
         }
         assert_eq!(f.ram.0[GUEST * 4096], 0xAB, "donation keeps the data");
         // The same pages again, to this VM or another: refused.
@@ -244,7 +132,7 @@ mod tests {
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
         assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
         assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
-        assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
+        assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
     }
 
     #[test]
@@ -253,26 +141,26 @@ mod tests {
         let chunk = f.page(0);
         let donated = f.page(GUEST);
         // The host uses its first 2 MiB: one block.
-        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::hyp::HostFault::Retry);
+        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::mem::protect::HostFault::Retry);
         {
             let mem = f.hyp.mem.lock();
-            assert_eq!(mem.host_s2.lookup(&mem.tables, chunk).map(|l| l.level), Some(2));
+            assert_eq!(mem.host_s2().lookup(mem.tables(), chunk).map(|l| l.level), Some(2));
         }
         // One page of it goes to a protected VM: the block goes.
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VmAddMemory, &[h, donated, 0x8000_0000, 1]).unwrap();
         // The host uses the rest of the chunk: EL2 maps it page by page (a level-3 table).
         for p in [0, GUEST - 1, GUEST + 1, 511] {
-            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::hyp::HostFault::Retry, "page {p}");
+            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::mem::protect::HostFault::Retry, "page {p}");
         }
-        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::hyp::HostFault::Inject, "the guest's now");
+        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::mem::protect::HostFault::Inject, "the guest's now");
         // The VM goes; its page comes back, and the host's next touch maps it again.
         f.call(0, H::VmDestroy, &[h]).unwrap();
         let rec = Recorder::default();
-        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::hyp::HostFault::Retry);
+        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::mem::protect::HostFault::Retry);
         assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
         let mem = f.hyp.mem.lock();
-        let leaf = mem.host_s2.lookup(&mem.tables, donated).expect("the returned page is mapped");
+        let leaf = mem.host_s2().lookup(mem.tables(), donated).expect("the returned page is mapped");
         assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
     }
 
@@ -309,7 +197,7 @@ mod tests {
         let mem = f.hyp.mem.lock();
         let vm = mem.vms.lookup(h).unwrap().1;
         assert!(vm.fwb);
-        assert_eq!((vm.s2.lookup(&mem.tables, 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
+        assert_eq!((vm.mem.s2().lookup(mem.tables(), 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
         assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
     }
 
@@ -333,7 +221,7 @@ mod tests {
         for (args, err) in cases {
             assert_eq!(f.call(0, H::VmAddMemory, &args), Err(err), "{args:x?}");
         }
-        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty());
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.mem.regions().is_empty());
     }
 
     #[test]
@@ -345,21 +233,21 @@ mod tests {
         *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(rec.log.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
-        assert!(f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        assert!(f.hyp.mem.lock().own().entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
         // A protected MTE VM's pages are scrubbed with their tags (DC GZVA: all have storage).
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
         assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
         assert!(!rec.log.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
-        assert!(!f.hyp.mem.lock().own.entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        assert!(!f.hyp.mem.lock().own().entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
         let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
         f.hyp.platform.untagged = untagged;
         let h = create(&mut f, 1, vm_flags::MTE);
         assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]), Err(HypError::InvalidArgument));
         assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 3), 0x4000_3000, 1]), Err(HypError::InvalidArgument));
-        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.regions.is_empty(), "nothing given");
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.mem.regions().is_empty(), "nothing given");
         // ...and should it get there anyway (here: the platform description changes under a
         // VM that has it), the VM is stopped at the first touch, naming IPA and PA.
         f.hyp.platform.untagged = None;
@@ -428,8 +316,8 @@ mod tests {
         assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 1]), Err(HypError::Denied));
         {
             let mem = f.hyp.mem.lock();
-            assert_eq!(mem.vms.lookup(h).unwrap().1.regions.len(), 1, "nothing added");
-            assert_eq!(mem.own.state(PhysAddr(f.page(GUEST + 1)), Component::Host), Some(PageState::Owned), "still the host's");
+            assert_eq!(mem.vms.lookup(h).unwrap().1.mem.regions().len(), 1, "nothing added");
+            assert_eq!(mem.own().state(PhysAddr(f.page(GUEST + 1)), Component::Host), Some(PageState::Owned), "still the host's");
         }
         // A non-protected VM shares memory with the host: it may still grow after running.
         let h2 = create(&mut f, 1, 0);

@@ -23,8 +23,6 @@ pub mod vm;
 pub const MAX_VMS: usize = 16;
 /// Most vCPUs per VM.
 pub const MAX_VCPUS: usize = 8;
-/// Most memory regions per VM.
-pub const MAX_REGIONS: usize = 16;
 /// Smallest guest IPA size.
 pub const MIN_IPA_BITS: u32 = 32;
 /// Largest guest IPA size.

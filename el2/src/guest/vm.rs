@@ -34,42 +34,20 @@
 
 pub use super::exit::inject_into_guest;
 
-use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::cpu::fwreg::FwRegs;
 use crate::hw::Hw;
-use crate::hyp::{Hyp, MemState};
+use crate::hyp::Hyp;
+use crate::mem::GuestMemory;
 use crate::cpu::idreg::{self, VmPolicy, NR_IDREGS};
 use crate::mem::owner::Component;
-use crate::mem::pgtable::{Format, PageTable, TableMemory};
+use crate::mem::pgtable::TableMemory;
 use crate::platform::MAX_CPUS;
 use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard, VcpuSlot};
-use crate::guest::{MAX_IPA_BITS, MAX_REGIONS, MAX_VCPUS, MAX_VMS, MIN_IPA_BITS};
+use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MAX_VMS, MIN_IPA_BITS};
 use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{HypError, HypResult};
-
-/// A run of guest memory: `pages` pages at `ipa`, backed by host-given pages at `pa`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    /// First guest IPA.
-    pub ipa: u64,
-    /// First backing page.
-    pub pa: PhysAddr,
-    /// Number of pages.
-    pub pages: u64,
-}
-
-impl Region {
-    /// Bytes of guest memory.
-    pub fn size(&self) -> u64 {
-        self.pages * PAGE_SIZE
-    }
-    /// The backing pages.
-    pub fn phys(&self) -> PhysRange {
-        PhysRange { start: self.pa, end: PhysAddr(self.pa.0 + self.size()) }
-    }
-}
 
 /// One VM's metadata (under the memory lock).
 #[derive(Debug)]
@@ -82,10 +60,8 @@ pub struct Vm {
     pub nr_vcpus: usize,
     /// Stage-2 VMID (slot + 1; the host is 0).
     pub vmid: u8,
-    /// The guest's stage 2.
-    pub s2: PageTable,
-    /// Its memory.
-    pub regions: ArrayVec<Region, MAX_REGIONS>,
+    /// Its memory: stage 2 and regions (changed only by [`crate::mem::protect`]).
+    pub mem: GuestMemory,
     /// A vCPU has run (a protected VM's registers are sealed from then on).
     pub ran: bool,
     /// EL2 stopped the VM; it never runs again.
@@ -156,18 +132,6 @@ impl Default for LocalTlbRecord {
 }
 
 impl Vm {
-    /// The backing page of `ipa`, if it is guest memory.
-    pub fn translate(&self, ipa: u64) -> Option<PhysAddr> {
-        self.regions
-            .iter()
-            .find(|r| ipa >= r.ipa && ipa - r.ipa < r.size())
-            .map(|r| PhysAddr(r.pa.0 + ((ipa - r.ipa) & !(PAGE_SIZE - 1))))
-    }
-
-    pub(super) fn overlaps(&self, ipa: u64, size: u64) -> bool {
-        self.regions.iter().any(|r| ipa < r.ipa + r.size() && r.ipa < ipa + size)
-    }
-
     /// The ownership component of this VM's pages.
     pub fn component(&self) -> Component {
         Component::Guest(self.vmid - 1)
@@ -200,7 +164,7 @@ impl VmTable {
         }
     }
 
-    pub(super) fn lookup_mut(&mut self, handle: u64) -> Result<(usize, &mut Vm), HypError> {
+    pub(crate) fn lookup_mut(&mut self, handle: u64) -> Result<(usize, &mut Vm), HypError> {
         let slot = (handle & 0xFF) as usize;
         match self.slots.get_mut(slot) {
             Some(Some(vm)) if vm.handle == handle => Ok((slot, vm)),
@@ -290,13 +254,9 @@ impl<T: TableMemory> Hyp<'_, T> {
         for v in &self.vcpus[slot] {
             guards.push(v.claim().ok_or(HypError::Busy)?);
         }
-        let MemState { tables, vms, .. } = &mut *mem;
-        if tables.free_pages() <= self.host_reserve {
-            return Err(HypError::NoMemory);
-        }
         let fwb = cpus.s2fwb();
-        let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
-        let s2 = PageTable::new(tables, format, req.ipa_bits as u8).map_err(|_| HypError::NoMemory)?;
+        let guest_memory = mem.guest_memory_new(fwb, req.ipa_bits as u8, self.host_reserve)?;
+        let vms = &mut mem.vms;
         let policy = VmPolicy {
             mte,
             ptrauth,
@@ -329,8 +289,7 @@ impl<T: TableMemory> Hyp<'_, T> {
             protected,
             nr_vcpus: req.nr_vcpus as usize,
             vmid: slot as u8 + 1,
-            s2,
-            regions: ArrayVec::new(),
+            mem: guest_memory,
             ran: false,
             killed: false,
             ended: false,
@@ -360,9 +319,8 @@ impl<T: TableMemory> Hyp<'_, T> {
             guards.push(v.claim().ok_or(HypError::Busy)?);
         }
         // Checked: commit. Nothing below can fail.
-        let MemState { own, tables, vms, .. } = &mut *mem;
-        let Some(vm) = vms.slots[slot].take() else { return Err(HypError::InvalidHandle) };
-        self.release_memory(vm, own, tables, arch);
+        let Some(vm) = mem.vms.slots[slot].take() else { return Err(HypError::InvalidHandle) };
+        mem.guest_reclaim_scrub(vm, self.platform.untagged, arch);
         // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
         // `CPU_ON` entry point and context.
         for (g, v) in guards.iter_mut().zip(&self.vcpus[slot]) {
@@ -423,8 +381,8 @@ pub(crate) mod tests {
     /// Leaves no more free table pages than the host stage 2's reserve: a guest mapping fails.
     pub(crate) fn leave_only_the_host_reserve(f: &mut Fixture) {
         let mut mem = f.hyp.mem.lock();
-        let used = mem.tables.in_use();
-        mem.tables.limit = used + f.hyp.host_reserve;
+        let (_, _, _, tables, _) = mem.parts_mut();
+        tables.limit = tables.in_use() + f.hyp.host_reserve;
     }
 
     pub(crate) fn exit_record(f: &Fixture) -> VcpuExit {
