@@ -25,7 +25,7 @@ use el2::mem::owner::{Ownership, PageEntry};
 use el2::mem::pgtable::{Attrs, Format, MemType, PageTable, Perms};
 use el2::platform::{self, Platform, MAX_CPUS};
 use el2::mem::pool::PagePool;
-use el2::trap::{HYP, SECONDARY_ENTRY};
+use el2::arch::trap::{HYP, SECONDARY_ENTRY};
 use el2::guest::vcpu::{VcpuSlot, VcpuTable};
 use el2::guest::vm::IdRegTable;
 use el2::guest::{MAX_VCPUS, MAX_VMS};

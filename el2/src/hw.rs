@@ -9,6 +9,7 @@
 //! | [`Tlb`] | barriers and TLB maintenance after page-table edits |
 //! | [`CacheOps`] | scrubbing, tag clearing and cleaning pages to the PoC |
 //! | [`Firmware`] | calls to the firmware below EL2 |
+//! | [`HostCpu`] | the host's exception registers at a trap |
 //! | [`Clock`] | the physical count |
 
 use crate::guest::timer::PTimer;
@@ -60,11 +61,28 @@ pub trait CacheOps {
 
 /// The firmware below EL2.
 pub trait Firmware {
+    /// PSCI `CPU_ON` of the CPU with platform `MPIDR` `mpidr` and platform index `cpu`, started
+    /// at EL2's own secondary entry point (which finds its host entry by `cpu`): firmware's
+    /// answer for the host's `x0`.
+    fn cpu_on(&self, mpidr: u64, cpu: usize) -> u64;
+    /// Passes the host's SMC in `x[0..=17]` to firmware unchanged; its results replace them.
+    fn forward(&self, x: &mut [u64; 31]);
     /// PSCI `MEM_PROTECT(enable)`: firmware's answer (the previous state, 0 or 1, or a
     /// negative PSCI error such as `NOT_SUPPORTED`).
     fn mem_protect(&self, enable: u32) -> i64;
 }
 
+
+/// The host's registers EL2 reads and writes at a host trap, beyond its GPRs and return state.
+pub trait HostCpu {
+    /// `FAR_EL2` and `HPFAR_EL2` of the trap being handled.
+    fn fault_addresses(&self) -> (u64, u64);
+    /// The host's `VBAR_EL1`.
+    fn vbar_el1(&self) -> u64;
+    /// Writes the host's `ESR_EL1`, `FAR_EL1`, `ELR_EL1` and `SPSR_EL1` for an exception EL2
+    /// injects.
+    fn write_el1_exception(&self, esr: u64, far: u64, elr: u64, spsr: u64);
+}
 
 /// The system counter.
 pub trait Clock {

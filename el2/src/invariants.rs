@@ -407,7 +407,7 @@ fn free_vcpus_reset<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> 
 
 /// 14. EL2 borrows only the registered message pages.
 fn hyp_borrows_only_message_pages<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
-    let registered = |pa: PhysAddr| (0..MAX_CPUS).any(|cpu| hyp.message_page(cpu) == Ok(pa));
+    let registered = |pa: PhysAddr| (0..MAX_CPUS).any(|cpu| hyp.msg.page(cpu) == Ok(pa));
     for (pa, e) in record(mem) {
         if e.is_some_and(|e| e.borrower() == Some(Component::Hyp)) && !registered(pa) {
             return Err(Violation::HypBorrowsNonMessage { pa });

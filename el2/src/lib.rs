@@ -15,6 +15,7 @@ pub mod exception;
 pub mod guest;
 pub mod host;
 pub mod hw;
+pub mod hypercall;
 pub mod hyp;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod invariants;
@@ -25,5 +26,3 @@ pub(crate) mod testing;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod arch;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod trap;

@@ -5,7 +5,7 @@
 use crate::cpu::features::CpuId;
 use crate::guest::timer::PTimer;
 use crate::guest::vcpu::VcpuCtx;
-use crate::hw::{CacheOps, Clock, Firmware, GuestConfig, GuestTrap, Tlb, WorldSwitch};
+use crate::hw::{CacheOps, Clock, Firmware, GuestConfig, GuestTrap, HostCpu, Tlb, WorldSwitch};
 use crate::hyp::{Hyp, HypParts};
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::mem::owner::{Ownership, PageEntry};
@@ -33,6 +33,14 @@ pub(crate) struct Recorder {
     pub pstates: RefCell<Vec<u64>>,
     /// What `counter` answers (tests set it).
     pub counter: Cell<u64>,
+    /// Firmware `CPU_ON` calls: (MPIDR, CPU index).
+    pub cpu_ons: RefCell<Vec<(u64, usize)>>,
+    /// `FAR_EL2` and `HPFAR_EL2` of a host trap (tests set them).
+    pub fault: RefCell<(u64, u64)>,
+    /// The host's `VBAR_EL1` (tests set it).
+    pub vbar: u64,
+    /// The last exception injected into the host: `ESR_EL1`, `FAR_EL1`, `ELR_EL1`, `SPSR_EL1`.
+    pub el1_exceptions: RefCell<Vec<u64>>,
 }
 
 impl Recorder {
@@ -116,9 +124,28 @@ impl CacheOps for Recorder {
 }
 
 impl Firmware for Recorder {
+    fn cpu_on(&self, mpidr: u64, cpu: usize) -> u64 {
+        self.cpu_ons.borrow_mut().push((mpidr, cpu));
+        0
+    }
+    fn forward(&self, _: &mut [u64; 31]) {
+        self.note("forward");
+    }
     fn mem_protect(&self, enable: u32) -> i64 {
         self.note(if enable == 1 { "mem_protect_on" } else { "mem_protect_other" });
         -1 // like QEMU's PSCI: NOT_SUPPORTED
+    }
+}
+
+impl HostCpu for Recorder {
+    fn fault_addresses(&self) -> (u64, u64) {
+        *self.fault.borrow()
+    }
+    fn vbar_el1(&self) -> u64 {
+        self.vbar
+    }
+    fn write_el1_exception(&self, esr: u64, far: u64, elr: u64, spsr: u64) {
+        *self.el1_exceptions.borrow_mut() = vec![esr, far, elr, spsr];
     }
 }
 
@@ -187,6 +214,6 @@ impl Fixture {
         let mut x = [0u64; 8];
         x[0] = id as u64;
         x[1..1 + args.len()].copy_from_slice(args);
-        self.hyp.host_hvc(cpu, x, rec)
+        crate::hypercall::handle(&self.hyp, cpu, x, rec)
     }
 }

@@ -13,9 +13,10 @@ mod gicr;
 mod regs;
 pub(crate) mod switch;
 mod tlb;
+pub mod trap;
 mod vectors;
 
-use crate::hw::{Clock, Firmware};
+use crate::hw::{Clock, Firmware, HostCpu};
 use aarch64_cpu::registers::*;
 pub use cache::{FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
 pub use gicr::RdMmio;
@@ -27,10 +28,39 @@ pub use vectors::TrapFrame;
 pub struct Cpu;
 
 impl Firmware for Cpu {
+    fn cpu_on(&self, mpidr: u64, cpu: usize) -> u64 {
+        let mut args = [0u64; 17];
+        args[0] = mpidr;
+        args[1] = trap::SECONDARY_ENTRY.load(core::sync::atomic::Ordering::Relaxed);
+        args[2] = cpu as u64;
+        smc(smccc::psci::PSCI_CPU_ON_64, args)[0]
+    }
+
+    fn forward(&self, x: &mut [u64; 31]) {
+        let mut args = [0u64; 17];
+        args.copy_from_slice(&x[1..18]);
+        let r = smc(x[0] as u32, args);
+        x[..18].copy_from_slice(&r);
+    }
+
     fn mem_protect(&self, enable: u32) -> i64 {
         let mut args = [0u64; 17];
         args[0] = enable as u64;
         smc(smccc::psci::PSCI_MEM_PROTECT, args)[0] as i64
+    }
+}
+
+impl HostCpu for Cpu {
+    fn fault_addresses(&self) -> (u64, u64) {
+        (FAR_EL2.get(), HPFAR_EL2.get())
+    }
+
+    fn vbar_el1(&self) -> u64 {
+        VBAR_EL1.get()
+    }
+
+    fn write_el1_exception(&self, esr: u64, far: u64, elr: u64, spsr: u64) {
+        write_el1_exception(esr, far, elr, spsr);
     }
 }
 

@@ -8,6 +8,9 @@ use crate::cpu::fwreg::FwRegs;
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::hyp::Hyp;
+use crate::guest::memory::map_guest_page;
+use crate::guest::sysreg::sysreg_trap;
+use crate::guest::vm::vcpu_slot;
 use crate::mem::pgtable::TableMemory;
 use crate::exception::syndrome::{decode_mmio, fault_ipa};
 use crate::guest::psci::{self, Served};
@@ -45,242 +48,239 @@ pub enum Next {
     Exit(VcpuExit),
 }
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
-    pub(crate) fn vcpu_run(&self, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl Hw) -> HypResult {
-        // The exit goes to the message page: refuse early if there is none.
-        self.message_page(cpu)?;
-        let slot = self.vcpu_slot(handle, index)?;
-        let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-        let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
-            let mut mem = self.mem.lock();
-            let (_, vm) = mem.vms.lookup_mut(handle)?;
-            if index as usize >= vm.nr_vcpus {
-                return Err(HypError::InvalidArgument);
-            }
-            if vm.killed || vm.ended {
-                return Err(HypError::NotRunnable);
-            }
-            vm.ran = true;
-            let cfg = GuestConfig {
-                vttbr: vm.mem.vttbr(vm.vmid),
-                start_level: vm.mem.s2().start_level(),
-                ipa_bits: vm.mem.s2().ia_bits(),
-                vmpidr: crate::guest::vcpu::vmpidr(index as usize),
-                host_pmu: vm.host_pmu,
-                pauth_now: false,
-                mte: vm.mte,
-                fwb: vm.fwb,
-                protected: vm.protected,
-                cntvoff: vm.cntvoff,
-            };
-            // Read once, here: the TLB record below must count only runs that enter the guest.
-            let on = match slot.power.load(Ordering::Acquire) {
-                power::ON => true,
-                power::ON_PENDING => {
-                    ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
-                    slot.power.store(power::ON, Ordering::Release);
-                    true
-                }
-                _ => false,
-            };
-            let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
-            (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
+/// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
+pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl Hw) -> HypResult {
+    // The exit goes to the message page: refuse early if there is none.
+    hyp.msg.page(cpu)?;
+    let slot = vcpu_slot(hyp, handle, index)?;
+    let mut ctx = slot.claim().ok_or(HypError::Busy)?;
+    let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
+        let mut mem = hyp.mem.lock();
+        let (_, vm) = mem.vms.lookup_mut(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.killed || vm.ended {
+            return Err(HypError::NotRunnable);
+        }
+        vm.ran = true;
+        let cfg = GuestConfig {
+            vttbr: vm.mem.vttbr(vm.vmid),
+            start_level: vm.mem.s2().start_level(),
+            ipa_bits: vm.mem.s2().ia_bits(),
+            vmpidr: crate::guest::vcpu::vmpidr(index as usize),
+            host_pmu: vm.host_pmu,
+            pauth_now: false,
+            mte: vm.mte,
+            fwb: vm.fwb,
+            protected: vm.protected,
+            cntvoff: vm.cntvoff,
         };
-        if !on {
-            return self.finish_run(cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff, arch.counter());
+        // Read once, here: the TLB record below must count only runs that enter the guest.
+        let on = match slot.power.load(Ordering::Acquire) {
+            power::ON => true,
+            power::ON_PENDING => {
+                ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
+                slot.power.store(power::ON, Ordering::Release);
+                true
+            }
+            _ => false,
+        };
+        let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
+        (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
+    };
+    if !on {
+        return finish_run(hyp, cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff, arch.counter());
+    }
+    let mut cfg = cfg;
+    let vm_slot = (handle & 0xFF) as usize;
+    if let Some(read) = ctx.pending_read.take() {
+        let v = read.read_value(mmio_value);
+        ctx.set_gpr(read.reg, v);
+        ctx.pc = ctx.pc.wrapping_add(4);
+    }
+    // Pointer authentication: eager loads the keys every time; lazy only while the vCPU
+    // used them recently (a trapped use sets the count; each load spends one).
+    if ptrauth {
+        if !hyp.pauth_lazy.load(Ordering::Relaxed) {
+            cfg.pauth_now = true;
+        } else if ctx.pauth_eager_left > 0 {
+            ctx.pauth_eager_left -= 1;
+            cfg.pauth_now = true;
         }
-        let mut cfg = cfg;
-        let vm_slot = (handle & 0xFF) as usize;
-        if let Some(read) = ctx.pending_read.take() {
-            let v = read.read_value(mmio_value);
-            ctx.set_gpr(read.reg, v);
+    }
+    // Load once; from here to `put` nothing may return early.
+    let mut saved = arch.load(&ctx, &cfg);
+    if flush_local {
+        // With the guest's VMID in VTTBR_EL2 (the invalidation acts on it).
+        arch.flush_guest_local();
+    }
+    let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
+    let set_way_done = core::cell::Cell::new(false);
+    // The same for every exit of this run: built once.
+    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
+    // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
+    // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
+    // the host set (and a CPU_ON reset), after every exit below for what the guest left;
+    // EL2's own writes (exception injection) are EL1h by construction (`inject_sync`),
+    // which the debug assertion holds host tests to. So each entry is checked once.
+    if !pstate_enters_guest(ctx.pstate) {
+        exit = kill_illegal_state(hyp, handle, ctx.pstate);
+    } else {
+        for _ in 0..MAX_INTERNAL_EXITS {
+            debug_assert!(pstate_enters_guest(ctx.pstate), "EL2 wrote PSTATE {:#x}", ctx.pstate);
+            let trap = arch.run(&mut ctx);
+            let class = crate::exception::syndrome::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
+            // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
+            ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
+            // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
+            // emulated) is stopped before its exit is interpreted, as KVM does.
+            if !pstate_enters_guest(ctx.pstate) {
+                exit = kill_illegal_state(hyp, handle, ctx.pstate);
+                break;
+            }
+            if let Next::Exit(e) = handle_guest_exit(hyp, handle, &me, &mut ctx, trap, arch, &mut saved) {
+                exit = e;
+                break;
+            }
+        }
+    }
+    arch.put(&mut ctx, saved);
+
+    // List registers the guest has finished with are free again; deactivations of
+    // level-sensitive interrupts wait for the host, which every exit reminds of them.
+    if ctx.vgic.after_put() {
+        exit.flags |= exit::FLAG_EOI;
+    }
+    finish_run(hyp, cpu, exit, &ctx, cfg.cntvoff, arch.counter())
+}
+
+/// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
+/// exit record carries them: the host delivers the timers' interrupts).
+fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
+    (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
+    hyp.msg.write(cpu, &e)?;
+    Ok([e.reason as u64, 0, 0])
+}
+
+fn kill<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> Next {
+    Next::Exit(kill_exit(hyp, handle, why, ipa))
+}
+
+/// Stops the VM for good; the exit record that tells the host.
+fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> VcpuExit {
+    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
+        vm.killed = true;
+    }
+    log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
+    VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
+}
+
+/// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`): it never runs again.
+fn end_vm<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, reason: u32) -> VcpuExit {
+    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
+        vm.ended = true;
+    }
+    VcpuExit { reason, ..Default::default() }
+}
+
+/// [`kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
+fn kill_illegal_state<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pstate: u64) -> VcpuExit {
+    VcpuExit { args: [pstate, 0, 0, 0], ..kill_exit(hyp, handle, kill::ILLEGAL_STATE, 0) }
+}
+
+/// Handles one guest exit of vCPU `me`.
+fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
+    handle: u64,
+    me: &Me<'_>,
+    ctx: &mut VcpuCtx,
+    trap: GuestTrap,
+    arch: &A,
+    saved: &mut A::Saved,
+) -> Next {
+    match trap.kind {
+        TrapKind::Irq => return Next::Exit(VcpuExit { reason: exit::IRQ, ..Default::default() }),
+        TrapKind::SError => return kill(hyp, handle, kill::BAD_EXCEPTION, 0),
+        TrapKind::Sync => {}
+    }
+    let esr = Esr(trap.esr);
+    match esr.ec() {
+        ec::WFX => {
             ctx.pc = ctx.pc.wrapping_add(4);
+            Next::Exit(VcpuExit { reason: exit::WFX, ..Default::default() })
         }
-        // Pointer authentication: eager loads the keys every time; lazy only while the vCPU
-        // used them recently (a trapped use sets the count; each load spends one).
-        if ptrauth {
-            if !self.pauth_lazy.load(Ordering::Relaxed) {
-                cfg.pauth_now = true;
-            } else if ctx.pauth_eager_left > 0 {
-                ctx.pauth_eager_left -= 1;
-                cfg.pauth_now = true;
-            }
-        }
-        // Load once; from here to `put` nothing may return early.
-        let mut saved = arch.load(&ctx, &cfg);
-        if flush_local {
-            // With the guest's VMID in VTTBR_EL2 (the invalidation acts on it).
-            arch.flush_guest_local();
-        }
-        let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
-        let set_way_done = core::cell::Cell::new(false);
-        // The same for every exit of this run: built once.
-        let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
-        // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
-        // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
-        // the host set (and a CPU_ON reset), after every exit below for what the guest left;
-        // EL2's own writes (exception injection) are EL1h by construction (`inject_sync`),
-        // which the debug assertion holds host tests to. So each entry is checked once.
-        if !pstate_enters_guest(ctx.pstate) {
-            exit = self.kill_illegal_state(handle, ctx.pstate);
-        } else {
-            for _ in 0..MAX_INTERNAL_EXITS {
-                debug_assert!(pstate_enters_guest(ctx.pstate), "EL2 wrote PSTATE {:#x}", ctx.pstate);
-                let trap = arch.run(&mut ctx);
-                let class = crate::exception::syndrome::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
-                // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
-                ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
-                // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
-                // emulated) is stopped before its exit is interpreted, as KVM does.
-                if !pstate_enters_guest(ctx.pstate) {
-                    exit = self.kill_illegal_state(handle, ctx.pstate);
-                    break;
-                }
-                if let Next::Exit(e) = self.handle_guest_exit(handle, &me, &mut ctx, trap, arch, &mut saved) {
-                    exit = e;
-                    break;
-                }
-            }
-        }
-        arch.put(&mut ctx, saved);
-
-        // List registers the guest has finished with are free again; deactivations of
-        // level-sensitive interrupts wait for the host, which every exit reminds of them.
-        if ctx.vgic.after_put() {
-            exit.flags |= exit::FLAG_EOI;
-        }
-        self.finish_run(cpu, exit, &ctx, cfg.cntvoff, arch.counter())
-    }
-
-    /// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
-    /// exit record carries them: the host delivers the timers' interrupts).
-    fn finish_run(&self, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
-        (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
-        self.write_message(cpu, &e)?;
-        Ok([e.reason as u64, 0, 0])
-    }
-
-    fn kill(&self, handle: u64, why: u64, ipa: u64) -> Next {
-        Next::Exit(self.kill_exit(handle, why, ipa))
-    }
-
-    /// Stops the VM for good; the exit record that tells the host.
-    fn kill_exit(&self, handle: u64, why: u64, ipa: u64) -> VcpuExit {
-        if let Ok((_, vm)) = self.mem.lock().vms.lookup_mut(handle) {
-            vm.killed = true;
-        }
-        log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
-        VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
-    }
-
-    /// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`): it never runs again.
-    fn end_vm(&self, handle: u64, reason: u32) -> VcpuExit {
-        if let Ok((_, vm)) = self.mem.lock().vms.lookup_mut(handle) {
-            vm.ended = true;
-        }
-        VcpuExit { reason, ..Default::default() }
-    }
-
-    /// [`Self::kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
-    fn kill_illegal_state(&self, handle: u64, pstate: u64) -> VcpuExit {
-        VcpuExit { args: [pstate, 0, 0, 0], ..self.kill_exit(handle, kill::ILLEGAL_STATE, 0) }
-    }
-
-    /// Handles one guest exit of vCPU `me`.
-    fn handle_guest_exit<A: Hw>(
-        &self,
-        handle: u64,
-        me: &Me<'_>,
-        ctx: &mut VcpuCtx,
-        trap: GuestTrap,
-        arch: &A,
-        saved: &mut A::Saved,
-    ) -> Next {
-        match trap.kind {
-            TrapKind::Irq => return Next::Exit(VcpuExit { reason: exit::IRQ, ..Default::default() }),
-            TrapKind::SError => return self.kill(handle, kill::BAD_EXCEPTION, 0),
-            TrapKind::Sync => {}
-        }
-        let esr = Esr(trap.esr);
-        match esr.ec() {
-            ec::WFX => {
-                ctx.pc = ctx.pc.wrapping_add(4);
-                Next::Exit(VcpuExit { reason: exit::WFX, ..Default::default() })
-            }
-            // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
-            // instruction is retried (PC unchanged).
-            ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
-            // Lazy pointer authentication: a PAC instruction (HCR_EL2.API) or a key register
-            // access (HCR_EL2.APK) is the first use in this run; retried after loading.
-            ec::PAUTH | ec::SYS64 if me.ptrauth && (esr.ec() == ec::PAUTH || is_key_access(trap.esr)) && arch.pauth_load(ctx, saved) => {
-                ctx.pauth_eager_left = self.pauth_decay.load(Ordering::Relaxed);
-                Next::Resume
-            }
-            // A guest SGI (HCR_EL2.IMO/FMO trap the SGI registers): the host's distributor
-            // model decides; the write itself is complete. Anything else here is an ID
-            // register read or an UNDEF.
-            ec::SYS64 => self.sysreg_trap(handle, me, ctx, trap.esr, arch),
-            ec::HVC64 | ec::SMC64 => {
-                if esr.ec() == ec::SMC64 {
-                    // A trapped SMC's preferred return address is the SMC itself.
-                    ctx.pc = ctx.pc.wrapping_add(4);
-                }
-                match psci::serve(&self.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, ctx) {
-                    Served::Resume => Next::Resume,
-                    Served::Exit(e) => Next::Exit(e),
-                    // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
-                    Served::EndVm(reason) => Next::Exit(self.end_vm(handle, reason)),
-                }
-            }
-            ec::DABT_LOW | ec::IABT_LOW => {
-                let ipa = fault_ipa(trap.hpfar, trap.far);
-                match self.map_guest_page(handle, ipa, arch) {
-                    GuestPage::Mapped if matches!(esr.fault(), FaultKind::Translation(_)) => return Next::Resume,
-                    // Guest RAM is never MMIO: an access to it that cannot be mapped, or that
-                    // faults on a valid mapping, must not reach the host as an MMIO exit (that
-                    // would hand it a protected guest's data).
-                    GuestPage::Mapped => return self.kill(handle, kill::BAD_EXCEPTION, ipa),
-                    GuestPage::NoMemory => return self.kill(handle, kill::OUT_OF_MEMORY, ipa),
-                    GuestPage::Untagged(pa) => {
-                        let Next::Exit(mut e) = self.kill(handle, kill::UNTAGGED_MEMORY, ipa) else { return Next::Resume };
-                        e.args[0] = pa.0;
-                        return Next::Exit(e);
-                    }
-                    GuestPage::NotRam => {}
-                }
-                if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
-                    return self.kill(handle, kill::BAD_EXCEPTION, ipa);
-                }
-                let Some(access) = decode_mmio(trap.esr) else {
-                    return self.kill(handle, kill::UNDECODABLE_MMIO, ipa);
-                };
-                let mut e = VcpuExit { reason: exit::MMIO, ipa, size: access.size as u32, ..Default::default() };
-                if access.write {
-                    e.flags = exit::MMIO_WRITE;
-                    e.data = access.write_value(ctx.gpr(access.reg));
-                    ctx.pc = ctx.pc.wrapping_add(4);
-                } else {
-                    ctx.pending_read = Some(access);
-                }
-                Next::Exit(e)
-            }
-            _ => self.undef(handle, ctx, esr, arch),
-        }
-    }
-
-    /// Anything EL2 does not emulate (other system registers, SVE, pointer authentication,
-    /// ...): the guest gets an UNDEF, as on hardware without it. The guest's EL1 registers are
-    /// live in the CPU: edit them through the context.
-    pub(super) fn undef(&self, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl Hw) -> Next {
-        arch.el1_to_ctx(ctx);
-        let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
-        arch.el1_from_ctx(ctx);
-        if ok {
+        // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
+        // instruction is retried (PC unchanged).
+        ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
+        // Lazy pointer authentication: a PAC instruction (HCR_EL2.API) or a key register
+        // access (HCR_EL2.APK) is the first use in this run; retried after loading.
+        ec::PAUTH | ec::SYS64 if me.ptrauth && (esr.ec() == ec::PAUTH || is_key_access(trap.esr)) && arch.pauth_load(ctx, saved) => {
+            ctx.pauth_eager_left = hyp.pauth_decay.load(Ordering::Relaxed);
             Next::Resume
-        } else {
-            self.kill(handle, kill::BAD_EXCEPTION, 0)
         }
+        // A guest SGI (HCR_EL2.IMO/FMO trap the SGI registers): the host's distributor
+        // model decides; the write itself is complete. Anything else here is an ID
+        // register read or an UNDEF.
+        ec::SYS64 => sysreg_trap(hyp, handle, me, ctx, trap.esr, arch),
+        ec::HVC64 | ec::SMC64 => {
+            if esr.ec() == ec::SMC64 {
+                // A trapped SMC's preferred return address is the SMC itself.
+                ctx.pc = ctx.pc.wrapping_add(4);
+            }
+            match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, ctx) {
+                Served::Resume => Next::Resume,
+                Served::Exit(e) => Next::Exit(e),
+                // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
+                Served::EndVm(reason) => Next::Exit(end_vm(hyp, handle, reason)),
+            }
+        }
+        ec::DABT_LOW | ec::IABT_LOW => {
+            let ipa = fault_ipa(trap.hpfar, trap.far);
+            match map_guest_page(hyp, handle, ipa, arch) {
+                GuestPage::Mapped if matches!(esr.fault(), FaultKind::Translation(_)) => return Next::Resume,
+                // Guest RAM is never MMIO: an access to it that cannot be mapped, or that
+                // faults on a valid mapping, must not reach the host as an MMIO exit (that
+                // would hand it a protected guest's data).
+                GuestPage::Mapped => return kill(hyp, handle, kill::BAD_EXCEPTION, ipa),
+                GuestPage::NoMemory => return kill(hyp, handle, kill::OUT_OF_MEMORY, ipa),
+                GuestPage::Untagged(pa) => {
+                    let Next::Exit(mut e) = kill(hyp, handle, kill::UNTAGGED_MEMORY, ipa) else { return Next::Resume };
+                    e.args[0] = pa.0;
+                    return Next::Exit(e);
+                }
+                GuestPage::NotRam => {}
+            }
+            if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
+                return kill(hyp, handle, kill::BAD_EXCEPTION, ipa);
+            }
+            let Some(access) = decode_mmio(trap.esr) else {
+                return kill(hyp, handle, kill::UNDECODABLE_MMIO, ipa);
+            };
+            let mut e = VcpuExit { reason: exit::MMIO, ipa, size: access.size as u32, ..Default::default() };
+            if access.write {
+                e.flags = exit::MMIO_WRITE;
+                e.data = access.write_value(ctx.gpr(access.reg));
+                ctx.pc = ctx.pc.wrapping_add(4);
+            } else {
+                ctx.pending_read = Some(access);
+            }
+            Next::Exit(e)
+        }
+        _ => undef(hyp, handle, ctx, esr, arch),
+    }
+}
+
+/// Anything EL2 does not emulate (other system registers, SVE, pointer authentication,
+/// ...): the guest gets an UNDEF, as on hardware without it. The guest's EL1 registers are
+/// live in the CPU: edit them through the context.
+pub(crate) fn undef<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl Hw) -> Next {
+    arch.el1_to_ctx(ctx);
+    let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
+    arch.el1_from_ctx(ctx);
+    if ok {
+        Next::Resume
+    } else {
+        kill(hyp, handle, kill::BAD_EXCEPTION, 0)
     }
 }
 
@@ -385,7 +385,7 @@ mod tests {
         // ...and should one get into the context some other way, EL2 stops the VM before the
         // ERET: the guest never runs.
         {
-            let slot = f.hyp.vcpu_slot(h, 0).unwrap();
+            let slot = vcpu_slot(&f.hyp, h, 0).unwrap();
             slot.claim().unwrap().pstate = 0x3C9;
         }
         let rec = Recorder::default();

@@ -2,6 +2,7 @@
 //! `VCPU_STATS`.
 
 use crate::hyp::Hyp;
+use crate::guest::vm::claim_vcpu;
 use crate::mem::pgtable::TableMemory;
 use crate::guest::vgic::{self, IrqError};
 use shared_abi::{HypError, HypResult};
@@ -15,43 +16,41 @@ fn irq_err(e: IrqError) -> HypError {
     }
 }
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// `VCPU_SET_IRQ`: queues virtual interrupt `vintid` with `config` ([`shared_abi::msg::irq`])
-    /// in a free list register of vCPU `index`. Every field is checked before anything is
-    /// locked ([`vgic::lr_from_request`]); the list register value is EL2's own encoding.
-    /// Allowed for protected VMs after their first run: delivering interrupts is the host's
-    /// job, and an interrupt reveals nothing of the guest.
-    pub(crate) fn vcpu_set_irq(&self, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
-        let caps = self.vgic_caps().ok_or(HypError::Denied)?;
-        let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
-        let mut guard = self.claim_vcpu(handle, index)?;
-        let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
-        Ok([n as u64, 0, 0])
-    }
+/// `VCPU_SET_IRQ`: queues virtual interrupt `vintid` with `config` ([`shared_abi::msg::irq`])
+/// in a free list register of vCPU `index`. Every field is checked before anything is
+/// locked ([`vgic::lr_from_request`]); the list register value is EL2's own encoding.
+/// Allowed for protected VMs after their first run: delivering interrupts is the host's
+/// job, and an interrupt reveals nothing of the guest.
+pub(crate) fn vcpu_set_irq<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
+    let caps = hyp.vgic_caps().ok_or(HypError::Denied)?;
+    let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
+    let mut guard = claim_vcpu(hyp, handle, index)?;
+    let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
+    Ok([n as u64, 0, 0])
+}
 
-    /// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
-    /// hear about, to the message page (collecting the deactivations).
-    pub(crate) fn vcpu_irq_state(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
-        self.message_page(cpu)?;
-        let nr_lrs = self.vgic_caps().map_or(0, |c| c.nr_lrs);
-        let mut guard = self.claim_vcpu(handle, index)?;
-        // Collected only once the report is written: a failed write loses nothing.
-        let mut vgic = guard.vgic.clone();
-        let state = vgic.report(nr_lrs);
-        self.write_message(cpu, &state)?;
-        guard.vgic = vgic;
-        Ok([state.used as u64, 0, 0])
-    }
+/// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
+/// hear about, to the message page (collecting the deactivations).
+pub(crate) fn vcpu_irq_state<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
+    hyp.msg.page(cpu)?;
+    let nr_lrs = hyp.vgic_caps().map_or(0, |c| c.nr_lrs);
+    let mut guard = claim_vcpu(hyp, handle, index)?;
+    // Collected only once the report is written: a failed write loses nothing.
+    let mut vgic = guard.vgic.clone();
+    let state = vgic.report(nr_lrs);
+    hyp.msg.write(cpu, &state)?;
+    guard.vgic = vgic;
+    Ok([state.used as u64, 0, 0])
+}
 
-    /// `VCPU_STATS`: the vCPU's exception counts, by class. Counts only: allowed for protected
-    /// VMs at any time.
-    pub(crate) fn vcpu_stats(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
-        self.message_page(cpu)?;
-        let guard = self.claim_vcpu(handle, index)?;
-        let stats = shared_abi::msg::VcpuStats { counts: guard.stats };
-        self.write_message(cpu, &stats)?;
-        Ok([guard.stats.iter().sum(), 0, 0])
-    }
+/// `VCPU_STATS`: the vCPU's exception counts, by class. Counts only: allowed for protected
+/// VMs at any time.
+pub(crate) fn vcpu_stats<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
+    hyp.msg.page(cpu)?;
+    let guard = claim_vcpu(hyp, handle, index)?;
+    let stats = shared_abi::msg::VcpuStats { counts: guard.stats };
+    hyp.msg.write(cpu, &stats)?;
+    Ok([guard.stats.iter().sum(), 0, 0])
 }
 
 #[cfg(test)]

@@ -1,93 +1,78 @@
 //! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
 //! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
 
-use crate::hw::{Firmware, Hw, Tlb};
+use crate::hw::{Hw, Tlb};
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
 use crate::mem::protect::GuestPage;
 use crate::mem::Region;
-use crate::host::psci;
 use arrayvec::ArrayVec;
 use shared_abi::{HypError, HypResult};
 
 /// Pages a set/way clean collects per hold of the memory lock (`clean_vm_to_poc`).
 pub const SET_WAY_BATCH: usize = 64;
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// The host's PSCI `MEM_PROTECT(enable)` ([`psci::mem_protect`]): decided and forwarded
-    /// under the memory lock, where protected VMs are created and destroyed, so the count
-    /// cannot change between the decision and firmware's answer. Returns the value for `x0`.
-    pub fn host_mem_protect(&self, enable: u32, fw: &impl Firmware) -> i64 {
-        let mem = self.mem.lock();
-        let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
-        match psci::mem_protect(enable, protected_vms) {
-            None => fw.mem_protect(enable),
-            Some(answer) => answer,
-        }
-    }
-
-    /// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
-    /// guest's set/way maintenance, without FWB), for the vCPU whose claim the caller holds.
-    ///
-    /// The memory lock is held only to find the next [`SET_WAY_BATCH`] mapped pages, not for
-    /// the cleaning: a guest repeating set/way operations must not keep every other VM's
-    /// hypercalls and faults waiting for a whole-VM clean. Cleaning outside the lock is sound
-    /// because the pages found cannot change hands meanwhile: a VM's pages go back only at
-    /// `VM_DESTROY`, which cannot run while the caller's vCPU is claimed (each CPU's fixmap
-    /// slot is its own). A page mapped after its batch was collected is mapped by
-    /// `map_guest_page`, which cleans it itself.
-    pub(super) fn clean_vm_to_poc(&self, handle: u64, arch: &impl Hw) {
-        // (region index, page index) where the next batch starts.
-        let mut cursor = (0usize, 0u64);
-        loop {
-            let mut batch = ArrayVec::<PhysAddr, SET_WAY_BATCH>::new();
-            {
-                let mem = self.mem.lock();
-                let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
-                'collect: while let Some(r) = vm.mem.regions().get(cursor.0) {
-                    while cursor.1 < r.pages {
-                        if batch.is_full() {
-                            break 'collect;
-                        }
-                        let p = cursor.1;
-                        cursor.1 += 1;
-                        if vm.mem.s2().lookup(mem.tables(), r.ipa + p * PAGE_SIZE).is_some() {
-                            batch.push(PhysAddr(r.pa.0 + p * PAGE_SIZE));
-                        }
+/// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
+/// guest's set/way maintenance, without FWB), for the vCPU whose claim the caller holds.
+///
+/// The memory lock is held only to find the next [`SET_WAY_BATCH`] mapped pages, not for
+/// the cleaning: a guest repeating set/way operations must not keep every other VM's
+/// hypercalls and faults waiting for a whole-VM clean. Cleaning outside the lock is sound
+/// because the pages found cannot change hands meanwhile: a VM's pages go back only at
+/// `VM_DESTROY`, which cannot run while the caller's vCPU is claimed (each CPU's fixmap
+/// slot is its own). A page mapped after its batch was collected is mapped by
+/// `map_guest_page`, which cleans it itself.
+pub(crate) fn clean_vm_to_poc<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &impl Hw) {
+    // (region index, page index) where the next batch starts.
+    let mut cursor = (0usize, 0u64);
+    loop {
+        let mut batch = ArrayVec::<PhysAddr, SET_WAY_BATCH>::new();
+        {
+            let mem = hyp.mem.lock();
+            let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
+            'collect: while let Some(r) = vm.mem.regions().get(cursor.0) {
+                while cursor.1 < r.pages {
+                    if batch.is_full() {
+                        break 'collect;
                     }
-                    cursor = (cursor.0 + 1, 0);
+                    let p = cursor.1;
+                    cursor.1 += 1;
+                    if vm.mem.s2().lookup(mem.tables(), r.ipa + p * PAGE_SIZE).is_some() {
+                        batch.push(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                    }
                 }
-            }
-            if batch.is_empty() {
-                return;
-            }
-            for pa in batch {
-                arch.clean_inval_poc(pa);
+                cursor = (cursor.0 + 1, 0);
             }
         }
+        if batch.is_empty() {
+            return;
+        }
+        for pa in batch {
+            arch.clean_inval_poc(pa);
+        }
     }
+}
 
-    /// `VM_ADD_MEMORY`.
-    pub(crate) fn vm_add_memory(&self, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
-        if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
-            return Err(HypError::NotAligned);
-        }
-        let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
-        let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
-        ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
-        if !self.platform.ram.contains_range(&phys) {
-            return Err(HypError::OutOfRange);
-        }
-        let region = Region { ipa, pa: PhysAddr(pa), pages };
-        self.mem.lock().host_give_guest(handle, region, self.platform.untagged, m)?;
-        Ok([0; 3])
+/// `VM_ADD_MEMORY`.
+pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
+    if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
+        return Err(HypError::NotAligned);
     }
+    let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
+    let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
+    ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
+    if !hyp.platform.ram.contains_range(&phys) {
+        return Err(HypError::OutOfRange);
+    }
+    let region = Region { ipa, pa: PhysAddr(pa), pages };
+    hyp.mem.lock().host_give_guest(handle, region, hyp.platform.untagged, m)?;
+    Ok([0; 3])
+}
 
-    /// Maps the guest page holding `ipa` if it is guest memory.
-    pub(super) fn map_guest_page(&self, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
-        self.mem.lock().guest_map_on_fault(handle, ipa, self.platform.untagged, self.host_reserve, hw)
-    }
+/// Maps the guest page holding `ipa` if it is guest memory.
+pub(crate) fn map_guest_page<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
+    hyp.mem.lock().guest_map_on_fault(handle, ipa, hyp.platform.untagged, hyp.host_reserve, hw)
 }
 
 #[cfg(test)]
@@ -332,7 +317,7 @@ mod tests {
         let mut f = fixture();
         let mem_protect = |f: &Fixture, enable: u32| {
             let rec = Recorder::default();
-            let r = f.hyp.host_mem_protect(enable, &rec);
+            let r = crate::host::psci::host_mem_protect(&f.hyp.mem, enable, &rec);
             let forwarded = rec.log.borrow().iter().any(|s| s.starts_with("mem_protect"));
             (r, forwarded)
         };
@@ -348,11 +333,11 @@ mod tests {
         let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
         assert!(rec.log.borrow().is_empty(), "already on");
         // While protected VMs exist the host may not turn it off; enabling again is harmless.
-        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false));
-        assert_eq!(mem_protect(&f, 5), (psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 0), (crate::host::psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 5), (crate::host::psci::DENIED, false));
         assert_eq!(mem_protect(&f, 1), (-1, true));
         f.call(0, H::VmDestroy, &[p1]).unwrap();
-        assert_eq!(mem_protect(&f, 0), (psci::DENIED, false), "one protected VM left");
+        assert_eq!(mem_protect(&f, 0), (crate::host::psci::DENIED, false), "one protected VM left");
         f.call(0, H::VmDestroy, &[p2]).unwrap();
         assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
         f.call(0, H::VmDestroy, &[plain]).unwrap();

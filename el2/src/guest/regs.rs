@@ -4,6 +4,7 @@
 use super::MAX_VCPUS;
 use crate::cpu::fwreg::{self, FwError};
 use crate::hyp::Hyp;
+use crate::guest::vm::vcpu_slot;
 use crate::cpu::idreg::{self, NR_IDREGS};
 use crate::mem::pgtable::TableMemory;
 use crate::guest::vcpu::{register_ids, RegError, VcpuCtx};
@@ -25,73 +26,61 @@ fn vm_err(e: RegError) -> HypError {
     }
 }
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
-    /// access its registers.
-    ///
-    /// The seal check must hold for the whole access, not only when it is made: the vCPU's
-    /// claim excludes *its own* run, but another vCPU of the same VM may start running on
-    /// another CPU and set `ran` in between. So the check and the access both happen under
-    /// the memory lock, which `VCPU_RUN` holds to set `ran`: a protected VM either has not run
-    /// for the whole access, or the access is `Denied`. (Lock order as everywhere: the claim
-    /// first, then the memory lock; the access itself only copies registers.)
-    fn with_host_regs<R>(&self, handle: u64, index: u64, access: impl FnOnce(&mut VcpuCtx) -> R) -> Result<R, HypError> {
-        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
-        let mem = self.mem.lock();
-        let (_, vm) = mem.vms.lookup(handle)?;
-        if index as usize >= vm.nr_vcpus {
-            return Err(HypError::InvalidArgument);
-        }
-        if vm.protected && vm.ran {
-            return Err(HypError::Denied);
-        }
-        let r = access(&mut guard);
-        drop(mem);
-        Ok(r)
+/// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
+/// access its registers.
+///
+/// The seal check must hold for the whole access, not only when it is made: the vCPU's
+/// claim excludes *its own* run, but another vCPU of the same VM may start running on
+/// another CPU and set `ran` in between. So the check and the access both happen under
+/// the memory lock, which `VCPU_RUN` holds to set `ran`: a protected VM either has not run
+/// for the whole access, or the access is `Denied`. (Lock order as everywhere: the claim
+/// first, then the memory lock; the access itself only copies registers.)
+fn with_host_regs<T: TableMemory, R>(hyp: &Hyp<'_, T>, handle: u64, index: u64, access: impl FnOnce(&mut VcpuCtx) -> R) -> Result<R, HypError> {
+    let mut guard = vcpu_slot(hyp, handle, index)?.claim().ok_or(HypError::Busy)?;
+    let mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup(handle)?;
+    if index as usize >= vm.nr_vcpus {
+        return Err(HypError::InvalidArgument);
     }
+    if vm.protected && vm.ran {
+        return Err(HypError::Denied);
+    }
+    let r = access(&mut guard);
+    drop(mem);
+    Ok(r)
+}
 
-    /// VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) through `VCPU_GET_REG`/`VCPU_SET_REG`:
-    /// writable before the VM's first run; afterwards an identical write succeeds and any
-    /// other is `Frozen` (a protected VM's are sealed like the rest of its registers).
-    fn vm_reg(&self, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
-        if index >= MAX_VCPUS as u64 {
+/// VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) through `VCPU_GET_REG`/`VCPU_SET_REG`:
+/// writable before the VM's first run; afterwards an identical write succeeds and any
+/// other is `Frozen` (a protected VM's are sealed like the rest of its registers).
+fn vm_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
+    if index >= MAX_VCPUS as u64 {
+        return Err(HypError::InvalidArgument);
+    }
+    let mut mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    if index as usize >= vm.nr_vcpus {
+        return Err(HypError::InvalidArgument);
+    }
+    if vm.protected && vm.ran {
+        return Err(HypError::Denied);
+    }
+    if let Some(i) = idreg::index_of(id) {
+        let slot = &hyp.idregs[(handle & 0xFF) as usize][i];
+        let current = slot.load(Ordering::Relaxed);
+        let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+        if vm.ran || hi != 0 {
+            return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Frozen) };
+        }
+        if !idreg::write_ok(i, value, vm.idreg_limit[i]) {
             return Err(HypError::InvalidArgument);
         }
-        let mut mem = self.mem.lock();
-        let (_, vm) = mem.vms.lookup_mut(handle)?;
-        if index as usize >= vm.nr_vcpus {
-            return Err(HypError::InvalidArgument);
-        }
-        if vm.protected && vm.ran {
-            return Err(HypError::Denied);
-        }
-        if let Some(i) = idreg::index_of(id) {
-            let slot = &self.idregs[(handle & 0xFF) as usize][i];
-            let current = slot.load(Ordering::Relaxed);
-            let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
-            if vm.ran || hi != 0 {
-                return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Frozen) };
-            }
-            if !idreg::write_ok(i, value, vm.idreg_limit[i]) {
-                return Err(HypError::InvalidArgument);
-            }
-            slot.store(value, Ordering::Relaxed);
-            return Ok([0; 3]);
-        }
-        if id == reg::CNTVOFF_EL2 {
-            // Any offset is a valid one: it only moves the guest's virtual count.
-            let current = vm.cntvoff;
-            let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
-            if hi != 0 {
-                return Err(HypError::InvalidArgument);
-            }
-            if vm.ran {
-                return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
-            }
-            vm.cntvoff = value;
-            return Ok([0; 3]);
-        }
-        let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
+        slot.store(value, Ordering::Relaxed);
+        return Ok([0; 3]);
+    }
+    if id == reg::CNTVOFF_EL2 {
+        // Any offset is a valid one: it only moves the guest's virtual count.
+        let current = vm.cntvoff;
         let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
         if hi != 0 {
             return Err(HypError::InvalidArgument);
@@ -99,49 +88,59 @@ impl<T: TableMemory> Hyp<'_, T> {
         if vm.ran {
             return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
         }
-        vm.fw = vm.fw.with(&self.fw_provided(), id, value).map_err(|e| match e {
-            FwError::Unknown => HypError::UnknownRegister,
-            FwError::Refused => HypError::InvalidArgument,
-        })?;
-        Ok([0; 3])
+        vm.cntvoff = value;
+        return Ok([0; 3]);
     }
+    let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
+    let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+    if hi != 0 {
+        return Err(HypError::InvalidArgument);
+    }
+    if vm.ran {
+        return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
+    }
+    vm.fw = vm.fw.with(&hyp.fw_provided(), id, value).map_err(|e| match e {
+        FwError::Unknown => HypError::UnknownRegister,
+        FwError::Refused => HypError::InvalidArgument,
+    })?;
+    Ok([0; 3])
+}
 
-    /// `VCPU_SET_REG`.
-    pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
-        if is_vm_reg(id) {
-            return self.vm_reg(handle, index, id, Some(value));
-        }
-        self.with_host_regs(handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
-        Ok([0; 3])
+/// `VCPU_SET_REG`.
+pub(crate) fn vcpu_set_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
+    if is_vm_reg(id) {
+        return vm_reg(hyp, handle, index, id, Some(value));
     }
+    with_host_regs(hyp, handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
+    Ok([0; 3])
+}
 
-    /// `VCPU_GET_REG`.
-    pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
-        if is_vm_reg(id) {
-            return self.vm_reg(handle, index, id, None);
-        }
-        let (lo, hi) = self.with_host_regs(handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
-        Ok([lo, hi, 0])
+/// `VCPU_GET_REG`.
+pub(crate) fn vcpu_get_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64) -> HypResult {
+    if is_vm_reg(id) {
+        return vm_reg(hyp, handle, index, id, None);
     }
+    let (lo, hi) = with_host_regs(hyp, handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
+    Ok([lo, hi, 0])
+}
 
-    /// `VCPU_REG_LIST`.
-    pub(crate) fn vcpu_reg_list(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
-        {
-            let mem = self.mem.lock();
-            let (_, vm) = mem.vms.lookup(handle)?;
-            if index as usize >= vm.nr_vcpus {
-                return Err(HypError::InvalidArgument);
-            }
+/// `VCPU_REG_LIST`.
+pub(crate) fn vcpu_reg_list<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
+    {
+        let mem = hyp.mem.lock();
+        let (_, vm) = mem.vms.lookup(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
         }
-        let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
-        let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id)).chain([reg::CNTVOFF_EL2]);
-        for (slot, id) in list.ids.iter_mut().zip(ids) {
-            *slot = id;
-            list.count += 1;
-        }
-        self.write_message(cpu, &list)?;
-        Ok([list.count, 0, 0])
     }
+    let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
+    let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id)).chain([reg::CNTVOFF_EL2]);
+    for (slot, id) in list.ids.iter_mut().zip(ids) {
+        *slot = id;
+        list.count += 1;
+    }
+    hyp.msg.write(cpu, &list)?;
+    Ok([list.count, 0, 0])
 }
 
 #[cfg(test)]
@@ -259,7 +258,7 @@ mod tests {
                 f.call(1, H::VcpuRun, &[h, 1, 0]).unwrap();
                 run_done.store(true, Ordering::SeqCst);
             });
-            let r = f.hyp.with_host_regs(h, 0, |ctx| {
+            let r = with_host_regs(&f.hyp, h, 0, |ctx| {
                 inside.wait();
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 ctx.x[0] = 42;

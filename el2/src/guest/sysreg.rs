@@ -6,6 +6,8 @@ use super::exit::{Me, Next};
 use crate::hw::Hw;
 use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
+use crate::guest::exit::undef;
+use crate::guest::memory::clean_vm_to_poc;
 use crate::cpu::idreg;
 use crate::mem::pgtable::TableMemory;
 use crate::guest::vcpu::VcpuCtx;
@@ -13,54 +15,52 @@ use crate::guest::vgic;
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{exit, VcpuExit};
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
-    pub(super) fn sysreg_trap(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl Hw) -> Next {
-        if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
+/// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
+pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl Hw) -> Next {
+    if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
+        ctx.pc = ctx.pc.wrapping_add(4);
+        let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
+        return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
+    }
+    let Some(a) = sysreg_access(esr) else { return undef(hyp, handle, ctx, Esr(esr), arch) };
+    let done = if let Some(i) = idreg_read(&a) {
+        // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
+        Some(Emulated::Read(hyp.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
+    } else if a.op0 == 2 {
+        // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
+        let dfr0 = hyp.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
+        let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
+        debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+    } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
+        // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
+        // count; the guest never reaches the real one, which is the host's.
+        let r = ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter());
+        if r == Some(Emulated::Written) {
+            arch.ptimer_backing(&ctx.ptimer);
+        }
+        r
+    } else if is_set_way(&a, me.mte) {
+        // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
+        // Write-Back cacheable, and so coherent with every other view: nothing a set/way
+        // operation could make visible is not already. Without FWB the guest may run with
+        // caching off: its whole memory goes to the PoC, once per VCPU_RUN (a guest cleans
+        // by set/way in a loop over every set and way; the first clean covers the rest).
+        if !me.fwb && !me.set_way_done.replace(true) {
+            clean_vm_to_poc(hyp, handle, arch);
+        }
+        Some(Emulated::Written)
+    } else {
+        None
+    };
+    match done {
+        Some(e) => {
+            if let Emulated::Read(v) = e {
+                ctx.set_gpr(a.rt, v);
+            }
             ctx.pc = ctx.pc.wrapping_add(4);
-            let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
-            return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
+            Next::Resume
         }
-        let Some(a) = sysreg_access(esr) else { return self.undef(handle, ctx, Esr(esr), arch) };
-        let done = if let Some(i) = idreg_read(&a) {
-            // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
-            Some(Emulated::Read(self.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
-        } else if a.op0 == 2 {
-            // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
-            let dfr0 = self.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
-            let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
-            debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
-        } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
-            // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
-            // count; the guest never reaches the real one, which is the host's.
-            let r = ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter());
-            if r == Some(Emulated::Written) {
-                arch.ptimer_backing(&ctx.ptimer);
-            }
-            r
-        } else if is_set_way(&a, me.mte) {
-            // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
-            // Write-Back cacheable, and so coherent with every other view: nothing a set/way
-            // operation could make visible is not already. Without FWB the guest may run with
-            // caching off: its whole memory goes to the PoC, once per VCPU_RUN (a guest cleans
-            // by set/way in a loop over every set and way; the first clean covers the rest).
-            if !me.fwb && !me.set_way_done.replace(true) {
-                self.clean_vm_to_poc(handle, arch);
-            }
-            Some(Emulated::Written)
-        } else {
-            None
-        };
-        match done {
-            Some(e) => {
-                if let Emulated::Read(v) = e {
-                    ctx.set_gpr(a.rt, v);
-                }
-                ctx.pc = ctx.pc.wrapping_add(4);
-                Next::Resume
-            }
-            None => self.undef(handle, ctx, Esr(esr), arch),
-        }
+        None => undef(hyp, handle, ctx, Esr(esr), arch),
     }
 }
 

@@ -193,144 +193,142 @@ impl VmTable {
 /// VM first runs; read by the guest's ID-register trap without a lock.
 pub type IdRegTable = [[AtomicU64; NR_IDREGS]; MAX_VMS];
 
-impl<T: TableMemory> Hyp<'_, T> {
-    pub(super) fn vcpu_slot(&self, handle: u64, index: u64) -> Result<&VcpuSlot, HypError> {
-        if index >= MAX_VCPUS as u64 {
-            return Err(HypError::InvalidArgument);
-        }
-        Ok(&self.vcpus[(handle & 0xFF) as usize % MAX_VMS][index as usize])
+pub(crate) fn vcpu_slot<'h, T: TableMemory>(hyp: &'h Hyp<'_, T>, handle: u64, index: u64) -> Result<&'h VcpuSlot, HypError> {
+    if index >= MAX_VCPUS as u64 {
+        return Err(HypError::InvalidArgument);
     }
+    Ok(&hyp.vcpus[(handle & 0xFF) as usize % MAX_VMS][index as usize])
+}
 
-    /// Claims vCPU `index` of the live VM `handle` for a host call that needs no more than
-    /// that (the VM lookup is not kept: the claim alone keeps the vCPU's state still).
-    pub(super) fn claim_vcpu(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
-        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
-        let mem = self.mem.lock();
-        let (_, vm) = mem.vms.lookup(handle)?;
-        if index as usize >= vm.nr_vcpus {
-            return Err(HypError::InvalidArgument);
-        }
-        Ok(guard)
+/// Claims vCPU `index` of the live VM `handle` for a host call that needs no more than
+/// that (the VM lookup is not kept: the claim alone keeps the vCPU's state still).
+pub(crate) fn claim_vcpu<'h, T: TableMemory>(hyp: &'h Hyp<'_, T>, handle: u64, index: u64) -> Result<VcpuGuard<'h>, HypError> {
+    let guard = vcpu_slot(hyp, handle, index)?.claim().ok_or(HypError::Busy)?;
+    let mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup(handle)?;
+    if index as usize >= vm.nr_vcpus {
+        return Err(HypError::InvalidArgument);
     }
+    Ok(guard)
+}
 
-    /// `VM_CREATE`.
-    pub(crate) fn vm_create(&self, cpu: usize, arch: &impl Hw) -> HypResult {
-        let req: VmCreate = self.read_message(cpu)?;
-        if req.reserved != [0; 2] {
-            return Err(HypError::BadMessage);
-        }
-        if req.nr_vcpus == 0 || req.nr_vcpus as usize > MAX_VCPUS {
-            return Err(HypError::InvalidArgument);
-        }
-        if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
-            return Err(HypError::InvalidArgument);
-        }
-        // From here on the CPU view is fixed: CPUs that come online later must be at least as
-        // capable as what this VM is given (see `cpufeat`).
-        let cpus = self.fix_cpu_features();
-        if req.ipa_bits > cpus.max_ipa_bits() as u32 {
-            // Some CPU's PARange is smaller than the IPA size asked for.
-            return Err(HypError::InvalidArgument);
-        }
-        let mte = req.flags & vm_flags::MTE != 0;
-        if mte && !cpus.mte2() {
-            // Some CPU has no allocation tags in memory.
-            return Err(HypError::Denied);
-        }
-        let ptrauth = req.flags & vm_flags::PTRAUTH != 0;
-        if ptrauth && !cpus.ptrauth() {
-            // Some CPU lacks address or generic authentication, CPUs differ in algorithm or
-            // PAuth level, or an IMPLEMENTATION DEFINED algorithm on CPUs that are not identical.
-            return Err(HypError::Denied);
-        }
-        if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
-            // A protected guest must not share the host's PMU (a side channel both ways).
-            return Err(HypError::Denied);
-        }
-        let mut mem = self.mem.lock();
-        let slot = mem.vms.slots.iter().position(Option::is_none).ok_or(HypError::NoCapacity)?;
-        // The slot's vCPUs may be briefly claimed by a call with a stale handle.
-        let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
-        for v in &self.vcpus[slot] {
-            guards.push(v.claim().ok_or(HypError::Busy)?);
-        }
-        let fwb = cpus.s2fwb();
-        let guest_memory = mem.guest_memory_new(fwb, req.ipa_bits as u8, self.host_reserve)?;
-        let vms = &mut mem.vms;
-        let policy = VmPolicy {
-            mte,
-            ptrauth,
-            pmu: req.flags & vm_flags::HOST_PMU != 0,
-            ipa_bits: req.ipa_bits as u8,
-            protected: req.flags & vm_flags::PROTECTED != 0,
-        };
-        let idreg_limit = idreg::restrict(cpus.view(), &policy);
-        for (a, v) in self.idregs[slot].iter().zip(idreg_limit) {
-            a.store(v, Ordering::Relaxed);
-        }
-        let gen = vms.gens[slot].wrapping_add(1).max(1);
-        vms.gens[slot] = gen;
-        let handle = (gen as u64) << 8 | slot as u64;
-        for (i, (g, v)) in guards.iter_mut().zip(&self.vcpus[slot]).enumerate() {
-            **g = VcpuCtx::new();
-            v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
-        }
-        let protected = req.flags & vm_flags::PROTECTED != 0;
-        if protected && !vms.iter().any(|vm| vm.protected) {
-            // The first protected VM: from now on a reset must not hand RAM to the next boot
-            // unscrubbed. Under the memory lock, like the host's own MEM_PROTECT calls, so the
-            // host cannot turn protection off in between. Firmware without MEM_PROTECT (QEMU)
-            // answers NOT_SUPPORTED; the VM is created all the same.
-            let r = arch.mem_protect(1);
-            log::debug!("PSCI MEM_PROTECT(1) for the first protected VM: {r}");
-        }
-        vms.slots[slot] = Some(Vm {
-            handle,
-            protected,
-            nr_vcpus: req.nr_vcpus as usize,
-            vmid: slot as u8 + 1,
-            mem: guest_memory,
-            ran: false,
-            killed: false,
-            ended: false,
-            host_pmu: req.flags & vm_flags::HOST_PMU != 0,
-            fw: FwRegs::new(cpus.fw_provided()),
-            idreg_limit,
-            ptrauth,
-            mte,
-            fwb,
-            local_tlb: LocalTlbRecord::new(),
-            // 0 until the host sets it: on QEMU 7.2 an enabled virtual timer whose
-            // CNTV_CVAL_EL0 + CNTVOFF_EL2 wraps re-arms QEMU's timer in the past for ever and
-            // hangs the whole machine, and any non-zero offset lets a guest choose such a CVAL
-            // (a guest must not be able to stop the emulator). A host that sets an offset takes
-            // that on itself (`guest-storm-cval-max-offset`).
-            cntvoff: 0,
-        });
-        Ok([handle, 0, 0])
+/// `VM_CREATE`.
+pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &impl Hw) -> HypResult {
+    let req: VmCreate = hyp.msg.read(cpu)?;
+    if req.reserved != [0; 2] {
+        return Err(HypError::BadMessage);
     }
+    if req.nr_vcpus == 0 || req.nr_vcpus as usize > MAX_VCPUS {
+        return Err(HypError::InvalidArgument);
+    }
+    if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
+        return Err(HypError::InvalidArgument);
+    }
+    // From here on the CPU view is fixed: CPUs that come online later must be at least as
+    // capable as what this VM is given (see `cpufeat`).
+    let cpus = hyp.fix_cpu_features();
+    if req.ipa_bits > cpus.max_ipa_bits() as u32 {
+        // Some CPU's PARange is smaller than the IPA size asked for.
+        return Err(HypError::InvalidArgument);
+    }
+    let mte = req.flags & vm_flags::MTE != 0;
+    if mte && !cpus.mte2() {
+        // Some CPU has no allocation tags in memory.
+        return Err(HypError::Denied);
+    }
+    let ptrauth = req.flags & vm_flags::PTRAUTH != 0;
+    if ptrauth && !cpus.ptrauth() {
+        // Some CPU lacks address or generic authentication, CPUs differ in algorithm or
+        // PAuth level, or an IMPLEMENTATION DEFINED algorithm on CPUs that are not identical.
+        return Err(HypError::Denied);
+    }
+    if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
+        // A protected guest must not share the host's PMU (a side channel both ways).
+        return Err(HypError::Denied);
+    }
+    let mut mem = hyp.mem.lock();
+    let slot = mem.vms.slots.iter().position(Option::is_none).ok_or(HypError::NoCapacity)?;
+    // The slot's vCPUs may be briefly claimed by a call with a stale handle.
+    let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
+    for v in &hyp.vcpus[slot] {
+        guards.push(v.claim().ok_or(HypError::Busy)?);
+    }
+    let fwb = cpus.s2fwb();
+    let guest_memory = mem.guest_memory_new(fwb, req.ipa_bits as u8, hyp.host_reserve)?;
+    let vms = &mut mem.vms;
+    let policy = VmPolicy {
+        mte,
+        ptrauth,
+        pmu: req.flags & vm_flags::HOST_PMU != 0,
+        ipa_bits: req.ipa_bits as u8,
+        protected: req.flags & vm_flags::PROTECTED != 0,
+    };
+    let idreg_limit = idreg::restrict(cpus.view(), &policy);
+    for (a, v) in hyp.idregs[slot].iter().zip(idreg_limit) {
+        a.store(v, Ordering::Relaxed);
+    }
+    let gen = vms.gens[slot].wrapping_add(1).max(1);
+    vms.gens[slot] = gen;
+    let handle = (gen as u64) << 8 | slot as u64;
+    for (i, (g, v)) in guards.iter_mut().zip(&hyp.vcpus[slot]).enumerate() {
+        **g = VcpuCtx::new();
+        v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
+    }
+    let protected = req.flags & vm_flags::PROTECTED != 0;
+    if protected && !vms.iter().any(|vm| vm.protected) {
+        // The first protected VM: from now on a reset must not hand RAM to the next boot
+        // unscrubbed. Under the memory lock, like the host's own MEM_PROTECT calls, so the
+        // host cannot turn protection off in between. Firmware without MEM_PROTECT (QEMU)
+        // answers NOT_SUPPORTED; the VM is created all the same.
+        let r = arch.mem_protect(1);
+        log::debug!("PSCI MEM_PROTECT(1) for the first protected VM: {r}");
+    }
+    vms.slots[slot] = Some(Vm {
+        handle,
+        protected,
+        nr_vcpus: req.nr_vcpus as usize,
+        vmid: slot as u8 + 1,
+        mem: guest_memory,
+        ran: false,
+        killed: false,
+        ended: false,
+        host_pmu: req.flags & vm_flags::HOST_PMU != 0,
+        fw: FwRegs::new(cpus.fw_provided()),
+        idreg_limit,
+        ptrauth,
+        mte,
+        fwb,
+        local_tlb: LocalTlbRecord::new(),
+        // 0 until the host sets it: on QEMU 7.2 an enabled virtual timer whose
+        // CNTV_CVAL_EL0 + CNTVOFF_EL2 wraps re-arms QEMU's timer in the past for ever and
+        // hangs the whole machine, and any non-zero offset lets a guest choose such a CVAL
+        // (a guest must not be able to stop the emulator). A host that sets an offset takes
+        // that on itself (`guest-storm-cval-max-offset`).
+        cntvoff: 0,
+    });
+    Ok([handle, 0, 0])
+}
 
-    /// `VM_DESTROY`.
-    pub(crate) fn vm_destroy(&self, handle: u64, arch: &impl Hw) -> HypResult {
-        let mut mem = self.mem.lock();
-        let (slot, _) = mem.vms.lookup(handle)?;
-        let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
-        for v in &self.vcpus[slot] {
-            guards.push(v.claim().ok_or(HypError::Busy)?);
-        }
-        // Checked: commit. Nothing below can fail.
-        let Some(vm) = mem.vms.slots[slot].take() else { return Err(HypError::InvalidHandle) };
-        mem.guest_reclaim_scrub(vm, self.platform.untagged, arch);
-        // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
-        // `CPU_ON` entry point and context.
-        for (g, v) in guards.iter_mut().zip(&self.vcpus[slot]) {
-            **g = VcpuCtx::new();
-            v.power.store(power::OFF, Ordering::Release);
-            v.on_entry.store(0, Ordering::Relaxed);
-            v.on_context.store(0, Ordering::Relaxed);
-        }
-        Ok([0; 3])
+/// `VM_DESTROY`.
+pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &impl Hw) -> HypResult {
+    let mut mem = hyp.mem.lock();
+    let (slot, _) = mem.vms.lookup(handle)?;
+    let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
+    for v in &hyp.vcpus[slot] {
+        guards.push(v.claim().ok_or(HypError::Busy)?);
     }
+    // Checked: commit. Nothing below can fail.
+    let Some(vm) = mem.vms.slots[slot].take() else { return Err(HypError::InvalidHandle) };
+    mem.guest_reclaim_scrub(vm, hyp.platform.untagged, arch);
+    // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
+    // `CPU_ON` entry point and context.
+    for (g, v) in guards.iter_mut().zip(&hyp.vcpus[slot]) {
+        **g = VcpuCtx::new();
+        v.power.store(power::OFF, Ordering::Release);
+        v.on_entry.store(0, Ordering::Relaxed);
+        v.on_context.store(0, Ordering::Relaxed);
+    }
+    Ok([0; 3])
 }
 
 #[cfg(test)]
