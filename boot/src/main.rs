@@ -18,15 +18,17 @@
 use core::arch::global_asm;
 use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU64, Ordering};
-use el2::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use el2::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use el2::arch::{self, El2MmuConfig, HostConfig};
 use el2::hyp::{Hyp, HypParts};
-use el2::owner::{Ownership, PageEntry};
-use el2::pgtable::{Attrs, Format, MemType, PageTable, Perms};
+use el2::mem::owner::{Ownership, PageEntry};
+use el2::mem::pgtable::{Attrs, Format, MemType, PageTable, Perms};
 use el2::platform::{self, Platform, MAX_CPUS};
-use el2::pool::PagePool;
-use el2::trap::{HYP, SECONDARY_ENTRY};
-use el2::vm::{IdRegTable, VcpuSlot, VcpuTable, MAX_VCPUS, MAX_VMS};
+use el2::mem::pool::PagePool;
+use el2::arch::trap::{HYP, SECONDARY_ENTRY};
+use el2::guest::vcpu::{VcpuSlot, VcpuTable};
+use el2::guest::vm::IdRegTable;
+use el2::guest::{MAX_VCPUS, MAX_VMS};
 use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
 
 /// Bytes per CPU in the stack region: one guard page, then the 64 KiB stack.
@@ -135,7 +137,7 @@ static RECORD: Record = Record(core::cell::UnsafeCell::new([PageEntry::EMPTY; MA
 /// Every vCPU context.
 static VCPUS: VcpuTable = [const { [const { VcpuSlot::new() }; MAX_VCPUS] }; MAX_VMS];
 /// Every VM's ID registers.
-static IDREGS: IdRegTable = [const { [const { AtomicU64::new(0) }; el2::idreg::NR_IDREGS] }; MAX_VMS];
+static IDREGS: IdRegTable = [const { [const { AtomicU64::new(0) }; el2::cpu::idreg::NR_IDREGS] }; MAX_VMS];
 
 /// EL2 MMU settings for the secondary CPUs: TTBR0, TCR, MAIR, SCTLR. Cleaned to the point of
 /// coherency after being written, because secondaries read them with their MMU off.
@@ -195,9 +197,9 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
         }
     }
     // The first page of every redistributor's RD_base frame, kept from the host: EL2 performs
-    // the host's accesses to it (el2::gicr). Not optional: without it the host would own
+    // the host's accesses to it (el2::host::gicr). Not optional: without it the host would own
     // GICR_CTLR.EnableLPIs.
-    for page in gicr.into_iter().flat_map(el2::gicr::guarded_pages) {
+    for page in gicr.into_iter().flat_map(el2::host::gicr::guarded_pages) {
         map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
     }
     // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
@@ -242,7 +244,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     // SAFETY: at EL2 with the MMU off; `hyp_s1` identity-maps this code, its stack and data.
     unsafe { arch::enable_el2_mmu(&mmu) };
 
-    el2::console::init(platform.uart.0, log::LevelFilter::Info);
+    el2::arch::console::init(platform.uart.0, log::LevelFilter::Info);
     log::info!(
         "hypervisor at EL2: {} CPUs, RAM {}..{}, PA {} bits, ABI {}.{}",
         platform.cpus.len(),
@@ -267,9 +269,9 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         arch::park();
     }
     // The redistributors behind the guarded pages (mapped above): GICR_TYPER.Last ends them.
-    let gicr = platform.gicr.map(|r| el2::gicr::probe(r, &arch::RdMmio));
+    let gicr = platform.gicr.map(|r| el2::host::gicr::probe(r, &arch::RdMmio));
     if let Some(g) = gicr {
-        log::info!("GIC redistributors: {} at {}, control pages kept from the host ({} guarded)", g.present, g.region.start, el2::gicr::guarded_pages(g.region).count());
+        log::info!("GIC redistributors: {} at {}, control pages kept from the host ({} guarded)", g.present, g.region.start, el2::host::gicr::guarded_pages(g.region).count());
     }
     if let Some(u) = platform.untagged {
         log::info!("RAM without tag storage: {}..{} (MTE VMs are never given it)", u.start, u.end);
@@ -361,7 +363,7 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    el2::console::emergency(format_args!("EL2 PANIC on cpu{}: {info}\n", arch::cpu_index()));
+    el2::arch::console::emergency(format_args!("EL2 PANIC on cpu{}: {info}\n", arch::cpu_index()));
     arch::failstop::signal();
     arch::park()
 }

@@ -1,60 +1,30 @@
-//! EL2's state and the host's hypercalls.
+//! EL2's global state: [`Hyp`], built once at boot and shared by every CPU.
 //!
-//! Place in the flow: *decode → validate → lock → check → commit*. [`Hyp::host_hvc`] decodes the
-//! function ID and argument registers, refuses what is malformed before taking any lock, then
-//! takes the memory lock, checks page states, and commits. A failure after the checks would be
-//! an EL2 bug, never an error the host sees.
+//! It holds the state; it serves nothing itself. Host calls start in [`crate::hypercall`],
+//! guest exits in [`crate::guest::exit`], and every change of memory state goes through
+//! [`crate::mem::protect`].
 //!
 //! # Locks
-//! One lock, [`Hyp::mem`], guards the ownership record, the host stage 2, EL2's stage 1 and the
-//! table pool, and the per-CPU message-page registry's writers. Message pages are *read* without
-//! the lock: each is written once, during set-up, before any message call can use it.
-//! [`Hyp::cpus`] (the CPU view) has its own lock, taken inside the memory lock or alone, and
-//! nothing is locked while holding it.
-//!
-//! # Memory maintenance
-//! Table edits here are followed by the barrier or TLB maintenance the [`Maintenance`]
-//! implementation provides (the arch layer in EL2, a recorder in tests).
+//! One lock, [`Hyp::mem`], guards the ownership record, the host stage 2, EL2's stage 1, the
+//! table pool and the VM table ([`MemState`]), and the writers of the message-page registry.
+//! Message pages are *read* without the lock: each is written once, during set-up, before any
+//! message call can use it. [`Hyp::cpus`] (the CPU view) has its own lock, taken inside the
+//! memory lock or alone, and nothing is locked while holding it.
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::owner::{Component, OwnError, Ownership};
-use crate::pgtable::{level_size, Attrs, MemType, PageTable, Perms, PtError, TableMemory};
+use crate::mem::addr::PhysRange;
+use crate::mem::owner::Ownership;
+use crate::mem::pgtable::{PageTable, TableMemory};
+use crate::host::msgpage::MessagePages;
+use crate::mem::protect::HostFault;
+use crate::mem::MemState;
 use crate::platform::{Platform, MAX_CPUS};
-use crate::cpufeat::{CpuFeatures, CpuId, Weaker};
-use crate::gicr::Redistributors;
-use crate::vgic::VgicCaps;
-use crate::vm::{GuestArch, IdRegTable, VcpuTable, VmTable};
+use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
+use crate::host::gicr::Redistributors;
+use crate::guest::vgic::VgicCaps;
+use crate::guest::vcpu::VcpuTable;
+use crate::guest::vm::IdRegTable;
+use crate::hw::Tlb;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use shared_abi::msg::{EchoRequest, HypInfo};
-use shared_abi::{HypError, HypResult, HypercallId, Phase, ABI_VERSION};
-use zerocopy::{FromBytes, Immutable, IntoBytes};
-
-/// Barriers and TLB maintenance after table edits. Each method documents what it must order.
-pub trait Maintenance {
-    /// New valid entries in EL2's stage 1: make them visible to this CPU's walker before EL2
-    /// touches the memory (`DSB ISHST; ISB`).
-    fn hyp_s1_mapped(&self);
-    /// New valid entries in the host stage 2: visible before the host retries (`DSB ISHST`;
-    /// the `ERET` back to the host is context synchronising).
-    fn host_s2_mapped(&self);
-    /// Entries removed from the host stage 2: `DSB ISHST`, `TLBI IPAS2E1IS` for the range,
-    /// `DSB ISH`, `TLBI VMALLE1IS`, `DSB ISH`, so no CPU keeps a stale translation.
-    fn host_s2_unmapped(&self, ipa: u64, size: u64);
-}
-
-/// Everything the memory lock guards.
-pub struct MemState<'a, T: TableMemory> {
-    /// Who owns each page of RAM.
-    pub own: Ownership<'a>,
-    /// The host's stage 2, an identity map built lazily from [`MemState::own`].
-    pub host_s2: PageTable,
-    /// EL2's own stage 1.
-    pub hyp_s1: PageTable,
-    /// Where table pages come from.
-    pub tables: T,
-    /// Every VM.
-    pub vms: VmTable,
-}
 
 /// Per-CPU boot request recorded by an intercepted host `CPU_ON`.
 #[derive(Default)]
@@ -63,18 +33,6 @@ pub struct CpuBoot {
     pub entry: AtomicU64,
     /// Host `x0` at the entry point.
     pub context: AtomicU64,
-}
-
-/// What happened to a host stage-2 fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostFault {
-    /// A mapping now exists (made now, or by another CPU): retry the access.
-    Retry,
-    /// The host may not access this address: inject an abort.
-    Inject,
-    /// A guarded redistributor page, never mapped: EL2 performs a valid data access itself
-    /// ([`crate::gicr::emulate`]) and injects an abort for anything else.
-    Emulate,
 }
 
 /// What [`Hyp::new`] is built from.
@@ -98,7 +56,7 @@ pub struct HypParts<'a, T: TableMemory> {
     /// The boot CPU's `MIDR_EL1` and ID registers (platform index 0; other CPUs report theirs
     /// with [`Hyp::cpu_entered_el2`]).
     pub boot_cpu: CpuId,
-    /// The redistributors found at boot in [`Platform::gicr`] ([`crate::gicr::probe`]).
+    /// The redistributors found at boot in [`Platform::gicr`] ([`crate::host::gicr::probe`]).
     pub gicr: Option<Redistributors>,
 }
 
@@ -108,21 +66,23 @@ pub struct Hyp<'a, T: TableMemory> {
     pub platform: Platform,
     /// EL2's own memory.
     pub hyp_region: PhysRange,
-    /// The redistributors, whose control pages the host never maps (see [`crate::gicr`]).
+    /// The redistributors, whose control pages the host never maps (see [`crate::host::gicr`]).
     pub gicr: Option<Redistributors>,
     /// The memory lock (see the module documentation).
     pub mem: spin::Mutex<MemState<'a, T>>,
-    finalised: AtomicBool,
-    msg_page: [AtomicU64; MAX_CPUS],
+    /// `FINALISE_SETUP` has been called.
+    pub(crate) finalised: AtomicBool,
+    /// Every CPU's message page.
+    pub(crate) msg: MessagePages,
     /// Host `CPU_ON` requests, by CPU index.
     pub cpu_boot: [CpuBoot; MAX_CPUS],
-    /// Every vCPU context (see [`crate::vm`] for who may touch one).
+    /// Every vCPU context (see [`crate::guest::vm`] for who may touch one).
     pub(crate) vcpus: &'a VcpuTable,
     /// Table pages kept for the host's stage 2: guest stage-2 tables may not use them.
     pub(crate) host_reserve: usize,
-    /// Per-VM ID registers (see [`crate::vm`]).
+    /// Per-VM ID registers (see [`crate::guest::vm`]).
     pub(crate) idregs: &'a IdRegTable,
-    /// Every CPU's ID registers and the view combined from them (see [`crate::cpufeat`]): open
+    /// Every CPU's ID registers and the view combined from them (see [`crate::cpu::features`]): open
     /// until `FINALISE_SETUP` or the first `VM_CREATE`, fixed from then on. Its own lock, never
     /// held while taking another.
     pub(crate) cpus: spin::Mutex<CpuFeatures>,
@@ -154,64 +114,6 @@ pub fn host_s2_reserve(ram: PhysRange, gicr: Option<PhysRange>) -> usize {
     3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize + gicr
 }
 
-/// Converts an internal ownership error to the ABI error (the one place this happens).
-fn own_err(e: OwnError) -> HypError {
-    match e {
-        OwnError::BadRange => HypError::OutOfRange,
-        OwnError::WrongState(_) | OwnError::SameComponent => HypError::NotOwned,
-    }
-}
-
-/// Converts an internal table error to the ABI error.
-fn pt_err(e: PtError) -> HypError {
-    match e {
-        PtError::NoMemory => HypError::NoMemory,
-        PtError::BadRange | PtError::BadGeometry => HypError::OutOfRange,
-        PtError::AlreadyMapped | PtError::BadAttrs => HypError::NotOwned,
-    }
-}
-
-const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
-const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
-const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
-
-/// Decides how to map a host access to `ipa` that hit no stage-2 entry: the largest block
-/// (1 GiB, 2 MiB or 4 KiB) around it that the host may access with a single memory type.
-///
-/// RAM is mapped only where the ownership record gives the host access, and never in a block
-/// that contains a page it may not access; everything outside RAM inside the host's IPA space
-/// is device space, mapped only in blocks that touch neither RAM nor a guarded page of the
-/// redistributor region `gicr` (a guarded page itself is never mapped). `None`: inject an
-/// abort (or, on a guarded page, emulate).
-pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &Ownership<'_>, gicr: Option<&PhysRange>) -> Option<(u64, u64, Attrs)> {
-    if ipa >> ipa_bits != 0 {
-        return None;
-    }
-    let ram = own.ram();
-    if ram.contains(PhysAddr(ipa)) {
-        if !own.can_access(PhysAddr(ipa), Component::Host) {
-            return None;
-        }
-        let size = level_size(2);
-        let base = ipa & !(size - 1);
-        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        if ram.contains_range(&block) && own.can_access_all(block, Component::Host) {
-            return Some((base, size, HOST_RAM));
-        }
-        return Some((ipa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_RAM));
-    }
-    for level in 1..=3 {
-        let size = level_size(level);
-        let base = ipa & !(size - 1);
-        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        let guarded = gicr.is_some_and(|g| crate::gicr::overlaps_guarded(g, &block));
-        if !block.overlaps(&ram) && !guarded && block.end.0 <= 1 << ipa_bits {
-            return Some((base, size, HOST_DEVICE));
-        }
-    }
-    None
-}
-
 impl<'a, T: TableMemory> Hyp<'a, T> {
     /// Builds EL2's state from its parts: the host owns all RAM but `hyp_region`, which EL2
     /// takes.
@@ -220,10 +122,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// A description of what is wrong; EL2 start-up stops on it.
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
         let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr } = parts;
-        crate::idreg::check_table(crate::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
-        let mut own = own;
-        own.donate(hyp_region, Component::Host, Component::Hyp)
-            .map_err(|_| "EL2's region is not page-aligned RAM")?;
+        crate::cpu::idreg::check_table(crate::cpu::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
+        let mem = MemState::new(own, host_s2, hyp_s1, tables, hyp_region).map_err(|_| "EL2's region is not page-aligned RAM")?;
         if gicr.map(|g| g.region) != platform.gicr {
             return Err("the redistributors EL2 guards are not the platform's");
         }
@@ -232,9 +132,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             platform,
             hyp_region,
             gicr,
-            mem: spin::Mutex::new(MemState { own, host_s2, hyp_s1, tables, vms: VmTable::default() }),
+            mem: spin::Mutex::new(mem),
             finalised: AtomicBool::new(false),
-            msg_page: Default::default(),
+            msg: MessagePages::default(),
             cpu_boot: Default::default(),
             vcpus,
             host_reserve,
@@ -292,24 +192,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     }
 
     /// The firmware workaround levels every CPU supports (fixed once a VM exists).
-    pub(crate) fn fw_provided(&self) -> crate::fwreg::Provided {
+    pub(crate) fn fw_provided(&self) -> crate::cpu::fwreg::Provided {
         self.cpus.lock().fw_provided()
-    }
-
-    /// Decides a host `CPU_ON(target)`: the target's platform index and the `MPIDR` to give
-    /// firmware, the platform's own value for that CPU (affinity fields as the device tree
-    /// gives them; the host's other bits are dropped).
-    ///
-    /// # Errors
-    /// The PSCI error for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU;
-    /// `DENIED` for a CPU that already failed [`Hyp::cpu_entered_el2`] against the fixed view.
-    pub fn cpu_on_target(&self, target: u64) -> Result<(usize, u64), i64> {
-        let idx = self.platform.cpu_index(target).ok_or(smccc::psci::error::INVALID_PARAMETERS as i64)?;
-        if let Err(w) = self.cpus.lock().cpu_on_check(idx) {
-            log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
-            return Err(crate::psci::DENIED);
-        }
-        Ok((idx, self.platform.cpus[idx] & crate::platform::MPIDR_AFF_MASK))
     }
 
     /// Whether set-up has been finalised.
@@ -317,362 +201,27 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         self.finalised.load(Ordering::Acquire)
     }
 
-    /// Handles a host `HVC #0` made on CPU `cpu` with `x0..=x7` = `x`.
-    pub fn host_hvc(&self, cpu: usize, x: [u64; 8], m: &impl GuestArch) -> HypResult {
-        let id = HypercallId::try_from(x[0])?;
-        if x[1 + id.nr_args()..].iter().any(|&r| r != 0) {
-            return Err(HypError::InvalidArgument);
-        }
-        if id.phase() == Phase::SetupOnly && self.finalised() {
-            return Err(HypError::SetupFinalised);
-        }
-        match id {
-            HypercallId::Version => Ok([ABI_VERSION.encode(), 0, 0]),
-            HypercallId::Ping => Ok([x[1], 0, 0]),
-            HypercallId::SetMessagePage => self.set_message_page(x[1], x[2], m),
-            HypercallId::FinaliseSetup => {
-                let _guard = self.mem.lock();
-                // CPUs that come online from now on must be at least what is combined so far.
-                self.fix_cpu_features();
-                self.finalised.store(true, Ordering::Release);
-                Ok([0; 3])
-            }
-            HypercallId::HypInfo => {
-                let info = HypInfo {
-                    abi_version: ABI_VERSION.encode() as u32,
-                    nr_cpus: self.platform.cpus.len() as u32,
-                    ram_base: self.platform.ram.start.0,
-                    ram_size: self.platform.ram.size(),
-                    hyp_base: self.hyp_region.start.0,
-                    hyp_size: self.hyp_region.size(),
-                    host_ipa_bits: self.mem.lock().host_s2.ia_bits() as u32,
-                    finalised: self.finalised() as u32,
-                };
-                self.write_message(cpu, &info)?;
-                Ok([0; 3])
-            }
-            // Served by the trap layer in test builds; never here.
-            HypercallId::TestFault | HypercallId::TestCheckInvariants => Err(HypError::NotSupported),
-            HypercallId::Echo => {
-                let req: EchoRequest = self.read_message(cpu)?;
-                if req.flags != 0 {
-                    return Err(HypError::BadMessage);
-                }
-                self.write_message(cpu, &req.expected_response())?;
-                Ok([0; 3])
-            }
-            HypercallId::SetPtrauthPolicy => {
-                let lazy = match (x[1], x[2]) {
-                    (shared_abi::PTRAUTH_EAGER, 0) => false,
-                    (shared_abi::PTRAUTH_LAZY, 1..=1_000_000) => true,
-                    _ => return Err(HypError::InvalidArgument),
-                };
-                let _guard = self.mem.lock();
-                if self.finalised() {
-                    return Err(HypError::SetupFinalised);
-                }
-                self.pauth_lazy.store(lazy, Ordering::Relaxed);
-                self.pauth_decay.store(x[2] as u32, Ordering::Relaxed);
-                Ok([0; 3])
-            }
-            HypercallId::VmCreate => self.vm_create(cpu, m),
-            HypercallId::VmDestroy => self.vm_destroy(x[1], m),
-            HypercallId::VmAddMemory => self.vm_add_memory(x[1], x[2], x[3], x[4], m),
-            HypercallId::VcpuSetReg => self.vcpu_set_reg(x[1], x[2], x[3], (x[4], x[5])),
-            HypercallId::VcpuGetReg => self.vcpu_get_reg(x[1], x[2], x[3]),
-            HypercallId::VcpuRegList => self.vcpu_reg_list(cpu, x[1], x[2]),
-            HypercallId::VcpuRun => self.vcpu_run(cpu, x[1], x[2], x[3], m),
-            HypercallId::VcpuSetIrq => self.vcpu_set_irq(x[1], x[2], x[3], x[4]),
-            HypercallId::VcpuIrqState => self.vcpu_irq_state(cpu, x[1], x[2]),
-            HypercallId::VcpuStats => self.vcpu_stats(cpu, x[1], x[2]),
-        }
-    }
-
-    fn set_message_page(&self, cpu: u64, pa: u64, m: &impl Maintenance) -> HypResult {
-        // Validate: everything checkable without the lock.
-        if cpu >= self.platform.cpus.len() as u64 {
-            return Err(HypError::InvalidArgument);
-        }
-        let pa = PhysAddr(pa);
-        if !pa.is_page_aligned() {
-            return Err(HypError::NotAligned);
-        }
-        let page = PhysRange::from_size(pa, PAGE_SIZE).ok_or(HypError::OutOfRange)?;
-        if !self.platform.ram.contains_range(&page) {
-            return Err(HypError::OutOfRange);
-        }
-        // Lock, check.
-        let mut mem = self.mem.lock();
-        if self.finalised() {
-            return Err(HypError::SetupFinalised);
-        }
-        let slot = &self.msg_page[cpu as usize];
-        if slot.load(Ordering::Relaxed) != 0 {
-            return Err(HypError::Frozen);
-        }
-        if mem.own.state(pa, Component::Host) != Some(crate::owner::PageState::Owned) {
-            return Err(HypError::NotOwned);
-        }
-        // EL2 needs the page in its stage 1; this is the only step that can fail for lack of
-        // memory, so it comes before the commit (a stray intermediate table is harmless).
-        let MemState { hyp_s1, tables, .. } = &mut *mem;
-        hyp_s1.map(tables, pa.0, pa, PAGE_SIZE, HYP_SHARED, 3).map_err(pt_err)?;
-        m.hyp_s1_mapped();
-        // Commit. Checked above under the same lock, so this cannot fail.
-        mem.own.share(page, Component::Host, Component::Hyp).map_err(own_err)?;
-        slot.store(pa.0, Ordering::Release);
-        Ok([0; 3])
-    }
-
-    pub(crate) fn message_page(&self, cpu: usize) -> Result<PhysAddr, HypError> {
-        match self.msg_page.get(cpu).map(|s| s.load(Ordering::Acquire)) {
-            Some(0) | None => Err(HypError::NoMessagePage),
-            Some(pa) => Ok(PhysAddr(pa)),
-        }
-    }
-
-    /// Copies a message out of `cpu`'s message page. The host may rewrite the page at any
-    /// time; the copy is what gets validated and used.
-    pub(crate) fn read_message<M: FromBytes>(&self, cpu: usize) -> Result<M, HypError> {
-        let pa = self.message_page(cpu)?;
-        const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
-        // A volatile read copies each byte once: later checks see the copy, never the page.
-        // SAFETY: a message page is host RAM shared with EL2 for good (the host cannot donate
-        // it away), mapped RW at `pa` in EL2's stage 1, page aligned; any bytes are a valid M.
-        Ok(unsafe { core::ptr::read_volatile(pa.0 as *const M) })
-    }
-
-    pub(crate) fn write_message<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
-        let pa = self.message_page(cpu)?;
-        const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
-        let bytes = msg.as_bytes();
-        // Volatile, so every byte is stored (the host reads the page, the compiler cannot see
-        // it), 8 bytes at a time where they fit: an exit record is 10 stores, not 80. The page
-        // is page aligned, so every 8-byte chunk is naturally aligned.
-        let words = bytes.chunks_exact(8);
-        let tail = words.remainder();
-        let mut i = 0;
-        for w in words {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(w);
-            // SAFETY: as in `read_message`; `i + 8 <= size_of::<M>() <= PAGE_SIZE` and `pa + i`
-            // is 8-byte aligned (the page is page aligned, `i` a multiple of 8).
-            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i) as *mut u64, u64::from_ne_bytes(v)) };
-            i += 8;
-        }
-        for b in tail {
-            // SAFETY: as above, `i < size_of::<M>()`.
-            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i), *b) };
-            i += 1;
-        }
-        Ok(())
-    }
-
     /// Handles a host stage-2 *translation* fault on `ipa`.
-    pub fn host_s2_fault(&self, ipa: u64, m: &impl Maintenance) -> HostFault {
-        if self.gicr.is_some_and(|g| crate::gicr::guarded(&g.region, ipa).is_some()) {
+    pub fn host_s2_fault(&self, ipa: u64, m: &impl Tlb) -> HostFault {
+        if self.gicr.is_some_and(|g| crate::host::gicr::guarded(&g.region, ipa).is_some()) {
             return HostFault::Emulate;
         }
-        let mut mem = self.mem.lock();
-        if mem.host_s2.lookup(&mem.tables, ipa).is_some() {
-            return HostFault::Retry;
-        }
-        let Some((_, size, attrs)) = host_fault_mapping(ipa, mem.host_s2.ia_bits(), &mem.own, self.platform.gicr.as_ref()) else {
-            return HostFault::Inject;
-        };
-        let MemState { host_s2, tables, .. } = &mut *mem;
-        // A table may already sit where the block would go: left by an earlier split (a page
-        // of the block was given away, the rest mapped page by page, and the page came back).
-        // `map` never replaces a table, so map only as much as the table's entry covers; every
-        // aligned part of an allowed block is allowed too.
-        let level = (1..=3).find(|&l| level_size(l) == size).unwrap_or(3).max(host_s2.walk_level(tables, ipa));
-        let size = level_size(level);
-        let base = ipa & !(size - 1);
-        match host_s2.map(tables, base, PhysAddr(base), size, attrs, level) {
-            Ok(()) => {
-                m.host_s2_mapped();
-                HostFault::Retry
-            }
-            Err(e) => {
-                // The pool is sized for the worst case of a host identity map; running out is
-                // an EL2 bug or misconfiguration, not something the host can cause.
-                log::error!("host stage 2: cannot map {base:#x}+{size:#x}: {e:?}");
-                HostFault::Inject
-            }
-        }
+        self.mem.lock().host_map_on_fault(ipa, self.platform.gicr.as_ref(), m)
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::owner::{PageEntry, PageState};
-    use crate::pgtable::test_mem::FakeMemory;
-    use crate::pgtable::Format;
-    use arrayvec::ArrayVec;
-    use core::cell::RefCell;
-    use shared_abi::msg::EchoResponse;
-    use std::vec::Vec;
-
-    /// Records maintenance, and plays a script of guest exits for `run`: the log, the traps,
-    /// the PC of each entry, the PSTATE each exit leaves (while the list lasts), and the
-    /// physical count `counter` answers (tests set it).
-    #[derive(Default)]
-    pub(crate) struct Recorder(
-        pub RefCell<Vec<&'static str>>,
-        pub RefCell<Vec<crate::vm::GuestTrap>>,
-        pub RefCell<Vec<u64>>,
-        pub RefCell<Vec<u64>>,
-        pub core::cell::Cell<u64>,
-    );
-    impl crate::vm::GuestArch for Recorder {
-        type Saved = ();
-        fn load(&self, _: &crate::vcpu::VcpuCtx, _: &crate::vm::GuestConfig) {
-            self.0.borrow_mut().push("load");
-        }
-        fn put(&self, _: &mut crate::vcpu::VcpuCtx, _: ()) {
-            self.0.borrow_mut().push("put");
-        }
-        fn el1_to_ctx(&self, _: &mut crate::vcpu::VcpuCtx) {}
-        fn pauth_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
-            let mut log = self.0.borrow_mut();
-            let first = !log.contains(&"pauth_load");
-            log.push("pauth_load");
-            first
-        }
-        fn fp_load(&self, _: &crate::vcpu::VcpuCtx, _: &mut ()) -> bool {
-            let mut log = self.0.borrow_mut();
-            let first = !log.contains(&"fp_load");
-            log.push("fp_load");
-            first
-        }
-        fn el1_from_ctx(&self, _: &crate::vcpu::VcpuCtx) {}
-        fn run(&self, ctx: &mut crate::vcpu::VcpuCtx) -> crate::vm::GuestTrap {
-            self.0.borrow_mut().push("run");
-            self.2.borrow_mut().push(ctx.pc);
-            let mut script = self.1.borrow_mut();
-            assert!(!script.is_empty(), "guest ran past the end of its script");
-            let mut pstates = self.3.borrow_mut();
-            if !pstates.is_empty() {
-                ctx.pstate = pstates.remove(0);
-            }
-            script.remove(0)
-        }
-        fn guest_s2_mapped(&self) {
-            self.0.borrow_mut().push("guest_s2_mapped");
-        }
-        fn flush_guest_tlb(&self, _: u64) {
-            self.0.borrow_mut().push("flush_guest_tlb");
-        }
-        fn flush_guest_local(&self) {
-            self.0.borrow_mut().push("flush_guest_local");
-        }
-        fn clean_inval_poc(&self, _: PhysAddr) {
-            self.0.borrow_mut().push("clean_inval_poc");
-        }
-        fn clear_tags(&self, _: PhysAddr) {
-            self.0.borrow_mut().push("clear_tags");
-        }
-        fn counter(&self) -> u64 {
-            self.4.get()
-        }
-        fn ptimer_backing(&self, t: &crate::vcpu::PTimer) {
-            self.0.borrow_mut().push(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
-        }
-        fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
-            if !tagged {
-                self.0.borrow_mut().push("scrub_page_untagged");
-            }
-            // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
-            unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
-            self.0.borrow_mut().push("scrub_page");
-        }
-    }
-    impl crate::psci::Firmware for Recorder {
-        fn mem_protect(&self, enable: u32) -> i64 {
-            self.0.borrow_mut().push(if enable == 1 { "mem_protect_on" } else { "mem_protect_other" });
-            -1 // like QEMU's PSCI: NOT_SUPPORTED
-        }
-    }
-    impl Maintenance for Recorder {
-        fn hyp_s1_mapped(&self) {
-            self.0.borrow_mut().push("hyp_s1_mapped");
-        }
-        fn host_s2_mapped(&self) {
-            self.0.borrow_mut().push("host_s2_mapped");
-        }
-        fn host_s2_unmapped(&self, _: u64, _: u64) {
-            self.0.borrow_mut().push("host_s2_unmapped");
-        }
-    }
-
-    /// Test RAM: a real buffer, so message pages can be read and written; 2 MiB aligned, so
-    /// its first 2 MiB are one host stage-2 block.
-    #[repr(C, align(0x200000))]
-    pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
-    pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
-    pub(crate) const HYP_PAGES: u64 = 16;
-    /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
-    pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
-    /// QEMU `virt`'s redistributor region (room for 123; the fixture has 2 CPUs).
-    pub(crate) const GICR: PhysRange = PhysRange { start: PhysAddr(0x080A_0000), end: PhysAddr(0x0900_0000) };
-
-    pub(crate) struct Fixture {
-        pub ram: Box<Ram>,
-        _entries: Box<[PageEntry]>,
-        pub hyp: Hyp<'static, FakeMemory>,
-    }
-
-    pub(crate) fn fixture() -> Fixture {
-        let ram = Box::new(Ram([0; RAM_PAGES * 4096]));
-        let base = PhysAddr(ram.0.as_ptr() as u64);
-        let ram_range = PhysRange::from_size(base, (RAM_PAGES * 4096) as u64).unwrap();
-        let mut entries: Box<[PageEntry]> = vec![PageEntry::default(); RAM_PAGES].into_boxed_slice();
-        // SAFETY: the fixture keeps `entries` alive and unmoved (boxed) as long as `hyp`.
-        let slice: &'static mut [PageEntry] = unsafe { &mut *(entries.as_mut() as *mut [PageEntry]) };
-        let own = Ownership::new(ram_range, slice).unwrap();
-        let mut tables = FakeMemory::new(64);
-        let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
-        let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
-        let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
-        // EL2 takes the last HYP_PAGES pages.
-        let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
-        let vcpus: &'static crate::vm::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::vm::VcpuSlot::new()))));
-        let idregs: &'static crate::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
-        // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
-        let mut boot_cpu_idregs = [0u64; crate::idreg::NR_IDREGS];
-        boot_cpu_idregs[crate::idreg::idx(4, 0)] = 0x11 | 1 << 56;
-        boot_cpu_idregs[crate::idreg::idx(6, 0)] = 2 << 4;
-        boot_cpu_idregs[crate::idreg::idx(7, 0)] = 5;
-        boot_cpu_idregs[crate::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
-        boot_cpu_idregs[crate::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
-        let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
-        let gicr = Some(crate::gicr::Redistributors { region: GICR, present: 2 });
-        let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
-        // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
-        hyp.report_vgic(Some(QEMU_ICH_VTR));
-        Fixture { ram, _entries: entries, hyp }
-    }
-
-    impl Fixture {
-        pub fn page(&self, n: usize) -> u64 {
-            self.ram.0.as_ptr() as u64 + (n * 4096) as u64
-        }
-        pub fn call(&self, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
-            self.call_with(&Recorder::default(), cpu, id, args)
-        }
-        pub fn call_with(&self, rec: &Recorder, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
-            let mut x = [0u64; 8];
-            x[0] = id as u64;
-            x[1..1 + args.len()].copy_from_slice(args);
-            self.hyp.host_hvc(cpu, x, rec)
-        }
-    }
+    use crate::mem::addr::PAGE_SIZE;
+    use crate::testing::*;
+    use shared_abi::{HypError, HypResult, HypercallId};
+    use zerocopy::IntoBytes;
 
     #[test]
     fn the_smallest_virtual_cpu_interface_wins() {
         let f = fixture();
-        let qemu = crate::vgic::VgicCaps::from_vtr(QEMU_ICH_VTR);
+        let qemu = crate::guest::vgic::VgicCaps::from_vtr(QEMU_ICH_VTR);
         assert_eq!(f.hyp.vgic_caps(), Some(qemu));
         f.hyp.report_vgic(Some(15 | 6 << 26 | 7 << 29));
         assert_eq!(f.hyp.vgic_caps(), Some(qemu), "a bigger CPU changes nothing");
@@ -680,138 +229,6 @@ pub(crate) mod tests {
         assert_eq!(f.hyp.vgic_caps().map(|c| c.nr_lrs), Some(2));
         f.hyp.report_vgic(None);
         assert_eq!(f.hyp.vgic_caps(), None, "a CPU without GICv3 system registers: no vGIC");
-    }
-
-    #[test]
-    fn version_and_ping() {
-        let f = fixture();
-        assert_eq!(f.call(0, HypercallId::Version, &[]), Ok([ABI_VERSION.encode(), 0, 0]));
-        assert_eq!(f.call(0, HypercallId::Ping, &[0xDEAD]), Ok([0xDEAD, 0, 0]));
-    }
-
-    #[test]
-    fn unknown_ids_are_not_supported() {
-        let f = fixture();
-        let mut x = [0u64; 8];
-        for id in [0xC600_0FFF, 0x8400_0000, 0, u64::MAX] {
-            x[0] = id;
-            assert_eq!(f.hyp.host_hvc(0, x, &Recorder::default()), Err(HypError::NotSupported));
-        }
-    }
-
-    #[test]
-    fn test_hooks_are_not_served_by_the_dispatcher() {
-        let f = fixture();
-        assert_eq!(f.call(0, HypercallId::TestFault, &[0]), Err(HypError::NotSupported));
-    }
-
-    #[test]
-    fn non_zero_unused_registers_are_invalid() {
-        let f = fixture();
-        assert_eq!(f.call(0, HypercallId::Version, &[1]), Err(HypError::InvalidArgument));
-        assert_eq!(f.call(0, HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 1]), Err(HypError::InvalidArgument));
-    }
-
-    #[test]
-    fn message_calls_need_a_message_page() {
-        let f = fixture();
-        assert_eq!(f.call(0, HypercallId::HypInfo, &[]), Err(HypError::NoMessagePage));
-        assert_eq!(f.call(1, HypercallId::Echo, &[]), Err(HypError::NoMessagePage));
-    }
-
-    #[test]
-    fn message_page_is_shared_and_mapped_for_el2() {
-        let f = fixture();
-        let rec = Recorder::default();
-        let mut x = [0u64; 8];
-        x[0] = HypercallId::SetMessagePage as u64;
-        x[1] = 1;
-        x[2] = f.page(3);
-        assert_eq!(f.hyp.host_hvc(0, x, &rec), Ok([0; 3]));
-        assert_eq!(rec.0.borrow().as_slice(), &["hyp_s1_mapped"]);
-        let mem = f.hyp.mem.lock();
-        assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Host), Some(PageState::SharedOwned));
-        assert_eq!(mem.own.state(PhysAddr(f.page(3)), Component::Hyp), Some(PageState::SharedBorrowed));
-        assert!(mem.hyp_s1.lookup(&mem.tables, f.page(3)).is_some());
-    }
-
-    #[test]
-    fn echo_round_trips_through_the_page() {
-        let mut f = fixture();
-        f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).unwrap();
-        let req = EchoRequest { nonce: 42, flags: 0, words: [1, 2, 3, 4, 5, 6] };
-        f.ram.0[4096..4096 + 64].copy_from_slice(req.as_bytes());
-        f.call(0, HypercallId::Echo, &[]).unwrap();
-        let resp = EchoResponse::read_from_bytes(&f.ram.0[4096..4096 + 64]).unwrap();
-        assert_eq!(resp, req.expected_response());
-        // A reserved field set is a bad message, and the page is left as it was.
-        let bad = EchoRequest { flags: 1, ..req };
-        f.ram.0[4096..4096 + 64].copy_from_slice(bad.as_bytes());
-        assert_eq!(f.call(0, HypercallId::Echo, &[]), Err(HypError::BadMessage));
-        assert_eq!(&f.ram.0[4096..4096 + 64], bad.as_bytes());
-    }
-
-    #[test]
-    fn hyp_info_describes_the_machine() {
-        let f = fixture();
-        f.call(1, HypercallId::SetMessagePage, &[1, f.page(2)]).unwrap();
-        f.call(1, HypercallId::HypInfo, &[]).unwrap();
-        let info = HypInfo::read_from_prefix(&f.ram.0[2 * 4096..]).unwrap().0;
-        assert_eq!(info.nr_cpus, 2);
-        assert_eq!(info.ram_size, (RAM_PAGES * 4096) as u64);
-        assert_eq!(info.hyp_size, HYP_PAGES * PAGE_SIZE);
-        assert_eq!(info.finalised, 0);
-        assert_eq!(info.host_ipa_bits, 48);
-    }
-
-    #[test]
-    fn set_message_page_rejects_bad_arguments_and_changes_nothing() {
-        let f = fixture();
-        let el2_page = f.hyp.hyp_region.start.0;
-        let cases: &[(&[u64], HypError)] = &[
-            (&[2, f.page(0)], HypError::InvalidArgument),
-            (&[u64::MAX, f.page(0)], HypError::InvalidArgument),
-            (&[0, f.page(0) + 8], HypError::NotAligned),
-            (&[0, f.page(0) - 4096], HypError::OutOfRange),
-            (&[0, !0xFFF], HypError::OutOfRange),
-            (&[0, el2_page], HypError::NotOwned),
-        ];
-        for (args, err) in cases {
-            assert_eq!(f.call(0, HypercallId::SetMessagePage, args), Err(*err), "{args:x?}");
-        }
-        assert_eq!(f.hyp.mem.lock().own.census(), ((RAM_PAGES as u64 - HYP_PAGES), HYP_PAGES, 0));
-        assert_eq!(f.call(0, HypercallId::HypInfo, &[]), Err(HypError::NoMessagePage));
-    }
-
-    #[test]
-    fn messages_are_written_whole_and_nothing_past_them() {
-        let mut f = fixture();
-        f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).unwrap();
-        f.ram.0[4096..8192].fill(0xEE);
-        // 8-byte words, then a tail of bytes (no message has one today; the writer must not care).
-        let msg: [u8; 21] = core::array::from_fn(|i| i as u8 + 1);
-        f.hyp.write_message(0, &msg).unwrap();
-        assert_eq!(f.ram.0[4096..4096 + 21], msg);
-        assert!(f.ram.0[4096 + 21..8192].iter().all(|&b| b == 0xEE), "nothing written past the message");
-        assert_eq!(f.hyp.write_message(1, &msg), Err(HypError::NoMessagePage));
-    }
-
-    #[test]
-    fn message_page_cannot_be_set_twice_or_reused() {
-        let f = fixture();
-        f.call(0, HypercallId::SetMessagePage, &[0, f.page(5)]).unwrap();
-        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(6)]), Err(HypError::Frozen));
-        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[1, f.page(5)]), Err(HypError::NotOwned));
-        assert_eq!(f.hyp.mem.lock().own.state(PhysAddr(f.page(6)), Component::Host), Some(PageState::Owned));
-    }
-
-    #[test]
-    fn setup_calls_are_refused_after_finalise() {
-        let f = fixture();
-        f.call(0, HypercallId::FinaliseSetup, &[]).unwrap();
-        assert_eq!(f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]), Err(HypError::SetupFinalised));
-        assert_eq!(f.call(0, HypercallId::FinaliseSetup, &[]), Err(HypError::SetupFinalised));
-        assert_eq!(f.call(0, HypercallId::Ping, &[7]), Ok([7, 0, 0]));
     }
 
     /// Writes a `VmCreate` to CPU 0's message page (page 1) and calls `VM_CREATE`.
@@ -833,9 +250,9 @@ pub(crate) mod tests {
         let f = fixture();
         // RES1 bit 31, U, MT and bits above Aff3 from the host: firmware sees the device
         // tree's value only.
-        assert_eq!(f.hyp.cpu_on_target(0xFFFF_FF00_C100_0001), Ok((1, 1)));
-        assert_eq!(f.hyp.cpu_on_target(0x8000_0000), Ok((0, 0)));
-        assert_eq!(f.hyp.cpu_on_target(2), Err(smccc::psci::error::INVALID_PARAMETERS as i64));
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 0xFFFF_FF00_C100_0001), Ok((1, 1)));
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 0x8000_0000), Ok((0, 0)));
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 2), Err(smccc::psci::error::INVALID_PARAMETERS as i64));
     }
 
     #[test]
@@ -844,9 +261,9 @@ pub(crate) mod tests {
         let mut f = fixture();
         let big = boot_cpu(&f);
         let mut little = big;
-        little.regs[crate::idreg::idx(4, 1)] = 0; // no MTE
-        little.regs[crate::idreg::idx(7, 0)] = 1; // 36-bit PA
-        little.regs[crate::idreg::idx(4, 0)] &= !(0xF << 56); // CSV2 0
+        little.regs[crate::cpu::idreg::idx(4, 1)] = 0; // no MTE
+        little.regs[crate::cpu::idreg::idx(7, 0)] = 1; // 36-bit PA
+        little.regs[crate::cpu::idreg::idx(4, 0)] &= !(0xF << 56); // CSV2 0
         little.midr = 0x410F_D050;
         // Open: the little CPU joins, and what VMs get follows every CPU.
         assert_eq!(f.hyp.cpu_entered_el2(1, little), Ok(()));
@@ -854,21 +271,21 @@ pub(crate) mod tests {
         assert_eq!(vm_create(&mut f, 36, vm_flags::MTE), Err(HypError::Denied));
         assert_eq!(vm_create(&mut f, 36, vm_flags::PTRAUTH), Err(HypError::Denied), "IMPDEF PAuth, CPUs differ");
         let h = vm_create(&mut f, 36, 0).unwrap()[0];
-        assert_eq!(f.hyp.fw_provided().wa1, crate::fwreg::NOT_AVAIL, "workaround levels from every CPU");
-        assert_eq!(f.call(0, HypercallId::VcpuGetReg, &[h, 0, crate::fwreg::WORKAROUND_1]), Ok([crate::fwreg::NOT_AVAIL, 0, 0]));
+        assert_eq!(f.hyp.fw_provided().wa1, crate::cpu::fwreg::NOT_AVAIL, "workaround levels from every CPU");
+        assert_eq!(f.call(0, HypercallId::VcpuGetReg, &[h, 0, crate::cpu::fwreg::WORKAROUND_1]), Ok([crate::cpu::fwreg::NOT_AVAIL, 0, 0]));
         // Fixed: the little CPU coming back is fine (same values), a weaker one is not.
         assert_eq!(f.hyp.cpu_entered_el2(1, little), Ok(()));
         let mut weaker = little;
-        weaker.regs[crate::idreg::idx(6, 0)] = 0; // no AES
+        weaker.regs[crate::cpu::idreg::idx(6, 0)] = 0; // no AES
         assert!(f.hyp.cpu_entered_el2(1, weaker).is_err());
-        assert_eq!(f.hyp.cpu_on_target(1), Err(crate::psci::DENIED), "recorded: the next CPU_ON is refused");
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 1), Err(crate::host::psci::DENIED), "recorded: the next CPU_ON is refused");
     }
 
     #[test]
     fn finalise_fixes_the_cpu_view() {
         let mut f = fixture();
         let mut little = boot_cpu(&f);
-        little.regs[crate::idreg::idx(4, 1)] = 0;
+        little.regs[crate::cpu::idreg::idx(4, 1)] = 0;
         f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).unwrap();
         f.call(0, HypercallId::FinaliseSetup, &[]).unwrap();
         assert_eq!(
@@ -886,7 +303,7 @@ pub(crate) mod tests {
         // First 2 MiB of test RAM is all host-owned: mapped as a block, the access retried.
         assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry);
         assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry, "second time: already mapped");
-        assert_eq!(rec.0.borrow().as_slice(), &["host_s2_mapped"]);
+        assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
         // EL2's pages are never mapped for the host.
         let el2 = f.hyp.hyp_region.start.0;
         assert_eq!(f.hyp.host_s2_fault(el2, &rec), HostFault::Inject);
@@ -894,50 +311,7 @@ pub(crate) mod tests {
         // Outside the IPA space.
         assert_eq!(f.hyp.host_s2_fault(1 << 48, &rec), HostFault::Inject);
         let mem = f.hyp.mem.lock();
-        assert!(mem.host_s2.lookup(&mem.tables, el2).is_none());
-    }
-
-    #[test]
-    fn fault_policy_respects_ownership_and_ram_boundaries() {
-        let mut entries = vec![PageEntry::default(); 1024];
-        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
-        let mut own = Ownership::new(ram, &mut entries).unwrap();
-        // All host: 2 MiB blocks.
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_0000, 2 << 20, HOST_RAM)));
-        // One page in the first block donated away: that block is mapped page by page.
-        own.donate(PhysRange::from_size(PhysAddr(0x4010_0000), PAGE_SIZE).unwrap(), Component::Host, Component::Hyp).unwrap();
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
-        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own, None), None);
-        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own, None), Some((0x4020_0000, 2 << 20, HOST_RAM)));
-        // Device space: the GiB below RAM is one block; the GiB holding RAM uses smaller ones.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, None), Some((0, 1 << 30, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own, None), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(1 << 40, 40, &own, None), None);
-    }
-
-    #[test]
-    fn no_host_block_covers_a_guarded_redistributor_page() {
-        let mut entries = vec![PageEntry::default(); 1024];
-        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
-        let own = Ownership::new(ram, &mut entries).unwrap();
-        let g = Some(&GICR);
-        // Blocks around the region: 2 MiB where no guarded page is, 4 KiB between guards.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, g), Some((0x0900_0000, 2 << 20, HOST_DEVICE)), "the UART's 2 MiB");
-        assert_eq!(host_fault_mapping(0x0000_1000, 40, &own, g), Some((0, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x0800_0000, 40, &own, g), Some((0x0800_0000, PAGE_SIZE, HOST_DEVICE)), "the distributor");
-        assert_eq!(host_fault_mapping(0x080B_0080, 40, &own, g), Some((0x080B_0000, PAGE_SIZE, HOST_DEVICE)), "SGI_base");
-        assert_eq!(host_fault_mapping(0x080A_1000, 40, &own, g), Some((0x080A_1000, PAGE_SIZE, HOST_DEVICE)));
-        // The guarded pages themselves: never.
-        for pa in [0x080A_0000, 0x080A_0FFC, 0x080C_0070, 0x08FE_0000] {
-            assert_eq!(host_fault_mapping(pa, 40, &own, g), None, "{pa:#x}");
-        }
-        // Whatever is asked, a mapping never covers a guarded page.
-        for ipa in (0..0x1000_0000u64).step_by(0x1_0000).chain((0x0800_0000..0x0920_0000).step_by(0x1000)) {
-            if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, g) {
-                let block = PhysRange::from_size(PhysAddr(base), size).unwrap();
-                assert!(!crate::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
-            }
-        }
+        assert!(mem.host_s2().lookup(mem.tables(), el2).is_none());
     }
 
     #[test]
@@ -949,7 +323,7 @@ pub(crate) mod tests {
         assert_eq!(f.hyp.host_s2_fault(0x080A_1000, &rec), HostFault::Retry);
         assert_eq!(f.hyp.host_s2_fault(0x0800_0000, &rec), HostFault::Retry);
         let mem = f.hyp.mem.lock();
-        assert!(mem.host_s2.lookup(&mem.tables, 0x080A_0000).is_none());
-        assert!(mem.host_s2.lookup(&mem.tables, 0x080A_1000).is_some());
+        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_0000).is_none());
+        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_1000).is_some());
     }
 }

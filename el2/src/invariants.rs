@@ -27,16 +27,18 @@
 //! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;
 //! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device (pages it
 //!     leaves unmapped, such as the guarded redistributor pages, are not its concern);
-//! 17. the host's stage 2 maps no guarded redistributor page (`crate::gicr`): the host never
+//! 17. the host's stage 2 maps no guarded redistributor page (`crate::host::gicr`): the host never
 //!     reaches `GICR_CTLR.EnableLPIs` or the LPI table addresses itself.
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::hyp::{Hyp, MemState};
-use crate::owner::{Component, PageEntry, PageState, MAX_GUEST};
-use crate::pgtable::{Leaf, MemType, PageTable, TableMemory};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::hyp::Hyp;
+use crate::mem::MemState;
+use crate::mem::owner::{Component, PageEntry, PageState, MAX_GUEST};
+use crate::mem::pgtable::{Leaf, MemType, PageTable, TableMemory};
 use crate::platform::MAX_CPUS;
-use crate::vcpu::{power, VcpuCtx};
-use crate::vm::{Vm, MAX_VMS};
+use crate::guest::vcpu::{power, VcpuCtx};
+use crate::guest::vm::Vm;
+use crate::guest::MAX_VMS;
 use core::sync::atomic::Ordering;
 
 /// The first broken promise found, with the addresses involved.
@@ -206,13 +208,13 @@ pub fn check<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, layout: &L
     hyp_s1_w_xor_x(mem)?;
     host_s2_memory_types(hyp, mem)?;
     host_s2_no_gicr(hyp, mem)?;
-    Ok(mem.own.ram().size() / PAGE_SIZE)
+    Ok(mem.own().ram().size() / PAGE_SIZE)
 }
 
 /// Every page of the record with its entry (`None` for a page the record cannot name).
 fn record<'m, T: TableMemory>(mem: &'m MemState<'_, T>) -> impl Iterator<Item = (PhysAddr, Option<PageEntry>)> + 'm {
-    let ram = mem.own.ram();
-    (ram.start.0..ram.end.0).step_by(PAGE_SIZE as usize).map(|pa| (PhysAddr(pa), mem.own.entry(PhysAddr(pa))))
+    let ram = mem.own().ram();
+    (ram.start.0..ram.end.0).step_by(PAGE_SIZE as usize).map(|pa| (PhysAddr(pa), mem.own().entry(PhysAddr(pa))))
 }
 
 /// Runs `f` on every leaf of `table` and returns the first violation it reports.
@@ -245,8 +247,8 @@ fn record_entries_valid<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Vio
 
 /// 2. The host's stage 2: an identity map, reaching in RAM only what the host may access.
 fn host_s2_maps_only_host_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
-    let (own, ram) = (&mem.own, mem.own.ram());
-    first_leaf_violation(&mem.host_s2, &mem.tables, |l| {
+    let (own, ram) = (&mem.own(), mem.own().ram());
+    first_leaf_violation(mem.host_s2(), mem.tables(), |l| {
         if l.pa_base.0 != l.ia_base {
             return Some(Violation::HostMapsForbidden { ipa: l.ia_base, pa: l.pa_base });
         }
@@ -262,8 +264,8 @@ fn host_s2_maps_only_host_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result
 /// 3. Each guest's stage 2: pages of its own regions, which it owns or borrows.
 fn guest_s2_maps_only_own_regions<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter() {
-        first_leaf_violation(&vm.s2, &mem.tables, |l| {
-            let ok = vm.translate(l.ia_base) == Some(l.pa_base) && l.size == PAGE_SIZE && mem.own.can_access(l.pa_base, vm.component());
+        first_leaf_violation(vm.mem.s2(), mem.tables(), |l| {
+            let ok = vm.mem.translate(l.ia_base) == Some(l.pa_base) && l.size == PAGE_SIZE && mem.own().can_access(l.pa_base, vm.component());
             (!ok).then_some(Violation::GuestMapsForeign { vm: vm.handle, ipa: l.ia_base, pa: l.pa_base })
         })?;
     }
@@ -272,12 +274,12 @@ fn guest_s2_maps_only_own_regions<T: TableMemory>(mem: &MemState<'_, T>) -> Resu
 
 /// 4. EL2's stage 1: in RAM only EL2's pages and pages lent to it; no fixmap slot in use.
 fn hyp_s1_maps_only_hyp_pages<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<(), Violation> {
-    first_leaf_violation(&mem.hyp_s1, &mem.tables, |l| {
+    first_leaf_violation(mem.hyp_s1(), mem.tables(), |l| {
         if layout.fixmap.is_some_and(|(start, end)| l.ia_base >= start && l.ia_base < end) {
             return Some(Violation::HypMapsForeign { va: l.ia_base, pa: l.pa_base });
         }
         leaf_pages(&l)
-            .find(|&(_, pa)| matches!(mem.own.state(pa, Component::Hyp), Some(PageState::SharedOwned | PageState::NoAccess)))
+            .find(|&(_, pa)| matches!(mem.own().state(pa, Component::Hyp), Some(PageState::SharedOwned | PageState::NoAccess)))
             .map(|(va, pa)| Violation::HypMapsForeign { va, pa })
     })
 }
@@ -291,20 +293,20 @@ fn tables_in_pool<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Res
             bad = Some(Violation::TableOutsidePool { pa });
         }
     };
-    mem.host_s2.for_each_table(&mem.tables, &mut check);
-    mem.hyp_s1.for_each_table(&mem.tables, &mut check);
+    mem.host_s2().for_each_table(mem.tables(), &mut check);
+    mem.hyp_s1().for_each_table(mem.tables(), &mut check);
     for vm in mem.vms.iter() {
-        vm.s2.for_each_table(&mem.tables, &mut check);
+        vm.mem.s2().for_each_table(mem.tables(), &mut check);
     }
     bad.map_or(Ok(()), Err)
 }
 
 /// Whether `vm` maps the page at `pa` (through the region that holds it).
 fn vm_maps<T: TableMemory>(mem: &MemState<'_, T>, vm: &Vm, pa: PhysAddr) -> bool {
-    vm.regions
+    vm.mem.regions()
         .iter()
         .find(|r| r.phys().contains(pa))
-        .is_some_and(|r| vm.s2.lookup(&mem.tables, r.ipa + (pa.0 - r.pa.0)).is_some_and(|l| l.pa_base == pa))
+        .is_some_and(|r| vm.mem.s2().lookup(mem.tables(), r.ipa + (pa.0 - r.pa.0)).is_some_and(|l| l.pa_base == pa))
 }
 
 /// 6. A *tags clean* mark only on a page an MTE VM holding it has mapped.
@@ -322,11 +324,11 @@ fn tags_clean_marks_are_mapped<T: TableMemory>(mem: &MemState<'_, T>) -> Result<
 /// 7, 8. What an MTE VM maps has tag storage and tags EL2 cleared.
 fn mte_mappings_are_tagged<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter().filter(|vm| vm.mte) {
-        first_leaf_violation(&vm.s2, &mem.tables, |l| {
+        first_leaf_violation(vm.mem.s2(), mem.tables(), |l| {
             leaf_pages(&l).find_map(|(ipa, pa)| {
                 if hyp.platform.untagged.is_some_and(|u| u.contains(pa)) {
                     Some(Violation::MteNoTagStorage { vm: vm.handle, ipa, pa })
-                } else if !mem.own.entry(pa).is_some_and(|e| e.tags_clean()) {
+                } else if !mem.own().entry(pa).is_some_and(|e| e.tags_clean()) {
                     Some(Violation::MteTagsNotClean { vm: vm.handle, ipa, pa })
                 } else {
                     None
@@ -340,9 +342,9 @@ fn mte_mappings_are_tagged<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, 
 /// 9. A protected VM owns every page of its regions alone.
 fn protected_pages_exclusive<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter().filter(|vm| vm.protected) {
-        for r in &vm.regions {
+        for r in vm.mem.regions() {
             let mut pages = (r.pa.0..r.phys().end.0).step_by(PAGE_SIZE as usize).map(PhysAddr);
-            if let Some(pa) = pages.find(|&pa| mem.own.state(pa, vm.component()) != Some(PageState::Owned)) {
+            if let Some(pa) = pages.find(|&pa| mem.own().state(pa, vm.component()) != Some(PageState::Owned)) {
                 return Err(Violation::ProtectedPageNotExclusive { vm: vm.handle, pa });
             }
         }
@@ -369,7 +371,7 @@ fn no_orphan_guest_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Vi
 
 /// 11, 12. Regions share no physical page, and one VM's regions no IPA.
 fn regions_disjoint<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
-    let regions = || mem.vms.iter().flat_map(|vm| vm.regions.iter().map(move |r| (vm.handle, r)));
+    let regions = || mem.vms.iter().flat_map(|vm| vm.mem.regions().iter().map(move |r| (vm.handle, r)));
     for (i, (vm_a, a)) in regions().enumerate() {
         for (vm_b, b) in regions().skip(i + 1) {
             if a.phys().overlaps(&b.phys()) {
@@ -405,7 +407,7 @@ fn free_vcpus_reset<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> 
 
 /// 14. EL2 borrows only the registered message pages.
 fn hyp_borrows_only_message_pages<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
-    let registered = |pa: PhysAddr| (0..MAX_CPUS).any(|cpu| hyp.message_page(cpu) == Ok(pa));
+    let registered = |pa: PhysAddr| (0..MAX_CPUS).any(|cpu| hyp.msg.page(cpu) == Ok(pa));
     for (pa, e) in record(mem) {
         if e.is_some_and(|e| e.borrower() == Some(Component::Hyp)) && !registered(pa) {
             return Err(Violation::HypBorrowsNonMessage { pa });
@@ -416,8 +418,8 @@ fn hyp_borrows_only_message_pages<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemSta
 
 /// 15. EL2's stage 1 is W^X.
 fn hyp_s1_w_xor_x<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
-    let s1 = &mem.hyp_s1;
-    first_leaf_violation(s1, &mem.tables, |l| {
+    let s1 = &mem.hyp_s1();
+    first_leaf_violation(s1, mem.tables(), |l| {
         (s1.leaf_writable(l.desc) && s1.leaf_executable(l.desc)).then_some(Violation::HypWritableExecutable { va: l.ia_base })
     })
 }
@@ -425,8 +427,8 @@ fn hyp_s1_w_xor_x<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation
 /// 16. The host's stage 2: RAM Normal, the rest Device, no leaf over both.
 fn host_s2_memory_types<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
     let ram = hyp.platform.ram;
-    let s2 = &mem.host_s2;
-    first_leaf_violation(s2, &mem.tables, |l| {
+    let s2 = &mem.host_s2();
+    first_leaf_violation(s2, mem.tables(), |l| {
         let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
         let want = if ram.contains_range(&range) {
             MemType::Normal
@@ -442,18 +444,18 @@ fn host_s2_memory_types<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>)
 /// 17. No host stage-2 leaf covers a guarded redistributor page.
 fn host_s2_no_gicr<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
     let Some(region) = hyp.platform.gicr else { return Ok(()) };
-    first_leaf_violation(&mem.host_s2, &mem.tables, |l| {
+    first_leaf_violation(mem.host_s2(), mem.tables(), |l| {
         let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
-        crate::gicr::overlaps_guarded(&region, &range).then_some(Violation::HostMapsGicr { ipa: l.ia_base })
+        crate::host::gicr::overlaps_guarded(&region, &range).then_some(Violation::HostMapsGicr { ipa: l.ia_base })
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hyp::tests::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
-    use crate::pgtable::{Attrs, MemType, Perms};
-    use crate::vm::Region;
+    use crate::testing::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
+    use crate::mem::pgtable::{Attrs, MemType, Perms};
+    use crate::mem::Region;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::HypercallId as H;
     use zerocopy::IntoBytes;
@@ -499,9 +501,9 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, f.page(8), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
         let t = (0x24 << 26) | (1 << 25) | 0b000111;
-        *rec.1.borrow_mut() = vec![
-            crate::vm::GuestTrap { kind: crate::vm::TrapKind::Sync, esr: t, far: 0, hpfar: 0x4000_0000 >> 8 },
-            crate::vm::GuestTrap { kind: crate::vm::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
+        *rec.exits.borrow_mut() = vec![
+            crate::hw::GuestTrap { kind: crate::hw::TrapKind::Sync, esr: t, far: 0, hpfar: 0x4000_0000 >> 8 },
+            crate::hw::GuestTrap { kind: crate::hw::TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
         ];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
@@ -542,7 +544,7 @@ mod tests {
         let f = fixture();
         let el2 = f.hyp.hyp_region.start.0 + 2 * PAGE_SIZE;
         let mut mem = f.hyp.mem.lock();
-        let MemState { host_s2, tables, .. } = &mut *mem;
+        let (_, host_s2, _, tables, _) = mem.parts_mut();
         host_s2.map(tables, el2, PhysAddr(el2), PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsForbidden { ipa: el2, pa: PhysAddr(el2) }));
         let _ = HYP_PAGES;
@@ -555,9 +557,9 @@ mod tests {
         let h = create(&mut f, 0);
         let host_page = f.page(20);
         let mut mem = f.hyp.mem.lock();
-        let MemState { vms, tables, .. } = &mut *mem;
+        let (_, _, _, tables, vms) = mem.parts_mut();
         let vm = vms.iter_mut().next().unwrap();
-        vm.s2.map(tables, IPA, PhysAddr(host_page), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        vm.mem.parts_mut().0.map(tables, IPA, PhysAddr(host_page), PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::GuestMapsForeign { vm: h, ipa: IPA, pa: PhysAddr(host_page) }));
     }
 
@@ -567,7 +569,7 @@ mod tests {
         let host_page = f.page(30);
         {
             let mut mem = f.hyp.mem.lock();
-            let MemState { hyp_s1, tables, .. } = &mut *mem;
+            let (_, _, hyp_s1, tables, _) = mem.parts_mut();
             hyp_s1.map(tables, host_page, PhysAddr(host_page), PAGE_SIZE, Attrs { mem: MemType::Normal, perms: Perms::RW }, 3).unwrap();
             assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HypMapsForeign { va: host_page, pa: PhysAddr(host_page) }));
         }
@@ -581,7 +583,7 @@ mod tests {
     fn a_stale_tags_clean_mark_is_found() {
         let f = fixture();
         let mut mem = f.hyp.mem.lock();
-        mem.own.mark_tags_clean(PhysAddr(f.page(40)));
+        mem.parts_mut().0.mark_tags_clean(PhysAddr(f.page(40)));
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::StaleTagsClean { pa: PhysAddr(f.page(40)) }));
     }
 
@@ -590,9 +592,9 @@ mod tests {
         let (f, h) = one_vm(vm_flags::MTE, 8, 2);
         let pa = PhysAddr(f.page(9));
         let mut mem = f.hyp.mem.lock();
-        let MemState { vms, tables, .. } = &mut *mem;
+        let (_, _, _, tables, vms) = mem.parts_mut();
         // Mapped behind EL2's back: the tags were never cleared.
-        vms.iter_mut().next().unwrap().s2.map(tables, IPA + PAGE_SIZE, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
+        vms.iter_mut().next().unwrap().mem.parts_mut().0.map(tables, IPA + PAGE_SIZE, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::MteTagsNotClean { vm: h, ipa: IPA + PAGE_SIZE, pa }));
         // The same mapping in a VM without MTE is legal.
         vms_set_mte(&mut mem, false);
@@ -611,10 +613,10 @@ mod tests {
         let pa = PhysAddr(f.page(8));
         f.hyp.platform.untagged = PhysRange::from_size(pa, PAGE_SIZE);
         let mut mem = f.hyp.mem.lock();
-        let MemState { vms, tables, own, .. } = &mut *mem;
+        let (own, _, _, tables, vms) = mem.parts_mut();
         // Tags cleared, but there is no tag storage behind the page.
         own.mark_tags_clean(pa);
-        vms.iter_mut().next().unwrap().s2.map(tables, IPA, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
+        vms.iter_mut().next().unwrap().mem.parts_mut().0.map(tables, IPA, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::MteNoTagStorage { vm: h, ipa: IPA, pa }));
     }
 
@@ -624,7 +626,7 @@ mod tests {
         let pa = PhysAddr(f.page(10));
         let mut mem = f.hyp.mem.lock();
         // The guest owns the page but lends it to the host: not its alone.
-        mem.own.share(page_range(&f, 10), Component::Guest(0), Component::Host).unwrap();
+        mem.parts_mut().0.share(page_range(&f, 10), Component::Guest(0), Component::Host).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::ProtectedPageNotExclusive { vm: h, pa }));
     }
 
@@ -641,13 +643,13 @@ mod tests {
     fn pages_of_a_guest_without_a_vm_are_found() {
         let f = fixture();
         let mut mem = f.hyp.mem.lock();
-        mem.own.donate(page_range(&f, 50), Component::Host, Component::Guest(5)).unwrap();
+        mem.parts_mut().0.donate(page_range(&f, 50), Component::Host, Component::Guest(5)).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::OrphanGuestPage { pa: PhysAddr(f.page(50)) }));
         drop(mem);
         // Lent, not owned: the same.
         let (f, _) = one_vm(0, 8, 1);
         let mut mem = f.hyp.mem.lock();
-        mem.own.share(page_range(&f, 60), Component::Host, Component::Guest(1)).unwrap();
+        mem.parts_mut().0.share(page_range(&f, 60), Component::Host, Component::Guest(1)).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::OrphanGuestPage { pa: PhysAddr(f.page(60)) }));
     }
 
@@ -658,7 +660,7 @@ mod tests {
         let mut mem = f.hyp.mem.lock();
         // The second VM names one of the first VM's pages (and maps nothing).
         let second = mem.vms.iter_mut().nth(1).unwrap();
-        second.regions.push(Region { ipa: IPA, pa: PhysAddr(f.page(10)), pages: 1 });
+        second.mem.parts_mut().1.push(Region { ipa: IPA, pa: PhysAddr(f.page(10)), pages: 1 });
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::RegionsOverlapPhys { pa: PhysAddr(f.page(10)) }));
     }
 
@@ -668,7 +670,7 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, f.page(20), IPA + 0x10_0000, 4]).unwrap();
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
         let mut mem = f.hyp.mem.lock();
-        mem.vms.iter_mut().next().unwrap().regions[1].ipa = IPA + 3 * PAGE_SIZE;
+        mem.vms.iter_mut().next().unwrap().mem.parts_mut().1[1].ipa = IPA + 3 * PAGE_SIZE;
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::RegionsOverlapIpa { vm: h, ipa: IPA + 3 * PAGE_SIZE }));
     }
 
@@ -681,7 +683,7 @@ mod tests {
         slot.claim().unwrap().x[0] = 0;
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
         // A pending MMIO read is state too.
-        slot.claim().unwrap().pending_read = crate::vcpu::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
+        slot.claim().unwrap().pending_read = crate::exception::syndrome::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
         assert!(slot.claim().unwrap().pending_read.is_some());
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
         slot.claim().unwrap().pending_read = None;
@@ -698,7 +700,7 @@ mod tests {
         f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
         let mut mem = f.hyp.mem.lock();
-        mem.own.share(page_range(&f, 70), Component::Host, Component::Hyp).unwrap();
+        mem.parts_mut().0.share(page_range(&f, 70), Component::Host, Component::Hyp).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HypBorrowsNonMessage { pa: PhysAddr(f.page(70)) }));
     }
 
@@ -707,7 +709,7 @@ mod tests {
         let f = fixture();
         let el2 = f.hyp.hyp_region.start.0 + PAGE_SIZE;
         let mut mem = f.hyp.mem.lock();
-        let MemState { hyp_s1, tables, .. } = &mut *mem;
+        let (_, _, hyp_s1, tables, _) = mem.parts_mut();
         // `map` refuses RWX at EL2; write the descriptor by hand: RW's write permission (AP[2]
         // clear) and RX's execute permission (XN clear), all else equal.
         let rw = hyp_s1.page_descriptor(PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
@@ -728,14 +730,14 @@ mod tests {
         let f = fixture();
         let pa = f.page(80);
         let mut mem = f.hyp.mem.lock();
-        let MemState { host_s2, tables, .. } = &mut *mem;
+        let (_, host_s2, _, tables, _) = mem.parts_mut();
         host_s2.map(tables, pa, PhysAddr(pa), PAGE_SIZE, Attrs { mem: MemType::Device, perms: Perms::RW }, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostWrongMemoryType { ipa: pa }));
         drop(mem);
         // Device space as Normal.
         let f = fixture();
         let mut mem = f.hyp.mem.lock();
-        let MemState { host_s2, tables, .. } = &mut *mem;
+        let (_, host_s2, _, tables, _) = mem.parts_mut();
         host_s2.map(tables, 0x0900_0000, PhysAddr(0x0900_0000), PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostWrongMemoryType { ipa: 0x0900_0000 }));
     }
@@ -748,7 +750,7 @@ mod tests {
         }
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64), "the distributor and the pages around the guard");
         let mut mem = f.hyp.mem.lock();
-        let MemState { host_s2, tables, .. } = &mut *mem;
+        let (_, host_s2, _, tables, _) = mem.parts_mut();
         host_s2.map(tables, 0x080C_0000, PhysAddr(0x080C_0000), PAGE_SIZE, Attrs { mem: MemType::Device, perms: Perms::RW }, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsGicr { ipa: 0x080C_0000 }));
     }
@@ -760,8 +762,8 @@ mod properties {
     //! that plays random guest exits), checking every invariant after every operation. 100
     //! sequences of 1,000 operations: 100,000 per run; proptest shrinks a failure.
     use super::*;
-    use crate::hyp::tests::{fixture, Fixture, Recorder};
-    use crate::vm::{GuestTrap, TrapKind};
+    use crate::testing::{fixture, Fixture, Recorder};
+    use crate::hw::{GuestTrap, TrapKind};
     use proptest::prelude::*;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::{reg, HypError, HypercallId as H};
@@ -868,7 +870,7 @@ mod properties {
                 // Enough exits that the run always ends (a WFI at the end exits to the host).
                 let mut script: Vec<GuestTrap> = exits.iter().map(|&(k, a)| trap(k, a)).collect();
                 script.push(trap(3, 0));
-                *rec.1.borrow_mut() = script;
+                *rec.exits.borrow_mut() = script;
                 f.call_with(&rec, 0, H::VcpuRun, &[h(*vm), 0, 0])
             }
             Op::SetReg { vm, id, value } => f.call(0, H::VcpuSetReg, &[h(*vm), 0, *id, *value, 0]),
@@ -891,8 +893,8 @@ mod properties {
                 let r = apply(&mut f, &mut handles, op);
                 // A list-register request with a bad field is refused whatever the VM.
                 if let Op::SetIrq { vintid, config, .. } = op {
-                    if let Err(e) = crate::vgic::lr_from_request(*vintid, *config, f.hyp.vgic_caps().unwrap()) {
-                        let want = if e == crate::vgic::IrqError::Hardware { HypError::Denied } else { HypError::InvalidArgument };
+                    if let Err(e) = crate::guest::vgic::lr_from_request(*vintid, *config, f.hyp.vgic_caps().unwrap()) {
+                        let want = if e == crate::guest::vgic::IrqError::Hardware { HypError::Denied } else { HypError::InvalidArgument };
                         prop_assert_eq!(r, Err(want), "{:?}", op);
                     }
                 }
@@ -900,8 +902,8 @@ mod properties {
                 let r = check(&f.hyp, &mem, &layout);
                 prop_assert!(r.is_ok(), "after {:?}: {:?}", op, r);
                 // Exactly the pages given away are not the host's.
-                let (host, hyp, guests) = mem.own.census();
-                prop_assert_eq!(host + hyp + guests, crate::hyp::tests::RAM_PAGES as u64);
+                let (host, hyp, guests) = mem.own().census();
+                prop_assert_eq!(host + hyp + guests, crate::testing::RAM_PAGES as u64);
             }
             // Destroying everything gives every page back to the host.
             for h in handles {
@@ -910,7 +912,7 @@ mod properties {
             let mem = f.hyp.mem.lock();
             let r = check(&f.hyp, &mem, &layout);
             prop_assert!(r.is_ok(), "after destroying every VM: {:?}", r);
-            prop_assert_eq!(mem.own.census().2, 0, "guest-owned pages left after destroying every VM");
+            prop_assert_eq!(mem.own().census().2, 0, "guest-owned pages left after destroying every VM");
             prop_assert_eq!(mem.vms.count(), 0);
         }
     }

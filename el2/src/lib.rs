@@ -10,28 +10,19 @@
 //! on the development host; those three exist only on the bare-metal AArch64 target.
 #![cfg_attr(not(test), no_std)]
 
-pub mod addr;
-pub mod controls;
-pub mod cpufeat;
+pub mod cpu;
 pub mod exception;
-pub mod fwreg;
-pub mod gicr;
+pub mod guest;
+pub mod host;
+pub mod hw;
+pub mod hypercall;
 pub mod hyp;
-pub mod idreg;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod invariants;
-pub mod owner;
-pub mod pgtable;
+pub mod mem;
 pub mod platform;
-pub mod pool;
-pub mod psci;
-pub mod vcpu;
-pub mod vgic;
-pub mod vm;
+#[cfg(test)]
+pub(crate) mod testing;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod arch;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod console;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub mod trap;

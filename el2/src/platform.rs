@@ -4,7 +4,7 @@
 //! base of RAM), not from the host, and is parsed once before the host runs. Everything needed
 //! later is copied into [`Platform`]; EL2 keeps no reference into the blob and never maps it.
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use arrayvec::ArrayVec;
 
 /// Most CPUs EL2 manages.
@@ -35,7 +35,7 @@ pub struct Platform {
     /// end the machine as a failure when it cannot go on (see `arch::failstop`).
     pub pci: Option<PciHost>,
     /// The GICv3 redistributor region (`arm,gic-v3`, `reg` entry 1), if there is a GIC: EL2
-    /// keeps the control page of every redistributor in it from the host (see `crate::gicr`).
+    /// keeps the control page of every redistributor in it from the host (see `crate::host::gicr`).
     pub gicr: Option<PhysRange>,
 }
 
@@ -147,7 +147,7 @@ pub fn parse(dtb: &[u8]) -> Result<Platform, PlatformError> {
             let regions = n.property("#redistributor-regions").and_then(|p| p.as_usize()).unwrap_or(1);
             let r = n.reg().and_then(|mut r| r.nth(1)).and_then(|r| PhysRange::from_size(PhysAddr(r.starting_address as u64), r.size? as u64));
             match r {
-                Some(r) if regions == 1 && crate::gicr::region_ok(&r) => Some(r),
+                Some(r) if regions == 1 && crate::host::gicr::region_ok(&r) => Some(r),
                 _ => return Err(PlatformError::BadGic),
             }
         }

@@ -1,8 +1,8 @@
 //! Property tests: random operation sequences against simple reference models, with
 //! shrinking, so a failure prints a minimal sequence. At least 100,000 operations per run.
 
-use el2::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use el2::owner::{Component, OwnError, Ownership, PageEntry};
+use el2::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use el2::mem::owner::{Component, OwnError, Ownership, PageEntry};
 use proptest::prelude::*;
 
 const BASE: u64 = 0x4000_0000;

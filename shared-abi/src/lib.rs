@@ -77,7 +77,7 @@ pub enum Phase {
 }
 
 macro_rules! hypercalls {
-    ($( $(#[$doc:meta])* $name:ident = $n:literal, $phase:ident; )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $n:literal, $phase:ident, in $args:literal, out $results:literal; )*) => {
         /// Every hypercall the host may make. The discriminant is the SMCCC function ID.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +92,17 @@ macro_rules! hypercalls {
             /// When the call may be made.
             pub const fn phase(self) -> Phase {
                 match self { $(HypercallId::$name => Phase::$phase,)* }
+            }
+
+            /// How many argument registers (`x1..`) the call uses; the rest must be zero.
+            pub const fn nr_args(self) -> usize {
+                match self { $(HypercallId::$name => $args,)* }
+            }
+
+            /// How many result registers (`x1..=x3`) the call returns values in; the rest are
+            /// zero.
+            pub const fn nr_results(self) -> usize {
+                match self { $(HypercallId::$name => $results,)* }
             }
         }
 
@@ -111,92 +122,77 @@ macro_rules! hypercalls {
     };
 }
 
+// One row per call: `Name = offset into the range, phase, in <argument registers>, out <result
+// registers>;`. Everything EL2 decodes and the host encodes about a call's shape comes from here.
 hypercalls! {
     /// Returns the ABI version in `x1` ([`AbiVersion::encode`]). No arguments.
-    Version = 0, Any;
+    Version = 0, Any, in 0, out 1;
     /// The null call: returns `x1` unchanged in `x1`. Used to measure the bare round trip.
-    Ping = 1, Any;
+    Ping = 1, Any, in 1, out 1;
     /// `x1` = CPU index (`0..nr_cpus`), `x2` = physical address of a host page. Shares the page
     /// with EL2 (host: shared-owned, EL2: shared-borrowed) and makes it that CPU's message page.
     /// Each CPU's page may be set once; the page must be RAM the host owns and not already shared.
-    SetMessagePage = 2, SetupOnly;
+    SetMessagePage = 2, SetupOnly, in 2, out 0;
     /// Ends set-up: from now on, [`Phase::SetupOnly`] calls are refused. No arguments.
-    FinaliseSetup = 3, SetupOnly;
+    FinaliseSetup = 3, SetupOnly, in 0, out 0;
     /// Writes a [`msg::HypInfo`] at offset 0 of the calling CPU's message page. No arguments.
-    HypInfo = 4, Any;
+    HypInfo = 4, Any, in 0, out 0;
     /// Reads a [`msg::EchoRequest`] at offset 0 of the calling CPU's message page and writes a
     /// [`msg::EchoResponse`] at offset 0. A round trip of the message path.
-    Echo = 5, Any;
+    Echo = 5, Any, in 0, out 0;
     /// Reads a [`msg::VmCreate`] from the message page and creates a VM. `x1` = its handle.
-    VmCreate = 6, Any;
+    VmCreate = 6, Any, in 0, out 1;
     /// `x1` = VM handle. Tears the VM down, scrubs every page it owned and gives all its memory
     /// back to the host. [`HypError::Busy`] while one of its vCPUs runs.
-    VmDestroy = 7, Any;
+    VmDestroy = 7, Any, in 1, out 0;
     /// `x1` = VM handle, `x2` = host physical address, `x3` = guest IPA, `x4` = number of pages.
     /// Gives the pages to the VM at that IPA: *donated* to a protected VM (the host loses
     /// access), *shared* with a non-protected one (the host keeps it). Mapped in the guest's
     /// stage 2 when the guest first touches each page.
-    VmAddMemory = 8, Any;
+    VmAddMemory = 8, Any, in 4, out 0;
     /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID ([`reg`]), `x4` = value (bits
     /// 63:0), `x5` = bits 127:64 for 128-bit registers (zero otherwise).
-    VcpuSetReg = 9, Any;
+    VcpuSetReg = 9, Any, in 5, out 0;
     /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID. `x1` = the value (bits 63:0),
     /// `x2` = bits 127:64 of a 128-bit register.
-    VcpuGetReg = 10, Any;
+    VcpuGetReg = 10, Any, in 3, out 2;
     /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::RegList`] to the message page.
-    VcpuRegList = 11, Any;
+    VcpuRegList = 11, Any, in 2, out 1;
     /// `x1` = VM handle, `x2` = vCPU index, `x3` = value for a pending MMIO read (ignored
     /// otherwise). Runs the vCPU until it needs the host; writes a [`msg::VcpuExit`] to the
     /// message page and returns its reason in `x1`.
-    VcpuRun = 12, Any;
+    VcpuRun = 12, Any, in 3, out 1;
     /// `x1` = pointer-authentication policy ([`PTRAUTH_EAGER`] or [`PTRAUTH_LAZY`]), `x2` =
     /// for lazy: runs a vCPU keeps its keys loaded after its last trapped use before the trap is
     /// re-armed (1..=1,000,000). Set-up only; applies to every VM.
-    SetPtrauthPolicy = 13, SetupOnly;
+    SetPtrauthPolicy = 13, SetupOnly, in 2, out 0;
     /// `x1` = VM handle, `x2` = vCPU index, `x3` = virtual INTID, `x4` = configuration
     /// ([`msg::irq`]: priority, group, state, EOI notification). Puts the interrupt into a free
     /// list register of the vCPU (its virtual GICv3 CPU interface), after EL2 has checked
     /// every field. [`HypError::NoCapacity`] when every list register is in use: the host
     /// keeps the interrupt pending in its own model and tries again after a run. `x1` = the
     /// list register used. (ABI 3.1.)
-    VcpuSetIrq = 14, Any;
+    VcpuSetIrq = 14, Any, in 4, out 1;
     /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::VgicState`] to the message page:
     /// the vCPU's list registers, and the level-sensitive interrupts the guest deactivated
     /// since the last call (which this call collects). Allowed for protected VMs after their
     /// first run: it reveals only interrupt configuration and state. (ABI 3.1.)
-    VcpuIrqState = 15, Any;
+    VcpuIrqState = 15, Any, in 2, out 1;
     /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::VcpuStats`] to the message page:
     /// every exception the vCPU took to EL2 since it was created, counted by class
     /// ([`msg::stats`]), whether EL2 handled it or the host did. Counts only, never register
     /// contents: allowed for protected VMs at any time. (ABI 3.2.)
-    VcpuStats = 16, Any;
+    VcpuStats = 16, Any, in 2, out 1;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
-    TestFault = 0xFF00, Any;
+    TestFault = 0xFF00, Any, in 1, out 0;
     /// **Test builds only** (a release EL2 answers [`HypError::NotSupported`]). Runs EL2's
     /// invariant checker: `x1` = RAM pages checked and `x2 = x3 = 0` if every invariant holds;
     /// otherwise `x1 = u64::MAX`, `x2` = violation code, `x3` = the address involved.
-    TestCheckInvariants = 0xFF01, Any;
+    TestCheckInvariants = 0xFF01, Any, in 0, out 3;
 }
 
-impl HypercallId {
-    /// How many argument registers (`x1..`) the call uses; the rest must be zero.
-    pub const fn nr_args(self) -> usize {
-        match self {
-            HypercallId::Version | HypercallId::FinaliseSetup | HypercallId::TestCheckInvariants => 0,
-            HypercallId::HypInfo | HypercallId::Echo => 0,
-            HypercallId::Ping | HypercallId::TestFault | HypercallId::VmDestroy => 1,
-            HypercallId::SetMessagePage | HypercallId::VcpuRegList | HypercallId::SetPtrauthPolicy => 2,
-            HypercallId::VcpuIrqState | HypercallId::VcpuStats => 2,
-            HypercallId::VcpuSetIrq => 4,
-            HypercallId::VmCreate => 0,
-            HypercallId::VcpuGetReg | HypercallId::VcpuRun => 3,
-            HypercallId::VmAddMemory => 4,
-            HypercallId::VcpuSetReg => 5,
-        }
-    }
-}
 
 macro_rules! errors {
     ($( $(#[$doc:meta])* $name:ident = $v:literal, )*) => {
@@ -338,6 +334,13 @@ pub fn encode_result(r: HypResult) -> [u64; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_row_fits_the_registers() {
+        for &id in HypercallId::ALL {
+            assert!(id.nr_args() <= 7 && id.nr_results() <= 3, "{id:?}");
+        }
+    }
 
     #[test]
     fn every_id_decodes_to_itself() {

@@ -1,12 +1,12 @@
-//! The MMIO behind [`crate::gicr::RdIo`]: EL2's loads and stores to the redistributor control
+//! The MMIO behind [`crate::host::gicr::RdIo`]: EL2's loads and stores to the redistributor control
 //! pages it keeps from the host (mapped Device RW, identity, in EL2's stage 1 at boot).
 //!
 //! No barrier: each access is one the host made (or the boot probe), performed in the host's
 //! program order; Device-nGnRE keeps it ordered with the host's own accesses to the same
 //! redistributor, as if the host had made it itself. The `ERET` back to the host follows.
 
-use crate::addr::PhysAddr;
-use crate::gicr::RdIo;
+use crate::mem::addr::PhysAddr;
+use crate::host::gicr::RdIo;
 
 /// Redistributor control pages through EL2's Device mapping.
 pub struct RdMmio;
@@ -26,7 +26,7 @@ impl RdIo for RdMmio {
     }
 
     unsafe fn write(&self, pa: PhysAddr, size: u8, value: u64) {
-        // SAFETY: as in `read`; the value was filtered by `crate::gicr` (no `EnableLPIs`).
+        // SAFETY: as in `read`; the value was filtered by `crate::host::gicr` (no `EnableLPIs`).
         unsafe {
             if size == 8 {
                 core::ptr::write_volatile(pa.0 as *mut u64, value);

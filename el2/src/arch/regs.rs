@@ -1,8 +1,7 @@
 //! System registers, barriers and TLB maintenance.
 
-use crate::controls::hcr;
-use crate::hyp::Maintenance;
-use crate::pgtable::{PageTable, MAIR_EL2_VALUE};
+use crate::cpu::controls::hcr;
+use crate::mem::pgtable::{PageTable, MAIR_EL2_VALUE};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 
@@ -91,9 +90,9 @@ pub fn midr() -> u64 {
     MIDR_EL1.get()
 }
 
-/// This CPU's identification, for [`crate::cpufeat`].
-pub fn cpu_id() -> crate::cpufeat::CpuId {
-    crate::cpufeat::CpuId { midr: midr(), regs: read_idregs() }
+/// This CPU's identification, for [`crate::cpu::features`].
+pub fn cpu_id() -> crate::cpu::features::CpuId {
+    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs() }
 }
 
 /// Powers this CPU off with PSCI `CPU_OFF`; parks it if firmware returns (it only returns on
@@ -105,8 +104,8 @@ pub fn cpu_off() -> ! {
 }
 
 /// This CPU's 56 ID registers (op0=3, op1=0, CRn=0, CRm=1..7, op2=0..7), in
-/// [`crate::idreg::idx`] order. Unallocated encodings in this space read as zero.
-pub fn read_idregs() -> [u64; crate::idreg::NR_IDREGS] {
+/// [`crate::cpu::idreg::idx`] order. Unallocated encodings in this space read as zero.
+pub fn read_idregs() -> [u64; crate::cpu::idreg::NR_IDREGS] {
     macro_rules! mrs {
         ($r:literal) => {{
             let x: u64;
@@ -115,7 +114,7 @@ pub fn read_idregs() -> [u64; crate::idreg::NR_IDREGS] {
             x
         }};
     }
-    let mut v = [0u64; crate::idreg::NR_IDREGS];
+    let mut v = [0u64; crate::cpu::idreg::NR_IDREGS];
         v[0] = mrs!("S3_0_C0_C1_0");
         v[1] = mrs!("S3_0_C0_C1_1");
         v[2] = mrs!("S3_0_C0_C1_2");
@@ -207,7 +206,7 @@ pub struct El2MmuConfig {
 impl El2MmuConfig {
     /// The boot CPU's configuration as this CPU must use it: `SCTLR_EL2.ATA` only where this
     /// CPU has FEAT_MTE2 (the bit is RES0 otherwise). EL2 clears tags only for MTE VMs, which
-    /// need FEAT_MTE2 on every CPU ([`crate::cpufeat`]). Reads only ID registers, so it may run
+    /// need FEAT_MTE2 on every CPU ([`crate::cpu::features`]). Reads only ID registers, so it may run
     /// with the MMU off.
     pub fn for_this_cpu(self) -> Self {
         Self { sctlr: if has_mte2() { self.sctlr } else { self.sctlr & !SCTLR_EL2_ATA }, ..self }
@@ -292,12 +291,12 @@ impl HostConfig {
     /// FEAT_MTE2 and `HCR_EL2.API/APK` only with pointer authentication, from this CPU's own
     /// ID registers `regs` (the bits are RES0 otherwise). The host reads the real ID registers
     /// and decides for itself; guests' MTE and pointer authentication come from every CPU.
-    pub fn for_this_cpu(&self, regs: &[u64; crate::idreg::NR_IDREGS]) -> Self {
+    pub fn for_this_cpu(&self, regs: &[u64; crate::cpu::idreg::NR_IDREGS]) -> Self {
         let mut hcr = self.hcr;
-        if !crate::idreg::mte2(regs) {
+        if !crate::cpu::idreg::mte2(regs) {
             hcr &= !hcr::ATA;
         }
-        if !crate::idreg::has_pauth(regs) {
+        if !crate::cpu::idreg::has_pauth(regs) {
             hcr &= !(hcr::API | hcr::APK);
         }
         Self { hcr, ..*self }
@@ -322,7 +321,7 @@ impl HostConfig {
 pub fn activate_host(cfg: &HostConfig) {
     // This CPU's features decide which control registers exist; the world switch reads them
     // back on every guest load.
-    let features = crate::controls::ControlFeatures::from_id_regs(
+    let features = crate::cpu::controls::ControlFeatures::from_id_regs(
         ID_AA64PFR0_EL1.get(),
         ID_AA64PFR1_EL1.get(),
         ID_AA64DFR0_EL1.get(),
@@ -330,7 +329,7 @@ pub fn activate_host(cfg: &HostConfig) {
         ID_AA64MMFR1_EL1.get(),
     );
     super::switch::CONTROL_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
-    write_boot_controls(&crate::controls::boot_controls(&features));
+    write_boot_controls(&crate::cpu::controls::boot_controls(&features));
     super::switch::clear_vgic();
     VTCR_EL2.set(cfg.vtcr);
     VTTBR_EL2.set(cfg.vttbr);
@@ -370,7 +369,7 @@ pub fn activate_host(cfg: &HostConfig) {
 
 /// Writes the control registers EL2 otherwise never touches to their known values
 /// (`controls::boot_controls`); the `ISB` at the end of [`activate_host`] puts them in force.
-fn write_boot_controls(b: &crate::controls::BootControls) {
+fn write_boot_controls(b: &crate::cpu::controls::BootControls) {
     // Each register is written only when this CPU implements it (`boot_controls` returns
     // `None` otherwise), and each only configures EL2 traps or EL1&0 behaviour, which does not
     // run until the ERET into the host.
@@ -467,38 +466,3 @@ pub fn smc(function: u32, args: [u64; 17]) -> [u64; 18] {
     smccc::smc64(function, args)
 }
 
-/// Barriers and TLB maintenance on real hardware.
-pub struct ArchMaintenance;
-
-impl crate::psci::Firmware for ArchMaintenance {
-    fn mem_protect(&self, enable: u32) -> i64 {
-        let mut args = [0u64; 17];
-        args[0] = enable as u64;
-        smc(smccc::psci::PSCI_MEM_PROTECT, args)[0] as i64
-    }
-}
-
-impl Maintenance for ArchMaintenance {
-    fn hyp_s1_mapped(&self) {
-        // New entries reach the walker before EL2 accesses the newly mapped page; the ISB
-        // stops this CPU from having fetched a translation for it speculatively before.
-        dsb_ishst();
-        isb();
-    }
-
-    fn host_s2_mapped(&self) {
-        // The ERET back to the host is context synchronising; the DSB makes the new entry
-        // visible to the walkers of every CPU first.
-        dsb_ishst();
-    }
-
-    fn host_s2_unmapped(&self, _ipa: u64, _size: u64) {
-        // Entry removals complete, then all stage 1+2 entries of the host VMID (loaded in
-        // VTTBR_EL2 while EL2 serves the host) are invalidated on all CPUs, and that completes.
-        dsb_ishst();
-        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
-        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
-        dsb_ish();
-        isb();
-    }
-}

@@ -2,8 +2,9 @@
 //!
 //! `load` / `run` / `put` read as a script of paired steps; the order matters and is commented
 //! where it does. A `VCPU_RUN` loads the vCPU once, runs it as often as EL2 handles its exits
-//! itself (only GPRs, PC and PSTATE move then), and puts it back once. EL2 itself never touches FP/SIMD (softfloat target) and guests
-//! trap on FP/SIMD (`CPTR_EL2.TFP`), so no FP state moves yet.
+//! itself (only GPRs, PC and PSTATE move then), and puts it back once. EL2 itself never touches
+//! FP/SIMD (softfloat target); a guest's FP/SIMD registers and pointer-authentication keys
+//! move lazily, at its first trapped use in a run (`fp_load`, `pauth_load`).
 //!
 //! ```text
 //! load: save host EL1 state → guest traps (and the vCPU's virtual GIC CPU interface: VMCR,
@@ -15,13 +16,13 @@
 //!       vCPU, ICH_HCR_EL2 = 0, its list registers cleared) → host traps + stage 2 → ISB
 //! ```
 
-use super::regs::{dsb_ish, dsb_ishst, isb, ArchMaintenance};
-use crate::addr::PhysAddr;
-use crate::controls::{guest_controls, hcr, ControlFeatures};
+use super::regs::isb;
+use super::Cpu;
+use crate::cpu::controls::{guest_controls, hcr, ControlFeatures};
 use crate::platform::MAX_CPUS;
-use crate::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
-use crate::vgic;
-use crate::vm::{GuestArch, GuestConfig, GuestTrap, TrapKind};
+use crate::guest::vcpu::{FpRegs, VcpuCtx, NR_SYSREGS};
+use crate::guest::vgic;
+use crate::hw::{GuestConfig, GuestTrap, TrapKind, WorldSwitch};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -191,7 +192,7 @@ fn restore_el1_extra(e: &El1Extra) {
 }
 
 /// `CPTR_EL2.TFP`: trap FP/SIMD.
-const CPTR_TFP: u64 = crate::controls::cptr::TFP;
+const CPTR_TFP: u64 = crate::cpu::controls::cptr::TFP;
 
 /// Per CPU: its [`ControlFeatures`] ([`ControlFeatures::bits`]), read once by `activate_host`.
 pub static CONTROL_FEATURES: [core::sync::atomic::AtomicU16; MAX_CPUS] = [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
@@ -371,7 +372,7 @@ pub struct HostSaved {
     /// The CPU has the GICv3 system-register interface: the virtual CPU interface moves with
     /// the vCPU, with this many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` (0: no GICv3).
     gicv3: u8,
-    /// The vCPU's interface was idle at load ([`crate::vgic::VgicCpu::idle`]): only
+    /// The vCPU's interface was idle at load ([`crate::guest::vgic::VgicCpu::idle`]): only
     /// `ICH_VMCR_EL2` moved.
     vgic_idle: bool,
 }
@@ -399,7 +400,7 @@ fn scratch() -> &'static mut HostScratch {
     unsafe { &mut *SCRATCH[super::cpu_index() % MAX_CPUS].0.get() }
 }
 
-impl ArchMaintenance {
+impl Cpu {
     /// Steps 1–3 of the script: host out, guest traps, stage 2 and EL1 state in.
     fn load_guest(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
         // 1. Host EL1 state, and the host's EL2 configuration to come back to.
@@ -611,7 +612,7 @@ impl ArchMaintenance {
         // PPI 27 itself, from the exit record's deadline). No barrier of its own: the ISB at the
         // end of put makes ENABLE = 0 (and CNTVOFF_EL2 = 0 below) effective before EL2
         // continues, and the timer's output is a level, so nothing latched stays pending.
-        crate::controls::host_el1_at_put(&mut saved.sys);
+        crate::cpu::controls::host_el1_at_put(&mut saved.sys);
         restore_el1_sysregs(&saved.sys);
         restore_el1_extra(&saved.extra);
         // (Host stage-1 state briefly pairs with the guest's VMID here; EL1 does not run in
@@ -634,80 +635,7 @@ impl ArchMaintenance {
     }
 }
 
-/// `DC CIVAC` over the page mapped at `va`, then `DSB ISH`: its lines reach the PoC and are
-/// dropped on every CPU before the slot is unmapped and the page mapped for its next user.
-fn civac_page(va: u64) {
-    let line = super::regs::dcache_line_size();
-    let mut a = va;
-    while a < va + 4096 {
-        // SAFETY: `a` lies in the page the caller's fixmap closure maps; DC CIVAC only writes
-        // back and drops one cache line. (Allocation tags need none: they are only ever reached
-        // through cacheable Tagged mappings, which are coherent.)
-        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
-        a += line;
-    }
-    dsb_ish();
-}
-
-/// Virtual address of CPU `n`'s fixmap slot in EL2's stage 1 (far from any RAM address).
-pub const FIXMAP_VA: u64 = 0x7F00_0000_0000;
-
-/// Per CPU: pointer to its fixmap slot's level-3 entry, and the descriptor template (Normal
-/// RW XN, output address zero) that a PA is ORed into.
-pub static FIXMAP_ENTRY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// See [`FIXMAP_ENTRY`].
-pub static FIXMAP_TEMPLATE: AtomicU64 = AtomicU64::new(0);
-/// The same with the Tagged Normal memory type (for tag writes; 0 without FEAT_MTE2).
-pub static FIXMAP_TEMPLATE_TAGGED: AtomicU64 = AtomicU64::new(0);
-
-/// Maps `pa` at this CPU's fixmap slot, runs `f` on it, and unmaps it.
-fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
-    with_fixmap_as(FIXMAP_TEMPLATE.load(Ordering::Relaxed), pa, f)
-}
-
-/// [`with_fixmap`] with descriptor template `template`.
-fn with_fixmap_as(template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
-    let cpu = super::cpu_index() % MAX_CPUS;
-    let entry = FIXMAP_ENTRY[cpu].load(Ordering::Relaxed) as *mut u64;
-    if entry.is_null() {
-        log::error!("fixmap slot of cpu{cpu} missing");
-        return;
-    }
-    let va = FIXMAP_VA + cpu as u64 * 4096;
-    // SAFETY: `entry` is this CPU's own reserved level-3 entry (set up at boot, used by no
-    // other CPU), and the slot is empty between uses.
-    unsafe { entry.write_volatile(template | pa.0) };
-    // The entry is visible to this CPU's walker before the first access through it.
-    dsb_ishst();
-    isb();
-    f(va as *mut u8);
-    // SAFETY: as above.
-    unsafe { entry.write_volatile(0) };
-    // Break: the entry is gone, and *every* CPU forgets it. Only this CPU uses the slot, but
-    // the slot lives in the EL2 stage 1 all CPUs share, and a TLB may cache any valid entry
-    // (speculative walks included): another CPU could still hold this page's translation when
-    // the slot next maps another page, which is a break-before-make violation on that CPU (a
-    // TLB conflict), and a speculative access through it could allocate cache lines for a page
-    // that has since gone to a guest. Hence the broadcast form; last level only (`VALE2IS`):
-    // the level-3 table itself stays.
-    dsb_ishst();
-    // SAFETY: TLB invalidation of one EL2 VA is always allowed at EL2.
-    unsafe { asm!("tlbi vale2is, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
-    // Completes the invalidation on every CPU before the slot is reused.
-    dsb_ish();
-    isb();
-}
-
-/// The `DC ZVA`/`GVA`/`GZVA` block size in bytes (`DCZID_EL0.BS`). EL2 enables tag writes only
-/// on CPUs with FEAT_MTE2, where the block is architecturally allowed for these.
-fn zva_block() -> u64 {
-    let dczid: u64;
-    // SAFETY: reading DCZID_EL0 has no side effects.
-    unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
-    (4u64 << (dczid & 0xF)).clamp(16, 2048)
-}
-
-impl GuestArch for ArchMaintenance {
+impl WorldSwitch for Cpu {
     type Saved = HostSaved;
 
     fn load(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
@@ -761,44 +689,7 @@ impl GuestArch for ArchMaintenance {
         restore_el1_extra(&El1Extra { sp_el0: ctx.sp_el0, sp_el1: ctx.sp_el1, elr_el1: ctx.elr_el1, spsr_el1: ctx.spsr_el1 });
     }
 
-    fn guest_s2_mapped(&self) {
-        // Visible to the walkers before the guest retries; entering the guest synchronises.
-        dsb_ishst();
-    }
-
-    fn flush_guest_tlb(&self, vttbr: u64) {
-        // TLBI VMALLS12E1IS acts on the VMID in VTTBR_EL2: borrow it for the guest's VMID.
-        let host = VTTBR_EL2.get();
-        dsb_ishst();
-        VTTBR_EL2.set(vttbr);
-        isb();
-        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
-        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
-        dsb_ish();
-        VTTBR_EL2.set(host);
-        isb();
-    }
-
-    fn flush_guest_local(&self) {
-        // `load` wrote the guest's VTTBR_EL2 without an ISB: make its VMID the one the TLBI
-        // below acts on.
-        isb();
-        // SAFETY: invalidating the current VMID's EL1&0 entries and this CPU's instruction
-        // cache is always allowed at EL2; it only costs refills.
-        unsafe { asm!("tlbi vmalls12e1", "ic iallu", options(nostack, preserves_flags)) };
-        // Local (non-shareable) completion suffices: only this CPU's TLB and I-cache were hit.
-        // SAFETY: a barrier.
-        unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
-        // The guest's first instruction is fetched after the invalidation (the ERET into the
-        // guest synchronises too; this keeps the order independent of the caller).
-        isb();
-    }
-
-    fn clean_inval_poc(&self, pa: PhysAddr) {
-        with_fixmap(pa, |p| civac_page(p as u64));
-    }
-
-    fn ptimer_backing(&self, t: &crate::vcpu::PTimer) {
+    fn ptimer_backing(&self, t: &crate::guest::timer::PTimer) {
         // CNTHP counts the physical count, as the emulated timer does (no offset). No barrier:
         // the ERET back into the guest synchronises both writes before its next instruction,
         // and a stale setting until then can at worst end the run early (an IRQ exit).
@@ -810,71 +701,4 @@ impl GuestArch for ArchMaintenance {
         }
     }
 
-    fn counter(&self) -> u64 {
-        // No ISB before the read: CNTPCT_EL0 may be read a little early, which only makes an
-        // emulated timer look a few ticks younger to the guest (as if the access had been
-        // early); nothing else is ordered against it.
-        CNTPCT_EL0.get()
-    }
-
-    fn clear_tags(&self, pa: PhysAddr) {
-        let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
-        if tagged == 0 {
-            return;
-        }
-        with_fixmap_as(tagged, pa, |p| {
-            let block = zva_block();
-            let mut a = p as u64;
-            while a < p as u64 + 4096 {
-                // SAFETY: `a` lies in the page mapped Tagged Normal for this closure; DC GVA
-                // sets the block's allocation tags to the address's tag (0), keeping data.
-                unsafe { asm!(".arch_extension memtag", "dc gva, {}", in(reg) a, options(nostack, preserves_flags)) };
-                a += block;
-            }
-            // The tag writes are complete before the slot is unmapped and the guest maps it.
-            dsb_ish();
-        });
-    }
-
-    fn scrub_page(&self, pa: PhysAddr, has_tags: bool) {
-        let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
-        if tagged != 0 && has_tags {
-            // Data and allocation tags both zero: DC GZVA through a Tagged mapping.
-            with_fixmap_as(tagged, pa, |p| {
-                let block = zva_block();
-                let mut a = p as u64;
-                while a < p as u64 + 4096 {
-                    // SAFETY: `a` lies in the page mapped Tagged Normal for this closure.
-                    unsafe { asm!(".arch_extension memtag", "dc gzva, {}", in(reg) a, options(nostack, preserves_flags)) };
-                    a += block;
-                }
-                dsb_ish();
-                civac_page(p as u64);
-            });
-            return;
-        }
-        with_fixmap(pa, |p| {
-            let dczid: u64;
-            // SAFETY: reading DCZID_EL0 has no side effects.
-            unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
-            let block = 4u64 << (dczid & 0xF);
-            if dczid & (1 << 4) != 0 || block > 2048 {
-                // DC ZVA prohibited (DZP) or implausible: plain stores.
-                // SAFETY: the fixmap maps exactly one writable page at `p` for the closure.
-                unsafe { core::ptr::write_bytes(p, 0, 4096) };
-                civac_page(p as u64);
-                return;
-            }
-            let mut a = p as u64;
-            while a < p as u64 + 4096 {
-                // SAFETY: `a` lies in the page the fixmap maps writable (Normal memory, as
-                // DC ZVA requires) for this closure; it zeroes one naturally aligned block.
-                unsafe { asm!("dc zva, {}", in(reg) a, options(nostack, preserves_flags)) };
-                a += block;
-            }
-            // The zeroes are complete before they are cleaned to the PoC.
-            dsb_ish();
-            civac_page(p as u64);
-        });
-    }
 }

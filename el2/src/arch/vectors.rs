@@ -1,7 +1,7 @@
 //! EL2's exception vector table and the trap frame the assembly builds.
 //!
 //! - Synchronous exceptions from a lower EL (AArch64) save all GPRs, `ELR_EL2` and `SPSR_EL2`
-//!   on this CPU's EL2 stack, call [`crate::trap::el2_lower_sync`], restore (the handler may
+//!   on this CPU's EL2 stack, call [`crate::arch::trap::el2_lower_sync`], restore (the handler may
 //!   have changed any of them) and `ERET`.
 //! - While a guest runs on this CPU (`GUEST_CTX[cpu]` set), any lower-EL exception (synchronous,
 //!   IRQ, FIQ, SError) is a *guest exit*: `__guest_exit` stores the guest's GPRs and returns to
@@ -9,7 +9,7 @@
 //! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 while the host runs
 //!   (`HCR_EL2.IMO/FMO/AMO` clear for the host), AArch32 lower ELs do not exist (`HCR_EL2.RW`), and an exception *at* EL2 is an EL2
 //!   bug. Those switch to this CPU's panic stack first (the normal stack may be what overflowed),
-//!   save the frame, and call [`crate::trap::el2_unexpected`], which reports and parks the CPU:
+//!   save the frame, and call [`crate::arch::trap::el2_unexpected`], which reports and parks the CPU:
 //!   it never returns into state that may be corrupt.
 //!
 //! The frame layout is fixed by [`TrapFrame`] and checked at compile time against the offsets
@@ -255,7 +255,7 @@ el2_lower_sync_entry:
     isb
 "#,
     frame = const FRAME_SIZE,
-    lower_sync = sym crate::trap::el2_lower_sync,
-    unexpected = sym crate::trap::el2_unexpected,
+    lower_sync = sym crate::arch::trap::el2_lower_sync,
+    unexpected = sym crate::arch::trap::el2_unexpected,
     guest_ctx = sym crate::arch::switch::GUEST_CTX,
 );

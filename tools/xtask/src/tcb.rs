@@ -38,6 +38,10 @@ fn count_file(text: &str, c: &mut Counts) {
             }
             continue;
         }
+        if l == "#![cfg(test)]" {
+            // A whole file of test code (a fixture module).
+            return;
+        }
         if l == "#[cfg(test)]" {
             pending_cfg_test = true;
             continue;
@@ -179,6 +183,13 @@ pub fn run(images: &Images) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_of_test_code_is_not_counted() {
+        let mut c = Counts::default();
+        count_file("//! The fixture.\n#![cfg(test)]\nfn fixture() {}\n", &mut c);
+        assert_eq!(c.code, 0);
+    }
 
     #[test]
     fn counts_code_and_unsafe_but_not_tests_or_comments() {

@@ -21,7 +21,7 @@
 //! | execute | `XN` (bit 54) clear | `XN[1:0]` (bits 54:53) = `0b00` |
 //! | shareability | `SH` = Inner Shareable for Normal | same |
 
-use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::mem::addr::{PhysAddr, PAGE_SIZE};
 
 /// Entries in one table.
 pub const ENTRIES: usize = 512;

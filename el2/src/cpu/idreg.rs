@@ -3,7 +3,7 @@
 //! Place in the flow: *state*, per VM, built at `VM_CREATE` and read by the guest through a
 //! trap (`HCR_EL2.TID3`) without taking a lock.
 //!
-//! 1. Each CPU reports its own values when it enters EL2 ([`crate::cpufeat`]); they are combined
+//! 1. Each CPU reports its own values when it enters EL2 ([`crate::cpu::features`]); they are combined
 //!    **field by field** with the field's rule: *lower-safe* fields take the smallest value (a feature
 //!    level every CPU has), *higher-safe* the largest, *exact* fields the common value or the
 //!    field's safe value if CPUs differ. Signed fields (where `0xF` means "not implemented")

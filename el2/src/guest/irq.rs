@@ -2,8 +2,9 @@
 //! `VCPU_STATS`.
 
 use crate::hyp::Hyp;
-use crate::pgtable::TableMemory;
-use crate::vgic::{self, IrqError};
+use crate::guest::vm::claim_vcpu;
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vgic::{self, IrqError};
 use shared_abi::{HypError, HypResult};
 
 fn irq_err(e: IrqError) -> HypError {
@@ -15,48 +16,46 @@ fn irq_err(e: IrqError) -> HypError {
     }
 }
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// `VCPU_SET_IRQ`: queues virtual interrupt `vintid` with `config` ([`shared_abi::msg::irq`])
-    /// in a free list register of vCPU `index`. Every field is checked before anything is
-    /// locked ([`vgic::lr_from_request`]); the list register value is EL2's own encoding.
-    /// Allowed for protected VMs after their first run: delivering interrupts is the host's
-    /// job, and an interrupt reveals nothing of the guest.
-    pub(crate) fn vcpu_set_irq(&self, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
-        let caps = self.vgic_caps().ok_or(HypError::Denied)?;
-        let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
-        let mut guard = self.claim_vcpu(handle, index)?;
-        let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
-        Ok([n as u64, 0, 0])
-    }
+/// `VCPU_SET_IRQ`: queues virtual interrupt `vintid` with `config` ([`shared_abi::msg::irq`])
+/// in a free list register of vCPU `index`. Every field is checked before anything is
+/// locked ([`vgic::lr_from_request`]); the list register value is EL2's own encoding.
+/// Allowed for protected VMs after their first run: delivering interrupts is the host's
+/// job, and an interrupt reveals nothing of the guest.
+pub(crate) fn vcpu_set_irq<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
+    let caps = hyp.vgic_caps().ok_or(HypError::Denied)?;
+    let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
+    let mut guard = claim_vcpu(hyp, handle, index)?;
+    let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
+    Ok([n as u64, 0, 0])
+}
 
-    /// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
-    /// hear about, to the message page (collecting the deactivations).
-    pub(crate) fn vcpu_irq_state(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
-        self.message_page(cpu)?;
-        let nr_lrs = self.vgic_caps().map_or(0, |c| c.nr_lrs);
-        let mut guard = self.claim_vcpu(handle, index)?;
-        // Collected only once the report is written: a failed write loses nothing.
-        let mut vgic = guard.vgic.clone();
-        let state = vgic.report(nr_lrs);
-        self.write_message(cpu, &state)?;
-        guard.vgic = vgic;
-        Ok([state.used as u64, 0, 0])
-    }
+/// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
+/// hear about, to the message page (collecting the deactivations).
+pub(crate) fn vcpu_irq_state<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
+    hyp.msg.page(cpu)?;
+    let nr_lrs = hyp.vgic_caps().map_or(0, |c| c.nr_lrs);
+    let mut guard = claim_vcpu(hyp, handle, index)?;
+    // Collected only once the report is written: a failed write loses nothing.
+    let mut vgic = guard.vgic.clone();
+    let state = vgic.report(nr_lrs);
+    hyp.msg.write(cpu, &state)?;
+    guard.vgic = vgic;
+    Ok([state.used as u64, 0, 0])
+}
 
-    /// `VCPU_STATS`: the vCPU's exception counts, by class. Counts only: allowed for protected
-    /// VMs at any time.
-    pub(crate) fn vcpu_stats(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
-        self.message_page(cpu)?;
-        let guard = self.claim_vcpu(handle, index)?;
-        let stats = shared_abi::msg::VcpuStats { counts: guard.stats };
-        self.write_message(cpu, &stats)?;
-        Ok([guard.stats.iter().sum(), 0, 0])
-    }
+/// `VCPU_STATS`: the vCPU's exception counts, by class. Counts only: allowed for protected
+/// VMs at any time.
+pub(crate) fn vcpu_stats<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
+    hyp.msg.page(cpu)?;
+    let guard = claim_vcpu(hyp, handle, index)?;
+    let stats = shared_abi::msg::VcpuStats { counts: guard.stats };
+    hyp.msg.write(cpu, &stats)?;
+    Ok([guard.stats.iter().sum(), 0, 0])
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     fn irq_state(f: &Fixture, h: u64, vcpu: u64) -> shared_abi::msg::VgicState {
@@ -89,7 +88,7 @@ mod tests {
         assert_eq!(irq_state(&f, h, 0).used, 0, "nothing queued");
         // A protected VM that has run still gets interrupts, and the host sees their state.
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc()];
+        *rec.exits.borrow_mut() = vec![hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         for (n, id) in [32u64, 33, 27, 1].into_iter().enumerate() {
             assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, id, spi]), Ok([n as u64, 0, 0]));
@@ -129,7 +128,7 @@ mod tests {
         f.call(0, H::VcpuSetIrq, &[h, 0, 41, config(0x80, true, PENDING, false) as u64]).unwrap();
         let run = |f: &Fixture| {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = vec![hvc()];
+            *rec.exits.borrow_mut() = vec![hvc()];
             f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
             exit_record(f).flags
         };
@@ -156,9 +155,9 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
         let wfi = || trap(0x01 << 26 | 1 << 25, 0);
-        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::vm::GuestTrap>| {
+        let run = |f: &Fixture, vcpu: u64, script: Vec<crate::hw::GuestTrap>| {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = script;
+            *rec.exits.borrow_mut() = script;
             f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap()[0]
         };
         let cpu_on = |f: &Fixture| {
@@ -190,7 +189,7 @@ mod tests {
         // A first touch (EL2 maps it), a call EL2 answers (SMCCC_VERSION), then WFI (exit).
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::arch::SMCCC_VERSION as u64, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![dabt_translation(0x8000_0000), hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x8000_0000), hvc(), trap(0x01 << 26 | 1 << 25, 0)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         // Counts only: allowed for a protected VM that has run.
         assert_eq!(f.call(0, H::VcpuStats, &[h, 0]), Ok([3, 0, 0]));

@@ -51,7 +51,7 @@ pub mod wa2 {
 pub const PSCI_VERSIONS: [u64; 3] = [0x0000_0002, 0x0001_0000, 0x0001_0001];
 
 /// What this hypervisor provides, decided from every CPU's ID registers (the combined view of
-/// [`crate::cpufeat`], fixed before the first VM exists).
+/// [`crate::cpu::features`], fixed before the first VM exists).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Provided {
     /// Workaround 1 level ([`NOT_AVAIL`] or [`NOT_REQUIRED`]: EL2 implements no firmware

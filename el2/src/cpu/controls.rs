@@ -9,7 +9,8 @@
 //! registers hide are trapped where the architecture has a trap, and neutralised around the run
 //! where it has none.
 
-use crate::vm::GuestConfig;
+use crate::guest::vcpu::SysReg;
+use crate::hw::GuestConfig;
 
 /// ID-register fields (the CPU's own) that decide which controls exist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -221,16 +222,12 @@ pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, pr
     }
 }
 
-/// `SYSREGS` index of `CNTV_CTL_EL0`.
-const SYS_CNTV_CTL_EL0: usize = 19;
-const _: () = assert!(shared_abi::reg::SYSREGS[SYS_CNTV_CTL_EL0].1 == shared_abi::reg::sysreg(3, 3, 14, 3, 1));
-
 /// The host's EL1 registers as `put` restores them, from what `load` saved (`sys`, in
 /// `shared_abi::reg::SYSREGS` order): `CNTV_CTL_EL0` = 0, ENABLE clear. The host does not use
 /// the virtual timer (its tick is the physical one); a guest's, once saved, must not stay
 /// enabled in the CPU where its output would keep PPI 27 asserted to the host.
-pub fn host_el1_at_put(sys: &mut [u64; crate::vcpu::NR_SYSREGS]) {
-    sys[SYS_CNTV_CTL_EL0] = 0;
+pub fn host_el1_at_put(sys: &mut [u64; crate::guest::vcpu::NR_SYSREGS]) {
+    sys[SysReg::CNTV_CTL_EL0] = 0;
 }
 
 /// Values EL2 writes at boot, on every CPU, to control registers it otherwise never touches,
@@ -272,13 +269,13 @@ mod tests {
     #[test]
     fn the_host_gets_the_virtual_timer_back_disabled() {
         // What load saved: the host's registers, its CNTV_CTL_EL0 enabled and unmasked.
-        let mut sys: [u64; crate::vcpu::NR_SYSREGS] = core::array::from_fn(|i| 0x100 + i as u64);
-        sys[SYS_CNTV_CTL_EL0] = 0b001;
+        let mut sys: [u64; crate::guest::vcpu::NR_SYSREGS] = core::array::from_fn(|i| 0x100 + i as u64);
+        sys[SysReg::CNTV_CTL_EL0] = 0b001;
         let before = sys;
         host_el1_at_put(&mut sys);
-        assert_eq!(sys[SYS_CNTV_CTL_EL0], 0, "ENABLE clear");
+        assert_eq!(sys[SysReg::CNTV_CTL_EL0], 0, "ENABLE clear");
         for (i, (a, b)) in sys.iter().zip(before).enumerate() {
-            if i != SYS_CNTV_CTL_EL0 {
+            if i != SysReg::CNTV_CTL_EL0 as usize {
                 assert_eq!(*a, b, "{} changed", shared_abi::reg::SYSREGS[i].0);
             }
         }

@@ -2,64 +2,65 @@
 //! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
 //! UNDEF for everything else.
 
-use super::{GuestArch, Me, Next};
-use crate::exception::{ec, Esr};
+use super::exit::{Me, Next};
+use crate::hw::Hw;
+use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
-use crate::idreg;
-use crate::pgtable::TableMemory;
-use crate::vcpu::VcpuCtx;
-use crate::vgic;
+use crate::guest::exit::undef;
+use crate::guest::memory::clean_vm_to_poc;
+use crate::cpu::idreg;
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vcpu::VcpuCtx;
+use crate::guest::vgic;
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{exit, VcpuExit};
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
-    pub(super) fn sysreg_trap(&self, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl GuestArch) -> Next {
-        if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
+/// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
+pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl Hw) -> Next {
+    if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
+        ctx.pc = ctx.pc.wrapping_add(4);
+        let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
+        return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
+    }
+    let Some(a) = sysreg_access(esr) else { return undef(hyp, handle, ctx, Esr(esr), arch) };
+    let done = if let Some(i) = idreg_read(&a) {
+        // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
+        Some(Emulated::Read(hyp.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
+    } else if a.op0 == 2 {
+        // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
+        let dfr0 = hyp.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
+        let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
+        debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+    } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
+        // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
+        // count; the guest never reaches the real one, which is the host's.
+        let r = ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter());
+        if r == Some(Emulated::Written) {
+            arch.ptimer_backing(&ctx.ptimer);
+        }
+        r
+    } else if is_set_way(&a, me.mte) {
+        // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
+        // Write-Back cacheable, and so coherent with every other view: nothing a set/way
+        // operation could make visible is not already. Without FWB the guest may run with
+        // caching off: its whole memory goes to the PoC, once per VCPU_RUN (a guest cleans
+        // by set/way in a loop over every set and way; the first clean covers the rest).
+        if !me.fwb && !me.set_way_done.replace(true) {
+            clean_vm_to_poc(hyp, handle, arch);
+        }
+        Some(Emulated::Written)
+    } else {
+        None
+    };
+    match done {
+        Some(e) => {
+            if let Emulated::Read(v) = e {
+                ctx.set_gpr(a.rt, v);
+            }
             ctx.pc = ctx.pc.wrapping_add(4);
-            let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
-            return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
+            Next::Resume
         }
-        let Some(a) = sysreg_access(esr) else { return self.undef(handle, ctx, Esr(esr), arch) };
-        let done = if let Some(i) = idreg_read(&a) {
-            // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
-            Some(Emulated::Read(self.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
-        } else if a.op0 == 2 {
-            // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
-            let dfr0 = self.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
-            let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
-            debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
-        } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
-            // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
-            // count; the guest never reaches the real one, which is the host's.
-            let r = ptimer_access(&a, ctx.gpr(a.rt), &mut ctx.ptimer, arch.counter());
-            if r == Some(Emulated::Written) {
-                arch.ptimer_backing(&ctx.ptimer);
-            }
-            r
-        } else if is_set_way(&a, me.mte) {
-            // DC ISW/CSW/CISW (HCR_EL2.TSW). With FWB the guest's view of its memory is always
-            // Write-Back cacheable, and so coherent with every other view: nothing a set/way
-            // operation could make visible is not already. Without FWB the guest may run with
-            // caching off: its whole memory goes to the PoC, once per VCPU_RUN (a guest cleans
-            // by set/way in a loop over every set and way; the first clean covers the rest).
-            if !me.fwb && !me.set_way_done.replace(true) {
-                self.clean_vm_to_poc(handle, arch);
-            }
-            Some(Emulated::Written)
-        } else {
-            None
-        };
-        match done {
-            Some(e) => {
-                if let Emulated::Read(v) = e {
-                    ctx.set_gpr(a.rt, v);
-                }
-                ctx.pc = ctx.pc.wrapping_add(4);
-                Next::Resume
-            }
-            None => self.undef(handle, ctx, Esr(esr), arch),
-        }
+        None => undef(hyp, handle, ctx, Esr(esr), arch),
     }
 }
 
@@ -72,8 +73,8 @@ impl<T: TableMemory> Hyp<'_, T> {
 /// `CVAL - now` (a signed count, zero-extended), and a write sets `CVAL` to `now` plus the
 /// sign-extended low 32 bits of the value. Every value is accepted; arithmetic wraps as the
 /// hardware's does.
-pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::vcpu::PTimer, now: u64) -> Option<Emulated> {
-    use crate::vcpu::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::guest::timer::PTimer, now: u64) -> Option<Emulated> {
+    use crate::guest::timer::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
     Some(match (a.op2, a.read) {
         (0, true) => Emulated::Read(t.cval.wrapping_sub(now) as u32 as u64),
         (0, false) => {
@@ -138,7 +139,7 @@ const OSLSR_EL1_OSLM: u64 = 1 << 3;
 /// OS lock (`OSLAR_EL1`) shows in `OSLSR_EL1`; neither takes effect. Trace (`op1 == 1`), the
 /// ROM address (`MDRAR_EL1`), the registers of debug state (`OSDTRRX/TX_EL1`, `DLR/DSPSR_EL0`)
 /// and the wrong direction of a read-only or write-only register are not emulated.
-pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
+pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
     let raz_wi = Some(if a.read { Emulated::Read(0) } else { Emulated::Written });
     match (a.op1, a.crn, a.crm, a.op2) {
         // MDSCR_EL1.
@@ -172,38 +173,6 @@ pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::vcpu::
     }
 }
 
-/// A trapped `MRS`/`MSR` (`ESR_EL2.EC == 0x18`), decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SysregAccess {
-    /// `op0`.
-    pub op0: u8,
-    /// `op1`.
-    pub op1: u8,
-    /// `CRn`.
-    pub crn: u8,
-    /// `CRm`.
-    pub crm: u8,
-    /// `op2`.
-    pub op2: u8,
-    /// The general-purpose register.
-    pub rt: u8,
-    /// A read (`MRS`).
-    pub read: bool,
-}
-
-/// Decodes the ISS of a trapped system-register access (Arm ARM D17.2.37, EC 0x18).
-pub fn sysreg_access(esr: u64) -> Option<SysregAccess> {
-    (Esr(esr).ec() == ec::SYS64).then_some(SysregAccess {
-        op0: ((esr >> 20) & 3) as u8,
-        op2: ((esr >> 17) & 7) as u8,
-        op1: ((esr >> 14) & 7) as u8,
-        crn: ((esr >> 10) & 0xF) as u8,
-        rt: ((esr >> 5) & 0x1F) as u8,
-        crm: ((esr >> 1) & 0xF) as u8,
-        read: esr & 1 != 0,
-    })
-}
-
 /// A trapped SGI generation write of vCPU `me`, decoded, and the value written.
 fn sgi_write(esr: u64, ctx: &VcpuCtx, me: &Me<'_>) -> Option<(vgic::Sgi, u64)> {
     let a = sysreg_access(esr)?;
@@ -223,7 +192,7 @@ fn idreg_read(a: &SysregAccess) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     /// The syndrome of `MRS`/`MSR` (`read`) of `S<op0>_<op1>_C<crn>_C<crm>_<op2>` with `Xrt`.
@@ -237,7 +206,7 @@ mod tests {
 
     #[test]
     fn debug_registers_are_a_shadow_the_guest_reads_back() {
-        use crate::vcpu::DebugShadow;
+        use crate::guest::vcpu::DebugShadow;
         let mut d = DebugShadow::RESET;
         // (BRPs 5, WRPs 3: six breakpoints, four watchpoints.)
         let dfr0 = 6 | 5 << 12 | 3 << 20;
@@ -293,7 +262,7 @@ mod tests {
 
     #[test]
     fn only_the_documented_debug_encodings_are_emulated() {
-        use crate::vcpu::DebugShadow;
+        use crate::guest::vcpu::DebugShadow;
         // Every op0 = 2 encoding (op1, CRn, CRm, op2), read and write, from EL1 and EL0, with
         // the VM's ID_AA64DFR0_EL1 at its smallest (one breakpoint, one watchpoint) and at its
         // largest (16 each: a hostile value the host cannot set, but EL2 must not index on it).
@@ -343,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_physical_timer_group_emulates_three_registers_and_nothing_else() {
-        use crate::vcpu::PTimer;
+        use crate::guest::timer::PTimer;
         // op2 0..=2 of CNTP_* are TVAL, CTL, CVAL; 3..=7 in the group are not registers, and
         // neighbouring groups (CNTV_*, CNTPCT, CNTKCTL, CNTPS_*) never reach the emulation.
         for op2 in 0..8u64 {
@@ -375,7 +344,7 @@ mod tests {
 
     #[test]
     fn timer_deadlines_of_hostile_control_values() {
-        use crate::vcpu::timer_deadline;
+        use crate::guest::timer::timer_deadline;
         // CNTV_CTL_EL0 is saved from the CPU (ISTATUS set by the hardware) or written by the
         // host (any value): only ENABLE and IMASK decide.
         for (ctl, want) in [(0, u64::MAX), (1, 100), (3, u64::MAX), (5, 100), (7, u64::MAX), (u64::MAX, u64::MAX), (!2, 100), (1 << 63, u64::MAX)] {
@@ -400,14 +369,14 @@ mod tests {
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(3, 3, 14, 2, 2, 0, false), 0), // MSR CNTP_CVAL_EL0, X0 (timer still off)
             trap(sysreg_esr(3, 3, 14, 2, 1, 1, false), 0), // MSR CNTP_CTL_EL0, X1 (ENABLE)
             trap(sysreg_esr(3, 3, 14, 2, 1, 1, true), 0),  // MRS X1, CNTP_CTL_EL0
             hvc(),
         ];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
-        let backing: Vec<_> = rec.0.borrow().iter().copied().filter(|op| op.starts_with("ptimer_backing")).collect();
+        let backing: Vec<_> = rec.log.borrow().iter().copied().filter(|op| op.starts_with("ptimer_backing")).collect();
         assert_eq!(backing, ["ptimer_backing_off", "ptimer_backing_on"], "one per write, none for the read");
     }
 
@@ -421,7 +390,7 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, 1, 0]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::SP_EL1, 0x1234, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(3, 3, 14, 2, 1, 31, false), 0),
             trap(sysreg_esr(3, 3, 14, 2, 2, 31, true), 0),
             trap(sysreg_esr(2, 0, 0, 2, 2, 31, true), 0),
@@ -442,12 +411,12 @@ mod tests {
         let mut f = fixture(); // the fixture's CPU: ID_AA64DFR0_EL1 zero (BRPs, WRPs 0: one each)
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(4), 1 << 15 | 1 << 13]).unwrap();
         let rec = Recorder::default();
         // As Linux boots: MSR MDSCR_EL1, x4; MSR OSLAR_EL1, xzr; MSR DBGBCR0_EL1, x4; MRS x5,
         // MDSCR_EL1; MRS x6, OSLSR_EL1; then MSR DBGBCR1_EL1, x4 (not advertised): UNDEF.
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(2, 0, 0, 2, 2, 4, false), 0),
             trap(sysreg_esr(2, 0, 1, 0, 4, 31, false), 0),
             trap(sysreg_esr(2, 0, 0, 0, 5, 4, false), 0),
@@ -457,7 +426,7 @@ mod tests {
             hvc(),
         ];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[..7], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010, 0x1014, 0x8200], "five emulated, then an UNDEF");
+        assert_eq!(rec.entry_pcs.borrow()[..7], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010, 0x1014, 0x8200], "five emulated, then an UNDEF");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([1 << 15 | 1 << 13, 0, 0]), "MDSCR_EL1 read back");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(6)]), Ok([0b1000, 0, 0]), "OS lock cleared");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1014, 0, 0]));
@@ -472,14 +441,14 @@ mod tests {
         let mut script = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_2000)];
         script.extend(ops.iter().map(|&e| trap(e, 0)));
         script.extend([hvc(), trap(ops[0], 0), hvc()]);
-        *rec.1.borrow_mut() = script;
+        *rec.exits.borrow_mut() = script;
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        let pcs = rec.2.borrow().clone();
+        let pcs = rec.entry_pcs.borrow().clone();
         let stepped = pcs.windows(2).filter(|w| w[1] == w[0] + 4).count();
         assert_eq!(stepped, ops.len() + 1, "each operation completes and is stepped over: {pcs:x?}");
         f.call(0, H::VmDestroy, &[h]).unwrap();
-        let log = rec.0.borrow().iter().copied().filter(|s| !["load", "run", "flush_guest_local", "guest_s2_mapped"].contains(s)).collect();
+        let log = rec.log.borrow().iter().copied().filter(|s| !["load", "run", "flush_guest_local", "guest_s2_mapped"].contains(s)).collect();
         log
     }
 
@@ -496,18 +465,18 @@ mod tests {
         let cigdsw = sysreg_esr(1, 0, 7, 14, 6, 0, false);
         assert_eq!(set_way_log(&mut f, vm_flags::MTE, &[cigdsw]).iter().filter(|s| **s == c).count(), 2 + 2 + 2);
         let h = create(&mut f, 1, 0);
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap(cigdsw, 0), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
-        assert_eq!(rec.2.borrow()[1], 0x8200, "UNDEF without MTE");
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x8200, "UNDEF without MTE");
     }
 
     #[test]
     fn a_set_way_clean_covers_every_mapped_page_across_batches() {
         // More mapped pages than one hold of the memory lock collects, over two regions, with
         // holes: each mapped page cleaned exactly once, none that was never mapped.
-        use crate::vm::memory::SET_WAY_BATCH;
+        use crate::guest::memory::SET_WAY_BATCH;
         let mut f = fixture(); // no FEAT_S2FWB
         let h = create(&mut f, 1, 0);
         let n = SET_WAY_BATCH as u64 + 40;
@@ -518,9 +487,9 @@ mod tests {
         let mapped = script.len();
         script.extend([trap(sysreg_esr(1, 0, 7, 14, 2, 0, false), 0), hvc()]);
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = script;
+        *rec.exits.borrow_mut() = script;
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        let cleans = rec.0.borrow().iter().filter(|s| **s == "clean_inval_poc").count();
+        let cleans = rec.log.borrow().iter().filter(|s| **s == "clean_inval_poc").count();
         assert_eq!(cleans, 2 * mapped, "one clean per first touch, one per mapped page for the set/way");
     }
 
@@ -537,27 +506,27 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         // (MDCR_EL2.TPM/TPMCR and CPTR_EL2.TAM trap them: `controls`.) PMUSERENR_EL0, PMCR_EL0,
         // PMCCNTR_EL0 (read and write), AMUSERENR_EL0, AMCR_EL0.
         let regs = [(3, 3, 9, 14, 0), (3, 3, 9, 12, 0), (3, 3, 9, 13, 0), (3, 3, 13, 2, 3), (3, 3, 13, 2, 0)];
         let rec = Recorder::default();
         for (op0, op1, crn, crm, op2) in regs {
             for read in [true, false] {
-                rec.1.borrow_mut().push(trap(sysreg_esr(op0, op1, crn, crm, op2, 1, read), 0));
+                rec.exits.borrow_mut().push(trap(sysreg_esr(op0, op1, crn, crm, op2, 1, read), 0));
             }
         }
-        rec.1.borrow_mut().push(hvc());
+        rec.exits.borrow_mut().push(hvc());
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
         // Each access enters the guest's EL1 synchronous vector (emulated, it would step on).
         let mut want = vec![0x1000];
         want.extend([0x8200; 10]);
-        assert_eq!(*rec.2.borrow(), want);
+        assert_eq!(*rec.entry_pcs.borrow(), want);
     }
 
     #[test]
     fn the_physical_timer_is_emulated_against_the_counter() {
-        use crate::vcpu::PTimer;
+        use crate::guest::timer::PTimer;
         let mut t = PTimer::default();
         let (tval, ctl, cval) = (access(3, 3, 14, 2, 0, true), access(3, 3, 14, 2, 1, true), access(3, 3, 14, 2, 2, true));
         let w = |a: SysregAccess| SysregAccess { read: false, ..a };
@@ -600,9 +569,9 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 5000]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 1]).unwrap();
         let rec = Recorder::default();
-        rec.4.set(70_000);
+        rec.counter.set(70_000);
         // MSR CNTP_TVAL_EL0, x2; MSR CNTP_CTL_EL0, x3; MRS x4, CNTP_CTL_EL0; MRS x5, CNTP_CVAL_EL0; WFI.
-        *rec.1.borrow_mut() = vec![
+        *rec.exits.borrow_mut() = vec![
             trap(sysreg_esr(3, 3, 14, 2, 0, 2, false), 0),
             trap(sysreg_esr(3, 3, 14, 2, 1, 3, false), 0),
             trap(sysreg_esr(3, 3, 14, 2, 1, 4, true), 0),
@@ -610,13 +579,13 @@ mod tests {
             trap(0x01 << 26 | 1 << 25, 0),
         ];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[..5], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010], "each access emulated and stepped over");
+        assert_eq!(rec.entry_pcs.borrow()[..5], [0x1000, 0x1004, 0x1008, 0x100C, 0x1010], "each access emulated and stepped over");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(4)]), Ok([1, 0, 0]), "enabled, not yet fired");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(5)]), Ok([75_000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CVAL_EL0]), Ok([75_000, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::CNTP_CTL_EL0]), Ok([1, 0, 0]));
         assert_eq!(exit_record(&f).ptimer_deadline, 75_000, "the host learns when PPI 30 asserts");
-        assert!(!rec.0.borrow().iter().any(|s| s.contains("cntp")), "the arch is never asked to touch the real timer");
+        assert!(!rec.log.borrow().iter().any(|s| s.contains("cntp")), "the arch is never asked to touch the real timer");
     }
 
     #[test]
@@ -627,13 +596,13 @@ mod tests {
         let mrs = (0x18 << 26) | (1 << 25) | 3 << 20 | 3 << 5 | 6 << 1 | 1;
         let msr = mrs & !1;
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(mrs, 0), trap(msr, 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap(mrs, 0), trap(msr, 0), hvc()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         let isar0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(6, 0))]).unwrap()[0];
         assert_eq!(isar0, 2 << 4, "the fixture CPU's AES 2, restricted");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(3)]), Ok([isar0, 0, 0]));
-        assert_eq!(rec.2.borrow()[1], 4, "read stepped over");
-        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
+        assert_eq!(rec.entry_pcs.borrow()[1], 4, "read stepped over");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::ESR_EL1.id()]), Ok([1 << 25, 0, 0]), "the write was an UNDEF");
         let sve = idreg::reg_id(idreg::idx(4, 0));
         assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, sve, 0x11 | 1 << 32, 0]), Err(HypError::Frozen), "after the run");
     }
@@ -643,13 +612,13 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
-        f.call(0, H::VcpuSetReg, &[h, 0, reg::SYSREGS[SYS_VBAR_EL1].1, 0x8000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x8000]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap((0x18 << 26) | (1 << 25), 0), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x8000 + 0x200, "resumed at the guest's EL1 sync vector");
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::ELR_EL1]), Ok([0x1000, 0, 0]));
-        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::SYSREGS[SYS_ESR_EL1].1]), Ok([1 << 25, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::ESR_EL1.id()]), Ok([1 << 25, 0, 0]));
     }
 
     #[test]
@@ -661,7 +630,7 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 7 << 24 | 0b1010]).unwrap();
         f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(msr(5), 0), trap(msr(7), 0), trap(msr(5) | 1, 0), hvc()];
+        *rec.exits.borrow_mut() = vec![trap(msr(5), 0), trap(msr(7), 0), trap(msr(5) | 1, 0), hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::SGI as u64, 0, 0]));
         let e = exit_record(&f);
         assert_eq!((e.args, e.data), ([7, 0b1010, shared_abi::msg::sgi::SGI1R, 0], 7 << 24 | 0b1010));
@@ -669,6 +638,6 @@ mod tests {
         assert_eq!(exit_record(&f).args[2], shared_abi::msg::sgi::SGI0R);
         // The read of the write-only register is an UNDEF, not an SGI.
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
-        assert_eq!(rec.2.borrow()[..3], [0x1000, 0x1004, 0x1008], "each write stepped over");
+        assert_eq!(rec.entry_pcs.borrow()[..3], [0x1000, 0x1004, 0x1008], "each write stepped over");
     }
 }

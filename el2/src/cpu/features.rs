@@ -20,8 +20,8 @@
 //! A host that wants VMs on a machine whose CPUs differ must therefore bring every CPU up
 //! before it finalises set-up or creates its first VM.
 
-use crate::fwreg::Provided;
-use crate::idreg::{self, NR_IDREGS};
+use crate::cpu::fwreg::Provided;
+use crate::cpu::idreg::{self, NR_IDREGS};
 use crate::platform::MAX_CPUS;
 
 /// One CPU's identification: `MIDR_EL1` and the 56 ID registers ([`idreg::idx`] order).
@@ -175,8 +175,8 @@ impl CpuFeatures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fwreg::{NOT_AVAIL, NOT_REQUIRED};
-    use crate::idreg::idx;
+    use crate::cpu::fwreg::{NOT_AVAIL, NOT_REQUIRED};
+    use crate::cpu::idreg::idx;
 
     const PFR0: usize = idx(4, 0);
     const PFR1: usize = idx(4, 1);

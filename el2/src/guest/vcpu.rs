@@ -7,7 +7,14 @@
 //! The layout of the first fields is fixed: the world-switch assembly stores the guest GPRs at
 //! offset 0 and reads the host save-area pointer at offset 248.
 
+use crate::exception::syndrome::MmioAccess;
+use crate::guest::timer::{timer_deadline, PTimer, TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+use crate::guest::vgic::VgicCpu;
+use crate::guest::{MAX_VCPUS, MAX_VMS};
+use core::cell::UnsafeCell;
 use core::mem::offset_of;
+use core::ops::{Deref, DerefMut, Index, IndexMut};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use shared_abi::reg;
 
 /// `PSTATE` of a vCPU at reset: EL1h, D/A/I/F masked.
@@ -45,6 +52,67 @@ pub const fn pstate_host_ok(pstate: u64) -> bool {
 pub const SCTLR_EL1_RESET: u64 = 0x30D0_0800;
 /// Number of EL1 system registers switched ([`reg::SYSREGS`]).
 pub const NR_SYSREGS: usize = reg::SYSREGS.len();
+
+macro_rules! sysregs {
+    ($($name:ident),* $(,)?) => {
+        /// The EL1 and EL0 system registers a vCPU context holds ([`VcpuCtx::sys`]), named as
+        /// in the Arm ARM, in [`reg::SYSREGS`] order (checked at compile time).
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum SysReg { $($name,)* }
+
+        const SYSREG_NAMES: [&str; NR_SYSREGS] = [$(stringify!($name),)*];
+    };
+}
+
+sysregs!(
+    SCTLR_EL1, CPACR_EL1, TTBR0_EL1, TTBR1_EL1, TCR_EL1, AFSR0_EL1, AFSR1_EL1, ESR_EL1, FAR_EL1,
+    PAR_EL1, MAIR_EL1, AMAIR_EL1, VBAR_EL1, CONTEXTIDR_EL1, TPIDR_EL1, CNTKCTL_EL1, CSSELR_EL1,
+    TPIDR_EL0, TPIDRRO_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0,
+);
+
+const _: () = {
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let mut i = 0;
+    while i < NR_SYSREGS {
+        assert!(same(SYSREG_NAMES[i], reg::SYSREGS[i].0), "SysReg differs from shared_abi::reg::SYSREGS");
+        i += 1;
+    }
+};
+
+impl SysReg {
+    /// Its register ID in the host's register ABI ([`reg::SYSREGS`]).
+    pub const fn id(self) -> u64 {
+        reg::SYSREGS[self as usize].1
+    }
+}
+
+impl Index<SysReg> for [u64; NR_SYSREGS] {
+    type Output = u64;
+    fn index(&self, r: SysReg) -> &u64 {
+        &self[r as usize]
+    }
+}
+
+impl IndexMut<SysReg> for [u64; NR_SYSREGS] {
+    fn index_mut(&mut self, r: SysReg) -> &mut u64 {
+        &mut self[r as usize]
+    }
+}
 
 /// The state of one vCPU that the world switch moves.
 #[repr(C)]
@@ -88,56 +156,12 @@ pub struct VcpuCtx {
     /// enables, ..., which its `ICC_*` accesses reach through the virtual interface), active
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
     /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
-    pub vgic: crate::vgic::VgicCpu,
+    pub vgic: VgicCpu,
     /// The self-hosted debug registers as the guest sees them (`vm::sysreg`): emulated, never
     /// in force. Not in the register ABI.
     pub debug: DebugShadow,
     /// The EL1 physical timer, emulated (`vm::sysreg`; the guest never reaches the real one).
     pub ptimer: PTimer,
-}
-
-/// The emulated EL1 physical timer of a vCPU (`CNTP_*_EL0`), relative to the physical counter
-/// (no offset). In the register ABI as [`reg::CNTP_CTL_EL0`] and [`reg::CNTP_CVAL_EL0`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PTimer {
-    /// `CNTP_CTL_EL0.ENABLE` (bit 0) and `IMASK` (bit 1); ISTATUS is computed when read.
-    pub ctl: u64,
-    /// `CNTP_CVAL_EL0`.
-    pub cval: u64,
-}
-
-/// `CNT*_CTL_EL0.ENABLE`.
-pub const TIMER_ENABLE: u64 = 1 << 0;
-/// `CNT*_CTL_EL0.IMASK`.
-pub const TIMER_IMASK: u64 = 1 << 1;
-/// `CNT*_CTL_EL0.ISTATUS` (read-only).
-pub const TIMER_ISTATUS: u64 = 1 << 2;
-
-impl PTimer {
-    /// When its output asserts, in physical counter ticks: `cval` if enabled and not masked,
-    /// else never (`u64::MAX`).
-    pub const fn deadline(&self, now: u64) -> u64 {
-        timer_deadline(self.ctl, self.cval, 0, now)
-    }
-}
-
-/// When a generic timer with control `ctl` and compare value `cval`, counting the physical
-/// count minus `offset` (modulo 2^64, as the hardware subtracts), asserts its output, in
-/// physical counter ticks, seen at physical count `now`: `u64::MAX` (never) if it is disabled
-/// or masked; if its count has reached `cval`, the tick it did so (0 if that was before the
-/// counter started: an offset above the count makes the count wrap, and the timer fires at
-/// once); otherwise `now` plus the ticks still to go (saturating). Without a wrap that is
-/// `cval + offset`.
-pub const fn timer_deadline(ctl: u64, cval: u64, offset: u64, now: u64) -> u64 {
-    if ctl & (TIMER_ENABLE | TIMER_IMASK) != TIMER_ENABLE {
-        return u64::MAX;
-    }
-    let count = now.wrapping_sub(offset);
-    if count >= cval {
-        now.saturating_sub(count - cval)
-    } else {
-        now.saturating_add(cval - count)
-    }
 }
 
 /// A vCPU's view of the debug registers EL2 emulates rather than switches: what it wrote to
@@ -202,7 +226,7 @@ impl VcpuCtx {
     /// A vCPU at reset.
     pub const fn new() -> Self {
         let mut sys = [0; NR_SYSREGS];
-        sys[0] = SCTLR_EL1_RESET;
+        sys[SysReg::SCTLR_EL1 as usize] = SCTLR_EL1_RESET;
         Self {
             x: [0; 31],
             host_save: 0,
@@ -220,7 +244,7 @@ impl VcpuCtx {
             pending_read: None,
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
-            vgic: crate::vgic::VgicCpu::new(),
+            vgic: VgicCpu::new(),
             debug: DebugShadow::RESET,
             ptimer: PTimer { ctl: 0, cval: 0 },
         }
@@ -233,7 +257,7 @@ impl VcpuCtx {
     /// counts since the VM was created: a guest that powers a vCPU off and on must not wipe
     /// what the host saw it do).
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
-        let queued = crate::vgic::VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
+        let queued = VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
         let stats = self.stats;
         *self = Self::new();
         self.vgic = queued;
@@ -318,6 +342,14 @@ impl VcpuCtx {
         Ok(())
     }
 
+    /// When the vCPU's virtual and physical timers assert, in physical counter ticks
+    /// ([`shared_abi::msg::VcpuExit::vtimer_deadline`], `ptimer_deadline`), from its saved
+    /// state and the VM's `CNTVOFF_EL2`, at physical count `now`.
+    pub fn timer_deadlines(&self, cntvoff: u64, now: u64) -> (u64, u64) {
+        let vtimer = timer_deadline(self.sys[SysReg::CNTV_CTL_EL0], self.sys[SysReg::CNTV_CVAL_EL0], cntvoff, now);
+        (vtimer, self.ptimer.deadline(now))
+    }
+
     /// Writes `value` to GPR `n`; `n == 31` is XZR (the write is dropped).
     pub fn set_gpr(&mut self, n: u8, value: u64) {
         if let Some(r) = self.x.get_mut(n as usize) {
@@ -356,67 +388,6 @@ pub fn register_ids() -> impl Iterator<Item = u64> {
         .chain([reg::CNTP_CTL_EL0, reg::CNTP_CVAL_EL0])
 }
 
-/// A decoded MMIO data access (from `ESR_EL2.ISS` with `ISV` set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioAccess {
-    /// Bytes accessed: 1, 2, 4 or 8 (`SAS`).
-    pub size: u8,
-    /// The access was a write (`WnR`).
-    pub write: bool,
-    /// Register transferred (`SRT`; 31 = XZR).
-    pub reg: u8,
-    /// Sign-extend a read (`SSE`).
-    pub sign_extend: bool,
-    /// The register is 64-bit (`SF`); otherwise a read is zero-extended to 32 bits.
-    pub sixty_four: bool,
-}
-
-const ISS_ISV: u64 = 1 << 24;
-
-/// Decodes a data abort's syndrome. `None` if `ISV` is clear (the instruction cannot be
-/// emulated from the syndrome: pair, writeback, SIMD, ...).
-pub fn decode_mmio(esr: u64) -> Option<MmioAccess> {
-    if esr & ISS_ISV == 0 {
-        return None;
-    }
-    Some(MmioAccess {
-        size: 1 << ((esr >> 22) & 3),
-        sign_extend: esr & (1 << 21) != 0,
-        reg: ((esr >> 16) & 0x1F) as u8,
-        sixty_four: esr & (1 << 15) != 0,
-        write: esr & (1 << 6) != 0,
-    })
-}
-
-impl MmioAccess {
-    /// The value a read of `raw` (from the host) puts in the register.
-    pub fn read_value(&self, raw: u64) -> u64 {
-        let bits = self.size as u32 * 8;
-        let v = if bits == 64 { raw } else { raw & ((1 << bits) - 1) };
-        let v = if self.sign_extend && bits < 64 {
-            let shift = 64 - bits;
-            (((v << shift) as i64) >> shift) as u64
-        } else {
-            v
-        };
-        if self.sixty_four {
-            v
-        } else {
-            v & 0xFFFF_FFFF
-        }
-    }
-
-    /// The value a write stores, from the register's value.
-    pub fn write_value(&self, reg_value: u64) -> u64 {
-        let bits = self.size as u32 * 8;
-        if bits == 64 {
-            reg_value
-        } else {
-            reg_value & ((1 << bits) - 1)
-        }
-    }
-}
-
 /// Power state of a vCPU (PSCI).
 pub mod power {
     /// Off: `VCPU_RUN` answers `VCPU_OFF`.
@@ -430,109 +401,83 @@ pub mod power {
     pub const CLAIMED: u8 = 3;
 }
 
-/// What a guest's SMCCC call (HVC or SMC) leads to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuestCall {
-    /// Answer in EL2: `x0 = value`, resume the guest.
-    Answer(u64),
-    /// `CPU_ON` of vCPU `target` (its `x0` = `context` at `entry`).
-    CpuOn {
-        /// vCPU index.
-        target: usize,
-        /// Entry point (guest IPA / VA as the guest's MMU sees it).
-        entry: u64,
-        /// The target's `x0`.
-        context: u64,
-    },
-    /// `CPU_OFF`.
-    CpuOff,
-    /// `AFFINITY_INFO` of vCPU `target`.
-    AffinityInfo(usize),
-    /// `SYSTEM_OFF`: exit to the host.
-    SystemOff,
-    /// `SYSTEM_RESET`: exit to the host.
-    SystemReset,
-    /// Not served by EL2: exit to the host, guest `x0` = `NOT_SUPPORTED`.
-    ToHost,
+/// A vCPU's context and who holds it.
+pub struct VcpuSlot {
+    claimed: AtomicBool,
+    /// PSCI power state ([`power`]).
+    pub power: AtomicU8,
+    /// `CPU_ON` entry point for a pending power-on.
+    pub on_entry: AtomicU64,
+    /// `CPU_ON` context for a pending power-on.
+    pub on_context: AtomicU64,
+    ctx: UnsafeCell<VcpuCtx>,
 }
 
-/// `SMCCC_VERSION` for guests: 1.1.
-pub const GUEST_SMCCC_VERSION: u64 = 0x0001_0001;
-const NOT_SUPPORTED: u64 = -1i64 as u64;
-const INVALID_PARAMETERS: u64 = -2i64 as u64;
+// SAFETY: `ctx` is only reached through a `VcpuGuard`, and at most one guard exists per slot
+// (the `claimed` flag is taken with an acquire compare-exchange and released on drop).
+unsafe impl Sync for VcpuSlot {}
 
-/// PSCI functions EL2 serves for guests.
-const GUEST_PSCI: [u32; 9] = [
-    smccc::psci::PSCI_VERSION,
-    smccc::psci::PSCI_FEATURES,
-    smccc::psci::PSCI_CPU_ON_64,
-    smccc::psci::PSCI_CPU_OFF,
-    smccc::psci::PSCI_AFFINITY_INFO_64,
-    smccc::psci::PSCI_SYSTEM_OFF,
-    smccc::psci::PSCI_SYSTEM_RESET,
-    smccc::arch::SMCCC_VERSION,
-    smccc::arch::SMCCC_ARCH_FEATURES,
-];
-
-/// Decodes a guest SMCCC call from its `x0..=x3` for a VM of `nr_vcpus` vCPUs whose firmware
-/// registers are `fw`.
-pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &crate::fwreg::FwRegs) -> GuestCall {
-    if x[0] >> 32 != 0 {
-        return GuestCall::ToHost;
+impl VcpuSlot {
+    /// An unclaimed, powered-off vCPU at reset.
+    pub const fn new() -> Self {
+        Self {
+            claimed: AtomicBool::new(false),
+            power: AtomicU8::new(power::OFF),
+            on_entry: AtomicU64::new(0),
+            on_context: AtomicU64::new(0),
+            ctx: UnsafeCell::new(VcpuCtx::new()),
+        }
     }
-    let target = |mpidr: u64| -> Option<usize> {
-        // Only Aff0 names a vCPU; every other affinity field must be zero.
-        let idx = (mpidr & 0xFF) as usize;
-        (mpidr & 0xFF_00FF_FF00 == 0 && idx < nr_vcpus).then_some(idx)
-    };
-    let psci_1_0 = fw.psci_version >= 0x0001_0000;
-    match x[0] as u32 {
-        smccc::psci::PSCI_VERSION => GuestCall::Answer(fw.psci_version),
-        // PSCI_FEATURES exists from PSCI 1.0 on.
-        smccc::psci::PSCI_FEATURES if !psci_1_0 => GuestCall::Answer(NOT_SUPPORTED),
-        // The PSCI functions, and SMCCC_VERSION: SMCCC (1.1 on) says a caller discovers
-        // SMCCC_VERSION through PSCI_FEATURES (Linux finds SMCCC 1.1 that way); the other Arm
-        // architecture calls are discovered through SMCCC_ARCH_FEATURES, not here.
-        smccc::psci::PSCI_FEATURES => {
-            let ok = x[1] >> 32 == 0 && GUEST_PSCI[..8].contains(&(x[1] as u32));
-            GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
-        }
-        smccc::psci::PSCI_CPU_ON_64 => match target(x[1]) {
-            Some(t) => GuestCall::CpuOn { target: t, entry: x[2], context: x[3] },
-            None => GuestCall::Answer(INVALID_PARAMETERS),
-        },
-        smccc::psci::PSCI_CPU_OFF => GuestCall::CpuOff,
-        smccc::psci::PSCI_AFFINITY_INFO_64 => match (target(x[1]), x[2]) {
-            (Some(t), 0) => GuestCall::AffinityInfo(t),
-            _ => GuestCall::Answer(INVALID_PARAMETERS),
-        },
-        smccc::psci::PSCI_SYSTEM_OFF => GuestCall::SystemOff,
-        smccc::psci::PSCI_SYSTEM_RESET => GuestCall::SystemReset,
-        smccc::arch::SMCCC_VERSION => GuestCall::Answer(GUEST_SMCCC_VERSION),
-        smccc::arch::SMCCC_ARCH_FEATURES => {
-            if x[1] >> 32 != 0 {
-                return GuestCall::Answer(NOT_SUPPORTED);
-            }
-            if let Some(a) = fw.arch_features(x[1] as u32) {
-                return GuestCall::Answer(a as u64);
-            }
-            let ok = GUEST_PSCI[7..].contains(&(x[1] as u32));
-            GuestCall::Answer(if ok { 0 } else { NOT_SUPPORTED })
-        }
-        // The workaround calls themselves: nothing to do where the VM's level says the
-        // mitigation is available or not needed (EL2 only offers that on unaffected hardware).
-        f @ (smccc::arch::SMCCC_ARCH_WORKAROUND_1 | smccc::arch::SMCCC_ARCH_WORKAROUND_2 | smccc::arch::SMCCC_ARCH_WORKAROUND_3) => {
-            let answer = fw.arch_features(f).unwrap_or(-1);
-            GuestCall::Answer(if answer >= 0 { 0 } else { NOT_SUPPORTED })
-        }
-        _ => GuestCall::ToHost,
+
+    /// Takes the vCPU's context, or `None` if someone else holds it.
+    pub fn claim(&self) -> Option<VcpuGuard<'_>> {
+        self.claimed
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            // Lazily: a guard built and dropped on failure would release the holder's claim.
+            .then(|| VcpuGuard { slot: self })
     }
 }
+
+impl Default for VcpuSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Exclusive access to a vCPU's context.
+pub struct VcpuGuard<'a> {
+    slot: &'a VcpuSlot,
+}
+
+impl Deref for VcpuGuard<'_> {
+    type Target = VcpuCtx;
+    fn deref(&self) -> &VcpuCtx {
+        // SAFETY: the guard is the only holder of the claim (see `VcpuSlot`'s Sync).
+        unsafe { &*self.slot.ctx.get() }
+    }
+}
+
+impl DerefMut for VcpuGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VcpuCtx {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *self.slot.ctx.get() }
+    }
+}
+
+impl Drop for VcpuGuard<'_> {
+    fn drop(&mut self) {
+        self.slot.claimed.store(false, Ordering::Release);
+    }
+}
+
+/// Every vCPU slot, by VM slot and vCPU index.
+pub type VcpuTable = [[VcpuSlot; MAX_VCPUS]; MAX_VMS];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smccc::psci;
+    
 
     #[test]
     fn pstate_modes_the_host_may_set() {
@@ -589,7 +534,7 @@ mod tests {
         assert_eq!(c.x[7], 0x1007);
         assert_eq!(c.get(0, reg::x(30)), Ok((0x101E, 0)));
         assert_eq!(c.get(0, reg::PC), Ok((0x4008_0000, 0)));
-        assert_eq!(c.sys[12], 0xAAAA_0000);
+        assert_eq!(c.sys[SysReg::VBAR_EL1], 0xAAAA_0000);
         assert_eq!(c.get(0, reg::PSTATE), Ok((PSTATE_RESET, 0)));
         assert_eq!(c.get(0, reg::SYSREGS[0].1), Ok((SCTLR_EL1_RESET, 0)));
         assert_eq!(c.get(3, reg::MPIDR_EL1), Ok((0x8000_0003, 0)));
@@ -648,25 +593,6 @@ mod tests {
     }
 
     #[test]
-    fn timer_deadlines_are_never_when_disabled_or_masked_and_saturate() {
-        assert_eq!(timer_deadline(0, 100, 0, 0), u64::MAX, "disabled");
-        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_IMASK, 100, 0, 0), u64::MAX, "masked");
-        assert_eq!(timer_deadline(TIMER_IMASK, 100, 0, 0), u64::MAX);
-        assert_eq!(timer_deadline(TIMER_ENABLE, 100, 0, 0), 100);
-        assert_eq!(timer_deadline(TIMER_ENABLE, 100, 0, 150), 100, "fired: when it did");
-        assert_eq!(timer_deadline(TIMER_ENABLE | TIMER_ISTATUS, 100, 50, 60), 150, "ISTATUS does not matter");
-        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX - 10, 50, 50), u64::MAX, "saturates");
-        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX, u64::MAX, u64::MAX), u64::MAX);
-        // An offset above the count: the count wrapped to the top, the timer has fired.
-        assert_eq!(timer_deadline(TIMER_ENABLE, 1_000, 500, 10), 0);
-        // CVAL at the very top: the wrapped count (2^64 - 490) reaches it 489 ticks later.
-        assert_eq!(timer_deadline(TIMER_ENABLE, u64::MAX, 500, 10), 10 + 489, "until the wrapped count reaches it");
-        assert_eq!(PTimer { ctl: TIMER_ENABLE, cval: 7 }.deadline(0), 7);
-        assert_eq!(PTimer { ctl: TIMER_ENABLE, cval: 7 }.deadline(9), 7);
-        assert_eq!(PTimer { ctl: 0, cval: 7 }.deadline(0), u64::MAX);
-    }
-
-    #[test]
     fn xzr_reads_zero_and_ignores_writes() {
         let mut c = VcpuCtx::new();
         c.set_gpr(31, 5);
@@ -679,79 +605,9 @@ mod tests {
     fn cpu_on_reset_state() {
         let mut c = VcpuCtx::new();
         c.x[5] = 9;
-        c.sys[3] = 7;
+        c.sys[SysReg::TTBR1_EL1] = 7;
         c.reset_for_cpu_on(0x4010_0000, 0xC0FFEE);
-        assert_eq!((c.pc, c.x[0], c.x[5], c.sys[3], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
+        assert_eq!((c.pc, c.x[0], c.x[5], c.sys[SysReg::TTBR1_EL1], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
     }
 
-    fn esr(isv: bool, sas: u64, sse: bool, srt: u64, sf: bool, wnr: bool) -> u64 {
-        (0x24 << 26) | (isv as u64) << 24 | sas << 22 | (sse as u64) << 21 | srt << 16 | (sf as u64) << 15 | (wnr as u64) << 6
-    }
-
-    #[test]
-    fn decodes_mmio_syndromes() {
-        assert_eq!(
-            decode_mmio(esr(true, 0, false, 3, false, true)),
-            Some(MmioAccess { size: 1, write: true, reg: 3, sign_extend: false, sixty_four: false })
-        );
-        assert_eq!(decode_mmio(esr(true, 3, false, 31, true, false)).unwrap().size, 8);
-        assert_eq!(decode_mmio(esr(false, 2, false, 1, true, false)), None, "ISV clear");
-    }
-
-    #[test]
-    fn mmio_read_values_are_sized_and_extended() {
-        let ldrb = decode_mmio(esr(true, 0, false, 1, false, false)).unwrap();
-        assert_eq!(ldrb.read_value(0x1234_5678_9ABC_DEF0), 0xF0);
-        let ldrsb_x = decode_mmio(esr(true, 0, true, 1, true, false)).unwrap();
-        assert_eq!(ldrsb_x.read_value(0x80), 0xFFFF_FFFF_FFFF_FF80);
-        let ldrsh_w = decode_mmio(esr(true, 1, true, 1, false, false)).unwrap();
-        assert_eq!(ldrsh_w.read_value(0x8000), 0xFFFF_8000);
-        let ldr_x = decode_mmio(esr(true, 3, false, 1, true, false)).unwrap();
-        assert_eq!(ldr_x.read_value(u64::MAX), u64::MAX);
-        let str_w = decode_mmio(esr(true, 2, false, 1, false, true)).unwrap();
-        assert_eq!(str_w.write_value(0x1122_3344_5566_7788), 0x5566_7788);
-    }
-
-    #[test]
-    fn guest_psci_calls() {
-        let fw = crate::fwreg::FwRegs::new(crate::fwreg::Provided::from_id_regs(0, 0));
-        let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2, &fw);
-        assert_eq!(c(psci::PSCI_VERSION, 0, 0, 0), GuestCall::Answer(0x10001));
-        assert_eq!(c(psci::PSCI_CPU_ON_64, 1, 0x4000, 7), GuestCall::CpuOn { target: 1, entry: 0x4000, context: 7 });
-        assert_eq!(c(psci::PSCI_CPU_ON_64, 2, 0x4000, 7), GuestCall::Answer(INVALID_PARAMETERS), "no vCPU 2");
-        assert_eq!(c(psci::PSCI_CPU_ON_64, 1 << 8 | 1, 0, 0), GuestCall::Answer(INVALID_PARAMETERS), "Aff1 set");
-        assert_eq!(c(psci::PSCI_CPU_OFF, 0, 0, 0), GuestCall::CpuOff);
-        assert_eq!(c(psci::PSCI_AFFINITY_INFO_64, 1, 0, 0), GuestCall::AffinityInfo(1));
-        assert_eq!(c(psci::PSCI_AFFINITY_INFO_64, 1, 1, 0), GuestCall::Answer(INVALID_PARAMETERS));
-        assert_eq!(c(psci::PSCI_SYSTEM_OFF, 0, 0, 0), GuestCall::SystemOff);
-        assert_eq!(c(psci::PSCI_SYSTEM_RESET, 0, 0, 0), GuestCall::SystemReset);
-        assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_ON_64 as u64, 0, 0), GuestCall::Answer(0));
-        assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_SUSPEND_64 as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
-        assert_eq!(c(psci::PSCI_CPU_SUSPEND_64, 0, 0, 0), GuestCall::ToHost);
-        // SMCCC_VERSION is discovered through PSCI_FEATURES; the arch calls are not.
-        assert_eq!(c(psci::PSCI_FEATURES, smccc::arch::SMCCC_VERSION as u64, 0, 0), GuestCall::Answer(0));
-        assert_eq!(c(psci::PSCI_FEATURES, smccc::arch::SMCCC_ARCH_FEATURES as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
-        assert_eq!(c(psci::PSCI_FEATURES, 1 << 32 | smccc::arch::SMCCC_VERSION as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
-    }
-
-    #[test]
-    fn guest_smccc_calls() {
-        let fw = crate::fwreg::FwRegs::new(crate::fwreg::Provided::from_id_regs(0, 0));
-        let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1, &fw);
-        assert_eq!(c(smccc::arch::SMCCC_VERSION, 0), GuestCall::Answer(0x10001));
-        assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_VERSION as u64), GuestCall::Answer(0));
-        assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64), GuestCall::Answer(NOT_SUPPORTED));
-        assert_eq!(c(smccc::arch::SMCCC_ARCH_WORKAROUND_1, 0), GuestCall::Answer(NOT_SUPPORTED));
-        assert_eq!(c(0xC600_0000, 0), GuestCall::ToHost);
-        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw), GuestCall::ToHost);
-        // A VM set to PSCI 0.2 has no PSCI_FEATURES; one on unaffected hardware is told so.
-        let unaffected = crate::fwreg::Provided::from_id_regs(3 << 56, 0);
-        let mut fw = crate::fwreg::FwRegs::new(unaffected);
-        fw.psci_version = 2;
-        assert_eq!(classify_guest_call([smccc::psci::PSCI_VERSION as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(2));
-        assert_eq!(classify_guest_call([smccc::psci::PSCI_FEATURES as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(NOT_SUPPORTED));
-        let wa1 = smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64;
-        assert_eq!(classify_guest_call([smccc::arch::SMCCC_ARCH_FEATURES as u64, wa1, 0, 0], 1, &fw), GuestCall::Answer(1));
-        assert_eq!(classify_guest_call([wa1, 0, 0, 0], 1, &fw), GuestCall::Answer(0));
-    }
 }

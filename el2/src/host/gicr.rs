@@ -27,8 +27,8 @@
 //! Only GICv3 redistributors (two 64 KiB frames each) are handled: GICv4's (four frames, with
 //! `GICR_VPROPBASER`/`GICR_VPENDBASER`) are refused at boot by [`probe`] (none emulated).
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use crate::vcpu::{decode_mmio, MmioAccess};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::exception::syndrome::{decode_mmio, MmioAccess};
 
 /// Distance between two GICv3 redistributors: `RD_base` (64 KiB) then `SGI_base` (64 KiB).
 pub const RD_STRIDE: u64 = 0x2_0000;

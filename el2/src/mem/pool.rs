@@ -6,8 +6,8 @@
 //! outside it. EL2 identity-maps its memory, so a page's physical address is also its EL2
 //! virtual address.
 
-use crate::addr::{PhysAddr, PAGE_SIZE};
-use crate::pgtable::TableMemory;
+use crate::mem::addr::{PhysAddr, PAGE_SIZE};
+use crate::mem::pgtable::TableMemory;
 
 /// Most pages one pool manages.
 pub const MAX_POOL_PAGES: usize = 4096;

@@ -28,7 +28,7 @@
 //! | `unshare(from, to)` | `SharedOwned` → `Owned` | `SharedBorrowed` → `NoAccess` |
 //! | `donate(from, to)` | `Owned` → `NoAccess` | `NoAccess` → `Owned` |
 
-use crate::addr::{PhysAddr, PhysRange, Pfn, PAGE_SIZE};
+use crate::mem::addr::{PhysAddr, PhysRange, Pfn, PAGE_SIZE};
 
 /// Largest guest index a page entry can name.
 pub const MAX_GUEST: u8 = 255 - 3;

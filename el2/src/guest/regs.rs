@@ -2,11 +2,12 @@
 //! VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) behind them.
 
 use super::MAX_VCPUS;
-use crate::fwreg::{self, FwError};
+use crate::cpu::fwreg::{self, FwError};
 use crate::hyp::Hyp;
-use crate::idreg::{self, NR_IDREGS};
-use crate::pgtable::TableMemory;
-use crate::vcpu::{register_ids, RegError, VcpuCtx};
+use crate::guest::vm::vcpu_slot;
+use crate::cpu::idreg::{self, NR_IDREGS};
+use crate::mem::pgtable::TableMemory;
+use crate::guest::vcpu::{register_ids, RegError, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{RegList, MAX_REG_IDS};
 use shared_abi::{reg, HypError, HypResult};
@@ -25,73 +26,61 @@ fn vm_err(e: RegError) -> HypError {
     }
 }
 
-impl<T: TableMemory> Hyp<'_, T> {
-    /// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
-    /// access its registers.
-    ///
-    /// The seal check must hold for the whole access, not only when it is made: the vCPU's
-    /// claim excludes *its own* run, but another vCPU of the same VM may start running on
-    /// another CPU and set `ran` in between. So the check and the access both happen under
-    /// the memory lock, which `VCPU_RUN` holds to set `ran`: a protected VM either has not run
-    /// for the whole access, or the access is `Denied`. (Lock order as everywhere: the claim
-    /// first, then the memory lock; the access itself only copies registers.)
-    fn with_host_regs<R>(&self, handle: u64, index: u64, access: impl FnOnce(&mut VcpuCtx) -> R) -> Result<R, HypError> {
-        let mut guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
-        let mem = self.mem.lock();
-        let (_, vm) = mem.vms.lookup(handle)?;
-        if index as usize >= vm.nr_vcpus {
-            return Err(HypError::InvalidArgument);
-        }
-        if vm.protected && vm.ran {
-            return Err(HypError::Denied);
-        }
-        let r = access(&mut guard);
-        drop(mem);
-        Ok(r)
+/// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
+/// access its registers.
+///
+/// The seal check must hold for the whole access, not only when it is made: the vCPU's
+/// claim excludes *its own* run, but another vCPU of the same VM may start running on
+/// another CPU and set `ran` in between. So the check and the access both happen under
+/// the memory lock, which `VCPU_RUN` holds to set `ran`: a protected VM either has not run
+/// for the whole access, or the access is `Denied`. (Lock order as everywhere: the claim
+/// first, then the memory lock; the access itself only copies registers.)
+fn with_host_regs<T: TableMemory, R>(hyp: &Hyp<'_, T>, handle: u64, index: u64, access: impl FnOnce(&mut VcpuCtx) -> R) -> Result<R, HypError> {
+    let mut guard = vcpu_slot(hyp, handle, index)?.claim().ok_or(HypError::Busy)?;
+    let mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup(handle)?;
+    if index as usize >= vm.nr_vcpus {
+        return Err(HypError::InvalidArgument);
     }
+    if vm.protected && vm.ran {
+        return Err(HypError::Denied);
+    }
+    let r = access(&mut guard);
+    drop(mem);
+    Ok(r)
+}
 
-    /// VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) through `VCPU_GET_REG`/`VCPU_SET_REG`:
-    /// writable before the VM's first run; afterwards an identical write succeeds and any
-    /// other is `Frozen` (a protected VM's are sealed like the rest of its registers).
-    fn vm_reg(&self, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
-        if index >= MAX_VCPUS as u64 {
+/// VM-wide registers (firmware pseudo-registers, ID registers, `CNTVOFF_EL2`) through `VCPU_GET_REG`/`VCPU_SET_REG`:
+/// writable before the VM's first run; afterwards an identical write succeeds and any
+/// other is `Frozen` (a protected VM's are sealed like the rest of its registers).
+fn vm_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64, write: Option<(u64, u64)>) -> HypResult {
+    if index >= MAX_VCPUS as u64 {
+        return Err(HypError::InvalidArgument);
+    }
+    let mut mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    if index as usize >= vm.nr_vcpus {
+        return Err(HypError::InvalidArgument);
+    }
+    if vm.protected && vm.ran {
+        return Err(HypError::Denied);
+    }
+    if let Some(i) = idreg::index_of(id) {
+        let slot = &hyp.idregs[(handle & 0xFF) as usize][i];
+        let current = slot.load(Ordering::Relaxed);
+        let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+        if vm.ran || hi != 0 {
+            return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Frozen) };
+        }
+        if !idreg::write_ok(i, value, vm.idreg_limit[i]) {
             return Err(HypError::InvalidArgument);
         }
-        let mut mem = self.mem.lock();
-        let (_, vm) = mem.vms.lookup_mut(handle)?;
-        if index as usize >= vm.nr_vcpus {
-            return Err(HypError::InvalidArgument);
-        }
-        if vm.protected && vm.ran {
-            return Err(HypError::Denied);
-        }
-        if let Some(i) = idreg::index_of(id) {
-            let slot = &self.idregs[(handle & 0xFF) as usize][i];
-            let current = slot.load(Ordering::Relaxed);
-            let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
-            if vm.ran || hi != 0 {
-                return if value == current && hi == 0 { Ok([0; 3]) } else if hi != 0 { Err(HypError::InvalidArgument) } else { Err(HypError::Frozen) };
-            }
-            if !idreg::write_ok(i, value, vm.idreg_limit[i]) {
-                return Err(HypError::InvalidArgument);
-            }
-            slot.store(value, Ordering::Relaxed);
-            return Ok([0; 3]);
-        }
-        if id == reg::CNTVOFF_EL2 {
-            // Any offset is a valid one: it only moves the guest's virtual count.
-            let current = vm.cntvoff;
-            let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
-            if hi != 0 {
-                return Err(HypError::InvalidArgument);
-            }
-            if vm.ran {
-                return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
-            }
-            vm.cntvoff = value;
-            return Ok([0; 3]);
-        }
-        let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
+        slot.store(value, Ordering::Relaxed);
+        return Ok([0; 3]);
+    }
+    if id == reg::CNTVOFF_EL2 {
+        // Any offset is a valid one: it only moves the guest's virtual count.
+        let current = vm.cntvoff;
         let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
         if hi != 0 {
             return Err(HypError::InvalidArgument);
@@ -99,54 +88,64 @@ impl<T: TableMemory> Hyp<'_, T> {
         if vm.ran {
             return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
         }
-        vm.fw = vm.fw.with(&self.fw_provided(), id, value).map_err(|e| match e {
-            FwError::Unknown => HypError::UnknownRegister,
-            FwError::Refused => HypError::InvalidArgument,
-        })?;
-        Ok([0; 3])
+        vm.cntvoff = value;
+        return Ok([0; 3]);
     }
+    let current = vm.fw.get(id).ok_or(HypError::UnknownRegister)?;
+    let Some((value, hi)) = write else { return Ok([current, 0, 0]) };
+    if hi != 0 {
+        return Err(HypError::InvalidArgument);
+    }
+    if vm.ran {
+        return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
+    }
+    vm.fw = vm.fw.with(&hyp.fw_provided(), id, value).map_err(|e| match e {
+        FwError::Unknown => HypError::UnknownRegister,
+        FwError::Refused => HypError::InvalidArgument,
+    })?;
+    Ok([0; 3])
+}
 
-    /// `VCPU_SET_REG`.
-    pub(crate) fn vcpu_set_reg(&self, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
-        if is_vm_reg(id) {
-            return self.vm_reg(handle, index, id, Some(value));
-        }
-        self.with_host_regs(handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
-        Ok([0; 3])
+/// `VCPU_SET_REG`.
+pub(crate) fn vcpu_set_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64, value: (u64, u64)) -> HypResult {
+    if is_vm_reg(id) {
+        return vm_reg(hyp, handle, index, id, Some(value));
     }
+    with_host_regs(hyp, handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
+    Ok([0; 3])
+}
 
-    /// `VCPU_GET_REG`.
-    pub(crate) fn vcpu_get_reg(&self, handle: u64, index: u64, id: u64) -> HypResult {
-        if is_vm_reg(id) {
-            return self.vm_reg(handle, index, id, None);
-        }
-        let (lo, hi) = self.with_host_regs(handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
-        Ok([lo, hi, 0])
+/// `VCPU_GET_REG`.
+pub(crate) fn vcpu_get_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64) -> HypResult {
+    if is_vm_reg(id) {
+        return vm_reg(hyp, handle, index, id, None);
     }
+    let (lo, hi) = with_host_regs(hyp, handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
+    Ok([lo, hi, 0])
+}
 
-    /// `VCPU_REG_LIST`.
-    pub(crate) fn vcpu_reg_list(&self, cpu: usize, handle: u64, index: u64) -> HypResult {
-        {
-            let mem = self.mem.lock();
-            let (_, vm) = mem.vms.lookup(handle)?;
-            if index as usize >= vm.nr_vcpus {
-                return Err(HypError::InvalidArgument);
-            }
+/// `VCPU_REG_LIST`.
+pub(crate) fn vcpu_reg_list<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
+    {
+        let mem = hyp.mem.lock();
+        let (_, vm) = mem.vms.lookup(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
         }
-        let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
-        let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id)).chain([reg::CNTVOFF_EL2]);
-        for (slot, id) in list.ids.iter_mut().zip(ids) {
-            *slot = id;
-            list.count += 1;
-        }
-        self.write_message(cpu, &list)?;
-        Ok([list.count, 0, 0])
     }
+    let mut list = RegList { count: 0, ids: [0; MAX_REG_IDS] };
+    let ids = register_ids().chain(fwreg::IDS).chain((0..NR_IDREGS).map(idreg::reg_id)).chain([reg::CNTVOFF_EL2]);
+    for (slot, id) in list.ids.iter_mut().zip(ids) {
+        *slot = id;
+        list.count += 1;
+    }
+    hyp.msg.write(cpu, &list)?;
+    Ok([list.count, 0, 0])
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::vm::tests::*;
+    use crate::guest::vm::tests::*;
     use super::*;
 
     #[test]
@@ -155,7 +154,7 @@ mod tests {
         let h = create(&mut f, 2, 0);
         f.call(0, H::VcpuSetReg, &[h, 1, reg::x(3), 99]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(3)]), Ok([99, 0, 0]));
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Ok([4, 0, 0]), "WFI stepped over");
@@ -182,7 +181,7 @@ mod tests {
         // The guest is told: PSCI_VERSION answered from the VM's value.
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_VERSION as u64, 0]).unwrap();
         let rec = Recorder::default();
-        *rec.1.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0x10000, 0, 0]));
         // After the first run: identical writes succeed, others are Busy.
@@ -202,7 +201,7 @@ mod tests {
             let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, reserved: [0; 2] };
             f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
             let rec = Recorder::default();
-            rec.4.set(count);
+            rec.counter.set(count);
             f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0]
         };
         let (a, b) = (create_at(&mut f, 1_000, 0), create_at(&mut f, 9_000_000, vm_flags::PROTECTED));
@@ -224,12 +223,12 @@ mod tests {
         f.call(0, H::VcpuSetReg, &[b, 0, reg::CNTVOFF_EL2, 88, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuGetReg, &[a, 0, reg::CNTVOFF_EL2]), Ok([77, 0, 0]), "each VM its own");
         // The run loads it (GuestConfig) and reports the virtual deadline with it.
-        f.call(0, H::VcpuSetReg, &[a, 0, reg::SYSREGS[SYS_CNTV_CTL_EL0].1, 1]).unwrap();
-        f.call(0, H::VcpuSetReg, &[a, 0, reg::SYSREGS[SYS_CNTV_CVAL_EL0].1, 1_000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[a, 0, SysReg::CNTV_CTL_EL0.id(), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[a, 0, SysReg::CNTV_CVAL_EL0.id(), 1_000]).unwrap();
         for (h, deadline) in [(a, 1_077), (b, u64::MAX)] {
             let rec = Recorder::default();
-            *rec.1.borrow_mut() = vec![hvc()];
-            rec.4.set(100);
+            *rec.exits.borrow_mut() = vec![hvc()];
+            rec.counter.set(100);
             f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
             assert_eq!(exit_record(&f).vtimer_deadline, deadline, "CVAL + this VM's CNTVOFF (b's timer is off)");
         }
@@ -259,7 +258,7 @@ mod tests {
                 f.call(1, H::VcpuRun, &[h, 1, 0]).unwrap();
                 run_done.store(true, Ordering::SeqCst);
             });
-            let r = f.hyp.with_host_regs(h, 0, |ctx| {
+            let r = with_host_regs(&f.hyp, h, 0, |ctx| {
                 inside.wait();
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 ctx.x[0] = 42;

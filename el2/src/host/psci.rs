@@ -9,7 +9,7 @@
 //!   asks firmware to start the CPU at EL2's secondary entry instead, so every CPU passes
 //!   through EL2's own entry before it runs host code. Firmware gets the device tree's MPIDR
 //!   for the CPU, and a CPU already found weaker than the fixed CPU view is `DENIED`
-//!   ([`crate::hyp::Hyp::cpu_on_target`]).
+//!   ([`cpu_on_target`]).
 //! - Forwarded unchanged ([`FORWARDED`]): `PSCI_VERSION`, `CPU_OFF`, `AFFINITY_INFO`,
 //!   `MIGRATE_INFO_TYPE`, `SYSTEM_OFF`, `SYSTEM_RESET`, `SYSTEM_RESET2` with an architectural
 //!   reset type (a vendor-specific type is IMPLEMENTATION DEFINED: `INVALID_PARAMETERS`),
@@ -30,6 +30,11 @@
 //!   \[63:32\] set. The vendor hypervisor range (`0xC600_xxxx`) is EL2's ABI through `HVC`; by
 //!   `SMC` it is refused like the rest.
 
+use crate::cpu::features::CpuFeatures;
+use crate::hw::Firmware;
+use crate::mem::pgtable::TableMemory;
+use crate::mem::MemState;
+use crate::platform::{Platform, MPIDR_AFF_MASK};
 use smccc::{arch, psci};
 
 /// PSCI `DENIED`.
@@ -122,11 +127,33 @@ pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<i64> {
     (protected_vms > 0 && enable != 1).then_some(DENIED)
 }
 
-/// The firmware calls EL2 makes on its own behalf, faked in tests.
-pub trait Firmware {
-    /// PSCI `MEM_PROTECT(enable)`: firmware's answer (the previous state, 0 or 1, or a
-    /// negative PSCI error such as `NOT_SUPPORTED`).
-    fn mem_protect(&self, enable: u32) -> i64;
+
+/// Decides a host `CPU_ON(target)`: the target's platform index and the `MPIDR` to give
+/// firmware, the platform's own value for that CPU (affinity fields as the device tree gives
+/// them; the host's other bits are dropped).
+///
+/// # Errors
+/// The PSCI error for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU; `DENIED`
+/// for a CPU that already failed [`CpuFeatures::report`] against the fixed view.
+pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), i64> {
+    let idx = platform.cpu_index(target).ok_or(psci::error::INVALID_PARAMETERS as i64)?;
+    if let Err(w) = cpus.lock().cpu_on_check(idx) {
+        log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
+        return Err(DENIED);
+    }
+    Ok((idx, platform.cpus[idx] & MPIDR_AFF_MASK))
+}
+
+/// The host's `MEM_PROTECT(enable)` ([`mem_protect`]): decided and forwarded under the memory
+/// lock `mem`, where protected VMs are created and destroyed, so their count cannot change
+/// between the decision and firmware's answer. Returns the value for `x0`.
+pub fn host_mem_protect<T: TableMemory>(mem: &spin::Mutex<MemState<'_, T>>, enable: u32, fw: &impl Firmware) -> i64 {
+    let mem = mem.lock();
+    let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
+    match mem_protect(enable, protected_vms) {
+        None => fw.mem_protect(enable),
+        Some(answer) => answer,
+    }
 }
 
 #[cfg(test)]

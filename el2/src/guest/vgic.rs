@@ -13,7 +13,8 @@
 //! Register layouts: Arm GICv3/v4 architecture specification (IHI 0069), `ICH_LR<n>_EL2`,
 //! `ICH_HCR_EL2`, `ICH_VTR_EL2`, `ICC_SGI1R_EL1`.
 
-use crate::vm::{SysregAccess, MAX_VCPUS};
+use crate::exception::syndrome::SysregAccess;
+use crate::guest::MAX_VCPUS;
 use shared_abi::msg::{irq, sgi, VgicState, MAX_LRS};
 
 /// `ICH_LR<n>_EL2` fields.

@@ -1,97 +1,13 @@
-//! Decoding `ESR_EL2` and building exceptions to inject into EL1.
+//! Building exceptions to inject into EL1.
 //!
-//! Place in the flow: the first step after the vectors. The trap handler reads the syndrome,
-//! decides (elsewhere) what to do, and, when the answer is "the lower EL gets an exception",
-//! uses [`inject_sync`] to compute the EL1 register values the Arm ARM says an exception taken
-//! to EL1 produces (D1.10 "Exception entry"). The arch layer writes them; this module only
-//! computes, so it is tested on the host.
+//! When the answer to a trap is "the lower EL gets an exception", [`inject_sync`] computes the
+//! EL1 register values the Arm ARM says an exception taken to EL1 produces (D1.10 "Exception
+//! entry"). The arch layer (for the host) or the vCPU context (for a guest) takes them; this
+//! module only computes, so it is tested on the host.
 
-/// `ESR_ELx.EC` values EL2 handles (Arm ARM D17.2.37).
-pub mod ec {
-    /// Unknown reason (also used for injected UNDEF).
-    pub const UNKNOWN: u8 = 0x00;
-    /// WFI or WFE.
-    pub const WFX: u8 = 0x01;
-    /// FP/SIMD access trapped (here: by `CPTR_EL2.TFP`).
-    pub const FP: u8 = 0x07;
-    /// Pointer-authentication instruction trapped by `HCR_EL2.API`.
-    pub const PAUTH: u8 = 0x09;
-    /// HVC in AArch64 state.
-    pub const HVC64: u8 = 0x16;
-    /// SMC in AArch64 state (trapped by `HCR_EL2.TSC`; `ELR_EL2` points *at* the SMC).
-    pub const SMC64: u8 = 0x17;
-    /// MSR, MRS or system instruction in AArch64 state.
-    pub const SYS64: u8 = 0x18;
-    /// SVE access trapped.
-    pub const SVE: u8 = 0x19;
-    /// Instruction abort from a lower EL.
-    pub const IABT_LOW: u8 = 0x20;
-    /// Instruction abort without a change of EL.
-    pub const IABT_CUR: u8 = 0x21;
-    /// Data abort from a lower EL.
-    pub const DABT_LOW: u8 = 0x24;
-    /// Data abort without a change of EL.
-    pub const DABT_CUR: u8 = 0x25;
-}
-
-/// `ESR_ELx.IL`: the trapped instruction was 32 bits wide.
-pub const ESR_IL: u64 = 1 << 25;
-const EC_SHIFT: u32 = 26;
-/// `DFSC`/`IFSC` for a synchronous External abort, not on a translation table walk.
-pub const FSC_SEA: u64 = 0b01_0000;
-/// `ESR_ELx.ISS.WnR` of a data abort.
-pub const ISS_WNR: u64 = 1 << 6;
-
-/// A syndrome value, `ESR_EL2`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Esr(pub u64);
-
-/// The kind of fault a data or instruction abort reports in `DFSC`/`IFSC`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultKind {
-    /// Translation fault at the given level.
-    Translation(u8),
-    /// Access flag fault.
-    AccessFlag(u8),
-    /// Permission fault.
-    Permission(u8),
-    /// Anything else (external aborts, alignment, TLB conflict, ...).
-    Other(u8),
-}
-
-impl Esr {
-    /// `ESR_ELx.EC`.
-    pub const fn ec(self) -> u8 {
-        ((self.0 >> EC_SHIFT) & 0x3F) as u8
-    }
-    /// `ESR_ELx.IL`.
-    pub const fn il(self) -> bool {
-        self.0 & ESR_IL != 0
-    }
-    /// `ESR_ELx.ISS`.
-    pub const fn iss(self) -> u64 {
-        self.0 & 0x1FF_FFFF
-    }
-    /// The immediate of a trapped HVC/SMC (`ISS[15:0]`).
-    pub const fn imm16(self) -> u16 {
-        self.0 as u16
-    }
-    /// For aborts: `DFSC`/`IFSC` decoded.
-    pub const fn fault(self) -> FaultKind {
-        let fsc = (self.0 & 0x3F) as u8;
-        let level = fsc & 0b11;
-        match fsc >> 2 {
-            0b0001 => FaultKind::Translation(level),
-            0b0010 => FaultKind::AccessFlag(level),
-            0b0011 => FaultKind::Permission(level),
-            _ => FaultKind::Other(fsc),
-        }
-    }
-    /// For data aborts: the access was a write (`WnR`).
-    pub const fn is_write(self) -> bool {
-        self.0 & ISS_WNR != 0
-    }
-}
+use super::syndrome::{ec, ESR_IL, EC_SHIFT, FSC_SEA, ISS_WNR};
+#[cfg(test)]
+use super::syndrome::Esr;
 
 /// `SPSR_ELx.M[3:0]` values.
 pub mod mode {
@@ -199,80 +115,14 @@ pub fn inject_sync(what: Injection, t: TrapState) -> Option<Injected> {
     })
 }
 
-/// `ESR_EL2.EC` → class of [`shared_abi::msg::stats`], as a table: counting happens on every
-/// exit, so it is one load rather than a chain of comparisons.
-const EC_CLASS: [u8; 64] = {
-    use shared_abi::msg::stats;
-    let mut t = [stats::OTHER as u8; 64];
-    t[ec::WFX as usize] = stats::WFX as u8;
-    t[ec::HVC64 as usize] = stats::HVC_SMC as u8;
-    t[ec::SMC64 as usize] = stats::HVC_SMC as u8;
-    t[ec::SYS64 as usize] = stats::SYSREG as u8;
-    t[ec::DABT_LOW as usize] = stats::ABORT as u8;
-    t[ec::IABT_LOW as usize] = stats::ABORT as u8;
-    t[ec::FP as usize] = stats::FP as u8;
-    t[ec::PAUTH as usize] = stats::PAUTH as u8;
-    t
-};
-
-/// The class of an exception a vCPU took to EL2, for its statistics
-/// ([`shared_abi::msg::stats`]): `irq` for an asynchronous one, else by `ESR_EL2.EC`.
-#[inline(always)]
-pub fn exit_class(irq: bool, serror: bool, esr: u64) -> usize {
-    use shared_abi::msg::stats;
-    if irq {
-        stats::IRQ
-    } else if serror {
-        stats::OTHER
-    } else {
-        EC_CLASS[((esr >> EC_SHIFT) & 0x3F) as usize] as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exits_are_classified_by_syndrome() {
-        use shared_abi::msg::stats;
-        let esr = |ec: u8| (ec as u64) << 26 | ESR_IL;
-        assert_eq!(exit_class(true, false, 0), stats::IRQ);
-        assert_eq!(exit_class(false, true, esr(ec::SYS64)), stats::OTHER, "SError whatever ESR says");
-        for (e, class) in [
-            (ec::WFX, stats::WFX),
-            (ec::HVC64, stats::HVC_SMC),
-            (ec::SMC64, stats::HVC_SMC),
-            (ec::SYS64, stats::SYSREG),
-            (ec::DABT_LOW, stats::ABORT),
-            (ec::IABT_LOW, stats::ABORT),
-            (ec::FP, stats::FP),
-            (ec::PAUTH, stats::PAUTH),
-            (ec::SVE, stats::OTHER),
-            (ec::UNKNOWN, stats::OTHER),
-        ] {
-            assert_eq!(exit_class(false, false, esr(e)), class, "EC {e:#x}");
-        }
-    }
 
     const VBAR: u64 = 0x4200_8000;
 
     fn at_el1h(elr: u64) -> TrapState {
         TrapState { elr, spsr: mode::EL1H | SPSR_DAIF, il: true, vbar_el1: VBAR }
-    }
-
-    #[test]
-    fn decodes_syndrome_fields() {
-        // Data abort from a lower EL, write, stage-2 translation fault level 3.
-        let e = Esr((0x24 << 26) | ESR_IL | ISS_WNR | 0b000111);
-        assert_eq!(e.ec(), ec::DABT_LOW);
-        assert!(e.il());
-        assert!(e.is_write());
-        assert_eq!(e.fault(), FaultKind::Translation(3));
-        assert_eq!(Esr(0b001101).fault(), FaultKind::Permission(1));
-        assert_eq!(Esr(0b001010).fault(), FaultKind::AccessFlag(2));
-        assert_eq!(Esr(0b010000).fault(), FaultKind::Other(0x10));
-        assert_eq!(Esr((0x16 << 26) | 0x1234).imm16(), 0x1234);
     }
 
     #[test]

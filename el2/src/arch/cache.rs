@@ -1,0 +1,150 @@
+//! Cache maintenance on pages that change hands ([`CacheOps`]): EL2 reaches a page through
+//! its CPU's fixmap slot to scrub it, clear its allocation tags or clean it to the PoC.
+
+use super::regs::{dsb_ish, dsb_ishst, isb};
+use super::Cpu;
+use crate::hw::CacheOps;
+use crate::mem::addr::PhysAddr;
+use crate::platform::MAX_CPUS;
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// `DC CIVAC` over the page mapped at `va`, then `DSB ISH`: its lines reach the PoC and are
+/// dropped on every CPU before the slot is unmapped and the page mapped for its next user.
+fn civac_page(va: u64) {
+    let line = super::regs::dcache_line_size();
+    let mut a = va;
+    while a < va + 4096 {
+        // SAFETY: `a` lies in the page the caller's fixmap closure maps; DC CIVAC only writes
+        // back and drops one cache line. (Allocation tags need none: they are only ever reached
+        // through cacheable Tagged mappings, which are coherent.)
+        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    dsb_ish();
+}
+
+/// Virtual address of CPU `n`'s fixmap slot in EL2's stage 1 (far from any RAM address).
+pub const FIXMAP_VA: u64 = 0x7F00_0000_0000;
+
+/// Per CPU: pointer to its fixmap slot's level-3 entry, and the descriptor template (Normal
+/// RW XN, output address zero) that a PA is ORed into.
+pub static FIXMAP_ENTRY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// See [`FIXMAP_ENTRY`].
+pub static FIXMAP_TEMPLATE: AtomicU64 = AtomicU64::new(0);
+/// The same with the Tagged Normal memory type (for tag writes; 0 without FEAT_MTE2).
+pub static FIXMAP_TEMPLATE_TAGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Maps `pa` at this CPU's fixmap slot, runs `f` on it, and unmaps it.
+fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
+    with_fixmap_as(FIXMAP_TEMPLATE.load(Ordering::Relaxed), pa, f)
+}
+
+/// [`with_fixmap`] with descriptor template `template`.
+fn with_fixmap_as(template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
+    let cpu = super::cpu_index() % MAX_CPUS;
+    let entry = FIXMAP_ENTRY[cpu].load(Ordering::Relaxed) as *mut u64;
+    if entry.is_null() {
+        log::error!("fixmap slot of cpu{cpu} missing");
+        return;
+    }
+    let va = FIXMAP_VA + cpu as u64 * 4096;
+    // SAFETY: `entry` is this CPU's own reserved level-3 entry (set up at boot, used by no
+    // other CPU), and the slot is empty between uses.
+    unsafe { entry.write_volatile(template | pa.0) };
+    // The entry is visible to this CPU's walker before the first access through it.
+    dsb_ishst();
+    isb();
+    f(va as *mut u8);
+    // SAFETY: as above.
+    unsafe { entry.write_volatile(0) };
+    // Break: the entry is gone, and *every* CPU forgets it. Only this CPU uses the slot, but
+    // the slot lives in the EL2 stage 1 all CPUs share, and a TLB may cache any valid entry
+    // (speculative walks included): another CPU could still hold this page's translation when
+    // the slot next maps another page, which is a break-before-make violation on that CPU (a
+    // TLB conflict), and a speculative access through it could allocate cache lines for a page
+    // that has since gone to a guest. Hence the broadcast form; last level only (`VALE2IS`):
+    // the level-3 table itself stays.
+    dsb_ishst();
+    // SAFETY: TLB invalidation of one EL2 VA is always allowed at EL2.
+    unsafe { asm!("tlbi vale2is, {}", in(reg) va >> 12, options(nostack, preserves_flags)) };
+    // Completes the invalidation on every CPU before the slot is reused.
+    dsb_ish();
+    isb();
+}
+
+/// The `DC ZVA`/`GVA`/`GZVA` block size in bytes (`DCZID_EL0.BS`). EL2 enables tag writes only
+/// on CPUs with FEAT_MTE2, where the block is architecturally allowed for these.
+fn zva_block() -> u64 {
+    let dczid: u64;
+    // SAFETY: reading DCZID_EL0 has no side effects.
+    unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+    (4u64 << (dczid & 0xF)).clamp(16, 2048)
+}
+
+impl CacheOps for Cpu {
+    fn clean_inval_poc(&self, pa: PhysAddr) {
+        with_fixmap(pa, |p| civac_page(p as u64));
+    }
+
+    fn clear_tags(&self, pa: PhysAddr) {
+        let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
+        if tagged == 0 {
+            return;
+        }
+        with_fixmap_as(tagged, pa, |p| {
+            let block = zva_block();
+            let mut a = p as u64;
+            while a < p as u64 + 4096 {
+                // SAFETY: `a` lies in the page mapped Tagged Normal for this closure; DC GVA
+                // sets the block's allocation tags to the address's tag (0), keeping data.
+                unsafe { asm!(".arch_extension memtag", "dc gva, {}", in(reg) a, options(nostack, preserves_flags)) };
+                a += block;
+            }
+            // The tag writes are complete before the slot is unmapped and the guest maps it.
+            dsb_ish();
+        });
+    }
+
+    fn scrub_page(&self, pa: PhysAddr, has_tags: bool) {
+        let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
+        if tagged != 0 && has_tags {
+            // Data and allocation tags both zero: DC GZVA through a Tagged mapping.
+            with_fixmap_as(tagged, pa, |p| {
+                let block = zva_block();
+                let mut a = p as u64;
+                while a < p as u64 + 4096 {
+                    // SAFETY: `a` lies in the page mapped Tagged Normal for this closure.
+                    unsafe { asm!(".arch_extension memtag", "dc gzva, {}", in(reg) a, options(nostack, preserves_flags)) };
+                    a += block;
+                }
+                dsb_ish();
+                civac_page(p as u64);
+            });
+            return;
+        }
+        with_fixmap(pa, |p| {
+            let dczid: u64;
+            // SAFETY: reading DCZID_EL0 has no side effects.
+            unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+            let block = 4u64 << (dczid & 0xF);
+            if dczid & (1 << 4) != 0 || block > 2048 {
+                // DC ZVA prohibited (DZP) or implausible: plain stores.
+                // SAFETY: the fixmap maps exactly one writable page at `p` for the closure.
+                unsafe { core::ptr::write_bytes(p, 0, 4096) };
+                civac_page(p as u64);
+                return;
+            }
+            let mut a = p as u64;
+            while a < p as u64 + 4096 {
+                // SAFETY: `a` lies in the page the fixmap maps writable (Normal memory, as
+                // DC ZVA requires) for this closure; it zeroes one naturally aligned block.
+                unsafe { asm!("dc zva, {}", in(reg) a, options(nostack, preserves_flags)) };
+                a += block;
+            }
+            // The zeroes are complete before they are cleaned to the PoC.
+            dsb_ish();
+            civac_page(p as u64);
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! TLB maintenance and the barriers that publish page-table edits ([`Tlb`]).
+
+use super::regs::{dsb_ish, dsb_ishst, isb};
+use super::Cpu;
+use crate::hw::Tlb;
+use aarch64_cpu::registers::*;
+use core::arch::asm;
+
+impl Tlb for Cpu {
+    fn hyp_s1_mapped(&self) {
+        // New entries reach the walker before EL2 accesses the newly mapped page; the ISB
+        // stops this CPU from having fetched a translation for it speculatively before.
+        dsb_ishst();
+        isb();
+    }
+
+    fn host_s2_mapped(&self) {
+        // The ERET back to the host is context synchronising; the DSB makes the new entry
+        // visible to the walkers of every CPU first.
+        dsb_ishst();
+    }
+
+    fn host_s2_unmapped(&self) {
+        // Entry removals complete, then all stage 1+2 entries of the host VMID (loaded in
+        // VTTBR_EL2 while EL2 serves the host) are invalidated on all CPUs, and that completes.
+        dsb_ishst();
+        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
+        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
+        dsb_ish();
+        isb();
+    }
+
+    fn guest_s2_mapped(&self) {
+        // Visible to the walkers before the guest retries; entering the guest synchronises.
+        dsb_ishst();
+    }
+
+    fn flush_guest_tlb(&self, vttbr: u64) {
+        // TLBI VMALLS12E1IS acts on the VMID in VTTBR_EL2: borrow it for the guest's VMID.
+        let host = VTTBR_EL2.get();
+        dsb_ishst();
+        VTTBR_EL2.set(vttbr);
+        isb();
+        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
+        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
+        dsb_ish();
+        VTTBR_EL2.set(host);
+        isb();
+    }
+
+    fn flush_guest_local(&self) {
+        // `load` wrote the guest's VTTBR_EL2 without an ISB: make its VMID the one the TLBI
+        // below acts on.
+        isb();
+        // SAFETY: invalidating the current VMID's EL1&0 entries and this CPU's instruction
+        // cache is always allowed at EL2; it only costs refills.
+        unsafe { asm!("tlbi vmalls12e1", "ic iallu", options(nostack, preserves_flags)) };
+        // Local (non-shareable) completion suffices: only this CPU's TLB and I-cache were hit.
+        // SAFETY: a barrier.
+        unsafe { asm!("dsb nsh", options(nostack, preserves_flags)) };
+        // The guest's first instruction is fetched after the invalidation (the ERET into the
+        // guest synchronises too; this keeps the order independent of the caller).
+        isb();
+    }
+}

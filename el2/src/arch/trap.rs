@@ -1,0 +1,98 @@
+//! The shim between the vectors and the portable trap handling: it reads `ESR_EL2`, hands the
+//! host's saved registers to [`crate::host::trap::handle_sync`], and stops the CPU on what EL2
+//! cannot survive. Test builds also serve the test hooks here.
+
+use crate::arch::{self, Cpu, TrapFrame};
+#[cfg(feature = "test-hooks")]
+use crate::exception::syndrome::ec;
+use crate::exception::syndrome::Esr;
+use crate::host::trap::{handle_sync, HostRegs};
+use crate::hyp::Hyp;
+use crate::mem::pool::PagePool;
+use crate::platform::MAX_CPUS;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// EL2's state, set once by the boot CPU before the host runs.
+pub static HYP: spin::Once<Hyp<'static, PagePool>> = spin::Once::new();
+
+/// Physical address of the secondary-CPU entry point, given to firmware on `CPU_ON`.
+pub static SECONDARY_ENTRY: AtomicU64 = AtomicU64::new(0);
+
+/// Handles a synchronous exception from the host. Called by the vector assembly.
+pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
+    let Some(hyp) = HYP.get() else {
+        fatal(frame, "trap before EL2 state was set up");
+    };
+    let esr = Esr(arch::esr_el2());
+    #[cfg(feature = "test-hooks")]
+    if esr.ec() == ec::HVC64 && test_hooks(hyp, frame) {
+        return;
+    }
+    let TrapFrame { x, elr, spsr, .. } = frame;
+    let mut regs = HostRegs { x, elr, spsr };
+    if handle_sync(hyp, arch::cpu_index(), esr, &mut regs, &Cpu, &arch::RdMmio).is_err() {
+        // The trap came from a state EL2 never creates (AArch32, EL2): an EL2 bug.
+        fatal(frame, "cannot inject into the interrupted state");
+    }
+}
+
+/// Test-only calls, compiled only with the `test-hooks` feature (a separate EL2 image that
+/// only the test suite boots). `true` if the call was one of them (its result is in `frame`).
+#[cfg(feature = "test-hooks")]
+fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
+    if frame.x[0] == shared_abi::HypercallId::TestFault as u64 && frame.x[1] == 0 {
+        // An EL2 data abort: address 0 is mapped in no EL2 stage-1 table.
+        // SAFETY: deliberately faulting; the unexpected-exception path parks this CPU.
+        unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+    }
+    if frame.x[0] == shared_abi::HypercallId::TestCheckInvariants as u64 {
+        let mem = hyp.mem.lock();
+        let (pool_base, pool_size) = mem.tables().range();
+        let layout = crate::invariants::Layout {
+            pool: crate::mem::addr::PhysRange::from_size(pool_base, pool_size),
+            fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),
+        };
+        frame.x[..4].copy_from_slice(&match crate::invariants::check(hyp, &mem, &layout) {
+            Ok(pages) => [0, pages, 0, 0],
+            Err(v) => {
+                // A broken invariant is an EL2 bug: say so loudly (the test suite forbids it).
+                log::error!("invariant violated: {v:?}");
+                let (code, addr) = v.code_and_addr();
+                [0, u64::MAX, code, addr]
+            }
+        });
+        return true;
+    }
+    false
+}
+
+static PANICKING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Reports an exception EL2 did not expect, then stops this CPU. Called by the vector assembly
+/// on this CPU's panic stack.
+pub extern "C" fn el2_unexpected(frame: &TrapFrame, vector: u64) -> ! {
+    let cpu = arch::cpu_index() % MAX_CPUS;
+    if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
+        let r = arch::trap_regs();
+        crate::arch::console::emergency(format_args!(
+            "EL2 FATAL: unexpected exception (vector {vector}) on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x} x0={:#x} x30={:#x}; machine stopped\n",
+            r.esr, r.far, frame.elr, frame.spsr, frame.x[0], frame.x[30]
+        ));
+    }
+    arch::failstop::signal();
+    arch::park()
+}
+
+/// Reports an EL2 bug found while handling a trap, then stops this CPU.
+fn fatal(frame: &TrapFrame, why: &str) -> ! {
+    let cpu = arch::cpu_index() % MAX_CPUS;
+    if !PANICKING[cpu].swap(true, Ordering::Relaxed) {
+        let r = arch::trap_regs();
+        crate::arch::console::emergency(format_args!(
+            "EL2 FATAL: {why} on cpu{cpu}: ESR_EL2={:#x} FAR_EL2={:#x} ELR_EL2={:#x} SPSR_EL2={:#x}; machine stopped\n",
+            r.esr, r.far, frame.elr, frame.spsr
+        ));
+    }
+    arch::failstop::signal();
+    arch::park()
+}

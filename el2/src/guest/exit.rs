@@ -1,0 +1,536 @@
+//! `VCPU_RUN`: load, the run loop, exit handling (aborts, MMIO, guest calls), put, and the
+//! exit record.
+
+use crate::mem::protect::GuestPage;
+use super::sysreg::is_key_access;
+use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
+use crate::cpu::fwreg::FwRegs;
+use crate::exception::syndrome::{ec, Esr, FaultKind};
+use crate::exception::inject::{inject_sync, Injection, TrapState};
+use crate::hyp::Hyp;
+use crate::guest::memory::map_guest_page;
+use crate::guest::sysreg::sysreg_trap;
+use crate::guest::vm::vcpu_slot;
+use crate::mem::pgtable::TableMemory;
+use crate::exception::syndrome::{decode_mmio, fault_ipa};
+use crate::guest::psci::{self, Served};
+use crate::guest::vcpu::{power, pstate_enters_guest, SysReg, VcpuCtx};
+use core::sync::atomic::Ordering;
+use shared_abi::msg::{exit, kill, VcpuExit};
+use shared_abi::{HypError, HypResult};
+
+const ISS_S1PTW: u64 = 1 << 7;
+
+/// Exits EL2 handles by itself before it gives the CPU back to the host anyway (so a guest
+/// cannot keep a host CPU forever through exits the host never sees).
+pub const MAX_INTERNAL_EXITS: u32 = 100_000;
+
+/// The running vCPU, as exit handling needs it.
+#[derive(Clone, Copy)]
+pub struct Me<'f> {
+    pub(super) vm_slot: usize,
+    pub(super) index: usize,
+    pub(super) nr_vcpus: usize,
+    /// The VM's firmware registers (frozen once it has run).
+    pub(super) fw: &'f FwRegs,
+    /// The VM has pointer authentication.
+    pub(super) ptrauth: bool,
+    /// The VM has MTE.
+    pub(super) mte: bool,
+    /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
+    pub(super) fwb: bool,
+    /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
+    pub(super) set_way_done: &'f core::cell::Cell<bool>,
+}
+
+pub enum Next {
+    Resume,
+    Exit(VcpuExit),
+}
+
+/// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
+pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl Hw) -> HypResult {
+    // The exit goes to the message page: refuse early if there is none.
+    hyp.msg.page(cpu)?;
+    let slot = vcpu_slot(hyp, handle, index)?;
+    let mut ctx = slot.claim().ok_or(HypError::Busy)?;
+    let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
+        let mut mem = hyp.mem.lock();
+        let (_, vm) = mem.vms.lookup_mut(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.killed || vm.ended {
+            return Err(HypError::NotRunnable);
+        }
+        vm.ran = true;
+        let cfg = GuestConfig {
+            vttbr: vm.mem.vttbr(vm.vmid),
+            start_level: vm.mem.s2().start_level(),
+            ipa_bits: vm.mem.s2().ia_bits(),
+            vmpidr: crate::guest::vcpu::vmpidr(index as usize),
+            host_pmu: vm.host_pmu,
+            pauth_now: false,
+            mte: vm.mte,
+            fwb: vm.fwb,
+            protected: vm.protected,
+            cntvoff: vm.cntvoff,
+        };
+        // Read once, here: the TLB record below must count only runs that enter the guest.
+        let on = match slot.power.load(Ordering::Acquire) {
+            power::ON => true,
+            power::ON_PENDING => {
+                ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
+                slot.power.store(power::ON, Ordering::Release);
+                true
+            }
+            _ => false,
+        };
+        let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
+        (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
+    };
+    if !on {
+        return finish_run(hyp, cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff, arch.counter());
+    }
+    let mut cfg = cfg;
+    let vm_slot = (handle & 0xFF) as usize;
+    if let Some(read) = ctx.pending_read.take() {
+        let v = read.read_value(mmio_value);
+        ctx.set_gpr(read.reg, v);
+        ctx.pc = ctx.pc.wrapping_add(4);
+    }
+    // Pointer authentication: eager loads the keys every time; lazy only while the vCPU
+    // used them recently (a trapped use sets the count; each load spends one).
+    if ptrauth {
+        if !hyp.pauth_lazy.load(Ordering::Relaxed) {
+            cfg.pauth_now = true;
+        } else if ctx.pauth_eager_left > 0 {
+            ctx.pauth_eager_left -= 1;
+            cfg.pauth_now = true;
+        }
+    }
+    // Load once; from here to `put` nothing may return early.
+    let mut saved = arch.load(&ctx, &cfg);
+    if flush_local {
+        // With the guest's VMID in VTTBR_EL2 (the invalidation acts on it).
+        arch.flush_guest_local();
+    }
+    let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
+    let set_way_done = core::cell::Cell::new(false);
+    // The same for every exit of this run: built once.
+    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
+    // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
+    // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
+    // the host set (and a CPU_ON reset), after every exit below for what the guest left;
+    // EL2's own writes (exception injection) are EL1h by construction (`inject_sync`),
+    // which the debug assertion holds host tests to. So each entry is checked once.
+    if !pstate_enters_guest(ctx.pstate) {
+        exit = kill_illegal_state(hyp, handle, ctx.pstate);
+    } else {
+        for _ in 0..MAX_INTERNAL_EXITS {
+            debug_assert!(pstate_enters_guest(ctx.pstate), "EL2 wrote PSTATE {:#x}", ctx.pstate);
+            let trap = arch.run(&mut ctx);
+            let class = crate::exception::syndrome::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
+            // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
+            ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
+            // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
+            // emulated) is stopped before its exit is interpreted, as KVM does.
+            if !pstate_enters_guest(ctx.pstate) {
+                exit = kill_illegal_state(hyp, handle, ctx.pstate);
+                break;
+            }
+            if let Next::Exit(e) = handle_guest_exit(hyp, handle, &me, &mut ctx, trap, arch, &mut saved) {
+                exit = e;
+                break;
+            }
+        }
+    }
+    arch.put(&mut ctx, saved);
+
+    // List registers the guest has finished with are free again; deactivations of
+    // level-sensitive interrupts wait for the host, which every exit reminds of them.
+    if ctx.vgic.after_put() {
+        exit.flags |= exit::FLAG_EOI;
+    }
+    finish_run(hyp, cpu, exit, &ctx, cfg.cntvoff, arch.counter())
+}
+
+/// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
+/// exit record carries them: the host delivers the timers' interrupts).
+fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
+    (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
+    hyp.msg.write(cpu, &e)?;
+    Ok([e.reason as u64, 0, 0])
+}
+
+fn kill<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> Next {
+    Next::Exit(kill_exit(hyp, handle, why, ipa))
+}
+
+/// Stops the VM for good; the exit record that tells the host.
+fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> VcpuExit {
+    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
+        vm.killed = true;
+    }
+    log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
+    VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
+}
+
+/// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`): it never runs again.
+fn end_vm<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, reason: u32) -> VcpuExit {
+    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
+        vm.ended = true;
+    }
+    VcpuExit { reason, ..Default::default() }
+}
+
+/// [`kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
+fn kill_illegal_state<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pstate: u64) -> VcpuExit {
+    VcpuExit { args: [pstate, 0, 0, 0], ..kill_exit(hyp, handle, kill::ILLEGAL_STATE, 0) }
+}
+
+/// Handles one guest exit of vCPU `me`.
+fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
+    handle: u64,
+    me: &Me<'_>,
+    ctx: &mut VcpuCtx,
+    trap: GuestTrap,
+    arch: &A,
+    saved: &mut A::Saved,
+) -> Next {
+    match trap.kind {
+        TrapKind::Irq => return Next::Exit(VcpuExit { reason: exit::IRQ, ..Default::default() }),
+        TrapKind::SError => return kill(hyp, handle, kill::BAD_EXCEPTION, 0),
+        TrapKind::Sync => {}
+    }
+    let esr = Esr(trap.esr);
+    match esr.ec() {
+        ec::WFX => {
+            ctx.pc = ctx.pc.wrapping_add(4);
+            Next::Exit(VcpuExit { reason: exit::WFX, ..Default::default() })
+        }
+        // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
+        // instruction is retried (PC unchanged).
+        ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
+        // Lazy pointer authentication: a PAC instruction (HCR_EL2.API) or a key register
+        // access (HCR_EL2.APK) is the first use in this run; retried after loading.
+        ec::PAUTH | ec::SYS64 if me.ptrauth && (esr.ec() == ec::PAUTH || is_key_access(trap.esr)) && arch.pauth_load(ctx, saved) => {
+            ctx.pauth_eager_left = hyp.pauth_decay.load(Ordering::Relaxed);
+            Next::Resume
+        }
+        // A guest SGI (HCR_EL2.IMO/FMO trap the SGI registers): the host's distributor
+        // model decides; the write itself is complete. Anything else here is an ID
+        // register read or an UNDEF.
+        ec::SYS64 => sysreg_trap(hyp, handle, me, ctx, trap.esr, arch),
+        ec::HVC64 | ec::SMC64 => {
+            if esr.ec() == ec::SMC64 {
+                // A trapped SMC's preferred return address is the SMC itself.
+                ctx.pc = ctx.pc.wrapping_add(4);
+            }
+            match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, ctx) {
+                Served::Resume => Next::Resume,
+                Served::Exit(e) => Next::Exit(e),
+                // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
+                Served::EndVm(reason) => Next::Exit(end_vm(hyp, handle, reason)),
+            }
+        }
+        ec::DABT_LOW | ec::IABT_LOW => {
+            let ipa = fault_ipa(trap.hpfar, trap.far);
+            match map_guest_page(hyp, handle, ipa, arch) {
+                GuestPage::Mapped if matches!(esr.fault(), FaultKind::Translation(_)) => return Next::Resume,
+                // Guest RAM is never MMIO: an access to it that cannot be mapped, or that
+                // faults on a valid mapping, must not reach the host as an MMIO exit (that
+                // would hand it a protected guest's data).
+                GuestPage::Mapped => return kill(hyp, handle, kill::BAD_EXCEPTION, ipa),
+                GuestPage::NoMemory => return kill(hyp, handle, kill::OUT_OF_MEMORY, ipa),
+                GuestPage::Untagged(pa) => {
+                    let Next::Exit(mut e) = kill(hyp, handle, kill::UNTAGGED_MEMORY, ipa) else { return Next::Resume };
+                    e.args[0] = pa.0;
+                    return Next::Exit(e);
+                }
+                GuestPage::NotRam => {}
+            }
+            if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
+                return kill(hyp, handle, kill::BAD_EXCEPTION, ipa);
+            }
+            let Some(access) = decode_mmio(trap.esr) else {
+                return kill(hyp, handle, kill::UNDECODABLE_MMIO, ipa);
+            };
+            let mut e = VcpuExit { reason: exit::MMIO, ipa, size: access.size as u32, ..Default::default() };
+            if access.write {
+                e.flags = exit::MMIO_WRITE;
+                e.data = access.write_value(ctx.gpr(access.reg));
+                ctx.pc = ctx.pc.wrapping_add(4);
+            } else {
+                ctx.pending_read = Some(access);
+            }
+            Next::Exit(e)
+        }
+        _ => undef(hyp, handle, ctx, esr, arch),
+    }
+}
+
+/// Anything EL2 does not emulate (other system registers, SVE, pointer authentication,
+/// ...): the guest gets an UNDEF, as on hardware without it. The guest's EL1 registers are
+/// live in the CPU: edit them through the context.
+pub(crate) fn undef<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl Hw) -> Next {
+    arch.el1_to_ctx(ctx);
+    let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
+    arch.el1_from_ctx(ctx);
+    if ok {
+        Next::Resume
+    } else {
+        kill(hyp, handle, kill::BAD_EXCEPTION, 0)
+    }
+}
+
+/// Injects a synchronous exception into a guest that is not running (its EL1 registers are in
+/// `ctx`). `false` if the guest's state does not allow it.
+pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64) -> bool {
+    let t = TrapState { elr: ctx.pc, spsr: ctx.pstate, il: esr.il(), vbar_el1: ctx.sys[SysReg::VBAR_EL1] };
+    let Some(i) = inject_sync(what, t) else { return false };
+    ctx.sys[SysReg::ESR_EL1] = i.esr_el1;
+    ctx.sys[SysReg::FAR_EL1] = far;
+    ctx.elr_el1 = i.elr_el1;
+    ctx.spsr_el1 = i.spsr_el1;
+    ctx.pc = i.elr_el2;
+    ctx.pstate = i.spsr_el2;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::guest::vm::tests::*;
+    use super::*;
+
+    #[test]
+    fn a_vcpu_that_changes_cpu_flushes_its_vmid_locally_before_entry() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        f.call(1, H::SetMessagePage, &[1, f.page(1)]).unwrap();
+        let run = |f: &Fixture, cpu: usize, vcpu: u64| {
+            let rec = Recorder::default();
+            *rec.exits.borrow_mut() = vec![hvc()];
+            assert_eq!(f.call_with(&rec, cpu, H::VcpuRun, &[h, vcpu, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+            let log = rec.log.borrow().clone();
+            log
+        };
+        assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "first run on CPU 0");
+        assert_eq!(run(&f, 0, 0), ["load", "run", "put"], "same vCPU, same CPU: nothing to flush");
+        assert_eq!(run(&f, 1, 0), ["load", "flush_guest_local", "run", "put"], "moved to CPU 1");
+        assert_eq!(run(&f, 1, 0), ["load", "run", "put"]);
+        assert_eq!(run(&f, 0, 0), ["load", "flush_guest_local", "run", "put"], "back on CPU 0");
+        // A vCPU that is off does not enter, so its run does not count as one on this CPU.
+        assert_eq!(f.call(1, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!(run(&f, 0, 0), ["load", "run", "put"]);
+    }
+
+    #[test]
+    fn every_exit_record_carries_the_timer_deadlines() {
+        use crate::guest::timer::{TIMER_ENABLE, TIMER_IMASK};
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        let (ctl, cval) = (SysReg::CNTV_CTL_EL0.id(), SysReg::CNTV_CVAL_EL0.id());
+        // The physical count at the exits: 500, so CNTVOFF 500 makes the virtual count 0.
+        let run = |f: &Fixture, vcpu: u64, script: Vec<GuestTrap>| {
+            let rec = Recorder::default();
+            *rec.exits.borrow_mut() = script;
+            rec.counter.set(500);
+            f.call_with(&rec, 0, H::VcpuRun, &[h, vcpu, 0]).unwrap();
+            let e = exit_record(f);
+            (e.vtimer_deadline, e.ptimer_deadline)
+        };
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTVOFF_EL2, 500]).unwrap();
+        assert_eq!(run(&f, 0, vec![hvc()]), (u64::MAX, u64::MAX), "both timers off at reset");
+        // Virtual: CVAL + CNTVOFF; physical: its CVAL. Masked or disabled: never.
+        f.call(0, H::VcpuSetReg, &[h, 0, ctl, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, cval, 1_000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CVAL_EL0, 42]).unwrap();
+        assert_eq!(run(&f, 0, vec![hvc()]), (1_500, 42));
+        f.call(0, H::VcpuSetReg, &[h, 0, ctl, TIMER_ENABLE | TIMER_IMASK]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, TIMER_ENABLE | TIMER_IMASK]).unwrap();
+        assert_eq!(run(&f, 0, vec![trap(0x01 << 26 | 1 << 25, 0)]), (u64::MAX, u64::MAX), "masked");
+        // Hostile values: CVAL at the top of the count saturates instead of wrapping to "now".
+        f.call(0, H::VcpuSetReg, &[h, 0, ctl, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, cval, u64::MAX - 100]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CTL_EL0, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::CNTP_CVAL_EL0, u64::MAX]).unwrap();
+        // vCPU 1 is off: its VCPU_OFF exit carries its own timers (CVAL 9 + CNTVOFF 500).
+        f.call(0, H::VcpuSetReg, &[h, 1, ctl, TIMER_ENABLE]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 1, cval, 9]).unwrap();
+        assert_eq!(run(&f, 1, vec![]), (509, u64::MAX));
+        // A host that sets CNTVOFF above the count: the virtual count wrapped to the top and the
+        // timer fires at once (the hardware's subtraction), which the deadline says.
+        f.call(0, H::VcpuSetReg, &[h, 1, cval, 1_000]).unwrap();
+        let rec = Recorder::default();
+        rec.counter.set(10);
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!(exit_record(&f).vtimer_deadline, 0, "fired");
+        // A kill exit (undecodable MMIO) carries them too.
+        let undecodable = trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000);
+        assert_eq!(run(&f, 0, vec![undecodable]), (u64::MAX, u64::MAX), "saturated; the physical CVAL as set");
+        assert_eq!(exit_record(&f).reason, exit::KILLED);
+    }
+
+    #[test]
+    fn host_chosen_pstate_never_reaches_eret() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        // The host may not set an EL2 (or AArch32, or IL) PSTATE...
+        for bad in [0x3C9u64, 0x3C8, 0x3C5 | 1 << 20, 0x13, 0x3C5 | 1 << 40] {
+            assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::PSTATE, bad]), Err(HypError::InvalidArgument), "{bad:#x}");
+        }
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PSTATE]), Ok([crate::guest::vcpu::PSTATE_RESET, 0, 0]));
+        // ...and should one get into the context some other way, EL2 stops the VM before the
+        // ERET: the guest never runs.
+        {
+            let slot = vcpu_slot(&f.hyp, h, 0).unwrap();
+            slot.claim().unwrap().pstate = 0x3C9;
+        }
+        let rec = Recorder::default();
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert!(!rec.log.borrow().contains(&"run"), "entered the guest with PSTATE EL2h");
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.args[0]), (kill::ILLEGAL_STATE, 0x3C9));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn a_guest_that_returns_to_aarch32_is_stopped() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        // The guest ERETs to AArch32 EL0 (usr) and traps: EL2 does not interpret the exit.
+        rec.exits.borrow_mut().push(hvc());
+        rec.pstates.borrow_mut().push(0x10);
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.args[0]), (kill::ILLEGAL_STATE, 0x10));
+        assert_eq!(rec.log.borrow().last(), Some(&"put"), "the host's state is restored");
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn run_maps_memory_on_fault_and_exits_for_mmio() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(5), 0x41]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_1008), mmio(0x0900_0000, true, 5, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.ipa, e.size, e.flags, e.data), (0x0900_0000, 1, exit::MMIO_WRITE, 0x41));
+        assert!(rec.log.borrow().contains(&"guest_s2_mapped"));
+        {
+            let mem = f.hyp.mem.lock();
+            let vm = mem.vms.lookup(h).unwrap().1;
+            let leaf = vm.mem.s2().lookup(mem.tables(), 0x4000_1000).unwrap();
+            assert_eq!(leaf.pa_base, PhysAddr(f.page(GUEST + 1)));
+        }
+        // Protected: registers are sealed now.
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Err(HypError::Denied));
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), 1]), Err(HypError::Denied));
+        // An MMIO read: the host's value lands in the register and the PC moves on.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0018, false, 7, 2), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        let pc_at_read = rec.entry_pcs.borrow()[0];
+        // The guest's next entry must see x7 and pc + 4: check through a non-served HVC exit.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x1234_5678_9ABC]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow()[1], pc_at_read + 4);
+    }
+
+    #[test]
+    fn secondary_vcpus_start_off_and_come_up_with_cpu_on() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        // vCPU 0 calls CPU_ON(1, 0x5000, 7), then WFI.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
+        // The host hears which vCPU came on (so it need not poll one that is off).
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
+        assert_eq!(crate::guest::vm::tests::exit_record(&f).args, [1, 0, 0, 0]);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0, 0, 0]), "CPU_ON succeeded");
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        // A second CPU_ON of the same vCPU is answered in EL2 (ON_PENDING): no exit.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
+        rec.entry_pcs.borrow_mut().clear();
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([-5i64 as u64, 0, 0]), "ON_PENDING");
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow()[2], 0x5000, "vCPU 1 entered at the CPU_ON entry point");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 1, reg::x(0)]), Ok([7, 0, 0]));
+    }
+
+    #[test]
+    fn a_cpu_on_racing_a_sibling_mid_claim_does_not_overwrite_its_entry_point() {
+        // vCPU 1 claimed by another vCPU's CPU_ON that is still storing its entry point: a
+        // second CPU_ON is told ON_PENDING and leaves the entry alone, AFFINITY_INFO says
+        // ON_PENDING, and vCPU 1's own run finds it off until the claim is published.
+        let mut f = fixture();
+        let h = create(&mut f, 3, 0);
+        let slot = (h & 0xFF) as usize;
+        f.hyp.vcpus[slot][1].power.store(power::CLAIMED, Ordering::Release);
+        f.hyp.vcpus[slot][1].on_entry.store(0x7000, Ordering::Release);
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        for (n, v) in [smccc::psci::PSCI_CPU_ON_64 as u64, 1, 0x5000, 7].into_iter().enumerate() {
+            f.call(0, H::VcpuSetReg, &[h, 0, reg::x(n as u64), v]).unwrap();
+        }
+        let rec = Recorder::default();
+        let wfi = || trap(0x01 << 26 | 1 << 25, 0);
+        *rec.exits.borrow_mut() = vec![hvc(), wfi()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]), "no CPU_ON exit");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([-5i64 as u64, 0, 0]));
+        assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Acquire), 0x7000, "the claimer's entry point stands");
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_AFFINITY_INFO_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0]).unwrap();
+        *rec.exits.borrow_mut() = vec![hvc(), wfi()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([2, 0, 0]), "AFFINITY_INFO: ON_PENDING");
+    }
+
+    #[test]
+    fn undecodable_mmio_kills_the_vm() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa), (kill::UNDECODABLE_MMIO, 0x0900_0000));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+    }
+
+    #[test]
+    fn system_off_and_reset_end_the_vm_for_every_vcpu() {
+        for (call, reason) in [(smccc::psci::PSCI_SYSTEM_OFF, exit::SYSTEM_OFF), (smccc::psci::PSCI_SYSTEM_RESET, exit::SYSTEM_RESET)] {
+            for flags in [0, vm_flags::PROTECTED] {
+                let mut f = fixture();
+                let h = create(&mut f, 2, flags);
+                f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), call as u64]).unwrap();
+                let rec = Recorder::default();
+                *rec.exits.borrow_mut() = vec![hvc()];
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([reason as u64, 0, 0]));
+                // Never resumed: not the caller, not its sibling (which would run the script).
+                let rec = Recorder::default();
+                *rec.exits.borrow_mut() = vec![hvc(), hvc()];
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable), "{reason}");
+                assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 1, 0]), Err(HypError::NotRunnable), "{reason}");
+                assert!(!rec.log.borrow().contains(&"run"));
+                f.call(0, H::VmDestroy, &[h]).unwrap();
+            }
+        }
+    }
+}

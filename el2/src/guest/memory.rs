@@ -1,0 +1,345 @@
+//! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
+//! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
+
+use crate::hw::{Hw, Tlb};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::hyp::Hyp;
+use crate::mem::pgtable::TableMemory;
+use crate::mem::protect::GuestPage;
+use crate::mem::Region;
+use arrayvec::ArrayVec;
+use shared_abi::{HypError, HypResult};
+
+/// Pages a set/way clean collects per hold of the memory lock (`clean_vm_to_poc`).
+pub const SET_WAY_BATCH: usize = 64;
+
+/// Cleans and invalidates to the PoC every page of VM `handle` that its stage 2 maps (a
+/// guest's set/way maintenance, without FWB), for the vCPU whose claim the caller holds.
+///
+/// The memory lock is held only to find the next [`SET_WAY_BATCH`] mapped pages, not for
+/// the cleaning: a guest repeating set/way operations must not keep every other VM's
+/// hypercalls and faults waiting for a whole-VM clean. Cleaning outside the lock is sound
+/// because the pages found cannot change hands meanwhile: a VM's pages go back only at
+/// `VM_DESTROY`, which cannot run while the caller's vCPU is claimed (each CPU's fixmap
+/// slot is its own). A page mapped after its batch was collected is mapped by
+/// `map_guest_page`, which cleans it itself.
+pub(crate) fn clean_vm_to_poc<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &impl Hw) {
+    // (region index, page index) where the next batch starts.
+    let mut cursor = (0usize, 0u64);
+    loop {
+        let mut batch = ArrayVec::<PhysAddr, SET_WAY_BATCH>::new();
+        {
+            let mem = hyp.mem.lock();
+            let Ok((_, vm)) = mem.vms.lookup(handle) else { return };
+            'collect: while let Some(r) = vm.mem.regions().get(cursor.0) {
+                while cursor.1 < r.pages {
+                    if batch.is_full() {
+                        break 'collect;
+                    }
+                    let p = cursor.1;
+                    cursor.1 += 1;
+                    if vm.mem.s2().lookup(mem.tables(), r.ipa + p * PAGE_SIZE).is_some() {
+                        batch.push(PhysAddr(r.pa.0 + p * PAGE_SIZE));
+                    }
+                }
+                cursor = (cursor.0 + 1, 0);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        for pa in batch {
+            arch.clean_inval_poc(pa);
+        }
+    }
+}
+
+/// `VM_ADD_MEMORY`.
+pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
+    if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
+        return Err(HypError::NotAligned);
+    }
+    let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
+    let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
+    ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
+    if !hyp.platform.ram.contains_range(&phys) {
+        return Err(HypError::OutOfRange);
+    }
+    let region = Region { ipa, pa: PhysAddr(pa), pages };
+    hyp.mem.lock().host_give_guest(handle, region, hyp.platform.untagged, m)?;
+    Ok([0; 3])
+}
+
+/// Maps the guest page holding `ipa` if it is guest memory.
+pub(crate) fn map_guest_page<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
+    hyp.mem.lock().guest_map_on_fault(handle, ipa, hyp.platform.untagged, hyp.host_reserve, hw)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::mem::owner::Component;
+    use crate::guest::vm::tests::*;
+    use super::*;
+
+    /// The maintenance log of a protected VM's life: donation, two first accesses (one page
+    /// touched twice), destroy.
+    fn cache_maintenance_log(f: &mut Fixture, flags: u64) -> [Vec<&'static str>; 3] {
+        let h = create(f, 1, vm_flags::PROTECTED | flags);
+        let add = Recorder::default();
+        f.call_with(&add, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 2]).unwrap();
+        let run = Recorder::default();
+        *run.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), dabt_translation(0x4000_1008), hvc()];
+        f.call_with(&run, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let destroy = Recorder::default();
+        f.call_with(&destroy, 0, H::VmDestroy, &[h]).unwrap();
+        let mem = |r: Recorder| r.log.take().into_iter().filter(|s| !["load", "put", "run", "flush_guest_local"].contains(s)).collect();
+        [mem(add), mem(run), mem(destroy)]
+    }
+
+    #[test]
+    fn protected_memory_is_donated_and_scrubbed_back() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.ram.0[GUEST * 4096] = 0xAB; // "image" data the host loaded
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 4]).unwrap();
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.own().state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::NoAccess));
+            assert_eq!(mem.own().state(PhysAddr(f.page(GUEST + 3)), Component::Guest(0)), Some(PageState::Owned));
+        }
+        assert_eq!(f.ram.0[GUEST * 4096], 0xAB, "donation keeps the data");
+        // The same pages again, to this VM or another: refused.
+        let h2 = create(&mut f, 1, vm_flags::PROTECTED);
+        assert_eq!(f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 2), 0x8000_0000, 1]), Err(HypError::NotOwned));
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 4), 0x8000_2000, 1]), Err(HypError::InvalidArgument), "IPA overlap");
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
+        assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
+    }
+
+    #[test]
+    fn a_page_given_back_is_mapped_again_inside_a_split_block() {
+        let mut f = fixture();
+        let chunk = f.page(0);
+        let donated = f.page(GUEST);
+        // The host uses its first 2 MiB: one block.
+        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::mem::protect::HostFault::Retry);
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.host_s2().lookup(mem.tables(), chunk).map(|l| l.level), Some(2));
+        }
+        // One page of it goes to a protected VM: the block goes.
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, donated, 0x8000_0000, 1]).unwrap();
+        // The host uses the rest of the chunk: EL2 maps it page by page (a level-3 table).
+        for p in [0, GUEST - 1, GUEST + 1, 511] {
+            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::mem::protect::HostFault::Retry, "page {p}");
+        }
+        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::mem::protect::HostFault::Inject, "the guest's now");
+        // The VM goes; its page comes back, and the host's next touch maps it again.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let rec = Recorder::default();
+        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::mem::protect::HostFault::Retry);
+        assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
+        let mem = f.hyp.mem.lock();
+        let leaf = mem.host_s2().lookup(mem.tables(), donated).expect("the returned page is mapped");
+        assert_eq!((leaf.level, leaf.pa_base), (3, PhysAddr(donated)));
+    }
+
+    #[test]
+    fn without_fwb_pages_are_cleaned_to_poc_on_first_map_and_after_scrubbing() {
+        let mut f = fixture(); // the fixture's CPU has no FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        // Donation: nobody can touch the pages until the guest's first access, which cleans.
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["clean_inval_poc", "guest_s2_mapped", "clean_inval_poc", "guest_s2_mapped"], "once per page, before it is mapped");
+        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
+        // MTE: the tags are cleared first, then the page (tags included) is cleaned.
+        let [_, run, _] = cache_maintenance_log(&mut f, vm_flags::MTE);
+        assert_eq!(&run[..3], ["clear_tags", "clean_inval_poc", "guest_s2_mapped"]);
+    }
+
+    #[test]
+    fn with_fwb_guest_ram_is_forced_write_back_and_only_scrubbed_pages_are_cleaned() {
+        let mut f = fixture();
+        f.hyp.cpus.lock().view_mut()[idreg::idx(7, 2)] |= 1 << 40; // every CPU has FEAT_S2FWB
+        let [add, run, destroy] = cache_maintenance_log(&mut f, 0);
+        assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
+        assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
+        // The host's stage 2 is not FWB (the host chooses its own cacheability): scrubbed
+        // pages are cleaned all the same.
+        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
+        // The stage 2 uses the FWB encoding (MemAttr 0b0110, forced Write-Back), and the VM
+        // runs with HCR_EL2.FWB; the guest is not told about FWB.
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        let mem = f.hyp.mem.lock();
+        let vm = mem.vms.lookup(h).unwrap().1;
+        assert!(vm.fwb);
+        assert_eq!((vm.mem.s2().lookup(mem.tables(), 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
+        assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
+    }
+
+    #[test]
+    fn add_memory_rejects_bad_ranges() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let g = f.page(GUEST);
+        let el2 = f.hyp.hyp_region.start.0;
+        let cases: [([u64; 4], HypError); 9] = [
+            ([h, g + 1, 0, 1], HypError::NotAligned),
+            ([h, g, 0x10, 1], HypError::NotAligned),
+            ([h, g, 0, 0], HypError::OutOfRange),
+            ([h, g, 0, u64::MAX / 4096 + 1], HypError::OutOfRange),
+            ([h, g, 1 << 36, 1], HypError::OutOfRange),
+            ([h, g, (1 << 36) - 4096, 2], HypError::OutOfRange),
+            ([h, g - 4096 * 64, 0, 1], HypError::OutOfRange),
+            ([h, el2, 0, 1], HypError::NotOwned),
+            ([h + 1, g, 0, 1], HypError::InvalidHandle),
+        ];
+        for (args, err) in cases {
+            assert_eq!(f.call(0, H::VmAddMemory, &args), Err(err), "{args:x?}");
+        }
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.mem.regions().is_empty());
+    }
+
+    #[test]
+    fn mte_vms_get_clean_tags_once_and_never_untagged_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::MTE | vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_0000), dabt_translation(0x4000_1000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "clear_tags").count(), 2, "one clear per page");
+        assert!(f.hyp.mem.lock().own().entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        // Destroy and give the same pages to a new MTE VM: a change of ownership, clean again.
+        // A protected MTE VM's pages are scrubbed with their tags (DC GZVA: all have storage).
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert!(!rec.log.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
+        assert!(!f.hyp.mem.lock().own().entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
+        // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
+        let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
+        f.hyp.platform.untagged = untagged;
+        let h = create(&mut f, 1, vm_flags::MTE);
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 3), 0x4000_3000, 1]), Err(HypError::InvalidArgument));
+        assert!(f.hyp.mem.lock().vms.lookup(h).unwrap().1.mem.regions().is_empty(), "nothing given");
+        // ...and should it get there anyway (here: the platform description changes under a
+        // VM that has it), the VM is stopped at the first touch, naming IPA and PA.
+        f.hyp.platform.untagged = None;
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.hyp.platform.untagged = untagged;
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_3008)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa, e.args[0]), (kill::UNTAGGED_MEMORY, 0x4000_3008, f.page(GUEST + 3)));
+        // A VM without MTE may use that memory.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_3008), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert!(!rec.log.borrow().contains(&"clear_tags"), "no tag work for a VM without MTE");
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        // Scrubbing memory without tag storage never uses tag operations (DC GZVA).
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1, "only the untagged page");
+    }
+
+    #[test]
+    fn guest_ram_that_cannot_be_mapped_is_never_an_mmio_exit() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        leave_only_the_host_reserve(&mut f);
+        let rec = Recorder::default();
+        // A store with a valid syndrome (ISV set) to guest RAM: must not become MMIO.
+        *rec.exits.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        let e = exit_record(&f);
+        assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn an_mte_page_that_cannot_be_mapped_is_not_marked_tags_clean() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        leave_only_the_host_reserve(&mut f);
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_1000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert!(!rec.log.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
+    }
+
+    #[test]
+    fn a_protected_vm_that_ran_gets_no_more_memory() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 1]), Err(HypError::Denied));
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.vms.lookup(h).unwrap().1.mem.regions().len(), 1, "nothing added");
+            assert_eq!(mem.own().state(PhysAddr(f.page(GUEST + 1)), Component::Host), Some(PageState::Owned), "still the host's");
+        }
+        // A non-protected VM shares memory with the host: it may still grow after running.
+        let h2 = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]).unwrap();
+        f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 1), 0x4000_1000, 1]).unwrap();
+    }
+
+    #[test]
+    fn memory_protection_is_on_while_protected_vms_exist() {
+        let mut f = fixture();
+        let mem_protect = |f: &Fixture, enable: u32| {
+            let rec = Recorder::default();
+            let r = crate::host::psci::host_mem_protect(&f.hyp.mem, enable, &rec);
+            let forwarded = rec.log.borrow().iter().any(|s| s.starts_with("mem_protect"));
+            (r, forwarded)
+        };
+        assert_eq!(mem_protect(&f, 0), (-1, true), "no protected VM: the host's call reaches firmware");
+        // A non-protected VM changes nothing; the first protected one turns protection on.
+        let rec = Recorder::default();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let plain = create(&mut f, 1, 0);
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] }.as_bytes());
+        let p1 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert_eq!(*rec.log.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
+        let rec = Recorder::default();
+        let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+        assert!(rec.log.borrow().is_empty(), "already on");
+        // While protected VMs exist the host may not turn it off; enabling again is harmless.
+        assert_eq!(mem_protect(&f, 0), (crate::host::psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 5), (crate::host::psci::DENIED, false));
+        assert_eq!(mem_protect(&f, 1), (-1, true));
+        f.call(0, H::VmDestroy, &[p1]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (crate::host::psci::DENIED, false), "one protected VM left");
+        f.call(0, H::VmDestroy, &[p2]).unwrap();
+        assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
+        f.call(0, H::VmDestroy, &[plain]).unwrap();
+    }
+}

@@ -1,0 +1,29 @@
+//! Guests: VMs and their vCPUs, and everything EL2 does for a guest while it runs.
+//!
+//! - `vm`: the VM table, vCPU slots and claims, `VM_CREATE` and `VM_DESTROY`;
+//! - `vcpu`: a vCPU's saved context and the KVM register IDs;
+//! - `memory`: `VM_ADD_MEMORY`, first-touch mapping, what destroy does with memory;
+//! - `regs`: host access to registers; `irq`: list registers and statistics;
+//! - `exit`: `VCPU_RUN`, the run loop and exit handling;
+//! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface;
+//! - `psci`: PSCI and SMCCC for guests; `timer`: the guest timers.
+
+pub mod exit;
+pub mod irq;
+pub mod memory;
+pub mod psci;
+pub mod regs;
+pub mod sysreg;
+pub mod timer;
+pub mod vcpu;
+pub mod vgic;
+pub mod vm;
+
+/// Most VMs alive at once.
+pub const MAX_VMS: usize = 16;
+/// Most vCPUs per VM.
+pub const MAX_VCPUS: usize = 8;
+/// Smallest guest IPA size.
+pub const MIN_IPA_BITS: u32 = 32;
+/// Largest guest IPA size.
+pub const MAX_IPA_BITS: u32 = 40;

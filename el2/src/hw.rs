@@ -1,0 +1,180 @@
+//! The hardware seam: what portable EL2 code asks of the CPU, split by job. The arch layer
+//! implements every trait for `arch::Cpu`; host tests implement them with
+//! `testing::Recorder`, which records what was asked, so maintenance *sequences* are tested
+//! where QEMU would hide them.
+//!
+//! | trait | job |
+//! |---|---|
+//! | [`WorldSwitch`] | load a vCPU, run it, put it back; lazy FP/SIMD and pointer-auth keys |
+//! | [`Tlb`] | barriers and TLB maintenance after page-table edits |
+//! | [`CacheOps`] | scrubbing, tag clearing and cleaning pages to the PoC |
+//! | [`Firmware`] | calls to the firmware below EL2 |
+//! | [`HostCpu`] | the host's exception registers at a trap |
+//! | [`Clock`] | the physical count |
+
+use crate::guest::timer::PTimer;
+use crate::guest::vcpu::VcpuCtx;
+use crate::mem::addr::PhysAddr;
+
+/// Barriers and TLB maintenance after page-table edits. Each method documents what it must
+/// order.
+pub trait Tlb {
+    /// New valid entries in EL2's stage 1: make them visible to this CPU's walker before EL2
+    /// touches the memory (`DSB ISHST; ISB`).
+    fn hyp_s1_mapped(&self);
+    /// New valid entries in the host stage 2: visible before the host retries (`DSB ISHST`;
+    /// the `ERET` back to the host is context synchronising).
+    fn host_s2_mapped(&self);
+    /// Entries removed from the host stage 2: `DSB ISHST`, then every stage-1 and stage-2
+    /// entry of the host's VMID invalidated on all CPUs (`TLBI VMALLS12E1IS`), `DSB ISH`, so
+    /// no CPU keeps a stale translation. (A by-IPA invalidation would be cheaper; the whole
+    /// VMID is the simple, always-correct choice for the rare donation.)
+    fn host_s2_unmapped(&self);
+    /// New valid entries in a guest stage 2: `DSB ISHST` (the entry to the guest synchronises).
+    fn guest_s2_mapped(&self);
+    /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
+    fn flush_guest_tlb(&self, vttbr: u64);
+    /// While loaded, before the first entry: invalidates the loaded guest's TLB entries (its
+    /// VMID, stage 1 and 2) and the instruction cache on *this CPU only*, so nothing a local
+    /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see
+    /// [`LocalTlbRecord`]).
+    fn flush_guest_local(&self);
+}
+
+/// Cache maintenance on pages that change hands.
+pub trait CacheOps {
+    /// Zeroes the page at `pa` (EL2 reaches it through a temporary mapping), and its
+    /// allocation tags if `tagged`: the CPU has FEAT_MTE2 *and* the page has tag storage. Tag
+    /// operations (`DC GZVA`) are never used on memory without tag storage. Then cleans and
+    /// invalidates it to the PoC through the same mapping: the zeroes may sit in dirty lines
+    /// over the guest's data in DRAM, and the host stage 2 is not FWB, so a host mapping the
+    /// page Non-cacheable would read DRAM (the same as [`Self::clean_inval_poc`], without a
+    /// second temporary mapping and its broadcast TLBI).
+    fn scrub_page(&self, pa: PhysAddr, tagged: bool);
+    /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
+    fn clear_tags(&self, pa: PhysAddr);
+    /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
+    /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
+    /// a line of it, so a non-cacheable view of the page and a cacheable one agree.
+    fn clean_inval_poc(&self, pa: PhysAddr);
+}
+
+/// The firmware below EL2.
+pub trait Firmware {
+    /// PSCI `CPU_ON` of the CPU with platform `MPIDR` `mpidr` and platform index `cpu`, started
+    /// at EL2's own secondary entry point (which finds its host entry by `cpu`): firmware's
+    /// answer for the host's `x0`.
+    fn cpu_on(&self, mpidr: u64, cpu: usize) -> u64;
+    /// Passes the host's SMC in `x[0..=17]` to firmware unchanged; its results replace them.
+    fn forward(&self, x: &mut [u64; 31]);
+    /// PSCI `MEM_PROTECT(enable)`: firmware's answer (the previous state, 0 or 1, or a
+    /// negative PSCI error such as `NOT_SUPPORTED`).
+    fn mem_protect(&self, enable: u32) -> i64;
+}
+
+
+/// The host's registers EL2 reads and writes at a host trap, beyond its GPRs and return state.
+pub trait HostCpu {
+    /// `FAR_EL2` and `HPFAR_EL2` of the trap being handled.
+    fn fault_addresses(&self) -> (u64, u64);
+    /// The host's `VBAR_EL1`.
+    fn vbar_el1(&self) -> u64;
+    /// Writes the host's `ESR_EL1`, `FAR_EL1`, `ELR_EL1` and `SPSR_EL1` for an exception EL2
+    /// injects.
+    fn write_el1_exception(&self, esr: u64, far: u64, elr: u64, spsr: u64);
+}
+
+/// The system counter.
+pub trait Clock {
+    /// The physical count (`CNTPCT_EL0`), for the emulated physical timer and `CNTVOFF_EL2`.
+    fn counter(&self) -> u64;
+}
+
+/// Everything at once: what a hypercall handler that reaches several jobs takes.
+pub trait Hw: WorldSwitch + Tlb + CacheOps + Firmware + Clock {}
+impl<T: WorldSwitch + Tlb + CacheOps + Firmware + Clock> Hw for T {}
+
+/// How a guest entry ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    /// A synchronous exception (see `esr`).
+    Sync,
+    /// A physical IRQ or FIQ.
+    Irq,
+    /// A physical SError.
+    SError,
+}
+
+/// The syndrome of a guest exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestTrap {
+    /// What happened.
+    pub kind: TrapKind,
+    /// `ESR_EL2`.
+    pub esr: u64,
+    /// `FAR_EL2`.
+    pub far: u64,
+    /// `HPFAR_EL2`.
+    pub hpfar: u64,
+}
+
+/// What the run loop needs to run a VM.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestConfig {
+    /// `VTTBR_EL2`: stage-2 root and VMID.
+    pub vttbr: u64,
+    /// Stage-2 root level.
+    pub start_level: u8,
+    /// Guest IPA size.
+    pub ipa_bits: u8,
+    /// `VMPIDR_EL2`.
+    pub vmpidr: u64,
+    /// Leave the PMU untrapped ([`vm_flags::HOST_PMU`]).
+    pub host_pmu: bool,
+    /// Load the guest's pointer-authentication keys now (and leave them untrapped).
+    pub pauth_now: bool,
+    /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
+    pub mte: bool,
+    /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
+    pub fwb: bool,
+    /// A protected VM: the host's PMU must not count it (see `controls::guest_controls`).
+    pub protected: bool,
+    /// `CNTVOFF_EL2` for the run (the VM's); the host runs with 0.
+    pub cntvoff: u64,
+}
+
+/// The world switch: moving a vCPU onto this CPU and off it.
+///
+/// A `VCPU_RUN` *loads* the vCPU once (host EL1 state out, guest traps, stage 2 and EL1 state
+/// in), *runs* it as often as EL2 handles its exits by itself (only GPRs, PC and PSTATE move),
+/// and *puts* it back once, when returning to the host. Between `load` and `put` the guest's
+/// EL1 system registers live in the CPU, not in `ctx.sys`.
+pub trait WorldSwitch {
+    /// What `load` saved of the host, for `put`.
+    type Saved;
+    /// Saves the host's EL1 state and EL2 configuration; installs the guest's.
+    fn load(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> Self::Saved;
+    /// Enters the loaded guest and returns at its next exit.
+    fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap;
+    /// Saves the guest's EL1 state into `ctx` and restores the host's.
+    fn put(&self, ctx: &mut VcpuCtx, saved: Self::Saved);
+    /// The guest's first pointer-authentication use in this run (lazy policy): stop trapping
+    /// it (`HCR_EL2.API/APK`), save the host's keys in `saved` and load the guest's from
+    /// `ctx`; `put` swaps them back. `false` if already loaded.
+    fn pauth_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
+    /// The guest's first FP/SIMD use in this run (its access trapped): stop trapping FP/SIMD,
+    /// save the host's FP/SIMD registers in `saved` and load the guest's from `ctx`; `put`
+    /// swaps them back. `false` if they are already loaded (the trap is then not ours to fix).
+    fn fp_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
+    /// While loaded: copies the guest's live EL1 system registers into `ctx`.
+    fn el1_to_ctx(&self, ctx: &mut VcpuCtx);
+    /// While loaded: writes `ctx`'s EL1 system registers back to the CPU.
+    fn el1_from_ctx(&self, ctx: &VcpuCtx);
+    /// While loaded: backs the guest's emulated EL1 physical timer `t` with EL2's own
+    /// physical timer (`CNTHP_CVAL_EL2`, `CNTHP_CTL_EL2`), so its deadline ends the run (the
+    /// physical PPI 26 is routed to EL2 like any interrupt while a guest runs) and the host
+    /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
+    /// context, `put` disables it.
+    fn ptimer_backing(&self, t: &PTimer);
+}
+

@@ -1,0 +1,346 @@
+//! Every change of page ownership and page tables, as named transitions.
+//!
+//! Each transition runs under the memory lock (the caller holds [`MemState`] mutably), checks
+//! every page it will touch, and only then commits: the ownership record, the stage-2 or
+//! stage-1 tables, and the TLB or cache maintenance that makes the change safe. A failure
+//! after the checks would be an EL2 bug, never an error the host sees.
+//!
+//! | transition | ownership | tables |
+//! |---|---|---|
+//! | [`MemState::host_share_hyp`] | host owned → host shared-owned, EL2 shared-borrowed | EL2 stage 1 map |
+//! | [`MemState::host_donate_guest`] | host owned → guest owned | host stage 2 unmap (TLBI) |
+//! | [`MemState::host_share_guest`] | host owned → host shared-owned, guest shared-borrowed | — |
+//! | [`MemState::guest_map_on_fault`] | (tags cleared once per change of hands) | guest stage 2 map |
+//! | [`MemState::guest_reclaim_scrub`] | guest owned → scrubbed → host owned; shares undone | guest stage 2 freed (TLBI) |
+//! | [`MemState::host_map_on_fault`] | — | host stage 2 map (largest allowed block) |
+
+use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use super::owner::{Component, OwnError, PageState};
+use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, PtError, TableMemory};
+use super::{GuestMemory, MemState, Region};
+use crate::guest::vm::Vm;
+use crate::host::gicr;
+use crate::hw::{CacheOps, Tlb};
+use arrayvec::ArrayVec;
+use shared_abi::HypError;
+
+const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
+const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
+const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+
+/// Converts an ownership error to the ABI error (every ownership change is in this module).
+fn own_err(e: OwnError) -> HypError {
+    match e {
+        OwnError::BadRange => HypError::OutOfRange,
+        OwnError::WrongState(_) | OwnError::SameComponent => HypError::NotOwned,
+    }
+}
+
+/// Converts a table error to the ABI error.
+fn pt_err(e: PtError) -> HypError {
+    match e {
+        PtError::NoMemory => HypError::NoMemory,
+        PtError::BadRange | PtError::BadGeometry => HypError::OutOfRange,
+        PtError::AlreadyMapped | PtError::BadAttrs => HypError::NotOwned,
+    }
+}
+
+/// Outcome of [`MemState::guest_map_on_fault`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestPage {
+    /// The page is guest RAM and mapped (now or before).
+    Mapped,
+    /// The page is guest RAM but EL2 has no table page left for it.
+    NoMemory,
+    /// An MTE VM's page without allocation-tag storage behind it.
+    Untagged(PhysAddr),
+    /// Not guest RAM.
+    NotRam,
+}
+
+/// What happened to a host stage-2 fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFault {
+    /// A mapping now exists (made now, or by another CPU): retry the access.
+    Retry,
+    /// The host may not access this address: inject an abort.
+    Inject,
+    /// A guarded redistributor page, never mapped: EL2 performs a valid data access itself
+    /// ([`crate::host::gicr::emulate`]) and injects an abort for anything else.
+    Emulate,
+}
+
+/// Decides how to map a host access to `ipa` that hit no stage-2 entry: the largest block
+/// (1 GiB, 2 MiB or 4 KiB) around it that the host may access with a single memory type.
+///
+/// RAM is mapped only where the ownership record gives the host access, and never in a block
+/// that contains a page it may not access; everything outside RAM inside the host's IPA space
+/// is device space, mapped only in blocks that touch neither RAM nor a guarded page of the
+/// redistributor region `gicr` (a guarded page itself is never mapped). `None`: inject an
+/// abort (or, on a guarded page, emulate).
+pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &super::owner::Ownership<'_>, gicr: Option<&PhysRange>) -> Option<(u64, u64, Attrs)> {
+    if ipa >> ipa_bits != 0 {
+        return None;
+    }
+    let ram = own.ram();
+    if ram.contains(PhysAddr(ipa)) {
+        if !own.can_access(PhysAddr(ipa), Component::Host) {
+            return None;
+        }
+        let size = level_size(2);
+        let base = ipa & !(size - 1);
+        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
+        if ram.contains_range(&block) && own.can_access_all(block, Component::Host) {
+            return Some((base, size, HOST_RAM));
+        }
+        return Some((ipa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_RAM));
+    }
+    for level in 1..=3 {
+        let size = level_size(level);
+        let base = ipa & !(size - 1);
+        let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
+        let guarded = gicr.is_some_and(|g| gicr::overlaps_guarded(g, &block));
+        if !block.overlaps(&ram) && !guarded && block.end.0 <= 1 << ipa_bits {
+            return Some((base, size, HOST_DEVICE));
+        }
+    }
+    None
+}
+
+impl<T: TableMemory> MemState<'_, T> {
+    /// **Host share with hyp** (a message page): the host keeps the page, EL2 maps it in its
+    /// stage 1 and may read and write it from now on.
+    ///
+    /// # Errors
+    /// `NotOwned` unless the host owns `pa` outright; `NoMemory` if EL2's stage 1 needs a
+    /// table page and none is left.
+    pub fn host_share_hyp(&mut self, pa: PhysAddr, tlb: &impl Tlb) -> Result<(), HypError> {
+        let page = PhysRange::from_size(pa, PAGE_SIZE).ok_or(HypError::OutOfRange)?;
+        if self.own.state(pa, Component::Host) != Some(PageState::Owned) {
+            return Err(HypError::NotOwned);
+        }
+        // EL2 needs the page in its stage 1; this is the only step that can fail for lack of
+        // memory, so it comes before the commit (a stray intermediate table is harmless).
+        self.hyp_s1.map(&mut self.tables, pa.0, pa, PAGE_SIZE, HYP_SHARED, 3).map_err(pt_err)?;
+        tlb.hyp_s1_mapped();
+        // Commit. Checked above under the same lock, so this cannot fail.
+        self.own.share(page, Component::Host, Component::Hyp).map_err(own_err)
+    }
+
+    /// A new, empty guest stage 2 for `ipa_bits` of IPA (the FEAT_S2FWB format if `fwb`),
+    /// unless that would dip into the `reserve` of table pages kept for the host's stage 2.
+    ///
+    /// # Errors
+    /// `NoMemory`.
+    pub fn guest_memory_new(&mut self, fwb: bool, ipa_bits: u8, reserve: usize) -> Result<GuestMemory, HypError> {
+        if self.tables.free_pages() <= reserve {
+            return Err(HypError::NoMemory);
+        }
+        let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
+        let s2 = PageTable::new(&mut self.tables, format, ipa_bits).map_err(|_| HypError::NoMemory)?;
+        Ok(GuestMemory { s2, regions: ArrayVec::new() })
+    }
+
+    /// **Host donate to guest** (a protected VM) or **host share with guest** (any other):
+    /// `region` becomes memory of VM `handle` at its IPA. A donation takes every host mapping
+    /// of the pages away, on every CPU, before it returns. Guest mappings come at first touch
+    /// ([`Self::guest_map_on_fault`]).
+    ///
+    /// Checked in this order: the VM (`InvalidHandle`), a protected VM that has run
+    /// (`Denied`: sealed), the IPA range (`OutOfRange`), overlap with its regions
+    /// (`InvalidArgument`), room for a region (`NoCapacity`), an MTE VM given pages in
+    /// `untagged` (`InvalidArgument`), the host owning every page (`NotOwned`).
+    pub fn host_give_guest(&mut self, handle: u64, region: Region, untagged: Option<PhysRange>, tlb: &impl Tlb) -> Result<(), HypError> {
+        let (_, vm) = self.vms.lookup_mut(handle)?;
+        let phys = region.phys();
+        if vm.protected && vm.ran {
+            // A protected VM is sealed once it has run: the host may not change what the
+            // guest's memory is (checked under the lock `VCPU_RUN` sets `ran` under).
+            return Err(HypError::Denied);
+        }
+        let ipa_end = region.ipa.checked_add(region.size()).ok_or(HypError::OutOfRange)?;
+        if ipa_end > 1u64 << vm.mem.s2.ia_bits() {
+            return Err(HypError::OutOfRange);
+        }
+        if vm.mem.overlaps(region.ipa, region.size()) {
+            return Err(HypError::InvalidArgument);
+        }
+        if vm.mem.regions.is_full() {
+            return Err(HypError::NoCapacity);
+        }
+        if vm.mte && untagged.is_some_and(|u| u.overlaps(&phys)) {
+            // An MTE guest must never get Normal cacheable memory without tag storage: refused
+            // here, and (should it get there some other way) stopped at the first touch.
+            return Err(HypError::InvalidArgument);
+        }
+        let me = vm.component();
+        if vm.protected {
+            self.own.donate(phys, Component::Host, me).map_err(own_err)?;
+            // The host loses the pages: drop every host mapping of them, on every CPU.
+            if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, phys.start.0, phys.size()) {
+                tlb.host_s2_unmapped();
+            }
+        } else {
+            self.own.share(phys, Component::Host, me).map_err(own_err)?;
+        }
+        vm.mem.regions.push(region);
+        Ok(())
+    }
+
+    /// **Guest map on fault**: maps the page of VM `handle` holding `ipa` in its stage 2 if it
+    /// is guest memory, clearing an MTE VM's tags the first time the page is its own and, for
+    /// a VM without FWB, cleaning the page to the PoC. Keeps `reserve` table pages for the
+    /// host; refuses an MTE VM a page in `untagged`.
+    pub fn guest_map_on_fault(&mut self, handle: u64, ipa: u64, untagged: Option<PhysRange>, reserve: usize, hw: &(impl Tlb + CacheOps)) -> GuestPage {
+        let Ok((_, vm)) = self.vms.lookup_mut(handle) else { return GuestPage::NotRam };
+        let Some(pa) = vm.mem.translate(ipa) else { return GuestPage::NotRam };
+        if !self.own.can_access(pa, vm.component()) {
+            // Regions are only recorded after a successful donation or share: an EL2 bug.
+            log::error!("VM {handle:#x}: region page {pa:?} not the guest's");
+            return GuestPage::NoMemory;
+        }
+        let page = ipa & !(PAGE_SIZE - 1);
+        if vm.mem.s2.lookup(&self.tables, page).is_some() {
+            return GuestPage::Mapped;
+        }
+        if vm.mte && untagged.is_some_and(|u| u.contains(pa)) {
+            // An MTE guest may only get Normal cacheable memory that can hold tags.
+            return GuestPage::Untagged(pa);
+        }
+        // Up to 3 new tables; never dip into the host stage 2's reserve. Checked before the
+        // tags are cleared.
+        if self.tables.free_pages() < reserve + 3 {
+            return GuestPage::NoMemory;
+        }
+        // Only tags nobody else left: cleared once per change of ownership (the donated or
+        // shared data is the host's and is kept). Marked only once the mapping exists, so a
+        // *tags clean* mark is only ever on a page the VM has mapped.
+        let clear_mark = vm.mte && !self.own.entry(pa).is_some_and(|e| e.tags_clean());
+        if clear_mark {
+            hw.clear_tags(pa);
+        }
+        if !vm.fwb {
+            // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
+            // mapping): DRAM must hold what the host (or the tag clearing above) left in the
+            // caches, and no dirty line of the host's may later be written back over the
+            // guest's data. Once per page and VM: the mapping stays until destroy.
+            hw.clean_inval_poc(pa);
+        }
+        match vm.mem.s2.map(&mut self.tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
+            Ok(()) => {
+                if clear_mark {
+                    self.own.mark_tags_clean(pa);
+                }
+                hw.guest_s2_mapped();
+                GuestPage::Mapped
+            }
+            Err(_) => GuestPage::NoMemory,
+        }
+    }
+
+    /// **Guest reclaim with scrub** (`VM_DESTROY`'s memory part, after its checks): a
+    /// protected VM's pages are scrubbed (zeroed, their tags too where the page has tag
+    /// storage, i.e. is not in `untagged`, and cleaned to the PoC) and go back to the host; a
+    /// shared VM's are unshared; the stage 2 goes, with its TLB entries.
+    pub fn guest_reclaim_scrub(&mut self, vm: Vm, untagged: Option<PhysRange>, hw: &(impl Tlb + CacheOps)) {
+        let handle = vm.handle;
+        let me = vm.component();
+        for r in &vm.mem.regions {
+            if vm.protected {
+                for p in 0..r.pages {
+                    let pa = PhysAddr(r.pa.0 + p * PAGE_SIZE);
+                    // Zeroed and cleaned to the PoC, FWB or not (see `scrub_page`).
+                    hw.scrub_page(pa, !untagged.is_some_and(|u| u.contains(pa)));
+                }
+                if self.own.donate(r.phys(), me, Component::Host).is_err() {
+                    log::error!("VM {handle:#x}: region {r:?} not owned by the guest at destroy");
+                }
+            } else if self.own.unshare(r.phys(), Component::Host, me).is_err() {
+                log::error!("VM {handle:#x}: region {r:?} not shared at destroy");
+            }
+        }
+        hw.flush_guest_tlb(vm.mem.vttbr(vm.vmid));
+        vm.mem.s2.destroy(&mut self.tables);
+    }
+
+    /// **Host map on fault**: a host stage-2 *translation* fault on `ipa` outside the guarded
+    /// redistributor pages of `gicr`: maps the largest block [`host_fault_mapping`] allows.
+    pub fn host_map_on_fault(&mut self, ipa: u64, gicr: Option<&PhysRange>, tlb: &impl Tlb) -> HostFault {
+        if self.host_s2.lookup(&self.tables, ipa).is_some() {
+            return HostFault::Retry;
+        }
+        let Some((_, size, attrs)) = host_fault_mapping(ipa, self.host_s2.ia_bits(), &self.own, gicr) else {
+            return HostFault::Inject;
+        };
+        // A table may already sit where the block would go: left by an earlier split (a page
+        // of the block was given away, the rest mapped page by page, and the page came back).
+        // `map` never replaces a table, so map only as much as the table's entry covers; every
+        // aligned part of an allowed block is allowed too.
+        let level = (1..=3).find(|&l| level_size(l) == size).unwrap_or(3).max(self.host_s2.walk_level(&self.tables, ipa));
+        let size = level_size(level);
+        let base = ipa & !(size - 1);
+        match self.host_s2.map(&mut self.tables, base, PhysAddr(base), size, attrs, level) {
+            Ok(()) => {
+                tlb.host_s2_mapped();
+                HostFault::Retry
+            }
+            Err(e) => {
+                // The pool is sized for the worst case of a host identity map; running out is
+                // an EL2 bug or misconfiguration, not something the host can cause.
+                log::error!("host stage 2: cannot map {base:#x}+{size:#x}: {e:?}");
+                HostFault::Inject
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::owner::{Ownership, PageEntry};
+    use crate::testing::GICR;
+
+    #[test]
+    fn fault_policy_respects_ownership_and_ram_boundaries() {
+        let mut entries = vec![PageEntry::default(); 1024];
+        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
+        let mut own = Ownership::new(ram, &mut entries).unwrap();
+        // All host: 2 MiB blocks.
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_0000, 2 << 20, HOST_RAM)));
+        // One page in the first block donated away: that block is mapped page by page.
+        own.donate(PhysRange::from_size(PhysAddr(0x4010_0000), PAGE_SIZE).unwrap(), Component::Host, Component::Hyp).unwrap();
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own, None), None);
+        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own, None), Some((0x4020_0000, 2 << 20, HOST_RAM)));
+        // Device space: the GiB below RAM is one block; the GiB holding RAM uses smaller ones.
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, None), Some((0, 1 << 30, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own, None), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(1 << 40, 40, &own, None), None);
+    }
+
+    #[test]
+    fn no_host_block_covers_a_guarded_redistributor_page() {
+        let mut entries = vec![PageEntry::default(); 1024];
+        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
+        let own = Ownership::new(ram, &mut entries).unwrap();
+        let g = Some(&GICR);
+        // Blocks around the region: 2 MiB where no guarded page is, 4 KiB between guards.
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, g), Some((0x0900_0000, 2 << 20, HOST_DEVICE)), "the UART's 2 MiB");
+        assert_eq!(host_fault_mapping(0x0000_1000, 40, &own, g), Some((0, 2 << 20, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(0x0800_0000, 40, &own, g), Some((0x0800_0000, PAGE_SIZE, HOST_DEVICE)), "the distributor");
+        assert_eq!(host_fault_mapping(0x080B_0080, 40, &own, g), Some((0x080B_0000, PAGE_SIZE, HOST_DEVICE)), "SGI_base");
+        assert_eq!(host_fault_mapping(0x080A_1000, 40, &own, g), Some((0x080A_1000, PAGE_SIZE, HOST_DEVICE)));
+        // The guarded pages themselves: never.
+        for pa in [0x080A_0000, 0x080A_0FFC, 0x080C_0070, 0x08FE_0000] {
+            assert_eq!(host_fault_mapping(pa, 40, &own, g), None, "{pa:#x}");
+        }
+        // Whatever is asked, a mapping never covers a guarded page.
+        for ipa in (0..0x1000_0000u64).step_by(0x1_0000).chain((0x0800_0000..0x0920_0000).step_by(0x1000)) {
+            if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, g) {
+                let block = PhysRange::from_size(PhysAddr(base), size).unwrap();
+                assert!(!crate::host::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
+            }
+        }
+    }
+}

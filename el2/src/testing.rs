@@ -1,0 +1,219 @@
+//! The host-test fixture: EL2 built over a RAM buffer, and a recorder standing in for the
+//! hardware seam ([`crate::hw`]). Compiled only for tests.
+#![cfg(test)]
+
+use crate::cpu::features::CpuId;
+use crate::guest::timer::PTimer;
+use crate::guest::vcpu::VcpuCtx;
+use crate::hw::{CacheOps, Clock, Firmware, GuestConfig, GuestTrap, HostCpu, Tlb, WorldSwitch};
+use crate::hyp::{Hyp, HypParts};
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::mem::owner::{Ownership, PageEntry};
+use crate::mem::pgtable::test_mem::FakeMemory;
+use crate::mem::pgtable::{Format, PageTable};
+use crate::platform::Platform;
+use arrayvec::ArrayVec;
+use core::cell::{Cell, RefCell};
+use core::sync::atomic::AtomicU64;
+use shared_abi::{HypResult, HypercallId};
+use std::boxed::Box;
+use std::vec;
+use std::vec::Vec;
+
+/// Records what EL2 asked of the hardware, and plays a script of guest exits for `run`.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    /// Every hardware call, in order (by name).
+    pub log: RefCell<Vec<&'static str>>,
+    /// The guest exits `run` returns, in order; running past the end fails the test.
+    pub exits: RefCell<Vec<GuestTrap>>,
+    /// The PC of each guest entry.
+    pub entry_pcs: RefCell<Vec<u64>>,
+    /// The PSTATE each exit leaves, while the list lasts.
+    pub pstates: RefCell<Vec<u64>>,
+    /// What `counter` answers (tests set it).
+    pub counter: Cell<u64>,
+    /// Firmware `CPU_ON` calls: (MPIDR, CPU index).
+    pub cpu_ons: RefCell<Vec<(u64, usize)>>,
+    /// `FAR_EL2` and `HPFAR_EL2` of a host trap (tests set them).
+    pub fault: RefCell<(u64, u64)>,
+    /// The host's `VBAR_EL1` (tests set it).
+    pub vbar: u64,
+    /// The last exception injected into the host: `ESR_EL1`, `FAR_EL1`, `ELR_EL1`, `SPSR_EL1`.
+    pub el1_exceptions: RefCell<Vec<u64>>,
+}
+
+impl Recorder {
+    fn note(&self, what: &'static str) {
+        self.log.borrow_mut().push(what);
+    }
+}
+
+impl WorldSwitch for Recorder {
+    type Saved = ();
+    fn load(&self, _: &VcpuCtx, _: &GuestConfig) {
+        self.note("load");
+    }
+    fn put(&self, _: &mut VcpuCtx, _: ()) {
+        self.note("put");
+    }
+    fn el1_to_ctx(&self, _: &mut VcpuCtx) {}
+    fn pauth_load(&self, _: &VcpuCtx, _: &mut ()) -> bool {
+        let first = !self.log.borrow().contains(&"pauth_load");
+        self.note("pauth_load");
+        first
+    }
+    fn fp_load(&self, _: &VcpuCtx, _: &mut ()) -> bool {
+        let first = !self.log.borrow().contains(&"fp_load");
+        self.note("fp_load");
+        first
+    }
+    fn el1_from_ctx(&self, _: &VcpuCtx) {}
+    fn run(&self, ctx: &mut VcpuCtx) -> GuestTrap {
+        self.note("run");
+        self.entry_pcs.borrow_mut().push(ctx.pc);
+        let mut script = self.exits.borrow_mut();
+        assert!(!script.is_empty(), "guest ran past the end of its script");
+        let mut pstates = self.pstates.borrow_mut();
+        if !pstates.is_empty() {
+            ctx.pstate = pstates.remove(0);
+        }
+        script.remove(0)
+    }
+    fn ptimer_backing(&self, t: &PTimer) {
+        self.note(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
+    }
+}
+
+impl Tlb for Recorder {
+    fn hyp_s1_mapped(&self) {
+        self.note("hyp_s1_mapped");
+    }
+    fn host_s2_mapped(&self) {
+        self.note("host_s2_mapped");
+    }
+    fn host_s2_unmapped(&self) {
+        self.note("host_s2_unmapped");
+    }
+    fn guest_s2_mapped(&self) {
+        self.note("guest_s2_mapped");
+    }
+    fn flush_guest_tlb(&self, _: u64) {
+        self.note("flush_guest_tlb");
+    }
+    fn flush_guest_local(&self) {
+        self.note("flush_guest_local");
+    }
+}
+
+impl CacheOps for Recorder {
+    fn clean_inval_poc(&self, _: PhysAddr) {
+        self.note("clean_inval_poc");
+    }
+    fn clear_tags(&self, _: PhysAddr) {
+        self.note("clear_tags");
+    }
+    fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
+        if !tagged {
+            self.note("scrub_page_untagged");
+        }
+        // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
+        unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
+        self.note("scrub_page");
+    }
+}
+
+impl Firmware for Recorder {
+    fn cpu_on(&self, mpidr: u64, cpu: usize) -> u64 {
+        self.cpu_ons.borrow_mut().push((mpidr, cpu));
+        0
+    }
+    fn forward(&self, _: &mut [u64; 31]) {
+        self.note("forward");
+    }
+    fn mem_protect(&self, enable: u32) -> i64 {
+        self.note(if enable == 1 { "mem_protect_on" } else { "mem_protect_other" });
+        -1 // like QEMU's PSCI: NOT_SUPPORTED
+    }
+}
+
+impl HostCpu for Recorder {
+    fn fault_addresses(&self) -> (u64, u64) {
+        *self.fault.borrow()
+    }
+    fn vbar_el1(&self) -> u64 {
+        self.vbar
+    }
+    fn write_el1_exception(&self, esr: u64, far: u64, elr: u64, spsr: u64) {
+        *self.el1_exceptions.borrow_mut() = vec![esr, far, elr, spsr];
+    }
+}
+
+impl Clock for Recorder {
+    fn counter(&self) -> u64 {
+        self.counter.get()
+    }
+}
+
+/// Test RAM: a real buffer, so message pages can be read and written; 2 MiB aligned, so
+/// its first 2 MiB are one host stage-2 block.
+#[repr(C, align(0x200000))]
+pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
+pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
+pub(crate) const HYP_PAGES: u64 = 16;
+/// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
+pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
+/// QEMU `virt`'s redistributor region (room for 123; the fixture has 2 CPUs).
+pub(crate) const GICR: PhysRange = PhysRange { start: PhysAddr(0x080A_0000), end: PhysAddr(0x0900_0000) };
+
+pub(crate) struct Fixture {
+    pub ram: Box<Ram>,
+    _entries: Box<[PageEntry]>,
+    pub hyp: Hyp<'static, FakeMemory>,
+}
+
+pub(crate) fn fixture() -> Fixture {
+    let ram = Box::new(Ram([0; RAM_PAGES * 4096]));
+    let base = PhysAddr(ram.0.as_ptr() as u64);
+    let ram_range = PhysRange::from_size(base, (RAM_PAGES * 4096) as u64).unwrap();
+    let mut entries: Box<[PageEntry]> = vec![PageEntry::default(); RAM_PAGES].into_boxed_slice();
+    // SAFETY: the fixture keeps `entries` alive and unmoved (boxed) as long as `hyp`.
+    let slice: &'static mut [PageEntry] = unsafe { &mut *(entries.as_mut() as *mut [PageEntry]) };
+    let own = Ownership::new(ram_range, slice).unwrap();
+    let mut tables = FakeMemory::new(64);
+    let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
+    let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
+    let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
+    // EL2 takes the last HYP_PAGES pages.
+    let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
+    let vcpus: &'static crate::guest::vcpu::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vcpu::VcpuSlot::new()))));
+    let idregs: &'static crate::guest::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
+    // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
+    let mut boot_cpu_idregs = [0u64; crate::cpu::idreg::NR_IDREGS];
+    boot_cpu_idregs[crate::cpu::idreg::idx(4, 0)] = 0x11 | 1 << 56;
+    boot_cpu_idregs[crate::cpu::idreg::idx(6, 0)] = 2 << 4;
+    boot_cpu_idregs[crate::cpu::idreg::idx(7, 0)] = 5;
+    boot_cpu_idregs[crate::cpu::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
+    boot_cpu_idregs[crate::cpu::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
+    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
+    let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
+    let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
+    // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
+    hyp.report_vgic(Some(QEMU_ICH_VTR));
+    Fixture { ram, _entries: entries, hyp }
+}
+
+impl Fixture {
+    pub fn page(&self, n: usize) -> u64 {
+        self.ram.0.as_ptr() as u64 + (n * 4096) as u64
+    }
+    pub fn call(&self, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
+        self.call_with(&Recorder::default(), cpu, id, args)
+    }
+    pub fn call_with(&self, rec: &Recorder, cpu: usize, id: HypercallId, args: &[u64]) -> HypResult {
+        let mut x = [0u64; 8];
+        x[0] = id as u64;
+        x[1..1 + args.len()].copy_from_slice(args);
+        crate::hypercall::handle(&self.hyp, cpu, x, rec)
+    }
+}
