@@ -16,7 +16,7 @@ use crate::exception::syndrome::{decode_mmio, fault_ipa};
 use crate::guest::psci::{self, Served};
 use crate::guest::vcpu::{power, pstate_enters_guest, SysReg, VcpuCtx};
 use core::sync::atomic::Ordering;
-use shared_abi::msg::{exit, kill, VcpuExit};
+use shared_abi::msg::{kill, Exit};
 use shared_abi::{HypError, HypResult};
 
 const ISS_S1PTW: u64 = 1 << 7;
@@ -44,8 +44,10 @@ pub struct Me<'f> {
 }
 
 pub enum Next {
+    /// Enter the guest again.
     Resume,
-    Exit(VcpuExit),
+    /// Return to the host with this exit.
+    Exit(Exit),
 }
 
 /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
@@ -90,7 +92,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
     };
     if !on {
-        return finish_run(hyp, cpu, VcpuExit { reason: exit::VCPU_OFF, ..Default::default() }, &ctx, cfg.cntvoff, arch.counter());
+        return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, cfg.cntvoff, arch.counter());
     }
     let mut cfg = cfg;
     let vm_slot = (handle & 0xFF) as usize;
@@ -115,7 +117,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         // With the guest's VMID in VTTBR_EL2 (the invalidation acts on it).
         arch.flush_guest_local();
     }
-    let mut exit = VcpuExit { reason: exit::IRQ, ..Default::default() };
+    let mut exit = Exit::Irq;
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
     let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
@@ -149,44 +151,49 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
 
     // List registers the guest has finished with are free again; deactivations of
     // level-sensitive interrupts wait for the host, which every exit reminds of them.
-    if ctx.vgic.after_put() {
-        exit.flags |= exit::FLAG_EOI;
-    }
-    finish_run(hyp, cpu, exit, &ctx, cfg.cntvoff, arch.counter())
+    let eoi = ctx.vgic.after_put();
+    finish_run(hyp, cpu, exit, eoi, &ctx, cfg.cntvoff, arch.counter())
 }
 
-/// Writes exit record `e`, with the timer deadlines of the vCPU's saved state `ctx` (every
-/// exit record carries them: the host delivers the timers' interrupts).
-fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, mut e: VcpuExit, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
+/// Writes the exit record of `exit` ([`Exit::encode`], the one encoding the host decodes),
+/// with [`exit::FLAG_EOI`] if `eoi` and the timer deadlines of the vCPU's saved state `ctx`
+/// (every exit record carries them: the host delivers the timers' interrupts).
+fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: bool, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
+    let mut e = exit.encode();
+    if eoi {
+        e.flags |= shared_abi::msg::exit::FLAG_EOI;
+    }
     (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
+    debug_assert_eq!(Exit::decode(&e), Ok(exit), "the host decodes what EL2 encodes");
     hyp.msg.write(cpu, &e)?;
     Ok([e.reason as u64, 0, 0])
 }
 
 fn kill<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> Next {
-    Next::Exit(kill_exit(hyp, handle, why, ipa))
+    Next::Exit(kill_exit(hyp, handle, why, ipa, 0))
 }
 
-/// Stops the VM for good; the exit record that tells the host.
-fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> VcpuExit {
+/// Stops the VM for good (reason `why`, at `ipa`, with the reason's `detail`); the exit that
+/// tells the host.
+fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64, detail: u64) -> Exit {
     if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
         vm.killed = true;
     }
     log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
-    VcpuExit { reason: exit::KILLED, ipa, data: why, ..Default::default() }
+    Exit::Killed { reason: why, ipa, detail }
 }
 
-/// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`): it never runs again.
-fn end_vm<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, reason: u32) -> VcpuExit {
+/// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`, `how`): it never runs again.
+fn end_vm<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, how: Exit) -> Exit {
     if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
         vm.ended = true;
     }
-    VcpuExit { reason, ..Default::default() }
+    how
 }
 
-/// [`kill_exit`] for a `PSTATE` that does not enter the guest (`args[0]` = it).
-fn kill_illegal_state<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pstate: u64) -> VcpuExit {
-    VcpuExit { args: [pstate, 0, 0, 0], ..kill_exit(hyp, handle, kill::ILLEGAL_STATE, 0) }
+/// [`kill_exit`] for a `PSTATE` that does not enter the guest (the detail: it).
+fn kill_illegal_state<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pstate: u64) -> Exit {
+    kill_exit(hyp, handle, kill::ILLEGAL_STATE, 0, pstate)
 }
 
 /// Handles one guest exit of vCPU `me`.
@@ -199,7 +206,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     saved: &mut A::Saved,
 ) -> Next {
     match trap.kind {
-        TrapKind::Irq => return Next::Exit(VcpuExit { reason: exit::IRQ, ..Default::default() }),
+        TrapKind::Irq => return Next::Exit(Exit::Irq),
         TrapKind::SError => return kill(hyp, handle, kill::BAD_EXCEPTION, 0),
         TrapKind::Sync => {}
     }
@@ -207,7 +214,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     match esr.ec() {
         ec::WFX => {
             ctx.pc = ctx.pc.wrapping_add(4);
-            Next::Exit(VcpuExit { reason: exit::WFX, ..Default::default() })
+            Next::Exit(Exit::Wfx)
         }
         // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
         // instruction is retried (PC unchanged).
@@ -231,7 +238,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 Served::Resume => Next::Resume,
                 Served::Exit(e) => Next::Exit(e),
                 // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
-                Served::EndVm(reason) => Next::Exit(end_vm(hyp, handle, reason)),
+                Served::EndVm(how) => Next::Exit(end_vm(hyp, handle, how)),
             }
         }
         ec::DABT_LOW | ec::IABT_LOW => {
@@ -243,11 +250,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 // would hand it a protected guest's data).
                 GuestPage::Mapped => return kill(hyp, handle, kill::BAD_EXCEPTION, ipa),
                 GuestPage::NoMemory => return kill(hyp, handle, kill::OUT_OF_MEMORY, ipa),
-                GuestPage::Untagged(pa) => {
-                    let Next::Exit(mut e) = kill(hyp, handle, kill::UNTAGGED_MEMORY, ipa) else { return Next::Resume };
-                    e.args[0] = pa.0;
-                    return Next::Exit(e);
-                }
+                GuestPage::Untagged(pa) => return Next::Exit(kill_exit(hyp, handle, kill::UNTAGGED_MEMORY, ipa, pa.0)),
                 GuestPage::NotRam => {}
             }
             if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
@@ -256,15 +259,13 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
             let Some(access) = decode_mmio(trap.esr) else {
                 return kill(hyp, handle, kill::UNDECODABLE_MMIO, ipa);
             };
-            let mut e = VcpuExit { reason: exit::MMIO, ipa, size: access.size as u32, ..Default::default() };
-            if access.write {
-                e.flags = exit::MMIO_WRITE;
-                e.data = access.write_value(ctx.gpr(access.reg));
+            let write = access.write.then(|| access.write_value(ctx.gpr(access.reg)));
+            if write.is_some() {
                 ctx.pc = ctx.pc.wrapping_add(4);
             } else {
                 ctx.pending_read = Some(access);
             }
-            Next::Exit(e)
+            Next::Exit(Exit::Mmio { ipa, size: access.size as u32, write })
         }
         _ => undef(hyp, handle, ctx, esr, arch),
     }

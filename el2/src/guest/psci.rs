@@ -6,7 +6,7 @@ use crate::cpu::fwreg::FwRegs;
 use crate::guest::vcpu::{power, VcpuCtx, VcpuSlot};
 use crate::guest::MAX_VCPUS;
 use core::sync::atomic::Ordering;
-use shared_abi::msg::{exit, VcpuExit};
+use shared_abi::msg::Exit;
 
 /// What a guest's SMCCC call (HVC or SMC) leads to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,10 +112,10 @@ pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &FwRegs) -> GuestCa
 pub enum Served {
     /// Answered in `x0`: resume the guest.
     Resume,
-    /// Exit to the host with this record.
-    Exit(VcpuExit),
-    /// `SYSTEM_OFF` or `SYSTEM_RESET` (the exit reason): the VM has ended.
-    EndVm(u32),
+    /// Exit to the host.
+    Exit(Exit),
+    /// `SYSTEM_OFF` or `SYSTEM_RESET` (the exit): the VM has ended.
+    EndVm(Exit),
 }
 
 const PSCI_ALREADY_ON: u64 = -4i64 as u64;
@@ -144,8 +144,7 @@ pub fn serve(vcpus: &[VcpuSlot; MAX_VCPUS], index: usize, nr_vcpus: usize, fw: &
                         // Answered; the host learns that the target now wants a CPU
                         // (until now it exited VCPU_OFF), so it need not poll it.
                         ctx.x[0] = 0;
-                        let args = [target as u64, 0, 0, 0];
-                        return Served::Exit(VcpuExit { reason: exit::CPU_ON, args, ..Default::default() });
+                        return Served::Exit(Exit::CpuOn { vcpu: target as u64 });
                     }
                     Err(power::ON) => PSCI_ALREADY_ON,
                     Err(_) => PSCI_ON_PENDING,
@@ -154,7 +153,7 @@ pub fn serve(vcpus: &[VcpuSlot; MAX_VCPUS], index: usize, nr_vcpus: usize, fw: &
         }
         GuestCall::CpuOff => {
             vcpus[index].power.store(power::OFF, Ordering::Release);
-            return Served::Exit(VcpuExit { reason: exit::VCPU_OFF, ..Default::default() });
+            return Served::Exit(Exit::VcpuOff);
         }
         GuestCall::AffinityInfo(t) => {
             ctx.x[0] = match vcpus[t].power.load(Ordering::Acquire) {
@@ -163,11 +162,11 @@ pub fn serve(vcpus: &[VcpuSlot; MAX_VCPUS], index: usize, nr_vcpus: usize, fw: &
                 _ => 1,
             }
         }
-        GuestCall::SystemOff => return Served::EndVm(exit::SYSTEM_OFF),
-        GuestCall::SystemReset => return Served::EndVm(exit::SYSTEM_RESET),
+        GuestCall::SystemOff => return Served::EndVm(Exit::SystemOff),
+        GuestCall::SystemReset => return Served::EndVm(Exit::SystemReset),
         GuestCall::ToHost => {
             ctx.x[0] = NOT_SUPPORTED;
-            return Served::Exit(VcpuExit { reason: exit::HYPERCALL, args: x, ..Default::default() });
+            return Served::Exit(Exit::Hypercall { args: x });
         }
     }
     Served::Resume

@@ -13,14 +13,13 @@ use crate::mem::pgtable::TableMemory;
 use crate::guest::vcpu::VcpuCtx;
 use crate::guest::vgic;
 use core::sync::atomic::Ordering;
-use shared_abi::msg::{exit, VcpuExit};
+use shared_abi::msg::Exit;
 
 /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
 pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl Hw) -> Next {
     if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
         ctx.pc = ctx.pc.wrapping_add(4);
-        let args = [sgi.intid as u64, sgi.targets as u64, sgi.reg, 0];
-        return Next::Exit(VcpuExit { reason: exit::SGI, data: value, args, ..Default::default() });
+        return Next::Exit(Exit::Sgi { intid: sgi.intid, targets: sgi.targets as u64, reg: sgi.reg, value });
     }
     let Some(a) = sysreg_access(esr) else { return undef(hyp, handle, ctx, Esr(esr), arch) };
     let done = if let Some(i) = idreg_read(&a) {
