@@ -21,7 +21,10 @@ use crate::platform::{Platform, MAX_CPUS};
 use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
 use crate::host::gicr::Redistributors;
 use crate::guest::vgic::VgicCaps;
-use crate::guest::vcpu::VcpuTable;
+use crate::guest::vcpu::{VcpuGuard, VcpuSlot, VcpuTable};
+use crate::guest::vm::handle_slot;
+use crate::guest::{MAX_VCPUS, MAX_VMS};
+use shared_abi::HypError;
 use crate::guest::vm::IdRegTable;
 use crate::hw::Tlb;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -194,6 +197,33 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// The firmware workaround levels every CPU supports (fixed once a VM exists).
     pub(crate) fn fw_provided(&self) -> crate::cpu::fwreg::Provided {
         self.cpus.lock().fw_provided()
+    }
+
+    /// vCPU `index` of the VM slot that `handle` names (whether or not that VM is alive).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an index past [`MAX_VCPUS`].
+    pub(crate) fn vcpu_slot(&self, handle: u64, index: u64) -> Result<&VcpuSlot, HypError> {
+        if index >= MAX_VCPUS as u64 {
+            return Err(HypError::InvalidArgument);
+        }
+        Ok(&self.vcpus[handle_slot(handle) % MAX_VMS][index as usize])
+    }
+
+    /// Claims vCPU `index` of the live VM `handle` for a host call that needs no more than
+    /// that (the VM lookup is not kept: the claim alone keeps the vCPU's state still).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an index past the VM's vCPUs, `Busy` if someone holds it,
+    /// `InvalidHandle` if no live VM has `handle`.
+    pub(crate) fn claim_vcpu(&self, handle: u64, index: u64) -> Result<VcpuGuard<'_>, HypError> {
+        let guard = self.vcpu_slot(handle, index)?.claim().ok_or(HypError::Busy)?;
+        let mem = self.mem.lock();
+        let (_, vm) = mem.vms.lookup(handle)?;
+        if index as usize >= vm.nr_vcpus {
+            return Err(HypError::InvalidArgument);
+        }
+        Ok(guard)
     }
 
     /// Whether set-up has been finalised.

@@ -455,7 +455,7 @@ mod tests {
     use super::*;
     use crate::testing::{fixture, Fixture, Recorder, HYP_PAGES, RAM_PAGES};
     use crate::mem::pgtable::{Attrs, MemType, Perms};
-    use crate::mem::Region;
+    use crate::mem::guest::Region;
     use shared_abi::msg::{vm_flags, VmCreate};
     use shared_abi::HypercallId as H;
     use zerocopy::IntoBytes;

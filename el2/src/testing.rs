@@ -217,3 +217,52 @@ impl Fixture {
         crate::hypercall::handle(&self.hyp, cpu, x, rec)
     }
 }
+
+// Helpers the tests of the VM and vCPU calls share, and what they all use.
+
+pub(crate) use crate::cpu::idreg;
+pub(crate) use crate::guest::vcpu::SysReg;
+pub(crate) use crate::hw::TrapKind;
+pub(crate) use crate::mem::owner::PageState;
+pub(crate) use shared_abi::msg::{exit, kill, vm_flags, VcpuExit, VmCreate};
+pub(crate) use shared_abi::reg;
+pub(crate) use shared_abi::HypError;
+pub(crate) use shared_abi::HypercallId as H;
+pub(crate) use zerocopy::{FromBytes, IntoBytes};
+use crate::exception::syndrome::hpfar_of;
+
+/// Message page: RAM page 0.
+pub(crate) const MSG: usize = 0;
+/// Guest memory: RAM pages 8..12.
+pub(crate) const GUEST: usize = 8;
+
+pub(crate) fn trap(esr: u64, ipa: u64) -> GuestTrap {
+    GuestTrap { kind: TrapKind::Sync, esr, far: ipa & 0xFFF, hpfar: hpfar_of(ipa) }
+}
+pub(crate) fn dabt_translation(ipa: u64) -> GuestTrap {
+    trap((0x24 << 26) | (1 << 25) | 0b000111, ipa)
+}
+pub(crate) fn mmio(ipa: u64, write: bool, srt: u64, sas: u64) -> GuestTrap {
+    trap((0x24 << 26) | (1 << 25) | (1 << 24) | sas << 22 | srt << 16 | (1 << 15) | (write as u64) << 6 | 0b000111, ipa)
+}
+pub(crate) fn hvc() -> GuestTrap {
+    trap((0x16 << 26) | (1 << 25), 0)
+}
+
+pub(crate) fn create(f: &mut Fixture, vcpus: u32, flags: u64) -> u64 {
+    f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).ok();
+    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
+    f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
+    f.call(0, H::VmCreate, &[]).unwrap()[0]
+}
+
+/// Leaves no more free table pages than the host stage 2's reserve: a guest mapping fails.
+pub(crate) fn leave_only_the_host_reserve(f: &mut Fixture) {
+    let mut mem = f.hyp.mem.lock();
+    let (_, _, _, tables, _) = mem.parts_mut();
+    tables.limit = tables.in_use() + f.hyp.host_reserve;
+}
+
+pub(crate) fn exit_record(f: &Fixture) -> VcpuExit {
+    VcpuExit::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0
+}

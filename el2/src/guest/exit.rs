@@ -4,17 +4,16 @@
 use crate::mem::protect::GuestPage;
 use super::sysreg::is_key_access;
 use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
-use crate::cpu::fwreg::FwRegs;
 use crate::exception::syndrome::{ec, Esr, FaultKind};
-use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::hyp::Hyp;
+use crate::guest::vm::handle_slot;
+use crate::guest::running::{kill, kill_exit, undef, Me, Next};
 use crate::guest::memory::map_guest_page;
 use crate::guest::sysreg::sysreg_trap;
-use crate::guest::vm::vcpu_slot;
 use crate::mem::pgtable::TableMemory;
 use crate::exception::syndrome::{decode_mmio, fault_ipa};
 use crate::guest::psci::{self, Served};
-use crate::guest::vcpu::{power, pstate_enters_guest, SysReg, VcpuCtx};
+use crate::guest::vcpu::{power, pstate_enters_guest, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{kill, Exit};
 use shared_abi::{HypError, HypResult};
@@ -25,36 +24,11 @@ const ISS_S1PTW: u64 = 1 << 7;
 /// cannot keep a host CPU forever through exits the host never sees).
 pub const MAX_INTERNAL_EXITS: u32 = 100_000;
 
-/// The running vCPU, as exit handling needs it.
-#[derive(Clone, Copy)]
-pub struct Me<'f> {
-    pub(super) vm_slot: usize,
-    pub(super) index: usize,
-    pub(super) nr_vcpus: usize,
-    /// The VM's firmware registers (frozen once it has run).
-    pub(super) fw: &'f FwRegs,
-    /// The VM has pointer authentication.
-    pub(super) ptrauth: bool,
-    /// The VM has MTE.
-    pub(super) mte: bool,
-    /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
-    pub(super) fwb: bool,
-    /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
-    pub(super) set_way_done: &'f core::cell::Cell<bool>,
-}
-
-pub enum Next {
-    /// Enter the guest again.
-    Resume,
-    /// Return to the host with this exit.
-    Exit(Exit),
-}
-
 /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
 pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl Hw) -> HypResult {
     // The exit goes to the message page: refuse early if there is none.
     hyp.msg.page(cpu)?;
-    let slot = vcpu_slot(hyp, handle, index)?;
+    let slot = hyp.vcpu_slot(handle, index)?;
     let mut ctx = slot.claim().ok_or(HypError::Busy)?;
     let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
         let mut mem = hyp.mem.lock();
@@ -95,7 +69,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, cfg.cntvoff, arch.counter());
     }
     let mut cfg = cfg;
-    let vm_slot = (handle & 0xFF) as usize;
+    let vm_slot = handle_slot(handle);
     if let Some(read) = ctx.pending_read.take() {
         let v = read.read_value(mmio_value);
         ctx.set_gpr(read.reg, v);
@@ -167,20 +141,6 @@ fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: boo
     debug_assert_eq!(Exit::decode(&e), Ok(exit), "the host decodes what EL2 encodes");
     hyp.msg.write(cpu, &e)?;
     Ok([e.reason as u64, 0, 0])
-}
-
-fn kill<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -> Next {
-    Next::Exit(kill_exit(hyp, handle, why, ipa, 0))
-}
-
-/// Stops the VM for good (reason `why`, at `ipa`, with the reason's `detail`); the exit that
-/// tells the host.
-fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64, detail: u64) -> Exit {
-    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
-        vm.killed = true;
-    }
-    log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
-    Exit::Killed { reason: why, ipa, detail }
 }
 
 /// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`, `how`): it never runs again.
@@ -271,37 +231,10 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     }
 }
 
-/// Anything EL2 does not emulate (other system registers, SVE, pointer authentication,
-/// ...): the guest gets an UNDEF, as on hardware without it. The guest's EL1 registers are
-/// live in the CPU: edit them through the context.
-pub(crate) fn undef<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl Hw) -> Next {
-    arch.el1_to_ctx(ctx);
-    let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
-    arch.el1_from_ctx(ctx);
-    if ok {
-        Next::Resume
-    } else {
-        kill(hyp, handle, kill::BAD_EXCEPTION, 0)
-    }
-}
-
-/// Injects a synchronous exception into a guest that is not running (its EL1 registers are in
-/// `ctx`). `false` if the guest's state does not allow it.
-pub fn inject_into_guest(ctx: &mut VcpuCtx, what: Injection, esr: Esr, far: u64) -> bool {
-    let t = TrapState { elr: ctx.pc, spsr: ctx.pstate, il: esr.il(), vbar_el1: ctx.sys[SysReg::VBAR_EL1] };
-    let Some(i) = inject_sync(what, t) else { return false };
-    ctx.sys[SysReg::ESR_EL1] = i.esr_el1;
-    ctx.sys[SysReg::FAR_EL1] = far;
-    ctx.elr_el1 = i.elr_el1;
-    ctx.spsr_el1 = i.spsr_el1;
-    ctx.pc = i.elr_el2;
-    ctx.pstate = i.spsr_el2;
-    true
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::guest::vm::tests::*;
+    use crate::mem::addr::PhysAddr;
+    use crate::testing::*;
     use super::*;
 
     #[test]
@@ -386,7 +319,7 @@ mod tests {
         // ...and should one get into the context some other way, EL2 stops the VM before the
         // ERET: the guest never runs.
         {
-            let slot = vcpu_slot(&f.hyp, h, 0).unwrap();
+            let slot = f.hyp.vcpu_slot(h, 0).unwrap();
             slot.claim().unwrap().pstate = 0x3C9;
         }
         let rec = Recorder::default();
@@ -458,7 +391,7 @@ mod tests {
         *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0), trap(0x01 << 26 | 1 << 25, 0)];
         // The host hears which vCPU came on (so it need not poll one that is off).
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
-        assert_eq!(crate::guest::vm::tests::exit_record(&f).args, [1, 0, 0, 0]);
+        assert_eq!(exit_record(&f).args, [1, 0, 0, 0]);
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0, 0, 0]), "CPU_ON succeeded");
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
         // A second CPU_ON of the same vCPU is answered in EL2 (ON_PENDING): no exit.
@@ -480,7 +413,7 @@ mod tests {
         // ON_PENDING, and vCPU 1's own run finds it off until the claim is published.
         let mut f = fixture();
         let h = create(&mut f, 3, 0);
-        let slot = (h & 0xFF) as usize;
+        let slot = handle_slot(h);
         f.hyp.vcpus[slot][1].power.store(power::CLAIMED, Ordering::Release);
         f.hyp.vcpus[slot][1].on_entry.store(0x7000, Ordering::Release);
         assert_eq!(f.call(0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));

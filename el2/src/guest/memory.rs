@@ -1,14 +1,12 @@
 //! Guest memory: `VM_ADD_MEMORY`, stage-2 mapping of guest pages on first touch, and what
 //! `VM_DESTROY` does with a VM's memory (scrub, give back, unshare).
 
-use crate::hw::{Hw, Tlb};
-use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::hw::Hw;
+use crate::mem::addr::{PhysAddr, PAGE_SIZE};
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
 use crate::mem::protect::GuestPage;
-use crate::mem::Region;
 use arrayvec::ArrayVec;
-use shared_abi::{HypError, HypResult};
 
 /// Pages a set/way clean collects per hold of the memory lock (`clean_vm_to_poc`).
 pub const SET_WAY_BATCH: usize = 64;
@@ -54,22 +52,6 @@ pub(crate) fn clean_vm_to_poc<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arc
     }
 }
 
-/// `VM_ADD_MEMORY`.
-pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
-    if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
-        return Err(HypError::NotAligned);
-    }
-    let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
-    let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
-    ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
-    if !hyp.platform.ram.contains_range(&phys) {
-        return Err(HypError::OutOfRange);
-    }
-    let region = Region { ipa, pa: PhysAddr(pa), pages };
-    hyp.mem.lock().host_give_guest(handle, region, hyp.platform.untagged, m)?;
-    Ok([0; 3])
-}
-
 /// Maps the guest page holding `ipa` if it is guest memory.
 pub(crate) fn map_guest_page<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
     hyp.mem.lock().guest_map_on_fault(handle, ipa, hyp.platform.untagged, hyp.host_reserve, hw)
@@ -77,8 +59,9 @@ pub(crate) fn map_guest_page<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa:
 
 #[cfg(test)]
 mod tests {
+    use crate::mem::addr::PhysRange;
     use crate::mem::owner::Component;
-    use crate::guest::vm::tests::*;
+    use crate::testing::*;
     use super::*;
 
     /// The maintenance log of a protected VM's life: donation, two first accesses (one page

@@ -9,10 +9,9 @@
 //! - `psci`: PSCI and SMCCC for guests; `timer`: the guest timers.
 
 pub mod exit;
-pub mod irq;
 pub mod memory;
+pub mod running;
 pub mod psci;
-pub mod regs;
 pub mod sysreg;
 pub mod timer;
 pub mod vcpu;

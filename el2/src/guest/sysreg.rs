@@ -2,11 +2,10 @@
 //! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
 //! UNDEF for everything else.
 
-use super::exit::{Me, Next};
+use crate::guest::running::{undef, Me, Next};
 use crate::hw::Hw;
 use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
-use crate::guest::exit::undef;
 use crate::guest::memory::clean_vm_to_poc;
 use crate::cpu::idreg;
 use crate::mem::pgtable::TableMemory;
@@ -191,7 +190,7 @@ fn idreg_read(a: &SysregAccess) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use crate::guest::vm::tests::*;
+    use crate::testing::*;
     use super::*;
 
     /// The syndrome of `MRS`/`MSR` (`read`) of `S<op0>_<op1>_C<crn>_C<crm>_<op2>` with `Xrt`.

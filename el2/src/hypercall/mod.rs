@@ -12,16 +12,16 @@
 //! | calls | served in |
 //! |---|---|
 //! | `VERSION`, `PING`, `SET_MESSAGE_PAGE`, `FINALISE_SETUP`, `HYP_INFO`, `ECHO`, `SET_PTRAUTH_POLICY` | [`setup`] |
-//! | `VM_CREATE`, `VM_DESTROY` | [`crate::guest::vm`] |
-//! | `VM_ADD_MEMORY` | [`crate::guest::memory`] |
-//! | `VCPU_SET_REG`, `VCPU_GET_REG`, `VCPU_REG_LIST` | [`crate::guest::regs`] |
-//! | `VCPU_RUN` | [`crate::guest::exit`] |
-//! | `VCPU_SET_IRQ`, `VCPU_IRQ_STATE`, `VCPU_STATS` | [`crate::guest::irq`] |
+//! | `VM_CREATE`, `VM_DESTROY`, `VM_ADD_MEMORY` | [`vm`] |
+//! | `VCPU_SET_REG`, `VCPU_GET_REG`, `VCPU_REG_LIST`, `VCPU_SET_IRQ`, `VCPU_IRQ_STATE`, `VCPU_STATS` | [`vcpu`] |
+//! | `VCPU_RUN` | [`crate::guest::exit`] (the run loop) |
 //! | `TEST_FAULT`, `TEST_CHECK_INVARIANTS` | the trap shim of a test build (`NotSupported` here) |
 
 pub mod setup;
+pub mod vcpu;
+pub mod vm;
 
-use crate::guest::{exit, irq, memory, regs, vm};
+use crate::guest::exit;
 use crate::hw::Hw;
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
@@ -98,14 +98,14 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
         Call::SetPtrauthPolicy { policy, decay } => setup::set_ptrauth_policy(hyp, policy, decay),
         Call::VmCreate => vm::vm_create(hyp, cpu, hw),
         Call::VmDestroy { handle } => vm::vm_destroy(hyp, handle, hw),
-        Call::VmAddMemory { handle, pa, ipa, pages } => memory::vm_add_memory(hyp, handle, pa, ipa, pages, hw),
-        Call::VcpuSetReg { handle, index, id, lo, hi } => regs::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
-        Call::VcpuGetReg { handle, index, id } => regs::vcpu_get_reg(hyp, handle, index, id),
-        Call::VcpuRegList { handle, index } => regs::vcpu_reg_list(hyp, cpu, handle, index),
+        Call::VmAddMemory { handle, pa, ipa, pages } => vm::vm_add_memory(hyp, handle, pa, ipa, pages, hw),
+        Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
+        Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),
+        Call::VcpuRegList { handle, index } => vcpu::vcpu_reg_list(hyp, cpu, handle, index),
         Call::VcpuRun { handle, index, mmio_value } => exit::vcpu_run(hyp, cpu, handle, index, mmio_value, hw),
-        Call::VcpuSetIrq { handle, index, vintid, config } => irq::vcpu_set_irq(hyp, handle, index, vintid, config),
-        Call::VcpuIrqState { handle, index } => irq::vcpu_irq_state(hyp, cpu, handle, index),
-        Call::VcpuStats { handle, index } => irq::vcpu_stats(hyp, cpu, handle, index),
+        Call::VcpuSetIrq { handle, index, vintid, config } => vcpu::vcpu_set_irq(hyp, handle, index, vintid, config),
+        Call::VcpuIrqState { handle, index } => vcpu::vcpu_irq_state(hyp, cpu, handle, index),
+        Call::VcpuStats { handle, index } => vcpu::vcpu_stats(hyp, cpu, handle, index),
         // Served by the trap shim in test builds; never here.
         Call::TestFault { .. } | Call::TestCheckInvariants => Err(HypError::NotSupported),
     };

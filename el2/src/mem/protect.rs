@@ -17,7 +17,8 @@
 use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use super::owner::{Component, OwnError, PageState};
 use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, PtError, TableMemory};
-use super::{GuestMemory, MemState, Region};
+use super::guest::{GuestMemory, Region};
+use super::MemState;
 use crate::guest::vm::Vm;
 use crate::host::gicr;
 use crate::hw::{CacheOps, Tlb};

@@ -1,0 +1,239 @@
+//! The VM calls: `VM_CREATE`, `VM_DESTROY` and `VM_ADD_MEMORY`.
+
+use crate::cpu::fwreg::FwRegs;
+use crate::cpu::idreg::{self, VmPolicy};
+use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard};
+use crate::guest::vm::{LocalTlbRecord, Vm};
+use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MIN_IPA_BITS};
+use crate::hw::{Hw, Tlb};
+use crate::hyp::Hyp;
+use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::mem::pgtable::TableMemory;
+use crate::mem::guest::Region;
+use arrayvec::ArrayVec;
+use core::sync::atomic::Ordering;
+use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::{HypError, HypResult};
+
+/// `VM_CREATE`.
+pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &impl Hw) -> HypResult {
+    let req: VmCreate = hyp.msg.read(cpu)?;
+    if req.reserved != [0; 2] {
+        return Err(HypError::BadMessage);
+    }
+    if req.nr_vcpus == 0 || req.nr_vcpus as usize > MAX_VCPUS {
+        return Err(HypError::InvalidArgument);
+    }
+    if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
+        return Err(HypError::InvalidArgument);
+    }
+    // From here on the CPU view is fixed: CPUs that come online later must be at least as
+    // capable as what this VM is given (see `cpufeat`).
+    let cpus = hyp.fix_cpu_features();
+    if req.ipa_bits > cpus.max_ipa_bits() as u32 {
+        // Some CPU's PARange is smaller than the IPA size asked for.
+        return Err(HypError::InvalidArgument);
+    }
+    let mte = req.flags & vm_flags::MTE != 0;
+    if mte && !cpus.mte2() {
+        // Some CPU has no allocation tags in memory.
+        return Err(HypError::Denied);
+    }
+    let ptrauth = req.flags & vm_flags::PTRAUTH != 0;
+    if ptrauth && !cpus.ptrauth() {
+        // Some CPU lacks address or generic authentication, CPUs differ in algorithm or
+        // PAuth level, or an IMPLEMENTATION DEFINED algorithm on CPUs that are not identical.
+        return Err(HypError::Denied);
+    }
+    if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
+        // A protected guest must not share the host's PMU (a side channel both ways).
+        return Err(HypError::Denied);
+    }
+    let mut mem = hyp.mem.lock();
+    let slot = mem.vms.free_slot().ok_or(HypError::NoCapacity)?;
+    // The slot's vCPUs may be briefly claimed by a call with a stale handle.
+    let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
+    for v in &hyp.vcpus[slot] {
+        guards.push(v.claim().ok_or(HypError::Busy)?);
+    }
+    let fwb = cpus.s2fwb();
+    let guest_memory = mem.guest_memory_new(fwb, req.ipa_bits as u8, hyp.host_reserve)?;
+    let vms = &mut mem.vms;
+    let policy = VmPolicy {
+        mte,
+        ptrauth,
+        pmu: req.flags & vm_flags::HOST_PMU != 0,
+        ipa_bits: req.ipa_bits as u8,
+        protected: req.flags & vm_flags::PROTECTED != 0,
+    };
+    let idreg_limit = idreg::restrict(cpus.view(), &policy);
+    for (a, v) in hyp.idregs[slot].iter().zip(idreg_limit) {
+        a.store(v, Ordering::Relaxed);
+    }
+    let handle = vms.next_handle(slot);
+    for (i, (g, v)) in guards.iter_mut().zip(&hyp.vcpus[slot]).enumerate() {
+        **g = VcpuCtx::new();
+        v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
+    }
+    let protected = req.flags & vm_flags::PROTECTED != 0;
+    if protected && !vms.iter().any(|vm| vm.protected) {
+        // The first protected VM: from now on a reset must not hand RAM to the next boot
+        // unscrubbed. Under the memory lock, like the host's own MEM_PROTECT calls, so the
+        // host cannot turn protection off in between. Firmware without MEM_PROTECT (QEMU)
+        // answers NOT_SUPPORTED; the VM is created all the same.
+        let r = arch.mem_protect(1);
+        log::debug!("PSCI MEM_PROTECT(1) for the first protected VM: {r}");
+    }
+    vms.insert(slot, Vm {
+        handle,
+        protected,
+        nr_vcpus: req.nr_vcpus as usize,
+        vmid: slot as u8 + 1,
+        mem: guest_memory,
+        ran: false,
+        killed: false,
+        ended: false,
+        host_pmu: req.flags & vm_flags::HOST_PMU != 0,
+        fw: FwRegs::new(cpus.fw_provided()),
+        idreg_limit,
+        ptrauth,
+        mte,
+        fwb,
+        local_tlb: LocalTlbRecord::new(),
+        // 0 until the host sets it: on QEMU 7.2 an enabled virtual timer whose
+        // CNTV_CVAL_EL0 + CNTVOFF_EL2 wraps re-arms QEMU's timer in the past for ever and
+        // hangs the whole machine, and any non-zero offset lets a guest choose such a CVAL
+        // (a guest must not be able to stop the emulator). A host that sets an offset takes
+        // that on itself (`guest-storm-cval-max-offset`).
+        cntvoff: 0,
+    });
+    Ok([handle, 0, 0])
+}
+
+/// `VM_DESTROY`.
+pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &impl Hw) -> HypResult {
+    let mut mem = hyp.mem.lock();
+    let (slot, _) = mem.vms.lookup(handle)?;
+    let mut guards = ArrayVec::<VcpuGuard<'_>, MAX_VCPUS>::new();
+    for v in &hyp.vcpus[slot] {
+        guards.push(v.claim().ok_or(HypError::Busy)?);
+    }
+    // Checked: commit. Nothing below can fail.
+    let Some(vm) = mem.vms.remove(slot) else { return Err(HypError::InvalidHandle) };
+    mem.guest_reclaim_scrub(vm, hyp.platform.untagged, arch);
+    // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
+    // `CPU_ON` entry point and context.
+    for (g, v) in guards.iter_mut().zip(&hyp.vcpus[slot]) {
+        **g = VcpuCtx::new();
+        v.power.store(power::OFF, Ordering::Release);
+        v.on_entry.store(0, Ordering::Relaxed);
+        v.on_context.store(0, Ordering::Relaxed);
+    }
+    Ok([0; 3])
+}
+
+/// `VM_ADD_MEMORY`.
+pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
+    if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
+        return Err(HypError::NotAligned);
+    }
+    let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
+    let phys = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
+    ipa.checked_add(size).ok_or(HypError::OutOfRange)?;
+    if !hyp.platform.ram.contains_range(&phys) {
+        return Err(HypError::OutOfRange);
+    }
+    let region = Region { ipa, pa: PhysAddr(pa), pages };
+    hyp.mem.lock().host_give_guest(handle, region, hyp.platform.untagged, m)?;
+    Ok([0; 3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::vm::handle_slot;
+    use crate::guest::MAX_VMS;
+    use crate::testing::*;
+
+    #[test]
+    fn create_validates_the_request() {
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let cases = [
+            (VmCreate { nr_vcpus: 0, ipa_bits: 36, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 9, ipa_bits: 36, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 31, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 41, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 1 << 9, reserved: [0; 2] }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::HOST_PMU | vm_flags::PROTECTED, reserved: [0; 2] }, HypError::Denied),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0, 1] }, HypError::BadMessage),
+        ];
+        for (req, err) in cases {
+            f.ram.0[..32].copy_from_slice(req.as_bytes());
+            assert_eq!(f.call(0, H::VmCreate, &[]), Err(err), "{req:?}");
+        }
+        assert_eq!(f.hyp.mem.lock().vms.count(), 0);
+    }
+
+    #[test]
+    fn capacity_is_an_error_and_handles_go_stale() {
+        let mut f = fixture();
+        let handles: Vec<u64> = (0..MAX_VMS).map(|_| create(&mut f, 1, 0)).collect();
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
+        assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoCapacity));
+        f.call(0, H::VmDestroy, &[handles[3]]).unwrap();
+        let again = create(&mut f, 1, 0);
+        assert_eq!(again & 0xFF, handles[3] & 0xFF, "slot reused");
+        assert_ne!(again, handles[3], "with a new generation");
+        assert_eq!(f.call(0, H::VmDestroy, &[handles[3]]), Err(HypError::InvalidHandle), "stale handle");
+        assert_eq!(f.call(0, H::VcpuRun, &[handles[3], 0, 0]), Err(HypError::InvalidHandle));
+        assert_eq!(f.call(0, H::VmDestroy, &[0]), Err(HypError::InvalidHandle));
+        assert_eq!(f.call(0, H::VmDestroy, &[u64::MAX]), Err(HypError::InvalidHandle));
+    }
+
+    #[test]
+    fn create_keeps_the_host_reserve() {
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        leave_only_the_host_reserve(&mut f);
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
+        assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoMemory));
+    }
+
+    #[test]
+    fn destroy_leaves_no_vcpu_state_behind() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        // vCPU 0 calls CPU_ON(1, 0x5000, 7): vCPU 1 is left pending with the guest's entry
+        // point and context; then the host destroys the VM.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), smccc::psci::PSCI_CPU_ON_64 as u64]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 1]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x5000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 7]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![hvc(), trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::CPU_ON as u64, 0, 0]));
+        let slot = handle_slot(h);
+        assert_eq!(f.hyp.vcpus[slot][1].on_entry.load(Ordering::Relaxed), 0x5000);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        for v in &f.hyp.vcpus[slot] {
+            assert_eq!(v.power.load(Ordering::Relaxed), power::OFF);
+            assert_eq!((v.on_entry.load(Ordering::Relaxed), v.on_context.load(Ordering::Relaxed)), (0, 0));
+            assert_eq!(*v.claim().unwrap(), VcpuCtx::new());
+        }
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout).is_ok());
+    }
+
+    #[test]
+    fn vcpu_in_use_is_busy_and_destroy_waits_for_it() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let guard = f.hyp.vcpus[handle_slot(h)][0].claim().unwrap();
+        assert_eq!(f.call(0, H::VmDestroy, &[h]), Err(HypError::Busy));
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::Busy));
+        drop(guard);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(f.call(0, H::VmDestroy, &[h]), Err(HypError::InvalidHandle));
+    }
+}
