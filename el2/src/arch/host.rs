@@ -71,7 +71,7 @@ pub fn activate_host(cfg: &HostConfig) {
     );
     super::switch::CONTROL_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
     write_boot_controls(&crate::cpu::controls::boot_controls(&features));
-    super::switch::clear_vgic();
+    super::switch::vgic::clear();
     VTCR_EL2.set(cfg.vtcr);
     VTTBR_EL2.set(cfg.vttbr);
     // VTCR/VTTBR are in effect before the TLB invalidation below uses the VMID.

@@ -12,6 +12,7 @@ mod cache;
 mod gicr;
 mod host;
 mod regs;
+mod sysreg;
 pub(crate) mod switch;
 mod tlb;
 pub mod trap;
@@ -23,7 +24,8 @@ pub use cache::{FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA
 pub use gicr::RdMmio;
 pub use host::{activate_host, enter_host, HostConfig};
 pub use regs::*;
-pub use switch::{check_sysreg_tables, ich_vtr};
+pub use switch::check_sysreg_tables;
+pub use switch::vgic::ich_vtr;
 pub use vectors::TrapFrame;
 
 /// The CPU EL2 runs on: the implementation of every trait of the hardware seam ([`crate::hw`]).
