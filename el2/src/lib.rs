@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod cpu;
+pub mod error;
 pub mod exception;
 pub mod guest;
 pub mod host;

@@ -31,14 +31,13 @@
 //!   `SMC` it is refused like the rest.
 
 use crate::cpu::features::CpuFeatures;
+use crate::error::PsciStatus;
 use crate::hw::Firmware;
 use crate::mem::pgtable::TableMemory;
 use crate::mem::MemState;
 use crate::platform::{Platform, MPIDR_AFF_MASK};
 use smccc::{arch, psci};
 
-/// PSCI `DENIED`.
-pub const DENIED: i64 = -3;
 
 /// What to do with a host SMC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +58,7 @@ pub enum HostSmc {
         enable: u32,
     },
     /// Answer in EL2 with this value in `x0`.
-    Answer(i64),
+    Answer(PsciStatus),
     /// Pass the call to firmware unchanged.
     Forward,
 }
@@ -96,7 +95,7 @@ const RESET2_VENDOR: u64 = 1 << 31;
 
 /// Classifies a host SMC from its `x0..=x3`.
 pub fn classify(x: [u64; 4]) -> HostSmc {
-    const NOT_SUPPORTED: HostSmc = HostSmc::Answer(psci::error::NOT_SUPPORTED as i64);
+    const NOT_SUPPORTED: HostSmc = HostSmc::Answer(PsciStatus::NotSupported);
     // SMCCC: only w0 is the function ID; an x0 with upper bits set is no call EL2 knows.
     if x[0] >> 32 != 0 {
         return NOT_SUPPORTED;
@@ -113,7 +112,7 @@ pub fn classify(x: [u64; 4]) -> HostSmc {
         psci::PSCI_FEATURES | arch::SMCCC_ARCH_FEATURES if x[1] >> 32 != 0 || !offered(x[1] as u32) => NOT_SUPPORTED,
         psci::PSCI_FEATURES => HostSmc::Forward,
         psci::PSCI_SYSTEM_RESET2_32 | psci::PSCI_SYSTEM_RESET2_64 if x[1] & RESET2_VENDOR != 0 => {
-            HostSmc::Answer(psci::error::INVALID_PARAMETERS as i64)
+            HostSmc::Answer(PsciStatus::InvalidParameters)
         }
         f if FORWARDED.contains(&f) => HostSmc::Forward,
         _ => NOT_SUPPORTED,
@@ -123,8 +122,8 @@ pub fn classify(x: [u64; 4]) -> HostSmc {
 /// The host's `MEM_PROTECT(enable)` while `protected_vms` protected VMs exist: `None` to
 /// forward it, or EL2's answer, `DENIED`, if it could turn memory protection off (anything but
 /// `enable == 1`) while a protected VM exists.
-pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<i64> {
-    (protected_vms > 0 && enable != 1).then_some(DENIED)
+pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<PsciStatus> {
+    (protected_vms > 0 && enable != 1).then_some(PsciStatus::Denied)
 }
 
 
@@ -133,13 +132,13 @@ pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<i64> {
 /// them; the host's other bits are dropped).
 ///
 /// # Errors
-/// The PSCI error for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU; `DENIED`
+/// The PSCI status for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU; `DENIED`
 /// for a CPU that already failed [`CpuFeatures::report`] against the fixed view.
-pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), i64> {
-    let idx = platform.cpu_index(target).ok_or(psci::error::INVALID_PARAMETERS as i64)?;
+pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), PsciStatus> {
+    let idx = platform.cpu_index(target).ok_or(PsciStatus::InvalidParameters)?;
     if let Err(w) = cpus.lock().cpu_on_check(idx) {
         log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
-        return Err(DENIED);
+        return Err(PsciStatus::Denied);
     }
     Ok((idx, platform.cpus[idx] & MPIDR_AFF_MASK))
 }
@@ -152,7 +151,7 @@ pub fn host_mem_protect<T: TableMemory>(mem: &spin::Mutex<MemState<'_, T>>, enab
     let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
     match mem_protect(enable, protected_vms) {
         None => fw.mem_protect(enable),
-        Some(answer) => answer,
+        Some(answer) => answer as i64,
     }
 }
 
@@ -160,7 +159,7 @@ pub fn host_mem_protect<T: TableMemory>(mem: &spin::Mutex<MemState<'_, T>>, enab
 mod tests {
     use super::*;
 
-    const NS: HostSmc = HostSmc::Answer(-1);
+    const NS: HostSmc = HostSmc::Answer(PsciStatus::NotSupported);
 
     #[test]
     fn cpu_on_is_intercepted_with_its_arguments() {
@@ -195,8 +194,8 @@ mod tests {
         assert_eq!(FORWARDED, ids);
         // SYSTEM_RESET2: the architectural warm reset goes on, a vendor-specific type does not.
         assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_64 as u64, 0, 0x1234, 0]), HostSmc::Forward);
-        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_32 as u64, 1 << 31, 0, 0]), HostSmc::Answer(-2));
-        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_64 as u64, 1 << 31 | 5, 0, 0]), HostSmc::Answer(-2));
+        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_32 as u64, 1 << 31, 0, 0]), HostSmc::Answer(PsciStatus::InvalidParameters));
+        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_64 as u64, 1 << 31 | 5, 0, 0]), HostSmc::Answer(PsciStatus::InvalidParameters));
     }
 
     #[test]
@@ -250,9 +249,9 @@ mod tests {
         }
         // One or more: it may only (re-)enable.
         for count in [1, 2, 16] {
-            assert_eq!(mem_protect(0, count), Some(DENIED));
-            assert_eq!(mem_protect(2, count), Some(DENIED), "not a valid enable");
-            assert_eq!(mem_protect(u32::MAX, count), Some(DENIED));
+            assert_eq!(mem_protect(0, count), Some(PsciStatus::Denied));
+            assert_eq!(mem_protect(2, count), Some(PsciStatus::Denied), "not a valid enable");
+            assert_eq!(mem_protect(u32::MAX, count), Some(PsciStatus::Denied));
             assert_eq!(mem_protect(1, count), None);
         }
     }

@@ -3,10 +3,10 @@
 //! statistics (`VCPU_STATS`).
 
 use core::sync::atomic::Ordering;
-use crate::cpu::fwreg::{self, FwError};
+use crate::cpu::fwreg::{self};
 use crate::cpu::idreg::{self, NR_IDREGS};
-use crate::guest::vcpu::{register_ids, RegError, VcpuCtx};
-use crate::guest::vgic::{self, IrqError};
+use crate::guest::vcpu::{register_ids, VcpuCtx};
+use crate::guest::vgic::{self};
 use crate::hyp::Hyp;
 use crate::guest::vm::handle_slot;
 use crate::mem::pgtable::TableMemory;
@@ -18,14 +18,6 @@ use shared_abi::{reg, HypError, HypResult};
 /// one value for every vCPU, under the memory lock ([`vm_reg`]).
 fn is_vm_reg(id: u64) -> bool {
     fwreg::IDS.contains(&id) || idreg::index_of(id).is_some() || id == reg::CNTVOFF_EL2
-}
-
-fn vm_err(e: RegError) -> HypError {
-    match e {
-        RegError::Unknown => HypError::UnknownRegister,
-        RegError::ReadOnly => HypError::Denied,
-        RegError::TooWide | RegError::BadValue => HypError::InvalidArgument,
-    }
 }
 
 /// Runs `access` on the context of vCPU `index` of `handle` for the host, if the host may
@@ -101,10 +93,7 @@ fn vm_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, id: u64, wr
     if vm.ran {
         return if value == current { Ok([0; 3]) } else { Err(HypError::Frozen) };
     }
-    vm.fw = vm.fw.with(&hyp.fw_provided(), id, value).map_err(|e| match e {
-        FwError::Unknown => HypError::UnknownRegister,
-        FwError::Refused => HypError::InvalidArgument,
-    })?;
+    vm.fw = vm.fw.with(&hyp.fw_provided(), id, value)?;
     Ok([0; 3])
 }
 
@@ -113,7 +102,7 @@ pub(crate) fn vcpu_set_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index:
     if is_vm_reg(id) {
         return vm_reg(hyp, handle, index, id, Some(value));
     }
-    with_host_regs(hyp, handle, index, |g| g.set(id, value))?.map_err(vm_err)?;
+    with_host_regs(hyp, handle, index, |g| g.set(id, value))??;
     Ok([0; 3])
 }
 
@@ -122,7 +111,7 @@ pub(crate) fn vcpu_get_reg<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index:
     if is_vm_reg(id) {
         return vm_reg(hyp, handle, index, id, None);
     }
-    let (lo, hi) = with_host_regs(hyp, handle, index, |g| g.get(index as usize, id))?.map_err(vm_err)?;
+    let (lo, hi) = with_host_regs(hyp, handle, index, |g| g.get(index as usize, id))??;
     Ok([lo, hi, 0])
 }
 
@@ -145,15 +134,6 @@ pub(crate) fn vcpu_reg_list<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle
     Ok([list.count, 0, 0])
 }
 
-fn irq_err(e: IrqError) -> HypError {
-    match e {
-        IrqError::BadField => HypError::InvalidArgument,
-        IrqError::Hardware | IrqError::NoVgic => HypError::Denied,
-        IrqError::Queued => HypError::Busy,
-        IrqError::Full => HypError::NoCapacity,
-    }
-}
-
 /// `VCPU_SET_IRQ`: queues virtual interrupt `vintid` with `config` ([`shared_abi::msg::irq`])
 /// in a free list register of vCPU `index`. Every field is checked before anything is
 /// locked ([`vgic::lr_from_request`]); the list register value is EL2's own encoding.
@@ -161,9 +141,9 @@ fn irq_err(e: IrqError) -> HypError {
 /// job, and an interrupt reveals nothing of the guest.
 pub(crate) fn vcpu_set_irq<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, vintid: u64, config: u64) -> HypResult {
     let caps = hyp.vgic_caps().ok_or(HypError::Denied)?;
-    let v = vgic::lr_from_request(vintid, config, caps).map_err(irq_err)?;
+    let v = vgic::lr_from_request(vintid, config, caps)?;
     let mut guard = hyp.claim_vcpu(handle, index)?;
-    let n = guard.vgic.queue(v, caps.nr_lrs).map_err(irq_err)?;
+    let n = guard.vgic.queue(v, caps.nr_lrs)?;
     Ok([n as u64, 0, 0])
 }
 

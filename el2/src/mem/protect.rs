@@ -15,8 +15,8 @@
 //! | [`MemState::host_map_on_fault`] | — | host stage 2 map (largest allowed block) |
 
 use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use super::owner::{Component, OwnError, PageState};
-use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, PtError, TableMemory};
+use super::owner::{Component, PageState};
+use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use super::guest::{GuestMemory, Region};
 use super::MemState;
 use crate::guest::vm::Vm;
@@ -29,23 +29,6 @@ const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
 const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
 const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
-
-/// Converts an ownership error to the ABI error (every ownership change is in this module).
-fn own_err(e: OwnError) -> HypError {
-    match e {
-        OwnError::BadRange => HypError::OutOfRange,
-        OwnError::WrongState(_) | OwnError::SameComponent => HypError::NotOwned,
-    }
-}
-
-/// Converts a table error to the ABI error.
-fn pt_err(e: PtError) -> HypError {
-    match e {
-        PtError::NoMemory => HypError::NoMemory,
-        PtError::BadRange | PtError::BadGeometry => HypError::OutOfRange,
-        PtError::AlreadyMapped | PtError::BadAttrs => HypError::NotOwned,
-    }
-}
 
 /// Outcome of [`MemState::guest_map_on_fault`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,10 +106,10 @@ impl<T: TableMemory> MemState<'_, T> {
         }
         // EL2 needs the page in its stage 1; this is the only step that can fail for lack of
         // memory, so it comes before the commit (a stray intermediate table is harmless).
-        self.hyp_s1.map(&mut self.tables, pa.0, pa, PAGE_SIZE, HYP_SHARED, 3).map_err(pt_err)?;
+        self.hyp_s1.map(&mut self.tables, pa.0, pa, PAGE_SIZE, HYP_SHARED, 3)?;
         tlb.hyp_s1_mapped();
         // Commit. Checked above under the same lock, so this cannot fail.
-        self.own.share(page, Component::Host, Component::Hyp).map_err(own_err)
+        self.own.share(page, Component::Host, Component::Hyp).map_err(HypError::from)
     }
 
     /// A new, empty guest stage 2 for `ipa_bits` of IPA (the FEAT_S2FWB format if `fwb`),
@@ -177,13 +160,13 @@ impl<T: TableMemory> MemState<'_, T> {
         }
         let me = vm.component();
         if vm.protected {
-            self.own.donate(phys, Component::Host, me).map_err(own_err)?;
+            self.own.donate(phys, Component::Host, me)?;
             // The host loses the pages: drop every host mapping of them, on every CPU.
             if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, phys.start.0, phys.size()) {
                 tlb.host_s2_unmapped();
             }
         } else {
-            self.own.share(phys, Component::Host, me).map_err(own_err)?;
+            self.own.share(phys, Component::Host, me)?;
         }
         vm.mem.regions.push(region);
         Ok(())
