@@ -1,9 +1,11 @@
-//! Named accessors for the system registers `aarch64-cpu` does not name (or that the assembler
-//! knows only by encoding), so no call site spells `S3_…`.
+//! Named accessors for the system registers `aarch64-cpu` does not name, so no call site spells
+//! `S3_…`, and the list registers by index.
 //!
 //! Each is used only where its feature exists on this CPU (the callers check the CPU's
 //! [`crate::cpu::controls::ControlFeatures`]); every access is at EL2 and has no side effect
 //! beyond the register itself.
+
+use aarch64_cpu::registers::*;
 
 /// Reads `$r` (an `S<op0>_<op1>_C<n>_C<m>_<op2>` name or an architectural one).
 macro_rules! mrs {
@@ -50,8 +52,6 @@ macro_rules! sysregs {
 }
 
 sysregs! {
-    /// Debug monitor control: the guest runs with 0 (no host breakpoint, watchpoint or step).
-    MDSCR_EL1 = "mdscr_el1";
     /// Trace filter control at EL1 (FEAT_TRF).
     TRFCR_EL1 = "S3_0_C1_C2_1";
     /// PMU counter enables, set view (FEAT_PMUv3).
@@ -60,75 +60,51 @@ sysregs! {
     PMCNTENCLR_EL0 = "S3_3_C9_C12_2";
     /// EL0 thread ID for SME (FEAT_SME).
     TPIDR2_EL0 = "S3_3_C13_C0_5";
-    /// EL2's physical timer control (the emulated EL1 physical timer's backing).
-    CNTHP_CTL_EL2 = "cnthp_ctl_el2";
-    /// EL2's physical timer compare value.
+    /// EL2's physical timer compare value (the emulated EL1 physical timer's backing).
     CNTHP_CVAL_EL2 = "cnthp_cval_el2";
-    /// Virtual GIC hypervisor control (`En`, maintenance interrupt enables).
-    ICH_HCR_EL2 = "S3_4_C12_C11_0";
-    /// Virtual GIC type: list registers, priority and preemption bits.
-    ICH_VTR_EL2 = "S3_4_C12_C11_1";
-    /// The virtual CPU interface's state as the guest's `ICC_*` accesses see it.
-    ICH_VMCR_EL2 = "S3_4_C12_C11_7";
-    /// Group 0 active priorities 0.
-    ICH_AP0R0_EL2 = "S3_4_C12_C8_0";
-    /// Group 0 active priorities 1.
-    ICH_AP0R1_EL2 = "S3_4_C12_C8_1";
-    /// Group 0 active priorities 2.
-    ICH_AP0R2_EL2 = "S3_4_C12_C8_2";
-    /// Group 0 active priorities 3.
-    ICH_AP0R3_EL2 = "S3_4_C12_C8_3";
-    /// Group 1 active priorities 0.
-    ICH_AP1R0_EL2 = "S3_4_C12_C9_0";
-    /// Group 1 active priorities 1.
-    ICH_AP1R1_EL2 = "S3_4_C12_C9_1";
-    /// Group 1 active priorities 2.
-    ICH_AP1R2_EL2 = "S3_4_C12_C9_2";
-    /// Group 1 active priorities 3.
-    ICH_AP1R3_EL2 = "S3_4_C12_C9_3";
 }
 
 /// `ICH_LR<n>_EL2` for `n` < 16 (the caller names only list registers the CPU implements,
 /// `ICH_VTR_EL2.ListRegs`).
 pub(super) fn write_ich_lr(n: usize, v: u64) {
     match n {
-        0 => msr!("S3_4_C12_C12_0", v),
-        1 => msr!("S3_4_C12_C12_1", v),
-        2 => msr!("S3_4_C12_C12_2", v),
-        3 => msr!("S3_4_C12_C12_3", v),
-        4 => msr!("S3_4_C12_C12_4", v),
-        5 => msr!("S3_4_C12_C12_5", v),
-        6 => msr!("S3_4_C12_C12_6", v),
-        7 => msr!("S3_4_C12_C12_7", v),
-        8 => msr!("S3_4_C12_C13_0", v),
-        9 => msr!("S3_4_C12_C13_1", v),
-        10 => msr!("S3_4_C12_C13_2", v),
-        11 => msr!("S3_4_C12_C13_3", v),
-        12 => msr!("S3_4_C12_C13_4", v),
-        13 => msr!("S3_4_C12_C13_5", v),
-        14 => msr!("S3_4_C12_C13_6", v),
-        _ => msr!("S3_4_C12_C13_7", v),
+        0 => ICH_LR0_EL2.set(v),
+        1 => ICH_LR1_EL2.set(v),
+        2 => ICH_LR2_EL2.set(v),
+        3 => ICH_LR3_EL2.set(v),
+        4 => ICH_LR4_EL2.set(v),
+        5 => ICH_LR5_EL2.set(v),
+        6 => ICH_LR6_EL2.set(v),
+        7 => ICH_LR7_EL2.set(v),
+        8 => ICH_LR8_EL2.set(v),
+        9 => ICH_LR9_EL2.set(v),
+        10 => ICH_LR10_EL2.set(v),
+        11 => ICH_LR11_EL2.set(v),
+        12 => ICH_LR12_EL2.set(v),
+        13 => ICH_LR13_EL2.set(v),
+        14 => ICH_LR14_EL2.set(v),
+        _ => ICH_LR15_EL2.set(v),
     }
 }
 
 /// Reads `ICH_LR<n>_EL2` (as [`write_ich_lr`]).
 pub(super) fn read_ich_lr(n: usize) -> u64 {
     match n {
-        0 => mrs!("S3_4_C12_C12_0"),
-        1 => mrs!("S3_4_C12_C12_1"),
-        2 => mrs!("S3_4_C12_C12_2"),
-        3 => mrs!("S3_4_C12_C12_3"),
-        4 => mrs!("S3_4_C12_C12_4"),
-        5 => mrs!("S3_4_C12_C12_5"),
-        6 => mrs!("S3_4_C12_C12_6"),
-        7 => mrs!("S3_4_C12_C12_7"),
-        8 => mrs!("S3_4_C12_C13_0"),
-        9 => mrs!("S3_4_C12_C13_1"),
-        10 => mrs!("S3_4_C12_C13_2"),
-        11 => mrs!("S3_4_C12_C13_3"),
-        12 => mrs!("S3_4_C12_C13_4"),
-        13 => mrs!("S3_4_C12_C13_5"),
-        14 => mrs!("S3_4_C12_C13_6"),
-        _ => mrs!("S3_4_C12_C13_7"),
+        0 => ICH_LR0_EL2.get(),
+        1 => ICH_LR1_EL2.get(),
+        2 => ICH_LR2_EL2.get(),
+        3 => ICH_LR3_EL2.get(),
+        4 => ICH_LR4_EL2.get(),
+        5 => ICH_LR5_EL2.get(),
+        6 => ICH_LR6_EL2.get(),
+        7 => ICH_LR7_EL2.get(),
+        8 => ICH_LR8_EL2.get(),
+        9 => ICH_LR9_EL2.get(),
+        10 => ICH_LR10_EL2.get(),
+        11 => ICH_LR11_EL2.get(),
+        12 => ICH_LR12_EL2.get(),
+        13 => ICH_LR13_EL2.get(),
+        14 => ICH_LR14_EL2.get(),
+        _ => ICH_LR15_EL2.get(),
     }
 }

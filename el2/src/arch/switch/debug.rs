@@ -8,7 +8,8 @@
 //! restoring the host's TRFCR_EL1, and put's final ISB puts the host's values back in force
 //! before EL2 continues.
 
-use crate::arch::sysreg::{MDSCR_EL1, PMCNTENCLR_EL0, PMCNTENSET_EL0, TRFCR_EL1};
+use crate::arch::sysreg::{PMCNTENCLR_EL0, PMCNTENSET_EL0, TRFCR_EL1};
+use aarch64_cpu::registers::*;
 use crate::cpu::controls::GuestControls;
 
 /// The host's values, where the run changed them.

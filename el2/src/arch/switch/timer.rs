@@ -2,7 +2,7 @@
 //! the emulated EL1 physical timer's deadline on EL2's own physical timer (`CNTHP_*`). The
 //! virtual timer's registers themselves are EL1 state ([`super::el1`]).
 
-use crate::arch::sysreg::{CNTHP_CTL_EL2, CNTHP_CVAL_EL2};
+use crate::arch::sysreg::CNTHP_CVAL_EL2;
 use crate::guest::timer::PTimer;
 use crate::guest::vcpu::VcpuCtx;
 use crate::hw::GuestConfig;

@@ -4,7 +4,8 @@
 
 use super::{features, ControlFeatures};
 use crate::arch::regs::{cpu_index, isb};
-use crate::arch::sysreg::{read_ich_lr, write_ich_lr, ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2, ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2, ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_HCR_EL2, ICH_VMCR_EL2, ICH_VTR_EL2};
+use crate::arch::sysreg::{read_ich_lr, write_ich_lr};
+use aarch64_cpu::registers::*;
 use crate::guest::vcpu::VcpuCtx;
 use crate::guest::vgic;
 use crate::platform::MAX_CPUS;
