@@ -50,8 +50,8 @@ const S2_XN: u64 = 0b10 << 53;
 const S2_XN_MASK: u64 = 0b11 << 53;
 
 /// `MAIR_EL2` as EL2's stage-1 `AttrIndx` values assume: index 0 Normal Write-Back
-/// (`0xFF`), index 1 Device-nGnRE (`0x04`), index 2 Tagged Normal Write-Back (`0xF0`, for
-/// `DC GZVA` once MTE sanitisation lands).
+/// (`0xFF`), index 1 Device-nGnRE (`0x04`), index 2 Tagged Normal Write-Back (`0xF0`: the
+/// fixmap's tagged template, through which EL2 clears and scrubs allocation tags).
 pub const MAIR_EL2_VALUE: u64 = 0xFF | (0x04 << 8) | (0xF0 << 16);
 
 /// Which translation regime a table is for.
