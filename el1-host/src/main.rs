@@ -1,7 +1,8 @@
 //! The host binary: the host's scenarios, on top of the VMM (`host-vmm`) and the host kernel
 //! (`host-kernel`), which never depend on them.
 //!
-//! The device tree's `/chosen/bootargs` selects a scenario (`scenario=NAME`, default `demo`).
+//! The device tree's `/chosen/bootargs` selects a scenario (`scenario=NAME`, default `demo`)
+//! from the registry (`registry.rs`).
 //! Every scenario ends by powering the machine off through PSCI (QEMU exits 0) or, on failure,
 //! by reporting a panic through QEMU's `pvpanic-pci` device (QEMU exits 1).
 #![no_std]
@@ -16,6 +17,7 @@ mod scenarios;
 mod bench;
 mod hostile;
 mod probe;
+mod registry;
 mod sched_scenarios;
 mod storm;
 mod vm_scenarios;
@@ -33,7 +35,7 @@ host_kernel::entry!(Hooks { main, idle: secondary_idle, exception: probe::except
 /// Runs the scenario the boot arguments name.
 fn main(plat: &Platform) {
     let name = plat.scenario();
-    scenarios::run(name, plat);
+    registry::run(name, plat);
     println!("host: scenario {name}: PASS");
 }
 

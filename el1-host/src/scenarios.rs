@@ -19,63 +19,8 @@ macro_rules! expect_err {
     }};
 }
 
-/// Runs scenario `name`.
-pub fn run(name: &str, plat: &Platform) {
-    match name {
-        "demo" => {
-            smp(plat);
-            setup(plat);
-            crate::vm_scenarios::run_guest(plat);
-        }
-        "checks" => {
-            smp(plat);
-            hypercalls(plat);
-            unknown_calls();
-            el2_memory();
-        }
-        "smp" => smp(plat),
-        "hypercalls" => hypercalls(plat),
-        "unknown-hvc" => unknown_calls(),
-        "el2-memory" => el2_memory(),
-        "bad-args" => bad_args(plat),
-        "el2-fatal" => el2_fatal(plat),
-        "bench" => {
-            // Exact instruction counts: no tick in the middle of a measurement.
-            crate::gic::stop_tick();
-            setup(plat);
-            crate::bench::run(plat);
-        }
-        "hostile" => {
-            smp(plat);
-            setup(plat);
-            crate::hostile::run(plat);
-        }
-        "storm" => {
-            smp(plat);
-            setup(plat);
-            crate::storm::run(plat);
-        }
-        "bench-ptrauth" => {
-            crate::gic::stop_tick();
-            setup(plat);
-            crate::bench::run_ptrauth(plat);
-        }
-        "linux" => {
-            smp(plat);
-            setup(plat);
-            crate::vmm::linux::run(plat, crate::bench::note_linux_start);
-        }
-        s if s.starts_with("vm-") => {
-            smp(plat);
-            setup(plat);
-            crate::vm_scenarios::run(s, plat);
-        }
-        other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
-    }
-}
-
 /// Brings up every CPU through PSCI CPU_ON (EL2 intercepts it) and waits for each to report.
-fn smp(plat: &Platform) {
+pub fn smp(plat: &Platform) {
     use smccc::psci;
     let me = plat.cpus[0];
     check!(
@@ -130,7 +75,7 @@ pub fn setup(plat: &Platform) {
 }
 
 /// The ABI's calls, each answering as documented.
-fn hypercalls(plat: &Platform) {
+pub fn hypercalls(plat: &Platform) {
     let v = hyp::call(HypercallId::Version, &[]);
     check!(v == Ok([ABI_VERSION.encode(), 0, 0]), "VERSION: {v:x?}");
     println!("host: ok: hypervisor ABI version {}.{}", ABI_VERSION.major, ABI_VERSION.minor);
@@ -179,7 +124,7 @@ fn hypercalls(plat: &Platform) {
 }
 
 /// IDs and register uses outside the ABI.
-fn unknown_calls() {
+pub fn unknown_hypercall() {
     for id in [0xC600_0FFFu64, 0xC6FF_FFFF, 0x8600_0000, 0x0, 0xFFFF_FFFF, 1 << 32 | HypercallId::Version as u64] {
         let r = hyp::raw(id, &[]);
         check!(r == Err(HypError::NotSupported), "unknown ID {id:#x}: {r:?}");
@@ -210,7 +155,7 @@ const FSC_SEA: u64 = 0x10;
 
 /// Reads, writes and executes EL2's memory: every access must come back as an injected
 /// synchronous external abort, and EL2 must go on serving.
-fn el2_memory() {
+pub fn host_reads_el2_memory() {
     let targets = [HYP_REGION_BASE, HYP_REGION_BASE + 0x1238, HYP_REGION_BASE + HYP_REGION_SIZE - 8];
     for a in targets {
         // SAFETY: deliberately touching memory the host does not own: the fault is caught by
@@ -244,7 +189,7 @@ fn el2_memory() {
 }
 
 /// Hostile arguments to the one call that takes addresses.
-fn bad_args(plat: &Platform) {
+pub fn hostile_arguments(plat: &Platform) {
     let page = msg_page(0) as u64;
     let (ram, ram_size) = plat.ram;
     let cases: [(&str, u64, u64, HypError); 8] = [
@@ -270,9 +215,9 @@ fn bad_args(plat: &Platform) {
 /// Test EL2 image only: EL2 takes an unexpected exception on CPU 1. It must report it and end
 /// the whole machine as a failure at once (pvpanic: QEMU exits 1), so this scenario's own end
 /// is never reached: if it is, the host fails it.
-fn el2_fatal(plat: &Platform) {
+pub fn el2_fatal(plat: &Platform) {
     use crate::probe::{FAULT_REQUEST, FAULT_RETURNED};
-    check!(plat.nr_cpus >= 2, "el2-fatal needs 2 CPUs");
+    check!(plat.nr_cpus >= 2, "el2-fatal-ends-the-run needs 2 CPUs");
     smp(plat);
     FAULT_REQUEST.store(1, Ordering::SeqCst);
     // Wakes the other CPUs from their idle `wfe`.

@@ -1,4 +1,4 @@
-//! Hostile guests in device VMs (`scenario=storm storm=KIND`, test EL2 image, guest `storm`):
+//! Hostile guests in device VMs (`scenario=guest-storm storm=KIND`, test EL2 image, guest `storm`):
 //! a VM whose guest storms the interrupt and timer paths (SGIs, expired timers never handled,
 //! random GIC and UART accesses, masked spinning, `CPU_OFF`/`CPU_ON`) runs next to a
 //! well-behaved VM that takes `count=N` virtual-timer interrupts 1 ms apart, both with the

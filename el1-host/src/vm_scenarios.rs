@@ -85,29 +85,7 @@ pub fn run_guest(plat: &Platform) {
     );
 }
 
-/// Runs scenario `name`.
-pub fn run(name: &str, plat: &Platform) {
-    match name {
-        "vm-lifecycle" => lifecycle(plat),
-        "vm-isolation" => isolation(plat),
-        "vm-regs" => regs(plat),
-        "vm-bad-args" => bad_args(plat),
-        "vm-fwregs" => fwregs(plat),
-        "vm-idregs" => idregs(plat),
-        "vm-pauth" => pauth(plat),
-        "vm-mte" => mte(plat),
-        "vm-hostile-guests" => hostile_guests(plat),
-        "vm-soak" => soak(plat),
-        "vm-illegal-state" => illegal_state(plat),
-        "vm-leaks" => leaks(plat),
-        "vm-preempt" => crate::sched_scenarios::preempt(plat),
-        "vm-preempt-spin-wait" => crate::sched_scenarios::spin_wait(plat),
-        "vm-vgic" => vgic(plat),
-        other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
-    }
-}
-
-fn lifecycle(plat: &Platform) {
+pub fn lifecycle(plat: &Platform) {
     for (protected, vcpus) in [(true, 1), (true, 2), (false, 1), (false, 2)] {
         let vm = start(plat, vcpus, protected);
         run_to_off(plat, &vm, &mut NoDevice);
@@ -183,7 +161,7 @@ impl TestDevice for Attack {
     }
 }
 
-fn isolation(plat: &Platform) {
+pub fn isolation(plat: &Platform) {
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
         let mut dev = Attack { verdict: 0 };
@@ -210,7 +188,7 @@ fn host_fp_intact(seed: u64) -> bool {
     arch::fp_dump().iter().enumerate().all(|(i, w)| *w == seed + i as u64)
 }
 
-fn regs(plat: &Platform) {
+pub fn register_integrity(plat: &Platform) {
     const HOST_SEED: u64 = 0x4057_0000_0000_0000;
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
@@ -227,7 +205,7 @@ fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, reserved: [u64; 2]) -> Resu
     hyp::call(HypercallId::VmCreate, &[]).map(|r| r[0])
 }
 
-fn bad_args(plat: &Platform) {
+pub fn hostile_arguments(plat: &Platform) {
     // VM_CREATE.
     expect_err!(create_raw(0, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 0 vCPUs");
     expect_err!(create_raw(99, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 99 vCPUs");
@@ -293,7 +271,7 @@ fn bad_args(plat: &Platform) {
 }
 
 /// Firmware pseudo-registers as a VMM restoring a VM would use them.
-fn fwregs(plat: &Platform) {
+pub fn firmware_registers(plat: &Platform) {
     const PSCI_VERSION: u64 = reg::FW_PSCI_VERSION;
     let (wa1, wa2, wa3) = (PSCI_VERSION + 1, PSCI_VERSION + 2, PSCI_VERSION + 3);
     let vm = start(plat, 1, false);
@@ -344,7 +322,7 @@ fn idreg_id(i: u64) -> u64 {
 }
 
 /// Per-VM ID registers: lowering a field before the first run, refusals, what the guest sees.
-fn idregs(plat: &Platform) {
+pub fn id_registers(plat: &Platform) {
     let vm = start(plat, 1, false);
     let get = |i: u64| hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
     let set = |i: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
@@ -391,7 +369,7 @@ impl TestDevice for PauthDevice {
 }
 
 /// Two pointer-authentication VMs with different keys, run exit by exit in turn.
-fn pauth(plat: &Platform) {
+pub fn pointer_authentication(plat: &Platform) {
     const HOST_KEY: u64 = 0x4057_4B45_5900_0001;
     arch::set_pauth_keys(HOST_KEY);
     let a = start_with(plat, 1, vm_flags::PTRAUTH | vm_flags::PROTECTED);
@@ -433,7 +411,7 @@ impl TestDevice for MteMode {
 /// Where the boot arguments declare RAM without tag storage (`pkvm.notags=`): the last 64 MiB.
 const UNTAGGED: u64 = 0x7C00_0000;
 
-fn mte(plat: &Platform) {
+pub fn mte(plat: &Platform) {
     const HOST_MTE: [u64; 4] = [0x0777 << 8 | 0x9, 1 << 16 | 0x0F0F, 0b10, 0b10];
     // The host's own RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1.
     arch::set_mte_registers(HOST_MTE);
@@ -476,7 +454,7 @@ fn mte(plat: &Platform) {
 }
 
 /// A hostile guest and a well-behaved one, run exit by exit in turn.
-fn hostile_guests(plat: &Platform) {
+pub fn hostile_guests(plat: &Platform) {
     let a = start_with(plat, 1, 0);
     let b = start_with(plat, 1, vm_flags::PROTECTED);
     let (mut da, mut db) = (MteMode(1), MteMode(2));
@@ -522,7 +500,7 @@ impl TestDevice for SoakDev {
 /// Two VMs (pointer authentication and MTE; one protected) with two vCPUs each, on both host
 /// CPUs, interleaved exit by exit and with host work in between: every vCPU checks its
 /// registers, keys, MTE state and a tag after every exit (`soak-rounds=N`, default 10,000).
-fn soak(plat: &Platform) {
+pub fn integrity_soak(plat: &Platform) {
     let rounds: u64 = plat.arg("soak-rounds").and_then(|v| v.parse().ok()).unwrap_or(10_000);
     check!(plat.nr_cpus >= 2, "the soak needs 2 CPUs");
     let a = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE | vm_flags::PROTECTED);
@@ -554,7 +532,7 @@ fn soak(plat: &Platform) {
 /// `PSTATE` decides where the world switch's `ERET` lands: the host may only choose an AArch64
 /// EL0 or EL1 mode, so it cannot enter EL2 at a PC of its choosing (the attack: PSTATE EL2h,
 /// PC in EL2, then `VCPU_RUN`). The guest then returns to AArch32 EL0 itself, and EL2 stops it.
-fn illegal_state(plat: &Platform) {
+pub fn illegal_state(plat: &Platform) {
     use shared_abi::msg::kill;
     let vm = start(plat, 1, false);
     let el2_pc = HYP_REGION_BASE + 0x1000;
@@ -600,7 +578,7 @@ impl TestDevice for FoundDev {
 /// Registers a guest can reach are switched or trapped: two VMs run the leaks guest one after
 /// the other on the same CPU; each must find reset values, not what the host or the VM before
 /// it left in `TPIDR2_EL0` and the GIC priority mask (`ICH_VMCR_EL2`).
-fn leaks(plat: &Platform) {
+pub fn switched_or_trapped(plat: &Platform) {
     const HOST_TPIDR2: u64 = 0x4057_0000_7770_0001;
     arch::set_tpidr2(HOST_TPIDR2);
     for (round, protected) in [(1, true), (2, false)] {
@@ -678,7 +656,7 @@ impl TestDevice for VgicDev {
     }
 }
 
-fn vgic(plat: &Platform) {
+pub fn vgic(plat: &Platform) {
     let vm = start(plat, 1, true);
     let mut dev = VgicDev { flags: 0, took: [0; 2], n: 0, sgi: None };
     let r = vmm::pinned::run(&vm, 1, &mut dev);

@@ -62,7 +62,7 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
             _cmdline_file = file;
             machine
         }),
-        None => images.guest(&s.guest).and_then(|guest| test_guest_machine(images, s.smp, &args, &guest)),
+        None => images.guest(&s.guest).and_then(|guest| test_guest_machine(images, s.smp, &format!("scenario={} {args}", s.scenario), &guest)),
     };
     let mut machine = match machine {
         Ok(m) => m,
