@@ -13,7 +13,7 @@ extern crate host_kernel;
 
 #[macro_use]
 mod scenarios;
-// After `scenarios`, whose expect_err! macro they use.
+// After `scenarios`, whose ok! and expect_err! macros they use.
 mod bench;
 mod hostile;
 mod probe;
@@ -36,7 +36,7 @@ host_kernel::entry!(Hooks { main, idle: secondary_idle, exception: probe::except
 fn main(plat: &Platform) {
     let name = plat.scenario();
     registry::run(name, plat);
-    println!("host: scenario {name}: PASS");
+    println!("host: scenario {name}: PASS ({} checks)", scenarios::CHECKS_PASSED.load(core::sync::atomic::Ordering::Relaxed));
 }
 
 /// A secondary CPU's idle work: the fault test hook, then vCPUs of the fixed placement or of

@@ -14,6 +14,7 @@
 //! guest = regs               # the guest image staged for the host (default: demo)
 //! icount = on                # run QEMU with -icount shift=0 (exact PMU instruction counts)
 //! expect_count = 2 some text  # must appear on exactly 2 lines
+//! checks = 12                # the host passes exactly 12 checks (its `host: ok:` lines)
 //! default = off              # not in a plain `cargo xtask test`: `--only NAME` or `--all`
 //! unknown_scenario = NAME    # boot the host with a scenario name it does not have
 //! ```
@@ -41,7 +42,9 @@
 //! that a failure can be replayed.
 //!
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
-//! warning or error EL2 logs, and any host failure.
+//! warning or error EL2 logs, and any host failure. A run with exit 0 that boots the host must
+//! also end with the host's `host: scenario NAME: PASS (N checks)`, N as `checks` says if given.
+//! A scenario's checks are then the host's, its expected lines, and QEMU's exit status.
 
 use crate::linux;
 
@@ -63,6 +66,8 @@ pub struct Scenario {
     pub guest: String,
     pub icount: bool,
     pub expect_count: Vec<(usize, String)>,
+    /// The number of checks the host must pass.
+    pub checks: Option<usize>,
     /// Console input: once a line containing the first text has appeared, the second is typed
     /// into QEMU's console (with a newline), in order.
     pub input: Vec<(String, String)>,
@@ -158,6 +163,7 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "forbid" => s.forbid.push(v),
             "allow" => s.allow.push(v),
             "guest" => s.guest = v,
+            "checks" => s.checks = Some(v.parse().map_err(|_| bad("checks"))?),
             "icount" => s.icount = v == "on",
             "default" => s.default = on_off("default")?,
             "input" => {
@@ -207,6 +213,8 @@ mod tests {
         assert!(parse("[a]\nsmp = two\n").is_err());
         assert!(parse("[a]\ncolour = red\n").is_err());
         assert!(parse("[a]\nimage = debug\n").is_err());
+        assert!(parse("[a]\nchecks = some\n").is_err());
+        assert_eq!(parse("[a]\nchecks = 12\n").unwrap()[0].checks, Some(12));
         assert!(parse("[a]\nargs = seed=1 scenario=b\n").unwrap_err().contains("no scenario= in args"));
     }
 
@@ -261,6 +269,10 @@ mod tests {
         let text = std::fs::read_to_string(root().join("tests/scenarios.txt")).unwrap();
         let s = parse(&text).unwrap();
         assert!(s.len() >= 4);
-        assert!(s.iter().all(|s| !s.expect.is_empty()), "every scenario checks something");
+        for s in s.iter().filter(|s| s.default) {
+            assert!(!s.expect.is_empty() || s.checks.is_some_and(|n| n > 0), "{}: checks nothing", s.name);
+            let boots_host = s.exit == 0 && s.linux.as_ref().is_none_or(|l| !l.bare);
+            assert!(!boots_host || s.checks.is_some(), "{}: no checks = N for the host's checks", s.name);
+        }
     }
 }
