@@ -1,4 +1,4 @@
-//! The hostile host (`scenario=hostile seed=N calls=N`, test EL2 image): seeded, reproducible
+//! The hostile host (`scenario=hostile-host seed=N calls=N`, test EL2 image): seeded, reproducible
 //! hypercalls mixing random values, boundary values (0, all-ones, unaligned and page-crossing
 //! ranges, the last page of RAM, EL2's own addresses, the message pages, stale handles) and
 //! valid-but-ill-timed calls (destroy while a vCPU runs on the other CPU, registers after a

@@ -1,7 +1,8 @@
 //! The host binary: the host's scenarios, on top of the VMM (`host-vmm`) and the host kernel
 //! (`host-kernel`), which never depend on them.
 //!
-//! The device tree's `/chosen/bootargs` selects a scenario (`scenario=NAME`, default `demo`).
+//! The device tree's `/chosen/bootargs` selects a scenario (`scenario=NAME`, default `demo`)
+//! from the registry (`registry.rs`).
 //! Every scenario ends by powering the machine off through PSCI (QEMU exits 0) or, on failure,
 //! by reporting a panic through QEMU's `pvpanic-pci` device (QEMU exits 1).
 #![no_std]
@@ -12,10 +13,11 @@ extern crate host_kernel;
 
 #[macro_use]
 mod scenarios;
-// After `scenarios`, whose expect_err! macro they use.
+// After `scenarios`, whose ok! and expect_err! macros they use.
 mod bench;
 mod hostile;
 mod probe;
+mod registry;
 mod sched_scenarios;
 mod storm;
 mod vm_scenarios;
@@ -33,8 +35,8 @@ host_kernel::entry!(Hooks { main, idle: secondary_idle, exception: probe::except
 /// Runs the scenario the boot arguments name.
 fn main(plat: &Platform) {
     let name = plat.scenario();
-    scenarios::run(name, plat);
-    println!("host: scenario {name}: PASS");
+    registry::run(name, plat);
+    println!("host: scenario {name}: PASS ({} checks)", scenarios::CHECKS_PASSED.load(core::sync::atomic::Ordering::Relaxed));
 }
 
 /// A secondary CPU's idle work: the fault test hook, then vCPUs of the fixed placement or of

@@ -1,88 +1,46 @@
 //! The host's scenarios: what a (sometimes hostile) host does, and what it must observe.
 //!
-//! Each prints `host: ok: ...` lines that the QEMU scenario runner looks for, and fails the run
-//! (QEMU exit status 1) on the first wrong observation.
+//! Each fails the run (QEMU exit status 1) on the first wrong observation and reports each check
+//! it passed as a `host: ok: ...` line ([`ok!`]); the host ends a run that passed with the
+//! number of those checks, which the QEMU scenario runner compares with the scenario's `checks`.
 
 use crate::platform::Platform;
 use crate::hyp::{self, msg_page, read_msg, write_msg};
 use crate::{println, PROBE};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use shared_abi::layout::{HYP_REGION_BASE, HYP_REGION_SIZE};
 use shared_abi::msg::{EchoRequest, EchoResponse, HypInfo};
 use shared_abi::{HypError, HypercallId, ABI_VERSION, PAGE_SIZE};
 
+/// Checks passed so far: the `host: ok:` lines of [`ok!`].
+pub static CHECKS_PASSED: AtomicU64 = AtomicU64::new(0);
+
+/// Reports a check passed: a `host: ok: ...` line, counted in [`CHECKS_PASSED`].
+macro_rules! ok {
+    ($($arg:tt)*) => {{
+        $crate::scenarios::CHECKS_PASSED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        $crate::println!("host: ok: {}", format_args!($($arg)*));
+    }};
+}
+
+/// Checks that `$call` fails with `$err`: a counted check ([`ok!`]).
 macro_rules! expect_err {
     ($call:expr, $err:expr, $what:expr) => {{
         let r = $call;
         check!(r == Err($err), "{}: expected {:?}, got {:?}", $what, $err, r);
-        println!("host: ok: {} -> {}", $what, $err.name());
+        ok!("{} -> {}", $what, $err.name());
     }};
 }
 
-/// Runs scenario `name`.
-pub fn run(name: &str, plat: &Platform) {
-    match name {
-        "demo" => {
-            smp(plat);
-            setup(plat);
-            crate::vm_scenarios::run_guest(plat);
-        }
-        "checks" => {
-            smp(plat);
-            hypercalls(plat);
-            unknown_calls();
-            el2_memory();
-        }
-        "smp" => smp(plat),
-        "hypercalls" => hypercalls(plat),
-        "unknown-hvc" => unknown_calls(),
-        "el2-memory" => el2_memory(),
-        "bad-args" => bad_args(plat),
-        "el2-fatal" => el2_fatal(plat),
-        "bench" => {
-            // Exact instruction counts: no tick in the middle of a measurement.
-            crate::gic::stop_tick();
-            setup(plat);
-            crate::bench::run(plat);
-        }
-        "hostile" => {
-            smp(plat);
-            setup(plat);
-            crate::hostile::run(plat);
-        }
-        "storm" => {
-            smp(plat);
-            setup(plat);
-            crate::storm::run(plat);
-        }
-        "bench-ptrauth" => {
-            crate::gic::stop_tick();
-            setup(plat);
-            crate::bench::run_ptrauth(plat);
-        }
-        "linux" => {
-            smp(plat);
-            setup(plat);
-            crate::vmm::linux::run(plat, crate::bench::note_linux_start);
-        }
-        s if s.starts_with("vm-") => {
-            smp(plat);
-            setup(plat);
-            crate::vm_scenarios::run(s, plat);
-        }
-        other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
-    }
-}
-
 /// Brings up every CPU through PSCI CPU_ON (EL2 intercepts it) and waits for each to report.
-fn smp(plat: &Platform) {
+pub fn smp(plat: &Platform) {
     use smccc::psci;
     let me = plat.cpus[0];
     check!(
         psci::cpu_on::<smccc::Smc>(0xFF_FF, crate::secondary_entry(), 0).is_err(),
         "CPU_ON of a CPU that does not exist succeeded"
     );
-    println!("host: ok: CPU_ON of a missing CPU refused");
+    ok!("CPU_ON of a missing CPU refused");
     for cpu in 1..plat.nr_cpus {
         let r = psci::cpu_on::<smccc::Smc>(plat.cpus[cpu], crate::secondary_entry(), cpu as u64);
         check!(r.is_ok(), "CPU_ON cpu{cpu}: {r:?}");
@@ -94,7 +52,7 @@ fn smp(plat: &Platform) {
         }
     }
     check!(psci::cpu_on::<smccc::Smc>(me, crate::secondary_entry(), 0).is_err(), "CPU_ON of myself succeeded");
-    println!("host: ok: all {} CPUs online", plat.nr_cpus);
+    ok!("all {} CPUs online", plat.nr_cpus);
     // Every CPU has initialised its redistributor. A hostile host turning LPIs on would have
     // the GIC itself read and write the tables at GICR_PROPBASER/GICR_PENDBASER, past the
     // stage 2: EL2 performs accesses to that page and keeps EnableLPIs at 0.
@@ -104,7 +62,7 @@ fn smp(plat: &Platform) {
             check!(plpis, "cpu{cpu}: GICR_TYPER.PLPIS is 0: this GIC has no LPIs to keep off");
             check!(!on, "cpu{cpu}: GICR_CTLR.EnableLPIs reads 1: the GIC may now write LPI tables anywhere");
         }
-        println!("host: ok: GICR_CTLR.EnableLPIs stays 0: the GIC never reads or writes LPI tables");
+        ok!("GICR_CTLR.EnableLPIs stays 0: the GIC never reads or writes LPI tables");
     }
 }
 
@@ -130,21 +88,21 @@ pub fn setup(plat: &Platform) {
 }
 
 /// The ABI's calls, each answering as documented.
-fn hypercalls(plat: &Platform) {
+pub fn hypercalls(plat: &Platform) {
     let v = hyp::call(HypercallId::Version, &[]);
     check!(v == Ok([ABI_VERSION.encode(), 0, 0]), "VERSION: {v:x?}");
-    println!("host: ok: hypervisor ABI version {}.{}", ABI_VERSION.major, ABI_VERSION.minor);
+    ok!("hypervisor ABI version {}.{}", ABI_VERSION.major, ABI_VERSION.minor);
     for i in 0..100u64 {
         let r = hyp::call(HypercallId::Ping, &[i * 0x0101_0101]);
         check!(r == Ok([i * 0x0101_0101, 0, 0]), "PING {i}: {r:x?}");
     }
-    println!("host: ok: 100 PING round trips");
+    ok!("100 PING round trips");
     expect_err!(hyp::call(HypercallId::HypInfo, &[]), HypError::NoMessagePage, "HYP_INFO before a message page");
     for cpu in 0..plat.nr_cpus {
         let r = hyp::call(HypercallId::SetMessagePage, &[cpu as u64, msg_page(cpu) as u64]);
         check!(r.is_ok(), "SET_MESSAGE_PAGE cpu{cpu}: {r:?}");
     }
-    println!("host: ok: message pages shared");
+    ok!("message pages shared");
     expect_err!(
         hyp::call(HypercallId::SetMessagePage, &[0, msg_page(1) as u64]),
         HypError::Frozen,
@@ -155,7 +113,7 @@ fn hypercalls(plat: &Platform) {
     check!(info.nr_cpus as usize == plat.nr_cpus, "HYP_INFO nr_cpus {}", info.nr_cpus);
     check!(info.hyp_base == HYP_REGION_BASE && info.hyp_size == HYP_REGION_SIZE, "HYP_INFO region {info:x?}");
     check!((info.ram_base, info.ram_size) == plat.ram, "HYP_INFO RAM {info:x?}");
-    println!("host: ok: HYP_INFO: {} CPUs, EL2 at {:#x}+{:#x}, host IPA {} bits", info.nr_cpus, info.hyp_base, info.hyp_size, info.host_ipa_bits);
+    ok!("HYP_INFO: {} CPUs, EL2 at {:#x}+{:#x}, host IPA {} bits", info.nr_cpus, info.hyp_base, info.hyp_size, info.host_ipa_bits);
     for n in 0..50u64 {
         let req = EchoRequest { nonce: n ^ 0xABCD, flags: 0, words: [n, n * 3, u64::MAX - n, 1 << (n % 64), 0, 7] };
         write_msg(0, &req);
@@ -163,11 +121,11 @@ fn hypercalls(plat: &Platform) {
         let resp: EchoResponse = read_msg(0);
         check!(resp == req.expected_response(), "ECHO {n}: wrong response {resp:x?}");
     }
-    println!("host: ok: 50 ECHO message round trips");
+    ok!("50 ECHO message round trips");
     write_msg(0, &EchoRequest { nonce: 1, flags: 0x80, words: [0; 6] });
     expect_err!(hyp::call(HypercallId::Echo, &[]), HypError::BadMessage, "ECHO with a reserved field set");
     check!(hyp::call(HypercallId::FinaliseSetup, &[]).is_ok(), "FINALISE_SETUP failed");
-    println!("host: ok: set-up finalised");
+    ok!("set-up finalised");
     expect_err!(
         hyp::call(HypercallId::SetMessagePage, &[0, msg_page(0) as u64 + PAGE_SIZE * 8]),
         HypError::SetupFinalised,
@@ -179,29 +137,29 @@ fn hypercalls(plat: &Platform) {
 }
 
 /// IDs and register uses outside the ABI.
-fn unknown_calls() {
+pub fn unknown_hypercall() {
     for id in [0xC600_0FFFu64, 0xC6FF_FFFF, 0x8600_0000, 0x0, 0xFFFF_FFFF, 1 << 32 | HypercallId::Version as u64] {
         let r = hyp::raw(id, &[]);
         check!(r == Err(HypError::NotSupported), "unknown ID {id:#x}: {r:?}");
-        println!("host: ok: unknown hypercall {id:#x} -> NOT_SUPPORTED (-1)");
+        ok!("unknown hypercall {id:#x} -> NOT_SUPPORTED (-1)");
     }
     let r = hyp::hvc_imm1(HypercallId::Version as u64);
     check!(r == HypError::NotSupported.to_x0(), "HVC #1: {r:#x}");
-    println!("host: ok: HVC #1 -> NOT_SUPPORTED");
+    ok!("HVC #1 -> NOT_SUPPORTED");
     // Host SMCs: an allow-list reaches firmware; FF-A, SiP and the rest are refused by EL2.
     for id in [0x8400_0063u32, 0xC400_0070, 0xC200_0000, 0x8300_0000, smccc::psci::PSCI_CPU_FREEZE] {
         let r = smccc::smc64(id, [0; 17])[0];
         check!(r == u64::MAX, "SMC {id:#x}: {r:#x}");
-        println!("host: ok: SMC {id:#x} -> NOT_SUPPORTED (-1)");
+        ok!("SMC {id:#x} -> NOT_SUPPORTED (-1)");
     }
     let v = smccc::smc64(smccc::psci::PSCI_VERSION, [0; 17])[0];
     check!(v >> 16 >= 1 && v >> 32 == 0, "PSCI_VERSION by SMC: {v:#x}");
-    println!("host: ok: PSCI_VERSION reaches firmware");
+    ok!("PSCI_VERSION reaches firmware");
     expect_err!(hyp::call(HypercallId::Version, &[1]), HypError::InvalidArgument, "VERSION with x1 set");
     expect_err!(hyp::call(HypercallId::Ping, &[1, 0, 0, 0, 0, 0, 9]), HypError::InvalidArgument, "PING with x7 set");
     expect_err!(hyp::call(HypercallId::TestFault, &[0]), HypError::NotSupported, "TEST_FAULT on a release EL2");
     check!(hyp::call(HypercallId::Ping, &[5]) == Ok([5, 0, 0]), "EL2 stopped serving");
-    println!("host: ok: EL2 still serving");
+    ok!("EL2 still serving");
 }
 
 const EC_DABT_CUR: u64 = 0x25;
@@ -210,7 +168,7 @@ const FSC_SEA: u64 = 0x10;
 
 /// Reads, writes and executes EL2's memory: every access must come back as an injected
 /// synchronous external abort, and EL2 must go on serving.
-fn el2_memory() {
+pub fn host_reads_el2_memory() {
     let targets = [HYP_REGION_BASE, HYP_REGION_BASE + 0x1238, HYP_REGION_BASE + HYP_REGION_SIZE - 8];
     for a in targets {
         // SAFETY: deliberately touching memory the host does not own: the fault is caught by
@@ -218,12 +176,12 @@ fn el2_memory() {
         let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(a as *const u64); });
         check!(matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_DABT_CUR && esr & 0x3F == FSC_SEA && far == a),
             "read of EL2 memory {a:#x}: {r:x?}");
-        println!("host: ok: read of EL2 memory at {a:#x} -> synchronous external abort");
+        ok!("read of EL2 memory at {a:#x} -> synchronous external abort");
         // SAFETY: as above, for a write that EL2 must stop.
         let r = PROBE.expect(|| unsafe { core::ptr::write_volatile(a as *mut u64, 0xBAD) });
         check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == EC_DABT_CUR && esr & (1 << 6) != 0 && esr & 0x3F == FSC_SEA),
             "write to EL2 memory {a:#x}: {r:x?}");
-        println!("host: ok: write to EL2 memory at {a:#x} -> synchronous external abort");
+        ok!("write to EL2 memory at {a:#x} -> synchronous external abort");
     }
     let target = HYP_REGION_BASE;
     // SAFETY: branching into EL2's memory: the fetch faults before any instruction runs, and
@@ -231,20 +189,20 @@ fn el2_memory() {
     let r = PROBE.expect(|| unsafe { host_kernel::arch::call_address(target) });
     check!(matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_IABT_CUR && esr & 0x3F == FSC_SEA && far == target),
         "execute of EL2 memory: {r:x?}");
-    println!("host: ok: execute of EL2 memory -> instruction abort");
+    ok!("execute of EL2 memory -> instruction abort");
     // The pages just outside EL2's region are the host's.
     for a in [HYP_REGION_BASE - 8, HYP_REGION_BASE + HYP_REGION_SIZE] {
         // SAFETY: host-owned RAM around EL2's region (the DTB's padding and the host image).
         let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(a as *const u64); });
         check!(r.is_none(), "host memory at {a:#x} faulted: {r:x?}");
     }
-    println!("host: ok: memory next to EL2's region is readable");
+    ok!("memory next to EL2's region is readable");
     check!(hyp::call(HypercallId::Ping, &[42]) == Ok([42, 0, 0]), "EL2 stopped serving after the aborts");
-    println!("host: ok: EL2 still serving after host aborts");
+    ok!("EL2 still serving after host aborts");
 }
 
 /// Hostile arguments to the one call that takes addresses.
-fn bad_args(plat: &Platform) {
+pub fn hostile_arguments(plat: &Platform) {
     let page = msg_page(0) as u64;
     let (ram, ram_size) = plat.ram;
     let cases: [(&str, u64, u64, HypError); 8] = [
@@ -264,15 +222,15 @@ fn bad_args(plat: &Platform) {
     check!(hyp::call(HypercallId::SetMessagePage, &[0, page]).is_ok(), "a valid SET_MESSAGE_PAGE after bad ones");
     expect_err!(hyp::call(HypercallId::SetMessagePage, &[1, page]), HypError::NotOwned, "the same page for a second CPU");
     check!(hyp::call(HypercallId::Ping, &[1]) == Ok([1, 0, 0]), "EL2 stopped serving");
-    println!("host: ok: EL2 still serving after hostile arguments");
+    ok!("EL2 still serving after hostile arguments");
 }
 
 /// Test EL2 image only: EL2 takes an unexpected exception on CPU 1. It must report it and end
 /// the whole machine as a failure at once (pvpanic: QEMU exits 1), so this scenario's own end
 /// is never reached: if it is, the host fails it.
-fn el2_fatal(plat: &Platform) {
+pub fn el2_fatal(plat: &Platform) {
     use crate::probe::{FAULT_REQUEST, FAULT_RETURNED};
-    check!(plat.nr_cpus >= 2, "el2-fatal needs 2 CPUs");
+    check!(plat.nr_cpus >= 2, "el2-fatal-ends-the-run needs 2 CPUs");
     smp(plat);
     FAULT_REQUEST.store(1, Ordering::SeqCst);
     // Wakes the other CPUs from their idle `wfe`.

@@ -6,7 +6,7 @@ use crate::platform::Platform;
 use crate::sched::{self, STATS};
 use crate::vm_scenarios::start;
 use crate::vmm::{Outcome, Vm};
-use crate::{hyp, println};
+use crate::hyp;
 use core::sync::atomic::Ordering;
 use shared_abi::HypercallId;
 
@@ -48,7 +48,7 @@ pub fn preempt(plat: &Platform) {
     check!(r == Some(Ok(Outcome::Off)), "spin-wait VM ended {r:?}");
     check!(sched::outcome(&spinner).is_none(), "the spinner ended");
     destroy(&pair);
-    println!("host: ok: one host CPU ran a VM whose 2 vCPUs spin-wait beside a vCPU that never exits ({} preemptions)", preemptions());
+    ok!("one host CPU ran a VM whose 2 vCPUs spin-wait beside a vCPU that never exits ({} preemptions)", preemptions());
 
     // 2. The spinner alone on CPU 1; this CPU makes hypercalls meanwhile.
     let ticks = || COUNTS[1].ticks.load(Ordering::Relaxed);
@@ -60,7 +60,7 @@ pub fn preempt(plat: &Platform) {
     }
     let back = STATS[1].preemptions.load(Ordering::Relaxed) - p0;
     check!(back >= 4, "CPU 1 took {} ticks but came back from the guest {back} times", ticks() - t0);
-    println!("host: ok: host CPU 1 got its CPU back from the spinning vCPU at each tick (5 ticks) while CPU 0 made {calls} hypercalls");
+    ok!("host CPU 1 got its CPU back from the spinning vCPU at each tick (5 ticks) while CPU 0 made {calls} hypercalls");
     // Kick: stop the spinner while it runs on CPU 1 (retry in the rare case it is between two
     // runs, when no kick is needed).
     let k0 = COUNTS[1].kicks.load(Ordering::Relaxed);
@@ -81,7 +81,7 @@ pub fn preempt(plat: &Platform) {
     }
     destroy(&spinner);
     sched::finish();
-    println!("host: ok: a kick (SGI) took host CPU 1 back from the spinning vCPU, and its VM was destroyed");
+    ok!("a kick (SGI) took host CPU 1 back from the spinning vCPU, and its VM was destroyed");
 }
 
 /// `vm-preempt-spin-wait`: 2 VMs x 2 vCPUs that spin-wait for each other without exits, on 2
@@ -101,5 +101,5 @@ pub fn spin_wait(plat: &Platform) {
     check!(preemptions() > 0, "finished without a preemption");
     destroy(&a);
     destroy(&b);
-    println!("host: ok: 2 VMs x 2 vCPUs spin-waiting without exits finished on 2 host CPUs ({} preemptions, {picks} picks)", preemptions());
+    ok!("2 VMs x 2 vCPUs spin-waiting without exits finished on 2 host CPUs ({} preemptions, {picks} picks)", preemptions());
 }

@@ -1,4 +1,4 @@
-//! Hostile guests in device VMs (`scenario=storm storm=KIND`, test EL2 image, guest `storm`):
+//! Hostile guests in device VMs (`scenario=guest-storm storm=KIND`, test EL2 image, guest `storm`):
 //! a VM whose guest storms the interrupt and timer paths (SGIs, expired timers never handled,
 //! random GIC and UART accesses, masked spinning, `CPU_OFF`/`CPU_ON`) runs next to a
 //! well-behaved VM that takes `count=N` virtual-timer interrupts 1 ms apart, both with the
@@ -108,7 +108,7 @@ pub fn run(plat: &Platform) {
     sched::finish();
     linux::set_running(false);
     check!(outcome == Some(Ok(Outcome::Off)), "storm {kind}: the neighbour VM ended {outcome:?}");
-    println!("host: ok: the neighbour VM counted {count} timer interrupts and powered off while VM {:#x} stormed", storm.handle);
+    ok!("the neighbour VM counted {count} timer interrupts and powered off while VM {:#x} stormed", storm.handle);
     violations += crate::hostile::invariants();
     checks += 1;
     println!("host: invariant checks: {checks}, invariant violations: {violations}");
@@ -117,7 +117,7 @@ pub fn run(plat: &Platform) {
     let rate = irq * 1000 / secs_milli;
     println!("host: storm {kind}: {irq} IRQ exits in {secs_milli} ms ({rate}/s), {sgi} SGI exits, {mmio} MMIO exits");
     check!(rate <= bound, "storm {kind}: the storming VM made {rate} IRQ exits per second, above the bound of {bound}: an interrupt storms the host");
-    println!("host: ok: IRQ exits of the storming VM at most {bound}/s");
+    ok!("IRQ exits of the storming VM at most {bound}/s");
 }
 
 /// `storm=KIND` for the storming VM's command line.

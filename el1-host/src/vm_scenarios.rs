@@ -78,36 +78,10 @@ pub fn run_guest(plat: &Platform) {
     let vm = start(plat, vcpus, protected);
     run_to_off(plat, &vm, &mut NoDevice);
     destroy(&vm);
-    println!(
-        "host: ok: VM {:#x} powered off and destroyed ({} unassigned MMIO accesses)",
-        vm.handle,
-        vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
-    );
+    ok!("VM {:#x} powered off and destroyed ({} unassigned MMIO accesses)", vm.handle, vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed));
 }
 
-/// Runs scenario `name`.
-pub fn run(name: &str, plat: &Platform) {
-    match name {
-        "vm-lifecycle" => lifecycle(plat),
-        "vm-isolation" => isolation(plat),
-        "vm-regs" => regs(plat),
-        "vm-bad-args" => bad_args(plat),
-        "vm-fwregs" => fwregs(plat),
-        "vm-idregs" => idregs(plat),
-        "vm-pauth" => pauth(plat),
-        "vm-mte" => mte(plat),
-        "vm-hostile-guests" => hostile_guests(plat),
-        "vm-soak" => soak(plat),
-        "vm-illegal-state" => illegal_state(plat),
-        "vm-leaks" => leaks(plat),
-        "vm-preempt" => crate::sched_scenarios::preempt(plat),
-        "vm-preempt-spin-wait" => crate::sched_scenarios::spin_wait(plat),
-        "vm-vgic" => vgic(plat),
-        other => crate::fail::fail(format_args!("unknown scenario {other:?}")),
-    }
-}
-
-fn lifecycle(plat: &Platform) {
+pub fn lifecycle(plat: &Platform) {
     for (protected, vcpus) in [(true, 1), (true, 2), (false, 1), (false, 2)] {
         let vm = start(plat, vcpus, protected);
         run_to_off(plat, &vm, &mut NoDevice);
@@ -115,7 +89,7 @@ fn lifecycle(plat: &Platform) {
             register_list(&vm);
         }
         destroy(&vm);
-        println!("host: ok: {} VM with {vcpus} vCPU(s) ran to SYSTEM_OFF and was destroyed", kind(protected));
+        ok!("{} VM with {vcpus} vCPU(s) ran to SYSTEM_OFF and was destroyed", kind(protected));
     }
     let a = start(plat, 1, true);
     let b = start(plat, 2, false);
@@ -123,11 +97,9 @@ fn lifecycle(plat: &Platform) {
     run_to_off(plat, &b, &mut NoDevice);
     destroy(&b);
     destroy(&a);
-    println!("host: ok: two VMs alive at once, both ran and were destroyed");
+    ok!("two VMs alive at once, both ran and were destroyed");
 }
 
-/// The host's side of the isolation guest: on the guest's write (the IPA of its secret page),
-/// try to read and write the page; answer the guest's read with the verdict.
 /// `VCPU_REG_LIST` names every register, and each one it names can be read.
 fn register_list(vm: &Vm) {
     let r = hyp::call(HypercallId::VcpuRegList, &[vm.handle, 0]);
@@ -143,9 +115,11 @@ fn register_list(vm: &Vm) {
         check!(v.is_ok(), "VCPU_GET_REG {:?} from the list: {v:?}", reg::name(id));
     }
     let pc = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).unwrap_or([0; 3])[0];
-    println!("host: ok: VCPU_REG_LIST names {} registers, all readable (PC {pc:#x})", list.count);
+    ok!("VCPU_REG_LIST names {} registers, all readable (PC {pc:#x})", list.count);
 }
 
+/// The host's side of the isolation guest: on the guest's write (the IPA of its secret page),
+/// try to read and write the page; answer the guest's read with the verdict.
 struct Attack {
     verdict: u64,
 }
@@ -163,18 +137,18 @@ impl TestDevice for Attack {
                 vmm::backing_word(vm, off);
             });
             check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25 && esr & 0x3F == 0x10), "host read of protected page {pa:#x}: {r:x?}");
-            println!("host: ok: read of the protected guest's page at {pa:#x} -> synchronous external abort");
+            ok!("read of the protected guest's page at {pa:#x} -> synchronous external abort");
             // SAFETY: a deliberate write to a page EL2 must protect; the probe catches the abort.
             let r = PROBE.expect(|| unsafe { core::ptr::write_volatile((pa + 8) as *mut u64, MARKER) });
             check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25 && esr & (1 << 6) != 0), "host write of protected page: {r:x?}");
-            println!("host: ok: write to the protected guest's page -> synchronous external abort");
+            ok!("write to the protected guest's page -> synchronous external abort");
             self.verdict = 1;
         } else {
             let first = vmm::backing_word(vm, off);
             check!(first == 0x005E_C2E7, "shared page word 0 is {first:#x}");
             // SAFETY: a non-protected VM's memory is shared: the host keeps access.
             unsafe { core::ptr::write_volatile((pa + 8) as *mut u64, MARKER) };
-            println!("host: ok: non-protected guest's page readable and writable by the host");
+            ok!("non-protected guest's page readable and writable by the host");
             self.verdict = 2;
         }
     }
@@ -183,7 +157,7 @@ impl TestDevice for Attack {
     }
 }
 
-fn isolation(plat: &Platform) {
+pub fn isolation(plat: &Platform) {
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
         let mut dev = Attack { verdict: 0 };
@@ -199,7 +173,7 @@ fn isolation(plat: &Platform) {
                 }
             });
             check!(r.is_none(), "host cannot read its memory back after destroy: {r:x?}");
-            println!("host: ok: protected guest's {} pages are back with the host and all zero", vm.pages);
+            ok!("protected guest's {} pages are back with the host and all zero", vm.pages);
         }
     }
 }
@@ -210,7 +184,7 @@ fn host_fp_intact(seed: u64) -> bool {
     arch::fp_dump().iter().enumerate().all(|(i, w)| *w == seed + i as u64)
 }
 
-fn regs(plat: &Platform) {
+pub fn register_integrity(plat: &Platform) {
     const HOST_SEED: u64 = 0x4057_0000_0000_0000;
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
@@ -218,7 +192,7 @@ fn regs(plat: &Platform) {
         run_to_off(plat, &vm, &mut NoDevice);
         check!(host_fp_intact(HOST_SEED), "the host's V0..V31 changed across the guest's runs");
         destroy(&vm);
-        println!("host: ok: {} VM kept its registers across exits; the host's FP/SIMD registers intact", kind(protected));
+        ok!("{} VM kept its registers across exits; the host's FP/SIMD registers intact", kind(protected));
     }
 }
 
@@ -227,7 +201,7 @@ fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, reserved: [u64; 2]) -> Resu
     hyp::call(HypercallId::VmCreate, &[]).map(|r| r[0])
 }
 
-fn bad_args(plat: &Platform) {
+pub fn hostile_arguments(plat: &Platform) {
     // VM_CREATE.
     expect_err!(create_raw(0, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 0 vCPUs");
     expect_err!(create_raw(99, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 99 vCPUs");
@@ -271,7 +245,7 @@ fn bad_args(plat: &Platform) {
         vmm::backing_word(&a, 0);
     });
     check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25), "host read of a donated page: {r:x?}");
-    println!("host: ok: host read of a donated page -> synchronous external abort");
+    ok!("host read of a donated page -> synchronous external abort");
 
     // Registers.
     expect_err!(hyp::call(HypercallId::VcpuSetReg, &[a.handle, 0, 0x6030_0000_0013_FFFF, 1]), HypError::UnknownRegister, "VCPU_SET_REG of an unknown register");
@@ -289,11 +263,11 @@ fn bad_args(plat: &Platform) {
     expect_err!(hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
     destroy(&vm);
     check!(hyp::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
-    println!("host: ok: EL2 still serving after hostile VM calls");
+    ok!("EL2 still serving after hostile VM calls");
 }
 
 /// Firmware pseudo-registers as a VMM restoring a VM would use them.
-fn fwregs(plat: &Platform) {
+pub fn firmware_registers(plat: &Platform) {
     const PSCI_VERSION: u64 = reg::FW_PSCI_VERSION;
     let (wa1, wa2, wa3) = (PSCI_VERSION + 1, PSCI_VERSION + 2, PSCI_VERSION + 3);
     let vm = start(plat, 1, false);
@@ -301,14 +275,14 @@ fn fwregs(plat: &Platform) {
     let set = |id: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, id, v, 0]);
     let levels = (get(wa1), get(wa2), get(wa3));
     check!(get(PSCI_VERSION) == Ok(0x10001), "PSCI_VERSION register {:?}", get(PSCI_VERSION));
-    println!("host: ok: firmware registers: PSCI 1.1, workaround levels {levels:?}");
+    ok!("firmware registers: PSCI 1.1, workaround levels {levels:?}");
     expect_err!(set(wa1, 1 << 8), HypError::InvalidArgument, "WORKAROUND_1 with unknown bits");
     expect_err!(set(wa2, 0x10), HypError::InvalidArgument, "WORKAROUND_2 ENABLED without AVAIL");
     expect_err!(set(PSCI_VERSION, 0x10005), HypError::InvalidArgument, "PSCI_VERSION 1.5");
     expect_err!(set(PSCI_VERSION + 4, 0), HypError::UnknownRegister, "firmware register 4");
     check!(set(wa1, 0).is_ok(), "WORKAROUND_1 = NOT_AVAIL (never more than provided) refused");
     check!(set(PSCI_VERSION, 0x10000).is_ok(), "PSCI_VERSION = 1.0 refused");
-    println!("host: ok: compatible restore accepted (PSCI 1.0)");
+    ok!("compatible restore accepted (PSCI 1.0)");
     run_to_off(plat, &vm, &mut NoDevice);
     check!(set(PSCI_VERSION, 0x10000).is_ok(), "identical write after the first run refused");
     expect_err!(set(PSCI_VERSION, 0x10001), HypError::Frozen, "changing PSCI_VERSION after the first run");
@@ -344,7 +318,7 @@ fn idreg_id(i: u64) -> u64 {
 }
 
 /// Per-VM ID registers: lowering a field before the first run, refusals, what the guest sees.
-fn idregs(plat: &Platform) {
+pub fn id_registers(plat: &Platform) {
     let vm = start(plat, 1, false);
     let get = |i: u64| hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, idreg_id(i)]).map(|r| r[0]);
     let set = |i: u64, v: u64| hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, idreg_id(i), v, 0]);
@@ -356,7 +330,7 @@ fn idregs(plat: &Platform) {
     expect_err!(set(40, isar0 | 1), HypError::InvalidArgument, "ID_AA64ISAR0_EL1 with a reserved bit set");
     let lowered = (isar0 & !(0xF << 4)) | (aes - 1) << 4;
     check!(set(40, lowered).is_ok(), "lowering ID_AA64ISAR0_EL1.AES refused");
-    println!("host: ok: ID_AA64ISAR0_EL1.AES lowered from {aes} to {}", aes - 1);
+    ok!("ID_AA64ISAR0_EL1.AES lowered from {aes} to {}", aes - 1);
     let mut report = IdRegReport { pending: None, seen: [(0, 0); 16], n: 0 };
     run_to_off(plat, &vm, &mut report);
     check!(report.n == 8, "the guest reported {} registers", report.n);
@@ -365,7 +339,7 @@ fn idregs(plat: &Platform) {
         check!(host == Ok(v), "ID register {i}: the guest read {v:#x}, the host reads {host:x?}");
     }
     check!(report.seen.iter().any(|&(i, v)| i == 40 && v == lowered), "the guest did not see the lowered ISAR0");
-    println!("host: ok: the guest read exactly the VM's ID registers, the lowered AES included");
+    ok!("the guest read exactly the VM's ID registers, the lowered AES included");
     check!(set(40, lowered).is_ok(), "identical write after the first run refused");
     expect_err!(set(40, isar0), HypError::Frozen, "changing an ID register after the first run");
     destroy(&vm);
@@ -391,7 +365,7 @@ impl TestDevice for PauthDevice {
 }
 
 /// Two pointer-authentication VMs with different keys, run exit by exit in turn.
-fn pauth(plat: &Platform) {
+pub fn pointer_authentication(plat: &Platform) {
     const HOST_KEY: u64 = 0x4057_4B45_5900_0001;
     arch::set_pauth_keys(HOST_KEY);
     let a = start_with(plat, 1, vm_flags::PTRAUTH | vm_flags::PROTECTED);
@@ -413,10 +387,10 @@ fn pauth(plat: &Platform) {
     check!(da.n == 2 && db.n == 2, "pauth guests reported {} and {} signatures", da.n, db.n);
     check!(da.sigs[0] == da.sigs[1] && db.sigs[0] == db.sigs[1], "a guest's signature changed: {:x?} {:x?}", da.sigs, db.sigs);
     check!(da.sigs[0] != db.sigs[0], "two VMs with different keys produced the same signature {:#x}", da.sigs[0]);
-    println!("host: ok: two pointer-authentication VMs interleaved over {switches} rounds kept their own keys");
+    ok!("two pointer-authentication VMs interleaved over {switches} rounds kept their own keys");
     let (k1, k2) = arch::pauth_keys();
     check!(k1 == HOST_KEY && k2 == HOST_KEY, "the host's keys changed: {k1:#x} {k2:#x}");
-    println!("host: ok: the host's pointer-authentication keys intact");
+    ok!("the host's pointer-authentication keys intact");
     destroy(&a);
     destroy(&b);
 }
@@ -433,7 +407,7 @@ impl TestDevice for MteMode {
 /// Where the boot arguments declare RAM without tag storage (`pkvm.notags=`): the last 64 MiB.
 const UNTAGGED: u64 = 0x7C00_0000;
 
-fn mte(plat: &Platform) {
+pub fn mte(plat: &Platform) {
     const HOST_MTE: [u64; 4] = [0x0777 << 8 | 0x9, 1 << 16 | 0x0F0F, 0b10, 0b10];
     // The host's own RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1.
     arch::set_mte_registers(HOST_MTE);
@@ -447,7 +421,7 @@ fn mte(plat: &Platform) {
     let b = start_at(plat, 1, vm_flags::MTE, backing);
     check!(run(&b, 2) == Ok(Outcome::Off), "MTE VM b did not run to SYSTEM_OFF");
     destroy(&b);
-    println!("host: ok: pages another MTE VM had tagged reached the next MTE VM with clean tags");
+    ok!("pages another MTE VM had tagged reached the next MTE VM with clean tags");
     // Memory without tag storage is refused to an MTE VM when the host offers it (EL2 would
     // also stop the VM at its first touch of such a page, should it get one: unit-tested).
     let c = vmm::create_at(1, vm_flags::MTE, GUEST_MIB, UNTAGGED).unwrap_or_else(|e| crate::fail::fail(format_args!("VM_CREATE: {e:?}")));
@@ -469,14 +443,14 @@ fn mte(plat: &Platform) {
     let e = start_with(plat, 1, vm_flags::MTE | vm_flags::PROTECTED);
     check!(run(&e, 2) == Ok(Outcome::Off), "a protected MTE VM did not run");
     destroy(&e);
-    println!("host: ok: a VM without MTE used that memory, and a protected MTE VM ran after");
+    ok!("a VM without MTE used that memory, and a protected MTE VM ran after");
     let host = arch::mte_registers();
     check!(host == HOST_MTE, "the host's MTE registers changed: {host:#x?}, expected {HOST_MTE:#x?}");
-    println!("host: ok: the host's RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 intact");
+    ok!("the host's RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 intact");
 }
 
 /// A hostile guest and a well-behaved one, run exit by exit in turn.
-fn hostile_guests(plat: &Platform) {
+pub fn hostile_guests(plat: &Platform) {
     let a = start_with(plat, 1, 0);
     let b = start_with(plat, 1, vm_flags::PROTECTED);
     let (mut da, mut db) = (MteMode(1), MteMode(2));
@@ -494,8 +468,7 @@ fn hostile_guests(plat: &Platform) {
     }
     check!(done_b == Some(Outcome::Off), "the neighbour VM ended {done_b:?}");
     check!(matches!(done_a, Some(Outcome::Off) | Some(Outcome::Killed(..))), "the hostile VM ended {done_a:?}");
-    println!(
-        "host: ok: hostile guest ended {:?}, its neighbour ran correctly, {rounds} rounds, {} unassigned MMIO accesses",
+    ok!("hostile guest ended {:?}, its neighbour ran correctly, {rounds} rounds, {} unassigned MMIO accesses",
         done_a.unwrap_or(Outcome::Off),
         vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed)
     );
@@ -522,7 +495,7 @@ impl TestDevice for SoakDev {
 /// Two VMs (pointer authentication and MTE; one protected) with two vCPUs each, on both host
 /// CPUs, interleaved exit by exit and with host work in between: every vCPU checks its
 /// registers, keys, MTE state and a tag after every exit (`soak-rounds=N`, default 10,000).
-fn soak(plat: &Platform) {
+pub fn integrity_soak(plat: &Platform) {
     let rounds: u64 = plat.arg("soak-rounds").and_then(|v| v.parse().ok()).unwrap_or(10_000);
     check!(plat.nr_cpus >= 2, "the soak needs 2 CPUs");
     let a = start_with(plat, 2, vm_flags::PTRAUTH | vm_flags::MTE | vm_flags::PROTECTED);
@@ -546,7 +519,7 @@ fn soak(plat: &Platform) {
     vmm::pinned::stop_secondaries();
     vmm::pinned::wait_secondary(1);
     check!(done_a == Some(Outcome::Off) && done_b == Some(Outcome::Off), "soak VMs ended {done_a:?} {done_b:?}");
-    println!("host: ok: soak: 2 VMs x 2 vCPUs on 2 CPUs, {rounds} checked exits per vCPU, {host_work} host calls in between");
+    ok!("soak: 2 VMs x 2 vCPUs on 2 CPUs, {rounds} checked exits per vCPU, {host_work} host calls in between");
     destroy(&a);
     destroy(&b);
 }
@@ -554,14 +527,14 @@ fn soak(plat: &Platform) {
 /// `PSTATE` decides where the world switch's `ERET` lands: the host may only choose an AArch64
 /// EL0 or EL1 mode, so it cannot enter EL2 at a PC of its choosing (the attack: PSTATE EL2h,
 /// PC in EL2, then `VCPU_RUN`). The guest then returns to AArch32 EL0 itself, and EL2 stops it.
-fn illegal_state(plat: &Platform) {
+pub fn illegal_state(plat: &Platform) {
     use shared_abi::msg::kill;
     let vm = start(plat, 1, false);
     let el2_pc = HYP_REGION_BASE + 0x1000;
     for (pstate, what) in [(0x3C9u64, "EL2h"), (0x3C8, "EL2t"), (0x3C5 | 1 << 20, "EL1h with IL"), (0x1D0, "AArch32 usr"), (0x1D3, "AArch32 svc"), (0x3C5 | 1 << 36, "an undefined bit")] {
         let r = hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PSTATE, pstate]);
         check!(r == Err(HypError::InvalidArgument), "VCPU_SET_REG PSTATE {pstate:#x} ({what}): {r:?}");
-        println!("host: ok: PSTATE {pstate:#x} ({what}) -> InvalidArgument");
+        ok!("PSTATE {pstate:#x} ({what}) -> InvalidArgument");
     }
     let pc = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PC]).map_or(0, |r| r[0]);
     // The PC may be anything (it is a guest address); with PSTATE refused it stays one.
@@ -569,14 +542,14 @@ fn illegal_state(plat: &Platform) {
     check!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, pc]).is_ok(), "restoring PC");
     let pstate = hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::PSTATE]).map_or(0, |r| r[0]);
     check!(pstate == 0x3C5, "PSTATE after the refused writes: {pstate:#x}");
-    println!("host: ok: PSTATE still {pstate:#x} (EL1h) after the refused writes");
+    ok!("PSTATE still {pstate:#x} (EL1h) after the refused writes");
     let r = vmm::pinned::run(&vm, 1, &mut NoDevice);
     check!(matches!(r, Ok(Outcome::Killed(kill::ILLEGAL_STATE, _, _))), "the AArch32 guest ended {r:?}");
     let Ok(Outcome::Killed(_, _, spsr)) = r else { return };
-    println!("host: ok: guest that returned to AArch32 EL0 stopped by EL2 (ILLEGAL_STATE, PSTATE {spsr:#x})");
+    ok!("guest that returned to AArch32 EL0 stopped by EL2 (ILLEGAL_STATE, PSTATE {spsr:#x})");
     let again = hyp::call(HypercallId::VcpuRun, &[vm.handle, 0, 0]);
     check!(again == Err(HypError::NotRunnable), "VCPU_RUN after the stop: {again:?}");
-    println!("host: ok: VCPU_RUN of the stopped VM -> NotRunnable");
+    ok!("VCPU_RUN of the stopped VM -> NotRunnable");
     destroy(&vm);
 }
 
@@ -600,7 +573,7 @@ impl TestDevice for FoundDev {
 /// Registers a guest can reach are switched or trapped: two VMs run the leaks guest one after
 /// the other on the same CPU; each must find reset values, not what the host or the VM before
 /// it left in `TPIDR2_EL0` and the GIC priority mask (`ICH_VMCR_EL2`).
-fn leaks(plat: &Platform) {
+pub fn switched_or_trapped(plat: &Platform) {
     const HOST_TPIDR2: u64 = 0x4057_0000_7770_0001;
     arch::set_tpidr2(HOST_TPIDR2);
     for (round, protected) in [(1, true), (2, false)] {
@@ -612,12 +585,12 @@ fn leaks(plat: &Platform) {
         let [tpidr2, pmr] = dev.found;
         check!(tpidr2 == 0, "VM {round} found TPIDR2_EL0 {tpidr2:#x} (the host's is {HOST_TPIDR2:#x})");
         check!(pmr == 0, "VM {round} found ICC_PMR_EL1 {pmr:#x}");
-        println!("host: ok: VM {round} ({}) found TPIDR2_EL0 and ICC_PMR_EL1 at reset values", kind(protected));
+        ok!("VM {round} ({}) found TPIDR2_EL0 and ICC_PMR_EL1 at reset values", kind(protected));
         destroy(&vm);
     }
     let host = arch::tpidr2();
     check!(host == HOST_TPIDR2, "the host's TPIDR2_EL0 changed to {host:#x}");
-    println!("host: ok: the host's TPIDR2_EL0 intact");
+    ok!("the host's TPIDR2_EL0 intact");
 }
 
 /// The host's side of the vgic guest: queue SPI 40 (level-sensitive) when the guest says it is
@@ -656,7 +629,7 @@ impl TestDevice for VgicDev {
         check!(set(40, config(0x80, true, 0, true) as u64) == Err(HypError::InvalidArgument), "empty state accepted");
         check!(set(40, level) == Ok([0, 0, 0]), "SPI 40 not queued in LR0");
         check!(set(40, level) == Err(HypError::Busy), "SPI 40 queued twice");
-        println!("host: ok: hostile list-register requests refused; SPI 40 queued in LR0");
+        ok!("hostile list-register requests refused; SPI 40 queued in LR0");
         0
     }
 
@@ -673,20 +646,20 @@ impl TestDevice for VgicDev {
             let s: shared_abi::msg::VgicState = crate::hyp::read_msg(crate::cpu_id());
             check!(s.used == 0 && s.nr_lrs >= 1, "list registers after the EOI: used {:#x} of {}", s.used, s.nr_lrs);
             check!(s.eoi[0] == 1 << 40 && s.eoi[1..].iter().all(|&w| w == 0), "EOI report {:x?}", s.eoi);
-            println!("host: ok: the guest's EOI of SPI 40 reported (flag and VCPU_IRQ_STATE), its list register free");
+            ok!("the guest's EOI of SPI 40 reported (flag and VCPU_IRQ_STATE), its list register free");
         }
     }
 }
 
-fn vgic(plat: &Platform) {
+pub fn vgic(plat: &Platform) {
     let vm = start(plat, 1, true);
     let mut dev = VgicDev { flags: 0, took: [0; 2], n: 0, sgi: None };
     let r = vmm::pinned::run(&vm, 1, &mut dev);
     check!(r == Ok(Outcome::Off), "vgic guest ended {r:?}");
     check!(dev.n == 2 && dev.took == [40, 5], "the guest took {:?} ({} reports)", dev.took, dev.n);
-    println!("host: ok: protected guest took SPI 40 from its list register");
+    ok!("protected guest took SPI 40 from its list register");
     check!(dev.sgi == Some([5, 1, shared_abi::msg::sgi::SGI1R]), "SGI exit {:?}", dev.sgi);
-    println!("host: ok: guest SGI 5 exited to the host (targets 0x1, ICC_SGI1R_EL1), queued back and taken");
+    ok!("guest SGI 5 exited to the host (targets 0x1, ICC_SGI1R_EL1), queued back and taken");
     let r = hyp::call(HypercallId::VcpuIrqState, &[vm.handle, 0]);
     check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE at the end: {r:?}");
     destroy(&vm);

@@ -4,7 +4,7 @@
 use crate::qemu::Machine;
 use object::elf::PT_LOAD;
 use object::read::elf::{ElfFile64, ProgramHeader};
-use object::{Endianness, Object, ObjectSymbol};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol};
 use std::path::{Path, PathBuf};
 
 /// The built images.
@@ -72,6 +72,19 @@ pub fn elf_symbol(elf: &Path, name: &str) -> Option<u64> {
     file.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address())
 }
 
+/// The initial contents of the data symbol `name` in an ELF64 file (its `.symtab`).
+pub fn elf_symbol_data(elf: &Path, name: &str) -> Result<Vec<u8>, String> {
+    let data = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let missing = |why: &str| format!("{}: no data for symbol {name}: {why}", elf.display());
+    let file = ElfFile64::<Endianness>::parse(&*data).map_err(|e| missing(&e.to_string()))?;
+    let symbol = file.symbols().find(|s| s.name() == Ok(name)).ok_or_else(|| missing("not in the symbol table"))?;
+    let section = symbol.section_index().and_then(|i| file.section_by_index(i).ok()).ok_or_else(|| missing("in no section"))?;
+    match section.data_range(symbol.address(), symbol.size()) {
+        Ok(Some(bytes)) => Ok(bytes.to_vec()),
+        _ => Err(missing("outside its section's file data")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +135,20 @@ mod tests {
         std::fs::write(&input, b"MZ not an ELF").unwrap();
         assert!(flatten_elf(&input, &output).unwrap_err().contains("not an ELF64 image"));
         assert_eq!(elf_symbol(&input, "_start"), None);
+        assert!(elf_symbol_data(&input, "_start").unwrap_err().contains("no data for symbol _start"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A data symbol of this test binary, for [`elf_symbol_data`].
+    #[no_mangle]
+    #[used]
+    static XTASK_TEST_SYMBOL_DATA: [u8; 12] = *b"demo\nlinux\n\n";
+
+    #[test]
+    fn a_data_symbol_is_read_from_the_file() {
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(elf_symbol_data(&me, "XTASK_TEST_SYMBOL_DATA").unwrap(), XTASK_TEST_SYMBOL_DATA);
+        assert!(elf_symbol_data(&me, "XTASK_NO_SUCH_SYMBOL").unwrap_err().contains("not in the symbol table"));
     }
 
     #[test]

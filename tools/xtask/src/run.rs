@@ -3,7 +3,7 @@
 
 use crate::build::{build, Flavour};
 use crate::images::test_guest_machine;
-use crate::{cli, linux, setup::setup};
+use crate::{cli, linux, scenario, setup::setup};
 use std::path::PathBuf;
 
 /// The largest image the host can load: QEMU stages it at GUEST_STAGING, and the host gives
@@ -35,6 +35,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
     let tc = setup()?;
     let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
     let images = build(&tc, flavour)?;
+    scenario::Registry::from_host(&images.host)?.require(&scenario)?;
     let guest = images.guest(flags.value("--guest").unwrap_or("demo"))?;
     let size = std::fs::metadata(&guest).map_err(|e| format!("{}: {e}", guest.display()))?.len();
     let is_elf = std::fs::read(&guest).ok().is_some_and(|b| b.starts_with(b"\x7fELF"));
@@ -108,6 +109,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
     run.validate()?;
     let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
     let images = build(&tc, flavour)?;
+    scenario::Registry::from_host(&images.host)?.require(&run.scenario)?;
     let (mut machine, _cmdline_file) = linux::hyp_machine(&images, smp, &run, flags.value("--args").unwrap_or_default())?;
     if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());

@@ -12,6 +12,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let repeat = flags.number("--repeat", 1, 1..=1000)?;
+    let suite = scenario::Suite::load(flags.value("--only"))?;
     check_docs::run()?;
     let tc = setup()?;
     if !flags.has("--no-unit") {
@@ -27,5 +28,5 @@ pub fn command(args: &[String]) -> Result<(), String> {
     }
     let release = build(&tc, Flavour::Release)?;
     let test_hooks = build(&tc, Flavour::TestHooks)?;
-    scenario::run_all(&release, &test_hooks, flags.value("--only"), flags.has("--all"), repeat, flags.has("--verbose"))
+    scenario::run_all(&release, &test_hooks, suite, flags.has("--all"), repeat, flags.has("--verbose"))
 }

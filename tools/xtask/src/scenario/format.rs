@@ -1,8 +1,9 @@
 //! The scenario file, `tests/scenarios.txt`:
 //!
 //! ```text
-//! [name]
-//! args = scenario=smp        # /chosen/bootargs for the host
+//! [name]                     # runs the host scenario `name`, or `NAME` for [NAME-VARIANT]
+//!                            # (names.rs)
+//! args = vm=plain            # more /chosen/bootargs for the host (after scenario=NAME)
 //! smp = 2                    # CPUs (default 2)
 //! exit = 0                   # expected QEMU exit status (default 0)
 //! timeout = 60               # seconds (default 60)
@@ -13,7 +14,9 @@
 //! guest = regs               # the guest image staged for the host (default: demo)
 //! icount = on                # run QEMU with -icount shift=0 (exact PMU instruction counts)
 //! expect_count = 2 some text  # must appear on exactly 2 lines
+//! checks = 12                # the host passes exactly 12 checks (its `host: ok:` lines)
 //! default = off              # not in a plain `cargo xtask test`: `--only NAME` or `--all`
+//! unknown_scenario = NAME    # boot the host with a scenario name it does not have
 //! ```
 //!
 //! A Linux guest (the host's `linux` scenario, see `linux/mod.rs`) instead of a test guest:
@@ -39,13 +42,19 @@
 //! that a failure can be replayed.
 //!
 //! Default forbidden lines (unless `exit` is non-zero): anything EL2 reports as fatal, any
-//! warning or error EL2 logs, and any host failure.
+//! warning or error EL2 logs, and any host failure. A run with exit 0 that boots the host must
+//! also end with the host's `host: scenario NAME: PASS (N checks)`, N as `checks` says if given.
+//! A scenario's checks are then the host's, its expected lines, and QEMU's exit status.
 
 use crate::linux;
 
 #[derive(Debug, Default)]
 pub struct Scenario {
     pub name: String,
+    /// The host scenario it boots: set from the host's names (`names.rs`).
+    pub scenario: String,
+    /// A scenario name the host does not have, booted to see the host refuse it.
+    pub unknown_scenario: Option<String>,
     pub args: String,
     pub smp: u32,
     pub exit: i32,
@@ -57,6 +66,8 @@ pub struct Scenario {
     pub guest: String,
     pub icount: bool,
     pub expect_count: Vec<(usize, String)>,
+    /// The number of checks the host must pass.
+    pub checks: Option<usize>,
     /// Console input: once a line containing the first text has appeared, the second is typed
     /// into QEMU's console (with a newline), in order.
     pub input: Vec<(String, String)>,
@@ -140,7 +151,11 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             continue;
         }
         match k {
+            "args" if v.split_whitespace().any(|w| w.starts_with("scenario=")) => {
+                return Err(format!("line {}: no scenario= in args: the section's name is the host scenario's", n + 1))
+            }
             "args" => s.args = v,
+            "unknown_scenario" => s.unknown_scenario = Some(v),
             "smp" => s.smp = v.parse().map_err(|_| bad("smp"))?,
             "exit" => s.exit = v.parse().map_err(|_| bad("exit"))?,
             "timeout" => s.timeout = v.parse().map_err(|_| bad("timeout"))?,
@@ -148,6 +163,7 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "forbid" => s.forbid.push(v),
             "allow" => s.allow.push(v),
             "guest" => s.guest = v,
+            "checks" => s.checks = Some(v.parse().map_err(|_| bad("checks"))?),
             "icount" => s.icount = v == "on",
             "default" => s.default = on_off("default")?,
             "input" => {
@@ -179,9 +195,10 @@ mod tests {
 
     #[test]
     fn parses_scenarios_and_defaults() {
-        let s = parse("# c\n[a]\nargs = scenario=x\nexpect = hello = world\n[b]\nsmp = 1\nexit = 1\nimage = test\nallow = X\n").unwrap();
+        let s = parse("# c\n[a]\nargs = vm=plain\nexpect = hello = world\n[b]\nsmp = 1\nexit = 1\nimage = test\nallow = X\nunknown_scenario = z\n").unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0].args, "scenario=x");
+        assert_eq!(s[0].args, "vm=plain");
+        assert_eq!((s[0].unknown_scenario.as_deref(), s[1].unknown_scenario.as_deref()), (None, Some("z")));
         assert_eq!(s[0].expect, vec!["hello = world"]);
         assert_eq!((s[0].smp, s[0].exit, s[0].timeout), (2, 0, 60));
         assert_eq!((s[1].smp, s[1].exit), (1, 1));
@@ -196,6 +213,9 @@ mod tests {
         assert!(parse("[a]\nsmp = two\n").is_err());
         assert!(parse("[a]\ncolour = red\n").is_err());
         assert!(parse("[a]\nimage = debug\n").is_err());
+        assert!(parse("[a]\nchecks = some\n").is_err());
+        assert_eq!(parse("[a]\nchecks = 12\n").unwrap()[0].checks, Some(12));
+        assert!(parse("[a]\nargs = seed=1 scenario=b\n").unwrap_err().contains("no scenario= in args"));
     }
 
     #[test]
@@ -249,6 +269,10 @@ mod tests {
         let text = std::fs::read_to_string(root().join("tests/scenarios.txt")).unwrap();
         let s = parse(&text).unwrap();
         assert!(s.len() >= 4);
-        assert!(s.iter().all(|s| !s.expect.is_empty()), "every scenario checks something");
+        for s in s.iter().filter(|s| s.default) {
+            assert!(!s.expect.is_empty() || s.checks.is_some_and(|n| n > 0), "{}: checks nothing", s.name);
+            let boots_host = s.exit == 0 && s.linux.as_ref().is_none_or(|l| !l.bare);
+            assert!(!boots_host || s.checks.is_some(), "{}: no checks = N for the host's checks", s.name);
+        }
     }
 }

@@ -46,8 +46,15 @@ pub fn linux_run(keys: &LinuxKeys, debian: Option<&linux::Artifacts>) -> Result<
     })
 }
 
-/// Outcome of one scenario: `Err` holds the reason it failed.
-pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, verbose: bool) -> (Result<(), String>, Vec<String>) {
+/// The checks the host passed, from its last line `host: scenario NAME: PASS (N checks)`.
+fn host_checks_passed(lines: &[String], scenario: &str) -> Option<usize> {
+    let head = format!("host: scenario {scenario}: PASS (");
+    lines.iter().find_map(|l| l.split_once(&head)?.1.trim_end().strip_suffix(" checks)")?.parse().ok())
+}
+
+/// Outcome of one scenario: the number of checks it passed (the host's, each expected line,
+/// the exit status), or why it failed.
+pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, verbose: bool) -> (Result<usize, String>, Vec<String>) {
     let seed = fresh_seed();
     if s.args.contains("{seed}") {
         println!("scenario {}: fresh seed {seed} (replay: --args with seed={seed})", s.name);
@@ -62,7 +69,7 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
             _cmdline_file = file;
             machine
         }),
-        None => images.guest(&s.guest).and_then(|guest| test_guest_machine(images, s.smp, &args, &guest)),
+        None => images.guest(&s.guest).and_then(|guest| test_guest_machine(images, s.smp, &format!("scenario={} {args}", s.scenario), &guest)),
     };
     let mut machine = match machine {
         Ok(m) => m,
@@ -92,6 +99,18 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
     if status.code() != Some(s.exit) {
         return (Err(format!("QEMU exit status {:?}, expected {}", status.code(), s.exit)), lines);
     }
+    let boots_host = s.linux.as_ref().is_none_or(|l| !l.bare);
+    let host_checks = if s.exit == 0 && boots_host {
+        let Some(passed) = host_checks_passed(&lines, &s.scenario) else {
+            return (Err(format!("no line \"host: scenario {}: PASS (N checks)\"", s.scenario)), lines);
+        };
+        if let Some(want) = s.checks.filter(|want| *want != passed) {
+            return (Err(format!("the host passed {passed} checks, the scenario expects {want} (checks = {want})")), lines);
+        }
+        passed
+    } else {
+        0
+    };
     for e in &expect {
         if !lines.iter().any(|l| l.contains(e.as_str())) {
             return (Err(format!("expected line missing: {e:?}")), lines);
@@ -110,5 +129,18 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
             return (Err(format!("forbidden line present: {l:?}")), lines);
         }
     }
-    (Ok(()), lines)
+    (Ok(host_checks + expect.len() + s.expect_count.len() + 1), lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_reports_its_checks_on_its_pass_line() {
+        let lines: Vec<String> = ["host: ok: x", "host: scenario demo-x: PASS (9 checks)", "host: scenario demo: PASS (12 checks) ", "host: powering off"].map(String::from).into();
+        assert_eq!(host_checks_passed(&lines, "demo"), Some(12));
+        assert_eq!(host_checks_passed(&lines, "linux"), None);
+        assert_eq!(host_checks_passed(&["host: scenario demo: PASS".to_string()], "demo"), None);
+    }
 }
