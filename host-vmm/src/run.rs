@@ -57,23 +57,25 @@ pub fn step<M: Machine>(m: &mut M, mmio_value: &mut u64) -> Result<M::Step, HypE
     let (vm, vcpu) = m.vcpu();
     let handle = vm.handle;
     note_run(handle, vcpu);
-    let e = match vm.el2().vcpu(vcpu).run(core::mem::take(mmio_value)) {
+    // Borrowed where `VCPU_RUN` left it: moving the `Exited` out of the result costs a copy.
+    let r = vm.el2().vcpu(vcpu).run(core::mem::take(mmio_value));
+    let e = match &r {
         Ok(e) => e,
         Err(err) => {
-            note_exit(Err(err));
-            return Err(err);
+            note_exit(Err(*err));
+            return Err(*err);
         }
     };
     note_exit(Ok(&e.record));
     count_exit(handle, e.exit.reason());
-    m.after_exit(&e)?;
+    m.after_exit(e)?;
     if let Exit::Mmio { ipa, size, write } = e.exit {
         *mmio_value = m.mmio(ipa, size, write).unwrap_or_else(|| {
             UNASSIGNED.fetch_add(1, Ordering::Relaxed);
             0
         });
     }
-    Ok(m.exit(&e))
+    Ok(m.exit(e))
 }
 
 /// What each host CPU last did with a vCPU ([`shared_abi::layout::run_status`]): read by the
