@@ -503,15 +503,22 @@ impl Vgic {
     /// not a vCPU of the VM.
     pub fn next_to_queue(&mut self, vcpu: usize) -> Option<Candidate<'_>> {
         let map = *self.deliverable_maps().get(vcpu)?;
-        let (intid, irq) = (0..NR_INTIDS)
-            .filter(|&i| map & 1 << i != 0)
-            .filter_map(|i| Some((i, *self.irq(vcpu, i)?)))
-            .min_by_key(|&(i, irq)| (irq.priority, i))?;
+        // A plain loop over the fields the choice needs: the iterator version copied an `Irq`
+        // per candidate, a byte-wise `memcpy` call on the host's target.
+        let mut best: Option<(u8, usize, bool)> = None;
+        for i in (0..NR_INTIDS).filter(|&i| map & 1 << i != 0) {
+            let Some(irq) = self.irq(vcpu, i) else { continue };
+            // Strictly lower: between equal priorities the lowest INTID (the first) stays.
+            if best.is_none_or(|(p, _, _)| irq.priority < p) {
+                best = Some((irq.priority, i, irq.group1));
+            }
+        }
+        let (priority, intid, group1) = best?;
         Some(Candidate {
             vcpu: vcpu as u8,
             intid: intid as u16,
-            priority: irq.priority,
-            group1: irq.group1,
+            priority,
+            group1,
             vgic: self,
         })
     }
