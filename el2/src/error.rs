@@ -1,6 +1,5 @@
 //! EL2's errors: the internal [`Error`], built from each module's own error, and its one
-//! conversion into the [`HypError`] the host sees; and [`PsciStatus`], the PSCI return codes
-//! EL2 answers with.
+//! conversion into the [`HypError`] the host sees. (PSCI return codes are `smccc::psci::Error`.)
 //!
 //! Each module reports what went wrong in its own terms (`OwnError`, `PtError`, `RegError`,
 //! `FwError`, `IrqError`); a hypercall handler lets `?` turn it into an [`Error`] and then a
@@ -67,31 +66,6 @@ macro_rules! from_cause {
 
 from_cause!(OwnError => Own, PtError => Table, RegError => Reg, FwError => Fw, IrqError => Irq);
 
-/// A PSCI return code (PSCI 1.1, section 5.2.2), as EL2 answers the host or a guest in `x0`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-pub enum PsciStatus {
-    /// The call succeeded.
-    Success = 0,
-    /// The function is not implemented (also SMCCC's `NOT_SUPPORTED`).
-    NotSupported = -1,
-    /// An argument is invalid (e.g. an MPIDR that names no CPU).
-    InvalidParameters = -2,
-    /// The caller may not do this (e.g. turn memory protection off while protected VMs exist).
-    Denied = -3,
-    /// `CPU_ON` of a CPU that is on.
-    AlreadyOn = -4,
-    /// `CPU_ON` of a CPU whose power-on is pending.
-    OnPending = -5,
-}
-
-impl PsciStatus {
-    /// The value for `x0`: the code sign-extended to 64 bits.
-    pub const fn x0(self) -> u64 {
-        self as i32 as i64 as u64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,13 +77,5 @@ mod tests {
         assert_eq!(HypError::from(RegError::ReadOnly), HypError::Denied);
         assert_eq!(HypError::from(FwError::Refused), HypError::InvalidArgument);
         assert_eq!(HypError::from(IrqError::Full), HypError::NoCapacity);
-    }
-
-    #[test]
-    fn psci_codes_are_sign_extended() {
-        assert_eq!(PsciStatus::NotSupported.x0(), u64::MAX);
-        assert_eq!(PsciStatus::OnPending.x0(), -5i64 as u64);
-        assert_eq!(PsciStatus::Success.x0(), 0);
-        assert_eq!(PsciStatus::Denied as i32, smccc::psci::error::DENIED);
     }
 }

@@ -282,7 +282,7 @@ mod tests {
         // tree's value only.
         assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 0xFFFF_FF00_C100_0001), Ok((1, 1)));
         assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 0x8000_0000), Ok((0, 0)));
-        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 2), Err(crate::error::PsciStatus::InvalidParameters));
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 2), Err(smccc::psci::Error::InvalidParameters));
     }
 
     #[test]
@@ -308,7 +308,7 @@ mod tests {
         let mut weaker = little;
         weaker.regs[crate::cpu::idreg::idx(6, 0)] = 0; // no AES
         assert!(f.hyp.cpu_entered_el2(1, weaker).is_err());
-        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 1), Err(crate::error::PsciStatus::Denied), "recorded: the next CPU_ON is refused");
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 1), Err(smccc::psci::Error::Denied), "recorded: the next CPU_ON is refused");
     }
 
     #[test]

@@ -316,11 +316,11 @@ mod tests {
         let p2 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
         assert!(rec.log.borrow().is_empty(), "already on");
         // While protected VMs exist the host may not turn it off; enabling again is harmless.
-        assert_eq!(mem_protect(&f, 0), (crate::error::PsciStatus::Denied as i64, false));
-        assert_eq!(mem_protect(&f, 5), (crate::error::PsciStatus::Denied as i64, false));
+        assert_eq!(mem_protect(&f, 0), (i64::from(smccc::psci::Error::Denied), false));
+        assert_eq!(mem_protect(&f, 5), (i64::from(smccc::psci::Error::Denied), false));
         assert_eq!(mem_protect(&f, 1), (-1, true));
         f.call(0, H::VmDestroy, &[p1]).unwrap();
-        assert_eq!(mem_protect(&f, 0), (crate::error::PsciStatus::Denied as i64, false), "one protected VM left");
+        assert_eq!(mem_protect(&f, 0), (i64::from(smccc::psci::Error::Denied), false), "one protected VM left");
         f.call(0, H::VmDestroy, &[p2]).unwrap();
         assert_eq!(mem_protect(&f, 0), (-1, true), "the last one is gone");
         f.call(0, H::VmDestroy, &[plain]).unwrap();

@@ -3,7 +3,6 @@
 //! not answer, as a `HYPERCALL` exit, and a `CPU_ON` exit telling it a sibling wants a CPU.
 
 use crate::cpu::fwreg::FwRegs;
-use crate::error::PsciStatus;
 use crate::guest::vcpu::{power, VcpuCtx, VcpuSlot};
 use crate::guest::MAX_VCPUS;
 use core::sync::atomic::Ordering;
@@ -37,8 +36,8 @@ pub enum GuestCall {
 
 /// `SMCCC_VERSION` for guests: 1.1.
 pub const GUEST_SMCCC_VERSION: u64 = 0x0001_0001;
-const NOT_SUPPORTED: u64 = PsciStatus::NotSupported.x0();
-const INVALID_PARAMETERS: u64 = PsciStatus::InvalidParameters.x0();
+const NOT_SUPPORTED: u64 = smccc::psci::error::NOT_SUPPORTED as i64 as u64;
+const INVALID_PARAMETERS: u64 = smccc::psci::error::INVALID_PARAMETERS as i64 as u64;
 
 /// PSCI functions EL2 serves for guests.
 const GUEST_PSCI: [u32; 9] = [
@@ -119,8 +118,8 @@ pub enum Served {
     EndVm(Exit),
 }
 
-const PSCI_ALREADY_ON: u64 = PsciStatus::AlreadyOn.x0();
-const PSCI_ON_PENDING: u64 = PsciStatus::OnPending.x0();
+const PSCI_ALREADY_ON: u64 = smccc::psci::error::ALREADY_ON as i64 as u64;
+const PSCI_ON_PENDING: u64 = smccc::psci::error::ON_PENDING as i64 as u64;
 
 /// Serves an SMCCC call (HVC, or SMC already stepped over) of vCPU `index` of a VM of
 /// `nr_vcpus` vCPUs, whose slots are `vcpus` and firmware registers `fw`: answers what EL2

@@ -31,7 +31,6 @@
 //!   `SMC` it is refused like the rest.
 
 use crate::cpu::features::CpuFeatures;
-use crate::error::PsciStatus;
 use crate::hw::Firmware;
 use crate::mem::pgtable::TableMemory;
 use crate::mem::MemState;
@@ -58,7 +57,7 @@ pub enum HostSmc {
         enable: u32,
     },
     /// Answer in EL2 with this value in `x0`.
-    Answer(PsciStatus),
+    Answer(psci::Error),
     /// Pass the call to firmware unchanged.
     Forward,
 }
@@ -95,7 +94,7 @@ const RESET2_VENDOR: u64 = 1 << 31;
 
 /// Classifies a host SMC from its `x0..=x3`.
 pub fn classify(x: [u64; 4]) -> HostSmc {
-    const NOT_SUPPORTED: HostSmc = HostSmc::Answer(PsciStatus::NotSupported);
+    const NOT_SUPPORTED: HostSmc = HostSmc::Answer(psci::Error::NotSupported);
     // SMCCC: only w0 is the function ID; an x0 with upper bits set is no call EL2 knows.
     if x[0] >> 32 != 0 {
         return NOT_SUPPORTED;
@@ -112,7 +111,7 @@ pub fn classify(x: [u64; 4]) -> HostSmc {
         psci::PSCI_FEATURES | arch::SMCCC_ARCH_FEATURES if x[1] >> 32 != 0 || !offered(x[1] as u32) => NOT_SUPPORTED,
         psci::PSCI_FEATURES => HostSmc::Forward,
         psci::PSCI_SYSTEM_RESET2_32 | psci::PSCI_SYSTEM_RESET2_64 if x[1] & RESET2_VENDOR != 0 => {
-            HostSmc::Answer(PsciStatus::InvalidParameters)
+            HostSmc::Answer(psci::Error::InvalidParameters)
         }
         f if FORWARDED.contains(&f) => HostSmc::Forward,
         _ => NOT_SUPPORTED,
@@ -122,8 +121,8 @@ pub fn classify(x: [u64; 4]) -> HostSmc {
 /// The host's `MEM_PROTECT(enable)` while `protected_vms` protected VMs exist: `None` to
 /// forward it, or EL2's answer, `DENIED`, if it could turn memory protection off (anything but
 /// `enable == 1`) while a protected VM exists.
-pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<PsciStatus> {
-    (protected_vms > 0 && enable != 1).then_some(PsciStatus::Denied)
+pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<psci::Error> {
+    (protected_vms > 0 && enable != 1).then_some(psci::Error::Denied)
 }
 
 
@@ -134,11 +133,11 @@ pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<PsciStatus> {
 /// # Errors
 /// The PSCI status for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU; `DENIED`
 /// for a CPU that already failed [`CpuFeatures::report`] against the fixed view.
-pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), PsciStatus> {
-    let idx = platform.cpu_index(target).ok_or(PsciStatus::InvalidParameters)?;
+pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), psci::Error> {
+    let idx = platform.cpu_index(target).ok_or(psci::Error::InvalidParameters)?;
     if let Err(w) = cpus.lock().cpu_on_check(idx) {
         log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
-        return Err(PsciStatus::Denied);
+        return Err(psci::Error::Denied);
     }
     Ok((idx, platform.cpus[idx] & MPIDR_AFF_MASK))
 }
@@ -151,7 +150,7 @@ pub fn host_mem_protect<T: TableMemory>(mem: &spin::Mutex<MemState<'_, T>>, enab
     let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
     match mem_protect(enable, protected_vms) {
         None => fw.mem_protect(enable),
-        Some(answer) => answer as i64,
+        Some(answer) => answer.into(),
     }
 }
 
@@ -159,7 +158,7 @@ pub fn host_mem_protect<T: TableMemory>(mem: &spin::Mutex<MemState<'_, T>>, enab
 mod tests {
     use super::*;
 
-    const NS: HostSmc = HostSmc::Answer(PsciStatus::NotSupported);
+    const NS: HostSmc = HostSmc::Answer(psci::Error::NotSupported);
 
     #[test]
     fn cpu_on_is_intercepted_with_its_arguments() {
@@ -194,8 +193,8 @@ mod tests {
         assert_eq!(FORWARDED, ids);
         // SYSTEM_RESET2: the architectural warm reset goes on, a vendor-specific type does not.
         assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_64 as u64, 0, 0x1234, 0]), HostSmc::Forward);
-        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_32 as u64, 1 << 31, 0, 0]), HostSmc::Answer(PsciStatus::InvalidParameters));
-        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_64 as u64, 1 << 31 | 5, 0, 0]), HostSmc::Answer(PsciStatus::InvalidParameters));
+        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_32 as u64, 1 << 31, 0, 0]), HostSmc::Answer(psci::Error::InvalidParameters));
+        assert_eq!(classify([psci::PSCI_SYSTEM_RESET2_64 as u64, 1 << 31 | 5, 0, 0]), HostSmc::Answer(psci::Error::InvalidParameters));
     }
 
     #[test]
@@ -249,9 +248,9 @@ mod tests {
         }
         // One or more: it may only (re-)enable.
         for count in [1, 2, 16] {
-            assert_eq!(mem_protect(0, count), Some(PsciStatus::Denied));
-            assert_eq!(mem_protect(2, count), Some(PsciStatus::Denied), "not a valid enable");
-            assert_eq!(mem_protect(u32::MAX, count), Some(PsciStatus::Denied));
+            assert_eq!(mem_protect(0, count), Some(psci::Error::Denied));
+            assert_eq!(mem_protect(2, count), Some(psci::Error::Denied), "not a valid enable");
+            assert_eq!(mem_protect(u32::MAX, count), Some(psci::Error::Denied));
             assert_eq!(mem_protect(1, count), None);
         }
     }

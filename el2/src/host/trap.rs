@@ -116,7 +116,7 @@ fn host_smc<T: TableMemory>(hyp: &Hyp<'_, T>, x: &mut [u64; 31], fw: &impl Firmw
     match classify([x[0], x[1], x[2], x[3]]) {
         HostSmc::CpuOn { target, entry, context } => {
             x[0] = match cpu_on_target(&hyp.platform, &hyp.cpus, target) {
-                Err(e) => e.x0(),
+                Err(e) => i64::from(e) as u64,
                 Ok((idx, mpidr)) => {
                     // The target CPU reads these after it has turned its MMU on, so ordinary
                     // coherent stores suffice; the firmware call orders them before it starts.
@@ -133,7 +133,7 @@ fn host_smc<T: TableMemory>(hyp: &Hyp<'_, T>, x: &mut [u64; 31], fw: &impl Firmw
             x[1..4].fill(0);
         }
         HostSmc::Answer(v) => {
-            x[0] = v.x0();
+            x[0] = i64::from(v) as u64;
             x[1..4].fill(0);
         }
         HostSmc::Forward => fw.forward(x),
