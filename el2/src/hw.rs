@@ -37,7 +37,7 @@ pub trait Tlb {
     /// While loaded, before the first entry: invalidates the loaded guest's TLB entries (its
     /// VMID, stage 1 and 2) and the instruction cache on *this CPU only*, so nothing a local
     /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see
-    /// [`LocalTlbRecord`]).
+    /// [`crate::guest::vm::LocalTlbRecord`]).
     fn flush_guest_local(&self);
 }
 
@@ -129,7 +129,7 @@ pub struct GuestConfig {
     pub ipa_bits: u8,
     /// `VMPIDR_EL2`.
     pub vmpidr: u64,
-    /// Leave the PMU untrapped ([`vm_flags::HOST_PMU`]).
+    /// Leave the PMU untrapped ([`shared_abi::msg::vm_flags::HOST_PMU`]).
     pub host_pmu: bool,
     /// Load the guest's pointer-authentication keys now (and leave them untrapped).
     pub pauth_now: bool,

@@ -3,11 +3,13 @@
 //! The flow of every host request, top to bottom (each module says where it sits):
 //!
 //! ```text
-//! vectors (arch) → trap → hyp (decode, validate) → owner / pgtable (state change) → arch
+//! arch::vectors → arch::trap (shim) → host::trap → hypercall (decode once, dispatch)
+//!   → hypercall::{setup, vm, vcpu} or guest::exit (VCPU_RUN) → mem::protect (state change)
+//!   → hw (the hardware seam) → arch
 //! ```
 //!
-//! Everything except `arch`, `trap` and `console` is plain Rust that builds and is unit-tested
-//! on the development host; those three exist only on the bare-metal AArch64 target.
+//! Everything except `arch` is plain Rust that builds and is unit-tested on the development
+//! host; `arch` exists only on the bare-metal AArch64 target.
 #![cfg_attr(not(test), no_std)]
 
 pub mod cpu;

@@ -93,7 +93,7 @@ pub fn activate_host(cfg: &HostConfig) {
     CNTHCTL_EL2.set(0b11);
     CNTVOFF_EL2.set(0);
     // EL2's physical timer off (its ENABLE resets to an UNKNOWN value): it only ever backs a
-    // running guest's emulated EL1 physical timer (`GuestArch::ptimer_backing`), and must not
+    // running guest's emulated EL1 physical timer (`WorldSwitch::ptimer_backing`), and must not
     // fire PPI 26 at the host before the first guest runs here.
     CNTHP_CTL_EL2.set(0);
     // The host sees the real MIDR/MPIDR; both registers reset to UNKNOWN values.

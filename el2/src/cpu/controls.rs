@@ -172,7 +172,7 @@ pub struct GuestControls {
 /// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
 /// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
 /// - data-cache maintenance by set/way traps (`TSW`): it acts on one CPU's caches, which a
-///   vCPU does not own (EL2 emulates it by VA: `vm::sysreg`);
+///   vCPU does not own (EL2 emulates it by VA: `guest::sysreg`);
 /// - LORegions (`TLOR`), RAS error records (`TERR`), activity monitors (`TAM`), trace
 ///   registers (`TTA`, `TTRF`) and statistical profiling (`TPMS`) trap where they exist: the
 ///   guest's ID registers hide all of them;
@@ -181,7 +181,7 @@ pub struct GuestControls {
 /// - PMU registers trap unless the VM has the opt-in `HOST_PMU` flag (never protected VMs),
 ///   and a protected VM runs with the host's counters stopped and EL2 counting prohibited;
 /// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap (EL2 emulates
-///   them: `vm::sysreg`);
+///   them: `guest::sysreg`);
 /// - pointer authentication and allocation tags as the switch decides per run.
 ///
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.

@@ -1,10 +1,9 @@
 //! Guests: VMs and their vCPUs, and everything EL2 does for a guest while it runs.
 //!
-//! - `vm`: the VM table, vCPU slots and claims, `VM_CREATE` and `VM_DESTROY`;
-//! - `vcpu`: a vCPU's saved context and the KVM register IDs;
-//! - `memory`: `VM_ADD_MEMORY`, first-touch mapping, what destroy does with memory;
-//! - `regs`: host access to registers; `irq`: list registers and statistics;
-//! - `exit`: `VCPU_RUN`, the run loop and exit handling;
+//! - `vm`: the VM table;
+//! - `vcpu`: a vCPU's saved context (`SysReg`), register access by KVM ID, slots and claims;
+//! - `memory`: guest memory while it runs (first-touch mapping, set/way cleaning);
+//! - `exit`: `VCPU_RUN`, the run loop and exit handling; `running`: what exit handlers share;
 //! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface;
 //! - `psci`: PSCI and SMCCC for guests; `timer`: the guest timers.
 

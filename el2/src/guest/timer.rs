@@ -5,7 +5,7 @@
 //! delivered by the host, which learns their deadlines from every exit record.
 
 /// The emulated EL1 physical timer of a vCPU (`CNTP_*_EL0`), relative to the physical counter
-/// (no offset). In the register ABI as [`reg::CNTP_CTL_EL0`] and [`reg::CNTP_CVAL_EL0`].
+/// (no offset). In the register ABI as [`shared_abi::reg::CNTP_CTL_EL0`] and [`shared_abi::reg::CNTP_CVAL_EL0`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PTimer {
     /// `CNTP_CTL_EL0.ENABLE` (bit 0) and `IMASK` (bit 1); ISTATUS is computed when read.

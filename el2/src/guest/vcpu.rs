@@ -157,10 +157,10 @@ pub struct VcpuCtx {
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
     /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
     pub vgic: VgicCpu,
-    /// The self-hosted debug registers as the guest sees them (`vm::sysreg`): emulated, never
+    /// The self-hosted debug registers as the guest sees them (`guest::sysreg`): emulated, never
     /// in force. Not in the register ABI.
     pub debug: DebugShadow,
-    /// The EL1 physical timer, emulated (`vm::sysreg`; the guest never reaches the real one).
+    /// The EL1 physical timer, emulated (`guest::sysreg`; the guest never reaches the real one).
     pub ptimer: PTimer,
 }
 

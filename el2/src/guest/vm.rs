@@ -1,20 +1,12 @@
-//! Virtual machines: the VM table, guest memory, vCPU ownership, and the run loop.
+//! The VM table: each VM's metadata ([`Vm`]), handles, and which vCPU last ran on each CPU.
 //!
-//! Place in the flow: *validate → lock → check → commit* for the VM hypercalls, and the exit
-//! handling of the world switch. Hardware is reached only through [`GuestArch`].
-//!
-//! # Files
-//! - this one: the VM table ([`Vm`], handles), vCPU slots and claims, [`GuestArch`] and
-//!   [`GuestConfig`], `VM_CREATE` and `VM_DESTROY`;
-//! - `memory`: `VM_ADD_MEMORY`, mapping guest pages on first touch, destroy's memory part;
-//! - `regs`: host access to registers (`VCPU_GET_REG`/`SET_REG`/`REG_LIST`, VM-wide ones);
-//! - `run`: `VCPU_RUN`, the run loop, exit handling, guest calls, the exit record;
-//! - `irq`: `VCPU_SET_IRQ`, `VCPU_IRQ_STATE`, `VCPU_STATS`;
-//! - `sysreg`: trapped `MRS`/`MSR` emulation (ID registers, SGIs, UNDEF).
+//! Place in the flow: *state*. The VM calls that change it are in [`crate::hypercall::vm`];
+//! a VM's memory record is [`crate::mem::guest::GuestMemory`], changed only by
+//! [`crate::mem::protect`]; vCPU slots and claims are in [`crate::guest::vcpu`].
 //!
 //! # Capacity
-//! [`MAX_VMS`] VMs of up to [`MAX_VCPUS`] vCPUs each, [`MAX_REGIONS`] memory regions per VM,
-//! guest IPA sizes [`MIN_IPA_BITS`]..=[`MAX_IPA_BITS`]. Exceeding any is `NoCapacity` or
+//! [`MAX_VMS`] VMs of up to [`MAX_VCPUS`] vCPUs each, [`crate::mem::guest::MAX_REGIONS`]
+//! memory regions per VM, guest IPA sizes [`crate::guest::MIN_IPA_BITS`]..=[`crate::guest::MAX_IPA_BITS`]. Exceeding any is `NoCapacity` or
 //! `InvalidArgument`, never a panic.
 //!
 //! # Handles
@@ -23,7 +15,7 @@
 //!
 //! # Locks and vCPU ownership
 //! VM metadata (stage 2, regions, flags) lives under the memory lock. A vCPU's context is owned
-//! by whoever *claims* it ([`VcpuSlot::claim`], an atomic flag, never waited on): `VCPU_RUN` for
+//! by whoever *claims* it ([`crate::guest::vcpu::VcpuSlot::claim`], an atomic flag, never waited on): `VCPU_RUN` for
 //! the whole run, register calls for their duration, `VM_DESTROY` to scrub it. Claims are taken
 //! before the memory lock, and `VM_DESTROY` claims every vCPU under the lock, so a VM can never
 //! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A host register access
@@ -31,8 +23,6 @@
 //! lock by `VCPU_RUN`) cannot close in the middle of it. A claim on a stale handle
 //! whose slot was reused can make a concurrent call on the new VM see `Busy` once; retrying is
 //! always correct.
-
-
 
 use crate::cpu::fwreg::FwRegs;
 use crate::mem::guest::GuestMemory;
@@ -63,7 +53,7 @@ pub struct Vm {
     /// The guest called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`: the VM has ended and never runs
     /// again (a reset is the host's to do, by building a new VM).
     pub ended: bool,
-    /// The guest may use the PMU directly ([`vm_flags::HOST_PMU`]).
+    /// The guest may use the PMU directly ([`shared_abi::msg::vm_flags::HOST_PMU`]).
     pub host_pmu: bool,
     /// Firmware pseudo-registers.
     pub fw: FwRegs,

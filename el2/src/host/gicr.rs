@@ -1,6 +1,6 @@
 //! The GIC redistributors' control pages, kept from the host: no LPI tables.
 //!
-//! Place in the flow: the host stage-2 fault path ([`crate::hyp::host_fault_mapping`] never
+//! Place in the flow: the host stage-2 fault path ([`crate::mem::protect::host_fault_mapping`] never
 //! maps a guarded page) and the host data-abort handler in `trap.rs`, which hands an access to
 //! a guarded page to [`emulate`]. The MMIO itself is the arch layer's ([`RdIo`]).
 //!

@@ -1,6 +1,6 @@
 //! The host's synchronous exceptions to EL2, decided.
 //!
-//! Place in the flow: right after the vectors (the arch shim `crate::trap` reads `ESR_EL2`
+//! Place in the flow: right after the vectors (the arch shim `crate::arch::trap` reads `ESR_EL2`
 //! and hands the host's saved registers here). Dispatches on `ESR_EL2.EC`:
 //!
 //! | EC | from the host | action |

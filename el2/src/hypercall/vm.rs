@@ -28,7 +28,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         return Err(HypError::InvalidArgument);
     }
     // From here on the CPU view is fixed: CPUs that come online later must be at least as
-    // capable as what this VM is given (see `cpufeat`).
+    // capable as what this VM is given (see `cpu::features`).
     let cpus = hyp.fix_cpu_features();
     if req.ipa_bits > cpus.max_ipa_bits() as u32 {
         // Some CPU's PARange is smaller than the IPA size asked for.

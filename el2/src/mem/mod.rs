@@ -2,7 +2,7 @@
 //! memory lock guards.
 //!
 //! The only code that changes the ownership record, the host stage 2, a guest stage 2 or EL2's
-//! stage 1 is in this module: the fields of [`MemState`] and [`GuestMemory`] are private to it,
+//! stage 1 is in this module: the fields of [`MemState`] and [`guest::GuestMemory`] are private to it,
 //! and every change is a named check-then-commit transition in [`protect`]. Everyone else reads.
 
 pub mod addr;

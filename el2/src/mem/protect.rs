@@ -8,8 +8,8 @@
 //! | transition | ownership | tables |
 //! |---|---|---|
 //! | [`MemState::host_share_hyp`] | host owned → host shared-owned, EL2 shared-borrowed | EL2 stage 1 map |
-//! | [`MemState::host_donate_guest`] | host owned → guest owned | host stage 2 unmap (TLBI) |
-//! | [`MemState::host_share_guest`] | host owned → host shared-owned, guest shared-borrowed | — |
+//! | [`MemState::host_give_guest`], protected VM: donate | host owned → guest owned | host stage 2 unmap (TLBI) |
+//! | [`MemState::host_give_guest`], other VM: share | host owned → host shared-owned, guest shared-borrowed | — |
 //! | [`MemState::guest_map_on_fault`] | (tags cleared once per change of hands) | guest stage 2 map |
 //! | [`MemState::guest_reclaim_scrub`] | guest owned → scrubbed → host owned; shares undone | guest stage 2 freed (TLBI) |
 //! | [`MemState::host_map_on_fault`] | — | host stage 2 map (largest allowed block) |
