@@ -18,6 +18,7 @@
 use core::arch::global_asm;
 use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU64, Ordering};
+use el2::host::devices::HostDevices;
 use el2::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use el2::arch::{self, El2MmuConfig, HostConfig};
 use el2::hyp::{Hyp, HypParts};
@@ -165,8 +166,9 @@ fn map_or_park(t: &mut PageTable, pool: &mut PagePool, start: u64, end: u64, mem
 }
 
 /// Builds EL2's stage 1: the image by section, the stacks without their guard pages, the UART,
-/// the failure device and the guarded redistributor pages.
-fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u64)>, gicr: Option<PhysRange>) -> PageTable {
+/// the device pages EL2 guards for the host (redistributor control pages, PCI configuration
+/// space) and the failure device.
+fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u64)>, devices: &HostDevices) -> PageTable {
     let Ok(mut t) = PageTable::new(pool, Format::El2Stage1, HYP_VA_BITS) else { arch::park() };
     // SAFETY: taking the address of linker-provided symbols; nothing is read through them.
     let (start, text_end, rodata_end, stacks, panic_stacks, end) = unsafe {
@@ -186,21 +188,30 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
         let s = stacks + cpu * STACK_STRIDE;
         map_or_park(&mut t, pool, s + GUARD_SIZE, s + STACK_STRIDE, MemType::Normal, Perms::RW);
     }
-    map_or_park(&mut t, pool, panic_stacks, end, MemType::Normal, Perms::RW);
+    // The panic stacks likewise: each CPU's 4 KiB above an unmapped guard page.
+    for cpu in 0..MAX_CPUS as u64 {
+        let s = panic_stacks + cpu * 2 * PAGE_SIZE;
+        map_or_park(&mut t, pool, s + PAGE_SIZE, s + 2 * PAGE_SIZE, MemType::Normal, Perms::RW);
+    }
+    map_or_park(&mut t, pool, panic_stacks + MAX_CPUS as u64 * 2 * PAGE_SIZE, end, MemType::Normal, Perms::RW);
     map_or_park(&mut t, pool, uart.0, uart.0 + PAGE_SIZE, MemType::Device, Perms::RW);
-    // The failure device, if mapping it works (it is optional: without it a fatal error only
-    // parks the CPU).
+    // The first page of every redistributor's RD_base frame, and all of the PCI configuration
+    // space, kept from the host: EL2 performs the host's accesses to them (el2::host::gicr,
+    // el2::host::pciconfig). Not optional: without them the host would own
+    // GICR_CTLR.EnableLPIs and Command.BusMasterEnable, that is, DMA.
+    for page in devices.gicr.into_iter().flat_map(el2::host::gicr::guarded_pages) {
+        map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
+    }
+    if let Some(ecam) = devices.ecam {
+        map_or_park(&mut t, pool, ecam.start.0, ecam.end.0, MemType::Device, Perms::RW);
+    }
+    // The failure device, if mapping its BAR works (it is optional: without it a fatal error
+    // only parks the CPU). Its configuration page lies in the ECAM, mapped above.
     if let Some((config, bar)) = pvpanic {
         let device = Attrs { mem: MemType::Device, perms: Perms::RW };
-        if t.map(pool, config, PhysAddr(config), PAGE_SIZE, device, 3).is_ok() && t.map(pool, bar, PhysAddr(bar), PAGE_SIZE, device, 3).is_ok() {
+        if devices.ecam.is_some_and(|e| e.contains(PhysAddr(config))) && t.map(pool, bar, PhysAddr(bar), PAGE_SIZE, device, 3).is_ok() {
             arch::failstop::arm(config, bar);
         }
-    }
-    // The first page of every redistributor's RD_base frame, kept from the host: EL2 performs
-    // the host's accesses to it (el2::host::gicr). Not optional: without it the host would own
-    // GICR_CTLR.EnableLPIs.
-    for page in gicr.into_iter().flat_map(el2::host::gicr::guarded_pages) {
-        map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
     }
     // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
     // guest memory): the level-3 entries exist from now on and start empty.
@@ -238,7 +249,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     // machine as a failure later (arch::failstop).
     // SAFETY: the ECAM from the platform's device tree, with the MMU off.
     let pvpanic = platform.pci.and_then(|pci| Some((unsafe { arch::failstop::probe(pci.ecam.0) }?, pci.mem32.0)));
-    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart, pvpanic, platform.gicr);
+    let hyp_s1 = build_hyp_stage1(&mut pool, platform.uart, pvpanic, &platform.devices);
     let Ok(host_s2) = PageTable::new(&mut pool, Format::Stage2, host_ipa_bits(pa_bits)) else { arch::park() };
     let mmu = El2MmuConfig::new(&hyp_s1, pa_bits);
     // SAFETY: at EL2 with the MMU off; `hyp_s1` identity-maps this code, its stack and data.
@@ -255,6 +266,14 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         shared_abi::ABI_VERSION.minor,
     );
 
+    // This CPU runs as CPU 0 (stack, vCPU context, fixmap slot and message page 0, chosen in
+    // `_start` before the device tree was read), so it must be the device tree's first CPU:
+    // otherwise a later CPU_ON of that CPU would give a second CPU the same index.
+    if let Err(e) = platform.check_boot_cpu(arch::mpidr()) {
+        log::error!("EL2 start-up failed: {e:?} (boot CPU MPIDR {:#x})", arch::mpidr());
+        arch::park();
+    }
+
     for (i, v) in [mmu.ttbr0, mmu.tcr, mmu.mair, mmu.sctlr].into_iter().enumerate() {
         MMU_CONFIG[i].store(v, Ordering::Relaxed);
     }
@@ -269,9 +288,17 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         arch::park();
     }
     // The redistributors behind the guarded pages (mapped above): GICR_TYPER.Last ends them.
-    let gicr = platform.gicr.map(|r| el2::host::gicr::probe(r, &arch::RdMmio));
+    let gicr = platform.devices.gicr.map(|r| el2::host::gicr::probe(r, &arch::GuardedMmio));
     if let Some(g) = gicr {
         log::info!("GIC redistributors: {} at {}, control pages kept from the host ({} guarded)", g.present, g.region.start, el2::host::gicr::guarded_pages(g.region).count());
+    }
+    // What the host may reach outside RAM (el2::host::devices): every other device, those that
+    // can master memory among them, is never in its stage 2.
+    for r in &platform.devices.mmio {
+        log::info!("host device space: {}..{}", r.start, r.end);
+    }
+    if let Some(e) = platform.devices.ecam {
+        log::info!("PCI configuration space {}..{}: performed by EL2, bus mastering kept off", e.start, e.end);
     }
     if let Some(u) = platform.untagged {
         log::info!("RAM without tag storage: {}..{} (MTE VMs are never given it)", u.start, u.end);
@@ -290,7 +317,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         host_s2.ia_bits(),
         pool.capacity() - pool.in_use(),
         pool.capacity(),
-        el2::hyp::host_s2_reserve(platform.ram, platform.gicr)
+        el2::hyp::host_s2_reserve(platform.ram, &platform.devices)
     );
     if let Err(e) = arch::check_sysreg_tables() {
         log::error!("EL2 start-up failed: {e}");

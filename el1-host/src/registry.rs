@@ -36,6 +36,7 @@ pub const SCENARIOS: &[Scenario] = &[
     tested("hypercalls", crate::scenarios::hypercalls),
     tested("unknown-hypercall", |_| crate::scenarios::unknown_hypercall()),
     tested("host-reads-el2-memory", |_| crate::scenarios::host_reads_el2_memory()),
+    tested("host-device-space", crate::scenarios::host_device_space),
     tested("hostile-arguments", crate::scenarios::hostile_arguments),
     tested("el2-fatal-ends-the-run", crate::scenarios::el2_fatal),
     tested("bench", |p| {

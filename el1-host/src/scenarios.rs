@@ -201,6 +201,65 @@ pub fn host_reads_el2_memory() {
     ok!("EL2 still serving after host aborts");
 }
 
+/// The devices a hostile host would use to write memory past stage 2 (QEMU `virt`'s fw_cfg DMA,
+/// virtio-mmio, the ITS frame, the flash) come back as injected synchronous external aborts,
+/// and PCI functions never get bus mastering: EL2 performs configuration accesses with
+/// `Command.BusMasterEnable` cleared. The devices the host needs still work.
+pub fn host_device_space(plat: &Platform) {
+    let sea = |r: Option<(u64, u64)>, a: u64, write: bool| matches!(r, Some((esr, far)) if (esr >> 26) & 0x3F == EC_DABT_CUR && esr & 0x3F == FSC_SEA && far == a && (esr & (1 << 6) != 0) == write);
+    // fw_cfg's DMA address register (big-endian descriptor address): the review's way in.
+    let dma = 0x0902_0010u64;
+    // SAFETY: a store the probe expects to fault; EL2 must stop it before the device sees it.
+    let r = PROBE.expect(|| unsafe { core::ptr::write_volatile(dma as *mut u64, (0x4000_0000u64).to_be()) });
+    check!(sea(r, dma, true), "store to fw_cfg's DMA register {dma:#x}: {r:x?}");
+    ok!("fw_cfg DMA register store -> synchronous external abort");
+    for (a, what) in [(0x0902_0000u64, "fw_cfg data"), (0x0A00_0000, "virtio-mmio transport 0"), (0x0A00_3E00, "virtio-mmio transport 31"), (0x0808_0000, "the ITS frame"), (0x0000_0000, "the flash")] {
+        // SAFETY: a load the probe expects to fault; no value is used.
+        let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(a as *const u32); });
+        check!(sea(r, a, false), "read of {what} at {a:#x}: {r:x?}");
+        ok!("{what} at {a:#x} -> synchronous external abort");
+    }
+    // PCI: every function on bus 0 keeps bus mastering off, whatever the host writes.
+    let Some(ecam) = plat.ecam else {
+        check!(false, "no PCI host bridge in the device tree");
+        return;
+    };
+    let mut functions = 0;
+    for dev in 0..32u64 {
+        let cfg = ecam + (dev << 15);
+        // SAFETY: ECAM configuration space of bus 0, device `dev`, function 0 (from the device
+        // tree); EL2 performs the access. Reading the IDs has no side effects.
+        let id = unsafe { core::ptr::read_volatile(cfg as *const u32) };
+        if id == 0xFFFF_FFFF {
+            continue;
+        }
+        functions += 1;
+        let command = (cfg + 4) as *mut u16;
+        // SAFETY: the Command register of the function just found: memory decoding and bus
+        // mastering asked for, 16 bits, then 32 bits with Status, then the low byte alone.
+        let (after16, after32, after8) = unsafe {
+            let before = core::ptr::read_volatile(command);
+            core::ptr::write_volatile(command, before | 0x6);
+            let a16 = core::ptr::read_volatile(command);
+            core::ptr::write_volatile(command as *mut u32, (before | 0x6) as u32);
+            let a32 = core::ptr::read_volatile(command);
+            core::ptr::write_volatile(command as *mut u8, (before | 0x6) as u8);
+            let a8 = core::ptr::read_volatile(command);
+            (a16, a32, a8)
+        };
+        check!(after16 & 0x6 == 0x2 && after32 & 0x6 == 0x2 && after8 & 0x6 == 0x2,
+            "PCI {dev:02x}.0 ({id:#010x}): Command after asking for bus mastering: {after16:#x} {after32:#x} {after8:#x}");
+    }
+    check!(functions > 0, "no PCI function on bus 0");
+    ok!("{functions} PCI function(s): memory decoding on, bus mastering refused (16-, 32- and 8-bit writes)");
+    // SAFETY: a 64-bit load of configuration space, which EL2 refuses (ECAM is 32 bits wide).
+    let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(ecam as *const u64); });
+    check!(sea(r, ecam, false), "64-bit ECAM read: {r:x?}");
+    ok!("64-bit configuration read -> synchronous external abort");
+    check!(hyp::call(HypercallId::Ping, &[7]) == Ok([7, 0, 0]), "EL2 stopped serving after the aborts");
+    ok!("EL2 still serving");
+}
+
 /// Hostile arguments to the one call that takes addresses.
 pub fn hostile_arguments(plat: &Platform) {
     let page = msg_page(0) as u64;

@@ -15,10 +15,10 @@ use crate::mem::addr::PhysRange;
 use crate::mem::owner::Ownership;
 use crate::mem::pgtable::{PageTable, TableMemory};
 use crate::host::msgpage::MessagePages;
-use crate::mem::protect::HostFault;
 use crate::mem::MemState;
 use crate::platform::{Platform, MAX_CPUS};
 use crate::cpu::features::{CpuFeatures, CpuId, Weaker};
+use crate::host::devices::HostDevices;
 use crate::host::gicr::Redistributors;
 use crate::guest::vgic::VgicCaps;
 use crate::guest::vcpu::{VcpuGuard, VcpuSlot, VcpuTable};
@@ -26,7 +26,6 @@ use crate::guest::vm::handle_slot;
 use crate::guest::{MAX_VCPUS, MAX_VMS};
 use shared_abi::HypError;
 use crate::guest::vm::IdRegTable;
-use crate::hw::Tlb;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Per-CPU boot request recorded by an intercepted host `CPU_ON`.
@@ -59,7 +58,8 @@ pub struct HypParts<'a, T: TableMemory> {
     /// The boot CPU's `MIDR_EL1` and ID registers (platform index 0; other CPUs report theirs
     /// with [`Hyp::cpu_entered_el2`]).
     pub boot_cpu: CpuId,
-    /// The redistributors found at boot in [`Platform::gicr`] ([`crate::host::gicr::probe`]).
+    /// The redistributors found at boot in the platform's redistributor region
+    /// ([`crate::host::gicr::probe`]).
     pub gicr: Option<Redistributors>,
 }
 
@@ -108,13 +108,11 @@ pub const PTRAUTH_DEFAULT_LAZY: bool = true;
 /// Default number of runs a vCPU keeps its keys loaded after a trapped use (lazy policy).
 pub const PTRAUTH_DEFAULT_DECAY: u32 = 64;
 
-/// Table pages the host's identity stage 2 can need at most for `ram` (see ARCHITECTURE.md):
+/// Table pages the host's identity stage 2 can need at most for `ram` (see docs/memory.md):
 /// the root, two level-1 tables, one level-2 table per GiB and one level-3 table per 2 MiB;
-/// and around the guarded pages of the redistributor region `gicr`, a level-2 table and one
-/// level-3 table per 2 MiB it touches.
-pub fn host_s2_reserve(ram: PhysRange, gicr: Option<PhysRange>) -> usize {
-    let gicr = gicr.map_or(0, |r| 2 + (r.size() >> 21) as usize + 1);
-    3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize + gicr
+/// and what the device space the host may reach needs ([`HostDevices::table_reserve`]).
+pub fn host_s2_reserve(ram: PhysRange, devices: &HostDevices) -> usize {
+    3 + (ram.size() >> 30) as usize + 1 + (ram.size() >> 21) as usize + devices.table_reserve()
 }
 
 impl<'a, T: TableMemory> Hyp<'a, T> {
@@ -127,10 +125,10 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr } = parts;
         crate::cpu::idreg::check_table(crate::cpu::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
         let mem = MemState::new(own, host_s2, hyp_s1, tables, hyp_region).map_err(|_| "EL2's region is not page-aligned RAM")?;
-        if gicr.map(|g| g.region) != platform.gicr {
+        if gicr.map(|g| g.region) != platform.devices.gicr {
             return Err("the redistributors EL2 guards are not the platform's");
         }
-        let host_reserve = host_s2_reserve(platform.ram, platform.gicr);
+        let host_reserve = host_s2_reserve(platform.ram, &platform.devices);
         Ok(Self {
             platform,
             hyp_region,
@@ -230,20 +228,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     pub fn finalised(&self) -> bool {
         self.finalised.load(Ordering::Acquire)
     }
-
-    /// Handles a host stage-2 *translation* fault on `ipa`.
-    pub fn host_s2_fault(&self, ipa: u64, m: &impl Tlb) -> HostFault {
-        if self.gicr.is_some_and(|g| crate::host::gicr::guarded(&g.region, ipa).is_some()) {
-            return HostFault::Emulate;
-        }
-        self.mem.lock().host_map_on_fault(ipa, self.platform.gicr.as_ref(), m)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::addr::PAGE_SIZE;
     use crate::testing::*;
     use shared_abi::{HypError, HypResult, HypercallId};
     use zerocopy::IntoBytes;
@@ -324,36 +313,5 @@ mod tests {
             "after set-up, a CPU without MTE would break MTE VMs"
         );
         assert!(vm_create(&mut f, 36, shared_abi::msg::vm_flags::MTE).is_ok(), "the view kept MTE");
-    }
-
-    #[test]
-    fn host_faults_map_largest_allowed_block() {
-        let f = fixture();
-        let rec = Recorder::default();
-        // First 2 MiB of test RAM is all host-owned: mapped as a block, the access retried.
-        assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry);
-        assert_eq!(f.hyp.host_s2_fault(f.page(0), &rec), HostFault::Retry, "second time: already mapped");
-        assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
-        // EL2's pages are never mapped for the host.
-        let el2 = f.hyp.hyp_region.start.0;
-        assert_eq!(f.hyp.host_s2_fault(el2, &rec), HostFault::Inject);
-        assert_eq!(f.hyp.host_s2_fault(el2 + 5 * PAGE_SIZE + 8, &rec), HostFault::Inject);
-        // Outside the IPA space.
-        assert_eq!(f.hyp.host_s2_fault(1 << 48, &rec), HostFault::Inject);
-        let mem = f.hyp.mem.lock();
-        assert!(mem.host_s2().lookup(mem.tables(), el2).is_none());
-    }
-
-    #[test]
-    fn host_faults_on_guarded_pages_are_emulated_never_mapped() {
-        let f = fixture();
-        let rec = Recorder::default();
-        assert_eq!(f.hyp.host_s2_fault(0x080A_0000, &rec), HostFault::Emulate);
-        assert_eq!(f.hyp.host_s2_fault(0x08FE_0014, &rec), HostFault::Emulate, "past the present ones: refused by decode");
-        assert_eq!(f.hyp.host_s2_fault(0x080A_1000, &rec), HostFault::Retry);
-        assert_eq!(f.hyp.host_s2_fault(0x0800_0000, &rec), HostFault::Retry);
-        let mem = f.hyp.mem.lock();
-        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_0000).is_none());
-        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_1000).is_some());
     }
 }

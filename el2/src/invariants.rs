@@ -1,5 +1,5 @@
 //! The invariant checker: walks every translation table, the ownership record, the VM table and
-//! the free vCPU slots, and checks what EL2 promises (what ARCHITECTURE.md's threat model relies
+//! the free vCPU slots, and checks what EL2 promises (what docs/threat-model.md relies
 //! on). Compiled into host tests and into the test EL2 image (`test-hooks`), where a test-only
 //! hypercall runs it under the memory lock; a release EL2 does not contain it.
 //!
@@ -27,8 +27,10 @@
 //! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;
 //! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device (pages it
 //!     leaves unmapped, such as the guarded redistributor pages, are not its concern);
-//! 17. the host's stage 2 maps no guarded redistributor page (`crate::host::gicr`): the host never
-//!     reaches `GICR_CTLR.EnableLPIs` or the LPI table addresses itself.
+//! 17. outside RAM, the host's stage 2 maps only device space the host may reach
+//!     (`crate::host::devices`): no device that can master memory (fw_cfg, virtio-mmio, the
+//!     ITS), no guarded page (the redistributors' `GICR_CTLR.EnableLPIs`, PCI configuration
+//!     space).
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::Hyp;
@@ -147,8 +149,9 @@ pub enum Violation {
         /// Input address (an identity map: also the output address).
         ipa: u64,
     },
-    /// The host's stage 2 has a leaf over a guarded redistributor page.
-    HostMapsGicr {
+    /// The host's stage 2 has a leaf outside RAM over device space the host may not map: a
+    /// device not on the allow-list, or a guarded page.
+    HostMapsForbiddenDevice {
         /// Input address of the leaf.
         ipa: u64,
     },
@@ -174,7 +177,7 @@ impl Violation {
             Violation::HypBorrowsNonMessage { pa } => (14, pa.0),
             Violation::HypWritableExecutable { va } => (15, va),
             Violation::HostWrongMemoryType { ipa } => (16, ipa),
-            Violation::HostMapsGicr { ipa } => (17, ipa),
+            Violation::HostMapsForbiddenDevice { ipa } => (17, ipa),
         }
     }
 }
@@ -207,7 +210,7 @@ pub fn check<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, layout: &L
     hyp_borrows_only_message_pages(hyp, mem)?;
     hyp_s1_w_xor_x(mem)?;
     host_s2_memory_types(hyp, mem)?;
-    host_s2_no_gicr(hyp, mem)?;
+    host_s2_allowed_devices(hyp, mem)?;
     Ok(mem.own().ram().size() / PAGE_SIZE)
 }
 
@@ -441,12 +444,12 @@ fn host_s2_memory_types<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>)
     })
 }
 
-/// 17. No host stage-2 leaf covers a guarded redistributor page.
-fn host_s2_no_gicr<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
-    let Some(region) = hyp.platform.gicr else { return Ok(()) };
+/// 17. Every host stage-2 leaf outside RAM is device space the host may map.
+fn host_s2_allowed_devices<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let ram = mem.own().ram();
     first_leaf_violation(mem.host_s2(), mem.tables(), |l| {
         let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
-        crate::host::gicr::overlaps_guarded(&region, &range).then_some(Violation::HostMapsGicr { ipa: l.ia_base })
+        (!ram.overlaps(&range) && !hyp.platform.devices.may_map(&range)).then_some(Violation::HostMapsForbiddenDevice { ipa: l.ia_base })
     })
 }
 
@@ -493,8 +496,8 @@ mod tests {
     fn a_busy_but_correct_state_passes() {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
-        f.hyp.host_s2_fault(f.page(1), &Recorder::default());
-        f.hyp.host_s2_fault(0x0900_0000, &Recorder::default());
+        crate::host::trap::host_s2_fault(&f.hyp, f.page(1), &Recorder::default());
+        crate::host::trap::host_s2_fault(&f.hyp, 0x0900_0000, &Recorder::default());
         let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED | vm_flags::MTE, reserved: [0; 2] };
         f.ram.0[..32].copy_from_slice(req.as_bytes());
         let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
@@ -743,16 +746,25 @@ mod tests {
     }
 
     #[test]
-    fn a_host_mapping_of_a_guarded_redistributor_page_is_found() {
+    fn a_host_mapping_of_a_guarded_page_or_a_dma_master_is_found() {
         let f = fixture();
         for pa in [0x0800_0000, 0x080A_1000, 0x080B_0000] {
-            f.hyp.host_s2_fault(pa, &Recorder::default());
+            crate::host::trap::host_s2_fault(&f.hyp, pa, &Recorder::default());
         }
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64), "the distributor and the pages around the guard");
         let mut mem = f.hyp.mem.lock();
         let (_, host_s2, _, tables, _) = mem.parts_mut();
         host_s2.map(tables, 0x080C_0000, PhysAddr(0x080C_0000), PAGE_SIZE, Attrs { mem: MemType::Device, perms: Perms::RW }, 3).unwrap();
-        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsGicr { ipa: 0x080C_0000 }));
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsForbiddenDevice { ipa: 0x080C_0000 }));
+        drop(mem);
+        // fw_cfg (a DMA master), ECAM (guarded) and the ITS: each found.
+        for pa in [0x0902_0000, 0x40_1000_0000, 0x0808_0000] {
+            let f = fixture();
+            let mut mem = f.hyp.mem.lock();
+            let (_, host_s2, _, tables, _) = mem.parts_mut();
+            host_s2.map(tables, pa, PhysAddr(pa), PAGE_SIZE, Attrs { mem: MemType::Device, perms: Perms::RW }, 3).unwrap();
+            assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostMapsForbiddenDevice { ipa: pa }), "{pa:#x}");
+        }
     }
 }
 

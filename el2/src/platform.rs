@@ -4,6 +4,7 @@
 //! base of RAM), not from the host, and is parsed once before the host runs. Everything needed
 //! later is copied into [`Platform`]; EL2 keeps no reference into the blob and never maps it.
 
+use crate::host::devices::{HostDevices, PLAIN_DEVICES};
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use arrayvec::ArrayVec;
 
@@ -34,9 +35,9 @@ pub struct Platform {
     /// The generic PCI host bridge, if any: where EL2 finds the `pvpanic-pci` device it uses to
     /// end the machine as a failure when it cannot go on (see `arch::failstop`).
     pub pci: Option<PciHost>,
-    /// The GICv3 redistributor region (`arm,gic-v3`, `reg` entry 1), if there is a GIC: EL2
-    /// keeps the control page of every redistributor in it from the host (see `crate::host::gicr`).
-    pub gicr: Option<PhysRange>,
+    /// The device space the host may reach (default deny: see [`crate::host::devices`]),
+    /// including the GICv3 redistributor region, whose control pages EL2 keeps from the host.
+    pub devices: HostDevices,
 }
 
 /// A `pci-host-ecam-generic` bridge.
@@ -70,6 +71,12 @@ pub enum PlatformError {
     /// of several (`#redistributor-regions` other than 1): EL2 could not keep the LPI
     /// registers from the host, so it stops (fails closed).
     BadGic,
+    /// The booting CPU is not the device tree's first `/cpus` node: EL2 runs the booting CPU as
+    /// CPU index 0, so a later `CPU_ON` of the first node would give two CPUs one index.
+    BootCpuNotFirst,
+    /// A device the host may map whose range is malformed, overlaps RAM, or one too many (see
+    /// [`crate::host::devices`]).
+    BadDevice,
 }
 
 impl Platform {
@@ -77,6 +84,16 @@ impl Platform {
     pub fn cpu_index(&self, mpidr: u64) -> Option<usize> {
         let aff = mpidr & MPIDR_AFF_MASK;
         self.cpus.iter().position(|&c| c & MPIDR_AFF_MASK == aff)
+    }
+}
+
+impl Platform {
+    /// Checks that the CPU with affinity `mpidr`, which is booting EL2, is CPU index 0.
+    ///
+    /// # Errors
+    /// [`PlatformError::BootCpuNotFirst`].
+    pub fn check_boot_cpu(&self, mpidr: u64) -> Result<(), PlatformError> {
+        (self.cpu_index(mpidr) == Some(0)).then_some(()).ok_or(PlatformError::BootCpuNotFirst)
     }
 }
 
@@ -129,31 +146,52 @@ pub fn parse(dtb: &[u8]) -> Result<Platform, PlatformError> {
 
     let untagged = untagged_from(fdt.chosen().bootargs(), &ram)?;
 
-    let pci = fdt.find_compatible(&["pci-host-ecam-generic"]).and_then(|n| {
-        let ecam = PhysAddr(n.reg()?.next()?.starting_address as u64);
-        // `ranges` entries: PCI address (3 cells: space code in bits 25:24 of the first), CPU
-        // address (2 cells), size (2 cells). Space code 0b10: 32-bit memory.
-        let ranges = n.property("ranges")?.value;
-        let mem32 = ranges.chunks_exact(28).find_map(|e| {
-            let cell = |i: usize| u32::from_be_bytes([e[4 * i], e[4 * i + 1], e[4 * i + 2], e[4 * i + 3]]) as u64;
-            ((cell(0) >> 24) & 3 == 2).then(|| PhysAddr(cell(3) << 32 | cell(4)))
-        })?;
-        Some(PciHost { ecam, mem32 })
-    });
-
-    let gicr = match fdt.find_compatible(&["arm,gic-v3"]) {
-        None => None,
-        Some(n) => {
-            let regions = n.property("#redistributor-regions").and_then(|p| p.as_usize()).unwrap_or(1);
-            let r = n.reg().and_then(|mut r| r.nth(1)).and_then(|r| PhysRange::from_size(PhysAddr(r.starting_address as u64), r.size? as u64));
-            match r {
-                Some(r) if regions == 1 && crate::host::gicr::region_ok(&r) => Some(r),
-                _ => return Err(PlatformError::BadGic),
+    let mut devices = HostDevices::default();
+    let allow = |d: &mut HostDevices, start: u64, size: Option<usize>| d.allow(start, size.unwrap_or(0) as u64, &ram).map_err(|_| PlatformError::BadDevice);
+    for node in fdt.all_nodes().filter(|n| n.property("status").and_then(|p| p.as_str()).is_none_or(|s| s == "okay" || s == "ok")) {
+        let Some(compatible) = node.compatible() else { continue };
+        if compatible.all().any(|c| PLAIN_DEVICES.contains(&c)) {
+            for r in node.reg().into_iter().flatten() {
+                allow(&mut devices, r.starting_address as u64, r.size)?;
             }
         }
-    };
+    }
 
-    Ok(Platform { ram, uart, cpus, untagged, pci, gicr })
+    let mut pci = None;
+    if let Some(n) = fdt.find_compatible(&["pci-host-ecam-generic"]) {
+        let ecam = n.reg().and_then(|mut r| r.next()).and_then(|r| PhysRange::from_size(PhysAddr(r.starting_address as u64), r.size? as u64)).ok_or(PlatformError::BadDevice)?;
+        // `ranges` entries: PCI address (3 cells: space code in bits 25:24 of the first), CPU
+        // address (2 cells), size (2 cells). Space code 0b01: I/O, 0b10: 32-bit memory, 0b11:
+        // 64-bit memory. The host may map every window: BARs live there.
+        let mut mem32 = None;
+        for e in n.property("ranges").map_or(&[][..], |p| p.value).chunks_exact(28) {
+            let cell = |i: usize| u32::from_be_bytes([e[4 * i], e[4 * i + 1], e[4 * i + 2], e[4 * i + 3]]) as u64;
+            let (cpu, size) = (cell(3) << 32 | cell(4), cell(5) << 32 | cell(6));
+            allow(&mut devices, cpu, Some(size as usize))?;
+            if (cell(0) >> 24) & 3 == 2 {
+                mem32.get_or_insert(PhysAddr(cpu));
+            }
+        }
+        devices.ecam = Some(ecam);
+        pci = mem32.map(|mem32| PciHost { ecam: ecam.start, mem32 });
+    }
+
+    if let Some(n) = fdt.find_compatible(&["arm,gic-v3"]) {
+        let regions = n.property("#redistributor-regions").and_then(|p| p.as_usize()).unwrap_or(1);
+        let mut reg = n.reg().into_iter().flatten();
+        let dist = reg.next().ok_or(PlatformError::BadGic)?;
+        let r = reg.next().and_then(|r| PhysRange::from_size(PhysAddr(r.starting_address as u64), r.size? as u64));
+        match r {
+            Some(r) if regions == 1 && crate::host::gicr::region_ok(&r) => {
+                allow(&mut devices, dist.starting_address as u64, dist.size)?;
+                allow(&mut devices, r.start.0, Some(r.size() as usize))?;
+                devices.gicr = Some(r);
+            }
+            _ => return Err(PlatformError::BadGic),
+        }
+    }
+
+    Ok(Platform { ram, uart, cpus, untagged, pci, devices })
 }
 
 /// The untagged RAM a command line describes: none without a `pkvm.notags=` token; with one,
@@ -195,8 +233,10 @@ mod tests {
         assert_eq!(p.cpu_index(1), Some(1));
         assert_eq!(p.cpu_index(0x8000_0001), Some(1), "MPIDR RES1/U bits ignored");
         assert_eq!(p.cpu_index(2), None);
+        assert_eq!(p.check_boot_cpu(0x8000_0000), Ok(()));
+        assert_eq!(p.check_boot_cpu(1), Err(PlatformError::BootCpuNotFirst), "CPU 1 booting would take CPU 0's index");
         assert_eq!(p.pci, Some(PciHost { ecam: PhysAddr(0x40_1000_0000), mem32: PhysAddr(0x1000_0000) }));
-        assert_eq!(p.gicr, PhysRange::from_size(PhysAddr(0x080A_0000), 0xF6_0000), "room for 123 redistributors");
+        assert_eq!(p.devices.gicr, PhysRange::from_size(PhysAddr(0x080A_0000), 0xF6_0000), "room for 123 redistributors");
     }
 
     #[test]

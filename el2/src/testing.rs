@@ -163,7 +163,9 @@ pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
 pub(crate) const HYP_PAGES: u64 = 16;
 /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
 pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
-/// QEMU `virt`'s redistributor region (room for 123; the fixture has 2 CPUs).
+/// QEMU `virt`'s device tree (2 CPUs, 1 GiB, GICv3 with an ITS, PCI).
+pub(crate) const QEMU_VIRT_DTB: &[u8] = include_bytes!("../tests/fixtures/qemu-virt-2cpu.dtb");
+/// Its redistributor region (room for 123; the fixture has 2 CPUs).
 pub(crate) const GICR: PhysRange = PhysRange { start: PhysAddr(0x080A_0000), end: PhysAddr(0x0900_0000) };
 
 pub(crate) struct Fixture {
@@ -183,7 +185,7 @@ pub(crate) fn fixture() -> Fixture {
     let mut tables = FakeMemory::new(64);
     let host_s2 = PageTable::new(&mut tables, Format::Stage2, 48).unwrap();
     let hyp_s1 = PageTable::new(&mut tables, Format::El2Stage1, 48).unwrap();
-    let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, gicr: Some(GICR) };
+    let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, devices: crate::platform::parse(QEMU_VIRT_DTB).unwrap().devices };
     // EL2 takes the last HYP_PAGES pages.
     let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
     let vcpus: &'static crate::guest::vcpu::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vcpu::VcpuSlot::new()))));

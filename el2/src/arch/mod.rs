@@ -9,7 +9,7 @@
 pub mod console;
 pub mod failstop;
 mod cache;
-mod gicr;
+mod guarded;
 mod host;
 mod regs;
 mod sysreg;
@@ -21,7 +21,7 @@ mod vectors;
 use crate::hw::{Clock, Firmware, HostCpu};
 use aarch64_cpu::registers::*;
 pub use cache::{FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
-pub use gicr::RdMmio;
+pub use guarded::GuardedMmio;
 pub use host::{activate_host, enter_host, HostConfig};
 pub use regs::*;
 pub use switch::check_sysreg_tables;

@@ -30,7 +30,7 @@ pub extern "C" fn el2_lower_sync(frame: &mut TrapFrame) {
     }
     let TrapFrame { x, elr, spsr, .. } = frame;
     let mut regs = HostRegs { x, elr, spsr };
-    if handle_sync(hyp, arch::cpu_index(), esr, &mut regs, &Cpu, &arch::RdMmio).is_err() {
+    if handle_sync(hyp, arch::cpu_index(), esr, &mut regs, &Cpu, &arch::GuardedMmio).is_err() {
         // The trap came from a state EL2 never creates (AArch32, EL2): an EL2 bug.
         fatal(frame, "cannot inject into the interrupted state");
     }

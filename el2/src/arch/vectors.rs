@@ -223,14 +223,15 @@ __guest_exit:
     ret
 
 // Unexpected exception, x0 = vector number: move to this CPU's panic stack (top =
-// __panic_stacks_start + (cpu + 1) * 4096, cpu from TPIDR_EL2; the normal stack may be what
-// overflowed), save the frame there and report. x1 is parked in TPIDRRO_EL0 meanwhile.
+// __panic_stacks_start + (cpu + 1) * 8192: a guard page, then the 4 KiB stack; cpu from
+// TPIDR_EL2; the normal stack may be what overflowed), save the frame there and report. x1 is
+// parked in TPIDRRO_EL0 meanwhile.
 el2_unexpected_entry:
     msr tpidrro_el0, x1
     mrs x1, tpidr_el2
     and x1, x1, #7
     add x1, x1, #1
-    lsl x1, x1, #12
+    lsl x1, x1, #13
     mov sp, x1
     adrp x1, __panic_stacks_start
     add x1, x1, :lo12:__panic_stacks_start

@@ -109,7 +109,7 @@ mod tests {
         let chunk = f.page(0);
         let donated = f.page(GUEST);
         // The host uses its first 2 MiB: one block.
-        assert_eq!(f.hyp.host_s2_fault(chunk + 0x40, &Recorder::default()), crate::mem::protect::HostFault::Retry);
+        assert_eq!(crate::host::trap::host_s2_fault(&f.hyp, chunk + 0x40, &Recorder::default()), crate::mem::protect::HostFault::Retry);
         {
             let mem = f.hyp.mem.lock();
             assert_eq!(mem.host_s2().lookup(mem.tables(), chunk).map(|l| l.level), Some(2));
@@ -119,13 +119,13 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, donated, 0x8000_0000, 1]).unwrap();
         // The host uses the rest of the chunk: EL2 maps it page by page (a level-3 table).
         for p in [0, GUEST - 1, GUEST + 1, 511] {
-            assert_eq!(f.hyp.host_s2_fault(f.page(p), &Recorder::default()), crate::mem::protect::HostFault::Retry, "page {p}");
+            assert_eq!(crate::host::trap::host_s2_fault(&f.hyp, f.page(p), &Recorder::default()), crate::mem::protect::HostFault::Retry, "page {p}");
         }
-        assert_eq!(f.hyp.host_s2_fault(donated, &Recorder::default()), crate::mem::protect::HostFault::Inject, "the guest's now");
+        assert_eq!(crate::host::trap::host_s2_fault(&f.hyp, donated, &Recorder::default()), crate::mem::protect::HostFault::Inject, "the guest's now");
         // The VM goes; its page comes back, and the host's next touch maps it again.
         f.call(0, H::VmDestroy, &[h]).unwrap();
         let rec = Recorder::default();
-        assert_eq!(f.hyp.host_s2_fault(donated + 8, &rec), crate::mem::protect::HostFault::Retry);
+        assert_eq!(crate::host::trap::host_s2_fault(&f.hyp, donated + 8, &rec), crate::mem::protect::HostFault::Retry);
         assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
         let mem = f.hyp.mem.lock();
         let leaf = mem.host_s2().lookup(mem.tables(), donated).expect("the returned page is mapped");

@@ -65,12 +65,13 @@ pub struct Vm {
     pub mte: bool,
     /// Its stage 2 is walked with `HCR_EL2.FWB` (every CPU has FEAT_S2FWB): guest RAM is
     /// Write-Back whatever the guest's stage 1 says, so first mappings need no cache
-    /// maintenance (see ARCHITECTURE.md, *Cache maintenance*).
+    /// maintenance (see docs/memory.md, *Cache maintenance*).
     pub fwb: bool,
     /// Where its vCPUs ran: when a CPU's TLB may hold entries a guest's local TLBI missed.
     pub local_tlb: LocalTlbRecord,
-    /// `CNTVOFF_EL2` while its vCPUs run ([`shared_abi::reg::CNTVOFF_EL2`]): the physical count
-    /// at `VM_CREATE` unless the host set another before the first run.
+    /// `CNTVOFF_EL2` while its vCPUs run ([`shared_abi::reg::CNTVOFF_EL2`]): 0 at `VM_CREATE`
+    /// (the guest's virtual count is the physical count) unless the host set another before the
+    /// first run.
     pub cntvoff: u64,
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Place in the flow: the host stage-2 fault path ([`crate::mem::protect::host_fault_mapping`] never
 //! maps a guarded page) and the host data-abort handler in `trap.rs`, which hands an access to
-//! a guarded page to [`emulate`]. The MMIO itself is the arch layer's ([`RdIo`]).
+//! a guarded page to [`emulate`]. The MMIO itself is the arch layer's ([`GuardedIo`]).
 //!
 //! **Why.** With `GICR_CTLR.EnableLPIs` set, a redistributor reads and writes the LPI property
 //! and pending tables at the physical addresses in `GICR_PROPBASER`/`GICR_PENDBASER`. Those
@@ -29,6 +29,7 @@
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::exception::syndrome::{decode_mmio, MmioAccess};
+use crate::host::guarded::{perform, GuardedIo};
 
 /// Distance between two GICv3 redistributors: `RD_base` (64 KiB) then `SGI_base` (64 KiB).
 pub const RD_STRIDE: u64 = 0x2_0000;
@@ -56,21 +57,6 @@ pub struct Redistributors {
     /// Frames that hold a redistributor (up to the first with `GICR_TYPER.Last`): EL2 touches
     /// only these; a guarded page past them is never accessed, only refused.
     pub present: u64,
-}
-
-/// Reads and writes of guarded pages: the arch layer on the machine, a fake in tests.
-pub trait RdIo {
-    /// Reads `size` (4 or 8) bytes at `pa`.
-    ///
-    /// # Safety
-    /// `pa` lies in the guarded page of a present redistributor (mapped Device in EL2's stage 1
-    /// at boot) and is aligned to `size`.
-    unsafe fn read(&self, pa: PhysAddr, size: u8) -> u64;
-    /// Writes the low `size` (4 or 8) bytes of `value` at `pa`.
-    ///
-    /// # Safety
-    /// As for [`RdIo::read`].
-    unsafe fn write(&self, pa: PhysAddr, size: u8, value: u64);
 }
 
 /// Whether the frame region `region` is usable: 64 KiB aligned, non-empty.
@@ -136,23 +122,14 @@ pub fn decode(rd: &Redistributors, esr: u64, pa: u64) -> Option<(u64, MmioAccess
 /// Performs a host data abort on a guarded page for the host: `x` are its `x0..=x30`, `esr`
 /// and `pa` (the faulting IPA: the host stage 2 is an identity map) what it trapped with.
 /// `true`: done, the caller steps the host over the instruction; `false`: inject an abort.
-pub fn emulate(rd: &Redistributors, esr: u64, pa: u64, x: &mut [u64; 31], io: &impl RdIo) -> bool {
+pub fn emulate(rd: &Redistributors, esr: u64, pa: u64, x: &mut [u64; 31], io: &impl GuardedIo) -> bool {
     let Some((offset, access)) = decode(rd, esr, pa) else {
         return false;
     };
-    let reg = access.reg as usize; // 31: XZR
-    if access.write {
-        let value = filter_write(offset, access.write_value(x.get(reg).copied().unwrap_or(0)));
-        // SAFETY: `decode` checked that `pa` lies in a present redistributor's guarded page
-        // and is aligned to the access size (4, or 8 at a 64-bit register).
-        unsafe { io.write(PhysAddr(pa), access.size, value) };
-    } else {
-        // SAFETY: as above.
-        let raw = unsafe { io.read(PhysAddr(pa), access.size) };
-        if let Some(r) = x.get_mut(reg) {
-            *r = access.read_value(raw);
-        }
-    }
+    // SAFETY: `decode` checked that `pa` lies in a present redistributor's guarded page
+    // (mapped Device RW in EL2's stage 1 at boot) and is aligned to the access size (4, or 8
+    // at a 64-bit register).
+    unsafe { perform(access, pa, x, |v| filter_write(offset, v), io) };
     true
 }
 
@@ -161,7 +138,7 @@ pub fn emulate(rd: &Redistributors, esr: u64, pa: u64, x: &mut [u64; 31], io: &i
 /// not handled: none is emulated (the host then cannot use them; fail closed). A redistributor
 /// whose LPIs are already on (firmware's doing: the Arm ARM lets an implementation keep
 /// `EnableLPIs` once set) is reported as an EL2 error: its tables are outside EL2's control.
-pub fn probe(region: PhysRange, io: &impl RdIo) -> Redistributors {
+pub fn probe(region: PhysRange, io: &impl GuardedIo) -> Redistributors {
     let frames = region.size().div_ceil(RD_STRIDE);
     let mut present = 0;
     while present < frames {
@@ -207,7 +184,7 @@ mod tests {
         log: RefCell<Vec<(char, u64, u8, u64)>>,
         typer: Vec<u64>,
     }
-    impl RdIo for FakeRd {
+    impl GuardedIo for FakeRd {
         unsafe fn read(&self, pa: PhysAddr, size: u8) -> u64 {
             let frame = ((pa.0 - 0x080A_0000) / RD_STRIDE) as usize;
             let v = if pa.0 % RD_STRIDE == GICR_TYPER { self.typer.get(frame).copied().unwrap_or(0) } else { 0x1234_5678_9ABC_DEF0 };

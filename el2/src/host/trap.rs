@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `HVC64` | a hypercall | [`crate::hypercall::handle`] (`HVC #0` only), result in `x0..=x3` |
 //! | `SMC64` | `HCR_EL2.TSC` trap | the allow-list of [`crate::host::psci`]: intercept, forward to firmware, or refuse |
-//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily where the host may access ([`crate::mem::protect`]); a valid load or store to a guarded redistributor page: performed by EL2 ([`crate::host::gicr`]); else inject an abort |
+//! | `DABT_LOW` / `IABT_LOW` | stage-2 fault | map lazily where the host may access ([`crate::mem::protect`], [`crate::host::devices`]); a valid load or store to a guarded page: performed by EL2 ([`crate::host::gicr`], [`crate::host::pciconfig`]); else inject an abort |
 //! | anything else | | inject UNDEF |
 //!
 //! Nothing the host does here is an EL2 error: host-caused events are logged at `debug!` at
@@ -15,7 +15,9 @@
 
 use crate::exception::inject::{inject_sync, Injection, TrapState};
 use crate::exception::syndrome::{ec, fault_ipa, Esr, FaultKind};
-use crate::host::gicr::{self, RdIo};
+use crate::host::devices::Guard;
+use crate::host::guarded::GuardedIo;
+use crate::host::{gicr, pciconfig};
 use crate::host::psci::{classify, cpu_on_target, host_mem_protect, HostSmc};
 use crate::hw::{Firmware, HostCpu, Hw};
 use crate::hyp::Hyp;
@@ -44,7 +46,7 @@ pub struct CannotInject;
 ///
 /// # Errors
 /// [`CannotInject`] (see there).
-pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs: &mut HostRegs<'_>, hw: &(impl Hw + HostCpu), rd: &impl RdIo) -> Result<(), CannotInject> {
+pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs: &mut HostRegs<'_>, hw: &(impl Hw + HostCpu), io: &impl GuardedIo) -> Result<(), CannotInject> {
     match esr.ec() {
         ec::HVC64 => {
             let result = if esr.imm16() != 0 {
@@ -69,17 +71,21 @@ pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs:
                 let ipa = fault_ipa(hpfar, far);
                 match host_s2_fault(hyp, ipa, hw) {
                     HostFault::Retry => return Ok(()),
-                    HostFault::Emulate if esr.ec() == ec::DABT_LOW => {
-                        // A guarded redistributor page: EL2 performs a valid access itself
-                        // (GICR_CTLR.EnableLPIs forced to 0) and steps over the instruction.
-                        if let Some(rd_frames) = &hyp.gicr {
-                            if gicr::emulate(rd_frames, esr.0, ipa, regs.x, rd) {
-                                *regs.elr += 4;
-                                return Ok(());
-                            }
+                    HostFault::Emulate(guard) if esr.ec() == ec::DABT_LOW => {
+                        // A guarded page: EL2 performs a valid access itself (with
+                        // GICR_CTLR.EnableLPIs or Command.BusMasterEnable forced to 0) and
+                        // steps over the instruction.
+                        let done = match (guard, &hyp.gicr, &hyp.platform.devices.ecam) {
+                            (Guard::Redistributor, Some(rd), _) => gicr::emulate(rd, esr.0, ipa, regs.x, io),
+                            (Guard::PciConfig, _, Some(ecam)) => pciconfig::emulate(ecam, esr.0, ipa, regs.x, io),
+                            _ => false,
+                        };
+                        if done {
+                            *regs.elr += 4;
+                            return Ok(());
                         }
                     }
-                    HostFault::Emulate | HostFault::Inject => {}
+                    HostFault::Emulate(_) | HostFault::Inject => {}
                 }
             }
             log::debug!("host abort at {far:#x} (ESR {:#x}): injecting", esr.0);
@@ -93,13 +99,13 @@ pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs:
     }
 }
 
-/// A host stage-2 *translation* fault on `ipa`: emulate a guarded redistributor page, else
-/// map on fault ([`crate::mem::MemState::host_map_on_fault`]).
+/// A host stage-2 *translation* fault on `ipa`: emulate a guarded device page, else map on
+/// fault ([`crate::mem::MemState::host_map_on_fault`]).
 pub fn host_s2_fault<T: TableMemory>(hyp: &Hyp<'_, T>, ipa: u64, hw: &impl Hw) -> HostFault {
-    if hyp.gicr.is_some_and(|g| gicr::guarded(&g.region, ipa).is_some()) {
-        return HostFault::Emulate;
+    if let Some(guard) = hyp.platform.devices.guard(ipa) {
+        return HostFault::Emulate(guard);
     }
-    hyp.mem.lock().host_map_on_fault(ipa, hyp.platform.gicr.as_ref(), hw)
+    hyp.mem.lock().host_map_on_fault(ipa, &hyp.platform.devices, hw)
 }
 
 fn inject(regs: &mut HostRegs<'_>, what: Injection, esr: Esr, far: u64, hw: &impl HostCpu) -> Result<(), CannotInject> {
@@ -168,13 +174,13 @@ mod tests {
         }
         fn trap(&mut self, f: &Fixture, esr: u64, rec: &Recorder) -> Result<(), CannotInject> {
             let mut regs = HostRegs { x: &mut self.x, elr: &mut self.elr, spsr: &mut self.spsr };
-            handle_sync(&f.hyp, 0, Esr(esr), &mut regs, rec, &NoRedistributor)
+            handle_sync(&f.hyp, 0, Esr(esr), &mut regs, rec, &Registers)
         }
     }
 
-    /// Redistributor registers that read 0x5A and ignore writes.
-    struct NoRedistributor;
-    impl RdIo for NoRedistributor {
+    /// Guarded device registers that read 0x5A and ignore writes.
+    struct Registers;
+    impl GuardedIo for Registers {
         unsafe fn read(&self, _: PhysAddr, _: u8) -> u64 {
             0x5A
         }
@@ -283,5 +289,92 @@ mod tests {
         assert_eq!((h.elr, rec.el1_exceptions.borrow()[0]), (VBAR + 0x200, 1 << 25), "EC 0, IL");
         let mut h = Host { spsr: 0b1001, ..Host::new(&[]) }; // EL2h
         assert_eq!(h.trap(&f, 0x3C << 26, &rec), Err(CannotInject));
+    }
+
+    #[test]
+    fn host_faults_map_largest_allowed_block() {
+        let f = fixture();
+        let rec = Recorder::default();
+        // First 2 MiB of test RAM is all host-owned: mapped as a block, the access retried.
+        assert_eq!(host_s2_fault(&f.hyp, f.page(0), &rec), HostFault::Retry);
+        assert_eq!(host_s2_fault(&f.hyp, f.page(0), &rec), HostFault::Retry, "second time: already mapped");
+        assert_eq!(rec.log.borrow().as_slice(), &["host_s2_mapped"]);
+        // EL2's pages are never mapped for the host.
+        let el2 = f.hyp.hyp_region.start.0;
+        assert_eq!(host_s2_fault(&f.hyp, el2, &rec), HostFault::Inject);
+        assert_eq!(host_s2_fault(&f.hyp, el2 + 5 * PAGE_SIZE + 8, &rec), HostFault::Inject);
+        // Outside the IPA space.
+        assert_eq!(host_s2_fault(&f.hyp, 1 << 48, &rec), HostFault::Inject);
+        let mem = f.hyp.mem.lock();
+        assert!(mem.host_s2().lookup(mem.tables(), el2).is_none());
+    }
+
+    #[test]
+    fn host_faults_on_guarded_pages_are_emulated_never_mapped() {
+        let f = fixture();
+        let rec = Recorder::default();
+        assert_eq!(host_s2_fault(&f.hyp, 0x080A_0000, &rec), HostFault::Emulate(Guard::Redistributor));
+        assert_eq!(host_s2_fault(&f.hyp, 0x08FE_0014, &rec), HostFault::Emulate(Guard::Redistributor), "past the present ones: refused by decode");
+        assert_eq!(host_s2_fault(&f.hyp, 0x40_1000_8004, &rec), HostFault::Emulate(Guard::PciConfig));
+        assert_eq!(host_s2_fault(&f.hyp, 0x080A_1000, &rec), HostFault::Retry);
+        assert_eq!(host_s2_fault(&f.hyp, 0x0800_0000, &rec), HostFault::Retry);
+        let mem = f.hyp.mem.lock();
+        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_0000).is_none());
+        assert!(mem.host_s2().lookup(mem.tables(), 0x080A_1000).is_some());
+        assert!(mem.host_s2().lookup(mem.tables(), 0x40_1000_8004).is_none());
+    }
+
+    #[test]
+    fn fw_cfg_dma_is_an_abort_for_the_host() {
+        // The review's attack: a store of a DMA descriptor address to fw_cfg's DMA register.
+        let f = fixture();
+        let rec = Recorder { fault: RefCell::new((0x0902_0010, 0x0902_0010 >> 8)), vbar: VBAR, ..Recorder::default() };
+        let mut h = Host::new(&[]);
+        h.trap(&f, dabt_translation(true) | 1 << 24 | 3 << 22, &rec).unwrap();
+        assert_eq!(h.elr, VBAR + 0x200, "an abort at the host's vector");
+        assert_eq!(rec.log.borrow().len(), 0, "nothing mapped");
+        let mem = f.hyp.mem.lock();
+        assert!(mem.host_s2().lookup(mem.tables(), 0x0902_0010).is_none());
+    }
+
+    #[test]
+    fn pci_configuration_writes_are_performed_without_bus_mastering() {
+        struct Log(RefCell<Vec<(u64, u8, u64)>>);
+        impl GuardedIo for Log {
+            unsafe fn read(&self, _: PhysAddr, _: u8) -> u64 {
+                0
+            }
+            unsafe fn write(&self, pa: PhysAddr, size: u8, value: u64) {
+                self.0.borrow_mut().push((pa.0, size, value));
+            }
+        }
+        let f = fixture();
+        let cmd = 0x40_1000_8004;
+        // STRH w2, [Command]: ISV, SAS 1, SRT 2, WnR.
+        let esr = dabt_translation(true) | 1 << 24 | 1 << 22 | 2 << 16;
+        let rec = Recorder { fault: RefCell::new((cmd, cmd >> 8)), ..Recorder::default() };
+        let mut h = Host::new(&[0, 0, 0x0006]);
+        let io = Log(RefCell::new(Vec::new()));
+        let mut regs = HostRegs { x: &mut h.x, elr: &mut h.elr, spsr: &mut h.spsr };
+        handle_sync(&f.hyp, 0, Esr(esr), &mut regs, &rec, &io).unwrap();
+        assert_eq!((h.elr, io.0.borrow().as_slice()), (ELR + 4, &[(cmd, 2, 0x0002)][..]), "memory decoding on, bus mastering off");
+    }
+
+    #[test]
+    fn mapping_all_allowed_device_space_fits_in_the_reserve() {
+        let f = fixture();
+        let rec = Recorder::default();
+        let devices = f.hyp.platform.devices.clone();
+        let before = f.hyp.mem.lock().tables().free_pages();
+        for r in &devices.mmio {
+            let step = if r.size() <= 64 << 20 { PAGE_SIZE } else { 2 << 20 };
+            for ipa in (r.start.0..r.end.0).step_by(step as usize).chain([r.end.0 - 1]) {
+                let want = if devices.guard(ipa).is_some() { HostFault::Emulate(Guard::Redistributor) } else { HostFault::Retry };
+                assert_eq!(host_s2_fault(&f.hyp, ipa, &rec), want, "{ipa:#x}");
+            }
+        }
+        let used = before - f.hyp.mem.lock().tables().free_pages();
+        assert!(used <= devices.table_reserve(), "{used} table pages used, {} reserved", devices.table_reserve());
+        assert_eq!((used, devices.table_reserve()), (13, 18), "QEMU virt: tables used and reserved");
     }
 }

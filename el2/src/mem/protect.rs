@@ -20,7 +20,7 @@ use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, Table
 use super::guest::{GuestMemory, Region};
 use super::MemState;
 use crate::guest::vm::Vm;
-use crate::host::gicr;
+use crate::host::devices::{Guard, HostDevices};
 use crate::hw::{CacheOps, Tlb};
 use arrayvec::ArrayVec;
 use shared_abi::HypError;
@@ -50,20 +50,21 @@ pub enum HostFault {
     Retry,
     /// The host may not access this address: inject an abort.
     Inject,
-    /// A guarded redistributor page, never mapped: EL2 performs a valid data access itself
-    /// ([`crate::host::gicr::emulate`]) and injects an abort for anything else.
-    Emulate,
+    /// A guarded device page, never mapped: EL2 performs a valid data access itself
+    /// ([`crate::host::gicr::emulate`], [`crate::host::pciconfig::emulate`]) and injects an
+    /// abort for anything else.
+    Emulate(Guard),
 }
 
 /// Decides how to map a host access to `ipa` that hit no stage-2 entry: the largest block
 /// (1 GiB, 2 MiB or 4 KiB) around it that the host may access with a single memory type.
 ///
 /// RAM is mapped only where the ownership record gives the host access, and never in a block
-/// that contains a page it may not access; everything outside RAM inside the host's IPA space
-/// is device space, mapped only in blocks that touch neither RAM nor a guarded page of the
-/// redistributor region `gicr` (a guarded page itself is never mapped). `None`: inject an
-/// abort (or, on a guarded page, emulate).
-pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &super::owner::Ownership<'_>, gicr: Option<&PhysRange>) -> Option<(u64, u64, Attrs)> {
+/// that contains a page it may not access. Outside RAM, only the device space `devices`
+/// allows is mapped, in blocks inside one allowed range that hold no guarded page (a guarded
+/// page itself is never mapped); everything else, DMA-capable devices among it, never is.
+/// `None`: inject an abort (or, on a guarded page, emulate).
+pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &super::owner::Ownership<'_>, devices: &HostDevices) -> Option<(u64, u64, Attrs)> {
     if ipa >> ipa_bits != 0 {
         return None;
     }
@@ -84,8 +85,7 @@ pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &super::owner::Ownership<
         let size = level_size(level);
         let base = ipa & !(size - 1);
         let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        let guarded = gicr.is_some_and(|g| gicr::overlaps_guarded(g, &block));
-        if !block.overlaps(&ram) && !guarded && block.end.0 <= 1 << ipa_bits {
+        if !block.overlaps(&ram) && devices.may_map(&block) && block.end.0 <= 1 << ipa_bits {
             return Some((base, size, HOST_DEVICE));
         }
     }
@@ -249,12 +249,12 @@ impl<T: TableMemory> MemState<'_, T> {
     }
 
     /// **Host map on fault**: a host stage-2 *translation* fault on `ipa` outside the guarded
-    /// redistributor pages of `gicr`: maps the largest block [`host_fault_mapping`] allows.
-    pub fn host_map_on_fault(&mut self, ipa: u64, gicr: Option<&PhysRange>, tlb: &impl Tlb) -> HostFault {
+    /// device pages of `devices`: maps the largest block [`host_fault_mapping`] allows.
+    pub fn host_map_on_fault(&mut self, ipa: u64, devices: &HostDevices, tlb: &impl Tlb) -> HostFault {
         if self.host_s2.lookup(&self.tables, ipa).is_some() {
             return HostFault::Retry;
         }
-        let Some((_, size, attrs)) = host_fault_mapping(ipa, self.host_s2.ia_bits(), &self.own, gicr) else {
+        let Some((_, size, attrs)) = host_fault_mapping(ipa, self.host_s2.ia_bits(), &self.own, devices) else {
             return HostFault::Inject;
         };
         // A table may already sit where the block would go: left by an earlier split (a page
@@ -285,45 +285,89 @@ mod tests {
     use crate::mem::owner::{Ownership, PageEntry};
     use crate::testing::GICR;
 
+    /// Device space for tests: the GiB below RAM and the GiB from 4 MiB into RAM's.
+    fn open_devices(ram: &PhysRange) -> HostDevices {
+        let mut d = HostDevices::default();
+        d.allow(0, 1 << 30, ram).unwrap();
+        d.allow(0x4040_0000, 0x3FC0_0000, ram).unwrap();
+        d
+    }
+
     #[test]
     fn fault_policy_respects_ownership_and_ram_boundaries() {
         let mut entries = vec![PageEntry::default(); 1024];
         let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
         let mut own = Ownership::new(ram, &mut entries).unwrap();
+        let d = open_devices(&ram);
         // All host: 2 MiB blocks.
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_0000, 2 << 20, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, &d), Some((0x4000_0000, 2 << 20, HOST_RAM)));
         // One page in the first block donated away: that block is mapped page by page.
         own.donate(PhysRange::from_size(PhysAddr(0x4010_0000), PAGE_SIZE).unwrap(), Component::Host, Component::Hyp).unwrap();
-        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, None), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
-        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own, None), None);
-        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own, None), Some((0x4020_0000, 2 << 20, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4000_1234, 40, &own, &d), Some((0x4000_1000, PAGE_SIZE, HOST_RAM)));
+        assert_eq!(host_fault_mapping(0x4010_0000, 40, &own, &d), None);
+        assert_eq!(host_fault_mapping(0x4020_0000, 40, &own, &d), Some((0x4020_0000, 2 << 20, HOST_RAM)));
         // Device space: the GiB below RAM is one block; the GiB holding RAM uses smaller ones.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, None), Some((0, 1 << 30, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own, None), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(1 << 40, 40, &own, None), None);
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, &d), Some((0, 1 << 30, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(0x4040_0000, 40, &own, &d), Some((0x4040_0000, 2 << 20, HOST_DEVICE)));
+        assert_eq!(host_fault_mapping(1 << 40, 40, &own, &d), None);
+        // Nothing outside the allowed ranges.
+        assert_eq!(host_fault_mapping(0x8000_0000, 40, &own, &d), None);
+        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, &HostDevices::default()), None);
+    }
+
+    /// QEMU `virt`'s device space as EL2 reads it from the device tree (1 GiB of RAM).
+    fn qemu_devices() -> HostDevices {
+        crate::platform::parse(crate::testing::QEMU_VIRT_DTB).unwrap().devices
     }
 
     #[test]
-    fn no_host_block_covers_a_guarded_redistributor_page() {
+    fn the_host_maps_no_dma_master_of_qemu_virt() {
         let mut entries = vec![PageEntry::default(); 1024];
         let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
         let own = Ownership::new(ram, &mut entries).unwrap();
-        let g = Some(&GICR);
-        // Blocks around the region: 2 MiB where no guarded page is, 4 KiB between guards.
-        assert_eq!(host_fault_mapping(0x0900_0000, 40, &own, g), Some((0x0900_0000, 2 << 20, HOST_DEVICE)), "the UART's 2 MiB");
-        assert_eq!(host_fault_mapping(0x0000_1000, 40, &own, g), Some((0, 2 << 20, HOST_DEVICE)));
-        assert_eq!(host_fault_mapping(0x0800_0000, 40, &own, g), Some((0x0800_0000, PAGE_SIZE, HOST_DEVICE)), "the distributor");
-        assert_eq!(host_fault_mapping(0x080B_0080, 40, &own, g), Some((0x080B_0000, PAGE_SIZE, HOST_DEVICE)), "SGI_base");
-        assert_eq!(host_fault_mapping(0x080A_1000, 40, &own, g), Some((0x080A_1000, PAGE_SIZE, HOST_DEVICE)));
-        // The guarded pages themselves: never.
-        for pa in [0x080A_0000, 0x080A_0FFC, 0x080C_0070, 0x08FE_0000] {
-            assert_eq!(host_fault_mapping(pa, 40, &own, g), None, "{pa:#x}");
+        let d = qemu_devices();
+        for (pa, what) in [
+            (0x0902_0010, "fw_cfg's DMA address register"),
+            (0x0902_0000, "fw_cfg"),
+            (0x0808_0080, "the ITS (GITS_CBASER)"),
+            (0x0A00_0000, "a virtio-mmio transport"),
+            (0x0A00_3E00, "the last virtio-mmio transport"),
+            (0x0C00_0000, "the platform bus"),
+            (0x0000_1000, "the flash"),
+            (0x40_1000_8004, "PCI configuration space"),
+        ] {
+            assert_eq!(host_fault_mapping(pa, 40, &own, &d), None, "{what} at {pa:#x}");
         }
-        // Whatever is asked, a mapping never covers a guarded page.
+        assert_eq!(d.guard(0x40_1000_8004), Some(Guard::PciConfig));
+        assert_eq!(d.guard(0x0902_0010), None);
+    }
+
+    #[test]
+    fn the_host_maps_the_devices_it_needs_in_the_largest_blocks_allowed() {
+        let mut entries = vec![PageEntry::default(); 1024];
+        let ram = PhysRange::from_size(PhysAddr(0x4000_0000), 1024 * PAGE_SIZE).unwrap();
+        let own = Ownership::new(ram, &mut entries).unwrap();
+        let d = qemu_devices();
+        let page = |pa: u64| Some((pa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_DEVICE));
+        assert_eq!(host_fault_mapping(0x0900_0018, 40, &own, &d), page(0x0900_0000), "the UART");
+        assert_eq!(host_fault_mapping(0x0901_0000, 40, &own, &d), page(0x0901_0000), "the RTC");
+        assert_eq!(host_fault_mapping(0x0903_0000, 40, &own, &d), page(0x0903_0000), "the GPIO");
+        assert_eq!(host_fault_mapping(0x0800_0000, 40, &own, &d), page(0x0800_0000), "the distributor");
+        assert_eq!(host_fault_mapping(0x080B_0080, 40, &own, &d), page(0x080B_0080), "SGI_base");
+        assert_eq!(host_fault_mapping(0x080A_1000, 40, &own, &d), page(0x080A_1000));
+        assert_eq!(host_fault_mapping(0x1000_0000, 40, &own, &d), Some((0x1000_0000, 2 << 20, HOST_DEVICE)), "PCI memory window");
+        assert_eq!(host_fault_mapping(0x3EFF_0000, 40, &own, &d), page(0x3EFF_0000), "PCI I/O window");
+        assert_eq!(host_fault_mapping(0x80_0000_0000, 40, &own, &d), Some((0x80_0000_0000, 1 << 30, HOST_DEVICE)), "64-bit window");
+        // The guarded redistributor pages themselves: never.
+        for pa in [0x080A_0000, 0x080A_0FFC, 0x080C_0070, 0x08FE_0000] {
+            assert_eq!(host_fault_mapping(pa, 40, &own, &d), None, "{pa:#x}");
+        }
+        // Whatever is asked, a mapping never covers a guarded page or leaves the allowed ranges.
         for ipa in (0..0x1000_0000u64).step_by(0x1_0000).chain((0x0800_0000..0x0920_0000).step_by(0x1000)) {
-            if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, g) {
+            if let Some((base, size, _)) = host_fault_mapping(ipa, 40, &own, &d) {
                 let block = PhysRange::from_size(PhysAddr(base), size).unwrap();
                 assert!(!crate::host::gicr::overlaps_guarded(&GICR, &block), "{ipa:#x}: {base:#x}+{size:#x}");
+                assert!(d.mmio.iter().any(|r| r.contains_range(&block)), "{ipa:#x}: {base:#x}+{size:#x}");
             }
         }
     }
