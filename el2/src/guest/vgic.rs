@@ -220,9 +220,10 @@ pub struct VgicCpu {
 impl VgicCpu {
     /// Nothing for the interface to deliver or remember: no list register in use and no
     /// active priority. Such a vCPU cannot acknowledge a virtual interrupt during the run (only
-    /// list registers hold them, and EL2 changes those only between runs), so its load and put
-    /// move `ICH_VMCR_EL2` alone and leave the interface disabled (`ICH_HCR_EL2.En` 0). The
-    /// active-priority registers are zero in the CPU whenever no guest runs.
+    /// list registers hold them, and EL2 changes those only between runs), so its load moves
+    /// `ICH_VMCR_EL2` alone and leaves the interface disabled (`ICH_HCR_EL2.En` 0); the
+    /// active-priority registers are zero in the CPU whenever no guest runs. It can still
+    /// write its active priorities directly, so [`Self::put`] reads them back all the same.
     pub fn idle(&self) -> bool {
         self.used == 0 && self.ap0r == [0; 4] && self.ap1r == [0; 4]
     }
@@ -250,16 +251,22 @@ impl VgicCpu {
     /// The world switch's put (`idle_at_load`: what [`Self::load`] returned): the host runs with
     /// the virtual interface off (no maintenance interrupt), and with no list register or
     /// active priority of this vCPU left in the CPU.
+    ///
+    /// The active priorities come back even if the vCPU was idle at load: the guest writes
+    /// `ICC_AP0R<n>_EL1`/`ICC_AP1R<n>_EL1` directly (`ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` under
+    /// `HCR_EL2.IMO/FMO`, never trapped), without any list register. Non-zero ones are saved
+    /// (the vCPU is then no longer idle, and its next load restores them) and zeroed in the
+    /// CPU, which an idle load relies on (finding N3 of the security review).
     pub fn put(&mut self, cpu: &mut impl IchRegs, idle_at_load: bool) {
         self.vmcr = cpu.vmcr();
-        if idle_at_load {
-            return;
+        if !idle_at_load {
+            cpu.set_hcr(0);
         }
-        cpu.set_hcr(0);
         cpu.read_aprs(&mut self.ap0r, &mut self.ap1r);
         if self.ap0r != [0; 4] || self.ap1r != [0; 4] {
             cpu.write_aprs(&[0; 4], &[0; 4]);
         }
+        // After an idle load nothing is used: EL2 queues interrupts only between runs.
         let mut used = self.used;
         while used != 0 {
             let n = used.trailing_zeros() as usize;
@@ -489,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_vcpu_moves_only_its_priority_mask() {
+    fn an_idle_vcpu_loads_only_its_priority_mask() {
         let mut cpu = IchModel::booted(QEMU_VTR);
         let mut v = VgicCpu::new();
         v.vmcr = 0xF0 << 24;
@@ -498,7 +505,49 @@ mod tests {
         assert_eq!((cpu.vmcr, cpu.hcr, cpu.writes), (0xF0 << 24, 0, 1), "ICH_VMCR_EL2 alone, the interface off");
         cpu.vmcr = 0xA0 << 24;
         v.put(&mut cpu, idle);
-        assert_eq!((v.vmcr, cpu.writes), (0xA0 << 24, 1), "read back, nothing written");
+        assert_eq!((v.vmcr, v.ap0r, v.ap1r, cpu.writes), (0xA0 << 24, [0; 4], [0; 4], 1), "read back (with the zero active priorities), nothing written");
+    }
+
+    /// Finding N3: with `HCR_EL2.IMO/FMO` a guest writes `ICC_AP0R<n>_EL1`/`ICC_AP1R<n>_EL1`,
+    /// i.e. `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2`, directly: no list register, no trap, also
+    /// while its interface is idle. Those writes stay the vCPU's own, across puts and loads,
+    /// and never reach the next vCPU on the CPU, whatever VM it belongs to.
+    #[test]
+    fn active_priorities_a_guest_writes_while_idle_are_its_own() {
+        // 5, 6 and 7 preemption bits: 1, 2 and 4 registers per group.
+        for vtr in [QEMU_VTR, QEMU_VTR & !(7 << 26) | 5 << 26, QEMU_VTR & !(7 << 26) | 6 << 26] {
+            let mut cpu = IchModel::booted(vtr);
+            let last = cpu.apr - 1;
+            let (mut vm1, mut vm2) = (VgicCpu::new(), VgicCpu::new());
+            let idle = vm1.load(&mut cpu);
+            assert!(idle);
+            cpu.ap0[0] = 0x1;
+            cpu.ap1[0] = 0xC0DE_0001;
+            cpu.ap1[last] |= 1 << 31;
+            vm1.put(&mut cpu, idle);
+            let mut want1 = [0; 4];
+            want1[0] = 0xC0DE_0001;
+            want1[last] |= 1 << 31;
+            assert_eq!((vm1.ap0r[0], vm1.ap1r), (0x1, want1), "{vtr:#x}: the guest's writes kept in its context");
+            assert_eq!((cpu.ap0, cpu.ap1), ([0; 4], [0; 4]), "{vtr:#x}: and not left in the CPU");
+            assert!(!vm1.idle(), "its next load restores them");
+            // VM 2 runs next on this CPU, idle too: it finds reset values, and takes nothing away.
+            let idle = vm2.load(&mut cpu);
+            assert!(idle);
+            assert_eq!((cpu.ap0, cpu.ap1), ([0; 4], [0; 4]), "{vtr:#x}: VM 2 finds VM 1's active priorities");
+            vm2.put(&mut cpu, idle);
+            assert_eq!((vm2.ap0r, vm2.ap1r), ([0; 4], [0; 4]));
+            // VM 1 again: its own values back, with the interface enabled as for any active
+            // priority; once it clears them itself it is idle again.
+            let idle = vm1.load(&mut cpu);
+            assert!(!idle);
+            assert_eq!((cpu.ap0[0], cpu.ap1, cpu.hcr), (0x1, want1, ICH_HCR_GUEST), "{vtr:#x}: VM 1's values restored");
+            cpu.ap0 = [0; 4];
+            cpu.ap1 = [0; 4];
+            vm1.put(&mut cpu, idle);
+            assert!(vm1.idle());
+            assert_eq!((cpu.hcr, cpu.ap0, cpu.ap1), (0, [0; 4], [0; 4]));
+        }
     }
 
     #[test]
