@@ -553,14 +553,15 @@ pub fn illegal_state(plat: &Platform) {
     destroy(&vm);
 }
 
-/// What the leaks guest found: `TPIDR2_EL0`, then `ICC_PMR_EL1`.
+/// What the leaks guest found, in its order: `TPIDR2_EL0`, `ICC_PMR_EL1`, `ICC_AP0R0_EL1`,
+/// `ICC_AP1R0_EL1`, `DISR_EL1`.
 struct FoundDev {
-    found: [u64; 2],
+    found: [u64; 5],
     n: usize,
 }
 impl TestDevice for FoundDev {
     fn write(&mut self, _: &Vm, v: u64) {
-        if self.n < 2 {
+        if self.n < self.found.len() {
             self.found[self.n] = v;
         }
         self.n += 1;
@@ -572,20 +573,26 @@ impl TestDevice for FoundDev {
 
 /// Registers a guest can reach are switched or trapped: two VMs run the leaks guest one after
 /// the other on the same CPU; each must find reset values, not what the host or the VM before
-/// it left in `TPIDR2_EL0` and the GIC priority mask (`ICH_VMCR_EL2`).
+/// it left in `TPIDR2_EL0`, the GIC priority mask (`ICH_VMCR_EL2`), the active priorities
+/// (`ICH_AP0R0_EL2`/`ICH_AP1R0_EL2`, which the guest writes directly while its interface is
+/// idle) and `DISR_EL1` (`VDISR_EL2`).
 pub fn switched_or_trapped(plat: &Platform) {
     const HOST_TPIDR2: u64 = 0x4057_0000_7770_0001;
     arch::set_tpidr2(HOST_TPIDR2);
     for (round, protected) in [(1, true), (2, false)] {
         let vm = start(plat, 1, protected);
-        let mut dev = FoundDev { found: [u64::MAX; 2], n: 0 };
+        let mut dev = FoundDev { found: [u64::MAX; 5], n: 0 };
         let r = vmm::pinned::run(&vm, 1, &mut dev);
         check!(r == Ok(Outcome::Off), "leaks guest {round} ended {r:?}");
-        check!(dev.n == 2, "leaks guest {round} reported {} values", dev.n);
-        let [tpidr2, pmr] = dev.found;
+        check!(dev.n == 5, "leaks guest {round} reported {} values", dev.n);
+        let [tpidr2, pmr, ap0r0, ap1r0, disr] = dev.found;
         check!(tpidr2 == 0, "VM {round} found TPIDR2_EL0 {tpidr2:#x} (the host's is {HOST_TPIDR2:#x})");
         check!(pmr == 0, "VM {round} found ICC_PMR_EL1 {pmr:#x}");
         ok!("VM {round} ({}) found TPIDR2_EL0 and ICC_PMR_EL1 at reset values", kind(protected));
+        check!(ap0r0 == 0 && ap1r0 == 0, "VM {round} found ICC_AP0R0_EL1 {ap0r0:#x}, ICC_AP1R0_EL1 {ap1r0:#x}");
+        ok!("VM {round} ({}) found ICC_AP0R0_EL1 and ICC_AP1R0_EL1 at reset values", kind(protected));
+        check!(disr == 0, "VM {round} found DISR_EL1 {disr:#x}");
+        ok!("VM {round} ({}) found DISR_EL1 at its reset value", kind(protected));
         destroy(&vm);
     }
     let host = arch::tpidr2();

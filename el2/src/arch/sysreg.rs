@@ -62,6 +62,8 @@ sysregs! {
     TPIDR2_EL0 = "S3_3_C13_C0_5";
     /// EL2's physical timer compare value (the emulated EL1 physical timer's backing).
     CNTHP_CVAL_EL2 = "cnthp_cval_el2";
+    /// Virtual deferred interrupt status: a guest's `DISR_EL1` under `HCR_EL2.AMO` (FEAT_RAS).
+    VDISR_EL2 = "S3_4_C12_C1_1";
 }
 
 /// `ICH_LR<n>_EL2` for `n` < 16 (the caller names only list registers the CPU implements,

@@ -164,6 +164,9 @@ pub struct GuestControls {
     pub stop_host_counters: bool,
     /// `TRFCR_EL1` is zero for the run (no trace of the guest); FEAT_TRF only.
     pub no_trace: bool,
+    /// The guest's `DISR_EL1` is `VDISR_EL2` (`HCR_EL2.AMO` set, FEAT_RAS), which nothing
+    /// traps: it moves with the vCPU (saved at put, restored at load).
+    pub switch_vdisr: bool,
 }
 
 /// Trap configuration for guests, built in this one place. Deny by default:
@@ -182,7 +185,10 @@ pub struct GuestControls {
 ///   and a protected VM runs with the host's counters stopped and EL2 counting prohibited;
 /// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap (EL2 emulates
 ///   them: `guest::sysreg`);
-/// - pointer authentication and allocation tags as the switch decides per run.
+/// - pointer authentication and allocation tags as the switch decides per run;
+/// - what a guest reaches untrapped through EL2's virtual registers moves with the vCPU
+///   instead: with `AMO`, its `DISR_EL1` is `VDISR_EL2` (FEAT_RAS; `switch_vdisr`), as with
+///   `IMO`/`FMO` its GIC CPU interface is the virtual one (the vGIC's own switch).
 ///
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
@@ -219,6 +225,7 @@ pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, pr
         cnthctl: 0b01,
         stop_host_counters: protected && f.pmu,
         no_trace: f.trf,
+        switch_vdisr: f.ras && hcr & AMO != 0,
     }
 }
 
@@ -337,6 +344,20 @@ mod tests {
             assert_eq!(c.hcr & base, base);
             assert_eq!(c.mdcr & (mdcr::TDA | mdcr::TDOSA | mdcr::TDRA), mdcr::TDA | mdcr::TDOSA | mdcr::TDRA);
             assert_eq!(c.cnthctl, 0b01, "physical timer traps");
+        }
+    }
+
+    /// Finding N4: with `HCR_EL2.AMO` a guest's `DISR_EL1` accesses reach `VDISR_EL2`, which no
+    /// trap covers; on a CPU with FEAT_RAS it must move with the vCPU, else the next VM reads
+    /// what the last one wrote. Without FEAT_RAS the register does not exist.
+    #[test]
+    fn what_amo_redirects_to_vdisr_moves_with_the_vcpu() {
+        for protected in [false, true] {
+            let c = guest_controls(&ControlFeatures { ras: true, ..ControlFeatures::default() }, 0, &cfg(), protected);
+            assert_eq!(c.hcr & hcr::AMO, hcr::AMO);
+            assert!(c.switch_vdisr, "protected {protected}: VDISR_EL2 left in the CPU");
+            assert!(guest_controls(&ALL, 0, &cfg(), protected).switch_vdisr);
+            assert!(!guest_controls(&ControlFeatures::default(), 0, &cfg(), protected).switch_vdisr, "no FEAT_RAS: no VDISR_EL2");
         }
     }
 

@@ -152,6 +152,11 @@ pub struct VcpuCtx {
     /// FEAT_FGT, so it moves with the vCPU instead of leaking between host and guests. Not in
     /// the register ABI.
     pub tpidr2: u64,
+    /// `DISR_EL1` as the guest sees it: `VDISR_EL2` while it runs (`HCR_EL2.AMO`), moved only
+    /// on CPUs with FEAT_RAS (where the register exists; hidden from the guest's ID registers,
+    /// not trappable). Not in the register ABI, nor in [`SysReg`]: those are the EL1
+    /// registers the world switch moves as they are.
+    pub disr_el1: u64,
     /// The virtual GICv3 CPU interface: `ICH_VMCR_EL2` (the guest's `ICC_PMR_EL1`, group
     /// enables, ..., which its `ICC_*` accesses reach through the virtual interface), active
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
@@ -244,6 +249,7 @@ impl VcpuCtx {
             pending_read: None,
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
+            disr_el1: 0,
             vgic: VgicCpu::new(),
             debug: DebugShadow::RESET,
             ptimer: PTimer { ctl: 0, cval: 0 },
@@ -606,8 +612,10 @@ mod tests {
         let mut c = VcpuCtx::new();
         c.x[5] = 9;
         c.sys[SysReg::TTBR1_EL1] = 7;
+        c.disr_el1 = 0x8000_1234;
         c.reset_for_cpu_on(0x4010_0000, 0xC0FFEE);
         assert_eq!((c.pc, c.x[0], c.x[5], c.sys[SysReg::TTBR1_EL1], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
+        assert_eq!((VcpuCtx::new().disr_el1, c.disr_el1), (0, 0), "DISR_EL1 zero at reset");
     }
 
 }

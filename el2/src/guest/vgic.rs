@@ -6,8 +6,9 @@
 //! emulates the distributor and redistributors (MMIO exits) and decides which interrupt goes
 //! to which vCPU; EL2 decides how: only through `VCPU_SET_IRQ`, whose request EL2 turns into
 //! an `ICH_LR<n>_EL2` value itself, so a list register never holds a bit the host chose
-//! beyond the documented fields. `arch::switch` writes the used list registers, the active
-//! priorities and `ICH_HCR_EL2` at load, and reads them back (and clears them) at put;
+//! beyond the documented fields. What the world switch moves, and when, is decided here
+//! ([`VgicCpu::load`], [`VgicCpu::put`]) over the [`IchRegs`] seam, which `arch::switch::vgic`
+//! implements with the `ICH_*_EL2` registers and the tests with a model of one CPU;
 //! [`VgicCpu::after_put`] then frees the list registers the guest has finished with.
 //!
 //! Register layouts: Arm GICv3/v4 architecture specification (IHI 0069), `ICH_LR<n>_EL2`,
@@ -90,6 +91,42 @@ pub const fn apr_count(vtr: u64) -> usize {
         0..=4 => 1,
         5 => 2,
         _ => 4,
+    }
+}
+
+/// The virtual CPU interface's registers in this CPU (`ICH_*_EL2`), as the world switch reaches
+/// them: `arch::switch::vgic` implements it with the system registers, the tests with a model
+/// of one CPU that vCPUs of several VMs take turns on.
+pub trait IchRegs {
+    /// How many `ICH_AP0R<n>_EL2` (and as many `ICH_AP1R<n>_EL2`) this CPU has: [`apr_count`]
+    /// of its `ICH_VTR_EL2`.
+    fn apr_count(&self) -> usize;
+    /// Reads `ICH_VMCR_EL2`.
+    fn vmcr(&self) -> u64;
+    /// Writes `ICH_VMCR_EL2`.
+    fn set_vmcr(&mut self, v: u64);
+    /// Writes `ICH_HCR_EL2`.
+    fn set_hcr(&mut self, v: u64);
+    /// Reads the first [`Self::apr_count`] `ICH_AP0R<n>_EL2` into `ap0` and `ICH_AP1R<n>_EL2`
+    /// into `ap1`; the other entries are left as they are (those registers do not exist).
+    fn read_aprs(&self, ap0: &mut [u32; 4], ap1: &mut [u32; 4]);
+    /// Writes the first [`Self::apr_count`] `ICH_AP0R<n>_EL2` and `ICH_AP1R<n>_EL2`.
+    fn write_aprs(&mut self, ap0: &[u32; 4], ap1: &[u32; 4]);
+    /// Reads `ICH_LR<n>_EL2`, `n` below the CPU's `ICH_VTR_EL2.ListRegs + 1`.
+    fn lr(&self, n: usize) -> u64;
+    /// Writes `ICH_LR<n>_EL2`, `n` as for [`Self::lr`].
+    fn set_lr(&mut self, n: usize, v: u64);
+}
+
+/// Boot, on every CPU with the interface (after `ICC_SRE_EL2.SRE` is in effect): the virtual
+/// interface off and every list register and active priority zero (their reset values are
+/// UNKNOWN), so a vCPU's load finds only its own state in them. `ICH_VMCR_EL2` needs nothing:
+/// every load writes it.
+pub fn reset_cpu_interface(cpu: &mut impl IchRegs, vtr: u64) {
+    cpu.set_hcr(0);
+    cpu.write_aprs(&[0; 4], &[0; 4]);
+    for n in 0..=(vtr & 0x1F) as usize {
+        cpu.set_lr(n, 0);
     }
 }
 
@@ -183,11 +220,60 @@ pub struct VgicCpu {
 impl VgicCpu {
     /// Nothing for the interface to deliver or remember: no list register in use and no
     /// active priority. Such a vCPU cannot acknowledge a virtual interrupt during the run (only
-    /// list registers hold them, and EL2 changes those only between runs), so its load and put
-    /// move `ICH_VMCR_EL2` alone and leave the interface disabled (`ICH_HCR_EL2.En` 0). The
-    /// active-priority registers are zero in the CPU whenever no guest runs.
+    /// list registers hold them, and EL2 changes those only between runs), so its load moves
+    /// `ICH_VMCR_EL2` alone and leaves the interface disabled (`ICH_HCR_EL2.En` 0); the
+    /// active-priority registers are zero in the CPU whenever no guest runs. It can still
+    /// write its active priorities directly, so [`Self::put`] reads them back all the same.
     pub fn idle(&self) -> bool {
         self.used == 0 && self.ap0r == [0; 4] && self.ap1r == [0; 4]
+    }
+
+    /// The world switch's load: the priority mask and enables (`ICH_VMCR_EL2`); unless the
+    /// interface is [idle](Self::idle), the active priorities, the used list registers (the
+    /// others are zero in the CPU: every put clears what it loaded, and boot clears them all)
+    /// and `ICH_HCR_EL2.En`. Returns whether it was idle, for [`Self::put`].
+    pub fn load(&self, cpu: &mut impl IchRegs) -> bool {
+        cpu.set_vmcr(self.vmcr);
+        let idle = self.idle();
+        if !idle {
+            cpu.write_aprs(&self.ap0r, &self.ap1r);
+            let mut used = self.used;
+            while used != 0 {
+                let n = used.trailing_zeros() as usize;
+                cpu.set_lr(n, self.lr[n]);
+                used &= used - 1;
+            }
+            cpu.set_hcr(ICH_HCR_GUEST);
+        }
+        idle
+    }
+
+    /// The world switch's put (`idle_at_load`: what [`Self::load`] returned): the host runs with
+    /// the virtual interface off (no maintenance interrupt), and with no list register or
+    /// active priority of this vCPU left in the CPU.
+    ///
+    /// The active priorities come back even if the vCPU was idle at load: the guest writes
+    /// `ICC_AP0R<n>_EL1`/`ICC_AP1R<n>_EL1` directly (`ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` under
+    /// `HCR_EL2.IMO/FMO`, never trapped), without any list register. Non-zero ones are saved
+    /// (the vCPU is then no longer idle, and its next load restores them) and zeroed in the
+    /// CPU, which an idle load relies on (finding N3 of the security review).
+    pub fn put(&mut self, cpu: &mut impl IchRegs, idle_at_load: bool) {
+        self.vmcr = cpu.vmcr();
+        if !idle_at_load {
+            cpu.set_hcr(0);
+        }
+        cpu.read_aprs(&mut self.ap0r, &mut self.ap1r);
+        if self.ap0r != [0; 4] || self.ap1r != [0; 4] {
+            cpu.write_aprs(&[0; 4], &[0; 4]);
+        }
+        // After an idle load nothing is used: EL2 queues interrupts only between runs.
+        let mut used = self.used;
+        while used != 0 {
+            let n = used.trailing_zeros() as usize;
+            self.lr[n] = cpu.lr(n);
+            cpu.set_lr(n, 0);
+            used &= used - 1;
+        }
     }
 
     /// At reset: nothing queued, everything masked.
@@ -314,6 +400,155 @@ mod tests {
     /// QEMU 7.2's virtual interface: 4 list registers, 5 priority and preemption bits.
     const QEMU_VTR: u64 = 3 | 4 << 26 | 4 << 29;
     const QEMU: VgicCaps = VgicCaps::from_vtr(QEMU_VTR);
+
+    /// One CPU's virtual interface, as the architecture keeps it: what a guest writes directly
+    /// (its `ICC_*` registers under `HCR_EL2.IMO/FMO`) lands here, whoever runs next reads it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct IchModel {
+        apr: usize,
+        nr_lrs: usize,
+        vmcr: u64,
+        hcr: u64,
+        ap0: [u32; 4],
+        ap1: [u32; 4],
+        lr: [u64; MAX_LRS],
+        /// Register writes, to tell what a load or put costs.
+        writes: usize,
+    }
+
+    impl IchModel {
+        /// After boot ([`reset_cpu_interface`]), from UNKNOWN values.
+        fn booted(vtr: u64) -> Self {
+            let mut m = Self { apr: apr_count(vtr), nr_lrs: (vtr & 0x1F) as usize + 1, vmcr: 0x5A, hcr: 0x5A, ap0: [!0; 4], ap1: [!0; 4], lr: [!0; MAX_LRS], writes: 0 };
+            reset_cpu_interface(&mut m, vtr);
+            // Registers the CPU does not have read as nothing and are never touched.
+            m.ap0[m.apr..].fill(0);
+            m.ap1[m.apr..].fill(0);
+            m.lr[m.nr_lrs..].fill(0);
+            assert_eq!((m.hcr, m.ap0, m.ap1, m.lr), (0, [0; 4], [0; 4], [0; MAX_LRS]), "boot leaves nothing");
+            m.writes = 0;
+            m
+        }
+    }
+
+    impl IchRegs for IchModel {
+        fn apr_count(&self) -> usize {
+            self.apr
+        }
+        fn vmcr(&self) -> u64 {
+            self.vmcr
+        }
+        fn set_vmcr(&mut self, v: u64) {
+            self.writes += 1;
+            self.vmcr = v;
+        }
+        fn set_hcr(&mut self, v: u64) {
+            self.writes += 1;
+            self.hcr = v;
+        }
+        fn read_aprs(&self, ap0: &mut [u32; 4], ap1: &mut [u32; 4]) {
+            ap0[..self.apr].copy_from_slice(&self.ap0[..self.apr]);
+            ap1[..self.apr].copy_from_slice(&self.ap1[..self.apr]);
+        }
+        fn write_aprs(&mut self, ap0: &[u32; 4], ap1: &[u32; 4]) {
+            self.writes += 2 * self.apr;
+            self.ap0[..self.apr].copy_from_slice(&ap0[..self.apr]);
+            self.ap1[..self.apr].copy_from_slice(&ap1[..self.apr]);
+        }
+        fn lr(&self, n: usize) -> u64 {
+            assert!(n < self.nr_lrs, "ICH_LR{n}_EL2 does not exist");
+            self.lr[n]
+        }
+        fn set_lr(&mut self, n: usize, v: u64) {
+            assert!(n < self.nr_lrs, "ICH_LR{n}_EL2 does not exist");
+            self.writes += 1;
+            self.lr[n] = v;
+        }
+    }
+
+    #[test]
+    fn load_and_put_move_the_interface_and_leave_the_cpu_clear() {
+        let mut cpu = IchModel::booted(QEMU_VTR);
+        let mut v = VgicCpu::new();
+        let pending = lr_from_request(40, config(0x80, true, PENDING, true) as u64, QEMU).unwrap();
+        v.queue(pending, 4).unwrap();
+        v.queue(lr_from_request(41, config(0x80, true, PENDING, false) as u64, QEMU).unwrap(), 4).unwrap();
+        v.vmcr = 0xF0 << 24 | 2;
+        let idle = v.load(&mut cpu);
+        assert!(!idle);
+        assert_eq!((cpu.vmcr, cpu.hcr, cpu.lr[0], cpu.lr[1], cpu.lr[2]), (v.vmcr, ICH_HCR_GUEST, pending, v.lr[1], 0));
+        // The guest acknowledges SPI 40 (active, priority 0x80 active in Group 1), finishes 41
+        // and changes its priority mask.
+        cpu.lr[0] = (pending & !(3 << lr::STATE_SHIFT)) | 2 << lr::STATE_SHIFT;
+        cpu.ap1[0] = 1 << (0x80 >> 3);
+        cpu.lr[1] = 0;
+        cpu.vmcr = 0x80 << 24 | 2;
+        v.put(&mut cpu, idle);
+        assert_eq!((v.vmcr, v.ap1r[0], v.lr[0] >> lr::STATE_SHIFT, v.lr[1]), (0x80 << 24 | 2, 1 << 16, 2, 0));
+        assert_eq!((cpu.hcr, cpu.ap0, cpu.ap1, cpu.lr), (0, [0; 4], [0; 4], [0; MAX_LRS]), "nothing of the vCPU left in the CPU");
+        assert!(!v.after_put());
+        assert_eq!(v.used, 0b01, "LR0 still active: kept");
+        // Loaded again: its active priority and the active interrupt come back.
+        let idle = v.load(&mut cpu);
+        assert!(!idle);
+        assert_eq!((cpu.ap1[0], cpu.lr[0] >> lr::STATE_SHIFT), (1 << 16, 2));
+        v.put(&mut cpu, idle);
+    }
+
+    #[test]
+    fn an_idle_vcpu_loads_only_its_priority_mask() {
+        let mut cpu = IchModel::booted(QEMU_VTR);
+        let mut v = VgicCpu::new();
+        v.vmcr = 0xF0 << 24;
+        let idle = v.load(&mut cpu);
+        assert!(idle);
+        assert_eq!((cpu.vmcr, cpu.hcr, cpu.writes), (0xF0 << 24, 0, 1), "ICH_VMCR_EL2 alone, the interface off");
+        cpu.vmcr = 0xA0 << 24;
+        v.put(&mut cpu, idle);
+        assert_eq!((v.vmcr, v.ap0r, v.ap1r, cpu.writes), (0xA0 << 24, [0; 4], [0; 4], 1), "read back (with the zero active priorities), nothing written");
+    }
+
+    /// Finding N3: with `HCR_EL2.IMO/FMO` a guest writes `ICC_AP0R<n>_EL1`/`ICC_AP1R<n>_EL1`,
+    /// i.e. `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2`, directly: no list register, no trap, also
+    /// while its interface is idle. Those writes stay the vCPU's own, across puts and loads,
+    /// and never reach the next vCPU on the CPU, whatever VM it belongs to.
+    #[test]
+    fn active_priorities_a_guest_writes_while_idle_are_its_own() {
+        // 5, 6 and 7 preemption bits: 1, 2 and 4 registers per group.
+        for vtr in [QEMU_VTR, QEMU_VTR & !(7 << 26) | 5 << 26, QEMU_VTR & !(7 << 26) | 6 << 26] {
+            let mut cpu = IchModel::booted(vtr);
+            let last = cpu.apr - 1;
+            let (mut vm1, mut vm2) = (VgicCpu::new(), VgicCpu::new());
+            let idle = vm1.load(&mut cpu);
+            assert!(idle);
+            cpu.ap0[0] = 0x1;
+            cpu.ap1[0] = 0xC0DE_0001;
+            cpu.ap1[last] |= 1 << 31;
+            vm1.put(&mut cpu, idle);
+            let mut want1 = [0; 4];
+            want1[0] = 0xC0DE_0001;
+            want1[last] |= 1 << 31;
+            assert_eq!((vm1.ap0r[0], vm1.ap1r), (0x1, want1), "{vtr:#x}: the guest's writes kept in its context");
+            assert_eq!((cpu.ap0, cpu.ap1), ([0; 4], [0; 4]), "{vtr:#x}: and not left in the CPU");
+            assert!(!vm1.idle(), "its next load restores them");
+            // VM 2 runs next on this CPU, idle too: it finds reset values, and takes nothing away.
+            let idle = vm2.load(&mut cpu);
+            assert!(idle);
+            assert_eq!((cpu.ap0, cpu.ap1), ([0; 4], [0; 4]), "{vtr:#x}: VM 2 finds VM 1's active priorities");
+            vm2.put(&mut cpu, idle);
+            assert_eq!((vm2.ap0r, vm2.ap1r), ([0; 4], [0; 4]));
+            // VM 1 again: its own values back, with the interface enabled as for any active
+            // priority; once it clears them itself it is idle again.
+            let idle = vm1.load(&mut cpu);
+            assert!(!idle);
+            assert_eq!((cpu.ap0[0], cpu.ap1, cpu.hcr), (0x1, want1, ICH_HCR_GUEST), "{vtr:#x}: VM 1's values restored");
+            cpu.ap0 = [0; 4];
+            cpu.ap1 = [0; 4];
+            vm1.put(&mut cpu, idle);
+            assert!(vm1.idle());
+            assert_eq!((cpu.hcr, cpu.ap0, cpu.ap1), (0, [0; 4], [0; 4]));
+        }
+    }
 
     #[test]
     fn caps_from_ich_vtr() {

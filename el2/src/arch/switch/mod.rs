@@ -11,13 +11,14 @@
 //! | 2 | [`traps`] | the host's EL2 configuration out |
 //! | 3 | [`debug`] | `MDSCR_EL1` = 0, trace prohibited, the host's counters stopped (protected VMs) |
 //! | 4 | [`tpidr2`] | `TPIDR2_EL0` (FEAT_SME) |
-//! | 5 | [`vgic`] | the virtual GIC CPU interface |
-//! | 6 | [`pauth`] | pointer-authentication keys (eager; lazily at first use otherwise) |
-//! | 7 | [`mte`] | MTE registers, tags accessible (MTE VMs) |
-//! | 8 | [`fpsimd`] | FP/SIMD: only at the guest's first use, trapped until then |
-//! | 9 | [`traps`] | the guest's traps and stage 2 |
-//! | 10 | [`timer`] | the VM's `CNTVOFF_EL2`; the emulated physical timer on `CNTHP` |
-//! | 11 | [`el1`] | the guest's EL1 state in |
+//! | 5 | [`disr`] | the guest's `DISR_EL1`, i.e. `VDISR_EL2` (FEAT_RAS) |
+//! | 6 | [`vgic`] | the virtual GIC CPU interface |
+//! | 7 | [`pauth`] | pointer-authentication keys (eager; lazily at first use otherwise) |
+//! | 8 | [`mte`] | MTE registers, tags accessible (MTE VMs) |
+//! | 9 | [`fpsimd`] | FP/SIMD: only at the guest's first use, trapped until then |
+//! | 10 | [`traps`] | the guest's traps and stage 2 |
+//! | 11 | [`timer`] | the VM's `CNTVOFF_EL2`; the emulated physical timer on `CNTHP` |
+//! | 12 | [`el1`] | the guest's EL1 state in |
 //!
 //! No ISB at the end of `load`: the `ERET` in `__guest_enter` is context synchronising, so
 //! every register written is in effect for the guest's first instruction. `put` ends with an
@@ -25,6 +26,7 @@
 //! in the context.
 
 mod debug;
+mod disr;
 mod el1;
 mod fpsimd;
 mod mte;
@@ -105,6 +107,7 @@ pub struct HostSaved {
     traps: traps::Saved,
     debug: debug::Saved,
     tpidr2: tpidr2::Saved,
+    disr: disr::Saved,
     vgic: vgic::Saved,
     pauth: pauth::Saved,
     mte: mte::Saved,
@@ -135,7 +138,7 @@ fn scratch() -> &'static mut HostScratch {
 }
 
 impl Cpu {
-    /// Loads the vCPU: the script's steps 1 to 11 (module documentation).
+    /// Loads the vCPU: the script's steps 1 to 12 (module documentation).
     fn load_guest(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
         let f = features();
         let el1 = el1::save_host();
@@ -150,6 +153,7 @@ impl Cpu {
         }
         let debug = debug::load_guest(&controls);
         let tpidr2 = tpidr2::load_guest(&f, ctx);
+        let disr = disr::load_guest(&controls, ctx);
         let vgic = vgic::load_guest(&f, ctx);
         let pauth = pauth::load_guest(cfg, ctx, &mut hcr);
         let mte = mte::load_guest(cfg, ctx, &mut hcr);
@@ -157,10 +161,10 @@ impl Cpu {
         traps::load_guest(hcr, &controls, cfg);
         timer::load_guest(cfg, ctx);
         el1::load_guest(ctx);
-        HostSaved { el1, traps: host, debug, tpidr2, vgic, pauth, mte, fp }
+        HostSaved { el1, traps: host, debug, tpidr2, disr, vgic, pauth, mte, fp }
     }
 
-    /// Step 4 and 5: enter, and read the exit's syndrome. Only GPRs, PC and PSTATE move.
+    /// Between load and put: enter, and read the exit's syndrome. Only GPRs, PC and PSTATE move.
     fn enter(&self, ctx: &mut VcpuCtx) -> GuestTrap {
         let cpu = cpu_index() % MAX_CPUS;
         ELR_EL2.set(ctx.pc);
@@ -196,6 +200,7 @@ impl Cpu {
         mte::put(ctx, &saved.mte);
         pauth::put(ctx, &saved.pauth);
         vgic::put(ctx, &saved.vgic);
+        disr::put(ctx, &saved.disr);
         tpidr2::put(ctx, &saved.tpidr2);
         debug::put(&saved.debug);
         el1::restore_host(saved.el1);
