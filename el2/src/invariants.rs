@@ -16,8 +16,8 @@
 //! 7. every page an MTE VM's stage 2 maps is marked *tags clean* (EL2 cleared its allocation
 //!    tags on the first mapping since its last change of ownership), and
 //! 8. has tag storage (lies outside the platform's untagged RAM);
-//! 9. every page of a protected VM's regions is owned by that VM alone (`Owned`: not lent, so
-//!    the host has `NoAccess`), never merely shared with it;
+//! 9. every page of a protected VM's regions is owned by that VM, never merely shared with it,
+//!    and lent, if at all, only to the host (the guest's own `MEM_SHARE`);
 //! 10. no page is owned by, or lent to, a guest whose VM slot holds no live VM;
 //! 11. no two regions (of one VM or of two) share a physical page, and
 //! 12. no two regions of one VM overlap in its IPA space;
@@ -30,7 +30,10 @@
 //! 17. outside RAM, the host's stage 2 maps only device space the host may reach
 //!     (`crate::host::devices`): no device that can master memory (fw_cfg, virtio-mmio, the
 //!     ITS), no guarded page (the redistributors' `GICR_CTLR.EnableLPIs`, PCI configuration
-//!     space).
+//!     space);
+//! 18. the host's stage 2 maps a page it borrows from a guest only read/write, never
+//!     executable, and only as that page (never in a block, so that `MEM_UNSHARE` unmaps
+//!     exactly it).
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::Hyp;
@@ -149,6 +152,12 @@ pub enum Violation {
         /// Input address (an identity map: also the output address).
         ipa: u64,
     },
+    /// The host's stage 2 maps a page a guest lent it other than as that page alone,
+    /// read/write and not executable.
+    HostBorrowedPageMapping {
+        /// Input address of the leaf.
+        ipa: u64,
+    },
     /// The host's stage 2 has a leaf outside RAM over device space the host may not map: a
     /// device not on the allow-list, or a guarded page.
     HostMapsForbiddenDevice {
@@ -178,6 +187,7 @@ impl Violation {
             Violation::HypWritableExecutable { va } => (15, va),
             Violation::HostWrongMemoryType { ipa } => (16, ipa),
             Violation::HostMapsForbiddenDevice { ipa } => (17, ipa),
+            Violation::HostBorrowedPageMapping { ipa } => (18, ipa),
         }
     }
 }
@@ -211,6 +221,7 @@ pub fn check<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, layout: &L
     hyp_s1_w_xor_x(mem)?;
     host_s2_memory_types(hyp, mem)?;
     host_s2_allowed_devices(hyp, mem)?;
+    host_s2_borrowed_pages(mem)?;
     Ok(mem.own().ram().size() / PAGE_SIZE)
 }
 
@@ -342,12 +353,13 @@ fn mte_mappings_are_tagged<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, 
     Ok(())
 }
 
-/// 9. A protected VM owns every page of its regions alone.
+/// 9. A protected VM owns every page of its regions, lent to nobody but the host.
 fn protected_pages_exclusive<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter().filter(|vm| vm.protected) {
         for r in vm.mem.regions() {
             let mut pages = (r.pa.0..r.phys().end.0).step_by(PAGE_SIZE as usize).map(PhysAddr);
-            if let Some(pa) = pages.find(|&pa| mem.own().state(pa, vm.component()) != Some(PageState::Owned)) {
+            let ok = |pa: PhysAddr| mem.own().entry(pa).is_some_and(|e| e.owner() == vm.component() && matches!(e.borrower(), None | Some(Component::Host)));
+            if let Some(pa) = pages.find(|&pa| !ok(pa)) {
                 return Err(Violation::ProtectedPageNotExclusive { vm: vm.handle, pa });
             }
         }
@@ -444,6 +456,19 @@ fn host_s2_memory_types<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>)
     })
 }
 
+/// 18. The host maps a page it borrows from a guest as that page alone, read/write, not
+/// executable.
+fn host_s2_borrowed_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
+    let s2 = mem.host_s2();
+    first_leaf_violation(s2, mem.tables(), |l| {
+        let range = PhysRange { start: PhysAddr(l.ia_base), end: PhysAddr(l.ia_base + l.size) };
+        let borrowed = mem.own().ram().contains_range(&range)
+            && (0..l.size / PAGE_SIZE).any(|i| mem.own().state(PhysAddr(l.ia_base + i * PAGE_SIZE), Component::Host) == Some(PageState::SharedBorrowed)
+                && mem.own().entry(PhysAddr(l.ia_base + i * PAGE_SIZE)).is_some_and(|e| matches!(e.owner(), Component::Guest(_))));
+        (borrowed && (l.size != PAGE_SIZE || s2.leaf_executable(l.desc) || !s2.leaf_writable(l.desc))).then_some(Violation::HostBorrowedPageMapping { ipa: l.ia_base })
+    })
+}
+
 /// 17. Every host stage-2 leaf outside RAM is device space the host may map.
 fn host_s2_allowed_devices<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
     let ram = mem.own().ram();
@@ -535,6 +560,8 @@ mod tests {
             Violation::HypBorrowsNonMessage { pa },
             Violation::HypWritableExecutable { va: 0x1000 },
             Violation::HostWrongMemoryType { ipa: 0x1000 },
+            Violation::HostMapsForbiddenDevice { ipa: 0x1000 },
+            Violation::HostBorrowedPageMapping { ipa: 0x1000 },
         ];
         for (i, v) in all.iter().enumerate() {
             assert_eq!(v.code_and_addr().0, i as u64 + 1, "{v:?}");
@@ -624,13 +651,32 @@ mod tests {
     }
 
     #[test]
-    fn a_protected_page_lent_back_is_found() {
+    fn a_protected_page_lent_to_another_than_the_host_is_found() {
         let (f, h) = one_vm(vm_flags::PROTECTED, 8, 4);
         let pa = PhysAddr(f.page(10));
         let mut mem = f.hyp.mem.lock();
-        // The guest owns the page but lends it to the host: not its alone.
+        // Lent to the host (the guest's own MEM_SHARE): legal.
         mem.parts_mut().0.share(page_range(&f, 10), Component::Guest(0), Component::Host).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64));
+        // Lent to EL2 or to another guest: never.
+        mem.parts_mut().0.unshare(page_range(&f, 10), Component::Guest(0), Component::Host).unwrap();
+        mem.parts_mut().0.share(page_range(&f, 10), Component::Guest(0), Component::Guest(1)).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::ProtectedPageNotExclusive { vm: h, pa }));
+    }
+
+    #[test]
+    fn a_host_mapping_of_a_borrowed_page_other_than_rw_alone_is_found() {
+        let (f, _) = one_vm(vm_flags::PROTECTED, 8, 4);
+        let pa = f.page(10);
+        let mut mem = f.hyp.mem.lock();
+        mem.parts_mut().0.share(page_range(&f, 10), Component::Guest(0), Component::Host).unwrap();
+        let (_, host_s2, _, tables, _) = mem.parts_mut();
+        host_s2.map(tables, pa, PhysAddr(pa), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HostBorrowedPageMapping { ipa: pa }), "executable");
+        let (_, host_s2, _, tables, _) = mem.parts_mut();
+        host_s2.unmap(tables, pa, PAGE_SIZE).unwrap();
+        host_s2.map(tables, pa, PhysAddr(pa), PAGE_SIZE, Attrs { mem: MemType::Normal, perms: Perms::RW }, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64), "read/write, that page alone");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub(crate) struct Recorder {
     pub entry_pcs: RefCell<Vec<u64>>,
     /// The PSTATE each exit leaves, while the list lasts.
     pub pstates: RefCell<Vec<u64>>,
+    /// The `x0..=x3` each exit leaves (an SMCCC call's), while the list lasts.
+    pub calls: RefCell<Vec<[u64; 4]>>,
     /// What `counter` answers (tests set it).
     pub counter: Cell<u64>,
     /// Firmware `CPU_ON` calls: (MPIDR, CPU index).
@@ -77,6 +79,10 @@ impl WorldSwitch for Recorder {
         let mut pstates = self.pstates.borrow_mut();
         if !pstates.is_empty() {
             ctx.pstate = pstates.remove(0);
+        }
+        let mut calls = self.calls.borrow_mut();
+        if !calls.is_empty() {
+            ctx.x[..4].copy_from_slice(&calls.remove(0));
         }
         script.remove(0)
     }

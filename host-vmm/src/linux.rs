@@ -484,6 +484,9 @@ impl Machine for LinuxVcpu<'_> {
             }
             // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
             Exit::Hypercall { .. } => None,
+            // The guest shared or took back a granule (counted); its devices find out through
+            // their own queues.
+            Exit::MemShare { .. } | Exit::MemUnshare { .. } => None,
             Exit::SystemOff => Some(Yield::Done(Some(Ok(Outcome::Off)))),
             Exit::SystemReset => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
             Exit::Killed { reason, ipa, detail } => {

@@ -130,7 +130,7 @@ impl Machine for TestMachine<'_> {
                 crate::gic::handle_pending();
                 Ran::Exit(Exit::Irq)
             }
-            Exit::Mmio { .. } | Exit::Wfx | Exit::Hypercall { .. } | Exit::VcpuOff | Exit::Sgi { .. } | Exit::CpuOn { .. } => Ran::Exit(e.exit),
+            Exit::Mmio { .. } | Exit::Wfx | Exit::Hypercall { .. } | Exit::VcpuOff | Exit::Sgi { .. } | Exit::CpuOn { .. } | Exit::MemShare { .. } | Exit::MemUnshare { .. } => Ran::Exit(e.exit),
             Exit::SystemOff => Ran::Ended(Outcome::Off),
             Exit::SystemReset => Ran::Ended(Outcome::Reset),
             Exit::Killed { reason, ipa, detail } => Ran::Ended(Outcome::Killed(reason, ipa, detail)),

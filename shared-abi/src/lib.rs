@@ -21,6 +21,7 @@
 #![no_std]
 
 pub mod bench;
+pub mod guest;
 pub mod layout;
 pub mod msg;
 pub mod reg;
@@ -29,7 +30,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 3 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 4 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;

@@ -136,6 +136,13 @@ pub mod exit {
     /// succeeded; the caller resumes after it): `args[0]` = the vCPU turned on. The host runs
     /// that vCPU, which until then exited [`VCPU_OFF`] and was waiting. (ABI 3.3.)
     pub const CPU_ON: u32 = 10;
+    /// A protected guest shared the granule at `ipa` with the host (`MEM_SHARE`, see
+    /// [`crate::guest`]), which EL2 has done (the call succeeded; the guest resumes after it):
+    /// the host may now map its backing page, read/write. (ABI 3.4.)
+    pub const MEM_SHARE: u32 = 11;
+    /// A protected guest took back the granule at `ipa` it had shared (`MEM_UNSHARE`), which
+    /// EL2 has done: the host's mappings of it are gone on every CPU. (ABI 3.4.)
+    pub const MEM_UNSHARE: u32 = 12;
     /// `flags` bit of an MMIO exit: the access was a write.
     pub const MMIO_WRITE: u32 = 1;
     /// `flags` bit of any exit: the guest has deactivated level-sensitive interrupts queued
@@ -156,6 +163,8 @@ pub mod exit {
             VCPU_OFF => "VCPU_OFF",
             SGI => "SGI",
             CPU_ON => "CPU_ON",
+            MEM_SHARE => "MEM_SHARE",
+            MEM_UNSHARE => "MEM_UNSHARE",
             _ => "unknown",
         }
     }
@@ -348,6 +357,10 @@ pub enum Exit {
     Sgi { intid: u8, targets: u64, reg: u64, value: u64 },
     /// [`exit::CPU_ON`]: the guest turned on vCPU `vcpu`.
     CpuOn { vcpu: u64 },
+    /// [`exit::MEM_SHARE`]: the guest shared the granule at `ipa` with the host.
+    MemShare { ipa: u64 },
+    /// [`exit::MEM_UNSHARE`]: the guest took back the granule at `ipa`.
+    MemUnshare { ipa: u64 },
 }
 
 /// Why an exit record does not decode.
@@ -379,6 +392,8 @@ impl Exit {
             Exit::VcpuOff => exit::VCPU_OFF,
             Exit::Sgi { .. } => exit::SGI,
             Exit::CpuOn { .. } => exit::CPU_ON,
+            Exit::MemShare { .. } => exit::MEM_SHARE,
+            Exit::MemUnshare { .. } => exit::MEM_UNSHARE,
         }
     }
 
@@ -416,6 +431,7 @@ impl Exit {
                 e.data = value;
             }
             Exit::CpuOn { vcpu } => e.args[0] = vcpu,
+            Exit::MemShare { ipa } | Exit::MemUnshare { ipa } => e.ipa = ipa,
             Exit::Wfx | Exit::SystemOff | Exit::SystemReset | Exit::Irq | Exit::VcpuOff => {}
         }
         e
@@ -459,6 +475,8 @@ impl Exit {
                 (Exit::Sgi { intid: a0 as u8, targets: a1, reg: a2, value: e.data }, e.ipa | size | a3)
             }
             exit::CPU_ON => (Exit::CpuOn { vcpu: a0 }, e.ipa | e.data | size | a1 | a2 | a3),
+            exit::MEM_SHARE => (Exit::MemShare { ipa: e.ipa }, e.data | size | a0 | a1 | a2 | a3),
+            exit::MEM_UNSHARE => (Exit::MemUnshare { ipa: e.ipa }, e.data | size | a0 | a1 | a2 | a3),
             r => {
                 let x = match r {
                     exit::WFX => Exit::Wfx,
@@ -583,7 +601,7 @@ mod tests {
     }
 
     /// One exit of each reason, with every field it carries set.
-    fn every_exit() -> [Exit; 10] {
+    fn every_exit() -> [Exit; 12] {
         [
             Exit::Mmio { ipa: 0x0900_0018, size: 4, write: None },
             Exit::Wfx,
@@ -595,12 +613,14 @@ mod tests {
             Exit::VcpuOff,
             Exit::Sgi { intid: 15, targets: 0b1010, reg: sgi::SGI0R, value: 0xF << 24 },
             Exit::CpuOn { vcpu: 7 },
+            Exit::MemShare { ipa: 0x4010_0000 },
+            Exit::MemUnshare { ipa: 0x4010_0000 },
         ]
     }
 
     #[test]
     fn every_exit_round_trips() {
-        let mut reasons = [false; 11];
+        let mut reasons = [false; 13];
         for x in every_exit().into_iter().chain([Exit::Mmio { ipa: 0x0b00_0000, size: 8, write: Some(u64::MAX) }]) {
             let e = x.encode();
             assert_eq!(e.reason, x.reason());
@@ -613,7 +633,7 @@ mod tests {
             reasons[x.reason() as usize] = true;
         }
         assert!(reasons[1..].iter().all(|r| *r), "a reason without a variant: {reasons:?}");
-        for reason in 1..=10 {
+        for reason in 1..=12 {
             assert_ne!(exit::name(reason), "unknown");
         }
     }
@@ -622,7 +642,7 @@ mod tests {
     fn malformed_exits_are_refused() {
         let mmio = Exit::Mmio { ipa: 0x0900_0000, size: 1, write: Some(0x41) }.encode();
         assert_eq!(Exit::decode(&VcpuExit { reason: 0, ..mmio }), Err(BadExit::Reason(0)));
-        assert_eq!(Exit::decode(&VcpuExit { reason: 11, ..mmio }), Err(BadExit::Reason(11)));
+        assert_eq!(Exit::decode(&VcpuExit { reason: 13, ..mmio }), Err(BadExit::Reason(13)));
         assert_eq!(Exit::decode(&VcpuExit::default()), Err(BadExit::Reason(0)));
         for size in [0, 3, 16] {
             assert_eq!(Exit::decode(&VcpuExit { size, ..mmio }), Err(BadExit::Size(size)));
@@ -653,6 +673,7 @@ mod tests {
                 Exit::Hypercall { .. } => [false, false, false, true],
                 Exit::Killed { .. } => [true, true, false, false],
                 Exit::Sgi { .. } => [false, true, false, false],
+                Exit::MemShare { .. } | Exit::MemUnshare { .. } => [true, false, false, false],
                 _ => [false; 4],
             };
             for (r, used) in stray.iter().zip(uses) {
@@ -682,6 +703,8 @@ mod tests {
                 Ok(Exit::Sgi { .. }) if e.args[0] > 15 || e.args[2] > sgi::SGI0R => return Err(BadExit::Sgi),
                 Ok(Exit::Sgi { .. }) => Exit::Sgi { intid: e.args[0] as u8, targets: e.args[1], reg: e.args[2], value: e.data },
                 Ok(Exit::CpuOn { .. }) => Exit::CpuOn { vcpu: e.args[0] },
+                Ok(Exit::MemShare { .. }) => Exit::MemShare { ipa: e.ipa },
+                Ok(Exit::MemUnshare { .. }) => Exit::MemUnshare { ipa: e.ipa },
                 Ok(x) => x,
                 Err(err) => return Err(err),
             };

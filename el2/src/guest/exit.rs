@@ -7,7 +7,8 @@ use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::hyp::Hyp;
 use crate::guest::vm::handle_slot;
-use crate::guest::running::{kill, kill_exit, undef, Me, Next};
+use crate::guest::running::{external_abort, kill, kill_exit, undef, Me, Next};
+use crate::guest::services;
 use crate::guest::memory::map_guest_page;
 use crate::guest::sysreg::sysreg_trap;
 use crate::mem::pgtable::TableMemory;
@@ -94,7 +95,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let mut exit = Exit::Irq;
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
-    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
+    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
     // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -194,9 +195,16 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 // A trapped SMC's preferred return address is the SMC itself.
                 ctx.pc = ctx.pc.wrapping_add(4);
             }
-            match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, ctx) {
+            match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, me.protected, ctx) {
                 Served::Resume => Next::Resume,
                 Served::Exit(e) => Next::Exit(e),
+                // MEM_SHARE, MEM_UNSHARE, MMIO_GUARD: answered; a share or unshare done is
+                // also the host's to know.
+                Served::Memory(call) => {
+                    let (answer, exit) = services::serve(hyp, handle, call, arch);
+                    ctx.x[0] = answer;
+                    exit.map_or(Next::Resume, Next::Exit)
+                }
                 // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
                 Served::EndVm(how) => Next::Exit(end_vm(hyp, handle, how)),
             }
@@ -212,6 +220,9 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 GuestPage::NoMemory => return kill(hyp, handle, kill::OUT_OF_MEMORY, ipa),
                 GuestPage::Untagged(pa) => return Next::Exit(kill_exit(hyp, handle, kill::UNTAGGED_MEMORY, ipa, pa.0)),
                 GuestPage::NotRam => {}
+                // The guest's MMIO guard is on and it did not declare this granule: an
+                // external abort for the guest, nothing for the host.
+                GuestPage::Unguarded => return external_abort(hyp, handle, ctx, esr, trap.far, arch),
             }
             if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
                 return kill(hyp, handle, kill::BAD_EXCEPTION, ipa);

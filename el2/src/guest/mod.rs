@@ -10,6 +10,7 @@
 pub mod exit;
 pub mod memory;
 pub mod running;
+pub mod services;
 pub mod psci;
 pub mod sysreg;
 pub mod timer;

@@ -1,9 +1,11 @@
 //! PSCI and SMCCC for guests: which calls EL2 answers itself, and the vCPU power states
 //! (`CPU_ON`, `CPU_OFF`, `AFFINITY_INFO`) it keeps for them. The host sees only what EL2 does
 //! not answer, as a `HYPERCALL` exit, and a `CPU_ON` exit telling it a sibling wants a CPU.
+//! Vendor-hypervisor calls (the pKVM guest services) are decoded by [`crate::guest::services`].
 
 use crate::cpu::fwreg::FwRegs;
 use crate::guest::vcpu::{power, VcpuCtx, VcpuSlot};
+use crate::guest::services::{self, MemCall, Service};
 use crate::guest::MAX_VCPUS;
 use core::sync::atomic::Ordering;
 use shared_abi::msg::Exit;
@@ -30,9 +32,14 @@ pub enum GuestCall {
     SystemOff,
     /// `SYSTEM_RESET`: exit to the host.
     SystemReset,
+    /// A pKVM guest service call ([`crate::guest::services`]).
+    Service(Service),
     /// Not served by EL2: exit to the host, guest `x0` = `NOT_SUPPORTED`.
     ToHost,
 }
+
+/// SMCCC owner of a function ID (bits [29:24]) for vendor-specific hypervisor services.
+const OWNER_VENDOR_HYP: u64 = 6;
 
 /// `SMCCC_VERSION` for guests: 1.1.
 pub const GUEST_SMCCC_VERSION: u64 = 0x0001_0001;
@@ -53,10 +60,14 @@ const GUEST_PSCI: [u32; 9] = [
 ];
 
 /// Decodes a guest SMCCC call from its `x0..=x3` for a VM of `nr_vcpus` vCPUs whose firmware
-/// registers are `fw`.
-pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &FwRegs) -> GuestCall {
+/// registers are `fw`, `protected` or not.
+pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &FwRegs, protected: bool) -> GuestCall {
     if x[0] >> 32 != 0 {
         return GuestCall::ToHost;
+    }
+    // Fast calls (bit 31) of the vendor-specific hypervisor service: the pKVM guest services.
+    if x[0] >> 31 == 1 && (x[0] >> 24) & 0x3F == OWNER_VENDOR_HYP {
+        return GuestCall::Service(services::classify(x, protected));
     }
     let target = |mpidr: u64| -> Option<usize> {
         // Only Aff0 names a vCPU; every other affinity field must be zero.
@@ -116,6 +127,9 @@ pub enum Served {
     Exit(Exit),
     /// `SYSTEM_OFF` or `SYSTEM_RESET` (the exit): the VM has ended.
     EndVm(Exit),
+    /// A memory service call: the run loop serves it under the memory lock
+    /// ([`services::serve`]) and answers the guest.
+    Memory(MemCall),
 }
 
 const PSCI_ALREADY_ON: u64 = smccc::psci::error::ALREADY_ON as i64 as u64;
@@ -124,10 +138,12 @@ const PSCI_ON_PENDING: u64 = smccc::psci::error::ON_PENDING as i64 as u64;
 /// Serves an SMCCC call (HVC, or SMC already stepped over) of vCPU `index` of a VM of
 /// `nr_vcpus` vCPUs, whose slots are `vcpus` and firmware registers `fw`: answers what EL2
 /// answers (the power states of its siblings included) and says what the host must see.
-pub fn serve(vcpus: &[VcpuSlot; MAX_VCPUS], index: usize, nr_vcpus: usize, fw: &FwRegs, ctx: &mut VcpuCtx) -> Served {
+pub fn serve(vcpus: &[VcpuSlot; MAX_VCPUS], index: usize, nr_vcpus: usize, fw: &FwRegs, protected: bool, ctx: &mut VcpuCtx) -> Served {
     let x = [ctx.x[0], ctx.x[1], ctx.x[2], ctx.x[3]];
-    match classify_guest_call(x, nr_vcpus, fw) {
+    match classify_guest_call(x, nr_vcpus, fw, protected) {
         GuestCall::Answer(v) => ctx.x[0] = v,
+        GuestCall::Service(Service::Answer(v)) => ctx.x[..4].copy_from_slice(&v),
+        GuestCall::Service(Service::Memory(call)) => return Served::Memory(call),
         GuestCall::CpuOn { target, entry, context } => {
             let t = &vcpus[target];
             ctx.x[0] = match t.power.load(Ordering::Acquire) {
@@ -180,7 +196,7 @@ mod tests {
     #[test]
     fn guest_psci_calls() {
         let fw = crate::cpu::fwreg::FwRegs::new(crate::cpu::fwreg::Provided::from_id_regs(0, 0));
-        let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2, &fw);
+        let c = |x0: u32, x1: u64, x2: u64, x3: u64| classify_guest_call([x0 as u64, x1, x2, x3], 2, &fw, false);
         assert_eq!(c(psci::PSCI_VERSION, 0, 0, 0), GuestCall::Answer(0x10001));
         assert_eq!(c(psci::PSCI_CPU_ON_64, 1, 0x4000, 7), GuestCall::CpuOn { target: 1, entry: 0x4000, context: 7 });
         assert_eq!(c(psci::PSCI_CPU_ON_64, 2, 0x4000, 7), GuestCall::Answer(INVALID_PARAMETERS), "no vCPU 2");
@@ -202,21 +218,23 @@ mod tests {
     #[test]
     fn guest_smccc_calls() {
         let fw = crate::cpu::fwreg::FwRegs::new(crate::cpu::fwreg::Provided::from_id_regs(0, 0));
-        let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1, &fw);
+        let c = |x0: u32, x1: u64| classify_guest_call([x0 as u64, x1, 0, 0], 1, &fw, false);
         assert_eq!(c(smccc::arch::SMCCC_VERSION, 0), GuestCall::Answer(0x10001));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_VERSION as u64), GuestCall::Answer(0));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64), GuestCall::Answer(NOT_SUPPORTED));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_WORKAROUND_1, 0), GuestCall::Answer(NOT_SUPPORTED));
-        assert_eq!(c(0xC600_0000, 0), GuestCall::ToHost);
-        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw), GuestCall::ToHost);
+        assert_eq!(c(0xC600_0000, 0), GuestCall::Service(Service::Answer([NOT_SUPPORTED, 0, 0, 0])), "vendor hypervisor calls: EL2's");
+        assert_eq!(c(0xC700_0000, 0), GuestCall::ToHost, "vendor-specific OS calls: the host's");
+        assert_eq!(c(0x0600_0000, 0), GuestCall::ToHost, "a yielding call of owner 6: the host's");
+        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw, false), GuestCall::ToHost);
         // A VM set to PSCI 0.2 has no PSCI_FEATURES; one on unaffected hardware is told so.
         let unaffected = crate::cpu::fwreg::Provided::from_id_regs(3 << 56, 0);
         let mut fw = crate::cpu::fwreg::FwRegs::new(unaffected);
         fw.psci_version = 2;
-        assert_eq!(classify_guest_call([smccc::psci::PSCI_VERSION as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(2));
-        assert_eq!(classify_guest_call([smccc::psci::PSCI_FEATURES as u64, 0, 0, 0], 1, &fw), GuestCall::Answer(NOT_SUPPORTED));
+        assert_eq!(classify_guest_call([smccc::psci::PSCI_VERSION as u64, 0, 0, 0], 1, &fw, false), GuestCall::Answer(2));
+        assert_eq!(classify_guest_call([smccc::psci::PSCI_FEATURES as u64, 0, 0, 0], 1, &fw, false), GuestCall::Answer(NOT_SUPPORTED));
         let wa1 = smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64;
-        assert_eq!(classify_guest_call([smccc::arch::SMCCC_ARCH_FEATURES as u64, wa1, 0, 0], 1, &fw), GuestCall::Answer(1));
-        assert_eq!(classify_guest_call([wa1, 0, 0, 0], 1, &fw), GuestCall::Answer(0));
+        assert_eq!(classify_guest_call([smccc::arch::SMCCC_ARCH_FEATURES as u64, wa1, 0, 0], 1, &fw, false), GuestCall::Answer(1));
+        assert_eq!(classify_guest_call([wa1, 0, 0, 0], 1, &fw, false), GuestCall::Answer(0));
     }
 }

@@ -18,6 +18,8 @@ pub struct Me<'f> {
     pub(super) nr_vcpus: usize,
     /// The VM's firmware registers (frozen once it has run).
     pub(super) fw: &'f FwRegs,
+    /// The VM is protected.
+    pub(super) protected: bool,
     /// The VM has pointer authentication.
     pub(super) ptrauth: bool,
     /// The VM has MTE.
@@ -56,6 +58,21 @@ pub fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u
 pub fn undef<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, esr: Esr, arch: &impl Hw) -> Next {
     arch.el1_to_ctx(ctx);
     let ok = inject_into_guest(ctx, Injection::Undef, esr, 0);
+    arch.el1_from_ctx(ctx);
+    if ok {
+        Next::Resume
+    } else {
+        kill(hyp, handle, kill::BAD_EXCEPTION, 0)
+    }
+}
+
+/// A synchronous external abort for the guest's access (syndrome `esr`, at virtual address
+/// `far`): an instruction or data abort, as the access was, taken to the guest's EL1 like one
+/// its own memory system reported. The guest's EL1 registers are live in the CPU.
+pub fn external_abort<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, esr: Esr, far: u64, arch: &impl Hw) -> Next {
+    let what = if esr.ec() == crate::exception::syndrome::ec::IABT_LOW { Injection::InstructionAbort } else { Injection::DataAbort { write: esr.is_write() } };
+    arch.el1_to_ctx(ctx);
+    let ok = inject_into_guest(ctx, what, esr, far);
     arch.el1_from_ctx(ctx);
     if ok {
         Next::Resume

@@ -193,6 +193,14 @@ impl<'a> Ownership<'a> {
         }
     }
 
+    /// Whether `who` owns every page of `range` (lent or not).
+    pub fn owns_all(&self, range: PhysRange, who: Component) -> bool {
+        match self.slice(range) {
+            Ok((i, n)) => self.entries[i..i + n].iter().all(|e| e.owner() == who),
+            Err(_) => false,
+        }
+    }
+
     fn slice(&self, range: PhysRange) -> Result<(usize, usize), OwnError> {
         if !range.start.is_page_aligned() || !range.end.is_page_aligned() || range.end <= range.start {
             return Err(OwnError::BadRange);

@@ -13,6 +13,9 @@
 //! | [`MemState::guest_map_on_fault`] | (tags cleared once per change of hands) | guest stage 2 map |
 //! | [`MemState::guest_reclaim_scrub`] | guest owned → scrubbed → host owned; shares undone | guest stage 2 freed (TLBI) |
 //! | [`MemState::host_map_on_fault`] | — | host stage 2 map (largest allowed block) |
+//! | [`MemState::guest_share_host`] (`MEM_SHARE`) | guest owned → guest shared-owned, host shared-borrowed | — (the host maps it on fault, read/write, page by page) |
+//! | [`MemState::guest_unshare_host`] (`MEM_UNSHARE`) | guest shared-owned → guest owned, host shared-borrowed → no access | host stage 2 unmap (TLBI) |
+//! | [`MemState::guest_mmio_guard`] (`MMIO_GUARD`) | — (the granule is not RAM) | — (the VM's declared MMIO) |
 
 use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use super::owner::{Component, PageState};
@@ -26,6 +29,8 @@ use arrayvec::ArrayVec;
 use shared_abi::HypError;
 
 const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+/// A page a guest shared with the host: read/write, never executable.
+const HOST_BORROWED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
 const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
@@ -39,8 +44,28 @@ pub enum GuestPage {
     NoMemory,
     /// An MTE VM's page without allocation-tag storage behind it.
     Untagged(PhysAddr),
-    /// Not guest RAM.
+    /// Not guest RAM: an MMIO exit to the host.
     NotRam,
+    /// Not guest RAM, and not MMIO the guest declared while its MMIO guard is on: nothing of
+    /// the access may reach the host.
+    Unguarded,
+}
+
+/// Why a guest's memory call (`MEM_SHARE`, `MEM_UNSHARE`, `MMIO_GUARD`) was refused. The guest
+/// is answered `INVALID_PARAMETER` for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The address is not granule aligned.
+    NotAligned,
+    /// Not the guest's RAM (`MEM_SHARE`, `MEM_UNSHARE`).
+    NotRam,
+    /// The page is not in the state the call needs: not owned by the guest and unshared
+    /// (`MEM_SHARE`), not shared with the host (`MEM_UNSHARE`), or the VM is not protected.
+    WrongState,
+    /// The guest's RAM, or outside its IPA space (`MMIO_GUARD`).
+    NotMmio,
+    /// No room to record another run of declared MMIO (`MMIO_GUARD`).
+    NoRoom,
 }
 
 /// What happened to a host stage-2 fault.
@@ -70,13 +95,16 @@ pub fn host_fault_mapping(ipa: u64, ipa_bits: u8, own: &super::owner::Ownership<
     }
     let ram = own.ram();
     if ram.contains(PhysAddr(ipa)) {
-        if !own.can_access(PhysAddr(ipa), Component::Host) {
-            return None;
+        match own.state(PhysAddr(ipa), Component::Host) {
+            // A guest's page it shared: that page alone, read/write.
+            Some(PageState::SharedBorrowed) => return Some((ipa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_BORROWED)),
+            Some(PageState::Owned | PageState::SharedOwned) => {}
+            _ => return None,
         }
         let size = level_size(2);
         let base = ipa & !(size - 1);
         let block = PhysRange { start: PhysAddr(base), end: PhysAddr(base + size) };
-        if ram.contains_range(&block) && own.can_access_all(block, Component::Host) {
+        if ram.contains_range(&block) && own.owns_all(block, Component::Host) {
             return Some((base, size, HOST_RAM));
         }
         return Some((ipa & !(PAGE_SIZE - 1), PAGE_SIZE, HOST_RAM));
@@ -123,7 +151,7 @@ impl<T: TableMemory> MemState<'_, T> {
         }
         let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
         let s2 = PageTable::new(&mut self.tables, format, ipa_bits).map_err(|_| HypError::NoMemory)?;
-        Ok(GuestMemory { s2, regions: ArrayVec::new() })
+        Ok(GuestMemory { s2, regions: ArrayVec::new(), mmio_guard: Default::default() })
     }
 
     /// **Host donate to guest** (a protected VM) or **host share with guest** (any other):
@@ -178,7 +206,9 @@ impl<T: TableMemory> MemState<'_, T> {
     /// host; refuses an MTE VM a page in `untagged`.
     pub fn guest_map_on_fault(&mut self, handle: u64, ipa: u64, untagged: Option<PhysRange>, reserve: usize, hw: &(impl Tlb + CacheOps)) -> GuestPage {
         let Ok((_, vm)) = self.vms.lookup_mut(handle) else { return GuestPage::NotRam };
-        let Some(pa) = vm.mem.translate(ipa) else { return GuestPage::NotRam };
+        let Some(pa) = vm.mem.translate(ipa) else {
+            return if vm.mem.mmio_guard.allows(ipa) { GuestPage::NotRam } else { GuestPage::Unguarded };
+        };
         if !self.own.can_access(pa, vm.component()) {
             // Regions are only recorded after a successful donation or share: an EL2 bug.
             log::error!("VM {handle:#x}: region page {pa:?} not the guest's");
@@ -230,6 +260,23 @@ impl<T: TableMemory> MemState<'_, T> {
     pub fn guest_reclaim_scrub(&mut self, vm: Vm, untagged: Option<PhysRange>, hw: &(impl Tlb + CacheOps)) {
         let handle = vm.handle;
         let me = vm.component();
+        let mut unmapped = false;
+        for r in &vm.mem.regions {
+            if vm.protected {
+                // Pages the guest shared come back first: out of the host's stage 2 (and its
+                // TLBs, below) before they are scrubbed.
+                for p in 0..r.pages {
+                    let page = PhysRange { start: PhysAddr(r.pa.0 + p * PAGE_SIZE), end: PhysAddr(r.pa.0 + (p + 1) * PAGE_SIZE) };
+                    if self.own.entry(page.start).and_then(|e| e.borrower()) == Some(Component::Host) {
+                        let _ = self.own.unshare(page, me, Component::Host);
+                        unmapped |= matches!(self.host_s2.unmap(&mut self.tables, page.start.0, PAGE_SIZE), Ok(Some(_)));
+                    }
+                }
+            }
+        }
+        if unmapped {
+            hw.host_s2_unmapped();
+        }
         for r in &vm.mem.regions {
             if vm.protected {
                 for p in 0..r.pages {
@@ -246,6 +293,67 @@ impl<T: TableMemory> MemState<'_, T> {
         }
         hw.flush_guest_tlb(vm.mem.vttbr(vm.vmid));
         vm.mem.s2.destroy(&mut self.tables);
+    }
+
+    /// The backing page of granule `ipa` of protected VM `handle`, and the VM's component.
+    fn protected_guest_page(&mut self, handle: u64, ipa: u64) -> Result<(PhysRange, Component), Refused> {
+        let (_, vm) = self.vms.lookup(handle).map_err(|_| Refused::WrongState)?;
+        if !vm.protected {
+            return Err(Refused::WrongState);
+        }
+        if ipa % PAGE_SIZE != 0 {
+            return Err(Refused::NotAligned);
+        }
+        let pa = vm.mem.translate(ipa).ok_or(Refused::NotRam)?;
+        Ok((PhysRange { start: pa, end: PhysAddr(pa.0 + PAGE_SIZE) }, vm.component()))
+    }
+
+    /// **Guest share with host** (`MEM_SHARE` of protected VM `handle`): the granule at `ipa`,
+    /// guest RAM the guest owns and has not lent, becomes readable and writable by the host,
+    /// which maps it on its next fault. The guest keeps its own mapping.
+    ///
+    /// # Errors
+    /// [`Refused`]: not aligned, not the guest's RAM, or not owned and unshared.
+    pub fn guest_share_host(&mut self, handle: u64, ipa: u64) -> Result<(), Refused> {
+        let (page, me) = self.protected_guest_page(handle, ipa)?;
+        self.own.share(page, me, Component::Host).map_err(|_| Refused::WrongState)
+    }
+
+    /// **Guest unshare from host** (`MEM_UNSHARE`): the granule at `ipa` that protected VM
+    /// `handle` shared is the guest's alone again. The host's mapping of it is gone, on every
+    /// CPU, before this returns (and so before the guest runs on).
+    ///
+    /// # Errors
+    /// [`Refused`]: not aligned, not the guest's RAM, or not shared with the host.
+    pub fn guest_unshare_host(&mut self, handle: u64, ipa: u64, tlb: &impl Tlb) -> Result<(), Refused> {
+        let (page, me) = self.protected_guest_page(handle, ipa)?;
+        self.own.unshare(page, me, Component::Host).map_err(|_| Refused::WrongState)?;
+        // The host maps a page it borrows page by page (`host_fault_mapping`), never in a
+        // block, so this removes exactly that page.
+        if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, page.start.0, PAGE_SIZE) {
+            tlb.host_s2_unmapped();
+        }
+        Ok(())
+    }
+
+    /// **Guest MMIO guard** (`MMIO_GUARD` of protected VM `handle`): declares the granule at
+    /// `ipa`, outside the guest's RAM and inside its IPA space, as MMIO the host may emulate,
+    /// and turns the VM's guard on (see [`GuestPage::Unguarded`]).
+    ///
+    /// # Errors
+    /// [`Refused`]: not aligned, RAM or outside the IPA space, or no room left.
+    pub fn guest_mmio_guard(&mut self, handle: u64, ipa: u64) -> Result<(), Refused> {
+        let (_, vm) = self.vms.lookup_mut(handle).map_err(|_| Refused::WrongState)?;
+        if !vm.protected {
+            return Err(Refused::WrongState);
+        }
+        if ipa % PAGE_SIZE != 0 {
+            return Err(Refused::NotAligned);
+        }
+        if ipa >> vm.mem.s2.ia_bits() != 0 || vm.mem.overlaps(ipa, PAGE_SIZE) {
+            return Err(Refused::NotMmio);
+        }
+        if vm.mem.mmio_guard.add(ipa) { Ok(()) } else { Err(Refused::NoRoom) }
     }
 
     /// **Host map on fault**: a host stage-2 *translation* fault on `ipa` outside the guarded
