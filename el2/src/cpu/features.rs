@@ -161,9 +161,11 @@ impl CpuFeatures {
         idreg::s2fwb(&self.view)
     }
 
-    /// The largest guest IPA size every CPU's PARange covers.
+    /// The largest guest IPA size every CPU can translate: within the smallest PARange, and
+    /// 39 bits below a 44-bit PA, where a stage 2 may not start at level 0
+    /// ([`crate::mem::pgtable::stage2_max_ia_bits`]).
     pub fn max_ipa_bits(&self) -> u8 {
-        idreg::pa_bits(&self.view)
+        crate::mem::pgtable::stage2_max_ia_bits(idreg::pa_bits(&self.view))
     }
 
     /// The firmware workaround levels every CPU supports.
@@ -227,6 +229,13 @@ mod tests {
         assert_eq!(f.max_ipa_bits(), 48);
         f.report(1, with(big(), MMFR0, 1)).unwrap();
         assert_eq!(f.max_ipa_bits(), 36);
+        // 40 and 42 bits of PA: no level-0 stage 2, so 39 bits.
+        f.report(1, with(big(), MMFR0, 2)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 39);
+        f.report(1, with(big(), MMFR0, 3)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 39);
+        f.report(1, with(big(), MMFR0, 4)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 44);
     }
 
     #[test]
