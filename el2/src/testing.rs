@@ -195,11 +195,10 @@ pub(crate) fn fixture() -> Fixture {
     boot_cpu_idregs[crate::cpu::idreg::idx(7, 0)] = 5;
     boot_cpu_idregs[crate::cpu::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
     boot_cpu_idregs[crate::cpu::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
-    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
+    // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
+    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs, ich_vtr: Some(QEMU_ICH_VTR) };
     let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
     let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
-    // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
-    hyp.report_vgic(Some(QEMU_ICH_VTR));
     Fixture { ram, _entries: entries, hyp }
 }
 

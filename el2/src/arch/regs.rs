@@ -82,9 +82,11 @@ pub fn midr() -> u64 {
     MIDR_EL1.get()
 }
 
-/// This CPU's identification, for [`crate::cpu::features`].
+/// This CPU's identification, for [`crate::cpu::features`]. Only after
+/// [`super::activate_host`] on this CPU: `ICH_VTR_EL2` is readable at EL2 once
+/// `ICC_SRE_EL2.SRE` is set (before, [`super::ich_vtr`] would say "no GICv3").
 pub fn cpu_id() -> crate::cpu::features::CpuId {
-    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs() }
+    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs(), ich_vtr: super::ich_vtr() }
 }
 
 /// Powers this CPU off with PSCI `CPU_OFF`; parks it if firmware returns (it only returns on

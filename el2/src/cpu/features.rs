@@ -1,5 +1,5 @@
-//! What every CPU can do: each CPU's `MIDR_EL1` and ID registers, and the view EL2 combines
-//! from them.
+//! What every CPU can do: each CPU's `MIDR_EL1`, ID registers and virtual GIC CPU interface
+//! (`ICH_VTR_EL2`), and the view EL2 combines from them.
 //!
 //! Place in the flow: *state*, global, behind its own lock ([`crate::hyp::Hyp::cpus`]). Each CPU
 //! reports when it enters EL2 (the boot CPU at start-up, the others in their EL2 entry path after
@@ -9,28 +9,50 @@
 //! then on, for the life of EL2:
 //!
 //! - Open: a reporting CPU joins the view, which is recomputed over every CPU that ever
-//!   reported (field by field, [`idreg::combine`]). Nothing depends on it yet.
+//!   reported (field by field, [`idreg::combine`]; the virtual GIC CPU interface as the
+//!   smallest of each of its sizes, [`VgicCaps::min`]). Nothing depends on it yet.
 //! - Fixed: VMs' ID registers, their MTE, pointer authentication and FWB, the firmware
-//!   workaround levels ([`Provided`]) and the largest guest IPA were all decided from it. A CPU
-//!   that reports now must be at least as capable in every field ([`idreg::at_least`]), and,
-//!   when pointer authentication was allowed on the strength of every CPU being identical
-//!   (the IMPLEMENTATION DEFINED algorithm), identical too. A CPU that is not ([`Weaker`]) must
-//!   never run host or guest code: its entry path powers it off.
+//!   workaround levels ([`Provided`]), the largest guest IPA, and how many list registers a
+//!   vCPU may fill with which priorities were all decided from it. A CPU that reports now must
+//!   be at least as capable in every field ([`idreg::at_least`]) and have at least the view's
+//!   list registers, priority and preemption bits (a vCPU's load writes every list register it
+//!   uses: one the CPU lacks is an EL2 UNDEF), and, when pointer authentication was allowed on
+//!   the strength of every CPU being identical (the IMPLEMENTATION DEFINED algorithm),
+//!   identical too. A CPU that is not ([`Weaker`]) must never run host or guest code: its
+//!   entry path powers it off.
 //!
 //! A host that wants VMs on a machine whose CPUs differ must therefore bring every CPU up
 //! before it finalises set-up or creates its first VM.
 
 use crate::cpu::fwreg::Provided;
 use crate::cpu::idreg::{self, NR_IDREGS};
+use crate::guest::vgic::VgicCaps;
 use crate::platform::MAX_CPUS;
 
-/// One CPU's identification: `MIDR_EL1` and the 56 ID registers ([`idreg::idx`] order).
+/// One CPU's identification: `MIDR_EL1`, the 56 ID registers ([`idreg::idx`] order) and
+/// `ICH_VTR_EL2`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuId {
     /// `MIDR_EL1`.
     pub midr: u64,
     /// The ID registers.
     pub regs: [u64; NR_IDREGS],
+    /// `ICH_VTR_EL2` (`None`: no GICv3 system-register interface). EL2 relies on `ListRegs`,
+    /// `PRIbits` and `PREbits` ([`VgicCaps`]); not on `IDbits` (vINTIDs stop at 1019).
+    pub ich_vtr: Option<u64>,
+}
+
+impl CpuId {
+    /// The virtual GIC CPU interface, if the CPU has one.
+    pub fn vgic(&self) -> Option<VgicCaps> {
+        self.ich_vtr.map(VgicCaps::from_vtr)
+    }
+
+    /// Same `MIDR_EL1` and ID registers: nothing tells the two CPUs' IMPLEMENTATION DEFINED
+    /// behaviour (a pointer-authentication algorithm) apart.
+    fn same_implementation(&self, other: &CpuId) -> bool {
+        self.midr == other.midr && self.regs == other.regs
+    }
 }
 
 /// Why a CPU may not join a fixed view.
@@ -55,6 +77,9 @@ pub struct CpuFeatures {
     reported: [Option<CpuId>; MAX_CPUS],
     /// Field-by-field combination over every reported CPU.
     view: [u64; NR_IDREGS],
+    /// The virtual GIC CPU interface every reported CPU has: the smallest of each size, `None`
+    /// if some CPU has none.
+    vgic: Option<VgicCaps>,
     /// Every reported CPU has the same `MIDR_EL1` and ID registers.
     identical: bool,
     /// The boot CPU's report: what "identical" compares with once the view is fixed.
@@ -68,7 +93,7 @@ impl CpuFeatures {
     pub fn new(cpu: usize, boot: CpuId) -> Self {
         let mut reported = [None; MAX_CPUS];
         reported[cpu % MAX_CPUS] = Some(boot);
-        Self { reported, view: boot.regs, identical: true, boot, fixed: false }
+        Self { reported, view: boot.regs, vgic: boot.vgic(), identical: true, boot, fixed: false }
     }
 
     /// CPU `cpu` has entered EL2 with `id`. Open view: it joins. Fixed view: it must be at
@@ -85,23 +110,27 @@ impl CpuFeatures {
         let mut cpus = self.reported.iter().flatten();
         let first = *cpus.next().unwrap_or(&id);
         self.view = first.regs;
+        self.vgic = first.vgic();
         self.identical = true;
         for c in cpus {
             idreg::combine(&mut self.view, &c.regs);
-            self.identical &= *c == first;
+            self.vgic = self.vgic.zip(c.vgic()).map(|(a, b)| a.min(b));
+            self.identical &= c.same_implementation(&first);
         }
         Ok(())
     }
 
     /// Whether a CPU with `id` may run under the fixed view: every field at least the view's,
-    /// and identical to the others if pointer authentication relies on that.
+    /// at least the view's virtual GIC CPU interface, and identical to the others if pointer
+    /// authentication relies on that.
     ///
     /// # Errors
     /// [`Weaker`].
     pub fn check(&self, id: &CpuId) -> Result<(), Weaker> {
         idreg::at_least(&self.view, &id.regs).map_err(|f| Weaker::Field { reg: f.reg_name, field: f.name })?;
+        vgic_at_least(self.vgic, id.vgic())?;
         let relies_on_identical = !idreg::ptrauth_consistent(&self.view, false) && self.ptrauth();
-        if relies_on_identical && *id != self.boot {
+        if relies_on_identical && !id.same_implementation(&self.boot) {
             return Err(Weaker::NotIdentical);
         }
         Ok(())
@@ -141,6 +170,12 @@ impl CpuFeatures {
         &mut self.view
     }
 
+    /// The virtual GIC CPU interface vCPUs may use: every CPU has at least these list
+    /// registers, priority and preemption bits (`None`: some CPU has no interface).
+    pub fn vgic(&self) -> Option<VgicCaps> {
+        self.vgic
+    }
+
     /// Every CPU reported identical `MIDR_EL1` and ID registers.
     pub fn identical(&self) -> bool {
         self.identical
@@ -174,6 +209,22 @@ impl CpuFeatures {
     }
 }
 
+/// Whether a CPU's virtual GIC CPU interface `cpu` has at least what the view `view` promises.
+///
+/// # Errors
+/// The first size below the view's (no interface at all: `ID_AA64PFR0_EL1.GIC`).
+fn vgic_at_least(view: Option<VgicCaps>, cpu: Option<VgicCaps>) -> Result<(), Weaker> {
+    let Some(v) = view else { return Ok(()) };
+    let field = match cpu {
+        None => return Err(Weaker::Field { reg: "ID_AA64PFR0_EL1", field: "GIC" }),
+        Some(c) if c.nr_lrs < v.nr_lrs => "ListRegs",
+        Some(c) if c.pri_bits < v.pri_bits => "PRIbits",
+        Some(c) if c.pre_bits < v.pre_bits => "PREbits",
+        Some(_) => return Ok(()),
+    };
+    Err(Weaker::Field { reg: "ICH_VTR_EL2", field })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +239,8 @@ mod tests {
     const MMFR1: usize = idx(7, 1);
     const QARMA5: u64 = 1 << 4 | 1 << 24;
     const IMPDEF: u64 = 1 << 8 | 1 << 28;
+    /// `ICH_VTR_EL2`: 4 list registers, 5 priority and preemption bits.
+    const VTR: u64 = 3 | 4 << 26 | 4 << 29;
 
     /// A big core: CSV2 1, MTE2, 48-bit PA, QARMA5 PAuth, AES 2.
     fn big() -> CpuId {
@@ -197,7 +250,7 @@ mod tests {
         regs[ISAR1] = QARMA5;
         regs[idx(6, 0)] = 2 << 4;
         regs[MMFR0] = 5;
-        CpuId { midr: 0x410F_D0C0, regs }
+        CpuId { midr: 0x410F_D0C0, regs, ich_vtr: Some(VTR) }
     }
 
     fn with(mut c: CpuId, reg: usize, v: u64) -> CpuId {
@@ -300,6 +353,29 @@ mod tests {
         assert!(f.cpu_on_check(1).is_err());
         assert_eq!(f.cpu_on_check(2), Ok(()), "never seen: checked when it enters EL2");
         assert_eq!(f.view()[PFR1] >> 8 & 0xF, 2, "a refused CPU does not change the view");
+    }
+
+    #[test]
+    fn the_virtual_gic_is_the_smallest_and_a_fixed_view_keeps_it() {
+        let caps = |lrs: u8, pri: u8, pre: u8| Some(VgicCaps { nr_lrs: lrs, pri_bits: pri, pre_bits: pre });
+        let mut f = CpuFeatures::new(0, big());
+        assert_eq!(f.vgic(), caps(4, 5, 5));
+        f.report(1, CpuId { ich_vtr: Some(1 | 6 << 26 | 7 << 29), ..big() }).unwrap();
+        assert_eq!(f.vgic(), caps(2, 5, 5), "each size the smallest");
+        assert!(f.identical(), "same MIDR and ID registers");
+        f.report(2, CpuId { ich_vtr: None, ..big() }).unwrap();
+        assert_eq!(f.vgic(), None);
+        f.report(2, big()).unwrap();
+        f.fix();
+        // 2 list registers in the view: a CPU with 2 is fine, with 1 not.
+        assert_eq!(f.report(3, CpuId { ich_vtr: Some(1 | 4 << 26 | 4 << 29), ..big() }), Ok(()));
+        assert_eq!(f.report(3, CpuId { ich_vtr: Some(4 << 26 | 4 << 29), ..big() }), Err(Weaker::Field { reg: "ICH_VTR_EL2", field: "ListRegs" }));
+        assert_eq!(f.vgic(), caps(2, 5, 5), "a refused CPU does not change the view");
+        assert!(f.cpu_on_check(3).is_err());
+        // A view without a virtual GIC asks nothing of a CPU's.
+        let mut f = CpuFeatures::new(0, CpuId { ich_vtr: None, ..big() });
+        f.fix();
+        assert_eq!(f.report(1, CpuId { ich_vtr: Some(0), ..big() }), Ok(()));
     }
 
     #[test]
