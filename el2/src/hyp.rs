@@ -56,7 +56,7 @@ pub struct HypParts<'a, T: TableMemory> {
     pub vcpus: &'a VcpuTable,
     /// Per-VM ID registers.
     pub idregs: &'a IdRegTable,
-    /// The boot CPU's `MIDR_EL1`, ID registers and `ICH_VTR_EL2` (platform index 0; other
+    /// The boot CPU's `MIDR_EL1`, ID registers, `CTR_EL0` and `ICH_VTR_EL2` (platform index 0; other
     /// CPUs report theirs with [`Hyp::cpu_entered_el2`]).
     pub boot_cpu: CpuId,
     /// The redistributors found at boot in [`Platform::gicr`] ([`crate::host::gicr::probe`]).
@@ -97,6 +97,9 @@ pub struct Hyp<'a, T: TableMemory> {
     /// interface), copied under that lock whenever it changes, so `VCPU_SET_IRQ` reads it
     /// without the lock. It changes only while the view is open, before any vCPU exists.
     vgic: core::sync::atomic::AtomicU32,
+    /// [`CpuFeatures::ctr`] of [`Hyp::cpus`], copied as [`Hyp::vgic`] is: the `CTR_EL0` guests
+    /// read (trapped, `HCR_EL2.TID2`).
+    ctr: AtomicU64,
 }
 
 /// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
@@ -131,6 +134,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let host_reserve = host_s2_reserve(platform.ram, platform.gicr);
         let cpus = CpuFeatures::new(0, boot_cpu);
         let vgic = cpus.vgic().map_or(0, VgicCaps::bits);
+        let ctr = cpus.ctr();
         Ok(Self {
             platform,
             hyp_region,
@@ -146,6 +150,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
             vgic: core::sync::atomic::AtomicU32::new(vgic),
+            ctr: AtomicU64::new(ctr),
         })
     }
 
@@ -156,8 +161,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         VgicCaps::from_bits(self.vgic.load(Ordering::Acquire))
     }
 
-    /// CPU `cpu` (platform index) has entered EL2 and read its own `id` (its ID registers and
-    /// `ICH_VTR_EL2`). Before the view is fixed it joins the combined view; after, it must be
+    /// CPU `cpu` (platform index) has entered EL2 and read its own `id` (its ID registers,
+    /// `CTR_EL0` and `ICH_VTR_EL2`). Before the view is fixed it joins the combined view; after, it must be
     /// at least as capable.
     ///
     /// # Errors
@@ -167,7 +172,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let mut cpus = self.cpus.lock();
         let r = cpus.report(cpu, id);
         self.vgic.store(cpus.vgic().map_or(0, VgicCaps::bits), Ordering::Release);
+        self.ctr.store(cpus.ctr(), Ordering::Release);
         r
+    }
+
+    /// The `CTR_EL0` guests read: every CPU satisfies it (see [`crate::cpu::cachetype`]). It
+    /// changes only while the CPU view is open, before any vCPU exists.
+    pub(crate) fn guest_ctr(&self) -> u64 {
+        self.ctr.load(Ordering::Acquire)
     }
 
     /// Fixes the combined CPU view (the first `FINALISE_SETUP` or `VM_CREATE`) and returns a
@@ -285,7 +297,7 @@ mod tests {
     fn boot_cpu(f: &Fixture) -> CpuId {
         let mut c = CpuFeatures::clone(&f.hyp.cpus.lock());
         c.fix();
-        CpuId { midr: 0x410F_D0C0, regs: *c.view(), ich_vtr: Some(QEMU_ICH_VTR) }
+        CpuId { midr: 0x410F_D0C0, regs: *c.view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! What every CPU can do: each CPU's `MIDR_EL1`, ID registers and virtual GIC CPU interface
-//! (`ICH_VTR_EL2`), and the view EL2 combines from them.
+//! What every CPU can do: each CPU's `MIDR_EL1`, ID registers, cache type (`CTR_EL0`) and
+//! virtual GIC CPU interface (`ICH_VTR_EL2`), and the view EL2 combines from them.
 //!
 //! Place in the flow: *state*, global, behind its own lock ([`crate::hyp::Hyp::cpus`]). Each CPU
 //! reports when it enters EL2 (the boot CPU at start-up, the others in their EL2 entry path after
@@ -9,34 +9,40 @@
 //! then on, for the life of EL2:
 //!
 //! - Open: a reporting CPU joins the view, which is recomputed over every CPU that ever
-//!   reported (field by field, [`idreg::combine`]; the virtual GIC CPU interface as the
-//!   smallest of each of its sizes, [`VgicCaps::min`]). Nothing depends on it yet.
+//!   reported (field by field, [`idreg::combine`] and [`cachetype::combine`]; the virtual GIC
+//!   CPU interface as the smallest of each of its sizes, [`VgicCaps::min`]). Nothing depends
+//!   on it yet.
 //! - Fixed: VMs' ID registers, their MTE, pointer authentication and FWB, the firmware
-//!   workaround levels ([`Provided`]), the largest guest IPA, and how many list registers a
-//!   vCPU may fill with which priorities were all decided from it. A CPU that reports now must
-//!   be at least as capable in every field ([`idreg::at_least`]) and have at least the view's
-//!   list registers, priority and preemption bits (a vCPU's load writes every list register it
-//!   uses: one the CPU lacks is an EL2 UNDEF), and, when pointer authentication was allowed on
-//!   the strength of every CPU being identical (the IMPLEMENTATION DEFINED algorithm),
-//!   identical too. A CPU that is not ([`Weaker`]) must never run host or guest code: its
+//!   workaround levels ([`Provided`]), the largest guest IPA, the cache type guests read, and
+//!   how many list registers a vCPU may fill with which priorities were all decided from it. A
+//!   CPU that reports now must be at least as capable in every field ([`idreg::at_least`]),
+//!   satisfy the cache type guests follow ([`cachetype::at_least`]: no smaller line, no `DIC`
+//!   or `IDC` missing), and have at least the view's list registers, priority and preemption
+//!   bits (a vCPU's load writes every list register it uses: one the CPU lacks is an EL2
+//!   UNDEF); and, when pointer authentication was allowed on the strength of every CPU being
+//!   identical (the IMPLEMENTATION DEFINED algorithm), have the boot CPU's `MIDR_EL1` and ID
+//!   registers too. A CPU that is not ([`Weaker`]) must never run host or guest code: its
 //!   entry path powers it off.
 //!
 //! A host that wants VMs on a machine whose CPUs differ must therefore bring every CPU up
 //! before it finalises set-up or creates its first VM.
 
+use crate::cpu::cachetype;
 use crate::cpu::fwreg::Provided;
 use crate::cpu::idreg::{self, NR_IDREGS};
 use crate::guest::vgic::VgicCaps;
 use crate::platform::MAX_CPUS;
 
-/// One CPU's identification: `MIDR_EL1`, the 56 ID registers ([`idreg::idx`] order) and
-/// `ICH_VTR_EL2`.
+/// One CPU's identification: `MIDR_EL1`, the 56 ID registers ([`idreg::idx`] order),
+/// `CTR_EL0` and `ICH_VTR_EL2`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuId {
     /// `MIDR_EL1`.
     pub midr: u64,
     /// The ID registers.
     pub regs: [u64; NR_IDREGS],
+    /// `CTR_EL0` ([`cachetype`]).
+    pub ctr: u64,
     /// `ICH_VTR_EL2` (`None`: no GICv3 system-register interface). EL2 relies on `ListRegs`,
     /// `PRIbits` and `PREbits` ([`VgicCaps`]); not on `IDbits` (vINTIDs stop at 1019).
     pub ich_vtr: Option<u64>,
@@ -58,7 +64,9 @@ impl CpuId {
 /// Why a CPU may not join a fixed view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weaker {
-    /// A field below the view (lower-safe), above it (higher-safe) or different (exact).
+    /// A field below the view (lower-safe), above it (higher-safe) or different (exact): of an
+    /// ID register, `CTR_EL0` ([`cachetype::at_least`]) or `ICH_VTR_EL2` (too few list
+    /// registers, priority or preemption bits; no interface at all is `ID_AA64PFR0_EL1.GIC`).
     Field {
         /// Register name.
         reg: &'static str,
@@ -77,6 +85,8 @@ pub struct CpuFeatures {
     reported: [Option<CpuId>; MAX_CPUS],
     /// Field-by-field combination over every reported CPU.
     view: [u64; NR_IDREGS],
+    /// `CTR_EL0` combined over every reported CPU ([`cachetype::combine`]): what guests read.
+    ctr: u64,
     /// The virtual GIC CPU interface every reported CPU has: the smallest of each size, `None`
     /// if some CPU has none.
     vgic: Option<VgicCaps>,
@@ -93,7 +103,7 @@ impl CpuFeatures {
     pub fn new(cpu: usize, boot: CpuId) -> Self {
         let mut reported = [None; MAX_CPUS];
         reported[cpu % MAX_CPUS] = Some(boot);
-        Self { reported, view: boot.regs, vgic: boot.vgic(), identical: true, boot, fixed: false }
+        Self { reported, view: boot.regs, ctr: cachetype::sanitise(boot.ctr), vgic: boot.vgic(), identical: true, boot, fixed: false }
     }
 
     /// CPU `cpu` has entered EL2 with `id`. Open view: it joins. Fixed view: it must be at
@@ -110,10 +120,12 @@ impl CpuFeatures {
         let mut cpus = self.reported.iter().flatten();
         let first = *cpus.next().unwrap_or(&id);
         self.view = first.regs;
+        self.ctr = cachetype::sanitise(first.ctr);
         self.vgic = first.vgic();
         self.identical = true;
         for c in cpus {
             idreg::combine(&mut self.view, &c.regs);
+            self.ctr = cachetype::combine(self.ctr, c.ctr);
             self.vgic = self.vgic.zip(c.vgic()).map(|(a, b)| a.min(b));
             self.identical &= c.same_implementation(&first);
         }
@@ -121,13 +133,14 @@ impl CpuFeatures {
     }
 
     /// Whether a CPU with `id` may run under the fixed view: every field at least the view's,
-    /// at least the view's virtual GIC CPU interface, and identical to the others if pointer
-    /// authentication relies on that.
+    /// the cache type guests read satisfied, at least the view's virtual GIC CPU interface,
+    /// and identical to the others if pointer authentication relies on that.
     ///
     /// # Errors
     /// [`Weaker`].
     pub fn check(&self, id: &CpuId) -> Result<(), Weaker> {
         idreg::at_least(&self.view, &id.regs).map_err(|f| Weaker::Field { reg: f.reg_name, field: f.name })?;
+        cachetype::at_least(self.ctr, id.ctr).map_err(|field| Weaker::Field { reg: "CTR_EL0", field })?;
         vgic_at_least(self.vgic, id.vgic())?;
         let relies_on_identical = !idreg::ptrauth_consistent(&self.view, false) && self.ptrauth();
         if relies_on_identical && !id.same_implementation(&self.boot) {
@@ -168,6 +181,11 @@ impl CpuFeatures {
     #[cfg(test)]
     pub(crate) fn view_mut(&mut self) -> &mut [u64; NR_IDREGS] {
         &mut self.view
+    }
+
+    /// The combined `CTR_EL0`, which guests read: every CPU satisfies it.
+    pub fn ctr(&self) -> u64 {
+        self.ctr
     }
 
     /// The virtual GIC CPU interface vCPUs may use: every CPU has at least these list
@@ -241,6 +259,8 @@ mod tests {
     const IMPDEF: u64 = 1 << 8 | 1 << 28;
     /// `ICH_VTR_EL2`: 4 list registers, 5 priority and preemption bits.
     const VTR: u64 = 3 | 4 << 26 | 4 << 29;
+    /// `CTR_EL0`: DIC, IDC, 64-byte lines, PIPT.
+    const CTR: u64 = 0xB444_C004;
 
     /// A big core: CSV2 1, MTE2, 48-bit PA, QARMA5 PAuth, AES 2.
     fn big() -> CpuId {
@@ -250,7 +270,7 @@ mod tests {
         regs[ISAR1] = QARMA5;
         regs[idx(6, 0)] = 2 << 4;
         regs[MMFR0] = 5;
-        CpuId { midr: 0x410F_D0C0, regs, ich_vtr: Some(VTR) }
+        CpuId { midr: 0x410F_D0C0, regs, ctr: CTR, ich_vtr: Some(VTR) }
     }
 
     fn with(mut c: CpuId, reg: usize, v: u64) -> CpuId {
@@ -376,6 +396,32 @@ mod tests {
         let mut f = CpuFeatures::new(0, CpuId { ich_vtr: None, ..big() });
         f.fix();
         assert_eq!(f.report(1, CpuId { ich_vtr: Some(0), ..big() }), Ok(()));
+    }
+
+    #[test]
+    fn guests_read_a_cache_type_every_cpu_satisfies() {
+        let no_dic = CpuId { ctr: CTR & !cachetype::DIC, ..big() };
+        // Open: a CPU without DIC takes it out of what guests read.
+        let mut f = CpuFeatures::new(0, big());
+        assert_eq!(f.ctr(), CTR);
+        f.report(1, no_dic).unwrap();
+        assert_eq!(f.ctr(), CTR & !cachetype::DIC);
+        assert!(f.identical(), "same MIDR and ID registers");
+        // Fixed with DIC: a late CPU without it is refused (a guest that skipped the
+        // instruction-cache invalidation would run stale instructions there).
+        let mut f = CpuFeatures::new(0, big());
+        f.fix();
+        assert_eq!(f.report(1, no_dic), Err(Weaker::Field { reg: "CTR_EL0", field: "DIC" }));
+        assert_eq!(f.ctr(), CTR, "a refused CPU does not change what guests read");
+        assert!(f.cpu_on_check(1).is_err());
+        assert_eq!(f.report(2, CpuId { ctr: CTR & !(0xF << 16) | 3 << 16, ..big() }), Err(Weaker::Field { reg: "CTR_EL0", field: "DminLine" }));
+        // Fixed without DIC: a CPU with it is fine (guests do not rely on it).
+        let mut f = CpuFeatures::new(0, no_dic);
+        f.fix();
+        assert_eq!(f.report(1, big()), Ok(()));
+        // RES0 bits of a CPU's CTR_EL0 never reach a guest.
+        let f = CpuFeatures::new(0, CpuId { ctr: CTR | 1 << 30 | 1 << 63, ..big() });
+        assert_eq!(f.ctr(), CTR);
     }
 
     #[test]
