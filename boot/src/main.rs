@@ -323,6 +323,8 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         log::error!("EL2 start-up failed: {e}");
         arch::park();
     }
+    let host_cfg = HOST_CONFIG.call_once(|| host_cfg);
+    arch::activate_host(&host_cfg.for_this_cpu(&arch::read_idregs()));
     let parts = HypParts {
         platform,
         hyp_region,
@@ -332,6 +334,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         tables: pool,
         vcpus: &VCPUS,
         idregs: &IDREGS,
+        // After `activate_host`: ICH_VTR_EL2 is readable.
         boot_cpu: arch::cpu_id(),
         gicr,
     };
@@ -343,11 +346,6 @@ extern "C" fn boot_main(dtb: u64) -> ! {
             log::error!("EL2 start-up failed: {e}");
             arch::park();
         }
-    }
-    let host_cfg = HOST_CONFIG.call_once(|| host_cfg);
-    arch::activate_host(&host_cfg.for_this_cpu(&arch::read_idregs()));
-    if let Some(h) = HYP.get() {
-        h.report_vgic(arch::ich_vtr());
     }
     log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
     // SAFETY: `activate_host` ran on this CPU.
@@ -369,6 +367,8 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     // CPU's stack included.
     unsafe { arch::enable_el2_mmu(&mmu) };
     let (Some(hyp), Some(host_cfg)) = (HYP.get(), HOST_CONFIG.get()) else { arch::park() };
+    arch::activate_host(&host_cfg.for_this_cpu(&arch::read_idregs()));
+    // After `activate_host`: ICH_VTR_EL2 is readable.
     let id = arch::cpu_id();
     if let Err(w) = hyp.cpu_entered_el2(cpu as usize % MAX_CPUS, id) {
         // The CPU view is fixed (set-up finalised or a VM exists) and this CPU lacks something
@@ -381,8 +381,6 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     let boot = &hyp.cpu_boot[cpu as usize % MAX_CPUS];
     let entry = boot.entry.load(Ordering::Acquire);
     let context = boot.context.load(Ordering::Acquire);
-    arch::activate_host(&host_cfg.for_this_cpu(&id.regs));
-    hyp.report_vgic(arch::ich_vtr());
     log::info!("cpu{cpu} online at EL2 (MPIDR {:#x}), entering host at {entry:#x}", arch::mpidr());
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(entry, context) }

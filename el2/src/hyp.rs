@@ -55,8 +55,8 @@ pub struct HypParts<'a, T: TableMemory> {
     pub vcpus: &'a VcpuTable,
     /// Per-VM ID registers.
     pub idregs: &'a IdRegTable,
-    /// The boot CPU's `MIDR_EL1` and ID registers (platform index 0; other CPUs report theirs
-    /// with [`Hyp::cpu_entered_el2`]).
+    /// The boot CPU's `MIDR_EL1`, ID registers, `CTR_EL0` and `ICH_VTR_EL2` (platform index 0; other
+    /// CPUs report theirs with [`Hyp::cpu_entered_el2`]).
     pub boot_cpu: CpuId,
     /// The redistributors found at boot in the platform's redistributor region
     /// ([`crate::host::gicr::probe`]).
@@ -93,13 +93,14 @@ pub struct Hyp<'a, T: TableMemory> {
     pub(crate) pauth_lazy: AtomicBool,
     /// Lazy policy: loads a vCPU keeps its keys after a trapped use.
     pub(crate) pauth_decay: core::sync::atomic::AtomicU32,
-    /// The virtual GICv3 CPU interface every CPU that entered EL2 has ([`VgicCaps::bits`],
-    /// the smallest of each field; 0: some CPU has none, [`VGIC_UNREPORTED`]: no report yet).
-    pub(crate) vgic: core::sync::atomic::AtomicU32,
+    /// [`CpuFeatures::vgic`] of [`Hyp::cpus`] ([`VgicCaps::bits`]; 0: some CPU has no
+    /// interface), copied under that lock whenever it changes, so `VCPU_SET_IRQ` reads it
+    /// without the lock. It changes only while the view is open, before any vCPU exists.
+    vgic: core::sync::atomic::AtomicU32,
+    /// [`CpuFeatures::ctr`] of [`Hyp::cpus`], copied as [`Hyp::vgic`] is: the `CTR_EL0` guests
+    /// read (trapped, `HCR_EL2.TID2`).
+    ctr: AtomicU64,
 }
-
-/// [`Hyp::vgic`] before the boot CPU reports.
-const VGIC_UNREPORTED: u32 = u32::MAX;
 
 /// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
 /// guest exit to the host over a plain VM): a VM not using its keys +99 eager vs +5 lazy; a VM
@@ -129,6 +130,9 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             return Err("the redistributors EL2 guards are not the platform's");
         }
         let host_reserve = host_s2_reserve(platform.ram, &platform.devices);
+        let cpus = CpuFeatures::new(0, boot_cpu);
+        let vgic = cpus.vgic().map_or(0, VgicCaps::bits);
+        let ctr = cpus.ctr();
         Ok(Self {
             platform,
             hyp_region,
@@ -140,48 +144,40 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             vcpus,
             host_reserve,
             idregs,
-            cpus: spin::Mutex::new(CpuFeatures::new(0, boot_cpu)),
+            cpus: spin::Mutex::new(cpus),
             pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
-            vgic: core::sync::atomic::AtomicU32::new(VGIC_UNREPORTED),
+            vgic: core::sync::atomic::AtomicU32::new(vgic),
+            ctr: AtomicU64::new(ctr),
         })
     }
 
-    /// A CPU entering EL2 reports its `ICH_VTR_EL2` (`None`: no GICv3 system-register
-    /// interface). EL2 fills list registers only up to the smallest count any CPU has, with
-    /// priorities every CPU implements. (A CPU with fewer list registers than a vCPU already
-    /// uses would lose interrupts: CPUs are assumed to agree, as QEMU's and real systems do;
-    /// a disagreement is logged.)
-    pub fn report_vgic(&self, vtr: Option<u64>) {
-        let caps = vtr.map_or(0, |v| VgicCaps::from_vtr(v).bits());
-        let old = self.vgic.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-            Some(match (cur, VgicCaps::from_bits(cur), VgicCaps::from_bits(caps)) {
-                (VGIC_UNREPORTED, ..) => caps,
-                (_, Some(a), Some(b)) => a.min(b).bits(),
-                _ => 0,
-            })
-        });
-        if matches!(old, Ok(o) if o != VGIC_UNREPORTED && o != caps) {
-            log::error!("CPUs differ in their virtual GIC CPU interface (ICH_VTR_EL2 {vtr:?}); using the smallest");
-        }
-    }
-
-    /// The virtual CPU interface VMs get, if every CPU has one.
+    /// The virtual CPU interface vCPUs get, if every CPU has one: EL2 fills list registers
+    /// only up to the smallest count any CPU has, with priorities every CPU implements (see
+    /// [`crate::cpu::features`]: once a VM exists, a CPU with less is refused).
     pub(crate) fn vgic_caps(&self) -> Option<VgicCaps> {
-        match self.vgic.load(Ordering::Acquire) {
-            VGIC_UNREPORTED => None,
-            b => VgicCaps::from_bits(b),
-        }
+        VgicCaps::from_bits(self.vgic.load(Ordering::Acquire))
     }
 
-    /// CPU `cpu` (platform index) has entered EL2 and read its own `id`. Before the view is
-    /// fixed it joins the combined view; after, it must be at least as capable.
+    /// CPU `cpu` (platform index) has entered EL2 and read its own `id` (its ID registers,
+    /// `CTR_EL0` and `ICH_VTR_EL2`). Before the view is fixed it joins the combined view; after, it must be
+    /// at least as capable.
     ///
     /// # Errors
     /// [`Weaker`]: the CPU is weaker than what VMs or EL2 already rely on, and must not enter
     /// the host (its entry path powers it off).
     pub fn cpu_entered_el2(&self, cpu: usize, id: CpuId) -> Result<(), Weaker> {
-        self.cpus.lock().report(cpu, id)
+        let mut cpus = self.cpus.lock();
+        let r = cpus.report(cpu, id);
+        self.vgic.store(cpus.vgic().map_or(0, VgicCaps::bits), Ordering::Release);
+        self.ctr.store(cpus.ctr(), Ordering::Release);
+        r
+    }
+
+    /// The `CTR_EL0` guests read: every CPU satisfies it (see [`crate::cpu::cachetype`]). It
+    /// changes only while the CPU view is open, before any vCPU exists.
+    pub(crate) fn guest_ctr(&self) -> u64 {
+        self.ctr.load(Ordering::Acquire)
     }
 
     /// Fixes the combined CPU view (the first `FINALISE_SETUP` or `VM_CREATE`) and returns a
@@ -242,12 +238,41 @@ mod tests {
         let f = fixture();
         let qemu = crate::guest::vgic::VgicCaps::from_vtr(QEMU_ICH_VTR);
         assert_eq!(f.hyp.vgic_caps(), Some(qemu));
-        f.hyp.report_vgic(Some(15 | 6 << 26 | 7 << 29));
+        let cpu = |vtr| CpuId { ich_vtr: vtr, ..boot_cpu(&f) };
+        f.hyp.cpu_entered_el2(1, cpu(Some(15 | 6 << 26 | 7 << 29))).unwrap();
         assert_eq!(f.hyp.vgic_caps(), Some(qemu), "a bigger CPU changes nothing");
-        f.hyp.report_vgic(Some(1 | 4 << 26 | 4 << 29));
+        f.hyp.cpu_entered_el2(1, cpu(Some(1 | 4 << 26 | 4 << 29))).unwrap();
         assert_eq!(f.hyp.vgic_caps().map(|c| c.nr_lrs), Some(2));
-        f.hyp.report_vgic(None);
+        f.hyp.cpu_entered_el2(1, cpu(None)).unwrap();
         assert_eq!(f.hyp.vgic_caps(), None, "a CPU without GICv3 system registers: no vGIC");
+        // Open view: the same CPU reporting again replaces its old report.
+        f.hyp.cpu_entered_el2(1, cpu(Some(QEMU_ICH_VTR))).unwrap();
+        assert_eq!(f.hyp.vgic_caps(), Some(qemu));
+    }
+
+    #[test]
+    fn a_late_cpu_with_fewer_list_registers_is_refused() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let spi = shared_abi::msg::irq::config(0xA0, true, 1, false) as u64;
+        for vintid in 32..36 {
+            f.call(0, HypercallId::VcpuSetIrq, &[h, 0, vintid, spi]).unwrap();
+        }
+        assert_eq!(f.hyp.vcpus[crate::guest::vm::handle_slot(h)][0].claim().unwrap().vgic.report(4).used, 0b1111);
+        // A CPU with 2 list registers comes online after the VM exists: loading the vCPU there
+        // would write ICH_LR2_EL2 and ICH_LR3_EL2, which it does not have (an EL2 UNDEF).
+        let late = CpuId { ich_vtr: Some(1 | 4 << 26 | 4 << 29), ..boot_cpu(&f) };
+        assert_eq!(f.hyp.cpu_entered_el2(1, late), Err(Weaker::Field { reg: "ICH_VTR_EL2", field: "ListRegs" }));
+        assert_eq!(f.hyp.vgic_caps().map(|c| c.nr_lrs), Some(4), "the view keeps its list registers");
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 1), Err(smccc::psci::Error::Denied), "recorded: the next CPU_ON is refused");
+        // Fewer priority or preemption bits, or no interface: refused too; more: fine.
+        for (vtr, field) in [(3 | 4 << 26 | 3 << 29, "PRIbits"), (3 | 3 << 26 | 4 << 29, "PREbits")] {
+            assert_eq!(f.hyp.cpu_entered_el2(1, CpuId { ich_vtr: Some(vtr), ..boot_cpu(&f) }), Err(Weaker::Field { reg: "ICH_VTR_EL2", field }));
+        }
+        assert_eq!(f.hyp.cpu_entered_el2(1, CpuId { ich_vtr: None, ..boot_cpu(&f) }), Err(Weaker::Field { reg: "ID_AA64PFR0_EL1", field: "GIC" }));
+        assert_eq!(f.hyp.cpu_entered_el2(1, CpuId { ich_vtr: Some(15 | 6 << 26 | 7 << 29), ..boot_cpu(&f) }), Ok(()));
+        assert_eq!(crate::host::psci::cpu_on_target(&f.hyp.platform, &f.hyp.cpus, 1), Ok((1, 1)));
+        assert_eq!(f.hyp.vgic_caps().map(|c| c.nr_lrs), Some(4));
     }
 
     /// Writes a `VmCreate` to CPU 0's message page (page 1) and calls `VM_CREATE`.
@@ -261,7 +286,7 @@ mod tests {
     fn boot_cpu(f: &Fixture) -> CpuId {
         let mut c = CpuFeatures::clone(&f.hyp.cpus.lock());
         c.fix();
-        CpuId { midr: 0x410F_D0C0, regs: *c.view() }
+        CpuId { midr: 0x410F_D0C0, regs: *c.view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) }
     }
 
     #[test]

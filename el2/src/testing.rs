@@ -169,6 +169,8 @@ pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
 pub(crate) const HYP_PAGES: u64 = 16;
 /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
 pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
+/// `CTR_EL0` of the fixture's CPU: IDC and DIC, 64-byte lines, PIPT.
+pub(crate) const FIXTURE_CTR: u64 = 0xB444_C004;
 /// QEMU `virt`'s device tree (2 CPUs, 1 GiB, GICv3 with an ITS, PCI).
 pub(crate) const QEMU_VIRT_DTB: &[u8] = include_bytes!("../tests/fixtures/qemu-virt-2cpu.dtb");
 /// Its redistributor region (room for 123; the fixture has 2 CPUs).
@@ -203,11 +205,10 @@ pub(crate) fn fixture() -> Fixture {
     boot_cpu_idregs[crate::cpu::idreg::idx(7, 0)] = 5;
     boot_cpu_idregs[crate::cpu::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
     boot_cpu_idregs[crate::cpu::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
-    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs };
+    // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
+    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs, ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) };
     let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
     let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
-    // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
-    hyp.report_vgic(Some(QEMU_ICH_VTR));
     Fixture { ram, _entries: entries, hyp }
 }
 

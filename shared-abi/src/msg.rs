@@ -94,7 +94,8 @@ pub mod vm_flags {
 pub struct VmCreate {
     /// Number of vCPUs, 1..=`MAX_VCPUS`.
     pub nr_vcpus: u32,
-    /// Guest IPA size in bits, 32..=40.
+    /// Guest IPA size in bits, 32..=40, within every CPU's PARange, and 32..=39 when some
+    /// CPU's PARange is below 44 bits (docs/ABI.md, "VMs").
     pub ipa_bits: u32,
     /// [`vm_flags`].
     pub flags: u64,

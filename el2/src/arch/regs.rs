@@ -82,9 +82,11 @@ pub fn midr() -> u64 {
     MIDR_EL1.get()
 }
 
-/// This CPU's identification, for [`crate::cpu::features`].
+/// This CPU's identification, for [`crate::cpu::features`]. Only after
+/// [`super::activate_host`] on this CPU: `ICH_VTR_EL2` is readable at EL2 once
+/// `ICC_SRE_EL2.SRE` is set (before, [`super::ich_vtr`] would say "no GICv3").
 pub fn cpu_id() -> crate::cpu::features::CpuId {
-    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs() }
+    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs(), ctr: ctr_el0(), ich_vtr: super::ich_vtr() }
 }
 
 /// Powers this CPU off with PSCI `CPU_OFF`; parks it if firmware returns (it only returns on
@@ -259,12 +261,17 @@ pub fn clean_dcache_range(addr: u64, len: u64) {
     dsb_ish();
 }
 
-/// Smallest data cache line, in bytes (`CTR_EL0.DminLine` is log2 of words).
-pub(crate) fn dcache_line_size() -> u64 {
+/// This CPU's `CTR_EL0`.
+pub fn ctr_el0() -> u64 {
     let ctr: u64;
     // SAFETY: reading CTR_EL0 has no side effects.
     unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
-    4 << ((ctr >> 16) & 0xF)
+    ctr
+}
+
+/// Smallest data cache line of this CPU, in bytes (`CTR_EL0.DminLine` is log2 of words).
+pub(crate) fn dcache_line_size() -> u64 {
+    4 << ((ctr_el0() >> 16) & 0xF)
 }
 
 /// Syndrome and fault-address registers of the current trap.

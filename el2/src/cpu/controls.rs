@@ -97,6 +97,9 @@ pub mod hcr {
     pub const TWE: u64 = 1 << 14;
     /// Trap data-cache maintenance by set/way (`DC ISW/CSW/CISW` and the MTE forms).
     pub const TSW: u64 = 1 << 22;
+    /// Trap ID-register group 2: `CTR_EL0`, `CCSIDR_EL1`, `CCSIDR2_EL1`, `CLIDR_EL1` reads,
+    /// `CSSELR_EL1` reads and writes.
+    pub const TID2: u64 = 1 << 17;
     /// Trap ID-register group 3 reads.
     pub const TID3: u64 = 1 << 18;
     /// Trap SMC from EL1 to EL2.
@@ -172,6 +175,9 @@ pub struct GuestControls {
 /// Trap configuration for guests, built in this one place. Deny by default:
 /// - every guest gets stage 2;
 /// - ID-register reads trap (`TID3`) and are answered from the VM's own values;
+/// - the cache type and cache identification registers trap (`TID2`): guests read the
+///   `CTR_EL0` every CPU satisfies and a cache hierarchy made from it (`cpu::cachetype`), not
+///   the CPU's they happen to run on;
 /// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
 /// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
 /// - data-cache maintenance by set/way traps (`TSW`): it acts on one CPU's caches, which a
@@ -193,7 +199,7 @@ pub struct GuestControls {
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
     use hcr::*;
-    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSW | TID3 | TSC | TIDCP | TACR | RW;
+    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSW | TID2 | TID3 | TSC | TIDCP | TACR | RW;
     if f.lor {
         hcr |= TLOR;
     }
@@ -358,6 +364,13 @@ mod tests {
             assert!(c.switch_vdisr, "protected {protected}: VDISR_EL2 left in the CPU");
             assert!(guest_controls(&ALL, 0, &cfg(), protected).switch_vdisr);
             assert!(!guest_controls(&ControlFeatures::default(), 0, &cfg(), protected).switch_vdisr, "no FEAT_RAS: no VDISR_EL2");
+        }
+    }
+
+    #[test]
+    fn guests_read_the_cache_identification_registers_through_el2() {
+        for f in [ALL, ControlFeatures::default()] {
+            assert_ne!(guest_controls(&f, 0, &cfg(), false).hcr & hcr::TID2, 0);
         }
     }
 

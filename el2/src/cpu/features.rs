@@ -1,5 +1,5 @@
-//! What every CPU can do: each CPU's `MIDR_EL1` and ID registers, and the view EL2 combines
-//! from them.
+//! What every CPU can do: each CPU's `MIDR_EL1`, ID registers, cache type (`CTR_EL0`) and
+//! virtual GIC CPU interface (`ICH_VTR_EL2`), and the view EL2 combines from them.
 //!
 //! Place in the flow: *state*, global, behind its own lock ([`crate::hyp::Hyp::cpus`]). Each CPU
 //! reports when it enters EL2 (the boot CPU at start-up, the others in their EL2 entry path after
@@ -9,34 +9,64 @@
 //! then on, for the life of EL2:
 //!
 //! - Open: a reporting CPU joins the view, which is recomputed over every CPU that ever
-//!   reported (field by field, [`idreg::combine`]). Nothing depends on it yet.
+//!   reported (field by field, [`idreg::combine`] and [`cachetype::combine`]; the virtual GIC
+//!   CPU interface as the smallest of each of its sizes, [`VgicCaps::min`]). Nothing depends
+//!   on it yet.
 //! - Fixed: VMs' ID registers, their MTE, pointer authentication and FWB, the firmware
-//!   workaround levels ([`Provided`]) and the largest guest IPA were all decided from it. A CPU
-//!   that reports now must be at least as capable in every field ([`idreg::at_least`]), and,
-//!   when pointer authentication was allowed on the strength of every CPU being identical
-//!   (the IMPLEMENTATION DEFINED algorithm), identical too. A CPU that is not ([`Weaker`]) must
-//!   never run host or guest code: its entry path powers it off.
+//!   workaround levels ([`Provided`]), the largest guest IPA, the cache type guests read, and
+//!   how many list registers a vCPU may fill with which priorities were all decided from it. A
+//!   CPU that reports now must be at least as capable in every field ([`idreg::at_least`]),
+//!   satisfy the cache type guests follow ([`cachetype::at_least`]: no smaller line, no `DIC`
+//!   or `IDC` missing), and have at least the view's list registers, priority and preemption
+//!   bits (a vCPU's load writes every list register it uses: one the CPU lacks is an EL2
+//!   UNDEF); and, when pointer authentication was allowed on the strength of every CPU being
+//!   identical (the IMPLEMENTATION DEFINED algorithm), have the boot CPU's `MIDR_EL1` and ID
+//!   registers too. A CPU that is not ([`Weaker`]) must never run host or guest code: its
+//!   entry path powers it off.
 //!
 //! A host that wants VMs on a machine whose CPUs differ must therefore bring every CPU up
 //! before it finalises set-up or creates its first VM.
 
+use crate::cpu::cachetype;
 use crate::cpu::fwreg::Provided;
 use crate::cpu::idreg::{self, NR_IDREGS};
+use crate::guest::vgic::VgicCaps;
 use crate::platform::MAX_CPUS;
 
-/// One CPU's identification: `MIDR_EL1` and the 56 ID registers ([`idreg::idx`] order).
+/// One CPU's identification: `MIDR_EL1`, the 56 ID registers ([`idreg::idx`] order),
+/// `CTR_EL0` and `ICH_VTR_EL2`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuId {
     /// `MIDR_EL1`.
     pub midr: u64,
     /// The ID registers.
     pub regs: [u64; NR_IDREGS],
+    /// `CTR_EL0` ([`cachetype`]).
+    pub ctr: u64,
+    /// `ICH_VTR_EL2` (`None`: no GICv3 system-register interface). EL2 relies on `ListRegs`,
+    /// `PRIbits` and `PREbits` ([`VgicCaps`]); not on `IDbits` (vINTIDs stop at 1019).
+    pub ich_vtr: Option<u64>,
+}
+
+impl CpuId {
+    /// The virtual GIC CPU interface, if the CPU has one.
+    pub fn vgic(&self) -> Option<VgicCaps> {
+        self.ich_vtr.map(VgicCaps::from_vtr)
+    }
+
+    /// Same `MIDR_EL1` and ID registers: nothing tells the two CPUs' IMPLEMENTATION DEFINED
+    /// behaviour (a pointer-authentication algorithm) apart.
+    fn same_implementation(&self, other: &CpuId) -> bool {
+        self.midr == other.midr && self.regs == other.regs
+    }
 }
 
 /// Why a CPU may not join a fixed view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weaker {
-    /// A field below the view (lower-safe), above it (higher-safe) or different (exact).
+    /// A field below the view (lower-safe), above it (higher-safe) or different (exact): of an
+    /// ID register, `CTR_EL0` ([`cachetype::at_least`]) or `ICH_VTR_EL2` (too few list
+    /// registers, priority or preemption bits; no interface at all is `ID_AA64PFR0_EL1.GIC`).
     Field {
         /// Register name.
         reg: &'static str,
@@ -55,6 +85,11 @@ pub struct CpuFeatures {
     reported: [Option<CpuId>; MAX_CPUS],
     /// Field-by-field combination over every reported CPU.
     view: [u64; NR_IDREGS],
+    /// `CTR_EL0` combined over every reported CPU ([`cachetype::combine`]): what guests read.
+    ctr: u64,
+    /// The virtual GIC CPU interface every reported CPU has: the smallest of each size, `None`
+    /// if some CPU has none.
+    vgic: Option<VgicCaps>,
     /// Every reported CPU has the same `MIDR_EL1` and ID registers.
     identical: bool,
     /// The boot CPU's report: what "identical" compares with once the view is fixed.
@@ -68,7 +103,7 @@ impl CpuFeatures {
     pub fn new(cpu: usize, boot: CpuId) -> Self {
         let mut reported = [None; MAX_CPUS];
         reported[cpu % MAX_CPUS] = Some(boot);
-        Self { reported, view: boot.regs, identical: true, boot, fixed: false }
+        Self { reported, view: boot.regs, ctr: cachetype::sanitise(boot.ctr), vgic: boot.vgic(), identical: true, boot, fixed: false }
     }
 
     /// CPU `cpu` has entered EL2 with `id`. Open view: it joins. Fixed view: it must be at
@@ -85,23 +120,30 @@ impl CpuFeatures {
         let mut cpus = self.reported.iter().flatten();
         let first = *cpus.next().unwrap_or(&id);
         self.view = first.regs;
+        self.ctr = cachetype::sanitise(first.ctr);
+        self.vgic = first.vgic();
         self.identical = true;
         for c in cpus {
             idreg::combine(&mut self.view, &c.regs);
-            self.identical &= *c == first;
+            self.ctr = cachetype::combine(self.ctr, c.ctr);
+            self.vgic = self.vgic.zip(c.vgic()).map(|(a, b)| a.min(b));
+            self.identical &= c.same_implementation(&first);
         }
         Ok(())
     }
 
     /// Whether a CPU with `id` may run under the fixed view: every field at least the view's,
+    /// the cache type guests read satisfied, at least the view's virtual GIC CPU interface,
     /// and identical to the others if pointer authentication relies on that.
     ///
     /// # Errors
     /// [`Weaker`].
     pub fn check(&self, id: &CpuId) -> Result<(), Weaker> {
         idreg::at_least(&self.view, &id.regs).map_err(|f| Weaker::Field { reg: f.reg_name, field: f.name })?;
+        cachetype::at_least(self.ctr, id.ctr).map_err(|field| Weaker::Field { reg: "CTR_EL0", field })?;
+        vgic_at_least(self.vgic, id.vgic())?;
         let relies_on_identical = !idreg::ptrauth_consistent(&self.view, false) && self.ptrauth();
-        if relies_on_identical && *id != self.boot {
+        if relies_on_identical && !id.same_implementation(&self.boot) {
             return Err(Weaker::NotIdentical);
         }
         Ok(())
@@ -141,6 +183,17 @@ impl CpuFeatures {
         &mut self.view
     }
 
+    /// The combined `CTR_EL0`, which guests read: every CPU satisfies it.
+    pub fn ctr(&self) -> u64 {
+        self.ctr
+    }
+
+    /// The virtual GIC CPU interface vCPUs may use: every CPU has at least these list
+    /// registers, priority and preemption bits (`None`: some CPU has no interface).
+    pub fn vgic(&self) -> Option<VgicCaps> {
+        self.vgic
+    }
+
     /// Every CPU reported identical `MIDR_EL1` and ID registers.
     pub fn identical(&self) -> bool {
         self.identical
@@ -161,15 +214,33 @@ impl CpuFeatures {
         idreg::s2fwb(&self.view)
     }
 
-    /// The largest guest IPA size every CPU's PARange covers.
+    /// The largest guest IPA size every CPU can translate: within the smallest PARange, and
+    /// 39 bits below a 44-bit PA, where a stage 2 may not start at level 0
+    /// ([`crate::mem::pgtable::stage2_max_ia_bits`]).
     pub fn max_ipa_bits(&self) -> u8 {
-        idreg::pa_bits(&self.view)
+        crate::mem::pgtable::stage2_max_ia_bits(idreg::pa_bits(&self.view))
     }
 
     /// The firmware workaround levels every CPU supports.
     pub fn fw_provided(&self) -> Provided {
         Provided::from_id_regs(self.view[idreg::idx(4, 0)], self.view[idreg::idx(7, 1)])
     }
+}
+
+/// Whether a CPU's virtual GIC CPU interface `cpu` has at least what the view `view` promises.
+///
+/// # Errors
+/// The first size below the view's (no interface at all: `ID_AA64PFR0_EL1.GIC`).
+fn vgic_at_least(view: Option<VgicCaps>, cpu: Option<VgicCaps>) -> Result<(), Weaker> {
+    let Some(v) = view else { return Ok(()) };
+    let field = match cpu {
+        None => return Err(Weaker::Field { reg: "ID_AA64PFR0_EL1", field: "GIC" }),
+        Some(c) if c.nr_lrs < v.nr_lrs => "ListRegs",
+        Some(c) if c.pri_bits < v.pri_bits => "PRIbits",
+        Some(c) if c.pre_bits < v.pre_bits => "PREbits",
+        Some(_) => return Ok(()),
+    };
+    Err(Weaker::Field { reg: "ICH_VTR_EL2", field })
 }
 
 #[cfg(test)]
@@ -186,6 +257,10 @@ mod tests {
     const MMFR1: usize = idx(7, 1);
     const QARMA5: u64 = 1 << 4 | 1 << 24;
     const IMPDEF: u64 = 1 << 8 | 1 << 28;
+    /// `ICH_VTR_EL2`: 4 list registers, 5 priority and preemption bits.
+    const VTR: u64 = 3 | 4 << 26 | 4 << 29;
+    /// `CTR_EL0`: DIC, IDC, 64-byte lines, PIPT.
+    const CTR: u64 = 0xB444_C004;
 
     /// A big core: CSV2 1, MTE2, 48-bit PA, QARMA5 PAuth, AES 2.
     fn big() -> CpuId {
@@ -195,7 +270,7 @@ mod tests {
         regs[ISAR1] = QARMA5;
         regs[idx(6, 0)] = 2 << 4;
         regs[MMFR0] = 5;
-        CpuId { midr: 0x410F_D0C0, regs }
+        CpuId { midr: 0x410F_D0C0, regs, ctr: CTR, ich_vtr: Some(VTR) }
     }
 
     fn with(mut c: CpuId, reg: usize, v: u64) -> CpuId {
@@ -227,6 +302,13 @@ mod tests {
         assert_eq!(f.max_ipa_bits(), 48);
         f.report(1, with(big(), MMFR0, 1)).unwrap();
         assert_eq!(f.max_ipa_bits(), 36);
+        // 40 and 42 bits of PA: no level-0 stage 2, so 39 bits.
+        f.report(1, with(big(), MMFR0, 2)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 39);
+        f.report(1, with(big(), MMFR0, 3)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 39);
+        f.report(1, with(big(), MMFR0, 4)).unwrap();
+        assert_eq!(f.max_ipa_bits(), 44);
     }
 
     #[test]
@@ -291,6 +373,55 @@ mod tests {
         assert!(f.cpu_on_check(1).is_err());
         assert_eq!(f.cpu_on_check(2), Ok(()), "never seen: checked when it enters EL2");
         assert_eq!(f.view()[PFR1] >> 8 & 0xF, 2, "a refused CPU does not change the view");
+    }
+
+    #[test]
+    fn the_virtual_gic_is_the_smallest_and_a_fixed_view_keeps_it() {
+        let caps = |lrs: u8, pri: u8, pre: u8| Some(VgicCaps { nr_lrs: lrs, pri_bits: pri, pre_bits: pre });
+        let mut f = CpuFeatures::new(0, big());
+        assert_eq!(f.vgic(), caps(4, 5, 5));
+        f.report(1, CpuId { ich_vtr: Some(1 | 6 << 26 | 7 << 29), ..big() }).unwrap();
+        assert_eq!(f.vgic(), caps(2, 5, 5), "each size the smallest");
+        assert!(f.identical(), "same MIDR and ID registers");
+        f.report(2, CpuId { ich_vtr: None, ..big() }).unwrap();
+        assert_eq!(f.vgic(), None);
+        f.report(2, big()).unwrap();
+        f.fix();
+        // 2 list registers in the view: a CPU with 2 is fine, with 1 not.
+        assert_eq!(f.report(3, CpuId { ich_vtr: Some(1 | 4 << 26 | 4 << 29), ..big() }), Ok(()));
+        assert_eq!(f.report(3, CpuId { ich_vtr: Some(4 << 26 | 4 << 29), ..big() }), Err(Weaker::Field { reg: "ICH_VTR_EL2", field: "ListRegs" }));
+        assert_eq!(f.vgic(), caps(2, 5, 5), "a refused CPU does not change the view");
+        assert!(f.cpu_on_check(3).is_err());
+        // A view without a virtual GIC asks nothing of a CPU's.
+        let mut f = CpuFeatures::new(0, CpuId { ich_vtr: None, ..big() });
+        f.fix();
+        assert_eq!(f.report(1, CpuId { ich_vtr: Some(0), ..big() }), Ok(()));
+    }
+
+    #[test]
+    fn guests_read_a_cache_type_every_cpu_satisfies() {
+        let no_dic = CpuId { ctr: CTR & !cachetype::DIC, ..big() };
+        // Open: a CPU without DIC takes it out of what guests read.
+        let mut f = CpuFeatures::new(0, big());
+        assert_eq!(f.ctr(), CTR);
+        f.report(1, no_dic).unwrap();
+        assert_eq!(f.ctr(), CTR & !cachetype::DIC);
+        assert!(f.identical(), "same MIDR and ID registers");
+        // Fixed with DIC: a late CPU without it is refused (a guest that skipped the
+        // instruction-cache invalidation would run stale instructions there).
+        let mut f = CpuFeatures::new(0, big());
+        f.fix();
+        assert_eq!(f.report(1, no_dic), Err(Weaker::Field { reg: "CTR_EL0", field: "DIC" }));
+        assert_eq!(f.ctr(), CTR, "a refused CPU does not change what guests read");
+        assert!(f.cpu_on_check(1).is_err());
+        assert_eq!(f.report(2, CpuId { ctr: CTR & !(0xF << 16) | 3 << 16, ..big() }), Err(Weaker::Field { reg: "CTR_EL0", field: "DminLine" }));
+        // Fixed without DIC: a CPU with it is fine (guests do not rely on it).
+        let mut f = CpuFeatures::new(0, no_dic);
+        f.fix();
+        assert_eq!(f.report(1, big()), Ok(()));
+        // RES0 bits of a CPU's CTR_EL0 never reach a guest.
+        let f = CpuFeatures::new(0, CpuId { ctr: CTR | 1 << 30 | 1 << 63, ..big() });
+        assert_eq!(f.ctr(), CTR);
     }
 
     #[test]

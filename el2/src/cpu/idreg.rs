@@ -17,7 +17,8 @@
 //!    so do all AArch32 ID registers: deny by default. Fields where zero is itself a claim are
 //!    described so they never default to it: `ID_AA64PFR1_EL1.MTE_frac` reads 0xF (no
 //!    asynchronous tag-check faults) for every VM, and `ID_AA64MMFR2_EL1.CCIDX` is the CPUs'
-//!    common value (guests read `CCSIDR_EL1` from the CPU, untrapped).
+//!    common value (whether `CCSIDR2_EL1` exists is the hardware's; the `CCSIDR_EL1` guests
+//!    read through EL2 has the same bits in both formats, [`crate::cpu::cachetype::ccsidr`]).
 //! 3. The host may write a VM's ID registers before it first runs, lowering fields to values
 //!    that are still safe (never above what step 2 gave); bits of undescribed fields must stay
 //!    zero. After the first run an identical write succeeds and any other is `Busy`.
@@ -187,8 +188,9 @@ fields! {
     ID_AA64MMFR2_EL1 (7, 2): [
         CnP @ 0 lower max 1, UAO @ 4 lower max 1, LSM @ 8 lower max 1, IESB @ 12 lower max 1,
         VARange @ 16 lower max 1,
-        // The format of CCSIDR_EL1, which guests read from the CPU untrapped: it must be the
-        // hardware's (0 is a format, not "absent").
+        // The format of CCSIDR_EL1 and whether CCSIDR2_EL1 exists: the hardware's, which
+        // decides whether a guest's CCSIDR2_EL1 access traps or is UNDEFINED (0 is a format,
+        // not "absent"). EL2's fabricated CCSIDR_EL1 reads the same in both formats.
         CCIDX @ 20 exact max 0, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
         FWB @ 40 lower max 0, TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2,
         E0PD @ 60 lower max 1,

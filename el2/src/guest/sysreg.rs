@@ -1,15 +1,15 @@
-//! Trapped `MRS`/`MSR`/`SYS` (`ESR_EL2.EC == 0x18`) a guest makes: decoding, ID registers, SGI
-//! generation, the debug registers, the EL1 physical timer, set/way cache maintenance, and the
-//! UNDEF for everything else.
+//! Trapped `MRS`/`MSR`/`SYS` (`ESR_EL2.EC == 0x18`) a guest makes: decoding, ID registers, the
+//! cache type and cache identification registers, SGI generation, the debug registers, the EL1
+//! physical timer, set/way cache maintenance, and the UNDEF for everything else.
 
 use crate::guest::running::{undef, Me, Next};
 use crate::hw::Hw;
 use crate::exception::syndrome::{sysreg_access, Esr, SysregAccess};
 use crate::hyp::Hyp;
 use crate::guest::memory::clean_vm_to_poc;
-use crate::cpu::idreg;
+use crate::cpu::{cachetype, idreg};
 use crate::mem::pgtable::TableMemory;
-use crate::guest::vcpu::VcpuCtx;
+use crate::guest::vcpu::{SysReg, VcpuCtx};
 use crate::guest::vgic;
 use core::sync::atomic::Ordering;
 use shared_abi::msg::Exit;
@@ -24,6 +24,19 @@ pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me
     let done = if let Some(i) = idreg_read(&a) {
         // ID registers (HCR_EL2.TID3): answered from the VM's values, without a lock.
         Some(Emulated::Read(hyp.idregs[me.vm_slot][i].load(Ordering::Relaxed)))
+    } else if is_ctr(&a) {
+        // CTR_EL0 (HCR_EL2.TID2): what every CPU satisfies, not this one's (cpu::cachetype).
+        a.read.then(|| Emulated::Read(hyp.guest_ctr()))
+    } else if is_cache_id(&a) {
+        // CLIDR_EL1, CCSIDR_EL1, CCSIDR2_EL1, CSSELR_EL1 (HCR_EL2.TID2), made from the same
+        // CTR_EL0. The guest's CSSELR_EL1 is live in the CPU: through the context.
+        arch.el1_to_ctx(ctx);
+        let value = ctx.gpr(a.rt);
+        let r = cache_id_access(&a, value, &mut ctx.sys[SysReg::CSSELR_EL1], hyp.guest_ctr(), me.mte);
+        if r == Some(Emulated::Written) {
+            arch.el1_from_ctx(ctx);
+        }
+        r
     } else if a.op0 == 2 {
         // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
         let dfr0 = hyp.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
@@ -90,6 +103,39 @@ pub(super) fn ptimer_access(a: &SysregAccess, value: u64, t: &mut crate::guest::
         (2, true) => Emulated::Read(t.cval),
         (2, false) => {
             t.cval = value;
+            Emulated::Written
+        }
+        _ => return None,
+    })
+}
+
+/// Whether `a` is `CTR_EL0` (op0 3, op1 3, CRn 0, CRm 0, op2 1).
+fn is_ctr(a: &SysregAccess) -> bool {
+    (a.op0, a.op1, a.crn, a.crm, a.op2) == (3, 3, 0, 0, 1)
+}
+
+/// Whether `a` is one of the other registers `HCR_EL2.TID2` traps: `CCSIDR_EL1`, `CLIDR_EL1`,
+/// `CCSIDR2_EL1` (op0 3, op1 1, CRn 0, CRm 0, op2 0/1/2) or `CSSELR_EL1` (op0 3, op1 2, CRn 0,
+/// CRm 0, op2 0).
+fn is_cache_id(a: &SysregAccess) -> bool {
+    a.op0 == 3 && a.crn == 0 && a.crm == 0 && matches!((a.op1, a.op2), (1, 0..=2) | (2, 0))
+}
+
+/// A trapped access to a cache identification register ([`is_cache_id`]) with value `value`
+/// (for a write), against the vCPU's `CSSELR_EL1` `csselr`, for a VM whose guests read `ctr`
+/// (`mte`: the VM has MTE). `CLIDR_EL1` and `CCSIDR_EL1` are made from `ctr`
+/// ([`cachetype::clidr`], [`cachetype::ccsidr`]); `CCSIDR2_EL1` (which traps only where
+/// FEAT_CCIDX makes it exist) reads 0, one set; `CSSELR_EL1` reads back what was written, its
+/// defined bits only. `None` for a write of a read-only register: an UNDEF.
+pub(super) fn cache_id_access(a: &SysregAccess, value: u64, csselr: &mut u64, ctr: u64, mte: bool) -> Option<Emulated> {
+    let clidr = cachetype::clidr(ctr, mte);
+    Some(match (a.op1, a.op2, a.read) {
+        (1, 0, true) => Emulated::Read(cachetype::ccsidr(ctr, *csselr, clidr)),
+        (1, 1, true) => Emulated::Read(clidr),
+        (1, 2, true) => Emulated::Read(0),
+        (2, 0, true) => Emulated::Read(*csselr),
+        (2, 0, false) => {
+            *csselr = value & cachetype::csselr_mask(mte);
             Emulated::Written
         }
         _ => return None,
@@ -376,6 +422,67 @@ mod tests {
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         let backing: Vec<_> = rec.log.borrow().iter().copied().filter(|op| op.starts_with("ptimer_backing")).collect();
         assert_eq!(backing, ["ptimer_backing_off", "ptimer_backing_on"], "one per write, none for the read");
+    }
+
+    #[test]
+    fn a_guest_reads_the_cache_type_of_every_cpu() {
+        // MRS X1, CTR_EL0 (op0 3, op1 3, CRn 0, CRm 0, op2 1) traps (HCR_EL2.TID2) and reads
+        // the CPUs' combined value, whichever CPU the vCPU runs on: here a second CPU without
+        // DIC joined before the VM was created.
+        let mut f = fixture();
+        let mut other = crate::cpu::features::CpuId { midr: 0x410F_D0C0, regs: *f.hyp.cpus.lock().view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) };
+        other.ctr &= !cachetype::DIC;
+        f.hyp.cpu_entered_el2(1, other).unwrap();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x1000]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(2), 0x2 | 0xF0]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![
+            trap(sysreg_esr(3, 3, 0, 0, 1, 1, true), 0),  // MRS X1, CTR_EL0
+            trap(sysreg_esr(3, 2, 0, 0, 0, 2, false), 0), // MSR CSSELR_EL1, X2 (level 2 data)
+            trap(sysreg_esr(3, 2, 0, 0, 0, 3, true), 0),  // MRS X3, CSSELR_EL1
+            trap(sysreg_esr(3, 1, 0, 0, 0, 4, true), 0),  // MRS X4, CCSIDR_EL1
+            trap(sysreg_esr(3, 1, 0, 0, 1, 5, true), 0),  // MRS X5, CLIDR_EL1
+            hvc(),
+        ];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Ok([0x1014, 0, 0]), "all emulated, none UNDEF");
+        let x = |n| f.call(0, H::VcpuGetReg, &[h, 0, reg::x(n)]).unwrap()[0];
+        assert_eq!(x(1), FIXTURE_CTR & !cachetype::DIC, "no DIC: some CPU lacks it");
+        assert_eq!(x(3), 0x2, "CSSELR_EL1: its defined bits (no TnD without MTE)");
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, SysReg::CSSELR_EL1.id()]), Ok([0x2, 0, 0]), "kept in the vCPU's context");
+        assert_eq!(x(5), cachetype::clidr(x(1), false));
+        assert_eq!(x(4), cachetype::ccsidr(x(1), 0x2, x(5)), "level 2 is the unified cache of an IDC CPU without DIC");
+        assert_eq!(x(4), 2, "64-byte lines, one set, one way");
+    }
+
+    #[test]
+    fn only_the_cache_identification_registers_are_emulated_and_only_so() {
+        let ctr = FIXTURE_CTR;
+        for mte in [false, true] {
+            for (op1, op2, read, want) in [
+                (1u64, 0u64, true, Some(Emulated::Read(cachetype::ccsidr(ctr, 0, cachetype::clidr(ctr, mte))))),
+                (1, 1, true, Some(Emulated::Read(cachetype::clidr(ctr, mte)))),
+                (1, 2, true, Some(Emulated::Read(0))),
+                (2, 0, true, Some(Emulated::Read(0))),
+                (2, 0, false, Some(Emulated::Written)),
+                (1, 0, false, None),
+                (1, 1, false, None),
+                (1, 2, false, None),
+            ] {
+                let a = access(3, op1, 0, 0, op2, read);
+                assert!(is_cache_id(&a) && !is_ctr(&a));
+                let mut csselr = 0;
+                assert_eq!(cache_id_access(&a, u64::MAX, &mut csselr, ctr, mte), want, "op1 {op1} op2 {op2} read {read}");
+                let written = (op1, op2, read) == (2, 0, false);
+                assert_eq!(csselr, if !written { 0 } else if mte { 0x1F } else { 0xF }, "only a CSSELR_EL1 write changes it");
+            }
+        }
+        assert!(is_ctr(&access(3, 3, 0, 0, 1, true)));
+        for (op1, crm, op2) in [(1, 0, 7), (1, 0, 4), (0, 0, 0), (3, 0, 7), (2, 0, 1), (1, 1, 0)] {
+            let a = access(3, op1, 0, crm, op2, true);
+            assert!(!is_cache_id(&a) && !is_ctr(&a), "AIDR_EL1, GMID_EL1, MIDR_EL1, DCZID_EL0, ...: {op1} {crm} {op2}");
+        }
     }
 
     #[test]

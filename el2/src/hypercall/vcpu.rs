@@ -355,8 +355,10 @@ mod tests {
     #[test]
     fn set_irq_is_denied_without_a_virtual_cpu_interface() {
         let mut f = fixture();
+        // A CPU without the GICv3 system-register interface joins before the view is fixed.
+        let regs = *f.hyp.cpus.lock().view();
+        f.hyp.cpu_entered_el2(1, crate::cpu::features::CpuId { midr: 0x410F_D0C0, regs, ctr: FIXTURE_CTR, ich_vtr: None }).unwrap();
         let h = create(&mut f, 1, 0);
-        f.hyp.report_vgic(None);
         let spi = shared_abi::msg::irq::config(0xA0, true, 1, false) as u64;
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 32, spi]), Err(HypError::Denied));
     }

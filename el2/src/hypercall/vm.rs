@@ -31,7 +31,8 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
     // capable as what this VM is given (see `cpu::features`).
     let cpus = hyp.fix_cpu_features();
     if req.ipa_bits > cpus.max_ipa_bits() as u32 {
-        // Some CPU's PARange is smaller than the IPA size asked for.
+        // Some CPU's PARange is smaller than the IPA size asked for, or a 40-bit IPA on a
+        // CPU with less than a 44-bit PA (its stage 2 could not start at level 0).
         return Err(HypError::InvalidArgument);
     }
     let mte = req.flags & vm_flags::MTE != 0;
@@ -173,6 +174,29 @@ mod tests {
             assert_eq!(f.call(0, H::VmCreate, &[]), Err(err), "{req:?}");
         }
         assert_eq!(f.hyp.mem.lock().vms.count(), 0);
+    }
+
+    #[test]
+    fn a_40_bit_ipa_needs_a_44_bit_pa() {
+        // A 4 KiB-granule stage 2 starting at level 0 (VTCR_EL2.SL0 = 0b10) is invalid below a
+        // 44-bit PA (Arm ARM AArch64.S2InvalidSL); a 40-bit IPA without concatenated tables
+        // needs it. With every CPU at PARange 40 bits the largest guest IPA is 39 bits.
+        for (parange, largest) in [(2u64, 39u32), (3, 39), (4, 40), (5, 40), (1, 36)] {
+            let mut f = fixture();
+            f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+            f.hyp.cpus.lock().view_mut()[idreg::idx(7, 0)] = parange;
+            let ask = |f: &mut Fixture, ipa_bits: u32| {
+                f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits, flags: 0, reserved: [0; 2] }.as_bytes());
+                f.call(0, H::VmCreate, &[])
+            };
+            if largest < 40 {
+                assert_eq!(ask(&mut f, largest + 1), Err(HypError::InvalidArgument), "PARange {parange}: {} bits", largest + 1);
+            }
+            let h = ask(&mut f, largest).unwrap_or_else(|e| panic!("PARange {parange}: {largest} bits: {e:?}"))[0];
+            let mem = f.hyp.mem.lock();
+            let level = mem.vms.lookup(h).unwrap().1.mem.s2().start_level();
+            assert_eq!(level, if largest == 40 { 0 } else { 1 }, "PARange {parange}");
+        }
     }
 
     #[test]

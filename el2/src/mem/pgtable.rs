@@ -160,6 +160,21 @@ const fn index(ia: u64, level: u8) -> usize {
     ((ia >> (12 + 9 * (3 - level as u32))) & (ENTRIES as u64 - 1)) as usize
 }
 
+/// The largest stage-2 input size a [`PageTable`] can give a valid walk on CPUs whose
+/// physical address size is `pa_bits` (and never above it: `VTCR_EL2.PS`). A 4 KiB-granule
+/// stage 2 may start at level 0 (`VTCR_EL2.SL0 = 0b10`, which [`PageTable::new`] uses from 40
+/// bits) only on a CPU with a PA of at least 44 bits: below, the Arm ARM makes that `SL0`
+/// invalid (`AArch64.S2InvalidSL`: every access a level-0 translation fault). A level-1 start
+/// covers 39 bits without concatenated root tables, which are not used.
+pub const fn stage2_max_ia_bits(pa_bits: u8) -> u8 {
+    let most = if pa_bits >= 44 { 48 } else { 39 };
+    if pa_bits < most {
+        pa_bits
+    } else {
+        most
+    }
+}
+
 /// One set of translation tables.
 #[derive(Debug)]
 pub struct PageTable {
@@ -173,7 +188,8 @@ impl PageTable {
     /// Allocates an empty table for `ia_bits`-bit input addresses.
     ///
     /// Supported sizes are 32..=48 bits: 40 bits and above start at level 0 (four levels),
-    /// below at level 1. Concatenated root tables are not used.
+    /// below at level 1. Concatenated root tables are not used. A stage 2 must also fit
+    /// [`stage2_max_ia_bits`] of the CPUs that walk it, which the caller checks.
     ///
     /// # Errors
     /// [`PtError::BadGeometry`] for other sizes, [`PtError::NoMemory`] without a root page.
@@ -625,6 +641,17 @@ mod tests {
         assert_eq!(PageTable::new(&mut m, Format::Stage2, 32).unwrap().start_level(), 1);
         assert_eq!(PageTable::new(&mut m, Format::Stage2, 31).unwrap_err(), PtError::BadGeometry);
         assert_eq!(PageTable::new(&mut m, Format::Stage2, 49).unwrap_err(), PtError::BadGeometry);
+    }
+
+    #[test]
+    fn a_level_0_stage_2_needs_a_44_bit_pa() {
+        for (pa, most) in [(32, 32), (36, 36), (40, 39), (42, 39), (44, 44), (48, 48), (52, 48)] {
+            assert_eq!(stage2_max_ia_bits(pa), most, "PA {pa} bits");
+            // What fits starts at a level the CPU can walk.
+            let mut m = FakeMemory::new(1);
+            let level = PageTable::new(&mut m, Format::Stage2, most).unwrap().start_level();
+            assert!(level == 1 || pa >= 44, "PA {pa} bits, {most}-bit IPA: level {level}");
+        }
     }
 
     #[test]

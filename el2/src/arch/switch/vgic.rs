@@ -79,7 +79,7 @@ impl IchRegs for Ich {
 }
 
 /// This CPU's `ICH_VTR_EL2`, if it has the GICv3 system-register interface (reported to
-/// [`crate::hyp::Hyp::report_vgic`] when the CPU enters EL2).
+/// [`crate::hyp::Hyp::cpu_entered_el2`] when the CPU enters EL2).
 pub fn ich_vtr() -> Option<u64> {
     features().gicv3.then(|| ICH_VTR_EL2.get())
 }

@@ -1,6 +1,7 @@
 //! CPU-feature guest: reads its ID registers (each read traps to EL2, which answers from the
 //! VM's values) and hands them to the host's test device as (index, value) pairs; checks that
-//! what EL2 does not switch is hidden.
+//! what EL2 does not switch is hidden, and that its cache type and geometry are the ones EL2
+//! makes up from the CPUs' combined `CTR_EL0` (one set of one way), not QEMU's.
 #![no_std]
 #![no_main]
 
@@ -42,6 +43,24 @@ fn main(_dtb: u64) {
         guests::fail(format_args!("hidden features visible: SVE {sve} ZFR0 {zfr0:#x} EL2 {el2} MTE {mte} PAuth {pauth:#x} AArch32 {aarch32:#x}"));
     }
     println!("guest: ok: ID registers: no SVE, EL2, MTE, pointer authentication or AArch32; PARange {}", mmfr0 & 0xF);
+    cache_type();
+}
+
+/// `CTR_EL0`, `CLIDR_EL1`, `CSSELR_EL1` and `CCSIDR_EL1` (all trapped by `HCR_EL2.TID2`): the
+/// last level's data or unified cache has `CTR_EL0`'s smallest data line, one set, one way.
+fn cache_type() {
+    let ctr = mrs!("ctr_el0");
+    let clidr = mrs!("clidr_el1");
+    let loc = (clidr >> 24) & 7;
+    let csselr = loc.saturating_sub(1) << 1;
+    // SAFETY: selecting which cache CCSIDR_EL1 describes has no other effect.
+    unsafe { core::arch::asm!("msr csselr_el1, {}", "isb", in(reg) csselr, options(nostack)) };
+    let (back, ccsidr) = (mrs!("csselr_el1"), mrs!("ccsidr_el1"));
+    let line = (((ctr >> 16) & 0xF) + 2).saturating_sub(4);
+    if ctr >> 31 != 1 || loc == 0 || back != csselr || ccsidr != line {
+        guests::fail(format_args!("cache type: CTR_EL0 {ctr:#x} CLIDR_EL1 {clidr:#x} CSSELR_EL1 {back:#x} CCSIDR_EL1 {ccsidr:#x}"));
+    }
+    println!("guest: ok: cache type from EL2: CTR_EL0 {ctr:#x}, level {loc} is one set of one way");
 }
 
 fn secondary(_: u64) {}
