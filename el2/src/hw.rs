@@ -141,6 +141,9 @@ pub struct GuestConfig {
     pub protected: bool,
     /// `CNTVOFF_EL2` for the run (the VM's); the host runs with 0.
     pub cntvoff: u64,
+    /// Trap the cache type and identification registers (`HCR_EL2.TID2`): the CPUs' `CTR_EL0`
+    /// differ ([`crate::cpu::features::CpuFeatures::ctr_trap`]).
+    pub trap_cache_type: bool,
 }
 
 /// The world switch: moving a vCPU onto this CPU and off it.

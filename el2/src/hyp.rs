@@ -98,8 +98,10 @@ pub struct Hyp<'a, T: TableMemory> {
     /// without the lock. It changes only while the view is open, before any vCPU exists.
     vgic: core::sync::atomic::AtomicU32,
     /// [`CpuFeatures::ctr`] of [`Hyp::cpus`], copied as [`Hyp::vgic`] is: the `CTR_EL0` guests
-    /// read (trapped, `HCR_EL2.TID2`).
+    /// read (trapped, `HCR_EL2.TID2`, where CPUs differ).
     ctr: AtomicU64,
+    /// [`CpuFeatures::ctr_trap`] of [`Hyp::cpus`], copied likewise; it only ever turns on.
+    ctr_trap: AtomicBool,
 }
 
 /// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
@@ -132,7 +134,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let host_reserve = host_s2_reserve(platform.ram, &platform.devices);
         let cpus = CpuFeatures::new(0, boot_cpu);
         let vgic = cpus.vgic().map_or(0, VgicCaps::bits);
-        let ctr = cpus.ctr();
+        let (ctr, ctr_trap) = (cpus.ctr(), cpus.ctr_trap());
         Ok(Self {
             platform,
             hyp_region,
@@ -149,6 +151,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
             vgic: core::sync::atomic::AtomicU32::new(vgic),
             ctr: AtomicU64::new(ctr),
+            ctr_trap: AtomicBool::new(ctr_trap),
         })
     }
 
@@ -171,6 +174,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let r = cpus.report(cpu, id);
         self.vgic.store(cpus.vgic().map_or(0, VgicCaps::bits), Ordering::Release);
         self.ctr.store(cpus.ctr(), Ordering::Release);
+        self.ctr_trap.store(cpus.ctr_trap(), Ordering::Release);
         r
     }
 
@@ -178,6 +182,11 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// changes only while the CPU view is open, before any vCPU exists.
     pub(crate) fn guest_ctr(&self) -> u64 {
         self.ctr.load(Ordering::Acquire)
+    }
+
+    /// Whether guests read the cache type through EL2 ([`CpuFeatures::ctr_trap`]).
+    pub(crate) fn guest_ctr_trapped(&self) -> bool {
+        self.ctr_trap.load(Ordering::Acquire)
     }
 
     /// Fixes the combined CPU view (the first `FINALISE_SETUP` or `VM_CREATE`) and returns a

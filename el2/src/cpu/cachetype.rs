@@ -3,8 +3,8 @@
 //! (`CLIDR_EL1`, `CCSIDR_EL1`, `CCSIDR2_EL1`), fabricated from it.
 //!
 //! Place in the flow: *policy*, plain Rust (unit-tested on the host). Each CPU reports its
-//! `CTR_EL0` when it enters EL2 ([`crate::cpu::features`]); guests read the combined value
-//! through a trap (`HCR_EL2.TID2`, [`crate::guest::sysreg`]).
+//! `CTR_EL0` when it enters EL2 ([`crate::cpu::features`]); where the CPUs' values differ,
+//! guests read the combined value through a trap (`HCR_EL2.TID2`, [`crate::guest::sysreg`]).
 //!
 //! # Why guests read it through EL2
 //! A guest's cache maintenance follows `CTR_EL0`: `DminLine`, `IminLine` and `TminLine` are the
@@ -18,11 +18,15 @@
 //! Linux's arm64 `cpufeature` combines it ([`combine`]), and once the CPU view is fixed a CPU
 //! that does not satisfy it is refused ([`at_least`]).
 //!
-//! Not chosen, though it needs no trap: running VMs only if every CPU's `CTR_EL0` is the same.
-//! Common big.LITTLE pairs differ (a VIPT next to a PIPT instruction cache), which would leave
-//! them without VMs, and a CPU brought up after set-up would be refused for being *stronger*
-//! than the others. The trap costs an exit per guest read of `CTR_EL0` (Linux reads it in its
-//! by-address maintenance routines), none on the host.
+//! The trap is set only where it matters, as KVM does: where every CPU accepted so far has the
+//! same `CTR_EL0`, that value *is* the combined one, and a guest reads it directly on any CPU
+//! it can move to (a later CPU that does not satisfy it is refused; one with another, stronger
+//! value turns the trap on before it runs a vCPU: [`crate::cpu::features::CpuFeatures::ctr_trap`]).
+//! The trap costs an exit per guest read of `CTR_EL0`, which Linux makes in its by-address
+//! maintenance routines and user space in every `__clear_cache`; QEMU's CPUs agree, so the
+//! suite runs untrapped and the trapped path is covered by host tests. Not chosen: running VMs
+//! only if every CPU's `CTR_EL0` is the same, which would leave common big.LITTLE pairs (a VIPT
+//! next to a PIPT instruction cache) without VMs.
 //!
 //! `HCR_EL2.TID2` also traps the cache geometry, which differs between CPUs just as much. As
 //! KVM does, EL2 fabricates it from the combined `CTR_EL0` ([`clidr`], [`ccsidr`]): levels that

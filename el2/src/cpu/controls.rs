@@ -175,9 +175,11 @@ pub struct GuestControls {
 /// Trap configuration for guests, built in this one place. Deny by default:
 /// - every guest gets stage 2;
 /// - ID-register reads trap (`TID3`) and are answered from the VM's own values;
-/// - the cache type and cache identification registers trap (`TID2`): guests read the
-///   `CTR_EL0` every CPU satisfies and a cache hierarchy made from it (`cpu::cachetype`), not
-///   the CPU's they happen to run on;
+/// - the cache type and cache identification registers trap (`TID2`) where the CPUs' `CTR_EL0`
+///   differ (`cfg.trap_cache_type`): guests then read the `CTR_EL0` every CPU satisfies and a
+///   cache hierarchy made from it (`cpu::cachetype`), not the CPU's they happen to run on;
+///   where every CPU has the same, they read it directly, as under KVM (Linux reads it in
+///   every cache maintenance loop, and user space in every `__clear_cache`);
 /// - IRQ/FIQ/SError go to EL2, so the host gets its CPU back;
 /// - SMC, WFI/WFE, IMPLEMENTATION DEFINED registers (`TIDCP`) and ACTLR (`TACR`) trap;
 /// - data-cache maintenance by set/way traps (`TSW`): it acts on one CPU's caches, which a
@@ -199,7 +201,10 @@ pub struct GuestControls {
 /// Everything trapped that EL2 does not emulate becomes an UNDEF in the guest.
 pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, protected: bool) -> GuestControls {
     use hcr::*;
-    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSW | TID2 | TID3 | TSC | TIDCP | TACR | RW;
+    let mut hcr = VM | SWIO | FMO | IMO | AMO | TWI | TWE | TSW | TID3 | TSC | TIDCP | TACR | RW;
+    if cfg.trap_cache_type {
+        hcr |= TID2;
+    }
     if f.lor {
         hcr |= TLOR;
     }
@@ -276,7 +281,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> GuestConfig {
-        GuestConfig { vttbr: 0, start_level: 1, ipa_bits: 36, vmpidr: 0, host_pmu: false, pauth_now: false, mte: false, fwb: false, protected: false, cntvoff: 0 }
+        GuestConfig { vttbr: 0, start_level: 1, ipa_bits: 36, vmpidr: 0, host_pmu: false, pauth_now: false, mte: false, fwb: false, protected: false, cntvoff: 0, trap_cache_type: false }
     }
 
     #[test]
@@ -368,9 +373,10 @@ mod tests {
     }
 
     #[test]
-    fn guests_read_the_cache_identification_registers_through_el2() {
+    fn guests_read_the_cache_identification_registers_through_el2_where_cpus_differ() {
         for f in [ALL, ControlFeatures::default()] {
-            assert_ne!(guest_controls(&f, 0, &cfg(), false).hcr & hcr::TID2, 0);
+            assert_ne!(guest_controls(&f, 0, &GuestConfig { trap_cache_type: true, ..cfg() }, false).hcr & hcr::TID2, 0);
+            assert_eq!(guest_controls(&f, 0, &GuestConfig { trap_cache_type: false, ..cfg() }, false).hcr & hcr::TID2, 0, "same CTR_EL0 everywhere: read directly");
         }
     }
 

@@ -87,6 +87,8 @@ pub struct CpuFeatures {
     view: [u64; NR_IDREGS],
     /// `CTR_EL0` combined over every reported CPU ([`cachetype::combine`]): what guests read.
     ctr: u64,
+    /// Every CPU accepted so far has this same `CTR_EL0`: guests may read it untrapped.
+    ctr_uniform: bool,
     /// The virtual GIC CPU interface every reported CPU has: the smallest of each size, `None`
     /// if some CPU has none.
     vgic: Option<VgicCaps>,
@@ -103,7 +105,7 @@ impl CpuFeatures {
     pub fn new(cpu: usize, boot: CpuId) -> Self {
         let mut reported = [None; MAX_CPUS];
         reported[cpu % MAX_CPUS] = Some(boot);
-        Self { reported, view: boot.regs, ctr: cachetype::sanitise(boot.ctr), vgic: boot.vgic(), identical: true, boot, fixed: false }
+        Self { reported, view: boot.regs, ctr: cachetype::sanitise(boot.ctr), ctr_uniform: true, vgic: boot.vgic(), identical: true, boot, fixed: false }
     }
 
     /// CPU `cpu` has entered EL2 with `id`. Open view: it joins. Fixed view: it must be at
@@ -115,16 +117,22 @@ impl CpuFeatures {
     pub fn report(&mut self, cpu: usize, id: CpuId) -> Result<(), Weaker> {
         self.reported[cpu % MAX_CPUS] = Some(id);
         if self.fixed {
-            return self.check(&id);
+            self.check(&id)?;
+            // Accepted, but with another cache type (a stronger one): from now on guests read
+            // the combined value through the trap, wherever they run.
+            self.ctr_uniform &= cachetype::sanitise(id.ctr) == self.ctr;
+            return Ok(());
         }
         let mut cpus = self.reported.iter().flatten();
         let first = *cpus.next().unwrap_or(&id);
         self.view = first.regs;
         self.ctr = cachetype::sanitise(first.ctr);
+        self.ctr_uniform = true;
         self.vgic = first.vgic();
         self.identical = true;
         for c in cpus {
             idreg::combine(&mut self.view, &c.regs);
+            self.ctr_uniform &= cachetype::sanitise(c.ctr) == cachetype::sanitise(first.ctr);
             self.ctr = cachetype::combine(self.ctr, c.ctr);
             self.vgic = self.vgic.zip(c.vgic()).map(|(a, b)| a.min(b));
             self.identical &= c.same_implementation(&first);
@@ -186,6 +194,15 @@ impl CpuFeatures {
     /// The combined `CTR_EL0`, which guests read: every CPU satisfies it.
     pub fn ctr(&self) -> u64 {
         self.ctr
+    }
+
+    /// Whether guests must read the cache type through EL2 (`HCR_EL2.TID2`): some accepted CPU
+    /// has a `CTR_EL0` other than the rest. Where every CPU has the same, a guest's direct
+    /// read is the combined value, on every CPU it can move to (a later CPU with a weaker
+    /// one is refused; one with another, stronger one turns the trap on before it runs a
+    /// vCPU), so no trap is needed, as under KVM.
+    pub fn ctr_trap(&self) -> bool {
+        !self.ctr_uniform
     }
 
     /// The virtual GIC CPU interface vCPUs may use: every CPU has at least these list
@@ -401,11 +418,15 @@ mod tests {
     #[test]
     fn guests_read_a_cache_type_every_cpu_satisfies() {
         let no_dic = CpuId { ctr: CTR & !cachetype::DIC, ..big() };
-        // Open: a CPU without DIC takes it out of what guests read.
+        // Open: a CPU without DIC takes it out of what guests read, who now must read it
+        // through EL2 (directly they would read DIC on the other CPU).
         let mut f = CpuFeatures::new(0, big());
-        assert_eq!(f.ctr(), CTR);
+        f.report(1, big()).unwrap();
+        assert_eq!((f.ctr(), f.ctr_trap()), (CTR, false), "CPUs agree: read directly");
         f.report(1, no_dic).unwrap();
-        assert_eq!(f.ctr(), CTR & !cachetype::DIC);
+        assert_eq!((f.ctr(), f.ctr_trap()), (CTR & !cachetype::DIC, true));
+        f.report(1, big()).unwrap();
+        assert!(!f.ctr_trap(), "open: the view is made again from the reports");
         assert!(f.identical(), "same MIDR and ID registers");
         // Fixed with DIC: a late CPU without it is refused (a guest that skipped the
         // instruction-cache invalidation would run stale instructions there).
@@ -415,10 +436,14 @@ mod tests {
         assert_eq!(f.ctr(), CTR, "a refused CPU does not change what guests read");
         assert!(f.cpu_on_check(1).is_err());
         assert_eq!(f.report(2, CpuId { ctr: CTR & !(0xF << 16) | 3 << 16, ..big() }), Err(Weaker::Field { reg: "CTR_EL0", field: "DminLine" }));
-        // Fixed without DIC: a CPU with it is fine (guests do not rely on it).
+        assert!(!f.ctr_trap(), "refused CPUs never run vCPUs");
+        // Fixed without DIC: a CPU with it is fine (guests do not rely on it), but from then on
+        // guests read the combined value through EL2, there too.
         let mut f = CpuFeatures::new(0, no_dic);
         f.fix();
+        assert!(!f.ctr_trap());
         assert_eq!(f.report(1, big()), Ok(()));
+        assert!(f.ctr_trap());
         // RES0 bits of a CPU's CTR_EL0 never reach a guest.
         let f = CpuFeatures::new(0, CpuId { ctr: CTR | 1 << 30 | 1 << 63, ..big() });
         assert_eq!(f.ctr(), CTR);

@@ -52,6 +52,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
             fwb: vm.fwb,
             protected: vm.protected,
             cntvoff: vm.cntvoff,
+            trap_cache_type: hyp.guest_ctr_trapped(),
         };
         // Read once, here: the TLB record below must count only runs that enter the guest.
         let on = match slot.power.load(Ordering::Acquire) {
