@@ -837,6 +837,8 @@ mod properties {
         SetIrq { vm: usize, vintid: u64, config: u64 },
         IrqState { vm: usize },
         Stats { vm: usize },
+        /// The host touches RAM page `page` (a stage-2 fault: mapped if it may, e.g. shared).
+        HostTouch { page: usize },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -850,7 +852,8 @@ mod properties {
                 ipa: 0x4000_0000 + ipa * 0x1_0000,
                 pages
             }),
-            (0usize..6, proptest::collection::vec((0u8..9, 0u64..0x10_0000), 1..6)).prop_map(|(vm, exits)| Op::Run { vm, exits }),
+            (0usize..6, proptest::collection::vec((prop_oneof![0u8..9, 9u8..12], 0u64..0x10_0000), 1..6)).prop_map(|(vm, exits)| Op::Run { vm, exits }),
+            (0usize..1024).prop_map(|page| Op::HostTouch { page }),
             (
                 0usize..6,
                 prop_oneof![Just(reg::PC), Just(reg::x(1)), Just(0u64), Just(reg::CNTVOFF_EL2), Just(reg::CNTP_CTL_EL0), Just(reg::CNTP_CVAL_EL0)],
@@ -872,6 +875,22 @@ mod properties {
             (0usize..6).prop_map(|vm| Op::IrqState { vm }),
             (0usize..6).prop_map(|vm| Op::Stats { vm }),
         ]
+    }
+
+    /// The guest's `x0..=x3` for exit `kind` at `addr`: for 9, 10, 11 a `MEM_SHARE`,
+    /// `MEM_UNSHARE` or `MMIO_GUARD` call (an HVC exit) of a granule in or around the RAM the
+    /// `Add`s give (or, for the guard, MMIO, unaligned now and then); zeros otherwise.
+    fn call(kind: u8, addr: u64) -> [u64; 4] {
+        use shared_abi::guest as abi;
+        // Mostly inside the first 512 KiB, where the `Add`s put regions; now and then unaligned.
+        let ipa = 0x4000_0000 + (addr & 0x7_F000) + (addr & 0x8_0000) * 8 + (addr & 1 & (addr >> 1)) * 0x10;
+        match kind {
+            9 => [abi::MEM_SHARE as u64, ipa, 0, 0],
+            10 => [abi::MEM_UNSHARE as u64, ipa, 0, 0],
+            11 if addr & 2 != 0 => [abi::MMIO_GUARD as u64, 0x0900_0000 + (addr & 0xF000), 0, 0],
+            11 => [abi::MMIO_GUARD as u64, ipa, 0, 0],
+            _ => [0; 4],
+        }
     }
 
     fn trap(kind: u8, addr: u64) -> GuestTrap {
@@ -896,6 +915,8 @@ mod properties {
             }
             // Set/way cache maintenance (DC CISW).
             7 => GuestTrap { kind: TrapKind::Sync, esr: sysreg(1, 0, 7, 14, 2, 0, false), far: 0, hpfar: 0 },
+            // A pKVM guest memory call ([`call`]).
+            9..=11 => GuestTrap { kind: TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 },
             // A physical interrupt.
             _ => GuestTrap { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 },
         }
@@ -911,14 +932,22 @@ mod properties {
         match op {
             Op::Create(flags) => {
                 let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: *flags, reserved: [0; 2] };
-                f.ram.0[..32].copy_from_slice(req.as_bytes());
+                // Into the message page the test registered (RAM page 990).
+                f.ram.0[990 * 4096..990 * 4096 + 32].copy_from_slice(req.as_bytes());
                 let r = f.call(0, H::VmCreate, &[]);
                 if let Ok([handle, _, _]) = r {
                     handles.push(handle);
                 }
                 r
             }
-            Op::Destroy(i) => f.call(0, H::VmDestroy, &[h(*i)]),
+            Op::Destroy(i) => {
+                let handle = h(*i);
+                let r = f.call(0, H::VmDestroy, &[handle]);
+                if r.is_ok() {
+                    handles.retain(|&x| x != handle);
+                }
+                r
+            }
             Op::Add { vm, page, ipa, pages } => {
                 let pa = if *page < 1024 { f.page(*page) } else { f.page(0) - 4096 * (*page as u64 - 1023) };
                 f.call(0, H::VmAddMemory, &[h(*vm), pa, *ipa, *pages])
@@ -929,12 +958,17 @@ mod properties {
                 let mut script: Vec<GuestTrap> = exits.iter().map(|&(k, a)| trap(k, a)).collect();
                 script.push(trap(3, 0));
                 *rec.exits.borrow_mut() = script;
+                *rec.calls.borrow_mut() = exits.iter().map(|&(k, a)| call(k, a)).chain([[0; 4]]).collect();
                 f.call_with(&rec, 0, H::VcpuRun, &[h(*vm), 0, 0])
             }
             Op::SetReg { vm, id, value } => f.call(0, H::VcpuSetReg, &[h(*vm), 0, *id, *value, 0]),
             Op::SetIrq { vm, vintid, config } => f.call(0, H::VcpuSetIrq, &[h(*vm), 0, *vintid, *config]),
             Op::IrqState { vm } => f.call(0, H::VcpuIrqState, &[h(*vm), 0]),
             Op::Stats { vm } => f.call(0, H::VcpuStats, &[h(*vm), 0]),
+            Op::HostTouch { page } => {
+                crate::host::trap::host_s2_fault(&f.hyp, f.page(*page), &Recorder::default());
+                Ok([0; 3])
+            }
         }
     }
 
@@ -972,6 +1006,126 @@ mod properties {
             prop_assert!(r.is_ok(), "after destroying every VM: {:?}", r);
             prop_assert_eq!(mem.own().census().2, 0, "guest-owned pages left after destroying every VM");
             prop_assert_eq!(mem.vms.count(), 0);
+        }
+    }
+
+    /// One guest memory call or access, for [`guest_memory_calls_follow_a_model`].
+    #[derive(Clone, Debug)]
+    enum GuestOp {
+        /// `MEM_SHARE` (0), `MEM_UNSHARE` (1) or `MMIO_GUARD` (2) of granule `page` (16 and up:
+        /// past the VM's RAM), unaligned if `skew`.
+        Call { vm: usize, call: u8, page: u64, skew: bool },
+        /// The host touches the backing page of the VM's granule `page`.
+        HostTouch { vm: usize, page: u64 },
+        /// The guest reads its granule `page` (a first touch maps it; past RAM: MMIO).
+        GuestTouch { vm: usize, page: u64 },
+    }
+
+    fn guest_op() -> impl Strategy<Value = GuestOp> {
+        prop_oneof![
+            (0usize..2, 0u8..3, 0u64..20, proptest::bool::weighted(0.1)).prop_map(|(vm, call, page, skew)| GuestOp::Call { vm, call, page, skew }),
+            (0usize..2, 0u64..16).prop_map(|(vm, page)| GuestOp::HostTouch { vm, page }),
+            (0usize..2, 0u64..20).prop_map(|(vm, page)| GuestOp::GuestTouch { vm, page }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Two protected VMs (one with MTE) of 16 pages at IPA 0x4000_0000 make random
+        /// `MEM_SHARE`, `MEM_UNSHARE` and `MMIO_GUARD` calls while the host and the guests touch
+        /// their pages: every answer is what a model of the shared set says, the host may map
+        /// exactly the shared pages, every invariant holds after each step, and destroy leaves
+        /// nothing behind.
+        #[test]
+        fn guest_memory_calls_follow_a_model(ops in proptest::collection::vec(guest_op(), 1..300)) {
+            use crate::mem::owner::{Component, PageState};
+            use crate::mem::protect::HostFault;
+            use shared_abi::guest as abi;
+            use shared_abi::msg::exit;
+            const IPA: u64 = 0x4000_0000;
+            let mut f = fixture();
+            f.call(0, H::SetMessagePage, &[0, f.page(990)]).unwrap();
+            let layout = Layout { pool: None, fixmap: None };
+            let mut vms = Vec::new();
+            for (flags, first) in [(vm_flags::PROTECTED, 8usize), (vm_flags::PROTECTED | vm_flags::MTE, 40)] {
+                let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] };
+                f.ram.0[990 * 4096..990 * 4096 + 32].copy_from_slice(req.as_bytes());
+                let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
+                f.call(0, H::VmAddMemory, &[h, f.page(first), IPA, 16]).unwrap();
+                vms.push((h, first));
+            }
+            let mut shared = [[false; 16]; 2];
+            // Per VM: the guard is on, and which granules past RAM (16..20) it declared.
+            let mut guarded = [(false, [false; 20]); 2];
+            let wfi = GuestTrap { kind: TrapKind::Sync, esr: (0x01 << 26) | (1 << 25), far: 0, hpfar: 0 };
+            for op in &ops {
+                match *op {
+                    GuestOp::Call { vm, call, page, skew } => {
+                        let (h, _) = vms[vm];
+                        let ipa = IPA + page * 4096 + if skew { 8 } else { 0 };
+                        let id = [abi::MEM_SHARE, abi::MEM_UNSHARE, abi::MMIO_GUARD][call as usize];
+                        let rec = Recorder::default();
+                        *rec.exits.borrow_mut() = vec![GuestTrap { kind: TrapKind::Sync, esr: (0x16 << 26) | (1 << 25), far: 0, hpfar: 0 }, wfi];
+                        *rec.calls.borrow_mut() = vec![[id as u64, ipa, 0, 0]];
+                        let mut reasons = vec![f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap()[0]];
+                        if reasons[0] != exit::WFX as u64 {
+                            reasons.push(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap()[0]);
+                        }
+                        let slot = f.hyp.mem.lock().vms.lookup(h).unwrap().0;
+                        let answer = f.hyp.vcpus[slot][0].claim().unwrap().x[0];
+                        let p = page as usize;
+                        let (want, exit) = match call {
+                            0 if !skew && p < 16 && !shared[vm][p] => { shared[vm][p] = true; (abi::SUCCESS, Some(exit::MEM_SHARE)) }
+                            1 if !skew && p < 16 && shared[vm][p] => { shared[vm][p] = false; (abi::SUCCESS, Some(exit::MEM_UNSHARE)) }
+                            2 if !skew && p >= 16 => { guarded[vm].0 = true; guarded[vm].1[p] = true; (abi::SUCCESS, None) }
+                            _ => (abi::INVALID_PARAMETER, None),
+                        };
+                        prop_assert_eq!(answer, want, "{:?}", op);
+                        let want_reasons: Vec<u64> = exit.into_iter().map(u64::from).chain([exit::WFX as u64]).collect();
+                        prop_assert_eq!(reasons, want_reasons, "{:?}", op);
+                    }
+                    GuestOp::HostTouch { vm, page } => {
+                        let pa = f.page(vms[vm].1 + page as usize);
+                        let r = crate::host::trap::host_s2_fault(&f.hyp, pa, &Recorder::default());
+                        let want = if shared[vm][page as usize] { HostFault::Retry } else { HostFault::Inject };
+                        prop_assert_eq!(r, want, "{:?}", op);
+                    }
+                    GuestOp::GuestTouch { vm, page } => {
+                        let (h, _) = vms[vm];
+                        let ipa = IPA + page * 4096;
+                        let rec = Recorder::default();
+                        // A 4-byte load with a valid syndrome (x1), then a WFI.
+                        let load = GuestTrap { kind: TrapKind::Sync, esr: (0x24 << 26) | (1 << 25) | (1 << 24) | (2 << 22) | (1 << 16) | 0b000111, far: ipa, hpfar: ipa >> 8 };
+                        *rec.exits.borrow_mut() = vec![load, wfi];
+                        let r = f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap()[0];
+                        // RAM maps and resumes; MMIO exits unless the guard is on (then an abort
+                        // is injected and the guest runs on to its WFI).
+                        let (on, declared) = guarded[vm];
+                        let want = if page < 16 || (on && !declared[page as usize]) { exit::WFX } else { exit::MMIO };
+                        prop_assert_eq!(r, want as u64, "{:?}", op);
+                        if r == exit::MMIO as u64 {
+                            f.call_with(&Recorder { exits: std::cell::RefCell::new(vec![wfi]), ..Recorder::default() }, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+                        }
+                    }
+                }
+                let mem = f.hyp.mem.lock();
+                let r = check(&f.hyp, &mem, &layout);
+                prop_assert!(r.is_ok(), "after {:?}: {:?}", op, r);
+                for (vm, &(_, first)) in vms.iter().enumerate() {
+                    for p in 0..16 {
+                        let state = mem.own().state(PhysAddr(f.page(first + p)), Component::Host);
+                        let want = if shared[vm][p] { PageState::SharedBorrowed } else { PageState::NoAccess };
+                        prop_assert_eq!(state, Some(want), "VM {} page {} after {:?}", vm, p, op);
+                    }
+                }
+            }
+            for (h, _) in vms {
+                f.call(0, H::VmDestroy, &[h]).unwrap();
+            }
+            let mem = f.hyp.mem.lock();
+            prop_assert!(check(&f.hyp, &mem, &layout).is_ok());
+            prop_assert_eq!(mem.own().census().2, 0);
         }
     }
 }

@@ -316,7 +316,19 @@ impl<T: TableMemory> MemState<'_, T> {
     /// [`Refused`]: not aligned, not the guest's RAM, or not owned and unshared.
     pub fn guest_share_host(&mut self, handle: u64, ipa: u64) -> Result<(), Refused> {
         let (page, me) = self.protected_guest_page(handle, ipa)?;
-        self.own.share(page, me, Component::Host).map_err(|_| Refused::WrongState)
+        let clean = self.own.entry(page.start).is_some_and(|e| e.tags_clean());
+        self.own.share(page, me, Component::Host).map_err(|_| Refused::WrongState)?;
+        self.keep_tags_clean(page.start, clean);
+        Ok(())
+    }
+
+    /// A guest's share or unshare changes no owner and leaves the guest's mapping: the tags
+    /// EL2 cleared when it first mapped the page are still the only ones that page had before
+    /// the guest used it, so its *tags clean* mark (which the transition dropped) stays.
+    fn keep_tags_clean(&mut self, pa: PhysAddr, clean: bool) {
+        if clean {
+            self.own.mark_tags_clean(pa);
+        }
     }
 
     /// **Guest unshare from host** (`MEM_UNSHARE`): the granule at `ipa` that protected VM
@@ -327,7 +339,9 @@ impl<T: TableMemory> MemState<'_, T> {
     /// [`Refused`]: not aligned, not the guest's RAM, or not shared with the host.
     pub fn guest_unshare_host(&mut self, handle: u64, ipa: u64, tlb: &impl Tlb) -> Result<(), Refused> {
         let (page, me) = self.protected_guest_page(handle, ipa)?;
+        let clean = self.own.entry(page.start).is_some_and(|e| e.tags_clean());
         self.own.unshare(page, me, Component::Host).map_err(|_| Refused::WrongState)?;
+        self.keep_tags_clean(page.start, clean);
         // The host maps a page it borrows page by page (`host_fault_mapping`), never in a
         // block, so this removes exactly that page.
         if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, page.start.0, PAGE_SIZE) {
