@@ -449,9 +449,12 @@ pub fn mte(plat: &Platform) {
     ok!("the host's RGSR_EL1, GCR_EL1, TFSR_EL1 and TFSRE0_EL1 intact");
 }
 
-/// A hostile guest and a well-behaved one, run exit by exit in turn.
+/// A hostile guest and a well-behaved one, run exit by exit in turn. The hostile one is a
+/// protected VM with `hostile-protected=1` (then its pKVM memory calls are served, and its MMIO
+/// guard is on).
 pub fn hostile_guests(plat: &Platform) {
-    let a = start_with(plat, 1, 0);
+    let hostile_flags = if plat.arg("hostile-protected") == Some("1") { vm_flags::PROTECTED } else { 0 };
+    let a = start_with(plat, 1, hostile_flags);
     let b = start_with(plat, 1, vm_flags::PROTECTED);
     let (mut da, mut db) = (MteMode(1), MteMode(2));
     let (mut sa, mut sb) = (Stepper::new(), Stepper::new());

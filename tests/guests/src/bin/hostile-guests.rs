@@ -1,5 +1,7 @@
 //! Hostile guest (mode 1 from the test device): random IPAs read and written, HVC/SMC with
-//! random function IDs, random system-register reads and EL2/EL3 register writes (generated
+//! random function IDs and random pKVM guest memory calls (`MEM_SHARE`, `MEM_UNSHARE`,
+//! `MMIO_GUARD`, `HYP_MEMINFO` on its own pages, MMIO and wild addresses; in a protected VM the
+//! guard is on from the start, its console and test device declared), random system-register reads and EL2/EL3 register writes (generated
 //! instructions), pointer-authentication and MTE instructions the VM does not have, WFI storms.
 //! Every exception it takes is recorded and skipped. Mode 2 is the well-behaved neighbour: it
 //! checks its own memory and registers across thousands of exits.
@@ -49,10 +51,19 @@ fn run_insn(insn: u32) {
     }
 }
 
+/// The pKVM guest memory calls ([`hostile`] makes them with random arguments).
+const MEMORY_CALLS: [u64; 4] = [0xC600_0002, 0xC600_0003, 0xC600_0004, 0xC600_0007];
+
 fn hostile() {
     let mut rng = Rng(0x5EED_1234);
+    // Protected VMs: the MMIO guard on, with the console and the test device declared (a VM
+    // that is not protected is answered NOT_SUPPORTED and keeps exiting for every MMIO access).
+    for page in [guests::UART, guests::TESTDEV] {
+        smccc::hvc64(0xC600_0007, [page, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
     let forbidden = [0x8400_0002u64, 0x8400_0008, 0x8400_0009, 0xC400_0003, 0x8400_0003]; // CPU_OFF, SYSTEM_OFF/RESET, CPU_ON
     let mut wfis = 0;
+    let mut memory_done = 0;
     for _ in 0..ACTIONS {
         let r = rng.next();
         match r % 8 {
@@ -89,18 +100,38 @@ fn hostile() {
             }
             // HVC and SMC with random function IDs (not the ones that stop this vCPU).
             2 | 3 => {
-                let mut id = if (r >> 8).is_multiple_of(4) { 0x8400_0000 | ((r >> 16) % 0x20) } else { rng.next() };
+                let mut id = match (r >> 8) % 4 {
+                    0 => 0x8400_0000 | ((r >> 16) % 0x20),
+                    1 => MEMORY_CALLS[((r >> 16) % 4) as usize],
+                    _ => rng.next(),
+                };
                 if forbidden.contains(&(id & 0xFFFF_FFFF)) || forbidden.contains(&id) {
                     id = 0xC600_0000;
                 }
-                let args = [rng.next(), rng.next(), rng.next()];
+                let mut args = [rng.next(), rng.next(), rng.next()];
+                if MEMORY_CALLS.contains(&id) {
+                    // A granule of its own RAM, of MMIO space, or anything; x2, x3 mostly 0.
+                    args[0] = match (r >> 20) % 4 {
+                        0 | 1 => (RAM.0 + args[0] % (RAM.1 - RAM.0)) & !0xFFF,
+                        2 => args[0] % RAM.0 & !0xFFF,
+                        _ => args[0],
+                    };
+                    if (r >> 24) % 8 != 0 {
+                        args[1] = 0;
+                        args[2] = 0;
+                    }
+                }
+                let answer: u64;
                 // SAFETY: an SMCCC call; EL2 answers or exits to the host, x0..x3 change.
                 unsafe {
                     if r % 8 == 2 {
-                        core::arch::asm!("hvc #0", inout("x0") id => _, inout("x1") args[0] => _, inout("x2") args[1] => _, inout("x3") args[2] => _, options(nostack));
+                        core::arch::asm!("hvc #0", inout("x0") id => answer, inout("x1") args[0] => _, inout("x2") args[1] => _, inout("x3") args[2] => _, options(nostack));
                     } else {
-                        core::arch::asm!("smc #0", inout("x0") id => _, inout("x1") args[0] => _, inout("x2") args[1] => _, inout("x3") args[2] => _, options(nostack));
+                        core::arch::asm!("smc #0", inout("x0") id => answer, inout("x1") args[0] => _, inout("x2") args[1] => _, inout("x3") args[2] => _, options(nostack));
                     }
+                }
+                if MEMORY_CALLS[1..].contains(&id) && answer == 0 {
+                    memory_done += 1;
                 }
             }
             // MRS of random registers, including EL2 and EL3 ones and IMPLEMENTATION DEFINED.
@@ -132,7 +163,7 @@ fn hostile() {
             }
         }
     }
-    println!("guest: hostile guest survived {ACTIONS} actions: {} exceptions taken and skipped, {wfis} WFIs", EXCEPTIONS.load(Ordering::Relaxed));
+    println!("guest: hostile guest survived {ACTIONS} actions: {} exceptions taken and skipped, {wfis} WFIs, {memory_done} memory calls done", EXCEPTIONS.load(Ordering::Relaxed));
 }
 
 static mut BUF: [u64; 512] = [0; 512];
