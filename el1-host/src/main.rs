@@ -15,6 +15,7 @@ extern crate host_kernel;
 mod scenarios;
 // After `scenarios`, whose ok! and expect_err! macros they use.
 mod bench;
+mod guest_abi;
 mod hostile;
 mod probe;
 mod registry;

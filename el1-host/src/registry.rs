@@ -5,7 +5,7 @@
 
 use crate::platform::Platform;
 use crate::scenarios::{setup, smp};
-use crate::{bench, hostile, sched_scenarios as sched, storm, vm_scenarios as vm};
+use crate::{bench, guest_abi, hostile, sched_scenarios as sched, storm, vm_scenarios as vm};
 
 /// A host scenario.
 pub struct Scenario {
@@ -72,6 +72,7 @@ pub const SCENARIOS: &[Scenario] = &[
     tested("vm-preempt", |p| with_vms(p, sched::preempt)),
     tested("vm-preempt-spin-wait", |p| with_vms(p, sched::spin_wait)),
     tested("vm-vgic", |p| with_vms(p, vm::vgic)),
+    tested("vm-pkvm-guest-abi", |p| with_vms(p, guest_abi::guest_abi)),
 ];
 
 /// Every CPU up and the VMM's set-up done, then `run`.

@@ -65,7 +65,7 @@ fn run_to_off(plat: &Platform, vm: &Vm, dev: &mut dyn TestDevice) {
     check!(r == Ok(Outcome::Off), "VM {:#x} ended with {r:?}, expected SYSTEM_OFF", vm.handle);
 }
 
-fn destroy(vm: &Vm) {
+pub(crate) fn destroy(vm: &Vm) {
     let r = vmm::destroy(vm);
     check!(r.is_ok(), "VM_DESTROY {:#x}: {r:?}", vm.handle);
 }
