@@ -28,8 +28,14 @@ pub trait Tlb {
     /// Entries removed from the host stage 2: `DSB ISHST`, then every stage-1 and stage-2
     /// entry of the host's VMID invalidated on all CPUs (`TLBI VMALLS12E1IS`), `DSB ISH`, so
     /// no CPU keeps a stale translation. (A by-IPA invalidation would be cheaper; the whole
-    /// VMID is the simple, always-correct choice for the rare donation.)
+    /// VMID is the simple, always-correct choice for the rare donation.) Only with the host's
+    /// VMID loaded, in a host call; in a guest's run, [`Self::host_s2_unmapped_from_guest`].
     fn host_s2_unmapped(&self);
+    /// [`Self::host_s2_unmapped`] while a guest's stage 2 is loaded (a guest's `MEM_UNSHARE`,
+    /// served in its run). `TLBI VMALLS12E1IS` acts on the VMID in `VTTBR_EL2`, the guest's
+    /// there: the host's, `host_vttbr`, is borrowed for it, as [`Self::flush_guest_tlb`]
+    /// borrows a guest's from the host.
+    fn host_s2_unmapped_from_guest(&self, host_vttbr: u64);
     /// New valid entries in a guest stage 2: `DSB ISHST` (the entry to the guest synchronises).
     fn guest_s2_mapped(&self);
     /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.

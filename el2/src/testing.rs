@@ -43,6 +43,13 @@ pub(crate) struct Recorder {
     pub vbar: u64,
     /// The last exception injected into the host: `ESR_EL1`, `FAR_EL1`, `ELR_EL1`, `SPSR_EL1`.
     pub el1_exceptions: RefCell<Vec<u64>>,
+    /// A guest's stage 2 (and VMID) is loaded: between `load` and `put`. A TLB invalidation
+    /// of "the current VMID" then hits the guest's, as on the hardware, so
+    /// `host_s2_unmapped` refuses it.
+    pub guest_loaded: Cell<bool>,
+    /// The `VTTBR_EL2` values borrowed for the host's invalidations in a guest's run
+    /// (`host_s2_unmapped_from_guest`).
+    pub host_vttbrs: RefCell<Vec<u64>>,
 }
 
 impl Recorder {
@@ -55,9 +62,11 @@ impl WorldSwitch for Recorder {
     type Saved = ();
     fn load(&self, _: &VcpuCtx, _: &GuestConfig) {
         self.note("load");
+        self.guest_loaded.set(true);
     }
     fn put(&self, _: &mut VcpuCtx, _: ()) {
         self.note("put");
+        self.guest_loaded.set(false);
     }
     fn el1_to_ctx(&self, _: &mut VcpuCtx) {}
     fn pauth_load(&self, _: &VcpuCtx, _: &mut ()) -> bool {
@@ -99,6 +108,14 @@ impl Tlb for Recorder {
         self.note("host_s2_mapped");
     }
     fn host_s2_unmapped(&self) {
+        // With a guest loaded, TLBI VMALLS12E1IS would invalidate the guest's VMID and leave
+        // the host's entries: an EL2 bug in any test that gets here.
+        assert!(!self.guest_loaded.get(), "host_s2_unmapped with a guest's VMID loaded: the host's TLB entries would stay");
+        self.note("host_s2_unmapped");
+    }
+    fn host_s2_unmapped_from_guest(&self, host_vttbr: u64) {
+        assert!(self.guest_loaded.get(), "host_s2_unmapped_from_guest outside a guest's run");
+        self.host_vttbrs.borrow_mut().push(host_vttbr);
         self.note("host_s2_unmapped");
     }
     fn guest_s2_mapped(&self) {

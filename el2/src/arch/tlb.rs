@@ -30,22 +30,18 @@ impl Tlb for Cpu {
         isb();
     }
 
+    fn host_s2_unmapped_from_guest(&self, host_vttbr: u64) {
+        // A guest's VMID is loaded: the TLBI would miss the host's entries.
+        invalidate_vmid(host_vttbr);
+    }
+
     fn guest_s2_mapped(&self) {
         // Visible to the walkers before the guest retries; entering the guest synchronises.
         dsb_ishst();
     }
 
     fn flush_guest_tlb(&self, vttbr: u64) {
-        // TLBI VMALLS12E1IS acts on the VMID in VTTBR_EL2: borrow it for the guest's VMID.
-        let host = VTTBR_EL2.get();
-        dsb_ishst();
-        VTTBR_EL2.set(vttbr);
-        isb();
-        // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
-        unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
-        dsb_ish();
-        VTTBR_EL2.set(host);
-        isb();
+        invalidate_vmid(vttbr);
     }
 
     fn flush_guest_local(&self) {
@@ -62,4 +58,21 @@ impl Tlb for Cpu {
         // guest synchronises too; this keeps the order independent of the caller).
         isb();
     }
+}
+
+/// Invalidates every stage 1+2 entry of the VMID in `vttbr` on all CPUs, whichever VMID is
+/// loaded: `TLBI VMALLS12E1IS` acts on the VMID in `VTTBR_EL2`, so it is borrowed for `vttbr`'s
+/// and given back. Entry removals complete before, and the invalidation on every CPU after.
+fn invalidate_vmid(vttbr: u64) {
+    let loaded = VTTBR_EL2.get();
+    dsb_ishst();
+    VTTBR_EL2.set(vttbr);
+    // The TLBI uses the borrowed VMID.
+    isb();
+    // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
+    unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
+    dsb_ish();
+    VTTBR_EL2.set(loaded);
+    // Later stage-2 walks (and the ERET to whoever runs next) use the loaded VMID again.
+    isb();
 }

@@ -181,8 +181,11 @@ mod tests {
             let (reasons, answers, rec) = run_calls(&f, h, &[call(abi::MEM_UNSHARE, IPA + 0x1000)]);
             assert_eq!((reasons.as_slice(), answers[0]), (&[exit::MEM_UNSHARE, exit::WFX][..], abi::SUCCESS));
             let log = rec.log.borrow().clone();
-            let unmapped = log.iter().position(|&e| e == "host_s2_unmapped").expect("a TLB invalidation");
+            let unmapped = log.iter().position(|&e| e == "host_s2_unmapped").expect("a TLB invalidation of the host's VMID");
             assert!(unmapped < log.iter().rposition(|&e| e == "run").unwrap(), "before the guest's next entry: {log:?}");
+            // Served in the guest's run: the host's VTTBR_EL2 (its stage 2, VMID 0) is borrowed
+            // for the invalidation, which would otherwise hit the guest's loaded VMID.
+            assert_eq!(*rec.host_vttbrs.borrow(), [f.hyp.mem.lock().host_s2().root().0]);
             assert_eq!(own(&f), Some((Component::Guest(0), None)));
             let mem = f.hyp.mem.lock();
             assert!(mem.host_s2().lookup(mem.tables(), pa.0).is_none());

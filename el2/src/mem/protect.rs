@@ -333,7 +333,8 @@ impl<T: TableMemory> MemState<'_, T> {
 
     /// **Guest unshare from host** (`MEM_UNSHARE`): the granule at `ipa` that protected VM
     /// `handle` shared is the guest's alone again. The host's mapping of it is gone, on every
-    /// CPU, before this returns (and so before the guest runs on).
+    /// CPU, before this returns (and so before the guest runs on). Called in the guest's run,
+    /// with its stage 2 (and VMID) loaded.
     ///
     /// # Errors
     /// [`Refused`]: not aligned, not the guest's RAM, or not shared with the host.
@@ -343,9 +344,10 @@ impl<T: TableMemory> MemState<'_, T> {
         self.own.unshare(page, me, Component::Host).map_err(|_| Refused::WrongState)?;
         self.keep_tags_clean(page.start, clean);
         // The host maps a page it borrows page by page (`host_fault_mapping`), never in a
-        // block, so this removes exactly that page.
+        // block, so this removes exactly that page. The invalidation is for the host's VMID
+        // (0, as `arch::host::HostConfig` loads it), not the guest's loaded one.
         if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, page.start.0, PAGE_SIZE) {
-            tlb.host_s2_unmapped();
+            tlb.host_s2_unmapped_from_guest(self.host_s2.root().0);
         }
         Ok(())
     }
