@@ -325,6 +325,10 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     }
     let host_cfg = HOST_CONFIG.call_once(|| host_cfg);
     arch::activate_host(&host_cfg.for_this_cpu(&arch::read_idregs()));
+    let (boot_secret, random) = arch::boot_secret(dtb);
+    if !random {
+        log::info!("no FEAT_RNG: VM secrets derive from a boot value that is not secret (debug mode only)");
+    }
     let parts = HypParts {
         platform,
         hyp_region,
@@ -337,6 +341,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         // After `activate_host`: ICH_VTR_EL2 is readable.
         boot_cpu: arch::cpu_id(),
         gicr,
+        boot_secret,
     };
     match Hyp::new(parts) {
         Ok(h) => {

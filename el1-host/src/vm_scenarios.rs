@@ -52,10 +52,11 @@ fn start_at(plat: &Platform, vcpus: u32, flags: u64, backing: u64) -> Vm {
     check!(r.is_ok(), "giving the VM its memory: {r:?}");
     let dtb = r.unwrap_or(0);
     println!(
-        "host: VM {:#x}: {}, {vcpus} vCPU(s), {GUEST_MIB} MiB at host {:#x}, entry {entry:#x}, device tree {dtb:#x}",
+        "host: VM {:#x}: {}, {vcpus} vCPU(s), {GUEST_MIB} MiB at host {:#x}, entry {:#x}, device tree {dtb:#x}",
         vm.handle,
         kind(protected),
-        vm.backing
+        vm.backing,
+        entry.entry
     );
     vm
 }

@@ -65,6 +65,16 @@ pub trait CacheOps {
     fn clean_inval_poc(&self, pa: PhysAddr);
 }
 
+/// EL2's own reads and writes of a page it does not map (a guest's, or one given to a
+/// guest): through a temporary mapping, as scrubbing does.
+pub trait PageIo {
+    /// Copies the page at `pa` into `out` (to measure what the host put there).
+    fn read_page(&self, pa: PhysAddr, out: &mut [u8; 4096]);
+    /// Writes `bytes` over the page at `pa`, then cleans and invalidates it to the PoC (a
+    /// guest with its MMU off reads DRAM).
+    fn write_page(&self, pa: PhysAddr, bytes: &[u8; 4096]);
+}
+
 /// The firmware below EL2.
 pub trait Firmware {
     /// PSCI `CPU_ON` of the CPU with platform `MPIDR` `mpidr` and platform index `cpu`, started
@@ -97,8 +107,8 @@ pub trait Clock {
 }
 
 /// Everything at once: what a hypercall handler that reaches several jobs takes.
-pub trait Hw: WorldSwitch + Tlb + CacheOps + Firmware + Clock {}
-impl<T: WorldSwitch + Tlb + CacheOps + Firmware + Clock> Hw for T {}
+pub trait Hw: WorldSwitch + Tlb + CacheOps + PageIo + Firmware + Clock {}
+impl<T: WorldSwitch + Tlb + CacheOps + PageIo + Firmware + Clock> Hw for T {}
 
 /// How a guest entry ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

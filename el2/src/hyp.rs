@@ -61,6 +61,9 @@ pub struct HypParts<'a, T: TableMemory> {
     /// The redistributors found at boot in the platform's redistributor region
     /// ([`crate::host::gicr::probe`]).
     pub gicr: Option<Redistributors>,
+    /// A random value of this boot, from which each VM's secrets are derived
+    /// ([`shared_abi::measure::Handover`]).
+    pub boot_secret: [u8; 32],
 }
 
 /// EL2's global state.
@@ -71,6 +74,8 @@ pub struct Hyp<'a, T: TableMemory> {
     pub hyp_region: PhysRange,
     /// The redistributors, whose control pages the host never maps (see [`crate::host::gicr`]).
     pub gicr: Option<Redistributors>,
+    /// This boot's random secret (see [`HypParts::boot_secret`]); never leaves EL2.
+    pub(crate) boot_secret: [u8; 32],
     /// The memory lock (see the module documentation).
     pub mem: spin::Mutex<MemState<'a, T>>,
     /// `FINALISE_SETUP` has been called.
@@ -125,7 +130,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
     /// # Errors
     /// A description of what is wrong; EL2 start-up stops on it.
     pub fn new(parts: HypParts<'a, T>) -> Result<Self, &'static str> {
-        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr } = parts;
+        let HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr, boot_secret } = parts;
         crate::cpu::idreg::check_table(crate::cpu::idreg::FIELDS).map_err(|_| "the ID-register field table is malformed")?;
         let mem = MemState::new(own, host_s2, hyp_s1, tables, hyp_region).map_err(|_| "EL2's region is not page-aligned RAM")?;
         if gicr.map(|g| g.region) != platform.devices.gicr {
@@ -136,6 +141,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         let vgic = cpus.vgic().map_or(0, VgicCaps::bits);
         let (ctr, ctr_trap) = (cpus.ctr(), cpus.ctr_trap());
         Ok(Self {
+            boot_secret,
             platform,
             hyp_region,
             gicr,

@@ -146,6 +146,19 @@ impl CacheOps for Recorder {
     }
 }
 
+impl crate::hw::PageIo for Recorder {
+    fn read_page(&self, pa: PhysAddr, out: &mut [u8; 4096]) {
+        // SAFETY: tests only give the VM pages of the fixture's RAM buffer.
+        unsafe { core::ptr::copy_nonoverlapping(pa.0 as *const u8, out.as_mut_ptr(), 4096) };
+        self.note("read_page");
+    }
+    fn write_page(&self, pa: PhysAddr, bytes: &[u8; 4096]) {
+        // SAFETY: as above.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), pa.0 as *mut u8, 4096) };
+        self.note("write_page");
+    }
+}
+
 impl Firmware for Recorder {
     fn cpu_on(&self, mpidr: u64, cpu: usize) -> u64 {
         self.cpu_ons.borrow_mut().push((mpidr, cpu));
@@ -225,7 +238,7 @@ pub(crate) fn fixture() -> Fixture {
     // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
     let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs, ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) };
     let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
-    let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr }).unwrap();
+    let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr, boot_secret: [0x5E; 32] }).unwrap();
     Fixture { ram, _entries: entries, hyp }
 }
 

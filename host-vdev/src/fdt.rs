@@ -158,10 +158,11 @@ impl FdtWriter {
 }
 
 /// The device tree of a test guest: RAM, vCPUs (PSCI over HVC), the PL011 and its clock.
-pub fn test_guest_tree(out: &mut [u8], ram_base: u64, ram_size: u64, vcpus: u32, uart: u64) -> Option<usize> {
+pub fn test_guest_tree(out: &mut [u8], ram_base: u64, ram_size: u64, vcpus: u32, uart: u64, dice: Option<u64>) -> Option<usize> {
     let mut w = FdtWriter::new();
     w.begin("");
     common(&mut w, ram_base, ram_size, vcpus, false);
+    dice_node(&mut w, dice);
     w.begin("chosen");
     w.string("stdout-path", "/pl011@9000000");
     w.end();
@@ -186,6 +187,25 @@ pub struct LinuxTree<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The kernel command line (`/chosen/bootargs`).
     pub bootargs: &'a str,
+    /// The measurement handover page (IPA), if the VM has one ([`dice_node`]).
+    pub dice: Option<u64>,
+}
+
+/// The page where EL2 writes the VM's measurement handover, as Android's protected VMs
+/// describe theirs: `/reserved-memory/dice` with `compatible = "google,open-dice"` and
+/// `no-map`, which Linux (`CONFIG_OPEN_DICE`) offers as `/dev/open-dice0`.
+fn dice_node(w: &mut FdtWriter, dice: Option<u64>) {
+    let Some(addr) = dice else { return };
+    w.begin("reserved-memory");
+    w.cells("#address-cells", &[2]);
+    w.cells("#size-cells", &[2]);
+    w.prop("ranges", &[]);
+    w.begin("dice");
+    w.string("compatible", "google,open-dice");
+    w.cells("reg", &[hi(addr), lo(addr), 0, 0x1000]);
+    w.prop("no-map", &[]);
+    w.end();
+    w.end();
 }
 
 /// The GIC's phandle.
@@ -204,6 +224,7 @@ pub fn linux_tree(out: &mut [u8], t: &LinuxTree<'_>) -> Option<usize> {
     w.begin("");
     w.cells("interrupt-parent", &[GIC_PHANDLE]);
     common(&mut w, t.ram.0, t.ram.1, t.vcpus, true);
+    dice_node(&mut w, t.dice);
     w.begin("chosen");
     w.string("stdout-path", "/pl011@9000000");
     w.string("bootargs", t.bootargs);
@@ -315,6 +336,7 @@ mod tests {
         gicr: 0x080A_0000,
         initrd: Some((0x5F00_0000, 0x5F12_3456)),
         bootargs: "console=ttyAMA0 panic=-1",
+        dice: None,
     };
 
     #[test]
@@ -350,11 +372,30 @@ mod tests {
     #[test]
     fn a_test_guest_tree_has_no_interrupts() {
         let mut buf = [0u8; 16384];
-        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000).unwrap();
+        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000, None).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         assert!(fdt.find_compatible(&["arm,gic-v3"]).is_none());
         assert!(fdt.find_compatible(&["arm,pl011"]).unwrap().property("interrupts").is_none());
         assert_eq!(fdt.cpus().count(), 1);
+        assert!(fdt.find_compatible(&["google,open-dice"]).is_none());
+    }
+
+    #[test]
+    fn the_handover_page_is_reserved_memory_for_open_dice() {
+        let mut buf = [0u8; 16384];
+        for n in [
+            test_guest_tree(&mut buf.clone(), 0x4000_0000, 16 << 20, 1, 0x0900_0000, Some(0x40FE_F000)),
+            linux_tree(&mut buf, &LinuxTree { dice: Some(0x40FE_F000), ..TREE }),
+        ] {
+            let _ = n.unwrap();
+        }
+        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000, Some(0x40FE_F000)).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        let dice = fdt.find_compatible(&["google,open-dice"]).unwrap();
+        let reg = dice.reg().unwrap().next().unwrap();
+        assert_eq!((reg.starting_address as u64, reg.size), (0x40FE_F000, Some(0x1000)));
+        assert!(dice.property("no-map").is_some());
+        assert_eq!(fdt.find_node("/reserved-memory/dice").map(|n| n.name), Some("dice"));
     }
 
     #[test]

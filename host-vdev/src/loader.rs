@@ -10,10 +10,21 @@
 /// `Image`).
 pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
 
+/// A test guest copied into RAM: its entry IPA and the bytes it occupies (offsets from the RAM
+/// base, end exclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The entry point (IPA).
+    pub entry: u64,
+    /// `[start, end)` of what was written, from the RAM base.
+    pub span: (u64, u64),
+}
+
 /// Copies a test guest (ELF64 for AArch64, or a raw image placed at [`RAW_IMAGE_OFFSET`]) into
-/// `mem`, the guest RAM that starts at IPA `ram_base`; returns the entry IPA.
-pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<u64, &'static str> {
+/// `mem`, the guest RAM that starts at IPA `ram_base`.
+pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<Loaded, &'static str> {
     let size = mem.len() as u64;
+    let mut span = (u64::MAX, 0u64);
     if image.len() >= 64 && image[..4] == *b"\x7fELF" {
         // A field of `n` bytes at `o`; 0 past the end (every offset comes from the file).
         let rd = |o: usize, n: usize| -> u64 {
@@ -41,16 +52,96 @@ pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<u6
                 .ok_or("segment outside the file")?;
             mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
             mem[(start + filesz) as usize..(start + memsz) as usize].fill(0);
+            span = (span.0.min(start), span.1.max(start + memsz));
         }
-        Ok(rd(24, 8))
+        if span.0 > span.1 {
+            span = (0, 0);
+        }
+        Ok(Loaded { entry: rd(24, 8), span })
     } else {
         let at = RAW_IMAGE_OFFSET as usize;
         if at + image.len() > mem.len() {
             return Err("raw image larger than guest RAM");
         }
         mem[at..at + image.len()].copy_from_slice(image);
-        Ok(ram_base + RAW_IMAGE_OFFSET)
+        Ok(Loaded { entry: ram_base + RAW_IMAGE_OFFSET, span: (RAW_IMAGE_OFFSET, RAW_IMAGE_OFFSET + image.len() as u64) })
     }
+}
+
+/// What a run of a VM's RAM holds, for `VM_ADD_MEMORY`'s flags (the VM's measurement).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// Content the host put there: measured.
+    Content,
+    /// Nothing: zeroed for a protected VM.
+    Empty,
+    /// The measurement handover page.
+    Handover,
+}
+
+/// One `VM_ADD_MEMORY` of a VM's RAM: `pages` pages from `offset` (bytes from the RAM base).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset from the RAM base (page aligned).
+    pub offset: u64,
+    /// Number of pages.
+    pub pages: u64,
+    /// What they hold.
+    pub kind: ChunkKind,
+}
+
+/// Most chunks [`ram_chunks`] makes.
+pub const MAX_CHUNKS: usize = 16;
+
+/// Splits `ram_size` bytes of RAM into the runs a VMM gives the VM, in address order: the
+/// `spans` that hold content (byte ranges from the RAM base, widened to whole pages, merged
+/// where they touch), the one `handover` page, and everything else empty. Two VMMs (or a VMM
+/// and an offline measurement) that load the same things get the same chunks.
+///
+/// # Errors
+/// A span or the handover page outside RAM, the handover page inside a span, or more than
+/// [`MAX_CHUNKS`] runs.
+pub fn ram_chunks(ram_size: u64, spans: &[(u64, u64)], handover: Option<u64>) -> Result<([Chunk; MAX_CHUNKS], usize), &'static str> {
+    const PAGE: u64 = 4096;
+    let pages = ram_size / PAGE;
+    let kinds_at = |p: u64| -> ChunkKind {
+        if handover.is_some_and(|h| h / PAGE == p) {
+            ChunkKind::Handover
+        } else if spans.iter().any(|&(s, e)| e > s && p >= s / PAGE && p < e.div_ceil(PAGE)) {
+            ChunkKind::Content
+        } else {
+            ChunkKind::Empty
+        }
+    };
+    for &(s, e) in spans {
+        if s > e || e > ram_size {
+            return Err("loaded span outside guest RAM");
+        }
+    }
+    if let Some(h) = handover {
+        if h % PAGE != 0 || h >= ram_size {
+            return Err("handover page outside guest RAM");
+        }
+        if spans.iter().any(|&(s, e)| e > s && h / PAGE >= s / PAGE && h / PAGE < e.div_ceil(PAGE)) {
+            return Err("handover page inside loaded content");
+        }
+    }
+    let mut out = [Chunk { offset: 0, pages: 0, kind: ChunkKind::Empty }; MAX_CHUNKS];
+    let mut n = 0;
+    let mut p = 0;
+    while p < pages {
+        let kind = kinds_at(p);
+        let start = p;
+        while p < pages && kinds_at(p) == kind {
+            p += 1;
+        }
+        if n == MAX_CHUNKS {
+            return Err("guest RAM in too many pieces");
+        }
+        out[n] = Chunk { offset: start * PAGE, pages: p - start, kind };
+        n += 1;
+    }
+    Ok((out, n))
 }
 
 /// The arm64 `Image` header (Linux's `Documentation/arch/arm64/booting.rst`): 64 bytes at the
@@ -223,7 +314,9 @@ mod tests {
     fn test_images_load_inside_guest_ram_only() {
         let base = 0x4000_0000;
         let mut mem = vec![0xFFu8; 1 << 20];
-        let entry = load_test_image(&mut mem, base, &elf(&[(0x800, base + 0x8_0000, 4, 8)])).unwrap();
+        let loaded = load_test_image(&mut mem, base, &elf(&[(0x800, base + 0x8_0000, 4, 8)])).unwrap();
+        assert_eq!(loaded.span, (0x8_0000, 0x8_0008), "what the segment occupies, memsz included");
+        let entry = loaded.entry;
         assert_eq!(entry, 0x4008_0000);
         assert_eq!(&mem[0x8_0000..0x8_0008], &[0xAA, 0xAA, 0xAA, 0xAA, 0, 0, 0, 0], "data, then BSS zeroed");
         for hostile in [
@@ -242,13 +335,40 @@ mod tests {
         // header whose offset overflows is an error.
         let mut bad = elf(&[(0x800, base, 4, 4)]);
         bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(load_test_image(&mut mem, base, &bad), Ok(0x4008_0000));
+        assert_eq!(load_test_image(&mut mem, base, &bad).map(|l| l.entry), Ok(0x4008_0000));
         bad[54..56].copy_from_slice(&u16::MAX.to_le_bytes());
         bad[56..58].copy_from_slice(&2u16.to_le_bytes());
         assert!(load_test_image(&mut mem, base, &bad).is_err());
         // A raw image at RAM + 0x80000.
-        assert_eq!(load_test_image(&mut mem, base, &[1, 2, 3]).unwrap(), base + RAW_IMAGE_OFFSET);
+        assert_eq!(load_test_image(&mut mem, base, &[1, 2, 3]).unwrap(), Loaded { entry: base + RAW_IMAGE_OFFSET, span: (RAW_IMAGE_OFFSET, RAW_IMAGE_OFFSET + 3) });
         assert_eq!(&mem[0x8_0000..0x8_0003], &[1, 2, 3]);
         assert!(load_test_image(&mut vec![0; 0x8_0001], base, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn ram_splits_into_content_empty_and_handover_runs() {
+        let mib = 1 << 20;
+        let (c, n) = ram_chunks(16 * mib, &[(0x8_0000, 0x8_0010), (16 * mib - 0x1_0000, 16 * mib)], Some(16 * mib - 0x1_1000)).unwrap();
+        let got: std::vec::Vec<_> = c[..n].iter().map(|c| (c.offset, c.pages, c.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0x80, ChunkKind::Empty),
+                (0x8_0000, 1, ChunkKind::Content),
+                (0x8_1000, 4096 - 0x81 - 17, ChunkKind::Empty),
+                (16 * mib - 0x1_1000, 1, ChunkKind::Handover),
+                (16 * mib - 0x1_0000, 16, ChunkKind::Content),
+            ]
+        );
+        assert_eq!(c[..n].iter().map(|c| c.pages).sum::<u64>(), 4096, "every page once");
+        // Touching spans merge; a handover inside content, spans outside RAM: refused.
+        let (_, n) = ram_chunks(mib, &[(0, 0x1800), (0x1800, 0x3000)], None).unwrap();
+        assert_eq!(n, 2);
+        assert!(ram_chunks(mib, &[(0, 0x2000)], Some(0x1000)).is_err());
+        assert!(ram_chunks(mib, &[(0, mib + 1)], None).is_err());
+        assert!(ram_chunks(mib, &[], Some(mib)).is_err());
+        // Too many pieces.
+        let spans: std::vec::Vec<(u64, u64)> = (0..9).map(|i| (i * 0x2000, i * 0x2000 + 1)).collect();
+        assert!(ram_chunks(mib, &spans, None).is_err());
     }
 }

@@ -101,26 +101,54 @@ pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, H
     Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
 }
 
-/// Copies `image` (ELF64 or raw) into the VM's backing memory; returns the entry IPA.
-pub fn load(vm: &Vm, image: &[u8]) -> Result<u64, &'static str> {
+/// Copies `image` (ELF64 or raw) into the VM's backing memory; what it occupies is measured by
+/// [`boot`].
+pub fn load(vm: &Vm, image: &[u8]) -> Result<host_vdev::loader::Loaded, &'static str> {
     // SAFETY: the backing pages were just allocated for this VM and are still the host's.
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
     host_vdev::loader::load_test_image(mem, GUEST_RAM, image)
+}
+
+/// Gives the VM its RAM in the runs [`host_vdev::loader::ram_chunks`] makes of `spans` (what
+/// the VMM loaded: measured) and the `handover` page (where EL2 writes the measurement
+/// handover); the rest is given empty (zeroed by EL2 for a protected VM).
+pub fn give_ram(vm: &Vm, spans: &[(u64, u64)], handover: Option<u64>) -> Result<(), HypError> {
+    use host_vdev::loader::ChunkKind;
+    use shared_abi::measure::add_flags;
+    let (chunks, n) = host_vdev::loader::ram_chunks(vm.pages * PAGE_SIZE, spans, handover).map_err(|_| HypError::InvalidArgument)?;
+    for c in &chunks[..n] {
+        let flags = match c.kind {
+            ChunkKind::Content => add_flags::MEASURE,
+            ChunkKind::Empty => 0,
+            ChunkKind::Handover => add_flags::HANDOVER,
+        };
+        vm.el2().add_memory(vm.backing + c.offset, GUEST_RAM + c.offset, c.pages, flags)?;
+    }
+    Ok(())
+}
+
+/// Where a test VM's handover page goes: just below its device tree.
+pub fn handover_offset(vm: &Vm) -> u64 {
+    vm.pages * PAGE_SIZE - DTB_SPACE - PAGE_SIZE
 }
 
 /// Space for the guest's device tree, at the end of its RAM.
 const DTB_SPACE: u64 = 64 * 1024;
 
 /// Writes the guest's device tree at the end of its RAM, gives the VM its RAM (donated if
-/// protected, shared otherwise) and points vCPU 0 at `entry` with `x0` = the device tree, as
-/// Linux's boot protocol expects. Returns the device tree's IPA.
-pub fn boot(vm: &Vm, entry: u64) -> Result<u64, HypError> {
+/// protected, shared otherwise; what was loaded and the device tree measured, the handover
+/// page below the tree, the rest empty: [`give_ram`]) and points vCPU 0 at the loaded entry
+/// with `x0` = the device tree, as Linux's boot protocol expects. Returns the device tree's
+/// IPA.
+pub fn boot(vm: &Vm, loaded: host_vdev::loader::Loaded) -> Result<u64, HypError> {
+    let entry = loaded.entry;
     let size = vm.pages * PAGE_SIZE;
-    let dtb_off = size.checked_sub(DTB_SPACE).ok_or(HypError::InvalidArgument)?;
+    let dtb_off = size.checked_sub(DTB_SPACE + PAGE_SIZE).ok_or(HypError::InvalidArgument)? + PAGE_SIZE;
+    let handover = handover_offset(vm);
     // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
     let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
-    host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART).ok_or(HypError::InvalidArgument)?;
-    vm.el2().add_memory(vm.backing, GUEST_RAM, vm.pages)?;
+    host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART, Some(GUEST_RAM + handover)).ok_or(HypError::InvalidArgument)?;
+    give_ram(vm, &[loaded.span, (dtb_off, size)], Some(handover))?;
     vm.el2().vcpu(0).set_reg(reg::PC, entry)?;
     vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + dtb_off)?;
     Ok(GUEST_RAM + dtb_off)

@@ -192,16 +192,18 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     // A Linux `Image`, or one of the project's ELF test guests (benchmarks and hostile guests
     // that need the devices): loaded at its own addresses, the device tree at the top of RAM
     // all the same.
-    let (entry, layout) = if kernel.starts_with(b"\x7fELF") {
-        let entry = host_vdev::loader::load_test_image(mem, GUEST_RAM, kernel)?;
+    let (entry, layout, image_span) = if kernel.starts_with(b"\x7fELF") {
+        let loaded = host_vdev::loader::load_test_image(mem, GUEST_RAM, kernel)?;
         let dtb = ram.checked_sub(host_vdev::loader::DTB_SPACE).ok_or("guest RAM too small")?;
-        (entry, host_vdev::loader::LinuxLayout { kernel: 0, initrd: None, dtb })
+        (loaded.entry, host_vdev::loader::LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span)
     } else {
         let header = host_vdev::loader::image_header(kernel)?;
         let layout = host_vdev::loader::linux_layout(&header, initrd.len() as u64, ram)?;
         host_vdev::loader::load_linux(mem, &layout, kernel, initrd)?;
-        (GUEST_RAM + layout.kernel, layout)
+        (GUEST_RAM + layout.kernel, layout, (layout.kernel, layout.kernel + kernel.len() as u64))
     };
+    // The measurement handover page: just below the initramfs (or the device tree).
+    let handover = layout.initrd.map_or(layout.dtb, |(s, _)| s).checked_sub(PAGE_SIZE).ok_or("guest RAM too small")?;
     let tree = host_vdev::fdt::LinuxTree {
         ram: (GUEST_RAM, ram),
         vcpus: cfg.vcpus,
@@ -210,11 +212,14 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
         gicr: GICR,
         initrd: layout.initrd.map(|(s, e)| (GUEST_RAM + s, GUEST_RAM + e)),
         bootargs: cmdline,
+        dice: Some(GUEST_RAM + handover),
     };
     let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
     host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
     let failed = |_| "a hypercall to set up the VM failed";
-    vm.el2().add_memory(vm.backing, GUEST_RAM, vm.pages).map_err(failed)?;
+    let dtb_span = (layout.dtb, layout.dtb + host_vdev::loader::DTB_SPACE);
+    let initrd_span = layout.initrd.unwrap_or((0, 0));
+    super::give_ram(&vm, &[image_span, initrd_span, dtb_span], Some(handover)).map_err(failed)?;
     vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
     vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + layout.dtb).map_err(failed)?;
     Ok(vm)

@@ -18,11 +18,12 @@
 //!   page before it looks at it, so a host that rewrites the page concurrently gains nothing.
 //!
 //! The ABI reference with every call and error is `docs/ABI.md`.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod bench;
 pub mod guest;
 pub mod layout;
+pub mod measure;
 pub mod msg;
 pub mod reg;
 
@@ -30,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 3, minor: 4 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 4, minor: 0 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -146,11 +147,14 @@ hypercalls! {
     /// `x1` = VM handle. Tears the VM down, scrubs every page it owned and gives all its memory
     /// back to the host. [`HypError::Busy`] while one of its vCPUs runs.
     VmDestroy = 7, Any, in 1, out 0;
-    /// `x1` = VM handle, `x2` = host physical address, `x3` = guest IPA, `x4` = number of pages.
-    /// Gives the pages to the VM at that IPA: *donated* to a protected VM (the host loses
-    /// access), *shared* with a non-protected one (the host keeps it). Mapped in the guest's
-    /// stage 2 when the guest first touches each page.
-    VmAddMemory = 8, Any, in 4, out 0;
+    /// `x1` = VM handle, `x2` = host physical address, `x3` = guest IPA, `x4` = number of pages,
+    /// `x5` = [`measure::add_flags`]. Gives the pages to the VM at that IPA: *donated* to a
+    /// protected VM (the host loses access), *shared* with a non-protected one (the host keeps
+    /// it). Mapped in the guest's stage 2 when the guest first touches each page. Before the
+    /// VM's first run each call adds to its measurement ([`measure`]): with `MEASURE` the
+    /// pages' contents, without it (a protected VM) pages EL2 zeroes first; `HANDOVER` names
+    /// the region EL2 writes the measurement handover into at the first run. (`x5`: ABI 4.0.)
+    VmAddMemory = 8, Any, in 5, out 0;
     /// `x1` = VM handle, `x2` = vCPU index, `x3` = register ID ([`reg`]), `x4` = value (bits
     /// 63:0), `x5` = bits 127:64 for 128-bit registers (zero otherwise).
     VcpuSetReg = 9, Any, in 5, out 0;
@@ -184,6 +188,10 @@ hypercalls! {
     /// ([`msg::stats`]), whether EL2 handled it or the host did. Counts only, never register
     /// contents: allowed for protected VMs at any time. (ABI 3.2.)
     VcpuStats = 16, Any, in 2, out 1;
+    /// `x1` = VM handle. Writes a [`msg::VmMeasurement`] to the message page: the VM's
+    /// measurement once sealed (at its first `VCPU_RUN`), zeros before. `x1` = 1 if sealed,
+    /// else 0. (ABI 4.0.)
+    VmMeasurement = 17, Any, in 1, out 1;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.

@@ -271,6 +271,20 @@ pub mod stats {
     pub const NAMES: [&str; CLASSES] = ["irq", "wfx", "hvc_smc", "sysreg", "abort", "fp", "pauth", "other"];
 }
 
+/// Written by [`crate::HypercallId::VmMeasurement`] to the message page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VmMeasurement {
+    /// The VM's measurement ([`crate::measure`]), or zeros before its first run.
+    pub measurement: [u8; 32],
+    /// 1 once sealed (the VM has run), else 0.
+    pub sealed: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<VmMeasurement>() == 40);
+
 /// Written by [`crate::HypercallId::VcpuStats`] to the message page.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

@@ -3,7 +3,7 @@
 
 use super::regs::{dsb_ish, dsb_ishst, isb};
 use super::Cpu;
-use crate::hw::CacheOps;
+use crate::hw::{CacheOps, PageIo};
 use crate::mem::addr::PhysAddr;
 use crate::platform::MAX_CPUS;
 use core::arch::asm;
@@ -147,6 +147,22 @@ impl CacheOps for Cpu {
             }
             // The zeroes are complete before they are cleaned to the PoC.
             dsb_ish();
+            civac_page(p as u64);
+        });
+    }
+}
+
+impl PageIo for Cpu {
+    fn read_page(&self, pa: PhysAddr, out: &mut [u8; 4096]) {
+        // SAFETY: the closure's pointer is the fixmap slot, which maps the 4 KiB page at `pa`
+        // Normal RW for the closure's duration; `out` is EL2's own buffer, not aliased.
+        with_fixmap(pa, |p| unsafe { core::ptr::copy_nonoverlapping(p as *const u8, out.as_mut_ptr(), 4096) });
+    }
+
+    fn write_page(&self, pa: PhysAddr, bytes: &[u8; 4096]) {
+        with_fixmap(pa, |p| {
+            // SAFETY: as in `read_page`, for a write of the whole page.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, 4096) };
             civac_page(p as u64);
         });
     }

@@ -59,6 +59,42 @@ pub fn cpu_index() -> usize {
     TPIDR_EL2.get() as usize
 }
 
+/// A random value for this boot (each VM's secrets are derived from it): 32 bytes from
+/// `RNDR` (FEAT_RNG) where the CPU has it; otherwise a digest of the counter, this CPU's
+/// identity and the device tree's address, which is not secret, and `false` says so.
+pub fn boot_secret(dtb: u64) -> ([u8; 32], bool) {
+    let isar0: u64;
+    // SAFETY: reading an ID register has no side effects.
+    unsafe { asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags)) };
+    if (isar0 >> 60) & 0xF != 0 {
+        let mut out = [0u8; 32];
+        let mut filled = 0;
+        // RNDR may fail now and then (PSTATE.Z set): try again, a bounded number of times.
+        for _ in 0..64 {
+            if filled == 32 {
+                break;
+            }
+            let (v, failed): (u64, u64);
+            // SAFETY: RNDR (S3_3_C2_C4_0) exists with FEAT_RNG; it only returns a number and
+            // sets NZCV, which `cset` reads.
+            unsafe { asm!("mrs {v}, s3_3_c2_c4_0", "cset {f}, eq", v = out(reg) v, f = out(reg) failed, options(nomem, nostack)) };
+            if failed == 0 {
+                out[filled..filled + 8].copy_from_slice(&v.to_le_bytes());
+                filled += 8;
+            }
+        }
+        if filled == 32 {
+            return (out, true);
+        }
+    }
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&CNTPCT_EL0.get().to_le_bytes());
+    seed[8..16].copy_from_slice(&MPIDR_EL1.get().to_le_bytes());
+    seed[16..24].copy_from_slice(&MIDR_EL1.get().to_le_bytes());
+    seed[24..].copy_from_slice(&dtb.to_le_bytes());
+    (shared_abi::measure::digest(&seed), false)
+}
+
 /// `MPIDR_EL1` of this CPU.
 pub fn mpidr() -> u64 {
     MPIDR_EL1.get()

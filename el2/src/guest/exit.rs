@@ -6,7 +6,7 @@ use super::sysreg::is_key_access;
 use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::hyp::Hyp;
-use crate::guest::vm::handle_slot;
+use crate::guest::vm::{handle_slot, Measured};
 use crate::guest::running::{external_abort, kill, kill_exit, undef, Me, Next};
 use crate::guest::services;
 use crate::guest::memory::map_guest_page;
@@ -40,6 +40,14 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         if vm.killed || vm.ended {
             return Err(HypError::NotRunnable);
         }
+        if index == 0 && matches!(vm.measurement, Measured::Building(_)) {
+            // vCPU 0's first run seals the measurement with its registers as the host left
+            // them. (The other vCPUs start off: none enters the guest before vCPU 0 has run
+            // and turned it on.)
+            let (x, pc, pstate) = (ctx.x, ctx.pc, ctx.pstate);
+            mem.seal_measurement(handle, &x, pc, pstate, &hyp.boot_secret, arch);
+        }
+        let (_, vm) = mem.vms.lookup_mut(handle)?;
         vm.ran = true;
         let cfg = GuestConfig {
             vttbr: vm.mem.vttbr(vm.vmid),

@@ -85,13 +85,16 @@ mod tests {
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.ram.0[GUEST * 4096] = 0xAB; // "image" data the host loaded
         let rec = Recorder::default();
-        f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 4]).unwrap();
+        f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST), 0x8000_0000, 2, shared_abi::measure::add_flags::MEASURE]).unwrap();
+        f.ram.0[(GUEST + 2) * 4096] = 0xCD; // left over, not to be measured
+        f.call_with(&rec, 0, H::VmAddMemory, &[h, f.page(GUEST + 2), 0x8000_2000, 2, 0]).unwrap();
         {
             let mem = f.hyp.mem.lock();
             assert_eq!(mem.own().state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::NoAccess));
             assert_eq!(mem.own().state(PhysAddr(f.page(GUEST + 3)), Component::Guest(0)), Some(PageState::Owned));
         }
-        assert_eq!(f.ram.0[GUEST * 4096], 0xAB, "donation keeps the data");
+        assert_eq!(f.ram.0[GUEST * 4096], 0xAB, "a measured donation keeps the data");
+        assert_eq!(f.ram.0[(GUEST + 2) * 4096], 0, "an unmeasured one is zeroed");
         // The same pages again, to this VM or another: refused.
         let h2 = create(&mut f, 1, vm_flags::PROTECTED);
         assert_eq!(f.call(0, H::VmAddMemory, &[h2, f.page(GUEST + 2), 0x8000_0000, 1]), Err(HypError::NotOwned));

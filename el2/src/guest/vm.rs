@@ -25,6 +25,7 @@
 //! always correct.
 
 use crate::cpu::fwreg::FwRegs;
+use crate::mem::addr::PhysAddr;
 use crate::mem::guest::GuestMemory;
 use crate::cpu::idreg::NR_IDREGS;
 use crate::mem::owner::Component;
@@ -73,6 +74,30 @@ pub struct Vm {
     /// (the guest's virtual count is the physical count) unless the host set another before the
     /// first run.
     pub cntvoff: u64,
+    /// Its measurement ([`shared_abi::measure`]): built by `VM_CREATE` and `VM_ADD_MEMORY`,
+    /// sealed at the first `VCPU_RUN`.
+    pub measurement: Measured,
+    /// The handover region's IPA and first backing page, if the host gave one
+    /// ([`shared_abi::measure::add_flags::HANDOVER`]): EL2 writes the handover there at the seal.
+    pub handover: Option<(u64, PhysAddr)>,
+}
+
+/// A VM's measurement.
+#[derive(Clone)]
+pub enum Measured {
+    /// Before the first run: records are still added.
+    Building(shared_abi::measure::Measurement),
+    /// From the first run on: the value.
+    Sealed([u8; shared_abi::measure::DIGEST]),
+}
+
+impl core::fmt::Debug for Measured {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Measured::Building(_) => f.write_str("Building"),
+            Measured::Sealed(m) => write!(f, "Sealed({:02x?})", m),
+        }
+    }
 }
 
 /// Which vCPU of one VM last ran on each physical CPU, and on which CPU each vCPU last ran.

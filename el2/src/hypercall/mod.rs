@@ -12,7 +12,7 @@
 //! | calls | served in |
 //! |---|---|
 //! | `VERSION`, `PING`, `SET_MESSAGE_PAGE`, `FINALISE_SETUP`, `HYP_INFO`, `ECHO`, `SET_PTRAUTH_POLICY` | [`setup`] |
-//! | `VM_CREATE`, `VM_DESTROY`, `VM_ADD_MEMORY` | [`vm`] |
+//! | `VM_CREATE`, `VM_DESTROY`, `VM_ADD_MEMORY`, `VM_MEASUREMENT` | [`vm`] |
 //! | `VCPU_SET_REG`, `VCPU_GET_REG`, `VCPU_REG_LIST`, `VCPU_SET_IRQ`, `VCPU_IRQ_STATE`, `VCPU_STATS` | [`vcpu`] |
 //! | `VCPU_RUN` | [`crate::guest::exit`] (the run loop) |
 //! | `TEST_FAULT`, `TEST_CHECK_INVARIANTS` | the trap shim of a test build (`NotSupported` here) |
@@ -65,7 +65,7 @@ calls! {
     Echo;
     VmCreate;
     VmDestroy { handle };
-    VmAddMemory { handle, pa, ipa, pages };
+    VmAddMemory { handle, pa, ipa, pages, flags };
     VcpuSetReg { handle, index, id, lo, hi };
     VcpuGetReg { handle, index, id };
     VcpuRegList { handle, index };
@@ -74,6 +74,7 @@ calls! {
     VcpuSetIrq { handle, index, vintid, config };
     VcpuIrqState { handle, index };
     VcpuStats { handle, index };
+    VmMeasurement { handle };
     TestFault { mode };
     TestCheckInvariants;
 }
@@ -98,7 +99,8 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
         Call::SetPtrauthPolicy { policy, decay } => setup::set_ptrauth_policy(hyp, policy, decay),
         Call::VmCreate => vm::vm_create(hyp, cpu, hw),
         Call::VmDestroy { handle } => vm::vm_destroy(hyp, handle, hw),
-        Call::VmAddMemory { handle, pa, ipa, pages } => vm::vm_add_memory(hyp, handle, pa, ipa, pages, hw),
+        Call::VmAddMemory { handle, pa, ipa, pages, flags } => vm::vm_add_memory(hyp, handle, pa, ipa, pages, flags, hw),
+        Call::VmMeasurement { handle } => vm::vm_measurement(hyp, cpu, handle),
         Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
         Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),
         Call::VcpuRegList { handle, index } => vcpu::vcpu_reg_list(hyp, cpu, handle, index),
@@ -120,8 +122,8 @@ mod tests {
 
     #[test]
     fn arguments_are_decoded_in_register_order() {
-        let x = [HypercallId::VmAddMemory as u64, 1, 2, 3, 4, 0, 0, 0];
-        assert_eq!(Call::decode(HypercallId::VmAddMemory, &x), Call::VmAddMemory { handle: 1, pa: 2, ipa: 3, pages: 4 });
+        let x = [HypercallId::VmAddMemory as u64, 1, 2, 3, 4, 5, 0, 0];
+        assert_eq!(Call::decode(HypercallId::VmAddMemory, &x), Call::VmAddMemory { handle: 1, pa: 2, ipa: 3, pages: 4, flags: 5 });
         let x = [HypercallId::VcpuSetReg as u64, 1, 2, 3, 4, 5, 0, 0];
         assert_eq!(Call::decode(HypercallId::VcpuSetReg, &x), Call::VcpuSetReg { handle: 1, index: 2, id: 3, lo: 4, hi: 5 });
     }

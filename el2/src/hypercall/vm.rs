@@ -3,16 +3,18 @@
 use crate::cpu::fwreg::FwRegs;
 use crate::cpu::idreg::{self, VmPolicy};
 use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard};
-use crate::guest::vm::{LocalTlbRecord, Vm};
+use crate::guest::vm::{LocalTlbRecord, Measured, Vm};
 use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MIN_IPA_BITS};
-use crate::hw::{Hw, Tlb};
+use crate::hw::Hw;
 use crate::hyp::Hyp;
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::mem::pgtable::TableMemory;
 use crate::mem::guest::Region;
+use crate::mem::protect::Content;
 use arrayvec::ArrayVec;
 use core::sync::atomic::Ordering;
-use shared_abi::msg::{vm_flags, VmCreate};
+use shared_abi::measure::{add_flags, Measurement};
+use shared_abi::msg::{vm_flags, VmCreate, VmMeasurement};
 use shared_abi::{HypError, HypResult};
 
 /// `VM_CREATE`.
@@ -107,6 +109,8 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         // (a guest must not be able to stop the emulator). A host that sets an offset takes
         // that on itself (`guest-storm-cval-max-offset`).
         cntvoff: 0,
+        measurement: Measured::Building(Measurement::new(req.nr_vcpus, req.ipa_bits, req.flags)),
+        handover: None,
     });
     Ok([handle, 0, 0])
 }
@@ -134,7 +138,13 @@ pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &i
 }
 
 /// `VM_ADD_MEMORY`.
-pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, ipa: u64, pages: u64, m: &impl Tlb) -> HypResult {
+pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, ipa: u64, pages: u64, flags: u64, hw: &impl Hw) -> HypResult {
+    let content = match flags {
+        0 => Content::Zeroed,
+        add_flags::MEASURE => Content::Measured,
+        add_flags::HANDOVER => Content::Handover,
+        _ => return Err(HypError::InvalidArgument),
+    };
     if !pa.is_multiple_of(PAGE_SIZE) || !ipa.is_multiple_of(PAGE_SIZE) {
         return Err(HypError::NotAligned);
     }
@@ -145,8 +155,23 @@ pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u
         return Err(HypError::OutOfRange);
     }
     let region = Region { ipa, pa: PhysAddr(pa), pages };
-    hyp.mem.lock().host_give_guest(handle, region, hyp.platform.untagged, m)?;
+    hyp.mem.lock().host_give_guest(handle, region, content, hyp.platform.untagged, hw)?;
     Ok([0; 3])
+}
+
+/// `VM_MEASUREMENT`.
+pub(crate) fn vm_measurement<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64) -> HypResult {
+    hyp.msg.page(cpu)?;
+    let info = {
+        let mem = hyp.mem.lock();
+        let (_, vm) = mem.vms.lookup(handle)?;
+        match &vm.measurement {
+            Measured::Sealed(m) => VmMeasurement { measurement: *m, sealed: 1, reserved: 0 },
+            Measured::Building(_) => VmMeasurement::default(),
+        }
+    };
+    hyp.msg.write(cpu, &info)?;
+    Ok([info.sealed as u64, 0, 0])
 }
 
 #[cfg(test)]
@@ -259,5 +284,74 @@ mod tests {
         drop(guard);
         f.call(0, H::VmDestroy, &[h]).unwrap();
         assert_eq!(f.call(0, H::VmDestroy, &[h]), Err(HypError::InvalidHandle));
+    }
+
+    /// A protected VM of one vCPU: `image` measured at 0x4000_0000 (RAM page GUEST), two
+    /// zeroed pages after it, the handover page after those; PC and x0 set, then one run.
+    fn measured_vm(f: &mut Fixture, image: u8) -> u64 {
+        use shared_abi::measure::add_flags;
+        let h = create(f, 1, vm_flags::PROTECTED);
+        f.ram.0[GUEST * 4096..(GUEST + 1) * 4096].fill(image);
+        f.ram.0[(GUEST + 1) * 4096] = 0x77; // host leftovers in a page it does not measure
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1, add_flags::MEASURE]).unwrap();
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x4000_1000, 2, 0]).unwrap();
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 3), 0x4000_3000, 1, add_flags::HANDOVER]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000, 0]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), 0x4000_2000, 0]).unwrap();
+        assert_eq!(f.call(0, H::VmMeasurement, &[h]), Ok([0, 0, 0]), "not sealed before the first run");
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        h
+    }
+
+    #[test]
+    fn the_measurement_is_what_anyone_computes_from_the_same_inputs() {
+        use shared_abi::measure::{Handover, Measurement};
+        let mut f = fixture();
+        let h = measured_vm(&mut f, 0xAB);
+        assert_eq!(f.call(0, H::VmMeasurement, &[h]), Ok([1, 0, 0]));
+        let got = shared_abi::msg::VmMeasurement::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        // Offline: the same records.
+        let mut m = Measurement::new(1, 36, vm_flags::PROTECTED);
+        m.page(0x4000_0000, &[0xAB; 4096]);
+        m.zero(0x4000_1000, 2);
+        m.handover(0x4000_3000, 1);
+        let mut x = [0u64; 31];
+        x[0] = 0x4000_2000;
+        let want = m.seal(&x, 0x4000_0000, VcpuCtx::new().pstate);
+        assert_eq!(got.measurement, want);
+        // The unmeasured pages reach the guest zeroed; the handover holds the value and the
+        // secrets for this boot.
+        assert_eq!(f.ram.0[(GUEST + 1) * 4096], 0);
+        let handover = Handover::read_from_prefix(&f.ram.0[(GUEST + 3) * 4096..]).unwrap().0;
+        assert_eq!(handover, Handover::new(want, &[0x5E; 32]));
+        // One byte of the image makes another measurement, and other secrets.
+        let mut f2 = fixture();
+        let h2 = measured_vm(&mut f2, 0xAA);
+        f2.call(0, H::VmMeasurement, &[h2]).unwrap();
+        let other = shared_abi::msg::VmMeasurement::read_from_prefix(&f2.ram.0[MSG * 4096..]).unwrap().0;
+        assert_ne!(other.measurement, want);
+        assert_ne!(Handover::read_from_prefix(&f2.ram.0[(GUEST + 3) * 4096..]).unwrap().0.cdi_seal, handover.cdi_seal);
+    }
+
+    #[test]
+    fn nothing_joins_a_sealed_measurement_and_bad_flags_are_refused() {
+        use shared_abi::measure::add_flags;
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let add = |f: &Fixture, page: usize, ipa: u64, flags: u64| f.call(0, H::VmAddMemory, &[h, f.page(page), ipa, 1, flags]);
+        assert_eq!(add(&f, GUEST, 0x4000_0000, 1 << 2), Err(HypError::InvalidArgument), "unknown flag");
+        assert_eq!(add(&f, GUEST, 0x4000_0000, add_flags::ALL), Err(HypError::InvalidArgument), "both");
+        add(&f, GUEST, 0x4000_0000, add_flags::HANDOVER).unwrap();
+        assert_eq!(add(&f, GUEST + 1, 0x4000_1000, add_flags::HANDOVER), Err(HypError::InvalidArgument), "a second handover");
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![trap(0x01 << 26 | 1 << 25, 0)];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        // A non-protected VM takes memory after its first run, but none to measure.
+        assert_eq!(add(&f, GUEST + 1, 0x4000_1000, add_flags::MEASURE), Err(HypError::Denied));
+        assert_eq!(add(&f, GUEST + 1, 0x4000_1000, 0), Ok([0; 3]));
+        assert_eq!(f.call(0, H::VmMeasurement, &[h]), Ok([1, 0, 0]));
+        assert_eq!(f.call(0, H::VmMeasurement, &[h + 1]), Err(HypError::InvalidHandle));
     }
 }

@@ -24,7 +24,8 @@ use super::guest::{GuestMemory, Region};
 use super::MemState;
 use crate::guest::vm::Vm;
 use crate::host::devices::{Guard, HostDevices};
-use crate::hw::{CacheOps, Tlb};
+use crate::guest::vm::Measured;
+use crate::hw::{CacheOps, PageIo, Tlb};
 use arrayvec::ArrayVec;
 use shared_abi::HypError;
 
@@ -49,6 +50,18 @@ pub enum GuestPage {
     /// Not guest RAM, and not MMIO the guest declared while its MMIO guard is on: nothing of
     /// the access may reach the host.
     Unguarded,
+}
+
+/// What the pages of a `VM_ADD_MEMORY` hold, for the VM's measurement
+/// ([`shared_abi::measure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// The host's content (an image, a device tree): hashed page by page, kept.
+    Measured,
+    /// Nothing to keep: a protected VM gets the pages zeroed.
+    Zeroed,
+    /// The handover region: zeroed for a protected VM; EL2 writes the handover at the seal.
+    Handover,
 }
 
 /// Why a guest's memory call (`MEM_SHARE`, `MEM_UNSHARE`, `MMIO_GUARD`) was refused. The guest
@@ -159,12 +172,27 @@ impl<T: TableMemory> MemState<'_, T> {
     /// of the pages away, on every CPU, before it returns. Guest mappings come at first touch
     /// ([`Self::guest_map_on_fault`]).
     ///
-    /// Checked in this order: the VM (`InvalidHandle`), a protected VM that has run
-    /// (`Denied`: sealed), the IPA range (`OutOfRange`), overlap with its regions
+    /// Before the VM's first run, the region then joins its measurement as `content` says
+    /// ([`Content`]): hashed, or (a protected VM's) zeroed, or zeroed as the handover region.
+    /// The pages are hashed after the donation, so the host can no longer change what was
+    /// measured; hashing and zeroing run under the memory lock (a long call for a large
+    /// region is the host's own cost).
+    ///
+    /// Checked in this order: the VM (`InvalidHandle`), content to measure or a handover after
+    /// the first run (`Denied`), a second handover region (`InvalidArgument`), a protected VM
+    /// that has run (`Denied`: sealed), the IPA range (`OutOfRange`), overlap with its regions
     /// (`InvalidArgument`), room for a region (`NoCapacity`), an MTE VM given pages in
     /// `untagged` (`InvalidArgument`), the host owning every page (`NotOwned`).
-    pub fn host_give_guest(&mut self, handle: u64, region: Region, untagged: Option<PhysRange>, tlb: &impl Tlb) -> Result<(), HypError> {
+    pub fn host_give_guest(&mut self, handle: u64, region: Region, content: Content, untagged: Option<PhysRange>, hw: &(impl Tlb + CacheOps + PageIo)) -> Result<(), HypError> {
         let (_, vm) = self.vms.lookup_mut(handle)?;
+        let building = matches!(vm.measurement, Measured::Building(_));
+        if content != Content::Zeroed && !building {
+            // Content measured, or a handover written, after the seal: neither can be.
+            return Err(HypError::Denied);
+        }
+        if content == Content::Handover && vm.handover.is_some() {
+            return Err(HypError::InvalidArgument);
+        }
         let phys = region.phys();
         if vm.protected && vm.ran {
             // A protected VM is sealed once it has run: the host may not change what the
@@ -191,13 +219,58 @@ impl<T: TableMemory> MemState<'_, T> {
             self.own.donate(phys, Component::Host, me)?;
             // The host loses the pages: drop every host mapping of them, on every CPU.
             if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, phys.start.0, phys.size()) {
-                tlb.host_s2_unmapped();
+                hw.host_s2_unmapped();
             }
         } else {
             self.own.share(phys, Component::Host, me)?;
         }
         vm.mem.regions.push(region);
+        if let Measured::Building(m) = &mut vm.measurement {
+            let page = |p: u64| (region.ipa + p * PAGE_SIZE, PhysAddr(region.pa.0 + p * PAGE_SIZE));
+            match content {
+                Content::Measured => {
+                    let mut buf = [0u8; PAGE_SIZE as usize];
+                    for p in 0..region.pages {
+                        let (ipa, pa) = page(p);
+                        hw.read_page(pa, &mut buf);
+                        m.page(ipa, &buf);
+                    }
+                }
+                Content::Zeroed | Content::Handover => {
+                    if vm.protected {
+                        // What the host left there never reaches the guest unmeasured.
+                        for p in 0..region.pages {
+                            let pa = page(p).1;
+                            hw.scrub_page(pa, !untagged.is_some_and(|u| u.contains(pa)));
+                        }
+                    }
+                    if content == Content::Handover {
+                        m.handover(region.ipa, region.pages);
+                        vm.handover = Some((region.ipa, region.pa));
+                    } else {
+                        m.zero(region.ipa, region.pages);
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// **Seal the measurement** at vCPU 0's first `VCPU_RUN` of VM `handle`: its registers `x`,
+    /// `pc`, `pstate` close it, and the handover (the measurement and the secrets derived from
+    /// it and `boot_secret`) is written into the handover region, if the VM has one. Nothing
+    /// is measured after this.
+    pub fn seal_measurement(&mut self, handle: u64, x: &[u64; 31], pc: u64, pstate: u64, boot_secret: &[u8; 32], io: &impl PageIo) {
+        let Ok((_, vm)) = self.vms.lookup_mut(handle) else { return };
+        let Measured::Building(m) = &vm.measurement else { return };
+        let value = m.clone().seal(x, pc, pstate);
+        vm.measurement = Measured::Sealed(value);
+        if let Some((_, pa)) = vm.handover {
+            let handover = shared_abi::measure::Handover::new(value, boot_secret);
+            let mut page = [0u8; PAGE_SIZE as usize];
+            page[..core::mem::size_of::<shared_abi::measure::Handover>()].copy_from_slice(zerocopy::IntoBytes::as_bytes(&handover));
+            io.write_page(pa, &page);
+        }
     }
 
     /// **Guest map on fault**: maps the page of VM `handle` holding `ipa` in its stage 2 if it

@@ -56,12 +56,23 @@ impl VmHandle {
         Ok(Self(call(HypercallId::VmCreate, &[])?[0]))
     }
 
-    /// `VM_ADD_MEMORY`: gives the VM `pages` pages of host memory at `backing`, at `ipa`.
+    /// `VM_ADD_MEMORY`: gives the VM `pages` pages of host memory at `backing`, at `ipa`, with
+    /// [`shared_abi::measure::add_flags`] `flags` (what the pages hold, for the measurement).
     ///
     /// # Errors
     /// EL2's refusal.
-    pub fn add_memory(self, backing: u64, ipa: u64, pages: u64) -> Result<(), HypError> {
-        call(HypercallId::VmAddMemory, &[self.0, backing, ipa, pages]).map(drop)
+    pub fn add_memory(self, backing: u64, ipa: u64, pages: u64, flags: u64) -> Result<(), HypError> {
+        call(HypercallId::VmAddMemory, &[self.0, backing, ipa, pages, flags]).map(drop)
+    }
+
+    /// `VM_MEASUREMENT`: the VM's measurement, `None` before its first run.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn measurement(self) -> Result<Option<[u8; 32]>, HypError> {
+        let sealed = call(HypercallId::VmMeasurement, &[self.0])?[0] == 1;
+        let m: shared_abi::msg::VmMeasurement = read_msg(cpu_id());
+        Ok(sealed.then_some(m.measurement))
     }
 
     /// `VM_DESTROY`.
