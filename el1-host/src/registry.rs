@@ -59,6 +59,7 @@ pub const SCENARIOS: &[Scenario] = &[
     tested("linux", |p| with_vms(p, |p| crate::vmm::linux::run(p, bench::note_linux_start))),
     tested("vm-lifecycle", |p| with_vms(p, vm::lifecycle)),
     tested("vm-isolation", |p| with_vms(p, vm::isolation)),
+    tested("vm-measurement", |p| with_vms(p, vm::measurement)),
     tested("vm-register-integrity", |p| with_vms(p, vm::register_integrity)),
     tested("vm-hostile-arguments", |p| with_vms(p, vm::hostile_arguments)),
     tested("vm-firmware-registers", |p| with_vms(p, vm::firmware_registers)),

@@ -675,3 +675,78 @@ pub fn vgic(plat: &Platform) {
     check!(r == Ok([0, 0, 0]), "VCPU_IRQ_STATE at the end: {r:?}");
     destroy(&vm);
 }
+
+/// What the measurement guest reports: its measurement and a digest of its sealing secret.
+#[derive(Default)]
+struct Reported {
+    words: [u64; 8],
+    n: usize,
+}
+
+impl TestDevice for Reported {
+    fn write(&mut self, _: &Vm, v: u64) {
+        if let Some(w) = self.words.get_mut(self.n) {
+            *w = v;
+        }
+        self.n += 1;
+    }
+    fn read(&mut self, _: &Vm) -> u64 {
+        0
+    }
+}
+
+impl Reported {
+    fn measurement(&self) -> [u8; 32] {
+        let mut m = [0u8; 32];
+        for (i, w) in self.words[..4].iter().enumerate() {
+            m[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        m
+    }
+}
+
+fn hex(bytes: &[u8; 32]) -> impl core::fmt::Display + '_ {
+    struct Hex<'a>(&'a [u8; 32]);
+    impl core::fmt::Display for Hex<'_> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        }
+    }
+    Hex(bytes)
+}
+
+/// `vm-measurement`: a protected VM and a non-protected one of the same image. Each guest reads
+/// the measurement EL2 wrote into its handover page; it must be the one `VM_MEASUREMENT`
+/// gives the host (and, checked by the test runner, the one computed offline); unmeasured RAM,
+/// which the host filled with 0x5A, reaches the protected guest zeroed; the two VMs get
+/// different secrets; the protected VM's handover page is out of the host's reach.
+pub fn measurement(plat: &Platform) {
+    let mut reported = [Reported::default(), Reported::default()];
+    for (protected, rep) in [true, false].into_iter().zip(reported.iter_mut()) {
+        let backing = vmm::alloc_pages(GUEST_MIB * 256);
+        // SAFETY: pages just taken for this VM, the host's until VM_ADD_MEMORY.
+        unsafe { core::ptr::write_bytes(backing as *mut u8, 0x5A, (GUEST_MIB << 20) as usize) };
+        let vm = start_at(plat, 1, if protected { vm_flags::PROTECTED } else { 0 }, backing);
+        let before = vm.el2().measurement();
+        check!(before == Ok(None), "measurement before the first run: {before:?}");
+        run_to_off(plat, &vm, rep);
+        check!(rep.n == 8, "the guest reported {} words, expected 8", rep.n);
+        let m = vm.el2().measurement();
+        check!(m == Ok(Some(rep.measurement())), "VM_MEASUREMENT {m:x?} is not what the guest read {:x?}", rep.measurement());
+        println!("host: {} VM measurement {}", kind(protected), hex(&rep.measurement()));
+        ok!("{} VM: VM_MEASUREMENT is the measurement the guest read from its handover page", kind(protected));
+        let handover = vm.backing + vmm::testvm::handover_offset(vm.pages * PAGE_SIZE);
+        // SAFETY: the VM's handover page: host RAM EL2 decides about; an abort is caught.
+        let r = PROBE.expect(|| unsafe { core::ptr::read_volatile(handover as *const u64); });
+        if protected {
+            check!(matches!(r, Some((esr, _)) if (esr >> 26) & 0x3F == 0x25 && esr & 0x3F == 0x10), "host read of the protected VM's handover page: {r:x?}");
+            ok!("the protected VM's handover page (its secrets) is out of the host's reach");
+        } else {
+            check!(r.is_none(), "host read of a shared VM's handover page faulted: {r:x?}");
+        }
+        destroy(&vm);
+    }
+    check!(reported[0].measurement() != reported[1].measurement(), "the two VMs have one measurement");
+    check!(reported[0].words[4..] != reported[1].words[4..], "the two VMs have one sealing secret");
+    ok!("a protected and a non-protected VM of one image: different measurements, different secrets");
+}

@@ -18,6 +18,8 @@
 //!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
 //!   size and offset of a user's file is checked before a byte is copied.
 //! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap).
+//! - [`testvm`]: the test VMs' layout and measurement, shared by the VMM and the offline
+//!   `cargo xtask measure`.
 //!
 //! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
 //! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
@@ -27,12 +29,14 @@
 //! bookkeeping return typed errors when they contradict the model.
 //!
 //! Like `host-sched`, this crate exists because `el1-host` cannot be unit-tested on the
-//! development machine; it has no dependencies and builds for the bare-metal target too.
+//! development machine; it depends only on `shared-abi` (the measurement records) and builds for
+//! the bare-metal target too.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod fdt;
 pub mod loader;
+pub mod testvm;
 pub mod pl011;
 pub mod vgic;
 

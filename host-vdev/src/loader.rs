@@ -34,28 +34,38 @@ pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<Lo
             return Err("not a little-endian ELF64 for AArch64");
         }
         let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
-        for i in 0..phnum {
-            let Some(ph) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
-                return Err("program headers outside the file");
-            };
-            if rd(ph, 4) != 1 {
-                continue; // not PT_LOAD
+        // Two passes: check every PT_LOAD segment and find what they span, then zero that
+        // span (gaps between segments included: whatever RAM held before must not stay between
+        // them) and copy them in.
+        for pass in 0..2 {
+            for i in 0..phnum {
+                let Some(ph) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
+                    return Err("program headers outside the file");
+                };
+                if rd(ph, 4) != 1 {
+                    continue; // not PT_LOAD
+                }
+                let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
+                let start = paddr.checked_sub(ram_base).ok_or("segment below guest RAM")?;
+                if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
+                    return Err("segment outside guest RAM");
+                }
+                let src = off
+                    .checked_add(filesz)
+                    .and_then(|end| image.get(off as usize..end as usize))
+                    .ok_or("segment outside the file")?;
+                if pass == 0 {
+                    span = (span.0.min(start), span.1.max(start + memsz));
+                } else {
+                    mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
+                }
             }
-            let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
-            let start = paddr.checked_sub(ram_base).ok_or("segment below guest RAM")?;
-            if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
-                return Err("segment outside guest RAM");
+            if pass == 0 {
+                if span.0 > span.1 {
+                    span = (0, 0);
+                }
+                mem[span.0 as usize..span.1 as usize].fill(0);
             }
-            let src = off
-                .checked_add(filesz)
-                .and_then(|end| image.get(off as usize..end as usize))
-                .ok_or("segment outside the file")?;
-            mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
-            mem[(start + filesz) as usize..(start + memsz) as usize].fill(0);
-            span = (span.0.min(start), span.1.max(start + memsz));
-        }
-        if span.0 > span.1 {
-            span = (0, 0);
         }
         Ok(Loaded { entry: rd(24, 8), span })
     } else {
@@ -370,5 +380,16 @@ mod tests {
         // Too many pieces.
         let spans: std::vec::Vec<(u64, u64)> = (0..9).map(|i| (i * 0x2000, i * 0x2000 + 1)).collect();
         assert!(ram_chunks(mib, &spans, None).is_err());
+    }
+
+    #[test]
+    fn nothing_the_ram_held_stays_between_segments() {
+        let base = 0x4000_0000;
+        let mut mem = vec![0xEEu8; 0x10_0000];
+        let image = elf(&[(0x800, base + 0x8_0000, 4, 4), (0x800, base + 0x9_0000, 4, 8)]);
+        let loaded = load_test_image(&mut mem, base, &image).unwrap();
+        assert_eq!(loaded.span, (0x8_0000, 0x9_0008));
+        assert!(mem[0x8_0004..0x9_0000].iter().all(|&b| b == 0), "the gap is zeroed");
+        assert_eq!((mem[0x7_FFFF], mem[0x9_0008]), (0xEE, 0xEE), "outside the span: untouched");
     }
 }

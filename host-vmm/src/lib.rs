@@ -35,9 +35,11 @@ use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypError, PAGE_SIZE};
 
 /// Guest RAM base (IPA).
-pub const GUEST_RAM: u64 = 0x4000_0000;
+pub const GUEST_RAM: u64 = host_vdev::testvm::GUEST_RAM;
+/// The test VMs' layout (RAM, device tree, handover page).
+pub use host_vdev::testvm;
 /// The test VMs' console UART (IPA).
-const UART: u64 = 0x0900_0000;
+const UART: u64 = host_vdev::testvm::UART;
 /// The test device's register (IPA).
 const TESTDEV: u64 = 0x0b00_0000;
 
@@ -113,10 +115,18 @@ pub fn load(vm: &Vm, image: &[u8]) -> Result<host_vdev::loader::Loaded, &'static
 /// the VMM loaded: measured) and the `handover` page (where EL2 writes the measurement
 /// handover); the rest is given empty (zeroed by EL2 for a protected VM).
 pub fn give_ram(vm: &Vm, spans: &[(u64, u64)], handover: Option<u64>) -> Result<(), HypError> {
+    // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
+    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
+    host_vdev::testvm::clear_slack(mem, spans);
+    let (chunks, n) = host_vdev::loader::ram_chunks(vm.pages * PAGE_SIZE, spans, handover).map_err(|_| HypError::InvalidArgument)?;
+    give_chunks(vm, &chunks[..n])
+}
+
+/// `VM_ADD_MEMORY` of each run, with the flags its kind asks for.
+fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Result<(), HypError> {
     use host_vdev::loader::ChunkKind;
     use shared_abi::measure::add_flags;
-    let (chunks, n) = host_vdev::loader::ram_chunks(vm.pages * PAGE_SIZE, spans, handover).map_err(|_| HypError::InvalidArgument)?;
-    for c in &chunks[..n] {
+    for c in chunks {
         let flags = match c.kind {
             ChunkKind::Content => add_flags::MEASURE,
             ChunkKind::Empty => 0,
@@ -127,14 +137,6 @@ pub fn give_ram(vm: &Vm, spans: &[(u64, u64)], handover: Option<u64>) -> Result<
     Ok(())
 }
 
-/// Where a test VM's handover page goes: just below its device tree.
-pub fn handover_offset(vm: &Vm) -> u64 {
-    vm.pages * PAGE_SIZE - DTB_SPACE - PAGE_SIZE
-}
-
-/// Space for the guest's device tree, at the end of its RAM.
-const DTB_SPACE: u64 = 64 * 1024;
-
 /// Writes the guest's device tree at the end of its RAM, gives the VM its RAM (donated if
 /// protected, shared otherwise; what was loaded and the device tree measured, the handover
 /// page below the tree, the rest empty: [`give_ram`]) and points vCPU 0 at the loaded entry
@@ -142,16 +144,13 @@ const DTB_SPACE: u64 = 64 * 1024;
 /// IPA.
 pub fn boot(vm: &Vm, loaded: host_vdev::loader::Loaded) -> Result<u64, HypError> {
     let entry = loaded.entry;
-    let size = vm.pages * PAGE_SIZE;
-    let dtb_off = size.checked_sub(DTB_SPACE + PAGE_SIZE).ok_or(HypError::InvalidArgument)? + PAGE_SIZE;
-    let handover = handover_offset(vm);
     // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
-    let dtb = unsafe { core::slice::from_raw_parts_mut((vm.backing + dtb_off) as *mut u8, DTB_SPACE as usize) };
-    host_vdev::fdt::test_guest_tree(dtb, GUEST_RAM, size, vm.vcpus, UART, Some(GUEST_RAM + handover)).ok_or(HypError::InvalidArgument)?;
-    give_ram(vm, &[loaded.span, (dtb_off, size)], Some(handover))?;
+    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
+    let (chunks, n, dtb) = host_vdev::testvm::lay_out(mem, &loaded, vm.vcpus).map_err(|_| HypError::InvalidArgument)?;
+    give_chunks(vm, &chunks[..n])?;
     vm.el2().vcpu(0).set_reg(reg::PC, entry)?;
-    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + dtb_off)?;
-    Ok(GUEST_RAM + dtb_off)
+    vm.el2().vcpu(0).set_reg(reg::x(0), dtb)?;
+    Ok(dtb)
 }
 
 /// Destroys the VM, after reporting its exit statistics ([`report_stats`]).

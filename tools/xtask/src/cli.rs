@@ -54,6 +54,15 @@ pub const LINUX_BARE_FLAGS: &[Flag] = &[
     Flag { name: "--help", value: None, help: "this list" },
 ];
 
+/// The flags `measure` takes.
+pub const MEASURE_FLAGS: &[Flag] = &[
+    Flag { name: "--guest", value: Some("NAME|PATH"), help: "the test guest (default: demo)" },
+    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs, 1 to 8; default 1" },
+    Flag { name: "--mib", value: Some("N"), help: "RAM in MiB; default 16 (what the test VMs get)" },
+    Flag { name: "--non-protected", value: None, help: "the VM is not protected (its flags are measured)" },
+    Flag { name: "--help", value: None, help: "this list" },
+];
+
 /// The flags `bench` takes.
 pub const BENCH_FLAGS: &[Flag] = &[
     Flag { name: "--only", value: Some("GROUP[,GROUP...]"), help: "only these groups: main, ptrauth (PMU rows), irq (interrupt guest), linux (boot ratio); default all" },

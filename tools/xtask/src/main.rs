@@ -19,6 +19,8 @@
 //! - `check-docs`: checks `docs/ABI.md` against `shared-abi` (version, call IDs, arities,
 //!   errors); `test` runs it first.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
+//! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`: a test VM's
+//!   measurement, computed offline (what its guest reads from its handover page).
 //! - `bench [--only GROUP,...]`: instruction counts of the hot paths, interrupt delivery and the
 //!   Linux boot ratio (QEMU `-icount`), a table and `target/bench.json`.
 //!
@@ -30,6 +32,7 @@ mod check_docs;
 mod cli;
 mod images;
 mod linux;
+mod measure;
 mod qemu;
 mod run;
 mod scenario;
@@ -54,8 +57,9 @@ fn main() {
         "bench" => bench::command(rest),
         "linux-bare" => linux::bare::command(rest),
         "check-docs" => check_docs::run(),
+        "measure" => measure::command(rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare|check-docs> (run, test, bench and linux-bare take --help)");
+            eprintln!("usage: cargo xtask <setup|build|run|test|bench|tcb|linux-bare|check-docs|measure> (run, test, bench, linux-bare and measure take --help)");
             exit(2);
         }
     };

@@ -64,6 +64,10 @@ pub struct Scenario {
     pub allow: Vec<String>,
     pub test_image: bool,
     pub guest: String,
+    /// `measure` lines: (vCPUs, MiB, protected) of test VMs of `guest` whose measurement,
+    /// computed offline, replaces `{measurement}` (the first), `{measurement2}` (the second)
+    /// in expected lines.
+    pub measure: Vec<(u32, u64, bool)>,
     pub icount: bool,
     pub expect_count: Vec<(usize, String)>,
     /// The number of checks the host must pass.
@@ -163,6 +167,20 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "forbid" => s.forbid.push(v),
             "allow" => s.allow.push(v),
             "guest" => s.guest = v,
+            "measure" => {
+                // `VCPUS MIB protected|plain`: `{measurement}` in an expected line is the test
+                // VM's measurement, computed offline (`cargo xtask measure`).
+                let w: Vec<&str> = v.split_whitespace().collect();
+                let (Some(vcpus), Some(mib), Some(kind)) = (w.first().and_then(|x| x.parse().ok()), w.get(1).and_then(|x| x.parse().ok()), w.get(2)) else {
+                    return Err(bad("measure (VCPUS MIB protected|plain)"));
+                };
+                let protected = match *kind {
+                    "protected" => true,
+                    "plain" => false,
+                    _ => return Err(bad("measure (VCPUS MIB protected|plain)")),
+                };
+                s.measure.push((vcpus, mib, protected));
+            }
             "checks" => s.checks = Some(v.parse().map_err(|_| bad("checks"))?),
             "icount" => s.icount = v == "on",
             "default" => s.default = on_off("default")?,

@@ -60,7 +60,17 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
         println!("scenario {}: fresh seed {seed} (replay: --args with seed={seed})", s.name);
     }
     let args = s.args.replace("{seed}", &seed.to_string());
-    let expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
+    let mut expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
+    // Measurements computed offline, for the guest's lines to match.
+    for (i, &(vcpus, mib, protected)) in s.measure.iter().enumerate() {
+        let flags = if protected { shared_abi::msg::vm_flags::PROTECTED } else { 0 };
+        let m = match images.guest(&s.guest).and_then(|g| crate::measure::test_vm(&g, vcpus, mib, flags)) {
+            Ok(m) => crate::measure::hex(&m),
+            Err(e) => return (Err(format!("computing the measurement offline: {e}")), Vec::new()),
+        };
+        let key = if i == 0 { "{measurement}".to_string() } else { format!("{{measurement{}}}", i + 1) };
+        expect.iter_mut().for_each(|e| *e = e.replace(&key, &m));
+    }
     // The command-line file of a Linux run lives until QEMU has exited.
     let mut _cmdline_file = None;
     let machine = match &s.linux {
