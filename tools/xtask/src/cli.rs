@@ -12,9 +12,9 @@ pub struct Flag {
 /// The flags `run` takes.
 pub const RUN_FLAGS: &[Flag] = &[
     Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000 of a 16 MiB VM); default demo" },
-    Flag { name: "--kernel", value: Some("FILE|debian"), help: "boot a Linux arm64 Image (at most 60 MiB) as the guest instead; `debian` is Debian's cloud kernel that setup fetched" },
-    Flag { name: "--initrd", value: Some("FILE"), help: "the Linux guest's initrd, at most 64 MiB; default with --kernel debian: the project's initramfs (tests/linux)" },
-    Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\"" },
+    Flag { name: "--kernel", value: Some("FILE|debian|pkvm"), help: "boot a Linux arm64 Image (at most 60 MiB) as the guest instead; `debian` is Debian's cloud kernel that setup fetched, `pkvm` the project's pKVM guest kernel that setup built" },
+    Flag { name: "--initrd", value: Some("FILE"), help: "the Linux guest's initrd, at most 64 MiB; default with --kernel debian or pkvm: the project's initramfs (tests/linux)" },
+    Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\" (with --kernel pkvm: without earlycon)" },
     Flag { name: "--mem", value: Some("SIZE"), help: "memory of each Linux VM, 64M to 1536M (e.g. 512M, 1G), at most 1536M for all VMs; default 512M" },
     Flag { name: "--vms", value: Some("N"), help: "identical Linux VMs run at once, 1 or 2; default 1" },
     Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of each VM, 1 to 8 (the demo: at most --smp, one vCPU per host CPU); default 2" },

@@ -25,7 +25,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
         return run_linux(&flags, kernel, smp);
     }
     if let Some(f) = cli::LINUX_ONLY_FLAGS.iter().find(|f| flags.has(f)) {
-        return Err(format!("{f} is for a Linux guest: add --kernel FILE (or --kernel debian)"));
+        return Err(format!("{f} is for a Linux guest: add --kernel FILE (or --kernel debian|pkvm)"));
     }
     let vcpus = flags.number("--vcpus", 2, 1..=8)?;
     let scenario = flags.value("--scenario").unwrap_or("demo").to_string();
@@ -80,19 +80,21 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
     let vcpus = flags.number("--vcpus", 2, 1..=8)?;
     let vms = flags.number("--vms", 1, 1..=2)?;
     let mem_mib = linux::limits::parse_mem(flags.value("--mem").unwrap_or("512M"))?;
-    let cmdline = flags.value("--cmdline").unwrap_or(linux::DEFAULT_CMDLINE).to_string();
+    let cmdline = flags.value("--cmdline").unwrap_or(linux::default_cmdline(kernel)).to_string();
     // The limits that need no file, before anything is fetched or built.
     linux::limits::check_limits(0, None, cmdline.len(), mem_mib, vcpus, vms)?;
-    if kernel != "debian" {
+    let named = linux::NamedKernel::parse(kernel);
+    if named.is_none() {
         let head = std::fs::read(kernel).map_err(|e| format!("--kernel {kernel}: {e}"))?;
         linux::limits::check_image_header(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
     }
     let tc = setup()?;
-    let (kernel, default_initrd) = if kernel == "debian" {
-        let a = linux::artifacts()?;
-        (a.image, Some(a.initramfs))
-    } else {
-        (PathBuf::from(kernel), None)
+    let (kernel, default_initrd) = match named {
+        Some(named) => {
+            let a = linux::artifacts()?;
+            (a.image(named)?.to_path_buf(), Some(a.initramfs))
+        }
+        None => (PathBuf::from(kernel), None),
     };
     let run = linux::LinuxRun {
         scenario: flags.value("--scenario").unwrap_or("linux").to_string(),

@@ -1,7 +1,9 @@
-//! The Linux guest's files: Debian's arm64 kernel and busybox (fetched by `setup`), the check
-//! program `tests/linux/pkvm-check.c` built with the cross compiler, and the initramfs.
+//! The Linux guest's files: Debian's arm64 kernel and busybox (fetched by `setup`), the
+//! project's pKVM guest kernel (built by `setup`, `kernel.rs`), the check program
+//! `tests/linux/pkvm-check.c` built with the cross compiler, and the initramfs.
 //!
-//! The cache, keyed by Debian package versions, is never committed:
+//! The cache of Debian's files, keyed by package versions, is never committed (the pKVM guest
+//! kernel's cache is outside the clone, see `kernel.rs`):
 //!
 //! ```text
 //! target/linux/resolved                      which versions, for which state of apt's lists
@@ -13,7 +15,7 @@
 
 use super::initramfs::initramfs;
 use super::limits::check_image_header;
-use super::OPTIONAL_ENV;
+use super::{NamedKernel, OPTIONAL_ENV};
 use crate::root;
 use crate::setup::apt::{apt_get, apt_install, have, is_root};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ const BUSYBOX: &str = "busybox-static";
 
 /// The cross compiler for the check program (Debian amd64 packages).
 const CROSS_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
-const CROSS_GCC: &str = "aarch64-linux-gnu-gcc";
+pub(super) const CROSS_GCC: &str = "aarch64-linux-gnu-gcc";
 
 pub fn cache() -> PathBuf {
     root().join("target/linux")
@@ -201,11 +203,11 @@ fn prune(r: &Resolved) {
     }
 }
 
-/// `setup`'s part for Linux guests: the arm64 architecture in dpkg, the kernel and busybox in
-/// the cache (apt is asked only when its lists changed since the last resolution), and the
-/// cross compiler for the check program.
+/// `setup`'s part for Linux guests: the arm64 architecture in dpkg, Debian's kernel and busybox
+/// in the cache (apt is asked only when its lists changed since the last resolution), the cross
+/// compiler for the check program, and the pKVM guest kernel (built once per machine).
 pub fn setup() -> Result<(), String> {
-    let result = fetch_all().and_then(|_| install_cross_compiler());
+    let result = fetch_all().and_then(|_| install_cross_compiler()).and_then(|_| super::kernel::setup());
     match result {
         Err(e) if std::env::var(OPTIONAL_ENV).is_ok_and(|v| v == "1") => {
             println!("xtask: warning: no Linux guest artifacts ({e}); {OPTIONAL_ENV}=1, so going on without them");
@@ -276,7 +278,7 @@ fn cross_compiler_ready() -> bool {
     have(CROSS_GCC, "--version") && Path::new("/usr/aarch64-linux-gnu/lib/libc.a").is_file()
 }
 
-fn install_cross_compiler() -> Result<(), String> {
+pub(super) fn install_cross_compiler() -> Result<(), String> {
     if !cross_compiler_ready() {
         apt_install(CROSS_PACKAGES)?;
         if !cross_compiler_ready() {
@@ -286,16 +288,30 @@ fn install_cross_compiler() -> Result<(), String> {
     Ok(())
 }
 
-/// The Debian kernel and the project's initramfs, ready to boot.
+/// The Debian kernel, the pKVM guest kernel and the project's initramfs, ready to boot.
 pub struct Artifacts {
+    /// Debian's kernel.
     pub image: PathBuf,
     pub initramfs: PathBuf,
     /// E.g. `linux-image-6.1.0-57-cloud-arm64 6.1.192-3`.
     pub kernel: String,
+    /// The project's pKVM guest kernel, or why it is not there.
+    pub pkvm_image: Result<PathBuf, String>,
 }
 
-/// The cached kernel and busybox (no apt: `setup` fetched them), the check program built and
-/// the initramfs packed.
+impl Artifacts {
+    /// The image of a named kernel.
+    pub fn image(&self, kernel: NamedKernel) -> Result<&Path, String> {
+        match kernel {
+            NamedKernel::Debian => Ok(&self.image),
+            NamedKernel::Pkvm => self.pkvm_image.as_deref().map_err(Clone::clone),
+        }
+    }
+}
+
+/// The cached kernels and busybox (no apt: `setup` fetched and built them), the check program
+/// built and the initramfs packed. Only Debian's kernel and busybox must be there; the pKVM
+/// guest kernel's absence is reported by [`Artifacts::image`].
 pub fn artifacts() -> Result<Artifacts, String> {
     let missing = || "the Debian kernel and busybox are not in target/linux: run `cargo xtask setup`".to_string();
     let text = std::fs::read_to_string(cache().join("resolved")).map_err(|_| missing())?;
@@ -314,7 +330,7 @@ pub fn artifacts() -> Result<Artifacts, String> {
     if std::fs::read(&initramfs).ok().as_deref() != Some(archive.as_slice()) {
         std::fs::write(&initramfs, &archive).map_err(|e| format!("{}: {e}", initramfs.display()))?;
     }
-    Ok(Artifacts { image, initramfs, kernel: format!("{} {}", r.kernel_package, r.kernel_version) })
+    Ok(Artifacts { image, initramfs, kernel: format!("{} {}", r.kernel_package, r.kernel_version), pkvm_image: super::kernel::cached_image() })
 }
 
 fn modified(p: &Path) -> Option<std::time::SystemTime> {

@@ -1,13 +1,14 @@
 //! Linux guests: a Linux run under the hypervisor (`run --kernel`, the Linux scenarios, the
 //! benchmarks) and the QEMU machine for it, the same kernel on bare QEMU (the baseline,
 //! `cargo xtask linux-bare`), and the boot-to-userspace measurement the benchmark compares
-//! between the two. The files (`artifacts.rs`, `initramfs.rs`) and the limits (`limits.rs`)
-//! are in the submodules.
+//! between the two. The files (`artifacts.rs`, `initramfs.rs`), the pKVM guest kernel's build
+//! (`kernel.rs`) and the limits (`limits.rs`) are in the submodules.
 
 pub mod artifacts;
 pub mod bare;
 mod cpio;
 mod initramfs;
+pub mod kernel;
 pub mod limits;
 
 pub use artifacts::{artifacts, Artifacts};
@@ -21,6 +22,41 @@ use std::time::Duration;
 
 /// The kernel command line for Linux runs without `--cmdline`.
 pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1";
+
+/// The same for the pKVM guest kernel: no `earlycon`. Linux 6.12's pKVM guest driver declares
+/// MMIO only through `ioremap`, and earlycon's fixmap mapping of the PL011 is not one: once the
+/// GIC driver's `ioremap` has turned the MMIO guard on, earlycon's next write is an undeclared
+/// access, EL2 injects an external abort, and the kernel hangs reporting it through the same
+/// console. Messages before the PL011 driver takes over wait in the log buffer instead.
+pub const PKVM_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+
+/// The kernels a Linux run names rather than gives as a file (`--kernel NAME`, `kernel = NAME`);
+/// both boot with the project's initramfs by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedKernel {
+    /// Debian bookworm's arm64 cloud kernel (Linux 6.1), fetched by `setup`.
+    Debian,
+    /// The project's pKVM guest kernel (Linux 6.12 with `ARM_PKVM_GUEST`), built by `setup`.
+    Pkvm,
+}
+
+impl NamedKernel {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "debian" => Some(Self::Debian),
+            "pkvm" => Some(Self::Pkvm),
+            _ => None,
+        }
+    }
+}
+
+/// The command line for a kernel (a name or a file) when none is given.
+pub fn default_cmdline(kernel: &str) -> &'static str {
+    match NamedKernel::parse(kernel) {
+        Some(NamedKernel::Pkvm) => PKVM_CMDLINE,
+        _ => DEFAULT_CMDLINE,
+    }
+}
 
 /// Set to 1 to let `setup` go on without the Linux artifacts (Linux scenarios are then skipped).
 pub const OPTIONAL_ENV: &str = "XTASK_LINUX_OPTIONAL";

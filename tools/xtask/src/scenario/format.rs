@@ -22,9 +22,10 @@
 //! A Linux guest (the host's `linux` scenario, see `linux/mod.rs`) instead of a test guest:
 //!
 //! ```text
-//! kernel = debian            # Debian's kernel (with the project's initramfs), or an Image file
-//! initrd = FILE              # default with debian: the project's initramfs
-//! cmdline = console=...      # the guest's command line (default linux::DEFAULT_CMDLINE)
+//! kernel = debian            # Debian's kernel, pkvm the project's pKVM guest kernel (both with
+//!                            # the project's initramfs), or an Image file
+//! initrd = FILE              # default with debian and pkvm: the project's initramfs
+//! cmdline = console=...      # the guest's command line (default linux::default_cmdline)
 //! mem = 512M                 # memory of each VM (default 512M)
 //! vcpus = 2                  # vCPUs of each VM (default 2)
 //! vms = 1                    # identical VMs at once (default 1)
@@ -85,7 +86,8 @@ pub struct Scenario {
 pub struct LinuxKeys {
     pub kernel: String,
     pub initrd: Option<String>,
-    pub cmdline: String,
+    /// `None`: the kernel's default (`linux::default_cmdline`).
+    pub cmdline: Option<String>,
     pub mem_mib: u32,
     pub vcpus: u32,
     pub vms: u32,
@@ -100,7 +102,7 @@ impl Default for LinuxKeys {
         Self {
             kernel: String::new(),
             initrd: None,
-            cmdline: linux::DEFAULT_CMDLINE.into(),
+            cmdline: None,
             mem_mib: 512,
             vcpus: 2,
             vms: 1,
@@ -143,7 +145,7 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             match k {
                 "kernel" => l.kernel = v.clone(),
                 "initrd" => l.initrd = Some(v.clone()),
-                "cmdline" => l.cmdline = v.clone(),
+                "cmdline" => l.cmdline = Some(v.clone()),
                 "mem" => l.mem_mib = linux::limits::parse_mem(&v).map_err(|e| format!("line {}: {e}", n + 1))?,
                 "vcpus" => l.vcpus = v.parse().map_err(|_| bad("vcpus"))?,
                 "vms" => l.vms = v.parse().map_err(|_| bad("vms"))?,
@@ -241,13 +243,19 @@ mod tests {
         let s = parse("[l]\ndefault = off\nkernel = debian\nmem = 1G\nvms = 2\nprotected = off\nmte = on\ncmdline = console=ttyAMA0 pkvm.check=cpus=2\nexpect_count = 2 PKVM-CHECK: passed 1/1\n[plain]\nexpect = x\n").unwrap();
         let l = s[0].linux.as_ref().unwrap();
         assert_eq!((l.kernel.as_str(), l.mem_mib, l.vms, l.vcpus, l.protected, l.mte, l.ptrauth), ("debian", 1024, 2, 2, false, true, false));
-        assert_eq!(l.cmdline, "console=ttyAMA0 pkvm.check=cpus=2");
+        assert_eq!(l.cmdline.as_deref(), Some("console=ttyAMA0 pkvm.check=cpus=2"));
         assert_eq!(s[0].expect_count, vec![(2, "PKVM-CHECK: passed 1/1".to_string())]);
         assert!(!s[0].default && s[1].default && s[1].linux.is_none());
         let run = linux_run(l, None);
         assert!(run.unwrap_err().contains("no Debian kernel"));
         let file = linux_run(&LinuxKeys { kernel: "my/Image".into(), ..l.clone() }, None).unwrap();
         assert_eq!((file.kernel, file.initrd, file.protected), (root().join("my/Image"), None, false));
+        assert!(linux_run(&LinuxKeys { kernel: "pkvm".into(), ..l.clone() }, None).unwrap_err().contains("kernel = pkvm"));
+        // Without a cmdline line, the kernel's default: no earlycon for the pKVM guest kernel.
+        let s = parse("[a]\nkernel = my/Image\n[b]\nkernel = pkvm\n").unwrap();
+        assert_eq!(linux_run(s[0].linux.as_ref().unwrap(), None).unwrap().cmdline, linux::DEFAULT_CMDLINE);
+        assert_eq!(linux::default_cmdline("pkvm"), linux::PKVM_CMDLINE);
+        assert!(!linux::PKVM_CMDLINE.contains("earlycon"));
     }
 
     #[test]
@@ -270,14 +278,18 @@ mod tests {
         assert!(linux.len() >= 3);
         for s in &linux {
             let l = s.linux.as_ref().unwrap();
-            linux::limits::check_limits(1, Some(1), l.cmdline.len(), l.mem_mib, l.vcpus, l.vms).unwrap_or_else(|e| panic!("{}: {e}", s.name));
-            if l.kernel != "debian" {
+            let cmdline_len = l.cmdline.as_deref().unwrap_or(linux::default_cmdline(&l.kernel)).len();
+            linux::limits::check_limits(1, Some(1), cmdline_len, l.mem_mib, l.vcpus, l.vms).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            let Some(named) = linux::NamedKernel::parse(&l.kernel) else {
                 // A test guest in the Linux VM (the benchmarks' interrupt guest): no userspace.
-                assert!(l.kernel.starts_with("target/"), "{}: a kernel other than debian is a built test guest", s.name);
+                assert!(l.kernel.starts_with("target/"), "{}: a kernel other than debian or pkvm is a built test guest", s.name);
                 continue;
-            }
+            };
             // Checks from the command line, or typed into the console.
-            assert!(l.cmdline.contains("pkvm.check=") || s.input.iter().any(|(_, t)| t.contains("pkvm-check")), "{}: checks nothing", s.name);
+            let cmdline = l.cmdline.as_deref().unwrap_or(linux::default_cmdline(&l.kernel));
+            assert!(cmdline.contains("pkvm.check=") || s.input.iter().any(|(_, t)| t.contains("pkvm-check")), "{}: checks nothing", s.name);
+            // The pKVM guest kernel must not use earlycon (linux::PKVM_CMDLINE says why).
+            assert!(named != linux::NamedKernel::Pkvm || !cmdline.contains("earlycon"), "{}: earlycon with kernel = pkvm", s.name);
             assert!(s.expect.iter().chain(s.expect_count.iter().map(|e| &e.1)).any(|e| e.contains("PKVM-CHECK: passed")), "{}", s.name);
         }
     }

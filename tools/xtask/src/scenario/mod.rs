@@ -56,31 +56,35 @@ pub fn run_all(release: &Images, test_hooks: &Images, suite: Suite, all: bool, r
     if !held.is_empty() {
         println!("xtask: not run by default (default = off; --all or --only runs them): {}", held.join(", "));
     }
-    // The Debian kernel and initramfs, made once if a selected scenario boots them.
-    let debian = selected
-        .iter()
-        .any(|s| s.linux.as_ref().is_some_and(|l| l.kernel == "debian"))
-        .then(linux::artifacts);
+    // The named kernels (Debian's, the pKVM guest kernel) and the initramfs, made once if a
+    // selected scenario boots one.
+    let named = |s: &Scenario| s.linux.as_ref().and_then(|l| linux::NamedKernel::parse(&l.kernel));
+    let artifacts = selected.iter().any(|s| named(s).is_some()).then(linux::artifacts);
     let optional = std::env::var(linux::OPTIONAL_ENV).is_ok_and(|v| v == "1");
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut summary = Vec::new();
     for s in selected {
         let images = if s.test_image { test_hooks } else { release };
-        let wants_debian = s.linux.as_ref().is_some_and(|l| l.kernel == "debian");
-        if let (true, Some(Err(e))) = (wants_debian, &debian) {
+        // Why a named kernel cannot boot: no artifacts, or this kernel missing from them.
+        let missing = named(s).and_then(|k| match &artifacts {
+            Some(Ok(a)) => a.image(k).err(),
+            Some(Err(e)) => Some(e.clone()),
+            None => None,
+        });
+        if let Some(e) = &missing {
             if optional {
                 println!("scenario {} ... skipped: {e} ({}=1)", s.name, linux::OPTIONAL_ENV);
                 skipped += repeat.max(1);
                 continue;
             }
         }
-        let debian = debian.as_ref().and_then(|d| d.as_ref().ok());
+        let artifacts = artifacts.as_ref().and_then(|a| a.as_ref().ok());
         let (mut ok, mut times) = (0u32, Vec::new());
         for run in 1..=repeat {
             let t = Instant::now();
-            let (r, lines) = match (&debian, wants_debian) {
-                (None, true) => (Err(linux::artifacts().err().unwrap_or_default()), vec![]),
-                _ => run_one(images, s, debian, verbose),
+            let (r, lines) = match &missing {
+                Some(e) => (Err(e.clone()), vec![]),
+                None => run_one(images, s, artifacts, verbose),
             };
             let secs = t.elapsed().as_secs_f64();
             times.push(secs);

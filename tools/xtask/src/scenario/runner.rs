@@ -23,20 +23,21 @@ fn fresh_seed() -> u64 {
 /// Monitor sockets made so far (their names must be unique within this run).
 static MONITORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// The Linux run a scenario's keys describe, with `debian` resolved to the cached artifacts.
-pub fn linux_run(keys: &LinuxKeys, debian: Option<&linux::Artifacts>) -> Result<LinuxRun, String> {
-    let debian_or = |what: &str| debian.ok_or(format!("kernel = debian, but {what}"));
-    let (kernel, default_initrd) = if keys.kernel == "debian" {
-        let a = debian_or("no Debian kernel")?;
-        (a.image.clone(), Some(a.initramfs.clone()))
-    } else {
-        (root().join(&keys.kernel), None)
+/// The Linux run a scenario's keys describe, with `debian` and `pkvm` resolved to the cached
+/// artifacts.
+pub fn linux_run(keys: &LinuxKeys, artifacts: Option<&linux::Artifacts>) -> Result<LinuxRun, String> {
+    let (kernel, default_initrd) = match linux::NamedKernel::parse(&keys.kernel) {
+        Some(named) => {
+            let a = artifacts.ok_or(format!("kernel = {}, but no Debian kernel and busybox for the initramfs", keys.kernel))?;
+            (a.image(named).map_err(|e| format!("kernel = {}, but {e}", keys.kernel))?.to_path_buf(), Some(a.initramfs.clone()))
+        }
+        None => (root().join(&keys.kernel), None),
     };
     Ok(LinuxRun {
         scenario: "linux".into(),
         kernel,
         initrd: keys.initrd.as_ref().map(|i| root().join(i)).or(default_initrd),
-        cmdline: keys.cmdline.clone(),
+        cmdline: keys.cmdline.clone().unwrap_or_else(|| linux::default_cmdline(&keys.kernel).into()),
         mem_mib: keys.mem_mib,
         vcpus: keys.vcpus,
         protected: keys.protected,
@@ -54,7 +55,7 @@ fn host_checks_passed(lines: &[String], scenario: &str) -> Option<usize> {
 
 /// Outcome of one scenario: the number of checks it passed (the host's, each expected line,
 /// the exit status), or why it failed.
-pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>, verbose: bool) -> (Result<usize, String>, Vec<String>) {
+pub fn run_one(images: &Images, s: &Scenario, artifacts: Option<&linux::Artifacts>, verbose: bool) -> (Result<usize, String>, Vec<String>) {
     let seed = fresh_seed();
     if s.args.contains("{seed}") {
         println!("scenario {}: fresh seed {seed} (replay: --args with seed={seed})", s.name);
@@ -74,8 +75,8 @@ pub fn run_one(images: &Images, s: &Scenario, debian: Option<&linux::Artifacts>,
     // The command-line file of a Linux run lives until QEMU has exited.
     let mut _cmdline_file = None;
     let machine = match &s.linux {
-        Some(keys) if keys.bare => linux_run(&LinuxKeys { vcpus: s.smp, ..keys.clone() }, debian).and_then(|run| run.validate().and_then(|_| linux::bare_machine(&run))),
-        Some(keys) => linux_run(keys, debian).and_then(|run| linux::hyp_machine(images, s.smp, &run, &args)).map(|(machine, file)| {
+        Some(keys) if keys.bare => linux_run(&LinuxKeys { vcpus: s.smp, ..keys.clone() }, artifacts).and_then(|run| run.validate().and_then(|_| linux::bare_machine(&run))),
+        Some(keys) => linux_run(keys, artifacts).and_then(|run| linux::hyp_machine(images, s.smp, &run, &args)).map(|(machine, file)| {
             _cmdline_file = file;
             machine
         }),
