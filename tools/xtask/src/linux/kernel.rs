@@ -15,7 +15,9 @@
 //!
 //! A build extracts the source into a scratch directory beside the cache entry, configures it,
 //! checks that every option of the fragment is `=y` in the final `.config` (a Kconfig
-//! dependency can drop one silently), builds `Image`, and removes the scratch directory.
+//! dependency can drop one silently), builds `Image`, and removes the scratch directory. The
+//! build's user, host and timestamp are fixed, so the same source, fragment and compiler give
+//! the same `Image` on every machine.
 
 use super::artifacts::{install_cross_compiler, CROSS_GCC};
 use super::limits::check_image_header;
@@ -41,7 +43,7 @@ pub const FRAGMENT: &str = "tests/linux/pkvm-guest.config";
 /// The build steps, hashed into the cache key with the fragment: changing them rebuilds.
 const RECIPE: &str = "tar xf; make ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- tinyconfig; \
     scripts/kconfig/merge_config.sh -m .config FRAGMENT; make olddefconfig; check FRAGMENT =y; make Image; \
-    KBUILD_BUILD_USER=pkvm-rs KBUILD_BUILD_HOST=xtask";
+    KBUILD_BUILD_USER=pkvm-rs KBUILD_BUILD_HOST=xtask KBUILD_BUILD_TIMESTAMP=$(date -u -r TARBALL)";
 
 const MAKE_ARGS: &[&str] = &["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"];
 
@@ -148,14 +150,24 @@ pub fn setup() -> Result<(), String> {
     build(&version, &options, &dir)
 }
 
+/// The kernel's build timestamp (in its version string): the source tarball's, so that the
+/// same source, fragment and compiler give the same `Image` on every machine (and a VM booting
+/// it the same measurement).
+fn build_timestamp() -> Result<String, String> {
+    let out = Command::new("date").args(["-u", "-r", SOURCE_TARBALL]).output().map_err(|e| format!("cannot run date: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !text.is_empty() { Ok(text) } else { Err(format!("date -u -r {SOURCE_TARBALL} failed")) }
+}
+
 /// Runs one step of the build in `dir`, its output appended to `log`.
-fn step(dir: &Path, log: &Path, program: &str, args: &[&str]) -> Result<(), String> {
+fn step(dir: &Path, log: &Path, timestamp: &str, program: &str, args: &[&str]) -> Result<(), String> {
     let open = || std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()));
     let status = Command::new(program)
         .args(args)
         .current_dir(dir)
         .env("KBUILD_BUILD_USER", "pkvm-rs")
         .env("KBUILD_BUILD_HOST", "xtask")
+        .env("KBUILD_BUILD_TIMESTAMP", timestamp)
         .stdin(Stdio::null())
         .stdout(open()?)
         .stderr(open()?)
@@ -192,18 +204,20 @@ fn build(version: &str, options: &[&str], dir: &Path) -> Result<(), String> {
         log.display()
     );
     let start = Instant::now();
+    let timestamp = build_timestamp()?;
+    let step = |program: &str, args: &[&str]| step(&scratch, &log, &timestamp, program, args);
     let result = (|| {
-        step(&scratch, &log, "tar", &["xf", SOURCE_TARBALL, "--strip-components=1"])?;
-        step(&scratch, &log, "make", &[MAKE_ARGS, &["tinyconfig"]].concat())?;
+        step("tar", &["xf", SOURCE_TARBALL, "--strip-components=1"])?;
+        step("make", &[MAKE_ARGS, &["tinyconfig"]].concat())?;
         let fragment = root().join(FRAGMENT);
-        step(&scratch, &log, "scripts/kconfig/merge_config.sh", &["-m", ".config", &fragment.display().to_string()])?;
-        step(&scratch, &log, "make", &[MAKE_ARGS, &["olddefconfig"]].concat())?;
+        step("scripts/kconfig/merge_config.sh", &["-m", ".config", &fragment.display().to_string()])?;
+        step("make", &[MAKE_ARGS, &["olddefconfig"]].concat())?;
         let config = std::fs::read_to_string(scratch.join(".config")).map_err(|e| format!("the kernel's .config: {e}"))?;
         let lost = dropped(options, &config);
         if !lost.is_empty() {
             return Err(format!("{FRAGMENT}: Kconfig did not keep {} of its options as asked:\n  {}", lost.len(), lost.join("\n  ")));
         }
-        step(&scratch, &log, "make", &[MAKE_ARGS, &[&format!("-j{jobs}"), "Image"]].concat())?;
+        step("make", &[MAKE_ARGS, &[&format!("-j{jobs}"), "Image"]].concat())?;
         let image = scratch.join("arch/arm64/boot/Image");
         let head = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
         check_image_header(&head).map_err(|e| format!("{}: {e}", image.display()))?;
