@@ -188,6 +188,9 @@ pub fn run(plat: &Platform) {
                 let (r1, r2) = (rng.next(), 0x4000_0000 + rng.below(4096) * PAGE_SIZE);
                 x[2] = rng.pick(&[0x4000_0000, 0, 1 << 36, (1 << 36) - PAGE_SIZE, r1, r2]);
                 x[3] = pages(&mut rng);
+                // What the pages hold, for the measurement (ABI 4.0): mostly the defined flags.
+                let r3 = rng.next();
+                x[4] = rng.pick(&[0, 0, shared_abi::measure::add_flags::MEASURE, shared_abi::measure::add_flags::HANDOVER, r3]);
                 // Keep sandbox donations inside the sandbox: the host must not give away its
                 // own code by accident (that would break the host, not EL2).
                 if (ram_base..ram_end).contains(&x[1]) && !(SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) && x[1] != ram_end - PAGE_SIZE {
@@ -502,7 +505,7 @@ fn timer_round(round: u64, rng: &mut Rng, wrong: &mut Wrong) {
             wrong.report(format_args!("timer round {round} ({}): {what}: {got:?}, documented {want:?}", if protected { "protected" } else { "non-protected" }));
         }
     };
-    expect(wrong, "VM_ADD_MEMORY", call(HypercallId::VmAddMemory, &[h, TIMER_BACKING, 0x4000_0000, 1]), Ok([0; 3]));
+    expect(wrong, "VM_ADD_MEMORY", call(HypercallId::VmAddMemory, &[h, TIMER_BACKING, 0x4000_0000, 1, shared_abi::measure::add_flags::MEASURE]), Ok([0; 3]));
     expect(wrong, "PC", call(HypercallId::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000, 0]), Ok([0; 3]));
     // Before the first run every value is taken: CNTVOFF_EL2 any (the guest's virtual count
     // moves), CNTP_CTL_EL0 with ISTATUS (ignored), CNTP_CVAL_EL0 any; CNTP_CTL_EL0 with a RES0
