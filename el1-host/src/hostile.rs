@@ -114,6 +114,7 @@ pub fn run(plat: &Platform) {
         HypercallId::SetPtrauthPolicy,
         HypercallId::VcpuSetIrq,
         HypercallId::VcpuIrqState,
+        HypercallId::VmMeasurement,
     ];
     let regs = [
         reg::PC,
@@ -221,6 +222,7 @@ pub fn run(plat: &Platform) {
                     }
                 }
             }
+            Ok(HypercallId::VmMeasurement) => x[0] = handle(&mut rng, &handles),
             Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
                 // List-register requests: valid ones (which fill a vCPU's list registers, then
                 // the next runs load them) mixed with every kind of hostile field.
@@ -417,6 +419,18 @@ fn check_answer(id: u64, x: &[u64; 7], r: &Result<[u64; 3], HypError>, wrong: &m
                 }
             } else if r.is_ok() {
                 wrong.report(format_args!("VCPU_IRQ_STATE: {r:?}"));
+            }
+        }
+        Ok(HypercallId::VmMeasurement) => {
+            // Sealed (1) with a value, or not yet (0) with zeros; nothing else.
+            if let Ok([sealed, 0, 0]) = r {
+                let m: shared_abi::msg::VmMeasurement = crate::hyp::read_msg(0);
+                let ok = m.reserved == 0 && m.sealed as u64 == *sealed && (*sealed == 1 || (*sealed == 0 && m.measurement == [0; 32]));
+                if !ok {
+                    wrong.report(format_args!("VM_MEASUREMENT: {sealed} {m:x?}"));
+                }
+            } else if r.is_ok() {
+                wrong.report(format_args!("VM_MEASUREMENT: {r:?}"));
             }
         }
         Ok(HypercallId::VcpuStats) => {
