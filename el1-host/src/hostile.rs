@@ -115,6 +115,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VcpuSetIrq,
         HypercallId::VcpuIrqState,
         HypercallId::VmMeasurement,
+        HypercallId::VmMmioGuard,
     ];
     let regs = [
         reg::PC,
@@ -223,6 +224,11 @@ pub fn run(plat: &Platform) {
                 }
             }
             Ok(HypercallId::VmMeasurement) => x[0] = handle(&mut rng, &handles),
+            Ok(HypercallId::VmMmioGuard) => {
+                x[0] = handle(&mut rng, &handles);
+                let r = rng.next();
+                x[1] = rng.pick(&[0x0900_0000, 0x0900_0008, 0x4000_0000, 1 << 36, r]);
+            }
             Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
                 // List-register requests: valid ones (which fill a vCPU's list registers, then
                 // the next runs load them) mixed with every kind of hostile field.
