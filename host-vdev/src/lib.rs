@@ -18,8 +18,8 @@
 //!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
 //!   size and offset of a user's file is checked before a byte is copied.
 //! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap).
-//! - [`testvm`]: the test VMs' layout and measurement, shared by the VMM and the offline
-//!   `cargo xtask measure`.
+//! - [`testvm`], [`linuxvm`]: the test VMs' and Linux VMs' layout and measurement, shared by
+//!   the VMM and the offline `cargo xtask measure`.
 //!
 //! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
 //! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fdt;
+pub mod linuxvm;
 pub mod loader;
 pub mod testvm;
 pub mod pl011;

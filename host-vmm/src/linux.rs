@@ -15,10 +15,10 @@
 //! Guest physical map: GIC distributor at `0x0800_0000`, redistributors at `0x080A_0000`
 //! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), RAM at `0x4000_0000`.
 
-use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE, UART_SPI};
+use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
-use super::vgic::{VirtualGic, GICD, GICR};
-use super::{Outcome, Vm, GUEST_RAM};
+use super::vgic::VirtualGic;
+use super::{Outcome, Vm};
 use crate::bus::{Bus, Device, Wake};
 use crate::run::{self, Machine};
 use core::ops::Range;
@@ -167,6 +167,13 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
         }
         let outcome = sched::outcome(vm);
         println!("host: linux VM {n} ({:#x}) ended: {outcome:?}", vm.handle);
+        if let Ok(Some(m)) = vm.el2().measurement() {
+            let mut hex = [0u8; 64];
+            for (i, b) in m.iter().enumerate() {
+                hex[2 * i..2 * i + 2].copy_from_slice(&[b"0123456789abcdef"[(b >> 4) as usize], b"0123456789abcdef"[(b & 15) as usize]]);
+            }
+            println!("host: linux VM {n} measurement {}", core::str::from_utf8(&hex).unwrap_or("?"));
+        }
         clean &= outcome == Some(Ok(Outcome::Off));
         if let Err(e) = sched::destroy(vm) {
             crate::fail::fail(format_args!("linux: VM_DESTROY: {e:?}"));
@@ -190,38 +197,14 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     // (until VM_ADD_MEMORY below).
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
     // A Linux `Image`, or one of the project's ELF test guests (benchmarks and hostile guests
-    // that need the devices): loaded at its own addresses, the device tree at the top of RAM
-    // all the same.
-    let (entry, layout, image_span) = if kernel.starts_with(b"\x7fELF") {
-        let loaded = host_vdev::loader::load_test_image(mem, GUEST_RAM, kernel)?;
-        let dtb = ram.checked_sub(host_vdev::loader::DTB_SPACE).ok_or("guest RAM too small")?;
-        (loaded.entry, host_vdev::loader::LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span)
-    } else {
-        let header = host_vdev::loader::image_header(kernel)?;
-        let layout = host_vdev::loader::linux_layout(&header, initrd.len() as u64, ram)?;
-        host_vdev::loader::load_linux(mem, &layout, kernel, initrd)?;
-        (GUEST_RAM + layout.kernel, layout, (layout.kernel, layout.kernel + kernel.len() as u64))
-    };
-    // The measurement handover page: just below the initramfs (or the device tree).
-    let handover = layout.initrd.map_or(layout.dtb, |(s, _)| s).checked_sub(PAGE_SIZE).ok_or("guest RAM too small")?;
-    let tree = host_vdev::fdt::LinuxTree {
-        ram: (GUEST_RAM, ram),
-        vcpus: cfg.vcpus,
-        uart: (UART, UART_SPI),
-        gicd: GICD,
-        gicr: GICR,
-        initrd: layout.initrd.map(|(s, e)| (GUEST_RAM + s, GUEST_RAM + e)),
-        bootargs: cmdline,
-        dice: Some(GUEST_RAM + handover),
-    };
-    let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
-    host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
+    // that need the devices): laid out as `cargo xtask measure --kernel` lays it out, so the
+    // measurement can be computed offline.
+    let laid = host_vdev::linuxvm::lay_out(mem, kernel, initrd, cfg.vcpus, cmdline)?;
     let failed = |_| "a hypercall to set up the VM failed";
-    let dtb_span = (layout.dtb, layout.dtb + host_vdev::loader::DTB_SPACE);
-    let initrd_span = layout.initrd.unwrap_or((0, 0));
-    super::give_ram(&vm, &[image_span, initrd_span, dtb_span], Some(handover)).map_err(failed)?;
+    super::give_chunks(&vm, &laid.chunks[..laid.count]).map_err(failed)?;
+    let (entry, dtb) = (laid.entry, laid.dtb);
     vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
-    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + layout.dtb).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), dtb).map_err(failed)?;
     Ok(vm)
 }
 

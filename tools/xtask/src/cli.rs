@@ -57,8 +57,14 @@ pub const LINUX_BARE_FLAGS: &[Flag] = &[
 /// The flags `measure` takes.
 pub const MEASURE_FLAGS: &[Flag] = &[
     Flag { name: "--guest", value: Some("NAME|PATH"), help: "the test guest (default: demo)" },
-    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs, 1 to 8; default 1" },
-    Flag { name: "--mib", value: Some("N"), help: "RAM in MiB; default 16 (what the test VMs get)" },
+    Flag { name: "--kernel", value: Some("FILE|debian"), help: "a Linux arm64 Image instead (as run --kernel lays it out)" },
+    Flag { name: "--initrd", value: Some("FILE"), help: "with --kernel: the initramfs (debian: the project's)" },
+    Flag { name: "--cmdline", value: Some("\"...\""), help: "with --kernel: the command line (as run's default)" },
+    Flag { name: "--mem", value: Some("SIZE"), help: "with --kernel: RAM, as run's --mem; default 512M" },
+    Flag { name: "--mte", value: None, help: "with --kernel: an MTE VM" },
+    Flag { name: "--ptrauth", value: None, help: "with --kernel: a VM with pointer authentication" },
+    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs, 1 to 8; default 1 (2 with --kernel)" },
+    Flag { name: "--mib", value: Some("N"), help: "RAM in MiB of a test guest's VM; default 16 (what the test VMs get)" },
     Flag { name: "--non-protected", value: None, help: "the VM is not protected (its flags are measured)" },
     Flag { name: "--help", value: None, help: "this list" },
 ];

@@ -19,8 +19,10 @@
 //! - `check-docs`: checks `docs/ABI.md` against `shared-abi` (version, call IDs, arities,
 //!   errors); `test` runs it first.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
-//! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`: a test VM's
-//!   measurement, computed offline (what its guest reads from its handover page).
+//! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`, or with `--kernel
+//!   FILE|debian [--initrd FILE] [--cmdline "..."] [--mem SIZE] [--mte] [--ptrauth]`: a VM's
+//!   measurement, computed offline (what its guest reads from its handover page, what
+//!   `VM_MEASUREMENT` tells the host).
 //! - `bench [--only GROUP,...]`: instruction counts of the hot paths, interrupt delivery and the
 //!   Linux boot ratio (QEMU `-icount`), a table and `target/bench.json`.
 //!
