@@ -14,6 +14,9 @@
 //!   `VCPU_IRQ_STATE` bitmap, what the guest has deactivated.
 //! - [`pl011::Pl011`]: the guest's UART (ARM PrimeCell PL011) with its receive FIFO and its
 //!   interrupt line, which the host feeds into the vGIC as an SPI.
+//! - [`virtio`]: virtio-mmio transports (version 2) and their split virtqueues, over the
+//!   guest memory the VMM lends through [`virtio::GuestMemory`]; every descriptor chain is
+//!   copied out once and checked, and a bad one makes the device need a reset.
 //! - [`loader`]: where a Linux `Image` (its header's `text_offset` and `image_size`), its
 //!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
 //!   size and offset of a user's file is checked before a byte is copied.
@@ -35,6 +38,7 @@ pub mod fdt;
 pub mod loader;
 pub mod pl011;
 pub mod vgic;
+pub mod virtio;
 
 /// The bits of an access of `size` bytes (1, 2, 4 or 8); 0 for any other size.
 const fn width_mask(size: u32) -> u64 {
