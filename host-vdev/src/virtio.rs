@@ -13,6 +13,7 @@
 //!   negotiation, queue setup, interrupts), generic over a [`mmio::Device`].
 //! - [`queue`]: split virtqueues: the descriptor chain walker, the used ring, and
 //!   [`queue::Chain`] with its byte cursors.
+//! - [`console`]: virtio-console (device ID 3), one port, no multiport.
 //!
 //! Specification: *Virtual I/O Device (VIRTIO) Version 1.2* (OASIS, cs01); section numbers in
 //! this module and below are that document's. The constants are written here with their
@@ -43,6 +44,7 @@
 //! No `unsafe`, no heap: a chain is copied into a fixed array ([`queue::Chain`]), data moves
 //! through small buffers on the stack.
 
+pub mod console;
 pub mod mmio;
 pub mod queue;
 

@@ -4,7 +4,8 @@
 //!
 //! Place in the flow: guest MMIO exit in the frame → [`VirtioMmio::read`] /
 //! [`VirtioMmio::write`]; a `QueueNotify` write runs [`Device::notified`] over that queue,
-//! and device-specific calls do the same for the VMM. Each mutating call returns an [`Outcome`]: the interrupt line's level, which
+//! and device-specific calls ([`VirtioMmio::receive`] for the console's input) do the same
+//! for the VMM. Each mutating call returns an [`Outcome`]: the interrupt line's level, which
 //! the VMM drives into the vGIC as the transport's SPI (level-sensitive, high while
 //! `InterruptStatus` is not zero), and the error that broke the device in this call.
 //!
@@ -495,6 +496,19 @@ impl<D: Device> VirtioMmio<D> {
                 None
             }
         }
+    }
+
+    /// Runs `work` over queue `queue` for the VMM (input, say): as [`Self::run`], with the
+    /// outcome.
+    pub(super) fn run_for_host<M: GuestMemory, R>(
+        &mut self,
+        mem: &M,
+        queue: u16,
+        work: impl FnOnce(&mut D, &mut Virtqueue<'_, M>) -> Result<R, QueueError>,
+    ) -> (Option<R>, Outcome) {
+        let mut failed = None;
+        let r = self.run(mem, queue, &mut failed, work);
+        (r, self.outcome(failed))
     }
 }
 
