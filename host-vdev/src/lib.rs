@@ -17,7 +17,7 @@
 //! - [`virtio`]: virtio-mmio transports (version 2) and their split virtqueues, over the
 //!   guest memory the VMM lends through [`virtio::GuestMemory`]; every descriptor chain is
 //!   copied out once and checked, and a bad one makes the device need a reset. Devices: a
-//!   console ([`virtio::console`]).
+//!   console ([`virtio::console`]) and a block device ([`virtio::blk`]).
 //! - [`loader`]: where a Linux `Image` (its header's `text_offset` and `image_size`), its
 //!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
 //!   size and offset of a user's file is checked before a byte is copied.

@@ -14,6 +14,8 @@
 //! - [`queue`]: split virtqueues: the descriptor chain walker, the used ring, and
 //!   [`queue::Chain`] with its byte cursors.
 //! - [`console`]: virtio-console (device ID 3), one port, no multiport.
+//! - [`blk`]: virtio-blk (device ID 2) over a [`blk::Disk`] the VMM provides, and
+//!   [`blk::RamDisk`], a disk in memory.
 //!
 //! Specification: *Virtual I/O Device (VIRTIO) Version 1.2* (OASIS, cs01); section numbers in
 //! this module and below are that document's. The constants are written here with their
@@ -44,6 +46,7 @@
 //! No `unsafe`, no heap: a chain is copied into a fixed array ([`queue::Chain`]), data moves
 //! through small buffers on the stack.
 
+pub mod blk;
 pub mod console;
 pub mod mmio;
 pub mod queue;

@@ -83,6 +83,10 @@ impl<O: ConsoleOutput> Console<O> {
             let mut buf = [0u8; 256];
             while left > 0 {
                 let n = reader.read(mem, &mut buf[..left.min(256)])?;
+                // Never 0 (`left` is at most what remains); the check keeps the loop finite.
+                if n == 0 {
+                    break;
+                }
                 self.output.write(&buf[..n]);
                 self.stats.tx_bytes += n as u64;
                 left -= n;
