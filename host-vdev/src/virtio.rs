@@ -53,6 +53,8 @@ pub mod queue;
 
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 
 /// A guest physical address (an IPA of the VM), as a driver writes it into a ring register or
 /// a descriptor.
