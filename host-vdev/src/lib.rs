@@ -2,7 +2,8 @@
 //! `unsafe`, no heap, unit-tested on the development host (`cargo test -p host-vdev`).
 //!
 //! **What it is for.** A guest (an unmodified Linux arm64 kernel included) reaches its
-//! interrupt controller and its console through MMIO that EL2 does not map: every access is
+//! interrupt controller, its console and its virtio devices through MMIO that EL2 does not
+//! map: every access is
 //! an `MMIO` exit to the host (`docs/ABI.md`), which emulates the device and answers the read.
 //! This crate holds those emulations, so that the untrusted but still careful host code in
 //! `el1-host` stays a thin loop around them:
@@ -21,7 +22,8 @@
 //! - [`loader`]: where a Linux `Image` (its header's `text_offset` and `image_size`), its
 //!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
 //!   size and offset of a user's file is checked before a byte is copied.
-//! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap).
+//! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap),
+//!   with `virtio,mmio` nodes and, for a protected VM, their restricted DMA pool.
 //!
 //! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
 //! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
