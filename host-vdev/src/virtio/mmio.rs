@@ -22,8 +22,8 @@
 //!   `Status` back, gives up (§3.1.1). Once it is set, `DriverFeatures` writes are ignored.
 //! - **Live**: the device touches its queues only while `FEATURES_OK` and `DRIVER_OK` are set
 //!   and `FAILED` and `DEVICE_NEEDS_RESET` are not (§2.1.2: nothing before `DRIVER_OK`). A
-//!   notification that comes earlier is dropped; setting `DRIVER_OK` runs every ready queue
-//!   once, which serves it.
+//!   notification that comes earlier is dropped; the `Status` write that makes the device live
+//!   runs every ready queue once, which serves it.
 //! - **Queues** are configured while not ready (writes to `QueueNum` and the ring addresses
 //!   of a ready queue are ignored, §4.2.2.2), checked when `QueueReady` is set to 1 (a bad
 //!   size or ring address is an [`Error`] that breaks the device), and stopped by
@@ -410,16 +410,17 @@ impl<D: Device> VirtioMmio<D> {
             self.reset();
             return;
         }
+        let was_live = self.live();
         let mut added = value as u8 & !status::DEVICE_NEEDS_RESET & !self.status;
         if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
             added &= !status::FEATURES_OK;
         }
         self.status |= added;
-        if added & status::DRIVER_OK != 0 {
-            if self.status & status::DEVICE_NEEDS_RESET != 0 {
-                self.interrupt_status |= interrupt::CONFIG_CHANGE;
-            }
-            // Serve notifications that came before DRIVER_OK.
+        if added & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET != 0 {
+            self.interrupt_status |= interrupt::CONFIG_CHANGE;
+        }
+        if !was_live && self.live() {
+            // Serve notifications that came before the device was live.
             for queue in 0..D::QUEUES {
                 self.run(mem, queue, failed, |dev, vq| dev.notified(queue, vq));
             }

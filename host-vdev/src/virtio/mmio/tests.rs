@@ -389,6 +389,27 @@ fn notifications_before_driver_ok_are_served_when_it_is_set() {
 }
 
 #[test]
+fn the_write_that_makes_the_device_live_serves_the_queues() {
+    let mem = FakeMemory::new();
+    let mut t = fresh();
+    let mut q = DriverQueue::new(0, 8);
+    assert_eq!(setup_queue(&mut t, &mem, 0, &q).failed, None);
+    let h = q.chain(&mem, 0, &[(q.data, 4, true)]);
+    q.publish(&mem, h);
+    // DRIVER_OK first (out of order), the features after it.
+    let _ = w32(&mut t, &mem, off::STATUS, u32::from(status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK));
+    let _ = w32(&mut t, &mem, off::DRIVER_FEATURES_SEL, 1);
+    let _ = w32(&mut t, &mem, off::DRIVER_FEATURES, (V1_AP >> 32) as u32);
+    assert_eq!(mem.accesses(), 0);
+    assert!(w32(&mut t, &mem, off::STATUS, u32::from(status::FEATURES_OK)).irq_level);
+    assert_eq!(t.device().seen, [(0, 0)]);
+    // Writing the same bits again runs nothing.
+    let accesses = mem.accesses();
+    let _ = w32(&mut t, &mem, off::STATUS, LIVE);
+    assert_eq!(mem.accesses(), accesses);
+}
+
+#[test]
 fn without_features_ok_driver_ok_does_not_make_the_device_live() {
     let mem = FakeMemory::new();
     let mut t = fresh();
