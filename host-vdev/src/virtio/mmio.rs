@@ -283,7 +283,8 @@ impl<D: Device> VirtioMmio<D> {
     }
 
     /// A guest write of `value` (`size` bytes) at `offset` in the frame; `mem` is the guest's
-    /// memory, for the queue work a notification or `DRIVER_OK` starts.
+    /// memory, for the queue work a notification, or the `Status` write that makes the device
+    /// live, starts.
     pub fn write<M: GuestMemory>(&mut self, mem: &M, offset: u64, size: u32, value: u64) -> Outcome {
         let mut failed = None;
         if !self.write_register(mem, offset, size, value, &mut failed) {
