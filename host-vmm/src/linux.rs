@@ -26,7 +26,7 @@
 use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
 use super::vgic::VirtualGic;
-use super::virtio::{BlkDev, ConsoleDev, HvcLine, Shared, Transport, VmMemory};
+use super::virtio::{BlkDev, BlkPort, ConsoleDev, ConsolePort, HvcLine, Shared, Transport, VmMemory};
 use host_vdev::linuxvm::{Devices, VIRTIO_BLK, VIRTIO_CONSOLE};
 use host_vdev::virtio::guest_ram::GuestRam;
 use host_vdev::virtio::mmio::{DmaPolicy, VirtioMmio};
@@ -63,8 +63,8 @@ pub struct LinuxVm {
     to_flush: AtomicU32,
     gic: VirtualGic,
     uart: GuestUart,
-    console: Transport<host_vdev::virtio::console::Console<HvcLine>>,
-    blk: Option<Transport<host_vdev::virtio::blk::Blk<host_vdev::virtio::blk::RamDisk<'static>>>>,
+    console: ConsolePort,
+    blk: Option<BlkPort>,
     /// The transports' frames (`virtio_ranges[..1]` without a disk).
     virtio_ranges: [Range<u64>; 2],
     /// `Some` for a protected VM: the pages it shared, which are all its devices may touch.

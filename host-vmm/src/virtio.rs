@@ -121,6 +121,10 @@ impl ConsoleOutput for HvcLine {
 pub type ConsoleDev = VirtioMmio<Console<HvcLine>>;
 /// The block device of a Linux VM given a disk.
 pub type BlkDev = VirtioMmio<Blk<RamDisk<'static>>>;
+/// The console's transport on the bus.
+pub type ConsolePort = Transport<Console<HvcLine>>;
+/// The block device's transport on the bus.
+pub type BlkPort = Transport<Blk<RamDisk<'static>>>;
 
 /// One transport on a VM's bus: the model, its frame and SPI, and its line as last driven.
 pub struct Transport<D> {
