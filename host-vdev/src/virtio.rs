@@ -48,6 +48,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod guest_ram;
 pub mod mmio;
 pub mod queue;
 

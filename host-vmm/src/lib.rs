@@ -22,6 +22,7 @@ mod stats;
 mod testdev;
 mod timer;
 mod vgic;
+mod virtio;
 
 pub use run::HOST_RUN_STATUS;
 pub use stats::{host_exits, report_stats};

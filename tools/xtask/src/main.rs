@@ -8,8 +8,9 @@
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
 //!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
-//!   `--kernel FILE|debian [--initrd FILE] [--cmdline "..."] [--mem SIZE] [--vms N] [--mte]
-//!   [--ptrauth]` boots a Linux arm64 Image as the guest instead (the host's `linux` scenario);
+//!   `--kernel FILE|debian [--initrd FILE] [--disk FILE] [--cmdline "..."] [--mem SIZE] [--vms N]
+//!   [--mte] [--ptrauth]` boots a Linux arm64 Image as the guest instead (the host's `linux`
+//!   scenario; `--disk`: an image behind its virtio-blk);
 //!   `--kernel debian` is Debian's kernel with the project's initramfs (`tests/linux`).
 //! - `test [--no-unit] [--only NAME[,NAME...]] [--all] [--repeat N] [--verbose]`: host unit
 //!   tests, then every QEMU scenario in `tests/scenarios.txt` (or those named; `--all` adds those
@@ -20,7 +21,7 @@
 //!   errors); `test` runs it first.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
 //! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`, or with `--kernel
-//!   FILE|debian [--initrd FILE] [--cmdline "..."] [--mem SIZE] [--mte] [--ptrauth]`: a VM's
+//!   FILE|debian [--initrd FILE] [--disk FILE] [--cmdline "..."] [--mem SIZE] [--mte] [--ptrauth]`: a VM's
 //!   measurement, computed offline (what its guest reads from its handover page, what
 //!   `VM_MEASUREMENT` tells the host).
 //! - `bench [--only GROUP,...]`: instruction counts of the hot paths, interrupt delivery and the

@@ -18,8 +18,8 @@ pub fn test_vm(image: &Path, vcpus: u32, mib: u64, flags: u64) -> Result<[u8; 32
     Ok(measurement(&mem, &chunks[..n], vcpus, 36, flags, loaded.entry, dtb))
 }
 
-/// The measurement of each VM of a Linux run (they are alike): the kernel, initramfs and
-/// command line laid out as the VMM lays them out (`host_vdev::linuxvm`), with the run's VM
+/// The measurement of each VM of a Linux run (they are alike): the kernel, initramfs,
+/// command line and devices (protected or not: the DMA pool; a disk or not) laid out as the VMM lays them out (`host_vdev::linuxvm`), with the run's VM
 /// flags.
 pub fn linux_vm(run: &crate::linux::LinuxRun) -> Result<[u8; 32], String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -29,7 +29,8 @@ pub fn linux_vm(run: &crate::linux::LinuxRun) -> Result<[u8; 32], String> {
         None => Vec::new(),
     };
     let mut mem = vec![0u8; (u64::from(run.mem_mib) << 20) as usize];
-    let laid = host_vdev::linuxvm::lay_out(&mut mem, &kernel, &initrd, run.vcpus, run.cmdline.trim_end_matches(['\0', '\n']))?;
+    let devices = host_vdev::linuxvm::Devices { protected: run.protected, disk: run.disk.is_some() };
+    let laid = host_vdev::linuxvm::lay_out(&mut mem, &kernel, &initrd, run.vcpus, run.cmdline.trim_end_matches(['\0', '\n']), devices)?;
     let mut flags = 0;
     for (on, f) in [(run.protected, vm_flags::PROTECTED), (run.mte, vm_flags::MTE), (run.ptrauth, vm_flags::PTRAUTH)] {
         if on {
@@ -62,6 +63,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
             scenario: "linux".into(),
             kernel,
             initrd: flags.value("--initrd").map(std::path::PathBuf::from).or(default_initrd),
+            disk: flags.value("--disk").map(std::path::PathBuf::from),
             cmdline: flags.value("--cmdline").unwrap_or(crate::linux::DEFAULT_CMDLINE).to_string(),
             mem_mib: crate::linux::limits::parse_mem(flags.value("--mem").unwrap_or("512M"))?,
             vcpus: flags.number("--vcpus", 2, 1..=8)?,

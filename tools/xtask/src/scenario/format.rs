@@ -24,6 +24,7 @@
 //! ```text
 //! kernel = debian            # Debian's kernel (with the project's initramfs), or an Image file
 //! initrd = FILE              # default with debian: the project's initramfs
+//! disk = FILE                # a disk image behind each VM's virtio-blk (none by default)
 //! cmdline = console=...      # the guest's command line (default linux::DEFAULT_CMDLINE)
 //! mem = 512M                 # memory of each VM (default 512M)
 //! vcpus = 2                  # vCPUs of each VM (default 2)
@@ -85,6 +86,7 @@ pub struct Scenario {
 pub struct LinuxKeys {
     pub kernel: String,
     pub initrd: Option<String>,
+    pub disk: Option<String>,
     pub cmdline: String,
     pub mem_mib: u32,
     pub vcpus: u32,
@@ -100,6 +102,7 @@ impl Default for LinuxKeys {
         Self {
             kernel: String::new(),
             initrd: None,
+            disk: None,
             cmdline: linux::DEFAULT_CMDLINE.into(),
             mem_mib: 512,
             vcpus: 2,
@@ -112,7 +115,7 @@ impl Default for LinuxKeys {
     }
 }
 
-const LINUX_KEYS: &[&str] = &["kernel", "initrd", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
+const LINUX_KEYS: &[&str] = &["kernel", "initrd", "disk", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
 
 pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
     let mut out: Vec<Scenario> = Vec::new();
@@ -143,6 +146,7 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             match k {
                 "kernel" => l.kernel = v.clone(),
                 "initrd" => l.initrd = Some(v.clone()),
+                "disk" => l.disk = Some(v.clone()),
                 "cmdline" => l.cmdline = v.clone(),
                 "mem" => l.mem_mib = linux::limits::parse_mem(&v).map_err(|e| format!("line {}: {e}", n + 1))?,
                 "vcpus" => l.vcpus = v.parse().map_err(|_| bad("vcpus"))?,

@@ -36,6 +36,7 @@ pub fn linux_run(keys: &LinuxKeys, debian: Option<&linux::Artifacts>) -> Result<
         scenario: "linux".into(),
         kernel,
         initrd: keys.initrd.as_ref().map(|i| root().join(i)).or(default_initrd),
+        disk: keys.disk.as_ref().map(|d| root().join(d)),
         cmdline: keys.cmdline.clone(),
         mem_mib: keys.mem_mib,
         vcpus: keys.vcpus,
