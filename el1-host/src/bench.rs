@@ -129,5 +129,15 @@ pub fn run(plat: &Platform) {
     let r = vmm::pinned::run(&vm, 1, &mut Mode(3));
     check!(r == Ok(vmm::Outcome::Off), "MTE bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the MTE bench guest");
+    // The same guest in a protected VM: MEM_SHARE + MEM_UNSHARE of a page (timed by the guest).
+    let vm = match vmm::create_with_flags(1, vm_flags::PROTECTED, 16) {
+        Ok(vm) => vm,
+        Err(e) => crate::fail::fail(format_args!("VM_CREATE, protected: {e:?}")),
+    };
+    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
+    check!(vmm::boot(&vm, entry).is_ok(), "booting the protected bench guest");
+    let r = vmm::pinned::run(&vm, 1, &mut Mode(4));
+    check!(r == Ok(vmm::Outcome::Off), "protected bench guest ended with {r:?}");
+    check!(vmm::destroy(&vm).is_ok(), "destroying the protected bench guest");
     println!("host: bench: done");
 }

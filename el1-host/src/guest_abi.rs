@@ -103,12 +103,17 @@ impl GuestAbi {
             let r = host_reads(vm, near);
             check!(is_external_abort(r, false), "host read of {:#x}, next to the shared page: {r:x?}", vm.backing + near);
         }
+        // The virtio devices' copy reads the shared page like a plain load.
+        let mut words = [0u64; 4];
+        // SAFETY: `src` is the page the guest shared; `dst` is `words`, 32 bytes.
+        let r = unsafe { host_kernel::arch::guarded_copy(words.as_mut_ptr().cast(), (pa + 8) as *const u8, 32) };
+        check!(r.is_ok() && words == core::array::from_fn(|i| pattern(i as u64 + 1)), "guarded copy from the shared page at {pa:#x}: {r:?}, {words:x?}");
         for i in 0..512 {
             // SAFETY: the page the guest shared: EL2 lets the host write it (an abort would be
             // a failure, reported by the kernel's exception handler).
             unsafe { core::ptr::write_volatile((pa + 8 * i) as *mut u64, !pattern(i)) };
         }
-        ok!("MEM_SHARE of IPA {ipa:#x}: the host read the guest's pattern at {pa:#x} and wrote its reply; the pages around it still abort");
+        ok!("MEM_SHARE of IPA {ipa:#x}: the host read the guest's pattern at {pa:#x} (plain loads and a guarded copy) and wrote its reply; the pages around it still abort");
     }
 
     /// [`cmd::PRIVATE`]: the host's read and write abort; EL2 goes on serving.
@@ -120,8 +125,20 @@ impl GuestAbi {
         // SAFETY: a deliberate write to a page EL2 must protect; the probe catches the abort.
         let r = PROBE.expect(|| unsafe { core::ptr::write_volatile((pa + 8) as *mut u64, MARKER) });
         check!(is_external_abort(r, true), "host write of the guest's page at {pa:#x}: {r:x?}");
+        // The virtio devices' copy: the same aborts become errors, with no probe armed.
+        let mut buf = [0u8; 24];
+        // SAFETY: a deliberate copy from and to a page EL2 must protect; `guarded_copy`
+        // survives the abort; `buf` is 24 bytes and MARKER's bytes 8.
+        let (from, to) = unsafe {
+            (
+                host_kernel::arch::guarded_copy(buf.as_mut_ptr(), (pa + 8) as *const u8, buf.len()),
+                host_kernel::arch::guarded_copy((pa + 8) as *mut u8, MARKER.to_le_bytes().as_ptr(), 8),
+            )
+        };
+        let aborted = Err(host_kernel::arch::Aborted);
+        check!(from == aborted && to == aborted, "guarded copies from and to the guest's page at {pa:#x}: {from:?}, {to:?}");
         el2_serving(self.handled);
-        ok!("page IPA {ipa:#x} is the guest's alone: the host's read and write abort (synchronous external abort); EL2 still serving");
+        ok!("page IPA {ipa:#x} is the guest's alone: the host's read and write abort (synchronous external abort), a guarded copy either way fails; EL2 still serving");
     }
 }
 

@@ -114,6 +114,8 @@ pub fn run(plat: &Platform) {
         HypercallId::SetPtrauthPolicy,
         HypercallId::VcpuSetIrq,
         HypercallId::VcpuIrqState,
+        HypercallId::VmMeasurement,
+        HypercallId::VmMmioGuard,
     ];
     let regs = [
         reg::PC,
@@ -188,6 +190,9 @@ pub fn run(plat: &Platform) {
                 let (r1, r2) = (rng.next(), 0x4000_0000 + rng.below(4096) * PAGE_SIZE);
                 x[2] = rng.pick(&[0x4000_0000, 0, 1 << 36, (1 << 36) - PAGE_SIZE, r1, r2]);
                 x[3] = pages(&mut rng);
+                // What the pages hold, for the measurement (ABI 4.0): mostly the defined flags.
+                let r3 = rng.next();
+                x[4] = rng.pick(&[0, 0, shared_abi::measure::add_flags::MEASURE, shared_abi::measure::add_flags::HANDOVER, r3]);
                 // Keep sandbox donations inside the sandbox: the host must not give away its
                 // own code by accident (that would break the host, not EL2).
                 if (ram_base..ram_end).contains(&x[1]) && !(SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) && x[1] != ram_end - PAGE_SIZE {
@@ -217,6 +222,12 @@ pub fn run(plat: &Platform) {
                         x[3] = rng.pick(&[0x3C9, 0x3C8, 0x3C5 | 1 << 20, 0x1D0, 0x1D3, 0x1DA, 0x3C5 | 1 << 36, 0x3C5, 0x3C4, 0]);
                     }
                 }
+            }
+            Ok(HypercallId::VmMeasurement) => x[0] = handle(&mut rng, &handles),
+            Ok(HypercallId::VmMmioGuard) => {
+                x[0] = handle(&mut rng, &handles);
+                let r = rng.next();
+                x[1] = rng.pick(&[0x0900_0000, 0x0900_0008, 0x4000_0000, 1 << 36, r]);
             }
             Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
                 // List-register requests: valid ones (which fill a vCPU's list registers, then
@@ -416,6 +427,18 @@ fn check_answer(id: u64, x: &[u64; 7], r: &Result<[u64; 3], HypError>, wrong: &m
                 wrong.report(format_args!("VCPU_IRQ_STATE: {r:?}"));
             }
         }
+        Ok(HypercallId::VmMeasurement) => {
+            // Sealed (1) with a value, or not yet (0) with zeros; nothing else.
+            if let Ok([sealed, 0, 0]) = r {
+                let m: shared_abi::msg::VmMeasurement = crate::hyp::read_msg(0);
+                let ok = m.reserved == 0 && m.sealed as u64 == *sealed && (*sealed == 1 || (*sealed == 0 && m.measurement == [0; 32]));
+                if !ok {
+                    wrong.report(format_args!("VM_MEASUREMENT: {sealed} {m:x?}"));
+                }
+            } else if r.is_ok() {
+                wrong.report(format_args!("VM_MEASUREMENT: {r:?}"));
+            }
+        }
         Ok(HypercallId::VcpuStats) => {
             if let Ok([total, 0, 0]) = r {
                 let s: VcpuStats = crate::hyp::read_msg(0);
@@ -502,7 +525,7 @@ fn timer_round(round: u64, rng: &mut Rng, wrong: &mut Wrong) {
             wrong.report(format_args!("timer round {round} ({}): {what}: {got:?}, documented {want:?}", if protected { "protected" } else { "non-protected" }));
         }
     };
-    expect(wrong, "VM_ADD_MEMORY", call(HypercallId::VmAddMemory, &[h, TIMER_BACKING, 0x4000_0000, 1]), Ok([0; 3]));
+    expect(wrong, "VM_ADD_MEMORY", call(HypercallId::VmAddMemory, &[h, TIMER_BACKING, 0x4000_0000, 1, shared_abi::measure::add_flags::MEASURE]), Ok([0; 3]));
     expect(wrong, "PC", call(HypercallId::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0000, 0]), Ok([0; 3]));
     // Before the first run every value is taken: CNTVOFF_EL2 any (the guest's virtual count
     // moves), CNTP_CTL_EL0 with ISTATUS (ignored), CNTP_CVAL_EL0 any; CNTP_CTL_EL0 with a RES0

@@ -33,13 +33,16 @@ pub trait Tlb {
     fn host_s2_unmapped(&self);
     /// [`Self::host_s2_unmapped`] while a guest's stage 2 is loaded (a guest's `MEM_UNSHARE`,
     /// served in its run). `TLBI VMALLS12E1IS` acts on the VMID in `VTTBR_EL2`, the guest's
-    /// there: the host's, `host_vttbr`, is borrowed for it, as [`Self::flush_guest_tlb`]
-    /// borrows a guest's from the host.
+    /// there: the host's stage 2 (`host_vttbr`, and the host's `VTCR_EL2` with it, so that no
+    /// walk pairs one regime's tables with the other's configuration) is borrowed for it, as
+    /// [`Self::flush_guest_tlb`] borrows a guest's from the host.
     fn host_s2_unmapped_from_guest(&self, host_vttbr: u64);
     /// New valid entries in a guest stage 2: `DSB ISHST` (the entry to the guest synchronises).
     fn guest_s2_mapped(&self);
-    /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs.
-    fn flush_guest_tlb(&self, vttbr: u64);
+    /// Invalidates every TLB entry of the VMID in `vttbr`, on all CPUs: the guest's stage 2
+    /// (`vttbr`, and a `VTCR_EL2` for its `ia_bits` and `start_level`) is borrowed for the
+    /// `TLBI`, whose VMID is `VTTBR_EL2`'s.
+    fn flush_guest_tlb(&self, vttbr: u64, ia_bits: u8, start_level: u8);
     /// While loaded, before the first entry: invalidates the loaded guest's TLB entries (its
     /// VMID, stage 1 and 2) and the instruction cache on *this CPU only*, so nothing a local
     /// TLBI or `IC IALLU` of the guest missed on another CPU survives here (see

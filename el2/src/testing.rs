@@ -121,7 +121,7 @@ impl Tlb for Recorder {
     fn guest_s2_mapped(&self) {
         self.note("guest_s2_mapped");
     }
-    fn flush_guest_tlb(&self, _: u64) {
+    fn flush_guest_tlb(&self, _: u64, _: u8, _: u8) {
         self.note("flush_guest_tlb");
     }
     fn flush_guest_local(&self) {

@@ -1,6 +1,7 @@
 //! Where the host starts and where its exceptions land (from the boot code and vectors in
 //! [`crate::arch::boot`]), and the hooks through which the binary above plugs in its `main`, its
 //! idle-loop work and its handling of faults it provokes on purpose ([`entry!`](crate::entry!)).
+//! A data abort inside [`crate::arch::guarded_copy`] is the kernel's own: the copy fails.
 
 pub use crate::arch::boot::{secondary_entry, Frame};
 use crate::cpu::{current_el, MAX_CPUS, ONLINE};
@@ -73,6 +74,10 @@ pub(crate) extern "C" fn host_secondary(cpu: u64) -> ! {
 /// Every exception (from the vectors), with the vector's number.
 pub(crate) extern "C" fn host_exception(frame: &mut Frame, kind: u64) {
     let (esr, far) = arch::esr_far();
+    // A device's copy of guest memory that the guest took away meanwhile: the copy fails.
+    if kind == SYNC_CURRENT_EL && arch::recover_guarded_copy(frame, esr) {
+        return;
+    }
     if HOOKS.get().is_some_and(|h| (h.exception)(frame, kind, esr, far)) {
         return;
     }

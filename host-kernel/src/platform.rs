@@ -1,6 +1,7 @@
 //! What the host reads from the device tree.
 
 use crate::cpu::MAX_CPUS;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// The machine as the host sees it.
 pub struct Platform {
@@ -87,6 +88,29 @@ impl Platform {
         let size: usize = n.parse().ok()?;
         // SAFETY: QEMU's loader put the image there, in host RAM that nothing else uses.
         Some(unsafe { core::slice::from_raw_parts(addr as *const u8, size) })
+    }
+
+    /// The disk image QEMU's loader placed at [`GUEST_DISK_STAGING`]
+    /// (`disk=ADDR,SIZE`), writable: the backing of a Linux VM's virtio-blk. Handed out once
+    /// per boot (`None` after); `None` too if the boot arguments name another address or a
+    /// size above [`GUEST_DISK_MAX`].
+    ///
+    /// [`GUEST_DISK_STAGING`]: shared_abi::layout::GUEST_DISK_STAGING
+    /// [`GUEST_DISK_MAX`]: shared_abi::layout::GUEST_DISK_MAX
+    pub fn take_disk(&self) -> Option<&'static mut [u8]> {
+        use shared_abi::layout::{GUEST_DISK_MAX, GUEST_DISK_STAGING};
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        let (a, n) = self.arg("disk")?.split_once(',')?;
+        let addr = u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()?;
+        let size: u64 = n.parse().ok()?;
+        let in_ram = GUEST_DISK_STAGING.checked_add(size).is_some_and(|end| end <= self.ram.0.saturating_add(self.ram.1));
+        if addr != GUEST_DISK_STAGING || size > GUEST_DISK_MAX || !in_ram || TAKEN.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        // SAFETY: QEMU's loader put the image there, in host RAM inside the machine's that
+        // nothing else uses (the VMM gives guests memory only below it, `shared_abi::layout`),
+        // and `TAKEN` hands it out once, so this is the only reference to it.
+        Some(unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, size as usize) })
     }
 
     /// The scenario named by `scenario=NAME` in the boot arguments, or `demo`.

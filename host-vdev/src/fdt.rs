@@ -1,7 +1,33 @@
 //! Guest device trees: a minimal flattened-device-tree writer (DTSpec v0.4, version 17) and the
 //! two trees the VMM gives guests: the test guests' (RAM, vCPUs, PSCI, PL011) and a Linux
 //! guest's (the same plus the GICv3, the architected timer, the PL011's interrupt, the
-//! initramfs and the command line).
+//! initramfs and the command line, and its virtio-mmio transports with, for a protected VM,
+//! the restricted DMA pool their buffers go through: [`linux_tree_with_virtio`]).
+//!
+//! # Virtio and the restricted DMA pool
+//!
+//! Each transport is a `virtio,mmio` node (the binding in Linux's
+//! `Documentation/devicetree/bindings/virtio/mmio.yaml`): `reg` (its 0x200-byte frame),
+//! `interrupts` (its SPI, level-sensitive: the line is high while `InterruptStatus` is not
+//! zero), and `dma-coherent` (the host reaches guest memory through the cache, like the
+//! guest's vCPUs). A protected VM's host may touch only what the guest shared; Linux shares
+//! one region for all its device I/O when the devices name a `restricted-dma-pool` (the
+//! binding in `Documentation/devicetree/bindings/reserved-memory/shared-dma-pool.yaml`): a
+//! node under `/reserved-memory` (`#address-cells`, `#size-cells` as the root's, an empty
+//! `ranges`) with `compatible = "restricted-dma-pool"`, `reg`, and neither `no-map` nor
+//! `reusable` (the binding forbids them: the guest maps the pool to bounce buffers through
+//! it), referenced by each transport's `memory-region = <&pool>` (which Linux reads for any
+//! device whose DMA it configures, `of_dma_set_restricted_buffer`, with
+//! `CONFIG_DMA_RESTRICTED_POOL`; the virtio binding's schema does not list it). The guest's
+//! SWIOTLB then bounces every virtio buffer through the pool, which it shares with the host
+//! when it sets the pool up (`set_memory_decrypted`, `MEM_SHARE` under pKVM), and the
+//! transports' drivers must accept `VIRTIO_F_ACCESS_PLATFORM`
+//! ([`crate::virtio::mmio::DmaPolicy::Restricted`]).
+//!
+//! Where the transports and the pool go is the VMM's choice; [`linux_tree_with_virtio`] checks
+//! only what it knows: frames aligned and clear of RAM, the PL011, the GIC and each other,
+//! distinct SPIs, and a pool of whole pages inside RAM, clear of the initramfs. Keeping it
+//! clear of the kernel image and of the device tree itself is the VMM's part.
 //!
 //! Our own writer rather than `vm-fdt`: that crate builds the blob in a `Vec`, and the host
 //! has no heap; this one writes into fixed buffers and reports overflow instead.
@@ -218,8 +244,81 @@ const GIC_PPI: u32 = 1;
 /// Level-sensitive, active high.
 const IRQ_LEVEL_HIGH: u32 = 4;
 
+/// A virtio-mmio transport in a Linux guest's device tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioNode {
+    /// Its register frame (IPA; [`crate::virtio::mmio::FRAME_SIZE`] bytes, aligned to that).
+    pub base: u64,
+    /// Its SPI (0-based: INTID 32 + n).
+    pub spi: u32,
+}
+
+/// A protected VM's restricted DMA pool: guest RAM (IPA) that the guest shares with the host
+/// for all its virtio buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaPool {
+    /// Where it starts (4 KiB aligned).
+    pub base: u64,
+    /// Its size (a non-zero multiple of 4 KiB).
+    pub size: u64,
+}
+
+/// The virtio transports of a Linux guest, and the pool their buffers go through (protected
+/// VMs only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Virtio<'a> {
+    /// The transports.
+    pub transports: &'a [VirtioMmioNode],
+    /// `Some` for a protected VM: every transport's `memory-region`.
+    pub dma_pool: Option<DmaPool>,
+}
+
+impl Virtio<'_> {
+    /// No virtio devices.
+    pub const NONE: Virtio<'static> = Virtio { transports: &[], dma_pool: None };
+}
+
+/// Why [`linux_tree_with_virtio`] wrote no tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeError {
+    /// The tree does not fit in the buffer, or a property is too long.
+    DoesNotFit,
+    /// The transport at `base` is not aligned to its frame's size, or its frame wraps or
+    /// overlaps guest RAM, the PL011, the GIC or another transport.
+    TransportPlacement {
+        /// The transport.
+        base: u64,
+    },
+    /// `spi` is not below [`crate::vgic::NR_SPIS`], or is the PL011's or another
+    /// transport's.
+    TransportSpi {
+        /// The SPI.
+        spi: u32,
+    },
+    /// The DMA pool is empty, not 4 KiB aligned, not inside guest RAM, or overlaps the
+    /// initramfs.
+    DmaPoolPlacement,
+}
+
+/// The pool's phandle.
+const DMA_POOL_PHANDLE: u32 = 3;
+/// The granule the pool is shared in.
+const PAGE: u64 = 0x1000;
+
 /// The device tree of a Linux guest. `None` if it does not fit in `out`.
 pub fn linux_tree(out: &mut [u8], t: &LinuxTree<'_>) -> Option<usize> {
+    linux_tree_with_virtio(out, t, &Virtio::NONE).ok()
+}
+
+/// The device tree of a Linux guest with virtio-mmio transports and, for a protected VM, the
+/// restricted DMA pool (see the module documentation); returns its size.
+///
+/// # Errors
+///
+/// A [`TreeError`] if the transports or the pool are not placed as it says, or the tree does
+/// not fit in `out`. Nothing useful is in `out` then.
+pub fn linux_tree_with_virtio(out: &mut [u8], t: &LinuxTree<'_>, v: &Virtio<'_>) -> Result<usize, TreeError> {
+    check_virtio(t, v)?;
     let mut w = FdtWriter::new();
     w.begin("");
     w.cells("interrupt-parent", &[GIC_PHANDLE]);
@@ -256,8 +355,92 @@ pub fn linux_tree(out: &mut [u8], t: &LinuxTree<'_>) -> Option<usize> {
     w.prop("always-on", &[]);
     w.end();
     pl011(&mut w, t.uart.0, Some(t.uart.1));
+    virtio(&mut w, v);
     w.end();
-    w.finish(out)
+    w.finish(out).ok_or(TreeError::DoesNotFit)
+}
+
+/// Whether `a` (start, size) and `b` overlap; a range that wraps overlaps everything.
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    match (a.0.checked_add(a.1), b.0.checked_add(b.1)) {
+        (Some(a_end), Some(b_end)) => a.0 < b_end && b.0 < a_end,
+        _ => true,
+    }
+}
+
+/// Checks [`linux_tree_with_virtio`]'s placement rules.
+fn check_virtio(t: &LinuxTree<'_>, v: &Virtio<'_>) -> Result<(), TreeError> {
+    use crate::virtio::mmio::FRAME_SIZE;
+    let fixed = [t.ram, (t.uart.0, 0x1000), (t.gicd, 0x1_0000), (t.gicr, u64::from(t.vcpus) * 0x2_0000)];
+    for (i, tr) in v.transports.iter().enumerate() {
+        let frame = (tr.base, FRAME_SIZE);
+        let others = v.transports[..i].iter().map(|o| (o.base, FRAME_SIZE));
+        if !tr.base.is_multiple_of(FRAME_SIZE) || fixed.into_iter().chain(others).any(|r| overlaps(frame, r)) {
+            return Err(TreeError::TransportPlacement { base: tr.base });
+        }
+        let spi_taken = tr.spi == t.uart.1 || v.transports[..i].iter().any(|o| o.spi == tr.spi);
+        if tr.spi as usize >= crate::vgic::NR_SPIS || spi_taken {
+            return Err(TreeError::TransportSpi { spi: tr.spi });
+        }
+    }
+    if let Some(p) = v.dma_pool {
+        let in_ram = p.base >= t.ram.0 && p.base.checked_add(p.size).is_some_and(|end| end <= t.ram.0.saturating_add(t.ram.1));
+        let initrd = t.initrd.is_some_and(|(s, e)| overlaps((p.base, p.size), (s, e.saturating_sub(s))));
+        if p.size == 0 || !p.base.is_multiple_of(PAGE) || !p.size.is_multiple_of(PAGE) || !in_ram || initrd {
+            return Err(TreeError::DmaPoolPlacement);
+        }
+    }
+    Ok(())
+}
+
+/// A node name `prefix@<addr in hex>` in `buf`.
+fn unit_name<'b>(buf: &'b mut [u8; 40], prefix: &'b str, addr: u64) -> &'b str {
+    let mut hex = [0u8; 16];
+    let mut n = 0;
+    let mut a = addr;
+    loop {
+        hex[n] = b"0123456789abcdef"[(a & 0xF) as usize];
+        n += 1;
+        a >>= 4;
+        if a == 0 {
+            break;
+        }
+    }
+    let p = prefix.len().min(buf.len() - 17);
+    buf[..p].copy_from_slice(&prefix.as_bytes()[..p]);
+    buf[p] = b'@';
+    for i in 0..n {
+        buf[p + 1 + i] = hex[n - 1 - i];
+    }
+    core::str::from_utf8(&buf[..p + 1 + n]).unwrap_or(prefix)
+}
+
+/// The transports, and the pool under `/reserved-memory`.
+fn virtio(w: &mut FdtWriter, v: &Virtio<'_>) {
+    let mut name = [0u8; 40];
+    if let Some(p) = v.dma_pool {
+        w.begin("reserved-memory");
+        w.cells("#address-cells", &[2]);
+        w.cells("#size-cells", &[2]);
+        w.prop("ranges", &[]);
+        w.begin(unit_name(&mut name, "restricted-dma-pool", p.base));
+        w.string("compatible", "restricted-dma-pool");
+        w.cells("reg", &[hi(p.base), lo(p.base), hi(p.size), lo(p.size)]);
+        w.cells("phandle", &[DMA_POOL_PHANDLE]);
+        w.end();
+        w.end();
+    }
+    for tr in v.transports {
+        w.begin(unit_name(&mut name, "virtio_mmio", tr.base));
+        w.string("compatible", "virtio,mmio");
+        w.cells("reg", &[hi(tr.base), lo(tr.base), 0, crate::virtio::mmio::FRAME_SIZE as u32]);
+        w.cells("interrupts", &[GIC_SPI, tr.spi, IRQ_LEVEL_HIGH]);
+        w.prop("dma-coherent", &[]);
+        if v.dma_pool.is_some() {
+            w.cells("memory-region", &[DMA_POOL_PHANDLE]);
+        }
+        w.end();
+    }
 }
 
 fn hi(v: u64) -> u32 {
@@ -367,6 +550,126 @@ mod tests {
         let uart = fdt.find_compatible(&["arm,pl011"]).unwrap();
         assert_eq!(cells(uart.property("interrupts").unwrap().value), [0, 1, 4]);
         assert_eq!(uart.property("clock-names").unwrap().value, b"uartclk\0apb_pclk\0");
+    }
+
+    /// Two transports where QEMU's `virt` puts its first two.
+    const TRANSPORTS: [VirtioMmioNode; 2] = [VirtioMmioNode { base: 0x0A00_0000, spi: 16 }, VirtioMmioNode { base: 0x0A00_0200, spi: 17 }];
+    /// 4 MiB of RAM below the initramfs.
+    const POOL: DmaPool = DmaPool { base: 0x5E00_0000, size: 4 << 20 };
+
+    fn is_virtio(n: &fdt::node::FdtNode<'_, '_>) -> bool {
+        n.compatible().is_some_and(|c| c.all().any(|s| s == "virtio,mmio"))
+    }
+
+    #[test]
+    fn a_protected_guests_transports_use_the_restricted_dma_pool() {
+        let mut buf = [0u8; 16384];
+        let n = linux_tree_with_virtio(&mut buf, &TREE, &Virtio { transports: &TRANSPORTS, dma_pool: Some(POOL) }).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        // /reserved-memory with the root's cell sizes and an empty ranges.
+        let rm = fdt.find_node("/reserved-memory").unwrap();
+        assert_eq!(cells(rm.property("#address-cells").unwrap().value), [2]);
+        assert_eq!(cells(rm.property("#size-cells").unwrap().value), [2]);
+        assert_eq!(rm.property("ranges").unwrap().value, b"");
+        let pools: std::vec::Vec<_> = rm.children().collect();
+        assert_eq!(pools.len(), 1);
+        let pool = pools[0];
+        assert_eq!(pool.name, "restricted-dma-pool@5e000000");
+        assert_eq!(pool.property("compatible").unwrap().value, b"restricted-dma-pool\0");
+        assert_eq!(cells(pool.property("reg").unwrap().value), [0, 0x5E00_0000, 0, 0x40_0000]);
+        assert!(pool.property("no-map").is_none() && pool.property("reusable").is_none(), "the binding forbids both");
+        let phandle = cells(pool.property("phandle").unwrap().value);
+        // Each transport: reg, its SPI (level-high), dma-coherent, the pool.
+        let transports: std::vec::Vec<_> = fdt.all_nodes().filter(is_virtio).collect();
+        assert_eq!(transports.len(), 2);
+        for (node, t) in transports.iter().zip(TRANSPORTS) {
+            assert_eq!(node.name, std::format!("virtio_mmio@{:x}", t.base));
+            assert_eq!(cells(node.property("reg").unwrap().value), [0, t.base as u32, 0, 0x200]);
+            assert_eq!(cells(node.property("interrupts").unwrap().value), [0, t.spi, 4]);
+            assert_eq!(node.property("dma-coherent").unwrap().value, b"");
+            assert_eq!(cells(node.property("memory-region").unwrap().value), phandle);
+            assert!(node.property("interrupt-parent").is_none(), "the root's: the GIC");
+        }
+        let gic = fdt.find_phandle(cells(fdt.root().property("interrupt-parent").unwrap().value)[0]).unwrap();
+        assert_eq!(gic.compatible().unwrap().first(), "arm,gic-v3");
+        assert_eq!(fdt.find_phandle(phandle[0]).unwrap().name, pool.name);
+        // Phandles are unique.
+        let mut all: std::vec::Vec<u32> = fdt.all_nodes().filter_map(|n| n.property("phandle")).map(|p| cells(p.value)[0]).collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count);
+    }
+
+    #[test]
+    fn a_non_protected_guests_transports_reach_all_of_ram() {
+        let mut buf = [0u8; 16384];
+        let n = linux_tree_with_virtio(&mut buf, &TREE, &Virtio { transports: &TRANSPORTS, dma_pool: None }).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        assert!(fdt.find_node("/reserved-memory").is_none());
+        let transports: std::vec::Vec<_> = fdt.all_nodes().filter(is_virtio).collect();
+        assert_eq!(transports.len(), 2);
+        assert!(transports.iter().all(|t| t.property("memory-region").is_none() && t.property("dma-coherent").is_some()));
+    }
+
+    #[test]
+    fn without_virtio_the_linux_tree_is_unchanged() {
+        let (mut a, mut b) = ([0u8; 16384], [0u8; 16384]);
+        let n = linux_tree(&mut a, &TREE).unwrap();
+        assert_eq!(linux_tree_with_virtio(&mut b, &TREE, &Virtio::NONE), Ok(n));
+        assert_eq!(a[..n], b[..n]);
+        let fdt = fdt::Fdt::new(&a[..n]).unwrap();
+        assert_eq!(fdt.all_nodes().filter(is_virtio).count(), 0);
+    }
+
+    #[test]
+    fn transports_must_sit_alone_on_their_own_spi() {
+        let mut buf = [0u8; 16384];
+        let one = |base, spi| [VirtioMmioNode { base, spi }];
+        let tree = |out: &mut [u8], t: &[VirtioMmioNode]| linux_tree_with_virtio(out, &TREE, &Virtio { transports: t, dma_pool: None });
+        for base in [0x0A00_0100, 0x4000_0000, 0x5FFF_FE00, 0x0900_0000, 0x0800_0000, 0x080A_0000 + 0x2_0000, !0x1FF] {
+            assert_eq!(tree(&mut buf, &one(base, 16)), Err(TreeError::TransportPlacement { base }), "{base:#x}");
+        }
+        assert_eq!(tree(&mut buf, &[TRANSPORTS[0], TRANSPORTS[0]]), Err(TreeError::TransportPlacement { base: 0x0A00_0000 }));
+        for spi in [64, u32::MAX, 1] {
+            assert_eq!(tree(&mut buf, &one(0x0A00_0000, spi)), Err(TreeError::TransportSpi { spi }), "SPI {spi}");
+        }
+        let same_spi = [TRANSPORTS[0], VirtioMmioNode { spi: 16, ..TRANSPORTS[1] }];
+        assert_eq!(tree(&mut buf, &same_spi), Err(TreeError::TransportSpi { spi: 16 }));
+        // Just past RAM and the last SPI are fine.
+        assert!(tree(&mut buf, &one(0x6000_0000, 63)).is_ok());
+        let mut small = [0u8; 512];
+        assert_eq!(tree(&mut small, &TRANSPORTS), Err(TreeError::DoesNotFit));
+    }
+
+    #[test]
+    fn the_dma_pool_must_be_whole_pages_of_ram_clear_of_the_initramfs() {
+        let mut buf = [0u8; 16384];
+        let with = |p| Virtio { transports: &TRANSPORTS, dma_pool: Some(p) };
+        for (base, size) in [
+            (0x5E00_0000, 0),
+            (0x5E00_0800, 0x1000),
+            (0x5E00_0000, 0x1800),
+            (0x3FFF_F000, 0x2000),
+            (0x5FFF_F000, 0x2000),
+            (0x5F10_0000, 0x1000),
+            (0x5EFF_F000, 0x2000),
+            (!0xFFF, 0x2000),
+        ] {
+            let r = linux_tree_with_virtio(&mut buf, &TREE, &with(DmaPool { base, size }));
+            assert_eq!(r, Err(TreeError::DmaPoolPlacement), "{base:#x} + {size:#x}");
+        }
+        for (base, size) in [(0x4000_0000, 0x1000), (0x5FFF_F000, 0x1000), (0x5F12_4000, 0x1000)] {
+            assert!(linux_tree_with_virtio(&mut buf, &TREE, &with(DmaPool { base, size })).is_ok(), "{base:#x}");
+        }
+    }
+
+    #[test]
+    fn unit_names_are_lowercase_hex_without_leading_zeros() {
+        let mut b = [0u8; 40];
+        assert_eq!(unit_name(&mut b, "x", 0), "x@0");
+        assert_eq!(unit_name(&mut b, "virtio_mmio", 0x0A00_0000), "virtio_mmio@a000000");
+        assert_eq!(unit_name(&mut b, "restricted-dma-pool", u64::MAX), "restricted-dma-pool@ffffffffffffffff");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `unsafe`, no heap, unit-tested on the development host (`cargo test -p host-vdev`).
 //!
 //! **What it is for.** A guest (an unmodified Linux arm64 kernel included) reaches its
-//! interrupt controller and its console through MMIO that EL2 does not map: every access is
+//! interrupt controller, its console and its virtio devices through MMIO that EL2 does not
+//! map: every access is
 //! an `MMIO` exit to the host (`docs/ABI.md`), which emulates the device and answers the read.
 //! This crate holds those emulations, so that the untrusted but still careful host code in
 //! `el1-host` stays a thin loop around them:
@@ -14,12 +15,17 @@
 //!   `VCPU_IRQ_STATE` bitmap, what the guest has deactivated.
 //! - [`pl011::Pl011`]: the guest's UART (ARM PrimeCell PL011) with its receive FIFO and its
 //!   interrupt line, which the host feeds into the vGIC as an SPI.
+//! - [`virtio`]: virtio-mmio transports (version 2) and their split virtqueues, over the
+//!   guest memory the VMM lends through [`virtio::GuestMemory`]; every descriptor chain is
+//!   copied out once and checked, and a bad one makes the device need a reset. Devices: a
+//!   console ([`virtio::console`]) and a block device ([`virtio::blk`]).
 //! - [`loader`]: where a Linux `Image` (its header's `text_offset` and `image_size`), its
 //!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
 //!   size and offset of a user's file is checked before a byte is copied.
-//! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap).
-//! - [`testvm`]: the test VMs' layout and measurement, shared by the VMM and the offline
-//!   `cargo xtask measure`.
+//! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap),
+//!   with `virtio,mmio` nodes and, for a protected VM, their restricted DMA pool.
+//! - [`testvm`], [`linuxvm`]: the test VMs' and Linux VMs' layout and measurement, shared by
+//!   the VMM and the offline `cargo xtask measure`.
 //!
 //! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
 //! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
@@ -35,10 +41,12 @@
 #![forbid(unsafe_code)]
 
 pub mod fdt;
+pub mod linuxvm;
 pub mod loader;
 pub mod testvm;
 pub mod pl011;
 pub mod vgic;
+pub mod virtio;
 
 /// The bits of an access of `size` bytes (1, 2, 4 or 8); 0 for any other size.
 const fn width_mask(size: u32) -> u64 {

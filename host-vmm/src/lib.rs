@@ -22,6 +22,7 @@ mod stats;
 mod testdev;
 mod timer;
 mod vgic;
+mod virtio;
 
 pub use run::HOST_RUN_STATUS;
 pub use stats::{host_exits, report_stats};
@@ -111,19 +112,8 @@ pub fn load(vm: &Vm, image: &[u8]) -> Result<host_vdev::loader::Loaded, &'static
     host_vdev::loader::load_test_image(mem, GUEST_RAM, image)
 }
 
-/// Gives the VM its RAM in the runs [`host_vdev::loader::ram_chunks`] makes of `spans` (what
-/// the VMM loaded: measured) and the `handover` page (where EL2 writes the measurement
-/// handover); the rest is given empty (zeroed by EL2 for a protected VM).
-pub fn give_ram(vm: &Vm, spans: &[(u64, u64)], handover: Option<u64>) -> Result<(), HypError> {
-    // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
-    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
-    host_vdev::testvm::clear_slack(mem, spans);
-    let (chunks, n) = host_vdev::loader::ram_chunks(vm.pages * PAGE_SIZE, spans, handover).map_err(|_| HypError::InvalidArgument)?;
-    give_chunks(vm, &chunks[..n])
-}
-
 /// `VM_ADD_MEMORY` of each run, with the flags its kind asks for.
-fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Result<(), HypError> {
+pub(crate) fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Result<(), HypError> {
     use host_vdev::loader::ChunkKind;
     use shared_abi::measure::add_flags;
     for c in chunks {
@@ -139,7 +129,8 @@ fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Result<(), HypEr
 
 /// Writes the guest's device tree at the end of its RAM, gives the VM its RAM (donated if
 /// protected, shared otherwise; what was loaded and the device tree measured, the handover
-/// page below the tree, the rest empty: [`give_ram`]) and points vCPU 0 at the loaded entry
+/// page below the tree, the rest empty: [`host_vdev::testvm::lay_out`]) and points vCPU 0 at
+/// the loaded entry
 /// with `x0` = the device tree, as Linux's boot protocol expects. Returns the device tree's
 /// IPA.
 pub fn boot(vm: &Vm, loaded: host_vdev::loader::Loaded) -> Result<u64, HypError> {

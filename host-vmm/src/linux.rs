@@ -1,5 +1,6 @@
 //! Linux guests: VMs with the devices an unmodified arm64 kernel needs (a GICv3, the
-//! architected timers, a PL011 with its interrupt), booted the standard way (an `Image`, an
+//! architected timers, a PL011 with its interrupt) and virtio devices (a console; a disk when
+//! one is staged: [`crate::virtio`]), booted the standard way (an `Image`, an
 //! initramfs, a command line and a device tree), their vCPUs run by the host scheduler.
 //!
 //! The same VMs run the project's ELF test guests that need these devices (`scenario=linux`
@@ -13,12 +14,24 @@
 //! interrupt or the vCPU's timer deadline, `VCPU_OFF` to a sleep until a sibling's `CPU_ON`.
 //!
 //! Guest physical map: GIC distributor at `0x0800_0000`, redistributors at `0x080A_0000`
-//! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), RAM at `0x4000_0000`.
+//! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), virtio-console at `0x0A00_0000` (SPI
+//! 16), virtio-blk at `0x0A00_0200` (SPI 17, with a disk), RAM at `0x4000_0000`; a protected
+//! VM's restricted DMA pool is 8 MiB of its RAM below the handover page
+//! ([`host_vdev::linuxvm`]). A protected VM's devices touch only the pages it shared
+//! (`MEM_SHARE` / `MEM_UNSHARE` exits, kept per VM in a bitmap).
+//!
+//! `disk=ADDR,SIZE` (the image `cargo xtask run --disk` staged) backs the virtio-blk of the
+//! one VM (`vms=1` only: one image cannot be two VMs' disks); its writes stay in that memory.
 
-use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE, UART_SPI};
+use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
-use super::vgic::{VirtualGic, GICD, GICR};
-use super::{Outcome, Vm, GUEST_RAM};
+use super::vgic::VirtualGic;
+use super::virtio::{BlkDev, BlkPort, ConsoleDev, ConsolePort, HvcLine, Shared, Transport, VmMemory};
+use host_vdev::linuxvm::{Devices, VIRTIO_BLK, VIRTIO_CONSOLE};
+use host_vdev::virtio::guest_ram::GuestRam;
+use host_vdev::virtio::mmio::{DmaPolicy, VirtioMmio};
+use host_vdev::virtio::Gpa;
+use super::{Outcome, Vm};
 use crate::bus::{Bus, Device, Wake};
 use crate::run::{self, Machine};
 use core::ops::Range;
@@ -50,6 +63,12 @@ pub struct LinuxVm {
     to_flush: AtomicU32,
     gic: VirtualGic,
     uart: GuestUart,
+    console: ConsolePort,
+    blk: Option<BlkPort>,
+    /// The transports' frames (`virtio_ranges[..1]` without a disk).
+    virtio_ranges: [Range<u64>; 2],
+    /// `Some` for a protected VM: the pages it shared, which are all its devices may touch.
+    shared: Option<&'static Shared>,
     vcpus: [spin::Mutex<VcpuState>; MAX_VCPUS],
 }
 
@@ -76,6 +95,8 @@ impl VcpuState {
 }
 
 static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
+/// Each VM slot's shared pages (no heap: the largest VM's bitmap, 48 KiB, per slot).
+static SHARED: [Shared; MAX_VMS] = [const { Shared::new() }; MAX_VMS];
 /// Set while Linux VMs run (the console's input goes to the first one).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 fn lookup(handle: u64) -> Option<&'static LinuxVm> {
@@ -115,25 +136,36 @@ impl Config {
 /// CPU until each has powered off; `at_start` sees the VMs just before their vCPUs first run.
 /// Fails the run if a VM did not power off cleanly.
 pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
-    let cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
+    let mut cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
+    let mut disk = match plat.arg("disk") {
+        None => None,
+        Some(_) if cfg.vms > 1 => crate::fail::fail(format_args!("linux: disk= with vms={}: one image cannot be two VMs' disks", cfg.vms)),
+        Some(_) => Some(plat.take_disk().unwrap_or_else(|| crate::fail::fail(format_args!("linux: disk= names no image staged where shared_abi::layout says")))),
+    };
+    if disk.is_some() {
+        // Guest memory stays below the staged image.
+        cfg.ram_end = cfg.ram_end.min(shared_abi::layout::GUEST_DISK_STAGING);
+    }
     let kernel = plat.guest_image().unwrap_or_else(|| crate::fail::fail(format_args!("linux: no kernel staged (guest=ADDR,SIZE)")));
     let initrd = plat.staged("initrd").unwrap_or(&[]);
     let cmdline = plat.staged("cmdline").map_or("console=ttyAMA0", |c| core::str::from_utf8(c).unwrap_or("console=ttyAMA0").trim_end_matches(['\0', '\n']));
     println!(
-        "host: linux: {} VM(s), {} vCPUs, {} MiB, flags {:#x}; kernel {} bytes, initramfs {} bytes",
+        "host: linux: {} VM(s), {} vCPUs, {} MiB, flags {:#x}; kernel {} bytes, initramfs {} bytes, disk {} bytes",
         cfg.vms,
         cfg.vcpus,
         cfg.mem_mib,
         cfg.flags,
         kernel.len(),
-        initrd.len()
+        initrd.len(),
+        disk.as_ref().map_or(0, |d| d.len())
     );
     for (n, slot) in VMS.iter().enumerate().take(cfg.vms) {
-        let vm = build(&cfg, kernel, initrd, cmdline).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: VM {n}: {e}")));
+        let disk = disk.take();
+        let vm = build(&cfg, kernel, initrd, cmdline, disk.is_some()).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: VM {n}: {e}")));
         let prefix = (cfg.vms > 1).then_some(n);
         let nr = cfg.vcpus as usize;
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        slot.call_once(|| LinuxVm::new(vm, gic, prefix));
+        slot.call_once(|| LinuxVm::new(vm, gic, prefix, &SHARED[n], disk));
     }
     // Every VM built above, in order (the padding past `cfg.vms` is never used).
     let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
@@ -164,9 +196,21 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     for (n, vm) in vms.iter().enumerate() {
         if let Some(l) = lookup(vm.handle) {
             l.uart.flush_final();
+            l.console.lock().device_mut().output_mut().flush();
+            if let Some(b) = &l.blk {
+                let s = b.lock().device().stats();
+                println!("host: linux VM {n} virtio-blk: {} requests ok, {} failed; {} sectors read, {} written", s.ok, s.ioerr + s.unsupp, s.sectors_read, s.sectors_written);
+            }
         }
         let outcome = sched::outcome(vm);
         println!("host: linux VM {n} ({:#x}) ended: {outcome:?}", vm.handle);
+        if let Ok(Some(m)) = vm.el2().measurement() {
+            let mut hex = [0u8; 64];
+            for (i, b) in m.iter().enumerate() {
+                hex[2 * i..2 * i + 2].copy_from_slice(&[b"0123456789abcdef"[(b >> 4) as usize], b"0123456789abcdef"[(b & 15) as usize]]);
+            }
+            println!("host: linux VM {n} measurement {}", core::str::from_utf8(&hex).unwrap_or("?"));
+        }
         clean &= outcome == Some(Ok(Outcome::Off));
         if let Err(e) = sched::destroy(vm) {
             crate::fail::fail(format_args!("linux: VM_DESTROY: {e:?}"));
@@ -177,9 +221,10 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     }
 }
 
-/// Creates one VM: its RAM filled with the kernel, initramfs and device tree, then given to it
-/// (donated if protected), vCPU 0 at the kernel's entry with `x0` = the device tree.
-fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm, &'static str> {
+/// Creates one VM: its RAM filled with the kernel, initramfs and device tree (with a
+/// virtio-blk transport if it has a `disk`), then given to it (donated if protected), vCPU 0
+/// at the kernel's entry with `x0` = the device tree.
+fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) -> Result<Vm, &'static str> {
     let ram = cfg.mem_mib << 20;
     let backing = super::alloc_pages(ram / PAGE_SIZE);
     if backing.checked_add(ram).is_none_or(|end| end > cfg.ram_end) {
@@ -190,38 +235,15 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vm
     // (until VM_ADD_MEMORY below).
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
     // A Linux `Image`, or one of the project's ELF test guests (benchmarks and hostile guests
-    // that need the devices): loaded at its own addresses, the device tree at the top of RAM
-    // all the same.
-    let (entry, layout, image_span) = if kernel.starts_with(b"\x7fELF") {
-        let loaded = host_vdev::loader::load_test_image(mem, GUEST_RAM, kernel)?;
-        let dtb = ram.checked_sub(host_vdev::loader::DTB_SPACE).ok_or("guest RAM too small")?;
-        (loaded.entry, host_vdev::loader::LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span)
-    } else {
-        let header = host_vdev::loader::image_header(kernel)?;
-        let layout = host_vdev::loader::linux_layout(&header, initrd.len() as u64, ram)?;
-        host_vdev::loader::load_linux(mem, &layout, kernel, initrd)?;
-        (GUEST_RAM + layout.kernel, layout, (layout.kernel, layout.kernel + kernel.len() as u64))
-    };
-    // The measurement handover page: just below the initramfs (or the device tree).
-    let handover = layout.initrd.map_or(layout.dtb, |(s, _)| s).checked_sub(PAGE_SIZE).ok_or("guest RAM too small")?;
-    let tree = host_vdev::fdt::LinuxTree {
-        ram: (GUEST_RAM, ram),
-        vcpus: cfg.vcpus,
-        uart: (UART, UART_SPI),
-        gicd: GICD,
-        gicr: GICR,
-        initrd: layout.initrd.map(|(s, e)| (GUEST_RAM + s, GUEST_RAM + e)),
-        bootargs: cmdline,
-        dice: Some(GUEST_RAM + handover),
-    };
-    let dtb = &mut mem[layout.dtb as usize..(layout.dtb + host_vdev::loader::DTB_SPACE) as usize];
-    host_vdev::fdt::linux_tree(dtb, &tree).ok_or("device tree does not fit")?;
+    // that need the devices): laid out as `cargo xtask measure --kernel` lays it out, so the
+    // measurement can be computed offline.
+    let devices = Devices { protected: cfg.flags & vm_flags::PROTECTED != 0, disk };
+    let laid = host_vdev::linuxvm::lay_out(mem, kernel, initrd, cfg.vcpus, cmdline, devices)?;
     let failed = |_| "a hypercall to set up the VM failed";
-    let dtb_span = (layout.dtb, layout.dtb + host_vdev::loader::DTB_SPACE);
-    let initrd_span = layout.initrd.unwrap_or((0, 0));
-    super::give_ram(&vm, &[image_span, initrd_span, dtb_span], Some(handover)).map_err(failed)?;
+    super::give_chunks(&vm, &laid.chunks[..laid.count]).map_err(failed)?;
+    let (entry, dtb) = (laid.entry, laid.dtb);
     vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
-    vm.el2().vcpu(0).set_reg(reg::x(0), GUEST_RAM + layout.dtb).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), dtb).map_err(failed)?;
     Ok(vm)
 }
 
@@ -308,17 +330,46 @@ fn run_slot(slot: usize, handle: u64, vcpu: u64) {
 }
 
 impl LinuxVm {
-    /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`.
-    fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>) -> Self {
+    /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`; `shared`: its
+    /// slot's shared-page bitmap (cleared here); `disk`: its virtio-blk's content, if any.
+    fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>, shared: &'static Shared, disk: Option<&'static mut [u8]>) -> Self {
         crate::stats::note_injects(vm.handle);
+        shared.clear();
+        let policy = if vm.protected { DmaPolicy::Restricted } else { DmaPolicy::Open };
+        let console: ConsoleDev = VirtioMmio::new(host_vdev::virtio::console::Console::new(HvcLine::new(prefix)), policy);
+        let blk = disk.map(|d| {
+            let model: BlkDev = VirtioMmio::new(host_vdev::virtio::blk::Blk::new(host_vdev::virtio::blk::RamDisk::new(d), b"pkvm-rs-disk"), policy);
+            Transport::new(model, VIRTIO_BLK)
+        });
+        let console = Transport::new(console, VIRTIO_CONSOLE);
+        let virtio_ranges = [console.range(), blk.as_ref().map_or(0..0, |b| b.range())];
         Self {
+            shared: vm.protected.then_some(shared),
             vm,
             turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
             to_flush: AtomicU32::new(u32::MAX),
             gic,
             uart: GuestUart::new(prefix),
+            console,
+            blk,
+            virtio_ranges,
             vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS],
         }
+    }
+
+    /// The VM's RAM as its devices may reach it.
+    fn memory(&self) -> VmMemory<'static> {
+        let ram = GuestRam { base: Gpa(crate::GUEST_RAM), size: self.vm.pages * PAGE_SIZE, shared: self.shared };
+        VmMemory { backing: self.vm.backing, ram }
+    }
+
+    /// A `MEM_SHARE` (`share`) or `MEM_UNSHARE` exit for the granule at `ipa` (EL2 has
+    /// already changed the host's access): recorded for the devices of a protected VM.
+    fn shared_changed(&self, ipa: u64, share: bool) {
+        let Some(shared) = self.shared else { return };
+        let Some(page) = ipa.checked_sub(crate::GUEST_RAM).map(|o| o / PAGE_SIZE).filter(|&p| p < self.vm.pages) else { return };
+        // Inside the VM's RAM, which the bitmap covers (`SHARED_WORDS`): cannot fail.
+        let _ = if share { shared.share(page) } else { shared.unshare(page) };
     }
 
     /// One `VCPU_RUN` of vCPU `v` and its exit: `Some` when the vCPU leaves this host CPU.
@@ -444,7 +495,8 @@ impl Machine for LinuxVcpu<'_> {
         let (l, v) = (self.l, self.v);
         let mut gic = &l.gic;
         let mut uart = UartPort { uart: &l.uart, gic: &l.gic, vcpu: v };
-        let (value, wake) = Bus([&mut gic, &mut uart]).access(ipa, size, write)?;
+        let mut virtio = VirtioPorts { l, vcpu: v };
+        let (value, wake) = Bus([&mut gic, &mut uart, &mut virtio]).access(ipa, size, write)?;
         l.wake(wake, v);
         Some(value)
     }
@@ -489,9 +541,15 @@ impl Machine for LinuxVcpu<'_> {
             }
             // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
             Exit::Hypercall { .. } => None,
-            // The guest shared or took back a granule (counted); its devices find out through
-            // their own queues.
-            Exit::MemShare { .. } | Exit::MemUnshare { .. } => None,
+            // The guest shared or took back a granule (counted): what its devices may touch.
+            Exit::MemShare { ipa } => {
+                l.shared_changed(ipa, true);
+                None
+            }
+            Exit::MemUnshare { ipa } => {
+                l.shared_changed(ipa, false);
+                None
+            }
             Exit::SystemOff => Some(Yield::Done(Some(Ok(Outcome::Off)))),
             Exit::SystemReset => Some(Yield::Done(Some(Ok(Outcome::Reset)))),
             Exit::Killed { reason, ipa, detail } => {
@@ -522,6 +580,26 @@ impl Device for UartPort<'_> {
     }
 }
 
+/// The virtio transports on a Linux VM's bus: each interrupt line drives its SPI.
+struct VirtioPorts<'a> {
+    l: &'a LinuxVm,
+    vcpu: usize,
+}
+
+impl Device for VirtioPorts<'_> {
+    fn ranges(&self) -> &[Range<u64>] {
+        &self.l.virtio_ranges[..if self.l.blk.is_some() { 2 } else { 1 }]
+    }
+
+    fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> (u64, Wake) {
+        let (l, mem) = (self.l, self.l.memory());
+        match &l.blk {
+            Some(b) if b.range().contains(&ipa) => b.mmio(&mem, &l.gic, self.vcpu, ipa, size, write),
+            _ => l.console.mmio(&mem, &l.gic, self.vcpu, ipa, size, write),
+        }
+    }
+}
+
 // ---- For the hostile-guest scenarios (el1-host's `storm`): VMs of one's own making ---------------
 
 /// Builds Linux VM `n` (below [`MAX_VMS`]) from `image` (an `Image` or an ELF test guest) with
@@ -534,8 +612,8 @@ pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, i
         return Err("Linux VM slot already used");
     }
     let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
-    let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline)?;
-    Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n))).vm)
+    let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline, false)?;
+    Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n), &SHARED[n], None)).vm)
 }
 
 /// While Linux VMs run (`on`): console input goes to the first, and idle host CPUs sleep in
@@ -545,9 +623,11 @@ pub fn set_running(on: bool) {
     sched::SLEEP_WHEN_IDLE.store(on, Ordering::SeqCst);
 }
 
-/// Prints the unfinished line VM `handle`'s UART holds, if any (its VM was stopped).
+/// Prints the unfinished lines VM `handle`'s UART and virtio-console hold, if any (its VM was
+/// stopped).
 pub fn flush_console(handle: u64) {
     if let Some(l) = lookup(handle) {
         l.uart.flush_final();
+        l.console.lock().device_mut().output_mut().flush();
     }
 }

@@ -19,11 +19,11 @@ use shared_abi::msg::irq;
 use shared_abi::HypError;
 
 /// The distributor's frame (IPA).
-pub const GICD: u64 = 0x0800_0000;
+pub const GICD: u64 = host_vdev::linuxvm::GICD;
 /// Its size.
 pub const GICD_SIZE: u64 = 0x1_0000;
 /// The redistributors (IPA): one 128 KiB frame per vCPU.
-pub const GICR: u64 = 0x080A_0000;
+pub const GICR: u64 = host_vdev::linuxvm::GICR;
 /// One redistributor's frames (`RD_base`, `SGI_base`).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 

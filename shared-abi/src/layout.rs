@@ -8,6 +8,7 @@
 //! 0x4BFF_F000  a Linux guest's command line, staged by QEMU's loader   (host-owned)
 //! 0x4C00_0000  a Linux guest's initrd, staged by QEMU's loader         (host-owned)
 //! 0x5000_0000  host memory the host's VMM gives to guests               (host-owned until given)
+//! 0xB000_0000  a Linux guest's disk image, staged by QEMU's loader     (host-owned)
 //!   ...        rest of RAM                                             (host-owned)
 //! ```
 //!
@@ -41,6 +42,15 @@ pub const GUEST_INITRD_STAGING: u64 = 0x4C00_0000;
 /// the host gives to guests starts.
 pub const GUEST_INITRD_MAX: u64 = 64 << 20;
 
+/// Where the run command stages a Linux guest's disk image (`disk=ADDR,SIZE` in the boot
+/// arguments tells the host), behind each Linux VM's virtio-blk; writes stay in this copy for
+/// the run. Above the memory given to guests: the VMM gives at most 1536 MiB from 0x5000_0000
+/// and never from here on. At most [`GUEST_DISK_MAX`] bytes.
+pub const GUEST_DISK_STAGING: u64 = 0xB000_0000;
+/// The largest disk image the run command stages: it must end by 0xC000_0000, the end of the
+/// 2 GiB a Linux run's machine has.
+pub const GUEST_DISK_MAX: u64 = 256 << 20;
+
 const _: () = {
     assert!(HYP_REGION_BASE.is_multiple_of(2 << 20));
     assert!(HYP_REGION_SIZE.is_multiple_of(2 << 20));
@@ -49,6 +59,8 @@ const _: () = {
     assert!(GUEST_IMAGE_STAGING + GUEST_IMAGE_MAX <= GUEST_CMDLINE_STAGING);
     assert!(GUEST_CMDLINE_STAGING + GUEST_CMDLINE_MAX < GUEST_INITRD_STAGING);
     assert!(GUEST_INITRD_STAGING + GUEST_INITRD_MAX <= 0x5000_0000);
+    assert!(0x5000_0000 + (1536 << 20) <= GUEST_DISK_STAGING);
+    assert!(GUEST_DISK_STAGING + GUEST_DISK_MAX <= 0xC000_0000);
 };
 
 /// The host's run-status table: what each host CPU last did with a vCPU. Not part of the

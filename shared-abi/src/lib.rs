@@ -192,6 +192,13 @@ hypercalls! {
     /// measurement once sealed (at its first `VCPU_RUN`), zeros before. `x1` = 1 if sealed,
     /// else 0. (ABI 4.0.)
     VmMeasurement = 17, Any, in 1, out 1;
+    /// `x1` = VM handle, `x2` = a granule's IPA. Before a protected VM's first run only: declares
+    /// the granule as MMIO the host emulates and turns the VM's MMIO guard on, as if the guest had
+    /// called `MMIO_GUARD` ([`guest::MMIO_GUARD`]): from its first instruction, a guest access
+    /// outside its RAM to any other granule is an external abort injected into the guest. For a
+    /// VMM that wants the guard for guests that never call it (the UART pre-declared). Recorded
+    /// in the measurement. (ABI 4.0.)
+    VmMmioGuard = 18, Any, in 2, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.

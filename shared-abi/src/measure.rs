@@ -14,6 +14,7 @@
 //! | a page with content ([`add_flags::MEASURE`]) | `"PAGEDATA"`, `ipa: u64`, SHA-256 of its 4096 bytes |
 //! | pages given zeroed (no flag) | `"PAGEZERO"`, `ipa: u64`, `pages: u64` |
 //! | the handover page ([`add_flags::HANDOVER`]) | `"HANDOVER"`, `ipa: u64`, `pages: u64` |
+//! | a granule the host declared MMIO (`VM_MMIO_GUARD`) | `"MMIOGARD"`, `ipa: u64` |
 //! | the seal | `"VCPUBOOT"`, `x0..x30: [u64; 31]`, `pc: u64`, `pstate: u64` of vCPU 0 |
 //!
 //! Not measured: what the host can only lower and the guest reads through EL2 (its ID and
@@ -75,6 +76,12 @@ impl Measurement {
         self.0.update(b"HANDOVER");
         self.0.update(ipa.to_le_bytes());
         self.0.update(pages.to_le_bytes());
+    }
+
+    /// A granule at `ipa` the host declared MMIO before the first run (the guard on).
+    pub fn mmio_guard(&mut self, ipa: u64) {
+        self.0.update(b"MMIOGARD");
+        self.0.update(ipa.to_le_bytes());
     }
 
     /// The seal: vCPU 0's registers at its first run. Returns the measurement.

@@ -32,7 +32,8 @@ impl Tlb for Cpu {
 
     fn host_s2_unmapped_from_guest(&self, host_vttbr: u64) {
         // A guest's VMID is loaded: the TLBI would miss the host's entries.
-        invalidate_vmid(host_vttbr);
+        let host_vtcr = super::host::HOST_VTCR[super::cpu_index() % crate::platform::MAX_CPUS].load(core::sync::atomic::Ordering::Relaxed);
+        invalidate_vmid(host_vttbr, host_vtcr);
     }
 
     fn guest_s2_mapped(&self) {
@@ -40,8 +41,9 @@ impl Tlb for Cpu {
         dsb_ishst();
     }
 
-    fn flush_guest_tlb(&self, vttbr: u64) {
-        invalidate_vmid(vttbr);
+    fn flush_guest_tlb(&self, vttbr: u64, ia_bits: u8, start_level: u8) {
+        // In a host call: the host's VTCR_EL2 is loaded, whose attributes a guest's shares.
+        invalidate_vmid(vttbr, super::switch::traps::stage2_vtcr(VTCR_EL2.get(), ia_bits, start_level));
     }
 
     fn flush_guest_local(&self) {
@@ -61,18 +63,23 @@ impl Tlb for Cpu {
 }
 
 /// Invalidates every stage 1+2 entry of the VMID in `vttbr` on all CPUs, whichever VMID is
-/// loaded: `TLBI VMALLS12E1IS` acts on the VMID in `VTTBR_EL2`, so it is borrowed for `vttbr`'s
-/// and given back. Entry removals complete before, and the invalidation on every CPU after.
-fn invalidate_vmid(vttbr: u64) {
-    let loaded = VTTBR_EL2.get();
+/// loaded: `TLBI VMALLS12E1IS` acts on the VMID in `VTTBR_EL2`, so that stage 2 is borrowed
+/// (`vttbr` with its own `vtcr`) and given back. Both registers move together, as KVM's
+/// `__load_stage2` moves them: the PE may walk the EL1&0 regime speculatively while EL2 runs,
+/// and a walk of one stage 2's tables under another's T0SZ/SL0 would cache nonsense under the
+/// borrowed VMID. Entry removals complete before, and the invalidation on every CPU after.
+fn invalidate_vmid(vttbr: u64, vtcr: u64) {
+    let (loaded_vttbr, loaded_vtcr) = (VTTBR_EL2.get(), VTCR_EL2.get());
     dsb_ishst();
+    VTCR_EL2.set(vtcr);
     VTTBR_EL2.set(vttbr);
     // The TLBI uses the borrowed VMID.
     isb();
     // SAFETY: TLB invalidation for the current VMID is always allowed at EL2.
     unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
     dsb_ish();
-    VTTBR_EL2.set(loaded);
-    // Later stage-2 walks (and the ERET to whoever runs next) use the loaded VMID again.
+    VTTBR_EL2.set(loaded_vttbr);
+    VTCR_EL2.set(loaded_vtcr);
+    // Later stage-2 walks (and the ERET to whoever runs next) use the loaded stage 2 again.
     isb();
 }

@@ -12,7 +12,7 @@
 //! | calls | served in |
 //! |---|---|
 //! | `VERSION`, `PING`, `SET_MESSAGE_PAGE`, `FINALISE_SETUP`, `HYP_INFO`, `ECHO`, `SET_PTRAUTH_POLICY` | [`setup`] |
-//! | `VM_CREATE`, `VM_DESTROY`, `VM_ADD_MEMORY`, `VM_MEASUREMENT` | [`vm`] |
+//! | `VM_CREATE`, `VM_DESTROY`, `VM_ADD_MEMORY`, `VM_MEASUREMENT`, `VM_MMIO_GUARD` | [`vm`] |
 //! | `VCPU_SET_REG`, `VCPU_GET_REG`, `VCPU_REG_LIST`, `VCPU_SET_IRQ`, `VCPU_IRQ_STATE`, `VCPU_STATS` | [`vcpu`] |
 //! | `VCPU_RUN` | [`crate::guest::exit`] (the run loop) |
 //! | `TEST_FAULT`, `TEST_CHECK_INVARIANTS` | the trap shim of a test build (`NotSupported` here) |
@@ -75,6 +75,7 @@ calls! {
     VcpuIrqState { handle, index };
     VcpuStats { handle, index };
     VmMeasurement { handle };
+    VmMmioGuard { handle, ipa };
     TestFault { mode };
     TestCheckInvariants;
 }
@@ -101,6 +102,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
         Call::VmDestroy { handle } => vm::vm_destroy(hyp, handle, hw),
         Call::VmAddMemory { handle, pa, ipa, pages, flags } => vm::vm_add_memory(hyp, handle, pa, ipa, pages, flags, hw),
         Call::VmMeasurement { handle } => vm::vm_measurement(hyp, cpu, handle),
+        Call::VmMmioGuard { handle, ipa } => vm::vm_mmio_guard(hyp, handle, ipa),
         Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
         Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),
         Call::VcpuRegList { handle, index } => vcpu::vcpu_reg_list(hyp, cpu, handle, index),

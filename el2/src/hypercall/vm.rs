@@ -10,7 +10,7 @@ use crate::hyp::Hyp;
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::mem::pgtable::TableMemory;
 use crate::mem::guest::Region;
-use crate::mem::protect::Content;
+use crate::mem::protect::{Content, Refused};
 use arrayvec::ArrayVec;
 use core::sync::atomic::Ordering;
 use shared_abi::measure::{add_flags, Measurement};
@@ -156,6 +156,30 @@ pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u
     }
     let region = Region { ipa, pa: PhysAddr(pa), pages };
     hyp.mem.lock().host_give_guest(handle, region, content, hyp.platform.untagged, hw)?;
+    Ok([0; 3])
+}
+
+/// `VM_MMIO_GUARD`: the host declares a granule MMIO before a protected VM's first run.
+pub(crate) fn vm_mmio_guard<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64) -> HypResult {
+    let mut mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    if !vm.protected {
+        return Err(HypError::InvalidArgument);
+    }
+    let Measured::Building(_) = vm.measurement else { return Err(HypError::Denied) };
+    if vm.ran {
+        return Err(HypError::Denied);
+    }
+    mem.guest_mmio_guard(handle, ipa).map_err(|e| match e {
+        Refused::NotAligned => HypError::NotAligned,
+        Refused::NoRoom => HypError::NoCapacity,
+        Refused::NotMmio | Refused::NotRam | Refused::WrongState => HypError::InvalidArgument,
+    })?;
+    if let Ok((_, vm)) = mem.vms.lookup_mut(handle) {
+        if let Measured::Building(m) = &mut vm.measurement {
+            m.mmio_guard(ipa);
+        }
+    }
     Ok([0; 3])
 }
 
@@ -353,5 +377,34 @@ mod tests {
         assert_eq!(add(&f, GUEST + 1, 0x4000_1000, 0), Ok([0; 3]));
         assert_eq!(f.call(0, H::VmMeasurement, &[h]), Ok([1, 0, 0]));
         assert_eq!(f.call(0, H::VmMeasurement, &[h + 1]), Err(HypError::InvalidHandle));
+    }
+
+    #[test]
+    fn the_host_can_turn_a_protected_vms_mmio_guard_on_before_it_runs() {
+        let mut f = fixture();
+        let plain = create(&mut f, 1, 0);
+        assert_eq!(f.call(0, H::VmMmioGuard, &[plain, 0x0900_0000]), Err(HypError::InvalidArgument), "not protected");
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4, 0]).unwrap();
+        assert_eq!(f.call(0, H::VmMmioGuard, &[h, 0x0900_0008]), Err(HypError::NotAligned));
+        assert_eq!(f.call(0, H::VmMmioGuard, &[h, 0x4000_1000]), Err(HypError::InvalidArgument), "RAM");
+        assert_eq!(f.call(0, H::VmMmioGuard, &[h, 1 << 36]), Err(HypError::InvalidArgument), "outside the IPA space");
+        assert_eq!(f.call(0, H::VmMmioGuard, &[h + 1, 0x0900_0000]), Err(HypError::InvalidHandle));
+        f.call(0, H::VmMmioGuard, &[h, 0x0900_0000]).unwrap();
+        // The UART exits; anything else is an abort in the guest from its first instruction.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0018, true, 1, 2)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0A00_0000, true, 1, 2), trap(0x01 << 26 | 1 << 25, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::WFX as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VmMmioGuard, &[h, 0x0A00_0000]), Err(HypError::Denied), "after the first run: the guest's to declare");
+        // Recorded in the measurement.
+        f.call(0, H::VmMeasurement, &[h]).unwrap();
+        let with = shared_abi::msg::VmMeasurement::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        let mut m = shared_abi::measure::Measurement::new(1, 36, vm_flags::PROTECTED);
+        m.zero(0x4000_0000, 4);
+        m.mmio_guard(0x0900_0000);
+        assert_eq!(with.measurement, m.seal(&[0; 31], 0, VcpuCtx::new().pstate));
     }
 }

@@ -364,7 +364,7 @@ impl<T: TableMemory> MemState<'_, T> {
                 log::error!("VM {handle:#x}: region {r:?} not shared at destroy");
             }
         }
-        hw.flush_guest_tlb(vm.mem.vttbr(vm.vmid));
+        hw.flush_guest_tlb(vm.mem.vttbr(vm.vmid), vm.mem.s2.ia_bits(), vm.mem.s2.start_level());
         vm.mem.s2.destroy(&mut self.tables);
     }
 

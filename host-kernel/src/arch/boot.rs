@@ -163,6 +163,11 @@ impl Frame {
         self.elr += 4;
     }
 
+    /// Resumes at `pc`.
+    pub(crate) fn resume_at(&mut self, pc: u64) {
+        self.elr = pc;
+    }
+
     /// Resumes at the return address in `x30` (an instruction abort on a branch target).
     pub fn return_to_caller(&mut self) {
         self.elr = self.x[30];

@@ -1,7 +1,8 @@
 //! Every instruction the host needs that Rust cannot express: barriers and events, system
 //! registers, plain loads and stores for EL2 to perform, hypercalls, and the host's own
-//! registers that scenarios set and read back around guests; the boot code and exception
-//! vectors ([`boot`]). The one place with `asm!` in the host.
+//! registers that scenarios set and read back around guests; a copy that survives an abort
+//! ([`guarded_copy`]); the boot code and exception vectors ([`boot`]). The one place with
+//! `asm!` in the host.
 
 pub mod boot;
 
@@ -299,4 +300,89 @@ pub fn tpidr2() -> u64 {
 pub fn set_tpidr2(v: u64) {
     // SAFETY: the host's own TPIDR2_EL0, otherwise unused.
     unsafe { asm!("msr S3_3_C13_C0_5, {}", in(reg) v, options(nostack)) };
+}
+
+// ---- A copy that survives a synchronous external abort ---------------------------------------
+
+// `host_guarded_copy(dst = x0, src = x1, len = x2) -> x0`: 0 when all `len` bytes were copied;
+// 1 when a load or store aborted (the exception handler resumes at `host_guarded_copy_fixup`,
+// [`recover_guarded_copy`]). Doublewords while both pointers are 8-byte aligned, then bytes.
+// Only x0..x4 and the flags change, and no stack: the handler can resume at the fixup from any
+// instruction between the labels.
+global_asm!(
+    r#"
+.section .text, "ax"
+.balign 4
+.global host_guarded_copy
+host_guarded_copy:
+    orr x3, x0, x1
+    tst x3, #7
+    b.ne 2f
+1:  cmp x2, #8
+    b.lo 2f
+    ldr x4, [x1], #8
+    str x4, [x0], #8
+    sub x2, x2, #8
+    b 1b
+2:  cbz x2, 3f
+    ldrb w4, [x1], #1
+    strb w4, [x0], #1
+    sub x2, x2, #1
+    b 2b
+3:  mov x0, #0
+    ret
+.global host_guarded_copy_fixup
+host_guarded_copy_fixup:
+    mov x0, #1
+    ret
+"#
+);
+
+extern "C" {
+    fn host_guarded_copy(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    fn host_guarded_copy_fixup();
+}
+
+/// A load or store of [`guarded_copy`] took a synchronous external abort: the memory is not
+/// (or no longer) the host's to touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aborted;
+
+/// Copies `len` bytes from `src` to `dst` (host physical addresses: the host's MMU is off), and
+/// reports a data abort on either side as [`Aborted`] instead of failing the host: for memory
+/// that another CPU's guest may take away from the host at any moment (a protected VM's
+/// shared page, unshared by one vCPU while the device of another copies from it). Part of the
+/// range may have been copied then.
+///
+/// # Safety
+/// Every byte of both ranges is RAM that the host may touch or that EL2 answers with an abort
+/// (never memory whose contents matter to Rust code: no live reference may point into `dst`).
+pub unsafe fn guarded_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), Aborted> {
+    // SAFETY: the caller's; the routine touches only the two ranges and x0..x4, and an abort
+    // inside it resumes at its fixup ([`recover_guarded_copy`]), which returns 1.
+    match unsafe { host_guarded_copy(dst, src, len) } {
+        0 => Ok(()),
+        _ => Err(Aborted),
+    }
+}
+
+/// The exception handler's part of [`guarded_copy`]: if a synchronous data abort from the
+/// current EL (`ESR_EL1.EC` = 0x25) was taken inside the copy routine, makes the exception
+/// return to its fixup (`x0` = 1) and says so; otherwise changes nothing.
+pub fn recover_guarded_copy(frame: &mut boot::Frame, esr: u64) -> bool {
+    const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+    let (start, fixup) = (host_guarded_copy as *const () as u64, host_guarded_copy_fixup as *const () as u64);
+    if (esr >> 26) & 0x3F != EC_DATA_ABORT_SAME_EL || !(start..fixup).contains(&frame.elr()) {
+        return false;
+    }
+    frame.resume_at(fixup);
+    true
+}
+
+/// Orders this CPU's earlier memory accesses before its later ones, as observed in the
+/// inner-shareable domain (`DMB ISH`): what a device model's ring accesses need against the
+/// guest's vCPUs on other CPUs.
+pub fn dmb_ish() {
+    // SAFETY: DMB only orders memory accesses (not `nomem`: it must not be moved across them).
+    unsafe { asm!("dmb ish", options(nostack, preserves_flags)) };
 }

@@ -65,6 +65,15 @@ impl VmHandle {
         call(HypercallId::VmAddMemory, &[self.0, backing, ipa, pages, flags]).map(drop)
     }
 
+    /// `VM_MMIO_GUARD`: declares the granule at `ipa` MMIO and turns the VM's guard on (a
+    /// protected VM, before its first run).
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn mmio_guard(self, ipa: u64) -> Result<(), HypError> {
+        call(HypercallId::VmMmioGuard, &[self.0, ipa]).map(drop)
+    }
+
     /// `VM_MEASUREMENT`: the VM's measurement, `None` before its first run.
     ///
     /// # Errors

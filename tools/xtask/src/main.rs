@@ -9,10 +9,11 @@
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
 //!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
-//!   `--kernel FILE|debian|pkvm [--initrd FILE] [--cmdline "..."] [--mem SIZE] [--vms N] [--mte]
-//!   [--ptrauth]` boots a Linux arm64 Image as the guest instead (the host's `linux` scenario);
-//!   `--kernel debian` is Debian's kernel, `--kernel pkvm` the project's pKVM guest kernel,
-//!   both with the project's initramfs (`tests/linux`).
+//!   `--kernel FILE|debian|pkvm [--initrd FILE] [--disk FILE] [--cmdline "..."] [--mem SIZE]
+//!   [--vms N] [--mte] [--ptrauth]` boots a Linux arm64 Image as the guest instead (the host's
+//!   `linux` scenario; `--disk`: an image behind its virtio-blk); `--kernel debian` is Debian's
+//!   kernel, `--kernel pkvm` the project's pKVM guest kernel, both with the project's initramfs
+//!   (`tests/linux`).
 //! - `test [--no-unit] [--only NAME[,NAME...]] [--all] [--repeat N] [--verbose]`: host unit
 //!   tests, then every QEMU scenario in `tests/scenarios.txt` (or those named; `--all` adds those
 //!   marked `default = off`, the Linux guests), each `N` times in a row.
@@ -21,8 +22,10 @@
 //! - `check-docs`: checks `docs/ABI.md` against `shared-abi` (version, call IDs, arities,
 //!   errors); `test` runs it first.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
-//! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`: a test VM's
-//!   measurement, computed offline (what its guest reads from its handover page).
+//! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`, or with `--kernel
+//!   FILE|debian [--initrd FILE] [--disk FILE] [--cmdline "..."] [--mem SIZE] [--mte] [--ptrauth]`: a VM's
+//!   measurement, computed offline (what its guest reads from its handover page, what
+//!   `VM_MEASUREMENT` tells the host).
 //! - `bench [--only GROUP,...]`: instruction counts of the hot paths, interrupt delivery and the
 //!   Linux boot ratio (QEMU `-icount`), a table and `target/bench.json`.
 //!

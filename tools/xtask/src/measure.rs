@@ -18,6 +18,28 @@ pub fn test_vm(image: &Path, vcpus: u32, mib: u64, flags: u64) -> Result<[u8; 32
     Ok(measurement(&mem, &chunks[..n], vcpus, 36, flags, loaded.entry, dtb))
 }
 
+/// The measurement of each VM of a Linux run (they are alike): the kernel, initramfs,
+/// command line and devices (protected or not: the DMA pool; a disk or not) laid out as the VMM lays them out (`host_vdev::linuxvm`), with the run's VM
+/// flags.
+pub fn linux_vm(run: &crate::linux::LinuxRun) -> Result<[u8; 32], String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let kernel = read(&run.kernel)?;
+    let initrd = match &run.initrd {
+        Some(p) => read(p)?,
+        None => Vec::new(),
+    };
+    let mut mem = vec![0u8; (u64::from(run.mem_mib) << 20) as usize];
+    let devices = host_vdev::linuxvm::Devices { protected: run.protected, disk: run.disk.is_some() };
+    let laid = host_vdev::linuxvm::lay_out(&mut mem, &kernel, &initrd, run.vcpus, run.cmdline.trim_end_matches(['\0', '\n']), devices)?;
+    let mut flags = 0;
+    for (on, f) in [(run.protected, vm_flags::PROTECTED), (run.mte, vm_flags::MTE), (run.ptrauth, vm_flags::PTRAUTH)] {
+        if on {
+            flags |= f;
+        }
+    }
+    Ok(measurement(&mem, &laid.chunks[..laid.count], run.vcpus, 36, flags, laid.entry, laid.dtb))
+}
+
 /// Lower-case hex.
 pub fn hex(m: &[u8; 32]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect()
@@ -28,6 +50,32 @@ pub fn command(args: &[String]) -> Result<(), String> {
     let flags = cli::parse("measure", args, cli::MEASURE_FLAGS)?;
     if flags.has("--help") {
         print!("{}", cli::help("measure", cli::MEASURE_FLAGS));
+        return Ok(());
+    }
+    if let Some(kernel) = flags.value("--kernel") {
+        let named = crate::linux::NamedKernel::parse(kernel);
+        let (kernel_file, default_initrd) = match named {
+            Some(named) => {
+                let a = crate::linux::artifacts()?;
+                (a.image(named)?.to_path_buf(), Some(a.initramfs))
+            }
+            None => (std::path::PathBuf::from(kernel), None),
+        };
+        let run = crate::linux::LinuxRun {
+            scenario: "linux".into(),
+            kernel: kernel_file,
+            initrd: flags.value("--initrd").map(std::path::PathBuf::from).or(default_initrd),
+            disk: flags.value("--disk").map(std::path::PathBuf::from),
+            cmdline: flags.value("--cmdline").unwrap_or(crate::linux::default_cmdline(kernel)).to_string(),
+            mem_mib: crate::linux::limits::parse_mem(flags.value("--mem").unwrap_or("512M"))?,
+            vcpus: flags.number("--vcpus", 2, 1..=8)?,
+            protected: !flags.has("--non-protected"),
+            mte: flags.has("--mte"),
+            ptrauth: flags.has("--ptrauth"),
+            vms: 1,
+        };
+        run.validate()?;
+        println!("{}", hex(&linux_vm(&run)?));
         return Ok(());
     }
     let vcpus = flags.number("--vcpus", 1, 1..=8)?;

@@ -100,6 +100,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
         scenario: flags.value("--scenario").unwrap_or("linux").to_string(),
         kernel,
         initrd: flags.value("--initrd").map(PathBuf::from).or(default_initrd),
+        disk: flags.value("--disk").map(PathBuf::from),
         cmdline,
         mem_mib,
         vcpus,
@@ -123,7 +124,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
         if run.protected { "protected" } else { "non-protected" },
         if run.mte { "on" } else { "off" },
         if run.ptrauth { "on" } else { "off" },
-        run.initrd.as_ref().map_or(String::new(), |i| format!(", initrd {}", i.display()))
+        run.initrd.as_ref().map_or(String::new(), |i| format!(", initrd {}", i.display())) + &run.disk.as_ref().map_or(String::new(), |d| format!(", disk {}", d.display()))
     );
     println!("xtask: guest command line: {}", run.cmdline);
     // The console is the terminal's: a shell in the guest can be used (Ctrl-C ends QEMU).

@@ -33,7 +33,7 @@ mod mte;
 mod pauth;
 mod timer;
 mod tpidr2;
-mod traps;
+pub(in crate::arch) mod traps;
 pub mod vgic;
 
 pub use el1::check_sysreg_tables;

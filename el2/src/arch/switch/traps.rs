@@ -32,14 +32,18 @@ pub(super) fn save_host() -> Saved {
 }
 
 fn guest_vtcr(cfg: &GuestConfig) -> u64 {
-    let sl0 = match cfg.start_level {
+    stage2_vtcr(VTCR_EL2.get(), cfg.ipa_bits, cfg.start_level)
+}
+
+/// A guest stage 2's `VTCR_EL2`: the same walk attributes and PS as the host's `host_vtcr`;
+/// only T0SZ (`ipa_bits`) and SL0 (`start_level`) differ.
+pub(in crate::arch) fn stage2_vtcr(host_vtcr: u64, ipa_bits: u8, start_level: u8) -> u64 {
+    let sl0 = match start_level {
         0 => 2,
         1 => 1,
         _ => 0,
     };
-    // Same walk attributes and PS as the host's VTCR_EL2; only T0SZ and SL0 differ.
-    let host = VTCR_EL2.get();
-    (host & !0xFF) | (64 - cfg.ipa_bits as u64) | sl0 << 6
+    (host_vtcr & !0xFF) | (64 - ipa_bits as u64) | sl0 << 6
 }
 
 /// Load: the guest's traps (with `hcr` as the other features left it) and stage 2. EL1&0

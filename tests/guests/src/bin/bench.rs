@@ -48,12 +48,44 @@ fn pacga() {
     unsafe { core::arch::asm!(".inst 0x9ac23020", out("x0") _, in("x1") 1u64, in("x2") 2u64, options(nostack)) };
 }
 
+/// A page of this guest's own RAM to share and take back (mode 4).
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+static mut SHARED: Page = Page([0; 4096]);
+
+/// Mode 4, in a protected VM (which may not read the PMU): `MEM_SHARE` + `MEM_UNSHARE` of one
+/// page, each an exit to the host, timed with the virtual counter (under `-icount shift=0`
+/// one nanosecond is one instruction).
+fn share_unshare() {
+    let ipa = core::ptr::addr_of!(SHARED) as u64;
+    let freq = guests::gic::cntfrq();
+    // SAFETY: one vCPU, not re-entered: the only reference to SAMPLES.
+    let samples = unsafe { &mut *core::ptr::addr_of_mut!(SAMPLES) };
+    for s in samples.iter_mut() {
+        let a = guests::gic::cntvct();
+        let share = smccc::hvc64(shared_abi::guest::MEM_SHARE, [ipa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])[0];
+        let unshare = smccc::hvc64(shared_abi::guest::MEM_UNSHARE, [ipa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])[0];
+        let b = guests::gic::cntvct();
+        if share != 0 || unshare != 0 {
+            guests::fail(format_args!("MEM_SHARE {share:#x}, MEM_UNSHARE {unshare:#x}"));
+        }
+        *s = (b - a) * 1_000_000_000 / freq;
+    }
+    let st = Stats::from_samples(samples).unwrap_or(Stats { n: 0, median: 0, min: 0, max: 0 });
+    println!("bench: guest_mem_share_unshare {st}");
+}
+
 fn main(_dtb: u64) {
+    // The host's test device says which run this is: 0 the main rows, 1/2 the pointer-
+    // authentication rows under the eager/lazy policy (in a VM with pointer authentication),
+    // 3 an MTE VM's rows, 4 a protected VM's (no PMU there).
+    let policy = guests::testdev_read();
+    if policy == 4 {
+        share_unshare();
+        return;
+    }
     let overhead = measure("", 0, |_| {});
     println!("guest: bench: counter read overhead {overhead} instructions (subtracted)");
-    // The host's test device says which run this is: 0 the main rows, 1/2 the pointer-
-    // authentication rows under the eager/lazy policy (in a VM with pointer authentication).
-    let policy = guests::testdev_read();
     if policy == 3 {
         // An MTE VM: the first touch includes clearing the page's allocation tags.
         measure("guest_first_touch_mte", overhead, |i| {

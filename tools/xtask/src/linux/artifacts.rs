@@ -24,6 +24,21 @@ use std::process::Command;
 /// The Debian meta-package that names the current cloud kernel, and busybox.
 const KERNEL_META: &str = "linux-image-cloud-arm64:arm64";
 const BUSYBOX: &str = "busybox-static";
+/// The kernel package's virtio modules the initramfs carries (`/lib/virtio/`, for
+/// `pkvm.virtio`: Debian builds virtio-mmio and its drivers as modules), in load order, by
+/// their path under `lib/modules/VERSION/kernel/`.
+pub const VIRTIO_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/char/virtio_console.ko",
+    "drivers/block/virtio_blk.ko",
+];
+
+/// A module's file name (what the cache and the initramfs call it).
+fn module_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
 
 /// The cross compiler for the check program (Debian amd64 packages).
 const CROSS_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
@@ -44,6 +59,11 @@ struct Resolved {
 impl Resolved {
     fn kernel_dir(&self) -> PathBuf {
         cache().join(cache_key(&self.kernel_package, &self.kernel_version))
+    }
+    /// The kernel's `Image` and its virtio modules are cached.
+    fn kernel_ready(&self) -> bool {
+        let dir = self.kernel_dir();
+        dir.join("Image").is_file() && VIRTIO_MODULES.iter().all(|m| dir.join(module_name(m)).is_file())
     }
     fn busybox_dir(&self) -> PathBuf {
         cache().join(cache_key(BUSYBOX, &self.busybox_version))
@@ -154,10 +174,17 @@ fn download_and_extract(package: &str, version: &str, work: &Path) -> Result<Pat
 /// Puts `file` alone into the cache directory `dir` (written under a temporary name first, so
 /// a half-made entry is never taken for a cached one).
 fn install_into_cache(file: &Path, dir: &Path, name: &str) -> Result<(), String> {
+    install_all_into_cache(&[(file.to_path_buf(), name)], dir)
+}
+
+/// [`install_into_cache`] for several files.
+fn install_all_into_cache(files: &[(PathBuf, &str)], dir: &Path) -> Result<(), String> {
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::copy(file, tmp.join(name)).map_err(|e| format!("{}: {e}", file.display()))?;
+    for (file, name) in files {
+        std::fs::copy(file, tmp.join(name)).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
@@ -166,7 +193,7 @@ fn install_into_cache(file: &Path, dir: &Path, name: &str) -> Result<(), String>
 fn fetch(r: &Resolved) -> Result<(), String> {
     let work = cache().join(format!("work-{}", std::process::id()));
     let result = (|| {
-        if !r.kernel_dir().join("Image").is_file() {
+        if !r.kernel_ready() {
             let tree = download_and_extract(&r.kernel_package, &r.kernel_version, &work)?;
             let boot = tree.join("boot");
             let vmlinuz = std::fs::read_dir(&boot)
@@ -177,7 +204,17 @@ fn fetch(r: &Resolved) -> Result<(), String> {
                 .ok_or(format!("{} has no /boot/vmlinuz-*", r.kernel_package))?;
             // On arm64 the vmlinuz is already the raw Image the boot protocol loads.
             check_image_header(&std::fs::read(&vmlinuz).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", vmlinuz.display()))?;
-            install_into_cache(&vmlinuz, &r.kernel_dir(), "Image")?;
+            // The modules of the one kernel version the package holds.
+            let modules = tree.join("lib/modules");
+            let version = std::fs::read_dir(&modules)
+                .map_err(|e| format!("{}: {e}", modules.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("kernel").is_dir())
+                .ok_or(format!("{} has no /lib/modules/*/kernel", r.kernel_package))?;
+            let mut files = vec![(vmlinuz, "Image")];
+            files.extend(VIRTIO_MODULES.iter().map(|m| (version.join("kernel").join(m), module_name(m))));
+            install_all_into_cache(&files, &r.kernel_dir())?;
         }
         if !r.busybox_dir().join("busybox").is_file() {
             let tree = download_and_extract(BUSYBOX, &r.busybox_version, &work)?;
@@ -243,7 +280,7 @@ fn fetch_all() -> Result<(), String> {
     let stamp = apt_lists_stamp();
     let cached = std::fs::read_to_string(&record).ok().and_then(|t| Resolved::from_text(&t));
     if let Some((r, lists)) = &cached {
-        if *lists == stamp && r.kernel_dir().join("Image").is_file() && r.busybox_dir().join("busybox").is_file() {
+        if *lists == stamp && r.kernel_ready() && r.busybox_dir().join("busybox").is_file() {
             return Ok(());
         }
     }
@@ -318,13 +355,14 @@ pub fn artifacts() -> Result<Artifacts, String> {
     let (r, _) = Resolved::from_text(&text).ok_or_else(missing)?;
     let image = r.kernel_dir().join("Image");
     let busybox = r.busybox_dir().join("busybox");
-    if !image.is_file() || !busybox.is_file() {
+    if !r.kernel_ready() || !busybox.is_file() {
         return Err(missing());
     }
     let check = build_check_program()?;
     let init = root().join("tests/linux/init.sh");
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let archive = initramfs(&read(&init)?, &read(&busybox)?, &read(&check)?).map_err(|e| e.to_string())?;
+    let modules = VIRTIO_MODULES.iter().map(|m| Ok((module_name(m), read(&r.kernel_dir().join(module_name(m)))?))).collect::<Result<Vec<_>, String>>()?;
+    let archive = initramfs(&read(&init)?, &read(&busybox)?, &read(&check)?, &modules).map_err(|e| e.to_string())?;
     let initramfs = cache().join("initramfs.cpio");
     // Written only when it changed, so its modification time means something.
     if std::fs::read(&initramfs).ok().as_deref() != Some(archive.as_slice()) {

@@ -26,6 +26,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
         scenario: String::new(),
         kernel: a.image.clone(),
         initrd: Some(a.initramfs.clone()),
+        disk: None,
         cmdline,
         mem_mib: mem,
         vcpus: smp,

@@ -1,7 +1,7 @@
 //! The limits of a Linux run, checked before anything is built or started: the kernel's
 //! header and the sizes of its files, command line, memory, vCPUs and VMs.
 
-use shared_abi::layout::{GUEST_CMDLINE_MAX, GUEST_IMAGE_MAX, GUEST_IMAGE_STAGING, GUEST_INITRD_MAX, GUEST_INITRD_STAGING};
+use shared_abi::layout::{GUEST_CMDLINE_MAX, GUEST_DISK_MAX, GUEST_DISK_STAGING, GUEST_IMAGE_MAX, GUEST_IMAGE_STAGING, GUEST_INITRD_MAX, GUEST_INITRD_STAGING};
 
 /// The bytes `ARM\x64` at offset 0x38 of an arm64 `Image` header (Linux
 /// Documentation/arch/arm64/booting.rst), and the header's flags at offset 0x18.
@@ -42,6 +42,18 @@ pub fn parse_mem(text: &str) -> Result<u32, String> {
         _ => return Err(format!("--mem {t:?}: a size such as 512M or 1G (unit M or G)")),
     };
     mib.ok_or(format!("--mem {t:?}: too large"))
+}
+
+/// Checks a disk image's size: at most [`GUEST_DISK_MAX`], and a whole number of 512-byte
+/// sectors (virtio-blk offers whole sectors only).
+pub fn check_disk(size: u64) -> Result<(), String> {
+    if size > GUEST_DISK_MAX {
+        return Err(format!("--disk is {size} bytes: the limit is {} MiB (staged at {GUEST_DISK_STAGING:#x})", GUEST_DISK_MAX >> 20));
+    }
+    if size == 0 || !size.is_multiple_of(512) {
+        return Err(format!("--disk is {size} bytes: a disk image is a non-zero whole number of 512-byte sectors"));
+    }
+    Ok(())
 }
 
 /// Checks every limit of a Linux run from sizes alone, naming the limit that is broken.
@@ -92,6 +104,15 @@ mod tests {
         let mut be = image_head();
         be[0x18] |= 1;
         assert!(check_image_header(&be).unwrap_err().contains("big-endian"));
+    }
+
+    #[test]
+    fn disk_sizes() {
+        assert_eq!(check_disk(512), Ok(()));
+        assert_eq!(check_disk(256 << 20), Ok(()));
+        assert!(check_disk((256 << 20) + 512).unwrap_err().contains("limit is 256 MiB"));
+        assert!(check_disk(0).unwrap_err().contains("512-byte sectors"));
+        assert!(check_disk(1000).unwrap_err().contains("512-byte sectors"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use artifacts::{artifacts, Artifacts};
 use crate::images::Images;
 use crate::qemu::{self, Machine};
 use limits::{check_limits, check_image_header, ELF_MAGIC};
-use shared_abi::layout::{GUEST_CMDLINE_STAGING, GUEST_IMAGE_STAGING, GUEST_INITRD_STAGING};
+use shared_abi::layout::{GUEST_CMDLINE_STAGING, GUEST_DISK_STAGING, GUEST_IMAGE_STAGING, GUEST_INITRD_STAGING};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,6 +71,8 @@ pub struct LinuxRun {
     pub scenario: String,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// A disk image behind each VM's virtio-blk (`--disk`).
+    pub disk: Option<PathBuf>,
     pub cmdline: String,
     pub mem_mib: u32,
     pub vcpus: u32,
@@ -85,6 +87,7 @@ pub struct LinuxRun {
 pub struct Staged {
     pub kernel: u64,
     pub initrd: Option<u64>,
+    pub disk: Option<u64>,
 }
 
 impl LinuxRun {
@@ -93,7 +96,14 @@ impl LinuxRun {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| format!("{}: {e}", p.display()));
         let kernel = size(&self.kernel)?;
         let initrd = self.initrd.as_deref().map(size).transpose()?;
+        let disk = self.disk.as_deref().map(size).transpose()?;
         check_limits(kernel, initrd, self.cmdline.len(), self.mem_mib, self.vcpus, self.vms)?;
+        if let Some(d) = disk {
+            limits::check_disk(d)?;
+            if self.vms > 1 {
+                return Err("--disk with --vms 2: one staged disk image cannot be two VMs' disks".into());
+            }
+        }
         let mut head = vec![0u8; 64];
         let mut f = std::fs::File::open(&self.kernel).map_err(|e| format!("{}: {e}", self.kernel.display()))?;
         std::io::Read::read_exact(&mut f, &mut head).map_err(|_| format!("{}: not a Linux arm64 Image: shorter than its header", self.kernel.display()))?;
@@ -102,7 +112,7 @@ impl LinuxRun {
         if !head.starts_with(ELF_MAGIC) {
             check_image_header(&head).map_err(|e| format!("{}: {e}", self.kernel.display()))?;
         }
-        Ok(Staged { kernel, initrd })
+        Ok(Staged { kernel, initrd, disk })
     }
 
     /// The host's boot arguments: the contract with el1-host's `linux` scenario.
@@ -121,6 +131,9 @@ impl LinuxRun {
         );
         if let Some(size) = staged.initrd {
             s += &format!(" initrd={GUEST_INITRD_STAGING:#x},{size}");
+        }
+        if let Some(size) = staged.disk {
+            s += &format!(" disk={GUEST_DISK_STAGING:#x},{size}");
         }
         if !self.cmdline.is_empty() {
             s += &format!(" cmdline={GUEST_CMDLINE_STAGING:#x},{}", self.cmdline.len());
@@ -152,6 +165,9 @@ pub fn hyp_machine(images: &Images, smp: u32, run: &LinuxRun, extra_bootargs: &s
     let mut m = crate::images::with_hypervisor(images, Machine::virt()?.mem(LINUX_MACHINE_RAM), smp, &run.kernel);
     if let Some(initrd) = &run.initrd {
         m = m.loader(initrd, Some(GUEST_INITRD_STAGING));
+    }
+    if let Some(disk) = &run.disk {
+        m = m.loader(disk, Some(GUEST_DISK_STAGING));
     }
     let mut file = None;
     if !run.cmdline.is_empty() {
@@ -285,6 +301,7 @@ mod tests {
             scenario: "linux".into(),
             kernel: "Image".into(),
             initrd: Some("initramfs.cpio".into()),
+            disk: None,
             cmdline: DEFAULT_CMDLINE.into(),
             mem_mib: 512,
             vcpus: 2,
@@ -298,7 +315,7 @@ mod tests {
     #[test]
     fn bootargs_follow_the_host_contract() {
         let run = sample_run();
-        let args = run.bootargs(Staged { kernel: 27303872, initrd: Some(2_700_000) });
+        let args = run.bootargs(Staged { kernel: 27303872, initrd: Some(2_700_000), disk: None });
         assert_eq!(
             args,
             format!(
@@ -307,7 +324,7 @@ mod tests {
             )
         );
         let bare = LinuxRun { initrd: None, cmdline: String::new(), protected: false, vms: 2, ..run };
-        assert_eq!(bare.bootargs(Staged { kernel: 10, initrd: None }), "scenario=linux mem=512 vcpus=2 protected=0 mte=1 ptrauth=0 vms=2 guest=0x48000000,10");
+        assert_eq!(bare.bootargs(Staged { kernel: 10, initrd: None, disk: Some(1 << 20) }), "scenario=linux mem=512 vcpus=2 protected=0 mte=1 ptrauth=0 vms=2 guest=0x48000000,10 disk=0xb0000000,1048576");
     }
 
     #[test]

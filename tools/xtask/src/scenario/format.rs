@@ -25,6 +25,7 @@
 //! kernel = debian            # Debian's kernel, pkvm the project's pKVM guest kernel (both with
 //!                            # the project's initramfs), or an Image file
 //! initrd = FILE              # default with debian and pkvm: the project's initramfs
+//! disk = FILE                # a disk image behind each VM's virtio-blk (none by default)
 //! cmdline = console=...      # the guest's command line (default linux::default_cmdline)
 //! mem = 512M                 # memory of each VM (default 512M)
 //! vcpus = 2                  # vCPUs of each VM (default 2)
@@ -86,6 +87,7 @@ pub struct Scenario {
 pub struct LinuxKeys {
     pub kernel: String,
     pub initrd: Option<String>,
+    pub disk: Option<String>,
     /// `None`: the kernel's default (`linux::default_cmdline`).
     pub cmdline: Option<String>,
     pub mem_mib: u32,
@@ -102,6 +104,7 @@ impl Default for LinuxKeys {
         Self {
             kernel: String::new(),
             initrd: None,
+            disk: None,
             cmdline: None,
             mem_mib: 512,
             vcpus: 2,
@@ -114,7 +117,7 @@ impl Default for LinuxKeys {
     }
 }
 
-const LINUX_KEYS: &[&str] = &["kernel", "initrd", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
+const LINUX_KEYS: &[&str] = &["kernel", "initrd", "disk", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
 
 pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
     let mut out: Vec<Scenario> = Vec::new();
@@ -145,6 +148,7 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             match k {
                 "kernel" => l.kernel = v.clone(),
                 "initrd" => l.initrd = Some(v.clone()),
+                "disk" => l.disk = Some(v.clone()),
                 "cmdline" => l.cmdline = Some(v.clone()),
                 "mem" => l.mem_mib = linux::limits::parse_mem(&v).map_err(|e| format!("line {}: {e}", n + 1))?,
                 "vcpus" => l.vcpus = v.parse().map_err(|_| bad("vcpus"))?,

@@ -37,6 +37,7 @@ pub fn linux_run(keys: &LinuxKeys, artifacts: Option<&linux::Artifacts>) -> Resu
         scenario: "linux".into(),
         kernel,
         initrd: keys.initrd.as_ref().map(|i| root().join(i)).or(default_initrd),
+        disk: keys.disk.as_ref().map(|d| root().join(d)),
         cmdline: keys.cmdline.clone().unwrap_or_else(|| linux::default_cmdline(&keys.kernel).into()),
         mem_mib: keys.mem_mib,
         vcpus: keys.vcpus,
@@ -62,6 +63,14 @@ pub fn run_one(images: &Images, s: &Scenario, artifacts: Option<&linux::Artifact
     }
     let args = s.args.replace("{seed}", &seed.to_string());
     let mut expect: Vec<String> = s.expect.iter().map(|e| e.replace("{seed}", &seed.to_string())).collect();
+    // A Linux run's measurement, computed offline, for the host's line to match.
+    if let (Some(keys), true) = (&s.linux, expect.iter().any(|e| e.contains("{measurement}"))) {
+        let m = match linux_run(keys, artifacts).and_then(|run| crate::measure::linux_vm(&run)) {
+            Ok(m) => crate::measure::hex(&m),
+            Err(e) => return (Err(format!("computing the measurement offline: {e}")), Vec::new()),
+        };
+        expect.iter_mut().for_each(|e| *e = e.replace("{measurement}", &m));
+    }
     // Measurements computed offline, for the guest's lines to match.
     for (i, &(vcpus, mib, protected)) in s.measure.iter().enumerate() {
         let flags = if protected { shared_abi::msg::vm_flags::PROTECTED } else { 0 };

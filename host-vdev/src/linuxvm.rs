@@ -1,0 +1,208 @@
+//! A Linux VM's layout, in one place for the VMM that builds it and for whoever computes its
+//! measurement offline (`cargo xtask measure --kernel`): the kernel `Image` at its
+//! `text_offset` (or one of the project's ELF guests where it links itself), the initramfs
+//! just below the device tree at the top of RAM, the measurement handover page below the
+//! initramfs, the device tree (GICv3, timer, PL011, `/chosen`, the virtio-mmio transports and,
+//! for a protected VM, the restricted DMA pool below the handover page), and the runs of RAM
+//! the VMM gives with `VM_ADD_MEMORY`. Its measurement is [`crate::testvm::measurement`] of the
+//! same.
+//!
+//! # Virtio
+//!
+//! Every Linux VM has a virtio-console transport ([`VIRTIO_CONSOLE`]); one given a disk also a
+//! virtio-blk transport ([`VIRTIO_BLK`]). A protected VM's devices reach only what the guest
+//! shares, so its tree names a `restricted-dma-pool` of [`DMA_POOL_SIZE`] bytes that its
+//! drivers bounce every buffer through ([`crate::fdt`], *Virtio and the restricted DMA pool*):
+//! the pages just below the handover page, above the kernel image, given as empty (zeroed,
+//! unmeasured) memory like the rest of the free RAM; only the tree that names it is measured.
+
+use crate::fdt::{linux_tree_with_virtio, DmaPool, LinuxTree, TreeError, Virtio, VirtioMmioNode};
+use crate::loader::{image_header, linux_layout, load_linux, load_test_image, ram_chunks, Chunk, LinuxLayout, DTB_SPACE, MAX_CHUNKS};
+use crate::testvm::{clear_slack, GUEST_RAM};
+
+/// The PL011's frame (IPA), as in QEMU's `virt`.
+pub const UART: u64 = 0x0900_0000;
+/// Its SPI (INTID 32 + 1 = 33), as in QEMU's `virt`.
+pub const UART_SPI: u32 = 1;
+/// The GICv3 distributor (IPA).
+pub const GICD: u64 = 0x0800_0000;
+/// The redistributors (IPA): one 128 KiB frame per vCPU.
+pub const GICR: u64 = 0x080A_0000;
+const PAGE: u64 = 4096;
+/// The virtio-console transport (IPA, SPI), as the first of QEMU `virt`'s virtio-mmio frames.
+pub const VIRTIO_CONSOLE: VirtioMmioNode = VirtioMmioNode { base: 0x0a00_0000, spi: 16 };
+/// The virtio-blk transport of a VM given a disk (IPA, SPI), the next frame.
+pub const VIRTIO_BLK: VirtioMmioNode = VirtioMmioNode { base: 0x0a00_0200, spi: 17 };
+/// The size of a protected VM's restricted DMA pool.
+pub const DMA_POOL_SIZE: u64 = 8 << 20;
+
+/// What a Linux VM has besides its kernel: the parts of the layout and device tree that differ
+/// between VMs booting the same files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Devices {
+    /// A protected VM: its virtio buffers go through a restricted DMA pool.
+    pub protected: bool,
+    /// It has a disk (a virtio-blk transport).
+    pub disk: bool,
+}
+
+impl Devices {
+    /// The transports in the tree.
+    pub fn transports(&self) -> &'static [VirtioMmioNode] {
+        const BOTH: [VirtioMmioNode; 2] = [VIRTIO_CONSOLE, VIRTIO_BLK];
+        if self.disk {
+            &BOTH
+        } else {
+            &BOTH[..1]
+        }
+    }
+}
+
+/// A Linux VM laid out in its RAM `mem`.
+pub struct Laid {
+    /// The runs of RAM to give, in order (`chunks[..count]`).
+    pub chunks: [Chunk; MAX_CHUNKS],
+    /// How many.
+    pub count: usize,
+    /// vCPU 0's entry point (IPA).
+    pub entry: u64,
+    /// The device tree (IPA): vCPU 0's `x0`.
+    pub dtb: u64,
+    /// Where things went (offsets from the RAM base).
+    pub layout: LinuxLayout,
+    /// The restricted DMA pool (IPA), for a protected VM.
+    pub dma_pool: Option<DmaPool>,
+}
+
+/// Where a protected VM's pool goes: the [`DMA_POOL_SIZE`] bytes just below the handover page
+/// (offset from the RAM base), which must leave the kernel image (up to `image_end`) clear.
+fn dma_pool(handover: u64, image_end: u64) -> Result<DmaPool, &'static str> {
+    let base = handover.checked_sub(DMA_POOL_SIZE).filter(|&b| b >= image_end.next_multiple_of(PAGE));
+    let base = base.ok_or("guest RAM too small for the kernel and the restricted DMA pool")?;
+    Ok(DmaPool { base: GUEST_RAM + base, size: DMA_POOL_SIZE })
+}
+
+/// Lays out `kernel` (an arm64 `Image`, or an ELF test guest), `initrd` and the device tree
+/// for `vcpus` vCPUs, command line `bootargs` and `devices` in `mem` (the VM's RAM).
+///
+/// # Errors
+/// What does not fit or is not a kernel.
+pub fn lay_out(mem: &mut [u8], kernel: &[u8], initrd: &[u8], vcpus: u32, bootargs: &str, devices: Devices) -> Result<Laid, &'static str> {
+    let ram = mem.len() as u64;
+    // `image_end`: where the kernel's memory ends (BSS included).
+    let (entry, layout, image_span, image_end) = if kernel.starts_with(b"\x7fELF") {
+        let loaded = load_test_image(mem, GUEST_RAM, kernel)?;
+        let dtb = ram.checked_sub(DTB_SPACE).ok_or("guest RAM too small")?;
+        (loaded.entry, LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span, loaded.span.1)
+    } else {
+        let header = image_header(kernel)?;
+        let layout = linux_layout(&header, initrd.len() as u64, ram)?;
+        load_linux(mem, &layout, kernel, initrd)?;
+        let span = (layout.kernel, layout.kernel + kernel.len() as u64);
+        (GUEST_RAM + layout.kernel, layout, span, layout.kernel + header.image_size)
+    };
+    let handover = layout.initrd.map_or(layout.dtb, |(s, _)| s).checked_sub(PAGE).ok_or("guest RAM too small")?;
+    let pool = if devices.protected { Some(dma_pool(handover, image_end)?) } else { None };
+    let tree = LinuxTree {
+        ram: (GUEST_RAM, ram),
+        vcpus,
+        uart: (UART, UART_SPI),
+        gicd: GICD,
+        gicr: GICR,
+        initrd: layout.initrd.map(|(s, e)| (GUEST_RAM + s, GUEST_RAM + e)),
+        bootargs,
+        dice: Some(GUEST_RAM + handover),
+    };
+    let dtb = layout.dtb as usize;
+    let virtio = Virtio { transports: devices.transports(), dma_pool: pool };
+    let n = linux_tree_with_virtio(&mut mem[dtb..dtb + DTB_SPACE as usize], &tree, &virtio).map_err(|e| match e {
+        TreeError::DoesNotFit => "device tree does not fit",
+        TreeError::TransportPlacement { .. } | TreeError::TransportSpi { .. } => "virtio transports misplaced",
+        TreeError::DmaPoolPlacement => "restricted DMA pool misplaced",
+    })?;
+    let spans = [image_span, layout.initrd.unwrap_or((0, 0)), (layout.dtb, layout.dtb + n as u64)];
+    clear_slack(mem, &spans);
+    let (chunks, count) = ram_chunks(ram, &spans, Some(handover))?;
+    Ok(Laid { chunks, count, entry, dtb: GUEST_RAM + layout.dtb, layout, dma_pool: pool })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+
+    /// A minimal arm64 `Image`: the header's magic, `text_offset` 0, `image_size` 1 MiB.
+    fn image() -> std::vec::Vec<u8> {
+        let mut k = std::vec![0u8; 0x2000];
+        k[16..24].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        k[56..60].copy_from_slice(b"ARM\x64");
+        k[100] = 7;
+        k
+    }
+
+    #[test]
+    fn a_linux_vm_is_laid_out_and_measured_alike_whatever_ram_held() {
+        let (kernel, initrd) = (image(), std::vec![9u8; 5000]);
+        let mut a = std::vec![0u8; 64 << 20];
+        let la = lay_out(&mut a, &kernel, &initrd, 2, "console=ttyAMA0", PROTECTED).unwrap();
+        let mut b = std::vec![0x5Au8; 64 << 20];
+        let lb = lay_out(&mut b, &kernel, &initrd, 2, "console=ttyAMA0", PROTECTED).unwrap();
+        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], 2, 36, 1, l.entry, l.dtb);
+        assert_eq!(m(&a, &la), m(&b, &lb), "leftovers never count");
+        let mut c = std::vec![0u8; 64 << 20];
+        let lc = lay_out(&mut c, &kernel, &initrd, 2, "console=ttyAMA0 quiet", PROTECTED).unwrap();
+        assert_ne!(m(&a, &la), m(&c, &lc), "the command line is measured (in the device tree)");
+        assert_eq!(la.entry, GUEST_RAM);
+    }
+
+    const PROTECTED: Devices = Devices { protected: true, disk: false };
+
+    #[test]
+    fn a_protected_vm_gets_a_pool_below_the_handover_page_as_empty_memory() {
+        use crate::loader::ChunkKind;
+        let (kernel, initrd) = (image(), std::vec![9u8; 5000]);
+        let mut mem = std::vec![0u8; 64 << 20];
+        let l = lay_out(&mut mem, &kernel, &initrd, 1, "", Devices { protected: true, disk: true }).unwrap();
+        let (initrd_start, _) = l.layout.initrd.unwrap();
+        let handover = initrd_start - PAGE;
+        let pool = l.dma_pool.unwrap();
+        assert_eq!((pool.base, pool.size), (GUEST_RAM + handover - DMA_POOL_SIZE, DMA_POOL_SIZE));
+        // Clear of the kernel's whole image (1 MiB, BSS included), in one empty chunk.
+        assert!(pool.base - GUEST_RAM >= 1 << 20);
+        let (s, e) = (pool.base - GUEST_RAM, pool.base - GUEST_RAM + pool.size);
+        let c = l.chunks[..l.count].iter().find(|c| c.offset <= s && s < c.offset + c.pages * PAGE).unwrap();
+        assert_eq!(c.kind, ChunkKind::Empty);
+        assert!(c.offset + c.pages * PAGE >= e, "the pool is one run of empty pages");
+        // The handover page is the next one.
+        let h = l.chunks[..l.count].iter().find(|c| c.kind == ChunkKind::Handover).unwrap();
+        assert_eq!(h.offset, e);
+    }
+
+    #[test]
+    fn a_non_protected_vm_gets_no_pool_and_the_tree_names_what_it_has() {
+        let kernel = image();
+        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], 1, 36, 0, l.entry, l.dtb);
+        let mut a = std::vec![0u8; 32 << 20];
+        let la = lay_out(&mut a, &kernel, &[], 1, "", Devices::default()).unwrap();
+        assert_eq!(la.dma_pool, None);
+        let mut b = std::vec![0u8; 32 << 20];
+        let lb = lay_out(&mut b, &kernel, &[], 1, "", Devices { protected: false, disk: true }).unwrap();
+        let mut c = std::vec![0u8; 32 << 20];
+        let lc = lay_out(&mut c, &kernel, &[], 1, "", Devices { protected: true, disk: false }).unwrap();
+        assert_ne!(m(&a, &la), m(&b, &lb), "the disk's transport is in the measured tree");
+        assert_ne!(m(&a, &la), m(&c, &lc), "so is the pool");
+        let tree = |mem: &[u8], l: &Laid| mem[(l.dtb - GUEST_RAM) as usize..][..DTB_SPACE as usize].to_vec();
+        let has = |t: &[u8], s: &[u8]| t.windows(s.len()).any(|w| w == s);
+        assert!(has(&tree(&a, &la), b"virtio_mmio@a000000") && !has(&tree(&a, &la), b"virtio_mmio@a000200"));
+        assert!(has(&tree(&b, &lb), b"virtio_mmio@a000200"));
+        assert!(has(&tree(&c, &lc), b"restricted-dma-pool") && !has(&tree(&a, &la), b"restricted-dma-pool"));
+    }
+
+    #[test]
+    fn a_pool_that_would_reach_the_kernel_is_refused() {
+        // (An `Image` always leaves room: `linux_layout` keeps 16 MiB above it free.)
+        assert_eq!(dma_pool(16 << 20, (8 << 20) + 1).err(), Some("guest RAM too small for the kernel and the restricted DMA pool"));
+        assert_eq!(dma_pool(4 << 20, 0).err(), Some("guest RAM too small for the kernel and the restricted DMA pool"));
+        assert_eq!(dma_pool(16 << 20, 8 << 20).unwrap(), DmaPool { base: GUEST_RAM + (8 << 20), size: DMA_POOL_SIZE });
+    }
+}
