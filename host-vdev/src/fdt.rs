@@ -188,7 +188,7 @@ pub fn test_guest_tree(out: &mut [u8], ram_base: u64, ram_size: u64, vcpus: u32,
     let mut w = FdtWriter::new();
     w.begin("");
     common(&mut w, ram_base, ram_size, vcpus, false);
-    dice_node(&mut w, dice);
+    reserved_memory(&mut w, dice, None);
     w.begin("chosen");
     w.string("stdout-path", "/pl011@9000000");
     w.end();
@@ -213,24 +213,39 @@ pub struct LinuxTree<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The kernel command line (`/chosen/bootargs`).
     pub bootargs: &'a str,
-    /// The measurement handover page (IPA), if the VM has one ([`dice_node`]).
+    /// The measurement handover page (IPA), if the VM has one ([`reserved_memory`]).
     pub dice: Option<u64>,
 }
 
-/// The page where EL2 writes the VM's measurement handover, as Android's protected VMs
-/// describe theirs: `/reserved-memory/dice` with `compatible = "google,open-dice"` and
-/// `no-map`, which Linux (`CONFIG_OPEN_DICE`) offers as `/dev/open-dice0`.
-fn dice_node(w: &mut FdtWriter, dice: Option<u64>) {
-    let Some(addr) = dice else { return };
+/// `/reserved-memory`, one node for everything a tree reserves (Linux reads only the first
+/// node of that name, `fdt_scan_reserved_mem`): the page where EL2 writes the VM's
+/// measurement handover, as Android's protected VMs describe theirs (`dice` with
+/// `compatible = "google,open-dice"` and `no-map`, which Linux, `CONFIG_OPEN_DICE`, offers as
+/// `/dev/open-dice0`), and the restricted DMA pool (see the module documentation). Nothing if
+/// there is neither.
+fn reserved_memory(w: &mut FdtWriter, dice: Option<u64>, pool: Option<DmaPool>) {
+    if dice.is_none() && pool.is_none() {
+        return;
+    }
     w.begin("reserved-memory");
     w.cells("#address-cells", &[2]);
     w.cells("#size-cells", &[2]);
     w.prop("ranges", &[]);
-    w.begin("dice");
-    w.string("compatible", "google,open-dice");
-    w.cells("reg", &[hi(addr), lo(addr), 0, 0x1000]);
-    w.prop("no-map", &[]);
-    w.end();
+    if let Some(addr) = dice {
+        w.begin("dice");
+        w.string("compatible", "google,open-dice");
+        w.cells("reg", &[hi(addr), lo(addr), 0, 0x1000]);
+        w.prop("no-map", &[]);
+        w.end();
+    }
+    if let Some(p) = pool {
+        let mut name = [0u8; 40];
+        w.begin(unit_name(&mut name, "restricted-dma-pool", p.base));
+        w.string("compatible", "restricted-dma-pool");
+        w.cells("reg", &[hi(p.base), lo(p.base), hi(p.size), lo(p.size)]);
+        w.cells("phandle", &[DMA_POOL_PHANDLE]);
+        w.end();
+    }
     w.end();
 }
 
@@ -323,7 +338,7 @@ pub fn linux_tree_with_virtio(out: &mut [u8], t: &LinuxTree<'_>, v: &Virtio<'_>)
     w.begin("");
     w.cells("interrupt-parent", &[GIC_PHANDLE]);
     common(&mut w, t.ram.0, t.ram.1, t.vcpus, true);
-    dice_node(&mut w, t.dice);
+    reserved_memory(&mut w, t.dice, v.dma_pool);
     w.begin("chosen");
     w.string("stdout-path", "/pl011@9000000");
     w.string("bootargs", t.bootargs);
@@ -415,21 +430,9 @@ fn unit_name<'b>(buf: &'b mut [u8; 40], prefix: &'b str, addr: u64) -> &'b str {
     core::str::from_utf8(&buf[..p + 1 + n]).unwrap_or(prefix)
 }
 
-/// The transports, and the pool under `/reserved-memory`.
+/// The transports (the pool is under `/reserved-memory`, [`reserved_memory`]).
 fn virtio(w: &mut FdtWriter, v: &Virtio<'_>) {
     let mut name = [0u8; 40];
-    if let Some(p) = v.dma_pool {
-        w.begin("reserved-memory");
-        w.cells("#address-cells", &[2]);
-        w.cells("#size-cells", &[2]);
-        w.prop("ranges", &[]);
-        w.begin(unit_name(&mut name, "restricted-dma-pool", p.base));
-        w.string("compatible", "restricted-dma-pool");
-        w.cells("reg", &[hi(p.base), lo(p.base), hi(p.size), lo(p.size)]);
-        w.cells("phandle", &[DMA_POOL_PHANDLE]);
-        w.end();
-        w.end();
-    }
     for tr in v.transports {
         w.begin(unit_name(&mut name, "virtio_mmio", tr.base));
         w.string("compatible", "virtio,mmio");
@@ -599,6 +602,30 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), count);
+    }
+
+    #[test]
+    fn the_handover_page_and_the_pool_share_one_reserved_memory_node() {
+        // Linux scans only the first /reserved-memory: a second one (the pool's, once) was
+        // ignored, and the transports' memory-region failed ("failed to initialise
+        // \"restricted-dma-pool\" memory node").
+        let mut buf = [0u8; 16384];
+        let tree = LinuxTree { dice: Some(0x5FF0_0000), ..TREE };
+        let n = linux_tree_with_virtio(&mut buf, &tree, &Virtio { transports: &TRANSPORTS, dma_pool: Some(POOL) }).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        assert_eq!(fdt.find_node("/").unwrap().children().filter(|c| c.name == "reserved-memory").count(), 1);
+        let names: std::vec::Vec<_> = fdt.find_node("/reserved-memory").unwrap().children().map(|c| c.name).collect();
+        assert_eq!(names, ["dice", "restricted-dma-pool@5e000000"]);
+        let pool = fdt.find_compatible(&["restricted-dma-pool"]).unwrap();
+        assert_eq!(cells(pool.property("reg").unwrap().value), [0, 0x5E00_0000, 0, 0x40_0000]);
+        let dice = fdt.find_compatible(&["google,open-dice"]).unwrap();
+        assert_eq!(cells(dice.property("reg").unwrap().value), [0, 0x5FF0_0000, 0, 0x1000]);
+        // The handover page alone (a test guest's tree, a non-protected Linux VM's) or neither.
+        let n = linux_tree_with_virtio(&mut buf, &tree, &Virtio { transports: &TRANSPORTS, dma_pool: None }).unwrap();
+        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
+        assert_eq!(fdt.find_node("/reserved-memory").unwrap().children().map(|c| c.name).collect::<std::vec::Vec<_>>(), ["dice"]);
+        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000, None).unwrap();
+        assert!(fdt::Fdt::new(&buf[..n]).unwrap().find_node("/reserved-memory").is_none());
     }
 
     #[test]
