@@ -25,14 +25,17 @@ for word in $(cat /proc/cmdline); do
     esac
 done
 
-# With `pkvm.virtio`: load Debian's virtio modules (in /lib/virtio, in dependency order), then
-# use the VMM's virtio-console (a line the host prints as `hvc0: ...`) and virtio-blk (the
+# With `pkvm.virtio`: load Debian's virtio modules (in /lib/virtio, in dependency order) unless
+# the kernel has virtio built in (the pKVM guest kernel: /sys/bus/virtio is there from boot),
+# then use the VMM's virtio-console (a line the host prints as `hvc0: ...`) and virtio-blk (the
 # disk's first bytes; a sector written, the page cache dropped, the sector read back).
 if [ -n "$virtio" ]; then
     echo 1 > /proc/sys/kernel/printk
-    for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk; do
-        insmod /lib/virtio/$m.ko || echo "PKVM-CHECK: FAIL virtio: insmod $m"
-    done
+    if [ ! -d /sys/bus/virtio ]; then
+        for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk; do
+            insmod /lib/virtio/$m.ko || echo "PKVM-CHECK: FAIL virtio: insmod $m"
+        done
+    fi
     n=0
     while [ ! -e /dev/hvc0 ] || [ ! -e /dev/vda ]; do
         n=$((n + 1))
