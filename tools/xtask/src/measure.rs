@@ -84,6 +84,6 @@ pub fn command(args: &[String]) -> Result<(), String> {
     let tc = crate::setup::setup()?;
     let images: Images = crate::build::build(&tc, crate::build::Flavour::Release)?;
     let guest = images.guest(flags.value("--guest").unwrap_or("demo"))?;
-    println!("{}", hex(&test_vm(&guest, vcpus as u32, mib, vm)?));
+    println!("{}", hex(&test_vm(&guest, vcpus, mib, vm)?));
     Ok(())
 }
