@@ -17,6 +17,9 @@
 //   pac                a corrupted signed pointer faults on use (SIGSEGV, or SIGILL with FEAT_FPAC);
 //                      an untouched one authenticates and works
 //   timer              nanosleep(1 s) takes between 0.9 and 3 s of CLOCK_MONOTONIC
+//   dice               /dev/open-dice0 (the handover page EL2 wrote, CONFIG_OPEN_DICE) holds
+//                      EL2's handover (magic PKVMDICE, version 1, debug mode); prints
+//                      "PKVM-DICE: PKVMDICE measurement HEX" for the runner to compare
 //
 // Output, one line per check and a summary, the contract with the test runner:
 //   PKVM-CHECK: ok NAME details          PKVM-CHECK: FAIL NAME why
@@ -388,6 +391,33 @@ static void stamp(void) {
     printf("PKVM-STAMP: cntvct=%lu cntfrq=%lu\n", (unsigned long)cntvct, (unsigned long)cntfrq);
 }
 
+// The measurement handover (shared-abi/src/measure.rs, `Handover`): magic, version, mode,
+// measurement, two CDIs. The driver's read() gives the region's size; its contents are mmap'd.
+static void check_dice(void) {
+    FILE *f = fopen("/dev/open-dice0", "r");
+    if (!f) {
+        report(0, "dice", "no /dev/open-dice0: %s", strerror(errno));
+        return;
+    }
+    const unsigned char *h = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fileno(f), 0);
+    if (h == MAP_FAILED) {
+        report(0, "dice", "mmap of /dev/open-dice0: %s", strerror(errno));
+        fclose(f);
+        return;
+    }
+    uint32_t version, mode;
+    memcpy(&version, h + 8, 4);
+    memcpy(&mode, h + 12, 4);
+    char hex[65];
+    for (int i = 0; i < 32; i++)
+        sprintf(hex + 2 * i, "%02x", h[16 + i]);
+    int ok = memcmp(h, "PKVMDICE", 8) == 0 && version == 1 && mode == 2;
+    printf("PKVM-DICE: %.8s measurement %s\n", (const char *)h, hex);
+    report(ok, "dice", "handover version %u, mode %u (2: debug)", version, mode);
+    munmap((void *)h, 4096);
+    fclose(f);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc != 2) {
@@ -413,8 +443,10 @@ int main(int argc, char **argv) {
             check_pac();
         else if (strcmp(c, "timer") == 0 && !arg)
             check_timer();
+        else if (strcmp(c, "dice") == 0 && !arg)
+            check_dice();
         else
-            report(0, c, "unknown check (cpus=N, cpuinfo[=F+F...], mte, pac, timer)");
+            report(0, c, "unknown check (cpus=N, cpuinfo[=F+F...], mte, pac, timer, dice)");
     }
     if (checks_run == 0)
         report(0, "none", "no check named");
