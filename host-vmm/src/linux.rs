@@ -200,6 +200,11 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
             if let Some(b) = &l.blk {
                 let s = b.lock().device().stats();
                 println!("host: linux VM {n} virtio-blk: {} requests ok, {} failed; {} sectors read, {} written", s.ok, s.ioerr + s.unsupp, s.sectors_read, s.sectors_written);
+                // What the guest left on the disk, as the host's copy holds it (a test marker).
+                const MARKER: &[u8] = b"PKVM-EXT4-WRITTEN-BY-THE-GUEST";
+                if b.lock().device().disk().bytes().windows(MARKER.len()).any(|w| w == MARKER) {
+                    println!("host: linux VM {n} disk: the host's copy holds the file the guest wrote (PKVM-EXT4-WRITTEN-BY-THE-GUEST)");
+                }
             }
         }
         let outcome = sched::outcome(vm);
