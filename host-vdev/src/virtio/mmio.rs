@@ -58,8 +58,8 @@ pub const VERSION: u32 = 2;
 /// `VendorID`: "pKrs" in little-endian. Linux's driver does not look at it.
 pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"pKrs");
 
-/// Register offsets (§4.2.2).
-mod reg {
+/// Register offsets (§4.2.2); the tests name them too.
+pub(crate) mod reg {
     pub const MAGIC_VALUE: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
     pub const DEVICE_ID: u64 = 0x008;
@@ -87,6 +87,9 @@ mod reg {
     pub const SHM_LEN_HIGH: u64 = 0x0B4;
     pub const SHM_BASE_LOW: u64 = 0x0B8;
     pub const SHM_BASE_HIGH: u64 = 0x0BC;
+    /// `QueueReset`: only with `VIRTIO_F_RING_RESET`, which is not offered (reads as 0).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const QUEUE_RESET: u64 = 0x0C0;
     pub const CONFIG_GENERATION: u64 = 0x0FC;
     pub const CONFIG: u64 = 0x100;
 }

@@ -183,39 +183,8 @@ impl DriverQueue {
     }
 }
 
-/// A transport's register offsets the tests use.
-pub mod off {
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00C;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0A0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0A4;
-    pub const SHM_SEL: u64 = 0x0AC;
-    pub const SHM_LEN_LOW: u64 = 0x0B0;
-    pub const SHM_LEN_HIGH: u64 = 0x0B4;
-    pub const SHM_BASE_LOW: u64 = 0x0B8;
-    pub const SHM_BASE_HIGH: u64 = 0x0BC;
-    pub const QUEUE_RESET: u64 = 0x0C0;
-    pub const CONFIG_GENERATION: u64 = 0x0FC;
-    pub const CONFIG: u64 = 0x100;
-}
+/// A transport's register offsets, as the transport names them.
+pub(crate) use super::mmio::reg as off;
 
 /// A 32-bit register write that must not break the device.
 pub fn w32<D: Device>(t: &mut VirtioMmio<D>, mem: &FakeMemory, offset: u64, value: u32) -> Outcome {

@@ -58,7 +58,7 @@ fn fresh() -> VirtioMmio<Probe> {
 #[test]
 fn identification_registers() {
     let mut t = fresh();
-    assert_eq!(r32(&mut t, off::MAGIC), 0x7472_6976);
+    assert_eq!(r32(&mut t, off::MAGIC_VALUE), 0x7472_6976);
     assert_eq!(r32(&mut t, off::VERSION), 2);
     assert_eq!(r32(&mut t, off::DEVICE_ID), 42);
     assert_eq!(r32(&mut t, off::VENDOR_ID), u32::from_le_bytes(*b"pKrs"));
@@ -470,10 +470,10 @@ fn a_bad_chain_makes_the_device_need_a_reset() {
 fn control_registers_take_only_aligned_32_bit_accesses() {
     let mem = FakeMemory::new();
     let mut t = fresh();
-    assert_eq!(t.read(off::MAGIC, 1), 0);
-    assert_eq!(t.read(off::MAGIC, 2), 0);
-    assert_eq!(t.read(off::MAGIC, 8), 0);
-    assert_eq!(t.read(off::MAGIC + 2, 4), 0);
+    assert_eq!(t.read(off::MAGIC_VALUE, 1), 0);
+    assert_eq!(t.read(off::MAGIC_VALUE, 2), 0);
+    assert_eq!(t.read(off::MAGIC_VALUE, 8), 0);
+    assert_eq!(t.read(off::MAGIC_VALUE + 2, 4), 0);
     assert_eq!(t.read(off::VERSION, 3), 0);
     let _ = t.write(&mem, off::QUEUE_SEL, 2, 1);
     let _ = t.write(&mem, off::STATUS, 1, 1);
@@ -510,7 +510,7 @@ fn write_only_registers_read_as_zero_and_read_only_ones_ignore_writes() {
     }
     assert_eq!(t.stats().unhandled_accesses, write_only.len() as u64);
     let read_only = [
-        off::MAGIC,
+        off::MAGIC_VALUE,
         off::VERSION,
         off::DEVICE_ID,
         off::VENDOR_ID,
@@ -527,7 +527,7 @@ fn write_only_registers_read_as_zero_and_read_only_ones_ignore_writes() {
         let _ = w32(&mut t, &mem, reg, 0x5A5A_5A5A);
     }
     assert_eq!(t.stats().unhandled_accesses, (write_only.len() + read_only.len()) as u64);
-    assert_eq!(r32(&mut t, off::MAGIC), 0x7472_6976);
+    assert_eq!(r32(&mut t, off::MAGIC_VALUE), 0x7472_6976);
     assert_eq!(r32(&mut t, off::DEVICE_ID), 42);
     // SHMSel takes any region number; there is none.
     let _ = w32(&mut t, &mem, off::SHM_SEL, 3);
