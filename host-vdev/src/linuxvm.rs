@@ -36,6 +36,28 @@ pub const VIRTIO_BLK: VirtioMmioNode = VirtioMmioNode { base: 0x0a00_0200, spi: 
 /// The size of a protected VM's restricted DMA pool.
 pub const DMA_POOL_SIZE: u64 = 8 << 20;
 
+/// The console a Linux command line gives `/dev/console` (and so the shell of an interactive
+/// boot): the last `console=` names it, as in Linux's `console_setup`. `Hvc`: the
+/// virtio-console (`hvc0`); `Uart`: the PL011 (`ttyAMA0`, also Linux's choice without any
+/// `console=`, from the device tree's `stdout-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleDevice {
+    /// The PL011.
+    Uart,
+    /// The virtio-console.
+    Hvc,
+}
+
+impl ConsoleDevice {
+    /// Which device `bootargs` makes the console.
+    pub fn from_bootargs(bootargs: &str) -> Self {
+        match bootargs.split_ascii_whitespace().filter_map(|w| w.strip_prefix("console=")).last() {
+            Some(name) if name.starts_with("hvc") => Self::Hvc,
+            _ => Self::Uart,
+        }
+    }
+}
+
 /// What a Linux VM has besides its kernel: the parts of the layout and device tree that differ
 /// between VMs booting the same files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -153,6 +175,23 @@ mod tests {
         let lc = lay_out(&mut c, &kernel, &initrd, 2, "console=ttyAMA0 quiet", PROTECTED).unwrap();
         assert_ne!(m(&a, &la), m(&c, &lc), "the command line is measured (in the device tree)");
         assert_eq!(la.entry, GUEST_RAM);
+    }
+
+    #[test]
+    fn the_last_console_argument_names_the_console() {
+        use ConsoleDevice::{Hvc, Uart};
+        for (args, want) in [
+            ("", Uart),
+            ("panic=-1 quiet", Uart),
+            ("console=ttyAMA0", Uart),
+            ("console=hvc0", Hvc),
+            ("console=ttyAMA0 panic=-1 console=hvc0", Hvc),
+            ("console=hvc0 console=ttyAMA0", Uart),
+            ("earlycon console=hvc0,115200 init=/init", Hvc),
+            ("xconsole=hvc0", Uart),
+        ] {
+            assert_eq!(ConsoleDevice::from_bootargs(args), want, "{args:?}");
+        }
     }
 
     const PROTECTED: Devices = Devices { protected: true, disk: false };

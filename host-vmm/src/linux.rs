@@ -27,7 +27,7 @@ use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
 use super::vgic::VirtualGic;
 use super::virtio::{BlkDev, BlkPort, ConsoleDev, ConsolePort, HvcLine, Shared, Transport, VmMemory};
-use host_vdev::linuxvm::{Devices, VIRTIO_BLK, VIRTIO_CONSOLE};
+use host_vdev::linuxvm::{ConsoleDevice, Devices, VIRTIO_BLK, VIRTIO_CONSOLE};
 use host_vdev::virtio::guest_ram::GuestRam;
 use host_vdev::virtio::mmio::{DmaPolicy, VirtioMmio};
 use host_vdev::virtio::Gpa;
@@ -42,6 +42,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use shared_abi::msg::{vm_flags, Exit};
 use shared_abi::{reg, HypError, PAGE_SIZE};
 
+/// Console input the VMM holds for `hvc0` at most (the rest waits in the host UART's FIFO).
+const HVC_PENDING: usize = 64;
 /// Most Linux VMs at once.
 pub const MAX_VMS: usize = 2;
 /// Most vCPUs per Linux VM.
@@ -64,6 +66,11 @@ pub struct LinuxVm {
     gic: VirtualGic,
     uart: GuestUart,
     console: ConsolePort,
+    /// The device behind the guest's `/dev/console`, which gets the host's console input.
+    console_device: ConsoleDevice,
+    /// Console input read from the host's UART that `hvc0`'s receive buffers have not taken
+    /// yet (the guest has not posted them, or they are full).
+    hvc_pending: spin::Mutex<([u8; HVC_PENDING], usize)>,
     blk: Option<BlkPort>,
     /// The transports' frames (`virtio_ranges[..1]` without a disk).
     virtio_ranges: [Range<u64>; 2],
@@ -165,7 +172,7 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
         let prefix = (cfg.vms > 1).then_some(n);
         let nr = cfg.vcpus as usize;
         let gic = VirtualGic::new(nr).unwrap_or_else(|_| crate::fail::fail(format_args!("linux: {nr} vCPUs")));
-        slot.call_once(|| LinuxVm::new(vm, gic, prefix, &SHARED[n], disk));
+        slot.call_once(|| LinuxVm::new(vm, gic, prefix, &SHARED[n], disk, ConsoleDevice::from_bootargs(cmdline)));
     }
     // Every VM built above, in order (the padding past `cfg.vms` is never used).
     let all: [&Vm; MAX_VMS] = core::array::from_fn(|n| &VMS[n.min(cfg.vms - 1)].get().unwrap_or_else(|| crate::fail::halt()).vm);
@@ -196,7 +203,12 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     for (n, vm) in vms.iter().enumerate() {
         if let Some(l) = lookup(vm.handle) {
             l.uart.flush_final();
-            l.console.lock().device_mut().output_mut().flush();
+            let c = {
+                let mut c = l.console.lock();
+                c.device_mut().output_mut().flush_final();
+                c.device().stats()
+            };
+            println!("host: linux VM {n} virtio-console: {} bytes in, {} bytes out", c.rx_bytes, c.tx_bytes);
             if let Some(b) = &l.blk {
                 let s = b.lock().device().stats();
                 println!("host: linux VM {n} virtio-blk: {} requests ok, {} failed; {} sectors read, {} written", s.ok, s.ioerr + s.unsupp, s.sectors_read, s.sectors_written);
@@ -259,7 +271,25 @@ pub fn poll_input() {
     }
     let Some(l) = VMS[0].get() else { return };
     let mut wake = 0;
-    l.uart.take_input(crate::console::try_read, |level| wake = l.gic.set_level(0, UART_INTID, level));
+    match l.console_device {
+        ConsoleDevice::Uart => l.uart.take_input(crate::console::try_read, |level| wake = l.gic.set_level(0, UART_INTID, level)),
+        ConsoleDevice::Hvc => {
+            // One poller at a time: input stays in order.
+            let Some(mut p) = l.hvc_pending.try_lock() else { return };
+            let (buf, len) = &mut *p;
+            while *len < HVC_PENDING {
+                let Some(b) = crate::console::try_read() else { break };
+                buf[*len] = b;
+                *len += 1;
+            }
+            if *len > 0 {
+                let (taken, w) = l.console.receive(&l.memory(), &l.gic, &buf[..*len]);
+                buf.copy_within(taken..*len, 0);
+                *len -= taken;
+                wake = w;
+            }
+        }
+    }
     l.wake(wake, usize::MAX);
 }
 
@@ -318,6 +348,7 @@ fn run_slot(slot: usize, handle: u64, vcpu: u64) {
     match why {
         Yield::Block(until) => {
             l.uart.flush();
+            l.console.lock().device_mut().output_mut().flush();
             sched::block(slot, until);
             // An interrupt made pending, or a `CPU_ON` served, between the exit and the block
             // found the vCPU still running (its sender kicked this CPU, not the queue): look
@@ -337,11 +368,11 @@ fn run_slot(slot: usize, handle: u64, vcpu: u64) {
 impl LinuxVm {
     /// A VM's devices at reset; `prefix`: its console lines carry `[vmN]`; `shared`: its
     /// slot's shared-page bitmap (cleared here); `disk`: its virtio-blk's content, if any.
-    fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>, shared: &'static Shared, disk: Option<&'static mut [u8]>) -> Self {
+    fn new(vm: Vm, gic: VirtualGic, prefix: Option<usize>, shared: &'static Shared, disk: Option<&'static mut [u8]>, console_device: ConsoleDevice) -> Self {
         crate::stats::note_injects(vm.handle);
         shared.clear();
         let policy = if vm.protected { DmaPolicy::Restricted } else { DmaPolicy::Open };
-        let console: ConsoleDev = VirtioMmio::new(host_vdev::virtio::console::Console::new(HvcLine::new(prefix)), policy);
+        let console: ConsoleDev = VirtioMmio::new(host_vdev::virtio::console::Console::new(HvcLine::new(prefix, console_device == ConsoleDevice::Hvc)), policy);
         let blk = disk.map(|d| {
             let model: BlkDev = VirtioMmio::new(host_vdev::virtio::blk::Blk::new(host_vdev::virtio::blk::RamDisk::new(d), b"pkvm-rs-disk"), policy);
             Transport::new(model, VIRTIO_BLK)
@@ -356,6 +387,8 @@ impl LinuxVm {
             gic,
             uart: GuestUart::new(prefix),
             console,
+            console_device,
+            hvc_pending: spin::Mutex::new(([0; HVC_PENDING], 0)),
             blk,
             virtio_ranges,
             vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS],
@@ -618,7 +651,7 @@ pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, i
     }
     let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
     let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline, false)?;
-    Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n), &SHARED[n], None)).vm)
+    Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n), &SHARED[n], None, ConsoleDevice::from_bootargs(cmdline))).vm)
 }
 
 /// While Linux VMs run (`on`): console input goes to the first, and idle host CPUs sleep in
@@ -633,6 +666,6 @@ pub fn set_running(on: bool) {
 pub fn flush_console(handle: u64) {
     if let Some(l) = lookup(handle) {
         l.uart.flush_final();
-        l.console.lock().device_mut().output_mut().flush();
+        l.console.lock().device_mut().output_mut().flush_final();
     }
 }

@@ -74,29 +74,51 @@ impl GuestMemory for VmMemory<'_> {
 
 const LINE: usize = 256;
 
-/// The virtio-console's output: whole lines on the host's console, `hvc0: ` first (and the
-/// VM's `[vmN] ` with several VMs), as the PL011's lines are printed.
+/// The virtio-console's output. As a side channel (the VM's console is its PL011): whole
+/// lines on the host's console, `hvc0: ` first (and the VM's `[vmN] ` with several VMs). As
+/// the VM's console (`console=hvc0`, one VM): the text itself, as the PL011's is printed, a
+/// partial line (a shell prompt) when the vCPU waits.
 pub struct HvcLine {
     line: [u8; LINE],
     len: usize,
     prefix: Option<usize>,
+    /// The VM's console, printed as it comes.
+    raw: bool,
 }
 
 impl HvcLine {
-    /// An empty line; `prefix`: lines carry `[vmN] `.
-    pub const fn new(prefix: Option<usize>) -> Self {
-        Self { line: [0; LINE], len: 0, prefix }
+    /// An empty line; `prefix`: lines carry `[vmN] `; `console`: `hvc0` is the VM's console.
+    pub const fn new(prefix: Option<usize>, console: bool) -> Self {
+        Self { line: [0; LINE], len: 0, prefix, raw: console && prefix.is_none() }
     }
 
-    /// Prints the unfinished line, if any.
-    pub fn flush(&mut self) {
-        if self.len > 0 {
-            let s = core::str::from_utf8(&self.line[..self.len]).unwrap_or("<bad utf-8>");
-            match self.prefix {
-                Some(n) => crate::println!("[vm{n}] hvc0: {s}"),
-                None => crate::println!("hvc0: {s}"),
+    fn print(&mut self, newline: bool) {
+        let s = core::str::from_utf8(&self.line[..self.len]).unwrap_or("<bad utf-8>");
+        match self.prefix {
+            _ if self.raw => {
+                let mut buf = [0u8; LINE + 1];
+                buf[..self.len].copy_from_slice(&self.line[..self.len]);
+                buf[self.len] = b'\n';
+                crate::console::write_bytes(&buf[..self.len + usize::from(newline)]);
             }
-            self.len = 0;
+            Some(n) => crate::println!("[vm{n}] hvc0: {s}"),
+            None => crate::println!("hvc0: {s}"),
+        }
+        self.len = 0;
+    }
+
+    /// Prints the unfinished line when the output is the VM's console (a prompt: the vCPU
+    /// waits); a side channel's lines are printed only whole.
+    pub fn flush(&mut self) {
+        if self.raw && self.len > 0 {
+            self.print(false);
+        }
+    }
+
+    /// Prints the unfinished line, if any (the VM ended).
+    pub fn flush_final(&mut self) {
+        if self.len > 0 {
+            self.print(false);
         }
     }
 }
@@ -105,12 +127,12 @@ impl ConsoleOutput for HvcLine {
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if b == b'\n' {
-                self.flush();
+                self.print(true);
             } else if b != b'\r' {
                 self.line[self.len] = b;
                 self.len += 1;
                 if self.len == LINE {
-                    self.flush();
+                    self.print(!self.raw);
                 }
             }
         }
@@ -159,13 +181,33 @@ impl<D: VirtioDevice> Transport<D> {
             }
             None => m.read(off, size),
         };
+        (value, self.drive(&m, gic, vcpu))
+    }
+
+    /// Drives the interrupt line into the distributor model if it changed (under the model's
+    /// lock, so two CPUs cannot drive it out of order).
+    fn drive(&self, m: &VirtioMmio<D>, gic: &VirtualGic, vcpu: usize) -> Wake {
         let level = m.irq_level();
-        let wake = if self.level.swap(level, Ordering::Relaxed) != level { gic.set_level(vcpu, 32 + self.node.spi, level) } else { 0 };
-        (value, wake)
+        if self.level.swap(level, Ordering::Relaxed) != level {
+            gic.set_level(vcpu, 32 + self.node.spi, level)
+        } else {
+            0
+        }
     }
 
     /// The model, for its backend (the console's unfinished line) and counters.
     pub fn lock(&self) -> spin::MutexGuard<'_, VirtioMmio<D>> {
         self.model.lock()
+    }
+}
+
+impl Transport<Console<HvcLine>> {
+    /// Console input for the guest (`hvc0` is its console): what its receive buffers took of
+    /// `bytes`, and the vCPUs whose deliverable interrupts grew.
+    pub fn receive(&self, mem: &VmMemory<'_>, gic: &VirtualGic, bytes: &[u8]) -> (usize, Wake) {
+        let mut m = self.model.lock();
+        // A broken device (a hostile chain) takes nothing more until the guest resets it.
+        let (taken, _) = m.receive(mem, bytes);
+        (taken, self.drive(&m, gic, 0))
     }
 }

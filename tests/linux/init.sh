@@ -18,12 +18,10 @@ mount -t devtmpfs devtmpfs /dev
 
 checks=
 virtio=
-ext4=
 for word in $(cat /proc/cmdline); do
     case "$word" in
     pkvm.check=*) checks=${word#pkvm.check=} ;;
     pkvm.virtio) virtio=1 ;;
-    pkvm.ext4) ext4=1 ;;
     esac
 done
 
@@ -51,27 +49,23 @@ if [ -n "$virtio" ]; then
     echo "PKVM-VIRTIO: vda sector 1 reads back: $(dd if=/dev/vda bs=512 skip=1 count=1 iflag=direct 2>/dev/null | head -c 19)"
 fi
 
-# With `pkvm.ext4`: /dev/vda holds an ext4 file system (tests/linux/ext4-disk.img): mount it,
-# print hello.txt's SHA-256, write a file the host then finds in its copy of the disk, unmount.
-if [ -n "$ext4" ]; then
-    echo 1 > /proc/sys/kernel/printk
-    mkdir -p /mnt
-    if mount -t ext4 /dev/vda /mnt; then
-        echo "PKVM-EXT4: $(sha256sum /mnt/hello.txt)"
-        echo "PKVM-EXT4-WRITTEN-BY-THE-GUEST" > /mnt/written.txt
-        sync
-        umount /mnt && echo "PKVM-EXT4: wrote written.txt and unmounted"
-    else
-        echo "PKVM-CHECK: FAIL ext4: cannot mount /dev/vda"
-    fi
-fi
-
 if [ -n "$checks" ]; then
     # Only the checks' lines on the console from here: no kernel messages in between.
     echo 1 > /proc/sys/kernel/printk
     echo "PKVM-CHECK: userspace up on $(uname -r), running $checks"
     pkvm-check "$checks"
     poweroff -f
+fi
+
+# An interactive boot with a disk (`cargo xtask run --kernel pkvm --disk FILE`): mounted on /mnt
+# if it holds a file system this kernel knows (busybox tries each in /proc/filesystems).
+if [ -b /dev/vda ]; then
+    mkdir -p /mnt
+    if mount /dev/vda /mnt 2>/dev/null; then
+        echo "disk: /dev/vda ($(cat /sys/block/vda/size) sectors) mounted on /mnt"
+    else
+        echo "disk: /dev/vda holds no file system this kernel mounts (a block device only)"
+    fi
 fi
 
 echo
