@@ -48,14 +48,19 @@ impl NamedKernel {
             _ => None,
         }
     }
+
+    /// The command line when none is given.
+    pub fn default_cmdline(self) -> &'static str {
+        match self {
+            Self::Pkvm => PKVM_CMDLINE,
+            Self::Debian => DEFAULT_CMDLINE,
+        }
+    }
 }
 
 /// The command line for a kernel (a name or a file) when none is given.
 pub fn default_cmdline(kernel: &str) -> &'static str {
-    match NamedKernel::parse(kernel) {
-        Some(NamedKernel::Pkvm) => PKVM_CMDLINE,
-        _ => DEFAULT_CMDLINE,
-    }
+    NamedKernel::parse(kernel).map_or(DEFAULT_CMDLINE, NamedKernel::default_cmdline)
 }
 
 /// Set to 1 to let `setup` go on without the Linux artifacts (Linux scenarios are then skipped).
