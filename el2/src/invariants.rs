@@ -732,10 +732,10 @@ mod tests {
         slot.claim().unwrap().x[0] = 0;
         assert_eq!(run_check(&f), Ok(RAM_PAGES as u64));
         // A pending MMIO read is state too.
-        slot.claim().unwrap().pending_read = crate::exception::syndrome::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22));
-        assert!(slot.claim().unwrap().pending_read.is_some());
+        let access = crate::exception::syndrome::decode_mmio((0x24 << 26) | (1 << 24) | (3 << 22)).unwrap();
+        slot.claim().unwrap().pending_mmio = Some(crate::guest::vcpu::PendingMmio { access, esr: 0, far: 0 });
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
-        slot.claim().unwrap().pending_read = None;
+        slot.claim().unwrap().pending_mmio = None;
         slot.power.store(power::ON, Ordering::Relaxed);
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
         slot.power.store(power::OFF, Ordering::Relaxed);

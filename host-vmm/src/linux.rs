@@ -81,8 +81,8 @@ pub struct LinuxVm {
 
 /// What the VMM keeps of one vCPU between runs.
 struct VcpuState {
-    /// The value for the MMIO read the vCPU's last exit asked for.
-    mmio_value: u64,
+    /// The answer to the MMIO access of the vCPU's last exit.
+    mmio: run::MmioReply,
     /// Its timers' deadlines, from its last exit.
     timers: Timers,
     /// Its virtual timer interrupt is in a list register (queued, not yet deactivated).
@@ -97,7 +97,7 @@ struct VcpuState {
 
 impl VcpuState {
     const fn new() -> Self {
-        Self { mmio_value: 0, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0 }
+        Self { mmio: run::MmioReply::ZERO, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0 }
     }
 }
 
@@ -412,9 +412,9 @@ impl LinuxVm {
 
     /// One `VCPU_RUN` of vCPU `v` and its exit: `Some` when the vCPU leaves this host CPU.
     fn step(&self, v: usize, st: &mut VcpuState) -> Result<Option<Yield>, HypError> {
-        let mut mmio_value = core::mem::take(&mut st.mmio_value);
-        let r = run::step(&mut LinuxVcpu { l: self, v, st }, &mut mmio_value);
-        st.mmio_value = mmio_value;
+        let mut mmio = core::mem::take(&mut st.mmio);
+        let r = run::step(&mut LinuxVcpu { l: self, v, st }, &mut mmio);
+        st.mmio = mmio;
         r
     }
 
@@ -494,6 +494,9 @@ struct LinuxVcpu<'a> {
 
 impl Machine for LinuxVcpu<'_> {
     type Step = Option<Yield>;
+
+    // As under KVM: the guest's own to handle (kvm-unit-tests expects it), nothing for the VMM.
+    const ABORT_UNASSIGNED: bool = true;
 
     fn vcpu(&self) -> (&Vm, u64) {
         (&self.l.vm, self.v as u64)

@@ -4,15 +4,16 @@
 //!
 //! One step: the machine's preparation, the run (recorded for the timeout report), the exit
 //! counted, the machine's look at the record, an MMIO exit served by the machine's devices on
-//! its bus (an address no device answers reads 0 and ignores writes, counted in
-//! [`crate::UNASSIGNED`]), and then the machine's handling of the exit.
+//! its bus (an address no device answers is counted in [`crate::UNASSIGNED`] and, as the
+//! machine says, read as 0 with writes ignored or answered with an external abort), and then
+//! the machine's handling of the exit.
 
 use crate::stats::count_exit;
 use crate::{Vm, UNASSIGNED};
 use core::sync::atomic::{AtomicU64, Ordering};
 use host_kernel::hyp::client::Exited;
 use shared_abi::layout::run_status;
-use shared_abi::msg::{Exit, VcpuExit};
+use shared_abi::msg::{run_flags, Exit, VcpuExit};
 use shared_abi::HypError;
 
 /// What one kind of VM does around its vCPUs' runs.
@@ -43,22 +44,41 @@ pub trait Machine {
     /// `None` if no device answers `ipa`.
     fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> Option<u64>;
 
+    /// An access no device answers gets an external abort (as under KVM), rather than reading
+    /// 0 and ignoring writes.
+    const ABORT_UNASSIGNED: bool = false;
+
     /// The exit, once an MMIO access is served.
     fn exit(&mut self, e: &Exited) -> Self::Step;
 }
 
-/// Runs the machine's vCPU to its next exit and handles it. `mmio_value` is the value for the
-/// MMIO read the vCPU's last exit asked for, and is set for this exit's.
+/// The VMM's answer to a vCPU's MMIO exit, given to its next `VCPU_RUN`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmioReply {
+    /// The value of a read.
+    pub value: u64,
+    /// No device there: the access gets an external abort.
+    pub abort: bool,
+}
+
+impl MmioReply {
+    /// A read of 0 (or a write's completion): the answer before any exit.
+    pub const ZERO: Self = Self { value: 0, abort: false };
+}
+
+/// Runs the machine's vCPU to its next exit and handles it. `reply` is the answer to the MMIO
+/// access the vCPU's last exit made, and is set for this exit's.
 ///
 /// # Errors
 /// `VCPU_RUN`'s refusal, or a hypercall's from the machine.
-pub fn step<M: Machine>(m: &mut M, mmio_value: &mut u64) -> Result<M::Step, HypError> {
+pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, HypError> {
     m.before_run()?;
     let (vm, vcpu) = m.vcpu();
     let handle = vm.handle;
     note_run(handle, vcpu);
     // Borrowed where `VCPU_RUN` left it: moving the `Exited` out of the result costs a copy.
-    let r = vm.el2().vcpu(vcpu).run(core::mem::take(mmio_value));
+    let MmioReply { value, abort } = core::mem::take(reply);
+    let r = vm.el2().vcpu(vcpu).run(value, if abort { run_flags::ABORT_MMIO } else { 0 });
     let e = match &r {
         Ok(e) => e,
         Err(err) => {
@@ -70,10 +90,13 @@ pub fn step<M: Machine>(m: &mut M, mmio_value: &mut u64) -> Result<M::Step, HypE
     count_exit(handle, e.exit.reason());
     m.after_exit(e)?;
     if let Exit::Mmio { ipa, size, write } = e.exit {
-        *mmio_value = m.mmio(ipa, size, write).unwrap_or_else(|| {
-            UNASSIGNED.fetch_add(1, Ordering::Relaxed);
-            0
-        });
+        *reply = match m.mmio(ipa, size, write) {
+            Some(value) => MmioReply { value, abort: false },
+            None => {
+                UNASSIGNED.fetch_add(1, Ordering::Relaxed);
+                MmioReply { value: 0, abort: M::ABORT_UNASSIGNED }
+            }
+        };
     }
     Ok(m.exit(e))
 }

@@ -151,7 +151,7 @@ pub enum Ran {
 /// whether it was off at its last run (for [`crate::pinned`]).
 pub struct Stepper {
     console: ConsoleLine,
-    read_value: u64,
+    reply: run::MmioReply,
     pub(crate) off_since: Option<u64>,
 }
 
@@ -164,13 +164,13 @@ impl Default for Stepper {
 impl Stepper {
     /// A fresh vCPU.
     pub const fn new() -> Self {
-        Self { console: ConsoleLine::new(), read_value: 0, off_since: None }
+        Self { console: ConsoleLine::new(), reply: run::MmioReply::ZERO, off_since: None }
     }
 
     /// Runs vCPU `index` to its next exit and handles it: the exit reason, or how the VM
     /// ended. An `IRQ` exit has had the host's pending interrupts handled
     /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
     pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
-        run::step(&mut TestMachine { vm, index, console: &mut self.console, dev }, &mut self.read_value)
+        run::step(&mut TestMachine { vm, index, console: &mut self.console, dev }, &mut self.reply)
     }
 }

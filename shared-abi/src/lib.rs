@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 4, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 4, minor: 1 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -164,9 +164,11 @@ hypercalls! {
     /// `x1` = VM handle, `x2` = vCPU index. Writes a [`msg::RegList`] to the message page.
     VcpuRegList = 11, Any, in 2, out 1;
     /// `x1` = VM handle, `x2` = vCPU index, `x3` = value for a pending MMIO read (ignored
-    /// otherwise). Runs the vCPU until it needs the host; writes a [`msg::VcpuExit`] to the
-    /// message page and returns its reason in `x1`.
-    VcpuRun = 12, Any, in 3, out 1;
+    /// otherwise), `x4` = [`msg::run_flags`] (ABI 4.1: [`msg::run_flags::ABORT_MMIO`] answers
+    /// the pending MMIO access, read or write, with a synchronous external abort). Runs the
+    /// vCPU until it needs the host; writes a [`msg::VcpuExit`] to the message page and returns
+    /// its reason in `x1`.
+    VcpuRun = 12, Any, in 4, out 1;
     /// `x1` = pointer-authentication policy ([`PTRAUTH_EAGER`] or [`PTRAUTH_LAZY`]), `x2` =
     /// for lazy: runs a vCPU keeps its keys loaded after its last trapped use before the trap is
     /// re-armed (1..=1,000,000). Set-up only; applies to every VM.

@@ -103,10 +103,22 @@ pub struct VmCreate {
     pub reserved: [u64; 2],
 }
 
+/// [`crate::HypercallId::VcpuRun`]'s `x4` (ABI 4.1). Other bits: `InvalidArgument`.
+pub mod run_flags {
+    /// The MMIO access of the vCPU's last exit gets a synchronous external abort instead of
+    /// completing (the VMM has no device there), as KVM answers an access to an IPA that is
+    /// neither memory nor emulated. Without an MMIO access pending it is ignored.
+    pub const ABORT_MMIO: u64 = 1;
+    /// Every flag.
+    pub const ALL: u64 = ABORT_MMIO;
+}
+
 /// Why [`crate::HypercallId::VcpuRun`] returned.
 pub mod exit {
     /// The guest accessed an IPA outside its memory: `ipa`, `size`, `flags & MMIO_WRITE`, and
-    /// for a write `data`. For a read, pass the value to the next `VCPU_RUN` in `x3`.
+    /// for a write `data`. For a read, pass the value to the next `VCPU_RUN` in `x3`. The access
+    /// completes (a write's, a read's with that value) at the next `VCPU_RUN`, or gets an
+    /// external abort with [`super::run_flags::ABORT_MMIO`].
     pub const MMIO: u32 = 1;
     /// The guest executed WFI or WFE.
     pub const WFX: u32 = 2;

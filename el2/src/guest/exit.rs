@@ -7,16 +7,17 @@ use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::hyp::Hyp;
 use crate::guest::vm::{handle_slot, Measured};
-use crate::guest::running::{external_abort, kill, kill_exit, undef, Me, Next};
+use crate::guest::running::{external_abort, inject_into_guest, kill, kill_exit, undef, Me, Next};
+use crate::exception::inject::Injection;
 use crate::guest::services;
 use crate::guest::memory::map_guest_page;
 use crate::guest::sysreg::sysreg_trap;
 use crate::mem::pgtable::TableMemory;
 use crate::exception::syndrome::{decode_mmio, fault_ipa};
 use crate::guest::psci::{self, Served};
-use crate::guest::vcpu::{power, pstate_enters_guest, VcpuCtx};
+use crate::guest::vcpu::{power, pstate_enters_guest, PendingMmio, VcpuCtx};
 use core::sync::atomic::Ordering;
-use shared_abi::msg::{kill, Exit};
+use shared_abi::msg::{kill, run_flags, Exit};
 use shared_abi::{HypError, HypResult};
 
 const ISS_S1PTW: u64 = 1 << 7;
@@ -26,7 +27,10 @@ const ISS_S1PTW: u64 = 1 << 7;
 pub const MAX_INTERNAL_EXITS: u32 = 100_000;
 
 /// `VCPU_RUN`: runs vCPU `index` of `handle` until it needs the host.
-pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64, mmio_value: u64, arch: &impl Hw) -> HypResult {
+pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64, mmio_value: u64, flags: u64, arch: &impl Hw) -> HypResult {
+    if flags & !run_flags::ALL != 0 {
+        return Err(HypError::InvalidArgument);
+    }
     // The exit goes to the message page: refuse early if there is none.
     hyp.msg.page(cpu)?;
     let slot = hyp.vcpu_slot(handle, index)?;
@@ -80,10 +84,18 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     }
     let mut cfg = cfg;
     let vm_slot = handle_slot(handle);
-    if let Some(read) = ctx.pending_read.take() {
-        let v = read.read_value(mmio_value);
-        ctx.set_gpr(read.reg, v);
-        ctx.pc = ctx.pc.wrapping_add(4);
+    if let Some(p) = ctx.pending_mmio.take() {
+        if flags & run_flags::ABORT_MMIO != 0 {
+            // No device there: a synchronous external abort, taken at the access. (It cannot
+            // fail for a PSTATE that enters the guest; one that does not is killed below.)
+            inject_into_guest(&mut ctx, Injection::DataAbort { write: p.access.write }, Esr(p.esr), p.far);
+        } else {
+            if !p.access.write {
+                let v = p.access.read_value(mmio_value);
+                ctx.set_gpr(p.access.reg, v);
+            }
+            ctx.pc = ctx.pc.wrapping_add(4);
+        }
     }
     // Pointer authentication: eager loads the keys every time; lazy only while the vCPU
     // used them recently (a trapped use sets the count; each load spends one).
@@ -233,18 +245,18 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 // external abort for the guest, nothing for the host.
                 GuestPage::Unguarded => return external_abort(hyp, handle, ctx, esr, trap.far, arch),
             }
+            // Neither RAM nor something a VMM can emulate: an instruction fetch, or the
+            // guest's own stage-1 walk, outside its RAM. KVM answers both with an external
+            // abort for the guest, which may handle it.
             if esr.ec() == ec::IABT_LOW || trap.esr & ISS_S1PTW != 0 {
-                return kill(hyp, handle, kill::BAD_EXCEPTION, ipa);
+                return external_abort(hyp, handle, ctx, esr, trap.far, arch);
             }
             let Some(access) = decode_mmio(trap.esr) else {
                 return kill(hyp, handle, kill::UNDECODABLE_MMIO, ipa);
             };
             let write = access.write.then(|| access.write_value(ctx.gpr(access.reg)));
-            if write.is_some() {
-                ctx.pc = ctx.pc.wrapping_add(4);
-            } else {
-                ctx.pending_read = Some(access);
-            }
+            // Completed, or aborted, by the next `VCPU_RUN` (the host's answer).
+            ctx.pending_mmio = Some(PendingMmio { access, esr: trap.esr, far: trap.far });
             Next::Exit(Exit::Mmio { ipa, size: access.size as u32, write })
         }
         _ => undef(hyp, handle, ctx, esr, arch),
@@ -452,6 +464,87 @@ mod tests {
         *rec.exits.borrow_mut() = vec![hvc(), wfi()];
         f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
         assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([2, 0, 0]), "AFFINITY_INFO: ON_PENDING");
+    }
+
+    /// vCPU 0's saved context.
+    fn vcpu_ctx(f: &Fixture, h: u64) -> VcpuCtx {
+        let slot = f.hyp.mem.lock().vms.lookup(h).unwrap().0;
+        let ctx = f.hyp.vcpus[slot][0].claim().unwrap().clone();
+        ctx
+    }
+
+    #[test]
+    fn an_instruction_fetch_or_a_walk_outside_ram_is_an_abort_for_the_guest() {
+        use crate::guest::vcpu::SysReg;
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x4000_0800]).unwrap();
+        // An instruction fetch at 0x6000_0000 (above RAM), then the guest's own HVC.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![trap((0x20 << 26) | (1 << 25) | 0b000111, 0x6000_0010), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]), "no kill, no exit for the fetch");
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x4000_0800 + 0x200, "current EL with SP_ELx, synchronous");
+        let ctx = vcpu_ctx(&f, h);
+        let esr = ctx.sys[SysReg::ESR_EL1];
+        assert_eq!((esr >> 26, esr & 0x3F, esr & (1 << 25) != 0), (0x21, 0x10, true), "instruction abort, same EL, SEA, IL");
+        assert_eq!(ctx.sys[SysReg::FAR_EL1], 0x10, "FAR_EL2 (the test traps carry the page offset)");
+        // A data access whose stage-1 walk leaves RAM (S1PTW): a data abort.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![trap((0x24 << 26) | (1 << 25) | (1 << 7) | 0b000111, 0x7000_0000), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        let esr = vcpu_ctx(&f, h).sys[SysReg::ESR_EL1];
+        assert_eq!((esr >> 26, esr & 0x3F), (0x25, 0x10), "data abort, same EL, SEA");
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+    }
+
+    #[test]
+    fn the_host_answers_an_mmio_access_with_a_value_or_an_abort() {
+        use crate::guest::vcpu::SysReg;
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0100]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(3), 0xAAAA]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x4000_0800]).unwrap();
+        // Unknown flags: refused before anything runs.
+        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0, 2]), Err(HypError::InvalidArgument));
+        // A read the host declines: the guest takes a data abort at the load; x3 untouched.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0c00_0000, false, 3, 2), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x5555, run_flags::ABORT_MMIO]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x4000_0800 + 0x200);
+        let ctx = vcpu_ctx(&f, h);
+        let esr = ctx.sys[SysReg::ESR_EL1];
+        assert_eq!((esr >> 26, esr & 0x3F, esr & (1 << 6) != 0), (0x25, 0x10, false), "data abort, same EL, SEA, read");
+        assert_eq!((ctx.elr_el1, ctx.x[3]), (0x4000_0100, 0xAAAA), "ELR_EL1 is the load; its register is not written");
+        // A write the host declines: the same, with WnR; it never completed (the PC moves only
+        // when the next run completes an access).
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0100]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0c00_0000, true, 3, 2), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PC]), Ok([0x4000_0100, 0, 0]), "not completed yet");
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0, run_flags::ABORT_MMIO]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        let esr = vcpu_ctx(&f, h).sys[SysReg::ESR_EL1];
+        assert_eq!((esr >> 26, esr & (1 << 6) != 0), (0x25, true), "write");
+        // Accepted: a write completes (PC + 4) at the next run, a read with the value.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PC, 0x4000_0100]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0c00_0000, true, 3, 2), mmio(0x0c00_0000, false, 3, 2), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x4000_0104);
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x1_2345_6789]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow()[2], 0x4000_0108);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(3)]), Ok([0x2345_6789, 0, 0]), "a 32-bit read");
+        // With nothing pending the flag changes nothing.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0, run_flags::ABORT_MMIO]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow()[0], 0x4000_0108);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
     }
 
     #[test]

@@ -17,6 +17,18 @@ use core::ops::{Deref, DerefMut, Index, IndexMut};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use shared_abi::reg;
 
+/// A guest's MMIO access that the host emulates: completed, or answered with an external
+/// abort, at the vCPU's next `VCPU_RUN` ([`shared_abi::msg::run_flags`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingMmio {
+    /// The access, decoded from the trap's syndrome.
+    pub access: MmioAccess,
+    /// `ESR_EL2` of the trap: an abort injected for the access keeps its `IL` and `WnR`.
+    pub esr: u64,
+    /// `FAR_EL2` of the trap: the guest's virtual address, `FAR_EL1` of an injected abort.
+    pub far: u64,
+}
+
 /// `PSTATE` of a vCPU at reset: EL1h, D/A/I/F masked.
 pub const PSTATE_RESET: u64 = 0x3C5;
 /// `PSTATE.M[4:0]` values a vCPU may run in: AArch64 EL0t, EL1t, EL1h. Everything else is
@@ -144,8 +156,8 @@ pub struct VcpuCtx {
     pub pauth_eager_left: u32,
     /// MTE registers, in [`reg::MTE_REGS`] order (switched only for MTE VMs).
     pub mte: [u64; 4],
-    /// An MMIO read waiting for the host's value.
-    pub pending_read: Option<MmioAccess>,
+    /// The MMIO access of the last exit, completed (or aborted) by the next `VCPU_RUN`.
+    pub pending_mmio: Option<PendingMmio>,
     /// Exceptions taken to EL2, by class ([`shared_abi::msg::stats`]; `VCPU_STATS`).
     pub stats: [u64; shared_abi::msg::stats::CLASSES],
     /// `TPIDR2_EL0` (FEAT_SME): hidden from the guest's ID registers, but not trappable without
@@ -246,7 +258,7 @@ impl VcpuCtx {
             pauth_keys: [0; 10],
             pauth_eager_left: 0,
             mte: [0; 4],
-            pending_read: None,
+            pending_mmio: None,
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
             disr_el1: 0,

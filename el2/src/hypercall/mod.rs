@@ -69,7 +69,7 @@ calls! {
     VcpuSetReg { handle, index, id, lo, hi };
     VcpuGetReg { handle, index, id };
     VcpuRegList { handle, index };
-    VcpuRun { handle, index, mmio_value };
+    VcpuRun { handle, index, mmio_value, flags };
     SetPtrauthPolicy { policy, decay };
     VcpuSetIrq { handle, index, vintid, config };
     VcpuIrqState { handle, index };
@@ -106,7 +106,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
         Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
         Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),
         Call::VcpuRegList { handle, index } => vcpu::vcpu_reg_list(hyp, cpu, handle, index),
-        Call::VcpuRun { handle, index, mmio_value } => exit::vcpu_run(hyp, cpu, handle, index, mmio_value, hw),
+        Call::VcpuRun { handle, index, mmio_value, flags } => exit::vcpu_run(hyp, cpu, handle, index, mmio_value, flags, hw),
         Call::VcpuSetIrq { handle, index, vintid, config } => vcpu::vcpu_set_irq(hyp, handle, index, vintid, config),
         Call::VcpuIrqState { handle, index } => vcpu::vcpu_irq_state(hyp, cpu, handle, index),
         Call::VcpuStats { handle, index } => vcpu::vcpu_stats(hyp, cpu, handle, index),

@@ -99,16 +99,17 @@ impl VmHandle {
 }
 
 impl Vcpu {
-    /// `VCPU_RUN`, with `mmio_value` for the MMIO read the last exit asked for. An exit record
-    /// that does not decode breaks the ABI: the host fails.
+    /// `VCPU_RUN`, with `mmio_value` for the MMIO read the last exit asked for and `flags`
+    /// ([`shared_abi::msg::run_flags`]: abort that access instead). An exit record that does not
+    /// decode breaks the ABI: the host fails.
     ///
     /// # Errors
     /// EL2's refusal to run the vCPU.
     // Inlined into the exit loop: the decoded exit then stays in registers instead of being
     // returned through memory (about a dozen instructions on every exit).
     #[inline(always)]
-    pub fn run(self, mmio_value: u64) -> Result<Exited, HypError> {
-        call(HypercallId::VcpuRun, &[self.vm.0, self.index, mmio_value])?;
+    pub fn run(self, mmio_value: u64, flags: u64) -> Result<Exited, HypError> {
+        call(HypercallId::VcpuRun, &[self.vm.0, self.index, mmio_value, flags])?;
         let record: VcpuExit = read_msg(cpu_id());
         match Exit::decode(&record) {
             Ok(exit) => Ok(Exited { exit, record }),

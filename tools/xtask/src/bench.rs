@@ -87,7 +87,7 @@ const ROWS: &[Row] = &[
     row("vm_lifecycle_64mib", "create + donate + destroy, protected, 64 MiB", None, "linear"),
     row("vm_lifecycle_1mib_measured", "create + donate (content measured) + destroy, protected, 1 MiB", None, "hash per page"),
     ns_row("guest_mem_share_unshare", "guest MEM_SHARE + MEM_UNSHARE of one page, protected VM, each an exit to the host (ns = instructions)", "exits only"),
-    ns_row("vmm_mmio_read", "guest MMIO read of an unassigned address, Linux-style VMM (ns = instructions)", "exits only"),
+    ns_row("vmm_mmio_read", "guest MMIO read of the virtio-console's DeviceID (kvm-unit-tests' mmio_read_user), Linux-style VMM (ns = instructions)", "exits only"),
     ns_row("vmm_uart_fr_read", "guest read of the PL011's UARTFR, Linux-style VMM (ns = instructions)", "exits only"),
     ns_row("irq_sgi_round_trip", "SGI round trip vCPU 0 -> 1 -> 0, 2 vCPUs on 1 host CPU (ns = instructions)", "exits only"),
     ns_row("irq_vtimer_wfi", "virtual timer (PPI 27) deadline to guest handler, vCPU in WFI (ns)", "exits only"),

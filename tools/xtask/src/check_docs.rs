@@ -254,8 +254,8 @@ mod tests {
     #[test]
     fn a_wrong_arity_fails() {
         assert_one_problem(
-            &doctored("`x3` = value of a pending MMIO read", "the value of a pending MMIO read in the message page"),
-            &["VCPU_RUN", "2 argument register(s)", "nr_args() is 3"],
+            &doctored(", `x4` = flags (4.1)", ", flags in the message page (4.1)"),
+            &["VCPU_RUN", "3 argument register(s)", "nr_args() is 4"],
         );
         assert_one_problem(&doctored("| `VM_DESTROY` | any | `x1` = handle |", "| `VM_DESTROY` | any | `x1` = handle, `x2` = 0 |"), &["VM_DESTROY", "highest x2", "is 1"]);
     }

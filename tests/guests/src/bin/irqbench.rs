@@ -13,8 +13,10 @@
 //!   that makes no exit; a sample is the handler's entry (PPI 27) minus the deadline;
 //! - `ptimer-wfi`, `ptimer-busy`: the same with the EL1 physical timer (`CNTP_*`, emulated by
 //!   EL2, PPI 30), measured on `CNTPCT_EL0`;
-//! - `mmio`, `uart-fr`: one MMIO read that exits to this VMM: of an address no device answers,
-//!   and of the PL011's flag register (what a console driver polls before every character).
+//! - `mmio`, `uart-fr`: one MMIO read that exits to this VMM: of the virtio-console transport's
+//!   `DeviceID` (what kvm-unit-tests' `mmio_read_user` reads at the same address on QEMU's
+//!   `virt`), and of the PL011's flag register (what a console driver polls before every
+//!   character).
 //!
 //! Samples are printed in ns of counter time: under QEMU `-icount shift=0` one instruction is
 //! one ns, so they count the instructions every CPU retired meanwhile (the counter ticks every
@@ -47,8 +49,9 @@ const PTIMER: u32 = 30;
 const MAX_N: usize = 2000;
 const WARMUP: usize = 16;
 
-/// An address no device of the VM answers (the VMM reads it as 0), and `UARTFR`.
-const UNASSIGNED: u64 = 0x0c00_0000;
+/// The virtio-console transport's `DeviceID` register (the VMM's virtio model answers 3), and
+/// `UARTFR`. (An address no device answers is an external abort for the guest.)
+const VIRTIO_DEVICE_ID: u64 = 0x0a00_0008;
 const UART_FR: u64 = guests::UART + 0x18;
 
 /// `CNTV_CTL_EL0` / `CNTP_CTL_EL0.ENABLE` (IMASK clear).
@@ -280,7 +283,7 @@ fn main(dtb: u64) {
             }
         }
         "mmio" | "uart-fr" => {
-            let addr = if a.mode == "mmio" { UNASSIGNED } else { UART_FR };
+            let addr = if a.mode == "mmio" { VIRTIO_DEVICE_ID } else { UART_FR };
             for s in samples.iter_mut() {
                 let t0 = gic::cntvct();
                 // SAFETY: an MMIO read the host emulates (an exit).

@@ -20,6 +20,11 @@
 //! - `masked`: every vCPU masks its interrupts (`PSTATE.DAIF`) and branches to itself;
 //! - `onoff`: vCPU 1 makes MMIO exits and powers itself off (PSCI `CPU_OFF`), vCPU 0 powers
 //!   it on again, without end: its exit statistics must survive each `CPU_ON`;
+//! - `aborts`: every vCPU loads from, stores to and branches to addresses that are neither
+//!   RAM nor a device (64 below RAM, 16 above it), each an external abort for the guest (the
+//!   VMM declines the loads and stores, EL2 answers the fetches), which its vectors handle and
+//!   go on; vCPU 0 first makes one pass alone and checks that it took exactly one abort per
+//!   access, then starts the others and all repeat without end;
 //! - `cvalmax`: every vCPU enables its virtual timer with `CNTV_CVAL_EL0` = all-ones, a legal
 //!   "never", and spins. Under a non-zero `CNTVOFF_EL2` QEMU 7.2's timer computes
 //!   `CVAL + CNTVOFF` wrapped into the past and re-arms itself for ever: the whole machine
@@ -39,8 +44,8 @@ guests::entry!(main, secondary);
 /// The virtual and the EL1 physical timers' PPIs.
 const VTIMER_INTID: u32 = 27;
 const PTIMER_INTID: u32 = 30;
-/// An address with nothing behind it in the device VM (the test device of the plain VMs):
-/// every access is an MMIO exit the host answers with 0.
+/// An address with nothing behind it in the device VM: every access is an MMIO exit the VMM
+/// answers with an external abort, which the vectors skip.
 const UNASSIGNED: u64 = 0x0b00_0000;
 
 /// The storms, as named on the command line.
@@ -53,6 +58,7 @@ enum Kind {
     Masked,
     OnOff,
     CvalMax,
+    Aborts,
 }
 
 impl Kind {
@@ -65,22 +71,26 @@ impl Kind {
             Kind::Masked => "masked",
             Kind::OnOff => "onoff",
             Kind::CvalMax => "cvalmax",
+            Kind::Aborts => "aborts",
         }
     }
 }
 
 /// The kind, for the secondary vCPUs (written by vCPU 0 before it starts them).
 static KIND: AtomicU64 = AtomicU64::new(0);
-/// Synchronous exceptions the guest took and skipped (alignment faults of the GIC storm).
+/// Synchronous exceptions the guest took and skipped (alignment faults and external aborts of
+/// the GIC storm).
 #[no_mangle]
 static STORM_SYNC: AtomicU64 = AtomicU64::new(0);
 /// Interrupts the guest took without acknowledging them.
 #[no_mangle]
 static STORM_IRQS: AtomicU64 = AtomicU64::new(0);
 
-// EL1 vectors. A synchronous exception from the current EL (SPx) is counted and skipped (the
-// faulting instruction is a 4-byte load or store); an IRQ or FIQ is counted and returned from
-// with PSTATE.I and F set, never acknowledged; anything else stops the VM.
+// EL1 vectors. A synchronous exception from the current EL (SPx) is counted and skipped: an
+// instruction abort (EC 0x21: the `aborts` storm's `BLR` to an address with nothing there)
+// returns to the link register, anything else past the faulting 4-byte load or store. An IRQ
+// or FIQ is counted and returned from with PSTATE.I and F set, never acknowledged; anything
+// else stops the VM.
 core::arch::global_asm!(
     r#"
 .section .text, "ax"
@@ -97,10 +107,16 @@ storm_vectors:
     ldr x1, [x0]
     add x1, x1, #1
     str x1, [x0]
-    mrs x0, elr_el1
+    mrs x0, esr_el1
+    lsr x0, x0, #26
+    cmp x0, #0x21
+    b.ne 1f
+    msr elr_el1, x30
+    b 2f
+1:  mrs x0, elr_el1
     add x0, x0, #4
     msr elr_el1, x0
-    ldp x0, x1, [sp], #16
+2:  ldp x0, x1, [sp], #16
     eret
     .rept 2
     .balign 0x80
@@ -152,11 +168,6 @@ impl Rng {
     }
 }
 
-fn read64(addr: u64) -> u64 {
-    // SAFETY: an MMIO load the host answers.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-
 /// Makes vCPU `me`'s interrupts group 1, wakes its redistributor, enables the private
 /// interrupts in `enable` (bit n = INTID n) and the distributor's group 1, and opens its
 /// virtual CPU interface (priority mask 0xFF, group 1 enabled). `PSTATE.I` stays as it is.
@@ -198,6 +209,7 @@ fn main(dtb: u64) {
         Some("masked") => Kind::Masked,
         Some("onoff") => Kind::OnOff,
         Some("cvalmax") => Kind::CvalMax,
+        Some("aborts") => Kind::Aborts,
         other => guests::fail(format_args!("unknown storm {other:?} (bootargs {args:?})")),
     };
     let vcpus = tree.cpus().count() as u64;
@@ -210,6 +222,7 @@ fn main(dtb: u64) {
             Kind::Masked => 4,
             Kind::OnOff => 5,
             Kind::CvalMax => 6,
+            Kind::Aborts => 7,
         },
         Ordering::SeqCst,
     );
@@ -217,6 +230,17 @@ fn main(dtb: u64) {
         return count(n);
     }
     println!("guest: storm {}: {vcpus} vCPU(s), until the host stops the VM", kind.name());
+    if kind == Kind::Aborts {
+        let ram = tree.memory().regions().next().map_or((0, 0), |r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+        RAM_END.store(ram.0 + ram.1, Ordering::SeqCst);
+        let before = STORM_SYNC.load(Ordering::SeqCst);
+        let accesses = abort_pass();
+        let taken = STORM_SYNC.load(Ordering::SeqCst) - before;
+        if taken != accesses {
+            guests::fail(format_args!("storm aborts: {accesses} accesses outside RAM and devices, {taken} aborts taken"));
+        }
+        println!("guest: ok: {accesses} accesses outside RAM and devices (loads, stores, fetches), each an abort the guest handled");
+    }
     if kind != Kind::OnOff {
         for v in 1..vcpus {
             if guests::cpu_on(v).is_err() {
@@ -235,6 +259,7 @@ fn secondary(index: u64) {
         3 => Kind::Gic,
         4 => Kind::Masked,
         6 => Kind::CvalMax,
+        7 => Kind::Aborts,
         _ => Kind::OnOff,
     };
     storm(kind, index, 0);
@@ -287,6 +312,9 @@ fn storm(kind: Kind, me: u64, vcpus: u64) -> ! {
         Kind::Gic => gic_storm(me),
         Kind::OnOff if me == 0 => onoff_vcpu0(vcpus),
         Kind::OnOff => onoff_vcpu1(),
+        Kind::Aborts => loop {
+            abort_pass();
+        },
         Kind::CvalMax => {
             // SAFETY: this vCPU's own virtual timer: enabled, compare value all-ones.
             unsafe { asm!("msr cntv_cval_el0, {m}", "msr cntv_ctl_el0, {one}", "isb", m = in(reg) u64::MAX, one = in(reg) 1u64, options(nostack)) };
@@ -300,6 +328,31 @@ fn storm(kind: Kind, me: u64, vcpus: u64) -> ! {
             unsafe { asm!("msr daifset, #0xf", "2: b 2b", options(noreturn, nomem, nostack)) }
         }
     }
+}
+
+/// The end of the VM's RAM (from its device tree), for the `aborts` storm.
+static RAM_END: AtomicU64 = AtomicU64::new(0);
+
+/// One pass of the `aborts` storm: a load, a store and a branch to each of 64 addresses below
+/// RAM (16 MiB apart, 8 MiB into each: clear of the GIC, the PL011 and the virtio frames) and
+/// 16 above it. Returns the accesses made, each of which must be an abort.
+fn abort_pass() -> u64 {
+    let below = (0..64u64).map(|k| k * (16 << 20) + (8 << 20));
+    let end = RAM_END.load(Ordering::Relaxed);
+    let above = (0..16u64).map(|k| end + k * (16 << 20) + (8 << 20));
+    let mut n = 0;
+    for addr in below.chain(above) {
+        // SAFETY: nothing is at `addr`: each access is an external abort, which the vectors
+        // skip (the load and store) or return from to the link register (the branch); no
+        // memory of this guest changes.
+        unsafe {
+            asm!("ldr {v:w}, [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack));
+            asm!("str {v:w}, [{a}]", a = in(reg) addr, v = in(reg) 0xA5A5_A5A5u32, options(nostack));
+            asm!("blr {a}", a = in(reg) addr, out("x30") _, clobber_abi("C"), options(nostack));
+        }
+        n += 3;
+    }
+    n
 }
 
 /// Every SGI register, every target form, in a tight loop.
@@ -410,8 +463,9 @@ fn unmasked_moment() {
 
 /// One load or store of `size` bytes at `addr` (a store writes `value`).
 fn access(addr: u64, size: u64, store: bool, value: u64) {
-    // SAFETY: device addresses of this VM (the host emulates them or answers 0); an unaligned
-    // access takes an alignment fault, which the vectors skip. Nothing is RAM.
+    // SAFETY: device addresses of this VM (the host emulates them, or answers with an external
+    // abort); an unaligned access takes an alignment fault. The vectors skip both. Nothing is
+    // RAM.
     unsafe {
         match (size, store) {
             (1, false) => asm!("ldrb {v:w}, [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
@@ -464,10 +518,11 @@ fn onoff_vcpu0(vcpus: u64) -> ! {
     }
 }
 
-/// vCPU 1 of `onoff`: 64 MMIO exits, then off.
+/// vCPU 1 of `onoff`: 64 MMIO exits (the PL011's flag register), then off.
 fn onoff_vcpu1() -> ! {
     for _ in 0..64 {
-        let _ = read64(UNASSIGNED);
+        // SAFETY: an MMIO load the host emulates.
+        let _ = unsafe { core::ptr::read_volatile((guests::UART + 0x18) as *const u32) };
     }
     guests::cpu_off()
 }
