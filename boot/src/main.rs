@@ -329,6 +329,11 @@ extern "C" fn boot_main(dtb: u64) -> ! {
     if !random {
         log::info!("no FEAT_RNG: VM secrets derive from a boot value that is not secret (debug mode only)");
     }
+    // After `activate_host`: ICH_VTR_EL2 is readable.
+    let boot_cpu = arch::cpu_id();
+    if let Some(max) = boot_cpu.sve.max() {
+        log::info!("SVE: vector lengths {:#06x} (bit n: (n + 1) x 128 bits), up to {} bits", boot_cpu.sve.0, max as u32 * 128);
+    }
     let parts = HypParts {
         platform,
         hyp_region,
@@ -338,8 +343,7 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         tables: pool,
         vcpus: &VCPUS,
         idregs: &IDREGS,
-        // After `activate_host`: ICH_VTR_EL2 is readable.
-        boot_cpu: arch::cpu_id(),
+        boot_cpu,
         gicr,
         boot_secret,
     };

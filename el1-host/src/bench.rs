@@ -31,7 +31,7 @@ fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
 }
 
 fn create(flags: u64) -> u64 {
-    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] });
+    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 });
     hyp::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
 }
 

@@ -174,12 +174,15 @@ pub fn run(plat: &Platform) {
         let mut x = [0u64; 7];
         match HypercallId::try_from(id) {
             Ok(HypercallId::VmCreate) => {
-                let flags = [0, vm_flags::PROTECTED, vm_flags::MTE, vm_flags::PTRAUTH, vm_flags::HOST_PMU | vm_flags::PROTECTED, rng.next()];
+                let flags = [0, vm_flags::PROTECTED, vm_flags::MTE, vm_flags::PTRAUTH, vm_flags::HOST_PMU | vm_flags::PROTECTED, vm_flags::SVE | vm_flags::PROTECTED, rng.next()];
+                let r = rng.next();
                 let req = VmCreate {
                     nr_vcpus: rng.pick(&[0, 1, 2, 8, 9, u32::MAX]),
                     ipa_bits: rng.pick(&[0, 31, 32, 36, 40, 41, 64]),
                     flags: rng.pick(&flags),
-                    reserved: if rng.below(10) == 0 { [1, 0] } else { [0; 2] },
+                    // SVE lengths: none, valid ones, not a length, beyond the architecture.
+                    sve_vl: rng.pick(&[0, 0, 16, 64, 256, 24, 272, r]),
+                    reserved: if rng.below(10) == 0 { 1 } else { 0 },
                 };
                 crate::hyp::write_msg(0, &req);
             }

@@ -197,26 +197,26 @@ pub fn register_integrity(plat: &Platform) {
     }
 }
 
-fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, reserved: [u64; 2]) -> Result<u64, HypError> {
-    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, reserved });
+pub(crate) fn create_raw(vcpus: u32, ipa_bits: u32, flags: u64, sve_vl: u64, reserved: u64) -> Result<u64, HypError> {
+    crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: vcpus, ipa_bits, flags, sve_vl, reserved });
     hyp::call(HypercallId::VmCreate, &[]).map(|r| r[0])
 }
 
 pub fn hostile_arguments(plat: &Platform) {
     // VM_CREATE.
-    expect_err!(create_raw(0, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 0 vCPUs");
-    expect_err!(create_raw(99, 36, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with 99 vCPUs");
-    expect_err!(create_raw(1, 48, 0, [0; 2]), HypError::InvalidArgument, "VM_CREATE with a 48-bit IPA");
-    expect_err!(create_raw(1, 36, 1 << 40, [0; 2]), HypError::InvalidArgument, "VM_CREATE with an unknown flag");
-    expect_err!(create_raw(1, 36, vm_flags::HOST_PMU | vm_flags::PROTECTED, [0; 2]), HypError::Denied, "VM_CREATE of a protected VM with the host's PMU");
-    expect_err!(create_raw(1, 36, 0, [0, 7]), HypError::BadMessage, "VM_CREATE with a reserved field set");
+    expect_err!(create_raw(0, 36, 0, 0, 0), HypError::InvalidArgument, "VM_CREATE with 0 vCPUs");
+    expect_err!(create_raw(99, 36, 0, 0, 0), HypError::InvalidArgument, "VM_CREATE with 99 vCPUs");
+    expect_err!(create_raw(1, 48, 0, 0, 0), HypError::InvalidArgument, "VM_CREATE with a 48-bit IPA");
+    expect_err!(create_raw(1, 36, 1 << 40, 0, 0), HypError::InvalidArgument, "VM_CREATE with an unknown flag");
+    expect_err!(create_raw(1, 36, vm_flags::HOST_PMU | vm_flags::PROTECTED, 0, 0), HypError::Denied, "VM_CREATE of a protected VM with the host's PMU");
+    expect_err!(create_raw(1, 36, 0, 0, 7), HypError::BadMessage, "VM_CREATE with a reserved field set");
     // Capacity.
     let mut handles = [0u64; 16];
     for h in handles.iter_mut() {
-        *h = create_raw(1, 36, 0, [0; 2]).unwrap_or(0);
+        *h = create_raw(1, 36, 0, 0, 0).unwrap_or(0);
         check!(*h != 0, "VM_CREATE below capacity failed");
     }
-    expect_err!(create_raw(1, 36, 0, [0; 2]), HypError::NoCapacity, "VM_CREATE beyond 16 VMs");
+    expect_err!(create_raw(1, 36, 0, 0, 0), HypError::NoCapacity, "VM_CREATE beyond 16 VMs");
     for h in handles {
         check!(hyp::call(HypercallId::VmDestroy, &[h]).is_ok(), "VM_DESTROY {h:#x}");
     }

@@ -6,6 +6,7 @@
 //! | trait | job |
 //! |---|---|
 //! | [`WorldSwitch`] | load a vCPU, run it, put it back; lazy FP/SIMD and pointer-auth keys |
+//! | [`VectorRegs`] | the FP/SIMD and SVE register file and its traps, for the lazy switch |
 //! | [`Tlb`] | barriers and TLB maintenance after page-table edits |
 //! | [`CacheOps`] | scrubbing, tag clearing and cleaning pages to the PoC |
 //! | [`Firmware`] | calls to the firmware below EL2 |
@@ -13,7 +14,7 @@
 //! | [`Clock`] | the physical count |
 
 use crate::guest::timer::PTimer;
-use crate::guest::vcpu::VcpuCtx;
+use crate::guest::vcpu::{FpRegs, SveRegs, VcpuCtx};
 use crate::mem::addr::PhysAddr;
 
 /// Barriers and TLB maintenance after page-table edits. Each method documents what it must
@@ -103,6 +104,35 @@ pub trait HostCpu {
     fn write_el1_exception(&self, esr: u64, far: u64, elr: u64, spsr: u64);
 }
 
+/// The FP/SIMD and SVE register file, as the lazy switch of the guest's vector registers
+/// (`guest::fpsimd`) uses it: each method is one step of its script, with the architectural
+/// condition it needs. EL2 is built without FP/SIMD; these are its only vector accesses.
+pub trait VectorRegs {
+    /// Writes `CPTR_EL2` (which traps FP/SIMD, SVE and SME at EL2 as well as below it). Not
+    /// in force for the accesses below until [`Self::isb`].
+    fn write_cptr(&self, cptr: u64);
+    /// `ISB`: the last `CPTR_EL2` write is in force.
+    fn isb(&self);
+    /// Writes `ZCR_EL2` (needs `CPTR_EL2.TZ` clear in force). Needs no `ISB` before the SVE
+    /// accesses it sizes: the Arm ARM orders an indirect read of `ZCR_EL2.LEN` after a direct
+    /// write of it in program order, without explicit synchronisation.
+    fn write_zcr_el2(&self, zcr: u64);
+    /// Stores `V0..V31`, `FPSR`, `FPCR` into `to` (needs `CPTR_EL2.TFP` clear in force).
+    fn fp_save(&self, to: &mut FpRegs);
+    /// Loads `V0..V31`, `FPSR`, `FPCR` from `from` (needs `CPTR_EL2.TFP` clear in force). A
+    /// `V` write sets the low 128 bits of its `Z` register; whether the bits above the current
+    /// vector length are cleared too is not guaranteed, so nothing relies on it.
+    fn fp_restore(&self, from: &FpRegs);
+    /// Stores `Z0..Z31`, `P0..P15` and `FFR` at the current vector length (`ZCR_EL2`), `FPSR`,
+    /// `FPCR` and `ZCR_EL1` into `to` (needs `CPTR_EL2.TZ` and `TFP` clear in force).
+    fn sve_save(&self, to: &mut SveRegs);
+    /// Loads what [`Self::sve_save`] stores, at the current vector length.
+    fn sve_restore(&self, from: &SveRegs);
+    /// Sets `Z0..Z31`, `P0..P15` and `FFR` to zero at the current vector length (needs
+    /// `CPTR_EL2.TZ` and `TFP` clear in force).
+    fn sve_zero(&self);
+}
+
 /// The system counter.
 pub trait Clock {
     /// The physical count (`CNTPCT_EL0`), for the emulated physical timer and `CNTVOFF_EL2`.
@@ -184,9 +214,10 @@ pub trait WorldSwitch {
     /// it (`HCR_EL2.API/APK`), save the host's keys in `saved` and load the guest's from
     /// `ctx`; `put` swaps them back. `false` if already loaded.
     fn pauth_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
-    /// The guest's first FP/SIMD use in this run (its access trapped): stop trapping FP/SIMD,
-    /// save the host's FP/SIMD registers in `saved` and load the guest's from `ctx`; `put`
-    /// swaps them back. `false` if they are already loaded (the trap is then not ours to fix).
+    /// The guest's first FP/SIMD use in this run, or SVE use for a VM with SVE (its access
+    /// trapped): stop trapping them, save the host's FP/SIMD registers in `saved` and load the
+    /// guest's from `ctx` (`guest::fpsimd`); `put` swaps them back. `false` if they are
+    /// already loaded (the trap is then not ours to fix).
     fn fp_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
     /// While loaded: copies the guest's live EL1 system registers into `ctx`.
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx);

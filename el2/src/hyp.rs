@@ -293,7 +293,7 @@ mod tests {
     /// Writes a `VmCreate` to CPU 0's message page (page 1) and calls `VM_CREATE`.
     fn vm_create(f: &mut Fixture, ipa_bits: u32, flags: u64) -> HypResult {
         f.call(0, HypercallId::SetMessagePage, &[0, f.page(1)]).ok();
-        let req = shared_abi::msg::VmCreate { nr_vcpus: 1, ipa_bits, flags, reserved: [0; 2] };
+        let req = shared_abi::msg::VmCreate { nr_vcpus: 1, ipa_bits, flags, sve_vl: 0, reserved: 0 };
         f.ram.0[4096..4096 + 32].copy_from_slice(req.as_bytes());
         f.call(0, HypercallId::VmCreate, &[])
     }
@@ -301,7 +301,7 @@ mod tests {
     fn boot_cpu(f: &Fixture) -> CpuId {
         let mut c = CpuFeatures::clone(&f.hyp.cpus.lock());
         c.fix();
-        CpuId { midr: 0x410F_D0C0, regs: *c.view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) }
+        CpuId { midr: 0x410F_D0C0, regs: *c.view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR), sve: FIXTURE_SVE }
     }
 
     #[test]

@@ -508,7 +508,7 @@ mod tests {
     }
 
     fn create(f: &mut Fixture, flags: u64) -> u64 {
-        let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, reserved: [0; 2] };
+        let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 };
         f.ram.0[..32].copy_from_slice(req.as_bytes());
         f.call(0, H::VmCreate, &[]).unwrap()[0]
     }
@@ -523,7 +523,7 @@ mod tests {
         f.call(0, H::SetMessagePage, &[0, f.page(0)]).unwrap();
         crate::host::trap::host_s2_fault(&f.hyp, f.page(1), &Recorder::default());
         crate::host::trap::host_s2_fault(&f.hyp, 0x0900_0000, &Recorder::default());
-        let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED | vm_flags::MTE, reserved: [0; 2] };
+        let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED | vm_flags::MTE, sve_vl: 0, reserved: 0 };
         f.ram.0[..32].copy_from_slice(req.as_bytes());
         let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
         f.call(0, H::VmAddMemory, &[h, f.page(8), 0x4000_0000, 4]).unwrap();
@@ -931,7 +931,7 @@ mod properties {
         let h = |i: usize| handles.get(i % handles.len().max(1)).copied().unwrap_or(0);
         match op {
             Op::Create(flags) => {
-                let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: *flags, reserved: [0; 2] };
+                let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: *flags, sve_vl: 0, reserved: 0 };
                 // Into the message page the test registered (RAM page 990).
                 f.ram.0[990 * 4096..990 * 4096 + 32].copy_from_slice(req.as_bytes());
                 let r = f.call(0, H::VmCreate, &[]);
@@ -1049,7 +1049,7 @@ mod properties {
             let layout = Layout { pool: None, fixmap: None };
             let mut vms = Vec::new();
             for (flags, first) in [(vm_flags::PROTECTED, 8usize), (vm_flags::PROTECTED | vm_flags::MTE, 40)] {
-                let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, reserved: [0; 2] };
+                let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 };
                 f.ram.0[990 * 4096..990 * 4096 + 32].copy_from_slice(req.as_bytes());
                 let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
                 f.call(0, H::VmAddMemory, &[h, f.page(first), IPA, 16]).unwrap();

@@ -5,7 +5,9 @@
 use crate::cpu::features::CpuId;
 use crate::guest::timer::PTimer;
 use crate::guest::vcpu::VcpuCtx;
-use crate::hw::{CacheOps, Clock, Firmware, GuestConfig, GuestTrap, HostCpu, Tlb, WorldSwitch};
+use crate::cpu::controls::cptr;
+use crate::guest::vcpu::{FpRegs, SveRegs};
+use crate::hw::{CacheOps, Clock, Firmware, GuestConfig, GuestTrap, HostCpu, Tlb, VectorRegs, WorldSwitch};
 use crate::hyp::{Hyp, HypParts};
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::mem::owner::{Ownership, PageEntry};
@@ -50,6 +52,148 @@ pub(crate) struct Recorder {
     /// The `VTTBR_EL2` values borrowed for the host's invalidations in a guest's run
     /// (`host_s2_unmapped_from_guest`).
     pub host_vttbrs: RefCell<Vec<u64>>,
+    /// The FP/SIMD and SVE register file behind [`VectorRegs`].
+    pub vectors: RefCell<FakeVectors>,
+}
+
+/// A CPU's vector registers and their traps, as [`VectorRegs`] reaches them: every access
+/// checks the trap it needs is lifted *in force* (written and synchronised), as the CPU would
+/// otherwise take an exception at EL2. Where the architecture leaves a result open, the model
+/// takes the case that would leak: an FP/SIMD or SVE write leaves the bits above what it writes
+/// as they were.
+pub(crate) struct FakeVectors {
+    /// `CPTR_EL2` as last written.
+    pub cptr: u64,
+    /// `CPTR_EL2` as in force (after an `ISB`).
+    pub cptr_in_force: u64,
+    /// `ZCR_EL2`.
+    pub zcr_el2: u64,
+    /// The CPU's largest vector length in quadwords (it implements every one up to it).
+    pub max_vq: u8,
+    /// `Z0..Z31` at the architecture's largest length.
+    pub z: [[u8; 256]; 32],
+    /// `P0..P15`.
+    pub p: [[u8; 32]; 16],
+    /// `FFR`.
+    pub ffr: [u8; 32],
+    pub fpsr: u64,
+    pub fpcr: u64,
+    pub zcr_el1: u64,
+}
+
+impl Default for FakeVectors {
+    /// A CPU of 512 bits with the host's `CPTR_EL2` (FP/SIMD untrapped, SVE and SME trapped).
+    fn default() -> Self {
+        Self::with_max_vq(4)
+    }
+}
+
+impl FakeVectors {
+    /// A CPU whose largest vector length is `max_vq` quadwords, registers zero.
+    pub fn with_max_vq(max_vq: u8) -> Self {
+        let host = cptr::RES1 | cptr::TZ | cptr::TSM;
+        Self { cptr: host, cptr_in_force: host, zcr_el2: 0, max_vq, z: [[0; 256]; 32], p: [[0; 32]; 16], ffr: [0; 32], fpsr: 0, fpcr: 0, zcr_el1: 0 }
+    }
+
+    /// The vector length in bytes at EL2: `ZCR_EL2.LEN` capped by the CPU.
+    pub fn vl(&self) -> usize {
+        16 * ((self.zcr_el2 & 0xF) as usize + 1).min(self.max_vq as usize)
+    }
+
+    fn need(&self, what: &str, traps: u64) {
+        assert_eq!(self.cptr_in_force & traps, 0, "{what} with CPTR_EL2 {:#x} in force: an exception at EL2", self.cptr_in_force);
+    }
+
+    /// `V0..V31`, `FPSR`, `FPCR` as the CPU holds them.
+    pub fn fp(&self) -> FpRegs {
+        let mut f = FpRegs::ZERO;
+        for n in 0..32 {
+            f.v[2 * n] = u64::from_le_bytes(self.z[n][..8].try_into().unwrap());
+            f.v[2 * n + 1] = u64::from_le_bytes(self.z[n][8..16].try_into().unwrap());
+        }
+        (f.fpsr, f.fpcr) = (self.fpsr, self.fpcr);
+        f
+    }
+
+    /// Writes `V0..V31`, `FPSR`, `FPCR` (the low 128 bits of each `Z` only).
+    pub fn load_fp(&mut self, f: &FpRegs) {
+        for n in 0..32 {
+            self.z[n][..8].copy_from_slice(&f.v[2 * n].to_le_bytes());
+            self.z[n][8..16].copy_from_slice(&f.v[2 * n + 1].to_le_bytes());
+        }
+        (self.fpsr, self.fpcr) = (f.fpsr, f.fpcr);
+    }
+}
+
+impl VectorRegs for Recorder {
+    fn write_cptr(&self, v: u64) {
+        self.note("write_cptr");
+        self.vectors.borrow_mut().cptr = v;
+    }
+    fn isb(&self) {
+        self.note("isb");
+        let mut v = self.vectors.borrow_mut();
+        v.cptr_in_force = v.cptr;
+    }
+    fn write_zcr_el2(&self, zcr: u64) {
+        self.note("write_zcr_el2");
+        let mut v = self.vectors.borrow_mut();
+        v.need("ZCR_EL2 write", cptr::TZ);
+        v.zcr_el2 = zcr;
+    }
+    fn fp_save(&self, to: &mut FpRegs) {
+        self.note("fp_save");
+        let v = self.vectors.borrow();
+        v.need("FP/SIMD save", cptr::TFP);
+        *to = v.fp();
+    }
+    fn fp_restore(&self, from: &FpRegs) {
+        self.note("fp_restore");
+        let mut v = self.vectors.borrow_mut();
+        v.need("FP/SIMD restore", cptr::TFP);
+        v.load_fp(from);
+    }
+    fn sve_save(&self, to: &mut SveRegs) {
+        self.note("sve_save");
+        let v = self.vectors.borrow();
+        v.need("SVE save", cptr::TZ | cptr::TFP);
+        let (vl, pl) = (v.vl(), v.vl() / 8);
+        for n in 0..32 {
+            to.z[n * vl..(n + 1) * vl].copy_from_slice(&v.z[n][..vl]);
+        }
+        for n in 0..16 {
+            to.p[n * pl..(n + 1) * pl].copy_from_slice(&v.p[n][..pl]);
+        }
+        to.ffr[..pl].copy_from_slice(&v.ffr[..pl]);
+        (to.fpsr, to.fpcr, to.zcr_el1) = (v.fpsr, v.fpcr, v.zcr_el1);
+    }
+    fn sve_restore(&self, from: &SveRegs) {
+        self.note("sve_restore");
+        let mut v = self.vectors.borrow_mut();
+        v.need("SVE restore", cptr::TZ | cptr::TFP);
+        let (vl, pl) = (v.vl(), v.vl() / 8);
+        for n in 0..32 {
+            v.z[n][..vl].copy_from_slice(&from.z[n * vl..(n + 1) * vl]);
+        }
+        for n in 0..16 {
+            v.p[n][..pl].copy_from_slice(&from.p[n * pl..(n + 1) * pl]);
+        }
+        v.ffr[..pl].copy_from_slice(&from.ffr[..pl]);
+        (v.fpsr, v.fpcr, v.zcr_el1) = (from.fpsr, from.fpcr, from.zcr_el1);
+    }
+    fn sve_zero(&self) {
+        self.note("sve_zero");
+        let mut v = self.vectors.borrow_mut();
+        v.need("SVE zeroing", cptr::TZ | cptr::TFP);
+        let (vl, pl) = (v.vl(), v.vl() / 8);
+        for n in 0..32 {
+            v.z[n][..vl].fill(0);
+        }
+        for n in 0..16 {
+            v.p[n][..pl].fill(0);
+        }
+        v.ffr[..pl].fill(0);
+    }
 }
 
 impl Recorder {
@@ -199,6 +343,8 @@ pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
 pub(crate) const HYP_PAGES: u64 = 16;
 /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
 pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;
+/// The SVE vector lengths of the fixture's CPU: 128, 256 and 512 bits.
+pub(crate) const FIXTURE_SVE: crate::cpu::sve::VqSet = crate::cpu::sve::VqSet(0b1011);
 /// `CTR_EL0` of the fixture's CPU: IDC and DIC, 64-byte lines, PIPT.
 pub(crate) const FIXTURE_CTR: u64 = 0xB444_C004;
 /// QEMU `virt`'s device tree (2 CPUs, 1 GiB, GICv3 with an ITS, PCI).
@@ -226,17 +372,22 @@ pub(crate) fn fixture() -> Fixture {
     let platform = Platform { ram: ram_range, uart: PhysAddr(0x900_0000), cpus: ArrayVec::from_iter([0, 1]), untagged: None, pci: None, devices: crate::platform::parse(QEMU_VIRT_DTB).unwrap().devices };
     // EL2 takes the last HYP_PAGES pages.
     let hyp_region = PhysRange::from_size(PhysAddr(ram_range.end.0 - HYP_PAGES * PAGE_SIZE), HYP_PAGES * PAGE_SIZE).unwrap();
-    let vcpus: &'static crate::guest::vcpu::VcpuTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| crate::guest::vcpu::VcpuSlot::new()))));
+    // Built on the heap one VM's row at a time: the whole table (about 1.4 MiB, with room for
+    // every vCPU's SVE registers) would not fit a test thread's stack.
+    let rows: Box<[[crate::guest::vcpu::VcpuSlot; crate::guest::MAX_VCPUS]]> = (0..crate::guest::MAX_VMS).map(|_| core::array::from_fn(|_| crate::guest::vcpu::VcpuSlot::new())).collect();
+    let vcpus: &'static crate::guest::vcpu::VcpuTable = Box::leak(rows.try_into().unwrap_or_else(|_| unreachable!("MAX_VMS rows")));
     let idregs: &'static crate::guest::vm::IdRegTable = Box::leak(Box::new(core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)))));
-    // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2 and a 48-bit PA.
+    // A CPU with FP, AdvSIMD, AArch64-only EL0/EL1, CSV2 1, AES 2, a 48-bit PA and SVE2 with
+    // vector lengths of 128, 256 and 512 bits (FIXTURE_SVE).
     let mut boot_cpu_idregs = [0u64; crate::cpu::idreg::NR_IDREGS];
-    boot_cpu_idregs[crate::cpu::idreg::idx(4, 0)] = 0x11 | 1 << 56;
+    boot_cpu_idregs[crate::cpu::idreg::idx(4, 0)] = 0x11 | 1 << 32 | 1 << 56;
+    boot_cpu_idregs[crate::cpu::idreg::idx(4, 4)] = 1 | 2 << 4; // ID_AA64ZFR0_EL1: SVE2, SVE AES 2
     boot_cpu_idregs[crate::cpu::idreg::idx(6, 0)] = 2 << 4;
     boot_cpu_idregs[crate::cpu::idreg::idx(7, 0)] = 5;
     boot_cpu_idregs[crate::cpu::idreg::idx(6, 1)] = 1 << 8 | 1 << 28; // IMPDEF PAuth, address + generic
     boot_cpu_idregs[crate::cpu::idreg::idx(4, 1)] = 2 << 8; // FEAT_MTE2
     // QEMU 7.2's virtual CPU interface: 4 list registers, 5 priority and preemption bits.
-    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs, ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) };
+    let boot_cpu = CpuId { midr: 0x410F_D0C0, regs: boot_cpu_idregs, ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR), sve: FIXTURE_SVE };
     let gicr = Some(crate::host::gicr::Redistributors { region: GICR, present: 2 });
     let hyp = Hyp::new(HypParts { platform, hyp_region, own, host_s2, hyp_s1, tables, vcpus, idregs, boot_cpu, gicr, boot_secret: [0x5E; 32] }).unwrap();
     Fixture { ram, _entries: entries, hyp }
@@ -289,8 +440,14 @@ pub(crate) fn hvc() -> GuestTrap {
 }
 
 pub(crate) fn create(f: &mut Fixture, vcpus: u32, flags: u64) -> u64 {
+    create_sve(f, vcpus, flags, 0)
+}
+
+/// [`create`] with SVE of `sve_vl` bytes ([`vm_flags::SVE`] added unless 0).
+pub(crate) fn create_sve(f: &mut Fixture, vcpus: u32, flags: u64, sve_vl: u64) -> u64 {
     f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).ok();
-    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
+    let flags = if sve_vl != 0 { flags | vm_flags::SVE } else { flags };
+    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl, reserved: 0 };
     f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
     f.call(0, H::VmCreate, &[]).unwrap()[0]
 }

@@ -169,7 +169,7 @@ mod tests {
         let la = lay_out(&mut a, &kernel, &initrd, 2, "console=ttyAMA0", PROTECTED).unwrap();
         let mut b = std::vec![0x5Au8; 64 << 20];
         let lb = lay_out(&mut b, &kernel, &initrd, 2, "console=ttyAMA0", PROTECTED).unwrap();
-        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], 2, 36, 1, l.entry, l.dtb);
+        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], &crate::testvm::tests::config(2, 1), l.entry, l.dtb);
         assert_eq!(m(&a, &la), m(&b, &lb), "leftovers never count");
         let mut c = std::vec![0u8; 64 << 20];
         let lc = lay_out(&mut c, &kernel, &initrd, 2, "console=ttyAMA0 quiet", PROTECTED).unwrap();
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn a_non_protected_vm_gets_no_pool_and_the_tree_names_what_it_has() {
         let kernel = image();
-        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], 1, 36, 0, l.entry, l.dtb);
+        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], &crate::testvm::tests::config(1, 0), l.entry, l.dtb);
         let mut a = std::vec![0u8; 32 << 20];
         let la = lay_out(&mut a, &kernel, &[], 1, "", Devices::default()).unwrap();
         assert_eq!(la.dma_pool, None);

@@ -5,6 +5,7 @@
 
 use crate::loader::{ram_chunks, Chunk, ChunkKind, Loaded, DTB_SPACE, MAX_CHUNKS};
 use shared_abi::measure::Measurement;
+use shared_abi::msg::VmCreate;
 
 /// Guest RAM base (IPA).
 pub const GUEST_RAM: u64 = 0x4000_0000;
@@ -57,10 +58,10 @@ pub fn lay_out(mem: &mut [u8], loaded: &Loaded, vcpus: u32) -> Result<([Chunk; M
     Ok((chunks, count, GUEST_RAM + dtb))
 }
 
-/// The measurement EL2 will seal for a test VM of `vcpus` vCPUs, `ipa_bits` and VM `flags`,
-/// laid out in `mem` by [`lay_out`] (`chunks`) with vCPU 0 at `entry`, `x0` = `dtb`.
-pub fn measurement(mem: &[u8], chunks: &[Chunk], vcpus: u32, ipa_bits: u32, flags: u64, entry: u64, dtb: u64) -> [u8; 32] {
-    let mut m = Measurement::new(vcpus, ipa_bits, flags);
+/// The measurement EL2 will seal for a VM created with `config` (vCPUs, IPA size, flags, SVE
+/// length), laid out in `mem` by [`lay_out`] (`chunks`) with vCPU 0 at `entry`, `x0` = `dtb`.
+pub fn measurement(mem: &[u8], chunks: &[Chunk], config: &VmCreate, entry: u64, dtb: u64) -> [u8; 32] {
+    let mut m = Measurement::new(config.nr_vcpus, config.ipa_bits, config.flags, config.sve_vl);
     for c in chunks {
         let ipa = GUEST_RAM + c.offset;
         match c.kind {
@@ -82,7 +83,7 @@ pub fn measurement(mem: &[u8], chunks: &[Chunk], vcpus: u32, ipa_bits: u32, flag
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     extern crate std;
 
@@ -92,6 +93,11 @@ mod tests {
         clear_slack(&mut mem, &[(0x100, 0x200), (0x1000, 0x1010)]);
         assert_eq!((mem[0xFF], mem[0x100], mem[0x1FF], mem[0x200], mem[0xFFF]), (0, 0x5A, 0x5A, 0, 0));
         assert_eq!((mem[0x100F], mem[0x1010], mem[0x2000]), (0x5A, 0, 0x5A), "pages without a span are not touched");
+    }
+
+    /// The VM configuration of a test: `vcpus`, a 36-bit IPA, `flags`, no SVE.
+    pub(crate) fn config(vcpus: u32, flags: u64) -> VmCreate {
+        VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 }
     }
 
     #[test]
@@ -104,17 +110,17 @@ mod tests {
         assert_eq!(dtb, GUEST_RAM + (1 << 20) - DTB_SPACE);
         let kinds: std::vec::Vec<_> = chunks[..n].iter().map(|c| c.kind).collect();
         assert_eq!(kinds, [ChunkKind::Empty, ChunkKind::Content, ChunkKind::Empty, ChunkKind::Handover, ChunkKind::Content, ChunkKind::Empty]);
-        let m1 = measurement(&a, &chunks[..n], 1, 36, 1, loaded.entry, dtb);
+        let m1 = measurement(&a, &chunks[..n], &config(1, 1), loaded.entry, dtb);
         // A RAM buffer full of leftovers gives the same measurement: only what was loaded
         // counts.
         let mut b = std::vec![0xEEu8; 1 << 20];
         let loaded = crate::loader::load_test_image(&mut b, GUEST_RAM, &image).unwrap();
         let (chunks, n, _) = lay_out(&mut b, &loaded, 1).unwrap();
-        assert_eq!(measurement(&b, &chunks[..n], 1, 36, 1, loaded.entry, dtb), m1);
+        assert_eq!(measurement(&b, &chunks[..n], &config(1, 1), loaded.entry, dtb), m1);
         image[50] = 1;
         let mut c = std::vec![0u8; 1 << 20];
         let loaded = crate::loader::load_test_image(&mut c, GUEST_RAM, &image).unwrap();
         let (chunks, n, _) = lay_out(&mut c, &loaded, 1).unwrap();
-        assert_ne!(measurement(&c, &chunks[..n], 1, 36, 1, loaded.entry, dtb), m1, "one byte of the image");
+        assert_ne!(measurement(&c, &chunks[..n], &config(1, 1), loaded.entry, dtb), m1, "one byte of the image");
     }
 }

@@ -98,8 +98,15 @@ pub fn create_with_flags(vcpus: u32, flags: u64, mib: u64) -> Result<Vm, HypErro
 
 /// [`create_with_flags`] with the VM's RAM backed by host memory at `backing`.
 pub fn create_at(vcpus: u32, flags: u64, mib: u64, backing: u64) -> Result<Vm, HypError> {
+    create_sve_at(vcpus, flags, 0, mib, backing)
+}
+
+/// [`create_at`] with an SVE vector length of `sve_vl` bytes ([`vm_flags::SVE`] added when it
+/// is not 0).
+pub fn create_sve_at(vcpus: u32, flags: u64, sve_vl: u64, mib: u64, backing: u64) -> Result<Vm, HypError> {
     let protected = flags & vm_flags::PROTECTED != 0;
-    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, reserved: [0; 2] };
+    let flags = if sve_vl != 0 { flags | vm_flags::SVE } else { flags };
+    let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl, reserved: 0 };
     let handle = VmHandle::create(&req)?.0;
     Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
 }

@@ -117,6 +117,8 @@ struct Config {
     mem_mib: u64,
     vcpus: u32,
     flags: u64,
+    /// SVE vector length in bytes (`sve=N`), 0 without SVE.
+    sve_vl: u64,
     vms: usize,
 }
 
@@ -135,7 +137,12 @@ impl Config {
                 flags |= f;
             }
         }
-        Ok(Self { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus: vcpus as u32, flags, vms: vms as usize })
+        // The VM's SVE vector length in bytes (0: no SVE); EL2 checks it (ABI: VM_CREATE).
+        let sve_vl = num("sve", 0)?;
+        if sve_vl != 0 {
+            flags |= vm_flags::SVE;
+        }
+        Ok(Self { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus: vcpus as u32, flags, sve_vl, vms: vms as usize })
     }
 }
 
@@ -157,11 +164,12 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     let initrd = plat.staged("initrd").unwrap_or(&[]);
     let cmdline = plat.staged("cmdline").map_or("console=ttyAMA0", |c| core::str::from_utf8(c).unwrap_or("console=ttyAMA0").trim_end_matches(['\0', '\n']));
     println!(
-        "host: linux: {} VM(s), {} vCPUs, {} MiB, flags {:#x}; kernel {} bytes, initramfs {} bytes, disk {} bytes",
+        "host: linux: {} VM(s), {} vCPUs, {} MiB, flags {:#x}{}; kernel {} bytes, initramfs {} bytes, disk {} bytes",
         cfg.vms,
         cfg.vcpus,
         cfg.mem_mib,
         cfg.flags,
+        SveVl(cfg.sve_vl),
         kernel.len(),
         initrd.len(),
         disk.as_ref().map_or(0, |d| d.len())
@@ -247,7 +255,10 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
     if backing.checked_add(ram).is_none_or(|end| end > cfg.ram_end) {
         return Err("not enough host RAM for the guest's memory (mem x vms)");
     }
-    let vm = super::create_at(cfg.vcpus, cfg.flags, cfg.mem_mib, backing).map_err(|_| "VM_CREATE failed")?;
+    let vm = super::create_sve_at(cfg.vcpus, cfg.flags, cfg.sve_vl, cfg.mem_mib, backing).map_err(|e| match e {
+        HypError::Denied if cfg.sve_vl != 0 => "VM_CREATE refused the SVE vector length (not one every CPU gives: HYP_INFO's sve_vls)",
+        _ => "VM_CREATE failed",
+    })?;
     // SAFETY: the backing pages were just allocated for this VM and are still the host's
     // (until VM_ADD_MEMORY below).
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
@@ -262,6 +273,18 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
     vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
     vm.el2().vcpu(0).set_reg(reg::x(0), dtb).map_err(failed)?;
     Ok(vm)
+}
+
+/// `, SVE N bits` for a VM with SVE of `N / 8` bytes, nothing otherwise.
+struct SveVl(u64);
+
+impl core::fmt::Display for SveVl {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            vl => write!(f, ", SVE {} bits", vl * 8),
+        }
+    }
 }
 
 /// Moves the console's input to the first Linux VM's UART (from idle loops and `IRQ` exits).
@@ -653,7 +676,7 @@ pub fn add_vm(plat: &Platform, n: usize, vcpus: u32, flags: u64, mem_mib: u64, i
         return Err("Linux VM slot already used");
     }
     let gic = VirtualGic::new(vcpus as usize).map_err(|_| "vCPU count")?;
-    let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, vms: MAX_VMS }, image, &[], cmdline, false)?;
+    let vm = build(&Config { ram_end: plat.ram.0 + plat.ram.1, mem_mib, vcpus, flags, sve_vl: 0, vms: MAX_VMS }, image, &[], cmdline, false)?;
     Ok(&slot.call_once(|| LinuxVm::new(vm, gic, Some(n), &SHARED[n], None, ConsoleDevice::from_bootargs(cmdline))).vm)
 }
 

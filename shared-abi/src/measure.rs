@@ -10,7 +10,7 @@
 //! | record | bytes |
 //! |---|---|
 //! | start | `"pkvm-rs measurement v1\0"` (24 bytes) |
-//! | configuration | `"VMCONFIG"`, `nr_vcpus: u32`, `ipa_bits: u32`, `flags: u64` ([`crate::msg::vm_flags`]) |
+//! | configuration | `"VMCONFIG"`, `nr_vcpus: u32`, `ipa_bits: u32`, `flags: u64` ([`crate::msg::vm_flags`]); with [`crate::msg::vm_flags::SVE`] also `sve_vl: u64` (4.1) |
 //! | a page with content ([`add_flags::MEASURE`]) | `"PAGEDATA"`, `ipa: u64`, SHA-256 of its 4096 bytes |
 //! | pages given zeroed (no flag) | `"PAGEZERO"`, `ipa: u64`, `pages: u64` |
 //! | the handover page ([`add_flags::HANDOVER`]) | `"HANDOVER"`, `ipa: u64`, `pages: u64` |
@@ -46,14 +46,19 @@ pub const DIGEST: usize = 32;
 pub struct Measurement(Sha256);
 
 impl Measurement {
-    /// The start of a VM's measurement: its configuration.
-    pub fn new(nr_vcpus: u32, ipa_bits: u32, flags: u64) -> Self {
+    /// The start of a VM's measurement: its configuration. The SVE vector length `sve_vl` is
+    /// part of it only with [`crate::msg::vm_flags::SVE`] (so the measurement of a VM without
+    /// SVE is what it was before 4.1; `VM_CREATE` refuses a length without the flag).
+    pub fn new(nr_vcpus: u32, ipa_bits: u32, flags: u64, sve_vl: u64) -> Self {
         let mut h = Sha256::new();
         h.update(b"pkvm-rs measurement v1\0");
         h.update(b"VMCONFIG");
         h.update(nr_vcpus.to_le_bytes());
         h.update(ipa_bits.to_le_bytes());
         h.update(flags.to_le_bytes());
+        if flags & crate::msg::vm_flags::SVE != 0 {
+            h.update(sve_vl.to_le_bytes());
+        }
         Self(h)
     }
 
@@ -176,7 +181,7 @@ mod tests {
     #[test]
     fn the_measurement_is_the_documented_byte_sequence() {
         let page = [7u8; 4096];
-        let mut m = Measurement::new(2, 36, 1);
+        let mut m = Measurement::new(2, 36, 1, 0);
         m.page(0x4000_0000, &page);
         m.zero(0x4000_1000, 3);
         m.handover(0x4100_0000, 1);
@@ -208,11 +213,29 @@ mod tests {
         // One byte of one page changes it.
         let mut other = page;
         other[4095] ^= 1;
-        let mut m = Measurement::new(2, 36, 1);
+        let mut m = Measurement::new(2, 36, 1, 0);
         m.page(0x4000_0000, &other);
         m.zero(0x4000_1000, 3);
         m.handover(0x4100_0000, 1);
         assert_ne!(m.seal(&x, 0x4000_0000, 0x3c5), got);
+    }
+
+    #[test]
+    fn the_sve_length_is_measured_only_with_the_flag() {
+        use crate::msg::vm_flags::{PROTECTED, SVE};
+        let seal = |m: Measurement| m.seal(&[0; 31], 0, 0x3c5);
+        let mut bytes = std::vec::Vec::new();
+        bytes.extend_from_slice(b"pkvm-rs measurement v1\0VMCONFIG");
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&36u32.to_le_bytes());
+        bytes.extend_from_slice(&(PROTECTED | SVE).to_le_bytes());
+        bytes.extend_from_slice(&64u64.to_le_bytes());
+        bytes.extend_from_slice(b"VCPUBOOT");
+        bytes.extend_from_slice(&[0; 31 * 8 + 8]);
+        bytes.extend_from_slice(&0x3c5u64.to_le_bytes());
+        assert_eq!(seal(Measurement::new(1, 36, PROTECTED | SVE, 64)), digest(&bytes));
+        assert_ne!(seal(Measurement::new(1, 36, PROTECTED | SVE, 64)), seal(Measurement::new(1, 36, PROTECTED | SVE, 32)), "another length");
+        assert_eq!(seal(Measurement::new(1, 36, PROTECTED, 0)), seal(Measurement::new(1, 36, PROTECTED, 64)), "no flag: no length record");
     }
 
     #[test]

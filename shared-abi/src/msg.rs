@@ -69,6 +69,13 @@ pub struct HypInfo {
     pub host_ipa_bits: u32,
     /// 1 once set-up is finalised.
     pub finalised: u32,
+    /// The SVE vector lengths a VM may be given now (4.1, [`sve`]): bit `n` set means
+    /// [`VmCreate::sve_vl`] = `16 * (n + 1)` bytes is accepted. 0: no SVE for VMs. Until the CPU
+    /// view is fixed (the first `FINALISE_SETUP` or `VM_CREATE`), a CPU that comes up later may
+    /// still remove lengths.
+    pub sve_vls: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
 
 /// Flags of [`VmCreate`].
@@ -84,8 +91,31 @@ pub mod vm_flags {
     /// For instruction-count benchmarks "as the guest sees them"; it also lets the guest
     /// observe and reprogram the host's counters, which is why it is opt-in.
     pub const HOST_PMU: u64 = 1 << 3;
+    /// SVE for the guest (4.1), with the vector length in [`super::VmCreate::sve_vl`]: refused
+    /// with `InvalidArgument` for a length that is no SVE length ([`super::sve::valid_vl`]),
+    /// with `Denied` for one the CPUs cannot all give the same way ([`super::HypInfo::sve_vls`]).
+    pub const SVE: u64 = 1 << 4;
     /// Every flag this ABI version defines.
-    pub const ALL: u64 = PROTECTED | MTE | PTRAUTH | HOST_PMU;
+    pub const ALL: u64 = PROTECTED | MTE | PTRAUTH | HOST_PMU | SVE;
+}
+
+/// SVE vector lengths (4.1), in bytes as [`VmCreate::sve_vl`] and [`HypInfo::sve_vls`] give
+/// them.
+pub mod sve {
+    /// The architecture's granule: a vector length is a multiple of 128 bits.
+    pub const VL_GRANULE: u64 = 16;
+    /// The architecture's largest vector length, 2048 bits (`ZCR_ELx.LEN` = 15).
+    pub const VL_MAX: u64 = 256;
+
+    /// Whether `vl` bytes is an SVE vector length: a multiple of 16 from 16 to 256.
+    pub const fn valid_vl(vl: u64) -> bool {
+        vl >= VL_GRANULE && vl <= VL_MAX && vl % VL_GRANULE == 0
+    }
+
+    /// The bit of [`super::HypInfo::sve_vls`] for a valid length `vl`.
+    pub const fn vl_bit(vl: u64) -> u32 {
+        1 << (vl / VL_GRANULE - 1)
+    }
 }
 
 /// Request of [`crate::HypercallId::VmCreate`].
@@ -99,8 +129,11 @@ pub struct VmCreate {
     pub ipa_bits: u32,
     /// [`vm_flags`].
     pub flags: u64,
+    /// With [`vm_flags::SVE`] (4.1): the guest's SVE vector length in bytes, the largest its
+    /// `ZCR_EL1` can select ([`sve::valid_vl`], one of [`HypInfo::sve_vls`]). Without it: 0.
+    pub sve_vl: u64,
     /// Reserved, must be zero.
-    pub reserved: [u64; 2],
+    pub reserved: u64,
 }
 
 /// [`crate::HypercallId::VcpuRun`]'s `x4` (ABI 4.1). Other bits: `InvalidArgument`.
@@ -270,7 +303,8 @@ pub mod stats {
     pub const SYSREG: usize = 3;
     /// Stage-2 aborts: a first touch of RAM (mapped by EL2), MMIO (an exit), the rest.
     pub const ABORT: usize = 4;
-    /// The first FP/SIMD use of a run (lazy load).
+    /// The first FP/SIMD use of a run, or SVE use for a VM with SVE (lazy load); an SVE
+    /// instruction of a VM without it (an UNDEF).
     pub const FP: usize = 5;
     /// The first pointer-authentication instruction of a run (lazy load).
     pub const PAUTH: usize = 6;
@@ -543,6 +577,8 @@ pub struct RegList {
 const _: () = {
     assert!(size_of::<VmCreate>() == 32);
     assert!(offset_of!(VmCreate, flags) == 8);
+    assert!(offset_of!(VmCreate, sve_vl) == 16);
+    assert!(offset_of!(VmCreate, reserved) == 24);
     assert!(size_of::<VcpuExit>() == 80);
     assert!(offset_of!(VcpuExit, ipa) == 8);
     assert!(offset_of!(VcpuExit, data) == 16);
@@ -563,12 +599,13 @@ const _: () = {
     assert!(size_of::<EchoResponse>() == 64);
     assert!(offset_of!(EchoResponse, sum) == 8);
     assert!(offset_of!(EchoResponse, inverted) == 16);
-    assert!(size_of::<HypInfo>() == 48);
+    assert!(size_of::<HypInfo>() == 56);
     assert!(offset_of!(HypInfo, nr_cpus) == 4);
     assert!(offset_of!(HypInfo, ram_base) == 8);
     assert!(offset_of!(HypInfo, hyp_base) == 24);
     assert!(offset_of!(HypInfo, host_ipa_bits) == 40);
     assert!(offset_of!(HypInfo, finalised) == 44);
+    assert!(offset_of!(HypInfo, sve_vls) == 48);
     // Every message fits in the page.
     assert!(size_of::<HypInfo>() as u64 <= crate::PAGE_SIZE);
 };
@@ -605,16 +642,20 @@ mod tests {
             hyp_size: 16 << 20,
             host_ipa_bits: 40,
             finalised: 1,
+            sve_vls: sve::vl_bit(16) | sve::vl_bit(32) | sve::vl_bit(256),
+            reserved: 0,
         };
         let b = i.as_bytes();
         assert_eq!(&b[8..16], &0x4000_0000u64.to_ne_bytes());
+        assert_eq!(&b[48..52], &0x8003u32.to_ne_bytes());
         assert_eq!(HypInfo::read_from_bytes(b).unwrap(), i);
     }
 
     #[test]
     fn vm_messages_round_trip() {
-        let c = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] };
-        assert_eq!(&c.as_bytes()[8..16], &1u64.to_ne_bytes());
+        let c = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags: vm_flags::PROTECTED | vm_flags::SVE, sve_vl: 64, reserved: 0 };
+        assert_eq!(&c.as_bytes()[8..16], &0x11u64.to_ne_bytes());
+        assert_eq!(&c.as_bytes()[16..24], &64u64.to_ne_bytes());
         assert_eq!(VmCreate::read_from_bytes(c.as_bytes()).unwrap(), c);
         let e = VcpuExit { reason: exit::MMIO, flags: exit::MMIO_WRITE, ipa: 0x900_0000, data: 0x41, size: 1, reserved: 0, args: [0; 4], vtimer_deadline: 7, ptimer_deadline: u64::MAX };
         assert_eq!(&e.as_bytes()[8..16], &0x900_0000u64.to_ne_bytes());
@@ -763,8 +804,20 @@ mod tests {
     }
 
     #[test]
+    fn sve_lengths_are_multiples_of_128_bits_up_to_2048() {
+        for vl in [16, 32, 48, 64, 128, 240, 256] {
+            assert!(sve::valid_vl(vl), "{vl}");
+        }
+        for vl in [0, 8, 24, 264, 272, 512, u64::MAX] {
+            assert!(!sve::valid_vl(vl), "{vl}");
+        }
+        assert_eq!((sve::vl_bit(16), sve::vl_bit(64), sve::vl_bit(256)), (1, 1 << 3, 1 << 15));
+        assert_eq!(vm_flags::ALL & vm_flags::SVE, vm_flags::SVE);
+    }
+
+    #[test]
     fn short_buffers_are_refused() {
         assert!(EchoRequest::read_from_bytes(&[0u8; 63]).is_err());
-        assert!(HypInfo::read_from_prefix(&[0u8; 47]).is_err());
+        assert!(HypInfo::read_from_prefix(&[0u8; 55]).is_err());
     }
 }

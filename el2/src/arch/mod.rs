@@ -26,6 +26,7 @@ pub use host::{activate_host, enter_host, HostConfig};
 pub use regs::*;
 pub use switch::check_sysreg_tables;
 pub use switch::vgic::ich_vtr;
+pub(crate) use switch::sve_lengths;
 pub use vectors::TrapFrame;
 
 /// The CPU EL2 runs on: the implementation of every trait of the hardware seam ([`crate::hw`]).

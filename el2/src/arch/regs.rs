@@ -122,7 +122,7 @@ pub fn midr() -> u64 {
 /// [`super::activate_host`] on this CPU: `ICH_VTR_EL2` is readable at EL2 once
 /// `ICC_SRE_EL2.SRE` is set (before, [`super::ich_vtr`] would say "no GICv3").
 pub fn cpu_id() -> crate::cpu::features::CpuId {
-    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs(), ctr: ctr_el0(), ich_vtr: super::ich_vtr() }
+    crate::cpu::features::CpuId { midr: midr(), regs: read_idregs(), ctr: ctr_el0(), ich_vtr: super::ich_vtr(), sve: super::sve_lengths() }
 }
 
 /// Powers this CPU off with PSCI `CPU_OFF`; parks it if firmware returns (it only returns on

@@ -124,10 +124,14 @@ pub mod hcr {
 
 /// `CPTR_EL2` (nVHE layout) bits.
 pub mod cptr {
-    /// RES1 bits (13:12, 9:0) and TZ (8: SVE traps).
-    pub const RES1_TZ: u64 = 0x33FF;
-    /// Trap FP/SIMD.
+    /// RES1 bits (13, 9, 7:0).
+    pub const RES1: u64 = 0x22FF;
+    /// Trap SVE instructions and `ZCR_EL1`/`ZCR_EL2` accesses, at EL2 too (`ESR_EL2.EC` 0x19).
+    pub const TZ: u64 = 1 << 8;
+    /// Trap FP/SIMD (and SVE, where `TZ` does not already), at EL2 too (`ESR_EL2.EC` 0x07).
     pub const TFP: u64 = 1 << 10;
+    /// Trap SME (FEAT_SME; RES1 without it, so always set).
+    pub const TSM: u64 = 1 << 12;
     /// Trap trace-register accesses.
     pub const TTA: u64 = 1 << 20;
     /// Trap activity-monitor accesses (FEAT_AMUv1).
@@ -156,7 +160,7 @@ pub mod mdcr {
 pub struct GuestControls {
     /// `HCR_EL2` before the per-run bits (`API/APK`, `ATA`, `FWB`) the switch adds.
     pub hcr: u64,
-    /// `CPTR_EL2`, FP/SIMD trapped (cleared by the lazy FP load).
+    /// `CPTR_EL2`, FP/SIMD, SVE and SME trapped (FP/SIMD and SVE lifted by the lazy load).
     pub cptr: u64,
     /// `MDCR_EL2`.
     pub mdcr: u64,
@@ -187,8 +191,9 @@ pub struct GuestControls {
 /// - LORegions (`TLOR`), RAS error records (`TERR`), activity monitors (`TAM`), trace
 ///   registers (`TTA`, `TTRF`) and statistical profiling (`TPMS`) trap where they exist: the
 ///   guest's ID registers hide all of them;
-/// - FP/SIMD traps until the first use in each run, when EL2 loads the guest's registers;
-/// - SVE and SME trap (not switched);
+/// - FP/SIMD and SVE trap until the first use in each run, when EL2 loads the guest's
+///   registers (`guest::fpsimd`; SVE only for a VM with SVE, an UNDEF for any other);
+/// - SME always traps (hidden from every VM: no `ZA` or streaming mode to switch);
 /// - PMU registers trap unless the VM has the opt-in `HOST_PMU` flag (never protected VMs),
 ///   and a protected VM runs with the host's counters stopped and EL2 counting prohibited;
 /// - debug registers (`TDA`, `TDOSA`, `TDRA`) and the EL1 physical timer trap (EL2 emulates
@@ -211,7 +216,7 @@ pub fn guest_controls(f: &ControlFeatures, host_mdcr: u64, cfg: &GuestConfig, pr
     if f.ras {
         hcr |= TERR;
     }
-    let mut cptr = cptr::RES1_TZ | cptr::TFP | cptr::TTA;
+    let mut cptr = cptr::RES1 | cptr::TZ | cptr::TSM | cptr::TFP | cptr::TTA;
     if f.amu {
         cptr |= cptr::TAM;
     }
@@ -323,6 +328,8 @@ mod tests {
         let c = guest_controls(&ALL, 0x6, &cfg(), false);
         assert_eq!(c.hcr & (hcr::TLOR | hcr::TERR), hcr::TLOR | hcr::TERR);
         assert_eq!(c.cptr & (cptr::TAM | cptr::TTA | cptr::TFP), cptr::TAM | cptr::TTA | cptr::TFP);
+        assert_eq!(c.cptr & (cptr::TZ | cptr::TSM), cptr::TZ | cptr::TSM, "SVE until the lazy load, SME always");
+        assert_eq!(c.cptr & cptr::RES1, cptr::RES1);
         assert_eq!(c.mdcr & (mdcr::TTRF | mdcr::TPMS | mdcr::TPM | mdcr::TPMCR), mdcr::TTRF | mdcr::TPMS | mdcr::TPM | mdcr::TPMCR);
         assert!(c.no_trace);
         // Without the features the bits are RES0 and never written; TTA always exists.

@@ -1,5 +1,5 @@
-//! What every CPU can do: each CPU's `MIDR_EL1`, ID registers, cache type (`CTR_EL0`) and
-//! virtual GIC CPU interface (`ICH_VTR_EL2`), and the view EL2 combines from them.
+//! What every CPU can do: each CPU's `MIDR_EL1`, ID registers, cache type (`CTR_EL0`), virtual
+//! GIC CPU interface (`ICH_VTR_EL2`) and SVE vector lengths, and the view EL2 combines from them.
 //!
 //! Place in the flow: *state*, global, behind its own lock ([`crate::hyp::Hyp::cpus`]). Each CPU
 //! reports when it enters EL2 (the boot CPU at start-up, the others in their EL2 entry path after
@@ -10,16 +10,18 @@
 //!
 //! - Open: a reporting CPU joins the view, which is recomputed over every CPU that ever
 //!   reported (field by field, [`idreg::combine`] and [`cachetype::combine`]; the virtual GIC
-//!   CPU interface as the smallest of each of its sizes, [`VgicCaps::min`]). Nothing depends
-//!   on it yet.
+//!   CPU interface as the smallest of each of its sizes, [`VgicCaps::min`]; the SVE vector
+//!   lengths as [`SveView`] combines them). Nothing depends on it yet.
 //! - Fixed: VMs' ID registers, their MTE, pointer authentication and FWB, the firmware
-//!   workaround levels ([`Provided`]), the largest guest IPA, the cache type guests read, and
-//!   how many list registers a vCPU may fill with which priorities were all decided from it. A
-//!   CPU that reports now must be at least as capable in every field ([`idreg::at_least`]),
-//!   satisfy the cache type guests follow ([`cachetype::at_least`]: no smaller line, no `DIC`
-//!   or `IDC` missing), and have at least the view's list registers, priority and preemption
-//!   bits (a vCPU's load writes every list register it uses: one the CPU lacks is an EL2
-//!   UNDEF); and, when pointer authentication was allowed on the strength of every CPU being
+//!   workaround levels ([`Provided`]), the largest guest IPA, the cache type guests read, the
+//!   SVE vector lengths VMs may have, and how many list registers a vCPU may fill with which
+//!   priorities were all decided from it. A CPU that reports now must be at least as capable
+//!   in every field ([`idreg::at_least`]), satisfy the cache type guests follow
+//!   ([`cachetype::at_least`]: no smaller line, no `DIC` or `IDC` missing), implement exactly
+//!   the view's SVE vector lengths up to the largest a VM may have ([`SveView::check`]), and
+//!   have at least the view's list registers, priority and preemption bits (a vCPU's load
+//!   writes every list register it uses: one the CPU lacks is an EL2 UNDEF); and, when pointer
+//!   authentication was allowed on the strength of every CPU being
 //!   identical (the IMPLEMENTATION DEFINED algorithm), have the boot CPU's `MIDR_EL1` and ID
 //!   registers too. A CPU that is not ([`Weaker`]) must never run host or guest code: its
 //!   entry path powers it off.
@@ -30,11 +32,12 @@
 use crate::cpu::cachetype;
 use crate::cpu::fwreg::Provided;
 use crate::cpu::idreg::{self, NR_IDREGS};
+use crate::cpu::sve::{SveView, VqSet};
 use crate::guest::vgic::VgicCaps;
 use crate::platform::MAX_CPUS;
 
 /// One CPU's identification: `MIDR_EL1`, the 56 ID registers ([`idreg::idx`] order),
-/// `CTR_EL0` and `ICH_VTR_EL2`.
+/// `CTR_EL0`, `ICH_VTR_EL2` and the SVE vector lengths it implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuId {
     /// `MIDR_EL1`.
@@ -46,6 +49,9 @@ pub struct CpuId {
     /// `ICH_VTR_EL2` (`None`: no GICv3 system-register interface). EL2 relies on `ListRegs`,
     /// `PRIbits` and `PREbits` ([`VgicCaps`]); not on `IDbits` (vINTIDs stop at 1019).
     pub ich_vtr: Option<u64>,
+    /// The SVE vector lengths it implements, as far as EL3 lets EL2 use them (its probe,
+    /// [`VqSet::probe`]); none without FEAT_SVE.
+    pub sve: VqSet,
 }
 
 impl CpuId {
@@ -92,6 +98,8 @@ pub struct CpuFeatures {
     /// The virtual GIC CPU interface every reported CPU has: the smallest of each size, `None`
     /// if some CPU has none.
     vgic: Option<VgicCaps>,
+    /// The SVE vector lengths of every reported CPU.
+    sve: SveView,
     /// Every reported CPU has the same `MIDR_EL1` and ID registers.
     identical: bool,
     /// The boot CPU's report: what "identical" compares with once the view is fixed.
@@ -105,7 +113,7 @@ impl CpuFeatures {
     pub fn new(cpu: usize, boot: CpuId) -> Self {
         let mut reported = [None; MAX_CPUS];
         reported[cpu % MAX_CPUS] = Some(boot);
-        Self { reported, view: boot.regs, ctr: cachetype::sanitise(boot.ctr), ctr_uniform: true, vgic: boot.vgic(), identical: true, boot, fixed: false }
+        Self { reported, view: boot.regs, ctr: cachetype::sanitise(boot.ctr), ctr_uniform: true, vgic: boot.vgic(), sve: SveView::new(boot.sve), identical: true, boot, fixed: false }
     }
 
     /// CPU `cpu` has entered EL2 with `id`. Open view: it joins. Fixed view: it must be at
@@ -129,26 +137,30 @@ impl CpuFeatures {
         self.ctr = cachetype::sanitise(first.ctr);
         self.ctr_uniform = true;
         self.vgic = first.vgic();
+        self.sve = SveView::new(first.sve);
         self.identical = true;
         for c in cpus {
             idreg::combine(&mut self.view, &c.regs);
             self.ctr_uniform &= cachetype::sanitise(c.ctr) == cachetype::sanitise(first.ctr);
             self.ctr = cachetype::combine(self.ctr, c.ctr);
             self.vgic = self.vgic.zip(c.vgic()).map(|(a, b)| a.min(b));
+            self.sve.join(c.sve);
             self.identical &= c.same_implementation(&first);
         }
         Ok(())
     }
 
     /// Whether a CPU with `id` may run under the fixed view: every field at least the view's,
-    /// the cache type guests read satisfied, at least the view's virtual GIC CPU interface,
-    /// and identical to the others if pointer authentication relies on that.
+    /// the cache type guests read satisfied, the SVE lengths VMs may have given alike, at least
+    /// the view's virtual GIC CPU interface, and identical to the others if pointer
+    /// authentication relies on that.
     ///
     /// # Errors
     /// [`Weaker`].
     pub fn check(&self, id: &CpuId) -> Result<(), Weaker> {
         idreg::at_least(&self.view, &id.regs).map_err(|f| Weaker::Field { reg: f.reg_name, field: f.name })?;
         cachetype::at_least(self.ctr, id.ctr).map_err(|field| Weaker::Field { reg: "CTR_EL0", field })?;
+        self.sve.check(id.sve).map_err(|()| Weaker::Field { reg: "ZCR_EL2", field: "LEN" })?;
         vgic_at_least(self.vgic, id.vgic())?;
         let relies_on_identical = !idreg::ptrauth_consistent(&self.view, false) && self.ptrauth();
         if relies_on_identical && !id.same_implementation(&self.boot) {
@@ -209,6 +221,11 @@ impl CpuFeatures {
     /// registers, priority and preemption bits (`None`: some CPU has no interface).
     pub fn vgic(&self) -> Option<VgicCaps> {
         self.vgic
+    }
+
+    /// The SVE vector lengths of the CPUs, and which a VM may have.
+    pub fn sve(&self) -> &SveView {
+        &self.sve
     }
 
     /// Every CPU reported identical `MIDR_EL1` and ID registers.
@@ -287,7 +304,7 @@ mod tests {
         regs[ISAR1] = QARMA5;
         regs[idx(6, 0)] = 2 << 4;
         regs[MMFR0] = 5;
-        CpuId { midr: 0x410F_D0C0, regs, ctr: CTR, ich_vtr: Some(VTR) }
+        CpuId { midr: 0x410F_D0C0, regs, ctr: CTR, ich_vtr: Some(VTR), sve: VqSet(0b1011) }
     }
 
     fn with(mut c: CpuId, reg: usize, v: u64) -> CpuId {

@@ -10,9 +10,10 @@
 //!    compare as signed. The pointer-authentication fields are exact (CPUs with
 //!    different PAC algorithms or levels compute different PACs).
 //! 2. The result is restricted to what EL2 supports for that VM: every field has a maximum
-//!    EL2 allows (for example no SVE, SME, AMU, MPAM or nested virtualisation, which EL2 does
-//!    not switch; AArch64 only; MTE, pointer authentication and the PMU only when the VM has
-//!    them; PARange from the VM's IPA size); a field the VM's policy hides is zero whatever its
+//!    EL2 allows (for example no SME, AMU, MPAM or nested virtualisation, which EL2 does
+//!    not switch; AArch64 only; MTE, pointer authentication, SVE (`ID_AA64PFR0_EL1.SVE` and
+//!    `ID_AA64ZFR0_EL1`) and the PMU only when the VM has them; PARange from the VM's IPA
+//!    size); a field the VM's policy hides is zero whatever its
 //!    rule. A field EL2 does not describe reads as zero, and
 //!    so do all AArch32 ID registers: deny by default. Fields where zero is itself a claim are
 //!    described so they never default to it: `ID_AA64PFR1_EL1.MTE_frac` reads 0xF (no
@@ -90,6 +91,8 @@ pub enum Needs {
     Ptrauth,
     /// Only a VM allowed the PMU (otherwise 0).
     Pmu,
+    /// Only a VM with SVE (otherwise 0).
+    Sve,
     /// The VM's IPA size (PARange), instead of `max`.
     IpaSize,
 }
@@ -107,6 +110,8 @@ pub struct VmPolicy {
     pub ipa_bits: u8,
     /// Protected VM (no LORegions either).
     pub protected: bool,
+    /// SVE enabled.
+    pub sve: bool,
 }
 
 macro_rules! fields {
@@ -135,6 +140,7 @@ macro_rules! fields {
     (@needs mte) => { Needs::Mte };
     (@needs ptrauth) => { Needs::Ptrauth };
     (@needs pmu) => { Needs::Pmu };
+    (@needs sve) => { Needs::Sve };
     (@needs ipa) => { Needs::IpaSize };
 }
 
@@ -142,7 +148,7 @@ fields! {
     ID_AA64PFR0_EL1 (4, 0): [
         EL0 @ 0 lower max 1, EL1 @ 4 lower max 1, EL2 @ 8 lower max 0, EL3 @ 12 lower max 0,
         FP @ 16 signed_lower max 1, AdvSIMD @ 20 signed_lower max 1, GIC @ 24 lower max 0,
-        RAS @ 28 lower max 0, SVE @ 32 lower max 0, SEL2 @ 36 lower max 0, MPAM @ 40 lower max 0,
+        RAS @ 28 lower max 0, SVE @ 32 lower max 1 if sve, SEL2 @ 36 lower max 0, MPAM @ 40 lower max 0,
         AMU @ 44 lower max 0, DIT @ 48 lower max 1, RME @ 52 lower max 0, CSV2 @ 56 lower max 3,
         CSV3 @ 60 lower max 1,
     ];
@@ -194,6 +200,14 @@ fields! {
         CCIDX @ 20 exact max 0, ST @ 28 lower max 1, AT @ 32 lower max 1, IDS @ 36 lower max 1,
         FWB @ 40 lower max 0, TTL @ 48 lower max 1, BBM @ 52 lower max 2, EVT @ 56 lower max 2,
         E0PD @ 60 lower max 1,
+    ];
+    // (Last: its field names repeat ID_AA64ISAR0/1_EL1's, which come first by name.) The SVE
+    // instructions a VM with SVE may use: SVE2 (SVEver 1; SVE2p1 is not offered) and
+    // its optional groups. Zero for every other VM, as ID_AA64PFR0_EL1.SVE.
+    ID_AA64ZFR0_EL1 (4, 4): [
+        SVEver @ 0 lower max 1 if sve, AES @ 4 lower max 2 if sve, BitPerm @ 16 lower max 1 if sve,
+        BF16 @ 20 lower max 2 if sve, SHA3 @ 32 lower max 1 if sve, SM4 @ 40 lower max 1 if sve,
+        I8MM @ 44 lower max 1 if sve, F32MM @ 52 lower max 1 if sve, F64MM @ 56 lower max 1 if sve,
     ];
 }
 
@@ -358,6 +372,7 @@ fn restrict_with(fields: &[Field], sanitised: &[u64; NR_IDREGS], p: &VmPolicy) -
             Needs::Mte => p.mte,
             Needs::Ptrauth => p.ptrauth,
             Needs::Pmu => p.pmu && !p.protected,
+            Needs::Sve => p.sve,
             Needs::IpaSize => true,
         } && !(p.protected && f.name == "LO");
         let max = if f.needs == Needs::IpaSize { parange(p.ipa_bits) } else { f.max };
@@ -395,7 +410,7 @@ pub fn write_ok(r: usize, value: u64, limit: u64) -> bool {
 mod tests {
     use super::*;
 
-    const PLAIN: VmPolicy = VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false };
+    const PLAIN: VmPolicy = VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false, sve: false };
     const PFR0: usize = idx(4, 0);
     const ISAR1: usize = idx(6, 1);
     const MMFR0: usize = idx(7, 0);
@@ -490,6 +505,44 @@ mod tests {
         assert_eq!(get(with[DFR0], field("PMUVer")), 5);
         let prot = restrict(&hw, &VmPolicy { pmu: true, protected: true, ..PLAIN });
         assert_eq!(get(prot[DFR0], field("PMUVer")), 0, "never a PMU for protected VMs");
+    }
+
+    #[test]
+    fn sve_is_shown_only_to_a_vm_with_sve_and_sme_never() {
+        let mut hw = [0u64; NR_IDREGS];
+        // SVE, SME (ID_AA64PFR1_EL1.SME 1), SVE2 with AES 2, BitPerm, BF16, SHA3, SM4, I8MM,
+        // F32MM, F64MM; SVE2p1 (SVEver 2); an SME ID register.
+        hw[PFR0] = 1 | 1 << 4 | 1 << 32;
+        hw[idx(4, 1)] = 1 << 24;
+        hw[idx(4, 4)] = 2 | 2 << 4 | 1 << 16 | 1 << 20 | 1 << 32 | 1 << 40 | 1 << 44 | 1 << 52 | 1 << 56;
+        hw[idx(4, 5)] = 0x8000_0000_0000_0000; // ID_AA64SMFR0_EL1.FA64
+        for p in [PLAIN, VmPolicy { protected: true, ..PLAIN }] {
+            let v = restrict(&hw, &p);
+            assert_eq!(get(v[PFR0], field("SVE")), 0, "{p:?}");
+            assert_eq!(v[idx(4, 4)], 0, "ID_AA64ZFR0_EL1: {p:?}");
+            assert!(!write_ok(PFR0, v[PFR0] | 1 << 32, v[PFR0]), "nor may the host add it");
+        }
+        for p in [VmPolicy { sve: true, ..PLAIN }, VmPolicy { sve: true, protected: true, ..PLAIN }] {
+            let v = restrict(&hw, &p);
+            assert_eq!(get(v[PFR0], field("SVE")), 1, "{p:?}");
+            assert_eq!(v[idx(4, 4)], 1 | 2 << 4 | 1 << 16 | 1 << 20 | 1 << 32 | 1 << 40 | 1 << 44 | 1 << 52 | 1 << 56, "SVE2, not SVE2p1: {p:?}");
+            // SME stays hidden whatever the VM has: PFR1.SME and SMFR0 are not described.
+            assert_eq!(v[idx(4, 1)] >> 24 & 0xF, 0);
+            assert_eq!(v[idx(4, 5)], 0);
+            // The host may take SVE away again before the first run, or lower a field.
+            assert!(write_ok(PFR0, v[PFR0] & !(0xF << 32), v[PFR0]));
+            assert!(write_ok(idx(4, 4), 0, v[idx(4, 4)]));
+            assert!(!write_ok(idx(4, 4), v[idx(4, 4)] | 1 << 8, v[idx(4, 4)]), "undescribed bits");
+        }
+        // CPUs that differ: the smaller wins, field by field.
+        let mut a = hw;
+        let mut b = hw;
+        b[idx(4, 4)] = 1;
+        combine(&mut a, &b);
+        assert_eq!(a[idx(4, 4)], 1);
+        b[PFR0] = 1 | 1 << 4;
+        combine(&mut a, &b);
+        assert_eq!(get(a[PFR0], field("SVE")), 0, "a CPU without SVE");
     }
 
     #[test]

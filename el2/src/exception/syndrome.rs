@@ -20,7 +20,7 @@ pub mod ec {
     pub const SMC64: u8 = 0x17;
     /// MSR, MRS or system instruction in AArch64 state.
     pub const SYS64: u8 = 0x18;
-    /// SVE access trapped.
+    /// SVE instruction or `ZCR_EL1` access trapped (here: by `CPTR_EL2.TZ`).
     pub const SVE: u8 = 0x19;
     /// Instruction abort from a lower EL.
     pub const IABT_LOW: u8 = 0x20;
@@ -210,6 +210,7 @@ const EC_CLASS: [u8; 64] = {
     t[ec::DABT_LOW as usize] = stats::ABORT as u8;
     t[ec::IABT_LOW as usize] = stats::ABORT as u8;
     t[ec::FP as usize] = stats::FP as u8;
+    t[ec::SVE as usize] = stats::FP as u8;
     t[ec::PAUTH as usize] = stats::PAUTH as u8;
     t
 };
@@ -247,7 +248,7 @@ mod tests {
             (ec::IABT_LOW, stats::ABORT),
             (ec::FP, stats::FP),
             (ec::PAUTH, stats::PAUTH),
-            (ec::SVE, stats::OTHER),
+            (ec::SVE, stats::FP),
             (ec::UNKNOWN, stats::OTHER),
         ] {
             assert_eq!(exit_class(false, false, esr(e)), class, "EC {e:#x}");

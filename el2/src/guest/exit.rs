@@ -201,6 +201,9 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
         // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
         // instruction is retried (PC unchanged).
         ec::FP if arch.fp_load(ctx, saved) => Next::Resume,
+        // Lazy SVE, for a VM with SVE: its first SVE instruction or ZCR_EL1 access loads the
+        // same registers (its FP/SIMD ones are their low bits). Any other VM's is an UNDEF.
+        ec::SVE if ctx.sve_vq != 0 && arch.fp_load(ctx, saved) => Next::Resume,
         // Lazy pointer authentication: a PAC instruction (HCR_EL2.API) or a key register
         // access (HCR_EL2.APK) is the first use in this run; retried after loading.
         ec::PAUTH | ec::SYS64 if me.ptrauth && (esr.ec() == ec::PAUTH || is_key_access(trap.esr)) && arch.pauth_load(ctx, saved) => {
@@ -545,6 +548,32 @@ mod tests {
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0, run_flags::ABORT_MMIO]), Ok([exit::HYPERCALL as u64, 0, 0]));
         assert_eq!(rec.entry_pcs.borrow()[0], 0x4000_0108);
         f.call(0, H::VmDestroy, &[h]).unwrap();
+    }
+
+    #[test]
+    fn an_sve_trap_loads_an_sve_vms_registers_and_is_an_undef_for_any_other() {
+        use crate::guest::vcpu::SysReg;
+        // SVE instruction or ZCR_EL1 access trapped by CPTR_EL2.TZ (ESR_EL2.EC 0x19).
+        let sve_trap = || trap((0x19 << 26) | (1 << 25), 0);
+        let mut f = fixture();
+        let h = create_sve(&mut f, 1, vm_flags::PROTECTED, 32);
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![sve_trap(), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(*rec.log.borrow(), ["load", "flush_guest_local", "run", "fp_load", "run", "put"], "loaded, retried");
+        assert_eq!(rec.entry_pcs.borrow()[0], rec.entry_pcs.borrow()[1], "the instruction is retried");
+        f.call(0, H::VcpuStats, &[h, 0]).unwrap();
+        let stats = shared_abi::msg::VcpuStats::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        assert_eq!(stats.counts[shared_abi::msg::stats::FP], 1, "counted as the first vector use");
+        // A VM without SVE: the guest gets an UNDEF, as on a CPU without SVE.
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VcpuSetReg, &[h, 0, SysReg::VBAR_EL1.id(), 0x4000_0800]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![sve_trap(), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert!(!rec.log.borrow().contains(&"fp_load"), "nothing loaded for a VM without SVE");
+        assert_eq!(rec.entry_pcs.borrow()[1], 0x4000_0800 + 0x200, "the guest's synchronous vector");
+        assert_eq!(vcpu_ctx(&f, h).sys[SysReg::ESR_EL1] >> 26, 0, "EC 0: UNDEF");
     }
 
     #[test]

@@ -169,7 +169,7 @@ mod tests {
         let vm = mem.vms.lookup(h).unwrap().1;
         assert!(vm.fwb);
         assert_eq!((vm.mem.s2().lookup(mem.tables(), 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
-        assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
+        assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false, sve: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
     }
 
     #[test]
@@ -312,7 +312,7 @@ mod tests {
         let rec = Recorder::default();
         f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
         let plain = create(&mut f, 1, 0);
-        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, reserved: [0; 2] }.as_bytes());
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED, sve_vl: 0, reserved: 0 }.as_bytes());
         let p1 = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
         assert_eq!(*rec.log.borrow(), ["mem_protect_on"], "enabled once, for the first protected VM");
         let rec = Recorder::default();

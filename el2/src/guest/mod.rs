@@ -4,10 +4,12 @@
 //! - `vcpu`: a vCPU's saved context (`SysReg`), register access by KVM ID, slots and claims;
 //! - `memory`: guest memory while it runs (first-touch mapping, set/way cleaning);
 //! - `exit`: `VCPU_RUN`, the run loop and exit handling; `running`: what exit handlers share;
+//! - `fpsimd`: the lazy switch of the guest's FP/SIMD and SVE registers;
 //! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface;
 //! - `psci`: PSCI and SMCCC for guests; `timer`: the guest timers.
 
 pub mod exit;
+pub mod fpsimd;
 pub mod memory;
 pub mod running;
 pub mod services;

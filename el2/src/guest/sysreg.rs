@@ -430,7 +430,7 @@ mod tests {
         // the CPUs' combined value, whichever CPU the vCPU runs on: here a second CPU without
         // DIC joined before the VM was created.
         let mut f = fixture();
-        let mut other = crate::cpu::features::CpuId { midr: 0x410F_D0C0, regs: *f.hyp.cpus.lock().view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR) };
+        let mut other = crate::cpu::features::CpuId { midr: 0x410F_D0C0, regs: *f.hyp.cpus.lock().view(), ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR), sve: FIXTURE_SVE };
         other.ctr &= !cachetype::DIC;
         f.hyp.cpu_entered_el2(1, other).unwrap();
         let h = create(&mut f, 1, 0);

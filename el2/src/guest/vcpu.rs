@@ -148,8 +148,17 @@ pub struct VcpuCtx {
     pub spsr_el1: u64,
     /// EL1/EL0 system registers, in [`reg::SYSREGS`] order.
     pub sys: [u64; NR_SYSREGS],
-    /// FP/SIMD registers (loaded lazily, see `arch::switch`).
+    /// FP/SIMD registers (loaded lazily, see `arch::switch`) of a vCPU without SVE
+    /// ([`Self::sve_vq`] 0); unused with SVE, whose [`Self::sve`] holds them.
     pub fp: FpRegs,
+    /// The VM's SVE vector length in quadwords (128 bits), 0 without SVE: which of [`Self::fp`]
+    /// and [`Self::sve`] holds the vector registers. Set at `VM_CREATE`; kept by a `CPU_ON`
+    /// reset.
+    pub sve_vq: u8,
+    /// SVE registers (loaded lazily like [`Self::fp`], `guest::fpsimd`) of a vCPU with SVE.
+    /// Not in the register ABI, but for the `V<n>` registers (the low 128 bits of `Z<n>`),
+    /// `FPSR` and `FPCR`.
+    pub sve: SveRegs,
     /// Pointer-authentication keys, in [`reg::PAUTH_KEYS`] order.
     pub pauth_keys: [u64; 10],
     /// Lazy pointer authentication: loads left before the key trap is re-armed.
@@ -226,6 +235,69 @@ const _: () = {
     assert!(offset_of!(FpRegs, fpsr) == 512);
 };
 
+/// SVE state of a vCPU whose VM has SVE, at the VM's vector length `VL` (`16 * sve_vq` bytes):
+/// `Z0..Z31` of `VL` bytes each, packed from offset 0 (`Zn` at `n * VL`, as `STR Zn, [base, #n,
+/// MUL VL]` stores them), `P0..P15` of `VL / 8` bytes each packed at [`SveRegs::P_OFFSET`],
+/// `FFR` at [`SveRegs::FFR_OFFSET`], then `FPSR`, `FPCR` and the guest's `ZCR_EL1`. Room for
+/// the architecture's largest length (2048 bits); the bytes past the VM's length stay zero.
+/// The layout is what the save/restore assembly uses (`arch::switch::sve`).
+#[repr(C, align(16))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SveRegs {
+    /// `Z0..Z31`, each `VL` bytes, little-endian element order.
+    pub z: [u8; 32 * SVE_VL_MAX],
+    /// `P0..P15`, each `VL / 8` bytes.
+    pub p: [u8; 16 * SVE_VL_MAX / 8],
+    /// `FFR`, `VL / 8` bytes.
+    pub ffr: [u8; SVE_VL_MAX / 8],
+    /// `FPSR`.
+    pub fpsr: u64,
+    /// `FPCR`.
+    pub fpcr: u64,
+    /// The guest's `ZCR_EL1` (its own choice of length, at most the VM's: `ZCR_EL2` caps it).
+    pub zcr_el1: u64,
+}
+
+/// The architecture's largest SVE vector length in bytes (2048 bits).
+pub const SVE_VL_MAX: usize = shared_abi::msg::sve::VL_MAX as usize;
+
+impl SveRegs {
+    /// All zero: a vCPU's SVE state at reset (`ZCR_EL1.LEN` 0, 128 bits, until its guest
+    /// chooses, as under KVM).
+    pub const ZERO: SveRegs = SveRegs { z: [0; 32 * SVE_VL_MAX], p: [0; 16 * SVE_VL_MAX / 8], ffr: [0; SVE_VL_MAX / 8], fpsr: 0, fpcr: 0, zcr_el1: 0 };
+    /// Offset of `P0`.
+    pub const P_OFFSET: usize = offset_of!(SveRegs, p);
+    /// Offset of `FFR`.
+    pub const FFR_OFFSET: usize = offset_of!(SveRegs, ffr);
+    /// Offset of `FPSR` (`FPCR` follows, then `ZCR_EL1`).
+    pub const FPSR_OFFSET: usize = offset_of!(SveRegs, fpsr);
+
+    /// `Vn`, the low 128 bits of `Zn`, at a vector length of `vq` quadwords: `(bits 63:0, bits
+    /// 127:64)`.
+    pub fn v(&self, vq: u8, n: usize) -> (u64, u64) {
+        let at = n * 16 * vq as usize;
+        let word = |i: usize| u64::from_le_bytes(self.z[at + i..at + i + 8].try_into().unwrap_or([0; 8]));
+        (word(0), word(8))
+    }
+
+    /// Writes `Vn` as an FP/SIMD write does: the low 128 bits of `Zn`, the rest of it zero.
+    pub fn set_v(&mut self, vq: u8, n: usize, (lo, hi): (u64, u64)) {
+        let vl = 16 * vq as usize;
+        let z = &mut self.z[n * vl..(n + 1) * vl];
+        z.fill(0);
+        z[..8].copy_from_slice(&lo.to_le_bytes());
+        z[8..16].copy_from_slice(&hi.to_le_bytes());
+    }
+}
+
+const _: () = {
+    assert!(SveRegs::P_OFFSET == 8192);
+    assert!(SveRegs::FFR_OFFSET == 8192 + 512);
+    assert!(SveRegs::FPSR_OFFSET == 8192 + 512 + 32);
+    assert!(offset_of!(SveRegs, fpcr) == SveRegs::FPSR_OFFSET + 8);
+    assert!(offset_of!(SveRegs, zcr_el1) == SveRegs::FPSR_OFFSET + 16);
+};
+
 /// Errors of register access by ID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegError {
@@ -255,6 +327,8 @@ impl VcpuCtx {
             spsr_el1: 0,
             sys,
             fp: FpRegs::ZERO,
+            sve_vq: 0,
+            sve: SveRegs::ZERO,
             pauth_keys: [0; 10],
             pauth_eager_left: 0,
             mte: [0; 4],
@@ -276,10 +350,11 @@ impl VcpuCtx {
     /// what the host saw it do).
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
         let queued = VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
-        let stats = self.stats;
+        let (stats, sve_vq) = (self.stats, self.sve_vq);
         *self = Self::new();
         self.vgic = queued;
         self.stats = stats;
+        self.sve_vq = sve_vq;
         self.pc = entry;
         self.x[0] = context;
     }
@@ -315,11 +390,14 @@ impl VcpuCtx {
             return Ok((vmpidr(index), 0));
         }
         if let Some(n) = reg::fp_vreg_index(id) {
+            if self.sve_vq != 0 {
+                return Ok(self.sve.v(self.sve_vq, n));
+            }
             return Ok((self.fp.v[2 * n], self.fp.v[2 * n + 1]));
         }
         match id {
-            reg::FPSR => return Ok((self.fp.fpsr, 0)),
-            reg::FPCR => return Ok((self.fp.fpcr, 0)),
+            reg::FPSR => return Ok((if self.sve_vq != 0 { self.sve.fpsr } else { self.fp.fpsr }, 0)),
+            reg::FPCR => return Ok((if self.sve_vq != 0 { self.sve.fpcr } else { self.fp.fpcr }, 0)),
             _ => {}
         }
         self.core_slot(id).map(|r| (*r, 0)).ok_or(RegError::Unknown)
@@ -337,6 +415,10 @@ impl VcpuCtx {
             return Err(RegError::ReadOnly);
         }
         if let Some(n) = reg::fp_vreg_index(id) {
+            if self.sve_vq != 0 {
+                self.sve.set_v(self.sve_vq, n, (lo, hi));
+                return Ok(());
+            }
             self.fp.v[2 * n] = lo;
             self.fp.v[2 * n + 1] = hi;
             return Ok(());
@@ -346,6 +428,8 @@ impl VcpuCtx {
         }
         match id {
             reg::FPSR | reg::FPCR if lo >> 32 != 0 => return Err(RegError::TooWide),
+            reg::FPSR if self.sve_vq != 0 => self.sve.fpsr = lo,
+            reg::FPCR if self.sve_vq != 0 => self.sve.fpcr = lo,
             reg::FPSR => self.fp.fpsr = lo,
             reg::FPCR => self.fp.fpcr = lo,
             // The world switch's ERET consumes PSTATE (as SPSR_EL2): validated here, where it
@@ -628,6 +712,45 @@ mod tests {
         c.reset_for_cpu_on(0x4010_0000, 0xC0FFEE);
         assert_eq!((c.pc, c.x[0], c.x[5], c.sys[SysReg::TTBR1_EL1], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
         assert_eq!((VcpuCtx::new().disr_el1, c.disr_el1), (0, 0), "DISR_EL1 zero at reset");
+    }
+
+    #[test]
+    fn a_cpu_on_reset_keeps_the_vms_sve_length_and_clears_the_registers() {
+        let mut c = VcpuCtx::new();
+        c.sve_vq = 4;
+        c.sve.z[..64].fill(0xAB);
+        c.sve.p[3] = 1;
+        c.sve.zcr_el1 = 3;
+        c.reset_for_cpu_on(0x4010_0000, 0);
+        assert_eq!(c.sve_vq, 4, "the shape of its registers is the VM's");
+        assert_eq!(c.sve, SveRegs::ZERO, "ZCR_EL1 0 (128 bits) and every register zero");
+    }
+
+    #[test]
+    fn an_sve_vcpus_v_registers_are_the_low_bits_of_its_z_registers() {
+        let mut c = VcpuCtx::new();
+        c.sve_vq = 2;
+        // Z1 as the guest left it: 32 bytes.
+        c.sve.z[32..64].copy_from_slice(&core::array::from_fn::<u8, 32, _>(|i| i as u8 + 1));
+        let lo = u64::from_le_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
+        let hi = u64::from_le_bytes([9, 10, 11, 12, 13, 14, 15, 16]);
+        assert_eq!(c.get(0, reg::fp_vreg(1)), Ok((lo, hi)));
+        assert_eq!(c.get(0, reg::fp_vreg(0)), Ok((0, 0)));
+        // A write is an FP/SIMD write: the low 128 bits, the rest of the Z register zero.
+        c.set(reg::fp_vreg(1), (7, 8)).unwrap();
+        assert_eq!(c.get(0, reg::fp_vreg(1)), Ok((7, 8)));
+        assert_eq!(c.sve.z[48..64], [0; 16]);
+        assert_eq!(c.sve.z[64..], [0; 32 * SVE_VL_MAX - 64], "Z2 and on untouched");
+        assert_eq!(c.fp, FpRegs::ZERO, "FpRegs is not the SVE vCPU's");
+        c.set(reg::FPCR, (0x0300_0000, 0)).unwrap();
+        c.set(reg::FPSR, (0x1F, 0)).unwrap();
+        assert_eq!((c.sve.fpcr, c.sve.fpsr, c.get(0, reg::FPCR), c.get(0, reg::FPSR)), (0x0300_0000, 0x1F, Ok((0x0300_0000, 0)), Ok((0x1F, 0))));
+        assert_eq!(c.set(reg::FPSR, (1 << 32, 0)), Err(RegError::TooWide));
+        // The same IDs for a vCPU without SVE reach FpRegs.
+        let mut c = VcpuCtx::new();
+        c.set(reg::fp_vreg(1), (7, 8)).unwrap();
+        assert_eq!((c.fp.v[2], c.fp.v[3]), (7, 8));
+        assert_eq!(c.sve, SveRegs::ZERO);
     }
 
 }

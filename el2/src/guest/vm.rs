@@ -64,6 +64,10 @@ pub struct Vm {
     pub ptrauth: bool,
     /// The guest has MTE.
     pub mte: bool,
+    /// The guest's SVE vector length in quadwords (128 bits), 0 without SVE: `ZCR_EL2.LEN` + 1
+    /// while it runs ([`crate::cpu::sve`]); each vCPU's context has the same
+    /// ([`crate::guest::vcpu::VcpuCtx::sve_vq`]).
+    pub sve_vq: u8,
     /// Its stage 2 is walked with `HCR_EL2.FWB` (every CPU has FEAT_S2FWB): guest RAM is
     /// Write-Back whatever the guest's stage 1 says, so first mappings need no cache
     /// maintenance (see docs/memory.md, *Cache maintenance*).

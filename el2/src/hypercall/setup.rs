@@ -61,6 +61,8 @@ pub fn hyp_info<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize) -> HypResult {
         hyp_size: hyp.hyp_region.size(),
         host_ipa_bits: hyp.mem.lock().host_s2().ia_bits() as u32,
         finalised: hyp.finalised() as u32,
+        sve_vls: hyp.cpus.lock().sve().vls(),
+        reserved: 0,
     };
     hyp.msg.write(cpu, &info)?;
     Ok([0; 3])

@@ -231,7 +231,7 @@ mod tests {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
         let create_at = |f: &mut Fixture, count: u64, flags: u64| {
-            let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, reserved: [0; 2] };
+            let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 };
             f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
             let rec = Recorder::default();
             rec.counter.set(count);
@@ -357,7 +357,7 @@ mod tests {
         let mut f = fixture();
         // A CPU without the GICv3 system-register interface joins before the view is fixed.
         let regs = *f.hyp.cpus.lock().view();
-        f.hyp.cpu_entered_el2(1, crate::cpu::features::CpuId { midr: 0x410F_D0C0, regs, ctr: FIXTURE_CTR, ich_vtr: None }).unwrap();
+        f.hyp.cpu_entered_el2(1, crate::cpu::features::CpuId { midr: 0x410F_D0C0, regs, ctr: FIXTURE_CTR, ich_vtr: None, sve: FIXTURE_SVE }).unwrap();
         let h = create(&mut f, 1, 0);
         let spi = shared_abi::msg::irq::config(0xA0, true, 1, false) as u64;
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 32, spi]), Err(HypError::Denied));

@@ -2,6 +2,7 @@
 
 use crate::cpu::fwreg::FwRegs;
 use crate::cpu::idreg::{self, VmPolicy};
+use crate::cpu::sve::SveRefused;
 use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard};
 use crate::guest::vm::{LocalTlbRecord, Measured, Vm};
 use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MIN_IPA_BITS};
@@ -20,13 +21,18 @@ use shared_abi::{HypError, HypResult};
 /// `VM_CREATE`.
 pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &impl Hw) -> HypResult {
     let req: VmCreate = hyp.msg.read(cpu)?;
-    if req.reserved != [0; 2] {
+    if req.reserved != 0 {
         return Err(HypError::BadMessage);
     }
     if req.nr_vcpus == 0 || req.nr_vcpus as usize > MAX_VCPUS {
         return Err(HypError::InvalidArgument);
     }
     if !(MIN_IPA_BITS..=MAX_IPA_BITS).contains(&req.ipa_bits) || req.flags & !vm_flags::ALL != 0 {
+        return Err(HypError::InvalidArgument);
+    }
+    let sve = req.flags & vm_flags::SVE != 0;
+    if sve && !shared_abi::msg::sve::valid_vl(req.sve_vl) || !sve && req.sve_vl != 0 {
+        // Not an SVE vector length, or a length without the flag.
         return Err(HypError::InvalidArgument);
     }
     // From here on the CPU view is fixed: CPUs that come online later must be at least as
@@ -48,6 +54,15 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         // PAuth level, or an IMPLEMENTATION DEFINED algorithm on CPUs that are not identical.
         return Err(HypError::Denied);
     }
+    // The VM's SVE length in quadwords (0: no SVE): one every CPU gives alike.
+    let sve_vq = match sve.then(|| cpus.sve().vm_vq(req.sve_vl)) {
+        None => 0,
+        Some(Ok(vq)) => vq,
+        // Checked above: a valid length.
+        Some(Err(SveRefused::NotALength)) => return Err(HypError::InvalidArgument),
+        // Some CPU lacks SVE or this length, or CPUs differ at or below it.
+        Some(Err(SveRefused::NotGiven)) => return Err(HypError::Denied),
+    };
     if req.flags & vm_flags::HOST_PMU != 0 && req.flags & vm_flags::PROTECTED != 0 {
         // A protected guest must not share the host's PMU (a side channel both ways).
         return Err(HypError::Denied);
@@ -68,6 +83,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         pmu: req.flags & vm_flags::HOST_PMU != 0,
         ipa_bits: req.ipa_bits as u8,
         protected: req.flags & vm_flags::PROTECTED != 0,
+        sve,
     };
     let idreg_limit = idreg::restrict(cpus.view(), &policy);
     for (a, v) in hyp.idregs[slot].iter().zip(idreg_limit) {
@@ -76,6 +92,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
     let handle = vms.next_handle(slot);
     for (i, (g, v)) in guards.iter_mut().zip(&hyp.vcpus[slot]).enumerate() {
         **g = VcpuCtx::new();
+        g.sve_vq = sve_vq;
         v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
     }
     let protected = req.flags & vm_flags::PROTECTED != 0;
@@ -101,6 +118,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         idreg_limit,
         ptrauth,
         mte,
+        sve_vq,
         fwb,
         local_tlb: LocalTlbRecord::new(),
         // 0 until the host sets it: on QEMU 7.2 an enabled virtual timer whose
@@ -109,7 +127,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         // (a guest must not be able to stop the emulator). A host that sets an offset takes
         // that on itself (`guest-storm-cval-max-offset`).
         cntvoff: 0,
-        measurement: Measured::Building(Measurement::new(req.nr_vcpus, req.ipa_bits, req.flags)),
+        measurement: Measured::Building(Measurement::new(req.nr_vcpus, req.ipa_bits, req.flags, req.sve_vl)),
         handover: None,
     });
     Ok([handle, 0, 0])
@@ -210,19 +228,113 @@ mod tests {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
         let cases = [
-            (VmCreate { nr_vcpus: 0, ipa_bits: 36, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
-            (VmCreate { nr_vcpus: 9, ipa_bits: 36, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
-            (VmCreate { nr_vcpus: 1, ipa_bits: 31, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
-            (VmCreate { nr_vcpus: 1, ipa_bits: 41, flags: 0, reserved: [0; 2] }, HypError::InvalidArgument),
-            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 1 << 9, reserved: [0; 2] }, HypError::InvalidArgument),
-            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::HOST_PMU | vm_flags::PROTECTED, reserved: [0; 2] }, HypError::Denied),
-            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0, 1] }, HypError::BadMessage),
+            (VmCreate { nr_vcpus: 0, ipa_bits: 36, flags: 0, sve_vl: 0, reserved: 0 }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 9, ipa_bits: 36, flags: 0, sve_vl: 0, reserved: 0 }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 31, flags: 0, sve_vl: 0, reserved: 0 }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 41, flags: 0, sve_vl: 0, reserved: 0 }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 1 << 9, sve_vl: 0, reserved: 0 }, HypError::InvalidArgument),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::HOST_PMU | vm_flags::PROTECTED, sve_vl: 0, reserved: 0 }, HypError::Denied),
+            (VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, sve_vl: 0, reserved: 1 }, HypError::BadMessage),
         ];
         for (req, err) in cases {
             f.ram.0[..32].copy_from_slice(req.as_bytes());
             assert_eq!(f.call(0, H::VmCreate, &[]), Err(err), "{req:?}");
         }
         assert_eq!(f.hyp.mem.lock().vms.count(), 0);
+    }
+
+    /// `VM_CREATE` of one vCPU with `flags` and an SVE length of `sve_vl` bytes.
+    fn create_sve(f: &mut Fixture, flags: u64, sve_vl: u64) -> HypResult {
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).ok();
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, sve_vl, reserved: 0 }.as_bytes());
+        f.call(0, H::VmCreate, &[])
+    }
+
+    #[test]
+    fn sve_lengths_are_refused_unless_every_cpu_gives_them() {
+        use vm_flags::{PROTECTED, SVE};
+        // The fixture's CPU: 128, 256 and 512 bits.
+        let mut f = fixture();
+        for (flags, vl, err) in [
+            (SVE, 0, HypError::InvalidArgument),
+            (SVE, 24, HypError::InvalidArgument),
+            (SVE, 272, HypError::InvalidArgument),
+            (SVE, u64::MAX, HypError::InvalidArgument),
+            (0, 64, HypError::InvalidArgument),
+            (PROTECTED, 16, HypError::InvalidArgument),
+            (SVE, 48, HypError::Denied),
+            (SVE | PROTECTED, 128, HypError::Denied),
+            (SVE, 256, HypError::Denied),
+        ] {
+            assert_eq!(create_sve(&mut f, flags, vl), Err(err), "flags {flags:#x}, {vl} bytes");
+        }
+        assert_eq!(f.hyp.mem.lock().vms.count(), 0);
+        for vl in [16, 32, 64] {
+            let h = create_sve(&mut f, SVE | PROTECTED, vl).unwrap()[0];
+            let mem = f.hyp.mem.lock();
+            let (slot, vm) = mem.vms.lookup(h).unwrap();
+            assert_eq!(vm.sve_vq as u64, vl / 16);
+            drop(mem);
+            for v in &f.hyp.vcpus[slot][..2] {
+                assert_eq!(v.claim().unwrap().sve_vq as u64, vl / 16, "every vCPU has the VM's length");
+            }
+            // The guest's ID registers say SVE (SVE2, the CPUs' AES).
+            let pfr0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(4, 0))]).unwrap()[0];
+            let zfr0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(4, 4))]).unwrap()[0];
+            assert_eq!((pfr0 >> 32 & 0xF, zfr0), (1, 1 | 2 << 4));
+            f.call(0, H::VmDestroy, &[h]).unwrap();
+        }
+        // Without the flag: hidden, as before SVE was given to VMs.
+        let h = create_sve(&mut f, PROTECTED, 0).unwrap()[0];
+        let pfr0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(4, 0))]).unwrap()[0];
+        let zfr0 = f.call(0, H::VcpuGetReg, &[h, 0, idreg::reg_id(idreg::idx(4, 4))]).unwrap()[0];
+        assert_eq!((pfr0 >> 32 & 0xF, zfr0), (0, 0));
+        assert_eq!(f.hyp.vcpus[handle_slot(h)][0].claim().unwrap().sve_vq, 0);
+    }
+
+    #[test]
+    fn a_cpu_without_the_length_or_without_sve_takes_it_from_every_vm() {
+        use crate::cpu::features::CpuId;
+        use crate::cpu::sve::VqSet;
+        let mut f = fixture();
+        let view = *f.hyp.cpus.lock().view();
+        let other = |sve: VqSet, pfr0: u64| {
+            let mut regs = view;
+            regs[idreg::idx(4, 0)] = pfr0;
+            CpuId { midr: 0x410F_D0C0, regs, ctr: FIXTURE_CTR, ich_vtr: Some(QEMU_ICH_VTR), sve }
+        };
+        // Open view: a CPU of 256 bits joins; 512 bits is gone for VMs, and HYP_INFO says so.
+        f.hyp.cpu_entered_el2(1, other(VqSet(0b11), view[idreg::idx(4, 0)])).unwrap();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        f.call(0, H::HypInfo, &[]).unwrap();
+        let info = shared_abi::msg::HypInfo::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
+        assert_eq!(info.sve_vls, 0b11, "128 and 256 bits");
+        assert_eq!(create_sve(&mut f, vm_flags::SVE, 64), Err(HypError::Denied));
+        let h = create_sve(&mut f, vm_flags::SVE, 32).unwrap()[0];
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        // Fixed now: CPU 1 comes back without SVE; refused (it would run a VM of 256 bits).
+        assert_eq!(
+            f.hyp.cpu_entered_el2(1, other(VqSet::NONE, view[idreg::idx(4, 0)] & !(0xF << 32))),
+            Err(crate::cpu::features::Weaker::Field { reg: "ID_AA64PFR0_EL1", field: "SVE" })
+        );
+        assert_eq!(f.hyp.cpu_entered_el2(1, other(VqSet(0b1), view[idreg::idx(4, 0)])), Err(crate::cpu::features::Weaker::Field { reg: "ZCR_EL2", field: "LEN" }), "128 bits only");
+        assert_eq!(f.hyp.cpu_entered_el2(1, other(VqSet(0b111), view[idreg::idx(4, 0)])), Ok(()), "384 bits: above what VMs may have, so no guest can select it");
+        assert_eq!(f.hyp.cpu_entered_el2(1, other(VqSet(0b1011), view[idreg::idx(4, 0)])), Ok(()), "the lengths up to 256 bits alike");
+        // A CPU without SVE in an open view takes SVE from VMs altogether.
+        let mut f = fixture();
+        f.hyp.cpu_entered_el2(1, other(VqSet::NONE, view[idreg::idx(4, 0)] & !(0xF << 32))).unwrap();
+        assert_eq!(create_sve(&mut f, vm_flags::SVE, 16), Err(HypError::Denied));
+    }
+
+    #[test]
+    fn the_sve_length_is_measured() {
+        let mut f = fixture();
+        let h = create_sve(&mut f, vm_flags::SVE | vm_flags::PROTECTED, 32).unwrap()[0];
+        let mem = f.hyp.mem.lock();
+        let Measured::Building(m) = &mem.vms.lookup(h).unwrap().1.measurement else { panic!("sealed") };
+        let want = Measurement::new(2, 36, vm_flags::SVE | vm_flags::PROTECTED, 32).seal(&[0; 31], 0, VcpuCtx::new().pstate);
+        assert_eq!(m.clone().seal(&[0; 31], 0, VcpuCtx::new().pstate), want);
+        assert_ne!(want, Measurement::new(2, 36, vm_flags::SVE | vm_flags::PROTECTED, 64).seal(&[0; 31], 0, VcpuCtx::new().pstate));
     }
 
     #[test]
@@ -235,7 +347,7 @@ mod tests {
             f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
             f.hyp.cpus.lock().view_mut()[idreg::idx(7, 0)] = parange;
             let ask = |f: &mut Fixture, ipa_bits: u32| {
-                f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits, flags: 0, reserved: [0; 2] }.as_bytes());
+                f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits, flags: 0, sve_vl: 0, reserved: 0 }.as_bytes());
                 f.call(0, H::VmCreate, &[])
             };
             if largest < 40 {
@@ -252,7 +364,7 @@ mod tests {
     fn capacity_is_an_error_and_handles_go_stale() {
         let mut f = fixture();
         let handles: Vec<u64> = (0..MAX_VMS).map(|_| create(&mut f, 1, 0)).collect();
-        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, sve_vl: 0, reserved: 0 }.as_bytes());
         assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoCapacity));
         f.call(0, H::VmDestroy, &[handles[3]]).unwrap();
         let again = create(&mut f, 1, 0);
@@ -269,7 +381,7 @@ mod tests {
         let mut f = fixture();
         f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
         leave_only_the_host_reserve(&mut f);
-        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, reserved: [0; 2] }.as_bytes());
+        f.ram.0[..32].copy_from_slice(VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: 0, sve_vl: 0, reserved: 0 }.as_bytes());
         assert_eq!(f.call(0, H::VmCreate, &[]), Err(HypError::NoMemory));
     }
 
@@ -337,7 +449,7 @@ mod tests {
         assert_eq!(f.call(0, H::VmMeasurement, &[h]), Ok([1, 0, 0]));
         let got = shared_abi::msg::VmMeasurement::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
         // Offline: the same records.
-        let mut m = Measurement::new(1, 36, vm_flags::PROTECTED);
+        let mut m = Measurement::new(1, 36, vm_flags::PROTECTED, 0);
         m.page(0x4000_0000, &[0xAB; 4096]);
         m.zero(0x4000_1000, 2);
         m.handover(0x4000_3000, 1);
@@ -402,7 +514,7 @@ mod tests {
         // Recorded in the measurement.
         f.call(0, H::VmMeasurement, &[h]).unwrap();
         let with = shared_abi::msg::VmMeasurement::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
-        let mut m = shared_abi::measure::Measurement::new(1, 36, vm_flags::PROTECTED);
+        let mut m = shared_abi::measure::Measurement::new(1, 36, vm_flags::PROTECTED, 0);
         m.zero(0x4000_0000, 4);
         m.mmio_guard(0x0900_0000);
         assert_eq!(with.measurement, m.seal(&[0; 31], 0, VcpuCtx::new().pstate));

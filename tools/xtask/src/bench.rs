@@ -225,6 +225,7 @@ fn irq_boot(images: &Images, row: &IrqRow, n: usize) -> Result<(Stats, ExitStats
         protected: true,
         mte: false,
         ptrauth: false,
+        sve_vl: 0,
         vms: 1,
     };
     let (machine, _file) = linux::hyp_machine(images, row.smp, &run, "")?;
@@ -333,6 +334,7 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
             protected: row.protected.unwrap_or(false),
             mte: true,
             ptrauth: true,
+            sve_vl: 0,
             vms: 1,
         };
         run.validate()?;
@@ -422,6 +424,7 @@ fn blk_rows(images: &Images, a: &linux::Artifacts, r: &mut Results) -> Result<()
             protected,
             mte: true,
             ptrauth: true,
+            sve_vl: 0,
             vms: 1,
         };
         println!("xtask: {key} ({HOST_CPUS} host CPU(s), a {} VM of 1 vCPU, {BLK_DISK_MIB} MiB disk)", if protected { "protected" } else { "non-protected" });

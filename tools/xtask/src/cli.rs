@@ -23,6 +23,8 @@ pub const RUN_FLAGS: &[Flag] = &[
     Flag { name: "--non-protected", value: None, help: "a non-protected VM (memory shared with the host) instead of a protected one" },
     Flag { name: "--mte", value: None, help: "give the Linux VM MTE" },
     Flag { name: "--ptrauth", value: None, help: "give the Linux VM pointer authentication" },
+    Flag { name: "--sve", value: None, help: "give the Linux VM SVE with 512-bit vectors (64 bytes)" },
+    Flag { name: "--sve-vl", value: Some("BYTES"), help: "give the Linux VM SVE with this vector length: a multiple of 16 from 16 to 256 that every CPU gives (EL2 refuses others)" },
     Flag { name: "--smp", value: Some("N"), help: "host CPUs, 1 to 8; default 2" },
     Flag { name: "--scenario", value: Some("NAME"), help: "the host scenario to run (README, \"Commands\"); default demo, or linux with --kernel" },
     Flag { name: "--args", value: Some("\"K=V ...\""), help: "more host boot arguments (e.g. \"seed=7 calls=1000000\" for the hostile host)" },
@@ -32,7 +34,7 @@ pub const RUN_FLAGS: &[Flag] = &[
 ];
 
 /// The flags of `run` that only a Linux guest (`--kernel`) takes.
-pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--disk", "--cmdline", "--mem", "--vms", "--protected", "--mte", "--ptrauth"];
+pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--disk", "--cmdline", "--mem", "--vms", "--protected", "--mte", "--ptrauth", "--sve", "--sve-vl"];
 
 /// The flags `test` takes.
 pub const TEST_FLAGS: &[Flag] = &[
@@ -65,6 +67,8 @@ pub const MEASURE_FLAGS: &[Flag] = &[
     Flag { name: "--mem", value: Some("SIZE"), help: "with --kernel: RAM, as run's --mem; default 512M" },
     Flag { name: "--mte", value: None, help: "with --kernel: an MTE VM" },
     Flag { name: "--ptrauth", value: None, help: "with --kernel: a VM with pointer authentication" },
+    Flag { name: "--sve", value: None, help: "with --kernel: a VM with SVE of 64-byte vectors (its length is measured)" },
+    Flag { name: "--sve-vl", value: Some("BYTES"), help: "with --kernel: a VM with SVE of this vector length" },
     Flag { name: "--vcpus", value: Some("N"), help: "vCPUs, 1 to 8; default 1 (2 with --kernel)" },
     Flag { name: "--mib", value: Some("N"), help: "RAM in MiB of a test guest's VM; default 16 (what the test VMs get)" },
     Flag { name: "--non-protected", value: None, help: "the VM is not protected (its flags are measured)" },
@@ -82,6 +86,15 @@ pub const BENCH_FLAGS: &[Flag] = &[
 pub struct Parsed(Vec<(&'static str, Option<String>)>);
 
 impl Parsed {
+    /// The SVE vector length `--sve` (64 bytes) or `--sve-vl BYTES` asks for, 0 for neither.
+    pub fn sve_vl(&self) -> Result<u64, String> {
+        match self.value("--sve-vl") {
+            Some(v) => crate::linux::limits::parse_sve_vl(v),
+            None if self.has("--sve") => Ok(crate::linux::limits::DEFAULT_SVE_VL),
+            None => Ok(0),
+        }
+    }
+
     /// The value of `name`, if given.
     pub fn value(&self, name: &str) -> Option<&str> {
         self.0.iter().rev().find(|(n, _)| *n == name).and_then(|(_, v)| v.as_deref())

@@ -5,7 +5,7 @@
 use crate::cli;
 use crate::images::Images;
 use host_vdev::testvm::{lay_out, measurement, GUEST_RAM};
-use shared_abi::msg::vm_flags;
+use shared_abi::msg::{vm_flags, VmCreate};
 use std::path::Path;
 
 /// The measurement of a test VM of `vcpus` vCPUs and `mib` MiB booting `image`, with VM
@@ -15,7 +15,8 @@ pub fn test_vm(image: &Path, vcpus: u32, mib: u64, flags: u64) -> Result<[u8; 32
     let mut mem = vec![0u8; (mib << 20) as usize];
     let loaded = host_vdev::loader::load_test_image(&mut mem, GUEST_RAM, &bytes)?;
     let (chunks, n, dtb) = lay_out(&mut mem, &loaded, vcpus)?;
-    Ok(measurement(&mem, &chunks[..n], vcpus, 36, flags, loaded.entry, dtb))
+    let config = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 };
+    Ok(measurement(&mem, &chunks[..n], &config, loaded.entry, dtb))
 }
 
 /// The measurement of each VM of a Linux run (they are alike): the kernel, initramfs,
@@ -32,12 +33,14 @@ pub fn linux_vm(run: &crate::linux::LinuxRun) -> Result<[u8; 32], String> {
     let devices = host_vdev::linuxvm::Devices { protected: run.protected, disk: run.disk.is_some() };
     let laid = host_vdev::linuxvm::lay_out(&mut mem, &kernel, &initrd, run.vcpus, run.cmdline.trim_end_matches(['\0', '\n']), devices)?;
     let mut flags = 0;
-    for (on, f) in [(run.protected, vm_flags::PROTECTED), (run.mte, vm_flags::MTE), (run.ptrauth, vm_flags::PTRAUTH)] {
+    for (on, f) in [(run.protected, vm_flags::PROTECTED), (run.mte, vm_flags::MTE), (run.ptrauth, vm_flags::PTRAUTH), (run.sve_vl != 0, vm_flags::SVE)] {
         if on {
             flags |= f;
         }
     }
-    Ok(measurement(&mem, &laid.chunks[..laid.count], run.vcpus, 36, flags, laid.entry, laid.dtb))
+    // As the VMM asks for it (host-vmm `linux::Config`, `create_sve_at`).
+    let config = VmCreate { nr_vcpus: run.vcpus, ipa_bits: 36, flags, sve_vl: run.sve_vl, reserved: 0 };
+    Ok(measurement(&mem, &laid.chunks[..laid.count], &config, laid.entry, laid.dtb))
 }
 
 /// Lower-case hex.
@@ -72,6 +75,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
             protected: !flags.has("--non-protected"),
             mte: flags.has("--mte"),
             ptrauth: flags.has("--ptrauth"),
+            sve_vl: flags.sve_vl()?,
             vms: 1,
         };
         run.validate()?;

@@ -107,6 +107,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
         protected: !flags.has("--non-protected"),
         mte: flags.has("--mte"),
         ptrauth: flags.has("--ptrauth"),
+        sve_vl: flags.sve_vl()?,
         vms,
     };
     run.validate()?;
@@ -119,11 +120,12 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
         machine = machine.args(["-s", "-S"]);
     }
     println!(
-        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with Linux {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}{}",
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with Linux {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}, SVE {}{}",
         run.kernel.display(),
         if run.protected { "protected" } else { "non-protected" },
         if run.mte { "on" } else { "off" },
         if run.ptrauth { "on" } else { "off" },
+        if run.sve_vl == 0 { "off".to_string() } else { format!("{} bits", run.sve_vl * 8) },
         run.initrd.as_ref().map_or(String::new(), |i| format!(", initrd {}", i.display())) + &run.disk.as_ref().map_or(String::new(), |d| format!(", disk {}", d.display()))
     );
     println!("xtask: guest command line: {}", run.cmdline);

@@ -1,15 +1,20 @@
-//! FP/SIMD, switched lazily: the guest runs with FP/SIMD trapped (`CPTR_EL2.TFP`) until its
-//! first use in a run, which loads its registers (the host's go to this CPU's scratch);
-//! `put` swaps them back only if that happened.
+//! FP/SIMD and SVE, switched lazily: the guest runs with FP/SIMD and SVE trapped
+//! (`CPTR_EL2.TFP`, `TZ`) until its first use in a run, which loads its registers (the host's
+//! go to this CPU's scratch); `put` swaps them back only if that happened. The script is
+//! `guest::fpsimd` (host-tested); this module gives it the registers ([`VectorRegs`] for
+//! [`Cpu`]) and the FP/SIMD save and restore; the SVE ones are in [`super::sve`].
 
-use super::{scratch, HostSaved};
+use super::{scratch, sve, HostSaved};
 use crate::arch::regs::isb;
-use crate::cpu::controls::cptr;
-use crate::guest::vcpu::{FpRegs, VcpuCtx};
+use crate::arch::Cpu;
+use crate::guest::fpsimd::{self, Lazy};
+use crate::guest::vcpu::{FpRegs, SveRegs, VcpuCtx};
+use crate::hw::VectorRegs;
 use aarch64_cpu::registers::*;
 
-// FP/SIMD save and restore. EL2 is built without FP (softfloat); these are its only FP
-// instructions, run with CPTR_EL2.TFP clear. x0 = &FpRegs (V0..V31 at 0, FPSR at 512, FPCR 520).
+// FP/SIMD save and restore. EL2 is built without FP (softfloat); these and the SVE ones in
+// `super::sve` are its only vector instructions, run with CPTR_EL2.TFP clear. x0 = &FpRegs
+// (V0..V31 at 0, FPSR at 512, FPCR 520).
 core::arch::global_asm!(
     r#"
 .arch_extension fp
@@ -70,44 +75,55 @@ extern "C" {
     fn __fp_restore(from: *const FpRegs);
 }
 
-/// Whether the guest's FP/SIMD registers are loaded, and how to untrap them.
-pub(super) struct Saved {
-    loaded: bool,
-    /// `CPTR_EL2` for the guest once its FP/SIMD is loaded.
-    guest_cptr: u64,
+impl VectorRegs for Cpu {
+    fn write_cptr(&self, cptr: u64) {
+        CPTR_EL2.set(cptr);
+    }
+
+    fn isb(&self) {
+        isb();
+    }
+
+    fn write_zcr_el2(&self, zcr: u64) {
+        sve::write_zcr_el2(zcr);
+    }
+
+    fn fp_save(&self, to: &mut FpRegs) {
+        // SAFETY: the script (`guest::fpsimd`) calls this only with CPTR_EL2.TFP clear and in
+        // force; `to` is a valid FpRegs.
+        unsafe { __fp_save(to) }
+    }
+
+    fn fp_restore(&self, from: &FpRegs) {
+        // SAFETY: as `fp_save`.
+        unsafe { __fp_restore(from) }
+    }
+
+    fn sve_save(&self, to: &mut SveRegs) {
+        sve::save(to);
+    }
+
+    fn sve_restore(&self, from: &SveRegs) {
+        sve::restore(from);
+    }
+
+    fn sve_zero(&self) {
+        sve::zero();
+    }
 }
 
-/// Load: nothing moves yet; the guest's traps without `TFP` are remembered for its first use.
-pub(super) fn load_guest(guest_cptr: u64) -> Saved {
-    Saved { loaded: false, guest_cptr: guest_cptr & !cptr::TFP }
+/// Load: nothing moves yet; the guest's traps are remembered for its first use.
+pub(super) fn load_guest(guest_cptr: u64) -> Lazy {
+    fpsimd::load(guest_cptr)
 }
 
-/// The guest's first FP/SIMD use in this run: untrap, host's registers out, guest's in.
-/// `false` if already loaded.
+/// The guest's first FP/SIMD (or, with SVE, SVE) use in this run: untrap, host's registers
+/// out, guest's in. `false` if already loaded.
 pub(super) fn first_use(ctx: &VcpuCtx, saved: &mut HostSaved) -> bool {
-    let fp = &mut saved.fp;
-    if fp.loaded {
-        return false;
-    }
-    CPTR_EL2.set(fp.guest_cptr);
-    // The CPTR_EL2.TFP clear is in effect before EL2's own FP/SIMD accesses below.
-    isb();
-    // SAFETY: FP/SIMD is untrapped at EL2 now; both areas are valid FpRegs.
-    unsafe {
-        __fp_save(&mut scratch().fp);
-        __fp_restore(&ctx.fp);
-    }
-    fp.loaded = true;
-    true
+    fpsimd::first_use(&Cpu, &mut saved.fp, ctx, &mut scratch().fp)
 }
 
 /// Put: the guest's registers out and the host's back, if they moved.
-pub(super) fn put(ctx: &mut VcpuCtx, saved: &Saved) {
-    if saved.loaded {
-        // SAFETY: CPTR_EL2.TFP is clear since `first_use`; both areas are valid FpRegs.
-        unsafe {
-            __fp_save(&mut ctx.fp);
-            __fp_restore(&scratch().fp);
-        }
-    }
+pub(super) fn put(ctx: &mut VcpuCtx, saved: &Lazy) {
+    fpsimd::put(&Cpu, saved, ctx, &scratch().fp);
 }

@@ -15,7 +15,7 @@
 //! | 6 | [`vgic`] | the virtual GIC CPU interface |
 //! | 7 | [`pauth`] | pointer-authentication keys (eager; lazily at first use otherwise) |
 //! | 8 | [`mte`] | MTE registers, tags accessible (MTE VMs) |
-//! | 9 | [`fpsimd`] | FP/SIMD: only at the guest's first use, trapped until then |
+//! | 9 | [`fpsimd`] | FP/SIMD, and SVE for a VM with SVE: only at the guest's first use, trapped until then |
 //! | 10 | [`traps`] | the guest's traps and stage 2 |
 //! | 11 | [`timer`] | the VM's `CNTVOFF_EL2`; the emulated physical timer on `CNTHP` |
 //! | 12 | [`el1`] | the guest's EL1 state in |
@@ -31,12 +31,14 @@ mod el1;
 mod fpsimd;
 mod mte;
 mod pauth;
+mod sve;
 mod timer;
 mod tpidr2;
 pub(in crate::arch) mod traps;
 pub mod vgic;
 
 pub use el1::check_sysreg_tables;
+pub(crate) use sve::lengths as sve_lengths;
 
 use super::regs::{cpu_index, isb};
 use super::Cpu;
@@ -111,7 +113,7 @@ pub struct HostSaved {
     vgic: vgic::Saved,
     pauth: pauth::Saved,
     mte: mte::Saved,
-    fp: fpsimd::Saved,
+    fp: crate::guest::fpsimd::Lazy,
 }
 
 /// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept

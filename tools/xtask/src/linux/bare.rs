@@ -33,6 +33,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
         protected: false,
         mte,
         ptrauth: true,
+        sve_vl: 0,
         vms: 1,
     };
     run.validate()?;

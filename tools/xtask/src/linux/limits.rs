@@ -44,6 +44,20 @@ pub fn parse_mem(text: &str) -> Result<u32, String> {
     mib.ok_or(format!("--mem {t:?}: too large"))
 }
 
+/// The SVE vector length of `--sve` and `sve = on`, in bytes: 512 bits, Linux's default
+/// vector length and one that every CPU with SVE of at least that length gives.
+pub const DEFAULT_SVE_VL: u64 = 64;
+
+/// Parses an SVE vector length in bytes (`--sve-vl`, `sve = N`): a multiple of 16 from 16 to
+/// 256 (EL2 refuses any other, and one the CPUs cannot give).
+pub fn parse_sve_vl(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    match t.parse::<u64>() {
+        Ok(vl) if shared_abi::msg::sve::valid_vl(vl) => Ok(vl),
+        _ => Err(format!("SVE vector length {t:?}: bytes, a multiple of 16 from 16 to 256 (e.g. 64 for 512 bits)")),
+    }
+}
+
 /// Checks a disk image's size: at most [`GUEST_DISK_MAX`], and a whole number of 512-byte
 /// sectors (virtio-blk offers whole sectors only).
 pub fn check_disk(size: u64) -> Result<(), String> {
@@ -86,6 +100,15 @@ pub fn check_limits(kernel: u64, initrd: Option<u64>, cmdline: usize, mem_mib: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sve_lengths_are_bytes_in_128_bit_steps() {
+        assert_eq!(parse_sve_vl("64"), Ok(64));
+        assert_eq!(parse_sve_vl(" 256 "), Ok(256));
+        for bad in ["0", "24", "272", "512", "on", "-16", ""] {
+            assert!(parse_sve_vl(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn image_head() -> Vec<u8> {
         let mut h = vec![0u8; 64];

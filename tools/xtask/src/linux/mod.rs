@@ -84,6 +84,8 @@ pub struct LinuxRun {
     pub protected: bool,
     pub mte: bool,
     pub ptrauth: bool,
+    /// SVE vector length in bytes (`--sve`, `--sve-vl`), 0 without SVE.
+    pub sve_vl: u64,
     pub vms: u32,
 }
 
@@ -134,6 +136,9 @@ impl LinuxRun {
             self.vms,
             staged.kernel
         );
+        if self.sve_vl != 0 {
+            s += &format!(" sve={}", self.sve_vl);
+        }
         if let Some(size) = staged.initrd {
             s += &format!(" initrd={GUEST_INITRD_STAGING:#x},{size}");
         }
@@ -313,6 +318,7 @@ mod tests {
             protected: true,
             mte: true,
             ptrauth: false,
+            sve_vl: 0,
             vms: 1,
         }
     }
@@ -330,6 +336,8 @@ mod tests {
         );
         let bare = LinuxRun { initrd: None, cmdline: String::new(), protected: false, vms: 2, ..run };
         assert_eq!(bare.bootargs(Staged { kernel: 10, initrd: None, disk: Some(1 << 20) }), "scenario=linux mem=512 vcpus=2 protected=0 mte=1 ptrauth=0 vms=2 guest=0x48000000,10 disk=0xb0000000,1048576");
+        let sve = LinuxRun { sve_vl: 64, ..bare };
+        assert_eq!(sve.bootargs(Staged { kernel: 10, initrd: None, disk: None }), "scenario=linux mem=512 vcpus=2 protected=0 mte=1 ptrauth=0 vms=2 guest=0x48000000,10 sve=64", "SVE only when on");
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! protected = on             # on or off (default on)
 //! mte = on                   # give the VMs MTE (default off)
 //! ptrauth = on               # give the VMs pointer authentication (default off)
+//! sve = on                   # give the VMs SVE: on (64-byte vectors), off (default), or a
+//!                            # vector length in bytes (16 to 256, a multiple of 16)
 //! bare = on                  # no hypervisor: the same guest on bare QEMU at EL1 with `smp`
 //!                            # CPUs (the baseline that proves the guest's checks right)
 //! ```
@@ -96,6 +98,8 @@ pub struct LinuxKeys {
     pub protected: bool,
     pub mte: bool,
     pub ptrauth: bool,
+    /// SVE vector length in bytes, 0 for off.
+    pub sve_vl: u64,
     pub bare: bool,
 }
 
@@ -112,12 +116,13 @@ impl Default for LinuxKeys {
             protected: true,
             mte: false,
             ptrauth: false,
+            sve_vl: 0,
             bare: false,
         }
     }
 }
 
-const LINUX_KEYS: &[&str] = &["kernel", "initrd", "disk", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "bare"];
+const LINUX_KEYS: &[&str] = &["kernel", "initrd", "disk", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "sve", "bare"];
 
 pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
     let mut out: Vec<Scenario> = Vec::new();
@@ -156,6 +161,13 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
                 "protected" => l.protected = on_off("protected")?,
                 "mte" => l.mte = on_off("mte")?,
                 "bare" => l.bare = on_off("bare")?,
+                "sve" => {
+                    l.sve_vl = match v.as_str() {
+                        "on" => linux::limits::DEFAULT_SVE_VL,
+                        "off" => 0,
+                        len => linux::limits::parse_sve_vl(len).map_err(|e| format!("line {}: {e}", n + 1))?,
+                    }
+                }
                 _ => l.ptrauth = on_off("ptrauth")?,
             }
             continue;
@@ -247,11 +259,18 @@ mod tests {
         let s = parse("[l]\ndefault = off\nkernel = debian\nmem = 1G\nvms = 2\nprotected = off\nmte = on\ncmdline = console=ttyAMA0 pkvm.check=cpus=2\nexpect_count = 2 PKVM-CHECK: passed 1/1\n[plain]\nexpect = x\n").unwrap();
         let l = s[0].linux.as_ref().unwrap();
         assert_eq!((l.kernel.as_str(), l.mem_mib, l.vms, l.vcpus, l.protected, l.mte, l.ptrauth), ("debian", 1024, 2, 2, false, true, false));
+        assert_eq!(l.sve_vl, 0, "SVE off by default");
         assert_eq!(l.cmdline.as_deref(), Some("console=ttyAMA0 pkvm.check=cpus=2"));
         assert_eq!(s[0].expect_count, vec![(2, "PKVM-CHECK: passed 1/1".to_string())]);
         assert!(!s[0].default && s[1].default && s[1].linux.is_none());
         let run = linux_run(l, None);
         assert!(run.unwrap_err().contains("no Debian kernel"));
+        let sve = |v: &str| parse(&format!("[s]\nkernel = debian\nsve = {v}\n")).map(|s| s[0].linux.as_ref().unwrap().sve_vl);
+        assert_eq!((sve("on"), sve("off"), sve("32")), (Ok(64), Ok(0), Ok(32)));
+        assert!(sve("24").unwrap_err().contains("line 3"), "not an SVE length");
+        assert!(sve("yes").is_err());
+        let on = linux_run(&LinuxKeys { kernel: "my/Image".into(), sve_vl: 64, ..l.clone() }, None).unwrap();
+        assert_eq!(on.sve_vl, 64, "to the run, its boot arguments and its measurement");
         let file = linux_run(&LinuxKeys { kernel: "my/Image".into(), ..l.clone() }, None).unwrap();
         assert_eq!((file.kernel, file.initrd, file.protected), (root().join("my/Image"), None, false));
         assert!(linux_run(&LinuxKeys { kernel: "pkvm".into(), ..l.clone() }, None).unwrap_err().contains("kernel = pkvm"));

@@ -44,6 +44,7 @@ pub fn linux_run(keys: &LinuxKeys, artifacts: Option<&linux::Artifacts>) -> Resu
         protected: keys.protected,
         mte: keys.mte,
         ptrauth: keys.ptrauth,
+        sve_vl: keys.sve_vl,
         vms: keys.vms,
     })
 }
