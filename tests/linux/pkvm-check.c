@@ -17,6 +17,12 @@
 //   pac                a corrupted signed pointer faults on use (SIGSEGV, or SIGILL with FEAT_FPAC);
 //                      an untouched one authenticates and works
 //   timer              nanosleep(1 s) takes between 0.9 and 3 s of CLOCK_MONOTONIC
+//   sve=BYTES          SVE with a largest vector length of BYTES (HWCAP_SVE; PR_SVE_SET_VL asking
+//                      for 256 bytes gets BYTES); three processes fill Z0..Z31 with their own
+//                      patterns and spin 1 s of the virtual counter (interrupts, exits to the
+//                      hypervisor, vCPU switches on the host) before checking every byte: one on
+//                      each of the first two CPUs at BYTES, and one sharing CPU 0 at 16 bytes (the
+//                      guest kernel switches ZCR_EL1 between the two on CPU 0)
 //   dice               /dev/open-dice0 (the handover page EL2 wrote, CONFIG_OPEN_DICE) holds
 //                      EL2's handover (magic PKVMDICE, version 1, debug mode); prints
 //                      "PKVM-DICE: PKVMDICE measurement HEX" for the runner to compare
@@ -42,7 +48,9 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -370,6 +378,112 @@ static double now(void) {
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+// ---- sve=BYTES ---------------------------------------------------------------------------
+//
+// FEAT_SVE: Z0..Z31 of VL bytes. Each process has its own VL (PR_SVE_SET_VL, at most the
+// machine's: here the VM's, which EL2 gives with ZCR_EL2). The registers must hold what the
+// process wrote however often the vCPU leaves its CPU meanwhile.
+
+#ifndef HWCAP_SVE
+#define HWCAP_SVE (1UL << 22)
+#endif
+#ifndef PR_SVE_SET_VL
+#define PR_SVE_SET_VL 50
+#endif
+#define PR_SVE_VL_MASK 0xffff
+#define SVE_ARCH_VL_MAX 256
+
+#define SVE_FILL(n) "dup z" #n ".b, %w[seed]\n\tadd %w[seed], %w[seed], #1\n\t"
+#define SVE_STORE(n) "str z" #n ", [%[out], #" #n ", mul vl]\n\t"
+#define SVE_8(m, a, b, c, d, e, f, g, h) m(a) m(b) m(c) m(d) m(e) m(f) m(g) m(h)
+
+// Fills Z<n> with seed + n in every byte, spins until the virtual counter has moved `ticks`,
+// stores Z0..Z31 at `out` (32 x VL bytes). Returns the vector length (RDVL), in bytes.
+static uint64_t sve_hold(unsigned seed, uint64_t ticks, uint8_t *out) {
+    uint64_t vl;
+    asm volatile(".arch_extension sve\n\t"
+                 SVE_8(SVE_FILL, 0, 1, 2, 3, 4, 5, 6, 7) SVE_8(SVE_FILL, 8, 9, 10, 11, 12, 13, 14, 15)
+                 SVE_8(SVE_FILL, 16, 17, 18, 19, 20, 21, 22, 23) SVE_8(SVE_FILL, 24, 25, 26, 27, 28, 29, 30, 31)
+                 "isb\n\t"
+                 "mrs x9, cntvct_el0\n\t"
+                 "add x9, x9, %[ticks]\n"
+                 "1:\tmrs x10, cntvct_el0\n\t"
+                 "cmp x10, x9\n\t"
+                 "b.lo 1b\n\t"
+                 SVE_8(SVE_STORE, 0, 1, 2, 3, 4, 5, 6, 7) SVE_8(SVE_STORE, 8, 9, 10, 11, 12, 13, 14, 15)
+                 SVE_8(SVE_STORE, 16, 17, 18, 19, 20, 21, 22, 23) SVE_8(SVE_STORE, 24, 25, 26, 27, 28, 29, 30, 31)
+                 "rdvl %[vl], #1\n\t"
+                 ".arch_extension nosve"
+                 : [vl] "=r"(vl), [seed] "+r"(seed)
+                 : [ticks] "r"(ticks), [out] "r"(out)
+                 : "x9", "x10", "cc", "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13",
+                   "v14", "v15", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30",
+                   "v31");
+    return vl;
+}
+
+// A child: on `cpu`, at vector length `vl`, pattern from `seed`: exit status 0 if every byte
+// of every Z register survived, else 1 (with a line saying where).
+static int sve_child(int cpu, int vl, unsigned seed) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+        printf("sve: child on CPU %d: sched_setaffinity: %s\n", cpu, strerror(errno));
+        return 1;
+    }
+    int got = prctl(PR_SVE_SET_VL, vl);
+    if (got < 0 || (got & PR_SVE_VL_MASK) != vl) {
+        printf("sve: child on CPU %d: PR_SVE_SET_VL(%d) = %d\n", cpu, vl, got);
+        return 1;
+    }
+    static uint8_t z[32 * SVE_ARCH_VL_MAX];
+    uint64_t cntfrq;
+    asm volatile("mrs %0, cntfrq_el0" : "=r"(cntfrq));
+    uint64_t rdvl = sve_hold(seed, cntfrq, z);
+    if (rdvl != (uint64_t)vl) {
+        printf("sve: child on CPU %d: RDVL %lu, not %d\n", cpu, (unsigned long)rdvl, vl);
+        return 1;
+    }
+    for (int n = 0; n < 32; n++)
+        for (int i = 0; i < vl; i++)
+            if (z[n * vl + i] != (uint8_t)(seed + n)) {
+                printf("sve: child on CPU %d: Z%d byte %d is %#x, not %#x\n", cpu, n, i, z[n * vl + i], (uint8_t)(seed + n));
+                return 1;
+            }
+    return 0;
+}
+
+static void check_sve(const char *arg) {
+    int want = arg ? atoi(arg) : 0;
+    if (!(getauxval(AT_HWCAP) & HWCAP_SVE)) {
+        report(0, "sve", "no HWCAP_SVE");
+        return;
+    }
+    // The largest length this machine gives: asking for the architecture's largest gets it.
+    int max = prctl(PR_SVE_SET_VL, SVE_ARCH_VL_MAX);
+    if (max < 0 || (max & PR_SVE_VL_MASK) != want) {
+        report(0, "sve", "largest vector length %d bytes, not %d", max < 0 ? max : max & PR_SVE_VL_MASK, want);
+        return;
+    }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    struct { int cpu, vl; unsigned seed; } kids[3] = { { 0, want, 0x10 }, { cpus > 1, want, 0x50 }, { 0, 16, 0x90 } };
+    pid_t pids[3];
+    for (int k = 0; k < 3; k++) {
+        pids[k] = fork();
+        if (pids[k] == 0)
+            _exit(sve_child(kids[k].cpu, kids[k].vl, kids[k].seed));
+    }
+    int bad = 0;
+    for (int k = 0; k < 3; k++) {
+        int status = 0;
+        if (pids[k] < 0 || waitpid(pids[k], &status, 0) != pids[k] || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            bad++;
+    }
+    report(bad == 0, "sve", "largest vector length %d bytes; Z0..Z31 intact after 1 s in 3 processes (%d, %d and 16 bytes; CPUs 0, %d, 0)%s", want, want, want,
+           kids[1].cpu, bad ? ": some were not" : "");
+}
+
 static void check_timer(void) {
     // The kernel wakes the sleeper from its timer interrupt (the guest's virtual timer), so a
     // lost or stuck timer shows as a sleep that never ends or ends far too late.
@@ -492,8 +606,10 @@ int main(int argc, char **argv) {
             check_dice();
         else if (strcmp(c, "blkread") == 0)
             check_blkread(arg);
+        else if (strcmp(c, "sve") == 0 && arg)
+            check_sve(arg);
         else
-            report(0, c, "unknown check (cpus=N, cpuinfo[=F+F...], mte, pac, timer, dice, blkread=DEV)");
+            report(0, c, "unknown check (cpus=N, cpuinfo[=F+F...], mte, pac, timer, dice, blkread=DEV, sve=BYTES)");
     }
     if (checks_run == 0)
         report(0, "none", "no check named");
