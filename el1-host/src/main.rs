@@ -21,6 +21,7 @@ mod probe;
 mod registry;
 mod sched_scenarios;
 mod storm;
+mod sve_scenarios;
 mod vm_scenarios;
 
 // The kernel's and the VMM's items under the names the scenarios use (`crate::gic`, ...).

@@ -5,7 +5,7 @@
 
 use crate::platform::Platform;
 use crate::scenarios::{setup, smp};
-use crate::{bench, guest_abi, hostile, sched_scenarios as sched, storm, vm_scenarios as vm};
+use crate::{bench, guest_abi, hostile, sched_scenarios as sched, storm, sve_scenarios, vm_scenarios as vm};
 
 /// A host scenario.
 pub struct Scenario {
@@ -66,6 +66,7 @@ pub const SCENARIOS: &[Scenario] = &[
     tested("vm-id-registers", |p| with_vms(p, vm::id_registers)),
     tested("vm-pointer-authentication", |p| with_vms(p, vm::pointer_authentication)),
     tested("vm-mte", |p| with_vms(p, vm::mte)),
+    tested("vm-sve", |p| with_vms(p, sve_scenarios::sve)),
     tested("hostile-guests", |p| with_vms(p, vm::hostile_guests)),
     tested("integrity-soak", |p| with_vms(p, vm::integrity_soak)),
     tested("vm-illegal-state", |p| with_vms(p, vm::illegal_state)),

@@ -39,8 +39,18 @@ fn start_with(plat: &Platform, vcpus: u32, flags: u64) -> Vm {
 
 /// [`start_with`] with the VM's RAM backed by host memory at `backing`.
 fn start_at(plat: &Platform, vcpus: u32, flags: u64, backing: u64) -> Vm {
+    start_sve_at(plat, vcpus, flags, 0, backing)
+}
+
+/// [`start_with`] with SVE of `sve_vl` bytes ([`vm_flags::SVE`] added unless 0).
+pub(crate) fn start_sve(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64) -> Vm {
+    start_sve_at(plat, vcpus, flags, sve_vl, vmm::alloc_pages(GUEST_MIB * 256))
+}
+
+/// [`start_sve`] with the VM's RAM backed by host memory at `backing`.
+fn start_sve_at(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64, backing: u64) -> Vm {
     let protected = flags & vm_flags::PROTECTED != 0;
-    let vm = match vmm::create_at(vcpus, flags, GUEST_MIB, backing) {
+    let vm = match vmm::create_sve_at(vcpus, flags, sve_vl, GUEST_MIB, backing) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
     };
@@ -181,7 +191,7 @@ pub fn isolation(plat: &Platform) {
 
 /// Whether V0..V31 still hold what `arch::fp_fill(seed)` wrote: the host's own FP/SIMD
 /// registers, which EL2 must give back intact after a guest used its own.
-fn host_fp_intact(seed: u64) -> bool {
+pub(crate) fn host_fp_intact(seed: u64) -> bool {
     arch::fp_dump().iter().enumerate().all(|(i, w)| *w == seed + i as u64)
 }
 
