@@ -139,6 +139,18 @@ pub fn run(plat: &Platform) {
     let r = vmm::pinned::run(&vm, 1, &mut Mode(3));
     check!(r == Ok(vmm::Outcome::Off), "MTE bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the MTE bench guest");
+    // The same guest in SVE VMs of 512 and 2048 bits: an MMIO read with the SVE registers live.
+    for sve_vl in [64u64, 256] {
+        let vm = match vmm::create_sve_at(1, vm_flags::HOST_PMU, sve_vl, 16, vmm::alloc_pages(16 * 256)) {
+            Ok(vm) => vm,
+            Err(e) => crate::fail::fail(format_args!("VM_CREATE with SVE of {sve_vl} bytes: {e:?}")),
+        };
+        let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
+        check!(vmm::boot(&vm, entry).is_ok(), "booting the SVE bench guest");
+        let r = vmm::pinned::run(&vm, 1, &mut Mode(5 | sve_vl / 16 << 8));
+        check!(r == Ok(vmm::Outcome::Off), "SVE bench guest ended with {r:?}");
+        check!(vmm::destroy(&vm).is_ok(), "destroying the SVE bench guest");
+    }
     // The same guest in a protected VM: MEM_SHARE + MEM_UNSHARE of a page (timed by the guest).
     let vm = match vmm::create_with_flags(1, vm_flags::PROTECTED, 16) {
         Ok(vm) => vm,

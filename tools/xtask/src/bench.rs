@@ -75,6 +75,8 @@ const ROWS: &[Row] = &[
     row("guest_mmio_read", "guest MMIO read emulated by the host", Some(1200), "<= 1200"),
     row("guest_mmio_read_fp", "guest MMIO read with the guest's FP/SIMD live (lazy FP switch)", None, "FP moves only"),
     row("guest_mmio_read_mte", "guest MMIO read, MTE VM (MTE registers switched)", None, "MTE moves only"),
+    row("guest_mmio_read_sve512", "guest MMIO read with the guest's SVE live, 512-bit VM (lazy SVE switch)", None, "SVE moves only"),
+    row("guest_mmio_read_sve2048", "guest MMIO read with the guest's SVE live, 2048-bit VM (lazy SVE switch)", None, "SVE moves only"),
     row("ptrauth_eager_idle", "guest MMIO read, ptrauth VM not using its keys, eager policy", None, "key moves only"),
     row("ptrauth_lazy_idle", "guest MMIO read, ptrauth VM not using its keys, lazy policy", None, "key moves only"),
     row("ptrauth_eager_active", "guest PACGA + MMIO read, ptrauth VM, eager policy", None, "key moves only"),
@@ -515,7 +517,7 @@ fn report(r: &Results) -> Result<(), String> {
         let cell = |f: fn(&Stats) -> u64| s.map_or("-".to_string(), |s| f(s).to_string());
         let mut v = verdict(row, s);
         if let (Some(s), Some(p)) = (s, plain) {
-            if row.key.starts_with("ptrauth_") || row.key == "guest_mmio_read_fp" || row.key == "guest_mmio_read_mte" {
+            if row.key.starts_with("ptrauth_") || row.key == "guest_mmio_read_fp" || row.key == "guest_mmio_read_mte" || row.key.starts_with("guest_mmio_read_sve") {
                 v = format!("{:+} vs plain MMIO read", s.median as i64 - p as i64);
             }
         }

@@ -75,13 +75,43 @@ fn share_unshare() {
     println!("bench: guest_mem_share_unshare {st}");
 }
 
+/// An SVE VM's MMIO read: every round trip through the host puts the guest's SVE registers
+/// away (Z0..Z31, P0..P15, FFR at the VM's length, then zeroed), and the SVE instruction before
+/// the next read traps and loads them again.
+fn sve_rows(vq: u64, overhead: u64) {
+    // SAFETY: enabling SVE and FP/SIMD at EL1 for this guest, and asking for its largest
+    // vector length (ZCR_EL1, S3_0_C1_C2_0).
+    unsafe {
+        core::arch::asm!("mrs {0}, cpacr_el1", "orr {0}, {0}, #(3 << 16)", "orr {0}, {0}, #(3 << 20)", "msr cpacr_el1, {0}", "isb", out(reg) _, options(nostack));
+        core::arch::asm!("msr S3_0_C1_C2_0, {}", "isb", in(reg) 0xFu64, options(nostack));
+    }
+    let key = match vq {
+        4 => "guest_mmio_read_sve512",
+        16 => "guest_mmio_read_sve2048",
+        _ => guests::fail(format_args!("no SVE row for {vq} quadwords")),
+    };
+    measure(key, overhead, |_| {
+        // SAFETY: an SVE move into Z0 (unused by this softfloat guest), then the MMIO read.
+        unsafe {
+            core::arch::asm!(".arch_extension sve", "dup z0.b, #0", options(nostack));
+            core::ptr::read_volatile(UNASSIGNED as *const u64);
+        }
+    });
+}
+
 fn main(_dtb: u64) {
     // The host's test device says which run this is: 0 the main rows, 1/2 the pointer-
     // authentication rows under the eager/lazy policy (in a VM with pointer authentication),
-    // 3 an MTE VM's rows, 4 a protected VM's (no PMU there).
+    // 3 an MTE VM's rows, 4 a protected VM's (no PMU there), 5 | VQ << 8 an SVE VM's of VQ
+    // quadwords.
     let policy = guests::testdev_read();
     if policy == 4 {
         share_unshare();
+        return;
+    }
+    if policy & 0xFF == 5 {
+        let overhead = measure("", 0, |_| {});
+        sve_rows(policy >> 8, overhead);
         return;
     }
     let overhead = measure("", 0, |_| {});
