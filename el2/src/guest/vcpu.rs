@@ -151,14 +151,6 @@ pub struct VcpuCtx {
     /// FP/SIMD registers (loaded lazily, see `arch::switch`) of a vCPU without SVE
     /// ([`Self::sve_vq`] 0); unused with SVE, whose [`Self::sve`] holds them.
     pub fp: FpRegs,
-    /// The VM's SVE vector length in quadwords (128 bits), 0 without SVE: which of [`Self::fp`]
-    /// and [`Self::sve`] holds the vector registers. Set at `VM_CREATE`; kept by a `CPU_ON`
-    /// reset.
-    pub sve_vq: u8,
-    /// SVE registers (loaded lazily like [`Self::fp`], `guest::fpsimd`) of a vCPU with SVE.
-    /// Not in the register ABI, but for the `V<n>` registers (the low 128 bits of `Z<n>`),
-    /// `FPSR` and `FPCR`.
-    pub sve: SveRegs,
     /// Pointer-authentication keys, in [`reg::PAUTH_KEYS`] order.
     pub pauth_keys: [u64; 10],
     /// Lazy pointer authentication: loads left before the key trap is re-armed.
@@ -188,6 +180,15 @@ pub struct VcpuCtx {
     pub debug: DebugShadow,
     /// The EL1 physical timer, emulated (`guest::sysreg`; the guest never reaches the real one).
     pub ptimer: PTimer,
+    /// The VM's SVE vector length in quadwords (128 bits), 0 without SVE: which of [`Self::fp`]
+    /// and [`Self::sve`] holds the vector registers. Set at `VM_CREATE`; kept by a `CPU_ON`
+    /// reset.
+    pub sve_vq: u8,
+    /// SVE registers (loaded lazily like [`Self::fp`], `guest::fpsimd`) of a vCPU with SVE;
+    /// all zero for any other (nothing writes them unless [`Self::sve_vq`] is set). Not in the
+    /// register ABI, but for the `V<n>` registers (the low 128 bits of `Z<n>`), `FPSR` and
+    /// `FPCR`. Last, so the fields the run loop uses stay at small offsets.
+    pub sve: SveRegs,
 }
 
 /// A vCPU's view of the debug registers EL2 emulates rather than switches: what it wrote to
@@ -327,8 +328,6 @@ impl VcpuCtx {
             spsr_el1: 0,
             sys,
             fp: FpRegs::ZERO,
-            sve_vq: 0,
-            sve: SveRegs::ZERO,
             pauth_keys: [0; 10],
             pauth_eager_left: 0,
             mte: [0; 4],
@@ -339,7 +338,24 @@ impl VcpuCtx {
             vgic: VgicCpu::new(),
             debug: DebugShadow::RESET,
             ptimer: PTimer { ctl: 0, cval: 0 },
+            sve_vq: 0,
+            sve: SveRegs::ZERO,
         }
+    }
+
+    /// Resets in place to [`Self::new`], without building a whole context (about 11 KiB) and
+    /// copying it: the SVE registers are written only if this vCPU may have used them (only a
+    /// vCPU with SVE ever does). The pattern names every field, so none can be left out.
+    pub fn reset(&mut self) {
+        const NEW: VcpuCtx = VcpuCtx::new();
+        let Self { x, host_save, sp_el0, pc, pstate, sp_el1, elr_el1, spsr_el1, sys, fp, pauth_keys, pauth_eager_left, mte, pending_mmio, stats, tpidr2, disr_el1, vgic, debug, ptimer, sve_vq, sve } = self;
+        if *sve_vq != 0 {
+            *sve = SveRegs::ZERO;
+        }
+        debug_assert!(*sve == SveRegs::ZERO, "SVE registers of a vCPU without SVE");
+        (*x, *host_save, *sp_el0, *pc, *pstate, *sp_el1, *elr_el1, *spsr_el1) = (NEW.x, NEW.host_save, NEW.sp_el0, NEW.pc, NEW.pstate, NEW.sp_el1, NEW.elr_el1, NEW.spsr_el1);
+        (*sys, *fp, *pauth_keys, *pauth_eager_left, *mte, *pending_mmio, *stats) = (NEW.sys, NEW.fp, NEW.pauth_keys, NEW.pauth_eager_left, NEW.mte, NEW.pending_mmio, NEW.stats);
+        (*tpidr2, *disr_el1, *vgic, *debug, *ptimer, *sve_vq) = (NEW.tpidr2, NEW.disr_el1, NEW.vgic, NEW.debug, NEW.ptimer, NEW.sve_vq);
     }
 
     /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset
@@ -351,7 +367,7 @@ impl VcpuCtx {
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
         let queued = VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
         let (stats, sve_vq) = (self.stats, self.sve_vq);
-        *self = Self::new();
+        self.reset();
         self.vgic = queued;
         self.stats = stats;
         self.sve_vq = sve_vq;
@@ -712,6 +728,33 @@ mod tests {
         c.reset_for_cpu_on(0x4010_0000, 0xC0FFEE);
         assert_eq!((c.pc, c.x[0], c.x[5], c.sys[SysReg::TTBR1_EL1], c.pstate), (0x4010_0000, 0xC0FFEE, 0, 0, PSTATE_RESET));
         assert_eq!((VcpuCtx::new().disr_el1, c.disr_el1), (0, 0), "DISR_EL1 zero at reset");
+    }
+
+    #[test]
+    fn reset_in_place_is_new() {
+        let mut c = VcpuCtx::new();
+        // Every field away from its reset value.
+        c.x = [1; 31];
+        (c.host_save, c.sp_el0, c.pc, c.pstate, c.sp_el1, c.elr_el1, c.spsr_el1) = (2, 3, 4, 5, 6, 7, 8);
+        c.sys = [9; NR_SYSREGS];
+        c.fp.v[5] = 10;
+        c.fp.fpcr = 11;
+        c.pauth_keys = [12; 10];
+        c.pauth_eager_left = 13;
+        c.mte = [14; 4];
+        c.pending_mmio = Some(PendingMmio { access: crate::exception::syndrome::decode_mmio(0x9340_0000 | 1 << 24).unwrap(), esr: 1, far: 2 });
+        c.stats = [15; shared_abi::msg::stats::CLASSES];
+        (c.tpidr2, c.disr_el1) = (16, 17);
+        c.vgic.vmcr = 18;
+        c.debug = DebugShadow { mdscr: 19, oslk: false };
+        c.ptimer = PTimer { ctl: 1, cval: 20 };
+        c.sve_vq = 16;
+        c.sve.z.fill(21);
+        c.sve.p.fill(22);
+        (c.sve.ffr[0], c.sve.fpsr, c.sve.fpcr, c.sve.zcr_el1) = (23, 24, 25, 26);
+        assert_ne!(c, VcpuCtx::new());
+        c.reset();
+        assert_eq!(c, VcpuCtx::new());
     }
 
     #[test]

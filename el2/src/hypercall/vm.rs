@@ -3,7 +3,7 @@
 use crate::cpu::fwreg::FwRegs;
 use crate::cpu::idreg::{self, VmPolicy};
 use crate::cpu::sve::SveRefused;
-use crate::guest::vcpu::{power, VcpuCtx, VcpuGuard};
+use crate::guest::vcpu::{power, VcpuGuard};
 use crate::guest::vm::{LocalTlbRecord, Measured, Vm};
 use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MIN_IPA_BITS};
 use crate::hw::Hw;
@@ -91,7 +91,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
     }
     let handle = vms.next_handle(slot);
     for (i, (g, v)) in guards.iter_mut().zip(&hyp.vcpus[slot]).enumerate() {
-        **g = VcpuCtx::new();
+        g.reset();
         g.sve_vq = sve_vq;
         v.power.store(if i == 0 { power::ON } else { power::OFF }, Ordering::Release);
     }
@@ -147,7 +147,7 @@ pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &i
     // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
     // `CPU_ON` entry point and context.
     for (g, v) in guards.iter_mut().zip(&hyp.vcpus[slot]) {
-        **g = VcpuCtx::new();
+        g.reset();
         v.power.store(power::OFF, Ordering::Release);
         v.on_entry.store(0, Ordering::Relaxed);
         v.on_context.store(0, Ordering::Relaxed);
@@ -219,6 +219,7 @@ pub(crate) fn vm_measurement<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::vcpu::VcpuCtx;
     use crate::guest::vm::handle_slot;
     use crate::guest::MAX_VMS;
     use crate::testing::*;
