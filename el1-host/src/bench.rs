@@ -147,7 +147,7 @@ pub fn run(plat: &Platform) {
         };
         let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
         check!(vmm::boot(&vm, entry).is_ok(), "booting the SVE bench guest");
-        let r = vmm::pinned::run(&vm, 1, &mut Mode(5 | sve_vl / 16 << 8));
+        let r = vmm::pinned::run(&vm, 1, &mut Mode(5 | (sve_vl / 16) << 8));
         check!(r == Ok(vmm::Outcome::Off), "SVE bench guest ended with {r:?}");
         check!(vmm::destroy(&vm).is_ok(), "destroying the SVE bench guest");
     }

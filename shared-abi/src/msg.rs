@@ -109,7 +109,7 @@ pub mod sve {
 
     /// Whether `vl` bytes is an SVE vector length: a multiple of 16 from 16 to 256.
     pub const fn valid_vl(vl: u64) -> bool {
-        vl >= VL_GRANULE && vl <= VL_MAX && vl % VL_GRANULE == 0
+        vl >= VL_GRANULE && vl <= VL_MAX && vl.is_multiple_of(VL_GRANULE)
     }
 
     /// The bit of [`super::HypInfo::sve_vls`] for a valid length `vl`.

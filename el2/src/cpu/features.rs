@@ -160,7 +160,7 @@ impl CpuFeatures {
     pub fn check(&self, id: &CpuId) -> Result<(), Weaker> {
         idreg::at_least(&self.view, &id.regs).map_err(|f| Weaker::Field { reg: f.reg_name, field: f.name })?;
         cachetype::at_least(self.ctr, id.ctr).map_err(|field| Weaker::Field { reg: "CTR_EL0", field })?;
-        self.sve.check(id.sve).map_err(|()| Weaker::Field { reg: "ZCR_EL2", field: "LEN" })?;
+        self.sve.check(id.sve).map_err(|_| Weaker::Field { reg: "ZCR_EL2", field: "LEN" })?;
         vgic_at_least(self.vgic, id.vgic())?;
         let relies_on_identical = !idreg::ptrauth_consistent(&self.view, false) && self.ptrauth();
         if relies_on_identical && !id.same_implementation(&self.boot) {

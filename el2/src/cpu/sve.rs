@@ -88,6 +88,10 @@ pub enum SveRefused {
     NotGiven,
 }
 
+/// A CPU does not implement the same SVE lengths as the view, up to the largest a VM may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LengthsDiffer;
+
 /// The SVE lengths of the CPUs that reported, combined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SveView {
@@ -145,13 +149,13 @@ impl SveView {
     /// select with its `ZCR_EL1`).
     ///
     /// # Errors
-    /// The CPU differs.
-    pub const fn check(&self, cpu: VqSet) -> Result<(), ()> {
+    /// [`LengthsDiffer`].
+    pub const fn check(&self, cpu: VqSet) -> Result<(), LengthsDiffer> {
         let guest = self.guest_vqs();
         match guest.max() {
             None => Ok(()),
             Some(max) if cpu.up_to(max).0 == guest.0 => Ok(()),
-            Some(_) => Err(()),
+            Some(_) => Err(LengthsDiffer),
         }
     }
 }
@@ -238,9 +242,9 @@ mod tests {
         let v = SveView::new(cpu(&[1, 2, 4]));
         assert_eq!(v.check(cpu(&[1, 2, 4])), Ok(()));
         assert_eq!(v.check(cpu(&[1, 2, 4, 8, 16])), Ok(()), "longer lengths above what VMs may have: fine");
-        assert_eq!(v.check(cpu(&[1, 2])), Err(()), "a VM of 512 bits would get 256 there");
-        assert_eq!(v.check(VqSet::NONE), Err(()), "no SVE at all");
-        assert_eq!(v.check(cpu(&[1, 2, 3, 4])), Err(()), "384 bits: a guest selecting it would see another length than on the others");
+        assert_eq!(v.check(cpu(&[1, 2])), Err(LengthsDiffer), "a VM of 512 bits would get 256 there");
+        assert_eq!(v.check(VqSet::NONE), Err(LengthsDiffer), "no SVE at all");
+        assert_eq!(v.check(cpu(&[1, 2, 3, 4])), Err(LengthsDiffer), "384 bits: a guest selecting it would see another length than on the others");
         // A view without SVE for VMs asks nothing.
         assert_eq!(SveView::new(VqSet::NONE).check(VqSet::NONE), Ok(()));
         let mut v = SveView::new(cpu(&[1, 2, 3, 4]));

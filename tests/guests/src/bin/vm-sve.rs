@@ -266,7 +266,7 @@ fn secondary(_index: u64) {
                 guests::fail(format_args!("ZCR_EL1 reads {:#x} after writing LEN {len} with RAZ/WI bits", zcr()));
             }
             let vl = rdvl() as usize;
-            if vl == 0 || vl % 16 != 0 || vl > vl_vm || vl > (len as usize + 1) * 16 {
+            if vl == 0 || !vl.is_multiple_of(16) || vl > vl_vm || vl > (len as usize + 1) * 16 {
                 guests::fail(format_args!("ZCR_EL1.LEN {len}: vector length {vl} bytes, the VM has {vl_vm}"));
             }
             if round == 0 {
