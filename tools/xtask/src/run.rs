@@ -85,7 +85,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
     linux::limits::check_limits(0, None, cmdline.len(), mem_mib, vcpus, vms)?;
     let file = linux::NamedKernel::parse(kernel).is_none() && linux::kut::program_name(kernel).is_none();
     if file {
-        let head = linux::read_head(std::path::Path::new(kernel)).map_err(|e| format!("--kernel {e}"))?;
+        let head = linux::read_head(Path::new(kernel)).map_err(|e| format!("--kernel {e}"))?;
         linux::limits::check_kernel_head(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
     }
     let tc = setup()?;
