@@ -73,6 +73,11 @@ pub fn run_all(release: &Images, test_hooks: &Images, suite: Suite, all: bool, r
             None => None,
         });
         let kut = s.linux.as_ref().and_then(|l| linux::kut::program_name(&l.kernel));
+        if let Some(why) = kut.and_then(|_| linux::kut::source_missing()) {
+            println!("scenario {} ... skipped: {why}", s.name);
+            skipped += repeat.max(1);
+            continue;
+        }
         let missing = missing.or_else(|| kut.and_then(|p| linux::kut::program(p).err()));
         if let Some(e) = &missing {
             if optional {
