@@ -1,7 +1,7 @@
 //! Hostile guests in device VMs (`scenario=guest-storm storm=KIND`, test EL2 image, guest `storm`):
 //! a VM whose guest storms the interrupt and timer paths (SGIs, expired timers never handled,
 //! random GIC and UART accesses, masked spinning, `CPU_OFF`/`CPU_ON`, aborts on every address
-//! outside RAM and the devices) runs next to a
+//! outside RAM and the devices, breakpoints and watchpoints on EL2's addresses) runs next to a
 //! well-behaved VM that takes `count=N` virtual-timer interrupts 1 ms apart, both with the
 //! devices of [`crate::vmm::linux`] and scheduled by [`crate::sched`] on every host CPU but
 //! this one.
@@ -131,7 +131,8 @@ fn storm_cmdline(kind: &str) -> &'static str {
         "onoff" => "storm=onoff",
         "cvalmax" => "storm=cvalmax",
         "aborts" => "storm=aborts",
-        other => crate::fail::fail(format_args!("storm: unknown storm {other:?} (sgi, timer, gic, masked, onoff, cvalmax, aborts)")),
+        "debug" => "storm=debug",
+        other => crate::fail::fail(format_args!("storm: unknown storm {other:?} (sgi, timer, gic, masked, onoff, cvalmax, aborts, debug)")),
     }
 }
 

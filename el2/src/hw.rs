@@ -219,6 +219,13 @@ pub trait WorldSwitch {
     /// guest's from `ctx` (`guest::fpsimd`); `put` swaps them back. `false` if they are
     /// already loaded (the trap is then not ours to fix).
     fn fp_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
+    /// While loaded, after EL2 emulated a debug-register access: with `live`, the guest's
+    /// breakpoint and watchpoint registers and `MDSCR_EL1` go into the CPU (the host's to
+    /// `saved`) and stop trapping (`MDCR_EL2.TDA`) for the rest of the run, if they were not
+    /// live already; without, live ones are saved back into `ctx` and trapped again (the host's
+    /// restored), and the CPU's `MDSCR_EL1` becomes [`crate::guest::vcpu::DebugRegs::mdscr_in_force`].
+    /// `put` saves live ones into `ctx`.
+    fn debug_sync(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved, live: bool);
     /// While loaded: copies the guest's live EL1 system registers into `ctx`.
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx);
     /// While loaded: writes `ctx`'s EL1 system registers back to the CPU.

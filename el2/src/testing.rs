@@ -218,6 +218,9 @@ impl WorldSwitch for Recorder {
         self.note("pauth_load");
         first
     }
+    fn debug_sync(&self, _: &mut VcpuCtx, _: &mut (), live: bool) {
+        self.note(if live { "debug_live" } else { "debug_trapped" });
+    }
     fn fp_load(&self, _: &VcpuCtx, _: &mut ()) -> bool {
         let first = !self.log.borrow().contains(&"fp_load");
         self.note("fp_load");

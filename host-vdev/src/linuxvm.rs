@@ -1,6 +1,7 @@
 //! A Linux VM's layout, in one place for the VMM that builds it and for whoever computes its
 //! measurement offline (`cargo xtask measure --kernel`): the kernel `Image` at its
-//! `text_offset` (or one of the project's ELF guests where it links itself), the initramfs
+//! `text_offset` (or one of the project's ELF guests where it links itself, or a raw image
+//! such as a kvm-unit-tests `.flat` at RAM + 0x80000), the initramfs
 //! just below the device tree at the top of RAM, the measurement handover page below the
 //! initramfs, the device tree (GICv3, timer, PL011, `/chosen`, the virtio-mmio transports and,
 //! for a protected VM, the restricted DMA pool below the handover page), and the runs of RAM
@@ -17,7 +18,9 @@
 //! unmeasured) memory like the rest of the free RAM; only the tree that names it is measured.
 
 use crate::fdt::{linux_tree_with_virtio, DmaPool, LinuxTree, TreeError, Virtio, VirtioMmioNode};
-use crate::loader::{image_header, linux_layout, load_linux, load_test_image, ram_chunks, Chunk, LinuxLayout, DTB_SPACE, MAX_CHUNKS};
+use crate::loader::{
+    image_header, kernel_format, linux_layout, load_linux, load_test_image, ram_chunks, raw_header, Chunk, KernelFormat, KernelFormatError, LinuxLayout, DTB_SPACE, MAX_CHUNKS,
+};
 use crate::testvm::{clear_slack, GUEST_RAM};
 
 /// The PL011's frame (IPA), as in QEMU's `virt`.
@@ -104,24 +107,34 @@ fn dma_pool(handover: u64, image_end: u64) -> Result<DmaPool, &'static str> {
     Ok(DmaPool { base: GUEST_RAM + base, size: DMA_POOL_SIZE })
 }
 
-/// Lays out `kernel` (an arm64 `Image`, or an ELF test guest), `initrd` and the device tree
-/// for `vcpus` vCPUs, command line `bootargs` and `devices` in `mem` (the VM's RAM).
+/// Lays out `kernel` (an arm64 `Image`, an ELF test guest, or a raw image:
+/// [`kernel_format`]), `initrd` and the device tree for `vcpus` vCPUs, command line `bootargs`
+/// and `devices` in `mem` (the VM's RAM). vCPU 0 starts at [`Laid::entry`] with `x0` =
+/// [`Laid::dtb`]: an `Image`'s or a raw image's first byte, an ELF's entry point.
 ///
 /// # Errors
 /// What does not fit or is not a kernel.
 pub fn lay_out(mem: &mut [u8], kernel: &[u8], initrd: &[u8], vcpus: u32, bootargs: &str, devices: Devices) -> Result<Laid, &'static str> {
     let ram = mem.len() as u64;
-    // `image_end`: where the kernel's memory ends (BSS included).
-    let (entry, layout, image_span, image_end) = if kernel.starts_with(b"\x7fELF") {
-        let loaded = load_test_image(mem, GUEST_RAM, kernel)?;
-        let dtb = ram.checked_sub(DTB_SPACE).ok_or("guest RAM too small")?;
-        (loaded.entry, LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span, loaded.span.1)
-    } else {
-        let header = image_header(kernel)?;
-        let layout = linux_layout(&header, initrd.len() as u64, ram)?;
-        load_linux(mem, &layout, kernel, initrd)?;
-        let span = (layout.kernel, layout.kernel + kernel.len() as u64);
-        (GUEST_RAM + layout.kernel, layout, span, layout.kernel + header.image_size)
+    let header = match kernel_format(kernel).map_err(KernelFormatError::message)? {
+        KernelFormat::Elf => None,
+        KernelFormat::Image => Some(image_header(kernel)?),
+        // Its memory's end is unknown: its length, then the room `linux_layout` keeps free.
+        KernelFormat::Raw => Some(raw_header(kernel.len() as u64)),
+    };
+    // `image_end`: where the kernel's memory ends (BSS included, as far as it is known).
+    let (entry, layout, image_span, image_end) = match header {
+        None => {
+            let loaded = load_test_image(mem, GUEST_RAM, kernel)?;
+            let dtb = ram.checked_sub(DTB_SPACE).ok_or("guest RAM too small")?;
+            (loaded.entry, LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span, loaded.span.1)
+        }
+        Some(header) => {
+            let layout = linux_layout(&header, initrd.len() as u64, ram)?;
+            load_linux(mem, &layout, kernel, initrd)?;
+            let span = (layout.kernel, layout.kernel + kernel.len() as u64);
+            (GUEST_RAM + layout.kernel, layout, span, layout.kernel + header.image_size)
+        }
     };
     let handover = layout.initrd.map_or(layout.dtb, |(s, _)| s).checked_sub(PAGE).ok_or("guest RAM too small")?;
     let pool = if devices.protected { Some(dma_pool(handover, image_end)?) } else { None };
@@ -175,6 +188,76 @@ mod tests {
         let lc = lay_out(&mut c, &kernel, &initrd, 2, "console=ttyAMA0 quiet", PROTECTED).unwrap();
         assert_ne!(m(&a, &la), m(&c, &lc), "the command line is measured (in the device tree)");
         assert_eq!(la.entry, GUEST_RAM);
+    }
+
+    /// A raw image: no `Image` header, no ELF magic (the first instruction, then filler).
+    fn raw(len: usize) -> std::vec::Vec<u8> {
+        let mut k: std::vec::Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+        k[..4].copy_from_slice(&0x1400_0000u32.to_le_bytes()); // b .
+        k
+    }
+
+    #[test]
+    fn a_raw_image_lands_at_ram_plus_0x80000_and_is_entered_at_its_first_byte() {
+        use crate::loader::{ChunkKind, RAW_IMAGE_OFFSET};
+        let (kernel, initrd) = (raw(91_584), std::vec![9u8; 5000]);
+        let mut mem = std::vec![0x5Au8; 64 << 20];
+        let l = lay_out(&mut mem, &kernel, &initrd, 2, "selftest setup smp=2", PROTECTED).unwrap();
+        assert_eq!(l.entry, GUEST_RAM + RAW_IMAGE_OFFSET, "QEMU's -kernel address for a file it does not recognise");
+        assert_eq!(l.layout.kernel, RAW_IMAGE_OFFSET);
+        let at = RAW_IMAGE_OFFSET as usize;
+        assert_eq!(&mem[at..at + kernel.len()], &kernel[..]);
+        // Below it nothing was loaded: an empty run of RAM, not content.
+        assert_eq!((l.chunks[0].offset, l.chunks[0].pages, l.chunks[0].kind), (0, RAW_IMAGE_OFFSET / PAGE, ChunkKind::Empty));
+        assert_eq!((l.chunks[1].offset, l.chunks[1].kind), (RAW_IMAGE_OFFSET, ChunkKind::Content));
+        assert_eq!(l.chunks[1].pages, (kernel.len() as u64).div_ceil(PAGE));
+        // Its memory's end is unknown: at least 16 MiB free above its last byte before the
+        // pool, the handover page, the initramfs and the tree.
+        let image_end = RAW_IMAGE_OFFSET + kernel.len() as u64;
+        let (initrd_start, initrd_end) = l.layout.initrd.unwrap();
+        assert_eq!(&mem[initrd_start as usize..initrd_end as usize], &initrd[..]);
+        assert!(l.dma_pool.unwrap().base - GUEST_RAM >= image_end + (8 << 20));
+        assert!(initrd_start >= image_end + (16 << 20));
+        assert_eq!(l.dtb, GUEST_RAM + (64 << 20) - DTB_SPACE);
+        // The tree carries the program's own arguments, and nothing else, as bootargs.
+        let tree = &mem[(l.dtb - GUEST_RAM) as usize..][..DTB_SPACE as usize];
+        assert!(tree.windows(20).any(|w| w == b"selftest setup smp=2"));
+        // Laid out alike whatever RAM held: its measurement is computable offline.
+        let mut zero = std::vec![0u8; 64 << 20];
+        let lz = lay_out(&mut zero, &kernel, &initrd, 2, "selftest setup smp=2", PROTECTED).unwrap();
+        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], &crate::testvm::tests::config(2, 1), l.entry, l.dtb);
+        assert_eq!(m(&mem, &l), m(&zero, &lz));
+    }
+
+    #[test]
+    fn a_raw_image_that_leaves_no_room_is_refused() {
+        // 64 MiB of RAM: 0x80000 + the image + 16 MiB + the tree must fit.
+        let mut mem = std::vec![0u8; 64 << 20];
+        assert!(lay_out(&mut mem, &raw((40 << 20) - 0x8_0000), &[], 1, "", Devices::default()).is_ok());
+        let e = lay_out(&mut mem, &raw(48 << 20), &[], 1, "", Devices::default()).err();
+        assert_eq!(e, Some("guest RAM too small for the kernel, its initramfs and the device tree"));
+    }
+
+    #[test]
+    fn images_and_elf_guests_are_still_told_from_raw_images() {
+        let mut mem = std::vec![0u8; 64 << 20];
+        // An `Image` at its text_offset (0), an ELF at its own entry, a raw image at 0x80000.
+        assert_eq!(lay_out(&mut mem, &image(), &[], 1, "", Devices::default()).unwrap().entry, GUEST_RAM);
+        let mut elf = std::vec![0u8; 0x1000];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        elf[24..32].copy_from_slice(&0x4010_0000u64.to_le_bytes());
+        assert_eq!(lay_out(&mut mem, &elf, &[], 1, "", Devices::default()).unwrap().entry, 0x4010_0000);
+        assert_eq!(lay_out(&mut mem, &raw(4096), &[], 1, "", Devices::default()).unwrap().entry, GUEST_RAM + 0x8_0000);
+        // A compressed or empty file is no kernel; a big-endian Image is refused.
+        let gz = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0];
+        assert_eq!(lay_out(&mut mem, &gz, &[], 1, "", Devices::default()).err(), Some(KernelFormatError::Compressed.message()));
+        assert_eq!(lay_out(&mut mem, &[], &[], 1, "", Devices::default()).err(), Some(KernelFormatError::Empty.message()));
+        let mut be = image();
+        be[0x18] = 1;
+        assert_eq!(lay_out(&mut mem, &be, &[], 1, "", Devices::default()).err(), Some(KernelFormatError::BigEndian.message()));
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Guest image loaders: the project's test guests (ELF64 or raw) and a Linux arm64 `Image`
-//! with its initramfs.
+//! Guest image loaders: the project's test guests (ELF64 or raw), and what a Linux VM boots
+//! with its initramfs: a Linux arm64 `Image`, an ELF test guest, or a raw image such as a
+//! kvm-unit-tests `.flat` ([`kernel_format`]).
 //!
 //! Place in the flow: the VMM (`el1-host/src/vmm`) copies an image into the guest's backing
 //! pages while they are still the host's (before `VM_ADD_MEMORY` donates or shares them), then points vCPU 0 at the
 //! entry this module returns. Every size and offset here comes from a file the user chose, so
 //! each is checked against the guest's RAM before a byte is copied.
 
-/// Where a raw test image goes, relative to the RAM base (as Linux's old boot protocol put an
-/// `Image`).
+/// Where a raw image goes, relative to the RAM base (as Linux's old boot protocol put an
+/// `Image`, and QEMU's `-kernel` a file it does not recognise): a raw test guest, or a Linux
+/// VM's raw kernel ([`KernelFormat::Raw`]).
 pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
 
 /// A test guest copied into RAM: its entry IPA and the bytes it occupies (offsets from the RAM
@@ -190,6 +192,77 @@ pub fn image_header(image: &[u8]) -> Result<ImageHeader, &'static str> {
     Ok(ImageHeader { text_offset, image_size: image_size.max(image.len() as u64) })
 }
 
+/// What a Linux VM boots, told apart by its first bytes ([`kernel_format`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF64 file: one of the project's test guests, loaded at its own addresses
+    /// ([`load_test_image`]).
+    Elf,
+    /// A Linux arm64 `Image` (magic `ARM\x64` at 0x38), placed as its header says.
+    Image,
+    /// Anything else: a raw image without a header (a kvm-unit-tests `.flat`), loaded at
+    /// [`RAW_IMAGE_OFFSET`] and entered at its first byte with `x0` = the device tree, as QEMU's
+    /// `-kernel` loads a file it does not recognise ([`raw_header`]).
+    Raw,
+}
+
+/// Why a file cannot be a Linux VM's kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormatError {
+    /// The file is empty.
+    Empty,
+    /// It starts with the magic of a compressed file (gzip, xz, zstd, bzip2, lz4): an
+    /// `Image.gz` or the like, which would otherwise pass for a raw image and crash at its first
+    /// instruction.
+    Compressed,
+    /// An arm64 `Image` whose header says big-endian (flags bit 0): guests are little-endian.
+    BigEndian,
+}
+
+impl KernelFormatError {
+    /// What to tell the user.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Empty => "the kernel image is empty",
+            Self::Compressed => "a compressed kernel (gzip, xz, zstd, bzip2 or lz4): give the uncompressed Image",
+            Self::BigEndian => "a big-endian arm64 Image (header flags bit 0): guests are little-endian",
+        }
+    }
+}
+
+/// The first bytes of the compressed formats a kernel is shipped in.
+const COMPRESSED_MAGIC: [&[u8]; 5] = [b"\x1f\x8b", b"\xfd7zXZ\0", b"\x28\xb5\x2f\xfd", b"BZh", b"\x04\x22\x4d\x18"];
+
+/// Tells a kernel's format from its first 64 bytes (`head` may be the whole file, or shorter
+/// than 64 bytes for a small raw image): ELF, arm64 `Image`, or raw. The VMM and
+/// `cargo xtask` (which reads only the head before anything is staged) decide alike.
+///
+/// # Errors
+/// An empty or compressed file, or a big-endian `Image`.
+pub fn kernel_format(head: &[u8]) -> Result<KernelFormat, KernelFormatError> {
+    if head.is_empty() {
+        return Err(KernelFormatError::Empty);
+    }
+    if head.starts_with(b"\x7fELF") {
+        return Ok(KernelFormat::Elf);
+    }
+    if head.get(0x38..0x3C) == Some(&IMAGE_MAGIC.to_le_bytes()[..]) {
+        return if head.get(0x18).is_some_and(|f| f & 1 != 0) { Err(KernelFormatError::BigEndian) } else { Ok(KernelFormat::Image) };
+    }
+    if COMPRESSED_MAGIC.iter().any(|m| head.starts_with(m)) {
+        return Err(KernelFormatError::Compressed);
+    }
+    Ok(KernelFormat::Raw)
+}
+
+/// The header a raw image of `len` bytes is laid out with: at [`RAW_IMAGE_OFFSET`], as QEMU's
+/// `-kernel` puts a file without an `Image` header. How much memory it uses past its last byte
+/// (BSS, stacks) is unknown; [`linux_layout`] keeps 16 MiB above it free, before the initramfs
+/// and the device tree.
+pub const fn raw_header(len: u64) -> ImageHeader {
+    ImageHeader { text_offset: RAW_IMAGE_OFFSET, image_size: len }
+}
+
 /// Where a Linux guest's pieces go in its RAM (offsets from the RAM base).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinuxLayout {
@@ -265,6 +338,26 @@ mod tests {
         assert!(image_header(&bad).is_err());
         assert!(image_header(&[0u8; 0x3A]).is_err(), "truncated");
         assert!(image_header(&[]).is_err());
+    }
+
+    #[test]
+    fn kernel_formats_are_told_from_their_first_bytes() {
+        use KernelFormat::{Elf, Image, Raw};
+        assert_eq!(kernel_format(&image(0, 0x1000, 0xA, 0x1000)), Ok(Image));
+        assert_eq!(kernel_format(&image(0, 0x1000, 0, 64)), Ok(Image), "the header alone, as xtask reads it");
+        assert_eq!(kernel_format(&image(0, 0x1000, 1, 64)), Err(KernelFormatError::BigEndian));
+        assert_eq!(kernel_format(&elf(&[(0x800, 0x4008_0000, 4, 4)])), Ok(Elf));
+        // A kvm-unit-tests .flat starts with an instruction; a short raw image is still one.
+        assert_eq!(kernel_format(&[0x00, 0x00, 0x00, 0x14, 0, 0, 0, 0]), Ok(Raw));
+        assert_eq!(kernel_format(&[0x1f]), Ok(Raw));
+        let mut no_magic = image(0, 0x1000, 0, 0x1000);
+        no_magic[0x38] = b'X';
+        assert_eq!(kernel_format(&no_magic), Ok(Raw));
+        for compressed in [&b"\x1f\x8b\x08\x00"[..], b"\xfd7zXZ\0\0", b"\x28\xb5\x2f\xfd\0", b"BZh91AY", b"\x04\x22\x4d\x18\x64"] {
+            assert_eq!(kernel_format(compressed), Err(KernelFormatError::Compressed), "{compressed:x?}");
+        }
+        assert_eq!(kernel_format(&[]), Err(KernelFormatError::Empty));
+        assert_eq!(raw_header(0x1_6000), ImageHeader { text_offset: RAW_IMAGE_OFFSET, image_size: 0x1_6000 });
     }
 
     #[test]

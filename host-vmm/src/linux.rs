@@ -4,7 +4,8 @@
 //! initramfs, a command line and a device tree), their vCPUs run by the host scheduler.
 //!
 //! The same VMs run the project's ELF test guests that need these devices (`scenario=linux`
-//! with an ELF staged as the kernel).
+//! with an ELF staged as the kernel) and raw images such as kvm-unit-tests' `.flat` programs
+//! ([`host_vdev::loader::KernelFormat`]).
 //!
 //! Place in the flow: [`run()`] builds the VMs from what `cargo xtask run --kernel ...` staged
 //! (`shared_abi::layout`), queues their vCPUs and lets every host CPU run them
@@ -162,7 +163,10 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     }
     let kernel = plat.guest_image().unwrap_or_else(|| crate::fail::fail(format_args!("linux: no kernel staged (guest=ADDR,SIZE)")));
     let initrd = plat.staged("initrd").unwrap_or(&[]);
-    let cmdline = plat.staged("cmdline").map_or("console=ttyAMA0", |c| core::str::from_utf8(c).unwrap_or("console=ttyAMA0").trim_end_matches(['\0', '\n']));
+    // No command line staged: `cargo xtask` was given an empty one (a kvm-unit-tests program
+    // without arguments, where every bootargs word would be one), so the tree's bootargs are
+    // empty too, as `cargo xtask measure` lays the VM out.
+    let cmdline = plat.staged("cmdline").map_or("", |c| core::str::from_utf8(c).unwrap_or("console=ttyAMA0").trim_end_matches(['\0', '\n']));
     println!(
         "host: linux: {} VM(s), {} vCPUs, {} MiB, flags {:#x}{}; kernel {} bytes, initramfs {} bytes, disk {} bytes",
         cfg.vms,
@@ -262,9 +266,10 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
     // SAFETY: the backing pages were just allocated for this VM and are still the host's
     // (until VM_ADD_MEMORY below).
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
-    // A Linux `Image`, or one of the project's ELF test guests (benchmarks and hostile guests
-    // that need the devices): laid out as `cargo xtask measure --kernel` lays it out, so the
-    // measurement can be computed offline.
+    // A Linux `Image`, one of the project's ELF test guests (benchmarks and hostile guests
+    // that need the devices), or a raw image (a kvm-unit-tests program, at RAM + 0x80000):
+    // laid out as `cargo xtask measure --kernel` lays it out, so the measurement can be
+    // computed offline.
     let devices = Devices { protected: cfg.flags & vm_flags::PROTECTED != 0, disk };
     let laid = host_vdev::linuxvm::lay_out(mem, kernel, initrd, cfg.vcpus, cmdline, devices)?;
     let failed = |_| "a hypercall to set up the VM failed";

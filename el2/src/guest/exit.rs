@@ -94,7 +94,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
                 let v = p.access.read_value(mmio_value);
                 ctx.set_gpr(p.access.reg, v);
             }
-            ctx.pc = ctx.pc.wrapping_add(4);
+            ctx.skip_instruction();
         }
     }
     // Pointer authentication: eager loads the keys every time; lazy only while the vCPU
@@ -195,7 +195,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     let esr = Esr(trap.esr);
     match esr.ec() {
         ec::WFX => {
-            ctx.pc = ctx.pc.wrapping_add(4);
+            ctx.skip_instruction();
             Next::Exit(Exit::Wfx)
         }
         // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
@@ -213,11 +213,11 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
         // A guest SGI (HCR_EL2.IMO/FMO trap the SGI registers): the host's distributor
         // model decides; the write itself is complete. Anything else here is an ID
         // register read or an UNDEF.
-        ec::SYS64 => sysreg_trap(hyp, handle, me, ctx, trap.esr, arch),
+        ec::SYS64 => sysreg_trap(hyp, handle, me, ctx, trap.esr, arch, saved),
         ec::HVC64 | ec::SMC64 => {
             if esr.ec() == ec::SMC64 {
                 // A trapped SMC's preferred return address is the SMC itself.
-                ctx.pc = ctx.pc.wrapping_add(4);
+                ctx.skip_instruction();
             }
             match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, me.protected, ctx) {
                 Served::Resume => Next::Resume,

@@ -15,9 +15,9 @@ use core::sync::atomic::Ordering;
 use shared_abi::msg::Exit;
 
 /// A trapped `MRS`/`MSR` of vCPU `me` that is not a first pointer-authentication use.
-pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &impl Hw) -> Next {
+pub(crate) fn sysreg_trap<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &A, saved: &mut A::Saved) -> Next {
     if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
-        ctx.pc = ctx.pc.wrapping_add(4);
+        ctx.skip_instruction();
         return Next::Exit(Exit::Sgi { intid: sgi.intid, targets: sgi.targets as u64, reg: sgi.reg, value });
     }
     let Some(a) = sysreg_access(esr) else { return undef(hyp, handle, ctx, Esr(esr), arch) };
@@ -38,10 +38,17 @@ pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me
         }
         r
     } else if a.op0 == 2 {
-        // Debug registers (MDCR_EL2.TDA/TDOSA): a per-vCPU shadow, never in force.
+        // Debug registers (MDCR_EL2.TDA/TDOSA), while trapped: emulated against the vCPU's
+        // copy; a use of breakpoints or watchpoints makes them live for the rest of the run,
+        // the OS lock takes them back (`DebugRegs`).
         let dfr0 = hyp.idregs[me.vm_slot][idreg::idx(5, 0)].load(Ordering::Relaxed);
         let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
-        debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0)
+        let r = debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0);
+        if r.is_some() {
+            let live = !ctx.debug.oslk && (uses_breakpoints(&a) || ctx.debug.live_from_entry());
+            arch.debug_sync(ctx, saved, live);
+        }
+        r
     } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {
         // The EL1 physical timer (CNTHCTL_EL2.EL1PCEN clear): emulated against the physical
         // count; the guest never reaches the real one, which is the host's.
@@ -68,7 +75,7 @@ pub(crate) fn sysreg_trap<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, me: &Me
             if let Emulated::Read(v) = e {
                 ctx.set_gpr(a.rt, v);
             }
-            ctx.pc = ctx.pc.wrapping_add(4);
+            ctx.skip_instruction();
             Next::Resume
         }
         None => undef(hyp, handle, ctx, Esr(esr), arch),
@@ -172,19 +179,45 @@ const MDSCR_EL1_TDCC: u64 = 1 << 12;
 /// aside, which the VM's ID registers hide).
 const OSLSR_EL1_OSLM: u64 = 1 << 3;
 
+/// `DBGBCR<n>_EL1` bits a guest may set: BT (23:20), LBN (19:16), SSC (15:14), HMC (13), BAS
+/// (8:5), PMC (2:1), E (0).
+pub const DBGBCR_MASK: u64 = 0x00FF_E1E7;
+/// `DBGWCR<n>_EL1` bits a guest may set: MASK (28:24), WT (20), LBN (19:16), SSC (15:14), HMC
+/// (13), BAS (12:5), LSC (4:3), PAC (2:1), E (0).
+pub const DBGWCR_MASK: u64 = 0x1F1F_FFFF;
+/// `DBGBVR<n>_EL1`, `DBGWVR<n>_EL1`: bits 1:0 are RES0.
+pub const DBGXVR_MASK: u64 = !0b11;
+/// `DBGAUTHSTATUS_EL1`: Non-secure invasive and non-invasive debug implemented and enabled
+/// (NSID, NSNID = 0b11); no Secure state.
+const DBGAUTHSTATUS_NS: u64 = 0b1111;
+
+/// Whether a debug-register access is a use of breakpoints or watchpoints (their registers, or
+/// `MDSCR_EL1`): the registers then go live ([`crate::guest::vcpu::DebugRegs`]).
+fn uses_breakpoints(a: &SysregAccess) -> bool {
+    a.op1 == 0 && a.crn == 0 && ((4..=7).contains(&a.op2) || (a.crm, a.op2) == (2, 2))
+}
+
 /// A trapped access to a debug register (`op0 == 2`) with value `value` (for a write), against
-/// the vCPU's shadow `dbg` and the VM's `ID_AA64DFR0_EL1` `dfr0`; `from_el0` if the guest was
-/// at EL0. `None`: not emulated (an UNDEF in the guest).
+/// the vCPU's copy `dbg` and the VM's `ID_AA64DFR0_EL1` `dfr0`; `from_el0` if the guest was at
+/// EL0. `None`: not emulated (an UNDEF in the guest).
 ///
-/// Breakpoints and watchpoints are not available to guests: their registers, for `n` up to
-/// what `dfr0` advertises (`BRPs`, `WRPs`: the count minus one), read as zero and ignore
-/// writes, as do the OS double lock, the power-down and claim-tag registers and the debug
-/// communication channel. `MDSCR_EL1` reads back what was written ([`MDSCR_EL1_MASK`]), the
-/// OS lock (`OSLAR_EL1`) shows in `OSLSR_EL1`; neither takes effect. Trace (`op1 == 1`), the
-/// ROM address (`MDRAR_EL1`), the registers of debug state (`OSDTRRX/TX_EL1`, `DLR/DSPSR_EL0`)
-/// and the wrong direction of a read-only or write-only register are not emulated.
-pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest::vcpu::DebugShadow, dfr0: u64, from_el0: bool) -> Option<Emulated> {
+/// Breakpoint and watchpoint registers, for `n` up to what `dfr0` advertises (`BRPs`, `WRPs`:
+/// the count minus one), read back what was written, masked to their fields. `MDSCR_EL1` reads
+/// back what was written ([`MDSCR_EL1_MASK`]), the OS lock (`OSLAR_EL1`) shows in `OSLSR_EL1`.
+/// The OS double lock (FEAT_DoubleLock, hidden), the power-down and claim-tag registers and
+/// the debug communication channel read as zero and ignore writes. Trace (`op1 == 1`), the ROM
+/// address (`MDRAR_EL1`), the registers of debug state (`OSDTRRX/TX_EL1`, `DLR/DSPSR_EL0`) and
+/// the wrong direction of a read-only or write-only register are not emulated.
+pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest::vcpu::DebugRegs, dfr0: u64, from_el0: bool) -> Option<Emulated> {
     let raz_wi = Some(if a.read { Emulated::Read(0) } else { Emulated::Written });
+    let reg = |r: &mut u64, mask: u64| {
+        Some(if a.read {
+            Emulated::Read(*r)
+        } else {
+            *r = value & mask;
+            Emulated::Written
+        })
+    };
     match (a.op1, a.crn, a.crm, a.op2) {
         // MDSCR_EL1.
         (0, 0, 2, 2) => {
@@ -204,11 +237,14 @@ pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest:
         (0, 1, 1, 4) if a.read => Some(Emulated::Read(OSLSR_EL1_OSLM | (dbg.oslk as u64) << 1)),
         // MDCCINT_EL1, OSECCR_EL1, OSDLR_EL1, DBGPRCR_EL1, DBGCLAIMSET_EL1, DBGCLAIMCLR_EL1.
         (0, 0, 2, 0) | (0, 0, 6, 2) | (0, 1, 3, 4) | (0, 1, 4, 4) | (0, 7, 8, 6) | (0, 7, 9, 6) => raz_wi,
-        // DBGBVR<n>_EL1, DBGBCR<n>_EL1 (op2 4, 5), DBGWVR<n>_EL1, DBGWCR<n>_EL1 (6, 7).
-        (0, 0, n, 4 | 5) if n as u64 <= (dfr0 >> 12) & 0xF => raz_wi,
-        (0, 0, n, 6 | 7) if n as u64 <= (dfr0 >> 20) & 0xF => raz_wi,
-        // DBGAUTHSTATUS_EL1 (read-only): no debug is permitted, in any state.
-        (0, 7, 14, 6) if a.read => Some(Emulated::Read(0)),
+        // DBGBVR<n>_EL1, DBGBCR<n>_EL1 (op2 4, 5), DBGWVR<n>_EL1, DBGWCR<n>_EL1 (6, 7). (`n` is
+        // CRm, below 16 = DEBUG_SLOTS.)
+        (0, 0, n, 4) if n as u64 <= (dfr0 >> 12) & 0xF => reg(&mut dbg.bvr[n as usize & 15], DBGXVR_MASK),
+        (0, 0, n, 5) if n as u64 <= (dfr0 >> 12) & 0xF => reg(&mut dbg.bcr[n as usize & 15], DBGBCR_MASK),
+        (0, 0, n, 6) if n as u64 <= (dfr0 >> 20) & 0xF => reg(&mut dbg.wvr[n as usize & 15], DBGXVR_MASK),
+        (0, 0, n, 7) if n as u64 <= (dfr0 >> 20) & 0xF => reg(&mut dbg.wcr[n as usize & 15], DBGWCR_MASK),
+        // DBGAUTHSTATUS_EL1 (read-only).
+        (0, 7, 14, 6) if a.read => Some(Emulated::Read(DBGAUTHSTATUS_NS)),
         // The debug communication channel: MDCCSR_EL0, DBGDTR_EL0, DBGDTRRX_EL0/DBGDTRTX_EL0.
         // At EL0 the guest's own MDSCR_EL1.TDCC decides, as on hardware (an UNDEF).
         (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) if from_el0 && dbg.mdscr & MDSCR_EL1_TDCC != 0 => None,
@@ -250,8 +286,8 @@ mod tests {
 
     #[test]
     fn debug_registers_are_a_shadow_the_guest_reads_back() {
-        use crate::guest::vcpu::DebugShadow;
-        let mut d = DebugShadow::RESET;
+        use crate::guest::vcpu::DebugRegs;
+        let mut d = DebugRegs::RESET;
         // (BRPs 5, WRPs 3: six breakpoints, four watchpoints.)
         let dfr0 = 6 | 5 << 12 | 3 << 20;
         let mut go = |a: SysregAccess, v: u64, el0: bool| debug_access(&a, v, &mut d, dfr0, el0);
@@ -271,21 +307,22 @@ mod tests {
         assert_eq!(go(access(2, 0, 1, 0, 4, true), 0, false), None, "OSLAR_EL1 read");
         assert_eq!(go(access(2, 0, 1, 1, 4, false), 0, false), None, "OSLSR_EL1 write");
         assert_eq!(go(access(2, 0, 7, 14, 6, false), 0, false), None, "DBGAUTHSTATUS_EL1 write");
-        assert_eq!(go(access(2, 0, 7, 14, 6, true), 0, false), Some(Emulated::Read(0)), "DBGAUTHSTATUS_EL1: no debug permitted");
+        assert_eq!(go(access(2, 0, 7, 14, 6, true), 0, false), Some(Emulated::Read(0b1111)), "DBGAUTHSTATUS_EL1: Non-secure debug permitted");
         // RAZ/WI: OSDLR, DBGPRCR, the claim tags, OSECCR, MDCCINT.
         for (crn, crm, op2) in [(1, 3, 4), (1, 4, 4), (7, 8, 6), (7, 9, 6), (0, 6, 2), (0, 2, 0)] {
             assert_eq!(go(access(2, 0, crn, crm, op2, false), u64::MAX, false), Some(Emulated::Written), "{crn} {crm} {op2}");
             assert_eq!(go(access(2, 0, crn, crm, op2, true), 0, false), Some(Emulated::Read(0)), "{crn} {crm} {op2}");
         }
-        // Breakpoints 0..=5 and watchpoints 0..=3 exist (RAZ/WI); the next ones do not.
+        // Breakpoints 0..=5 and watchpoints 0..=3 exist and read back what was written, masked
+        // to their fields; the next ones do not.
         for n in 0..16 {
-            for op2 in [4, 5] {
-                let want = if n <= 5 { Some(Emulated::Read(0)) } else { None };
-                assert_eq!(go(access(2, 0, 0, n, op2, true), 0, false), want, "DBGB*R{n}");
-            }
-            for op2 in [6, 7] {
-                let want = if n <= 3 { Some(Emulated::Written) } else { None };
-                assert_eq!(go(access(2, 0, 0, n, op2, false), 0x1234, false), want, "DBGW*R{n}");
+            for (op2, mask) in [(4, DBGXVR_MASK), (5, DBGBCR_MASK), (6, DBGXVR_MASK), (7, DBGWCR_MASK)] {
+                let exists = n <= if op2 < 6 { 5 } else { 3 };
+                let v = 0xFFFF_FFFF_FFFF_FF00 | n;
+                let want = exists.then_some(Emulated::Written);
+                assert_eq!(go(access(2, 0, 0, n, op2, false), v, false), want, "write {n} {op2}");
+                let want = exists.then_some(Emulated::Read(v & mask));
+                assert_eq!(go(access(2, 0, 0, n, op2, true), 0, false), want, "read {n} {op2}");
             }
         }
         // The debug communication channel: RAZ/WI, but at EL0 the guest's MDSCR_EL1.TDCC
@@ -302,11 +339,55 @@ mod tests {
         assert_eq!(go(access(2, 0, 1, 0, 0, true), 0, false), None, "MDRAR_EL1");
         assert_eq!(go(access(2, 0, 0, 0, 2, true), 0, false), None, "OSDTRRX_EL1");
         assert_eq!(go(access(2, 4, 0, 0, 0, true), 0, false), None);
+        assert_eq!((d.bcr[5], d.wcr[3], d.bcr[6], d.wvr[4]), (0xFFFF_FFFF_FFFF_FF05 & DBGBCR_MASK, 0xFFFF_FFFF_FFFF_FF03 & DBGWCR_MASK, 0, 0));
+    }
+
+    #[test]
+    fn debug_registers_go_live_at_first_use_once_the_os_lock_is_clear() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let bcr0_write = trap(sysreg_esr(2, 0, 0, 0, 5, 1, false), 0);
+        let oslar_clear = trap(sysreg_esr(2, 0, 1, 0, 4, 31, false), 0);
+        let run = |f: &Fixture, script: Vec<crate::hw::GuestTrap>| {
+            let rec = Recorder::default();
+            *rec.exits.borrow_mut() = script;
+            f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+            let log: Vec<_> = rec.log.borrow().iter().copied().filter(|e| e.starts_with("debug")).collect();
+            log
+        };
+        // At reset the OS lock is locked: the write is emulated, the registers stay trapped.
+        assert_eq!(run(&f, vec![bcr0_write, hvc()]), ["debug_trapped"]);
+        // Unlocked (OSLAR_EL1 = XZR), the next use makes them live.
+        assert_eq!(run(&f, vec![oslar_clear, bcr0_write, hvc()]), ["debug_trapped", "debug_live"]);
+        // A guest stepping over an instruction EL2 emulates (PSTATE.SS set at the trap): the
+        // step ends with it (SS clear), as if the guest had run it.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PSTATE, 0x3C5 | 1 << 21]).unwrap();
+        run(&f, vec![bcr0_write, hvc()]);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PSTATE]), Ok([0x3C5, 0, 0]));
+        // A trapped read of an ID register does the same.
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::PSTATE, 0x3C5 | 1 << 21]).unwrap();
+        run(&f, vec![trap(sysreg_esr(3, 0, 0, 4, 0, 2, true), 0), hvc()]);
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::PSTATE]), Ok([0x3C5, 0, 0]));
+    }
+
+    #[test]
+    fn the_os_lock_keeps_debug_events_off_in_the_cpu() {
+        use crate::guest::vcpu::{DebugRegs, MDSCR_KDE, MDSCR_MDE, MDSCR_SS};
+        let all = MDSCR_SS | MDSCR_KDE | MDSCR_MDE | MDSCR_EL1_TDCC;
+        let locked = DebugRegs { mdscr: all, ..DebugRegs::RESET };
+        assert_eq!(locked.mdscr_in_force(), MDSCR_EL1_TDCC, "no step, breakpoint or watchpoint event while locked");
+        assert!(!locked.live_from_entry(), "and the registers stay trapped");
+        let open = DebugRegs { oslk: false, ..locked };
+        assert_eq!(open.mdscr_in_force(), all);
+        assert!(open.live_from_entry());
+        // Step alone needs MDSCR_EL1 only: the breakpoint registers stay lazy.
+        assert!(!DebugRegs { mdscr: MDSCR_SS, oslk: false, ..DebugRegs::RESET }.live_from_entry());
+        assert!(DebugRegs { mdscr: MDSCR_KDE, oslk: false, ..DebugRegs::RESET }.live_from_entry());
     }
 
     #[test]
     fn only_the_documented_debug_encodings_are_emulated() {
-        use crate::guest::vcpu::DebugShadow;
+        use crate::guest::vcpu::DebugRegs;
         // Every op0 = 2 encoding (op1, CRn, CRm, op2), read and write, from EL1 and EL0, with
         // the VM's ID_AA64DFR0_EL1 at its smallest (one breakpoint, one watchpoint) and at its
         // largest (16 each: a hostile value the host cannot set, but EL2 must not index on it).
@@ -318,7 +399,8 @@ mod tests {
                         for op2 in 0..8u64 {
                             for read in [true, false] {
                                 for el0 in [false, true] {
-                                    let mut d = DebugShadow { mdscr: MDSCR_EL1_TDCC, oslk: true };
+                                    let before = DebugRegs { mdscr: MDSCR_EL1_TDCC, ..DebugRegs::RESET };
+                                    let mut d = before;
                                     let got = debug_access(&access(2, op1, crn, crm, op2, read), u64::MAX, &mut d, dfr0, el0);
                                     let documented = match (op1, crn, crm, op2) {
                                         (0, 0, 2, 2) => true,
@@ -334,16 +416,19 @@ mod tests {
                                     };
                                     assert_eq!(got.is_some(), documented, "op1 {op1} CRn {crn} CRm {crm} op2 {op2} read {read} EL0 {el0} DFR0 {dfr0:#x}");
                                     if let Some(Emulated::Read(v)) = got {
-                                        // Reads are zero but for MDSCR_EL1 and OSLSR_EL1.
+                                        // Reads are zero but for MDSCR_EL1, OSLSR_EL1 and
+                                        // DBGAUTHSTATUS_EL1 (breakpoints and watchpoints: as reset).
                                         let want = match (crn, crm, op2) {
                                             (0, 2, 2) if op1 == 0 => MDSCR_EL1_TDCC,
                                             (1, 1, 4) => OSLSR_EL1_OSLM | 2,
+                                            (7, 14, 6) => DBGAUTHSTATUS_NS,
                                             _ => 0,
                                         };
                                         assert_eq!(v, want, "op1 {op1} CRn {crn} CRm {crm} op2 {op2}");
                                     }
-                                    if !((op1, crn, crm, op2) == (0, 0, 2, 2) || (op1, crn, crm, op2) == (0, 1, 0, 4)) || read {
-                                        assert_eq!(d, DebugShadow { mdscr: MDSCR_EL1_TDCC, oslk: true }, "only MDSCR_EL1 and OSLAR_EL1 writes change the shadow");
+                                    let changes = op1 == 0 && crn == 0 && (op2 >= 4 || (crm, op2) == (2, 2)) || (op1, crn, crm, op2) == (0, 1, 0, 4);
+                                    if !changes || read {
+                                        assert_eq!(d, before, "only MDSCR_EL1, OSLAR_EL1 and breakpoint or watchpoint writes change the copy");
                                     }
                                 }
                             }

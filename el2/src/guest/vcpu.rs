@@ -40,6 +40,8 @@ const GUEST_MODES: [u64; 3] = [0b0_0000, 0b0_0100, 0b0_0101];
 const PSTATE_M: u64 = 0x1F;
 /// `PSTATE.IL` (illegal execution state).
 const PSTATE_IL: u64 = 1 << 20;
+/// `PSTATE.SS`: software step (active-not-pending when set).
+const PSTATE_SS: u64 = 1 << 21;
 /// `PSTATE` bits the host may set (what KVM accepts for AArch64): N, Z, C, V (31:28), TCO (25),
 /// DIT (24), UAO (23), PAN (22), SS (21), SSBS (12), BTYPE (11:10), D, A, I, F (9:6) and M[4:0]
 /// (checked against [`GUEST_MODES`]). Not IL (20), not bit 5 (AArch32's T), nothing above 31.
@@ -175,9 +177,9 @@ pub struct VcpuCtx {
     /// priorities and list registers. Not in the register ABI: the host queues interrupts
     /// with `VCPU_SET_IRQ` and reads them back with `VCPU_IRQ_STATE`.
     pub vgic: VgicCpu,
-    /// The self-hosted debug registers as the guest sees them (`guest::sysreg`): emulated, never
-    /// in force. Not in the register ABI.
-    pub debug: DebugShadow,
+    /// The self-hosted debug registers as the guest sees them (`guest::sysreg` while trapped,
+    /// the CPU's own while live: `arch::switch::debug`). Not in the register ABI.
+    pub debug: DebugRegs,
     /// The EL1 physical timer, emulated (`guest::sysreg`; the guest never reaches the real one).
     pub ptimer: PTimer,
     /// The VM's SVE vector length in quadwords (128 bits), 0 without SVE: which of [`Self::fp`]
@@ -191,21 +193,62 @@ pub struct VcpuCtx {
     pub sve: SveRegs,
 }
 
-/// A vCPU's view of the debug registers EL2 emulates rather than switches: what it wrote to
-/// `MDSCR_EL1` and its OS lock. Neither takes effect: the CPU runs guests with the real
-/// `MDSCR_EL1` = 0 and no breakpoint or watchpoint programmed.
+/// Breakpoints and watchpoints the context holds (the most the architecture has: `BRPs` and
+/// `WRPs` are 4-bit counts minus one).
+pub const DEBUG_SLOTS: usize = 16;
+
+/// `MDSCR_EL1.SS`: software step.
+pub const MDSCR_SS: u64 = 1;
+/// `MDSCR_EL1.KDE`: debug exceptions from the kernel's own exception level.
+pub const MDSCR_KDE: u64 = 1 << 13;
+/// `MDSCR_EL1.MDE`: breakpoint and watchpoint debug events.
+pub const MDSCR_MDE: u64 = 1 << 15;
+
+/// A vCPU's self-hosted debug registers.
+///
+/// Switched lazily, as KVM does: the guest runs with its debug registers trapped
+/// (`MDCR_EL2.TDA`) and EL2 emulates each access against this copy, until the guest uses
+/// breakpoints or watchpoints (it accesses one of their registers, or its `MDSCR_EL1` enables
+/// their events); then the copy is loaded into the CPU and the trap lifted for the rest of the
+/// run (*live*), and `put` saves the CPU's registers back here. Its `MDSCR_EL1` is in the CPU
+/// for every run (software step needs it), less the debug-event enables while its OS lock is
+/// locked: the Arm ARM generates no breakpoint, watchpoint or step exception then, and the
+/// registers stay trapped so the guest cannot re-enable them behind the lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DebugShadow {
+pub struct DebugRegs {
     /// `MDSCR_EL1`, masked to its writable bits.
     pub mdscr: u64,
     /// `OSLSR_EL1.OSLK`: the OS lock, as `OSLAR_EL1` last set it.
     pub oslk: bool,
+    /// `DBGBVR<n>_EL1`, `DBGBCR<n>_EL1`, `DBGWVR<n>_EL1`, `DBGWCR<n>_EL1`: the first `BRPs + 1`
+    /// and `WRPs + 1` of the VM's `ID_AA64DFR0_EL1` are the guest's, the rest stay zero.
+    pub bvr: [u64; DEBUG_SLOTS],
+    pub bcr: [u64; DEBUG_SLOTS],
+    pub wvr: [u64; DEBUG_SLOTS],
+    pub wcr: [u64; DEBUG_SLOTS],
 }
 
-impl DebugShadow {
-    /// At reset (a vCPU's creation or its `CPU_ON`): `MDSCR_EL1` zero and the OS lock locked,
-    /// as a cold reset leaves them (Arm ARM, `OSLSR_EL1.OSLK`); an OS clears the lock at boot.
-    pub const RESET: Self = Self { mdscr: 0, oslk: true };
+impl DebugRegs {
+    /// At reset (a vCPU's creation or its `CPU_ON`): everything zero (no breakpoint or
+    /// watchpoint enabled) and the OS lock locked, as a cold reset leaves it (Arm ARM,
+    /// `OSLSR_EL1.OSLK`); an OS clears the lock at boot.
+    pub const RESET: Self = Self { mdscr: 0, oslk: true, bvr: [0; DEBUG_SLOTS], bcr: [0; DEBUG_SLOTS], wvr: [0; DEBUG_SLOTS], wcr: [0; DEBUG_SLOTS] };
+
+    /// The `MDSCR_EL1` the CPU runs the guest with: its own, less `SS`, `KDE` and `MDE` while
+    /// its OS lock is locked.
+    pub const fn mdscr_in_force(&self) -> u64 {
+        if self.oslk {
+            self.mdscr & !(MDSCR_SS | MDSCR_KDE | MDSCR_MDE)
+        } else {
+            self.mdscr
+        }
+    }
+
+    /// Whether a run starts with the registers live: the guest enabled breakpoint and
+    /// watchpoint events (the host's own registers must not fire in it), its OS lock clear.
+    pub const fn live_from_entry(&self) -> bool {
+        !self.oslk && self.mdscr & (MDSCR_KDE | MDSCR_MDE) != 0
+    }
 }
 
 const _: () = {
@@ -336,7 +379,7 @@ impl VcpuCtx {
             tpidr2: 0,
             disr_el1: 0,
             vgic: VgicCpu::new(),
-            debug: DebugShadow::RESET,
+            debug: DebugRegs::RESET,
             ptimer: PTimer { ctl: 0, cval: 0 },
             sve_vq: 0,
             sve: SveRegs::ZERO,
@@ -466,6 +509,14 @@ impl VcpuCtx {
     pub fn timer_deadlines(&self, cntvoff: u64, now: u64) -> (u64, u64) {
         let vtimer = timer_deadline(self.sys[SysReg::CNTV_CTL_EL0], self.sys[SysReg::CNTV_CVAL_EL0], cntvoff, now);
         (vtimer, self.ptimer.deadline(now))
+    }
+
+    /// Moves the guest past the 4-byte instruction EL2 emulated, and ends a software step in
+    /// progress over it: `PSTATE.SS` clear, so a stepping guest takes its step exception right
+    /// after, as if the instruction had run itself (the Arm ARM's active-pending state).
+    pub fn skip_instruction(&mut self) {
+        self.pc = self.pc.wrapping_add(4);
+        self.pstate &= !PSTATE_SS;
     }
 
     /// Writes `value` to GPR `n`; `n == 31` is XZR (the write is dropped).
@@ -746,7 +797,9 @@ mod tests {
         c.stats = [15; shared_abi::msg::stats::CLASSES];
         (c.tpidr2, c.disr_el1) = (16, 17);
         c.vgic.vmcr = 18;
-        c.debug = DebugShadow { mdscr: 19, oslk: false };
+        c.debug.mdscr = 19;
+        c.debug.oslk = false;
+        c.debug.wcr[3] = 27;
         c.ptimer = PTimer { ctl: 1, cval: 20 };
         c.sve_vq = 16;
         c.sve.z.fill(21);

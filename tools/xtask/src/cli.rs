@@ -12,10 +12,10 @@ pub struct Flag {
 /// The flags `run` takes.
 pub const RUN_FLAGS: &[Flag] = &[
     Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000 of a 16 MiB VM); default demo" },
-    Flag { name: "--kernel", value: Some("FILE|debian|pkvm"), help: "boot a Linux arm64 Image (at most 60 MiB) as the guest instead; `debian` is Debian's cloud kernel that setup fetched, `pkvm` the project's pKVM guest kernel that setup built" },
+    Flag { name: "--kernel", value: Some("FILE|debian|pkvm|kut:NAME.flat"), help: "boot a Linux arm64 Image, or a raw image loaded at RAM + 0x80000 (at most 60 MiB), as the guest instead; `debian` is Debian's cloud kernel that setup fetched, `pkvm` the project's pKVM guest kernel that setup built, `kut:NAME.flat` a kvm-unit-tests program that setup built" },
     Flag { name: "--initrd", value: Some("FILE"), help: "the Linux guest's initrd, at most 64 MiB; default with --kernel debian or pkvm: the project's initramfs (tests/linux)" },
     Flag { name: "--disk", value: Some("FILE"), help: "a disk image (whole 512-byte sectors, at most 256 MiB) behind each Linux VM's virtio-blk; writes stay in memory for the run" },
-    Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\" (with --kernel pkvm: without earlycon)" },
+    Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\" (with --kernel pkvm: without earlycon; with kut:NAME.flat: none, every word is the test's argument)" },
     Flag { name: "--mem", value: Some("SIZE"), help: "memory of each Linux VM, 64M to 1536M (e.g. 512M, 1G), at most 1536M for all VMs; default 512M" },
     Flag { name: "--vms", value: Some("N"), help: "identical Linux VMs run at once, 1 or 2; default 1" },
     Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of each VM, 1 to 8 (the demo: at most --smp, one vCPU per host CPU); default 2" },
@@ -60,7 +60,7 @@ pub const LINUX_BARE_FLAGS: &[Flag] = &[
 /// The flags `measure` takes.
 pub const MEASURE_FLAGS: &[Flag] = &[
     Flag { name: "--guest", value: Some("NAME|PATH"), help: "the test guest (default: demo)" },
-    Flag { name: "--kernel", value: Some("FILE|debian|pkvm"), help: "a Linux arm64 Image instead (as run --kernel lays it out)" },
+    Flag { name: "--kernel", value: Some("FILE|debian|pkvm|kut:NAME.flat"), help: "a Linux VM's kernel instead: an Image, or a raw image (as run --kernel lays it out)" },
     Flag { name: "--initrd", value: Some("FILE"), help: "with --kernel: the initramfs (debian, pkvm: the project's)" },
     Flag { name: "--cmdline", value: Some("\"...\""), help: "with --kernel: the command line (as run's default)" },
     Flag { name: "--disk", value: Some("FILE"), help: "with --kernel: the VM has a disk (its virtio-blk transport is in the measured device tree; the disk's content is not measured)" },

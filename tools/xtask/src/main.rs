@@ -3,17 +3,18 @@
 //! - `setup`: installs what is missing (the bare-metal Rust target, QEMU, the arm64 cross
 //!   compiler), fetches Debian's arm64 kernel and busybox for Linux guests into
 //!   `target/linux/` (once per package version) and builds the pKVM guest kernel into
-//!   `~/.cache/pkvm-rs/kernel/` (once per machine), saying what it does.
+//!   `~/.cache/pkvm-rs/kernel/` and kvm-unit-tests into `~/.cache/pkvm-rs/kvm-unit-tests/`
+//!   (once per machine), saying what it does.
 //! - `build`: builds the EL2 image (`boot`) and the host image (`el1-host`).
 //! - `run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]`:
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
 //!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
-//!   `--kernel FILE|debian|pkvm [--initrd FILE] [--disk FILE] [--cmdline "..."] [--mem SIZE]
-//!   [--vms N] [--mte] [--ptrauth]` boots a Linux arm64 Image as the guest instead (the host's
-//!   `linux` scenario; `--disk`: an image behind its virtio-blk); `--kernel debian` is Debian's
-//!   kernel, `--kernel pkvm` the project's pKVM guest kernel, both with the project's initramfs
-//!   (`tests/linux`).
+//!   `--kernel FILE|debian|pkvm|kut:NAME.flat [--initrd FILE] [--disk FILE] [--cmdline "..."]
+//!   [--mem SIZE] [--vms N] [--mte] [--ptrauth]` boots a Linux arm64 Image or a raw image as
+//!   the guest instead (the host's `linux` scenario; `--disk`: an image behind its virtio-blk);
+//!   `--kernel debian` is Debian's kernel, `--kernel pkvm` the project's pKVM guest kernel, both
+//!   with the project's initramfs (`tests/linux`), `kut:NAME.flat` a kvm-unit-tests program.
 //! - `test [--no-unit] [--only NAME[,NAME...]] [--all] [--repeat N] [--verbose]`: host unit
 //!   tests, then every QEMU scenario in `tests/scenarios.txt` (or those named; `--all` adds those
 //!   marked `default = off`, the Linux guests), each `N` times in a row.

@@ -56,14 +56,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     if let Some(kernel) = flags.value("--kernel") {
-        let named = crate::linux::NamedKernel::parse(kernel);
-        let (kernel_file, default_initrd) = match named {
-            Some(named) => {
-                let a = crate::linux::artifacts()?;
-                (a.image(named)?.to_path_buf(), Some(a.initramfs))
-            }
-            None => (std::path::PathBuf::from(kernel), None),
-        };
+        let (kernel_file, default_initrd) = crate::linux::resolve_kernel(kernel, Path::new(""), crate::linux::artifacts)?;
         let run = crate::linux::LinuxRun {
             scenario: "linux".into(),
             kernel: kernel_file,

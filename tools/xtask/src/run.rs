@@ -4,7 +4,7 @@
 use crate::build::{build, Flavour};
 use crate::images::test_guest_machine;
 use crate::{cli, linux, scenario, setup::setup};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The largest image the host can load: QEMU stages it at GUEST_STAGING, and the host gives
 /// the VM 16 MiB of RAM, less 64 KiB for the device tree (a raw image goes at RAM + 0x80000).
@@ -83,19 +83,13 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
     let cmdline = flags.value("--cmdline").unwrap_or(linux::default_cmdline(kernel)).to_string();
     // The limits that need no file, before anything is fetched or built.
     linux::limits::check_limits(0, None, cmdline.len(), mem_mib, vcpus, vms)?;
-    let named = linux::NamedKernel::parse(kernel);
-    if named.is_none() {
-        let head = std::fs::read(kernel).map_err(|e| format!("--kernel {kernel}: {e}"))?;
-        linux::limits::check_image_header(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
+    let file = linux::NamedKernel::parse(kernel).is_none() && linux::kut::program_name(kernel).is_none();
+    if file {
+        let head = linux::read_head(Path::new(kernel)).map_err(|e| format!("--kernel {e}"))?;
+        linux::limits::check_kernel_head(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
     }
     let tc = setup()?;
-    let (kernel, default_initrd) = match named {
-        Some(named) => {
-            let a = linux::artifacts()?;
-            (a.image(named)?.to_path_buf(), Some(a.initramfs))
-        }
-        None => (PathBuf::from(kernel), None),
-    };
+    let (kernel, default_initrd) = linux::resolve_kernel(kernel, Path::new(""), linux::artifacts)?;
     let run = linux::LinuxRun {
         scenario: flags.value("--scenario").unwrap_or("linux").to_string(),
         kernel,

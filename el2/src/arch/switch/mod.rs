@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 1 | [`el1`] | the host's EL1 state out |
 //! | 2 | [`traps`] | the host's EL2 configuration out |
-//! | 3 | [`debug`] | `MDSCR_EL1` = 0, trace prohibited, the host's counters stopped (protected VMs) |
+//! | 3 | [`debug`] | the guest's `MDSCR_EL1` (its breakpoints and watchpoints too if it uses them, lazily otherwise), trace prohibited, the host's counters stopped (protected VMs) |
 //! | 4 | [`tpidr2`] | `TPIDR2_EL0` (FEAT_SME) |
 //! | 5 | [`disr`] | the guest's `DISR_EL1`, i.e. `VDISR_EL2` (FEAT_RAS) |
 //! | 6 | [`vgic`] | the virtual GIC CPU interface |
@@ -122,6 +122,7 @@ struct HostScratch {
     fp: FpRegs,
     keys: [u64; 10],
     mte: [u64; 4],
+    debug: debug::HostDebug,
 }
 
 struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
@@ -130,7 +131,7 @@ struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
 unsafe impl Sync for PerCpuScratch {}
 
 static SCRATCH: [PerCpuScratch; MAX_CPUS] =
-    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4] })) }; MAX_CPUS];
+    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4], debug: [[0; crate::guest::vcpu::DEBUG_SLOTS]; 4] })) }; MAX_CPUS];
 
 /// This CPU's scratch area.
 fn scratch() -> &'static mut HostScratch {
@@ -145,7 +146,7 @@ impl Cpu {
         let f = features();
         let el1 = el1::save_host();
         let host = traps::save_host();
-        let controls = guest_controls(&f, host.mdcr, cfg, cfg.protected);
+        let mut controls = guest_controls(&f, host.mdcr, cfg, cfg.protected);
         let mut hcr = controls.hcr;
         if cfg.fwb {
             // The VM's stage 2 uses the FWB encoding (VMs are created so only when every CPU
@@ -153,7 +154,7 @@ impl Cpu {
             // the bit can change with VTTBR_EL2 without invalidation.
             hcr |= hcr::FWB;
         }
-        let debug = debug::load_guest(&controls);
+        let debug = debug::load_guest(&mut controls, ctx);
         let tpidr2 = tpidr2::load_guest(&f, ctx);
         let disr = disr::load_guest(&controls, ctx);
         let vgic = vgic::load_guest(&f, ctx);
@@ -204,7 +205,7 @@ impl Cpu {
         vgic::put(ctx, &saved.vgic);
         disr::put(ctx, &saved.disr);
         tpidr2::put(ctx, &saved.tpidr2);
-        debug::put(&saved.debug);
+        debug::put(ctx, &saved.debug);
         el1::restore_host(saved.el1);
         timer::put();
         traps::restore_host(&saved.traps);
@@ -236,6 +237,10 @@ impl WorldSwitch for Cpu {
 
     fn fp_load(&self, ctx: &VcpuCtx, saved: &mut HostSaved) -> bool {
         fpsimd::first_use(ctx, saved)
+    }
+
+    fn debug_sync(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved, live: bool) {
+        debug::sync(ctx, &mut saved.debug, live);
     }
 
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx) {

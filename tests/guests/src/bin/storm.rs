@@ -25,6 +25,14 @@
 //!   VMM declines the loads and stores, EL2 answers the fetches), which its vectors handle and
 //!   go on; vCPU 0 first makes one pass alone and checks that it took exactly one abort per
 //!   access, then starts the others and all repeat without end;
+//! - `debug`: every vCPU clears its OS lock, enables breakpoint and watchpoint events at its
+//!   own exception level (`MDSCR_EL1.MDE`, `KDE`) and programs every breakpoint and watchpoint
+//!   its ID registers give it on EL2's addresses (its image and stacks, its UART, the top of the
+//!   address space), matching at every exception level it may name (`HMC`, `SSC`, `PMC` all
+//!   set), and random values, then makes exits (MMIO, ID register reads, `PSCI_VERSION`) and
+//!   programs them again, without end. EL2 must take no debug exception; one the guest takes
+//!   itself (a slot matching its own access) turns its events off in the vectors, and it goes
+//!   on;
 //! - `cvalmax`: every vCPU enables its virtual timer with `CNTV_CVAL_EL0` = all-ones, a legal
 //!   "never", and spins. Under a non-zero `CNTVOFF_EL2` QEMU 7.2's timer computes
 //!   `CVAL + CNTVOFF` wrapped into the past and re-arms itself for ever: the whole machine
@@ -59,6 +67,7 @@ enum Kind {
     OnOff,
     CvalMax,
     Aborts,
+    Debug,
 }
 
 impl Kind {
@@ -72,6 +81,7 @@ impl Kind {
             Kind::OnOff => "onoff",
             Kind::CvalMax => "cvalmax",
             Kind::Aborts => "aborts",
+            Kind::Debug => "debug",
         }
     }
 }
@@ -82,13 +92,18 @@ static KIND: AtomicU64 = AtomicU64::new(0);
 /// the GIC storm).
 #[no_mangle]
 static STORM_SYNC: AtomicU64 = AtomicU64::new(0);
+/// Debug exceptions (breakpoint, step, watchpoint) the guest took at its own level.
+#[no_mangle]
+static STORM_DEBUG: AtomicU64 = AtomicU64::new(0);
 /// Interrupts the guest took without acknowledging them.
 #[no_mangle]
 static STORM_IRQS: AtomicU64 = AtomicU64::new(0);
 
 // EL1 vectors. A synchronous exception from the current EL (SPx) is counted and skipped: an
 // instruction abort (EC 0x21: the `aborts` storm's `BLR` to an address with nothing there)
-// returns to the link register, anything else past the faulting 4-byte load or store. An IRQ
+// returns to the link register; a breakpoint, software step or watchpoint (EC 0x31, 0x33,
+// 0x35: the `debug` storm) turns MDSCR_EL1's debug events off and retries the instruction;
+// anything else returns past the faulting 4-byte load or store. An IRQ
 // or FIQ is counted and returned from with PSTATE.I and F set, never acknowledged; anything
 // else stops the VM.
 core::arch::global_asm!(
@@ -110,8 +125,22 @@ storm_vectors:
     mrs x0, esr_el1
     lsr x0, x0, #26
     cmp x0, #0x21
-    b.ne 1f
+    b.ne 3f
     msr elr_el1, x30
+    b 2f
+3:  sub x1, x0, #0x31
+    cmp x1, #4
+    b.hi 1f
+    tbnz x1, #0, 1f
+    mrs x0, mdscr_el1
+    mov x1, #0xa001
+    bic x0, x0, x1
+    msr mdscr_el1, x0
+    adrp x0, STORM_DEBUG
+    add x0, x0, :lo12:STORM_DEBUG
+    ldr x1, [x0]
+    add x1, x1, #1
+    str x1, [x0]
     b 2f
 1:  mrs x0, elr_el1
     add x0, x0, #4
@@ -210,6 +239,7 @@ fn main(dtb: u64) {
         Some("onoff") => Kind::OnOff,
         Some("cvalmax") => Kind::CvalMax,
         Some("aborts") => Kind::Aborts,
+        Some("debug") => Kind::Debug,
         other => guests::fail(format_args!("unknown storm {other:?} (bootargs {args:?})")),
     };
     let vcpus = tree.cpus().count() as u64;
@@ -223,6 +253,7 @@ fn main(dtb: u64) {
             Kind::OnOff => 5,
             Kind::CvalMax => 6,
             Kind::Aborts => 7,
+            Kind::Debug => 8,
         },
         Ordering::SeqCst,
     );
@@ -260,6 +291,7 @@ fn secondary(index: u64) {
         4 => Kind::Masked,
         6 => Kind::CvalMax,
         7 => Kind::Aborts,
+        8 => Kind::Debug,
         _ => Kind::OnOff,
     };
     storm(kind, index, 0);
@@ -315,6 +347,7 @@ fn storm(kind: Kind, me: u64, vcpus: u64) -> ! {
         Kind::Aborts => loop {
             abort_pass();
         },
+        Kind::Debug => debug_storm(me),
         Kind::CvalMax => {
             // SAFETY: this vCPU's own virtual timer: enabled, compare value all-ones.
             unsafe { asm!("msr cntv_cval_el0, {m}", "msr cntv_ctl_el0, {one}", "isb", m = in(reg) u64::MAX, one = in(reg) 1u64, options(nostack)) };
@@ -327,6 +360,66 @@ fn storm(kind: Kind, me: u64, vcpus: u64) -> ! {
             // SAFETY: masks this vCPU's interrupts and loops; touches no memory.
             unsafe { asm!("msr daifset, #0xf", "2: b 2b", options(noreturn, nomem, nostack)) }
         }
+    }
+}
+
+/// Defines `$write(n, v)` for `DBG<kind>R<n>_EL1`, each `n` its own instruction.
+macro_rules! debug_bank {
+    ($write:ident, $name:literal) => {
+        debug_bank!($write, $name, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    };
+    ($write:ident, $name:literal, [$($i:literal),*]) => {
+        fn $write(n: u64, v: u64) {
+            match n {
+                // SAFETY: this vCPU's own debug register (`n` within its ID registers' count).
+                $( $i => unsafe { asm!(concat!("msr ", $name, $i, "_el1, {}"), in(reg) v, options(nostack)) }, )*
+                _ => {}
+            }
+        }
+    };
+}
+debug_bank!(write_bvr, "dbgbvr");
+debug_bank!(write_bcr, "dbgbcr");
+debug_bank!(write_wvr, "dbgwvr");
+debug_bank!(write_wcr, "dbgwcr");
+
+/// The `debug` storm.
+fn debug_storm(me: u64) -> ! {
+    let dfr0: u64;
+    // SAFETY: an ID register read (trapped and answered by EL2).
+    unsafe { asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack)) };
+    let (brps, wrps) = ((dfr0 >> 12) & 0xF, (dfr0 >> 20) & 0xF);
+    // EL2's image and stacks, its UART, the top of the address space, the bottom.
+    const TARGETS: [u64; 5] = [0x4020_0000, 0x4080_0000, 0x0900_0000, 0xFFFF_FFFF_FFFF_F000, 0];
+    let mut rng = Rng(0xDEB6_0000_0000_0001 ^ (me + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    // SAFETY: clears this vCPU's OS lock (OSLAR_EL1 = 0).
+    unsafe { asm!("msr oslar_el1, xzr", "isb", options(nostack)) };
+    let mut round = 0u64;
+    loop {
+        for n in 0..=brps {
+            let r = rng.next();
+            let addr = if round % 4 == 3 { r } else { TARGETS[((n + round) % 5) as usize] };
+            write_bvr(n, addr);
+            // E, PMC = 0b11, BAS = 0b1111, HMC, SSC = 0b11; or anything.
+            write_bcr(n, if round % 4 == 3 { rng.next() } else { 1 | 0b11 << 1 | 0xF << 5 | 1 << 13 | 0b11 << 14 });
+        }
+        for n in 0..=wrps {
+            let r = rng.next();
+            let addr = if round % 4 == 3 { r } else { TARGETS[((n + round + 2) % 5) as usize] };
+            write_wvr(n, addr);
+            // E, PAC = 0b11, LSC = 0b11 (loads and stores), BAS = all eight bytes, HMC, SSC.
+            write_wcr(n, if round % 4 == 3 { rng.next() } else { 1 | 0b11 << 1 | 0b11 << 3 | 0xFF << 5 | 1 << 13 | 0b11 << 14 });
+        }
+        // SAFETY: MDSCR_EL1.MDE and KDE: this vCPU's own debug events; the vectors handle any
+        // it takes.
+        unsafe { asm!("mrs {t}, mdscr_el1", "orr {t}, {t}, #0x8000", "orr {t}, {t}, #0x2000", "msr mdscr_el1, {t}", "isb", t = out(reg) _, options(nostack)) };
+        for _ in 0..16 {
+            // SAFETY: an MMIO load the host emulates (UARTFR), and an ID register read.
+            let _ = unsafe { core::ptr::read_volatile((guests::UART + 0x18) as *const u32) };
+            unsafe { asm!("mrs {}, id_aa64mmfr0_el1", out(reg) _, options(nomem, nostack)) };
+            let _ = guests::psci_version();
+        }
+        round += 1;
     }
 }
 

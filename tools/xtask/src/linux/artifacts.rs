@@ -242,9 +242,10 @@ fn prune(r: &Resolved) {
 
 /// `setup`'s part for Linux guests: the arm64 architecture in dpkg, Debian's kernel and busybox
 /// in the cache (apt is asked only when its lists changed since the last resolution), the cross
-/// compiler for the check program, and the pKVM guest kernel (built once per machine).
+/// compiler for the check program, the pKVM guest kernel and the kvm-unit-tests programs (each
+/// built once per machine).
 pub fn setup() -> Result<(), String> {
-    let result = fetch_all().and_then(|_| install_cross_compiler()).and_then(|_| super::kernel::setup());
+    let result = fetch_all().and_then(|_| install_cross_compiler()).and_then(|_| super::kernel::setup()).and_then(|_| super::kut::setup());
     match result {
         Err(e) if std::env::var(OPTIONAL_ENV).is_ok_and(|v| v == "1") => {
             println!("xtask: warning: no Linux guest artifacts ({e}); {OPTIONAL_ENV}=1, so going on without them");

@@ -47,17 +47,23 @@ const RECIPE: &str = "tar xf; make ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- t
 
 const MAKE_ARGS: &[&str] = &["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"];
 
-/// `~/.cache/pkvm-rs/kernel` (or under `$XDG_CACHE_HOME`).
-fn cache() -> Result<PathBuf, String> {
+/// `~/.cache/pkvm-rs` (or `$XDG_CACHE_HOME/pkvm-rs`): what `setup` builds once per machine,
+/// outside the clone (this kernel; the kvm-unit-tests programs, `kut.rs`).
+pub(super) fn machine_cache() -> Result<PathBuf, String> {
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or("neither XDG_CACHE_HOME nor HOME is set: no place for the kernel cache")?).join(".cache"),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or("neither XDG_CACHE_HOME nor HOME is set: no place for the build cache")?).join(".cache"),
     };
-    Ok(base.join("pkvm-rs/kernel"))
+    Ok(base.join("pkvm-rs"))
+}
+
+/// `~/.cache/pkvm-rs/kernel` (or under `$XDG_CACHE_HOME`).
+fn cache() -> Result<PathBuf, String> {
+    Ok(machine_cache()?.join("kernel"))
 }
 
 /// The installed version of `package` (`dpkg-query`), `None` if it is not installed.
-fn installed_version(package: &str) -> Option<String> {
+pub(super) fn installed_version(package: &str) -> Option<String> {
     let out = Command::new("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]).stderr(Stdio::null()).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (status, version) = text.split_once('\t')?;
@@ -159,15 +165,14 @@ fn build_timestamp() -> Result<String, String> {
     if out.status.success() && !text.is_empty() { Ok(text) } else { Err(format!("date -u -r {SOURCE_TARBALL} failed")) }
 }
 
-/// Runs one step of the build in `dir`, its output appended to `log`.
-fn step(dir: &Path, log: &Path, timestamp: &str, program: &str, args: &[&str]) -> Result<(), String> {
+/// Runs one step of a build in `dir` with the environment `envs` added, its output appended
+/// to `log`; a failure quotes the log's last lines.
+pub(super) fn step(dir: &Path, log: &Path, envs: &[(&str, &str)], program: &str, args: &[&str]) -> Result<(), String> {
     let open = || std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()));
     let status = Command::new(program)
         .args(args)
         .current_dir(dir)
-        .env("KBUILD_BUILD_USER", "pkvm-rs")
-        .env("KBUILD_BUILD_HOST", "xtask")
-        .env("KBUILD_BUILD_TIMESTAMP", timestamp)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(open()?)
         .stderr(open()?)
@@ -205,7 +210,8 @@ fn build(version: &str, options: &[&str], dir: &Path) -> Result<(), String> {
     );
     let start = Instant::now();
     let timestamp = build_timestamp()?;
-    let step = |program: &str, args: &[&str]| step(&scratch, &log, &timestamp, program, args);
+    let envs = [("KBUILD_BUILD_USER", "pkvm-rs"), ("KBUILD_BUILD_HOST", "xtask"), ("KBUILD_BUILD_TIMESTAMP", timestamp.as_str())];
+    let step = |program: &str, args: &[&str]| step(&scratch, &log, &envs, program, args);
     let result = (|| {
         step("tar", &["xf", SOURCE_TARBALL, "--strip-components=1"])?;
         step("make", &[MAKE_ARGS, &["tinyconfig"]].concat())?;

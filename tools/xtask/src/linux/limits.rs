@@ -1,6 +1,8 @@
 //! The limits of a Linux run, checked before anything is built or started: the kernel's
-//! header and the sizes of its files, command line, memory, vCPUs and VMs.
+//! format (an `Image` for the kernels the project fetches or builds; an `Image`, an ELF test
+//! guest or a raw image for a run) and the sizes of its files, command line, memory, vCPUs and VMs.
 
+use host_vdev::loader::{kernel_format, KernelFormat};
 use shared_abi::layout::{GUEST_CMDLINE_MAX, GUEST_DISK_MAX, GUEST_DISK_STAGING, GUEST_IMAGE_MAX, GUEST_IMAGE_STAGING, GUEST_INITRD_MAX, GUEST_INITRD_STAGING};
 
 /// The bytes `ARM\x64` at offset 0x38 of an arm64 `Image` header (Linux
@@ -8,8 +10,6 @@ use shared_abi::layout::{GUEST_CMDLINE_MAX, GUEST_DISK_MAX, GUEST_DISK_STAGING, 
 const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 const IMAGE_MAGIC_OFFSET: usize = 0x38;
 const IMAGE_FLAGS_OFFSET: usize = 0x18;
-/// The first bytes of an ELF file (a test guest the Linux VMM runs instead of a kernel).
-pub const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
 /// Guest memory per VM, in MiB, and for all VMs together: what EL2 and the host can give out
 /// of the 2 GiB machine a Linux run uses.
@@ -25,6 +25,14 @@ pub fn check_image_header(head: &[u8]) -> Result<(), String> {
         return Err("a big-endian arm64 Image (header flags bit 0): guests are little-endian".into());
     }
     Ok(())
+}
+
+/// Checks what a Linux run boots from its first bytes (at most 64; fewer for a smaller file),
+/// deciding as the VMM does (`host_vdev::loader::kernel_format`): a Linux arm64 `Image`, one
+/// of the project's ELF test guests, or a raw image loaded at RAM + 0x80000 (a
+/// kvm-unit-tests `.flat`).
+pub fn check_kernel_head(head: &[u8]) -> Result<KernelFormat, String> {
+    kernel_format(head).map_err(|e| e.message().to_string())
 }
 
 /// Parses a memory size such as `512M`, `1G`, `1536MiB` into MiB.
@@ -127,6 +135,23 @@ mod tests {
         let mut be = image_head();
         be[0x18] |= 1;
         assert!(check_image_header(&be).unwrap_err().contains("big-endian"));
+    }
+
+    #[test]
+    fn a_run_boots_an_image_an_elf_or_a_raw_image() {
+        assert_eq!(check_kernel_head(&image_head()), Ok(KernelFormat::Image));
+        assert_eq!(check_kernel_head(b"\x7fELF\x02\x01\x01\0"), Ok(KernelFormat::Elf));
+        // A kvm-unit-tests .flat: no header, its first instruction first; a file shorter than
+        // an Image header too.
+        let mut flat = vec![0u8; 64];
+        flat[..4].copy_from_slice(&[0x1f, 0x20, 0x03, 0xd5]);
+        assert_eq!(check_kernel_head(&flat), Ok(KernelFormat::Raw));
+        assert_eq!(check_kernel_head(&flat[..16]), Ok(KernelFormat::Raw));
+        assert!(check_kernel_head(&[0x1f, 0x8b, 8, 0]).unwrap_err().contains("compressed"));
+        assert!(check_kernel_head(&[]).unwrap_err().contains("empty"));
+        let mut be = image_head();
+        be[0x18] |= 1;
+        assert!(check_kernel_head(&be).unwrap_err().contains("big-endian"));
     }
 
     #[test]

@@ -2,21 +2,24 @@
 //! benchmarks) and the QEMU machine for it, the same kernel on bare QEMU (the baseline,
 //! `cargo xtask linux-bare`), and the boot-to-userspace measurement the benchmark compares
 //! between the two. The files (`artifacts.rs`, `initramfs.rs`), the pKVM guest kernel's build
-//! (`kernel.rs`) and the limits (`limits.rs`) are in the submodules.
+//! (`kernel.rs`), the kvm-unit-tests build (`kut.rs`) and the limits (`limits.rs`) are in the
+//! submodules.
 
 pub mod artifacts;
 pub mod bare;
 mod cpio;
 mod initramfs;
 pub mod kernel;
+pub mod kut;
 pub mod limits;
 
 pub use artifacts::{artifacts, Artifacts};
 
 use crate::images::Images;
 use crate::qemu::{self, Machine};
-use limits::{check_limits, check_image_header, ELF_MAGIC};
+use limits::{check_kernel_head, check_limits};
 use shared_abi::layout::{GUEST_CMDLINE_STAGING, GUEST_DISK_STAGING, GUEST_IMAGE_STAGING, GUEST_INITRD_STAGING};
+use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,9 +61,30 @@ impl NamedKernel {
     }
 }
 
-/// The command line for a kernel (a name or a file) when none is given.
+/// The command line for a kernel (a name or a file) when none is given: none for a
+/// kvm-unit-tests program (`kut:...`), whose every bootargs word is an argument.
 pub fn default_cmdline(kernel: &str) -> &'static str {
+    if kut::program_name(kernel).is_some() {
+        return "";
+    }
     NamedKernel::parse(kernel).map_or(DEFAULT_CMDLINE, NamedKernel::default_cmdline)
+}
+
+/// The kernel file and default initramfs of what `--kernel` or `kernel =` names: a named kernel
+/// (with the project's initramfs, from `artifacts`, asked only then), a kvm-unit-tests program
+/// (`kut:NAME.flat`, built by `setup`; no initramfs), or a file (relative to `base`).
+pub fn resolve_kernel<A: Borrow<Artifacts>>(kernel: &str, base: &Path, artifacts: impl FnOnce() -> Result<A, String>) -> Result<(PathBuf, Option<PathBuf>), String> {
+    if let Some(name) = kut::program_name(kernel) {
+        return Ok((kut::program(name)?, None));
+    }
+    match NamedKernel::parse(kernel) {
+        Some(named) => {
+            let a = artifacts()?;
+            let a = a.borrow();
+            Ok((a.image(named)?.to_path_buf(), Some(a.initramfs.clone())))
+        }
+        None => Ok((base.join(kernel), None)),
+    }
 }
 
 /// Set to 1 to let `setup` go on without the Linux artifacts (Linux scenarios are then skipped).
@@ -111,14 +135,10 @@ impl LinuxRun {
                 return Err("--disk with --vms 2: one staged disk image cannot be two VMs' disks".into());
             }
         }
-        let mut head = vec![0u8; 64];
-        let mut f = std::fs::File::open(&self.kernel).map_err(|e| format!("{}: {e}", self.kernel.display()))?;
-        std::io::Read::read_exact(&mut f, &mut head).map_err(|_| format!("{}: not a Linux arm64 Image: shorter than its header", self.kernel.display()))?;
-        // The host's Linux VMM also runs the project's ELF test guests (the benchmarks'
-        // interrupt guest), loaded at their own addresses.
-        if !head.starts_with(ELF_MAGIC) {
-            check_image_header(&head).map_err(|e| format!("{}: {e}", self.kernel.display()))?;
-        }
+        // An `Image`; the host's Linux VMM also runs the project's ELF test guests (the
+        // benchmarks' interrupt guest), loaded at their own addresses, and raw images (the
+        // kvm-unit-tests programs), at RAM + 0x80000.
+        check_kernel_head(&read_head(&self.kernel)?).map_err(|e| format!("{}: {e}", self.kernel.display()))?;
         Ok(Staged { kernel, initrd, disk })
     }
 
@@ -150,6 +170,14 @@ impl LinuxRun {
         }
         s
     }
+}
+
+/// The first 64 bytes of a kernel file (fewer if it is shorter): what its format is told from.
+pub fn read_head(path: &Path) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut head = Vec::with_capacity(64);
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, 64), &mut head).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(head)
 }
 
 /// A temporary file holding a Linux run's command line, for QEMU's loader; removed on drop.

@@ -23,7 +23,10 @@
 //!
 //! ```text
 //! kernel = debian            # Debian's kernel, pkvm the project's pKVM guest kernel (both with
-//!                            # the project's initramfs), or an Image file
+//!                            # the project's initramfs), kut:NAME.flat a kvm-unit-tests
+//!                            # program (linux/kut.rs: built by setup, no initramfs, an empty
+//!                            # command line by default), or a file: an Image, an ELF test
+//!                            # guest or a raw image
 //! initrd = FILE              # default with debian and pkvm: the project's initramfs
 //! disk = FILE                # a disk image behind each VM's virtio-blk (none by default)
 //! cmdline = console=...      # the guest's command line (default linux::default_cmdline)
@@ -303,6 +306,18 @@ mod tests {
             let l = s.linux.as_ref().unwrap();
             let cmdline_len = l.cmdline.as_deref().unwrap_or(linux::default_cmdline(&l.kernel)).len();
             linux::limits::check_limits(1, Some(1), cmdline_len, l.mem_mib, l.vcpus, l.vms).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            if linux::kut::program_name(&l.kernel).is_some() {
+                // A kvm-unit-tests program: its verdict line, exactly (STATUS=1 is also the
+                // start of STATUS=127, an abort), no failed check, and every check of its
+                // run counted: its SUMMARY line as bare QEMU prints it, a skip bare QEMU does
+                // not make forbidden.
+                let has = |v: &[String], t: &str| v.iter().any(|e| e == t);
+                assert!(has(&s.expect, "EXIT: STATUS=1") && has(&s.forbid, "EXIT: STATUS=127") && has(&s.forbid, "FAIL:"), "{}: the kvm-unit-tests verdict", s.name);
+                let summary = s.expect.iter().find(|e| e.starts_with("SUMMARY: ")).unwrap_or_else(|| panic!("{}: no SUMMARY line expected", s.name));
+                assert!(summary.contains("skipped") || has(&s.forbid, "SKIP:"), "{}: a skip would pass unseen", s.name);
+                assert_eq!(s.checks, Some(3), "{}: the host's checks of a Linux VM", s.name);
+                continue;
+            }
             let Some(named) = linux::NamedKernel::parse(&l.kernel) else {
                 // A test guest in the Linux VM (the benchmarks' interrupt guest): no userspace.
                 assert!(l.kernel.starts_with("target/"), "{}: a kernel other than debian or pkvm is a built test guest", s.name);

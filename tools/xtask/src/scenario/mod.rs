@@ -65,12 +65,20 @@ pub fn run_all(release: &Images, test_hooks: &Images, suite: Suite, all: bool, r
     let mut summary = Vec::new();
     for s in selected {
         let images = if s.test_image { test_hooks } else { release };
-        // Why a named kernel cannot boot: no artifacts, or this kernel missing from them.
+        // Why a named kernel cannot boot: no artifacts, or this kernel missing from them; why
+        // a kvm-unit-tests program cannot: the suite not built.
         let missing = named(s).and_then(|k| match &artifacts {
             Some(Ok(a)) => a.image(k).err(),
             Some(Err(e)) => Some(e.clone()),
             None => None,
         });
+        let kut = s.linux.as_ref().and_then(|l| linux::kut::program_name(&l.kernel));
+        if let Some(why) = kut.and_then(|_| linux::kut::source_missing()) {
+            println!("scenario {} ... skipped: {why}", s.name);
+            skipped += repeat.max(1);
+            continue;
+        }
+        let missing = missing.or_else(|| kut.and_then(|p| linux::kut::program(p).err()));
         if let Some(e) = &missing {
             if optional {
                 println!("scenario {} ... skipped: {e} ({}=1)", s.name, linux::OPTIONAL_ENV);

@@ -24,15 +24,10 @@ fn fresh_seed() -> u64 {
 static MONITORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The Linux run a scenario's keys describe, with `debian` and `pkvm` resolved to the cached
-/// artifacts.
+/// artifacts and `kut:NAME.flat` to the built kvm-unit-tests program.
 pub fn linux_run(keys: &LinuxKeys, artifacts: Option<&linux::Artifacts>) -> Result<LinuxRun, String> {
-    let (kernel, default_initrd) = match linux::NamedKernel::parse(&keys.kernel) {
-        Some(named) => {
-            let a = artifacts.ok_or(format!("kernel = {}, but no Debian kernel and busybox for the initramfs", keys.kernel))?;
-            (a.image(named).map_err(|e| format!("kernel = {}, but {e}", keys.kernel))?.to_path_buf(), Some(a.initramfs.clone()))
-        }
-        None => (root().join(&keys.kernel), None),
-    };
+    let artifacts = || artifacts.ok_or_else(|| "no Debian kernel and busybox for the initramfs".to_string());
+    let (kernel, default_initrd) = linux::resolve_kernel(&keys.kernel, &root(), artifacts).map_err(|e| format!("kernel = {}, but {e}", keys.kernel))?;
     Ok(LinuxRun {
         scenario: "linux".into(),
         kernel,

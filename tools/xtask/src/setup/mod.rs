@@ -1,7 +1,8 @@
 //! `cargo xtask setup`, which every command but `check-docs` runs first: installs what is
 //! missing (the bare-metal Rust target, QEMU, the arm64 cross compiler), proves QEMU can start
 //! the project's machine, fetches Debian's arm64 kernel and busybox for Linux guests, and
-//! builds the project's pKVM guest kernel (once per machine, `linux/kernel.rs`).
+//! builds the project's pKVM guest kernel and kvm-unit-tests (once per machine,
+//! `linux/kernel.rs`, `linux/kut.rs`).
 
 pub mod apt;
 mod dryboot;
