@@ -637,7 +637,7 @@ fn ill_timed(plat: &Platform, c: &mut Counts) {
     let mut spins = 0u64;
     while status[run_status::RUNS].load(Ordering::Acquire) < before + 2 && !vmm::pinned::secondary_done(1) && spins < 500_000_000 {
         spins += 1;
-        core::hint::spin_loop();
+        host_kernel::arch::relax();
     }
     let mut busy = 0;
     loop {

@@ -48,7 +48,7 @@ pub fn smp(plat: &Platform) {
         while !crate::ONLINE[cpu].load(Ordering::SeqCst) {
             spins += 1;
             check!(spins < 2_000_000_000, "cpu{cpu} did not come online");
-            core::hint::spin_loop();
+            host_kernel::arch::relax();
         }
     }
     check!(psci::cpu_on::<smccc::Smc>(me, crate::secondary_entry(), 0).is_err(), "CPU_ON of myself succeeded");
@@ -298,7 +298,7 @@ pub fn el2_fatal(plat: &Platform) {
     while FAULT_REQUEST.load(Ordering::SeqCst) != u64::MAX {
         spins += 1;
         check!(spins < 2_000_000_000, "cpu1 did not take the request");
-        core::hint::spin_loop();
+        host_kernel::arch::relax();
     }
     // Plenty of time for cpu1 to trap and EL2 to end the machine.
     for i in 0..2_000_000u64 {

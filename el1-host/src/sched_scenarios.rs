@@ -56,7 +56,7 @@ pub fn preempt(plat: &Platform) {
     // Count from when the spinner runs there: a tick CPU 1 takes before it has picked the
     // spinner up is no preemption (seen on a loaded machine).
     while sched::running_on(&spinner) != 1 << 1 {
-        core::hint::spin_loop();
+        host_kernel::arch::relax();
     }
     let (t0, p0) = (ticks(), STATS[1].preemptions.load(Ordering::Relaxed));
     let mut calls = 0u64;
@@ -71,7 +71,7 @@ pub fn preempt(plat: &Platform) {
     let k0 = COUNTS[1].kicks.load(Ordering::Relaxed);
     loop {
         while sched::running_on(&spinner) != 1 << 1 {
-            core::hint::spin_loop();
+            host_kernel::arch::relax();
         }
         if sched::stop(&spinner) == 1 << 1 {
             break;
@@ -82,7 +82,7 @@ pub fn preempt(plat: &Platform) {
     // CPU 1 acknowledges the kick in VCPU_RUN's IRQ exit (or, if a tick beat it there, in
     // its idle loop right after).
     while sched::running_on(&spinner) != 0 || COUNTS[1].kicks.load(Ordering::Relaxed) == k0 {
-        core::hint::spin_loop();
+        host_kernel::arch::relax();
     }
     destroy(&spinner);
     sched::finish();

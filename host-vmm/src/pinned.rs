@@ -24,7 +24,7 @@ impl Stepper {
                 if index == 0 || STOP.load(Ordering::SeqCst) {
                     return Ok(Some(Outcome::Off));
                 }
-                core::hint::spin_loop();
+                host_kernel::arch::relax();
                 return Ok(None);
             }
             self.off_since = None;
@@ -134,7 +134,7 @@ pub fn secondary_done(cpu: usize) -> bool {
 /// Waits until host CPU `cpu` has finished the work [`start_secondary`] gave it.
 pub fn wait_secondary(cpu: usize) {
     while !WORK_DONE[cpu].load(Ordering::SeqCst) {
-        core::hint::spin_loop();
+        host_kernel::arch::relax();
     }
     WORK[cpu].store(0, Ordering::SeqCst);
 }

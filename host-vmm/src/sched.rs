@@ -135,7 +135,7 @@ pub fn requeue(vm: &Vm) -> Result<(), host_sched::Error> {
         let mut q = QUEUE.lock();
         if q.running_on(vm.handle) != 0 {
             drop(q);
-            core::hint::spin_loop();
+            host_kernel::arch::relax();
             continue;
         }
         return q.requeue_vm(vm.handle);
@@ -162,7 +162,7 @@ pub fn running_on(vm: &Vm) -> u64 {
 pub fn destroy(vm: &Vm) -> Result<(), HypError> {
     stop(vm);
     while QUEUE.lock().remove_vm(vm.handle) == Err(host_sched::Error::Busy) {
-        core::hint::spin_loop();
+        host_kernel::arch::relax();
     }
     if let Some(e) = OUTCOMES.lock().iter_mut().find(|(h, _)| *h == vm.handle) {
         *e = (0, None);
@@ -187,7 +187,7 @@ pub fn finish() {
     kick_mask(helpers);
     for busy in &BUSY {
         while busy.load(Ordering::SeqCst) {
-            core::hint::spin_loop();
+            host_kernel::arch::relax();
         }
     }
 }
@@ -219,7 +219,7 @@ pub fn work_until(done: &dyn Fn() -> bool) {
                 if SLEEP_WHEN_IDLE.load(Ordering::Relaxed) {
                     idle(cpu, done);
                 } else {
-                    core::hint::spin_loop();
+                    host_kernel::arch::relax();
                 }
             }
         }
@@ -330,7 +330,7 @@ pub fn run(vms: &[&Vm], cpus: u64) {
         work_until(&done);
     } else {
         while !done() {
-            core::hint::spin_loop();
+            host_kernel::arch::relax();
         }
     }
     finish();

@@ -203,6 +203,12 @@ pub const MDSCR_SS: u64 = 1;
 pub const MDSCR_KDE: u64 = 1 << 13;
 /// `MDSCR_EL1.MDE`: breakpoint and watchpoint debug events.
 pub const MDSCR_MDE: u64 = 1 << 15;
+/// `MDSCR_EL1.TDCC`: EL0 access to the debug communication channel traps.
+pub const MDSCR_TDCC: u64 = 1 << 12;
+/// The `MDSCR_EL1` bits of a guest's that EL2 puts in the CPU: self-hosted debug only. The
+/// rest (HDE, ERR, TDA, INTdis, the channel's flags: external debug, the CPU's own status)
+/// stays in the vCPU's copy.
+pub const MDSCR_IN_CPU: u64 = MDSCR_SS | MDSCR_TDCC | MDSCR_KDE | MDSCR_MDE;
 
 /// A vCPU's self-hosted debug registers.
 ///
@@ -234,13 +240,14 @@ impl DebugRegs {
     /// `OSLSR_EL1.OSLK`); an OS clears the lock at boot.
     pub const RESET: Self = Self { mdscr: 0, oslk: true, bvr: [0; DEBUG_SLOTS], bcr: [0; DEBUG_SLOTS], wvr: [0; DEBUG_SLOTS], wcr: [0; DEBUG_SLOTS] };
 
-    /// The `MDSCR_EL1` the CPU runs the guest with: its own, less `SS`, `KDE` and `MDE` while
-    /// its OS lock is locked.
+    /// The `MDSCR_EL1` the CPU runs the guest with: its own self-hosted debug bits
+    /// ([`MDSCR_IN_CPU`]), less `SS`, `KDE` and `MDE` while its OS lock is locked.
     pub const fn mdscr_in_force(&self) -> u64 {
+        let m = self.mdscr & MDSCR_IN_CPU;
         if self.oslk {
-            self.mdscr & !(MDSCR_SS | MDSCR_KDE | MDSCR_MDE)
+            m & !(MDSCR_SS | MDSCR_KDE | MDSCR_MDE)
         } else {
-            self.mdscr
+            m
         }
     }
 

@@ -386,3 +386,12 @@ pub fn dmb_ish() {
     // SAFETY: DMB only orders memory accesses (not `nomem`: it must not be moved across them).
     unsafe { asm!("dmb ish", options(nostack, preserves_flags)) };
 }
+
+/// One round of a busy wait: `YIELD`, the architecture's hint that this CPU only waits (QEMU's
+/// round-robin TCG, under `-icount` too, moves on to the next CPU at it, so the CPU waited for
+/// gets to run; on hardware it costs about a `NOP`).
+#[inline(always)]
+pub fn relax() {
+    // SAFETY: a hint; no memory, register or flag effect.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+}

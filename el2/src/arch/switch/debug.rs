@@ -21,7 +21,7 @@
 use super::scratch;
 use crate::arch::sysreg::{PMCNTENCLR_EL0, PMCNTENSET_EL0, TRFCR_EL1};
 use crate::cpu::controls::{mdcr, GuestControls};
-use crate::guest::vcpu::{DebugRegs, VcpuCtx, DEBUG_SLOTS};
+use crate::guest::vcpu::{DebugRegs, VcpuCtx, DEBUG_SLOTS, MDSCR_IN_CPU};
 use aarch64_cpu::registers::*;
 
 /// The host's values, where the run changed them.
@@ -39,8 +39,16 @@ pub(super) struct Saved {
 }
 
 /// The host's breakpoint and watchpoint registers while a guest's are live: `DBGBVR`,
-/// `DBGBCR`, `DBGWVR`, `DBGWCR`.
-pub(super) type HostDebug = [[u64; DEBUG_SLOTS]; 4];
+/// `DBGBCR`, `DBGWVR`, `DBGWCR`. (`MDCCINT_EL1` and the claim tags, which the lifted trap also
+/// gives the guest, are not moved: QEMU 7.2 has no such registers at EL2, an UNDEF there;
+/// docs/threat-model.md lists them.)
+pub(super) struct HostDebug {
+    regs: [[u64; DEBUG_SLOTS]; 4],
+}
+
+impl HostDebug {
+    pub(super) const ZERO: Self = Self { regs: [[0; DEBUG_SLOTS]; 4] };
+}
 
 /// Defines a reader and a writer of `DBG<kind>R<n>_EL1` by index: each `n` is its own
 /// instruction.
@@ -116,18 +124,21 @@ fn restore_regs(bvr: &[u64; DEBUG_SLOTS], bcr: &[u64; DEBUG_SLOTS], wvr: &[u64; 
 
 /// The guest's registers into the CPU, the host's to the scratch; `MDCR_EL2.TDA` off.
 fn go_live(d: &DebugRegs, saved: &mut Saved) {
-    let [hb, hc, hw, hwc] = &mut scratch().debug;
+    let host = &mut scratch().debug;
+    let [hb, hc, hw, hwc] = &mut host.regs;
     save_regs(hb, hc, hw, hwc);
     restore_regs(&d.bvr, &d.bcr, &d.wvr, &d.wcr);
-    MDSCR_EL1.set(d.mdscr);
+    MDSCR_EL1.set(d.mdscr_in_force());
     saved.live = true;
 }
 
-/// The guest's live registers back into `d`, the host's into the CPU.
+/// The guest's live registers back into `d` (of `MDSCR_EL1` only the bits EL2 put in the CPU:
+/// `MDSCR_IN_CPU`), the host's into the CPU.
 fn take_back(d: &mut DebugRegs) {
     save_regs(&mut d.bvr, &mut d.bcr, &mut d.wvr, &mut d.wcr);
-    d.mdscr = MDSCR_EL1.get() & crate::guest::sysreg::MDSCR_EL1_MASK;
-    let [hb, hc, hw, hwc] = &scratch().debug;
+    d.mdscr = (d.mdscr & !MDSCR_IN_CPU) | (MDSCR_EL1.get() & MDSCR_IN_CPU);
+    let host = &scratch().debug;
+    let [hb, hc, hw, hwc] = &host.regs;
     restore_regs(hb, hc, hw, hwc);
 }
 

@@ -131,7 +131,7 @@ struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
 unsafe impl Sync for PerCpuScratch {}
 
 static SCRATCH: [PerCpuScratch; MAX_CPUS] =
-    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4], debug: [[0; crate::guest::vcpu::DEBUG_SLOTS]; 4] })) }; MAX_CPUS];
+    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4], debug: debug::HostDebug::ZERO })) }; MAX_CPUS];
 
 /// This CPU's scratch area.
 fn scratch() -> &'static mut HostScratch {
