@@ -4,10 +4,11 @@
 //! ([`pinned`]) for the scenarios that need it. The scenarios above it use it; it never uses
 //! them.
 //!
-//! Guest physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as Linux's
-//! boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`, and a test
-//! device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO address
-//! reads as 0 and ignores writes (counted, as QEMU does for unassigned addresses).
+//! The test VMs' physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as
+//! Linux's boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`,
+//! and a test device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO
+//! address reads as 0 and ignores writes there (counted in [`UNASSIGNED`]); on the Linux VMs
+//! ([`linux`]) it is an external abort for the guest, as under KVM.
 
 #![cfg(target_os = "none")]
 #![no_std]

@@ -292,7 +292,8 @@ impl core::fmt::Display for SveVl {
     }
 }
 
-/// Moves the console's input to the first Linux VM's UART (from idle loops and `IRQ` exits).
+/// Moves the console's input to the first Linux VM's console, its PL011 or its `hvc0`
+/// ([`ConsoleDevice`]), from idle loops and `IRQ` exits.
 pub fn poll_input() {
     if !ACTIVE.load(Ordering::Relaxed) {
         return;
@@ -322,7 +323,7 @@ pub fn poll_input() {
 }
 
 /// Queues every vCPU of Linux VM `vm` with the scheduler, which gives them to `run_slot`;
-/// idle host CPUs then poll the console for the first Linux VM's UART.
+/// idle host CPUs then poll the console for the first Linux VM ([`poll_input`]).
 ///
 /// # Errors
 /// The queue's refusal.

@@ -9,7 +9,7 @@ use crate::hyp::Hyp;
 use crate::guest::memory::clean_vm_to_poc;
 use crate::cpu::{cachetype, idreg};
 use crate::mem::pgtable::TableMemory;
-use crate::guest::vcpu::{SysReg, VcpuCtx};
+use crate::guest::vcpu::{SysReg, VcpuCtx, MDSCR_TDCC};
 use crate::guest::vgic;
 use core::sync::atomic::Ordering;
 use shared_abi::msg::Exit;
@@ -173,8 +173,6 @@ pub(super) enum Emulated {
 /// RXfull (30). Everything else (RES0, or fields of features the VM's ID registers hide) reads
 /// as zero.
 pub const MDSCR_EL1_MASK: u64 = 1 | 1 << 6 | 0xF << 12 | 1 << 19 | 1 << 21 | 0b11 << 22 | 0b11 << 26 | 0b11 << 29;
-/// `MDSCR_EL1.TDCC`: EL0 accesses to the debug communication channel trap (to EL1: an UNDEF).
-const MDSCR_EL1_TDCC: u64 = 1 << 12;
 /// `OSLSR_EL1.OSLM` = 0b10 (bit 3 set, bit 0 clear): the OS lock is implemented (FEAT_DoubleLock
 /// aside, which the VM's ID registers hide).
 const OSLSR_EL1_OSLM: u64 = 1 << 3;
@@ -247,7 +245,7 @@ pub(super) fn debug_access(a: &SysregAccess, value: u64, dbg: &mut crate::guest:
         (0, 7, 14, 6) if a.read => Some(Emulated::Read(DBGAUTHSTATUS_NS)),
         // The debug communication channel: MDCCSR_EL0, DBGDTR_EL0, DBGDTRRX_EL0/DBGDTRTX_EL0.
         // At EL0 the guest's own MDSCR_EL1.TDCC decides, as on hardware (an UNDEF).
-        (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) if from_el0 && dbg.mdscr & MDSCR_EL1_TDCC != 0 => None,
+        (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) if from_el0 && dbg.mdscr & MDSCR_TDCC != 0 => None,
         (3, 0, 1, 0) | (3, 0, 4, 0) | (3, 0, 5, 0) => raz_wi,
         _ => None,
     }
@@ -328,7 +326,7 @@ mod tests {
         // The debug communication channel: RAZ/WI, but at EL0 the guest's MDSCR_EL1.TDCC
         // decides (clear so far: MDE alone was set).
         assert_eq!(go(access(2, 3, 0, 1, 0, true), 0, true), Some(Emulated::Read(0)), "MDCCSR_EL0 at EL0, TDCC clear");
-        go(access(2, 0, 0, 2, 2, false), MDSCR_EL1_TDCC, false);
+        go(access(2, 0, 0, 2, 2, false), MDSCR_TDCC, false);
         for crm in [1, 4, 5] {
             assert_eq!(go(access(2, 3, 0, crm, 0, true), 0, true), None, "EL0 with TDCC set: UNDEF");
             assert_eq!(go(access(2, 3, 0, crm, 0, false), 7, false), Some(Emulated::Written), "EL1: WI");
@@ -373,9 +371,9 @@ mod tests {
     #[test]
     fn the_os_lock_keeps_debug_events_off_in_the_cpu() {
         use crate::guest::vcpu::{DebugRegs, MDSCR_KDE, MDSCR_MDE, MDSCR_SS};
-        let all = MDSCR_SS | MDSCR_KDE | MDSCR_MDE | MDSCR_EL1_TDCC;
+        let all = MDSCR_SS | MDSCR_KDE | MDSCR_MDE | MDSCR_TDCC;
         let locked = DebugRegs { mdscr: all, ..DebugRegs::RESET };
-        assert_eq!(locked.mdscr_in_force(), MDSCR_EL1_TDCC, "no step, breakpoint or watchpoint event while locked");
+        assert_eq!(locked.mdscr_in_force(), MDSCR_TDCC, "no step, breakpoint or watchpoint event while locked");
         assert!(!locked.live_from_entry(), "and the registers stay trapped");
         let open = DebugRegs { oslk: false, ..locked };
         assert_eq!(open.mdscr_in_force(), all);
@@ -399,7 +397,7 @@ mod tests {
                         for op2 in 0..8u64 {
                             for read in [true, false] {
                                 for el0 in [false, true] {
-                                    let before = DebugRegs { mdscr: MDSCR_EL1_TDCC, ..DebugRegs::RESET };
+                                    let before = DebugRegs { mdscr: MDSCR_TDCC, ..DebugRegs::RESET };
                                     let mut d = before;
                                     let got = debug_access(&access(2, op1, crn, crm, op2, read), u64::MAX, &mut d, dfr0, el0);
                                     let documented = match (op1, crn, crm, op2) {
@@ -419,7 +417,7 @@ mod tests {
                                         // Reads are zero but for MDSCR_EL1, OSLSR_EL1 and
                                         // DBGAUTHSTATUS_EL1 (breakpoints and watchpoints: as reset).
                                         let want = match (crn, crm, op2) {
-                                            (0, 2, 2) if op1 == 0 => MDSCR_EL1_TDCC,
+                                            (0, 2, 2) if op1 == 0 => MDSCR_TDCC,
                                             (1, 1, 4) => OSLSR_EL1_OSLM | 2,
                                             (7, 14, 6) => DBGAUTHSTATUS_NS,
                                             _ => 0,

@@ -203,7 +203,7 @@ pub const MDSCR_SS: u64 = 1;
 pub const MDSCR_KDE: u64 = 1 << 13;
 /// `MDSCR_EL1.MDE`: breakpoint and watchpoint debug events.
 pub const MDSCR_MDE: u64 = 1 << 15;
-/// `MDSCR_EL1.TDCC`: EL0 access to the debug communication channel traps.
+/// `MDSCR_EL1.TDCC`: EL0 access to the debug communication channel traps (to EL1: an UNDEF).
 pub const MDSCR_TDCC: u64 = 1 << 12;
 /// The `MDSCR_EL1` bits of a guest's that EL2 puts in the CPU: self-hosted debug only. The
 /// rest (HDE, ERR, TDA, INTdis, the channel's flags: external debug, the CPU's own status)

@@ -187,22 +187,58 @@ pub(super) fn step(dir: &Path, log: &Path, envs: &[(&str, &str)], program: &str,
     Err(format!("`{program} {}` failed ({status}); the end of {}:\n  {}", args.join(" "), log.display(), tail.join("\n  ")))
 }
 
-/// Builds the kernel into the cache entry `dir` (through a scratch directory and a rename, so
-/// a half-built entry is never taken for a built one).
+/// A build into the cache entry `dir` of what `setup` builds once per machine (the pKVM guest
+/// kernel, kvm-unit-tests): in a fresh scratch directory beside the entry (removed when this is
+/// dropped), its output in the `.log` beside the entry, the result published by filling a
+/// partial entry and renaming it into place, so a half-built entry is never taken for a built
+/// one.
+pub(super) struct CacheBuild<'a> {
+    pub dir: &'a Path,
+    pub scratch: PathBuf,
+    pub log: PathBuf,
+}
+
+impl<'a> CacheBuild<'a> {
+    /// A clean scratch directory and log for building `dir`.
+    pub fn start(dir: &'a Path) -> Result<Self, String> {
+        let cache = dir.parent().ok_or(format!("{}: the cache entry has no parent directory", dir.display()))?;
+        std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+        let build = Self { dir, scratch: cache.join(format!("build-{}", std::process::id())), log: beside(dir, ".log") };
+        let _ = std::fs::remove_dir_all(&build.scratch);
+        let _ = std::fs::remove_file(&build.log);
+        std::fs::create_dir_all(&build.scratch).map_err(|e| format!("{}: {e}", build.scratch.display()))?;
+        Ok(build)
+    }
+
+    /// Publishes the entry: `fill` writes it into an empty partial directory, which then
+    /// replaces the entry.
+    pub fn publish(&self, fill: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
+        let partial = beside(self.dir, &format!(".partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        fill(&partial)?;
+        let _ = std::fs::remove_dir_all(self.dir);
+        std::fs::rename(&partial, self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))
+    }
+}
+
+impl Drop for CacheBuild<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// `dir`'s name with `suffix` appended (keys have dots, the version's: not `with_extension`).
+fn beside(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Builds the kernel into the cache entry `dir`.
 fn build(version: &str, options: &[&str], dir: &Path) -> Result<(), String> {
-    let cache = dir.parent().ok_or("the kernel cache has no parent directory")?;
-    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    // The key has dots (the version): names are made by appending, not with `with_extension`.
-    let beside = |suffix: &str| {
-        let mut name = dir.file_name().unwrap_or_default().to_os_string();
-        name.push(suffix);
-        dir.with_file_name(name)
-    };
-    let scratch = cache.join(format!("build-{}", std::process::id()));
-    let log = beside(".log");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let _ = std::fs::remove_file(&log);
-    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let b = CacheBuild::start(dir)?;
+    let (scratch, log) = (&b.scratch, &b.log);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "xtask: building the pKVM guest kernel from {SOURCE_PACKAGE} {version} with {CROSS_GCC} (make -j{jobs}; a few minutes on 2 cores, once per machine), output in {}",
@@ -211,7 +247,7 @@ fn build(version: &str, options: &[&str], dir: &Path) -> Result<(), String> {
     let start = Instant::now();
     let timestamp = build_timestamp()?;
     let envs = [("KBUILD_BUILD_USER", "pkvm-rs"), ("KBUILD_BUILD_HOST", "xtask"), ("KBUILD_BUILD_TIMESTAMP", timestamp.as_str())];
-    let step = |program: &str, args: &[&str]| step(&scratch, &log, &envs, program, args);
+    let step = |program: &str, args: &[&str]| step(scratch, log, &envs, program, args);
     let result = (|| {
         step("tar", &["xf", SOURCE_TARBALL, "--strip-components=1"])?;
         step("make", &[MAKE_ARGS, &["tinyconfig"]].concat())?;
@@ -227,17 +263,15 @@ fn build(version: &str, options: &[&str], dir: &Path) -> Result<(), String> {
         let image = scratch.join("arch/arm64/boot/Image");
         let head = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
         check_image_header(&head).map_err(|e| format!("{}: {e}", image.display()))?;
-        let partial = beside(&format!(".partial-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
-        std::fs::copy(&image, partial.join("Image")).map_err(|e| format!("{}: {e}", image.display()))?;
-        std::fs::write(partial.join("config"), &config).map_err(|e| format!("{}: {e}", partial.display()))?;
-        std::fs::copy(scratch.join("System.map"), partial.join("System.map")).map_err(|e| format!("System.map: {e}"))?;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(&partial, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        b.publish(|partial| {
+            std::fs::copy(&image, partial.join("Image")).map_err(|e| format!("{}: {e}", image.display()))?;
+            std::fs::write(partial.join("config"), &config).map_err(|e| format!("{}: {e}", partial.display()))?;
+            std::fs::copy(scratch.join("System.map"), partial.join("System.map")).map_err(|e| format!("System.map: {e}"))?;
+            Ok(())
+        })?;
         Ok(head.len())
     })();
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(b);
     let size = result?;
     println!("xtask: pKVM guest kernel built in {:.0} s: {} ({size} bytes)", start.elapsed().as_secs_f64(), dir.join("Image").display());
     Ok(())

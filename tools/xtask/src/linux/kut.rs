@@ -25,7 +25,7 @@
 //! `SYSTEM_OFF`.
 
 use super::artifacts::install_cross_compiler;
-use super::kernel::{installed_version, machine_cache, step};
+use super::kernel::{installed_version, machine_cache, step, CacheBuild};
 use crate::root;
 use crate::setup::apt::apt_install;
 use host_vdev::loader::{kernel_format, KernelFormat};
@@ -120,25 +120,15 @@ pub fn setup() -> Result<(), String> {
     build(&dir)
 }
 
-/// Builds the suite into the cache entry `dir` (through a scratch directory and a rename).
+/// Builds the suite into the cache entry `dir` (`CacheBuild`, as the kernel is built).
 fn build(dir: &Path) -> Result<(), String> {
-    let cache = dir.parent().ok_or("the kvm-unit-tests cache has no parent directory")?;
-    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    let beside = |suffix: &str| {
-        let mut name = dir.file_name().unwrap_or_default().to_os_string();
-        name.push(suffix);
-        dir.with_file_name(name)
-    };
-    let scratch = cache.join(format!("build-{}", std::process::id()));
-    let log = beside(".log");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let _ = std::fs::remove_file(&log);
-    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let b = CacheBuild::start(dir)?;
+    let (scratch, log) = (&b.scratch, &b.log);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let tarball = root().join(TARBALL);
     println!("xtask: building kvm-unit-tests from {} (make -j{jobs}; seconds, once per machine), output in {}", tarball.display(), log.display());
     let start = Instant::now();
-    let step = |program: &str, args: &[&str]| step(&scratch, &log, &[], program, args);
+    let step = |program: &str, args: &[&str]| step(scratch, log, &[], program, args);
     let result = (|| {
         step("tar", &["-xzf", &tarball.display().to_string()])?;
         step("./configure", &["--arch=arm64", "--cross-prefix=aarch64-linux-gnu-"])?;
@@ -149,23 +139,21 @@ fn build(dir: &Path) -> Result<(), String> {
         if flats.is_empty() {
             return Err(format!("the kvm-unit-tests build left no arm/*.flat (see {})", log.display()));
         }
-        let partial = beside(&format!(".partial-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
-        for flat in &flats {
-            let bytes = std::fs::read(flat).map_err(|e| format!("{}: {e}", flat.display()))?;
-            // What the VMM will make of it: a raw image, not an `Image` or an ELF.
-            if kernel_format(&bytes) != Ok(KernelFormat::Raw) {
-                return Err(format!("{}: not a raw image", flat.display()));
+        b.publish(|partial| {
+            for flat in &flats {
+                let bytes = std::fs::read(flat).map_err(|e| format!("{}: {e}", flat.display()))?;
+                // What the VMM will make of it: a raw image, not an `Image` or an ELF.
+                if kernel_format(&bytes) != Ok(KernelFormat::Raw) {
+                    return Err(format!("{}: not a raw image", flat.display()));
+                }
+                let name = flat.file_name().unwrap_or_default();
+                std::fs::write(partial.join(name), &bytes).map_err(|e| format!("{}: {e}", partial.display()))?;
             }
-            let name = flat.file_name().unwrap_or_default();
-            std::fs::write(partial.join(name), &bytes).map_err(|e| format!("{}: {e}", partial.display()))?;
-        }
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(&partial, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            Ok(())
+        })?;
         Ok(flats.len())
     })();
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(b);
     let count = result?;
     println!("xtask: kvm-unit-tests built in {:.0} s: {count} programs in {}", start.elapsed().as_secs_f64(), dir.display());
     Ok(())
