@@ -75,8 +75,8 @@ pub fn run_ptrauth(plat: &Platform) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE with PTRAUTH: {e:?}")),
     };
-    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
-    check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
+    let booted = vmm::boot(&vm, image, &[], "", false).err();
+    check!(booted.is_none(), "booting the bench guest: {booted:?}");
     let r = vmm::pinned::run(&vm, 1, &mut Mode(mode));
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
@@ -124,8 +124,8 @@ pub fn run(plat: &Platform) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
     };
-    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
-    check!(vmm::boot(&vm, entry).is_ok(), "booting the bench guest");
+    let booted = vmm::boot(&vm, image, &[], "", false).err();
+    check!(booted.is_none(), "booting the bench guest: {booted:?}");
     let r = vmm::pinned::run(&vm, 1, &mut vmm::NoDevice);
     check!(r == Ok(vmm::Outcome::Off), "bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the bench guest");
@@ -134,8 +134,8 @@ pub fn run(plat: &Platform) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE with MTE: {e:?}")),
     };
-    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
-    check!(vmm::boot(&vm, entry).is_ok(), "booting the MTE bench guest");
+    let booted = vmm::boot(&vm, image, &[], "", false).err();
+    check!(booted.is_none(), "booting the MTE bench guest: {booted:?}");
     let r = vmm::pinned::run(&vm, 1, &mut Mode(3));
     check!(r == Ok(vmm::Outcome::Off), "MTE bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the MTE bench guest");
@@ -145,8 +145,8 @@ pub fn run(plat: &Platform) {
             Ok(vm) => vm,
             Err(e) => crate::fail::fail(format_args!("VM_CREATE with SVE of {sve_vl} bytes: {e:?}")),
         };
-        let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
-        check!(vmm::boot(&vm, entry).is_ok(), "booting the SVE bench guest");
+        let booted = vmm::boot(&vm, image, &[], "", false).err();
+        check!(booted.is_none(), "booting the SVE bench guest: {booted:?}");
         let r = vmm::pinned::run(&vm, 1, &mut Mode(5 | (sve_vl / 16) << 8));
         check!(r == Ok(vmm::Outcome::Off), "SVE bench guest ended with {r:?}");
         check!(vmm::destroy(&vm).is_ok(), "destroying the SVE bench guest");
@@ -156,8 +156,8 @@ pub fn run(plat: &Platform) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE, protected: {e:?}")),
     };
-    let entry = vmm::load(&vm, image).unwrap_or_else(|e| crate::fail::fail(format_args!("{e}")));
-    check!(vmm::boot(&vm, entry).is_ok(), "booting the protected bench guest");
+    let booted = vmm::boot(&vm, image, &[], "", false).err();
+    check!(booted.is_none(), "booting the protected bench guest: {booted:?}");
     let r = vmm::pinned::run(&vm, 1, &mut Mode(4));
     check!(r == Ok(vmm::Outcome::Off), "protected bench guest ended with {r:?}");
     check!(vmm::destroy(&vm).is_ok(), "destroying the protected bench guest");

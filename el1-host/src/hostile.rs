@@ -623,8 +623,7 @@ fn ill_timed(plat: &Platform, c: &mut Counts) {
     let Some(image) = plat.guest_image() else { return };
     // Always the same 16 MiB (each round's VM is destroyed before the next).
     let Ok(vm) = vmm::create_at(1, vm_flags::PROTECTED, 16, ILL_TIMED_BACKING) else { return };
-    let Ok(entry) = vmm::load(&vm, image) else { return };
-    if vmm::boot(&vm, entry).is_err() {
+    if vmm::boot(&vm, image, &[], "", false).is_err() {
         return;
     }
     // CPU 1 runs it (the regs guest makes 30,000 exits: plenty of time to collide). Wait,

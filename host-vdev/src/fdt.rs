@@ -1,8 +1,8 @@
 //! Guest device trees: a minimal flattened-device-tree writer (DTSpec v0.4, version 17) and the
-//! two trees the VMM gives guests: the test guests' (RAM, vCPUs, PSCI, PL011) and a Linux
-//! guest's (the same plus the GICv3, the architected timer, the PL011's interrupt, the
-//! initramfs and the command line, and its virtio-mmio transports with, for a protected VM,
-//! the restricted DMA pool their buffers go through: [`linux_tree_with_virtio`]).
+//! one tree every VM gets (`crate::vm_platform`): RAM, vCPUs, PSCI, the GICv3, the architected
+//! timer, the PL011 and its interrupt, the initramfs and the command line, the measurement
+//! handover page, and the virtio-mmio transports with, for a protected VM, the restricted DMA
+//! pool their buffers go through ([`vm_tree_with_virtio`]).
 //!
 //! # Virtio and the restricted DMA pool
 //!
@@ -24,7 +24,7 @@
 //! transports' drivers must accept `VIRTIO_F_ACCESS_PLATFORM`
 //! ([`crate::virtio::mmio::DmaPolicy::Restricted`]).
 //!
-//! Where the transports and the pool go is the VMM's choice; [`linux_tree_with_virtio`] checks
+//! Where the transports and the pool go is the VMM's choice; [`vm_tree_with_virtio`] checks
 //! only what it knows: frames aligned and clear of RAM, the PL011, the GIC and each other,
 //! distinct SPIs, and a pool of whole pages inside RAM, clear of the initramfs. Keeping it
 //! clear of the kernel image and of the device tree itself is the VMM's part.
@@ -183,22 +183,8 @@ impl FdtWriter {
     }
 }
 
-/// The device tree of a test guest: RAM, vCPUs (PSCI over HVC), the PL011 and its clock.
-pub fn test_guest_tree(out: &mut [u8], ram_base: u64, ram_size: u64, vcpus: u32, uart: u64, dice: Option<u64>) -> Option<usize> {
-    let mut w = FdtWriter::new();
-    w.begin("");
-    common(&mut w, ram_base, ram_size, vcpus, false);
-    reserved_memory(&mut w, dice, None);
-    w.begin("chosen");
-    w.string("stdout-path", "/pl011@9000000");
-    w.end();
-    pl011(&mut w, uart, None);
-    w.end();
-    w.finish(out)
-}
-
-/// What a Linux guest's device tree describes.
-pub struct LinuxTree<'a> {
+/// What a VM's device tree describes (`crate::vm_platform`).
+pub struct VmTree<'a> {
     /// Guest RAM (IPA base, size).
     pub ram: (u64, u64),
     /// Number of vCPUs.
@@ -259,7 +245,7 @@ const GIC_PPI: u32 = 1;
 /// Level-sensitive, active high.
 const IRQ_LEVEL_HIGH: u32 = 4;
 
-/// A virtio-mmio transport in a Linux guest's device tree.
+/// A virtio-mmio transport in a VM's device tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioMmioNode {
     /// Its register frame (IPA; [`crate::virtio::mmio::FRAME_SIZE`] bytes, aligned to that).
@@ -278,7 +264,7 @@ pub struct DmaPool {
     pub size: u64,
 }
 
-/// The virtio transports of a Linux guest, and the pool their buffers go through (protected
+/// The virtio transports of a VM, and the pool their buffers go through (protected
 /// VMs only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Virtio<'a> {
@@ -293,7 +279,7 @@ impl Virtio<'_> {
     pub const NONE: Virtio<'static> = Virtio { transports: &[], dma_pool: None };
 }
 
-/// Why [`linux_tree_with_virtio`] wrote no tree.
+/// Why [`vm_tree_with_virtio`] wrote no tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TreeError {
     /// The tree does not fit in the buffer, or a property is too long.
@@ -320,24 +306,24 @@ const DMA_POOL_PHANDLE: u32 = 3;
 /// The granule the pool is shared in.
 const PAGE: u64 = 0x1000;
 
-/// The device tree of a Linux guest. `None` if it does not fit in `out`.
-pub fn linux_tree(out: &mut [u8], t: &LinuxTree<'_>) -> Option<usize> {
-    linux_tree_with_virtio(out, t, &Virtio::NONE).ok()
+/// The device tree of a VM without virtio. `None` if it does not fit in `out`.
+pub fn vm_tree(out: &mut [u8], t: &VmTree<'_>) -> Option<usize> {
+    vm_tree_with_virtio(out, t, &Virtio::NONE).ok()
 }
 
-/// The device tree of a Linux guest with virtio-mmio transports and, for a protected VM, the
+/// The device tree of a VM with virtio-mmio transports and, for a protected VM, the
 /// restricted DMA pool (see the module documentation); returns its size.
 ///
 /// # Errors
 ///
 /// A [`TreeError`] if the transports or the pool are not placed as it says, or the tree does
 /// not fit in `out`. Nothing useful is in `out` then.
-pub fn linux_tree_with_virtio(out: &mut [u8], t: &LinuxTree<'_>, v: &Virtio<'_>) -> Result<usize, TreeError> {
+pub fn vm_tree_with_virtio(out: &mut [u8], t: &VmTree<'_>, v: &Virtio<'_>) -> Result<usize, TreeError> {
     check_virtio(t, v)?;
     let mut w = FdtWriter::new();
     w.begin("");
     w.cells("interrupt-parent", &[GIC_PHANDLE]);
-    common(&mut w, t.ram.0, t.ram.1, t.vcpus, true);
+    common(&mut w, t.ram.0, t.ram.1, t.vcpus);
     reserved_memory(&mut w, t.dice, v.dma_pool);
     w.begin("chosen");
     w.string("stdout-path", "/pl011@9000000");
@@ -383,8 +369,8 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     }
 }
 
-/// Checks [`linux_tree_with_virtio`]'s placement rules.
-fn check_virtio(t: &LinuxTree<'_>, v: &Virtio<'_>) -> Result<(), TreeError> {
+/// Checks [`vm_tree_with_virtio`]'s placement rules.
+fn check_virtio(t: &VmTree<'_>, v: &Virtio<'_>) -> Result<(), TreeError> {
     use crate::virtio::mmio::FRAME_SIZE;
     let fixed = [t.ram, (t.uart.0, 0x1000), (t.gicd, 0x1_0000), (t.gicr, u64::from(t.vcpus) * 0x2_0000)];
     for (i, tr) in v.transports.iter().enumerate() {
@@ -454,13 +440,12 @@ fn lo(v: u64) -> u32 {
     v as u32
 }
 
-/// Root properties, memory, cpus (PSCI over HVC), psci and the PL011's clock (`linux`: the
-/// model string of a Linux guest's tree).
-fn common(w: &mut FdtWriter, ram_base: u64, ram_size: u64, vcpus: u32, linux: bool) {
+/// Root properties, memory, cpus (PSCI over HVC), psci and the PL011's clock.
+fn common(w: &mut FdtWriter, ram_base: u64, ram_size: u64, vcpus: u32) {
     w.cells("#address-cells", &[2]);
     w.cells("#size-cells", &[2]);
     w.string("compatible", "linux,dummy-virt");
-    w.string("model", if linux { "pkvm-rs Linux guest" } else { "pkvm-rs guest" });
+    w.string("model", "pkvm-rs guest");
     w.begin("memory@40000000");
     w.string("device_type", "memory");
     w.cells("reg", &[hi(ram_base), lo(ram_base), hi(ram_size), lo(ram_size)]);
@@ -514,7 +499,7 @@ mod tests {
     }
     extern crate std;
 
-    const TREE: LinuxTree<'static> = LinuxTree {
+    const TREE: VmTree<'static> = VmTree {
         ram: (0x4000_0000, 512 << 20),
         vcpus: 2,
         uart: (0x0900_0000, 1),
@@ -526,9 +511,9 @@ mod tests {
     };
 
     #[test]
-    fn a_linux_tree_describes_the_machine() {
+    fn the_tree_describes_the_machine() {
         let mut buf = [0u8; 16384];
-        let n = linux_tree(&mut buf, &TREE).unwrap();
+        let n = vm_tree(&mut buf, &TREE).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         assert_eq!(fdt.chosen().bootargs(), Some("console=ttyAMA0 panic=-1"));
         let chosen = fdt.find_node("/chosen").unwrap();
@@ -567,7 +552,7 @@ mod tests {
     #[test]
     fn a_protected_guests_transports_use_the_restricted_dma_pool() {
         let mut buf = [0u8; 16384];
-        let n = linux_tree_with_virtio(&mut buf, &TREE, &Virtio { transports: &TRANSPORTS, dma_pool: Some(POOL) }).unwrap();
+        let n = vm_tree_with_virtio(&mut buf, &TREE, &Virtio { transports: &TRANSPORTS, dma_pool: Some(POOL) }).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         // /reserved-memory with the root's cell sizes and an empty ranges.
         let rm = fdt.find_node("/reserved-memory").unwrap();
@@ -610,8 +595,8 @@ mod tests {
         // ignored, and the transports' memory-region failed ("failed to initialise
         // \"restricted-dma-pool\" memory node").
         let mut buf = [0u8; 16384];
-        let tree = LinuxTree { dice: Some(0x5FF0_0000), ..TREE };
-        let n = linux_tree_with_virtio(&mut buf, &tree, &Virtio { transports: &TRANSPORTS, dma_pool: Some(POOL) }).unwrap();
+        let tree = VmTree { dice: Some(0x5FF0_0000), ..TREE };
+        let n = vm_tree_with_virtio(&mut buf, &tree, &Virtio { transports: &TRANSPORTS, dma_pool: Some(POOL) }).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         assert_eq!(fdt.find_node("/").unwrap().children().filter(|c| c.name == "reserved-memory").count(), 1);
         let names: std::vec::Vec<_> = fdt.find_node("/reserved-memory").unwrap().children().map(|c| c.name).collect();
@@ -620,18 +605,16 @@ mod tests {
         assert_eq!(cells(pool.property("reg").unwrap().value), [0, 0x5E00_0000, 0, 0x40_0000]);
         let dice = fdt.find_compatible(&["google,open-dice"]).unwrap();
         assert_eq!(cells(dice.property("reg").unwrap().value), [0, 0x5FF0_0000, 0, 0x1000]);
-        // The handover page alone (a test guest's tree, a non-protected Linux VM's) or neither.
-        let n = linux_tree_with_virtio(&mut buf, &tree, &Virtio { transports: &TRANSPORTS, dma_pool: None }).unwrap();
+        // The handover page alone (a non-protected VM's tree).
+        let n = vm_tree_with_virtio(&mut buf, &tree, &Virtio { transports: &TRANSPORTS, dma_pool: None }).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         assert_eq!(fdt.find_node("/reserved-memory").unwrap().children().map(|c| c.name).collect::<std::vec::Vec<_>>(), ["dice"]);
-        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000, None).unwrap();
-        assert!(fdt::Fdt::new(&buf[..n]).unwrap().find_node("/reserved-memory").is_none());
     }
 
     #[test]
     fn a_non_protected_guests_transports_reach_all_of_ram() {
         let mut buf = [0u8; 16384];
-        let n = linux_tree_with_virtio(&mut buf, &TREE, &Virtio { transports: &TRANSPORTS, dma_pool: None }).unwrap();
+        let n = vm_tree_with_virtio(&mut buf, &TREE, &Virtio { transports: &TRANSPORTS, dma_pool: None }).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         assert!(fdt.find_node("/reserved-memory").is_none());
         let transports: std::vec::Vec<_> = fdt.all_nodes().filter(is_virtio).collect();
@@ -640,10 +623,10 @@ mod tests {
     }
 
     #[test]
-    fn without_virtio_the_linux_tree_is_unchanged() {
+    fn without_virtio_the_tree_is_unchanged() {
         let (mut a, mut b) = ([0u8; 16384], [0u8; 16384]);
-        let n = linux_tree(&mut a, &TREE).unwrap();
-        assert_eq!(linux_tree_with_virtio(&mut b, &TREE, &Virtio::NONE), Ok(n));
+        let n = vm_tree(&mut a, &TREE).unwrap();
+        assert_eq!(vm_tree_with_virtio(&mut b, &TREE, &Virtio::NONE), Ok(n));
         assert_eq!(a[..n], b[..n]);
         let fdt = fdt::Fdt::new(&a[..n]).unwrap();
         assert_eq!(fdt.all_nodes().filter(is_virtio).count(), 0);
@@ -653,7 +636,7 @@ mod tests {
     fn transports_must_sit_alone_on_their_own_spi() {
         let mut buf = [0u8; 16384];
         let one = |base, spi| [VirtioMmioNode { base, spi }];
-        let tree = |out: &mut [u8], t: &[VirtioMmioNode]| linux_tree_with_virtio(out, &TREE, &Virtio { transports: t, dma_pool: None });
+        let tree = |out: &mut [u8], t: &[VirtioMmioNode]| vm_tree_with_virtio(out, &TREE, &Virtio { transports: t, dma_pool: None });
         for base in [0x0A00_0100, 0x4000_0000, 0x5FFF_FE00, 0x0900_0000, 0x0800_0000, 0x080A_0000 + 0x2_0000, !0x1FF] {
             assert_eq!(tree(&mut buf, &one(base, 16)), Err(TreeError::TransportPlacement { base }), "{base:#x}");
         }
@@ -683,11 +666,11 @@ mod tests {
             (0x5EFF_F000, 0x2000),
             (!0xFFF, 0x2000),
         ] {
-            let r = linux_tree_with_virtio(&mut buf, &TREE, &with(DmaPool { base, size }));
+            let r = vm_tree_with_virtio(&mut buf, &TREE, &with(DmaPool { base, size }));
             assert_eq!(r, Err(TreeError::DmaPoolPlacement), "{base:#x} + {size:#x}");
         }
         for (base, size) in [(0x4000_0000, 0x1000), (0x5FFF_F000, 0x1000), (0x5F12_4000, 0x1000)] {
-            assert!(linux_tree_with_virtio(&mut buf, &TREE, &with(DmaPool { base, size })).is_ok(), "{base:#x}");
+            assert!(vm_tree_with_virtio(&mut buf, &TREE, &with(DmaPool { base, size })).is_ok(), "{base:#x}");
         }
     }
 
@@ -700,26 +683,9 @@ mod tests {
     }
 
     #[test]
-    fn a_test_guest_tree_has_no_interrupts() {
-        let mut buf = [0u8; 16384];
-        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000, None).unwrap();
-        let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
-        assert!(fdt.find_compatible(&["arm,gic-v3"]).is_none());
-        assert!(fdt.find_compatible(&["arm,pl011"]).unwrap().property("interrupts").is_none());
-        assert_eq!(fdt.cpus().count(), 1);
-        assert!(fdt.find_compatible(&["google,open-dice"]).is_none());
-    }
-
-    #[test]
     fn the_handover_page_is_reserved_memory_for_open_dice() {
         let mut buf = [0u8; 16384];
-        for n in [
-            test_guest_tree(&mut buf.clone(), 0x4000_0000, 16 << 20, 1, 0x0900_0000, Some(0x40FE_F000)),
-            linux_tree(&mut buf, &LinuxTree { dice: Some(0x40FE_F000), ..TREE }),
-        ] {
-            let _ = n.unwrap();
-        }
-        let n = test_guest_tree(&mut buf, 0x4000_0000, 16 << 20, 1, 0x0900_0000, Some(0x40FE_F000)).unwrap();
+        let n = vm_tree(&mut buf, &VmTree { dice: Some(0x40FE_F000), ..TREE }).unwrap();
         let fdt = fdt::Fdt::new(&buf[..n]).unwrap();
         let dice = fdt.find_compatible(&["google,open-dice"]).unwrap();
         let reg = dice.reg().unwrap().next().unwrap();
@@ -731,12 +697,12 @@ mod tests {
     #[test]
     fn what_does_not_fit_is_an_error_not_a_truncated_tree() {
         let mut small = [0u8; 256];
-        assert_eq!(linux_tree(&mut small, &TREE), None);
+        assert_eq!(vm_tree(&mut small, &TREE), None);
         let long = "x".repeat(4096);
         let mut buf = [0u8; 16384];
-        assert_eq!(linux_tree(&mut buf, &LinuxTree { bootargs: &long, ..TREE }), None, "bootargs over 4095 bytes");
+        assert_eq!(vm_tree(&mut buf, &VmTree { bootargs: &long, ..TREE }), None, "bootargs over 4095 bytes");
         let most = "y".repeat(4095);
-        let n = linux_tree(&mut buf, &LinuxTree { bootargs: &most, ..TREE }).unwrap();
+        let n = vm_tree(&mut buf, &VmTree { bootargs: &most, ..TREE }).unwrap();
         assert_eq!(fdt::Fdt::new(&buf[..n]).unwrap().chosen().bootargs().map(str::len), Some(4095));
         let mut w = FdtWriter::new();
         w.cells("too-many", &[0; 17]);

@@ -20,12 +20,13 @@
 //!   copied out once and checked, and a bad one makes the device need a reset. Devices: a
 //!   console ([`virtio::console`]) and a block device ([`virtio::blk`]).
 //! - [`loader`]: where a Linux `Image` (its header's `text_offset` and `image_size`), its
-//!   initramfs and the device tree go in guest RAM, and the test guests' ELF/raw loader; every
+//!   initramfs and the device tree go in guest RAM, and the ELF loader; every
 //!   size and offset of a user's file is checked before a byte is copied.
 //! - [`fdt`]: the guests' device trees (a fixed-buffer FDT writer: the host has no heap),
 //!   with `virtio,mmio` nodes and, for a protected VM, their restricted DMA pool.
-//! - [`testvm`], [`linuxvm`]: the test VMs' and Linux VMs' layout and measurement, shared by
-//!   the VMM and the offline `cargo xtask measure`.
+//! - [`vm_platform`]: the one virtual machine every guest boots on (its physical map), a
+//!   guest's layout in its RAM and its measurement, shared by the VMM and the offline
+//!   `cargo xtask measure`.
 //!
 //! Place in the flow: `el1-host` (bare metal, built only for AArch64) keeps one `Vgic` and one
 //! `Pl011` per VM behind a lock, decodes an exit's IPA into "which device, which offset", and
@@ -41,9 +42,8 @@
 #![forbid(unsafe_code)]
 
 pub mod fdt;
-pub mod linuxvm;
 pub mod loader;
-pub mod testvm;
+pub mod vm_platform;
 pub mod pl011;
 pub mod vgic;
 pub mod virtio;

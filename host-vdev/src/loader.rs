@@ -1,6 +1,6 @@
-//! Guest image loaders: the project's test guests (ELF64 or raw), and what a Linux VM boots
-//! with its initramfs: a Linux arm64 `Image`, an ELF test guest, or a raw image such as a
-//! kvm-unit-tests `.flat` ([`kernel_format`]).
+//! Guest image loaders: what a VM boots ([`kernel_format`]: a Linux arm64 `Image`, one of the
+//! project's ELF test guests, or a raw image such as a kvm-unit-tests `.flat`) and its
+//! initramfs, placed as `crate::vm_platform` lays the VM out.
 //!
 //! Place in the flow: the VMM (`el1-host/src/vmm`) copies an image into the guest's backing
 //! pages while they are still the host's (before `VM_ADD_MEMORY` donates or shares them), then points vCPU 0 at the
@@ -8,11 +8,11 @@
 //! each is checked against the guest's RAM before a byte is copied.
 
 /// Where a raw image goes, relative to the RAM base (as Linux's old boot protocol put an
-/// `Image`, and QEMU's `-kernel` a file it does not recognise): a raw test guest, or a Linux
-/// VM's raw kernel ([`KernelFormat::Raw`]).
+/// `Image`, and QEMU's `-kernel` a file it does not recognise): a raw image
+/// ([`KernelFormat::Raw`]).
 pub const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
 
-/// A test guest copied into RAM: its entry IPA and the bytes it occupies (offsets from the RAM
+/// An ELF guest copied into RAM: its entry IPA and the bytes it occupies (offsets from the RAM
 /// base, end exclusive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Loaded {
@@ -22,62 +22,56 @@ pub struct Loaded {
     pub span: (u64, u64),
 }
 
-/// Copies a test guest (ELF64 for AArch64, or a raw image placed at [`RAW_IMAGE_OFFSET`]) into
-/// `mem`, the guest RAM that starts at IPA `ram_base`.
-pub fn load_test_image(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<Loaded, &'static str> {
+/// Copies an ELF64 for AArch64 (one of the project's test guests) into `mem`, the guest RAM
+/// that starts at IPA `ram_base`, at the addresses its `PT_LOAD` segments name.
+pub fn load_elf(mem: &mut [u8], ram_base: u64, image: &[u8]) -> Result<Loaded, &'static str> {
     let size = mem.len() as u64;
     let mut span = (u64::MAX, 0u64);
-    if image.len() >= 64 && image[..4] == *b"\x7fELF" {
-        // A field of `n` bytes at `o`; 0 past the end (every offset comes from the file).
-        let rd = |o: usize, n: usize| -> u64 {
-            o.checked_add(n).and_then(|e| image.get(o..e)).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
-        };
-        if image[4] != 2 || image[5] != 1 || rd(18, 2) != 183 {
-            return Err("not a little-endian ELF64 for AArch64");
-        }
-        let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
-        // Two passes: check every PT_LOAD segment and find what they span, then zero that
-        // span (gaps between segments included: whatever RAM held before must not stay between
-        // them) and copy them in.
-        for pass in 0..2 {
-            for i in 0..phnum {
-                let Some(ph) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
-                    return Err("program headers outside the file");
-                };
-                if rd(ph, 4) != 1 {
-                    continue; // not PT_LOAD
-                }
-                let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
-                let start = paddr.checked_sub(ram_base).ok_or("segment below guest RAM")?;
-                if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
-                    return Err("segment outside guest RAM");
-                }
-                let src = off
-                    .checked_add(filesz)
-                    .and_then(|end| image.get(off as usize..end as usize))
-                    .ok_or("segment outside the file")?;
-                if pass == 0 {
-                    span = (span.0.min(start), span.1.max(start + memsz));
-                } else {
-                    mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
-                }
-            }
-            if pass == 0 {
-                if span.0 > span.1 {
-                    span = (0, 0);
-                }
-                mem[span.0 as usize..span.1 as usize].fill(0);
-            }
-        }
-        Ok(Loaded { entry: rd(24, 8), span })
-    } else {
-        let at = RAW_IMAGE_OFFSET as usize;
-        if at + image.len() > mem.len() {
-            return Err("raw image larger than guest RAM");
-        }
-        mem[at..at + image.len()].copy_from_slice(image);
-        Ok(Loaded { entry: ram_base + RAW_IMAGE_OFFSET, span: (RAW_IMAGE_OFFSET, RAW_IMAGE_OFFSET + image.len() as u64) })
+    if image.len() < 64 || image[..4] != *b"\x7fELF" {
+        return Err("not an ELF file");
     }
+    // A field of `n` bytes at `o`; 0 past the end (every offset comes from the file).
+    let rd = |o: usize, n: usize| -> u64 {
+        o.checked_add(n).and_then(|e| image.get(o..e)).map_or(0, |b| b.iter().rev().fold(0u64, |a, x| a << 8 | *x as u64))
+    };
+    if image[4] != 2 || image[5] != 1 || rd(18, 2) != 183 {
+        return Err("not a little-endian ELF64 for AArch64");
+    }
+    let (phoff, phentsize, phnum) = (rd(32, 8) as usize, rd(54, 2) as usize, rd(56, 2) as usize);
+    // Two passes: check every PT_LOAD segment and find what they span, then zero that
+    // span (gaps between segments included: whatever RAM held before must not stay between
+    // them) and copy them in.
+    for pass in 0..2 {
+        for i in 0..phnum {
+            let Some(ph) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
+                return Err("program headers outside the file");
+            };
+            if rd(ph, 4) != 1 {
+                continue; // not PT_LOAD
+            }
+            let (off, paddr, filesz, memsz) = (rd(ph + 8, 8), rd(ph + 24, 8), rd(ph + 32, 8), rd(ph + 40, 8));
+            let start = paddr.checked_sub(ram_base).ok_or("segment below guest RAM")?;
+            if start.checked_add(memsz).is_none_or(|e| e > size) || filesz > memsz {
+                return Err("segment outside guest RAM");
+            }
+            let src = off
+                .checked_add(filesz)
+                .and_then(|end| image.get(off as usize..end as usize))
+                .ok_or("segment outside the file")?;
+            if pass == 0 {
+                span = (span.0.min(start), span.1.max(start + memsz));
+            } else {
+                mem[start as usize..(start + filesz) as usize].copy_from_slice(src);
+            }
+        }
+        if pass == 0 {
+            if span.0 > span.1 {
+                span = (0, 0);
+            }
+            mem[span.0 as usize..span.1 as usize].fill(0);
+        }
+    }
+    Ok(Loaded { entry: rd(24, 8), span })
 }
 
 /// What a run of a VM's RAM holds, for `VM_ADD_MEMORY`'s flags (the VM's measurement).
@@ -196,7 +190,7 @@ pub fn image_header(image: &[u8]) -> Result<ImageHeader, &'static str> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelFormat {
     /// An ELF64 file: one of the project's test guests, loaded at its own addresses
-    /// ([`load_test_image`]).
+    /// ([`load_elf`]).
     Elf,
     /// A Linux arm64 `Image` (magic `ARM\x64` at 0x38), placed as its header says.
     Image,
@@ -414,10 +408,10 @@ mod tests {
     }
 
     #[test]
-    fn test_images_load_inside_guest_ram_only() {
+    fn elf_guests_load_inside_guest_ram_only() {
         let base = 0x4000_0000;
         let mut mem = vec![0xFFu8; 1 << 20];
-        let loaded = load_test_image(&mut mem, base, &elf(&[(0x800, base + 0x8_0000, 4, 8)])).unwrap();
+        let loaded = load_elf(&mut mem, base, &elf(&[(0x800, base + 0x8_0000, 4, 8)])).unwrap();
         assert_eq!(loaded.span, (0x8_0000, 0x8_0008), "what the segment occupies, memsz included");
         let entry = loaded.entry;
         assert_eq!(entry, 0x4008_0000);
@@ -431,21 +425,19 @@ mod tests {
             (0x800, u64::MAX, 4, 4),        // address overflow
             (0x800, base, 4, u64::MAX),     // size overflow
         ] {
-            assert!(load_test_image(&mut mem, base, &elf(&[hostile])).is_err(), "{hostile:x?}");
+            assert!(load_elf(&mut mem, base, &elf(&[hostile])).is_err(), "{hostile:x?}");
         }
         // Program headers at an offset that overflows (host tests run with overflow checks:
         // arithmetic that wrapped would panic here): past the file, nothing to load; a second
         // header whose offset overflows is an error.
         let mut bad = elf(&[(0x800, base, 4, 4)]);
         bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(load_test_image(&mut mem, base, &bad).map(|l| l.entry), Ok(0x4008_0000));
+        assert_eq!(load_elf(&mut mem, base, &bad).map(|l| l.entry), Ok(0x4008_0000));
         bad[54..56].copy_from_slice(&u16::MAX.to_le_bytes());
         bad[56..58].copy_from_slice(&2u16.to_le_bytes());
-        assert!(load_test_image(&mut mem, base, &bad).is_err());
-        // A raw image at RAM + 0x80000.
-        assert_eq!(load_test_image(&mut mem, base, &[1, 2, 3]).unwrap(), Loaded { entry: base + RAW_IMAGE_OFFSET, span: (RAW_IMAGE_OFFSET, RAW_IMAGE_OFFSET + 3) });
-        assert_eq!(&mem[0x8_0000..0x8_0003], &[1, 2, 3]);
-        assert!(load_test_image(&mut vec![0; 0x8_0001], base, &[1, 2]).is_err());
+        assert!(load_elf(&mut mem, base, &bad).is_err());
+        // Anything else is not for this loader (`kernel_format` sends raw images elsewhere).
+        assert_eq!(load_elf(&mut mem, base, &[1, 2, 3]), Err("not an ELF file"));
     }
 
     #[test]
@@ -480,7 +472,7 @@ mod tests {
         let base = 0x4000_0000;
         let mut mem = vec![0xEEu8; 0x10_0000];
         let image = elf(&[(0x800, base + 0x8_0000, 4, 4), (0x800, base + 0x9_0000, 4, 8)]);
-        let loaded = load_test_image(&mut mem, base, &image).unwrap();
+        let loaded = load_elf(&mut mem, base, &image).unwrap();
         assert_eq!(loaded.span, (0x8_0000, 0x9_0008));
         assert!(mem[0x8_0004..0x9_0000].iter().all(|&b| b == 0), "the gap is zeroed");
         assert_eq!((mem[0x7_FFFF], mem[0x9_0008]), (0xEE, 0xEE), "outside the span: untouched");

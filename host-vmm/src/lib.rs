@@ -4,11 +4,12 @@
 //! ([`pinned`]) for the scenarios that need it. The scenarios above it use it; it never uses
 //! them.
 //!
-//! The test VMs' physical map (IPA): RAM at [`GUEST_RAM`] (images load at RAM + 0x80000 as
-//! Linux's boot protocol expects, or at their ELF load addresses), a PL011 at `0x0900_0000`,
-//! and a test device at `0x0b00_0000` that scenarios use to talk to their guest. Any other MMIO
-//! address reads as 0 and ignores writes there (counted in [`UNASSIGNED`]); on the Linux VMs
-//! ([`linux`]) it is an external abort for the guest, as under KVM.
+//! Every VM is the one machine of [`host_vdev::vm_platform`] (its physical map, layout and
+//! measurement): [`boot`] lays a guest out on it. The scenarios that step a vCPU exit by exit
+//! ([`Stepper`]) also have the test device at [`vm_platform::TEST_DEVICE`] through which they
+//! talk to their guest. Any other MMIO address reads as 0 and ignores writes there (counted in
+//! [`UNASSIGNED`]); on the Linux VMs ([`linux`]) it is an external abort for the guest, as
+//! under KVM.
 
 #![cfg(target_os = "none")]
 #![no_std]
@@ -36,14 +37,10 @@ use host_kernel::hyp::client::VmHandle;
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypError, PAGE_SIZE};
 
+/// The machine every VM is.
+pub use host_vdev::vm_platform;
 /// Guest RAM base (IPA).
-pub const GUEST_RAM: u64 = host_vdev::testvm::GUEST_RAM;
-/// The test VMs' layout (RAM, device tree, handover page).
-pub use host_vdev::testvm;
-/// The test VMs' console UART (IPA).
-const UART: u64 = host_vdev::testvm::UART;
-/// The test device's register (IPA).
-const TESTDEV: u64 = 0x0b00_0000;
+pub const GUEST_RAM: u64 = vm_platform::GUEST_RAM;
 
 /// Host RAM handed out for guest memory (bump allocation: simple, and plenty for tests).
 static NEXT_FREE: AtomicU64 = AtomicU64::new(0x5000_0000);
@@ -112,16 +109,8 @@ pub fn create_sve_at(vcpus: u32, flags: u64, sve_vl: u64, mib: u64, backing: u64
     Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
 }
 
-/// Copies `image` (ELF64 or raw) into the VM's backing memory; what it occupies is measured by
-/// [`boot`].
-pub fn load(vm: &Vm, image: &[u8]) -> Result<host_vdev::loader::Loaded, &'static str> {
-    // SAFETY: the backing pages were just allocated for this VM and are still the host's.
-    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
-    host_vdev::loader::load_test_image(mem, GUEST_RAM, image)
-}
-
 /// `VM_ADD_MEMORY` of each run, with the flags its kind asks for.
-pub(crate) fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Result<(), HypError> {
+fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Result<(), HypError> {
     use host_vdev::loader::ChunkKind;
     use shared_abi::measure::add_flags;
     for c in chunks {
@@ -135,21 +124,26 @@ pub(crate) fn give_chunks(vm: &Vm, chunks: &[host_vdev::loader::Chunk]) -> Resul
     Ok(())
 }
 
-/// Writes the guest's device tree at the end of its RAM, gives the VM its RAM (donated if
+/// Lays the VM out on the one machine ([`vm_platform::lay_out`]: `kernel` where its format
+/// says, `initrd`, and the device tree with `bootargs`, a virtio-blk transport if it has a
+/// `disk`, and a restricted DMA pool if it is protected), gives the VM its RAM (donated if
 /// protected, shared otherwise; what was loaded and the device tree measured, the handover
-/// page below the tree, the rest empty: [`host_vdev::testvm::lay_out`]) and points vCPU 0 at
-/// the loaded entry
-/// with `x0` = the device tree, as Linux's boot protocol expects. Returns the device tree's
-/// IPA.
-pub fn boot(vm: &Vm, loaded: host_vdev::loader::Loaded) -> Result<u64, HypError> {
-    let entry = loaded.entry;
-    // SAFETY: the VM's backing pages, still the host's until VM_ADD_MEMORY below.
+/// page below them, the rest empty) and points vCPU 0 at the entry with `x0` = the device
+/// tree, as Linux's boot protocol expects.
+///
+/// # Errors
+/// The layout's refusal (what does not fit or is not a kernel), or a failed hypercall.
+pub fn boot(vm: &Vm, kernel: &[u8], initrd: &[u8], bootargs: &str, disk: bool) -> Result<vm_platform::Laid, &'static str> {
+    // SAFETY: the VM's backing pages, allocated for it and still the host's until
+    // VM_ADD_MEMORY below.
     let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, (vm.pages * PAGE_SIZE) as usize) };
-    let (chunks, n, dtb) = host_vdev::testvm::lay_out(mem, &loaded, vm.vcpus).map_err(|_| HypError::InvalidArgument)?;
-    give_chunks(vm, &chunks[..n])?;
-    vm.el2().vcpu(0).set_reg(reg::PC, entry)?;
-    vm.el2().vcpu(0).set_reg(reg::x(0), dtb)?;
-    Ok(dtb)
+    let devices = vm_platform::Devices { protected: vm.protected, disk };
+    let laid = vm_platform::lay_out(mem, kernel, initrd, vm.vcpus, bootargs, devices)?;
+    let failed = |_| "a hypercall to set up the VM failed";
+    give_chunks(vm, &laid.chunks[..laid.count]).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::PC, laid.entry).map_err(failed)?;
+    vm.el2().vcpu(0).set_reg(reg::x(0), laid.dtb).map_err(failed)?;
+    Ok(laid)
 }
 
 /// Destroys the VM, after reporting its exit statistics ([`report_stats`]).

@@ -18,7 +18,7 @@
 //! (128 KiB per vCPU), PL011 at `0x0900_0000` (SPI 1), virtio-console at `0x0A00_0000` (SPI
 //! 16), virtio-blk at `0x0A00_0200` (SPI 17, with a disk), RAM at `0x4000_0000`; a protected
 //! VM's restricted DMA pool is 8 MiB of its RAM below the handover page
-//! ([`host_vdev::linuxvm`]). A protected VM's devices touch only the pages it shared
+//! ([`host_vdev::vm_platform`]). A protected VM's devices touch only the pages it shared
 //! (`MEM_SHARE` / `MEM_UNSHARE` exits, kept per VM in a bitmap).
 //!
 //! `disk=ADDR,SIZE` (the image `cargo xtask run --disk` staged) backs the virtio-blk of the
@@ -28,7 +28,7 @@ use super::pl011::{GuestUart, UART, UART_INTID, UART_SIZE};
 use super::timer::{self, Timers, PTIMER_INTID, VTIMER_INTID};
 use super::vgic::VirtualGic;
 use super::virtio::{BlkDev, BlkPort, ConsoleDev, ConsolePort, HvcLine, Shared, Transport, VmMemory};
-use host_vdev::linuxvm::{ConsoleDevice, Devices, VIRTIO_BLK, VIRTIO_CONSOLE};
+use host_vdev::vm_platform::{ConsoleDevice, VIRTIO_BLK, VIRTIO_CONSOLE};
 use host_vdev::virtio::guest_ram::GuestRam;
 use host_vdev::virtio::mmio::{DmaPolicy, VirtioMmio};
 use host_vdev::virtio::Gpa;
@@ -41,7 +41,7 @@ use crate::platform::Platform;
 use crate::{gic, println, sched};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use shared_abi::msg::{vm_flags, Exit};
-use shared_abi::{reg, HypError, PAGE_SIZE};
+use shared_abi::{HypError, PAGE_SIZE};
 
 /// Console input the VMM holds for `hvc0` at most (the rest waits in the host UART's FIFO).
 const HVC_PENDING: usize = 64;
@@ -263,20 +263,11 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
         HypError::Denied if cfg.sve_vl != 0 => "VM_CREATE refused the SVE vector length (not one every CPU gives: HYP_INFO's sve_vls)",
         _ => "VM_CREATE failed",
     })?;
-    // SAFETY: the backing pages were just allocated for this VM and are still the host's
-    // (until VM_ADD_MEMORY below).
-    let mem = unsafe { core::slice::from_raw_parts_mut(vm.backing as *mut u8, ram as usize) };
     // A Linux `Image`, one of the project's ELF test guests (benchmarks and hostile guests
     // that need the devices), or a raw image (a kvm-unit-tests program, at RAM + 0x80000):
     // laid out as `cargo xtask measure --kernel` lays it out, so the measurement can be
     // computed offline.
-    let devices = Devices { protected: cfg.flags & vm_flags::PROTECTED != 0, disk };
-    let laid = host_vdev::linuxvm::lay_out(mem, kernel, initrd, cfg.vcpus, cmdline, devices)?;
-    let failed = |_| "a hypercall to set up the VM failed";
-    super::give_chunks(&vm, &laid.chunks[..laid.count]).map_err(failed)?;
-    let (entry, dtb) = (laid.entry, laid.dtb);
-    vm.el2().vcpu(0).set_reg(reg::PC, entry).map_err(failed)?;
-    vm.el2().vcpu(0).set_reg(reg::x(0), dtb).map_err(failed)?;
+    super::boot(&vm, kernel, initrd, cmdline, disk)?;
     Ok(vm)
 }
 

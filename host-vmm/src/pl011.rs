@@ -12,11 +12,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use host_vdev::pl011::Pl011;
 
 /// The PL011's frame (IPA), as in QEMU's `virt`.
-pub const UART: u64 = host_vdev::linuxvm::UART;
+pub const UART: u64 = host_vdev::vm_platform::UART;
 /// Its size.
 pub const UART_SIZE: u64 = 0x1000;
 /// Its SPI (INTID 32 + 1 = 33), as in QEMU's `virt`.
-pub const UART_SPI: u32 = host_vdev::linuxvm::UART_SPI;
+pub const UART_SPI: u32 = host_vdev::vm_platform::UART_SPI;
 /// Its INTID.
 pub const UART_INTID: u32 = 32 + UART_SPI;
 

@@ -5,7 +5,8 @@
 use crate::bus::{Bus, Device, Wake};
 use crate::run::Machine;
 use crate::run;
-use crate::{println, Outcome, Vm, TESTDEV, UART};
+use crate::{println, Outcome, Vm};
+use host_vdev::vm_platform::{TEST_DEVICE as TESTDEV, UART};
 use core::ops::Range;
 use host_kernel::hyp::client::Exited;
 use shared_abi::msg::Exit;

@@ -19,11 +19,11 @@ use shared_abi::msg::irq;
 use shared_abi::HypError;
 
 /// The distributor's frame (IPA).
-pub const GICD: u64 = host_vdev::linuxvm::GICD;
+pub const GICD: u64 = host_vdev::vm_platform::GICD;
 /// Its size.
 pub const GICD_SIZE: u64 = 0x1_0000;
 /// The redistributors (IPA): one 128 KiB frame per vCPU.
-pub const GICR: u64 = host_vdev::linuxvm::GICR;
+pub const GICR: u64 = host_vdev::vm_platform::GICR;
 /// One redistributor's frames (`RD_base`, `SGI_base`).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 

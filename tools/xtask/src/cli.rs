@@ -11,12 +11,12 @@ pub struct Flag {
 
 /// The flags `run` takes.
 pub const RUN_FLAGS: &[Flag] = &[
-    Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000 of a 16 MiB VM); default demo" },
+    Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000), run by a host scenario; default demo" },
     Flag { name: "--kernel", value: Some("FILE|debian|pkvm|kut:NAME.flat"), help: "boot a Linux arm64 Image, or a raw image loaded at RAM + 0x80000 (at most 60 MiB), as the guest instead; `debian` is Debian's cloud kernel that setup fetched, `pkvm` the project's pKVM guest kernel that setup built, `kut:NAME.flat` a kvm-unit-tests program that setup built" },
     Flag { name: "--initrd", value: Some("FILE"), help: "the Linux guest's initrd, at most 64 MiB; default with --kernel debian or pkvm: the project's initramfs (tests/linux)" },
     Flag { name: "--disk", value: Some("FILE"), help: "a disk image (whole 512-byte sectors, at most 256 MiB) behind each Linux VM's virtio-blk; writes stay in memory for the run" },
     Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\" (with --kernel pkvm: without earlycon; with kut:NAME.flat: none, every word is the test's argument)" },
-    Flag { name: "--mem", value: Some("SIZE"), help: "memory of each Linux VM, 64M to 1536M (e.g. 512M, 1G), at most 1536M for all VMs; default 512M" },
+    Flag { name: "--mem", value: Some("SIZE"), help: "memory of each VM (e.g. 512M, 1G): with --kernel 64M to 1536M, at most 1536M for all VMs, default 512M; with --guest 16M to 1024M, default 16M" },
     Flag { name: "--vms", value: Some("N"), help: "identical Linux VMs run at once, 1 or 2; default 1" },
     Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of each VM, 1 to 8 (the demo: at most --smp, one vCPU per host CPU); default 2" },
     Flag { name: "--protected", value: None, help: "a protected VM (the default)" },
@@ -34,7 +34,7 @@ pub const RUN_FLAGS: &[Flag] = &[
 ];
 
 /// The flags of `run` that only a Linux guest (`--kernel`) takes.
-pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--disk", "--cmdline", "--mem", "--vms", "--protected", "--mte", "--ptrauth", "--sve", "--sve-vl"];
+pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--disk", "--cmdline", "--vms", "--protected", "--mte", "--ptrauth", "--sve", "--sve-vl"];
 
 /// The flags `test` takes.
 pub const TEST_FLAGS: &[Flag] = &[
@@ -64,13 +64,12 @@ pub const MEASURE_FLAGS: &[Flag] = &[
     Flag { name: "--initrd", value: Some("FILE"), help: "with --kernel: the initramfs (debian, pkvm: the project's)" },
     Flag { name: "--cmdline", value: Some("\"...\""), help: "with --kernel: the command line (as run's default)" },
     Flag { name: "--disk", value: Some("FILE"), help: "with --kernel: the VM has a disk (its virtio-blk transport is in the measured device tree; the disk's content is not measured)" },
-    Flag { name: "--mem", value: Some("SIZE"), help: "with --kernel: RAM, as run's --mem; default 512M" },
+    Flag { name: "--mem", value: Some("SIZE"), help: "RAM, as run's --mem; default 512M with --kernel, 16M with a test guest" },
     Flag { name: "--mte", value: None, help: "with --kernel: an MTE VM" },
     Flag { name: "--ptrauth", value: None, help: "with --kernel: a VM with pointer authentication" },
     Flag { name: "--sve", value: None, help: "with --kernel: a VM with SVE of 64-byte vectors (its length is measured)" },
     Flag { name: "--sve-vl", value: Some("BYTES"), help: "with --kernel: a VM with SVE of this vector length" },
     Flag { name: "--vcpus", value: Some("N"), help: "vCPUs, 1 to 8; default 1 (2 with --kernel)" },
-    Flag { name: "--mib", value: Some("N"), help: "RAM in MiB of a test guest's VM; default 16 (what the test VMs get)" },
     Flag { name: "--non-protected", value: None, help: "the VM is not protected (its flags are measured)" },
     Flag { name: "--help", value: None, help: "this list" },
 ];

@@ -6,7 +6,7 @@
 //!   `~/.cache/pkvm-rs/kernel/` and kvm-unit-tests into `~/.cache/pkvm-rs/kvm-unit-tests/`
 //!   (once per machine), saying what it does.
 //! - `build`: builds the EL2 image (`boot`) and the host image (`el1-host`).
-//! - `run [--guest NAME|PATH] [--vcpus N] [--non-protected] [--smp N] [--scenario NAME] [--gdb]`:
+//! - `run [--guest NAME|PATH] [--vcpus N] [--mem SIZE] [--non-protected] [--smp N] [--scenario NAME] [--gdb]`:
 //!   builds and boots them on QEMU with a guest (default: the bundled demo guest, protected,
 //!   2 vCPUs); exits with QEMU's status. `--args` adds boot arguments (e.g. `seed=7 calls=1000000`
 //!   for the hostile host); `--test-image` boots the EL2 image with the test-only hypercalls.
@@ -23,7 +23,7 @@
 //! - `check-docs`: checks `docs/ABI.md` against `shared-abi` (version, call IDs, arities,
 //!   errors); `test` runs it first.
 //! - `tcb`: the size of the trusted code (lines, `unsafe`, image sections, crates).
-//! - `measure [--guest NAME|PATH] [--vcpus N] [--mib N] [--non-protected]`, or with `--kernel
+//! - `measure [--guest NAME|PATH] [--vcpus N] [--mem SIZE] [--non-protected]`, or with `--kernel
 //!   FILE|debian [--initrd FILE] [--disk FILE] [--cmdline "..."] [--mem SIZE] [--mte] [--ptrauth]`: a VM's
 //!   measurement, computed offline (what its guest reads from its handover page, what
 //!   `VM_MEASUREMENT` tells the host).

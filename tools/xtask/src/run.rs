@@ -6,12 +6,6 @@ use crate::images::test_guest_machine;
 use crate::{cli, linux, scenario, setup::setup};
 use std::path::{Path, PathBuf};
 
-/// The largest image the host can load: QEMU stages it at GUEST_STAGING, and the host gives
-/// the VM 16 MiB of RAM, less 64 KiB for the device tree (a raw image goes at RAM + 0x80000).
-const GUEST_RAM: u64 = 16 << 20;
-const RAW_IMAGE_OFFSET: u64 = 0x8_0000;
-const DTB_SPACE: u64 = 64 << 10;
-
 /// `cargo xtask run`.
 pub fn command(args: &[String]) -> Result<(), String> {
     let flags = cli::parse("run", args, cli::RUN_FLAGS)?;
@@ -37,26 +31,22 @@ pub fn command(args: &[String]) -> Result<(), String> {
     let images = build(&tc, flavour)?;
     scenario::Registry::from_host(&images.host)?.require(&scenario)?;
     let guest = images.guest(flags.value("--guest").unwrap_or("demo"))?;
-    let size = std::fs::metadata(&guest).map_err(|e| format!("{}: {e}", guest.display()))?.len();
-    let is_elf = std::fs::read(&guest).ok().is_some_and(|b| b.starts_with(b"\x7fELF"));
-    let limit = if is_elf { GUEST_RAM - DTB_SPACE } else { GUEST_RAM - RAW_IMAGE_OFFSET - DTB_SPACE };
-    if size > limit {
-        return Err(format!(
-            "guest image {} is {size} bytes: the limit is {limit} bytes ({} MiB of guest RAM{})",
-            guest.display(),
-            GUEST_RAM >> 20,
-            if is_elf { ", less the device tree" } else { ", less the 0x80000 load offset and the device tree" }
-        ));
+    let mem = crate::linux::limits::parse_mem(flags.value("--mem").unwrap_or("16M"))?;
+    if !(16..=1024).contains(&mem) {
+        return Err(format!("--mem {mem}M: a test guest's VM has 16M to 1024M"));
     }
+    // Laid out here as the host will lay it out: what does not fit is refused before QEMU runs.
+    let protected = if flags.has("--non-protected") { 0 } else { shared_abi::msg::vm_flags::PROTECTED };
+    crate::measure::test_vm(&guest, vcpus, u64::from(mem), protected)?;
     let vm = if flags.has("--non-protected") { "plain" } else { "protected" };
     let extra = flags.value("--args").unwrap_or_default();
-    let mut machine = test_guest_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest)?;
+    let mut machine = test_guest_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} mem={mem} {extra}"), &guest)?;
     if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
         machine = machine.args(["-s", "-S"]);
     }
     println!(
-        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} as a {vm} VM with {vcpus} vCPU(s)); the host powers off when done",
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} as a {vm} VM with {vcpus} vCPU(s) and {mem} MiB); the host powers off when done",
         guest.display()
     );
     let status = machine.run_attached(false)?;

@@ -1,27 +1,47 @@
-//! A Linux VM's layout, in one place for the VMM that builds it and for whoever computes its
-//! measurement offline (`cargo xtask measure --kernel`): the kernel `Image` at its
-//! `text_offset` (or one of the project's ELF guests where it links itself, or a raw image
-//! such as a kvm-unit-tests `.flat` at RAM + 0x80000), the initramfs
-//! just below the device tree at the top of RAM, the measurement handover page below the
-//! initramfs, the device tree (GICv3, timer, PL011, `/chosen`, the virtio-mmio transports and,
-//! for a protected VM, the restricted DMA pool below the handover page), and the runs of RAM
-//! the VMM gives with `VM_ADD_MEMORY`. Its measurement is [`crate::testvm::measurement`] of the
-//! same.
+//! The one virtual machine every guest boots on, in one place for the VMM that builds it and
+//! for whoever computes its measurement offline (`cargo xtask measure`): its physical map, how
+//! a guest is laid out in its RAM, and the measurement EL2 will seal of that.
+//!
+//! # The machine
+//!
+//! Modelled on QEMU's `virt`, so that what boots there boots here: RAM at [`GUEST_RAM`] (its
+//! size is the VM's), PSCI over `HVC`, a GICv3 ([`GICD`], [`GICR`]: one 128 KiB frame per
+//! vCPU), the architected timers, a PL011 at [`UART`] with its interrupt ([`UART_SPI`]),
+//! `/chosen/bootargs` and an initramfs, a virtio-console ([`VIRTIO_CONSOLE`]) and, given a disk,
+//! a virtio-blk ([`VIRTIO_BLK`]). The host VMM also answers a test device at [`TEST_DEVICE`],
+//! through which the project's scenarios talk to their guests; it is not in the device tree.
+//!
+//! # Layout
+//!
+//! [`lay_out`] puts the kernel where its format says (an `Image` at its `text_offset`, one of the
+//! project's ELF guests where it links itself, a raw image such as a kvm-unit-tests `.flat` at
+//! RAM + 0x80000), the initramfs just below the device tree at the top of RAM, the measurement
+//! handover page below the initramfs, and, for a protected VM, the restricted DMA pool below
+//! the handover page; and it returns the runs of RAM the VMM gives with `VM_ADD_MEMORY`. Its
+//! measurement is [`measurement`] of the same.
 //!
 //! # Virtio
 //!
-//! Every Linux VM has a virtio-console transport ([`VIRTIO_CONSOLE`]); one given a disk also a
-//! virtio-blk transport ([`VIRTIO_BLK`]). A protected VM's devices reach only what the guest
-//! shares, so its tree names a `restricted-dma-pool` of [`DMA_POOL_SIZE`] bytes that its
-//! drivers bounce every buffer through ([`crate::fdt`], *Virtio and the restricted DMA pool*):
-//! the pages just below the handover page, above the kernel image, given as empty (zeroed,
-//! unmeasured) memory like the rest of the free RAM; only the tree that names it is measured.
+//! A protected VM's devices reach only what the guest shares, so its tree names a
+//! `restricted-dma-pool` of [`DMA_POOL_SIZE`] bytes that its drivers bounce every buffer
+//! through ([`crate::fdt`], *Virtio and the restricted DMA pool*): the pages just below the
+//! handover page, above the kernel image, given as empty (zeroed, unmeasured) memory like the
+//! rest of the free RAM; only the tree that names it is measured.
 
-use crate::fdt::{linux_tree_with_virtio, DmaPool, LinuxTree, TreeError, Virtio, VirtioMmioNode};
+use crate::fdt::{vm_tree_with_virtio, DmaPool, TreeError, Virtio, VirtioMmioNode, VmTree};
 use crate::loader::{
-    image_header, kernel_format, linux_layout, load_linux, load_test_image, ram_chunks, raw_header, Chunk, KernelFormat, KernelFormatError, LinuxLayout, DTB_SPACE, MAX_CHUNKS,
+    image_header, kernel_format, linux_layout, load_elf, load_linux, ram_chunks, raw_header, Chunk, ChunkKind, KernelFormat, KernelFormatError, LinuxLayout, DTB_SPACE, MAX_CHUNKS,
 };
-use crate::testvm::{clear_slack, GUEST_RAM};
+use shared_abi::measure::Measurement;
+use shared_abi::msg::VmCreate;
+
+/// Guest RAM base (IPA).
+pub const GUEST_RAM: u64 = 0x4000_0000;
+/// `PSTATE` of vCPU 0 as the VMM leaves it (EL2's reset value: EL1h, D/A/I/F masked).
+pub const BOOT_PSTATE: u64 = 0x3C5;
+/// The test device's register (IPA): in no device tree, answered only by the scenarios'
+/// VMM (the host's `host_vmm`).
+pub const TEST_DEVICE: u64 = 0x0b00_0000;
 
 /// The PL011's frame (IPA), as in QEMU's `virt`.
 pub const UART: u64 = 0x0900_0000;
@@ -97,6 +117,8 @@ pub struct Laid {
     pub layout: LinuxLayout,
     /// The restricted DMA pool (IPA), for a protected VM.
     pub dma_pool: Option<DmaPool>,
+    /// The measurement handover page (offset from the RAM base).
+    pub handover: u64,
 }
 
 /// Where a protected VM's pool goes: the [`DMA_POOL_SIZE`] bytes just below the handover page
@@ -125,7 +147,7 @@ pub fn lay_out(mem: &mut [u8], kernel: &[u8], initrd: &[u8], vcpus: u32, bootarg
     // `image_end`: where the kernel's memory ends (BSS included, as far as it is known).
     let (entry, layout, image_span, image_end) = match header {
         None => {
-            let loaded = load_test_image(mem, GUEST_RAM, kernel)?;
+            let loaded = load_elf(mem, GUEST_RAM, kernel)?;
             let dtb = ram.checked_sub(DTB_SPACE).ok_or("guest RAM too small")?;
             (loaded.entry, LinuxLayout { kernel: 0, initrd: None, dtb }, loaded.span, loaded.span.1)
         }
@@ -138,7 +160,7 @@ pub fn lay_out(mem: &mut [u8], kernel: &[u8], initrd: &[u8], vcpus: u32, bootarg
     };
     let handover = layout.initrd.map_or(layout.dtb, |(s, _)| s).checked_sub(PAGE).ok_or("guest RAM too small")?;
     let pool = if devices.protected { Some(dma_pool(handover, image_end)?) } else { None };
-    let tree = LinuxTree {
+    let tree = VmTree {
         ram: (GUEST_RAM, ram),
         vcpus,
         uart: (UART, UART_SPI),
@@ -150,7 +172,7 @@ pub fn lay_out(mem: &mut [u8], kernel: &[u8], initrd: &[u8], vcpus: u32, bootarg
     };
     let dtb = layout.dtb as usize;
     let virtio = Virtio { transports: devices.transports(), dma_pool: pool };
-    let n = linux_tree_with_virtio(&mut mem[dtb..dtb + DTB_SPACE as usize], &tree, &virtio).map_err(|e| match e {
+    let n = vm_tree_with_virtio(&mut mem[dtb..dtb + DTB_SPACE as usize], &tree, &virtio).map_err(|e| match e {
         TreeError::DoesNotFit => "device tree does not fit",
         TreeError::TransportPlacement { .. } | TreeError::TransportSpi { .. } => "virtio transports misplaced",
         TreeError::DmaPoolPlacement => "restricted DMA pool misplaced",
@@ -158,13 +180,65 @@ pub fn lay_out(mem: &mut [u8], kernel: &[u8], initrd: &[u8], vcpus: u32, bootarg
     let spans = [image_span, layout.initrd.unwrap_or((0, 0)), (layout.dtb, layout.dtb + n as u64)];
     clear_slack(mem, &spans);
     let (chunks, count) = ram_chunks(ram, &spans, Some(handover))?;
-    Ok(Laid { chunks, count, entry, dtb: GUEST_RAM + layout.dtb, layout, dma_pool: pool })
+    Ok(Laid { chunks, count, entry, dtb: GUEST_RAM + layout.dtb, layout, dma_pool: pool, handover })
+}
+
+/// Zeroes what shares a page with a span in `spans` but lies outside every span, so that the
+/// pages the VMM gives as content hold nothing it did not put there on purpose (the
+/// measurement is of whole pages).
+pub fn clear_slack(mem: &mut [u8], spans: &[(u64, u64)]) {
+    let inside = |a: u64| spans.iter().any(|&(s, e)| a >= s && a < e);
+    for &(s, e) in spans.iter().filter(|(s, e)| e > s) {
+        let (first, last) = (s / PAGE * PAGE, (e.div_ceil(PAGE) * PAGE).min(mem.len() as u64));
+        for a in (first..s).chain(e..last) {
+            if !inside(a) {
+                mem[a as usize] = 0;
+            }
+        }
+    }
+}
+
+/// The measurement EL2 will seal for a VM created with `config` (vCPUs, IPA size, flags, SVE
+/// length), laid out in `mem` by [`lay_out`] (`chunks`) with vCPU 0 at `entry`, `x0` = `dtb`.
+pub fn measurement(mem: &[u8], chunks: &[Chunk], config: &VmCreate, entry: u64, dtb: u64) -> [u8; 32] {
+    let mut m = Measurement::new(config.nr_vcpus, config.ipa_bits, config.flags, config.sve_vl);
+    for c in chunks {
+        let ipa = GUEST_RAM + c.offset;
+        match c.kind {
+            ChunkKind::Content => {
+                for p in 0..c.pages {
+                    let at = (c.offset + p * PAGE) as usize;
+                    let mut page = [0u8; 4096];
+                    page.copy_from_slice(&mem[at..at + 4096]);
+                    m.page(ipa + p * PAGE, &page);
+                }
+            }
+            ChunkKind::Empty => m.zero(ipa, c.pages),
+            ChunkKind::Handover => m.handover(ipa, c.pages),
+        }
+    }
+    let mut x = [0u64; 31];
+    x[0] = dtb;
+    m.seal(&x, entry, BOOT_PSTATE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     extern crate std;
+
+    /// The VM configuration of a test: `vcpus`, a 36-bit IPA, `flags`, no SVE.
+    fn config(vcpus: u32, flags: u64) -> VmCreate {
+        VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 }
+    }
+
+    #[test]
+    fn slack_is_cleared_and_content_kept() {
+        let mut mem = std::vec![0x5Au8; 3 * 4096];
+        clear_slack(&mut mem, &[(0x100, 0x200), (0x1000, 0x1010)]);
+        assert_eq!((mem[0xFF], mem[0x100], mem[0x1FF], mem[0x200], mem[0xFFF]), (0, 0x5A, 0x5A, 0, 0));
+        assert_eq!((mem[0x100F], mem[0x1010], mem[0x2000]), (0x5A, 0, 0x5A), "pages without a span are not touched");
+    }
 
     /// A minimal arm64 `Image`: the header's magic, `text_offset` 0, `image_size` 1 MiB.
     fn image() -> std::vec::Vec<u8> {
@@ -182,7 +256,7 @@ mod tests {
         let la = lay_out(&mut a, &kernel, &initrd, 2, "console=ttyAMA0", PROTECTED).unwrap();
         let mut b = std::vec![0x5Au8; 64 << 20];
         let lb = lay_out(&mut b, &kernel, &initrd, 2, "console=ttyAMA0", PROTECTED).unwrap();
-        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], &crate::testvm::tests::config(2, 1), l.entry, l.dtb);
+        let m = |mem: &[u8], l: &Laid| measurement(mem, &l.chunks[..l.count], &config(2, 1), l.entry, l.dtb);
         assert_eq!(m(&a, &la), m(&b, &lb), "leftovers never count");
         let mut c = std::vec![0u8; 64 << 20];
         let lc = lay_out(&mut c, &kernel, &initrd, 2, "console=ttyAMA0 quiet", PROTECTED).unwrap();
@@ -199,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_raw_image_lands_at_ram_plus_0x80000_and_is_entered_at_its_first_byte() {
-        use crate::loader::{ChunkKind, RAW_IMAGE_OFFSET};
+        use crate::loader::RAW_IMAGE_OFFSET;
         let (kernel, initrd) = (raw(91_584), std::vec![9u8; 5000]);
         let mut mem = std::vec![0x5Au8; 64 << 20];
         let l = lay_out(&mut mem, &kernel, &initrd, 2, "selftest setup smp=2", PROTECTED).unwrap();
@@ -225,7 +299,7 @@ mod tests {
         // Laid out alike whatever RAM held: its measurement is computable offline.
         let mut zero = std::vec![0u8; 64 << 20];
         let lz = lay_out(&mut zero, &kernel, &initrd, 2, "selftest setup smp=2", PROTECTED).unwrap();
-        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], &crate::testvm::tests::config(2, 1), l.entry, l.dtb);
+        let m = |mem: &[u8], l: &Laid| measurement(mem, &l.chunks[..l.count], &config(2, 1), l.entry, l.dtb);
         assert_eq!(m(&mem, &l), m(&zero, &lz));
     }
 
@@ -281,7 +355,6 @@ mod tests {
 
     #[test]
     fn a_protected_vm_gets_a_pool_below_the_handover_page_as_empty_memory() {
-        use crate::loader::ChunkKind;
         let (kernel, initrd) = (image(), std::vec![9u8; 5000]);
         let mut mem = std::vec![0u8; 64 << 20];
         let l = lay_out(&mut mem, &kernel, &initrd, 1, "", Devices { protected: true, disk: true }).unwrap();
@@ -303,7 +376,7 @@ mod tests {
     #[test]
     fn a_non_protected_vm_gets_no_pool_and_the_tree_names_what_it_has() {
         let kernel = image();
-        let m = |mem: &[u8], l: &Laid| crate::testvm::measurement(mem, &l.chunks[..l.count], &crate::testvm::tests::config(1, 0), l.entry, l.dtb);
+        let m = |mem: &[u8], l: &Laid| measurement(mem, &l.chunks[..l.count], &config(1, 0), l.entry, l.dtb);
         let mut a = std::vec![0u8; 32 << 20];
         let la = lay_out(&mut a, &kernel, &[], 1, "", Devices::default()).unwrap();
         assert_eq!(la.dma_pool, None);
