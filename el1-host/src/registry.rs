@@ -21,11 +21,6 @@ const fn tested(name: &'static str, run: fn(&Platform)) -> Scenario {
 
 /// The scenarios. Those with VMs first bring up every CPU and finish the VMM's set-up.
 pub const SCENARIOS: &[Scenario] = &[
-    tested("demo", |p| {
-        smp(p);
-        setup(p);
-        vm::run_guest(p);
-    }),
     tested("checks", |p| {
         smp(p);
         crate::scenarios::hypercalls(p);

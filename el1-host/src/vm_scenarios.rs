@@ -49,13 +49,13 @@ pub(crate) fn start_sve(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64) ->
 
 /// [`start_sve`] with the VM's RAM backed by host memory at `backing`.
 fn start_sve_at(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64, backing: u64) -> Vm {
-    start_laid(plat, vcpus, flags, sve_vl, GUEST_MIB, backing).0
+    start_laid(plat, vcpus, flags, sve_vl, backing).0
 }
 
-/// [`start_sve_at`] with `mib` MiB of RAM, and where the VM's layout put things.
-fn start_laid(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64, mib: u64, backing: u64) -> (Vm, vmm::vm_platform::Laid) {
+/// [`start_sve_at`], and where the VM's layout put things.
+fn start_laid(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64, backing: u64) -> (Vm, vmm::vm_platform::Laid) {
     let protected = flags & vm_flags::PROTECTED != 0;
-    let vm = match vmm::create_sve_at(vcpus, flags, sve_vl, mib, backing) {
+    let vm = match vmm::create_sve_at(vcpus, flags, sve_vl, GUEST_MIB, backing) {
         Ok(vm) => vm,
         Err(e) => crate::fail::fail(format_args!("VM_CREATE: {e:?}")),
     };
@@ -64,7 +64,7 @@ fn start_laid(plat: &Platform, vcpus: u32, flags: u64, sve_vl: u64, mib: u64, ba
         Err(e) => crate::fail::fail(format_args!("booting the guest: {e}")),
     };
     println!(
-        "host: VM {:#x}: {}, {vcpus} vCPU(s), {mib} MiB at host {:#x}, entry {:#x}, device tree {:#x}",
+        "host: VM {:#x}: {}, {vcpus} vCPU(s), {GUEST_MIB} MiB at host {:#x}, entry {:#x}, device tree {:#x}",
         vm.handle,
         kind(protected),
         vm.backing,
@@ -82,19 +82,6 @@ fn run_to_off(plat: &Platform, vm: &Vm, dev: &mut dyn TestDevice) {
 pub(crate) fn destroy(vm: &Vm) {
     let r = vmm::destroy(vm);
     check!(r.is_ok(), "VM_DESTROY {:#x}: {r:?}", vm.handle);
-}
-
-/// `demo`: the guest and VM options from the boot arguments (`vm=plain` for a non-protected
-/// VM, `vcpus=N`, `mem=MiB`), protected with 2 vCPUs and 16 MiB by default.
-pub fn run_guest(plat: &Platform) {
-    let protected = plat.arg("vm") != Some("plain");
-    let vcpus = plat.arg("vcpus").and_then(|v| v.parse().ok()).unwrap_or(2);
-    let mib = plat.arg("mem").and_then(|v| v.parse().ok()).filter(|m| (16..=1024).contains(m)).unwrap_or(GUEST_MIB);
-    let flags = if protected { vm_flags::PROTECTED } else { 0 };
-    let (vm, _) = start_laid(plat, vcpus, flags, 0, mib, vmm::alloc_pages(mib * 256));
-    run_to_off(plat, &vm, &mut NoDevice);
-    destroy(&vm);
-    ok!("VM {:#x} powered off and destroyed ({} unassigned MMIO accesses)", vm.handle, vmm::UNASSIGNED.load(core::sync::atomic::Ordering::Relaxed));
 }
 
 pub fn lifecycle(plat: &Platform) {
@@ -741,7 +728,7 @@ pub fn measurement(plat: &Platform) {
         let backing = vmm::alloc_pages(GUEST_MIB * 256);
         // SAFETY: pages just taken for this VM, the host's until VM_ADD_MEMORY.
         unsafe { core::ptr::write_bytes(backing as *mut u8, 0x5A, (GUEST_MIB << 20) as usize) };
-        let (vm, laid) = start_laid(plat, 1, if protected { vm_flags::PROTECTED } else { 0 }, 0, GUEST_MIB, backing);
+        let (vm, laid) = start_laid(plat, 1, if protected { vm_flags::PROTECTED } else { 0 }, 0, backing);
         let before = vm.el2().measurement();
         check!(before == Ok(None), "measurement before the first run: {before:?}");
         run_to_off(plat, &vm, rep);

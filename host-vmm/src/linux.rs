@@ -1,10 +1,11 @@
-//! Linux guests: VMs with the devices an unmodified arm64 kernel needs (a GICv3, the
-//! architected timers, a PL011 with its interrupt) and virtio devices (a console; a disk when
-//! one is staged: [`crate::virtio`]), booted the standard way (an `Image`, an
-//! initramfs, a command line and a device tree), their vCPUs run by the host scheduler.
+//! The VMM: VMs of the one VM platform ([`host_vdev::vm_platform`]) with every device an
+//! unmodified arm64 kernel needs (a GICv3, the architected timers, a PL011 with its interrupt)
+//! and virtio devices (a console; a disk when one is staged: [`crate::virtio`]), booted the
+//! standard way (a kernel, an initramfs, a command line and a device tree), their vCPUs run by
+//! the host scheduler.
 //!
-//! The same VMs run the project's ELF test guests that need these devices (`scenario=linux`
-//! with an ELF staged as the kernel) and raw images such as kvm-unit-tests' `.flat` programs
+//! The kernel is a Linux `Image`, one of the project's ELF test guests (`cargo xtask run
+//! --guest`, the demo included), or a raw image such as kvm-unit-tests' `.flat` programs
 //! ([`host_vdev::loader::KernelFormat`]).
 //!
 //! Place in the flow: [`run()`] builds the VMs from what `cargo xtask run --kernel ...` staged

@@ -1,6 +1,6 @@
-//! The VMM's one exit loop: what every `VCPU_RUN` of every VM goes through, whichever kind of
-//! VM it is ([`Machine`]: the test VMs' in [`crate::Stepper`], the Linux VMs' in
-//! [`crate::linux`]).
+//! The VMM's one exit loop: what every `VCPU_RUN` of every VM goes through, whoever drives it
+//! ([`Machine`]: the VMM's own in [`crate::linux`], which serves every device of the one VM
+//! platform; the scenarios' harness in [`crate::Stepper`], which steps a vCPU exit by exit).
 //!
 //! One step: the machine's preparation, the run (recorded for the timeout report), the exit
 //! counted, the machine's look at the record, an MMIO exit served by the machine's devices on

@@ -1,6 +1,8 @@
-//! The test VMs' devices and exit handling: a console UART that prints the guest's lines, and
-//! the test device through which a scenario talks to its guest ([`TestDevice`]), on the bus of
-//! the one exit loop ([`crate::run`]).
+//! The scenarios' harness: a vCPU stepped exit by exit ([`Stepper`]), every exit but MMIO left
+//! to the scenario. On its bus: the PL011's data register, printed a line at a time, and the
+//! test device through which a scenario talks to its guest ([`TestDevice`]), in the one exit
+//! loop ([`crate::run`]). Its VMs are laid out on the one VM platform like every other
+//! ([`crate::boot`]); the devices the harness does not serve read as 0.
 
 use crate::bus::{Bus, Device, Wake};
 use crate::run::Machine;

@@ -55,8 +55,15 @@ pub fn build(tc: &Toolchain, flavour: Flavour) -> Result<Images, String> {
         return Err("build failed".into());
     }
     let dir = target_dir.join(TARGET).join("release");
+    debug_assert!(flavour != Flavour::Release || dir == release_dir());
     // A raw (flat binary) copy of the demo guest, to exercise the host's raw-image loader the
     // way a Linux `Image` would be loaded.
     flatten_elf(&dir.join("demo"), &dir.join("demo.bin"))?;
     Ok(Images { el2: dir.join("boot"), host: dir.join("el1-host"), guests: dir })
+}
+
+/// Where a release build leaves the images and the test guests (the test guests are the same
+/// in both flavours: `guest:NAME` names them here).
+pub fn release_dir() -> PathBuf {
+    crate::root().join("target").join(TARGET).join("release")
 }

@@ -11,14 +11,14 @@ pub struct Flag {
 
 /// The flags `run` takes.
 pub const RUN_FLAGS: &[Flag] = &[
-    Flag { name: "--guest", value: Some("NAME|PATH"), help: "the guest image: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000), run by a host scenario; default demo" },
+    Flag { name: "--guest", value: Some("NAME|PATH"), help: "a test guest instead of a Linux kernel: a bundled guest or a file (ELF, or a raw image loaded at RAM + 0x80000); with --scenario, the image staged for that host scenario; default demo" },
     Flag { name: "--kernel", value: Some("FILE|debian|pkvm|kut:NAME.flat"), help: "boot a Linux arm64 Image, or a raw image loaded at RAM + 0x80000 (at most 60 MiB), as the guest instead; `debian` is Debian's cloud kernel that setup fetched, `pkvm` the project's pKVM guest kernel that setup built, `kut:NAME.flat` a kvm-unit-tests program that setup built" },
     Flag { name: "--initrd", value: Some("FILE"), help: "the Linux guest's initrd, at most 64 MiB; default with --kernel debian or pkvm: the project's initramfs (tests/linux)" },
     Flag { name: "--disk", value: Some("FILE"), help: "a disk image (whole 512-byte sectors, at most 256 MiB) behind each Linux VM's virtio-blk; writes stay in memory for the run" },
     Flag { name: "--cmdline", value: Some("\"...\""), help: "the Linux guest's command line, at most 4095 bytes; default \"console=ttyAMA0 earlycon=pl011,0x09000000 panic=-1\" (with --kernel pkvm: without earlycon; with kut:NAME.flat: none, every word is the test's argument)" },
-    Flag { name: "--mem", value: Some("SIZE"), help: "memory of each VM (e.g. 512M, 1G): with --kernel 64M to 1536M, at most 1536M for all VMs, default 512M; with --guest 16M to 1024M, default 16M" },
+    Flag { name: "--mem", value: Some("SIZE"), help: "memory of each VM, 64M to 1536M (e.g. 512M, 1G), at most 1536M for all VMs; default 512M with --kernel, 64M with a test guest" },
     Flag { name: "--vms", value: Some("N"), help: "identical Linux VMs run at once, 1 or 2; default 1" },
-    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of each VM, 1 to 8 (the demo: at most --smp, one vCPU per host CPU); default 2" },
+    Flag { name: "--vcpus", value: Some("N"), help: "vCPUs of each VM, 1 to 8; default 2" },
     Flag { name: "--protected", value: None, help: "a protected VM (the default)" },
     Flag { name: "--non-protected", value: None, help: "a non-protected VM (memory shared with the host) instead of a protected one" },
     Flag { name: "--mte", value: None, help: "give the Linux VM MTE" },
@@ -26,15 +26,15 @@ pub const RUN_FLAGS: &[Flag] = &[
     Flag { name: "--sve", value: None, help: "give the Linux VM SVE with 512-bit vectors (64 bytes)" },
     Flag { name: "--sve-vl", value: Some("BYTES"), help: "give the Linux VM SVE with this vector length: a multiple of 16 from 16 to 256 that every CPU gives (EL2 refuses others)" },
     Flag { name: "--smp", value: Some("N"), help: "host CPUs, 1 to 8; default 2" },
-    Flag { name: "--scenario", value: Some("NAME"), help: "the host scenario to run (README, \"Commands\"); default demo, or linux with --kernel" },
+    Flag { name: "--scenario", value: Some("NAME"), help: "a host scenario to run instead (README, \"Commands\"), with --guest staged for it; default: linux, the host's VMM booting the guest" },
     Flag { name: "--args", value: Some("\"K=V ...\""), help: "more host boot arguments (e.g. \"seed=7 calls=1000000\" for the hostile host)" },
     Flag { name: "--test-image", value: None, help: "boot the EL2 image built with the test-only hypercalls" },
     Flag { name: "--gdb", value: None, help: "wait for gdb-multiarch on :1234 before starting" },
     Flag { name: "--help", value: None, help: "this list" },
 ];
 
-/// The flags of `run` that only a Linux guest (`--kernel`) takes.
-pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--disk", "--cmdline", "--vms", "--protected", "--mte", "--ptrauth", "--sve", "--sve-vl"];
+/// The flags of `run` that only a guest the host's VMM boots takes (not a host scenario's).
+pub const LINUX_ONLY_FLAGS: &[&str] = &["--initrd", "--disk", "--cmdline", "--mem", "--vms", "--protected", "--mte", "--ptrauth", "--sve", "--sve-vl"];
 
 /// The flags `test` takes.
 pub const TEST_FLAGS: &[Flag] = &[

@@ -1,5 +1,7 @@
-//! `cargo xtask run`: the hypervisor on QEMU with a test guest, or with a Linux guest
-//! (`--kernel`), on the terminal.
+//! `cargo xtask run`: the hypervisor on QEMU with a guest on the terminal: a test guest
+//! (`--guest`, the demo by default) or a Linux guest (`--kernel`), both booted on the one VM
+//! platform by the host's VMM (its `linux` scenario); or, with `--scenario`, a host scenario
+//! with a test guest staged for it.
 
 use crate::build::{build, Flavour};
 use crate::images::test_guest_machine;
@@ -16,37 +18,36 @@ pub fn command(args: &[String]) -> Result<(), String> {
     // Everything that can be checked without QEMU is checked before anything is built.
     let smp = flags.number("--smp", 2, 1..=8)?;
     if let Some(kernel) = flags.value("--kernel") {
-        return run_linux(&flags, kernel, smp);
+        if flags.has("--guest") {
+            return Err("--guest and --kernel both name the guest: choose one".into());
+        }
+        return run_linux(&flags, kernel, smp, "512M");
+    }
+    if !flags.has("--scenario") {
+        // A test guest boots like any other guest: on the host's VMM.
+        let guest = flags.value("--guest").unwrap_or("demo");
+        let kernel = if crate::images::BUNDLED_GUESTS.contains(&guest) { format!("{}{guest}", linux::GUEST_PREFIX) } else { guest.to_string() };
+        return run_linux(&flags, &kernel, smp, "64M");
     }
     if let Some(f) = cli::LINUX_ONLY_FLAGS.iter().find(|f| flags.has(f)) {
-        return Err(format!("{f} is for a Linux guest: add --kernel FILE (or --kernel debian|pkvm)"));
+        return Err(format!("{f} is for a guest the host's VMM boots: drop --scenario (a host scenario makes its own VMs)"));
     }
     let vcpus = flags.number("--vcpus", 2, 1..=8)?;
-    let scenario = flags.value("--scenario").unwrap_or("demo").to_string();
-    if scenario == "demo" && vcpus > smp {
-        return Err(format!("--vcpus {vcpus}: the demo runs one vCPU per host CPU, so at most --smp ({smp})"));
-    }
+    let scenario = flags.value("--scenario").unwrap_or_default().to_string();
     let tc = setup()?;
     let flavour = if flags.has("--test-image") { Flavour::TestHooks } else { Flavour::Release };
     let images = build(&tc, flavour)?;
     scenario::Registry::from_host(&images.host)?.require(&scenario)?;
     let guest = images.guest(flags.value("--guest").unwrap_or("demo"))?;
-    let mem = crate::linux::limits::parse_mem(flags.value("--mem").unwrap_or("16M"))?;
-    if !(16..=1024).contains(&mem) {
-        return Err(format!("--mem {mem}M: a test guest's VM has 16M to 1024M"));
-    }
-    // Laid out here as the host will lay it out: what does not fit is refused before QEMU runs.
-    let protected = if flags.has("--non-protected") { 0 } else { shared_abi::msg::vm_flags::PROTECTED };
-    crate::measure::test_vm(&guest, vcpus, u64::from(mem), protected)?;
     let vm = if flags.has("--non-protected") { "plain" } else { "protected" };
     let extra = flags.value("--args").unwrap_or_default();
-    let mut machine = test_guest_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} mem={mem} {extra}"), &guest)?;
+    let mut machine = test_guest_machine(&images, smp, &format!("scenario={scenario} vm={vm} vcpus={vcpus} {extra}"), &guest)?;
     if flags.has("--gdb") {
         println!("xtask: QEMU waits for gdb on :1234 (gdb-multiarch {} -ex 'target remote :1234')", images.el2.display());
         machine = machine.args(["-s", "-S"]);
     }
     println!(
-        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} as a {vm} VM with {vcpus} vCPU(s) and {mem} MiB); the host powers off when done",
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, scenario {scenario}, guest {} staged for it); the host powers off when done",
         guest.display()
     );
     let status = machine.run_attached(false)?;
@@ -59,21 +60,19 @@ pub fn command(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// `run --kernel`: a Linux guest under the hypervisor (the host's `linux` scenario).
-fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> {
-    if flags.has("--guest") {
-        return Err("--guest and --kernel both name the guest: choose one".into());
-    }
+/// `run --kernel` (or `--guest` without `--scenario`): a guest under the hypervisor, on the
+/// host's VMM (its `linux` scenario), with `default_mem` unless `--mem` says.
+fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32, default_mem: &str) -> Result<(), String> {
     if flags.has("--protected") && flags.has("--non-protected") {
         return Err("--protected and --non-protected: choose one".into());
     }
     let vcpus = flags.number("--vcpus", 2, 1..=8)?;
     let vms = flags.number("--vms", 1, 1..=2)?;
-    let mem_mib = linux::limits::parse_mem(flags.value("--mem").unwrap_or("512M"))?;
+    let mem_mib = linux::limits::parse_mem(flags.value("--mem").unwrap_or(default_mem))?;
     let cmdline = flags.value("--cmdline").unwrap_or(linux::default_cmdline(kernel)).to_string();
     // The limits that need no file, before anything is fetched or built.
     linux::limits::check_limits(0, None, cmdline.len(), mem_mib, vcpus, vms)?;
-    let file = linux::NamedKernel::parse(kernel).is_none() && linux::kut::program_name(kernel).is_none();
+    let file = linux::NamedKernel::parse(kernel).is_none() && linux::kut::program_name(kernel).is_none() && linux::guest_name(kernel).is_none();
     if file {
         let head = linux::read_head(Path::new(kernel)).map_err(|e| format!("--kernel {e}"))?;
         linux::limits::check_kernel_head(&head).map_err(|e| format!("--kernel {kernel}: {e}"))?;
@@ -104,7 +103,7 @@ fn run_linux(flags: &cli::Parsed, kernel: &str, smp: u32) -> Result<(), String> 
         machine = machine.args(["-s", "-S"]);
     }
     println!(
-        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with Linux {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}, SVE {}{}",
+        "xtask: booting the hypervisor on QEMU virt ({smp} CPUs, 2 GiB) with {} as {vms} {} VM(s) of {vcpus} vCPU(s) and {mem_mib} MiB, MTE {}, pointer authentication {}, SVE {}{}",
         run.kernel.display(),
         if run.protected { "protected" } else { "non-protected" },
         if run.mte { "on" } else { "off" },

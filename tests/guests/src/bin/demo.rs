@@ -37,35 +37,34 @@ fn main(dtb: u64) {
         }
         started += 1;
     }
-    let mut spins = 0u64;
-    while ONLINE.load(Ordering::Acquire) < started {
-        spins += 1;
-        if spins > 1_000_000 {
-            guests::fail(format_args!("secondary vCPUs did not come online"));
-        }
-        guests::relax();
-    }
+    wait_until("secondary vCPUs did not come online", || ONLINE.load(Ordering::Acquire) >= started);
     println!("guest: {} vCPU(s) online", started + 1);
     if started + 1 != dt_cpus {
         guests::fail(format_args!("{} vCPUs came up, the device tree lists {dt_cpus}", started + 1));
     }
     // Each secondary powers itself off when done; AFFINITY_INFO (answered by EL2) sees it.
     for i in 1..=started {
-        let mut spins = 0u64;
-        while smccc::psci::affinity_info::<smccc::Hvc>(i, smccc::psci::LowestAffinityLevel::All)
-            != Ok(smccc::psci::AffinityState::Off)
-        {
-            spins += 1;
-            if spins > 1_000_000 {
-                guests::fail(format_args!("vCPU {i} never turned off"));
-            }
-            guests::relax();
-        }
+        wait_until("a secondary vCPU never turned off", || {
+            smccc::psci::affinity_info::<smccc::Hvc>(i, smccc::psci::LowestAffinityLevel::All) == Ok(smccc::psci::AffinityState::Off)
+        });
     }
     if started > 0 {
         println!("guest: AFFINITY_INFO: secondary vCPUs off again");
     }
     println!("guest: demo done, powering off");
+}
+
+/// Spins (`YIELD`) until `done`, or fails with `what` after 10 s of the virtual counter. Not
+/// `WFI`: with no interrupt coming, a VMM may keep a vCPU in `WFI` asleep for ever (the host's
+/// VMM does, as KVM does); the tick takes the CPU from a spinning vCPU when others wait.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = guests::gic::cntvct() + 10 * guests::gic::cntfrq();
+    while !done() {
+        if guests::gic::cntvct() > deadline {
+            guests::fail(format_args!("{what}"));
+        }
+        core::hint::spin_loop();
+    }
 }
 
 fn secondary(index: u64) {

@@ -61,10 +61,19 @@ impl NamedKernel {
     }
 }
 
+/// The prefix that names one of the project's test guests as the kernel (`guest:demo`).
+pub const GUEST_PREFIX: &str = "guest:";
+
+/// The test guest `guest:NAME` names, if it names one.
+pub fn guest_name(kernel: &str) -> Option<&str> {
+    kernel.strip_prefix(GUEST_PREFIX)
+}
+
 /// The command line for a kernel (a name or a file) when none is given: none for a
-/// kvm-unit-tests program (`kut:...`), whose every bootargs word is an argument.
+/// kvm-unit-tests program (`kut:...`), whose every bootargs word is an argument, nor for a test
+/// guest (`guest:...`).
 pub fn default_cmdline(kernel: &str) -> &'static str {
-    if kut::program_name(kernel).is_some() {
+    if kut::program_name(kernel).is_some() || guest_name(kernel).is_some() {
         return "";
     }
     NamedKernel::parse(kernel).map_or(DEFAULT_CMDLINE, NamedKernel::default_cmdline)
@@ -72,10 +81,17 @@ pub fn default_cmdline(kernel: &str) -> &'static str {
 
 /// The kernel file and default initramfs of what `--kernel` or `kernel =` names: a named kernel
 /// (with the project's initramfs, from `artifacts`, asked only then), a kvm-unit-tests program
-/// (`kut:NAME.flat`, built by `setup`; no initramfs), or a file (relative to `base`).
+/// (`kut:NAME.flat`, built by `setup`; no initramfs), one of the project's test guests
+/// (`guest:NAME`, as `build` leaves it; no initramfs), or a file (relative to `base`).
 pub fn resolve_kernel<A: Borrow<Artifacts>>(kernel: &str, base: &Path, artifacts: impl FnOnce() -> Result<A, String>) -> Result<(PathBuf, Option<PathBuf>), String> {
     if let Some(name) = kut::program_name(kernel) {
         return Ok((kut::program(name)?, None));
+    }
+    if let Some(name) = guest_name(kernel) {
+        if !crate::images::BUNDLED_GUESTS.contains(&name) {
+            return Err(format!("no test guest {name:?} (there are: {})", crate::images::BUNDLED_GUESTS.join(", ")));
+        }
+        return Ok((crate::build::release_dir().join(name), None));
     }
     match NamedKernel::parse(kernel) {
         Some(named) => {

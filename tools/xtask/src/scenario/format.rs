@@ -25,8 +25,9 @@
 //! kernel = debian            # Debian's kernel, pkvm the project's pKVM guest kernel (both with
 //!                            # the project's initramfs), kut:NAME.flat a kvm-unit-tests
 //!                            # program (linux/kut.rs: built by setup, no initramfs, an empty
-//!                            # command line by default), or a file: an Image, an ELF test
-//!                            # guest or a raw image
+//!                            # command line by default), guest:NAME one of the project's
+//!                            # test guests (no command line by default), or a file: an
+//!                            # Image, an ELF or a raw image
 //! initrd = FILE              # default with debian and pkvm: the project's initramfs
 //! disk = FILE                # a disk image behind each VM's virtio-blk (none by default)
 //! cmdline = console=...      # the guest's command line (default linux::default_cmdline)
@@ -319,8 +320,8 @@ mod tests {
                 continue;
             }
             let Some(named) = linux::NamedKernel::parse(&l.kernel) else {
-                // A test guest in the Linux VM (the benchmarks' interrupt guest): no userspace.
-                assert!(l.kernel.starts_with("target/"), "{}: a kernel other than debian or pkvm is a built test guest", s.name);
+                // A test guest on the VMM (the demo, the benchmarks' interrupt guest): no userspace.
+                assert!(linux::guest_name(&l.kernel).is_some(), "{}: a kernel other than debian, pkvm or kut:NAME is a test guest (guest:NAME)", s.name);
                 continue;
             };
             // Checks from the command line, or typed into the console.
