@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: boots the hypervisor under QEMU with instruction counting and prints a
 //! table (operation, median, min, max, target, verdict); the same figures go to
-//! `target/bench.json`. Four groups, chosen with `--only`:
+//! `target/bench.json`. Five groups, chosen with `--only`:
 //!
 //! - `main`, `ptrauth`: the host's `bench` scenarios with the bench guest, under `-icount
 //!   shift=0`, where PMU event 0x08 (INST_RETIRED) counts exactly: instructions the measuring
@@ -14,12 +14,17 @@
 //!   first userspace line, on bare QEMU at EL1 and as protected and non-protected VMs, in the
 //!   same unit, and the ratio; the project's pKVM guest kernel the same way as a protected VM
 //!   (against Debian's); and virtio-blk read throughput in KiB/s of guest time, protected
-//!   (every buffer bounced through the restricted DMA pool) against non-protected.
+//!   (every buffer bounced through the restricted DMA pool) against non-protected;
+//! - `kut`: kvm-unit-tests' `micro-bench` in a protected VM of 2 vCPUs on 2 host CPUs
+//!   ([`KUT_HOST_CPUS`]), its table's means in the same unit, next to the performance issue's
+//!   targets and KVM's figures on the same QEMU.
 //!
-//! Under the hypervisor these run on one host CPU ([`HOST_CPUS`]): QEMU 7.2's round-robin
+//! The `irq` and `linux` groups run on one host CPU ([`HOST_CPUS`]). QEMU 7.2's round-robin
 //! `-icount` gives a CPU that busy-waits the whole slice up to the next timer deadline and
-//! leaves the others none, so a host or EL2 spin lock waiting on the second CPU never ends
-//! (fixed in QEMU 8.0, which splits the slice). Without `-icount` the figures would be wall time.
+//! leaves the others none (fixed in QEMU 8.0, which splits the slice); since the host's busy
+//! waits execute `YIELD` (`host_kernel::arch::relax`), which ends the slice, the hypervisor
+//! runs on 2 CPUs there too, and the `kut` group does. Without `-icount` the figures would be
+//! wall time.
 
 use crate::linux::{self, LinuxRun, NamedKernel, ICOUNT};
 use crate::qemu;
@@ -69,6 +74,12 @@ const fn ns_row(key: &'static str, operation: &'static str, target_text: &'stati
     Row { key, operation, target: None, target_text, unit: Unit::CounterNs }
 }
 
+/// A row of kvm-unit-tests' `micro-bench` (its mean, in ns of counter time), with the target of
+/// the performance issue.
+const fn kut_row(key: &'static str, operation: &'static str, target: u64, target_text: &'static str) -> Row {
+    Row { key, operation, target: Some(target), target_text, unit: Unit::CounterNs }
+}
+
 const ROWS: &[Row] = &[
     row("host_null_hvc", "host null hypercall round trip (PING)", Some(100), "<= 100"),
     row("guest_smccc_version", "guest SMCCC_VERSION, served in EL2", Some(150), "<= 150"),
@@ -102,6 +113,12 @@ const ROWS: &[Row] = &[
     ns_row("linux_boot_bare_2cpu", "Linux boot, same, bare QEMU at EL1, 2 CPUs (ns)", "baseline"),
     ns_row("linux_boot_protected_2vcpu", "Linux boot, same, protected VM of 2 vCPUs on 1 host CPU (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_pkvm_protected", "Linux boot, same, the pKVM guest kernel, protected VM of 1 vCPU (ns)", "vs Debian's"),
+    kut_row("kut_hyp_call", "micro-bench hyp_call: an SMCCC ID no one implements (KVM VHE: 1,003)", 200, "<= 200"),
+    kut_row("kut_mmio_read_user", "micro-bench mmio_read_user: a read the host VMM emulates (KVM VHE: 5,458)", 1000, "<= 1000"),
+    kut_row("kut_mmio_read_vgic", "micro-bench mmio_read_vgic: a GICD_IIDR read (KVM VHE: 1,834)", 1200, "<= 1200"),
+    kut_row("kut_eoi", "micro-bench eoi: ICC_EOIR1_EL1 of a spurious INTID, in the CPU (KVM VHE: 21)", 21, "21"),
+    kut_row("kut_ipi", "micro-bench ipi: SGI sent by vCPU 0 until taken and acknowledged by vCPU 1 (KVM VHE: 4,700)", 1500, "<= 1500"),
+    kut_row("kut_timer_10ms", "micro-bench timer_10ms: per virtual-timer interrupt, 10 ms apart (KVM VHE: 4,832)", 1500, "<= 1500"),
     Row { key: "blk_read_nonprotected", operation: "virtio-blk read, 64 MiB in 256 KiB O_DIRECT requests, pKVM guest kernel, non-protected VM (KiB/s)", target: None, target_text: "baseline", unit: Unit::KibPerSecond },
     Row { key: "blk_read_protected", operation: "virtio-blk read, same, protected VM (bounced through the restricted DMA pool) (KiB/s)", target: None, target_text: "vs non-protected", unit: Unit::KibPerSecond },
 ];
@@ -123,7 +140,7 @@ fn verdict(row: &Row, s: Option<&Stats>) -> String {
 }
 
 /// The groups `--only` chooses from.
-pub const GROUPS: &[&str] = &["main", "ptrauth", "irq", "linux"];
+pub const GROUPS: &[&str] = &["main", "ptrauth", "irq", "kut", "linux"];
 
 /// What the runs collected.
 #[derive(Default)]
@@ -275,6 +292,79 @@ fn irq_rows(images: &Images, r: &mut Results) -> Result<(), String> {
         r.stats.insert(row.key.into(), s);
     }
     Ok(())
+}
+
+/// kvm-unit-tests' `micro-bench` programs' names, and the rows they fill.
+const KUT_ROWS: &[(&str, &str)] = &[
+    ("hyp_call", "kut_hyp_call"),
+    ("mmio_read_user", "kut_mmio_read_user"),
+    ("mmio_read_vgic", "kut_mmio_read_vgic"),
+    ("eoi", "kut_eoi"),
+    ("ipi", "kut_ipi"),
+    ("timer_10ms", "kut_timer_10ms"),
+];
+
+/// Host CPUs (and the VM's vCPUs) of the `kut` group: its `ipi` row needs the two vCPUs on
+/// different host CPUs, which the host scheduler gives each one once both CPUs are up.
+const KUT_HOST_CPUS: u32 = 2;
+
+/// kvm-unit-tests' `micro-bench` in a protected VM of 2 vCPUs on 2 host CPUs under `-icount`
+/// (about three minutes): its table's means, one row each.
+fn kut_rows(images: &Images, r: &mut Results) -> Result<(), String> {
+    let kernel = match linux::kut::program("micro-bench.flat") {
+        Ok(k) => k,
+        Err(e) => {
+            // As the kvm-unit-tests scenarios: a machine without the suite's source skips it.
+            r.notes.push(format!("kut group skipped: {e}"));
+            return Ok(());
+        }
+    };
+    println!("xtask: kvm-unit-tests micro-bench ({KUT_HOST_CPUS} host CPUs, a protected VM of 2 vCPUs; about three minutes)");
+    let run = LinuxRun {
+        scenario: "linux".into(),
+        kernel,
+        initrd: None,
+        disk: None,
+        cmdline: String::new(),
+        mem_mib: 128,
+        vcpus: 2,
+        protected: true,
+        mte: false,
+        ptrauth: false,
+        sve_vl: 0,
+        vms: 1,
+    };
+    let (machine, _file) = linux::hyp_machine(images, KUT_HOST_CPUS, &run, "")?;
+    let report = linux::boot(&machine.icount(ICOUNT), Duration::from_secs(900), false)?;
+    if report.exit != Some(0) || !report.lines.iter().any(|l| l.contains("EXIT: STATUS=1")) {
+        let tail: Vec<String> = report.lines.iter().rev().take(12).rev().map(|l| format!("    | {l}")).collect();
+        return Err(format!("micro-bench: QEMU exit {:?} (None: timed out); last lines:\n{}", report.exit, tail.join("\n")));
+    }
+    for line in &report.lines {
+        if let Some((name, s)) = parse_micro_bench_line(line) {
+            if let Some((_, key)) = KUT_ROWS.iter().find(|(n, _)| *n == name) {
+                println!("    | bench: {key} {s}");
+                r.stats.insert((*key).into(), s);
+            }
+        }
+    }
+    if let Some((name, _)) = KUT_ROWS.iter().find(|(_, key)| !r.stats.contains_key(*key)) {
+        return Err(format!("micro-bench printed no {name} row"));
+    }
+    r.notes.push("kut_* rows: micro-bench prints only a mean per operation (median = min = max = that mean; n = its count).".into());
+    Ok(())
+}
+
+/// A row of micro-bench's table, `NAME TOTAL_NS AVG_NS`: the name and its mean as [`Stats`]
+/// (`n`: total / mean; median, min and max: the mean, rounded).
+fn parse_micro_bench_line(line: &str) -> Option<(&str, Stats)> {
+    let mut words = line.split_whitespace();
+    let (name, total, avg) = (words.next()?, words.next()?.parse::<f64>().ok()?, words.next()?.parse::<f64>().ok()?);
+    if words.next().is_some() || !(avg > 0.0) {
+        return None;
+    }
+    let mean = avg.round() as u64;
+    Some((name, Stats { n: (total / avg).round() as usize, median: mean, min: mean, max: mean }))
 }
 
 /// The virtual count at the kernel's first instruction and `CNTVOFF_EL2`, from the host's
@@ -489,6 +579,9 @@ pub fn run(images: &Images, groups: &[&str]) -> Result<(), String> {
     if has("irq") {
         irq_rows(images, &mut r)?;
     }
+    if has("kut") {
+        kut_rows(images, &mut r)?;
+    }
     if has("linux") {
         linux_rows(images, &mut r)?;
     }
@@ -618,6 +711,18 @@ mod tests {
         assert_eq!(parse_kernel_entry(l), Some((2_000_000, 3_000_000)));
         assert_eq!(parse_kernel_entry("host: bench: VM 0x101 kernel entry at CNTPCT=1 CNTVOFF_EL2=2 (virtual count ...)"), None, "before CNTVOFF");
         assert_eq!(ticks_to_ns(1000, 62_500_000), 16_000);
+    }
+
+    #[test]
+    fn micro_bench_lines() {
+        let (name, s) = parse_micro_bench_line("hyp_call                            102642464.0                         1566.0              ").unwrap();
+        assert_eq!((name, s.n, s.median, s.min, s.max), ("hyp_call", 65544, 1566, 1566, 1566));
+        assert!(parse_micro_bench_line("ipi_hw test skipped").is_none());
+        assert!(parse_micro_bench_line("name                                    total ns                         avg ns").is_none());
+        assert!(parse_micro_bench_line("Timer Frequency 62500000 Hz (Output in microseconds)").is_none());
+        for (_, key) in KUT_ROWS {
+            assert!(ROWS.iter().any(|r| r.key == *key && r.unit == Unit::CounterNs && r.target.is_some()), "{key}");
+        }
     }
 
     #[test]
