@@ -116,6 +116,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VcpuIrqState,
         HypercallId::VmMeasurement,
         HypercallId::VmMmioGuard,
+        HypercallId::VmSmcccForward,
     ];
     let regs = [
         reg::PC,
@@ -231,6 +232,15 @@ pub fn run(plat: &Platform) {
                 x[0] = handle(&mut rng, &handles);
                 let r = rng.next();
                 x[1] = rng.pick(&[0x0900_0000, 0x0900_0008, 0x4000_0000, 1 << 36, r]);
+            }
+            Ok(HypercallId::VmSmcccForward) => {
+                // Before and after first runs (Frozen), overlapping EL2's ranges and each other,
+                // empty, overflowing, past capacity.
+                x[0] = handle(&mut rng, &handles);
+                let r = rng.next();
+                let near = 0xC700_0000 + rng.below(16);
+                x[1] = rng.pick(&[0, 0xC700_0000, near, 0x8400_0000, 0xC600_0000, 0xFFFF_FFFF, 1 << 32, r & 0xFFFF_FFFF, r]);
+                x[2] = rng.pick(&[0, 1, 2, 16, 0x1_0000, u64::MAX, r]);
             }
             Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
                 // List-register requests: valid ones (which fill a vCPU's list registers, then

@@ -125,11 +125,23 @@ fn register_list(vm: &Vm) {
 /// try to read and write the page; answer the guest's read with the verdict.
 struct Attack {
     verdict: u64,
+    /// Forwarded SMCCC calls the host answered.
+    calls: u64,
 }
+
+/// The vendor-specific OS service range (owner 7) the isolation VMs forward a part of to the
+/// host: `VM_SMCCC_FORWARD` of [`FORWARDED`]`..+0x100`.
+const FORWARDED: u64 = 0xC700_0100;
 
 const MARKER: u64 = 0x4057_0000_C0DE;
 
 impl TestDevice for Attack {
+    fn call(&mut self, _vm: &Vm, args: [u64; 4]) -> u64 {
+        check!(args[0] == FORWARDED && args[1] == 41, "forwarded call {args:x?}: the guest calls {FORWARDED:#x} with x1 = 41");
+        self.calls += 1;
+        args[1] + 1
+    }
+
     fn write(&mut self, vm: &Vm, ipa: u64) {
         let Some(off) = ipa.checked_sub(GUEST_RAM).filter(|o| *o < vm.pages * PAGE_SIZE) else {
             crate::fail::fail(format_args!("guest named IPA {ipa:#x} outside its RAM"));
@@ -163,9 +175,15 @@ impl TestDevice for Attack {
 pub fn isolation(plat: &Platform) {
     for protected in [true, false] {
         let vm = start(plat, 1, protected);
-        let mut dev = Attack { verdict: 0 };
+        let r = vm.el2().smccc_forward(FORWARDED, 0x100);
+        check!(r.is_ok(), "VM_SMCCC_FORWARD: {r:?}");
+        let mut dev = Attack { verdict: 0, calls: 0 };
+        let before = vmm::host_exits(vm.handle, shared_abi::msg::exit::HYPERCALL);
         run_to_off(plat, &vm, &mut dev);
         check!(dev.verdict != 0, "the guest never showed its page");
+        let hypercall_exits = vmm::host_exits(vm.handle, shared_abi::msg::exit::HYPERCALL) - before;
+        check!(dev.calls == 1 && hypercall_exits == 1, "{} forwarded calls answered, {hypercall_exits} HYPERCALL exits: expected 1 (only the forwarded call leaves EL2)", dev.calls);
+        ok!("{} VM: of its SMCCC calls EL2 does not serve, only the forwarded one reached the host", kind(protected));
         destroy(&vm);
         if protected {
             let words = vm.pages * PAGE_SIZE / 8;
@@ -255,6 +273,19 @@ pub fn hostile_arguments(plat: &Platform) {
     expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 0, 0]), HypError::UnknownRegister, "VCPU_GET_REG of register ID 0");
     expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 1, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of a vCPU the VM does not have");
     expect_err!(hyp::call(HypercallId::VcpuGetReg, &[a.handle, 1 << 40, reg::PC]), HypError::InvalidArgument, "VCPU_GET_REG of vCPU 2^40");
+    // SMCCC forwarding (4.2).
+    let fwd = |h: u64, first: u64, count: u64| hyp::call(HypercallId::VmSmcccForward, &[h, first, count]);
+    expect_err!(fwd(a.handle, 0xC700_0000, 0), HypError::InvalidArgument, "VM_SMCCC_FORWARD of no IDs");
+    expect_err!(fwd(a.handle, 1 << 32, 1), HypError::InvalidArgument, "VM_SMCCC_FORWARD from a 33-bit ID");
+    expect_err!(fwd(a.handle, 0xFFFF_FF00, 0x101), HypError::OutOfRange, "VM_SMCCC_FORWARD past the last function ID");
+    expect_err!(fwd(a.handle, 0x8400_0000, 0x20), HypError::InvalidArgument, "VM_SMCCC_FORWARD of PSCI, which EL2 serves");
+    expect_err!(fwd(a.handle, 0xC5FF_FFFF, 2), HypError::InvalidArgument, "VM_SMCCC_FORWARD reaching into the pKVM guest services");
+    for i in 0..shared_abi::SMCCC_FORWARD_RANGES as u64 {
+        check!(fwd(a.handle, 0xC700_0000 + 0x10 * i, 0x10).is_ok(), "VM_SMCCC_FORWARD range {i}");
+    }
+    expect_err!(fwd(a.handle, 0xC700_0005, 1), HypError::InvalidArgument, "VM_SMCCC_FORWARD overlapping a forwarded range");
+    expect_err!(fwd(a.handle, 0xC800_0000, 1), HypError::NoCapacity, "VM_SMCCC_FORWARD of a ninth range");
+    expect_err!(fwd(handles[0], 0xC800_0000, 1), HypError::InvalidHandle, "VM_SMCCC_FORWARD of a destroyed VM");
     check!(hyp::call(HypercallId::VmDestroy, &[a.handle]).is_ok(), "VM_DESTROY a");
     check!(hyp::call(HypercallId::VmDestroy, &[b.handle]).is_ok(), "VM_DESTROY b");
 
@@ -264,6 +295,7 @@ pub fn hostile_arguments(plat: &Platform) {
     run_to_off(plat, &vm, &mut NoDevice);
     expect_err!(hyp::call(HypercallId::VcpuSetReg, &[vm.handle, 0, reg::PC, 0]), HypError::Denied, "VCPU_SET_REG on a protected VM after it ran");
     expect_err!(hyp::call(HypercallId::VcpuGetReg, &[vm.handle, 0, reg::x(0)]), HypError::Denied, "VCPU_GET_REG on a protected VM after it ran");
+    expect_err!(vm.el2().smccc_forward(0xC700_0000, 1), HypError::Frozen, "VM_SMCCC_FORWARD after the first run");
     destroy(&vm);
     check!(hyp::call(HypercallId::Ping, &[3]) == Ok([3, 0, 0]), "EL2 stopped serving");
     ok!("EL2 still serving after hostile VM calls");

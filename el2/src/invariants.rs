@@ -526,6 +526,7 @@ mod tests {
         let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags: vm_flags::PROTECTED | vm_flags::MTE, sve_vl: 0, reserved: 0 };
         f.ram.0[..32].copy_from_slice(req.as_bytes());
         let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
+        f.call(0, H::VmSmcccForward, &[h, 0, 1]).unwrap();
         f.call(0, H::VmAddMemory, &[h, f.page(8), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
         let t = (0x24 << 26) | (1 << 25) | 0b000111;

@@ -452,7 +452,11 @@ pub(crate) fn create_sve(f: &mut Fixture, vcpus: u32, flags: u64, sve_vl: u64) -
     let flags = if sve_vl != 0 { flags | vm_flags::SVE } else { flags };
     let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl, reserved: 0 };
     f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
-    f.call(0, H::VmCreate, &[]).unwrap()[0]
+    let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
+    // [`hvc`] with a fresh vCPU's `x0` (0, no function EL2 serves) is the tests' plain exit
+    // to the host: forwarded, as a VMM would forward its own calls.
+    f.call(0, H::VmSmcccForward, &[h, 0, 1]).unwrap();
+    h
 }
 
 /// Leaves no more free table pages than the host stage 2's reserve: a guest mapping fails.

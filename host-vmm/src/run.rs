@@ -44,6 +44,12 @@ pub trait Machine {
     /// `None` if no device answers `ipa`.
     fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> Option<u64>;
 
+    /// A guest SMCCC call the VM forwards (`x0..=x3`): the guest's `x0`. `NOT_SUPPORTED`
+    /// unless the machine serves such calls.
+    fn smccc_call(&mut self, _args: [u64; 4]) -> u64 {
+        SMCCC_NOT_SUPPORTED
+    }
+
     /// An access no device answers gets an external abort (as under KVM), rather than reading
     /// 0 and ignoring writes.
     const ABORT_UNASSIGNED: bool = false;
@@ -52,7 +58,11 @@ pub trait Machine {
     fn exit(&mut self, e: &Exited) -> Self::Step;
 }
 
-/// The VMM's answer to a vCPU's MMIO exit, given to its next `VCPU_RUN`.
+/// SMCCC's `NOT_SUPPORTED` (-1), the answer to a forwarded call no one serves.
+pub const SMCCC_NOT_SUPPORTED: u64 = u64::MAX;
+
+/// The VMM's answer to a vCPU's MMIO exit (or a forwarded SMCCC call's), given to its next
+/// `VCPU_RUN`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MmioReply {
     /// The value of a read.
@@ -89,6 +99,10 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     note_exit(Ok(&e.record));
     count_exit(handle, e.exit.reason());
     m.after_exit(e)?;
+    if let Exit::Hypercall { args } = e.exit {
+        // A call the VM forwards (`VM_SMCCC_FORWARD`): the machine's answer is the guest's x0.
+        *reply = MmioReply { value: m.smccc_call(args), abort: false };
+    }
     if let Exit::Mmio { ipa, size, write } = e.exit {
         *reply = match m.mmio(ipa, size, write) {
             Some(value) => MmioReply { value, abort: false },

@@ -22,6 +22,11 @@ pub trait TestDevice {
     fn read(&mut self, vm: &Vm) -> u64;
     /// Every exit, before it is handled (a guest SGI, the EOI flag, ...).
     fn exit(&mut self, _vm: &Vm, _e: &Exited) {}
+    /// A guest SMCCC call the scenario had the VM forward (`VM_SMCCC_FORWARD`): the guest's
+    /// `x0`.
+    fn call(&mut self, _vm: &Vm, _args: [u64; 4]) -> u64 {
+        run::SMCCC_NOT_SUPPORTED
+    }
 }
 
 /// A test device that does nothing.
@@ -120,6 +125,10 @@ impl Machine for TestMachine<'_> {
     fn after_exit(&mut self, e: &Exited) -> Result<(), HypError> {
         self.dev.exit(self.vm, e);
         Ok(())
+    }
+
+    fn smccc_call(&mut self, args: [u64; 4]) -> u64 {
+        self.dev.call(self.vm, args)
     }
 
     fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> Option<u64> {

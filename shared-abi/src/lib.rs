@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 4, minor: 1 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 4, minor: 2 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -201,6 +201,14 @@ hypercalls! {
     /// VMM that wants the guard for guests that never call it (the UART pre-declared). Recorded
     /// in the measurement. (ABI 4.0.)
     VmMmioGuard = 18, Any, in 2, out 0;
+    /// `x1` = VM handle, `x2` = first SMCCC function ID, `x3` = how many consecutive IDs. Before
+    /// the VM's first run only: a guest's HVC or SMC with a function ID in that range that EL2
+    /// does not serve itself exits to the host (`HYPERCALL`), which answers it in the next
+    /// `VCPU_RUN`'s `x3` (the guest's `x0`). Every other call EL2 does not serve, EL2 answers
+    /// `NOT_SUPPORTED` without an exit. At most [`SMCCC_FORWARD_RANGES`] ranges, none
+    /// overlapping another or the ranges EL2 serves ([`SMCCC_EL2_RANGES`]); KVM's
+    /// `KVM_ARM_VM_SMCCC_FILTER` with `FWD_TO_USER`. (ABI 4.2.)
+    VmSmcccForward = 19, Any, in 3, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
@@ -284,6 +292,22 @@ errors! {
     /// registers after its first run. Permanent (unlike [`HypError::Busy`]).
     Frozen = -16,
 }
+
+/// Most ranges of SMCCC function IDs a VM forwards to the host ([`HypercallId::VmSmcccForward`]).
+pub const SMCCC_FORWARD_RANGES: usize = 8;
+
+/// The SMCCC function IDs EL2 serves for guests, whole service ranges (first, last): the Arm
+/// Architecture calls (owner 0), the standard secure services where PSCI lives (owner 4) and
+/// the vendor hypervisor services (owner 6, the pKVM guest services), as fast SMC32 and SMC64
+/// calls. A forwarded range may not overlap them ([`HypercallId::VmSmcccForward`]).
+pub const SMCCC_EL2_RANGES: [(u32, u32); 6] = [
+    (0x8000_0000, 0x8000_FFFF),
+    (0xC000_0000, 0xC000_FFFF),
+    (0x8400_0000, 0x8400_FFFF),
+    (0xC400_0000, 0xC400_FFFF),
+    (0x8600_0000, 0x8600_FFFF),
+    (0xC600_0000, 0xC600_FFFF),
+];
 
 /// Linux errno values used by [`HypError::errno`].
 pub mod errno {

@@ -84,6 +84,10 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     }
     let mut cfg = cfg;
     let vm_slot = handle_slot(handle);
+    if core::mem::take(&mut ctx.pending_call) {
+        // The host's answer to the call the VM forwarded at the last exit.
+        ctx.x[0] = mmio_value;
+    }
     if let Some(p) = ctx.pending_mmio.take() {
         if flags & run_flags::ABORT_MMIO != 0 {
             // No device there: a synchronous external abort, taken at the access. (It cannot
@@ -231,6 +235,16 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 }
                 // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
                 Served::EndVm(how) => Next::Exit(end_vm(hyp, handle, how)),
+                // Answered NOT_SUPPORTED, unless the VM forwards it: then the host answers
+                // (fixed since the first run, so read under the lock without a race).
+                Served::NotEl2s(args) => {
+                    let forwarded = hyp.mem.lock().vms.lookup(handle).is_ok_and(|(_, vm)| vm.smccc_forward.forwards(args[0]));
+                    if !forwarded {
+                        return Next::Resume;
+                    }
+                    ctx.pending_call = true;
+                    Next::Exit(Exit::Hypercall { args })
+                }
             }
         }
         ec::DABT_LOW | ec::IABT_LOW => {
@@ -271,6 +285,51 @@ mod tests {
     use crate::mem::addr::PhysAddr;
     use crate::testing::*;
     use super::*;
+
+    #[test]
+    fn calls_el2_does_not_serve_are_not_supported_unless_the_vm_forwards_them() {
+        let mut f = fixture();
+        // `create` forwards function ID 0; add a vendor-specific OS range (owner 7).
+        let h = create(&mut f, 1, 0);
+        f.call(0, H::VmSmcccForward, &[h, 0xC700_0000, 0x100]).unwrap();
+        let rec = Recorder::default();
+        *rec.calls.borrow_mut() = vec![[0xC700_0100, 1, 2, 3], [0x0600_0000, 0, 0, 0], [0xC700_00FF, 4, 5, 6]];
+        *rec.exits.borrow_mut() = vec![hvc(), hvc(), hvc(), mmio(0x0900_0000, false, 9, 3)];
+        // The first two (just past the range; a yielding call no one forwards) are answered in
+        // EL2: one VCPU_RUN, three entries, and the third reaches the host with its arguments.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(rec.entry_pcs.borrow().len(), 3);
+        assert_eq!(exit_record(&f).args, [0xC700_00FF, 4, 5, 6]);
+        // The host's answer is the guest's x0 at the next entry.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x1234]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([0x1234, 0, 0]));
+        // Only once: an MMIO read's value goes to its register, not to x0 again.
+        assert_eq!(f.call(0, H::VcpuSetReg, &[h, 0, reg::x(0), 7]), Ok([0; 3]));
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 9, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0x55]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(0)]), Ok([7, 0, 0]));
+        assert_eq!(f.call(0, H::VcpuGetReg, &[h, 0, reg::x(9)]), Ok([0x55, 0, 0]));
+        // Fixed from the first run on; a bad handle is one.
+        assert_eq!(f.call(0, H::VmSmcccForward, &[h, 0xC700_1000, 1]), Err(HypError::Frozen));
+        assert_eq!(f.call(0, H::VmSmcccForward, &[h + 1, 0xC700_1000, 1]), Err(HypError::InvalidHandle));
+    }
+
+    #[test]
+    fn forwarding_is_refused_for_what_el2_serves_and_past_capacity() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        let fwd = |f: &Fixture, first: u64, count: u64| f.call(0, H::VmSmcccForward, &[h, first, count]);
+        assert_eq!(fwd(&f, 0x8400_0000, 0x20), Err(HypError::InvalidArgument), "PSCI is EL2's");
+        assert_eq!(fwd(&f, 0xC600_0000, 1), Err(HypError::InvalidArgument), "the pKVM guest services are EL2's");
+        assert_eq!(fwd(&f, 0, 1), Err(HypError::InvalidArgument), "already forwarded");
+        assert_eq!(fwd(&f, 5, 0), Err(HypError::InvalidArgument), "no IDs");
+        assert_eq!(fwd(&f, 1 << 32, 1), Err(HypError::InvalidArgument), "no function ID");
+        assert_eq!(fwd(&f, 0xFFFF_FF00, 0x101), Err(HypError::OutOfRange));
+        for i in 1..shared_abi::SMCCC_FORWARD_RANGES as u64 {
+            assert_eq!(fwd(&f, 0xC700_0000 + i, 1), Ok([0; 3]));
+        }
+        assert_eq!(fwd(&f, 0xC800_0000, 1), Err(HypError::NoCapacity));
+    }
 
     #[test]
     fn a_vcpu_that_changes_cpu_flushes_its_vmid_locally_before_entry() {

@@ -6,7 +6,8 @@
 //! - `exit`: `VCPU_RUN`, the run loop and exit handling; `running`: what exit handlers share;
 //! - `fpsimd`: the lazy switch of the guest's FP/SIMD and SVE registers;
 //! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface;
-//! - `psci`: PSCI and SMCCC for guests; `timer`: the guest timers.
+//! - `psci`: PSCI and SMCCC for guests; `smccc_forward`: which other calls go to the host;
+//!   `timer`: the guest timers.
 
 pub mod exit;
 pub mod fpsimd;
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod running;
 pub mod services;
 pub mod psci;
+pub mod smccc_forward;
 pub mod sysreg;
 pub mod timer;
 pub mod vcpu;

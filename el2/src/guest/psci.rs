@@ -34,8 +34,9 @@ pub enum GuestCall {
     SystemReset,
     /// A pKVM guest service call ([`crate::guest::services`]).
     Service(Service),
-    /// Not served by EL2: exit to the host, guest `x0` = `NOT_SUPPORTED`.
-    ToHost,
+    /// Not a call EL2 serves: `NOT_SUPPORTED`, unless the VM forwards it to the host
+    /// ([`crate::guest::smccc_forward`]).
+    NotEl2s,
 }
 
 /// SMCCC owner of a function ID (bits [29:24]) for vendor-specific hypervisor services.
@@ -63,7 +64,7 @@ const GUEST_PSCI: [u32; 9] = [
 /// registers are `fw`, `protected` or not.
 pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &FwRegs, protected: bool) -> GuestCall {
     if x[0] >> 32 != 0 {
-        return GuestCall::ToHost;
+        return GuestCall::NotEl2s;
     }
     // Fast calls (bit 31) of the vendor-specific hypervisor service: the pKVM guest services.
     if x[0] >> 31 == 1 && (x[0] >> 24) & 0x3F == OWNER_VENDOR_HYP {
@@ -114,7 +115,7 @@ pub fn classify_guest_call(x: [u64; 4], nr_vcpus: usize, fw: &FwRegs, protected:
             let answer = fw.arch_features(f).unwrap_or(-1);
             GuestCall::Answer(if answer >= 0 { 0 } else { NOT_SUPPORTED })
         }
-        _ => GuestCall::ToHost,
+        _ => GuestCall::NotEl2s,
     }
 }
 
@@ -130,6 +131,9 @@ pub enum Served {
     /// A memory service call: the run loop serves it under the memory lock
     /// ([`services::serve`]) and answers the guest.
     Memory(MemCall),
+    /// Not EL2's (`x0..=x3` of the call; the guest's `x0` is `NOT_SUPPORTED` already): the
+    /// run loop looks up whether the VM forwards it ([`crate::guest::smccc_forward`]).
+    NotEl2s([u64; 4]),
 }
 
 const PSCI_ALREADY_ON: u64 = smccc::psci::error::ALREADY_ON as i64 as u64;
@@ -180,9 +184,9 @@ pub fn serve(vcpus: &[VcpuSlot; MAX_VCPUS], index: usize, nr_vcpus: usize, fw: &
         }
         GuestCall::SystemOff => return Served::EndVm(Exit::SystemOff),
         GuestCall::SystemReset => return Served::EndVm(Exit::SystemReset),
-        GuestCall::ToHost => {
+        GuestCall::NotEl2s => {
             ctx.x[0] = NOT_SUPPORTED;
-            return Served::Exit(Exit::Hypercall { args: x });
+            return Served::NotEl2s(x);
         }
     }
     Served::Resume
@@ -208,7 +212,7 @@ mod tests {
         assert_eq!(c(psci::PSCI_SYSTEM_RESET, 0, 0, 0), GuestCall::SystemReset);
         assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_ON_64 as u64, 0, 0), GuestCall::Answer(0));
         assert_eq!(c(psci::PSCI_FEATURES, psci::PSCI_CPU_SUSPEND_64 as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
-        assert_eq!(c(psci::PSCI_CPU_SUSPEND_64, 0, 0, 0), GuestCall::ToHost);
+        assert_eq!(c(psci::PSCI_CPU_SUSPEND_64, 0, 0, 0), GuestCall::NotEl2s);
         // SMCCC_VERSION is discovered through PSCI_FEATURES; the arch calls are not.
         assert_eq!(c(psci::PSCI_FEATURES, smccc::arch::SMCCC_VERSION as u64, 0, 0), GuestCall::Answer(0));
         assert_eq!(c(psci::PSCI_FEATURES, smccc::arch::SMCCC_ARCH_FEATURES as u64, 0, 0), GuestCall::Answer(NOT_SUPPORTED));
@@ -224,9 +228,9 @@ mod tests {
         assert_eq!(c(smccc::arch::SMCCC_ARCH_FEATURES, smccc::arch::SMCCC_ARCH_WORKAROUND_1 as u64), GuestCall::Answer(NOT_SUPPORTED));
         assert_eq!(c(smccc::arch::SMCCC_ARCH_WORKAROUND_1, 0), GuestCall::Answer(NOT_SUPPORTED));
         assert_eq!(c(0xC600_0000, 0), GuestCall::Service(Service::Answer([NOT_SUPPORTED, 0, 0, 0])), "vendor hypervisor calls: EL2's");
-        assert_eq!(c(0xC700_0000, 0), GuestCall::ToHost, "vendor-specific OS calls: the host's");
-        assert_eq!(c(0x0600_0000, 0), GuestCall::ToHost, "a yielding call of owner 6: the host's");
-        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw, false), GuestCall::ToHost);
+        assert_eq!(c(0xC700_0000, 0), GuestCall::NotEl2s, "vendor-specific OS calls: the host's");
+        assert_eq!(c(0x0600_0000, 0), GuestCall::NotEl2s, "a yielding call of owner 6: the host's");
+        assert_eq!(classify_guest_call([1 << 32, 0, 0, 0], 1, &fw, false), GuestCall::NotEl2s);
         // A VM set to PSCI 0.2 has no PSCI_FEATURES; one on unaffected hardware is told so.
         let unaffected = crate::cpu::fwreg::Provided::from_id_regs(3 << 56, 0);
         let mut fw = crate::cpu::fwreg::FwRegs::new(unaffected);

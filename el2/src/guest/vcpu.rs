@@ -161,6 +161,9 @@ pub struct VcpuCtx {
     pub mte: [u64; 4],
     /// The MMIO access of the last exit, completed (or aborted) by the next `VCPU_RUN`.
     pub pending_mmio: Option<PendingMmio>,
+    /// The last exit was an SMCCC call the VM forwards to the host: the next `VCPU_RUN`'s
+    /// value is the guest's `x0` (`VM_SMCCC_FORWARD`).
+    pub pending_call: bool,
     /// Exceptions taken to EL2, by class ([`shared_abi::msg::stats`]; `VCPU_STATS`).
     pub stats: [u64; shared_abi::msg::stats::CLASSES],
     /// `TPIDR2_EL0` (FEAT_SME): hidden from the guest's ID registers, but not trappable without
@@ -382,6 +385,7 @@ impl VcpuCtx {
             pauth_eager_left: 0,
             mte: [0; 4],
             pending_mmio: None,
+            pending_call: false,
             stats: [0; shared_abi::msg::stats::CLASSES],
             tpidr2: 0,
             disr_el1: 0,
@@ -398,14 +402,14 @@ impl VcpuCtx {
     /// vCPU with SVE ever does). The pattern names every field, so none can be left out.
     pub fn reset(&mut self) {
         const NEW: VcpuCtx = VcpuCtx::new();
-        let Self { x, host_save, sp_el0, pc, pstate, sp_el1, elr_el1, spsr_el1, sys, fp, pauth_keys, pauth_eager_left, mte, pending_mmio, stats, tpidr2, disr_el1, vgic, debug, ptimer, sve_vq, sve } = self;
+        let Self { x, host_save, sp_el0, pc, pstate, sp_el1, elr_el1, spsr_el1, sys, fp, pauth_keys, pauth_eager_left, mte, pending_mmio, pending_call, stats, tpidr2, disr_el1, vgic, debug, ptimer, sve_vq, sve } = self;
         if *sve_vq != 0 {
             *sve = SveRegs::ZERO;
         }
         debug_assert!(*sve == SveRegs::ZERO, "SVE registers of a vCPU without SVE");
         (*x, *host_save, *sp_el0, *pc, *pstate, *sp_el1, *elr_el1, *spsr_el1) = (NEW.x, NEW.host_save, NEW.sp_el0, NEW.pc, NEW.pstate, NEW.sp_el1, NEW.elr_el1, NEW.spsr_el1);
         (*sys, *fp, *pauth_keys, *pauth_eager_left, *mte, *pending_mmio, *stats) = (NEW.sys, NEW.fp, NEW.pauth_keys, NEW.pauth_eager_left, NEW.mte, NEW.pending_mmio, NEW.stats);
-        (*tpidr2, *disr_el1, *vgic, *debug, *ptimer, *sve_vq) = (NEW.tpidr2, NEW.disr_el1, NEW.vgic, NEW.debug, NEW.ptimer, NEW.sve_vq);
+        (*tpidr2, *disr_el1, *vgic, *debug, *ptimer, *sve_vq, *pending_call) = (NEW.tpidr2, NEW.disr_el1, NEW.vgic, NEW.debug, NEW.ptimer, NEW.sve_vq, NEW.pending_call);
     }
 
     /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset

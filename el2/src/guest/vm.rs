@@ -81,6 +81,8 @@ pub struct Vm {
     /// Its measurement ([`shared_abi::measure`]): built by `VM_CREATE` and `VM_ADD_MEMORY`,
     /// sealed at the first `VCPU_RUN`.
     pub measurement: Measured,
+    /// The SMCCC calls it forwards to the host (`VM_SMCCC_FORWARD`, before the first run).
+    pub smccc_forward: crate::guest::smccc_forward::SmcccForward,
     /// The handover region's IPA and first backing page, if the host gave one
     /// ([`shared_abi::measure::add_flags::HANDOVER`]): EL2 writes the handover there at the seal.
     pub handover: Option<(u64, PhysAddr)>,

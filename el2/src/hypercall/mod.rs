@@ -76,6 +76,7 @@ calls! {
     VcpuStats { handle, index };
     VmMeasurement { handle };
     VmMmioGuard { handle, ipa };
+    VmSmcccForward { handle, first, count };
     TestFault { mode };
     TestCheckInvariants;
 }
@@ -103,6 +104,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
         Call::VmAddMemory { handle, pa, ipa, pages, flags } => vm::vm_add_memory(hyp, handle, pa, ipa, pages, flags, hw),
         Call::VmMeasurement { handle } => vm::vm_measurement(hyp, cpu, handle),
         Call::VmMmioGuard { handle, ipa } => vm::vm_mmio_guard(hyp, handle, ipa),
+        Call::VmSmcccForward { handle, first, count } => vm::vm_smccc_forward(hyp, handle, first, count),
         Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
         Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),
         Call::VcpuRegList { handle, index } => vcpu::vcpu_reg_list(hyp, cpu, handle, index),

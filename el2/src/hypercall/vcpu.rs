@@ -235,7 +235,9 @@ mod tests {
             f.ram.0[MSG * 4096..MSG * 4096 + 32].copy_from_slice(req.as_bytes());
             let rec = Recorder::default();
             rec.counter.set(count);
-            f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0]
+            let h = f.call_with(&rec, 0, H::VmCreate, &[]).unwrap()[0];
+            f.call(0, H::VmSmcccForward, &[h, 0, 1]).unwrap();
+            h
         };
         let (a, b) = (create_at(&mut f, 1_000, 0), create_at(&mut f, 9_000_000, vm_flags::PROTECTED));
         // 0 whatever the count at creation (QEMU 7.2 hangs when a guest's CVAL + CNTVOFF

@@ -3,6 +3,7 @@
 use crate::cpu::fwreg::FwRegs;
 use crate::cpu::idreg::{self, VmPolicy};
 use crate::cpu::sve::SveRefused;
+use crate::guest::smccc_forward::{ForwardRefused, SmcccForward};
 use crate::guest::vcpu::{power, VcpuGuard};
 use crate::guest::vm::{LocalTlbRecord, Measured, Vm};
 use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MIN_IPA_BITS};
@@ -128,6 +129,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         // that on itself (`guest-storm-cval-max-offset`).
         cntvoff: 0,
         measurement: Measured::Building(Measurement::new(req.nr_vcpus, req.ipa_bits, req.flags, req.sve_vl)),
+        smccc_forward: SmcccForward::NONE,
         handover: None,
     });
     Ok([handle, 0, 0])
@@ -198,6 +200,23 @@ pub(crate) fn vm_mmio_guard<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: 
             m.mmio_guard(ipa);
         }
     }
+    Ok([0; 3])
+}
+
+/// `VM_SMCCC_FORWARD`: the `count` function IDs from `first` go to the host when the VM's
+/// guest calls them and EL2 does not serve them. Before the first run only (afterwards
+/// `Frozen`: the run loop reads the ranges without asking whether they changed).
+pub(crate) fn vm_smccc_forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, first: u64, count: u64) -> HypResult {
+    let mut mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    if vm.ran {
+        return Err(HypError::Frozen);
+    }
+    vm.smccc_forward.add(first, count).map_err(|e| match e {
+        ForwardRefused::Empty | ForwardRefused::Overlap => HypError::InvalidArgument,
+        ForwardRefused::Overflow => HypError::OutOfRange,
+        ForwardRefused::Full => HypError::NoCapacity,
+    })?;
     Ok([0; 3])
 }
 

@@ -74,6 +74,15 @@ impl VmHandle {
         call(HypercallId::VmMmioGuard, &[self.0, ipa]).map(drop)
     }
 
+    /// `VM_SMCCC_FORWARD`: the guest's SMCCC calls with IDs `first..first + count` that EL2
+    /// does not serve exit to the host (before the VM's first run).
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn smccc_forward(self, first: u64, count: u64) -> Result<(), HypError> {
+        call(HypercallId::VmSmcccForward, &[self.0, first, count]).map(drop)
+    }
+
     /// `VM_MEASUREMENT`: the VM's measurement, `None` before its first run.
     ///
     /// # Errors

@@ -80,6 +80,19 @@ fn traps() {
         guests::fail(format_args!("host VERSION hypercall from a guest returned {r:#x}"));
     }
     println!("guest: ok: the host's hypercall ABI answers NOT_SUPPORTED to a guest");
+    // A vendor-specific OS call (owner 7) no one serves: EL2's NOT_SUPPORTED; one in the range
+    // the host forwards for this VM (VM_SMCCC_FORWARD): the host's answer (x1 + 1).
+    let r = smccc::hvc64(0xC700_0001, [0; 17])[0];
+    if r != u64::MAX {
+        guests::fail(format_args!("an SMCCC call no one serves returned {r:#x}"));
+    }
+    let mut args = [0; 17];
+    args[0] = 41;
+    let r = smccc::hvc64(0xC700_0100, args)[0];
+    if r != 42 {
+        guests::fail(format_args!("the forwarded call returned {r:#x}, not the host's 42"));
+    }
+    println!("guest: ok: SMCCC calls: NOT_SUPPORTED from EL2, a forwarded one answered by the host");
 }
 
 fn expect_undef(what: &str, esr: Option<u64>) {
