@@ -275,12 +275,17 @@ fn host_s2_maps_only_host_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result
     })
 }
 
-/// 3. Each guest's stage 2: pages of its own regions, which it owns or borrows.
+/// 3. Each guest's stage 2: pages of its own regions, which it owns or borrows; a page or a
+/// 2 MiB block (every page of it as its regions translate it).
 fn guest_s2_maps_only_own_regions<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter() {
         first_leaf_violation(vm.mem.s2(), mem.tables(), |l| {
-            let ok = vm.mem.translate(l.ia_base) == Some(l.pa_base) && l.size == PAGE_SIZE && mem.own().can_access(l.pa_base, vm.component());
-            (!ok).then_some(Violation::GuestMapsForeign { vm: vm.handle, ipa: l.ia_base, pa: l.pa_base })
+            if l.level < 2 {
+                return Some(Violation::GuestMapsForeign { vm: vm.handle, ipa: l.ia_base, pa: l.pa_base });
+            }
+            leaf_pages(&l)
+                .find(|&(ipa, pa)| vm.mem.translate(ipa) != Some(pa) || !mem.own().can_access(pa, vm.component()))
+                .map(|(ipa, pa)| Violation::GuestMapsForeign { vm: vm.handle, ipa, pa })
         })?;
     }
     Ok(())
@@ -320,7 +325,10 @@ fn vm_maps<T: TableMemory>(mem: &MemState<'_, T>, vm: &Vm, pa: PhysAddr) -> bool
     vm.mem.regions()
         .iter()
         .find(|r| r.phys().contains(pa))
-        .is_some_and(|r| vm.mem.s2().lookup(mem.tables(), r.ipa + (pa.0 - r.pa.0)).is_some_and(|l| l.pa_base == pa))
+        .is_some_and(|r| {
+            let ipa = r.ipa + (pa.0 - r.pa.0);
+            vm.mem.s2().lookup(mem.tables(), ipa).is_some_and(|l| l.pa_base.0 + (ipa - l.ia_base) == pa.0)
+        })
 }
 
 /// 6. A *tags clean* mark only on a page an MTE VM holding it has mapped.

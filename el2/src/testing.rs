@@ -342,7 +342,7 @@ impl Clock for Recorder {
 /// its first 2 MiB are one host stage-2 block.
 #[repr(C, align(0x200000))]
 pub(crate) struct Ram(pub [u8; RAM_PAGES * 4096]);
-pub(crate) const RAM_PAGES: usize = 1024; // 4 MiB: two 2 MiB blocks
+pub(crate) const RAM_PAGES: usize = 1536; // 6 MiB: three 2 MiB blocks, the middle one free for guest blocks
 pub(crate) const HYP_PAGES: u64 = 16;
 /// `ICH_VTR_EL2` of QEMU 7.2's `max` CPU: ListRegs 3, PREbits 4, PRIbits 4.
 pub(crate) const QEMU_ICH_VTR: u64 = 3 | 4 << 26 | 4 << 29;

@@ -35,7 +35,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     hyp.msg.page(cpu)?;
     let slot = hyp.vcpu_slot(handle, index)?;
     let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-    let (cfg, nr_vcpus, fw, ptrauth, on, flush_local) = {
+    let (cfg, nr_vcpus, fw, ptrauth, forwards, on, flush_local) = {
         let mut mem = hyp.mem.lock();
         let (_, vm) = mem.vms.lookup_mut(handle)?;
         if index as usize >= vm.nr_vcpus {
@@ -77,7 +77,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
             _ => false,
         };
         let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
-        (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, on, flush_local)
+        (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, !vm.smccc_forward.is_empty(), on, flush_local)
     };
     if !on {
         return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, cfg.cntvoff, arch.counter());
@@ -120,7 +120,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let mut exit = Exit::Irq;
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
-    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, set_way_done: &set_way_done };
+    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
     // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -238,7 +238,8 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 // Answered NOT_SUPPORTED, unless the VM forwards it: then the host answers
                 // (fixed since the first run, so read under the lock without a race).
                 Served::NotEl2s(args) => {
-                    let forwarded = hyp.mem.lock().vms.lookup(handle).is_ok_and(|(_, vm)| vm.smccc_forward.forwards(args[0]));
+                    // A VM that forwards nothing (most) costs no lock.
+                    let forwarded = me.forwards && hyp.mem.lock().vms.lookup(handle).is_ok_and(|(_, vm)| vm.smccc_forward.forwards(args[0]));
                     if !forwarded {
                         return Next::Resume;
                     }

@@ -276,6 +276,100 @@ mod tests {
         assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
     }
 
+    /// The fixture's second 2 MiB of RAM (pages 512..1024): one aligned block, free.
+    const BLOCK_PAGE: usize = 512;
+    const BLOCK_IPA: u64 = 0x4020_0000;
+
+    fn leaf_at(f: &Fixture, h: u64, ipa: u64) -> Option<(u8, u64, u64)> {
+        let mem = f.hyp.mem.lock();
+        let vm = mem.vms.lookup(h).unwrap().1;
+        vm.mem.s2().lookup(mem.tables(), ipa).map(|l| (l.level, l.ia_base, l.pa_base.0))
+    }
+
+    fn invariants_hold(f: &Fixture) {
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
+    }
+
+    #[test]
+    fn a_first_touch_maps_the_whole_2mib_block_with_tags_cleared_per_page() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE), BLOCK_IPA, 512]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(BLOCK_IPA + 0x1_2008), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(leaf_at(&f, h, BLOCK_IPA + 0x1F_F000), Some((2, BLOCK_IPA, f.page(BLOCK_PAGE))), "one level-2 block");
+        let log = rec.log.borrow();
+        assert_eq!(log.iter().filter(|s| **s == "guest_s2_mapped").count(), 1, "one fault, one mapping");
+        assert_eq!(log.iter().filter(|s| **s == "clear_tags").count(), 512, "every page's tags, once");
+        drop(log);
+        invariants_hold(&f);
+        // Shares and unshares inside the block change the host's access, never the guest's
+        // mapping: the block stays.
+        let rec = Recorder::default();
+        let g = shared_abi::guest::MEM_SHARE as u64;
+        let u = shared_abi::guest::MEM_UNSHARE as u64;
+        *rec.calls.borrow_mut() = vec![[g, BLOCK_IPA + 0x5000, 0, 0], [g, BLOCK_IPA + 0x6000, 0, 0], [u, BLOCK_IPA + 0x5000, 0, 0]];
+        *rec.exits.borrow_mut() = vec![hvc(), hvc(), hvc(), hvc()];
+        for want in [exit::MEM_SHARE, exit::MEM_SHARE, exit::MEM_UNSHARE] {
+            assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([want as u64, 0, 0]));
+        }
+        assert_eq!(leaf_at(&f, h, BLOCK_IPA + 0x5000), Some((2, BLOCK_IPA, f.page(BLOCK_PAGE))));
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.own().state(PhysAddr(f.page(BLOCK_PAGE + 6)), Component::Host), Some(PageState::SharedBorrowed));
+            assert_eq!(mem.own().state(PhysAddr(f.page(BLOCK_PAGE + 5)), Component::Host), Some(PageState::NoAccess));
+        }
+        invariants_hold(&f);
+        // Destroy scrubs every page of the block and gives it back.
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 512);
+        assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(BLOCK_PAGE + 6)), Component::Host), Some(PageState::Owned));
+        invariants_hold(&f);
+    }
+
+    #[test]
+    fn regions_side_by_side_make_one_block() {
+        // Two runs of RAM a VMM gave one after the other, contiguous in IPA and in PA.
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE), BLOCK_IPA, 3]).unwrap();
+        f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE + 3), BLOCK_IPA + 0x3000, 509]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(BLOCK_IPA + 0x10_0000), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(leaf_at(&f, h, BLOCK_IPA), Some((2, BLOCK_IPA, f.page(BLOCK_PAGE))));
+        invariants_hold(&f);
+    }
+
+    #[test]
+    fn memory_that_cannot_be_one_block_is_mapped_page_by_page() {
+        // (IPA, first page, pages, the IPA touched): the pages not as aligned as the IPA; a
+        // region short of the block; the block split between two regions not contiguous in PA.
+        for (ipa, first, pages, touch) in [(BLOCK_IPA, BLOCK_PAGE + 1, 511, BLOCK_IPA), (BLOCK_IPA + 0x1000, BLOCK_PAGE + 1, 511, BLOCK_IPA + 0x1000)] {
+            let mut f = fixture();
+            let h = create(&mut f, 1, 0);
+            f.call(0, H::VmAddMemory, &[h, f.page(first), ipa, pages]).unwrap();
+            let rec = Recorder::default();
+            *rec.exits.borrow_mut() = vec![dabt_translation(touch), hvc()];
+            f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+            assert_eq!(leaf_at(&f, h, touch).map(|l| l.0), Some(3), "{ipa:#x}");
+            invariants_hold(&f);
+        }
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE + 256), BLOCK_IPA, 256]).unwrap();
+        f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE), BLOCK_IPA + 0x10_0000, 256]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(BLOCK_IPA + 0x10_0000), dabt_translation(BLOCK_IPA), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(leaf_at(&f, h, BLOCK_IPA).map(|l| l.0), Some(3));
+        assert_eq!(leaf_at(&f, h, BLOCK_IPA + 0x1000), None, "only what was touched");
+        invariants_hold(&f);
+    }
+
     #[test]
     fn a_protected_vm_that_ran_gets_no_more_memory() {
         let mut f = fixture();

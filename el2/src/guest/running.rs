@@ -26,6 +26,8 @@ pub struct Me<'f> {
     pub(super) mte: bool,
     /// The VM's stage 2 forces Write-Back (`HCR_EL2.FWB`).
     pub(super) fwb: bool,
+    /// The VM forwards some SMCCC calls to the host (`VM_SMCCC_FORWARD`, fixed once it ran).
+    pub(super) forwards: bool,
     /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
     pub(super) set_way_done: &'f core::cell::Cell<bool>,
 }

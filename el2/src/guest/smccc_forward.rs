@@ -52,6 +52,11 @@ impl SmcccForward {
         Ok(())
     }
 
+    /// Whether nothing is forwarded.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Whether a call with `x0` = `function` goes to the host (bits 63:32 set: never, it is no
     /// SMCCC function ID).
     pub fn forwards(&self, function: u64) -> bool {
@@ -66,7 +71,7 @@ mod tests {
     #[test]
     fn forwarded_ranges_are_checked_and_looked_up() {
         let mut f = SmcccForward::NONE;
-        assert!(!f.forwards(0) && !f.forwards(0xC700_0001), "nothing by default");
+        assert!(f.is_empty() && !f.forwards(0) && !f.forwards(0xC700_0001), "nothing by default");
         assert_eq!(f.add(0xC700_0000, 0x100), Ok(()));
         assert!(f.forwards(0xC700_0000) && f.forwards(0xC700_00FF) && !f.forwards(0xC700_0100) && !f.forwards(0xC6FF_FFFF));
         assert!(!f.forwards(1 << 32 | 0xC700_0000), "bits 63:32 set: no function ID");

@@ -18,7 +18,7 @@
 //! | [`MemState::guest_mmio_guard`] (`MMIO_GUARD`) | — (the granule is not RAM) | — (the VM's declared MMIO) |
 
 use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use super::owner::{Component, PageState};
+use super::owner::{Component, Ownership, PageState};
 use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use super::guest::{GuestMemory, Region};
 use super::MemState;
@@ -35,6 +35,8 @@ const HOST_BORROWED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
 const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+/// A level-2 block of a 4 KiB-granule stage 2: what a guest's first touch maps where it can.
+const BLOCK: u64 = 2 << 20;
 
 /// Outcome of [`MemState::guest_map_on_fault`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,10 +275,16 @@ impl<T: TableMemory> MemState<'_, T> {
         }
     }
 
-    /// **Guest map on fault**: maps the page of VM `handle` holding `ipa` in its stage 2 if it
-    /// is guest memory, clearing an MTE VM's tags the first time the page is its own and, for
-    /// a VM without FWB, cleaning the page to the PoC. Keeps `reserve` table pages for the
-    /// host; refuses an MTE VM a page in `untagged`.
+    /// **Guest map on fault**: maps the memory of VM `handle` holding `ipa` in its stage 2 if
+    /// it is guest memory: the whole 2 MiB block around it where one region backs all of it
+    /// with 2 MiB-aligned contiguous pages and nothing of it is mapped yet
+    /// ([`Self::guest_block`]), else the page. Clears an MTE VM's tags the first time a page is
+    /// its own and, for a VM without FWB, cleans what it maps to the PoC, page by page either
+    /// way. Keeps `reserve` table pages for the host; refuses an MTE VM memory in `untagged`.
+    ///
+    /// A guest's mapping never changes while the VM lives (`MEM_SHARE` and `MEM_UNSHARE` change
+    /// the host's access, not the guest's; memory goes back to the host only at destroy), so a
+    /// block is never split or merged.
     pub fn guest_map_on_fault(&mut self, handle: u64, ipa: u64, untagged: Option<PhysRange>, reserve: usize, hw: &(impl Tlb + CacheOps)) -> GuestPage {
         let Ok((_, vm)) = self.vms.lookup_mut(handle) else { return GuestPage::NotRam };
         let Some(pa) = vm.mem.translate(ipa) else {
@@ -300,30 +308,62 @@ impl<T: TableMemory> MemState<'_, T> {
         if self.tables.free_pages() < reserve + 3 {
             return GuestPage::NoMemory;
         }
-        // Only tags nobody else left: cleared once per change of ownership (the donated or
-        // shared data is the host's and is kept). Marked only once the mapping exists, so a
-        // *tags clean* mark is only ever on a page the VM has mapped.
-        let clear_mark = vm.mte && !self.own.entry(pa).is_some_and(|e| e.tags_clean());
-        if clear_mark {
-            hw.clear_tags(pa);
+        let (ia, range, level) = match Self::guest_block(vm, &self.own, &self.tables, ipa, untagged) {
+            Some((ia, base)) => (ia, PhysRange { start: base, end: PhysAddr(base.0 + BLOCK) }, 2),
+            None => (page, PhysRange { start: PhysAddr(pa.0 & !(PAGE_SIZE - 1)), end: PhysAddr((pa.0 & !(PAGE_SIZE - 1)) + PAGE_SIZE) }, 3),
+        };
+        let pages = || (range.start.0..range.end.0).step_by(PAGE_SIZE as usize).map(PhysAddr);
+        for p in pages() {
+            // Only tags nobody else left: cleared once per change of ownership (the donated or
+            // shared data is the host's and is kept). Marked only once the mapping exists, so
+            // a *tags clean* mark is only ever on a page the VM has mapped.
+            if vm.mte && !self.own.entry(p).is_some_and(|e| e.tags_clean()) {
+                hw.clear_tags(p);
+            }
+            if !vm.fwb {
+                // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
+                // mapping): DRAM must hold what the host (or the tag clearing above) left in
+                // the caches, and no dirty line of the host's may later be written back over
+                // the guest's data. Once per page and VM: the mapping stays until destroy.
+                hw.clean_inval_poc(p);
+            }
         }
-        if !vm.fwb {
-            // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
-            // mapping): DRAM must hold what the host (or the tag clearing above) left in the
-            // caches, and no dirty line of the host's may later be written back over the
-            // guest's data. Once per page and VM: the mapping stays until destroy.
-            hw.clean_inval_poc(pa);
-        }
-        match vm.mem.s2.map(&mut self.tables, page, pa, PAGE_SIZE, GUEST_RAM, 3) {
+        match vm.mem.s2.map(&mut self.tables, ia, range.start, range.size(), GUEST_RAM, level) {
             Ok(()) => {
-                if clear_mark {
-                    self.own.mark_tags_clean(pa);
+                if vm.mte {
+                    for p in pages() {
+                        self.own.mark_tags_clean(p);
+                    }
                 }
                 hw.guest_s2_mapped();
                 GuestPage::Mapped
             }
             Err(_) => GuestPage::NoMemory,
         }
+    }
+
+    /// The 2 MiB block of `vm` around `ipa` as `(IPA, first backing page)`, if it can be mapped
+    /// whole: its regions (one, or several the host added side by side, as a VMM gives a VM's
+    /// RAM in runs) back every page of it with contiguous pages as aligned as the IPA (a block
+    /// descriptor maps 2 MiB of contiguous, aligned output), the guest may access every page,
+    /// none is in `untagged` for an MTE VM, and no page of it is mapped yet (the walk ends at
+    /// level 2 or above: `map` never replaces a table).
+    fn guest_block(vm: &Vm, own: &Ownership<'_>, tables: &T, ipa: u64, untagged: Option<PhysRange>) -> Option<(u64, PhysAddr)> {
+        let ia = ipa & !(BLOCK - 1);
+        let base = vm.mem.translate(ia)?;
+        if base.0 % BLOCK != 0 || vm.mem.s2.walk_level(tables, ia) > 2 {
+            return None;
+        }
+        let block = PhysRange { start: base, end: PhysAddr(base.0 + BLOCK) };
+        if vm.mte && untagged.is_some_and(|u| u.overlaps(&block)) {
+            return None;
+        }
+        let me = vm.component();
+        let whole = (0..BLOCK / PAGE_SIZE).map(|i| i * PAGE_SIZE).all(|off| {
+            let pa = PhysAddr(base.0 + off);
+            vm.mem.translate(ia + off) == Some(pa) && own.can_access(pa, me)
+        });
+        whole.then_some((ia, base))
     }
 
     /// **Guest reclaim with scrub** (`VM_DESTROY`'s memory part, after its checks): a

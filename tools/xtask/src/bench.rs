@@ -19,12 +19,12 @@
 //!   ([`KUT_HOST_CPUS`]), its table's means in the same unit, next to the performance issue's
 //!   targets and KVM's figures on the same QEMU.
 //!
-//! The `irq` and `linux` groups run on one host CPU ([`HOST_CPUS`]). QEMU 7.2's round-robin
-//! `-icount` gives a CPU that busy-waits the whole slice up to the next timer deadline and
-//! leaves the others none (fixed in QEMU 8.0, which splits the slice); since the host's busy
-//! waits execute `YIELD` (`host_kernel::arch::relax`), which ends the slice, the hypervisor
-//! runs on 2 CPUs there too, and the `kut` group does. Without `-icount` the figures would be
-//! wall time.
+//! The `irq`, `kut` and `linux` groups run on 2 host CPUs ([`HOST_CPUS`], [`KUT_HOST_CPUS`]).
+//! QEMU 7.2's round-robin `-icount` gives a CPU that busy-waits the whole slice up to the next
+//! timer deadline and leaves the others none (fixed in QEMU 8.0, which splits the slice); the
+//! host's busy waits execute `YIELD` (`host_kernel::arch::relax`), which ends the slice, so the
+//! hypervisor runs there on 2 CPUs. A row's `config` in `bench.json` says where it ran. Without
+//! `-icount` the figures would be wall time.
 
 use crate::linux::{self, LinuxRun, NamedKernel, ICOUNT};
 use crate::qemu;
@@ -102,7 +102,7 @@ const ROWS: &[Row] = &[
     ns_row("guest_mem_share_unshare", "guest MEM_SHARE + MEM_UNSHARE of one page, protected VM, each an exit to the host (ns = instructions)", "exits only"),
     ns_row("vmm_mmio_read", "guest MMIO read of the virtio-console's DeviceID (kvm-unit-tests' mmio_read_user), Linux-style VMM (ns = instructions)", "exits only"),
     ns_row("vmm_uart_fr_read", "guest read of the PL011's UARTFR, Linux-style VMM (ns = instructions)", "exits only"),
-    ns_row("irq_sgi_round_trip", "SGI round trip vCPU 0 -> 1 -> 0, 2 vCPUs on 1 host CPU (ns = instructions)", "exits only"),
+    ns_row("irq_sgi_round_trip", "SGI round trip vCPU 0 -> 1 -> 0, 2 vCPUs, one per host CPU (ns = instructions)", "exits only"),
     ns_row("irq_vtimer_wfi", "virtual timer (PPI 27) deadline to guest handler, vCPU in WFI (ns)", "exits only"),
     ns_row("irq_vtimer_busy", "virtual timer (PPI 27) deadline to guest handler, vCPU busy (ns)", "exits only"),
     ns_row("irq_ptimer_wfi", "EL1 physical timer (PPI 30, EL2-emulated) deadline to handler, vCPU in WFI (ns)", "exits only"),
@@ -111,7 +111,7 @@ const ROWS: &[Row] = &[
     ns_row("linux_boot_protected", "Linux boot, same, protected VM of 1 vCPU (MTE, PAuth) (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_nonprotected", "Linux boot, same, non-protected VM of 1 vCPU (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_bare_2cpu", "Linux boot, same, bare QEMU at EL1, 2 CPUs (ns)", "baseline"),
-    ns_row("linux_boot_protected_2vcpu", "Linux boot, same, protected VM of 2 vCPUs on 1 host CPU (ns)", "<= 1.15x bare"),
+    ns_row("linux_boot_protected_2vcpu", "Linux boot, same, protected VM of 2 vCPUs on 2 host CPUs (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_pkvm_protected", "Linux boot, same, the pKVM guest kernel, protected VM of 1 vCPU (ns)", "vs Debian's"),
     kut_row("kut_hyp_call", "micro-bench hyp_call: an SMCCC ID no one implements (KVM VHE: 1,003)", 200, "<= 200"),
     kut_row("kut_mmio_read_user", "micro-bench mmio_read_user: a read the host VMM emulates (KVM VHE: 5,458)", 1000, "<= 1000"),
@@ -123,8 +123,9 @@ const ROWS: &[Row] = &[
     Row { key: "blk_read_protected", operation: "virtio-blk read, same, protected VM (bounced through the restricted DMA pool) (KiB/s)", target: None, target_text: "vs non-protected", unit: Unit::KibPerSecond },
 ];
 
-/// Host CPUs under the hypervisor for the `irq` and `linux` groups (see the module header).
-const HOST_CPUS: u32 = 1;
+/// Host CPUs under the hypervisor for the `irq` and `linux` groups (see the module header):
+/// two, so that the 2-vCPU rows have one vCPU per host CPU.
+const HOST_CPUS: u32 = 2;
 
 /// The boot-ratio target: a Linux VM reaches userspace in at most this many times bare QEMU's
 /// counter time.
@@ -142,10 +143,43 @@ fn verdict(row: &Row, s: Option<&Stats>) -> String {
 /// The groups `--only` chooses from.
 pub const GROUPS: &[&str] = &["main", "ptrauth", "irq", "kut", "linux"];
 
+/// Where a row ran: host CPUs under the hypervisor (bare QEMU's CPUs for a bare row), the VM's
+/// vCPUs (0: no VM), and how the vCPUs were placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Config {
+    host_cpus: u32,
+    vcpus: u32,
+    placement: &'static str,
+}
+
+impl Config {
+    /// How `vcpus` vCPUs share `host_cpus` host CPUs under the host's scheduler.
+    const fn scheduled(host_cpus: u32, vcpus: u32) -> Self {
+        let placement = if vcpus > host_cpus { "host scheduler: vCPUs share the host CPUs" } else { "host scheduler: one vCPU per host CPU" };
+        Self { host_cpus, vcpus, placement }
+    }
+
+    fn json(&self) -> String {
+        format!("{{\"host_cpus\": {}, \"vcpus\": {}, \"placement\": \"{}\"}}", self.host_cpus, self.vcpus, self.placement)
+    }
+}
+
+/// The `main` and `ptrauth` groups' rows: the host alone, or the bench guest's one vCPU run
+/// by the scenario on the one host CPU.
+fn main_config(key: &str) -> Config {
+    if key.starts_with("host_") || key.starts_with("vm_lifecycle") {
+        Config { host_cpus: 1, vcpus: 0, placement: "the host alone, no VM running" }
+    } else {
+        Config { host_cpus: 1, vcpus: 1, placement: "stepped by the host scenario on the one host CPU" }
+    }
+}
+
 /// What the runs collected.
 #[derive(Default)]
 struct Results {
     stats: BTreeMap<String, Stats>,
+    /// Where each row ran, by row key.
+    config: BTreeMap<String, Config>,
     /// Exits per measured operation, by row key: `(source.reason, per op)`.
     exits: BTreeMap<String, Vec<(String, f64)>>,
     /// Verdicts computed from more than one row (the boot ratio), by row key.
@@ -162,6 +196,7 @@ fn boot(images: &Images, args: &str, r: &mut Results) -> Result<(), String> {
     let out = qemu::Run::new(&machine).echo(true).stderr_to_terminal().wait()?;
     for line in out.texts() {
         if let Some((key, s)) = parse_bench_line(&line)? {
+            r.config.insert(key.clone(), main_config(&key));
             r.stats.insert(key, s);
         } else if line.contains("bench:") || line.contains("FAIL") || line.contains("FATAL") {
             r.notes.push(line);
@@ -289,6 +324,7 @@ fn irq_rows(images: &Images, r: &mut Results) -> Result<(), String> {
         let mut per_op = diff(&full.host, &one.host, "host");
         per_op.extend(diff(&full.el2, &one.el2, "el2"));
         r.exits.insert(row.key.into(), per_op);
+        r.config.insert(row.key.into(), Config::scheduled(row.smp, row.vcpus));
         r.stats.insert(row.key.into(), s);
     }
     Ok(())
@@ -344,6 +380,7 @@ fn kut_rows(images: &Images, r: &mut Results) -> Result<(), String> {
         if let Some((name, s)) = parse_micro_bench_line(line) {
             if let Some((_, key)) = KUT_ROWS.iter().find(|(n, _)| *n == name) {
                 println!("    | bench: {key} {s}");
+                r.config.insert((*key).into(), Config::scheduled(KUT_HOST_CPUS, 2));
                 r.stats.insert((*key).into(), s);
             }
         }
@@ -462,6 +499,8 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
             }
         };
         figures.push(format!("\"{}_ns\": {kernel_ns}", row.key));
+        let config = if row.protected.is_some() { Config::scheduled(HOST_CPUS, row.cpus) } else { Config { host_cpus: row.cpus, vcpus: 0, placement: "bare QEMU at EL1, no hypervisor" } };
+        r.config.insert(row.key.into(), config);
         r.stats.insert(row.key.into(), Stats { n: 1, median: kernel_ns, min: kernel_ns, max: kernel_ns });
         if let Some((base, name)) = row.baseline.and_then(|(b, name)| Some((r.stats.get(b)?, name))) {
             let ratio = kernel_ns as f64 / base.median as f64;
@@ -527,6 +566,7 @@ fn blk_rows(images: &Images, a: &linux::Artifacts, r: &mut Results) -> Result<()
             return Err(format!("{key}: read {bytes} bytes in {ns} ns, QEMU exit {:?}; {:?}", report.exit, report.summaries));
         }
         let kib_s = (bytes as u128 * 1_000_000_000 / 1024 / ns as u128) as u64;
+        r.config.insert(key.into(), Config::scheduled(HOST_CPUS, 1));
         r.stats.insert(key.into(), Stats { n: 1, median: kib_s, min: kib_s, max: kib_s });
         r.json_extra.push(format!("\"{key}\": {{\"bytes\": {bytes}, \"ns\": {ns}}}"));
     }
@@ -560,8 +600,15 @@ pub fn command(args: &[String]) -> Result<(), String> {
     if let Some(g) = groups.iter().find(|g| !GROUPS.contains(g)) {
         return Err(format!("--only {g:?}: the groups are {}", GROUPS.join(", ")));
     }
+    if flags.has("--record") && flags.has("--only") {
+        return Err("--record records a full run: drop --only".into());
+    }
     let images = setup().and_then(|tc| build(&tc, Flavour::Release))?;
-    run(&images, &groups)
+    run(&images, &groups)?;
+    if flags.has("--record") {
+        crate::figures::record()?;
+    }
+    Ok(())
 }
 
 /// Runs the benchmarks of `groups` (all by default) and reports them.
@@ -588,6 +635,36 @@ pub fn run(images: &Images, groups: &[&str]) -> Result<(), String> {
     report(&r)
 }
 
+/// Now, as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// `secs` since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (the proleptic Gregorian calendar: days to a
+/// civil date by eras of 400 years).
+fn utc(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
+}
+
+/// The commit the figures are of (`-dirty` with uncommitted changes), or `unknown`.
+fn commit() -> String {
+    let git = |args: &[&str]| std::process::Command::new("git").args(args).current_dir(root()).output().ok().filter(|o| o.status.success());
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else { return "unknown".into() };
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty());
+    format!("{}{}", String::from_utf8_lossy(&head.stdout).trim(), if dirty { "-dirty" } else { "" })
+}
+
 /// "6.00 exits/op: wfx 2.00, irq 2.00, sgi 2.00 (EL2: ...)": a row's exits per operation.
 fn exits_text(exits: &[(String, f64)]) -> String {
     let side = |prefix: &str| -> (f64, String) {
@@ -603,7 +680,11 @@ fn report(r: &Results) -> Result<(), String> {
     println!("one instruction per ns, every CPU's instructions together (QEMU runs them in turn), idle time skipped.\n");
     println!("| operation | median | min | max | target | verdict |");
     println!("|---|---:|---:|---:|---|---|");
-    let mut json = String::from("{\n  \"unit\": \"instructions retired (PMU 0x08, QEMU -icount shift=0) unless a row says otherwise\",\n  \"rows\": [\n");
+    let mut json = format!(
+        "{{\n  \"date\": \"{}\",\n  \"commit\": \"{}\",\n  \"unit\": \"instructions retired (PMU 0x08, QEMU -icount shift=0) unless a row says otherwise\",\n  \"rows\": [\n",
+        utc_now(),
+        commit()
+    );
     let plain = r.stats.get("guest_mmio_read").map(|s| s.median);
     for (i, row) in ROWS.iter().enumerate() {
         let s = r.stats.get(row.key);
@@ -624,8 +705,9 @@ fn report(r: &Results) -> Result<(), String> {
         let exits_json = r.exits.get(row.key).map_or(String::new(), |e| {
             format!(", \"exits_per_op\": {{{}}}", e.iter().map(|(k, n)| format!("\"{k}\": {n:.3}")).collect::<Vec<_>>().join(", "))
         });
+        let config_json = r.config.get(row.key).map_or(String::new(), |c| format!(", \"config\": {}", c.json()));
         json += &format!(
-            "    {{\"key\": \"{}\", \"operation\": \"{}\", \"unit\": \"{}\", \"n\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"target\": \"{}\", \"verdict\": \"{}\"{exits_json}}}{}\n",
+            "    {{\"key\": \"{}\", \"operation\": \"{}\", \"unit\": \"{}\", \"n\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"target\": \"{}\", \"verdict\": \"{}\"{config_json}{exits_json}}}{}\n",
             row.key,
             row.operation,
             row.unit.json(),
@@ -711,6 +793,22 @@ mod tests {
         assert_eq!(parse_kernel_entry(l), Some((2_000_000, 3_000_000)));
         assert_eq!(parse_kernel_entry("host: bench: VM 0x101 kernel entry at CNTPCT=1 CNTVOFF_EL2=2 (virtual count ...)"), None, "before CNTVOFF");
         assert_eq!(ticks_to_ns(1000, 62_500_000), 16_000);
+    }
+
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_495_775), "2026-12-05T18:36:15Z");
+        assert_eq!(utc(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn every_row_of_a_group_knows_where_it_ran() {
+        assert_eq!(main_config("host_null_hvc").vcpus, 0);
+        assert_eq!(main_config("guest_first_touch").vcpus, 1);
+        assert_eq!(Config::scheduled(1, 2).placement, "host scheduler: vCPUs share the host CPUs");
+        assert!(Config::scheduled(2, 2).json().contains("\"host_cpus\": 2, \"vcpus\": 2, \"placement\": \"host scheduler: one vCPU per host CPU\""));
     }
 
     #[test]

@@ -36,6 +36,7 @@ mod bench;
 mod build;
 mod check_docs;
 mod cli;
+mod figures;
 mod images;
 mod linux;
 mod measure;
