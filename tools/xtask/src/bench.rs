@@ -180,6 +180,10 @@ struct Results {
     stats: BTreeMap<String, Stats>,
     /// Where each row ran, by row key.
     config: BTreeMap<String, Config>,
+    /// When the run started (UTC) and the commit it ran (read then: editing the tree during a
+    /// run does not change what it measured).
+    date: String,
+    commit: String,
     /// Exits per measured operation, by row key: `(source.reason, per op)`.
     exits: BTreeMap<String, Vec<(String, f64)>>,
     /// Verdicts computed from more than one row (the boot ratio), by row key.
@@ -615,7 +619,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
 pub fn run(images: &Images, groups: &[&str]) -> Result<(), String> {
     let has = |g: &str| groups.contains(&g);
     println!("xtask: running benchmarks ({}) under QEMU -icount (about five minutes for all)", groups.join(", "));
-    let mut r = Results::default();
+    let mut r = Results { date: utc_now(), commit: commit(), ..Results::default() };
     if has("main") {
         boot(images, "scenario=bench", &mut r)?;
     }
@@ -682,8 +686,8 @@ fn report(r: &Results) -> Result<(), String> {
     println!("|---|---:|---:|---:|---|---|");
     let mut json = format!(
         "{{\n  \"date\": \"{}\",\n  \"commit\": \"{}\",\n  \"unit\": \"instructions retired (PMU 0x08, QEMU -icount shift=0) unless a row says otherwise\",\n  \"rows\": [\n",
-        utc_now(),
-        commit()
+        r.date,
+        r.commit
     );
     let plain = r.stats.get("guest_mmio_read").map(|s| s.median);
     for (i, row) in ROWS.iter().enumerate() {
