@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 4, minor: 2 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 5, minor: 0 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -150,7 +150,8 @@ hypercalls! {
     /// `x1` = VM handle, `x2` = host physical address, `x3` = guest IPA, `x4` = number of pages,
     /// `x5` = [`measure::add_flags`]. Gives the pages to the VM at that IPA: *donated* to a
     /// protected VM (the host loses access), *shared* with a non-protected one (the host keeps
-    /// it). Mapped in the guest's stage 2 when the guest first touches each page. Before the
+    /// it). Mapped in the guest's stage 2 when the guest first touches it (a 2 MiB block at a
+    /// time where the pages are contiguous and 2 MiB-aligned, 5.0). Before the
     /// VM's first run each call adds to its measurement ([`measure`]): with `MEASURE` the
     /// pages' contents, without it (a protected VM) pages EL2 zeroes first; `HANDOVER` names
     /// the region EL2 writes the measurement handover into at the first run. (`x5`: ABI 4.0.)
@@ -207,7 +208,8 @@ hypercalls! {
     /// `VCPU_RUN`'s `x3` (the guest's `x0`). Every other call EL2 does not serve, EL2 answers
     /// `NOT_SUPPORTED` without an exit. At most [`SMCCC_FORWARD_RANGES`] ranges, none
     /// overlapping another or the ranges EL2 serves ([`SMCCC_EL2_RANGES`]); KVM's
-    /// `KVM_ARM_VM_SMCCC_FILTER` with `FWD_TO_USER`. (ABI 4.2.)
+    /// `KVM_ARM_VM_SMCCC_FILTER` with `FWD_TO_USER`. Recorded in the measurement. (ABI 5.0:
+    /// before it, every call EL2 did not serve exited to the host.)
     VmSmcccForward = 19, Any, in 3, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
@@ -296,17 +298,18 @@ errors! {
 /// Most ranges of SMCCC function IDs a VM forwards to the host ([`HypercallId::VmSmcccForward`]).
 pub const SMCCC_FORWARD_RANGES: usize = 8;
 
-/// The SMCCC function IDs EL2 serves for guests, whole service ranges (first, last): the Arm
-/// Architecture calls (owner 0), the standard secure services where PSCI lives (owner 4) and
-/// the vendor hypervisor services (owner 6, the pKVM guest services), as fast SMC32 and SMC64
-/// calls. A forwarded range may not overlap them ([`HypercallId::VmSmcccForward`]).
+/// The SMCCC function IDs EL2 keeps for itself (first, last), as fast SMC32 and SMC64 calls:
+/// the Arm Architecture calls (owner 0, as KVM keeps them from its filter), PSCI (functions
+/// 0x00..=0x1F of owner 4: the other standard services, TRNG for one, a VMM may serve) and every
+/// vendor hypervisor call (owner 6, the pKVM guest services: EL2 decodes the whole owner). A
+/// forwarded range may not overlap them ([`HypercallId::VmSmcccForward`]).
 pub const SMCCC_EL2_RANGES: [(u32, u32); 6] = [
-    (0x8000_0000, 0x8000_FFFF),
-    (0xC000_0000, 0xC000_FFFF),
-    (0x8400_0000, 0x8400_FFFF),
-    (0xC400_0000, 0xC400_FFFF),
-    (0x8600_0000, 0x8600_FFFF),
-    (0xC600_0000, 0xC600_FFFF),
+    (0x8000_0000, 0x80FF_FFFF),
+    (0xC000_0000, 0xC0FF_FFFF),
+    (0x8400_0000, 0x8400_001F),
+    (0xC400_0000, 0xC400_001F),
+    (0x8600_0000, 0x86FF_FFFF),
+    (0xC600_0000, 0xC6FF_FFFF),
 ];
 
 /// Linux errno values used by [`HypError::errno`].

@@ -15,6 +15,7 @@
 //! | pages given zeroed (no flag) | `"PAGEZERO"`, `ipa: u64`, `pages: u64` |
 //! | the handover page ([`add_flags::HANDOVER`]) | `"HANDOVER"`, `ipa: u64`, `pages: u64` |
 //! | a granule the host declared MMIO (`VM_MMIO_GUARD`) | `"MMIOGARD"`, `ipa: u64` |
+//! | SMCCC IDs the host had the VM forward (`VM_SMCCC_FORWARD`, 5.0) | `"SMCCCFWD"`, `first: u64`, `count: u64` |
 //! | the seal | `"VCPUBOOT"`, `x0..x30: [u64; 31]`, `pc: u64`, `pstate: u64` of vCPU 0 |
 //!
 //! Not measured: what the host can only lower and the guest reads through EL2 (its ID and
@@ -87,6 +88,14 @@ impl Measurement {
     pub fn mmio_guard(&mut self, ipa: u64) {
         self.0.update(b"MMIOGARD");
         self.0.update(ipa.to_le_bytes());
+    }
+
+    /// SMCCC function IDs `first..first + count` the host had the VM forward to it before the
+    /// first run (`VM_SMCCC_FORWARD`, ABI 5.0): which of the guest's calls reach the host.
+    pub fn smccc_forward(&mut self, first: u64, count: u64) {
+        self.0.update(b"SMCCCFWD");
+        self.0.update(first.to_le_bytes());
+        self.0.update(count.to_le_bytes());
     }
 
     /// The seal: vCPU 0's registers at its first run. Returns the measurement.

@@ -1,4 +1,4 @@
-//! Which SMCCC calls a VM forwards to the host (`VM_SMCCC_FORWARD`, ABI 4.2): ranges of
+//! Which SMCCC calls a VM forwards to the host (`VM_SMCCC_FORWARD`, ABI 5.0): ranges of
 //! function IDs the host asked for before the VM's first run, fixed from then on. A guest call
 //! EL2 does not serve ([`crate::guest::psci`]) exits to the host only when it falls in one;
 //! every other one EL2 answers `NOT_SUPPORTED` itself. This is KVM's
@@ -77,9 +77,12 @@ mod tests {
         assert!(!f.forwards(1 << 32 | 0xC700_0000), "bits 63:32 set: no function ID");
         assert_eq!(f.add(0xC700_00FF, 1), Err(ForwardRefused::Overlap), "its last ID again");
         assert_eq!(f.add(0xC6FF_FF00, 0x101), Err(ForwardRefused::Overlap), "reaching into it");
-        for (first, count) in [(0x8400_0000u64, 1u64), (0x8000_0000, 1), (0xC600_0012, 1), (0x83FF_FFFF, 2), (0x7FFF_0000, 0x1_0000_0000 - 0x7FFF_0000)] {
+        for (first, count) in [(0x8400_0000u64, 1u64), (0x8400_001F, 1), (0x8000_0000, 1), (0x8001_0000, 1), (0xC600_0012, 1), (0x8601_0000, 1), (0x83FF_FFFF, 2), (0x7FFF_0000, 0x1_0000_0000 - 0x7FFF_0000)] {
             assert_eq!(f.add(first, count), Err(ForwardRefused::Overlap), "EL2's own: {first:#x}+{count:#x}");
         }
+        // The standard services past PSCI (TRNG, 0x8400_0050..) are a VMM's to serve.
+        let mut trng = SmcccForward::NONE;
+        assert_eq!(trng.add(0x8400_0050, 4), Ok(()));
         assert_eq!(f.add(0, 0), Err(ForwardRefused::Empty));
         assert_eq!(f.add(1 << 32, 1), Err(ForwardRefused::Empty));
         assert_eq!(f.add(0xFFFF_FFFF, 2), Err(ForwardRefused::Overflow));

@@ -217,6 +217,11 @@ pub(crate) fn vm_smccc_forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, fi
         ForwardRefused::Overflow => HypError::OutOfRange,
         ForwardRefused::Full => HypError::NoCapacity,
     })?;
+    // Which of its calls reach the host is part of what the guest is (before the first run
+    // the measurement is still being built: `ran` is set where it is sealed).
+    if let Measured::Building(m) = &mut vm.measurement {
+        m.smccc_forward(first, count);
+    }
     Ok([0; 3])
 }
 
@@ -470,6 +475,7 @@ mod tests {
         let got = shared_abi::msg::VmMeasurement::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
         // Offline: the same records.
         let mut m = Measurement::new(1, 36, vm_flags::PROTECTED, 0);
+        m.smccc_forward(0, 1); // `create`'s (testing.rs)
         m.page(0x4000_0000, &[0xAB; 4096]);
         m.zero(0x4000_1000, 2);
         m.handover(0x4000_3000, 1);
@@ -535,6 +541,7 @@ mod tests {
         f.call(0, H::VmMeasurement, &[h]).unwrap();
         let with = shared_abi::msg::VmMeasurement::read_from_prefix(&f.ram.0[MSG * 4096..]).unwrap().0;
         let mut m = shared_abi::measure::Measurement::new(1, 36, vm_flags::PROTECTED, 0);
+        m.smccc_forward(0, 1); // `create`'s (testing.rs)
         m.zero(0x4000_0000, 4);
         m.mmio_guard(0x0900_0000);
         assert_eq!(with.measurement, m.seal(&[0; 31], 0, VcpuCtx::new().pstate));
