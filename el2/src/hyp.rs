@@ -77,7 +77,7 @@ pub struct Hyp<'a, T: TableMemory> {
     /// This boot's random secret (see [`HypParts::boot_secret`]); never leaves EL2.
     pub(crate) boot_secret: [u8; 32],
     /// The memory lock (see the module documentation).
-    pub mem: spin::Mutex<MemState<'a, T>>,
+    pub mem: crate::sync::Mutex<MemState<'a, T>>,
     /// `FINALISE_SETUP` has been called.
     pub(crate) finalised: AtomicBool,
     /// Every CPU's message page.
@@ -93,7 +93,7 @@ pub struct Hyp<'a, T: TableMemory> {
     /// Every CPU's ID registers and the view combined from them (see [`crate::cpu::features`]): open
     /// until `FINALISE_SETUP` or the first `VM_CREATE`, fixed from then on. Its own lock, never
     /// held while taking another.
-    pub(crate) cpus: spin::Mutex<CpuFeatures>,
+    pub(crate) cpus: crate::sync::Mutex<CpuFeatures>,
     /// Pointer-authentication policy: lazy (true) or eager.
     pub(crate) pauth_lazy: AtomicBool,
     /// Lazy policy: loads a vCPU keeps its keys after a trapped use.
@@ -145,14 +145,14 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             platform,
             hyp_region,
             gicr,
-            mem: spin::Mutex::new(mem),
+            mem: crate::sync::Mutex::new(mem),
             finalised: AtomicBool::new(false),
             msg: MessagePages::default(),
             cpu_boot: Default::default(),
             vcpus,
             host_reserve,
             idregs,
-            cpus: spin::Mutex::new(cpus),
+            cpus: crate::sync::Mutex::new(cpus),
             pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),
             vgic: core::sync::atomic::AtomicU32::new(vgic),

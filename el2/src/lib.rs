@@ -24,6 +24,7 @@ pub mod hyp;
 pub mod invariants;
 pub mod mem;
 pub mod platform;
+pub mod sync;
 #[cfg(test)]
 pub(crate) mod testing;
 

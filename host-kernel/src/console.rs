@@ -4,7 +4,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static BASE: AtomicU64 = AtomicU64::new(0x0900_0000);
-static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+static LOCK: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
 
 /// Uses the PL011 at `base`.
 pub fn init(base: u64) {

@@ -55,7 +55,7 @@ pub const KICK_SGI: u32 = 1;
 pub const DEFAULT_TICK_MS: u64 = 10;
 
 /// The GIC, once the boot CPU has found and initialised it.
-static GIC: spin::Mutex<Option<GicV3<'static>>> = spin::Mutex::new(None);
+static GIC: crate::sync::Mutex<Option<GicV3<'static>>> = crate::sync::Mutex::new(None);
 /// The tick period in counter ticks (0: the tick is off).
 static TICK: AtomicU64 = AtomicU64::new(0);
 /// Each CPU's MPIDR affinity (Aff3..Aff0), the SGI target.

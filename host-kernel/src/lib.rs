@@ -19,6 +19,7 @@ pub mod fail;
 pub mod gic;
 pub mod hyp;
 pub mod platform;
+pub mod sync;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

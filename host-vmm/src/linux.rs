@@ -72,13 +72,13 @@ pub struct LinuxVm {
     console_device: ConsoleDevice,
     /// Console input read from the host's UART that `hvc0`'s receive buffers have not taken
     /// yet (the guest has not posted them, or they are full).
-    hvc_pending: spin::Mutex<([u8; HVC_PENDING], usize)>,
+    hvc_pending: host_kernel::sync::Mutex<([u8; HVC_PENDING], usize)>,
     blk: Option<BlkPort>,
     /// The transports' frames (`virtio_ranges[..1]` without a disk).
     virtio_ranges: [Range<u64>; 2],
     /// `Some` for a protected VM: the pages it shared, which are all its devices may touch.
     shared: Option<&'static Shared>,
-    vcpus: [spin::Mutex<VcpuState>; MAX_VCPUS],
+    vcpus: [host_kernel::sync::Mutex<VcpuState>; MAX_VCPUS],
 }
 
 /// What the VMM keeps of one vCPU between runs.
@@ -409,10 +409,10 @@ impl LinuxVm {
             uart: GuestUart::new(prefix),
             console,
             console_device,
-            hvc_pending: spin::Mutex::new(([0; HVC_PENDING], 0)),
+            hvc_pending: host_kernel::sync::Mutex::new(([0; HVC_PENDING], 0)),
             blk,
             virtio_ranges,
-            vcpus: [const { spin::Mutex::new(VcpuState::new()) }; MAX_VCPUS],
+            vcpus: [const { host_kernel::sync::Mutex::new(VcpuState::new()) }; MAX_VCPUS],
         }
     }
 

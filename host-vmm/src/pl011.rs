@@ -24,10 +24,10 @@ const LINE: usize = 256;
 
 /// One VM's UART and its console line.
 pub struct GuestUart {
-    model: spin::Mutex<Pl011>,
+    model: host_kernel::sync::Mutex<Pl011>,
     /// The interrupt line as last driven (changed only under `model`'s lock).
     level: AtomicBool,
-    line: spin::Mutex<([u8; LINE], usize)>,
+    line: host_kernel::sync::Mutex<([u8; LINE], usize)>,
     /// `Some(n)`: prefix each line with `[vmN] `.
     prefix: Option<usize>,
 }
@@ -35,7 +35,7 @@ pub struct GuestUart {
 impl GuestUart {
     /// A UART at reset; `prefix` as in [`GuestUart::prefix`].
     pub fn new(prefix: Option<usize>) -> Self {
-        Self { model: spin::Mutex::new(Pl011::new()), level: AtomicBool::new(false), line: spin::Mutex::new(([0; LINE], 0)), prefix }
+        Self { model: host_kernel::sync::Mutex::new(Pl011::new()), level: AtomicBool::new(false), line: host_kernel::sync::Mutex::new(([0; LINE], 0)), prefix }
     }
 
     /// Performs a guest access at `ipa` if it is the UART's: `Some(value read)`. When the

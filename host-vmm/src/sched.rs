@@ -25,10 +25,10 @@ use host_sched::{RunQueue, CAPACITY};
 use shared_abi::msg::Exit;
 use shared_abi::HypError;
 
-static QUEUE: spin::Mutex<RunQueue> = spin::Mutex::new(RunQueue::new());
+static QUEUE: host_kernel::sync::Mutex<RunQueue> = host_kernel::sync::Mutex::new(RunQueue::new());
 /// Each slot's run state; locked by the CPU running the slot (never contended: the queue
 /// gives a slot to one CPU at a time).
-static STEPPERS: [spin::Mutex<Stepper>; CAPACITY] = [const { spin::Mutex::new(Stepper::new()) }; CAPACITY];
+static STEPPERS: [host_kernel::sync::Mutex<Stepper>; CAPACITY] = [const { host_kernel::sync::Mutex::new(Stepper::new()) }; CAPACITY];
 /// Each slot's test-device answer.
 static DEV_VALUE: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY];
 
@@ -41,7 +41,7 @@ pub trait Runner: Sync {
 
 /// Each slot's [`Runner`] (`None`: a test VM's vCPU, run here). Locked after [`QUEUE`], never
 /// before it.
-static RUNNERS: spin::Mutex<[Option<&'static dyn Runner>; CAPACITY]> = spin::Mutex::new([None; CAPACITY]);
+static RUNNERS: host_kernel::sync::Mutex<[Option<&'static dyn Runner>; CAPACITY]> = host_kernel::sync::Mutex::new([None; CAPACITY]);
 /// What idle CPUs poll between picks, once a runner has given it (console input).
 static IDLE_POLL: spin::Once<fn()> = spin::Once::new();
 
@@ -50,7 +50,7 @@ const MAX_VMS: usize = 8;
 /// How a VM's run ended: `Ok` from the guest, `Err` from `VCPU_RUN`.
 pub type VmOutcome = Result<Outcome, HypError>;
 /// Each queued VM's handle and outcome (handle 0: free).
-static OUTCOMES: spin::Mutex<[(u64, Option<VmOutcome>); MAX_VMS]> = spin::Mutex::new([(0, None); MAX_VMS]);
+static OUTCOMES: host_kernel::sync::Mutex<[(u64, Option<VmOutcome>); MAX_VMS]> = host_kernel::sync::Mutex::new([(0, None); MAX_VMS]);
 
 /// Helper CPUs taking part (bit `cpu`), and whether they should.
 static HELPERS: AtomicU64 = AtomicU64::new(0);

@@ -33,7 +33,7 @@ fn bits(w: host_vdev::vgic::Wake) -> Wake {
 
 /// One VM's distributor model.
 pub struct VirtualGic {
-    model: spin::Mutex<Vgic>,
+    model: host_kernel::sync::Mutex<Vgic>,
     /// The distributor's frame and the vCPUs' redistributors.
     ranges: [Range<u64>; 2],
 }
@@ -42,7 +42,7 @@ impl VirtualGic {
     /// The distributor of a VM with `nr_vcpus` vCPUs, at reset.
     pub fn new(nr_vcpus: usize) -> Result<Self, host_vdev::vgic::Error> {
         let ranges = [GICD..GICD + GICD_SIZE, GICR..GICR + GICR_STRIDE * nr_vcpus as u64];
-        Ok(Self { model: spin::Mutex::new(Vgic::new(nr_vcpus)?), ranges })
+        Ok(Self { model: host_kernel::sync::Mutex::new(Vgic::new(nr_vcpus)?), ranges })
     }
 
     /// A device's interrupt line (a PPI of `vcpu`, or an SPI) is now `high`.

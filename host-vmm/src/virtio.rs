@@ -150,7 +150,7 @@ pub type BlkPort = Transport<Blk<RamDisk<'static>>>;
 
 /// One transport on a VM's bus: the model, its frame and SPI, and its line as last driven.
 pub struct Transport<D> {
-    model: spin::Mutex<VirtioMmio<D>>,
+    model: host_kernel::sync::Mutex<VirtioMmio<D>>,
     node: VirtioMmioNode,
     /// The interrupt line as last driven (changed only under `model`'s lock).
     level: AtomicBool,
@@ -159,7 +159,7 @@ pub struct Transport<D> {
 impl<D: VirtioDevice> Transport<D> {
     /// `model` at `node`'s frame and SPI.
     pub fn new(model: VirtioMmio<D>, node: VirtioMmioNode) -> Self {
-        Self { model: spin::Mutex::new(model), node, level: AtomicBool::new(false) }
+        Self { model: host_kernel::sync::Mutex::new(model), node, level: AtomicBool::new(false) }
     }
 
     /// The frame's IPA range.
@@ -196,7 +196,7 @@ impl<D: VirtioDevice> Transport<D> {
     }
 
     /// The model, for its backend (the console's unfinished line) and counters.
-    pub fn lock(&self) -> spin::MutexGuard<'_, VirtioMmio<D>> {
+    pub fn lock(&self) -> host_kernel::sync::MutexGuard<'_, VirtioMmio<D>> {
         self.model.lock()
     }
 }

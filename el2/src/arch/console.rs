@@ -17,7 +17,7 @@ const UARTFR: u64 = 0x018;
 const UARTFR_TXFF: u32 = 1 << 5;
 
 static UART_BASE: AtomicU64 = AtomicU64::new(0);
-static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+static LOCK: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
 
 /// Starts using the PL011 at `base` (identity-mapped as Device memory in EL2's stage 1).
 pub fn init(base: u64, level: log::LevelFilter) {

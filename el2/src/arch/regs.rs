@@ -23,6 +23,15 @@ const TCR_EL2_RES1: u64 = (1 << 31) | (1 << 23);
 /// Write-Back Read/Write-Allocate, `SH0` = Inner Shareable, `TG0` = 4 KiB.
 pub(super) const WALK_ATTRS: u64 = (0b01 << 8) | (0b01 << 10) | (0b11 << 12);
 
+/// `YIELD`: a hint that this CPU spins waiting for another ([`crate::sync`]). QEMU's
+/// round-robin TCG, `-icount` included, moves on to the next CPU at it, so the one holding
+/// what this CPU waits for runs; on hardware it costs about a `NOP`.
+#[inline(always)]
+pub fn yield_hint() {
+    // SAFETY: a hint; no memory, register or flag effect.
+    unsafe { asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 /// `DSB ISH`: completes earlier memory accesses and maintenance for the Inner Shareable domain.
 #[inline(always)]
 pub fn dsb_ish() {

@@ -133,7 +133,7 @@ pub fn mem_protect(enable: u32, protected_vms: usize) -> Option<psci::Error> {
 /// # Errors
 /// The PSCI status for the host: `INVALID_PARAMETERS` for an MPIDR that names no CPU; `DENIED`
 /// for a CPU that already failed [`CpuFeatures::report`] against the fixed view.
-pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), psci::Error> {
+pub fn cpu_on_target(platform: &Platform, cpus: &crate::sync::Mutex<CpuFeatures>, target: u64) -> Result<(usize, u64), psci::Error> {
     let idx = platform.cpu_index(target).ok_or(psci::Error::InvalidParameters)?;
     if let Err(w) = cpus.lock().cpu_on_check(idx) {
         log::debug!("CPU_ON of cpu{idx} refused: it is weaker than the fixed CPU view ({w:?})");
@@ -145,7 +145,7 @@ pub fn cpu_on_target(platform: &Platform, cpus: &spin::Mutex<CpuFeatures>, targe
 /// The host's `MEM_PROTECT(enable)` ([`mem_protect`]): decided and forwarded under the memory
 /// lock `mem`, where protected VMs are created and destroyed, so their count cannot change
 /// between the decision and firmware's answer. Returns the value for `x0`.
-pub fn host_mem_protect<T: TableMemory>(mem: &spin::Mutex<MemState<'_, T>>, enable: u32, fw: &impl Firmware) -> i64 {
+pub fn host_mem_protect<T: TableMemory>(mem: &crate::sync::Mutex<MemState<'_, T>>, enable: u32, fw: &impl Firmware) -> i64 {
     let mem = mem.lock();
     let protected_vms = mem.vms.iter().filter(|vm| vm.protected).count();
     match mem_protect(enable, protected_vms) {

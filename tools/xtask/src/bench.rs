@@ -19,12 +19,11 @@
 //!   ([`KUT_HOST_CPUS`]), its table's means in the same unit, next to the performance issue's
 //!   targets and KVM's figures on the same QEMU.
 //!
-//! The `irq` and `kut` groups run on 2 host CPUs ([`HOST_CPUS`], [`KUT_HOST_CPUS`]), the
-//! `linux` group on one ([`LINUX_HOST_CPUS`] says why).
+//! The `irq`, `kut` and `linux` groups run on 2 host CPUs ([`HOST_CPUS`], [`KUT_HOST_CPUS`]).
 //! QEMU 7.2's round-robin `-icount` gives a CPU that busy-waits the whole slice up to the next
-//! timer deadline and leaves the others none (fixed in QEMU 8.0, which splits the slice); the
-//! host's busy waits execute `YIELD` (`host_kernel::arch::relax`), which ends the slice, so the
-//! hypervisor runs there on 2 CPUs. A row's `config` in `bench.json` says where it ran. Without
+//! timer deadline and leaves the others none (fixed in QEMU 8.0, which splits the slice); every
+//! wait of the host and of EL2, their locks' included (`host_kernel::sync`, `el2::sync`),
+//! executes `YIELD`, which ends the slice, so the hypervisor runs there on 2 CPUs. A row's `config` in `bench.json` says where it ran. Without
 //! `-icount` the figures would be wall time.
 
 use crate::linux::{self, LinuxRun, NamedKernel, ICOUNT};
@@ -112,7 +111,7 @@ const ROWS: &[Row] = &[
     ns_row("linux_boot_protected", "Linux boot, same, protected VM of 1 vCPU (MTE, PAuth) (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_nonprotected", "Linux boot, same, non-protected VM of 1 vCPU (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_bare_2cpu", "Linux boot, same, bare QEMU at EL1, 2 CPUs (ns)", "baseline"),
-    ns_row("linux_boot_protected_2vcpu", "Linux boot, same, protected VM of 2 vCPUs on 1 host CPU (ns)", "<= 1.15x bare"),
+    ns_row("linux_boot_protected_2vcpu", "Linux boot, same, protected VM of 2 vCPUs on 2 host CPUs (ns)", "<= 1.15x bare"),
     ns_row("linux_boot_pkvm_protected", "Linux boot, same, the pKVM guest kernel, protected VM of 1 vCPU (ns)", "vs Debian's"),
     kut_row("kut_hyp_call", "micro-bench hyp_call: an SMCCC ID no one implements (KVM VHE: 1,003)", 200, "<= 200"),
     kut_row("kut_mmio_read_user", "micro-bench mmio_read_user: a read the host VMM emulates (KVM VHE: 5,458)", 1000, "<= 1000"),
@@ -124,14 +123,9 @@ const ROWS: &[Row] = &[
     Row { key: "blk_read_protected", operation: "virtio-blk read, same, protected VM (bounced through the restricted DMA pool) (KiB/s)", target: None, target_text: "vs non-protected", unit: Unit::KibPerSecond },
 ];
 
-/// Host CPUs under the hypervisor for the `irq` group (see the module header): two, so that
-/// the 2-vCPU row has one vCPU per host CPU.
+/// Host CPUs under the hypervisor for the `irq` and `linux` groups (see the module header):
+/// two, so that the 2-vCPU rows have one vCPU per host CPU.
 const HOST_CPUS: u32 = 2;
-
-/// Host CPUs under the hypervisor for the `linux` group: one. On two, the 2-vCPU protected
-/// boot of Debian's kernel did not reach userspace under `-icount` in 8 minutes of wall time
-/// (the 1-vCPU boots did, as on one CPU); why is issue 18's to find.
-const LINUX_HOST_CPUS: u32 = 1;
 
 /// The boot-ratio target: a Linux VM reaches userspace in at most this many times bare QEMU's
 /// counter time.
@@ -429,7 +423,7 @@ fn ticks_to_ns(ticks: u64, freq: u64) -> u64 {
     (ticks as u128 * 1_000_000_000 / freq.max(1) as u128) as u64
 }
 
-/// One Linux boot: on bare QEMU with `cpus` CPUs, or as a VM of `cpus` vCPUs on [`LINUX_HOST_CPUS`]
+/// One Linux boot: on bare QEMU with `cpus` CPUs, or as a VM of `cpus` vCPUs on [`HOST_CPUS`]
 /// host CPUs; and the row its ratio is taken against.
 struct BootRow {
     key: &'static str,
@@ -484,9 +478,9 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
                 linux::ns_to_userspace(linux::bare_machine(&run)?, 1, timeout, false)?.0
             }
             Some(protected) => {
-                let (machine, _file) = linux::hyp_machine(images, LINUX_HOST_CPUS, &run, "")?;
+                let (machine, _file) = linux::hyp_machine(images, HOST_CPUS, &run, "")?;
                 let what = if protected { "protected" } else { "non-protected" };
-                println!("xtask: {} ({LINUX_HOST_CPUS} host CPU(s), a {what} VM of {} vCPU(s), MTE, PAuth)", row.key, row.cpus);
+                println!("xtask: {} ({HOST_CPUS} host CPU(s), a {what} VM of {} vCPU(s), MTE, PAuth)", row.key, row.cpus);
                 let (stamp_ns, report) = linux::ns_to_userspace(machine, 1, timeout, false)?;
                 let freq = report.stamp.map_or(0, |s| s.1);
                 let (entry, cntvoff) = report.lines.iter().find_map(|l| parse_kernel_entry(l)).ok_or(format!("{}: the host printed no kernel entry line", row.key))?;
@@ -509,7 +503,7 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
             }
         };
         figures.push(format!("\"{}_ns\": {kernel_ns}", row.key));
-        let config = if row.protected.is_some() { Config::scheduled(LINUX_HOST_CPUS, row.cpus) } else { Config { host_cpus: row.cpus, vcpus: 0, placement: "bare QEMU at EL1, no hypervisor" } };
+        let config = if row.protected.is_some() { Config::scheduled(HOST_CPUS, row.cpus) } else { Config { host_cpus: row.cpus, vcpus: 0, placement: "bare QEMU at EL1, no hypervisor" } };
         r.config.insert(row.key.into(), config);
         r.stats.insert(row.key.into(), Stats { n: 1, median: kernel_ns, min: kernel_ns, max: kernel_ns });
         if let Some((base, name)) = row.baseline.and_then(|(b, name)| Some((r.stats.get(b)?, name))) {
@@ -525,7 +519,7 @@ fn linux_rows(images: &Images, r: &mut Results) -> Result<(), String> {
             r.verdicts.insert(row.key.into(), "baseline".into());
         }
     }
-    r.json_extra.push(format!("\"linux_boot\": {{{}, \"host_cpus\": {LINUX_HOST_CPUS}, \"target_ratio\": {LINUX_RATIO_TARGET}}}", figures.join(", ")));
+    r.json_extra.push(format!("\"linux_boot\": {{{}, \"host_cpus\": {HOST_CPUS}, \"target_ratio\": {LINUX_RATIO_TARGET}}}", figures.join(", ")));
     blk_rows(images, &a, r)
 }
 
@@ -568,15 +562,15 @@ fn blk_rows(images: &Images, a: &linux::Artifacts, r: &mut Results) -> Result<()
             sve_vl: 0,
             vms: 1,
         };
-        println!("xtask: {key} ({LINUX_HOST_CPUS} host CPU(s), a {} VM of 1 vCPU, {BLK_DISK_MIB} MiB disk)", if protected { "protected" } else { "non-protected" });
-        let (machine, _file) = linux::hyp_machine(images, LINUX_HOST_CPUS, &run, "")?;
+        println!("xtask: {key} ({HOST_CPUS} host CPU(s), a {} VM of 1 vCPU, {BLK_DISK_MIB} MiB disk)", if protected { "protected" } else { "non-protected" });
+        let (machine, _file) = linux::hyp_machine(images, HOST_CPUS, &run, "")?;
         let report = linux::boot(&machine.icount(ICOUNT), Duration::from_secs(600), false)?;
         let (bytes, ns) = report.lines.iter().find_map(|l| parse_blk_line(l)).ok_or(format!("{key}: no PKVM-BLK line (QEMU exit {:?})", report.exit))?;
         if report.exit != Some(0) || bytes != BLK_DISK_MIB << 20 || ns == 0 {
             return Err(format!("{key}: read {bytes} bytes in {ns} ns, QEMU exit {:?}; {:?}", report.exit, report.summaries));
         }
         let kib_s = (bytes as u128 * 1_000_000_000 / 1024 / ns as u128) as u64;
-        r.config.insert(key.into(), Config::scheduled(LINUX_HOST_CPUS, 1));
+        r.config.insert(key.into(), Config::scheduled(HOST_CPUS, 1));
         r.stats.insert(key.into(), Stats { n: 1, median: kib_s, min: kib_s, max: kib_s });
         r.json_extra.push(format!("\"{key}\": {{\"bytes\": {bytes}, \"ns\": {ns}}}"));
     }
