@@ -27,7 +27,9 @@ const HEADLINE: &[&str] = &[
     "irq_sgi_round_trip",
     "irq_vtimer_wfi",
     "guest_first_touch",
+    "guest_first_touch_block",
     "guest_first_touch_mte",
+    "guest_first_touch_mte_block",
     "linux_boot_protected",
     "linux_boot_protected_2vcpu",
     "blk_read_protected",
@@ -38,15 +40,26 @@ const HEADLINE: &[&str] = &[
 /// # Errors
 /// The JSON lacks the date, the commit or a headline row.
 pub fn table(bench: &Value) -> Result<String, String> {
-    let field = |k: &str| bench.get(k).and_then(Value::as_str).ok_or(format!("{RECORDED}: no {k:?}"));
     let rows = bench.get("rows").and_then(Value::as_array).ok_or(format!("{RECORDED}: no rows"))?;
+    let find = |key: &str| rows.iter().find(|r| r.get("key").and_then(Value::as_str) == Some(key)).ok_or(format!("{RECORDED}: no row {key}"));
+    // The runs the rows come from: (commit, date), oldest first.
+    let mut runs: Vec<(String, String)> = Vec::new();
+    for key in HEADLINE {
+        let row = find(key)?;
+        let field = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_string).ok_or(format!("{RECORDED}: row {key} has no {k:?}"));
+        let run = (field("commit")?, field("date")?);
+        if !runs.contains(&run) {
+            runs.push(run);
+        }
+    }
+    runs.sort_by(|a, b| a.1.cmp(&b.1));
+    let runs: Vec<String> = runs.iter().map(|(c, d)| format!("`{c}` ({d})")).collect();
     let mut out = format!(
-        "Recorded {} at commit `{}` (`cargo xtask bench`, QEMU `-icount`; every row of the run and the method: [docs/benchmarks.md](docs/benchmarks.md), [docs/bench.json](docs/bench.json)).\n\n| operation | median | unit | host CPUs, vCPUs | target | verdict |\n|---|---:|---|---|---|---|\n",
-        field("date")?,
-        field("commit")?
+        "Recorded at commit {} (`cargo xtask bench`, QEMU `-icount`; every row, where it ran and the method: [docs/bench.json](docs/bench.json), [docs/benchmarks.md](docs/benchmarks.md)).\n\n| operation | median | unit | host CPUs, vCPUs | target | verdict |\n|---|---:|---|---|---|---|\n",
+        runs.join(", ")
     );
     for key in HEADLINE {
-        let row = rows.iter().find(|r| r.get("key").and_then(Value::as_str) == Some(key)).ok_or(format!("{RECORDED}: no row {key}"))?;
+        let row = find(key)?;
         let text = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
         let median = row.get("median").and_then(Value::as_u64).map_or("-".to_string(), |m| m.to_string());
         let unit = match text("unit") {
@@ -79,16 +92,42 @@ fn read_json(path: &std::path::Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Records the run in `target/bench.json` (every group's rows) as [`RECORDED`] and writes the
-/// README's table from it.
+/// The record `recorded` (if any) with the rows `run` measured replacing its rows of the same
+/// key (each row carries the date and commit of its run), and `run`'s other fields.
+pub fn merge(recorded: Option<Value>, run: &Value) -> Value {
+    let measured = |r: &Value| r.get("median").is_some_and(|m| !m.is_null());
+    let mut out = run.clone();
+    let Some(old) = recorded else { return out };
+    let mut rows: Vec<Value> = old.get("rows").and_then(Value::as_array).cloned().unwrap_or_default();
+    for new in run.get("rows").and_then(Value::as_array).into_iter().flatten().filter(|r| measured(r)) {
+        match rows.iter_mut().find(|r| r.get("key") == new.get("key")) {
+            Some(r) => *r = new.clone(),
+            None => rows.push(new.clone()),
+        }
+    }
+    // Old fields the run did not produce (another group's extras) stay.
+    if let (Some(o), Some(n)) = (old.as_object(), out.as_object_mut()) {
+        for (k, v) in o {
+            n.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        n.insert("rows".into(), Value::Array(rows));
+    }
+    out
+}
+
+/// Records the rows the last run measured (`target/bench.json`) in [`RECORDED`], replacing those
+/// rows and keeping the others, and writes the README's table from it.
 ///
 /// # Errors
-/// A file that cannot be read or written, or a run without every headline row.
+/// A file that cannot be read or written, or a record without every headline row.
 pub fn record() -> Result<(), String> {
-    let run = root().join("target/bench.json");
-    let bench = read_json(&run)?;
+    let run = read_json(&root().join("target/bench.json"))?;
+    let recorded = root().join(RECORDED);
+    let old = if recorded.exists() { Some(read_json(&recorded)?) } else { None };
+    let bench = merge(old, &run);
     let table = table(&bench)?;
-    std::fs::copy(&run, root().join(RECORDED)).map_err(|e| format!("{RECORDED}: {e}"))?;
+    let text = serde_json::to_string_pretty(&bench).map_err(|e| format!("{RECORDED}: {e}"))?;
+    std::fs::write(&recorded, text + "\n").map_err(|e| format!("{RECORDED}: {e}"))?;
     let path = root().join("README.md");
     let readme = std::fs::read_to_string(&path).map_err(|e| format!("README.md: {e}"))?;
     std::fs::write(&path, with_table(&readme, &table)?).map_err(|e| format!("README.md: {e}"))?;
@@ -118,7 +157,7 @@ mod tests {
     fn run() -> Value {
         let rows: Vec<Value> = HEADLINE
             .iter()
-            .map(|k| serde_json::json!({"key": k, "operation": format!("op {k}"), "unit": "instructions retired (PMU)", "median": 7, "target": "<= 9", "verdict": "met", "config": {"host_cpus": 2, "vcpus": 1, "placement": "p"}}))
+            .map(|k| serde_json::json!({"key": k, "operation": format!("op {k}"), "unit": "instructions retired (PMU)", "median": 7, "target": "<= 9", "verdict": "met", "config": {"host_cpus": 2, "vcpus": 1, "placement": "p"}, "date": "2026-12-05T00:00:00Z", "commit": "abc1234"}))
             .collect();
         serde_json::json!({"date": "2026-12-05T00:00:00Z", "commit": "abc1234", "rows": rows})
     }
@@ -126,7 +165,7 @@ mod tests {
     #[test]
     fn the_table_comes_from_the_run_and_replaces_only_its_block() {
         let t = table(&run()).unwrap();
-        assert!(t.starts_with("Recorded 2026-12-05T00:00:00Z at commit `abc1234`"));
+        assert!(t.starts_with("Recorded at commit `abc1234` (2026-12-05T00:00:00Z)"), "{t}");
         assert!(t.contains("| op kut_ipi | 7 | instructions | 2, 1 | <= 9 | met |"));
         assert_eq!(t.lines().count(), 4 + HEADLINE.len());
         let readme = format!("a\n{BEGIN}\nold\n{END}\nb\n");
@@ -137,5 +176,27 @@ mod tests {
         missing["rows"].as_array_mut().unwrap().pop();
         assert!(table(&missing).unwrap_err().contains("no row blk_read_protected"));
         assert!(with_table("no markers", &t).is_err());
+    }
+
+    #[test]
+    fn a_partial_run_replaces_only_the_rows_it_measured() {
+        let old = run();
+        let mut new = serde_json::json!({"date": "2026-12-06T00:00:00Z", "commit": "def5678", "rows": [
+            {"key": "kut_ipi", "median": 5, "date": "2026-12-06T00:00:00Z", "commit": "def5678"},
+            {"key": "kut_eoi", "median": null},
+            {"key": "new_row", "median": 1, "date": "2026-12-06T00:00:00Z", "commit": "def5678"}
+        ]});
+        new["linux_boot"] = serde_json::json!({"x": 1});
+        let m = merge(Some(old.clone()), &new);
+        let rows = m["rows"].as_array().unwrap();
+        let get = |k: &str| rows.iter().find(|r| r["key"] == k).unwrap().clone();
+        assert_eq!(get("kut_ipi")["median"], 5);
+        assert_eq!(get("kut_eoi")["median"], 7, "not measured by the new run: kept");
+        assert_eq!(get("new_row")["median"], 1);
+        assert_eq!(rows.len(), HEADLINE.len() + 1);
+        assert_eq!((m["commit"].as_str(), m["linux_boot"]["x"].as_u64()), (Some("def5678"), Some(1)));
+        let t = table(&m).unwrap();
+        assert!(t.starts_with("Recorded at commit `abc1234` (2026-12-05T00:00:00Z), `def5678` (2026-12-06T00:00:00Z)"), "{t}");
+        assert_eq!(merge(None, &new), new);
     }
 }
