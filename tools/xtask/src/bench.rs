@@ -207,6 +207,7 @@ fn boot(images: &Images, args: &str, r: &mut Results) -> Result<(), String> {
                 // mapped already (the median), each block fault (the largest) mapped 512.
                 r.notes.push(format!("{key}: of {} page touches the median ({}) hit a mapped block; the largest ({}) is a fault that mapped 2 MiB", s.n, s.median, s.max));
                 r.config.insert(block_key.clone(), main_config(&key));
+                r.verdicts.insert(block_key.clone(), format!("one fault maps 512 pages ({} per page)", per_page.median));
                 r.stats.insert(block_key, Stats { n: 1, median: s.max, min: s.max, max: s.max });
                 r.config.insert(key.clone(), main_config(&key));
                 r.stats.insert(key, per_page);
