@@ -2,6 +2,7 @@
 //!
 //! - `vm`: the VM table;
 //! - `vcpu`: a vCPU's saved context (`SysReg`), register access by KVM ID, slots and claims;
+//! - `debug_switch`: what the world switch moves of self-hosted debug, trace and the PMU;
 //! - `memory`: guest memory while it runs (first-touch mapping, set/way cleaning);
 //! - `exit`: `VCPU_RUN`, the run loop and exit handling; `running`: what exit handlers share;
 //! - `fpsimd`: the lazy switch of the guest's FP/SIMD and SVE registers;
@@ -9,6 +10,7 @@
 //! - `psci`: PSCI and SMCCC for guests; `smccc_forward`: which other calls go to the host;
 //!   `timer`: the guest timers.
 
+pub mod debug_switch;
 pub mod exit;
 pub mod fpsimd;
 pub mod memory;
