@@ -756,14 +756,17 @@ fn report(r: &Results) -> Result<(), String> {
         let high = (c - b) / (16384.0 - 4096.0);
         let fixed = a - 256.0 * low;
         let linear = (low - high).abs() <= 0.05 * low.max(high);
+        // Per GiB, from the larger VMs' slope (262,144 pages).
+        let per_gib = high * 262_144.0;
         println!(
-            "\nVM create + donate + destroy: {:.0} instructions per 4 KiB page (1->16 MiB) and {:.0} (16->64 MiB), fixed part {:.0}: {}",
+            "\nVM create + donate + destroy: {:.0} instructions per 4 KiB page (1->16 MiB) and {:.0} (16->64 MiB), fixed part {:.0}: {}; {:.0} million per GiB",
             low,
             high,
             fixed,
-            if linear { "linear" } else { "NOT linear" }
+            if linear { "linear" } else { "NOT linear" },
+            per_gib / 1e6
         );
-        json += &format!(",\n  \"vm_lifecycle_per_page\": {low:.1},\n  \"vm_lifecycle_per_page_large\": {high:.1},\n  \"vm_lifecycle_fixed\": {fixed:.0},\n  \"vm_lifecycle_linear\": {linear}");
+        json += &format!(",\n  \"vm_lifecycle_per_page\": {low:.1},\n  \"vm_lifecycle_per_page_large\": {high:.1},\n  \"vm_lifecycle_per_gib\": {per_gib:.0},\n  \"vm_lifecycle_fixed\": {fixed:.0},\n  \"vm_lifecycle_linear\": {linear}");
     }
     for extra in &r.json_extra {
         json += &format!(",\n  {extra}");
