@@ -114,4 +114,8 @@ impl DebugCpu for Regs {
     fn pmcnten_set(&self, v: u64) {
         PMCNTENSET_EL0.set(v);
     }
+
+    fn host_regs(&mut self) -> &mut HostDebug {
+        &mut super::scratch().debug
+    }
 }
