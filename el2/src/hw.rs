@@ -219,13 +219,15 @@ pub trait WorldSwitch {
     /// guest's from `ctx` (`guest::fpsimd`); `put` swaps them back. `false` if they are
     /// already loaded (the trap is then not ours to fix).
     fn fp_load(&self, ctx: &VcpuCtx, saved: &mut Self::Saved) -> bool;
-    /// While loaded, after EL2 emulated a debug-register access: with `live`, the guest's
-    /// breakpoint and watchpoint registers and `MDSCR_EL1` go into the CPU (the host's to
-    /// `saved`) and stop trapping (`MDCR_EL2.TDA`) for the rest of the run, if they were not
-    /// live already; without, live ones are saved back into `ctx` and trapped again (the host's
-    /// restored), and the CPU's `MDSCR_EL1` becomes [`crate::guest::vcpu::DebugRegs::mdscr_in_force`].
-    /// `put` saves live ones into `ctx`.
-    fn debug_sync(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved, live: bool);
+    /// While loaded, after EL2 emulated a debug-register access ([`crate::guest::debug_switch::sync`]):
+    /// if the guest `uses` its breakpoints or watchpoints (the access was one of theirs, or its
+    /// `MDSCR_EL1` enables their events) and its OS lock is clear, its breakpoint and watchpoint
+    /// registers and `MDSCR_EL1` go into the CPU (the host's to this CPU's scratch) and stop
+    /// trapping (`MDCR_EL2.TDA`) for the rest of the run; once live, only the OS lock saves them
+    /// back into `ctx` and traps them again (the host's restored). Not live, the CPU's
+    /// `MDSCR_EL1` becomes [`crate::guest::vcpu::DebugRegs::mdscr_in_force`]. `put` saves live
+    /// ones into `ctx`.
+    fn debug_sync(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved, uses: bool);
     /// While loaded: copies the guest's live EL1 system registers into `ctx`.
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx);
     /// While loaded: writes `ctx`'s EL1 system registers back to the CPU.

@@ -218,8 +218,10 @@ impl WorldSwitch for Recorder {
         self.note("pauth_load");
         first
     }
-    fn debug_sync(&self, _: &mut VcpuCtx, _: &mut (), live: bool) {
-        self.note(if live { "debug_live" } else { "debug_trapped" });
+    fn debug_sync(&self, ctx: &mut VcpuCtx, _: &mut (), uses: bool) {
+        // What the guest's state asks for (the run's liveness so far is `debug_switch`'s to
+        // add: its own tests).
+        self.note(if uses && !ctx.debug.oslk { "debug_live" } else { "debug_trapped" });
     }
     fn fp_load(&self, _: &VcpuCtx, _: &mut ()) -> bool {
         let first = !self.log.borrow().contains(&"fp_load");

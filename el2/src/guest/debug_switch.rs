@@ -46,9 +46,9 @@ pub trait DebugCpu {
     fn pmcnten_clear(&self, v: u64);
     /// `PMCNTENSET_EL0 = v`: starts the counters in `v`.
     fn pmcnten_set(&self, v: u64);
-    /// Where the host's breakpoints and watchpoints wait while a guest's are live (this CPU's
-    /// scratch): asked for only when they move.
-    fn host_regs(&mut self) -> &mut HostDebug;
+    /// Runs `f` on where the host's breakpoints and watchpoints wait while a guest's are live
+    /// (this CPU's scratch): looked up only when they move.
+    fn with_host<R>(&self, f: impl FnOnce(&mut HostDebug) -> R) -> R;
 }
 
 /// The host's values, where the run changed them.
@@ -103,31 +103,32 @@ fn restore_regs(cpu: &impl DebugCpu, regs: [&[u64; DEBUG_SLOTS]; 4]) {
     }
 }
 
-/// The guest's registers into the CPU, the host's into `host`.
-fn go_live(cpu: &mut impl DebugCpu, d: &DebugRegs, saved: &mut Saved) {
-    let mut host = HostDebug::ZERO;
-    let [hb, hc, hw, hwc] = &mut host.regs;
-    save_regs(cpu, [hb, hc, hw, hwc]);
-    *cpu.host_regs() = host;
+/// The guest's registers into the CPU, the host's into this CPU's scratch.
+fn go_live(cpu: &impl DebugCpu, d: &DebugRegs, saved: &mut Saved) {
+    cpu.with_host(|host| {
+        let [hb, hc, hw, hwc] = &mut host.regs;
+        save_regs(cpu, [hb, hc, hw, hwc]);
+    });
     restore_regs(cpu, [&d.bvr, &d.bcr, &d.wvr, &d.wcr]);
     cpu.set_mdscr(d.mdscr_in_force());
     saved.live = true;
 }
 
 /// The guest's live registers back into `d` (of `MDSCR_EL1` only the bits EL2 put in the CPU:
-/// `MDSCR_IN_CPU`), the host's from `host` into the CPU.
-fn take_back(cpu: &mut impl DebugCpu, d: &mut DebugRegs) {
+/// `MDSCR_IN_CPU`), the host's from this CPU's scratch into the CPU.
+fn take_back(cpu: &impl DebugCpu, d: &mut DebugRegs) {
     save_regs(cpu, [&mut d.bvr, &mut d.bcr, &mut d.wvr, &mut d.wcr]);
     d.mdscr = (d.mdscr & !MDSCR_IN_CPU) | (cpu.mdscr() & MDSCR_IN_CPU);
-    let host = core::mem::replace(cpu.host_regs(), HostDebug::ZERO);
-    let [hb, hc, hw, hwc] = &host.regs;
-    restore_regs(cpu, [hb, hc, hw, hwc]);
+    cpu.with_host(|host| {
+        let [hb, hc, hw, hwc] = &host.regs;
+        restore_regs(cpu, [hb, hc, hw, hwc]);
+    });
 }
 
 /// Load: the guest's `MDSCR_EL1` (its registers live if it enables their events), trace
 /// prohibited and the host's counters stopped as `traps` says; `traps.mdcr` loses `TDA` for a
 /// live start (the traps are written later in the load).
-pub fn load_guest(cpu: &mut impl DebugCpu, traps: &mut GuestControls, ctx: &VcpuCtx) -> Saved {
+pub fn load_guest(cpu: &impl DebugCpu, traps: &mut GuestControls, ctx: &VcpuCtx) -> Saved {
     let mut saved = Saved {
         mdscr: cpu.mdscr(),
         trfcr: traps.no_trace.then(|| cpu.trfcr()),
@@ -150,9 +151,14 @@ pub fn load_guest(cpu: &mut impl DebugCpu, traps: &mut GuestControls, ctx: &Vcpu
     saved
 }
 
-/// While loaded, after an emulated debug-register access: live or not as the guest's debug
-/// state now says (`live`).
-pub fn sync(cpu: &mut impl DebugCpu, ctx: &mut VcpuCtx, saved: &mut Saved, live: bool) {
+/// While loaded, after an emulated debug-register access: live if the guest now uses its
+/// breakpoints or watchpoints (`uses`: the access was one of theirs, or its `MDSCR_EL1` enables
+/// their events) with its OS lock clear. Once live, only the OS lock takes them back: the
+/// guest's `MDSCR_EL1` is then in the CPU, untrapped, and its copy in `ctx` stale, so a
+/// trapped OS-lock access must not read it as "events off" (the host's registers would come
+/// back with the guest's events on).
+pub fn sync(cpu: &impl DebugCpu, ctx: &mut VcpuCtx, saved: &mut Saved, uses: bool) {
+    let live = !ctx.debug.oslk && (saved.live || uses);
     match (saved.live, live) {
         (false, true) => {
             go_live(cpu, &ctx.debug, saved);
@@ -170,7 +176,7 @@ pub fn sync(cpu: &mut impl DebugCpu, ctx: &mut VcpuCtx, saved: &mut Saved, live:
 }
 
 /// Put: the guest's live registers saved, the host's values back.
-pub fn put(cpu: &mut impl DebugCpu, ctx: &mut VcpuCtx, saved: &Saved) {
+pub fn put(cpu: &impl DebugCpu, ctx: &mut VcpuCtx, saved: &Saved) {
     if saved.live {
         take_back(cpu, &mut ctx.debug);
     }
@@ -201,7 +207,7 @@ mod tests {
         trfcr: Cell<u64>,
         pmcnten: Cell<u64>,
         writes: RefCell<Vec<(Bank, usize)>>,
-        host: HostDebug,
+        host: RefCell<HostDebug>,
     }
 
     fn bank_index(b: Bank) -> usize {
@@ -217,7 +223,7 @@ mod tests {
                     *r = 0x4057_0000 + (k as u64) * 0x100 + n as u64;
                 }
             }
-            Self { slots, banks: RefCell::new(banks), mdscr: Cell::new(0x8000), mdcr: Cell::new(None), trfcr: Cell::new(0x5), pmcnten: Cell::new(0b1011), writes: RefCell::new(Vec::new()), host: HostDebug::ZERO }
+            Self { slots, banks: RefCell::new(banks), mdscr: Cell::new(0x8000), mdcr: Cell::new(None), trfcr: Cell::new(0x5), pmcnten: Cell::new(0b1011), writes: RefCell::new(Vec::new()), host: RefCell::new(HostDebug::ZERO) }
         }
     }
 
@@ -260,8 +266,8 @@ mod tests {
         fn pmcnten_set(&self, v: u64) {
             self.pmcnten.set(self.pmcnten.get() | v);
         }
-        fn host_regs(&mut self) -> &mut HostDebug {
-            &mut self.host
+        fn with_host<R>(&self, f: impl FnOnce(&mut HostDebug) -> R) -> R {
+            f(&mut self.host.borrow_mut())
         }
     }
 
@@ -286,14 +292,14 @@ mod tests {
 
     #[test]
     fn a_run_without_breakpoints_moves_no_bank_register() {
-        let mut cpu = FakeCpu::host((6, 4));
+        let cpu = FakeCpu::host((6, 4));
         let mut traps = controls(true);
         let mut ctx = guest(MDSCR_SS | 1 << 14); // SS, and a bit (HDE) the CPU does not get
-        let saved = load_guest(&mut cpu, &mut traps, &ctx);
+        let saved = load_guest(&cpu, &mut traps, &ctx);
         assert_eq!(traps.mdcr & mdcr::TDA, mdcr::TDA, "registers trapped");
         assert_eq!(cpu.mdscr.get(), MDSCR_SS, "only MDSCR_IN_CPU bits go in");
         assert_eq!((cpu.trfcr.get(), cpu.pmcnten.get()), (0, 0), "trace prohibited, counters stopped");
-        put(&mut cpu, &mut ctx, &saved);
+        put(&cpu, &mut ctx, &saved);
         assert!(cpu.writes.borrow().is_empty());
         assert_eq!((cpu.mdscr.get(), cpu.trfcr.get(), cpu.pmcnten.get()), (0x8000, 0x5, 0b1011), "the host's back");
     }
@@ -301,11 +307,11 @@ mod tests {
     #[test]
     fn a_live_run_swaps_every_register_the_cpu_has_and_only_those() {
         for slots in [(2, 2), (6, 4), (16, 16)] {
-            let mut cpu = FakeCpu::host(slots);
+            let cpu = FakeCpu::host(slots);
             let before = *cpu.banks.borrow();
                 let mut traps = controls(false);
             let mut ctx = guest(MDSCR_MDE | MDSCR_KDE);
-            let saved = load_guest(&mut cpu, &mut traps, &ctx);
+            let saved = load_guest(&cpu, &mut traps, &ctx);
             assert_eq!(traps.mdcr & mdcr::TDA, 0, "untrapped from entry");
             assert_eq!(cpu.pmcnten.get(), 0b1011, "a non-protected run keeps the host's counters");
             {
@@ -321,7 +327,7 @@ mod tests {
             // The guest changes a breakpoint and steps; put keeps both and gives the host its own.
             cpu.banks.borrow_mut()[0][1] = 0xABCD;
             cpu.mdscr.set(MDSCR_MDE | MDSCR_KDE | MDSCR_SS);
-            put(&mut cpu, &mut ctx, &saved);
+            put(&cpu, &mut ctx, &saved);
             assert_eq!(*cpu.banks.borrow(), before, "{slots:?}: every host register back");
             assert_eq!((ctx.debug.bvr[1], ctx.debug.mdscr & MDSCR_SS), (0xABCD, MDSCR_SS));
             for n in slots.0..DEBUG_SLOTS {
@@ -332,25 +338,32 @@ mod tests {
 
     #[test]
     fn a_first_access_makes_the_registers_live_and_the_os_lock_takes_them_back() {
-        let mut cpu = FakeCpu::host((6, 4));
+        let cpu = FakeCpu::host((6, 4));
         let before = *cpu.banks.borrow();
         let mut traps = controls(true);
         let mut ctx = guest(0);
-        let mut saved = load_guest(&mut cpu, &mut traps, &ctx);
-        sync(&mut cpu, &mut ctx, &mut saved, false);
+        let mut saved = load_guest(&cpu, &mut traps, &ctx);
+        sync(&cpu, &mut ctx, &mut saved, false);
         assert!(cpu.writes.borrow().is_empty() && cpu.mdcr.get().is_none(), "not live yet: nothing moves");
-        sync(&mut cpu, &mut ctx, &mut saved, true);
+        sync(&cpu, &mut ctx, &mut saved, true);
         assert_eq!(cpu.mdcr.get(), Some(0x20), "MDCR_EL2 without TDA");
         assert_eq!(cpu.banks.borrow()[3][3], 0x6E57_0303);
-        sync(&mut cpu, &mut ctx, &mut saved, true);
+        sync(&cpu, &mut ctx, &mut saved, true);
+        // Live, the guest turns its events on in the CPU (untrapped; its copy stays stale) and
+        // reads OSLSR_EL1 (still trapped, no use of breakpoints): the registers stay live.
+        let writes = cpu.writes.borrow().len();
+        cpu.mdscr.set(MDSCR_MDE | MDSCR_KDE);
+        sync(&cpu, &mut ctx, &mut saved, false);
+        assert_eq!(cpu.writes.borrow().len(), writes, "no register moves: the host's stay out");
+        assert_eq!(cpu.banks.borrow()[0][0], 0x6E57_0000);
         // The guest locks its OS lock: registers go back, trapped again, events off.
         ctx.debug.oslk = true;
         ctx.debug.mdscr = MDSCR_MDE | MDSCR_KDE;
         cpu.mdscr.set(MDSCR_MDE | MDSCR_KDE);
-        sync(&mut cpu, &mut ctx, &mut saved, false);
+        sync(&cpu, &mut ctx, &mut saved, false);
         assert_eq!(*cpu.banks.borrow(), before);
         assert_eq!((cpu.mdcr.get(), cpu.mdscr.get()), (Some(mdcr::TDA | 0x20), 0));
-        put(&mut cpu, &mut ctx, &saved);
+        put(&cpu, &mut ctx, &saved);
         assert_eq!(*cpu.banks.borrow(), before, "put of a run no longer live moves nothing more");
         assert_eq!((cpu.mdscr.get(), cpu.pmcnten.get(), cpu.trfcr.get()), (0x8000, 0b1011, 0x5));
     }

@@ -45,8 +45,8 @@ pub(crate) fn sysreg_trap<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, handle: u64, 
         let from_el0 = ctx.pstate & PSTATE_EL_MASK == 0;
         let r = debug_access(&a, ctx.gpr(a.rt), &mut ctx.debug, dfr0, from_el0);
         if r.is_some() {
-            let live = !ctx.debug.oslk && (uses_breakpoints(&a) || ctx.debug.live_from_entry());
-            arch.debug_sync(ctx, saved, live);
+            let uses = uses_breakpoints(&a) || ctx.debug.live_from_entry();
+            arch.debug_sync(ctx, saved, uses);
         }
         r
     } else if a.op0 == 3 && a.op1 == 3 && a.crn == 14 && a.crm == 2 {

@@ -29,7 +29,8 @@ macro_rules! debug_bank {
             match n {
                 $( $i => {
                     // SAFETY: reading a debug register this CPU implements (`n` below its
-                    // count, checked by the caller) at EL2 has no side effect.
+                    // count: `Regs::read`, the only caller, checks it) at EL2 has no side
+                    // effect.
                     unsafe { core::arch::asm!(concat!("mrs {}, ", $name, $i, "_el1"), out(reg) v, options(nomem, nostack, preserves_flags)) }
                 } )*
                 _ => {}
@@ -41,7 +42,8 @@ macro_rules! debug_bank {
         fn $write(n: usize, v: u64) {
             match n {
                 $( $i => {
-                    // SAFETY: a debug register this CPU implements; it acts on EL1&0 only (its
+                    // SAFETY: a debug register this CPU implements (`Regs::write`, the only
+                    // caller, checks `n` against its count); it acts on EL1&0 only (its
                     // exceptions target EL1, never EL2: module documentation).
                     unsafe { core::arch::asm!(concat!("msr ", $name, $i, "_el1, {}"), in(reg) v, options(nomem, nostack, preserves_flags)) }
                 } )*
@@ -59,6 +61,14 @@ debug_bank!(read_wcr, write_wcr, "dbgwcr");
 /// This CPU's debug and PMU registers.
 pub(super) struct Regs;
 
+impl Regs {
+    /// How many registers of `bank` this CPU implements.
+    fn count(&self, bank: Bank) -> usize {
+        let (b, w) = self.slots();
+        if matches!(bank, Bank::Bvr | Bank::Bcr) { b } else { w }
+    }
+}
+
 impl DebugCpu for Regs {
     fn slots(&self) -> (usize, usize) {
         let dfr0 = ID_AA64DFR0_EL1.get();
@@ -66,6 +76,9 @@ impl DebugCpu for Regs {
     }
 
     fn read(&self, bank: Bank, n: usize) -> u64 {
+        if n >= self.count(bank) {
+            return 0; // no such register on this CPU: an access would UNDEF at EL2
+        }
         match bank {
             Bank::Bvr => read_bvr(n),
             Bank::Bcr => read_bcr(n),
@@ -75,6 +88,9 @@ impl DebugCpu for Regs {
     }
 
     fn write(&self, bank: Bank, n: usize, v: u64) {
+        if n >= self.count(bank) {
+            return;
+        }
         match bank {
             Bank::Bvr => write_bvr(n, v),
             Bank::Bcr => write_bcr(n, v),
@@ -115,7 +131,7 @@ impl DebugCpu for Regs {
         PMCNTENSET_EL0.set(v);
     }
 
-    fn host_regs(&mut self) -> &mut HostDebug {
-        &mut super::scratch().debug
+    fn with_host<R>(&self, f: impl FnOnce(&mut HostDebug) -> R) -> R {
+        f(&mut super::scratch().debug)
     }
 }

@@ -154,7 +154,7 @@ impl Cpu {
             // the bit can change with VTTBR_EL2 without invalidation.
             hcr |= hcr::FWB;
         }
-        let debug = debug::load_guest(&mut debug::Regs, &mut controls, ctx);
+        let debug = debug::load_guest(&debug::Regs, &mut controls, ctx);
         let tpidr2 = tpidr2::load_guest(&f, ctx);
         let disr = disr::load_guest(&controls, ctx);
         let vgic = vgic::load_guest(&f, ctx);
@@ -205,7 +205,7 @@ impl Cpu {
         vgic::put(ctx, &saved.vgic);
         disr::put(ctx, &saved.disr);
         tpidr2::put(ctx, &saved.tpidr2);
-        debug::put(&mut debug::Regs, ctx, &saved.debug);
+        debug::put(&debug::Regs, ctx, &saved.debug);
         el1::restore_host(saved.el1);
         timer::put();
         traps::restore_host(&saved.traps);
@@ -239,8 +239,8 @@ impl WorldSwitch for Cpu {
         fpsimd::first_use(ctx, saved)
     }
 
-    fn debug_sync(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved, live: bool) {
-        debug::sync(&mut debug::Regs, ctx, &mut saved.debug, live);
+    fn debug_sync(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved, uses: bool) {
+        debug::sync(&debug::Regs, ctx, &mut saved.debug, uses);
     }
 
     fn el1_to_ctx(&self, ctx: &mut VcpuCtx) {
