@@ -17,7 +17,18 @@ const UARTFR: u64 = 0x018;
 const UARTFR_TXFF: u32 = 1 << 5;
 
 static UART_BASE: AtomicU64 = AtomicU64::new(0);
-static LOCK: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
+static LOCK: spin::mutex::Mutex<(), Yield> = spin::mutex::Mutex::new(());
+
+/// The console lock's wait: `YIELD`, as `crate::sync`'s (which this layer does not import:
+/// `sync` uses the arch layer).
+struct Yield;
+
+impl spin::relax::RelaxStrategy for Yield {
+    #[inline(always)]
+    fn relax() {
+        arch::yield_hint();
+    }
+}
 
 /// Starts using the PL011 at `base` (identity-mapped as Device memory in EL2's stage 1).
 pub fn init(base: u64, level: log::LevelFilter) {

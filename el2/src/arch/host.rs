@@ -9,8 +9,8 @@ use core::arch::asm;
 
 /// `SCTLR_EL1` the host starts with: RES1 bits, MMU and caches off.
 const SCTLR_EL1_HOST_RESET: u64 = 0x30D0_0800;
-/// `CPTR_EL2` (non-VHE): RES1 bits, `TZ` and `TSM` set (SVE/SME trap: EL2 does not switch
-/// them), `TFP` clear (FP/SIMD is the host's).
+/// `CPTR_EL2` (non-VHE) for the host: RES1 bits, `TZ` and `TSM` set (SVE and SME trap: the
+/// host gets neither; a guest's SVE is EL2's to switch), `TFP` clear (FP/SIMD is the host's).
 const CPTR_EL2_HOST: u64 = 0x33FF;
 const VTCR_EL2_RES1: u64 = 1 << 31;
 /// `SPSR_EL2` for entering the host: EL1h, D/A/I/F masked.

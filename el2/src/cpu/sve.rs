@@ -166,9 +166,6 @@ pub const fn zcr_el2(vq: u8) -> u64 {
     (vq as u64).saturating_sub(1) & 0xF
 }
 
-/// `ZCR_EL1.LEN`: what the guest's own register holds (the rest of it is RES0 or RAZ/WI). A
-/// vCPU starts with 0 (128 bits), as under KVM, until its guest chooses.
-pub const ZCR_EL1_LEN: u64 = 0xF;
 
 #[cfg(test)]
 mod tests {
@@ -258,6 +255,5 @@ mod tests {
         assert_eq!(zcr_el2(4), 3);
         assert_eq!(zcr_el2(16), 15);
         assert_eq!(zcr_el2(0), 0, "never a negative LEN");
-        assert_eq!(ZCR_EL1_LEN, 0xF);
     }
 }

@@ -92,7 +92,8 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         if flags & run_flags::ABORT_MMIO != 0 {
             // No device there: a synchronous external abort, taken at the access. (It cannot
             // fail for a PSTATE that enters the guest; one that does not is killed below.)
-            inject_into_guest(&mut ctx, Injection::DataAbort { write: p.access.write }, Esr(p.esr), p.far);
+            let injected = inject_into_guest(&mut ctx, Injection::DataAbort { write: p.access.write }, Esr(p.esr), p.far);
+            debug_assert!(injected || !pstate_enters_guest(ctx.pstate), "an abort for a PSTATE that enters the guest");
         } else {
             if !p.access.write {
                 let v = p.access.read_value(mmio_value);

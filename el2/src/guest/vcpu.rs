@@ -229,8 +229,9 @@ pub struct DebugRegs {
     pub mdscr: u64,
     /// `OSLSR_EL1.OSLK`: the OS lock, as `OSLAR_EL1` last set it.
     pub oslk: bool,
-    /// `DBGBVR<n>_EL1`, `DBGBCR<n>_EL1`, `DBGWVR<n>_EL1`, `DBGWCR<n>_EL1`: the first `BRPs + 1`
-    /// and `WRPs + 1` of the VM's `ID_AA64DFR0_EL1` are the guest's, the rest stay zero.
+    /// `DBGBVR<n>_EL1`, `DBGBCR<n>_EL1`, `DBGWVR<n>_EL1`, `DBGWCR<n>_EL1`: trapped, the guest
+    /// reaches the first `BRPs + 1` and `WRPs + 1` of the VM's `ID_AA64DFR0_EL1`; live, every
+    /// one this CPU implements (saved back here at put), the rest stay zero.
     pub bvr: [u64; DEBUG_SLOTS],
     pub bcr: [u64; DEBUG_SLOTS],
     pub wvr: [u64; DEBUG_SLOTS],
