@@ -348,15 +348,14 @@ extern "C" fn boot_main(dtb: u64) -> ! {
         gicr,
         boot_secret,
     };
-    match Hyp::new(parts) {
-        Ok(h) => {
-            HYP.call_once(|| h);
-        }
-        Err(e) => {
+    // Built inside the `Once`: the state is tens of KiB (the VM table), and each copy through
+    // a temporary would cost that much of the boot stack.
+    HYP.call_once(|| {
+        Hyp::new(parts).unwrap_or_else(|e| {
             log::error!("EL2 start-up failed: {e}");
-            arch::park();
-        }
-    }
+            arch::park()
+        })
+    });
     log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(HOST_IMAGE_BASE, dtb) }

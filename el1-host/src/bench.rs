@@ -7,6 +7,7 @@
 use crate::platform::Platform;
 use host_kernel::arch;
 use crate::{gic, hyp, println, vmm};
+use host_kernel::hyp::client::VmHandle;
 use shared_abi::bench::Stats;
 use shared_abi::msg::{vm_flags, VmCreate};
 use shared_abi::{reg, HypercallId};
@@ -32,7 +33,10 @@ fn measure(key: &str, n: usize, overhead: u64, mut f: impl FnMut()) -> u64 {
 
 fn create(flags: u64) -> u64 {
     crate::hyp::write_msg(crate::cpu_id(), &VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 });
-    hyp::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0])
+    let h = hyp::call(HypercallId::VmCreate, &[]).map_or(0, |r| r[0]);
+    // Stage-2 table pages, as the VMM gives them.
+    let _ = vmm::run::give_tables(VmHandle(h), vmm::run::TABLE_BATCH);
+    h
 }
 
 /// For the Linux boot benchmark (`cargo xtask bench`): prints, for each Linux VM about to run

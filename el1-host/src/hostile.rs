@@ -117,6 +117,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VmMeasurement,
         HypercallId::VmMmioGuard,
         HypercallId::VmSmcccForward,
+        HypercallId::VmTopupTables,
     ];
     let regs = [
         reg::PC,
@@ -203,6 +204,19 @@ pub fn run(plat: &Platform) {
                     x[3] = x[3].max(u64::MAX >> 12);
                 } else if (SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) {
                     x[3] = x[3].min((SANDBOX + SANDBOX_PAGES * PAGE_SIZE - x[1]) / PAGE_SIZE + rng.below(2));
+                }
+            }
+            Ok(HypercallId::VmTopupTables) => {
+                // Table pages: EL2's, the message pages, pages given to VMs or as tables
+                // already, past RAM, too many.
+                x[0] = handle(&mut rng, &handles);
+                x[1] = addr(&mut rng);
+                x[2] = pages(&mut rng);
+                // As for VM_ADD_MEMORY: sandbox pages only, never the host's own.
+                if (ram_base..ram_end).contains(&x[1]) && !(SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) && x[1] != ram_end - PAGE_SIZE {
+                    x[2] = x[2].max(u64::MAX >> 12);
+                } else if (SANDBOX..SANDBOX + SANDBOX_PAGES * PAGE_SIZE).contains(&x[1]) {
+                    x[2] = x[2].min((SANDBOX + SANDBOX_PAGES * PAGE_SIZE - x[1]) / PAGE_SIZE + rng.below(2));
                 }
             }
             Ok(HypercallId::VcpuSetReg) | Ok(HypercallId::VcpuGetReg) => {

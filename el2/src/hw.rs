@@ -23,6 +23,10 @@ pub trait Tlb {
     /// New valid entries in EL2's stage 1: make them visible to this CPU's walker before EL2
     /// touches the memory (`DSB ISHST; ISB`).
     fn hyp_s1_mapped(&self);
+    /// Entries removed from EL2's stage 1: `DSB ISHST`, then every EL2 entry invalidated on
+    /// all CPUs (`TLBI ALLE2IS`), `DSB ISH`, `ISB`, so that no CPU reaches the pages through a
+    /// stale translation once they are the host's again.
+    fn hyp_s1_unmapped(&self);
     /// New valid entries in the host stage 2: visible before the host retries (`DSB ISHST`;
     /// the `ERET` back to the host is context synchronising).
     fn host_s2_mapped(&self);

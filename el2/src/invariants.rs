@@ -11,7 +11,8 @@
 //!    the guest owns or borrows (so no page is in two guests unless one lent it);
 //! 4. EL2's stage 1 maps, in RAM, only EL2's own pages and pages lent to EL2, and no fixmap slot
 //!    is left mapped;
-//! 5. every table page of every table lies in EL2's pool (and so belongs to EL2);
+//! 5. every table page of every table lies in EL2's pool (and so belongs to EL2), but a guest
+//!    stage 2's tables below its root, which lie in that VM's memcache;
 //! 6. every page marked *tags clean* belongs to an MTE VM that has it mapped;
 //! 7. every page an MTE VM's stage 2 maps is marked *tags clean* (EL2 cleared its allocation
 //!    tags on the first mapping since its last change of ownership), and
@@ -33,10 +34,16 @@
 //!     space);
 //! 18. the host's stage 2 maps a page it borrows from a guest only read/write, never
 //!     executable, and only as that page (never in a block, so that `MEM_UNSHARE` unmaps
-//!     exactly it).
+//!     exactly it);
+//! 19. every page of a VM's memcache (its stage-2 table pages) is EL2's alone, mapped by EL2's
+//!     stage 1 at its own address, outside the pool and every other VM's memcache, and the
+//!     memcache has handed out no more pages than it holds;
+//! 20. EL2 owns no page but its own region's and the live VMs' table pages (so a destroyed
+//!     VM's table pages went back to the host).
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::Hyp;
+use crate::mem::memcache::Memcache;
 use crate::mem::MemState;
 use crate::mem::owner::{Component, PageEntry, PageState, MAX_GUEST};
 use crate::mem::pgtable::{Leaf, MemType, PageTable, TableMemory};
@@ -164,6 +171,20 @@ pub enum Violation {
         /// Input address of the leaf.
         ipa: u64,
     },
+    /// A page of a VM's memcache that is not EL2's alone, not mapped by EL2 at its address,
+    /// or also in the pool or another VM's memcache; or a memcache that handed out more than
+    /// it holds (`pa`: its first run).
+    TablePageMisplaced {
+        /// VM handle.
+        vm: u64,
+        /// The page.
+        pa: PhysAddr,
+    },
+    /// A page EL2 owns outside its region and the live VMs' table pages.
+    StrayHypPage {
+        /// The page.
+        pa: PhysAddr,
+    },
 }
 
 impl Violation {
@@ -188,6 +209,8 @@ impl Violation {
             Violation::HostWrongMemoryType { ipa } => (16, ipa),
             Violation::HostMapsForbiddenDevice { ipa } => (17, ipa),
             Violation::HostBorrowedPageMapping { ipa } => (18, ipa),
+            Violation::TablePageMisplaced { pa, .. } => (19, pa.0),
+            Violation::StrayHypPage { pa } => (20, pa.0),
         }
     }
 }
@@ -222,6 +245,8 @@ pub fn check<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, layout: &L
     host_s2_memory_types(hyp, mem)?;
     host_s2_allowed_devices(hyp, mem)?;
     host_s2_borrowed_pages(mem)?;
+    memcache_pages_are_el2s(mem, layout)?;
+    hyp_owns_only_its_region_and_tables(hyp, mem)?;
     Ok(mem.own().ram().size() / PAGE_SIZE)
 }
 
@@ -279,7 +304,7 @@ fn host_s2_maps_only_host_pages<T: TableMemory>(mem: &MemState<'_, T>) -> Result
 /// 2 MiB block (every page of it as its regions translate it).
 fn guest_s2_maps_only_own_regions<T: TableMemory>(mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter() {
-        first_leaf_violation(vm.mem.s2(), mem.tables(), |l| {
+        first_leaf_violation(vm.mem.s2(), &vm.mem.table_memory(mem.tables()), |l| {
             if l.level < 2 {
                 return Some(Violation::GuestMapsForeign { vm: vm.handle, ipa: l.ia_base, pa: l.pa_base });
             }
@@ -303,21 +328,56 @@ fn hyp_s1_maps_only_hyp_pages<T: TableMemory>(mem: &MemState<'_, T>, layout: &La
     })
 }
 
-/// 5. Every table page of every table in EL2's pool.
+/// 5. Every table page of every table in EL2's pool, but a guest's tables below the root:
+/// in its memcache.
 fn tables_in_pool<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<(), Violation> {
-    let Some(pool) = layout.pool else { return Ok(()) };
     let mut bad = None;
-    let mut check = |pa: PhysAddr| {
-        if bad.is_none() && !pool.contains(pa) {
+    // `cache`: the memcache the table must lie in, or `None` for the pool.
+    let mut check = |pa: PhysAddr, cache: Option<&Memcache>| {
+        let ok = cache.map_or(layout.pool.is_none_or(|p| p.contains(pa)), |c| c.holds(pa));
+        if bad.is_none() && !ok {
             bad = Some(Violation::TableOutsidePool { pa });
         }
     };
-    mem.host_s2().for_each_table(mem.tables(), &mut check);
-    mem.hyp_s1().for_each_table(mem.tables(), &mut check);
+    mem.host_s2().for_each_table(mem.tables(), &mut |pa| check(pa, None));
+    mem.hyp_s1().for_each_table(mem.tables(), &mut |pa| check(pa, None));
     for vm in mem.vms.iter() {
-        vm.mem.s2().for_each_table(mem.tables(), &mut check);
+        let root = vm.mem.s2().root();
+        vm.mem.s2().for_each_table(&vm.mem.table_memory(mem.tables()), &mut |pa| check(pa, (pa != root).then_some(vm.mem.tables())));
     }
     bad.map_or(Ok(()), Err)
+}
+
+/// 19. A VM's table pages: EL2's alone, mapped by EL2 at their address, in no pool and no
+/// other VM's memcache; no more handed out than held.
+fn memcache_pages_are_el2s<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<(), Violation> {
+    for vm in mem.vms.iter() {
+        let cache = vm.mem.tables();
+        let bad = |pa| Violation::TablePageMisplaced { vm: vm.handle, pa };
+        if cache.used() > cache.pages() {
+            return Err(bad(cache.runs().first().map_or(PhysAddr(0), |r| r.start)));
+        }
+        for run in cache.runs() {
+            for pa in (run.start.0..run.end.0).step_by(PAGE_SIZE as usize).map(PhysAddr) {
+                let mapped = mem.hyp_s1().lookup(mem.tables(), pa.0).is_some_and(|l| l.pa_base.0 + (pa.0 - l.ia_base) == pa.0);
+                let elsewhere = layout.pool.is_some_and(|p| p.contains(pa)) || mem.vms.iter().any(|o| o.handle != vm.handle && o.mem.tables().holds(pa));
+                if mem.own().state(pa, Component::Hyp) != Some(PageState::Owned) || !mapped || elsewhere {
+                    return Err(bad(pa));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 20. EL2 owns its region's pages and the live VMs' table pages, nothing else.
+fn hyp_owns_only_its_region_and_tables<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
+    for (pa, e) in record(mem) {
+        if e.is_some_and(|e| e.owner() == Component::Hyp) && !hyp.hyp_region.contains(pa) && !mem.vms.iter().any(|vm| vm.mem.tables().holds(pa)) {
+            return Err(Violation::StrayHypPage { pa });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `vm` maps the page at `pa` (through the region that holds it).
@@ -327,7 +387,7 @@ fn vm_maps<T: TableMemory>(mem: &MemState<'_, T>, vm: &Vm, pa: PhysAddr) -> bool
         .find(|r| r.phys().contains(pa))
         .is_some_and(|r| {
             let ipa = r.ipa + (pa.0 - r.pa.0);
-            vm.mem.s2().lookup(mem.tables(), ipa).is_some_and(|l| l.pa_base.0 + (ipa - l.ia_base) == pa.0)
+            vm.mem.lookup(mem.tables(), ipa).is_some_and(|l| l.pa_base.0 + (ipa - l.ia_base) == pa.0)
         })
 }
 
@@ -346,7 +406,7 @@ fn tags_clean_marks_are_mapped<T: TableMemory>(mem: &MemState<'_, T>) -> Result<
 /// 7, 8. What an MTE VM maps has tag storage and tags EL2 cleared.
 fn mte_mappings_are_tagged<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> Result<(), Violation> {
     for vm in mem.vms.iter().filter(|vm| vm.mte) {
-        first_leaf_violation(vm.mem.s2(), mem.tables(), |l| {
+        first_leaf_violation(vm.mem.s2(), &vm.mem.table_memory(mem.tables()), |l| {
             leaf_pages(&l).find_map(|(ipa, pa)| {
                 if hyp.platform.untagged.is_some_and(|u| u.contains(pa)) {
                     Some(Violation::MteNoTagStorage { vm: vm.handle, ipa, pa })
@@ -499,6 +559,7 @@ mod tests {
     const LAYOUT: Layout = Layout { pool: None, fixmap: None };
     const IPA: u64 = 0x4000_0000;
     const RAM_RWX: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
+    const RAM_RW: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 
     fn run_check(f: &Fixture) -> Result<u64, Violation> {
         check(&f.hyp, &f.hyp.mem.lock(), &LAYOUT)
@@ -518,7 +579,9 @@ mod tests {
     fn create(f: &mut Fixture, flags: u64) -> u64 {
         let req = VmCreate { nr_vcpus: 2, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 };
         f.ram.0[..32].copy_from_slice(req.as_bytes());
-        f.call(0, H::VmCreate, &[]).unwrap()[0]
+        let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
+        crate::testing::give_tables(f, h);
+        h
     }
 
     fn page_range(f: &Fixture, n: usize) -> PhysRange {
@@ -598,7 +661,7 @@ mod tests {
         let mut mem = f.hyp.mem.lock();
         let (_, _, _, tables, vms) = mem.parts_mut();
         let vm = vms.iter_mut().next().unwrap();
-        vm.mem.parts_mut().0.map(tables, IPA, PhysAddr(host_page), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        vm.mem.map_unchecked(tables, IPA, PhysAddr(host_page), PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::GuestMapsForeign { vm: h, ipa: IPA, pa: PhysAddr(host_page) }));
     }
 
@@ -619,6 +682,30 @@ mod tests {
     }
 
     #[test]
+    fn a_table_page_the_host_owns_and_a_stray_el2_page_are_found() {
+        let (f, h) = one_vm(vm_flags::PROTECTED, 8, 2);
+        let mut mem = f.hyp.mem.lock();
+        let run = mem.vms.lookup(h).unwrap().1.mem.tables().runs()[0];
+        let page = PhysRange { start: run.start, end: PhysAddr(run.start.0 + PAGE_SIZE) };
+        // A table page handed back to the host while the VM still holds it (EL2 then maps a
+        // page of the host's: found by 4 first), or no longer mapped at EL2.
+        mem.parts_mut().0.donate(page, Component::Hyp, Component::Host).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::HypMapsForeign { va: run.start.0, pa: run.start }));
+        mem.parts_mut().0.donate(page, Component::Host, Component::Hyp).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64));
+        let (_, _, hyp_s1, tables, _) = mem.parts_mut();
+        hyp_s1.unmap(tables, run.start.0, PAGE_SIZE).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::TablePageMisplaced { vm: h, pa: run.start }));
+        let (_, _, hyp_s1, tables, _) = mem.parts_mut();
+        hyp_s1.map(tables, run.start.0, run.start, PAGE_SIZE, RAM_RW, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64));
+        // A page EL2 took that is neither its region's nor a VM's table page.
+        let stray = page_range(&f, 60);
+        mem.parts_mut().0.donate(stray, Component::Host, Component::Hyp).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::StrayHypPage { pa: stray.start }));
+    }
+
+    #[test]
     fn a_stale_tags_clean_mark_is_found() {
         let f = fixture();
         let mut mem = f.hyp.mem.lock();
@@ -633,7 +720,7 @@ mod tests {
         let mut mem = f.hyp.mem.lock();
         let (_, _, _, tables, vms) = mem.parts_mut();
         // Mapped behind EL2's back: the tags were never cleared.
-        vms.iter_mut().next().unwrap().mem.parts_mut().0.map(tables, IPA + PAGE_SIZE, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
+        vms.iter_mut().next().unwrap().mem.map_unchecked(tables, IPA + PAGE_SIZE, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::MteTagsNotClean { vm: h, ipa: IPA + PAGE_SIZE, pa }));
         // The same mapping in a VM without MTE is legal.
         vms_set_mte(&mut mem, false);
@@ -655,7 +742,7 @@ mod tests {
         let (own, _, _, tables, vms) = mem.parts_mut();
         // Tags cleared, but there is no tag storage behind the page.
         own.mark_tags_clean(pa);
-        vms.iter_mut().next().unwrap().mem.parts_mut().0.map(tables, IPA, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
+        vms.iter_mut().next().unwrap().mem.map_unchecked(tables, IPA, pa, PAGE_SIZE, RAM_RWX, 3).unwrap();
         assert_eq!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::MteNoTagStorage { vm: h, ipa: IPA, pa }));
     }
 
@@ -1061,6 +1148,7 @@ mod properties {
                 let req = VmCreate { nr_vcpus: 1, ipa_bits: 36, flags, sve_vl: 0, reserved: 0 };
                 f.ram.0[990 * 4096..990 * 4096 + 32].copy_from_slice(req.as_bytes());
                 let h = f.call(0, H::VmCreate, &[]).unwrap()[0];
+                crate::testing::give_tables(&f, h);
                 f.call(0, H::VmAddMemory, &[h, f.page(first), IPA, 16]).unwrap();
                 vms.push((h, first));
             }

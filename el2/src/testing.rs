@@ -253,6 +253,9 @@ impl Tlb for Recorder {
     fn hyp_s1_mapped(&self) {
         self.note("hyp_s1_mapped");
     }
+    fn hyp_s1_unmapped(&self) {
+        self.note("hyp_s1_unmapped");
+    }
     fn host_s2_mapped(&self) {
         self.note("host_s2_mapped");
     }
@@ -430,6 +433,18 @@ use crate::exception::syndrome::hpfar_of;
 pub(crate) const MSG: usize = 0;
 /// Guest memory: RAM pages 8..12.
 pub(crate) const GUEST: usize = 8;
+/// Stage-2 table pages [`create`] gives each VM: [`TABLE_PAGES`] from RAM page `TABLES + i *
+/// TABLE_PAGES` for the first slot `i` (one per VM slot) the host owns.
+pub(crate) const TABLES: usize = RAM_PAGES - HYP_PAGES as usize - crate::guest::MAX_VMS * TABLE_PAGES;
+pub(crate) const TABLE_PAGES: usize = 8;
+
+/// What `VM_DESTROY` of a VM [`create`] made does last: its table pages zeroed (never
+/// tagged), and taken out of EL2's stage 1.
+pub(crate) fn table_pages_returned() -> Vec<&'static str> {
+    let mut log: Vec<_> = (0..TABLE_PAGES).flat_map(|_| ["scrub_page_untagged", "scrub_page"]).collect();
+    log.push("hyp_s1_unmapped");
+    log
+}
 
 pub(crate) fn trap(esr: u64, ipa: u64) -> GuestTrap {
     GuestTrap { kind: TrapKind::Sync, esr, far: ipa & 0xFFF, hpfar: hpfar_of(ipa) }
@@ -458,7 +473,15 @@ pub(crate) fn create_sve(f: &mut Fixture, vcpus: u32, flags: u64, sve_vl: u64) -
     // [`hvc`] with a fresh vCPU's `x0` (0, no function EL2 serves) is the tests' plain exit
     // to the host: forwarded, as a VMM would forward its own calls.
     f.call(0, H::VmSmcccForward, &[h, 0, 1]).unwrap();
+    give_tables(f, h);
     h
+}
+
+/// Gives VM `h` stage-2 table pages, as the host's VMM does: [`TABLE_PAGES`] pages from the
+/// first of the fixture's slots for them that the host still owns.
+pub(crate) fn give_tables(f: &Fixture, h: u64) {
+    let topped = (0..crate::guest::MAX_VMS).any(|i| f.call(0, H::VmTopupTables, &[h, f.page(TABLES + i * TABLE_PAGES), TABLE_PAGES as u64]).is_ok());
+    assert!(topped, "no free slot of table pages");
 }
 
 /// Leaves no more free table pages than the host stage 2's reserve: a guest mapping fails.

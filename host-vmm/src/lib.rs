@@ -84,7 +84,8 @@ pub enum Outcome {
     Killed(u64, u64, u64),
 }
 
-/// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet).
+/// Creates a VM with `vcpus` vCPUs and `mib` MiB of RAM (memory not given yet), and gives it
+/// a first batch of stage-2 table pages ([`run::TABLE_BATCH`]).
 pub fn create(vcpus: u32, protected: bool, mib: u64) -> Result<Vm, HypError> {
     create_with_flags(vcpus, if protected { vm_flags::PROTECTED } else { 0 }, mib)
 }
@@ -106,7 +107,10 @@ pub fn create_sve_at(vcpus: u32, flags: u64, sve_vl: u64, mib: u64, backing: u64
     let flags = if sve_vl != 0 { flags | vm_flags::SVE } else { flags };
     let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl, reserved: 0 };
     let handle = VmHandle::create(&req)?.0;
-    Ok(Vm { handle, backing, pages: mib * 256, protected, vcpus })
+    let vm = Vm { handle, backing, pages: mib * 256, protected, vcpus };
+    // A first batch of stage-2 table pages; the exit loop gives more when EL2 asks.
+    run::give_tables(vm.el2(), run::TABLE_BATCH)?;
+    Ok(vm)
 }
 
 /// `VM_ADD_MEMORY` of each run, with the flags its kind asks for.

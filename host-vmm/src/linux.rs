@@ -603,6 +603,8 @@ impl Machine for LinuxVcpu<'_> {
             }
             // An HVC/SMC EL2 does not serve: already answered NOT_SUPPORTED.
             Exit::Hypercall { .. } => None,
+            // Answered by the exit loop (`run::give_tables`): run again.
+            Exit::NeedTables { .. } => None,
             // The guest shared or took back a granule (counted): what its devices may touch.
             Exit::MemShare { ipa } => {
                 l.shared_changed(ipa, true);

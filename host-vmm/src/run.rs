@@ -3,15 +3,15 @@
 //! platform; the scenarios' harness in [`crate::Stepper`], which steps a vCPU exit by exit).
 //!
 //! One step: the machine's preparation, the run (recorded for the timeout report), the exit
-//! counted, the machine's look at the record, an MMIO exit served by the machine's devices on
-//! its bus (an address no device answers is counted in [`crate::UNASSIGNED`] and, as the
+//! counted, the machine's look at the record, a `NEED_TABLES` exit answered with table pages
+//! ([`give_tables`]), an MMIO exit served by the machine's devices on its bus (an address no device answers is counted in [`crate::UNASSIGNED`] and, as the
 //! machine says, read as 0 with writes ignored or answered with an external abort), and then
 //! the machine's handling of the exit.
 
 use crate::stats::count_exit;
 use crate::{Vm, UNASSIGNED};
 use core::sync::atomic::{AtomicU64, Ordering};
-use host_kernel::hyp::client::Exited;
+use host_kernel::hyp::client::{Exited, VmHandle};
 use shared_abi::layout::run_status;
 use shared_abi::msg::{run_flags, Exit, VcpuExit};
 use shared_abi::HypError;
@@ -99,6 +99,9 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     note_exit(Ok(&e.record));
     count_exit(handle, e.exit.reason());
     m.after_exit(e)?;
+    if let Exit::NeedTables { pages } = e.exit {
+        give_tables(m.vcpu().0.el2(), pages)?;
+    }
     if let Exit::Hypercall { args } = e.exit {
         // A call the VM forwards (`VM_SMCCC_FORWARD`): the machine's answer is the guest's x0.
         *reply = MmioReply { value: m.smccc_call(args), abort: false };
@@ -113,6 +116,21 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
         };
     }
     Ok(m.exit(e))
+}
+
+/// Table pages the VMM gives a VM at a time: at least what EL2 asks for, and in batches so that
+/// a guest's growth costs few `NEED_TABLES` exits (each 4 KiB table maps 2 MiB in pages, or
+/// 1 GiB in 2 MiB blocks).
+pub const TABLE_BATCH: u64 = 16;
+
+/// Gives VM `vm` `pages` (at least [`TABLE_BATCH`]) pages of host memory for its stage-2
+/// tables (`VM_TOPUP_TABLES`); EL2 gives them back at `VM_DESTROY`.
+///
+/// # Errors
+/// EL2's refusal.
+pub fn give_tables(vm: VmHandle, pages: u64) -> Result<(), HypError> {
+    let pages = pages.max(TABLE_BATCH);
+    vm.topup_tables(crate::alloc_pages(pages), pages)
 }
 
 /// What each host CPU last did with a vCPU ([`shared_abi::layout::run_status`]): read by the

@@ -142,7 +142,7 @@ impl Machine for TestMachine<'_> {
                 crate::gic::handle_pending();
                 Ran::Exit(Exit::Irq)
             }
-            Exit::Mmio { .. } | Exit::Wfx | Exit::Hypercall { .. } | Exit::VcpuOff | Exit::Sgi { .. } | Exit::CpuOn { .. } | Exit::MemShare { .. } | Exit::MemUnshare { .. } => Ran::Exit(e.exit),
+            Exit::Mmio { .. } | Exit::Wfx | Exit::Hypercall { .. } | Exit::VcpuOff | Exit::Sgi { .. } | Exit::CpuOn { .. } | Exit::MemShare { .. } | Exit::MemUnshare { .. } | Exit::NeedTables { .. } => Ran::Exit(e.exit),
             Exit::SystemOff => Ran::Ended(Outcome::Off),
             Exit::SystemReset => Ran::Ended(Outcome::Reset),
             Exit::Killed { reason, ipa, detail } => Ran::Ended(Outcome::Killed(reason, ipa, detail)),
@@ -181,8 +181,15 @@ impl Stepper {
 
     /// Runs vCPU `index` to its next exit and handles it: the exit reason, or how the VM
     /// ended. An `IRQ` exit has had the host's pending interrupts handled
-    /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported.
+    /// ([`crate::gic::handle_pending`]); a `VCPU_OFF` one is only reported. A `NEED_TABLES`
+    /// exit is answered ([`run::give_tables`]) and the vCPU run again: the scenarios step the
+    /// guest's exits, not the VMM's memory management (the test device still sees it).
     pub fn run_once(&mut self, vm: &Vm, index: u64, dev: &mut dyn TestDevice) -> Result<Ran, HypError> {
-        run::step(&mut TestMachine { vm, index, console: &mut self.console, dev }, &mut self.reply)
+        loop {
+            match run::step(&mut TestMachine { vm, index, console: &mut self.console, dev: &mut *dev }, &mut self.reply)? {
+                Ran::Exit(Exit::NeedTables { .. }) => continue,
+                r => return Ok(r),
+            }
+        }
     }
 }

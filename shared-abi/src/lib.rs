@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 5, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 0 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -211,6 +211,13 @@ hypercalls! {
     /// `KVM_ARM_VM_SMCCC_FILTER` with `FWD_TO_USER`. Recorded in the measurement. (ABI 5.0:
     /// before it, every call EL2 did not serve exited to the host.)
     VmSmcccForward = 19, Any, in 3, out 0;
+    /// `x1` = VM handle, `x2` = host physical address, `x3` = number of pages. Donates the
+    /// pages to EL2 as table pages for the VM's stage 2 (pKVM's memcache): the host loses
+    /// access, EL2 zeroes them, takes the VM's tables below the root from them, and gives them
+    /// back, zeroed, at `VM_DESTROY`. A `VCPU_RUN` whose guest needs more exits
+    /// [`msg::exit::NEED_TABLES`]. At most [`MAX_TABLE_RUNS`] runs per VM (a run that
+    /// starts where the last ended joins it). Allowed at any time, for any VM. (ABI 6.0.)
+    VmTopupTables = 20, Any, in 3, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.
@@ -297,6 +304,9 @@ errors! {
 
 /// Most ranges of SMCCC function IDs a VM forwards to the host ([`HypercallId::VmSmcccForward`]).
 pub const SMCCC_FORWARD_RANGES: usize = 8;
+
+/// Most runs of table pages a VM holds ([`HypercallId::VmTopupTables`]; ABI 6.0).
+pub const MAX_TABLE_RUNS: usize = 16;
 
 /// The SMCCC function IDs EL2 keeps for itself (first, last), as fast SMC32 and SMC64 calls:
 /// the Arm Architecture calls (owner 0, as KVM keeps them from its filter), PSCI (functions

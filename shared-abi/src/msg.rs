@@ -189,6 +189,11 @@ pub mod exit {
     /// A protected guest took back the granule at `ipa` it had shared (`MEM_UNSHARE`), which
     /// EL2 has done: the host's mappings of it are gone on every CPU. (ABI 3.4.)
     pub const MEM_UNSHARE: u32 = 12;
+    /// The guest touched its memory, and mapping it needs `args[0]` more stage-2 table pages
+    /// than the VM holds: give at least that many with
+    /// [`crate::HypercallId::VmTopupTables`] and run the vCPU again, which retries the access
+    /// (nothing of it happened). (ABI 6.0.)
+    pub const NEED_TABLES: u32 = 13;
     /// `flags` bit of an MMIO exit: the access was a write.
     pub const MMIO_WRITE: u32 = 1;
     /// `flags` bit of any exit: the guest has deactivated level-sensitive interrupts queued
@@ -200,6 +205,7 @@ pub mod exit {
     pub const fn name(reason: u32) -> &'static str {
         match reason {
             MMIO => "MMIO",
+            NEED_TABLES => "NEED_TABLES",
             WFX => "WFx",
             HYPERCALL => "HVC/SMC",
             SYSTEM_OFF => "SYSTEM_OFF",
@@ -345,7 +351,8 @@ pub mod kill {
     /// The guest took an exception EL2 cannot handle safely (e.g. an instruction fetch from
     /// MMIO, a stage-1 walk outside its RAM, an SError).
     pub const BAD_EXCEPTION: u64 = 2;
-    /// EL2 had no memory left for the guest's stage-2 tables.
+    /// EL2 could not map guest memory: an EL2 bug since ABI 6.0, where too few table pages is
+    /// an exit ([`super::exit::NEED_TABLES`]), not a kill.
     pub const OUT_OF_MEMORY: u64 = 3;
     /// An MTE VM would have been given Normal cacheable memory without allocation-tag storage:
     /// `ipa` is the guest address, `args[0]` the physical page.
@@ -422,6 +429,8 @@ pub enum Exit {
     MemShare { ipa: u64 },
     /// [`exit::MEM_UNSHARE`]: the guest took back the granule at `ipa`.
     MemUnshare { ipa: u64 },
+    /// [`exit::NEED_TABLES`]: the VM needs `pages` more stage-2 table pages.
+    NeedTables { pages: u64 },
 }
 
 /// Why an exit record does not decode.
@@ -455,6 +464,7 @@ impl Exit {
             Exit::CpuOn { .. } => exit::CPU_ON,
             Exit::MemShare { .. } => exit::MEM_SHARE,
             Exit::MemUnshare { .. } => exit::MEM_UNSHARE,
+            Exit::NeedTables { .. } => exit::NEED_TABLES,
         }
     }
 
@@ -492,6 +502,7 @@ impl Exit {
                 e.data = value;
             }
             Exit::CpuOn { vcpu } => e.args[0] = vcpu,
+            Exit::NeedTables { pages } => e.args[0] = pages,
             Exit::MemShare { ipa } | Exit::MemUnshare { ipa } => e.ipa = ipa,
             Exit::Wfx | Exit::SystemOff | Exit::SystemReset | Exit::Irq | Exit::VcpuOff => {}
         }
@@ -536,6 +547,7 @@ impl Exit {
                 (Exit::Sgi { intid: a0 as u8, targets: a1, reg: a2, value: e.data }, e.ipa | size | a3)
             }
             exit::CPU_ON => (Exit::CpuOn { vcpu: a0 }, e.ipa | e.data | size | a1 | a2 | a3),
+            exit::NEED_TABLES => (Exit::NeedTables { pages: a0 }, e.ipa | e.data | size | a1 | a2 | a3),
             exit::MEM_SHARE => (Exit::MemShare { ipa: e.ipa }, e.data | size | a0 | a1 | a2 | a3),
             exit::MEM_UNSHARE => (Exit::MemUnshare { ipa: e.ipa }, e.data | size | a0 | a1 | a2 | a3),
             r => {
@@ -669,7 +681,7 @@ mod tests {
     }
 
     /// One exit of each reason, with every field it carries set.
-    fn every_exit() -> [Exit; 12] {
+    fn every_exit() -> [Exit; 13] {
         [
             Exit::Mmio { ipa: 0x0900_0018, size: 4, write: None },
             Exit::Wfx,
@@ -683,12 +695,13 @@ mod tests {
             Exit::CpuOn { vcpu: 7 },
             Exit::MemShare { ipa: 0x4010_0000 },
             Exit::MemUnshare { ipa: 0x4010_0000 },
+            Exit::NeedTables { pages: 2 },
         ]
     }
 
     #[test]
     fn every_exit_round_trips() {
-        let mut reasons = [false; 13];
+        let mut reasons = [false; 14];
         for x in every_exit().into_iter().chain([Exit::Mmio { ipa: 0x0b00_0000, size: 8, write: Some(u64::MAX) }]) {
             let e = x.encode();
             assert_eq!(e.reason, x.reason());
@@ -701,7 +714,7 @@ mod tests {
             reasons[x.reason() as usize] = true;
         }
         assert!(reasons[1..].iter().all(|r| *r), "a reason without a variant: {reasons:?}");
-        for reason in 1..=12 {
+        for reason in 1..=13 {
             assert_ne!(exit::name(reason), "unknown");
         }
     }
@@ -710,7 +723,7 @@ mod tests {
     fn malformed_exits_are_refused() {
         let mmio = Exit::Mmio { ipa: 0x0900_0000, size: 1, write: Some(0x41) }.encode();
         assert_eq!(Exit::decode(&VcpuExit { reason: 0, ..mmio }), Err(BadExit::Reason(0)));
-        assert_eq!(Exit::decode(&VcpuExit { reason: 13, ..mmio }), Err(BadExit::Reason(13)));
+        assert_eq!(Exit::decode(&VcpuExit { reason: 14, ..mmio }), Err(BadExit::Reason(14)));
         assert_eq!(Exit::decode(&VcpuExit::default()), Err(BadExit::Reason(0)));
         for size in [0, 3, 16] {
             assert_eq!(Exit::decode(&VcpuExit { size, ..mmio }), Err(BadExit::Size(size)));
@@ -771,6 +784,7 @@ mod tests {
                 Ok(Exit::Sgi { .. }) if e.args[0] > 15 || e.args[2] > sgi::SGI0R => return Err(BadExit::Sgi),
                 Ok(Exit::Sgi { .. }) => Exit::Sgi { intid: e.args[0] as u8, targets: e.args[1], reg: e.args[2], value: e.data },
                 Ok(Exit::CpuOn { .. }) => Exit::CpuOn { vcpu: e.args[0] },
+                Ok(Exit::NeedTables { .. }) => Exit::NeedTables { pages: e.args[0] },
                 Ok(Exit::MemShare { .. }) => Exit::MemShare { ipa: e.ipa },
                 Ok(Exit::MemUnshare { .. }) => Exit::MemUnshare { ipa: e.ipa },
                 Ok(x) => x,

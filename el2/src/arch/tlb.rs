@@ -14,6 +14,16 @@ impl Tlb for Cpu {
         isb();
     }
 
+    fn hyp_s1_unmapped(&self) {
+        // The removals complete before the invalidation; the invalidation completes on every
+        // CPU before the pages change hands; the ISB drops what this CPU fetched meanwhile.
+        dsb_ishst();
+        // SAFETY: invalidating EL2's own translations only costs refills.
+        unsafe { asm!("tlbi alle2is", options(nostack, preserves_flags)) };
+        dsb_ish();
+        isb();
+    }
+
     fn host_s2_mapped(&self) {
         // The ERET back to the host is context synchronising; the DSB makes the new entry
         // visible to the walkers of every CPU first.

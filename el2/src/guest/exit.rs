@@ -257,6 +257,8 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 // faults on a valid mapping, must not reach the host as an MMIO exit (that
                 // would hand it a protected guest's data).
                 GuestPage::Mapped => return kill(hyp, handle, kill::BAD_EXCEPTION, ipa),
+                // Nothing happened: the access replays when the host runs the vCPU again.
+                GuestPage::NeedTables(pages) => return Next::Exit(Exit::NeedTables { pages }),
                 GuestPage::NoMemory => return kill(hyp, handle, kill::OUT_OF_MEMORY, ipa),
                 GuestPage::Untagged(pa) => return Next::Exit(kill_exit(hyp, handle, kill::UNTAGGED_MEMORY, ipa, pa.0)),
                 GuestPage::NotRam => {}
@@ -457,7 +459,7 @@ mod tests {
         {
             let mem = f.hyp.mem.lock();
             let vm = mem.vms.lookup(h).unwrap().1;
-            let leaf = vm.mem.s2().lookup(mem.tables(), 0x4000_1000).unwrap();
+            let leaf = vm.mem.lookup(mem.tables(), 0x4000_1000).unwrap();
             assert_eq!(leaf.pa_base, PhysAddr(f.page(GUEST + 1)));
         }
         // Protected: registers are sealed now.

@@ -36,7 +36,7 @@ pub(crate) fn clean_vm_to_poc<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arc
                     }
                     let p = cursor.1;
                     cursor.1 += 1;
-                    if vm.mem.s2().lookup(mem.tables(), r.ipa + p * PAGE_SIZE).is_some() {
+                    if vm.mem.lookup(mem.tables(), r.ipa + p * PAGE_SIZE).is_some() {
                         batch.push(PhysAddr(r.pa.0 + p * PAGE_SIZE));
                     }
                 }
@@ -54,7 +54,7 @@ pub(crate) fn clean_vm_to_poc<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arc
 
 /// Maps the guest page holding `ipa` if it is guest memory.
 pub(crate) fn map_guest_page<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
-    hyp.mem.lock().guest_map_on_fault(handle, ipa, hyp.platform.untagged, hyp.host_reserve, hw)
+    hyp.mem.lock().guest_map_on_fault(handle, ipa, hyp.platform.untagged, hw)
 }
 
 #[cfg(test)]
@@ -101,7 +101,7 @@ mod tests {
         assert_eq!(f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 4), 0x8000_2000, 1]), Err(HypError::InvalidArgument), "IPA overlap");
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4 + TABLE_PAGES, "guest and table pages");
         assert_eq!(f.ram.0[GUEST * 4096], 0, "scrubbed");
         assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(GUEST)), Component::Host), Some(PageState::Owned));
     }
@@ -142,7 +142,7 @@ mod tests {
         // Donation: nobody can touch the pages until the guest's first access, which cleans.
         assert!(!add.contains(&"clean_inval_poc"), "{add:?}");
         assert_eq!(run, ["clean_inval_poc", "guest_s2_mapped", "clean_inval_poc", "guest_s2_mapped"], "once per page, before it is mapped");
-        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
+        assert_eq!(destroy, [&["scrub_page", "scrub_page", "flush_guest_tlb"][..], &table_pages_returned()].concat(), "scrub_page cleans to the PoC too");
         // MTE: the tags are cleared first, then the page (tags included) is cleaned.
         let [_, run, _] = cache_maintenance_log(&mut f, vm_flags::MTE);
         assert_eq!(&run[..3], ["clear_tags", "clean_inval_poc", "guest_s2_mapped"]);
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(run, ["guest_s2_mapped", "guest_s2_mapped"], "the guest's view is cacheable: nothing to clean");
         // The host's stage 2 is not FWB (the host chooses its own cacheability): scrubbed
         // pages are cleaned all the same.
-        assert_eq!(destroy, ["scrub_page", "scrub_page", "flush_guest_tlb"], "scrub_page cleans to the PoC too");
+        assert_eq!(destroy, [&["scrub_page", "scrub_page", "flush_guest_tlb"][..], &table_pages_returned()].concat(), "scrub_page cleans to the PoC too");
         // The stage 2 uses the FWB encoding (MemAttr 0b0110, forced Write-Back), and the VM
         // runs with HCR_EL2.FWB; the guest is not told about FWB.
         let h = create(&mut f, 1, 0);
@@ -168,7 +168,7 @@ mod tests {
         let mem = f.hyp.mem.lock();
         let vm = mem.vms.lookup(h).unwrap().1;
         assert!(vm.fwb);
-        assert_eq!((vm.mem.s2().lookup(mem.tables(), 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
+        assert_eq!((vm.mem.lookup(mem.tables(), 0x4000_0000).unwrap().desc >> 2) & 0xF, 0b0110);
         assert_eq!(self::idreg::restrict(f.hyp.cpus.lock().view(), &idreg::VmPolicy { mte: false, ptrauth: false, pmu: false, ipa_bits: 36, protected: false, sve: false })[idreg::idx(7, 2)] >> 40 & 0xF, 0);
     }
 
@@ -209,8 +209,8 @@ mod tests {
         // A protected MTE VM's pages are scrubbed with their tags (DC GZVA: all have storage).
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
-        assert!(!rec.log.borrow().contains(&"scrub_page_untagged"), "tags zeroed too");
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4 + TABLE_PAGES);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), TABLE_PAGES, "tags zeroed too (table pages never hold any)");
         assert!(!f.hyp.mem.lock().own().entry(PhysAddr(f.page(GUEST))).unwrap().tags_clean());
         // A page without tag storage behind it: refused to an MTE VM at VM_ADD_MEMORY...
         let untagged = PhysRange::from_size(PhysAddr(f.page(GUEST + 3)), PAGE_SIZE);
@@ -243,37 +243,64 @@ mod tests {
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4);
-        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1, "only the untagged page");
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 4 + TABLE_PAGES);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1 + TABLE_PAGES, "only the untagged page (and the table pages)");
+    }
+
+    /// Hands out every table page VM `h` holds.
+    fn use_up_tables(f: &Fixture, h: u64) {
+        f.hyp.mem.lock().vms.lookup_mut(h).unwrap().1.mem.use_up_tables();
     }
 
     #[test]
-    fn guest_ram_that_cannot_be_mapped_is_never_an_mmio_exit() {
+    fn guest_ram_that_cannot_be_mapped_yet_is_never_an_mmio_exit() {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
-        leave_only_the_host_reserve(&mut f);
+        use_up_tables(&f, h);
         let rec = Recorder::default();
-        // A store with a valid syndrome (ISV set) to guest RAM: must not become MMIO.
+        // A store with a valid syndrome (ISV set) to guest RAM, which needs a level-2 and a
+        // level-3 table the VM does not have: must not become MMIO, and nothing happens.
         *rec.exits.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
-        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::NEED_TABLES as u64, 0, 0]));
         let e = exit_record(&f);
-        assert_eq!((e.data, e.ipa, e.flags), (kill::OUT_OF_MEMORY, 0x4000_1000, 0));
-        assert_eq!(f.call(0, H::VcpuRun, &[h, 0, 0]), Err(HypError::NotRunnable));
+        assert_eq!((e.args, e.ipa, e.data, e.flags), ([2, 0, 0, 0], 0, 0, 0), "how many, and nothing of the access");
+        assert!(!rec.log.borrow().iter().any(|s| ["guest_s2_mapped", "clean_inval_poc"].contains(s)), "{:?}", rec.log.borrow());
+        // The host gives one page, too few: asked again, for the one still missing.
+        let first = f.page(TABLES - 3);
+        f.call(0, H::VmTopupTables, &[h, first, 1]).unwrap();
+        *rec.exits.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::NEED_TABLES as u64, 0, 0]));
+        assert_eq!(exit_record(&f).args[0], 1);
+        // Enough: the access replays and maps; the tables are the pages given.
+        f.call(0, H::VmTopupTables, &[h, first + PAGE_SIZE, 2]).unwrap();
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x4000_1000, true, 5, 3), hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        {
+            let mem = f.hyp.mem.lock();
+            let vm = mem.vms.lookup(h).unwrap().1;
+            assert_eq!(vm.mem.lookup(mem.tables(), 0x4000_1000).map(|l| l.pa_base.0), Some(f.page(GUEST + 1)));
+            assert_eq!(vm.mem.tables().runs().last().map(|r| (r.start.0, r.size())), Some((first, 3 * PAGE_SIZE)), "the two top-ups joined");
+            assert_eq!(vm.mem.tables().free(), 1);
+        }
+        invariants_hold(&f);
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(first), Component::Host), Some(PageState::Owned), "back to the host");
+        invariants_hold(&f);
     }
 
     #[test]
-    fn an_mte_page_that_cannot_be_mapped_is_not_marked_tags_clean() {
+    fn an_mte_page_that_cannot_be_mapped_yet_is_not_marked_tags_clean() {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
-        leave_only_the_host_reserve(&mut f);
+        use_up_tables(&f, h);
         let rec = Recorder::default();
         *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_1000)];
-        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::NEED_TABLES as u64, 0, 0]));
         assert!(!rec.log.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
-        let layout = crate::invariants::Layout { pool: None, fixmap: None };
-        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
+        invariants_hold(&f);
     }
 
     /// The fixture's second 2 MiB of RAM (pages 512..1024): one aligned block, free.
@@ -283,7 +310,7 @@ mod tests {
     fn leaf_at(f: &Fixture, h: u64, ipa: u64) -> Option<(u8, u64, u64)> {
         let mem = f.hyp.mem.lock();
         let vm = mem.vms.lookup(h).unwrap().1;
-        vm.mem.s2().lookup(mem.tables(), ipa).map(|l| (l.level, l.ia_base, l.pa_base.0))
+        vm.mem.lookup(mem.tables(), ipa).map(|l| (l.level, l.ia_base, l.pa_base.0))
     }
 
     fn invariants_hold(f: &Fixture) {
@@ -325,7 +352,7 @@ mod tests {
         // Destroy scrubs every page of the block and gives it back.
         let rec = Recorder::default();
         f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
-        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 512);
+        assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 512 + TABLE_PAGES);
         assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(BLOCK_PAGE + 6)), Component::Host), Some(PageState::Owned));
         invariants_hold(&f);
     }

@@ -77,6 +77,7 @@ calls! {
     VmMeasurement { handle };
     VmMmioGuard { handle, ipa };
     VmSmcccForward { handle, first, count };
+    VmTopupTables { handle, pa, pages };
     TestFault { mode };
     TestCheckInvariants;
 }
@@ -105,6 +106,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
         Call::VmMeasurement { handle } => vm::vm_measurement(hyp, cpu, handle),
         Call::VmMmioGuard { handle, ipa } => vm::vm_mmio_guard(hyp, handle, ipa),
         Call::VmSmcccForward { handle, first, count } => vm::vm_smccc_forward(hyp, handle, first, count),
+        Call::VmTopupTables { handle, pa, pages } => vm::vm_topup_tables(hyp, handle, pa, pages, hw),
         Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
         Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),
         Call::VcpuRegList { handle, index } => vcpu::vcpu_reg_list(hyp, cpu, handle, index),

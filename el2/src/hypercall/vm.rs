@@ -179,6 +179,22 @@ pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u
     Ok([0; 3])
 }
 
+/// `VM_TOPUP_TABLES`: the host gives `pages` pages at `pa` as table pages for the VM's stage
+/// 2. Checked here: alignment (`NotAligned`), no pages or a range past RAM (`OutOfRange`); the
+/// rest by [`crate::mem::MemState::host_donate_tables`].
+pub(crate) fn vm_topup_tables<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u64, pages: u64, hw: &impl Hw) -> HypResult {
+    if !pa.is_multiple_of(PAGE_SIZE) {
+        return Err(HypError::NotAligned);
+    }
+    let size = pages.checked_mul(PAGE_SIZE).filter(|&s| s > 0).ok_or(HypError::OutOfRange)?;
+    let run = PhysRange::from_size(PhysAddr(pa), size).ok_or(HypError::OutOfRange)?;
+    if !hyp.platform.ram.contains_range(&run) {
+        return Err(HypError::OutOfRange);
+    }
+    hyp.mem.lock().host_donate_tables(handle, run, hyp.host_reserve, hw)?;
+    Ok([0; 3])
+}
+
 /// `VM_MMIO_GUARD`: the host declares a granule MMIO before a protected VM's first run.
 pub(crate) fn vm_mmio_guard<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64) -> HypResult {
     let mut mem = hyp.mem.lock();
@@ -399,6 +415,82 @@ mod tests {
         assert_eq!(f.call(0, H::VcpuRun, &[handles[3], 0, 0]), Err(HypError::InvalidHandle));
         assert_eq!(f.call(0, H::VmDestroy, &[0]), Err(HypError::InvalidHandle));
         assert_eq!(f.call(0, H::VmDestroy, &[u64::MAX]), Err(HypError::InvalidHandle));
+    }
+
+    /// Every refusal of `VM_TOPUP_TABLES`, each changing nothing; what a top-up does; and that
+    /// the pages come back at destroy.
+    #[test]
+    fn table_pages_are_refused_unless_the_host_owns_them_outright() {
+        use crate::host::trap::host_s2_fault;
+        use crate::mem::owner::Component;
+        use crate::mem::protect::HostFault;
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        let other = create(&mut f, 1, 0);
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 2]).unwrap();
+        f.call(0, H::VmAddMemory, &[other, f.page(GUEST + 2), 0x4000_0000, 2]).unwrap();
+        let free = f.page(100);
+        let hyp_page = f.hyp.hyp_region.start.0;
+        let table_page = f.hyp.mem.lock().vms.lookup(other).unwrap().1.mem.tables().runs()[0].start.0;
+        let before = |f: &Fixture| f.hyp.mem.lock().vms.lookup(h).unwrap().1.mem.tables().clone();
+        let start = before(&f);
+        for (args, want, why) in [
+            ([h ^ 1 << 40, free, 1], HypError::InvalidHandle, "a stale handle"),
+            ([h, free + 8, 1], HypError::NotAligned, "unaligned"),
+            ([h, free, 0], HypError::OutOfRange, "no pages"),
+            ([h, free, u64::MAX / 4096], HypError::OutOfRange, "wraps"),
+            ([h, f.page(crate::testing::RAM_PAGES - 1), 2], HypError::OutOfRange, "past RAM"),
+            ([h, 0x1000, 1], HypError::OutOfRange, "not RAM"),
+            ([h, f.page(MSG), 1], HypError::NotOwned, "the message page, shared with EL2"),
+            ([h, f.page(GUEST + 1), 1], HypError::NotOwned, "donated to a protected VM"),
+            ([h, f.page(GUEST + 2), 1], HypError::NotOwned, "shared with a VM"),
+            ([h, hyp_page, 1], HypError::NotOwned, "EL2's own"),
+            ([h, table_page, 1], HypError::NotOwned, "another VM's table page"),
+        ] {
+            assert_eq!(f.call(0, H::VmTopupTables, &args), Err(want), "{why}");
+            assert_eq!(before(&f), start, "{why}: nothing changed");
+        }
+        // A top-up: EL2's alone, out of the host's reach (an access is an injected abort), in
+        // EL2's stage 1, zeroed.
+        f.ram.0[100 * 4096] = 0xAA;
+        f.call(0, H::VmTopupTables, &[h, free, 2]).unwrap();
+        assert_eq!(f.ram.0[100 * 4096], 0, "zeroed");
+        assert_eq!(f.call(0, H::VmTopupTables, &[h, free + PAGE_SIZE, 1]), Err(HypError::NotOwned), "given already");
+        assert_eq!(host_s2_fault(&f.hyp, free, &Recorder::default()), HostFault::Inject);
+        {
+            let mem = f.hyp.mem.lock();
+            assert_eq!(mem.own().state(PhysAddr(free), Component::Hyp), Some(PageState::Owned));
+            assert!(mem.hyp_s1().lookup(mem.tables(), free + PAGE_SIZE).is_some());
+            assert_eq!(mem.vms.lookup(h).unwrap().1.mem.tables().free(), TABLE_PAGES as u64 + 2);
+        }
+        // Runs: at most MAX_TABLE_RUNS, but a run next to the last one joins it.
+        let runs = |f: &Fixture| f.hyp.mem.lock().vms.lookup(h).unwrap().1.mem.tables().runs().len();
+        for i in runs(&f)..shared_abi::MAX_TABLE_RUNS {
+            f.call(0, H::VmTopupTables, &[h, f.page(200 + 2 * i), 1]).unwrap();
+        }
+        let last = f.page(200 + 2 * (shared_abi::MAX_TABLE_RUNS - 1));
+        assert_eq!(f.call(0, H::VmTopupTables, &[h, f.page(300), 1]), Err(HypError::NoCapacity));
+        f.call(0, H::VmTopupTables, &[h, last + PAGE_SIZE, 1]).unwrap();
+        assert_eq!(runs(&f), shared_abi::MAX_TABLE_RUNS);
+        // EL2's stage 1 may need tables: never from the host stage 2's reserve.
+        let r2 = create(&mut f, 1, 0);
+        leave_only_the_host_reserve(&mut f);
+        assert_eq!(f.call(0, H::VmTopupTables, &[r2, f.page(400), 1]), Err(HypError::NoMemory));
+        assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(400)), Component::Host), Some(PageState::Owned));
+        // Destroy: every table page back to the host, out of EL2's stage 1.
+        let rec = Recorder::default();
+        f.call_with(&rec, 0, H::VmDestroy, &[h]).unwrap();
+        assert!(rec.log.borrow().ends_with(&["hyp_s1_unmapped"]), "{:?}", rec.log.borrow());
+        {
+            let mem = f.hyp.mem.lock();
+            for pa in [free, free + PAGE_SIZE, last, last + PAGE_SIZE] {
+                assert_eq!(mem.own().state(PhysAddr(pa), Component::Host), Some(PageState::Owned));
+                assert!(mem.hyp_s1().lookup(mem.tables(), pa).is_none());
+            }
+        }
+        assert_eq!(host_s2_fault(&f.hyp, free, &Recorder::default()), HostFault::Retry);
+        let layout = crate::invariants::Layout { pool: None, fixmap: None };
+        assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
     }
 
     #[test]

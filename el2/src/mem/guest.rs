@@ -2,7 +2,8 @@
 //! anyone; changed only by [`super::protect`] (the fields are private to `mem`).
 
 use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
-use super::pgtable::PageTable;
+use super::memcache::{GuestTablesRef, Memcache};
+use super::pgtable::{Leaf, PageTable, TableMemory};
 use arrayvec::ArrayVec;
 
 /// Most memory regions per VM.
@@ -77,10 +78,12 @@ impl MmioGuard {
     }
 }
 
-/// A guest's memory: its stage 2, the regions the host gave it, and the MMIO it declared.
+/// A guest's memory: its stage 2 and the table pages the host gave for it, the regions the
+/// host gave it, and the MMIO it declared.
 #[derive(Debug)]
 pub struct GuestMemory {
     pub(super) s2: PageTable,
+    pub(super) tables: Memcache,
     pub(super) regions: ArrayVec<Region, MAX_REGIONS>,
     pub(super) mmio_guard: MmioGuard,
 }
@@ -89,6 +92,21 @@ impl GuestMemory {
     /// The guest's stage 2.
     pub fn s2(&self) -> &PageTable {
         &self.s2
+    }
+
+    /// The table pages the host gave for its stage 2 (`VM_TOPUP_TABLES`).
+    pub fn tables(&self) -> &Memcache {
+        &self.tables
+    }
+
+    /// The stage 2's table memory, for walks: the root in EL2's `pool`, the rest donated.
+    pub fn table_memory<'a, T: TableMemory>(&'a self, pool: &'a T) -> GuestTablesRef<'a, T> {
+        GuestTablesRef { pool, cache: &self.tables }
+    }
+
+    /// The stage-2 leaf that maps `ipa`, if any (`pool`: EL2's, which holds the root).
+    pub fn lookup<T: TableMemory>(&self, pool: &T, ipa: u64) -> Option<Leaf> {
+        self.s2.lookup(&self.table_memory(pool), ipa)
     }
 
     /// Its regions, in the order they were added.
@@ -117,6 +135,19 @@ impl GuestMemory {
     /// `VTTBR_EL2` for this stage 2 under `vmid`.
     pub fn vttbr(&self, vmid: u8) -> u64 {
         self.s2.root().0 | (vmid as u64) << 48
+    }
+
+    /// Maps in the stage 2 with no check, tables from the memcache: for tests that build broken
+    /// states on purpose.
+    #[cfg(test)]
+    pub(crate) fn map_unchecked<T: TableMemory>(&mut self, pool: &mut T, ia: u64, pa: PhysAddr, size: u64, attrs: super::pgtable::Attrs, level: u8) -> Result<(), super::pgtable::PtError> {
+        self.s2.map(&mut super::memcache::GuestTables { pool, cache: &mut self.tables }, ia, pa, size, attrs, level)
+    }
+
+    /// Hands out every table page the VM holds: for tests of a VM that needs more.
+    #[cfg(test)]
+    pub(crate) fn use_up_tables(&mut self) {
+        self.tables.used = self.tables.pages();
     }
 
     /// Both parts, writable: for tests that build broken states on purpose.

@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod guest;
+pub mod memcache;
 pub mod owner;
 pub mod pgtable;
 pub mod pool;

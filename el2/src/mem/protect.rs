@@ -10,8 +10,9 @@
 //! | [`MemState::host_share_hyp`] | host owned → host shared-owned, EL2 shared-borrowed | EL2 stage 1 map |
 //! | [`MemState::host_give_guest`], protected VM: donate | host owned → guest owned | host stage 2 unmap (TLBI) |
 //! | [`MemState::host_give_guest`], other VM: share | host owned → host shared-owned, guest shared-borrowed | — |
+//! | [`MemState::host_donate_tables`] (`VM_TOPUP_TABLES`) | host owned → EL2 owned (the VM's table pages) | host stage 2 unmap (TLBI), EL2 stage 1 map |
 //! | [`MemState::guest_map_on_fault`] | (tags cleared once per change of hands) | guest stage 2 map |
-//! | [`MemState::guest_reclaim_scrub`] | guest owned → scrubbed → host owned; shares undone | guest stage 2 freed (TLBI) |
+//! | [`MemState::guest_reclaim_scrub`] | guest owned → scrubbed → host owned; shares undone; table pages zeroed → host owned | guest stage 2 freed (TLBI); EL2 stage 1 unmap of the table pages (TLBI) |
 //! | [`MemState::host_map_on_fault`] | — | host stage 2 map (largest allowed block) |
 //! | [`MemState::guest_share_host`] (`MEM_SHARE`) | guest owned → guest shared-owned, host shared-borrowed | — (the host maps it on fault, read/write, page by page) |
 //! | [`MemState::guest_unshare_host`] (`MEM_UNSHARE`) | guest shared-owned → guest owned, host shared-borrowed → no access | host stage 2 unmap (TLBI) |
@@ -21,6 +22,7 @@ use super::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use super::owner::{Component, Ownership, PageState};
 use super::pgtable::{level_size, Attrs, Format, MemType, PageTable, Perms, TableMemory};
 use super::guest::{GuestMemory, Region};
+use super::memcache::{GuestTables, Memcache};
 use super::MemState;
 use crate::guest::vm::Vm;
 use crate::host::devices::{Guard, HostDevices};
@@ -34,6 +36,8 @@ const HOST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
 const HOST_BORROWED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const HOST_DEVICE: Attrs = Attrs { mem: MemType::Device, perms: Perms::RW };
 const HYP_SHARED: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
+/// A guest's stage-2 table page in EL2's stage 1.
+const HYP_TABLES: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RW };
 const GUEST_RAM: Attrs = Attrs { mem: MemType::Normal, perms: Perms::RWX };
 /// A level-2 block of a 4 KiB-granule stage 2: what a guest's first touch maps where it can.
 const BLOCK: u64 = 2 << 20;
@@ -43,7 +47,10 @@ const BLOCK: u64 = 2 << 20;
 pub enum GuestPage {
     /// The page is guest RAM and mapped (now or before).
     Mapped,
-    /// The page is guest RAM but EL2 has no table page left for it.
+    /// The page is guest RAM, but mapping it needs this many more table pages than the VM's
+    /// memcache holds: the host gives them (`VM_TOPUP_TABLES`) and runs the vCPU again.
+    NeedTables(u64),
+    /// The page is guest RAM but could not be mapped (an EL2 bug).
     NoMemory,
     /// An MTE VM's page without allocation-tag storage behind it.
     Untagged(PhysAddr),
@@ -166,7 +173,59 @@ impl<T: TableMemory> MemState<'_, T> {
         }
         let format = if fwb { Format::Stage2Fwb } else { Format::Stage2 };
         let s2 = PageTable::new(&mut self.tables, format, ipa_bits).map_err(|_| HypError::NoMemory)?;
-        Ok(GuestMemory { s2, regions: ArrayVec::new(), mmio_guard: Default::default() })
+        Ok(GuestMemory { s2, tables: Memcache::default(), regions: ArrayVec::new(), mmio_guard: Default::default() })
+    }
+
+    /// **Host donate tables** (`VM_TOPUP_TABLES`): the pages of `run` become EL2's, table pages
+    /// for the stage 2 of VM `handle` ([`Memcache`]): out of the host's stage 2 (on every CPU),
+    /// into EL2's stage 1 at their physical address, zeroed. They go back to the host at
+    /// `VM_DESTROY`. EL2's stage 1 may need tables of its own for them, taken from its pool but
+    /// never from the `reserve` kept for the host's stage 2.
+    ///
+    /// Checked in this order: the VM (`InvalidHandle`), room for another run unless `run` joins
+    /// the last (`NoCapacity`), the host owning every page outright (`NotOwned`: not shared,
+    /// lent, EL2's or a guest's), EL2's pool (`NoMemory`).
+    pub fn host_donate_tables(&mut self, handle: u64, run: PhysRange, reserve: usize, hw: &(impl Tlb + PageIo)) -> Result<(), HypError> {
+        let (_, vm) = self.vms.lookup_mut(handle)?;
+        if vm.mem.tables.runs.is_full() && vm.mem.tables.runs.last().is_none_or(|l| l.end != run.start) {
+            return Err(HypError::NoCapacity);
+        }
+        let pages = run.size() / PAGE_SIZE;
+        if (0..pages).any(|i| self.own.state(PhysAddr(run.start.0 + i * PAGE_SIZE), Component::Host) != Some(PageState::Owned)) {
+            return Err(HypError::NotOwned);
+        }
+        // EL2's stage 1 needs at most one new level-3 table per 2 MiB the run touches, one
+        // level-2 table per GiB, and a level-1 table: checked first, so that the map below
+        // cannot fail half way.
+        let need = pages.div_ceil(512) + 1 + pages.div_ceil(512 * 512) + 1 + 1;
+        if (self.tables.free_pages() as u64) < reserve as u64 + need {
+            return Err(HypError::NoMemory);
+        }
+        // Commit. The host loses the pages first, on every CPU.
+        self.own.donate(run, Component::Host, Component::Hyp)?;
+        if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, run.start.0, run.size()) {
+            hw.host_s2_unmapped();
+        }
+        if let Err(e) = self.hyp_s1.map(&mut self.tables, run.start.0, run.start, run.size(), HYP_TABLES, 3) {
+            // Checked above: an EL2 bug. Undo, so that EL2 maps nothing the host owns.
+            log::error!("VM {handle:#x}: table pages {run:?} not mapped at EL2: {e:?}");
+            let _ = self.hyp_s1.unmap(&mut self.tables, run.start.0, run.size());
+            hw.hyp_s1_unmapped();
+            let _ = self.own.donate(run, Component::Hyp, Component::Host);
+            return Err(HypError::NoMemory);
+        }
+        hw.hyp_s1_mapped();
+        // What the host left there is never read as a table entry (tables start empty).
+        const ZERO: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+        for i in 0..pages {
+            hw.write_page(PhysAddr(run.start.0 + i * PAGE_SIZE), &ZERO);
+        }
+        // Cannot fail: room checked above, and the VM cannot go while the lock is held.
+        let (_, vm) = self.vms.lookup_mut(handle)?;
+        if !vm.mem.tables.add(run) {
+            log::error!("VM {handle:#x}: no room for table pages {run:?}");
+        }
+        Ok(())
     }
 
     /// **Host donate to guest** (a protected VM) or **host share with guest** (any other):
@@ -280,12 +339,13 @@ impl<T: TableMemory> MemState<'_, T> {
     /// with 2 MiB-aligned contiguous pages and nothing of it is mapped yet
     /// ([`Self::guest_block`]), else the page. Clears an MTE VM's tags the first time a page is
     /// its own and, for a VM without FWB, cleans what it maps to the PoC, page by page either
-    /// way. Keeps `reserve` table pages for the host; refuses an MTE VM memory in `untagged`.
+    /// way. New tables come from the VM's memcache: [`GuestPage::NeedTables`] when it has too
+    /// few, before anything changes. Refuses an MTE VM memory in `untagged`.
     ///
     /// A guest's mapping never changes while the VM lives (`MEM_SHARE` and `MEM_UNSHARE` change
     /// the host's access, not the guest's; memory goes back to the host only at destroy), so a
     /// block is never split or merged.
-    pub fn guest_map_on_fault(&mut self, handle: u64, ipa: u64, untagged: Option<PhysRange>, reserve: usize, hw: &(impl Tlb + CacheOps)) -> GuestPage {
+    pub fn guest_map_on_fault(&mut self, handle: u64, ipa: u64, untagged: Option<PhysRange>, hw: &(impl Tlb + CacheOps)) -> GuestPage {
         let Ok((_, vm)) = self.vms.lookup_mut(handle) else { return GuestPage::NotRam };
         let Some(pa) = vm.mem.translate(ipa) else {
             return if vm.mem.mmio_guard.allows(ipa) { GuestPage::NotRam } else { GuestPage::Unguarded };
@@ -296,22 +356,23 @@ impl<T: TableMemory> MemState<'_, T> {
             return GuestPage::NoMemory;
         }
         let page = ipa & !(PAGE_SIZE - 1);
-        if vm.mem.s2.lookup(&self.tables, page).is_some() {
+        if vm.mem.lookup(&self.tables, page).is_some() {
             return GuestPage::Mapped;
         }
         if vm.mte && untagged.is_some_and(|u| u.contains(pa)) {
             // An MTE guest may only get Normal cacheable memory that can hold tags.
             return GuestPage::Untagged(pa);
         }
-        // Up to 3 new tables; never dip into the host stage 2's reserve. Checked before the
-        // tags are cleared.
-        if self.tables.free_pages() < reserve + 3 {
-            return GuestPage::NoMemory;
-        }
         let (ia, range, level) = match Self::guest_block(vm, &self.own, &self.tables, ipa, untagged) {
-            Some((ia, base)) => (ia, PhysRange { start: base, end: PhysAddr(base.0 + BLOCK) }, 2),
+            Some((ia, base)) => (ia, PhysRange { start: base, end: PhysAddr(base.0 + BLOCK) }, 2u8),
             None => (page, PhysRange { start: PhysAddr(pa.0 & !(PAGE_SIZE - 1)), end: PhysAddr((pa.0 & !(PAGE_SIZE - 1)) + PAGE_SIZE) }, 3),
         };
+        // One new table for each level between where the walk ends and the leaf's. Checked
+        // before the tags are cleared, so that a refusal changes nothing.
+        let need = u64::from(level.saturating_sub(vm.mem.s2.walk_level(&vm.mem.table_memory(&self.tables), ia)));
+        if vm.mem.tables.free() < need {
+            return GuestPage::NeedTables(need - vm.mem.tables.free());
+        }
         let pages = || (range.start.0..range.end.0).step_by(PAGE_SIZE as usize).map(PhysAddr);
         for p in pages() {
             // Only tags nobody else left: cleared once per change of ownership (the donated or
@@ -328,7 +389,8 @@ impl<T: TableMemory> MemState<'_, T> {
                 hw.clean_inval_poc(p);
             }
         }
-        match vm.mem.s2.map(&mut self.tables, ia, range.start, range.size(), GUEST_RAM, level) {
+        let mut tables = GuestTables { pool: &mut self.tables, cache: &mut vm.mem.tables };
+        match vm.mem.s2.map(&mut tables, ia, range.start, range.size(), GUEST_RAM, level) {
             Ok(()) => {
                 if vm.mte {
                     for p in pages() {
@@ -351,7 +413,7 @@ impl<T: TableMemory> MemState<'_, T> {
     fn guest_block(vm: &Vm, own: &Ownership<'_>, tables: &T, ipa: u64, untagged: Option<PhysRange>) -> Option<(u64, PhysAddr)> {
         let ia = ipa & !(BLOCK - 1);
         let base = vm.mem.translate(ia)?;
-        if base.0 % BLOCK != 0 || vm.mem.s2.walk_level(tables, ia) > 2 {
+        if base.0 % BLOCK != 0 || vm.mem.s2.walk_level(&vm.mem.table_memory(tables), ia) > 2 {
             return None;
         }
         let block = PhysRange { start: base, end: PhysAddr(base.0 + BLOCK) };
@@ -369,8 +431,9 @@ impl<T: TableMemory> MemState<'_, T> {
     /// **Guest reclaim with scrub** (`VM_DESTROY`'s memory part, after its checks): a
     /// protected VM's pages are scrubbed (zeroed, their tags too where the page has tag
     /// storage, i.e. is not in `untagged`, and cleaned to the PoC) and go back to the host; a
-    /// shared VM's are unshared; the stage 2 goes, with its TLB entries.
-    pub fn guest_reclaim_scrub(&mut self, vm: Vm, untagged: Option<PhysRange>, hw: &(impl Tlb + CacheOps)) {
+    /// shared VM's are unshared; the stage 2 goes, with its TLB entries; its table pages are
+    /// zeroed, leave EL2's stage 1 (on every CPU) and go back to the host.
+    pub fn guest_reclaim_scrub(&mut self, mut vm: Vm, untagged: Option<PhysRange>, hw: &(impl Tlb + CacheOps)) {
         let handle = vm.handle;
         let me = vm.component();
         let mut unmapped = false;
@@ -405,7 +468,27 @@ impl<T: TableMemory> MemState<'_, T> {
             }
         }
         hw.flush_guest_tlb(vm.mem.vttbr(vm.vmid), vm.mem.s2.ia_bits(), vm.mem.s2.start_level());
-        vm.mem.s2.destroy(&mut self.tables);
+        let runs = vm.mem.tables.runs.clone();
+        vm.mem.s2.destroy(&mut GuestTables { pool: &mut self.tables, cache: &mut vm.mem.tables });
+        // No walker can reach the table pages now (the VMID's entries are gone above): zeroed
+        // (what the guest's layout was stays EL2's), out of EL2's stage 1 on every CPU, back
+        // to the host.
+        for run in &runs {
+            for pa in (run.start.0..run.end.0).step_by(PAGE_SIZE as usize) {
+                hw.scrub_page(PhysAddr(pa), false);
+            }
+            if self.hyp_s1.unmap(&mut self.tables, run.start.0, run.size()).is_err() {
+                log::error!("VM {handle:#x}: table pages {run:?} not unmapped at EL2");
+            }
+        }
+        if !runs.is_empty() {
+            hw.hyp_s1_unmapped();
+        }
+        for run in &runs {
+            if self.own.donate(*run, Component::Hyp, Component::Host).is_err() {
+                log::error!("VM {handle:#x}: table pages {run:?} not EL2's at destroy");
+            }
+        }
     }
 
     /// The backing page of granule `ipa` of protected VM `handle`, and the VM's component.

@@ -83,6 +83,15 @@ impl VmHandle {
         call(HypercallId::VmSmcccForward, &[self.0, first, count]).map(drop)
     }
 
+    /// `VM_TOPUP_TABLES`: donates `pages` pages of host memory at `pa` to EL2 as table pages
+    /// for the VM's stage 2 (back to the host at `VM_DESTROY`).
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn topup_tables(self, pa: u64, pages: u64) -> Result<(), HypError> {
+        call(HypercallId::VmTopupTables, &[self.0, pa, pages]).map(drop)
+    }
+
     /// `VM_MEASUREMENT`: the VM's measurement, `None` before its first run.
     ///
     /// # Errors
