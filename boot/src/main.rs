@@ -35,12 +35,14 @@ use shared_abi::layout::{HOST_IMAGE_BASE, HYP_REGION_BASE, HYP_REGION_SIZE};
 /// Bytes per CPU in the stack region: one guard page, then the 64 KiB stack.
 const STACK_STRIDE: u64 = 68 * 1024;
 const GUARD_SIZE: u64 = 4096;
-/// Pages EL2 keeps for translation tables (8 MiB): with 2 GiB of RAM the host stage 2's
-/// reserve alone is about 1,040 pages (`el2::hyp::host_s2_reserve`), and a 512 MiB guest needs
-/// about 260 more.
-const POOL_PAGES: usize = 2048;
-/// Largest RAM the static ownership record covers (2 GiB).
-const MAX_RAM_PAGES: usize = 512 * 1024;
+/// Pages EL2 keeps for translation tables (14 MiB): its own stage 1, the host's stage 2 (whose
+/// reserve, `el2::hyp::host_s2_reserve`, is about 3,100 pages with 6 GiB of RAM: one table
+/// per 2 MiB, the worst case), and each VM's root. A guest's other tables are the host's
+/// (`VM_TOPUP_TABLES`), so this pool bounds how much RAM the machine may have, not how much
+/// memory guests get.
+const POOL_PAGES: usize = 3584;
+/// Largest RAM the static ownership record covers (6 GiB).
+const MAX_RAM_PAGES: usize = 6 * 256 * 1024;
 /// What the rest of the EL2 image may take at most: code, read-only data, the vCPU and ID
 /// register tables and the other statics, the panic stacks (about 1.6 MiB today, 1.3 MiB of it the
 /// vCPU table, which has room for every vCPU's SVE registers).

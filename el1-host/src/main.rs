@@ -19,6 +19,7 @@ mod guest_abi;
 mod hostile;
 mod probe;
 mod registry;
+mod scale;
 mod sched_scenarios;
 mod storm;
 mod sve_scenarios;

@@ -70,6 +70,7 @@ pub const SCENARIOS: &[Scenario] = &[
     tested("vm-preempt-spin-wait", |p| with_vms(p, sched::spin_wait)),
     tested("vm-vgic", |p| with_vms(p, vm::vgic)),
     tested("vm-pkvm-guest-abi", |p| with_vms(p, guest_abi::guest_abi)),
+    tested("vm-scale", |p| with_vms(p, crate::scale::run)),
 ];
 
 /// Every CPU up and the VMM's set-up done, then `run`.

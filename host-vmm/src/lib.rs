@@ -47,9 +47,20 @@ static NEXT_FREE: AtomicU64 = AtomicU64::new(0x5000_0000);
 /// Unassigned MMIO accesses by guests.
 pub static UNASSIGNED: AtomicUsize = AtomicUsize::new(0);
 
-/// Takes `pages` pages of host RAM for a guest.
+/// Takes `pages` pages of host RAM for a guest: 2 MiB aligned when it is a whole number of
+/// 2 MiB blocks (guest RAM, which EL2 then maps in blocks), page aligned otherwise (table
+/// pages).
 pub fn alloc_pages(pages: u64) -> u64 {
-    NEXT_FREE.fetch_add(pages * PAGE_SIZE, Ordering::SeqCst)
+    const BLOCK: u64 = 2 << 20;
+    let size = pages * PAGE_SIZE;
+    let align = if size % BLOCK == 0 { BLOCK } else { PAGE_SIZE };
+    let mut start = 0;
+    // Cannot fail: the closure always returns `Some`.
+    let _ = NEXT_FREE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
+        start = next.next_multiple_of(align);
+        Some(start + size)
+    });
+    start
 }
 
 /// A VM as the host sees it.

@@ -5,8 +5,10 @@ use crate::{check, println, Vm};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::msg::exit;
 
-/// Exit reasons the host counts per VM ([`exit`] values 1..=12).
-const HOST_EXIT_NAMES: [&str; 13] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi", "cpu_on", "mem_share", "mem_unshare"];
+/// Exit reasons the host counts per VM ([`exit`] values 1..=13).
+const HOST_EXIT_NAMES: [&str; REASONS] = ["", "mmio", "wfx", "hypercall", "system_off", "system_reset", "irq", "killed", "vcpu_off", "sgi", "cpu_on", "mem_share", "mem_unshare", "need_tables"];
+/// Row length: reason 0 (none) and every reason.
+const REASONS: usize = exit::NEED_TABLES as usize + 1;
 
 /// Kinds of injected interrupts ([`count_injection`]).
 const INJECTION_NAMES: [&str; 4] = ["timer", "sgi", "uart", "other"];
@@ -42,7 +44,7 @@ fn take_injections(handle: u64) -> Option<[u64; 4]> {
 }
 
 /// Exits that reached the host, per VM slot (the handle's low byte) and reason.
-static HOST_EXITS: [[AtomicU64; 13]; 16] = [const { [const { AtomicU64::new(0) }; 13] }; 16];
+static HOST_EXITS: [[AtomicU64; REASONS]; 16] = [const { [const { AtomicU64::new(0) }; REASONS] }; 16];
 
 /// Exits with `reason` that VM `handle` made to the host so far (cleared by [`report_stats`]).
 pub fn host_exits(handle: u64, reason: u32) -> u64 {
@@ -62,7 +64,7 @@ pub(crate) fn count_exit(handle: u64, reason: u32) {
 pub fn report_stats(vm: &Vm) {
     use shared_abi::msg::stats;
     let Some(row) = HOST_EXITS.get(vm.handle as usize & 0xFF) else { return };
-    let host: [u64; 13] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
+    let host: [u64; REASONS] = core::array::from_fn(|i| row[i].swap(0, Ordering::Relaxed));
     let mut el2 = [0u64; stats::CLASSES];
     for v in 0..vm.vcpus as u64 {
         if let Ok(s) = vm.el2().vcpu(v).stats() {

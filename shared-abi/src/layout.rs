@@ -18,7 +18,7 @@
 /// Where the boot image (EL2) is linked. 2 MiB aligned so no host block mapping covers it.
 pub const HYP_REGION_BASE: u64 = 0x4020_0000;
 /// Size of the memory EL2 reserves for itself. A multiple of 2 MiB.
-pub const HYP_REGION_SIZE: u64 = 16 << 20;
+pub const HYP_REGION_SIZE: u64 = 24 << 20;
 /// Where the host image is linked and entered.
 pub const HOST_IMAGE_BASE: u64 = 0x4200_0000;
 

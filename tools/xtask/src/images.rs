@@ -16,7 +16,7 @@ pub struct Images {
 }
 
 /// The guests `tests/guests` builds (and `demo.bin`, the raw copy of `demo`).
-pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "vm-isolation", "vm-id-registers", "vm-pointer-authentication", "vm-mte", "vm-sve", "hostile-guests", "integrity-soak", "bench", "vm-illegal-state", "vm-switched-or-trapped", "spin", "vm-vgic", "storm", "irqbench", "vm-pkvm-guest-abi", "vm-measurement"];
+pub const BUNDLED_GUESTS: &[&str] = &["demo", "demo.bin", "regs", "vm-isolation", "vm-id-registers", "vm-pointer-authentication", "vm-mte", "vm-sve", "hostile-guests", "integrity-soak", "bench", "vm-illegal-state", "vm-switched-or-trapped", "spin", "vm-vgic", "storm", "irqbench", "vm-pkvm-guest-abi", "vm-measurement", "vm-scale"];
 
 /// Where QEMU's loader stages the guest image.
 pub const GUEST_STAGING: u64 = shared_abi::layout::GUEST_IMAGE_STAGING;

@@ -5,6 +5,7 @@
 //!                            # (names.rs)
 //! args = vm=plain            # more /chosen/bootargs for the host (after scenario=NAME)
 //! smp = 2                    # CPUs (default 2)
+//! ram = 5G                   # the machine's RAM (default: qemu/virt.args's, 2G for Linux)
 //! exit = 0                   # expected QEMU exit status (default 0)
 //! timeout = 60               # seconds (default 60)
 //! expect = some text         # must appear in the output (any number of these)
@@ -65,6 +66,8 @@ pub struct Scenario {
     pub unknown_scenario: Option<String>,
     pub args: String,
     pub smp: u32,
+    /// The machine's RAM in MiB, if not the default.
+    pub ram_mib: Option<u32>,
     pub exit: i32,
     pub timeout: u64,
     pub expect: Vec<String>,
@@ -128,6 +131,18 @@ impl Default for LinuxKeys {
 
 const LINUX_KEYS: &[&str] = &["kernel", "initrd", "disk", "cmdline", "mem", "vcpus", "vms", "protected", "mte", "ptrauth", "sve", "bare"];
 
+/// A machine RAM size such as `5G` or `1536M`, in MiB: 1 GiB to 6 GiB, the most EL2's
+/// ownership record covers (`MAX_RAM_PAGES` in boot/src/main.rs).
+fn parse_ram(v: &str) -> Option<u32> {
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit())?);
+    let mib = n.parse::<u32>().ok()?.checked_mul(match unit {
+        "G" => 1024,
+        "M" => 1,
+        _ => return None,
+    })?;
+    (1024..=6144).contains(&mib).then_some(mib)
+}
+
 pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
     let mut out: Vec<Scenario> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -183,6 +198,7 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             "args" => s.args = v,
             "unknown_scenario" => s.unknown_scenario = Some(v),
             "smp" => s.smp = v.parse().map_err(|_| bad("smp"))?,
+            "ram" => s.ram_mib = Some(parse_ram(&v).ok_or_else(|| bad("ram (e.g. 5G or 1536M, 1G to 6G: what EL2's ownership record covers)"))?),
             "exit" => s.exit = v.parse().map_err(|_| bad("exit"))?,
             "timeout" => s.timeout = v.parse().map_err(|_| bad("timeout"))?,
             "expect" => s.expect.push(v),
@@ -244,6 +260,16 @@ mod tests {
         assert_eq!((s[1].smp, s[1].exit), (1, 1));
         assert!(s[1].test_image && !s[0].test_image);
         assert_eq!(s[1].allow, vec!["X"]);
+        assert_eq!(s[0].ram_mib, None);
+    }
+
+    #[test]
+    fn machine_ram_is_checked() {
+        assert_eq!(parse("[a]\nram = 5G\n").unwrap()[0].ram_mib, Some(5120));
+        assert_eq!(parse("[a]\nram = 1536M\n").unwrap()[0].ram_mib, Some(1536));
+        for bad in ["7G", "512M", "5", "G", "5T", "-1G", "99999999999G"] {
+            assert!(parse(&format!("[a]\nram = {bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub fn run_one(images: &Images, s: &Scenario, artifacts: Option<&linux::Artifact
     if s.icount {
         machine = machine.icount("shift=0");
     }
+    if let Some(mib) = s.ram_mib {
+        machine = machine.mem(&format!("{mib}M"));
+    }
     // A monitor on a private socket, for the timeout report.
     let monitor = std::env::temp_dir().join(format!("xtask-{}-{}.mon", std::process::id(), MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let _ = std::fs::remove_file(&monitor);
