@@ -12,7 +12,8 @@
 //! 4. EL2's stage 1 maps, in RAM, only EL2's own pages and pages lent to EL2, and no fixmap slot
 //!    is left mapped;
 //! 5. every table page of every table lies in EL2's pool (and so belongs to EL2), but a guest
-//!    stage 2's tables below its root, which lie in that VM's memcache;
+//!    stage 2's tables below its root, which are exactly the pages its memcache handed out,
+//!    each once;
 //! 6. every page marked *tags clean* belongs to an MTE VM that has it mapped;
 //! 7. every page an MTE VM's stage 2 maps is marked *tags clean* (EL2 cleared its allocation
 //!    tags on the first mapping since its last change of ownership), and
@@ -40,6 +41,7 @@
 //!     memcache has handed out no more pages than it holds;
 //! 20. EL2 owns no page but its own region's and the live VMs' table pages (so a destroyed
 //!     VM's table pages went back to the host).
+#![cfg(any(test, feature = "test-hooks"))]
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::Hyp;
@@ -329,23 +331,47 @@ fn hyp_s1_maps_only_hyp_pages<T: TableMemory>(mem: &MemState<'_, T>, layout: &La
 }
 
 /// 5. Every table page of every table in EL2's pool, but a guest's tables below the root:
-/// in its memcache.
+/// the pages its memcache handed out, each linked once (so none is handed out again while
+/// in use).
 fn tables_in_pool<T: TableMemory>(mem: &MemState<'_, T>, layout: &Layout) -> Result<(), Violation> {
     let mut bad = None;
-    // `cache`: the memcache the table must lie in, or `None` for the pool.
-    let mut check = |pa: PhysAddr, cache: Option<&Memcache>| {
-        let ok = cache.map_or(layout.pool.is_none_or(|p| p.contains(pa)), |c| c.holds(pa));
-        if bad.is_none() && !ok {
+    let in_pool = |pa: PhysAddr| layout.pool.is_none_or(|p| p.contains(pa));
+    let mut pool_only = |pa: PhysAddr| {
+        if bad.is_none() && !in_pool(pa) {
             bad = Some(Violation::TableOutsidePool { pa });
         }
     };
-    mem.host_s2().for_each_table(mem.tables(), &mut |pa| check(pa, None));
-    mem.hyp_s1().for_each_table(mem.tables(), &mut |pa| check(pa, None));
+    mem.host_s2().for_each_table(mem.tables(), &mut pool_only);
+    mem.hyp_s1().for_each_table(mem.tables(), &mut pool_only);
+    bad.map_or(Ok(()), Err)?;
     for vm in mem.vms.iter() {
-        let root = vm.mem.s2().root();
-        vm.mem.s2().for_each_table(&vm.mem.table_memory(mem.tables()), &mut |pa| check(pa, (pa != root).then_some(vm.mem.tables())));
+        let (root, cache, tables) = (vm.mem.s2().root(), vm.mem.tables(), vm.mem.table_memory(mem.tables()));
+        let (mut linked, mut bad) = (0, None);
+        vm.mem.s2().for_each_table(&tables, &mut |pa| {
+            if pa == root {
+                if !in_pool(pa) {
+                    bad = bad.or(Some(pa));
+                }
+                return;
+            }
+            linked += 1;
+            // Handed out, and linked once (a guest's tables are few: counting each one's links
+            // is cheap enough for a checker).
+            let mut links = 0;
+            vm.mem.s2().for_each_table(&tables, &mut |other| links += u64::from(other == pa));
+            if cache.position(pa).is_none_or(|p| p >= cache.used()) || links != 1 {
+                bad = bad.or(Some(pa));
+            }
+        });
+        // Every page handed out is a table (`map` links each table it takes).
+        if linked != cache.used() {
+            bad = bad.or(Some(root));
+        }
+        if let Some(pa) = bad {
+            return Err(Violation::TableOutsidePool { pa });
+        }
     }
-    bad.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// 19. A VM's table pages: EL2's alone, mapped by EL2 at their address, in no pool and no
@@ -679,6 +705,26 @@ mod tests {
         let pool = PhysRange::from_size(PhysAddr(0x1000), PAGE_SIZE);
         let layout = Layout { pool, fixmap: None };
         assert!(matches!(check(&f.hyp, &mem, &layout), Err(Violation::HypMapsForeign { .. }) | Err(Violation::TableOutsidePool { .. })));
+    }
+
+    #[test]
+    fn a_guest_table_the_memcache_would_hand_out_again_is_found() {
+        let (f, h) = one_vm(vm_flags::PROTECTED, 8, 2);
+        let mut mem = f.hyp.mem.lock();
+        let (_, _, _, tables, vms) = mem.parts_mut();
+        vms.iter_mut().next().unwrap().mem.map_unchecked(tables, IPA, PhysAddr(f.page(8)), PAGE_SIZE, RAM_RWX, 3).unwrap();
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64));
+        let used = mem.vms.lookup(h).unwrap().1.mem.tables().used();
+        assert!(used >= 1);
+        let set = |mem: &mut MemState<'_, _>, n| mem.vms.lookup_mut(h).unwrap().1.mem.set_tables_used(n);
+        // The last table linked is a page the memcache has not handed out: it would again.
+        set(&mut mem, used - 1);
+        assert!(matches!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::TableOutsidePool { .. })));
+        // A page handed out that is no table.
+        set(&mut mem, used + 1);
+        assert!(matches!(check(&f.hyp, &mem, &LAYOUT), Err(Violation::TableOutsidePool { .. })));
+        set(&mut mem, used);
+        assert_eq!(check(&f.hyp, &mem, &LAYOUT), Ok(RAM_PAGES as u64));
     }
 
     #[test]

@@ -465,6 +465,13 @@ pub(crate) fn create(f: &mut Fixture, vcpus: u32, flags: u64) -> u64 {
 
 /// [`create`] with SVE of `sve_vl` bytes ([`vm_flags::SVE`] added unless 0).
 pub(crate) fn create_sve(f: &mut Fixture, vcpus: u32, flags: u64, sve_vl: u64) -> u64 {
+    let h = create_without_tables(f, vcpus, flags, sve_vl);
+    give_tables(f, h);
+    h
+}
+
+/// [`create_sve`] without table pages: the VM's first guest mapping needs some.
+pub(crate) fn create_without_tables(f: &mut Fixture, vcpus: u32, flags: u64, sve_vl: u64) -> u64 {
     f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).ok();
     let flags = if sve_vl != 0 { flags | vm_flags::SVE } else { flags };
     let req = VmCreate { nr_vcpus: vcpus, ipa_bits: 36, flags, sve_vl, reserved: 0 };
@@ -473,7 +480,6 @@ pub(crate) fn create_sve(f: &mut Fixture, vcpus: u32, flags: u64, sve_vl: u64) -
     // [`hvc`] with a fresh vCPU's `x0` (0, no function EL2 serves) is the tests' plain exit
     // to the host: forwarded, as a VMM would forward its own calls.
     f.call(0, H::VmSmcccForward, &[h, 0, 1]).unwrap();
-    give_tables(f, h);
     h
 }
 

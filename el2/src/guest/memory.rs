@@ -247,17 +247,11 @@ mod tests {
         assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page_untagged").count(), 1 + TABLE_PAGES, "only the untagged page (and the table pages)");
     }
 
-    /// Hands out every table page VM `h` holds.
-    fn use_up_tables(f: &Fixture, h: u64) {
-        f.hyp.mem.lock().vms.lookup_mut(h).unwrap().1.mem.use_up_tables();
-    }
-
     #[test]
     fn guest_ram_that_cannot_be_mapped_yet_is_never_an_mmio_exit() {
         let mut f = fixture();
-        let h = create(&mut f, 1, vm_flags::PROTECTED);
+        let h = create_without_tables(&mut f, 1, vm_flags::PROTECTED, 0);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
-        use_up_tables(&f, h);
         let rec = Recorder::default();
         // A store with a valid syndrome (ISV set) to guest RAM, which needs a level-2 and a
         // level-3 table the VM does not have: must not become MMIO, and nothing happens.
@@ -281,7 +275,7 @@ mod tests {
             let mem = f.hyp.mem.lock();
             let vm = mem.vms.lookup(h).unwrap().1;
             assert_eq!(vm.mem.lookup(mem.tables(), 0x4000_1000).map(|l| l.pa_base.0), Some(f.page(GUEST + 1)));
-            assert_eq!(vm.mem.tables().runs().last().map(|r| (r.start.0, r.size())), Some((first, 3 * PAGE_SIZE)), "the two top-ups joined");
+            assert_eq!(vm.mem.tables().runs(), [PhysRange::from_size(PhysAddr(first), 3 * PAGE_SIZE).unwrap()], "the two top-ups joined");
             assert_eq!(vm.mem.tables().free(), 1);
         }
         invariants_hold(&f);
@@ -293,9 +287,8 @@ mod tests {
     #[test]
     fn an_mte_page_that_cannot_be_mapped_yet_is_not_marked_tags_clean() {
         let mut f = fixture();
-        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        let h = create_without_tables(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE, 0);
         f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 4]).unwrap();
-        use_up_tables(&f, h);
         let rec = Recorder::default();
         *rec.exits.borrow_mut() = vec![dabt_translation(0x4000_1000)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::NEED_TABLES as u64, 0, 0]));

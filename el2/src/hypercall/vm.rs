@@ -493,6 +493,27 @@ mod tests {
         assert_eq!(crate::invariants::check(&f.hyp, &f.hyp.mem.lock(), &layout), Ok(crate::testing::RAM_PAGES as u64));
     }
 
+    /// EL2's stage 1 maps table pages with tables from EL2's pool: they go back at destroy, so
+    /// a host that gives scattered table pages VM after VM never drains the pool.
+    #[test]
+    fn table_pages_cost_el2s_pool_nothing_after_destroy() {
+        use crate::mem::pgtable::TableMemory;
+        let mut f = fixture();
+        f.call(0, H::SetMessagePage, &[0, f.page(MSG)]).unwrap();
+        let free = |f: &Fixture| f.hyp.mem.lock().tables().free_pages();
+        let before = free(&f);
+        for round in 0..3 {
+            let h = create(&mut f, 1, vm_flags::PROTECTED);
+            // One page in each 2 MiB of the fixture's RAM: a level-3 table of EL2's each.
+            for page in [100 + round, 600 + round, 1100 + round] {
+                f.call(0, H::VmTopupTables, &[h, f.page(page), 1]).unwrap();
+            }
+            assert!(free(&f) < before);
+            f.call(0, H::VmDestroy, &[h]).unwrap();
+            assert_eq!(free(&f), before, "round {round}: every table EL2 took came back");
+        }
+    }
+
     #[test]
     fn create_keeps_the_host_reserve() {
         let mut f = fixture();

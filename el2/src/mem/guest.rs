@@ -144,10 +144,11 @@ impl GuestMemory {
         self.s2.map(&mut super::memcache::GuestTables { pool, cache: &mut self.tables }, ia, pa, size, attrs, level)
     }
 
-    /// Hands out every table page the VM holds: for tests of a VM that needs more.
+    /// Sets how many table pages the memcache has handed out: for tests that build broken
+    /// states on purpose.
     #[cfg(test)]
-    pub(crate) fn use_up_tables(&mut self) {
-        self.tables.used = self.tables.pages();
+    pub(crate) fn set_tables_used(&mut self, used: u64) {
+        self.tables.used = used;
     }
 
     /// Both parts, writable: for tests that build broken states on purpose.

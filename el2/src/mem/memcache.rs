@@ -45,6 +45,18 @@ impl Memcache {
         self.pages() - self.used
     }
 
+    /// Where `pa` is in the order pages are handed out, if it is one of the donated pages.
+    pub fn position(&self, pa: PhysAddr) -> Option<u64> {
+        let mut before = 0;
+        for r in &self.runs {
+            if r.contains(pa) {
+                return Some(before + (pa.0 - r.start.0) / PAGE_SIZE);
+            }
+            before += r.size() / PAGE_SIZE;
+        }
+        None
+    }
+
     /// Whether `pa` is one of the donated pages.
     pub fn holds(&self, pa: PhysAddr) -> bool {
         self.runs.iter().any(|r| r.contains(pa))

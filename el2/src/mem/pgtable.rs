@@ -462,6 +462,44 @@ impl PageTable {
         Ok(removed.map(|(s, e)| (s, e - s)))
     }
 
+    /// Frees every table below the root that covers any of `[ia, ia + size)` and maps nothing
+    /// (no valid entry, once the empty tables below it are gone), clearing the entry that
+    /// pointed at it. Returns how many tables were freed.
+    ///
+    /// A walker may still hold the freed tables in its walk cache: the caller invalidates the
+    /// TLBs of the regime before anyone can allocate (and so rewrite) the freed pages, i.e.
+    /// before it releases the lock that guards `mem`. Until then they read as empty.
+    ///
+    /// # Errors
+    /// [`PtError::BadRange`] for an unaligned or out-of-range request.
+    pub fn prune(&mut self, mem: &mut impl TableMemory, ia: u64, size: u64) -> Result<usize, PtError> {
+        self.check_range(ia, size)?;
+        // (whether `table` is now empty, tables freed below it)
+        fn walk(mem: &mut impl TableMemory, table: PhysAddr, level: u8, base: u64, range: (u64, u64)) -> (bool, usize) {
+            let mut freed = 0;
+            for i in 0..ENTRIES {
+                let lo = base + i as u64 * level_size(level);
+                let hi = lo + level_size(level);
+                if hi <= range.0 || lo >= range.1 || level == 3 {
+                    continue;
+                }
+                let d = PageTable::read(mem, table, i);
+                if d & VALID != 0 && d & TABLE_OR_PAGE != 0 {
+                    let child = PhysAddr(d & OA_MASK);
+                    let (empty, below) = walk(mem, child, level + 1, lo, range);
+                    freed += below;
+                    if empty {
+                        PageTable::write(mem, table, i, 0);
+                        mem.free_table(child);
+                        freed += 1;
+                    }
+                }
+            }
+            ((0..ENTRIES).all(|i| PageTable::read(mem, table, i) & VALID == 0), freed)
+        }
+        Ok(walk(mem, self.root, self.start_level, 0, (ia, ia + size)).1)
+    }
+
     fn clear_leaf(&mut self, mem: &impl TableMemory, leaf: Leaf) {
         let mut table = self.root;
         for level in self.start_level..leaf.level {
@@ -837,6 +875,31 @@ mod tests {
         assert_eq!(s1.leaf_mem_type(0b111 << 2), None);
         let s2 = PageTable::new(&mut m, Format::Stage2, 40).unwrap();
         assert_eq!(s2.leaf_mem_type(0b0110 << 2), None, "the FWB encoding in a non-FWB table");
+    }
+
+    #[test]
+    fn prune_frees_the_tables_left_empty_in_the_range_only() {
+        let mut m = FakeMemory::new(16);
+        let mut t = PageTable::new(&mut m, Format::Stage2, 48).unwrap();
+        // Two pages in one 2 MiB region, one in the next, one a GiB away.
+        for ia in [0x4000_0000, 0x4000_1000, 0x4020_0000, 0x8000_0000] {
+            t.map(&mut m, ia, PhysAddr(ia), PAGE_SIZE, RAM, 3).unwrap();
+        }
+        let before = m.in_use();
+        assert_eq!(t.prune(&mut m, 0x4000_0000, 0x40_0000).unwrap(), 0, "nothing empty yet");
+        t.unmap(&mut m, 0x4000_0000, PAGE_SIZE).unwrap();
+        assert_eq!(t.prune(&mut m, 0x4000_0000, PAGE_SIZE).unwrap(), 0, "0x4000_1000 still mapped");
+        t.unmap(&mut m, 0x4000_1000, PAGE_SIZE).unwrap();
+        t.unmap(&mut m, 0x4020_0000, PAGE_SIZE).unwrap();
+        assert_eq!(t.prune(&mut m, 0x4000_0000, PAGE_SIZE).unwrap(), 1, "only the level-3 table of the range");
+        assert!(t.lookup(&m, 0x8000_0000).is_some());
+        assert_eq!(t.prune(&mut m, 0x4000_0000, 0x40_0000).unwrap(), 2, "the next level-3 table, then the empty level-2 table");
+        assert_eq!(m.in_use(), before - 3);
+        t.unmap(&mut m, 0x8000_0000, PAGE_SIZE).unwrap();
+        assert_eq!(t.prune(&mut m, 0, 1 << 47).unwrap(), 3, "level 3, 2 and 1: only the root is left");
+        assert_eq!(m.in_use(), 1);
+        t.map(&mut m, 0x4000_0000, PhysAddr(0x4000_0000), PAGE_SIZE, RAM, 3).unwrap();
+        assert!(t.lookup(&m, 0x4000_0000).is_some(), "usable again");
     }
 
     #[test]

@@ -179,8 +179,10 @@ impl<T: TableMemory> MemState<'_, T> {
     /// **Host donate tables** (`VM_TOPUP_TABLES`): the pages of `run` become EL2's, table pages
     /// for the stage 2 of VM `handle` ([`Memcache`]): out of the host's stage 2 (on every CPU),
     /// into EL2's stage 1 at their physical address, zeroed. They go back to the host at
-    /// `VM_DESTROY`. EL2's stage 1 may need tables of its own for them, taken from its pool but
-    /// never from the `reserve` kept for the host's stage 2.
+    /// `VM_DESTROY`, and the tables EL2's stage 1 needed for them go back to its pool. Those
+    /// come from the pool, but never from the `reserve` kept for the host's stage 2: a host
+    /// that gives much table memory uses up the pool above the reserve, which only refuses its
+    /// own later calls (`NoMemory`).
     ///
     /// Checked in this order: the VM (`InvalidHandle`), room for another run unless `run` joins
     /// the last (`NoCapacity`), the host owning every page outright (`NotOwned`: not shared,
@@ -197,7 +199,7 @@ impl<T: TableMemory> MemState<'_, T> {
         // EL2's stage 1 needs at most one new level-3 table per 2 MiB the run touches, one
         // level-2 table per GiB, and a level-1 table: checked first, so that the map below
         // cannot fail half way.
-        let need = pages.div_ceil(512) + 1 + pages.div_ceil(512 * 512) + 1 + 1;
+        let need = [512, 512 * 512, 512 * 512 * 512].iter().map(|per| pages.div_ceil(*per) + 1).sum::<u64>();
         if (self.tables.free_pages() as u64) < reserve as u64 + need {
             return Err(HypError::NoMemory);
         }
@@ -206,12 +208,18 @@ impl<T: TableMemory> MemState<'_, T> {
         if let Ok(Some(_)) = self.host_s2.unmap(&mut self.tables, run.start.0, run.size()) {
             hw.host_s2_unmapped();
         }
-        if let Err(e) = self.hyp_s1.map(&mut self.tables, run.start.0, run.start, run.size(), HYP_TABLES, 3) {
-            // Checked above: an EL2 bug. Undo, so that EL2 maps nothing the host owns.
-            log::error!("VM {handle:#x}: table pages {run:?} not mapped at EL2: {e:?}");
-            let _ = self.hyp_s1.unmap(&mut self.tables, run.start.0, run.size());
+        let mapped = self.hyp_s1.map(&mut self.tables, run.start.0, run.start, run.size(), HYP_TABLES, 3);
+        // Room checked above (and the VM cannot go while the lock is held).
+        if mapped.is_err() || !vm.mem.tables.add(run) {
+            // An EL2 bug. Undone, so that EL2 maps nothing the host owns, and fails closed: the
+            // pages stay EL2's if EL2 cannot unmap them.
+            log::error!("VM {handle:#x}: table pages {run:?} not taken: {mapped:?}");
+            let unmapped = self.hyp_s1.unmap(&mut self.tables, run.start.0, run.size()).is_ok();
+            let _ = self.hyp_s1.prune(&mut self.tables, run.start.0, run.size());
             hw.hyp_s1_unmapped();
-            let _ = self.own.donate(run, Component::Hyp, Component::Host);
+            if unmapped {
+                let _ = self.own.donate(run, Component::Hyp, Component::Host);
+            }
             return Err(HypError::NoMemory);
         }
         hw.hyp_s1_mapped();
@@ -219,11 +227,6 @@ impl<T: TableMemory> MemState<'_, T> {
         const ZERO: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
         for i in 0..pages {
             hw.write_page(PhysAddr(run.start.0 + i * PAGE_SIZE), &ZERO);
-        }
-        // Cannot fail: room checked above, and the VM cannot go while the lock is held.
-        let (_, vm) = self.vms.lookup_mut(handle)?;
-        if !vm.mem.tables.add(run) {
-            log::error!("VM {handle:#x}: no room for table pages {run:?}");
         }
         Ok(())
     }
@@ -471,20 +474,25 @@ impl<T: TableMemory> MemState<'_, T> {
         let runs = vm.mem.tables.runs.clone();
         vm.mem.s2.destroy(&mut GuestTables { pool: &mut self.tables, cache: &mut vm.mem.tables });
         // No walker can reach the table pages now (the VMID's entries are gone above): zeroed
-        // (what the guest's layout was stays EL2's), out of EL2's stage 1 on every CPU, back
-        // to the host.
-        for run in &runs {
+        // (what the guest's layout was stays EL2's), out of EL2's stage 1 with the tables that
+        // mapped them (freed to the pool, which nothing can allocate from before the TLBI
+        // below: the memory lock is held), on every CPU, back to the host. A run EL2 could not
+        // unmap (an EL2 bug) stays EL2's.
+        let mut unmapped = [false; super::memcache::MAX_TABLE_RUNS];
+        for (run, done) in runs.iter().zip(&mut unmapped) {
             for pa in (run.start.0..run.end.0).step_by(PAGE_SIZE as usize) {
                 hw.scrub_page(PhysAddr(pa), false);
             }
-            if self.hyp_s1.unmap(&mut self.tables, run.start.0, run.size()).is_err() {
-                log::error!("VM {handle:#x}: table pages {run:?} not unmapped at EL2");
+            *done = self.hyp_s1.unmap(&mut self.tables, run.start.0, run.size()).is_ok();
+            if !*done {
+                log::error!("VM {handle:#x}: table pages {run:?} not unmapped at EL2: kept");
             }
+            let _ = self.hyp_s1.prune(&mut self.tables, run.start.0, run.size());
         }
         if !runs.is_empty() {
             hw.hyp_s1_unmapped();
         }
-        for run in &runs {
+        for run in runs.iter().zip(unmapped).filter(|(_, done)| *done).map(|(run, _)| run) {
             if self.own.donate(*run, Component::Hyp, Component::Host).is_err() {
                 log::error!("VM {handle:#x}: table pages {run:?} not EL2's at destroy");
             }

@@ -106,7 +106,7 @@ pub fn resolve_kernel<A: Borrow<Artifacts>>(kernel: &str, base: &Path, artifacts
 /// Set to 1 to let `setup` go on without the Linux artifacts (Linux scenarios are then skipped).
 pub const OPTIONAL_ENV: &str = "XTASK_LINUX_OPTIONAL";
 
-/// The machine's RAM for Linux runs (EL2 supports at most 2 GiB).
+/// The machine's RAM for Linux runs (EL2 covers up to 6 GiB; scenarios may set `ram`).
 const LINUX_MACHINE_RAM: &str = "2G";
 
 /// A Linux run: what `run --kernel` and the Linux scenarios boot under the hypervisor.
