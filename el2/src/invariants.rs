@@ -45,7 +45,6 @@
 
 use crate::mem::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 use crate::hyp::Hyp;
-use crate::mem::memcache::Memcache;
 use crate::mem::MemState;
 use crate::mem::owner::{Component, PageEntry, PageState, MAX_GUEST};
 use crate::mem::pgtable::{Leaf, MemType, PageTable, TableMemory};

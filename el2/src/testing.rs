@@ -412,7 +412,7 @@ impl Fixture {
         let mut x = [0u64; 8];
         x[0] = id as u64;
         x[1..1 + args.len()].copy_from_slice(args);
-        crate::hypercall::handle(&self.hyp, cpu, x, rec)
+        crate::hypercall::handle(&self.hyp, cpu, &x, rec)
     }
 }
 

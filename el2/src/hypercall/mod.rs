@@ -84,7 +84,7 @@ calls! {
 
 /// Handles a host `HVC #0` made on CPU `cpu` with `x0..=x7` = `x`; the result goes to
 /// `x0..=x3`.
-pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &impl Hw) -> HypResult {
+pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: &[u64; 8], hw: &impl Hw) -> HypResult {
     let id = HypercallId::try_from(x[0])?;
     if x[1 + id.nr_args()..].iter().any(|&r| r != 0) {
         return Err(HypError::InvalidArgument);
@@ -92,7 +92,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: [u64; 8], hw: &im
     if id.phase() == Phase::SetupOnly && hyp.finalised() {
         return Err(HypError::SetupFinalised);
     }
-    let result = match Call::decode(id, &x) {
+    let result = match Call::decode(id, x) {
         Call::Version => setup::version(),
         Call::Ping { value } => Ok([value, 0, 0]),
         Call::SetMessagePage { cpu, pa } => setup::set_message_page(hyp, cpu, pa, hw),
@@ -140,7 +140,7 @@ mod tests {
         let mut x = [0u64; 8];
         for id in [0xC600_0FFF, 0x8400_0000, 0, u64::MAX] {
             x[0] = id;
-            assert_eq!(handle(&f.hyp, 0, x, &Recorder::default()), Err(HypError::NotSupported));
+            assert_eq!(handle(&f.hyp, 0, &x, &Recorder::default()), Err(HypError::NotSupported));
         }
     }
 

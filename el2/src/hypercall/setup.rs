@@ -125,7 +125,7 @@ mod tests {
         x[0] = HypercallId::SetMessagePage as u64;
         x[1] = 1;
         x[2] = f.page(3);
-        assert_eq!(crate::hypercall::handle(&f.hyp, 0, x, &rec), Ok([0; 3]));
+        assert_eq!(crate::hypercall::handle(&f.hyp, 0, &x, &rec), Ok([0; 3]));
         assert_eq!(rec.log.borrow().as_slice(), &["hyp_s1_mapped"]);
         let mem = f.hyp.mem.lock();
         assert_eq!(mem.own().state(PhysAddr(f.page(3)), Component::Host), Some(PageState::SharedOwned));
