@@ -102,7 +102,8 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     if let Exit::NeedTables { pages } = e.exit {
         give_tables(m.vcpu().0.el2(), pages)?;
     }
-    if let Exit::Hypercall { args } = e.exit {
+    if let Exit::Hypercall { function, args: [a1, a2, a3] } = e.exit {
+        let args = [function as u64, a1, a2, a3];
         // A call the VM forwards (`VM_SMCCC_FORWARD`): the machine's answer is the guest's x0.
         *reply = MmioReply { value: m.smccc_call(args), abort: false };
     }

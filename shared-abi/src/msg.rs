@@ -394,20 +394,23 @@ pub struct VcpuExit {
 /// carries. The record-wide fields (the [`exit::FLAG_EOI`] flag and the timer deadlines) stay
 /// in the record.
 ///
-/// `repr(C)` (a tag, then the variants' fields at offset 8) so that copying an `Exit` is a few
-/// aligned word moves: with Rust's layout the small fields (an SGI's INTID, an MMIO size) sit
-/// next to the tag, and a copy of bytes 1 to 7 became a call to the byte-wise `memcpy` on
-/// every exit (the host's target requires aligned accesses).
-#[repr(C)]
+/// `repr(u32)` (each variant a C struct that starts with the 32-bit tag, a 32-bit field next
+/// to it where the variant has one) and 32 bytes in all, so that copying an `Exit` is four
+/// aligned word moves, inlined. With Rust's own layout small fields sat next to the tag, and a
+/// copy of bytes 1 to 7 became a call to the byte-wise `memcpy`; at 40 bytes every copy was a
+/// call to the word-wise one (on these targets, which require aligned accesses, LLVM inlines
+/// copies of up to 32 bytes).
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// [`exit::MMIO`]: an access of `size` bytes (1, 2, 4 or 8) at `ipa`; `write`: the value
     /// written, or `None` for a read (its value goes to the next `VCPU_RUN`).
-    Mmio { ipa: u64, size: u32, write: Option<u64> },
+    Mmio { size: u32, ipa: u64, write: Option<u64> },
     /// [`exit::WFX`].
     Wfx,
-    /// [`exit::HYPERCALL`]: the guest's `x0..=x3`.
-    Hypercall { args: [u64; 4] },
+    /// [`exit::HYPERCALL`]: the guest's `x0` (an SMCCC function ID: EL2 forwards only 32-bit
+    /// ones) and `x1..=x3`.
+    Hypercall { function: u32, args: [u64; 3] },
     /// [`exit::SYSTEM_OFF`].
     SystemOff,
     /// [`exit::SYSTEM_RESET`].
@@ -491,7 +494,7 @@ impl Exit {
                     e.data = v;
                 }
             }
-            Exit::Hypercall { args } => e.args = args,
+            Exit::Hypercall { function, args: [a1, a2, a3] } => e.args = [function as u64, a1, a2, a3],
             Exit::Killed { reason, ipa, detail } => {
                 e.data = reason;
                 e.ipa = ipa;
@@ -538,7 +541,8 @@ impl Exit {
             return Ok(Exit::Mmio { ipa: e.ipa, size: e.size, write: write.then_some(e.data) });
         }
         let (x, unused) = match e.reason {
-            exit::HYPERCALL => (Exit::Hypercall { args: e.args }, e.ipa | e.data | size),
+            // A function ID past 32 bits is one EL2 never forwards.
+            exit::HYPERCALL => (Exit::Hypercall { function: a0 as u32, args: [a1, a2, a3] }, e.ipa | e.data | size | a0 >> 32),
             exit::KILLED => (Exit::Killed { reason: e.data, ipa: e.ipa, detail: a0 }, size | a1 | a2 | a3),
             exit::SGI => {
                 if a0 > 15 || a2 > sgi::SGI0R {
@@ -592,6 +596,7 @@ const _: () = {
     assert!(offset_of!(VmCreate, sve_vl) == 16);
     assert!(offset_of!(VmCreate, reserved) == 24);
     assert!(size_of::<VcpuExit>() == 80);
+    assert!(size_of::<Exit>() == 32, "an Exit copy must stay inlined (see Exit)");
     assert!(offset_of!(VcpuExit, ipa) == 8);
     assert!(offset_of!(VcpuExit, data) == 16);
     assert!(offset_of!(VcpuExit, size) == 24);
@@ -685,7 +690,7 @@ mod tests {
         [
             Exit::Mmio { ipa: 0x0900_0018, size: 4, write: None },
             Exit::Wfx,
-            Exit::Hypercall { args: [0xC600_0000, 1, 2, 3] },
+            Exit::Hypercall { function: 0xC600_0000, args: [1, 2, 3] },
             Exit::SystemOff,
             Exit::SystemReset,
             Exit::Irq,
@@ -779,7 +784,8 @@ mod tests {
             let x = match Exit::decode(&VcpuExit { ipa: 0, data: 0, size, args: [0; 4], ..*e }) {
                 Ok(Exit::Mmio { .. }) if !matches!(e.size, 1 | 2 | 4 | 8) => return Err(BadExit::Size(e.size)),
                 Ok(Exit::Mmio { .. }) => Exit::Mmio { ipa: e.ipa, size: e.size, write: (e.flags & exit::MMIO_WRITE != 0).then_some(e.data) },
-                Ok(Exit::Hypercall { .. }) => Exit::Hypercall { args: e.args },
+                Ok(Exit::Hypercall { .. }) if e.args[0] >> 32 != 0 => return Err(BadExit::Unused),
+                Ok(Exit::Hypercall { .. }) => Exit::Hypercall { function: e.args[0] as u32, args: [e.args[1], e.args[2], e.args[3]] },
                 Ok(Exit::Killed { .. }) => Exit::Killed { reason: e.data, ipa: e.ipa, detail: e.args[0] },
                 Ok(Exit::Sgi { .. }) if e.args[0] > 15 || e.args[2] > sgi::SGI0R => return Err(BadExit::Sgi),
                 Ok(Exit::Sgi { .. }) => Exit::Sgi { intid: e.args[0] as u8, targets: e.args[1], reg: e.args[2], value: e.data },

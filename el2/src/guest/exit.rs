@@ -245,7 +245,8 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                         return Next::Resume;
                     }
                     ctx.pending_call = true;
-                    Next::Exit(Exit::Hypercall { args })
+                    // `forwards` takes only 32-bit function IDs.
+                    Next::Exit(Exit::Hypercall { function: args[0] as u32, args: [args[1], args[2], args[3]] })
                 }
             }
         }
