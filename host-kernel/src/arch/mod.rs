@@ -126,17 +126,18 @@ pub unsafe fn write32(pa: u64, v: u32) {
 
 // ---- Hypercalls -----------------------------------------------------------------------------
 
-/// `HVC #0` with a full 64-bit `x0` and `a` in `x1..x8`; returns `x0..x17` (the smccc crate
-/// takes a 32-bit function ID).
-pub fn hvc0(x0: u64, a: [u64; 17]) -> [u64; 18] {
-    let mut r = [0u64; 18];
+/// `HVC #0` with a full 64-bit `x0` and `a` in `x1..=x7` (the hypervisor ABI's argument
+/// registers); returns `x0..=x3`. Only those are set: the smccc crate's `hvc64` zeroes
+/// `x8..=x17` too (ten instructions on every call) and takes a 32-bit function ID.
+pub fn hvc0(x0: u64, a: [u64; 7]) -> [u64; 4] {
+    let mut r = [0u64; 4];
     // SAFETY: an HVC to EL2 following SMCCC; x0..x3 are results, x4..x17 may be changed.
     unsafe {
         asm!(
             "hvc #0",
             inout("x0") x0 => r[0], inout("x1") a[0] => r[1], inout("x2") a[1] => r[2],
-            inout("x3") a[2] => r[3], inout("x4") a[3] => r[4], inout("x5") a[4] => r[5],
-            inout("x6") a[5] => r[6], inout("x7") a[6] => r[7],
+            inout("x3") a[2] => r[3], inout("x4") a[3] => _, inout("x5") a[4] => _,
+            inout("x6") a[5] => _, inout("x7") a[6] => _,
             out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
             out("x14") _, out("x15") _, out("x16") _, out("x17") _,
             options(nostack)

@@ -13,16 +13,13 @@ pub fn call(id: HypercallId, args: &[u64]) -> HypResult {
     raw(id as u64, args)
 }
 
-/// Makes an `HVC #0` with any `x0` (for probing unknown IDs) and `args` in `x1..`.
+/// Makes an `HVC #0` with any `x0` (for probing unknown IDs) and `args` in `x1..` (at most 7;
+/// more are not sent).
+// Inlined: the argument registers are then set straight from the caller's values.
+#[inline(always)]
 pub fn raw(x0: u64, args: &[u64]) -> HypResult {
-    let mut a = [0u64; 17];
-    a[..args.len()].copy_from_slice(args);
-    let r = if x0 >> 32 == 0 {
-        smccc::hvc64(x0 as u32, a)
-    } else {
-        crate::arch::hvc0(x0, a)
-    };
-    decode_result([r[0], r[1], r[2], r[3]])
+    let a: [u64; 7] = core::array::from_fn(|i| args.get(i).copied().unwrap_or(0));
+    decode_result(crate::arch::hvc0(x0, a))
 }
 
 /// `HVC` with a non-zero immediate (not part of the ABI).
