@@ -203,6 +203,24 @@ pub fn cpu_on(index: u64) -> Result<(), smccc::psci::Error> {
     smccc::psci::cpu_on::<smccc::Hvc>(index, guest_secondary_entry as *const () as u64, index)
 }
 
+/// `HVC #0` of an SMCCC call without arguments (`x0` = `function`): its `x0`. Only `x0` is
+/// set; `x1..=x17` may change.
+pub fn hvc_no_args(function: u32) -> u64 {
+    let r: u64;
+    // SAFETY: an SMCCC call to EL2, which changes at most x0..x17.
+    unsafe {
+        core::arch::asm!(
+            "hvc #0",
+            inout("x0") function as u64 => r,
+            out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _, out("x6") _,
+            out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+            out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+            options(nostack)
+        );
+    }
+    r
+}
+
 /// PSCI version as EL2 reports it.
 pub fn psci_version() -> u64 {
     smccc::hvc64(smccc::psci::PSCI_VERSION, [0; 17])[0]
