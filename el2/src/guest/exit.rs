@@ -239,14 +239,15 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 // Answered NOT_SUPPORTED, unless the VM forwards it: then the host answers
                 // (fixed since the first run, so read under the lock without a race).
                 Served::NotEl2s(args) => {
-                    // A VM that forwards nothing (most) costs no lock.
+                    // A VM that forwards nothing (most) costs no lock. Only 32-bit function IDs
+                    // are forwarded (SMCCC's; an exit record carries no other).
+                    let Ok(function) = u32::try_from(args[0]) else { return Next::Resume };
                     let forwarded = me.forwards && hyp.mem.lock().vms.lookup(handle).is_ok_and(|(_, vm)| vm.smccc_forward.forwards(args[0]));
                     if !forwarded {
                         return Next::Resume;
                     }
                     ctx.pending_call = true;
-                    // `forwards` takes only 32-bit function IDs.
-                    Next::Exit(Exit::Hypercall { function: args[0] as u32, args: [args[1], args[2], args[3]] })
+                    Next::Exit(Exit::Hypercall { function, args: [args[1], args[2], args[3]] })
                 }
             }
         }

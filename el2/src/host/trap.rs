@@ -56,6 +56,7 @@ pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs:
                 // on every hypercall).
                 match regs.x.first_chunk::<8>() {
                     Some(x) => crate::hypercall::handle(hyp, cpu, x, hw),
+                    // Never: the frame holds 31 registers.
                     None => Err(HypError::InvalidArgument),
                 }
             };

@@ -18,6 +18,7 @@ pub fn call(id: HypercallId, args: &[u64]) -> HypResult {
 // Inlined: the argument registers are then set straight from the caller's values.
 #[inline(always)]
 pub fn raw(x0: u64, args: &[u64]) -> HypResult {
+    debug_assert!(args.len() <= 7, "the ABI has seven argument registers");
     let a: [u64; 7] = core::array::from_fn(|i| args.get(i).copied().unwrap_or(0));
     decode_result(crate::arch::hvc0(x0, a))
 }
