@@ -6,6 +6,8 @@ use crate::mem::addr::{PhysAddr, PAGE_SIZE};
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
 use crate::mem::protect::GuestPage;
+use crate::mem::MemState;
+use crate::guest::vm::handle_slot;
 use arrayvec::ArrayVec;
 
 /// Pages a set/way clean collects per hold of the memory lock (`clean_vm_to_poc`).
@@ -52,8 +54,26 @@ pub(crate) fn clean_vm_to_poc<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arc
     }
 }
 
-/// Maps the guest page holding `ipa` if it is guest memory.
+/// Publishes VM `handle`'s layout hint ([`LayoutHint`]) from `mem`, under the memory lock the
+/// caller holds: after `VM_CREATE`, `VM_ADD_MEMORY` and every `MMIO_GUARD` (the host's or the
+/// guest's).
+pub(crate) fn publish_layout<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>, handle: u64) {
+    let Ok((slot, vm)) = mem.vms.lookup(handle) else { return };
+    let Some(hint) = hyp.layout.get(slot) else { return };
+    let regions = vm.mem.regions();
+    let lo = regions.iter().map(|r| r.ipa).min().unwrap_or(u64::MAX);
+    let hi = regions.iter().map(|r| r.ipa + r.size()).max().unwrap_or(0);
+    hint.publish(lo, hi, vm.mem.mmio_guard().is_on());
+}
+
+/// Maps the guest page holding `ipa` if it is guest memory. An address outside the VM's
+/// regions, with its MMIO guard off, is an MMIO access without a look under the lock.
 pub(crate) fn map_guest_page<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, hw: &impl Hw) -> GuestPage {
+    if let Some(hint) = hyp.layout.get(handle_slot(handle)) {
+        if hint.surely_not_ram(ipa) {
+            return GuestPage::NotRam;
+        }
+    }
     hyp.mem.lock().guest_map_on_fault(handle, ipa, hyp.platform.untagged, hw)
 }
 
@@ -294,6 +314,40 @@ mod tests {
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::NEED_TABLES as u64, 0, 0]));
         assert!(!rec.log.borrow().contains(&"clear_tags"), "no tag work for a page that is not mapped");
         invariants_hold(&f);
+    }
+
+    /// The hint a fault reads without the lock follows every change of the VM's layout: memory
+    /// added after the first run (a non-protected VM), and the MMIO guard turned on.
+    #[test]
+    fn the_layout_hint_follows_memory_and_the_mmio_guard() {
+        let mut f = fixture();
+        let rec = Recorder::default();
+        let h = create(&mut f, 1, 0);
+        assert_eq!(map_guest_page(&f.hyp, h, 0x4000_0000, &rec), GuestPage::NotRam, "no memory yet");
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST), 0x4000_0000, 1]).unwrap();
+        *rec.exits.borrow_mut() = vec![hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        // Added after the first run, below and above the first region.
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 1), 0x3FFF_F000, 1]).unwrap();
+        f.call(0, H::VmAddMemory, &[h, f.page(GUEST + 2), 0x4000_1000, 1]).unwrap();
+        for ipa in [0x3FFF_F000, 0x4000_0000, 0x4000_1FF8] {
+            assert_eq!(map_guest_page(&f.hyp, h, ipa, &rec), GuestPage::Mapped, "{ipa:#x}");
+        }
+        for ipa in [0x3FFF_EFF8, 0x4000_2000, 0x0900_0000] {
+            assert_eq!(map_guest_page(&f.hyp, h, ipa, &rec), GuestPage::NotRam, "{ipa:#x}");
+        }
+        // A protected VM whose host turned its MMIO guard on: an undeclared granule outside
+        // its RAM is no MMIO exit, hint or not.
+        let p = create(&mut f, 1, vm_flags::PROTECTED);
+        f.call(0, H::VmAddMemory, &[p, f.page(GUEST + 4), 0x4000_0000, 1]).unwrap();
+        assert_eq!(map_guest_page(&f.hyp, p, 0x0A00_0000, &rec), GuestPage::NotRam);
+        f.call(0, H::VmMmioGuard, &[p, 0x0900_0000]).unwrap();
+        assert_eq!(map_guest_page(&f.hyp, p, 0x0900_0008, &rec), GuestPage::NotRam, "declared");
+        assert_eq!(map_guest_page(&f.hyp, p, 0x0A00_0000, &rec), GuestPage::Unguarded, "not declared");
+        // A new VM in a freed slot starts from its own layout.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        let again = create(&mut f, 1, 0);
+        assert_eq!(map_guest_page(&f.hyp, again, 0x4000_0000, &rec), GuestPage::NotRam);
     }
 
     /// The fixture's second 2 MiB of RAM (pages 512..1024): one aligned block, free.

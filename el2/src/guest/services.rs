@@ -65,7 +65,11 @@ pub fn serve<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, call: MemCall, tlb: 
     let (result, exit) = match call {
         MemCall::Share(ipa) => (mem.guest_share_host(handle, ipa), Exit::MemShare { ipa }),
         MemCall::Unshare(ipa) => (mem.guest_unshare_host(handle, ipa, tlb), Exit::MemUnshare { ipa }),
-        MemCall::Guard(ipa) => return (answer(mem.guest_mmio_guard(handle, ipa)), None),
+        MemCall::Guard(ipa) => {
+            let r = mem.guest_mmio_guard(handle, ipa);
+            crate::guest::memory::publish_layout(hyp, &mem, handle);
+            return (answer(r), None);
+        }
     };
     drop(mem);
     (answer(result), result.is_ok().then_some(exit))

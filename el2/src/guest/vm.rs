@@ -31,7 +31,7 @@ use crate::cpu::idreg::NR_IDREGS;
 use crate::mem::owner::Component;
 use crate::platform::MAX_CPUS;
 use crate::guest::{MAX_VCPUS, MAX_VMS};
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shared_abi::HypError;
 
 /// One VM's metadata (under the memory lock).
@@ -229,6 +229,40 @@ impl VmTable {
     /// Number of live VMs.
     pub fn count(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+/// What a vCPU's fault may learn about its VM's memory without the memory lock: the IPA
+/// range its regions span and whether its MMIO guard is on. Published under the lock
+/// ([`crate::guest::memory::publish_layout`]) by every call that changes either; read without it at a stage-2 fault
+/// ([`crate::guest::memory::map_guest_page`]), where it saves taking the lock to learn that an MMIO access is not RAM.
+///
+/// Regions only grow and the guard only turns on while a VM lives, so a fault that reads an
+/// older hint (or `lo` and `hi` of two publications) sees a range no larger than its RAM's at
+/// some moment before: it decides as if it had come before the change.
+pub(crate) struct LayoutHint {
+    lo: AtomicU64,
+    hi: AtomicU64,
+    guarded: AtomicBool,
+}
+
+impl LayoutHint {
+    pub(crate) const fn new() -> Self {
+        Self { lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0), guarded: AtomicBool::new(false) }
+    }
+
+    /// Under the memory lock: the regions span `[lo, hi)`, the guard is `guarded`.
+    pub(crate) fn publish(&self, lo: u64, hi: u64, guarded: bool) {
+        self.lo.store(lo, Ordering::Release);
+        self.hi.store(hi, Ordering::Release);
+        self.guarded.store(guarded, Ordering::Release);
+    }
+
+    /// Without the lock: `ipa` is outside every region and the guard is off, so an access to
+    /// it is an MMIO exit (`false`: ask under the lock).
+    pub(crate) fn surely_not_ram(&self, ipa: u64) -> bool {
+        let outside = ipa < self.lo.load(Ordering::Acquire) || ipa >= self.hi.load(Ordering::Acquire);
+        outside && !self.guarded.load(Ordering::Acquire)
     }
 }
 

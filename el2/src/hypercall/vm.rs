@@ -132,6 +132,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         smccc_forward: SmcccForward::NONE,
         handover: None,
     });
+    crate::guest::memory::publish_layout(hyp, &mem, handle);
     Ok([handle, 0, 0])
 }
 
@@ -175,7 +176,9 @@ pub(crate) fn vm_add_memory<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pa: u
         return Err(HypError::OutOfRange);
     }
     let region = Region { ipa, pa: PhysAddr(pa), pages };
-    hyp.mem.lock().host_give_guest(handle, region, content, hyp.platform.untagged, hw)?;
+    let mut mem = hyp.mem.lock();
+    mem.host_give_guest(handle, region, content, hyp.platform.untagged, hw)?;
+    crate::guest::memory::publish_layout(hyp, &mem, handle);
     Ok([0; 3])
 }
 
@@ -216,6 +219,7 @@ pub(crate) fn vm_mmio_guard<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: 
             m.mmio_guard(ipa);
         }
     }
+    crate::guest::memory::publish_layout(hyp, &mem, handle);
     Ok([0; 3])
 }
 
