@@ -344,9 +344,14 @@ mod tests {
         f.call(0, H::VmMmioGuard, &[p, 0x0900_0000]).unwrap();
         assert_eq!(map_guest_page(&f.hyp, p, 0x0900_0008, &rec), GuestPage::NotRam, "declared");
         assert_eq!(map_guest_page(&f.hyp, p, 0x0A00_0000, &rec), GuestPage::Unguarded, "not declared");
-        // A new VM in a freed slot starts from its own layout.
+        assert!(f.hyp.layout[handle_slot(h)].surely_not_ram(0x0900_0000), "published");
+        // Destroy closes the slot's hint (every fault asks under the lock); a new VM in the
+        // slot publishes its own.
         f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert!(!f.hyp.layout[handle_slot(h)].surely_not_ram(0x0900_0000), "closed");
         let again = create(&mut f, 1, 0);
+        assert_eq!(handle_slot(again), handle_slot(h));
+        assert!(f.hyp.layout[handle_slot(again)].surely_not_ram(0x4000_0000), "a VM without memory: nothing is RAM");
         assert_eq!(map_guest_page(&f.hyp, again, 0x4000_0000, &rec), GuestPage::NotRam);
     }
 

@@ -234,12 +234,18 @@ impl VmTable {
 
 /// What a vCPU's fault may learn about its VM's memory without the memory lock: the IPA
 /// range its regions span and whether its MMIO guard is on. Published under the lock
-/// ([`crate::guest::memory::publish_layout`]) by every call that changes either; read without it at a stage-2 fault
-/// ([`crate::guest::memory::map_guest_page`]), where it saves taking the lock to learn that an MMIO access is not RAM.
+/// ([`crate::guest::memory::publish_layout`]) by every call that may change either; read
+/// without it at a stage-2 fault ([`crate::guest::memory::map_guest_page`]), where it saves
+/// taking the lock to learn that an MMIO access is not RAM.
 ///
-/// Regions only grow and the guard only turns on while a VM lives, so a fault that reads an
-/// older hint (or `lo` and `hi` of two publications) sees a range no larger than its RAM's at
-/// some moment before: it decides as if it had come before the change.
+/// Why a read without the lock is sound: while a VM lives its regions only grow
+/// (`VM_ADD_MEMORY`; a protected VM's are frozen once it has run, `MemState::host_give_guest`)
+/// and its guard only turns on (`MmioGuard::add`, protected VMs only), and every `VCPU_RUN`
+/// takes the lock before it enters the guest, so it sees every publication before it. A fault
+/// that reads an older hint (or `lo` and `hi` of two publications) sees a span no larger than
+/// the regions' at some moment before, and decides as if it had come before the change. It
+/// fails closed: a fresh or destroyed VM's hint ([`LayoutHint::CLOSED`]) sends every fault to
+/// the lock, so a change that was never published costs a lock, never a guest's data.
 pub(crate) struct LayoutHint {
     lo: AtomicU64,
     hi: AtomicU64,
@@ -247,8 +253,11 @@ pub(crate) struct LayoutHint {
 }
 
 impl LayoutHint {
+    /// Every address may be RAM: ask under the lock.
+    pub(crate) const CLOSED: (u64, u64, bool) = (0, u64::MAX, true);
+
     pub(crate) const fn new() -> Self {
-        Self { lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0), guarded: AtomicBool::new(false) }
+        Self { lo: AtomicU64::new(Self::CLOSED.0), hi: AtomicU64::new(Self::CLOSED.1), guarded: AtomicBool::new(Self::CLOSED.2) }
     }
 
     /// Under the memory lock: the regions span `[lo, hi)`, the guard is `guarded`.

@@ -146,6 +146,11 @@ pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &i
     }
     // Checked: commit. Nothing below can fail.
     let Some(vm) = mem.vms.remove(slot) else { return Err(HypError::InvalidHandle) };
+    // The slot's hint closes until its next VM publishes its own.
+    if let Some(hint) = hyp.layout.get(slot) {
+        let (lo, hi, guarded) = crate::guest::vm::LayoutHint::CLOSED;
+        hint.publish(lo, hi, guarded);
+    }
     mem.guest_reclaim_scrub(vm, hyp.platform.untagged, arch);
     // Nothing of the VM's vCPUs stays in EL2's memory: registers, and a guest's pending
     // `CPU_ON` entry point and context.
@@ -209,7 +214,10 @@ pub(crate) fn vm_mmio_guard<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: 
     if vm.ran {
         return Err(HypError::Denied);
     }
-    mem.guest_mmio_guard(handle, ipa).map_err(|e| match e {
+    let guarded = mem.guest_mmio_guard(handle, ipa);
+    // Whatever the answer, as the guest's MMIO_GUARD does.
+    crate::guest::memory::publish_layout(hyp, &mem, handle);
+    guarded.map_err(|e| match e {
         Refused::NotAligned => HypError::NotAligned,
         Refused::NoRoom => HypError::NoCapacity,
         Refused::NotMmio | Refused::NotRam | Refused::WrongState => HypError::InvalidArgument,
@@ -219,7 +227,6 @@ pub(crate) fn vm_mmio_guard<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: 
             m.mmio_guard(ipa);
         }
     }
-    crate::guest::memory::publish_layout(hyp, &mem, handle);
     Ok([0; 3])
 }
 
