@@ -394,8 +394,9 @@ pub struct VcpuExit {
 /// carries. The record-wide fields (the [`exit::FLAG_EOI`] flag and the timer deadlines) stay
 /// in the record.
 ///
-/// `repr(u32)` (each variant a C struct that starts with the 32-bit tag, a 32-bit field next
-/// to it where the variant has one) and 32 bytes in all, so that copying an `Exit` is four
+/// `repr(u32)` (each variant a C struct that starts with the 32-bit tag, the exit's reason code
+/// ([`exit`]), so that [`Exit::reason`] is a load; a 32-bit field next to it where the variant
+/// has one) and 32 bytes in all, so that copying an `Exit` is four
 /// aligned word moves, inlined. With Rust's own layout small fields sat next to the tag, and a
 /// copy of bytes 1 to 7 became a call to the byte-wise `memcpy`; at 40 bytes every copy was a
 /// call to the word-wise one (on these targets, which require aligned accesses, LLVM inlines
@@ -405,35 +406,35 @@ pub struct VcpuExit {
 pub enum Exit {
     /// [`exit::MMIO`]: an access of `size` bytes (1, 2, 4 or 8) at `ipa`; `write`: the value
     /// written, or `None` for a read (its value goes to the next `VCPU_RUN`).
-    Mmio { size: u32, ipa: u64, write: Option<u64> },
+    Mmio { size: u32, ipa: u64, write: Option<u64> } = exit::MMIO,
     /// [`exit::WFX`].
-    Wfx,
+    Wfx = exit::WFX,
     /// [`exit::HYPERCALL`]: the guest's `x0` (an SMCCC function ID: EL2 forwards only 32-bit
     /// ones) and `x1..=x3`.
-    Hypercall { function: u32, args: [u64; 3] },
+    Hypercall { function: u32, args: [u64; 3] } = exit::HYPERCALL,
     /// [`exit::SYSTEM_OFF`].
-    SystemOff,
+    SystemOff = exit::SYSTEM_OFF,
     /// [`exit::SYSTEM_RESET`].
-    SystemReset,
+    SystemReset = exit::SYSTEM_RESET,
     /// [`exit::IRQ`].
-    Irq,
+    Irq = exit::IRQ,
     /// [`exit::KILLED`]: a [`kill`] reason, the IPA involved (or 0), and the reason's detail
     /// (the physical page for [`kill::UNTAGGED_MEMORY`], the `PSTATE` for
     /// [`kill::ILLEGAL_STATE`], otherwise 0).
-    Killed { reason: u64, ipa: u64, detail: u64 },
+    Killed { reason: u64, ipa: u64, detail: u64 } = exit::KILLED,
     /// [`exit::VCPU_OFF`].
-    VcpuOff,
+    VcpuOff = exit::VCPU_OFF,
     /// [`exit::SGI`]: SGI `intid` (0..=15) to the vCPUs in `targets` (bit n = vCPU n), written
     /// to register `reg` ([`sgi`]) as `value`.
-    Sgi { intid: u8, targets: u64, reg: u64, value: u64 },
+    Sgi { intid: u8, targets: u64, reg: u64, value: u64 } = exit::SGI,
     /// [`exit::CPU_ON`]: the guest turned on vCPU `vcpu`.
-    CpuOn { vcpu: u64 },
+    CpuOn { vcpu: u64 } = exit::CPU_ON,
     /// [`exit::MEM_SHARE`]: the guest shared the granule at `ipa` with the host.
-    MemShare { ipa: u64 },
+    MemShare { ipa: u64 } = exit::MEM_SHARE,
     /// [`exit::MEM_UNSHARE`]: the guest took back the granule at `ipa`.
-    MemUnshare { ipa: u64 },
+    MemUnshare { ipa: u64 } = exit::MEM_UNSHARE,
     /// [`exit::NEED_TABLES`]: the VM needs `pages` more stage-2 table pages.
-    NeedTables { pages: u64 },
+    NeedTables { pages: u64 } = exit::NEED_TABLES,
 }
 
 /// Why an exit record does not decode.
