@@ -86,7 +86,8 @@ pub struct Hyp<'a, T: TableMemory> {
     pub cpu_boot: [CpuBoot; MAX_CPUS],
     /// Every vCPU context (see [`crate::guest::vm`] for who may touch one).
     pub(crate) vcpus: &'a VcpuTable,
-    /// Table pages kept for the host's stage 2: guest stage-2 tables may not use them.
+    /// Table pages kept for the host's stage 2: VMs' root tables, and EL2's own tables for the
+    /// table pages VMs hold, may not use them.
     pub(crate) host_reserve: usize,
     /// Per-VM ID registers (see [`crate::guest::vm`]).
     pub(crate) idregs: &'a IdRegTable,

@@ -172,15 +172,14 @@ impl Cpu {
         let cpu = cpu_index() % MAX_CPUS;
         ELR_EL2.set(ctx.pc);
         SPSR_EL2.set(ctx.pstate);
-        // Written by __guest_enter before anything reads it: not zeroed first (a `memset` call,
-        // about 65 instructions on every entry).
+        // Not zeroed first (a `memset` call, about 65 instructions on every entry): only the
+        // assembly writes and reads it, __guest_enter all 14 words before the ERET.
         let mut host_save = core::mem::MaybeUninit::<[u64; 14]>::uninit();
         // GUEST_CTX tells the vectors that an exit from a lower EL is this guest's.
         GUEST_CTX[cpu].store(ctx as *mut VcpuCtx as u64, Ordering::Relaxed);
-        // SAFETY: `ctx` is ours alone (a claimed vCPU), `host_save` outlives the call (only the
-        // assembly writes and reads it), and __guest_enter returns only via __guest_exit, which
-        // restores callee-saved regs and SP. The guest runs under its own stage 2 and the traps
-        // above: it cannot reach EL2 or host.
+        // The guest runs under its own stage 2 and the traps above: it cannot reach EL2 or host.
+        // SAFETY: `ctx` is ours alone (a claimed vCPU), `host_save` outlives the call, and
+        // __guest_enter returns only via __guest_exit, which restores callee-saved regs and SP.
         let kind = unsafe { __guest_enter(ctx as *mut VcpuCtx as *mut u64, host_save.as_mut_ptr()) };
         GUEST_CTX[cpu].store(0, Ordering::Relaxed);
         // Syndrome and guest PC/PSTATE, before anything can overwrite them.
