@@ -205,6 +205,11 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
     for page in devices.gicr.into_iter().flat_map(el2::host::gicr::guarded_pages) {
         map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
     }
+    // And the first page of each SGI_base frame, which the host keeps too: EL2 sets and clears
+    // the linked virtual timer's PPI 27 active there (el2::arch::switch::vgic).
+    for page in devices.gicr.into_iter().flat_map(el2::host::gicr::sgi_pages) {
+        map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
+    }
     if let Some(ecam) = devices.ecam {
         map_or_park(&mut t, pool, ecam.start.0, ecam.end.0, MemType::Device, Perms::RW);
     }
@@ -358,9 +363,21 @@ extern "C" fn boot_main(dtb: u64) -> ! {
             arch::park()
         })
     });
+    find_own_redistributor(HYP.get().unwrap_or_else(|| arch::park()));
     log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(HOST_IMAGE_BASE, dtb) }
+}
+
+/// This CPU's redistributor, for the linked virtual timer (none found: EL2 links no virtual
+/// timer from now on, `el2::hyp::Hyp::cpu_redistributor`).
+fn find_own_redistributor<T: el2::mem::pgtable::TableMemory>(hyp: &el2::hyp::Hyp<'_, T>) {
+    let sgi = hyp.gicr.as_ref().and_then(|g| el2::host::gicr::sgi_base_of(g, arch::mpidr(), &arch::GuardedMmio));
+    if sgi.is_none() {
+        log::warn!("no redistributor for MPIDR {:#x}: virtual timers are not linked", arch::mpidr());
+    }
+    arch::set_redistributor(sgi);
+    hyp.cpu_redistributor(sgi.is_some());
 }
 
 extern "C" fn secondary_main(cpu: u64) -> ! {
@@ -389,6 +406,7 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
         log::warn!("cpu{cpu} (MIDR {:#x}) is weaker than the fixed CPU view ({w:?}): powering it off", id.midr);
         arch::cpu_off();
     }
+    find_own_redistributor(hyp);
     let boot = &hyp.cpu_boot[cpu as usize % MAX_CPUS];
     let entry = boot.entry.load(Ordering::Acquire);
     let context = boot.context.load(Ordering::Acquire);

@@ -118,6 +118,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VmMmioGuard,
         HypercallId::VmSmcccForward,
         HypercallId::VmTopupTables,
+        HypercallId::VcpuLinkVtimer,
     ];
     let regs = [
         reg::PC,
@@ -255,6 +256,16 @@ pub fn run(plat: &Platform) {
                 let near = 0xC700_0000 + rng.below(16);
                 x[1] = rng.pick(&[0, 0xC700_0000, near, 0x8400_0000, 0xC600_0000, 0xFFFF_FFFF, 1 << 32, r & 0xFFFF_FFFF, r]);
                 x[2] = rng.pick(&[0, 1, 2, 16, 0x1_0000, u64::MAX, r]);
+            }
+            Ok(HypercallId::VcpuLinkVtimer) => {
+                // Linked and unlinked around runs and VCPU_SET_IRQ of vINTID 27; priorities the
+                // CPU lacks, Group 0, every undefined bit, a state, HW.
+                use shared_abi::msg::irq;
+                x[0] = handle(&mut rng, &handles);
+                x[1] = rng.pick(&[0, 0, 1, 7, 8, u64::MAX]);
+                x[2] = rng.pick(&[0, 1, 1, 2, u64::MAX]);
+                let r = rng.next();
+                x[3] = rng.pick(&[0x80 | irq::GROUP1 as u64, 0xF8 | irq::GROUP1 as u64, 0, 0x81, 0x80 | irq::HW as u64, 0x80 | 1 << irq::STATE_SHIFT, 1 << 40, r & 0xFFFF, r]);
             }
             Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
                 // List-register requests: valid ones (which fill a vCPU's list registers, then

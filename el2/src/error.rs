@@ -39,7 +39,7 @@ impl From<Error> for HypError {
             Error::Reg(RegError::ReadOnly) => HypError::Denied,
             Error::Reg(RegError::TooWide | RegError::BadValue) | Error::Fw(FwError::Refused) => HypError::InvalidArgument,
             Error::Irq(IrqError::BadField) => HypError::InvalidArgument,
-            Error::Irq(IrqError::Hardware | IrqError::NoVgic) => HypError::Denied,
+            Error::Irq(IrqError::Hardware | IrqError::NoVgic | IrqError::Linked) => HypError::Denied,
             Error::Irq(IrqError::Queued) => HypError::Busy,
             Error::Irq(IrqError::Full) => HypError::NoCapacity,
         }

@@ -242,5 +242,12 @@ pub trait WorldSwitch {
     /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
     /// context, `put` disables it.
     fn ptimer_backing(&self, t: &PTimer);
+    /// While loaded, after a physical IRQ ended the run of a vCPU whose virtual timer is linked
+    /// (`VCPU_LINK_VTIMER`): if the IRQ is the guest's timer firing, delivers it without an
+    /// exit ([`crate::guest::vgic::VgicCpu::take_vtimer`] with this CPU's
+    /// `ICC_HPPIR1_EL1` and the guest's `CNTV_CTL_EL0`) and makes the CPU's physical PPI 27
+    /// active until `put`, which deactivates it; `true`: resume the guest. `load` makes it
+    /// active too when the vCPU comes with a live hardware-linked list register.
+    fn vtimer_irq(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved) -> bool;
 }
 

@@ -111,6 +111,11 @@ pub struct Hyp<'a, T: TableMemory> {
     ctr: AtomicU64,
     /// [`CpuFeatures::ctr_trap`] of [`Hyp::cpus`], copied likewise; it only ever turns on.
     ctr_trap: AtomicBool,
+    /// Every CPU that entered EL2 so far found its own redistributor
+    /// ([`Hyp::cpu_redistributor`]), so any of them can deliver a linked virtual timer. Cleared
+    /// for good by one that did not: `VCPU_LINK_VTIMER` is then `Denied` (a linked vCPU on
+    /// such a CPU would exit on its timer's PPI at every entry, and the host would not queue it).
+    vtimer_linkable: AtomicBool,
 }
 
 /// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
@@ -163,7 +168,21 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             vgic: core::sync::atomic::AtomicU32::new(vgic),
             ctr: AtomicU64::new(ctr),
             ctr_trap: AtomicBool::new(ctr_trap),
+            vtimer_linkable: AtomicBool::new(true),
         })
+    }
+
+    /// The calling CPU has `found` its own redistributor (boot, on every CPU): see
+    /// [`Hyp::vtimer_linkable`].
+    pub fn cpu_redistributor(&self, found: bool) {
+        if !found {
+            self.vtimer_linkable.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether EL2 links virtual timers (`VCPU_LINK_VTIMER`).
+    pub(crate) fn vtimer_linkable(&self) -> bool {
+        self.vtimer_linkable.load(Ordering::Acquire)
     }
 
     /// The virtual CPU interface vCPUs get, if every CPU has one: EL2 fills list registers

@@ -54,6 +54,8 @@ pub(crate) struct Recorder {
     pub host_vttbrs: RefCell<Vec<u64>>,
     /// The FP/SIMD and SVE register file behind [`VectorRegs`].
     pub vectors: RefCell<FakeVectors>,
+    /// How many of the next `vtimer_irq` calls find the linked virtual timer firing.
+    pub vtimer_takes: Cell<u32>,
 }
 
 /// A CPU's vector registers and their traps, as [`VectorRegs`] reaches them: every access
@@ -246,6 +248,12 @@ impl WorldSwitch for Recorder {
     }
     fn ptimer_backing(&self, t: &PTimer) {
         self.note(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
+    }
+    fn vtimer_irq(&self, _: &mut VcpuCtx, _: &mut ()) -> bool {
+        self.note("vtimer_irq");
+        let left = self.vtimer_takes.get();
+        self.vtimer_takes.set(left.saturating_sub(1));
+        left > 0
     }
 }
 

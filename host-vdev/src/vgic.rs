@@ -224,12 +224,15 @@ struct Irq {
     latch: bool,
     /// The vCPU whose list registers hold it (an SGI or PPI: its own vCPU).
     queued_on: Option<u8>,
+    /// Delivered by EL2 (a PPI hardware-linked to its source, the virtual timer): never offered
+    /// for queueing, but still pending from its line, and still a reason to wake its vCPU.
+    linked: bool,
 }
 
 impl Irq {
     /// Reset: disabled, Group 0, priority 0, level-sensitive, idle.
     const RESET: Irq =
-        Irq { enabled: false, group1: false, priority: 0, edge: false, line: false, latch: false, queued_on: None };
+        Irq { enabled: false, group1: false, priority: 0, edge: false, line: false, latch: false, queued_on: None, linked: false };
     /// An SGI at reset: as [`Irq::RESET`] but edge-triggered (always).
     const RESET_SGI: Irq = Irq { edge: true, ..Irq::RESET };
 
@@ -507,7 +510,7 @@ impl Vgic {
         // per candidate, a byte-wise `memcpy` call on the host's target.
         let mut best: Option<(u8, usize, bool)> = None;
         for i in (0..NR_INTIDS).filter(|&i| map & 1 << i != 0) {
-            let Some(irq) = self.irq(vcpu, i) else { continue };
+            let Some(irq) = self.irq(vcpu, i).filter(|irq| !irq.linked) else { continue };
             // Strictly lower: between equal priorities the lowest INTID (the first) stays.
             if best.is_none_or(|(p, _, _)| irq.priority < p) {
                 best = Some((irq.priority, i, irq.group1));
@@ -545,6 +548,32 @@ impl Vgic {
                 v.stats.deactivated += 1;
             }
         }))
+    }
+
+    /// How EL2 should deliver PPI `intid` of `vcpu` itself (`VCPU_LINK_VTIMER` for the virtual
+    /// timer's): its priority and group while the guest has it enabled, in an enabled group;
+    /// `None` otherwise (the model then delivers it, or nothing does).
+    pub fn link_config(&self, vcpu: usize, intid: u32) -> Option<(u8, bool)> {
+        let irq = self.irq(vcpu, intid as usize).filter(|_| (16..NR_PRIVATE as u32).contains(&intid))?;
+        let group = if irq.group1 { gicd::CTLR_ENABLE_GRP1 } else { gicd::CTLR_ENABLE_GRP0 };
+        (irq.enabled && self.ctlr & group != 0).then_some((irq.priority, irq.group1))
+    }
+
+    /// Marks PPI `intid` of `vcpu` as delivered by EL2 (`linked`) or by the model again.
+    ///
+    /// # Errors
+    /// [`Error::BadIntid`] unless a PPI, [`Error::NoSuchVcpu`].
+    pub fn set_linked(&mut self, vcpu: usize, intid: u32, linked: bool) -> Result<(), Error> {
+        if !(16..NR_PRIVATE as u32).contains(&intid) {
+            return Err(Error::BadIntid);
+        }
+        if vcpu >= self.nr_vcpus {
+            return Err(Error::NoSuchVcpu);
+        }
+        if let Some(irq) = self.irq_mut(vcpu, intid as usize) {
+            irq.linked = linked;
+        }
+        Ok(())
     }
 
     /// Whether `vcpu` has a deliverable interrupt (so a vCPU blocked in WFI must be woken).

@@ -37,11 +37,11 @@ use super::{Outcome, Vm};
 use crate::bus::{Bus, Device, Wake};
 use crate::run::{self, Machine};
 use core::ops::Range;
-use host_kernel::hyp::client::Exited;
+use host_kernel::hyp::client::{Exited, VmHandle};
 use crate::platform::Platform;
 use crate::{gic, println, sched};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use shared_abi::msg::{vm_flags, Exit};
+use shared_abi::msg::{irq, vm_flags, Exit};
 use shared_abi::{HypError, PAGE_SIZE};
 
 /// Console input the VMM holds for `hvc0` at most (the rest waits in the host UART's FIFO).
@@ -95,13 +95,21 @@ struct VcpuState {
     lines: (bool, bool),
     /// Interrupts in its list registers that it has not deactivated yet.
     in_flight: u32,
+    /// Its virtual timer's link as EL2 last accepted it (`VCPU_LINK_VTIMER`): the
+    /// configuration, `None` when EL2 delivers nothing itself.
+    linked: Option<u32>,
 }
 
 impl VcpuState {
     const fn new() -> Self {
-        Self { mmio: run::MmioReply::ZERO, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0 }
+        Self { mmio: run::MmioReply::ZERO, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0, linked: None }
     }
 }
+
+/// Whether vCPUs' virtual timers are linked (`vtimer-link=off` turns it off: the VMM then
+/// queues PPI 27 itself, as for every other interrupt, at the cost of two host round trips per
+/// timer interrupt).
+static LINK_VTIMER: AtomicBool = AtomicBool::new(true);
 
 static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 /// Each VM slot's shared pages (no heap: the largest VM's bitmap, 48 KiB, per slot).
@@ -153,6 +161,7 @@ impl Config {
 /// Fails the run if a VM did not power off cleanly.
 pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     let mut cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
+    LINK_VTIMER.store(plat.arg("vtimer-link") != Some("off"), Ordering::Relaxed);
     let mut disk = match plat.arg("disk") {
         None => None,
         Some(_) if cfg.vms > 1 => crate::fail::fail(format_args!("linux: disk= with vms={}: one image cannot be two VMs' disks", cfg.vms)),
@@ -454,6 +463,26 @@ impl LinuxVm {
         self.to_flush.fetch_or(wake, Ordering::SeqCst);
     }
 
+    /// Before a run: links vCPU `v`'s virtual timer while the guest has its PPI enabled, with
+    /// the PPI's priority and group as the guest set them, and unlinks it otherwise (told to
+    /// EL2 only when that changes). The model keeps driving the line, for the guest's reads of
+    /// the pending state, but no longer queues the PPI while linked.
+    fn link_vtimer(&self, v: usize, st: &mut VcpuState) -> Result<(), HypError> {
+        let want = if LINK_VTIMER.load(Ordering::Relaxed) {
+            // Five priority bits, as `flush` queues them (EL2 refuses the others on QEMU).
+            self.gic.link_config(v, VTIMER_INTID).map(|(priority, group1)| irq::config(priority & 0xF8, group1, 0, false))
+        } else {
+            None
+        };
+        if want == st.linked {
+            return Ok(());
+        }
+        VmHandle(self.vm.handle).vcpu(v as u64).link_vtimer(want)?;
+        self.gic.set_linked(v, VTIMER_INTID, want.is_some());
+        st.linked = want;
+        Ok(())
+    }
+
     /// Before a run: the timers' lines, then, if its deliverable set may have grown,
     /// everything vCPU `v` may take into its list registers.
     fn deliver(&self, v: usize, st: &mut VcpuState, now: u64) -> Result<(), HypError> {
@@ -526,11 +555,13 @@ impl Machine for LinuxVcpu<'_> {
     fn before_run(&mut self) -> Result<(), HypError> {
         let st = &mut *self.st;
         let now = gic::counter();
+        self.l.link_vtimer(self.v, st)?;
         self.l.deliver(self.v, st, now)?;
         // The physical PPIs behind the timers end the run at their deadlines, unless the
-        // virtual interrupt is already queued or high (`timer::physical_enabled`).
+        // virtual interrupt is already queued or high (`timer::physical_enabled`). A linked
+        // virtual timer's PPI 27 is EL2's to take while the guest runs: always enabled.
         gic::set_timer_ppis(
-            timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
+            st.linked.is_some() || timer::physical_enabled(st.timers.vtimer, st.vtimer_queued, now),
             timer::physical_enabled(st.timers.ptimer, st.ptimer_queued, now),
         );
         Ok(())

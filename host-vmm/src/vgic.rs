@@ -58,6 +58,18 @@ impl VirtualGic {
         self.model.lock().send_sgi(targets, intid as u32).map_or(0, bits)
     }
 
+    /// The link configuration (priority and group, [`irq::GROUP1`]) for PPI `intid` of `vcpu`
+    /// while the guest has it enabled ([`host_vdev::vgic::Vgic::link_config`]).
+    pub fn link_config(&self, vcpu: usize, intid: u32) -> Option<(u8, bool)> {
+        self.model.lock().link_config(vcpu, intid)
+    }
+
+    /// PPI `intid` of `vcpu` is delivered by EL2 (`linked`), or by the model again.
+    pub fn set_linked(&self, vcpu: usize, intid: u32, linked: bool) {
+        // The VMM's own timer PPI of one of the VM's vCPUs: cannot fail.
+        let _ = self.model.lock().set_linked(vcpu, intid, linked);
+    }
+
     /// Whether `vcpu` has an interrupt the model has not handed to EL2 yet that it may take.
     pub fn has_deliverable(&self, vcpu: usize) -> bool {
         self.model.lock().has_deliverable(vcpu)

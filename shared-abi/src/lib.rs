@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 1 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -218,6 +218,18 @@ hypercalls! {
     /// [`msg::exit::NEED_TABLES`]. At most [`MAX_TABLE_RUNS`] runs per VM (a run that
     /// starts where the last ended joins it). Allowed at any time, for any VM. (ABI 6.0.)
     VmTopupTables = 20, Any, in 3, out 0;
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = 1 to link, 0 to unlink, `x4` = when linking,
+    /// the interrupt's priority and group ([`msg::irq::PRIORITY_MASK`], [`msg::irq::GROUP1`];
+    /// nothing else, 0 when unlinking). Links the vCPU's virtual timer to its interrupt,
+    /// vINTID 27 ([`msg::irq::VTIMER_PPI`]), as KVM's hardware-mapped timer: while the vCPU
+    /// runs and its virtual timer fires, EL2 itself puts vINTID 27 in a free list register as a
+    /// hardware interrupt of the CPU's physical PPI 27 and resumes the guest, without an exit;
+    /// the guest's deactivation deactivates the physical PPI, again without an exit. While
+    /// linked, `VCPU_SET_IRQ` refuses vINTID 27 ([`HypError::Denied`]). The host links while
+    /// the guest has the interrupt enabled in its distributor model, and keeps the physical
+    /// PPI 27 enabled during the vCPU's runs. [`HypError::Denied`] without a virtual CPU
+    /// interface. (ABI 6.1.)
+    VcpuLinkVtimer = 21, Any, in 4, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.

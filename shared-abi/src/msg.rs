@@ -256,8 +256,8 @@ pub mod irq {
     /// ([`super::exit::FLAG_EOI`]), so it can sample the line again.
     pub const EOI_NOTIFY: u32 = 1 << 11;
     /// Bit 12: hardware interrupt (the list register's `HW` bit) with the physical INTID in
-    /// bits 28:16. Refused with `Denied` in this version: no physical interrupt is owned by a
-    /// VM yet.
+    /// bits 28:16. Only EL2 writes one (the linked virtual timer, `VCPU_LINK_VTIMER`), and
+    /// [`super::VgicState`] shows it; `VCPU_SET_IRQ` refuses it with `Denied`.
     pub const HW: u32 = 1 << 12;
     /// Bits 28:16: physical INTID (only with [`HW`]).
     pub const PINTID_SHIFT: u32 = 16;
@@ -265,6 +265,9 @@ pub mod irq {
     pub const PINTID_MASK: u32 = 0x1FFF << PINTID_SHIFT;
     /// Every defined bit.
     pub const DEFINED: u32 = PRIORITY_MASK | GROUP1 | STATE_MASK | EOI_NOTIFY | HW | PINTID_MASK;
+    /// The virtual timer's PPI, virtual and physical (the generic timer's EL1 virtual timer
+    /// interrupt on QEMU's `virt` and the Arm Base System Architecture's recommendation).
+    pub const VTIMER_PPI: u32 = 27;
     /// Largest virtual INTID the host may queue: SGIs 0..=15, PPIs 16..=31, SPIs 32..=1019.
     /// 1020..=1023 are special INTIDs and LPIs (8192 on) are not supported yet.
     pub const MAX_VINTID: u32 = 1019;

@@ -25,7 +25,7 @@ pub use guarded::GuardedMmio;
 pub use host::{activate_host, enter_host, HostConfig};
 pub use regs::*;
 pub use switch::check_sysreg_tables;
-pub use switch::vgic::ich_vtr;
+pub use switch::vgic::{ich_vtr, set_redistributor};
 pub(crate) use switch::sve_lengths;
 pub use vectors::TrapFrame;
 

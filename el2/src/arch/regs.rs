@@ -47,6 +47,13 @@ pub fn dsb_ishst() {
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
 }
 
+/// `DSB SY`: completes earlier memory accesses, device writes included, system-wide.
+#[inline(always)]
+pub fn dsb_sy() {
+    // SAFETY: as for `dsb_ish`.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 /// `ISB`: context synchronisation, so later instructions see earlier system-register writes.
 #[inline(always)]
 pub fn isb() {

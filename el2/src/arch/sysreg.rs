@@ -64,6 +64,9 @@ sysregs! {
     CNTHP_CVAL_EL2 = "cnthp_cval_el2";
     /// Virtual deferred interrupt status: a guest's `DISR_EL1` under `HCR_EL2.AMO` (FEAT_RAS).
     VDISR_EL2 = "S3_4_C12_C1_1";
+    /// The highest-priority pending Group 1 physical interrupt (GICv3 CPU interface; reading it
+    /// acknowledges nothing).
+    ICC_HPPIR1_EL1 = "S3_0_C12_C12_2";
 }
 
 /// `ICH_LR<n>_EL2` for `n` < 16 (the caller names only list registers the CPU implements,

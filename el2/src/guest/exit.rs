@@ -193,6 +193,9 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     saved: &mut A::Saved,
 ) -> Next {
     match trap.kind {
+        // The linked virtual timer is delivered here, without the host; any other interrupt
+        // is the host's.
+        TrapKind::Irq if ctx.vgic.vtimer != 0 && arch.vtimer_irq(ctx, saved) => return Next::Resume,
         TrapKind::Irq => return Next::Exit(Exit::Irq),
         TrapKind::SError => return kill(hyp, handle, kill::BAD_EXCEPTION, 0),
         TrapKind::Sync => {}

@@ -145,6 +145,8 @@ pub enum IrqError {
     Queued,
     /// Every list register is in use (`NoCapacity`).
     Full,
+    /// vINTID 27 while the vCPU's virtual timer is linked: EL2 delivers it (`Denied`).
+    Linked,
 }
 
 /// Turns a host request into the `ICH_LR<n>_EL2` value EL2 will write, checking every field.
@@ -158,10 +160,7 @@ pub fn lr_from_request(vintid: u64, config: u64, caps: VgicCaps) -> Result<u64, 
     let c = config as u32;
     let state = (c & irq::STATE_MASK) >> irq::STATE_SHIFT;
     let priority = c & irq::PRIORITY_MASK;
-    // Priority bits below the implemented ones are RAZ/WI in the list register: a value that
-    // uses them would not be the priority the host asked for.
-    let unimplemented = (1u32 << (8 - caps.pri_bits.clamp(1, 8))) - 1;
-    if state == 0 || priority & unimplemented != 0 {
+    if state == 0 || !priority_ok(priority, caps) {
         return Err(IrqError::BadField);
     }
     if c & irq::HW != 0 {
@@ -178,6 +177,56 @@ pub fn lr_from_request(vintid: u64, config: u64, caps: VgicCaps) -> Result<u64, 
         v |= lr::EOI;
     }
     Ok(v)
+}
+
+/// Whether the list register holds `priority` as it is: priority bits below the implemented
+/// ones are RAZ/WI there, so a value that uses them would not be the priority the host asked
+/// for.
+fn priority_ok(priority: u32, caps: VgicCaps) -> bool {
+    let unimplemented = (1u32 << (8 - caps.pri_bits.clamp(1, 8))) - 1;
+    priority & unimplemented == 0
+}
+
+/// The virtual timer's PPI, its vINTID and, on every CPU, its pINTID ([`irq::VTIMER_PPI`]).
+pub const VTIMER_PPI: u64 = irq::VTIMER_PPI as u64;
+
+/// `VCPU_LINK_VTIMER`'s configuration turned into the list-register value EL2 writes, with its
+/// state, when the linked virtual timer fires: vINTID 27, `HW` with pINTID 27, the host's
+/// priority and group. Nothing else is accepted: the host chooses neither the INTIDs nor `HW`.
+///
+/// # Errors
+/// [`IrqError::BadField`]: a bit other than the priority and [`irq::GROUP1`], or a priority
+/// bit the CPU lacks.
+pub fn vtimer_lr(config: u64, caps: VgicCaps) -> Result<u64, IrqError> {
+    let priority = (config & irq::PRIORITY_MASK as u64) as u32;
+    if config & !((irq::PRIORITY_MASK | irq::GROUP1) as u64) != 0 || !priority_ok(priority, caps) {
+        return Err(IrqError::BadField);
+    }
+    let group = if config & irq::GROUP1 as u64 != 0 { lr::GROUP1 } else { 0 };
+    Ok(VTIMER_PPI | lr::HW | VTIMER_PPI << lr::PINTID_SHIFT | (priority as u64) << lr::PRIORITY_SHIFT | group)
+}
+
+/// `CNTV_CTL_EL0` of a timer whose interrupt output is asserted: enabled, not masked, its
+/// condition met (`ISTATUS`).
+pub const fn timer_asserts(ctl: u64) -> bool {
+    use crate::guest::timer::{TIMER_ENABLE, TIMER_IMASK, TIMER_ISTATUS};
+    ctl & (TIMER_ENABLE | TIMER_IMASK | TIMER_ISTATUS) == TIMER_ENABLE | TIMER_ISTATUS
+}
+
+/// What [`VgicCpu::take_vtimer`] made of a physical IRQ that ended a guest's run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VtimerIrq {
+    /// Not the vCPU's linked virtual timer firing: the host's interrupt (an `IRQ` exit).
+    NotOurs,
+    /// vINTID 27 queued, pending, in list register `n`.
+    Queued(usize),
+    /// vINTID 27 is already in a list register, pending or active: the guest takes or finishes
+    /// that one first (its deactivation of a `HW` one deactivates the physical PPI, which then
+    /// fires again while the timer still asserts).
+    AlreadyQueued,
+    /// No list register free: the interrupt waits for the vCPU's next entry, when the timer,
+    /// still asserted, fires again.
+    NoFreeLr,
 }
 
 /// The ABI encoding (vINTID in bits 31:0, [`irq`] configuration in bits 63:32) of a list
@@ -215,6 +264,12 @@ pub struct VgicCpu {
     pub eoi: [u64; 16],
     /// `eoi` is not empty (kept so that every exit need not scan it).
     pub eoi_waiting: bool,
+    /// The linked virtual timer (`VCPU_LINK_VTIMER`): the list-register value
+    /// [`Self::take_vtimer`] writes, pending ([`vtimer_lr`]); 0 when not linked. Kept across a
+    /// PSCI `CPU_ON` reset, like the list registers (the host's distributor model is not reset).
+    pub vtimer: u64,
+    /// List registers the VM's vCPUs may use (the smallest number of any CPU), from the link.
+    pub vtimer_nr_lrs: u8,
 }
 
 impl VgicCpu {
@@ -278,7 +333,7 @@ impl VgicCpu {
 
     /// At reset: nothing queued, everything masked.
     pub const fn new() -> Self {
-        Self { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], lr: [0; MAX_LRS], used: 0, eoi: [0; 16], eoi_waiting: false }
+        Self { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], lr: [0; MAX_LRS], used: 0, eoi: [0; 16], eoi_waiting: false, vtimer: 0, vtimer_nr_lrs: 0 }
     }
 
     /// Puts the validated list-register value `v` ([`lr_from_request`]) into the lowest free
@@ -286,9 +341,12 @@ impl VgicCpu {
     ///
     /// # Errors
     /// [`IrqError::Queued`] if its vINTID is already in a list register (two list registers
-    /// with one vINTID are UNPREDICTABLE), [`IrqError::Full`].
+    /// with one vINTID are UNPREDICTABLE), [`IrqError::Full`], [`IrqError::Linked`].
     pub fn queue(&mut self, v: u64, nr_lrs: u8) -> Result<usize, IrqError> {
         let vintid = v & lr::VINTID;
+        if vintid == VTIMER_PPI && self.vtimer != 0 {
+            return Err(IrqError::Linked);
+        }
         if self.used_lrs().any(|n| self.lr[n] & lr::VINTID == vintid) {
             return Err(IrqError::Queued);
         }
@@ -296,6 +354,64 @@ impl VgicCpu {
         self.lr[n] = v;
         self.used |= 1 << n;
         Ok(n)
+    }
+
+    /// A hardware-linked interrupt (the virtual timer's) is in a list register, pending or
+    /// active, as the last put saved it: while the vCPU is loaded, the CPU's physical PPI 27 must
+    /// be active, so that the guest's deactivation has something to deactivate and the timer
+    /// cannot fire to the host meanwhile.
+    pub fn hw_live(&self) -> bool {
+        self.used_lrs().any(|n| self.lr[n] & lr::HW != 0 && self.lr[n] >> lr::STATE_SHIFT != 0)
+    }
+
+    /// While this vCPU is loaded in `cpu`: a physical IRQ ended its run, with
+    /// `ICC_HPPIR1_EL1` = `hppir` and the guest's live `CNTV_CTL_EL0` = `ctl`. If the vCPU's
+    /// timer is linked and its output asserted, and the IRQ is PPI 27, queues vINTID 27 (pending,
+    /// `HW`) in a free list register, in `cpu` and in EL2's copy, and enables the interface if
+    /// its load found it idle (`idle`, as the world switch's put must know). In every case but
+    /// [`VtimerIrq::NotOurs`] the caller makes the physical PPI 27 active and resumes the guest.
+    ///
+    /// A physical PPI 27 the host made pending itself while the guest's timer does not assert
+    /// is the host's: nothing for the guest.
+    pub fn take_vtimer(&mut self, cpu: &mut impl IchRegs, hppir: u64, ctl: u64, idle: &mut bool) -> VtimerIrq {
+        if self.vtimer == 0 || hppir != VTIMER_PPI || !timer_asserts(ctl) {
+            return VtimerIrq::NotOurs;
+        }
+        let mut free = None;
+        for n in 0..(self.vtimer_nr_lrs as usize).min(MAX_LRS) {
+            if self.used & (1 << n) == 0 {
+                free = free.or(Some(n));
+                continue;
+            }
+            // As the guest left it: EL2's copy is the one from load.
+            let live = cpu.lr(n);
+            if live & lr::VINTID != VTIMER_PPI {
+                continue;
+            }
+            if live >> lr::STATE_SHIFT != 0 {
+                return VtimerIrq::AlreadyQueued;
+            }
+            if live & lr::HW == 0 {
+                // One the host queued before the link, deactivated this run: its notification
+                // is recorded at put, which a new value here would lose.
+                return VtimerIrq::NoFreeLr;
+            }
+            // The last one, deactivated this run: nothing to record, reused.
+            free = Some(n);
+            break;
+        }
+        let Some(n) = free else { return VtimerIrq::NoFreeLr };
+        let v = self.vtimer | 1 << lr::STATE_SHIFT;
+        self.lr[n] = v;
+        self.used |= 1 << n;
+        cpu.set_lr(n, v);
+        if *idle {
+            // An idle load left the interface off; the active priorities it did not load are
+            // zero in the CPU, as in the context (that is what idle means).
+            cpu.set_hcr(ICH_HCR_GUEST);
+            *idle = false;
+        }
+        VtimerIrq::Queued(n)
     }
 
     /// Indices of the used list registers.
@@ -493,6 +609,116 @@ mod tests {
         assert!(!idle);
         assert_eq!((cpu.ap1[0], cpu.lr[0] >> lr::STATE_SHIFT), (1 << 16, 2));
         v.put(&mut cpu, idle);
+    }
+
+    /// `CNTV_CTL_EL0` of a virtual timer that fires: enabled, condition met, not masked.
+    const FIRING: u64 = 0b101;
+
+    #[test]
+    fn the_link_accepts_only_a_priority_and_a_group() {
+        let want = 27 | lr::HW | 27 << lr::PINTID_SHIFT | 0xA0 << lr::PRIORITY_SHIFT | lr::GROUP1;
+        assert_eq!(vtimer_lr(0xA0 | irq::GROUP1 as u64, QEMU), Ok(want));
+        assert_eq!(vtimer_lr(0x08, QEMU), Ok(27 | lr::HW | 27 << lr::PINTID_SHIFT | 0x08 << lr::PRIORITY_SHIFT), "Group 0");
+        for bad in [0xA1, 0xA4, 0xA0 | irq::HW as u64, 0xA0 | 1 << irq::STATE_SHIFT, 0xA0 | irq::EOI_NOTIFY as u64, 0xA0 | 33 << irq::PINTID_SHIFT, 1 << 32, u64::MAX] {
+            assert_eq!(vtimer_lr(bad, QEMU), Err(IrqError::BadField), "{bad:#x}");
+        }
+        assert_eq!(vtimer_lr(0xA1, VgicCaps { pri_bits: 8, ..QEMU }).map(|v| v >> lr::PRIORITY_SHIFT & 0xFF), Ok(0xA1), "8 priority bits");
+        // Linked, vINTID 27 is EL2's to queue: the host's request is refused, any other vINTID not.
+        let mut v = VgicCpu::new();
+        v.vtimer = want;
+        let ppi = lr_from_request(27, config(0xA0, true, PENDING, true) as u64, QEMU).unwrap();
+        assert_eq!(v.queue(ppi, 4), Err(IrqError::Linked));
+        assert_eq!(v.queue(lr_from_request(30, config(0xA0, true, PENDING, true) as u64, QEMU).unwrap(), 4), Ok(0));
+        v.vtimer = 0;
+        assert_eq!(v.queue(ppi, 4), Ok(1), "unlinked: the host's again");
+    }
+
+    #[test]
+    fn a_linked_timer_that_fires_is_queued_in_place_as_a_hardware_interrupt() {
+        let mut cpu = IchModel::booted(QEMU_VTR);
+        let mut v = VgicCpu::new();
+        v.vtimer = vtimer_lr(0xA0 | irq::GROUP1 as u64, QEMU).unwrap();
+        v.vtimer_nr_lrs = 4;
+        let mut idle = v.load(&mut cpu);
+        assert!(idle && cpu.hcr == 0, "nothing queued: an idle load");
+        // Not ours: another interrupt, the timer masked, disabled or not yet due, or not linked.
+        for (hppir, ctl) in [(30, FIRING), (1, FIRING), (1023, FIRING), (27, 0b111), (27, 0b100), (27, 0b001), (27, 0b110)] {
+            assert_eq!(v.take_vtimer(&mut cpu, hppir, ctl, &mut idle), VtimerIrq::NotOurs, "{hppir} {ctl:#b}");
+        }
+        let linked = v.vtimer;
+        v.vtimer = 0;
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::NotOurs, "not linked");
+        v.vtimer = linked;
+        assert_eq!((cpu.lr, cpu.hcr, idle), ([0; MAX_LRS], 0, true), "nothing touched");
+        // Ours: pending in the first free list register, and the interface turned on.
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::Queued(0));
+        let pending = linked | 1 << lr::STATE_SHIFT;
+        assert_eq!((cpu.lr[0], v.lr[0], v.used, cpu.hcr, idle), (pending, pending, 1, ICH_HCR_GUEST, false));
+        // Fired again before the guest took it (the caller activated the physical PPI; the
+        // host, say, deactivated it): the one queued stands.
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::AlreadyQueued);
+        // The guest acknowledged it: still there, active.
+        cpu.lr[0] = linked | 2 << lr::STATE_SHIFT;
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::AlreadyQueued);
+        // The guest deactivated it (and so the physical PPI): the same list register again.
+        cpu.lr[0] = linked;
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::Queued(0));
+        assert_eq!(cpu.lr[0], pending);
+        // Put while pending: saved, cleared from the CPU, kept by after_put; live for the next
+        // load, which must activate the physical PPI again.
+        v.put(&mut cpu, idle);
+        assert_eq!(cpu.lr, [0; MAX_LRS]);
+        assert!(!v.after_put());
+        assert!(v.hw_live());
+        // The guest finishes it in the next run: freed at put, with nothing for the host.
+        let idle = v.load(&mut cpu);
+        cpu.lr[0] = linked;
+        v.put(&mut cpu, idle);
+        assert!(!v.after_put(), "no EOI notification for a hardware interrupt");
+        assert_eq!((v.used, v.hw_live(), v.eoi), (0, false, [0; 16]));
+    }
+
+    #[test]
+    fn a_linked_timer_never_takes_a_busy_list_register() {
+        let mut cpu = IchModel::booted(QEMU_VTR);
+        let mut v = VgicCpu::new();
+        let spi = |id| lr_from_request(id, config(0x80, true, PENDING, true) as u64, QEMU).unwrap();
+        for id in [32, 33, 34] {
+            v.queue(spi(id), 4).unwrap();
+        }
+        v.vtimer = vtimer_lr(0xA0 | irq::GROUP1 as u64, QEMU).unwrap();
+        v.vtimer_nr_lrs = 4;
+        let mut idle = v.load(&mut cpu);
+        assert!(!idle);
+        // The fourth, free, is taken; the three the host queued stay as they are, even the one
+        // the guest has just deactivated (its EOI notification is recorded at put).
+        cpu.lr[1] &= !(3 << lr::STATE_SHIFT);
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::Queued(3));
+        assert_eq!((cpu.lr[0], cpu.lr[1], cpu.lr[2]), (spi(32), spi(33) & !(3 << lr::STATE_SHIFT), spi(34)));
+        // Every list register busy: the interrupt waits for the next entry.
+        assert_eq!(v.used, 0b1111);
+        cpu.lr[3] = spi(35);
+        v.lr[3] = spi(35);
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::NoFreeLr);
+        // vINTID 27 the host queued before linking, deactivated this run: not reused (its
+        // notification), not duplicated.
+        cpu.lr[3] = spi(27) & !(3 << lr::STATE_SHIFT);
+        v.lr[3] = spi(27);
+        v.used = 0b1000;
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::NoFreeLr);
+        // Still pending or active: the guest takes that one first.
+        cpu.lr[3] = spi(27);
+        assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::AlreadyQueued);
+        // Never beyond the VM's list registers (a smaller CPU may run the vCPU next).
+        let mut w = VgicCpu { vtimer: v.vtimer, vtimer_nr_lrs: 2, used: 0b11, ..VgicCpu::new() };
+        w.lr[0] = spi(40);
+        w.lr[1] = spi(41);
+        let mut cpu = IchModel::booted(QEMU_VTR);
+        cpu.lr[0] = spi(40);
+        cpu.lr[1] = spi(41);
+        let mut idle = false;
+        assert_eq!(w.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::NoFreeLr);
+        assert_eq!(cpu.lr[2], 0);
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub const GICR_TYPER: u64 = 0x8;
 pub const TYPER_VLPIS: u64 = 1 << 1;
 /// `GICR_TYPER.Last`: the last redistributor of its region.
 pub const TYPER_LAST: u64 = 1 << 4;
+/// Where a redistributor's `SGI_base` frame starts, from its `RD_base`.
+pub const SGI_BASE_OFFSET: u64 = 0x1_0000;
+/// `GICR_ISACTIVER0` (in `SGI_base`): write one to make an SGI or PPI of that CPU active.
+pub const GICR_ISACTIVER0: u64 = 0x0300;
+/// `GICR_ICACTIVER0` (in `SGI_base`): write one to make it inactive.
+pub const GICR_ICACTIVER0: u64 = 0x0380;
 /// The 64-bit registers of the guarded page (`GICR_TYPER`, `GICR_SETLPIR`, `GICR_CLRLPIR`,
 /// `GICR_PROPBASER`, `GICR_PENDBASER`, `GICR_INVLPIR`, `GICR_INVALLR`): the only offsets EL2
 /// accesses with 8 bytes. Everything else is 32-bit (reserved offsets are RAZ/WI).
@@ -67,6 +73,25 @@ pub fn region_ok(region: &PhysRange) -> bool {
 /// The guarded pages of `region`: the first page of every [`RD_STRIDE`].
 pub fn guarded_pages(region: PhysRange) -> impl Iterator<Item = PhysAddr> {
     (region.start.0..region.end.0).step_by(RD_STRIDE as usize).map(PhysAddr)
+}
+
+/// The first page of every redistributor frame's `SGI_base` in `region`: not guarded (the
+/// host enables its PPIs there), but mapped in EL2's stage 1 as well, for the linked virtual
+/// timer's active state ([`sgi_base_of`]).
+pub fn sgi_pages(region: PhysRange) -> impl Iterator<Item = PhysAddr> {
+    guarded_pages(region).map(|p| PhysAddr(p.0 + SGI_BASE_OFFSET)).filter(move |p| region.contains(*p))
+}
+
+/// The `SGI_base` frame of the redistributor of the CPU with `MPIDR_EL1` = `mpidr`: the present
+/// one whose `GICR_TYPER.Affinity_Value` (bits 63:32: `Aff3.Aff2.Aff1.Aff0`) is the CPU's.
+pub fn sgi_base_of(rd: &Redistributors, mpidr: u64, io: &impl GuardedIo) -> Option<PhysAddr> {
+    let affinity = (mpidr & 0xFF_FFFF) | ((mpidr >> 32) & 0xFF) << 24;
+    (0..rd.present).map(|i| rd.region.start.0 + i * RD_STRIDE).find_map(|base| {
+        // SAFETY: a present redistributor's guarded page, mapped Device at boot; `GICR_TYPER`
+        // is 64-bit and aligned.
+        let typer = unsafe { io.read(PhysAddr(base + GICR_TYPER), 8) };
+        (typer >> 32 == affinity).then_some(PhysAddr(base + SGI_BASE_OFFSET))
+    })
 }
 
 /// The frame index and offset of `pa` if it lies in a guarded page of `region`.
@@ -194,6 +219,22 @@ mod tests {
         unsafe fn write(&self, pa: PhysAddr, size: u8, value: u64) {
             self.log.borrow_mut().push(('w', pa.0, size, value));
         }
+    }
+
+    #[test]
+    fn each_cpu_finds_its_own_redistributors_sgi_frame_by_affinity() {
+        // Frame 0: Aff0 0; frame 1: Aff3.Aff2.Aff1.Aff0 = 1.2.3.1 (MPIDR bits 39:32, 23:16,
+        // 15:8, 7:0; GICR_TYPER bits 63:32).
+        let rd = FakeRd { typer: std::vec![0, 0x0102_0301 << 32 | TYPER_LAST], ..Default::default() };
+        let q = qemu();
+        assert_eq!(sgi_base_of(&q, 0x8000_0000, &rd), Some(PhysAddr(0x080B_0000)), "MPIDR's RES1 bit 31 ignored");
+        assert_eq!(sgi_base_of(&q, 1 << 32 | 0x02_0301, &rd), Some(PhysAddr(0x080D_0000)));
+        assert_eq!(sgi_base_of(&q, 0x02_0301, &rd), None, "Aff3 differs");
+        assert_eq!(sgi_base_of(&Redistributors { present: 1, ..q }, 1 << 32 | 0x02_0301, &rd), None, "only present frames");
+        assert!(rd.log.borrow().iter().all(|&(k, pa, size, _)| k == 'r' && size == 8 && pa % RD_STRIDE == GICR_TYPER));
+        // The pages EL2 maps for it: the SGI_base frame's first page of every frame.
+        assert_eq!(sgi_pages(q.region).count(), 123);
+        assert_eq!(sgi_pages(q.region).nth(1), Some(PhysAddr(0x080D_0000)));
     }
 
     #[test]

@@ -78,6 +78,7 @@ calls! {
     VmMmioGuard { handle, ipa };
     VmSmcccForward { handle, first, count };
     VmTopupTables { handle, pa, pages };
+    VcpuLinkVtimer { handle, index, on, config };
     TestFault { mode };
     TestCheckInvariants;
 }
@@ -114,6 +115,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: &[u64; 8], hw: &i
         Call::VcpuSetIrq { handle, index, vintid, config } => vcpu::vcpu_set_irq(hyp, handle, index, vintid, config),
         Call::VcpuIrqState { handle, index } => vcpu::vcpu_irq_state(hyp, cpu, handle, index),
         Call::VcpuStats { handle, index } => vcpu::vcpu_stats(hyp, cpu, handle, index),
+        Call::VcpuLinkVtimer { handle, index, on, config } => vcpu::vcpu_link_vtimer(hyp, handle, index, on, config),
         // Served by the trap shim in test builds; never here.
         Call::TestFault { .. } | Call::TestCheckInvariants => Err(HypError::NotSupported),
     };

@@ -147,6 +147,22 @@ pub(crate) fn vcpu_set_irq<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index:
     Ok([n as u64, 0, 0])
 }
 
+/// `VCPU_LINK_VTIMER`: links (`on` = 1, with `config`) or unlinks (`on` = 0, `config` 0) the
+/// vCPU's virtual timer and vINTID 27 ([`vgic::VgicCpu::take_vtimer`]). Unlinking leaves a
+/// vINTID 27 already queued where it is: the guest finishes it as usual.
+pub(crate) fn vcpu_link_vtimer<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, on: u64, config: u64) -> HypResult {
+    let caps = hyp.vgic_caps().filter(|_| hyp.vtimer_linkable()).ok_or(HypError::Denied)?;
+    let v = match on {
+        0 if config == 0 => 0,
+        1 => vgic::vtimer_lr(config, caps)?,
+        _ => return Err(HypError::InvalidArgument),
+    };
+    let mut guard = hyp.claim_vcpu(handle, index)?;
+    guard.vgic.vtimer = v;
+    guard.vgic.vtimer_nr_lrs = caps.nr_lrs;
+    Ok([0; 3])
+}
+
 /// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
 /// hear about, to the message page (collecting the deactivations).
 pub(crate) fn vcpu_irq_state<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64, index: u64) -> HypResult {
@@ -355,6 +371,69 @@ mod tests {
     }
 
     #[test]
+    fn a_linked_virtual_timer_is_delivered_in_el2_and_vintid_27_is_refused_to_the_host() {
+        use crate::hw::{GuestTrap, TrapKind};
+        let mut f = fixture();
+        let h = create(&mut f, 2, vm_flags::PROTECTED);
+        let link = |f: &Fixture, vcpu: u64, on: u64, config: u64| f.call(0, H::VcpuLinkVtimer, &[h, vcpu, on, config]);
+        let ok = 0xA0 | irq::GROUP1 as u64;
+        // Hostile arguments: refused with nothing changed.
+        for (vcpu, on, config, want) in [
+            (0, 1, 0xA1, HypError::InvalidArgument),
+            (0, 1, ok | irq::HW as u64, HypError::InvalidArgument),
+            (0, 1, ok | 1 << irq::STATE_SHIFT, HypError::InvalidArgument),
+            (0, 1, ok | 1 << 32, HypError::InvalidArgument),
+            (0, 2, ok, HypError::InvalidArgument),
+            (0, u64::MAX, ok, HypError::InvalidArgument),
+            (0, 0, ok, HypError::InvalidArgument),
+            (2, 1, ok, HypError::InvalidArgument),
+        ] {
+            assert_eq!(link(&f, vcpu, on, config), Err(want), "{vcpu} {on} {config:#x}");
+        }
+        assert_eq!(f.call(0, H::VcpuLinkVtimer, &[h + 0x100, 0, 1, ok]), Err(HypError::InvalidHandle));
+        assert_eq!(f.call(0, H::VcpuLinkVtimer, &[h, 0, 1, ok, 1]), Err(HypError::InvalidArgument), "x5 unused");
+        assert_eq!(f.hyp.vcpus[handle_slot(h)][0].claim().unwrap().vgic.vtimer, 0);
+        let spi = config(0xA0, true, PENDING, true) as u64;
+        let irq_exit = GuestTrap { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 };
+        let run = |f: &Fixture, script: Vec<GuestTrap>, takes: u32| {
+            let rec = Recorder::default();
+            *rec.exits.borrow_mut() = script;
+            rec.vtimer_takes.set(takes);
+            let r = f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]);
+            let asked = rec.log.borrow().iter().filter(|&&e| e == "vtimer_irq").count();
+            let entries = rec.entry_pcs.borrow().len();
+            (r, asked, entries)
+        };
+        // Not linked: an IRQ is the host's, EL2 does not look.
+        assert_eq!(run(&f, vec![irq_exit], 0), (Ok([exit::IRQ as u64, 0, 0]), 0, 1));
+        assert_eq!(link(&f, 0, 1, ok), Ok([0; 3]));
+        // Linked: the timer's interrupts resume the guest, the next one is the host's.
+        assert_eq!(run(&f, vec![irq_exit, irq_exit, irq_exit], 2), (Ok([exit::IRQ as u64, 0, 0]), 3, 3));
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 27, spi]), Err(HypError::Denied), "EL2 owns vINTID 27 now");
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 1, 27, spi]), Ok([0, 0, 0]), "per vCPU");
+        // A guest CPU_ON reset keeps the link, as the host's distributor model keeps its state.
+        {
+            let mut g = f.hyp.vcpus[handle_slot(h)][0].claim().unwrap();
+            g.reset_for_cpu_on(0x8000, 0);
+            assert_ne!(g.vgic.vtimer, 0);
+        }
+        // Busy while running, like any vCPU call.
+        let guard = f.hyp.vcpus[handle_slot(h)][0].claim().unwrap();
+        assert_eq!(link(&f, 0, 0, 0), Err(HypError::Busy));
+        drop(guard);
+        assert_eq!(link(&f, 0, 0, 0), Ok([0; 3]));
+        assert_eq!(run(&f, vec![irq_exit], 5), (Ok([exit::IRQ as u64, 0, 0]), 0, 1), "unlinked again");
+        assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 27, spi]), Ok([0, 0, 0]));
+        // A CPU without its redistributor: EL2 links no more timers.
+        f.hyp.cpu_redistributor(true);
+        assert_eq!(link(&f, 1, 1, ok), Ok([0; 3]));
+        f.hyp.cpu_redistributor(false);
+        assert_eq!(link(&f, 1, 1, ok), Err(HypError::Denied));
+        f.hyp.cpu_redistributor(true);
+        assert_eq!(link(&f, 1, 1, ok), Err(HypError::Denied), "for good");
+    }
+
+    #[test]
     fn set_irq_is_denied_without_a_virtual_cpu_interface() {
         let mut f = fixture();
         // A CPU without the GICv3 system-register interface joins before the view is fixed.
@@ -363,6 +442,7 @@ mod tests {
         let h = create(&mut f, 1, 0);
         let spi = shared_abi::msg::irq::config(0xA0, true, 1, false) as u64;
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 32, spi]), Err(HypError::Denied));
+        assert_eq!(f.call(0, H::VcpuLinkVtimer, &[h, 0, 1, 0xA0 | shared_abi::msg::irq::GROUP1 as u64]), Err(HypError::Denied));
     }
 
     #[test]

@@ -169,6 +169,17 @@ impl Vcpu {
         call(HypercallId::VcpuSetIrq, &[self.vm.0, self.index, intid as u64, config as u64]).map(drop)
     }
 
+    /// `VCPU_LINK_VTIMER`: links the vCPU's virtual timer to vINTID 27 with `config` (priority
+    /// and [`shared_abi::msg::irq::GROUP1`]), so that EL2 delivers it without exits; `None`
+    /// unlinks.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn link_vtimer(self, config: Option<u32>) -> Result<(), HypError> {
+        let (on, c) = config.map_or((0, 0), |c| (1, c as u64));
+        call(HypercallId::VcpuLinkVtimer, &[self.vm.0, self.index, on, c]).map(drop)
+    }
+
     /// `VCPU_IRQ_STATE`: the list registers and the deactivations not yet collected.
     ///
     /// # Errors

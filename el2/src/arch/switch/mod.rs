@@ -215,6 +215,8 @@ impl Cpu {
         // to the host by ERET; the ISB makes the host configuration effective now rather than
         // at that ERET, so EL2 never runs with the guest's traps half in place.
         isb();
+        // Step 6's physical side, once the guest's virtual timer is out of the CPU.
+        vgic::put_vtimer(&saved.vgic);
     }
 }
 
@@ -255,5 +257,9 @@ impl WorldSwitch for Cpu {
 
     fn ptimer_backing(&self, t: &PTimer) {
         timer::back_ptimer(t);
+    }
+
+    fn vtimer_irq(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved) -> bool {
+        vgic::take_vtimer(ctx, &mut saved.vgic)
     }
 }

@@ -4,13 +4,17 @@
 //! registers ([`vgic::IchRegs`]).
 
 use super::{features, ControlFeatures};
-use crate::arch::regs::{cpu_index, isb};
-use crate::arch::sysreg::{read_ich_lr, write_ich_lr};
+use crate::arch::regs::{cpu_index, dsb_sy, isb};
+use crate::arch::sysreg::{read_ich_lr, write_ich_lr, ICC_HPPIR1_EL1};
+use crate::arch::GuardedMmio;
+use crate::host::gicr::{GICR_ICACTIVER0, GICR_ISACTIVER0};
+use crate::host::guarded::GuardedIo;
+use crate::mem::addr::PhysAddr;
 use aarch64_cpu::registers::*;
 use crate::guest::vcpu::VcpuCtx;
-use crate::guest::vgic::{self, IchRegs};
+use crate::guest::vgic::{self, IchRegs, VtimerIrq};
 use crate::platform::MAX_CPUS;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Per CPU: how many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` it has ([`vgic::apr_count`] of its
 /// `ICH_VTR_EL2`), read once by [`clear`] at boot.
@@ -98,23 +102,91 @@ pub fn clear() {
     vgic::reset_cpu_interface(&mut Ich { apr }, vtr);
 }
 
+/// Per CPU: the physical address of its own redistributor's `SGI_base` frame, whose first page
+/// boot mapped Device in EL2's stage 1 ([`set_redistributor`]); 0 if not found. Only the linked
+/// virtual timer uses it: on a CPU without it, the timer's interrupts are the host's to
+/// deliver (`IRQ` exits), as for a vCPU that is not linked.
+static SGI_BASE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Boot, on every CPU: this CPU's redistributor `SGI_base` frame
+/// ([`crate::host::gicr::sgi_base_of`]), if the GIC has one for it.
+pub fn set_redistributor(sgi_base: Option<PhysAddr>) {
+    SGI_BASE[cpu_index() % MAX_CPUS].store(sgi_base.map_or(0, |p| p.0), Ordering::Relaxed);
+}
+
+/// Sets (`active`) or clears the active state of this CPU's physical PPI 27, the virtual
+/// timer's, in its redistributor (`GICR_ISACTIVER0`/`GICR_ICACTIVER0`: write-one registers, so
+/// the host's own accesses to the frame race with nothing). `false` if this CPU has no known
+/// redistributor.
+fn set_vtimer_active(active: bool) -> bool {
+    let base = SGI_BASE[cpu_index() % MAX_CPUS].load(Ordering::Relaxed);
+    if base == 0 {
+        return false;
+    }
+    let reg = if active { GICR_ISACTIVER0 } else { GICR_ICACTIVER0 };
+    // SAFETY: `base` is this CPU's redistributor's SGI_base frame, whose first page boot mapped
+    // Device RW in EL2's stage 1 (a GIC register page, no memory EL2 relies on); the register
+    // is 32-bit and aligned.
+    unsafe { GuardedMmio.write(PhysAddr(base + reg), 4, 1 << vgic::VTIMER_PPI) };
+    // The write reaches the redistributor before EL2 goes on: before the ERET into the guest,
+    // so the PPI does not signal again for the assertion just delivered (a late signal would
+    // only cost an exit), and before the host runs again after put, so it never finds its
+    // PPI 27 active.
+    dsb_sy();
+    true
+}
+
 /// What `put` needs to know of the load.
 pub(super) struct Saved {
     /// The CPU has the interface, with this many `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` (0: no
     /// GICv3, nothing moved).
     apr: u8,
-    /// What [`vgic::VgicCpu::load`] returned: the vCPU's interface was idle at load.
+    /// What [`vgic::VgicCpu::load`] returned: the vCPU's interface was idle at load (until the
+    /// linked timer enables it).
     idle: bool,
+    /// EL2 made this CPU's physical PPI 27 active for the run: `put` clears it.
+    vtimer_active: bool,
 }
 
-/// Load: [`vgic::VgicCpu::load`]. No ISB: the ERET synchronises.
+/// Load: [`vgic::VgicCpu::load`], and the physical PPI 27 active if a hardware-linked list
+/// register comes with the vCPU ([`vgic::VgicCpu::hw_live`]). No ISB: the ERET synchronises.
 pub(super) fn load_guest(f: &ControlFeatures, ctx: &VcpuCtx) -> Saved {
     if !f.gicv3 {
-        return Saved { apr: 0, idle: true };
+        return Saved { apr: 0, idle: true, vtimer_active: false };
     }
     let apr = APR_COUNT[cpu_index() % MAX_CPUS].load(Ordering::Relaxed);
     let idle = ctx.vgic.load(&mut Ich { apr: apr as usize });
-    Saved { apr, idle }
+    let vtimer_active = ctx.vgic.hw_live() && set_vtimer_active(true);
+    Saved { apr, idle, vtimer_active }
+}
+
+/// While loaded, a physical IRQ ended the run: [`vgic::VgicCpu::take_vtimer`] with this CPU's
+/// `ICC_HPPIR1_EL1` and the guest's `CNTV_CTL_EL0` (live: the virtual timer is EL1 state),
+/// then the physical PPI 27 active. `true`: the guest resumes. No ISB: the ERET synchronises
+/// the list register and `ICH_HCR_EL2`.
+pub(super) fn take_vtimer(ctx: &mut VcpuCtx, saved: &mut Saved) -> bool {
+    if saved.apr == 0 || SGI_BASE[cpu_index() % MAX_CPUS].load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let hppir = ICC_HPPIR1_EL1.get() & 0xFF_FFFF;
+    let ctl = CNTV_CTL_EL0.get();
+    match ctx.vgic.take_vtimer(&mut Ich { apr: saved.apr as usize }, hppir, ctl, &mut saved.idle) {
+        VtimerIrq::NotOurs => false,
+        VtimerIrq::Queued(_) | VtimerIrq::AlreadyQueued | VtimerIrq::NoFreeLr => {
+            saved.vtimer_active |= set_vtimer_active(true);
+            true
+        }
+    }
+}
+
+/// After put, once the ISB there made the host's `CNTV_CTL_EL0` (0) effective, so the timer's
+/// output no longer asserts: the physical PPI 27 inactive again if EL2 activated it. A
+/// hardware-linked list register still live stays in the context; the next load activates
+/// the PPI again.
+pub(super) fn put_vtimer(saved: &Saved) {
+    if saved.vtimer_active {
+        set_vtimer_active(false);
+    }
 }
 
 /// Put: [`vgic::VgicCpu::put`]. Its writes are in effect before EL2 continues: the ISB at the
