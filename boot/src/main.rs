@@ -363,21 +363,26 @@ extern "C" fn boot_main(dtb: u64) -> ! {
             arch::park()
         })
     });
-    find_own_redistributor(HYP.get().unwrap_or_else(|| arch::park()));
+    find_own_redistributor(HYP.get().unwrap_or_else(|| arch::park()), true);
     log::info!("cpu0 entering host at {HOST_IMAGE_BASE:#x} (EL1, stage 2 on)");
     // SAFETY: `activate_host` ran on this CPU.
     unsafe { arch::enter_host(HOST_IMAGE_BASE, dtb) }
 }
 
-/// This CPU's redistributor, for the linked virtual timer (none found: EL2 links no virtual
-/// timer from now on, `el2::hyp::Hyp::cpu_redistributor`).
-fn find_own_redistributor<T: el2::mem::pgtable::TableMemory>(hyp: &el2::hyp::Hyp<'_, T>) {
-    let sgi = hyp.gicr.as_ref().and_then(|g| el2::host::gicr::sgi_base_of(g, arch::mpidr(), &arch::GuardedMmio));
-    if sgi.is_none() {
-        log::warn!("no redistributor for MPIDR {:#x}: virtual timers are not linked", arch::mpidr());
+/// This CPU's redistributor, for the linked virtual timer. The boot CPU also decides, for
+/// good, whether EL2 links virtual timers at all: only if every CPU of the platform has one
+/// (`el2::hyp::Hyp::cpu_redistributor`), so that no CPU that comes online later runs a linked
+/// vCPU without it.
+fn find_own_redistributor<T: el2::mem::pgtable::TableMemory>(hyp: &el2::hyp::Hyp<'_, T>, boot: bool) {
+    let find = |mpidr: u64| hyp.gicr.as_ref().and_then(|g| el2::host::gicr::sgi_base_of(g, mpidr, &arch::GuardedMmio));
+    if boot {
+        let all = hyp.platform.cpus.iter().all(|&m| find(m).is_some());
+        if !all {
+            log::warn!("a CPU has no redistributor: virtual timers are not linked");
+        }
+        hyp.cpu_redistributor(all);
     }
-    arch::set_redistributor(sgi);
-    hyp.cpu_redistributor(sgi.is_some());
+    arch::set_redistributor(find(arch::mpidr()));
 }
 
 extern "C" fn secondary_main(cpu: u64) -> ! {
@@ -406,7 +411,7 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
         log::warn!("cpu{cpu} (MIDR {:#x}) is weaker than the fixed CPU view ({w:?}): powering it off", id.midr);
         arch::cpu_off();
     }
-    find_own_redistributor(hyp);
+    find_own_redistributor(hyp, false);
     let boot = &hyp.cpu_boot[cpu as usize % MAX_CPUS];
     let entry = boot.entry.load(Ordering::Acquire);
     let context = boot.context.load(Ordering::Acquire);

@@ -111,10 +111,10 @@ pub struct Hyp<'a, T: TableMemory> {
     ctr: AtomicU64,
     /// [`CpuFeatures::ctr_trap`] of [`Hyp::cpus`], copied likewise; it only ever turns on.
     ctr_trap: AtomicBool,
-    /// Every CPU that entered EL2 so far found its own redistributor
-    /// ([`Hyp::cpu_redistributor`]), so any of them can deliver a linked virtual timer. Cleared
-    /// for good by one that did not: `VCPU_LINK_VTIMER` is then `Denied` (a linked vCPU on
-    /// such a CPU would exit on its timer's PPI at every entry, and the host would not queue it).
+    /// Every CPU of the platform has its own redistributor, so any of them can deliver a
+    /// linked virtual timer; decided once at boot ([`Hyp::cpu_redistributor`]). Otherwise
+    /// `VCPU_LINK_VTIMER` is `Denied`: a linked vCPU on a CPU without one would exit on its
+    /// timer's PPI at every entry, and deactivate a hardware interrupt that is not active.
     vtimer_linkable: AtomicBool,
 }
 
@@ -172,8 +172,8 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
         })
     }
 
-    /// The calling CPU has `found` its own redistributor (boot, on every CPU): see
-    /// [`Hyp::vtimer_linkable`].
+    /// Boot: whether every CPU of the platform has `found` its own redistributor (see
+    /// [`Hyp::vtimer_linkable`]); a `false` is for good.
     pub fn cpu_redistributor(&self, found: bool) {
         if !found {
             self.vtimer_linkable.store(false, Ordering::Release);

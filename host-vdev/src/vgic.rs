@@ -224,8 +224,9 @@ struct Irq {
     latch: bool,
     /// The vCPU whose list registers hold it (an SGI or PPI: its own vCPU).
     queued_on: Option<u8>,
-    /// Delivered by EL2 (a PPI hardware-linked to its source, the virtual timer): never offered
-    /// for queueing, but still pending from its line, and still a reason to wake its vCPU.
+    /// Delivered by EL2 (a PPI hardware-linked to its source, the virtual timer): never
+    /// deliverable here (not offered for queueing, no reason to wake its vCPU: the VMM wakes it
+    /// at the timer's deadline), but still pending from its line for the guest's reads.
     linked: bool,
 }
 
@@ -510,7 +511,7 @@ impl Vgic {
         // per candidate, a byte-wise `memcpy` call on the host's target.
         let mut best: Option<(u8, usize, bool)> = None;
         for i in (0..NR_INTIDS).filter(|&i| map & 1 << i != 0) {
-            let Some(irq) = self.irq(vcpu, i).filter(|irq| !irq.linked) else { continue };
+            let Some(irq) = self.irq(vcpu, i) else { continue };
             // Strictly lower: between equal priorities the lowest INTID (the first) stays.
             if best.is_none_or(|(p, _, _)| irq.priority < p) {
                 best = Some((irq.priority, i, irq.group1));
@@ -643,7 +644,7 @@ impl Vgic {
         let mut maps = [0u128; MAX_VCPUS];
         let ready = |irq: &Irq| {
             let group = if irq.group1 { gicd::CTLR_ENABLE_GRP1 } else { gicd::CTLR_ENABLE_GRP0 };
-            irq.enabled && irq.pending() && irq.queued_on.is_none() && self.ctlr & group != 0
+            irq.enabled && irq.pending() && irq.queued_on.is_none() && !irq.linked && self.ctlr & group != 0
         };
         for (map, bank) in maps.iter_mut().zip(&self.private).take(self.nr_vcpus) {
             for (i, irq) in bank.iter().enumerate() {

@@ -477,9 +477,21 @@ impl LinuxVm {
         if want == st.linked {
             return Ok(());
         }
-        VmHandle(self.vm.handle).vcpu(v as u64).link_vtimer(want)?;
+        match VmHandle(self.vm.handle).vcpu(v as u64).link_vtimer(want) {
+            Ok(()) => {}
+            // vINTID 27 is still queued the old way: linked once the guest has finished it.
+            Err(HypError::Busy) => return Ok(()),
+            // EL2 links no timer (a CPU without its redistributor): the model delivers them.
+            Err(HypError::Denied) => {
+                LINK_VTIMER.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         self.gic.set_linked(v, VTIMER_INTID, want.is_some());
         st.linked = want;
+        // Unlinked with the line high: the model's to queue now.
+        self.to_flush.fetch_or(1 << v, Ordering::SeqCst);
         Ok(())
     }
 
@@ -614,7 +626,10 @@ impl Machine for LinuxVcpu<'_> {
                 // (QEMU checks for pending work first); one still in flight may be active, or
                 // below the guest's priority mask, and the vCPU may sleep. Even so such a sleep
                 // is capped: the host cannot see the list registers' state without a call.
-                let cap = if st.in_flight > 0 { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
+                // A linked timer already high is the same: EL2 may hold it in a list register,
+                // or wait for a free one.
+                let held = st.in_flight > 0 || (st.linked.is_some() && st.lines.0);
+                let cap = if held { now.saturating_add(IN_FLIGHT_SLEEP_MS * gic::ticks_per_ms()) } else { u64::MAX };
                 (!l.gic.has_deliverable(v)).then(|| Yield::Block(st.timers.next_after(now).min(cap)))
             }
             Exit::Irq => {

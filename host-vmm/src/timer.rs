@@ -12,7 +12,9 @@
 //! deadline: either ends the run (exit `IRQ`) so the VMM can inject the virtual interrupt at
 //! once. Each physical interrupt is disabled on the CPU while its virtual one is queued or
 //! already high ([`physical_enabled`]): otherwise an expired timer the guest has not handled
-//! yet would end every run before its first instruction.
+//! yet would end every run before its first instruction. A linked virtual timer
+//! (`VCPU_LINK_VTIMER`, the Linux VMM's default) is the exception: EL2 takes its PPI 27 and
+//! delivers it without an exit, so the PPI stays enabled for the whole run.
 
 /// The virtual timer's PPI (INTID 27).
 pub const VTIMER_INTID: u32 = 27;

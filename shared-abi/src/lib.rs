@@ -228,7 +228,8 @@ hypercalls! {
     /// linked, `VCPU_SET_IRQ` refuses vINTID 27 ([`HypError::Denied`]). The host links while
     /// the guest has the interrupt enabled in its distributor model, and keeps the physical
     /// PPI 27 enabled during the vCPU's runs. [`HypError::Denied`] without a virtual CPU
-    /// interface. (ABI 6.1.)
+    /// interface or when a CPU lacks its redistributor; [`HypError::Busy`] while the host's own
+    /// vINTID 27 is in a list register. (ABI 6.1.)
     VcpuLinkVtimer = 21, Any, in 4, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling

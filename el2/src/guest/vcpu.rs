@@ -420,7 +420,8 @@ impl VcpuCtx {
     /// counts since the VM was created: a guest that powers a vCPU off and on must not wipe
     /// what the host saw it do).
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
-        let queued = VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
+        let mut queued = VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
+        queued.drop_hw();
         let (stats, sve_vq) = (self.stats, self.sve_vq);
         self.reset();
         self.vgic = queued;

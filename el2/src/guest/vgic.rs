@@ -136,7 +136,7 @@ pub enum IrqError {
     /// A field outside its domain: vINTID, priority bits the CPU lacks, state 0, a pINTID
     /// without `HW`, an undefined bit (`InvalidArgument`).
     BadField,
-    /// `HW`: no physical interrupt belongs to a VM in this version (`Denied`).
+    /// `HW`: only EL2 writes a hardware interrupt, the linked virtual timer's (`Denied`).
     Hardware,
     /// The CPUs have no virtual GICv3 CPU interface (`Denied`).
     NoVgic,
@@ -224,8 +224,8 @@ pub enum VtimerIrq {
     /// that one first (its deactivation of a `HW` one deactivates the physical PPI, which then
     /// fires again while the timer still asserts).
     AlreadyQueued,
-    /// No list register free: the interrupt waits for the vCPU's next entry, when the timer,
-    /// still asserted, fires again.
+    /// No list register free: the interrupt waits for the vCPU's next entry after an exit to
+    /// the host (the host's tick at the latest), when the timer, still asserted, fires again.
     NoFreeLr,
 }
 
@@ -356,12 +356,30 @@ impl VgicCpu {
         Ok(n)
     }
 
+    /// vINTID 27 as the host queued it (not hardware-linked) is in a list register: the link
+    /// waits until the guest has finished it.
+    pub fn host_queued_vtimer(&self) -> bool {
+        self.used_lrs().any(|n| self.lr[n] & (lr::VINTID | lr::HW) == VTIMER_PPI)
+    }
+
     /// A hardware-linked interrupt (the virtual timer's) is in a list register, pending or
     /// active, as the last put saved it: while the vCPU is loaded, the CPU's physical PPI 27 must
     /// be active, so that the guest's deactivation has something to deactivate and the timer
     /// cannot fire to the host meanwhile.
     pub fn hw_live(&self) -> bool {
         self.used_lrs().any(|n| self.lr[n] & lr::HW != 0 && self.lr[n] >> lr::STATE_SHIFT != 0)
+    }
+
+    /// A PSCI `CPU_ON` reset: hardware-linked list registers go (the guest starting again
+    /// would never deactivate an active one, and its timer would stay silent); the put before
+    /// it already made the physical PPI inactive. The timer, still asserted, fires again.
+    pub fn drop_hw(&mut self) {
+        for n in 0..MAX_LRS {
+            if self.used & (1 << n) != 0 && self.lr[n] & lr::HW != 0 {
+                self.lr[n] = 0;
+                self.used &= !(1 << n);
+            }
+        }
     }
 
     /// While this vCPU is loaded in `cpu`: a physical IRQ ended its run, with
@@ -392,8 +410,8 @@ impl VgicCpu {
                 return VtimerIrq::AlreadyQueued;
             }
             if live & lr::HW == 0 {
-                // One the host queued before the link, deactivated this run: its notification
-                // is recorded at put, which a new value here would lose.
+                // One the host queued (the link refuses that, `Busy`), deactivated this run:
+                // its notification is recorded at put, which a new value here would lose.
                 return VtimerIrq::NoFreeLr;
             }
             // The last one, deactivated this run: nothing to record, reused.

@@ -148,8 +148,9 @@ pub(crate) fn vcpu_set_irq<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index:
 }
 
 /// `VCPU_LINK_VTIMER`: links (`on` = 1, with `config`) or unlinks (`on` = 0, `config` 0) the
-/// vCPU's virtual timer and vINTID 27 ([`vgic::VgicCpu::take_vtimer`]). Unlinking leaves a
-/// vINTID 27 already queued where it is: the guest finishes it as usual.
+/// vCPU's virtual timer and vINTID 27 ([`vgic::VgicCpu::take_vtimer`]). Linking waits
+/// (`Busy`) while the host's own vINTID 27 is queued; unlinking leaves a hardware one where it
+/// is: the guest finishes it as usual.
 pub(crate) fn vcpu_link_vtimer<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, on: u64, config: u64) -> HypResult {
     let caps = hyp.vgic_caps().filter(|_| hyp.vtimer_linkable()).ok_or(HypError::Denied)?;
     let v = match on {
@@ -158,6 +159,9 @@ pub(crate) fn vcpu_link_vtimer<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, in
         _ => return Err(HypError::InvalidArgument),
     };
     let mut guard = hyp.claim_vcpu(handle, index)?;
+    if v != 0 && guard.vgic.host_queued_vtimer() {
+        return Err(HypError::Busy);
+    }
     guard.vgic.vtimer = v;
     guard.vgic.vtimer_nr_lrs = caps.nr_lrs;
     Ok([0; 3])
@@ -411,11 +415,20 @@ mod tests {
         assert_eq!(run(&f, vec![irq_exit, irq_exit, irq_exit], 2), (Ok([exit::IRQ as u64, 0, 0]), 3, 3));
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 27, spi]), Err(HypError::Denied), "EL2 owns vINTID 27 now");
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 1, 27, spi]), Ok([0, 0, 0]), "per vCPU");
-        // A guest CPU_ON reset keeps the link, as the host's distributor model keeps its state.
+        assert_eq!(link(&f, 1, 1, ok), Err(HypError::Busy), "until the guest finishes the host's vINTID 27");
+        // A guest CPU_ON reset keeps the link, as the host's distributor model keeps its state,
+        // but not a hardware list register (the guest starting again would never finish it).
         {
             let mut g = f.hyp.vcpus[handle_slot(h)][0].claim().unwrap();
+            let (n, pending) = (2, g.vgic.vtimer | 1 << 62);
+            g.vgic.lr[n] = pending;
+            g.vgic.used |= 1 << n;
+            g.vgic.queue(crate::guest::vgic::lr_from_request(40, spi, f.hyp.vgic_caps().unwrap()).unwrap(), 4).unwrap();
             g.reset_for_cpu_on(0x8000, 0);
             assert_ne!(g.vgic.vtimer, 0);
+            assert_eq!((g.vgic.used, g.vgic.lr[n]), (0b1, 0), "the host's SPI stays queued, the hardware one goes");
+            g.vgic.lr[0] = 0;
+            g.vgic.used = 0;
         }
         // Busy while running, like any vCPU call.
         let guard = f.hyp.vcpus[handle_slot(h)][0].claim().unwrap();
@@ -424,13 +437,14 @@ mod tests {
         assert_eq!(link(&f, 0, 0, 0), Ok([0; 3]));
         assert_eq!(run(&f, vec![irq_exit], 5), (Ok([exit::IRQ as u64, 0, 0]), 0, 1), "unlinked again");
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 27, spi]), Ok([0, 0, 0]));
-        // A CPU without its redistributor: EL2 links no more timers.
+        // A CPU without its redistributor: EL2 links no timer.
+        let h2 = create(&mut f, 1, 0);
         f.hyp.cpu_redistributor(true);
-        assert_eq!(link(&f, 1, 1, ok), Ok([0; 3]));
+        assert_eq!(f.call(0, H::VcpuLinkVtimer, &[h2, 0, 1, ok]), Ok([0; 3]));
         f.hyp.cpu_redistributor(false);
-        assert_eq!(link(&f, 1, 1, ok), Err(HypError::Denied));
+        assert_eq!(f.call(0, H::VcpuLinkVtimer, &[h2, 0, 1, ok]), Err(HypError::Denied));
         f.hyp.cpu_redistributor(true);
-        assert_eq!(link(&f, 1, 1, ok), Err(HypError::Denied), "for good");
+        assert_eq!(f.call(0, H::VcpuLinkVtimer, &[h2, 0, 1, ok]), Err(HypError::Denied), "for good");
     }
 
     #[test]

@@ -69,8 +69,9 @@ pub(super) fn save_guest(ctx: &mut VcpuCtx) {
 pub(super) fn restore_host(mut saved: Saved) {
     // The guest's CNTV_CTL_EL0/CNTV_CVAL_EL0 are saved (save_guest): the host gets its EL1
     // registers back with the virtual timer disabled, so the guest's timer can never keep the
-    // physical PPI 27 asserted to the host (the host injects the guest's virtual PPI 27 itself,
-    // from the exit record's deadline). No barrier of its own: the ISB at the end of put makes
+    // physical PPI 27 asserted to the host (the host injects the guest's virtual PPI 27 from the
+    // exit record's deadline, unless linked: EL2 delivers it during runs). No barrier of its
+    // own: the ISB at the end of put makes
     // ENABLE = 0 effective before EL2 continues, and the timer's output is a level, so nothing
     // latched stays pending.
     crate::cpu::controls::host_el1_at_put(&mut saved.sys);

@@ -128,10 +128,10 @@ fn set_vtimer_active(active: bool) -> bool {
     // Device RW in EL2's stage 1 (a GIC register page, no memory EL2 relies on); the register
     // is 32-bit and aligned.
     unsafe { GuardedMmio.write(PhysAddr(base + reg), 4, 1 << vgic::VTIMER_PPI) };
-    // The write reaches the redistributor before EL2 goes on: before the ERET into the guest,
-    // so the PPI does not signal again for the assertion just delivered (a late signal would
-    // only cost an exit), and before the host runs again after put, so it never finds its
-    // PPI 27 active.
+    // The write completes before EL2 goes on, so the redistributor has it before the ERET
+    // into the guest or, after put, the host. The GIC may still be updating then (there is no
+    // RWP for the active state): the PPI may signal once more (an extra exit), or the host take
+    // one spurious PPI 27, both benign; the barrier only keeps that window small.
     dsb_sy();
     true
 }
