@@ -119,6 +119,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VmSmcccForward,
         HypercallId::VmTopupTables,
         HypercallId::VcpuLinkVtimer,
+        HypercallId::VcpuLinkSgis,
     ];
     let regs = [
         reg::PC,
@@ -266,6 +267,16 @@ pub fn run(plat: &Platform) {
                 x[2] = rng.pick(&[0, 1, 1, 2, u64::MAX]);
                 let r = rng.next();
                 x[3] = rng.pick(&[0x80 | irq::GROUP1 as u64, 0xF8 | irq::GROUP1 as u64, 0, 0x81, 0x80 | irq::HW as u64, 0x80 | 1 << irq::STATE_SHIFT, 1 << 40, r & 0xFFFF, r]);
+            }
+            Ok(HypercallId::VcpuLinkSgis) => {
+                // Linked and unlinked around runs; masks past 32 bits, priorities the CPU lacks.
+                x[0] = handle(&mut rng, &handles);
+                x[1] = rng.pick(&[0, 0, 1, 7, 8, u64::MAX]);
+                x[2] = rng.pick(&[0, 1, 1, 2, u64::MAX]);
+                let r = rng.next();
+                x[3] = rng.pick(&[0xFFFF_FFFF, 0xFFFF, 0, 1 << 32, r & 0xFFFF_FFFF, r]);
+                x[4] = rng.pick(&[0x8080_8080_8080_8080, 0, 0x0101, r]);
+                x[5] = rng.pick(&[0x8080_8080_8080_8080, 0, 1 << 56, r]);
             }
             Ok(HypercallId::VcpuSetIrq) | Ok(HypercallId::VcpuIrqState) => {
                 // List-register requests: valid ones (which fill a vCPU's list registers, then

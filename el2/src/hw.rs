@@ -242,12 +242,29 @@ pub trait WorldSwitch {
     /// delivers PPI 30 on time; disabled when `t` cannot fire. `load` does it from the
     /// context, `put` disables it.
     fn ptimer_backing(&self, t: &PTimer);
-    /// While loaded, after a physical IRQ ended the run of a vCPU whose virtual timer is linked
-    /// (`VCPU_LINK_VTIMER`): if the IRQ is the guest's timer firing, delivers it without an
-    /// exit ([`crate::guest::vgic::VgicCpu::take_vtimer`] with this CPU's
-    /// `ICC_HPPIR1_EL1` and the guest's `CNTV_CTL_EL0`) and makes the CPU's physical PPI 27
-    /// active until `put`, which deactivates it; `true`: resume the guest. `load` makes it
-    /// active too when the vCPU comes with a live hardware-linked list register.
-    fn vtimer_irq(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved) -> bool;
+    /// While loaded, after a physical IRQ ended the run: what it is, by this CPU's
+    /// `ICC_HPPIR1_EL1`. EL2's doorbell ([`shared_abi::msg::irq::DOORBELL_SGI`]) is consumed
+    /// (made not pending in the CPU's redistributor). The guest's linked virtual timer firing
+    /// is delivered without an exit ([`crate::guest::vgic::VgicCpu::take_vtimer`], with the
+    /// guest's `CNTV_CTL_EL0`), and the CPU's physical PPI 27 made active until `put`, which
+    /// deactivates it (`load` activates it too for a vCPU that comes with a live
+    /// hardware-linked list register). Anything else is the host's.
+    fn guest_irq(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved) -> GuestIrq;
+    /// While loaded: queues the linked SGIs of `bits` into the vCPU's list registers
+    /// ([`crate::guest::vgic::VgicCpu::queue_sgis_live`]); returns those left pending.
+    fn queue_sgis(&self, ctx: &mut VcpuCtx, saved: &mut Self::Saved, bits: u16) -> u16;
+    /// Sends EL2's doorbell SGI to the CPU with affinity `mpidr`, after earlier memory writes.
+    fn ring_doorbell(&self, mpidr: u64);
+}
+
+/// What a physical IRQ that ended a guest's run is ([`WorldSwitch::guest_irq`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestIrq {
+    /// The host's: an `IRQ` exit.
+    Host,
+    /// The guest's linked virtual timer, now in a list register (or held for it): resume.
+    Timer,
+    /// EL2's doorbell, consumed: take the vCPU's pending linked SGIs, resume.
+    Doorbell,
 }
 

@@ -112,10 +112,11 @@ pub struct Hyp<'a, T: TableMemory> {
     /// [`CpuFeatures::ctr_trap`] of [`Hyp::cpus`], copied likewise; it only ever turns on.
     ctr_trap: AtomicBool,
     /// Every CPU of the platform has its own redistributor, so any of them can deliver a
-    /// linked virtual timer; decided once at boot ([`Hyp::cpu_redistributor`]). Otherwise
-    /// `VCPU_LINK_VTIMER` is `Denied`: a linked vCPU on a CPU without one would exit on its
-    /// timer's PPI at every entry, and deactivate a hardware interrupt that is not active.
-    vtimer_linkable: AtomicBool,
+    /// linked virtual timer and consume EL2's doorbell; decided once at boot
+    /// ([`Hyp::cpu_redistributor`]). Otherwise `VCPU_LINK_VTIMER` and `VCPU_LINK_SGIS` are
+    /// `Denied`: a linked vCPU on a CPU without one would exit on its timer's PPI at every
+    /// entry, and deactivate a hardware interrupt that is not active.
+    linkable: AtomicBool,
 }
 
 /// Default pointer-authentication policy: lazy. Measured (`cargo xtask bench`, instructions per
@@ -168,21 +169,21 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             vgic: core::sync::atomic::AtomicU32::new(vgic),
             ctr: AtomicU64::new(ctr),
             ctr_trap: AtomicBool::new(ctr_trap),
-            vtimer_linkable: AtomicBool::new(true),
+            linkable: AtomicBool::new(true),
         })
     }
 
     /// Boot: whether every CPU of the platform has `found` its own redistributor (see
-    /// [`Hyp::vtimer_linkable`]); a `false` is for good.
+    /// [`Hyp::linkable`]); a `false` is for good.
     pub fn cpu_redistributor(&self, found: bool) {
         if !found {
-            self.vtimer_linkable.store(false, Ordering::Release);
+            self.linkable.store(false, Ordering::Release);
         }
     }
 
-    /// Whether EL2 links virtual timers (`VCPU_LINK_VTIMER`).
-    pub(crate) fn vtimer_linkable(&self) -> bool {
-        self.vtimer_linkable.load(Ordering::Acquire)
+    /// Whether EL2 links virtual timers and SGIs (`VCPU_LINK_VTIMER`, `VCPU_LINK_SGIS`).
+    pub(crate) fn linkable(&self) -> bool {
+        self.linkable.load(Ordering::Acquire)
     }
 
     /// The virtual CPU interface vCPUs get, if every CPU has one: EL2 fills list registers

@@ -54,8 +54,17 @@ pub(crate) struct Recorder {
     pub host_vttbrs: RefCell<Vec<u64>>,
     /// The FP/SIMD and SVE register file behind [`VectorRegs`].
     pub vectors: RefCell<FakeVectors>,
-    /// How many of the next `vtimer_irq` calls find the linked virtual timer firing.
+    /// How many of the next `guest_irq` calls (after `doorbells`) find the linked virtual
+    /// timer firing.
     pub vtimer_takes: Cell<u32>,
+    /// How many of the next `guest_irq` calls find EL2's doorbell.
+    pub doorbells: Cell<u32>,
+    /// Every `queue_sgis` request, in order.
+    pub sgis_queued: RefCell<Vec<u16>>,
+    /// The SGIs `queue_sgis` leaves pending (no list register), of those asked.
+    pub sgis_left: Cell<u16>,
+    /// The affinities `ring_doorbell` rang, in order.
+    pub doorbells_rung: RefCell<Vec<u64>>,
 }
 
 /// A CPU's vector registers and their traps, as [`VectorRegs`] reaches them: every access
@@ -249,11 +258,25 @@ impl WorldSwitch for Recorder {
     fn ptimer_backing(&self, t: &PTimer) {
         self.note(if t.deadline(0) == u64::MAX { "ptimer_backing_off" } else { "ptimer_backing_on" });
     }
-    fn vtimer_irq(&self, _: &mut VcpuCtx, _: &mut ()) -> bool {
-        self.note("vtimer_irq");
-        let left = self.vtimer_takes.get();
-        self.vtimer_takes.set(left.saturating_sub(1));
-        left > 0
+    fn guest_irq(&self, ctx: &mut VcpuCtx, _: &mut ()) -> crate::hw::GuestIrq {
+        self.note("guest_irq");
+        let (doorbells, takes) = (self.doorbells.get(), self.vtimer_takes.get());
+        if doorbells > 0 {
+            self.doorbells.set(doorbells - 1);
+            crate::hw::GuestIrq::Doorbell
+        } else if takes > 0 && ctx.vgic.vtimer != 0 {
+            self.vtimer_takes.set(takes - 1);
+            crate::hw::GuestIrq::Timer
+        } else {
+            crate::hw::GuestIrq::Host
+        }
+    }
+    fn queue_sgis(&self, _: &mut VcpuCtx, _: &mut (), bits: u16) -> u16 {
+        self.sgis_queued.borrow_mut().push(bits);
+        bits & self.sgis_left.get()
+    }
+    fn ring_doorbell(&self, mpidr: u64) {
+        self.doorbells_rung.borrow_mut().push(mpidr);
     }
 }
 

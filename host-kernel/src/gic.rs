@@ -51,6 +51,9 @@ pub const HYP_TIMER_INTID: u32 = 26;
 pub const MAINTENANCE_INTID: u32 = 25;
 /// The SGI one host CPU sends another to bring it back from a guest.
 pub const KICK_SGI: u32 = 1;
+/// EL2's doorbell for linked SGIs (`VCPU_LINK_SGIS`): enabled on every CPU for EL2, which
+/// sends and consumes it while guests run; one that reaches the host means nothing to it.
+pub const DOORBELL_SGI: u32 = shared_abi::msg::irq::DOORBELL_SGI;
 /// The default tick, in milliseconds of the system counter (`tick-ms=N`; 0: no tick).
 pub const DEFAULT_TICK_MS: u64 = 10;
 
@@ -122,6 +125,7 @@ pub fn init_cpu(cpu: usize) {
         && gic.set_trigger(IntId::ppi(TIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
         && gic.enable_interrupt(IntId::ppi(TIMER_INTID - 16), Some(cpu), true).is_ok()
         && gic.enable_interrupt(IntId::sgi(KICK_SGI), Some(cpu), true).is_ok()
+        && gic.enable_interrupt(IntId::sgi(DOORBELL_SGI), Some(cpu), true).is_ok()
         // A guest's virtual timer and the vGIC's maintenance interrupt only end a guest's
         // run (exit `IRQ`), so that the VMM looks at the timer and the deactivations at once.
         // The timers' PPIs (27, 26) are enabled per run (`set_timer_ppis`).
@@ -240,7 +244,7 @@ pub fn handle_pending() -> usize {
                 arm_tick();
                 PREEMPT[cpu].store(true, Ordering::Release);
             }
-            VTIMER_INTID | HYP_TIMER_INTID | MAINTENANCE_INTID => {
+            VTIMER_INTID | HYP_TIMER_INTID | MAINTENANCE_INTID | DOORBELL_SGI => {
                 // Their work is the VMM's, after the exit they caused; nothing to do here.
             }
             KICK_SGI => {

@@ -560,6 +560,25 @@ impl Vgic {
         (irq.enabled && self.ctlr & group != 0).then_some((irq.priority, irq.group1))
     }
 
+    /// How EL2 should deliver the SGIs of `vcpu` itself (`VCPU_LINK_SGIS`): the enabled ones
+    /// (in an enabled group; bits 15:0), the Group 1 ones (bits 31:16), and their priorities
+    /// (byte n = SGI n). `None` for a vCPU the VM does not have.
+    pub fn sgi_link_config(&self, vcpu: usize) -> Option<(u32, u128)> {
+        let bank = self.private[..self.nr_vcpus].get(vcpu)?;
+        let (mut masks, mut priorities) = (0u32, 0u128);
+        for (n, irq) in bank.iter().take(16).enumerate() {
+            let group = if irq.group1 { gicd::CTLR_ENABLE_GRP1 } else { gicd::CTLR_ENABLE_GRP0 };
+            if irq.enabled && self.ctlr & group != 0 {
+                masks |= 1 << n;
+            }
+            if irq.group1 {
+                masks |= 1 << (16 + n);
+            }
+            priorities |= u128::from(irq.priority) << (8 * n);
+        }
+        Some((masks, priorities))
+    }
+
     /// Marks PPI `intid` of `vcpu` as delivered by EL2 (`linked`) or by the model again.
     ///
     /// # Errors

@@ -98,11 +98,15 @@ struct VcpuState {
     /// Its virtual timer's link as EL2 last accepted it (`VCPU_LINK_VTIMER`): the
     /// configuration, `None` when EL2 delivers nothing itself.
     linked: Option<u32>,
+    /// Its SGIs' link as EL2 last accepted it (`VCPU_LINK_SGIS`).
+    sgis: Option<(u32, u128)>,
+    /// The model's write count when both links were last brought up to date.
+    links_at: u64,
 }
 
 impl VcpuState {
     const fn new() -> Self {
-        Self { mmio: run::MmioReply::ZERO, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0, linked: None }
+        Self { mmio: run::MmioReply::ZERO, timers: Timers::new(), vtimer_queued: false, ptimer_queued: false, lines: (false, false), in_flight: 0, linked: None, sgis: None, links_at: u64::MAX }
     }
 }
 
@@ -110,6 +114,10 @@ impl VcpuState {
 /// queues PPI 27 itself, as for every other interrupt, at the cost of two host round trips per
 /// timer interrupt).
 static LINK_VTIMER: AtomicBool = AtomicBool::new(true);
+
+/// Whether vCPUs' SGIs are linked (`sgi-link=off` turns it off: every SGI is then an exit and
+/// the model's to deliver).
+static LINK_SGIS: AtomicBool = AtomicBool::new(true);
 
 static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 /// Each VM slot's shared pages (no heap: the largest VM's bitmap, 48 KiB, per slot).
@@ -162,6 +170,7 @@ impl Config {
 pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     let mut cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
     LINK_VTIMER.store(plat.arg("vtimer-link") != Some("off"), Ordering::Relaxed);
+    LINK_SGIS.store(plat.arg("sgi-link") != Some("off"), Ordering::Relaxed);
     let mut disk = match plat.arg("disk") {
         None => None,
         Some(_) if cfg.vms > 1 => crate::fail::fail(format_args!("linux: disk= with vms={}: one image cannot be two VMs' disks", cfg.vms)),
@@ -467,7 +476,9 @@ impl LinuxVm {
     /// the PPI's priority and group as the guest set them, and unlinks it otherwise (told to
     /// EL2 only when that changes). The model keeps driving the line, for the guest's reads of
     /// the pending state, but no longer queues the PPI while linked.
-    fn link_vtimer(&self, v: usize, st: &mut VcpuState) -> Result<(), HypError> {
+    ///
+    /// `Ok(false)` while EL2 cannot link yet (the model's vINTID 27 still in a list register).
+    fn link_vtimer(&self, v: usize, st: &mut VcpuState) -> Result<bool, HypError> {
         let want = if LINK_VTIMER.load(Ordering::Relaxed) {
             // Five priority bits, as `flush` queues them (EL2 refuses the others on QEMU).
             self.gic.link_config(v, VTIMER_INTID).map(|(priority, group1)| irq::config(priority & 0xF8, group1, 0, false))
@@ -475,16 +486,16 @@ impl LinuxVm {
             None
         };
         if want == st.linked {
-            return Ok(());
+            return Ok(true);
         }
         match VmHandle(self.vm.handle).vcpu(v as u64).link_vtimer(want) {
             Ok(()) => {}
             // vINTID 27 is still queued the old way: linked once the guest has finished it.
-            Err(HypError::Busy) => return Ok(()),
+            Err(HypError::Busy) => return Ok(false),
             // EL2 links no timer (a CPU without its redistributor): the model delivers them.
             Err(HypError::Denied) => {
                 LINK_VTIMER.store(false, Ordering::Relaxed);
-                return Ok(());
+                return Ok(true);
             }
             Err(e) => return Err(e),
         }
@@ -492,7 +503,32 @@ impl LinuxVm {
         st.linked = want;
         // Unlinked with the line high: the model's to queue now.
         self.to_flush.fetch_or(1 << v, Ordering::SeqCst);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Before a run: links vCPU `v`'s SGIs with their configuration in the model, told to EL2
+    /// when it changed. Linked, a sibling's SGI to it while it runs is EL2's to deliver; the
+    /// `SGI` exits still bring the model those sent while it does not run.
+    fn link_sgis(&self, v: usize, st: &mut VcpuState) -> Result<bool, HypError> {
+        let want = if LINK_SGIS.load(Ordering::Relaxed) { self.gic.sgi_link_config(v) } else { None };
+        if want == st.sgis {
+            return Ok(true);
+        }
+        match VmHandle(self.vm.handle).vcpu(v as u64).link_sgis(want) {
+            Ok(held) => {
+                // Unlinked: what EL2 still held is the model's now.
+                for n in (0..16).filter(|n| held & 1 << n != 0) {
+                    self.wake(self.gic.send_sgi(1 << v, n as u8), v);
+                }
+            }
+            Err(HypError::Denied) => {
+                LINK_SGIS.store(false, Ordering::Relaxed);
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        }
+        st.sgis = want;
+        Ok(true)
     }
 
     /// Before a run: the timers' lines, then, if its deliverable set may have grown,
@@ -567,7 +603,11 @@ impl Machine for LinuxVcpu<'_> {
     fn before_run(&mut self) -> Result<(), HypError> {
         let st = &mut *self.st;
         let now = gic::counter();
-        self.l.link_vtimer(self.v, st)?;
+        // EL2's copies of the configuration follow the guest's writes to the model.
+        let writes = self.l.gic.writes();
+        if writes != st.links_at && self.l.link_vtimer(self.v, st)? & self.l.link_sgis(self.v, st)? {
+            st.links_at = writes;
+        }
         self.l.deliver(self.v, st, now)?;
         // The physical PPIs behind the timers end the run at their deadlines, unless the
         // virtual interrupt is already queued or high (`timer::physical_enabled`). A linked

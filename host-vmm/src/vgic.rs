@@ -36,13 +36,16 @@ pub struct VirtualGic {
     model: host_kernel::sync::Mutex<Vgic>,
     /// The distributor's frame and the vCPUs' redistributors.
     ranges: [Range<u64>; 2],
+    /// Guest writes to the distributor or redistributors so far: what EL2 was told of the
+    /// configuration (`VCPU_LINK_*`) may be stale only once this has moved.
+    writes: core::sync::atomic::AtomicU64,
 }
 
 impl VirtualGic {
     /// The distributor of a VM with `nr_vcpus` vCPUs, at reset.
     pub fn new(nr_vcpus: usize) -> Result<Self, host_vdev::vgic::Error> {
         let ranges = [GICD..GICD + GICD_SIZE, GICR..GICR + GICR_STRIDE * nr_vcpus as u64];
-        Ok(Self { model: host_kernel::sync::Mutex::new(Vgic::new(nr_vcpus)?), ranges })
+        Ok(Self { model: host_kernel::sync::Mutex::new(Vgic::new(nr_vcpus)?), ranges, writes: core::sync::atomic::AtomicU64::new(0) })
     }
 
     /// A device's interrupt line (a PPI of `vcpu`, or an SPI) is now `high`.
@@ -62,6 +65,17 @@ impl VirtualGic {
     /// while the guest has it enabled ([`host_vdev::vgic::Vgic::link_config`]).
     pub fn link_config(&self, vcpu: usize, intid: u32) -> Option<(u8, bool)> {
         self.model.lock().link_config(vcpu, intid)
+    }
+
+    /// The SGI configuration of `vcpu` for `VCPU_LINK_SGIS`
+    /// ([`host_vdev::vgic::Vgic::sgi_link_config`]).
+    pub fn sgi_link_config(&self, vcpu: usize) -> Option<(u32, u128)> {
+        self.model.lock().sgi_link_config(vcpu)
+    }
+
+    /// How many guest writes the model has taken (a configuration change is one of them).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(core::sync::atomic::Ordering::SeqCst)
     }
 
     /// PPI `intid` of `vcpu` is delivered by EL2 (`linked`), or by the model again.
@@ -125,6 +139,9 @@ impl Device for &VirtualGic {
 
     fn mmio(&mut self, ipa: u64, size: u32, write: Option<u64>) -> (u64, Wake) {
         let mut m = self.model.lock();
+        if write.is_some() {
+            self.writes.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        }
         if self.ranges[0].contains(&ipa) {
             let off = ipa - GICD;
             match write {

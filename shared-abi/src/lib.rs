@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 1 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 2 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -231,6 +231,20 @@ hypercalls! {
     /// interface or when a CPU lacks its redistributor; [`HypError::Busy`] while the host's own
     /// vINTID 27 is in a list register. (ABI 6.1.)
     VcpuLinkVtimer = 21, Any, in 4, out 0;
+    /// `x1` = VM handle, `x2` = vCPU index, `x3` = 1 to link, 0 to unlink, `x4` = when linking,
+    /// SGIs enabled (bits 15:0, bit n = SGI n) and in Group 1 (bits 31:16), `x5` = priorities of
+    /// SGIs 0..=7 (byte n = SGI n), `x6` = of SGIs 8..=15 (implemented priority bits only);
+    /// all 0 when unlinking. Links the vCPU's SGIs: a sibling's SGI to it while it runs is made
+    /// pending by EL2, which rings the doorbell ([`msg::irq::DOORBELL_SGI`]) of the CPU that
+    /// runs it and queues the SGI in a free list register there, without an exit on either
+    /// side; an SGI to it while it does not run is left to the host, as for an unlinked vCPU
+    /// (the `SGI` exit's targets). EL2 keeps an SGI that is disabled, or finds no free list
+    /// register, pending until it can queue it. `x1` = when unlinking, the SGIs EL2 still held
+    /// pending for the vCPU (bit n = SGI n): the host's to deliver from now on. The host links
+    /// with the vCPU's redistributor configuration as the guest set it, and again whenever the
+    /// guest changes it. [`HypError::Denied`] without a virtual CPU interface or when a CPU
+    /// lacks its redistributor. (ABI 6.2.)
+    VcpuLinkSgis = 22, Any, in 6, out 1;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.

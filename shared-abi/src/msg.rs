@@ -268,6 +268,10 @@ pub mod irq {
     /// The virtual timer's PPI, virtual and physical (the generic timer's EL1 virtual timer
     /// interrupt on QEMU's `virt` and the Arm Base System Architecture's recommendation).
     pub const VTIMER_PPI: u32 = 27;
+    /// The physical SGI EL2 sends to a CPU running a vCPU whose linked SGI it has just made
+    /// pending (`VCPU_LINK_SGIS`), and consumes there itself. The host enables it (Group 1) on
+    /// every CPU and uses it for nothing else; one that reaches the host is EL2's, ignored.
+    pub const DOORBELL_SGI: u32 = 15;
     /// Largest virtual INTID the host may queue: SGIs 0..=15, PPIs 16..=31, SPIs 32..=1019.
     /// 1020..=1023 are special INTIDs and LPIs (8192 on) are not supported yet.
     pub const MAX_VINTID: u32 = 1019;

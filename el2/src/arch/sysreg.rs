@@ -67,6 +67,8 @@ sysregs! {
     /// The highest-priority pending Group 1 physical interrupt (GICv3 CPU interface; reading it
     /// acknowledges nothing).
     ICC_HPPIR1_EL1 = "S3_0_C12_C12_2";
+    /// Generates a Group 1 SGI (GICv3 CPU interface).
+    ICC_SGI1R_EL1 = "S3_0_C12_C11_5";
 }
 
 /// `ICH_LR<n>_EL2` for `n` < 16 (the caller names only list registers the CPU implements,

@@ -3,7 +3,8 @@
 
 use crate::mem::protect::GuestPage;
 use super::sysreg::is_key_access;
-use crate::hw::{GuestConfig, GuestTrap, Hw, TrapKind};
+use crate::hw::{GuestConfig, GuestIrq, GuestTrap, Hw, TrapKind};
+use crate::guest::sgi;
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::hyp::Hyp;
 use crate::guest::vm::{handle_slot, Measured};
@@ -121,7 +122,8 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let mut exit = Exit::Irq;
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
-    let me = Me { vm_slot, index: index as usize, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
+    crate::guest::sgi::entered(slot, cpu, &mut ctx, arch, &mut saved);
+    let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
     // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -149,6 +151,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         }
     }
     arch.put(&mut ctx, saved);
+    crate::guest::sgi::left(slot);
 
     // List registers the guest has finished with are free again; deactivations of
     // level-sensitive interrupts wait for the host, which every exit reminds of them.
@@ -193,10 +196,18 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     saved: &mut A::Saved,
 ) -> Next {
     match trap.kind {
-        // The linked virtual timer is delivered here, without the host; any other interrupt
-        // is the host's.
-        TrapKind::Irq if ctx.vgic.vtimer != 0 && arch.vtimer_irq(ctx, saved) => return Next::Resume,
-        TrapKind::Irq => return Next::Exit(Exit::Irq),
+        // The linked virtual timer and linked SGIs are delivered here, without the host; any
+        // other interrupt is the host's.
+        TrapKind::Irq => {
+            return match arch.guest_irq(ctx, saved) {
+                GuestIrq::Host => Next::Exit(Exit::Irq),
+                GuestIrq::Timer => Next::Resume,
+                GuestIrq::Doorbell => {
+                    sgi::take(&hyp.vcpus[me.vm_slot][me.index], ctx, arch, saved);
+                    Next::Resume
+                }
+            }
+        }
         TrapKind::SError => return kill(hyp, handle, kill::BAD_EXCEPTION, 0),
         TrapKind::Sync => {}
     }
@@ -204,7 +215,11 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     match esr.ec() {
         ec::WFX => {
             ctx.skip_instruction();
-            Next::Exit(Exit::Wfx)
+            if sgi::may_wait(&hyp.vcpus[me.vm_slot][me.index], me.cpu, ctx, arch, saved) {
+                Next::Exit(Exit::Wfx)
+            } else {
+                Next::Resume
+            }
         }
         // Lazy FP/SIMD: the first use in a run loads the guest's registers; the
         // instruction is retried (PC unchanged).

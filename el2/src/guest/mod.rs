@@ -6,7 +6,8 @@
 //! - `memory`: guest memory while it runs (first-touch mapping, set/way cleaning);
 //! - `exit`: `VCPU_RUN`, the run loop and exit handling; `running`: what exit handlers share;
 //! - `fpsimd`: the lazy switch of the guest's FP/SIMD and SVE registers;
-//! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface;
+//! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface; `sgi`:
+//!   SGIs EL2 delivers between a VM's running vCPUs;
 //! - `psci`: PSCI and SMCCC for guests; `smccc_forward`: which other calls go to the host;
 //!   `timer`: the guest timers.
 
@@ -16,6 +17,7 @@ pub mod fpsimd;
 pub mod memory;
 pub mod running;
 pub mod services;
+pub mod sgi;
 pub mod psci;
 pub mod smccc_forward;
 pub mod sysreg;

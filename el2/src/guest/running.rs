@@ -15,6 +15,8 @@ use shared_abi::msg::{kill, Exit};
 pub struct Me<'f> {
     pub(super) vm_slot: usize,
     pub(super) index: usize,
+    /// The CPU it runs on.
+    pub(super) cpu: usize,
     pub(super) nr_vcpus: usize,
     /// The VM's firmware registers (frozen once it has run).
     pub(super) fw: &'f FwRegs,

@@ -18,7 +18,12 @@ use shared_abi::msg::Exit;
 pub(crate) fn sysreg_trap<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: u64, arch: &A, saved: &mut A::Saved) -> Next {
     if let Some((sgi, value)) = sgi_write(esr, ctx, me) {
         ctx.skip_instruction();
-        return Next::Exit(Exit::Sgi { intid: sgi.intid, targets: sgi.targets as u64, reg: sgi.reg, value });
+        // Linked targets EL2 served; the rest (or an SGI to no vCPU) the host's model decides.
+        let targets = crate::guest::sgi::send(hyp, me, ctx, &sgi, arch, saved);
+        if targets == 0 && sgi.targets != 0 {
+            return Next::Resume;
+        }
+        return Next::Exit(Exit::Sgi { intid: sgi.intid, targets: targets as u64, reg: sgi.reg, value });
     }
     let Some(a) = sysreg_access(esr) else { return undef(hyp, handle, ctx, Esr(esr), arch) };
     let done = if let Some(i) = idreg_read(&a) {
@@ -269,7 +274,7 @@ fn idreg_read(a: &SysregAccess) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::testing::*;
     use super::*;
 

@@ -14,7 +14,7 @@ use crate::guest::{MAX_VCPUS, MAX_VMS};
 use core::cell::UnsafeCell;
 use core::mem::offset_of;
 use core::ops::{Deref, DerefMut, Index, IndexMut};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use shared_abi::reg;
 
 /// A guest's MMIO access that the host emulates: completed, or answered with an external
@@ -592,6 +592,15 @@ pub struct VcpuSlot {
     pub on_entry: AtomicU64,
     /// `CPU_ON` context for a pending power-on.
     pub on_context: AtomicU64,
+    /// Its SGIs are linked (`VCPU_LINK_SGIS`; [`crate::guest::sgi`]). Changed only by the host,
+    /// with the vCPU claimed; read by its siblings' SGI writes.
+    pub sgi_linked: AtomicBool,
+    /// Linked SGIs EL2 holds pending for it (bit n = SGI n): set by its siblings, taken by its
+    /// own runs.
+    pub sgi_pending: AtomicU16,
+    /// While it runs with its SGIs linked: the CPU's index plus one (0 otherwise), where a
+    /// sibling rings the doorbell.
+    pub running_on: AtomicU8,
     ctx: UnsafeCell<VcpuCtx>,
 }
 
@@ -607,6 +616,9 @@ impl VcpuSlot {
             power: AtomicU8::new(power::OFF),
             on_entry: AtomicU64::new(0),
             on_context: AtomicU64::new(0),
+            sgi_linked: AtomicBool::new(false),
+            sgi_pending: AtomicU16::new(0),
+            running_on: AtomicU8::new(0),
             ctx: UnsafeCell::new(VcpuCtx::new()),
         }
     }

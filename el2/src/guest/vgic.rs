@@ -206,6 +206,28 @@ pub fn vtimer_lr(config: u64, caps: VgicCaps) -> Result<u64, IrqError> {
     Ok(VTIMER_PPI | lr::HW | VTIMER_PPI << lr::PINTID_SHIFT | (priority as u64) << lr::PRIORITY_SHIFT | group)
 }
 
+/// `VCPU_LINK_SGIS`' configuration (`masks`: enabled SGIs in bits 15:0, Group 1 ones in bits
+/// 31:16; `priorities`: byte n = SGI n's) turned into the list-register value of each SGI EL2
+/// queues (vINTID n, the priority and group), enabled or not.
+///
+/// # Errors
+/// [`IrqError::BadField`]: a mask bit above 31, or a priority bit the CPU lacks.
+pub fn sgi_lrs(masks: u64, priorities: u128, caps: VgicCaps) -> Result<[u64; 16], IrqError> {
+    if masks >> 32 != 0 {
+        return Err(IrqError::BadField);
+    }
+    let mut lrs = [0; 16];
+    for (n, v) in lrs.iter_mut().enumerate() {
+        let priority = (priorities >> (8 * n)) as u32 & irq::PRIORITY_MASK;
+        if !priority_ok(priority, caps) {
+            return Err(IrqError::BadField);
+        }
+        let group = if masks >> (16 + n) & 1 != 0 { lr::GROUP1 } else { 0 };
+        *v = n as u64 | (priority as u64) << lr::PRIORITY_SHIFT | group;
+    }
+    Ok(lrs)
+}
+
 /// `CNTV_CTL_EL0` of a timer whose interrupt output is asserted: enabled, not masked, its
 /// condition met (`ISTATUS`).
 pub const fn timer_asserts(ctl: u64) -> bool {
@@ -268,8 +290,13 @@ pub struct VgicCpu {
     /// [`Self::take_vtimer`] writes, pending ([`vtimer_lr`]); 0 when not linked. Kept across a
     /// PSCI `CPU_ON` reset, like the list registers (the host's distributor model is not reset).
     pub vtimer: u64,
-    /// List registers the VM's vCPUs may use (the smallest number of any CPU), from the link.
-    pub vtimer_nr_lrs: u8,
+    /// List registers the VM's vCPUs may use (the smallest number of any CPU), from a link.
+    pub nr_lrs_linked: u8,
+    /// Linked SGIs (`VCPU_LINK_SGIS`): per SGI, the list-register value
+    /// [`Self::queue_sgis_live`] writes, pending ([`sgi_lrs`]).
+    pub sgi: [u64; 16],
+    /// The linked SGIs the guest has enabled (bit n = SGI n); 0 while not linked.
+    pub sgi_on: u16,
 }
 
 impl VgicCpu {
@@ -333,7 +360,7 @@ impl VgicCpu {
 
     /// At reset: nothing queued, everything masked.
     pub const fn new() -> Self {
-        Self { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], lr: [0; MAX_LRS], used: 0, eoi: [0; 16], eoi_waiting: false, vtimer: 0, vtimer_nr_lrs: 0 }
+        Self { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], lr: [0; MAX_LRS], used: 0, eoi: [0; 16], eoi_waiting: false, vtimer: 0, nr_lrs_linked: 0, sgi: [0; 16], sgi_on: 0 }
     }
 
     /// Puts the validated list-register value `v` ([`lr_from_request`]) into the lowest free
@@ -396,7 +423,7 @@ impl VgicCpu {
             return VtimerIrq::NotOurs;
         }
         let mut free = None;
-        for n in 0..(self.vtimer_nr_lrs as usize).min(MAX_LRS) {
+        for n in 0..(self.nr_lrs_linked as usize).min(MAX_LRS) {
             if self.used & (1 << n) == 0 {
                 free = free.or(Some(n));
                 continue;
@@ -430,6 +457,54 @@ impl VgicCpu {
             *idle = false;
         }
         VtimerIrq::Queued(n)
+    }
+
+    /// While this vCPU is loaded in `cpu` (`idle`: as for [`Self::take_vtimer`]): queues the
+    /// linked SGIs of `bits` into its list registers, and returns those left pending: disabled,
+    /// or no list register for them. One already pending stays so (SGIs are edge-triggered:
+    /// two sends before the guest takes it are one); one active becomes pending and active;
+    /// one the guest has finished (EL2 queues SGIs without `EOI`) is queued again in place.
+    pub fn queue_sgis_live(&mut self, cpu: &mut impl IchRegs, bits: u16, idle: &mut bool) -> u16 {
+        // EL2's copy as the guest left it (the one from load is stale mid-run).
+        let mut used = self.used;
+        while used != 0 {
+            let n = used.trailing_zeros() as usize;
+            used &= used - 1;
+            self.lr[n] = cpu.lr(n);
+        }
+        let (mut left, mut changed) = (0u16, 0u16);
+        for i in (0..16).filter(|&i| bits & 1 << i != 0) {
+            let pending = self.sgi[i] | 1 << lr::STATE_SHIFT;
+            let held = self.used_lrs().find(|&n| self.lr[n] & lr::VINTID == i as u64);
+            let slot = match held {
+                _ if self.sgi_on & 1 << i == 0 => None,
+                Some(n) => match self.lr[n] >> lr::STATE_SHIFT {
+                    1 | 3 => continue,
+                    2 => Some((n, self.lr[n] | 1 << lr::STATE_SHIFT)),
+                    // Finished, but the host's (EOI notification due at put): not reused.
+                    _ if self.lr[n] & lr::EOI != 0 => None,
+                    _ => Some((n, pending)),
+                },
+                None => (0..(self.nr_lrs_linked as usize).min(MAX_LRS)).find(|&n| self.used & 1 << n == 0).map(|n| (n, pending)),
+            };
+            let Some((n, v)) = slot else {
+                left |= 1 << i;
+                continue;
+            };
+            self.lr[n] = v;
+            self.used |= 1 << n;
+            changed |= 1 << n;
+        }
+        while changed != 0 {
+            let n = changed.trailing_zeros() as usize;
+            changed &= changed - 1;
+            cpu.set_lr(n, self.lr[n]);
+            if *idle {
+                cpu.set_hcr(ICH_HCR_GUEST);
+                *idle = false;
+            }
+        }
+        left
     }
 
     /// Indices of the used list registers.
@@ -656,7 +731,7 @@ mod tests {
         let mut cpu = IchModel::booted(QEMU_VTR);
         let mut v = VgicCpu::new();
         v.vtimer = vtimer_lr(0xA0 | irq::GROUP1 as u64, QEMU).unwrap();
-        v.vtimer_nr_lrs = 4;
+        v.nr_lrs_linked = 4;
         let mut idle = v.load(&mut cpu);
         assert!(idle && cpu.hcr == 0, "nothing queued: an idle load");
         // Not ours: another interrupt, the timer masked, disabled or not yet due, or not linked.
@@ -705,7 +780,7 @@ mod tests {
             v.queue(spi(id), 4).unwrap();
         }
         v.vtimer = vtimer_lr(0xA0 | irq::GROUP1 as u64, QEMU).unwrap();
-        v.vtimer_nr_lrs = 4;
+        v.nr_lrs_linked = 4;
         let mut idle = v.load(&mut cpu);
         assert!(!idle);
         // The fourth, free, is taken; the three the host queued stay as they are, even the one
@@ -728,7 +803,7 @@ mod tests {
         cpu.lr[3] = spi(27);
         assert_eq!(v.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::AlreadyQueued);
         // Never beyond the VM's list registers (a smaller CPU may run the vCPU next).
-        let mut w = VgicCpu { vtimer: v.vtimer, vtimer_nr_lrs: 2, used: 0b11, ..VgicCpu::new() };
+        let mut w = VgicCpu { vtimer: v.vtimer, nr_lrs_linked: 2, used: 0b11, ..VgicCpu::new() };
         w.lr[0] = spi(40);
         w.lr[1] = spi(41);
         let mut cpu = IchModel::booted(QEMU_VTR);
@@ -737,6 +812,49 @@ mod tests {
         let mut idle = false;
         assert_eq!(w.take_vtimer(&mut cpu, 27, FIRING, &mut idle), VtimerIrq::NoFreeLr);
         assert_eq!(cpu.lr[2], 0);
+    }
+
+    #[test]
+    fn linked_sgis_are_queued_once_in_place_and_the_rest_stays_pending() {
+        let mut cpu = IchModel::booted(QEMU_VTR);
+        let mut v = VgicCpu::new();
+        // SGIs 0..=3 enabled, 1 and 3 in Group 1, priorities 0x10 * n.
+        let masks = 0b1111 | 0b1010 << 16;
+        let prios = (0..16u128).fold(0, |p, n| p | (0x10 * n) << (8 * n));
+        v.sgi = sgi_lrs(masks, prios, QEMU).unwrap();
+        v.sgi_on = masks as u16;
+        v.nr_lrs_linked = 4;
+        assert_eq!((v.sgi[0], v.sgi[1]), (0, 1 | 0x10 << lr::PRIORITY_SHIFT | lr::GROUP1), "SGI 0: priority 0, Group 0");
+        let mut idle = v.load(&mut cpu);
+        // SGI 5 is disabled: it stays pending. 0 and 1 go to the first free list registers, and
+        // the interface is turned on.
+        assert_eq!(v.queue_sgis_live(&mut cpu, 1 << 5 | 0b11, &mut idle), 1 << 5);
+        assert_eq!((cpu.lr[0], cpu.lr[1], cpu.hcr, idle), (v.sgi[0] | 1 << 62, v.sgi[1] | 1 << 62, ICH_HCR_GUEST, false));
+        // Sent again while still pending: one interrupt, nothing written.
+        let writes = cpu.writes;
+        assert_eq!(v.queue_sgis_live(&mut cpu, 0b1, &mut idle), 0);
+        assert_eq!(cpu.writes, writes);
+        // The guest acknowledged SGI 0 (active) and finished SGI 1: pending and active, and
+        // queued again in place.
+        cpu.lr[0] = v.sgi[0] | 2 << 62;
+        cpu.lr[1] = v.sgi[1];
+        assert_eq!(v.queue_sgis_live(&mut cpu, 0b11, &mut idle), 0);
+        assert_eq!((cpu.lr[0] >> 62, cpu.lr[1] >> 62), (3, 1));
+        // A list register the host queued for SGI 2, finished but with its notification due:
+        // not reused; SGI 3 takes the last free one, and then nothing is left for SGI 2.
+        let host = lr_from_request(2, config(0x80, true, PENDING, true) as u64, QEMU).unwrap();
+        v.queue(host, 4).unwrap();
+        cpu.lr[2] = host & !(3 << 62);
+        assert_eq!(v.queue_sgis_live(&mut cpu, 0b1100, &mut idle), 0b100);
+        assert_eq!((cpu.lr[2], cpu.lr[3]), (host & !(3 << 62), v.sgi[3] | 1 << 62));
+        // Every list register in use: left pending. Put then saves what the guest left.
+        assert_eq!(v.queue_sgis_live(&mut cpu, 0b100, &mut idle), 0b100);
+        v.put(&mut cpu, idle);
+        assert_eq!(cpu.lr, [0; MAX_LRS]);
+        // Hostile configurations: a mask bit above 31, an unimplemented priority bit.
+        assert_eq!(sgi_lrs(1 << 32, 0, QEMU), Err(IrqError::BadField));
+        assert_eq!(sgi_lrs(1, 0x01 << 120, QEMU), Err(IrqError::BadField), "SGI 15's priority bits 2:0");
+        assert_eq!(sgi_lrs(0, 0, QEMU).map(|l| l[15]), Ok(15), "linked, all disabled, Group 0, priority 0");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub const TYPER_VLPIS: u64 = 1 << 1;
 pub const TYPER_LAST: u64 = 1 << 4;
 /// Where a redistributor's `SGI_base` frame starts, from its `RD_base`.
 pub const SGI_BASE_OFFSET: u64 = 0x1_0000;
+/// `GICR_ICPENDR0` (in `SGI_base`): write one to make an SGI or PPI of that CPU not pending.
+pub const GICR_ICPENDR0: u64 = 0x0280;
 /// `GICR_ISACTIVER0` (in `SGI_base`): write one to make an SGI or PPI of that CPU active.
 pub const GICR_ISACTIVER0: u64 = 0x0300;
 /// `GICR_ICACTIVER0` (in `SGI_base`): write one to make it inactive.

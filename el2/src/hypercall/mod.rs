@@ -79,6 +79,7 @@ calls! {
     VmSmcccForward { handle, first, count };
     VmTopupTables { handle, pa, pages };
     VcpuLinkVtimer { handle, index, on, config };
+    VcpuLinkSgis { handle, index, on, masks, prio_lo, prio_hi };
     TestFault { mode };
     TestCheckInvariants;
 }
@@ -116,6 +117,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: &[u64; 8], hw: &i
         Call::VcpuIrqState { handle, index } => vcpu::vcpu_irq_state(hyp, cpu, handle, index),
         Call::VcpuStats { handle, index } => vcpu::vcpu_stats(hyp, cpu, handle, index),
         Call::VcpuLinkVtimer { handle, index, on, config } => vcpu::vcpu_link_vtimer(hyp, handle, index, on, config),
+        Call::VcpuLinkSgis { handle, index, on, masks, prio_lo, prio_hi } => vcpu::vcpu_link_sgis(hyp, handle, index, on, masks, [prio_lo, prio_hi]),
         // Served by the trap shim in test builds; never here.
         Call::TestFault { .. } | Call::TestCheckInvariants => Err(HypError::NotSupported),
     };

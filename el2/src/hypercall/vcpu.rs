@@ -152,7 +152,7 @@ pub(crate) fn vcpu_set_irq<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index:
 /// (`Busy`) while the host's own vINTID 27 is queued; unlinking leaves a hardware one where it
 /// is: the guest finishes it as usual.
 pub(crate) fn vcpu_link_vtimer<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, on: u64, config: u64) -> HypResult {
-    let caps = hyp.vgic_caps().filter(|_| hyp.vtimer_linkable()).ok_or(HypError::Denied)?;
+    let caps = hyp.vgic_caps().filter(|_| hyp.linkable()).ok_or(HypError::Denied)?;
     let v = match on {
         0 if config == 0 => 0,
         1 => vgic::vtimer_lr(config, caps)?,
@@ -163,8 +163,30 @@ pub(crate) fn vcpu_link_vtimer<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, in
         return Err(HypError::Busy);
     }
     guard.vgic.vtimer = v;
-    guard.vgic.vtimer_nr_lrs = caps.nr_lrs;
+    guard.vgic.nr_lrs_linked = caps.nr_lrs;
     Ok([0; 3])
+}
+
+/// `VCPU_LINK_SGIS`: links (`on` = 1, with the SGIs' `masks` and `priorities`, see
+/// [`vgic::sgi_lrs`]) or unlinks (`on` = 0, the rest 0) the vCPU's SGIs
+/// ([`crate::guest::sgi`]). Unlinking returns the SGIs EL2 still held pending for it.
+pub(crate) fn vcpu_link_sgis<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, on: u64, masks: u64, priorities: [u64; 2]) -> HypResult {
+    let caps = hyp.vgic_caps().filter(|_| hyp.linkable()).ok_or(HypError::Denied)?;
+    let lrs = match on {
+        0 if masks | priorities[0] | priorities[1] == 0 => None,
+        1 => Some(vgic::sgi_lrs(masks, priorities[0] as u128 | (priorities[1] as u128) << 64, caps)?),
+        _ => return Err(HypError::InvalidArgument),
+    };
+    let mut guard = hyp.claim_vcpu(handle, index)?;
+    let slot = hyp.vcpu_slot(handle, index)?;
+    guard.vgic.sgi = lrs.unwrap_or([0; 16]);
+    guard.vgic.sgi_on = if lrs.is_some() { masks as u16 } else { 0 };
+    guard.vgic.nr_lrs_linked = caps.nr_lrs;
+    slot.sgi_linked.store(lrs.is_some(), Ordering::Release);
+    // Claimed, the vCPU does not run: a sibling sees it not running and leaves the SGI to the
+    // host, so nothing is set here from now on while unlinked.
+    let held = if lrs.is_none() { slot.sgi_pending.swap(0, Ordering::SeqCst) } else { 0 };
+    Ok([held as u64, 0, 0])
 }
 
 /// `VCPU_IRQ_STATE`: the vCPU's list registers and the deactivations the host asked to
@@ -404,12 +426,12 @@ mod tests {
             *rec.exits.borrow_mut() = script;
             rec.vtimer_takes.set(takes);
             let r = f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]);
-            let asked = rec.log.borrow().iter().filter(|&&e| e == "vtimer_irq").count();
+            let asked = rec.log.borrow().iter().filter(|&&e| e == "guest_irq").count();
             let entries = rec.entry_pcs.borrow().len();
             (r, asked, entries)
         };
-        // Not linked: an IRQ is the host's, EL2 does not look.
-        assert_eq!(run(&f, vec![irq_exit], 0), (Ok([exit::IRQ as u64, 0, 0]), 0, 1));
+        // Not linked: an IRQ is the host's.
+        assert_eq!(run(&f, vec![irq_exit], 3), (Ok([exit::IRQ as u64, 0, 0]), 1, 1));
         assert_eq!(link(&f, 0, 1, ok), Ok([0; 3]));
         // Linked: the timer's interrupts resume the guest, the next one is the host's.
         assert_eq!(run(&f, vec![irq_exit, irq_exit, irq_exit], 2), (Ok([exit::IRQ as u64, 0, 0]), 3, 3));
@@ -435,7 +457,7 @@ mod tests {
         assert_eq!(link(&f, 0, 0, 0), Err(HypError::Busy));
         drop(guard);
         assert_eq!(link(&f, 0, 0, 0), Ok([0; 3]));
-        assert_eq!(run(&f, vec![irq_exit], 5), (Ok([exit::IRQ as u64, 0, 0]), 0, 1), "unlinked again");
+        assert_eq!(run(&f, vec![irq_exit], 5), (Ok([exit::IRQ as u64, 0, 0]), 1, 1), "unlinked again");
         assert_eq!(f.call(0, H::VcpuSetIrq, &[h, 0, 27, spi]), Ok([0, 0, 0]));
         // A CPU without its redistributor: EL2 links no timer.
         let h2 = create(&mut f, 1, 0);

@@ -159,6 +159,8 @@ pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &i
         v.power.store(power::OFF, Ordering::Release);
         v.on_entry.store(0, Ordering::Relaxed);
         v.on_context.store(0, Ordering::Relaxed);
+        v.sgi_linked.store(false, Ordering::Relaxed);
+        v.sgi_pending.store(0, Ordering::Relaxed);
     }
     Ok([0; 3])
 }

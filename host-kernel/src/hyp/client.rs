@@ -180,6 +180,18 @@ impl Vcpu {
         call(HypercallId::VcpuLinkVtimer, &[self.vm.0, self.index, on, c]).map(drop)
     }
 
+    /// `VCPU_LINK_SGIS`: links the vCPU's SGIs with `config` (enabled SGIs in bits 15:0, Group 1
+    /// ones in bits 31:16; byte n of the priorities = SGI n's), so that EL2 delivers its
+    /// siblings' SGIs while it runs; `None` unlinks, and returns the SGIs EL2 still held
+    /// pending (bit n = SGI n), the caller's to deliver.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn link_sgis(self, config: Option<(u32, u128)>) -> Result<u16, HypError> {
+        let (on, masks, p) = config.map_or((0, 0, 0), |(m, p)| (1, m as u64, p));
+        call(HypercallId::VcpuLinkSgis, &[self.vm.0, self.index, on, masks, p as u64, (p >> 64) as u64]).map(|r| r[0] as u16)
+    }
+
     /// `VCPU_IRQ_STATE`: the list registers and the deactivations not yet collected.
     ///
     /// # Errors

@@ -45,7 +45,7 @@ use super::Cpu;
 use crate::cpu::controls::{guest_controls, hcr, ControlFeatures};
 use crate::guest::timer::PTimer;
 use crate::guest::vcpu::{FpRegs, VcpuCtx};
-use crate::hw::{GuestConfig, GuestTrap, TrapKind, WorldSwitch};
+use crate::hw::{GuestConfig, GuestIrq, GuestTrap, TrapKind, WorldSwitch};
 use crate::platform::MAX_CPUS;
 use aarch64_cpu::registers::*;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -259,7 +259,15 @@ impl WorldSwitch for Cpu {
         timer::back_ptimer(t);
     }
 
-    fn vtimer_irq(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved) -> bool {
-        vgic::take_vtimer(ctx, &mut saved.vgic)
+    fn guest_irq(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved) -> GuestIrq {
+        vgic::guest_irq(ctx, &mut saved.vgic)
+    }
+
+    fn queue_sgis(&self, ctx: &mut VcpuCtx, saved: &mut HostSaved, bits: u16) -> u16 {
+        vgic::queue_sgis(ctx, &mut saved.vgic, bits)
+    }
+
+    fn ring_doorbell(&self, mpidr: u64) {
+        vgic::ring_doorbell(mpidr);
     }
 }

@@ -4,10 +4,12 @@
 //! registers ([`vgic::IchRegs`]).
 
 use super::{features, ControlFeatures};
-use crate::arch::regs::{cpu_index, dsb_sy, isb};
-use crate::arch::sysreg::{read_ich_lr, write_ich_lr, ICC_HPPIR1_EL1};
+use crate::arch::regs::{cpu_index, dsb_ishst, dsb_sy, isb};
+use crate::arch::sysreg::{read_ich_lr, write_ich_lr, ICC_HPPIR1_EL1, ICC_SGI1R_EL1};
+use crate::hw::GuestIrq;
+use shared_abi::msg::irq::DOORBELL_SGI;
 use crate::arch::GuardedMmio;
-use crate::host::gicr::{GICR_ICACTIVER0, GICR_ISACTIVER0};
+use crate::host::gicr::{GICR_ICACTIVER0, GICR_ICPENDR0, GICR_ISACTIVER0};
 use crate::host::guarded::GuardedIo;
 use crate::mem::addr::PhysAddr;
 use aarch64_cpu::registers::*;
@@ -115,19 +117,23 @@ pub fn set_redistributor(sgi_base: Option<PhysAddr>) {
 }
 
 /// Sets (`active`) or clears the active state of this CPU's physical PPI 27, the virtual
-/// timer's, in its redistributor (`GICR_ISACTIVER0`/`GICR_ICACTIVER0`: write-one registers, so
-/// the host's own accesses to the frame race with nothing). `false` if this CPU has no known
-/// redistributor.
+/// timer's, in its redistributor. `false` if this CPU has no known redistributor.
 fn set_vtimer_active(active: bool) -> bool {
+    redistributor_write(if active { GICR_ISACTIVER0 } else { GICR_ICACTIVER0 }, 1 << vgic::VTIMER_PPI)
+}
+
+/// Writes `value` to register `reg` of this CPU's redistributor `SGI_base` frame: one of the
+/// write-one set/clear registers of its SGIs and PPIs (so the host's own accesses to the frame
+/// race with nothing). `false` if this CPU has no known redistributor.
+fn redistributor_write(reg: u64, value: u64) -> bool {
     let base = SGI_BASE[cpu_index() % MAX_CPUS].load(Ordering::Relaxed);
     if base == 0 {
         return false;
     }
-    let reg = if active { GICR_ISACTIVER0 } else { GICR_ICACTIVER0 };
     // SAFETY: `base` is this CPU's redistributor's SGI_base frame, whose first page boot mapped
     // Device RW in EL2's stage 1 (a GIC register page, no memory EL2 relies on); the register
     // is 32-bit and aligned.
-    unsafe { GuardedMmio.write(PhysAddr(base + reg), 4, 1 << vgic::VTIMER_PPI) };
+    unsafe { GuardedMmio.write(PhysAddr(base + reg), 4, value) };
     // The write completes before EL2 goes on, so the redistributor has it before the ERET
     // into the guest or, after put, the host. The GIC may still be updating then (there is no
     // RWP for the active state): the PPI may signal once more (an extra exit), or the host take
@@ -160,23 +166,49 @@ pub(super) fn load_guest(f: &ControlFeatures, ctx: &VcpuCtx) -> Saved {
     Saved { apr, idle, vtimer_active }
 }
 
-/// While loaded, a physical IRQ ended the run: [`vgic::VgicCpu::take_vtimer`] with this CPU's
-/// `ICC_HPPIR1_EL1` and the guest's `CNTV_CTL_EL0` (live: the virtual timer is EL1 state),
-/// then the physical PPI 27 active. `true`: the guest resumes. No ISB: the ERET synchronises
-/// the list register and `ICH_HCR_EL2`.
-pub(super) fn take_vtimer(ctx: &mut VcpuCtx, saved: &mut Saved) -> bool {
+/// While loaded, a physical IRQ ended the run ([`crate::hw::WorldSwitch::guest_irq`]): by this
+/// CPU's `ICC_HPPIR1_EL1`, EL2's doorbell (made not pending: `GICR_ICPENDR0`), or
+/// [`vgic::VgicCpu::take_vtimer`] with the guest's `CNTV_CTL_EL0` (live: the virtual timer is
+/// EL1 state), then the physical PPI 27 active. No ISB: the ERET synchronises the list
+/// registers and `ICH_HCR_EL2`.
+pub(super) fn guest_irq(ctx: &mut VcpuCtx, saved: &mut Saved) -> GuestIrq {
     if saved.apr == 0 || SGI_BASE[cpu_index() % MAX_CPUS].load(Ordering::Relaxed) == 0 {
-        return false;
+        return GuestIrq::Host;
     }
     let hppir = ICC_HPPIR1_EL1.get() & 0xFF_FFFF;
+    if hppir == DOORBELL_SGI as u64 {
+        redistributor_write(GICR_ICPENDR0, 1 << DOORBELL_SGI);
+        return GuestIrq::Doorbell;
+    }
     let ctl = CNTV_CTL_EL0.get();
     match ctx.vgic.take_vtimer(&mut Ich { apr: saved.apr as usize }, hppir, ctl, &mut saved.idle) {
-        VtimerIrq::NotOurs => false,
+        VtimerIrq::NotOurs => GuestIrq::Host,
         VtimerIrq::Queued(_) | VtimerIrq::AlreadyQueued | VtimerIrq::NoFreeLr => {
             saved.vtimer_active |= set_vtimer_active(true);
-            true
+            GuestIrq::Timer
         }
     }
+}
+
+/// While loaded: [`vgic::VgicCpu::queue_sgis_live`] on this CPU's interface.
+pub(super) fn queue_sgis(ctx: &mut VcpuCtx, saved: &mut Saved, bits: u16) -> u16 {
+    if saved.apr == 0 {
+        return bits;
+    }
+    ctx.vgic.queue_sgis_live(&mut Ich { apr: saved.apr as usize }, bits, &mut saved.idle)
+}
+
+/// Sends the doorbell SGI to the CPU with affinity `mpidr` (`ICC_SGI1R_EL1` at EL2: a Group 1
+/// physical SGI; `RS` and `TargetList` from `Aff0`, `Aff1..3` as they are).
+pub fn ring_doorbell(mpidr: u64) {
+    let aff0 = mpidr & 0xFF;
+    let v = (mpidr >> 8 & 0xFF) << 16 | (mpidr >> 16 & 0xFF) << 32 | (mpidr >> 32 & 0xFF) << 48 | (aff0 >> 4) << 44 | (DOORBELL_SGI as u64) << 24 | 1 << (aff0 & 0xF);
+    // The pending bit the target takes (an atomic in EL2's memory) is visible before the SGI
+    // can reach it: the GIC's delivery is not a memory access, so only a barrier orders them.
+    dsb_ishst();
+    ICC_SGI1R_EL1.set(v);
+    // The SGI is generated before EL2 goes on (a system-register write's effect).
+    isb();
 }
 
 /// After put, once the ISB there made the host's `CNTV_CTL_EL0` (0) effective, so the timer's
