@@ -61,8 +61,9 @@ pub(crate) struct Recorder {
     pub doorbells: Cell<u32>,
     /// Every `queue_sgis` request, in order.
     pub sgis_queued: RefCell<Vec<u16>>,
-    /// The SGIs `queue_sgis` leaves pending (no list register), of those asked.
-    pub sgis_left: Cell<u16>,
+    /// The SGIs each `queue_sgis` call leaves pending (no list register), of those asked,
+    /// while the list lasts (then none).
+    pub sgis_left: RefCell<Vec<u16>>,
     /// The affinities `ring_doorbell` rang, in order.
     pub doorbells_rung: RefCell<Vec<u64>>,
 }
@@ -273,7 +274,8 @@ impl WorldSwitch for Recorder {
     }
     fn queue_sgis(&self, _: &mut VcpuCtx, _: &mut (), bits: u16) -> u16 {
         self.sgis_queued.borrow_mut().push(bits);
-        bits & self.sgis_left.get()
+        let mut left = self.sgis_left.borrow_mut();
+        bits & if left.is_empty() { 0 } else { left.remove(0) }
     }
     fn ring_doorbell(&self, mpidr: u64) {
         self.doorbells_rung.borrow_mut().push(mpidr);

@@ -54,6 +54,9 @@ pub const KICK_SGI: u32 = 1;
 /// EL2's doorbell for linked SGIs (`VCPU_LINK_SGIS`): enabled on every CPU for EL2, which
 /// sends and consumes it while guests run; one that reaches the host means nothing to it.
 pub const DOORBELL_SGI: u32 = shared_abi::msg::irq::DOORBELL_SGI;
+/// The doorbell's priority: the least urgent of the host's interrupts (the others keep the
+/// default from `configure_default_settings`), still above the priority mask (0xFF).
+const DOORBELL_PRIORITY: u8 = 0xF0;
 /// The default tick, in milliseconds of the system counter (`tick-ms=N`; 0: no tick).
 pub const DEFAULT_TICK_MS: u64 = 10;
 
@@ -125,6 +128,10 @@ pub fn init_cpu(cpu: usize) {
         && gic.set_trigger(IntId::ppi(TIMER_INTID - 16), Some(cpu), Trigger::Level).is_ok()
         && gic.enable_interrupt(IntId::ppi(TIMER_INTID - 16), Some(cpu), true).is_ok()
         && gic.enable_interrupt(IntId::sgi(KICK_SGI), Some(cpu), true).is_ok()
+        // The doorbell below every other interrupt the host takes: a sibling's SGI storm that
+        // keeps it pending never hides the tick or the kick from EL2's look at the CPU
+        // interface (ICC_HPPIR1_EL1 reports the most urgent one).
+        && gic.set_interrupt_priority(IntId::sgi(DOORBELL_SGI), Some(cpu), DOORBELL_PRIORITY).is_ok()
         && gic.enable_interrupt(IntId::sgi(DOORBELL_SGI), Some(cpu), true).is_ok()
         // A guest's virtual timer and the vGIC's maintenance interrupt only end a guest's
         // run (exit `IRQ`), so that the VMM looks at the timer and the deactivations at once.

@@ -65,6 +65,9 @@ pub struct LinuxVm {
     /// flush into list registers (every [`Wake`] lands here): a run looks at the model only
     /// then, so an exit that changed nothing (most MMIO exits) costs no scan of it.
     to_flush: AtomicU32,
+    /// Per vCPU: the SGIs EL2 was last told it has enabled (`VCPU_LINK_SGIS`), so that a
+    /// sibling's write to the model that changes them wakes it.
+    sgi_on: [AtomicU32; MAX_VCPUS],
     gic: VirtualGic,
     uart: GuestUart,
     console: ConsolePort,
@@ -423,6 +426,7 @@ impl LinuxVm {
             vm,
             turned_on: [const { AtomicBool::new(false) }; MAX_VCPUS],
             to_flush: AtomicU32::new(u32::MAX),
+            sgi_on: [const { AtomicU32::new(0) }; MAX_VCPUS],
             gic,
             uart: GuestUart::new(prefix),
             console,
@@ -506,6 +510,20 @@ impl LinuxVm {
         Ok(true)
     }
 
+    /// After vCPU `me` wrote the distributor model: a sibling whose SGIs the guest enabled or
+    /// disabled since they were linked is woken, so that its next run links them anew (EL2
+    /// may hold an SGI it now may take, and a sibling asleep in `WFI` would not see it).
+    fn relink_siblings(&self, me: usize) {
+        let mut wake = 0;
+        for t in (0..self.vm.vcpus as usize).filter(|&t| t != me) {
+            let on = self.gic.sgi_link_config(t).map_or(0, |c| c.0 & 0xFFFF);
+            if self.sgi_on[t].load(Ordering::SeqCst) != on {
+                wake |= 1 << t;
+            }
+        }
+        self.wake(wake, me);
+    }
+
     /// Before a run: links vCPU `v`'s SGIs with their configuration in the model, told to EL2
     /// when it changed. Linked, a sibling's SGI to it while it runs is EL2's to deliver; the
     /// `SGI` exits still bring the model those sent while it does not run.
@@ -521,6 +539,7 @@ impl LinuxVm {
                     self.wake(self.gic.send_sgi(1 << v, n as u8), v);
                 }
             }
+            Err(HypError::Busy) => return Ok(false),
             Err(HypError::Denied) => {
                 LINK_SGIS.store(false, Ordering::Relaxed);
                 return Ok(true);
@@ -528,6 +547,7 @@ impl LinuxVm {
             Err(e) => return Err(e),
         }
         st.sgis = want;
+        self.sgi_on[v].store(want.map_or(0, |c| c.0 & 0xFFFF), Ordering::SeqCst);
         Ok(true)
     }
 
@@ -641,8 +661,12 @@ impl Machine for LinuxVcpu<'_> {
         let mut gic = &l.gic;
         let mut uart = UartPort { uart: &l.uart, gic: &l.gic, vcpu: v };
         let mut virtio = VirtioPorts { l, vcpu: v };
+        let writes = l.gic.writes();
         let (value, wake) = Bus([&mut gic, &mut uart, &mut virtio]).access(ipa, size, write)?;
         l.wake(wake, v);
+        if l.gic.writes() != writes {
+            l.relink_siblings(v);
+        }
         Some(value)
     }
 

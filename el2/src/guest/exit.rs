@@ -122,7 +122,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let mut exit = Exit::Irq;
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
-    crate::guest::sgi::entered(slot, cpu, &mut ctx, arch, &mut saved);
+    let _ = crate::guest::sgi::entered(slot, cpu, &mut ctx, arch, &mut saved);
     let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
@@ -203,7 +203,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 GuestIrq::Host => Next::Exit(Exit::Irq),
                 GuestIrq::Timer => Next::Resume,
                 GuestIrq::Doorbell => {
-                    sgi::take(&hyp.vcpus[me.vm_slot][me.index], ctx, arch, saved);
+                    sgi::doorbell(&hyp.vcpus[me.vm_slot][me.index], ctx, arch, saved);
                     Next::Resume
                 }
             }

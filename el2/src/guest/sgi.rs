@@ -26,22 +26,35 @@ use crate::mem::pgtable::TableMemory;
 use core::sync::atomic::Ordering::{Acquire, SeqCst};
 
 /// Takes the vCPU's pending linked SGIs into its list registers; what finds none stays.
-pub fn take<A: Hw>(slot: &VcpuSlot, ctx: &mut VcpuCtx, arch: &A, saved: &mut A::Saved) {
+/// Whether any was queued.
+fn take<A: Hw>(slot: &VcpuSlot, ctx: &mut VcpuCtx, arch: &A, saved: &mut A::Saved) -> bool {
     let bits = slot.sgi_pending.swap(0, SeqCst);
-    if bits != 0 {
-        let left = arch.queue_sgis(ctx, saved, bits);
-        if left != 0 {
-            slot.sgi_pending.fetch_or(left, SeqCst);
-        }
+    if bits == 0 {
+        return false;
+    }
+    let left = arch.queue_sgis(ctx, saved, bits);
+    if left != 0 {
+        slot.sgi_pending.fetch_or(left, SeqCst);
+    }
+    left != bits
+}
+
+/// The doorbell (already consumed) reached this vCPU: a linked one takes its pending SGIs. An
+/// unlinked one takes nothing: a sibling's bit left in its mask is that sibling's to take back.
+pub fn doorbell<A: Hw>(slot: &VcpuSlot, ctx: &mut VcpuCtx, arch: &A, saved: &mut A::Saved) {
+    if slot.sgi_linked.load(Acquire) {
+        take(slot, ctx, arch, saved);
     }
 }
 
 /// After load on CPU `cpu`: a linked vCPU runs there from now on, and takes what is pending.
-pub fn entered<A: Hw>(slot: &VcpuSlot, cpu: usize, ctx: &mut VcpuCtx, arch: &A, saved: &mut A::Saved) {
-    if slot.sgi_linked.load(Acquire) {
-        slot.running_on.store(cpu as u8 + 1, SeqCst);
-        take(slot, ctx, arch, saved);
+/// Whether it queued any.
+pub fn entered<A: Hw>(slot: &VcpuSlot, cpu: usize, ctx: &mut VcpuCtx, arch: &A, saved: &mut A::Saved) -> bool {
+    if !slot.sgi_linked.load(Acquire) {
+        return false;
     }
+    slot.running_on.store(cpu as u8 + 1, SeqCst);
+    take(slot, ctx, arch, saved)
 }
 
 /// At put: no longer running.
@@ -50,7 +63,9 @@ pub fn left(slot: &VcpuSlot) {
 }
 
 /// The guest's `WFI` or `WFE` (on CPU `cpu`): whether it may wait in the host. Not while a
-/// linked SGI it has enabled is pending: taken, and the guest resumes.
+/// linked SGI it has enabled is pending and finds a list register: queued, and the guest
+/// resumes. (One that finds none waits with it: the guest then holds interrupts it has not
+/// finished, which cap the host's sleep.)
 pub fn may_wait<A: Hw>(slot: &VcpuSlot, cpu: usize, ctx: &mut VcpuCtx, arch: &A, saved: &mut A::Saved) -> bool {
     if !slot.sgi_linked.load(Acquire) {
         return true;
@@ -59,8 +74,7 @@ pub fn may_wait<A: Hw>(slot: &VcpuSlot, cpu: usize, ctx: &mut VcpuCtx, arch: &A,
     if slot.sgi_pending.load(SeqCst) & ctx.vgic.sgi_on == 0 {
         return true;
     }
-    entered(slot, cpu, ctx, arch, saved);
-    false
+    !entered(slot, cpu, ctx, arch, saved)
 }
 
 /// vCPU `me` (its context `ctx`, loaded) sent `sgi`: made pending on each linked target, with
@@ -77,7 +91,7 @@ pub fn send<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, me: &Me<'_>, ctx: &mut Vcpu
         }
         slot.sgi_pending.fetch_or(bit, SeqCst);
         if t == me.index {
-            take(slot, ctx, arch, saved);
+            let _ = take(slot, ctx, arch, saved);
             continue;
         }
         match slot.running_on.load(SeqCst) {
@@ -156,24 +170,27 @@ mod tests {
         assert_eq!(*rec.sgis_queued.borrow(), [1 << 3 | 1 << 4]);
         assert_eq!(rec.entry_pcs.borrow().len(), 2, "the doorbell resumed the guest");
         assert_eq!((slots[1].sgi_pending.load(SeqCst), slots[1].running_on.load(SeqCst)), (0, 0));
-        // A WFI with an enabled SGI pending (no list register for it at entry) resumes instead
-        // of waiting; a disabled one does not keep it from waiting.
+        // A WFI with an enabled SGI pending (no list register for it at entry, one now)
+        // resumes instead of waiting; still none, or a disabled one, does not keep it from
+        // waiting.
         let wfi = (trap(0x01 << 26 | 1 << 25, 0), [0; 4]);
         slots[1].sgi_pending.store(1 << 5, SeqCst);
         let rec = Recorder::default();
-        rec.sgis_left.set(1 << 5);
+        *rec.sgis_left.borrow_mut() = vec![1 << 5];
         let (r, rec) = run(&f, 1, vec![wfi, (hvc(), [0; 4])], rec);
         assert!(r.is_ok());
         assert_eq!(*rec.sgis_queued.borrow(), [1 << 5, 1 << 5], "at entry, and before the WFI");
         assert_eq!(exit_record(&f).reason, exit::HYPERCALL, "not WFX");
-        slots[1].sgi_pending.store(1 << 9, SeqCst);
-        let rec = Recorder::default();
-        rec.sgis_left.set(1 << 9);
-        let (r, _) = run(&f, 1, vec![wfi], rec);
-        assert_eq!(r, Ok([exit::WFX as u64, 0, 0]), "SGI 9 is disabled");
+        for (pending, why) in [(1 << 5, "no list register"), (1 << 9, "SGI 9 is disabled")] {
+            slots[1].sgi_pending.store(pending, SeqCst);
+            let rec = Recorder::default();
+            *rec.sgis_left.borrow_mut() = vec![pending, pending];
+            let (r, _) = run(&f, 1, vec![wfi], rec);
+            assert_eq!(r, Ok([exit::WFX as u64, 0, 0]), "{why}");
+        }
         // An SGI to itself is taken at once.
         let rec = Recorder::default();
-        rec.sgis_left.set(1 << 9);
+        *rec.sgis_left.borrow_mut() = vec![1 << 9, 1 << 9];
         let (_, rec) = run(&f, 1, vec![sgi1r(2, 0b010), (hvc(), [0; 4])], rec);
         assert_eq!(*rec.sgis_queued.borrow(), [1 << 9, 1 << 9 | 1 << 2], "the disabled one at entry, then with its own");
         // Unlinking hands back what EL2 still held; hostile configurations are refused.

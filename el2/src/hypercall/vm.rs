@@ -161,6 +161,7 @@ pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &i
         v.on_context.store(0, Ordering::Relaxed);
         v.sgi_linked.store(false, Ordering::Relaxed);
         v.sgi_pending.store(0, Ordering::Relaxed);
+        v.running_on.store(0, Ordering::Relaxed);
     }
     Ok([0; 3])
 }
