@@ -24,7 +24,8 @@
 //! 11. no two regions (of one VM or of two) share a physical page, and
 //! 12. no two regions of one VM overlap in its IPA space;
 //! 13. every vCPU of a free VM slot is reset: its context equals [`VcpuCtx::new`] (so no pending
-//!     MMIO read), it is powered off, and no `CPU_ON` entry point or context is left;
+//!     MMIO read), it is powered off, and no `CPU_ON` entry point or context, nor linked SGI
+//!     state, is left;
 //! 14. every page EL2 borrows from anyone is a registered message page;
 //! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;
 //! 16. the host's stage 2 maps RAM as Normal memory and everything else as Device (pages it
@@ -502,6 +503,10 @@ fn free_vcpus_reset<T: TableMemory>(hyp: &Hyp<'_, T>, mem: &MemState<'_, T>) -> 
             if v.power.load(Ordering::Acquire) != power::OFF || v.on_entry.load(Ordering::Acquire) != 0 || v.on_context.load(Ordering::Acquire) != 0 {
                 return bad;
             }
+            // Nor linked SGIs, held or running.
+            if v.sgi_linked.load(Ordering::Acquire) || v.sgi_pending.load(Ordering::Acquire) != 0 || v.running_on.load(Ordering::Acquire) != 0 {
+                return bad;
+            }
             // Claims never wait, so taking one under the memory lock cannot deadlock. A claim
             // held elsewhere is a call with a stale handle that will find no VM and change
             // nothing: the context is then not read.
@@ -881,6 +886,10 @@ mod tests {
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
         slot.power.store(power::OFF, Ordering::Relaxed);
         slot.on_entry.store(0x5000, Ordering::Relaxed);
+        assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
+        slot.on_entry.store(0, Ordering::Relaxed);
+        // A linked SGI held for a destroyed VM's vCPU.
+        slot.sgi_pending.store(1 << 3, Ordering::Relaxed);
         assert_eq!(run_check(&f), Err(Violation::FreeVcpuNotReset { slot: 3, vcpu: 1 }));
     }
 
