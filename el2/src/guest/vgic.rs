@@ -377,7 +377,7 @@ impl VgicCpu {
         if self.used_lrs().any(|n| self.lr[n] & lr::VINTID == vintid) {
             return Err(IrqError::Queued);
         }
-        let n = (0..(nr_lrs as usize).min(MAX_LRS)).find(|&n| self.used & (1 << n) == 0).ok_or(IrqError::Full)?;
+        let n = self.free_lr(nr_lrs).ok_or(IrqError::Full)?;
         self.lr[n] = v;
         self.used |= 1 << n;
         Ok(n)
@@ -473,7 +473,10 @@ impl VgicCpu {
             self.lr[n] = cpu.lr(n);
         }
         let (mut left, mut changed) = (0u16, 0u16);
-        for i in (0..16).filter(|&i| bits & 1 << i != 0) {
+        let mut todo = bits;
+        while todo != 0 {
+            let i = todo.trailing_zeros() as usize;
+            todo &= todo - 1;
             let pending = self.sgi[i] | 1 << lr::STATE_SHIFT;
             let held = self.used_lrs().find(|&n| self.lr[n] & lr::VINTID == i as u64);
             let slot = match held {
@@ -485,7 +488,7 @@ impl VgicCpu {
                     _ if self.lr[n] & lr::EOI != 0 => None,
                     _ => Some((n, pending)),
                 },
-                None => (0..(self.nr_lrs_linked as usize).min(MAX_LRS)).find(|&n| self.used & 1 << n == 0).map(|n| (n, pending)),
+                None => self.free_lr(self.nr_lrs_linked).map(|n| (n, pending)),
             };
             let Some((n, v)) = slot else {
                 left |= 1 << i;
@@ -509,7 +512,19 @@ impl VgicCpu {
 
     /// Indices of the used list registers.
     pub fn used_lrs(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_LRS).filter(|n| self.used & (1 << n) != 0)
+        // Bit by bit of `used`: a vCPU with one interrupt queued costs one step, not 16.
+        let mut used = self.used;
+        core::iter::from_fn(move || {
+            let n = used.trailing_zeros() as usize;
+            used &= used.wrapping_sub(1);
+            (n < MAX_LRS).then_some(n)
+        })
+    }
+
+    /// The lowest free list register below `nr_lrs`.
+    fn free_lr(&self, nr_lrs: u8) -> Option<usize> {
+        let n = (!self.used).trailing_zeros() as usize;
+        (n < (nr_lrs as usize).min(MAX_LRS)).then_some(n)
     }
 
     /// After the world switch has saved the list registers: frees each one the guest has

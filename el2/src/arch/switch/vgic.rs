@@ -105,9 +105,9 @@ pub fn clear() {
 }
 
 /// Per CPU: the physical address of its own redistributor's `SGI_base` frame, whose first page
-/// boot mapped Device in EL2's stage 1 ([`set_redistributor`]); 0 if not found. Only the linked
-/// virtual timer uses it: on a CPU without it, the timer's interrupts are the host's to
-/// deliver (`IRQ` exits), as for a vCPU that is not linked.
+/// boot mapped Device in EL2's stage 1 ([`set_redistributor`]); 0 if not found. The linked
+/// virtual timer's active state and the doorbell's pending state live there; EL2 links
+/// nothing unless every CPU has one (`Hyp::cpu_redistributor`).
 static SGI_BASE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// Boot, on every CPU: this CPU's redistributor `SGI_base` frame
@@ -136,8 +136,8 @@ fn redistributor_write(reg: u64, value: u64) -> bool {
     unsafe { GuardedMmio.write(PhysAddr(base + reg), 4, value) };
     // The write completes before EL2 goes on, so the redistributor has it before the ERET
     // into the guest or, after put, the host. The GIC may still be updating then (there is no
-    // RWP for the active state): the PPI may signal once more (an extra exit), or the host take
-    // one spurious PPI 27, both benign; the barrier only keeps that window small.
+    // RWP for these registers): the interrupt may signal once more (an extra trap), or the host
+    // take one spurious PPI 27, both benign; the barrier only keeps that window small.
     dsb_sy();
     true
 }
