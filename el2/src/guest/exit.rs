@@ -144,7 +144,12 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
                 exit = kill_illegal_state(hyp, handle, ctx.pstate);
                 break;
             }
-            if let Next::Exit(e) = handle_guest_exit(hyp, handle, &me, &mut ctx, trap, arch, &mut saved) {
+            let next = if trap.kind == TrapKind::Sync && matches!(Esr(trap.esr).ec(), ec::HVC64 | ec::SMC64) {
+                guest_call(hyp, handle, &me, &mut ctx, Esr(trap.esr), arch)
+            } else {
+                handle_guest_exit(hyp, handle, &me, &mut ctx, trap, arch, &mut saved)
+            };
+            if let Next::Exit(e) = next {
                 exit = e;
                 break;
             }
@@ -186,7 +191,55 @@ fn kill_illegal_state<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, pstate: u64
     kill_exit(hyp, handle, kill::ILLEGAL_STATE, 0, pstate)
 }
 
-/// Handles one guest exit of vCPU `me`.
+/// A guest's `HVC` or `SMC` (syndrome `esr`) of vCPU `me`: PSCI, SMCCC and the pKVM guest
+/// services EL2 serves, or an exit for the host. Kept out of [`handle_guest_exit`], so that the
+/// calls EL2 answers at once (`SMCCC_VERSION`, an ID no one implements) do not pay for that
+/// function's frame.
+fn guest_call<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>, ctx: &mut VcpuCtx, esr: Esr, arch: &A) -> Next {
+    if esr.ec() == ec::SMC64 {
+        // A trapped SMC's preferred return address is the SMC itself.
+        ctx.skip_instruction();
+    }
+    match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, me.protected, ctx) {
+        Served::Resume => Next::Resume,
+        Served::Exit(e) => Next::Exit(e),
+        // MEM_SHARE, MEM_UNSHARE, MMIO_GUARD: answered; a share or unshare done is
+        // also the host's to know.
+        Served::Memory(call) => memory_call(hyp, handle, ctx, call, arch),
+        // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
+        Served::EndVm(how) => Next::Exit(end_vm(hyp, handle, how)),
+        // Answered NOT_SUPPORTED, unless the VM forwards it: then the host answers
+        // (fixed since the first run, so read under the lock without a race).
+        // A VM that forwards nothing (most) costs no lock.
+        Served::NotEl2s(_) if !me.forwards => Next::Resume,
+        Served::NotEl2s(args) => forward(hyp, handle, ctx, args),
+    }
+}
+
+/// [`guest_call`]'s `MEM_SHARE`, `MEM_UNSHARE` or `MMIO_GUARD`, out of line (the calls EL2
+/// answers at once need none of its registers).
+#[inline(never)]
+fn memory_call<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, call: services::MemCall, arch: &A) -> Next {
+    let (answer, exit) = services::serve(hyp, handle, call, arch);
+    ctx.x[0] = answer;
+    exit.map_or(Next::Resume, Next::Exit)
+}
+
+/// [`guest_call`]'s call EL2 does not serve, of a VM that forwards some (`args`: `x0..x3`):
+/// the host answers it if the VM forwards its ID (fixed since the first run, so read under the
+/// lock without a race), EL2 with `NOT_SUPPORTED` (already in `x0`) otherwise. Only 32-bit
+/// function IDs are forwarded (SMCCC's; an exit record carries no other).
+#[inline(never)]
+fn forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, args: [u64; 4]) -> Next {
+    let Ok(function) = u32::try_from(args[0]) else { return Next::Resume };
+    if !hyp.mem.lock().vms.lookup(handle).is_ok_and(|(_, vm)| vm.smccc_forward.forwards(args[0])) {
+        return Next::Resume;
+    }
+    ctx.pending_call = true;
+    Next::Exit(Exit::Hypercall { function, args: [args[1], args[2], args[3]] })
+}
+
+/// Handles one guest exit of vCPU `me` other than a call ([`guest_call`]).
 fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     handle: u64,
     me: &Me<'_>,
@@ -237,38 +290,6 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
         // model decides; the write itself is complete. Anything else here is an ID
         // register read or an UNDEF.
         ec::SYS64 => sysreg_trap(hyp, handle, me, ctx, trap.esr, arch, saved),
-        ec::HVC64 | ec::SMC64 => {
-            if esr.ec() == ec::SMC64 {
-                // A trapped SMC's preferred return address is the SMC itself.
-                ctx.skip_instruction();
-            }
-            match psci::serve(&hyp.vcpus[me.vm_slot], me.index, me.nr_vcpus, me.fw, me.protected, ctx) {
-                Served::Resume => Next::Resume,
-                Served::Exit(e) => Next::Exit(e),
-                // MEM_SHARE, MEM_UNSHARE, MMIO_GUARD: answered; a share or unshare done is
-                // also the host's to know.
-                Served::Memory(call) => {
-                    let (answer, exit) = services::serve(hyp, handle, call, arch);
-                    ctx.x[0] = answer;
-                    exit.map_or(Next::Resume, Next::Exit)
-                }
-                // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
-                Served::EndVm(how) => Next::Exit(end_vm(hyp, handle, how)),
-                // Answered NOT_SUPPORTED, unless the VM forwards it: then the host answers
-                // (fixed since the first run, so read under the lock without a race).
-                Served::NotEl2s(args) => {
-                    // A VM that forwards nothing (most) costs no lock. Only 32-bit function IDs
-                    // are forwarded (SMCCC's; an exit record carries no other).
-                    let Ok(function) = u32::try_from(args[0]) else { return Next::Resume };
-                    let forwarded = me.forwards && hyp.mem.lock().vms.lookup(handle).is_ok_and(|(_, vm)| vm.smccc_forward.forwards(args[0]));
-                    if !forwarded {
-                        return Next::Resume;
-                    }
-                    ctx.pending_call = true;
-                    Next::Exit(Exit::Hypercall { function, args: [args[1], args[2], args[3]] })
-                }
-            }
-        }
         ec::DABT_LOW | ec::IABT_LOW => {
             let ipa = fault_ipa(trap.hpfar, trap.far);
             match map_guest_page(hyp, handle, ipa, arch) {
