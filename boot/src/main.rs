@@ -206,7 +206,8 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
         map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
     }
     // And the first page of each SGI_base frame, which the host keeps too: EL2 sets and clears
-    // the linked virtual timer's PPI 27 active there (el2::arch::switch::vgic).
+    // the linked virtual timer's PPI 27 active and consumes its doorbell SGI there
+    // (el2::arch::switch::vgic).
     for page in devices.gicr.into_iter().flat_map(el2::host::gicr::sgi_pages) {
         map_or_park(&mut t, pool, page.0, page.0 + PAGE_SIZE, MemType::Device, Perms::RW);
     }

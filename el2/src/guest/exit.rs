@@ -208,9 +208,8 @@ fn guest_call<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>, handle: u64, me: &Me<'_>,
         Served::Memory(call) => memory_call(hyp, handle, ctx, call, arch),
         // The VM ends for good: no vCPU of it is resumed by a later `VCPU_RUN`.
         Served::EndVm(how) => Next::Exit(end_vm(hyp, handle, how)),
-        // Answered NOT_SUPPORTED, unless the VM forwards it: then the host answers
-        // (fixed since the first run, so read under the lock without a race).
-        // A VM that forwards nothing (most) costs no lock.
+        // Answered NOT_SUPPORTED, unless the VM forwards it ([`forward`]); a VM that forwards
+        // nothing (most) costs no lock.
         Served::NotEl2s(_) if !me.forwards => Next::Resume,
         Served::NotEl2s(args) => forward(hyp, handle, ctx, args),
     }

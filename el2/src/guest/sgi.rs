@@ -23,7 +23,7 @@ use crate::guest::vgic::Sgi;
 use crate::hw::Hw;
 use crate::hyp::Hyp;
 use crate::mem::pgtable::TableMemory;
-use core::sync::atomic::Ordering::{Acquire, SeqCst};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 
 /// Takes the vCPU's pending linked SGIs into its list registers; what finds none stays.
 /// Whether any was queued.
@@ -57,9 +57,12 @@ pub fn entered<A: Hw>(slot: &VcpuSlot, cpu: usize, ctx: &mut VcpuCtx, arch: &A, 
     take(slot, ctx, arch, saved)
 }
 
-/// At put: no longer running.
+/// At put: no longer running. (Only this CPU, holding the vCPU's claim, sets `running_on`:
+/// a vCPU that is not linked, or cleared it at a `WFI`, costs no store.)
 pub fn left(slot: &VcpuSlot) {
-    slot.running_on.store(0, SeqCst);
+    if slot.running_on.load(Relaxed) != 0 {
+        slot.running_on.store(0, SeqCst);
+    }
 }
 
 /// The guest's `WFI` or `WFE` (on CPU `cpu`): whether it may wait in the host. Not while a

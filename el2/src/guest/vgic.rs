@@ -422,41 +422,45 @@ impl VgicCpu {
         if self.vtimer == 0 || hppir != VTIMER_PPI || !timer_asserts(ctl) {
             return VtimerIrq::NotOurs;
         }
-        let mut free = None;
-        for n in 0..(self.nr_lrs_linked as usize).min(MAX_LRS) {
-            if self.used & (1 << n) == 0 {
-                free = free.or(Some(n));
-                continue;
-            }
-            // As the guest left it: EL2's copy is the one from load.
-            let live = cpu.lr(n);
-            if live & lr::VINTID != VTIMER_PPI {
-                continue;
-            }
-            if live >> lr::STATE_SHIFT != 0 {
-                return VtimerIrq::AlreadyQueued;
-            }
-            if live & lr::HW == 0 {
-                // One the host queued (the link refuses that, `Busy`), deactivated this run:
-                // its notification is recorded at put, which a new value here would lose.
-                return VtimerIrq::NoFreeLr;
-            }
+        self.refresh_live(cpu);
+        let n = match self.used_lrs().find(|&n| self.lr[n] & lr::VINTID == VTIMER_PPI) {
+            Some(n) if self.lr[n] >> lr::STATE_SHIFT != 0 => return VtimerIrq::AlreadyQueued,
+            // One the host queued (the link refuses that, `Busy`), deactivated this run: its
+            // notification is recorded at put, which a new value here would lose.
+            Some(n) if self.lr[n] & lr::HW == 0 => return VtimerIrq::NoFreeLr,
             // The last one, deactivated this run: nothing to record, reused.
-            free = Some(n);
-            break;
+            Some(n) => n,
+            None => match self.free_lr(self.nr_lrs_linked) {
+                Some(n) => n,
+                None => return VtimerIrq::NoFreeLr,
+            },
+        };
+        self.write_live(cpu, n, self.vtimer | 1 << lr::STATE_SHIFT, idle);
+        VtimerIrq::Queued(n)
+    }
+
+    /// Mid-run: EL2's copy of the used list registers as the guest left them (the one from load
+    /// is stale).
+    fn refresh_live(&mut self, cpu: &impl IchRegs) {
+        let mut used = self.used;
+        while used != 0 {
+            let n = used.trailing_zeros() as usize;
+            used &= used - 1;
+            self.lr[n] = cpu.lr(n);
         }
-        let Some(n) = free else { return VtimerIrq::NoFreeLr };
-        let v = self.vtimer | 1 << lr::STATE_SHIFT;
+    }
+
+    /// Mid-run: list register `n` becomes `v`, in the CPU and in EL2's copy, and the interface
+    /// is turned on if its load found it idle (the active priorities it did not load are zero
+    /// in the CPU, as in the context: that is what idle means).
+    fn write_live(&mut self, cpu: &mut impl IchRegs, n: usize, v: u64, idle: &mut bool) {
         self.lr[n] = v;
         self.used |= 1 << n;
         cpu.set_lr(n, v);
         if *idle {
-            // An idle load left the interface off; the active priorities it did not load are
-            // zero in the CPU, as in the context (that is what idle means).
             cpu.set_hcr(ICH_HCR_GUEST);
             *idle = false;
         }
-        VtimerIrq::Queued(n)
     }
 
     /// While this vCPU is loaded in `cpu` (`idle`: as for [`Self::take_vtimer`]): queues the
@@ -465,14 +469,8 @@ impl VgicCpu {
     /// two sends before the guest takes it are one); one active becomes pending and active;
     /// one the guest has finished (EL2 queues SGIs without `EOI`) is queued again in place.
     pub fn queue_sgis_live(&mut self, cpu: &mut impl IchRegs, bits: u16, idle: &mut bool) -> u16 {
-        // EL2's copy as the guest left it (the one from load is stale mid-run).
-        let mut used = self.used;
-        while used != 0 {
-            let n = used.trailing_zeros() as usize;
-            used &= used - 1;
-            self.lr[n] = cpu.lr(n);
-        }
-        let (mut left, mut changed) = (0u16, 0u16);
+        self.refresh_live(cpu);
+        let mut left = 0u16;
         let mut todo = bits;
         while todo != 0 {
             let i = todo.trailing_zeros() as usize;
@@ -490,21 +488,9 @@ impl VgicCpu {
                 },
                 None => self.free_lr(self.nr_lrs_linked).map(|n| (n, pending)),
             };
-            let Some((n, v)) = slot else {
-                left |= 1 << i;
-                continue;
-            };
-            self.lr[n] = v;
-            self.used |= 1 << n;
-            changed |= 1 << n;
-        }
-        while changed != 0 {
-            let n = changed.trailing_zeros() as usize;
-            changed &= changed - 1;
-            cpu.set_lr(n, self.lr[n]);
-            if *idle {
-                cpu.set_hcr(ICH_HCR_GUEST);
-                *idle = false;
+            match slot {
+                Some((n, v)) => self.write_live(cpu, n, v, idle),
+                None => left |= 1 << i,
             }
         }
         left

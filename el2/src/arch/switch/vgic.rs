@@ -180,6 +180,9 @@ pub(super) fn guest_irq(ctx: &mut VcpuCtx, saved: &mut Saved) -> GuestIrq {
         redistributor_write(GICR_ICPENDR0, 1 << DOORBELL_SGI);
         return GuestIrq::Doorbell;
     }
+    if ctx.vgic.vtimer == 0 {
+        return GuestIrq::Host;
+    }
     let ctl = CNTV_CTL_EL0.get();
     match ctx.vgic.take_vtimer(&mut Ich { apr: saved.apr as usize }, hppir, ctl, &mut saved.idle) {
         VtimerIrq::NotOurs => GuestIrq::Host,
