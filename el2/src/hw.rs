@@ -172,7 +172,7 @@ pub struct GuestTrap {
 }
 
 /// What the run loop needs to run a VM.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestConfig {
     /// `VTTBR_EL2`: stage-2 root and VMID.
     pub vttbr: u64,

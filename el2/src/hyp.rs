@@ -94,6 +94,9 @@ pub struct Hyp<'a, T: TableMemory> {
     /// Per VM slot: what a stage-2 fault may learn without the memory lock
     /// ([`crate::guest::vm::LayoutHint`]).
     pub(crate) layout: [crate::guest::vm::LayoutHint; MAX_VMS],
+    /// Per VM slot: what `VCPU_RUN` reads without the memory lock
+    /// ([`crate::guest::vm::RunState`]).
+    pub(crate) runs: [crate::guest::vm::RunState; MAX_VMS],
     /// Every CPU's ID registers and the view combined from them (see [`crate::cpu::features`]): open
     /// until `FINALISE_SETUP` or the first `VM_CREATE`, fixed from then on. Its own lock, never
     /// held while taking another.
@@ -163,6 +166,7 @@ impl<'a, T: TableMemory> Hyp<'a, T> {
             host_reserve,
             idregs,
             layout: [const { crate::guest::vm::LayoutHint::new() }; MAX_VMS],
+            runs: [const { crate::guest::vm::RunState::new() }; MAX_VMS],
             cpus: crate::sync::Mutex::new(cpus),
             pauth_lazy: AtomicBool::new(PTRAUTH_DEFAULT_LAZY),
             pauth_decay: core::sync::atomic::AtomicU32::new(PTRAUTH_DEFAULT_DECAY),

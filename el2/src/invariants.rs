@@ -24,7 +24,7 @@
 //! 11. no two regions (of one VM or of two) share a physical page, and
 //! 12. no two regions of one VM overlap in its IPA space;
 //! 13. every vCPU of a free VM slot is reset: its context equals [`VcpuCtx::new`] (so no pending
-//!     MMIO read), it is powered off, and no `CPU_ON` entry point or context, nor linked SGI
+//!     MMIO read, nor a run configuration a stale handle could use), it is powered off, and no `CPU_ON` entry point or context, nor linked SGI
 //!     state, is left;
 //! 14. every page EL2 borrows from anyone is a registered message page;
 //! 15. EL2's stage 1 is W^X: no leaf is both writable and executable;

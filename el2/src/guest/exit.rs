@@ -16,7 +16,7 @@ use crate::guest::sysreg::sysreg_trap;
 use crate::mem::pgtable::TableMemory;
 use crate::exception::syndrome::{decode_mmio, fault_ipa};
 use crate::guest::psci::{self, Served};
-use crate::guest::vcpu::{power, pstate_enters_guest, PendingMmio, VcpuCtx};
+use crate::guest::vcpu::{power, pstate_enters_guest, PendingMmio, RunConfig, VcpuCtx};
 use core::sync::atomic::Ordering;
 use shared_abi::msg::{kill, run_flags, Exit};
 use shared_abi::{HypError, HypResult};
@@ -36,55 +36,30 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     hyp.msg.page(cpu)?;
     let slot = hyp.vcpu_slot(handle, index)?;
     let mut ctx = slot.claim().ok_or(HypError::Busy)?;
-    let (cfg, nr_vcpus, fw, ptrauth, forwards, on, flush_local) = {
-        let mut mem = hyp.mem.lock();
-        let (_, vm) = mem.vms.lookup_mut(handle)?;
-        if index as usize >= vm.nr_vcpus {
-            return Err(HypError::InvalidArgument);
-        }
-        if vm.killed || vm.ended {
-            return Err(HypError::NotRunnable);
-        }
-        if index == 0 && matches!(vm.measurement, Measured::Building(_)) {
-            // vCPU 0's first run seals the measurement with its registers as the host left
-            // them. (The other vCPUs start off: none enters the guest before vCPU 0 has run
-            // and turned it on.)
-            let (x, pc, pstate) = (ctx.x, ctx.pc, ctx.pstate);
-            mem.seal_measurement(handle, &x, pc, pstate, &hyp.boot_secret, arch);
-        }
-        let (_, vm) = mem.vms.lookup_mut(handle)?;
-        vm.ran = true;
-        let cfg = GuestConfig {
-            vttbr: vm.mem.vttbr(vm.vmid),
-            start_level: vm.mem.s2().start_level(),
-            ipa_bits: vm.mem.s2().ia_bits(),
-            vmpidr: crate::guest::vcpu::vmpidr(index as usize),
-            host_pmu: vm.host_pmu,
-            pauth_now: false,
-            mte: vm.mte,
-            fwb: vm.fwb,
-            protected: vm.protected,
-            cntvoff: vm.cntvoff,
-            trap_cache_type: hyp.guest_ctr_trapped(),
-        };
-        // Read once, here: the TLB record below must count only runs that enter the guest.
-        let on = match slot.power.load(Ordering::Acquire) {
-            power::ON => true,
-            power::ON_PENDING => {
-                ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
-                slot.power.store(power::ON, Ordering::Release);
-                true
-            }
-            _ => false,
-        };
-        let flush_local = on && vm.local_tlb.run_on(index as usize, cpu);
-        (cfg, vm.nr_vcpus, vm.fw, vm.ptrauth, !vm.smccc_forward.is_empty(), on, flush_local)
+    let vm_slot = handle_slot(handle);
+    let Some(run_state) = hyp.runs.get(vm_slot) else { return Err(HypError::InvalidHandle) };
+    let run = match ctx.run_cfg {
+        // The vCPU has run in this VM (which the claim keeps alive) and the VM was not stopped:
+        // its configuration is fixed, no lock needed.
+        Some(run) if run.handle == handle && !run_state.stopped() => run,
+        _ => first_run(hyp, handle, index, &mut ctx, arch)?,
     };
+    let RunConfig { guest: cfg, nr_vcpus, fw, ptrauth, forwards, .. } = run;
+    // Read once, here: the TLB record below must count only runs that enter the guest.
+    let on = match slot.power.load(Ordering::Acquire) {
+        power::ON => true,
+        power::ON_PENDING => {
+            ctx.reset_for_cpu_on(slot.on_entry.load(Ordering::Acquire), slot.on_context.load(Ordering::Acquire));
+            slot.power.store(power::ON, Ordering::Release);
+            true
+        }
+        _ => false,
+    };
+    let flush_local = on && run_state.tlb.run_on(index as usize, cpu);
     if !on {
         return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, cfg.cntvoff, arch.counter());
     }
     let mut cfg = cfg;
-    let vm_slot = handle_slot(handle);
     if core::mem::take(&mut ctx.pending_call) {
         // The host's answer to the call the VM forwarded at the last exit.
         ctx.x[0] = mmio_value;
@@ -164,6 +139,46 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     finish_run(hyp, cpu, exit, eoi, &ctx, cfg.cntvoff, arch.counter())
 }
 
+/// `VCPU_RUN`'s checks under the memory lock, for a vCPU's first run in its VM (or one whose VM
+/// was stopped): the VM lives and has vCPU `index`, and may run. vCPU 0's first run seals a
+/// protected VM's measurement. From here on the VM's run configuration is fixed: it is kept in
+/// the context ([`VcpuCtx::run_cfg`]) for the vCPU's later runs, which skip the lock.
+fn first_run<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, ctx: &mut VcpuCtx, arch: &impl Hw) -> Result<RunConfig, HypError> {
+    let mut mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    if index as usize >= vm.nr_vcpus {
+        return Err(HypError::InvalidArgument);
+    }
+    if vm.killed || vm.ended {
+        return Err(HypError::NotRunnable);
+    }
+    if index == 0 && matches!(vm.measurement, Measured::Building(_)) {
+        // vCPU 0's first run seals the measurement with its registers as the host left
+        // them. (The other vCPUs start off: none enters the guest before vCPU 0 has run
+        // and turned it on.)
+        let (x, pc, pstate) = (ctx.x, ctx.pc, ctx.pstate);
+        mem.seal_measurement(handle, &x, pc, pstate, &hyp.boot_secret, arch);
+    }
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    vm.ran = true;
+    let guest = GuestConfig {
+        vttbr: vm.mem.vttbr(vm.vmid),
+        start_level: vm.mem.s2().start_level(),
+        ipa_bits: vm.mem.s2().ia_bits(),
+        vmpidr: crate::guest::vcpu::vmpidr(index as usize),
+        host_pmu: vm.host_pmu,
+        pauth_now: false,
+        mte: vm.mte,
+        fwb: vm.fwb,
+        protected: vm.protected,
+        cntvoff: vm.cntvoff,
+        trap_cache_type: hyp.guest_ctr_trapped(),
+    };
+    let run = RunConfig { handle, guest, nr_vcpus: vm.nr_vcpus, fw: vm.fw, ptrauth: vm.ptrauth, forwards: !vm.smccc_forward.is_empty() };
+    ctx.run_cfg = Some(run);
+    Ok(run)
+}
+
 /// Writes the exit record of `exit` ([`Exit::encode`], the one encoding the host decodes),
 /// with [`exit::FLAG_EOI`] if `eoi` and the timer deadlines of the vCPU's saved state `ctx`
 /// (every exit record carries them: the host delivers the timers' interrupts).
@@ -180,8 +195,11 @@ fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: boo
 
 /// The guest ended its VM (PSCI `SYSTEM_OFF`/`SYSTEM_RESET`, `how`): it never runs again.
 fn end_vm<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, how: Exit) -> Exit {
-    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
+    if let Ok((slot, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
         vm.ended = true;
+        if let Some(run) = hyp.runs.get(slot) {
+            run.stop();
+        }
     }
     how
 }
@@ -395,6 +413,65 @@ mod tests {
         // A vCPU that is off does not enter, so its run does not count as one on this CPU.
         assert_eq!(f.call(1, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
         assert_eq!(run(&f, 0, 0), ["load", "run", "put"]);
+    }
+
+    #[test]
+    fn a_vcpu_that_ran_reenters_without_the_memory_lock() {
+        // The first run takes the lock; a later one, with the lock held elsewhere, must still
+        // finish. Run on a thread of its own so that a regression fails the test instead of
+        // hanging it (the stuck thread is left spinning).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut f = fixture();
+            let h = create(&mut f, 1, vm_flags::PROTECTED);
+            let rec = Recorder::default();
+            // An MMIO access outside the VM's memory: an exit to the host, decided without the
+            // lock too (`LayoutHint`).
+            *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 9, 3)];
+            assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+            let held = f.hyp.mem.lock();
+            *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 9, 3)];
+            let again = f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]);
+            drop(held);
+            let _ = tx.send(again);
+        });
+        let again = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("a second VCPU_RUN waited for the memory lock");
+        assert_eq!(again, Ok([exit::MMIO as u64, 0, 0]));
+    }
+
+    #[test]
+    fn a_run_configuration_never_outlives_its_vm() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        let slot = handle_slot(h);
+        assert!(f.hyp.vcpus[slot][0].claim().unwrap().run_cfg.is_some_and(|r| r.handle == h), "kept after the first run");
+        // The next VM in the same slot: the old handle's context is gone with it.
+        f.call(0, H::VmDestroy, &[h]).unwrap();
+        assert!(f.hyp.vcpus[slot][0].claim().unwrap().run_cfg.is_none(), "VM_DESTROY resets it");
+        let h2 = create(&mut f, 2, 0);
+        assert_eq!(handle_slot(h2), slot);
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::InvalidHandle));
+        *rec.exits.borrow_mut() = vec![hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        // A stale handle on a context that holds the new VM's configuration takes the lock,
+        // which refuses it.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::InvalidHandle));
+        // A stop seen by a vCPU that has run: the sibling's kill reaches it without the lock.
+        // (`create` forwards function ID 0, so the last exit was the host's to answer: the
+        // answer, the next run's value, is the guest's x0.)
+        *rec.exits.borrow_mut() = vec![hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, smccc::psci::PSCI_SYSTEM_OFF as u64]), Ok([exit::SYSTEM_OFF as u64, 0, 0]));
+        assert!(f.hyp.runs[slot].stopped());
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]), Err(HypError::NotRunnable));
+        // And the slot's next VM starts unstopped.
+        f.call(0, H::VmDestroy, &[h2]).unwrap();
+        let h3 = create(&mut f, 1, 0);
+        assert!(!f.hyp.runs[handle_slot(h3)].stopped());
+        *rec.exits.borrow_mut() = vec![hvc()];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h3, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
     }
 
     #[test]

@@ -49,8 +49,11 @@ pub fn kill<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64) -
 /// Stops the VM for good (reason `why`, at `ipa`, with the reason's `detail`); the exit that
 /// tells the host.
 pub fn kill_exit<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, why: u64, ipa: u64, detail: u64) -> Exit {
-    if let Ok((_, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
+    if let Ok((slot, vm)) = hyp.mem.lock().vms.lookup_mut(handle) {
         vm.killed = true;
+        if let Some(run) = hyp.runs.get(slot) {
+            run.stop();
+        }
     }
     log::debug!("VM {handle:#x} stopped: reason {why}, IPA {ipa:#x}");
     Exit::Killed { reason: why, ipa, detail }

@@ -17,6 +17,28 @@ use core::ops::{Deref, DerefMut, Index, IndexMut};
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use shared_abi::reg;
 
+/// What `VCPU_RUN` needs of its VM, fixed from the VM's first run on (`VCPU_SET_REG` of
+/// `CNTVOFF_EL2` and the firmware registers, and `VM_SMCCC_FORWARD`, are `Frozen` then; the
+/// rest is fixed at `VM_CREATE`). The first `VCPU_RUN` of each vCPU reads it under the memory
+/// lock and keeps it in the vCPU's context ([`VcpuCtx::run_cfg`]); the later ones of the same
+/// VM use it without the lock ([`crate::guest::vm::RunState`] says why that is sound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    /// The VM it was read from: a context of a slot's later VM holds none
+    /// ([`VcpuCtx::reset`] at `VM_DESTROY`), and the run compares it with its handle anyway.
+    pub handle: u64,
+    /// The world switch's configuration (`pauth_now` false: each run decides it).
+    pub guest: crate::hw::GuestConfig,
+    /// The VM's number of vCPUs.
+    pub nr_vcpus: usize,
+    /// Its firmware pseudo-registers.
+    pub fw: crate::cpu::fwreg::FwRegs,
+    /// It has pointer authentication.
+    pub ptrauth: bool,
+    /// It forwards some SMCCC calls to the host.
+    pub forwards: bool,
+}
+
 /// A guest's MMIO access that the host emulates: completed, or answered with an external
 /// abort, at the vCPU's next `VCPU_RUN` ([`shared_abi::msg::run_flags`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +211,9 @@ pub struct VcpuCtx {
     /// and [`Self::sve`] holds the vector registers. Set at `VM_CREATE`; kept by a `CPU_ON`
     /// reset.
     pub sve_vq: u8,
+    /// What `VCPU_RUN` keeps of its VM from the vCPU's first run on ([`RunConfig`]); `None`
+    /// before it, and after `VM_DESTROY`. Kept by a `CPU_ON` reset. Not in the register ABI.
+    pub run_cfg: Option<RunConfig>,
     /// SVE registers (loaded lazily like [`Self::fp`], `guest::fpsimd`) of a vCPU with SVE;
     /// all zero for any other (nothing writes them unless [`Self::sve_vq`] is set). Not in the
     /// register ABI, but for the `V<n>` registers (the low 128 bits of `Z<n>`), `FPSR` and
@@ -394,6 +419,7 @@ impl VcpuCtx {
             debug: DebugRegs::RESET,
             ptimer: PTimer { ctl: 0, cval: 0 },
             sve_vq: 0,
+            run_cfg: None,
             sve: SveRegs::ZERO,
         }
     }
@@ -403,14 +429,14 @@ impl VcpuCtx {
     /// vCPU with SVE ever does). The pattern names every field, so none can be left out.
     pub fn reset(&mut self) {
         const NEW: VcpuCtx = VcpuCtx::new();
-        let Self { x, host_save, sp_el0, pc, pstate, sp_el1, elr_el1, spsr_el1, sys, fp, pauth_keys, pauth_eager_left, mte, pending_mmio, pending_call, stats, tpidr2, disr_el1, vgic, debug, ptimer, sve_vq, sve } = self;
+        let Self { x, host_save, sp_el0, pc, pstate, sp_el1, elr_el1, spsr_el1, sys, fp, pauth_keys, pauth_eager_left, mte, pending_mmio, pending_call, stats, tpidr2, disr_el1, vgic, debug, ptimer, sve_vq, run_cfg, sve } = self;
         if *sve_vq != 0 {
             *sve = SveRegs::ZERO;
         }
         debug_assert!(*sve == SveRegs::ZERO, "SVE registers of a vCPU without SVE");
         (*x, *host_save, *sp_el0, *pc, *pstate, *sp_el1, *elr_el1, *spsr_el1) = (NEW.x, NEW.host_save, NEW.sp_el0, NEW.pc, NEW.pstate, NEW.sp_el1, NEW.elr_el1, NEW.spsr_el1);
         (*sys, *fp, *pauth_keys, *pauth_eager_left, *mte, *pending_mmio, *stats) = (NEW.sys, NEW.fp, NEW.pauth_keys, NEW.pauth_eager_left, NEW.mte, NEW.pending_mmio, NEW.stats);
-        (*tpidr2, *disr_el1, *vgic, *debug, *ptimer, *sve_vq, *pending_call) = (NEW.tpidr2, NEW.disr_el1, NEW.vgic, NEW.debug, NEW.ptimer, NEW.sve_vq, NEW.pending_call);
+        (*tpidr2, *disr_el1, *vgic, *debug, *ptimer, *sve_vq, *pending_call, *run_cfg) = (NEW.tpidr2, NEW.disr_el1, NEW.vgic, NEW.debug, NEW.ptimer, NEW.sve_vq, NEW.pending_call, NEW.run_cfg);
     }
 
     /// Resets to the PSCI `CPU_ON` state: `pc = entry`, `x0 = context`, everything else reset
@@ -418,15 +444,16 @@ impl VcpuCtx {
     /// state, which a CPU's power-on does not reset; the host may have queued an SGI for it
     /// between the guest's `CPU_ON` and the first run) and the exit statistics (`VCPU_STATS`
     /// counts since the VM was created: a guest that powers a vCPU off and on must not wipe
-    /// what the host saw it do).
+    /// what the host saw it do); its VM's run configuration stays too.
     pub fn reset_for_cpu_on(&mut self, entry: u64, context: u64) {
         let mut queued = VgicCpu { vmcr: 0, ap0r: [0; 4], ap1r: [0; 4], ..self.vgic.clone() };
         queued.drop_hw();
-        let (stats, sve_vq) = (self.stats, self.sve_vq);
+        let (stats, sve_vq, run_cfg) = (self.stats, self.sve_vq, self.run_cfg);
         self.reset();
         self.vgic = queued;
         self.stats = stats;
         self.sve_vq = sve_vq;
+        self.run_cfg = run_cfg;
         self.pc = entry;
         self.x[0] = context;
     }

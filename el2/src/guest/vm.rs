@@ -20,7 +20,9 @@
 //! before the memory lock, and `VM_DESTROY` claims every vCPU under the lock, so a VM can never
 //! be destroyed while one of its vCPUs runs (the caller gets `Busy`). A host register access
 //! holds the memory lock for the whole access, so a protected VM's seal (`ran`, set under the
-//! lock by `VCPU_RUN`) cannot close in the middle of it. A claim on a stale handle
+//! lock by `VCPU_RUN`) cannot close in the middle of it. Only a vCPU's first `VCPU_RUN` in its
+//! VM takes the lock; the later ones read what they need of the VM from the vCPU's context
+//! ([`RunState`] says why that is sound). A claim on a stale handle
 //! whose slot was reused can make a concurrent call on the new VM see `Busy` once; retrying is
 //! always correct.
 
@@ -31,7 +33,7 @@ use crate::cpu::idreg::NR_IDREGS;
 use crate::mem::owner::Component;
 use crate::platform::MAX_CPUS;
 use crate::guest::{MAX_VCPUS, MAX_VMS};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use shared_abi::HypError;
 
 /// One VM's metadata (under the memory lock).
@@ -72,8 +74,6 @@ pub struct Vm {
     /// Write-Back whatever the guest's stage 1 says, so first mappings need no cache
     /// maintenance (see docs/memory.md, *Cache maintenance*).
     pub fwb: bool,
-    /// Where its vCPUs ran: when a CPU's TLB may hold entries a guest's local TLBI missed.
-    pub local_tlb: LocalTlbRecord,
     /// `CNTVOFF_EL2` while its vCPUs run ([`shared_abi::reg::CNTVOFF_EL2`]): 0 at `VM_CREATE`
     /// (the guest's virtual count is the physical count) unless the host set another before the
     /// first run.
@@ -115,10 +115,15 @@ impl core::fmt::Debug for Measured {
 /// can be trusted only if the last vCPU of the VM that ran on it is the one about to run, and
 /// that vCPU has not run anywhere else since. Anything else: invalidate the VMID's entries on
 /// this CPU before entry. (Stage-2 changes are EL2's and always broadcast.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Read and written without the memory lock ([`RunState`]): each entry has one writer at a
+/// time. `vcpu_on_cpu[c]` is written only by `VCPU_RUN` on CPU `c`, `cpu_of_vcpu[v]` only by the
+/// holder of vCPU `v`'s claim (the claim's acquire and release order one holder's writes
+/// before the next one's reads), and both are reset by `VM_CREATE` under the memory lock, when
+/// no vCPU of the slot can be running (see [`RunState`]).
 pub struct LocalTlbRecord {
-    vcpu_on_cpu: [u8; MAX_CPUS],
-    cpu_of_vcpu: [u8; MAX_VCPUS],
+    vcpu_on_cpu: [AtomicU8; MAX_CPUS],
+    cpu_of_vcpu: [AtomicU8; MAX_VCPUS],
 }
 
 impl LocalTlbRecord {
@@ -126,22 +131,77 @@ impl LocalTlbRecord {
 
     /// Nothing has run yet: every first run on a CPU invalidates.
     pub const fn new() -> Self {
-        Self { vcpu_on_cpu: [Self::NONE; MAX_CPUS], cpu_of_vcpu: [Self::NONE; MAX_VCPUS] }
+        Self { vcpu_on_cpu: [const { AtomicU8::new(Self::NONE) }; MAX_CPUS], cpu_of_vcpu: [const { AtomicU8::new(Self::NONE) }; MAX_VCPUS] }
+    }
+
+    /// Forgets every run (`VM_CREATE`, under the memory lock).
+    pub fn reset(&self) {
+        for e in self.vcpu_on_cpu.iter().chain(&self.cpu_of_vcpu) {
+            e.store(Self::NONE, Ordering::Relaxed);
+        }
     }
 
     /// Records that vCPU `vcpu` runs on physical CPU `cpu` now; `true` if the VM's TLB entries
     /// on `cpu` must be invalidated (locally) first.
-    pub fn run_on(&mut self, vcpu: usize, cpu: usize) -> bool {
-        let (Some(on_cpu), Some(of_vcpu)) = (self.vcpu_on_cpu.get_mut(cpu), self.cpu_of_vcpu.get_mut(vcpu)) else {
+    pub fn run_on(&self, vcpu: usize, cpu: usize) -> bool {
+        let (Some(on_cpu), Some(of_vcpu)) = (self.vcpu_on_cpu.get(cpu), self.cpu_of_vcpu.get(vcpu)) else {
             return true;
         };
-        let stale = *on_cpu != vcpu as u8 || *of_vcpu != cpu as u8;
-        (*on_cpu, *of_vcpu) = (vcpu as u8, cpu as u8);
+        let stale = on_cpu.load(Ordering::Relaxed) != vcpu as u8 || of_vcpu.load(Ordering::Relaxed) != cpu as u8;
+        on_cpu.store(vcpu as u8, Ordering::Relaxed);
+        of_vcpu.store(cpu as u8, Ordering::Relaxed);
         stale
     }
 }
 
 impl Default for LocalTlbRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per VM slot: what `VCPU_RUN` needs of its VM without the memory lock once the vCPU has run
+/// (its run configuration, fixed from the VM's first run on, is kept in the vCPU's context:
+/// [`crate::guest::vcpu::RunConfig`]).
+///
+/// Why reading it without the lock is sound: a vCPU's context holds a run configuration only
+/// after a `VCPU_RUN` of that VM took the lock, and `VM_DESTROY` resets every context of the VM
+/// while it holds all their claims; so a `VCPU_RUN` that holds a claim and finds its handle in
+/// the context knows the VM lives, and stays alive, for the whole run. `VM_CREATE` resets this
+/// state under the lock, before any vCPU of the new VM can have run.
+pub struct RunState {
+    /// The VM was stopped: killed by EL2, or ended by the guest (`SYSTEM_OFF`/`SYSTEM_RESET`).
+    /// Set under the memory lock with [`Vm::killed`] or [`Vm::ended`]; a run that sees it goes
+    /// to the lock, which answers `NotRunnable`. A run that does not see a stop made meanwhile
+    /// on another CPU is a run that began just before it, as with the lock.
+    stopped: AtomicBool,
+    /// Where its vCPUs ran.
+    pub tlb: LocalTlbRecord,
+}
+
+impl RunState {
+    pub const fn new() -> Self {
+        Self { stopped: AtomicBool::new(false), tlb: LocalTlbRecord::new() }
+    }
+
+    /// `VM_CREATE`, under the memory lock: a new VM in the slot.
+    pub fn reset(&self) {
+        self.stopped.store(false, Ordering::Relaxed);
+        self.tlb.reset();
+    }
+
+    /// Under the memory lock, with [`Vm::killed`] or [`Vm::ended`].
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Whether the VM was stopped.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl Default for RunState {
     fn default() -> Self {
         Self::new()
     }
@@ -240,8 +300,9 @@ impl VmTable {
 ///
 /// Why a read without the lock is sound: while a VM lives its regions only grow
 /// (`VM_ADD_MEMORY`; a protected VM's are frozen once it has run, `MemState::host_give_guest`)
-/// and its guard only turns on (`MmioGuard::add`, protected VMs only), and every `VCPU_RUN`
-/// takes the lock before it enters the guest, so it sees every publication before it. A fault
+/// and its guard only turns on (`MmioGuard::add`, protected VMs only). The fields are atomics,
+/// stored with release and loaded with acquire; a running vCPU need not have taken the lock
+/// since a publication (a `VCPU_RUN` after a vCPU's first does not: [`RunState`]). A fault
 /// that reads an older hint (or `lo` and `hi` of two publications) sees a span no larger than
 /// the regions' at some moment before, and decides as if it had come before the change. It
 /// fails closed: a fresh or destroyed VM's hint ([`LayoutHint::CLOSED`]) sends every fault to
@@ -285,7 +346,7 @@ mod tests {
 
     #[test]
     fn local_tlb_record_trusts_a_cpu_only_for_the_vcpu_that_last_ran_there_and_nowhere_else() {
-        let mut r = LocalTlbRecord::new();
+        let r = LocalTlbRecord::new();
         assert!(r.run_on(0, 0), "first run on a CPU");
         assert!(!r.run_on(0, 0), "again on the same CPU");
         assert!(r.run_on(0, 1), "moved to CPU 1");
@@ -293,5 +354,7 @@ mod tests {
         assert!(r.run_on(1, 0), "another vCPU of the VM on CPU 0");
         assert!(r.run_on(0, 0), "and back");
         assert!(r.run_on(MAX_VCPUS, 0) && r.run_on(0, MAX_CPUS), "out of range: invalidate");
+        r.reset();
+        assert!(r.run_on(0, 0), "a new VM in the slot: first run on a CPU");
     }
 }

@@ -5,7 +5,7 @@ use crate::cpu::idreg::{self, VmPolicy};
 use crate::cpu::sve::SveRefused;
 use crate::guest::smccc_forward::{ForwardRefused, SmcccForward};
 use crate::guest::vcpu::{power, VcpuGuard};
-use crate::guest::vm::{LocalTlbRecord, Measured, Vm};
+use crate::guest::vm::{Measured, Vm};
 use crate::guest::{MAX_IPA_BITS, MAX_VCPUS, MIN_IPA_BITS};
 use crate::hw::Hw;
 use crate::hyp::Hyp;
@@ -121,7 +121,6 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         mte,
         sve_vq,
         fwb,
-        local_tlb: LocalTlbRecord::new(),
         // 0 until the host sets it: on QEMU 7.2 an enabled virtual timer whose
         // CNTV_CVAL_EL0 + CNTVOFF_EL2 wraps re-arms QEMU's timer in the past for ever and
         // hangs the whole machine, and any non-zero offset lets a guest choose such a CVAL
@@ -133,6 +132,9 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         handover: None,
     });
     crate::guest::memory::publish_layout(hyp, &mem, handle);
+    if let Some(run) = hyp.runs.get(slot) {
+        run.reset();
+    }
     Ok([handle, 0, 0])
 }
 
