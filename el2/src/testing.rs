@@ -45,6 +45,8 @@ pub(crate) struct Recorder {
     pub vbar: u64,
     /// The last exception injected into the host: `ESR_EL1`, `FAR_EL1`, `ELR_EL1`, `SPSR_EL1`.
     pub el1_exceptions: RefCell<Vec<u64>>,
+    /// The configuration of the last `load`.
+    pub loaded: Cell<Option<GuestConfig>>,
     /// A guest's stage 2 (and VMID) is loaded: between `load` and `put`. A TLB invalidation
     /// of "the current VMID" then hits the guest's, as on the hardware, so
     /// `host_s2_unmapped` refuses it.
@@ -216,8 +218,9 @@ impl Recorder {
 
 impl WorldSwitch for Recorder {
     type Saved = ();
-    fn load(&self, _: &VcpuCtx, _: &GuestConfig) {
+    fn load(&self, _: &VcpuCtx, cfg: &GuestConfig) {
         self.note("load");
+        self.loaded.set(Some(*cfg));
         self.guest_loaded.set(true);
     }
     fn put(&self, _: &mut VcpuCtx, _: ()) {

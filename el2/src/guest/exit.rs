@@ -60,6 +60,9 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, cfg.cntvoff, arch.counter());
     }
     let mut cfg = cfg;
+    // The one setting that may still change once the VM has run: it only ever turns on, when a
+    // CPU comes online whose `CTR_EL0` differs (`crate::cpu::cachetype`).
+    cfg.trap_cache_type = hyp.guest_ctr_trapped();
     if core::mem::take(&mut ctx.pending_call) {
         // The host's answer to the call the VM forwarded at the last exit.
         ctx.x[0] = mmio_value;
@@ -435,7 +438,11 @@ mod tests {
             drop(held);
             let _ = tx.send(again);
         });
-        let again = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("a second VCPU_RUN waited for the memory lock");
+        let again = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(again) => again,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("a second VCPU_RUN waited for the memory lock"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the run's thread failed"),
+        };
         assert_eq!(again, Ok([exit::MMIO as u64, 0, 0]));
     }
 
@@ -459,19 +466,52 @@ mod tests {
         // A stale handle on a context that holds the new VM's configuration takes the lock,
         // which refuses it.
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Err(HypError::InvalidHandle));
-        // A stop seen by a vCPU that has run: the sibling's kill reaches it without the lock.
+        // vCPU 1 has run too (off: its first run is a VCPU_OFF exit), so it keeps a
+        // configuration; vCPU 0's stop still reaches it, through the slot's flag.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert!(f.hyp.vcpus[slot][1].claim().unwrap().run_cfg.is_some());
+        // A stop ended by vCPU 0 itself (SYSTEM_OFF): every vCPU that has run sees it without the lock.
         // (`create` forwards function ID 0, so the last exit was the host's to answer: the
         // answer, the next run's value, is the guest's x0.)
         *rec.exits.borrow_mut() = vec![hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, smccc::psci::PSCI_SYSTEM_OFF as u64]), Ok([exit::SYSTEM_OFF as u64, 0, 0]));
         assert!(f.hyp.runs[slot].stopped());
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 0, 0]), Err(HypError::NotRunnable));
-        // And the slot's next VM starts unstopped.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h2, 1, 0]), Err(HypError::NotRunnable));
+        // The slot's next VM starts unstopped, with a TLB record of its own: its first run on
+        // CPU 0 invalidates, whatever the last VM's vCPU 0 did there.
         f.call(0, H::VmDestroy, &[h2]).unwrap();
-        let h3 = create(&mut f, 1, 0);
+        let h3 = create(&mut f, 2, 0);
         assert!(!f.hyp.runs[handle_slot(h3)].stopped());
+        let rec = Recorder::default();
         *rec.exits.borrow_mut() = vec![hvc()];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h3, 0, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert!(rec.log.borrow().contains(&"flush_guest_local"));
+        // An EL2 kill (an access EL2 cannot decode) reaches a sibling that has run the same way.
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h3, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        *rec.exits.borrow_mut() = vec![trap((0x24 << 26) | (1 << 25) | 0b000111, 0x0900_0000)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h3, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h3, 1, 0]), Err(HypError::NotRunnable));
+    }
+
+    #[test]
+    fn the_cache_type_trap_is_decided_at_every_run() {
+        use crate::cpu::features::CpuId;
+        let mut f = fixture();
+        let h = create(&mut f, 1, 0);
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 9, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert!(!rec.loaded.get().unwrap().trap_cache_type, "CPUs agree");
+        // A CPU whose cache lines are larger comes online after the VM has run: every CPU now
+        // traps the guest's CTR_EL0, this vCPU's next run included.
+        let view = *f.hyp.cpus.lock().view();
+        let larger = (FIXTURE_CTR & !(0xF << 16)) | 5 << 16;
+        f.hyp.cpu_entered_el2(1, CpuId { midr: 0x410F_D0C0, regs: view, ctr: larger, ich_vtr: Some(QEMU_ICH_VTR), sve: FIXTURE_SVE }).unwrap();
+        assert!(f.hyp.guest_ctr_trapped());
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 9, 3)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert!(rec.loaded.get().unwrap().trap_cache_type);
     }
 
     #[test]

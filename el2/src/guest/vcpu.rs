@@ -19,9 +19,11 @@ use shared_abi::reg;
 
 /// What `VCPU_RUN` needs of its VM, fixed from the VM's first run on (`VCPU_SET_REG` of
 /// `CNTVOFF_EL2` and the firmware registers, and `VM_SMCCC_FORWARD`, are `Frozen` then; the
-/// rest is fixed at `VM_CREATE`). The first `VCPU_RUN` of each vCPU reads it under the memory
-/// lock and keeps it in the vCPU's context ([`VcpuCtx::run_cfg`]); the later ones of the same
-/// VM use it without the lock ([`crate::guest::vm::RunState`] says why that is sound).
+/// rest is fixed at `VM_CREATE`), but for `guest.trap_cache_type`, a machine-wide setting
+/// that may still turn on, which every run reads anew. The first `VCPU_RUN` of each vCPU reads
+/// it under the memory lock and keeps it in the vCPU's context ([`VcpuCtx::run_cfg`]); the
+/// later ones of the same VM use it without the lock ([`crate::guest::vm::RunState`] says why
+/// that is sound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunConfig {
     /// The VM it was read from: a context of a slot's later VM holds none
