@@ -145,7 +145,9 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
 /// `VCPU_RUN`'s checks under the memory lock, for a vCPU's first run in its VM (or one whose VM
 /// was stopped): the VM lives and has vCPU `index`, and may run. vCPU 0's first run seals a
 /// protected VM's measurement. From here on the VM's run configuration is fixed: it is kept in
-/// the context ([`VcpuCtx::run_cfg`]) for the vCPU's later runs, which skip the lock.
+/// the context ([`VcpuCtx::run_cfg`]) for the vCPU's later runs, which skip the lock. Out of
+/// line: inlined, its registers crowded the run loop's.
+#[inline(never)]
 fn first_run<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, ctx: &mut VcpuCtx, arch: &impl Hw) -> Result<RunConfig, HypError> {
     let mut mem = hyp.mem.lock();
     let (_, vm) = mem.vms.lookup_mut(handle)?;
