@@ -15,6 +15,8 @@
 
 use crate::guest::timer::PTimer;
 use crate::guest::vcpu::{FpRegs, SveRegs, VcpuCtx};
+/// Defined beside the vCPU context, which keeps one for its VM ([`crate::guest::vcpu::RunConfig`]).
+pub use crate::guest::vcpu::GuestConfig;
 use crate::mem::addr::PhysAddr;
 
 /// Barriers and TLB maintenance after page-table edits. Each method documents what it must
@@ -171,33 +173,6 @@ pub struct GuestTrap {
     pub hpfar: u64,
 }
 
-/// What the run loop needs to run a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestConfig {
-    /// `VTTBR_EL2`: stage-2 root and VMID.
-    pub vttbr: u64,
-    /// Stage-2 root level.
-    pub start_level: u8,
-    /// Guest IPA size.
-    pub ipa_bits: u8,
-    /// `VMPIDR_EL2`.
-    pub vmpidr: u64,
-    /// Leave the PMU untrapped ([`shared_abi::msg::vm_flags::HOST_PMU`]).
-    pub host_pmu: bool,
-    /// Load the guest's pointer-authentication keys now (and leave them untrapped).
-    pub pauth_now: bool,
-    /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
-    pub mte: bool,
-    /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
-    pub fwb: bool,
-    /// A protected VM: the host's PMU must not count it (see `controls::guest_controls`).
-    pub protected: bool,
-    /// `CNTVOFF_EL2` for the run (the VM's); the host runs with 0.
-    pub cntvoff: u64,
-    /// Trap the cache type and identification registers (`HCR_EL2.TID2`): the CPUs' `CTR_EL0`
-    /// differ ([`crate::cpu::features::CpuFeatures::ctr_trap`]).
-    pub trap_cache_type: bool,
-}
 
 /// The world switch: moving a vCPU onto this CPU and off it.
 ///

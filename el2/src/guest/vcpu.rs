@@ -17,6 +17,34 @@ use core::ops::{Deref, DerefMut, Index, IndexMut};
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use shared_abi::reg;
 
+/// What the run loop needs to run a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// `VTTBR_EL2`: stage-2 root and VMID.
+    pub vttbr: u64,
+    /// Stage-2 root level.
+    pub start_level: u8,
+    /// Guest IPA size.
+    pub ipa_bits: u8,
+    /// `VMPIDR_EL2`.
+    pub vmpidr: u64,
+    /// Leave the PMU untrapped ([`shared_abi::msg::vm_flags::HOST_PMU`]).
+    pub host_pmu: bool,
+    /// Load the guest's pointer-authentication keys now (and leave them untrapped).
+    pub pauth_now: bool,
+    /// MTE VM: allocation tags accessible (`HCR_EL2.ATA`), MTE registers switched.
+    pub mte: bool,
+    /// The stage 2 uses the FEAT_S2FWB encoding: run with `HCR_EL2.FWB` set.
+    pub fwb: bool,
+    /// A protected VM: the host's PMU must not count it (see `controls::guest_controls`).
+    pub protected: bool,
+    /// `CNTVOFF_EL2` for the run (the VM's); the host runs with 0.
+    pub cntvoff: u64,
+    /// Trap the cache type and identification registers (`HCR_EL2.TID2`): the CPUs' `CTR_EL0`
+    /// differ ([`crate::cpu::features::CpuFeatures::ctr_trap`]).
+    pub trap_cache_type: bool,
+}
+
 /// What `VCPU_RUN` needs of its VM, fixed from the VM's first run on (`VCPU_SET_REG` of
 /// `CNTVOFF_EL2` and the firmware registers, and `VM_SMCCC_FORWARD`, are `Frozen` then; the
 /// rest is fixed at `VM_CREATE`), but for `guest.trap_cache_type`, a machine-wide setting
@@ -30,7 +58,7 @@ pub struct RunConfig {
     /// ([`VcpuCtx::reset`] at `VM_DESTROY`), and the run compares it with its handle anyway.
     pub handle: u64,
     /// The world switch's configuration (`pauth_now` false: each run decides it).
-    pub guest: crate::hw::GuestConfig,
+    pub guest: GuestConfig,
     /// The VM's number of vCPUs.
     pub nr_vcpus: usize,
     /// Its firmware pseudo-registers.
