@@ -63,6 +63,15 @@ pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs:
             regs.x[..4].copy_from_slice(&encode_result(result));
             Ok(())
         }
+        _ => not_a_hypercall(hyp, esr, regs, hw, io),
+    }
+}
+
+/// [`handle_sync`] for everything but a hypercall, out of line: inlined, its registers made
+/// every hypercall save and restore ten more.
+#[inline(never)]
+fn not_a_hypercall<T: TableMemory>(hyp: &Hyp<'_, T>, esr: Esr, regs: &mut HostRegs<'_>, hw: &(impl Hw + HostCpu), io: &impl GuardedIo) -> Result<(), CannotInject> {
+    match esr.ec() {
         ec::SMC64 => {
             // A trapped SMC's preferred return address is the SMC itself: step over it.
             *regs.elr += 4;
