@@ -3,9 +3,12 @@
 //! - Synchronous exceptions from a lower EL (AArch64) save all GPRs, `ELR_EL2` and `SPSR_EL2`
 //!   on this CPU's EL2 stack, call [`crate::arch::trap::el2_lower_sync`], restore (the handler may
 //!   have changed any of them) and `ERET`.
-//! - While a guest runs on this CPU (`GUEST_CTX[cpu]` set), any lower-EL exception (synchronous,
-//!   IRQ, FIQ, SError) is a *guest exit*: `__guest_exit` stores the guest's GPRs and returns to
-//!   the world switch ([`super::switch`]).
+//! - While a guest runs on this CPU, `VBAR_EL2` is the guest table, `el2_guest_vectors`
+//!   ([`guest_table`]), in which any lower-EL exception (synchronous, IRQ, FIQ, SError) is a
+//!   *guest exit*: `__guest_exit` stores the guest's GPRs and returns to the world switch
+//!   ([`super::switch`]), which put the host table, `el2_vectors`, back. Two tables, not one
+//!   that asks which world trapped: neither path pays for the question. The vCPU context is
+//!   found at the top of EL2's stack, where `__guest_enter` left it.
 //! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 while the host runs
 //!   (`HCR_EL2.IMO/FMO/AMO` clear for the host), AArch32 lower ELs do not exist (`HCR_EL2.RW`), and an exception *at* EL2 is an EL2
 //!   bug. Those switch to this CPU's panic stack first (the normal stack may be what overflowed),
@@ -95,19 +98,13 @@ global_asm!(
     b el2_unexpected_entry
 .endm
 
-// A trap from a lower EL: if this CPU runs a guest (GUEST_CTX[cpu] != 0) it is a guest exit,
-// else the host's. x0/x1 are pushed; the guest path keeps them on the stack for __guest_exit.
-.macro LOWER kind, host_path
+// A guest exit (guest table): the guest's x0/x1 pushed for __guest_exit, x1 = the vCPU context
+// __guest_enter left at the top of EL2's stack (which the guest cannot reach), x0 = the kind.
+.macro GUEST_EXIT kind
     stp x0, x1, [sp, #-16]!
-    mrs x0, tpidr_el2
-    and x0, x0, #7
-    adrp x1, {guest_ctx}
-    add x1, x1, :lo12:{guest_ctx}
-    ldr x1, [x1, x0, lsl #3]
+    ldr x1, [sp, #16]
     mov x0, #\kind
-    cbnz x1, __guest_exit
-    ldp x0, x1, [sp], #16
-    b \host_path
+    b __guest_exit
 .endm
 
 .section .text.vectors, "ax"
@@ -132,15 +129,15 @@ el2_vectors:
     UNEXPECTED 6
     .balign 0x80
     UNEXPECTED 7
-    // Lower EL, AArch64.
+    // Lower EL, AArch64: the host (IRQ, FIQ and SError are not routed to EL2 while it runs).
     .balign 0x80
-    LOWER 0, el2_lower_sync_entry
+    b el2_lower_sync_entry
     .balign 0x80
-    LOWER 1, el2_unexpected_9
+    UNEXPECTED 9
     .balign 0x80
-    LOWER 2, el2_unexpected_10
+    UNEXPECTED 10
     .balign 0x80
-    LOWER 3, el2_unexpected_11
+    UNEXPECTED 11
     // Lower EL, AArch32 (never: HCR_EL2.RW is set).
     .balign 0x80
     UNEXPECTED 12
@@ -151,15 +148,48 @@ el2_vectors:
     .balign 0x80
     UNEXPECTED 15
 
-el2_unexpected_9:
-    UNEXPECTED 9
-el2_unexpected_10:
-    UNEXPECTED 10
-el2_unexpected_11:
-    UNEXPECTED 11
+// The table while a guest runs: the same but for the lower-EL AArch64 slots, every one of
+// which is an exit of that guest.
+.balign 2048
+.global el2_guest_vectors
+el2_guest_vectors:
+    .balign 0x80
+    UNEXPECTED 0
+    .balign 0x80
+    UNEXPECTED 1
+    .balign 0x80
+    UNEXPECTED 2
+    .balign 0x80
+    UNEXPECTED 3
+    .balign 0x80
+    UNEXPECTED 4
+    .balign 0x80
+    UNEXPECTED 5
+    .balign 0x80
+    UNEXPECTED 6
+    .balign 0x80
+    UNEXPECTED 7
+    .balign 0x80
+    GUEST_EXIT 0
+    .balign 0x80
+    GUEST_EXIT 1
+    .balign 0x80
+    GUEST_EXIT 2
+    .balign 0x80
+    GUEST_EXIT 3
+    .balign 0x80
+    UNEXPECTED 12
+    .balign 0x80
+    UNEXPECTED 13
+    .balign 0x80
+    UNEXPECTED 14
+    .balign 0x80
+    UNEXPECTED 15
 
-// Enter a guest. x0 = &VcpuCtx (GPRs at 0, host-save pointer slot at 248), x1 = host save
-// area (14 words): EL2's callee-saved x18..x29, x30 and SP, restored by __guest_exit.
+// Enter a guest (with VBAR_EL2 the guest table). x0 = &VcpuCtx (GPRs at 0, host-save pointer
+// slot at 248), x1 = host save area (14 words): EL2's callee-saved x18..x29, x30 and SP,
+// restored by __guest_exit. &VcpuCtx is pushed for the guest table's exits (the SP restored
+// at the exit is the one from before the push).
 .global __guest_enter
 __guest_enter:
     stp x18, x19, [x1, #0]
@@ -171,6 +201,7 @@ __guest_enter:
     mov x2, sp
     stp x30, x2, [x1, #96]
     str x1, [x0, #248]
+    str x0, [sp, #-16]!
     ldp x2, x3, [x0, #16]
     ldp x4, x5, [x0, #32]
     ldp x6, x7, [x0, #48]
@@ -258,5 +289,21 @@ el2_lower_sync_entry:
     frame = const FRAME_SIZE,
     lower_sync = sym crate::arch::trap::el2_lower_sync,
     unexpected = sym crate::arch::trap::el2_unexpected,
-    guest_ctx = sym crate::arch::switch::GUEST_CTX,
 );
+
+extern "C" {
+    /// The host table (assembly above). Only its address is used.
+    static el2_vectors: u8;
+    /// The guest table (assembly above). Only its address is used.
+    static el2_guest_vectors: u8;
+}
+
+/// The host's vector table (`VBAR_EL2` while the host runs).
+pub fn host_table() -> u64 {
+    core::ptr::addr_of!(el2_vectors) as u64
+}
+
+/// The guest table (`VBAR_EL2` while a guest runs).
+pub fn guest_table() -> u64 {
+    core::ptr::addr_of!(el2_guest_vectors) as u64
+}

@@ -48,7 +48,7 @@ use crate::guest::vcpu::{FpRegs, VcpuCtx};
 use crate::hw::{GuestConfig, GuestIrq, GuestTrap, TrapKind, WorldSwitch};
 use crate::platform::MAX_CPUS;
 use aarch64_cpu::registers::*;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 /// Defines `$save(out)` and `$restore(v)` for a bank of system registers, in the order given.
 /// Each invocation names only registers that EL2 accesses without trapping and that act on
@@ -82,11 +82,6 @@ macro_rules! sysreg_bank {
 }
 
 pub(crate) use sysreg_bank;
-
-/// Per CPU: the context of the vCPU running on it (0 when the host runs). The lower-EL vectors
-/// read it to tell a guest exit from a host trap.
-#[no_mangle]
-pub static GUEST_CTX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 extern "C" {
     /// Saves EL2's callee-saved registers in `host_save`, loads the guest GPRs from `ctx` and
@@ -171,19 +166,22 @@ impl Cpu {
     /// Inlined into the run loop: a frame of its own cost about ten instructions an exit.
     #[inline(always)]
     fn enter(&self, ctx: &mut VcpuCtx) -> GuestTrap {
-        let cpu = cpu_index() % MAX_CPUS;
         ELR_EL2.set(ctx.pc);
         SPSR_EL2.set(ctx.pstate);
         // Not zeroed first (a `memset` call, about 65 instructions on every entry): only the
         // assembly writes and reads it, __guest_enter all 14 words before the ERET.
         let mut host_save = core::mem::MaybeUninit::<[u64; 14]>::uninit();
-        // GUEST_CTX tells the vectors that an exit from a lower EL is this guest's.
-        GUEST_CTX[cpu].store(ctx as *mut VcpuCtx as u64, Ordering::Relaxed);
+        // The guest table: every lower-EL exception from here to the exit is this guest's. (No
+        // ISB: the ERET into the guest is context synchronising, and EL2's own exceptions are
+        // unexpected in either table.)
+        VBAR_EL2.set(super::vectors::guest_table());
         // The guest runs under its own stage 2 and the traps above: it cannot reach EL2 or host.
         // SAFETY: `ctx` is ours alone (a claimed vCPU), `host_save` outlives the call, and
         // __guest_enter returns only via __guest_exit, which restores callee-saved regs and SP.
         let kind = unsafe { __guest_enter(ctx as *mut VcpuCtx as *mut u64, host_save.as_mut_ptr()) };
-        GUEST_CTX[cpu].store(0, Ordering::Relaxed);
+        // The host table again, before anything else: a later lower-EL exception is the host's.
+        // (In force by the ERET to the host, which is context synchronising.)
+        VBAR_EL2.set(super::vectors::host_table());
         // Syndrome and guest PC/PSTATE, before anything can overwrite them.
         let trap = GuestTrap {
             kind: match kind {
