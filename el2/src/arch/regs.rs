@@ -5,7 +5,15 @@ use crate::mem::pgtable::{PageTable, MAIR_EL2_VALUE};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 
+/// The RES1 bits of `SCTLR_EL2` (without E2H), with `EOS` (bit 11) and `EIS` (bit 22) among
+/// them: [`SCTLR_EL2_EOS`] names the one the world switch relies on.
 const SCTLR_EL2_RES1: u64 = 0x30C5_0830;
+/// `SCTLR_EL2.EOS` (FEAT_ExS; RES1 without it): an exception return from EL2 is a context
+/// synchronisation event. The world switch relies on it: the guest's registers, its traps and
+/// `VBAR_EL2`'s guest table are in force from the `ERET` into the guest with no `ISB` before it,
+/// and the host's from the `ERET` back ([`crate::arch::vectors`]).
+const SCTLR_EL2_EOS: u64 = 1 << 11;
+const _: () = assert!(SCTLR_EL2_RES1 & SCTLR_EL2_EOS != 0, "EOS must stay set");
 const SCTLR_EL2_M: u64 = 1 << 0;
 const SCTLR_EL2_C: u64 = 1 << 2;
 const SCTLR_EL2_SA: u64 = 1 << 3;
@@ -267,6 +275,7 @@ impl El2MmuConfig {
             mair: MAIR_EL2_VALUE,
             // TCF stays 0: EL2's own accesses are never tag checked.
             sctlr: SCTLR_EL2_RES1
+                | SCTLR_EL2_EOS
                 | SCTLR_EL2_M
                 | SCTLR_EL2_C
                 | SCTLR_EL2_SA

@@ -1,8 +1,9 @@
-//! EL2's exception vector table and the trap frame the assembly builds.
+//! EL2's exception vector tables and the trap frame the assembly builds.
 //!
-//! - Synchronous exceptions from a lower EL (AArch64) save all GPRs, `ELR_EL2` and `SPSR_EL2`
-//!   on this CPU's EL2 stack, call [`crate::arch::trap::el2_lower_sync`], restore (the handler may
-//!   have changed any of them) and `ERET`.
+//! - In the host table, synchronous exceptions from a lower EL (AArch64) save all GPRs,
+//!   `ELR_EL2` and `SPSR_EL2` on this CPU's EL2 stack, call
+//!   [`crate::arch::trap::el2_lower_sync`], restore (the handler may have changed any of them)
+//!   and `ERET`.
 //! - While a guest runs on this CPU, `VBAR_EL2` is the guest table, `el2_guest_vectors`
 //!   ([`guest_table`]), in which any lower-EL exception (synchronous, IRQ, FIQ, SError) is a
 //!   *guest exit*: `__guest_exit` stores the guest's GPRs and returns to the world switch
