@@ -108,84 +108,39 @@ global_asm!(
     b __guest_exit
 .endm
 
+// Slots `first..=last` of a table (0x80 bytes each), never taken: EL2's own exceptions (vectors
+// 0 to 7) and AArch32 lower ELs (12 to 15; HCR_EL2.RW is set) in both tables, and in the host's
+// the lower-EL IRQ, FIQ and SError (9 to 11).
+.macro UNEXPECTED_SLOTS first, last
+.irp n, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+.if \n >= \first && \n <= \last
+    .balign 0x80
+    UNEXPECTED \n
+.endif
+.endr
+.endm
+
 .section .text.vectors, "ax"
 .balign 2048
 .global el2_vectors
 el2_vectors:
-    // Current EL with SP_EL0.
-    .balign 0x80
-    UNEXPECTED 0
-    .balign 0x80
-    UNEXPECTED 1
-    .balign 0x80
-    UNEXPECTED 2
-    .balign 0x80
-    UNEXPECTED 3
-    // Current EL with SP_ELx.
-    .balign 0x80
-    UNEXPECTED 4
-    .balign 0x80
-    UNEXPECTED 5
-    .balign 0x80
-    UNEXPECTED 6
-    .balign 0x80
-    UNEXPECTED 7
+    UNEXPECTED_SLOTS 0, 7
     // Lower EL, AArch64: the host (IRQ, FIQ and SError are not routed to EL2 while it runs).
     .balign 0x80
     b el2_lower_sync_entry
-    .balign 0x80
-    UNEXPECTED 9
-    .balign 0x80
-    UNEXPECTED 10
-    .balign 0x80
-    UNEXPECTED 11
-    // Lower EL, AArch32 (never: HCR_EL2.RW is set).
-    .balign 0x80
-    UNEXPECTED 12
-    .balign 0x80
-    UNEXPECTED 13
-    .balign 0x80
-    UNEXPECTED 14
-    .balign 0x80
-    UNEXPECTED 15
+    UNEXPECTED_SLOTS 9, 15
 
 // The table while a guest runs: the same but for the lower-EL AArch64 slots, every one of
 // which is an exit of that guest.
 .balign 2048
 .global el2_guest_vectors
 el2_guest_vectors:
+    UNEXPECTED_SLOTS 0, 7
+.irp kind, 0, 1, 2, 3
     .balign 0x80
-    UNEXPECTED 0
-    .balign 0x80
-    UNEXPECTED 1
-    .balign 0x80
-    UNEXPECTED 2
-    .balign 0x80
-    UNEXPECTED 3
-    .balign 0x80
-    UNEXPECTED 4
-    .balign 0x80
-    UNEXPECTED 5
-    .balign 0x80
-    UNEXPECTED 6
-    .balign 0x80
-    UNEXPECTED 7
-    .balign 0x80
-    GUEST_EXIT 0
-    .balign 0x80
-    GUEST_EXIT 1
-    .balign 0x80
-    GUEST_EXIT 2
-    .balign 0x80
-    GUEST_EXIT 3
-    .balign 0x80
-    UNEXPECTED 12
-    .balign 0x80
-    UNEXPECTED 13
-    .balign 0x80
-    UNEXPECTED 14
-    .balign 0x80
-    UNEXPECTED 15
+    GUEST_EXIT \kind
+.endr
+    UNEXPECTED_SLOTS 12, 15
 
 // Enter a guest (with VBAR_EL2 the guest table). x0 = &VcpuCtx (GPRs at 0, host-save pointer
 // slot at 248), x1 = host save area (14 words): EL2's callee-saved x18..x29, x30 and SP,
