@@ -76,7 +76,7 @@ pub const MEASURE_FLAGS: &[Flag] = &[
 
 /// The flags `bench` takes.
 pub const BENCH_FLAGS: &[Flag] = &[
-    Flag { name: "--only", value: Some("GROUP[,GROUP...]"), help: "only these groups: main, ptrauth (PMU rows), irq (interrupt guest), kut (kvm-unit-tests micro-bench on 2 CPUs), linux (boot ratio); default all" },
+    Flag { name: "--only", value: Some("GROUP[,GROUP...]"), help: "only these groups: main, ptrauth (PMU rows), irq (interrupt guest), kut (kvm-unit-tests micro-bench on 2 CPUs), linux (boot ratio), blk (virtio-blk throughput); default all" },
     Flag { name: "--record", value: None, help: "record the rows this run measured in docs/bench.json (replacing those rows, keeping the others) and write README.md's table from it" },
     Flag { name: "--help", value: None, help: "this list" },
 ];
