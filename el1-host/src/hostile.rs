@@ -117,6 +117,7 @@ pub fn run(plat: &Platform) {
         HypercallId::VmMeasurement,
         HypercallId::VmMmioGuard,
         HypercallId::VmSmcccForward,
+        HypercallId::VmMmioCoalesce,
         HypercallId::VmTopupTables,
         HypercallId::VcpuLinkVtimer,
         HypercallId::VcpuLinkSgis,
@@ -257,6 +258,14 @@ pub fn run(plat: &Platform) {
                 let near = 0xC700_0000 + rng.below(16);
                 x[1] = rng.pick(&[0, 0xC700_0000, near, 0x8400_0000, 0xC600_0000, 0xFFFF_FFFF, 1 << 32, r & 0xFFFF_FFFF, r]);
                 x[2] = rng.pick(&[0, 1, 2, 16, 0x1_0000, u64::MAX, r]);
+            }
+            Ok(HypercallId::VmMmioCoalesce) => {
+                // Before and after first runs (Frozen), over the UART (the guests' MMIO), RAM,
+                // the top of the address space; removed, a page, past a page, wrapping.
+                x[0] = handle(&mut rng, &handles);
+                let r = rng.next();
+                x[1] = rng.pick(&[0x0900_0000, 0x0A00_0000, 0x4000_0000, u64::MAX - 3, r]);
+                x[2] = rng.pick(&[0, 1, 4, 4096, 4097, u64::MAX, r]);
             }
             Ok(HypercallId::VcpuLinkVtimer) => {
                 // Linked and unlinked around runs and VCPU_SET_IRQ of vINTID 27; priorities the

@@ -122,6 +122,12 @@ static LINK_VTIMER: AtomicBool = AtomicBool::new(true);
 /// the model's to deliver).
 static LINK_SGIS: AtomicBool = AtomicBool::new(true);
 
+/// Whether guest writes to the PL011's data register are coalesced (`VM_MMIO_COALESCE`;
+/// `uart-coalesce=off` turns it off: every write is then an exit). The console's other
+/// registers, and every read, exit as before; a guest that polls `UARTFR` before each character
+/// (Linux's console) still exits once per character, one exit instead of two.
+static COALESCE_UART: AtomicBool = AtomicBool::new(true);
+
 static VMS: [spin::Once<LinuxVm>; MAX_VMS] = [const { spin::Once::new() }; MAX_VMS];
 /// Each VM slot's shared pages (no heap: the largest VM's bitmap, 48 KiB, per slot).
 static SHARED: [Shared; MAX_VMS] = [const { Shared::new() }; MAX_VMS];
@@ -174,6 +180,7 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
     let mut cfg = Config::from(plat).unwrap_or_else(|e| crate::fail::fail(format_args!("linux: {e}")));
     LINK_VTIMER.store(plat.arg("vtimer-link") != Some("off"), Ordering::Relaxed);
     LINK_SGIS.store(plat.arg("sgi-link") != Some("off"), Ordering::Relaxed);
+    COALESCE_UART.store(plat.arg("uart-coalesce") != Some("off"), Ordering::Relaxed);
     let mut disk = match plat.arg("disk") {
         None => None,
         Some(_) if cfg.vms > 1 => crate::fail::fail(format_args!("linux: disk= with vms={}: one image cannot be two VMs' disks", cfg.vms)),
@@ -243,6 +250,9 @@ pub fn run(plat: &Platform, at_start: fn(&[&Vm])) {
                 c.device().stats()
             };
             println!("host: linux VM {n} virtio-console: {} bytes in, {} bytes out", c.rx_bytes, c.tx_bytes);
+            if n == 0 {
+                println!("host: linux VMs: {} coalesced MMIO writes applied", crate::run::COALESCED.load(Ordering::Relaxed));
+            }
             if let Some(b) = &l.blk {
                 let s = b.lock().device().stats();
                 println!("host: linux VM {n} virtio-blk: {} requests ok, {} failed; {} sectors read, {} written", s.ok, s.ioerr + s.unsupp, s.sectors_read, s.sectors_written);
@@ -290,6 +300,10 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
     // laid out as `cargo xtask measure --kernel` lays it out, so the measurement can be
     // computed offline.
     super::boot(&vm, kernel, initrd, cmdline, disk)?;
+    if COALESCE_UART.load(Ordering::Relaxed) {
+        // `UARTDR`: its writes need no answer (the model is always ready to send).
+        crate::run::coalesce(vm.el2(), crate::pl011::UART, 4).map_err(|_| "VM_MMIO_COALESCE failed")?;
+    }
     Ok(vm)
 }
 

@@ -98,6 +98,9 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     };
     note_exit(Ok(&e.record));
     count_exit(handle, e.exit.reason());
+    if e.record.coalesced != 0 {
+        apply_coalesced(m, handle, e.record.coalesced);
+    }
     m.after_exit(e)?;
     if let Exit::NeedTables { pages } = e.exit {
         give_tables(m.vcpu().0.el2(), pages)?;
@@ -117,6 +120,50 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
         };
     }
     Ok(m.exit(e))
+}
+
+/// Each VM slot's next coalesced-write number to apply ([`apply_coalesced`]).
+static COALESCED_NEXT: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+
+/// The VM slot of `handle` (EL2's: its low byte), for [`COALESCED_NEXT`].
+fn coalesced_next(handle: u64) -> &'static AtomicU64 {
+    &COALESCED_NEXT[(handle & 0xFF) as usize % COALESCED_NEXT.len()]
+}
+
+/// Coalesced MMIO writes applied, all VMs (the VMM's report).
+pub static COALESCED: AtomicU64 = AtomicU64::new(0);
+
+/// Sets VM `vm`'s coalesced MMIO zone (`VM_MMIO_COALESCE`, before its first run): guest writes
+/// wholly inside the `len` bytes at `ipa` complete without an exit, and [`step`] applies them
+/// through the machine's bus when an exit record of the VM carries them.
+///
+/// # Errors
+/// EL2's refusal.
+pub fn coalesce(vm: VmHandle, ipa: u64, len: u64) -> Result<(), HypError> {
+    vm.mmio_coalesce(ipa, len)?;
+    // EL2 numbers a new VM's writes from 0.
+    coalesced_next(vm.0).store(0, Ordering::Release);
+    Ok(())
+}
+
+/// Applies the `n` coalesced writes of VM `handle` that this CPU's exit record carried, through
+/// the machine's bus, in the order EL2 numbered them: a batch of the same VM that another CPU
+/// took earlier is applied first (that CPU is applying it now, between its `VCPU_RUN` and its
+/// exit's handling; EL2 numbers a VM's writes without a gap), so the device sees the writes in
+/// the order the guest made them, whichever vCPU made them.
+fn apply_coalesced<M: Machine>(m: &mut M, handle: u64, n: u32) {
+    let batch = host_kernel::hyp::read_coalesced(crate::cpu_id());
+    let next = coalesced_next(handle);
+    while next.load(Ordering::Acquire) != batch.first_seq {
+        host_kernel::arch::relax();
+    }
+    for w in batch.writes.iter().take(n as usize) {
+        if m.mmio(w.ipa, w.size, Some(w.value)).is_none() {
+            UNASSIGNED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    COALESCED.fetch_add(u64::from(n), Ordering::Relaxed);
+    next.store(batch.first_seq.wrapping_add(u64::from(n)), Ordering::Release);
 }
 
 /// Table pages the VMM gives a VM at a time: at least what EL2 asks for, and in batches so that

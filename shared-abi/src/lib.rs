@@ -31,7 +31,7 @@ pub mod reg;
 ///
 /// The major number changes when an existing call changes meaning; the minor number when calls
 /// are added.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 2 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 6, minor: 3 };
 
 /// Size of the granule every address argument is counted in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -245,6 +245,20 @@ hypercalls! {
     /// guest changes it. [`HypError::Denied`] without a virtual CPU interface or when a CPU
     /// lacks its redistributor. (ABI 6.2.)
     VcpuLinkSgis = 22, Any, in 6, out 1;
+    /// `x1` = VM handle, `x2` = first IPA, `x3` = length in bytes (at most [`PAGE_SIZE`]; 0
+    /// removes the zone). Before the VM's first run only: the VM's *coalesced MMIO zone*, as
+    /// KVM's `KVM_REGISTER_COALESCED_MMIO`. A guest write that would exit to the host as MMIO
+    /// and lies wholly inside the zone completes at once, without an exit: EL2 appends it to
+    /// the VM's queue of coalesced writes ([`msg::COALESCED_MAX`]; when that is full, the write
+    /// exits as usual), and the next exit record of any of the VM's vCPUs carries the queue
+    /// ([`msg::VcpuExit::coalesced`], [`msg::CoalescedBatch`]), numbered in the order EL2
+    /// took the writes. The host applies them, in that order, before it serves the exit. Reads
+    /// in the zone exit as usual. For device registers whose writes need no answer (a UART's
+    /// data register): a write there can no longer be answered with an external abort. Not
+    /// recorded in the measurement: what reaches the host is what an MMIO exit would carry,
+    /// and the host could complete any write without looking at it. One zone per VM; a second
+    /// call replaces the first. (ABI 6.3.)
+    VmMmioCoalesce = 23, Any, in 3, out 0;
     /// **Test builds only** (EL2 built with the `test-hooks` feature; a release EL2 answers
     /// [`HypError::NotSupported`]). `x1` = 0: EL2 takes an unexpected exception on the calling
     /// CPU, to prove that EL2 reports it and stops only that CPU. The call does not return.

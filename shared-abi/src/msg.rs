@@ -384,8 +384,11 @@ pub struct VcpuExit {
     pub data: u64,
     /// For MMIO: the access size in bytes (1, 2, 4, 8).
     pub size: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Any exit: how many coalesced MMIO writes of the VM ([`crate::HypercallId::VmMmioCoalesce`])
+    /// this record carries, at most [`COALESCED_MAX`], in the [`CoalescedBatch`] at
+    /// [`COALESCED_OFFSET`] of the message page; the host applies them before it serves the
+    /// exit. 0 otherwise. (ABI 6.3; reserved and zero before.)
+    pub coalesced: u32,
     /// For hypercall exits: the guest's `x0..=x3`.
     pub args: [u64; 4],
     /// When the guest's virtual timer (PPI 27) asserts, in physical counter (`CNTPCT_EL0`)
@@ -395,6 +398,39 @@ pub struct VcpuExit {
     pub vtimer_deadline: u64,
     /// The same for the emulated EL1 physical timer (PPI 30): its CVAL, or `u64::MAX`.
     pub ptimer_deadline: u64,
+}
+
+/// Where in the message page an exit record's coalesced MMIO writes are
+/// ([`VcpuExit::coalesced`]): after the record, 8-byte aligned.
+pub const COALESCED_OFFSET: usize = 256;
+
+/// Most coalesced MMIO writes a VM holds, and one exit record carries.
+pub const COALESCED_MAX: usize = 32;
+
+/// One coalesced MMIO write: what an [`exit::MMIO`] write would have carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CoalescedWrite {
+    /// The IPA written.
+    pub ipa: u64,
+    /// The value written, zero-extended.
+    pub value: u64,
+    /// The access size in bytes (1, 2, 4, 8).
+    pub size: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// The coalesced MMIO writes an exit record carries, at [`COALESCED_OFFSET`] of the message
+/// page: the first [`VcpuExit::coalesced`] entries of `writes` are valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CoalescedBatch {
+    /// The number of `writes[0]` among the VM's coalesced writes, counted from 0 at
+    /// `VM_CREATE`: the batches of one VM, from whichever CPU, follow each other without a gap,
+    /// and applied in this order they are the order EL2 took the writes.
+    pub first_seq: u64,
+    pub writes: [CoalescedWrite; COALESCED_MAX],
 }
 
 /// An exit record ([`VcpuExit`]) decoded: why `VCPU_RUN` returned, with what that reason
@@ -455,6 +491,8 @@ pub enum BadExit {
     Size(u32),
     /// An SGI INTID above 15, or a register not in [`sgi`].
     Sgi,
+    /// More coalesced writes than [`COALESCED_MAX`].
+    Coalesced(u32),
     /// A field the reason does not use is not zero.
     Unused,
 }
@@ -488,7 +526,7 @@ impl Exit {
             ipa: 0,
             data: 0,
             size: 0,
-            reserved: 0,
+            coalesced: 0,
             args: [0; 4],
             vtimer_deadline: u64::MAX,
             ptimer_deadline: u64::MAX,
@@ -529,7 +567,10 @@ impl Exit {
     #[inline(always)]
     pub fn decode(e: &VcpuExit) -> Result<Self, BadExit> {
         let write = e.flags & exit::MMIO_WRITE != 0;
-        let bad_flags = e.reserved != 0 || e.flags & !(exit::MMIO_WRITE | exit::FLAG_EOI) != 0;
+        let bad_flags = e.flags & !(exit::MMIO_WRITE | exit::FLAG_EOI) != 0;
+        if e.coalesced as usize > COALESCED_MAX {
+            return Err(BadExit::Coalesced(e.coalesced));
+        }
         let [a0, a1, a2, a3] = e.args;
         let size = e.size as u64;
         // The fields that [`Exit::encode`] leaves zero for the reason must be zero: the record
@@ -608,6 +649,10 @@ const _: () = {
     assert!(offset_of!(VcpuExit, ipa) == 8);
     assert!(offset_of!(VcpuExit, data) == 16);
     assert!(offset_of!(VcpuExit, size) == 24);
+    assert!(offset_of!(VcpuExit, coalesced) == 28);
+    assert!(size_of::<CoalescedWrite>() == 24);
+    assert!(COALESCED_OFFSET >= size_of::<VcpuExit>() && COALESCED_OFFSET % 8 == 0);
+    assert!(COALESCED_OFFSET + size_of::<CoalescedBatch>() <= crate::PAGE_SIZE as usize);
     assert!(offset_of!(VcpuExit, args) == 32);
     assert!(offset_of!(VcpuExit, vtimer_deadline) == 64);
     assert!(offset_of!(VcpuExit, ptimer_deadline) == 72);
@@ -682,7 +727,7 @@ mod tests {
         assert_eq!(&c.as_bytes()[8..16], &0x11u64.to_ne_bytes());
         assert_eq!(&c.as_bytes()[16..24], &64u64.to_ne_bytes());
         assert_eq!(VmCreate::read_from_bytes(c.as_bytes()).unwrap(), c);
-        let e = VcpuExit { reason: exit::MMIO, flags: exit::MMIO_WRITE, ipa: 0x900_0000, data: 0x41, size: 1, reserved: 0, args: [0; 4], vtimer_deadline: 7, ptimer_deadline: u64::MAX };
+        let e = VcpuExit { reason: exit::MMIO, flags: exit::MMIO_WRITE, ipa: 0x900_0000, data: 0x41, size: 1, coalesced: 0, args: [0; 4], vtimer_deadline: 7, ptimer_deadline: u64::MAX };
         assert_eq!(&e.as_bytes()[8..16], &0x900_0000u64.to_ne_bytes());
         assert_eq!(&e.as_bytes()[64..72], &7u64.to_ne_bytes());
         assert_eq!(&e.as_bytes()[72..80], &u64::MAX.to_ne_bytes());
@@ -746,7 +791,11 @@ mod tests {
             assert_eq!(Exit::decode(&VcpuExit { size, ..mmio }), Err(BadExit::Size(size)));
         }
         assert_eq!(Exit::decode(&VcpuExit { flags: 1 << 2, ..mmio }), Err(BadExit::Flags));
-        assert_eq!(Exit::decode(&VcpuExit { reserved: 1, ..mmio }), Err(BadExit::Flags));
+        // Coalesced writes ride on any exit, up to the most one record carries.
+        let max = COALESCED_MAX as u32;
+        assert_eq!(Exit::decode(&VcpuExit { coalesced: max, ..mmio }), Exit::decode(&mmio));
+        assert_eq!(Exit::decode(&VcpuExit { coalesced: 1, ..Exit::Wfx.encode() }), Ok(Exit::Wfx));
+        assert_eq!(Exit::decode(&VcpuExit { coalesced: max + 1, ..mmio }), Err(BadExit::Coalesced(max + 1)));
         // A write flag on anything but MMIO.
         assert_eq!(Exit::decode(&VcpuExit { flags: exit::MMIO_WRITE, ..Exit::Wfx.encode() }), Err(BadExit::Flags));
         // A read carries no data; an MMIO exit no arguments.

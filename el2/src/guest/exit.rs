@@ -7,7 +7,7 @@ use crate::hw::{GuestConfig, GuestIrq, GuestTrap, Hw, TrapKind};
 use crate::guest::sgi;
 use crate::exception::syndrome::{ec, Esr, FaultKind};
 use crate::hyp::Hyp;
-use crate::guest::vm::{handle_slot, Measured};
+use crate::guest::vm::{handle_slot, Measured, RunState};
 use crate::guest::running::{external_abort, inject_into_guest, kill, kill_exit, undef, Me, Next};
 use crate::exception::inject::Injection;
 use crate::guest::services;
@@ -44,7 +44,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         Some(run) if run.handle == handle && !run_state.stopped() => run,
         _ => first_run(hyp, handle, index, &mut ctx, arch)?,
     };
-    let RunConfig { guest: cfg, nr_vcpus, fw, ptrauth, forwards, .. } = run;
+    let RunConfig { guest: cfg, nr_vcpus, fw, ptrauth, forwards, coalesce, .. } = run;
     // Read once, here: the TLB record below must count only runs that enter the guest.
     let on = match slot.power.load(Ordering::Acquire) {
         power::ON => true,
@@ -57,7 +57,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     };
     let flush_local = on && run_state.tlb.run_on(index as usize, cpu);
     if !on {
-        return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, cfg.cntvoff, arch.counter());
+        return finish_run(hyp, cpu, Exit::VcpuOff, false, &ctx, run_state, cfg.cntvoff, arch.counter());
     }
     let mut cfg = cfg;
     // The one setting that may still change once the VM has run: it only ever turns on, when a
@@ -101,7 +101,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
     let _ = crate::guest::sgi::entered(slot, cpu, &mut ctx, arch, &mut saved);
-    let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
+    let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, coalesce, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
     // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -139,7 +139,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     // List registers the guest has finished with are free again; deactivations of
     // level-sensitive interrupts wait for the host, which every exit reminds of them.
     let eoi = ctx.vgic.after_put();
-    finish_run(hyp, cpu, exit, eoi, &ctx, cfg.cntvoff, arch.counter())
+    finish_run(hyp, cpu, exit, eoi, &ctx, run_state, cfg.cntvoff, arch.counter())
 }
 
 /// `VCPU_RUN`'s checks under the memory lock, for a vCPU's first run in its VM (or one whose VM
@@ -179,20 +179,23 @@ fn first_run<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, ctx: &mu
         cntvoff: vm.cntvoff,
         trap_cache_type: hyp.guest_ctr_trapped(),
     };
-    let run = RunConfig { handle, guest, nr_vcpus: vm.nr_vcpus, fw: vm.fw, ptrauth: vm.ptrauth, forwards: !vm.smccc_forward.is_empty() };
+    let run = RunConfig { handle, guest, nr_vcpus: vm.nr_vcpus, fw: vm.fw, ptrauth: vm.ptrauth, forwards: !vm.smccc_forward.is_empty(), coalesce: vm.coalesce };
     ctx.run_cfg = Some(run);
     Ok(run)
 }
 
 /// Writes the exit record of `exit` ([`Exit::encode`], the one encoding the host decodes),
 /// with [`exit::FLAG_EOI`] if `eoi` and the timer deadlines of the vCPU's saved state `ctx`
-/// (every exit record carries them: the host delivers the timers' interrupts).
-fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: bool, ctx: &VcpuCtx, cntvoff: u64, now: u64) -> HypResult {
+/// (every exit record carries them: the host delivers the timers' interrupts), and the VM's
+/// queued coalesced MMIO writes ([`crate::guest::coalesce`]).
+#[allow(clippy::too_many_arguments)]
+fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: bool, ctx: &VcpuCtx, run_state: &RunState, cntvoff: u64, now: u64) -> HypResult {
     let mut e = exit.encode();
     if eoi {
         e.flags |= shared_abi::msg::exit::FLAG_EOI;
     }
     (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
+    e.coalesced = run_state.coalesced.take(|first, writes| hyp.msg.write_coalesced(cpu, first, writes));
     debug_assert_eq!(Exit::decode(&e), Ok(exit), "the host decodes what EL2 encodes");
     hyp.msg.write(cpu, &e)?;
     Ok([e.reason as u64, 0, 0])
@@ -339,6 +342,14 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
                 return kill(hyp, handle, kill::UNDECODABLE_MMIO, ipa);
             };
             let write = access.write.then(|| access.write_value(ctx.gpr(access.reg)));
+            // A write in the VM's coalesced zone completes now, queued for the host
+            // (`crate::guest::coalesce`), unless the queue is full.
+            if let (Some(value), Some(run)) = (write, hyp.runs.get(me.vm_slot)) {
+                if me.coalesce.covers(ipa, access.size as u64) && run.coalesced.push(ipa, access.size as u64, value) {
+                    ctx.skip_instruction();
+                    return Next::Resume;
+                }
+            }
             // Completed, or aborted, by the next `VCPU_RUN` (the host's answer).
             ctx.pending_mmio = Some(PendingMmio { access, esr: trap.esr, far: trap.far });
             Next::Exit(Exit::Mmio { ipa, size: access.size as u32, write })
@@ -514,6 +525,60 @@ mod tests {
         *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 9, 3)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
         assert!(rec.loaded.get().unwrap().trap_cache_type);
+    }
+
+    /// The coalesced writes the last exit record carried: the batch's first number and the
+    /// writes as (IPA, value, size).
+    fn coalesced(f: &Fixture) -> (u64, Vec<(u64, u64, u32)>) {
+        use shared_abi::msg::{CoalescedBatch, COALESCED_OFFSET};
+        use zerocopy::FromBytes;
+        let n = exit_record(f).coalesced as usize;
+        let b = CoalescedBatch::read_from_prefix(&f.ram.0[MSG * 4096 + COALESCED_OFFSET..]).unwrap().0;
+        (b.first_seq, b.writes[..n].iter().map(|w| (w.ipa, w.value, w.size)).collect())
+    }
+
+    #[test]
+    fn writes_in_the_coalesced_zone_complete_without_an_exit_and_reach_the_host_in_order() {
+        let mut f = fixture();
+        let h = create(&mut f, 2, 0);
+        // Hostile zones, then the UART's data register.
+        assert_eq!(f.call(0, H::VmMmioCoalesce, &[h, 0x0900_0000, 4097]), Err(HypError::InvalidArgument));
+        assert_eq!(f.call(0, H::VmMmioCoalesce, &[h, u64::MAX - 2, 4]), Err(HypError::OutOfRange));
+        assert_eq!(f.call(0, H::VmMmioCoalesce, &[h + 1, 0x0900_0000, 4]), Err(HypError::InvalidHandle));
+        f.call(0, H::VmMmioCoalesce, &[h, 0x0900_0000, 4]).unwrap();
+        f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 0x1_0041]).unwrap();
+        let rec = Recorder::default();
+        // A byte and a halfword inside the zone, then a byte just past it.
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, true, 1, 0), mmio(0x0900_0002, true, 1, 1), mmio(0x0900_0004, true, 1, 0)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(Exit::decode(&exit_record(&f)), Ok(Exit::Mmio { ipa: 0x0900_0004, size: 1, write: Some(0x41) }));
+        assert_eq!(coalesced(&f), (0, vec![(0x0900_0000, 0x41, 1), (0x0900_0002, 0x41, 2)]));
+        let pcs = rec.entry_pcs.borrow().clone();
+        assert_eq!(pcs.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect::<Vec<_>>(), [4, 4], "each coalesced write completed");
+        assert_eq!(f.call(0, H::VmMmioCoalesce, &[h, 0x0900_0000, 8]), Err(HypError::Frozen), "fixed once the VM ran");
+        // A read in the zone exits; nothing was queued since.
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 1, 2)];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
+        assert_eq!(exit_record(&f).coalesced, 0);
+        // A full queue: the next write exits, carrying the queue, numbered on from 2.
+        let max = shared_abi::msg::COALESCED_MAX;
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, true, 1, 0); max + 1];
+        assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 7]), Ok([exit::MMIO as u64, 0, 0]));
+        // (The read's answer, 7, went to x1 first.)
+        let (first, writes) = coalesced(&f);
+        assert_eq!((first, writes.len()), (2, max));
+        assert!(writes.iter().all(|&w| w == (0x0900_0000, 7, 1)));
+        assert_eq!(Exit::decode(&exit_record(&f)), Ok(Exit::Mmio { ipa: 0x0900_0000, size: 1, write: Some(7) }));
+        // Another vCPU's exit carries what this one queued: the queue is the VM's.
+        f.call(0, H::VcpuSetReg, &[h, 1, reg::x(1), 0x42]).unwrap();
+        let one = Recorder::default();
+        *one.exits.borrow_mut() = vec![mmio(0x0900_0000, true, 1, 0), hvc()];
+        // vCPU 1 is off until vCPU 0 turns it on: power it on as a host would see it run.
+        f.hyp.vcpus[handle_slot(h)][1].power.store(power::ON, Ordering::Release);
+        assert_eq!(f.call_with(&one, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
+        assert_eq!(coalesced(&f), (2 + max as u64, vec![(0x0900_0000, 0x42, 1)]));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! - `sysreg`: trapped system-register emulation; `vgic`: the virtual CPU interface; `sgi`:
 //!   SGIs EL2 delivers between a VM's running vCPUs;
 //! - `psci`: PSCI and SMCCC for guests; `smccc_forward`: which other calls go to the host;
-//!   `timer`: the guest timers.
+//!   `timer`: the guest timers; `coalesce`: MMIO writes that complete without an exit.
 
+pub mod coalesce;
 pub mod debug_switch;
 pub mod exit;
 pub mod fpsimd;

@@ -34,6 +34,8 @@ use crate::mem::owner::Component;
 use crate::platform::MAX_CPUS;
 use crate::guest::{MAX_VCPUS, MAX_VMS};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use crate::guest::coalesce::Queue;
+use shared_abi::msg::CoalescedWrite;
 use shared_abi::HypError;
 
 /// One VM's metadata (under the memory lock).
@@ -83,6 +85,8 @@ pub struct Vm {
     pub measurement: Measured,
     /// The SMCCC calls it forwards to the host (`VM_SMCCC_FORWARD`, before the first run).
     pub smccc_forward: crate::guest::smccc_forward::SmcccForward,
+    /// Its coalesced MMIO zone (`VM_MMIO_COALESCE`, before the first run).
+    pub coalesce: crate::guest::coalesce::Zone,
     /// The handover region's IPA and first backing page, if the host gave one
     /// ([`shared_abi::measure::add_flags::HANDOVER`]): EL2 writes the handover there at the seal.
     pub handover: Option<(u64, PhysAddr)>,
@@ -160,6 +164,61 @@ impl Default for LocalTlbRecord {
     }
 }
 
+/// A VM slot's queue of coalesced MMIO writes ([`RunState`]), with a hint that spares an exit without
+/// queued writes the lock.
+pub struct Coalesced {
+    queue: crate::sync::Mutex<Queue>,
+    /// Set under the lock with the first write queued, cleared with the last taken. A run that
+    /// reads it clear while another CPU queues a write leaves that write to a later record (the
+    /// queuing vCPU's own next exit reads it set: same CPU, program order); a write the
+    /// reading vCPU's guest could have ordered before its exit is visible to it (the guest's
+    /// ordering of its own accesses after EL2's store on the other CPU).
+    nonempty: AtomicBool,
+}
+
+impl Coalesced {
+    pub const fn new() -> Self {
+        Self { queue: crate::sync::Mutex::new(Queue::new()), nonempty: AtomicBool::new(false) }
+    }
+
+    /// `VM_CREATE`: a new VM in the slot, numbering from 0.
+    pub fn reset(&self) {
+        *self.queue.lock() = Queue::new();
+        self.nonempty.store(false, Ordering::Relaxed);
+    }
+
+    /// Queues a write; `false` when the queue is full (the write exits).
+    pub fn push(&self, ipa: u64, size: u64, value: u64) -> bool {
+        let mut q = self.queue.lock();
+        let pushed = q.push(ipa, size, value);
+        self.nonempty.store(!q.pending().1.is_empty(), Ordering::Release);
+        pushed
+    }
+
+    /// Hands the queued writes to `carry` (an exit record's batch) and forgets them if it
+    /// succeeds; returns how many it carried (0 if none were queued or `carry` failed).
+    pub fn take(&self, carry: impl FnOnce(u64, &[CoalescedWrite]) -> Result<(), HypError>) -> u32 {
+        if !self.nonempty.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut q = self.queue.lock();
+        let (first, writes) = q.pending();
+        let n = writes.len() as u32;
+        if n == 0 || carry(first, writes).is_err() {
+            return 0;
+        }
+        q.taken();
+        self.nonempty.store(false, Ordering::Release);
+        n
+    }
+}
+
+impl Default for Coalesced {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Per VM slot: what `VCPU_RUN` needs of its VM without the memory lock once the vCPU has run
 /// (its run configuration, fixed from the VM's first run on, is kept in the vCPU's context:
 /// [`crate::guest::vcpu::RunConfig`]).
@@ -177,17 +236,20 @@ pub struct RunState {
     stopped: AtomicBool,
     /// Where its vCPUs ran.
     pub tlb: LocalTlbRecord,
+    /// Its coalesced MMIO writes not yet carried to the host.
+    pub coalesced: Coalesced,
 }
 
 impl RunState {
     pub const fn new() -> Self {
-        Self { stopped: AtomicBool::new(false), tlb: LocalTlbRecord::new() }
+        Self { stopped: AtomicBool::new(false), tlb: LocalTlbRecord::new(), coalesced: Coalesced::new() }
     }
 
     /// `VM_CREATE`, under the memory lock: a new VM in the slot.
     pub fn reset(&self) {
         self.stopped.store(false, Ordering::Relaxed);
         self.tlb.reset();
+        self.coalesced.reset();
     }
 
     /// Under the memory lock, with [`Vm::killed`] or [`Vm::ended`].

@@ -10,6 +10,7 @@ use crate::mem::addr::{PhysAddr, PAGE_SIZE};
 use crate::platform::MAX_CPUS;
 use core::sync::atomic::{AtomicU64, Ordering};
 use shared_abi::HypError;
+use shared_abi::msg::{CoalescedWrite, COALESCED_MAX, COALESCED_OFFSET};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Every CPU's message page (0: none yet).
@@ -61,28 +62,54 @@ impl MessagePages {
     }
 
     pub fn write<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
-        let pa = self.page(cpu)?;
         const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
-        let bytes = msg.as_bytes();
+        self.write_at(cpu, 0, msg.as_bytes())
+    }
+
+    /// Writes coalesced MMIO writes, the first numbered `first`, as the
+    /// [`shared_abi::msg::CoalescedBatch`] at [`COALESCED_OFFSET`] of `cpu`'s page: only the
+    /// entries given (the exit record says how many).
+    pub fn write_coalesced(&self, cpu: usize, first: u64, writes: &[CoalescedWrite]) -> Result<(), HypError> {
+        let writes = writes.get(..COALESCED_MAX).unwrap_or(writes);
+        self.write_at(cpu, COALESCED_OFFSET, first.as_bytes())?;
+        self.write_at(cpu, COALESCED_OFFSET + 8, writes.as_bytes())
+    }
+
+    /// Stores `bytes` at byte `offset` of `cpu`'s page.
+    ///
+    /// # Errors
+    /// `NoMessagePage`; `InvalidArgument` (EL2's own mistake) for an offset not 8-byte aligned
+    /// or bytes past the page's end.
+    fn write_at(&self, cpu: usize, offset: usize, bytes: &[u8]) -> Result<(), HypError> {
+        let pa = self.page(cpu)?;
+        if offset % 8 != 0 || offset.saturating_add(bytes.len()) > PAGE_SIZE as usize {
+            return Err(HypError::InvalidArgument);
+        }
+        let base = (pa.0 as *mut u8).wrapping_add(offset);
         // Volatile, so every byte is stored (the host reads the page, the compiler cannot see
         // it), 8 bytes at a time where they fit: an exit record is 10 stores, not 80. The page
-        // is page aligned, so every 8-byte chunk is naturally aligned.
+        // is page aligned and `offset` a multiple of 8, so every 8-byte chunk is naturally
+        // aligned.
         let words = bytes.chunks_exact(8);
         let tail = words.remainder();
         let mut i = 0;
         for w in words {
             let mut v = [0u8; 8];
             v.copy_from_slice(w);
-            // SAFETY: as in `read`; `i + 8 <= size_of::<M>() <= PAGE_SIZE` and `pa + i`
-            // is 8-byte aligned (the page is page aligned, `i` a multiple of 8).
-            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i) as *mut u64, u64::from_ne_bytes(v)) };
+            // SAFETY: as in `read`: the page is host RAM shared with EL2 for good, mapped RW
+            // at `pa`; `offset + i + 8 <= PAGE_SIZE` (checked above) and `base + i` is 8-byte
+            // aligned.
+            unsafe { core::ptr::write_volatile(base.add(i) as *mut u64, u64::from_ne_bytes(v)) };
             i += 8;
         }
         for b in tail {
-            // SAFETY: as above, `i < size_of::<M>()`.
-            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i), *b) };
+            // SAFETY: as above, `offset + i < offset + bytes.len() <= PAGE_SIZE`.
+            unsafe { core::ptr::write_volatile(base.add(i), *b) };
             i += 1;
         }
         Ok(())
     }
 }
+
+// The batch fits its page after the exit record, 8-byte aligned (`write_coalesced`).
+const _: () = assert!(COALESCED_OFFSET % 8 == 0 && COALESCED_OFFSET + core::mem::size_of::<shared_abi::msg::CoalescedBatch>() <= PAGE_SIZE as usize);

@@ -87,6 +87,7 @@ calls! {
     VmMeasurement { handle };
     VmMmioGuard { handle, ipa };
     VmSmcccForward { handle, first, count };
+    VmMmioCoalesce { handle, ipa, len };
     VmTopupTables { handle, pa, pages };
     VcpuLinkVtimer { handle, index, on, config };
     VcpuLinkSgis { handle, index, on, masks, prio_lo, prio_hi };
@@ -112,6 +113,7 @@ pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: &[u64; 8], hw: &i
         Call::VmMeasurement { handle } => vm::vm_measurement(hyp, cpu, handle),
         Call::VmMmioGuard { handle, ipa } => vm::vm_mmio_guard(hyp, handle, ipa),
         Call::VmSmcccForward { handle, first, count } => vm::vm_smccc_forward(hyp, handle, first, count),
+        Call::VmMmioCoalesce { handle, ipa, len } => vm::vm_mmio_coalesce(hyp, handle, ipa, len),
         Call::VmTopupTables { handle, pa, pages } => vm::vm_topup_tables(hyp, handle, pa, pages, hw),
         Call::VcpuSetReg { handle, index, id, lo, hi } => vcpu::vcpu_set_reg(hyp, handle, index, id, (lo, hi)),
         Call::VcpuGetReg { handle, index, id } => vcpu::vcpu_get_reg(hyp, handle, index, id),

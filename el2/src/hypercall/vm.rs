@@ -129,6 +129,7 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         cntvoff: 0,
         measurement: Measured::Building(Measurement::new(req.nr_vcpus, req.ipa_bits, req.flags, req.sve_vl)),
         smccc_forward: SmcccForward::NONE,
+        coalesce: crate::guest::coalesce::Zone::NONE,
         handover: None,
     });
     crate::guest::memory::publish_layout(hyp, &mem, handle);
@@ -254,6 +255,19 @@ pub(crate) fn vm_smccc_forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, fi
     if let Measured::Building(m) = &mut vm.measurement {
         m.smccc_forward(first, count);
     }
+    Ok([0; 3])
+}
+
+/// `VM_MMIO_COALESCE`: the VM's coalesced MMIO zone ([`crate::guest::coalesce`]), replacing
+/// any earlier one. Before the first run only (afterwards `Frozen`: the run keeps the zone in
+/// its configuration).
+pub(crate) fn vm_mmio_coalesce<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, len: u64) -> HypResult {
+    let mut mem = hyp.mem.lock();
+    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    if vm.ran {
+        return Err(HypError::Frozen);
+    }
+    vm.coalesce = crate::guest::coalesce::Zone::new(ipa, len)?;
     Ok([0; 3])
 }
 

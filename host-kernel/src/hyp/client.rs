@@ -83,6 +83,16 @@ impl VmHandle {
         call(HypercallId::VmSmcccForward, &[self.0, first, count]).map(drop)
     }
 
+    /// `VM_MMIO_COALESCE`: guest writes wholly inside the `len` bytes at `ipa` complete
+    /// without an exit, and later exit records carry them ([`Exited::record`]'s `coalesced`,
+    /// [`super::read_coalesced`]). Before the VM's first run.
+    ///
+    /// # Errors
+    /// EL2's refusal.
+    pub fn mmio_coalesce(self, ipa: u64, len: u64) -> Result<(), HypError> {
+        call(HypercallId::VmMmioCoalesce, &[self.0, ipa, len]).map(drop)
+    }
+
     /// `VM_TOPUP_TABLES`: donates `pages` pages of host memory at `pa` to EL2 as table pages
     /// for the VM's stage 2 (back to the host at `VM_DESTROY`).
     ///

@@ -5,7 +5,7 @@
 pub mod client;
 mod msg_page;
 
-pub use msg_page::{msg_page, read_msg, write_msg};
+pub use msg_page::{msg_page, read_coalesced, read_msg, write_msg};
 use shared_abi::{decode_result, HypResult, HypercallId};
 
 /// Makes hypercall `id` with `args` in `x1..`; the remaining argument registers are zero.

@@ -2,6 +2,7 @@
 //! which hypercalls pass what does not fit in registers.
 
 use crate::cpu::MAX_CPUS;
+use shared_abi::msg::{CoalescedBatch, COALESCED_OFFSET};
 use shared_abi::PAGE_SIZE;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -23,6 +24,15 @@ pub fn write_msg<T: IntoBytes + Immutable>(cpu: usize, m: &T) {
         // SAFETY: within this CPU's message page.
         unsafe { core::ptr::write_volatile(msg_page(cpu).add(i), *b) };
     }
+}
+
+/// The coalesced MMIO writes the last exit record on CPU `cpu` carried
+/// ([`shared_abi::msg::VcpuExit::coalesced`] of them are valid).
+pub fn read_coalesced(cpu: usize) -> CoalescedBatch {
+    const { assert!(COALESCED_OFFSET % 8 == 0 && COALESCED_OFFSET + core::mem::size_of::<CoalescedBatch>() <= PAGE_SIZE as usize) };
+    // SAFETY: within this CPU's message page (asserted above), 8-byte aligned; any bytes are a
+    // valid batch.
+    unsafe { core::ptr::read_volatile(msg_page(cpu).add(COALESCED_OFFSET) as *const CoalescedBatch) }
 }
 
 /// Reads a message from CPU `cpu`'s message page.
