@@ -9,11 +9,12 @@
 //! the machine's handling of the exit.
 
 use crate::stats::count_exit;
+use arrayvec::ArrayVec;
 use crate::{Vm, UNASSIGNED};
 use core::sync::atomic::{AtomicU64, Ordering};
 use host_kernel::hyp::client::{Exited, VmHandle};
 use shared_abi::layout::run_status;
-use shared_abi::msg::{run_flags, Exit, VcpuExit};
+use shared_abi::msg::{exit, run_flags, CoalescedWrite, Exit, VcpuExit, COALESCED_MAX};
 use shared_abi::HypError;
 
 /// What one kind of VM does around its vCPUs' runs.
@@ -98,7 +99,7 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     };
     note_exit(Ok(&e.record));
     count_exit(handle, e.exit.reason());
-    if e.record.coalesced != 0 {
+    if e.record.flags & exit::FLAG_COALESCED != 0 {
         apply_coalesced(m, handle, e.record.coalesced);
     }
     m.after_exit(e)?;
@@ -146,24 +147,32 @@ pub fn coalesce(vm: VmHandle, ipa: u64, len: u64) -> Result<(), HypError> {
     Ok(())
 }
 
-/// Applies the `n` coalesced writes of VM `handle` that this CPU's exit record carried, through
-/// the machine's bus, in the order EL2 numbered them: a batch of the same VM that another CPU
-/// took earlier is applied first (that CPU is applying it now, between its `VCPU_RUN` and its
-/// exit's handling; EL2 numbers a VM's writes without a gap), so the device sees the writes in
-/// the order the guest made them, whichever vCPU made them.
+/// Before an exit of VM `handle` is served: waits until every coalesced write that earlier
+/// exit records carried is applied (those of other CPUs are being applied now, between their
+/// `VCPU_RUN` and their exit's handling; EL2 numbers a VM's writes without a gap), then applies
+/// the `n` this CPU's record carried, through the machine's bus. So the device sees the writes
+/// in the order the guest made them, whichever vCPU made them, and each before anything the
+/// guest did after it. The writes are copied out of the message page first: the bus's
+/// devices may make hypercalls that reuse it.
 fn apply_coalesced<M: Machine>(m: &mut M, handle: u64, n: u32) {
-    let batch = host_kernel::hyp::read_coalesced(crate::cpu_id());
+    let (first, read) = host_kernel::hyp::read_coalesced(crate::cpu_id());
+    let n = (n as usize).min(COALESCED_MAX);
+    // Only the writes carried: an exit with none copies nothing.
+    let writes: ArrayVec<CoalescedWrite, COALESCED_MAX> = (0..n).map(read).collect();
     let next = coalesced_next(handle);
-    while next.load(Ordering::Acquire) != batch.first_seq {
+    while next.load(Ordering::Acquire) < first {
         host_kernel::arch::relax();
     }
-    for w in batch.writes.iter().take(n as usize) {
+    if n == 0 {
+        return;
+    }
+    for w in &writes {
         if m.mmio(w.ipa, w.size, Some(w.value)).is_none() {
             UNASSIGNED.fetch_add(1, Ordering::Relaxed);
         }
     }
-    COALESCED.fetch_add(u64::from(n), Ordering::Relaxed);
-    next.store(batch.first_seq.wrapping_add(u64::from(n)), Ordering::Release);
+    COALESCED.fetch_add(n as u64, Ordering::Relaxed);
+    next.store(first.wrapping_add(n as u64), Ordering::Release);
 }
 
 /// Table pages the VMM gives a VM at a time: at least what EL2 asks for, and in batches so that

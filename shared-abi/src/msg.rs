@@ -200,6 +200,12 @@ pub mod exit {
     /// with [`super::irq::EOI_NOTIFY`] that the host has not collected yet: call
     /// [`crate::HypercallId::VcpuIrqState`] to read which. (ABI 3.1.)
     pub const FLAG_EOI: u32 = 1 << 1;
+    /// `flags` bit of any exit of a VM that has queued coalesced MMIO writes
+    /// ([`crate::HypercallId::VmMmioCoalesce`]): the [`super::CoalescedBatch`] header is valid,
+    /// and before serving the exit the host applies every write numbered below
+    /// [`super::CoalescedBatch::first_seq`] (carried by earlier records, maybe on other CPUs),
+    /// then this record's [`super::VcpuExit::coalesced`] writes. (ABI 6.3.)
+    pub const FLAG_COALESCED: u32 = 1 << 2;
 
     /// A short name for an exit reason (for logs and reports).
     pub const fn name(reason: u32) -> &'static str {
@@ -386,8 +392,8 @@ pub struct VcpuExit {
     pub size: u32,
     /// Any exit: how many coalesced MMIO writes of the VM ([`crate::HypercallId::VmMmioCoalesce`])
     /// this record carries, at most [`COALESCED_MAX`], in the [`CoalescedBatch`] at
-    /// [`COALESCED_OFFSET`] of the message page; the host applies them before it serves the
-    /// exit. 0 otherwise. (ABI 6.3; reserved and zero before.)
+    /// [`COALESCED_OFFSET`] of the message page (with [`exit::FLAG_COALESCED`]); the host
+    /// applies them before it serves the exit. 0 otherwise. (ABI 6.3; reserved and zero before.)
     pub coalesced: u32,
     /// For hypercall exits: the guest's `x0..=x3`.
     pub args: [u64; 4],
@@ -426,10 +432,13 @@ pub struct CoalescedWrite {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct CoalescedBatch {
-    /// The number of `writes[0]` among the VM's coalesced writes, counted from 0 at
-    /// `VM_CREATE`: the batches of one VM, from whichever CPU, follow each other without a gap,
-    /// and applied in this order they are the order EL2 took the writes.
+    /// How many of the VM's coalesced writes earlier exit records carried, counted from 0 at
+    /// `VM_CREATE`: the number of `writes[0]`. The batches of one VM, from whichever CPU,
+    /// follow each other without a gap; applied in this order, each before the exit that
+    /// carried it is served, they give the device the writes in the order EL2 took them, and
+    /// each exit after the writes its guest made before it.
     pub first_seq: u64,
+    /// The writes, oldest first; the record's [`VcpuExit::coalesced`] are valid.
     pub writes: [CoalescedWrite; COALESCED_MAX],
 }
 
@@ -567,8 +576,8 @@ impl Exit {
     #[inline(always)]
     pub fn decode(e: &VcpuExit) -> Result<Self, BadExit> {
         let write = e.flags & exit::MMIO_WRITE != 0;
-        let bad_flags = e.flags & !(exit::MMIO_WRITE | exit::FLAG_EOI) != 0;
-        if e.coalesced as usize > COALESCED_MAX {
+        let bad_flags = e.flags & !(exit::MMIO_WRITE | exit::FLAG_EOI | exit::FLAG_COALESCED) != 0;
+        if e.coalesced as usize > COALESCED_MAX || (e.coalesced != 0 && e.flags & exit::FLAG_COALESCED == 0) {
             return Err(BadExit::Coalesced(e.coalesced));
         }
         let [a0, a1, a2, a3] = e.args;
@@ -785,17 +794,20 @@ mod tests {
         // A forwarded call's function ID is 32 bits: EL2 never sends another.
         let call = Exit::Hypercall { function: 0xC700_0001, args: [1, 2, 3] }.encode();
         assert_eq!(Exit::decode(&VcpuExit { args: [1 << 32 | 0xC700_0001, 1, 2, 3], ..call }), Err(BadExit::Unused));
-        assert_eq!(Exit::decode(&VcpuExit { args: [1 << 32, 1, 2, 3], flags: 4, ..call }), Err(BadExit::Flags));
+        assert_eq!(Exit::decode(&VcpuExit { args: [1 << 32, 1, 2, 3], flags: 1 << 3, ..call }), Err(BadExit::Flags));
         assert_eq!(Exit::decode(&VcpuExit::default()), Err(BadExit::Reason(0)));
         for size in [0, 3, 16] {
             assert_eq!(Exit::decode(&VcpuExit { size, ..mmio }), Err(BadExit::Size(size)));
         }
-        assert_eq!(Exit::decode(&VcpuExit { flags: 1 << 2, ..mmio }), Err(BadExit::Flags));
+        assert_eq!(Exit::decode(&VcpuExit { flags: 1 << 3, ..mmio }), Err(BadExit::Flags));
         // Coalesced writes ride on any exit, up to the most one record carries.
         let max = COALESCED_MAX as u32;
-        assert_eq!(Exit::decode(&VcpuExit { coalesced: max, ..mmio }), Exit::decode(&mmio));
-        assert_eq!(Exit::decode(&VcpuExit { coalesced: 1, ..Exit::Wfx.encode() }), Ok(Exit::Wfx));
-        assert_eq!(Exit::decode(&VcpuExit { coalesced: max + 1, ..mmio }), Err(BadExit::Coalesced(max + 1)));
+        let with = |e: VcpuExit, n: u32| VcpuExit { coalesced: n, flags: e.flags | exit::FLAG_COALESCED, ..e };
+        assert_eq!(Exit::decode(&with(mmio, max)), Exit::decode(&mmio));
+        assert_eq!(Exit::decode(&with(Exit::Wfx.encode(), 0)), Ok(Exit::Wfx));
+        assert_eq!(Exit::decode(&with(Exit::Wfx.encode(), 1)), Ok(Exit::Wfx));
+        assert_eq!(Exit::decode(&with(mmio, max + 1)), Err(BadExit::Coalesced(max + 1)));
+        assert_eq!(Exit::decode(&VcpuExit { coalesced: 1, ..mmio }), Err(BadExit::Coalesced(1)), "writes without the flag");
         // A write flag on anything but MMIO.
         assert_eq!(Exit::decode(&VcpuExit { flags: exit::MMIO_WRITE, ..Exit::Wfx.encode() }), Err(BadExit::Flags));
         // A read carries no data; an MMIO exit no arguments.

@@ -5,10 +5,12 @@
 //! Place in the flow: the host sets the zone before the VM's first run
 //! ([`crate::hypercall::vm::vm_mmio_coalesce`]); the run keeps it in its configuration. A
 //! guest write that would have been an MMIO exit and lies inside the zone goes to the VM's
-//! [`Queue`] (in the VM slot's [`crate::guest::vm::Coalesced`]) instead and the guest resumes after it ([`crate::guest::exit`]); the next exit
-//! record of any vCPU of the VM takes the whole queue to the host (`finish_run`), numbered, so
-//! the host applies the writes in the order EL2 took them whichever CPU carries them. A full
-//! queue, or a read, exits as before: the record of that exit carries the queue first.
+//! [`Queue`] (in the VM slot's [`crate::guest::vm::Coalesced`]) instead and the guest resumes
+//! after it ([`crate::guest::exit`]); the next exit record of any vCPU of the VM takes the whole
+//! queue to the host (`finish_run`), numbered, and every record of the VM says how many writes
+//! earlier records carried, so that the host applies the writes in the order EL2 took them,
+//! each before any exit that came after it, whichever CPU carries them. A full queue, or a
+//! read, exits as before.
 //!
 //! What the host learns is what the MMIO exits would have told it; what changes for the guest
 //! is only when the host sees a write, and that a write in the zone cannot get an external
@@ -118,23 +120,27 @@ mod tests {
     #[test]
     fn writes_are_numbered_across_batches_and_a_full_queue_refuses() {
         let c = crate::guest::vm::Coalesced::new();
-        assert_eq!(c.take(|_, _| panic!("nothing queued")), 0);
+        assert_eq!(c.take(|_, _| panic!("no write ever queued: no header")), None);
         for i in 0..COALESCED_MAX as u64 {
             assert!(c.push(0x900_0000, 1, i));
         }
         assert!(!c.push(0x900_0000, 1, 99), "full: this write exits");
         let mut seen = Vec::new();
-        assert_eq!(c.take(|first, w| Ok(seen.push((first, w.len(), w[0].value, w[w.len() - 1].value)))), COALESCED_MAX as u32);
+        assert_eq!(c.take(|first, w| Ok(seen.push((first, w.len(), w[0].value, w[w.len() - 1].value)))), Some(COALESCED_MAX as u32));
         assert_eq!(seen, [(0, COALESCED_MAX, 0, COALESCED_MAX as u64 - 1)]);
-        assert_eq!(c.take(|_, _| panic!("taken already")), 0);
+        // Nothing queued now, but every record still says how many were carried before it.
+        let mut header = None;
+        assert_eq!(c.take(|first, w| Ok(header = Some((first, w.len())))), Some(0));
+        assert_eq!(header, Some((COALESCED_MAX as u64, 0)));
         assert!(c.push(0x900_0000, 2, 0x4142));
         // A batch that could not be written stays queued, with its number.
-        assert_eq!(c.take(|_, _| Err(HypError::NoMessagePage)), 0);
+        assert_eq!(c.take(|_, _| Err(HypError::NoMessagePage)), None);
         let mut again = None;
-        assert_eq!(c.take(|first, w| Ok(again = Some((first, w.to_vec())))), 1);
+        assert_eq!(c.take(|first, w| Ok(again = Some((first, w.to_vec())))), Some(1));
         assert_eq!(again, Some((COALESCED_MAX as u64, vec![CoalescedWrite { ipa: 0x900_0000, value: 0x4142, size: 2, reserved: 0 }])));
         c.reset();
+        assert_eq!(c.take(|_, _| panic!("a new VM has queued nothing")), None);
         assert!(c.push(0x900_0000, 1, 7));
-        assert_eq!(c.take(|first, _| if first == 0 { Ok(()) } else { Err(HypError::InvalidArgument) }), 1, "a new VM numbers from 0");
+        assert_eq!(c.take(|first, _| if first == 0 { Ok(()) } else { Err(HypError::InvalidArgument) }), Some(1), "a new VM numbers from 0");
     }
 }

@@ -195,7 +195,10 @@ fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: boo
         e.flags |= shared_abi::msg::exit::FLAG_EOI;
     }
     (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
-    e.coalesced = run_state.coalesced.take(|first, writes| hyp.msg.write_coalesced(cpu, first, writes));
+    if let Some(n) = run_state.coalesced.take(|first, writes| hyp.msg.write_coalesced(cpu, first, writes)) {
+        e.coalesced = n;
+        e.flags |= shared_abi::msg::exit::FLAG_COALESCED;
+    }
     debug_assert_eq!(Exit::decode(&e), Ok(exit), "the host decodes what EL2 encodes");
     hyp.msg.write(cpu, &e)?;
     Ok([e.reason as u64, 0, 0])
@@ -532,7 +535,9 @@ mod tests {
     fn coalesced(f: &Fixture) -> (u64, Vec<(u64, u64, u32)>) {
         use shared_abi::msg::{CoalescedBatch, COALESCED_OFFSET};
         use zerocopy::FromBytes;
-        let n = exit_record(f).coalesced as usize;
+        let e = exit_record(f);
+        assert_ne!(e.flags & shared_abi::msg::exit::FLAG_COALESCED, 0, "a VM that queued writes: every record has the header");
+        let n = e.coalesced as usize;
         let b = CoalescedBatch::read_from_prefix(&f.ram.0[MSG * 4096 + COALESCED_OFFSET..]).unwrap().0;
         (b.first_seq, b.writes[..n].iter().map(|w| (w.ipa, w.value, w.size)).collect())
     }
@@ -541,11 +546,16 @@ mod tests {
     fn writes_in_the_coalesced_zone_complete_without_an_exit_and_reach_the_host_in_order() {
         let mut f = fixture();
         let h = create(&mut f, 2, 0);
-        // Hostile zones, then the UART's data register.
+        // Hostile zones; a zone removed; then the UART's data register.
         assert_eq!(f.call(0, H::VmMmioCoalesce, &[h, 0x0900_0000, 4097]), Err(HypError::InvalidArgument));
         assert_eq!(f.call(0, H::VmMmioCoalesce, &[h, u64::MAX - 2, 4]), Err(HypError::OutOfRange));
         assert_eq!(f.call(0, H::VmMmioCoalesce, &[h + 1, 0x0900_0000, 4]), Err(HypError::InvalidHandle));
+        f.call(0, H::VmMmioCoalesce, &[h, 0x0A00_0000, 4096]).unwrap();
+        f.call(0, H::VmMmioCoalesce, &[h, 0x0A00_0000, 0]).unwrap();
         f.call(0, H::VmMmioCoalesce, &[h, 0x0900_0000, 4]).unwrap();
+        // No write queued yet: no header (vCPU 1 is off, its run ends at once).
+        assert_eq!(f.call_with(&Recorder::default(), 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::VCPU_OFF as u64, 0, 0]));
+        assert_eq!(exit_record(&f).flags & shared_abi::msg::exit::FLAG_COALESCED, 0);
         f.call(0, H::VcpuSetReg, &[h, 0, reg::x(1), 0x1_0041]).unwrap();
         let rec = Recorder::default();
         // A byte and a halfword inside the zone, then a byte just past it.
@@ -560,7 +570,7 @@ mod tests {
         let rec = Recorder::default();
         *rec.exits.borrow_mut() = vec![mmio(0x0900_0000, false, 1, 2)];
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::MMIO as u64, 0, 0]));
-        assert_eq!(exit_record(&f).coalesced, 0);
+        assert_eq!(coalesced(&f), (2, vec![]), "a header: two writes were carried before this exit");
         // A full queue: the next write exits, carrying the queue, numbered on from 2.
         let max = shared_abi::msg::COALESCED_MAX;
         let rec = Recorder::default();

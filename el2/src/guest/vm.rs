@@ -164,52 +164,77 @@ impl Default for LocalTlbRecord {
     }
 }
 
-/// A VM slot's queue of coalesced MMIO writes ([`RunState`]), with a hint that spares an exit without
-/// queued writes the lock.
+/// A VM slot's queue of coalesced MMIO writes ([`RunState`]), and what exit records must tell
+/// the host so that it applies every write before any exit that came after it.
+///
+/// Every exit record of a VM that has queued a write carries the queue's header (`take`):
+/// how many writes earlier records carried, and the writes queued since. The host serves an
+/// exit only once it has applied every write numbered below the header's, then the record's
+/// own: so a write is applied before any exit its guest made after it, whichever vCPU's record
+/// carries it, and the writes in the order EL2 took them.
 pub struct Coalesced {
     queue: crate::sync::Mutex<Queue>,
-    /// Set under the lock with the first write queued, cleared with the last taken. A run that
-    /// reads it clear while another CPU queues a write leaves that write to a later record (the
-    /// queuing vCPU's own next exit reads it set: same CPU, program order); a write the
-    /// reading vCPU's guest could have ordered before its exit is visible to it (the guest's
-    /// ordering of its own accesses after EL2's store on the other CPU).
+    /// A write was ever queued since `VM_CREATE`: until then the records carry no header (there
+    /// is nothing to wait for).
+    used: AtomicBool,
+    /// Set under the lock with the first write queued, cleared with the last taken, so that an
+    /// exit with nothing queued takes no lock. A run that reads it clear while another CPU
+    /// queues a write leaves that write to a later record: the queuing vCPU's own next exit
+    /// reads it set (same CPU, program order), and any exit its guest ordered after the write
+    /// (a store of its own after EL2's, read by the other vCPU before its exit) reads it set
+    /// too (acquire, release).
     nonempty: AtomicBool,
+    /// How many writes records have carried (the queue's first number), stored under the lock
+    /// before `nonempty` is cleared: an exit that reads `nonempty` clear reads at least the
+    /// count that clearing followed.
+    carried: AtomicU64,
 }
 
 impl Coalesced {
     pub const fn new() -> Self {
-        Self { queue: crate::sync::Mutex::new(Queue::new()), nonempty: AtomicBool::new(false) }
+        Self { queue: crate::sync::Mutex::new(Queue::new()), used: AtomicBool::new(false), nonempty: AtomicBool::new(false), carried: AtomicU64::new(0) }
     }
 
-    /// `VM_CREATE`: a new VM in the slot, numbering from 0.
+    /// `VM_CREATE` and `VM_DESTROY`: a new VM in the slot numbers from 0, and nothing a
+    /// destroyed VM's guest wrote stays in EL2's memory.
     pub fn reset(&self) {
-        *self.queue.lock() = Queue::new();
+        let mut q = self.queue.lock();
+        *q = Queue::new();
+        self.used.store(false, Ordering::Relaxed);
         self.nonempty.store(false, Ordering::Relaxed);
+        self.carried.store(0, Ordering::Relaxed);
     }
 
     /// Queues a write; `false` when the queue is full (the write exits).
     pub fn push(&self, ipa: u64, size: u64, value: u64) -> bool {
         let mut q = self.queue.lock();
         let pushed = q.push(ipa, size, value);
-        self.nonempty.store(!q.pending().1.is_empty(), Ordering::Release);
+        if pushed {
+            self.used.store(true, Ordering::Release);
+            self.nonempty.store(true, Ordering::Release);
+        }
         pushed
     }
 
-    /// Hands the queued writes to `carry` (an exit record's batch) and forgets them if it
-    /// succeeds; returns how many it carried (0 if none were queued or `carry` failed).
-    pub fn take(&self, carry: impl FnOnce(u64, &[CoalescedWrite]) -> Result<(), HypError>) -> u32 {
+    /// For an exit record: hands `carry` the number of the first write not yet carried and
+    /// the writes queued (maybe none), and forgets those if it succeeds. `None` (nothing to
+    /// carry, no header) while no write was ever queued, or if `carry` failed (the writes stay
+    /// queued); else how many writes the record carries.
+    pub fn take(&self, carry: impl FnOnce(u64, &[CoalescedWrite]) -> Result<(), HypError>) -> Option<u32> {
+        if !self.used.load(Ordering::Acquire) {
+            return None;
+        }
         if !self.nonempty.load(Ordering::Acquire) {
-            return 0;
+            return carry(self.carried.load(Ordering::Acquire), &[]).ok().map(|()| 0);
         }
         let mut q = self.queue.lock();
         let (first, writes) = q.pending();
         let n = writes.len() as u32;
-        if n == 0 || carry(first, writes).is_err() {
-            return 0;
-        }
+        carry(first, writes).ok()?;
         q.taken();
+        self.carried.store(first.wrapping_add(u64::from(n)), Ordering::Release);
         self.nonempty.store(false, Ordering::Release);
-        n
+        Some(n)
     }
 }
 

@@ -166,6 +166,9 @@ pub(crate) fn vm_destroy<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, arch: &i
         v.sgi_pending.store(0, Ordering::Relaxed);
         v.running_on.store(0, Ordering::Relaxed);
     }
+    if let Some(run) = hyp.runs.get(slot) {
+        run.coalesced.reset();
+    }
     Ok([0; 3])
 }
 

@@ -2,7 +2,7 @@
 //! which hypercalls pass what does not fit in registers.
 
 use crate::cpu::MAX_CPUS;
-use shared_abi::msg::{CoalescedBatch, COALESCED_OFFSET};
+use shared_abi::msg::{CoalescedBatch, CoalescedWrite, COALESCED_MAX, COALESCED_OFFSET};
 use shared_abi::PAGE_SIZE;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -26,13 +26,23 @@ pub fn write_msg<T: IntoBytes + Immutable>(cpu: usize, m: &T) {
     }
 }
 
-/// The coalesced MMIO writes the last exit record on CPU `cpu` carried
-/// ([`shared_abi::msg::VcpuExit::coalesced`] of them are valid).
-pub fn read_coalesced(cpu: usize) -> CoalescedBatch {
+/// The coalesced MMIO writes the last exit record on CPU `cpu` carried: the number of the
+/// first ([`CoalescedBatch::first_seq`]) and write `i` of them (`i` below the record's
+/// [`shared_abi::msg::VcpuExit::coalesced`], at most [`COALESCED_MAX`]), each read when asked:
+/// a batch of one write costs one write's loads, not the whole batch's.
+pub fn read_coalesced(cpu: usize) -> (u64, impl Fn(usize) -> CoalescedWrite) {
     const { assert!(COALESCED_OFFSET % 8 == 0 && COALESCED_OFFSET + core::mem::size_of::<CoalescedBatch>() <= PAGE_SIZE as usize) };
+    let batch = msg_page(cpu).wrapping_add(COALESCED_OFFSET) as *const CoalescedBatch;
     // SAFETY: within this CPU's message page (asserted above), 8-byte aligned; any bytes are a
-    // valid batch.
-    unsafe { core::ptr::read_volatile(msg_page(cpu).add(COALESCED_OFFSET) as *const CoalescedBatch) }
+    // valid `u64`.
+    let first = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*batch).first_seq)) };
+    let write = move |i: usize| {
+        let i = i.min(COALESCED_MAX - 1);
+        // SAFETY: as above, entry `i` of the batch's array (`i` < COALESCED_MAX); any bytes are
+        // a valid write.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*batch).writes[i])) }
+    };
+    (first, write)
 }
 
 /// Reads a message from CPU `cpu`'s message page.
