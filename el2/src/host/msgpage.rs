@@ -63,24 +63,33 @@ impl MessagePages {
 
     pub fn write<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
         const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
-        self.write_at(cpu, 0, msg.as_bytes())
+        self.store(cpu, 0, msg.as_bytes())
     }
 
     /// Writes coalesced MMIO writes, the first numbered `first`, as the
     /// [`shared_abi::msg::CoalescedBatch`] at [`COALESCED_OFFSET`] of `cpu`'s page: only the
     /// entries given (the exit record says how many).
     pub fn write_coalesced(&self, cpu: usize, first: u64, writes: &[CoalescedWrite]) -> Result<(), HypError> {
-        let writes = writes.get(..COALESCED_MAX).unwrap_or(writes);
-        self.write_at(cpu, COALESCED_OFFSET, first.as_bytes())?;
-        self.write_at(cpu, COALESCED_OFFSET + 8, writes.as_bytes())
+        self.store(cpu, COALESCED_OFFSET, first.as_bytes())?;
+        let at = COALESCED_OFFSET + core::mem::offset_of!(shared_abi::msg::CoalescedBatch, writes);
+        for (i, w) in writes.iter().take(COALESCED_MAX).enumerate() {
+            // As words, from the fields: the bytes of a slice element are of unknown alignment
+            // to the compiler, which on this target (strict alignment) would copy them one by
+            // one. `size` and `reserved` share the third word, little-endian (asserted below).
+            let words = [w.ipa, w.value, u64::from(w.size) | u64::from(w.reserved) << 32];
+            self.store(cpu, at + i * core::mem::size_of::<CoalescedWrite>(), words.as_bytes())?;
+        }
+        Ok(())
     }
 
-    /// Stores `bytes` at byte `offset` of `cpu`'s page.
+    /// Stores `bytes` at byte `offset` of `cpu`'s page. Inlined, so that a message of a
+    /// constant size is that many stores.
     ///
     /// # Errors
     /// `NoMessagePage`; `InvalidArgument` (EL2's own mistake) for an offset not 8-byte aligned
     /// or bytes past the page's end.
-    fn write_at(&self, cpu: usize, offset: usize, bytes: &[u8]) -> Result<(), HypError> {
+    #[inline(always)]
+    fn store(&self, cpu: usize, offset: usize, bytes: &[u8]) -> Result<(), HypError> {
         let pa = self.page(cpu)?;
         if offset % 8 != 0 || offset.saturating_add(bytes.len()) > PAGE_SIZE as usize {
             return Err(HypError::InvalidArgument);
@@ -111,5 +120,7 @@ impl MessagePages {
     }
 }
 
-// The batch fits its page after the exit record, 8-byte aligned (`write_coalesced`).
+// The batch fits its page after the exit record, 8-byte aligned, and a write is three words
+// with `size` in the low half of the third (`write_coalesced`).
+const _: () = assert!(cfg!(target_endian = "little") && core::mem::offset_of!(CoalescedWrite, size) == 16 && core::mem::offset_of!(CoalescedWrite, reserved) == 20);
 const _: () = assert!(COALESCED_OFFSET % 8 == 0 && COALESCED_OFFSET + core::mem::size_of::<shared_abi::msg::CoalescedBatch>() <= PAGE_SIZE as usize);
