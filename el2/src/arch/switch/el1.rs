@@ -43,10 +43,16 @@ pub(super) struct Saved {
 }
 
 /// Load, first step: the host's EL1 state out.
-pub(super) fn save_host() -> Saved {
-    let mut sys = [0u64; NR_SYSREGS];
-    save_el1_sysregs(&mut sys);
-    Saved { sys, sp_el0: SP_EL0.get(), sp_el1: SP_EL1.get(), elr_el1: ELR_EL1.get(), spsr_el1: SPSR_EL1.get() }
+impl Saved {
+    pub(super) const ZERO: Self = Self { sys: [0; NR_SYSREGS], sp_el0: 0, sp_el1: 0, elr_el1: 0, spsr_el1: 0 };
+}
+
+/// Saves the host's EL1 state into `out`: this CPU's scratch area, written in place (returned
+/// by value, the 25 values were copied once more whenever the compiler built them on the stack
+/// first).
+pub(super) fn save_host(out: &mut Saved) {
+    save_el1_sysregs(&mut out.sys);
+    (out.sp_el0, out.sp_el1, out.elr_el1, out.spsr_el1) = (SP_EL0.get(), SP_EL1.get(), ELR_EL1.get(), SPSR_EL1.get());
 }
 
 /// Load, last step (and after EL2 edited the context while loaded): the guest's EL1 state in.
@@ -66,7 +72,7 @@ pub(super) fn save_guest(ctx: &mut VcpuCtx) {
 }
 
 /// Put: the host's EL1 state back, with its virtual timer disabled.
-pub(super) fn restore_host(mut saved: Saved) {
+pub(super) fn restore_host(saved: &mut Saved) {
     // The guest's CNTV_CTL_EL0/CNTV_CVAL_EL0 are saved (save_guest): the host gets its EL1
     // registers back with the virtual timer disabled, so the guest's timer can never keep the
     // physical PPI 27 asserted to the host (the host injects the guest's virtual PPI 27 from the

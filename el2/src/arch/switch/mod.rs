@@ -100,7 +100,6 @@ fn features() -> ControlFeatures {
 
 /// What `load` saved of the host, for `put`: each feature's own.
 pub struct HostSaved {
-    el1: el1::Saved,
     traps: traps::Saved,
     debug: debug::Saved,
     tpidr2: tpidr2::Saved,
@@ -111,9 +110,11 @@ pub struct HostSaved {
     fp: crate::guest::fpsimd::Lazy,
 }
 
-/// Where a CPU keeps the host's FP/SIMD registers and keys while a guest's are loaded. Kept
-/// out of [`HostSaved`] so a `VCPU_RUN` that switches neither does not copy 600 bytes around.
+/// Where a CPU keeps the host's EL1 state, and its FP/SIMD registers and keys while a guest's
+/// are loaded. Kept out of [`HostSaved`] so that a `VCPU_RUN` does not copy them around: each
+/// is saved and restored in place.
 struct HostScratch {
+    el1: el1::Saved,
     fp: FpRegs,
     keys: [u64; 10],
     mte: [u64; 4],
@@ -126,7 +127,7 @@ struct PerCpuScratch(core::cell::UnsafeCell<HostScratch>);
 unsafe impl Sync for PerCpuScratch {}
 
 static SCRATCH: [PerCpuScratch; MAX_CPUS] =
-    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4], debug: debug::HostDebug::ZERO })) }; MAX_CPUS];
+    [const { PerCpuScratch(core::cell::UnsafeCell::new(HostScratch { el1: el1::Saved::ZERO, fp: FpRegs::ZERO, keys: [0; 10], mte: [0; 4], debug: debug::HostDebug::ZERO })) }; MAX_CPUS];
 
 /// This CPU's scratch area.
 fn scratch() -> &'static mut HostScratch {
@@ -139,7 +140,7 @@ impl Cpu {
     /// Loads the vCPU: the script's steps 1 to 12 (module documentation).
     fn load_guest(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
         let f = features();
-        let el1 = el1::save_host();
+        el1::save_host(&mut scratch().el1);
         let host = traps::save_host();
         let mut controls = guest_controls(&f, host.mdcr, cfg, cfg.protected);
         let mut hcr = controls.hcr;
@@ -159,7 +160,7 @@ impl Cpu {
         traps::load_guest(hcr, &controls, cfg);
         timer::load_guest(cfg, ctx);
         el1::load_guest(ctx);
-        HostSaved { el1, traps: host, debug, tpidr2, disr, vgic, pauth, mte, fp }
+        HostSaved { traps: host, debug, tpidr2, disr, vgic, pauth, mte, fp }
     }
 
     /// Between load and put: enter, and read the exit's syndrome. Only GPRs, PC and PSTATE move.
@@ -208,7 +209,7 @@ impl Cpu {
         disr::put(ctx, &saved.disr);
         tpidr2::put(ctx, &saved.tpidr2);
         debug::put(&debug::Regs, ctx, &saved.debug);
-        el1::restore_host(saved.el1);
+        el1::restore_host(&mut scratch().el1);
         timer::put();
         traps::restore_host(&saved.traps);
         // EL2 goes on to run Rust code that writes host memory (the exit record) and returns
