@@ -3,7 +3,8 @@
 //! completed without an exit.
 //!
 //! Place in the flow: the host sets the zone before the VM's first run
-//! ([`crate::hypercall::vm::vm_mmio_coalesce`]); the run keeps it in its configuration. A
+//! ([`crate::hypercall::vm::vm_mmio_coalesce`]), kept in the VM slot's
+//! [`crate::guest::vm::Coalesced`] with the queue. A
 //! guest write that would have been an MMIO exit and lies inside the zone goes to the VM's
 //! [`Queue`] (in the VM slot's [`crate::guest::vm::Coalesced`]) instead and the guest resumes
 //! after it ([`crate::guest::exit`]); the next exit record of any vCPU of the VM takes the whole
@@ -42,6 +43,16 @@ impl Zone {
             return Err(HypError::OutOfRange);
         }
         Ok(if len == 0 { Self::NONE } else { Self { base, len } })
+    }
+
+    /// The zone kept as its base and length ([`Self::from_parts`] gives it back).
+    pub fn parts(&self) -> (u64, u64) {
+        (self.base, self.len)
+    }
+
+    /// A zone from [`Self::parts`] of one [`Self::new`] made.
+    pub fn from_parts(base: u64, len: u64) -> Self {
+        Self { base, len }
     }
 
     /// Whether an access of `size` bytes at `ipa` lies wholly inside the zone.

@@ -44,7 +44,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
         Some(run) if run.handle == handle && !run_state.stopped() => run,
         _ => first_run(hyp, handle, index, &mut ctx, arch)?,
     };
-    let RunConfig { guest: cfg, nr_vcpus, fw, ptrauth, forwards, coalesce, .. } = run;
+    let RunConfig { guest: cfg, nr_vcpus, fw, ptrauth, forwards, .. } = run;
     // Read once, here: the TLB record below must count only runs that enter the guest.
     let on = match slot.power.load(Ordering::Acquire) {
         power::ON => true,
@@ -101,7 +101,7 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let set_way_done = core::cell::Cell::new(false);
     // The same for every exit of this run: built once.
     let _ = crate::guest::sgi::entered(slot, cpu, &mut ctx, arch, &mut saved);
-    let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, coalesce, set_way_done: &set_way_done };
+    let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
     // the host set (and a CPU_ON reset), after every exit below for what the guest left;
@@ -142,6 +142,17 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     finish_run(hyp, cpu, exit, eoi, &ctx, run_state, cfg.cntvoff, arch.counter())
 }
 
+/// The VM's coalesced MMIO writes for exit record `e` (its VM has queued some since
+/// `VM_CREATE`): the header, and the writes queued since the last record that carried some.
+/// Out of line: inlined, its registers made every exit's record cost more.
+#[inline(never)]
+fn carry_coalesced<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, run_state: &RunState, e: &mut shared_abi::msg::VcpuExit) {
+    if let Some(n) = run_state.coalesced.take(|first, writes| hyp.msg.write_coalesced(cpu, first, writes)) {
+        e.coalesced = n;
+        e.flags |= shared_abi::msg::exit::FLAG_COALESCED;
+    }
+}
+
 /// `VCPU_RUN`'s checks under the memory lock, for a vCPU's first run in its VM (or one whose VM
 /// was stopped): the VM lives and has vCPU `index`, and may run. vCPU 0's first run seals a
 /// protected VM's measurement. From here on the VM's run configuration is fixed: it is kept in
@@ -179,7 +190,7 @@ fn first_run<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, index: u64, ctx: &mu
         cntvoff: vm.cntvoff,
         trap_cache_type: hyp.guest_ctr_trapped(),
     };
-    let run = RunConfig { handle, guest, nr_vcpus: vm.nr_vcpus, fw: vm.fw, ptrauth: vm.ptrauth, forwards: !vm.smccc_forward.is_empty(), coalesce: vm.coalesce };
+    let run = RunConfig { handle, guest, nr_vcpus: vm.nr_vcpus, fw: vm.fw, ptrauth: vm.ptrauth, forwards: !vm.smccc_forward.is_empty() };
     ctx.run_cfg = Some(run);
     Ok(run)
 }
@@ -195,9 +206,8 @@ fn finish_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, exit: Exit, eoi: boo
         e.flags |= shared_abi::msg::exit::FLAG_EOI;
     }
     (e.vtimer_deadline, e.ptimer_deadline) = ctx.timer_deadlines(cntvoff, now);
-    if let Some(n) = run_state.coalesced.take(|first, writes| hyp.msg.write_coalesced(cpu, first, writes)) {
-        e.coalesced = n;
-        e.flags |= shared_abi::msg::exit::FLAG_COALESCED;
+    if run_state.coalesced.used() {
+        carry_coalesced(hyp, cpu, run_state, &mut e);
     }
     debug_assert_eq!(Exit::decode(&e), Ok(exit), "the host decodes what EL2 encodes");
     hyp.msg.write(cpu, &e)?;
@@ -348,7 +358,7 @@ fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
             // A write in the VM's coalesced zone completes now, queued for the host
             // (`crate::guest::coalesce`), unless the queue is full.
             if let (Some(value), Some(run)) = (write, hyp.runs.get(me.vm_slot)) {
-                if me.coalesce.covers(ipa, access.size as u64) && run.coalesced.push(ipa, access.size as u64, value) {
+                if run.coalesced.zone().covers(ipa, access.size as u64) && run.coalesced.push(ipa, access.size as u64, value) {
                     ctx.skip_instruction();
                     return Next::Resume;
                 }

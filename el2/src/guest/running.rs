@@ -30,8 +30,6 @@ pub struct Me<'f> {
     pub(super) fwb: bool,
     /// The VM forwards some SMCCC calls to the host (`VM_SMCCC_FORWARD`, fixed once it ran).
     pub(super) forwards: bool,
-    /// The VM's coalesced MMIO zone (`VM_MMIO_COALESCE`, fixed once it ran).
-    pub(super) coalesce: crate::guest::coalesce::Zone,
     /// This `VCPU_RUN` has already cleaned the VM's memory for a set/way operation.
     pub(super) set_way_done: &'f core::cell::Cell<bool>,
 }

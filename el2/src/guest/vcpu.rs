@@ -67,8 +67,6 @@ pub struct RunConfig {
     pub ptrauth: bool,
     /// It forwards some SMCCC calls to the host.
     pub forwards: bool,
-    /// Its coalesced MMIO zone.
-    pub coalesce: crate::guest::coalesce::Zone,
 }
 
 /// A guest's MMIO access that the host emulates: completed, or answered with an external

@@ -34,7 +34,7 @@ use crate::mem::owner::Component;
 use crate::platform::MAX_CPUS;
 use crate::guest::{MAX_VCPUS, MAX_VMS};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use crate::guest::coalesce::Queue;
+use crate::guest::coalesce::{Queue, Zone};
 use shared_abi::msg::CoalescedWrite;
 use shared_abi::HypError;
 
@@ -85,8 +85,6 @@ pub struct Vm {
     pub measurement: Measured,
     /// The SMCCC calls it forwards to the host (`VM_SMCCC_FORWARD`, before the first run).
     pub smccc_forward: crate::guest::smccc_forward::SmcccForward,
-    /// Its coalesced MMIO zone (`VM_MMIO_COALESCE`, before the first run).
-    pub coalesce: crate::guest::coalesce::Zone,
     /// The handover region's IPA and first backing page, if the host gave one
     /// ([`shared_abi::measure::add_flags::HANDOVER`]): EL2 writes the handover there at the seal.
     pub handover: Option<(u64, PhysAddr)>,
@@ -188,11 +186,40 @@ pub struct Coalesced {
     /// before `nonempty` is cleared: an exit that reads `nonempty` clear reads at least the
     /// count that clearing followed.
     carried: AtomicU64,
+    /// The zone (`VM_MMIO_COALESCE`): set under the memory lock before the VM's first run,
+    /// read by its runs without it (each vCPU's first run takes the lock after it).
+    zone_base: AtomicU64,
+    zone_len: AtomicU64,
 }
 
 impl Coalesced {
     pub const fn new() -> Self {
-        Self { queue: crate::sync::Mutex::new(Queue::new()), used: AtomicBool::new(false), nonempty: AtomicBool::new(false), carried: AtomicU64::new(0) }
+        Self {
+            queue: crate::sync::Mutex::new(Queue::new()),
+            used: AtomicBool::new(false),
+            nonempty: AtomicBool::new(false),
+            carried: AtomicU64::new(0),
+            zone_base: AtomicU64::new(0),
+            zone_len: AtomicU64::new(0),
+        }
+    }
+
+    /// The VM's zone.
+    pub fn zone(&self) -> Zone {
+        Zone::from_parts(self.zone_base.load(Ordering::Relaxed), self.zone_len.load(Ordering::Relaxed))
+    }
+
+    /// `VM_MMIO_COALESCE`, under the memory lock, before the VM's first run.
+    pub fn set_zone(&self, zone: Zone) {
+        let (base, len) = zone.parts();
+        self.zone_base.store(base, Ordering::Relaxed);
+        self.zone_len.store(len, Ordering::Relaxed);
+    }
+
+    /// Whether the VM has queued a write since `VM_CREATE` (its records carry a header).
+    #[inline(always)]
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::Acquire)
     }
 
     /// `VM_CREATE` and `VM_DESTROY`: a new VM in the slot numbers from 0, and nothing a
@@ -203,6 +230,7 @@ impl Coalesced {
         self.used.store(false, Ordering::Relaxed);
         self.nonempty.store(false, Ordering::Relaxed);
         self.carried.store(0, Ordering::Relaxed);
+        self.set_zone(Zone::NONE);
     }
 
     /// Queues a write; `false` when the queue is full (the write exits).

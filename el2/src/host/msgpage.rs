@@ -62,59 +62,64 @@ impl MessagePages {
     }
 
     pub fn write<M: IntoBytes + Immutable>(&self, cpu: usize, msg: &M) -> Result<(), HypError> {
-        const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
-        self.store(cpu, 0, msg.as_bytes())
-    }
-
-    /// Writes coalesced MMIO writes, the first numbered `first`, as the
-    /// [`shared_abi::msg::CoalescedBatch`] at [`COALESCED_OFFSET`] of `cpu`'s page: only the
-    /// entries given (the exit record says how many).
-    pub fn write_coalesced(&self, cpu: usize, first: u64, writes: &[CoalescedWrite]) -> Result<(), HypError> {
-        self.store(cpu, COALESCED_OFFSET, first.as_bytes())?;
-        let at = COALESCED_OFFSET + core::mem::offset_of!(shared_abi::msg::CoalescedBatch, writes);
-        for (i, w) in writes.iter().take(COALESCED_MAX).enumerate() {
-            // As words, from the fields: the bytes of a slice element are of unknown alignment
-            // to the compiler, which on this target (strict alignment) would copy them one by
-            // one. `size` and `reserved` share the third word, little-endian (asserted below).
-            let words = [w.ipa, w.value, u64::from(w.size) | u64::from(w.reserved) << 32];
-            self.store(cpu, at + i * core::mem::size_of::<CoalescedWrite>(), words.as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// Stores `bytes` at byte `offset` of `cpu`'s page. Inlined, so that a message of a
-    /// constant size is that many stores.
-    ///
-    /// # Errors
-    /// `NoMessagePage`; `InvalidArgument` (EL2's own mistake) for an offset not 8-byte aligned
-    /// or bytes past the page's end.
-    #[inline(always)]
-    fn store(&self, cpu: usize, offset: usize, bytes: &[u8]) -> Result<(), HypError> {
         let pa = self.page(cpu)?;
-        if offset % 8 != 0 || offset.saturating_add(bytes.len()) > PAGE_SIZE as usize {
-            return Err(HypError::InvalidArgument);
-        }
-        let base = (pa.0 as *mut u8).wrapping_add(offset);
+        const { assert!(core::mem::size_of::<M>() as u64 <= PAGE_SIZE) };
+        let bytes = msg.as_bytes();
         // Volatile, so every byte is stored (the host reads the page, the compiler cannot see
         // it), 8 bytes at a time where they fit: an exit record is 10 stores, not 80. The page
-        // is page aligned and `offset` a multiple of 8, so every 8-byte chunk is naturally
-        // aligned.
+        // is page aligned, so every 8-byte chunk is naturally aligned.
         let words = bytes.chunks_exact(8);
         let tail = words.remainder();
         let mut i = 0;
         for w in words {
             let mut v = [0u8; 8];
             v.copy_from_slice(w);
-            // SAFETY: as in `read`: the page is host RAM shared with EL2 for good, mapped RW
-            // at `pa`; `offset + i + 8 <= PAGE_SIZE` (checked above) and `base + i` is 8-byte
-            // aligned.
-            unsafe { core::ptr::write_volatile(base.add(i) as *mut u64, u64::from_ne_bytes(v)) };
+            // SAFETY: as in `read`; `i + 8 <= size_of::<M>() <= PAGE_SIZE` and `pa + i`
+            // is 8-byte aligned (the page is page aligned, `i` a multiple of 8).
+            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i) as *mut u64, u64::from_ne_bytes(v)) };
             i += 8;
         }
         for b in tail {
-            // SAFETY: as above, `offset + i < offset + bytes.len() <= PAGE_SIZE`.
-            unsafe { core::ptr::write_volatile(base.add(i), *b) };
+            // SAFETY: as above, `i < size_of::<M>()`.
+            unsafe { core::ptr::write_volatile((pa.0 as *mut u8).add(i), *b) };
             i += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes coalesced MMIO writes, the first numbered `first`, as the
+    /// [`shared_abi::msg::CoalescedBatch`] at [`COALESCED_OFFSET`] of `cpu`'s page: only the
+    /// entries given (the exit record says how many).
+    pub fn write_coalesced(&self, cpu: usize, first: u64, writes: &[CoalescedWrite]) -> Result<(), HypError> {
+        self.write_words(cpu, COALESCED_OFFSET, &[first])?;
+        let at = COALESCED_OFFSET + core::mem::offset_of!(shared_abi::msg::CoalescedBatch, writes);
+        for (i, w) in writes.iter().take(COALESCED_MAX).enumerate() {
+            // As words, from the fields: on this target (strict alignment) the bytes of a slice
+            // element, of unknown alignment to the compiler, would be copied one by one. `size`
+            // and `reserved` share the third word, little-endian (asserted below).
+            let words = [w.ipa, w.value, u64::from(w.size) | u64::from(w.reserved) << 32];
+            self.write_words(cpu, at + i * core::mem::size_of::<CoalescedWrite>(), &words)?;
+        }
+        Ok(())
+    }
+
+    /// Stores `words` from byte `offset` of `cpu`'s page.
+    ///
+    /// # Errors
+    /// `NoMessagePage`; `InvalidArgument` (EL2's own mistake) for an offset not 8-byte aligned
+    /// or words past the page's end.
+    fn write_words(&self, cpu: usize, offset: usize, words: &[u64]) -> Result<(), HypError> {
+        let pa = self.page(cpu)?;
+        if offset % 8 != 0 || offset.saturating_add(words.len() * 8) > PAGE_SIZE as usize {
+            return Err(HypError::InvalidArgument);
+        }
+        let base = (pa.0 as *mut u64).wrapping_add(offset / 8);
+        for (i, &w) in words.iter().enumerate() {
+            // SAFETY: as in `read`: the page is host RAM shared with EL2 for good, mapped RW
+            // at `pa`; `offset + 8 * (i + 1) <= PAGE_SIZE` (checked above) and `base + i` is
+            // 8-byte aligned (the page is page aligned, `offset` a multiple of 8). Volatile:
+            // the host reads the page, the compiler cannot see it.
+            unsafe { core::ptr::write_volatile(base.add(i), w) };
         }
         Ok(())
     }

@@ -129,7 +129,6 @@ pub(crate) fn vm_create<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, arch: &imp
         cntvoff: 0,
         measurement: Measured::Building(Measurement::new(req.nr_vcpus, req.ipa_bits, req.flags, req.sve_vl)),
         smccc_forward: SmcccForward::NONE,
-        coalesce: crate::guest::coalesce::Zone::NONE,
         handover: None,
     });
     crate::guest::memory::publish_layout(hyp, &mem, handle);
@@ -266,11 +265,14 @@ pub(crate) fn vm_smccc_forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, fi
 /// its configuration).
 pub(crate) fn vm_mmio_coalesce<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, len: u64) -> HypResult {
     let mut mem = hyp.mem.lock();
-    let (_, vm) = mem.vms.lookup_mut(handle)?;
+    let (slot, vm) = mem.vms.lookup_mut(handle)?;
     if vm.ran {
         return Err(HypError::Frozen);
     }
-    vm.coalesce = crate::guest::coalesce::Zone::new(ipa, len)?;
+    let zone = crate::guest::coalesce::Zone::new(ipa, len)?;
+    // Read by the VM's runs without the lock: they all begin with a first run under it, after
+    // which the zone no longer changes (`Frozen` above).
+    hyp.runs.get(slot).ok_or(HypError::InvalidHandle)?.coalesced.set_zone(zone);
     Ok([0; 3])
 }
 
