@@ -100,7 +100,11 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     note_exit(Ok(&e.record));
     count_exit(handle, e.exit.reason());
     if e.record.flags & exit::FLAG_COALESCED != 0 {
-        apply_coalesced(m, handle, e.record.coalesced);
+        // Most records of such a VM carry no write and find every earlier one applied.
+        let first = host_kernel::hyp::read_coalesced(crate::cpu_id()).0;
+        if e.record.coalesced != 0 || coalesced_next(handle).load(Ordering::Acquire) < first {
+            apply_coalesced(m, handle, e.record.coalesced);
+        }
     }
     m.after_exit(e)?;
     if let Exit::NeedTables { pages } = e.exit {
@@ -123,7 +127,9 @@ pub fn step<M: Machine>(m: &mut M, reply: &mut MmioReply) -> Result<M::Step, Hyp
     Ok(m.exit(e))
 }
 
-/// Each VM slot's next coalesced-write number to apply ([`apply_coalesced`]).
+/// Each VM slot's next coalesced-write number to apply ([`apply_coalesced`]): EL2's slot, the
+/// handle's low byte, below its 16 VMs. Reset by [`coalesce`], the one way the VMM sets a zone
+/// (a VM whose zone some other path set would share its slot's stale count).
 static COALESCED_NEXT: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 
 /// The VM slot of `handle` (EL2's: its low byte), for [`COALESCED_NEXT`].

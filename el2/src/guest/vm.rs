@@ -178,9 +178,10 @@ pub struct Coalesced {
     /// Set under the lock with the first write queued, cleared with the last taken, so that an
     /// exit with nothing queued takes no lock. A run that reads it clear while another CPU
     /// queues a write leaves that write to a later record: the queuing vCPU's own next exit
-    /// reads it set (same CPU, program order), and any exit its guest ordered after the write
-    /// (a store of its own after EL2's, read by the other vCPU before its exit) reads it set
-    /// too (acquire, release).
+    /// reads it set (same CPU, program order), and so does an exit the guest ordered after the
+    /// write with its own synchronisation (a release, or a barrier, after the write on the one
+    /// vCPU, observed by the other before its exit); an exit nothing orders after the write
+    /// may be served before it, as it could have happened first.
     nonempty: AtomicBool,
     /// How many writes records have carried (the queue's first number), stored under the lock
     /// before `nonempty` is cleared: an exit that reads `nonempty` clear reads at least the

@@ -261,8 +261,8 @@ pub(crate) fn vm_smccc_forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, fi
 }
 
 /// `VM_MMIO_COALESCE`: the VM's coalesced MMIO zone ([`crate::guest::coalesce`]), replacing
-/// any earlier one. Before the first run only (afterwards `Frozen`: the run keeps the zone in
-/// its configuration).
+/// any earlier one. Before the first run only (afterwards `Frozen`: the VM's runs read the
+/// zone from its slot's [`crate::guest::vm::Coalesced`] without the lock).
 pub(crate) fn vm_mmio_coalesce<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ipa: u64, len: u64) -> HypResult {
     let mut mem = hyp.mem.lock();
     let (slot, vm) = mem.vms.lookup_mut(handle)?;

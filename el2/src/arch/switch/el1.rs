@@ -42,12 +42,12 @@ pub(super) struct Saved {
     spsr_el1: u64,
 }
 
-/// Load, first step: the host's EL1 state out.
 impl Saved {
     pub(super) const ZERO: Self = Self { sys: [0; NR_SYSREGS], sp_el0: 0, sp_el1: 0, elr_el1: 0, spsr_el1: 0 };
 }
 
-/// Saves the host's EL1 state into `out`: this CPU's scratch area, written in place (returned
+/// Load, first step: saves the host's EL1 state into `out`, this CPU's scratch area, written in
+/// place (returned
 /// by value, the 25 values were copied once more whenever the compiler built them on the stack
 /// first).
 pub(super) fn save_host(out: &mut Saved) {
