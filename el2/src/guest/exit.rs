@@ -591,11 +591,13 @@ mod tests {
         assert_eq!((first, writes.len()), (2, max));
         assert!(writes.iter().all(|&w| w == (0x0900_0000, 7, 1)));
         assert_eq!(Exit::decode(&exit_record(&f)), Ok(Exit::Mmio { ipa: 0x0900_0000, size: 1, write: Some(7) }));
-        // Another vCPU's exit carries what this one queued: the queue is the VM's.
+        // Another vCPU's writes join the same queue and numbering: they are the VM's. (Which
+        // vCPU's record carries a queued write is a race between CPUs; here each run ends
+        // with a record that takes the whole queue.)
         f.call(0, H::VcpuSetReg, &[h, 1, reg::x(1), 0x42]).unwrap();
         let one = Recorder::default();
         *one.exits.borrow_mut() = vec![mmio(0x0900_0000, true, 1, 0), hvc()];
-        // vCPU 1 is off until vCPU 0 turns it on: power it on as a host would see it run.
+        // vCPU 1 is off until a guest's CPU_ON: turned on here directly.
         f.hyp.vcpus[handle_slot(h)][1].power.store(power::ON, Ordering::Release);
         assert_eq!(f.call_with(&one, 0, H::VcpuRun, &[h, 1, 0]), Ok([exit::HYPERCALL as u64, 0, 0]));
         assert_eq!(coalesced(&f), (2 + max as u64, vec![(0x0900_0000, 0x42, 1)]));
