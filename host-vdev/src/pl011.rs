@@ -56,7 +56,7 @@ pub const RX_FIFO_DEPTH: usize = 16;
 pub const FRAME_SIZE: u64 = 0x1000;
 
 /// Register offsets.
-mod reg {
+pub mod reg {
     pub const DR: u64 = 0x000;
     pub const RSR_ECR: u64 = 0x004;
     pub const FR: u64 = 0x018;
@@ -203,6 +203,13 @@ impl Pl011 {
             return 0;
         }
         self.depth().saturating_sub(self.rx_len)
+    }
+
+    /// Whether a read at `offset` may change the model (and so its interrupt line): only a
+    /// `DR` read does, which takes a byte from the receive FIFO. Every other read leaves the
+    /// line where it was, so a caller need not sample it again.
+    pub const fn read_changes_state(offset: u64) -> bool {
+        offset == reg::DR
     }
 
     /// A guest read of `size` bytes at `offset` in the frame.

@@ -301,8 +301,11 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
     // computed offline.
     super::boot(&vm, kernel, initrd, cmdline, disk)?;
     if COALESCE_UART.load(Ordering::Relaxed) {
-        // `UARTDR`: its writes need no answer (the model is always ready to send).
-        crate::run::coalesce(vm.el2(), crate::pl011::UART, 4).map_err(|_| "VM_MMIO_COALESCE failed")?;
+        // `UARTDR` through `UARTCR`: writes that need no answer (the model is always ready to
+        // send) and change nothing the guest sees before its next read, which exits and so
+        // applies them first. Linux's console writes `UARTCR` twice around every message.
+        // `UARTIMSC` and `UARTICR`, which move the interrupt line, stay outside.
+        crate::run::coalesce(vm.el2(), crate::pl011::UART, crate::pl011::COALESCED_LEN).map_err(|_| "VM_MMIO_COALESCE failed")?;
     }
     Ok(vm)
 }
@@ -479,6 +482,9 @@ impl LinuxVm {
     /// changed.
     fn set_timer_lines(&self, v: usize, st: &mut VcpuState, now: u64) {
         let (vt, pt) = st.timers.levels(now);
+        if (vt, pt) == st.lines {
+            return;
+        }
         let mut wake = 0;
         if vt != st.lines.0 {
             wake |= self.gic.set_level(v, VTIMER_INTID, vt);

@@ -19,6 +19,9 @@ pub const UART_SIZE: u64 = 0x1000;
 pub const UART_SPI: u32 = host_vdev::vm_platform::UART_SPI;
 /// Its INTID.
 pub const UART_INTID: u32 = 32 + UART_SPI;
+/// The bytes from `UARTDR` up to and including `UARTCR` whose guest writes the Linux VMM has
+/// EL2 coalesce (`VM_MMIO_COALESCE`).
+pub const COALESCED_LEN: u64 = host_vdev::pl011::reg::CR + 4;
 
 const LINE: usize = 256;
 
@@ -54,7 +57,15 @@ impl GuestUart {
                 }
                 0
             }
-            None => m.read(off, size),
+            None => {
+                let value = m.read(off, size);
+                if !Pl011::read_changes_state(off) {
+                    // The line is where the last access left it (the console's `UARTFR`
+                    // polls, one per character, come here).
+                    return Some(value);
+                }
+                value
+            }
         };
         self.drive(&m, line);
         Some(value)
