@@ -223,16 +223,22 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
         }
     }
     // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
-    // guest memory): the level-3 entries exist from now on and start empty.
-    let Ok(template) = t.page_descriptor(PhysAddr(0), Attrs { mem: MemType::Normal, perms: Perms::RW }) else { arch::park() };
+    // guest memory), and one 2 MiB block slot (clearing a guest block's tags): the level-3 and
+    // level-2 entries exist from now on and start empty.
+    let normal = Attrs { mem: MemType::Normal, perms: Perms::RW };
+    let Ok(template) = t.leaf_descriptor(3, PhysAddr(0), normal) else { arch::park() };
     arch::FIXMAP_TEMPLATE.store(template, Ordering::Relaxed);
     if arch::has_mte2() {
-        let Ok(tagged) = t.page_descriptor(PhysAddr(0), Attrs { mem: MemType::NormalTagged, perms: Perms::RW }) else { arch::park() };
-        arch::FIXMAP_TEMPLATE_TAGGED.store(tagged, Ordering::Relaxed);
+        let tagged = Attrs { mem: MemType::NormalTagged, perms: Perms::RW };
+        let (Ok(page), Ok(block)) = (t.leaf_descriptor(3, PhysAddr(0), tagged), t.leaf_descriptor(2, PhysAddr(0), tagged)) else { arch::park() };
+        arch::FIXMAP_TEMPLATE_TAGGED.store(page, Ordering::Relaxed);
+        arch::FIXMAP_BLOCK_TEMPLATE_TAGGED.store(block, Ordering::Relaxed);
     }
     for cpu in 0..MAX_CPUS {
-        let Ok(e) = t.reserve_leaf(pool, arch::FIXMAP_VA + cpu as u64 * PAGE_SIZE) else { arch::park() };
+        let Ok(e) = t.reserve_leaf(pool, arch::FIXMAP_VA + cpu as u64 * PAGE_SIZE, 3) else { arch::park() };
         arch::FIXMAP_ENTRY[cpu].store(e as u64, Ordering::Relaxed);
+        let Ok(e) = t.reserve_leaf(pool, arch::FIXMAP_BLOCK_VA + cpu as u64 * arch::FIXMAP_BLOCK_SIZE, 2) else { arch::park() };
+        arch::FIXMAP_BLOCK_ENTRY[cpu].store(e as u64, Ordering::Relaxed);
     }
     t
 }

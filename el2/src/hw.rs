@@ -69,6 +69,9 @@ pub trait CacheOps {
     fn scrub_page(&self, pa: PhysAddr, tagged: bool);
     /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
     fn clear_tags(&self, pa: PhysAddr);
+    /// [`Self::clear_tags`] for every page of the 2 MiB block at `base` (2 MiB aligned), through
+    /// one temporary block mapping rather than one mapping and broadcast TLBI per page.
+    fn clear_tags_block(&self, base: PhysAddr);
     /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
     /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
     /// a line of it, so a non-cacheable view of the page and a cacheable one agree.

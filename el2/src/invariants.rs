@@ -911,9 +911,9 @@ mod tests {
         let (_, _, hyp_s1, tables, _) = mem.parts_mut();
         // `map` refuses RWX at EL2; write the descriptor by hand: RW's write permission (AP[2]
         // clear) and RX's execute permission (XN clear), all else equal.
-        let rw = hyp_s1.page_descriptor(PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
-        let rx = hyp_s1.page_descriptor(PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RX }).unwrap();
-        let entry = hyp_s1.reserve_leaf(tables, el2).unwrap();
+        let rw = hyp_s1.leaf_descriptor(3, PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
+        let rx = hyp_s1.leaf_descriptor(3, PhysAddr(el2), Attrs { mem: MemType::Normal, perms: Perms::RX }).unwrap();
+        let entry = hyp_s1.reserve_leaf(tables, el2, 3).unwrap();
         // SAFETY: `entry` points at the (invalid) level-3 entry for `el2` in a table page of
         // the fixture's fake table memory, which outlives this write.
         unsafe { entry.write_volatile(rw) };

@@ -324,6 +324,9 @@ impl CacheOps for Recorder {
     fn clear_tags(&self, _: PhysAddr) {
         self.note("clear_tags");
     }
+    fn clear_tags_block(&self, _: PhysAddr) {
+        self.note("clear_tags_block");
+    }
     fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
         if !tagged {
             self.note("scrub_page_untagged");

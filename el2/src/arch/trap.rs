@@ -50,7 +50,7 @@ fn test_hooks(hyp: &Hyp<'static, PagePool>, frame: &mut TrapFrame) -> bool {
         let (pool_base, pool_size) = mem.tables().range();
         let layout = crate::invariants::Layout {
             pool: crate::mem::addr::PhysRange::from_size(pool_base, pool_size),
-            fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_VA + MAX_CPUS as u64 * 4096)),
+            fixmap: Some((arch::FIXMAP_VA, arch::FIXMAP_END)),
         };
         frame.x[..4].copy_from_slice(&match crate::invariants::check(hyp, &mem, &layout) {
             Ok(pages) => [0, pages, 0, 0],

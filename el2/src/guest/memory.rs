@@ -371,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn a_first_touch_maps_the_whole_2mib_block_with_tags_cleared_per_page() {
+    fn a_first_touch_maps_the_whole_2mib_block_with_its_tags_cleared_at_once() {
         let mut f = fixture();
         let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
         f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE), BLOCK_IPA, 512]).unwrap();
@@ -381,7 +381,8 @@ mod tests {
         assert_eq!(leaf_at(&f, h, BLOCK_IPA + 0x1F_F000), Some((2, BLOCK_IPA, f.page(BLOCK_PAGE))), "one level-2 block");
         let log = rec.log.borrow();
         assert_eq!(log.iter().filter(|s| **s == "guest_s2_mapped").count(), 1, "one fault, one mapping");
-        assert_eq!(log.iter().filter(|s| **s == "clear_tags").count(), 512, "every page's tags, once");
+        assert_eq!(log.iter().filter(|s| **s == "clear_tags_block").count(), 1, "every page's tags, once, in one go");
+        assert!(!log.contains(&"clear_tags"), "no page on its own");
         drop(log);
         invariants_hold(&f);
         // Shares and unshares inside the block change the host's access, never the guest's
@@ -407,6 +408,22 @@ mod tests {
         assert_eq!(rec.log.borrow().iter().filter(|s| **s == "scrub_page").count(), 512 + TABLE_PAGES);
         assert_eq!(f.hyp.mem.lock().own().state(PhysAddr(f.page(BLOCK_PAGE + 6)), Component::Host), Some(PageState::Owned));
         invariants_hold(&f);
+    }
+
+    #[test]
+    fn a_block_with_a_page_whose_tags_are_clean_clears_the_others_page_by_page() {
+        let mut f = fixture();
+        let h = create(&mut f, 1, vm_flags::PROTECTED | vm_flags::MTE);
+        f.call(0, H::VmAddMemory, &[h, f.page(BLOCK_PAGE), BLOCK_IPA, 512]).unwrap();
+        // Cleared for this owner already (as if mapped before): its tags are the guest's now.
+        f.hyp.mem.lock().parts_mut().0.mark_tags_clean(PhysAddr(f.page(BLOCK_PAGE + 7)));
+        let rec = Recorder::default();
+        *rec.exits.borrow_mut() = vec![dabt_translation(BLOCK_IPA), hvc()];
+        f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]).unwrap();
+        assert_eq!(leaf_at(&f, h, BLOCK_IPA).map(|l| l.0), Some(2));
+        let log = rec.log.borrow();
+        assert!(!log.contains(&"clear_tags_block"));
+        assert_eq!(log.iter().filter(|s| **s == "clear_tags").count(), 511, "all but the clean page");
     }
 
     #[test]

@@ -367,28 +367,33 @@ impl PageTable {
         Ok(table)
     }
 
-    /// Makes sure the level-3 table covering `ia` exists and returns a pointer to the (invalid)
-    /// entry for `ia`, so the caller can install and remove a page there directly: a per-CPU
-    /// *fixmap* slot. The caller owns the entry from then on.
+    /// Makes sure the table of `level` (2 or 3) covering `ia` exists and returns a pointer to
+    /// the (invalid) entry for `ia` there, so the caller can install and remove a block or page
+    /// directly: a per-CPU *fixmap* slot. The caller owns the entry from then on.
     ///
     /// # Errors
-    /// [`PtError::AlreadyMapped`] if a block or valid page covers `ia`, [`PtError::NoMemory`].
-    pub fn reserve_leaf(&mut self, mem: &mut impl TableMemory, ia: u64) -> Result<*mut u64, PtError> {
-        self.check_range(ia & !(PAGE_SIZE - 1), PAGE_SIZE)?;
-        let table = self.walk_alloc(mem, ia, 3)?;
-        if Self::read(mem, table, index(ia, 3)) & VALID != 0 {
+    /// [`PtError::BadRange`] for another level, [`PtError::AlreadyMapped`] if a block or valid
+    /// entry covers `ia`, [`PtError::NoMemory`].
+    pub fn reserve_leaf(&mut self, mem: &mut impl TableMemory, ia: u64, level: u8) -> Result<*mut u64, PtError> {
+        if !(2..=3).contains(&level) {
+            return Err(PtError::BadRange);
+        }
+        self.check_range(ia & !(level_size(level) - 1), level_size(level))?;
+        let table = self.walk_alloc(mem, ia, level)?;
+        if Self::read(mem, table, index(ia, level)) & VALID != 0 {
             return Err(PtError::AlreadyMapped);
         }
-        // SAFETY: `index(ia, 3) < 512`, inside the level-3 table page.
-        Ok(unsafe { mem.table_ptr(table).add(index(ia, 3)) })
+        // SAFETY: `index(ia, level) < 512`, inside the table page.
+        Ok(unsafe { mem.table_ptr(table).add(index(ia, level)) })
     }
 
-    /// The level-3 (page) descriptor this table would write for `pa` with `attrs`.
+    /// The leaf descriptor of `level` (a level-3 page, or a block above) this table would write
+    /// for `pa` with `attrs`.
     ///
     /// # Errors
     /// [`PtError::BadAttrs`] as for [`PageTable::map`].
-    pub fn page_descriptor(&self, pa: PhysAddr, attrs: Attrs) -> Result<u64, PtError> {
-        self.encode_leaf(3, pa, attrs)
+    pub fn leaf_descriptor(&self, level: u8, pa: PhysAddr, attrs: Attrs) -> Result<u64, PtError> {
+        self.encode_leaf(level, pa, attrs)
     }
 
     /// Finds the leaf mapping `ia`, if any.
@@ -826,13 +831,23 @@ mod tests {
         let mut m = FakeMemory::new(8);
         let mut t = PageTable::new(&mut m, Format::El2Stage1, 48).unwrap();
         let va = 0x7F00_0000_1000;
-        let e = t.reserve_leaf(&mut m, va).unwrap();
+        let e = t.reserve_leaf(&mut m, va, 3).unwrap();
         assert_eq!(t.lookup(&m, va), None);
-        let d = t.page_descriptor(PhysAddr(0x4800_0000), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
+        let d = t.leaf_descriptor(3, PhysAddr(0x4800_0000), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
         // SAFETY: `e` points into a live table page of `m`.
         unsafe { e.write_volatile(d) };
         assert_eq!(t.lookup(&m, va).unwrap().pa_base, PhysAddr(0x4800_0000));
-        assert_eq!(t.reserve_leaf(&mut m, va), Err(PtError::AlreadyMapped));
+        assert_eq!(t.reserve_leaf(&mut m, va, 3), Err(PtError::AlreadyMapped));
+        // A level-2 slot in the same table: a block there is what lookup finds.
+        let block_va = 0x7F00_0040_0000;
+        let e = t.reserve_leaf(&mut m, block_va, 2).unwrap();
+        let d = t.leaf_descriptor(2, PhysAddr(0x4860_0000), Attrs { mem: MemType::Normal, perms: Perms::RW }).unwrap();
+        // SAFETY: as above.
+        unsafe { e.write_volatile(d) };
+        let leaf = t.lookup(&m, block_va + 0x1234).unwrap();
+        assert_eq!((leaf.level, leaf.ia_base, leaf.pa_base), (2, block_va, PhysAddr(0x4860_0000)));
+        assert_eq!(t.reserve_leaf(&mut m, block_va + 0x1000, 3), Err(PtError::AlreadyMapped), "the block covers it");
+        assert_eq!(t.reserve_leaf(&mut m, block_va, 1), Err(PtError::BadRange));
     }
 
     #[test]
@@ -864,7 +879,7 @@ mod tests {
                 _ => &[(MemType::Normal, Perms::RWX), (MemType::Normal, Perms::RW), (MemType::Device, Perms::RW)],
             };
             for &(mem, perms) in cases {
-                let d = t.page_descriptor(PhysAddr(0x4000_0000), Attrs { mem, perms }).unwrap();
+                let d = t.leaf_descriptor(3, PhysAddr(0x4000_0000), Attrs { mem, perms }).unwrap();
                 assert_eq!(t.leaf_mem_type(d), Some(mem), "{format:?} {mem:?}");
                 assert_eq!(t.leaf_executable(d), perms.exec, "{format:?} {perms:?}");
                 assert_eq!(t.leaf_writable(d), perms.write, "{format:?} {perms:?}");

@@ -377,11 +377,17 @@ impl<T: TableMemory> MemState<'_, T> {
             return GuestPage::NeedTables(need - vm.mem.tables.free());
         }
         let pages = || (range.start.0..range.end.0).step_by(PAGE_SIZE as usize).map(PhysAddr);
+        // Only tags nobody else left: cleared once per change of ownership (the donated or
+        // shared data is the host's and is kept). Marked only once the mapping exists, so a
+        // *tags clean* mark is only ever on a page the VM has mapped.
+        let tags_clean = |p| self.own.entry(p).is_some_and(|e| e.tags_clean());
+        // A block none of whose tags are clean yet: all at once.
+        let whole_block = vm.mte && level == 2 && !pages().any(tags_clean);
+        if whole_block {
+            hw.clear_tags_block(range.start);
+        }
         for p in pages() {
-            // Only tags nobody else left: cleared once per change of ownership (the donated or
-            // shared data is the host's and is kept). Marked only once the mapping exists, so
-            // a *tags clean* mark is only ever on a page the VM has mapped.
-            if vm.mte && !self.own.entry(p).is_some_and(|e| e.tags_clean()) {
+            if vm.mte && !whole_block && !tags_clean(p) {
                 hw.clear_tags(p);
             }
             if !vm.fwb {
