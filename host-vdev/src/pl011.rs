@@ -212,6 +212,13 @@ impl Pl011 {
         offset == reg::DR
     }
 
+    /// Whether a write at `offset` may change the model's interrupt line: any but a `DR` write
+    /// while `TXRIS` is already raised (which only raises it again). The console's character
+    /// writes are those.
+    pub fn write_may_change_line(&self, offset: u64) -> bool {
+        offset != reg::DR || !self.tx_ris
+    }
+
     /// A guest read of `size` bytes at `offset` in the frame.
     pub fn read(&mut self, offset: u64, size: u32) -> u64 {
         let Some(value) = self.access(offset, size, None) else {

@@ -87,7 +87,7 @@ const PRIORITY_MASK: u8 = 0xF8;
 
 // ITLinesNumber counts SPIs in blocks of 32; a deliverable map is one u128; the INTIDs stay
 // below the special range 1020..=1023.
-const _: () = assert!(NR_SPIS.is_multiple_of(32) && NR_SPIS >= 32 && NR_INTIDS <= 128 && NR_INTIDS <= 1020);
+const _: () = assert!(NR_SPIS.is_multiple_of(32) && NR_SPIS >= 32 && NR_SPIS <= 64 && NR_INTIDS <= 128 && NR_INTIDS <= 1020);
 const _: () = assert!(MAX_VCPUS <= 8, "Wake is a u8 bitmap");
 
 /// Distributor registers (offsets in the `GICD` frame) and fields.
@@ -213,7 +213,6 @@ pub struct Stats {
 /// One interrupt's state (for an SGI or PPI: on one vCPU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Irq {
-    enabled: bool,
     group1: bool,
     /// Only the bits of [`PRIORITY_MASK`].
     priority: u8,
@@ -233,7 +232,7 @@ struct Irq {
 impl Irq {
     /// Reset: disabled, Group 0, priority 0, level-sensitive, idle.
     const RESET: Irq =
-        Irq { enabled: false, group1: false, priority: 0, edge: false, line: false, latch: false, queued_on: None, linked: false };
+        Irq { group1: false, priority: 0, edge: false, line: false, latch: false, queued_on: None, linked: false };
     /// An SGI at reset: as [`Irq::RESET`] but edge-triggered (always).
     const RESET_SGI: Irq = Irq { edge: true, ..Irq::RESET };
 
@@ -242,11 +241,20 @@ impl Irq {
     }
 }
 
-/// Whether `irq` may be offered to its vCPU with `GICD_CTLR` = `ctlr`: enabled, pending, in no
-/// list register, not EL2's to deliver, and its group enabled.
-fn ready(ctlr: u32, irq: &Irq) -> bool {
+/// Whether `irq`, enabled if `enabled`, may be offered to its vCPU with `GICD_CTLR` = `ctlr`:
+/// enabled, pending, in no list register, not EL2's to deliver, and its group enabled.
+fn ready(ctlr: u32, enabled: bool, irq: &Irq) -> bool {
     let group = if irq.group1 { gicd::CTLR_ENABLE_GRP1 } else { gicd::CTLR_ENABLE_GRP0 };
-    irq.enabled && irq.pending() && irq.queued_on.is_none() && !irq.linked && ctlr & group != 0
+    enabled && irq.pending() && irq.queued_on.is_none() && !irq.linked && ctlr & group != 0
+}
+
+/// The set bits of `bits`, lowest first.
+fn ones(mut bits: u64) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        let i = (bits != 0).then(|| bits.trailing_zeros() as usize)?;
+        bits &= bits - 1;
+        Some(i)
+    })
 }
 
 /// A read, or a write of a value.
@@ -362,6 +370,12 @@ pub struct Vgic {
     ctlr: u32,
     private: [[Irq; NR_PRIVATE]; MAX_VCPUS],
     spis: [Irq; NR_SPIS],
+    /// The enable bits (`ISENABLER`): bit `i` of vCPU `v`'s word = its SGI or PPI `i`. Kept as
+    /// bitmaps, not per interrupt, so the deliverable set is found by looking only at what the
+    /// guest enabled (a handful of the 96 a vCPU sees).
+    enabled_private: [u64; MAX_VCPUS],
+    /// Bit `i` = SPI `32 + i`.
+    enabled_spis: u64,
     /// `GICD_IROUTER<32 + i>`, only [`gicd::IROUTER_KEPT`] bits.
     irouter: [u64; NR_SPIS],
     /// `GICR_WAKER.ProcessorSleep` of each redistributor.
@@ -447,6 +461,8 @@ impl Vgic {
             ctlr: 0,
             private: [bank; MAX_VCPUS],
             spis: [Irq::RESET; NR_SPIS],
+            enabled_private: [0; MAX_VCPUS],
+            enabled_spis: 0,
             irouter: [0; NR_SPIS],
             processor_sleep: [true; MAX_VCPUS],
             stats: Stats { sgis: 0, queued: 0, deactivated: 0, unhandled_accesses: 0 },
@@ -558,7 +574,7 @@ impl Vgic {
     pub fn link_config(&self, vcpu: usize, intid: u32) -> Option<(u8, bool)> {
         let irq = self.irq(vcpu, intid as usize).filter(|_| (16..NR_PRIVATE as u32).contains(&intid))?;
         let group = if irq.group1 { gicd::CTLR_ENABLE_GRP1 } else { gicd::CTLR_ENABLE_GRP0 };
-        (irq.enabled && self.ctlr & group != 0).then_some((irq.priority, irq.group1))
+        (self.enabled(vcpu, intid as usize) && self.ctlr & group != 0).then_some((irq.priority, irq.group1))
     }
 
     /// How EL2 should deliver the SGIs of `vcpu` itself (`VCPU_LINK_SGIS`): the enabled ones
@@ -569,7 +585,7 @@ impl Vgic {
         let (mut masks, mut priorities) = (0u32, 0u128);
         for (n, irq) in bank.iter().take(16).enumerate() {
             let group = if irq.group1 { gicd::CTLR_ENABLE_GRP1 } else { gicd::CTLR_ENABLE_GRP0 };
-            if irq.enabled && self.ctlr & group != 0 {
+            if self.enabled_private[vcpu] >> n & 1 != 0 && self.ctlr & group != 0 {
                 masks |= 1 << n;
             }
             if irq.group1 {
@@ -655,11 +671,11 @@ impl Vgic {
             Some(spi) if spi < NR_SPIS => self.spi_target(spi),
             _ => vcpu,
         };
-        let ctlr = self.ctlr;
+        let (ctlr, enabled) = (self.ctlr, self.enabled(vcpu, intid));
         let Some(irq) = self.irq_mut(vcpu, intid) else { return Wake::NONE };
-        let before = ready(ctlr, irq);
+        let before = ready(ctlr, enabled, irq);
         change(irq);
-        Wake(if ready(ctlr, irq) && !before { 1 << target } else { 0 })
+        Wake(if ready(ctlr, enabled, irq) && !before { 1 << target } else { 0 })
     }
 
     /// Runs `change` and returns the vCPUs that gained a deliverable interrupt.
@@ -678,38 +694,47 @@ impl Vgic {
 
     /// For each vCPU, its deliverable INTIDs (bit `i` = INTID `i`); zero for absent vCPUs.
     fn deliverable_maps(&self) -> [u128; MAX_VCPUS] {
-        let mut maps = [0u128; MAX_VCPUS];
-        for (map, bank) in maps.iter_mut().zip(&self.private).take(self.nr_vcpus) {
-            for (i, irq) in bank.iter().enumerate() {
-                if ready(self.ctlr, irq) {
-                    *map |= 1 << i;
-                }
-            }
-        }
-        for (i, irq) in self.spis.iter().enumerate() {
-            if ready(self.ctlr, irq) {
-                maps[self.spi_target(i)] |= 1 << (NR_PRIVATE + i);
-            }
-        }
-        maps
+        core::array::from_fn(|v| self.deliverable_map(v))
     }
 
-    /// vCPU `vcpu`'s deliverable INTIDs (its row of [`Self::deliverable_maps`], without the
-    /// other vCPUs' banks); zero for an absent vCPU.
+    /// vCPU `vcpu`'s deliverable INTIDs (its row of [`Self::deliverable_maps`]), looking only
+    /// at the interrupts enabled; zero for an absent vCPU.
     fn deliverable_map(&self, vcpu: usize) -> u128 {
         let Some(bank) = self.private[..self.nr_vcpus].get(vcpu) else { return 0 };
         let mut map = 0u128;
-        for (i, irq) in bank.iter().enumerate() {
-            if ready(self.ctlr, irq) {
+        for i in ones(self.enabled_private[vcpu]) {
+            if ready(self.ctlr, true, &bank[i]) {
                 map |= 1 << i;
             }
         }
-        for (i, irq) in self.spis.iter().enumerate() {
-            if ready(self.ctlr, irq) && self.spi_target(i) == vcpu {
+        for i in ones(self.enabled_spis) {
+            if ready(self.ctlr, true, &self.spis[i]) && self.spi_target(i) == vcpu {
                 map |= 1 << (NR_PRIVATE + i);
             }
         }
         map
+    }
+
+    /// Whether INTID `intid` as vCPU `vcpu` sees it is enabled (false if not implemented).
+    fn enabled(&self, vcpu: usize, intid: usize) -> bool {
+        match intid {
+            0..NR_PRIVATE => self.enabled_private.get(vcpu).is_some_and(|&w| w >> intid & 1 != 0),
+            _ => intid - NR_PRIVATE < NR_SPIS && self.enabled_spis >> (intid - NR_PRIVATE) & 1 != 0,
+        }
+    }
+
+    /// Sets or clears the enable bit of INTID `intid` in `bank` (where
+    /// [`Self::bank_irq_mut`] found it).
+    fn set_enabled(&mut self, bank: Bank, intid: usize, on: bool) {
+        let (word, bit) = match bank {
+            Bank::Distributor => (&mut self.enabled_spis, intid - NR_PRIVATE),
+            Bank::Redistributor(vcpu) => (&mut self.enabled_private[vcpu], intid),
+        };
+        if on {
+            *word |= 1 << bit;
+        } else {
+            *word &= !(1 << bit);
+        }
     }
 
     /// The vCPU SPI `32 + spi` is routed to: the vCPU its `GICD_IROUTER` names, else vCPU 0
@@ -868,16 +893,23 @@ impl Vgic {
             BankReg::Grpmod | BankReg::Nsac => {}
             BankReg::Bits(bit) => {
                 for i in 0..32 {
-                    let Some(irq) = self.bank_irq_mut(bank, first + i) else { continue };
+                    let intid = first + i;
+                    let vcpu = match bank {
+                        Bank::Distributor => 0,
+                        Bank::Redistributor(v) => v,
+                    };
+                    let enabled = self.enabled(vcpu, intid);
+                    let Some(irq) = self.bank_irq_mut(bank, intid) else { continue };
                     let set = match op {
                         Op::Read => false,
                         Op::Write(v) => v >> i & 1 != 0,
                     };
+                    let mut enable = None;
                     if let Op::Write(_) = op {
                         match bit {
                             BitReg::Group => irq.group1 = set,
-                            BitReg::SetEnable if set => irq.enabled = true,
-                            BitReg::ClearEnable if set => irq.enabled = false,
+                            BitReg::SetEnable if set => enable = Some(true),
+                            BitReg::ClearEnable if set => enable = Some(false),
                             BitReg::SetPending if set => irq.latch = true,
                             BitReg::ClearPending if set => irq.latch = false,
                             // ISACTIVER/ICACTIVER and zero bits: nothing (module docs).
@@ -886,11 +918,14 @@ impl Vgic {
                     }
                     let state = match bit {
                         BitReg::Group => irq.group1,
-                        BitReg::SetEnable | BitReg::ClearEnable => irq.enabled,
+                        BitReg::SetEnable | BitReg::ClearEnable => enable.unwrap_or(enabled),
                         BitReg::SetPending | BitReg::ClearPending => irq.pending(),
                         BitReg::SetActive | BitReg::ClearActive => irq.queued_on.is_some(),
                     };
                     read |= u64::from(state) << i;
+                    if let Some(on) = enable {
+                        self.set_enabled(bank, intid, on);
+                    }
                 }
             }
             BankReg::Priority => {

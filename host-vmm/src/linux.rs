@@ -685,7 +685,8 @@ impl Machine for LinuxVcpu<'_> {
         let mut uart = UartPort { uart: &l.uart, gic: &l.gic, vcpu: v };
         let mut virtio = VirtioPorts { l, vcpu: v };
         let writes = l.gic.writes();
-        let (value, wake) = Bus([&mut gic, &mut uart, &mut virtio]).access(ipa, size, write)?;
+        // The UART first: the console's accesses are most of a Linux boot's.
+        let (value, wake) = Bus([&mut uart, &mut gic, &mut virtio]).access(ipa, size, write)?;
         l.wake(wake, v);
         if l.gic.writes() != writes {
             l.relink_siblings(v);

@@ -52,8 +52,12 @@ impl GuestUart {
         let mut m = self.model.lock();
         let value = match write {
             Some(v) => {
+                let may_change = m.write_may_change_line(off);
                 if let Some(byte) = m.write(off, size, v) {
                     self.output(byte);
+                }
+                if !may_change {
+                    return Some(0);
                 }
                 0
             }

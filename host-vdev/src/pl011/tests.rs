@@ -340,8 +340,10 @@ fn random_accesses_keep_the_model_sane() {
                     }
                 }
                 1 => {
+                    let (line, may_change) = (u.irq_level(), u.write_may_change_line(off));
                     let tx = u.write(off, size, rng.next());
                     assert!(tx.is_none() || off == 0, "only DR transmits");
+                    assert!(may_change || u.irq_level() == line, "a write at {off:#x} moved the line");
                 }
                 2 => {
                     let room = u.rx_room();
