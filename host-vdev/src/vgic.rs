@@ -249,7 +249,7 @@ fn ready(ctlr: u32, enabled: bool, irq: &Irq) -> bool {
 }
 
 /// The set bits of `bits`, lowest first.
-fn ones(mut bits: u64) -> impl Iterator<Item = usize> {
+fn ones(mut bits: u128) -> impl Iterator<Item = usize> {
     core::iter::from_fn(move || {
         let i = (bits != 0).then(|| bits.trailing_zeros() as usize)?;
         bits &= bits - 1;
@@ -531,7 +531,7 @@ impl Vgic {
         // A plain loop over the fields the choice needs: the iterator version copied an `Irq`
         // per candidate, a byte-wise `memcpy` call on the host's target.
         let mut best: Option<(u8, usize, bool)> = None;
-        for i in (0..NR_INTIDS).filter(|&i| map & 1 << i != 0) {
+        for i in ones(map) {
             let Some(irq) = self.irq(vcpu, i) else { continue };
             // Strictly lower: between equal priorities the lowest INTID (the first) stays.
             if best.is_none_or(|(p, _, _)| irq.priority < p) {
@@ -702,12 +702,12 @@ impl Vgic {
     fn deliverable_map(&self, vcpu: usize) -> u128 {
         let Some(bank) = self.private[..self.nr_vcpus].get(vcpu) else { return 0 };
         let mut map = 0u128;
-        for i in ones(self.enabled_private[vcpu]) {
+        for i in ones(self.enabled_private[vcpu].into()) {
             if ready(self.ctlr, true, &bank[i]) {
                 map |= 1 << i;
             }
         }
-        for i in ones(self.enabled_spis) {
+        for i in ones(self.enabled_spis.into()) {
             if ready(self.ctlr, true, &self.spis[i]) && self.spi_target(i) == vcpu {
                 map |= 1 << (NR_PRIVATE + i);
             }
