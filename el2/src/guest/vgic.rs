@@ -543,15 +543,19 @@ impl VgicCpu {
         self.eoi_waiting
     }
 
-    /// The host's view (`VCPU_IRQ_STATE`), collecting the recorded deactivations.
-    pub fn report(&mut self, nr_lrs: u8) -> VgicState {
+    /// The host's view (`VCPU_IRQ_STATE`); [`Self::collected`] once it is delivered.
+    pub fn report(&self, nr_lrs: u8) -> VgicState {
         let mut s = VgicState { nr_lrs: nr_lrs as u32, used: self.used as u32, lrs: [0; MAX_LRS], eoi: self.eoi, };
         for n in self.used_lrs() {
             s.lrs[n] = lr_to_abi(self.lr[n]);
         }
+        s
+    }
+
+    /// The recorded deactivations were reported: the next report starts afresh.
+    pub fn collected(&mut self) {
         self.eoi = [0; 16];
         self.eoi_waiting = false;
-        s
     }
 }
 
@@ -1016,6 +1020,8 @@ mod tests {
         assert_eq!((s.nr_lrs, s.used, s.lrs[0]), (4, 0, 0));
         assert_eq!(s.eoi[0], 1 << 50);
         assert!(s.eoi[1..].iter().all(|&w| w == 0));
+        assert!(c.eoi_pending() && c.report(4) == s, "a report alone collects nothing");
+        c.collected();
         assert!(!c.eoi_pending() && c.report(4).eoi == [0; 16], "collected");
         // A report names each used register in the ABI encoding.
         c.queue(edge, 4).unwrap();
