@@ -136,7 +136,8 @@ el2_vectors:
 .global el2_guest_vectors
 el2_guest_vectors:
     UNEXPECTED_SLOTS 0, 7
-.irp kind, 0, 1, 2, 3
+// Synchronous, IRQ, FIQ, SError: kinds 0, 1, 1, 2 (an FIQ is an IRQ to the world switch).
+.irp kind, 0, 1, 1, 2
     .balign 0x80
     GUEST_EXIT \kind
 .endr

@@ -110,7 +110,10 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     if !pstate_enters_guest(ctx.pstate) {
         exit = kill_illegal_state(hyp, handle, ctx.pstate);
     } else {
-        for _ in 0..MAX_INTERNAL_EXITS {
+        // Counted down: compared with zero, the bound costs no constant on every exit.
+        let mut budget = MAX_INTERNAL_EXITS;
+        while budget > 0 {
+            budget -= 1;
             debug_assert!(pstate_enters_guest(ctx.pstate), "EL2 wrote PSTATE {:#x}", ctx.pstate);
             let trap = arch.run(&mut ctx);
             let class = crate::exception::syndrome::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);

@@ -85,8 +85,8 @@ pub(crate) use sysreg_bank;
 
 extern "C" {
     /// Saves EL2's callee-saved registers in `host_save`, loads the guest GPRs from `ctx` and
-    /// enters the guest; returns (through `__guest_exit`) the exit kind: 0 synchronous, 1 IRQ,
-    /// 2 FIQ, 3 SError.
+    /// enters the guest; returns (through `__guest_exit`) the exit kind: 0 synchronous, 1 IRQ
+    /// or FIQ, 2 SError.
     fn __guest_enter(ctx: *mut u64, host_save: *mut [u64; 14]) -> u64;
 }
 
@@ -187,7 +187,7 @@ impl Cpu {
         let trap = GuestTrap {
             kind: match kind {
                 0 => TrapKind::Sync,
-                1 | 2 => TrapKind::Irq,
+                1 => TrapKind::Irq,
                 _ => TrapKind::SError,
             },
             esr: ESR_EL2.get(),
