@@ -67,11 +67,15 @@ pub trait CacheOps {
     /// page Non-cacheable would read DRAM (the same as [`Self::clean_inval_poc`], without a
     /// second temporary mapping and its broadcast TLBI).
     fn scrub_page(&self, pa: PhysAddr, tagged: bool);
-    /// Sets every allocation tag of the page at `pa` to zero, keeping its data.
-    fn clear_tags(&self, pa: PhysAddr);
-    /// [`Self::clear_tags`] for every page of the 2 MiB block at `base` (2 MiB aligned), through
-    /// one temporary block mapping rather than one mapping and broadcast TLBI per page.
-    fn clear_tags_block(&self, base: PhysAddr);
+    /// Sets every allocation tag of the page at `pa` to zero, keeping its data. `false` if it
+    /// could not (no tag access, no fixmap slot): the page must not be given to an MTE guest.
+    #[must_use]
+    fn clear_tags(&self, pa: PhysAddr) -> bool;
+    /// [`Self::clear_tags`] for every page of the 2 MiB block at `base`, through one temporary
+    /// block mapping rather than one mapping and broadcast TLBI per page. `false`, and nothing
+    /// done, for a `base` not 2 MiB aligned, and as for `clear_tags`.
+    #[must_use]
+    fn clear_tags_block(&self, base: PhysAddr) -> bool;
     /// Cleans and invalidates the page at `pa` to the Point of Coherency (`DC CIVAC` per line
     /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
     /// a line of it, so a non-cacheable view of the page and a cacheable one agree.

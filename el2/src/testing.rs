@@ -27,6 +27,10 @@ use std::vec::Vec;
 pub(crate) struct Recorder {
     /// Every hardware call, in order (by name).
     pub log: RefCell<Vec<&'static str>>,
+    /// The addresses `clear_tags` and `clear_tags_block` were given, in order.
+    pub tags_cleared: RefCell<Vec<u64>>,
+    /// `clear_tags` and `clear_tags_block` fail (a CPU without its fixmap slot).
+    pub tags_fail: Cell<bool>,
     /// The guest exits `run` returns, in order; running past the end fails the test.
     pub exits: RefCell<Vec<GuestTrap>>,
     /// The PC of each guest entry.
@@ -321,11 +325,15 @@ impl CacheOps for Recorder {
     fn clean_inval_poc(&self, _: PhysAddr) {
         self.note("clean_inval_poc");
     }
-    fn clear_tags(&self, _: PhysAddr) {
+    fn clear_tags(&self, pa: PhysAddr) -> bool {
         self.note("clear_tags");
+        self.tags_cleared.borrow_mut().push(pa.0);
+        !self.tags_fail.get()
     }
-    fn clear_tags_block(&self, _: PhysAddr) {
+    fn clear_tags_block(&self, base: PhysAddr) -> bool {
         self.note("clear_tags_block");
+        self.tags_cleared.borrow_mut().push(base.0);
+        !self.tags_fail.get()
     }
     fn scrub_page(&self, pa: PhysAddr, tagged: bool) {
         if !tagged {

@@ -302,8 +302,10 @@ fn build(cfg: &Config, kernel: &[u8], initrd: &[u8], cmdline: &str, disk: bool) 
     super::boot(&vm, kernel, initrd, cmdline, disk)?;
     if COALESCE_UART.load(Ordering::Relaxed) {
         // `UARTDR` through `UARTCR`: writes that need no answer (the model is always ready to
-        // send) and change nothing the guest sees before its next read, which exits and so
-        // applies them first. Linux's console writes `UARTCR` twice around every message.
+        // send). A read exits, and so sees every earlier write applied; what else waits for the
+        // next exit of any vCPU is bounded and keeps the writes' order: an `LCR_H` write's
+        // effect on the receive trigger (and so on the line), a `CR` write's on whether host
+        // input is taken. Linux's console writes `UARTCR` twice around every message.
         // `UARTIMSC` and `UARTICR`, which move the interrupt line, stay outside.
         crate::run::coalesce(vm.el2(), crate::pl011::UART, crate::pl011::COALESCED_LEN).map_err(|_| "VM_MMIO_COALESCE failed")?;
     }

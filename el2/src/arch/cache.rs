@@ -54,12 +54,13 @@ fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
 
 /// [`with_fixmap`] with descriptor template `template`.
 fn with_fixmap_as(template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
-    with_slot(false, template, pa, f)
+    with_slot(false, template, pa, f);
 }
 
 /// Maps `pa` with descriptor `template` at this CPU's page slot, or its block slot if `block`
-/// (`pa` then 2 MiB aligned, `template` a level-2 one), runs `f` on it, and unmaps it.
-fn with_slot(block: bool, template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) {
+/// (`pa` then 2 MiB aligned, `template` a level-2 one), runs `f` on it, and unmaps it. `false`
+/// (and `f` not run) if the slot is missing, which boot does not allow.
+fn with_slot(block: bool, template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) -> bool {
     let cpu = super::cpu_index() % MAX_CPUS;
     let (entries, va) = if block {
         (&FIXMAP_BLOCK_ENTRY, FIXMAP_BLOCK_VA + cpu as u64 * FIXMAP_BLOCK_SIZE)
@@ -69,7 +70,7 @@ fn with_slot(block: bool, template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) 
     let entry = entries[cpu].load(Ordering::Relaxed) as *mut u64;
     if entry.is_null() {
         log::error!("fixmap slot of cpu{cpu} missing");
-        return;
+        return false;
     }
     // SAFETY: `entry` is this CPU's own reserved level-3 (or level-2) entry (set up at boot,
     // used by no other CPU), and the slot is empty between uses.
@@ -93,6 +94,7 @@ fn with_slot(block: bool, template: u64, pa: PhysAddr, f: impl FnOnce(*mut u8)) 
     // Completes the invalidation on every CPU before the slot is reused.
     dsb_ish();
     isb();
+    true
 }
 
 /// Sets the allocation tags of the `len` bytes at `va` (mapped Tagged Normal; `len` a multiple
@@ -105,10 +107,11 @@ fn zero_tags(va: u64, len: u64) {
     // SAFETY: reading GMID_EL1 has no side effects (EL2 sets tag access only with FEAT_MTE2,
     // which has it).
     unsafe { asm!(".arch_extension memtag", "mrs {}, gmid_el1", out(reg) gmid, options(nomem, nostack, preserves_flags)) };
-    let step = (4u64 << (gmid & 0xF)).clamp(16, 256);
-    // Whole turns only. (Kept this plain because no test here would see a wrong stride: under
-    // QEMU 7.2 one `STGM` appears to clear more than `GMID_EL1.BS` says, so `vm-mte` passes
-    // even with every other block skipped; it does fail if the tags are not cleared at all.)
+    let step = crate::cpu::features::stgm_block_bytes(gmid);
+    // Whole turns only. (Kept this plain because no test here would see a wrong stride: in an
+    // experiment under QEMU 7.2, one `STGM XZR` cleared the tags of a whole 4 KiB page, so
+    // `vm-mte` passes even with every other block skipped; it does fail if the tags are not
+    // cleared at all. The step itself is unit-tested in `stgm_block_bytes`.)
     debug_assert!(len.is_multiple_of(4 * step));
     let mut a = va;
     while a < va + len {
@@ -149,18 +152,16 @@ impl CacheOps for Cpu {
         with_fixmap(pa, |p| civac_page(p as u64));
     }
 
-    fn clear_tags(&self, pa: PhysAddr) {
+    fn clear_tags(&self, pa: PhysAddr) -> bool {
         let tagged = FIXMAP_TEMPLATE_TAGGED.load(Ordering::Relaxed);
-        if tagged != 0 {
-            with_slot(false, tagged, pa, |p| zero_tags(p as u64, 4096));
-        }
+        tagged != 0 && with_slot(false, tagged, PhysAddr(pa.0 & !0xFFF), |p| zero_tags(p as u64, 4096))
     }
 
-    fn clear_tags_block(&self, base: PhysAddr) {
+    fn clear_tags_block(&self, base: PhysAddr) -> bool {
         let tagged = FIXMAP_BLOCK_TEMPLATE_TAGGED.load(Ordering::Relaxed);
-        if tagged != 0 {
-            with_slot(true, tagged, base, |p| zero_tags(p as u64, FIXMAP_BLOCK_SIZE));
-        }
+        // An unaligned base would set RES0 bits of the block descriptor and map the block
+        // around it, which may be someone else's.
+        tagged != 0 && base.0.is_multiple_of(FIXMAP_BLOCK_SIZE) && with_slot(true, tagged, base, |p| zero_tags(p as u64, FIXMAP_BLOCK_SIZE))
     }
 
     // Inlined into its one caller, destroy's per-page loop: a call per page cost about 15

@@ -277,6 +277,17 @@ fn vgic_at_least(view: Option<VgicCaps>, cpu: Option<VgicCaps>) -> Result<(), We
     Err(Weaker::Field { reg: "ICH_VTR_EL2", field })
 }
 
+/// The bytes of memory whose allocation tags one `STGM` writes: `GMID_EL1.BS` (bits 3:0) is
+/// the log2 of that block in 4-byte words, 16 to 256 bytes (`BS` 2 to 6). A reserved value
+/// gives 16, the smallest: stepping by less than the block only repeats stores, by more would
+/// skip tags.
+pub const fn stgm_block_bytes(gmid_el1: u64) -> u64 {
+    match gmid_el1 & 0xF {
+        bs @ 2..=6 => 4 << bs,
+        _ => 16,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +321,19 @@ mod tests {
     fn with(mut c: CpuId, reg: usize, v: u64) -> CpuId {
         c.regs[reg] = v;
         c
+    }
+
+    #[test]
+    fn stgm_steps_by_the_block_gmid_names_and_never_by_more() {
+        for (bs, bytes) in [(2, 16), (3, 32), (4, 64), (5, 128), (6, 256)] {
+            assert_eq!(stgm_block_bytes(bs | 0xABC0), bytes, "BS {bs}; the other bits are ignored");
+            // The tag-clearing loop stores four blocks a turn: whole turns cover a page and a
+            // 2 MiB block.
+            assert_eq!(4096 % (4 * bytes), 0);
+        }
+        for reserved in [0, 1, 7, 8, 15] {
+            assert_eq!(stgm_block_bytes(reserved), 16);
+        }
     }
 
     #[test]

@@ -375,7 +375,7 @@ impl PageTable {
     /// [`PtError::BadRange`] for another level, [`PtError::AlreadyMapped`] if a block or valid
     /// entry covers `ia`, [`PtError::NoMemory`].
     pub fn reserve_leaf(&mut self, mem: &mut impl TableMemory, ia: u64, level: u8) -> Result<*mut u64, PtError> {
-        if !(2..=3).contains(&level) {
+        if !(2..=3).contains(&level) || level < self.start_level {
             return Err(PtError::BadRange);
         }
         self.check_range(ia & !(level_size(level) - 1), level_size(level))?;

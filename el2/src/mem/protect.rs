@@ -383,12 +383,15 @@ impl<T: TableMemory> MemState<'_, T> {
         let tags_clean = |p| self.own.entry(p).is_some_and(|e| e.tags_clean());
         // A block none of whose tags are clean yet: all at once.
         let whole_block = vm.mte && level == 2 && !pages().any(tags_clean);
-        if whole_block {
-            hw.clear_tags_block(range.start);
+        // Tags that could not be cleared (cannot happen: boot parks without its fixmap slots,
+        // and an MTE VM exists only where every CPU has FEAT_MTE2) stop the mapping: the
+        // previous owner's tags must never reach the guest.
+        if whole_block && !hw.clear_tags_block(range.start) {
+            return GuestPage::NoMemory;
         }
         for p in pages() {
-            if vm.mte && !whole_block && !tags_clean(p) {
-                hw.clear_tags(p);
+            if vm.mte && !whole_block && !tags_clean(p) && !hw.clear_tags(p) {
+                return GuestPage::NoMemory;
             }
             if !vm.fwb {
                 // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
