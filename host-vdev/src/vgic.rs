@@ -248,8 +248,9 @@ fn ready(ctlr: u32, enabled: bool, irq: &Irq) -> bool {
     enabled && irq.pending() && irq.queued_on.is_none() && !irq.linked && ctlr & group != 0
 }
 
-/// The set bits of `bits`, lowest first.
-fn ones(mut bits: u128) -> impl Iterator<Item = usize> {
+/// The set bits of `bits`, lowest first. (64 bits: on this target a `u128`'s shifts and
+/// counts cost several instructions each.)
+fn ones(mut bits: u64) -> impl Iterator<Item = usize> {
     core::iter::from_fn(move || {
         let i = (bits != 0).then(|| bits.trailing_zeros() as usize)?;
         bits &= bits - 1;
@@ -531,7 +532,7 @@ impl Vgic {
         // A plain loop over the fields the choice needs: the iterator version copied an `Irq`
         // per candidate, a byte-wise `memcpy` call on the host's target.
         let mut best: Option<(u8, usize, bool)> = None;
-        for i in ones(map) {
+        for i in ones(map as u64).chain(ones((map >> 64) as u64).map(|i| i + 64)) {
             let Some(irq) = self.irq(vcpu, i) else { continue };
             // Strictly lower: between equal priorities the lowest INTID (the first) stays.
             if best.is_none_or(|(p, _, _)| irq.priority < p) {
@@ -701,18 +702,18 @@ impl Vgic {
     /// at the interrupts enabled; zero for an absent vCPU.
     fn deliverable_map(&self, vcpu: usize) -> u128 {
         let Some(bank) = self.private[..self.nr_vcpus].get(vcpu) else { return 0 };
-        let mut map = 0u128;
-        for i in ones(self.enabled_private[vcpu].into()) {
+        let (mut private, mut spis) = (0u64, 0u64);
+        for i in ones(self.enabled_private[vcpu]) {
             if ready(self.ctlr, true, &bank[i]) {
-                map |= 1 << i;
+                private |= 1 << i;
             }
         }
-        for i in ones(self.enabled_spis.into()) {
+        for i in ones(self.enabled_spis) {
             if ready(self.ctlr, true, &self.spis[i]) && self.spi_target(i) == vcpu {
-                map |= 1 << (NR_PRIVATE + i);
+                spis |= 1 << i;
             }
         }
-        map
+        u128::from(private) | u128::from(spis) << NR_PRIVATE
     }
 
     /// Whether INTID `intid` as vCPU `vcpu` sees it is enabled (false if not implemented).
