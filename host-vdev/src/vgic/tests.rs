@@ -674,19 +674,62 @@ fn a_linux_style_bring_up_delivers_the_timer_and_the_uart() {
 
 // ---- Hostile input ---------------------------------------------------------------------
 
-/// Every vCPU's deliverable INTIDs from a look at every interrupt of every bank: what
-/// `deliverable_map` must find by looking only at the enabled ones.
-fn reference_maps(g: &Vgic) -> [u128; MAX_VCPUS] {
+/// The enable bits as the guest's writes set them, kept apart from the model's bitmaps:
+/// each vCPU's SGIs and PPIs, and the SPIs (bit `i` = SPI `32 + i`).
+#[derive(Default)]
+struct Enables {
+    private: [u32; MAX_VCPUS],
+    spis: u64,
+}
+
+impl Enables {
+    /// Follows a guest write: `ISENABLER`/`ICENABLER` words are 32-bit accesses; the
+    /// distributor's words 1 and 2 hold the SPIs (word 0, the private INTIDs, is RAZ/WI there),
+    /// a redistributor's `SGI_base` word 0 its vCPU's SGIs and PPIs.
+    fn write(&mut self, nr: usize, gicr: bool, off: u64, size: u32, value: u64) {
+        let bits = value as u32;
+        if size != 4 {
+            return;
+        }
+        let (set, word) = match (gicr, off % GICR_STRIDE) {
+            (false, o) if off == o && (ISENABLER + 4..ISENABLER + 12).contains(&o) => (true, (o - ISENABLER) / 4),
+            (false, o) if off == o && (ICENABLER + 4..ICENABLER + 12).contains(&o) => (false, (o - ICENABLER) / 4),
+            (true, o) if o == GICR_SGI_BASE + ISENABLER => (true, 0),
+            (true, o) if o == GICR_SGI_BASE + ICENABLER => (false, 0),
+            _ => return,
+        };
+        if gicr {
+            let Some(w) = self.private.get_mut((off / GICR_STRIDE) as usize).filter(|_| ((off / GICR_STRIDE) as usize) < nr) else { return };
+            *w = if set { *w | bits } else { *w & !bits };
+        } else {
+            let shift = 32 * (word - 1);
+            let m = u64::from(bits) << shift;
+            self.spis = if set { self.spis | m } else { self.spis & !m };
+        }
+    }
+
+    fn enabled(&self, vcpu: usize, intid: usize) -> bool {
+        match intid {
+            0..NR_PRIVATE => self.private[vcpu] >> intid & 1 != 0,
+            _ => self.spis >> (intid - NR_PRIVATE) & 1 != 0,
+        }
+    }
+}
+
+/// Every vCPU's deliverable INTIDs from a look at every interrupt of every bank, with the
+/// enable bits the guest wrote: what `deliverable_map` must find by looking only at the
+/// bitmaps' enabled ones.
+fn reference_maps(g: &Vgic, en: &Enables) -> [u128; MAX_VCPUS] {
     let mut maps = [0u128; MAX_VCPUS];
     for (v, map) in maps.iter_mut().enumerate().take(g.nr_vcpus) {
         for i in 0..NR_PRIVATE {
-            if ready(g.ctlr, g.enabled(v, i), &g.private[v][i]) {
+            if ready(g.ctlr, en.enabled(v, i), &g.private[v][i]) {
                 *map |= 1 << i;
             }
         }
     }
     for s in 0..NR_SPIS {
-        if ready(g.ctlr, g.enabled(0, NR_PRIVATE + s), &g.spis[s]) {
+        if ready(g.ctlr, en.enabled(0, NR_PRIVATE + s), &g.spis[s]) {
             maps[g.spi_target(s)] |= 1 << (NR_PRIVATE + s);
         }
     }
@@ -705,6 +748,7 @@ fn random_accesses_and_calls_keep_the_model_sane() {
     for _round in 0..20 {
         let nr = 1 + rng.below(MAX_VCPUS as u64) as usize;
         let mut g = vgic(nr);
+        let mut en = Enables::default();
         let mut unhandled = 0;
         for _ in 0..5_000 {
             let before = g.deliverable_maps();
@@ -716,12 +760,16 @@ fn random_accesses_and_calls_keep_the_model_sane() {
                 2 => rng.below(MAX_VCPUS as u64),
                 _ => rng.next(),
             };
-            let off = match rng.below(6) {
+            let off = match rng.below(8) {
                 0 => rng.below(0x1000) & !3,
                 1 => 0x6000 + rng.below(0x2000),
                 2 => rng.below(GICR_STRIDE * (MAX_VCPUS as u64 + 1)) & !3,
                 3 => rng.below(nr as u64) * GICR_STRIDE + GICR_SGI_BASE + (rng.below(0x1000) & !3),
                 4 => rng.next(),
+                // The enable words, distributor's (SPIs) and redistributors' (SGIs and PPIs),
+                // which a uniform pick would seldom reach.
+                5 => rng.pick(&[ISENABLER + 4, ISENABLER + 8, ICENABLER + 4, ICENABLER + 8]),
+                6 => rng.below(nr as u64) * GICR_STRIDE + GICR_SGI_BASE + rng.pick(&[ISENABLER, ICENABLER]),
                 _ => rng.below(0x1_0000),
             };
             let wake = match rng.below(9) {
@@ -735,8 +783,14 @@ fn random_accesses_and_calls_keep_the_model_sane() {
                     assert_eq!(r & !width_mask(size), 0, "{off:#x}/{size}: {r:#x}");
                     Wake::NONE
                 }
-                2 => g.gicd_write(off % GICD_SIZE, size, value),
-                3 => g.gicr_write(off, size, value),
+                2 => {
+                    en.write(nr, false, off % GICD_SIZE, size, value);
+                    g.gicd_write(off % GICD_SIZE, size, value)
+                }
+                3 => {
+                    en.write(nr, true, off, size, value);
+                    g.gicr_write(off, size, value)
+                }
                 4 => g.set_level(rng.below(9) as usize, rng.below(100) as u32, rng.below(2) == 0).unwrap_or_default(),
                 5 => g.send_sgi(rng.next() as u8, rng.below(17) as u32).unwrap_or_default(),
                 6 => {
@@ -761,7 +815,7 @@ fn random_accesses_and_calls_keep_the_model_sane() {
             };
             assert_eq!(u32::from(wake.bits()) >> nr, 0, "only vCPUs of the VM");
             let after = g.deliverable_maps();
-            assert_eq!(after, reference_maps(&g));
+            assert_eq!(after, reference_maps(&g, &en));
             let gained = (0..MAX_VCPUS).filter(|&v| after[v] & !before[v] != 0).fold(0u8, |w, v| w | 1 << v);
             assert_eq!(wake.bits(), gained, "the wake is the vCPUs that gained an interrupt");
             for (v, &map) in after.iter().enumerate() {
