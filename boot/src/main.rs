@@ -223,11 +223,12 @@ fn build_hyp_stage1(pool: &mut PagePool, uart: PhysAddr, pvpanic: Option<(u64, u
         }
     }
     // One fixmap slot per CPU, for EL2's short-lived access to pages it does not map (scrubbing
-    // guest memory), and one 2 MiB block slot (clearing a guest block's tags): the level-3 and
-    // level-2 entries exist from now on and start empty.
+    // guest memory), and one 2 MiB block slot (clearing a guest block's tags, cleaning it to
+    // the PoC): the level-3 and level-2 entries exist from now on and start empty.
     let normal = Attrs { mem: MemType::Normal, perms: Perms::RW };
-    let Ok(template) = t.leaf_descriptor(3, PhysAddr(0), normal) else { arch::park() };
+    let (Ok(template), Ok(block)) = (t.leaf_descriptor(3, PhysAddr(0), normal), t.leaf_descriptor(2, PhysAddr(0), normal)) else { arch::park() };
     arch::FIXMAP_TEMPLATE.store(template, Ordering::Relaxed);
+    arch::FIXMAP_BLOCK_TEMPLATE.store(block, Ordering::Relaxed);
     if arch::has_mte2() {
         let tagged = Attrs { mem: MemType::NormalTagged, perms: Perms::RW };
         let (Ok(page), Ok(block)) = (t.leaf_descriptor(3, PhysAddr(0), tagged), t.leaf_descriptor(2, PhysAddr(0), tagged)) else { arch::park() };

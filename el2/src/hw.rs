@@ -80,6 +80,9 @@ pub trait CacheOps {
     /// through the fixmap, `DSB ISH`): DRAM then holds what any cache held, and no cache holds
     /// a line of it, so a non-cacheable view of the page and a cacheable one agree.
     fn clean_inval_poc(&self, pa: PhysAddr);
+    /// [`Self::clean_inval_poc`] for every page of the 2 MiB block at `base`, through one
+    /// temporary block mapping (one broadcast TLBI) where `base` is 2 MiB aligned.
+    fn clean_inval_poc_block(&self, base: PhysAddr);
 }
 
 /// EL2's own reads and writes of a page it does not map (a guest's, or one given to a

@@ -31,6 +31,8 @@ pub(crate) struct Recorder {
     pub tags_cleared: RefCell<Vec<u64>>,
     /// `clear_tags` and `clear_tags_block` fail (a CPU without its fixmap slot).
     pub tags_fail: Cell<bool>,
+    /// The addresses `clean_inval_poc_block` was given, in order.
+    pub blocks_cleaned: RefCell<Vec<u64>>,
     /// The guest exits `run` returns, in order; running past the end fails the test.
     pub exits: RefCell<Vec<GuestTrap>>,
     /// The PC of each guest entry.
@@ -324,6 +326,10 @@ impl Tlb for Recorder {
 impl CacheOps for Recorder {
     fn clean_inval_poc(&self, _: PhysAddr) {
         self.note("clean_inval_poc");
+    }
+    fn clean_inval_poc_block(&self, base: PhysAddr) {
+        self.note("clean_inval_poc_block");
+        self.blocks_cleaned.borrow_mut().push(base.0);
     }
     fn clear_tags(&self, pa: PhysAddr) -> bool {
         self.note("clear_tags");

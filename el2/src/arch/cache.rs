@@ -12,9 +12,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// `DC CIVAC` over the page mapped at `va`, then `DSB ISH`: its lines reach the PoC and are
 /// dropped on every CPU before the slot is unmapped and the page mapped for its next user.
 fn civac_page(va: u64) {
+    civac_range(va, 4096);
+}
+
+/// [`civac_page`] over the `len` bytes at `va`.
+fn civac_range(va: u64, len: u64) {
     let line = super::regs::dcache_line_size();
     let mut a = va;
-    while a < va + 4096 {
+    while a < va + len {
         // SAFETY: `a` lies in the page the caller's fixmap closure maps; DC CIVAC only writes
         // back and drops one cache line. (Allocation tags need none: they are only ever reached
         // through cacheable Tagged mappings, which are coherent.)
@@ -46,6 +51,8 @@ pub static FIXMAP_TEMPLATE_TAGGED: AtomicU64 = AtomicU64::new(0);
 pub static FIXMAP_BLOCK_ENTRY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// The Tagged Normal level-2 (block) descriptor template (0 without FEAT_MTE2).
 pub static FIXMAP_BLOCK_TEMPLATE_TAGGED: AtomicU64 = AtomicU64::new(0);
+/// The Normal level-2 (block) descriptor template.
+pub static FIXMAP_BLOCK_TEMPLATE: AtomicU64 = AtomicU64::new(0);
 
 /// Maps `pa` at this CPU's fixmap slot, runs `f` on it, and unmaps it.
 fn with_fixmap(pa: PhysAddr, f: impl FnOnce(*mut u8)) {
@@ -150,6 +157,17 @@ fn zva_block() -> u64 {
 impl CacheOps for Cpu {
     fn clean_inval_poc(&self, pa: PhysAddr) {
         with_fixmap(pa, |p| civac_page(p as u64));
+    }
+
+    fn clean_inval_poc_block(&self, base: PhysAddr) {
+        let template = FIXMAP_BLOCK_TEMPLATE.load(Ordering::Relaxed);
+        // Through the block slot if it can be (an aligned base), else page by page: the same
+        // lines reach the PoC either way.
+        if !(template != 0 && base.0.is_multiple_of(FIXMAP_BLOCK_SIZE) && with_slot(true, template, base, |p| civac_range(p as u64, FIXMAP_BLOCK_SIZE))) {
+            for page in (0..FIXMAP_BLOCK_SIZE).step_by(4096) {
+                self.clean_inval_poc(PhysAddr(base.0 + page));
+            }
+        }
     }
 
     fn clear_tags(&self, pa: PhysAddr) -> bool {

@@ -20,7 +20,7 @@ mod vectors;
 
 use crate::hw::{Clock, Firmware, HostCpu};
 use aarch64_cpu::registers::*;
-pub use cache::{FIXMAP_BLOCK_ENTRY, FIXMAP_BLOCK_SIZE, FIXMAP_BLOCK_TEMPLATE_TAGGED, FIXMAP_BLOCK_VA, FIXMAP_END, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
+pub use cache::{FIXMAP_BLOCK_ENTRY, FIXMAP_BLOCK_SIZE, FIXMAP_BLOCK_TEMPLATE, FIXMAP_BLOCK_TEMPLATE_TAGGED, FIXMAP_BLOCK_VA, FIXMAP_END, FIXMAP_ENTRY, FIXMAP_TEMPLATE, FIXMAP_TEMPLATE_TAGGED, FIXMAP_VA};
 pub use guarded::GuardedMmio;
 pub use host::{activate_host, enter_host, HostConfig};
 pub use regs::*;

@@ -393,13 +393,17 @@ impl<T: TableMemory> MemState<'_, T> {
             if vm.mte && !whole_block && !tags_clean(p) && !hw.clear_tags(p) {
                 return GuestPage::NoMemory;
             }
-            if !vm.fwb {
+            if !vm.fwb && level == 3 {
                 // Without FWB a guest may see the page Non-cacheable (MMU off, or its own
                 // mapping): DRAM must hold what the host (or the tag clearing above) left in
                 // the caches, and no dirty line of the host's may later be written back over
-                // the guest's data. Once per page and VM: the mapping stays until destroy.
+                // the guest's data. Once per page and VM: the mapping stays until destroy. (A
+                // block's pages all at once, below.)
                 hw.clean_inval_poc(p);
             }
+        }
+        if !vm.fwb && level == 2 {
+            hw.clean_inval_poc_block(range.start);
         }
         let mut tables = GuestTables { pool: &mut self.tables, cache: &mut vm.mem.tables };
         match vm.mem.s2.map(&mut tables, ia, range.start, range.size(), GUEST_RAM, level) {
