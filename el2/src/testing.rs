@@ -33,6 +33,8 @@ pub(crate) struct Recorder {
     pub tags_fail: Cell<bool>,
     /// The addresses `clean_inval_poc_block` was given, in order.
     pub blocks_cleaned: RefCell<Vec<u64>>,
+    /// The addresses `clean_inval_poc` was given, in order.
+    pub pages_cleaned: RefCell<Vec<u64>>,
     /// The guest exits `run` returns, in order; running past the end fails the test.
     pub exits: RefCell<Vec<GuestTrap>>,
     /// The PC of each guest entry.
@@ -324,8 +326,9 @@ impl Tlb for Recorder {
 }
 
 impl CacheOps for Recorder {
-    fn clean_inval_poc(&self, _: PhysAddr) {
+    fn clean_inval_poc(&self, pa: PhysAddr) {
         self.note("clean_inval_poc");
+        self.pages_cleaned.borrow_mut().push(pa.0);
     }
     fn clean_inval_poc_block(&self, base: PhysAddr) {
         self.note("clean_inval_poc_block");

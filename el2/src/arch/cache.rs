@@ -20,7 +20,7 @@ fn civac_range(va: u64, len: u64) {
     let line = super::regs::dcache_line_size();
     let mut a = va;
     while a < va + len {
-        // SAFETY: `a` lies in the page the caller's fixmap closure maps; DC CIVAC only writes
+        // SAFETY: `a` lies in the page or block the caller's fixmap closure maps; DC CIVAC only writes
         // back and drops one cache line. (Allocation tags need none: they are only ever reached
         // through cacheable Tagged mappings, which are coherent.)
         unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };

@@ -341,8 +341,8 @@ impl<T: TableMemory> MemState<'_, T> {
     /// it is guest memory: the whole 2 MiB block around it where one region backs all of it
     /// with 2 MiB-aligned contiguous pages and nothing of it is mapped yet
     /// ([`Self::guest_block`]), else the page. Clears an MTE VM's tags the first time a page is
-    /// its own and, for a VM without FWB, cleans what it maps to the PoC, page by page either
-    /// way. New tables come from the VM's memcache: [`GuestPage::NeedTables`] when it has too
+    /// its own and, for a VM without FWB, cleans what it maps to the PoC (a block as one,
+    /// through the CPU's block slot). New tables come from the VM's memcache: [`GuestPage::NeedTables`] when it has too
     /// few, before anything changes. Refuses an MTE VM memory in `untagged`.
     ///
     /// A guest's mapping never changes while the VM lives (`MEM_SHARE` and `MEM_UNSHARE` change
