@@ -114,11 +114,10 @@ impl MessagePages {
             return Err(HypError::InvalidArgument);
         }
         let base = (pa.0 as *mut u64).wrapping_add(offset / 8);
+        // Volatile: the host reads the page, the compiler cannot see it.
         for (i, &w) in words.iter().enumerate() {
-            // SAFETY: as in `read`: the page is host RAM shared with EL2 for good, mapped RW
-            // at `pa`; `offset + 8 * (i + 1) <= PAGE_SIZE` (checked above) and `base + i` is
-            // 8-byte aligned (the page is page aligned, `offset` a multiple of 8). Volatile:
-            // the host reads the page, the compiler cannot see it.
+            // SAFETY: as in `read` (host RAM shared with EL2 for good, mapped RW at `pa`);
+            // `offset + 8 * (i + 1) <= PAGE_SIZE` (checked above), `base + i` 8-byte aligned.
             unsafe { core::ptr::write_volatile(base.add(i), w) };
         }
         Ok(())
