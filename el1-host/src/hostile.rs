@@ -17,7 +17,8 @@
 //! `VCPU_IRQ_STATE` reports (well-formed, each vINTID once), `VCPU_STATS`' total, a timer
 //! register read back after a write; and every 5,000 calls a *timer round* runs a small VM with
 //! hostile timer values before and after its first run, checking the exit record's deadlines
-//! and the first-run rules (`Frozen`, `Denied` once a protected VM has run).
+//! and the first-run rules (`Frozen`, `Denied` once a protected VM has run). Every call also
+//! sets `x8..=x30` to values of its own and checks that `x4..=x30` come back unchanged.
 
 use crate::platform::Platform;
 use crate::{gic, hyp, println, vmm};
@@ -330,7 +331,7 @@ pub fn run(plat: &Platform) {
         if n >= trace_from {
             println!("host: hostile host: call {n}: {id:#x} {x:x?}");
         }
-        let r = hyp::raw(id, &x);
+        let r = raw_all_gprs(id, &x, n as u64, &mut wrong);
         if let (Ok(HypercallId::VmCreate), Ok([h, _, _])) = (HypercallId::try_from(id), r) {
             handles[rng.below(24) as usize] = h; // replaced handles stay alive: fine
         }
@@ -349,7 +350,7 @@ pub fn run(plat: &Platform) {
             if x[0] != 0 && rams_at_zero.contains(&x[0]) {
                 runs_skipped += 1;
             } else {
-                let run = hyp::raw(HypercallId::VcpuRun as u64, &[x[0], x[1], 0]);
+                let run = raw_all_gprs(HypercallId::VcpuRun as u64, &[x[0], x[1], 0, 0, 0, 0, 0], n as u64, &mut wrong);
                 record(&mut c, &run);
                 runs_after_set += 1;
             }
@@ -400,6 +401,18 @@ const TIMER_REGS: [u64; 5] = [reg::CNTVOFF_EL2, reg::CNTP_CTL_EL0, reg::CNTP_CVA
 /// low 3 bits of a `VCPU_SET_IRQ` priority must be zero. (The host cannot read `ICH_VTR_EL2`;
 /// its VMM makes the same assumption.)
 const UNIMPLEMENTED_PRIORITY_BITS: u64 = 0x7;
+
+/// The call `id` with arguments `x`, through [`host_kernel::arch::hvc0_all_gprs`]: also reports
+/// each register past `x3` that EL2 did not give back as the host left it (docs/ABI.md,
+/// *Convention*). Call `n` fills `x8..=x30` with its own values.
+fn raw_all_gprs(id: u64, x: &[u64; 7], n: u64, wrong: &mut Wrong) -> Result<[u64; 3], HypError> {
+    let fill = 0x5A00_0000_0000_0000 | n << 8;
+    let regs = host_kernel::arch::hvc0_all_gprs(id, *x, fill);
+    if let Some(i) = (4..31).find(|&i| regs[i] != if i < 8 { x[i - 1] } else { fill + i as u64 }) {
+        wrong.report(format_args!("call {id:#x} {x:x?}: x{i} came back as {:#x}", regs[i]));
+    }
+    shared_abi::decode_result([regs[0], regs[1], regs[2], regs[3]])
+}
 
 /// Calls EL2 answered otherwise than docs/ABI.md says (each printed, the first few).
 struct Wrong(u64);

@@ -113,6 +113,7 @@ macro_rules! hypercalls {
 
             /// Decodes `x0` of a host HVC. Only the low 32 bits are the function ID (SMCCC);
             /// non-zero upper bits are refused as [`HypError::NotSupported`], like unknown IDs.
+            #[inline(always)]
             fn try_from(x0: u64) -> Result<Self, HypError> {
                 // One match on the offset into the range (a jump table), not a chain of compares.
                 match x0.wrapping_sub(VENDOR_HYP_BASE as u64) {

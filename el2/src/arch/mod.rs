@@ -27,7 +27,7 @@ pub use regs::*;
 pub use switch::check_sysreg_tables;
 pub use switch::vgic::{ich_vtr, set_redistributor};
 pub(crate) use switch::sve_lengths;
-pub use vectors::TrapFrame;
+pub use vectors::{HvcFrame, TrapFrame};
 
 /// The CPU EL2 runs on: the implementation of every trait of the hardware seam ([`crate::hw`]).
 pub struct Cpu;

@@ -1,9 +1,13 @@
 //! EL2's exception vector tables and the trap frame the assembly builds.
 //!
-//! - In the host table, synchronous exceptions from a lower EL (AArch64) save all GPRs,
-//!   `ELR_EL2` and `SPSR_EL2` on this CPU's EL2 stack, call
-//!   [`crate::arch::trap::el2_lower_sync`], restore (the handler may have changed any of them)
-//!   and `ERET`.
+//! - In the host table, a synchronous exception from a lower EL (AArch64) that is a hypercall
+//!   (`ESR_EL2.EC` is `HVC64`) saves `x0..=x18`, `x30`, `ELR_EL2` and `SPSR_EL2` ([`HvcFrame`])
+//!   on this CPU's EL2 stack, calls [`crate::arch::trap::el2_host_hvc`], restores and `ERET`s.
+//!   `x19..=x29` are not saved: the handler is AAPCS64 code, which preserves them, and a
+//!   hypercall neither reads nor writes them. Any other synchronous exception saves all GPRs
+//!   ([`TrapFrame`]: an abort's transfer register may be any of them), calls
+//!   [`crate::arch::trap::el2_lower_sync`], restores (the handler may have changed any of them)
+//!   and `ERET`s.
 //! - While a guest runs on this CPU, `VBAR_EL2` is the guest table, `el2_guest_vectors`
 //!   ([`guest_table`]), in which any lower-EL exception (synchronous, IRQ, FIQ, SError) is a
 //!   *guest exit*: `__guest_exit` stores the guest's GPRs and returns to the world switch
@@ -41,6 +45,31 @@ const _: () = {
     assert!(offset_of!(TrapFrame, x) == 0);
     assert!(offset_of!(TrapFrame, elr) == 248);
     assert!(offset_of!(TrapFrame, spsr) == 256);
+};
+
+/// A host hypercall's registers, as the vectors' hypercall path saves them: those a called
+/// AAPCS64 function may change, and the return state (a `VCPU_RUN` changes `ELR_EL2` and
+/// `SPSR_EL2`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct HvcFrame {
+    /// `x0..=x18`: the call in `x0..=x7`, its result written to `x0..=x3`.
+    pub x: [u64; 19],
+    /// `x30`.
+    x30: u64,
+    /// `ELR_EL2`.
+    pub elr: u64,
+    /// `SPSR_EL2`.
+    pub spsr: u64,
+}
+
+const HVC_FRAME_SIZE: usize = 176;
+const _: () = {
+    assert!(size_of::<HvcFrame>() == HVC_FRAME_SIZE);
+    assert!(offset_of!(HvcFrame, x) == 0);
+    assert!(offset_of!(HvcFrame, x30) == 144 + 8);
+    assert!(offset_of!(HvcFrame, elr) == 160);
+    assert!(offset_of!(HvcFrame, spsr) == 168);
 };
 
 global_asm!(
@@ -233,7 +262,49 @@ el2_unexpected_entry:
     bl {unexpected}
     b .
 
+// A synchronous exception from the host. A hypercall (ESR_EL2.EC = 0x16, HVC64) takes the short
+// frame; anything else gives it back and takes the full one.
 el2_lower_sync_entry:
+    sub sp, sp, #{hvc_frame}
+    stp x0, x1, [sp, #16 * 0]
+    mrs x1, esr_el2
+    lsr x0, x1, #26
+    cmp x0, #0x16
+    b.ne 1f
+    stp x2, x3, [sp, #16 * 1]
+    stp x4, x5, [sp, #16 * 2]
+    stp x6, x7, [sp, #16 * 3]
+    stp x8, x9, [sp, #16 * 4]
+    stp x10, x11, [sp, #16 * 5]
+    stp x12, x13, [sp, #16 * 6]
+    stp x14, x15, [sp, #16 * 7]
+    stp x16, x17, [sp, #16 * 8]
+    stp x18, x30, [sp, #16 * 9]
+    mrs x2, elr_el2
+    mrs x3, spsr_el2
+    stp x2, x3, [sp, #16 * 10]
+    mov x0, sp
+    bl {host_hvc}
+    ldp x2, x3, [sp, #16 * 10]
+    msr elr_el2, x2
+    msr spsr_el2, x3
+    ldp x0, x1, [sp, #16 * 0]
+    ldp x2, x3, [sp, #16 * 1]
+    ldp x4, x5, [sp, #16 * 2]
+    ldp x6, x7, [sp, #16 * 3]
+    ldp x8, x9, [sp, #16 * 4]
+    ldp x10, x11, [sp, #16 * 5]
+    ldp x12, x13, [sp, #16 * 6]
+    ldp x14, x15, [sp, #16 * 7]
+    ldp x16, x17, [sp, #16 * 8]
+    ldp x18, x30, [sp, #16 * 9]
+    add sp, sp, #{hvc_frame}
+    eret
+    // ERET is not a speculation barrier for straight-line execution after it.
+    dsb nsh
+    isb
+1:
+    ldp x0, x1, [sp], #{hvc_frame}
     SAVE_FRAME
     mov x0, sp
     bl {lower_sync}
@@ -244,6 +315,8 @@ el2_lower_sync_entry:
     isb
 "#,
     frame = const FRAME_SIZE,
+    hvc_frame = const HVC_FRAME_SIZE,
+    host_hvc = sym crate::arch::trap::el2_host_hvc,
     lower_sync = sym crate::arch::trap::el2_lower_sync,
     unexpected = sym crate::arch::trap::el2_unexpected,
 );

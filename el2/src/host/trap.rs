@@ -49,22 +49,27 @@ pub struct CannotInject;
 pub fn handle_sync<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, regs: &mut HostRegs<'_>, hw: &(impl Hw + HostCpu), io: &impl GuardedIo) -> Result<(), CannotInject> {
     match esr.ec() {
         ec::HVC64 => {
-            let result = if esr.imm16() != 0 {
-                Err(HypError::NotSupported)
-            } else {
-                // By reference: a copy is a call to the generic `memcpy` (about 55 instructions
-                // on every hypercall).
-                match regs.x.first_chunk::<8>() {
-                    Some(x) => crate::hypercall::handle(hyp, cpu, x, hw),
-                    // Never: the frame holds 31 registers.
-                    None => Err(HypError::InvalidArgument),
-                }
-            };
-            regs.x[..4].copy_from_slice(&encode_result(result));
+            match regs.x.first_chunk_mut::<8>() {
+                Some(x) => handle_hvc(hyp, cpu, esr, x, hw),
+                // Never: the frame holds 31 registers.
+                None => regs.x[..4].copy_from_slice(&encode_result(Err(HypError::InvalidArgument))),
+            }
             Ok(())
         }
         _ => not_a_hypercall(hyp, esr, regs, hw, io),
     }
+}
+
+/// A host hypercall (`ESR_EL2.EC` is `HVC64`) on CPU `cpu`: the call in `x0..=x7`, its result
+/// written to `x0..=x3`. A hypercall reads and writes no other host state, so the vectors take
+/// it on a path of its own that saves only the registers a call may change (the arch shim,
+/// `crate::arch::trap::el2_host_hvc`).
+#[inline(always)]
+pub fn handle_hvc<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, esr: Esr, x: &mut [u64; 8], hw: &impl Hw) {
+    // By reference: a copy is a call to the generic `memcpy` (about 55 instructions on every
+    // hypercall).
+    let result = if esr.imm16() != 0 { Err(HypError::NotSupported) } else { crate::hypercall::handle(hyp, cpu, x, hw) };
+    x[..4].copy_from_slice(&encode_result(result));
 }
 
 /// [`handle_sync`] for everything but a hypercall, out of line: inlined, its registers made

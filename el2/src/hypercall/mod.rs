@@ -42,6 +42,7 @@ macro_rules! calls {
             /// register past its arguments is not zero, `SetupFinalised` if it is a set-up call
             /// and `finalised()`; else its arguments. One arm a call, in which its argument
             /// count and phase are constants: the checks are a few instructions, not a loop.
+            #[inline(always)]
             pub fn decode(id: HypercallId, x: &[u64; 8], finalised: impl Fn() -> bool) -> Result<Self, HypError> {
                 match id {
                     $( HypercallId::$id => {
@@ -96,7 +97,9 @@ calls! {
 }
 
 /// Handles a host `HVC #0` made on CPU `cpu` with `x0..=x7` = `x`; the result goes to
-/// `x0..=x3`.
+/// `x0..=x3`. Inlined into the trap shim, its one caller in the image: a call of its own would
+/// add a frame to every hypercall.
+#[inline(always)]
 pub fn handle<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, x: &[u64; 8], hw: &impl Hw) -> HypResult {
     let id = HypercallId::try_from(x[0])?;
     let result = match Call::decode(id, x, || hyp.finalised())? {

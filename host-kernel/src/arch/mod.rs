@@ -163,6 +163,77 @@ pub fn hvc1(x0: u64) -> u64 {
     r
 }
 
+global_asm!(
+    r#"
+// x0 = a block of 8 + 31 words: x0..x7 of an HVC #0 in, all of x0..x30 after it out; x1 =
+// `fill`: x8..x30 are set to fill + n before the call. Callee-saved registers are restored.
+.global host_hvc_all_gprs
+host_hvc_all_gprs:
+    stp x29, x30, [sp, #-112]!
+    stp x19, x20, [sp, #16]
+    stp x21, x22, [sp, #32]
+    stp x23, x24, [sp, #48]
+    stp x25, x26, [sp, #64]
+    stp x27, x28, [sp, #80]
+    stp x18, x0, [sp, #96]
+.irp n, 8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30
+    add x\n, x1, #\n
+.endr
+    ldp x2, x3, [x0, #16]
+    ldp x4, x5, [x0, #32]
+    ldp x6, x7, [x0, #48]
+    ldp x0, x1, [x0, #0]
+    hvc #0
+    stp x0, x1, [sp, #-16]!
+    ldr x0, [sp, #16 + 104]
+    add x0, x0, #64
+    stp x2, x3, [x0, #16]
+    stp x4, x5, [x0, #32]
+    stp x6, x7, [x0, #48]
+    stp x8, x9, [x0, #64]
+    stp x10, x11, [x0, #80]
+    stp x12, x13, [x0, #96]
+    stp x14, x15, [x0, #112]
+    stp x16, x17, [x0, #128]
+    stp x18, x19, [x0, #144]
+    stp x20, x21, [x0, #160]
+    stp x22, x23, [x0, #176]
+    stp x24, x25, [x0, #192]
+    stp x26, x27, [x0, #208]
+    stp x28, x29, [x0, #224]
+    str x30, [x0, #8 * 30]
+    ldp x2, x3, [sp], #16
+    stp x2, x3, [x0]
+    ldp x18, x0, [sp, #96]
+    ldp x19, x20, [sp, #16]
+    ldp x21, x22, [sp, #32]
+    ldp x23, x24, [sp, #48]
+    ldp x25, x26, [sp, #64]
+    ldp x27, x28, [sp, #80]
+    ldp x29, x30, [sp], #112
+    ret
+"#
+);
+
+extern "C" {
+    fn host_hvc_all_gprs(block: *mut u64, fill: u64);
+}
+
+/// `HVC #0` as [`hvc0`], with `x8..=x30` set to `fill + n` first; returns every GPR after
+/// the call (`x0..=x30`). For checking that EL2 returns each register it does not answer in
+/// as the host left it.
+pub fn hvc0_all_gprs(x0: u64, a: [u64; 7], fill: u64) -> [u64; 31] {
+    let mut block = [0u64; 8 + 31];
+    block[0] = x0;
+    block[1..8].copy_from_slice(&a);
+    // SAFETY: `block` holds 39 words; the routine restores every callee-saved register and SP,
+    // and the HVC follows the hypervisor ABI (as `hvc0`).
+    unsafe { host_hvc_all_gprs(block.as_mut_ptr(), fill) };
+    let mut out = [0u64; 31];
+    out.copy_from_slice(&block[8..]);
+    out
+}
+
 // ---- Registers the host does not otherwise use, set and read back by scenarios --------------
 
 /// Calls `target` as a function with no arguments (`BLR`), clobbering what a C call may.
