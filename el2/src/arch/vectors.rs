@@ -8,10 +8,10 @@
 //!   ([`TrapFrame`]: an abort's transfer register may be any of them), calls
 //!   [`crate::arch::trap::el2_lower_sync`], restores (the handler may have changed any of them)
 //!   and `ERET`s.
-//! - While a guest runs on this CPU, `VBAR_EL2` is the guest table, `el2_guest_vectors`
-//!   ([`guest_table`]), in which any lower-EL exception (synchronous, IRQ, FIQ, SError) is a
-//!   *guest exit*: `__guest_exit` stores the guest's GPRs and returns to the world switch
-//!   ([`super::switch`]), which put the host table, `el2_vectors`, back. Two tables, not one
+//! - While a guest runs on this CPU, `VBAR_EL2` is the guest table, `el2_guest_vectors` (set by
+//!   `__guest_enter`), in which any lower-EL exception (synchronous, IRQ, FIQ, SError) is a
+//!   *guest exit*: `__guest_exit` stores the guest's GPRs, puts the host table, `el2_vectors`,
+//!   back and returns to the world switch ([`super::switch`]). Two tables, not one
 //!   that asks which world trapped: neither path pays for the question. The vCPU context is
 //!   found at the top of EL2's stack, where `__guest_enter` left it.
 //! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 while the host runs
@@ -172,12 +172,16 @@ el2_guest_vectors:
 .endr
     UNEXPECTED_SLOTS 12, 15
 
-// Enter a guest (with VBAR_EL2 the guest table). x0 = &VcpuCtx (GPRs at 0, host-save pointer
-// slot at 248), x1 = host save area (14 words): EL2's callee-saved x18..x29, x30 and SP,
-// restored by __guest_exit. &VcpuCtx is pushed for the guest table's exits (the SP restored
-// at the exit is the one from before the push).
+// Enter a guest. x0 = &VcpuCtx (GPRs at 0, host-save pointer slot at 248), x1 = host save area
+// (14 words): EL2's callee-saved x18..x29, x30 and SP, restored by __guest_exit. &VcpuCtx is
+// pushed for the guest table's exits (the SP restored at the exit is the one from before the
+// push). VBAR_EL2 is the guest table from here to __guest_exit's end: every lower-EL exception
+// in between is this guest's. (No ISB: the ERET into the guest, and later the one into the
+// host, are context synchronising, and EL2's own exceptions are unexpected in either table.)
 .global __guest_enter
 __guest_enter:
+    adr x2, el2_guest_vectors
+    msr vbar_el2, x2
     stp x18, x19, [x1, #0]
     stp x20, x21, [x1, #16]
     stp x22, x23, [x1, #32]
@@ -209,7 +213,8 @@ __guest_enter:
     isb
 
 // A guest exit: x0 = exit kind, x1 = &VcpuCtx, the guest's x0/x1 on the stack. Stores the
-// guest GPRs, restores EL2's registers and returns x0 to __guest_enter's caller.
+// guest GPRs, restores EL2's registers, puts the host table back in VBAR_EL2 (a later
+// lower-EL exception is the host's) and returns x0 to __guest_enter's caller.
 __guest_exit:
     stp x2, x3, [x1, #16]
     stp x4, x5, [x1, #32]
@@ -237,6 +242,8 @@ __guest_exit:
     ldp x28, x29, [x2, #80]
     ldp x30, x3, [x2, #96]
     mov sp, x3
+    adr x3, el2_vectors
+    msr vbar_el2, x3
     ret
 
 // Unexpected exception, x0 = vector number: move to this CPU's panic stack (top =
@@ -320,20 +327,3 @@ el2_lower_sync_entry:
     lower_sync = sym crate::arch::trap::el2_lower_sync,
     unexpected = sym crate::arch::trap::el2_unexpected,
 );
-
-extern "C" {
-    /// The host table (assembly above). Only its address is used.
-    static el2_vectors: u8;
-    /// The guest table (assembly above). Only its address is used.
-    static el2_guest_vectors: u8;
-}
-
-/// The host's vector table (`VBAR_EL2` while the host runs).
-pub fn host_table() -> u64 {
-    core::ptr::addr_of!(el2_vectors) as u64
-}
-
-/// The guest table (`VBAR_EL2` while a guest runs).
-pub fn guest_table() -> u64 {
-    core::ptr::addr_of!(el2_guest_vectors) as u64
-}

@@ -104,7 +104,8 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
     let me = Me { vm_slot, index: index as usize, cpu, nr_vcpus, fw: &fw, protected: cfg.protected, ptrauth, mte: cfg.mte, fwb: cfg.fwb, forwards, set_way_done: &set_way_done };
     // Every ERET into the guest consumes ctx.pstate as SPSR_EL2: it must land in the
     // guest's AArch64 EL0 or EL1. Checked where each writer hands it over: here for what
-    // the host set (and a CPU_ON reset), after every exit below for what the guest left;
+    // the host set (and a CPU_ON reset), after every exit below for what the guest left
+    // (but for an HVC or SMC, which only AArch64 EL1 takes);
     // EL2's own writes (exception injection) are EL1h by construction (`inject_sync`),
     // which the debug assertion holds host tests to. So each entry is checked once.
     if !pstate_enters_guest(ctx.pstate) {
@@ -119,14 +120,17 @@ pub(crate) fn vcpu_run<T: TableMemory>(hyp: &Hyp<'_, T>, cpu: usize, handle: u64
             let class = crate::exception::syndrome::exit_class(trap.kind == TrapKind::Irq, trap.kind == TrapKind::SError, trap.esr);
             // (`class` < CLASSES by construction; the mask spares a bounds check on every exit.)
             ctx.stats[class & (shared_abi::msg::stats::CLASSES - 1)] += 1;
-            // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
-            // emulated) is stopped before its exit is interpreted, as KVM does.
-            if !pstate_enters_guest(ctx.pstate) {
+            let next = if trap.kind == TrapKind::Sync && matches!(Esr(trap.esr).ec(), ec::HVC64 | ec::SMC64) {
+                // Only AArch64 EL1 takes these (`HVC` and `SMC` are UNDEFINED at EL0, and an
+                // illegal PSTATE takes an Illegal Execution State exception instead), so the
+                // PSTATE such an exit leaves enters the guest without a check.
+                debug_assert!(pstate_enters_guest(ctx.pstate), "an HVC/SMC exit from PSTATE {:#x}", ctx.pstate);
+                guest_call(hyp, handle, &me, &mut ctx, Esr(trap.esr), arch)
+            } else if !pstate_enters_guest(ctx.pstate) {
+                // A guest that returned to AArch32 EL0 (hidden by the ID registers, not
+                // emulated) is stopped before its exit is interpreted, as KVM does.
                 exit = kill_illegal_state(hyp, handle, ctx.pstate);
                 break;
-            }
-            let next = if trap.kind == TrapKind::Sync && matches!(Esr(trap.esr).ec(), ec::HVC64 | ec::SMC64) {
-                guest_call(hyp, handle, &me, &mut ctx, Esr(trap.esr), arch)
             } else {
                 handle_guest_exit(hyp, handle, &me, &mut ctx, trap, arch, &mut saved)
             };
@@ -682,8 +686,9 @@ mod tests {
         let mut f = fixture();
         let h = create(&mut f, 1, 0);
         let rec = Recorder::default();
-        // The guest ERETs to AArch32 EL0 (usr) and traps: EL2 does not interpret the exit.
-        rec.exits.borrow_mut().push(hvc());
+        // The guest ERETs to AArch32 EL0 (usr) and traps there, a WFI: EL2 does not interpret
+        // the exit. (An HVC or SMC exit never comes from there: both are UNDEFINED at EL0.)
+        rec.exits.borrow_mut().push(trap((0x01 << 26) | (1 << 25), 0));
         rec.pstates.borrow_mut().push(0x10);
         assert_eq!(f.call_with(&rec, 0, H::VcpuRun, &[h, 0, 0]), Ok([exit::KILLED as u64, 0, 0]));
         let e = exit_record(&f);

@@ -172,17 +172,11 @@ impl Cpu {
         // Not zeroed first (a `memset` call, about 65 instructions on every entry): only the
         // assembly writes and reads it, __guest_enter all 14 words before the ERET.
         let mut host_save = core::mem::MaybeUninit::<[u64; 14]>::uninit();
-        // The guest table: every lower-EL exception from here to the exit is this guest's. (No
-        // ISB: the ERET into the guest is context synchronising, and EL2's own exceptions are
-        // unexpected in either table.)
-        VBAR_EL2.set(super::vectors::guest_table());
         // The guest runs under its own stage 2 and the traps above: it cannot reach EL2 or host.
         // SAFETY: `ctx` is ours alone (a claimed vCPU), `host_save` outlives the call, and
-        // __guest_enter returns only via __guest_exit, which restores callee-saved regs and SP.
+        // __guest_enter returns only via __guest_exit, which restores callee-saved regs and SP
+        // (and VBAR_EL2: the guest table only while the guest runs).
         let kind = unsafe { __guest_enter(ctx as *mut VcpuCtx as *mut u64, host_save.as_mut_ptr()) };
-        // The host table again, before anything else: a later lower-EL exception is the host's.
-        // (In force by the ERET to the host, which is context synchronising.)
-        VBAR_EL2.set(super::vectors::host_table());
         // Syndrome and guest PC/PSTATE, before anything can overwrite them.
         let trap = GuestTrap {
             kind: match kind {
