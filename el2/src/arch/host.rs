@@ -58,10 +58,6 @@ impl HostConfig {
     }
 }
 
-/// Each CPU's host `VTCR_EL2` (set by [`activate_host`]), for the TLB maintenance that borrows
-/// the host's stage 2 while a guest's is loaded (`crate::arch::tlb`).
-pub(super) static HOST_VTCR: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; crate::platform::MAX_CPUS];
-
 /// Programs this CPU to run the host under `cfg`.
 pub fn activate_host(cfg: &HostConfig) {
     // This CPU's features decide which control registers exist; the world switch reads them
@@ -76,7 +72,6 @@ pub fn activate_host(cfg: &HostConfig) {
     super::switch::CONTROL_FEATURES[cpu_index() % crate::platform::MAX_CPUS].store(features.bits(), core::sync::atomic::Ordering::Relaxed);
     write_boot_controls(&crate::cpu::controls::boot_controls(&features));
     super::switch::vgic::clear();
-    HOST_VTCR[cpu_index() % crate::platform::MAX_CPUS].store(cfg.vtcr, core::sync::atomic::Ordering::Relaxed);
     VTCR_EL2.set(cfg.vtcr);
     VTTBR_EL2.set(cfg.vttbr);
     // VTCR/VTTBR are in effect before the TLB invalidation below uses the VMID.
@@ -108,6 +103,9 @@ pub fn activate_host(cfg: &HostConfig) {
     VMPIDR_EL2.set(MPIDR_EL1.get());
     SCTLR_EL1.set(SCTLR_EL1_HOST_RESET);
     HCR_EL2.set(cfg.hcr);
+    // What the world switch puts back after every guest (system register reads see the
+    // writes above in program order).
+    super::switch::traps::HOST_EL2[cpu_index() % crate::platform::MAX_CPUS].record();
     // All of the above is in effect before anything runs at EL1 (the ERET that enters the
     // host is context synchronising too; this makes the order independent of the caller).
     isb();

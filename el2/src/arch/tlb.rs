@@ -42,7 +42,7 @@ impl Tlb for Cpu {
 
     fn host_s2_unmapped_from_guest(&self, host_vttbr: u64) {
         // A guest's VMID is loaded: the TLBI would miss the host's entries.
-        let host_vtcr = super::host::HOST_VTCR[super::cpu_index() % crate::platform::MAX_CPUS].load(core::sync::atomic::Ordering::Relaxed);
+        let host_vtcr = super::switch::traps::HOST_EL2[super::cpu_index() % crate::platform::MAX_CPUS].vtcr.load(core::sync::atomic::Ordering::Relaxed);
         invalidate_vmid(host_vttbr, host_vtcr);
     }
 

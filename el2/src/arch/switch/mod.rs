@@ -8,7 +8,7 @@
 //! | step | module | what moves |
 //! |---|---|---|
 //! | 1 | [`el1`] | the host's EL1 state out |
-//! | 2 | [`traps`] | the host's EL2 configuration out |
+//! | 2 | [`traps`] | the guest's traps computed from the host's (which `put` restores from [`traps::HostEl2`]) |
 //! | 3 | [`debug`] | the guest's `MDSCR_EL1` (its breakpoints and watchpoints too if it uses them, lazily otherwise), trace prohibited, the host's counters stopped (protected VMs) |
 //! | 4 | [`tpidr2`] | `TPIDR2_EL0` (FEAT_SME) |
 //! | 5 | [`disr`] | the guest's `DISR_EL1`, i.e. `VDISR_EL2` (FEAT_RAS) |
@@ -100,7 +100,6 @@ fn features() -> ControlFeatures {
 
 /// What `load` saved of the host, for `put`: each feature's own.
 pub struct HostSaved {
-    traps: traps::Saved,
     debug: debug::Saved,
     tpidr2: tpidr2::Saved,
     disr: disr::Saved,
@@ -141,8 +140,8 @@ impl Cpu {
     fn load_guest(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
         let f = features();
         el1::save_host(&mut scratch().el1);
-        let host = traps::save_host();
-        let mut controls = guest_controls(&f, host.mdcr, cfg, cfg.protected);
+        let host = &traps::HOST_EL2[cpu_index() % MAX_CPUS];
+        let mut controls = guest_controls(&f, host.mdcr(), cfg, cfg.protected);
         let mut hcr = controls.hcr;
         if cfg.fwb {
             // The VM's stage 2 uses the FWB encoding (VMs are created so only when every CPU
@@ -157,10 +156,10 @@ impl Cpu {
         let pauth = pauth::load_guest(cfg, ctx, &mut hcr);
         let mte = mte::load_guest(cfg, ctx, &mut hcr);
         let fp = fpsimd::load_guest(controls.cptr);
-        traps::load_guest(hcr, &controls, cfg);
+        traps::load_guest(host, hcr, &controls, cfg);
         timer::load_guest(cfg, ctx);
         el1::load_guest(ctx);
-        HostSaved { traps: host, debug, tpidr2, disr, vgic, pauth, mte, fp }
+        HostSaved { debug, tpidr2, disr, vgic, pauth, mte, fp }
     }
 
     /// Between load and put: enter, and read the exit's syndrome. Only GPRs, PC and PSTATE move.
@@ -205,7 +204,7 @@ impl Cpu {
         debug::put(&debug::Regs, ctx, &saved.debug);
         el1::restore_host(&mut scratch().el1);
         timer::put();
-        traps::restore_host(&saved.traps);
+        traps::restore_host(&traps::HOST_EL2[cpu_index() % MAX_CPUS]);
         // EL2 goes on to run Rust code that writes host memory (the exit record) and returns
         // to the host by ERET; the ISB makes the host configuration effective now rather than
         // at that ERET, so EL2 never runs with the guest's traps half in place.

@@ -1,38 +1,68 @@
 //! EL2's configuration for the guest: its traps (`HCR_EL2`, `CPTR_EL2`, `MDCR_EL2`,
 //! `CNTHCTL_EL2`, from [`crate::cpu::controls::guest_controls`]) and its stage 2 (`VTTBR_EL2`,
-//! `VTCR_EL2`) and `VMPIDR_EL2`; the host's, back at put.
+//! `VTCR_EL2`) and `VMPIDR_EL2`; the host's, back at put, from the copy each CPU keeps
+//! ([`HostEl2`]).
 
 use crate::cpu::controls::GuestControls;
 use crate::hw::GuestConfig;
+use crate::platform::MAX_CPUS;
 use aarch64_cpu::registers::*;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-/// The host's EL2 configuration.
-pub(super) struct Saved {
-    hcr: u64,
-    cptr: u64,
+/// A CPU's EL2 configuration for running the host, as `activate_host` set it, which is the
+/// only writer: the host cannot change any of these registers, and EL2 changes them only while a
+/// guest is loaded (and `crate::arch::tlb` only borrows `VTTBR_EL2`/`VTCR_EL2`, putting them
+/// back). So `put` restores them from here, and `load` need not read them back each time.
+pub struct HostEl2 {
+    hcr: AtomicU64,
+    cptr: AtomicU64,
     /// `MDCR_EL2` (the guest's traps are computed from it).
-    pub(super) mdcr: u64,
-    cnthctl: u64,
-    vtcr: u64,
-    vttbr: u64,
-    vmpidr: u64,
+    mdcr: AtomicU64,
+    cnthctl: AtomicU64,
+    /// `VTCR_EL2` (also for the TLB maintenance that borrows the host's stage 2).
+    pub(in crate::arch) vtcr: AtomicU64,
+    vttbr: AtomicU64,
+    vmpidr: AtomicU64,
 }
 
-/// Load, first step: the host's EL2 configuration out.
-pub(super) fn save_host() -> Saved {
-    Saved {
-        hcr: HCR_EL2.get(),
-        cptr: CPTR_EL2.get(),
-        mdcr: MDCR_EL2.get(),
-        cnthctl: CNTHCTL_EL2.get(),
-        vtcr: VTCR_EL2.get(),
-        vttbr: VTTBR_EL2.get(),
-        vmpidr: VMPIDR_EL2.get(),
+/// Each CPU's [`HostEl2`].
+pub static HOST_EL2: [HostEl2; MAX_CPUS] = [const {
+    HostEl2 {
+        hcr: AtomicU64::new(0),
+        cptr: AtomicU64::new(0),
+        mdcr: AtomicU64::new(0),
+        cnthctl: AtomicU64::new(0),
+        vtcr: AtomicU64::new(0),
+        vttbr: AtomicU64::new(0),
+        vmpidr: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+
+impl HostEl2 {
+    /// Records this CPU's host configuration, read back from the registers `activate_host`
+    /// has just written.
+    pub(in crate::arch) fn record(&self) {
+        for (field, v) in [
+            (&self.hcr, HCR_EL2.get()),
+            (&self.cptr, CPTR_EL2.get()),
+            (&self.mdcr, MDCR_EL2.get()),
+            (&self.cnthctl, CNTHCTL_EL2.get()),
+            (&self.vtcr, VTCR_EL2.get()),
+            (&self.vttbr, VTTBR_EL2.get()),
+            (&self.vmpidr, VMPIDR_EL2.get()),
+        ] {
+            field.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// `MDCR_EL2` for the host.
+    pub(super) fn mdcr(&self) -> u64 {
+        self.mdcr.load(Ordering::Relaxed)
     }
 }
 
-fn guest_vtcr(cfg: &GuestConfig) -> u64 {
-    stage2_vtcr(VTCR_EL2.get(), cfg.ipa_bits, cfg.start_level)
+fn guest_vtcr(host: &HostEl2, cfg: &GuestConfig) -> u64 {
+    stage2_vtcr(host.vtcr.load(Ordering::Relaxed), cfg.ipa_bits, cfg.start_level)
 }
 
 /// A guest stage 2's `VTCR_EL2`: the same walk attributes and PS as the host's `host_vtcr`;
@@ -50,24 +80,25 @@ pub(in crate::arch) fn stage2_vtcr(host_vtcr: u64, ipa_bits: u8, start_level: u8
 /// does not run until the ERET, so architecturally the order is free; this comes before the
 /// guest's EL1 state so that guest stage-1 state is never paired with the host's VMID (what
 /// speculative-AT errata would care about).
-pub(super) fn load_guest(hcr: u64, traps: &GuestControls, cfg: &GuestConfig) {
+pub(super) fn load_guest(host: &HostEl2, hcr: u64, traps: &GuestControls, cfg: &GuestConfig) {
     HCR_EL2.set(hcr);
     CPTR_EL2.set(traps.cptr);
     MDCR_EL2.set(traps.mdcr);
     CNTHCTL_EL2.set(traps.cnthctl);
     VMPIDR_EL2.set(cfg.vmpidr);
-    VTCR_EL2.set(guest_vtcr(cfg));
+    VTCR_EL2.set(guest_vtcr(host, cfg));
     VTTBR_EL2.set(cfg.vttbr);
 }
 
 /// Put: the host's stage 2 and traps back. (Host stage-1 state briefly pairs with the guest's
 /// VMID before this; EL1 does not run in between, which is all the architecture requires.)
-pub(super) fn restore_host(saved: &Saved) {
-    VTTBR_EL2.set(saved.vttbr);
-    VTCR_EL2.set(saved.vtcr);
-    VMPIDR_EL2.set(saved.vmpidr);
-    CNTHCTL_EL2.set(saved.cnthctl);
-    MDCR_EL2.set(saved.mdcr);
-    CPTR_EL2.set(saved.cptr);
-    HCR_EL2.set(saved.hcr);
+pub(super) fn restore_host(host: &HostEl2) {
+    let get = |r: &AtomicU64| r.load(Ordering::Relaxed);
+    VTTBR_EL2.set(get(&host.vttbr));
+    VTCR_EL2.set(get(&host.vtcr));
+    VMPIDR_EL2.set(get(&host.vmpidr));
+    CNTHCTL_EL2.set(get(&host.cnthctl));
+    MDCR_EL2.set(get(&host.mdcr));
+    CPTR_EL2.set(get(&host.cptr));
+    HCR_EL2.set(get(&host.hcr));
 }
