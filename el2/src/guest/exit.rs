@@ -285,6 +285,7 @@ fn forward<T: TableMemory>(hyp: &Hyp<'_, T>, handle: u64, ctx: &mut VcpuCtx, arg
 }
 
 /// Handles one guest exit of vCPU `me` other than a call ([`guest_call`]).
+#[inline(never)]
 fn handle_guest_exit<T: TableMemory, A: Hw>(hyp: &Hyp<'_, T>,
     handle: u64,
     me: &Me<'_>,
