@@ -17,8 +17,9 @@
 //! `VCPU_IRQ_STATE` reports (well-formed, each vINTID once), `VCPU_STATS`' total, a timer
 //! register read back after a write; and every 5,000 calls a *timer round* runs a small VM with
 //! hostile timer values before and after its first run, checking the exit record's deadlines
-//! and the first-run rules (`Frozen`, `Denied` once a protected VM has run). Every call also
-//! sets `x8..=x30` to values of its own and checks that `x4..=x30` come back unchanged.
+//! and the first-run rules (`Frozen`, `Denied` once a protected VM has run). Every random call
+//! (and the run after a register set) also sets `x8..=x30` to values of its own and checks
+//! that `x4..=x30` come back unchanged.
 
 use crate::platform::Platform;
 use crate::{gic, hyp, println, vmm};

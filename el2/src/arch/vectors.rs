@@ -15,7 +15,8 @@
 //!   that asks which world trapped: neither path pays for the question. The vCPU context is
 //!   found at the top of EL2's stack, where `__guest_enter` left it.
 //! - Everything else is unexpected: IRQ/FIQ/SError are not routed to EL2 while the host runs
-//!   (`HCR_EL2.IMO/FMO/AMO` clear for the host), AArch32 lower ELs do not exist (`HCR_EL2.RW`), and an exception *at* EL2 is an EL2
+//!   (`HCR_EL2.IMO/FMO/AMO` clear for the host), an AArch32 lower EL never takes an exception
+//!   to EL2 (`HCR_EL2.RW`: EL1 is AArch64, and a guest's AArch32 EL0 traps to its EL1), and an exception *at* EL2 is an EL2
 //!   bug. Those switch to this CPU's panic stack first (the normal stack may be what overflowed),
 //!   save the frame, and call [`crate::arch::trap::el2_unexpected`], which reports and parks the CPU:
 //!   it never returns into state that may be corrupt.
@@ -275,7 +276,7 @@ el2_lower_sync_entry:
     sub sp, sp, #{hvc_frame}
     stp x0, x1, [sp, #16 * 0]
     mrs x1, esr_el2
-    lsr x0, x1, #26
+    ubfx x0, x1, #26, #6
     cmp x0, #0x16
     b.ne 1f
     stp x2, x3, [sp, #16 * 1]

@@ -100,9 +100,9 @@ const PSTATE_SS: u64 = 1 << 21;
 pub const PSTATE_HOST_WRITABLE: u64 = 0xF000_0000 | 0x03E0_0000 | 0x1000 | 0xC00 | 0x3C0 | PSTATE_M;
 
 /// Whether `ERET` with `SPSR_EL2 = pstate` enters the guest and nothing else: an AArch64 EL0 or
-/// EL1 mode, `IL` clear. EL2 checks this before every guest entry and after every exit (a
-/// guest that returned to AArch32 EL0 is stopped there, as KVM does); the other bits only
-/// concern the guest itself.
+/// EL1 mode, `IL` clear. EL2 checks this before every guest entry and after every exit but an
+/// `HVC` or `SMC` one, which only AArch64 EL1 takes (a guest that returned to AArch32 EL0 is
+/// stopped there, as KVM does); the other bits only concern the guest itself.
 pub const fn pstate_enters_guest(pstate: u64) -> bool {
     let m = pstate & PSTATE_M;
     pstate & PSTATE_IL == 0 && (m == GUEST_MODES[0] || m == GUEST_MODES[1] || m == GUEST_MODES[2])

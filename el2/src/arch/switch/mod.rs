@@ -140,7 +140,7 @@ impl Cpu {
     fn load_guest(&self, ctx: &VcpuCtx, cfg: &GuestConfig) -> HostSaved {
         let f = features();
         el1::save_host(&mut scratch().el1);
-        let host = &traps::HOST_EL2[cpu_index() % MAX_CPUS];
+        let host = traps::HostEl2::this_cpu();
         let mut controls = guest_controls(&f, host.mdcr(), cfg, cfg.protected);
         let mut hcr = controls.hcr;
         if cfg.fwb {

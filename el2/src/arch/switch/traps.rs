@@ -5,14 +5,17 @@
 
 use crate::cpu::controls::GuestControls;
 use crate::hw::GuestConfig;
+use crate::arch::regs::cpu_index;
+use crate::cpu::controls::hcr;
 use crate::platform::MAX_CPUS;
 use aarch64_cpu::registers::*;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// A CPU's EL2 configuration for running the host, as `activate_host` set it, which is the
-/// only writer: the host cannot change any of these registers, and EL2 changes them only while a
-/// guest is loaded (and `crate::arch::tlb` only borrows `VTTBR_EL2`/`VTCR_EL2`, putting them
-/// back). So `put` restores them from here, and `load` need not read them back each time.
+/// A CPU's EL2 configuration for running the host, as `activate_host` set it: the host cannot
+/// change any of these registers, and EL2 changes them only while a guest is loaded, or for a
+/// moment that puts them back (`crate::arch::tlb` borrows `VTTBR_EL2`/`VTCR_EL2`, the SVE
+/// probe at boot `CPTR_EL2`). So `put` restores them from here, and `load` need not read them
+/// back each time.
 pub struct HostEl2 {
     hcr: AtomicU64,
     cptr: AtomicU64,
@@ -53,6 +56,20 @@ impl HostEl2 {
         ] {
             field.store(v, Ordering::Relaxed);
         }
+    }
+
+    /// This CPU's record. `activate_host` makes it before the CPU first enters the host, so a
+    /// `VCPU_RUN` on a CPU without one is an EL2 bug; restoring zeros at `put` would run the
+    /// host without its stage 2, so the machine stops instead.
+    pub(super) fn this_cpu() -> &'static Self {
+        let cpu = cpu_index() % MAX_CPUS;
+        let host = &HOST_EL2[cpu];
+        if host.hcr.load(Ordering::Relaxed) & hcr::VM == 0 {
+            crate::arch::console::emergency(format_args!("EL2 FATAL: cpu{cpu} runs a guest without its host configuration recorded; machine stopped\n"));
+            crate::arch::failstop::signal();
+            crate::arch::park();
+        }
+        host
     }
 
     /// `MDCR_EL2` for the host.
