@@ -75,9 +75,8 @@ const _: () = {
 
 global_asm!(
     r#"
-.macro SAVE_FRAME
-    sub sp, sp, #{frame}
-    stp x0, x1, [sp, #16 * 0]
+// x2..x17 at [sp + 16] onwards: the part of a frame both frames share.
+.macro SAVE_X2_X17
     stp x2, x3, [sp, #16 * 1]
     stp x4, x5, [sp, #16 * 2]
     stp x6, x7, [sp, #16 * 3]
@@ -86,6 +85,23 @@ global_asm!(
     stp x12, x13, [sp, #16 * 6]
     stp x14, x15, [sp, #16 * 7]
     stp x16, x17, [sp, #16 * 8]
+.endm
+
+.macro RESTORE_X2_X17
+    ldp x2, x3, [sp, #16 * 1]
+    ldp x4, x5, [sp, #16 * 2]
+    ldp x6, x7, [sp, #16 * 3]
+    ldp x8, x9, [sp, #16 * 4]
+    ldp x10, x11, [sp, #16 * 5]
+    ldp x12, x13, [sp, #16 * 6]
+    ldp x14, x15, [sp, #16 * 7]
+    ldp x16, x17, [sp, #16 * 8]
+.endm
+
+.macro SAVE_FRAME
+    sub sp, sp, #{frame}
+    stp x0, x1, [sp, #16 * 0]
+    SAVE_X2_X17
     stp x18, x19, [sp, #16 * 9]
     stp x20, x21, [sp, #16 * 10]
     stp x22, x23, [sp, #16 * 11]
@@ -104,14 +120,7 @@ global_asm!(
     msr elr_el2, x0
     msr spsr_el2, x1
     ldp x0, x1, [sp, #16 * 0]
-    ldp x2, x3, [sp, #16 * 1]
-    ldp x4, x5, [sp, #16 * 2]
-    ldp x6, x7, [sp, #16 * 3]
-    ldp x8, x9, [sp, #16 * 4]
-    ldp x10, x11, [sp, #16 * 5]
-    ldp x12, x13, [sp, #16 * 6]
-    ldp x14, x15, [sp, #16 * 7]
-    ldp x16, x17, [sp, #16 * 8]
+    RESTORE_X2_X17
     ldp x18, x19, [sp, #16 * 9]
     ldp x20, x21, [sp, #16 * 10]
     ldp x22, x23, [sp, #16 * 11]
@@ -279,14 +288,7 @@ el2_lower_sync_entry:
     ubfx x0, x1, #26, #6
     cmp x0, #0x16
     b.ne 1f
-    stp x2, x3, [sp, #16 * 1]
-    stp x4, x5, [sp, #16 * 2]
-    stp x6, x7, [sp, #16 * 3]
-    stp x8, x9, [sp, #16 * 4]
-    stp x10, x11, [sp, #16 * 5]
-    stp x12, x13, [sp, #16 * 6]
-    stp x14, x15, [sp, #16 * 7]
-    stp x16, x17, [sp, #16 * 8]
+    SAVE_X2_X17
     stp x18, x30, [sp, #16 * 9]
     mrs x2, elr_el2
     mrs x3, spsr_el2
@@ -297,14 +299,7 @@ el2_lower_sync_entry:
     msr elr_el2, x2
     msr spsr_el2, x3
     ldp x0, x1, [sp, #16 * 0]
-    ldp x2, x3, [sp, #16 * 1]
-    ldp x4, x5, [sp, #16 * 2]
-    ldp x6, x7, [sp, #16 * 3]
-    ldp x8, x9, [sp, #16 * 4]
-    ldp x10, x11, [sp, #16 * 5]
-    ldp x12, x13, [sp, #16 * 6]
-    ldp x14, x15, [sp, #16 * 7]
-    ldp x16, x17, [sp, #16 * 8]
+    RESTORE_X2_X17
     ldp x18, x30, [sp, #16 * 9]
     add sp, sp, #{hvc_frame}
     eret
