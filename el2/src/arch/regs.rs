@@ -351,7 +351,8 @@ pub fn trap_regs() -> TrapRegs {
     TrapRegs { esr: ESR_EL2.get(), far: FAR_EL2.get(), hpfar: HPFAR_EL2.get() }
 }
 
-/// Reads `ESR_EL2` alone (the hypercall path needs nothing else).
+/// Reads `ESR_EL2` alone (the trap shim's first question; only an abort reads the fault
+/// addresses).
 #[inline(always)]
 pub fn esr_el2() -> u64 {
     ESR_EL2.get()
