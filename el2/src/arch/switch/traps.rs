@@ -3,10 +3,9 @@
 //! `VTCR_EL2`) and `VMPIDR_EL2`; the host's, back at put, from the copy each CPU keeps
 //! ([`HostEl2`]).
 
-use crate::cpu::controls::GuestControls;
-use crate::hw::GuestConfig;
 use crate::arch::regs::cpu_index;
-use crate::cpu::controls::hcr;
+use crate::cpu::controls::{hcr, GuestControls};
+use crate::hw::GuestConfig;
 use crate::platform::MAX_CPUS;
 use aarch64_cpu::registers::*;
 use core::sync::atomic::{AtomicU64, Ordering};
